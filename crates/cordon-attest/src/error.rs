@@ -1,0 +1,39 @@
+use thiserror::Error;
+
+/// Why evidence could not be parsed or verified.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum EvidenceError {
+    #[error("evidence is empty")]
+    Empty,
+    #[error("unrecognised evidence format: {0}")]
+    UnknownFormat(String),
+    #[error("sim evidence: expected {expected} bytes, got {found}")]
+    Length { expected: usize, found: usize },
+    #[error("sim evidence: unsupported version {0} (this verifier knows version 1)")]
+    Version(u16),
+    #[error("sim evidence: field {field} must be zero, found {found}")]
+    Reserved { field: &'static str, found: String },
+    #[error("sim evidence: signing key {0} is not a trusted sim trust anchor")]
+    UntrustedSigner(String),
+    #[error("sim evidence: signing key is not a valid Ed25519 point")]
+    BadSignerKey,
+    #[error("sim evidence: signature does not verify (evidence was altered or signed by another key)")]
+    BadSignature,
+    #[error("{platform} evidence is not supported by this verifier yet")]
+    Unsupported { platform: &'static str },
+}
+
+/// Why a policy document is unusable.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("policy is not valid TOML for a Cordon policy: {0}")]
+    Parse(String),
+    #[error("policy names no platform: `platforms` must list at least one of sim, snp, tdx, sgx")]
+    NoPlatforms,
+    #[error("policy lists no launch measurement: `launch_measurements` must name the reference values to accept")]
+    NoMeasurements,
+    #[error("policy: launch measurement {value} is {len} bytes; a sim or SNP measurement is 48 bytes (SHA-384)")]
+    MeasurementLength { value: String, len: usize },
+    #[error("policy: sim trust anchor {value} is not a 32-byte Ed25519 public key")]
+    TrustAnchor { value: String },
+}

@@ -1,0 +1,21 @@
+//! Attestation for Cordon: evidence formats → verified [`Claims`]; [`Policy`] → [`Verdict`].
+//!
+//! Two steps, kept apart on purpose (RATS, RFC 9334):
+//! - [`verify`] checks the cryptography of a piece of evidence against endorsements (trust anchors,
+//!   vendor certificates) at an explicit time and returns typed claims. It never touches the network or
+//!   the clock.
+//! - [`appraise`] applies a policy (reference values and rules) to claims and names every failed check.
+//!
+//! This crate depends on no other Cordon crate and does no I/O.
+
+mod claims;
+mod error;
+mod evidence;
+mod hexser;
+mod policy;
+pub mod sim;
+
+pub use claims::{Claims, Platform};
+pub use error::{EvidenceError, PolicyError};
+pub use evidence::{detect, verify, Endorsements, EvidenceKind};
+pub use policy::{appraise, AppraisalFailure, Policy, PolicyDocument, Verdict};

@@ -1,0 +1,12 @@
+//! Serde helper: byte fields as standard base64 strings.
+use base64::{engine::general_purpose::STANDARD, Engine};
+use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&STANDARD.encode(bytes))
+}
+
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    let s = String::deserialize(d)?;
+    STANDARD.decode(s.as_bytes()).map_err(|e| D::Error::custom(format!("invalid base64: {e}")))
+}

@@ -1,0 +1,367 @@
+//! The encrypted request channel: HPKE (RFC 9180) encapsulation in the manner of Oblivious HTTP
+//! (RFC 9458, section 4), so that proxies, load balancers and the operator see only ciphertext, and
+//! any replica that holds the service key can answer.
+//!
+//! Suite: DHKEM(X25519, HKDF-SHA256) = 0x0020, HKDF-SHA256 = 0x0001, AES-256-GCM = 0x0002.
+//!
+//! ```text
+//! request  = hdr || enc (32) || HPKE ciphertext of the inner request
+//! hdr      = key_id (1) || kem_id (2) || kdf_id (2) || aead_id (2)        (big-endian)
+//! info     = "cordon request v1" || 0x00 || hdr
+//! response = response_nonce (32) || AES-256-GCM(key, nonce, aad = "", inner response)
+//!   secret = context.export("cordon response v1", 32)
+//!   prk    = HKDF-Extract(salt = enc || response_nonce, secret)
+//!   key    = HKDF-Expand(prk, "key", 32);  nonce = HKDF-Expand(prk, "nonce", 12)
+//! ```
+
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use hkdf::Hkdf;
+use hpke::aead::AesGcm256;
+use hpke::kdf::HkdfSha256;
+use hpke::kem::X25519HkdfSha256;
+use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
+use rand::RngCore;
+use sha2::Sha256;
+use std::fmt;
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+type Kem = X25519HkdfSha256;
+type PrivateKey = <Kem as hpke::Kem>::PrivateKey;
+type PublicKey = <Kem as hpke::Kem>::PublicKey;
+
+pub const KEM_ID: u16 = 0x0020;
+pub const KDF_ID: u16 = 0x0001;
+pub const AEAD_ID: u16 = 0x0002;
+const HDR_LEN: usize = 7;
+const ENC_LEN: usize = 32;
+const RESPONSE_NONCE_LEN: usize = 32;
+const REQUEST_LABEL: &[u8] = b"cordon request v1";
+const RESPONSE_LABEL: &[u8] = b"cordon response v1";
+
+/// Why a message of the encrypted channel was refused.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ChannelError {
+    #[error("encrypted message too short: {found} bytes, at least {min} needed")]
+    TooShort { found: usize, min: usize },
+    #[error("request is for HPKE key id {found}, this server holds key id {expected}")]
+    UnknownKeyId { found: u8, expected: u8 },
+    #[error("unsupported HPKE suite kem={kem:#06x} kdf={kdf:#06x} aead={aead:#06x}; this server uses 0x0020/0x0001/0x0002")]
+    UnsupportedSuite { kem: u16, kdf: u16, aead: u16 },
+    #[error("invalid HPKE encapsulated key")]
+    BadEncapsulatedKey,
+    #[error("decryption failed: the message was altered, or encrypted to another key")]
+    Decrypt,
+    #[error("encryption failed")]
+    Encrypt,
+    #[error("invalid public key: {0}")]
+    BadPublicKey(String),
+}
+
+/// The runtime's HPKE key pair (the service key). The private half never leaves the process and is
+/// zeroized on drop (x25519-dalek's `StaticSecret`).
+pub struct ServiceKeyPair {
+    key_id: u8,
+    private: PrivateKey,
+    public: [u8; 32],
+}
+
+impl fmt::Debug for ServiceKeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceKeyPair")
+            .field("key_id", &self.key_id)
+            .field("public", &hex::encode(self.public))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceKeyPair {
+    /// Generates a fresh key pair from the operating system's randomness.
+    pub fn generate(key_id: u8) -> ServiceKeyPair {
+        let mut ikm = Zeroizing::new([0u8; 32]);
+        rand::rng().fill_bytes(ikm.as_mut());
+        let (private, public) = Kem::derive_keypair(ikm.as_ref());
+        let mut pk = [0u8; 32];
+        pk.copy_from_slice(&public.to_bytes());
+        ServiceKeyPair { key_id, private, public: pk }
+    }
+
+    pub fn key_id(&self) -> u8 {
+        self.key_id
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public
+    }
+
+    /// Decrypts an encapsulated request. Returns the inner request and the context to encrypt the
+    /// response with.
+    pub fn decapsulate_request(
+        &self,
+        message: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, ServerResponseContext), ChannelError> {
+        if message.len() < HDR_LEN + ENC_LEN {
+            return Err(ChannelError::TooShort { found: message.len(), min: HDR_LEN + ENC_LEN });
+        }
+        let hdr = &message[..HDR_LEN];
+        let key_id = hdr[0];
+        let kem = u16::from_be_bytes([hdr[1], hdr[2]]);
+        let kdf = u16::from_be_bytes([hdr[3], hdr[4]]);
+        let aead = u16::from_be_bytes([hdr[5], hdr[6]]);
+        if key_id != self.key_id {
+            return Err(ChannelError::UnknownKeyId { found: key_id, expected: self.key_id });
+        }
+        if (kem, kdf, aead) != (KEM_ID, KDF_ID, AEAD_ID) {
+            return Err(ChannelError::UnsupportedSuite { kem, kdf, aead });
+        }
+        let enc_bytes = &message[HDR_LEN..HDR_LEN + ENC_LEN];
+        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc_bytes)
+            .map_err(|_| ChannelError::BadEncapsulatedKey)?;
+        let info = request_info(hdr);
+        let mut ctx = hpke::setup_receiver::<AesGcm256, HkdfSha256, Kem>(
+            &OpModeR::Base,
+            &self.private,
+            &enc,
+            &info,
+        )
+        .map_err(|_| ChannelError::Decrypt)?;
+        let plaintext = Zeroizing::new(
+            ctx.open(&message[HDR_LEN + ENC_LEN..], b"").map_err(|_| ChannelError::Decrypt)?,
+        );
+        let mut secret = Zeroizing::new([0u8; 32]);
+        ctx.export(RESPONSE_LABEL, secret.as_mut()).map_err(|_| ChannelError::Decrypt)?;
+        let mut enc_arr = [0u8; ENC_LEN];
+        enc_arr.copy_from_slice(enc_bytes);
+        Ok((plaintext, ServerResponseContext { secret, enc: enc_arr }))
+    }
+}
+
+fn request_info(hdr: &[u8]) -> Vec<u8> {
+    let mut info = Vec::with_capacity(REQUEST_LABEL.len() + 1 + hdr.len());
+    info.extend_from_slice(REQUEST_LABEL);
+    info.push(0);
+    info.extend_from_slice(hdr);
+    info
+}
+
+fn header(key_id: u8) -> [u8; HDR_LEN] {
+    let mut hdr = [0u8; HDR_LEN];
+    hdr[0] = key_id;
+    hdr[1..3].copy_from_slice(&KEM_ID.to_be_bytes());
+    hdr[3..5].copy_from_slice(&KDF_ID.to_be_bytes());
+    hdr[5..7].copy_from_slice(&AEAD_ID.to_be_bytes());
+    hdr
+}
+
+fn response_aead(
+    secret: &[u8; 32],
+    enc: &[u8; ENC_LEN],
+    response_nonce: &[u8],
+) -> (Aes256Gcm, [u8; 12]) {
+    let mut salt = Vec::with_capacity(ENC_LEN + RESPONSE_NONCE_LEN);
+    salt.extend_from_slice(enc);
+    salt.extend_from_slice(response_nonce);
+    let hk = Hkdf::<Sha256>::new(Some(&salt), secret);
+    let mut key = Zeroizing::new([0u8; 32]);
+    let mut nonce = [0u8; 12];
+    // Lengths are fixed and far below HKDF's limit, so expand cannot fail.
+    let _ = hk.expand(b"key", key.as_mut());
+    let _ = hk.expand(b"nonce", &mut nonce);
+    (Aes256Gcm::new(key.as_ref().into()), nonce)
+}
+
+/// Server side: encrypts the one response to a decapsulated request.
+pub struct ServerResponseContext {
+    secret: Zeroizing<[u8; 32]>,
+    enc: [u8; ENC_LEN],
+}
+
+impl ServerResponseContext {
+    pub fn encrypt_response(self, response: &[u8]) -> Result<Vec<u8>, ChannelError> {
+        let mut response_nonce = [0u8; RESPONSE_NONCE_LEN];
+        rand::rng().fill_bytes(&mut response_nonce);
+        let (aead, nonce) = response_aead(&self.secret, &self.enc, &response_nonce);
+        let ct = aead
+            .encrypt(Nonce::from_slice(&nonce), response)
+            .map_err(|_| ChannelError::Encrypt)?;
+        let mut out = Vec::with_capacity(RESPONSE_NONCE_LEN + ct.len());
+        out.extend_from_slice(&response_nonce);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+}
+
+/// Client side: decrypts the response to a request it encapsulated.
+pub struct ClientResponseContext {
+    secret: Zeroizing<[u8; 32]>,
+    enc: [u8; ENC_LEN],
+}
+
+/// Encrypts `request` to the runtime's (attested) HPKE public key.
+pub fn encapsulate_request(
+    public_key: &[u8; 32],
+    key_id: u8,
+    request: &[u8],
+) -> Result<(Vec<u8>, ClientResponseContext), ChannelError> {
+    let pk = PublicKey::from_bytes(public_key)
+        .map_err(|e| ChannelError::BadPublicKey(format!("{e:?}")))?;
+    let hdr = header(key_id);
+    let info = request_info(&hdr);
+    let (enc, mut ctx) = hpke::setup_sender::<AesGcm256, HkdfSha256, Kem, _>(
+        &OpModeS::Base,
+        &pk,
+        &info,
+        &mut rand::rng(),
+    )
+    .map_err(|_| ChannelError::Encrypt)?;
+    let ct = ctx.seal(request, b"").map_err(|_| ChannelError::Encrypt)?;
+    let mut secret = Zeroizing::new([0u8; 32]);
+    ctx.export(RESPONSE_LABEL, secret.as_mut()).map_err(|_| ChannelError::Encrypt)?;
+    let enc_bytes = enc.to_bytes();
+    let mut enc_arr = [0u8; ENC_LEN];
+    enc_arr.copy_from_slice(&enc_bytes);
+    let mut out = Vec::with_capacity(HDR_LEN + ENC_LEN + ct.len());
+    out.extend_from_slice(&hdr);
+    out.extend_from_slice(&enc_bytes);
+    out.extend_from_slice(&ct);
+    Ok((out, ClientResponseContext { secret, enc: enc_arr }))
+}
+
+impl ClientResponseContext {
+    pub fn decrypt_response(self, message: &[u8]) -> Result<Zeroizing<Vec<u8>>, ChannelError> {
+        if message.len() < RESPONSE_NONCE_LEN + 16 {
+            return Err(ChannelError::TooShort {
+                found: message.len(),
+                min: RESPONSE_NONCE_LEN + 16,
+            });
+        }
+        let (response_nonce, ct) = message.split_at(RESPONSE_NONCE_LEN);
+        let (aead, nonce) = response_aead(&self.secret, &self.enc, response_nonce);
+        aead.decrypt(Nonce::from_slice(&nonce), ct)
+            .map(Zeroizing::new)
+            .map_err(|_| ChannelError::Decrypt)
+    }
+}
+
+/// Single-shot HPKE (base mode) to `public_key`: returns `enc (32) || ciphertext`. Used by the key
+/// broker to release a DEK to an attested runtime.
+pub fn seal_to(
+    public_key: &[u8; 32],
+    info: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, ChannelError> {
+    let pk = PublicKey::from_bytes(public_key)
+        .map_err(|e| ChannelError::BadPublicKey(format!("{e:?}")))?;
+    let (enc, ct) = hpke::single_shot_seal::<AesGcm256, HkdfSha256, Kem, _>(
+        &OpModeS::Base,
+        &pk,
+        info,
+        plaintext,
+        aad,
+        &mut rand::rng(),
+    )
+    .map_err(|_| ChannelError::Encrypt)?;
+    let mut out = enc.to_bytes().to_vec();
+    out.extend_from_slice(&ct);
+    Ok(out)
+}
+
+impl ServiceKeyPair {
+    /// Opens a message made by [`seal_to`] for this key pair.
+    pub fn open_sealed(
+        &self,
+        info: &[u8],
+        aad: &[u8],
+        message: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, ChannelError> {
+        if message.len() < ENC_LEN + 16 {
+            return Err(ChannelError::TooShort { found: message.len(), min: ENC_LEN + 16 });
+        }
+        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(&message[..ENC_LEN])
+            .map_err(|_| ChannelError::BadEncapsulatedKey)?;
+        hpke::single_shot_open::<AesGcm256, HkdfSha256, Kem>(
+            &OpModeR::Base,
+            &self.private,
+            &enc,
+            info,
+            &message[ENC_LEN..],
+            aad,
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| ChannelError::Decrypt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_and_response_round_trip() {
+        let server = ServiceKeyPair::generate(7);
+        let (msg, client_ctx) =
+            encapsulate_request(&server.public_key(), 7, b"inner request").unwrap();
+        let (inner, server_ctx) = server.decapsulate_request(&msg).unwrap();
+        assert_eq!(inner.as_slice(), b"inner request");
+        let resp = server_ctx.encrypt_response(b"inner response").unwrap();
+        assert_eq!(client_ctx.decrypt_response(&resp).unwrap().as_slice(), b"inner response");
+    }
+
+    #[test]
+    fn any_flipped_request_byte_is_rejected() {
+        let server = ServiceKeyPair::generate(1);
+        let (msg, _) = encapsulate_request(&server.public_key(), 1, b"hello").unwrap();
+        for i in 0..msg.len() {
+            let mut bad = msg.clone();
+            bad[i] ^= 0x01;
+            assert!(server.decapsulate_request(&bad).is_err(), "byte {i} flipped was accepted");
+        }
+        assert!(matches!(
+            server.decapsulate_request(&msg[..10]),
+            Err(ChannelError::TooShort { .. })
+        ));
+    }
+
+    #[test]
+    fn response_cannot_be_read_by_another_request_context() {
+        let server = ServiceKeyPair::generate(1);
+        let (m1, c1) = encapsulate_request(&server.public_key(), 1, b"a").unwrap();
+        let (m2, c2) = encapsulate_request(&server.public_key(), 1, b"b").unwrap();
+        let (_, s1) = server.decapsulate_request(&m1).unwrap();
+        let (_, _s2) = server.decapsulate_request(&m2).unwrap();
+        let r1 = s1.encrypt_response(b"for one").unwrap();
+        assert_eq!(c2.decrypt_response(&r1), Err(ChannelError::Decrypt));
+        let mut tampered = r1.clone();
+        tampered[40] ^= 1;
+        assert_eq!(c1.decrypt_response(&tampered), Err(ChannelError::Decrypt));
+    }
+
+    #[test]
+    fn request_to_another_key_is_rejected() {
+        let server = ServiceKeyPair::generate(1);
+        let other = ServiceKeyPair::generate(1);
+        let (msg, _) = encapsulate_request(&other.public_key(), 1, b"x").unwrap();
+        assert_eq!(server.decapsulate_request(&msg).err(), Some(ChannelError::Decrypt));
+    }
+
+    #[test]
+    fn sealed_key_opens_only_with_right_key_info_and_aad() {
+        let kp = ServiceKeyPair::generate(0);
+        let other = ServiceKeyPair::generate(0);
+        let m = seal_to(&kp.public_key(), b"info", b"aad", b"secret dek").unwrap();
+        assert_eq!(kp.open_sealed(b"info", b"aad", &m).unwrap().as_slice(), b"secret dek");
+        assert!(kp.open_sealed(b"info", b"other aad", &m).is_err());
+        assert!(kp.open_sealed(b"other", b"aad", &m).is_err());
+        assert!(other.open_sealed(b"info", b"aad", &m).is_err());
+    }
+
+    #[test]
+    fn debug_does_not_print_private_key() {
+        let kp = ServiceKeyPair::generate(0);
+        let s = format!("{kp:?}");
+        assert!(s.contains(&hex::encode(kp.public_key())));
+        assert!(!s.contains("private"));
+    }
+}

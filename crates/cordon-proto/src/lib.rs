@@ -1,0 +1,18 @@
+//! Cordon's wire protocol, shared by client, runtime and key broker. Holds no server state.
+//!
+//! - [`binding`]: how report_data binds a verifier's nonce and every public key the runtime uses.
+//! - [`channel`]: the HPKE (RFC 9180) encrypted request/response channel, in the manner of Oblivious
+//!   HTTP (RFC 9458), and single-shot HPKE sealing of keys.
+//! - [`kbs`], [`runtime`], [`oip`]: JSON message types.
+//!
+//! `docs/protocol.md` describes every message and binding byte for byte.
+
+pub mod binding;
+pub mod channel;
+pub mod kbs;
+pub mod oip;
+pub mod runtime;
+mod b64;
+
+pub use binding::{report_data, RuntimeKeys};
+pub use channel::{ChannelError, ClientResponseContext, ServerResponseContext, ServiceKeyPair};

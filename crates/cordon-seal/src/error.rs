@@ -1,0 +1,38 @@
+use thiserror::Error;
+
+/// Why a sealed artifact could not be made or opened.
+#[derive(Debug, Error)]
+pub enum SealError {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a sealed Cordon artifact (magic is {found:?}, expected \"CORDSEAL\")")]
+    BadMagic { found: String },
+    #[error("sealed format version {0} is not supported (this build reads version 1)")]
+    Version(u16),
+    #[error("sealed header is truncated: {0}")]
+    TruncatedHeader(&'static str),
+    #[error("manifest is {0} bytes; at most {1} allowed")]
+    ManifestTooLarge(usize, usize),
+    #[error("manifest is not valid: {0}")]
+    Manifest(String),
+    #[error("manifest signature does not verify with signer {signer}: the manifest was altered or signed by another key")]
+    BadSignature { signer: String },
+    #[error("manifest is signed by {found}, expected signer {expected}")]
+    WrongSigner { found: String, expected: String },
+    #[error("wrong key: key id {found} was given, the artifact is sealed under key id {expected}")]
+    WrongKeyId { found: String, expected: String },
+    #[error("wrong key: the DEK does not match the manifest's key commitment")]
+    WrongKey,
+    #[error("chunk {index} failed authentication: the ciphertext was altered, reordered or swapped")]
+    ChunkAuth { index: u64 },
+    #[error("sealed artifact is truncated: expected {expected} chunks, found only {found}")]
+    Truncated { expected: u64, found: u64 },
+    #[error("sealed artifact has {0} unexpected bytes after its final chunk")]
+    TrailingData(u64),
+    #[error("plaintext SHA-256 mismatch: manifest says {expected}, content hashes to {found}")]
+    DigestMismatch { expected: String, found: String },
+    #[error("input changed while sealing: expected {expected} bytes, read {found}")]
+    InputChanged { expected: u64, found: u64 },
+    #[error("key file is not valid: {0}")]
+    KeyFile(String),
+}

@@ -1,0 +1,550 @@
+//! Reading and writing the sealed format.
+
+use crate::keys::{Dek, KeyFile, OwnerKey};
+use crate::SealError;
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use ed25519_dalek::{Signature, Signer, VerifyingKey};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Seek, SeekFrom, Write};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+pub const MAGIC: &[u8; 8] = b"CORDSEAL";
+pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_NAME: &str = "cordon-sealed/1";
+pub const AEAD_NAME: &str = "AES-256-GCM";
+pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+/// Chunks larger than this are refused, which bounds the memory a reader needs.
+pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
+const MAX_MANIFEST_LEN: usize = 64 * 1024;
+const TAG_LEN: usize = 16;
+const SIGNATURE_CONTEXT: &[u8] = b"cordon sealed manifest v1\0";
+const COMMITMENT_CONTEXT: &[u8] = b"cordon sealed dek commitment v1\0";
+const HEADER_FIXED_LEN: u64 = 8 + 2 + 4;
+
+/// The signed description of a sealed artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always `cordon-sealed/1`.
+    pub format: String,
+    pub name: String,
+    pub version: String,
+    pub media_type: String,
+    /// Names the DEK at the key broker (32 hex digits, random).
+    pub key_id: String,
+    pub plaintext_size: u64,
+    /// Lowercase hex.
+    pub plaintext_sha256: String,
+    pub chunk_size: u32,
+    /// Always `AES-256-GCM`.
+    pub aead: String,
+    /// 7 random bytes, hex: the STREAM nonce prefix.
+    pub nonce_prefix: String,
+    /// SHA-256(context || DEK || key_id || nonce_prefix), hex.
+    pub dek_commitment: String,
+    /// The owner's Ed25519 public key, hex.
+    pub signer: String,
+}
+
+impl Manifest {
+    /// Number of chunks: at least one, so that an empty artifact still has an authenticated final chunk.
+    pub fn chunk_count(&self) -> u64 {
+        self.plaintext_size.div_ceil(u64::from(self.chunk_size)).max(1)
+    }
+
+    fn check(&self) -> Result<(), SealError> {
+        let bad = |m: String| Err(SealError::Manifest(m));
+        if self.format != FORMAT_NAME {
+            return bad(format!("format is {:?}, expected {FORMAT_NAME:?}", self.format));
+        }
+        if self.aead != AEAD_NAME {
+            return bad(format!("aead is {:?}, this build supports {AEAD_NAME:?}", self.aead));
+        }
+        if self.chunk_size == 0 || self.chunk_size > MAX_CHUNK_SIZE {
+            return bad(format!("chunk_size {} is outside 1..={MAX_CHUNK_SIZE}", self.chunk_size));
+        }
+        if self.chunk_count() > u64::from(u32::MAX) {
+            return bad("too many chunks for a 32-bit chunk counter".into());
+        }
+        if self.nonce_prefix()?.len() != 7 {
+            return bad("nonce_prefix must be 7 bytes".into());
+        }
+        if hex_array::<32>(&self.plaintext_sha256, "plaintext_sha256").is_err() {
+            return bad("plaintext_sha256 must be 32 bytes of hex".into());
+        }
+        hex_array::<32>(&self.dek_commitment, "dek_commitment")?;
+        self.signer_key()?;
+        Ok(())
+    }
+
+    fn nonce_prefix(&self) -> Result<Vec<u8>, SealError> {
+        hex::decode(&self.nonce_prefix)
+            .map_err(|e| SealError::Manifest(format!("nonce_prefix: {e}")))
+    }
+
+    /// The owner's public key that signed this manifest.
+    pub fn signer_key(&self) -> Result<[u8; 32], SealError> {
+        hex_array::<32>(&self.signer, "signer")
+    }
+
+    /// SHA-256 of the manifest bytes as sealed: what clients and audit records call the artifact's digest.
+    pub fn digest_of(manifest_bytes: &[u8]) -> [u8; 32] {
+        Sha256::digest(manifest_bytes).into()
+    }
+}
+
+fn hex_array<const N: usize>(s: &str, field: &str) -> Result<[u8; N], SealError> {
+    hex::decode(s)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| SealError::Manifest(format!("{field} must be {N} bytes of lowercase hex")))
+}
+
+fn dek_commitment(dek: &Dek, key_id: &str, nonce_prefix: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(COMMITMENT_CONTEXT);
+    h.update(dek.as_bytes());
+    h.update(key_id.as_bytes());
+    h.update(nonce_prefix);
+    h.finalize().into()
+}
+
+fn chunk_nonce(prefix: &[u8], index: u64, last: bool) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[..7].copy_from_slice(prefix);
+    // `Manifest::check` keeps the chunk count within u32.
+    n[7..11].copy_from_slice(&(index as u32).to_be_bytes());
+    n[11] = u8::from(last);
+    n
+}
+
+/// What describes the artifact being sealed.
+#[derive(Debug, Clone)]
+pub struct SealOptions {
+    pub name: String,
+    pub version: String,
+    pub media_type: String,
+    pub chunk_size: u32,
+}
+
+impl Default for SealOptions {
+    fn default() -> Self {
+        SealOptions {
+            name: "artifact".into(),
+            version: "1".into(),
+            media_type: "application/octet-stream".into(),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+/// Seals `size` bytes from `input` into `output` under a fresh DEK, signing the manifest with `owner`.
+///
+/// `output` must be seekable: the plaintext digest is computed while encrypting, in one pass over the
+/// input, and written into the manifest (whose length does not depend on the digest) at the end.
+/// `progress` is called with the number of plaintext bytes done.
+pub fn seal<R: Read, W: Write + Seek>(
+    mut input: R,
+    size: u64,
+    mut output: W,
+    owner: &OwnerKey,
+    options: &SealOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(Manifest, KeyFile), SealError> {
+    let dek = Dek::generate();
+    let mut rng = rand::rng();
+    let mut key_id = [0u8; 16];
+    rng.fill_bytes(&mut key_id);
+    let key_id = hex::encode(key_id);
+    let mut prefix = [0u8; 7];
+    rng.fill_bytes(&mut prefix);
+    let mut manifest = Manifest {
+        format: FORMAT_NAME.into(),
+        name: options.name.clone(),
+        version: options.version.clone(),
+        media_type: options.media_type.clone(),
+        key_id: key_id.clone(),
+        plaintext_size: size,
+        plaintext_sha256: "0".repeat(64),
+        chunk_size: options.chunk_size,
+        aead: AEAD_NAME.into(),
+        nonce_prefix: hex::encode(prefix),
+        dek_commitment: hex::encode(dek_commitment(&dek, &key_id, &prefix)),
+        signer: hex::encode(owner.public_key()),
+    };
+    manifest.check()?;
+    let placeholder = serde_json::to_vec(&manifest).map_err(|e| SealError::Manifest(e.to_string()))?;
+    if placeholder.len() > MAX_MANIFEST_LEN {
+        return Err(SealError::ManifestTooLarge(placeholder.len(), MAX_MANIFEST_LEN));
+    }
+    let start = output.stream_position()?;
+    output.write_all(MAGIC)?;
+    output.write_all(&FORMAT_VERSION.to_le_bytes())?;
+    output.write_all(&(placeholder.len() as u32).to_le_bytes())?;
+    output.write_all(&placeholder)?;
+    output.write_all(&[0u8; 64])?;
+
+    let cipher = Aes256Gcm::new(dek.as_bytes().into());
+    let chunk_size = options.chunk_size as usize;
+    let mut buf = Zeroizing::new(vec![0u8; chunk_size]);
+    let mut hasher = Sha256::new();
+    let chunks = manifest.chunk_count();
+    let mut done: u64 = 0;
+    for index in 0..chunks {
+        let len = (size - done).min(chunk_size as u64) as usize;
+        read_exact_or(&mut input, &mut buf[..len], size, done)?;
+        hasher.update(&buf[..len]);
+        let nonce = chunk_nonce(&prefix, index, index + 1 == chunks);
+        let tag = cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), b"", &mut buf[..len])
+            .map_err(|_| SealError::Manifest("AES-GCM refused the chunk".into()))?;
+        output.write_all(&buf[..len])?;
+        output.write_all(&tag)?;
+        done += len as u64;
+        progress(done);
+    }
+    let mut probe = [0u8; 1];
+    if input.read(&mut probe)? != 0 {
+        return Err(SealError::InputChanged { expected: size, found: size + 1 });
+    }
+
+    manifest.plaintext_sha256 = hex::encode(hasher.finalize());
+    let manifest_bytes =
+        serde_json::to_vec(&manifest).map_err(|e| SealError::Manifest(e.to_string()))?;
+    if manifest_bytes.len() != placeholder.len() {
+        return Err(SealError::Manifest("manifest length changed while sealing".into()));
+    }
+    let signature = owner.signing_key().sign(&signed_message(&manifest_bytes));
+    let end = output.stream_position()?;
+    output.seek(SeekFrom::Start(start + HEADER_FIXED_LEN))?;
+    output.write_all(&manifest_bytes)?;
+    output.write_all(&signature.to_bytes())?;
+    output.seek(SeekFrom::Start(end))?;
+    output.flush()?;
+    let key = KeyFile { key_id, dek, signer: owner.public_key() };
+    Ok((manifest, key))
+}
+
+fn read_exact_or<R: Read>(input: &mut R, buf: &mut [u8], size: u64, done: u64) -> Result<(), SealError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => {
+                return Err(SealError::InputChanged { expected: size, found: done + filled as u64 })
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn signed_message(manifest_bytes: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIGNATURE_CONTEXT.len() + manifest_bytes.len());
+    m.extend_from_slice(SIGNATURE_CONTEXT);
+    m.extend_from_slice(manifest_bytes);
+    m
+}
+
+/// A parsed header whose manifest signature has been verified against the signer it names.
+#[derive(Debug, Clone)]
+pub struct SealedHeader {
+    pub manifest: Manifest,
+    /// The manifest exactly as sealed; its SHA-256 is the artifact's digest.
+    pub manifest_bytes: Vec<u8>,
+}
+
+impl SealedHeader {
+    pub fn digest(&self) -> [u8; 32] {
+        Manifest::digest_of(&self.manifest_bytes)
+    }
+}
+
+/// Reads and checks the header: magic, version, manifest, and the manifest's signature by the signer
+/// it names. Whether that signer is the expected one is checked by [`unseal`].
+pub fn read_header<R: Read>(input: &mut R) -> Result<SealedHeader, SealError> {
+    let mut fixed = [0u8; HEADER_FIXED_LEN as usize];
+    read_header_part(input, &mut fixed, "magic, version and manifest length")?;
+    if &fixed[..8] != MAGIC {
+        return Err(SealError::BadMagic { found: String::from_utf8_lossy(&fixed[..8]).into_owned() });
+    }
+    let version = u16::from_le_bytes([fixed[8], fixed[9]]);
+    if version != FORMAT_VERSION {
+        return Err(SealError::Version(version));
+    }
+    let len = u32::from_le_bytes([fixed[10], fixed[11], fixed[12], fixed[13]]) as usize;
+    if len > MAX_MANIFEST_LEN {
+        return Err(SealError::ManifestTooLarge(len, MAX_MANIFEST_LEN));
+    }
+    let mut manifest_bytes = vec![0u8; len];
+    read_header_part(input, &mut manifest_bytes, "manifest")?;
+    let mut sig = [0u8; 64];
+    read_header_part(input, &mut sig, "manifest signature")?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| SealError::Manifest(e.to_string()))?;
+    manifest.check()?;
+    let signer = manifest.signer_key()?;
+    let key = VerifyingKey::from_bytes(&signer)
+        .map_err(|_| SealError::BadSignature { signer: manifest.signer.clone() })?;
+    key.verify_strict(&signed_message(&manifest_bytes), &Signature::from_bytes(&sig))
+        .map_err(|_| SealError::BadSignature { signer: manifest.signer.clone() })?;
+    Ok(SealedHeader { manifest, manifest_bytes })
+}
+
+fn read_header_part<R: Read>(input: &mut R, buf: &mut [u8], what: &'static str) -> Result<(), SealError> {
+    input.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => SealError::TruncatedHeader(what),
+        _ => SealError::Io(e),
+    })
+}
+
+/// Checks the header against the key: expected signer, key id, and DEK commitment.
+fn check_key(header: &SealedHeader, key: &KeyFile) -> Result<(), SealError> {
+    let m = &header.manifest;
+    let signer = m.signer_key()?;
+    if signer != key.signer {
+        return Err(SealError::WrongSigner {
+            found: m.signer.clone(),
+            expected: hex::encode(key.signer),
+        });
+    }
+    if m.key_id != key.key_id {
+        return Err(SealError::WrongKeyId { found: key.key_id.clone(), expected: m.key_id.clone() });
+    }
+    let expected = hex_array::<32>(&m.dek_commitment, "dek_commitment")?;
+    let found = dek_commitment(&key.dek, &m.key_id, &m.nonce_prefix()?);
+    if !bool::from(found.ct_eq(&expected)) {
+        return Err(SealError::WrongKey);
+    }
+    Ok(())
+}
+
+/// Unseals from `input` to `output`, streaming with memory bounded by one chunk.
+///
+/// Every chunk is authenticated before its plaintext is written. If this returns an error, what was
+/// written to `output` must be discarded.
+pub fn unseal<R: Read, W: Write>(
+    mut input: R,
+    key: &KeyFile,
+    output: W,
+    progress: &mut dyn FnMut(u64),
+) -> Result<SealedHeader, SealError> {
+    let header = read_header(&mut input)?;
+    check_key(&header, key)?;
+    decrypt_chunks(&header, input, key, output, progress)?;
+    Ok(header)
+}
+
+fn decrypt_chunks<R: Read, W: Write>(
+    header: &SealedHeader,
+    mut input: R,
+    key: &KeyFile,
+    mut output: W,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), SealError> {
+    let m = &header.manifest;
+    let cipher = Aes256Gcm::new(key.dek.as_bytes().into());
+    let prefix = m.nonce_prefix()?;
+    let chunk_size = m.chunk_size as usize;
+    let mut buf = Zeroizing::new(vec![0u8; chunk_size + TAG_LEN]);
+    let mut hasher = Sha256::new();
+    let chunks = m.chunk_count();
+    let mut done: u64 = 0;
+    for index in 0..chunks {
+        let len = (m.plaintext_size - done).min(chunk_size as u64) as usize;
+        let got = read_full(&mut input, &mut buf[..len + TAG_LEN])?;
+        if got < len + TAG_LEN {
+            return Err(SealError::Truncated { expected: chunks, found: index });
+        }
+        let (data, tag) = buf[..len + TAG_LEN].split_at_mut(len);
+        let nonce = chunk_nonce(&prefix, index, index + 1 == chunks);
+        cipher
+            .decrypt_in_place_detached(Nonce::from_slice(&nonce), b"", data, Tag::from_slice(tag))
+            .map_err(|_| SealError::ChunkAuth { index })?;
+        hasher.update(&*data);
+        output.write_all(data)?;
+        done += len as u64;
+        progress(done);
+    }
+    let mut rest = [0u8; 4096];
+    let trailing = read_full(&mut input, &mut rest)?;
+    if trailing != 0 {
+        return Err(SealError::TrailingData(trailing as u64));
+    }
+    let found = hex::encode(hasher.finalize());
+    if found != m.plaintext_sha256 {
+        return Err(SealError::DigestMismatch { expected: m.plaintext_sha256.clone(), found });
+    }
+    output.flush()?;
+    Ok(())
+}
+
+/// Unseals into memory (the runtime's path: plaintext never touches the disk).
+pub fn unseal_to_vec<R: Read>(
+    input: R,
+    key: &KeyFile,
+) -> Result<(SealedHeader, Zeroizing<Vec<u8>>), SealError> {
+    let mut input = input;
+    let header = read_header(&mut input)?;
+    check_key(&header, key)?;
+    // Reserve the whole plaintext up front: the size comes from a manifest signed by the expected
+    // owner, and a growing Vec would leave unzeroized copies of plaintext behind when it reallocates.
+    let size = usize::try_from(header.manifest.plaintext_size)
+        .map_err(|_| SealError::Manifest("plaintext too large for this machine".into()))?;
+    let mut out = Zeroizing::new(Vec::with_capacity(size));
+    decrypt_chunks(&header, input, key, &mut *out, &mut |_| {})?;
+    Ok((header, out))
+}
+
+fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> Result<usize, SealError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn seal_bytes(data: &[u8], chunk: u32, owner: &OwnerKey) -> (Vec<u8>, KeyFile) {
+        let mut out = Cursor::new(Vec::new());
+        let opts = SealOptions { chunk_size: chunk, ..SealOptions::default() };
+        let (_, key) = seal(data, data.len() as u64, &mut out, owner, &opts, &mut |_| {}).unwrap();
+        (out.into_inner(), key)
+    }
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn round_trips_at_chunk_boundaries() {
+        let owner = OwnerKey::generate();
+        for n in [0usize, 1, 63, 64, 65, 128, 200] {
+            let plain = data(n);
+            let (sealed, key) = seal_bytes(&plain, 64, &owner);
+            let (header, back) = unseal_to_vec(&sealed[..], &key).unwrap();
+            assert_eq!(back.as_slice(), plain.as_slice(), "size {n}");
+            assert_eq!(header.manifest.plaintext_size, n as u64);
+            assert_eq!(header.manifest.plaintext_sha256, hex::encode(Sha256::digest(&plain)));
+            assert!(!sealed.windows(16).any(|w| n >= 16 && w == &plain[..16]), "plaintext visible");
+        }
+    }
+
+    #[test]
+    fn every_flipped_bit_is_rejected() {
+        let owner = OwnerKey::generate();
+        let (sealed, key) = seal_bytes(&data(150), 64, &owner);
+        for i in 0..sealed.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = sealed.clone();
+                bad[i] ^= bit;
+                let r = unseal_to_vec(&bad[..], &key);
+                assert!(r.is_err(), "flipping bit {bit:#x} of byte {i} was accepted");
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_any_extension_is_rejected() {
+        let owner = OwnerKey::generate();
+        let (sealed, key) = seal_bytes(&data(150), 64, &owner);
+        for len in 0..sealed.len() {
+            assert!(unseal_to_vec(&sealed[..len], &key).is_err(), "truncated to {len} accepted");
+        }
+        // Dropping exactly the final chunk leaves a stream that ends on a non-final chunk.
+        let header_len = sealed.len() - (64 + 16) * 2 - (22 + 16);
+        let r = unseal_to_vec(&sealed[..header_len + 2 * 80], &key);
+        assert!(matches!(r, Err(SealError::Truncated { expected: 3, found: 2 })), "{r:?}");
+        let mut longer = sealed.clone();
+        longer.push(0);
+        assert!(matches!(unseal_to_vec(&longer[..], &key), Err(SealError::TrailingData(1))));
+    }
+
+    #[test]
+    fn swapped_or_reordered_chunks_are_rejected() {
+        let owner = OwnerKey::generate();
+        let (sealed, key) = seal_bytes(&data(192), 64, &owner);
+        let body = sealed.len() - 3 * 80;
+        let mut swapped = sealed.clone();
+        let (c0, c1) = (sealed[body..body + 80].to_vec(), sealed[body + 80..body + 160].to_vec());
+        swapped[body..body + 80].copy_from_slice(&c1);
+        swapped[body + 80..body + 160].copy_from_slice(&c0);
+        let r = unseal_to_vec(&swapped[..], &key);
+        assert!(matches!(r, Err(SealError::ChunkAuth { index: 0 })), "{r:?}");
+        // The final chunk moved into a non-final position fails too.
+        let mut moved = sealed.clone();
+        let last = sealed[body + 160..].to_vec();
+        moved[body + 80..body + 160].copy_from_slice(&last);
+        assert!(matches!(unseal_to_vec(&moved[..], &key), Err(SealError::ChunkAuth { index: 1 })));
+    }
+
+    #[test]
+    fn chunks_from_another_artifact_are_rejected() {
+        let owner = OwnerKey::generate();
+        let (a, key_a) = seal_bytes(&data(128), 64, &owner);
+        let (b, _) = seal_bytes(&data(128), 64, &owner);
+        let mut mixed = a.clone();
+        let body = a.len() - 2 * 80;
+        mixed[body..body + 80].copy_from_slice(&b[body..body + 80]);
+        assert!(matches!(unseal_to_vec(&mixed[..], &key_a), Err(SealError::ChunkAuth { index: 0 })));
+    }
+
+    #[test]
+    fn wrong_key_and_wrong_signer_are_named() {
+        let owner = OwnerKey::generate();
+        let (sealed, key) = seal_bytes(&data(100), 64, &owner);
+        let (_, other_key) = seal_bytes(&data(100), 64, &owner);
+        let r = unseal_to_vec(&sealed[..], &other_key);
+        assert!(matches!(r, Err(SealError::WrongKeyId { .. })), "{r:?}");
+        let same_id_wrong_dek = KeyFile { dek: Dek::generate(), ..key.clone() };
+        assert!(matches!(unseal_to_vec(&sealed[..], &same_id_wrong_dek), Err(SealError::WrongKey)));
+        let expects_other_signer = KeyFile { signer: OwnerKey::generate().public_key(), ..key };
+        assert!(matches!(
+            unseal_to_vec(&sealed[..], &expects_other_signer),
+            Err(SealError::WrongSigner { .. })
+        ));
+    }
+
+    #[test]
+    fn manifest_re_signed_by_attacker_is_rejected_as_wrong_signer() {
+        // An attacker can re-sign a manifest with their own key, but not as the expected owner.
+        let owner = OwnerKey::generate();
+        let attacker = OwnerKey::generate();
+        let (sealed, key) = seal_bytes(&data(10), 64, &attacker);
+        let expect_owner = KeyFile { signer: owner.public_key(), ..key };
+        assert!(matches!(
+            unseal_to_vec(&sealed[..], &expect_owner),
+            Err(SealError::WrongSigner { .. })
+        ));
+    }
+
+    #[test]
+    fn not_sealed_input_is_named() {
+        let key = KeyFile { key_id: "x".into(), dek: Dek::generate(), signer: [0; 32] };
+        let r = unseal_to_vec(&b"PK\x03\x04 this is a zip"[..], &key);
+        assert!(matches!(r, Err(SealError::BadMagic { .. })), "{r:?}");
+        assert!(matches!(unseal_to_vec(&b"CORD"[..], &key), Err(SealError::TruncatedHeader(_))));
+    }
+
+    #[test]
+    fn input_shorter_than_announced_is_an_error() {
+        let owner = OwnerKey::generate();
+        let mut out = Cursor::new(Vec::new());
+        let r = seal(&b"abc"[..], 10, &mut out, &owner, &SealOptions::default(), &mut |_| {});
+        assert!(matches!(r, Err(SealError::InputChanged { expected: 10, found: 3 })));
+    }
+}

@@ -1,0 +1,212 @@
+//! Producing attestation evidence inside a TEE. This crate never verifies evidence.
+//!
+//! Only the simulated platform exists so far: [`SimTee`]. Hardware providers (configfs-tsm for SNP and
+//! TDX, /dev/sev-guest, Gramine's /dev/attestation) implement the same [`EvidenceProvider`] trait.
+
+use cordon_attest::sim::SimReport;
+use cordon_attest::Platform;
+use ed25519_dalek::{Signer, SigningKey};
+use rand::RngCore;
+use sha2::{Digest, Sha384};
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+/// Why evidence could not be produced.
+#[derive(Debug, Error)]
+pub enum TeeError {
+    #[error("I/O error reading {what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("simulated hardware key file is invalid: {0}")]
+    SimKey(String),
+}
+
+/// Something that produces evidence binding 64 bytes of report data.
+pub trait EvidenceProvider: Send + Sync {
+    fn platform(&self) -> Platform;
+    /// Evidence whose report_data field is `report_data`.
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, TeeError>;
+}
+
+/// The simulated hardware key: an Ed25519 key standing in for the TEE's attestation key.
+/// It proves nothing about isolation; it lets the whole flow run without hardware.
+pub struct SimHardwareKey(SigningKey);
+
+impl fmt::Debug for SimHardwareKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SimHardwareKey(public={})", hex::encode(self.public_key()))
+    }
+}
+
+impl SimHardwareKey {
+    pub fn generate() -> SimHardwareKey {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rand::rng().fill_bytes(seed.as_mut());
+        SimHardwareKey(SigningKey::from_bytes(&seed))
+    }
+
+    /// The trust anchor verifiers configure for sim evidence.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.0.verifying_key().to_bytes()
+    }
+
+    /// File form: one line of hex (the Ed25519 seed). Write it with mode 0600.
+    pub fn to_file_contents(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!("{}\n", hex::encode(self.0.to_bytes())))
+    }
+
+    pub fn from_file_contents(text: &str) -> Result<SimHardwareKey, TeeError> {
+        let bytes = Zeroizing::new(
+            hex::decode(text.trim()).map_err(|e| TeeError::SimKey(format!("not hex: {e}")))?,
+        );
+        let seed: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| TeeError::SimKey(format!("expected 32 bytes, got {}", bytes.len())))?;
+        Ok(SimHardwareKey(SigningKey::from_bytes(&seed)))
+    }
+}
+
+/// The simulated TEE. Every piece of evidence it makes says `sim` and is not hardware-backed.
+pub struct SimTee {
+    key: SimHardwareKey,
+    launch_measurement: [u8; 48],
+    workload_data: [u8; 32],
+    debug: bool,
+}
+
+impl SimTee {
+    pub fn new(
+        key: SimHardwareKey,
+        launch_measurement: [u8; 48],
+        workload_data: [u8; 32],
+        debug: bool,
+    ) -> SimTee {
+        SimTee { key, launch_measurement, workload_data, debug }
+    }
+
+    pub fn launch_measurement(&self) -> [u8; 48] {
+        self.launch_measurement
+    }
+}
+
+impl EvidenceProvider for SimTee {
+    fn platform(&self) -> Platform {
+        Platform::Sim
+    }
+
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, TeeError> {
+        let report = SimReport {
+            launch_measurement: self.launch_measurement,
+            workload_data: self.workload_data,
+            report_data: *report_data,
+            debug: self.debug,
+            signer: self.key.public_key(),
+        };
+        let sig = self.key.0.sign(&report.signed_bytes());
+        Ok(report.to_evidence(&sig.to_bytes()))
+    }
+}
+
+/// The simulated launch measurement of a runtime: what a real TEE would measure at launch, the code
+/// and its configuration.
+///
+/// ```text
+/// SHA-384( "cordon sim launch v1" || 0x00 || u64le(len(binary)) || binary || u64le(len(config)) || config )
+/// ```
+pub fn sim_launch_measurement(binary: &Path, config: &[u8]) -> Result<[u8; 48], TeeError> {
+    let io = |e| TeeError::Io { what: binary.display().to_string(), source: e };
+    let mut file = std::fs::File::open(binary).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut h = Sha384::new();
+    h.update(b"cordon sim launch v1\0");
+    h.update(len.to_le_bytes());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+    if total != len {
+        return Err(io(std::io::Error::other("binary changed while it was measured")));
+    }
+    h.update((config.len() as u64).to_le_bytes());
+    h.update(config);
+    Ok(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cordon_attest::{verify, Endorsements, EvidenceError};
+    use std::time::SystemTime;
+
+    #[test]
+    fn sim_evidence_verifies_with_its_anchor_only() {
+        let key = SimHardwareKey::generate();
+        let anchor = key.public_key();
+        let tee = SimTee::new(key, [7; 48], [9; 32], false);
+        let ev = tee.evidence(&[5; 64]).unwrap();
+        let ok = Endorsements { sim_trust_anchors: vec![anchor] };
+        let claims = verify(&ev, &ok, SystemTime::now()).unwrap();
+        assert_eq!(claims.launch_measurement, vec![7; 48]);
+        assert_eq!(claims.workload_data, vec![9; 32]);
+        assert_eq!(claims.report_data, [5; 64]);
+        assert!(!claims.debug && !claims.hardware_backed);
+        let other = Endorsements { sim_trust_anchors: vec![SimHardwareKey::generate().public_key()] };
+        assert!(matches!(
+            verify(&ev, &other, SystemTime::now()),
+            Err(EvidenceError::UntrustedSigner(_))
+        ));
+    }
+
+    #[test]
+    fn any_tampered_byte_of_sim_evidence_is_rejected() {
+        let key = SimHardwareKey::generate();
+        let anchors = Endorsements { sim_trust_anchors: vec![key.public_key()] };
+        let ev = SimTee::new(key, [1; 48], [0; 32], true).evidence(&[3; 64]).unwrap();
+        for i in 0..ev.len() {
+            let mut bad = ev.clone();
+            bad[i] ^= 0x04;
+            assert!(verify(&bad, &anchors, SystemTime::now()).is_err(), "byte {i}");
+        }
+        for len in 0..ev.len() {
+            assert!(verify(&ev[..len], &anchors, SystemTime::now()).is_err(), "length {len}");
+        }
+    }
+
+    #[test]
+    fn measurement_covers_binary_and_config() {
+        let dir = std::env::temp_dir().join(format!("cordon-tee-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("bin");
+        std::fs::write(&bin, b"runtime code").unwrap();
+        let m1 = sim_launch_measurement(&bin, b"config a").unwrap();
+        assert_ne!(m1, sim_launch_measurement(&bin, b"config b").unwrap());
+        std::fs::write(&bin, b"runtime code!").unwrap();
+        assert_ne!(m1, sim_launch_measurement(&bin, b"config a").unwrap());
+        let mut pre = b"cordon sim launch v1\0".to_vec();
+        pre.extend_from_slice(&13u64.to_le_bytes());
+        pre.extend_from_slice(b"runtime code!");
+        pre.extend_from_slice(&8u64.to_le_bytes());
+        pre.extend_from_slice(b"config a");
+        let expected: [u8; 48] = Sha384::digest(&pre).into();
+        assert_eq!(sim_launch_measurement(&bin, b"config a").unwrap(), expected);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn sim_key_file_round_trips_and_debug_hides_secret() {
+        let k = SimHardwareKey::generate();
+        let back = SimHardwareKey::from_file_contents(&k.to_file_contents()).unwrap();
+        assert_eq!(back.public_key(), k.public_key());
+        assert!(!format!("{k:?}").contains(k.to_file_contents().trim()));
+        assert!(SimHardwareKey::from_file_contents("zz").is_err());
+    }
+}
