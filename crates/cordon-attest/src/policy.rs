@@ -68,19 +68,11 @@ pub struct PolicyDocument {
     pub endorsements: Option<Endorsements>,
 }
 
+// The file form: the policy's fields at top level, and an optional `[endorsements]` table.
+// Unknown keys are errors, so a typo cannot loosen a policy.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDocument {
-    #[serde(flatten)]
-    policy: RawPolicy,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    endorsements: Option<RawEndorsements>,
-}
-
-// `deny_unknown_fields` does not combine with `flatten`, so the policy fields are repeated here and
-// unknown keys are caught by the `other` map instead.
-#[derive(Serialize, Deserialize)]
-struct RawPolicy {
     platforms: Vec<Platform>,
     #[serde(with = "crate::hexser::list")]
     launch_measurements: Vec<Vec<u8>>,
@@ -88,8 +80,8 @@ struct RawPolicy {
     allow_debug: bool,
     #[serde(default, with = "crate::hexser::opt", skip_serializing_if = "Option::is_none")]
     workload_data: Option<Vec<u8>>,
-    #[serde(flatten, skip_serializing)]
-    other: std::collections::BTreeMap<String, toml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endorsements: Option<RawEndorsements>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -103,14 +95,11 @@ impl PolicyDocument {
     /// Parses a policy document from TOML; unknown keys are errors, so a typo cannot loosen a policy.
     pub fn from_toml(text: &str) -> Result<PolicyDocument, PolicyError> {
         let raw: RawDocument = toml::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
-        if let Some(key) = raw.policy.other.keys().next() {
-            return Err(PolicyError::Parse(format!("unknown field `{key}`")));
-        }
         let policy = Policy {
-            platforms: raw.policy.platforms,
-            launch_measurements: raw.policy.launch_measurements,
-            allow_debug: raw.policy.allow_debug,
-            workload_data: raw.policy.workload_data,
+            platforms: raw.platforms,
+            launch_measurements: raw.launch_measurements,
+            allow_debug: raw.allow_debug,
+            workload_data: raw.workload_data,
         };
         policy.validate()?;
         let endorsements = raw
@@ -135,13 +124,10 @@ impl PolicyDocument {
     /// Serializes the document to TOML.
     pub fn to_toml(&self) -> String {
         let raw = RawDocument {
-            policy: RawPolicy {
-                platforms: self.policy.platforms.clone(),
-                launch_measurements: self.policy.launch_measurements.clone(),
-                allow_debug: self.policy.allow_debug,
-                workload_data: self.policy.workload_data.clone(),
-                other: Default::default(),
-            },
+            platforms: self.policy.platforms.clone(),
+            launch_measurements: self.policy.launch_measurements.clone(),
+            allow_debug: self.policy.allow_debug,
+            workload_data: self.policy.workload_data.clone(),
             endorsements: self.endorsements.as_ref().map(|e| RawEndorsements {
                 sim_trust_anchors: e.sim_trust_anchors.iter().map(hex::encode).collect(),
             }),
@@ -226,4 +212,88 @@ pub fn appraise(claims: &Claims, policy: &Policy) -> Verdict {
         }
     }
     Verdict { failures }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims() -> Claims {
+        Claims {
+            platform: Platform::Sim,
+            hardware_backed: false,
+            launch_measurement: vec![0xaa; 48],
+            workload_data: vec![0; 32],
+            report_data: [0; 64],
+            debug: false,
+            signer: vec![1; 32],
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            platforms: vec![Platform::Sim],
+            launch_measurements: vec![vec![0xaa; 48]],
+            allow_debug: false,
+            workload_data: None,
+        }
+    }
+
+    #[test]
+    fn policy_round_trips_through_toml() {
+        let p = Policy { workload_data: Some(vec![0; 32]), ..policy() };
+        let text = p.to_toml();
+        assert_eq!(Policy::from_toml(&text).unwrap(), p, "{text}");
+        let doc = PolicyDocument {
+            policy: policy(),
+            endorsements: Some(Endorsements { sim_trust_anchors: vec![[3; 32]] }),
+        };
+        assert_eq!(PolicyDocument::from_toml(&doc.to_toml()).unwrap(), doc);
+    }
+
+    #[test]
+    fn unusable_policies_are_rejected() {
+        let m = hex::encode([0xaa; 48]);
+        assert_eq!(
+            Policy::from_toml(&format!("platforms = []\nlaunch_measurements = [\"{m}\"]")),
+            Err(PolicyError::NoPlatforms)
+        );
+        assert_eq!(
+            Policy::from_toml("platforms = [\"sim\"]\nlaunch_measurements = []"),
+            Err(PolicyError::NoMeasurements)
+        );
+        let typo = format!("platforms = [\"sim\"]\nlaunch_measurements = [\"{m}\"]\nallow_debugg = true");
+        assert!(matches!(Policy::from_toml(&typo), Err(PolicyError::Parse(e)) if e.contains("allow_debugg")));
+        assert!(matches!(
+            Policy::from_toml("platforms = [\"sim\"]\nlaunch_measurements = [\"zz\"]"),
+            Err(PolicyError::Parse(_))
+        ));
+        assert!(matches!(
+            Policy::from_toml("platforms = [\"sgx2\"]\nlaunch_measurements = []"),
+            Err(PolicyError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn sim_is_refused_unless_named() {
+        let p = Policy { platforms: vec![Platform::Snp, Platform::Tdx], ..policy() };
+        let v = appraise(&claims(), &p);
+        assert!(!v.is_accepted());
+        assert!(v.reasons().contains("platform: evidence is from `sim`"), "{}", v.reasons());
+        assert!(appraise(&claims(), &policy()).is_accepted());
+    }
+
+    #[test]
+    fn every_failed_check_is_named() {
+        let c = Claims { debug: true, launch_measurement: vec![0xbb; 48], workload_data: vec![1; 32], ..claims() };
+        let p = Policy { platforms: vec![Platform::Tdx], workload_data: Some(vec![0; 32]), ..policy() };
+        let v = appraise(&c, &p);
+        assert_eq!(v.failures.len(), 4, "{v:?}");
+        let r = v.reasons();
+        for needle in ["platform", "launch_measurement", &hex::encode([0xbb; 48]), "debug", "workload_data"] {
+            assert!(r.contains(needle), "{needle} missing from {r}");
+        }
+        let allowed = Policy { allow_debug: true, ..policy() };
+        assert!(appraise(&Claims { debug: true, ..claims() }, &allowed).is_accepted());
+    }
 }

@@ -1,1 +1,15 @@
-//! cordon-kbs
+//! Cordon's key broker (KBS): releases each data encryption key only to a workload whose verified
+//! evidence its release policy accepts, and records every release and denial.
+//!
+//! Flow: `POST /kbs/v1/challenge` (single-use nonce, short TTL) → `POST /kbs/v1/attest` (evidence
+//! whose report_data binds the nonce and the runtime's keys; the KBS verifies, appraises each requested
+//! key's policy, and returns each accepted DEK sealed with HPKE to the attested key). Admin endpoints
+//! (`/kbs/v1/admin/…`) need the admin token, which is stored only as a SHA-256 hash.
+
+mod error;
+mod server;
+mod store;
+
+pub use error::KbsError;
+pub use server::{Clock, Kbs, KbsConfig};
+pub use store::{verify_audit_chain, Store, StoreError};

@@ -1,0 +1,71 @@
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cordon_proto::kbs::ErrorBody;
+use thiserror::Error;
+
+/// Errors the KBS returns to callers. Each has a stable code and an HTTP status.
+#[derive(Debug, Error)]
+pub enum KbsError {
+    #[error("nonce is not one this KBS issued")]
+    NonceUnknown,
+    #[error("nonce was already used (replay)")]
+    NonceReplayed,
+    #[error("nonce expired at {expired_at} (now {now}); request a new challenge")]
+    NonceExpired { expired_at: u64, now: u64 },
+    #[error("malformed request: {0}")]
+    BadRequest(String),
+    #[error("evidence verification failed: {0}")]
+    Evidence(String),
+    #[error("evidence does not bind the nonce and runtime keys: report_data is {found}, expected {expected}")]
+    Binding { found: String, expected: String },
+    #[error("admin token missing or wrong")]
+    Unauthorized,
+    #[error("unknown key id {0}")]
+    UnknownKey(String),
+    #[error("release policy is invalid: {0}")]
+    Policy(String),
+    #[error("storage error: {0}")]
+    Storage(#[from] crate::store::StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl KbsError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            KbsError::NonceUnknown => "nonce_unknown",
+            KbsError::NonceReplayed => "nonce_replayed",
+            KbsError::NonceExpired { .. } => "nonce_expired",
+            KbsError::BadRequest(_) => "bad_request",
+            KbsError::Evidence(_) => "evidence_invalid",
+            KbsError::Binding { .. } => "report_data_mismatch",
+            KbsError::Unauthorized => "unauthorized",
+            KbsError::UnknownKey(_) => "unknown_key",
+            KbsError::Policy(_) => "policy_invalid",
+            KbsError::Storage(_) => "storage",
+            KbsError::Internal(_) => "internal",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            KbsError::NonceUnknown
+            | KbsError::NonceReplayed
+            | KbsError::NonceExpired { .. }
+            | KbsError::Evidence(_)
+            | KbsError::Binding { .. } => StatusCode::FORBIDDEN,
+            KbsError::BadRequest(_) | KbsError::Policy(_) => StatusCode::BAD_REQUEST,
+            KbsError::Unauthorized => StatusCode::UNAUTHORIZED,
+            KbsError::UnknownKey(_) => StatusCode::NOT_FOUND,
+            KbsError::Storage(_) | KbsError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for KbsError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { code: self.code().into(), error: self.to_string() };
+        (self.status(), Json(body)).into_response()
+    }
+}

@@ -1,0 +1,313 @@
+//! HTTP surface of the KBS (axum) over the store.
+
+use crate::store::{NewAuditEvent, NonceUse, Store};
+use crate::KbsError;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::http::HeaderMap;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use cordon_attest::{appraise, verify, Endorsements, Policy};
+use cordon_proto::kbs::{
+    AttestRequest, AttestResponse, AuditEvent, Challenge, DeniedKey, RegisterKey, ReleasedKey,
+    RELEASE_INFO,
+};
+use cordon_proto::{channel, report_data};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+/// The KBS's source of time; tests inject a fixed or moving clock.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// How a KBS runs.
+#[derive(Clone)]
+pub struct KbsConfig {
+    pub data_dir: PathBuf,
+    /// Trust anchors for evidence (sim keys; vendor roots are built in when hardware lands).
+    pub endorsements: Endorsements,
+    /// How long a challenge nonce stays valid.
+    pub nonce_ttl: Duration,
+    pub clock: Clock,
+}
+
+impl KbsConfig {
+    pub fn new(data_dir: PathBuf, endorsements: Endorsements) -> KbsConfig {
+        KbsConfig {
+            data_dir,
+            endorsements,
+            nonce_ttl: Duration::from_secs(60),
+            clock: Arc::new(SystemTime::now),
+        }
+    }
+}
+
+/// A running key broker's shared state.
+#[derive(Clone)]
+pub struct Kbs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Mutex<Store>,
+    config: KbsConfig,
+}
+
+const MAX_BODY: usize = 1 << 20;
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Kbs {
+    pub fn open(config: KbsConfig) -> Result<Kbs, KbsError> {
+        let store = Store::open(&config.data_dir)?;
+        Ok(Kbs { inner: Arc::new(Inner { store: Mutex::new(store), config }) })
+    }
+
+    /// If no admin token exists yet, creates one, stores its hash and returns the token (shown once).
+    pub fn init_admin_token(&self) -> Result<Option<Zeroizing<String>>, KbsError> {
+        let store = self.lock()?;
+        if store.admin_token_hash()?.is_some() {
+            return Ok(None);
+        }
+        let mut raw = Zeroizing::new([0u8; 32]);
+        rand::rng().fill_bytes(raw.as_mut());
+        let token = Zeroizing::new(hex::encode(raw.as_ref()));
+        store.set_admin_token_hash(&Sha256::digest(token.as_bytes()).into())?;
+        Ok(Some(token))
+    }
+
+    pub fn has_admin_token(&self) -> Result<bool, KbsError> {
+        Ok(self.lock()?.admin_token_hash()?.is_some())
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Store>, KbsError> {
+        self.inner.store.lock().map_err(|_| KbsError::Internal("store lock poisoned".into()))
+    }
+
+    fn now(&self) -> SystemTime {
+        (self.inner.config.clock)()
+    }
+
+    /// Runs a store operation off the async threads (SQLite with full sync blocks on fsync).
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, KbsError> + Send + 'static,
+    ) -> Result<T, KbsError> {
+        let kbs = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = kbs.lock()?;
+            f(&mut store)
+        })
+        .await
+        .map_err(|e| KbsError::Internal(format!("store task failed: {e}")))?
+    }
+
+    /// The HTTP routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/kbs/v1/challenge", post(challenge))
+            .route("/kbs/v1/attest", post(attest))
+            .route("/kbs/v1/admin/keys", get(list_keys))
+            .route("/kbs/v1/admin/keys/{key_id}", put(register_key))
+            .route("/kbs/v1/admin/audit", get(audit))
+            .route("/healthz", get(|| async { "ok" }))
+            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .with_state(self.clone())
+    }
+
+    async fn check_admin(&self, headers: &HeaderMap) -> Result<(), KbsError> {
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(KbsError::Unauthorized)?;
+        let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        let stored = self.with_store(|s| Ok(s.admin_token_hash()?)).await?;
+        match stored {
+            Some(h) if bool::from(h.ct_eq(&presented)) => Ok(()),
+            _ => Err(KbsError::Unauthorized),
+        }
+    }
+}
+
+async fn challenge(State(kbs): State<Kbs>) -> Result<Json<Challenge>, KbsError> {
+    let mut nonce = [0u8; 32];
+    rand::rng().fill_bytes(&mut nonce);
+    let now = unix(kbs.now());
+    let expires_at = now + kbs.inner.config.nonce_ttl.as_secs();
+    kbs.with_store(move |s| Ok(s.insert_nonce(&nonce, expires_at, now)?)).await?;
+    Ok(Json(Challenge { nonce: hex::encode(nonce), expires_at }))
+}
+
+async fn attest(
+    State(kbs): State<Kbs>,
+    body: Result<Json<AttestRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<AttestResponse>, KbsError> {
+    let Json(req) = body.map_err(|e| KbsError::BadRequest(e.body_text()))?;
+    let nonce = hex::decode(&req.nonce)
+        .map_err(|e| KbsError::BadRequest(format!("nonce is not hex: {e}")))?;
+    let now_time = kbs.now();
+    let now = unix(now_time);
+
+    // 1. The nonce: issued here, unused, unexpired. It is consumed even if what follows fails.
+    let n = nonce.clone();
+    match kbs.with_store(move |s| Ok(s.use_nonce(&n, now)?)).await? {
+        NonceUse::Accepted => {}
+        NonceUse::Unknown => return Err(KbsError::NonceUnknown),
+        NonceUse::Replayed => return Err(KbsError::NonceReplayed),
+        NonceUse::Expired { expired_at } => return Err(KbsError::NonceExpired { expired_at, now }),
+    }
+
+    // 2. Verify: signature and trust anchors → claims.
+    let claims = match verify(&req.evidence, &kbs.inner.config.endorsements, now_time) {
+        Ok(c) => c,
+        Err(e) => {
+            let detail = e.to_string();
+            record(&kbs, now, "attestation_failed", None, None, "rejected", None, &detail).await?;
+            return Err(KbsError::Evidence(detail));
+        }
+    };
+    let digest = hex::encode(claims.digest());
+    let measurement = hex::encode(&claims.launch_measurement);
+
+    // 3. The evidence must bind this nonce and exactly the keys presented.
+    let expected = report_data(&nonce, &req.runtime_keys);
+    if claims.report_data != expected {
+        let err = KbsError::Binding {
+            found: hex::encode(claims.report_data),
+            expected: hex::encode(expected),
+        };
+        let detail = err.to_string();
+        record(&kbs, now, "attestation_failed", None, Some(&digest), "rejected", Some(&measurement), &detail)
+            .await?;
+        return Err(err);
+    }
+
+    // 4. Appraise each requested key's release policy; release what it accepts.
+    let mut released = Vec::new();
+    let mut denied = Vec::new();
+    for key_id in &req.key_ids {
+        let id = key_id.clone();
+        let stored = kbs.with_store(move |s| Ok(s.get_key(&id)?)).await?;
+        let reasons: Vec<String> = match &stored {
+            None => vec![format!("unknown key id {key_id}")],
+            Some(k) => match Policy::from_toml(&k.policy) {
+                Err(e) => vec![format!("stored release policy is invalid: {e}")],
+                Ok(policy) => appraise(&claims, &policy).failures.iter().map(|f| f.to_string()).collect(),
+            },
+        };
+        match stored {
+            Some(k) if reasons.is_empty() => {
+                let sealed = channel::seal_to(
+                    &req.runtime_keys.hpke_public_key,
+                    RELEASE_INFO,
+                    key_id.as_bytes(),
+                    &k.dek,
+                )
+                .map_err(|e| KbsError::BadRequest(format!("runtime HPKE key: {e}")))?;
+                record(&kbs, now, "key_released", Some(key_id), Some(&digest), "accepted", Some(&measurement), "")
+                    .await?;
+                tracing::info!(key_id = %key_id, claims = %digest, "key released");
+                released.push(ReleasedKey { key_id: key_id.clone(), sealed_dek: sealed });
+            }
+            _ => {
+                let detail = reasons.join("; ");
+                record(&kbs, now, "key_denied", Some(key_id), Some(&digest), "rejected", Some(&measurement), &detail)
+                    .await?;
+                tracing::warn!(key_id = %key_id, reasons = %detail, "key denied");
+                denied.push(DeniedKey { key_id: key_id.clone(), reasons });
+            }
+        }
+    }
+    Ok(Json(AttestResponse { claims_digest: digest, released, denied }))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    kbs: &Kbs,
+    time: u64,
+    kind: &'static str,
+    key_id: Option<&str>,
+    claims_digest: Option<&str>,
+    verdict: &'static str,
+    measurement: Option<&str>,
+    detail: &str,
+) -> Result<(), KbsError> {
+    let (key_id, claims_digest, measurement, detail) = (
+        key_id.map(String::from),
+        claims_digest.map(String::from),
+        measurement.map(String::from),
+        detail.to_string(),
+    );
+    kbs.with_store(move |s| {
+        s.append_audit(&NewAuditEvent {
+            time,
+            kind,
+            key_id: key_id.as_deref(),
+            claims_digest: claims_digest.as_deref(),
+            verdict,
+            measurement: measurement.as_deref(),
+            detail: &detail,
+        })?;
+        Ok(())
+    })
+    .await
+}
+
+async fn register_key(
+    State(kbs): State<Kbs>,
+    UrlPath(key_id): UrlPath<String>,
+    headers: HeaderMap,
+    body: Result<Json<RegisterKey>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, KbsError> {
+    kbs.check_admin(&headers).await?;
+    let Json(req) = body.map_err(|e| KbsError::BadRequest(e.body_text()))?;
+    let dek = Zeroizing::new(req.dek);
+    if dek.len() != 32 {
+        return Err(KbsError::BadRequest(format!("dek must be 32 bytes, got {}", dek.len())));
+    }
+    if key_id.is_empty() || key_id.len() > 128 || !key_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(KbsError::BadRequest("key id must be 1-128 characters of [A-Za-z0-9._-]".into()));
+    }
+    let policy = Policy::from_toml(&req.policy).map_err(|e| KbsError::Policy(e.to_string()))?;
+    let now = unix(kbs.now());
+    let policy_text = req.policy.clone();
+    let id = key_id.clone();
+    let detail = format!(
+        "release policy: platforms={:?} measurements={} allow_debug={}",
+        policy.platforms.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        policy.launch_measurements.len(),
+        policy.allow_debug
+    );
+    kbs.with_store(move |s| {
+        s.put_key(&id, &dek, &policy_text, now)?;
+        s.append_audit(&NewAuditEvent {
+            time: now,
+            kind: "key_registered",
+            key_id: Some(&id),
+            claims_digest: None,
+            verdict: "accepted",
+            measurement: None,
+            detail: &detail,
+        })?;
+        Ok(())
+    })
+    .await?;
+    tracing::info!(key_id = %key_id, "key registered");
+    Ok(Json(serde_json::json!({ "key_id": key_id })))
+}
+
+async fn list_keys(State(kbs): State<Kbs>, headers: HeaderMap) -> Result<Json<Vec<String>>, KbsError> {
+    kbs.check_admin(&headers).await?;
+    Ok(Json(kbs.with_store(|s| Ok(s.key_ids()?)).await?))
+}
+
+async fn audit(State(kbs): State<Kbs>, headers: HeaderMap) -> Result<Json<Vec<AuditEvent>>, KbsError> {
+    kbs.check_admin(&headers).await?;
+    Ok(Json(kbs.with_store(|s| Ok(s.audit_events()?)).await?))
+}

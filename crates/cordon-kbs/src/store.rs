@@ -1,0 +1,341 @@
+//! SQLite storage: keys with their release policies, nonces, the admin token hash, audit events.
+//!
+//! WAL journal with `synchronous = FULL`: an acknowledged write survives a crash. The schema is
+//! versioned with `PRAGMA user_version` and upgraded by the migrations below, in order.
+
+use cordon_proto::kbs::AuditEvent;
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("database schema version {found} is newer than this build understands ({known})")]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema.
+    "CREATE TABLE admin (id INTEGER PRIMARY KEY CHECK (id = 1), token_sha256 BLOB NOT NULL);
+     CREATE TABLE keys (
+        key_id TEXT PRIMARY KEY,
+        dek BLOB NOT NULL,
+        policy TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL);
+     CREATE TABLE nonces (
+        nonce BLOB PRIMARY KEY,
+        expires_at INTEGER NOT NULL,
+        used INTEGER NOT NULL DEFAULT 0);
+     CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        time INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        key_id TEXT,
+        claims_digest TEXT,
+        verdict TEXT NOT NULL,
+        measurement TEXT,
+        detail TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL);",
+];
+
+/// Outcome of trying to use a nonce.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NonceUse {
+    Accepted,
+    Unknown,
+    Replayed,
+    Expired { expired_at: u64 },
+}
+
+/// A registered key.
+pub struct StoredKey {
+    pub dek: Zeroizing<Vec<u8>>,
+    pub policy: String,
+}
+
+/// An event to append to the audit log.
+pub struct NewAuditEvent<'a> {
+    pub time: u64,
+    pub kind: &'a str,
+    pub key_id: Option<&'a str>,
+    pub claims_digest: Option<&'a str>,
+    pub verdict: &'a str,
+    pub measurement: Option<&'a str>,
+    pub detail: &'a str,
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) `kbs.sqlite3` in `data_dir` and brings its schema up to date.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::DataDir {
+            path: data_dir.display().to_string(),
+            source: e,
+        })?;
+        let conn = Connection::open(data_dir.join("kbs.sqlite3"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut store = Store { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::SchemaTooNew { found: version, known });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    pub fn admin_token_hash(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        let v: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT token_sha256 FROM admin WHERE id = 1", [], |r| r.get(0))
+            .optional()?;
+        Ok(v.and_then(|b| b.try_into().ok()))
+    }
+
+    pub fn set_admin_token_hash(&self, hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO admin (id, token_sha256) VALUES (1, ?1)
+             ON CONFLICT(id) DO UPDATE SET token_sha256 = excluded.token_sha256",
+            params![hash.as_slice()],
+        )?;
+        Ok(())
+    }
+
+    pub fn put_key(&self, key_id: &str, dek: &[u8], policy: &str, now: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO keys (key_id, dek, policy, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT(key_id) DO UPDATE SET dek = excluded.dek, policy = excluded.policy,
+                 updated_at = excluded.updated_at",
+            params![key_id, dek, policy, now as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn get_key(&self, key_id: &str) -> Result<Option<StoredKey>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT dek, policy FROM keys WHERE key_id = ?1", params![key_id], |r| {
+                Ok(StoredKey { dek: Zeroizing::new(r.get(0)?), policy: r.get(1)? })
+            })
+            .optional()?)
+    }
+
+    pub fn key_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT key_id FROM keys ORDER BY key_id")?;
+        let ids = stmt.query_map([], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+        Ok(ids)
+    }
+
+    /// Records a fresh nonce. Expired nonces are pruned here, a day after expiry, so a replay of a
+    /// recently expired nonce is still reported as expired rather than unknown.
+    pub fn insert_nonce(&self, nonce: &[u8], expires_at: u64, now: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM nonces WHERE expires_at < ?1",
+            params![now.saturating_sub(86_400) as i64],
+        )?;
+        self.conn.execute(
+            "INSERT INTO nonces (nonce, expires_at) VALUES (?1, ?2)",
+            params![nonce, expires_at as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a nonce used, atomically: of two concurrent uses at most one is accepted.
+    pub fn use_nonce(&self, nonce: &[u8], now: u64) -> Result<NonceUse, StoreError> {
+        let changed = self.conn.execute(
+            "UPDATE nonces SET used = 1 WHERE nonce = ?1 AND used = 0 AND expires_at >= ?2",
+            params![nonce, now as i64],
+        )?;
+        if changed == 1 {
+            return Ok(NonceUse::Accepted);
+        }
+        let row: Option<(i64, i64)> = self
+            .conn
+            .query_row("SELECT expires_at, used FROM nonces WHERE nonce = ?1", params![nonce], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        Ok(match row {
+            None => NonceUse::Unknown,
+            Some((_, 1)) => NonceUse::Replayed,
+            Some((expires_at, _)) => NonceUse::Expired { expired_at: expires_at as u64 },
+        })
+    }
+
+    /// Appends an event, chained to the previous one by hash.
+    pub fn append_audit(&mut self, e: &NewAuditEvent<'_>) -> Result<AuditEvent, StoreError> {
+        let tx = self.conn.transaction()?;
+        let prev: String = tx
+            .query_row("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
+            .optional()?
+            .unwrap_or_else(|| "0".repeat(64));
+        let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM audit", [], |r| r.get(0))?;
+        let mut event = AuditEvent {
+            seq,
+            time: e.time,
+            kind: e.kind.into(),
+            key_id: e.key_id.map(Into::into),
+            claims_digest: e.claims_digest.map(Into::into),
+            verdict: e.verdict.into(),
+            measurement: e.measurement.map(Into::into),
+            detail: e.detail.into(),
+            hash: String::new(),
+        };
+        event.hash = audit_hash(&prev, &event);
+        tx.execute(
+            "INSERT INTO audit (seq, time, kind, key_id, claims_digest, verdict, measurement, detail,
+                                prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                event.seq,
+                event.time as i64,
+                event.kind,
+                event.key_id,
+                event.claims_digest,
+                event.verdict,
+                event.measurement,
+                event.detail,
+                prev,
+                event.hash
+            ],
+        )?;
+        tx.commit()?;
+        Ok(event)
+    }
+
+    pub fn audit_events(&self) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, time, kind, key_id, claims_digest, verdict, measurement, detail, hash
+             FROM audit ORDER BY seq",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(AuditEvent {
+                    seq: r.get(0)?,
+                    time: r.get::<_, i64>(1)? as u64,
+                    kind: r.get(2)?,
+                    key_id: r.get(3)?,
+                    claims_digest: r.get(4)?,
+                    verdict: r.get(5)?,
+                    measurement: r.get(6)?,
+                    detail: r.get(7)?,
+                    hash: r.get(8)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+}
+
+/// `hash = SHA-256(prev_hash || "\n" || JSON of the event without its hash)`.
+pub fn audit_hash(prev_hash: &str, event: &AuditEvent) -> String {
+    let mut e = event.clone();
+    e.hash = String::new();
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(serde_json::to_vec(&e).unwrap_or_default());
+    hex::encode(h.finalize())
+}
+
+/// Checks that `events` form an unbroken hash chain from the start; returns the first bad sequence
+/// number.
+pub fn verify_audit_chain(events: &[AuditEvent]) -> Result<(), i64> {
+    let mut prev = "0".repeat(64);
+    for (i, e) in events.iter().enumerate() {
+        if e.seq != i as i64 + 1 || audit_hash(&prev, e) != e.hash {
+            return Err(e.seq);
+        }
+        prev = e.hash.clone();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn nonce_is_single_use_and_expires() {
+        let (_d, s) = temp_store();
+        s.insert_nonce(b"n1", 100, 50).unwrap();
+        assert_eq!(s.use_nonce(b"n1", 60).unwrap(), NonceUse::Accepted);
+        assert_eq!(s.use_nonce(b"n1", 61).unwrap(), NonceUse::Replayed);
+        s.insert_nonce(b"n2", 100, 50).unwrap();
+        assert_eq!(s.use_nonce(b"n2", 101).unwrap(), NonceUse::Expired { expired_at: 100 });
+        assert_eq!(s.use_nonce(b"never", 60).unwrap(), NonceUse::Unknown);
+    }
+
+    #[test]
+    fn schema_is_versioned_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+            s.put_key("k", &[1; 32], "policy", 1).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.get_key("k").unwrap().unwrap().dek.as_slice(), &[1; 32]);
+        s.conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(s);
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::SchemaTooNew { found: 99, .. })));
+    }
+
+    #[test]
+    fn audit_chain_detects_edits_and_gaps() {
+        let (_d, mut s) = temp_store();
+        for i in 0..3 {
+            s.append_audit(&NewAuditEvent {
+                time: i,
+                kind: "key_released",
+                key_id: Some("k"),
+                claims_digest: None,
+                verdict: "accepted",
+                measurement: None,
+                detail: "",
+            })
+            .unwrap();
+        }
+        let events = s.audit_events().unwrap();
+        assert_eq!(verify_audit_chain(&events), Ok(()));
+        let mut edited = events.clone();
+        edited[1].verdict = "rejected".into();
+        assert_eq!(verify_audit_chain(&edited), Err(2));
+        let gap = vec![events[0].clone(), events[2].clone()];
+        assert_eq!(verify_audit_chain(&gap), Err(3));
+    }
+}

@@ -1,0 +1,244 @@
+//! The KBS over real HTTP on loopback: challenge → attest → release, and every must-reject.
+
+use cordon_attest::{Endorsements, Platform, Policy};
+use cordon_kbs::{verify_audit_chain, Kbs, KbsConfig};
+use cordon_proto::kbs::{AttestRequest, AttestResponse, AuditEvent, Challenge, ErrorBody, RegisterKey, RELEASE_INFO};
+use cordon_proto::{report_data, RuntimeKeys, ServiceKeyPair};
+use cordon_tee::{EvidenceProvider, SimHardwareKey, SimTee};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const MEASUREMENT: [u8; 48] = [0x42; 48];
+
+struct Harness {
+    url: String,
+    token: String,
+    hw_key_seed: String,
+    clock: Arc<AtomicU64>,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let hw = SimHardwareKey::generate();
+    let clock = Arc::new(AtomicU64::new(1_800_000_000));
+    let c = clock.clone();
+    let mut config = KbsConfig::new(
+        dir.path().to_path_buf(),
+        Endorsements { sim_trust_anchors: vec![hw.public_key()] },
+    );
+    config.clock = Arc::new(move || UNIX_EPOCH + Duration::from_secs(c.load(Ordering::SeqCst)));
+    config.nonce_ttl = Duration::from_secs(30);
+    let kbs = Kbs::open(config).unwrap();
+    let token = kbs.init_admin_token().unwrap().unwrap().to_string();
+    assert!(kbs.init_admin_token().unwrap().is_none(), "token is created once");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, kbs.router()).await.unwrap() });
+    Harness {
+        url,
+        token,
+        hw_key_seed: hw.to_file_contents().to_string(),
+        clock,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+fn policy(platforms: Vec<Platform>, measurement: [u8; 48]) -> String {
+    Policy {
+        platforms,
+        launch_measurements: vec![measurement.to_vec()],
+        allow_debug: false,
+        workload_data: None,
+    }
+    .to_toml()
+}
+
+impl Harness {
+    async fn register(&self, key_id: &str, dek: [u8; 32], policy: String) -> reqwest::Response {
+        self.http
+            .put(format!("{}/kbs/v1/admin/keys/{key_id}", self.url))
+            .bearer_auth(&self.token)
+            .json(&RegisterKey { dek: dek.to_vec(), policy })
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn challenge(&self) -> Challenge {
+        self.http.post(format!("{}/kbs/v1/challenge", self.url)).send().await.unwrap().json().await.unwrap()
+    }
+
+    fn tee(&self, measurement: [u8; 48], debug: bool) -> SimTee {
+        SimTee::new(SimHardwareKey::from_file_contents(&self.hw_key_seed).unwrap(), measurement, [0; 32], debug)
+    }
+
+    async fn attest(&self, req: &AttestRequest) -> reqwest::Response {
+        self.http.post(format!("{}/kbs/v1/attest", self.url)).json(req).send().await.unwrap()
+    }
+
+    async fn audit(&self) -> Vec<AuditEvent> {
+        self.http
+            .get(format!("{}/kbs/v1/admin/audit", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+fn keys(kp: &ServiceKeyPair) -> RuntimeKeys {
+    RuntimeKeys { hpke_public_key: kp.public_key(), hpke_key_id: kp.key_id(), signing_public_key: [9; 32] }
+}
+
+fn request(nonce: &str, tee: &SimTee, kp: &ServiceKeyPair, key_ids: &[&str]) -> AttestRequest {
+    let nonce_bytes = hex::decode(nonce).unwrap();
+    let rk = keys(kp);
+    AttestRequest {
+        nonce: nonce.into(),
+        evidence: tee.evidence(&report_data(&nonce_bytes, &rk)).unwrap(),
+        runtime_keys: rk,
+        key_ids: key_ids.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+async fn error_code(resp: reqwest::Response) -> (u16, String, String) {
+    let status = resp.status().as_u16();
+    let body: ErrorBody = resp.json().await.unwrap();
+    (status, body.code, body.error)
+}
+
+#[tokio::test]
+async fn releases_dek_sealed_to_the_attested_key_and_audits_it() {
+    let h = start().await;
+    let dek = [7u8; 32];
+    assert!(h.register("model-a", dek, policy(vec![Platform::Sim], MEASUREMENT)).await.status().is_success());
+    let kp = ServiceKeyPair::generate(0);
+    let ch = h.challenge().await;
+    let resp = h.attest(&request(&ch.nonce, &h.tee(MEASUREMENT, false), &kp, &["model-a"])).await;
+    assert!(resp.status().is_success());
+    let body: AttestResponse = resp.json().await.unwrap();
+    assert!(body.denied.is_empty(), "{:?}", body.denied);
+    assert_eq!(body.released.len(), 1);
+    let opened = kp.open_sealed(RELEASE_INFO, b"model-a", &body.released[0].sealed_dek).unwrap();
+    assert_eq!(opened.as_slice(), &dek);
+    // Another key pair cannot open it.
+    assert!(ServiceKeyPair::generate(0).open_sealed(RELEASE_INFO, b"model-a", &body.released[0].sealed_dek).is_err());
+
+    let events = h.audit().await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["key_registered", "key_released"]);
+    assert_eq!(events[1].claims_digest.as_deref(), Some(body.claims_digest.as_str()));
+    assert_eq!(events[1].measurement.as_deref(), Some(hex::encode(MEASUREMENT).as_str()));
+    verify_audit_chain(&events).unwrap();
+}
+
+#[tokio::test]
+async fn replayed_unknown_and_expired_nonces_are_rejected() {
+    let h = start().await;
+    h.register("k", [1; 32], policy(vec![Platform::Sim], MEASUREMENT)).await;
+    let kp = ServiceKeyPair::generate(0);
+    let tee = h.tee(MEASUREMENT, false);
+    let ch = h.challenge().await;
+    let req = request(&ch.nonce, &tee, &kp, &["k"]);
+    assert!(h.attest(&req).await.status().is_success());
+    let (status, code, _) = error_code(h.attest(&req).await).await;
+    assert_eq!((status, code.as_str()), (403, "nonce_replayed"));
+
+    let (_, code, _) = error_code(h.attest(&request(&hex::encode([3u8; 32]), &tee, &kp, &["k"])).await).await;
+    assert_eq!(code, "nonce_unknown");
+
+    let ch = h.challenge().await;
+    h.clock.fetch_add(31, Ordering::SeqCst);
+    let (status, code, msg) = error_code(h.attest(&request(&ch.nonce, &tee, &kp, &["k"])).await).await;
+    assert_eq!((status, code.as_str()), (403, "nonce_expired"), "{msg}");
+}
+
+#[tokio::test]
+async fn evidence_not_binding_the_presented_key_is_rejected() {
+    let h = start().await;
+    h.register("k", [1; 32], policy(vec![Platform::Sim], MEASUREMENT)).await;
+    let honest = ServiceKeyPair::generate(0);
+    let attacker = ServiceKeyPair::generate(0);
+    let ch = h.challenge().await;
+    // Evidence binds the honest key; the request presents the attacker's key to receive the DEK.
+    let mut req = request(&ch.nonce, &h.tee(MEASUREMENT, false), &honest, &["k"]);
+    req.runtime_keys = keys(&attacker);
+    let (status, code, msg) = error_code(h.attest(&req).await).await;
+    assert_eq!((status, code.as_str()), (403, "report_data_mismatch"), "{msg}");
+
+    // Evidence made for a different nonce is rejected the same way.
+    let ch2 = h.challenge().await;
+    let mut req = request(&ch.nonce, &h.tee(MEASUREMENT, false), &honest, &["k"]);
+    req.nonce = ch2.nonce;
+    let (_, code, _) = error_code(h.attest(&req).await).await;
+    assert_eq!(code, "report_data_mismatch");
+    assert_eq!(h.audit().await.iter().filter(|e| e.kind == "attestation_failed").count(), 2);
+}
+
+#[tokio::test]
+async fn policy_denials_name_the_failed_check() {
+    let h = start().await;
+    h.register("wants-other-measurement", [1; 32], policy(vec![Platform::Sim], [0x11; 48])).await;
+    h.register("hardware-only", [2; 32], policy(vec![Platform::Snp, Platform::Tdx], MEASUREMENT)).await;
+    h.register("no-debug", [3; 32], policy(vec![Platform::Sim], MEASUREMENT)).await;
+    let kp = ServiceKeyPair::generate(0);
+
+    let ch = h.challenge().await;
+    let body: AttestResponse = h
+        .attest(&request(&ch.nonce, &h.tee(MEASUREMENT, false), &kp, &["wants-other-measurement", "hardware-only", "absent"]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(body.released.is_empty());
+    let reason = |id: &str| body.denied.iter().find(|d| d.key_id == id).unwrap().reasons.join("; ");
+    assert!(reason("wants-other-measurement").contains("launch_measurement"), "{}", reason("wants-other-measurement"));
+    assert!(reason("wants-other-measurement").contains(&hex::encode(MEASUREMENT)));
+    assert!(reason("hardware-only").contains("platform: evidence is from `sim`"), "{}", reason("hardware-only"));
+    assert!(reason("absent").contains("unknown key id"));
+
+    let ch = h.challenge().await;
+    let body: AttestResponse =
+        h.attest(&request(&ch.nonce, &h.tee(MEASUREMENT, true), &kp, &["no-debug"])).await.json().await.unwrap();
+    assert!(body.released.is_empty());
+    assert!(body.denied[0].reasons.join(";").contains("debug"), "{:?}", body.denied);
+    let denials = h.audit().await.into_iter().filter(|e| e.kind == "key_denied").count();
+    assert_eq!(denials, 4);
+}
+
+#[tokio::test]
+async fn evidence_from_an_untrusted_sim_key_is_rejected() {
+    let h = start().await;
+    h.register("k", [1; 32], policy(vec![Platform::Sim], MEASUREMENT)).await;
+    let kp = ServiceKeyPair::generate(0);
+    let rogue = SimTee::new(SimHardwareKey::generate(), MEASUREMENT, [0; 32], false);
+    let ch = h.challenge().await;
+    let (status, code, msg) = error_code(h.attest(&request(&ch.nonce, &rogue, &kp, &["k"])).await).await;
+    assert_eq!((status, code.as_str()), (403, "evidence_invalid"));
+    assert!(msg.contains("not a trusted sim trust anchor"), "{msg}");
+}
+
+#[tokio::test]
+async fn admin_api_requires_the_token_and_a_valid_policy() {
+    let h = start().await;
+    let url = format!("{}/kbs/v1/admin/keys/k", h.url);
+    let body = RegisterKey { dek: vec![1; 32], policy: policy(vec![Platform::Sim], MEASUREMENT) };
+    let r = h.http.put(&url).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = h.http.put(&url).bearer_auth("wrong").json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = h.register("k", [1; 32], "platforms = []\nlaunch_measurements = []".into()).await;
+    let (status, code, _) = error_code(r).await;
+    assert_eq!((status, code.as_str()), (400, "policy_invalid"));
+    let r = h.http.post(format!("{}/kbs/v1/attest", h.url)).body("{not json").header("content-type", "application/json").send().await.unwrap();
+    let (status, code, _) = error_code(r).await;
+    assert_eq!((status, code.as_str()), (400, "bad_request"));
+    let _ = SystemTime::now();
+}
