@@ -1,1 +1,20 @@
-//! cordon-runtime
+//! The Cordon runtime: the workload inside the TEE.
+//!
+//! At boot it creates its HPKE service key and signing key, attests to the key broker with evidence
+//! that binds both, receives the DEKs of its configured sealed models (HPKE-sealed to its key), unseals
+//! the models in memory only, loads them with tract, and serves:
+//! - `GET /v1/attestation?nonce=HEX`: evidence binding the nonce and its public keys;
+//! - `POST /v1/encrypted`: an HPKE-encapsulated Open Inference Protocol request (see `cordon-proto`);
+//! - `GET /v2/health/live`, `/v2/health/ready`, `/v2`, `/v2/models/{name}`: plaintext, no secrets.
+//!
+//! Plaintext of models and requests stays in memory and is never logged.
+
+mod boot;
+mod config;
+mod engine;
+mod server;
+
+pub use boot::{boot, BootedRuntime, RuntimeError};
+pub use config::{ModelConfig, RuntimeConfig};
+pub use engine::{EngineError, OnnxModel};
+pub use server::{router, RuntimeState};

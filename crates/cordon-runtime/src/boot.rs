@@ -1,0 +1,158 @@
+//! Boot: keys, attestation to the KBS, key release, models unsealed in memory.
+
+use crate::config::RuntimeConfig;
+use crate::engine::{EngineError, OnnxModel};
+use crate::server::RuntimeState;
+use cordon_proto::kbs::{AttestRequest, AttestResponse, Challenge, ErrorBody, RELEASE_INFO};
+use cordon_proto::{report_data, RuntimeKeys, ServiceKeyPair};
+use cordon_seal::{Dek, KeyFile, SealError};
+use cordon_tee::EvidenceProvider;
+use ed25519_dalek::SigningKey;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("sealed model {model} ({path}): {source}")]
+    Sealed { model: String, path: String, source: SealError },
+    #[error("key broker at {url}: {reason}")]
+    Kbs { url: String, reason: String },
+    #[error("key broker refused key {key_id} for model {model}: {reasons}")]
+    KeyDenied { model: String, key_id: String, reasons: String },
+    #[error("producing evidence: {0}")]
+    Evidence(String),
+    #[error("released key for model {model} cannot be opened: {reason}")]
+    Release { model: String, reason: String },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// A runtime whose models are loaded, ready to serve.
+pub struct BootedRuntime {
+    pub state: Arc<RuntimeState>,
+    /// SHA-256 of each model's sealed manifest, by model name.
+    pub model_digests: BTreeMap<String, String>,
+}
+
+/// Boots the runtime: attests to the KBS named in `config`, fetches and opens every model's DEK,
+/// unseals and loads the models.
+pub async fn boot(
+    config: &RuntimeConfig,
+    tee: Arc<dyn EvidenceProvider>,
+) -> Result<BootedRuntime, RuntimeError> {
+    let service_key = ServiceKeyPair::generate(0);
+    let signing_key = {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rand_fill(seed.as_mut());
+        SigningKey::from_bytes(&seed)
+    };
+    let runtime_keys = RuntimeKeys {
+        hpke_public_key: service_key.public_key(),
+        hpke_key_id: service_key.key_id(),
+        signing_public_key: signing_key.verifying_key().to_bytes(),
+    };
+
+    // Read every sealed header first: the key ids to ask for, and the signer each must carry.
+    let mut sealed = Vec::new();
+    for m in &config.models {
+        let sealed_err = |source| RuntimeError::Sealed {
+            model: m.name.clone(),
+            path: m.path.display().to_string(),
+            source,
+        };
+        let bytes = std::fs::read(&m.path).map_err(|e| sealed_err(SealError::Io(e)))?;
+        let header = cordon_seal::read_header(&mut &bytes[..]).map_err(sealed_err)?;
+        let signer: [u8; 32] = hex::decode(m.signer.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| RuntimeError::Config(format!("model {}: signer must be 32 bytes of hex", m.name)))?;
+        sealed.push((m, header, bytes, signer));
+    }
+
+    let kbs = config.kbs_url.trim_end_matches('/').to_string();
+    let kbs_err = |reason: String| RuntimeError::Kbs { url: kbs.clone(), reason };
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| kbs_err(e.to_string()))?;
+    let challenge: Challenge = http
+        .post(format!("{kbs}/kbs/v1/challenge"))
+        .send()
+        .await
+        .map_err(|e| kbs_err(format!("challenge: {e}")))?
+        .error_for_status()
+        .map_err(|e| kbs_err(format!("challenge: {e}")))?
+        .json()
+        .await
+        .map_err(|e| kbs_err(format!("challenge: {e}")))?;
+    let nonce = hex::decode(&challenge.nonce).map_err(|e| kbs_err(format!("nonce is not hex: {e}")))?;
+    let evidence = tee
+        .evidence(&report_data(&nonce, &runtime_keys))
+        .map_err(|e| RuntimeError::Evidence(e.to_string()))?;
+    let request = AttestRequest {
+        nonce: challenge.nonce.clone(),
+        evidence,
+        runtime_keys: runtime_keys.clone(),
+        key_ids: sealed.iter().map(|(_, h, _, _)| h.manifest.key_id.clone()).collect(),
+    };
+    let resp = http
+        .post(format!("{kbs}/kbs/v1/attest"))
+        .json(&request)
+        .send()
+        .await
+        .map_err(|e| kbs_err(format!("attest: {e}")))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let reason = match resp.json::<ErrorBody>().await {
+            Ok(b) => format!("attest: {status}: {} ({})", b.error, b.code),
+            Err(_) => format!("attest: {status}"),
+        };
+        return Err(kbs_err(reason));
+    }
+    let released: AttestResponse = resp.json().await.map_err(|e| kbs_err(format!("attest: {e}")))?;
+
+    let mut models = BTreeMap::new();
+    let mut model_digests = BTreeMap::new();
+    for (m, header, bytes, signer) in sealed {
+        let key_id = &header.manifest.key_id;
+        if let Some(d) = released.denied.iter().find(|d| &d.key_id == key_id) {
+            return Err(RuntimeError::KeyDenied {
+                model: m.name.clone(),
+                key_id: key_id.clone(),
+                reasons: d.reasons.join("; "),
+            });
+        }
+        let rel = released.released.iter().find(|r| &r.key_id == key_id).ok_or_else(|| {
+            RuntimeError::KeyDenied {
+                model: m.name.clone(),
+                key_id: key_id.clone(),
+                reasons: "the KBS returned no answer for this key".into(),
+            }
+        })?;
+        let dek_bytes = service_key
+            .open_sealed(RELEASE_INFO, key_id.as_bytes(), &rel.sealed_dek)
+            .map_err(|e| RuntimeError::Release { model: m.name.clone(), reason: e.to_string() })?;
+        let dek = Dek::from_bytes(&dek_bytes)
+            .map_err(|e| RuntimeError::Release { model: m.name.clone(), reason: e.to_string() })?;
+        let key = KeyFile { key_id: key_id.clone(), dek, signer };
+        let (header, plaintext) = cordon_seal::unseal_to_vec(&bytes[..], &key).map_err(|source| {
+            RuntimeError::Sealed { model: m.name.clone(), path: m.path.display().to_string(), source }
+        })?;
+        let model = OnnxModel::load(&m.name, &header.manifest.version, &plaintext)?;
+        model_digests.insert(m.name.clone(), hex::encode(header.digest()));
+        tracing::info!(model = %m.name, manifest_sha256 = %hex::encode(header.digest()), "model unsealed and loaded in memory");
+        models.insert(m.name.clone(), Arc::new(model));
+    }
+
+    let state = RuntimeState::new(service_key, signing_key, runtime_keys, tee, models);
+    Ok(BootedRuntime { state: Arc::new(state), model_digests })
+}
+
+fn rand_fill(buf: &mut [u8]) {
+    use rand::RngCore;
+    rand::rng().fill_bytes(buf);
+}

@@ -1,0 +1,48 @@
+//! The runtime's configuration. In the simulated TEE it is part of the launch measurement, as a
+//! confidential VM's measured configuration would be; so it names nothing that changes per request.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Base URL of the key broker, e.g. `http://127.0.0.1:8100`.
+    pub kbs_url: String,
+    /// 32 bytes of workload data (hex) the TEE reports; zero when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_data: Option<String>,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Name clients address the model by (`/v2/models/{name}`).
+    pub name: String,
+    /// Path of the sealed artifact.
+    pub path: PathBuf,
+    /// Ed25519 public key (hex) of the owner who must have signed the artifact's manifest.
+    pub signer: String,
+}
+
+impl RuntimeConfig {
+    pub fn from_toml(text: &str) -> Result<RuntimeConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    pub fn workload_data_bytes(&self) -> Result<[u8; 32], String> {
+        match &self.workload_data {
+            None => Ok([0; 32]),
+            Some(h) => hex::decode(h.trim())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| "workload_data must be 32 bytes of hex".to_string()),
+        }
+    }
+}
