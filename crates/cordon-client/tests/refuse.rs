@@ -1,0 +1,124 @@
+//! The client refuses runtimes it cannot verify, before sending anything.
+
+use axum::extract::Query;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cordon_attest::{Endorsements, Platform, Policy};
+use cordon_client::{connect_with, ClientError};
+use cordon_proto::runtime::AttestationResponse;
+use cordon_proto::{report_data, RuntimeKeys, ServiceKeyPair};
+use cordon_tee::{EvidenceProvider, SimHardwareKey, SimTee};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+const GOOD: [u8; 48] = [0x5a; 48];
+
+/// How a fake runtime misbehaves.
+#[derive(Clone, Copy)]
+enum Fake {
+    Honest,
+    /// Presents a key other than the one its evidence binds.
+    UnboundKey,
+    /// Ignores the verifier's nonce and replays evidence made for another nonce.
+    StaleNonce,
+}
+
+async fn fake_runtime(tee: SimTee, mode: Fake, encrypted_hits: Arc<AtomicUsize>) -> String {
+    let tee = Arc::new(tee);
+    let bound = ServiceKeyPair::generate(0);
+    let presented = match mode {
+        Fake::UnboundKey => ServiceKeyPair::generate(0).public_key(),
+        _ => bound.public_key(),
+    };
+    let bound_keys = RuntimeKeys { hpke_public_key: bound.public_key(), hpke_key_id: 0, signing_public_key: [1; 32] };
+    let app = Router::new()
+        .route(
+            "/v1/attestation",
+            get(move |Query(q): Query<HashMap<String, String>>| {
+                let tee = tee.clone();
+                let bound_keys = bound_keys.clone();
+                async move {
+                    let nonce = match mode {
+                        Fake::StaleNonce => vec![0u8; 32],
+                        _ => hex::decode(&q["nonce"]).unwrap(),
+                    };
+                    let evidence = tee.evidence(&report_data(&nonce, &bound_keys)).unwrap();
+                    let runtime_keys = RuntimeKeys { hpke_public_key: presented, ..bound_keys };
+                    Json(AttestationResponse { evidence, runtime_keys })
+                }
+            }),
+        )
+        .route(
+            "/v1/encrypted",
+            post(move || {
+                encrypted_hits.fetch_add(1, Ordering::SeqCst);
+                async { "unexpected" }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+fn policy(measurement: [u8; 48]) -> Policy {
+    Policy { platforms: vec![Platform::Sim], launch_measurements: vec![measurement.to_vec()], allow_debug: false, workload_data: None }
+}
+
+async fn setup(measurement: [u8; 48], mode: Fake) -> (String, Endorsements, Arc<AtomicUsize>) {
+    let hw = SimHardwareKey::generate();
+    let endorsements = Endorsements { sim_trust_anchors: vec![hw.public_key()] };
+    let hits = Arc::new(AtomicUsize::new(0));
+    let url = fake_runtime(SimTee::new(hw, measurement, [0; 32], false), mode, hits.clone()).await;
+    (url, endorsements, hits)
+}
+
+#[tokio::test]
+async fn honest_runtime_is_accepted_and_its_key_pinned() {
+    let (url, e, _) = setup(GOOD, Fake::Honest).await;
+    let rt = connect_with(&url, &policy(GOOD), &e, SystemTime::now()).await.unwrap();
+    assert_eq!(rt.claims().launch_measurement, GOOD.to_vec());
+    assert!(!rt.claims().hardware_backed);
+}
+
+#[tokio::test]
+async fn runtime_with_unlisted_measurement_is_refused() {
+    let (url, e, hits) = setup([0x66; 48], Fake::Honest).await;
+    let err = connect_with(&url, &policy(GOOD), &e, SystemTime::now()).await.unwrap_err();
+    assert!(matches!(err, ClientError::Rejected(_)), "{err}");
+    assert!(err.to_string().contains("launch_measurement"), "{err}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn runtime_presenting_an_unbound_key_is_refused() {
+    let (url, e, hits) = setup(GOOD, Fake::UnboundKey).await;
+    let err = connect_with(&url, &policy(GOOD), &e, SystemTime::now()).await.unwrap_err();
+    assert!(matches!(err, ClientError::KeyNotBound { .. }), "{err}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn evidence_for_another_nonce_is_refused() {
+    let (url, e, _) = setup(GOOD, Fake::StaleNonce).await;
+    let err = connect_with(&url, &policy(GOOD), &e, SystemTime::now()).await.unwrap_err();
+    assert!(matches!(err, ClientError::KeyNotBound { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn evidence_from_untrusted_hardware_key_is_refused() {
+    let (url, _, _) = setup(GOOD, Fake::Honest).await;
+    let other = Endorsements { sim_trust_anchors: vec![SimHardwareKey::generate().public_key()] };
+    let err = connect_with(&url, &policy(GOOD), &other, SystemTime::now()).await.unwrap_err();
+    assert!(matches!(err, ClientError::Evidence(_)), "{err}");
+}
+
+#[tokio::test]
+async fn sim_runtime_is_refused_by_a_hardware_only_policy() {
+    let (url, e, _) = setup(GOOD, Fake::Honest).await;
+    let p = Policy { platforms: vec![Platform::Snp], ..policy(GOOD) };
+    let err = connect_with(&url, &p, &e, SystemTime::now()).await.unwrap_err();
+    assert!(err.to_string().contains("platform"), "{err}");
+}
