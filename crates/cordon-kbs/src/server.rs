@@ -120,6 +120,15 @@ impl Kbs {
             .with_state(self.clone())
     }
 
+    /// Serves the routes on `listener` until `shutdown` completes, then drains open requests.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
+    }
+
     async fn check_admin(&self, headers: &HeaderMap) -> Result<(), KbsError> {
         let token = headers
             .get(axum::http::header::AUTHORIZATION)

@@ -17,4 +17,4 @@ mod server;
 pub use boot::{boot, BootedRuntime, RuntimeError};
 pub use config::{ModelConfig, RuntimeConfig};
 pub use engine::{EngineError, OnnxModel};
-pub use server::{router, RuntimeState};
+pub use server::{router, serve, RuntimeState};

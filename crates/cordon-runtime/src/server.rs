@@ -74,6 +74,15 @@ pub fn router(state: Arc<RuntimeState>) -> Router {
         .with_state(state)
 }
 
+/// Serves the runtime on `listener` until `shutdown` completes, then drains open requests.
+pub async fn serve(
+    state: Arc<RuntimeState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(ErrorResponse { error: msg.into() })).into_response()
 }

@@ -1,1 +1,74 @@
-fn main() {}
+//! `cordon`: the command-line interface. Logic lives in the library crates; this binary parses
+//! arguments, reads files and prints.
+
+mod cmd_infer;
+mod cmd_kbs;
+mod cmd_runtime;
+mod cmd_seal;
+mod quickstart;
+mod util;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "cordon",
+    version,
+    about = "Confidential AI: sealed models, attested runtimes, keys released only to verified TEEs",
+    long_about = "Cordon seals models, releases their keys only to runtimes whose TEE evidence a policy \
+accepts, and serves encrypted inference that clients verify themselves.\n\n\
+Start with `cordon quickstart`: the whole flow on this machine with the simulated TEE (no hardware)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole flow locally (simulated TEE): KBS, runtime, sealed model, verified encrypted inference.
+    Quickstart(quickstart::Args),
+    /// Create a model owner's Ed25519 signing key.
+    Keygen(cmd_seal::KeygenArgs),
+    /// Encrypt a file (model, dataset) into a sealed artifact under a fresh DEK.
+    Seal(cmd_seal::SealArgs),
+    /// Decrypt a sealed artifact with its key file (the owner's own check).
+    Unseal(cmd_seal::UnsealArgs),
+    /// Show a sealed artifact's manifest after checking its signature (decrypts nothing).
+    Inspect(cmd_seal::InspectArgs),
+    /// Key broker: serve, register keys, read the audit log.
+    #[command(subcommand)]
+    Kbs(cmd_kbs::KbsCommand),
+    /// The runtime that runs inside the TEE: serve, or compute its measurement.
+    #[command(subcommand)]
+    Runtime(cmd_runtime::RuntimeCommand),
+    /// The simulated TEE's "hardware" key (development only).
+    #[command(subcommand)]
+    Sim(cmd_runtime::SimCommand),
+    /// Verify a runtime, then run one encrypted inference request on it.
+    Infer(cmd_infer::InferArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    util::init_logging();
+    let result = match cli.command {
+        Command::Quickstart(a) => quickstart::run(a),
+        Command::Keygen(a) => cmd_seal::keygen(a),
+        Command::Seal(a) => cmd_seal::seal(a),
+        Command::Unseal(a) => cmd_seal::unseal(a),
+        Command::Inspect(a) => cmd_seal::inspect(a),
+        Command::Kbs(c) => cmd_kbs::run(c),
+        Command::Runtime(c) => cmd_runtime::run(c),
+        Command::Sim(c) => cmd_runtime::run_sim(c),
+        Command::Infer(a) => cmd_infer::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! `cordon runtime serve | measure`, `cordon sim keygen`.
+
+use crate::cmd_kbs::shutdown_signal;
+use crate::util;
+use anyhow::{bail, Context, Result};
+use cordon_runtime::RuntimeConfig;
+use cordon_tee::{sim_launch_measurement, EvidenceProvider, SimHardwareKey, SimTee};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(clap::Subcommand)]
+pub enum RuntimeCommand {
+    /// Boot (attest, fetch keys, unseal models in memory) and serve encrypted inference.
+    Serve(ServeArgs),
+    /// Print the simulated launch measurement of a runtime binary with a config: the reference value
+    /// a release policy or client policy lists.
+    Measure(MeasureArgs),
+}
+
+#[derive(clap::Subcommand)]
+pub enum SimCommand {
+    /// Create a simulated "hardware" attestation key (development only; NOT hardware-backed).
+    Keygen {
+        /// Secret key file (mode 0600); the public key (the trust anchor) goes to the same path with `.pub`.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum PlatformArg {
+    /// The simulated TEE (no hardware; evidence signed by --sim-hardware-key).
+    Sim,
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Runtime configuration (TOML): kbs_url, workload_data, [[models]] name/path/signer.
+    #[arg(long)]
+    config: PathBuf,
+    /// Address to listen on (port 0 picks a free port; see --addr-file).
+    #[arg(long, default_value = "127.0.0.1:8200")]
+    listen: SocketAddr,
+    /// TEE platform to produce evidence with. Only `sim` exists so far; it must be asked for.
+    #[arg(long, value_enum)]
+    platform: PlatformArg,
+    /// The simulated hardware key (from `cordon sim keygen`).
+    #[arg(long, required_if_eq("platform", "sim"))]
+    sim_hardware_key: Option<PathBuf>,
+    /// Simulate a debug TEE (its memory readable by the host); policies without allow_debug refuse it.
+    #[arg(long)]
+    sim_debug: bool,
+    /// Write the bound address here once the models are loaded and the server listens.
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct MeasureArgs {
+    /// Runtime configuration (TOML) the runtime will be started with.
+    #[arg(long)]
+    config: PathBuf,
+    /// Runtime binary (default: this `cordon` binary).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+}
+
+pub fn run(c: RuntimeCommand) -> Result<()> {
+    match c {
+        RuntimeCommand::Serve(a) => serve(a),
+        RuntimeCommand::Measure(a) => {
+            let binary = match a.binary {
+                Some(b) => b,
+                None => std::env::current_exe()?,
+            };
+            let config = std::fs::read(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+            println!("{}", hex::encode(sim_launch_measurement(&binary, &config)?));
+            Ok(())
+        }
+    }
+}
+
+pub fn run_sim(c: SimCommand) -> Result<()> {
+    match c {
+        SimCommand::Keygen { out } => {
+            let key = SimHardwareKey::generate();
+            util::write_secret(&out, key.to_file_contents().as_bytes(), false)?;
+            let pub_path = out.with_extension("pub");
+            std::fs::write(&pub_path, format!("{}\n", hex::encode(key.public_key())))?;
+            println!("simulated hardware key: {} (NOT hardware-backed; for development)", out.display());
+            println!("trust anchor:           {} ({})", hex::encode(key.public_key()), pub_path.display());
+            Ok(())
+        }
+    }
+}
+
+/// Builds the simulated TEE for a runtime binary and its config bytes.
+pub fn sim_tee(key_path: &Path, binary: &Path, config_bytes: &[u8], config: &RuntimeConfig, debug: bool) -> Result<SimTee> {
+    let key = SimHardwareKey::from_file_contents(&util::read_to_string(key_path, "sim hardware key")?)?;
+    let measurement = sim_launch_measurement(binary, config_bytes)?;
+    let workload = config.workload_data_bytes().map_err(anyhow::Error::msg)?;
+    Ok(SimTee::new(key, measurement, workload, debug))
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    let config_bytes = std::fs::read(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+    let config = RuntimeConfig::from_toml(std::str::from_utf8(&config_bytes)?)
+        .map_err(|e| anyhow::anyhow!("runtime config {}: {e}", a.config.display()))?;
+    let tee: Arc<dyn EvidenceProvider> = match a.platform {
+        PlatformArg::Sim => {
+            let Some(key) = &a.sim_hardware_key else { bail!("--sim-hardware-key is required with --platform sim") };
+            let binary = std::env::current_exe()?;
+            let tee = sim_tee(key, &binary, &config_bytes, &config, a.sim_debug)?;
+            eprintln!(
+                "WARNING: SIMULATED TEE: evidence is signed by a local key and is NOT hardware-backed{}; launch measurement {}",
+                if a.sim_debug { " (debug mode)" } else { "" },
+                hex::encode(tee.launch_measurement())
+            );
+            Arc::new(tee)
+        }
+    };
+    let rt = util::tokio_runtime()?;
+    rt.block_on(async move {
+        let booted = cordon_runtime::boot(&config, tee).await?;
+        let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, models = ?booted.model_digests.keys().collect::<Vec<_>>(), "runtime ready");
+        if let Some(f) = &a.addr_file {
+            util::write_atomic(f, addr.to_string().as_bytes())?;
+        }
+        cordon_runtime::serve(booted.state, listener, shutdown_signal()).await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,194 @@
+//! `cordon keygen`, `seal`, `unseal`, `inspect`.
+
+use crate::util;
+use anyhow::{bail, Context, Result};
+use cordon_seal::{KeyFile, OwnerKey, SealOptions};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+const PROGRESS_THRESHOLD: u64 = 8 << 20;
+
+#[derive(clap::Args)]
+pub struct KeygenArgs {
+    /// Where to write the secret key (mode 0600). The public key goes to the same path with `.pub`.
+    #[arg(long, default_value_os_t = util::default_owner_key())]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct SealArgs {
+    /// File to seal (an ONNX model, a dataset: any bytes).
+    input: PathBuf,
+    /// Where to write the sealed artifact.
+    #[arg(long)]
+    out: PathBuf,
+    /// Where to write the key file (key id, DEK, signer), mode 0600. Register it with `cordon kbs register`.
+    #[arg(long)]
+    key_out: PathBuf,
+    /// The owner's signing key from `cordon keygen`.
+    #[arg(long, env = "CORDON_OWNER_KEY", default_value_os_t = util::default_owner_key())]
+    owner_key: PathBuf,
+    /// Name recorded in the manifest (default: the input's file name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Version recorded in the manifest.
+    #[arg(long, default_value = "1")]
+    version: String,
+    /// Media type recorded in the manifest (default: application/onnx for .onnx files).
+    #[arg(long)]
+    media_type: Option<String>,
+    /// Plaintext bytes per chunk.
+    #[arg(long, default_value_t = cordon_seal::DEFAULT_CHUNK_SIZE)]
+    chunk_size: u32,
+}
+
+#[derive(clap::Args)]
+pub struct UnsealArgs {
+    /// The sealed artifact.
+    sealed: PathBuf,
+    /// The key file `cordon seal --key-out` wrote.
+    #[arg(long)]
+    key: PathBuf,
+    /// Where to write the plaintext.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// The sealed artifact.
+    sealed: PathBuf,
+}
+
+pub fn keygen(a: KeygenArgs) -> Result<()> {
+    let key = OwnerKey::generate();
+    util::write_secret(&a.out, key.to_file_contents().as_bytes(), false)?;
+    let pub_path = a.out.with_extension("pub");
+    std::fs::write(&pub_path, format!("{}\n", hex::encode(key.public_key())))?;
+    println!("owner key:  {}", a.out.display());
+    println!("public key: {} ({})", hex::encode(key.public_key()), pub_path.display());
+    Ok(())
+}
+
+fn progress_bar(total: u64, verb: &str) -> Option<ProgressBar> {
+    if total < PROGRESS_THRESHOLD || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(verb.to_string());
+    Some(pb)
+}
+
+pub fn seal(a: SealArgs) -> Result<()> {
+    let owner_text = util::read_to_string(&a.owner_key, "owner key")
+        .with_context(|| "create one with `cordon keygen` or pass --owner-key".to_string())?;
+    let owner = OwnerKey::from_file_contents(&owner_text)?;
+    let input = std::fs::File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
+    let size = input.metadata()?.len();
+    let name = a.name.clone().unwrap_or_else(|| {
+        a.input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "artifact".into())
+    });
+    let media_type = a.media_type.clone().unwrap_or_else(|| {
+        match a.input.extension().and_then(|e| e.to_str()) {
+            Some("onnx") => "application/onnx",
+            Some("csv") => "text/csv",
+            Some("parquet") => "application/vnd.apache.parquet",
+            _ => "application/octet-stream",
+        }
+        .to_string()
+    });
+    let options = SealOptions { name, version: a.version.clone(), media_type, chunk_size: a.chunk_size };
+    let out_tmp = a.out.with_extension("sealing");
+    let out = std::fs::File::create(&out_tmp).with_context(|| format!("creating {}", out_tmp.display()))?;
+    let mut writer = std::io::BufWriter::with_capacity(1 << 20, out);
+    let pb = progress_bar(size, "sealing");
+    let result = cordon_seal::seal(
+        std::io::BufReader::with_capacity(1 << 20, input),
+        size,
+        &mut writer,
+        &owner,
+        &options,
+        &mut |done| {
+            if let Some(pb) = &pb {
+                pb.set_position(done)
+            }
+        },
+    );
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let (manifest, key) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = std::fs::remove_file(&out_tmp);
+            return Err(e.into());
+        }
+    };
+    let file = writer.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    util::write_secret(&a.key_out, key.to_file_contents().as_bytes(), false)
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&out_tmp);
+        })?;
+    std::fs::rename(&out_tmp, &a.out)?;
+    println!("sealed {} ({} bytes) -> {}", a.input.display(), manifest.plaintext_size, a.out.display());
+    println!("  name {} version {} ({})", manifest.name, manifest.version, manifest.media_type);
+    println!("  key id           {}", manifest.key_id);
+    println!("  plaintext sha256 {}", manifest.plaintext_sha256);
+    println!("  signer           {}", manifest.signer);
+    println!("  key file         {} (secret: register it with the KBS, keep it off shared disks)", a.key_out.display());
+    Ok(())
+}
+
+pub fn unseal(a: UnsealArgs) -> Result<()> {
+    let key = KeyFile::from_file_contents(&util::read_to_string(&a.key, "key file")?)?;
+    let input = std::fs::File::open(&a.sealed).with_context(|| format!("opening {}", a.sealed.display()))?;
+    let total = input.metadata()?.len();
+    let tmp = a.out.with_extension("unsealing");
+    let out = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut writer = std::io::BufWriter::with_capacity(1 << 20, out);
+    let pb = progress_bar(total, "unsealing");
+    let result = cordon_seal::unseal(std::io::BufReader::with_capacity(1 << 20, input), &key, &mut writer, &mut |done| {
+        if let Some(pb) = &pb {
+            pb.set_position(done)
+        }
+    });
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    match result.and_then(|h| Ok((h, writer.into_inner().map_err(|e| e.into_error())?))) {
+        Ok((header, file)) => {
+            file.sync_all()?;
+            std::fs::rename(&tmp, &a.out)?;
+            println!(
+                "unsealed {} -> {} ({} bytes, sha256 {} verified, signer {})",
+                a.sealed.display(),
+                a.out.display(),
+                header.manifest.plaintext_size,
+                header.manifest.plaintext_sha256,
+                header.manifest.signer
+            );
+            Ok(())
+        }
+        Err(e) => {
+            // Nothing of a rejected artifact is left behind.
+            let _ = std::fs::remove_file(&tmp);
+            bail!("{} rejected: {e}", a.sealed.display())
+        }
+    }
+}
+
+pub fn inspect(a: InspectArgs) -> Result<()> {
+    let mut f = std::fs::File::open(&a.sealed).with_context(|| format!("opening {}", a.sealed.display()))?;
+    let header = cordon_seal::read_header(&mut f)?;
+    println!("manifest signature verified with the signer it names (check that signer is who you expect)");
+    println!("manifest sha256: {}", hex::encode(header.digest()));
+    println!("{}", serde_json::to_string_pretty(&header.manifest)?);
+    Ok(())
+}
