@@ -11,16 +11,16 @@ pub enum EvidenceError {
     Length { expected: usize, found: usize },
     #[error("sim evidence: unsupported version {0} (this verifier knows version 1)")]
     Version(u16),
-    #[error("sim evidence: field {field} must be zero, found {found}")]
+    #[error("sim evidence: reserved bits of {field} must be zero, found {found}")]
     Reserved { field: &'static str, found: String },
     #[error("sim evidence: signing key {0} is not a trusted sim trust anchor")]
     UntrustedSigner(String),
     #[error("sim evidence: signing key is not a valid Ed25519 point")]
     BadSignerKey,
-    #[error("sim evidence: signature does not verify (evidence was altered or signed by another key)")]
+    #[error(
+        "sim evidence: signature does not verify (evidence was altered or signed by another key)"
+    )]
     BadSignature,
-    #[error("{platform} evidence is not supported by this verifier yet")]
-    Unsupported { platform: &'static str },
 }
 
 /// Why a policy document is unusable.
@@ -32,8 +32,10 @@ pub enum PolicyError {
     NoPlatforms,
     #[error("policy lists no launch measurement: `launch_measurements` must name the reference values to accept")]
     NoMeasurements,
-    #[error("policy: launch measurement {value} is {len} bytes; a sim or SNP measurement is 48 bytes (SHA-384)")]
+    #[error("policy: launch measurement {value} is {len} bytes; measurements are 48 bytes (SHA-384: sim, SNP, TDX) or 32 bytes (SGX MRENCLAVE)")]
     MeasurementLength { value: String, len: usize },
     #[error("policy: sim trust anchor {value} is not a 32-byte Ed25519 public key")]
     TrustAnchor { value: String },
+    #[error("a release policy takes no [endorsements]: the key broker's trust anchors come from its own configuration")]
+    UnexpectedEndorsements,
 }

@@ -30,19 +30,33 @@ pub struct Policy {
     #[serde(default)]
     pub allow_debug: bool,
     /// When set, the workload data must equal this.
-    #[serde(default, with = "crate::hexser::opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "crate::hexser::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub workload_data: Option<Vec<u8>>,
 }
 
 impl Policy {
-    /// Parses a policy (without endorsements) from TOML and checks it is usable.
+    /// Parses a policy from TOML and checks it is usable. An `[endorsements]` table is refused here:
+    /// release policies are appraised with the verifier's own trust anchors, and silently ignoring the
+    /// table would mislead whoever wrote it. Clients read [`PolicyDocument`] instead.
     pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
-        Ok(PolicyDocument::from_toml(text)?.policy)
+        let doc = PolicyDocument::from_toml(text)?;
+        if doc.endorsements.is_some() {
+            return Err(PolicyError::UnexpectedEndorsements);
+        }
+        Ok(doc.policy)
     }
 
     /// Serializes the policy to TOML.
     pub fn to_toml(&self) -> String {
-        PolicyDocument { policy: self.clone(), endorsements: None }.to_toml()
+        PolicyDocument {
+            policy: self.clone(),
+            endorsements: None,
+        }
+        .to_toml()
     }
 
     fn validate(&self) -> Result<(), PolicyError> {
@@ -54,7 +68,10 @@ impl Policy {
         }
         for m in &self.launch_measurements {
             if m.len() != 48 && m.len() != 32 {
-                return Err(PolicyError::MeasurementLength { value: hex::encode(m), len: m.len() });
+                return Err(PolicyError::MeasurementLength {
+                    value: hex::encode(m),
+                    len: m.len(),
+                });
             }
         }
         Ok(())
@@ -78,7 +95,11 @@ struct RawDocument {
     launch_measurements: Vec<Vec<u8>>,
     #[serde(default)]
     allow_debug: bool,
-    #[serde(default, with = "crate::hexser::opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "crate::hexser::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     workload_data: Option<Vec<u8>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     endorsements: Option<RawEndorsements>,
@@ -94,7 +115,8 @@ struct RawEndorsements {
 impl PolicyDocument {
     /// Parses a policy document from TOML; unknown keys are errors, so a typo cannot loosen a policy.
     pub fn from_toml(text: &str) -> Result<PolicyDocument, PolicyError> {
-        let raw: RawDocument = toml::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        let raw: RawDocument =
+            toml::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
         let policy = Policy {
             platforms: raw.platforms,
             launch_measurements: raw.launch_measurements,
@@ -115,10 +137,15 @@ impl PolicyDocument {
                             .ok_or_else(|| PolicyError::TrustAnchor { value: s.clone() })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok::<_, PolicyError>(Endorsements { sim_trust_anchors: anchors })
+                Ok::<_, PolicyError>(Endorsements {
+                    sim_trust_anchors: anchors,
+                })
             })
             .transpose()?;
-        Ok(PolicyDocument { policy, endorsements })
+        Ok(PolicyDocument {
+            policy,
+            endorsements,
+        })
     }
 
     /// Serializes the document to TOML.
@@ -140,10 +167,19 @@ impl PolicyDocument {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "check", rename_all = "snake_case")]
 pub enum AppraisalFailure {
-    PlatformNotAllowed { found: Platform, allowed: Vec<Platform> },
-    MeasurementNotAllowed { found: String, allowed: Vec<String> },
+    PlatformNotAllowed {
+        found: Platform,
+        allowed: Vec<Platform>,
+    },
+    MeasurementNotAllowed {
+        found: String,
+        allowed: Vec<String>,
+    },
     DebugNotAllowed,
-    WorkloadDataMismatch { found: String, expected: String },
+    WorkloadDataMismatch {
+        found: String,
+        expected: String,
+    },
 }
 
 impl fmt::Display for AppraisalFailure {
@@ -151,7 +187,11 @@ impl fmt::Display for AppraisalFailure {
         match self {
             AppraisalFailure::PlatformNotAllowed { found, allowed } => {
                 let allowed: Vec<String> = allowed.iter().map(|p| p.to_string()).collect();
-                write!(f, "platform: evidence is from `{found}`, policy allows [{}]", allowed.join(", "))
+                write!(
+                    f,
+                    "platform: evidence is from `{found}`, policy allows [{}]",
+                    allowed.join(", ")
+                )
             }
             AppraisalFailure::MeasurementNotAllowed { found, allowed } => write!(
                 f,
@@ -159,7 +199,10 @@ impl fmt::Display for AppraisalFailure {
                 allowed.join(", ")
             ),
             AppraisalFailure::DebugNotAllowed => {
-                write!(f, "debug: the TEE runs in debug mode (true), policy requires allow_debug = false")
+                write!(
+                    f,
+                    "debug: the TEE runs in debug mode (true), policy requires allow_debug = false"
+                )
             }
             AppraisalFailure::WorkloadDataMismatch { found, expected } => {
                 write!(f, "workload_data: found {found}, policy expects {expected}")
@@ -181,7 +224,11 @@ impl Verdict {
 
     /// Every failure, one per line.
     pub fn reasons(&self) -> String {
-        self.failures.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("; ")
+        self.failures
+            .iter()
+            .map(|f| f.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -194,7 +241,11 @@ pub fn appraise(claims: &Claims, policy: &Policy) -> Verdict {
             allowed: policy.platforms.clone(),
         });
     }
-    if !policy.launch_measurements.iter().any(|m| m == &claims.launch_measurement) {
+    if !policy
+        .launch_measurements
+        .iter()
+        .any(|m| m == &claims.launch_measurement)
+    {
         failures.push(AppraisalFailure::MeasurementNotAllowed {
             found: hex::encode(&claims.launch_measurement),
             allowed: policy.launch_measurements.iter().map(hex::encode).collect(),
@@ -241,14 +292,23 @@ mod tests {
 
     #[test]
     fn policy_round_trips_through_toml() {
-        let p = Policy { workload_data: Some(vec![0; 32]), ..policy() };
+        let p = Policy {
+            workload_data: Some(vec![0; 32]),
+            ..policy()
+        };
         let text = p.to_toml();
         assert_eq!(Policy::from_toml(&text).unwrap(), p, "{text}");
         let doc = PolicyDocument {
             policy: policy(),
-            endorsements: Some(Endorsements { sim_trust_anchors: vec![[3; 32]] }),
+            endorsements: Some(Endorsements {
+                sim_trust_anchors: vec![[3; 32]],
+            }),
         };
         assert_eq!(PolicyDocument::from_toml(&doc.to_toml()).unwrap(), doc);
+        assert_eq!(
+            Policy::from_toml(&doc.to_toml()),
+            Err(PolicyError::UnexpectedEndorsements)
+        );
     }
 
     #[test]
@@ -262,8 +322,11 @@ mod tests {
             Policy::from_toml("platforms = [\"sim\"]\nlaunch_measurements = []"),
             Err(PolicyError::NoMeasurements)
         );
-        let typo = format!("platforms = [\"sim\"]\nlaunch_measurements = [\"{m}\"]\nallow_debugg = true");
-        assert!(matches!(Policy::from_toml(&typo), Err(PolicyError::Parse(e)) if e.contains("allow_debugg")));
+        let typo =
+            format!("platforms = [\"sim\"]\nlaunch_measurements = [\"{m}\"]\nallow_debugg = true");
+        assert!(
+            matches!(Policy::from_toml(&typo), Err(PolicyError::Parse(e)) if e.contains("allow_debugg"))
+        );
         assert!(matches!(
             Policy::from_toml("platforms = [\"sim\"]\nlaunch_measurements = [\"zz\"]"),
             Err(PolicyError::Parse(_))
@@ -276,24 +339,56 @@ mod tests {
 
     #[test]
     fn sim_is_refused_unless_named() {
-        let p = Policy { platforms: vec![Platform::Snp, Platform::Tdx], ..policy() };
+        let p = Policy {
+            platforms: vec![Platform::Snp, Platform::Tdx],
+            ..policy()
+        };
         let v = appraise(&claims(), &p);
         assert!(!v.is_accepted());
-        assert!(v.reasons().contains("platform: evidence is from `sim`"), "{}", v.reasons());
+        assert!(
+            v.reasons().contains("platform: evidence is from `sim`"),
+            "{}",
+            v.reasons()
+        );
         assert!(appraise(&claims(), &policy()).is_accepted());
     }
 
     #[test]
     fn every_failed_check_is_named() {
-        let c = Claims { debug: true, launch_measurement: vec![0xbb; 48], workload_data: vec![1; 32], ..claims() };
-        let p = Policy { platforms: vec![Platform::Tdx], workload_data: Some(vec![0; 32]), ..policy() };
+        let c = Claims {
+            debug: true,
+            launch_measurement: vec![0xbb; 48],
+            workload_data: vec![1; 32],
+            ..claims()
+        };
+        let p = Policy {
+            platforms: vec![Platform::Tdx],
+            workload_data: Some(vec![0; 32]),
+            ..policy()
+        };
         let v = appraise(&c, &p);
         assert_eq!(v.failures.len(), 4, "{v:?}");
         let r = v.reasons();
-        for needle in ["platform", "launch_measurement", &hex::encode([0xbb; 48]), "debug", "workload_data"] {
+        for needle in [
+            "platform",
+            "launch_measurement",
+            &hex::encode([0xbb; 48]),
+            "debug",
+            "workload_data",
+        ] {
             assert!(r.contains(needle), "{needle} missing from {r}");
         }
-        let allowed = Policy { allow_debug: true, ..policy() };
-        assert!(appraise(&Claims { debug: true, ..claims() }, &allowed).is_accepted());
+        let allowed = Policy {
+            allow_debug: true,
+            ..policy()
+        };
+        assert!(appraise(
+            &Claims {
+                debug: true,
+                ..claims()
+            },
+            &allowed
+        )
+        .is_accepted());
     }
 }

@@ -68,10 +68,15 @@ impl SimReport {
     /// reserved fields.
     pub fn parse(bytes: &[u8]) -> Result<(SimReport, [u8; 64]), EvidenceError> {
         if bytes.len() != LEN {
-            return Err(EvidenceError::Length { expected: LEN, found: bytes.len() });
+            return Err(EvidenceError::Length {
+                expected: LEN,
+                found: bytes.len(),
+            });
         }
         if &bytes[0..8] != MAGIC {
-            return Err(EvidenceError::UnknownFormat("missing CORDNSIM magic".into()));
+            return Err(EvidenceError::UnknownFormat(
+                "missing CORDNSIM magic".into(),
+            ));
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
         if version != VERSION {
@@ -79,7 +84,10 @@ impl SimReport {
         }
         let flags = u16::from_le_bytes([bytes[10], bytes[11]]);
         if flags & !FLAG_DEBUG != 0 {
-            return Err(EvidenceError::Reserved { field: "flags", found: format!("{flags:#06x}") });
+            return Err(EvidenceError::Reserved {
+                field: "flags",
+                found: format!("{flags:#06x}"),
+            });
         }
         if bytes[12..16] != [0u8; 4] {
             return Err(EvidenceError::Reserved {

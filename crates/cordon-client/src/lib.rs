@@ -55,8 +55,15 @@ fn http_client() -> Result<reqwest::Client, ClientError> {
 }
 
 /// Verifies the runtime at `url` with the policy and endorsements of `doc`, at time `now`.
-pub async fn connect(url: &str, doc: &PolicyDocument, now: SystemTime) -> Result<VerifiedRuntime, ClientError> {
-    let endorsements = doc.endorsements.as_ref().ok_or(ClientError::NoEndorsements)?;
+pub async fn connect(
+    url: &str,
+    doc: &PolicyDocument,
+    now: SystemTime,
+) -> Result<VerifiedRuntime, ClientError> {
+    let endorsements = doc
+        .endorsements
+        .as_ref()
+        .ok_or(ClientError::NoEndorsements)?;
     connect_with(url, &doc.policy, endorsements, now).await
 }
 
@@ -80,8 +87,10 @@ pub async fn connect_with(
     if !resp.status().is_success() {
         return Err(server_error(resp).await);
     }
-    let att: AttestationResponse =
-        resp.json().await.map_err(|e| ClientError::Malformed(format!("attestation: {e}")))?;
+    let att: AttestationResponse = resp
+        .json()
+        .await
+        .map_err(|e| ClientError::Malformed(format!("attestation: {e}")))?;
     let claims = verify(&att.evidence, endorsements, now)?;
     let verdict = appraise(&claims, policy);
     if !verdict.is_accepted() {
@@ -94,7 +103,13 @@ pub async fn connect_with(
             expected: hex::encode(expected),
         });
     }
-    Ok(VerifiedRuntime { url, keys: att.runtime_keys, claims, verified_at: now, http })
+    Ok(VerifiedRuntime {
+        url,
+        keys: att.runtime_keys,
+        claims,
+        verified_at: now,
+        http,
+    })
 }
 
 async fn server_error(resp: reqwest::Response) -> ClientError {
@@ -133,12 +148,19 @@ impl VerifiedRuntime {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<InnerResponse, ClientError> {
-        let inner = InnerRequest { method: method.into(), path: path.into(), body };
+        let inner = InnerRequest {
+            method: method.into(),
+            path: path.into(),
+            body,
+        };
         let plaintext = zeroize::Zeroizing::new(
             serde_json::to_vec(&inner).map_err(|e| ClientError::Malformed(e.to_string()))?,
         );
-        let (message, ctx) =
-            encapsulate_request(&self.keys.hpke_public_key, self.keys.hpke_key_id, &plaintext)?;
+        let (message, ctx) = encapsulate_request(
+            &self.keys.hpke_public_key,
+            self.keys.hpke_key_id,
+            &plaintext,
+        )?;
         let resp = self
             .http
             .post(format!("{}/v1/encrypted", self.url))
@@ -150,19 +172,39 @@ impl VerifiedRuntime {
         if !resp.status().is_success() {
             return Err(server_error(resp).await);
         }
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
         let plain = ctx.decrypt_response(&bytes)?;
-        serde_json::from_slice(&plain).map_err(|e| ClientError::Malformed(format!("inner response: {e}")))
+        serde_json::from_slice(&plain)
+            .map_err(|e| ClientError::Malformed(format!("inner response: {e}")))
     }
 
     /// Runs an Open Inference Protocol infer request on `model`.
-    pub async fn infer(&self, model: &str, request: &InferRequest) -> Result<InferResponse, ClientError> {
-        let body = serde_json::to_value(request).map_err(|e| ClientError::Malformed(e.to_string()))?;
-        let resp = self.request("POST", &format!("/v2/models/{model}/infer"), Some(body)).await?;
+    pub async fn infer(
+        &self,
+        model: &str,
+        request: &InferRequest,
+    ) -> Result<InferResponse, ClientError> {
+        let body =
+            serde_json::to_value(request).map_err(|e| ClientError::Malformed(e.to_string()))?;
+        let resp = self
+            .request("POST", &format!("/v2/models/{model}/infer"), Some(body))
+            .await?;
         if resp.status != 200 {
-            let error = resp.body.get("error").and_then(|e| e.as_str()).unwrap_or("").to_string();
-            return Err(ClientError::Server { status: resp.status, error });
+            let error = resp
+                .body
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("")
+                .to_string();
+            return Err(ClientError::Server {
+                status: resp.status,
+                error,
+            });
         }
-        serde_json::from_value(resp.body).map_err(|e| ClientError::Malformed(format!("infer response: {e}")))
+        serde_json::from_value(resp.body)
+            .map_err(|e| ClientError::Malformed(format!("infer response: {e}")))
     }
 }

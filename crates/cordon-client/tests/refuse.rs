@@ -32,7 +32,11 @@ async fn fake_runtime(tee: SimTee, mode: Fake, encrypted_hits: Arc<AtomicUsize>)
         Fake::UnboundKey => ServiceKeyPair::generate(0).public_key(),
         _ => bound.public_key(),
     };
-    let bound_keys = RuntimeKeys { hpke_public_key: bound.public_key(), hpke_key_id: 0, signing_public_key: [1; 32] };
+    let bound_keys = RuntimeKeys {
+        hpke_public_key: bound.public_key(),
+        hpke_key_id: 0,
+        signing_public_key: [1; 32],
+    };
     let app = Router::new()
         .route(
             "/v1/attestation",
@@ -45,8 +49,14 @@ async fn fake_runtime(tee: SimTee, mode: Fake, encrypted_hits: Arc<AtomicUsize>)
                         _ => hex::decode(&q["nonce"]).unwrap(),
                     };
                     let evidence = tee.evidence(&report_data(&nonce, &bound_keys)).unwrap();
-                    let runtime_keys = RuntimeKeys { hpke_public_key: presented, ..bound_keys };
-                    Json(AttestationResponse { evidence, runtime_keys })
+                    let runtime_keys = RuntimeKeys {
+                        hpke_public_key: presented,
+                        ..bound_keys
+                    };
+                    Json(AttestationResponse {
+                        evidence,
+                        runtime_keys,
+                    })
                 }
             }),
         )
@@ -64,21 +74,35 @@ async fn fake_runtime(tee: SimTee, mode: Fake, encrypted_hits: Arc<AtomicUsize>)
 }
 
 fn policy(measurement: [u8; 48]) -> Policy {
-    Policy { platforms: vec![Platform::Sim], launch_measurements: vec![measurement.to_vec()], allow_debug: false, workload_data: None }
+    Policy {
+        platforms: vec![Platform::Sim],
+        launch_measurements: vec![measurement.to_vec()],
+        allow_debug: false,
+        workload_data: None,
+    }
 }
 
 async fn setup(measurement: [u8; 48], mode: Fake) -> (String, Endorsements, Arc<AtomicUsize>) {
     let hw = SimHardwareKey::generate();
-    let endorsements = Endorsements { sim_trust_anchors: vec![hw.public_key()] };
+    let endorsements = Endorsements {
+        sim_trust_anchors: vec![hw.public_key()],
+    };
     let hits = Arc::new(AtomicUsize::new(0));
-    let url = fake_runtime(SimTee::new(hw, measurement, [0; 32], false), mode, hits.clone()).await;
+    let url = fake_runtime(
+        SimTee::new(hw, measurement, [0; 32], false),
+        mode,
+        hits.clone(),
+    )
+    .await;
     (url, endorsements, hits)
 }
 
 #[tokio::test]
 async fn honest_runtime_is_accepted_and_its_key_pinned() {
     let (url, e, _) = setup(GOOD, Fake::Honest).await;
-    let rt = connect_with(&url, &policy(GOOD), &e, SystemTime::now()).await.unwrap();
+    let rt = connect_with(&url, &policy(GOOD), &e, SystemTime::now())
+        .await
+        .unwrap();
     assert_eq!(rt.claims().launch_measurement, GOOD.to_vec());
     assert!(!rt.claims().hardware_backed);
 }
@@ -86,7 +110,9 @@ async fn honest_runtime_is_accepted_and_its_key_pinned() {
 #[tokio::test]
 async fn runtime_with_unlisted_measurement_is_refused() {
     let (url, e, hits) = setup([0x66; 48], Fake::Honest).await;
-    let err = connect_with(&url, &policy(GOOD), &e, SystemTime::now()).await.unwrap_err();
+    let err = connect_with(&url, &policy(GOOD), &e, SystemTime::now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::Rejected(_)), "{err}");
     assert!(err.to_string().contains("launch_measurement"), "{err}");
     assert_eq!(hits.load(Ordering::SeqCst), 0);
@@ -95,7 +121,9 @@ async fn runtime_with_unlisted_measurement_is_refused() {
 #[tokio::test]
 async fn runtime_presenting_an_unbound_key_is_refused() {
     let (url, e, hits) = setup(GOOD, Fake::UnboundKey).await;
-    let err = connect_with(&url, &policy(GOOD), &e, SystemTime::now()).await.unwrap_err();
+    let err = connect_with(&url, &policy(GOOD), &e, SystemTime::now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::KeyNotBound { .. }), "{err}");
     assert_eq!(hits.load(Ordering::SeqCst), 0);
 }
@@ -103,22 +131,33 @@ async fn runtime_presenting_an_unbound_key_is_refused() {
 #[tokio::test]
 async fn evidence_for_another_nonce_is_refused() {
     let (url, e, _) = setup(GOOD, Fake::StaleNonce).await;
-    let err = connect_with(&url, &policy(GOOD), &e, SystemTime::now()).await.unwrap_err();
+    let err = connect_with(&url, &policy(GOOD), &e, SystemTime::now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::KeyNotBound { .. }), "{err}");
 }
 
 #[tokio::test]
 async fn evidence_from_untrusted_hardware_key_is_refused() {
     let (url, _, _) = setup(GOOD, Fake::Honest).await;
-    let other = Endorsements { sim_trust_anchors: vec![SimHardwareKey::generate().public_key()] };
-    let err = connect_with(&url, &policy(GOOD), &other, SystemTime::now()).await.unwrap_err();
+    let other = Endorsements {
+        sim_trust_anchors: vec![SimHardwareKey::generate().public_key()],
+    };
+    let err = connect_with(&url, &policy(GOOD), &other, SystemTime::now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::Evidence(_)), "{err}");
 }
 
 #[tokio::test]
 async fn sim_runtime_is_refused_by_a_hardware_only_policy() {
     let (url, e, _) = setup(GOOD, Fake::Honest).await;
-    let p = Policy { platforms: vec![Platform::Snp], ..policy(GOOD) };
-    let err = connect_with(&url, &p, &e, SystemTime::now()).await.unwrap_err();
+    let p = Policy {
+        platforms: vec![Platform::Snp],
+        ..policy(GOOD)
+    };
+    let err = connect_with(&url, &p, &e, SystemTime::now())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("platform"), "{err}");
 }

@@ -21,8 +21,6 @@ pub enum KbsError {
     Binding { found: String, expected: String },
     #[error("admin token missing or wrong")]
     Unauthorized,
-    #[error("unknown key id {0}")]
-    UnknownKey(String),
     #[error("release policy is invalid: {0}")]
     Policy(String),
     #[error("storage error: {0}")]
@@ -41,7 +39,6 @@ impl KbsError {
             KbsError::Evidence(_) => "evidence_invalid",
             KbsError::Binding { .. } => "report_data_mismatch",
             KbsError::Unauthorized => "unauthorized",
-            KbsError::UnknownKey(_) => "unknown_key",
             KbsError::Policy(_) => "policy_invalid",
             KbsError::Storage(_) => "storage",
             KbsError::Internal(_) => "internal",
@@ -57,7 +54,6 @@ impl KbsError {
             | KbsError::Binding { .. } => StatusCode::FORBIDDEN,
             KbsError::BadRequest(_) | KbsError::Policy(_) => StatusCode::BAD_REQUEST,
             KbsError::Unauthorized => StatusCode::UNAUTHORIZED,
-            KbsError::UnknownKey(_) => StatusCode::NOT_FOUND,
             KbsError::Storage(_) | KbsError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -65,7 +61,18 @@ impl KbsError {
 
 impl IntoResponse for KbsError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { code: self.code().into(), error: self.to_string() };
+        // Storage and internal details go to the KBS log, not to callers.
+        let error = match &self {
+            KbsError::Storage(_) | KbsError::Internal(_) => {
+                tracing::error!(error = %self, "request failed");
+                "the key broker could not complete the request; see its log".to_string()
+            }
+            other => other.to_string(),
+        };
+        let body = ErrorBody {
+            code: self.code().into(),
+            error,
+        };
         (self.status(), Json(body)).into_response()
     }
 }

@@ -59,13 +59,20 @@ struct Inner {
 const MAX_BODY: usize = 1 << 20;
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Kbs {
     pub fn open(config: KbsConfig) -> Result<Kbs, KbsError> {
         let store = Store::open(&config.data_dir)?;
-        Ok(Kbs { inner: Arc::new(Inner { store: Mutex::new(store), config }) })
+        Ok(Kbs {
+            inner: Arc::new(Inner {
+                store: Mutex::new(store),
+                config,
+            }),
+        })
     }
 
     /// If no admin token exists yet, creates one, stores its hash and returns the token (shown once).
@@ -86,7 +93,10 @@ impl Kbs {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Store>, KbsError> {
-        self.inner.store.lock().map_err(|_| KbsError::Internal("store lock poisoned".into()))
+        self.inner
+            .store
+            .lock()
+            .map_err(|_| KbsError::Internal("store lock poisoned".into()))
     }
 
     fn now(&self) -> SystemTime {
@@ -126,7 +136,9 @@ impl Kbs {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
     }
 
     async fn check_admin(&self, headers: &HeaderMap) -> Result<(), KbsError> {
@@ -149,8 +161,12 @@ async fn challenge(State(kbs): State<Kbs>) -> Result<Json<Challenge>, KbsError> 
     rand::rng().fill_bytes(&mut nonce);
     let now = unix(kbs.now());
     let expires_at = now + kbs.inner.config.nonce_ttl.as_secs();
-    kbs.with_store(move |s| Ok(s.insert_nonce(&nonce, expires_at, now)?)).await?;
-    Ok(Json(Challenge { nonce: hex::encode(nonce), expires_at }))
+    kbs.with_store(move |s| Ok(s.insert_nonce(&nonce, expires_at, now)?))
+        .await?;
+    Ok(Json(Challenge {
+        nonce: hex::encode(nonce),
+        expires_at,
+    }))
 }
 
 async fn attest(
@@ -158,6 +174,11 @@ async fn attest(
     body: Result<Json<AttestRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<AttestResponse>, KbsError> {
     let Json(req) = body.map_err(|e| KbsError::BadRequest(e.body_text()))?;
+    if req.key_ids.is_empty() {
+        return Err(KbsError::BadRequest(
+            "key_ids must name at least one key".into(),
+        ));
+    }
     let nonce = hex::decode(&req.nonce)
         .map_err(|e| KbsError::BadRequest(format!("nonce is not hex: {e}")))?;
     let now_time = kbs.now();
@@ -177,7 +198,17 @@ async fn attest(
         Ok(c) => c,
         Err(e) => {
             let detail = e.to_string();
-            record(&kbs, now, "attestation_failed", None, None, "rejected", None, &detail).await?;
+            record(
+                &kbs,
+                now,
+                "attestation_failed",
+                None,
+                None,
+                "rejected",
+                None,
+                &detail,
+            )
+            .await?;
             return Err(KbsError::Evidence(detail));
         }
     };
@@ -192,12 +223,22 @@ async fn attest(
             expected: hex::encode(expected),
         };
         let detail = err.to_string();
-        record(&kbs, now, "attestation_failed", None, Some(&digest), "rejected", Some(&measurement), &detail)
-            .await?;
+        record(
+            &kbs,
+            now,
+            "attestation_failed",
+            None,
+            Some(&digest),
+            "rejected",
+            Some(&measurement),
+            &detail,
+        )
+        .await?;
         return Err(err);
     }
 
-    // 4. Appraise each requested key's release policy; release what it accepts.
+    // 4. Appraise each requested key's release policy and seal what it accepts. Audit events are
+    //    written only once every answer is ready, so the log never records a release not delivered.
     let mut released = Vec::new();
     let mut denied = Vec::new();
     for key_id in &req.key_ids {
@@ -207,7 +248,11 @@ async fn attest(
             None => vec![format!("unknown key id {key_id}")],
             Some(k) => match Policy::from_toml(&k.policy) {
                 Err(e) => vec![format!("stored release policy is invalid: {e}")],
-                Ok(policy) => appraise(&claims, &policy).failures.iter().map(|f| f.to_string()).collect(),
+                Ok(policy) => appraise(&claims, &policy)
+                    .failures
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect(),
             },
         };
         match stored {
@@ -219,21 +264,51 @@ async fn attest(
                     &k.dek,
                 )
                 .map_err(|e| KbsError::BadRequest(format!("runtime HPKE key: {e}")))?;
-                record(&kbs, now, "key_released", Some(key_id), Some(&digest), "accepted", Some(&measurement), "")
-                    .await?;
-                tracing::info!(key_id = %key_id, claims = %digest, "key released");
-                released.push(ReleasedKey { key_id: key_id.clone(), sealed_dek: sealed });
+                released.push(ReleasedKey {
+                    key_id: key_id.clone(),
+                    sealed_dek: sealed,
+                });
             }
-            _ => {
-                let detail = reasons.join("; ");
-                record(&kbs, now, "key_denied", Some(key_id), Some(&digest), "rejected", Some(&measurement), &detail)
-                    .await?;
-                tracing::warn!(key_id = %key_id, reasons = %detail, "key denied");
-                denied.push(DeniedKey { key_id: key_id.clone(), reasons });
-            }
+            _ => denied.push(DeniedKey {
+                key_id: key_id.clone(),
+                reasons,
+            }),
         }
     }
-    Ok(Json(AttestResponse { claims_digest: digest, released, denied }))
+    for r in &released {
+        record(
+            &kbs,
+            now,
+            "key_released",
+            Some(&r.key_id),
+            Some(&digest),
+            "accepted",
+            Some(&measurement),
+            "",
+        )
+        .await?;
+        tracing::info!(key_id = %r.key_id, claims = %digest, "key released");
+    }
+    for d in &denied {
+        let detail = d.reasons.join("; ");
+        record(
+            &kbs,
+            now,
+            "key_denied",
+            Some(&d.key_id),
+            Some(&digest),
+            "rejected",
+            Some(&measurement),
+            &detail,
+        )
+        .await?;
+        tracing::warn!(key_id = %d.key_id, reasons = %detail, "key denied");
+    }
+    Ok(Json(AttestResponse {
+        claims_digest: digest,
+        released,
+        denied,
+    }))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -275,13 +350,23 @@ async fn register_key(
     body: Result<Json<RegisterKey>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, KbsError> {
     kbs.check_admin(&headers).await?;
-    let Json(req) = body.map_err(|e| KbsError::BadRequest(e.body_text()))?;
-    let dek = Zeroizing::new(req.dek);
+    let Json(mut req) = body.map_err(|e| KbsError::BadRequest(e.body_text()))?;
+    let dek = Zeroizing::new(std::mem::take(&mut req.dek));
     if dek.len() != 32 {
-        return Err(KbsError::BadRequest(format!("dek must be 32 bytes, got {}", dek.len())));
+        return Err(KbsError::BadRequest(format!(
+            "dek must be 32 bytes, got {}",
+            dek.len()
+        )));
     }
-    if key_id.is_empty() || key_id.len() > 128 || !key_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(KbsError::BadRequest("key id must be 1-128 characters of [A-Za-z0-9._-]".into()));
+    if key_id.is_empty()
+        || key_id.len() > 128
+        || !key_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(KbsError::BadRequest(
+            "key id must be 1-128 characters of [A-Za-z0-9._-]".into(),
+        ));
     }
     let policy = Policy::from_toml(&req.policy).map_err(|e| KbsError::Policy(e.to_string()))?;
     let now = unix(kbs.now());
@@ -289,13 +374,16 @@ async fn register_key(
     let id = key_id.clone();
     let detail = format!(
         "release policy: platforms={:?} measurements={} allow_debug={}",
-        policy.platforms.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        policy
+            .platforms
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>(),
         policy.launch_measurements.len(),
         policy.allow_debug
     );
     kbs.with_store(move |s| {
-        s.put_key(&id, &dek, &policy_text, now)?;
-        s.append_audit(&NewAuditEvent {
+        let event = NewAuditEvent {
             time: now,
             kind: "key_registered",
             key_id: Some(&id),
@@ -303,7 +391,8 @@ async fn register_key(
             verdict: "accepted",
             measurement: None,
             detail: &detail,
-        })?;
+        };
+        s.put_key_audited(&id, &dek, &policy_text, &event)?;
         Ok(())
     })
     .await?;
@@ -311,12 +400,18 @@ async fn register_key(
     Ok(Json(serde_json::json!({ "key_id": key_id })))
 }
 
-async fn list_keys(State(kbs): State<Kbs>, headers: HeaderMap) -> Result<Json<Vec<String>>, KbsError> {
+async fn list_keys(
+    State(kbs): State<Kbs>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<String>>, KbsError> {
     kbs.check_admin(&headers).await?;
     Ok(Json(kbs.with_store(|s| Ok(s.key_ids()?)).await?))
 }
 
-async fn audit(State(kbs): State<Kbs>, headers: HeaderMap) -> Result<Json<Vec<AuditEvent>>, KbsError> {
+async fn audit(
+    State(kbs): State<Kbs>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<AuditEvent>>, KbsError> {
     kbs.check_admin(&headers).await?;
     Ok(Json(kbs.with_store(|s| Ok(s.audit_events()?)).await?))
 }

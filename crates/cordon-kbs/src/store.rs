@@ -17,7 +17,10 @@ pub enum StoreError {
     #[error("database schema version {found} is newer than this build understands ({known})")]
     SchemaTooNew { found: i64, known: i64 },
     #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -94,10 +97,15 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
-            return Err(StoreError::SchemaTooNew { found: version, known });
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                known,
+            });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = self.conn.transaction()?;
@@ -109,13 +117,17 @@ impl Store {
     }
 
     pub fn schema_version(&self) -> Result<i64, StoreError> {
-        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
     pub fn admin_token_hash(&self) -> Result<Option<[u8; 32]>, StoreError> {
         let v: Option<Vec<u8>> = self
             .conn
-            .query_row("SELECT token_sha256 FROM admin WHERE id = 1", [], |r| r.get(0))
+            .query_row("SELECT token_sha256 FROM admin WHERE id = 1", [], |r| {
+                r.get(0)
+            })
             .optional()?;
         Ok(v.and_then(|b| b.try_into().ok()))
     }
@@ -129,28 +141,39 @@ impl Store {
         Ok(())
     }
 
-    pub fn put_key(&self, key_id: &str, dek: &[u8], policy: &str, now: u64) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO keys (key_id, dek, policy, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
-             ON CONFLICT(key_id) DO UPDATE SET dek = excluded.dek, policy = excluded.policy,
-                 updated_at = excluded.updated_at",
-            params![key_id, dek, policy, now as i64],
-        )?;
-        Ok(())
+    pub fn put_key(
+        &self,
+        key_id: &str,
+        dek: &[u8],
+        policy: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        upsert_key(&self.conn, key_id, dek, policy, now)
     }
 
     pub fn get_key(&self, key_id: &str) -> Result<Option<StoredKey>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT dek, policy FROM keys WHERE key_id = ?1", params![key_id], |r| {
-                Ok(StoredKey { dek: Zeroizing::new(r.get(0)?), policy: r.get(1)? })
-            })
+            .query_row(
+                "SELECT dek, policy FROM keys WHERE key_id = ?1",
+                params![key_id],
+                |r| {
+                    Ok(StoredKey {
+                        dek: Zeroizing::new(r.get(0)?),
+                        policy: r.get(1)?,
+                    })
+                },
+            )
             .optional()?)
     }
 
     pub fn key_ids(&self) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT key_id FROM keys ORDER BY key_id")?;
-        let ids = stmt.query_map([], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key_id FROM keys ORDER BY key_id")?;
+        let ids = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
         Ok(ids)
     }
 
@@ -179,56 +202,43 @@ impl Store {
         }
         let row: Option<(i64, i64)> = self
             .conn
-            .query_row("SELECT expires_at, used FROM nonces WHERE nonce = ?1", params![nonce], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT expires_at, used FROM nonces WHERE nonce = ?1",
+                params![nonce],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         Ok(match row {
             None => NonceUse::Unknown,
             Some((_, 1)) => NonceUse::Replayed,
-            Some((expires_at, _)) => NonceUse::Expired { expired_at: expires_at as u64 },
+            Some((expires_at, _)) => NonceUse::Expired {
+                expired_at: expires_at as u64,
+            },
         })
+    }
+
+    /// Registers (or replaces) a key and appends its audit event in one transaction: either both
+    /// are stored or neither.
+    pub fn put_key_audited(
+        &mut self,
+        key_id: &str,
+        dek: &[u8],
+        policy: &str,
+        event: &NewAuditEvent<'_>,
+    ) -> Result<AuditEvent, StoreError> {
+        let tx = self.conn.transaction()?;
+        upsert_key(&tx, key_id, dek, policy, event.time)?;
+        let stored = append_audit_in(&tx, event)?;
+        tx.commit()?;
+        Ok(stored)
     }
 
     /// Appends an event, chained to the previous one by hash.
     pub fn append_audit(&mut self, e: &NewAuditEvent<'_>) -> Result<AuditEvent, StoreError> {
         let tx = self.conn.transaction()?;
-        let prev: String = tx
-            .query_row("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
-            .optional()?
-            .unwrap_or_else(|| "0".repeat(64));
-        let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM audit", [], |r| r.get(0))?;
-        let mut event = AuditEvent {
-            seq,
-            time: e.time,
-            kind: e.kind.into(),
-            key_id: e.key_id.map(Into::into),
-            claims_digest: e.claims_digest.map(Into::into),
-            verdict: e.verdict.into(),
-            measurement: e.measurement.map(Into::into),
-            detail: e.detail.into(),
-            hash: String::new(),
-        };
-        event.hash = audit_hash(&prev, &event);
-        tx.execute(
-            "INSERT INTO audit (seq, time, kind, key_id, claims_digest, verdict, measurement, detail,
-                                prev_hash, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                event.seq,
-                event.time as i64,
-                event.kind,
-                event.key_id,
-                event.claims_digest,
-                event.verdict,
-                event.measurement,
-                event.detail,
-                prev,
-                event.hash
-            ],
-        )?;
+        let stored = append_audit_in(&tx, e)?;
         tx.commit()?;
-        Ok(event)
+        Ok(stored)
     }
 
     pub fn audit_events(&self) -> Result<Vec<AuditEvent>, StoreError> {
@@ -253,6 +263,69 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
+}
+
+fn upsert_key(
+    conn: &Connection,
+    key_id: &str,
+    dek: &[u8],
+    policy: &str,
+    now: u64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO keys (key_id, dek, policy, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
+         ON CONFLICT(key_id) DO UPDATE SET dek = excluded.dek, policy = excluded.policy,
+             updated_at = excluded.updated_at",
+        params![key_id, dek, policy, now as i64],
+    )?;
+    Ok(())
+}
+
+fn append_audit_in(
+    tx: &rusqlite::Transaction<'_>,
+    e: &NewAuditEvent<'_>,
+) -> Result<AuditEvent, StoreError> {
+    let prev: String = tx
+        .query_row(
+            "SELECT hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or_else(|| "0".repeat(64));
+    let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM audit", [], |r| {
+        r.get(0)
+    })?;
+    let mut event = AuditEvent {
+        seq,
+        time: e.time,
+        kind: e.kind.into(),
+        key_id: e.key_id.map(Into::into),
+        claims_digest: e.claims_digest.map(Into::into),
+        verdict: e.verdict.into(),
+        measurement: e.measurement.map(Into::into),
+        detail: e.detail.into(),
+        hash: String::new(),
+    };
+    event.hash = audit_hash(&prev, &event);
+    tx.execute(
+        "INSERT INTO audit (seq, time, kind, key_id, claims_digest, verdict, measurement, detail,
+                            prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            event.seq,
+            event.time as i64,
+            event.kind,
+            event.key_id,
+            event.claims_digest,
+            event.verdict,
+            event.measurement,
+            event.detail,
+            prev,
+            event.hash
+        ],
+    )?;
+    Ok(event)
 }
 
 /// `hash = SHA-256(prev_hash || "\n" || JSON of the event without its hash)`.
@@ -296,7 +369,10 @@ mod tests {
         assert_eq!(s.use_nonce(b"n1", 60).unwrap(), NonceUse::Accepted);
         assert_eq!(s.use_nonce(b"n1", 61).unwrap(), NonceUse::Replayed);
         s.insert_nonce(b"n2", 100, 50).unwrap();
-        assert_eq!(s.use_nonce(b"n2", 101).unwrap(), NonceUse::Expired { expired_at: 100 });
+        assert_eq!(
+            s.use_nonce(b"n2", 101).unwrap(),
+            NonceUse::Expired { expired_at: 100 }
+        );
         assert_eq!(s.use_nonce(b"never", 60).unwrap(), NonceUse::Unknown);
     }
 
@@ -312,7 +388,10 @@ mod tests {
         assert_eq!(s.get_key("k").unwrap().unwrap().dek.as_slice(), &[1; 32]);
         s.conn.pragma_update(None, "user_version", 99).unwrap();
         drop(s);
-        assert!(matches!(Store::open(dir.path()), Err(StoreError::SchemaTooNew { found: 99, .. })));
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::SchemaTooNew { found: 99, .. })
+        ));
     }
 
     #[test]

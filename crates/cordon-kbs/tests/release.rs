@@ -2,7 +2,9 @@
 
 use cordon_attest::{Endorsements, Platform, Policy};
 use cordon_kbs::{verify_audit_chain, Kbs, KbsConfig};
-use cordon_proto::kbs::{AttestRequest, AttestResponse, AuditEvent, Challenge, ErrorBody, RegisterKey, RELEASE_INFO};
+use cordon_proto::kbs::{
+    AttestRequest, AttestResponse, AuditEvent, Challenge, ErrorBody, RegisterKey, RELEASE_INFO,
+};
 use cordon_proto::{report_data, RuntimeKeys, ServiceKeyPair};
 use cordon_tee::{EvidenceProvider, SimHardwareKey, SimTee};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,13 +29,18 @@ async fn start() -> Harness {
     let c = clock.clone();
     let mut config = KbsConfig::new(
         dir.path().to_path_buf(),
-        Endorsements { sim_trust_anchors: vec![hw.public_key()] },
+        Endorsements {
+            sim_trust_anchors: vec![hw.public_key()],
+        },
     );
     config.clock = Arc::new(move || UNIX_EPOCH + Duration::from_secs(c.load(Ordering::SeqCst)));
     config.nonce_ttl = Duration::from_secs(30);
     let kbs = Kbs::open(config).unwrap();
     let token = kbs.init_admin_token().unwrap().unwrap().to_string();
-    assert!(kbs.init_admin_token().unwrap().is_none(), "token is created once");
+    assert!(
+        kbs.init_admin_token().unwrap().is_none(),
+        "token is created once"
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, kbs.router()).await.unwrap() });
@@ -62,22 +69,42 @@ impl Harness {
         self.http
             .put(format!("{}/kbs/v1/admin/keys/{key_id}", self.url))
             .bearer_auth(&self.token)
-            .json(&RegisterKey { dek: dek.to_vec(), policy })
+            .json(&RegisterKey {
+                dek: dek.to_vec(),
+                policy,
+            })
             .send()
             .await
             .unwrap()
     }
 
     async fn challenge(&self) -> Challenge {
-        self.http.post(format!("{}/kbs/v1/challenge", self.url)).send().await.unwrap().json().await.unwrap()
+        self.http
+            .post(format!("{}/kbs/v1/challenge", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     fn tee(&self, measurement: [u8; 48], debug: bool) -> SimTee {
-        SimTee::new(SimHardwareKey::from_file_contents(&self.hw_key_seed).unwrap(), measurement, [0; 32], debug)
+        SimTee::new(
+            SimHardwareKey::from_file_contents(&self.hw_key_seed).unwrap(),
+            measurement,
+            [0; 32],
+            debug,
+        )
     }
 
     async fn attest(&self, req: &AttestRequest) -> reqwest::Response {
-        self.http.post(format!("{}/kbs/v1/attest", self.url)).json(req).send().await.unwrap()
+        self.http
+            .post(format!("{}/kbs/v1/attest", self.url))
+            .json(req)
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn audit(&self) -> Vec<AuditEvent> {
@@ -94,7 +121,11 @@ impl Harness {
 }
 
 fn keys(kp: &ServiceKeyPair) -> RuntimeKeys {
-    RuntimeKeys { hpke_public_key: kp.public_key(), hpke_key_id: kp.key_id(), signing_public_key: [9; 32] }
+    RuntimeKeys {
+        hpke_public_key: kp.public_key(),
+        hpke_key_id: kp.key_id(),
+        signing_public_key: [9; 32],
+    }
 }
 
 fn request(nonce: &str, tee: &SimTee, kp: &ServiceKeyPair, key_ids: &[&str]) -> AttestRequest {
@@ -118,31 +149,53 @@ async fn error_code(resp: reqwest::Response) -> (u16, String, String) {
 async fn releases_dek_sealed_to_the_attested_key_and_audits_it() {
     let h = start().await;
     let dek = [7u8; 32];
-    assert!(h.register("model-a", dek, policy(vec![Platform::Sim], MEASUREMENT)).await.status().is_success());
+    assert!(h
+        .register("model-a", dek, policy(vec![Platform::Sim], MEASUREMENT))
+        .await
+        .status()
+        .is_success());
     let kp = ServiceKeyPair::generate(0);
     let ch = h.challenge().await;
-    let resp = h.attest(&request(&ch.nonce, &h.tee(MEASUREMENT, false), &kp, &["model-a"])).await;
+    let resp = h
+        .attest(&request(
+            &ch.nonce,
+            &h.tee(MEASUREMENT, false),
+            &kp,
+            &["model-a"],
+        ))
+        .await;
     assert!(resp.status().is_success());
     let body: AttestResponse = resp.json().await.unwrap();
     assert!(body.denied.is_empty(), "{:?}", body.denied);
     assert_eq!(body.released.len(), 1);
-    let opened = kp.open_sealed(RELEASE_INFO, b"model-a", &body.released[0].sealed_dek).unwrap();
+    let opened = kp
+        .open_sealed(RELEASE_INFO, b"model-a", &body.released[0].sealed_dek)
+        .unwrap();
     assert_eq!(opened.as_slice(), &dek);
     // Another key pair cannot open it.
-    assert!(ServiceKeyPair::generate(0).open_sealed(RELEASE_INFO, b"model-a", &body.released[0].sealed_dek).is_err());
+    assert!(ServiceKeyPair::generate(0)
+        .open_sealed(RELEASE_INFO, b"model-a", &body.released[0].sealed_dek)
+        .is_err());
 
     let events = h.audit().await;
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["key_registered", "key_released"]);
-    assert_eq!(events[1].claims_digest.as_deref(), Some(body.claims_digest.as_str()));
-    assert_eq!(events[1].measurement.as_deref(), Some(hex::encode(MEASUREMENT).as_str()));
+    assert_eq!(
+        events[1].claims_digest.as_deref(),
+        Some(body.claims_digest.as_str())
+    );
+    assert_eq!(
+        events[1].measurement.as_deref(),
+        Some(hex::encode(MEASUREMENT).as_str())
+    );
     verify_audit_chain(&events).unwrap();
 }
 
 #[tokio::test]
 async fn replayed_unknown_and_expired_nonces_are_rejected() {
     let h = start().await;
-    h.register("k", [1; 32], policy(vec![Platform::Sim], MEASUREMENT)).await;
+    h.register("k", [1; 32], policy(vec![Platform::Sim], MEASUREMENT))
+        .await;
     let kp = ServiceKeyPair::generate(0);
     let tee = h.tee(MEASUREMENT, false);
     let ch = h.challenge().await;
@@ -151,19 +204,25 @@ async fn replayed_unknown_and_expired_nonces_are_rejected() {
     let (status, code, _) = error_code(h.attest(&req).await).await;
     assert_eq!((status, code.as_str()), (403, "nonce_replayed"));
 
-    let (_, code, _) = error_code(h.attest(&request(&hex::encode([3u8; 32]), &tee, &kp, &["k"])).await).await;
+    let (_, code, _) = error_code(
+        h.attest(&request(&hex::encode([3u8; 32]), &tee, &kp, &["k"]))
+            .await,
+    )
+    .await;
     assert_eq!(code, "nonce_unknown");
 
     let ch = h.challenge().await;
     h.clock.fetch_add(31, Ordering::SeqCst);
-    let (status, code, msg) = error_code(h.attest(&request(&ch.nonce, &tee, &kp, &["k"])).await).await;
+    let (status, code, msg) =
+        error_code(h.attest(&request(&ch.nonce, &tee, &kp, &["k"])).await).await;
     assert_eq!((status, code.as_str()), (403, "nonce_expired"), "{msg}");
 }
 
 #[tokio::test]
 async fn evidence_not_binding_the_presented_key_is_rejected() {
     let h = start().await;
-    h.register("k", [1; 32], policy(vec![Platform::Sim], MEASUREMENT)).await;
+    h.register("k", [1; 32], policy(vec![Platform::Sim], MEASUREMENT))
+        .await;
     let honest = ServiceKeyPair::generate(0);
     let attacker = ServiceKeyPair::generate(0);
     let ch = h.challenge().await;
@@ -171,7 +230,11 @@ async fn evidence_not_binding_the_presented_key_is_rejected() {
     let mut req = request(&ch.nonce, &h.tee(MEASUREMENT, false), &honest, &["k"]);
     req.runtime_keys = keys(&attacker);
     let (status, code, msg) = error_code(h.attest(&req).await).await;
-    assert_eq!((status, code.as_str()), (403, "report_data_mismatch"), "{msg}");
+    assert_eq!(
+        (status, code.as_str()),
+        (403, "report_data_mismatch"),
+        "{msg}"
+    );
 
     // Evidence made for a different nonce is rejected the same way.
     let ch2 = h.challenge().await;
@@ -179,48 +242,110 @@ async fn evidence_not_binding_the_presented_key_is_rejected() {
     req.nonce = ch2.nonce;
     let (_, code, _) = error_code(h.attest(&req).await).await;
     assert_eq!(code, "report_data_mismatch");
-    assert_eq!(h.audit().await.iter().filter(|e| e.kind == "attestation_failed").count(), 2);
+    assert_eq!(
+        h.audit()
+            .await
+            .iter()
+            .filter(|e| e.kind == "attestation_failed")
+            .count(),
+        2
+    );
 }
 
 #[tokio::test]
 async fn policy_denials_name_the_failed_check() {
     let h = start().await;
-    h.register("wants-other-measurement", [1; 32], policy(vec![Platform::Sim], [0x11; 48])).await;
-    h.register("hardware-only", [2; 32], policy(vec![Platform::Snp, Platform::Tdx], MEASUREMENT)).await;
-    h.register("no-debug", [3; 32], policy(vec![Platform::Sim], MEASUREMENT)).await;
+    h.register(
+        "wants-other-measurement",
+        [1; 32],
+        policy(vec![Platform::Sim], [0x11; 48]),
+    )
+    .await;
+    h.register(
+        "hardware-only",
+        [2; 32],
+        policy(vec![Platform::Snp, Platform::Tdx], MEASUREMENT),
+    )
+    .await;
+    h.register(
+        "no-debug",
+        [3; 32],
+        policy(vec![Platform::Sim], MEASUREMENT),
+    )
+    .await;
     let kp = ServiceKeyPair::generate(0);
 
     let ch = h.challenge().await;
     let body: AttestResponse = h
-        .attest(&request(&ch.nonce, &h.tee(MEASUREMENT, false), &kp, &["wants-other-measurement", "hardware-only", "absent"]))
+        .attest(&request(
+            &ch.nonce,
+            &h.tee(MEASUREMENT, false),
+            &kp,
+            &["wants-other-measurement", "hardware-only", "absent"],
+        ))
         .await
         .json()
         .await
         .unwrap();
     assert!(body.released.is_empty());
-    let reason = |id: &str| body.denied.iter().find(|d| d.key_id == id).unwrap().reasons.join("; ");
-    assert!(reason("wants-other-measurement").contains("launch_measurement"), "{}", reason("wants-other-measurement"));
+    let reason = |id: &str| {
+        body.denied
+            .iter()
+            .find(|d| d.key_id == id)
+            .unwrap()
+            .reasons
+            .join("; ")
+    };
+    assert!(
+        reason("wants-other-measurement").contains("launch_measurement"),
+        "{}",
+        reason("wants-other-measurement")
+    );
     assert!(reason("wants-other-measurement").contains(&hex::encode(MEASUREMENT)));
-    assert!(reason("hardware-only").contains("platform: evidence is from `sim`"), "{}", reason("hardware-only"));
+    assert!(
+        reason("hardware-only").contains("platform: evidence is from `sim`"),
+        "{}",
+        reason("hardware-only")
+    );
     assert!(reason("absent").contains("unknown key id"));
 
     let ch = h.challenge().await;
-    let body: AttestResponse =
-        h.attest(&request(&ch.nonce, &h.tee(MEASUREMENT, true), &kp, &["no-debug"])).await.json().await.unwrap();
+    let body: AttestResponse = h
+        .attest(&request(
+            &ch.nonce,
+            &h.tee(MEASUREMENT, true),
+            &kp,
+            &["no-debug"],
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert!(body.released.is_empty());
-    assert!(body.denied[0].reasons.join(";").contains("debug"), "{:?}", body.denied);
-    let denials = h.audit().await.into_iter().filter(|e| e.kind == "key_denied").count();
+    assert!(
+        body.denied[0].reasons.join(";").contains("debug"),
+        "{:?}",
+        body.denied
+    );
+    let denials = h
+        .audit()
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "key_denied")
+        .count();
     assert_eq!(denials, 4);
 }
 
 #[tokio::test]
 async fn evidence_from_an_untrusted_sim_key_is_rejected() {
     let h = start().await;
-    h.register("k", [1; 32], policy(vec![Platform::Sim], MEASUREMENT)).await;
+    h.register("k", [1; 32], policy(vec![Platform::Sim], MEASUREMENT))
+        .await;
     let kp = ServiceKeyPair::generate(0);
     let rogue = SimTee::new(SimHardwareKey::generate(), MEASUREMENT, [0; 32], false);
     let ch = h.challenge().await;
-    let (status, code, msg) = error_code(h.attest(&request(&ch.nonce, &rogue, &kp, &["k"])).await).await;
+    let (status, code, msg) =
+        error_code(h.attest(&request(&ch.nonce, &rogue, &kp, &["k"])).await).await;
     assert_eq!((status, code.as_str()), (403, "evidence_invalid"));
     assert!(msg.contains("not a trusted sim trust anchor"), "{msg}");
 }
@@ -229,16 +354,93 @@ async fn evidence_from_an_untrusted_sim_key_is_rejected() {
 async fn admin_api_requires_the_token_and_a_valid_policy() {
     let h = start().await;
     let url = format!("{}/kbs/v1/admin/keys/k", h.url);
-    let body = RegisterKey { dek: vec![1; 32], policy: policy(vec![Platform::Sim], MEASUREMENT) };
+    let body = RegisterKey {
+        dek: vec![1; 32],
+        policy: policy(vec![Platform::Sim], MEASUREMENT),
+    };
     let r = h.http.put(&url).json(&body).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    let r = h.http.put(&url).bearer_auth("wrong").json(&body).send().await.unwrap();
+    let r = h
+        .http
+        .put(&url)
+        .bearer_auth("wrong")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    let r = h.register("k", [1; 32], "platforms = []\nlaunch_measurements = []".into()).await;
+    let r = h
+        .register(
+            "k",
+            [1; 32],
+            "platforms = []\nlaunch_measurements = []".into(),
+        )
+        .await;
     let (status, code, _) = error_code(r).await;
     assert_eq!((status, code.as_str()), (400, "policy_invalid"));
-    let r = h.http.post(format!("{}/kbs/v1/attest", h.url)).body("{not json").header("content-type", "application/json").send().await.unwrap();
+    let r = h
+        .http
+        .post(format!("{}/kbs/v1/attest", h.url))
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     let (status, code, _) = error_code(r).await;
     assert_eq!((status, code.as_str()), (400, "bad_request"));
     let _ = SystemTime::now();
+}
+
+#[tokio::test]
+async fn nonce_stays_spent_after_a_failed_attest() {
+    let h = start().await;
+    h.register("k", [1; 32], policy(vec![Platform::Sim], MEASUREMENT))
+        .await;
+    let honest = ServiceKeyPair::generate(0);
+    let ch = h.challenge().await;
+    let mut bad = request(&ch.nonce, &h.tee(MEASUREMENT, false), &honest, &["k"]);
+    bad.runtime_keys = keys(&ServiceKeyPair::generate(0));
+    let (_, code, _) = error_code(h.attest(&bad).await).await;
+    assert_eq!(code, "report_data_mismatch");
+    // The honest request with the same nonce is now a replay.
+    let good = request(&ch.nonce, &h.tee(MEASUREMENT, false), &honest, &["k"]);
+    let (_, code, _) = error_code(h.attest(&good).await).await;
+    assert_eq!(code, "nonce_replayed");
+}
+
+#[tokio::test]
+async fn store_keeps_only_the_admin_token_hash() {
+    let h = start().await;
+    h.register("k", [1; 32], policy(vec![Platform::Sim], MEASUREMENT))
+        .await;
+    let token_bytes = hex::decode(&h.token).unwrap();
+    for entry in std::fs::read_dir(h._dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!bytes
+            .windows(h.token.len())
+            .any(|w| w == h.token.as_bytes()));
+        assert!(!bytes
+            .windows(token_bytes.len())
+            .any(|w| w == token_bytes.as_slice()));
+    }
+}
+
+#[tokio::test]
+async fn empty_key_list_and_release_policy_with_endorsements_are_refused() {
+    let h = start().await;
+    let kp = ServiceKeyPair::generate(0);
+    let ch = h.challenge().await;
+    let (status, code, _) = error_code(
+        h.attest(&request(&ch.nonce, &h.tee(MEASUREMENT, false), &kp, &[]))
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (400, "bad_request"));
+    let with_anchor = format!(
+        "{}\n[endorsements]\nsim_trust_anchors = [\"{}\"]\n",
+        policy(vec![Platform::Sim], MEASUREMENT),
+        "00".repeat(32)
+    );
+    let (status, code, msg) = error_code(h.register("k", [1; 32], with_anchor).await).await;
+    assert_eq!((status, code.as_str()), (400, "policy_invalid"), "{msg}");
 }

@@ -8,5 +8,7 @@ pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
 
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
     let s = String::deserialize(d)?;
-    STANDARD.decode(s.as_bytes()).map_err(|e| D::Error::custom(format!("invalid base64: {e}")))
+    STANDARD
+        .decode(s.as_bytes())
+        .map_err(|e| D::Error::custom(format!("invalid base64: {e}")))
 }

@@ -24,7 +24,7 @@ pub struct RuntimeKeys {
     pub hpke_public_key: [u8; 32],
     /// Identifier of the HPKE key configuration, carried in every request header.
     pub hpke_key_id: u8,
-    /// Ed25519 public key the runtime signs receipts and responses with.
+    /// Ed25519 public key of the runtime's signing key (bound now; it will sign job receipts).
     #[serde(with = "hex_array32")]
     pub signing_public_key: [u8; 32],
 }
@@ -52,7 +52,8 @@ mod hex_array32 {
         let s = String::deserialize(d)?;
         let v = hex::decode(s).map_err(|e| D::Error::custom(format!("invalid hex: {e}")))?;
         let len = v.len();
-        v.try_into().map_err(|_| D::Error::custom(format!("expected 32 bytes, got {len}")))
+        v.try_into()
+            .map_err(|_| D::Error::custom(format!("expected 32 bytes, got {len}")))
     }
 }
 
@@ -61,7 +62,11 @@ mod tests {
     use super::*;
 
     fn keys() -> RuntimeKeys {
-        RuntimeKeys { hpke_public_key: [1; 32], hpke_key_id: 0, signing_public_key: [2; 32] }
+        RuntimeKeys {
+            hpke_public_key: [1; 32],
+            hpke_key_id: 0,
+            signing_public_key: [2; 32],
+        }
     }
 
     #[test]

@@ -84,7 +84,11 @@ impl ServiceKeyPair {
         let (private, public) = Kem::derive_keypair(ikm.as_ref());
         let mut pk = [0u8; 32];
         pk.copy_from_slice(&public.to_bytes());
-        ServiceKeyPair { key_id, private, public: pk }
+        ServiceKeyPair {
+            key_id,
+            private,
+            public: pk,
+        }
     }
 
     pub fn key_id(&self) -> u8 {
@@ -102,7 +106,10 @@ impl ServiceKeyPair {
         message: &[u8],
     ) -> Result<(Zeroizing<Vec<u8>>, ServerResponseContext), ChannelError> {
         if message.len() < HDR_LEN + ENC_LEN {
-            return Err(ChannelError::TooShort { found: message.len(), min: HDR_LEN + ENC_LEN });
+            return Err(ChannelError::TooShort {
+                found: message.len(),
+                min: HDR_LEN + ENC_LEN,
+            });
         }
         let hdr = &message[..HDR_LEN];
         let key_id = hdr[0];
@@ -110,7 +117,10 @@ impl ServiceKeyPair {
         let kdf = u16::from_be_bytes([hdr[3], hdr[4]]);
         let aead = u16::from_be_bytes([hdr[5], hdr[6]]);
         if key_id != self.key_id {
-            return Err(ChannelError::UnknownKeyId { found: key_id, expected: self.key_id });
+            return Err(ChannelError::UnknownKeyId {
+                found: key_id,
+                expected: self.key_id,
+            });
         }
         if (kem, kdf, aead) != (KEM_ID, KDF_ID, AEAD_ID) {
             return Err(ChannelError::UnsupportedSuite { kem, kdf, aead });
@@ -127,13 +137,21 @@ impl ServiceKeyPair {
         )
         .map_err(|_| ChannelError::Decrypt)?;
         let plaintext = Zeroizing::new(
-            ctx.open(&message[HDR_LEN + ENC_LEN..], b"").map_err(|_| ChannelError::Decrypt)?,
+            ctx.open(&message[HDR_LEN + ENC_LEN..], b"")
+                .map_err(|_| ChannelError::Decrypt)?,
         );
         let mut secret = Zeroizing::new([0u8; 32]);
-        ctx.export(RESPONSE_LABEL, secret.as_mut()).map_err(|_| ChannelError::Decrypt)?;
+        ctx.export(RESPONSE_LABEL, secret.as_mut())
+            .map_err(|_| ChannelError::Decrypt)?;
         let mut enc_arr = [0u8; ENC_LEN];
         enc_arr.copy_from_slice(enc_bytes);
-        Ok((plaintext, ServerResponseContext { secret, enc: enc_arr }))
+        Ok((
+            plaintext,
+            ServerResponseContext {
+                secret,
+                enc: enc_arr,
+            },
+        ))
     }
 }
 
@@ -217,7 +235,8 @@ pub fn encapsulate_request(
     .map_err(|_| ChannelError::Encrypt)?;
     let ct = ctx.seal(request, b"").map_err(|_| ChannelError::Encrypt)?;
     let mut secret = Zeroizing::new([0u8; 32]);
-    ctx.export(RESPONSE_LABEL, secret.as_mut()).map_err(|_| ChannelError::Encrypt)?;
+    ctx.export(RESPONSE_LABEL, secret.as_mut())
+        .map_err(|_| ChannelError::Encrypt)?;
     let enc_bytes = enc.to_bytes();
     let mut enc_arr = [0u8; ENC_LEN];
     enc_arr.copy_from_slice(&enc_bytes);
@@ -225,7 +244,13 @@ pub fn encapsulate_request(
     out.extend_from_slice(&hdr);
     out.extend_from_slice(&enc_bytes);
     out.extend_from_slice(&ct);
-    Ok((out, ClientResponseContext { secret, enc: enc_arr }))
+    Ok((
+        out,
+        ClientResponseContext {
+            secret,
+            enc: enc_arr,
+        },
+    ))
 }
 
 impl ClientResponseContext {
@@ -277,7 +302,10 @@ impl ServiceKeyPair {
         message: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, ChannelError> {
         if message.len() < ENC_LEN + 16 {
-            return Err(ChannelError::TooShort { found: message.len(), min: ENC_LEN + 16 });
+            return Err(ChannelError::TooShort {
+                found: message.len(),
+                min: ENC_LEN + 16,
+            });
         }
         let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(&message[..ENC_LEN])
             .map_err(|_| ChannelError::BadEncapsulatedKey)?;
@@ -306,7 +334,10 @@ mod tests {
         let (inner, server_ctx) = server.decapsulate_request(&msg).unwrap();
         assert_eq!(inner.as_slice(), b"inner request");
         let resp = server_ctx.encrypt_response(b"inner response").unwrap();
-        assert_eq!(client_ctx.decrypt_response(&resp).unwrap().as_slice(), b"inner response");
+        assert_eq!(
+            client_ctx.decrypt_response(&resp).unwrap().as_slice(),
+            b"inner response"
+        );
     }
 
     #[test]
@@ -316,7 +347,10 @@ mod tests {
         for i in 0..msg.len() {
             let mut bad = msg.clone();
             bad[i] ^= 0x01;
-            assert!(server.decapsulate_request(&bad).is_err(), "byte {i} flipped was accepted");
+            assert!(
+                server.decapsulate_request(&bad).is_err(),
+                "byte {i} flipped was accepted"
+            );
         }
         assert!(matches!(
             server.decapsulate_request(&msg[..10]),
@@ -343,7 +377,10 @@ mod tests {
         let server = ServiceKeyPair::generate(1);
         let other = ServiceKeyPair::generate(1);
         let (msg, _) = encapsulate_request(&other.public_key(), 1, b"x").unwrap();
-        assert_eq!(server.decapsulate_request(&msg).err(), Some(ChannelError::Decrypt));
+        assert_eq!(
+            server.decapsulate_request(&msg).err(),
+            Some(ChannelError::Decrypt)
+        );
     }
 
     #[test]
@@ -351,7 +388,10 @@ mod tests {
         let kp = ServiceKeyPair::generate(0);
         let other = ServiceKeyPair::generate(0);
         let m = seal_to(&kp.public_key(), b"info", b"aad", b"secret dek").unwrap();
-        assert_eq!(kp.open_sealed(b"info", b"aad", &m).unwrap().as_slice(), b"secret dek");
+        assert_eq!(
+            kp.open_sealed(b"info", b"aad", &m).unwrap().as_slice(),
+            b"secret dek"
+        );
         assert!(kp.open_sealed(b"info", b"other aad", &m).is_err());
         assert!(kp.open_sealed(b"other", b"aad", &m).is_err());
         assert!(other.open_sealed(b"info", b"aad", &m).is_err());

@@ -51,8 +51,8 @@ pub struct AttestResponse {
     pub denied: Vec<DeniedKey>,
 }
 
-/// `PUT /kbs/v1/admin/keys/{key_id}` request (admin token required).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `PUT /kbs/v1/admin/keys/{key_id}` request (admin token required). Debug output omits the DEK.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct RegisterKey {
     /// The 32-byte DEK, base64.
     #[serde(with = "crate::b64")]
@@ -88,4 +88,37 @@ pub struct ErrorBody {
     /// Stable, machine-readable code, e.g. `nonce_replayed`.
     pub code: String,
     pub error: String,
+}
+
+impl std::fmt::Debug for RegisterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterKey")
+            .field("dek", &format_args!("<{} bytes redacted>", self.dek.len()))
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl Drop for RegisterKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.dek);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_key_debug_does_not_show_the_dek() {
+        let r = RegisterKey {
+            dek: vec![0xab; 32],
+            policy: "p".into(),
+        };
+        let s = format!("{r:?}");
+        assert!(
+            !s.contains("171") && !s.to_lowercase().contains("abab"),
+            "{s}"
+        );
+    }
 }

@@ -7,12 +7,12 @@
 //!
 //! `docs/protocol.md` describes every message and binding byte for byte.
 
+mod b64;
 pub mod binding;
 pub mod channel;
 pub mod kbs;
 pub mod oip;
 pub mod runtime;
-mod b64;
 
 pub use binding::{report_data, RuntimeKeys};
 pub use channel::{ChannelError, ClientResponseContext, ServerResponseContext, ServiceKeyPair};

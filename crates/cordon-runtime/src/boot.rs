@@ -18,11 +18,19 @@ pub enum RuntimeError {
     #[error("configuration: {0}")]
     Config(String),
     #[error("sealed model {model} ({path}): {source}")]
-    Sealed { model: String, path: String, source: SealError },
+    Sealed {
+        model: String,
+        path: String,
+        source: SealError,
+    },
     #[error("key broker at {url}: {reason}")]
     Kbs { url: String, reason: String },
     #[error("key broker refused key {key_id} for model {model}: {reasons}")]
-    KeyDenied { model: String, key_id: String, reasons: String },
+    KeyDenied {
+        model: String,
+        key_id: String,
+        reasons: String,
+    },
     #[error("producing evidence: {0}")]
     Evidence(String),
     #[error("released key for model {model} cannot be opened: {reason}")]
@@ -69,12 +77,33 @@ pub async fn boot(
         let signer: [u8; 32] = hex::decode(m.signer.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| RuntimeError::Config(format!("model {}: signer must be 32 bytes of hex", m.name)))?;
+            .ok_or_else(|| {
+                RuntimeError::Config(format!("model {}: signer must be 32 bytes of hex", m.name))
+            })?;
+        // Refuse the wrong artifact before asking the KBS for anything.
+        if header.manifest.signer_key().map_err(sealed_err)? != signer {
+            return Err(sealed_err(SealError::WrongSigner {
+                found: header.manifest.signer.clone(),
+                expected: m.signer.clone(),
+            }));
+        }
+        if let Some(pinned) = &m.manifest_sha256 {
+            let found = hex::encode(header.digest());
+            if !pinned.trim().eq_ignore_ascii_case(&found) {
+                return Err(RuntimeError::Config(format!(
+                    "model {}: sealed manifest sha256 is {found}, config pins {pinned}",
+                    m.name
+                )));
+            }
+        }
         sealed.push((m, header, bytes, signer));
     }
 
     let kbs = config.kbs_url.trim_end_matches('/').to_string();
-    let kbs_err = |reason: String| RuntimeError::Kbs { url: kbs.clone(), reason };
+    let kbs_err = |reason: String| RuntimeError::Kbs {
+        url: kbs.clone(),
+        reason,
+    };
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .build()
@@ -89,7 +118,8 @@ pub async fn boot(
         .json()
         .await
         .map_err(|e| kbs_err(format!("challenge: {e}")))?;
-    let nonce = hex::decode(&challenge.nonce).map_err(|e| kbs_err(format!("nonce is not hex: {e}")))?;
+    let nonce =
+        hex::decode(&challenge.nonce).map_err(|e| kbs_err(format!("nonce is not hex: {e}")))?;
     let evidence = tee
         .evidence(&report_data(&nonce, &runtime_keys))
         .map_err(|e| RuntimeError::Evidence(e.to_string()))?;
@@ -97,7 +127,10 @@ pub async fn boot(
         nonce: challenge.nonce.clone(),
         evidence,
         runtime_keys: runtime_keys.clone(),
-        key_ids: sealed.iter().map(|(_, h, _, _)| h.manifest.key_id.clone()).collect(),
+        key_ids: sealed
+            .iter()
+            .map(|(_, h, _, _)| h.manifest.key_id.clone())
+            .collect(),
     };
     let resp = http
         .post(format!("{kbs}/kbs/v1/attest"))
@@ -113,7 +146,10 @@ pub async fn boot(
         };
         return Err(kbs_err(reason));
     }
-    let released: AttestResponse = resp.json().await.map_err(|e| kbs_err(format!("attest: {e}")))?;
+    let released: AttestResponse = resp
+        .json()
+        .await
+        .map_err(|e| kbs_err(format!("attest: {e}")))?;
 
     let mut models = BTreeMap::new();
     let mut model_digests = BTreeMap::new();
@@ -126,22 +162,38 @@ pub async fn boot(
                 reasons: d.reasons.join("; "),
             });
         }
-        let rel = released.released.iter().find(|r| &r.key_id == key_id).ok_or_else(|| {
-            RuntimeError::KeyDenied {
+        let rel = released
+            .released
+            .iter()
+            .find(|r| &r.key_id == key_id)
+            .ok_or_else(|| RuntimeError::KeyDenied {
                 model: m.name.clone(),
                 key_id: key_id.clone(),
                 reasons: "the KBS returned no answer for this key".into(),
-            }
-        })?;
+            })?;
         let dek_bytes = service_key
             .open_sealed(RELEASE_INFO, key_id.as_bytes(), &rel.sealed_dek)
-            .map_err(|e| RuntimeError::Release { model: m.name.clone(), reason: e.to_string() })?;
-        let dek = Dek::from_bytes(&dek_bytes)
-            .map_err(|e| RuntimeError::Release { model: m.name.clone(), reason: e.to_string() })?;
-        let key = KeyFile { key_id: key_id.clone(), dek, signer };
-        let (header, plaintext) = cordon_seal::unseal_to_vec(&bytes[..], &key).map_err(|source| {
-            RuntimeError::Sealed { model: m.name.clone(), path: m.path.display().to_string(), source }
+            .map_err(|e| RuntimeError::Release {
+                model: m.name.clone(),
+                reason: e.to_string(),
+            })?;
+        let dek = Dek::from_bytes(&dek_bytes).map_err(|e| RuntimeError::Release {
+            model: m.name.clone(),
+            reason: e.to_string(),
         })?;
+        let key = KeyFile {
+            key_id: key_id.clone(),
+            dek,
+            signer,
+        };
+        let (header, plaintext) =
+            cordon_seal::unseal_to_vec(&bytes[..], &key).map_err(|source| {
+                RuntimeError::Sealed {
+                    model: m.name.clone(),
+                    path: m.path.display().to_string(),
+                    source,
+                }
+            })?;
         let model = OnnxModel::load(&m.name, &header.manifest.version, &plaintext)?;
         model_digests.insert(m.name.clone(), hex::encode(header.digest()));
         tracing::info!(model = %m.name, manifest_sha256 = %hex::encode(header.digest()), "model unsealed and loaded in memory");
@@ -149,7 +201,10 @@ pub async fn boot(
     }
 
     let state = RuntimeState::new(service_key, signing_key, runtime_keys, tee, models);
-    Ok(BootedRuntime { state: Arc::new(state), model_digests })
+    Ok(BootedRuntime {
+        state: Arc::new(state),
+        model_digests,
+    })
 }
 
 fn rand_fill(buf: &mut [u8]) {

@@ -25,6 +25,11 @@ pub struct ModelConfig {
     pub path: PathBuf,
     /// Ed25519 public key (hex) of the owner who must have signed the artifact's manifest.
     pub signer: String,
+    /// SHA-256 (hex) of the exact sealed manifest to load. When set, the host cannot substitute
+    /// another artifact of the same owner (an older version, say): the runtime refuses it before
+    /// asking for any key. Since the config is measured, a policy that pins the measurement pins this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_sha256: Option<String>,
 }
 
 impl RuntimeConfig {

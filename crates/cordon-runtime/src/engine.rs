@@ -18,13 +18,30 @@ pub enum EngineError {
     #[error("input tensor {0:?} is not an input of this model")]
     UnknownInput(String),
     #[error("input {name:?}: datatype {found}, the model expects {expected}")]
-    Datatype { name: String, found: String, expected: String },
+    Datatype {
+        name: String,
+        found: String,
+        expected: String,
+    },
     #[error("input {name:?}: shape {found:?} does not fit the model's {expected:?}")]
-    Shape { name: String, found: Vec<i64>, expected: Vec<i64> },
+    Shape {
+        name: String,
+        found: Vec<i64>,
+        expected: Vec<i64>,
+    },
     #[error("input {name:?}: shape {shape:?} holds {expected} elements, data has {found}")]
-    DataLength { name: String, shape: Vec<i64>, expected: usize, found: usize },
+    DataLength {
+        name: String,
+        shape: Vec<i64>,
+        expected: usize,
+        found: usize,
+    },
     #[error("input {name:?}: element {index} is not a valid {datatype}")]
-    DataValue { name: String, index: usize, datatype: String },
+    DataValue {
+        name: String,
+        index: usize,
+        datatype: String,
+    },
     #[error("input {name:?}: datatype {datatype} is not supported by this engine")]
     UnsupportedDatatype { name: String, datatype: String },
     #[error("output {0:?} is not an output of this model")]
@@ -73,7 +90,11 @@ fn tensor_metadata(v: &pb::ValueInfoProto) -> TensorMetadata {
                     s.dim
                         .iter()
                         .map(|d| match d.value {
-                            Some(pb::tensor_shape_proto::dimension::Value::DimValue(n)) if n > 0 => n,
+                            Some(pb::tensor_shape_proto::dimension::Value::DimValue(n))
+                                if n > 0 =>
+                            {
+                                n
+                            }
                             _ => -1,
                         })
                         .collect()
@@ -83,13 +104,20 @@ fn tensor_metadata(v: &pb::ValueInfoProto) -> TensorMetadata {
         }
         None => ("UNKNOWN", vec![]),
     };
-    TensorMetadata { name: v.name.clone(), datatype: datatype.into(), shape }
+    TensorMetadata {
+        name: v.name.clone(),
+        datatype: datatype.into(),
+        shape,
+    }
 }
 
 impl OnnxModel {
     /// Parses, optimizes and prepares an ONNX model from bytes held in memory.
     pub fn load(name: &str, version: &str, bytes: &[u8]) -> Result<OnnxModel, EngineError> {
-        let err = |e: TractError| EngineError::Load { model: name.into(), reason: format!("{e:#}") };
+        let err = |e: TractError| EngineError::Load {
+            model: name.into(),
+            reason: format!("{e:#}"),
+        };
         let onnx = tract_onnx::onnx();
         let proto = onnx.proto_model_for_read(&mut &bytes[..]).map_err(err)?;
         let graph = proto.graph.as_ref().ok_or_else(|| EngineError::Load {
@@ -110,7 +138,13 @@ impl OnnxModel {
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(err)?;
-        Ok(OnnxModel { name: name.into(), version: version.into(), plan, inputs, outputs })
+        Ok(OnnxModel {
+            name: name.into(),
+            version: version.into(),
+            plan,
+            inputs,
+            outputs,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -139,6 +173,17 @@ impl OnnxModel {
                 return Err(EngineError::UnknownInput(t.name.clone()));
             }
         }
+        let wanted: Option<Vec<&str>> = request
+            .outputs
+            .as_ref()
+            .map(|o| o.iter().map(|o| o.name.as_str()).collect());
+        if let Some(w) = &wanted {
+            for name in w {
+                if !self.outputs.iter().any(|m| m.name == *name) {
+                    return Err(EngineError::UnknownOutput(name.to_string()));
+                }
+            }
+        }
         let mut values: TVec<TValue> = tvec![];
         for meta in &self.inputs {
             let t = request
@@ -148,20 +193,17 @@ impl OnnxModel {
                 .ok_or_else(|| EngineError::MissingInput(meta.name.clone()))?;
             values.push(to_tract(meta, t)?.into());
         }
-        let results = self.plan.run(values).map_err(|e| EngineError::Run(format!("{e:#}")))?;
-        let wanted: Option<Vec<&str>> =
-            request.outputs.as_ref().map(|o| o.iter().map(|o| o.name.as_str()).collect());
-        if let Some(w) = &wanted {
-            for name in w {
-                if !self.outputs.iter().any(|m| m.name == *name) {
-                    return Err(EngineError::UnknownOutput(name.to_string()));
-                }
-            }
-        }
+        let results = self
+            .plan
+            .run(values)
+            .map_err(|e| EngineError::Run(format!("{e:#}")))?;
         let mut outputs = Vec::new();
         // tract may rename outputs internally; the ONNX graph's outputs are matched by position.
         for (meta, value) in self.outputs.iter().zip(results.iter()) {
-            if wanted.as_ref().is_some_and(|w| !w.contains(&meta.name.as_str())) {
+            if wanted
+                .as_ref()
+                .is_some_and(|w| !w.contains(&meta.name.as_str()))
+            {
                 continue;
             }
             outputs.push(from_tract(&meta.name, value)?);
@@ -191,7 +233,10 @@ fn to_tract(meta: &TensorMetadata, t: &Tensor) -> Result<Tensor_, EngineError> {
         });
     }
     let shape_ok = t.shape.len() == meta.shape.len()
-        && t.shape.iter().zip(&meta.shape).all(|(&f, &e)| f >= 0 && (e < 0 || f == e));
+        && t.shape
+            .iter()
+            .zip(&meta.shape)
+            .all(|(&f, &e)| f >= 0 && (e < 0 || f == e));
     if !shape_ok {
         return Err(EngineError::Shape {
             name: t.name.clone(),
@@ -200,7 +245,10 @@ fn to_tract(meta: &TensorMetadata, t: &Tensor) -> Result<Tensor_, EngineError> {
         });
     }
     let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-    let expected = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).unwrap_or(usize::MAX);
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .unwrap_or(usize::MAX);
     let mut flat = Vec::new();
     flatten(&t.data, &mut flat);
     if flat.len() != expected {
@@ -246,7 +294,11 @@ fn to_tract(meta: &TensorMetadata, t: &Tensor) -> Result<Tensor_, EngineError> {
             let data = flat
                 .iter()
                 .enumerate()
-                .map(|(i, v)| v.as_i64().and_then(|x| i32::try_from(x).ok()).ok_or_else(|| bad(i)))
+                .map(|(i, v)| {
+                    v.as_i64()
+                        .and_then(|x| i32::try_from(x).ok())
+                        .ok_or_else(|| bad(i))
+                })
                 .collect::<Result<Vec<i32>, _>>()?;
             tract_onnx::prelude::Tensor::from_shape(&dims, &data).map_err(run_err)
         }
@@ -258,7 +310,10 @@ fn to_tract(meta: &TensorMetadata, t: &Tensor) -> Result<Tensor_, EngineError> {
                 .collect::<Result<Vec<bool>, _>>()?;
             tract_onnx::prelude::Tensor::from_shape(&dims, &data).map_err(run_err)
         }
-        other => Err(EngineError::UnsupportedDatatype { name: t.name.clone(), datatype: other.into() }),
+        other => Err(EngineError::UnsupportedDatatype {
+            name: t.name.clone(),
+            datatype: other.into(),
+        }),
     }
 }
 
@@ -268,14 +323,74 @@ fn from_tract(name: &str, value: &TValue) -> Result<Tensor, EngineError> {
     let shape: Vec<i64> = value.shape().iter().map(|&d| d as i64).collect();
     let run_err = |e: TractError| EngineError::Run(format!("output {name}: {e:#}"));
     let (datatype, data) = match value.datum_type() {
-        DatumType::F32 => ("FP32", Value::from(value.to_plain_array_view::<f32>().map_err(run_err)?.iter().copied().collect::<Vec<_>>())),
-        DatumType::F64 => ("FP64", Value::from(value.to_plain_array_view::<f64>().map_err(run_err)?.iter().copied().collect::<Vec<_>>())),
-        DatumType::I64 => ("INT64", Value::from(value.to_plain_array_view::<i64>().map_err(run_err)?.iter().copied().collect::<Vec<_>>())),
-        DatumType::I32 => ("INT32", Value::from(value.to_plain_array_view::<i32>().map_err(run_err)?.iter().copied().collect::<Vec<_>>())),
-        DatumType::Bool => ("BOOL", Value::from(value.to_plain_array_view::<bool>().map_err(run_err)?.iter().copied().collect::<Vec<_>>())),
-        other => return Err(EngineError::Run(format!("output {name}: datatype {other:?} not supported"))),
+        DatumType::F32 => (
+            "FP32",
+            Value::from(
+                value
+                    .to_plain_array_view::<f32>()
+                    .map_err(run_err)?
+                    .iter()
+                    .copied()
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        DatumType::F64 => (
+            "FP64",
+            Value::from(
+                value
+                    .to_plain_array_view::<f64>()
+                    .map_err(run_err)?
+                    .iter()
+                    .copied()
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        DatumType::I64 => (
+            "INT64",
+            Value::from(
+                value
+                    .to_plain_array_view::<i64>()
+                    .map_err(run_err)?
+                    .iter()
+                    .copied()
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        DatumType::I32 => (
+            "INT32",
+            Value::from(
+                value
+                    .to_plain_array_view::<i32>()
+                    .map_err(run_err)?
+                    .iter()
+                    .copied()
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        DatumType::Bool => (
+            "BOOL",
+            Value::from(
+                value
+                    .to_plain_array_view::<bool>()
+                    .map_err(run_err)?
+                    .iter()
+                    .copied()
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        other => {
+            return Err(EngineError::Run(format!(
+                "output {name}: datatype {other:?} not supported"
+            )))
+        }
     };
-    Ok(Tensor { name: name.into(), shape, datatype: datatype.into(), data, parameters: None })
+    Ok(Tensor {
+        name: name.into(),
+        shape,
+        datatype: datatype.into(),
+        data,
+        parameters: None,
+    })
 }
 
 #[cfg(test)]
@@ -319,8 +434,15 @@ mod tests {
         assert_eq!(labels, expected.sklearn_labels);
         let probs: Vec<f64> = serde_json::from_value(resp.outputs[1].data.clone()).unwrap();
         assert_eq!(resp.outputs[1].shape, vec![test.inputs.len() as i64, 2]);
-        for (i, (p, e)) in probs.iter().zip(expected.onnxruntime_probabilities.iter().flatten()).enumerate() {
-            assert!((p - e).abs() < 1e-5, "probability {i}: tract {p}, onnxruntime {e}");
+        for (i, (p, e)) in probs
+            .iter()
+            .zip(expected.onnxruntime_probabilities.iter().flatten())
+            .enumerate()
+        {
+            assert!(
+                (p - e).abs() < 1e-5,
+                "probability {i}: tract {p}, onnxruntime {e}"
+            );
         }
         for (i, row) in test.inputs.iter().enumerate().step_by(17) {
             let one = model.infer(&request(std::slice::from_ref(row))).unwrap();
@@ -331,21 +453,41 @@ mod tests {
 
     #[test]
     fn logistic_regression_matches_onnxruntime_and_sklearn() {
-        check_against_reference(LR, include_str!("../../../models/reference/breast_cancer_lr.expected.json"));
+        check_against_reference(
+            LR,
+            include_str!("../../../models/reference/breast_cancer_lr.expected.json"),
+        );
     }
 
     #[test]
     fn mlp_matches_onnxruntime_and_sklearn() {
-        check_against_reference(MLP, include_str!("../../../models/reference/breast_cancer_mlp.expected.json"));
+        check_against_reference(
+            MLP,
+            include_str!("../../../models/reference/breast_cancer_mlp.expected.json"),
+        );
     }
 
     #[test]
     fn metadata_comes_from_the_onnx_graph() {
         let m = OnnxModel::load("lr", "1", LR).unwrap().metadata();
-        assert_eq!(m.inputs, vec![TensorMetadata { name: "input".into(), datatype: "FP32".into(), shape: vec![-1, 30] }]);
+        assert_eq!(
+            m.inputs,
+            vec![TensorMetadata {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: vec![-1, 30]
+            }]
+        );
         assert_eq!(m.outputs[0].name, "label");
         assert_eq!(m.outputs[0].datatype, "INT64");
-        assert_eq!(m.outputs[1], TensorMetadata { name: "probabilities".into(), datatype: "FP32".into(), shape: vec![-1, 2] });
+        assert_eq!(
+            m.outputs[1],
+            TensorMetadata {
+                name: "probabilities".into(),
+                datatype: "FP32".into(),
+                shape: vec![-1, 2]
+            }
+        );
     }
 
     #[test]
@@ -359,16 +501,29 @@ mod tests {
         assert!(matches!(model.infer(&r), Err(EngineError::Datatype { .. })));
         let mut r = request(&[vec![0.0; 30]]);
         r.inputs[0].shape = vec![2, 30];
-        assert!(matches!(model.infer(&r), Err(EngineError::DataLength { expected: 60, found: 30, .. })));
+        assert!(matches!(
+            model.infer(&r),
+            Err(EngineError::DataLength {
+                expected: 60,
+                found: 30,
+                ..
+            })
+        ));
         let mut r = request(&[vec![0.0; 30]]);
         r.inputs[0].data = serde_json::json!(vec!["x"; 30]);
-        assert!(matches!(model.infer(&r), Err(EngineError::DataValue { index: 0, .. })));
+        assert!(matches!(
+            model.infer(&r),
+            Err(EngineError::DataValue { index: 0, .. })
+        ));
         let mut r = request(&[vec![0.0; 30]]);
         r.inputs[0].name = "other".into();
         assert!(matches!(model.infer(&r), Err(EngineError::UnknownInput(_))));
         let mut r = request(&[vec![0.0; 30]]);
         r.inputs.clear();
         assert!(matches!(model.infer(&r), Err(EngineError::MissingInput(_))));
-        assert!(matches!(OnnxModel::load("junk", "1", b"not onnx"), Err(EngineError::Load { .. })));
+        assert!(matches!(
+            OnnxModel::load("junk", "1", b"not onnx"),
+            Err(EngineError::Load { .. })
+        ));
     }
 }

@@ -39,7 +39,9 @@ impl RuntimeState {
         tee: Arc<dyn EvidenceProvider>,
         models: BTreeMap<String, Arc<OnnxModel>>,
     ) -> RuntimeState {
-        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         RuntimeState {
             service_key,
             _signing_key: signing_key,
@@ -66,8 +68,14 @@ pub fn router(state: Arc<RuntimeState>) -> Router {
     Router::new()
         .route("/v1/attestation", get(attestation))
         .route("/v1/encrypted", post(encrypted))
-        .route("/v2/health/live", get(|| async { Json(json!({ "live": true })) }))
-        .route("/v2/health/ready", get(|| async { Json(json!({ "ready": true })) }))
+        .route(
+            "/v2/health/live",
+            get(|| async { Json(json!({ "live": true })) }),
+        )
+        .route(
+            "/v2/health/ready",
+            get(|| async { Json(json!({ "ready": true })) }),
+        )
         .route("/v2", get(server_metadata))
         .route("/v2/models/{name}", get(model_metadata_plain))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -80,7 +88,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -94,17 +104,27 @@ struct NonceQuery {
 
 async fn attestation(State(s): State<Arc<RuntimeState>>, Query(q): Query<NonceQuery>) -> Response {
     let Some(nonce_hex) = q.nonce else {
-        return error(StatusCode::BAD_REQUEST, "query parameter `nonce` (hex) is required");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query parameter `nonce` (hex) is required",
+        );
     };
     let nonce = match hex::decode(&nonce_hex) {
         Ok(n) if (16..=64).contains(&n.len()) => n,
-        Ok(n) => return error(StatusCode::BAD_REQUEST, format!("nonce must be 16 to 64 bytes, got {}", n.len())),
+        Ok(n) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("nonce must be 16 to 64 bytes, got {}", n.len()),
+            )
+        }
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("nonce is not hex: {e}")),
     };
     match s.tee.evidence(&report_data(&nonce, &s.runtime_keys)) {
-        Ok(evidence) => {
-            Json(AttestationResponse { evidence, runtime_keys: s.runtime_keys.clone() }).into_response()
-        }
+        Ok(evidence) => Json(AttestationResponse {
+            evidence,
+            runtime_keys: s.runtime_keys.clone(),
+        })
+        .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("evidence: {e}")),
     }
 }
@@ -119,7 +139,10 @@ async fn server_metadata(State(s): State<Arc<RuntimeState>>) -> Json<serde_json:
     }))
 }
 
-async fn model_metadata_plain(State(s): State<Arc<RuntimeState>>, Path(name): Path<String>) -> Response {
+async fn model_metadata_plain(
+    State(s): State<Arc<RuntimeState>>,
+    Path(name): Path<String>,
+) -> Response {
     match s.models.get(&name) {
         Some(m) => Json(m.metadata()).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("unknown model {name:?}")),
@@ -139,7 +162,8 @@ async fn encrypted(State(s): State<Arc<RuntimeState>>, body: Bytes) -> Response 
         },
     };
     drop(inner);
-    let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(&inner_response).unwrap_or_default());
+    let plaintext =
+        zeroize::Zeroizing::new(serde_json::to_vec(&inner_response).unwrap_or_default());
     match response_ctx.encrypt_response(&plaintext) {
         Ok(ct) => ([(header::CONTENT_TYPE, ENCRYPTED_RESPONSE_MEDIA_TYPE)], ct).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -153,34 +177,57 @@ trait ClassifyName {
 impl ClassifyName for serde_json::Error {
     // Serde's messages can quote input; only the position and class leave the runtime.
     fn classify_name(&self) -> String {
-        format!("{:?} error at line {} column {}", self.classify(), self.line(), self.column())
+        format!(
+            "{:?} error at line {} column {}",
+            self.classify(),
+            self.line(),
+            self.column()
+        )
     }
 }
 
 fn inner_error(status: u16, msg: impl Into<String>) -> InnerResponse {
-    InnerResponse { status, body: json!({ "error": msg.into() }) }
+    InnerResponse {
+        status,
+        body: json!({ "error": msg.into() }),
+    }
 }
 
 async fn route_inner(s: &Arc<RuntimeState>, req: InnerRequest) -> InnerResponse {
     let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     match (req.method.as_str(), segments.as_slice()) {
-        ("GET", ["v2", "health", "live"]) => InnerResponse { status: 200, body: json!({ "live": true }) },
-        ("GET", ["v2", "health", "ready"]) => InnerResponse { status: 200, body: json!({ "ready": true }) },
+        ("GET", ["v2", "health", "live"]) => InnerResponse {
+            status: 200,
+            body: json!({ "live": true }),
+        },
+        ("GET", ["v2", "health", "ready"]) => InnerResponse {
+            status: 200,
+            body: json!({ "ready": true }),
+        },
         ("GET", ["v2", "models", name]) => match s.models.get(*name) {
-            Some(m) => InnerResponse { status: 200, body: json!(m.metadata()) },
+            Some(m) => InnerResponse {
+                status: 200,
+                body: json!(m.metadata()),
+            },
             None => inner_error(404, format!("unknown model {name:?}")),
         },
         ("GET", ["v2", "models", name, "ready"]) => match s.models.get(*name) {
-            Some(_) => InnerResponse { status: 200, body: json!({ "name": name, "ready": true }) },
+            Some(_) => InnerResponse {
+                status: 200,
+                body: json!({ "name": name, "ready": true }),
+            },
             None => inner_error(404, format!("unknown model {name:?}")),
         },
-        ("POST", ["v2", "models", name, "infer"]) | ("POST", ["v2", "models", name, "versions", _, "infer"]) => {
+        ("POST", ["v2", "models", name, "infer"])
+        | ("POST", ["v2", "models", name, "versions", _, "infer"]) => {
             let Some(model) = s.models.get(*name).cloned() else {
                 return inner_error(404, format!("unknown model {name:?}"));
             };
             let request: InferRequest = match req.body.map(serde_json::from_value) {
                 Some(Ok(r)) => r,
-                Some(Err(e)) => return inner_error(400, format!("infer request: {}", e.classify_name())),
+                Some(Err(e)) => {
+                    return inner_error(400, format!("infer request: {}", e.classify_name()))
+                }
                 None => return inner_error(400, "infer request needs a body"),
             };
             infer(s, model, request).await
@@ -189,13 +236,20 @@ async fn route_inner(s: &Arc<RuntimeState>, req: InnerRequest) -> InnerResponse 
     }
 }
 
-async fn infer(s: &Arc<RuntimeState>, model: Arc<OnnxModel>, request: InferRequest) -> InnerResponse {
+async fn infer(
+    s: &Arc<RuntimeState>,
+    model: Arc<OnnxModel>,
+    request: InferRequest,
+) -> InnerResponse {
     let Ok(_permit) = s.pool.clone().acquire_owned().await else {
         return inner_error(503, "runtime is shutting down");
     };
     let result = tokio::task::spawn_blocking(move || model.infer(&request)).await;
     match result {
-        Ok(Ok(resp)) => InnerResponse { status: 200, body: json!(resp) },
+        Ok(Ok(resp)) => InnerResponse {
+            status: 200,
+            body: json!(resp),
+        },
         Ok(Err(e)) => inner_error(400, e.to_string()),
         Err(_) => inner_error(500, "inference task failed"),
     }

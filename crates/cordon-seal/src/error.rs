@@ -23,11 +23,13 @@ pub enum SealError {
     WrongKeyId { found: String, expected: String },
     #[error("wrong key: the DEK does not match the manifest's key commitment")]
     WrongKey,
-    #[error("chunk {index} failed authentication: the ciphertext was altered, reordered or swapped")]
+    #[error(
+        "chunk {index} failed authentication: the ciphertext was altered, reordered or swapped"
+    )]
     ChunkAuth { index: u64 },
     #[error("sealed artifact is truncated: expected {expected} chunks, found only {found}")]
     Truncated { expected: u64, found: u64 },
-    #[error("sealed artifact has {0} unexpected bytes after its final chunk")]
+    #[error("sealed artifact has unexpected bytes after its final chunk (at least {0})")]
     TrailingData(u64),
     #[error("plaintext SHA-256 mismatch: manifest says {expected}, content hashes to {found}")]
     DigestMismatch { expected: String, found: String },

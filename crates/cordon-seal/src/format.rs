@@ -2,10 +2,9 @@
 
 use crate::keys::{Dek, KeyFile, OwnerKey};
 use crate::SealError;
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use ed25519_dalek::{Signature, Signer, VerifyingKey};
 use rand::RngCore;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -53,26 +52,35 @@ pub struct Manifest {
 impl Manifest {
     /// Number of chunks: at least one, so that an empty artifact still has an authenticated final chunk.
     pub fn chunk_count(&self) -> u64 {
-        self.plaintext_size.div_ceil(u64::from(self.chunk_size)).max(1)
+        self.plaintext_size
+            .div_ceil(u64::from(self.chunk_size))
+            .max(1)
     }
 
     fn check(&self) -> Result<(), SealError> {
         let bad = |m: String| Err(SealError::Manifest(m));
         if self.format != FORMAT_NAME {
-            return bad(format!("format is {:?}, expected {FORMAT_NAME:?}", self.format));
+            return bad(format!(
+                "format is {:?}, expected {FORMAT_NAME:?}",
+                self.format
+            ));
         }
         if self.aead != AEAD_NAME {
-            return bad(format!("aead is {:?}, this build supports {AEAD_NAME:?}", self.aead));
+            return bad(format!(
+                "aead is {:?}, this build supports {AEAD_NAME:?}",
+                self.aead
+            ));
         }
         if self.chunk_size == 0 || self.chunk_size > MAX_CHUNK_SIZE {
-            return bad(format!("chunk_size {} is outside 1..={MAX_CHUNK_SIZE}", self.chunk_size));
+            return bad(format!(
+                "chunk_size {} is outside 1..={MAX_CHUNK_SIZE}",
+                self.chunk_size
+            ));
         }
         if self.chunk_count() > u64::from(u32::MAX) {
             return bad("too many chunks for a 32-bit chunk counter".into());
         }
-        if self.nonce_prefix()?.len() != 7 {
-            return bad("nonce_prefix must be 7 bytes".into());
-        }
+        self.nonce_prefix()?;
         if hex_array::<32>(&self.plaintext_sha256, "plaintext_sha256").is_err() {
             return bad("plaintext_sha256 must be 32 bytes of hex".into());
         }
@@ -81,9 +89,8 @@ impl Manifest {
         Ok(())
     }
 
-    fn nonce_prefix(&self) -> Result<Vec<u8>, SealError> {
-        hex::decode(&self.nonce_prefix)
-            .map_err(|e| SealError::Manifest(format!("nonce_prefix: {e}")))
+    fn nonce_prefix(&self) -> Result<[u8; 7], SealError> {
+        hex_array::<7>(&self.nonce_prefix, "nonce_prefix")
     }
 
     /// The owner's public key that signed this manifest.
@@ -98,6 +105,11 @@ impl Manifest {
 }
 
 fn hex_array<const N: usize>(s: &str, field: &str) -> Result<[u8; N], SealError> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(SealError::Manifest(format!(
+            "{field} must be lowercase hex"
+        )));
+    }
     hex::decode(s)
         .ok()
         .and_then(|b| b.try_into().ok())
@@ -111,6 +123,15 @@ fn dek_commitment(dek: &Dek, key_id: &str, nonce_prefix: &[u8]) -> [u8; 32] {
     h.update(key_id.as_bytes());
     h.update(nonce_prefix);
     h.finalize().into()
+}
+
+/// The chunk cipher. Bulk AES-256-GCM uses ring, whose AES-NI/VAES and CLMUL code is several times
+/// faster than a portable implementation (see docs/benchmarks.md). ring does not zeroize its expanded
+/// key schedule on drop; the DEK itself is zeroized (docs/threat-model.md).
+fn chunk_cipher(dek: &Dek) -> Result<LessSafeKey, SealError> {
+    UnboundKey::new(&AES_256_GCM, dek.as_bytes())
+        .map(LessSafeKey::new)
+        .map_err(|_| SealError::Manifest("AES-256-GCM key setup failed".into()))
 }
 
 fn chunk_nonce(prefix: &[u8], index: u64, last: bool) -> [u8; 12] {
@@ -177,9 +198,13 @@ pub fn seal<R: Read, W: Write + Seek>(
         signer: hex::encode(owner.public_key()),
     };
     manifest.check()?;
-    let placeholder = serde_json::to_vec(&manifest).map_err(|e| SealError::Manifest(e.to_string()))?;
+    let placeholder =
+        serde_json::to_vec(&manifest).map_err(|e| SealError::Manifest(e.to_string()))?;
     if placeholder.len() > MAX_MANIFEST_LEN {
-        return Err(SealError::ManifestTooLarge(placeholder.len(), MAX_MANIFEST_LEN));
+        return Err(SealError::ManifestTooLarge(
+            placeholder.len(),
+            MAX_MANIFEST_LEN,
+        ));
     }
     let start = output.stream_position()?;
     output.write_all(MAGIC)?;
@@ -188,7 +213,7 @@ pub fn seal<R: Read, W: Write + Seek>(
     output.write_all(&placeholder)?;
     output.write_all(&[0u8; 64])?;
 
-    let cipher = Aes256Gcm::new(dek.as_bytes().into());
+    let cipher = chunk_cipher(&dek)?;
     let chunk_size = options.chunk_size as usize;
     let mut buf = Zeroizing::new(vec![0u8; chunk_size]);
     let mut hasher = Sha256::new();
@@ -200,23 +225,32 @@ pub fn seal<R: Read, W: Write + Seek>(
         hasher.update(&buf[..len]);
         let nonce = chunk_nonce(&prefix, index, index + 1 == chunks);
         let tag = cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), b"", &mut buf[..len])
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                &mut buf[..len],
+            )
             .map_err(|_| SealError::Manifest("AES-GCM refused the chunk".into()))?;
         output.write_all(&buf[..len])?;
-        output.write_all(&tag)?;
+        output.write_all(tag.as_ref())?;
         done += len as u64;
         progress(done);
     }
     let mut probe = [0u8; 1];
     if input.read(&mut probe)? != 0 {
-        return Err(SealError::InputChanged { expected: size, found: size + 1 });
+        return Err(SealError::InputChanged {
+            expected: size,
+            found: size + 1,
+        });
     }
 
     manifest.plaintext_sha256 = hex::encode(hasher.finalize());
     let manifest_bytes =
         serde_json::to_vec(&manifest).map_err(|e| SealError::Manifest(e.to_string()))?;
     if manifest_bytes.len() != placeholder.len() {
-        return Err(SealError::Manifest("manifest length changed while sealing".into()));
+        return Err(SealError::Manifest(
+            "manifest length changed while sealing".into(),
+        ));
     }
     let signature = owner.signing_key().sign(&signed_message(&manifest_bytes));
     let end = output.stream_position()?;
@@ -225,16 +259,28 @@ pub fn seal<R: Read, W: Write + Seek>(
     output.write_all(&signature.to_bytes())?;
     output.seek(SeekFrom::Start(end))?;
     output.flush()?;
-    let key = KeyFile { key_id, dek, signer: owner.public_key() };
+    let key = KeyFile {
+        key_id,
+        dek,
+        signer: owner.public_key(),
+    };
     Ok((manifest, key))
 }
 
-fn read_exact_or<R: Read>(input: &mut R, buf: &mut [u8], size: u64, done: u64) -> Result<(), SealError> {
+fn read_exact_or<R: Read>(
+    input: &mut R,
+    buf: &mut [u8],
+    size: u64,
+    done: u64,
+) -> Result<(), SealError> {
     let mut filled = 0;
     while filled < buf.len() {
         match input.read(&mut buf[filled..]) {
             Ok(0) => {
-                return Err(SealError::InputChanged { expected: size, found: done + filled as u64 })
+                return Err(SealError::InputChanged {
+                    expected: size,
+                    found: done + filled as u64,
+                })
             }
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -271,7 +317,9 @@ pub fn read_header<R: Read>(input: &mut R) -> Result<SealedHeader, SealError> {
     let mut fixed = [0u8; HEADER_FIXED_LEN as usize];
     read_header_part(input, &mut fixed, "magic, version and manifest length")?;
     if &fixed[..8] != MAGIC {
-        return Err(SealError::BadMagic { found: String::from_utf8_lossy(&fixed[..8]).into_owned() });
+        return Err(SealError::BadMagic {
+            found: String::from_utf8_lossy(&fixed[..8]).into_owned(),
+        });
     }
     let version = u16::from_le_bytes([fixed[8], fixed[9]]);
     if version != FORMAT_VERSION {
@@ -285,18 +333,31 @@ pub fn read_header<R: Read>(input: &mut R) -> Result<SealedHeader, SealError> {
     read_header_part(input, &mut manifest_bytes, "manifest")?;
     let mut sig = [0u8; 64];
     read_header_part(input, &mut sig, "manifest signature")?;
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| SealError::Manifest(e.to_string()))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&manifest_bytes).map_err(|e| SealError::Manifest(e.to_string()))?;
     manifest.check()?;
     let signer = manifest.signer_key()?;
-    let key = VerifyingKey::from_bytes(&signer)
-        .map_err(|_| SealError::BadSignature { signer: manifest.signer.clone() })?;
-    key.verify_strict(&signed_message(&manifest_bytes), &Signature::from_bytes(&sig))
-        .map_err(|_| SealError::BadSignature { signer: manifest.signer.clone() })?;
-    Ok(SealedHeader { manifest, manifest_bytes })
+    let key = VerifyingKey::from_bytes(&signer).map_err(|_| SealError::BadSignature {
+        signer: manifest.signer.clone(),
+    })?;
+    key.verify_strict(
+        &signed_message(&manifest_bytes),
+        &Signature::from_bytes(&sig),
+    )
+    .map_err(|_| SealError::BadSignature {
+        signer: manifest.signer.clone(),
+    })?;
+    Ok(SealedHeader {
+        manifest,
+        manifest_bytes,
+    })
 }
 
-fn read_header_part<R: Read>(input: &mut R, buf: &mut [u8], what: &'static str) -> Result<(), SealError> {
+fn read_header_part<R: Read>(
+    input: &mut R,
+    buf: &mut [u8],
+    what: &'static str,
+) -> Result<(), SealError> {
     input.read_exact(buf).map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => SealError::TruncatedHeader(what),
         _ => SealError::Io(e),
@@ -314,7 +375,10 @@ fn check_key(header: &SealedHeader, key: &KeyFile) -> Result<(), SealError> {
         });
     }
     if m.key_id != key.key_id {
-        return Err(SealError::WrongKeyId { found: key.key_id.clone(), expected: m.key_id.clone() });
+        return Err(SealError::WrongKeyId {
+            found: key.key_id.clone(),
+            expected: m.key_id.clone(),
+        });
     }
     let expected = hex_array::<32>(&m.dek_commitment, "dek_commitment")?;
     let found = dek_commitment(&key.dek, &m.key_id, &m.nonce_prefix()?);
@@ -348,7 +412,7 @@ fn decrypt_chunks<R: Read, W: Write>(
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), SealError> {
     let m = &header.manifest;
-    let cipher = Aes256Gcm::new(key.dek.as_bytes().into());
+    let cipher = chunk_cipher(&key.dek)?;
     let prefix = m.nonce_prefix()?;
     let chunk_size = m.chunk_size as usize;
     let mut buf = Zeroizing::new(vec![0u8; chunk_size + TAG_LEN]);
@@ -359,12 +423,18 @@ fn decrypt_chunks<R: Read, W: Write>(
         let len = (m.plaintext_size - done).min(chunk_size as u64) as usize;
         let got = read_full(&mut input, &mut buf[..len + TAG_LEN])?;
         if got < len + TAG_LEN {
-            return Err(SealError::Truncated { expected: chunks, found: index });
+            return Err(SealError::Truncated {
+                expected: chunks,
+                found: index,
+            });
         }
-        let (data, tag) = buf[..len + TAG_LEN].split_at_mut(len);
         let nonce = chunk_nonce(&prefix, index, index + 1 == chunks);
-        cipher
-            .decrypt_in_place_detached(Nonce::from_slice(&nonce), b"", data, Tag::from_slice(tag))
+        let data = cipher
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                &mut buf[..len + TAG_LEN],
+            )
             .map_err(|_| SealError::ChunkAuth { index })?;
         hasher.update(&*data);
         output.write_all(data)?;
@@ -378,7 +448,10 @@ fn decrypt_chunks<R: Read, W: Write>(
     }
     let found = hex::encode(hasher.finalize());
     if found != m.plaintext_sha256 {
-        return Err(SealError::DigestMismatch { expected: m.plaintext_sha256.clone(), found });
+        return Err(SealError::DigestMismatch {
+            expected: m.plaintext_sha256.clone(),
+            found,
+        });
     }
     output.flush()?;
     Ok(())
@@ -421,7 +494,10 @@ mod tests {
 
     fn seal_bytes(data: &[u8], chunk: u32, owner: &OwnerKey) -> (Vec<u8>, KeyFile) {
         let mut out = Cursor::new(Vec::new());
-        let opts = SealOptions { chunk_size: chunk, ..SealOptions::default() };
+        let opts = SealOptions {
+            chunk_size: chunk,
+            ..SealOptions::default()
+        };
         let (_, key) = seal(data, data.len() as u64, &mut out, owner, &opts, &mut |_| {}).unwrap();
         (out.into_inner(), key)
     }
@@ -439,8 +515,14 @@ mod tests {
             let (header, back) = unseal_to_vec(&sealed[..], &key).unwrap();
             assert_eq!(back.as_slice(), plain.as_slice(), "size {n}");
             assert_eq!(header.manifest.plaintext_size, n as u64);
-            assert_eq!(header.manifest.plaintext_sha256, hex::encode(Sha256::digest(&plain)));
-            assert!(!sealed.windows(16).any(|w| n >= 16 && w == &plain[..16]), "plaintext visible");
+            assert_eq!(
+                header.manifest.plaintext_sha256,
+                hex::encode(Sha256::digest(&plain))
+            );
+            assert!(
+                !sealed.windows(16).any(|w| n >= 16 && w == &plain[..16]),
+                "plaintext visible"
+            );
         }
     }
 
@@ -463,15 +545,30 @@ mod tests {
         let owner = OwnerKey::generate();
         let (sealed, key) = seal_bytes(&data(150), 64, &owner);
         for len in 0..sealed.len() {
-            assert!(unseal_to_vec(&sealed[..len], &key).is_err(), "truncated to {len} accepted");
+            assert!(
+                unseal_to_vec(&sealed[..len], &key).is_err(),
+                "truncated to {len} accepted"
+            );
         }
         // Dropping exactly the final chunk leaves a stream that ends on a non-final chunk.
         let header_len = sealed.len() - (64 + 16) * 2 - (22 + 16);
         let r = unseal_to_vec(&sealed[..header_len + 2 * 80], &key);
-        assert!(matches!(r, Err(SealError::Truncated { expected: 3, found: 2 })), "{r:?}");
+        assert!(
+            matches!(
+                r,
+                Err(SealError::Truncated {
+                    expected: 3,
+                    found: 2
+                })
+            ),
+            "{r:?}"
+        );
         let mut longer = sealed.clone();
         longer.push(0);
-        assert!(matches!(unseal_to_vec(&longer[..], &key), Err(SealError::TrailingData(1))));
+        assert!(matches!(
+            unseal_to_vec(&longer[..], &key),
+            Err(SealError::TrailingData(1))
+        ));
     }
 
     #[test]
@@ -480,7 +577,10 @@ mod tests {
         let (sealed, key) = seal_bytes(&data(192), 64, &owner);
         let body = sealed.len() - 3 * 80;
         let mut swapped = sealed.clone();
-        let (c0, c1) = (sealed[body..body + 80].to_vec(), sealed[body + 80..body + 160].to_vec());
+        let (c0, c1) = (
+            sealed[body..body + 80].to_vec(),
+            sealed[body + 80..body + 160].to_vec(),
+        );
         swapped[body..body + 80].copy_from_slice(&c1);
         swapped[body + 80..body + 160].copy_from_slice(&c0);
         let r = unseal_to_vec(&swapped[..], &key);
@@ -489,7 +589,10 @@ mod tests {
         let mut moved = sealed.clone();
         let last = sealed[body + 160..].to_vec();
         moved[body + 80..body + 160].copy_from_slice(&last);
-        assert!(matches!(unseal_to_vec(&moved[..], &key), Err(SealError::ChunkAuth { index: 1 })));
+        assert!(matches!(
+            unseal_to_vec(&moved[..], &key),
+            Err(SealError::ChunkAuth { index: 1 })
+        ));
     }
 
     #[test]
@@ -500,7 +603,10 @@ mod tests {
         let mut mixed = a.clone();
         let body = a.len() - 2 * 80;
         mixed[body..body + 80].copy_from_slice(&b[body..body + 80]);
-        assert!(matches!(unseal_to_vec(&mixed[..], &key_a), Err(SealError::ChunkAuth { index: 0 })));
+        assert!(matches!(
+            unseal_to_vec(&mixed[..], &key_a),
+            Err(SealError::ChunkAuth { index: 0 })
+        ));
     }
 
     #[test]
@@ -510,9 +616,18 @@ mod tests {
         let (_, other_key) = seal_bytes(&data(100), 64, &owner);
         let r = unseal_to_vec(&sealed[..], &other_key);
         assert!(matches!(r, Err(SealError::WrongKeyId { .. })), "{r:?}");
-        let same_id_wrong_dek = KeyFile { dek: Dek::generate(), ..key.clone() };
-        assert!(matches!(unseal_to_vec(&sealed[..], &same_id_wrong_dek), Err(SealError::WrongKey)));
-        let expects_other_signer = KeyFile { signer: OwnerKey::generate().public_key(), ..key };
+        let same_id_wrong_dek = KeyFile {
+            dek: Dek::generate(),
+            ..key.clone()
+        };
+        assert!(matches!(
+            unseal_to_vec(&sealed[..], &same_id_wrong_dek),
+            Err(SealError::WrongKey)
+        ));
+        let expects_other_signer = KeyFile {
+            signer: OwnerKey::generate().public_key(),
+            ..key
+        };
         assert!(matches!(
             unseal_to_vec(&sealed[..], &expects_other_signer),
             Err(SealError::WrongSigner { .. })
@@ -525,7 +640,10 @@ mod tests {
         let owner = OwnerKey::generate();
         let attacker = OwnerKey::generate();
         let (sealed, key) = seal_bytes(&data(10), 64, &attacker);
-        let expect_owner = KeyFile { signer: owner.public_key(), ..key };
+        let expect_owner = KeyFile {
+            signer: owner.public_key(),
+            ..key
+        };
         assert!(matches!(
             unseal_to_vec(&sealed[..], &expect_owner),
             Err(SealError::WrongSigner { .. })
@@ -534,17 +652,37 @@ mod tests {
 
     #[test]
     fn not_sealed_input_is_named() {
-        let key = KeyFile { key_id: "x".into(), dek: Dek::generate(), signer: [0; 32] };
+        let key = KeyFile {
+            key_id: "x".into(),
+            dek: Dek::generate(),
+            signer: [0; 32],
+        };
         let r = unseal_to_vec(&b"PK\x03\x04 this is a zip"[..], &key);
         assert!(matches!(r, Err(SealError::BadMagic { .. })), "{r:?}");
-        assert!(matches!(unseal_to_vec(&b"CORD"[..], &key), Err(SealError::TruncatedHeader(_))));
+        assert!(matches!(
+            unseal_to_vec(&b"CORD"[..], &key),
+            Err(SealError::TruncatedHeader(_))
+        ));
     }
 
     #[test]
     fn input_shorter_than_announced_is_an_error() {
         let owner = OwnerKey::generate();
         let mut out = Cursor::new(Vec::new());
-        let r = seal(&b"abc"[..], 10, &mut out, &owner, &SealOptions::default(), &mut |_| {});
-        assert!(matches!(r, Err(SealError::InputChanged { expected: 10, found: 3 })));
+        let r = seal(
+            &b"abc"[..],
+            10,
+            &mut out,
+            &owner,
+            &SealOptions::default(),
+            &mut |_| {},
+        );
+        assert!(matches!(
+            r,
+            Err(SealError::InputChanged {
+                expected: 10,
+                found: 3
+            })
+        ));
     }
 }

@@ -100,7 +100,10 @@ impl OwnerKey {
         );
         f.secret_key.zeroize();
         let seed: [u8; 32] = secret.as_slice().try_into().map_err(|_| {
-            SealError::KeyFile(format!("owner key: secret_key is {} bytes, expected 32", secret.len()))
+            SealError::KeyFile(format!(
+                "owner key: secret_key is {} bytes, expected 32",
+                secret.len()
+            ))
         })?;
         let key = OwnerKey(SigningKey::from_bytes(&seed));
         if hex::encode(key.public_key()) != f.public_key.trim().to_lowercase() {
@@ -163,15 +166,22 @@ impl KeyFile {
             )));
         }
         let dek_bytes = Zeroizing::new(
-            hex::decode(raw.dek.trim()).map_err(|e| SealError::KeyFile(format!("DEK file: dek: {e}")))?,
+            hex::decode(raw.dek.trim())
+                .map_err(|e| SealError::KeyFile(format!("DEK file: dek: {e}")))?,
         );
         raw.dek.zeroize();
         let dek = Dek::from_bytes(&dek_bytes)?;
         let signer: [u8; 32] = hex::decode(raw.signer.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| SealError::KeyFile("DEK file: signer is not a 32-byte hex key".into()))?;
-        Ok(KeyFile { key_id: raw.key_id, dek, signer })
+            .ok_or_else(|| {
+                SealError::KeyFile("DEK file: signer is not a 32-byte hex key".into())
+            })?;
+        Ok(KeyFile {
+            key_id: raw.key_id,
+            dek,
+            signer,
+        })
     }
 }
 
@@ -187,7 +197,11 @@ mod tests {
         assert_eq!(back.public_key(), owner.public_key());
         assert!(!format!("{owner:?}").contains(&hex::encode(owner.0.to_bytes())));
 
-        let kf = KeyFile { key_id: "k1".into(), dek: Dek::generate(), signer: owner.public_key() };
+        let kf = KeyFile {
+            key_id: "k1".into(),
+            dek: Dek::generate(),
+            signer: owner.public_key(),
+        };
         let back = KeyFile::from_file_contents(&kf.to_file_contents()).unwrap();
         assert_eq!(back.dek.as_bytes(), kf.dek.as_bytes());
         let dbg = format!("{kf:?}");
@@ -199,6 +213,9 @@ mod tests {
         assert!(OwnerKey::from_file_contents("{}").is_err());
         assert!(KeyFile::from_file_contents("not json").is_err());
         let bad = r#"{"format":"cordon-dek/1","key_id":"a","dek":"00","signer":"00"}"#;
-        assert!(matches!(KeyFile::from_file_contents(bad), Err(SealError::KeyFile(_))));
+        assert!(matches!(
+            KeyFile::from_file_contents(bad),
+            Err(SealError::KeyFile(_))
+        ));
     }
 }

@@ -18,7 +18,10 @@ use zeroize::Zeroizing;
 #[derive(Debug, Error)]
 pub enum TeeError {
     #[error("I/O error reading {what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("simulated hardware key file is invalid: {0}")]
     SimKey(String),
 }
@@ -36,7 +39,11 @@ pub struct SimHardwareKey(SigningKey);
 
 impl fmt::Debug for SimHardwareKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SimHardwareKey(public={})", hex::encode(self.public_key()))
+        write!(
+            f,
+            "SimHardwareKey(public={})",
+            hex::encode(self.public_key())
+        )
     }
 }
 
@@ -84,7 +91,12 @@ impl SimTee {
         workload_data: [u8; 32],
         debug: bool,
     ) -> SimTee {
-        SimTee { key, launch_measurement, workload_data, debug }
+        SimTee {
+            key,
+            launch_measurement,
+            workload_data,
+            debug,
+        }
     }
 
     pub fn launch_measurement(&self) -> [u8; 48] {
@@ -117,7 +129,10 @@ impl EvidenceProvider for SimTee {
 /// SHA-384( "cordon sim launch v1" || 0x00 || u64le(len(binary)) || binary || u64le(len(config)) || config )
 /// ```
 pub fn sim_launch_measurement(binary: &Path, config: &[u8]) -> Result<[u8; 48], TeeError> {
-    let io = |e| TeeError::Io { what: binary.display().to_string(), source: e };
+    let io = |e| TeeError::Io {
+        what: binary.display().to_string(),
+        source: e,
+    };
     let mut file = std::fs::File::open(binary).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     let mut h = Sha384::new();
@@ -134,7 +149,9 @@ pub fn sim_launch_measurement(binary: &Path, config: &[u8]) -> Result<[u8; 48], 
         total += n as u64;
     }
     if total != len {
-        return Err(io(std::io::Error::other("binary changed while it was measured")));
+        return Err(io(std::io::Error::other(
+            "binary changed while it was measured",
+        )));
     }
     h.update((config.len() as u64).to_le_bytes());
     h.update(config);
@@ -153,13 +170,17 @@ mod tests {
         let anchor = key.public_key();
         let tee = SimTee::new(key, [7; 48], [9; 32], false);
         let ev = tee.evidence(&[5; 64]).unwrap();
-        let ok = Endorsements { sim_trust_anchors: vec![anchor] };
+        let ok = Endorsements {
+            sim_trust_anchors: vec![anchor],
+        };
         let claims = verify(&ev, &ok, SystemTime::now()).unwrap();
         assert_eq!(claims.launch_measurement, vec![7; 48]);
         assert_eq!(claims.workload_data, vec![9; 32]);
         assert_eq!(claims.report_data, [5; 64]);
         assert!(!claims.debug && !claims.hardware_backed);
-        let other = Endorsements { sim_trust_anchors: vec![SimHardwareKey::generate().public_key()] };
+        let other = Endorsements {
+            sim_trust_anchors: vec![SimHardwareKey::generate().public_key()],
+        };
         assert!(matches!(
             verify(&ev, &other, SystemTime::now()),
             Err(EvidenceError::UntrustedSigner(_))
@@ -169,15 +190,25 @@ mod tests {
     #[test]
     fn any_tampered_byte_of_sim_evidence_is_rejected() {
         let key = SimHardwareKey::generate();
-        let anchors = Endorsements { sim_trust_anchors: vec![key.public_key()] };
-        let ev = SimTee::new(key, [1; 48], [0; 32], true).evidence(&[3; 64]).unwrap();
+        let anchors = Endorsements {
+            sim_trust_anchors: vec![key.public_key()],
+        };
+        let ev = SimTee::new(key, [1; 48], [0; 32], true)
+            .evidence(&[3; 64])
+            .unwrap();
         for i in 0..ev.len() {
             let mut bad = ev.clone();
             bad[i] ^= 0x04;
-            assert!(verify(&bad, &anchors, SystemTime::now()).is_err(), "byte {i}");
+            assert!(
+                verify(&bad, &anchors, SystemTime::now()).is_err(),
+                "byte {i}"
+            );
         }
         for len in 0..ev.len() {
-            assert!(verify(&ev[..len], &anchors, SystemTime::now()).is_err(), "length {len}");
+            assert!(
+                verify(&ev[..len], &anchors, SystemTime::now()).is_err(),
+                "length {len}"
+            );
         }
     }
 

@@ -26,18 +26,30 @@ pub struct InferArgs {
 pub fn run(a: InferArgs) -> Result<()> {
     let doc = PolicyDocument::from_toml(&util::read_to_string(&a.policy, "client policy")?)?;
     let request: InferRequest = serde_json::from_str(&util::read_to_string(&a.input, "request")?)
-        .with_context(|| format!("{} is not an Open Inference Protocol infer request", a.input.display()))?;
+        .with_context(|| {
+        format!(
+            "{} is not an Open Inference Protocol infer request",
+            a.input.display()
+        )
+    })?;
     util::tokio_runtime()?.block_on(async {
         let runtime = cordon_client::connect(&a.runtime, &doc, SystemTime::now()).await?;
         let c = runtime.claims();
         eprintln!(
             "verified runtime: platform {}{}, launch measurement {}, debug {}",
             c.platform,
-            if c.hardware_backed { "" } else { " (SIMULATED, not hardware-backed)" },
+            if c.hardware_backed {
+                ""
+            } else {
+                " (SIMULATED, not hardware-backed)"
+            },
             hex::encode(&c.launch_measurement),
             c.debug
         );
-        eprintln!("encrypting to bound HPKE key {}", hex::encode(runtime.keys().hpke_public_key));
+        eprintln!(
+            "encrypting to bound HPKE key {}",
+            hex::encode(runtime.keys().hpke_public_key)
+        );
         let response = runtime.infer(&a.model, &request).await?;
         println!("{}", serde_json::to_string_pretty(&response)?);
         Ok(())

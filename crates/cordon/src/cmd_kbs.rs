@@ -78,15 +78,25 @@ fn serve(a: ServeArgs) -> Result<()> {
     for p in &a.sim_trust_anchor {
         anchors.push(util::read_public_key(p, "sim trust anchor")?);
     }
-    let mut config = KbsConfig::new(a.data_dir.clone(), Endorsements { sim_trust_anchors: anchors.clone() });
+    let mut config = KbsConfig::new(
+        a.data_dir.clone(),
+        Endorsements {
+            sim_trust_anchors: anchors.clone(),
+        },
+    );
     config.nonce_ttl = Duration::from_secs(a.nonce_ttl);
     let kbs = Kbs::open(config)?;
     match (&a.init_admin_token_file, kbs.init_admin_token()?) {
         (Some(path), Some(token)) => {
             util::write_secret(path, token.as_bytes(), true)?;
-            eprintln!("admin token created and written to {} (the store keeps only its hash)", path.display());
+            eprintln!(
+                "admin token created and written to {} (the store keeps only its hash)",
+                path.display()
+            );
         }
-        (None, Some(_)) => bail!("the store has no admin token yet; start once with --init-admin-token-file FILE"),
+        (None, Some(_)) => {
+            bail!("the store has no admin token yet; start once with --init-admin-token-file FILE")
+        }
         (_, None) => {}
     }
     if !anchors.is_empty() {
@@ -94,7 +104,9 @@ fn serve(a: ServeArgs) -> Result<()> {
     }
     let rt = util::tokio_runtime()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("binding {}", a.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, data_dir = %a.data_dir.display(), "key broker listening");
         if let Some(f) = &a.addr_file {
@@ -111,7 +123,8 @@ pub async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };
@@ -121,7 +134,9 @@ pub async fn shutdown_signal() {
 }
 
 fn token(a: &AdminArgs) -> Result<String> {
-    Ok(util::read_to_string(&a.token_file, "admin token")?.trim().to_string())
+    Ok(util::read_to_string(&a.token_file, "admin token")?
+        .trim()
+        .to_string())
 }
 
 async fn error_of(resp: reqwest::Response) -> anyhow::Error {
@@ -136,9 +151,16 @@ async fn error_of(resp: reqwest::Response) -> anyhow::Error {
 pub async fn register_key(kbs: &str, token: &str, key: &KeyFile, policy_toml: &str) -> Result<()> {
     Policy::from_toml(policy_toml).context("release policy")?;
     let resp = reqwest::Client::new()
-        .put(format!("{}/kbs/v1/admin/keys/{}", kbs.trim_end_matches('/'), key.key_id))
+        .put(format!(
+            "{}/kbs/v1/admin/keys/{}",
+            kbs.trim_end_matches('/'),
+            key.key_id
+        ))
         .bearer_auth(token)
-        .json(&RegisterKey { dek: key.dek.as_bytes().to_vec(), policy: policy_toml.to_string() })
+        .json(&RegisterKey {
+            dek: key.dek.as_bytes().to_vec(),
+            policy: policy_toml.to_string(),
+        })
         .send()
         .await
         .with_context(|| format!("connecting to KBS {kbs}"))?;
@@ -166,7 +188,11 @@ fn register(a: RegisterArgs) -> Result<()> {
     let policy = util::read_to_string(&a.policy, "release policy")?;
     let token = token(&a.admin)?;
     util::tokio_runtime()?.block_on(register_key(&a.admin.kbs, &token, &key, &policy))?;
-    println!("registered key {} with release policy {}", key.key_id, a.policy.display());
+    println!(
+        "registered key {} with release policy {}",
+        key.key_id,
+        a.policy.display()
+    );
     Ok(())
 }
 

@@ -74,7 +74,8 @@ pub fn run(c: RuntimeCommand) -> Result<()> {
                 Some(b) => b,
                 None => std::env::current_exe()?,
             };
-            let config = std::fs::read(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+            let config = std::fs::read(&a.config)
+                .with_context(|| format!("reading {}", a.config.display()))?;
             println!("{}", hex::encode(sim_launch_measurement(&binary, &config)?));
             Ok(())
         }
@@ -88,28 +89,45 @@ pub fn run_sim(c: SimCommand) -> Result<()> {
             util::write_secret(&out, key.to_file_contents().as_bytes(), false)?;
             let pub_path = out.with_extension("pub");
             std::fs::write(&pub_path, format!("{}\n", hex::encode(key.public_key())))?;
-            println!("simulated hardware key: {} (NOT hardware-backed; for development)", out.display());
-            println!("trust anchor:           {} ({})", hex::encode(key.public_key()), pub_path.display());
+            println!(
+                "simulated hardware key: {} (NOT hardware-backed; for development)",
+                out.display()
+            );
+            println!(
+                "trust anchor:           {} ({})",
+                hex::encode(key.public_key()),
+                pub_path.display()
+            );
             Ok(())
         }
     }
 }
 
 /// Builds the simulated TEE for a runtime binary and its config bytes.
-pub fn sim_tee(key_path: &Path, binary: &Path, config_bytes: &[u8], config: &RuntimeConfig, debug: bool) -> Result<SimTee> {
-    let key = SimHardwareKey::from_file_contents(&util::read_to_string(key_path, "sim hardware key")?)?;
+pub fn sim_tee(
+    key_path: &Path,
+    binary: &Path,
+    config_bytes: &[u8],
+    config: &RuntimeConfig,
+    debug: bool,
+) -> Result<SimTee> {
+    let key =
+        SimHardwareKey::from_file_contents(&util::read_to_string(key_path, "sim hardware key")?)?;
     let measurement = sim_launch_measurement(binary, config_bytes)?;
     let workload = config.workload_data_bytes().map_err(anyhow::Error::msg)?;
     Ok(SimTee::new(key, measurement, workload, debug))
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
-    let config_bytes = std::fs::read(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+    let config_bytes =
+        std::fs::read(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
     let config = RuntimeConfig::from_toml(std::str::from_utf8(&config_bytes)?)
         .map_err(|e| anyhow::anyhow!("runtime config {}: {e}", a.config.display()))?;
     let tee: Arc<dyn EvidenceProvider> = match a.platform {
         PlatformArg::Sim => {
-            let Some(key) = &a.sim_hardware_key else { bail!("--sim-hardware-key is required with --platform sim") };
+            let Some(key) = &a.sim_hardware_key else {
+                bail!("--sim-hardware-key is required with --platform sim")
+            };
             let binary = std::env::current_exe()?;
             let tee = sim_tee(key, &binary, &config_bytes, &config, a.sim_debug)?;
             eprintln!(

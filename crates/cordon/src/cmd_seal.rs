@@ -67,7 +67,11 @@ pub fn keygen(a: KeygenArgs) -> Result<()> {
     let pub_path = a.out.with_extension("pub");
     std::fs::write(&pub_path, format!("{}\n", hex::encode(key.public_key())))?;
     println!("owner key:  {}", a.out.display());
-    println!("public key: {} ({})", hex::encode(key.public_key()), pub_path.display());
+    println!(
+        "public key: {} ({})",
+        hex::encode(key.public_key()),
+        pub_path.display()
+    );
     Ok(())
 }
 
@@ -77,9 +81,11 @@ fn progress_bar(total: u64, verb: &str) -> Option<ProgressBar> {
     }
     let pb = ProgressBar::new(total);
     pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     pb.set_message(verb.to_string());
     Some(pb)
@@ -89,10 +95,14 @@ pub fn seal(a: SealArgs) -> Result<()> {
     let owner_text = util::read_to_string(&a.owner_key, "owner key")
         .with_context(|| "create one with `cordon keygen` or pass --owner-key".to_string())?;
     let owner = OwnerKey::from_file_contents(&owner_text)?;
-    let input = std::fs::File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
+    let input =
+        std::fs::File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
     let size = input.metadata()?.len();
     let name = a.name.clone().unwrap_or_else(|| {
-        a.input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "artifact".into())
+        a.input
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "artifact".into())
     });
     let media_type = a.media_type.clone().unwrap_or_else(|| {
         match a.input.extension().and_then(|e| e.to_str()) {
@@ -103,9 +113,15 @@ pub fn seal(a: SealArgs) -> Result<()> {
         }
         .to_string()
     });
-    let options = SealOptions { name, version: a.version.clone(), media_type, chunk_size: a.chunk_size };
+    let options = SealOptions {
+        name,
+        version: a.version.clone(),
+        media_type,
+        chunk_size: a.chunk_size,
+    };
     let out_tmp = a.out.with_extension("sealing");
-    let out = std::fs::File::create(&out_tmp).with_context(|| format!("creating {}", out_tmp.display()))?;
+    let out = std::fs::File::create(&out_tmp)
+        .with_context(|| format!("creating {}", out_tmp.display()))?;
     let mut writer = std::io::BufWriter::with_capacity(1 << 20, out);
     let pb = progress_bar(size, "sealing");
     let result = cordon_seal::seal(
@@ -132,33 +148,49 @@ pub fn seal(a: SealArgs) -> Result<()> {
     };
     let file = writer.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    util::write_secret(&a.key_out, key.to_file_contents().as_bytes(), false)
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&out_tmp);
-        })?;
+    util::write_secret(&a.key_out, key.to_file_contents().as_bytes(), false).inspect_err(|_| {
+        let _ = std::fs::remove_file(&out_tmp);
+    })?;
     std::fs::rename(&out_tmp, &a.out)?;
-    println!("sealed {} ({} bytes) -> {}", a.input.display(), manifest.plaintext_size, a.out.display());
-    println!("  name {} version {} ({})", manifest.name, manifest.version, manifest.media_type);
+    println!(
+        "sealed {} ({} bytes) -> {}",
+        a.input.display(),
+        manifest.plaintext_size,
+        a.out.display()
+    );
+    println!(
+        "  name {} version {} ({})",
+        manifest.name, manifest.version, manifest.media_type
+    );
     println!("  key id           {}", manifest.key_id);
     println!("  plaintext sha256 {}", manifest.plaintext_sha256);
     println!("  signer           {}", manifest.signer);
-    println!("  key file         {} (secret: register it with the KBS, keep it off shared disks)", a.key_out.display());
+    println!(
+        "  key file         {} (secret: register it with the KBS, keep it off shared disks)",
+        a.key_out.display()
+    );
     Ok(())
 }
 
 pub fn unseal(a: UnsealArgs) -> Result<()> {
     let key = KeyFile::from_file_contents(&util::read_to_string(&a.key, "key file")?)?;
-    let input = std::fs::File::open(&a.sealed).with_context(|| format!("opening {}", a.sealed.display()))?;
+    let input = std::fs::File::open(&a.sealed)
+        .with_context(|| format!("opening {}", a.sealed.display()))?;
     let total = input.metadata()?.len();
     let tmp = a.out.with_extension("unsealing");
     let out = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut writer = std::io::BufWriter::with_capacity(1 << 20, out);
     let pb = progress_bar(total, "unsealing");
-    let result = cordon_seal::unseal(std::io::BufReader::with_capacity(1 << 20, input), &key, &mut writer, &mut |done| {
-        if let Some(pb) = &pb {
-            pb.set_position(done)
-        }
-    });
+    let result = cordon_seal::unseal(
+        std::io::BufReader::with_capacity(1 << 20, input),
+        &key,
+        &mut writer,
+        &mut |done| {
+            if let Some(pb) = &pb {
+                pb.set_position(done)
+            }
+        },
+    );
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
@@ -185,7 +217,8 @@ pub fn unseal(a: UnsealArgs) -> Result<()> {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<()> {
-    let mut f = std::fs::File::open(&a.sealed).with_context(|| format!("opening {}", a.sealed.display()))?;
+    let mut f = std::fs::File::open(&a.sealed)
+        .with_context(|| format!("opening {}", a.sealed.display()))?;
     let header = cordon_seal::read_header(&mut f)?;
     println!("manifest signature verified with the signer it names (check that signer is who you expect)");
     println!("manifest sha256: {}", hex::encode(header.digest()));

@@ -1,6 +1,7 @@
 //! `cordon`: the command-line interface. Logic lives in the library crates; this binary parses
 //! arguments, reads files and prints.
 
+mod cmd_bench;
 mod cmd_infer;
 mod cmd_kbs;
 mod cmd_runtime;
@@ -48,6 +49,9 @@ enum Command {
     Sim(cmd_runtime::SimCommand),
     /// Verify a runtime, then run one encrypted inference request on it.
     Infer(cmd_infer::InferArgs),
+    /// Benchmarks, each against a baseline measured in the same run (build with --release).
+    #[command(subcommand)]
+    Bench(cmd_bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Command::Runtime(c) => cmd_runtime::run(c),
         Command::Sim(c) => cmd_runtime::run_sim(c),
         Command::Infer(a) => cmd_infer::run(a),
+        Command::Bench(c) => cmd_bench::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -40,7 +40,8 @@ impl Drop for Children {
 
 fn spawn(children: &mut Children, name: &str, args: &[&str], log: &Path) -> Result<()> {
     let exe = std::env::current_exe()?;
-    let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let child = Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
@@ -53,7 +54,12 @@ fn spawn(children: &mut Children, name: &str, args: &[&str], log: &Path) -> Resu
 }
 
 /// Waits until `addr_file` appears (the child is listening), or fails with the child's log.
-fn wait_for_addr(children: &mut Children, name: &str, addr_file: &Path, log: &Path) -> Result<String> {
+fn wait_for_addr(
+    children: &mut Children,
+    name: &str,
+    addr_file: &Path,
+    log: &Path,
+) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(addr) = std::fs::read_to_string(addr_file) {
@@ -62,18 +68,36 @@ fn wait_for_addr(children: &mut Children, name: &str, addr_file: &Path, log: &Pa
         if let Some((_, child)) = children.0.iter_mut().find(|(n, _)| n == name) {
             if let Some(status) = child.try_wait()? {
                 let log_text = std::fs::read_to_string(log).unwrap_or_default();
-                let tail: Vec<&str> = log_text.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-                bail!("{name} exited ({status}) before it was ready:\n{}", tail.join("\n"));
+                let tail: Vec<&str> = log_text
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                bail!(
+                    "{name} exited ({status}) before it was ready:\n{}",
+                    tail.join("\n")
+                );
             }
         }
         if Instant::now() > deadline {
-            bail!("{name} did not become ready within 60 s; see {}", log.display());
+            bail!(
+                "{name} did not become ready within 60 s; see {}",
+                log.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-fn load_or_create<T>(path: &Path, create: impl FnOnce() -> T, to_text: impl Fn(&T) -> String, parse: impl Fn(&str) -> Result<T>) -> Result<T> {
+fn load_or_create<T>(
+    path: &Path,
+    create: impl FnOnce() -> T,
+    to_text: impl Fn(&T) -> String,
+    parse: impl Fn(&str) -> Result<T>,
+) -> Result<T> {
     if path.exists() {
         return parse(&util::read_to_string(path, "key")?);
     }
@@ -105,11 +129,26 @@ pub fn run(a: Args) -> Result<()> {
         media_type: "application/onnx".into(),
         chunk_size: cordon_seal::DEFAULT_CHUNK_SIZE,
     };
-    let (manifest, key) =
-        cordon_seal::seal(DEMO_MODEL, DEMO_MODEL.len() as u64, &mut sealed_file, &owner, &options, &mut |_| {})?;
+    let (manifest, key) = cordon_seal::seal(
+        DEMO_MODEL,
+        DEMO_MODEL.len() as u64,
+        &mut sealed_file,
+        &owner,
+        &options,
+        &mut |_| {},
+    )?;
     sealed_file.sync_all()?;
-    println!("[owner]   sealed {MODEL_NAME} ({} bytes, sha256 {}) -> {}", manifest.plaintext_size, &manifest.plaintext_sha256[..16], sealed_path.display());
-    println!("          key id {}; the DEK stays in memory and goes only to the KBS", manifest.key_id);
+    let sealed_digest = cordon_seal::read_header(&mut std::fs::File::open(&sealed_path)?)?.digest();
+    println!(
+        "[owner]   sealed {MODEL_NAME} ({} bytes, sha256 {}) -> {}",
+        manifest.plaintext_size,
+        &manifest.plaintext_sha256[..16],
+        sealed_path.display()
+    );
+    println!(
+        "          key id {}; the DEK stays in memory and goes only to the KBS",
+        manifest.key_id
+    );
 
     // 2. The simulated hardware key (its public half is the sim trust anchor).
     let hw = load_or_create(
@@ -134,17 +173,38 @@ pub fn run(a: Args) -> Result<()> {
     spawn(
         &mut children,
         "kbs",
-        &["kbs", "serve", "--data-dir", &p(&dir.join("kbs")), "--listen", "127.0.0.1:0", "--sim-trust-anchor", &p(&anchor_path), "--init-admin-token-file", &p(&token_path), "--addr-file", &p(&kbs_addr)],
+        &[
+            "kbs",
+            "serve",
+            "--data-dir",
+            &p(&dir.join("kbs")),
+            "--listen",
+            "127.0.0.1:0",
+            "--sim-trust-anchor",
+            &p(&anchor_path),
+            "--init-admin-token-file",
+            &p(&token_path),
+            "--addr-file",
+            &p(&kbs_addr),
+        ],
         &kbs_log,
     )?;
     let kbs_url = wait_for_addr(&mut children, "kbs", &kbs_addr, &kbs_log)?;
-    println!("[kbs]     key broker listening at {kbs_url} (store {})", dir.join("kbs").display());
+    println!(
+        "[kbs]     key broker listening at {kbs_url} (store {})",
+        dir.join("kbs").display()
+    );
 
     // 4. The runtime's configuration is part of its measurement; the release policy names it.
     let config = RuntimeConfig {
         kbs_url: kbs_url.clone(),
         workload_data: None,
-        models: vec![ModelConfig { name: MODEL_NAME.into(), path: sealed_path.clone(), signer: hex::encode(owner.public_key()) }],
+        models: vec![ModelConfig {
+            name: MODEL_NAME.into(),
+            path: sealed_path.clone(),
+            signer: hex::encode(owner.public_key()),
+            manifest_sha256: Some(hex::encode(sealed_digest)),
+        }],
     };
     let config_path = dir.join("runtime.toml");
     let config_text = config.to_toml();
@@ -157,18 +217,41 @@ pub fn run(a: Args) -> Result<()> {
         workload_data: Some(vec![0; 32]),
     };
     std::fs::write(dir.join("release-policy.toml"), policy.to_toml())?;
-    let token = util::read_to_string(&token_path, "admin token")?.trim().to_string();
+    let token = util::read_to_string(&token_path, "admin token")?
+        .trim()
+        .to_string();
     let rt = util::tokio_runtime()?;
-    rt.block_on(cmd_kbs::register_key(&kbs_url, &token, &key, &policy.to_toml()))?;
+    rt.block_on(cmd_kbs::register_key(
+        &kbs_url,
+        &token,
+        &key,
+        &policy.to_toml(),
+    ))?;
     drop(key);
-    println!("[owner]   registered the key with release policy: platform sim, measurement {}…, no debug", &hex::encode(measurement)[..16]);
+    println!(
+        "[owner]   registered the key with release policy: platform sim, measurement {}…, no debug",
+        &hex::encode(measurement)[..16]
+    );
 
     // 5. The runtime, in its own process: attests, receives the DEK, unseals in memory.
     let runtime_log = run_dir.join("runtime.log");
     spawn(
         &mut children,
         "runtime",
-        &["runtime", "serve", "--config", &p(&config_path), "--listen", "127.0.0.1:0", "--platform", "sim", "--sim-hardware-key", &p(&dir.join("keys/sim-hardware.key")), "--addr-file", &p(&runtime_addr)],
+        &[
+            "runtime",
+            "serve",
+            "--config",
+            &p(&config_path),
+            "--listen",
+            "127.0.0.1:0",
+            "--platform",
+            "sim",
+            "--sim-hardware-key",
+            &p(&dir.join("keys/sim-hardware.key")),
+            "--addr-file",
+            &p(&runtime_addr),
+        ],
         &runtime_log,
     )?;
     let runtime_url = wait_for_addr(&mut children, "runtime", &runtime_addr, &runtime_log)?;
@@ -177,7 +260,9 @@ pub fn run(a: Args) -> Result<()> {
     // 6. The client: its own policy, verify first, then encrypt.
     let client_doc = PolicyDocument {
         policy: policy.clone(),
-        endorsements: Some(Endorsements { sim_trust_anchors: vec![hw.public_key()] }),
+        endorsements: Some(Endorsements {
+            sim_trust_anchors: vec![hw.public_key()],
+        }),
     };
     let client_policy_path = dir.join("client-policy.toml");
     std::fs::write(&client_policy_path, client_doc.to_toml())?;
@@ -189,16 +274,44 @@ pub fn run(a: Args) -> Result<()> {
     })?;
     let claims = verified.claims();
     println!("\n== Verified claims (by the client, with its own policy) ==");
-    println!("  platform            {} -- SIMULATED, NOT hardware-backed", claims.platform);
-    println!("  launch measurement  {}", hex::encode(&claims.launch_measurement));
+    println!(
+        "  platform            {} -- SIMULATED, NOT hardware-backed",
+        claims.platform
+    );
+    println!(
+        "  launch measurement  {}",
+        hex::encode(&claims.launch_measurement)
+    );
     println!("  debug               {}", claims.debug);
-    println!("  report_data binds   nonce + HPKE key {} + signing key {}", &hex::encode(verified.keys().hpke_public_key)[..16], &hex::encode(verified.keys().signing_public_key)[..16]);
-    println!("  appraisal           accepted by {}", client_policy_path.display());
+    println!(
+        "  report_data binds   nonce + HPKE key {} + signing key {}",
+        &hex::encode(verified.keys().hpke_public_key)[..16],
+        &hex::encode(verified.keys().signing_public_key)[..16]
+    );
+    println!(
+        "  appraisal           accepted by {}",
+        client_policy_path.display()
+    );
 
     let events = rt.block_on(cmd_kbs::fetch_audit(&kbs_url, &token))?;
     println!("\n== Key release (KBS audit log) ==");
-    for e in events.iter().filter(|e| e.key_id.as_deref() == Some(manifest.key_id.as_str())).rev().take(2).collect::<Vec<_>>().into_iter().rev() {
-        println!("  #{} {} key {} verdict {} claims {}", e.seq, e.kind, e.key_id.as_deref().unwrap_or("-"), e.verdict, e.claims_digest.as_deref().map(|d| &d[..16]).unwrap_or("-"));
+    for e in events
+        .iter()
+        .filter(|e| e.key_id.as_deref() == Some(manifest.key_id.as_str()))
+        .rev()
+        .take(2)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
+        println!(
+            "  #{} {} key {} verdict {} claims {}",
+            e.seq,
+            e.kind,
+            e.key_id.as_deref().unwrap_or("-"),
+            e.verdict,
+            e.claims_digest.as_deref().map(|d| &d[..16]).unwrap_or("-")
+        );
     }
     match cordon_kbs::verify_audit_chain(&events) {
         Ok(()) => println!("  audit hash chain intact ({} events)", events.len()),
@@ -206,17 +319,35 @@ pub fn run(a: Args) -> Result<()> {
     }
 
     // 7. The prediction, and the same input through tract in process: they must agree.
-    let label = response.outputs.iter().find(|o| o.name == "label").map(|o| o.data.clone()).unwrap_or_default();
-    let probs = response.outputs.iter().find(|o| o.name == "probabilities").map(|o| o.data.clone()).unwrap_or_default();
+    let label = response
+        .outputs
+        .iter()
+        .find(|o| o.name == "label")
+        .map(|o| o.data.clone())
+        .unwrap_or_default();
+    let probs = response
+        .outputs
+        .iter()
+        .find(|o| o.name == "probabilities")
+        .map(|o| o.data.clone())
+        .unwrap_or_default();
     let local = OnnxModel::load(MODEL_NAME, "1", DEMO_MODEL)?.infer(&request)?;
     let agrees = local.outputs == response.outputs;
     println!("\n== Prediction (encrypted request and response, HPKE to the attested key) ==");
-    println!("  model {MODEL_NAME}: label {label} (0 = malignant, 1 = benign), probabilities {probs}");
-    println!("  equals in-process tract on the plaintext model: {}", if agrees { "yes" } else { "NO" });
+    println!(
+        "  model {MODEL_NAME}: label {label} (0 = malignant, 1 = benign), probabilities {probs}"
+    );
+    println!(
+        "  equals in-process tract on the plaintext model: {}",
+        if agrees { "yes" } else { "NO" }
+    );
     if !agrees {
         bail!("encrypted-path prediction differs from in-process prediction");
     }
-    println!("\nTry it yourself while nothing runs: see README.md. Logs: {}", run_dir.display());
+    println!(
+        "\nTry it yourself while nothing runs: see README.md. Logs: {}",
+        run_dir.display()
+    );
     drop(children);
     Ok(())
 }

@@ -34,7 +34,10 @@ pub fn write_secret(path: &Path, contents: &[u8], overwrite: bool) -> Result<()>
     }
     let mut f = opts.open(path).with_context(|| {
         if path.exists() && !overwrite {
-            format!("{} already exists; refusing to overwrite a key", path.display())
+            format!(
+                "{} already exists; refusing to overwrite a key",
+                path.display()
+            )
         } else {
             format!("creating {}", path.display())
         }
@@ -58,7 +61,9 @@ pub fn read_to_string(path: &Path, what: &str) -> Result<String> {
 
 /// `~/.cordon`, where `cordon keygen` keeps the owner key by default.
 pub fn default_owner_key() -> PathBuf {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cordon").join("owner.key")
 }
 
@@ -72,5 +77,8 @@ pub fn read_public_key(path: &Path, what: &str) -> Result<[u8; 32]> {
 }
 
 pub fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")
 }

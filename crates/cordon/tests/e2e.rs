@@ -8,16 +8,27 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cordon");
-const MLP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/breast_cancer_mlp.onnx");
+const MLP: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../models/breast_cancer_mlp.onnx"
+);
 const TEST_SET: &str = include_str!("../../../models/reference/breast_cancer_test.json");
 
 fn cordon(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env("CORDON_LOG", "warn").output().expect("run cordon")
+    Command::new(BIN)
+        .args(args)
+        .env("CORDON_LOG", "warn")
+        .output()
+        .expect("run cordon")
 }
 
 fn ok(args: &[&str]) -> String {
     let out = cordon(args);
-    assert!(out.status.success(), "cordon {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cordon {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -77,11 +88,18 @@ struct Deploy {
     policy_platforms: &'static str,
     measurement_override: Option<String>,
     sim_debug: bool,
+    /// Manifest digest the runtime config pins (default: the sealed artifact's own).
+    pinned_manifest: Option<String>,
 }
 
 impl Default for Deploy {
     fn default() -> Self {
-        Deploy { policy_platforms: "[\"sim\"]", measurement_override: None, sim_debug: false }
+        Deploy {
+            policy_platforms: "[\"sim\"]",
+            measurement_override: None,
+            sim_debug: false,
+            pinned_manifest: None,
+        }
     }
 }
 
@@ -99,26 +117,94 @@ fn deploy(d: Deploy) -> Deployment {
     let p = |n: &str| dir.path().join(n);
     ok(&["keygen", "--out", &s(&p("owner.key"))]);
     ok(&["sim", "keygen", "--out", &s(&p("hw.key"))]);
-    ok(&["seal", MLP, "--out", &s(&p("mlp.sealed")), "--key-out", &s(&p("mlp.dek")), "--owner-key", &s(&p("owner.key")), "--name", "mlp"]);
+    ok(&[
+        "seal",
+        MLP,
+        "--out",
+        &s(&p("mlp.sealed")),
+        "--key-out",
+        &s(&p("mlp.dek")),
+        "--owner-key",
+        &s(&p("owner.key")),
+        "--name",
+        "mlp",
+    ]);
     let mut kbs = Proc::start(
-        &["kbs", "serve", "--data-dir", &s(&p("kbs")), "--listen", "127.0.0.1:0", "--sim-trust-anchor", &s(&p("hw.pub")), "--init-admin-token-file", &s(&p("token")), "--addr-file", &s(&p("kbs.addr"))],
+        &[
+            "kbs",
+            "serve",
+            "--data-dir",
+            &s(&p("kbs")),
+            "--listen",
+            "127.0.0.1:0",
+            "--sim-trust-anchor",
+            &s(&p("hw.pub")),
+            "--init-admin-token-file",
+            &s(&p("token")),
+            "--addr-file",
+            &s(&p("kbs.addr")),
+        ],
         p("kbs.log"),
     );
     let kbs_url = kbs.wait_ready(&p("kbs.addr")).unwrap();
     let signer = std::fs::read_to_string(p("owner.pub")).unwrap();
+    let inspected = ok(&["inspect", &s(&p("mlp.sealed"))]);
+    let digest = inspected
+        .lines()
+        .find_map(|l| l.strip_prefix("manifest sha256: "))
+        .unwrap()
+        .trim()
+        .to_string();
     let config = format!(
-        "kbs_url = \"{kbs_url}\"\n\n[[models]]\nname = \"mlp\"\npath = \"{}\"\nsigner = \"{}\"\n",
+        "kbs_url = \"{kbs_url}\"\n\n[[models]]\nname = \"mlp\"\npath = \"{}\"\nsigner = \"{}\"\nmanifest_sha256 = \"{}\"\n",
         s(&p("mlp.sealed")),
-        signer.trim()
+        signer.trim(),
+        d.pinned_manifest.clone().unwrap_or(digest)
     );
     std::fs::write(p("runtime.toml"), &config).unwrap();
-    let measurement = ok(&["runtime", "measure", "--config", &s(&p("runtime.toml"))]).trim().to_string();
-    let listed = d.measurement_override.clone().unwrap_or_else(|| measurement.clone());
-    let policy = format!("platforms = {}\nlaunch_measurements = [\"{listed}\"]\nallow_debug = false\n", d.policy_platforms);
+    let measurement = ok(&["runtime", "measure", "--config", &s(&p("runtime.toml"))])
+        .trim()
+        .to_string();
+    let listed = d
+        .measurement_override
+        .clone()
+        .unwrap_or_else(|| measurement.clone());
+    let policy = format!(
+        "platforms = {}\nlaunch_measurements = [\"{listed}\"]\nallow_debug = false\n",
+        d.policy_platforms
+    );
     std::fs::write(p("release.toml"), &policy).unwrap();
-    ok(&["kbs", "register", "--kbs", &kbs_url, "--token-file", &s(&p("token")), "--key", &s(&p("mlp.dek")), "--policy", &s(&p("release.toml"))]);
-    let mut args = vec!["runtime", "serve", "--config", "", "--listen", "127.0.0.1:0", "--platform", "sim", "--sim-hardware-key", "", "--addr-file", ""];
-    let (cfg, hw, addr) = (s(&p("runtime.toml")), s(&p("hw.key")), s(&p("runtime.addr")));
+    ok(&[
+        "kbs",
+        "register",
+        "--kbs",
+        &kbs_url,
+        "--token-file",
+        &s(&p("token")),
+        "--key",
+        &s(&p("mlp.dek")),
+        "--policy",
+        &s(&p("release.toml")),
+    ]);
+    let mut args = vec![
+        "runtime",
+        "serve",
+        "--config",
+        "",
+        "--listen",
+        "127.0.0.1:0",
+        "--platform",
+        "sim",
+        "--sim-hardware-key",
+        "",
+        "--addr-file",
+        "",
+    ];
+    let (cfg, hw, addr) = (
+        s(&p("runtime.toml")),
+        s(&p("hw.key")),
+        s(&p("runtime.addr")),
+    );
     args[3] = &cfg;
     args[9] = &hw;
     args[11] = &addr;
@@ -130,8 +216,17 @@ fn deploy(d: Deploy) -> Deployment {
         Ok(url) => Ok((runtime, url)),
         Err(e) => Err(e),
     };
-    let anchor = std::fs::read_to_string(p("hw.pub")).unwrap().trim().to_string();
-    Deployment { dir, _kbs: kbs, runtime, measurement, anchor }
+    let anchor = std::fs::read_to_string(p("hw.pub"))
+        .unwrap()
+        .trim()
+        .to_string();
+    Deployment {
+        dir,
+        _kbs: kbs,
+        runtime,
+        measurement,
+        anchor,
+    }
 }
 
 impl Deployment {
@@ -150,7 +245,12 @@ impl Deployment {
 
     fn audit(&self) -> String {
         let token = s(&self.dir.path().join("token"));
-        let url = format!("http://{}", std::fs::read_to_string(self.dir.path().join("kbs.addr")).unwrap().trim());
+        let url = format!(
+            "http://{}",
+            std::fs::read_to_string(self.dir.path().join("kbs.addr"))
+                .unwrap()
+                .trim()
+        );
         ok(&["kbs", "audit", "--kbs", &url, "--token-file", &token])
     }
 }
@@ -174,17 +274,35 @@ fn quickstart_runs_end_to_end_twice_in_one_data_dir() {
     for run in 0..2 {
         let out = cordon(&["quickstart", "--data-dir", &s(dir.path())]);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "run {run}:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains("SIMULATED, NOT hardware-backed"), "{stdout}");
+        assert!(
+            out.status.success(),
+            "run {run}:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("SIMULATED, NOT hardware-backed"),
+            "{stdout}"
+        );
         assert!(stdout.contains("key_released"), "{stdout}");
-        assert!(stdout.contains("equals in-process tract on the plaintext model: yes"), "{stdout}");
+        assert!(
+            stdout.contains("equals in-process tract on the plaintext model: yes"),
+            "{stdout}"
+        );
         assert!(stdout.contains("audit hash chain intact"), "{stdout}");
     }
     // The plaintext model never lands in the data directory.
-    let model = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/breast_cancer_lr.onnx")).unwrap();
+    let model = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/breast_cancer_lr.onnx"
+    ))
+    .unwrap();
     for entry in walk(dir.path()) {
         let bytes = std::fs::read(&entry).unwrap();
-        assert!(!bytes.windows(64).any(|w| w == &model[model.len() - 64..]), "plaintext model found in {}", entry.display());
+        assert!(
+            !bytes.windows(64).any(|w| w == &model[model.len() - 64..]),
+            "plaintext model found in {}",
+            entry.display()
+        );
     }
 }
 
@@ -205,32 +323,58 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn encrypted_predictions_equal_in_process_tract() {
     let d = deploy(Deploy::default());
     let (_rt, url) = d.runtime.as_ref().expect("runtime boots");
-    let doc = PolicyDocument::from_toml(&std::fs::read_to_string(d.client_policy(&d.measurement)).unwrap()).unwrap();
+    let doc = PolicyDocument::from_toml(
+        &std::fs::read_to_string(d.client_policy(&d.measurement)).unwrap(),
+    )
+    .unwrap();
     let test: TestSet = serde_json::from_str(TEST_SET).unwrap();
     let local = OnnxModel::load("mlp", "1", &std::fs::read(MLP).unwrap()).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let verified = cordon_client::connect(url, &doc, SystemTime::now()).await.unwrap();
+        let verified = cordon_client::connect(url, &doc, SystemTime::now())
+            .await
+            .unwrap();
         let whole = batch(&test.inputs);
         let remote = verified.infer("mlp", &whole).await.unwrap();
         assert_eq!(remote.outputs, local.infer(&whole).unwrap().outputs);
         for row in test.inputs.iter().step_by(29) {
             let one = batch(std::slice::from_ref(row));
-            assert_eq!(verified.infer("mlp", &one).await.unwrap().outputs, local.infer(&one).unwrap().outputs);
+            assert_eq!(
+                verified.infer("mlp", &one).await.unwrap().outputs,
+                local.infer(&one).unwrap().outputs
+            );
         }
         // Bad requests come back as errors through the channel; the server stays up.
         let mut wrong = batch(&test.inputs[..1]);
         wrong.inputs[0].shape = vec![1, 31];
         let err = verified.infer("mlp", &wrong).await.unwrap_err().to_string();
         assert!(err.contains("shape"), "{err}");
-        let err = verified.infer("nope", &whole).await.unwrap_err().to_string();
+        let err = verified
+            .infer("nope", &whole)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown model"), "{err}");
         assert!(verified.infer("mlp", &one_row(&test)).await.is_ok());
     });
     // `cordon infer` does the same from the command line.
     let input = d.dir.path().join("req.json");
-    std::fs::write(&input, serde_json::to_string(&batch(&test.inputs[..2])).unwrap()).unwrap();
-    let out = ok(&["infer", "--runtime", url, "--policy", &s(&d.client_policy(&d.measurement)), "--model", "mlp", "--input", &s(&input)]);
+    std::fs::write(
+        &input,
+        serde_json::to_string(&batch(&test.inputs[..2])).unwrap(),
+    )
+    .unwrap();
+    let out = ok(&[
+        "infer",
+        "--runtime",
+        url,
+        "--policy",
+        &s(&d.client_policy(&d.measurement)),
+        "--model",
+        "mlp",
+        "--input",
+        &s(&input),
+    ]);
     assert!(out.contains("\"label\""), "{out}");
     assert!(d.audit().contains("key_released"));
 }
@@ -245,10 +389,23 @@ fn client_refuses_runtime_whose_measurement_is_not_in_its_policy() {
     let (_rt, url) = d.runtime.as_ref().expect("runtime boots");
     let input = d.dir.path().join("req.json");
     std::fs::write(&input, include_str!("../../../models/demo_input.json")).unwrap();
-    let out = cordon(&["infer", "--runtime", url, "--policy", &s(&d.client_policy(&"ab".repeat(48))), "--model", "mlp", "--input", &s(&input)]);
+    let out = cordon(&[
+        "infer",
+        "--runtime",
+        url,
+        "--policy",
+        &s(&d.client_policy(&"ab".repeat(48))),
+        "--model",
+        "mlp",
+        "--input",
+        &s(&input),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("runtime rejected by policy") && err.contains("launch_measurement"), "{err}");
+    assert!(
+        err.contains("runtime rejected by policy") && err.contains("launch_measurement"),
+        "{err}"
+    );
     assert!(out.stdout.is_empty());
 }
 
@@ -257,22 +414,43 @@ fn assert_denied(d: Deploy, needle: &str) {
     let err = dep.runtime.as_ref().err().expect("runtime must not boot");
     assert!(err.contains("refused key") && err.contains(needle), "{err}");
     let audit = dep.audit();
-    assert!(audit.contains("key_denied") && !audit.contains("key_released"), "{audit}");
+    assert!(
+        audit.contains("key_denied") && !audit.contains("key_released"),
+        "{audit}"
+    );
 }
 
 #[test]
 fn key_denied_to_runtime_with_unlisted_measurement() {
-    assert_denied(Deploy { measurement_override: Some("cd".repeat(48)), ..Deploy::default() }, "launch_measurement");
+    assert_denied(
+        Deploy {
+            measurement_override: Some("cd".repeat(48)),
+            ..Deploy::default()
+        },
+        "launch_measurement",
+    );
 }
 
 #[test]
 fn key_denied_to_sim_under_hardware_only_policy() {
-    assert_denied(Deploy { policy_platforms: "[\"snp\", \"tdx\"]", ..Deploy::default() }, "platform: evidence is from `sim`");
+    assert_denied(
+        Deploy {
+            policy_platforms: "[\"snp\", \"tdx\"]",
+            ..Deploy::default()
+        },
+        "platform: evidence is from `sim`",
+    );
 }
 
 #[test]
 fn key_denied_to_debug_runtime_under_no_debug_policy() {
-    assert_denied(Deploy { sim_debug: true, ..Deploy::default() }, "debug");
+    assert_denied(
+        Deploy {
+            sim_debug: true,
+            ..Deploy::default()
+        },
+        "debug",
+    );
 }
 
 #[test]
@@ -282,27 +460,106 @@ fn cli_rejects_tampered_truncated_and_wrongly_keyed_artifacts() {
     ok(&["keygen", "--out", &p("owner.key")]);
     let plain: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
     std::fs::write(p("data.bin"), &plain).unwrap();
-    ok(&["seal", &p("data.bin"), "--out", &p("a.sealed"), "--key-out", &p("a.dek"), "--owner-key", &p("owner.key"), "--chunk-size", "65536"]);
-    ok(&["seal", &p("data.bin"), "--out", &p("b.sealed"), "--key-out", &p("b.dek"), "--owner-key", &p("owner.key")]);
-    ok(&["unseal", &p("a.sealed"), "--key", &p("a.dek"), "--out", &p("back.bin")]);
+    ok(&[
+        "seal",
+        &p("data.bin"),
+        "--out",
+        &p("a.sealed"),
+        "--key-out",
+        &p("a.dek"),
+        "--owner-key",
+        &p("owner.key"),
+        "--chunk-size",
+        "65536",
+    ]);
+    ok(&[
+        "seal",
+        &p("data.bin"),
+        "--out",
+        &p("b.sealed"),
+        "--key-out",
+        &p("b.dek"),
+        "--owner-key",
+        &p("owner.key"),
+    ]);
+    ok(&[
+        "unseal",
+        &p("a.sealed"),
+        "--key",
+        &p("a.dek"),
+        "--out",
+        &p("back.bin"),
+    ]);
     assert_eq!(std::fs::read(p("back.bin")).unwrap(), plain);
     assert!(ok(&["inspect", &p("a.sealed")]).contains("\"chunk_size\": 65536"));
 
     let sealed = std::fs::read(p("a.sealed")).unwrap();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("flipped bit in a chunk", { let mut b = sealed.clone(); b[sealed.len() - 70_000] ^= 0x10; b }, "failed authentication"),
-        ("flipped bit in the manifest", { let mut b = sealed.clone(); b[40] ^= 0x01; b }, "rejected"),
-        ("truncated", sealed[..sealed.len() - 100].to_vec(), "truncated"),
+        (
+            "flipped bit in a chunk",
+            {
+                let mut b = sealed.clone();
+                b[sealed.len() - 70_000] ^= 0x10;
+                b
+            },
+            "failed authentication",
+        ),
+        (
+            "flipped bit in the manifest",
+            {
+                let mut b = sealed.clone();
+                b[40] ^= 0x01;
+                b
+            },
+            "rejected",
+        ),
+        (
+            "truncated",
+            sealed[..sealed.len() - 100].to_vec(),
+            "truncated",
+        ),
     ];
     for (what, bytes, needle) in cases {
         std::fs::write(p("bad.sealed"), bytes).unwrap();
-        let out = cordon(&["unseal", &p("bad.sealed"), "--key", &p("a.dek"), "--out", &p("bad.out")]);
+        let out = cordon(&[
+            "unseal",
+            &p("bad.sealed"),
+            "--key",
+            &p("a.dek"),
+            "--out",
+            &p("bad.out"),
+        ]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{what} accepted");
         assert!(err.contains(needle), "{what}: {err}");
-        assert!(!dir.path().join("bad.out").exists(), "{what}: output left behind");
+        assert!(
+            !dir.path().join("bad.out").exists(),
+            "{what}: output left behind"
+        );
     }
-    let out = cordon(&["unseal", &p("a.sealed"), "--key", &p("b.dek"), "--out", &p("bad.out")]);
+    let out = cordon(&[
+        "unseal",
+        &p("a.sealed"),
+        "--key",
+        &p("b.dek"),
+        "--out",
+        &p("bad.out"),
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong key"));
+}
+
+#[test]
+fn runtime_refuses_an_artifact_other_than_the_pinned_one_before_asking_for_keys() {
+    let dep = deploy(Deploy {
+        pinned_manifest: Some("00".repeat(32)),
+        ..Deploy::default()
+    });
+    let err = dep.runtime.as_ref().err().expect("runtime must not boot");
+    assert!(err.contains("config pins"), "{err}");
+    let audit = dep.audit();
+    assert!(
+        !audit.contains("key_released") && !audit.contains("key_denied"),
+        "{audit}"
+    );
 }
