@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// A TEE platform that produces evidence.
@@ -36,27 +37,73 @@ impl fmt::Display for Platform {
     }
 }
 
-/// Verified claims about a TEE workload. Only [`crate::verify`] produces these from evidence.
+/// TCB (trusted computing base) claims: firmware and microcode versions, and for DCAP the status
+/// Intel's TCB info assigns them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcbClaims {
+    /// DCAP TCB status (`UpToDate`, `SWHardeningNeeded`, `OutOfDate`, …); `None` for SNP and sim,
+    /// whose TCB is judged by its component versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Intel security advisories that apply to this TCB level (`INTEL-SA-…`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub advisory_ids: Vec<String>,
+    /// Component security versions by name (SNP: `bootloader`, `tee`, `snp`, `microcode`, `fmc`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub components: BTreeMap<String, u64>,
+}
+
+/// Verified claims about a TEE workload, normalized across platforms. Only [`crate::verify`] produces
+/// these from evidence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     /// Which platform signed the evidence.
     pub platform: Platform,
     /// False for the simulated TEE: such claims prove nothing about hardware isolation.
     pub hardware_backed: bool,
-    /// Launch measurement (sim: SHA-384 of the runtime binary and its config).
+    /// Launch measurement: sim (SHA-384 of binary and config), SNP MEASUREMENT, TDX MRTD, SGX MRENCLAVE.
     #[serde(with = "crate::hexser")]
     pub launch_measurement: Vec<u8>,
-    /// Data the launcher attached to the workload (sim: 32 bytes from the runtime's config).
+    /// Who signed the workload: SGX MRSIGNER. `None` elsewhere.
+    #[serde(
+        default,
+        with = "crate::hexser::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub signer_measurement: Option<Vec<u8>>,
+    /// Data the launcher attached to the workload: sim workload data, SNP HOST_DATA, TDX MRCONFIGID,
+    /// SGX CONFIGID.
     #[serde(with = "crate::hexser")]
     pub workload_data: Vec<u8>,
+    /// Runtime-extendable measurements: TDX RTMR0..3. Empty elsewhere.
+    #[serde(
+        default,
+        with = "crate::hexser::list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub runtime_measurements: Vec<Vec<u8>>,
     /// The 64 bytes the workload asked to be signed: a binding of a nonce and its public keys.
     #[serde(with = "crate::hexser::array64")]
     pub report_data: [u8; 64],
     /// Whether the TEE runs in a debug mode in which the host can read its memory.
     pub debug: bool,
-    /// The key that signed the evidence (sim: the simulated hardware key).
+    /// TCB versions and status, where the platform has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcb: Option<TcbClaims>,
+    /// Chip or platform identity: SNP CHIP_ID (absent when masked), DCAP FMSPC.
+    #[serde(
+        default,
+        with = "crate::hexser::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub platform_id: Option<Vec<u8>>,
+    /// The key that signed the evidence: the sim hardware key; for SNP the SHA-384 of the VCEK/VLEK
+    /// public key; for DCAP the quote's attestation key.
     #[serde(with = "crate::hexser")]
-    pub signer: Vec<u8>,
+    pub attestation_key: Vec<u8>,
+    /// Every parsed field of the platform's evidence, for auditors and specialised policies.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub raw: serde_json::Value,
 }
 
 impl Claims {

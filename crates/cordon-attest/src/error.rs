@@ -21,6 +21,12 @@ pub enum EvidenceError {
         "sim evidence: signature does not verify (evidence was altered or signed by another key)"
     )]
     BadSignature,
+    #[error(transparent)]
+    Snp(#[from] crate::snp::SnpError),
+    #[error(transparent)]
+    Dcap(#[from] crate::dcap::DcapError),
+    #[error("a DCAP quote needs collateral (--collateral FILE|DIR): TCB info, QE identity, CRLs")]
+    MissingCollateral,
 }
 
 /// Why a policy document is unusable.

@@ -1,7 +1,9 @@
 //! Evidence detection and the single entry point for verification.
 
+use crate::dcap::{self, DcapCollateral};
 use crate::error::EvidenceError;
-use crate::{sim, Claims};
+use crate::{sim, snp, Claims};
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 /// The evidence formats Cordon knows, detected from the bytes.
@@ -9,16 +11,41 @@ use std::time::SystemTime;
 pub enum EvidenceKind {
     /// Cordon's simulated TEE evidence (`CORDNSIM` magic).
     Sim,
+    /// A raw AMD SEV-SNP attestation report (1184 bytes, version 2, 3 or 5).
+    SnpReport,
+    /// An Intel DCAP quote (SGX v3, TDX v4/v5).
+    DcapQuote,
 }
 
-/// Endorsements: what vouches for the keys that sign evidence.
+/// Endorsements: what vouches for the keys that sign evidence. AMD's and Intel's roots are pinned in
+/// the code; these are the per-chip and per-platform pieces.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Endorsements {
     /// Ed25519 public keys of simulated "hardware" trusted to sign sim evidence.
     pub sim_trust_anchors: Vec<[u8; 32]>,
+    /// AMD VCEK or VLEK certificates (DER or PEM).
+    pub snp_certs: Vec<Vec<u8>>,
+    /// Intel DCAP collateral for quotes.
+    pub dcap_collateral: Option<DcapCollateral>,
 }
 
-/// Detects the evidence format from its bytes.
+/// Returns the evidence bytes, hex-decoded when the input is hex text (as some tools write quotes).
+pub fn decode_evidence(bytes: &[u8]) -> Cow<'_, [u8]> {
+    let text: Vec<u8> = bytes
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let text = text.strip_prefix(b"0x").unwrap_or(&text);
+    if text.len() >= 96 && text.len() % 2 == 0 && text.iter().all(u8::is_ascii_hexdigit) {
+        if let Ok(decoded) = hex::decode(text) {
+            return Cow::Owned(decoded);
+        }
+    }
+    Cow::Borrowed(bytes)
+}
+
+/// Detects the evidence format from its (already hex-decoded) bytes.
 pub fn detect(bytes: &[u8]) -> Result<EvidenceKind, EvidenceError> {
     if bytes.is_empty() {
         return Err(EvidenceError::Empty);
@@ -26,24 +53,87 @@ pub fn detect(bytes: &[u8]) -> Result<EvidenceKind, EvidenceError> {
     if bytes.starts_with(sim::MAGIC) {
         return Ok(EvidenceKind::Sim);
     }
+    if snp::is_snp_report(bytes) {
+        return Ok(EvidenceKind::SnpReport);
+    }
+    if dcap::is_dcap_quote(bytes) {
+        return Ok(EvidenceKind::DcapQuote);
+    }
     let head = hex::encode(&bytes[..bytes.len().min(8)]);
     Err(EvidenceError::UnknownFormat(format!(
-        "{} bytes starting with {head}: not Cordon sim evidence",
+        "{} bytes starting with {head}: not Cordon sim evidence, not a 1184-byte SNP report \
+         (version 2, 3 or 5), not a DCAP quote (version 3-5, ECDSA P-256, SGX or TDX)",
         bytes.len()
     )))
 }
 
 /// Verifies evidence at time `now` against `endorsements` and returns its claims.
 ///
-/// Sim evidence carries no validity window; `now` is part of the signature of this function because
-/// hardware endorsements (certificates, collateral) expire, and verification never reads the clock.
+/// Verification never reads the clock or the network: certificates, CRLs and collateral are judged
+/// at `now`, and endorsements come from the caller.
 pub fn verify(
     bytes: &[u8],
     endorsements: &Endorsements,
     now: SystemTime,
 ) -> Result<Claims, EvidenceError> {
-    let _ = now;
-    match detect(bytes)? {
-        EvidenceKind::Sim => sim::verify(bytes, &endorsements.sim_trust_anchors),
+    Verifier::new(endorsements.clone()).verify(bytes, now)
+}
+
+/// Parses evidence of any known kind without verifying anything (`cordon attest inspect`).
+pub fn inspect(bytes: &[u8]) -> Result<(EvidenceKind, serde_json::Value), EvidenceError> {
+    let kind = detect(bytes)?;
+    let value = match kind {
+        EvidenceKind::Sim => {
+            let (r, sig) = sim::SimReport::parse(bytes)?;
+            serde_json::json!({
+                "version": sim::VERSION,
+                "simulated": true,
+                "launch_measurement": hex::encode(r.launch_measurement),
+                "workload_data": hex::encode(r.workload_data),
+                "report_data": hex::encode(r.report_data),
+                "debug": r.debug,
+                "signer": hex::encode(r.signer),
+                "signature": hex::encode(sig),
+            })
+        }
+        EvidenceKind::SnpReport => snp::inspect(bytes)?,
+        EvidenceKind::DcapQuote => dcap::inspect(bytes)?,
+    };
+    Ok((kind, value))
+}
+
+/// A verifier holding endorsements and caches (verified SNP endorsement-key chains), for services
+/// that verify many pieces of evidence.
+#[derive(Default)]
+pub struct Verifier {
+    endorsements: Endorsements,
+    snp: snp::Verifier,
+}
+
+impl Verifier {
+    pub fn new(endorsements: Endorsements) -> Verifier {
+        Verifier {
+            endorsements,
+            snp: snp::Verifier::default(),
+        }
+    }
+
+    pub fn endorsements(&self) -> &Endorsements {
+        &self.endorsements
+    }
+
+    pub fn verify(&self, bytes: &[u8], now: SystemTime) -> Result<Claims, EvidenceError> {
+        let e = &self.endorsements;
+        match detect(bytes)? {
+            EvidenceKind::Sim => sim::verify(bytes, &e.sim_trust_anchors),
+            EvidenceKind::SnpReport => Ok(self.snp.verify(bytes, &e.snp_certs, now)?),
+            EvidenceKind::DcapQuote => {
+                let collateral = e
+                    .dcap_collateral
+                    .as_ref()
+                    .ok_or(EvidenceError::MissingCollateral)?;
+                Ok(dcap::verify(bytes, collateral, now)?)
+            }
+        }
     }
 }

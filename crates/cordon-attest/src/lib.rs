@@ -9,13 +9,19 @@
 //! This crate depends on no other Cordon crate and does no I/O.
 
 mod claims;
+pub mod dcap;
 mod error;
 mod evidence;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hexser;
 mod policy;
 pub mod sim;
+pub mod snp;
 
-pub use claims::{Claims, Platform};
+pub use claims::{Claims, Platform, TcbClaims};
 pub use error::{EvidenceError, PolicyError};
-pub use evidence::{detect, verify, Endorsements, EvidenceKind};
+pub use evidence::{
+    decode_evidence, detect, inspect, verify, Endorsements, EvidenceKind, Verifier,
+};
 pub use policy::{appraise, AppraisalFailure, Policy, PolicyDocument, Verdict};

@@ -7,6 +7,8 @@
 //! launch_measurements = ["9f…"]          # reference values, hex; at least one
 //! allow_debug = false                    # default false
 //! workload_data = "00…"                  # optional: exact workload data expected
+//! tcb_statuses = ["UpToDate"]            # optional (DCAP): accepted TCB statuses; default below
+//! allowed_advisories = ["INTEL-SA-00615"] # optional (DCAP): if set, every advisory must be listed
 //!
 //! [endorsements]                         # optional; used by clients and proxies
 //! sim_trust_anchors = ["3b…"]            # Ed25519 keys of the simulated hardware
@@ -36,7 +38,23 @@ pub struct Policy {
         skip_serializing_if = "Option::is_none"
     )]
     pub workload_data: Option<Vec<u8>>,
+    /// DCAP TCB statuses accepted; `None` means [`DEFAULT_TCB_STATUSES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcb_statuses: Option<Vec<String>>,
+    /// When set, every advisory in the claims must be listed here; `None` accepts (and reports) any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_advisories: Option<Vec<String>>,
 }
+
+/// TCB statuses accepted when a policy names none: up to date, or only configuration or software
+/// hardening advised (the advisories are reported with the claims). `OutOfDate*`, `Revoked` and any
+/// unknown status are refused.
+pub const DEFAULT_TCB_STATUSES: &[&str] = &[
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+];
 
 impl Policy {
     /// Parses a policy from TOML and checks it is usable. An `[endorsements]` table is refused here:
@@ -57,6 +75,20 @@ impl Policy {
             endorsements: None,
         }
         .to_toml()
+    }
+
+    /// The policy `cordon attest verify` applies when given none: any hardware platform, any
+    /// measurement, no debug, default TCB statuses. Only code can build a policy without reference
+    /// values; a policy file must list them.
+    pub fn hardware_default() -> Policy {
+        Policy {
+            platforms: vec![Platform::Snp, Platform::Tdx, Platform::Sgx],
+            launch_measurements: Vec::new(),
+            allow_debug: false,
+            workload_data: None,
+            tcb_statuses: None,
+            allowed_advisories: None,
+        }
     }
 
     fn validate(&self) -> Result<(), PolicyError> {
@@ -102,6 +134,10 @@ struct RawDocument {
     )]
     workload_data: Option<Vec<u8>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    tcb_statuses: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    allowed_advisories: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     endorsements: Option<RawEndorsements>,
 }
 
@@ -122,6 +158,8 @@ impl PolicyDocument {
             launch_measurements: raw.launch_measurements,
             allow_debug: raw.allow_debug,
             workload_data: raw.workload_data,
+            tcb_statuses: raw.tcb_statuses,
+            allowed_advisories: raw.allowed_advisories,
         };
         policy.validate()?;
         let endorsements = raw
@@ -139,6 +177,7 @@ impl PolicyDocument {
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok::<_, PolicyError>(Endorsements {
                     sim_trust_anchors: anchors,
+                    ..Default::default()
                 })
             })
             .transpose()?;
@@ -155,6 +194,8 @@ impl PolicyDocument {
             launch_measurements: self.policy.launch_measurements.clone(),
             allow_debug: self.policy.allow_debug,
             workload_data: self.policy.workload_data.clone(),
+            tcb_statuses: self.policy.tcb_statuses.clone(),
+            allowed_advisories: self.policy.allowed_advisories.clone(),
             endorsements: self.endorsements.as_ref().map(|e| RawEndorsements {
                 sim_trust_anchors: e.sim_trust_anchors.iter().map(hex::encode).collect(),
             }),
@@ -179,6 +220,14 @@ pub enum AppraisalFailure {
     WorkloadDataMismatch {
         found: String,
         expected: String,
+    },
+    TcbStatusNotAllowed {
+        found: String,
+        allowed: Vec<String>,
+    },
+    AdvisoryNotAllowed {
+        advisory: String,
+        allowed: Vec<String>,
     },
 }
 
@@ -207,6 +256,16 @@ impl fmt::Display for AppraisalFailure {
             AppraisalFailure::WorkloadDataMismatch { found, expected } => {
                 write!(f, "workload_data: found {found}, policy expects {expected}")
             }
+            AppraisalFailure::TcbStatusNotAllowed { found, allowed } => write!(
+                f,
+                "tcb.status: {found} is not among the accepted statuses [{}]",
+                allowed.join(", ")
+            ),
+            AppraisalFailure::AdvisoryNotAllowed { advisory, allowed } => write!(
+                f,
+                "tcb.advisory_ids: {advisory} applies and is not among the allowed advisories [{}]",
+                allowed.join(", ")
+            ),
         }
     }
 }
@@ -241,10 +300,12 @@ pub fn appraise(claims: &Claims, policy: &Policy) -> Verdict {
             allowed: policy.platforms.clone(),
         });
     }
-    if !policy
-        .launch_measurements
-        .iter()
-        .any(|m| m == &claims.launch_measurement)
+    // An empty list only comes from `Policy::hardware_default` (files must list reference values).
+    if !policy.launch_measurements.is_empty()
+        && !policy
+            .launch_measurements
+            .iter()
+            .any(|m| m == &claims.launch_measurement)
     {
         failures.push(AppraisalFailure::MeasurementNotAllowed {
             found: hex::encode(&claims.launch_measurement),
@@ -262,6 +323,28 @@ pub fn appraise(claims: &Claims, policy: &Policy) -> Verdict {
             });
         }
     }
+    if let Some(tcb) = &claims.tcb {
+        if let Some(status) = &tcb.status {
+            let allowed: Vec<String> = match &policy.tcb_statuses {
+                Some(list) => list.clone(),
+                None => DEFAULT_TCB_STATUSES.iter().map(|s| s.to_string()).collect(),
+            };
+            if !allowed.contains(status) {
+                failures.push(AppraisalFailure::TcbStatusNotAllowed {
+                    found: status.clone(),
+                    allowed,
+                });
+            }
+        }
+        if let Some(allowed) = &policy.allowed_advisories {
+            for advisory in tcb.advisory_ids.iter().filter(|a| !allowed.contains(a)) {
+                failures.push(AppraisalFailure::AdvisoryNotAllowed {
+                    advisory: advisory.clone(),
+                    allowed: allowed.clone(),
+                });
+            }
+        }
+    }
     Verdict { failures }
 }
 
@@ -277,7 +360,12 @@ mod tests {
             workload_data: vec![0; 32],
             report_data: [0; 64],
             debug: false,
-            signer: vec![1; 32],
+            signer_measurement: None,
+            runtime_measurements: vec![],
+            tcb: None,
+            platform_id: None,
+            attestation_key: vec![1; 32],
+            raw: serde_json::Value::Null,
         }
     }
 
@@ -287,6 +375,8 @@ mod tests {
             launch_measurements: vec![vec![0xaa; 48]],
             allow_debug: false,
             workload_data: None,
+            tcb_statuses: None,
+            allowed_advisories: None,
         }
     }
 
@@ -302,6 +392,7 @@ mod tests {
             policy: policy(),
             endorsements: Some(Endorsements {
                 sim_trust_anchors: vec![[3; 32]],
+                ..Default::default()
             }),
         };
         assert_eq!(PolicyDocument::from_toml(&doc.to_toml()).unwrap(), doc);
@@ -390,5 +481,75 @@ mod tests {
             &allowed
         )
         .is_accepted());
+    }
+}
+
+#[cfg(test)]
+mod tcb_tests {
+    use super::*;
+    use crate::TcbClaims;
+
+    fn dcap_claims(status: &str, advisories: &[&str]) -> Claims {
+        Claims {
+            platform: Platform::Sgx,
+            hardware_backed: true,
+            launch_measurement: vec![1; 32],
+            signer_measurement: Some(vec![2; 32]),
+            workload_data: vec![0; 64],
+            runtime_measurements: vec![],
+            report_data: [0; 64],
+            debug: false,
+            tcb: Some(TcbClaims {
+                status: Some(status.into()),
+                advisory_ids: advisories.iter().map(|s| s.to_string()).collect(),
+                components: Default::default(),
+            }),
+            platform_id: None,
+            attestation_key: vec![],
+            raw: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn default_tcb_statuses_accept_hardening_needed_and_refuse_out_of_date() {
+        let p = Policy::hardware_default();
+        for ok in DEFAULT_TCB_STATUSES {
+            assert!(
+                appraise(&dcap_claims(ok, &["INTEL-SA-00615"]), &p).is_accepted(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "OutOfDate",
+            "OutOfDateConfigurationNeeded",
+            "Revoked",
+            "SomethingNew",
+        ] {
+            let v = appraise(&dcap_claims(bad, &[]), &p);
+            assert!(
+                v.reasons().contains("tcb.status") && v.reasons().contains(bad),
+                "{bad}: {}",
+                v.reasons()
+            );
+        }
+    }
+
+    #[test]
+    fn policy_can_narrow_statuses_and_allow_list_advisories() {
+        let text = format!(
+            "platforms = [\"sgx\"]\nlaunch_measurements = [\"{}\"]\ntcb_statuses = [\"UpToDate\", \"SWHardeningNeeded\"]\nallowed_advisories = [\"INTEL-SA-00615\"]\n",
+            hex::encode([1u8; 32])
+        );
+        let p = Policy::from_toml(&text).unwrap();
+        assert!(appraise(&dcap_claims("SWHardeningNeeded", &["INTEL-SA-00615"]), &p).is_accepted());
+        let v = appraise(
+            &dcap_claims(
+                "ConfigurationAndSWHardeningNeeded",
+                &["INTEL-SA-00289", "INTEL-SA-00615"],
+            ),
+            &p,
+        );
+        assert_eq!(v.failures.len(), 2, "{}", v.reasons());
+        assert!(v.reasons().contains("INTEL-SA-00289"));
     }
 }

@@ -125,9 +125,14 @@ pub fn verify(bytes: &[u8], trust_anchors: &[[u8; 32]]) -> Result<Claims, Eviden
         platform: Platform::Sim,
         hardware_backed: false,
         launch_measurement: report.launch_measurement.to_vec(),
+        signer_measurement: None,
         workload_data: report.workload_data.to_vec(),
+        runtime_measurements: Vec::new(),
         report_data: report.report_data,
         debug: report.debug,
-        signer: report.signer.to_vec(),
+        tcb: None,
+        platform_id: None,
+        attestation_key: report.signer.to_vec(),
+        raw: serde_json::json!({ "version": VERSION, "simulated": true }),
     })
 }

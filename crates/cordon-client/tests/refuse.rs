@@ -79,6 +79,8 @@ fn policy(measurement: [u8; 48]) -> Policy {
         launch_measurements: vec![measurement.to_vec()],
         allow_debug: false,
         workload_data: None,
+        tcb_statuses: None,
+        allowed_advisories: None,
     }
 }
 
@@ -86,6 +88,7 @@ async fn setup(measurement: [u8; 48], mode: Fake) -> (String, Endorsements, Arc<
     let hw = SimHardwareKey::generate();
     let endorsements = Endorsements {
         sim_trust_anchors: vec![hw.public_key()],
+        ..Default::default()
     };
     let hits = Arc::new(AtomicUsize::new(0));
     let url = fake_runtime(
@@ -142,6 +145,7 @@ async fn evidence_from_untrusted_hardware_key_is_refused() {
     let (url, _, _) = setup(GOOD, Fake::Honest).await;
     let other = Endorsements {
         sim_trust_anchors: vec![SimHardwareKey::generate().public_key()],
+        ..Default::default()
     };
     let err = connect_with(&url, &policy(GOOD), &other, SystemTime::now())
         .await

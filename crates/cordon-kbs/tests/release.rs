@@ -31,6 +31,7 @@ async fn start() -> Harness {
         dir.path().to_path_buf(),
         Endorsements {
             sim_trust_anchors: vec![hw.public_key()],
+            ..Default::default()
         },
     );
     config.clock = Arc::new(move || UNIX_EPOCH + Duration::from_secs(c.load(Ordering::SeqCst)));
@@ -60,6 +61,8 @@ fn policy(platforms: Vec<Platform>, measurement: [u8; 48]) -> String {
         launch_measurements: vec![measurement.to_vec()],
         allow_debug: false,
         workload_data: None,
+        tcb_statuses: None,
+        allowed_advisories: None,
     }
     .to_toml()
 }

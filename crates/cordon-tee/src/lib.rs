@@ -1,7 +1,26 @@
 //! Producing attestation evidence inside a TEE. This crate never verifies evidence.
 //!
-//! Only the simulated platform exists so far: [`SimTee`]. Hardware providers (configfs-tsm for SNP and
-//! TDX, /dev/sev-guest, Gramine's /dev/attestation) implement the same [`EvidenceProvider`] trait.
+//! Providers, each an [`EvidenceProvider`]:
+//! - [`ConfigFsTsm`]: Linux configfs-tsm (`/sys/kernel/config/tsm/report`), SEV-SNP reports and TDX
+//!   quotes.
+//! - [`SevGuest`]: the `/dev/sev-guest` `SNP_GET_REPORT` ioctl, for SNP guests without configfs-tsm.
+//! - [`GramineSgx`]: Gramine's `/dev/attestation` pseudo-files, SGX DCAP quotes.
+//! - [`SimTee`]: the simulated platform, never hardware-backed and never auto-detected.
+//!
+//! [`detect`] picks the first hardware interface present.
+#![deny(unsafe_code)] // the one exception is the SNP_GET_REPORT ioctl in `sev_guest`
+
+mod configfs;
+mod detect;
+mod gramine;
+mod sev_guest;
+#[cfg(test)]
+mod testutil;
+
+pub use configfs::ConfigFsTsm;
+pub use detect::{detect, Probe};
+pub use gramine::GramineSgx;
+pub use sev_guest::SevGuest;
 
 use cordon_attest::sim::SimReport;
 use cordon_attest::Platform;
@@ -10,11 +29,11 @@ use rand::RngCore;
 use sha2::{Digest, Sha384};
 use std::fmt;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-/// Why evidence could not be produced.
+/// Why evidence could not be produced. Every variant about a TEE interface names the path involved.
 #[derive(Debug, Error)]
 pub enum TeeError {
     #[error("I/O error reading {what}: {source}")]
@@ -24,6 +43,64 @@ pub enum TeeError {
     },
     #[error("simulated hardware key file is invalid: {0}")]
     SimKey(String),
+    /// A file, directory or device of a TEE interface could not be used; `op` says how it was used
+    /// (`mkdir`, `read`, `write`, `rmdir`, `open`, `ioctl SNP_GET_REPORT`).
+    #[error("{op} {}: {source}", path.display())]
+    Access {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    /// A TEE interface returned something malformed (an unparsable number, an empty quote, a
+    /// provider that changed).
+    #[error("{}: {reason}", path.display())]
+    Malformed { path: PathBuf, reason: String },
+    /// Evidence of the wrong size for its platform.
+    #[error("{}: expected {expected} bytes of {platform} evidence, got {got}", path.display())]
+    WrongLength {
+        path: PathBuf,
+        platform: Platform,
+        expected: usize,
+        got: usize,
+    },
+    /// configfs-tsm's `provider` names a report format this crate does not know.
+    #[error("{}: unknown configfs-tsm provider {provider:?} (known: sev_guest, tdx_guest)", path.display())]
+    UnknownProvider { path: PathBuf, provider: String },
+    /// configfs-tsm's `generation` did not match our own writes on every attempt: another writer
+    /// kept changing the report's inputs.
+    #[error(
+        "{}: generation was {found}, expected {expected}, on each of {attempts} attempts; another \
+         writer is changing this report's inputs",
+        path.display()
+    )]
+    GenerationRace {
+        path: PathBuf,
+        attempts: u32,
+        expected: u64,
+        found: u64,
+    },
+    /// The `SNP_GET_REPORT` guest request failed. `fw_error` and `vmm_error` are the two halves of
+    /// the kernel's `exitinfo2`.
+    #[error(
+        "ioctl SNP_GET_REPORT on {}: {source} (firmware error {fw_error:#x}, VMM error {vmm_error:#x})",
+        path.display()
+    )]
+    SnpGuestRequest {
+        path: PathBuf,
+        source: std::io::Error,
+        fw_error: u32,
+        vmm_error: u32,
+    },
+    /// The SNP firmware answered `SNP_GET_REPORT` with a non-zero status (MSG_REPORT_RSP.STATUS).
+    #[error("ioctl SNP_GET_REPORT on {}: firmware status {status:#x}", path.display())]
+    SnpReportStatus { path: PathBuf, status: u32 },
+    /// [`detect`] found no usable TEE interface; `probed` lists each place it looked and why it
+    /// was not used.
+    #[error(
+        "no TEE evidence interface found (the simulated TEE is never auto-detected); probed: {}",
+        Probe::list(probed)
+    )]
+    NoTee { probed: Vec<Probe> },
 }
 
 /// Something that produces evidence binding 64 bytes of report data.
@@ -172,6 +249,7 @@ mod tests {
         let ev = tee.evidence(&[5; 64]).unwrap();
         let ok = Endorsements {
             sim_trust_anchors: vec![anchor],
+            ..Default::default()
         };
         let claims = verify(&ev, &ok, SystemTime::now()).unwrap();
         assert_eq!(claims.launch_measurement, vec![7; 48]);
@@ -180,6 +258,7 @@ mod tests {
         assert!(!claims.debug && !claims.hardware_backed);
         let other = Endorsements {
             sim_trust_anchors: vec![SimHardwareKey::generate().public_key()],
+            ..Default::default()
         };
         assert!(matches!(
             verify(&ev, &other, SystemTime::now()),
@@ -192,6 +271,7 @@ mod tests {
         let key = SimHardwareKey::generate();
         let anchors = Endorsements {
             sim_trust_anchors: vec![key.public_key()],
+            ..Default::default()
         };
         let ev = SimTee::new(key, [1; 48], [0; 32], true)
             .evidence(&[3; 64])

@@ -82,6 +82,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         a.data_dir.clone(),
         Endorsements {
             sim_trust_anchors: anchors.clone(),
+            ..Default::default()
         },
     );
     config.nonce_ttl = Duration::from_secs(a.nonce_ttl);

@@ -32,6 +32,9 @@ pub enum SimCommand {
 pub enum PlatformArg {
     /// The simulated TEE (no hardware; evidence signed by --sim-hardware-key).
     Sim,
+    /// Real hardware, detected: configfs-tsm (SNP, TDX), then /dev/sev-guest (SNP), then Gramine
+    /// /dev/attestation (SGX). Never falls back to sim.
+    Hardware,
 }
 
 #[derive(clap::Args)]
@@ -42,7 +45,7 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; see --addr-file).
     #[arg(long, default_value = "127.0.0.1:8200")]
     listen: SocketAddr,
-    /// TEE platform to produce evidence with. Only `sim` exists so far; it must be asked for.
+    /// TEE platform to produce evidence with: `hardware` (detected) or `sim` (must be asked for).
     #[arg(long, value_enum)]
     platform: PlatformArg,
     /// The simulated hardware key (from `cordon sim keygen`).
@@ -136,6 +139,11 @@ fn serve(a: ServeArgs) -> Result<()> {
                 hex::encode(tee.launch_measurement())
             );
             Arc::new(tee)
+        }
+        PlatformArg::Hardware => {
+            let provider = cordon_tee::detect(Path::new("/"))?;
+            eprintln!("TEE platform detected: {}", provider.platform());
+            Arc::from(provider)
         }
     };
     let rt = util::tokio_runtime()?;

@@ -1,6 +1,7 @@
 //! `cordon`: the command-line interface. Logic lives in the library crates; this binary parses
 //! arguments, reads files and prints.
 
+mod cmd_attest;
 mod cmd_bench;
 mod cmd_infer;
 mod cmd_kbs;
@@ -47,6 +48,9 @@ enum Command {
     /// The simulated TEE's "hardware" key (development only).
     #[command(subcommand)]
     Sim(cmd_runtime::SimCommand),
+    /// Verify or inspect attestation evidence: AMD SEV-SNP reports, Intel DCAP quotes, sim evidence.
+    #[command(subcommand)]
+    Attest(cmd_attest::AttestCommand),
     /// Verify a runtime, then run one encrypted inference request on it.
     Infer(cmd_infer::InferArgs),
     /// Benchmarks, each against a baseline measured in the same run (build with --release).
@@ -57,7 +61,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     util::init_logging();
+    if let Command::Attest(c) = cli.command {
+        return ExitCode::from(cmd_attest::run(c));
+    }
     let result = match cli.command {
+        Command::Attest(_) => Ok(()),
         Command::Quickstart(a) => quickstart::run(a),
         Command::Keygen(a) => cmd_seal::keygen(a),
         Command::Seal(a) => cmd_seal::seal(a),

@@ -215,6 +215,8 @@ pub fn run(a: Args) -> Result<()> {
         launch_measurements: vec![measurement.to_vec()],
         allow_debug: false,
         workload_data: Some(vec![0; 32]),
+        tcb_statuses: None,
+        allowed_advisories: None,
     };
     std::fs::write(dir.join("release-policy.toml"), policy.to_toml())?;
     let token = util::read_to_string(&token_path, "admin token")?
@@ -262,6 +264,7 @@ pub fn run(a: Args) -> Result<()> {
         policy: policy.clone(),
         endorsements: Some(Endorsements {
             sim_trust_anchors: vec![hw.public_key()],
+            ..Default::default()
         }),
     };
     let client_policy_path = dir.join("client-policy.toml");
@@ -345,9 +348,10 @@ pub fn run(a: Args) -> Result<()> {
         bail!("encrypted-path prediction differs from in-process prediction");
     }
     println!(
-        "\nTry it yourself while nothing runs: see README.md. Logs: {}",
-        run_dir.display()
+        "\nEverything it wrote (runtime.toml, release-policy.toml, client-policy.toml, keys, logs in run/) is in {}.",
+        dir.display()
     );
+    println!("README.md shows how to start the same pieces by hand.");
     drop(children);
     Ok(())
 }

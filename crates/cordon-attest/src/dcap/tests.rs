@@ -1,0 +1,754 @@
+//! Tests against real quotes and collateral. testdata/attestation/README.md gives their provenance,
+//! validity windows and the verdicts checked here.
+
+use super::*;
+use crate::{appraise, Policy};
+use std::time::Duration;
+
+const TDX_QUOTE: &[u8] = include_bytes!("../../../../testdata/attestation/tdx/tdx_quote");
+const TDX_COLLATERAL: &[u8] =
+    include_bytes!("../../../../testdata/attestation/tdx/tdx_quote_collateral.json");
+const SGX_QUOTE: &[u8] = include_bytes!("../../../../testdata/attestation/sgx/sgx_quote");
+const SGX_COLLATERAL: &[u8] =
+    include_bytes!("../../../../testdata/attestation/sgx/sgx_quote_collateral.json");
+const OUTDATED_QUOTE: &[u8] =
+    include_bytes!("../../../../testdata/attestation/tdx/tdx_quote_outdated");
+const OUTDATED_COLLATERAL: &[u8] =
+    include_bytes!("../../../../testdata/attestation/tdx/tdx_quote_outdated_collateral.json");
+
+/// Inside the TDX window (2025-06-19T10:32:27Z .. 2025-07-19T10:00:35Z) and the SGX window
+/// (2025-06-19T10:56:11Z .. 2025-07-19T10:01:18Z).
+const IN_WINDOW: &str = "2025-07-01T00:00:00Z";
+/// Inside the outdated quote's collateral window (2026-02-18T10:58:51Z .. 2026-03-20T10:41:15Z).
+const OUTDATED_TIME: &str = "2026-03-01T00:00:00Z";
+
+/// `YYYY-MM-DDTHH:MM:SSZ` → SystemTime, via days_from_civil (H. Hinnant), the inverse of
+/// `explain::rfc3339`, which it checks on the way.
+fn at(text: &str) -> SystemTime {
+    let n = |range: std::ops::Range<usize>| -> i64 { text[range].parse().unwrap() };
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs =
+        u64::try_from(days * 86_400 + n(11..13) * 3_600 + n(14..16) * 60 + n(17..19)).unwrap();
+    assert_eq!(explain::rfc3339(secs), text);
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn tdx_collateral() -> DcapCollateral {
+    DcapCollateral::from_json(TDX_COLLATERAL).unwrap()
+}
+
+fn sgx_collateral() -> DcapCollateral {
+    DcapCollateral::from_json(SGX_COLLATERAL).unwrap()
+}
+
+fn tdx_claims() -> Claims {
+    verify(TDX_QUOTE, &tdx_collateral(), at(IN_WINDOW)).unwrap()
+}
+
+fn sgx_claims() -> Claims {
+    verify(SGX_QUOTE, &sgx_collateral(), at(IN_WINDOW)).unwrap()
+}
+
+/// `len` bytes of `bytes` at `offset`.
+fn slice(bytes: &[u8], offset: usize, len: usize) -> Vec<u8> {
+    bytes[offset..offset + len].to_vec()
+}
+
+// ---- verdicts of testdata/attestation/README.md ----
+
+#[test]
+fn tdx_v4_quote_is_up_to_date_inside_its_window() {
+    let claims = tdx_claims();
+    assert_eq!(claims.platform, Platform::Tdx);
+    assert!(claims.hardware_backed);
+    assert!(!claims.debug);
+    let tcb = claims.tcb.as_ref().unwrap();
+    assert_eq!(tcb.status.as_deref(), Some("UpToDate"));
+    assert!(tcb.advisory_ids.is_empty(), "{:?}", tcb.advisory_ids);
+    assert_eq!(
+        claims.platform_id,
+        Some(hex::decode("b0c06f000000").unwrap())
+    );
+    assert!(appraise(&claims, &Policy::hardware_default()).is_accepted());
+}
+
+#[test]
+fn sgx_v3_quote_needs_configuration_and_sw_hardening() {
+    let claims = sgx_claims();
+    assert_eq!(claims.platform, Platform::Sgx);
+    assert!(!claims.debug);
+    let tcb = claims.tcb.as_ref().unwrap();
+    assert_eq!(
+        tcb.status.as_deref(),
+        Some("ConfigurationAndSWHardeningNeeded")
+    );
+    assert_eq!(tcb.advisory_ids, ["INTEL-SA-00289", "INTEL-SA-00615"]);
+    assert_eq!(
+        claims.platform_id,
+        Some(hex::decode("00a067110000").unwrap())
+    );
+
+    let verdict = appraise(&claims, &Policy::hardware_default());
+    assert!(verdict.is_accepted(), "{}", verdict.reasons());
+    let strict = Policy {
+        tcb_statuses: Some(vec!["UpToDate".into()]),
+        ..Policy::hardware_default()
+    };
+    let verdict = appraise(&claims, &strict);
+    assert!(!verdict.is_accepted());
+    assert!(
+        verdict
+            .reasons()
+            .contains("tcb.status: ConfigurationAndSWHardeningNeeded"),
+        "{}",
+        verdict.reasons()
+    );
+}
+
+#[test]
+fn tdx_v5_outdated_quote_has_no_matching_tcb_level() {
+    let collateral = DcapCollateral::from_json(OUTDATED_COLLATERAL).unwrap();
+    let err = verify(OUTDATED_QUOTE, &collateral, at(OUTDATED_TIME)).unwrap_err();
+    match &err {
+        DcapError::NoMatchingTcbLevel { fmspc, detail } => {
+            assert_eq!(fmspc, "90c06f000000");
+            assert!(detail.contains("No matching TCB level found"), "{detail}");
+        }
+        other => panic!("expected NoMatchingTcbLevel, got {other:?}"),
+    }
+    assert!(err.to_string().contains("no TCB level"), "{err}");
+}
+
+// ---- validity windows ----
+
+/// `(fixture, time, expected error)`: just outside each window, the item that bounds it is named.
+#[test]
+fn fixtures_outside_their_windows_name_what_expired() {
+    let tdx = tdx_collateral();
+    let sgx = sgx_collateral();
+    let expired = |item: &str, at: &str, now: &str| DcapError::Expired {
+        item: item.into(),
+        expired_at: at.into(),
+        now: now.into(),
+    };
+    let not_yet = |item: &str, from: &str, now: &str| DcapError::NotYetValid {
+        item: item.into(),
+        valid_from: from.into(),
+        now: now.into(),
+    };
+    // CRL dates checked with `openssl crl -nextupdate`.
+    let cases: [(&[u8], &DcapCollateral, &str, DcapError); 7] = [
+        (
+            TDX_QUOTE,
+            &tdx,
+            "2025-06-19T10:00:00Z",
+            not_yet("TCB info", "2025-06-19T10:16:03Z", "2025-06-19T10:00:00Z"),
+        ),
+        (
+            TDX_QUOTE,
+            &tdx,
+            "2025-06-19T10:20:00Z",
+            not_yet(
+                "QE identity",
+                "2025-06-19T10:32:27Z",
+                "2025-06-19T10:20:00Z",
+            ),
+        ),
+        (
+            TDX_QUOTE,
+            &tdx,
+            "2025-07-20T00:00:00Z",
+            expired("TCB info", "2025-07-19T10:16:03Z", "2025-07-20T00:00:00Z"),
+        ),
+        (
+            TDX_QUOTE,
+            &tdx,
+            "2025-07-19T10:10:00Z",
+            expired(
+                "the PCK CRL (pck_crl)",
+                "2025-07-19T10:00:35Z",
+                "2025-07-19T10:10:00Z",
+            ),
+        ),
+        (
+            SGX_QUOTE,
+            &sgx,
+            "2025-07-19T10:30:00Z",
+            expired(
+                "QE identity",
+                "2025-07-19T10:01:18Z",
+                "2025-07-19T10:30:00Z",
+            ),
+        ),
+        (
+            SGX_QUOTE,
+            &sgx,
+            "2025-06-01T00:00:00Z",
+            not_yet("TCB info", "2025-06-19T10:56:11Z", "2025-06-01T00:00:00Z"),
+        ),
+        (
+            SGX_QUOTE,
+            &sgx,
+            "2026-05-01T00:00:00Z",
+            expired(
+                "the root CA CRL (root_ca_crl)",
+                "2026-04-03T11:21:57Z",
+                "2026-05-01T00:00:00Z",
+            ),
+        ),
+    ];
+    for (quote, collateral, now, expected) in cases {
+        let err = verify(quote, collateral, at(now)).unwrap_err();
+        assert_eq!(err, expected, "at {now}");
+        let text = err.to_string();
+        assert!(
+            text.contains("expired") || text.contains("not valid before"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn webpki_time_errors_are_read() {
+    let text = "Failed to verify certificate chain: CertExpired { time: UnixTime(1893456000), \
+                not_after: UnixTime(1775215317) }";
+    assert_eq!(
+        explain::webpki_time(text, "CertExpired", "not_after"),
+        Some(1_775_215_317)
+    );
+    assert_eq!(
+        explain::webpki_time(text, "CrlExpired", "next_update"),
+        None
+    );
+    assert_eq!(explain::rfc3339(0), "1970-01-01T00:00:00Z");
+    assert_eq!(explain::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    at("2024-12-31T23:59:59Z");
+    // A certificate of the quote's own chain is named by its subject.
+    let (_, quote) = parse_quote(TDX_QUOTE).unwrap();
+    let chain = dcap_qvl::intel::extract_cert_chain(&quote).unwrap();
+    let leaf = <x509_cert::Certificate as der::Decode>::from_der(&chain[0]).unwrap();
+    let not_after = leaf
+        .tbs_certificate
+        .validity
+        .not_after
+        .to_unix_duration()
+        .as_secs();
+    let text =
+        format!("CertExpired {{ time: UnixTime(2000000000), not_after: UnixTime({not_after}) }}");
+    let err = explain::verification_error(&text, &quote, &tdx_collateral(), 2_000_000_000);
+    assert!(
+        matches!(&err, DcapError::Expired { item, .. } if item.contains("Intel SGX PCK Certificate")),
+        "{err}"
+    );
+}
+
+// ---- claims against bytes read at the specification's offsets ----
+
+/// Quote header: 48 bytes. TD quote body (v4) from offset 48: MRTD @136, MRCONFIGID @184,
+/// RTMR0..3 @328/376/424/472, REPORTDATA @520, TDATTRIBUTES @120, TEE_TCB_SVN @0. The signature
+/// data follows the body (offset 632): length (4), ECDSA signature (64), attestation key (64).
+#[test]
+fn tdx_claims_match_bytes_at_spec_offsets() {
+    let q = TDX_QUOTE;
+    let body = 48;
+    let claims = tdx_claims();
+    assert_eq!(u16::from_le_bytes([q[0], q[1]]), 4);
+    assert_eq!(claims.launch_measurement, slice(q, body + 136, 48));
+    assert_eq!(claims.workload_data, slice(q, body + 184, 48));
+    let rtmrs: Vec<Vec<u8>> = (0..4).map(|i| slice(q, body + 328 + 48 * i, 48)).collect();
+    assert_eq!(claims.runtime_measurements, rtmrs);
+    assert_eq!(claims.report_data.to_vec(), slice(q, body + 520, 64));
+    assert_eq!(claims.signer_measurement, None);
+    assert_eq!(claims.debug, q[body + 120] & 1 != 0);
+    assert_eq!(claims.attestation_key, slice(q, 632 + 4 + 64, 64));
+    // Values as printed by hand from the fixture, so a wrong offset on both sides cannot agree.
+    assert!(hex::encode(&claims.launch_measurement).starts_with("91eb2b44d141d4ec"));
+    let c = &claims.tcb.as_ref().unwrap().components;
+    for i in 0..16 {
+        assert_eq!(c[&format!("tee_tcb_svn_{i:02}")], u64::from(q[body + i]));
+    }
+    // From the PCK certificate's SGX extension (openssl asn1parse): PCESVN 11, CPUSVN 0303020204010005….
+    assert_eq!(c["pce_svn"], 11);
+    assert_eq!(
+        (c["cpu_svn_00"], c["cpu_svn_04"], c["cpu_svn_07"]),
+        (3, 4, 5)
+    );
+    assert_eq!(
+        claims.raw["quote"]["body"]["mr_td"],
+        hex::encode(slice(q, body + 136, 48))
+    );
+    assert_eq!(claims.raw["verification"]["pck"]["fmspc"], "b0c06f000000");
+}
+
+/// SGX report body (v3) from offset 48: ATTRIBUTES @48, MRENCLAVE @64, MRSIGNER @128, CONFIGID @192,
+/// ISVSVN @258, REPORTDATA @320; signature data from 432.
+#[test]
+fn sgx_claims_match_bytes_at_spec_offsets() {
+    let q = SGX_QUOTE;
+    let body = 48;
+    let claims = sgx_claims();
+    assert_eq!(u16::from_le_bytes([q[0], q[1]]), 3);
+    assert_eq!(claims.launch_measurement, slice(q, body + 64, 32));
+    assert_eq!(claims.signer_measurement, Some(slice(q, body + 128, 32)));
+    assert_eq!(claims.workload_data, slice(q, body + 192, 64));
+    assert_eq!(claims.report_data.to_vec(), slice(q, body + 320, 64));
+    assert!(claims.runtime_measurements.is_empty());
+    assert_eq!(claims.debug, q[body + 48] & 2 != 0);
+    assert_eq!(claims.attestation_key, slice(q, 432 + 4 + 64, 64));
+    let c = &claims.tcb.as_ref().unwrap().components;
+    assert_eq!(
+        c["isv_svn"],
+        u64::from(u16::from_le_bytes([q[body + 258], q[body + 259]]))
+    );
+    // PCK certificate: PCESVN 13, CPUSVN 0b0b0202ff01….
+    assert_eq!(
+        (c["pce_svn"], c["cpu_svn_00"], c["cpu_svn_04"]),
+        (13, 11, 255)
+    );
+    assert_eq!(
+        claims.raw["quote"]["body"]["mr_signer"],
+        hex::encode(slice(q, body + 128, 32))
+    );
+}
+
+/// Quote v5: header, then body type (2) and size (4), then the TD 1.5 body from offset 54.
+#[test]
+fn inspect_reads_every_version() {
+    let v5 = inspect(OUTDATED_QUOTE).unwrap();
+    assert_eq!(v5["header"]["version"], 5);
+    let body = 54;
+    assert_eq!(
+        u16::from_le_bytes([OUTDATED_QUOTE[48], OUTDATED_QUOTE[49]]),
+        3,
+        "TD 1.5 body"
+    );
+    assert_eq!(v5["body"]["type"], "td15");
+    assert_eq!(
+        v5["body"]["mr_td"],
+        hex::encode(slice(OUTDATED_QUOTE, body + 136, 48))
+    );
+    assert_eq!(
+        v5["body"]["tee_tcb_svn2"],
+        hex::encode(slice(OUTDATED_QUOTE, body + 584, 16))
+    );
+    let v4 = inspect(TDX_QUOTE).unwrap();
+    assert_eq!(v4["header"]["tee"], "tdx");
+    assert_eq!(
+        v4["header"]["qe_vendor_id"],
+        "939a7233f79c4ca9940a0db3957f0607"
+    );
+    assert_eq!(
+        v4["body"]["rtmr3"],
+        hex::encode(slice(TDX_QUOTE, 48 + 472, 48))
+    );
+    assert_eq!(v4["auth_data"]["certification_data_type"], 6);
+    let pem = v4["auth_data"]["pck_certification_data"].as_str().unwrap();
+    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 3);
+    let v3 = inspect(SGX_QUOTE).unwrap();
+    assert_eq!(v3["body"]["type"], "sgx_enclave");
+    assert_eq!(
+        v3["body"]["mr_enclave"],
+        hex::encode(slice(SGX_QUOTE, 48 + 64, 32))
+    );
+    assert_eq!(v3["auth_data"]["qe_report"]["isv_prod_id"], 1);
+}
+
+#[test]
+fn debug_attributes_are_claims() {
+    let (_, quote) = parse_quote(TDX_QUOTE).unwrap();
+    let mut td = *quote.report.as_td10().unwrap();
+    assert!(!inspect::td_debug(&td));
+    td.td_attributes[0] |= 1;
+    assert!(inspect::td_debug(&td));
+    let (_, quote) = parse_quote(SGX_QUOTE).unwrap();
+    let mut enclave = *quote.report.as_sgx().unwrap();
+    assert!(!inspect::sgx_debug(&enclave));
+    enclave.attributes[0] |= 2;
+    assert!(inspect::sgx_debug(&enclave));
+}
+
+// ---- header sniffing and typed header errors ----
+
+#[test]
+fn header_is_sniffed_and_each_field_named() {
+    assert!(is_dcap_quote(TDX_QUOTE) && is_dcap_quote(SGX_QUOTE) && is_dcap_quote(OUTDATED_QUOTE));
+    assert!(!is_dcap_quote(&TDX_QUOTE[..47]));
+    assert!(!is_dcap_quote(b""));
+    assert!(!is_dcap_quote(crate::sim::MAGIC));
+    let with = |offset: usize, bytes: &[u8]| {
+        let mut q = TDX_QUOTE.to_vec();
+        q[offset..offset + bytes.len()].copy_from_slice(bytes);
+        q
+    };
+    let cases = [
+        (with(0, &[6, 0]), DcapError::UnsupportedVersion(6)),
+        (with(2, &[3, 0]), DcapError::AttestationKeyType(3)),
+        (with(4, &[0x80, 0, 0, 0]), DcapError::TeeType(0x80)),
+        (with(0, &[3, 0]), DcapError::VersionTeeMismatch(0x81)),
+    ];
+    for (quote, expected) in cases {
+        assert!(!is_dcap_quote(&quote));
+        assert_eq!(inspect(&quote).unwrap_err(), expected);
+        assert_eq!(
+            verify(&quote, &tdx_collateral(), at(IN_WINDOW)).unwrap_err(),
+            expected
+        );
+    }
+    assert_eq!(
+        verify(&TDX_QUOTE[..10], &tdx_collateral(), at(IN_WINDOW)).unwrap_err(),
+        DcapError::TooShort {
+            what: "a quote header",
+            needed: 48,
+            found: 10
+        }
+    );
+    assert_eq!(
+        verify(
+            TDX_QUOTE,
+            &tdx_collateral(),
+            UNIX_EPOCH - Duration::from_secs(1)
+        )
+        .unwrap_err(),
+        DcapError::TimeBeforeEpoch
+    );
+}
+
+#[test]
+fn foreign_qe_vendor_id_is_named() {
+    let mut q = TDX_QUOTE.to_vec();
+    q[12] ^= 0xff;
+    let err = verify(&q, &tdx_collateral(), at(IN_WINDOW)).unwrap_err();
+    assert_eq!(
+        err,
+        DcapError::QeVendorId {
+            found: "6c9a7233f79c4ca9940a0db3957f0607".into(),
+            expected: "939a7233f79c4ca9940a0db3957f0607".into(),
+        }
+    );
+}
+
+// ---- mutations: never accepted, never a panic ----
+
+/// Flips bit `i % 8` of byte `i` for each `i` in `positions` and asserts every result is refused.
+fn assert_flips_refused(
+    quote: &[u8],
+    collateral: &DcapCollateral,
+    positions: impl Iterator<Item = usize>,
+) -> usize {
+    let now = at(IN_WINDOW);
+    let mut count = 0;
+    for i in positions {
+        let mut q = quote.to_vec();
+        q[i] ^= 1 << (i % 8);
+        assert!(
+            verify(&q, collateral, now).is_err(),
+            "flip of byte {i} accepted"
+        );
+        count += 1;
+    }
+    count
+}
+
+/// Where the TDX quote's PCK chain (PEM) starts: signed part (632), length (4), signature (64),
+/// key (64), certification data header (6), QE report (384), its signature (64), QE auth data
+/// (2 + 32), PCK certification data header (6).
+const TDX_PEM_START: usize = 632 + 4 + 64 + 64 + 6 + 384 + 64 + 2 + 32 + 6;
+
+#[test]
+fn tdx_header_and_body_mutations_are_refused() {
+    // Every byte that the attestation key signs (header and TD report body).
+    assert_eq!(
+        assert_flips_refused(TDX_QUOTE, &tdx_collateral(), 0..632),
+        632
+    );
+}
+
+#[test]
+fn tdx_signature_data_mutations_are_refused() {
+    // Every byte of the signature, attestation key, QE report, its signature, QE auth data and all
+    // length and type fields.
+    assert_eq!(TDX_QUOTE[TDX_PEM_START], b'-');
+    assert_flips_refused(TDX_QUOTE, &tdx_collateral(), 632..TDX_PEM_START);
+}
+
+#[test]
+fn tdx_certification_data_mutations_are_refused() {
+    // The PCK chain and the zero padding after it. One verification costs milliseconds (about 4 ms in
+    // a debug build), so this strides through the ~3700 bytes of PEM: every third byte, with the
+    // flipped bit changing along the way; a full sweep (run while writing this) refused all 5006
+    // single-bit flips of the quote.
+    let n = assert_flips_refused(
+        TDX_QUOTE,
+        &tdx_collateral(),
+        (TDX_PEM_START..TDX_QUOTE.len()).step_by(3),
+    );
+    assert!(n > 1200);
+}
+
+#[test]
+fn sgx_mutations_are_refused() {
+    // The v3 layout: every byte of header and body, then every 7th byte of the signature data.
+    let c = sgx_collateral();
+    assert_flips_refused(SGX_QUOTE, &c, 0..432);
+    assert_flips_refused(SGX_QUOTE, &c, (432..SGX_QUOTE.len()).step_by(7));
+}
+
+#[test]
+fn truncated_and_padded_quotes() {
+    let c = tdx_collateral();
+    let now = at(IN_WINDOW);
+    for len in [
+        0, 1, 47, 48, 100, 631, 632, 635, 636, 700, 1000, 1257, 2000, 4000, 4935,
+    ] {
+        let err = verify(&TDX_QUOTE[..len], &c, now).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DcapError::TooShort { .. } | DcapError::Malformed { .. }
+            ),
+            "{len}: {err}"
+        );
+        assert!(inspect(&TDX_QUOTE[..len]).is_err());
+    }
+    // The fixture ends with 70 bytes of zero padding; without them, or with more, it verifies.
+    assert!(verify(&TDX_QUOTE[..4936], &c, now).is_ok());
+    let mut padded = TDX_QUOTE.to_vec();
+    padded.extend([0; 100]);
+    assert!(verify(&padded, &c, now).is_ok());
+    padded.push(1);
+    let err = verify(&padded, &c, now).unwrap_err();
+    assert!(err.to_string().contains("not zero padding"), "{err}");
+}
+
+#[test]
+fn replaced_root_copy_is_refused() {
+    // The chain's last certificate replaced by another of the same length (its intermediate's
+    // first bytes) is a PEM-valid chain that dcap-qvl alone would accept: its own root is pinned.
+    let text = std::str::from_utf8(&TDX_QUOTE[TDX_PEM_START..4936]).unwrap();
+    let begins: Vec<usize> = text.match_indices("-----BEGIN").map(|(i, _)| i).collect();
+    let mut q = TDX_QUOTE.to_vec();
+    let root_b64 = TDX_PEM_START + begins[2] + 28;
+    q[root_b64..root_b64 + 64].copy_from_slice(&TDX_QUOTE[TDX_PEM_START + begins[1] + 28..][..64]);
+    let err = verify(&q, &tdx_collateral(), at(IN_WINDOW)).unwrap_err();
+    assert!(matches!(err, DcapError::PckChain(_)), "{err}");
+}
+
+#[test]
+fn collateral_mutations_are_refused() {
+    let good = tdx_collateral();
+    let now = at(IN_WINDOW);
+    let with = |f: &dyn Fn(&mut dcap_qvl::QuoteCollateralV3)| {
+        let mut c = good.inner().clone();
+        f(&mut c);
+        DcapCollateral::from(c)
+    };
+    let flip_text = |s: &mut String, at: usize| {
+        let mut b = std::mem::take(s).into_bytes();
+        b[at] ^= 0x01;
+        *s = String::from_utf8(b).unwrap();
+    };
+    let cases: Vec<(&str, DcapCollateral)> = vec![
+        // "tcbEvaluationDataNumber":17 → 16, a digit of a TCB level's SVN, the FMSPC.
+        (
+            "tcb_info byte 40",
+            with(&|c| flip_text(&mut c.tcb_info, 40)),
+        ),
+        (
+            "tcb_info middle",
+            with(&|c| {
+                let n = c.tcb_info.len() / 2;
+                flip_text(&mut c.tcb_info, n)
+            }),
+        ),
+        (
+            "tcb_info_signature",
+            with(&|c| c.tcb_info_signature[10] ^= 0x01),
+        ),
+        (
+            "qe_identity",
+            with(&|c| {
+                let n = c.qe_identity.len() / 2;
+                flip_text(&mut c.qe_identity, n)
+            }),
+        ),
+        (
+            "qe_identity_signature",
+            with(&|c| c.qe_identity_signature[63] ^= 0x80),
+        ),
+        (
+            "pck_crl",
+            with(&|c| {
+                let n = c.pck_crl.len() / 2;
+                c.pck_crl[n] ^= 0x01
+            }),
+        ),
+        (
+            "root_ca_crl",
+            with(&|c| {
+                let n = c.root_ca_crl.len() - 5;
+                c.root_ca_crl[n] ^= 0x01
+            }),
+        ),
+        (
+            "tcb_info_issuer_chain",
+            with(&|c| flip_text(&mut c.tcb_info_issuer_chain, 300)),
+        ),
+    ];
+    for (what, collateral) in cases {
+        let result = verify(TDX_QUOTE, &collateral, now);
+        assert!(result.is_err(), "{what}: a mutated collateral was accepted");
+    }
+    let err = verify(TDX_QUOTE, &with(&|c| c.tcb_info_signature[0] ^= 1), now).unwrap_err();
+    assert!(err.to_string().contains("tcb_info"), "{err}");
+}
+
+// ---- collateral formats ----
+
+#[test]
+fn collateral_json_errors_name_the_field() {
+    let bundle: serde_json::Value = serde_json::from_slice(TDX_COLLATERAL).unwrap();
+    let edited = |edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let mut v = bundle.clone();
+        edit(v.as_object_mut().unwrap());
+        DcapCollateral::from_json(v.to_string().as_bytes()).unwrap_err()
+    };
+    let field_of = |err: DcapError| match err {
+        DcapError::CollateralField { field, reason } => format!("{field}: {reason}"),
+        other => panic!("{other:?}"),
+    };
+    let err = edited(&|m| {
+        m.insert("pck_crl".into(), "zz".into());
+    });
+    assert!(field_of(err).starts_with("pck_crl: invalid hex"));
+    let err = edited(&|m| {
+        m.remove("qe_identity");
+    });
+    assert_eq!(field_of(err), "qe_identity: missing");
+    let err = edited(&|m| {
+        m.insert("tcb_info".into(), 5.into());
+    });
+    assert_eq!(field_of(err), "tcb_info: expected a string, found 5");
+    assert!(matches!(
+        DcapCollateral::from_json(b"[1]"),
+        Err(DcapError::CollateralJson(_))
+    ));
+    assert!(matches!(
+        DcapCollateral::from_json(b"{"),
+        Err(DcapError::CollateralJson(_))
+    ));
+}
+
+/// Writes the bundle's collateral as raw PCS responses, the way `from_dir` documents them.
+fn write_pcs_dir(dir: &Path, c: &dcap_qvl::QuoteCollateralV3) {
+    std::fs::create_dir_all(dir).unwrap();
+    let put = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).unwrap();
+    put("pck_crl.der", &c.pck_crl);
+    put(
+        "pck_crl_issuer_chain.pem",
+        c.pck_crl_issuer_chain.as_bytes(),
+    );
+    put("root_ca_crl.der", &c.root_ca_crl);
+    // Compact, as Intel's PCS serves it.
+    let tcb = format!(
+        r#"{{"tcbInfo":{},"signature":"{}"}}"#,
+        c.tcb_info,
+        hex::encode(&c.tcb_info_signature)
+    );
+    put("tcb_info.json", tcb.as_bytes());
+    put(
+        "tcb_info_issuer_chain.pem",
+        c.tcb_info_issuer_chain.as_bytes(),
+    );
+    // With whitespace around the members: the signed text must still be taken verbatim.
+    let qe = format!(
+        "{{\n  \"signature\" : \"{}\",\n  \"enclaveIdentity\" : {}\n}}\n",
+        hex::encode(&c.qe_identity_signature),
+        c.qe_identity
+    );
+    put("qe_identity.json", qe.as_bytes());
+    put(
+        "qe_identity_issuer_chain.pem",
+        c.qe_identity_issuer_chain.as_bytes(),
+    );
+}
+
+fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cordon-dcap-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+use std::path::Path;
+
+#[test]
+fn collateral_dir_of_pcs_responses_gives_the_same_verdict() {
+    for (name, quote, bundle) in [
+        ("tdx", TDX_QUOTE, TDX_COLLATERAL),
+        ("sgx", SGX_QUOTE, SGX_COLLATERAL),
+    ] {
+        let from_json = DcapCollateral::from_json(bundle).unwrap();
+        let dir = scratch_dir(name);
+        write_pcs_dir(&dir, from_json.inner());
+        let from_dir = DcapCollateral::from_dir(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(from_dir, from_json);
+        assert_eq!(
+            verify(quote, &from_dir, at(IN_WINDOW)).unwrap(),
+            verify(quote, &from_json, at(IN_WINDOW)).unwrap()
+        );
+    }
+}
+
+#[test]
+fn collateral_dir_missing_or_bad_file_is_named() {
+    let c = tdx_collateral();
+    let dir = scratch_dir("missing");
+    write_pcs_dir(&dir, c.inner());
+    std::fs::remove_file(dir.join("qe_identity_issuer_chain.pem")).unwrap();
+    let err = DcapCollateral::from_dir(&dir).unwrap_err();
+    assert!(
+        matches!(&err, DcapError::CollateralFileMissing { path } if path.ends_with("qe_identity_issuer_chain.pem")),
+        "{err}"
+    );
+    std::fs::write(dir.join("tcb_info.json"), br#"{"tcbInfo":{"id":"TDX"}}"#).unwrap();
+    let err = DcapCollateral::from_dir(&dir).unwrap_err();
+    assert!(
+        err.to_string().contains("tcb_info.json") && err.to_string().contains("signature"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    let err = DcapCollateral::from_dir(&dir).unwrap_err();
+    assert!(
+        matches!(err, DcapError::CollateralFileMissing { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn raw_members_keep_the_signed_text() {
+    let text = " { \"a\" : {\"x\": [1, 2.50, \"}\"]} , \"b\":\"s\" }\n";
+    let members = collateral::raw_members(text).unwrap();
+    assert_eq!(
+        members,
+        [
+            ("a".to_string(), "{\"x\": [1, 2.50, \"}\"]}"),
+            ("b".to_string(), "\"s\"")
+        ]
+    );
+    assert_eq!(collateral::raw_members("{}"), Some(vec![]));
+    for bad in [
+        "",
+        "[]",
+        "{\"a\":1",
+        "{\"a\":1}x",
+        "{\"a\" 1}",
+        "{\"a\":1,}",
+    ] {
+        assert_eq!(collateral::raw_members(bad), None, "{bad}");
+    }
+}

@@ -1,0 +1,266 @@
+//! AMD SEV-SNP: attestation reports verified against AMD's pinned roots.
+//!
+//! [`verify`] checks, in order: the report's structure (length, version 2/3/5, signature algorithm,
+//! reserved fields); that a VCEK or VLEK was given as the SIGNING_KEY field requires; that key's
+//! RSA-PSS chain to the pinned ASK/ASVK and ARK of its product line; every certificate's validity at
+//! `now`; the product line agreeing with the report's CPUID (v3+); the report's ECDSA P-384 signature;
+//! the VCEK's hwID against CHIP_ID (unless masked); the certified TCB against REPORTED_TCB.
+
+mod certs;
+mod report;
+
+pub use certs::{endorsement_key, parse_certificate, pinned_roots, EndorsementKey, KeyKind};
+pub use report::{AttestationReport, Product, SigningKey, TcbVersion, REPORT_LEN, SIGNED_LEN};
+
+use crate::{Claims, Platform, TcbClaims};
+use sha2::{Digest, Sha384};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use thiserror::Error;
+
+/// Why an SNP report was refused. Each names the field or certificate and both values.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum SnpError {
+    #[error("SNP report: expected {expected} bytes, got {found}")]
+    Length { expected: usize, found: usize },
+    #[error("SNP report: version {0} is not supported (2, 3 and 5 are)")]
+    Version(u32),
+    #[error("SNP report: signature algorithm {0} is not ECDSA P-384 with SHA-384 (1)")]
+    SignatureAlgorithm(u32),
+    #[error("SNP report: SIGNING_KEY field {0} is reserved")]
+    SigningKeyField(u32),
+    #[error("SNP report: {field} at offset {offset:#x} must be zero")]
+    Reserved { field: &'static str, offset: usize },
+    #[error("SNP report is not signed (SIGNING_KEY = none)")]
+    Unsigned,
+    #[error("SNP report is signed by a {needed}, and no {needed} certificate was given (--cert)")]
+    MissingKey { needed: &'static str },
+    #[error("certificate: {0}")]
+    Certificate(String),
+    #[error("certificate issued by {0}, which is not a pinned AMD ASK or ASVK")]
+    UnknownIssuer(String),
+    #[error("{cert} signature: {reason}")]
+    ChainSignature { cert: &'static str, reason: String },
+    #[error("{cert} expired at {not_after} (verification time {now})")]
+    Expired {
+        cert: &'static str,
+        not_after: String,
+        now: String,
+    },
+    #[error("{cert} is not valid before {not_before} (verification time {now})")]
+    NotYetValid {
+        cert: &'static str,
+        not_before: String,
+        now: String,
+    },
+    #[error("pinned AMD roots are unusable: {0}")]
+    PinnedRoots(String),
+    #[error("product line: the report's CPUID says {report}, the endorsement key is for {key}")]
+    ProductMismatch {
+        report: &'static str,
+        key: &'static str,
+    },
+    #[error("SNP report signature does not verify with the {key} (report altered, or signed by another chip)")]
+    BadSignature { key: &'static str },
+    #[error("chip id: VCEK hwID is {vcek}, report CHIP_ID is {report}")]
+    ChipIdMismatch { vcek: String, report: String },
+    #[error("TCB: VCEK certifies {component} = {certified}, report's REPORTED_TCB has {reported}")]
+    TcbMismatch {
+        component: &'static str,
+        certified: u8,
+        reported: u8,
+    },
+}
+
+/// Verifies SNP reports, caching endorsement keys whose chain has been verified (by the SHA-384 of
+/// the certificate's DER). Validity windows are still checked at every call's `now`.
+#[derive(Default)]
+pub struct Verifier {
+    keys: Mutex<HashMap<[u8; 48], Arc<EndorsementKey>>>,
+}
+
+/// Verifies an SNP report with the given VCEK/VLEK certificates (DER or PEM) at `now`.
+pub fn verify(report: &[u8], certs: &[Vec<u8>], now: SystemTime) -> Result<Claims, SnpError> {
+    Verifier::default().verify(report, certs, now)
+}
+
+/// Whether `bytes` look like a raw SNP report (length and version), for evidence detection.
+pub fn is_snp_report(bytes: &[u8]) -> bool {
+    bytes.len() == REPORT_LEN
+        && matches!(
+            u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+            2 | 3 | 5
+        )
+}
+
+/// Parses a report without verifying anything, for `cordon attest inspect`.
+pub fn inspect(report: &[u8]) -> Result<serde_json::Value, SnpError> {
+    let r = AttestationReport::parse(report)?;
+    let mut v = serde_json::to_value(&r).map_err(|e| SnpError::Certificate(e.to_string()))?;
+    if let Some(p) = r.product_from_cpuid() {
+        v["product_from_cpuid"] = serde_json::json!(p.name());
+    }
+    v["debug"] = serde_json::json!(r.debug());
+    Ok(v)
+}
+
+impl Verifier {
+    fn key_for(&self, der_or_pem: &[u8]) -> Result<Arc<EndorsementKey>, SnpError> {
+        let id: [u8; 48] = Sha384::digest(der_or_pem).into();
+        if let Some(k) = self.keys.lock().ok().and_then(|m| m.get(&id).cloned()) {
+            return Ok(k);
+        }
+        let key = Arc::new(endorsement_key(parse_certificate(der_or_pem)?)?);
+        if let Ok(mut m) = self.keys.lock() {
+            m.insert(id, key.clone());
+        }
+        Ok(key)
+    }
+
+    /// Verifies `report` at `now`; see the module documentation for the checks and their order.
+    pub fn verify(
+        &self,
+        report: &[u8],
+        certs: &[Vec<u8>],
+        now: SystemTime,
+    ) -> Result<Claims, SnpError> {
+        let r = AttestationReport::parse(report)?;
+        let (needed_kind, needed) = match r.signing_key {
+            SigningKey::Vcek => (KeyKind::Vcek, "VCEK"),
+            SigningKey::Vlek => (KeyKind::Vlek, "VLEK"),
+            SigningKey::None => return Err(SnpError::Unsigned),
+        };
+        let mut first_error = None;
+        let mut key = None;
+        for c in certs {
+            match self.key_for(c) {
+                Ok(k) if k.kind == needed_kind => {
+                    key = Some(k);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let key = match (key, first_error) {
+            (Some(k), _) => k,
+            (None, Some(e)) => return Err(e),
+            (None, None) => return Err(SnpError::MissingKey { needed }),
+        };
+        key.check_validity(now)?;
+        if let Some(p) = r.product_from_cpuid() {
+            if p != key.product {
+                return Err(SnpError::ProductMismatch {
+                    report: p.name(),
+                    key: key.product.name(),
+                });
+            }
+        }
+        verify_signature(report, &r, &key.public_key, needed)?;
+        if key.kind == KeyKind::Vcek && !r.mask_chip_key {
+            check_chip_id(&r, &key)?;
+        }
+        let tcb = TcbVersion::decode(r.reported_tcb, key.product);
+        check_tcb(&tcb, &key.tcb)?;
+        Ok(claims(&r, &key, &tcb))
+    }
+}
+
+fn verify_signature(
+    report: &[u8],
+    r: &AttestationReport,
+    key: &p384::ecdsa::VerifyingKey,
+    name: &'static str,
+) -> Result<(), SnpError> {
+    use p384::ecdsa::signature::Verifier as _;
+    let sig = p384::ecdsa::Signature::from_scalars(r.signature_r, r.signature_s)
+        .map_err(|_| SnpError::BadSignature { key: name })?;
+    key.verify(&report[..SIGNED_LEN], &sig)
+        .map_err(|_| SnpError::BadSignature { key: name })
+}
+
+fn check_chip_id(r: &AttestationReport, key: &EndorsementKey) -> Result<(), SnpError> {
+    let Some(hw_id) = &key.hw_id else {
+        return Err(SnpError::Certificate("VCEK has no hwID extension".into()));
+    };
+    // Turin VCEKs certify the first 8 bytes of CHIP_ID; earlier lines all 64.
+    let matches = match hw_id.len() {
+        64 => hw_id.as_slice() == r.chip_id.as_slice(),
+        8 => hw_id.as_slice() == &r.chip_id[..8],
+        _ => false,
+    };
+    if !matches {
+        return Err(SnpError::ChipIdMismatch {
+            vcek: hex::encode(hw_id),
+            report: hex::encode(r.chip_id),
+        });
+    }
+    Ok(())
+}
+
+fn check_tcb(reported: &TcbVersion, certified: &certs::CertifiedTcb) -> Result<(), SnpError> {
+    let pairs = [
+        (
+            "bootloader",
+            certified.bootloader,
+            Some(reported.bootloader),
+        ),
+        ("tee", certified.tee, Some(reported.tee)),
+        ("snp", certified.snp, Some(reported.snp)),
+        ("microcode", certified.microcode, Some(reported.microcode)),
+        ("fmc", certified.fmc, reported.fmc),
+    ];
+    for (component, certified, reported) in pairs {
+        if let (Some(c), Some(r)) = (certified, reported) {
+            if c != r {
+                return Err(SnpError::TcbMismatch {
+                    component,
+                    certified: c,
+                    reported: r,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn claims(r: &AttestationReport, key: &EndorsementKey, tcb: &TcbVersion) -> Claims {
+    let mut components = BTreeMap::new();
+    components.insert("bootloader".to_string(), u64::from(tcb.bootloader));
+    components.insert("tee".to_string(), u64::from(tcb.tee));
+    components.insert("snp".to_string(), u64::from(tcb.snp));
+    components.insert("microcode".to_string(), u64::from(tcb.microcode));
+    if let Some(fmc) = tcb.fmc {
+        components.insert("fmc".to_string(), u64::from(fmc));
+    }
+    let mut raw = serde_json::to_value(r).unwrap_or_default();
+    raw["product"] = serde_json::json!(key.product.name());
+    raw["endorsement_key"] = serde_json::json!(key.kind);
+    if let Some(name) = &key.product_name {
+        raw["vcek_product_name"] = serde_json::json!(name);
+    }
+    Claims {
+        platform: Platform::Snp,
+        hardware_backed: true,
+        launch_measurement: r.measurement.to_vec(),
+        signer_measurement: None,
+        workload_data: r.host_data.to_vec(),
+        runtime_measurements: Vec::new(),
+        report_data: r.report_data,
+        debug: r.debug(),
+        tcb: Some(TcbClaims {
+            status: None,
+            advisory_ids: Vec::new(),
+            components,
+        }),
+        platform_id: (!r.mask_chip_key).then(|| r.chip_id.to_vec()),
+        attestation_key: key.key_digest.to_vec(),
+        raw,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,231 @@
+//! SNP verification against real reports (testdata/attestation/README.md has their provenance).
+
+use super::*;
+use crate::{appraise, Policy};
+use std::time::{Duration, UNIX_EPOCH};
+
+const TRUSTEE_REPORT: &[u8] =
+    include_bytes!("../../../../testdata/attestation/snp/trustee_test-report.bin");
+const TRUSTEE_VCEK: &[u8] =
+    include_bytes!("../../../../testdata/attestation/snp/trustee_test-vcek.der");
+const GOSEV_REPORT: &[u8] =
+    include_bytes!("../../../../testdata/attestation/snp/gosev_attestation.bin");
+const GOSEV_VCEK: &[u8] = include_bytes!("../../../../testdata/attestation/snp/gosev_vcek.der");
+const VLEK_REPORT: &[u8] =
+    include_bytes!("../../../../testdata/attestation/snp/trustee_test-vlek-report.bin");
+const VLEK: &[u8] = include_bytes!("../../../../testdata/attestation/snp/trustee_test-vlek.der");
+
+/// A time as "days since 1970" plus noon, to keep the tests readable.
+fn date(y: i32, m: u32, d: u32) -> SystemTime {
+    // Days from civil (Howard Hinnant), the inverse of certs::fmt_time.
+    let y = if m <= 2 { y - 1 } else { y } as i64;
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    UNIX_EPOCH + Duration::from_secs(days as u64 * 86_400 + 43_200)
+}
+
+fn v(report: &[u8], cert: &[u8], at: SystemTime) -> Result<Claims, SnpError> {
+    verify(report, &[cert.to_vec()], at)
+}
+
+#[test]
+fn trustee_report_verifies_and_claims_match_the_abi_offsets() {
+    let c = v(TRUSTEE_REPORT, TRUSTEE_VCEK, date(2025, 1, 1)).unwrap();
+    assert_eq!(c.platform, Platform::Snp);
+    assert!(c.hardware_backed);
+    // Offsets from the SNP ABI spec's ATTESTATION_REPORT table, read here independently.
+    assert_eq!(c.report_data, TRUSTEE_REPORT[0x50..0x90]);
+    assert_eq!(c.launch_measurement, TRUSTEE_REPORT[0x90..0xC0]);
+    assert_eq!(c.workload_data, TRUSTEE_REPORT[0xC0..0xE0]);
+    assert_eq!(
+        c.platform_id.as_deref(),
+        Some(&TRUSTEE_REPORT[0x1A0..0x1E0])
+    );
+    let policy = u64::from_le_bytes(TRUSTEE_REPORT[8..16].try_into().unwrap());
+    assert_eq!(policy, 0x3001f);
+    assert!(!c.debug);
+    let tcb = c.tcb.as_ref().unwrap();
+    let reported = TRUSTEE_REPORT[0x180..0x188].to_vec();
+    assert_eq!(tcb.components["bootloader"], u64::from(reported[0]));
+    assert_eq!(tcb.components["tee"], u64::from(reported[1]));
+    assert_eq!(tcb.components["snp"], u64::from(reported[6]));
+    assert_eq!(tcb.components["microcode"], u64::from(reported[7]));
+    assert_eq!(c.raw["product"], "Milan");
+    assert!(appraise(&c, &Policy::hardware_default()).is_accepted());
+}
+
+#[test]
+fn debug_guest_verifies_but_fails_the_default_policy() {
+    let c = v(GOSEV_REPORT, GOSEV_VCEK, date(2025, 1, 1)).unwrap();
+    assert!(c.debug, "policy 0xb0000 has bit 19 set");
+    let verdict = appraise(&c, &Policy::hardware_default());
+    assert!(verdict.reasons().contains("debug"), "{}", verdict.reasons());
+}
+
+#[test]
+fn vlek_report_verifies_inside_its_window_and_expires_after() {
+    let c = v(VLEK_REPORT, VLEK, date(2025, 6, 1)).unwrap();
+    assert_eq!(c.raw["endorsement_key"], "Vlek");
+    assert_eq!(c.raw["version"], 3);
+    let err = v(VLEK_REPORT, VLEK, date(2026, 1, 1)).unwrap_err();
+    assert!(
+        matches!(err, SnpError::Expired { cert: "VLEK", .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("2025-12-10"), "{err}");
+}
+
+#[test]
+fn outside_the_window_names_what_expired() {
+    let err = v(TRUSTEE_REPORT, TRUSTEE_VCEK, date(2031, 1, 1)).unwrap_err();
+    assert!(
+        matches!(err, SnpError::Expired { cert: "VCEK", .. }),
+        "{err}"
+    );
+    let err = v(TRUSTEE_REPORT, TRUSTEE_VCEK, date(2022, 1, 1)).unwrap_err();
+    assert!(matches!(err, SnpError::NotYetValid { .. }), "{err}");
+    let err = v(GOSEV_REPORT, GOSEV_VCEK, date(2030, 1, 1)).unwrap_err();
+    assert!(
+        err.to_string().contains("VCEK expired at 2029-09-24"),
+        "{err}"
+    );
+}
+
+#[test]
+fn swapping_the_vcek_for_another_real_one_is_rejected() {
+    let err = v(TRUSTEE_REPORT, GOSEV_VCEK, date(2025, 1, 1)).unwrap_err();
+    assert!(matches!(err, SnpError::BadSignature { .. }), "{err}");
+    let err = v(GOSEV_REPORT, TRUSTEE_VCEK, date(2025, 1, 1)).unwrap_err();
+    assert!(matches!(err, SnpError::BadSignature { .. }), "{err}");
+}
+
+#[test]
+fn the_signing_key_field_decides_which_key_is_acceptable() {
+    let err = v(VLEK_REPORT, TRUSTEE_VCEK, date(2025, 6, 1)).unwrap_err();
+    assert_eq!(err, SnpError::MissingKey { needed: "VLEK" });
+    let err = v(TRUSTEE_REPORT, VLEK, date(2025, 6, 1)).unwrap_err();
+    assert_eq!(err, SnpError::MissingKey { needed: "VCEK" });
+    assert_eq!(
+        verify(TRUSTEE_REPORT, &[], date(2025, 6, 1)).unwrap_err(),
+        SnpError::MissingKey { needed: "VCEK" }
+    );
+    // Several certificates: the matching one is used.
+    let both = [VLEK.to_vec(), TRUSTEE_VCEK.to_vec()];
+    assert!(verify(TRUSTEE_REPORT, &both, date(2025, 6, 1)).is_ok());
+}
+
+#[test]
+fn pem_certificates_are_accepted() {
+    let b64 = base64_encode(TRUSTEE_VCEK);
+    let pem = format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n");
+    assert!(v(TRUSTEE_REPORT, pem.as_bytes(), date(2025, 1, 1)).is_ok());
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out.as_bytes()
+        .chunks(64)
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn every_flipped_byte_of_report_or_signature_is_rejected() {
+    let verifier = Verifier::default();
+    let certs = [TRUSTEE_VCEK.to_vec()];
+    let at = date(2025, 1, 1);
+    assert!(verifier.verify(TRUSTEE_REPORT, &certs, at).is_ok());
+    for i in 0..REPORT_LEN {
+        let mut bad = TRUSTEE_REPORT.to_vec();
+        bad[i] ^= 0x01;
+        assert!(
+            verifier.verify(&bad, &certs, at).is_err(),
+            "flipped byte {i:#x} accepted"
+        );
+    }
+    for len in [0, 1, 4, 0x2A0, REPORT_LEN - 1] {
+        assert!(matches!(
+            verifier.verify(&TRUSTEE_REPORT[..len], &certs, at),
+            Err(SnpError::Length { .. })
+        ));
+    }
+}
+
+#[test]
+fn every_flipped_byte_of_the_vcek_is_rejected() {
+    let at = date(2025, 1, 1);
+    for i in 0..TRUSTEE_VCEK.len() {
+        let mut bad = TRUSTEE_VCEK.to_vec();
+        bad[i] ^= 0x01;
+        // A fresh verifier each time: nothing cached.
+        assert!(
+            v(TRUSTEE_REPORT, &bad, at).is_err(),
+            "flipped VCEK byte {i} accepted"
+        );
+    }
+}
+
+#[test]
+fn version_5_and_reserved_fields_are_checked() {
+    let mut r = TRUSTEE_REPORT.to_vec();
+    r[0x4C] = 1;
+    assert!(matches!(
+        AttestationReport::parse(&r),
+        Err(SnpError::Reserved { offset: 0x4C, .. })
+    ));
+    let mut r = TRUSTEE_REPORT.to_vec();
+    r[0] = 4;
+    assert_eq!(AttestationReport::parse(&r), Err(SnpError::Version(4)));
+    let mut r = TRUSTEE_REPORT.to_vec();
+    r[0] = 5;
+    let parsed = AttestationReport::parse(&r).unwrap();
+    assert_eq!(parsed.launch_mit_vector, Some(0));
+    let mut r = TRUSTEE_REPORT.to_vec();
+    r[0x48] = 0b111 << 2;
+    assert!(matches!(
+        verify(&r, &[TRUSTEE_VCEK.to_vec()], date(2025, 1, 1)),
+        Err(SnpError::Unsigned)
+    ));
+}
+
+#[test]
+fn product_comes_from_cpuid_in_v3_reports() {
+    let r = AttestationReport::parse(VLEK_REPORT).unwrap();
+    assert_eq!((r.cpuid_fam_id, r.cpuid_mod_id), (0x19, 0x01));
+    assert_eq!(r.product_from_cpuid(), Some(Product::Milan));
+    assert_eq!(Product::from_cpuid(0x19, 0x11), Some(Product::Genoa));
+    assert_eq!(Product::from_cpuid(0x1A, 0x02), Some(Product::Turin));
+    assert_eq!(
+        TcbVersion::decode(0x0807_0000_0000_0302, Product::Turin).fmc,
+        Some(0x02)
+    );
+}
+
+#[test]
+fn inspect_reads_without_verifying() {
+    let j = inspect(GOSEV_REPORT).unwrap();
+    assert_eq!(j["version"], 2);
+    assert_eq!(j["debug"], true);
+    assert_eq!(j["measurement"], hex::encode(&GOSEV_REPORT[0x90..0xC0]));
+}

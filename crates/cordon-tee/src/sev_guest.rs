@@ -1,0 +1,359 @@
+//! SEV-SNP reports through `/dev/sev-guest` (Linux `include/uapi/linux/sev-guest.h`,
+//! `Documentation/virt/coco/sev-guest.rst`), for SNP guests whose kernel lacks configfs-tsm.
+//!
+//! The `SNP_GET_REPORT` ioctl carries a [`SnpGuestRequestIoctl`] pointing at a request (the 64 bytes
+//! of report data and the VMPL) and a 4000-byte response buffer, into which the kernel copies the
+//! firmware's MSG_REPORT_RSP (SNP firmware ABI): `STATUS` (u32) at 0, `REPORT_SIZE` (u32) at 4 and
+//! the attestation report at 0x20.
+
+use crate::configfs::SNP_REPORT_LEN;
+use crate::{EvidenceProvider, TeeError};
+use cordon_attest::Platform;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::mem::size_of;
+use std::path::{Path, PathBuf};
+
+/// `struct snp_report_req`.
+#[repr(C)]
+pub(crate) struct SnpReportReq {
+    pub user_data: [u8; 64],
+    pub vmpl: u32,
+    pub rsvd: [u8; 28],
+}
+
+/// `struct snp_report_resp`.
+#[repr(C)]
+pub(crate) struct SnpReportResp {
+    pub data: [u8; 4000],
+}
+
+/// `struct snp_guest_request_ioctl`; `exitinfo2` is a union of `{ fw_error: u32, vmm_error: u32 }`.
+#[repr(C)]
+pub(crate) struct SnpGuestRequestIoctl {
+    pub msg_version: u8,
+    pub req_data: u64,
+    pub resp_data: u64,
+    pub exitinfo2: u64,
+}
+
+/// Linux `_IOWR(type, nr, size)` on x86 (the only SNP guest architecture).
+const fn iowr(ty: u8, nr: u8, size: usize) -> u32 {
+    (3 << 30) | ((size as u32) << 16) | ((ty as u32) << 8) | nr as u32
+}
+
+/// `SNP_GET_REPORT = _IOWR('S', 0x0, struct snp_guest_request_ioctl)`.
+pub(crate) const SNP_GET_REPORT: u32 = iowr(b'S', 0x0, size_of::<SnpGuestRequestIoctl>());
+
+/// Offset of the report in MSG_REPORT_RSP.
+const REPORT_OFFSET: usize = 0x20;
+
+/// SEV-SNP evidence from the `/dev/sev-guest` `SNP_GET_REPORT` ioctl: the raw 1184-byte
+/// attestation report. Prefer [`crate::ConfigFsTsm`] where the kernel has it.
+#[derive(Debug)]
+pub struct SevGuest {
+    path: PathBuf,
+    vmpl: u32,
+}
+
+impl SevGuest {
+    /// The device node the `sev-guest` driver creates.
+    pub const DEFAULT_PATH: &'static str = "/dev/sev-guest";
+
+    /// Uses the device at `path` ([`Self::DEFAULT_PATH`] on a real system); nothing is opened
+    /// until evidence is requested. Reports are requested for VMPL 0.
+    pub fn new(path: impl Into<PathBuf>) -> SevGuest {
+        SevGuest {
+            path: path.into(),
+            vmpl: 0,
+        }
+    }
+
+    /// Requests reports for `vmpl` (`snp_report_req.vmpl`); the firmware refuses levels more
+    /// privileged than the guest's own.
+    pub fn with_vmpl(mut self, vmpl: u32) -> SevGuest {
+        self.vmpl = vmpl;
+        self
+    }
+
+    /// The device this provider uses.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl EvidenceProvider for SevGuest {
+    fn platform(&self) -> Platform {
+        Platform::Snp
+    }
+
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, TeeError> {
+        let dev = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .map_err(|source| TeeError::Access {
+                path: self.path.clone(),
+                op: "open",
+                source,
+            })?;
+        let req = report_request(report_data, self.vmpl);
+        let mut resp = Box::new(SnpReportResp { data: [0; 4000] });
+        let (result, exitinfo2) = get_report_ioctl(&dev, &req, &mut resp);
+        check_guest_request(&self.path, result, exitinfo2)?;
+        parse_report_response(&self.path, &resp.data)
+    }
+}
+
+pub(crate) fn report_request(report_data: &[u8; 64], vmpl: u32) -> SnpReportReq {
+    SnpReportReq {
+        user_data: *report_data,
+        vmpl,
+        rsvd: [0; 28],
+    }
+}
+
+/// The only unsafe code in this crate. Returns the ioctl's result and the `exitinfo2` the kernel
+/// wrote back.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn get_report_ioctl(
+    dev: &File,
+    req: &SnpReportReq,
+    resp: &mut SnpReportResp,
+) -> (io::Result<()>, u64) {
+    use std::os::fd::AsRawFd;
+    let mut arg = SnpGuestRequestIoctl {
+        msg_version: 1,
+        req_data: req as *const SnpReportReq as u64,
+        resp_data: resp as *mut SnpReportResp as u64,
+        exitinfo2: 0,
+    };
+    // SAFETY: `dev` is an open file for the whole call. The three structs are #[repr(C)] with the
+    // layouts of linux/sev-guest.h (checked by tests), and SNP_GET_REPORT encodes the size of
+    // `arg`. During this synchronous call the kernel reads `arg` and writes only its `exitinfo2`,
+    // reads `size_of::<SnpReportReq>()` bytes from `req`, and writes at most
+    // `size_of::<SnpReportResp>()` bytes to `resp`; `arg` and `resp` are exclusively borrowed and
+    // `req` is live, so all three pointers are valid for those accesses. A driver that does not
+    // know the request (e.g. a regular file) fails with ENOTTY without touching them.
+    let rc = unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            SNP_GET_REPORT as libc::Ioctl,
+            &mut arg as *mut SnpGuestRequestIoctl,
+        )
+    };
+    let result = if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    };
+    (result, arg.exitinfo2)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn get_report_ioctl(
+    _dev: &File,
+    _req: &SnpReportReq,
+    _resp: &mut SnpReportResp,
+) -> (io::Result<()>, u64) {
+    let e = io::Error::new(
+        io::ErrorKind::Unsupported,
+        "SNP_GET_REPORT exists on Linux only",
+    );
+    (Err(e), 0)
+}
+
+/// Fails if the ioctl failed or the kernel reported a firmware or VMM error in `exitinfo2`.
+pub(crate) fn check_guest_request(
+    path: &Path,
+    result: io::Result<()>,
+    exitinfo2: u64,
+) -> Result<(), TeeError> {
+    let source = match result {
+        Err(e) => e,
+        Ok(()) if exitinfo2 != 0 => io::Error::other("the ioctl succeeded but exitinfo2 is not 0"),
+        Ok(()) => return Ok(()),
+    };
+    Err(TeeError::SnpGuestRequest {
+        path: path.to_path_buf(),
+        source,
+        fw_error: exitinfo2 as u32,
+        vmm_error: (exitinfo2 >> 32) as u32,
+    })
+}
+
+/// The attestation report in a MSG_REPORT_RSP, after checking its status and size.
+pub(crate) fn parse_report_response(path: &Path, data: &[u8]) -> Result<Vec<u8>, TeeError> {
+    let word = |at: usize| {
+        data.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let (Some(status), Some(size)) = (word(0), word(4)) else {
+        return Err(wrong_length(path, data.len()));
+    };
+    if status != 0 {
+        return Err(TeeError::SnpReportStatus {
+            path: path.to_path_buf(),
+            status,
+        });
+    }
+    if size as usize != SNP_REPORT_LEN {
+        return Err(wrong_length(path, size as usize));
+    }
+    data.get(REPORT_OFFSET..REPORT_OFFSET + SNP_REPORT_LEN)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| wrong_length(path, data.len().saturating_sub(REPORT_OFFSET)))
+}
+
+fn wrong_length(path: &Path, got: usize) -> TeeError {
+    TeeError::WrongLength {
+        path: path.to_path_buf(),
+        platform: Platform::Snp,
+        expected: SNP_REPORT_LEN,
+        got,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{TestDir, SNP_REPORT};
+    use std::mem::offset_of;
+
+    const DEV: &str = "/dev/sev-guest";
+
+    fn response(status: u32, size: u32, report: &[u8]) -> Vec<u8> {
+        let mut resp = vec![0u8; size_of::<SnpReportResp>()];
+        resp[0..4].copy_from_slice(&status.to_le_bytes());
+        resp[4..8].copy_from_slice(&size.to_le_bytes());
+        resp[REPORT_OFFSET..REPORT_OFFSET + report.len()].copy_from_slice(report);
+        resp
+    }
+
+    #[test]
+    fn structs_match_linux_sev_guest_h() {
+        assert_eq!(size_of::<SnpReportReq>(), 96);
+        assert_eq!(offset_of!(SnpReportReq, user_data), 0);
+        assert_eq!(offset_of!(SnpReportReq, vmpl), 64);
+        assert_eq!(offset_of!(SnpReportReq, rsvd), 68);
+        assert_eq!(size_of::<SnpReportResp>(), 4000);
+        assert_eq!(size_of::<SnpGuestRequestIoctl>(), 32);
+        assert_eq!(offset_of!(SnpGuestRequestIoctl, msg_version), 0);
+        assert_eq!(offset_of!(SnpGuestRequestIoctl, req_data), 8);
+        assert_eq!(offset_of!(SnpGuestRequestIoctl, resp_data), 16);
+        assert_eq!(offset_of!(SnpGuestRequestIoctl, exitinfo2), 24);
+        // _IOWR('S', 0, 32): dir 3 << 30 | size 32 << 16 | 'S' << 8 | 0.
+        assert_eq!(SNP_GET_REPORT, 0xC020_5300);
+    }
+
+    #[test]
+    fn request_carries_report_data_and_vmpl() {
+        let data: [u8; 64] = std::array::from_fn(|i| i as u8);
+        let req = report_request(&data, 2);
+        assert_eq!(req.user_data, data);
+        assert_eq!(req.vmpl, 2);
+        assert_eq!(req.rsvd, [0; 28]);
+    }
+
+    #[test]
+    fn report_is_taken_from_offset_32_of_the_response() {
+        let resp = response(0, 1184, SNP_REPORT);
+        let report = parse_report_response(Path::new(DEV), &resp).unwrap();
+        assert_eq!(report, SNP_REPORT);
+    }
+
+    #[test]
+    fn firmware_status_is_an_error() {
+        let resp = response(0x16, 1184, SNP_REPORT);
+        let err = parse_report_response(Path::new(DEV), &resp).unwrap_err();
+        assert!(
+            matches!(err, TeeError::SnpReportStatus { status: 0x16, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("/dev/sev-guest"), "{err}");
+    }
+
+    #[test]
+    fn report_size_other_than_1184_is_an_error() {
+        for size in [0, 1000, 4000, u32::MAX] {
+            let resp = response(0, size, &[]);
+            let err = parse_report_response(Path::new(DEV), &resp).unwrap_err();
+            assert!(
+                matches!(err, TeeError::WrongLength { expected: 1184, got, .. } if got == size as usize),
+                "{err}"
+            );
+        }
+        // A truncated buffer errors instead of panicking.
+        let short = response(0, 1184, SNP_REPORT);
+        assert!(parse_report_response(Path::new(DEV), &short[..100]).is_err());
+        assert!(parse_report_response(Path::new(DEV), &short[..5]).is_err());
+    }
+
+    #[test]
+    fn failed_ioctl_and_nonzero_exitinfo2_are_errors() {
+        let p = Path::new(DEV);
+        assert!(check_guest_request(p, Ok(()), 0).is_ok());
+        let exitinfo2 = (2u64 << 32) | 0x27;
+        let err =
+            check_guest_request(p, Err(io::Error::from_raw_os_error(5)), exitinfo2).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                TeeError::SnpGuestRequest {
+                    fw_error: 0x27,
+                    vmm_error: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(DEV) && msg.contains("0x27"), "{msg}");
+        let err = check_guest_request(p, Ok(()), 0x16).unwrap_err();
+        assert!(
+            matches!(err, TeeError::SnpGuestRequest { fw_error: 0x16, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn absent_device_is_named() {
+        let tmp = TestDir::new("sev-absent");
+        let dev = tmp.path().join("dev/sev-guest");
+        let err = SevGuest::new(&dev).evidence(&[0; 64]).unwrap_err();
+        match &err {
+            TeeError::Access {
+                path,
+                op: "open",
+                source,
+            } => {
+                assert_eq!(path, &dev);
+                assert_eq!(source.kind(), io::ErrorKind::NotFound);
+            }
+            other => panic!("unexpected error {other}"),
+        }
+        assert!(err.to_string().contains("dev/sev-guest"), "{err}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn ioctl_on_something_that_is_not_sev_guest_fails_cleanly() {
+        // A regular file does not know SNP_GET_REPORT: the kernel answers ENOTTY.
+        let tmp = TestDir::new("sev-file");
+        let dev = tmp.file("sev-guest", b"");
+        let err = SevGuest::new(&dev).evidence(&[0; 64]).unwrap_err();
+        match &err {
+            TeeError::SnpGuestRequest {
+                path,
+                source,
+                fw_error: 0,
+                vmm_error: 0,
+            } => {
+                assert_eq!(path, &dev);
+                assert_eq!(source.raw_os_error(), Some(libc::ENOTTY));
+            }
+            other => panic!("unexpected error {other}"),
+        }
+    }
+}

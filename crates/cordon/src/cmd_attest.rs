@@ -1,0 +1,267 @@
+//! `cordon attest verify | inspect`: verify any evidence Cordon knows, or print it unverified.
+//!
+//! Exit codes of `verify`: 0 verified and appraised; 1 rejected (every reason on stderr);
+//! 2 unusable input or usage error.
+
+use crate::util;
+use anyhow::{Context, Result};
+use cordon_attest::dcap::DcapCollateral;
+use cordon_attest::snp::SnpError;
+use cordon_attest::{
+    appraise, decode_evidence, detect, Endorsements, EvidenceError, EvidenceKind, Policy,
+    PolicyDocument, Verifier,
+};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+#[derive(clap::Subcommand)]
+pub enum AttestCommand {
+    /// Verify evidence (SNP report, DCAP quote, or Cordon sim evidence) and appraise it with a policy.
+    ///
+    /// Exit status: 0 verified and accepted; 1 rejected (reasons on stderr); 2 unusable input.
+    Verify(VerifyArgs),
+    /// Print every field of a piece of evidence WITHOUT verifying anything.
+    Inspect(InspectArgs),
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The evidence: a raw SNP report (1184 bytes), a DCAP quote (binary or hex text), or sim evidence.
+    evidence: PathBuf,
+    /// AMD VCEK or VLEK certificate (DER or PEM); repeatable. AMD's ASK/ASVK/ARK are built in.
+    #[arg(long)]
+    cert: Vec<PathBuf>,
+    /// DCAP collateral: dcap-qvl's JSON bundle, or a directory of raw Intel PCS responses.
+    #[arg(long)]
+    collateral: Option<PathBuf>,
+    /// Verification time, RFC 3339 (default: now). Certificates and collateral are judged at this time.
+    #[arg(long)]
+    at: Option<String>,
+    /// Policy (TOML) to appraise with. Default: any hardware platform, cryptographically valid, not
+    /// debug, DCAP TCB status UpToDate / SWHardeningNeeded / ConfigurationNeeded /
+    /// ConfigurationAndSWHardeningNeeded.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Print claims and verdict as JSON on stdout (byte fields as lowercase hex).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// The evidence file.
+    evidence: PathBuf,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Exit statuses.
+pub const REJECTED: u8 = 1;
+pub const UNUSABLE: u8 = 2;
+
+pub fn run(c: AttestCommand) -> u8 {
+    let result = match c {
+        AttestCommand::Verify(a) => verify(a),
+        AttestCommand::Inspect(a) => inspect(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            UNUSABLE
+        }
+    }
+}
+
+fn kind_name(k: EvidenceKind) -> &'static str {
+    match k {
+        EvidenceKind::Sim => "Cordon sim evidence (SIMULATED, not hardware-backed)",
+        EvidenceKind::SnpReport => "AMD SEV-SNP attestation report",
+        EvidenceKind::DcapQuote => "Intel DCAP quote",
+    }
+}
+
+fn parse_time(s: &str) -> Result<SystemTime> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .with_context(|| {
+            format!("--at {s:?} is not an RFC 3339 time (e.g. 2025-06-01T00:00:00Z)")
+        })?;
+    Ok(t.into())
+}
+
+fn verify(a: VerifyArgs) -> Result<u8> {
+    let raw =
+        std::fs::read(&a.evidence).with_context(|| format!("reading {}", a.evidence.display()))?;
+    let bytes = decode_evidence(&raw);
+    let kind = detect(&bytes)?;
+    let now = match &a.at {
+        Some(s) => parse_time(s)?,
+        None => SystemTime::now(),
+    };
+    let mut endorsements = Endorsements::default();
+    for c in &a.cert {
+        endorsements
+            .snp_certs
+            .push(std::fs::read(c).with_context(|| format!("reading {}", c.display()))?);
+    }
+    if let Some(path) = &a.collateral {
+        let collateral = if path.is_dir() {
+            DcapCollateral::from_dir(path)
+        } else {
+            DcapCollateral::from_json(
+                &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+            )
+        };
+        endorsements.dcap_collateral =
+            Some(collateral.with_context(|| format!("collateral {}", path.display()))?);
+    }
+    let (policy, policy_name) = match &a.policy {
+        Some(p) => {
+            let doc = PolicyDocument::from_toml(&util::read_to_string(p, "policy")?)?;
+            if let Some(e) = doc.endorsements {
+                endorsements.sim_trust_anchors = e.sim_trust_anchors;
+            }
+            (doc.policy, p.display().to_string())
+        }
+        None => (
+            Policy::hardware_default(),
+            "default (hardware, not debug, TCB status)".to_string(),
+        ),
+    };
+    let at = time::OffsetDateTime::from(now)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let claims = match Verifier::new(endorsements).verify(&bytes, now) {
+        Ok(c) => c,
+        Err(e) => {
+            if a.json {
+                let out = serde_json::json!({ "evidence_kind": kind_name(kind), "verified_at": at, "verified": false, "error": e.to_string() });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            // Missing endorsements are a usage error, not a verdict on the evidence.
+            if matches!(
+                e,
+                EvidenceError::MissingCollateral | EvidenceError::Snp(SnpError::MissingKey { .. })
+            ) {
+                eprintln!("error: {e}");
+                return Ok(UNUSABLE);
+            }
+            eprintln!("rejected: {} at {at}: {e}", kind_name(kind));
+            return Ok(REJECTED);
+        }
+    };
+    let verdict = appraise(&claims, &policy);
+    if a.json {
+        let out = serde_json::json!({
+            "evidence_kind": kind_name(kind),
+            "verified_at": at,
+            "verified": true,
+            "policy": policy_name,
+            "accepted": verdict.is_accepted(),
+            "failures": verdict.failures.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            "claims": claims,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{} verified at {at}", kind_name(kind));
+        println!(
+            "  platform            {}{}",
+            claims.platform,
+            if claims.hardware_backed {
+                ""
+            } else {
+                " (SIMULATED)"
+            }
+        );
+        println!(
+            "  launch measurement  {}",
+            hex::encode(&claims.launch_measurement)
+        );
+        if let Some(s) = &claims.signer_measurement {
+            println!("  signer (MRSIGNER)   {}", hex::encode(s));
+        }
+        println!(
+            "  workload data       {}",
+            hex::encode(&claims.workload_data)
+        );
+        for (i, r) in claims.runtime_measurements.iter().enumerate() {
+            println!("  RTMR{i}               {}", hex::encode(r));
+        }
+        println!("  report data         {}", hex::encode(claims.report_data));
+        println!("  debug               {}", claims.debug);
+        if let Some(t) = &claims.tcb {
+            if let Some(s) = &t.status {
+                println!("  TCB status          {s}");
+            }
+            if !t.advisory_ids.is_empty() {
+                println!("  advisories          {}", t.advisory_ids.join(", "));
+            }
+            if !t.components.is_empty() {
+                let c: Vec<String> = t
+                    .components
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                println!("  TCB                 {}", c.join(" "));
+            }
+        }
+        if let Some(id) = &claims.platform_id {
+            println!("  platform id         {}", hex::encode(id));
+        }
+        println!("  policy              {policy_name}");
+    }
+    if verdict.is_accepted() {
+        if !a.json {
+            println!("accepted");
+        }
+        Ok(0)
+    } else {
+        for f in &verdict.failures {
+            eprintln!("rejected: {f}");
+        }
+        Ok(REJECTED)
+    }
+}
+
+fn inspect(a: InspectArgs) -> Result<u8> {
+    let raw =
+        std::fs::read(&a.evidence).with_context(|| format!("reading {}", a.evidence.display()))?;
+    let bytes = decode_evidence(&raw);
+    let (kind, value) = cordon_attest::inspect(&bytes)?;
+    let mut out = String::new();
+    if a.json {
+        let doc = serde_json::json!({ "evidence_kind": kind_name(kind), "verified": false, "fields": value });
+        out = serde_json::to_string_pretty(&doc)? + "\n";
+    } else {
+        out.push_str(&format!(
+            "NOT VERIFIED: {} -- fields as parsed, nothing checked\n",
+            kind_name(kind)
+        ));
+        format_fields(&mut out, "", &value);
+    }
+    write_stdout(&out);
+    Ok(0)
+}
+
+/// Writes to stdout, ignoring a closed pipe (`cordon attest inspect … | head`).
+fn write_stdout(s: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(s.as_bytes());
+}
+
+fn format_fields(out: &mut String, prefix: &str, v: &serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                format_fields(out, &name, v);
+            }
+        }
+        other => out.push_str(&format!("  {prefix:<28} {other}\n")),
+    }
+}
