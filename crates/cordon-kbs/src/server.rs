@@ -6,7 +6,7 @@ use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use cordon_attest::{appraise, verify, Endorsements, Policy};
+use cordon_attest::{appraise, Endorsements, Policy, Verifier};
 use cordon_proto::kbs::{
     AttestRequest, AttestResponse, AuditEvent, Challenge, DeniedKey, RegisterKey, ReleasedKey,
     RELEASE_INFO,
@@ -54,6 +54,8 @@ pub struct Kbs {
 struct Inner {
     store: Mutex<Store>,
     config: KbsConfig,
+    /// Holds the endorsements and caches verified SNP endorsement-key chains.
+    verifier: Verifier,
 }
 
 const MAX_BODY: usize = 1 << 20;
@@ -67,10 +69,12 @@ fn unix(t: SystemTime) -> u64 {
 impl Kbs {
     pub fn open(config: KbsConfig) -> Result<Kbs, KbsError> {
         let store = Store::open(&config.data_dir)?;
+        let verifier = Verifier::new(config.endorsements.clone());
         Ok(Kbs {
             inner: Arc::new(Inner {
                 store: Mutex::new(store),
                 config,
+                verifier,
             }),
         })
     }
@@ -194,7 +198,7 @@ async fn attest(
     }
 
     // 2. Verify: signature and trust anchors → claims.
-    let claims = match verify(&req.evidence, &kbs.inner.config.endorsements, now_time) {
+    let claims = match kbs.inner.verifier.verify(&req.evidence, now_time) {
         Ok(c) => c,
         Err(e) => {
             let detail = e.to_string();

@@ -447,3 +447,100 @@ async fn empty_key_list_and_release_policy_with_endorsements_are_refused() {
     let (status, code, msg) = error_code(h.register("k", [1; 32], with_anchor).await).await;
     assert_eq!((status, code.as_str()), (400, "policy_invalid"), "{msg}");
 }
+
+#[tokio::test]
+async fn hardware_evidence_is_verified_and_must_bind_the_nonce() {
+    // A KBS configured with a real VCEK verifies a real SNP report; the report's report_data was
+    // made for another nonce and other keys, so the KBS refuses it after verification, not before.
+    let dir = tempfile::tempdir().unwrap();
+    let vcek = include_bytes!("../../../testdata/attestation/snp/trustee_test-vcek.der").to_vec();
+    let report =
+        include_bytes!("../../../testdata/attestation/snp/trustee_test-report.bin").to_vec();
+    let mut config = KbsConfig::new(
+        dir.path().to_path_buf(),
+        Endorsements {
+            snp_certs: vec![vcek],
+            ..Default::default()
+        },
+    );
+    config.clock = Arc::new(|| UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let kbs = Kbs::open(config).unwrap();
+    let token = kbs.init_admin_token().unwrap().unwrap().to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, kbs.router()).await.unwrap() });
+    let http = reqwest::Client::new();
+    let ch: Challenge = http
+        .post(format!("{url}/kbs/v1/challenge"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kp = ServiceKeyPair::generate(0);
+    let req = AttestRequest {
+        nonce: ch.nonce,
+        evidence: report.clone(),
+        runtime_keys: keys(&kp),
+        key_ids: vec!["k".into()],
+    };
+    let (status, code, msg) = error_code(
+        http.post(format!("{url}/kbs/v1/attest"))
+            .json(&req)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (403, "report_data_mismatch"),
+        "{msg}"
+    );
+    let events: Vec<AuditEvent> = http
+        .get(format!("{url}/kbs/v1/admin/audit"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events[0].kind, "attestation_failed");
+    assert_eq!(
+        events[0].measurement.as_deref(),
+        Some(hex::encode(&report[0x90..0xC0]).as_str())
+    );
+
+    // The same report altered by one byte fails verification itself.
+    let ch: Challenge = http
+        .post(format!("{url}/kbs/v1/challenge"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut tampered = report;
+    tampered[0x90] ^= 1;
+    let req = AttestRequest {
+        nonce: ch.nonce,
+        evidence: tampered,
+        runtime_keys: keys(&kp),
+        key_ids: vec!["k".into()],
+    };
+    let (_, code, msg) = error_code(
+        http.post(format!("{url}/kbs/v1/attest"))
+            .json(&req)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, "evidence_invalid", "{msg}");
+    assert!(
+        msg.contains("SNP report signature does not verify"),
+        "{msg}"
+    );
+}

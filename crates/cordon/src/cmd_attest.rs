@@ -5,7 +5,6 @@
 
 use crate::util;
 use anyhow::{Context, Result};
-use cordon_attest::dcap::DcapCollateral;
 use cordon_attest::snp::SnpError;
 use cordon_attest::{
     appraise, decode_evidence, detect, Endorsements, EvidenceError, EvidenceKind, Policy,
@@ -106,15 +105,7 @@ fn verify(a: VerifyArgs) -> Result<u8> {
             .push(std::fs::read(c).with_context(|| format!("reading {}", c.display()))?);
     }
     if let Some(path) = &a.collateral {
-        let collateral = if path.is_dir() {
-            DcapCollateral::from_dir(path)
-        } else {
-            DcapCollateral::from_json(
-                &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-            )
-        };
-        endorsements.dcap_collateral =
-            Some(collateral.with_context(|| format!("collateral {}", path.display()))?);
+        endorsements.dcap_collateral = Some(util::load_collateral(path)?);
     }
     let (policy, policy_name) = match &a.policy {
         Some(p) => {

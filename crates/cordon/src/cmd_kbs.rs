@@ -32,6 +32,13 @@ pub struct ServeArgs {
     /// sim evidence is refused. (A release policy must also name `sim`.)
     #[arg(long)]
     sim_trust_anchor: Vec<PathBuf>,
+    /// AMD VCEK or VLEK certificate (DER or PEM) of a chip whose SEV-SNP reports to verify; repeatable.
+    /// AMD's ASK/ASVK/ARK are built in.
+    #[arg(long)]
+    snp_cert: Vec<PathBuf>,
+    /// Intel DCAP collateral (dcap-qvl JSON bundle or a directory of PCS responses) for TDX/SGX quotes.
+    #[arg(long)]
+    dcap_collateral: Option<PathBuf>,
     /// On first start, create the admin token and write it here (mode 0600). The store keeps only its hash.
     #[arg(long)]
     init_admin_token_file: Option<PathBuf>,
@@ -78,13 +85,19 @@ fn serve(a: ServeArgs) -> Result<()> {
     for p in &a.sim_trust_anchor {
         anchors.push(util::read_public_key(p, "sim trust anchor")?);
     }
-    let mut config = KbsConfig::new(
-        a.data_dir.clone(),
-        Endorsements {
-            sim_trust_anchors: anchors.clone(),
-            ..Default::default()
-        },
-    );
+    let mut endorsements = Endorsements {
+        sim_trust_anchors: anchors.clone(),
+        ..Default::default()
+    };
+    for p in &a.snp_cert {
+        endorsements
+            .snp_certs
+            .push(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?);
+    }
+    if let Some(path) = &a.dcap_collateral {
+        endorsements.dcap_collateral = Some(util::load_collateral(path)?);
+    }
+    let mut config = KbsConfig::new(a.data_dir.clone(), endorsements);
     config.nonce_ttl = Duration::from_secs(a.nonce_ttl);
     let kbs = Kbs::open(config)?;
     match (&a.init_admin_token_file, kbs.init_admin_token()?) {

@@ -82,3 +82,16 @@ pub fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
         .build()
         .context("starting tokio")
 }
+
+/// Loads DCAP collateral: a dcap-qvl JSON bundle, or a directory of raw Intel PCS responses.
+pub fn load_collateral(path: &Path) -> Result<cordon_attest::dcap::DcapCollateral> {
+    use cordon_attest::dcap::DcapCollateral;
+    let collateral = if path.is_dir() {
+        DcapCollateral::from_dir(path)
+    } else {
+        DcapCollateral::from_json(
+            &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        )
+    };
+    collateral.with_context(|| format!("collateral {}", path.display()))
+}
