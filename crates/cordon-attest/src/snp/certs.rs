@@ -11,6 +11,7 @@ use der::{Decode, Encode};
 use sha2::{Digest, Sha384};
 use std::sync::OnceLock;
 use std::time::SystemTime;
+use x509_cert::crl::CertificateList;
 use x509_cert::Certificate;
 
 const OID_RSASSA_PSS: &str = "1.2.840.113549.1.1.10";
@@ -356,6 +357,83 @@ fn hw_id_bytes(value: &[u8]) -> Vec<u8> {
         Ok(os) => os.as_bytes().to_vec(),
         Err(_) => value.to_vec(),
     }
+}
+
+/// Parses a CRL given as DER or PEM (`X509 CRL`), canonical DER only (see [`parse_certificate`]).
+pub fn parse_crl(bytes: &[u8]) -> Result<CertificateList, SnpError> {
+    let trimmed = bytes.trim_ascii_start();
+    let der = if trimmed.starts_with(b"-----BEGIN") {
+        let (label, der) = der::pem::decode_vec(trimmed)
+            .map_err(|e| SnpError::Crl(format!("PEM: {e}")))?;
+        if label != "X509 CRL" {
+            return Err(SnpError::Crl(format!("PEM label is {label}, expected X509 CRL")));
+        }
+        der
+    } else {
+        bytes.to_vec()
+    };
+    let crl = CertificateList::from_der(&der).map_err(|e| SnpError::Crl(format!("DER: {e}")))?;
+    match crl.to_der() {
+        Ok(again) if again == der => Ok(crl),
+        _ => Err(SnpError::Crl("not canonical DER".into())),
+    }
+}
+
+/// Checks a CRL issued by `issuer` (AMD's KDS CRLs are signed by the ARK with RSASSA-PSS SHA-384):
+/// signature, algorithm identifiers, issuer name, thisUpdate/nextUpdate at `now`, and that none of
+/// `serials` (with the name of the certificate each belongs to) is revoked.
+pub fn check_crl(
+    crl: &CertificateList,
+    issuer_name: &x509_cert::name::Name,
+    issuer_key: &rsa::RsaPublicKey,
+    serials: &[(&'static str, &x509_cert::serial_number::SerialNumber)],
+    now: SystemTime,
+) -> Result<(), SnpError> {
+    use rsa::signature::Verifier;
+    let tbs = &crl.tbs_cert_list;
+    if &tbs.issuer != issuer_name {
+        return Err(SnpError::Crl(format!("issued by {}, expected {issuer_name}", tbs.issuer)));
+    }
+    if crl.signature_algorithm != tbs.signature
+        || crl.signature_algorithm.oid.to_string() != OID_RSASSA_PSS
+        || crl.signature.unused_bits() != 0
+    {
+        return Err(SnpError::Crl("signature algorithm is not the signed RSASSA-PSS one".into()));
+    }
+    let der = tbs.to_der().map_err(|e| SnpError::Crl(format!("re-encoding: {e}")))?;
+    let sig = rsa::pss::Signature::try_from(crl.signature.raw_bytes())
+        .map_err(|e| SnpError::Crl(e.to_string()))?;
+    rsa::pss::VerifyingKey::<Sha384>::new(issuer_key.clone())
+        .verify(&der, &sig)
+        .map_err(|_| SnpError::Crl("signature does not verify with the ARK".into()))?;
+    let this_update = tbs.this_update.to_system_time();
+    if now < this_update {
+        return Err(SnpError::NotYetValid { cert: "CRL", not_before: fmt_time(this_update), now: fmt_time(now) });
+    }
+    if let Some(next) = tbs.next_update.map(|t| t.to_system_time()) {
+        if now > next {
+            return Err(SnpError::Expired { cert: "CRL", not_after: fmt_time(next), now: fmt_time(now) });
+        }
+    }
+    for revoked in tbs.revoked_certificates.iter().flatten() {
+        for (name, serial) in serials {
+            if &revoked.serial_number == *serial {
+                return Err(SnpError::Revoked {
+                    cert: name,
+                    serial: hex::encode(serial.as_bytes()),
+                    since: fmt_time(revoked.revocation_date.to_system_time()),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The RSA public key of a certificate (the ARK, for CRLs).
+pub fn rsa_key(cert: &Certificate) -> Result<rsa::RsaPublicKey, SnpError> {
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    rsa::RsaPublicKey::from_pkcs1_der(cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes())
+        .map_err(|e| SnpError::Crl(format!("issuer key is not RSA: {e}")))
 }
 
 #[cfg(test)]

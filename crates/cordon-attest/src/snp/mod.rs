@@ -3,13 +3,14 @@
 //! [`verify`] checks, in order: the report's structure (length, version 2/3/5, signature algorithm,
 //! reserved fields); that a VCEK or VLEK was given as the SIGNING_KEY field requires; that key's
 //! RSA-PSS chain to the pinned ASK/ASVK and ARK of its product line; every certificate's validity at
-//! `now`; the product line agreeing with the report's CPUID (v3+); the report's ECDSA P-384 signature;
+//! `now`; when CRLs are given, revocation of the key and its ASK/ASVK; the product line agreeing with
+//! the report's CPUID (v3+); the report's ECDSA P-384 signature;
 //! the VCEK's hwID against CHIP_ID (unless masked); the certified TCB against REPORTED_TCB.
 
 mod certs;
 mod report;
 
-pub use certs::{endorsement_key, parse_certificate, pinned_roots, EndorsementKey, KeyKind};
+pub use certs::{check_crl, endorsement_key, parse_certificate, parse_crl, pinned_roots, EndorsementKey, KeyKind};
 pub use report::{AttestationReport, Product, SigningKey, TcbVersion, REPORT_LEN, SIGNED_LEN};
 
 use crate::{Claims, Platform, TcbClaims};
@@ -65,6 +66,12 @@ pub enum SnpError {
     BadSignature { key: &'static str },
     #[error("chip id: VCEK hwID is {vcek}, report CHIP_ID is {report}")]
     ChipIdMismatch { vcek: String, report: String },
+    #[error("CRL: {0}")]
+    Crl(String),
+    #[error("{cert} (serial {serial}) is revoked by AMD's CRL since {since}")]
+    Revoked { cert: &'static str, serial: String, since: String },
+    #[error("no CRL among those given is issued by the {product} ARK")]
+    NoCrlForProduct { product: &'static str },
     #[error("TCB: VCEK certifies {component} = {certified}, report's REPORTED_TCB has {reported}")]
     TcbMismatch {
         component: &'static str,
@@ -83,6 +90,34 @@ pub struct Verifier {
 /// Verifies an SNP report with the given VCEK/VLEK certificates (DER or PEM) at `now`.
 pub fn verify(report: &[u8], certs: &[Vec<u8>], now: SystemTime) -> Result<Claims, SnpError> {
     Verifier::default().verify(report, certs, now)
+}
+
+/// Checks the endorsement key and its ASK/ASVK against AMD CRLs (DER or PEM, as AMD KDS serves them at
+/// `/vcek/v1/{product}/crl`): a CRL issued by the key's product-line ARK must be among `crls`.
+pub fn check_revocation(key: &EndorsementKey, crls: &[Vec<u8>], now: SystemTime) -> Result<(), SnpError> {
+    let root = pinned_roots()?
+        .iter()
+        .find(|r| r.product == key.product && r.kind == key.kind)
+        .ok_or_else(|| SnpError::PinnedRoots("no root for the key's product line".into()))?;
+    let ark_name = &root.ark.tbs_certificate.subject;
+    let ark_key = certs::rsa_key(&root.ark)?;
+    let mut found = false;
+    for bytes in crls {
+        let crl = parse_crl(bytes)?;
+        if &crl.tbs_cert_list.issuer != ark_name {
+            continue;
+        }
+        found = true;
+        let serials = [
+            (if key.kind == KeyKind::Vcek { "ASK" } else { "ASVK" }, &root.ask.tbs_certificate.serial_number),
+            (if key.kind == KeyKind::Vcek { "VCEK" } else { "VLEK" }, &key.cert.tbs_certificate.serial_number),
+        ];
+        check_crl(&crl, ark_name, &ark_key, &serials, now)?;
+    }
+    if !found {
+        return Err(SnpError::NoCrlForProduct { product: key.product.name() });
+    }
+    Ok(())
 }
 
 /// Whether `bytes` look like a raw SNP report (length and version), for evidence detection.
@@ -125,6 +160,18 @@ impl Verifier {
         certs: &[Vec<u8>],
         now: SystemTime,
     ) -> Result<Claims, SnpError> {
+        self.verify_with_crls(report, certs, &[], now)
+    }
+
+    /// [`Verifier::verify`], and when `crls` is not empty, revocation of the endorsement key and its
+    /// ASK/ASVK checked against them (see [`check_revocation`]).
+    pub fn verify_with_crls(
+        &self,
+        report: &[u8],
+        certs: &[Vec<u8>],
+        crls: &[Vec<u8>],
+        now: SystemTime,
+    ) -> Result<Claims, SnpError> {
         let r = AttestationReport::parse(report)?;
         let (needed_kind, needed) = match r.signing_key {
             SigningKey::Vcek => (KeyKind::Vcek, "VCEK"),
@@ -151,6 +198,9 @@ impl Verifier {
             (None, None) => return Err(SnpError::MissingKey { needed }),
         };
         key.check_validity(now)?;
+        if !crls.is_empty() {
+            check_revocation(&key, crls, now)?;
+        }
         if let Some(p) = r.product_from_cpuid() {
             if p != key.product {
                 return Err(SnpError::ProductMismatch {

@@ -229,3 +229,114 @@ fn inspect_reads_without_verifying() {
     assert_eq!(j["debug"], true);
     assert_eq!(j["measurement"], hex::encode(&GOSEV_REPORT[0x90..0xC0]));
 }
+
+mod crl {
+    use super::*;
+    use der::asn1::{BitString, UtcTime};
+    use der::{Decode, Encode};
+    use rsa::signature::{RandomizedSigner, SignatureEncoding};
+    use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+    use x509_cert::serial_number::SerialNumber;
+    use x509_cert::time::Time;
+
+    fn utc(t: SystemTime) -> Time {
+        Time::UtcTime(UtcTime::from_system_time(t).unwrap())
+    }
+
+    /// A CRL in AMD's form (RSASSA-PSS SHA-384, the ARK's algorithm identifier and name), signed by
+    /// `key`. AMD's own CRLs cannot be re-signed here, so the checks are exercised with a test key.
+    fn make_crl(key: &rsa::RsaPrivateKey, revoked: &[&SerialNumber], next_update: SystemTime) -> Vec<u8> {
+        let ark = &pinned_roots().unwrap()[0].ark;
+        let tbs = TbsCertList {
+            version: x509_cert::Version::V2,
+            signature: ark.signature_algorithm.clone(),
+            issuer: ark.tbs_certificate.subject.clone(),
+            this_update: utc(date(2024, 1, 1)),
+            next_update: Some(utc(next_update)),
+            revoked_certificates: (!revoked.is_empty()).then(|| {
+                revoked
+                    .iter()
+                    .map(|s| RevokedCert {
+                        serial_number: (*s).clone(),
+                        revocation_date: utc(date(2024, 6, 1)),
+                        crl_entry_extensions: None,
+                    })
+                    .collect()
+            }),
+            crl_extensions: None,
+        };
+        let signer = rsa::pss::BlindedSigningKey::<Sha384>::new(key.clone());
+        let sig = signer.sign_with_rng(&mut rsa::rand_core::OsRng, &tbs.to_der().unwrap());
+        CertificateList {
+            tbs_cert_list: tbs,
+            signature_algorithm: ark.signature_algorithm.clone(),
+            signature: BitString::from_bytes(&sig.to_bytes()).unwrap(),
+        }
+        .to_der()
+        .unwrap()
+    }
+
+    #[test]
+    fn crl_checks_signature_window_issuer_and_revoked_serials() {
+        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        let public = key.to_public_key();
+        let ark = &pinned_roots().unwrap()[0].ark;
+        let name = &ark.tbs_certificate.subject;
+        let vcek = parse_certificate(TRUSTEE_VCEK).unwrap();
+        let serial = &vcek.tbs_certificate.serial_number;
+        let other = SerialNumber::new(&[0x42]).unwrap();
+        let serials = [("VCEK", serial)];
+        let at = date(2025, 1, 1);
+
+        let clean = parse_crl(&make_crl(&key, &[&other], date(2026, 1, 1))).unwrap();
+        assert_eq!(check_crl(&clean, name, &public, &serials, at), Ok(()));
+
+        let revoking = parse_crl(&make_crl(&key, &[&other, serial], date(2026, 1, 1))).unwrap();
+        let err = check_crl(&revoking, name, &public, &serials, at).unwrap_err();
+        assert!(matches!(err, SnpError::Revoked { cert: "VCEK", .. }), "{err}");
+        assert!(err.to_string().contains("2024-06-01"), "{err}");
+
+        let stale = parse_crl(&make_crl(&key, &[], date(2024, 12, 1))).unwrap();
+        let err = check_crl(&stale, name, &public, &serials, at).unwrap_err();
+        assert!(matches!(err, SnpError::Expired { cert: "CRL", .. }), "{err}");
+        let err = check_crl(&clean, name, &public, &serials, date(2023, 6, 1)).unwrap_err();
+        assert!(matches!(err, SnpError::NotYetValid { cert: "CRL", .. }), "{err}");
+
+        let stranger = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        let forged = parse_crl(&make_crl(&stranger, &[], date(2026, 1, 1))).unwrap();
+        assert!(matches!(check_crl(&forged, name, &public, &serials, at), Err(SnpError::Crl(_))));
+        assert!(matches!(
+            check_crl(&clean, &vcek.tbs_certificate.subject, &public, &serials, at),
+            Err(SnpError::Crl(m)) if m.contains("issued by")
+        ));
+
+        let der = make_crl(&key, &[&other], date(2026, 1, 1));
+        for i in 0..der.len() {
+            let mut bad = der.clone();
+            bad[i] ^= 0x01;
+            let ok = parse_crl(&bad).and_then(|c| check_crl(&c, name, &public, &serials, at));
+            assert!(ok.is_err(), "flipped CRL byte {i} accepted");
+        }
+        assert!(CertificateList::from_der(&der).is_ok());
+    }
+
+    #[test]
+    fn revocation_uses_the_pinned_ark_and_needs_a_crl_for_the_product() {
+        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        let forged = make_crl(&key, &[], date(2026, 1, 1));
+        let certs = [TRUSTEE_VCEK.to_vec()];
+        // A CRL naming the Milan ARK but not signed by it is refused.
+        let err = Verifier::default()
+            .verify_with_crls(TRUSTEE_REPORT, &certs, &[forged], date(2025, 1, 1))
+            .unwrap_err();
+        assert!(matches!(err, SnpError::Crl(ref m) if m.contains("ARK")), "{err}");
+        // CRLs that are not for this product line are no substitute.
+        let ek = endorsement_key(parse_certificate(TRUSTEE_VCEK).unwrap()).unwrap();
+        assert_eq!(
+            check_revocation(&ek, &[], date(2025, 1, 1)),
+            Err(SnpError::NoCrlForProduct { product: "Milan" })
+        );
+        // Without CRLs, verification does not check revocation.
+        assert!(Verifier::default().verify_with_crls(TRUSTEE_REPORT, &certs, &[], date(2025, 1, 1)).is_ok());
+    }
+}
