@@ -45,6 +45,16 @@
 //!   certificate) and when;
 //! - normalized claims, with every parsed field in [`Claims::raw`].
 //!
+//! # Caching
+//!
+//! [`Verifier`] gives the same result as [`verify`] (claims or error, word for word) and remembers
+//! dcap-qvl's result per collateral and platform endorsement (header, the platform's TCB fields,
+//! attestation key, QE report, PCK chain). A quote whose endorsement it has seen under the same
+//! collateral costs this module's gates, the validity window at `now` and one ECDSA verification
+//! of the quote signature; see the `cache` module's documentation for why that is the same
+//! verdict, and for what dcap-qvl's API does not allow (checking a new platform's PCK chain
+//! against collateral checked earlier).
+//!
 //! # Collateral
 //!
 //! [`DcapCollateral::from_json`] reads dcap-qvl's `QuoteCollateralV3` JSON bundle (byte fields as hex).
@@ -83,6 +93,7 @@
 //! (64 bytes, x ‖ y); `raw` = `{"quote": inspect(quote), "verification": {TCB levels, PCK
 //! certificate fields, CRL numbers, collateral dates}}`.
 
+mod cache;
 mod collateral;
 mod explain;
 mod inspect;
@@ -99,6 +110,7 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
+pub use cache::{CacheStats, Verifier};
 pub use collateral::DcapCollateral;
 pub use inspect::inspect;
 
@@ -236,16 +248,29 @@ fn parse_quote(bytes: &[u8]) -> Result<(Header, Quote), DcapError> {
 ///
 /// Refuses what the cryptography or Intel's collateral refuses (see the module docs); returns
 /// claims for any TCB status dcap-qvl reports (all but `Revoked`), and for debug TEEs: appraisal
-/// judges both.
+/// judges both. Checks everything at every call; [`Verifier`] caches what a collateral and a
+/// platform's endorsement of its attestation key established.
 pub fn verify(
     quote: &[u8],
     collateral: &DcapCollateral,
     now: SystemTime,
 ) -> Result<Claims, DcapError> {
-    let now_secs = now
+    let now_secs = unix_secs(now)?;
+    let parsed = checked_quote(quote)?;
+    let verified = verify_with_dcap_qvl(quote, &parsed, collateral, now_secs)?;
+    claims(&parsed, &verified)
+}
+
+fn unix_secs(now: SystemTime) -> Result<u64, DcapError> {
+    Ok(now
         .duration_since(UNIX_EPOCH)
         .map_err(|_| DcapError::TimeBeforeEpoch)?
-        .as_secs();
+        .as_secs())
+}
+
+/// This module's own gates, which every verification runs first: the header, one encoding per
+/// quote, Intel's QE vendor id, and a plain PEM PCK chain ending with the Intel SGX Root CA.
+fn checked_quote(quote: &[u8]) -> Result<Quote, DcapError> {
     let (header, parsed) = parse_quote(quote)?;
     if header.qe_vendor_id != INTEL_QE_VENDOR_ID {
         return Err(DcapError::QeVendorId {
@@ -254,7 +279,17 @@ pub fn verify(
         });
     }
     structure::check_pck_chain(&parsed)?;
-    let verified = QuoteVerifier::new_prod()
+    Ok(parsed)
+}
+
+/// dcap-qvl's whole verification of `quote` (already through [`checked_quote`]) at `now_secs`.
+fn verify_with_dcap_qvl(
+    quote: &[u8],
+    parsed: &Quote,
+    collateral: &DcapCollateral,
+    now_secs: u64,
+) -> Result<QuoteClaims, DcapError> {
+    QuoteVerifier::new_prod()
         .with_config::<RustCryptoConfig>()
         .allow_debug(true)
         .verify_with_policy(
@@ -263,10 +298,7 @@ pub fn verify(
             now_secs,
             &QuotePolicy::claims_only(now_secs),
         )
-        .map_err(|e| {
-            explain::verification_error(&format!("{e:#}"), &parsed, collateral, now_secs)
-        })?;
-    claims(&parsed, &verified)
+        .map_err(|e| explain::verification_error(&format!("{e:#}"), parsed, collateral, now_secs))
 }
 
 /// What a report body measures, per platform (see [`Claims`] for each field's meaning).

@@ -102,12 +102,14 @@ pub fn inspect(bytes: &[u8]) -> Result<(EvidenceKind, serde_json::Value), Eviden
     Ok((kind, value))
 }
 
-/// A verifier holding endorsements and caches (verified SNP endorsement-key chains), for services
-/// that verify many pieces of evidence.
+/// A verifier holding endorsements and caches (verified SNP endorsement-key chains; checked DCAP
+/// collateral with the platform endorsements verified under it), for services that verify many
+/// pieces of evidence. Validity windows are checked at every call's `now`.
 #[derive(Default)]
 pub struct Verifier {
     endorsements: Endorsements,
     snp: snp::Verifier,
+    dcap: dcap::Verifier,
 }
 
 impl Verifier {
@@ -115,11 +117,17 @@ impl Verifier {
         Verifier {
             endorsements,
             snp: snp::Verifier::default(),
+            dcap: dcap::Verifier::default(),
         }
     }
 
     pub fn endorsements(&self) -> &Endorsements {
         &self.endorsements
+    }
+
+    /// How often DCAP quotes were answered from the collateral cache.
+    pub fn dcap_stats(&self) -> dcap::CacheStats {
+        self.dcap.stats()
     }
 
     pub fn verify(&self, bytes: &[u8], now: SystemTime) -> Result<Claims, EvidenceError> {
@@ -132,7 +140,7 @@ impl Verifier {
                     .dcap_collateral
                     .as_ref()
                     .ok_or(EvidenceError::MissingCollateral)?;
-                Ok(dcap::verify(bytes, collateral, now)?)
+                Ok(self.dcap.verify(bytes, collateral, now)?)
             }
         }
     }

@@ -5,6 +5,7 @@ use super::DcapError;
 use dcap_qvl::QuoteCollateralV3;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha384};
 use std::path::Path;
 
 /// The endorsements a DCAP quote is verified against: CRLs, TCB info and QE identity with their
@@ -12,12 +13,43 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DcapCollateral {
     inner: QuoteCollateralV3,
+    /// [`DcapCollateral::digest`], computed once: `inner` cannot change after construction.
+    digest: [u8; 48],
 }
 
 impl From<QuoteCollateralV3> for DcapCollateral {
     fn from(inner: QuoteCollateralV3) -> Self {
-        DcapCollateral { inner }
+        let digest = collateral_digest(&inner);
+        DcapCollateral { inner, digest }
     }
+}
+
+/// SHA-384 over every field of the collateral in declaration order, each as an 8-byte
+/// little-endian length and its bytes; the optional PCK chain is preceded by a presence byte.
+fn collateral_digest(c: &QuoteCollateralV3) -> [u8; 48] {
+    let mut h = Sha384::new();
+    h.update(b"cordon dcap collateral v1");
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(c.pck_crl_issuer_chain.as_bytes());
+    field(&c.root_ca_crl);
+    field(&c.pck_crl);
+    field(c.tcb_info_issuer_chain.as_bytes());
+    field(c.tcb_info.as_bytes());
+    field(&c.tcb_info_signature);
+    field(c.qe_identity_issuer_chain.as_bytes());
+    field(c.qe_identity.as_bytes());
+    field(&c.qe_identity_signature);
+    match &c.pck_certificate_chain {
+        None => field(b"\0"),
+        Some(chain) => {
+            field(b"\x01");
+            field(chain.as_bytes());
+        }
+    }
+    h.finalize().into()
 }
 
 /// `QuoteCollateralV3` fields in the JSON bundle: text fields, then hex-encoded byte fields.
@@ -40,6 +72,12 @@ impl DcapCollateral {
     /// The collateral as dcap-qvl takes it.
     pub fn inner(&self) -> &QuoteCollateralV3 {
         &self.inner
+    }
+
+    /// SHA-384 over every field (each length-prefixed): what [`super::Verifier`] keys the
+    /// collateral it has checked by.
+    pub fn digest(&self) -> &[u8; 48] {
+        &self.digest
     }
 
     /// Reads dcap-qvl's JSON bundle (as in `testdata/attestation/tdx/tdx_quote_collateral.json`):

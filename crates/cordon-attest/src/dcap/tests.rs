@@ -752,3 +752,282 @@ fn raw_members_keep_the_signed_text() {
         assert_eq!(collateral::raw_members(bad), None, "{bad}");
     }
 }
+
+// ---- the collateral cache (`Verifier`) gives the uncached result ----
+
+/// Verifies at each time with `cached` and with `verify`, asserting the same claims or error.
+fn assert_cached_agrees(
+    cached: &Verifier,
+    quote: &[u8],
+    collateral: &DcapCollateral,
+    times: &[u64],
+) {
+    for &secs in times {
+        let now = UNIX_EPOCH + Duration::from_secs(secs);
+        let uncached = verify(quote, collateral, now);
+        let from_cache = cached.verify(quote, collateral, now);
+        assert_eq!(
+            from_cache,
+            uncached,
+            "at {} ({secs})",
+            explain::rfc3339(secs)
+        );
+    }
+}
+
+fn secs(text: &str) -> u64 {
+    at(text).duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[test]
+fn cached_and_uncached_agree_for_every_fixture_inside_and_outside_the_windows() {
+    let tdx = tdx_collateral();
+    let sgx = sgx_collateral();
+    let outdated = DcapCollateral::from_json(OUTDATED_COLLATERAL).unwrap();
+    // Each list starts inside the window (the entry is stored there), then leaves it on both
+    // sides (naming what expired, as `fixtures_outside_their_windows_name_what_expired` pins),
+    // and comes back.
+    let cases: [(&str, &[u8], &DcapCollateral, Vec<&str>); 3] = [
+        (
+            "TDX v4",
+            TDX_QUOTE,
+            &tdx,
+            vec![
+                IN_WINDOW,
+                "2025-06-19T10:00:00Z",
+                "2025-06-19T10:20:00Z",
+                "2025-07-19T10:10:00Z",
+                "2025-07-20T00:00:00Z",
+                "2025-06-25T12:00:00Z",
+                IN_WINDOW,
+            ],
+        ),
+        (
+            "SGX v3",
+            SGX_QUOTE,
+            &sgx,
+            vec![
+                IN_WINDOW,
+                "2025-06-01T00:00:00Z",
+                "2025-07-19T10:30:00Z",
+                "2026-05-01T00:00:00Z",
+                "2025-07-10T08:00:00Z",
+                IN_WINDOW,
+            ],
+        ),
+        (
+            "TDX v5 outdated",
+            OUTDATED_QUOTE,
+            &outdated,
+            vec![
+                OUTDATED_TIME,
+                "2026-02-01T00:00:00Z",
+                "2026-04-01T00:00:00Z",
+                OUTDATED_TIME,
+            ],
+        ),
+    ];
+    for (name, quote, collateral, times) in cases {
+        let times: Vec<u64> = times.into_iter().map(secs).collect();
+        // Warm: stored at the first time, then answered from the entry where its window allows.
+        let cached = Verifier::new();
+        assert_cached_agrees(&cached, quote, collateral, &times);
+        // Cold: the first call falls outside the window, so nothing is stored until later.
+        let cold = Verifier::new();
+        let mut reversed = times.clone();
+        reversed.reverse();
+        assert_cached_agrees(&cold, quote, collateral, &reversed);
+        let stats = cached.stats();
+        if name == "TDX v5 outdated" {
+            // Refused: nothing to cache, every call is dcap-qvl's.
+            assert_eq!((stats.hits, stats.entries), (0, 0), "{name}");
+        } else {
+            assert_eq!(stats.entries, 1, "{name}");
+            assert!(stats.hits >= 2, "{name}: {stats:?}");
+        }
+    }
+}
+
+#[test]
+fn cached_window_edges_agree_with_the_uncached_verdict() {
+    for (quote, collateral) in [(TDX_QUOTE, tdx_collateral()), (SGX_QUOTE, sgx_collateral())] {
+        let cached = Verifier::new();
+        cached.verify(quote, &collateral, at(IN_WINDOW)).unwrap();
+        let windows = cached.windows();
+        assert_eq!(windows.len(), 1);
+        let (start, end) = windows[0];
+        let edges = [start - 1, start, start + 1, end - 1, end, end + 1];
+        assert_cached_agrees(&cached, quote, &collateral, &edges);
+        // The first and last second of the window are answered from the entry, and accepted.
+        let before = cached.stats().hits;
+        for s in [start, end - 1] {
+            let now = UNIX_EPOCH + Duration::from_secs(s);
+            assert!(cached.verify(quote, &collateral, now).is_ok());
+        }
+        assert_eq!(cached.stats().hits, before + 2);
+    }
+}
+
+#[test]
+fn cached_verifier_refuses_every_flip_of_signed_bytes_and_signature_data() {
+    // The sweeps of `tdx_header_and_body_mutations_are_refused`,
+    // `tdx_signature_data_mutations_are_refused` and `sgx_mutations_are_refused` (header and
+    // body), run through a verifier that holds the genuine quote's entry: every flip is refused
+    // with the uncached path's error.
+    for (quote, collateral, range) in [
+        (TDX_QUOTE, tdx_collateral(), 0..TDX_PEM_START),
+        (SGX_QUOTE, sgx_collateral(), 0..432),
+    ] {
+        let now = at(IN_WINDOW);
+        let cached = Verifier::new();
+        cached.verify(quote, &collateral, now).unwrap();
+        for i in range {
+            let mut q = quote.to_vec();
+            q[i] ^= 1 << (i % 8);
+            let err = cached.verify(&q, &collateral, now).unwrap_err();
+            assert_eq!(err, verify(&q, &collateral, now).unwrap_err(), "byte {i}");
+        }
+        // The genuine quote is still answered from its entry.
+        let hits = cached.stats().hits;
+        assert!(cached.verify(quote, &collateral, now).is_ok());
+        assert_eq!(cached.stats().hits, hits + 1);
+    }
+}
+
+#[test]
+fn endorsement_key_masks_only_measurements_and_the_quote_signature() {
+    let c = tdx_collateral();
+    // `None` where the quote fails this module's gates (before any cache lookup).
+    let key = |q: &[u8]| cache::key_for_tests(q, &c);
+    let flipped = |q: &[u8], i: usize| {
+        let mut q = q.to_vec();
+        q[i] ^= 1;
+        q
+    };
+    let genuine = key(TDX_QUOTE);
+    assert!(genuine.is_some());
+    let body = 48;
+    // TD quote body: MRTD @136, RTMR3 @472, REPORTDATA @520..584; quote signature @636..700.
+    for i in [body + 136, body + 472, body + 583, 636, 699] {
+        assert_eq!(
+            key(&flipped(TDX_QUOTE, i)),
+            genuine,
+            "byte {i} is per quote"
+        );
+    }
+    // Header, TEE_TCB_SVN @0, MRSIGNERSEAM @64, TDATTRIBUTES @120, XFAM @128, the attestation key
+    // @700, the QE report @770, its signature @1154, the QE authentication data @1220 and the PCK
+    // chain all select the entry.
+    for i in [
+        12,
+        body,
+        body + 64,
+        body + 120,
+        body + 135,
+        700,
+        800,
+        1160,
+        1230,
+        TDX_PEM_START + 100,
+    ] {
+        assert_ne!(key(&flipped(TDX_QUOTE, i)), genuine, "byte {i}");
+    }
+    // Another collateral is another entry.
+    let mut other = c.inner().clone();
+    other.pck_crl[10] ^= 1;
+    assert_ne!(
+        cache::key_for_tests(TDX_QUOTE, &DcapCollateral::from(other)),
+        genuine
+    );
+    // SGX: MRENCLAVE @64 and REPORTDATA @320 are per quote, ATTRIBUTES @48 is not.
+    let s = sgx_collateral();
+    let sgx_key = |q: &[u8]| cache::key_for_tests(q, &s).unwrap();
+    let sgx = sgx_key(SGX_QUOTE);
+    assert_eq!(sgx_key(&flipped(SGX_QUOTE, body + 64)), sgx);
+    assert_eq!(sgx_key(&flipped(SGX_QUOTE, body + 320)), sgx);
+    assert_ne!(sgx_key(&flipped(SGX_QUOTE, body + 48)), sgx);
+    // A flipped measurement finds the entry, fails the quote signature there, and is refused
+    // with the uncached error.
+    let cached = Verifier::new();
+    let now = at(IN_WINDOW);
+    cached.verify(TDX_QUOTE, &c, now).unwrap();
+    let q = flipped(TDX_QUOTE, body + 136);
+    let err = cached.verify(&q, &c, now).unwrap_err();
+    assert_eq!(err, verify(&q, &c, now).unwrap_err());
+    assert!(err.to_string().contains("signature"), "{err}");
+}
+
+#[test]
+fn cached_verifier_refuses_mutated_collateral() {
+    let good = tdx_collateral();
+    let now = at(IN_WINDOW);
+    let cached = Verifier::new();
+    cached.verify(TDX_QUOTE, &good, now).unwrap();
+    let mutated = |f: &dyn Fn(&mut dcap_qvl::QuoteCollateralV3)| {
+        let mut c = good.inner().clone();
+        f(&mut c);
+        DcapCollateral::from(c)
+    };
+    let cases = [
+        mutated(&|c| c.tcb_info_signature[10] ^= 0x01),
+        mutated(&|c| c.qe_identity_signature[63] ^= 0x80),
+        mutated(&|c| {
+            let n = c.pck_crl.len() / 2;
+            c.pck_crl[n] ^= 0x01
+        }),
+        mutated(&|c| {
+            let n = c.root_ca_crl.len() - 5;
+            c.root_ca_crl[n] ^= 0x01
+        }),
+        mutated(&|c| c.tcb_info = c.tcb_info.replacen("UpToDate", "OutOfDate", 1)),
+    ];
+    for collateral in cases {
+        assert_ne!(collateral.digest(), good.digest());
+        let err = cached.verify(TDX_QUOTE, &collateral, now).unwrap_err();
+        assert_eq!(err, verify(TDX_QUOTE, &collateral, now).unwrap_err());
+    }
+    assert_eq!(cached.stats().entries, 1);
+}
+
+#[test]
+fn collateral_digest_covers_every_field() {
+    let good = tdx_collateral();
+    let edits: [&dyn Fn(&mut dcap_qvl::QuoteCollateralV3); 10] = [
+        &|c| c.pck_crl_issuer_chain.push(' '),
+        &|c| c.root_ca_crl.push(0),
+        &|c| c.pck_crl.push(0),
+        &|c| c.tcb_info_issuer_chain.push(' '),
+        &|c| c.tcb_info.push(' '),
+        &|c| c.tcb_info_signature.push(0),
+        &|c| c.qe_identity_issuer_chain.push(' '),
+        &|c| c.qe_identity.push(' '),
+        &|c| c.qe_identity_signature.push(0),
+        &|c| c.pck_certificate_chain = Some(String::new()),
+    ];
+    for (i, edit) in edits.iter().enumerate() {
+        let mut c = good.inner().clone();
+        edit(&mut c);
+        assert_ne!(DcapCollateral::from(c).digest(), good.digest(), "field {i}");
+    }
+    assert_eq!(
+        DcapCollateral::from_json(TDX_COLLATERAL).unwrap().digest(),
+        good.digest()
+    );
+}
+
+#[test]
+fn evidence_verifier_caches_dcap_collateral() {
+    let endorsements = crate::Endorsements {
+        dcap_collateral: Some(tdx_collateral()),
+        ..Default::default()
+    };
+    let verifier = crate::Verifier::new(endorsements);
+    let now = at(IN_WINDOW);
+    for _ in 0..3 {
+        assert_eq!(verifier.verify(TDX_QUOTE, now).unwrap(), tdx_claims());
+    }
+    let stats = verifier.dcap_stats();
+    assert_eq!((stats.misses, stats.hits, stats.entries), (1, 2, 1));
+    let late = at("2025-07-20T00:00:00Z");
+    assert!(verifier.verify(TDX_QUOTE, late).is_err());
+}

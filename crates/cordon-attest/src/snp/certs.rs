@@ -252,6 +252,8 @@ pub struct EndorsementKey {
     pub hw_id: Option<Vec<u8>>,
     pub tcb: CertifiedTcb,
     pub public_key: p384::ecdsa::VerifyingKey,
+    /// The same key, SEC1 uncompressed, as the report signature check takes it.
+    pub sec1: Vec<u8>,
     /// SHA-384 of the SEC1 public key: what claims name as the attestation key.
     pub key_digest: [u8; 48],
     pub cert: Certificate,
@@ -314,6 +316,7 @@ pub fn endorsement_key(cert: Certificate) -> Result<EndorsementKey, SnpError> {
         hw_id,
         tcb,
         public_key,
+        sec1: public_key.to_encoded_point(false).as_bytes().to_vec(),
         key_digest: Sha384::digest(sec1).into(),
         cert,
     })
@@ -363,10 +366,12 @@ fn hw_id_bytes(value: &[u8]) -> Vec<u8> {
 pub fn parse_crl(bytes: &[u8]) -> Result<CertificateList, SnpError> {
     let trimmed = bytes.trim_ascii_start();
     let der = if trimmed.starts_with(b"-----BEGIN") {
-        let (label, der) = der::pem::decode_vec(trimmed)
-            .map_err(|e| SnpError::Crl(format!("PEM: {e}")))?;
+        let (label, der) =
+            der::pem::decode_vec(trimmed).map_err(|e| SnpError::Crl(format!("PEM: {e}")))?;
         if label != "X509 CRL" {
-            return Err(SnpError::Crl(format!("PEM label is {label}, expected X509 CRL")));
+            return Err(SnpError::Crl(format!(
+                "PEM label is {label}, expected X509 CRL"
+            )));
         }
         der
     } else {
@@ -392,15 +397,22 @@ pub fn check_crl(
     use rsa::signature::Verifier;
     let tbs = &crl.tbs_cert_list;
     if &tbs.issuer != issuer_name {
-        return Err(SnpError::Crl(format!("issued by {}, expected {issuer_name}", tbs.issuer)));
+        return Err(SnpError::Crl(format!(
+            "issued by {}, expected {issuer_name}",
+            tbs.issuer
+        )));
     }
     if crl.signature_algorithm != tbs.signature
         || crl.signature_algorithm.oid.to_string() != OID_RSASSA_PSS
         || crl.signature.unused_bits() != 0
     {
-        return Err(SnpError::Crl("signature algorithm is not the signed RSASSA-PSS one".into()));
+        return Err(SnpError::Crl(
+            "signature algorithm is not the signed RSASSA-PSS one".into(),
+        ));
     }
-    let der = tbs.to_der().map_err(|e| SnpError::Crl(format!("re-encoding: {e}")))?;
+    let der = tbs
+        .to_der()
+        .map_err(|e| SnpError::Crl(format!("re-encoding: {e}")))?;
     let sig = rsa::pss::Signature::try_from(crl.signature.raw_bytes())
         .map_err(|e| SnpError::Crl(e.to_string()))?;
     rsa::pss::VerifyingKey::<Sha384>::new(issuer_key.clone())
@@ -408,11 +420,19 @@ pub fn check_crl(
         .map_err(|_| SnpError::Crl("signature does not verify with the ARK".into()))?;
     let this_update = tbs.this_update.to_system_time();
     if now < this_update {
-        return Err(SnpError::NotYetValid { cert: "CRL", not_before: fmt_time(this_update), now: fmt_time(now) });
+        return Err(SnpError::NotYetValid {
+            cert: "CRL",
+            not_before: fmt_time(this_update),
+            now: fmt_time(now),
+        });
     }
     if let Some(next) = tbs.next_update.map(|t| t.to_system_time()) {
         if now > next {
-            return Err(SnpError::Expired { cert: "CRL", not_after: fmt_time(next), now: fmt_time(now) });
+            return Err(SnpError::Expired {
+                cert: "CRL",
+                not_after: fmt_time(next),
+                now: fmt_time(now),
+            });
         }
     }
     for revoked in tbs.revoked_certificates.iter().flatten() {
@@ -432,8 +452,13 @@ pub fn check_crl(
 /// The RSA public key of a certificate (the ARK, for CRLs).
 pub fn rsa_key(cert: &Certificate) -> Result<rsa::RsaPublicKey, SnpError> {
     use rsa::pkcs1::DecodeRsaPublicKey;
-    rsa::RsaPublicKey::from_pkcs1_der(cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes())
-        .map_err(|e| SnpError::Crl(format!("issuer key is not RSA: {e}")))
+    rsa::RsaPublicKey::from_pkcs1_der(
+        cert.tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes(),
+    )
+    .map_err(|e| SnpError::Crl(format!("issuer key is not RSA: {e}")))
 }
 
 #[cfg(test)]

@@ -245,7 +245,11 @@ mod crl {
 
     /// A CRL in AMD's form (RSASSA-PSS SHA-384, the ARK's algorithm identifier and name), signed by
     /// `key`. AMD's own CRLs cannot be re-signed here, so the checks are exercised with a test key.
-    fn make_crl(key: &rsa::RsaPrivateKey, revoked: &[&SerialNumber], next_update: SystemTime) -> Vec<u8> {
+    fn make_crl(
+        key: &rsa::RsaPrivateKey,
+        revoked: &[&SerialNumber],
+        next_update: SystemTime,
+    ) -> Vec<u8> {
         let ark = &pinned_roots().unwrap()[0].ark;
         let tbs = TbsCertList {
             version: x509_cert::Version::V2,
@@ -293,18 +297,30 @@ mod crl {
 
         let revoking = parse_crl(&make_crl(&key, &[&other, serial], date(2026, 1, 1))).unwrap();
         let err = check_crl(&revoking, name, &public, &serials, at).unwrap_err();
-        assert!(matches!(err, SnpError::Revoked { cert: "VCEK", .. }), "{err}");
+        assert!(
+            matches!(err, SnpError::Revoked { cert: "VCEK", .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("2024-06-01"), "{err}");
 
         let stale = parse_crl(&make_crl(&key, &[], date(2024, 12, 1))).unwrap();
         let err = check_crl(&stale, name, &public, &serials, at).unwrap_err();
-        assert!(matches!(err, SnpError::Expired { cert: "CRL", .. }), "{err}");
+        assert!(
+            matches!(err, SnpError::Expired { cert: "CRL", .. }),
+            "{err}"
+        );
         let err = check_crl(&clean, name, &public, &serials, date(2023, 6, 1)).unwrap_err();
-        assert!(matches!(err, SnpError::NotYetValid { cert: "CRL", .. }), "{err}");
+        assert!(
+            matches!(err, SnpError::NotYetValid { cert: "CRL", .. }),
+            "{err}"
+        );
 
         let stranger = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
         let forged = parse_crl(&make_crl(&stranger, &[], date(2026, 1, 1))).unwrap();
-        assert!(matches!(check_crl(&forged, name, &public, &serials, at), Err(SnpError::Crl(_))));
+        assert!(matches!(
+            check_crl(&forged, name, &public, &serials, at),
+            Err(SnpError::Crl(_))
+        ));
         assert!(matches!(
             check_crl(&clean, &vcek.tbs_certificate.subject, &public, &serials, at),
             Err(SnpError::Crl(m)) if m.contains("issued by")
@@ -329,7 +345,10 @@ mod crl {
         let err = Verifier::default()
             .verify_with_crls(TRUSTEE_REPORT, &certs, &[forged], date(2025, 1, 1))
             .unwrap_err();
-        assert!(matches!(err, SnpError::Crl(ref m) if m.contains("ARK")), "{err}");
+        assert!(
+            matches!(err, SnpError::Crl(ref m) if m.contains("ARK")),
+            "{err}"
+        );
         // CRLs that are not for this product line are no substitute.
         let ek = endorsement_key(parse_certificate(TRUSTEE_VCEK).unwrap()).unwrap();
         assert_eq!(
@@ -337,6 +356,8 @@ mod crl {
             Err(SnpError::NoCrlForProduct { product: "Milan" })
         );
         // Without CRLs, verification does not check revocation.
-        assert!(Verifier::default().verify_with_crls(TRUSTEE_REPORT, &certs, &[], date(2025, 1, 1)).is_ok());
+        assert!(Verifier::default()
+            .verify_with_crls(TRUSTEE_REPORT, &certs, &[], date(2025, 1, 1))
+            .is_ok());
     }
 }
