@@ -258,7 +258,7 @@ fn attest(seconds: f64, iterations: usize, fixtures: &Path) -> Result<()> {
     let signed = &report[..snp::SIGNED_LEN];
     let signature = p384::ecdsa::Signature::from_scalars(parsed.signature_r, parsed.signature_s)?;
     rows.push(measure(
-        "P-384 signature of the SNP report alone, RustCrypto p384 (what `snp` uses)",
+        "P-384 signature of the SNP report alone, RustCrypto p384 (comparison)",
         seconds,
         iterations,
         || {
@@ -274,7 +274,7 @@ fn attest(seconds: f64, iterations: usize, fixtures: &Path) -> Result<()> {
     );
     let rs = [parsed.signature_r, parsed.signature_s].concat();
     rows.push(measure(
-        "P-384 signature of the SNP report alone, ring (comparison)",
+        "P-384 signature of the SNP report alone, ring (what `snp` uses)",
         seconds,
         iterations,
         || {
