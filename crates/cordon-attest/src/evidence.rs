@@ -25,6 +25,9 @@ pub struct Endorsements {
     pub sim_trust_anchors: Vec<[u8; 32]>,
     /// AMD VCEK or VLEK certificates (DER or PEM).
     pub snp_certs: Vec<Vec<u8>>,
+    /// AMD CRLs (DER or PEM, from KDS). When present, revocation of the VCEK/VLEK and its ASK/ASVK is
+    /// checked, and a CRL for the report's product line is required.
+    pub snp_crls: Vec<Vec<u8>>,
     /// Intel DCAP collateral for quotes.
     pub dcap_collateral: Option<DcapCollateral>,
 }
@@ -134,7 +137,11 @@ impl Verifier {
         let e = &self.endorsements;
         match detect(bytes)? {
             EvidenceKind::Sim => sim::verify(bytes, &e.sim_trust_anchors),
-            EvidenceKind::SnpReport => Ok(self.snp.verify(bytes, &e.snp_certs, now)?),
+            EvidenceKind::SnpReport => {
+                Ok(self
+                    .snp
+                    .verify_with_crls(bytes, &e.snp_certs, &e.snp_crls, now)?)
+            }
             EvidenceKind::DcapQuote => {
                 let collateral = e
                     .dcap_collateral

@@ -30,6 +30,10 @@ pub struct VerifyArgs {
     /// AMD VCEK or VLEK certificate (DER or PEM); repeatable. AMD's ASK/ASVK/ARK are built in.
     #[arg(long)]
     cert: Vec<PathBuf>,
+    /// AMD CRL (DER or PEM, from KDS `/vcek/v1/{product}/crl`); repeatable. When given, revocation of the
+    /// VCEK/VLEK and its ASK/ASVK is checked.
+    #[arg(long)]
+    crl: Vec<PathBuf>,
     /// DCAP collateral: dcap-qvl's JSON bundle, or a directory of raw Intel PCS responses.
     #[arg(long)]
     collateral: Option<PathBuf>,
@@ -102,6 +106,11 @@ fn verify(a: VerifyArgs) -> Result<u8> {
     for c in &a.cert {
         endorsements
             .snp_certs
+            .push(std::fs::read(c).with_context(|| format!("reading {}", c.display()))?);
+    }
+    for c in &a.crl {
+        endorsements
+            .snp_crls
             .push(std::fs::read(c).with_context(|| format!("reading {}", c.display()))?);
     }
     if let Some(path) = &a.collateral {

@@ -36,6 +36,9 @@ pub struct ServeArgs {
     /// AMD's ASK/ASVK/ARK are built in.
     #[arg(long)]
     snp_cert: Vec<PathBuf>,
+    /// AMD CRL (DER or PEM) to check SNP endorsement keys against; repeatable.
+    #[arg(long)]
+    snp_crl: Vec<PathBuf>,
     /// Intel DCAP collateral (dcap-qvl JSON bundle or a directory of PCS responses) for TDX/SGX quotes.
     #[arg(long)]
     dcap_collateral: Option<PathBuf>,
@@ -92,6 +95,11 @@ fn serve(a: ServeArgs) -> Result<()> {
     for p in &a.snp_cert {
         endorsements
             .snp_certs
+            .push(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?);
+    }
+    for p in &a.snp_crl {
+        endorsements
+            .snp_crls
             .push(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?);
     }
     if let Some(path) = &a.dcap_collateral {

@@ -208,3 +208,22 @@ fn unusable_input_exits_2_and_inspect_says_not_verified() {
     assert_eq!(code, 0);
     assert!(out.starts_with("NOT VERIFIED"), "{out}");
 }
+
+#[test]
+fn a_crl_that_is_not_one_is_refused_naming_the_crl() {
+    let report = td("snp/trustee_test-report.bin");
+    let vcek = td("snp/trustee_test-vcek.der");
+    let (code, _, err) = run(&[
+        "attest",
+        "verify",
+        &report,
+        "--cert",
+        &vcek,
+        "--crl",
+        &vcek,
+        "--at",
+        "2025-01-01T00:00:00Z",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("CRL"), "{err}");
+}
