@@ -18,6 +18,7 @@ mod hexser;
 mod policy;
 pub mod sim;
 pub mod snp;
+mod timefmt;
 
 pub use claims::{Claims, Platform, TcbClaims};
 pub use error::{EvidenceError, PolicyError};

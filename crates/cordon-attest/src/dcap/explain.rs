@@ -127,22 +127,7 @@ fn cert_name(quote: &Quote, bound: fn(&Validity) -> Time, value: u64) -> String 
         .unwrap_or_else(|| "a certificate of the collateral's issuer chains".into())
 }
 
-/// RFC 3339 UTC text for Unix seconds (days to civil date: H. Hinnant, `civil_from_days`).
+/// RFC 3339 UTC text for Unix seconds.
 pub(super) fn rfc3339(secs: u64) -> String {
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i128 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i128::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60
-    )
+    crate::timefmt::rfc3339_secs(secs)
 }

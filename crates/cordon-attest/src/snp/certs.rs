@@ -214,23 +214,7 @@ pub fn check_validity(
 
 /// RFC 3339 UTC, for messages.
 pub fn fmt_time(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = secs / 86_400;
-    let (h, m, s) = ((secs % 86_400) / 3600, (secs % 3600) / 60, secs % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+    crate::timefmt::rfc3339(t)
 }
 
 /// TCB component versions a VCEK certifies.
@@ -492,11 +476,5 @@ mod tests {
                 .unwrap();
             assert_eq!(hw_id_bytes(ext.extn_value.as_bytes()), expected);
         }
-    }
-
-    #[test]
-    fn time_formatting_is_rfc3339() {
-        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_764_000_000);
-        assert_eq!(fmt_time(t), "2025-11-24T16:00:00Z");
     }
 }

@@ -2,7 +2,6 @@
 
 use super::*;
 use crate::{appraise, Policy};
-use std::time::{Duration, UNIX_EPOCH};
 
 const TRUSTEE_REPORT: &[u8] =
     include_bytes!("../../../../testdata/attestation/snp/trustee_test-report.bin");
@@ -15,17 +14,9 @@ const VLEK_REPORT: &[u8] =
     include_bytes!("../../../../testdata/attestation/snp/trustee_test-vlek-report.bin");
 const VLEK: &[u8] = include_bytes!("../../../../testdata/attestation/snp/trustee_test-vlek.der");
 
-/// A time as "days since 1970" plus noon, to keep the tests readable.
-fn date(y: i32, m: u32, d: u32) -> SystemTime {
-    // Days from civil (Howard Hinnant), the inverse of certs::fmt_time.
-    let y = if m <= 2 { y - 1 } else { y } as i64;
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    UNIX_EPOCH + Duration::from_secs(days as u64 * 86_400 + 43_200)
+/// Noon UTC of a day, to keep the tests readable.
+fn date(y: u16, m: u8, d: u8) -> SystemTime {
+    der::DateTime::new(y, m, d, 12, 0, 0).unwrap().to_system_time()
 }
 
 fn v(report: &[u8], cert: &[u8], at: SystemTime) -> Result<Claims, SnpError> {
