@@ -44,4 +44,8 @@ pub enum PolicyError {
     TrustAnchor { value: String },
     #[error("a release policy takes no [endorsements]: the key broker's trust anchors come from its own configuration")]
     UnexpectedEndorsements,
+    #[error("a policy may not accept `sim` together with a hardware platform: sim evidence is forgeable by whoever holds the sim key")]
+    SimWithHardware,
+    #[error("a policy accepting `tdx` must pin the workload: `rtmrs` (RTMR reference values) or `workload_data` (MRCONFIGID); MRTD measures only the TD firmware")]
+    TdxUnpinned,
 }

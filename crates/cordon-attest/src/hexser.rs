@@ -54,3 +54,16 @@ pub mod list {
             .collect()
     }
 }
+
+pub mod opt_list {
+    use super::*;
+    pub fn serialize<S: Serializer>(list: &Option<Vec<Vec<u8>>>, s: S) -> Result<S::Ok, S::Error> {
+        match list {
+            Some(l) => super::list::serialize(l, s),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Vec<u8>>>, D::Error> {
+        super::list::deserialize(d).map(Some)
+    }
+}

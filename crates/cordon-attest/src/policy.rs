@@ -44,6 +44,25 @@ pub struct Policy {
     /// When set, every advisory in the claims must be listed here; `None` accepts (and reports) any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_advisories: Option<Vec<String>>,
+    /// Minimum TCB component versions (`claims.tcb.components`: SNP `bootloader`, `tee`, `snp`,
+    /// `microcode`, `fmc`; DCAP SVNs); every listed component must be present and at least this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tcb: Option<std::collections::BTreeMap<String, u64>>,
+    /// SEV-SNP: highest VMPL a report may come from. Default 0 (the most privileged level only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vmpl: Option<u32>,
+    /// TDX: reference values for RTMR0, RTMR1, … (a prefix of the four); each must match exactly.
+    /// MRTD measures only the TD firmware: the kernel, command line and workload are in the RTMRs.
+    #[serde(
+        default,
+        with = "crate::hexser::opt_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rtmrs: Option<Vec<Vec<u8>>>,
+    /// Accept any launch measurement. Never read from a file: only [`Policy::hardware_default`]
+    /// sets it, so an empty reference-value list cannot silently accept everything.
+    #[serde(skip)]
+    pub any_measurement: bool,
 }
 
 /// TCB statuses accepted when a policy names none: up to date, or only configuration or software
@@ -78,7 +97,7 @@ impl Policy {
     }
 
     /// The policy `cordon attest verify` applies when given none: any hardware platform, any
-    /// measurement, no debug, default TCB statuses. Only code can build a policy without reference
+    /// measurement, any VMPL, no debug, default TCB statuses. Only code can build a policy without reference
     /// values; a policy file must list them.
     pub fn hardware_default() -> Policy {
         Policy {
@@ -88,10 +107,28 @@ impl Policy {
             workload_data: None,
             tcb_statuses: None,
             allowed_advisories: None,
+            min_tcb: None,
+            // The default: cryptographically valid, not debug, TCB status. A report from any
+            // VMPL is accepted here; policy files default to VMPL 0.
+            max_vmpl: Some(3),
+            rtmrs: None,
+            any_measurement: true,
         }
     }
 
     fn validate(&self) -> Result<(), PolicyError> {
+        // Evidence forged with the sim key must never meet a hardware platform's reference values.
+        if self.platforms.contains(&Platform::Sim)
+            && self.platforms.iter().any(|p| p.is_hardware_backed())
+        {
+            return Err(PolicyError::SimWithHardware);
+        }
+        if self.platforms.contains(&Platform::Tdx)
+            && self.rtmrs.is_none()
+            && self.workload_data.is_none()
+        {
+            return Err(PolicyError::TdxUnpinned);
+        }
         if self.platforms.is_empty() {
             return Err(PolicyError::NoPlatforms);
         }
@@ -138,6 +175,16 @@ struct RawDocument {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     allowed_advisories: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    min_tcb: Option<std::collections::BTreeMap<String, u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_vmpl: Option<u32>,
+    #[serde(
+        default,
+        with = "crate::hexser::opt_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    rtmrs: Option<Vec<Vec<u8>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     endorsements: Option<RawEndorsements>,
 }
 
@@ -160,6 +207,10 @@ impl PolicyDocument {
             workload_data: raw.workload_data,
             tcb_statuses: raw.tcb_statuses,
             allowed_advisories: raw.allowed_advisories,
+            min_tcb: raw.min_tcb,
+            max_vmpl: raw.max_vmpl,
+            rtmrs: raw.rtmrs,
+            any_measurement: false,
         };
         policy.validate()?;
         let endorsements = raw
@@ -196,6 +247,9 @@ impl PolicyDocument {
             workload_data: self.policy.workload_data.clone(),
             tcb_statuses: self.policy.tcb_statuses.clone(),
             allowed_advisories: self.policy.allowed_advisories.clone(),
+            min_tcb: self.policy.min_tcb.clone(),
+            max_vmpl: self.policy.max_vmpl,
+            rtmrs: self.policy.rtmrs.clone(),
             endorsements: self.endorsements.as_ref().map(|e| RawEndorsements {
                 sim_trust_anchors: e.sim_trust_anchors.iter().map(hex::encode).collect(),
             }),
@@ -229,6 +283,20 @@ pub enum AppraisalFailure {
         advisory: String,
         allowed: Vec<String>,
     },
+    TcbBelowMinimum {
+        component: String,
+        found: Option<u64>,
+        minimum: u64,
+    },
+    VmplTooHigh {
+        found: u64,
+        max: u32,
+    },
+    RtmrMismatch {
+        index: usize,
+        found: String,
+        expected: String,
+    },
 }
 
 impl fmt::Display for AppraisalFailure {
@@ -255,6 +323,19 @@ impl fmt::Display for AppraisalFailure {
             }
             AppraisalFailure::WorkloadDataMismatch { found, expected } => {
                 write!(f, "workload_data: found {found}, policy expects {expected}")
+            }
+            AppraisalFailure::TcbBelowMinimum { component, found: Some(v), minimum } => {
+                write!(f, "tcb.{component}: {v} is below the policy's minimum {minimum}")
+            }
+            AppraisalFailure::TcbBelowMinimum { component, found: None, minimum } => write!(
+                f,
+                "tcb.{component}: the evidence reports no such component, policy requires at least {minimum}"
+            ),
+            AppraisalFailure::VmplTooHigh { found, max } => {
+                write!(f, "vmpl: report from VMPL {found}, policy allows at most {max}")
+            }
+            AppraisalFailure::RtmrMismatch { index, found, expected } => {
+                write!(f, "rtmr{index}: found {found}, policy expects {expected}")
             }
             AppraisalFailure::TcbStatusNotAllowed { found, allowed } => write!(
                 f,
@@ -300,8 +381,7 @@ pub fn appraise(claims: &Claims, policy: &Policy) -> Verdict {
             allowed: policy.platforms.clone(),
         });
     }
-    // An empty list only comes from `Policy::hardware_default` (files must list reference values).
-    if !policy.launch_measurements.is_empty()
+    if !policy.any_measurement
         && !policy
             .launch_measurements
             .iter()
@@ -321,6 +401,46 @@ pub fn appraise(claims: &Claims, policy: &Policy) -> Verdict {
                 found: hex::encode(&claims.workload_data),
                 expected: hex::encode(expected),
             });
+        }
+    }
+    if let Some(min) = &policy.min_tcb {
+        for (component, &minimum) in min {
+            let found = claims
+                .tcb
+                .as_ref()
+                .and_then(|t| t.components.get(component))
+                .copied();
+            if found.is_none_or(|v| v < minimum) {
+                failures.push(AppraisalFailure::TcbBelowMinimum {
+                    component: component.clone(),
+                    found,
+                    minimum,
+                });
+            }
+        }
+    }
+    if claims.platform == Platform::Snp {
+        let max = policy.max_vmpl.unwrap_or(0);
+        // A report without a readable VMPL is treated as the least privileged.
+        let found = claims
+            .raw
+            .get("vmpl")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(u64::MAX);
+        if found > u64::from(max) {
+            failures.push(AppraisalFailure::VmplTooHigh { found, max });
+        }
+    }
+    if let Some(expected) = &policy.rtmrs {
+        for (index, e) in expected.iter().enumerate() {
+            let found = claims.runtime_measurements.get(index);
+            if found != Some(e) {
+                failures.push(AppraisalFailure::RtmrMismatch {
+                    index,
+                    found: found.map(hex::encode).unwrap_or_else(|| "nothing".into()),
+                    expected: hex::encode(e),
+                });
+            }
         }
     }
     if let Some(tcb) = &claims.tcb {
@@ -377,6 +497,10 @@ mod tests {
             workload_data: None,
             tcb_statuses: None,
             allowed_advisories: None,
+            min_tcb: None,
+            max_vmpl: None,
+            rtmrs: None,
+            any_measurement: false,
         }
     }
 
@@ -551,5 +675,131 @@ mod tcb_tests {
         );
         assert_eq!(v.failures.len(), 2, "{}", v.reasons());
         assert!(v.reasons().contains("INTEL-SA-00289"));
+    }
+}
+
+#[cfg(test)]
+mod hardware_policy_tests {
+    use super::*;
+    use crate::TcbClaims;
+
+    fn snp_claims(vmpl: u64, microcode: u64) -> Claims {
+        Claims {
+            platform: Platform::Snp,
+            hardware_backed: true,
+            launch_measurement: vec![7; 48],
+            signer_measurement: None,
+            workload_data: vec![0; 32],
+            runtime_measurements: vec![],
+            report_data: [0; 64],
+            debug: false,
+            tcb: Some(TcbClaims {
+                status: None,
+                advisory_ids: vec![],
+                components: [("microcode".to_string(), microcode), ("snp".to_string(), 8)].into(),
+            }),
+            platform_id: None,
+            attestation_key: vec![],
+            raw: serde_json::json!({ "vmpl": vmpl }),
+        }
+    }
+
+    fn m() -> String {
+        hex::encode([7u8; 48])
+    }
+
+    #[test]
+    fn sim_with_a_hardware_platform_and_unpinned_tdx_are_refused() {
+        let mixed = format!(
+            "platforms = [\"sim\", \"snp\"]\nlaunch_measurements = [\"{}\"]",
+            m()
+        );
+        assert_eq!(Policy::from_toml(&mixed), Err(PolicyError::SimWithHardware));
+        let tdx = format!("platforms = [\"tdx\"]\nlaunch_measurements = [\"{}\"]", m());
+        assert_eq!(Policy::from_toml(&tdx), Err(PolicyError::TdxUnpinned));
+        let pinned = format!("{tdx}\nrtmrs = [\"{}\"]", hex::encode([1u8; 48]));
+        assert!(Policy::from_toml(&pinned).is_ok());
+    }
+
+    #[test]
+    fn empty_reference_values_accept_nothing_unless_hardware_default() {
+        let p = Policy {
+            launch_measurements: vec![],
+            ..Policy::hardware_default()
+        };
+        let p = Policy {
+            any_measurement: false,
+            ..p
+        };
+        assert!(appraise(&snp_claims(0, 200), &p)
+            .reasons()
+            .contains("launch_measurement"));
+        assert!(appraise(&snp_claims(0, 200), &Policy::hardware_default()).is_accepted());
+        // `any_measurement` cannot come from a file.
+        let text = format!(
+            "platforms = [\"snp\"]\nlaunch_measurements = [\"{}\"]\nany_measurement = true",
+            m()
+        );
+        assert!(matches!(
+            Policy::from_toml(&text),
+            Err(PolicyError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn snp_minimum_tcb_and_vmpl_are_enforced() {
+        let text = format!("platforms = [\"snp\"]\nlaunch_measurements = [\"{}\"]\n[min_tcb]\nmicrocode = 115\nsnp = 8\n", m());
+        let p = Policy::from_toml(&text).unwrap();
+        assert!(appraise(&snp_claims(0, 115), &p).is_accepted());
+        let v = appraise(&snp_claims(0, 114), &p);
+        assert!(
+            v.reasons()
+                .contains("tcb.microcode: 114 is below the policy's minimum 115"),
+            "{}",
+            v.reasons()
+        );
+        let v = appraise(&snp_claims(2, 115), &p);
+        assert!(
+            v.reasons()
+                .contains("vmpl: report from VMPL 2, policy allows at most 0"),
+            "{}",
+            v.reasons()
+        );
+        let lenient = Policy {
+            max_vmpl: Some(2),
+            ..p.clone()
+        };
+        assert!(appraise(&snp_claims(2, 115), &lenient).is_accepted());
+        let needs_fmc = Policy {
+            min_tcb: Some([("fmc".to_string(), 1)].into()),
+            ..p
+        };
+        assert!(appraise(&snp_claims(0, 115), &needs_fmc)
+            .reasons()
+            .contains("no such component"));
+    }
+
+    #[test]
+    fn tdx_rtmrs_must_match() {
+        let mut c = snp_claims(0, 0);
+        c.platform = Platform::Tdx;
+        c.runtime_measurements = vec![vec![1; 48], vec![2; 48], vec![0; 48], vec![0; 48]];
+        let p = Policy {
+            platforms: vec![Platform::Tdx],
+            launch_measurements: vec![vec![7; 48]],
+            rtmrs: Some(vec![vec![1; 48], vec![2; 48]]),
+            ..Policy::hardware_default()
+        };
+        let p = Policy {
+            any_measurement: false,
+            ..p
+        };
+        assert!(
+            appraise(&c, &p).is_accepted(),
+            "{}",
+            appraise(&c, &p).reasons()
+        );
+        c.runtime_measurements[1][0] ^= 1;
+        assert!(appraise(&c, &p).reasons().contains("rtmr1"));
     }
 }

@@ -81,6 +81,10 @@ fn policy(measurement: [u8; 48]) -> Policy {
         workload_data: None,
         tcb_statuses: None,
         allowed_advisories: None,
+        min_tcb: None,
+        max_vmpl: None,
+        rtmrs: None,
+        any_measurement: false,
     }
 }
 

@@ -63,6 +63,10 @@ fn policy(platforms: Vec<Platform>, measurement: [u8; 48]) -> String {
         workload_data: None,
         tcb_statuses: None,
         allowed_advisories: None,
+        min_tcb: None,
+        max_vmpl: None,
+        rtmrs: None,
+        any_measurement: false,
     }
     .to_toml()
 }

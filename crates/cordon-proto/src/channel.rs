@@ -322,6 +322,17 @@ impl ServiceKeyPair {
     }
 }
 
+// The service key must be wiped on drop: hpke's X25519 private key wraps x25519-dalek's
+// `StaticSecret`, which zeroizes only with that crate's `zeroize` feature (enabled in Cargo.toml).
+const _: () = {
+    // `Zeroize` exists on `StaticSecret` only with the feature, which also adds `zeroize(drop)`.
+    fn assert_zeroize<T: zeroize::Zeroize>() {}
+    fn check() {
+        assert_zeroize::<x25519_dalek::StaticSecret>();
+    }
+    let _ = check;
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,6 +217,10 @@ pub fn run(a: Args) -> Result<()> {
         workload_data: Some(vec![0; 32]),
         tcb_statuses: None,
         allowed_advisories: None,
+        min_tcb: None,
+        max_vmpl: None,
+        rtmrs: None,
+        any_measurement: false,
     };
     std::fs::write(dir.join("release-policy.toml"), policy.to_toml())?;
     let token = util::read_to_string(&token_path, "admin token")?

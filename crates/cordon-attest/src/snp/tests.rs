@@ -16,7 +16,9 @@ const VLEK: &[u8] = include_bytes!("../../../../testdata/attestation/snp/trustee
 
 /// Noon UTC of a day, to keep the tests readable.
 fn date(y: u16, m: u8, d: u8) -> SystemTime {
-    der::DateTime::new(y, m, d, 12, 0, 0).unwrap().to_system_time()
+    der::DateTime::new(y, m, d, 12, 0, 0)
+        .unwrap()
+        .to_system_time()
 }
 
 fn v(report: &[u8], cert: &[u8], at: SystemTime) -> Result<Claims, SnpError> {
