@@ -197,8 +197,15 @@ async fn attest(
         NonceUse::Expired { expired_at } => return Err(KbsError::NonceExpired { expired_at, now }),
     }
 
-    // 2. Verify: signature and trust anchors → claims.
-    let claims = match kbs.inner.verifier.verify(&req.evidence, now_time) {
+    // 2. Verify: signature and trust anchors → claims. Certificate chains and DCAP collateral
+    //    cost milliseconds of CPU: off the async workers.
+    let verifying = kbs.clone();
+    let evidence = req.evidence.clone();
+    let verified =
+        tokio::task::spawn_blocking(move || verifying.inner.verifier.verify(&evidence, now_time))
+            .await
+            .map_err(|e| KbsError::Internal(format!("verification task failed: {e}")))?;
+    let claims = match verified {
         Ok(c) => c,
         Err(e) => {
             let detail = e.to_string();

@@ -211,3 +211,76 @@ fn rand_fill(buf: &mut [u8]) {
     use rand::RngCore;
     rand::rng().fill_bytes(buf);
 }
+
+/// On hardware, the runtime's configuration must be bound to its evidence: the launcher sets the
+/// workload data (SNP HOST_DATA = SHA-256 of the config bytes; TDX MRCONFIGID = SHA-384 of them) so
+/// that a release policy pinning `workload_data` pins the configuration (KBS URL, models, signers,
+/// manifest digests). The runtime refuses to start when its own evidence says otherwise, rather than
+/// serve under a configuration the host could have edited. (Sim measures the config instead; SGX
+/// measures it through the enclave's manifest.)
+pub fn check_config_binding(
+    tee: &dyn EvidenceProvider,
+    config_bytes: &[u8],
+) -> Result<(), RuntimeError> {
+    use sha2::{Digest, Sha256, Sha384};
+    let evidence = tee
+        .evidence(&[0u8; 64])
+        .map_err(|e| RuntimeError::Evidence(e.to_string()))?;
+    let (_, fields) =
+        cordon_attest::inspect(&evidence).map_err(|e| RuntimeError::Evidence(e.to_string()))?;
+    let (field, found, expected) = match tee.platform() {
+        cordon_attest::Platform::Snp => (
+            "HOST_DATA",
+            fields["host_data"].as_str().unwrap_or_default().to_string(),
+            hex::encode(Sha256::digest(config_bytes)),
+        ),
+        cordon_attest::Platform::Tdx => (
+            "MRCONFIGID",
+            fields["body"]["mr_config_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            hex::encode(Sha384::digest(config_bytes)),
+        ),
+        _ => return Ok(()),
+    };
+    if found != expected {
+        return Err(RuntimeError::Config(format!(
+            "{field} is {found}, but this configuration hashes to {expected}: launch the TEE with \
+             the configuration's hash as its workload data"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cordon_tee::TeeError;
+    use sha2::Digest;
+
+    struct FakeSnp(Vec<u8>);
+
+    impl EvidenceProvider for FakeSnp {
+        fn platform(&self) -> cordon_attest::Platform {
+            cordon_attest::Platform::Snp
+        }
+        fn evidence(&self, _: &[u8; 64]) -> Result<Vec<u8>, TeeError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    const REPORT: &[u8] =
+        include_bytes!("../../../testdata/attestation/snp/trustee_test-report.bin");
+
+    #[test]
+    fn hardware_config_must_match_the_workload_data() {
+        let config = b"kbs_url = \"http://kbs\"\n";
+        let err = check_config_binding(&FakeSnp(REPORT.to_vec()), config).unwrap_err();
+        assert!(err.to_string().contains("HOST_DATA"), "{err}");
+        let mut bound = REPORT.to_vec();
+        bound[0xC0..0xE0].copy_from_slice(&sha2::Sha256::digest(config));
+        check_config_binding(&FakeSnp(bound.clone()), config).unwrap();
+        assert!(check_config_binding(&FakeSnp(bound), b"kbs_url = \"http://evil\"\n").is_err());
+    }
+}

@@ -27,7 +27,9 @@ pub struct ModelConfig {
     pub signer: String,
     /// SHA-256 (hex) of the exact sealed manifest to load. When set, the host cannot substitute
     /// another artifact of the same owner (an older version, say): the runtime refuses it before
-    /// asking for any key. Since the config is measured, a policy that pins the measurement pins this.
+    /// asking for any key. With `sim` the config is part of the measurement; on SNP/TDX it is bound
+    /// through the workload data (see `check_config_binding`), so a policy that pins the measurement
+    /// (sim) or `workload_data` (hardware) pins this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_sha256: Option<String>,
 }

@@ -14,7 +14,7 @@ mod config;
 mod engine;
 mod server;
 
-pub use boot::{boot, BootedRuntime, RuntimeError};
+pub use boot::{boot, check_config_binding, BootedRuntime, RuntimeError};
 pub use config::{ModelConfig, RuntimeConfig};
 pub use engine::{EngineError, OnnxModel};
 pub use server::{router, serve, RuntimeState};

@@ -119,7 +119,13 @@ async fn attestation(State(s): State<Arc<RuntimeState>>, Query(q): Query<NonceQu
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("nonce is not hex: {e}")),
     };
-    match s.tee.evidence(&report_data(&nonce, &s.runtime_keys)) {
+    // Evidence can take long on hardware (a TDX quote, an SNP ioctl): off the async workers.
+    let rd = report_data(&nonce, &s.runtime_keys);
+    let tee = s.tee.clone();
+    let Ok(evidence) = tokio::task::spawn_blocking(move || tee.evidence(&rd)).await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "evidence task failed");
+    };
+    match evidence {
         Ok(evidence) => Json(AttestationResponse {
             evidence,
             runtime_keys: s.runtime_keys.clone(),

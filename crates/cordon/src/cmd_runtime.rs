@@ -143,6 +143,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         PlatformArg::Hardware => {
             let provider = cordon_tee::detect(Path::new("/"))?;
             eprintln!("TEE platform detected: {}", provider.platform());
+            cordon_runtime::check_config_binding(provider.as_ref(), &config_bytes)?;
             Arc::from(provider)
         }
     };

@@ -20,13 +20,17 @@ pub fn write_secret(path: &Path, contents: &[u8], overwrite: bool) -> Result<()>
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true);
+    // Never write through an existing file or link: remove it (when allowed), then create anew
+    // with mode 0600, so a pre-existing 0644 file or a symlink cannot expose the secret.
     if overwrite {
-        opts.create(true).truncate(true);
-    } else {
-        opts.create_new(true);
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("replacing {}", path.display())),
+        }
     }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;

@@ -204,49 +204,60 @@ impl Verifier {
             SigningKey::Vlek => (KeyKind::Vlek, "VLEK"),
             SigningKey::None => return Err(SnpError::Unsigned),
         };
+        // Several certificates may be given (several chips, or one chip before and after a TCB
+        // update): each of the right kind is tried, and the first that verifies everything wins.
         let mut first_error = None;
-        let mut key = None;
         for c in certs {
-            match self.key_for(c) {
-                Ok(k) if k.kind == needed_kind => {
-                    key = Some(k);
-                    break;
+            let result = self.key_for(c).and_then(|key| {
+                if key.kind != needed_kind {
+                    return Ok(None);
                 }
-                Ok(_) => {}
+                check_with_key(report, &r, &key, crls, now, needed).map(Some)
+            });
+            match result {
+                Ok(Some(claims)) => return Ok(claims),
+                Ok(None) => {}
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
             }
         }
-        let key = match (key, first_error) {
-            (Some(k), _) => k,
-            (None, Some(e)) => return Err(e),
-            (None, None) => return Err(SnpError::MissingKey { needed }),
-        };
-        key.check_validity(now)?;
-        if !crls.is_empty() {
-            check_revocation(&key, crls, now)?;
-        }
-        if let Some(p) = r.product_from_cpuid() {
-            if p != key.product {
-                return Err(SnpError::ProductMismatch {
-                    report: p.name(),
-                    key: key.product.name(),
-                });
-            }
-        }
-        verify_signature(report, &r, &key, needed)?;
-        if key.kind == KeyKind::Vcek && !r.mask_chip_key {
-            check_chip_id(&r, &key)?;
-        }
-        let tcb = TcbVersion::decode(r.reported_tcb, key.product);
-        check_tcb(&tcb, &key.tcb)?;
-        Ok(claims(&r, &key, &tcb))
+        Err(first_error.unwrap_or(SnpError::MissingKey { needed }))
     }
 }
 
 /// The report's ECDSA P-384/SHA-384 signature. ring verifies it (its P-384 is about 1.5x faster than
 /// RustCrypto's here, docs/benchmarks.md); the key was parsed and checked as a P-384 point by `p384`.
+/// Every check that needs the endorsement key, in the order of the module documentation.
+fn check_with_key(
+    report: &[u8],
+    r: &AttestationReport,
+    key: &EndorsementKey,
+    crls: &[Vec<u8>],
+    now: SystemTime,
+    needed: &'static str,
+) -> Result<Claims, SnpError> {
+    key.check_validity(now)?;
+    if !crls.is_empty() {
+        check_revocation(key, crls, now)?;
+    }
+    if let Some(p) = r.product_from_cpuid() {
+        if p != key.product {
+            return Err(SnpError::ProductMismatch {
+                report: p.name(),
+                key: key.product.name(),
+            });
+        }
+    }
+    verify_signature(report, r, key, needed)?;
+    if key.kind == KeyKind::Vcek && !r.mask_chip_key {
+        check_chip_id(r, key)?;
+    }
+    let tcb = TcbVersion::decode(r.reported_tcb, key.product);
+    check_tcb(&tcb, &key.tcb)?;
+    Ok(claims(r, key, &tcb))
+}
+
 fn verify_signature(
     report: &[u8],
     r: &AttestationReport,

@@ -106,9 +106,12 @@ fn the_signing_key_field_decides_which_key_is_acceptable() {
         verify(TRUSTEE_REPORT, &[], date(2025, 6, 1)).unwrap_err(),
         SnpError::MissingKey { needed: "VCEK" }
     );
-    // Several certificates: the matching one is used.
+    // Several certificates: the matching one is used, wherever it is in the list.
     let both = [VLEK.to_vec(), TRUSTEE_VCEK.to_vec()];
     assert!(verify(TRUSTEE_REPORT, &both, date(2025, 6, 1)).is_ok());
+    let two_chips = [GOSEV_VCEK.to_vec(), TRUSTEE_VCEK.to_vec()];
+    assert!(verify(TRUSTEE_REPORT, &two_chips, date(2025, 6, 1)).is_ok());
+    assert!(verify(GOSEV_REPORT, &two_chips, date(2025, 6, 1)).is_ok());
 }
 
 #[test]
