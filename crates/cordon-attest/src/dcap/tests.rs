@@ -478,24 +478,17 @@ fn tdx_signature_data_mutations_are_refused() {
 
 #[test]
 fn tdx_certification_data_mutations_are_refused() {
-    // The PCK chain and the zero padding after it. One verification costs milliseconds (about 4 ms in
-    // a debug build), so this strides through the ~3700 bytes of PEM: every third byte, with the
-    // flipped bit changing along the way; a full sweep (run while writing this) refused all 5006
-    // single-bit flips of the quote.
-    let n = assert_flips_refused(
-        TDX_QUOTE,
-        &tdx_collateral(),
-        (TDX_PEM_START..TDX_QUOTE.len()).step_by(3),
-    );
-    assert!(n > 1200);
+    // Every byte of the PCK chain and the zero padding after it (about 4 ms a verification in a
+    // debug build, so this test takes some seconds).
+    let n = assert_flips_refused(TDX_QUOTE, &tdx_collateral(), TDX_PEM_START..TDX_QUOTE.len());
+    assert!(n > 3600);
 }
 
 #[test]
 fn sgx_mutations_are_refused() {
-    // The v3 layout: every byte of header and body, then every 7th byte of the signature data.
+    // The v3 layout: every byte of header and body, signature data and certification data.
     let c = sgx_collateral();
-    assert_flips_refused(SGX_QUOTE, &c, 0..432);
-    assert_flips_refused(SGX_QUOTE, &c, (432..SGX_QUOTE.len()).step_by(7));
+    assert_flips_refused(SGX_QUOTE, &c, 0..SGX_QUOTE.len());
 }
 
 #[test]
