@@ -271,7 +271,7 @@ async fn policy_denials_name_the_failed_check() {
     h.register(
         "hardware-only",
         [2; 32],
-        policy(vec![Platform::Snp, Platform::Tdx], MEASUREMENT),
+        policy(vec![Platform::Snp, Platform::Sgx], MEASUREMENT),
     )
     .await;
     h.register(

@@ -435,7 +435,7 @@ fn key_denied_to_runtime_with_unlisted_measurement() {
 fn key_denied_to_sim_under_hardware_only_policy() {
     assert_denied(
         Deploy {
-            policy_platforms: "[\"snp\", \"tdx\"]",
+            policy_platforms: "[\"snp\", \"sgx\"]",
             ..Deploy::default()
         },
         "platform: evidence is from `sim`",
