@@ -9,6 +9,11 @@
 //! workload_data = "00…"                  # optional: exact workload data expected
 //! tcb_statuses = ["UpToDate"]            # optional (DCAP): accepted TCB statuses; default below
 //! allowed_advisories = ["INTEL-SA-00615"] # optional (DCAP): if set, every advisory must be listed
+//! max_vmpl = 0                           # optional (SNP): highest VMPL accepted, default 0
+//! rtmrs = ["…", "…"]                     # TDX: RTMR0.. reference values (or pin workload_data)
+//!
+//! [min_tcb]                              # optional: minimum TCB component versions
+//! microcode = 115
 //!
 //! [endorsements]                         # optional; used by clients and proxies
 //! sim_trust_anchors = ["3b…"]            # Ed25519 keys of the simulated hardware
@@ -101,18 +106,31 @@ impl Policy {
     /// values; a policy file must list them.
     pub fn hardware_default() -> Policy {
         Policy {
-            platforms: vec![Platform::Snp, Platform::Tdx, Platform::Sgx],
-            launch_measurements: Vec::new(),
+            // The default: cryptographically valid, not debug, TCB status. A report from any
+            // VMPL is accepted here; policy files default to VMPL 0.
+            max_vmpl: Some(3),
+            any_measurement: true,
+            ..Policy::new(
+                vec![Platform::Snp, Platform::Tdx, Platform::Sgx],
+                Vec::new(),
+            )
+        }
+    }
+
+    /// A policy accepting `platforms` and exactly `launch_measurements`, with every other rule at its
+    /// fail-closed default: no debug, no workload data pinned, default TCB statuses, VMPL 0.
+    pub fn new(platforms: Vec<Platform>, launch_measurements: Vec<Vec<u8>>) -> Policy {
+        Policy {
+            platforms,
+            launch_measurements,
             allow_debug: false,
             workload_data: None,
             tcb_statuses: None,
             allowed_advisories: None,
             min_tcb: None,
-            // The default: cryptographically valid, not debug, TCB status. A report from any
-            // VMPL is accepted here; policy files default to VMPL 0.
-            max_vmpl: Some(3),
+            max_vmpl: None,
             rtmrs: None,
-            any_measurement: true,
+            any_measurement: false,
         }
     }
 
@@ -490,18 +508,7 @@ mod tests {
     }
 
     fn policy() -> Policy {
-        Policy {
-            platforms: vec![Platform::Sim],
-            launch_measurements: vec![vec![0xaa; 48]],
-            allow_debug: false,
-            workload_data: None,
-            tcb_statuses: None,
-            allowed_advisories: None,
-            min_tcb: None,
-            max_vmpl: None,
-            rtmrs: None,
-            any_measurement: false,
-        }
+        Policy::new(vec![Platform::Sim], vec![vec![0xaa; 48]])
     }
 
     #[test]
@@ -723,14 +730,7 @@ mod hardware_policy_tests {
 
     #[test]
     fn empty_reference_values_accept_nothing_unless_hardware_default() {
-        let p = Policy {
-            launch_measurements: vec![],
-            ..Policy::hardware_default()
-        };
-        let p = Policy {
-            any_measurement: false,
-            ..p
-        };
+        let p = Policy::new(vec![Platform::Snp], vec![]);
         assert!(appraise(&snp_claims(0, 200), &p)
             .reasons()
             .contains("launch_measurement"));
@@ -785,14 +785,8 @@ mod hardware_policy_tests {
         c.platform = Platform::Tdx;
         c.runtime_measurements = vec![vec![1; 48], vec![2; 48], vec![0; 48], vec![0; 48]];
         let p = Policy {
-            platforms: vec![Platform::Tdx],
-            launch_measurements: vec![vec![7; 48]],
             rtmrs: Some(vec![vec![1; 48], vec![2; 48]]),
-            ..Policy::hardware_default()
-        };
-        let p = Policy {
-            any_measurement: false,
-            ..p
+            ..Policy::new(vec![Platform::Tdx], vec![vec![7; 48]])
         };
         assert!(
             appraise(&c, &p).is_accepted(),

@@ -74,18 +74,7 @@ async fn fake_runtime(tee: SimTee, mode: Fake, encrypted_hits: Arc<AtomicUsize>)
 }
 
 fn policy(measurement: [u8; 48]) -> Policy {
-    Policy {
-        platforms: vec![Platform::Sim],
-        launch_measurements: vec![measurement.to_vec()],
-        allow_debug: false,
-        workload_data: None,
-        tcb_statuses: None,
-        allowed_advisories: None,
-        min_tcb: None,
-        max_vmpl: None,
-        rtmrs: None,
-        any_measurement: false,
-    }
+    Policy::new(vec![Platform::Sim], vec![measurement.to_vec()])
 }
 
 async fn setup(measurement: [u8; 48], mode: Fake) -> (String, Endorsements, Arc<AtomicUsize>) {

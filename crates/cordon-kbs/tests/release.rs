@@ -56,19 +56,7 @@ async fn start() -> Harness {
 }
 
 fn policy(platforms: Vec<Platform>, measurement: [u8; 48]) -> String {
-    Policy {
-        platforms,
-        launch_measurements: vec![measurement.to_vec()],
-        allow_debug: false,
-        workload_data: None,
-        tcb_statuses: None,
-        allowed_advisories: None,
-        min_tcb: None,
-        max_vmpl: None,
-        rtmrs: None,
-        any_measurement: false,
-    }
-    .to_toml()
+    Policy::new(platforms, vec![measurement.to_vec()]).to_toml()
 }
 
 impl Harness {

@@ -211,16 +211,8 @@ pub fn run(a: Args) -> Result<()> {
     std::fs::write(&config_path, &config_text)?;
     let measurement = sim_launch_measurement(&std::env::current_exe()?, config_text.as_bytes())?;
     let policy = Policy {
-        platforms: vec![Platform::Sim],
-        launch_measurements: vec![measurement.to_vec()],
-        allow_debug: false,
         workload_data: Some(vec![0; 32]),
-        tcb_statuses: None,
-        allowed_advisories: None,
-        min_tcb: None,
-        max_vmpl: None,
-        rtmrs: None,
-        any_measurement: false,
+        ..Policy::new(vec![Platform::Sim], vec![measurement.to_vec()])
     };
     std::fs::write(dir.join("release-policy.toml"), policy.to_toml())?;
     let token = util::read_to_string(&token_path, "admin token")?
