@@ -1,0 +1,240 @@
+//! Trees compiled for the hardware.
+//!
+//! Every tree becomes a run of 16-byte nodes (f32 thresholds) in one contiguous array, laid out
+//! depth-first so a path mostly walks forward. When every branch of the ensemble is an ordered
+//! comparison (LEQ, LT, GTE, GT, with or without a missing-value track, which covers what
+//! scikit-learn, XGBoost and LightGBM export) each branch is rewritten at load time into one
+//! form, `go to next[0] iff (±x) <= t'`:
+//!
+//! | mode | missing → true | sign | t' | children |
+//! |------|----------------|------|----|----------|
+//! | LEQ  | no  | + | t               | as is   |
+//! | LT   | no  | + | next_down(t)    | as is   |
+//! | GTE  | no  | − | −t              | as is   |
+//! | GT   | no  | − | next_down(−t)   | as is   |
+//! | LEQ  | yes | − | next_down(−t)   | swapped |
+//! | LT   | yes | − | −t              | swapped |
+//! | GTE  | yes | + | next_down(t)    | swapped |
+//! | GT   | yes | + | t               | swapped |
+//!
+//! (`x < t` ⇔ `x <= next_down(t)` for every x, NaN included, when t is not −∞; NaN compares
+//! false, so swapping the children of the complement sends NaN to the original true child.)
+//! The sign is flipped by XOR on the sign bit, exact for every value. Leaves point to themselves
+//! on both sides, so a walk can take a fixed number of steps with no branch on the data:
+//! several walks (eight rows of one tree, or eight trees of one row) advance in lockstep and
+//! the processor overlaps their loads.
+//!
+//! Ensembles with EQ, NEQ or set-membership branches, or thresholds where the rewrite is not
+//! exact (NaN, or an infinity on the wrong side), use the generic walker: the same node array,
+//! each step evaluating the branch's own mode.
+
+use crate::ensemble::{Branch, Child, Ensemble, Mode};
+use crate::float::Float;
+
+/// Bit 31 of a node's `feature`: negate the feature value before comparing.
+const NEGATE: u32 = 0x8000_0000;
+const FEATURE: u32 = 0x7fff_ffff;
+
+/// One node of the fast layout. Leaves have `next == [self, self]`.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Node<C> {
+    pub threshold: C,
+    pub feature: u32,
+    pub next: [u32; 2],
+}
+
+/// One node of the generic layout.
+#[derive(Debug, Clone, Copy)]
+pub struct GenericNode<C> {
+    pub threshold: C,
+    pub feature: u32,
+    pub mode: Mode,
+    pub missing_true: bool,
+    /// `[if_true, if_false]`; a leaf points to itself on both.
+    pub next: [u32; 2],
+    pub leaf: bool,
+}
+
+/// The walkable form of an ensemble for comparisons in type `C`.
+#[derive(Debug, Clone)]
+pub struct Walker<C> {
+    /// Fast layout, when every branch rewrites exactly.
+    pub fast: Option<Vec<Node<C>>>,
+    /// Whether any fast node negates (else the XOR is skipped).
+    pub negates: bool,
+    pub generic: Vec<GenericNode<C>>,
+    pub roots: Vec<u32>,
+    pub depths: Vec<u32>,
+    /// For each node, its leaf number (`u32::MAX` for branches).
+    pub leaf_of: Vec<u32>,
+    pub member_sets: Vec<Vec<f64>>,
+}
+
+/// The fast form of one branch, or `None` when the rewrite is not exact.
+fn rewrite<C: Float>(b: &Branch) -> Option<(C, bool, bool)> {
+    let t = C::from_f64(b.threshold);
+    if t.is_nan() {
+        return None;
+    }
+    let inf = C::from_f64(f64::INFINITY);
+    let neg_inf = C::from_f64(f64::NEG_INFINITY);
+    let neg = |v: C| v.negate_if(NEGATE);
+    // (negate, t', swap)
+    let (negate, t2, swap) = match (b.mode, b.missing_true) {
+        (Mode::Leq, false) => (false, t, false),
+        (Mode::Lt, false) if t != neg_inf => (false, t.next_down(), false),
+        (Mode::Gte, false) => (true, neg(t), false),
+        (Mode::Gt, false) if t != inf => (true, neg(t).next_down(), false),
+        (Mode::Leq, true) if t != inf => (true, neg(t).next_down(), true),
+        (Mode::Lt, true) => (true, neg(t), true),
+        (Mode::Gte, true) if t != neg_inf => (false, t.next_down(), true),
+        (Mode::Gt, true) => (false, t, true),
+        _ => return None,
+    };
+    Some((t2, negate, swap))
+}
+
+impl<C: Float> Walker<C> {
+    pub fn compile(ensemble: &Ensemble) -> Walker<C> {
+        let total: usize = ensemble
+            .trees
+            .iter()
+            .map(|t| t.branches.len() + t.leaves.len())
+            .sum();
+        let mut generic = Vec::with_capacity(total);
+        let mut leaf_of = Vec::with_capacity(total);
+        let mut roots = Vec::with_capacity(ensemble.trees.len());
+        let mut depths = Vec::with_capacity(ensemble.trees.len());
+        let mut next_leaf = 0u32;
+        for tree in &ensemble.trees {
+            // Depth-first, true child first: (child, slot of the parent to patch)
+            let mut stack: Vec<(Child, Option<(usize, usize)>)> = vec![(tree.root, None)];
+            roots.push(generic.len() as u32);
+            depths.push(tree.depth);
+            let leaf_base = next_leaf;
+            while let Some((child, slot)) = stack.pop() {
+                let at = generic.len() as u32;
+                match child {
+                    Child::Leaf(l) => {
+                        generic.push(GenericNode {
+                            threshold: C::ZERO,
+                            feature: 0,
+                            mode: Mode::Leq,
+                            missing_true: false,
+                            next: [at, at],
+                            leaf: true,
+                        });
+                        leaf_of.push(leaf_base + l);
+                    }
+                    Child::Branch(b) => {
+                        let br = &tree.branches[b as usize];
+                        generic.push(GenericNode {
+                            threshold: C::from_f64(br.threshold),
+                            feature: br.feature,
+                            mode: br.mode,
+                            missing_true: br.missing_true,
+                            next: [u32::MAX, u32::MAX],
+                            leaf: false,
+                        });
+                        leaf_of.push(u32::MAX);
+                        stack.push((br.if_false, Some((at as usize, 1))));
+                        stack.push((br.if_true, Some((at as usize, 0))));
+                    }
+                }
+                if let Some((parent, side)) = slot {
+                    generic[parent].next[side] = at;
+                }
+            }
+            next_leaf += tree.leaves.len() as u32;
+        }
+
+        let mut negates = false;
+        let fast: Option<Vec<Node<C>>> = generic
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                if g.leaf {
+                    return Some(Node {
+                        threshold: C::ZERO,
+                        feature: 0,
+                        next: [i as u32, i as u32],
+                    });
+                }
+                let branch = Branch {
+                    feature: g.feature,
+                    mode: g.mode,
+                    threshold: g.threshold.to_f64(),
+                    missing_true: g.missing_true,
+                    if_true: Child::Leaf(0),
+                    if_false: Child::Leaf(0),
+                };
+                let (t, negate, swap) = rewrite::<C>(&branch)?;
+                negates |= negate;
+                Some(Node {
+                    threshold: t,
+                    feature: g.feature | if negate { NEGATE } else { 0 },
+                    next: if swap { [g.next[1], g.next[0]] } else { g.next },
+                })
+            })
+            .collect();
+        Walker {
+            fast,
+            negates,
+            generic,
+            roots,
+            depths,
+            leaf_of,
+            member_sets: ensemble.member_sets.clone(),
+        }
+    }
+
+    /// The leaf one row reaches in tree `tree`, by the generic walker.
+    #[inline]
+    pub fn generic_leaf(&self, tree: usize, row: &[C]) -> u32 {
+        let mut i = self.roots[tree] as usize;
+        loop {
+            let n = &self.generic[i];
+            if n.leaf {
+                return self.leaf_of[i];
+            }
+            let x = row[n.feature as usize];
+            let go_true = if x.is_nan() {
+                n.missing_true || n.mode == Mode::Neq
+            } else {
+                n.mode
+                    .holds(x.to_f64(), n.threshold.to_f64(), &self.member_sets)
+            };
+            i = n.next[usize::from(!go_true)] as usize;
+        }
+    }
+}
+
+/// One step of a fast walk.
+#[inline(always)]
+pub fn step<C: Float, const NEG: bool>(nodes: &[Node<C>], at: u32, row: &[C]) -> u32 {
+    let n = &nodes[at as usize];
+    let mut x = row[(n.feature & FEATURE) as usize];
+    if NEG {
+        x = x.negate_if(n.feature);
+    }
+    // NaN compares false: it takes next[1].
+    let go_true = x <= n.threshold;
+    n.next[usize::from(!go_true)]
+}
+
+/// Walks `L` (tree, row) pairs in lockstep for `depth` steps; returns the nodes reached.
+#[inline(always)]
+pub fn walk_lanes<C: Float, const NEG: bool, const L: usize>(
+    nodes: &[Node<C>],
+    mut at: [u32; L],
+    rows: [&[C]; L],
+    depth: u32,
+) -> [u32; L] {
+    for _ in 0..depth {
+        for l in 0..L {
+            at[l] = step::<C, NEG>(nodes, at[l], rows[l]);
+        }
+    }
+    at
+}

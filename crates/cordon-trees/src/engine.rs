@@ -1,0 +1,716 @@
+//! Evaluation: walk every tree, aggregate the leaves' weights per row, then finalize the scores
+//! (base values, post transform, labels).
+//!
+//! Aggregation and finalization follow the ONNX-ML operator specification; where the
+//! specification is silent (two classes with one weight column, base values of unexpected
+//! length, which transforms apply to a single target) they follow ONNX Runtime's
+//! `TreeEnsembleCommon` (onnxruntime/core/providers/cpu/ml/tree_ensemble_aggregator.h, ml_common.h),
+//! the reference the conformance tests compare against, including its float arithmetic for the
+//! transforms. Scores are summed in the model's own precision, tree by tree in model order, as
+//! the reference does, so results agree to the last bits in most rows.
+
+use crate::compiled::{walk_lanes, Walker};
+use crate::ensemble::{Aggregate, ClassLabels, Ensemble, Output, PostTransform, Precision};
+use crate::float::Float;
+use crate::TreeError;
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+/// Rows processed together: each tree is walked for all of them before the next tree, so its
+/// nodes stay in cache.
+const BLOCK: usize = 256;
+/// Walks advanced in lockstep.
+const LANES: usize = 8;
+
+/// Leaf weights in the accumulation type `A`.
+#[derive(Debug, Clone)]
+struct Leaves<A> {
+    /// `start[l]..start[l + 1]` indexes `weights` for leaf `l`.
+    start: Vec<u32>,
+    weights: Vec<(u32, A)>,
+    /// With one target and SUM/AVERAGE: each leaf's weight.
+    single: Vec<A>,
+}
+
+impl<A: Float> Leaves<A> {
+    fn new(ensemble: &Ensemble) -> Leaves<A> {
+        let mut start = vec![0u32];
+        let mut weights = Vec::new();
+        let mut single = Vec::new();
+        for tree in &ensemble.trees {
+            for leaf in &tree.leaves {
+                for &(target, w) in &leaf.weights {
+                    weights.push((target, A::from_f64(w)));
+                }
+                // With one target the reference keeps only a leaf's first weight.
+                single.push(
+                    leaf.weights
+                        .first()
+                        .map_or(A::ZERO, |&(_, w)| A::from_f64(w)),
+                );
+                start.push(weights.len() as u32);
+            }
+        }
+        Leaves {
+            start,
+            weights,
+            single,
+        }
+    }
+}
+
+/// Running score of one target of one row.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Score<A> {
+    value: A,
+    has: bool,
+}
+
+/// A compiled ensemble, ready to evaluate rows.
+#[derive(Debug)]
+pub struct CompiledEnsemble {
+    ensemble: Ensemble,
+    walk_f32: Option<Walker<f32>>,
+    walk_f64: OnceLock<Walker<f64>>,
+    leaves_f32: Option<Leaves<f32>>,
+    leaves_f64: Option<Leaves<f64>>,
+    /// Two classes and every leaf weight on one of them (spec: one score column).
+    binary_case: bool,
+    weights_all_positive: bool,
+    /// The sum path for one target with no has-score bookkeeping.
+    single_sum: bool,
+}
+
+/// Labels one classifier row chose: an index into the class labels, or (two classes, weights on
+/// both) the reference's literal positive/negative label 1 or 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Label {
+    Index(usize),
+    Literal(i64),
+}
+
+impl CompiledEnsemble {
+    pub fn new(ensemble: Ensemble) -> Result<CompiledEnsemble, TreeError> {
+        if ensemble.n_features > FEATURE_LIMIT {
+            return Err(TreeError::Attribute {
+                name: "nodes_featureids".into(),
+                reason: format!("feature id {} is too large", ensemble.n_features - 1),
+            });
+        }
+        let (walk_f32, walk_f64) = match ensemble.precision {
+            Precision::F32 => (Some(Walker::compile(&ensemble)), OnceLock::new()),
+            Precision::F64 => (None, OnceLock::from(Walker::compile(&ensemble))),
+        };
+        let (leaves_f32, leaves_f64) = match ensemble.precision {
+            Precision::F32 => (Some(Leaves::new(&ensemble)), None),
+            Precision::F64 => (None, Some(Leaves::new(&ensemble))),
+        };
+        let mut classes_used = std::collections::BTreeSet::new();
+        let mut weights_all_positive = true;
+        for tree in &ensemble.trees {
+            for leaf in &tree.leaves {
+                for &(target, w) in &leaf.weights {
+                    classes_used.insert(target);
+                    weights_all_positive &= w >= 0.0;
+                }
+            }
+        }
+        let binary_case = matches!(ensemble.output, Output::Classifier(_))
+            && ensemble.n_targets == 2
+            && classes_used.len() == 1;
+        let single_sum = ensemble.n_targets == 1
+            && matches!(ensemble.aggregate, Aggregate::Sum | Aggregate::Average);
+        Ok(CompiledEnsemble {
+            ensemble,
+            walk_f32,
+            walk_f64,
+            leaves_f32,
+            leaves_f64,
+            binary_case,
+            weights_all_positive,
+            single_sum,
+        })
+    }
+
+    pub fn ensemble(&self) -> &Ensemble {
+        &self.ensemble
+    }
+
+    /// Columns of the score output.
+    pub fn n_outputs(&self) -> usize {
+        self.ensemble.n_targets
+    }
+
+    /// Whether the fast (predicated) walker serves this ensemble.
+    pub fn is_fast(&self) -> bool {
+        match self.ensemble.precision {
+            Precision::F32 => self.walk_f32.as_ref().is_some_and(|w| w.fast.is_some()),
+            Precision::F64 => self.walk_f64.get().is_some_and(|w| w.fast.is_some()),
+        }
+    }
+
+    fn walker_f64(&self) -> &Walker<f64> {
+        self.walk_f64
+            .get_or_init(|| Walker::compile(&self.ensemble))
+    }
+
+    /// Evaluates `rows` (row-major, `n_cols` per row) compared in f32; the model's thresholds
+    /// must be f32 (else use [`CompiledEnsemble::eval_f64`]).
+    pub fn eval_f32<O: Float>(
+        &self,
+        rows: &[f32],
+        n_cols: usize,
+        scores: &mut [O],
+        labels: &mut [Label],
+        generic: bool,
+    ) -> Result<(), TreeError> {
+        let walker = match &self.walk_f32 {
+            Some(w) => w,
+            None => {
+                let wide: Vec<f64> = rows.iter().map(|&v| v as f64).collect();
+                return self.eval_f64(&wide, n_cols, scores, labels, generic);
+            }
+        };
+        match &self.leaves_f32 {
+            Some(leaves) => self.run(walker, leaves, rows, n_cols, scores, labels, generic),
+            None => Err(TreeError::Internal("f32 leaves missing".into())),
+        }
+    }
+
+    /// Evaluates `rows` compared in f64.
+    pub fn eval_f64<O: Float>(
+        &self,
+        rows: &[f64],
+        n_cols: usize,
+        scores: &mut [O],
+        labels: &mut [Label],
+        generic: bool,
+    ) -> Result<(), TreeError> {
+        let walker = self.walker_f64();
+        match (&self.leaves_f32, &self.leaves_f64) {
+            (Some(leaves), _) => self.run(walker, leaves, rows, n_cols, scores, labels, generic),
+            (None, Some(leaves)) => self.run(walker, leaves, rows, n_cols, scores, labels, generic),
+            (None, None) => Err(TreeError::Internal("leaves missing".into())),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run<C: Float, A: Float + Scratch, O: Float>(
+        &self,
+        walker: &Walker<C>,
+        leaves: &Leaves<A>,
+        rows: &[C],
+        n_cols: usize,
+        scores: &mut [O],
+        labels: &mut [Label],
+        generic: bool,
+    ) -> Result<(), TreeError> {
+        let e = &self.ensemble;
+        if n_cols < e.n_features {
+            return Err(TreeError::Input(format!(
+                "rows have {n_cols} features, the model reads feature {}",
+                e.n_features - 1
+            )));
+        }
+        let n_rows = rows.len().checked_div(n_cols).unwrap_or(0);
+        if n_rows * n_cols != rows.len() {
+            return Err(TreeError::Input(format!(
+                "{} values do not make rows of {n_cols}",
+                rows.len()
+            )));
+        }
+        let t = e.n_targets;
+        if scores.len() != n_rows * t {
+            return Err(TreeError::Internal(format!(
+                "score buffer holds {}, expected {}",
+                scores.len(),
+                n_rows * t
+            )));
+        }
+        let classifier = matches!(e.output, Output::Classifier(_));
+        if classifier && labels.len() != n_rows {
+            return Err(TreeError::Internal("label buffer length".into()));
+        }
+        A::with_scratch(BLOCK.min(n_rows.max(1)) * t, |acc: &mut [Score<A>]| {
+            for start in (0..n_rows).step_by(BLOCK) {
+                let end = (start + BLOCK).min(n_rows);
+                let block = &rows[start * n_cols..end * n_cols];
+                let acc = &mut acc[..(end - start) * t];
+                acc.fill(Score::default());
+                self.accumulate(walker, leaves, block, n_cols, acc, generic);
+                for r in 0..end - start {
+                    let out = &mut scores[(start + r) * t..(start + r + 1) * t];
+                    let label = self.finalize(&mut acc[r * t..(r + 1) * t], out);
+                    if classifier {
+                        labels[start + r] = label;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Adds every tree's leaf to each row of the block, tree by tree.
+    fn accumulate<C: Float, A: Float>(
+        &self,
+        walker: &Walker<C>,
+        leaves: &Leaves<A>,
+        block: &[C],
+        n_cols: usize,
+        acc: &mut [Score<A>],
+        generic: bool,
+    ) {
+        let n_rows = block.len() / n_cols.max(1);
+        let t = self.ensemble.n_targets;
+        let row = |r: usize| &block[r * n_cols..(r + 1) * n_cols];
+        let fast = if generic {
+            None
+        } else {
+            walker.fast.as_deref()
+        };
+        let Some(nodes) = fast else {
+            for tree in 0..walker.roots.len() {
+                for r in 0..n_rows {
+                    let leaf = walker.generic_leaf(tree, row(r));
+                    self.add_leaf(leaves, leaf, &mut acc[r * t..(r + 1) * t]);
+                }
+            }
+            return;
+        };
+        if n_rows < LANES {
+            // Few rows: walk LANES trees of one row at a time.
+            for r in 0..n_rows {
+                let x = row(r);
+                let out = &mut acc[r * t..(r + 1) * t];
+                let mut tree = 0;
+                while tree + LANES <= walker.roots.len() {
+                    let mut at = [0u32; LANES];
+                    at.copy_from_slice(&walker.roots[tree..tree + LANES]);
+                    let depth = walker.depths[tree..tree + LANES]
+                        .iter()
+                        .copied()
+                        .max()
+                        .unwrap_or(0);
+                    let reached = if walker.negates {
+                        walk_lanes::<C, true, LANES>(nodes, at, [x; LANES], depth)
+                    } else {
+                        walk_lanes::<C, false, LANES>(nodes, at, [x; LANES], depth)
+                    };
+                    for node in reached {
+                        self.add_leaf(leaves, walker.leaf_of[node as usize], out);
+                    }
+                    tree += LANES;
+                }
+                for tr in tree..walker.roots.len() {
+                    let at = [walker.roots[tr]];
+                    let reached = if walker.negates {
+                        walk_lanes::<C, true, 1>(nodes, at, [x], walker.depths[tr])
+                    } else {
+                        walk_lanes::<C, false, 1>(nodes, at, [x], walker.depths[tr])
+                    };
+                    self.add_leaf(leaves, walker.leaf_of[reached[0] as usize], out);
+                }
+            }
+            return;
+        }
+        for tree in 0..walker.roots.len() {
+            let root = walker.roots[tree];
+            let depth = walker.depths[tree];
+            let mut r = 0;
+            while r + LANES <= n_rows {
+                let rows: [&[C]; LANES] = std::array::from_fn(|l| row(r + l));
+                let reached = if walker.negates {
+                    walk_lanes::<C, true, LANES>(nodes, [root; LANES], rows, depth)
+                } else {
+                    walk_lanes::<C, false, LANES>(nodes, [root; LANES], rows, depth)
+                };
+                for (l, node) in reached.into_iter().enumerate() {
+                    let out = &mut acc[(r + l) * t..(r + l + 1) * t];
+                    self.add_leaf(leaves, walker.leaf_of[node as usize], out);
+                }
+                r += LANES;
+            }
+            for r in r..n_rows {
+                let reached = if walker.negates {
+                    walk_lanes::<C, true, 1>(nodes, [root], [row(r)], depth)
+                } else {
+                    walk_lanes::<C, false, 1>(nodes, [root], [row(r)], depth)
+                };
+                let out = &mut acc[r * t..(r + 1) * t];
+                self.add_leaf(leaves, walker.leaf_of[reached[0] as usize], out);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn add_leaf<A: Float>(&self, leaves: &Leaves<A>, leaf: u32, out: &mut [Score<A>]) {
+        let leaf = leaf as usize;
+        if self.single_sum {
+            out[0].value = out[0].value + leaves.single[leaf];
+            return;
+        }
+        let (from, to) = (leaves.start[leaf] as usize, leaves.start[leaf + 1] as usize);
+        for &(target, w) in &leaves.weights[from..to] {
+            let s = &mut out[target as usize];
+            s.value = match self.ensemble.aggregate {
+                Aggregate::Sum | Aggregate::Average => s.value + w,
+                Aggregate::Min => {
+                    if !s.has || w < s.value {
+                        w
+                    } else {
+                        s.value
+                    }
+                }
+                Aggregate::Max => {
+                    if !s.has || w > s.value {
+                        w
+                    } else {
+                        s.value
+                    }
+                }
+            };
+            s.has = true;
+        }
+    }
+
+    /// Base values, averaging, post transform and label of one row.
+    fn finalize<A: Float, O: Float>(&self, acc: &mut [Score<A>], out: &mut [O]) -> Label {
+        let e = &self.ensemble;
+        let b = |k: usize| A::from_f64(e.base_values[k]);
+        let n_trees = A::from_usize(e.trees.len());
+        match &e.output {
+            Output::Classifier(_) => self.finalize_classifier(acc, out),
+            Output::Regressor | Output::V5 => {
+                if e.n_targets == 1 {
+                    // The reference's one-output path: only PROBIT applies.
+                    let origin = if e.base_values.len() == 1 {
+                        b(0)
+                    } else {
+                        A::ZERO
+                    };
+                    let s = acc[0];
+                    let v = match e.aggregate {
+                        Aggregate::Sum => s.value + origin,
+                        Aggregate::Average => s.value / n_trees + origin,
+                        Aggregate::Min | Aggregate::Max => {
+                            if s.has {
+                                s.value + origin
+                            } else {
+                                origin
+                            }
+                        }
+                    };
+                    out[0] = if e.post_transform == PostTransform::Probit {
+                        O::from_f32(probit(v.to_f32()))
+                    } else {
+                        O::from_f64(v.to_f64())
+                    };
+                    return Label::Index(0);
+                }
+                let use_base = e.base_values.len() == e.n_targets;
+                for (k, s) in acc.iter_mut().enumerate() {
+                    let base = if use_base { b(k) } else { A::ZERO };
+                    s.value = match e.aggregate {
+                        // The reference leaves a target no leaf voted for at 0, base value
+                        // not added.
+                        Aggregate::Sum | Aggregate::Average if !s.has => A::ZERO,
+                        Aggregate::Sum => s.value + base,
+                        Aggregate::Average => s.value / n_trees + base,
+                        Aggregate::Min | Aggregate::Max => {
+                            base + if s.has { s.value } else { A::ZERO }
+                        }
+                    };
+                }
+                write_scores(acc, e.post_transform, out, -1);
+                Label::Index(0)
+            }
+        }
+    }
+
+    fn finalize_classifier<A: Float, O: Float>(
+        &self,
+        acc: &mut [Score<A>],
+        out: &mut [O],
+    ) -> Label {
+        let e = &self.ensemble;
+        let b = |k: usize| A::from_f64(e.base_values[k]);
+        if e.n_targets > 2 {
+            for k in 0..e.base_values.len().min(acc.len()) {
+                if acc[k].has {
+                    acc[k].value = acc[k].value + b(k);
+                } else {
+                    acc[k] = Score {
+                        value: b(k),
+                        has: true,
+                    };
+                }
+            }
+            let mut best: Option<(usize, A)> = None;
+            for (k, s) in acc.iter().enumerate() {
+                if s.has && best.is_none_or(|(_, v)| s.value > v) {
+                    best = Some((k, s.value));
+                }
+            }
+            write_scores(acc, e.post_transform, out, -1);
+            return Label::Index(best.map_or(0, |(k, _)| k));
+        }
+        // Two classes.
+        let mut add_second = -1;
+        let mut len = 2;
+        match e.base_values.len() {
+            2 => {
+                if acc[1].has {
+                    acc[1].value = b(1) + acc[0].value;
+                    acc[0].value = neg(acc[1].value);
+                    acc[1].has = true;
+                } else {
+                    acc[1].value = acc[1].value + b(1);
+                    acc[0].value = acc[0].value + b(0);
+                }
+            }
+            1 => {
+                acc[0].value = acc[0].value + b(0);
+                if !acc[1].has {
+                    len = 1;
+                }
+            }
+            _ => {
+                add_second = 3;
+                if !acc[1].has {
+                    len = 1;
+                }
+            }
+        }
+        let (s0, h0) = (acc[0].value, acc[0].has);
+        let (s1, h1) = if len == 2 && acc[1].has {
+            (acc[1].value, true)
+        } else {
+            (A::ZERO, false)
+        };
+        let positive = if h1 {
+            s1
+        } else if h0 {
+            s0
+        } else {
+            A::ZERO
+        };
+        let label = if self.binary_case {
+            if self.weights_all_positive {
+                if positive > A::from_f64(0.5) {
+                    add_second = 0;
+                    Label::Index(1)
+                } else {
+                    add_second = 1;
+                    Label::Index(0)
+                }
+            } else if positive > A::ZERO {
+                add_second = 2;
+                Label::Index(1)
+            } else {
+                add_second = 3;
+                Label::Index(0)
+            }
+        } else if positive > A::ZERO {
+            Label::Literal(1)
+        } else {
+            Label::Literal(0)
+        };
+        write_scores(&mut acc[..len], e.post_transform, out, add_second);
+        label
+    }
+}
+
+/// The reference's cap on feature ids, far above any real model; bit 31 of a node's feature
+/// field carries the sign flip.
+const FEATURE_LIMIT: usize = 1 << 31;
+
+fn neg<A: Float>(v: A) -> A {
+    v.negate_if(0x8000_0000)
+}
+
+/// `1 / (1 + exp(-|v|))`, mirrored for negative v (as the reference computes it).
+fn logistic(v: f32) -> f32 {
+    let p = 1.0 / (1.0 + (-v.abs()).exp());
+    if v < 0.0 {
+        1.0 - p
+    } else {
+        p
+    }
+}
+
+/// The reference's inverse error function (Winitzki's approximation, a = 0.147).
+fn erf_inv(x: f32) -> f32 {
+    let sgn = if x < 0.0 { -1.0f32 } else { 1.0 };
+    let x = (1.0 - x) * (1.0 + x);
+    let log = x.ln();
+    let v = 2.0 / (std::f32::consts::PI * 0.147) + 0.5 * log;
+    let v2 = 1.0 / 0.147 * log;
+    let v3 = -v + (v * v - v2).sqrt();
+    sgn * v3.sqrt()
+}
+
+fn probit(v: f32) -> f32 {
+    std::f32::consts::SQRT_2 * erf_inv(2.0 * v - 1.0)
+}
+
+/// Writes the scores through the post transform, in f32 arithmetic as the reference does.
+/// `add_second` is the reference's "add second class" code for one-column binary scores.
+fn write_scores<A: Float, O: Float>(
+    scores: &mut [Score<A>],
+    post: PostTransform,
+    out: &mut [O],
+    add_second: i32,
+) {
+    if scores.len() >= 2 {
+        match post {
+            PostTransform::Probit => {
+                for (o, s) in out.iter_mut().zip(scores.iter()) {
+                    *o = O::from_f32(probit(s.value.to_f32()));
+                }
+            }
+            PostTransform::Logistic => {
+                for (o, s) in out.iter_mut().zip(scores.iter()) {
+                    *o = O::from_f32(logistic(s.value.to_f32()));
+                }
+            }
+            PostTransform::Softmax => {
+                let max = scores
+                    .iter()
+                    .map(|s| s.value.to_f32())
+                    .fold(-f32::MAX, |m, v| if v > m { v } else { m });
+                let mut sum = 0.0f32;
+                for (o, s) in out.iter_mut().zip(scores.iter()) {
+                    let e = (s.value.to_f32() - max).exp();
+                    sum += e;
+                    *o = O::from_f32(e);
+                }
+                for o in out.iter_mut().take(scores.len()) {
+                    *o = O::from_f32(o.to_f32() / sum);
+                }
+            }
+            PostTransform::SoftmaxZero => {
+                let max = scores
+                    .iter()
+                    .map(|s| s.value.to_f32())
+                    .fold(-f32::MAX, |m, v| if v > m { v } else { m });
+                let exp_neg_max = (-max).exp();
+                let mut sum = 0.0f32;
+                for (o, s) in out.iter_mut().zip(scores.iter()) {
+                    let v = s.value.to_f32();
+                    let e = if !(-0.000_000_1..=0.000_000_1).contains(&v) {
+                        let e = (v - max).exp();
+                        sum += e;
+                        e
+                    } else {
+                        v * exp_neg_max
+                    };
+                    *o = O::from_f32(e);
+                }
+                for o in out.iter_mut().take(scores.len()) {
+                    *o = O::from_f32(o.to_f32() / sum);
+                }
+            }
+            PostTransform::None => {
+                for (o, s) in out.iter_mut().zip(scores.iter()) {
+                    *o = O::from_f64(s.value.to_f64());
+                }
+            }
+        }
+        return;
+    }
+    let s = scores.first().map_or(A::ZERO, |s| s.value);
+    let pair = |a: f32, b: f32, out: &mut [O]| {
+        if let [o0, o1, ..] = out {
+            *o0 = O::from_f32(a);
+            *o1 = O::from_f32(b);
+        }
+    };
+    if post == PostTransform::Probit {
+        if let Some(o) = out.first_mut() {
+            *o = O::from_f32(probit(s.to_f32()));
+        }
+        return;
+    }
+    match add_second {
+        0 | 1 => {
+            // ONNX Runtime 1.32 applies LOGISTIC to the one score before completing the pair.
+            if post == PostTransform::Logistic {
+                let v = logistic(s.to_f32());
+                pair(1.0 - v, v, out);
+            } else {
+                let v = s.to_f64();
+                pair((1.0 - v) as f32, v as f32, out);
+            }
+        }
+        2 | 3 => {
+            if post == PostTransform::Logistic {
+                let v = s.to_f32();
+                pair(logistic(-v), logistic(v), out);
+            } else {
+                let v = s.to_f64();
+                pair((-v) as f32, v as f32, out);
+            }
+        }
+        _ => {
+            if let Some(o) = out.first_mut() {
+                *o = O::from_f64(s.to_f64());
+            }
+        }
+    }
+}
+
+/// Labels as an i64 column (int labels) — `Literal` values pass through as the reference does.
+pub fn int_label(labels: &ClassLabels, label: Label) -> i64 {
+    match (labels, label) {
+        (ClassLabels::Int64(v), Label::Index(i)) => v.get(i).copied().unwrap_or(0),
+        (_, Label::Literal(l)) => l,
+        (ClassLabels::Strings(_), Label::Index(i)) => i as i64,
+    }
+}
+
+/// Labels as strings (string labels): a literal 1/0 is the index of the positive/negative class.
+pub fn string_label(labels: &[String], label: Label) -> String {
+    let i = match label {
+        Label::Index(i) => i,
+        Label::Literal(l) => l as usize,
+    };
+    labels.get(i).cloned().unwrap_or_default()
+}
+
+/// Per-thread scratch for running scores, so a request allocates only its outputs.
+pub(crate) trait Scratch: Sized {
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Score<Self>]) -> R) -> R;
+}
+
+thread_local! {
+    static SCRATCH_F32: RefCell<Vec<Score<f32>>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH_F64: RefCell<Vec<Score<f64>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with<A: Copy + Default, R>(
+    cell: &'static std::thread::LocalKey<RefCell<Vec<Score<A>>>>,
+    len: usize,
+    f: impl FnOnce(&mut [Score<A>]) -> R,
+) -> R {
+    cell.with(|c| match c.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, Score::default());
+            }
+            f(&mut v[..len])
+        }
+        Err(_) => f(&mut vec![Score::default(); len]),
+    })
+}
+
+impl Scratch for f32 {
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Score<f32>]) -> R) -> R {
+        with(&SCRATCH_F32, len, f)
+    }
+}
+
+impl Scratch for f64 {
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Score<f64>]) -> R) -> R {
+        with(&SCRATCH_F64, len, f)
+    }
+}

@@ -1,0 +1,443 @@
+//! The engine inside tract: the tree operators registered with tract's ONNX parser in place of
+//! its own, so a whole graph (Cast, Scaler, Normalizer, ArgMax, Concat… around the trees) still
+//! loads and runs in one tract plan.
+//!
+//! Also registered, because scikit-learn and onnxmltools exports wrap trees in them and tract
+//! 0.23 has neither: `Scaler` (ai.onnx.ml, `(x - offset) * scale`), and `ZipMap`, which in ONNX
+//! turns the score tensor into a sequence of maps. Open Inference Protocol responses are tensors,
+//! so here `ZipMap` passes the `[N, classes]` score tensor through unchanged; the class order is
+//! the one of the classifier's labels.
+
+use crate::engine::{int_label, string_label, CompiledEnsemble, Label};
+use crate::ensemble::{ClassLabels, Output, Precision};
+use crate::float::Float;
+use crate::TreeError;
+use std::sync::Arc;
+use tract_onnx::model::{OnnxOpRegister, ParsingContext};
+use tract_onnx::pb::NodeProto;
+use tract_onnx::tract_hir::internal::*;
+
+/// Registers the tree operators, `Scaler` and `ZipMap` with an ONNX parser (replacing tract's
+/// own `TreeEnsembleClassifier`).
+pub fn register(onnx: &mut tract_onnx::Onnx) {
+    register_with(onnx, false);
+}
+
+/// As [`register`]; `generic` forces the generic walker everywhere (for differential tests and
+/// benchmarks).
+pub fn register_with(onnx: &mut tract_onnx::Onnx, generic: bool) {
+    let reg: &mut OnnxOpRegister = &mut onnx.op_register;
+    if generic {
+        reg.insert("TreeEnsembleClassifier", |_, n| {
+            build(n, crate::onnx::classifier, true)
+        });
+        reg.insert("TreeEnsembleRegressor", |_, n| {
+            build(n, crate::onnx::regressor, true)
+        });
+        reg.insert("TreeEnsemble", |_, n| {
+            build(n, crate::onnx::tree_ensemble, true)
+        });
+    } else {
+        reg.insert("TreeEnsembleClassifier", tree_classifier);
+        reg.insert("TreeEnsembleRegressor", tree_regressor);
+        reg.insert("TreeEnsemble", tree_ensemble);
+    }
+    reg.insert("Scaler", scaler);
+    reg.insert("ZipMap", zipmap);
+}
+
+fn build(
+    node: &NodeProto,
+    parse: fn(&NodeProto) -> Result<crate::Ensemble, TreeError>,
+    generic: bool,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let label = if node.name.is_empty() {
+        node.op_type.clone()
+    } else {
+        format!("{} ({})", node.name, node.op_type)
+    };
+    let compiled = parse(node)
+        .and_then(CompiledEnsemble::new)
+        .map_err(|e| format_err!("{label}: {e}"))?;
+    Ok((
+        expand(TreeExpansion {
+            op: TreeOp {
+                compiled: Arc::new(compiled),
+                generic,
+            },
+        }),
+        vec![],
+    ))
+}
+
+fn tree_classifier(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    build(node, crate::onnx::classifier, false)
+}
+
+fn tree_regressor(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    build(node, crate::onnx::regressor, false)
+}
+
+fn tree_ensemble(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    build(node, crate::onnx::tree_ensemble, false)
+}
+
+/// The typed operator: evaluates a compiled ensemble.
+#[derive(Debug, Clone)]
+pub struct TreeOp {
+    pub compiled: Arc<CompiledEnsemble>,
+    /// Force the generic walker (for differential tests).
+    pub generic: bool,
+}
+
+impl PartialEq for TreeOp {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.compiled, &other.compiled) && self.generic == other.generic
+    }
+}
+impl Eq for TreeOp {}
+
+impl TreeOp {
+    fn op_name(&self) -> &'static str {
+        match self.compiled.ensemble().output {
+            Output::Classifier(_) => "TreeEnsembleClassifier",
+            Output::Regressor => "TreeEnsembleRegressor",
+            Output::V5 => "TreeEnsemble",
+        }
+    }
+
+    /// The score output's element type.
+    fn score_type(&self, input: DatumType) -> DatumType {
+        match self.compiled.ensemble().output {
+            Output::V5 if input == DatumType::F64 => DatumType::F64,
+            _ => DatumType::F32,
+        }
+    }
+
+    fn run(&self, input: &Tensor) -> TractResult<TVec<TValue>> {
+        let e = self.compiled.ensemble();
+        let shape = input.shape();
+        let (n_rows, n_cols) = match *shape {
+            [n, f] => (n, f),
+            [f] => (1, f),
+            _ => bail!(
+                "{}: input must be [N, features], got shape {:?}",
+                self.op_name(),
+                shape
+            ),
+        };
+        let t = self.compiled.n_outputs();
+        let classifier = matches!(e.output, Output::Classifier(_));
+        let mut labels = vec![Label::Index(0); if classifier { n_rows } else { 0 }];
+        let scores = if self.score_type(input.datum_type()) == DatumType::F64 {
+            let mut out = vec![0f64; n_rows * t];
+            self.dispatch(input, n_cols, &mut out, &mut labels)?;
+            tract_ndarray::Array2::from_shape_vec((n_rows, t), out)?.into_tvalue()
+        } else {
+            let mut out = vec![0f32; n_rows * t];
+            self.dispatch(input, n_cols, &mut out, &mut labels)?;
+            tract_ndarray::Array2::from_shape_vec((n_rows, t), out)?.into_tvalue()
+        };
+        match &e.output {
+            Output::Classifier(l @ ClassLabels::Int64(_)) => {
+                let v: Vec<i64> = labels.iter().map(|&x| int_label(l, x)).collect();
+                Ok(tvec!(tensor1(&v).into_tvalue(), scores))
+            }
+            Output::Classifier(ClassLabels::Strings(s)) => {
+                let v: Vec<String> = labels.iter().map(|&x| string_label(s, x)).collect();
+                Ok(tvec!(tensor1(&v).into_tvalue(), scores))
+            }
+            Output::Regressor | Output::V5 => Ok(tvec!(scores)),
+        }
+    }
+
+    /// Evaluates in the comparison type the reference uses: the threshold type, widened to f64
+    /// for f64 inputs; integer inputs are converted to the threshold type first.
+    fn dispatch<O: Float>(
+        &self,
+        input: &Tensor,
+        n_cols: usize,
+        out: &mut [O],
+        labels: &mut [Label],
+    ) -> TractResult<()> {
+        let c = &self.compiled;
+        let g = self.generic;
+        let precision = c.ensemble().precision;
+        let result = match (input.datum_type(), precision) {
+            (DatumType::F32, Precision::F32) => c.eval_f32(
+                input.try_as_plain_ram()?.as_slice::<f32>()?,
+                n_cols,
+                out,
+                labels,
+                g,
+            ),
+            (DatumType::F64, _) => c.eval_f64(
+                input.try_as_plain_ram()?.as_slice::<f64>()?,
+                n_cols,
+                out,
+                labels,
+                g,
+            ),
+            (DatumType::F32 | DatumType::I64 | DatumType::I32, Precision::F64) => {
+                let wide = input.cast_to::<f64>()?;
+                c.eval_f64(
+                    wide.try_as_plain_ram()?.as_slice::<f64>()?,
+                    n_cols,
+                    out,
+                    labels,
+                    g,
+                )
+            }
+            (DatumType::I64 | DatumType::I32, Precision::F32) => {
+                let narrow = input.cast_to::<f32>()?;
+                c.eval_f32(
+                    narrow.try_as_plain_ram()?.as_slice::<f32>()?,
+                    n_cols,
+                    out,
+                    labels,
+                    g,
+                )
+            }
+            (other, _) => bail!("{}: input type {other:?} is not supported", self.op_name()),
+        };
+        result.map_err(|e| format_err!("{}: {e}", self.op_name()))
+    }
+}
+
+impl Op for TreeOp {
+    fn name(&self) -> StaticName {
+        self.op_name().into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let e = self.compiled.ensemble();
+        Ok(vec![format!(
+            "cordon-trees: {} trees, {} outputs, {} walker",
+            e.trees.len(),
+            e.n_targets,
+            if self.compiled.is_fast() && !self.generic {
+                "fast"
+            } else {
+                "generic"
+            }
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for TreeOp {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        self.run(&input)
+    }
+}
+
+impl TypedOp for TreeOp {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let n = inputs[0].shape[0].clone();
+        let t = self.compiled.n_outputs();
+        let scores = self
+            .score_type(inputs[0].datum_type)
+            .fact(&[n.clone(), t.to_dim()]);
+        Ok(match &self.compiled.ensemble().output {
+            Output::Classifier(ClassLabels::Int64(_)) => tvec!(i64::fact(&[n]), scores),
+            Output::Classifier(ClassLabels::Strings(_)) => tvec!(String::fact(&[n]), scores),
+            Output::Regressor | Output::V5 => tvec!(scores),
+        })
+    }
+
+    as_op!();
+}
+
+/// The inference-time (shape and type rules) face of [`TreeOp`].
+#[derive(Debug, Clone)]
+struct TreeExpansion {
+    op: TreeOp,
+}
+
+impl Expansion for TreeExpansion {
+    fn name(&self) -> StaticName {
+        self.op.op_name().into()
+    }
+
+    fn nboutputs(&self) -> TractResult<usize> {
+        Ok(match self.op.compiled.ensemble().output {
+            Output::Classifier(_) => 2,
+            Output::Regressor | Output::V5 => 1,
+        })
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, self.nboutputs()?)?;
+        s.equals(&inputs[0].rank, 2)?;
+        let t = self.op.compiled.n_outputs().to_dim();
+        let scores = outputs.len() - 1;
+        s.equals(&outputs[scores].rank, 2)?;
+        s.equals(&outputs[scores].shape[0], &inputs[0].shape[0])?;
+        s.equals(&outputs[scores].shape[1], t)?;
+        match &self.op.compiled.ensemble().output {
+            Output::Classifier(labels) => {
+                let dt = match labels {
+                    ClassLabels::Int64(_) => DatumType::I64,
+                    ClassLabels::Strings(_) => DatumType::String,
+                };
+                s.equals(&outputs[0].datum_type, dt)?;
+                s.equals(&outputs[0].rank, 1)?;
+                s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
+                s.equals(&outputs[1].datum_type, DatumType::F32)?;
+            }
+            Output::Regressor => s.equals(&outputs[0].datum_type, DatumType::F32)?,
+            Output::V5 => s.given(&inputs[0].datum_type, move |s, dt| {
+                let out = if dt == DatumType::F64 {
+                    DatumType::F64
+                } else {
+                    DatumType::F32
+                };
+                s.equals(&outputs[0].datum_type, out)
+            })?,
+        }
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        model.wire_node(prefix, self.op.clone(), inputs)
+    }
+}
+
+/// ai.onnx.ml `Scaler`: `y = (x - offset) * scale`, as f32.
+#[derive(Debug, Clone)]
+struct Scaler {
+    offset: Arc<Tensor>,
+    scale: Arc<Tensor>,
+}
+
+fn scaler(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let get = |name: &str| -> Vec<f32> {
+        node.attribute
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.floats.clone())
+            .unwrap_or_default()
+    };
+    let (offset, scale) = (get("offset"), get("scale"));
+    let offset = if offset.is_empty() { vec![0.0] } else { offset };
+    let scale = if scale.is_empty() { vec![1.0] } else { scale };
+    Ok((
+        expand(Scaler {
+            offset: tract_ndarray::Array2::from_shape_vec((1, offset.len()), offset)?
+                .into_arc_tensor(),
+            scale: tract_ndarray::Array2::from_shape_vec((1, scale.len()), scale)?
+                .into_arc_tensor(),
+        }),
+        vec![],
+    ))
+}
+
+impl Expansion for Scaler {
+    fn name(&self) -> StaticName {
+        "Scaler".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, DatumType::F32)?;
+        s.equals(&inputs[0].shape, &outputs[0].shape)?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let x = model.wire_node(
+            format!("{prefix}.cast"),
+            tract_onnx::tract_core::ops::cast::cast(f32::datum_type()),
+            inputs,
+        )?;
+        let offset = model.add_const(format!("{prefix}.offset"), self.offset.clone())?;
+        let scale = model.add_const(format!("{prefix}.scale"), self.scale.clone())?;
+        let centered = model.wire_node(
+            format!("{prefix}.sub"),
+            tract_onnx::tract_core::ops::math::sub(),
+            &[x[0], offset],
+        )?;
+        model.wire_node(
+            format!("{prefix}.mul"),
+            tract_onnx::tract_core::ops::math::mul(),
+            &[centered[0], scale],
+        )
+    }
+}
+
+/// ai.onnx.ml `ZipMap`, as a tensor pass-through (see the module docs).
+#[derive(Debug, Clone)]
+struct ZipMap;
+
+fn zipmap(
+    _ctx: &ParsingContext,
+    _node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    Ok((expand(ZipMap), vec![]))
+}
+
+impl Expansion for ZipMap {
+    fn name(&self) -> StaticName {
+        "ZipMap".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&inputs[0].datum_type, &outputs[0].datum_type)?;
+        s.equals(&inputs[0].shape, &outputs[0].shape)?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        _prefix: &str,
+        _model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        Ok(inputs.into())
+    }
+}
