@@ -1,4 +1,5 @@
-//! `cordon attest verify | inspect`: verify any evidence Cordon knows, or print it unverified.
+//! `cordon attest verify | inspect | fetch`: verify any evidence Cordon knows, print it unverified,
+//! or fetch its endorsements (`cmd_fetch`, optional, the only networked part).
 //!
 //! Exit codes of `verify`: 0 verified and appraised; 1 rejected (every reason on stderr);
 //! 2 unusable input or usage error.
@@ -13,6 +14,10 @@ use cordon_attest::{
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+// `cordon attest fetch` lives in its own file, src/cmd_fetch.rs.
+#[path = "cmd_fetch.rs"]
+pub(crate) mod cmd_fetch;
+
 #[derive(clap::Subcommand)]
 pub enum AttestCommand {
     /// Verify evidence (SNP report, DCAP quote, or Cordon sim evidence) and appraise it with a policy.
@@ -21,6 +26,9 @@ pub enum AttestCommand {
     Verify(VerifyArgs),
     /// Print every field of a piece of evidence WITHOUT verifying anything.
     Inspect(InspectArgs),
+    /// Fetch a report's VCEK and CRL from AMD KDS, or a quote's DCAP collateral from Intel PCS or a
+    /// PCCS, into a directory for `verify` (optional; verification never fetches anything).
+    Fetch(cmd_fetch::FetchArgs),
 }
 
 #[derive(clap::Args)]
@@ -67,6 +75,7 @@ pub fn run(c: AttestCommand) -> u8 {
     let result = match c {
         AttestCommand::Verify(a) => verify(a),
         AttestCommand::Inspect(a) => inspect(a),
+        AttestCommand::Fetch(a) => cmd_fetch::fetch(a),
     };
     match result {
         Ok(code) => code,
