@@ -236,8 +236,11 @@ pub struct EndorsementKey {
     pub hw_id: Option<Vec<u8>>,
     pub tcb: CertifiedTcb,
     pub public_key: p384::ecdsa::VerifyingKey,
-    /// The same key, SEC1 uncompressed, as the report signature check takes it.
+    /// The same key, SEC1 uncompressed.
     pub sec1: Vec<u8>,
+    /// The same key parsed once by aws-lc-rs for the report signature check (ECDSA P-384/SHA-384,
+    /// r‖s big-endian), so a cached key is not parsed again per report.
+    pub(super) report_key: aws_lc_rs::signature::ParsedPublicKey,
     /// SHA-384 of the SEC1 public key: what claims name as the attestation key.
     pub key_digest: [u8; 48],
     pub cert: Certificate,
@@ -275,6 +278,12 @@ pub fn endorsement_key(cert: Certificate) -> Result<EndorsementKey, SnpError> {
     let sec1 = spki.subject_public_key.raw_bytes();
     let public_key = p384::ecdsa::VerifyingKey::from_sec1_bytes(sec1)
         .map_err(|_| SnpError::Certificate("endorsement key is not a P-384 point".into()))?;
+    let sec1_uncompressed = public_key.to_encoded_point(false).as_bytes().to_vec();
+    let report_key = aws_lc_rs::signature::ParsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED,
+        &sec1_uncompressed,
+    )
+    .map_err(|e| SnpError::Certificate(format!("endorsement key rejected by aws-lc-rs: {e}")))?;
     let mut tcb = CertifiedTcb::default();
     let mut hw_id = None;
     let mut product_name = None;
@@ -300,7 +309,8 @@ pub fn endorsement_key(cert: Certificate) -> Result<EndorsementKey, SnpError> {
         hw_id,
         tcb,
         public_key,
-        sec1: public_key.to_encoded_point(false).as_bytes().to_vec(),
+        sec1: sec1_uncompressed,
+        report_key,
         key_digest: Sha384::digest(sec1).into(),
         cert,
     })

@@ -169,6 +169,59 @@ fn every_flipped_byte_of_report_or_signature_is_rejected() {
 }
 
 #[test]
+fn report_signature_check_alone_agrees_with_p384_and_rejects_flips() {
+    use p384::ecdsa::signature::Verifier as _;
+    for (report, cert, name) in [
+        (TRUSTEE_REPORT, TRUSTEE_VCEK, "VCEK"),
+        (GOSEV_REPORT, GOSEV_VCEK, "VCEK"),
+        (VLEK_REPORT, VLEK, "VLEK"),
+    ] {
+        let key = endorsement_key(parse_certificate(cert).unwrap()).unwrap();
+        let r = AttestationReport::parse(report).unwrap();
+        verify_report_signature(report, &r, &key).unwrap();
+        // A second implementation (RustCrypto) accepts the same big-endian r and s.
+        let sig = p384::ecdsa::Signature::from_scalars(r.signature_r, r.signature_s).unwrap();
+        key.public_key.verify(&report[..SIGNED_LEN], &sig).unwrap();
+        for i in 0..SIGNED_LEN {
+            let mut bad = report.to_vec();
+            bad[i] ^= 0x01;
+            assert_eq!(
+                verify_report_signature(&bad, &r, &key),
+                Err(SnpError::BadSignature { key: name }),
+                "flipped signed byte {i:#x} accepted"
+            );
+        }
+        // Every bit of R and S, through the whole verifier: the signature check itself refuses.
+        let verifier = Verifier::default();
+        let certs = [cert.to_vec()];
+        assert!(verifier.verify(report, &certs, date(2025, 6, 1)).is_ok());
+        for off in (0x2A0..0x2A0 + 48).chain(0x2E8..0x2E8 + 48) {
+            for bit in 0..8 {
+                let mut bad = report.to_vec();
+                bad[off] ^= 1 << bit;
+                assert_eq!(
+                    verifier.verify(&bad, &certs, date(2025, 6, 1)).unwrap_err(),
+                    SnpError::BadSignature { key: name },
+                    "{name}: flipped signature bit {bit} of byte {off:#x}"
+                );
+            }
+        }
+        // R and S swapped, and a signature of zeros.
+        let mut swapped = r.clone();
+        std::mem::swap(&mut swapped.signature_r, &mut swapped.signature_s);
+        assert!(verify_report_signature(report, &swapped, &key).is_err());
+        let mut zero = r.clone();
+        zero.signature_r = [0; 48];
+        zero.signature_s = [0; 48];
+        assert!(verify_report_signature(report, &zero, &key).is_err());
+        assert!(matches!(
+            verify_report_signature(&report[..SIGNED_LEN - 1], &r, &key),
+            Err(SnpError::Length { .. })
+        ));
+    }
+}
+
+#[test]
 fn every_flipped_byte_of_the_vcek_is_rejected() {
     let at = date(2025, 1, 1);
     for i in 0..TRUSTEE_VCEK.len() {
