@@ -80,6 +80,18 @@ fn onnx_datatype(elem_type: i32) -> &'static str {
     }
 }
 
+fn datum_name(dt: DatumType) -> &'static str {
+    match dt {
+        DatumType::F32 => "FP32",
+        DatumType::F64 => "FP64",
+        DatumType::I64 => "INT64",
+        DatumType::I32 => "INT32",
+        DatumType::Bool => "BOOL",
+        DatumType::String => "BYTES",
+        _ => "UNKNOWN",
+    }
+}
+
 fn tensor_metadata(v: &pb::ValueInfoProto) -> TensorMetadata {
     let (datatype, shape) = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(pb::type_proto::Value::TensorType(t)) => {
@@ -118,7 +130,7 @@ impl OnnxModel {
             model: name.into(),
             reason: format!("{e:#}"),
         };
-        let onnx = tract_onnx::onnx();
+        let onnx = cordon_trees::onnx_parser();
         let proto = onnx.proto_model_for_read(&mut &bytes[..]).map_err(err)?;
         let graph = proto.graph.as_ref().ok_or_else(|| EngineError::Load {
             model: name.into(),
@@ -132,12 +144,29 @@ impl OnnxModel {
             .filter(|i| !initializers.contains(i.name.as_str()))
             .map(tensor_metadata)
             .collect();
-        let outputs: Vec<TensorMetadata> = graph.output.iter().map(tensor_metadata).collect();
-        let plan = onnx
-            .model_for_proto_model(&proto)
+        let mut outputs: Vec<TensorMetadata> = graph.output.iter().map(tensor_metadata).collect();
+        // Tree operators come from cordon-trees (tract's own cannot load most exported tree
+        // models); input dimensions the exporter left unnamed become symbols.
+        let plan = cordon_trees::load_inference_model(bytes)
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(err)?;
+        // An output ONNX types as something other than a tensor (ZipMap's sequence of maps) is
+        // served as the tensor the plan computes: describe it from the plan.
+        for (meta, outlet) in outputs
+            .iter_mut()
+            .zip(plan.model().output_outlets().map_err(err)?)
+        {
+            if meta.datatype == "UNKNOWN" {
+                let fact = plan.model().outlet_fact(*outlet).map_err(err)?;
+                meta.datatype = datum_name(fact.datum_type).into();
+                meta.shape = fact
+                    .shape
+                    .iter()
+                    .map(|d| d.to_i64().unwrap_or(-1))
+                    .collect();
+            }
+        }
         Ok(OnnxModel {
             name: name.into(),
             version: version.into(),
@@ -270,7 +299,7 @@ fn to_tract(meta: &TensorMetadata, t: &Tensor) -> Result<Tensor_, EngineError> {
             let data = flat
                 .iter()
                 .enumerate()
-                .map(|(i, v)| v.as_f64().map(|x| x as f32).ok_or_else(|| bad(i)))
+                .map(|(i, v)| float_or_null(v).map(|x| x as f32).ok_or_else(|| bad(i)))
                 .collect::<Result<Vec<f32>, _>>()?;
             tract_onnx::prelude::Tensor::from_shape(&dims, &data).map_err(run_err)
         }
@@ -278,7 +307,7 @@ fn to_tract(meta: &TensorMetadata, t: &Tensor) -> Result<Tensor_, EngineError> {
             let data = flat
                 .iter()
                 .enumerate()
-                .map(|(i, v)| v.as_f64().ok_or_else(|| bad(i)))
+                .map(|(i, v)| float_or_null(v).ok_or_else(|| bad(i)))
                 .collect::<Result<Vec<f64>, _>>()?;
             tract_onnx::prelude::Tensor::from_shape(&dims, &data).map_err(run_err)
         }
@@ -319,9 +348,24 @@ fn to_tract(meta: &TensorMetadata, t: &Tensor) -> Result<Tensor_, EngineError> {
 
 type Tensor_ = tract_onnx::prelude::Tensor;
 
+/// A float element: JSON has no NaN, so `null` stands for a missing value (NaN), which tree
+/// models route by their missing-value tracks.
+fn float_or_null(v: &Value) -> Option<f64> {
+    match v {
+        Value::Null => Some(f64::NAN),
+        v => v.as_f64(),
+    }
+}
+
 fn from_tract(name: &str, value: &TValue) -> Result<Tensor, EngineError> {
     let shape: Vec<i64> = value.shape().iter().map(|&d| d as i64).collect();
     let run_err = |e: TractError| EngineError::Run(format!("output {name}: {e:#}"));
+    // tract's optimizer may carry int64 values it derived from shapes as symbolic
+    // dimensions (TDim); by the end of a run they are plain integers.
+    if value.datum_type() == DatumType::TDim {
+        let ints = value.cast_to::<i64>().map_err(run_err)?.into_owned();
+        return from_tract(name, &ints.into_tvalue());
+    }
     let (datatype, data) = match value.datum_type() {
         DatumType::F32 => (
             "FP32",
@@ -375,6 +419,17 @@ fn from_tract(name: &str, value: &TValue) -> Result<Tensor, EngineError> {
                     .map_err(run_err)?
                     .iter()
                     .copied()
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        DatumType::String => (
+            "BYTES",
+            Value::from(
+                value
+                    .to_plain_array_view::<String>()
+                    .map_err(run_err)?
+                    .iter()
+                    .cloned()
                     .collect::<Vec<_>>(),
             ),
         ),

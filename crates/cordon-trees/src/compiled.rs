@@ -214,7 +214,8 @@ impl<C: Float> Walker<C> {
 #[inline(always)]
 pub fn step<C: Float, const NEG: bool>(nodes: &[Node<C>], at: u32, row: &[C]) -> u32 {
     let n = &nodes[at as usize];
-    let mut x = row[(n.feature & FEATURE) as usize];
+    let f = if NEG { n.feature & FEATURE } else { n.feature };
+    let mut x = row[f as usize];
     if NEG {
         x = x.negate_if(n.feature);
     }
@@ -234,6 +235,32 @@ pub fn walk_lanes<C: Float, const NEG: bool, const L: usize>(
     for _ in 0..depth {
         for l in 0..L {
             at[l] = step::<C, NEG>(nodes, at[l], rows[l]);
+        }
+    }
+    at
+}
+
+/// Walks `L` rows of one tree in lockstep, the rows at `offsets` in `block`.
+#[inline(always)]
+pub fn walk_rows<C: Float, const NEG: bool, const L: usize>(
+    nodes: &[Node<C>],
+    root: u32,
+    block: &[C],
+    offsets: [usize; L],
+    depth: u32,
+) -> [u32; L] {
+    let mut at = [root; L];
+    for _ in 0..depth {
+        for l in 0..L {
+            let n = &nodes[at[l] as usize];
+            // Without negation no node carries the sign bit: skip the mask.
+            let f = if NEG { n.feature & FEATURE } else { n.feature };
+            let mut x = block[offsets[l] + f as usize];
+            if NEG {
+                x = x.negate_if(n.feature);
+            }
+            let go_true = x <= n.threshold;
+            at[l] = n.next[usize::from(!go_true)];
         }
     }
     at

@@ -9,7 +9,7 @@
 //! transforms. Scores are summed in the model's own precision, tree by tree in model order, as
 //! the reference does, so results agree to the last bits in most rows.
 
-use crate::compiled::{walk_lanes, Walker};
+use crate::compiled::{walk_lanes, walk_rows, Walker};
 use crate::ensemble::{Aggregate, ClassLabels, Ensemble, Output, PostTransform, Precision};
 use crate::float::Float;
 use crate::TreeError;
@@ -30,9 +30,34 @@ struct Leaves<A> {
     weights: Vec<(u32, A)>,
     /// With one target and SUM/AVERAGE: each leaf's weight.
     single: Vec<A>,
+    /// `single` by compiled node (0 for branches), saving a lookup per tree and row.
+    by_node: Vec<A>,
+    /// Every leaf carries exactly one weight and scores are summed: `by_node` with
+    /// `target_by_node` says everything (boosted models, binary forests).
+    one_weight: bool,
+    target_by_node: Vec<u32>,
 }
 
 impl<A: Float> Leaves<A> {
+    /// Fills `by_node` from a walker's node order (the same for every comparison type).
+    fn index_nodes<C>(mut self, walker: &Walker<C>) -> Leaves<A> {
+        self.by_node = walker
+            .leaf_of
+            .iter()
+            .map(|&l| self.single.get(l as usize).copied().unwrap_or(A::ZERO))
+            .collect();
+        self.target_by_node = walker
+            .leaf_of
+            .iter()
+            .map(|&l| {
+                let from = self.start.get(l as usize).copied().unwrap_or(0) as usize;
+                self.weights.get(from).map_or(0, |&(target, _)| target)
+            })
+            .collect();
+        self.one_weight = self.start.windows(2).all(|w| w[1] == w[0] + 1);
+        self
+    }
+
     fn new(ensemble: &Ensemble) -> Leaves<A> {
         let mut start = vec![0u32];
         let mut weights = Vec::new();
@@ -55,6 +80,9 @@ impl<A: Float> Leaves<A> {
             start,
             weights,
             single,
+            by_node: Vec::new(),
+            one_weight: false,
+            target_by_node: Vec::new(),
         }
     }
 }
@@ -79,6 +107,8 @@ pub struct CompiledEnsemble {
     weights_all_positive: bool,
     /// The sum path for one target with no has-score bookkeeping.
     single_sum: bool,
+    /// SUM or AVERAGE.
+    sums: bool,
 }
 
 /// Labels one classifier row chose: an index into the class labels, or (two classes, weights on
@@ -101,9 +131,10 @@ impl CompiledEnsemble {
             Precision::F32 => (Some(Walker::compile(&ensemble)), OnceLock::new()),
             Precision::F64 => (None, OnceLock::from(Walker::compile(&ensemble))),
         };
-        let (leaves_f32, leaves_f64) = match ensemble.precision {
-            Precision::F32 => (Some(Leaves::new(&ensemble)), None),
-            Precision::F64 => (None, Some(Leaves::new(&ensemble))),
+        let (leaves_f32, leaves_f64) = match (&walk_f32, walk_f64.get()) {
+            (Some(w), _) => (Some(Leaves::new(&ensemble).index_nodes(w)), None),
+            (None, Some(w)) => (None, Some(Leaves::new(&ensemble).index_nodes(w))),
+            (None, None) => return Err(TreeError::Internal("no walker compiled".into())),
         };
         let mut classes_used = std::collections::BTreeSet::new();
         let mut weights_all_positive = true;
@@ -118,6 +149,7 @@ impl CompiledEnsemble {
         let binary_case = matches!(ensemble.output, Output::Classifier(_))
             && ensemble.n_targets == 2
             && classes_used.len() == 1;
+        let ensemble_aggregate = ensemble.aggregate;
         let single_sum = ensemble.n_targets == 1
             && matches!(ensemble.aggregate, Aggregate::Sum | Aggregate::Average);
         Ok(CompiledEnsemble {
@@ -129,6 +161,7 @@ impl CompiledEnsemble {
             binary_case,
             weights_all_positive,
             single_sum,
+            sums: matches!(ensemble_aggregate, Aggregate::Sum | Aggregate::Average),
         })
     }
 
@@ -297,7 +330,7 @@ impl CompiledEnsemble {
                         walk_lanes::<C, false, LANES>(nodes, at, [x; LANES], depth)
                     };
                     for node in reached {
-                        self.add_leaf(leaves, walker.leaf_of[node as usize], out);
+                        self.add_node(walker, leaves, node, out);
                     }
                     tree += LANES;
                 }
@@ -308,25 +341,74 @@ impl CompiledEnsemble {
                     } else {
                         walk_lanes::<C, false, 1>(nodes, at, [x], walker.depths[tr])
                     };
-                    self.add_leaf(leaves, walker.leaf_of[reached[0] as usize], out);
+                    self.add_node(walker, leaves, reached[0], out);
                 }
             }
             return;
         }
+        let mut first_row = 0;
+        // A model that fits in cache is walked eight rows at a time through every tree, so the
+        // rows' running scores stay in registers or L1; a larger one tree by tree (below), so
+        // each tree's nodes are fetched once per block.
+        const CACHE_BYTES: usize = 512 * 1024;
+        let fits = std::mem::size_of_val(nodes) <= CACHE_BYTES;
+        if fits && self.register_sum_target(leaves).is_none() {
+            while first_row + LANES <= n_rows {
+                let r = first_row;
+                let offsets: [usize; LANES] = std::array::from_fn(|l| (r + l) * n_cols);
+                for (&root, &depth) in walker.roots.iter().zip(&walker.depths) {
+                    let reached = if walker.negates {
+                        walk_rows::<C, true, LANES>(nodes, root, block, offsets, depth)
+                    } else {
+                        walk_rows::<C, false, LANES>(nodes, root, block, offsets, depth)
+                    };
+                    for (l, node) in reached.into_iter().enumerate() {
+                        let out = &mut acc[(r + l) * t..(r + l + 1) * t];
+                        self.add_node(walker, leaves, node, out);
+                    }
+                }
+                first_row += LANES;
+            }
+        }
+        if let Some(target) = self.register_sum_target(leaves).filter(|_| fits) {
+            // Every tree adds one weight to the same output: the sums live in registers.
+            while first_row + LANES <= n_rows {
+                let r = first_row;
+                let offsets: [usize; LANES] = std::array::from_fn(|l| (r + l) * n_cols);
+                let mut sums = [A::ZERO; LANES];
+                for (&root, &depth) in walker.roots.iter().zip(&walker.depths) {
+                    let reached = if walker.negates {
+                        walk_rows::<C, true, LANES>(nodes, root, block, offsets, depth)
+                    } else {
+                        walk_rows::<C, false, LANES>(nodes, root, block, offsets, depth)
+                    };
+                    for l in 0..LANES {
+                        sums[l] = sums[l] + leaves.by_node[reached[l] as usize];
+                    }
+                }
+                for (l, sum) in sums.into_iter().enumerate() {
+                    acc[(r + l) * t + target] = Score {
+                        value: sum,
+                        has: !walker.roots.is_empty(),
+                    };
+                }
+                first_row += LANES;
+            }
+        }
         for tree in 0..walker.roots.len() {
             let root = walker.roots[tree];
             let depth = walker.depths[tree];
-            let mut r = 0;
+            let mut r = first_row;
             while r + LANES <= n_rows {
-                let rows: [&[C]; LANES] = std::array::from_fn(|l| row(r + l));
+                let offsets: [usize; LANES] = std::array::from_fn(|l| (r + l) * n_cols);
                 let reached = if walker.negates {
-                    walk_lanes::<C, true, LANES>(nodes, [root; LANES], rows, depth)
+                    walk_rows::<C, true, LANES>(nodes, root, block, offsets, depth)
                 } else {
-                    walk_lanes::<C, false, LANES>(nodes, [root; LANES], rows, depth)
+                    walk_rows::<C, false, LANES>(nodes, root, block, offsets, depth)
                 };
                 for (l, node) in reached.into_iter().enumerate() {
                     let out = &mut acc[(r + l) * t..(r + l + 1) * t];
-                    self.add_leaf(leaves, walker.leaf_of[node as usize], out);
+                    self.add_node(walker, leaves, node, out);
                 }
                 r += LANES;
             }
@@ -337,8 +419,45 @@ impl CompiledEnsemble {
                     walk_lanes::<C, false, 1>(nodes, [root], [row(r)], depth)
                 };
                 let out = &mut acc[r * t..(r + 1) * t];
-                self.add_leaf(leaves, walker.leaf_of[reached[0] as usize], out);
+                self.add_node(walker, leaves, reached[0], out);
             }
+        }
+    }
+
+    /// The output every leaf adds its one weight to, when there is one (single-target sums,
+    /// binary classifiers with one score column) and the nodes fit in cache.
+    fn register_sum_target<A>(&self, leaves: &Leaves<A>) -> Option<usize> {
+        if self.single_sum {
+            return Some(0);
+        }
+        if leaves.one_weight && self.sums && self.binary_case {
+            return Some(
+                leaves
+                    .weights
+                    .first()
+                    .map_or(0, |&(target, _)| target as usize),
+            );
+        }
+        None
+    }
+
+    /// Adds the leaf at compiled node `node`.
+    #[inline(always)]
+    fn add_node<C, A: Float>(
+        &self,
+        walker: &Walker<C>,
+        leaves: &Leaves<A>,
+        node: u32,
+        out: &mut [Score<A>],
+    ) {
+        if self.single_sum {
+            out[0].value = out[0].value + leaves.by_node[node as usize];
+        } else if leaves.one_weight && self.sums {
+            let s = &mut out[leaves.target_by_node[node as usize] as usize];
+            s.value = s.value + leaves.by_node[node as usize];
+            s.has = true;
+        } else {
+            self.add_leaf(leaves, walker.leaf_of[node as usize], out);
         }
     }
 

@@ -61,12 +61,21 @@ pub fn load_inference_model_with(
     bytes: &[u8],
     generic: bool,
 ) -> tract_onnx::prelude::TractResult<tract_onnx::prelude::InferenceModel> {
-    use tract_onnx::pb::{tensor_shape_proto::dimension::Value as Dim, type_proto::Value};
-    use tract_onnx::prelude::*;
     let mut onnx = tract_onnx::onnx();
     tract_ops::register_with(&mut onnx, generic);
-    let proto = onnx.proto_model_for_read(&mut &bytes[..])?;
-    let mut model = onnx.model_for_proto_model(&proto)?;
+    load_with_parser(&onnx, bytes)
+}
+
+/// As [`load_inference_model`] with any parser (e.g. `tract_onnx::onnx()` alone, for
+/// comparisons with tract's own operators).
+pub fn load_with_parser(
+    parser: &tract_onnx::Onnx,
+    bytes: &[u8],
+) -> tract_onnx::prelude::TractResult<tract_onnx::prelude::InferenceModel> {
+    use tract_onnx::pb::{tensor_shape_proto::dimension::Value as Dim, type_proto::Value};
+    use tract_onnx::prelude::*;
+    let proto = parser.proto_model_for_read(&mut &bytes[..])?;
+    let mut model = parser.model_for_proto_model(&proto)?;
     let Some(graph) = proto.graph.as_ref() else {
         return Ok(model);
     };

@@ -14,9 +14,7 @@ use cordon_attest::{
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-// `cordon attest fetch` lives in its own file, src/cmd_fetch.rs.
-#[path = "cmd_fetch.rs"]
-pub(crate) mod cmd_fetch;
+use crate::cmd_fetch;
 
 #[derive(clap::Subcommand)]
 pub enum AttestCommand {

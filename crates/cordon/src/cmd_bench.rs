@@ -36,6 +36,9 @@ pub enum BenchCommand {
         #[arg(long, default_value = "testdata/attestation")]
         fixtures: PathBuf,
     },
+    /// Tree ensembles (models/trees): Cordon's engine against tract's own operators and ONNX
+    /// Runtime, single-row latency and batch throughput on one thread.
+    Trees(crate::cmd_bench_trees::TreesArgs),
 }
 
 fn best_of(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -60,6 +63,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
             iterations,
             fixtures,
         } => attest(seconds, iterations, &fixtures),
+        BenchCommand::Trees(args) => crate::cmd_bench_trees::run(args),
     }
 }
 

@@ -3,8 +3,11 @@
 
 mod cmd_attest;
 mod cmd_bench;
+mod cmd_bench_trees;
+mod cmd_fetch;
 mod cmd_infer;
 mod cmd_kbs;
+mod cmd_model;
 mod cmd_runtime;
 mod cmd_seal;
 mod quickstart;
@@ -53,6 +56,10 @@ enum Command {
     Attest(cmd_attest::AttestCommand),
     /// Verify a runtime, then run one encrypted inference request on it.
     Infer(cmd_infer::InferArgs),
+    /// Run a model in process (no TEE, no server), as the runtime loads it: check a model before
+    /// sealing it.
+    #[command(subcommand)]
+    Model(cmd_model::ModelCommand),
     /// Benchmarks, each against a baseline measured in the same run (build with --release).
     #[command(subcommand)]
     Bench(cmd_bench::BenchCommand),
@@ -75,6 +82,7 @@ fn main() -> ExitCode {
         Command::Runtime(c) => cmd_runtime::run(c),
         Command::Sim(c) => cmd_runtime::run_sim(c),
         Command::Infer(a) => cmd_infer::run(a),
+        Command::Model(c) => cmd_model::run(c),
         Command::Bench(c) => cmd_bench::run(c),
     };
     match result {

@@ -1,0 +1,304 @@
+//! `cordon bench trees`: Cordon's tree engine against tract's own operators and ONNX Runtime
+//! (through scripts/bench_trees_ort.py, when Python has onnxruntime), same models, same inputs,
+//! one thread, in one run.
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tract_onnx::prelude::*;
+
+#[derive(clap::Args)]
+pub struct TreesArgs {
+    /// The reference zoo (models, input sets).
+    #[arg(long, default_value = "models/trees")]
+    pub zoo: PathBuf,
+    /// Comma-separated model names (default: every model not named hb_*, i.e. the trained ones).
+    #[arg(long)]
+    pub models: Option<String>,
+    /// Timed single-row calls per engine and model.
+    #[arg(long, default_value_t = 2000)]
+    pub calls: usize,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 1024)]
+    pub rows: usize,
+    /// Least seconds of batch runs per engine and model.
+    #[arg(long, default_value_t = 0.5)]
+    pub batch_seconds: f64,
+    /// Skip ONNX Runtime even when Python has it.
+    #[arg(long)]
+    pub no_ort: bool,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Timing {
+    p50_us: f64,
+    p99_us: f64,
+    batch_rows_per_s: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+/// The model's input set: the tensor name is ignored (one input), rows as tensors of one row,
+/// and a batch of `rows` rows tiled from them.
+struct Inputs {
+    rows: Vec<TValue>,
+    batch: TValue,
+}
+
+fn read_inputs(path: &Path, batch_rows: usize) -> Result<Inputs> {
+    let doc: Value = serde_json::from_slice(&std::fs::read(path)?)?;
+    let t = &doc["inputs"][0];
+    let shape: Vec<usize> = t["shape"]
+        .as_array()
+        .context("shape")?
+        .iter()
+        .filter_map(Value::as_u64)
+        .map(|d| d as usize)
+        .collect();
+    let [n, f] = shape[..] else {
+        return Err(anyhow!("{path:?}: input is not [N, F]"));
+    };
+    let data: Vec<f64> = t["data"]
+        .as_array()
+        .context("data")?
+        .iter()
+        .map(|v| v.as_f64().unwrap_or(f64::NAN))
+        .collect();
+    let make = |values: &[f64], rows: usize| -> Result<Tensor> {
+        Ok(match t["datatype"].as_str() {
+            Some("FP32") => {
+                let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+                Tensor::from_shape(&[rows, f], &v)?
+            }
+            Some("FP64") => Tensor::from_shape(&[rows, f], values)?,
+            Some("INT64") => {
+                let v: Vec<i64> = values.iter().map(|&x| x as i64).collect();
+                Tensor::from_shape(&[rows, f], &v)?
+            }
+            Some("INT32") => {
+                let v: Vec<i32> = values.iter().map(|&x| x as i32).collect();
+                Tensor::from_shape(&[rows, f], &v)?
+            }
+            other => return Err(anyhow!("{path:?}: datatype {other:?}")),
+        })
+    };
+    let rows = (0..n)
+        .map(|r| make(&data[r * f..(r + 1) * f], 1).map(TValue::from))
+        .collect::<Result<Vec<_>>>()?;
+    let tiled: Vec<f64> = (0..batch_rows)
+        .flat_map(|r| data[(r % n) * f..(r % n + 1) * f].iter().copied())
+        .collect();
+    Ok(Inputs {
+        rows,
+        batch: make(&tiled, batch_rows)?.into(),
+    })
+}
+
+fn time_plan(plan: &Arc<TypedRunnableModel>, inputs: &Inputs, args: &TreesArgs) -> Result<Timing> {
+    for r in inputs.rows.iter().cycle().take(200) {
+        plan.run(tvec![r.clone()])?;
+    }
+    let mut times = Vec::with_capacity(args.calls);
+    for r in inputs.rows.iter().cycle().take(args.calls) {
+        let input = tvec![r.clone()];
+        let t = Instant::now();
+        let out = plan.run(input)?;
+        times.push(t.elapsed());
+        drop(out);
+    }
+    times.sort();
+    for _ in 0..3 {
+        plan.run(tvec![inputs.batch.clone()])?;
+    }
+    let mut runs = Vec::new();
+    let start = Instant::now();
+    while runs.len() < 5 || start.elapsed().as_secs_f64() < args.batch_seconds {
+        let input = tvec![inputs.batch.clone()];
+        let t = Instant::now();
+        plan.run(input)?;
+        runs.push(t.elapsed());
+    }
+    runs.sort();
+    let median = runs[runs.len() / 2].as_secs_f64();
+    Ok(Timing {
+        p50_us: percentile(&times, 0.5),
+        p99_us: percentile(&times, 0.99),
+        batch_rows_per_s: args.rows as f64 / median,
+    })
+}
+
+fn plan_with(parser: &tract_onnx::Onnx, bytes: &[u8]) -> TractResult<Arc<TypedRunnableModel>> {
+    cordon_trees::load_with_parser(parser, bytes)?
+        .into_optimized()?
+        .into_runnable()
+}
+
+/// ONNX Runtime's figures from the Python script, or why there are none.
+fn onnx_runtime(args: &TreesArgs, names: &[String]) -> Result<(String, BTreeMap<String, Timing>)> {
+    let script = Path::new("scripts/bench_trees_ort.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&args.zoo)
+        .args(["--models", &names.join(",")])
+        .args(["--rows", &args.rows.to_string()])
+        .args(["--calls", &args.calls.to_string()])
+        .arg("--json")
+        .output()
+        .context("running python3 scripts/bench_trees_ort.py")?;
+    if !out.status.success() {
+        return Err(anyhow!(
+            "bench_trees_ort.py failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let doc: Value = serde_json::from_slice(&out.stdout)?;
+    let version = doc["version"].as_str().unwrap_or("?").to_string();
+    let mut map = BTreeMap::new();
+    if let Some(models) = doc["models"].as_object() {
+        for (name, m) in models {
+            let f = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
+            map.insert(
+                name.clone(),
+                Timing {
+                    p50_us: f("p50_us"),
+                    p99_us: f("p99_us"),
+                    batch_rows_per_s: f("batch_rows_per_s"),
+                },
+            );
+        }
+    }
+    Ok((version, map))
+}
+
+pub fn run(args: TreesArgs) -> Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: a debug build; benchmark with --release");
+    }
+    let names: Vec<String> = match &args.models {
+        Some(list) => list.split(',').map(str::to_string).collect(),
+        None => {
+            let mut v: Vec<String> = std::fs::read_dir(&args.zoo)
+                .with_context(|| format!("reading {:?}", args.zoo))?
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".onnx"))
+                        .map(str::to_string)
+                })
+                .filter(|n| !n.starts_with("hb_"))
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    let cordon = cordon_trees::onnx_parser();
+    let tract = tract_onnx::onnx();
+    let mut results: BTreeMap<String, BTreeMap<&str, Option<Timing>>> = BTreeMap::new();
+    let mut notes: Vec<String> = Vec::new();
+    for name in &names {
+        let bytes = std::fs::read(args.zoo.join(format!("{name}.onnx")))
+            .with_context(|| format!("model {name}"))?;
+        let inputs = read_inputs(&args.zoo.join(format!("{name}.input.json")), args.rows)?;
+        let mut row = BTreeMap::new();
+        let plan = plan_with(&cordon, &bytes).map_err(|e| anyhow!("{name}: {e:#}"))?;
+        row.insert("cordon", Some(time_plan(&plan, &inputs, &args)?));
+        let tract_timing = match plan_with(&tract, &bytes) {
+            Ok(plan) => match time_plan(&plan, &inputs, &args) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    notes.push(format!("{name}: tract fails at run: {e:#}"));
+                    None
+                }
+            },
+            Err(e) => {
+                let msg = format!("{e:#}");
+                let msg = msg.lines().last().unwrap_or("").to_string();
+                notes.push(format!("{name}: tract cannot load it: {msg}"));
+                None
+            }
+        };
+        row.insert("tract", tract_timing);
+        results.insert(name.clone(), row);
+    }
+    let ort = if args.no_ort {
+        Err(anyhow!("skipped (--no-ort)"))
+    } else {
+        onnx_runtime(&args, &names)
+    };
+    let ort_version = match &ort {
+        Ok((v, map)) => {
+            for (name, t) in map {
+                if let Some(row) = results.get_mut(name) {
+                    row.insert("onnxruntime", Some(*t));
+                }
+            }
+            format!("onnxruntime {v}")
+        }
+        Err(e) => format!("onnxruntime: not measured ({e:#})"),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "rows": args.rows, "calls": args.calls, "onnxruntime": ort_version,
+                "models": results, "notes": notes,
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "tree ensembles, one thread: single-row latency p50/p99 (µs) over {} calls, batch of {} rows (rows/s)",
+        args.calls, args.rows
+    );
+    println!("{ort_version}; ONNX Runtime's single-row times include the Python call");
+    println!(
+        "{:<22} {:>17} {:>11} | {:>17} {:>11} | {:>17} {:>11} | {:>7} {:>7}",
+        "model",
+        "cordon p50/p99",
+        "rows/s",
+        "tract p50/p99",
+        "rows/s",
+        "ORT p50/p99",
+        "rows/s",
+        "1-row×",
+        "batch×"
+    );
+    let cell = |t: &Option<&Option<Timing>>| match t {
+        Some(Some(t)) => (
+            format!("{:.2}/{:.2}", t.p50_us, t.p99_us),
+            format!("{:.0}", t.batch_rows_per_s),
+        ),
+        _ => ("n/a".into(), "n/a".into()),
+    };
+    for (name, row) in &results {
+        let (c1, c2) = cell(&row.get("cordon"));
+        let (t1, t2) = cell(&row.get("tract"));
+        let (o1, o2) = cell(&row.get("onnxruntime"));
+        let ratios = match (row.get("cordon"), row.get("onnxruntime")) {
+            (Some(Some(c)), Some(Some(o))) => (
+                format!("{:.2}", o.p50_us / c.p50_us),
+                format!("{:.2}", c.batch_rows_per_s / o.batch_rows_per_s),
+            ),
+            _ => ("n/a".into(), "n/a".into()),
+        };
+        println!(
+            "{name:<22} {c1:>17} {c2:>11} | {t1:>17} {t2:>11} | {o1:>17} {o2:>11} | {:>7} {:>7}",
+            ratios.0, ratios.1
+        );
+    }
+    println!("1-row× = ORT p50 / Cordon p50; batch× = Cordon rows/s / ORT rows/s (above 1: Cordon faster)");
+    for n in notes {
+        println!("note: {n}");
+    }
+    Ok(())
+}
