@@ -66,10 +66,16 @@ pub struct Walker<C> {
     pub generic: Vec<GenericNode<C>>,
     pub roots: Vec<u32>,
     pub depths: Vec<u32>,
+    /// The shortest root-to-leaf path of each tree: a lockstep walk checks for its end only
+    /// from there on.
+    pub min_depths: Vec<u32>,
     /// For each node, its leaf number (`u32::MAX` for branches).
     pub leaf_of: Vec<u32>,
     pub member_sets: Vec<Vec<f64>>,
 }
+
+/// A node to place: the child, the parent's slot to patch (node index, side), its depth.
+type Placing = (Child, Option<(usize, usize)>, u32);
 
 /// The fast form of one branch, or `None` when the rewrite is not exact.
 fn rewrite<C: Float>(b: &Branch) -> Option<(C, bool, bool)> {
@@ -106,17 +112,20 @@ impl<C: Float> Walker<C> {
         let mut leaf_of = Vec::with_capacity(total);
         let mut roots = Vec::with_capacity(ensemble.trees.len());
         let mut depths = Vec::with_capacity(ensemble.trees.len());
+        let mut min_depths = Vec::with_capacity(ensemble.trees.len());
         let mut next_leaf = 0u32;
         for tree in &ensemble.trees {
             // Depth-first, true child first: (child, slot of the parent to patch)
-            let mut stack: Vec<(Child, Option<(usize, usize)>)> = vec![(tree.root, None)];
+            let mut stack: Vec<Placing> = vec![(tree.root, None, 0)];
+            let mut min_depth = u32::MAX;
             roots.push(generic.len() as u32);
             depths.push(tree.depth);
             let leaf_base = next_leaf;
-            while let Some((child, slot)) = stack.pop() {
+            while let Some((child, slot, depth)) = stack.pop() {
                 let at = generic.len() as u32;
                 match child {
                     Child::Leaf(l) => {
+                        min_depth = min_depth.min(depth);
                         generic.push(GenericNode {
                             threshold: C::ZERO,
                             feature: 0,
@@ -138,14 +147,15 @@ impl<C: Float> Walker<C> {
                             leaf: false,
                         });
                         leaf_of.push(u32::MAX);
-                        stack.push((br.if_false, Some((at as usize, 1))));
-                        stack.push((br.if_true, Some((at as usize, 0))));
+                        stack.push((br.if_false, Some((at as usize, 1)), depth + 1));
+                        stack.push((br.if_true, Some((at as usize, 0)), depth + 1));
                     }
                 }
                 if let Some((parent, side)) = slot {
                     generic[parent].next[side] = at;
                 }
             }
+            min_depths.push(min_depth.min(tree.depth));
             next_leaf += tree.leaves.len() as u32;
         }
 
@@ -184,6 +194,7 @@ impl<C: Float> Walker<C> {
             generic,
             roots,
             depths,
+            min_depths,
             leaf_of,
             member_sets: ensemble.member_sets.clone(),
         }
@@ -242,15 +253,16 @@ pub fn walk_lanes<C: Float, const NEG: bool, const L: usize>(
 
 /// Walks `L` rows of one tree in lockstep, the rows at `offsets` in `block`.
 #[inline(always)]
-pub fn walk_rows<C: Float, const NEG: bool, const L: usize>(
+pub fn walk_rows<C: Float, const NEG: bool, const L: usize, const EARLY: bool>(
     nodes: &[Node<C>],
     root: u32,
     block: &[C],
     offsets: [usize; L],
-    depth: u32,
+    (min_depth, depth): (u32, u32),
 ) -> [u32; L] {
     let mut at = [root; L];
-    for _ in 0..depth {
+    for step in 0..depth {
+        let before = at;
         for l in 0..L {
             let n = &nodes[at[l] as usize];
             // Without negation no node carries the sign bit: skip the mask.
@@ -261,6 +273,11 @@ pub fn walk_rows<C: Float, const NEG: bool, const L: usize>(
             }
             let go_true = x <= n.threshold;
             at[l] = n.next[usize::from(!go_true)];
+        }
+        // Leaves point to themselves: when no walk moved, all have ended (unbalanced trees end
+        // well before their deepest leaf for most rows).
+        if EARLY && step >= min_depth && before == at {
+            break;
         }
     }
     at

@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 /// nodes stay in cache.
 const BLOCK: usize = 256;
 /// Walks advanced in lockstep.
-const LANES: usize = 8;
+const LANES: usize = 16;
 
 /// Leaf weights in the accumulation type `A`.
 #[derive(Debug, Clone)]
@@ -356,12 +356,8 @@ impl CompiledEnsemble {
             while first_row + LANES <= n_rows {
                 let r = first_row;
                 let offsets: [usize; LANES] = std::array::from_fn(|l| (r + l) * n_cols);
-                for (&root, &depth) in walker.roots.iter().zip(&walker.depths) {
-                    let reached = if walker.negates {
-                        walk_rows::<C, true, LANES>(nodes, root, block, offsets, depth)
-                    } else {
-                        walk_rows::<C, false, LANES>(nodes, root, block, offsets, depth)
-                    };
+                for tree in 0..walker.roots.len() {
+                    let reached = walk_tree(walker, nodes, tree, block, offsets);
                     for (l, node) in reached.into_iter().enumerate() {
                         let out = &mut acc[(r + l) * t..(r + l + 1) * t];
                         self.add_node(walker, leaves, node, out);
@@ -376,12 +372,8 @@ impl CompiledEnsemble {
                 let r = first_row;
                 let offsets: [usize; LANES] = std::array::from_fn(|l| (r + l) * n_cols);
                 let mut sums = [A::ZERO; LANES];
-                for (&root, &depth) in walker.roots.iter().zip(&walker.depths) {
-                    let reached = if walker.negates {
-                        walk_rows::<C, true, LANES>(nodes, root, block, offsets, depth)
-                    } else {
-                        walk_rows::<C, false, LANES>(nodes, root, block, offsets, depth)
-                    };
+                for tree in 0..walker.roots.len() {
+                    let reached = walk_tree(walker, nodes, tree, block, offsets);
                     for l in 0..LANES {
                         sums[l] = sums[l] + leaves.by_node[reached[l] as usize];
                     }
@@ -401,11 +393,7 @@ impl CompiledEnsemble {
             let mut r = first_row;
             while r + LANES <= n_rows {
                 let offsets: [usize; LANES] = std::array::from_fn(|l| (r + l) * n_cols);
-                let reached = if walker.negates {
-                    walk_rows::<C, true, LANES>(nodes, root, block, offsets, depth)
-                } else {
-                    walk_rows::<C, false, LANES>(nodes, root, block, offsets, depth)
-                };
+                let reached = walk_tree(walker, nodes, tree, block, offsets);
                 for (l, node) in reached.into_iter().enumerate() {
                     let out = &mut acc[(r + l) * t..(r + l + 1) * t];
                     self.add_node(walker, leaves, node, out);
@@ -636,6 +624,26 @@ impl CompiledEnsemble {
         };
         write_scores(&mut acc[..len], e.post_transform, out, add_second);
         label
+    }
+}
+
+/// Walks `LANES` rows through tree `tree`. Deep trees (12 levels or more, where most paths end
+/// well before the deepest leaf) stop as soon as every walk has reached its leaf.
+#[inline(always)]
+fn walk_tree<C: Float>(
+    walker: &Walker<C>,
+    nodes: &[crate::compiled::Node<C>],
+    tree: usize,
+    block: &[C],
+    offsets: [usize; LANES],
+) -> [u32; LANES] {
+    let root = walker.roots[tree];
+    let depths = (walker.min_depths[tree], walker.depths[tree]);
+    match (walker.negates, depths.1 >= 12) {
+        (false, false) => walk_rows::<C, false, LANES, false>(nodes, root, block, offsets, depths),
+        (true, false) => walk_rows::<C, true, LANES, false>(nodes, root, block, offsets, depths),
+        (false, true) => walk_rows::<C, false, LANES, true>(nodes, root, block, offsets, depths),
+        (true, true) => walk_rows::<C, true, LANES, true>(nodes, root, block, offsets, depths),
     }
 }
 
