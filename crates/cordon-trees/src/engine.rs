@@ -19,8 +19,6 @@ use std::sync::OnceLock;
 /// Rows processed together: each tree is walked for all of them before the next tree, so its
 /// nodes stay in cache.
 const BLOCK: usize = 256;
-/// Walks advanced in lockstep.
-const LANES: usize = 16;
 
 /// Leaf weights in the accumulation type `A`.
 #[derive(Debug, Clone)]
@@ -310,52 +308,93 @@ impl CompiledEnsemble {
             }
             return;
         };
-        if n_rows < LANES {
-            // Few rows: walk LANES trees of one row at a time.
-            for r in 0..n_rows {
-                let x = row(r);
-                let out = &mut acc[r * t..(r + 1) * t];
-                let mut tree = 0;
-                while tree + LANES <= walker.roots.len() {
-                    let mut at = [0u32; LANES];
-                    at.copy_from_slice(&walker.roots[tree..tree + LANES]);
-                    let depth = walker.depths[tree..tree + LANES]
-                        .iter()
-                        .copied()
-                        .max()
-                        .unwrap_or(0);
-                    let reached = if walker.negates {
-                        walk_lanes::<C, true, LANES>(nodes, at, [x; LANES], depth)
-                    } else {
-                        walk_lanes::<C, false, LANES>(nodes, at, [x; LANES], depth)
-                    };
-                    for node in reached {
-                        self.add_node(walker, leaves, node, out);
-                    }
-                    tree += LANES;
-                }
-                for tr in tree..walker.roots.len() {
-                    let at = [walker.roots[tr]];
-                    let reached = if walker.negates {
-                        walk_lanes::<C, true, 1>(nodes, at, [x], walker.depths[tr])
-                    } else {
-                        walk_lanes::<C, false, 1>(nodes, at, [x], walker.depths[tr])
-                    };
-                    self.add_node(walker, leaves, reached[0], out);
-                }
+        if n_rows < 8 {
+            // Few rows: walk several trees of one row at a time.
+            if walker.negates {
+                self.few_rows::<C, A, 8>(walker, leaves, nodes, block, n_cols, acc);
+            } else {
+                self.few_rows::<C, A, 16>(walker, leaves, nodes, block, n_cols, acc);
             }
             return;
         }
+        // Walks with the negating step need more registers: fewer lanes keep them out of memory.
+        if walker.negates {
+            self.batch::<C, A, 8>(walker, leaves, nodes, block, n_cols, acc);
+        } else {
+            self.batch::<C, A, 16>(walker, leaves, nodes, block, n_cols, acc);
+        }
+    }
+
+    /// Rows one at a time, `L` trees in lockstep.
+    fn few_rows<C: Float, A: Float, const L: usize>(
+        &self,
+        walker: &Walker<C>,
+        leaves: &Leaves<A>,
+        nodes: &[crate::compiled::Node<C>],
+        block: &[C],
+        n_cols: usize,
+        acc: &mut [Score<A>],
+    ) {
+        let n_rows = block.len() / n_cols.max(1);
+        let t = self.ensemble.n_targets;
+        let row = |r: usize| &block[r * n_cols..(r + 1) * n_cols];
+        for r in 0..n_rows {
+            let x = row(r);
+            let out = &mut acc[r * t..(r + 1) * t];
+            let mut tree = 0;
+            while tree + L <= walker.roots.len() {
+                let mut at = [0u32; L];
+                at.copy_from_slice(&walker.roots[tree..tree + L]);
+                let depth = walker.depths[tree..tree + L]
+                    .iter()
+                    .copied()
+                    .max()
+                    .unwrap_or(0);
+                let reached = if walker.negates {
+                    walk_lanes::<C, true, L>(nodes, at, [x; L], depth)
+                } else {
+                    walk_lanes::<C, false, L>(nodes, at, [x; L], depth)
+                };
+                for node in reached {
+                    self.add_node(walker, leaves, node, out);
+                }
+                tree += L;
+            }
+            for tr in tree..walker.roots.len() {
+                let at = [walker.roots[tr]];
+                let reached = if walker.negates {
+                    walk_lanes::<C, true, 1>(nodes, at, [x], walker.depths[tr])
+                } else {
+                    walk_lanes::<C, false, 1>(nodes, at, [x], walker.depths[tr])
+                };
+                self.add_node(walker, leaves, reached[0], out);
+            }
+        }
+    }
+
+    /// Batches of rows: `L` rows walk each tree in lockstep.
+    fn batch<C: Float, A: Float, const L: usize>(
+        &self,
+        walker: &Walker<C>,
+        leaves: &Leaves<A>,
+        nodes: &[crate::compiled::Node<C>],
+        block: &[C],
+        n_cols: usize,
+        acc: &mut [Score<A>],
+    ) {
+        let n_rows = block.len() / n_cols.max(1);
+        let t = self.ensemble.n_targets;
+        let row = |r: usize| &block[r * n_cols..(r + 1) * n_cols];
         let mut first_row = 0;
-        // A model that fits in cache is walked eight rows at a time through every tree, so the
+        // A model that fits in cache is walked L rows at a time through every tree, so the
         // rows' running scores stay in registers or L1; a larger one tree by tree (below), so
         // each tree's nodes are fetched once per block.
         const CACHE_BYTES: usize = 512 * 1024;
         let fits = std::mem::size_of_val(nodes) <= CACHE_BYTES;
         if fits && self.register_sum_target(leaves).is_none() {
-            while first_row + LANES <= n_rows {
+            while first_row + L <= n_rows {
                 let r = first_row;
-                let offsets: [usize; LANES] = std::array::from_fn(|l| (r + l) * n_cols);
+                let offsets: [usize; L] = std::array::from_fn(|l| (r + l) * n_cols);
                 for tree in 0..walker.roots.len() {
                     let reached = walk_tree(walker, nodes, tree, block, offsets);
                     for (l, node) in reached.into_iter().enumerate() {
@@ -363,18 +402,18 @@ impl CompiledEnsemble {
                         self.add_node(walker, leaves, node, out);
                     }
                 }
-                first_row += LANES;
+                first_row += L;
             }
         }
         if let Some(target) = self.register_sum_target(leaves).filter(|_| fits) {
             // Every tree adds one weight to the same output: the sums live in registers.
-            while first_row + LANES <= n_rows {
+            while first_row + L <= n_rows {
                 let r = first_row;
-                let offsets: [usize; LANES] = std::array::from_fn(|l| (r + l) * n_cols);
-                let mut sums = [A::ZERO; LANES];
+                let offsets: [usize; L] = std::array::from_fn(|l| (r + l) * n_cols);
+                let mut sums = [A::ZERO; L];
                 for tree in 0..walker.roots.len() {
                     let reached = walk_tree(walker, nodes, tree, block, offsets);
-                    for l in 0..LANES {
+                    for l in 0..L {
                         sums[l] = sums[l] + leaves.by_node[reached[l] as usize];
                     }
                 }
@@ -384,21 +423,21 @@ impl CompiledEnsemble {
                         has: !walker.roots.is_empty(),
                     };
                 }
-                first_row += LANES;
+                first_row += L;
             }
         }
         for tree in 0..walker.roots.len() {
             let root = walker.roots[tree];
             let depth = walker.depths[tree];
             let mut r = first_row;
-            while r + LANES <= n_rows {
-                let offsets: [usize; LANES] = std::array::from_fn(|l| (r + l) * n_cols);
+            while r + L <= n_rows {
+                let offsets: [usize; L] = std::array::from_fn(|l| (r + l) * n_cols);
                 let reached = walk_tree(walker, nodes, tree, block, offsets);
                 for (l, node) in reached.into_iter().enumerate() {
                     let out = &mut acc[(r + l) * t..(r + l + 1) * t];
                     self.add_node(walker, leaves, node, out);
                 }
-                r += LANES;
+                r += L;
             }
             for r in r..n_rows {
                 let reached = if walker.negates {
@@ -627,23 +666,23 @@ impl CompiledEnsemble {
     }
 }
 
-/// Walks `LANES` rows through tree `tree`. Deep trees (12 levels or more, where most paths end
+/// Walks `L` rows through tree `tree`. Deep trees (12 levels or more, where most paths end
 /// well before the deepest leaf) stop as soon as every walk has reached its leaf.
 #[inline(always)]
-fn walk_tree<C: Float>(
+fn walk_tree<C: Float, const L: usize>(
     walker: &Walker<C>,
     nodes: &[crate::compiled::Node<C>],
     tree: usize,
     block: &[C],
-    offsets: [usize; LANES],
-) -> [u32; LANES] {
+    offsets: [usize; L],
+) -> [u32; L] {
     let root = walker.roots[tree];
     let depths = (walker.min_depths[tree], walker.depths[tree]);
     match (walker.negates, depths.1 >= 12) {
-        (false, false) => walk_rows::<C, false, LANES, false>(nodes, root, block, offsets, depths),
-        (true, false) => walk_rows::<C, true, LANES, false>(nodes, root, block, offsets, depths),
-        (false, true) => walk_rows::<C, false, LANES, true>(nodes, root, block, offsets, depths),
-        (true, true) => walk_rows::<C, true, LANES, true>(nodes, root, block, offsets, depths),
+        (false, false) => walk_rows::<C, false, L, false>(nodes, root, block, offsets, depths),
+        (true, false) => walk_rows::<C, true, L, false>(nodes, root, block, offsets, depths),
+        (false, true) => walk_rows::<C, false, L, true>(nodes, root, block, offsets, depths),
+        (true, true) => walk_rows::<C, true, L, true>(nodes, root, block, offsets, depths),
     }
 }
 
