@@ -19,7 +19,8 @@
 //!
 //! (`x < t` ⇔ `x <= next_down(t)` for every x, NaN included, when t is not −∞; NaN compares
 //! false, so swapping the children of the complement sends NaN to the original true child.)
-//! The sign is flipped by XOR on the sign bit, exact for every value. Leaves point to themselves
+//! The sign flip is exact for every value; the evaluator writes each row's negation once, after
+//! the row, and a negated branch reads its feature from there, so the walk has no extra step. Leaves point to themselves
 //! on both sides, so a walk can take a fixed number of steps with no branch on the data:
 //! several walks (eight rows of one tree, or eight trees of one row) advance in lockstep and
 //! the processor overlaps their loads.
@@ -61,8 +62,12 @@ pub struct GenericNode<C> {
 pub struct Walker<C> {
     /// Fast layout, when every branch rewrites exactly.
     pub fast: Option<Vec<Node<C>>>,
-    /// Whether any fast node negates (else the XOR is skipped).
+    /// Whether any fast node reads a negated feature. Negated features are read from a second
+    /// half of the row, `-x`, which the evaluator writes once per row: node `feature` fields
+    /// then index a row of `2 * width` values, and the walk itself never negates.
     pub negates: bool,
+    /// The model's feature count (`F`): a negated feature `f` is read at `F + f`.
+    pub width: usize,
     pub generic: Vec<GenericNode<C>>,
     pub roots: Vec<u32>,
     pub depths: Vec<u32>,
@@ -188,9 +193,23 @@ impl<C: Float> Walker<C> {
                 })
             })
             .collect();
+        // Move negated reads to the second half of the row.
+        let width = ensemble.n_features;
+        let fast = fast.map(|nodes| {
+            nodes
+                .into_iter()
+                .map(|mut n| {
+                    if n.feature & NEGATE != 0 {
+                        n.feature = (n.feature & FEATURE) + width as u32;
+                    }
+                    n
+                })
+                .collect()
+        });
         Walker {
             fast,
             negates,
+            width,
             generic,
             roots,
             depths,
@@ -223,13 +242,9 @@ impl<C: Float> Walker<C> {
 
 /// One step of a fast walk.
 #[inline(always)]
-pub fn step<C: Float, const NEG: bool>(nodes: &[Node<C>], at: u32, row: &[C]) -> u32 {
+pub fn step<C: Float>(nodes: &[Node<C>], at: u32, row: &[C]) -> u32 {
     let n = &nodes[at as usize];
-    let f = if NEG { n.feature & FEATURE } else { n.feature };
-    let mut x = row[f as usize];
-    if NEG {
-        x = x.negate_if(n.feature);
-    }
+    let x = row[n.feature as usize];
     // NaN compares false: it takes next[1].
     let go_true = x <= n.threshold;
     n.next[usize::from(!go_true)]
@@ -237,7 +252,7 @@ pub fn step<C: Float, const NEG: bool>(nodes: &[Node<C>], at: u32, row: &[C]) ->
 
 /// Walks `L` (tree, row) pairs in lockstep for `depth` steps; returns the nodes reached.
 #[inline(always)]
-pub fn walk_lanes<C: Float, const NEG: bool, const L: usize>(
+pub fn walk_lanes<C: Float, const L: usize>(
     nodes: &[Node<C>],
     mut at: [u32; L],
     rows: [&[C]; L],
@@ -245,15 +260,16 @@ pub fn walk_lanes<C: Float, const NEG: bool, const L: usize>(
 ) -> [u32; L] {
     for _ in 0..depth {
         for l in 0..L {
-            at[l] = step::<C, NEG>(nodes, at[l], rows[l]);
+            at[l] = step::<C>(nodes, at[l], rows[l]);
         }
     }
     at
 }
 
-/// Walks `L` rows of one tree in lockstep, the rows at `offsets` in `block`.
+/// Walks `L` rows of one tree in lockstep, the rows at `offsets` in `block`. With `EARLY`, stops
+/// once every walk has reached its leaf (from the tree's shortest path on).
 #[inline(always)]
-pub fn walk_rows<C: Float, const NEG: bool, const L: usize, const EARLY: bool>(
+pub fn walk_rows<C: Float, const L: usize, const EARLY: bool>(
     nodes: &[Node<C>],
     root: u32,
     block: &[C],
@@ -265,17 +281,11 @@ pub fn walk_rows<C: Float, const NEG: bool, const L: usize, const EARLY: bool>(
         let before = at;
         for l in 0..L {
             let n = &nodes[at[l] as usize];
-            // Without negation no node carries the sign bit: skip the mask.
-            let f = if NEG { n.feature & FEATURE } else { n.feature };
-            let mut x = block[offsets[l] + f as usize];
-            if NEG {
-                x = x.negate_if(n.feature);
-            }
+            let x = block[offsets[l] + n.feature as usize];
             let go_true = x <= n.threshold;
             at[l] = n.next[usize::from(!go_true)];
         }
-        // Leaves point to themselves: when no walk moved, all have ended (unbalanced trees end
-        // well before their deepest leaf for most rows).
+        // Leaves point to themselves: when no walk moved, all have ended.
         if EARLY && step >= min_depth && before == at {
             break;
         }

@@ -226,7 +226,7 @@ impl CompiledEnsemble {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn run<C: Float, A: Float + Scratch, O: Float>(
+    fn run<C: Float + RowScratch, A: Float + Scratch, O: Float>(
         &self,
         walker: &Walker<C>,
         leaves: &Leaves<A>,
@@ -282,7 +282,7 @@ impl CompiledEnsemble {
     }
 
     /// Adds every tree's leaf to each row of the block, tree by tree.
-    fn accumulate<C: Float, A: Float>(
+    fn accumulate<C: Float + RowScratch, A: Float>(
         &self,
         walker: &Walker<C>,
         leaves: &Leaves<A>,
@@ -308,21 +308,32 @@ impl CompiledEnsemble {
             }
             return;
         };
-        if n_rows < 8 {
-            // Few rows: walk several trees of one row at a time.
-            if walker.negates {
-                self.few_rows::<C, A, 8>(walker, leaves, nodes, block, n_cols, acc);
-            } else {
+        let walk = |block: &[C], n_cols: usize, acc: &mut [Score<A>]| {
+            if n_rows < 8 {
+                // Few rows: walk several trees of one row at a time.
                 self.few_rows::<C, A, 16>(walker, leaves, nodes, block, n_cols, acc);
+            } else {
+                self.batch::<C, A, 16>(walker, leaves, nodes, block, n_cols, acc);
             }
-            return;
+        };
+        if !walker.negates {
+            return walk(block, n_cols, acc);
         }
-        // Walks with the negating step need more registers: fewer lanes keep them out of memory.
-        if walker.negates {
-            self.batch::<C, A, 8>(walker, leaves, nodes, block, n_cols, acc);
-        } else {
-            self.batch::<C, A, 16>(walker, leaves, nodes, block, n_cols, acc);
-        }
+        // Negated branches read `-x` from a second half of each row: write rows of 2F values
+        // [x_0 .. x_F-1, -x_0 .. -x_F-1] once, so the walk never negates.
+        let width = walker.width;
+        C::with_rows(n_rows * 2 * width, |doubled| {
+            for r in 0..n_rows {
+                let x = &block[r * n_cols..r * n_cols + width];
+                let (plain, negated) =
+                    doubled[r * 2 * width..(r + 1) * 2 * width].split_at_mut(width);
+                plain.copy_from_slice(x);
+                for (n, &v) in negated.iter_mut().zip(x) {
+                    *n = v.negate_if(0x8000_0000);
+                }
+            }
+            walk(doubled, 2 * width, acc)
+        })
     }
 
     /// Rows one at a time, `L` trees in lockstep.
@@ -350,11 +361,7 @@ impl CompiledEnsemble {
                     .copied()
                     .max()
                     .unwrap_or(0);
-                let reached = if walker.negates {
-                    walk_lanes::<C, true, L>(nodes, at, [x; L], depth)
-                } else {
-                    walk_lanes::<C, false, L>(nodes, at, [x; L], depth)
-                };
+                let reached = walk_lanes::<C, L>(nodes, at, [x; L], depth);
                 for node in reached {
                     self.add_node(walker, leaves, node, out);
                 }
@@ -362,11 +369,7 @@ impl CompiledEnsemble {
             }
             for tr in tree..walker.roots.len() {
                 let at = [walker.roots[tr]];
-                let reached = if walker.negates {
-                    walk_lanes::<C, true, 1>(nodes, at, [x], walker.depths[tr])
-                } else {
-                    walk_lanes::<C, false, 1>(nodes, at, [x], walker.depths[tr])
-                };
+                let reached = walk_lanes::<C, 1>(nodes, at, [x], walker.depths[tr]);
                 self.add_node(walker, leaves, reached[0], out);
             }
         }
@@ -440,11 +443,7 @@ impl CompiledEnsemble {
                 r += L;
             }
             for r in r..n_rows {
-                let reached = if walker.negates {
-                    walk_lanes::<C, true, 1>(nodes, [root], [row(r)], depth)
-                } else {
-                    walk_lanes::<C, false, 1>(nodes, [root], [row(r)], depth)
-                };
+                let reached = walk_lanes::<C, 1>(nodes, [root], [row(r)], depth);
                 let out = &mut acc[r * t..(r + 1) * t];
                 self.add_node(walker, leaves, reached[0], out);
             }
@@ -678,11 +677,10 @@ fn walk_tree<C: Float, const L: usize>(
 ) -> [u32; L] {
     let root = walker.roots[tree];
     let depths = (walker.min_depths[tree], walker.depths[tree]);
-    match (walker.negates, depths.1 >= 12) {
-        (false, false) => walk_rows::<C, false, L, false>(nodes, root, block, offsets, depths),
-        (true, false) => walk_rows::<C, true, L, false>(nodes, root, block, offsets, depths),
-        (false, true) => walk_rows::<C, false, L, true>(nodes, root, block, offsets, depths),
-        (true, true) => walk_rows::<C, true, L, true>(nodes, root, block, offsets, depths),
+    if depths.1 >= 12 {
+        walk_rows::<C, L, true>(nodes, root, block, offsets, depths)
+    } else {
+        walk_rows::<C, L, false>(nodes, root, block, offsets, depths)
     }
 }
 
@@ -878,5 +876,43 @@ impl Scratch for f32 {
 impl Scratch for f64 {
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Score<f64>]) -> R) -> R {
         with(&SCRATCH_F64, len, f)
+    }
+}
+
+/// Per-thread scratch for rows with their negations appended.
+pub(crate) trait RowScratch: Sized {
+    fn with_rows<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+}
+
+thread_local! {
+    static ROWS_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static ROWS_F64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_rows<C: Copy + Default, R>(
+    cell: &'static std::thread::LocalKey<RefCell<Vec<C>>>,
+    len: usize,
+    f: impl FnOnce(&mut [C]) -> R,
+) -> R {
+    cell.with(|c| match c.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, C::default());
+            }
+            f(&mut v[..len])
+        }
+        Err(_) => f(&mut vec![C::default(); len]),
+    })
+}
+
+impl RowScratch for f32 {
+    fn with_rows<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        with_rows(&ROWS_F32, len, f)
+    }
+}
+
+impl RowScratch for f64 {
+    fn with_rows<R>(len: usize, f: impl FnOnce(&mut [f64]) -> R) -> R {
+        with_rows(&ROWS_F64, len, f)
     }
 }

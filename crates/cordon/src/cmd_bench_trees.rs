@@ -19,11 +19,11 @@ pub struct TreesArgs {
     #[arg(long)]
     pub models: Option<String>,
     /// Timed single-row calls per engine and model.
-    #[arg(long, default_value_t = 2000)]
-    pub calls: usize,
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub calls: u64,
     /// Rows per batch.
-    #[arg(long, default_value_t = 1024)]
-    pub rows: usize,
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rows: u64,
     /// Least seconds of batch runs per engine and model.
     #[arg(long, default_value_t = 0.5)]
     pub batch_seconds: f64,
@@ -67,6 +67,9 @@ fn read_inputs(path: &Path, batch_rows: usize) -> Result<Inputs> {
     let [n, f] = shape[..] else {
         return Err(anyhow!("{path:?}: input is not [N, F]"));
     };
+    if n == 0 {
+        return Err(anyhow!("{path:?}: the input set has no rows"));
+    }
     let data: Vec<f64> = t["data"]
         .as_array()
         .context("data")?
@@ -107,8 +110,8 @@ fn time_plan(plan: &Arc<TypedRunnableModel>, inputs: &Inputs, args: &TreesArgs) 
     for r in inputs.rows.iter().cycle().take(200) {
         plan.run(tvec![r.clone()])?;
     }
-    let mut times = Vec::with_capacity(args.calls);
-    for r in inputs.rows.iter().cycle().take(args.calls) {
+    let mut times = Vec::with_capacity(args.calls as usize);
+    for r in inputs.rows.iter().cycle().take(args.calls as usize) {
         let input = tvec![r.clone()];
         let t = Instant::now();
         let out = plan.run(input)?;
@@ -208,7 +211,10 @@ pub fn run(args: TreesArgs) -> Result<()> {
     for name in &names {
         let bytes = std::fs::read(args.zoo.join(format!("{name}.onnx")))
             .with_context(|| format!("model {name}"))?;
-        let inputs = read_inputs(&args.zoo.join(format!("{name}.input.json")), args.rows)?;
+        let inputs = read_inputs(
+            &args.zoo.join(format!("{name}.input.json")),
+            args.rows as usize,
+        )?;
         let mut row = BTreeMap::new();
         let plan = plan_with(&cordon, &bytes).map_err(|e| anyhow!("{name}: {e:#}"))?;
         row.insert("cordon", Some(time_plan(&plan, &inputs, &args)?));
