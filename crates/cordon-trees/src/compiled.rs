@@ -20,9 +20,10 @@
 //! (`x < t` ⇔ `x <= next_down(t)` for every x, NaN included, when t is not −∞; NaN compares
 //! false, so swapping the children of the complement sends NaN to the original true child.)
 //! The sign flip is exact for every value; the evaluator writes each row's negation once, after
-//! the row, and a negated branch reads its feature from there, so the walk has no extra step. Leaves point to themselves
-//! on both sides, so a walk can take a fixed number of steps with no branch on the data:
-//! several walks (eight rows of one tree, or eight trees of one row) advance in lockstep and
+//! the row, and a negated branch reads its feature from there, so the walk has no extra step.
+//! Leaves point to themselves on both sides, so a walk can take a fixed number of steps with no
+//! branch on the data:
+//! several walks (sixteen rows of one tree, or sixteen trees of one row) advance in lockstep and
 //! the processor overlaps their loads.
 //!
 //! Ensembles with EQ, NEQ or set-membership branches, or thresholds where the rewrite is not

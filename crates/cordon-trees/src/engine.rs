@@ -16,8 +16,8 @@ use crate::TreeError;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-/// Rows processed together: each tree is walked for all of them before the next tree, so its
-/// nodes stay in cache.
+/// Rows processed together (the unit of scratch accumulators); a model too large for cache is
+/// walked tree by tree over the whole block, so each tree's nodes are fetched once per block.
 const BLOCK: usize = 256;
 
 /// Leaf weights in the accumulation type `A`.
