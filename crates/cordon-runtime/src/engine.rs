@@ -147,7 +147,7 @@ impl OnnxModel {
         let mut outputs: Vec<TensorMetadata> = graph.output.iter().map(tensor_metadata).collect();
         // Tree operators come from cordon-trees (tract's own cannot load most exported tree
         // models); input dimensions the exporter left unnamed become symbols.
-        let plan = cordon_trees::load_inference_model(bytes)
+        let plan = cordon_trees::model_from_proto(&onnx, &proto)
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(err)?;

@@ -851,31 +851,33 @@ thread_local! {
     static SCRATCH_F64: RefCell<Vec<Score<f64>>> = const { RefCell::new(Vec::new()) };
 }
 
-fn with<A: Copy + Default, R>(
-    cell: &'static std::thread::LocalKey<RefCell<Vec<Score<A>>>>,
+/// Runs `f` on the first `len` elements of a per-thread buffer, grown as needed (a fresh one if
+/// the thread's buffer is already in use).
+fn with_buffer<T: Clone + Default, R>(
+    cell: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
     len: usize,
-    f: impl FnOnce(&mut [Score<A>]) -> R,
+    f: impl FnOnce(&mut [T]) -> R,
 ) -> R {
     cell.with(|c| match c.try_borrow_mut() {
         Ok(mut v) => {
             if v.len() < len {
-                v.resize(len, Score::default());
+                v.resize(len, T::default());
             }
             f(&mut v[..len])
         }
-        Err(_) => f(&mut vec![Score::default(); len]),
+        Err(_) => f(&mut vec![T::default(); len]),
     })
 }
 
 impl Scratch for f32 {
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Score<f32>]) -> R) -> R {
-        with(&SCRATCH_F32, len, f)
+        with_buffer(&SCRATCH_F32, len, f)
     }
 }
 
 impl Scratch for f64 {
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Score<f64>]) -> R) -> R {
-        with(&SCRATCH_F64, len, f)
+        with_buffer(&SCRATCH_F64, len, f)
     }
 }
 
@@ -889,30 +891,14 @@ thread_local! {
     static ROWS_F64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
 }
 
-fn with_rows<C: Copy + Default, R>(
-    cell: &'static std::thread::LocalKey<RefCell<Vec<C>>>,
-    len: usize,
-    f: impl FnOnce(&mut [C]) -> R,
-) -> R {
-    cell.with(|c| match c.try_borrow_mut() {
-        Ok(mut v) => {
-            if v.len() < len {
-                v.resize(len, C::default());
-            }
-            f(&mut v[..len])
-        }
-        Err(_) => f(&mut vec![C::default(); len]),
-    })
-}
-
 impl RowScratch for f32 {
     fn with_rows<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-        with_rows(&ROWS_F32, len, f)
+        with_buffer(&ROWS_F32, len, f)
     }
 }
 
 impl RowScratch for f64 {
     fn with_rows<R>(len: usize, f: impl FnOnce(&mut [f64]) -> R) -> R {
-        with_rows(&ROWS_F64, len, f)
+        with_buffer(&ROWS_F64, len, f)
     }
 }

@@ -72,10 +72,20 @@ pub fn load_with_parser(
     parser: &tract_onnx::Onnx,
     bytes: &[u8],
 ) -> tract_onnx::prelude::TractResult<tract_onnx::prelude::InferenceModel> {
+    use tract_onnx::prelude::Framework;
+    let proto = parser.proto_model_for_read(&mut &bytes[..])?;
+    model_from_proto(parser, &proto)
+}
+
+/// As [`load_with_parser`] for a model already decoded (so a caller that reads the graph's
+/// metadata does not decode the bytes twice).
+pub fn model_from_proto(
+    parser: &tract_onnx::Onnx,
+    proto: &tract_onnx::pb::ModelProto,
+) -> tract_onnx::prelude::TractResult<tract_onnx::prelude::InferenceModel> {
     use tract_onnx::pb::{tensor_shape_proto::dimension::Value as Dim, type_proto::Value};
     use tract_onnx::prelude::*;
-    let proto = parser.proto_model_for_read(&mut &bytes[..])?;
-    let mut model = parser.model_for_proto_model(&proto)?;
+    let mut model = parser.model_for_proto_model(proto)?;
     let Some(graph) = proto.graph.as_ref() else {
         return Ok(model);
     };

@@ -6,7 +6,7 @@
 
 use crate::ensemble::{
     parse_aggregate, parse_post_transform, Aggregate, ClassLabels, Ensemble, FlatEnsemble, Output,
-    PostTransform, Precision, V5Ensemble,
+    PostTransform, Precision, Tree, V5Ensemble,
 };
 use crate::TreeError;
 use tract_onnx::pb::{AttributeProto, NodeProto, TensorProto};
@@ -132,6 +132,50 @@ fn check_base_values(base: &[f64], n: usize) -> Result<(), TreeError> {
     }
 }
 
+/// What the flat layout of opsets 1–3 yields, for a classifier or a regressor alike.
+struct Flat {
+    trees: Vec<Tree>,
+    n_features: usize,
+    base_values: Vec<f64>,
+    precision: Precision,
+}
+
+/// Reads the `nodes_*`, leaf (`class_*` or `target_*`, by `prefix`) and `base_values`
+/// attributes and builds the trees; `n_outputs` bounds the leaf target ids.
+fn read_flat(node: &NodeProto, prefix: &'static str, n_outputs: usize) -> Result<Flat, TreeError> {
+    let (nodes_values, d1) = values(node, "nodes_values")?;
+    let (weights, d2) = values(node, &format!("{prefix}_weights"))?;
+    let (base_values, d3) = values(node, "base_values")?;
+    check_base_values(&base_values, n_outputs)?;
+    let flat = FlatEnsemble {
+        nodes_treeids: ints(node, "nodes_treeids"),
+        nodes_nodeids: ints(node, "nodes_nodeids"),
+        nodes_featureids: ints(node, "nodes_featureids"),
+        nodes_modes: strings(node, "nodes_modes")?,
+        nodes_values,
+        nodes_truenodeids: ints(node, "nodes_truenodeids"),
+        nodes_falsenodeids: ints(node, "nodes_falsenodeids"),
+        nodes_missing_value_tracks_true: ints(node, "nodes_missing_value_tracks_true"),
+        leaf_treeids: ints(node, &format!("{prefix}_treeids")),
+        leaf_nodeids: ints(node, &format!("{prefix}_nodeids")),
+        leaf_targetids: ints(node, &format!("{prefix}_ids")),
+        leaf_weights: weights,
+        leaf_prefix: prefix,
+    };
+    let (trees, n_features) = flat.build(n_outputs)?;
+    Ok(Flat {
+        trees,
+        n_features,
+        base_values,
+        // The reference sums in double when any of these attributes is a double tensor.
+        precision: if d1 || d2 || d3 {
+            Precision::F64
+        } else {
+            Precision::F32
+        },
+    })
+}
+
 /// `TreeEnsembleClassifier`.
 pub fn classifier(node: &NodeProto) -> Result<Ensemble, TreeError> {
     let int_labels = ints(node, "classlabels_int64s");
@@ -159,38 +203,15 @@ pub fn classifier(node: &NodeProto) -> Result<Ensemble, TreeError> {
             reason: format!("{n_classes} class label; a classifier needs at least 2"),
         });
     }
-    let (nodes_values, d1) = values(node, "nodes_values")?;
-    let (weights, d2) = values(node, "class_weights")?;
-    let (base_values, d3) = values(node, "base_values")?;
-    check_base_values(&base_values, n_classes)?;
-    let flat = FlatEnsemble {
-        nodes_treeids: ints(node, "nodes_treeids"),
-        nodes_nodeids: ints(node, "nodes_nodeids"),
-        nodes_featureids: ints(node, "nodes_featureids"),
-        nodes_modes: strings(node, "nodes_modes")?,
-        nodes_values,
-        nodes_truenodeids: ints(node, "nodes_truenodeids"),
-        nodes_falsenodeids: ints(node, "nodes_falsenodeids"),
-        nodes_missing_value_tracks_true: ints(node, "nodes_missing_value_tracks_true"),
-        leaf_treeids: ints(node, "class_treeids"),
-        leaf_nodeids: ints(node, "class_nodeids"),
-        leaf_targetids: ints(node, "class_ids"),
-        leaf_weights: weights,
-        leaf_prefix: "class",
-    };
-    let (trees, n_features) = flat.build(n_classes)?;
+    let flat = read_flat(node, "class", n_classes)?;
     Ok(Ensemble {
-        trees,
+        trees: flat.trees,
         n_targets: n_classes,
-        n_features,
+        n_features: flat.n_features,
         aggregate: Aggregate::Sum,
         post_transform: parse_post_transform(&string(node, "post_transform", "NONE")?)?,
-        base_values,
-        precision: if d1 || d2 || d3 {
-            Precision::F64
-        } else {
-            Precision::F32
-        },
+        base_values: flat.base_values,
+        precision: flat.precision,
         output: Output::Classifier(labels),
         member_sets: Vec::new(),
     })
@@ -206,38 +227,15 @@ pub fn regressor(node: &NodeProto) -> Result<Ensemble, TreeError> {
             name: "n_targets".into(),
             reason: format!("{n_targets} is not a positive count"),
         })?;
-    let (nodes_values, d1) = values(node, "nodes_values")?;
-    let (weights, d2) = values(node, "target_weights")?;
-    let (base_values, d3) = values(node, "base_values")?;
-    check_base_values(&base_values, n_targets)?;
-    let flat = FlatEnsemble {
-        nodes_treeids: ints(node, "nodes_treeids"),
-        nodes_nodeids: ints(node, "nodes_nodeids"),
-        nodes_featureids: ints(node, "nodes_featureids"),
-        nodes_modes: strings(node, "nodes_modes")?,
-        nodes_values,
-        nodes_truenodeids: ints(node, "nodes_truenodeids"),
-        nodes_falsenodeids: ints(node, "nodes_falsenodeids"),
-        nodes_missing_value_tracks_true: ints(node, "nodes_missing_value_tracks_true"),
-        leaf_treeids: ints(node, "target_treeids"),
-        leaf_nodeids: ints(node, "target_nodeids"),
-        leaf_targetids: ints(node, "target_ids"),
-        leaf_weights: weights,
-        leaf_prefix: "target",
-    };
-    let (trees, n_features) = flat.build(n_targets)?;
+    let flat = read_flat(node, "target", n_targets)?;
     Ok(Ensemble {
-        trees,
+        trees: flat.trees,
         n_targets,
-        n_features,
+        n_features: flat.n_features,
         aggregate: parse_aggregate(&string(node, "aggregate_function", "SUM")?)?,
         post_transform: parse_post_transform(&string(node, "post_transform", "NONE")?)?,
-        base_values,
-        precision: if d1 || d2 || d3 {
-            Precision::F64
-        } else {
-            Precision::F32
-        },
+        base_values: flat.base_values,
+        precision: flat.precision,
         output: Output::Regressor,
         member_sets: Vec::new(),
     })

@@ -76,6 +76,13 @@ fn read_inputs(path: &Path, batch_rows: usize) -> Result<Inputs> {
         .iter()
         .map(|v| v.as_f64().unwrap_or(f64::NAN))
         .collect();
+    if data.len() != n * f {
+        return Err(anyhow!(
+            "{path:?}: shape [{n}, {f}] holds {} values, data has {}",
+            n * f,
+            data.len()
+        ));
+    }
     let make = |values: &[f64], rows: usize| -> Result<Tensor> {
         Ok(match t["datatype"].as_str() {
             Some("FP32") => {
