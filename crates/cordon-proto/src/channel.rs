@@ -99,19 +99,9 @@ impl ServiceKeyPair {
         self.public
     }
 
-    /// Decrypts an encapsulated request. Returns the inner request and the context to encrypt the
-    /// response with.
-    pub fn decapsulate_request(
-        &self,
-        message: &[u8],
-    ) -> Result<(Zeroizing<Vec<u8>>, ServerResponseContext), ChannelError> {
-        if message.len() < HDR_LEN + ENC_LEN {
-            return Err(ChannelError::TooShort {
-                found: message.len(),
-                min: HDR_LEN + ENC_LEN,
-            });
-        }
-        let hdr = &message[..HDR_LEN];
+    /// Checks a request header (`key_id || kem || kdf || aead`, 7 bytes) against this
+    /// key pair and the one suite it speaks.
+    pub(crate) fn check_header(&self, hdr: &[u8]) -> Result<(), ChannelError> {
         let key_id = hdr[0];
         let kem = u16::from_be_bytes([hdr[1], hdr[2]]);
         let kdf = u16::from_be_bytes([hdr[3], hdr[4]]);
@@ -125,6 +115,27 @@ impl ServiceKeyPair {
         if (kem, kdf, aead) != (KEM_ID, KDF_ID, AEAD_ID) {
             return Err(ChannelError::UnsupportedSuite { kem, kdf, aead });
         }
+        Ok(())
+    }
+
+    pub(crate) fn private_key(&self) -> &PrivateKey {
+        &self.private
+    }
+
+    /// Decrypts an encapsulated request. Returns the inner request and the context to encrypt the
+    /// response with.
+    pub fn decapsulate_request(
+        &self,
+        message: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, ServerResponseContext), ChannelError> {
+        if message.len() < HDR_LEN + ENC_LEN {
+            return Err(ChannelError::TooShort {
+                found: message.len(),
+                min: HDR_LEN + ENC_LEN,
+            });
+        }
+        let hdr = &message[..HDR_LEN];
+        self.check_header(hdr)?;
         let enc_bytes = &message[HDR_LEN..HDR_LEN + ENC_LEN];
         let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc_bytes)
             .map_err(|_| ChannelError::BadEncapsulatedKey)?;

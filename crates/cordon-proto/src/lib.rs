@@ -3,6 +3,8 @@
 //! - [`binding`]: how report_data binds a verifier's nonce and every public key the runtime uses.
 //! - [`channel`]: the HPKE (RFC 9180) encrypted request/response channel, in the manner of Oblivious
 //!   HTTP (RFC 9458), and single-shot HPKE sealing of keys.
+//! - [`session`]: session mode of the channel: one HPKE setup, then AEAD per message with
+//!   sequence numbers, for high-rate streams.
 //! - [`kbs`], [`runtime`], [`oip`]: JSON message types.
 //!
 //! `docs/protocol.md` describes every message and binding byte for byte.
@@ -13,6 +15,7 @@ pub mod channel;
 pub mod kbs;
 pub mod oip;
 pub mod runtime;
+pub mod session;
 
 pub use binding::{report_data, RuntimeKeys};
 pub use channel::{ChannelError, ClientResponseContext, ServerResponseContext, ServiceKeyPair};

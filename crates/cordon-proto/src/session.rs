@@ -1,0 +1,548 @@
+//! Session mode of the encrypted channel: one HPKE setup to the attested key, then one AEAD per
+//! message, for high-rate streams where a fresh HPKE encapsulation per request (two X25519
+//! operations on the client, one on the runtime) would cost more than the inference.
+//!
+//! ```text
+//! setup request  = hdr (7) || enc (32) || HPKE ciphertext of the setup JSON (may be `{}`)
+//!   hdr          = key_id (1) || kem_id (2) || kdf_id (2) || aead_id (2)     (as in one-shot mode)
+//!   info         = "cordon session v1" || 0x00 || hdr
+//! keys           = context.export("cordon session keys v1", 88)
+//!                = key_c2s (32) || key_s2c (32) || nonce_c2s (12) || nonce_s2c (12)
+//! setup response = AES-256-GCM(key_s2c, nonce(s2c, 0), aad = "cordon session grant", grant JSON)
+//!   grant        = {"session_id": hex(16 bytes), "expires_at": unix seconds, "max_messages": n}
+//! request        = session_id (16) || seq (8, big-endian, >= 1)
+//!                  || AES-256-GCM(key_c2s, nonce(c2s, seq), aad = session_id || seq, inner request)
+//! response       = seq (8) || AES-256-GCM(key_s2c, nonce(s2c, seq), aad = session_id || seq, inner)
+//! nonce(d, seq)  = nonce_d XOR (0x00000000 || u64be(seq))
+//! ```
+//!
+//! Each direction has its own key and nonce base, so a response can never be replayed as a request.
+//! The grant (sequence 0 of the runtime's direction) is authenticated by a key only the holder of
+//! the attested private key can derive: a client that opens it knows it talks to the attested
+//! runtime. The runtime accepts a request only if its sequence number is above every number it
+//! has accepted in that session, which rejects replayed and reordered messages; it checks that
+//! after authenticating, so forged messages cannot move the window.
+
+use crate::channel::{ChannelError, ServiceKeyPair, AEAD_ID, KDF_ID, KEM_ID};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use hpke::aead::AesGcm256;
+use hpke::kdf::HkdfSha256;
+use hpke::kem::X25519HkdfSha256;
+use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use zeroize::Zeroizing;
+
+type Kem = X25519HkdfSha256;
+type PublicKey = <Kem as hpke::Kem>::PublicKey;
+
+/// Media type of a session setup request (`POST /v1/session`).
+pub const SESSION_SETUP_MEDIA_TYPE: &str = "message/cordon-session-setup";
+/// Media type of a session message (`POST /v1/session/message`) and of its response.
+pub const SESSION_MESSAGE_MEDIA_TYPE: &str = "message/cordon-session";
+
+/// Bytes of a session id.
+pub const SESSION_ID_LEN: usize = 16;
+const HDR_LEN: usize = 7;
+const ENC_LEN: usize = 32;
+const SEQ_LEN: usize = 8;
+const TAG_LEN: usize = 16;
+const SESSION_LABEL: &[u8] = b"cordon session v1";
+const KEYS_LABEL: &[u8] = b"cordon session keys v1";
+const GRANT_AAD: &[u8] = b"cordon session grant";
+
+/// A session identifier, chosen by the runtime at random.
+pub type SessionId = [u8; SESSION_ID_LEN];
+
+/// What the runtime grants when it opens a session (the plaintext of the setup response).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionGrant {
+    #[serde(with = "hex_id")]
+    pub session_id: SessionId,
+    /// Unix seconds after which the runtime refuses the session's messages.
+    pub expires_at: u64,
+    /// Highest sequence number the runtime will accept in this session.
+    pub max_messages: u64,
+}
+
+/// The keys of one session, one key and nonce base per direction. Zeroized on drop.
+pub struct SessionKeys {
+    c2s: Aes256Gcm,
+    s2c: Aes256Gcm,
+    nonce_c2s: Zeroizing<[u8; 12]>,
+    nonce_s2c: Zeroizing<[u8; 12]>,
+}
+
+impl fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionKeys { .. }")
+    }
+}
+
+impl SessionKeys {
+    fn from_export(material: &[u8; 88]) -> SessionKeys {
+        let mut nonce_c2s = Zeroizing::new([0u8; 12]);
+        let mut nonce_s2c = Zeroizing::new([0u8; 12]);
+        nonce_c2s.copy_from_slice(&material[64..76]);
+        nonce_s2c.copy_from_slice(&material[76..88]);
+        SessionKeys {
+            // aes-gcm's key schedule zeroizes on drop (its `zeroize` feature).
+            c2s: Aes256Gcm::new(material[..32].into()),
+            s2c: Aes256Gcm::new(material[32..64].into()),
+            nonce_c2s,
+            nonce_s2c,
+        }
+    }
+
+    fn seal(
+        &self,
+        to_client: bool,
+        seq: u64,
+        aad: &[u8],
+        msg: &[u8],
+    ) -> Result<Vec<u8>, ChannelError> {
+        let (aead, base) = self.direction(to_client);
+        aead.encrypt(Nonce::from_slice(&nonce(base, seq)), Payload { msg, aad })
+            .map_err(|_| ChannelError::Encrypt)
+    }
+
+    fn open(
+        &self,
+        to_client: bool,
+        seq: u64,
+        aad: &[u8],
+        msg: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, ChannelError> {
+        let (aead, base) = self.direction(to_client);
+        aead.decrypt(Nonce::from_slice(&nonce(base, seq)), Payload { msg, aad })
+            .map(Zeroizing::new)
+            .map_err(|_| ChannelError::Decrypt)
+    }
+
+    fn direction(&self, to_client: bool) -> (&Aes256Gcm, &[u8; 12]) {
+        if to_client {
+            (&self.s2c, &self.nonce_s2c)
+        } else {
+            (&self.c2s, &self.nonce_c2s)
+        }
+    }
+}
+
+fn nonce(base: &[u8; 12], seq: u64) -> [u8; 12] {
+    let mut n = *base;
+    for (b, s) in n[4..].iter_mut().zip(seq.to_be_bytes()) {
+        *b ^= s;
+    }
+    n
+}
+
+fn message_aad(id: &SessionId, seq: u64) -> [u8; SESSION_ID_LEN + SEQ_LEN] {
+    let mut aad = [0u8; SESSION_ID_LEN + SEQ_LEN];
+    aad[..SESSION_ID_LEN].copy_from_slice(id);
+    aad[SESSION_ID_LEN..].copy_from_slice(&seq.to_be_bytes());
+    aad
+}
+
+fn session_info(hdr: &[u8]) -> Vec<u8> {
+    let mut info = Vec::with_capacity(SESSION_LABEL.len() + 1 + hdr.len());
+    info.extend_from_slice(SESSION_LABEL);
+    info.push(0);
+    info.extend_from_slice(hdr);
+    info
+}
+
+fn header(key_id: u8) -> [u8; HDR_LEN] {
+    let mut hdr = [0u8; HDR_LEN];
+    hdr[0] = key_id;
+    hdr[1..3].copy_from_slice(&KEM_ID.to_be_bytes());
+    hdr[3..5].copy_from_slice(&KDF_ID.to_be_bytes());
+    hdr[5..7].copy_from_slice(&AEAD_ID.to_be_bytes());
+    hdr
+}
+
+/// A session request as it arrives, before its session is looked up.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionMessage<'a> {
+    pub session_id: SessionId,
+    pub seq: u64,
+    ciphertext: &'a [u8],
+}
+
+impl<'a> SessionMessage<'a> {
+    /// Splits a session request into its clear header and ciphertext; nothing is authenticated yet.
+    pub fn parse(message: &'a [u8]) -> Result<SessionMessage<'a>, ChannelError> {
+        let min = SESSION_ID_LEN + SEQ_LEN + TAG_LEN;
+        if message.len() < min {
+            return Err(ChannelError::TooShort {
+                found: message.len(),
+                min,
+            });
+        }
+        let (id, rest) = message.split_at(SESSION_ID_LEN);
+        let (seq, ciphertext) = rest.split_at(SEQ_LEN);
+        let mut session_id = [0u8; SESSION_ID_LEN];
+        session_id.copy_from_slice(id);
+        let mut seq_bytes = [0u8; SEQ_LEN];
+        seq_bytes.copy_from_slice(seq);
+        Ok(SessionMessage {
+            session_id,
+            seq: u64::from_be_bytes(seq_bytes),
+            ciphertext,
+        })
+    }
+
+    /// Authenticates and decrypts the request with its session's keys. The caller checks the
+    /// sequence number against the session's window after this succeeds.
+    pub fn open(&self, keys: &SessionKeys) -> Result<Zeroizing<Vec<u8>>, ChannelError> {
+        keys.open(
+            false,
+            self.seq,
+            &message_aad(&self.session_id, self.seq),
+            self.ciphertext,
+        )
+    }
+}
+
+impl ServiceKeyPair {
+    /// Opens a session setup request: returns the setup plaintext and the session's keys.
+    pub fn accept_session(
+        &self,
+        message: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, SessionKeys), ChannelError> {
+        let (hdr, enc, ct) = split_setup(message)?;
+        self.check_header(hdr)?;
+        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
+            .map_err(|_| ChannelError::BadEncapsulatedKey)?;
+        let mut ctx = hpke::setup_receiver::<AesGcm256, HkdfSha256, Kem>(
+            &OpModeR::Base,
+            self.private_key(),
+            &enc,
+            &session_info(hdr),
+        )
+        .map_err(|_| ChannelError::Decrypt)?;
+        let setup = Zeroizing::new(ctx.open(ct, b"").map_err(|_| ChannelError::Decrypt)?);
+        let mut material = Zeroizing::new([0u8; 88]);
+        ctx.export(KEYS_LABEL, material.as_mut())
+            .map_err(|_| ChannelError::Decrypt)?;
+        Ok((setup, SessionKeys::from_export(&material)))
+    }
+}
+
+fn split_setup(message: &[u8]) -> Result<(&[u8], &[u8], &[u8]), ChannelError> {
+    let min = HDR_LEN + ENC_LEN + TAG_LEN;
+    if message.len() < min {
+        return Err(ChannelError::TooShort {
+            found: message.len(),
+            min,
+        });
+    }
+    let (hdr, rest) = message.split_at(HDR_LEN);
+    let (enc, ct) = rest.split_at(ENC_LEN);
+    Ok((hdr, enc, ct))
+}
+
+impl SessionKeys {
+    /// Runtime side: the setup response carrying `grant`.
+    pub fn seal_grant(&self, grant: &SessionGrant) -> Result<Vec<u8>, ChannelError> {
+        let json = serde_json::to_vec(grant).map_err(|_| ChannelError::Encrypt)?;
+        self.seal(true, 0, GRANT_AAD, &json)
+    }
+
+    /// Runtime side: the response to the request with sequence number `seq`.
+    pub fn seal_response(
+        &self,
+        session_id: &SessionId,
+        seq: u64,
+        response: &[u8],
+    ) -> Result<Vec<u8>, ChannelError> {
+        let ct = self.seal(true, seq, &message_aad(session_id, seq), response)?;
+        let mut out = Vec::with_capacity(SEQ_LEN + ct.len());
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+}
+
+/// Client side: a setup request sent, waiting for the runtime's grant.
+pub struct PendingSession {
+    keys: SessionKeys,
+}
+
+impl fmt::Debug for PendingSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PendingSession { .. }")
+    }
+}
+
+/// Client side: starts a session with the runtime's (attested) HPKE key. Returns the setup request
+/// to send and the pending session that opens the runtime's answer.
+pub fn start_session(
+    public_key: &[u8; 32],
+    key_id: u8,
+    setup: &[u8],
+) -> Result<(Vec<u8>, PendingSession), ChannelError> {
+    let pk = PublicKey::from_bytes(public_key)
+        .map_err(|e| ChannelError::BadPublicKey(format!("{e:?}")))?;
+    let hdr = header(key_id);
+    let (enc, mut ctx) = hpke::setup_sender::<AesGcm256, HkdfSha256, Kem, _>(
+        &OpModeS::Base,
+        &pk,
+        &session_info(&hdr),
+        &mut rand::rng(),
+    )
+    .map_err(|_| ChannelError::Encrypt)?;
+    let ct = ctx.seal(setup, b"").map_err(|_| ChannelError::Encrypt)?;
+    let mut material = Zeroizing::new([0u8; 88]);
+    ctx.export(KEYS_LABEL, material.as_mut())
+        .map_err(|_| ChannelError::Encrypt)?;
+    let mut out = Vec::with_capacity(HDR_LEN + ENC_LEN + ct.len());
+    out.extend_from_slice(&hdr);
+    out.extend_from_slice(&enc.to_bytes());
+    out.extend_from_slice(&ct);
+    Ok((
+        out,
+        PendingSession {
+            keys: SessionKeys::from_export(&material),
+        },
+    ))
+}
+
+impl PendingSession {
+    /// Opens the runtime's grant. Only the holder of the attested private key could have made it.
+    pub fn accept(self, response: &[u8]) -> Result<ClientSession, ChannelError> {
+        let plain = self.keys.open(true, 0, GRANT_AAD, response)?;
+        let grant: SessionGrant =
+            serde_json::from_slice(&plain).map_err(|_| ChannelError::Decrypt)?;
+        Ok(ClientSession {
+            keys: self.keys,
+            grant,
+            next_seq: AtomicU64::new(1),
+        })
+    }
+}
+
+/// Client side: an open session. Sequence numbers are taken in order; several tasks may share a
+/// session, but the runtime refuses a request that arrives after a higher-numbered one, so a
+/// client that sends concurrently should keep one session per in-flight request stream.
+pub struct ClientSession {
+    keys: SessionKeys,
+    grant: SessionGrant,
+    next_seq: AtomicU64,
+}
+
+impl fmt::Debug for ClientSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientSession")
+            .field("grant", &self.grant)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientSession {
+    pub fn grant(&self) -> &SessionGrant {
+        &self.grant
+    }
+
+    /// Whether the next request would pass the runtime's message limit.
+    pub fn exhausted(&self) -> bool {
+        self.next_seq.load(Ordering::Relaxed) > self.grant.max_messages
+    }
+
+    /// Encrypts one request; returns the message and its sequence number, which the response
+    /// must carry.
+    pub fn seal_request(&self, request: &[u8]) -> Result<(Vec<u8>, u64), ChannelError> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let id = self.grant.session_id;
+        let ct = self
+            .keys
+            .seal(false, seq, &message_aad(&id, seq), request)?;
+        let mut out = Vec::with_capacity(SESSION_ID_LEN + SEQ_LEN + ct.len());
+        out.extend_from_slice(&id);
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&ct);
+        Ok((out, seq))
+    }
+
+    /// Decrypts the response to the request numbered `seq`; a response to any other request,
+    /// of any other session, or altered in any byte is refused.
+    pub fn open_response(
+        &self,
+        seq: u64,
+        response: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, ChannelError> {
+        let min = SEQ_LEN + TAG_LEN;
+        if response.len() < min {
+            return Err(ChannelError::TooShort {
+                found: response.len(),
+                min,
+            });
+        }
+        let (seq_bytes, ct) = response.split_at(SEQ_LEN);
+        let mut b = [0u8; SEQ_LEN];
+        b.copy_from_slice(seq_bytes);
+        if u64::from_be_bytes(b) != seq {
+            return Err(ChannelError::Decrypt);
+        }
+        self.keys
+            .open(true, seq, &message_aad(&self.grant.session_id, seq), ct)
+    }
+}
+
+mod hex_id {
+    use super::{SessionId, SESSION_ID_LEN};
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(b: &SessionId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(b))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SessionId, D::Error> {
+        let s = String::deserialize(d)?;
+        let v = hex::decode(s).map_err(|e| D::Error::custom(format!("invalid hex: {e}")))?;
+        v.try_into()
+            .map_err(|_| D::Error::custom(format!("expected {SESSION_ID_LEN} bytes")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(id: u8) -> SessionGrant {
+        SessionGrant {
+            session_id: [id; SESSION_ID_LEN],
+            expires_at: 1_900_000_000,
+            max_messages: 100,
+        }
+    }
+
+    fn open_pair(server: &ServiceKeyPair) -> (ClientSession, SessionKeys) {
+        let (setup, pending) = start_session(&server.public_key(), server.key_id(), b"{}").unwrap();
+        let (plain, keys) = server.accept_session(&setup).unwrap();
+        assert_eq!(plain.as_slice(), b"{}");
+        let client = pending
+            .accept(&keys.seal_grant(&grant(9)).unwrap())
+            .unwrap();
+        (client, keys)
+    }
+
+    #[test]
+    fn requests_and_responses_round_trip_in_order() {
+        let server = ServiceKeyPair::generate(3);
+        let (client, keys) = open_pair(&server);
+        assert_eq!(client.grant(), &grant(9));
+        for i in 1..=3u64 {
+            let body = format!("request {i}");
+            let (msg, seq) = client.seal_request(body.as_bytes()).unwrap();
+            assert_eq!(seq, i);
+            let parsed = SessionMessage::parse(&msg).unwrap();
+            assert_eq!((parsed.session_id, parsed.seq), ([9; 16], i));
+            assert_eq!(parsed.open(&keys).unwrap().as_slice(), body.as_bytes());
+            let resp = keys.seal_response(&parsed.session_id, seq, b"ok").unwrap();
+            assert_eq!(client.open_response(seq, &resp).unwrap().as_slice(), b"ok");
+        }
+    }
+
+    #[test]
+    fn any_flipped_byte_is_rejected_in_both_directions() {
+        let server = ServiceKeyPair::generate(0);
+        let (client, keys) = open_pair(&server);
+        let (msg, seq) = client.seal_request(b"hello").unwrap();
+        for i in 0..msg.len() {
+            let mut bad = msg.clone();
+            bad[i] ^= 0x80;
+            let opened = SessionMessage::parse(&bad).and_then(|m| {
+                // A flipped id would miss the session table; here it must fail authentication.
+                m.open(&keys)
+            });
+            assert!(opened.is_err(), "request byte {i} flipped was accepted");
+        }
+        let resp = keys.seal_response(&[9; 16], seq, b"answer").unwrap();
+        for i in 0..resp.len() {
+            let mut bad = resp.clone();
+            bad[i] ^= 0x01;
+            assert!(
+                client.open_response(seq, &bad).is_err(),
+                "response byte {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_response_is_not_a_request_and_belongs_to_one_sequence_number() {
+        let server = ServiceKeyPair::generate(0);
+        let (client, keys) = open_pair(&server);
+        let (_, seq1) = client.seal_request(b"one").unwrap();
+        let (_, seq2) = client.seal_request(b"two").unwrap();
+        let resp1 = keys.seal_response(&[9; 16], seq1, b"for one").unwrap();
+        assert_eq!(
+            client.open_response(seq2, &resp1),
+            Err(ChannelError::Decrypt)
+        );
+        // Reflect the runtime's answer back as a request: keys differ by direction.
+        let mut reflected = [9u8; 16].to_vec();
+        reflected.extend_from_slice(&resp1);
+        let m = SessionMessage::parse(&reflected).unwrap();
+        assert_eq!(m.open(&keys), Err(ChannelError::Decrypt));
+    }
+
+    #[test]
+    fn sessions_do_not_share_keys_and_grants_need_the_attested_key() {
+        let server = ServiceKeyPair::generate(0);
+        let (client_a, _keys_a) = open_pair(&server);
+        let (_client_b, keys_b) = open_pair(&server);
+        let (msg, _) = client_a.seal_request(b"for a").unwrap();
+        assert_eq!(
+            SessionMessage::parse(&msg).unwrap().open(&keys_b),
+            Err(ChannelError::Decrypt)
+        );
+        // A man in the middle without the private key cannot answer the setup.
+        let impostor = ServiceKeyPair::generate(0);
+        let (setup, pending) = start_session(&server.public_key(), 0, b"{}").unwrap();
+        assert_eq!(
+            impostor.accept_session(&setup).err(),
+            Some(ChannelError::Decrypt)
+        );
+        let (_, impostor_keys) = {
+            let (s2, _) = start_session(&impostor.public_key(), 0, b"{}").unwrap();
+            impostor.accept_session(&s2).unwrap()
+        };
+        let forged = impostor_keys.seal_grant(&grant(1)).unwrap();
+        assert!(pending.accept(&forged).is_err());
+    }
+
+    #[test]
+    fn malformed_setup_and_messages_get_typed_errors() {
+        let server = ServiceKeyPair::generate(5);
+        assert!(matches!(
+            server.accept_session(&[0u8; 20]),
+            Err(ChannelError::TooShort { .. })
+        ));
+        let (setup, _) = start_session(&server.public_key(), 6, b"{}").unwrap();
+        assert_eq!(
+            server.accept_session(&setup).err(),
+            Some(ChannelError::UnknownKeyId {
+                found: 6,
+                expected: 5
+            })
+        );
+        assert!(matches!(
+            SessionMessage::parse(&[0u8; 39]),
+            Err(ChannelError::TooShort { found: 39, .. })
+        ));
+    }
+
+    #[test]
+    fn client_knows_when_the_message_limit_is_reached() {
+        let server = ServiceKeyPair::generate(0);
+        let (setup, pending) = start_session(&server.public_key(), 0, b"{}").unwrap();
+        let (_, keys) = server.accept_session(&setup).unwrap();
+        let mut g = grant(2);
+        g.max_messages = 2;
+        let client = pending.accept(&keys.seal_grant(&g).unwrap()).unwrap();
+        assert!(!client.exhausted());
+        client.seal_request(b"1").unwrap();
+        client.seal_request(b"2").unwrap();
+        assert!(client.exhausted());
+    }
+}
