@@ -11,7 +11,11 @@ use cordon_proto::oip::{InferRequest, InferResponse};
 use cordon_proto::runtime::{
     AttestationResponse, InnerRequest, InnerResponse, ENCRYPTED_REQUEST_MEDIA_TYPE,
 };
-use cordon_proto::{report_data, RuntimeKeys};
+use cordon_proto::session::{
+    start_session, ClientSession, SessionGrant, SESSION_MESSAGE_MEDIA_TYPE,
+    SESSION_SETUP_MEDIA_TYPE,
+};
+use cordon_proto::{report_data, ModelBinding, RuntimeKeys};
 use rand::RngCore;
 use std::time::{Duration, SystemTime};
 use thiserror::Error;
@@ -27,8 +31,18 @@ pub enum ClientError {
     Evidence(#[from] cordon_attest::EvidenceError),
     #[error("runtime rejected by policy: {}", .0.reasons())]
     Rejected(Verdict),
-    #[error("runtime's keys are not bound by its evidence: report_data is {found}, expected {expected} for this nonce and the keys presented")]
+    #[error("runtime's keys and models are not bound by its evidence: report_data is {found}, expected {expected} for this nonce and the keys and models presented")]
     KeyNotBound { found: String, expected: String },
+    #[error("runtime does not serve model {name:?} (it serves {served:?})")]
+    ModelNotServed { name: String, served: Vec<String> },
+    #[error("model {name:?}: the runtime serves sealed manifest sha256 {found}, the client requires {expected}")]
+    ModelMismatch {
+        name: String,
+        found: String,
+        expected: String,
+    },
+    #[error("session closed by the runtime ({status}: {error}); open a new session")]
+    SessionClosed { status: u16, error: String },
     #[error("encrypted channel: {0}")]
     Channel(#[from] ChannelError),
     #[error("runtime answered {status}: {error}")]
@@ -42,6 +56,7 @@ pub enum ClientError {
 pub struct VerifiedRuntime {
     url: String,
     keys: RuntimeKeys,
+    models: Vec<ModelBinding>,
     claims: Claims,
     verified_at: SystemTime,
     http: reqwest::Client,
@@ -96,7 +111,7 @@ pub async fn connect_with(
     if !verdict.is_accepted() {
         return Err(ClientError::Rejected(verdict));
     }
-    let expected = report_data(&nonce, &att.runtime_keys);
+    let expected = report_data(&nonce, &att.runtime_keys, &att.models);
     if claims.report_data != expected {
         return Err(ClientError::KeyNotBound {
             found: hex::encode(claims.report_data),
@@ -106,6 +121,7 @@ pub async fn connect_with(
     Ok(VerifiedRuntime {
         url,
         keys: att.runtime_keys,
+        models: att.models,
         claims,
         verified_at: now,
         http,
@@ -131,6 +147,33 @@ impl VerifiedRuntime {
     /// The keys bound in the verified evidence; requests are encrypted to `hpke_public_key`.
     pub fn keys(&self) -> &RuntimeKeys {
         &self.keys
+    }
+
+    /// The models the runtime serves, as bound in the verified evidence.
+    pub fn models(&self) -> &[ModelBinding] {
+        &self.models
+    }
+
+    /// Checks that the runtime serves model `name` unsealed from exactly the sealed manifest whose
+    /// SHA-256 is `manifest_sha256` (hex, as `cordon seal` prints it).
+    pub fn require_model(&self, name: &str, manifest_sha256: &str) -> Result<(), ClientError> {
+        let Some(m) = self.models.iter().find(|m| m.name == name) else {
+            return Err(ClientError::ModelNotServed {
+                name: name.into(),
+                served: self.models.iter().map(|m| m.name.clone()).collect(),
+            });
+        };
+        let found = hex::encode(m.manifest_sha256);
+        let expected = manifest_sha256.trim().to_ascii_lowercase();
+        // Both are public digests; a plain comparison leaks nothing.
+        if found != expected {
+            return Err(ClientError::ModelMismatch {
+                name: name.into(),
+                found,
+                expected,
+            });
+        }
+        Ok(())
     }
 
     pub fn verified_at(&self) -> SystemTime {
@@ -187,24 +230,137 @@ impl VerifiedRuntime {
         model: &str,
         request: &InferRequest,
     ) -> Result<InferResponse, ClientError> {
-        let body =
-            serde_json::to_value(request).map_err(|e| ClientError::Malformed(e.to_string()))?;
+        let body = infer_request_body(request)?;
         let resp = self
             .request("POST", &format!("/v2/models/{model}/infer"), Some(body))
             .await?;
-        if resp.status != 200 {
-            let error = resp
-                .body
-                .get("error")
-                .and_then(|e| e.as_str())
-                .unwrap_or("")
-                .to_string();
-            return Err(ClientError::Server {
-                status: resp.status,
-                error,
-            });
+        infer_response(resp)
+    }
+
+    /// Opens a session (one HPKE setup to the pinned key) for a high-rate stream of requests.
+    pub async fn open_session(&self) -> Result<Session, ClientError> {
+        let (setup, pending) =
+            start_session(&self.keys.hpke_public_key, self.keys.hpke_key_id, b"{}")?;
+        let resp = self
+            .http
+            .post(format!("{}/v1/session", self.url))
+            .header(reqwest::header::CONTENT_TYPE, SESSION_SETUP_MEDIA_TYPE)
+            .body(setup)
+            .send()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(server_error(resp).await);
         }
-        serde_json::from_value(resp.body)
-            .map_err(|e| ClientError::Malformed(format!("infer response: {e}")))
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        Ok(Session {
+            url: self.url.clone(),
+            http: self.http.clone(),
+            inner: pending.accept(&bytes)?,
+        })
+    }
+}
+
+fn infer_request_body(request: &InferRequest) -> Result<serde_json::Value, ClientError> {
+    serde_json::to_value(request).map_err(|e| ClientError::Malformed(e.to_string()))
+}
+
+fn infer_response(resp: InnerResponse) -> Result<InferResponse, ClientError> {
+    if resp.status != 200 {
+        let error = resp
+            .body
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("")
+            .to_string();
+        return Err(ClientError::Server {
+            status: resp.status,
+            error,
+        });
+    }
+    serde_json::from_value(resp.body)
+        .map_err(|e| ClientError::Malformed(format!("infer response: {e}")))
+}
+
+/// A session with a verified runtime: requests are encrypted with the session's keys, one AEAD
+/// each, numbered in order. The runtime refuses a request that arrives after a higher-numbered
+/// one, so use one session per stream of sequential requests (open several for concurrency).
+#[derive(Debug)]
+pub struct Session {
+    url: String,
+    http: reqwest::Client,
+    inner: ClientSession,
+}
+
+impl Session {
+    /// What the runtime granted: the session id, its expiry and its message limit.
+    pub fn grant(&self) -> &SessionGrant {
+        self.inner.grant()
+    }
+
+    /// Whether the session can no longer be used (message limit reached or expired at `now`);
+    /// open a new one then.
+    pub fn is_spent(&self, now: SystemTime) -> bool {
+        let expires = std::time::UNIX_EPOCH + Duration::from_secs(self.grant().expires_at);
+        self.inner.exhausted() || now >= expires
+    }
+
+    /// Sends one request in the session and returns the decrypted inner response.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<InnerResponse, ClientError> {
+        let inner = InnerRequest {
+            method: method.into(),
+            path: path.into(),
+            body,
+        };
+        let plaintext = zeroize::Zeroizing::new(
+            serde_json::to_vec(&inner).map_err(|e| ClientError::Malformed(e.to_string()))?,
+        );
+        let (message, seq) = self.inner.seal_request(&plaintext)?;
+        let resp = self
+            .http
+            .post(format!("{}/v1/session/message", self.url))
+            .header(reqwest::header::CONTENT_TYPE, SESSION_MESSAGE_MEDIA_TYPE)
+            .body(message)
+            .send()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = resp.status().as_u16();
+        if status == 404 || status == 410 {
+            let ClientError::Server { status, error } = server_error(resp).await else {
+                return Err(ClientError::Malformed("session refusal".into()));
+            };
+            return Err(ClientError::SessionClosed { status, error });
+        }
+        if !resp.status().is_success() {
+            return Err(server_error(resp).await);
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let plain = self.inner.open_response(seq, &bytes)?;
+        serde_json::from_slice(&plain)
+            .map_err(|e| ClientError::Malformed(format!("inner response: {e}")))
+    }
+
+    /// Runs an Open Inference Protocol infer request on `model` in this session.
+    pub async fn infer(
+        &self,
+        model: &str,
+        request: &InferRequest,
+    ) -> Result<InferResponse, ClientError> {
+        let body = infer_request_body(request)?;
+        let resp = self
+            .request("POST", &format!("/v2/models/{model}/infer"), Some(body))
+            .await?;
+        infer_response(resp)
     }
 }

@@ -6,7 +6,7 @@ use axum::{Json, Router};
 use cordon_attest::{Endorsements, Platform, Policy};
 use cordon_client::{connect_with, ClientError};
 use cordon_proto::runtime::AttestationResponse;
-use cordon_proto::{report_data, RuntimeKeys, ServiceKeyPair};
+use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair};
 use cordon_tee::{EvidenceProvider, SimHardwareKey, SimTee};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +23,16 @@ enum Fake {
     UnboundKey,
     /// Ignores the verifier's nonce and replays evidence made for another nonce.
     StaleNonce,
+    /// Presents a model (manifest digest) other than the one its evidence binds.
+    UnboundModel,
+}
+
+fn served_model() -> ModelBinding {
+    ModelBinding {
+        name: "fraud".into(),
+        version: "7".into(),
+        manifest_sha256: [0x11; 32],
+    }
 }
 
 async fn fake_runtime(tee: SimTee, mode: Fake, encrypted_hits: Arc<AtomicUsize>) -> String {
@@ -48,14 +58,22 @@ async fn fake_runtime(tee: SimTee, mode: Fake, encrypted_hits: Arc<AtomicUsize>)
                         Fake::StaleNonce => vec![0u8; 32],
                         _ => hex::decode(&q["nonce"]).unwrap(),
                     };
-                    let evidence = tee.evidence(&report_data(&nonce, &bound_keys)).unwrap();
+                    let bound_models = vec![served_model()];
+                    let evidence = tee
+                        .evidence(&report_data(&nonce, &bound_keys, &bound_models))
+                        .unwrap();
                     let runtime_keys = RuntimeKeys {
                         hpke_public_key: presented,
                         ..bound_keys
                     };
+                    let mut models = bound_models;
+                    if let Fake::UnboundModel = mode {
+                        models[0].manifest_sha256[0] ^= 1;
+                    }
                     Json(AttestationResponse {
                         evidence,
                         runtime_keys,
+                        models,
                     })
                 }
             }),
@@ -101,6 +119,35 @@ async fn honest_runtime_is_accepted_and_its_key_pinned() {
         .unwrap();
     assert_eq!(rt.claims().launch_measurement, GOOD.to_vec());
     assert!(!rt.claims().hardware_backed);
+}
+
+#[tokio::test]
+async fn client_can_demand_an_exact_model() {
+    let (url, e, _) = setup(GOOD, Fake::Honest).await;
+    let rt = connect_with(&url, &policy(GOOD), &e, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(rt.models(), &[served_model()]);
+    rt.require_model("fraud", &hex::encode([0x11; 32])).unwrap();
+    let err = rt
+        .require_model("fraud", &hex::encode([0x12; 32]))
+        .unwrap_err();
+    assert!(matches!(err, ClientError::ModelMismatch { .. }), "{err}");
+    assert!(err.to_string().contains(&hex::encode([0x11; 32])), "{err}");
+    let err = rt
+        .require_model("other", &hex::encode([0x11; 32]))
+        .unwrap_err();
+    assert!(err.to_string().contains("does not serve"), "{err}");
+}
+
+#[tokio::test]
+async fn runtime_presenting_an_unbound_model_is_refused() {
+    let (url, e, hits) = setup(GOOD, Fake::UnboundModel).await;
+    let err = connect_with(&url, &policy(GOOD), &e, SystemTime::now())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::KeyNotBound { .. }), "{err}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]

@@ -226,8 +226,8 @@ async fn attest(
     let digest = hex::encode(claims.digest());
     let measurement = hex::encode(&claims.launch_measurement);
 
-    // 3. The evidence must bind this nonce and exactly the keys presented.
-    let expected = report_data(&nonce, &req.runtime_keys);
+    // 3. The evidence must bind this nonce and exactly the keys (and models) presented.
+    let expected = report_data(&nonce, &req.runtime_keys, &req.models);
     if claims.report_data != expected {
         let err = KbsError::Binding {
             found: hex::encode(claims.report_data),
@@ -286,6 +286,25 @@ async fn attest(
             }),
         }
     }
+    // The models the runtime bound in its evidence: which sealed manifests it said it would open.
+    let bound_models = req
+        .models
+        .iter()
+        .map(|m| {
+            format!(
+                "{}@{} manifest_sha256={}",
+                m.name,
+                m.version,
+                hex::encode(m.manifest_sha256)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let released_detail = if bound_models.is_empty() {
+        String::new()
+    } else {
+        format!("bound models: {bound_models}")
+    };
     for r in &released {
         record(
             &kbs,
@@ -295,7 +314,7 @@ async fn attest(
             Some(&digest),
             "accepted",
             Some(&measurement),
-            "",
+            &released_detail,
         )
         .await?;
         tracing::info!(key_id = %r.key_id, claims = %digest, "key released");

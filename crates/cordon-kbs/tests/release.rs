@@ -5,7 +5,7 @@ use cordon_kbs::{verify_audit_chain, Kbs, KbsConfig};
 use cordon_proto::kbs::{
     AttestRequest, AttestResponse, AuditEvent, Challenge, ErrorBody, RegisterKey, RELEASE_INFO,
 };
-use cordon_proto::{report_data, RuntimeKeys, ServiceKeyPair};
+use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair};
 use cordon_tee::{EvidenceProvider, SimHardwareKey, SimTee};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -126,11 +126,24 @@ fn keys(kp: &ServiceKeyPair) -> RuntimeKeys {
 fn request(nonce: &str, tee: &SimTee, kp: &ServiceKeyPair, key_ids: &[&str]) -> AttestRequest {
     let nonce_bytes = hex::decode(nonce).unwrap();
     let rk = keys(kp);
+    let models = vec![bound_model()];
     AttestRequest {
         nonce: nonce.into(),
-        evidence: tee.evidence(&report_data(&nonce_bytes, &rk)).unwrap(),
+        evidence: tee
+            .evidence(&report_data(&nonce_bytes, &rk, &models))
+            .unwrap(),
         runtime_keys: rk,
         key_ids: key_ids.iter().map(|s| s.to_string()).collect(),
+        models,
+    }
+}
+
+/// The model the runtime says it will unseal with the released key.
+fn bound_model() -> ModelBinding {
+    ModelBinding {
+        name: "demo".into(),
+        version: "3".into(),
+        manifest_sha256: [0xab; 32],
     }
 }
 
@@ -183,6 +196,11 @@ async fn releases_dek_sealed_to_the_attested_key_and_audits_it() {
         events[1].measurement.as_deref(),
         Some(hex::encode(MEASUREMENT).as_str())
     );
+    // The audit record names the sealed manifest the runtime bound in its evidence.
+    assert_eq!(
+        events[1].detail,
+        format!("bound models: demo@3 manifest_sha256={}", "ab".repeat(32))
+    );
     verify_audit_chain(&events).unwrap();
 }
 
@@ -231,6 +249,13 @@ async fn evidence_not_binding_the_presented_key_is_rejected() {
         "{msg}"
     );
 
+    // Presenting a model list other than the one the evidence binds is rejected the same way.
+    let ch3 = h.challenge().await;
+    let mut req = request(&ch3.nonce, &h.tee(MEASUREMENT, false), &honest, &["k"]);
+    req.models[0].manifest_sha256[0] ^= 1;
+    let (status, code, _) = error_code(h.attest(&req).await).await;
+    assert_eq!((status, code.as_str()), (403, "report_data_mismatch"));
+
     // Evidence made for a different nonce is rejected the same way.
     let ch2 = h.challenge().await;
     let mut req = request(&ch.nonce, &h.tee(MEASUREMENT, false), &honest, &["k"]);
@@ -243,7 +268,7 @@ async fn evidence_not_binding_the_presented_key_is_rejected() {
             .iter()
             .filter(|e| e.kind == "attestation_failed")
             .count(),
-        2
+        3
     );
 }
 
@@ -476,6 +501,7 @@ async fn hardware_evidence_is_verified_and_must_bind_the_nonce() {
         evidence: report.clone(),
         runtime_keys: keys(&kp),
         key_ids: vec!["k".into()],
+        models: vec![],
     };
     let (status, code, msg) = error_code(
         http.post(format!("{url}/kbs/v1/attest"))
@@ -521,6 +547,7 @@ async fn hardware_evidence_is_verified_and_must_bind_the_nonce() {
         evidence: tampered,
         runtime_keys: keys(&kp),
         key_ids: vec!["k".into()],
+        models: vec![],
     };
     let (_, code, msg) = error_code(
         http.post(format!("{url}/kbs/v1/attest"))

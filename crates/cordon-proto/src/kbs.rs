@@ -1,6 +1,6 @@
 //! Key broker (KBS) messages. Paths are under `/kbs/v1`.
 
-use crate::RuntimeKeys;
+use crate::{ModelBinding, RuntimeKeys};
 use serde::{Deserialize, Serialize};
 
 /// HPKE `info` for a DEK released by the KBS; the AAD is the key id.
@@ -24,6 +24,9 @@ pub struct AttestRequest {
     pub evidence: Vec<u8>,
     pub runtime_keys: RuntimeKeys,
     pub key_ids: Vec<String>,
+    /// The models the runtime will unseal with these keys, bound in report_data after the keys.
+    #[serde(default)]
+    pub models: Vec<ModelBinding>,
 }
 
 /// One released key: the DEK sealed with HPKE to the attested `runtime_keys.hpke_public_key`.

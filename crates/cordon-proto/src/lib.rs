@@ -17,5 +17,5 @@ pub mod oip;
 pub mod runtime;
 pub mod session;
 
-pub use binding::{report_data, RuntimeKeys};
+pub use binding::{report_data, ModelBinding, RuntimeKeys};
 pub use channel::{ChannelError, ClientResponseContext, ServerResponseContext, ServiceKeyPair};

@@ -1,6 +1,6 @@
 //! Runtime messages: attestation and the encrypted inference channel.
 
-use crate::RuntimeKeys;
+use crate::{ModelBinding, RuntimeKeys};
 use serde::{Deserialize, Serialize};
 
 /// Media type of an encapsulated request (body of `POST /v1/encrypted`).
@@ -11,10 +11,13 @@ pub const ENCRYPTED_RESPONSE_MEDIA_TYPE: &str = "message/cordon-response";
 /// `GET /v1/attestation?nonce=HEX` response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttestationResponse {
-    /// Evidence whose report_data is [`crate::report_data`]`(nonce, runtime_keys)`.
+    /// Evidence whose report_data is [`crate::report_data`]`(nonce, runtime_keys, models)`.
     #[serde(with = "crate::b64")]
     pub evidence: Vec<u8>,
     pub runtime_keys: RuntimeKeys,
+    /// The models the runtime serves, bound in report_data after the keys.
+    #[serde(default)]
+    pub models: Vec<ModelBinding>,
 }
 
 /// The plaintext inside an encrypted request: one HTTP-like request to the runtime's

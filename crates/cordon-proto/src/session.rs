@@ -230,7 +230,10 @@ impl ServiceKeyPair {
     }
 }
 
-fn split_setup(message: &[u8]) -> Result<(&[u8], &[u8], &[u8]), ChannelError> {
+/// A setup request split into header, encapsulated key and ciphertext.
+type SetupParts<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+fn split_setup(message: &[u8]) -> Result<SetupParts<'_>, ChannelError> {
     let min = HDR_LEN + ENC_LEN + TAG_LEN;
     if message.len() < min {
         return Err(ChannelError::TooShort {

@@ -2,9 +2,9 @@
 
 use crate::config::RuntimeConfig;
 use crate::engine::{EngineError, OnnxModel};
-use crate::server::RuntimeState;
+use crate::server::{RuntimeState, ServedModel, ServingOptions};
 use cordon_proto::kbs::{AttestRequest, AttestResponse, Challenge, ErrorBody, RELEASE_INFO};
-use cordon_proto::{report_data, RuntimeKeys, ServiceKeyPair};
+use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair};
 use cordon_seal::{Dek, KeyFile, SealError};
 use cordon_tee::EvidenceProvider;
 use ed25519_dalek::SigningKey;
@@ -51,6 +51,7 @@ pub struct BootedRuntime {
 pub async fn boot(
     config: &RuntimeConfig,
     tee: Arc<dyn EvidenceProvider>,
+    options: &ServingOptions,
 ) -> Result<BootedRuntime, RuntimeError> {
     let service_key = ServiceKeyPair::generate(0);
     let signing_key = {
@@ -120,8 +121,17 @@ pub async fn boot(
         .map_err(|e| kbs_err(format!("challenge: {e}")))?;
     let nonce =
         hex::decode(&challenge.nonce).map_err(|e| kbs_err(format!("nonce is not hex: {e}")))?;
+    // Bind the models about to be unsealed, so the KBS's audit log names the manifests too.
+    let bindings: Vec<ModelBinding> = sealed
+        .iter()
+        .map(|(m, header, _, _)| ModelBinding {
+            name: m.name.clone(),
+            version: header.manifest.version.clone(),
+            manifest_sha256: header.digest(),
+        })
+        .collect();
     let evidence = tee
-        .evidence(&report_data(&nonce, &runtime_keys))
+        .evidence(&report_data(&nonce, &runtime_keys, &bindings))
         .map_err(|e| RuntimeError::Evidence(e.to_string()))?;
     let request = AttestRequest {
         nonce: challenge.nonce.clone(),
@@ -131,6 +141,7 @@ pub async fn boot(
             .iter()
             .map(|(_, h, _, _)| h.manifest.key_id.clone())
             .collect(),
+        models: bindings,
     };
     let resp = http
         .post(format!("{kbs}/kbs/v1/attest"))
@@ -197,10 +208,23 @@ pub async fn boot(
         let model = OnnxModel::load(&m.name, &header.manifest.version, &plaintext)?;
         model_digests.insert(m.name.clone(), hex::encode(header.digest()));
         tracing::info!(model = %m.name, manifest_sha256 = %hex::encode(header.digest()), "model unsealed and loaded in memory");
-        models.insert(m.name.clone(), Arc::new(model));
+        models.insert(
+            m.name.clone(),
+            ServedModel {
+                model: Arc::new(model),
+                manifest_sha256: header.digest(),
+            },
+        );
     }
 
-    let state = RuntimeState::new(service_key, signing_key, runtime_keys, tee, models);
+    let state = RuntimeState::new(
+        service_key,
+        signing_key,
+        runtime_keys,
+        tee,
+        models,
+        options.clone(),
+    );
     Ok(BootedRuntime {
         state: Arc::new(state),
         model_digests,

@@ -50,6 +50,17 @@ pub enum EngineError {
     Run(String),
 }
 
+impl EngineError {
+    /// The HTTP status an Open Inference Protocol server answers this error with: the request's
+    /// fault (400) unless the engine itself failed (500).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            EngineError::Run(_) | EngineError::Load { .. } => 500,
+            _ => 400,
+        }
+    }
+}
+
 type Plan = Arc<TypedRunnableModel>;
 
 /// A loaded ONNX model.
@@ -84,8 +95,15 @@ fn datum_name(dt: DatumType) -> &'static str {
     match dt {
         DatumType::F32 => "FP32",
         DatumType::F64 => "FP64",
+        DatumType::F16 => "FP16",
         DatumType::I64 => "INT64",
         DatumType::I32 => "INT32",
+        DatumType::I16 => "INT16",
+        DatumType::I8 => "INT8",
+        DatumType::U64 => "UINT64",
+        DatumType::U32 => "UINT32",
+        DatumType::U16 => "UINT16",
+        DatumType::U8 => "UINT8",
         DatumType::Bool => "BOOL",
         DatumType::String => "BYTES",
         _ => "UNKNOWN",
@@ -294,6 +312,7 @@ fn to_tract(meta: &TensorMetadata, t: &Tensor) -> Result<Tensor_, EngineError> {
         datatype: t.datatype.clone(),
     };
     let run_err = |e: TractError| EngineError::Run(format!("{e:#}"));
+    let tensor = |r: Result<Tensor_, TractError>| r.map_err(run_err);
     match meta.datatype.as_str() {
         "FP32" => {
             let data = flat
@@ -301,7 +320,7 @@ fn to_tract(meta: &TensorMetadata, t: &Tensor) -> Result<Tensor_, EngineError> {
                 .enumerate()
                 .map(|(i, v)| float_or_null(v).map(|x| x as f32).ok_or_else(|| bad(i)))
                 .collect::<Result<Vec<f32>, _>>()?;
-            tract_onnx::prelude::Tensor::from_shape(&dims, &data).map_err(run_err)
+            tensor(Tensor_::from_shape(&dims, &data))
         }
         "FP64" => {
             let data = flat
@@ -309,41 +328,77 @@ fn to_tract(meta: &TensorMetadata, t: &Tensor) -> Result<Tensor_, EngineError> {
                 .enumerate()
                 .map(|(i, v)| float_or_null(v).ok_or_else(|| bad(i)))
                 .collect::<Result<Vec<f64>, _>>()?;
-            tract_onnx::prelude::Tensor::from_shape(&dims, &data).map_err(run_err)
+            tensor(Tensor_::from_shape(&dims, &data))
         }
-        "INT64" => {
+        "FP16" => {
             let data = flat
                 .iter()
                 .enumerate()
-                .map(|(i, v)| v.as_i64().ok_or_else(|| bad(i)))
-                .collect::<Result<Vec<i64>, _>>()?;
-            tract_onnx::prelude::Tensor::from_shape(&dims, &data).map_err(run_err)
+                .map(|(i, v)| float_or_null(v).map(f16::from_f64).ok_or_else(|| bad(i)))
+                .collect::<Result<Vec<f16>, _>>()?;
+            tensor(Tensor_::from_shape(&dims, &data))
         }
-        "INT32" => {
-            let data = flat
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    v.as_i64()
-                        .and_then(|x| i32::try_from(x).ok())
-                        .ok_or_else(|| bad(i))
-                })
-                .collect::<Result<Vec<i32>, _>>()?;
-            tract_onnx::prelude::Tensor::from_shape(&dims, &data).map_err(run_err)
-        }
+        "INT64" => tensor(Tensor_::from_shape(&dims, &signed::<i64>(&flat, bad)?)),
+        "INT32" => tensor(Tensor_::from_shape(&dims, &signed::<i32>(&flat, bad)?)),
+        "INT16" => tensor(Tensor_::from_shape(&dims, &signed::<i16>(&flat, bad)?)),
+        "INT8" => tensor(Tensor_::from_shape(&dims, &signed::<i8>(&flat, bad)?)),
+        "UINT64" => tensor(Tensor_::from_shape(&dims, &unsigned::<u64>(&flat, bad)?)),
+        "UINT32" => tensor(Tensor_::from_shape(&dims, &unsigned::<u32>(&flat, bad)?)),
+        "UINT16" => tensor(Tensor_::from_shape(&dims, &unsigned::<u16>(&flat, bad)?)),
+        "UINT8" => tensor(Tensor_::from_shape(&dims, &unsigned::<u8>(&flat, bad)?)),
         "BOOL" => {
             let data = flat
                 .iter()
                 .enumerate()
                 .map(|(i, v)| v.as_bool().ok_or_else(|| bad(i)))
                 .collect::<Result<Vec<bool>, _>>()?;
-            tract_onnx::prelude::Tensor::from_shape(&dims, &data).map_err(run_err)
+            tensor(Tensor_::from_shape(&dims, &data))
+        }
+        "BYTES" => {
+            let data = flat
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v.as_str().map(str::to_string).ok_or_else(|| bad(i)))
+                .collect::<Result<Vec<String>, _>>()?;
+            // Strings are not `Copy`: build the array, then the tensor.
+            tract_ndarray::ArrayD::from_shape_vec(tract_ndarray::IxDyn(&dims), data)
+                .map(Tensor_::from)
+                .map_err(|e| EngineError::Run(e.to_string()))
         }
         other => Err(EngineError::UnsupportedDatatype {
             name: t.name.clone(),
             datatype: other.into(),
         }),
     }
+}
+
+/// Integer elements that must fit `T` exactly (no rounding, no wrap).
+fn signed<T: TryFrom<i64>>(
+    flat: &[&Value],
+    bad: impl Fn(usize) -> EngineError,
+) -> Result<Vec<T>, EngineError> {
+    flat.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_i64()
+                .and_then(|x| T::try_from(x).ok())
+                .ok_or_else(|| bad(i))
+        })
+        .collect()
+}
+
+fn unsigned<T: TryFrom<u64>>(
+    flat: &[&Value],
+    bad: impl Fn(usize) -> EngineError,
+) -> Result<Vec<T>, EngineError> {
+    flat.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_u64()
+                .and_then(|x| T::try_from(x).ok())
+                .ok_or_else(|| bad(i))
+        })
+        .collect()
 }
 
 type Tensor_ = tract_onnx::prelude::Tensor;
@@ -366,73 +421,37 @@ fn from_tract(name: &str, value: &TValue) -> Result<Tensor, EngineError> {
         let ints = value.cast_to::<i64>().map_err(run_err)?.into_owned();
         return from_tract(name, &ints.into_tvalue());
     }
+    fn values<T: Datum + Clone + Into<Value>>(
+        value: &TValue,
+        run_err: impl Fn(TractError) -> EngineError,
+    ) -> Result<Value, EngineError> {
+        Ok(Value::from(
+            value
+                .to_plain_array_view::<T>()
+                .map_err(run_err)?
+                .iter()
+                .cloned()
+                .map(Into::into)
+                .collect::<Vec<Value>>(),
+        ))
+    }
     let (datatype, data) = match value.datum_type() {
-        DatumType::F32 => (
-            "FP32",
-            Value::from(
-                value
-                    .to_plain_array_view::<f32>()
-                    .map_err(run_err)?
-                    .iter()
-                    .copied()
-                    .collect::<Vec<_>>(),
-            ),
-        ),
-        DatumType::F64 => (
-            "FP64",
-            Value::from(
-                value
-                    .to_plain_array_view::<f64>()
-                    .map_err(run_err)?
-                    .iter()
-                    .copied()
-                    .collect::<Vec<_>>(),
-            ),
-        ),
-        DatumType::I64 => (
-            "INT64",
-            Value::from(
-                value
-                    .to_plain_array_view::<i64>()
-                    .map_err(run_err)?
-                    .iter()
-                    .copied()
-                    .collect::<Vec<_>>(),
-            ),
-        ),
-        DatumType::I32 => (
-            "INT32",
-            Value::from(
-                value
-                    .to_plain_array_view::<i32>()
-                    .map_err(run_err)?
-                    .iter()
-                    .copied()
-                    .collect::<Vec<_>>(),
-            ),
-        ),
-        DatumType::Bool => (
-            "BOOL",
-            Value::from(
-                value
-                    .to_plain_array_view::<bool>()
-                    .map_err(run_err)?
-                    .iter()
-                    .copied()
-                    .collect::<Vec<_>>(),
-            ),
-        ),
-        DatumType::String => (
-            "BYTES",
-            Value::from(
-                value
-                    .to_plain_array_view::<String>()
-                    .map_err(run_err)?
-                    .iter()
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            ),
-        ),
+        DatumType::F32 => ("FP32", values::<f32>(value, run_err)?),
+        DatumType::F64 => ("FP64", values::<f64>(value, run_err)?),
+        DatumType::F16 => {
+            let widened = value.cast_to::<f32>().map_err(run_err)?.into_owned();
+            ("FP16", values::<f32>(&widened.into_tvalue(), run_err)?)
+        }
+        DatumType::I64 => ("INT64", values::<i64>(value, run_err)?),
+        DatumType::I32 => ("INT32", values::<i32>(value, run_err)?),
+        DatumType::I16 => ("INT16", values::<i16>(value, run_err)?),
+        DatumType::I8 => ("INT8", values::<i8>(value, run_err)?),
+        DatumType::U64 => ("UINT64", values::<u64>(value, run_err)?),
+        DatumType::U32 => ("UINT32", values::<u32>(value, run_err)?),
+        DatumType::U16 => ("UINT16", values::<u16>(value, run_err)?),
+        DatumType::U8 => ("UINT8", values::<u8>(value, run_err)?),
+        DatumType::Bool => ("BOOL", values::<bool>(value, run_err)?),
+        DatumType::String => ("BYTES", values::<String>(value, run_err)?),
         other => {
             return Err(EngineError::Run(format!(
                 "output {name}: datatype {other:?} not supported"

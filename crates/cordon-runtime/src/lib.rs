@@ -5,16 +5,24 @@
 //! the models in memory only, loads them with tract, and serves:
 //! - `GET /v1/attestation?nonce=HEX`: evidence binding the nonce and its public keys;
 //! - `POST /v1/encrypted`: an HPKE-encapsulated Open Inference Protocol request (see `cordon-proto`);
-//! - `GET /v2/health/live`, `/v2/health/ready`, `/v2`, `/v2/models/{name}`: plaintext, no secrets.
+//! - `POST /v1/session`, `POST /v1/session/message`: session mode (one HPKE setup, then AEAD per
+//!   message with sequence numbers);
+//! - `GET /v2/health/live`, `/v2/health/ready`, `/v2`, `/v2/models/{name}[/versions/{v}][/ready]`:
+//!   plaintext, no secrets;
+//! - `GET /metrics`: Prometheus metrics (no request data, no keys).
 //!
 //! Plaintext of models and requests stays in memory and is never logged.
 
 mod boot;
 mod config;
 mod engine;
+mod metrics;
 mod server;
+mod sessions;
 
 pub use boot::{boot, check_config_binding, BootedRuntime, RuntimeError};
 pub use config::{ModelConfig, RuntimeConfig};
 pub use engine::{EngineError, OnnxModel};
-pub use server::{router, serve, RuntimeState};
+pub use metrics::Metrics;
+pub use server::{router, serve, RuntimeState, ServedModel, ServingOptions};
+pub use sessions::{SessionError, SessionLimits};

@@ -1,9 +1,19 @@
 //! The runtime's HTTP surface.
+//!
+//! Outside the encrypted channel: attestation, health, server and model metadata (public facts),
+//! metrics. Inside it (one-shot HPKE or session mode): the whole Open Inference Protocol REST
+//! surface, routed by [`handle_inner`]. Inference is admitted through a bounded queue: when it is
+//! full a request is refused at once with 503 and `Retry-After`, so memory stays bounded under
+//! any burst.
 
 use crate::engine::OnnxModel;
+use crate::metrics::{Channel, InferLabels, KeyEvent, Metrics, RefusalKind};
+use crate::sessions::{SessionError, SessionLimits, SessionTable};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -11,13 +21,56 @@ use cordon_proto::oip::{ErrorResponse, InferRequest};
 use cordon_proto::runtime::{
     AttestationResponse, InnerRequest, InnerResponse, ENCRYPTED_RESPONSE_MEDIA_TYPE,
 };
-use cordon_proto::{report_data, RuntimeKeys, ServiceKeyPair};
+use cordon_proto::session::{SessionMessage, SESSION_MESSAGE_MEDIA_TYPE};
+use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair};
 use cordon_tee::EvidenceProvider;
 use ed25519_dalek::SigningKey;
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+/// How the runtime serves: queue and session bounds, body limit, and the development switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServingOptions {
+    /// Inference requests evaluated at once (blocking threads).
+    pub workers: usize,
+    /// Admitted requests that may wait for a worker; beyond that, 503 at once.
+    pub max_queue: usize,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    pub sessions: SessionLimits,
+    /// DEVELOPMENT ONLY: also accept Open Inference Protocol inference in plaintext HTTP, to
+    /// measure what encryption costs. Never on by default; refused on hardware TEEs by the CLI.
+    pub plaintext_inference: bool,
+}
+
+impl Default for ServingOptions {
+    fn default() -> Self {
+        ServingOptions {
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            max_queue: 256,
+            max_body: 8 << 20,
+            sessions: SessionLimits::default(),
+            plaintext_inference: false,
+        }
+    }
+}
+
+/// Seconds a refused client is told to wait.
+const RETRY_AFTER_S: u64 = 1;
+
+/// A model the runtime serves, with the sealed manifest it came from.
+pub struct ServedModel {
+    pub model: Arc<OnnxModel>,
+    /// SHA-256 of the sealed manifest (bound in the evidence clients get).
+    pub manifest_sha256: [u8; 32],
+}
 
 /// Everything a serving runtime holds. Secrets (service key, signing key, models) stay in here.
 pub struct RuntimeState {
@@ -26,9 +79,13 @@ pub struct RuntimeState {
     _signing_key: SigningKey,
     runtime_keys: RuntimeKeys,
     tee: Arc<dyn EvidenceProvider>,
-    models: BTreeMap<String, Arc<OnnxModel>>,
-    /// Bounds concurrent inference; inference runs on blocking threads, off the async workers.
-    pool: Arc<Semaphore>,
+    models: BTreeMap<String, ServedModel>,
+    bindings: Vec<ModelBinding>,
+    options: ServingOptions,
+    admission: Admission,
+    sessions: SessionTable,
+    metrics: Metrics,
+    next_request_id: AtomicU64,
 }
 
 impl RuntimeState {
@@ -37,18 +94,29 @@ impl RuntimeState {
         signing_key: SigningKey,
         runtime_keys: RuntimeKeys,
         tee: Arc<dyn EvidenceProvider>,
-        models: BTreeMap<String, Arc<OnnxModel>>,
+        models: BTreeMap<String, ServedModel>,
+        options: ServingOptions,
     ) -> RuntimeState {
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+        let bindings = models
+            .iter()
+            .map(|(name, m)| ModelBinding {
+                name: name.clone(),
+                version: m.model.version().to_string(),
+                manifest_sha256: m.manifest_sha256,
+            })
+            .collect();
         RuntimeState {
             service_key,
             _signing_key: signing_key,
             runtime_keys,
             tee,
             models,
-            pool: Arc::new(Semaphore::new(workers)),
+            bindings,
+            admission: Admission::new(options.workers.max(1), options.max_queue),
+            sessions: SessionTable::new(options.sessions),
+            options,
+            metrics: Metrics::new(),
+            next_request_id: AtomicU64::new(1),
         }
     }
 
@@ -59,15 +127,85 @@ impl RuntimeState {
     pub fn model_names(&self) -> Vec<String> {
         self.models.keys().cloned().collect()
     }
+
+    /// The models as bound in the evidence clients receive.
+    pub fn model_bindings(&self) -> &[ModelBinding] {
+        &self.bindings
+    }
+
+    pub fn options(&self) -> &ServingOptions {
+        &self.options
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
 }
 
-const MAX_BODY: usize = 8 << 20;
+/// The bounded inference queue: at most `capacity` requests admitted (running or waiting), of
+/// which `workers` run at once.
+struct Admission {
+    capacity: usize,
+    admitted: AtomicUsize,
+    workers: Arc<Semaphore>,
+}
+
+struct Ticket<'a>(&'a Admission);
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Admission {
+    fn new(workers: usize, max_queue: usize) -> Admission {
+        Admission {
+            capacity: workers + max_queue,
+            admitted: AtomicUsize::new(0),
+            workers: Arc::new(Semaphore::new(workers)),
+        }
+    }
+
+    fn try_admit(&self) -> Option<Ticket<'_>> {
+        self.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Ticket(self))
+    }
+
+    fn is_full(&self) -> bool {
+        self.admitted.load(Ordering::Acquire) >= self.capacity
+    }
+}
+
+/// Increments a gauge for as long as it lives, also when the request is cancelled.
+struct GaugeGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> GaugeGuard<'a> {
+    fn new(g: &'a prometheus_client::metrics::gauge::Gauge) -> GaugeGuard<'a> {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 /// The runtime's routes.
 pub fn router(state: Arc<RuntimeState>) -> Router {
+    let max_body = state.options.max_body;
     Router::new()
         .route("/v1/attestation", get(attestation))
         .route("/v1/encrypted", post(encrypted))
+        .route("/v1/session", post(session_setup))
+        .route("/v1/session/message", post(session_message))
+        .route("/metrics", get(metrics))
         .route(
             "/v2/health/live",
             get(|| async { Json(json!({ "live": true })) }),
@@ -77,8 +215,27 @@ pub fn router(state: Arc<RuntimeState>) -> Router {
             get(|| async { Json(json!({ "ready": true })) }),
         )
         .route("/v2", get(server_metadata))
-        .route("/v2/models/{name}", get(model_metadata_plain))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .route("/v2/models/{name}", get(plain_model_route))
+        .route("/v2/models/{name}/ready", get(plain_model_route))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(plain_model_route),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(plain_model_route),
+        )
+        .route("/v2/models/{name}/infer", post(plain_infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(plain_infer),
+        )
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_id,
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
 
@@ -93,8 +250,54 @@ pub async fn serve(
         .await
 }
 
+/// Tags every request with an id (the caller's `x-request-id` when it is short and printable,
+/// else a counter) for logs and the response header. Ids are not secret; bodies are never logged.
+async fn request_id(State(s): State<Arc<RuntimeState>>, req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("r{}", s.next_request_id.fetch_add(1, Ordering::Relaxed)));
+    let span =
+        tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| tracing::debug!(status = resp.status().as_u16(), "done"));
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(ErrorResponse { error: msg.into() })).into_response()
+}
+
+fn busy(msg: impl Into<String>) -> Response {
+    let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, msg);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+    resp
+}
+
+/// A body, or the OIP error for why it could not be read (413 when over the limit).
+fn body_or_error(
+    s: &RuntimeState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, Box<Response>> {
+    body.map_err(|e| {
+        let status = e.status();
+        Box::new(if status == StatusCode::PAYLOAD_TOO_LARGE {
+            s.metrics.refused(RefusalKind::TooLarge);
+            error(
+                status,
+                format!("request body exceeds {} bytes", s.options.max_body),
+            )
+        } else {
+            error(status, format!("request body: {}", e.body_text()))
+        })
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -120,58 +323,265 @@ async fn attestation(State(s): State<Arc<RuntimeState>>, Query(q): Query<NonceQu
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("nonce is not hex: {e}")),
     };
     // Evidence can take long on hardware (a TDX quote, an SNP ioctl): off the async workers.
-    let rd = report_data(&nonce, &s.runtime_keys);
+    let rd = report_data(&nonce, &s.runtime_keys, &s.bindings);
     let tee = s.tee.clone();
     let Ok(evidence) = tokio::task::spawn_blocking(move || tee.evidence(&rd)).await else {
+        s.metrics.event(KeyEvent::AttestationFailed);
         return error(StatusCode::INTERNAL_SERVER_ERROR, "evidence task failed");
     };
     match evidence {
-        Ok(evidence) => Json(AttestationResponse {
-            evidence,
-            runtime_keys: s.runtime_keys.clone(),
-        })
-        .into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("evidence: {e}")),
+        Ok(evidence) => {
+            s.metrics.event(KeyEvent::Attestation);
+            Json(AttestationResponse {
+                evidence,
+                runtime_keys: s.runtime_keys.clone(),
+                models: s.bindings.clone(),
+            })
+            .into_response()
+        }
+        Err(e) => {
+            s.metrics.event(KeyEvent::AttestationFailed);
+            error(StatusCode::INTERNAL_SERVER_ERROR, format!("evidence: {e}"))
+        }
     }
+}
+
+async fn metrics(State(s): State<Arc<RuntimeState>>) -> Response {
+    s.metrics.sessions_open.set(s.sessions.count() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+fn server_metadata_json(s: &RuntimeState) -> serde_json::Value {
+    json!({
+        "name": "cordon-runtime",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["cordon_encrypted", "cordon_session"],
+        "platform": s.tee.platform().to_string(),
+        "models": s.model_names(),
+    })
 }
 
 async fn server_metadata(State(s): State<Arc<RuntimeState>>) -> Json<serde_json::Value> {
-    Json(json!({
-        "name": "cordon-runtime",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["cordon_encrypted"],
-        "platform": s.tee.platform().to_string(),
-        "models": s.model_names(),
-    }))
+    Json(server_metadata_json(&s))
 }
 
-async fn model_metadata_plain(
+/// Plain model metadata and readiness (public facts: names, versions, tensor shapes).
+async fn plain_model_route(State(s): State<Arc<RuntimeState>>, req: Request) -> Response {
+    let resp = route_inner(
+        &s,
+        InnerRequest {
+            method: "GET".into(),
+            path: req.uri().path().to_string(),
+            body: None,
+        },
+        Channel::Plain,
+    )
+    .await;
+    (
+        StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Json(resp.body),
+    )
+        .into_response()
+}
+
+async fn plain_infer(
     State(s): State<Arc<RuntimeState>>,
-    Path(name): Path<String>,
+    uri: axum::http::Uri,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match s.models.get(&name) {
-        Some(m) => Json(m.metadata()).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("unknown model {name:?}")),
+    if !s.options.plaintext_inference {
+        return error(
+            StatusCode::FORBIDDEN,
+            "plaintext inference is disabled: send requests through the encrypted channel \
+             (/v1/encrypted or /v1/session), e.g. with `cordon proxy`",
+        );
+    }
+    let body = match body_or_error(&s, body) {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    if s.admission.is_full() {
+        s.metrics.refused(RefusalKind::Busy);
+        s.metrics.request(Channel::Plain, 503);
+        return busy("runtime busy: inference queue is full");
+    }
+    let resp = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v) => {
+            route_inner(
+                &s,
+                InnerRequest {
+                    method: "POST".into(),
+                    path: uri.path().to_string(),
+                    body: Some(v),
+                },
+                Channel::Plain,
+            )
+            .await
+        }
+        Err(e) => inner_error(400, format!("infer request: {}", e.classify_name())),
+    };
+    s.metrics.request(Channel::Plain, resp.status);
+    let mut out = (
+        StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Json(resp.body),
+    )
+        .into_response();
+    if resp.status == 503 {
+        out.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+    }
+    out
+}
+
+/// Decodes and serves one inner request (the plaintext of an encrypted message).
+async fn handle_inner(s: &Arc<RuntimeState>, plaintext: &[u8], channel: Channel) -> InnerResponse {
+    let resp = match serde_json::from_slice::<InnerRequest>(plaintext) {
+        Ok(req) => route_inner(s, req, channel).await,
+        Err(e) => inner_error(
+            400,
+            format!(
+                "inner request is not valid JSON for a Cordon request: {}",
+                e.classify_name()
+            ),
+        ),
+    };
+    s.metrics.request(channel, resp.status);
+    resp
+}
+
+fn encode_inner(resp: &InnerResponse) -> zeroize::Zeroizing<Vec<u8>> {
+    // Serializing a JSON value into memory cannot fail.
+    zeroize::Zeroizing::new(serde_json::to_vec(resp).unwrap_or_default())
+}
+
+async fn encrypted(
+    State(s): State<Arc<RuntimeState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body_or_error(&s, body) {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    // Refuse before spending a key agreement on a request that could not be queued.
+    if s.admission.is_full() {
+        s.metrics.refused(RefusalKind::Busy);
+        return busy("runtime busy: inference queue is full");
+    }
+    let (inner, response_ctx) = match s.service_key.decapsulate_request(&body) {
+        Ok(x) => x,
+        Err(e) => {
+            s.metrics.refused(RefusalKind::Decrypt);
+            return error(StatusCode::BAD_REQUEST, format!("encrypted request: {e}"));
+        }
+    };
+    let inner_response = handle_inner(&s, &inner, Channel::Oneshot).await;
+    drop(inner);
+    match response_ctx.encrypt_response(&encode_inner(&inner_response)) {
+        Ok(ct) => ([(header::CONTENT_TYPE, ENCRYPTED_RESPONSE_MEDIA_TYPE)], ct).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
-async fn encrypted(State(s): State<Arc<RuntimeState>>, body: Bytes) -> Response {
-    let (inner, response_ctx) = match s.service_key.decapsulate_request(&body) {
+fn session_refusal(s: &RuntimeState, e: SessionError) -> Response {
+    let status = match e {
+        SessionError::Full { .. } => {
+            s.metrics.refused(RefusalKind::Busy);
+            return busy(e.to_string());
+        }
+        SessionError::Unknown => StatusCode::NOT_FOUND,
+        SessionError::Expired | SessionError::Exhausted { .. } => {
+            s.metrics.event(KeyEvent::SessionExpired);
+            StatusCode::GONE
+        }
+        SessionError::Replayed { .. } => {
+            s.metrics.refused(RefusalKind::Replay);
+            return error(StatusCode::CONFLICT, e.to_string());
+        }
+    };
+    s.metrics.refused(RefusalKind::Session);
+    error(status, e.to_string())
+}
+
+async fn session_setup(
+    State(s): State<Arc<RuntimeState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body_or_error(&s, body) {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    let (_setup, keys) = match s.service_key.accept_session(&body) {
         Ok(x) => x,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("encrypted request: {e}")),
+        Err(e) => {
+            s.metrics.refused(RefusalKind::Decrypt);
+            return error(StatusCode::BAD_REQUEST, format!("session setup: {e}"));
+        }
     };
-    let inner_response = match serde_json::from_slice::<InnerRequest>(&inner) {
-        Ok(req) => route_inner(&s, req).await,
-        Err(e) => InnerResponse {
-            status: 400,
-            body: json!({ "error": format!("inner request is not valid JSON for a Cordon request: {}", e.classify_name()) }),
-        },
+    let (grant, swept) = match s.sessions.open(keys, Instant::now()) {
+        Ok(x) => x,
+        Err(e) => return session_refusal(&s, e),
     };
+    for _ in 0..swept {
+        s.metrics.event(KeyEvent::SessionExpired);
+    }
+    s.metrics.event(KeyEvent::SessionOpened);
+    let Ok(session) = s.sessions.get(&grant.session_id, Instant::now()) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "session vanished");
+    };
+    match session.keys().seal_grant(&grant) {
+        Ok(ct) => ([(header::CONTENT_TYPE, SESSION_MESSAGE_MEDIA_TYPE)], ct).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn session_message(
+    State(s): State<Arc<RuntimeState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body_or_error(&s, body) {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    let message = match SessionMessage::parse(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            s.metrics.refused(RefusalKind::Decrypt);
+            return error(StatusCode::BAD_REQUEST, format!("session message: {e}"));
+        }
+    };
+    let session = match s.sessions.get(&message.session_id, Instant::now()) {
+        Ok(x) => x,
+        Err(e) => return session_refusal(&s, e),
+    };
+    let inner = match message.open(session.keys()) {
+        Ok(p) => p,
+        Err(e) => {
+            s.metrics.refused(RefusalKind::Decrypt);
+            return error(StatusCode::BAD_REQUEST, format!("session message: {e}"));
+        }
+    };
+    if let Err(e) = session.accept_seq(message.seq) {
+        return session_refusal(&s, e);
+    }
+    if s.admission.is_full() {
+        s.metrics.refused(RefusalKind::Busy);
+        return busy("runtime busy: inference queue is full");
+    }
+    let inner_response = handle_inner(&s, &inner, Channel::Session).await;
     drop(inner);
-    let plaintext =
-        zeroize::Zeroizing::new(serde_json::to_vec(&inner_response).unwrap_or_default());
-    match response_ctx.encrypt_response(&plaintext) {
-        Ok(ct) => ([(header::CONTENT_TYPE, ENCRYPTED_RESPONSE_MEDIA_TYPE)], ct).into_response(),
+    match session.keys().seal_response(
+        &message.session_id,
+        message.seq,
+        &encode_inner(&inner_response),
+    ) {
+        Ok(ct) => ([(header::CONTENT_TYPE, SESSION_MESSAGE_MEDIA_TYPE)], ct).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -199,35 +609,67 @@ fn inner_error(status: u16, msg: impl Into<String>) -> InnerResponse {
     }
 }
 
-async fn route_inner(s: &Arc<RuntimeState>, req: InnerRequest) -> InnerResponse {
-    let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
-    match (req.method.as_str(), segments.as_slice()) {
-        ("GET", ["v2", "health", "live"]) => InnerResponse {
-            status: 200,
-            body: json!({ "live": true }),
+fn ok(body: serde_json::Value) -> InnerResponse {
+    InnerResponse { status: 200, body }
+}
+
+/// The model `name`, at `version` when the path names one.
+fn find_model<'a>(
+    s: &'a RuntimeState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<&'a ServedModel, InnerResponse> {
+    let Some(m) = s.models.get(name) else {
+        return Err(inner_error(
+            404,
+            format!(
+                "unknown model {name:?}; this runtime serves {:?}",
+                s.model_names()
+            ),
+        ));
+    };
+    match version {
+        Some(v) if v != m.model.version() => Err(inner_error(
+            404,
+            format!(
+                "model {name:?} has no version {v:?}; version {:?} is served",
+                m.model.version()
+            ),
+        )),
+        _ => Ok(m),
+    }
+}
+
+/// Routes one Open Inference Protocol request (REST form, KServe v2).
+async fn route_inner(s: &Arc<RuntimeState>, req: InnerRequest, channel: Channel) -> InnerResponse {
+    let path = req.path.split(['?', '#']).next().unwrap_or_default();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (model_path, tail): (Option<(&str, Option<&str>)>, &[&str]) = match segments.as_slice() {
+        ["v2", "models", name, "versions", version, tail @ ..] => {
+            (Some((*name, Some(*version))), tail)
+        }
+        ["v2", "models", name, tail @ ..] => (Some((*name, None)), tail),
+        _ => (None, &[]),
+    };
+    match (req.method.as_str(), model_path, tail) {
+        ("GET", None, _) => match segments.as_slice() {
+            ["v2", "health", "live"] => ok(json!({ "live": true })),
+            ["v2", "health", "ready"] => ok(json!({ "ready": true })),
+            ["v2"] => ok(server_metadata_json(s)),
+            _ => inner_error(404, format!("no route for GET {path}")),
         },
-        ("GET", ["v2", "health", "ready"]) => InnerResponse {
-            status: 200,
-            body: json!({ "ready": true }),
+        ("GET", Some((name, version)), []) => match find_model(s, name, version) {
+            Ok(m) => ok(json!(m.model.metadata())),
+            Err(e) => e,
         },
-        ("GET", ["v2", "models", name]) => match s.models.get(*name) {
-            Some(m) => InnerResponse {
-                status: 200,
-                body: json!(m.metadata()),
-            },
-            None => inner_error(404, format!("unknown model {name:?}")),
+        ("GET", Some((name, version)), ["ready"]) => match find_model(s, name, version) {
+            Ok(_) => ok(json!({ "name": name, "ready": true })),
+            Err(e) => e,
         },
-        ("GET", ["v2", "models", name, "ready"]) => match s.models.get(*name) {
-            Some(_) => InnerResponse {
-                status: 200,
-                body: json!({ "name": name, "ready": true }),
-            },
-            None => inner_error(404, format!("unknown model {name:?}")),
-        },
-        ("POST", ["v2", "models", name, "infer"])
-        | ("POST", ["v2", "models", name, "versions", _, "infer"]) => {
-            let Some(model) = s.models.get(*name).cloned() else {
-                return inner_error(404, format!("unknown model {name:?}"));
+        ("POST", Some((name, version)), ["infer"]) => {
+            let model = match find_model(s, name, version) {
+                Ok(m) => m.model.clone(),
+                Err(e) => return e,
             };
             let request: InferRequest = match req.body.map(serde_json::from_value) {
                 Some(Ok(r)) => r,
@@ -236,9 +678,9 @@ async fn route_inner(s: &Arc<RuntimeState>, req: InnerRequest) -> InnerResponse 
                 }
                 None => return inner_error(400, "infer request needs a body"),
             };
-            infer(s, model, request).await
+            infer(s, model, request, channel).await
         }
-        (m, _) => inner_error(404, format!("no route for {m} {}", req.path)),
+        (m, _, _) => inner_error(404, format!("no route for {m} {path}")),
     }
 }
 
@@ -246,17 +688,39 @@ async fn infer(
     s: &Arc<RuntimeState>,
     model: Arc<OnnxModel>,
     request: InferRequest,
+    channel: Channel,
 ) -> InnerResponse {
-    let Ok(_permit) = s.pool.clone().acquire_owned().await else {
+    let Some(_ticket) = s.admission.try_admit() else {
+        s.metrics.refused(RefusalKind::Busy);
+        return inner_error(503, "runtime busy: inference queue is full; retry later");
+    };
+    let started = Instant::now();
+    let permit = {
+        let _waiting = GaugeGuard::new(&s.metrics.queue_depth);
+        s.admission.workers.clone().acquire_owned().await
+    };
+    let Ok(_permit) = permit else {
         return inner_error(503, "runtime is shutting down");
     };
+    let _running = GaugeGuard::new(&s.metrics.in_flight);
+    let labels = InferLabels {
+        model: model.name().to_string(),
+        channel,
+    };
+    if let Some(rows) = request.inputs.first().and_then(|t| t.shape.first()) {
+        s.metrics
+            .batch_rows
+            .get_or_create(&labels)
+            .observe((*rows).max(0) as f64);
+    }
     let result = tokio::task::spawn_blocking(move || model.infer(&request)).await;
+    s.metrics
+        .inference_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok(Ok(resp)) => InnerResponse {
-            status: 200,
-            body: json!(resp),
-        },
-        Ok(Err(e)) => inner_error(400, e.to_string()),
+        Ok(Ok(resp)) => ok(json!(resp)),
+        Ok(Err(e)) => inner_error(e.http_status(), e.to_string()),
         Err(_) => inner_error(500, "inference task failed"),
     }
 }

@@ -39,6 +39,9 @@ pub enum BenchCommand {
     /// Tree ensembles (models/trees): Cordon's engine against tract's own operators and ONNX
     /// Runtime, single-row latency and batch throughput on one thread.
     Trees(crate::cmd_bench_trees::TreesArgs),
+    /// Serving: the engine in process and ONNX Runtime, then the runtime over loopback with
+    /// encryption off (development switch), one-shot HPKE and session mode.
+    Serve(crate::cmd_bench_serve::ServeArgs),
 }
 
 fn best_of(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -64,6 +67,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
             fixtures,
         } => attest(seconds, iterations, &fixtures),
         BenchCommand::Trees(args) => crate::cmd_bench_trees::run(args),
+        BenchCommand::Serve(args) => crate::cmd_bench_serve::run(args),
     }
 }
 

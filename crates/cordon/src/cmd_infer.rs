@@ -21,6 +21,10 @@ pub struct InferArgs {
     /// Open Inference Protocol request (JSON): {"inputs":[{"name","shape","datatype","data"}]}.
     #[arg(long)]
     input: PathBuf,
+    /// Refuse unless the runtime's evidence binds this model to exactly this sealed manifest
+    /// (SHA-256, hex, as `cordon seal` prints it).
+    #[arg(long, value_name = "SHA256")]
+    require_manifest: Option<String>,
 }
 
 pub fn run(a: InferArgs) -> Result<()> {
@@ -46,6 +50,17 @@ pub fn run(a: InferArgs) -> Result<()> {
             hex::encode(&c.launch_measurement),
             c.debug
         );
+        for m in runtime.models() {
+            eprintln!(
+                "bound model: {} version {} sealed manifest sha256 {}",
+                m.name,
+                m.version,
+                hex::encode(m.manifest_sha256)
+            );
+        }
+        if let Some(digest) = &a.require_manifest {
+            runtime.require_model(&a.model, digest)?;
+        }
         eprintln!(
             "encrypting to bound HPKE key {}",
             hex::encode(runtime.keys().hpke_public_key)

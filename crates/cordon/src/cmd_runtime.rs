@@ -3,7 +3,7 @@
 use crate::cmd_kbs::shutdown_signal;
 use crate::util;
 use anyhow::{bail, Context, Result};
-use cordon_runtime::RuntimeConfig;
+use cordon_runtime::{RuntimeConfig, ServingOptions, SessionLimits};
 use cordon_tee::{sim_launch_measurement, EvidenceProvider, SimHardwareKey, SimTee};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -57,6 +57,25 @@ pub struct ServeArgs {
     /// Write the bound address here once the models are loaded and the server listens.
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Inference requests evaluated at once (default: the number of CPUs).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Inference requests that may wait for a worker; beyond that, 503 with Retry-After at once.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Largest request body, in bytes (413 beyond).
+    #[arg(long, default_value_t = 8 << 20)]
+    max_body_bytes: usize,
+    /// Most sessions open at once (session mode); new ones get 503 when full.
+    #[arg(long, default_value_t = 4096)]
+    max_sessions: usize,
+    /// Lifetime of a session, in seconds.
+    #[arg(long, default_value_t = 600)]
+    session_lifetime_secs: u64,
+    /// DEVELOPMENT ONLY, sim only: also serve inference in PLAINTEXT HTTP (POST /v2/models/…/infer),
+    /// to measure what encryption costs. Refused with --platform hardware.
+    #[arg(long)]
+    dev_plaintext_inference: bool,
 }
 
 #[derive(clap::Args)]
@@ -147,9 +166,30 @@ fn serve(a: ServeArgs) -> Result<()> {
             Arc::from(provider)
         }
     };
+    if a.dev_plaintext_inference {
+        if a.platform != PlatformArg::Sim {
+            bail!("--dev-plaintext-inference is for development with --platform sim only");
+        }
+        eprintln!(
+            "WARNING: --dev-plaintext-inference: inference is ALSO served in PLAINTEXT over HTTP; \
+             for measuring the cost of encryption only"
+        );
+    }
+    let defaults = ServingOptions::default();
+    let options = ServingOptions {
+        workers: a.workers.unwrap_or(defaults.workers).max(1),
+        max_queue: a.max_queue,
+        max_body: a.max_body_bytes,
+        sessions: SessionLimits {
+            max_sessions: a.max_sessions.max(1),
+            lifetime: std::time::Duration::from_secs(a.session_lifetime_secs.max(1)),
+            ..defaults.sessions
+        },
+        plaintext_inference: a.dev_plaintext_inference,
+    };
     let rt = util::tokio_runtime()?;
     rt.block_on(async move {
-        let booted = cordon_runtime::boot(&config, tee).await?;
+        let booted = cordon_runtime::boot(&config, tee, &options).await?;
         let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, models = ?booted.model_digests.keys().collect::<Vec<_>>(), "runtime ready");

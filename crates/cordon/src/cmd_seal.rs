@@ -165,6 +165,11 @@ pub fn seal(a: SealArgs) -> Result<()> {
     println!("  key id           {}", manifest.key_id);
     println!("  plaintext sha256 {}", manifest.plaintext_sha256);
     println!("  signer           {}", manifest.signer);
+    let manifest_digest = cordon_seal::read_header(&mut std::fs::File::open(&a.out)?)?.digest();
+    println!(
+        "  manifest sha256  {} (bound in the runtime's evidence: `cordon infer --require-manifest`)",
+        hex::encode(manifest_digest)
+    );
     println!(
         "  key file         {} (secret: register it with the KBS, keep it off shared disks)",
         a.key_out.display()

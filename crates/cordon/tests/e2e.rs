@@ -1,5 +1,6 @@
 //! End to end across real processes on loopback: the `cordon` binary as KBS, runtime and CLI.
 
+use base64::Engine as _;
 use cordon_attest::PolicyDocument;
 use cordon_proto::oip::InferRequest;
 use cordon_runtime::OnnxModel;
@@ -50,11 +51,11 @@ impl Drop for Proc {
 }
 
 impl Proc {
-    fn start(args: &[&str], log: PathBuf) -> Proc {
+    fn start_logging(args: &[&str], log: PathBuf, level: &str) -> Proc {
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .args(args)
-            .env("CORDON_LOG", "info")
+            .env("CORDON_LOG", level)
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
             .stderr(f)
@@ -90,6 +91,8 @@ struct Deploy {
     sim_debug: bool,
     /// Manifest digest the runtime config pins (default: the sealed artifact's own).
     pinned_manifest: Option<String>,
+    /// CORDON_LOG of the KBS and the runtime.
+    log_level: &'static str,
 }
 
 impl Default for Deploy {
@@ -99,6 +102,7 @@ impl Default for Deploy {
             measurement_override: None,
             sim_debug: false,
             pinned_manifest: None,
+            log_level: "info",
         }
     }
 }
@@ -129,7 +133,7 @@ fn deploy(d: Deploy) -> Deployment {
         "--name",
         "mlp",
     ]);
-    let mut kbs = Proc::start(
+    let mut kbs = Proc::start_logging(
         &[
             "kbs",
             "serve",
@@ -145,6 +149,7 @@ fn deploy(d: Deploy) -> Deployment {
             &s(&p("kbs.addr")),
         ],
         p("kbs.log"),
+        d.log_level,
     );
     let kbs_url = kbs.wait_ready(&p("kbs.addr")).unwrap();
     let signer = std::fs::read_to_string(p("owner.pub")).unwrap();
@@ -211,7 +216,7 @@ fn deploy(d: Deploy) -> Deployment {
     if d.sim_debug {
         args.push("--sim-debug");
     }
-    let mut runtime = Proc::start(&args, p("runtime.log"));
+    let mut runtime = Proc::start_logging(&args, p("runtime.log"), d.log_level);
     let runtime = match runtime.wait_ready(&p("runtime.addr")) {
         Ok(url) => Ok((runtime, url)),
         Err(e) => Err(e),
@@ -377,6 +382,110 @@ fn encrypted_predictions_equal_in_process_tract() {
     ]);
     assert!(out.contains("\"label\""), "{out}");
     assert!(d.audit().contains("key_released"));
+}
+
+/// A whole run at the most verbose log level: neither the logs of the KBS and the runtime, nor
+/// the runtime's metrics, nor the audit log contain the client's inputs, the model's outputs, the
+/// DEK, the owner's key or the simulated hardware key.
+#[test]
+fn logs_and_metrics_of_a_run_hold_no_plaintext_and_no_keys() {
+    let d = deploy(Deploy {
+        log_level: "trace",
+        ..Deploy::default()
+    });
+    let (runtime, url) = d.runtime.as_ref().expect("runtime boots");
+    let doc = PolicyDocument::from_toml(
+        &std::fs::read_to_string(d.client_policy(&d.measurement)).unwrap(),
+    )
+    .unwrap();
+    let test: TestSet = serde_json::from_str(TEST_SET).unwrap();
+    // Distinctive inputs that no log line would contain by chance.
+    let rows: Vec<Vec<f64>> = test.inputs[..3]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut r = r.clone();
+            r[0] = 7315.0625 + 0.125 * i as f64;
+            r[1] = 86.7578125;
+            r
+        })
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (outputs, metrics) = rt.block_on(async {
+        let verified = cordon_client::connect(url, &doc, SystemTime::now())
+            .await
+            .unwrap();
+        let oneshot = verified.infer("mlp", &batch(&rows)).await.unwrap();
+        let session = verified.open_session().await.unwrap();
+        for _ in 0..3 {
+            session.infer("mlp", &batch(&rows)).await.unwrap();
+        }
+        let metrics = reqwest::get(format!("{url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        (oneshot.outputs, metrics)
+    });
+    assert!(
+        metrics.contains(r#"channel="session",outcome="ok"} 3"#),
+        "{metrics}"
+    );
+    // The inputs as any formatter prints them (all exact in f32).
+    let mut needles: Vec<String> = vec![
+        "7315.0625".into(),
+        "7315.1875".into(),
+        "7315.3125".into(),
+        "86.7578125".into(),
+    ];
+    // Output probabilities as the runtime would print them (shortest f32 form); long enough
+    // that no timing or counter in a trace line matches one by chance.
+    let probs = outputs.iter().find(|t| t.name == "probabilities").unwrap();
+    for p in probs.data.as_array().unwrap() {
+        let p = format!("{}", p.as_f64().unwrap() as f32);
+        if p.len() >= 9 {
+            needles.push(p);
+        }
+    }
+    // Every secret on disk: the DEK, the owner's secret key, the simulated hardware key.
+    let secret_of = |file: &str, field: &str| -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.dir.path().join(file)).unwrap())
+                .unwrap();
+        v[field].as_str().unwrap().to_string()
+    };
+    let dek = secret_of("mlp.dek", "dek");
+    needles.push(dek.clone());
+    needles.push(base64::engine::general_purpose::STANDARD.encode(hex::decode(&dek).unwrap()));
+    needles.push(secret_of("owner.key", "secret_key"));
+    let hw = std::fs::read_to_string(d.dir.path().join("hw.key")).unwrap();
+    needles.extend(
+        hw.split(|c: char| !c.is_ascii_hexdigit())
+            .filter(|t| t.len() >= 64)
+            .map(str::to_string),
+    );
+    assert!(needles.len() >= 6, "{needles:?}");
+    let logs = [
+        ("runtime log", runtime.log()),
+        (
+            "kbs log",
+            std::fs::read_to_string(d.dir.path().join("kbs.log")).unwrap(),
+        ),
+        ("metrics", metrics),
+        ("audit log", d.audit()),
+    ];
+    // The trace level really was on: the scan is not vacuous.
+    assert!(
+        logs[0].1.contains("TRACE") || logs[0].1.contains("DEBUG"),
+        "{}",
+        logs[0].1
+    );
+    for (what, text) in &logs {
+        for n in &needles {
+            assert!(!text.contains(n.as_str()), "{what} contains {n:?}");
+        }
+    }
 }
 
 fn one_row(t: &TestSet) -> InferRequest {

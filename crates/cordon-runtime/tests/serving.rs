@@ -1,0 +1,565 @@
+//! The runtime's serving surface over loopback: the Open Inference Protocol inside the encrypted
+//! channel (one-shot and session mode), session replay/reorder/expiry, backpressure, body limits and
+//! metrics. The runtime is built in process with a simulated TEE (no KBS: models are loaded from
+//! the repository's ONNX files, as boot would after unsealing them).
+
+use cordon_attest::{Endorsements, Platform, Policy};
+use cordon_client::{connect_with, ClientError, VerifiedRuntime};
+use cordon_proto::oip::{InferRequest, Tensor};
+use cordon_proto::runtime::InnerRequest;
+use cordon_proto::session::{start_session, SESSION_MESSAGE_MEDIA_TYPE};
+use cordon_proto::{RuntimeKeys, ServiceKeyPair};
+use cordon_runtime::{OnnxModel, RuntimeState, ServedModel, ServingOptions, SessionLimits};
+use cordon_tee::{SimHardwareKey, SimTee};
+use ed25519_dalek::SigningKey;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+const LR: &[u8] = include_bytes!("../../../models/breast_cancer_lr.onnx");
+const MLP: &[u8] = include_bytes!("../../../models/breast_cancer_mlp.onnx");
+const TEST_SET: &str = include_str!("../../../models/reference/breast_cancer_test.json");
+const LR_EXPECTED: &str = include_str!("../../../models/reference/breast_cancer_lr.expected.json");
+const MEASUREMENT: [u8; 48] = [0x42; 48];
+
+struct Harness {
+    url: String,
+    policy: Policy,
+    endorsements: Endorsements,
+    state: Arc<RuntimeState>,
+}
+
+impl Harness {
+    async fn verified(&self) -> VerifiedRuntime {
+        connect_with(
+            &self.url,
+            &self.policy,
+            &self.endorsements,
+            SystemTime::now(),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+async fn start(options: ServingOptions) -> Harness {
+    let hw = SimHardwareKey::generate();
+    let endorsements = Endorsements {
+        sim_trust_anchors: vec![hw.public_key()],
+        ..Default::default()
+    };
+    let tee = Arc::new(SimTee::new(hw, MEASUREMENT, [0; 32], false));
+    let service_key = ServiceKeyPair::generate(0);
+    let signing_key = SigningKey::from_bytes(&[7; 32]);
+    let runtime_keys = RuntimeKeys {
+        hpke_public_key: service_key.public_key(),
+        hpke_key_id: 0,
+        signing_public_key: signing_key.verifying_key().to_bytes(),
+    };
+    let mut models = BTreeMap::new();
+    for (name, bytes, digest) in [("lr", LR, [1u8; 32]), ("mlp", MLP, [2u8; 32])] {
+        models.insert(
+            name.to_string(),
+            ServedModel {
+                model: Arc::new(OnnxModel::load(name, "3", bytes).unwrap()),
+                manifest_sha256: digest,
+            },
+        );
+    }
+    let state = Arc::new(RuntimeState::new(
+        service_key,
+        signing_key,
+        runtime_keys,
+        tee,
+        models,
+        options,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let served = state.clone();
+    tokio::spawn(async move {
+        cordon_runtime::serve(served, listener, std::future::pending())
+            .await
+            .unwrap()
+    });
+    Harness {
+        url,
+        policy: Policy::new(vec![Platform::Sim], vec![MEASUREMENT.to_vec()]),
+        endorsements,
+        state,
+    }
+}
+
+fn rows(n: usize) -> Vec<Vec<f64>> {
+    let v: Value = serde_json::from_str(TEST_SET).unwrap();
+    v["inputs"].as_array().unwrap()[..n]
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+fn request(rows: &[Vec<f64>]) -> InferRequest {
+    InferRequest {
+        id: Some("req-1".into()),
+        inputs: vec![Tensor {
+            name: "input".into(),
+            shape: vec![rows.len() as i64, 30],
+            datatype: "FP32".into(),
+            data: json!(rows.iter().flatten().collect::<Vec<_>>()),
+            parameters: None,
+        }],
+        outputs: None,
+        parameters: None,
+    }
+}
+
+fn expected_lr_labels(n: usize) -> Vec<i64> {
+    let v: Value = serde_json::from_str(LR_EXPECTED).unwrap();
+    v["onnxruntime_labels"].as_array().unwrap()[..n]
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+fn labels(resp: &cordon_proto::oip::InferResponse) -> Vec<i64> {
+    let t = resp.outputs.iter().find(|t| t.name == "label").unwrap();
+    t.data
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn evidence_binds_the_served_models() {
+    let h = start(ServingOptions::default()).await;
+    let rt = h.verified().await;
+    let names: Vec<&str> = rt.models().iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["lr", "mlp"]);
+    assert_eq!(rt.models()[0].version, "3");
+    rt.require_model("lr", &hex::encode([1u8; 32])).unwrap();
+    assert!(rt.require_model("lr", &hex::encode([2u8; 32])).is_err());
+}
+
+#[tokio::test]
+async fn session_mode_serves_the_same_answers_as_one_shot() {
+    let h = start(ServingOptions::default()).await;
+    let rt = h.verified().await;
+    let session = rt.open_session().await.unwrap();
+    let data = rows(20);
+    let oneshot = rt.infer("lr", &request(&data)).await.unwrap();
+    for _ in 0..3 {
+        let resp = session.infer("lr", &request(&data)).await.unwrap();
+        assert_eq!(labels(&resp), expected_lr_labels(20));
+        assert_eq!(resp.outputs, oneshot.outputs);
+        assert_eq!(resp.id.as_deref(), Some("req-1"));
+    }
+    // Each request was a single AEAD message numbered 1, 2, 3 within one session.
+    let text = h.metrics().await;
+    assert!(
+        text.contains(r#"cordon_runtime_requests_total{channel="session",outcome="ok"} 3"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"cordon_runtime_requests_total{channel="oneshot",outcome="ok"} 1"#));
+    assert!(text.contains(r#"cordon_runtime_events_total{event="session_opened"} 1"#));
+    assert!(
+        text.contains(r#"cordon_runtime_inference_seconds_count{model="lr",channel="session"} 3"#)
+    );
+}
+
+/// Sends raw session messages, as an attacker on the path would replay or reorder them.
+#[tokio::test]
+async fn replayed_and_reordered_session_messages_are_refused() {
+    let h = start(ServingOptions::default()).await;
+    let keys = h.state.runtime_keys().clone();
+    let http = reqwest::Client::new();
+    let (setup, pending) = start_session(&keys.hpke_public_key, 0, b"{}").unwrap();
+    let grant = http
+        .post(format!("{}/v1/session", h.url))
+        .body(setup)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(grant.status(), 200);
+    let session = pending.accept(&grant.bytes().await.unwrap()).unwrap();
+    let live = serde_json::to_vec(&InnerRequest {
+        method: "GET".into(),
+        path: "/v2/health/live".into(),
+        body: None,
+    })
+    .unwrap();
+    let send = |msg: Vec<u8>| {
+        let http = http.clone();
+        let url = format!("{}/v1/session/message", h.url);
+        async move {
+            let r = http
+                .post(url)
+                .header("content-type", SESSION_MESSAGE_MEDIA_TYPE)
+                .body(msg)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap())
+        }
+    };
+    let (m1, s1) = session.seal_request(&live).unwrap();
+    let (m2, _) = session.seal_request(&live).unwrap();
+    let (m3, s3) = session.seal_request(&live).unwrap();
+    let (status, body) = send(m1.clone()).await;
+    assert_eq!(status, 200);
+    let inner: Value = serde_json::from_slice(&session.open_response(s1, &body).unwrap()).unwrap();
+    assert_eq!(inner["body"]["live"], true);
+    // The same message again: replay.
+    let (status, body) = send(m1).await;
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("replayed or reordered"));
+    // 3 overtakes 2: 3 is served, 2 is refused afterwards.
+    assert_eq!(send(m3).await.0, 200);
+    let (status, body) = send(m2).await;
+    assert_eq!(status, 409);
+    assert!(String::from_utf8_lossy(&body).contains("not above 3"));
+    // A tampered message fails authentication and does not move the window.
+    let (mut m4, s4) = session.seal_request(&live).unwrap();
+    let last = m4.len() - 1;
+    m4[last] ^= 1;
+    assert_eq!(send(m4).await.0, 400);
+    let (m5, s5) = session.seal_request(&live).unwrap();
+    assert!(s5 > s4 && s4 > s3);
+    assert_eq!(send(m5).await.0, 200);
+    let text = h.metrics().await;
+    assert!(
+        text.contains(r#"cordon_runtime_refusals_total{kind="replay"} 2"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"cordon_runtime_refusals_total{kind="decrypt"} 1"#));
+    // An unknown session id gets 404.
+    let mut unknown = vec![0u8; 16];
+    unknown.extend_from_slice(&1u64.to_be_bytes());
+    unknown.extend_from_slice(&[0u8; 32]);
+    assert_eq!(send(unknown).await.0, 404);
+}
+
+#[tokio::test]
+async fn expired_sessions_are_refused_and_a_new_one_works() {
+    let h = start(ServingOptions {
+        sessions: SessionLimits {
+            lifetime: Duration::from_secs(1),
+            ..SessionLimits::default()
+        },
+        ..ServingOptions::default()
+    })
+    .await;
+    let rt = h.verified().await;
+    let session = rt.open_session().await.unwrap();
+    session
+        .request("GET", "/v2/health/live", None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(session.is_spent(SystemTime::now() + Duration::from_secs(1)));
+    let err = session
+        .request("GET", "/v2/health/live", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::SessionClosed { status: 410, .. }),
+        "{err}"
+    );
+    let fresh = rt.open_session().await.unwrap();
+    assert_eq!(
+        fresh
+            .request("GET", "/v2/health/live", None)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_full_session_table_refuses_setups_with_retry_after() {
+    let h = start(ServingOptions {
+        sessions: SessionLimits {
+            max_sessions: 2,
+            ..SessionLimits::default()
+        },
+        ..ServingOptions::default()
+    })
+    .await;
+    let rt = h.verified().await;
+    let a = rt.open_session().await.unwrap();
+    let _b = rt.open_session().await.unwrap();
+    let err = rt.open_session().await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Server { status: 503, .. }),
+        "{err}"
+    );
+    // Live sessions keep working.
+    assert_eq!(
+        a.request("GET", "/v2/health/ready", None)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+/// Every Open Inference Protocol route and error, through the encrypted channel.
+#[tokio::test]
+async fn open_inference_protocol_surface_inside_the_channel() {
+    let h = start(ServingOptions::default()).await;
+    let rt = h.verified().await;
+    let s = rt.open_session().await.unwrap();
+    let get = |path: &'static str| s.request("GET", path, None);
+
+    let meta = get("/v2").await.unwrap();
+    assert_eq!(meta.status, 200);
+    assert_eq!(meta.body["models"], json!(["lr", "mlp"]));
+    assert_eq!(get("/v2/health/live").await.unwrap().body["live"], true);
+    assert_eq!(get("/v2/health/ready").await.unwrap().body["ready"], true);
+
+    let m = get("/v2/models/mlp").await.unwrap();
+    assert_eq!(m.status, 200);
+    assert_eq!(m.body["name"], "mlp");
+    assert_eq!(m.body["versions"], json!(["3"]));
+    assert_eq!(
+        m.body["inputs"],
+        json!([{"name": "input", "datatype": "FP32", "shape": [-1, 30]}])
+    );
+    assert_eq!(get("/v2/models/mlp/versions/3").await.unwrap().status, 200);
+    let wrong = get("/v2/models/mlp/versions/4").await.unwrap();
+    assert_eq!(wrong.status, 404);
+    assert!(wrong.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("no version \"4\""));
+    assert_eq!(
+        get("/v2/models/mlp/ready").await.unwrap().body["ready"],
+        true
+    );
+    assert_eq!(
+        get("/v2/models/mlp/versions/3/ready").await.unwrap().status,
+        200
+    );
+    let unknown = get("/v2/models/nope").await.unwrap();
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("unknown model"));
+    assert_eq!(get("/v2/elsewhere").await.unwrap().status, 404);
+
+    // Infer by name and by name and version; `outputs` selects outputs.
+    let data = rows(4);
+    let mut req = request(&data);
+    req.outputs = Some(vec![cordon_proto::oip::RequestedOutput {
+        name: "label".into(),
+    }]);
+    let body = serde_json::to_value(&req).unwrap();
+    for path in ["/v2/models/lr/infer", "/v2/models/lr/versions/3/infer"] {
+        let r = s.request("POST", path, Some(body.clone())).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["model_name"], "lr");
+        assert_eq!(r.body["model_version"], "3");
+        assert_eq!(r.body["outputs"].as_array().unwrap().len(), 1);
+        assert_eq!(r.body["outputs"][0]["name"], "label");
+        assert_eq!(r.body["outputs"][0]["datatype"], "INT64");
+        assert_eq!(r.body["outputs"][0]["shape"], json!([4]));
+    }
+    let post = |path: &'static str, body: Value| s.request("POST", path, Some(body));
+    let expect_400 = |r: cordon_proto::runtime::InnerResponse, needle: &str| {
+        assert_eq!(r.status, 400, "{}", r.body);
+        let e = r.body["error"].as_str().unwrap().to_string();
+        assert!(e.contains(needle), "{e:?} lacks {needle:?}");
+    };
+    let mut bad = body.clone();
+    bad["inputs"][0]["datatype"] = json!("INT64");
+    expect_400(
+        post("/v2/models/lr/infer", bad).await.unwrap(),
+        "datatype INT64",
+    );
+    let mut bad = body.clone();
+    bad["inputs"][0]["shape"] = json!([4, 31]);
+    expect_400(
+        post("/v2/models/lr/infer", bad).await.unwrap(),
+        "does not fit",
+    );
+    let mut bad = body.clone();
+    bad["inputs"][0]["shape"] = json!([5, 30]);
+    expect_400(
+        post("/v2/models/lr/infer", bad).await.unwrap(),
+        "data has 120",
+    );
+    let mut bad = body.clone();
+    bad["inputs"][0]["data"][7] = json!("x");
+    expect_400(post("/v2/models/lr/infer", bad).await.unwrap(), "element 7");
+    let mut bad = body.clone();
+    bad["inputs"][0]["name"] = json!("other");
+    expect_400(
+        post("/v2/models/lr/infer", bad).await.unwrap(),
+        "not an input",
+    );
+    expect_400(
+        post("/v2/models/lr/infer", json!({"inputs": 3}))
+            .await
+            .unwrap(),
+        "infer request: Data error",
+    );
+    expect_400(
+        s.request("POST", "/v2/models/lr/infer", None)
+            .await
+            .unwrap(),
+        "needs a body",
+    );
+    let r = post("/v2/models/nope/infer", body.clone()).await.unwrap();
+    assert_eq!(r.status, 404);
+
+    // Outside the channel: plaintext inference is off, bodies are limited, and the server is up.
+    let http = reqwest::Client::new();
+    let plain = http
+        .post(format!("{}/v2/models/lr/infer", h.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 403);
+    let big = http
+        .post(format!("{}/v1/encrypted", h.url))
+        .body(vec![0u8; (8 << 20) + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
+    let e: Value = big.json().await.unwrap();
+    assert!(e["error"].as_str().unwrap().contains("exceeds"));
+    let garbage = http
+        .post(format!("{}/v1/encrypted", h.url))
+        .body(vec![1u8; 100])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 400);
+    assert!(garbage.headers().contains_key("x-request-id"));
+    assert_eq!(get("/v2/health/live").await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn plaintext_inference_only_with_the_development_switch() {
+    let h = start(ServingOptions {
+        plaintext_inference: true,
+        ..ServingOptions::default()
+    })
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/v2/models/lr/infer", h.url))
+        .json(&request(&rows(3)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let resp: cordon_proto::oip::InferResponse = r.json().await.unwrap();
+    assert_eq!(labels(&resp), expected_lr_labels(3));
+    assert!(h
+        .metrics()
+        .await
+        .contains(r#"cordon_runtime_requests_total{channel="plain",outcome="ok"} 1"#));
+}
+
+/// A burst far beyond workers + queue: the excess is refused at once with 503 and Retry-After,
+/// everything admitted is answered, and the runtime stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_beyond_the_queue_gets_503_with_retry_after() {
+    let h = start(ServingOptions {
+        workers: 1,
+        max_queue: 1,
+        plaintext_inference: true,
+        ..ServingOptions::default()
+    })
+    .await;
+    // A large batch keeps the one worker busy long enough for the burst to pile up.
+    let many: Vec<Vec<f64>> = (0..100).flat_map(|_| rows(100)).collect();
+    let big = serde_json::to_vec(&request(&many)).unwrap();
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let http = http.clone();
+        let url = format!("{}/v2/models/mlp/infer", h.url);
+        let body = big.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), retry)
+        }));
+    }
+    let mut ok = 0;
+    let mut busy = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (200, _) => ok += 1,
+            (503, Some(retry)) => {
+                assert_eq!(retry, "1");
+                busy += 1
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(
+        ok >= 2,
+        "at least the running and the queued request are served ({ok})"
+    );
+    assert!(busy >= 1, "the burst exceeded workers + queue ({ok} ok)");
+    assert_eq!(ok + busy, 24);
+    let text = h.metrics().await;
+    assert!(
+        text.contains("cordon_runtime_refusals_total{kind=\"busy\"}"),
+        "{text}"
+    );
+    assert!(text.contains("cordon_runtime_queue_depth 0"));
+    assert!(text.contains("cordon_runtime_in_flight 0"));
+}
+
+/// Nothing a client sends, and no key, appears in the runtime's metrics.
+#[tokio::test]
+async fn metrics_carry_no_request_data() {
+    let h = start(ServingOptions::default()).await;
+    let rt = h.verified().await;
+    let mut data = rows(1);
+    data[0][0] = 98765.4321;
+    rt.infer("lr", &request(&data)).await.unwrap();
+    let text = h.metrics().await;
+    assert!(text.contains("cordon_runtime_requests_total"));
+    for needle in [
+        "98765".to_string(),
+        "req-1".to_string(),
+        // The signing key's seed (see `start`).
+        hex::encode([7u8; 32]),
+    ] {
+        assert!(!text.contains(&needle), "metrics contain {needle}");
+    }
+}

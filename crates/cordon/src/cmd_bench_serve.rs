@@ -1,0 +1,510 @@
+//! `cordon bench serve`: what confidentiality costs, measured side by side in one run.
+//!
+//! For each model, on the same ONNX file and the same rows:
+//! 1. the engine in process (`OnnxModel::infer`, the runtime's own path from OIP tensors), and ONNX
+//!    Runtime (the Python package, single thread) when it is installed;
+//! 2. the runtime over loopback HTTP with encryption off (`plaintext_inference`, the development
+//!    switch);
+//! 3. one-shot HPKE per request; 4. session mode.
+//!
+//! The runtime is the real router (`cordon_runtime::serve`) on its own tokio runtime in this
+//! process, with the simulated TEE; clients run on another tokio runtime. Both share the machine's
+//! cores, as a runtime and a local client would.
+
+use anyhow::{anyhow, bail, Context, Result};
+use cordon_attest::{Endorsements, Platform, Policy};
+use cordon_proto::oip::{InferRequest, Tensor};
+use cordon_proto::{RuntimeKeys, ServiceKeyPair};
+use cordon_runtime::{OnnxModel, RuntimeState, ServedModel, ServingOptions};
+use cordon_tee::{SimHardwareKey, SimTee};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Models to measure, as NAME=MODEL.onnx:INPUT.json (INPUT.json: an OIP request whose first
+    /// input is [N, F]); default: the breast-cancer LR and MLP, and the fraud GBDT when present.
+    #[arg(long = "model", value_name = "NAME=ONNX:INPUT")]
+    models: Vec<String>,
+    /// Timed single-row requests per path.
+    #[arg(long, default_value_t = 2000)]
+    calls: usize,
+    /// Concurrent clients for the throughput figure.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Seconds of the throughput measurement per path.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Rows per batch for the batch figure.
+    #[arg(long, default_value_t = 1024)]
+    batch_rows: usize,
+    /// Skip ONNX Runtime.
+    #[arg(long)]
+    no_ort: bool,
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+struct BenchModel {
+    name: String,
+    onnx: PathBuf,
+    rows: Vec<Vec<Value>>,
+    input_name: String,
+    datatype: String,
+}
+
+fn read_model(spec: &str) -> Result<BenchModel> {
+    let (name, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--model {spec:?}: expected NAME=MODEL.onnx:INPUT.json"))?;
+    let (onnx, input) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("--model {spec:?}: expected NAME=MODEL.onnx:INPUT.json"))?;
+    let req: InferRequest = serde_json::from_str(
+        &std::fs::read_to_string(input).with_context(|| format!("reading {input}"))?,
+    )
+    .with_context(|| format!("{input} is not an OIP request"))?;
+    let t = req
+        .inputs
+        .first()
+        .ok_or_else(|| anyhow!("{input}: no inputs"))?;
+    let [n, f] = t.shape[..] else {
+        bail!("{input}: first input must be [N, F], is {:?}", t.shape)
+    };
+    let flat = t
+        .data
+        .as_array()
+        .ok_or_else(|| anyhow!("{input}: data must be a flat array"))?;
+    if n <= 0 || f <= 0 || flat.len() != (n * f) as usize {
+        bail!("{input}: data does not fill shape {:?}", t.shape);
+    }
+    Ok(BenchModel {
+        name: name.into(),
+        onnx: onnx.into(),
+        rows: flat.chunks(f as usize).map(|r| r.to_vec()).collect(),
+        input_name: t.name.clone(),
+        datatype: t.datatype.clone(),
+    })
+}
+
+/// The default models: LR and MLP on the breast-cancer test rows; the fraud GBDT if present.
+fn default_models(tmp: &Path) -> Result<Vec<BenchModel>> {
+    let test: Value = serde_json::from_str(&std::fs::read_to_string(
+        "models/reference/breast_cancer_test.json",
+    )?)?;
+    let rows = test["inputs"]
+        .as_array()
+        .ok_or_else(|| anyhow!("breast_cancer_test.json: no inputs"))?;
+    let flat: Vec<Value> = rows
+        .iter()
+        .flat_map(|r| r.as_array().cloned().unwrap_or_default())
+        .collect();
+    let input = tmp.join("breast_cancer.input.json");
+    std::fs::write(
+        &input,
+        serde_json::to_vec(&json!({"inputs": [{
+            "name": "input", "shape": [rows.len(), 30], "datatype": "FP32", "data": flat
+        }]}))?,
+    )?;
+    let input = input.display().to_string();
+    let mut specs = vec![
+        format!("breast_cancer_lr=models/breast_cancer_lr.onnx:{input}"),
+        format!("breast_cancer_mlp=models/breast_cancer_mlp.onnx:{input}"),
+    ];
+    if Path::new("models/fraud/fraud_gbdt.onnx").exists() {
+        specs.push(
+            "fraud_gbdt=models/fraud/fraud_gbdt.onnx:models/fraud/fraud_gbdt.input.json".into(),
+        );
+    }
+    specs.iter().map(|s| read_model(s)).collect()
+}
+
+impl BenchModel {
+    fn request(&self, first: usize, n: usize) -> InferRequest {
+        let data: Vec<Value> = (0..n)
+            .flat_map(|i| self.rows[(first + i) % self.rows.len()].iter().cloned())
+            .collect();
+        InferRequest {
+            id: None,
+            inputs: vec![Tensor {
+                name: self.input_name.clone(),
+                shape: vec![n as i64, self.rows[0].len() as i64],
+                datatype: self.datatype.clone(),
+                data: Value::Array(data),
+                parameters: None,
+            }],
+            outputs: None,
+            parameters: None,
+        }
+    }
+}
+
+#[derive(Default, Clone, serde::Serialize)]
+struct Figures {
+    p50_us: f64,
+    p99_us: f64,
+    /// Single-row requests per second with `concurrency` clients.
+    rps: f64,
+    /// Rows per second in batches of `batch_rows`, one client.
+    batch_rows_per_s: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+/// One way of sending a request (a path of the benchmark).
+#[derive(Clone)]
+enum Path_ {
+    Plain(reqwest::Client, String),
+    Oneshot(cordon_client::VerifiedRuntime),
+    Session(cordon_client::VerifiedRuntime),
+}
+
+/// A client of one path: sessions are per client, as a real stream would keep one.
+enum Client {
+    Http(reqwest::Client, String),
+    Oneshot(Box<cordon_client::VerifiedRuntime>),
+    // Boxed: a session holds its key schedules.
+    Session(Box<cordon_client::Session>),
+}
+
+impl Path_ {
+    async fn client(&self) -> Result<Client> {
+        Ok(match self {
+            Path_::Plain(h, url) => Client::Http(h.clone(), url.clone()),
+            Path_::Oneshot(rt) => Client::Oneshot(Box::new(rt.clone())),
+            Path_::Session(rt) => Client::Session(Box::new(rt.open_session().await?)),
+        })
+    }
+}
+
+impl Client {
+    async fn infer(&self, model: &str, req: &InferRequest) -> Result<()> {
+        match self {
+            Client::Http(http, url) => {
+                let r = http
+                    .post(format!("{url}/v2/models/{model}/infer"))
+                    .json(req)
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("{}: {}", r.status(), r.text().await.unwrap_or_default());
+                }
+                r.bytes().await?;
+            }
+            Client::Oneshot(rt) => {
+                rt.infer(model, req).await?;
+            }
+            Client::Session(s) => {
+                s.infer(model, req).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn measure(path: &Path_, m: &BenchModel, a: &ServeArgs) -> Result<Figures> {
+    let client = path.client().await?;
+    for i in 0..50 {
+        client.infer(&m.name, &m.request(i, 1)).await?;
+    }
+    let mut times = Vec::with_capacity(a.calls);
+    for i in 0..a.calls {
+        let req = m.request(i, 1);
+        let t = Instant::now();
+        client.infer(&m.name, &req).await?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    // Throughput: `concurrency` clients, each sequential, for `seconds`.
+    let deadline = Instant::now() + Duration::from_secs_f64(a.seconds);
+    let mut tasks = Vec::new();
+    for c in 0..a.concurrency {
+        let client = path.client().await?;
+        let reqs: Vec<InferRequest> = (0..64).map(|i| m.request(c * 64 + i, 1)).collect();
+        let name = m.name.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                client.infer(&name, &reqs[n % reqs.len()]).await?;
+                n += 1;
+            }
+            Ok::<usize, anyhow::Error>(n)
+        }));
+    }
+    let started = Instant::now();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    let rps = total as f64 / started.elapsed().as_secs_f64();
+    // Batches.
+    let batch = m.request(0, a.batch_rows);
+    client.infer(&m.name, &batch).await?;
+    let mut runs = 0;
+    let t = Instant::now();
+    while runs < 5 || t.elapsed() < Duration::from_secs(1) {
+        client.infer(&m.name, &batch).await?;
+        runs += 1;
+    }
+    let batch_rows_per_s = (runs * a.batch_rows) as f64 / t.elapsed().as_secs_f64();
+    Ok(Figures {
+        p50_us: percentile(&times, 0.5),
+        p99_us: percentile(&times, 0.99),
+        rps,
+        batch_rows_per_s,
+    })
+}
+
+/// The engine alone, in process, on this thread.
+fn measure_engine(model: &OnnxModel, m: &BenchModel, a: &ServeArgs) -> Result<Figures> {
+    for i in 0..50 {
+        model.infer(&m.request(i, 1))?;
+    }
+    let reqs: Vec<InferRequest> = (0..m.rows.len()).map(|i| m.request(i, 1)).collect();
+    let mut times = Vec::with_capacity(a.calls);
+    for i in 0..a.calls {
+        let t = Instant::now();
+        std::hint::black_box(model.infer(&reqs[i % reqs.len()])?);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let batch = m.request(0, a.batch_rows);
+    model.infer(&batch)?;
+    let mut runs = 0;
+    let t = Instant::now();
+    while runs < 5 || t.elapsed() < Duration::from_secs(1) {
+        std::hint::black_box(model.infer(&batch)?);
+        runs += 1;
+    }
+    let p50 = percentile(&times, 0.5);
+    Ok(Figures {
+        p50_us: p50,
+        p99_us: percentile(&times, 0.99),
+        rps: 1e6 / p50,
+        batch_rows_per_s: (runs * a.batch_rows) as f64 / t.elapsed().as_secs_f64(),
+    })
+}
+
+/// ONNX Runtime's single-thread figures from scripts/bench_trees_ort.py, or why there are none.
+fn onnx_runtime(
+    models: &[BenchModel],
+    a: &ServeArgs,
+    tmp: &Path,
+) -> Result<BTreeMap<String, Figures>> {
+    let dir = tmp.join("ort");
+    std::fs::create_dir_all(&dir)?;
+    for m in models {
+        std::fs::copy(&m.onnx, dir.join(format!("{}.onnx", m.name)))?;
+        let req = m.request(0, m.rows.len());
+        std::fs::write(
+            dir.join(format!("{}.input.json", m.name)),
+            serde_json::to_vec(&req)?,
+        )?;
+    }
+    let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    let out = Command::new("python3")
+        .arg("scripts/bench_trees_ort.py")
+        .arg(&dir)
+        .args(["--models", &names.join(",")])
+        .args(["--rows", &a.batch_rows.to_string()])
+        .args(["--calls", &a.calls.to_string()])
+        .arg("--json")
+        .output()
+        .context("running python3 scripts/bench_trees_ort.py")?;
+    if !out.status.success() {
+        bail!(
+            "bench_trees_ort.py failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let doc: Value = serde_json::from_slice(&out.stdout)?;
+    let mut map = BTreeMap::new();
+    for (name, f) in doc["models"].as_object().into_iter().flatten() {
+        let g = |k: &str| f[k].as_f64().unwrap_or(f64::NAN);
+        map.insert(
+            name.clone(),
+            Figures {
+                p50_us: g("p50_us"),
+                p99_us: g("p99_us"),
+                rps: 1e6 / g("p50_us"),
+                batch_rows_per_s: g("batch_rows_per_s"),
+            },
+        );
+    }
+    Ok(map)
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: a debug build; benchmark with --release");
+    }
+    let tmp = tempfile::tempdir()?;
+    let models = if a.models.is_empty() {
+        default_models(tmp.path())?
+    } else {
+        a.models
+            .iter()
+            .map(|s| read_model(s))
+            .collect::<Result<_>>()?
+    };
+    let mut loaded = BTreeMap::new();
+    for m in &models {
+        let bytes = std::fs::read(&m.onnx).with_context(|| format!("reading {:?}", m.onnx))?;
+        loaded.insert(
+            m.name.clone(),
+            Arc::new(OnnxModel::load(&m.name, "1", &bytes)?),
+        );
+    }
+
+    // 1. Engine alone and ONNX Runtime.
+    let mut table: BTreeMap<String, BTreeMap<&'static str, Figures>> = BTreeMap::new();
+    for m in &models {
+        let f = measure_engine(&loaded[&m.name], m, &a)?;
+        table.entry(m.name.clone()).or_default().insert("engine", f);
+    }
+    let ort = if a.no_ort {
+        None
+    } else {
+        match onnx_runtime(&models, &a, tmp.path()) {
+            Ok(map) => Some(map),
+            Err(e) => {
+                eprintln!("ONNX Runtime not measured: {e:#}");
+                None
+            }
+        }
+    };
+    for (name, f) in ort.iter().flatten() {
+        table
+            .entry(name.clone())
+            .or_default()
+            .insert("onnxruntime", f.clone());
+    }
+
+    // 2-5. The runtime over loopback, in this process on its own tokio runtime.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let hw = SimHardwareKey::generate();
+    let endorsements = Endorsements {
+        sim_trust_anchors: vec![hw.public_key()],
+        ..Default::default()
+    };
+    let measurement = [0x5e; 48];
+    let tee = Arc::new(SimTee::new(hw, measurement, [0; 32], false));
+    let service_key = ServiceKeyPair::generate(0);
+    let signing_key = ed25519_dalek::SigningKey::from_bytes(&rand::random());
+    let runtime_keys = RuntimeKeys {
+        hpke_public_key: service_key.public_key(),
+        hpke_key_id: 0,
+        signing_public_key: signing_key.verifying_key().to_bytes(),
+    };
+    let served = loaded
+        .iter()
+        .map(|(n, m)| {
+            (
+                n.clone(),
+                ServedModel {
+                    model: m.clone(),
+                    manifest_sha256: [0; 32],
+                },
+            )
+        })
+        .collect();
+    let state = Arc::new(RuntimeState::new(
+        service_key,
+        signing_key,
+        runtime_keys,
+        tee,
+        served,
+        ServingOptions {
+            plaintext_inference: true,
+            ..ServingOptions::default()
+        },
+    ));
+    let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    server_rt.spawn(cordon_runtime::serve(
+        state,
+        listener,
+        std::future::pending(),
+    ));
+
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    client_rt.block_on(async {
+        let policy = Policy::new(vec![Platform::Sim], vec![measurement.to_vec()]);
+        let verified =
+            cordon_client::connect_with(&url, &policy, &endorsements, SystemTime::now()).await?;
+        let http = reqwest::Client::new();
+        let paths = vec![
+            ("plain_http", Path_::Plain(http.clone(), url.clone())),
+            ("hpke_oneshot", Path_::Oneshot(verified.clone())),
+            ("session", Path_::Session(verified.clone())),
+        ];
+        for m in &models {
+            for (label, path) in &paths {
+                let f = measure(path, m, &a)
+                    .await
+                    .with_context(|| format!("{label} on {}", m.name))?;
+                table.entry(m.name.clone()).or_default().insert(label, f);
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    drop(server_rt);
+
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&table)?);
+        return Ok(());
+    }
+    println!(
+        "cordon bench serve: single-row p50/p99 (µs, sequential), throughput (single-row req/s, {} clients), \
+         batch-{} rows/s (one client); SIMULATED TEE",
+        a.concurrency, a.batch_rows
+    );
+    println!(
+        "| model | path | p50 µs | p99 µs | req/s | batch rows/s | req/s vs plain HTTP | batch vs ONNX Runtime |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (model, rows) in &table {
+        let plain = rows.get("plain_http").map(|f| f.rps);
+        let ort_batch = rows.get("onnxruntime").map(|f| f.batch_rows_per_s);
+        for label in [
+            "engine",
+            "onnxruntime",
+            "plain_http",
+            "hpke_oneshot",
+            "session",
+            "proxy",
+        ] {
+            let Some(f) = rows.get(label) else { continue };
+            let vs_plain = match (label, plain) {
+                ("engine" | "onnxruntime", _) | (_, None) => "".to_string(),
+                (_, Some(p)) => format!("{:.2}", f.rps / p),
+            };
+            let vs_ort = match (label, ort_batch) {
+                ("engine", Some(o)) => format!("{:.2}", f.batch_rows_per_s / o),
+                _ => String::new(),
+            };
+            println!(
+                "| {model} | {label} | {:.1} | {:.1} | {:.0} | {:.0} | {vs_plain} | {vs_ort} |",
+                f.p50_us, f.p99_us, f.rps, f.batch_rows_per_s
+            );
+        }
+    }
+    Ok(())
+}
