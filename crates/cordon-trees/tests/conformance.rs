@@ -2,6 +2,8 @@
 //! scripts/make_tree_models.py) loads as a whole graph in tract with Cordon's tree operators, and
 //! its outputs on the committed input set equal ONNX Runtime's: labels exactly, scores within
 //! `|a-b| <= 1e-5·max(|a|,|b|) + 1e-6`. The fast and the generic walker must both agree.
+//! The fraud-scoring example's model (models/fraud, made by scripts/make_fraud_model.py) is held
+//! to the same rule: a realistic GBDT, 300 trees over 20 features with NaN inputs.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -10,6 +12,12 @@ use tract_onnx::prelude::*;
 fn zoo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/trees")
 }
+
+fn fraud_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fraud")
+}
+
+const FRAUD: &str = "fraud_gbdt";
 
 fn models() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(zoo())
@@ -126,8 +134,7 @@ fn compare(name: &str, got: &Tensor, want: &Value) -> Vec<String> {
     errors
 }
 
-fn run_model(name: &str, generic: bool) -> Result<Vec<String>, String> {
-    let dir = zoo();
+fn run_model(dir: &Path, name: &str, generic: bool) -> Result<Vec<String>, String> {
     let bytes = std::fs::read(dir.join(format!("{name}.onnx"))).map_err(|e| e.to_string())?;
     let model = cordon_trees::load_inference_model_with(&bytes, generic)
         .and_then(|m| m.into_optimized())
@@ -165,7 +172,7 @@ fn check_all(generic: bool) {
     assert!(names.len() >= 60, "zoo has {} models", names.len());
     let mut failures = Vec::new();
     for name in &names {
-        match run_model(name, generic) {
+        match run_model(&zoo(), name, generic) {
             Ok(errors) => failures.extend(errors),
             Err(e) => failures.push(e),
         }
@@ -188,14 +195,43 @@ fn generic_walker_matches_onnx_runtime_too() {
     check_all(true);
 }
 
-/// The zoo's real models must take the fast path (the generic one is for EQ/NEQ/MEMBER).
+#[test]
+fn fraud_model_matches_onnx_runtime_with_both_walkers() {
+    for generic in [false, true] {
+        let errors = run_model(&fraud_dir(), FRAUD, generic).unwrap_or_else(|e| vec![e]);
+        assert!(
+            errors.is_empty(),
+            "generic walker {generic}: mismatches against ONNX Runtime:\n{}",
+            errors.join("\n")
+        );
+    }
+}
+
+/// The reference rows must exercise what the model is for: missing values, and both sides of
+/// the decision (otherwise agreeing with ONNX Runtime on them would prove little).
+#[test]
+fn fraud_reference_rows_cover_nan_and_both_classes() {
+    let input = read_json(&fraud_dir().join(format!("{FRAUD}.input.json")));
+    let data = input["inputs"][0]["data"].as_array().unwrap();
+    assert!(data.iter().any(Value::is_null), "no NaN in the input set");
+    let expected = read_json(&fraud_dir().join(format!("{FRAUD}.expected.json")));
+    let probs = expected["outputs"][1]["data"].as_array().unwrap();
+    let fraud_p: Vec<f64> = probs.iter().skip(1).step_by(2).map(float).collect();
+    assert!(fraud_p.iter().any(|&p| p > 0.9) && fraud_p.iter().any(|&p| p < 0.01));
+}
+
+/// The zoo's real models, and the fraud model, must take the fast path (the generic one is for
+/// EQ/NEQ/MEMBER).
 #[test]
 fn real_models_compile_to_the_fast_walker() {
-    let dir = zoo();
-    for name in models().iter().filter(|n| !n.starts_with("hb_")) {
-        let proto = tract_onnx::onnx()
-            .proto_model_for_path(dir.join(format!("{name}.onnx")))
-            .unwrap();
+    let mut paths: Vec<(String, PathBuf)> = models()
+        .into_iter()
+        .filter(|n| !n.starts_with("hb_"))
+        .map(|n| (n.clone(), zoo().join(format!("{n}.onnx"))))
+        .collect();
+    paths.push((FRAUD.into(), fraud_dir().join(format!("{FRAUD}.onnx"))));
+    for (name, path) in &paths {
+        let proto = tract_onnx::onnx().proto_model_for_path(path).unwrap();
         let graph = proto.graph.as_ref().unwrap();
         for node in &graph.node {
             let ensemble = match node.op_type.as_str() {

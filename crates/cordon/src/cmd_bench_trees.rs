@@ -12,10 +12,12 @@ use tract_onnx::prelude::*;
 
 #[derive(clap::Args)]
 pub struct TreesArgs {
-    /// The reference zoo (models, input sets).
-    #[arg(long, default_value = "models/trees")]
-    pub zoo: PathBuf,
-    /// Comma-separated model names (default: every model not named hb_*, i.e. the trained ones).
+    /// A directory of models with their input sets (NAME.onnx, NAME.input.json); repeat for more.
+    /// The default is the reference zoo and the fraud-scoring model.
+    #[arg(long = "zoo", default_values = ["models/trees", "models/fraud"])]
+    pub zoos: Vec<PathBuf>,
+    /// Comma-separated model names, looked up in the --zoo directories in order (default: every
+    /// model not named hb_*, i.e. the trained ones).
     #[arg(long)]
     pub models: Option<String>,
     /// Timed single-row calls per engine and model.
@@ -152,12 +154,55 @@ fn plan_with(parser: &tract_onnx::Onnx, bytes: &[u8]) -> TractResult<Arc<TypedRu
         .into_runnable()
 }
 
+/// The models to time, as (directory, name): every `NAME.onnx` with a `NAME.input.json` beside
+/// it, hand-built `hb_*` models left out, or the names asked for. A name is taken from the first
+/// directory that has it (results are keyed by name).
+fn select_models(zoos: &[PathBuf], wanted: Option<&str>) -> Result<Vec<(PathBuf, String)>> {
+    let mut found: Vec<(PathBuf, String)> = Vec::new();
+    for zoo in zoos {
+        let mut names: Vec<String> = std::fs::read_dir(zoo)
+            .with_context(|| format!("reading {zoo:?}"))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".onnx"))
+                    .map(str::to_string)
+            })
+            .filter(|n| zoo.join(format!("{n}.input.json")).is_file())
+            .collect();
+        names.sort();
+        names.retain(|n| !found.iter().any(|(_, f)| f == n));
+        found.extend(names.into_iter().map(|n| (zoo.clone(), n)));
+    }
+    match wanted {
+        None => Ok(found
+            .into_iter()
+            .filter(|(_, n)| !n.starts_with("hb_"))
+            .collect()),
+        Some(list) => list
+            .split(',')
+            .map(|name| {
+                found
+                    .iter()
+                    .find(|(_, n)| n == name)
+                    .cloned()
+                    .ok_or_else(|| anyhow!("model {name:?} is in none of {zoos:?}"))
+            })
+            .collect(),
+    }
+}
+
 /// ONNX Runtime's figures from the Python script, or why there are none.
-fn onnx_runtime(args: &TreesArgs, names: &[String]) -> Result<(String, BTreeMap<String, Timing>)> {
+fn onnx_runtime(
+    args: &TreesArgs,
+    zoo: &Path,
+    names: &[String],
+) -> Result<(String, BTreeMap<String, Timing>)> {
     let script = Path::new("scripts/bench_trees_ort.py");
     let out = Command::new("python3")
         .arg(script)
-        .arg(&args.zoo)
+        .arg(zoo)
         .args(["--models", &names.join(",")])
         .args(["--rows", &args.rows.to_string()])
         .args(["--calls", &args.calls.to_string()])
@@ -193,35 +238,15 @@ pub fn run(args: TreesArgs) -> Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build; benchmark with --release");
     }
-    let names: Vec<String> = match &args.models {
-        Some(list) => list.split(',').map(str::to_string).collect(),
-        None => {
-            let mut v: Vec<String> = std::fs::read_dir(&args.zoo)
-                .with_context(|| format!("reading {:?}", args.zoo))?
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()
-                        .and_then(|n| n.strip_suffix(".onnx"))
-                        .map(str::to_string)
-                })
-                .filter(|n| !n.starts_with("hb_"))
-                .collect();
-            v.sort();
-            v
-        }
-    };
+    let models = select_models(&args.zoos, args.models.as_deref())?;
     let cordon = cordon_trees::onnx_parser();
     let tract = tract_onnx::onnx();
     let mut results: BTreeMap<String, BTreeMap<&str, Option<Timing>>> = BTreeMap::new();
     let mut notes: Vec<String> = Vec::new();
-    for name in &names {
-        let bytes = std::fs::read(args.zoo.join(format!("{name}.onnx")))
+    for (zoo, name) in &models {
+        let bytes = std::fs::read(zoo.join(format!("{name}.onnx")))
             .with_context(|| format!("model {name}"))?;
-        let inputs = read_inputs(
-            &args.zoo.join(format!("{name}.input.json")),
-            args.rows as usize,
-        )?;
+        let inputs = read_inputs(&zoo.join(format!("{name}.input.json")), args.rows as usize)?;
         let mut row = BTreeMap::new();
         let plan = plan_with(&cordon, &bytes).map_err(|e| anyhow!("{name}: {e:#}"))?;
         row.insert("cordon", Some(time_plan(&plan, &inputs, &args)?));
@@ -246,7 +271,26 @@ pub fn run(args: TreesArgs) -> Result<()> {
     let ort = if args.no_ort {
         Err(anyhow!("skipped (--no-ort)"))
     } else {
-        onnx_runtime(&args, &names)
+        // One script run per directory, since the script reads the models of one directory.
+        args.zoos
+            .iter()
+            .map(|zoo| {
+                let names: Vec<String> = models
+                    .iter()
+                    .filter(|(z, _)| z == zoo)
+                    .map(|(_, n)| n.clone())
+                    .collect();
+                (zoo, names)
+            })
+            .filter(|(_, names)| !names.is_empty())
+            .try_fold(
+                (String::new(), BTreeMap::new()),
+                |(_, mut all), (zoo, names)| {
+                    let (version, map) = onnx_runtime(&args, zoo, &names)?;
+                    all.extend(map);
+                    Ok::<_, anyhow::Error>((version, all))
+                },
+            )
     };
     let ort_version = match &ort {
         Ok((v, map)) => {
@@ -314,4 +358,66 @@ pub fn run(args: TreesArgs) -> Result<()> {
         println!("note: {n}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(dir: &Path, names: &[&str]) {
+        for n in names {
+            std::fs::write(dir.join(n), b"").unwrap();
+        }
+    }
+
+    #[test]
+    fn models_come_from_every_zoo_in_order_and_by_name() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        touch(
+            a.path(),
+            &[
+                "m1.onnx",
+                "m1.input.json",
+                "hb_x.onnx",
+                "hb_x.input.json",
+                "no_input.onnx",
+                "dup.onnx",
+                "dup.input.json",
+            ],
+        );
+        touch(
+            b.path(),
+            &["m0.onnx", "m0.input.json", "dup.onnx", "dup.input.json"],
+        );
+        let zoos = vec![a.path().to_path_buf(), b.path().to_path_buf()];
+        let named = |v: Vec<(PathBuf, String)>| -> Vec<(usize, String)> {
+            v.into_iter()
+                .map(|(z, n)| (zoos.iter().position(|x| *x == z).unwrap(), n))
+                .collect()
+        };
+        // Default: trained models only, those without an input set skipped, directories in order,
+        // a name only once.
+        assert_eq!(
+            named(select_models(&zoos, None).unwrap()),
+            vec![
+                (0, "dup".to_string()),
+                (0, "m1".to_string()),
+                (1, "m0".to_string())
+            ]
+        );
+        // By name: hand-built ones too, the first directory that has the model wins.
+        assert_eq!(
+            named(select_models(&zoos, Some("m0,hb_x,dup")).unwrap()),
+            vec![
+                (1, "m0".to_string()),
+                (0, "hb_x".to_string()),
+                (0, "dup".to_string())
+            ]
+        );
+        let err = select_models(&zoos, Some("m1,nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"nope\""), "{err}");
+        assert!(select_models(&[a.path().join("missing")], None).is_err());
+    }
 }
