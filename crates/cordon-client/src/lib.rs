@@ -33,6 +33,11 @@ pub enum ClientError {
     Channel(#[from] ChannelError),
     #[error("runtime answered {status}: {error}")]
     Server { status: u16, error: String },
+    /// The runtime refused the encapsulated request before decrypting it (wrong key id, or it no
+    /// longer holds the pinned key, typically after a restart). It never saw the plaintext, so the
+    /// request may be sent again once the runtime's new key is verified.
+    #[error("runtime could not decrypt the request (it no longer holds the pinned key?): runtime answered {status}: {error}")]
+    NotDecrypted { status: u16, error: String },
     #[error("malformed response from runtime: {0}")]
     Malformed(String),
 }
@@ -112,6 +117,9 @@ pub async fn connect_with(
     })
 }
 
+/// How the runtime's plaintext 400 on `/v1/encrypted` starts when decapsulation failed.
+const NOT_DECRYPTED_PREFIX: &str = "encrypted request:";
+
 async fn server_error(resp: reqwest::Response) -> ClientError {
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
@@ -170,7 +178,16 @@ impl VerifiedRuntime {
             .await
             .map_err(|e| ClientError::Http(e.to_string()))?;
         if !resp.status().is_success() {
-            return Err(server_error(resp).await);
+            return Err(match server_error(resp).await {
+                // The runtime answers 400 `encrypted request: …` only when decapsulation failed
+                // (docs/protocol.md §8.2): nothing of the request was decrypted.
+                ClientError::Server { status, error }
+                    if status == 400 && error.starts_with(NOT_DECRYPTED_PREFIX) =>
+                {
+                    ClientError::NotDecrypted { status, error }
+                }
+                other => other,
+            });
         }
         let bytes = resp
             .bytes()
