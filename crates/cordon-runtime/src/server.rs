@@ -136,13 +136,17 @@ async fn attestation(State(s): State<Arc<RuntimeState>>, Query(q): Query<NonceQu
 }
 
 async fn server_metadata(State(s): State<Arc<RuntimeState>>) -> Json<serde_json::Value> {
-    Json(json!({
+    Json(server_metadata_body(&s))
+}
+
+fn server_metadata_body(s: &RuntimeState) -> serde_json::Value {
+    json!({
         "name": "cordon-runtime",
         "version": env!("CARGO_PKG_VERSION"),
         "extensions": ["cordon_encrypted"],
         "platform": s.tee.platform().to_string(),
         "models": s.model_names(),
-    }))
+    })
 }
 
 async fn model_metadata_plain(
@@ -210,24 +214,34 @@ async fn route_inner(s: &Arc<RuntimeState>, req: InnerRequest) -> InnerResponse 
             status: 200,
             body: json!({ "ready": true }),
         },
-        ("GET", ["v2", "models", name]) => match s.models.get(*name) {
-            Some(m) => InnerResponse {
-                status: 200,
-                body: json!(m.metadata()),
-            },
-            None => inner_error(404, format!("unknown model {name:?}")),
+        ("GET", ["v2"]) => InnerResponse {
+            status: 200,
+            body: server_metadata_body(s),
         },
-        ("GET", ["v2", "models", name, "ready"]) => match s.models.get(*name) {
-            Some(_) => InnerResponse {
-                status: 200,
-                body: json!({ "name": name, "ready": true }),
-            },
-            None => inner_error(404, format!("unknown model {name:?}")),
-        },
+        ("GET", ["v2", "models", name]) | ("GET", ["v2", "models", name, "versions", _]) => {
+            match model_for(s, name, &segments) {
+                Ok(m) => InnerResponse {
+                    status: 200,
+                    body: json!(m.metadata()),
+                },
+                Err(e) => e,
+            }
+        }
+        ("GET", ["v2", "models", name, "ready"])
+        | ("GET", ["v2", "models", name, "versions", _, "ready"]) => {
+            match model_for(s, name, &segments) {
+                Ok(_) => InnerResponse {
+                    status: 200,
+                    body: json!({ "name": name, "ready": true }),
+                },
+                Err(e) => e,
+            }
+        }
         ("POST", ["v2", "models", name, "infer"])
         | ("POST", ["v2", "models", name, "versions", _, "infer"]) => {
-            let Some(model) = s.models.get(*name).cloned() else {
-                return inner_error(404, format!("unknown model {name:?}"));
+            let model = match model_for(s, name, &segments) {
+                Ok(m) => m,
+                Err(e) => return e,
             };
             let request: InferRequest = match req.body.map(serde_json::from_value) {
                 Some(Ok(r)) => r,
@@ -240,6 +254,29 @@ async fn route_inner(s: &Arc<RuntimeState>, req: InnerRequest) -> InnerResponse 
         }
         (m, _) => inner_error(404, format!("no route for {m} {}", req.path)),
     }
+}
+
+/// The model a path names; a `versions/{v}` segment must name the version it serves.
+fn model_for(
+    s: &RuntimeState,
+    name: &str,
+    segments: &[&str],
+) -> Result<Arc<OnnxModel>, InnerResponse> {
+    let Some(model) = s.models.get(name) else {
+        return Err(inner_error(404, format!("unknown model {name:?}")));
+    };
+    if let ["v2", "models", _, "versions", version, ..] = segments {
+        if *version != model.version() {
+            return Err(inner_error(
+                404,
+                format!(
+                    "model {name:?} has no version {version:?} (serving {:?})",
+                    model.version()
+                ),
+            ));
+        }
+    }
+    Ok(model.clone())
 }
 
 async fn infer(
