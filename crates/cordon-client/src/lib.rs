@@ -4,6 +4,11 @@
 //! endorsements, appraises the claims with the client's own policy, and checks that the HPKE key it will
 //! encrypt to is bound in report_data. Only then does it return a [`VerifiedRuntime`], whose requests
 //! are HPKE-encrypted to that pinned key. Nothing is sent before verification succeeds.
+//!
+//! [`proxy`] puts the same client behind a plain Open Inference Protocol endpoint on loopback, so
+//! applications that speak KServe v2 / OIP reach the runtime encrypted without any change.
+
+pub mod proxy;
 
 use cordon_attest::{appraise, verify, Claims, Endorsements, Policy, PolicyDocument, Verdict};
 use cordon_proto::channel::{encapsulate_request, ChannelError};
