@@ -4,12 +4,14 @@
 mod cmd_attest;
 mod cmd_bench;
 mod cmd_bench_trees;
+mod cmd_dev;
 mod cmd_fetch;
 mod cmd_infer;
 mod cmd_kbs;
 mod cmd_model;
 mod cmd_runtime;
 mod cmd_seal;
+mod deploy;
 mod quickstart;
 mod util;
 
@@ -56,6 +58,9 @@ enum Command {
     Attest(cmd_attest::AttestCommand),
     /// Verify a runtime, then run one encrypted inference request on it.
     Infer(cmd_infer::InferArgs),
+    /// Development: run the demo deployment (KBS and runtime, simulated TEE) in the foreground.
+    #[command(subcommand)]
+    Dev(cmd_dev::DevCommand),
     /// Run a model in process (no TEE, no server), as the runtime loads it: check a model before
     /// sealing it.
     #[command(subcommand)]
@@ -82,6 +87,7 @@ fn main() -> ExitCode {
         Command::Runtime(c) => cmd_runtime::run(c),
         Command::Sim(c) => cmd_runtime::run_sim(c),
         Command::Infer(a) => cmd_infer::run(a),
+        Command::Dev(c) => cmd_dev::run(c),
         Command::Model(c) => cmd_model::run(c),
         Command::Bench(c) => cmd_bench::run(c),
     };
