@@ -4,6 +4,11 @@
 //! endorsements, appraises the claims with the client's own policy, and checks that the HPKE key it will
 //! encrypt to is bound in report_data. Only then does it return a [`VerifiedRuntime`], whose requests
 //! are HPKE-encrypted to that pinned key. Nothing is sent before verification succeeds.
+//!
+//! [`proxy`] puts the same client behind a plain Open Inference Protocol endpoint on loopback, so
+//! applications that speak KServe v2 / OIP reach the runtime encrypted without any change.
+
+pub mod proxy;
 
 use cordon_attest::{appraise, verify, Claims, Endorsements, Policy, PolicyDocument, Verdict};
 use cordon_proto::channel::{encapsulate_request, ChannelError};
@@ -47,6 +52,11 @@ pub enum ClientError {
     Channel(#[from] ChannelError),
     #[error("runtime answered {status}: {error}")]
     Server { status: u16, error: String },
+    /// The runtime refused the encapsulated request before decrypting it (wrong key id, or it no
+    /// longer holds the pinned key, typically after a restart). It never saw the plaintext, so the
+    /// request may be sent again once the runtime's new key is verified.
+    #[error("runtime could not decrypt the request (it no longer holds the pinned key?): runtime answered {status}: {error}")]
+    NotDecrypted { status: u16, error: String },
     #[error("malformed response from runtime: {0}")]
     Malformed(String),
 }
@@ -127,6 +137,9 @@ pub async fn connect_with(
         http,
     })
 }
+
+/// How the runtime's plaintext 400 on `/v1/encrypted` starts when decapsulation failed.
+const NOT_DECRYPTED_PREFIX: &str = "encrypted request:";
 
 async fn server_error(resp: reqwest::Response) -> ClientError {
     let status = resp.status().as_u16();
@@ -213,7 +226,16 @@ impl VerifiedRuntime {
             .await
             .map_err(|e| ClientError::Http(e.to_string()))?;
         if !resp.status().is_success() {
-            return Err(server_error(resp).await);
+            return Err(match server_error(resp).await {
+                // The runtime answers 400 `encrypted request: …` only when decapsulation failed
+                // (docs/protocol.md §8.2): nothing of the request was decrypted.
+                ClientError::Server { status, error }
+                    if status == 400 && error.starts_with(NOT_DECRYPTED_PREFIX) =>
+                {
+                    ClientError::NotDecrypted { status, error }
+                }
+                other => other,
+            });
         }
         let bytes = resp
             .bytes()

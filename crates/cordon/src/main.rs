@@ -5,12 +5,15 @@ mod cmd_attest;
 mod cmd_bench;
 mod cmd_bench_serve;
 mod cmd_bench_trees;
+mod cmd_dev;
 mod cmd_fetch;
 mod cmd_infer;
 mod cmd_kbs;
 mod cmd_model;
+mod cmd_proxy;
 mod cmd_runtime;
 mod cmd_seal;
+mod deploy;
 mod quickstart;
 mod util;
 
@@ -57,6 +60,12 @@ enum Command {
     Attest(cmd_attest::AttestCommand),
     /// Verify a runtime, then run one encrypted inference request on it.
     Infer(cmd_infer::InferArgs),
+    /// Serve the plain Open Inference Protocol on loopback for unmodified clients, forwarding every
+    /// request encrypted to a runtime this proxy verified (fails closed; re-verifies).
+    Proxy(cmd_proxy::ProxyArgs),
+    /// Development: run the demo deployment (KBS and runtime, simulated TEE) in the foreground.
+    #[command(subcommand)]
+    Dev(cmd_dev::DevCommand),
     /// Run a model in process (no TEE, no server), as the runtime loads it: check a model before
     /// sealing it.
     #[command(subcommand)]
@@ -83,6 +92,8 @@ fn main() -> ExitCode {
         Command::Runtime(c) => cmd_runtime::run(c),
         Command::Sim(c) => cmd_runtime::run_sim(c),
         Command::Infer(a) => cmd_infer::run(a),
+        Command::Proxy(a) => cmd_proxy::run(a),
+        Command::Dev(c) => cmd_dev::run(c),
         Command::Model(c) => cmd_model::run(c),
         Command::Bench(c) => cmd_bench::run(c),
     };

@@ -1,0 +1,885 @@
+//! The local verifying proxy: the plain Open Inference Protocol (KServe v2) REST surface on loopback,
+//! every request encrypted to a runtime whose evidence this proxy verified itself.
+//!
+//! An application that speaks OIP points at the proxy instead of the runtime and needs no change.
+//! The proxy:
+//!
+//! - verifies the runtime at `upstream` with the client's own policy file and a fresh nonce
+//!   ([`crate::connect_with`]) and pins the HPKE key bound in its evidence;
+//! - forwards each OIP request (`GET /v2`, `/v2/health/{live,ready}`,
+//!   `/v2/models/{name}[/versions/{version}]`, `…/ready`, `POST …/infer`) as an encrypted inner request
+//!   and answers with the decrypted status and JSON body; any other path is a 404 from the proxy;
+//! - **fails closed**: while the runtime is not verified, every OIP request gets a 503 whose `error`
+//!   names why, and nothing is sent to the runtime but attestation requests;
+//! - re-verifies on a schedule, before forwarding when the last verification is older than the
+//!   interval, and when the runtime cannot decrypt a request (it restarted with a new key): the
+//!   request is sent once more, to the new key, only if the new evidence verifies and appraises. The
+//!   runtime refused that request before decrypting it, so sending it again cannot run it twice;
+//! - answers `GET /cordon/v1/status` with what it verified, when, and what went wrong.
+//!
+//! Request and response bodies are never logged; `debug` tracing names method, path and status only.
+
+use crate::{connect_with, ClientError, VerifiedRuntime};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use cordon_attest::{Claims, Endorsements, Platform, Policy, PolicyDocument};
+use cordon_proto::runtime::InnerResponse;
+use http_body_util::BodyExt;
+use serde::Serialize;
+use serde_json::json;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, SystemTime};
+use thiserror::Error;
+
+/// Largest request body forwarded: the runtime's own limit for an encrypted request.
+pub const DEFAULT_MAX_BODY: usize = 8 << 20;
+/// How often the runtime is verified again when nothing else prompts it.
+pub const DEFAULT_REVERIFY: Duration = Duration::from_secs(300);
+/// After a failed verification, how long before a request or the schedule may try again.
+pub const DEFAULT_RETRY_FAILED: Duration = Duration::from_secs(10);
+/// A body over the limit is read and dropped up to this many bytes, so the client can read the 413
+/// instead of a reset connection; beyond it the connection is cut.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// Where the proxy's time comes from (verification time, freshness, status). Tests inject their own.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// What a proxy verifies and how.
+#[derive(Clone)]
+pub struct ProxyConfig {
+    /// The runtime's base URL (`http://host:port`).
+    pub upstream: String,
+    /// The client policy file: what the runtime must prove, and the endorsements to verify with.
+    pub policy: PolicyDocument,
+    /// A verification older than this is repeated before the next request is forwarded.
+    pub reverify_every: Duration,
+    /// After a failed verification, requests are refused without a new attempt for this long.
+    pub retry_failed_after: Duration,
+    /// Largest request body accepted (413 above it).
+    pub max_body: usize,
+    pub now: Clock,
+}
+
+impl ProxyConfig {
+    /// A configuration with the defaults above and the system clock.
+    pub fn new(upstream: impl Into<String>, policy: PolicyDocument) -> ProxyConfig {
+        ProxyConfig {
+            upstream: upstream.into(),
+            policy,
+            reverify_every: DEFAULT_REVERIFY,
+            retry_failed_after: DEFAULT_RETRY_FAILED,
+            max_body: DEFAULT_MAX_BODY,
+            now: Arc::new(SystemTime::now),
+        }
+    }
+}
+
+/// Why a proxy could not be set up.
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    #[error("the policy file has no [endorsements] section: cannot verify any evidence")]
+    NoEndorsements,
+    #[error("upstream {0:?} is not an http:// or https:// URL")]
+    Upstream(String),
+    #[error("the re-verification and retry intervals must be at least one second")]
+    Interval,
+}
+
+/// Whether the runtime is verified now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyState {
+    /// No verification has been tried yet.
+    Unverified,
+    /// The pinned key belongs to a runtime whose evidence verified and appraised.
+    Verified,
+    /// The last verification failed; requests are refused.
+    Failed,
+}
+
+/// Counters since the proxy started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// Requests that reached the runtime and came back with its (decrypted) answer.
+    pub requests_forwarded: u64,
+    /// Requests refused because the runtime was not verified (nothing sent).
+    pub requests_refused: u64,
+    pub verifications_ok: u64,
+    pub verifications_failed: u64,
+    /// Verifications that pinned a key other than the one pinned before.
+    pub key_changes: u64,
+}
+
+/// `GET /cordon/v1/status`: what was verified, when, and what went wrong.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyStatus {
+    pub upstream: String,
+    pub state: ProxyState,
+    /// The verified platform (`null` unless verified).
+    pub platform: Option<Platform>,
+    /// True when the verified runtime runs in the simulated TEE: nothing is hardware-backed.
+    pub is_simulated: Option<bool>,
+    /// The verified claims without the raw evidence fields, plus their digest.
+    pub claims: Option<serde_json::Value>,
+    /// The pinned HPKE public key (hex) that requests are encrypted to.
+    pub hpke_public_key: Option<String>,
+    pub hpke_key_id: Option<u8>,
+    pub signing_public_key: Option<String>,
+    /// The policy applied (reference values hex).
+    pub policy: serde_json::Value,
+    /// One-line summary of the policy.
+    pub policy_summary: String,
+    /// RFC 3339, UTC.
+    pub verified_at: Option<String>,
+    /// When the next verification is due (RFC 3339, UTC).
+    pub next_verification: Option<String>,
+    pub reverify_secs: u64,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    pub counters: Counters,
+}
+
+/// A running proxy's shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: ProxyConfig,
+    upstream: String,
+    endorsements: Endorsements,
+    state: RwLock<VerifyState>,
+    /// One verification at a time: requests that meet a stale or rejected key wait for the same one.
+    verify_lock: tokio::sync::Mutex<()>,
+    /// Signalled after every verification, so the background task recomputes its schedule.
+    verified: tokio::sync::Notify,
+    counters: AtomicCounters,
+}
+
+#[derive(Default)]
+struct AtomicCounters {
+    requests_forwarded: AtomicU64,
+    requests_refused: AtomicU64,
+    verifications_ok: AtomicU64,
+    verifications_failed: AtomicU64,
+    key_changes: AtomicU64,
+}
+
+enum Current {
+    Unverified,
+    Verified(Arc<VerifiedRuntime>),
+    Failed(String),
+}
+
+struct VerifyState {
+    current: Current,
+    /// The key pinned by the last successful verification, kept through failures so a key change
+    /// is counted even when the runtime was unreachable in between.
+    last_pinned: Option<[u8; 32]>,
+    last_attempt_at: Option<SystemTime>,
+    last_error: Option<(String, SystemTime)>,
+}
+
+/// Why a request was not answered by the runtime.
+enum Refusal {
+    /// The runtime is not verified; nothing was sent.
+    NotVerified(String),
+    /// The runtime was verified, but the exchange with it failed.
+    Upstream(ClientError),
+}
+
+impl Proxy {
+    /// Sets up a proxy; nothing is contacted until [`Proxy::verify_now`] or the first request.
+    pub fn new(config: ProxyConfig) -> Result<Proxy, ProxyError> {
+        let endorsements = config
+            .policy
+            .endorsements
+            .clone()
+            .ok_or(ProxyError::NoEndorsements)?;
+        let upstream = config.upstream.trim_end_matches('/').to_string();
+        if !(upstream.starts_with("http://") || upstream.starts_with("https://")) {
+            return Err(ProxyError::Upstream(config.upstream.clone()));
+        }
+        // Shorter intervals would let the background task hammer the runtime.
+        if config.reverify_every < Duration::from_secs(1)
+            || config.retry_failed_after < Duration::from_secs(1)
+        {
+            return Err(ProxyError::Interval);
+        }
+        Ok(Proxy {
+            shared: Arc::new(Shared {
+                config,
+                upstream,
+                endorsements,
+                state: RwLock::new(VerifyState {
+                    current: Current::Unverified,
+                    last_pinned: None,
+                    last_attempt_at: None,
+                    last_error: None,
+                }),
+                verify_lock: tokio::sync::Mutex::new(()),
+                verified: tokio::sync::Notify::new(),
+                counters: AtomicCounters::default(),
+            }),
+        })
+    }
+
+    /// Verifies the runtime now with a fresh nonce and pins its key; on failure the proxy refuses
+    /// every request until a later verification succeeds.
+    pub async fn verify_now(&self) -> Result<VerifiedRuntime, ClientError> {
+        let _guard = self.shared.verify_lock.lock().await;
+        self.verify_locked().await.map(|rt| (*rt).clone())
+    }
+
+    /// The proxy's routes: the OIP surface and `/cordon/v1/status`.
+    pub fn router(&self) -> Router {
+        Router::new().fallback(handle).with_state(self.clone())
+    }
+
+    /// Re-verifies in the background: when the last verification is `reverify_every` old, or
+    /// `retry_failed_after` after a failure. Abort the handle to stop it.
+    pub fn spawn_reverifier(&self) -> tokio::task::JoinHandle<()> {
+        let proxy = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let wait = proxy.until_next_verification();
+                if !wait.is_zero() {
+                    // A verification prompted by a request moves the schedule: wait again.
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = proxy.shared.verified.notified() => continue,
+                    }
+                }
+                let _guard = proxy.shared.verify_lock.lock().await;
+                // A request may have verified while this task waited for the lock.
+                if proxy.until_next_verification().is_zero() {
+                    let _ = proxy.verify_locked().await;
+                }
+            }
+        })
+    }
+
+    /// Serves on `listener` with the background re-verifier until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let reverifier = self.spawn_reverifier();
+        let result = axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await;
+        reverifier.abort();
+        result
+    }
+
+    /// A snapshot for `GET /cordon/v1/status`.
+    pub fn status(&self) -> ProxyStatus {
+        let s = &self.shared;
+        let cfg = &s.config;
+        let state = self.read();
+        let (proxy_state, verified) = match &state.current {
+            Current::Unverified => (ProxyState::Unverified, None),
+            Current::Verified(rt) => (ProxyState::Verified, Some(rt.clone())),
+            Current::Failed(_) => (ProxyState::Failed, None),
+        };
+        let next = match &verified {
+            Some(rt) => rt.verified_at().checked_add(cfg.reverify_every),
+            None => state
+                .last_attempt_at
+                .and_then(|t| t.checked_add(cfg.retry_failed_after)),
+        };
+        let claims = verified.as_ref().map(|rt| claims_json(rt.claims()));
+        ProxyStatus {
+            upstream: s.upstream.clone(),
+            state: proxy_state,
+            platform: verified.as_ref().map(|rt| rt.claims().platform),
+            is_simulated: verified
+                .as_ref()
+                .map(|rt| rt.claims().platform == Platform::Sim),
+            claims,
+            hpke_public_key: verified
+                .as_ref()
+                .map(|rt| hex::encode(rt.keys().hpke_public_key)),
+            hpke_key_id: verified.as_ref().map(|rt| rt.keys().hpke_key_id),
+            signing_public_key: verified
+                .as_ref()
+                .map(|rt| hex::encode(rt.keys().signing_public_key)),
+            policy: serde_json::to_value(&cfg.policy.policy).unwrap_or(serde_json::Value::Null),
+            policy_summary: policy_summary(&cfg.policy.policy, &s.endorsements),
+            verified_at: verified.as_ref().map(|rt| rfc3339(rt.verified_at())),
+            next_verification: next.map(rfc3339),
+            reverify_secs: cfg.reverify_every.as_secs(),
+            last_error: state.last_error.as_ref().map(|(e, _)| e.clone()),
+            last_error_at: state.last_error.as_ref().map(|(_, t)| rfc3339(*t)),
+            counters: self.counters(),
+        }
+    }
+
+    /// The counters alone.
+    pub fn counters(&self) -> Counters {
+        let c = &self.shared.counters;
+        Counters {
+            requests_forwarded: c.requests_forwarded.load(Ordering::Relaxed),
+            requests_refused: c.requests_refused.load(Ordering::Relaxed),
+            verifications_ok: c.verifications_ok.load(Ordering::Relaxed),
+            verifications_failed: c.verifications_failed.load(Ordering::Relaxed),
+            key_changes: c.key_changes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn now(&self) -> SystemTime {
+        (self.shared.config.now)()
+    }
+
+    // The state is only ever read or replaced whole; a panic while holding the lock cannot leave
+    // it half-written, so a poisoned lock is still usable.
+    fn read(&self) -> RwLockReadGuard<'_, VerifyState> {
+        self.shared
+            .state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, VerifyState> {
+        self.shared
+            .state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Time until the next verification is due (zero when due now).
+    fn until_next_verification(&self) -> Duration {
+        let cfg = &self.shared.config;
+        let now = self.now();
+        let state = self.read();
+        let due = match (&state.current, state.last_attempt_at) {
+            (Current::Verified(rt), _) => rt.verified_at().checked_add(cfg.reverify_every),
+            (Current::Failed(_), Some(at)) => at.checked_add(cfg.retry_failed_after),
+            (Current::Failed(_), None) => Some(now),
+            // The first verification is on demand (`verify_now` or the first request); the
+            // schedule takes over from there.
+            (Current::Unverified, _) => now.checked_add(cfg.reverify_every),
+        };
+        due.and_then(|d| d.duration_since(now).ok())
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Verifies and records the outcome. The caller holds `verify_lock`.
+    async fn verify_locked(&self) -> Result<Arc<VerifiedRuntime>, ClientError> {
+        let s = &self.shared;
+        let now = self.now();
+        self.write().last_attempt_at = Some(now);
+        let result = connect_with(&s.upstream, &s.config.policy.policy, &s.endorsements, now).await;
+        let outcome = self.record(result, now);
+        // After the state is written, so the background task reads the new schedule.
+        s.verified.notify_one();
+        outcome
+    }
+
+    fn record(
+        &self,
+        result: Result<VerifiedRuntime, ClientError>,
+        now: SystemTime,
+    ) -> Result<Arc<VerifiedRuntime>, ClientError> {
+        let s = &self.shared;
+        let mut state = self.write();
+        match result {
+            Ok(rt) => {
+                let rt = Arc::new(rt);
+                let key = rt.keys().hpke_public_key;
+                s.counters.verifications_ok.fetch_add(1, Ordering::Relaxed);
+                if state.last_pinned.is_some_and(|old| old != key) {
+                    s.counters.key_changes.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(upstream = %s.upstream, hpke_public_key = %hex::encode(key), "runtime key changed; new key verified and pinned");
+                }
+                tracing::info!(
+                    upstream = %s.upstream,
+                    platform = %rt.claims().platform,
+                    simulated = rt.claims().platform == Platform::Sim,
+                    launch_measurement = %hex::encode(&rt.claims().launch_measurement),
+                    "runtime verified"
+                );
+                state.last_pinned = Some(key);
+                state.current = Current::Verified(rt.clone());
+                Ok(rt)
+            }
+            Err(e) => {
+                s.counters
+                    .verifications_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                let reason = e.to_string();
+                tracing::warn!(upstream = %s.upstream, error = %reason, "runtime verification failed; refusing requests");
+                state.last_error = Some((reason.clone(), now));
+                state.current = Current::Failed(reason);
+                Err(e)
+            }
+        }
+    }
+
+    /// The verified runtime to send a request to, verifying first when there is none or the last
+    /// verification is too old. Never returns an unverified runtime.
+    async fn runtime_for_request(&self) -> Result<Arc<VerifiedRuntime>, Refusal> {
+        if let Some(ready) = self.usable_now() {
+            return ready;
+        }
+        let _guard = self.shared.verify_lock.lock().await;
+        // Another request may have verified (or failed) while this one waited for the lock.
+        if let Some(ready) = self.usable_now() {
+            return ready;
+        }
+        self.verify_locked()
+            .await
+            .map_err(|e| Refusal::NotVerified(e.to_string()))
+    }
+
+    /// `Some(Ok)` when the pinned runtime is fresh, `Some(Err)` when a failure is recent enough
+    /// not to try again, `None` when a verification is due.
+    fn usable_now(&self) -> Option<Result<Arc<VerifiedRuntime>, Refusal>> {
+        let cfg = &self.shared.config;
+        let now = self.now();
+        let state = self.read();
+        match &state.current {
+            Current::Verified(rt) => {
+                // A clock that went backwards counts as stale: verify again rather than trust.
+                let fresh = now
+                    .duration_since(rt.verified_at())
+                    .is_ok_and(|age| age < cfg.reverify_every);
+                fresh.then(|| Ok(rt.clone()))
+            }
+            Current::Failed(reason) => {
+                let recent = state.last_attempt_at.is_some_and(|at| {
+                    now.duration_since(at)
+                        .is_ok_and(|age| age < cfg.retry_failed_after)
+                });
+                recent.then(|| Err(Refusal::NotVerified(reason.clone())))
+            }
+            Current::Unverified => None,
+        }
+    }
+
+    /// After `stale` could not decrypt a request: verify again (once for all requests that met the
+    /// same key) and return the runtime to retry with, if its key is verified and new.
+    async fn reverify_after_rejection(
+        &self,
+        stale: &Arc<VerifiedRuntime>,
+        rejection: ClientError,
+    ) -> Result<Arc<VerifiedRuntime>, Refusal> {
+        let _guard = self.shared.verify_lock.lock().await;
+        match &self.read().current {
+            Current::Verified(rt) if !Arc::ptr_eq(rt, stale) => return Ok(rt.clone()),
+            Current::Failed(reason) => return Err(Refusal::NotVerified(reason.clone())),
+            _ => {}
+        }
+        tracing::info!(upstream = %self.shared.upstream, "runtime could not decrypt a request to the pinned key; verifying again");
+        let fresh = self
+            .verify_locked()
+            .await
+            .map_err(|e| Refusal::NotVerified(e.to_string()))?;
+        if fresh.keys().hpke_public_key == stale.keys().hpke_public_key {
+            // Same key, still refused: sending again would only fail again.
+            return Err(Refusal::Upstream(rejection));
+        }
+        Ok(fresh)
+    }
+
+    /// Sends one OIP request to the verified runtime, re-verifying and retrying once if the
+    /// runtime's key changed.
+    async fn forward(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Payload>,
+    ) -> Result<InnerResponse, Refusal> {
+        let rt = self.runtime_for_request().await?;
+        let (raw, parsed) = match body {
+            Some(p) => (Some(p.raw), Some(p.parsed)),
+            None => (None, None),
+        };
+        let result = match rt.request(method, path, parsed).await {
+            Err(e @ ClientError::NotDecrypted { .. }) => {
+                let fresh = self.reverify_after_rejection(&rt, e).await?;
+                // Parsed again rather than cloned up front: only a retry pays for it.
+                let again = match raw.as_deref().map(serde_json::from_slice) {
+                    Some(Ok(v)) => Some(v),
+                    Some(Err(e)) => {
+                        return Err(Refusal::Upstream(ClientError::Malformed(format!(
+                            "request body: {e}"
+                        ))))
+                    }
+                    None => None,
+                };
+                fresh.request(method, path, again).await
+            }
+            other => other,
+        };
+        result.map_err(Refusal::Upstream)
+    }
+}
+
+/// An infer body: the bytes as received and their JSON value.
+struct Payload {
+    raw: Bytes,
+    parsed: serde_json::Value,
+}
+
+fn claims_json(claims: &Claims) -> serde_json::Value {
+    let mut v = serde_json::to_value(claims).unwrap_or(serde_json::Value::Null);
+    if let Some(map) = v.as_object_mut() {
+        // Every parsed evidence field: too much for a status page; `cordon attest inspect` shows it.
+        map.remove("raw");
+        map.insert(
+            "claims_digest".into(),
+            serde_json::Value::String(hex::encode(claims.digest())),
+        );
+    }
+    v
+}
+
+fn policy_summary(p: &Policy, e: &Endorsements) -> String {
+    let platforms: Vec<String> = p.platforms.iter().map(|p| p.to_string()).collect();
+    format!(
+        "platforms [{}], {} launch measurement(s), debug {}, workload data {}, {} sim trust anchor(s)",
+        platforms.join(", "),
+        p.launch_measurements.len(),
+        if p.allow_debug { "allowed" } else { "refused" },
+        if p.workload_data.is_some() {
+            "pinned"
+        } else {
+            "any"
+        },
+        e.sim_trust_anchors.len()
+    )
+}
+
+/// RFC 3339 in UTC, to the second. Checked conversions: a clock far outside the calendar's range
+/// gives its debug form rather than a panic.
+fn rfc3339(t: SystemTime) -> String {
+    let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).ok(),
+        Err(e) => i64::try_from(e.duration().as_secs()).ok().map(|s| -s),
+    };
+    secs.and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{t:?}"))
+}
+
+/// An Open Inference Protocol endpoint, matched on the raw path's segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    ServerMetadata,
+    ServerLive,
+    ServerReady,
+    ModelMetadata,
+    ModelReady,
+    Infer,
+}
+
+impl Endpoint {
+    fn method(self) -> Method {
+        match self {
+            Endpoint::Infer => Method::POST,
+            _ => Method::GET,
+        }
+    }
+}
+
+/// Matches an OIP path (one trailing `/` allowed, as the OpenAPI form `/v2/` has it) and returns
+/// the endpoint and the path to forward. Segments are passed on as they came (no percent-decoding),
+/// so the runtime sees the name the client sent.
+fn match_oip(path: &str) -> Option<(Endpoint, String)> {
+    let trimmed = path.strip_suffix('/').unwrap_or(path);
+    let rest = trimmed.strip_prefix('/')?;
+    let segs: Vec<&str> = rest.split('/').collect();
+    if segs.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    let endpoint = match segs.as_slice() {
+        ["v2"] => Endpoint::ServerMetadata,
+        ["v2", "health", "live"] => Endpoint::ServerLive,
+        ["v2", "health", "ready"] => Endpoint::ServerReady,
+        ["v2", "models", _] | ["v2", "models", _, "versions", _] => Endpoint::ModelMetadata,
+        ["v2", "models", _, "ready"] | ["v2", "models", _, "versions", _, "ready"] => {
+            Endpoint::ModelReady
+        }
+        ["v2", "models", _, "infer"] | ["v2", "models", _, "versions", _, "infer"] => {
+            Endpoint::Infer
+        }
+        _ => return None,
+    };
+    Some((endpoint, format!("/{}", segs.join("/"))))
+}
+
+fn oip_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn method_not_allowed(allowed: &Method, method: &Method, path: &str) -> Response {
+    let mut resp = oip_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {path}; use {allowed}"),
+    );
+    let allow = if *allowed == Method::GET {
+        "GET, HEAD"
+    } else {
+        "POST"
+    };
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+enum BodyError {
+    TooLarge,
+    Read(String),
+}
+
+/// Reads at most `limit` bytes. A larger body is drained (up to [`DRAIN_LIMIT`]) so the client
+/// reads the 413 rather than a connection reset while it is still sending.
+async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        seen = seen.saturating_add(data.len());
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        }
+    }
+    if seen > limit {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(Bytes::from(buf))
+}
+
+async fn handle(
+    State(proxy): State<Proxy>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let path = uri.path();
+    if path == "/cordon/v1/status" {
+        return match method {
+            Method::GET | Method::HEAD => Json(proxy.status()).into_response(),
+            _ => method_not_allowed(&Method::GET, &method, path),
+        };
+    }
+    let Some((endpoint, forward_path)) = match_oip(path) else {
+        tracing::debug!(%method, path, "no such endpoint");
+        return oip_error(
+            StatusCode::NOT_FOUND,
+            format!("no Open Inference Protocol endpoint {method} {path} (cordon proxy)"),
+        );
+    };
+    let allowed = endpoint.method();
+    // HEAD is GET without a body (RFC 9110); hyper leaves the body out of the answer.
+    let effective = if method == Method::HEAD && allowed == Method::GET {
+        Method::GET
+    } else {
+        method.clone()
+    };
+    if effective != allowed {
+        return method_not_allowed(&allowed, &method, path);
+    }
+    let body = if endpoint == Endpoint::Infer {
+        match infer_body(&proxy, &headers, body).await {
+            Ok(b) => Some(b),
+            Err(resp) => return resp,
+        }
+    } else {
+        None
+    };
+    let response = match proxy.forward(effective.as_str(), &forward_path, body).await {
+        Ok(inner) => {
+            proxy
+                .shared
+                .counters
+                .requests_forwarded
+                .fetch_add(1, Ordering::Relaxed);
+            match StatusCode::from_u16(inner.status) {
+                Ok(status) => (status, Json(inner.body)).into_response(),
+                Err(_) => oip_error(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "cordon proxy: the runtime answered with an invalid status {}",
+                        inner.status
+                    ),
+                ),
+            }
+        }
+        Err(refusal) => refusal_response(&proxy, refusal),
+    };
+    tracing::debug!(%method, path, status = response.status().as_u16(), "request");
+    response
+}
+
+/// Reads and checks an infer body: within the limit, JSON. Answers the client itself otherwise.
+async fn infer_body(proxy: &Proxy, headers: &HeaderMap, body: Body) -> Result<Payload, Response> {
+    let limit = proxy.shared.config.max_body;
+    let bytes = match read_body(body, limit).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            return Err(oip_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds the limit of {limit} bytes"),
+            ))
+        }
+        Err(BodyError::Read(e)) => {
+            return Err(oip_error(
+                StatusCode::BAD_REQUEST,
+                format!("reading the request body: {e}"),
+            ))
+        }
+    };
+    // Triton's binary tensor extension puts raw tensor bytes after a JSON header.
+    if headers.contains_key("inference-header-content-length") {
+        return Err(oip_error(
+            StatusCode::BAD_REQUEST,
+            "the binary tensor data extension (Inference-Header-Content-Length) is not supported; send the inference request as JSON",
+        ));
+    }
+    if bytes.is_empty() {
+        return Err(oip_error(
+            StatusCode::BAD_REQUEST,
+            "inference request needs a JSON body",
+        ));
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(parsed) => Ok(Payload { raw: bytes, parsed }),
+        // serde's messages may quote the input; position and class are enough to find the fault.
+        Err(e) => Err(oip_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "inference request is not valid JSON: {:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        )),
+    }
+}
+
+fn refusal_response(proxy: &Proxy, refusal: Refusal) -> Response {
+    let upstream = &proxy.shared.upstream;
+    match refusal {
+        Refusal::NotVerified(reason) => {
+            proxy
+                .shared
+                .counters
+                .requests_refused
+                .fetch_add(1, Ordering::Relaxed);
+            let mut resp = oip_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cordon proxy: the runtime at {upstream} is not verified, so nothing was sent to it: {reason}"),
+            );
+            let retry = proxy.until_next_verification().as_secs().max(1);
+            if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            resp
+        }
+        Refusal::Upstream(e) => {
+            // Statuses the runtime sets on the outer request keep their meaning for the client
+            // (too large, overloaded); anything else is the gateway's failure.
+            let status = match &e {
+                ClientError::Server { status, .. } if matches!(status, 413 | 429 | 503) => {
+                    StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+                }
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            let mut state = proxy.write();
+            state.last_error = Some((e.to_string(), proxy.now()));
+            drop(state);
+            oip_error(status, format!("cordon proxy: runtime at {upstream}: {e}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_oip_path_is_matched_with_and_without_versions() {
+        let cases = [
+            ("/v2", Endpoint::ServerMetadata, "/v2"),
+            ("/v2/", Endpoint::ServerMetadata, "/v2"),
+            ("/v2/health/live", Endpoint::ServerLive, "/v2/health/live"),
+            (
+                "/v2/health/ready",
+                Endpoint::ServerReady,
+                "/v2/health/ready",
+            ),
+            ("/v2/models/m", Endpoint::ModelMetadata, "/v2/models/m"),
+            (
+                "/v2/models/m/versions/1",
+                Endpoint::ModelMetadata,
+                "/v2/models/m/versions/1",
+            ),
+            (
+                "/v2/models/m/ready",
+                Endpoint::ModelReady,
+                "/v2/models/m/ready",
+            ),
+            (
+                "/v2/models/m/versions/1/ready",
+                Endpoint::ModelReady,
+                "/v2/models/m/versions/1/ready",
+            ),
+            ("/v2/models/m/infer", Endpoint::Infer, "/v2/models/m/infer"),
+            (
+                "/v2/models/m%20x/versions/v10/infer/",
+                Endpoint::Infer,
+                "/v2/models/m%20x/versions/v10/infer",
+            ),
+        ];
+        for (path, endpoint, forwarded) in cases {
+            assert_eq!(
+                match_oip(path),
+                Some((endpoint, forwarded.to_string())),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_paths_are_not_oip() {
+        for path in [
+            "/",
+            "/v1/encrypted",
+            "/v1/attestation",
+            "/v2/models",
+            "/v2/models/",
+            "/v2//models/m",
+            "/v2/models/m/versions",
+            "/v2/models/m/infer/extra",
+            "/v2/health",
+            "/v3/models/m/infer",
+            "/v2/models/m/versions/1/explain",
+        ] {
+            assert_eq!(match_oip(path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_is_utc() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000);
+        assert_eq!(rfc3339(t), "2025-11-24T16:00:00Z");
+    }
+}

@@ -1,0 +1,86 @@
+//! `cordon dev up`: the quickstart deployment, kept running in the foreground for trying clients.
+
+use crate::cmd_kbs::shutdown_signal;
+use crate::deploy::{self, DEMO_INPUT, DEV_MODELS};
+use crate::util;
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Subcommand)]
+pub enum DevCommand {
+    /// Start the KBS and a runtime serving the demo models (simulated TEE) and keep them running
+    /// until Ctrl-C; prints the runtime URL and a client policy for `cordon proxy` and `cordon infer`.
+    Up(UpArgs),
+}
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Where state lives (keys, sealed models, KBS store, policies, logs). Reused by later runs.
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("cordon-dev"))]
+    data_dir: PathBuf,
+}
+
+pub fn run(c: DevCommand) -> Result<()> {
+    match c {
+        DevCommand::Up(a) => up(a),
+    }
+}
+
+fn up(a: UpArgs) -> Result<()> {
+    let dir = a.data_dir;
+    println!("Cordon dev: data directory {}", dir.display());
+    println!("Platform: SIMULATED TEE. Nothing here is hardware-backed; it is for development, not for data that matters.\n");
+    let rt = util::tokio_runtime()?;
+    let mut deployment = deploy::deploy(&dir, DEV_MODELS, &rt)?;
+    let input = dir.join("demo-input.json");
+    std::fs::write(&input, DEMO_INPUT)?;
+    let names: Vec<&str> = deployment.models.iter().map(|m| m.name.as_str()).collect();
+    let policy = deployment.client_policy_path.display().to_string();
+    let runtime = deployment.runtime_url.clone();
+    println!("\n== Running ==");
+    println!("runtime URL: {runtime}");
+    println!("client policy: {policy}");
+    println!("KBS URL: {}", deployment.kbs_url);
+    println!("models: {}", names.join(", "));
+    println!("logs: {}", dir.join("run").display());
+    println!("\nTry it with any Open Inference Protocol client, through the verifying proxy:");
+    println!("  cordon proxy --upstream {runtime} --policy {policy} --listen 127.0.0.1:8300");
+    println!(
+        "  curl -s -H 'Content-Type: application/json' -d @{} http://127.0.0.1:8300/v2/models/{}/infer",
+        input.display(),
+        names[0]
+    );
+    println!("or with the CLI client:");
+    println!(
+        "  cordon infer --runtime {runtime} --policy {policy} --model {} --input {}",
+        names[0],
+        input.display()
+    );
+    println!("\nCtrl-C stops the KBS and the runtime.");
+    let exited = rt.block_on(async {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return Ok::<_, anyhow::Error>(None),
+                _ = tick.tick() => {
+                    if let Some(gone) = deployment.children.exited()? {
+                        return Ok(Some(gone));
+                    }
+                }
+            }
+        }
+    })?;
+    // Dropping the deployment kills whichever child is still running.
+    drop(deployment);
+    if let Some((name, status)) = exited {
+        bail!(
+            "{name} exited ({status}); see its log in {}",
+            dir.join("run").display()
+        );
+    }
+    println!("stopped");
+    Ok(())
+}

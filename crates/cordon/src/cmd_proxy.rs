@@ -1,0 +1,84 @@
+//! `cordon proxy`: the local verifying proxy (logic in `cordon_client::proxy`).
+
+use crate::cmd_kbs::shutdown_signal;
+use crate::util;
+use anyhow::{Context, Result};
+use cordon_attest::{Platform, PolicyDocument};
+use cordon_client::proxy::{Proxy, ProxyConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct ProxyArgs {
+    /// The runtime's base URL (what `cordon dev up` prints as the runtime URL).
+    #[arg(long)]
+    upstream: String,
+    /// Client policy (TOML) with an [endorsements] section: what the runtime must prove.
+    #[arg(long)]
+    policy: PathBuf,
+    /// Where to serve the plain Open Inference Protocol. Keep it on loopback: requests and answers
+    /// are plaintext between the application and the proxy.
+    #[arg(long, default_value = "127.0.0.1:8300")]
+    listen: SocketAddr,
+    /// Verify the runtime again after this many seconds (and whenever its key changes).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    reverify_secs: u64,
+    /// Write the bound address (host:port) to this file once listening (for scripts and tests).
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+}
+
+pub fn run(a: ProxyArgs) -> Result<()> {
+    let doc = PolicyDocument::from_toml(&util::read_to_string(&a.policy, "client policy")?)
+        .with_context(|| format!("client policy {}", a.policy.display()))?;
+    let config = ProxyConfig {
+        reverify_every: Duration::from_secs(a.reverify_secs),
+        ..ProxyConfig::new(a.upstream.clone(), doc)
+    };
+    let proxy = Proxy::new(config)?;
+    if !a.listen.ip().is_loopback() {
+        eprintln!(
+            "WARNING: listening on {}, not loopback: anyone who reaches it sends requests in plaintext to the proxy and reads the answers",
+            a.listen
+        );
+    }
+    util::tokio_runtime()?.block_on(async move {
+        println!("verifying the runtime at {} with {}", a.upstream, a.policy.display());
+        match proxy.verify_now().await {
+            Ok(rt) => {
+                let c = rt.claims();
+                println!(
+                    "verified runtime: platform {}, launch measurement {}, debug {}",
+                    c.platform,
+                    hex::encode(&c.launch_measurement),
+                    c.debug
+                );
+                if c.platform == Platform::Sim {
+                    println!("WARNING: the platform is SIMULATED: its evidence is signed by a local key, NOT hardware-backed; it proves nothing about isolation");
+                }
+                println!(
+                    "pinned HPKE key {} (every request is encrypted to it)",
+                    hex::encode(rt.keys().hpke_public_key)
+                );
+            }
+            Err(e) => {
+                // Keep serving: every request is refused with this reason until a later
+                // verification succeeds (the runtime may simply not be up yet).
+                eprintln!("NOT VERIFIED: {e}");
+                eprintln!("every request gets 503 with this reason until the runtime verifies; nothing is forwarded");
+            }
+        }
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("binding {}", a.listen))?;
+        let addr = listener.local_addr()?;
+        if let Some(f) = &a.addr_file {
+            util::write_atomic(f, addr.to_string().as_bytes())?;
+        }
+        println!("serving the Open Inference Protocol at http://{addr}/v2 (plaintext on this side, encrypted to the runtime)");
+        println!("status: http://{addr}/cordon/v1/status; re-verifying every {} s and whenever the runtime's key changes", a.reverify_secs);
+        proxy.serve(listener, shutdown_signal()).await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,359 @@
+//! The local deployment that `cordon quickstart` and `cordon dev up` start: a model owner seals the
+//! demo models, a KBS (its own process) holds their keys under a release policy naming the runtime's
+//! measurement, and a runtime (its own process, simulated TEE) attests, receives the keys and
+//! unseals the models in memory. Both commands print the same steps; what they do afterwards differs.
+
+use crate::{cmd_kbs, util};
+use anyhow::{bail, Context, Result};
+use cordon_attest::{Endorsements, Platform, Policy, PolicyDocument};
+use cordon_runtime::{ModelConfig, RuntimeConfig};
+use cordon_seal::{OwnerKey, SealOptions};
+use cordon_tee::{sim_launch_measurement, SimHardwareKey};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A model shipped in the binary for demos.
+#[derive(Clone, Copy)]
+pub struct DemoModel {
+    /// The name clients use in `/v2/models/{name}`.
+    pub name: &'static str,
+    pub onnx: &'static [u8],
+}
+
+pub const BREAST_CANCER_LR: DemoModel = DemoModel {
+    name: "breast-cancer-lr",
+    onnx: include_bytes!("../../../models/breast_cancer_lr.onnx"),
+};
+
+pub const BREAST_CANCER_MLP: DemoModel = DemoModel {
+    name: "breast-cancer-mlp",
+    onnx: include_bytes!("../../../models/breast_cancer_mlp.onnx"),
+};
+
+/// What `cordon dev up` serves: one line per model.
+pub const DEV_MODELS: &[DemoModel] = &[BREAST_CANCER_LR, BREAST_CANCER_MLP];
+
+/// An OIP infer request for the first test row; both breast-cancer models take it.
+pub const DEMO_INPUT: &str = include_str!("../../../models/demo_input.json");
+
+/// Child processes, killed when this goes out of scope (on success and on every error path).
+pub struct Children(Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Children {
+    /// The first child that has exited, with its status.
+    pub fn exited(&mut self) -> Result<Option<(String, std::process::ExitStatus)>> {
+        for (name, child) in &mut self.0 {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some((name.clone(), status)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn spawn(children: &mut Children, name: &str, args: &[&str], log: &Path) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    children.0.push((name.to_string(), child));
+    Ok(())
+}
+
+/// Waits until `addr_file` appears (the child is listening), or fails with the child's log.
+fn wait_for_addr(
+    children: &mut Children,
+    name: &str,
+    addr_file: &Path,
+    log: &Path,
+) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(addr) = std::fs::read_to_string(addr_file) {
+            return Ok(format!("http://{}", addr.trim()));
+        }
+        if let Some((_, child)) = children.0.iter_mut().find(|(n, _)| n == name) {
+            if let Some(status) = child.try_wait()? {
+                let log_text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = log_text
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                bail!(
+                    "{name} exited ({status}) before it was ready:\n{}",
+                    tail.join("\n")
+                );
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{name} did not become ready within 60 s; see {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn load_or_create<T>(
+    path: &Path,
+    create: impl FnOnce() -> T,
+    to_text: impl Fn(&T) -> String,
+    parse: impl Fn(&str) -> Result<T>,
+) -> Result<T> {
+    if path.exists() {
+        return parse(&util::read_to_string(path, "key")?);
+    }
+    let v = create();
+    util::write_secret(path, to_text(&v).as_bytes(), false)?;
+    Ok(v)
+}
+
+/// One sealed model of a deployment.
+pub struct SealedModel {
+    pub name: String,
+    pub key_id: String,
+}
+
+/// A running deployment. Dropping it stops the KBS and the runtime.
+pub struct Deployment {
+    pub children: Children,
+    pub kbs_url: String,
+    pub runtime_url: String,
+    /// The KBS admin token.
+    pub token: String,
+    pub models: Vec<SealedModel>,
+    /// The client's policy (the release policy plus the sim trust anchor), also written to
+    /// `client_policy_path`.
+    pub client_doc: PolicyDocument,
+    pub client_policy_path: PathBuf,
+}
+
+/// Seals `models`, starts the KBS, registers each model's key under a release policy naming the
+/// runtime's measurement, starts the runtime and waits until it serves. State lives in `dir` and is
+/// reused by later runs (keys); sealed models, policies and the runtime config are written anew.
+pub fn deploy(
+    dir: &Path,
+    models: &[DemoModel],
+    rt: &tokio::runtime::Runtime,
+) -> Result<Deployment> {
+    if models.is_empty() {
+        bail!("a deployment needs at least one model");
+    }
+    for sub in ["keys", "models", "kbs", "run"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+
+    // 1. The model owner: an owner key, and each demo model sealed under a fresh DEK.
+    let owner = load_or_create(
+        &dir.join("keys/owner.key"),
+        OwnerKey::generate,
+        |k| k.to_file_contents().to_string(),
+        |t| Ok(OwnerKey::from_file_contents(t)?),
+    )?;
+    let mut sealed = Vec::new();
+    for model in models {
+        let sealed_path = dir.join("models").join(format!("{}.sealed", model.name));
+        let mut sealed_file = std::fs::File::create(&sealed_path)?;
+        let options = SealOptions {
+            name: model.name.into(),
+            version: "1".into(),
+            media_type: "application/onnx".into(),
+            chunk_size: cordon_seal::DEFAULT_CHUNK_SIZE,
+        };
+        let (manifest, key) = cordon_seal::seal(
+            model.onnx,
+            model.onnx.len() as u64,
+            &mut sealed_file,
+            &owner,
+            &options,
+            &mut |_| {},
+        )?;
+        sealed_file.sync_all()?;
+        let digest = cordon_seal::read_header(&mut std::fs::File::open(&sealed_path)?)?.digest();
+        println!(
+            "[owner]   sealed {} ({} bytes, sha256 {}) -> {}",
+            model.name,
+            manifest.plaintext_size,
+            &manifest.plaintext_sha256[..16],
+            sealed_path.display()
+        );
+        println!(
+            "          key id {}; the DEK stays in memory and goes only to the KBS",
+            manifest.key_id
+        );
+        sealed.push((
+            SealedModel {
+                name: model.name.to_string(),
+                key_id: manifest.key_id.clone(),
+            },
+            sealed_path,
+            digest,
+            key,
+        ));
+    }
+
+    // 2. The simulated hardware key (its public half is the sim trust anchor).
+    let hw = load_or_create(
+        &dir.join("keys/sim-hardware.key"),
+        SimHardwareKey::generate,
+        |k| k.to_file_contents().to_string(),
+        |t| Ok(SimHardwareKey::from_file_contents(t)?),
+    )?;
+    let anchor_path = dir.join("keys/sim-hardware.pub");
+    std::fs::write(&anchor_path, format!("{}\n", hex::encode(hw.public_key())))?;
+
+    // 3. The key broker, in its own process.
+    let mut children = Children(Vec::new());
+    let run_dir = dir.join("run");
+    let kbs_addr = run_dir.join("kbs.addr");
+    let runtime_addr = run_dir.join("runtime.addr");
+    let _ = std::fs::remove_file(&kbs_addr);
+    let _ = std::fs::remove_file(&runtime_addr);
+    let token_path = dir.join("keys/admin-token");
+    let kbs_log = run_dir.join("kbs.log");
+    let p = |p: &Path| p.to_string_lossy().into_owned();
+    spawn(
+        &mut children,
+        "kbs",
+        &[
+            "kbs",
+            "serve",
+            "--data-dir",
+            &p(&dir.join("kbs")),
+            "--listen",
+            "127.0.0.1:0",
+            "--sim-trust-anchor",
+            &p(&anchor_path),
+            "--init-admin-token-file",
+            &p(&token_path),
+            "--addr-file",
+            &p(&kbs_addr),
+        ],
+        &kbs_log,
+    )?;
+    let kbs_url = wait_for_addr(&mut children, "kbs", &kbs_addr, &kbs_log)?;
+    println!(
+        "[kbs]     key broker listening at {kbs_url} (store {})",
+        dir.join("kbs").display()
+    );
+
+    // 4. The runtime's configuration is part of its measurement; the release policy names it.
+    let config = RuntimeConfig {
+        kbs_url: kbs_url.clone(),
+        workload_data: None,
+        models: sealed
+            .iter()
+            .map(|(m, path, digest, _)| ModelConfig {
+                name: m.name.clone(),
+                path: path.clone(),
+                signer: hex::encode(owner.public_key()),
+                manifest_sha256: Some(hex::encode(digest)),
+            })
+            .collect(),
+    };
+    let config_path = dir.join("runtime.toml");
+    let config_text = config.to_toml();
+    std::fs::write(&config_path, &config_text)?;
+    let measurement = sim_launch_measurement(&std::env::current_exe()?, config_text.as_bytes())?;
+    let policy = Policy {
+        workload_data: Some(vec![0; 32]),
+        ..Policy::new(vec![Platform::Sim], vec![measurement.to_vec()])
+    };
+    std::fs::write(dir.join("release-policy.toml"), policy.to_toml())?;
+    let token = util::read_to_string(&token_path, "admin token")?
+        .trim()
+        .to_string();
+    let mut models_out = Vec::new();
+    for (model, _, _, key) in sealed {
+        rt.block_on(cmd_kbs::register_key(
+            &kbs_url,
+            &token,
+            &key,
+            &policy.to_toml(),
+        ))?;
+        drop(key);
+        models_out.push(model);
+    }
+    println!(
+        "[owner]   registered the {} with release policy: platform sim, measurement {}…, no debug",
+        if models_out.len() == 1 {
+            "key".to_string()
+        } else {
+            format!("{} keys", models_out.len())
+        },
+        &hex::encode(measurement)[..16]
+    );
+
+    // 5. The runtime, in its own process: attests, receives the DEKs, unseals in memory.
+    let runtime_log = run_dir.join("runtime.log");
+    spawn(
+        &mut children,
+        "runtime",
+        &[
+            "runtime",
+            "serve",
+            "--config",
+            &p(&config_path),
+            "--listen",
+            "127.0.0.1:0",
+            "--platform",
+            "sim",
+            "--sim-hardware-key",
+            &p(&dir.join("keys/sim-hardware.key")),
+            "--addr-file",
+            &p(&runtime_addr),
+        ],
+        &runtime_log,
+    )?;
+    let runtime_url = wait_for_addr(&mut children, "runtime", &runtime_addr, &runtime_log)?;
+    println!(
+        "[runtime] attested to the KBS, {} in memory, serving at {runtime_url}",
+        if models_out.len() == 1 {
+            "model unsealed"
+        } else {
+            "models unsealed"
+        }
+    );
+
+    // 6. The client's policy: the same reference values, and the trust anchor to verify with.
+    let client_doc = PolicyDocument {
+        policy,
+        endorsements: Some(Endorsements {
+            sim_trust_anchors: vec![hw.public_key()],
+            ..Default::default()
+        }),
+    };
+    let client_policy_path = dir.join("client-policy.toml");
+    std::fs::write(&client_policy_path, client_doc.to_toml())?;
+
+    Ok(Deployment {
+        children,
+        kbs_url,
+        runtime_url,
+        token,
+        models: models_out,
+        client_doc,
+        client_policy_path,
+    })
+}
