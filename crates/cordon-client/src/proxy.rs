@@ -19,7 +19,7 @@
 //!
 //! Request and response bodies are never logged; `debug` tracing names method, path and status only.
 
-use crate::{connect_with, ClientError, VerifiedRuntime};
+use crate::{connect_with, ClientError, Session, VerifiedRuntime};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -159,7 +159,20 @@ struct Shared {
     /// Signalled after every verification, so the background task recomputes its schedule.
     verified: tokio::sync::Notify,
     counters: AtomicCounters,
+    /// Idle sessions (session mode) with the pinned runtime; one request uses a session at a
+    /// time, so its sequence numbers arrive in order.
+    sessions: std::sync::Mutex<SessionPool>,
 }
+
+/// Sessions are only valid for the runtime key they were opened with.
+#[derive(Default)]
+struct SessionPool {
+    key: [u8; 32],
+    idle: Vec<Session>,
+}
+
+/// Idle sessions kept per proxy; more concurrent requests open more, which expire unused.
+const MAX_IDLE_SESSIONS: usize = 64;
 
 #[derive(Default)]
 struct AtomicCounters {
@@ -225,6 +238,7 @@ impl Proxy {
                 verify_lock: tokio::sync::Mutex::new(()),
                 verified: tokio::sync::Notify::new(),
                 counters: AtomicCounters::default(),
+                sessions: std::sync::Mutex::new(SessionPool::default()),
             }),
         })
     }
@@ -488,8 +502,43 @@ impl Proxy {
         Ok(fresh)
     }
 
-    /// Sends one OIP request to the verified runtime, re-verifying and retrying once if the
-    /// runtime's key changed.
+    fn pool(&self) -> std::sync::MutexGuard<'_, SessionPool> {
+        // The pool holds only sessions; a poisoned lock still holds valid ones.
+        self.shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An idle session with `rt`, or a new one; `None` when none can be opened (the caller then
+    /// sends one-shot, which also detects a changed key).
+    async fn take_session(&self, rt: &VerifiedRuntime) -> Option<Session> {
+        let key = rt.keys().hpke_public_key;
+        let now = self.now();
+        {
+            let mut pool = self.pool();
+            if pool.key != key {
+                pool.idle.clear();
+                pool.key = key;
+            }
+            while let Some(s) = pool.idle.pop() {
+                if !s.is_spent(now) {
+                    return Some(s);
+                }
+            }
+        }
+        rt.open_session().await.ok()
+    }
+
+    fn return_session(&self, rt: &VerifiedRuntime, session: Session) {
+        let mut pool = self.pool();
+        if pool.key == rt.keys().hpke_public_key && pool.idle.len() < MAX_IDLE_SESSIONS {
+            pool.idle.push(session);
+        }
+    }
+
+    /// Sends one OIP request to the verified runtime, in session mode when a session can be had,
+    /// re-verifying and retrying once if the runtime's key changed.
     async fn forward(
         &self,
         method: &str,
@@ -497,10 +546,33 @@ impl Proxy {
         body: Option<Payload>,
     ) -> Result<InnerResponse, Refusal> {
         let rt = self.runtime_for_request().await?;
-        let (raw, parsed) = match body {
+        let (raw, mut parsed) = match body {
             Some(p) => (Some(p.raw), Some(p.parsed)),
             None => (None, None),
         };
+        if let Some(session) = self.take_session(&rt).await {
+            match session.request(method, path, parsed).await {
+                Ok(resp) => {
+                    self.return_session(&rt, session);
+                    return Ok(resp);
+                }
+                // The runtime refused the session (unknown after a restart, expired) or the
+                // message's order before acting on it: send one-shot instead, which re-verifies
+                // if the key changed.
+                Err(ClientError::SessionClosed { .. })
+                | Err(ClientError::Server { status: 409, .. }) => {}
+                Err(e) => return Err(Refusal::Upstream(e)),
+            }
+            parsed = match raw.as_deref().map(serde_json::from_slice) {
+                Some(Ok(v)) => Some(v),
+                Some(Err(e)) => {
+                    return Err(Refusal::Upstream(ClientError::Malformed(format!(
+                        "request body: {e}"
+                    ))))
+                }
+                None => None,
+            };
+        }
         let result = match rt.request(method, path, parsed).await {
             Err(e @ ClientError::NotDecrypted { .. }) => {
                 let fresh = self.reverify_after_rejection(&rt, e).await?;

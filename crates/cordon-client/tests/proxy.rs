@@ -77,10 +77,11 @@ async fn attestation(
     };
     let nonce = hex::decode(&q["nonce"]).unwrap();
     let keys = Fake::keys(&key);
-    let evidence = tee.evidence(&report_data(&nonce, &keys)).unwrap();
+    let evidence = tee.evidence(&report_data(&nonce, &keys, &[])).unwrap();
     Json(AttestationResponse {
         evidence,
         runtime_keys: keys,
+        models: vec![],
     })
     .into_response()
 }

@@ -62,6 +62,9 @@ impl Default for ServingOptions {
     }
 }
 
+/// Requests with at most this many input elements are evaluated on the async worker.
+const INLINE_ELEMENTS: usize = 1024;
+
 /// Seconds a refused client is told to wait.
 const RETRY_AFTER_S: u64 = 1;
 
@@ -713,7 +716,23 @@ async fn infer(
             .get_or_create(&labels)
             .observe((*rows).max(0) as f64);
     }
-    let result = tokio::task::spawn_blocking(move || model.infer(&request)).await;
+    let elements: usize = request
+        .inputs
+        .iter()
+        .map(|t| {
+            t.shape
+                .iter()
+                .map(|&d| d.max(0) as usize)
+                .product::<usize>()
+        })
+        .sum();
+    // A small request (a row or a few) takes microseconds: evaluating it here costs less than
+    // handing it to a blocking thread and back. Larger ones go off the async workers.
+    let result = if elements <= INLINE_ELEMENTS {
+        Ok(model.infer(&request))
+    } else {
+        tokio::task::spawn_blocking(move || model.infer(&request)).await
+    };
     s.metrics
         .inference_seconds
         .get_or_create(&labels)

@@ -5,14 +5,16 @@
 //!    Runtime (the Python package, single thread) when it is installed;
 //! 2. the runtime over loopback HTTP with encryption off (`plaintext_inference`, the development
 //!    switch);
-//! 3. one-shot HPKE per request; 4. session mode.
+//! 3. one-shot HPKE per request; 4. session mode; 5. an unmodified OIP client (plain HTTP + JSON)
+//!    through the verifying proxy (`cordon_client::proxy`, in process on the client side), which
+//!    forwards in session mode.
 //!
 //! The runtime is the real router (`cordon_runtime::serve`) on its own tokio runtime in this
 //! process, with the simulated TEE; clients run on another tokio runtime. Both share the machine's
 //! cores, as a runtime and a local client would.
 
 use anyhow::{anyhow, bail, Context, Result};
-use cordon_attest::{Endorsements, Platform, Policy};
+use cordon_attest::{Endorsements, Platform, Policy, PolicyDocument};
 use cordon_proto::oip::{InferRequest, Tensor};
 use cordon_proto::{RuntimeKeys, ServiceKeyPair};
 use cordon_runtime::{OnnxModel, RuntimeState, ServedModel, ServingOptions};
@@ -449,11 +451,24 @@ pub fn run(a: ServeArgs) -> Result<()> {
         let policy = Policy::new(vec![Platform::Sim], vec![measurement.to_vec()]);
         let verified =
             cordon_client::connect_with(&url, &policy, &endorsements, SystemTime::now()).await?;
+        // The verifying proxy, in process on the client side (as a local sidecar would run
+        // beside the application); the application speaks plain OIP to it.
+        let proxy = cordon_client::proxy::Proxy::new(cordon_client::proxy::ProxyConfig::new(
+            url.clone(),
+            PolicyDocument {
+                policy: policy.clone(),
+                endorsements: Some(endorsements.clone()),
+            },
+        ))?;
+        let proxy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let proxy_url = format!("http://{}", proxy_listener.local_addr()?);
+        tokio::spawn(proxy.serve(proxy_listener, std::future::pending()));
         let http = reqwest::Client::new();
         let paths = vec![
             ("plain_http", Path_::Plain(http.clone(), url.clone())),
             ("hpke_oneshot", Path_::Oneshot(verified.clone())),
             ("session", Path_::Session(verified.clone())),
+            ("proxy", Path_::Plain(http.clone(), proxy_url)),
         ];
         for m in &models {
             for (label, path) in &paths {

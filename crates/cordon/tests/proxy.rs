@@ -277,6 +277,14 @@ impl Http {
         })
     }
 
+    /// GET, returning the body as text.
+    fn text(&self, url: &str) -> String {
+        self.rt.block_on(async {
+            let r = self.client.get(url).send().await.unwrap();
+            r.text().await.unwrap()
+        })
+    }
+
     /// POST with `Content-Type: application/json`; the answer must be JSON too.
     fn post(&self, url: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
         self.rt.block_on(async {
@@ -449,6 +457,21 @@ fn an_unmodified_oip_client_works_through_the_proxy() {
         !proxy.log().contains("batch-1"),
         "request bodies must not be logged"
     );
+    // The proxy forwarded in session mode: the runtime counted every request on that channel,
+    // and none one-shot.
+    let metrics = http.text(&format!("{upstream}/metrics"));
+    let count = |channel: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("cordon_runtime_requests_total")
+                    && l.contains(&format!("channel=\"{channel}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(count("session"), 13, "{metrics}");
+    assert_eq!(count("oneshot"), 0, "{metrics}");
 }
 
 #[test]
