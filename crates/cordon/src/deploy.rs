@@ -31,8 +31,14 @@ pub const BREAST_CANCER_MLP: DemoModel = DemoModel {
     onnx: include_bytes!("../../../models/breast_cancer_mlp.onnx"),
 };
 
+/// The synthetic fraud GBDT (models/fraud), which the `fraud_scoring` example streams to.
+pub const FRAUD_GBDT: DemoModel = DemoModel {
+    name: "fraud-gbdt",
+    onnx: include_bytes!("../../../models/fraud/fraud_gbdt.onnx"),
+};
+
 /// What `cordon dev up` serves: one line per model.
-pub const DEV_MODELS: &[DemoModel] = &[BREAST_CANCER_LR, BREAST_CANCER_MLP];
+pub const DEV_MODELS: &[DemoModel] = &[BREAST_CANCER_LR, BREAST_CANCER_MLP, FRAUD_GBDT];
 
 /// An OIP infer request for the first test row; both breast-cancer models take it.
 pub const DEMO_INPUT: &str = include_str!("../../../models/demo_input.json");

@@ -1,4 +1,4 @@
-//! `cordon dev up`: the demo deployment stays up in the foreground, serves both demo models to
+//! `cordon dev up`: the demo deployment stays up in the foreground, serves the demo models to
 //! `cordon infer` and `cordon proxy` with the policy it prints, and takes its children down on SIGTERM.
 
 use std::io::{BufRead, BufReader};
@@ -34,7 +34,7 @@ fn answers(url: &str) -> bool {
 }
 
 #[test]
-fn dev_up_serves_both_models_until_terminated() {
+fn dev_up_serves_the_demo_models_until_terminated() {
     let dir = tempfile::tempdir().unwrap();
     let mut dev = Guard(
         Command::new(BIN)
@@ -71,7 +71,7 @@ fn dev_up_serves_both_models_until_terminated() {
     let policy = field(&lines, "client policy:").to_string();
     assert_eq!(
         field(&lines, "models:"),
-        "breast-cancer-lr, breast-cancer-mlp"
+        "breast-cancer-lr, breast-cancer-mlp, fraud-gbdt"
     );
     assert!(
         text.contains(&format!(
