@@ -13,6 +13,7 @@
 //!
 //! Plaintext of models and requests stays in memory and is never logged.
 
+mod batching;
 mod boot;
 mod config;
 mod engine;
@@ -20,6 +21,7 @@ mod metrics;
 mod server;
 mod sessions;
 
+pub use batching::BatchOptions;
 pub use boot::{boot, check_config_binding, BootedRuntime, RuntimeError};
 pub use config::{ModelConfig, RuntimeConfig};
 pub use engine::{EngineError, OnnxModel};

@@ -95,6 +95,11 @@ pub enum RefusalKind {
     TooLarge,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
 snake_label!(RefusalKind {
     Decrypt => "decrypt",
     Session => "session",
@@ -137,6 +142,7 @@ pub struct Metrics {
     pub refusals: Family<RefusalLabels, Counter>,
     pub inference_seconds: Family<InferLabels, Histogram>,
     pub batch_rows: Family<InferLabels, Histogram>,
+    pub batched_rows: Family<ModelLabels, Histogram>,
     pub queue_depth: Gauge,
     pub in_flight: Gauge,
     pub sessions_open: Gauge,
@@ -181,6 +187,14 @@ impl Metrics {
             "Rows (first dimension) per model evaluation",
             batch_rows.clone(),
         );
+        let batched_rows = Family::<ModelLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(1.0, 2.0, 12))
+        });
+        registry.register(
+            "batched_rows",
+            "Rows per evaluation of the dynamic batcher (requests merged), per model",
+            batched_rows.clone(),
+        );
         let queue_depth = Gauge::default();
         registry.register(
             "queue_depth",
@@ -211,6 +225,7 @@ impl Metrics {
             refusals,
             inference_seconds,
             batch_rows,
+            batched_rows,
             queue_depth,
             in_flight,
             sessions_open,

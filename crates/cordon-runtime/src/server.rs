@@ -6,8 +6,9 @@
 //! full a request is refused at once with 503 and `Retry-After`, so memory stays bounded under
 //! any burst.
 
+use crate::batching::{BatchOptions, Batcher};
 use crate::engine::OnnxModel;
-use crate::metrics::{Channel, InferLabels, KeyEvent, Metrics, RefusalKind};
+use crate::metrics::{Channel, InferLabels, KeyEvent, Metrics, ModelLabels, RefusalKind};
 use crate::sessions::{SessionError, SessionLimits, SessionTable};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -46,6 +47,8 @@ pub struct ServingOptions {
     /// DEVELOPMENT ONLY: also accept Open Inference Protocol inference in plaintext HTTP, to
     /// measure what encryption costs. Never on by default; refused on hardware TEEs by the CLI.
     pub plaintext_inference: bool,
+    /// Dynamic batching of small requests per model; off when `None`.
+    pub batching: Option<BatchOptions>,
 }
 
 impl Default for ServingOptions {
@@ -58,6 +61,7 @@ impl Default for ServingOptions {
             max_body: 8 << 20,
             sessions: SessionLimits::default(),
             plaintext_inference: false,
+            batching: None,
         }
     }
 }
@@ -89,6 +93,8 @@ pub struct RuntimeState {
     sessions: SessionTable,
     metrics: Metrics,
     next_request_id: AtomicU64,
+    /// One batcher per model, started on first use (inside the tokio runtime).
+    batchers: BTreeMap<String, std::sync::OnceLock<Batcher>>,
 }
 
 impl RuntimeState {
@@ -108,7 +114,12 @@ impl RuntimeState {
                 manifest_sha256: m.manifest_sha256,
             })
             .collect();
+        let batchers = models
+            .keys()
+            .map(|n| (n.clone(), std::sync::OnceLock::new()))
+            .collect();
         RuntimeState {
+            batchers,
             service_key,
             _signing_key: signing_key,
             runtime_keys,
@@ -703,6 +714,22 @@ async fn infer(
         return inner_error(503, "runtime busy: inference queue is full; retry later");
     };
     let started = Instant::now();
+    // Batched requests wait in their model's batcher, not for a worker: the batcher evaluates
+    // one merged batch at a time per model.
+    if let Some(batched) = batched_infer(s, &model, &request).await {
+        let labels = InferLabels {
+            model: model.name().to_string(),
+            channel,
+        };
+        s.metrics
+            .inference_seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        return match batched {
+            Ok(resp) => ok(json!(resp)),
+            Err(e) => inner_error(e.http_status(), e.to_string()),
+        };
+    }
     let permit = {
         let _waiting = GaugeGuard::new(&s.metrics.queue_depth);
         s.admission.workers.clone().acquire_owned().await
@@ -747,4 +774,32 @@ async fn infer(
         Ok(Err(e)) => inner_error(e.http_status(), e.to_string()),
         Err(_) => inner_error(500, "inference task failed"),
     }
+}
+
+/// Evaluates `request` through the model's batcher when batching is on and the request fits a
+/// batch; `None` to evaluate it on its own.
+async fn batched_infer(
+    s: &RuntimeState,
+    model: &Arc<OnnxModel>,
+    request: &InferRequest,
+) -> Option<Result<cordon_proto::oip::InferResponse, crate::engine::EngineError>> {
+    let options = s.options.batching?;
+    let slot = s.batchers.get(model.name())?;
+    let batcher = slot.get_or_init(|| {
+        let hist = s
+            .metrics
+            .batched_rows
+            .get_or_create(&ModelLabels {
+                model: model.name().to_string(),
+            })
+            .clone();
+        Batcher::spawn(
+            model.clone(),
+            options,
+            s.options.max_queue + s.options.workers,
+            Arc::new(move |rows| hist.observe(rows as f64)),
+        )
+    });
+    let rows = batcher.batchable_rows(request)?;
+    Some(batcher.infer(request.clone(), rows).await)
 }

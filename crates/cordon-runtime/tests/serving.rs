@@ -563,3 +563,43 @@ async fn metrics_carry_no_request_data() {
         assert!(!text.contains(&needle), "metrics contain {needle}");
     }
 }
+
+/// With dynamic batching on, concurrent single-row requests share evaluations and each client
+/// gets exactly its own rows' answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dynamic_batching_merges_concurrent_requests_without_mixing_answers() {
+    let h = start(ServingOptions {
+        batching: Some(cordon_runtime::BatchOptions {
+            max_rows: 64,
+            max_delay: Duration::from_millis(30),
+        }),
+        ..ServingOptions::default()
+    })
+    .await;
+    let rt = h.verified().await;
+    let local = OnnxModel::load("mlp", "3", MLP).unwrap();
+    let all = rows(16);
+    let mut tasks = Vec::new();
+    for row in all {
+        let rt = rt.clone();
+        tasks.push(tokio::spawn(async move {
+            let session = rt.open_session().await.unwrap();
+            let req = request(std::slice::from_ref(&row));
+            (req.clone(), session.infer("mlp", &req).await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (req, got) = t.await.unwrap();
+        assert_eq!(got.outputs, local.infer(&req).unwrap().outputs);
+    }
+    let text = h.metrics().await;
+    let evaluations: u64 = text
+        .lines()
+        .find(|l| l.starts_with(r#"cordon_runtime_batched_rows_count{model="mlp"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        (1..16).contains(&evaluations),
+        "16 requests in {evaluations} evaluations"
+    );
+}

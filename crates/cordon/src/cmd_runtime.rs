@@ -3,7 +3,7 @@
 use crate::cmd_kbs::shutdown_signal;
 use crate::util;
 use anyhow::{bail, Context, Result};
-use cordon_runtime::{RuntimeConfig, ServingOptions, SessionLimits};
+use cordon_runtime::{BatchOptions, RuntimeConfig, ServingOptions, SessionLimits};
 use cordon_tee::{sim_launch_measurement, EvidenceProvider, SimHardwareKey, SimTee};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,6 +72,13 @@ pub struct ServeArgs {
     /// Lifetime of a session, in seconds.
     #[arg(long, default_value_t = 600)]
     session_lifetime_secs: u64,
+    /// Dynamic batching: merge concurrent requests to one model into batches of at most this
+    /// many rows (0: off).
+    #[arg(long, default_value_t = 0)]
+    batch_max_rows: usize,
+    /// Dynamic batching: longest a request waits for others to join its batch, in microseconds.
+    #[arg(long, default_value_t = 500)]
+    batch_max_delay_us: u64,
     /// DEVELOPMENT ONLY, sim only: also serve inference in PLAINTEXT HTTP (POST /v2/models/…/infer),
     /// to measure what encryption costs. Refused with --platform hardware.
     #[arg(long)]
@@ -186,6 +193,10 @@ fn serve(a: ServeArgs) -> Result<()> {
             ..defaults.sessions
         },
         plaintext_inference: a.dev_plaintext_inference,
+        batching: (a.batch_max_rows > 0).then(|| BatchOptions {
+            max_rows: a.batch_max_rows,
+            max_delay: std::time::Duration::from_micros(a.batch_max_delay_us),
+        }),
     };
     let rt = util::tokio_runtime()?;
     rt.block_on(async move {
