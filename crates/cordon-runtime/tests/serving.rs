@@ -21,6 +21,7 @@ const LR: &[u8] = include_bytes!("../../../models/breast_cancer_lr.onnx");
 const MLP: &[u8] = include_bytes!("../../../models/breast_cancer_mlp.onnx");
 const TEST_SET: &str = include_str!("../../../models/reference/breast_cancer_test.json");
 const LR_EXPECTED: &str = include_str!("../../../models/reference/breast_cancer_lr.expected.json");
+const DATATYPES: &[u8] = include_bytes!("../../../models/oip/datatypes.onnx");
 const MEASUREMENT: [u8; 48] = [0x42; 48];
 
 struct Harness {
@@ -53,6 +54,14 @@ impl Harness {
 }
 
 async fn start(options: ServingOptions) -> Harness {
+    start_with(options, std::future::pending()).await.0
+}
+
+/// A runtime that stops when `shutdown` completes; the handle ends when the server has drained.
+async fn start_with(
+    options: ServingOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (Harness, tokio::task::JoinHandle<()>) {
     let hw = SimHardwareKey::generate();
     let endorsements = Endorsements {
         sim_trust_anchors: vec![hw.public_key()],
@@ -67,7 +76,11 @@ async fn start(options: ServingOptions) -> Harness {
         signing_public_key: signing_key.verifying_key().to_bytes(),
     };
     let mut models = BTreeMap::new();
-    for (name, bytes, digest) in [("lr", LR, [1u8; 32]), ("mlp", MLP, [2u8; 32])] {
+    for (name, bytes, digest) in [
+        ("dt", DATATYPES, [3u8; 32]),
+        ("lr", LR, [1u8; 32]),
+        ("mlp", MLP, [2u8; 32]),
+    ] {
         models.insert(
             name.to_string(),
             ServedModel {
@@ -87,17 +100,20 @@ async fn start(options: ServingOptions) -> Harness {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let served = state.clone();
-    tokio::spawn(async move {
-        cordon_runtime::serve(served, listener, std::future::pending())
+    let server = tokio::spawn(async move {
+        cordon_runtime::serve(served, listener, shutdown)
             .await
             .unwrap()
     });
-    Harness {
-        url,
-        policy: Policy::new(vec![Platform::Sim], vec![MEASUREMENT.to_vec()]),
-        endorsements,
-        state,
-    }
+    (
+        Harness {
+            url,
+            policy: Policy::new(vec![Platform::Sim], vec![MEASUREMENT.to_vec()]),
+            endorsements,
+            state,
+        },
+        server,
+    )
 }
 
 fn rows(n: usize) -> Vec<Vec<f64>> {
@@ -152,8 +168,8 @@ async fn evidence_binds_the_served_models() {
     let h = start(ServingOptions::default()).await;
     let rt = h.verified().await;
     let names: Vec<&str> = rt.models().iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["lr", "mlp"]);
-    assert_eq!(rt.models()[0].version, "3");
+    assert_eq!(names, ["dt", "lr", "mlp"]);
+    assert_eq!(rt.models()[1].version, "3");
     rt.require_model("lr", &hex::encode([1u8; 32])).unwrap();
     assert!(rt.require_model("lr", &hex::encode([2u8; 32])).is_err());
 }
@@ -331,7 +347,7 @@ async fn open_inference_protocol_surface_inside_the_channel() {
 
     let meta = get("/v2").await.unwrap();
     assert_eq!(meta.status, 200);
-    assert_eq!(meta.body["models"], json!(["lr", "mlp"]));
+    assert_eq!(meta.body["models"], json!(["dt", "lr", "mlp"]));
     assert_eq!(get("/v2/health/live").await.unwrap().body["live"], true);
     assert_eq!(get("/v2/health/ready").await.unwrap().body["ready"], true);
 
@@ -602,4 +618,159 @@ async fn dynamic_batching_merges_concurrent_requests_without_mixing_answers() {
         (1..16).contains(&evaluations),
         "16 requests in {evaluations} evaluations"
     );
+}
+
+/// Every Open Inference Protocol datatype through the encrypted channel: each input of the
+/// Identity model (models/oip/datatypes.onnx) comes back unchanged, with its datatype; values a
+/// datatype cannot hold are refused before the model runs.
+#[tokio::test]
+async fn every_datatype_round_trips_and_out_of_range_values_are_refused() {
+    let h = start(ServingOptions::default()).await;
+    let rt = h.verified().await;
+    let session = rt.open_session().await.unwrap();
+    let cases: Vec<(&str, &str, Value)> = vec![
+        ("bool", "BOOL", json!([true, false, false, true])),
+        ("int8", "INT8", json!([-128, 127, 0, 5])),
+        ("int16", "INT16", json!([-32768, 32767, -1, 2])),
+        ("int32", "INT32", json!([-2147483648i64, 2147483647, 0, 7])),
+        ("int64", "INT64", json!([i64::MIN, i64::MAX, 0, -9])),
+        ("uint8", "UINT8", json!([0, 255, 1, 2])),
+        ("uint16", "UINT16", json!([0, 65535, 3, 4])),
+        ("uint32", "UINT32", json!([0, 4294967295u64, 5, 6])),
+        ("uint64", "UINT64", json!([0, u64::MAX, 7, 8])),
+        ("fp16", "FP16", json!([0.5, -2.0, 65504.0, 0.375])),
+        ("fp32", "FP32", json!([1.5, -0.25, 1024.0, 0.375])),
+        ("fp64", "FP64", json!([0.1, 1e300, -3.5, 0.0])),
+        ("bytes", "BYTES", json!(["a", "ü", "", "x y"])),
+    ];
+    let meta = session
+        .request("GET", "/v2/models/dt", None)
+        .await
+        .unwrap()
+        .body;
+    let inputs = |cases: &[(&str, &str, Value)]| -> Vec<Tensor> {
+        cases
+            .iter()
+            .map(|(name, dt, data)| Tensor {
+                name: format!("in_{name}"),
+                shape: vec![2, 2],
+                datatype: dt.to_string(),
+                data: data.clone(),
+                parameters: None,
+            })
+            .collect()
+    };
+    for (name, dt, _) in &cases {
+        let m = meta["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == format!("in_{name}"))
+            .unwrap_or_else(|| panic!("{meta}"));
+        assert_eq!(m["datatype"], *dt);
+        assert_eq!(m["shape"], json!([-1, 2]));
+    }
+    let req = InferRequest {
+        id: Some("dt".into()),
+        inputs: inputs(&cases),
+        outputs: None,
+        parameters: None,
+    };
+    let resp = session.infer("dt", &req).await.unwrap();
+    for (name, dt, data) in &cases {
+        let out = resp
+            .outputs
+            .iter()
+            .find(|t| t.name == format!("out_{name}"))
+            .unwrap();
+        assert_eq!(
+            (&out.datatype, &out.shape, &out.data),
+            (&dt.to_string(), &vec![2, 2], data),
+            "{name}"
+        );
+    }
+    // Out of range, wrong JSON type: a 400 naming the input and the element.
+    for (name, dt, bad) in [
+        ("int8", "INT8", json!([128, 0, 0, 0])),
+        ("uint8", "UINT8", json!([0, -1, 0, 0])),
+        ("uint16", "UINT16", json!([0, 0, 65536, 0])),
+        ("int32", "INT32", json!([0, 0, 0, 2147483648i64])),
+        ("bool", "BOOL", json!([1, 0, 0, 0])),
+        ("bytes", "BYTES", json!([1, "a", "b", "c"])),
+        ("fp32", "FP32", json!(["1.0", 0, 0, 0])),
+    ] {
+        let mut c = cases.clone();
+        let i = c.iter().position(|(n, _, _)| *n == name).unwrap();
+        c[i] = (name, dt, bad);
+        let r = session
+            .request(
+                "POST",
+                "/v2/models/dt/infer",
+                Some(
+                    serde_json::to_value(InferRequest {
+                        id: None,
+                        inputs: inputs(&c),
+                        outputs: None,
+                        parameters: None,
+                    })
+                    .unwrap(),
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{name}: {}", r.body);
+        let e = r.body["error"].as_str().unwrap();
+        assert!(
+            e.contains(&format!("in_{name}")) && e.contains(&format!("not a valid {dt}")),
+            "{e}"
+        );
+    }
+}
+
+/// A shutdown signal while a request runs: the request is still answered, then the server stops
+/// and refuses new connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graceful_shutdown_drains_in_flight_requests() {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (h, server) = start_with(
+        ServingOptions {
+            plaintext_inference: true,
+            ..ServingOptions::default()
+        },
+        async {
+            let _ = stopped.await;
+        },
+    )
+    .await;
+    let many: Vec<Vec<f64>> = (0..100).flat_map(|_| rows(100)).collect();
+    let body = serde_json::to_vec(&request(&many)).unwrap();
+    let url = format!("{}/v2/models/mlp/infer", h.url);
+    let in_flight = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    // Wait until the request is being evaluated, then signal shutdown.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while h.state.metrics().in_flight.get() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "request never started"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    stop.send(()).unwrap();
+    assert_eq!(in_flight.await.unwrap(), 200);
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .expect("server drained and stopped")
+        .unwrap();
+    assert!(reqwest::get(format!("{}/v2/health/live", h.url))
+        .await
+        .is_err());
 }

@@ -44,6 +44,16 @@ pub struct ServeArgs {
     /// Rows per batch for the batch figure.
     #[arg(long, default_value_t = 1024)]
     batch_rows: usize,
+    /// Run the runtime with dynamic batching of at most this many rows (0: off).
+    #[arg(long, default_value_t = 0)]
+    batch_max_rows: usize,
+    /// Dynamic batching delay, in microseconds.
+    #[arg(long, default_value_t = 500)]
+    batch_max_delay_us: u64,
+    /// Only these paths (comma-separated: engine, onnxruntime, plain_http, hpke_oneshot, session,
+    /// proxy); default all.
+    #[arg(long)]
+    paths: Option<String>,
     /// Skip ONNX Runtime.
     #[arg(long)]
     no_ort: bool,
@@ -369,13 +379,18 @@ pub fn run(a: ServeArgs) -> Result<()> {
         );
     }
 
+    let wanted = |p: &str| {
+        a.paths
+            .as_deref()
+            .is_none_or(|list| list.split(',').any(|x| x.trim() == p))
+    };
     // 1. Engine alone and ONNX Runtime.
     let mut table: BTreeMap<String, BTreeMap<&'static str, Figures>> = BTreeMap::new();
-    for m in &models {
+    for m in models.iter().filter(|_| wanted("engine")) {
         let f = measure_engine(&loaded[&m.name], m, &a)?;
         table.entry(m.name.clone()).or_default().insert("engine", f);
     }
-    let ort = if a.no_ort {
+    let ort = if a.no_ort || !wanted("onnxruntime") {
         None
     } else {
         match onnx_runtime(&models, &a, tmp.path()) {
@@ -432,6 +447,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
         served,
         ServingOptions {
             plaintext_inference: true,
+            batching: (a.batch_max_rows > 0).then(|| cordon_runtime::BatchOptions {
+                max_rows: a.batch_max_rows,
+                max_delay: Duration::from_micros(a.batch_max_delay_us),
+            }),
             ..ServingOptions::default()
         },
     ));
@@ -471,7 +490,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             ("proxy", Path_::Plain(http.clone(), proxy_url)),
         ];
         for m in &models {
-            for (label, path) in &paths {
+            for (label, path) in paths.iter().filter(|(l, _)| wanted(l)) {
                 let f = measure(path, m, &a)
                     .await
                     .with_context(|| format!("{label} on {}", m.name))?;
@@ -488,8 +507,17 @@ pub fn run(a: ServeArgs) -> Result<()> {
     }
     println!(
         "cordon bench serve: single-row p50/p99 (µs, sequential), throughput (single-row req/s, {} clients), \
-         batch-{} rows/s (one client); SIMULATED TEE",
-        a.concurrency, a.batch_rows
+         batch-{} rows/s (one client); dynamic batching {}; SIMULATED TEE",
+        a.concurrency,
+        a.batch_rows,
+        if a.batch_max_rows > 0 {
+            format!(
+                "up to {} rows, {} µs",
+                a.batch_max_rows, a.batch_max_delay_us
+            )
+        } else {
+            "off".into()
+        }
     );
     println!(
         "| model | path | p50 µs | p99 µs | req/s | batch rows/s | req/s vs plain HTTP | batch vs ONNX Runtime |"
