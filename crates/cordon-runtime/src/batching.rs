@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 pub struct BatchOptions {
     /// Most rows in one evaluation. A request with more rows than this is not batched.
     pub max_rows: usize,
-    /// Longest a request waits for others to join its batch.
+    /// Longest a request waits for others to join its batch. Zero: no waiting; a batch is what
+    /// queued up while the previous one ran, so batching adds no latency.
     pub max_delay: Duration,
 }
 
@@ -109,16 +110,22 @@ async fn run(
         let mut rows = first.rows;
         let mut jobs = vec![first];
         while rows < options.max_rows {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(j)) if rows + j.rows <= options.max_rows && compatible(&jobs[0], &j) => {
-                    rows += j.rows;
-                    jobs.push(j);
-                }
-                Ok(Some(j)) => {
-                    next = Some(j);
-                    break;
-                }
-                Ok(None) | Err(_) => break,
+            // What is queued already joins at once; only then wait, up to the deadline (tokio's
+            // timer has millisecond granularity, so a non-zero delay waits about 1 ms at least).
+            let j = match rx.try_recv() {
+                Ok(j) => j,
+                Err(_) if options.max_delay.is_zero() => break,
+                Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(j)) => j,
+                    Ok(None) | Err(_) => break,
+                },
+            };
+            if rows + j.rows <= options.max_rows && compatible(&jobs[0], &j) {
+                rows += j.rows;
+                jobs.push(j);
+            } else {
+                next = Some(j);
+                break;
             }
         }
         on_batch(rows);

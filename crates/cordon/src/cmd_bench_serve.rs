@@ -9,9 +9,10 @@
 //!    through the verifying proxy (`cordon_client::proxy`, in process on the client side), which
 //!    forwards in session mode.
 //!
-//! The runtime is the real router (`cordon_runtime::serve`) on its own tokio runtime in this
-//! process, with the simulated TEE; clients run on another tokio runtime. Both share the machine's
-//! cores, as a runtime and a local client would.
+//! The runtime is the real router (`cordon_runtime::serve`) on its own tokio runtime (two worker
+//! threads) in this process, with the simulated TEE. Sequential latency is measured from a client
+//! on a single-threaded tokio runtime, throughput from clients on two worker threads, and the proxy
+//! runs on a runtime of its own (one worker thread): as separate processes on one machine would.
 
 use anyhow::{anyhow, bail, Context, Result};
 use cordon_attest::{Endorsements, Platform, Policy, PolicyDocument};
@@ -48,7 +49,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     batch_max_rows: usize,
     /// Dynamic batching delay, in microseconds.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 0)]
     batch_max_delay_us: u64,
     /// Only these paths (comma-separated: engine, onnxruntime, plain_http, hpke_oneshot, session,
     /// proxy); default all.
@@ -225,7 +226,8 @@ impl Client {
     }
 }
 
-async fn measure(path: &Path_, m: &BenchModel, a: &ServeArgs) -> Result<Figures> {
+/// Sequential figures: single-row p50/p99 and batch throughput, one client.
+async fn measure_sequential(path: &Path_, m: &BenchModel, a: &ServeArgs) -> Result<Figures> {
     let client = path.client().await?;
     for i in 0..50 {
         client.infer(&m.name, &m.request(i, 1)).await?;
@@ -238,12 +240,35 @@ async fn measure(path: &Path_, m: &BenchModel, a: &ServeArgs) -> Result<Figures>
         times.push(t.elapsed());
     }
     times.sort();
-    // Throughput: `concurrency` clients, each sequential, for `seconds`.
-    let deadline = Instant::now() + Duration::from_secs_f64(a.seconds);
-    let mut tasks = Vec::new();
+    let batch = m.request(0, a.batch_rows);
+    client.infer(&m.name, &batch).await?;
+    let mut runs = 0;
+    let t = Instant::now();
+    while runs < 5 || t.elapsed() < Duration::from_secs(1) {
+        client.infer(&m.name, &batch).await?;
+        runs += 1;
+    }
+    Ok(Figures {
+        p50_us: percentile(&times, 0.5),
+        p99_us: percentile(&times, 0.99),
+        rps: f64::NAN,
+        batch_rows_per_s: (runs * a.batch_rows) as f64 / t.elapsed().as_secs_f64(),
+    })
+}
+
+/// Throughput: `concurrency` clients, each sending single rows one after another, for `seconds`.
+async fn measure_load(path: &Path_, m: &BenchModel, a: &ServeArgs) -> Result<f64> {
+    let mut clients = Vec::new();
     for c in 0..a.concurrency {
         let client = path.client().await?;
         let reqs: Vec<InferRequest> = (0..64).map(|i| m.request(c * 64 + i, 1)).collect();
+        client.infer(&m.name, &reqs[0]).await?;
+        clients.push((client, reqs));
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(a.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (client, reqs) in clients {
         let name = m.name.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = 0usize;
@@ -254,28 +279,29 @@ async fn measure(path: &Path_, m: &BenchModel, a: &ServeArgs) -> Result<Figures>
             Ok::<usize, anyhow::Error>(n)
         }));
     }
-    let started = Instant::now();
     let mut total = 0;
     for t in tasks {
         total += t.await??;
     }
-    let rps = total as f64 / started.elapsed().as_secs_f64();
-    // Batches.
-    let batch = m.request(0, a.batch_rows);
-    client.infer(&m.name, &batch).await?;
-    let mut runs = 0;
-    let t = Instant::now();
-    while runs < 5 || t.elapsed() < Duration::from_secs(1) {
-        client.infer(&m.name, &batch).await?;
-        runs += 1;
-    }
-    let batch_rows_per_s = (runs * a.batch_rows) as f64 / t.elapsed().as_secs_f64();
-    Ok(Figures {
-        p50_us: percentile(&times, 0.5),
-        p99_us: percentile(&times, 0.99),
-        rps,
-        batch_rows_per_s,
-    })
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The paths to measure, with clients made on the runtime this runs on.
+async fn make_paths(
+    url: &str,
+    proxy_url: &str,
+    policy: &Policy,
+    endorsements: &Endorsements,
+) -> Result<Vec<(&'static str, Path_)>> {
+    let verified =
+        cordon_client::connect_with(url, policy, endorsements, SystemTime::now()).await?;
+    let http = reqwest::Client::new();
+    Ok(vec![
+        ("plain_http", Path_::Plain(http.clone(), url.to_string())),
+        ("hpke_oneshot", Path_::Oneshot(verified.clone())),
+        ("session", Path_::Session(verified)),
+        ("proxy", Path_::Plain(http, proxy_url.to_string())),
+    ])
 }
 
 /// The engine alone, in process, on this thread.
@@ -462,36 +488,38 @@ pub fn run(a: ServeArgs) -> Result<()> {
         std::future::pending(),
     ));
 
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
+    // Sequential latency from a client on one thread, as a small client process would have;
+    // throughput from clients on two worker threads; the proxy on its own runtime, as the
+    // sidecar process it is.
+    let latency_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let load_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    client_rt.block_on(async {
-        let policy = Policy::new(vec![Platform::Sim], vec![measurement.to_vec()]);
-        let verified =
-            cordon_client::connect_with(&url, &policy, &endorsements, SystemTime::now()).await?;
-        // The verifying proxy, in process on the client side (as a local sidecar would run
-        // beside the application); the application speaks plain OIP to it.
-        let proxy = cordon_client::proxy::Proxy::new(cordon_client::proxy::ProxyConfig::new(
-            url.clone(),
-            PolicyDocument {
-                policy: policy.clone(),
-                endorsements: Some(endorsements.clone()),
-            },
-        ))?;
-        let proxy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let proxy_url = format!("http://{}", proxy_listener.local_addr()?);
-        tokio::spawn(proxy.serve(proxy_listener, std::future::pending()));
-        let http = reqwest::Client::new();
-        let paths = vec![
-            ("plain_http", Path_::Plain(http.clone(), url.clone())),
-            ("hpke_oneshot", Path_::Oneshot(verified.clone())),
-            ("session", Path_::Session(verified.clone())),
-            ("proxy", Path_::Plain(http.clone(), proxy_url)),
-        ];
+    let proxy_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let policy = Policy::new(vec![Platform::Sim], vec![measurement.to_vec()]);
+    // The verifying proxy: the application speaks plain OIP to it.
+    let proxy = cordon_client::proxy::Proxy::new(cordon_client::proxy::ProxyConfig::new(
+        url.clone(),
+        PolicyDocument {
+            policy: policy.clone(),
+            endorsements: Some(endorsements.clone()),
+        },
+    ))?;
+    let proxy_listener = proxy_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let proxy_url = format!("http://{}", proxy_listener.local_addr()?);
+    proxy_rt.spawn(proxy.serve(proxy_listener, std::future::pending()));
+
+    latency_rt.block_on(async {
+        let paths = make_paths(&url, &proxy_url, &policy, &endorsements).await?;
         for m in &models {
             for (label, path) in paths.iter().filter(|(l, _)| wanted(l)) {
-                let f = measure(path, m, &a)
+                let f = measure_sequential(path, m, &a)
                     .await
                     .with_context(|| format!("{label} on {}", m.name))?;
                 table.entry(m.name.clone()).or_default().insert(label, f);
@@ -499,6 +527,21 @@ pub fn run(a: ServeArgs) -> Result<()> {
         }
         Ok::<(), anyhow::Error>(())
     })?;
+    load_rt.block_on(async {
+        let paths = make_paths(&url, &proxy_url, &policy, &endorsements).await?;
+        for m in &models {
+            for (label, path) in paths.iter().filter(|(l, _)| wanted(l)) {
+                let rps = measure_load(path, m, &a)
+                    .await
+                    .with_context(|| format!("{label} on {}", m.name))?;
+                if let Some(f) = table.get_mut(&m.name).and_then(|t| t.get_mut(label)) {
+                    f.rps = rps;
+                }
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    drop(proxy_rt);
     drop(server_rt);
 
     if a.json {

@@ -77,7 +77,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     batch_max_rows: usize,
     /// Dynamic batching: longest a request waits for others to join its batch, in microseconds.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 0)]
     batch_max_delay_us: u64,
     /// DEVELOPMENT ONLY, sim only: also serve inference in PLAINTEXT HTTP (POST /v2/models/…/infer),
     /// to measure what encryption costs. Refused with --platform hardware.
