@@ -790,7 +790,7 @@ async fn handle(
                 .requests_forwarded
                 .fetch_add(1, Ordering::Relaxed);
             match StatusCode::from_u16(inner.status) {
-                Ok(status) => (status, Json(inner.body)).into_response(),
+                Ok(status) => with_retry_after((status, Json(inner.body)).into_response()),
                 Err(_) => oip_error(
                     StatusCode::BAD_GATEWAY,
                     format!(
@@ -883,9 +883,30 @@ fn refusal_response(proxy: &Proxy, refusal: Refusal) -> Response {
             let mut state = proxy.write();
             state.last_error = Some((e.to_string(), proxy.now()));
             drop(state);
-            oip_error(status, format!("cordon proxy: runtime at {upstream}: {e}"))
+            with_retry_after(oip_error(
+                status,
+                format!("cordon proxy: runtime at {upstream}: {e}"),
+            ))
         }
     }
+}
+
+/// Seconds an overloaded runtime asks clients to wait (docs/protocol.md §8.5).
+const RUNTIME_RETRY_AFTER_S: u64 = 1;
+
+/// A 429 or 503 from the runtime, inside the channel or outside it, reaches the client with
+/// `Retry-After`, as the runtime sent it; the encrypted inner answer has no headers to copy.
+fn with_retry_after(mut resp: Response) -> Response {
+    let status = resp.status();
+    if (status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS)
+        && !resp.headers().contains_key(header::RETRY_AFTER)
+    {
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(RUNTIME_RETRY_AFTER_S),
+        );
+    }
+    resp
 }
 
 #[cfg(test)]

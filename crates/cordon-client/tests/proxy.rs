@@ -107,6 +107,11 @@ async fn encrypted(State(f): State<Arc<Fake>>, body: Bytes) -> Response {
             status: 404,
             body: json!({ "error": "unknown model \"missing\"" }),
         }
+    } else if req.path.contains("/busy") {
+        InnerResponse {
+            status: 503,
+            body: json!({ "error": "runtime busy: inference queue is full; retry later" }),
+        }
     } else {
         InnerResponse {
             status: 200,
@@ -217,6 +222,35 @@ impl Setup {
     fn advance(&self, secs: u64) {
         self.clock.fetch_add(secs, Ordering::SeqCst);
     }
+}
+
+/// An overloaded runtime's 503 (inside the channel, where no header travels) reaches the
+/// client with `Retry-After`, as the runtime's own 503s carry it.
+#[tokio::test]
+async fn a_busy_runtime_answer_carries_retry_after() {
+    let s = setup(GOOD, |_| {}).await;
+    let r = s
+        .http
+        .get(format!("{}/v2/models/busy", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("runtime busy"),
+        "{body}"
+    );
+    // Other answers carry no Retry-After.
+    let r = s
+        .http
+        .get(format!("{}/v2/models/missing", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(!r.headers().contains_key("retry-after"));
 }
 
 #[tokio::test]
