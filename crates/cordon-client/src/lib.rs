@@ -151,6 +151,49 @@ async fn server_error(resp: reqwest::Response) -> ClientError {
     ClientError::Server { status, error }
 }
 
+/// Posts one channel message; the answer's bytes, or the runtime's status and error.
+async fn post_message(
+    http: &reqwest::Client,
+    url: String,
+    media_type: &str,
+    body: Vec<u8>,
+) -> Result<axum::body::Bytes, ClientError> {
+    let resp = http
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, media_type)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(server_error(resp).await);
+    }
+    resp.bytes()
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))
+}
+
+/// The plaintext of an inner request (zeroized when dropped).
+fn encode_inner(
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
+    let inner = InnerRequest {
+        method: method.into(),
+        path: path.into(),
+        body,
+    };
+    serde_json::to_vec(&inner)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| ClientError::Malformed(e.to_string()))
+}
+
+fn decode_inner(plain: &[u8]) -> Result<InnerResponse, ClientError> {
+    serde_json::from_slice(plain)
+        .map_err(|e| ClientError::Malformed(format!("inner response: {e}")))
+}
+
 impl VerifiedRuntime {
     /// The verified claims of the runtime.
     pub fn claims(&self) -> &Claims {
@@ -204,46 +247,25 @@ impl VerifiedRuntime {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<InnerResponse, ClientError> {
-        let inner = InnerRequest {
-            method: method.into(),
-            path: path.into(),
-            body,
-        };
-        let plaintext = zeroize::Zeroizing::new(
-            serde_json::to_vec(&inner).map_err(|e| ClientError::Malformed(e.to_string()))?,
-        );
+        let plaintext = encode_inner(method, path, body)?;
         let (message, ctx) = encapsulate_request(
             &self.keys.hpke_public_key,
             self.keys.hpke_key_id,
             &plaintext,
         )?;
-        let resp = self
-            .http
-            .post(format!("{}/v1/encrypted", self.url))
-            .header(reqwest::header::CONTENT_TYPE, ENCRYPTED_REQUEST_MEDIA_TYPE)
-            .body(message)
-            .send()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(match server_error(resp).await {
-                // The runtime answers 400 `encrypted request: …` only when decapsulation failed
-                // (docs/protocol.md §8.2): nothing of the request was decrypted.
-                ClientError::Server { status, error }
-                    if status == 400 && error.starts_with(NOT_DECRYPTED_PREFIX) =>
-                {
-                    ClientError::NotDecrypted { status, error }
-                }
-                other => other,
-            });
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        let plain = ctx.decrypt_response(&bytes)?;
-        serde_json::from_slice(&plain)
-            .map_err(|e| ClientError::Malformed(format!("inner response: {e}")))
+        let url = format!("{}/v1/encrypted", self.url);
+        let bytes = match post_message(&self.http, url, ENCRYPTED_REQUEST_MEDIA_TYPE, message).await
+        {
+            // The runtime answers 400 `encrypted request: …` only when decapsulation failed
+            // (docs/protocol.md §8.2): nothing of the request was decrypted.
+            Err(ClientError::Server { status, error })
+                if status == 400 && error.starts_with(NOT_DECRYPTED_PREFIX) =>
+            {
+                return Err(ClientError::NotDecrypted { status, error })
+            }
+            other => other?,
+        };
+        decode_inner(&ctx.decrypt_response(&bytes)?)
     }
 
     /// Runs an Open Inference Protocol infer request on `model`.
@@ -263,21 +285,8 @@ impl VerifiedRuntime {
     pub async fn open_session(&self) -> Result<Session, ClientError> {
         let (setup, pending) =
             start_session(&self.keys.hpke_public_key, self.keys.hpke_key_id, b"{}")?;
-        let resp = self
-            .http
-            .post(format!("{}/v1/session", self.url))
-            .header(reqwest::header::CONTENT_TYPE, SESSION_SETUP_MEDIA_TYPE)
-            .body(setup)
-            .send()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(server_error(resp).await);
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let url = format!("{}/v1/session", self.url);
+        let bytes = post_message(&self.http, url, SESSION_SETUP_MEDIA_TYPE, setup).await?;
         Ok(Session {
             url: self.url.clone(),
             http: self.http.clone(),
@@ -337,40 +346,17 @@ impl Session {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<InnerResponse, ClientError> {
-        let inner = InnerRequest {
-            method: method.into(),
-            path: path.into(),
-            body,
-        };
-        let plaintext = zeroize::Zeroizing::new(
-            serde_json::to_vec(&inner).map_err(|e| ClientError::Malformed(e.to_string()))?,
-        );
+        let plaintext = encode_inner(method, path, body)?;
         let (message, seq) = self.inner.seal_request(&plaintext)?;
-        let resp = self
-            .http
-            .post(format!("{}/v1/session/message", self.url))
-            .header(reqwest::header::CONTENT_TYPE, SESSION_MESSAGE_MEDIA_TYPE)
-            .body(message)
-            .send()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        let status = resp.status().as_u16();
-        if status == 404 || status == 410 {
-            let ClientError::Server { status, error } = server_error(resp).await else {
-                return Err(ClientError::Malformed("session refusal".into()));
-            };
-            return Err(ClientError::SessionClosed { status, error });
-        }
-        if !resp.status().is_success() {
-            return Err(server_error(resp).await);
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        let plain = self.inner.open_response(seq, &bytes)?;
-        serde_json::from_slice(&plain)
-            .map_err(|e| ClientError::Malformed(format!("inner response: {e}")))
+        let url = format!("{}/v1/session/message", self.url);
+        let bytes = match post_message(&self.http, url, SESSION_MESSAGE_MEDIA_TYPE, message).await {
+            // Unknown (a restarted runtime) or expired: the runtime refused before decrypting.
+            Err(ClientError::Server { status, error }) if status == 404 || status == 410 => {
+                return Err(ClientError::SessionClosed { status, error })
+            }
+            other => other?,
+        };
+        decode_inner(&self.inner.open_response(seq, &bytes)?)
     }
 
     /// Runs an Open Inference Protocol infer request on `model` in this session.

@@ -34,8 +34,8 @@ type PublicKey = <Kem as hpke::Kem>::PublicKey;
 pub const KEM_ID: u16 = 0x0020;
 pub const KDF_ID: u16 = 0x0001;
 pub const AEAD_ID: u16 = 0x0002;
-const HDR_LEN: usize = 7;
-const ENC_LEN: usize = 32;
+pub(crate) const HDR_LEN: usize = 7;
+pub(crate) const ENC_LEN: usize = 32;
 const RESPONSE_NONCE_LEN: usize = 32;
 const REQUEST_LABEL: &[u8] = b"cordon request v1";
 const RESPONSE_LABEL: &[u8] = b"cordon response v1";
@@ -167,14 +167,19 @@ impl ServiceKeyPair {
 }
 
 fn request_info(hdr: &[u8]) -> Vec<u8> {
-    let mut info = Vec::with_capacity(REQUEST_LABEL.len() + 1 + hdr.len());
-    info.extend_from_slice(REQUEST_LABEL);
+    labelled_info(REQUEST_LABEL, hdr)
+}
+
+/// HPKE `info` of a channel message: `label || 0x00 || hdr`.
+pub(crate) fn labelled_info(label: &[u8], hdr: &[u8]) -> Vec<u8> {
+    let mut info = Vec::with_capacity(label.len() + 1 + hdr.len());
+    info.extend_from_slice(label);
     info.push(0);
     info.extend_from_slice(hdr);
     info
 }
 
-fn header(key_id: u8) -> [u8; HDR_LEN] {
+pub(crate) fn header(key_id: u8) -> [u8; HDR_LEN] {
     let mut hdr = [0u8; HDR_LEN];
     hdr[0] = key_id;
     hdr[1..3].copy_from_slice(&KEM_ID.to_be_bytes());

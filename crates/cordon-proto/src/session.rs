@@ -23,7 +23,7 @@
 //! has accepted in that session, which rejects replayed and reordered messages; it checks that
 //! after authenticating, so forged messages cannot move the window.
 
-use crate::channel::{ChannelError, ServiceKeyPair, AEAD_ID, KDF_ID, KEM_ID};
+use crate::channel::{header, labelled_info, ChannelError, ServiceKeyPair, ENC_LEN, HDR_LEN};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use hpke::aead::AesGcm256;
@@ -45,8 +45,6 @@ pub const SESSION_MESSAGE_MEDIA_TYPE: &str = "message/cordon-session";
 
 /// Bytes of a session id.
 pub const SESSION_ID_LEN: usize = 16;
-const HDR_LEN: usize = 7;
-const ENC_LEN: usize = 32;
 const SEQ_LEN: usize = 8;
 const TAG_LEN: usize = 16;
 const SESSION_LABEL: &[u8] = b"cordon session v1";
@@ -146,20 +144,7 @@ fn message_aad(id: &SessionId, seq: u64) -> [u8; SESSION_ID_LEN + SEQ_LEN] {
 }
 
 fn session_info(hdr: &[u8]) -> Vec<u8> {
-    let mut info = Vec::with_capacity(SESSION_LABEL.len() + 1 + hdr.len());
-    info.extend_from_slice(SESSION_LABEL);
-    info.push(0);
-    info.extend_from_slice(hdr);
-    info
-}
-
-fn header(key_id: u8) -> [u8; HDR_LEN] {
-    let mut hdr = [0u8; HDR_LEN];
-    hdr[0] = key_id;
-    hdr[1..3].copy_from_slice(&KEM_ID.to_be_bytes());
-    hdr[3..5].copy_from_slice(&KDF_ID.to_be_bytes());
-    hdr[5..7].copy_from_slice(&AEAD_ID.to_be_bytes());
-    hdr
+    labelled_info(SESSION_LABEL, hdr)
 }
 
 /// A session request as it arrives, before its session is looked up.

@@ -543,7 +543,7 @@ async fn session_setup(
             return error(StatusCode::BAD_REQUEST, format!("session setup: {e}"));
         }
     };
-    let (grant, swept) = match s.sessions.open(keys, Instant::now()) {
+    let (grant, session, swept) = match s.sessions.open(keys, Instant::now()) {
         Ok(x) => x,
         Err(e) => return session_refusal(&s, e),
     };
@@ -551,9 +551,6 @@ async fn session_setup(
         s.metrics.event(KeyEvent::SessionExpired);
     }
     s.metrics.event(KeyEvent::SessionOpened);
-    let Ok(session) = s.sessions.get(&grant.session_id, Instant::now()) else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "session vanished");
-    };
     match session.keys().seal_grant(&grant) {
         Ok(ct) => ([(header::CONTENT_TYPE, SESSION_MESSAGE_MEDIA_TYPE)], ct).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

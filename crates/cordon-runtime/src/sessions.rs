@@ -100,13 +100,13 @@ impl SessionTable {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Opens a session with `keys`; returns the grant to seal and the number of sessions swept
-    /// because they had expired.
+    /// Opens a session with `keys`; returns the grant, the session (whose keys seal the grant)
+    /// and the number of sessions swept because they had expired.
     pub fn open(
         &self,
         keys: SessionKeys,
         now: Instant,
-    ) -> Result<(SessionGrant, usize), SessionError> {
+    ) -> Result<(SessionGrant, Arc<Session>, usize), SessionError> {
         let mut sessions = self.lock();
         let mut swept = 0;
         if sessions.len() >= self.limits.max_sessions {
@@ -130,21 +130,20 @@ impl SessionTable {
             .checked_add(self.limits.lifetime)
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs());
-        sessions.insert(
-            session_id,
-            Arc::new(Session {
-                keys,
-                expires: now + self.limits.lifetime,
-                last_seq: Mutex::new(0),
-                max_messages: self.limits.max_messages,
-            }),
-        );
+        let session = Arc::new(Session {
+            keys,
+            expires: now + self.limits.lifetime,
+            last_seq: Mutex::new(0),
+            max_messages: self.limits.max_messages,
+        });
+        sessions.insert(session_id, session.clone());
         Ok((
             SessionGrant {
                 session_id,
                 expires_at,
                 max_messages: self.limits.max_messages,
             },
+            session,
             swept,
         ))
     }
@@ -192,7 +191,7 @@ mod tests {
         let server = ServiceKeyPair::generate(0);
         let t = table(4, 60, 100);
         let now = Instant::now();
-        let (grant, _) = t.open(keys(&server), now).unwrap();
+        let (grant, _, _) = t.open(keys(&server), now).unwrap();
         let s = t.get(&grant.session_id, now).unwrap();
         s.accept_seq(1).unwrap();
         s.accept_seq(3).unwrap();
@@ -224,7 +223,7 @@ mod tests {
         let server = ServiceKeyPair::generate(0);
         let t = table(4, 60, 100);
         let now = Instant::now();
-        let (grant, _) = t.open(keys(&server), now).unwrap();
+        let (grant, _, _) = t.open(keys(&server), now).unwrap();
         assert!(t
             .get(&grant.session_id, now + Duration::from_secs(59))
             .is_ok());
@@ -245,7 +244,7 @@ mod tests {
         let server = ServiceKeyPair::generate(0);
         let t = table(2, 60, 100);
         let now = Instant::now();
-        let (a, _) = t.open(keys(&server), now).unwrap();
+        let (a, _, _) = t.open(keys(&server), now).unwrap();
         t.open(keys(&server), now + Duration::from_secs(10))
             .unwrap();
         assert_eq!(
@@ -255,7 +254,7 @@ mod tests {
         // Live sessions were not evicted by the refused setup.
         assert!(t.get(&a.session_id, now + Duration::from_secs(20)).is_ok());
         // Once the first has expired it is swept to make room.
-        let (_, swept) = t
+        let (_, _, swept) = t
             .open(keys(&server), now + Duration::from_secs(61))
             .unwrap();
         assert_eq!(swept, 1);

@@ -1,88 +1,19 @@
 //! End to end across real processes on loopback: the `cordon` binary as KBS, runtime and CLI.
 
+mod common;
 use base64::Engine as _;
+use common::*;
 use cordon_attest::PolicyDocument;
 use cordon_proto::oip::InferRequest;
 use cordon_runtime::OnnxModel;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cordon");
 const MLP: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../models/breast_cancer_mlp.onnx"
 );
 const TEST_SET: &str = include_str!("../../../models/reference/breast_cancer_test.json");
-
-fn cordon(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("CORDON_LOG", "warn")
-        .output()
-        .expect("run cordon")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = cordon(args);
-    assert!(
-        out.status.success(),
-        "cordon {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
-/// A child process killed on drop.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn start_logging(args: &[&str], log: PathBuf, level: &str) -> Proc {
-        let f = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
-            .args(args)
-            .env("CORDON_LOG", level)
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap();
-        Proc { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for the address file, or for the process to exit (returned as Err with its log).
-    fn wait_ready(&mut self, addr_file: &Path) -> Result<String, String> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(a) = std::fs::read_to_string(addr_file) {
-                return Ok(format!("http://{}", a.trim()));
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Err(format!("exited with {status}:\n{}", self.log()));
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("not ready in 60 s:\n{}", self.log());
-    }
-}
 
 /// How to deploy: what the release policy says and how the runtime runs.
 struct Deploy {

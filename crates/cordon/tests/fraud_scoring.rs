@@ -4,85 +4,15 @@
 //! `fraud_scoring` example does. The runtime's probabilities must be ONNX Runtime's, and its
 //! decisions must give the precision and recall that models/fraud/README.md reports.
 
+mod common;
+use common::*;
 use cordon_attest::PolicyDocument;
 use cordon_proto::oip::{InferRequest, InferResponse};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cordon");
 const FRAUD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/fraud");
 const MODEL: &str = "fraud-gbdt";
-
-// e2e.rs's helpers are private to that test binary; these are the few this test needs.
-
-fn ok(args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("CORDON_LOG", "warn")
-        .output()
-        .expect("run cordon");
-    assert!(
-        out.status.success(),
-        "cordon {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
-/// A child process, killed on drop.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn start(args: &[&str], log: PathBuf) -> Proc {
-        let f = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
-            .args(args)
-            .env("CORDON_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap();
-        Proc { child, log }
-    }
-
-    /// The URL from the address file, once the process has written it.
-    fn url(&mut self, addr_file: &Path) -> String {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
-            if let Ok(a) = std::fs::read_to_string(addr_file) {
-                return format!("http://{}", a.trim());
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "exited with {status}:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!(
-            "not ready in 120 s:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-}
 
 struct Deployment {
     _dir: tempfile::TempDir,

@@ -2,87 +2,17 @@
 //! driven with a plain HTTP client exactly as an unmodified Open Inference Protocol application
 //! would: no Cordon code on the client side.
 
+mod common;
+use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cordon");
 const MODELS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models");
 const TEST_SET: &str = include_str!("../../../models/reference/breast_cancer_test.json");
 const LR_EXPECTED: &str = include_str!("../../../models/reference/breast_cancer_lr.expected.json");
 const MLP_EXPECTED: &str =
     include_str!("../../../models/reference/breast_cancer_mlp.expected.json");
-
-fn cordon(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("CORDON_LOG", "warn")
-        .output()
-        .expect("run cordon")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = cordon(args);
-    assert!(
-        out.status.success(),
-        "cordon {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
-/// A child process killed on drop.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn start(args: &[&str], log: PathBuf) -> Proc {
-        let f = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
-            .args(args)
-            .env("CORDON_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap();
-        Proc { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for the address file the process writes once it listens.
-    fn wait_ready(&mut self, addr_file: &Path) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(a) = std::fs::read_to_string(addr_file) {
-                return format!("http://{}", a.trim());
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("exited with {status}:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("not ready in 60 s:\n{}", self.log());
-    }
-}
 
 /// A KBS holding the keys of both demo models under a release policy that accepts two runtime
 /// configurations, A and B (B differs by one comment, so its measurement differs). Client
@@ -131,7 +61,7 @@ impl Rig {
             ],
             p("kbs.log"),
         );
-        let kbs_url = kbs.wait_ready(&p("kbs.addr"));
+        let kbs_url = kbs.url(&p("kbs.addr"));
         let signer = std::fs::read_to_string(p("owner.pub")).unwrap();
         let mut config = format!("kbs_url = \"{kbs_url}\"\n");
         for m in ["lr", "mlp"] {
@@ -213,7 +143,7 @@ impl Rig {
             ],
             self.path(&format!("runtime-{config}.log")),
         );
-        let url = rt.wait_ready(&addr);
+        let url = rt.url(&addr);
         (rt, url)
     }
 
@@ -249,7 +179,7 @@ impl Rig {
             ],
             self.path("proxy.log"),
         );
-        let url = proxy.wait_ready(&addr);
+        let url = proxy.url(&addr);
         (proxy, url)
     }
 }

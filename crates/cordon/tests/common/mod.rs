@@ -1,0 +1,91 @@
+//! Helpers shared by the end-to-end tests: run the `cordon` binary, and child processes on
+//! loopback that are killed on drop.
+// Each test binary uses a different subset.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cordon");
+
+pub fn cordon(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("CORDON_LOG", "warn")
+        .output()
+        .expect("run cordon")
+}
+
+/// Runs `cordon args`, which must succeed; its stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = cordon(args);
+    assert!(
+        out.status.success(),
+        "cordon {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn start(args: &[&str], log: PathBuf) -> Proc {
+        Proc::start_logging(args, log, "info")
+    }
+
+    /// Starts `cordon args` with `CORDON_LOG=level`, stdout and stderr into `log`.
+    pub fn start_logging(args: &[&str], log: PathBuf, level: &str) -> Proc {
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .env("CORDON_LOG", level)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        Proc { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the address file the process writes once it listens; its URL, or, if the
+    /// process exits first, Err with its log.
+    pub fn wait_ready(&mut self, addr_file: &Path) -> Result<String, String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Ok(a) = std::fs::read_to_string(addr_file) {
+                return Ok(format!("http://{}", a.trim()));
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Err(format!("exited with {status}:\n{}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("not ready in 120 s:\n{}", self.log());
+    }
+
+    /// [`Proc::wait_ready`] for a process that must come up.
+    pub fn url(&mut self, addr_file: &Path) -> String {
+        self.wait_ready(addr_file).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
