@@ -713,7 +713,9 @@ async fn infer(
     let started = Instant::now();
     // Batched requests wait in their model's batcher, not for a worker: the batcher evaluates
     // one merged batch at a time per model.
-    if let Some(batched) = batched_infer(s, &model, &request).await {
+    let batch = batcher_for(s, &model).and_then(|b| Some((b, b.batchable_rows(&request)?)));
+    if let Some((batcher, rows)) = batch {
+        let batched = batcher.infer(request, rows).await;
         let labels = InferLabels {
             model: model.name().to_string(),
             channel,
@@ -773,16 +775,11 @@ async fn infer(
     }
 }
 
-/// Evaluates `request` through the model's batcher when batching is on and the request fits a
-/// batch; `None` to evaluate it on its own.
-async fn batched_infer(
-    s: &RuntimeState,
-    model: &Arc<OnnxModel>,
-    request: &InferRequest,
-) -> Option<Result<cordon_proto::oip::InferResponse, crate::engine::EngineError>> {
+/// The model's batcher when batching is on, started on first use.
+fn batcher_for<'a>(s: &'a RuntimeState, model: &Arc<OnnxModel>) -> Option<&'a Batcher> {
     let options = s.options.batching?;
     let slot = s.batchers.get(model.name())?;
-    let batcher = slot.get_or_init(|| {
+    Some(slot.get_or_init(|| {
         let hist = s
             .metrics
             .batched_rows
@@ -796,7 +793,5 @@ async fn batched_infer(
             s.options.max_queue + s.options.workers,
             Arc::new(move |rows| hist.observe(rows as f64)),
         )
-    });
-    let rows = batcher.batchable_rows(request)?;
-    Some(batcher.infer(request.clone(), rows).await)
+    }))
 }
