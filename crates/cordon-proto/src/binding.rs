@@ -67,7 +67,7 @@ pub fn report_data(nonce: &[u8], keys: &RuntimeKeys, models: &[ModelBinding]) ->
     h.finalize().into()
 }
 
-mod hex_array32 {
+pub(crate) mod hex_array32 {
     use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(b: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(b))

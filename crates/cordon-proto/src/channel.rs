@@ -81,7 +81,13 @@ impl ServiceKeyPair {
     pub fn generate(key_id: u8) -> ServiceKeyPair {
         let mut ikm = Zeroizing::new([0u8; 32]);
         rand::rng().fill_bytes(ikm.as_mut());
-        let (private, public) = Kem::derive_keypair(ikm.as_ref());
+        ServiceKeyPair::derive(key_id, &ikm)
+    }
+
+    /// The key pair `DeriveKeyPair(ikm)` (RFC 9180 §7.1.3) gives: how a party's stored secret becomes
+    /// the key that job outputs are sealed to.
+    pub fn derive(key_id: u8, ikm: &[u8; 32]) -> ServiceKeyPair {
+        let (private, public) = Kem::derive_keypair(ikm);
         let mut pk = [0u8; 32];
         pk.copy_from_slice(&public.to_bytes());
         ServiceKeyPair {

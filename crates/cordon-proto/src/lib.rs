@@ -5,6 +5,8 @@
 //!   HTTP (RFC 9458), and single-shot HPKE sealing of keys.
 //! - [`session`]: session mode of the channel: one HPKE setup, then AEAD per message with
 //!   sequence numbers, for high-rate streams.
+//! - [`job`]: collaborative training jobs: spec and hash, approvals, party-signed requests, the
+//!   report_data of a job, output sealing and signed receipts.
 //! - [`kbs`], [`runtime`], [`oip`]: JSON message types.
 //!
 //! `docs/protocol.md` describes every message and binding byte for byte.
@@ -12,6 +14,7 @@
 mod b64;
 pub mod binding;
 pub mod channel;
+pub mod job;
 pub mod kbs;
 pub mod oip;
 pub mod runtime;
