@@ -21,12 +21,26 @@ pub enum KbsError {
     Binding { found: String, expected: String },
     #[error("admin token missing or wrong")]
     Unauthorized,
+    #[error("party authentication failed: {0}")]
+    PartyUnauthorized(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("release policy is invalid: {0}")]
     Policy(String),
     #[error("storage error: {0}")]
-    Storage(#[from] crate::store::StoreError),
+    Storage(crate::store::StoreError),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<crate::store::StoreError> for KbsError {
+    fn from(e: crate::store::StoreError) -> KbsError {
+        match e {
+            // Not a storage failure: the caller chose a key id that is not theirs.
+            crate::store::StoreError::KeyOwned { .. } => KbsError::Conflict(e.to_string()),
+            other => KbsError::Storage(other),
+        }
+    }
 }
 
 impl KbsError {
@@ -39,6 +53,8 @@ impl KbsError {
             KbsError::Evidence(_) => "evidence_invalid",
             KbsError::Binding { .. } => "report_data_mismatch",
             KbsError::Unauthorized => "unauthorized",
+            KbsError::PartyUnauthorized(_) => "party_unauthorized",
+            KbsError::Conflict(_) => "conflict",
             KbsError::Policy(_) => "policy_invalid",
             KbsError::Storage(_) => "storage",
             KbsError::Internal(_) => "internal",
@@ -53,7 +69,8 @@ impl KbsError {
             | KbsError::Evidence(_)
             | KbsError::Binding { .. } => StatusCode::FORBIDDEN,
             KbsError::BadRequest(_) | KbsError::Policy(_) => StatusCode::BAD_REQUEST,
-            KbsError::Unauthorized => StatusCode::UNAUTHORIZED,
+            KbsError::Unauthorized | KbsError::PartyUnauthorized(_) => StatusCode::UNAUTHORIZED,
+            KbsError::Conflict(_) => StatusCode::CONFLICT,
             KbsError::Storage(_) | KbsError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

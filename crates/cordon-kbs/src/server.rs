@@ -7,9 +7,10 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cordon_attest::{appraise, Endorsements, Policy, Verifier};
+use cordon_proto::job::{self, job_report_data};
 use cordon_proto::kbs::{
-    AttestRequest, AttestResponse, AuditEvent, Challenge, DeniedKey, RegisterKey, ReleasedKey,
-    RELEASE_INFO,
+    AttestRequest, AttestResponse, AuditEvent, Challenge, DeniedKey, JobRelease, RegisterKey,
+    ReleasedKey, RELEASE_INFO,
 };
 use cordon_proto::{channel, report_data};
 use rand::RngCore;
@@ -128,6 +129,7 @@ impl Kbs {
             .route("/kbs/v1/attest", post(attest))
             .route("/kbs/v1/admin/keys", get(list_keys))
             .route("/kbs/v1/admin/keys/{key_id}", put(register_key))
+            .route("/kbs/v1/datasets/{key_id}", put(register_dataset_key))
             .route("/kbs/v1/admin/audit", get(audit))
             .route("/healthz", get(|| async { "ok" }))
             .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -226,8 +228,26 @@ async fn attest(
     let digest = hex::encode(claims.digest());
     let measurement = hex::encode(&claims.launch_measurement);
 
-    // 3. The evidence must bind this nonce and exactly the keys (and models) presented.
-    let expected = report_data(&nonce, &req.runtime_keys, &req.models);
+    // 3. The evidence must bind this nonce and exactly the keys (and models, or the job)
+    //    presented.
+    let job_hash = match &req.job {
+        Some(job) => {
+            if !req.models.is_empty() {
+                return Err(KbsError::BadRequest(
+                    "a training job's attestation binds no models".into(),
+                ));
+            }
+            job.spec
+                .validate()
+                .map_err(|e| KbsError::BadRequest(e.to_string()))?;
+            Some(job.spec.hash())
+        }
+        None => None,
+    };
+    let expected = match &job_hash {
+        Some(h) => job_report_data(&nonce, &req.runtime_keys, h),
+        None => report_data(&nonce, &req.runtime_keys, &req.models),
+    };
     if claims.report_data != expected {
         let err = KbsError::Binding {
             found: hex::encode(claims.report_data),
@@ -259,11 +279,15 @@ async fn attest(
             None => vec![format!("unknown key id {key_id}")],
             Some(k) => match Policy::from_toml(&k.policy) {
                 Err(e) => vec![format!("stored release policy is invalid: {e}")],
-                Ok(policy) => appraise(&claims, &policy)
-                    .failures
-                    .iter()
-                    .map(|f| f.to_string())
-                    .collect(),
+                Ok(policy) => {
+                    let mut reasons: Vec<String> = appraise(&claims, &policy)
+                        .failures
+                        .iter()
+                        .map(|f| f.to_string())
+                        .collect();
+                    reasons.extend(job_check(key_id, k.owner, req.job.as_ref(), job_hash));
+                    reasons
+                }
             },
         };
         match stored {
@@ -300,10 +324,19 @@ async fn attest(
         })
         .collect::<Vec<_>>()
         .join("; ");
-    let released_detail = if bound_models.is_empty() {
-        String::new()
-    } else {
-        format!("bound models: {bound_models}")
+    let released_detail = match (&req.job, &job_hash) {
+        (Some(job), Some(h)) => format!(
+            "training job {} ({:?}), approved by {}",
+            hex::encode(h),
+            job.spec.name,
+            job.approvals
+                .iter()
+                .map(|a| a.party.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ if bound_models.is_empty() => String::new(),
+        _ => format!("bound models: {bound_models}"),
     };
     for r in &released {
         record(
@@ -339,6 +372,60 @@ async fn attest(
         released,
         denied,
     }))
+}
+
+/// The job rules for one key, on top of its release policy: a dataset key (one with an owner) is
+/// released only for a job that lists it under its owner and that its owner approved; a training
+/// job is released dataset keys only.
+fn job_check(
+    key_id: &str,
+    owner: Option<[u8; 32]>,
+    job: Option<&JobRelease>,
+    job_hash: Option<[u8; 32]>,
+) -> Vec<String> {
+    let (owner, job, hash) = match (owner, job, job_hash) {
+        (None, None, _) => return vec![],
+        (None, Some(_), _) => {
+            return vec![format!(
+                "key {key_id} is not a dataset key; a training job is released dataset keys only"
+            )]
+        }
+        (Some(_), None, _) | (Some(_), Some(_), None) => {
+            return vec![format!(
+                "key {key_id} is a dataset key: it is released only for a training job its owner                  approved"
+            )]
+        }
+        (Some(o), Some(j), Some(h)) => (o, j, h),
+    };
+    let spec = &job.spec;
+    let Some(dataset) = spec.datasets.iter().find(|d| d.key_id == key_id) else {
+        return vec![format!(
+            "job {} does not list dataset key {key_id}",
+            hex::encode(hash)
+        )];
+    };
+    let Some(party) = spec.party(&dataset.party) else {
+        return vec![format!("job names unknown party {}", dataset.party)];
+    };
+    if party.signing_key != owner {
+        return vec![format!(
+            "job lists dataset key {key_id} under party {}, whose key is not the key's owner",
+            party.name
+        )];
+    }
+    let approved = job
+        .approvals
+        .iter()
+        .filter(|a| a.party == party.name)
+        .any(|a| a.verify(spec, &hash).is_ok());
+    if !approved {
+        return vec![format!(
+            "no valid approval of job {} by {}, the owner of dataset key {key_id}",
+            hex::encode(hash),
+            party.name
+        )];
+    }
+    vec![]
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -382,36 +469,12 @@ async fn register_key(
     kbs.check_admin(&headers).await?;
     let Json(mut req) = body.map_err(|e| KbsError::BadRequest(e.body_text()))?;
     let dek = Zeroizing::new(std::mem::take(&mut req.dek));
-    if dek.len() != 32 {
-        return Err(KbsError::BadRequest(format!(
-            "dek must be 32 bytes, got {}",
-            dek.len()
-        )));
-    }
-    if key_id.is_empty()
-        || key_id.len() > 128
-        || !key_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(KbsError::BadRequest(
-            "key id must be 1-128 characters of [A-Za-z0-9._-]".into(),
-        ));
-    }
+    check_key_id_and_dek(&key_id, &dek)?;
     let policy = Policy::from_toml(&req.policy).map_err(|e| KbsError::Policy(e.to_string()))?;
     let now = unix(kbs.now());
     let policy_text = req.policy.clone();
     let id = key_id.clone();
-    let detail = format!(
-        "release policy: platforms={:?} measurements={} allow_debug={}",
-        policy
-            .platforms
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>(),
-        policy.launch_measurements.len(),
-        policy.allow_debug
-    );
+    let detail = policy_summary(&policy);
     kbs.with_store(move |s| {
         let event = NewAuditEvent {
             time: now,
@@ -428,6 +491,88 @@ async fn register_key(
     .await?;
     tracing::info!(key_id = %key_id, "key registered");
     Ok(Json(serde_json::json!({ "key_id": key_id })))
+}
+
+/// `PUT /kbs/v1/datasets/{key_id}`: a data owner registers its dataset's DEK and release policy,
+/// authenticated by its own key (no admin token). The key is then released only for training jobs
+/// this owner approved, and only this owner can replace it.
+async fn register_dataset_key(
+    State(kbs): State<Kbs>,
+    UrlPath(key_id): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, KbsError> {
+    let path = format!("/kbs/v1/datasets/{key_id}");
+    let owner = job::verify_request(
+        |name| headers.get(name).and_then(|v| v.to_str().ok()),
+        "PUT",
+        &path,
+        &body,
+        kbs.now(),
+    )
+    .map_err(|e| KbsError::PartyUnauthorized(e.to_string()))?;
+    let mut req: RegisterKey =
+        serde_json::from_slice(&body).map_err(|e| KbsError::BadRequest(e.to_string()))?;
+    let dek = Zeroizing::new(std::mem::take(&mut req.dek));
+    check_key_id_and_dek(&key_id, &dek)?;
+    let policy = Policy::from_toml(&req.policy).map_err(|e| KbsError::Policy(e.to_string()))?;
+    let now = unix(kbs.now());
+    let policy_text = req.policy.clone();
+    let id = key_id.clone();
+    let detail = format!(
+        "dataset key of owner {}; {}",
+        hex::encode(owner),
+        policy_summary(&policy)
+    );
+    kbs.with_store(move |s| {
+        let event = NewAuditEvent {
+            time: now,
+            kind: "dataset_key_registered",
+            key_id: Some(&id),
+            claims_digest: None,
+            verdict: "accepted",
+            measurement: None,
+            detail: &detail,
+        };
+        s.put_dataset_key_audited(&id, &dek, &policy_text, &owner, &event)?;
+        Ok(())
+    })
+    .await?;
+    tracing::info!(key_id = %key_id, owner = %hex::encode(owner), "dataset key registered");
+    Ok(Json(serde_json::json!({ "key_id": key_id })))
+}
+
+fn check_key_id_and_dek(key_id: &str, dek: &[u8]) -> Result<(), KbsError> {
+    if dek.len() != 32 {
+        return Err(KbsError::BadRequest(format!(
+            "dek must be 32 bytes, got {}",
+            dek.len()
+        )));
+    }
+    if key_id.is_empty()
+        || key_id.len() > 128
+        || !key_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(KbsError::BadRequest(
+            "key id must be 1-128 characters of [A-Za-z0-9._-]".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn policy_summary(policy: &Policy) -> String {
+    format!(
+        "release policy: platforms={:?} measurements={} allow_debug={}",
+        policy
+            .platforms
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>(),
+        policy.launch_measurements.len(),
+        policy.allow_debug
+    )
 }
 
 async fn list_keys(

@@ -16,6 +16,10 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("database schema version {found} is newer than this build understands ({known})")]
     SchemaTooNew { found: i64, known: i64 },
+    #[error(
+        "key {key_id} belongs to another owner (or is not a dataset key); choose another key id"
+    )]
+    KeyOwned { key_id: String },
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -47,6 +51,9 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL,
         prev_hash TEXT NOT NULL,
         hash TEXT NOT NULL);",
+    // 2: dataset keys. A key with an owner (Ed25519 public key) is a dataset key: registered by
+    //    that party, released only for a training job the owner approved.
+    "ALTER TABLE keys ADD COLUMN owner BLOB;",
 ];
 
 /// Outcome of trying to use a nonce.
@@ -62,6 +69,8 @@ pub enum NonceUse {
 pub struct StoredKey {
     pub dek: Zeroizing<Vec<u8>>,
     pub policy: String,
+    /// The owner of a dataset key (its Ed25519 public key); `None` for other keys.
+    pub owner: Option<[u8; 32]>,
 }
 
 /// An event to append to the audit log.
@@ -155,12 +164,14 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT dek, policy FROM keys WHERE key_id = ?1",
+                "SELECT dek, policy, owner FROM keys WHERE key_id = ?1",
                 params![key_id],
                 |r| {
+                    let owner: Option<Vec<u8>> = r.get(2)?;
                     Ok(StoredKey {
                         dek: Zeroizing::new(r.get(0)?),
                         policy: r.get(1)?,
+                        owner: owner.and_then(|o| o.try_into().ok()),
                     })
                 },
             )
@@ -233,6 +244,35 @@ impl Store {
         Ok(stored)
     }
 
+    /// Stores a dataset key registered by `owner`, with its audit event, in one transaction. A
+    /// key id already held by another owner, or by an admin-registered key, is refused.
+    pub fn put_dataset_key_audited(
+        &mut self,
+        key_id: &str,
+        dek: &[u8],
+        policy: &str,
+        owner: &[u8; 32],
+        event: &NewAuditEvent<'_>,
+    ) -> Result<AuditEvent, StoreError> {
+        let tx = self.conn.transaction()?;
+        let changed = tx.execute(
+            "INSERT INTO keys (key_id, dek, policy, created_at, updated_at, owner)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5)
+             ON CONFLICT(key_id) DO UPDATE SET dek = excluded.dek, policy = excluded.policy,
+                 updated_at = excluded.updated_at
+             WHERE keys.owner = excluded.owner",
+            params![key_id, dek, policy, event.time as i64, owner.as_slice()],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::KeyOwned {
+                key_id: key_id.to_string(),
+            });
+        }
+        let stored = append_audit_in(&tx, event)?;
+        tx.commit()?;
+        Ok(stored)
+    }
+
     /// Appends an event, chained to the previous one by hash.
     pub fn append_audit(&mut self, e: &NewAuditEvent<'_>) -> Result<AuditEvent, StoreError> {
         let tx = self.conn.transaction()?;
@@ -272,12 +312,19 @@ fn upsert_key(
     policy: &str,
     now: u64,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    let changed = conn.execute(
         "INSERT INTO keys (key_id, dek, policy, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
          ON CONFLICT(key_id) DO UPDATE SET dek = excluded.dek, policy = excluded.policy,
-             updated_at = excluded.updated_at",
+             updated_at = excluded.updated_at
+         WHERE keys.owner IS NULL",
         params![key_id, dek, policy, now as i64],
     )?;
+    // A dataset key stays its owner's: the admin API cannot replace it.
+    if changed == 0 {
+        return Err(StoreError::KeyOwned {
+            key_id: key_id.to_string(),
+        });
+    }
     Ok(())
 }
 

@@ -1,127 +1,18 @@
 //! The KBS over real HTTP on loopback: challenge → attest → release, and every must-reject.
 
-use cordon_attest::{Endorsements, Platform, Policy};
+use cordon_attest::{Endorsements, Platform};
 use cordon_kbs::{verify_audit_chain, Kbs, KbsConfig};
 use cordon_proto::kbs::{
     AttestRequest, AttestResponse, AuditEvent, Challenge, ErrorBody, RegisterKey, RELEASE_INFO,
 };
-use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair};
+use cordon_proto::{report_data, ModelBinding, ServiceKeyPair};
 use cordon_tee::{EvidenceProvider, SimHardwareKey, SimTee};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const MEASUREMENT: [u8; 48] = [0x42; 48];
-
-struct Harness {
-    url: String,
-    token: String,
-    hw_key_seed: String,
-    clock: Arc<AtomicU64>,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let hw = SimHardwareKey::generate();
-    let clock = Arc::new(AtomicU64::new(1_800_000_000));
-    let c = clock.clone();
-    let mut config = KbsConfig::new(
-        dir.path().to_path_buf(),
-        Endorsements {
-            sim_trust_anchors: vec![hw.public_key()],
-            ..Default::default()
-        },
-    );
-    config.clock = Arc::new(move || UNIX_EPOCH + Duration::from_secs(c.load(Ordering::SeqCst)));
-    config.nonce_ttl = Duration::from_secs(30);
-    let kbs = Kbs::open(config).unwrap();
-    let token = kbs.init_admin_token().unwrap().unwrap().to_string();
-    assert!(
-        kbs.init_admin_token().unwrap().is_none(),
-        "token is created once"
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, kbs.router()).await.unwrap() });
-    Harness {
-        url,
-        token,
-        hw_key_seed: hw.to_file_contents().to_string(),
-        clock,
-        http: reqwest::Client::new(),
-        _dir: dir,
-    }
-}
-
-fn policy(platforms: Vec<Platform>, measurement: [u8; 48]) -> String {
-    Policy::new(platforms, vec![measurement.to_vec()]).to_toml()
-}
-
-impl Harness {
-    async fn register(&self, key_id: &str, dek: [u8; 32], policy: String) -> reqwest::Response {
-        self.http
-            .put(format!("{}/kbs/v1/admin/keys/{key_id}", self.url))
-            .bearer_auth(&self.token)
-            .json(&RegisterKey {
-                dek: dek.to_vec(),
-                policy,
-            })
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn challenge(&self) -> Challenge {
-        self.http
-            .post(format!("{}/kbs/v1/challenge", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    fn tee(&self, measurement: [u8; 48], debug: bool) -> SimTee {
-        SimTee::new(
-            SimHardwareKey::from_file_contents(&self.hw_key_seed).unwrap(),
-            measurement,
-            [0; 32],
-            debug,
-        )
-    }
-
-    async fn attest(&self, req: &AttestRequest) -> reqwest::Response {
-        self.http
-            .post(format!("{}/kbs/v1/attest", self.url))
-            .json(req)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn audit(&self) -> Vec<AuditEvent> {
-        self.http
-            .get(format!("{}/kbs/v1/admin/audit", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-}
-
-fn keys(kp: &ServiceKeyPair) -> RuntimeKeys {
-    RuntimeKeys {
-        hpke_public_key: kp.public_key(),
-        hpke_key_id: kp.key_id(),
-        signing_public_key: [9; 32],
-    }
-}
+mod common;
+use common::*;
 
 fn request(nonce: &str, tee: &SimTee, kp: &ServiceKeyPair, key_ids: &[&str]) -> AttestRequest {
     let nonce_bytes = hex::decode(nonce).unwrap();
@@ -135,6 +26,7 @@ fn request(nonce: &str, tee: &SimTee, kp: &ServiceKeyPair, key_ids: &[&str]) -> 
         runtime_keys: rk,
         key_ids: key_ids.iter().map(|s| s.to_string()).collect(),
         models,
+        job: None,
     }
 }
 
@@ -502,6 +394,7 @@ async fn hardware_evidence_is_verified_and_must_bind_the_nonce() {
         runtime_keys: keys(&kp),
         key_ids: vec!["k".into()],
         models: vec![],
+        job: None,
     };
     let (status, code, msg) = error_code(
         http.post(format!("{url}/kbs/v1/attest"))
@@ -548,6 +441,7 @@ async fn hardware_evidence_is_verified_and_must_bind_the_nonce() {
         runtime_keys: keys(&kp),
         key_ids: vec!["k".into()],
         models: vec![],
+        job: None,
     };
     let (_, code, msg) = error_code(
         http.post(format!("{url}/kbs/v1/attest"))

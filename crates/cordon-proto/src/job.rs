@@ -170,10 +170,16 @@ impl JobSpec {
                 return bad(format!("party {} is listed twice", p.name));
             }
             if !keys.insert(p.signing_key) {
-                return bad(format!("party {} reuses another party's signing key", p.name));
+                return bad(format!(
+                    "party {} reuses another party's signing key",
+                    p.name
+                ));
             }
             if VerifyingKey::from_bytes(&p.signing_key).is_err() {
-                return bad(format!("party {}: signing_key is not an Ed25519 key", p.name));
+                return bad(format!(
+                    "party {}: signing_key is not an Ed25519 key",
+                    p.name
+                ));
             }
         }
         if self.datasets.is_empty() {
@@ -182,10 +188,16 @@ impl JobSpec {
         let mut digests = BTreeSet::new();
         for d in &self.datasets {
             if self.party(&d.party).is_none() {
-                return bad(format!("dataset {} names unknown party {}", d.key_id, d.party));
+                return bad(format!(
+                    "dataset {} names unknown party {}",
+                    d.key_id, d.party
+                ));
             }
             if !digests.insert(d.manifest_sha256) || d.key_id.is_empty() {
-                return bad(format!("dataset {} is listed twice or has no key id", d.key_id));
+                return bad(format!(
+                    "dataset {} is listed twice or has no key id",
+                    d.key_id
+                ));
             }
             if d.format != "csv" && d.format != "parquet" {
                 return bad(format!(
@@ -225,7 +237,12 @@ fn sorted(v: &serde_json::Value) -> serde_json::Value {
         serde_json::Value::Object(m) => {
             let mut entries: Vec<_> = m.iter().collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
-            serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), sorted(v)))
+                    .collect(),
+            )
         }
         serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sorted).collect()),
         other => other.clone(),
@@ -447,12 +464,15 @@ impl Approval {
         let party = spec
             .party(&self.party)
             .ok_or_else(|| JobError::UnknownParty(self.party.clone()))?;
-        verify_signature(&party.signing_key, &approval_message(job_hash), &self.signature).map_err(
-            |_| JobError::BadApproval {
-                party: self.party.clone(),
-                job_hash: hex::encode(job_hash),
-            },
+        verify_signature(
+            &party.signing_key,
+            &approval_message(job_hash),
+            &self.signature,
         )
+        .map_err(|_| JobError::BadApproval {
+            party: self.party.clone(),
+            job_hash: hex::encode(job_hash),
+        })
     }
 }
 
@@ -475,9 +495,8 @@ pub fn verify_request<'a>(
     body: &[u8],
     now: SystemTime,
 ) -> Result<[u8; 32], JobError> {
-    let get = |name: &str| {
-        header(name).ok_or_else(|| JobError::Auth(format!("missing header {name}")))
-    };
+    let get =
+        |name: &str| header(name).ok_or_else(|| JobError::Auth(format!("missing header {name}")));
     let key: [u8; 32] = hex::decode(get(PARTY_HEADER)?.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
@@ -791,10 +810,22 @@ mod tests {
         let (a, b) = (PartyKey::generate("a"), PartyKey::generate("b"));
         let base = spec(&[&a, &b]);
         let cases: Vec<(Box<dyn Fn(&mut JobSpec)>, &str)> = vec![
-            (Box::new(|s| s.outputs.recipients = vec!["z".into()]), "recipient z"),
-            (Box::new(|s| s.datasets[1].party = "z".into()), "unknown party z"),
-            (Box::new(|s| s.datasets.truncate(1)), "contributes no dataset"),
-            (Box::new(|s| s.evaluation.test_fraction = 1.0), "test_fraction"),
+            (
+                Box::new(|s| s.outputs.recipients = vec!["z".into()]),
+                "recipient z",
+            ),
+            (
+                Box::new(|s| s.datasets[1].party = "z".into()),
+                "unknown party z",
+            ),
+            (
+                Box::new(|s| s.datasets.truncate(1)),
+                "contributes no dataset",
+            ),
+            (
+                Box::new(|s| s.evaluation.test_fraction = 1.0),
+                "test_fraction",
+            ),
             (Box::new(|s| s.parties[1].name = "a".into()), "listed twice"),
             (Box::new(|s| s.datasets[0].format = "xls".into()), "format"),
         ];
@@ -918,7 +949,11 @@ mod tests {
 
         let mut r = good.clone();
         r.body.metrics.test_accuracy = 0.99;
-        assert!(r.verify(&verifier).unwrap_err().to_string().contains("signature"));
+        assert!(r
+            .verify(&verifier)
+            .unwrap_err()
+            .to_string()
+            .contains("signature"));
         let mut r = good.clone();
         r.body.output.onnx_sha256 = [0; 32];
         assert!(r.verify(&verifier).is_err());
@@ -935,7 +970,11 @@ mod tests {
         assert!(err.to_string().contains("does not bind"), "{err}");
         // Evidence from an untrusted "hardware" key.
         let rogue = receipt(&SigningKey::from_bytes(&[14; 32]), &runtime, [4; 32]);
-        assert!(rogue.verify(&verifier).unwrap_err().to_string().contains("evidence"));
+        assert!(rogue
+            .verify(&verifier)
+            .unwrap_err()
+            .to_string()
+            .contains("evidence"));
     }
 
     #[test]

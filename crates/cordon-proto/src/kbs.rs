@@ -1,5 +1,6 @@
 //! Key broker (KBS) messages. Paths are under `/kbs/v1`.
 
+use crate::job::{Approval, JobSpec};
 use crate::{ModelBinding, RuntimeKeys};
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,18 @@ pub struct AttestRequest {
     /// The models the runtime will unseal with these keys, bound in report_data after the keys.
     #[serde(default)]
     pub models: Vec<ModelBinding>,
+    /// Present when the runtime asks for dataset keys to run a training job. The evidence then
+    /// binds [`crate::job::job_report_data`]`(nonce, runtime_keys, job hash)` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobRelease>,
+}
+
+/// The job a runtime asks dataset keys for, with the approvals it holds. The KBS releases a
+/// dataset's DEK only when the dataset's owner approved exactly this job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRelease {
+    pub spec: JobSpec,
+    pub approvals: Vec<Approval>,
 }
 
 /// One released key: the DEK sealed with HPKE to the attested `runtime_keys.hpke_public_key`.
@@ -70,7 +83,8 @@ pub struct AuditEvent {
     pub seq: i64,
     /// Unix seconds.
     pub time: u64,
-    /// `key_registered`, `key_released`, `key_denied`, `attestation_failed`.
+    /// `key_registered`, `dataset_key_registered`, `key_released`, `key_denied`,
+    /// `attestation_failed`.
     pub kind: String,
     pub key_id: Option<String>,
     /// SHA-256 of the verified claims, hex, when evidence was verified.

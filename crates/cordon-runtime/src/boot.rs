@@ -142,6 +142,7 @@ pub async fn boot(
             .map(|(_, h, _, _)| h.manifest.key_id.clone())
             .collect(),
         models: bindings,
+        job: None,
     };
     let resp = http
         .post(format!("{kbs}/kbs/v1/attest"))

@@ -1,0 +1,270 @@
+//! Dataset keys over loopback: registered by their owners, released only to evidence that binds a
+//! training job the owner approved.
+
+mod common;
+use common::*;
+
+use cordon_attest::Platform;
+use cordon_proto::job::{
+    job_report_data, Evaluation, JobDataset, JobSchema, JobSpec, Outputs, PartyKey,
+};
+use cordon_proto::kbs::{AttestRequest, AttestResponse, ErrorBody, JobRelease, RegisterKey};
+use cordon_proto::ServiceKeyPair;
+use cordon_tee::EvidenceProvider;
+use std::time::{Duration, UNIX_EPOCH};
+
+fn spec(parties: &[&PartyKey], name: &str) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        parties: parties.iter().map(|p| p.job_party()).collect(),
+        datasets: parties
+            .iter()
+            .enumerate()
+            .map(|(i, p)| JobDataset {
+                party: p.name().into(),
+                key_id: format!("ds-{}", p.name()),
+                manifest_sha256: [i as u8 + 1; 32],
+                format: "csv".into(),
+            })
+            .collect(),
+        schema: JobSchema {
+            features: vec!["x".into()],
+            label: "y".into(),
+        },
+        algorithm: serde_json::json!({"kind": "logistic_regression"}),
+        evaluation: Evaluation {
+            test_fraction: 0.25,
+            seed: 1,
+        },
+        outputs: Outputs {
+            recipients: vec![parties[0].name().into()],
+        },
+    }
+}
+
+impl Harness {
+    fn now(&self) -> std::time::SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.clock.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    async fn register_dataset(&self, party: &PartyKey, key_id: &str) -> reqwest::Response {
+        let body = serde_json::to_vec(&RegisterKey {
+            dek: vec![7; 32],
+            policy: policy(vec![Platform::Sim], MEASUREMENT),
+        })
+        .unwrap();
+        let path = format!("/kbs/v1/datasets/{key_id}");
+        let mut req = self.http.put(format!("{}{path}", self.url));
+        for (name, value) in party.sign_request("PUT", &path, &body, self.now()) {
+            req = req.header(name, value);
+        }
+        req.body(body).send().await.unwrap()
+    }
+
+    /// Attests as a runtime about to run `evidence_job` and asks for `key_ids` for `job`.
+    async fn attest_for_job(
+        &self,
+        job: JobRelease,
+        evidence_job: [u8; 32],
+        key_ids: &[String],
+    ) -> reqwest::Response {
+        let kp = ServiceKeyPair::generate(0);
+        let rk = keys(&kp);
+        let c = self.challenge().await;
+        let nonce = hex::decode(&c.nonce).unwrap();
+        let evidence = self
+            .tee(MEASUREMENT, false)
+            .evidence(&job_report_data(&nonce, &rk, &evidence_job))
+            .unwrap();
+        self.attest(&AttestRequest {
+            nonce: c.nonce,
+            evidence,
+            runtime_keys: rk,
+            key_ids: key_ids.to_vec(),
+            models: vec![],
+            job: Some(job),
+        })
+        .await
+    }
+}
+
+fn approved(spec: &JobSpec, parties: &[&PartyKey]) -> JobRelease {
+    let h = spec.hash();
+    JobRelease {
+        spec: spec.clone(),
+        approvals: parties.iter().map(|p| p.approve(&h)).collect(),
+    }
+}
+
+async fn answer(resp: reqwest::Response) -> AttestResponse {
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn dataset_keys_are_released_only_for_a_job_their_owner_approved() {
+    let h = start().await;
+    let (a, b) = (PartyKey::generate("a"), PartyKey::generate("b"));
+    assert_eq!(h.register_dataset(&a, "ds-a").await.status(), 200);
+    assert_eq!(h.register_dataset(&b, "ds-b").await.status(), 200);
+    let job_a = spec(&[&a, &b], "job A");
+    let ids = vec!["ds-a".to_string(), "ds-b".to_string()];
+
+    // Both owners approved job A: both keys are released to evidence binding job A.
+    let r = answer(
+        h.attest_for_job(approved(&job_a, &[&a, &b]), job_a.hash(), &ids)
+            .await,
+    )
+    .await;
+    assert_eq!(r.released.len(), 2, "{:?}", r.denied);
+
+    // b has not approved: a's key is released, b's is not, and the reason names b.
+    let r = answer(
+        h.attest_for_job(approved(&job_a, &[&a]), job_a.hash(), &ids)
+            .await,
+    )
+    .await;
+    assert_eq!(r.released.len(), 1);
+    assert!(r.denied[0].reasons[0].contains("no valid approval"));
+    assert!(r.denied[0].reasons[0].contains(" b,"), "{:?}", r.denied);
+
+    // Approvals of job A presented for job B (same datasets, another algorithm): refused.
+    let mut job_b = job_a.clone();
+    job_b.algorithm = serde_json::json!({"kind": "gbdt"});
+    let stolen = JobRelease {
+        spec: job_b.clone(),
+        approvals: approved(&job_a, &[&a, &b]).approvals,
+    };
+    let r = answer(h.attest_for_job(stolen, job_b.hash(), &ids).await).await;
+    assert!(r.released.is_empty());
+    assert_eq!(r.denied.len(), 2);
+
+    // Evidence that binds another job than the one presented: report_data mismatch.
+    let resp = h
+        .attest_for_job(approved(&job_a, &[&a, &b]), job_b.hash(), &ids)
+        .await;
+    assert_eq!(resp.status(), 403);
+    let e: ErrorBody = resp.json().await.unwrap();
+    assert_eq!(e.code, "report_data_mismatch");
+
+    // A job that lists a's key under b (b approving) gets nothing: b is not the owner.
+    let mut hijack = job_a.clone();
+    hijack.datasets[1].key_id = "ds-a".into();
+    hijack.datasets[0].key_id = "ds-other".into();
+    let r = answer(
+        h.attest_for_job(
+            approved(&hijack, &[&a, &b]),
+            hijack.hash(),
+            &["ds-a".to_string()],
+        )
+        .await,
+    )
+    .await;
+    assert!(
+        r.denied[0].reasons[0].contains("not the key's owner"),
+        "{:?}",
+        r.denied
+    );
+
+    let audit = h.audit().await;
+    assert!(audit.iter().any(|e| e.kind == "dataset_key_registered"));
+    assert!(audit
+        .iter()
+        .any(|e| e.kind == "key_released" && e.detail.contains("training job")));
+}
+
+#[tokio::test]
+async fn dataset_keys_are_never_released_outside_a_job() {
+    let h = start().await;
+    let a = PartyKey::generate("a");
+    assert_eq!(h.register_dataset(&a, "ds-a").await.status(), 200);
+    let kp = ServiceKeyPair::generate(0);
+    let rk = keys(&kp);
+    let c = h.challenge().await;
+    let nonce = hex::decode(&c.nonce).unwrap();
+    let evidence = h
+        .tee(MEASUREMENT, false)
+        .evidence(&cordon_proto::report_data(&nonce, &rk, &[]))
+        .unwrap();
+    let r = answer(
+        h.attest(&AttestRequest {
+            nonce: c.nonce,
+            evidence,
+            runtime_keys: rk,
+            key_ids: vec!["ds-a".into()],
+            models: vec![],
+            job: None,
+        })
+        .await,
+    )
+    .await;
+    assert!(r.released.is_empty());
+    assert!(r.denied[0].reasons[0].contains("released only for a training job"));
+
+    // And a job is never released an ordinary (model) key.
+    assert_eq!(
+        h.register("model", [1; 32], policy(vec![Platform::Sim], MEASUREMENT))
+            .await
+            .status(),
+        200
+    );
+    let job = spec(&[&a], "job");
+    let r = answer(
+        h.attest_for_job(approved(&job, &[&a]), job.hash(), &["model".to_string()])
+            .await,
+    )
+    .await;
+    assert!(r.denied[0].reasons[0].contains("not a dataset key"));
+}
+
+#[tokio::test]
+async fn dataset_keys_stay_their_owners() {
+    let h = start().await;
+    let (a, b) = (PartyKey::generate("a"), PartyKey::generate("b"));
+    assert_eq!(h.register_dataset(&a, "ds-a").await.status(), 200);
+    // The owner may replace its own key.
+    assert_eq!(h.register_dataset(&a, "ds-a").await.status(), 200);
+    // Another party may not, nor may the admin API.
+    let resp = h.register_dataset(&b, "ds-a").await;
+    assert_eq!(resp.status(), 409);
+    let e: ErrorBody = resp.json().await.unwrap();
+    assert_eq!(e.code, "conflict");
+    assert_eq!(
+        h.register("ds-a", [1; 32], policy(vec![Platform::Sim], MEASUREMENT))
+            .await
+            .status(),
+        409
+    );
+    // Nor can a party take over an admin-registered key.
+    assert_eq!(
+        h.register("model", [1; 32], policy(vec![Platform::Sim], MEASUREMENT))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(h.register_dataset(&a, "model").await.status(), 409);
+
+    // Unsigned, mis-signed and stale registrations are refused.
+    let body = serde_json::to_vec(&RegisterKey {
+        dek: vec![7; 32],
+        policy: policy(vec![Platform::Sim], MEASUREMENT),
+    })
+    .unwrap();
+    let url = format!("{}/kbs/v1/datasets/ds-new", h.url);
+    let resp = h.http.put(&url).body(body.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let mut req = h.http.put(&url);
+    for (name, value) in a.sign_request("PUT", "/kbs/v1/datasets/other", &body, h.now()) {
+        req = req.header(name, value);
+    }
+    assert_eq!(req.body(body.clone()).send().await.unwrap().status(), 401);
+    let mut req = h.http.put(&url);
+    let stale = h.now() - Duration::from_secs(600);
+    for (name, value) in a.sign_request("PUT", "/kbs/v1/datasets/ds-new", &body, stale) {
+        req = req.header(name, value);
+    }
+    let resp = req.body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let e: ErrorBody = resp.json().await.unwrap();
+    assert!(e.error.contains("more than 300s"), "{}", e.error);
+}
