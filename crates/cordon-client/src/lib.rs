@@ -8,6 +8,7 @@
 //! [`proxy`] puts the same client behind a plain Open Inference Protocol endpoint on loopback, so
 //! applications that speak KServe v2 / OIP reach the runtime encrypted without any change.
 
+pub mod jobs;
 pub mod proxy;
 
 use cordon_attest::{appraise, verify, Claims, Endorsements, Policy, PolicyDocument, Verdict};

@@ -2,8 +2,12 @@
 
 use crate::config::RuntimeConfig;
 use crate::engine::{EngineError, OnnxModel};
+use crate::jobs::TrainingOptions;
 use crate::server::{RuntimeState, ServedModel, ServingOptions};
-use cordon_proto::kbs::{AttestRequest, AttestResponse, Challenge, ErrorBody, RELEASE_INFO};
+use cordon_proto::job::job_report_data;
+use cordon_proto::kbs::{
+    AttestRequest, AttestResponse, Challenge, ErrorBody, JobRelease, RELEASE_INFO,
+};
 use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair};
 use cordon_seal::{Dek, KeyFile, SealError};
 use cordon_tee::EvidenceProvider;
@@ -100,27 +104,6 @@ pub async fn boot(
         sealed.push((m, header, bytes, signer));
     }
 
-    let kbs = config.kbs_url.trim_end_matches('/').to_string();
-    let kbs_err = |reason: String| RuntimeError::Kbs {
-        url: kbs.clone(),
-        reason,
-    };
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .map_err(|e| kbs_err(e.to_string()))?;
-    let challenge: Challenge = http
-        .post(format!("{kbs}/kbs/v1/challenge"))
-        .send()
-        .await
-        .map_err(|e| kbs_err(format!("challenge: {e}")))?
-        .error_for_status()
-        .map_err(|e| kbs_err(format!("challenge: {e}")))?
-        .json()
-        .await
-        .map_err(|e| kbs_err(format!("challenge: {e}")))?;
-    let nonce =
-        hex::decode(&challenge.nonce).map_err(|e| kbs_err(format!("nonce is not hex: {e}")))?;
     // Bind the models about to be unsealed, so the KBS's audit log names the manifests too.
     let bindings: Vec<ModelBinding> = sealed
         .iter()
@@ -130,38 +113,29 @@ pub async fn boot(
             manifest_sha256: header.digest(),
         })
         .collect();
-    let evidence = tee
-        .evidence(&report_data(&nonce, &runtime_keys, &bindings))
-        .map_err(|e| RuntimeError::Evidence(e.to_string()))?;
-    let request = AttestRequest {
-        nonce: challenge.nonce.clone(),
-        evidence,
-        runtime_keys: runtime_keys.clone(),
-        key_ids: sealed
-            .iter()
-            .map(|(_, h, _, _)| h.manifest.key_id.clone())
-            .collect(),
-        models: bindings,
-        job: None,
+    let key_ids = sealed
+        .iter()
+        .map(|(_, h, _, _)| h.manifest.key_id.clone())
+        .collect();
+    // A runtime that only trains has no model key to ask for.
+    let released = if sealed.is_empty() {
+        AttestResponse {
+            claims_digest: String::new(),
+            released: vec![],
+            denied: vec![],
+        }
+    } else {
+        attest_to_kbs(
+            &config.kbs_url,
+            tee.as_ref(),
+            &runtime_keys,
+            key_ids,
+            bindings,
+            None,
+        )
+        .await?
+        .response
     };
-    let resp = http
-        .post(format!("{kbs}/kbs/v1/attest"))
-        .json(&request)
-        .send()
-        .await
-        .map_err(|e| kbs_err(format!("attest: {e}")))?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let reason = match resp.json::<ErrorBody>().await {
-            Ok(b) => format!("attest: {status}: {} ({})", b.error, b.code),
-            Err(_) => format!("attest: {status}"),
-        };
-        return Err(kbs_err(reason));
-    }
-    let released: AttestResponse = resp
-        .json()
-        .await
-        .map_err(|e| kbs_err(format!("attest: {e}")))?;
 
     let mut models = BTreeMap::new();
     let mut model_digests = BTreeMap::new();
@@ -218,7 +192,7 @@ pub async fn boot(
         );
     }
 
-    let state = RuntimeState::new(
+    let mut state = RuntimeState::new(
         service_key,
         signing_key,
         runtime_keys,
@@ -226,9 +200,91 @@ pub async fn boot(
         models,
         options.clone(),
     );
+    if let Some(training) = &config.training {
+        let mut t = TrainingOptions::new(&config.kbs_url);
+        t.max_dataset_bytes = usize::try_from(training.max_dataset_mib << 20).unwrap_or(usize::MAX);
+        state.enable_training(t);
+    }
     Ok(BootedRuntime {
         state: Arc::new(state),
         model_digests,
+    })
+}
+
+/// One round with the key broker: challenge, evidence binding the nonce and the runtime's keys (and
+/// the models, or the job), attest. The nonce and evidence are kept: a job receipt carries them.
+pub(crate) struct KbsRelease {
+    pub response: AttestResponse,
+    pub nonce: String,
+    pub evidence: Vec<u8>,
+}
+
+pub(crate) async fn attest_to_kbs(
+    kbs_url: &str,
+    tee: &dyn EvidenceProvider,
+    runtime_keys: &RuntimeKeys,
+    key_ids: Vec<String>,
+    models: Vec<ModelBinding>,
+    job: Option<JobRelease>,
+) -> Result<KbsRelease, RuntimeError> {
+    let kbs = kbs_url.trim_end_matches('/').to_string();
+    let kbs_err = |reason: String| RuntimeError::Kbs {
+        url: kbs.clone(),
+        reason,
+    };
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| kbs_err(e.to_string()))?;
+    let challenge: Challenge = http
+        .post(format!("{kbs}/kbs/v1/challenge"))
+        .send()
+        .await
+        .map_err(|e| kbs_err(format!("challenge: {e}")))?
+        .error_for_status()
+        .map_err(|e| kbs_err(format!("challenge: {e}")))?
+        .json()
+        .await
+        .map_err(|e| kbs_err(format!("challenge: {e}")))?;
+    let nonce =
+        hex::decode(&challenge.nonce).map_err(|e| kbs_err(format!("nonce is not hex: {e}")))?;
+    let bound = match &job {
+        Some(j) => job_report_data(&nonce, runtime_keys, &j.spec.hash()),
+        None => report_data(&nonce, runtime_keys, &models),
+    };
+    let evidence = tee
+        .evidence(&bound)
+        .map_err(|e| RuntimeError::Evidence(e.to_string()))?;
+    let request = AttestRequest {
+        nonce: challenge.nonce.clone(),
+        evidence: evidence.clone(),
+        runtime_keys: runtime_keys.clone(),
+        key_ids,
+        models,
+        job,
+    };
+    let resp = http
+        .post(format!("{kbs}/kbs/v1/attest"))
+        .json(&request)
+        .send()
+        .await
+        .map_err(|e| kbs_err(format!("attest: {e}")))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let reason = match resp.json::<ErrorBody>().await {
+            Ok(b) => format!("attest: {status}: {} ({})", b.error, b.code),
+            Err(_) => format!("attest: {status}"),
+        };
+        return Err(kbs_err(reason));
+    }
+    let response: AttestResponse = resp
+        .json()
+        .await
+        .map_err(|e| kbs_err(format!("attest: {e}")))?;
+    Ok(KbsRelease {
+        response,
+        nonce: challenge.nonce,
+        evidence,
     })
 }
 

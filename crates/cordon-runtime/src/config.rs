@@ -14,6 +14,23 @@ pub struct RuntimeConfig {
     pub workload_data: Option<String>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// Present when this runtime also runs collaborative training jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingConfig>,
+}
+
+/// `[training]`: the job board. Measured with the rest of the configuration, so a data owner's
+/// release policy that pins the measurement pins "this runtime trains, with these limits".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingConfig {
+    /// Largest sealed dataset accepted, in MiB (default 256).
+    #[serde(default = "default_dataset_mib")]
+    pub max_dataset_mib: u64,
+}
+
+fn default_dataset_mib() -> u64 {
+    256
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,7 +9,10 @@
 //!   message with sequence numbers);
 //! - `GET /v2/health/live`, `/v2/health/ready`, `/v2`, `/v2/models/{name}[/versions/{v}][/ready]`:
 //!   plaintext, no secrets;
-//! - `GET /metrics`: Prometheus metrics (no request data, no keys).
+//! - `GET /metrics`: Prometheus metrics (no request data, no keys);
+//! - with `[training]` in its configuration, the job board: `POST /v1/jobs`, `GET /v1/jobs/{hash}`,
+//!   `POST /v1/jobs/{hash}/approvals`, `POST /v1/jobs/{hash}/submit`, `GET /v1/jobs/{hash}/result`,
+//!   `GET /v1/jobs/{hash}/receipt`, `PUT /v1/datasets` (every request signed by a party's key).
 //!
 //! Plaintext of models and requests stays in memory and is never logged.
 
@@ -17,14 +20,16 @@ mod batching;
 mod boot;
 mod config;
 mod engine;
+mod jobs;
 mod metrics;
 mod server;
 mod sessions;
 
 pub use batching::BatchOptions;
 pub use boot::{boot, check_config_binding, BootedRuntime, RuntimeError};
-pub use config::{ModelConfig, RuntimeConfig};
+pub use config::{ModelConfig, RuntimeConfig, TrainingConfig};
 pub use engine::{EngineError, OnnxModel};
+pub use jobs::TrainingOptions;
 pub use metrics::Metrics;
 pub use server::{router, serve, RuntimeState, ServedModel, ServingOptions};
 pub use sessions::{SessionError, SessionLimits};

@@ -8,6 +8,7 @@
 
 use crate::batching::{BatchOptions, Batcher};
 use crate::engine::OnnxModel;
+use crate::jobs::{self, JobBoard, TrainingOptions};
 use crate::metrics::{Channel, InferLabels, KeyEvent, Metrics, ModelLabels, RefusalKind};
 use crate::sessions::{SessionError, SessionLimits, SessionTable};
 use axum::body::Bytes;
@@ -16,7 +17,7 @@ use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cordon_proto::oip::{ErrorResponse, InferRequest};
 use cordon_proto::runtime::{
@@ -82,8 +83,8 @@ pub struct ServedModel {
 /// Everything a serving runtime holds. Secrets (service key, signing key, models) stay in here.
 pub struct RuntimeState {
     service_key: ServiceKeyPair,
-    // Bound in report_data now; signs job receipts when training lands.
-    _signing_key: SigningKey,
+    /// Bound in report_data; signs job receipts and sealed job outputs.
+    signing_key: SigningKey,
     runtime_keys: RuntimeKeys,
     tee: Arc<dyn EvidenceProvider>,
     models: BTreeMap<String, ServedModel>,
@@ -95,6 +96,8 @@ pub struct RuntimeState {
     next_request_id: AtomicU64,
     /// One batcher per model, started on first use (inside the tokio runtime).
     batchers: BTreeMap<String, std::sync::OnceLock<Batcher>>,
+    /// The training job board, when the configuration enables training.
+    jobs: Option<JobBoard>,
 }
 
 impl RuntimeState {
@@ -121,7 +124,8 @@ impl RuntimeState {
         RuntimeState {
             batchers,
             service_key,
-            _signing_key: signing_key,
+            signing_key,
+            jobs: None,
             runtime_keys,
             tee,
             models,
@@ -136,6 +140,27 @@ impl RuntimeState {
 
     pub fn runtime_keys(&self) -> &RuntimeKeys {
         &self.runtime_keys
+    }
+
+    /// Runs training jobs (`/v1/jobs`, `/v1/datasets`) besides serving.
+    pub fn enable_training(&mut self, options: TrainingOptions) {
+        self.jobs = Some(JobBoard::new(options));
+    }
+
+    pub(crate) fn job_board(&self) -> Option<&JobBoard> {
+        self.jobs.as_ref()
+    }
+
+    pub(crate) fn tee(&self) -> &Arc<dyn EvidenceProvider> {
+        &self.tee
+    }
+
+    pub(crate) fn service_key(&self) -> &ServiceKeyPair {
+        &self.service_key
+    }
+
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.signing_key
     }
 
     pub fn model_names(&self) -> Vec<String> {
@@ -214,6 +239,10 @@ impl Drop for GaugeGuard<'_> {
 /// The runtime's routes.
 pub fn router(state: Arc<RuntimeState>) -> Router {
     let max_body = state.options.max_body;
+    let dataset_limit = state
+        .job_board()
+        .map(|b| b.max_dataset_bytes())
+        .unwrap_or(max_body);
     Router::new()
         .route("/v1/attestation", get(attestation))
         .route("/v1/encrypted", post(encrypted))
@@ -245,6 +274,16 @@ pub fn router(state: Arc<RuntimeState>) -> Router {
             post(plain_infer),
         )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .route("/v1/jobs", post(jobs::create))
+        .route("/v1/jobs/{hash}", get(jobs::status))
+        .route("/v1/jobs/{hash}/approvals", post(jobs::approve))
+        .route("/v1/jobs/{hash}/submit", post(jobs::submit))
+        .route("/v1/jobs/{hash}/result", get(jobs::result))
+        .route("/v1/jobs/{hash}/receipt", get(jobs::receipt))
+        .route(
+            "/v1/datasets",
+            put(jobs::upload_dataset).layer(DefaultBodyLimit::max(dataset_limit)),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             request_id,

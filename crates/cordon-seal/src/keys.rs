@@ -63,6 +63,12 @@ impl OwnerKey {
         OwnerKey(SigningKey::from_bytes(&seed))
     }
 
+    /// The key with this 32-byte Ed25519 secret: a party's identity key (its datasets are signed by
+    /// the key that signs its approvals) or a runtime's signing key (it signs a job's sealed output).
+    pub fn from_secret_bytes(secret: &[u8; 32]) -> OwnerKey {
+        OwnerKey(SigningKey::from_bytes(secret))
+    }
+
     pub fn public_key(&self) -> [u8; 32] {
         self.0.verifying_key().to_bytes()
     }

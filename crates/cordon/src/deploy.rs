@@ -44,7 +44,7 @@ pub const DEV_MODELS: &[DemoModel] = &[BREAST_CANCER_LR, BREAST_CANCER_MLP, FRAU
 pub const DEMO_INPUT: &str = include_str!("../../../models/demo_input.json");
 
 /// Child processes, killed when this goes out of scope (on success and on every error path).
-pub struct Children(Vec<(String, Child)>);
+pub struct Children(pub Vec<(String, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -135,6 +135,107 @@ fn load_or_create<T>(
     Ok(v)
 }
 
+/// A key broker started by [`start_kbs`].
+pub struct StartedKbs {
+    pub url: String,
+    /// The admin token.
+    pub token: String,
+    /// The simulated hardware key; its public half is the trust anchor the KBS was given.
+    pub hw: SimHardwareKey,
+}
+
+/// Creates (or reuses) the simulated hardware key under `dir/keys` and starts a KBS process with
+/// its store in `dir/kbs`, logging to `dir/run/kbs.log`.
+pub fn start_kbs(dir: &Path, children: &mut Children) -> Result<StartedKbs> {
+    for sub in ["keys", "kbs", "run"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let p = |p: &Path| p.to_string_lossy().into_owned();
+    // The simulated hardware key (its public half is the sim trust anchor).
+    let hw = load_or_create(
+        &dir.join("keys/sim-hardware.key"),
+        SimHardwareKey::generate,
+        |k| k.to_file_contents().to_string(),
+        |t| Ok(SimHardwareKey::from_file_contents(t)?),
+    )?;
+    let anchor_path = dir.join("keys/sim-hardware.pub");
+    std::fs::write(&anchor_path, format!("{}\n", hex::encode(hw.public_key())))?;
+
+    let run_dir = dir.join("run");
+    let kbs_addr = run_dir.join("kbs.addr");
+    let _ = std::fs::remove_file(&kbs_addr);
+    let token_path = dir.join("keys/admin-token");
+    let kbs_log = run_dir.join("kbs.log");
+    spawn(
+        children,
+        "kbs",
+        &[
+            "kbs",
+            "serve",
+            "--data-dir",
+            &p(&dir.join("kbs")),
+            "--listen",
+            "127.0.0.1:0",
+            "--sim-trust-anchor",
+            &p(&anchor_path),
+            "--init-admin-token-file",
+            &p(&token_path),
+            "--addr-file",
+            &p(&kbs_addr),
+        ],
+        &kbs_log,
+    )?;
+    let kbs_url = wait_for_addr(children, "kbs", &kbs_addr, &kbs_log)?;
+    println!(
+        "[kbs]     key broker listening at {kbs_url} (store {})",
+        dir.join("kbs").display()
+    );
+
+    let token = util::read_to_string(&token_path, "admin token")?
+        .trim()
+        .to_string();
+    Ok(StartedKbs {
+        url: kbs_url,
+        token,
+        hw,
+    })
+}
+
+/// Starts a runtime process (simulated TEE, the hardware key under `dir/keys`) with `config`, and
+/// waits until it serves. `name` names its log and address files under `dir/run`.
+pub fn start_runtime(
+    dir: &Path,
+    children: &mut Children,
+    name: &str,
+    config: &Path,
+) -> Result<String> {
+    let p = |p: &Path| p.to_string_lossy().into_owned();
+    let run_dir = dir.join("run");
+    let addr = run_dir.join(format!("{name}.addr"));
+    let _ = std::fs::remove_file(&addr);
+    let log = run_dir.join(format!("{name}.log"));
+    spawn(
+        children,
+        name,
+        &[
+            "runtime",
+            "serve",
+            "--config",
+            &p(config),
+            "--listen",
+            "127.0.0.1:0",
+            "--platform",
+            "sim",
+            "--sim-hardware-key",
+            &p(&dir.join("keys/sim-hardware.key")),
+            "--addr-file",
+            &p(&addr),
+        ],
+        &log,
+    )?;
+    wait_for_addr(children, name, &addr, &log)
+}
+
 /// One sealed model of a deployment.
 pub struct SealedModel {
     pub name: String,
@@ -219,55 +320,16 @@ pub fn deploy(
         ));
     }
 
-    // 2. The simulated hardware key (its public half is the sim trust anchor).
-    let hw = load_or_create(
-        &dir.join("keys/sim-hardware.key"),
-        SimHardwareKey::generate,
-        |k| k.to_file_contents().to_string(),
-        |t| Ok(SimHardwareKey::from_file_contents(t)?),
-    )?;
-    let anchor_path = dir.join("keys/sim-hardware.pub");
-    std::fs::write(&anchor_path, format!("{}\n", hex::encode(hw.public_key())))?;
-
-    // 3. The key broker, in its own process.
+    // 2-3. The simulated hardware key and the key broker, in its own process.
     let mut children = Children(Vec::new());
-    let run_dir = dir.join("run");
-    let kbs_addr = run_dir.join("kbs.addr");
-    let runtime_addr = run_dir.join("runtime.addr");
-    let _ = std::fs::remove_file(&kbs_addr);
-    let _ = std::fs::remove_file(&runtime_addr);
-    let token_path = dir.join("keys/admin-token");
-    let kbs_log = run_dir.join("kbs.log");
-    let p = |p: &Path| p.to_string_lossy().into_owned();
-    spawn(
-        &mut children,
-        "kbs",
-        &[
-            "kbs",
-            "serve",
-            "--data-dir",
-            &p(&dir.join("kbs")),
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-trust-anchor",
-            &p(&anchor_path),
-            "--init-admin-token-file",
-            &p(&token_path),
-            "--addr-file",
-            &p(&kbs_addr),
-        ],
-        &kbs_log,
-    )?;
-    let kbs_url = wait_for_addr(&mut children, "kbs", &kbs_addr, &kbs_log)?;
-    println!(
-        "[kbs]     key broker listening at {kbs_url} (store {})",
-        dir.join("kbs").display()
-    );
+    let kbs = start_kbs(dir, &mut children)?;
+    let (kbs_url, hw) = (kbs.url.clone(), kbs.hw);
 
     // 4. The runtime's configuration is part of its measurement; the release policy names it.
     let config = RuntimeConfig {
         kbs_url: kbs_url.clone(),
         workload_data: None,
+        training: None,
         models: sealed
             .iter()
             .map(|(m, path, digest, _)| ModelConfig {
@@ -287,9 +349,7 @@ pub fn deploy(
         ..Policy::new(vec![Platform::Sim], vec![measurement.to_vec()])
     };
     std::fs::write(dir.join("release-policy.toml"), policy.to_toml())?;
-    let token = util::read_to_string(&token_path, "admin token")?
-        .trim()
-        .to_string();
+    let token = kbs.token;
     let mut models_out = Vec::new();
     for (model, _, _, key) in sealed {
         rt.block_on(cmd_kbs::register_key(
@@ -312,27 +372,7 @@ pub fn deploy(
     );
 
     // 5. The runtime, in its own process: attests, receives the DEKs, unseals in memory.
-    let runtime_log = run_dir.join("runtime.log");
-    spawn(
-        &mut children,
-        "runtime",
-        &[
-            "runtime",
-            "serve",
-            "--config",
-            &p(&config_path),
-            "--listen",
-            "127.0.0.1:0",
-            "--platform",
-            "sim",
-            "--sim-hardware-key",
-            &p(&dir.join("keys/sim-hardware.key")),
-            "--addr-file",
-            &p(&runtime_addr),
-        ],
-        &runtime_log,
-    )?;
-    let runtime_url = wait_for_addr(&mut children, "runtime", &runtime_addr, &runtime_log)?;
+    let runtime_url = start_runtime(dir, &mut children, "runtime", &config_path)?;
     println!(
         "[runtime] attested to the KBS, {} in memory, serving at {runtime_url}",
         if models_out.len() == 1 {

@@ -5,9 +5,11 @@ mod cmd_attest;
 mod cmd_bench;
 mod cmd_bench_serve;
 mod cmd_bench_trees;
+mod cmd_demo;
 mod cmd_dev;
 mod cmd_fetch;
 mod cmd_infer;
+mod cmd_job;
 mod cmd_kbs;
 mod cmd_model;
 mod cmd_proxy;
@@ -70,6 +72,18 @@ enum Command {
     /// sealing it.
     #[command(subcommand)]
     Model(cmd_model::ModelCommand),
+    /// Demonstrations on this machine (simulated TEE).
+    #[command(subcommand)]
+    Demo(cmd_demo::DemoCommand),
+    /// A party of collaborative training: its key (identity and output key).
+    #[command(subcommand)]
+    Party(cmd_job::PartyCommand),
+    /// A party's datasets: seal, register the key with the KBS, upload to the training runtime.
+    #[command(subcommand)]
+    Dataset(cmd_job::DatasetCommand),
+    /// Collaborative training jobs: create, approve, submit, status, result, receipt verify.
+    #[command(subcommand)]
+    Job(cmd_job::JobCommand),
     /// Benchmarks, each against a baseline measured in the same run (build with --release).
     #[command(subcommand)]
     Bench(cmd_bench::BenchCommand),
@@ -95,6 +109,10 @@ fn main() -> ExitCode {
         Command::Proxy(a) => cmd_proxy::run(a),
         Command::Dev(c) => cmd_dev::run(c),
         Command::Model(c) => cmd_model::run(c),
+        Command::Demo(c) => cmd_demo::run(c),
+        Command::Party(c) => cmd_job::run_party(c),
+        Command::Dataset(c) => cmd_job::run_dataset(c),
+        Command::Job(c) => cmd_job::run_job(c),
         Command::Bench(c) => cmd_bench::run(c),
     };
     match result {

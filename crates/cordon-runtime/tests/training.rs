@@ -1,0 +1,389 @@
+//! Collaborative training over loopback: a KBS and a training runtime (simulated TEE) in process,
+//! three hospitals with their own keys, sealed datasets and approvals. Every must-reject of the
+//! job protocol is tried here; the KBS's own job checks are in cordon-kbs/tests/jobs.rs.
+
+use cordon_attest::{Endorsements, Platform, Policy, Verifier};
+use cordon_client::jobs::{JobClient, JobClientError};
+use cordon_kbs::{Kbs, KbsConfig};
+use cordon_proto::job::{Evaluation, JobDataset, JobSchema, JobSpec, JobState, Outputs, PartyKey};
+use cordon_proto::{RuntimeKeys, ServiceKeyPair};
+use cordon_runtime::{OnnxModel, RuntimeState, ServingOptions, TrainingOptions};
+use cordon_seal::{KeyFile, OwnerKey, SealOptions};
+use cordon_tee::{SimHardwareKey, SimTee};
+use ed25519_dalek::SigningKey;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MEASUREMENT: [u8; 48] = [0x51; 48];
+const HOSPITALS: [(&str, &str); 3] = [
+    (
+        "hospital-a",
+        include_str!("../../../testdata/training/hospital_a.csv"),
+    ),
+    (
+        "hospital-b",
+        include_str!("../../../testdata/training/hospital_b.csv"),
+    ),
+    (
+        "hospital-c",
+        include_str!("../../../testdata/training/hospital_c.csv"),
+    ),
+];
+
+struct World {
+    runtime: String,
+    kbs: String,
+    verifier: Verifier,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(measurement: [u8; 48]) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let hw = SimHardwareKey::generate();
+    let endorsements = Endorsements {
+        sim_trust_anchors: vec![hw.public_key()],
+        ..Default::default()
+    };
+    let kbs = Kbs::open(KbsConfig::new(dir.path().join("kbs"), endorsements.clone())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let kbs_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, kbs.router()).await.unwrap() });
+
+    let tee = Arc::new(SimTee::new(hw, measurement, [0; 32], false));
+    let service_key = ServiceKeyPair::generate(0);
+    let signing_key = SigningKey::from_bytes(&[9; 32]);
+    let runtime_keys = RuntimeKeys {
+        hpke_public_key: service_key.public_key(),
+        hpke_key_id: 0,
+        signing_public_key: signing_key.verifying_key().to_bytes(),
+    };
+    let mut state = RuntimeState::new(
+        service_key,
+        signing_key,
+        runtime_keys,
+        tee,
+        BTreeMap::new(),
+        ServingOptions::default(),
+    );
+    state.enable_training(TrainingOptions::new(&kbs_url));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let runtime = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(cordon_runtime::serve(
+        Arc::new(state),
+        listener,
+        std::future::pending(),
+    ));
+    World {
+        runtime,
+        kbs: kbs_url,
+        verifier: Verifier::new(endorsements),
+        _dir: dir,
+    }
+}
+
+struct Hospital {
+    client: JobClient,
+    dataset: JobDataset,
+}
+
+/// A hospital seals its CSV, registers the key (released only to `MEASUREMENT` for jobs it
+/// approves) and uploads the sealed bytes.
+async fn hospital(w: &World, name: &str, csv: &str) -> Hospital {
+    let party = PartyKey::generate(name);
+    let owner = OwnerKey::from_secret_bytes(&party.signing_secret());
+    let mut sealed = std::io::Cursor::new(Vec::new());
+    let options = SealOptions {
+        name: format!("{name}-records"),
+        media_type: "text/csv".into(),
+        ..SealOptions::default()
+    };
+    let (manifest, key) = cordon_seal::seal(
+        csv.as_bytes(),
+        csv.len() as u64,
+        &mut sealed,
+        &owner,
+        &options,
+        &mut |_| {},
+    )
+    .unwrap();
+    let client = JobClient::new(&w.runtime, party);
+    let policy = Policy::new(vec![Platform::Sim], vec![MEASUREMENT.to_vec()]).to_toml();
+    client
+        .register_dataset_key(&w.kbs, &manifest.key_id, key.dek.as_bytes(), &policy)
+        .await
+        .unwrap();
+    let digest = client.upload_dataset(sealed.into_inner()).await.unwrap();
+    Hospital {
+        dataset: JobDataset {
+            party: name.into(),
+            key_id: manifest.key_id,
+            manifest_sha256: hex::decode(digest).unwrap().try_into().unwrap(),
+            format: "csv".into(),
+        },
+        client,
+    }
+}
+
+fn spec(hospitals: &[&Hospital], algorithm: serde_json::Value) -> JobSpec {
+    JobSpec {
+        name: "breast cancer, three hospitals".into(),
+        parties: hospitals
+            .iter()
+            .map(|h| h.client.party().job_party())
+            .collect(),
+        datasets: hospitals.iter().map(|h| h.dataset.clone()).collect(),
+        schema: JobSchema {
+            features: HOSPITALS[0]
+                .1
+                .lines()
+                .next()
+                .unwrap()
+                .split(',')
+                .filter(|c| *c != "label")
+                .map(String::from)
+                .collect(),
+            label: "label".into(),
+        },
+        algorithm,
+        evaluation: Evaluation {
+            test_fraction: 0.25,
+            seed: 42,
+        },
+        outputs: Outputs {
+            recipients: vec![hospitals[0].client.party().name().into()],
+        },
+    }
+}
+
+fn code(e: JobClientError) -> (u16, String, String) {
+    match e {
+        JobClientError::Refused {
+            status,
+            code,
+            message,
+        } => (status, code, message),
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn three_hospitals_train_one_model_and_only_the_agreed_output_leaves() {
+    let w = start(MEASUREMENT).await;
+    let mut hs = Vec::new();
+    for (name, csv) in HOSPITALS {
+        hs.push(hospital(&w, name, csv).await);
+    }
+    let (a, b, c) = (&hs[0], &hs[1], &hs[2]);
+    let job = spec(
+        &[a, b, c],
+        serde_json::json!({"kind": "gbdt", "n_estimators": 60}),
+    );
+    let hash = hex::encode(job.hash());
+
+    let created = a.client.create(&job).await.unwrap();
+    assert_eq!(created.state, JobState::Created);
+    assert_eq!(created.job_hash, hash);
+    assert_eq!(created.awaiting.len(), 3);
+    assert!(created.datasets_missing.is_empty());
+
+    a.client.approve(&hash, Some(&job)).await.unwrap();
+    b.client.approve(&hash, None).await.unwrap();
+    // A party missing: the runtime refuses to run, and says whose approval is missing.
+    let (status, code_, message) = code(a.client.submit(&hash).await.unwrap_err());
+    assert_eq!((status, code_.as_str()), (409, "not_approved"));
+    assert!(message.contains("hospital-c"), "{message}");
+
+    // The spec changed after approval is another job: nobody approved it.
+    let changed = spec(
+        &[a, b, c],
+        serde_json::json!({"kind": "gbdt", "n_estimators": 61}),
+    );
+    let changed_hash = hex::encode(changed.hash());
+    assert_ne!(changed_hash, hash);
+    let s = b.client.create(&changed).await.unwrap();
+    assert_eq!(s.state, JobState::Created);
+    assert!(s.approved_by.is_empty());
+    assert_eq!(
+        code(b.client.submit(&changed_hash).await.unwrap_err()).1,
+        "not_approved"
+    );
+    // Approving with an expected spec that differs from the runtime's copy is refused locally.
+    assert!(matches!(
+        c.client.approve(&changed_hash, Some(&job)).await,
+        Err(JobClientError::SpecMismatch { .. })
+    ));
+
+    // An outsider learns nothing about the job.
+    let outsider = JobClient::new(&w.runtime, PartyKey::generate("outsider"));
+    assert_eq!(code(outsider.status(&hash).await.unwrap_err()).0, 404);
+
+    let approved = c.client.approve(&hash, None).await.unwrap();
+    assert_eq!(approved.state, JobState::Approved);
+    assert!(approved.awaiting.is_empty());
+    c.client.submit(&hash).await.unwrap();
+    assert_eq!(
+        code(c.client.submit(&hash).await.unwrap_err()).1,
+        "already_submitted"
+    );
+    let done = b
+        .client
+        .wait(&hash, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let m = done.metrics.unwrap();
+    assert_eq!(m.algorithm, "gbdt");
+    assert_eq!(m.parties.len(), 3);
+    let rows: u64 = HOSPITALS
+        .iter()
+        .map(|(_, csv)| csv.lines().count() as u64 - 1)
+        .sum();
+    assert_eq!(m.train_rows + m.test_rows, rows);
+    assert!(m.test_accuracy > 0.85, "accuracy {}", m.test_accuracy);
+    assert!(m.test_auc.unwrap() > 0.9, "auc {:?}", m.test_auc);
+
+    // Output requested by a non-recipient: refused. Every party gets the receipt.
+    let (status, code_, message) = code(b.client.result(&hash).await.unwrap_err());
+    assert_eq!((status, code_.as_str()), (403, "not_a_recipient"));
+    assert!(message.contains("hospital-b"), "{message}");
+    let receipt = c.client.receipt(&hash).await.unwrap();
+    let claims = receipt.verify(&w.verifier).unwrap();
+    assert_eq!(claims.launch_measurement, MEASUREMENT.to_vec());
+    assert_eq!(receipt.body.job_hash, job.hash());
+    assert_eq!(receipt.body.metrics, m);
+    let mut tampered = receipt.clone();
+    tampered.body.inputs.pop();
+    assert!(tampered.verify(&w.verifier).is_err());
+
+    // The recipient opens the output: the sealed model is the one the receipt names, and it runs.
+    let result = a.client.result(&hash).await.unwrap();
+    assert_eq!(result.receipt, receipt);
+    let dek = a.client.open_output_key(&result).unwrap();
+    let key = KeyFile {
+        key_id: result.key_id.clone(),
+        dek: cordon_seal::Dek::from_bytes(dek.as_ref()).unwrap(),
+        signer: receipt.body.attestation.runtime_keys.signing_public_key,
+    };
+    let (header, onnx) = cordon_seal::unseal_to_vec(&result.sealed_model[..], &key).unwrap();
+    assert_eq!(header.digest(), receipt.body.output.sealed_manifest_sha256);
+    use sha2::Digest;
+    assert_eq!(
+        <[u8; 32]>::from(sha2::Sha256::digest(&onnx[..])),
+        receipt.body.output.onnx_sha256
+    );
+    let model = OnnxModel::load("joint", "1", &onnx).unwrap();
+    assert_eq!(model.name(), "joint");
+    // Another party's HPKE key cannot open the recipient's output key.
+    let mut stolen = result.clone();
+    stolen.key_id = "other".into();
+    assert!(a.client.open_output_key(&stolen).is_err());
+    assert!(b.client.open_output_key(&result).is_err());
+}
+
+#[tokio::test]
+async fn a_runtime_the_owners_policy_does_not_name_gets_no_data() {
+    // Same protocol, but the runtime's measurement is not the one the hospitals' policies name.
+    let w = start([0x66; 48]).await;
+    let a = hospital(&w, HOSPITALS[0].0, HOSPITALS[0].1).await;
+    let b = hospital(&w, HOSPITALS[1].0, HOSPITALS[1].1).await;
+    let job = spec(
+        &[&a, &b],
+        serde_json::json!({"kind": "logistic_regression"}),
+    );
+    let hash = hex::encode(job.hash());
+    a.client.create(&job).await.unwrap();
+    a.client.approve(&hash, None).await.unwrap();
+    b.client.approve(&hash, None).await.unwrap();
+    a.client.submit(&hash).await.unwrap();
+    let err = a
+        .client
+        .wait(&hash, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    let JobClientError::NotFinished { state, error, .. } = err else {
+        panic!("{err}")
+    };
+    assert_eq!(state, JobState::Failed);
+    let error = error.unwrap();
+    assert!(error.contains("refused the key"), "{error}");
+    assert!(error.contains("measurement"), "{error}");
+    assert_eq!(
+        code(a.client.result(&hash).await.unwrap_err()).1,
+        "job_failed"
+    );
+}
+
+#[tokio::test]
+async fn bad_specs_uploads_and_signatures_are_refused() {
+    let w = start(MEASUREMENT).await;
+    let a = hospital(&w, HOSPITALS[0].0, HOSPITALS[0].1).await;
+    let b = hospital(&w, HOSPITALS[1].0, HOSPITALS[1].1).await;
+    // An unknown algorithm is refused before anyone approves.
+    let bad = spec(&[&a, &b], serde_json::json!({"kind": "svm"}));
+    let (status, code_, _) = code(a.client.create(&bad).await.unwrap_err());
+    assert_eq!((status, code_.as_str()), (400, "invalid_spec"));
+    // A non-party cannot create a job.
+    let job = spec(
+        &[&a, &b],
+        serde_json::json!({"kind": "logistic_regression"}),
+    );
+    let outsider = JobClient::new(&w.runtime, PartyKey::generate("outsider"));
+    assert_eq!(
+        code(outsider.create(&job).await.unwrap_err()).1,
+        "not_a_party"
+    );
+    // A dataset signed by someone else cannot be uploaded as one's own.
+    let owner = OwnerKey::generate();
+    let mut sealed = std::io::Cursor::new(Vec::new());
+    cordon_seal::seal(
+        &b"x,label\n1,0\n"[..],
+        12,
+        &mut sealed,
+        &owner,
+        &SealOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        code(
+            a.client
+                .upload_dataset(sealed.into_inner())
+                .await
+                .unwrap_err()
+        )
+        .1,
+        "not_your_dataset"
+    );
+    assert_eq!(
+        code(
+            a.client
+                .upload_dataset(b"not sealed".to_vec())
+                .await
+                .unwrap_err()
+        )
+        .1,
+        "invalid_sealed_dataset"
+    );
+    // Unsigned requests are refused.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/jobs", w.runtime))
+        .json(&job)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // An approval submitted on another party's behalf is refused.
+    let hash = hex::encode(a.client.create(&job).await.unwrap().spec.hash());
+    let forged = b.client.party().approve(&job.hash());
+    let body = serde_json::to_vec(&forged).unwrap();
+    let path = format!("/v1/jobs/{hash}/approvals");
+    let mut req = reqwest::Client::new().post(format!("{}{path}", w.runtime));
+    for (n, v) in a
+        .client
+        .party()
+        .sign_request("POST", &path, &body, std::time::SystemTime::now())
+    {
+        req = req.header(n, v);
+    }
+    assert_eq!(req.body(body).send().await.unwrap().status(), 403);
+}

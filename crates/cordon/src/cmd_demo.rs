@@ -1,0 +1,386 @@
+//! `cordon demo hospitals`: three hospitals train one model together without showing each other
+//! a row, then the joint model serves an encrypted prediction. Everything runs on this machine
+//! with the simulated TEE: a KBS, a training runtime and a serving runtime, each its own process.
+
+use crate::cmd_job::{print_status, seal_dataset, verify_receipt};
+use crate::deploy::{self, Children};
+use crate::{cmd_kbs, util};
+use anyhow::{bail, Context, Result};
+use cordon_attest::{Endorsements, Platform, Policy, PolicyDocument};
+use cordon_client::jobs::JobClient;
+use cordon_proto::job::{Evaluation, JobSchema, JobSpec, JobState, Outputs, PartyKey};
+use cordon_proto::oip::InferRequest;
+use cordon_runtime::{ModelConfig, OnnxModel, RuntimeConfig, TrainingConfig};
+use cordon_seal::KeyFile;
+use cordon_tee::sim_launch_measurement;
+use cordon_train::{Algorithm, DataFormat, Schema, Table};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// Disjoint, skewed slices of the breast-cancer training split (scripts/make_training_data.py):
+/// a referral oncology centre (mostly malignant), a screening clinic (mostly benign), a small
+/// mixed practice.
+const HOSPITALS: [(&str, &str); 3] = [
+    (
+        "hospital-a",
+        include_str!("../../../testdata/training/hospital_a.csv"),
+    ),
+    (
+        "hospital-b",
+        include_str!("../../../testdata/training/hospital_b.csv"),
+    ),
+    (
+        "hospital-c",
+        include_str!("../../../testdata/training/hospital_c.csv"),
+    ),
+];
+/// The held-out test split nobody trains on: the common yardstick for solo and joint models.
+const BENCHMARK: &str = include_str!("../../../testdata/training/breast_cancer_test.csv");
+
+#[derive(clap::Subcommand)]
+pub enum DemoCommand {
+    /// Three hospitals train one breast-cancer model together in an attested runtime; each
+    /// sees its own solo numbers, the joint model's, the receipt, and an encrypted prediction.
+    Hospitals(HospitalsArgs),
+}
+
+#[derive(clap::Args)]
+pub struct HospitalsArgs {
+    /// Where state lives (keys, sealed datasets, KBS store, logs).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("cordon-demo-hospitals"))]
+    data_dir: PathBuf,
+    /// `gbdt` or `logistic_regression`.
+    #[arg(long, default_value = "gbdt")]
+    algorithm: String,
+}
+
+pub fn run(c: DemoCommand) -> Result<()> {
+    match c {
+        DemoCommand::Hospitals(a) => hospitals(a),
+    }
+}
+
+fn schema() -> Result<Schema> {
+    let header = BENCHMARK
+        .lines()
+        .next()
+        .context("benchmark has no header")?;
+    Ok(Schema {
+        features: header
+            .split(',')
+            .filter(|c| *c != "label")
+            .map(String::from)
+            .collect(),
+        label: "label".into(),
+    })
+}
+
+fn score(labels: &[f32], probs: &[f64]) -> (f64, f64) {
+    (
+        cordon_train::metrics::accuracy(labels, probs),
+        cordon_train::metrics::roc_auc(labels, probs).unwrap_or(f64::NAN),
+    )
+}
+
+/// Sim-platform policy naming one measurement, and the document (with the trust anchor) that
+/// verifiers use.
+fn sim_policy(measurement: &[u8; 48], hw_public: [u8; 32]) -> (Policy, PolicyDocument) {
+    let policy = Policy {
+        workload_data: Some(vec![0; 32]),
+        ..Policy::new(vec![Platform::Sim], vec![measurement.to_vec()])
+    };
+    let doc = PolicyDocument {
+        policy: policy.clone(),
+        endorsements: Some(Endorsements {
+            sim_trust_anchors: vec![hw_public],
+            ..Default::default()
+        }),
+    };
+    (policy, doc)
+}
+
+fn measured_config(dir: &Path, name: &str, config: &RuntimeConfig) -> Result<(PathBuf, [u8; 48])> {
+    let path = dir.join(format!("{name}.toml"));
+    let text = config.to_toml();
+    std::fs::write(&path, &text)?;
+    let measurement = sim_launch_measurement(&std::env::current_exe()?, text.as_bytes())?;
+    Ok((path, measurement))
+}
+
+fn hospitals(a: HospitalsArgs) -> Result<()> {
+    let dir = a.data_dir;
+    let algorithm: Algorithm = serde_json::from_value(serde_json::json!({ "kind": a.algorithm }))
+        .with_context(|| format!("--algorithm {}", a.algorithm))?;
+    for sub in ["parties", "datasets", "output"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    println!(
+        "Cordon demo: three hospitals, one model, no rows shown. Data directory {}",
+        dir.display()
+    );
+    println!("Platform: SIMULATED TEE. Nothing below is hardware-backed; it shows the protocol, not isolation.\n");
+    let schema = schema()?;
+    let benchmark = cordon_train::read_table(BENCHMARK.as_bytes(), DataFormat::Csv, &schema)?;
+
+    // 1. Each hospital alone: its own rows, its own model, scored on the common benchmark.
+    println!(
+        "== Each hospital alone (its own rows only; scored on the {} benchmark patients) ==",
+        benchmark.n_rows()
+    );
+    let mut solo = Vec::new();
+    for (name, csv) in HOSPITALS {
+        let t = cordon_train::read_table(csv.as_bytes(), DataFormat::Csv, &schema)?;
+        let positives = t.labels().iter().filter(|&&l| l == 1.0).count();
+        let model = cordon_train::train(&algorithm, &t)?;
+        let (acc, auc) = score(benchmark.labels(), &model.predict_proba(&benchmark));
+        println!(
+            "  {name}: {:>3} rows ({:>3} benign, {:>3} malignant)  solo accuracy {acc:.4}  AUC {auc:.4}",
+            t.n_rows(),
+            positives,
+            t.n_rows() - positives
+        );
+        solo.push((name, t.n_rows(), acc, auc));
+    }
+
+    // 2. The key broker and the training runtime, each its own process.
+    println!("\n== The confidential setup ==");
+    let rt = util::tokio_runtime()?;
+    let mut children = Children(Vec::new());
+    let kbs = deploy::start_kbs(&dir, &mut children)?;
+    let trainer_config = RuntimeConfig {
+        kbs_url: kbs.url.clone(),
+        workload_data: None,
+        models: vec![],
+        training: Some(TrainingConfig {
+            max_dataset_mib: 64,
+        }),
+    };
+    let (trainer_path, trainer_measurement) = measured_config(&dir, "trainer", &trainer_config)?;
+    let (release_policy, trainer_doc) = sim_policy(&trainer_measurement, kbs.hw.public_key());
+    let trainer_url = deploy::start_runtime(&dir, &mut children, "trainer", &trainer_path)?;
+    println!(
+        "[trainer] training runtime at {trainer_url}, measurement {}…",
+        &hex::encode(trainer_measurement)[..16]
+    );
+
+    // 3. Each hospital seals its records, registers the key (released only to that measurement,
+    //    only for jobs it approves) and uploads the sealed file.
+    let mut clients = Vec::new();
+    let mut datasets = Vec::new();
+    for (name, csv) in HOSPITALS {
+        let party = PartyKey::generate(name);
+        util::write_secret(
+            &dir.join("parties").join(format!("{name}.party")),
+            party.to_file_contents().as_bytes(),
+            true,
+        )?;
+        let sealed_path = dir.join("datasets").join(format!("{name}.sealed"));
+        let (entry, key) = seal_dataset(&party, csv.as_bytes(), "csv", &sealed_path)?;
+        let client = JobClient::new(&trainer_url, party);
+        rt.block_on(client.register_dataset_key(
+            &kbs.url,
+            &key.key_id,
+            key.dek.as_bytes(),
+            &release_policy.to_toml(),
+        ))?;
+        drop(key);
+        rt.block_on(client.upload_dataset(std::fs::read(&sealed_path)?))?;
+        println!(
+            "[{name}] sealed its records (manifest {}…), registered the key with the KBS, uploaded the sealed file",
+            &hex::encode(entry.manifest_sha256)[..16]
+        );
+        clients.push(client);
+        datasets.push(entry);
+    }
+
+    // 4. The job: one spec, approved by every hospital by its hash.
+    let spec = JobSpec {
+        name: "breast cancer diagnosis, three hospitals".into(),
+        parties: clients.iter().map(|c| c.party().job_party()).collect(),
+        datasets,
+        schema: JobSchema {
+            features: schema.features.clone(),
+            label: schema.label.clone(),
+        },
+        algorithm: serde_json::to_value(&algorithm)?,
+        evaluation: Evaluation {
+            test_fraction: 0.25,
+            seed: 42,
+        },
+        outputs: Outputs {
+            recipients: vec![HOSPITALS[0].0.into()],
+        },
+    };
+    std::fs::write(dir.join("job.json"), serde_json::to_string_pretty(&spec)?)?;
+    let hash = hex::encode(spec.hash());
+    println!(
+        "\n== The job (spec in {}) ==",
+        dir.join("job.json").display()
+    );
+    rt.block_on(clients[0].create(&spec))?;
+    for c in &clients {
+        rt.block_on(c.approve(&hash, Some(&spec)))?;
+        println!("[{}] approved job {}…", c.party().name(), &hash[..16]);
+    }
+    rt.block_on(clients[0].submit(&hash))?;
+    let status = rt.block_on(clients[0].wait(&hash, Duration::from_secs(600)))?;
+    if status.state != JobState::Finished {
+        bail!("job ended {}", status.state);
+    }
+    print_status(&status);
+
+    // 5. The receipt, verified offline by a hospital that receives no model.
+    let receipt = rt.block_on(clients[1].receipt(&hash))?;
+    let receipt_path = dir.join("output/receipt.json");
+    std::fs::write(&receipt_path, serde_json::to_string_pretty(&receipt)?)?;
+    std::fs::write(dir.join("trainer-policy.toml"), trainer_doc.to_toml())?;
+    println!("\n== Job receipt ({}) ==", receipt_path.display());
+    println!(
+        "  inputs:  {}",
+        receipt
+            .body
+            .inputs
+            .iter()
+            .map(|i| format!("{} {}…", i.party, &hex::encode(i.manifest_sha256)[..12]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  output:  model onnx sha256 {}…, sealed to {}",
+        &hex::encode(receipt.body.output.onnx_sha256)[..16],
+        receipt.body.output.recipients.join(", ")
+    );
+    println!(
+        "  [{}] {}",
+        HOSPITALS[1].0,
+        verify_receipt(&receipt, &trainer_doc)?
+    );
+    match rt.block_on(clients[1].result(&hash)) {
+        Err(e) => println!("  [{}] asks for the model: refused ({e})", HOSPITALS[1].0),
+        Ok(_) => bail!("a hospital that is not a recipient received the model"),
+    }
+
+    // 6. The recipient opens its output and scores it on the benchmark.
+    let result = rt.block_on(clients[0].result(&hash))?;
+    let dek = clients[0].open_output_key(&result)?;
+    let key = KeyFile {
+        key_id: result.key_id.clone(),
+        dek: cordon_seal::Dek::from_bytes(dek.as_ref())?,
+        signer: receipt.body.attestation.runtime_keys.signing_public_key,
+    };
+    let sealed_model = dir.join("output/joint-model.sealed");
+    std::fs::write(&sealed_model, &result.sealed_model)?;
+    let (_, onnx) = cordon_seal::unseal_to_vec(&result.sealed_model[..], &key)?;
+    let model = OnnxModel::load("joint", "1", &onnx)?;
+    let probs = onnx_probabilities(&model, &benchmark)?;
+    let (acc, auc) = score(benchmark.labels(), &probs);
+    let trained_on = status.metrics.as_ref().map(|m| m.train_rows).unwrap_or(0);
+    println!(
+        "\n== Solo vs joint, on the same {} benchmark patients ==",
+        benchmark.n_rows()
+    );
+    for (name, rows, a, u) in &solo {
+        println!("  {name:<14} trained on {rows:>3} rows   accuracy {a:.4}   AUC {u:.4}");
+    }
+    println!(
+        "  joint (Cordon) trained on {trained_on:>3} rows   accuracy {acc:.4}   AUC {auc:.4}   (the model {} received, run with tract; the job held out the rest)",
+        HOSPITALS[0].0
+    );
+
+    // 7. The joint model serves: its key goes to the KBS under a serving policy; a serving runtime
+    //    loads the sealed model, whose manifest the attested trainer signed; a client verifies and
+    //    sends an encrypted request.
+    let server_config = RuntimeConfig {
+        kbs_url: kbs.url.clone(),
+        workload_data: None,
+        models: vec![ModelConfig {
+            name: "joint-breast-cancer".into(),
+            path: sealed_model.clone(),
+            signer: hex::encode(key.signer),
+            manifest_sha256: Some(hex::encode(receipt.body.output.sealed_manifest_sha256)),
+        }],
+        training: None,
+    };
+    let (server_path, server_measurement) = measured_config(&dir, "server", &server_config)?;
+    let (serving_policy, client_doc) = sim_policy(&server_measurement, kbs.hw.public_key());
+    rt.block_on(cmd_kbs::register_key(
+        &kbs.url,
+        &kbs.token,
+        &key,
+        &serving_policy.to_toml(),
+    ))?;
+    drop(key);
+    let server_url = deploy::start_runtime(&dir, &mut children, "server", &server_path)?;
+    let row = benchmark.row(0);
+    let request: InferRequest = serde_json::from_value(serde_json::json!({
+        "inputs": [{"name": "input", "shape": [1, row.len()], "datatype": "FP32", "data": row}]
+    }))?;
+    let (verified, response) = rt.block_on(async {
+        let v = cordon_client::connect(&server_url, &client_doc, SystemTime::now()).await?;
+        let r = v.infer("joint-breast-cancer", &request).await?;
+        Ok::<_, anyhow::Error>((v, r))
+    })?;
+    let local = model.infer(&request)?;
+    println!("\n== The joint model serving (encrypted request to the attested runtime at {server_url}) ==");
+    println!(
+        "  client verified {} evidence (measurement {}…) -- SIMULATED, NOT hardware-backed",
+        verified.claims().platform,
+        &hex::encode(&verified.claims().launch_measurement)[..16]
+    );
+    let out = |name: &str| {
+        response
+            .outputs
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| o.data.to_string())
+            .unwrap_or_default()
+    };
+    println!(
+        "  benchmark patient 0 (truth: {}): label {} (1 = benign), probabilities {}",
+        benchmark.label(0),
+        out("label"),
+        out("probabilities")
+    );
+    let agrees = local.outputs == response.outputs;
+    println!(
+        "  equals the recipient's in-process run: {}",
+        if agrees { "yes" } else { "NO" }
+    );
+    if !agrees {
+        bail!("encrypted-path prediction differs from in-process prediction");
+    }
+    println!(
+        "\nKeys, sealed files, the job spec, the receipt, policies and logs are in {}.",
+        dir.display()
+    );
+    println!(
+        "Verify the receipt yourself: cordon job receipt verify --receipt {} --policy {}",
+        receipt_path.display(),
+        dir.join("trainer-policy.toml").display()
+    );
+    drop(children);
+    Ok(())
+}
+
+/// Class-1 probabilities of the ONNX model on every row of `table`.
+fn onnx_probabilities(model: &OnnxModel, table: &Table) -> Result<Vec<f64>> {
+    let request: InferRequest = serde_json::from_value(serde_json::json!({
+        "inputs": [{
+            "name": "input",
+            "shape": [table.n_rows(), table.n_features()],
+            "datatype": "FP32",
+            "data": table.features(),
+        }]
+    }))?;
+    let response = model.infer(&request)?;
+    let probs = response
+        .outputs
+        .iter()
+        .find(|o| o.name == "probabilities")
+        .context("the model has no probabilities output")?;
+    let values: Vec<f64> = serde_json::from_value(probs.data.clone())?;
+    Ok(values
+        .chunks(2)
+        .map(|c| c.get(1).copied().unwrap_or(f64::NAN))
+        .collect())
+}

@@ -1,0 +1,412 @@
+//! Collaborative training from a party's seat: `cordon party keygen`, `cordon dataset
+//! seal|register|upload`, `cordon job create|approve|submit|status|result|receipt verify`.
+
+use crate::util;
+use anyhow::{bail, Context, Result};
+use cordon_attest::{appraise, PolicyDocument, Verifier};
+use cordon_client::jobs::JobClient;
+use cordon_proto::job::{JobDataset, JobSpec, JobStatus, PartyKey, Receipt};
+use cordon_seal::{KeyFile, OwnerKey, SealOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(clap::Subcommand)]
+pub enum PartyCommand {
+    /// Create a party's key file: its Ed25519 identity (signs approvals, requests and its datasets)
+    /// and its HPKE key (job outputs are sealed to it). Prints the party's entry for a job spec.
+    Keygen {
+        /// The party's name in job specs.
+        #[arg(long)]
+        name: String,
+        /// Key file to write (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum DatasetCommand {
+    /// Seal a CSV or Parquet file with the party's key; prints the dataset's entry for a job spec.
+    Seal(DatasetSealArgs),
+    /// Register the dataset's key with the KBS, signed by the party: released only for training
+    /// jobs this party approves, to runtimes the release policy names.
+    Register {
+        #[arg(long)]
+        party: PathBuf,
+        /// The key file `cordon dataset seal` wrote.
+        #[arg(long)]
+        key: PathBuf,
+        /// Release policy (TOML): which runtimes may receive the key.
+        #[arg(long)]
+        policy: PathBuf,
+        #[arg(long)]
+        kbs: String,
+    },
+    /// Upload the sealed dataset (public bytes) to the training runtime.
+    Upload {
+        #[arg(long)]
+        party: PathBuf,
+        #[arg(long)]
+        sealed: PathBuf,
+        #[arg(long)]
+        runtime: String,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct DatasetSealArgs {
+    #[arg(long)]
+    party: PathBuf,
+    /// The plaintext dataset.
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long, value_parser = ["csv", "parquet"], default_value = "csv")]
+    format: String,
+    /// Sealed output (public).
+    #[arg(long)]
+    out: PathBuf,
+    /// Where the DEK goes (mode 0600), for `cordon dataset register`.
+    #[arg(long)]
+    key_out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct Conn {
+    /// The party's key file (`cordon party keygen`).
+    #[arg(long)]
+    party: PathBuf,
+    /// The training runtime's URL.
+    #[arg(long)]
+    runtime: String,
+}
+
+#[derive(clap::Subcommand)]
+pub enum JobCommand {
+    /// Create a job from its spec (JSON); prints the job hash every party approves.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        spec: PathBuf,
+    },
+    /// Approve a job: fetches the runtime's copy, checks it hashes to --job (and equals --spec when
+    /// given), then signs.
+    Approve {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        job: String,
+        /// The spec this party agreed to; the approval is refused unless the runtime's copy is it.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+    },
+    /// Run an approved job; with --wait, until it finishes.
+    Submit {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        job: String,
+        /// Seconds to wait for the job to finish (0: return at once).
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
+    /// State, approvals, missing datasets, metrics.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        job: String,
+    },
+    /// Fetch the output (recipients only): the sealed model, its key file, the receipt.
+    Result {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        job: String,
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
+    /// Job receipts.
+    #[command(subcommand)]
+    Receipt(ReceiptCommand),
+}
+
+#[derive(clap::Subcommand)]
+pub enum ReceiptCommand {
+    /// Verify a receipt offline: the runtime's signature, its evidence (with the policy file's
+    /// endorsements), that the evidence binds the signing key to the job, and the policy.
+    Verify {
+        #[arg(long)]
+        receipt: PathBuf,
+        /// Policy file with [endorsements] (as `cordon infer --policy`).
+        #[arg(long)]
+        policy: PathBuf,
+    },
+}
+
+fn party(path: &Path) -> Result<PartyKey> {
+    PartyKey::from_file_contents(&util::read_to_string(path, "party key")?)
+        .with_context(|| format!("party key {}", path.display()))
+}
+
+fn client(conn: &Conn) -> Result<JobClient> {
+    Ok(JobClient::new(&conn.runtime, party(&conn.party)?))
+}
+
+pub fn run_party(c: PartyCommand) -> Result<()> {
+    match c {
+        PartyCommand::Keygen { name, out } => {
+            let key = PartyKey::generate(&name);
+            util::write_secret(&out, key.to_file_contents().as_bytes(), false)?;
+            eprintln!("wrote {} (keep it secret)", out.display());
+            println!("{}", serde_json::to_string_pretty(&key.job_party())?);
+            Ok(())
+        }
+    }
+}
+
+/// Seals `data` with the party's key. Returns the spec entry and the key file.
+pub fn seal_dataset(
+    party: &PartyKey,
+    data: &[u8],
+    format: &str,
+    out: &Path,
+) -> Result<(JobDataset, KeyFile)> {
+    let owner = OwnerKey::from_secret_bytes(&party.signing_secret());
+    let options = SealOptions {
+        name: format!("{}-dataset", party.name()),
+        version: "1".into(),
+        media_type: if format == "parquet" {
+            "application/vnd.apache.parquet".into()
+        } else {
+            "text/csv".into()
+        },
+        chunk_size: cordon_seal::DEFAULT_CHUNK_SIZE,
+    };
+    let mut file = std::fs::File::create(out).with_context(|| format!("{}", out.display()))?;
+    let (manifest, key) = cordon_seal::seal(
+        data,
+        data.len() as u64,
+        &mut file,
+        &owner,
+        &options,
+        &mut |_| {},
+    )?;
+    file.sync_all()?;
+    let digest = cordon_seal::read_header(&mut std::fs::File::open(out)?)?.digest();
+    Ok((
+        JobDataset {
+            party: party.name().into(),
+            key_id: manifest.key_id,
+            manifest_sha256: digest,
+            format: format.into(),
+        },
+        key,
+    ))
+}
+
+pub fn run_dataset(c: DatasetCommand) -> Result<()> {
+    let rt = util::tokio_runtime()?;
+    match c {
+        DatasetCommand::Seal(a) => {
+            let p = party(&a.party)?;
+            let data = std::fs::read(&a.input).with_context(|| format!("{}", a.input.display()))?;
+            let (entry, key) = seal_dataset(&p, &data, &a.format, &a.out)?;
+            util::write_secret(&a.key_out, key.to_file_contents().as_bytes(), false)?;
+            eprintln!(
+                "sealed {} -> {} (key in {})",
+                a.input.display(),
+                a.out.display(),
+                a.key_out.display()
+            );
+            println!("{}", serde_json::to_string_pretty(&entry)?);
+        }
+        DatasetCommand::Register {
+            party: p,
+            key,
+            policy,
+            kbs,
+        } => {
+            let p = party(&p)?;
+            let key = KeyFile::from_file_contents(&util::read_to_string(&key, "key file")?)?;
+            if key.signer != p.signing_public_key() {
+                bail!("the key file's dataset was sealed by another party's key");
+            }
+            let policy = util::read_to_string(&policy, "release policy")?;
+            cordon_attest::Policy::from_toml(&policy).context("release policy")?;
+            let client = JobClient::new("http://unused", p);
+            rt.block_on(client.register_dataset_key(
+                &kbs,
+                &key.key_id,
+                key.dek.as_bytes(),
+                &policy,
+            ))?;
+            println!("registered dataset key {} with {kbs}", key.key_id);
+        }
+        DatasetCommand::Upload {
+            party: p,
+            sealed,
+            runtime,
+        } => {
+            let client = JobClient::new(&runtime, party(&p)?);
+            let bytes = std::fs::read(&sealed).with_context(|| format!("{}", sealed.display()))?;
+            let digest = rt.block_on(client.upload_dataset(bytes))?;
+            println!("uploaded {} (manifest sha256 {digest})", sealed.display());
+        }
+    }
+    Ok(())
+}
+
+fn read_spec(path: &Path) -> Result<JobSpec> {
+    let spec: JobSpec = serde_json::from_str(&util::read_to_string(path, "job spec")?)
+        .with_context(|| format!("job spec {}", path.display()))?;
+    spec.validate()?;
+    Ok(spec)
+}
+
+pub fn print_status(s: &JobStatus) {
+    println!("job {} ({:?}): {}", s.job_hash, s.spec.name, s.state);
+    println!(
+        "  approved by: {}",
+        if s.approved_by.is_empty() {
+            "-".into()
+        } else {
+            s.approved_by.join(", ")
+        }
+    );
+    if !s.awaiting.is_empty() {
+        println!("  awaiting approval from: {}", s.awaiting.join(", "));
+    }
+    if !s.datasets_missing.is_empty() {
+        println!("  datasets not uploaded: {}", s.datasets_missing.join(", "));
+    }
+    if let Some(e) = &s.error {
+        println!("  error: {e}");
+    }
+    if let Some(m) = &s.metrics {
+        println!(
+            "  {}: {} training rows, {} held-out rows; accuracy {:.4}, AUC {}, log loss {:.4}",
+            m.algorithm,
+            m.train_rows,
+            m.test_rows,
+            m.test_accuracy,
+            m.test_auc
+                .map(|a| format!("{a:.4}"))
+                .unwrap_or_else(|| "n/a".into()),
+            m.test_log_loss
+        );
+        for p in &m.parties {
+            println!(
+                "    {}: {} training, {} held-out, {} positive rows",
+                p.party, p.train_rows, p.test_rows, p.positive_rows
+            );
+        }
+    }
+}
+
+/// Checks a receipt offline and appraises the runtime's claims; returns a one-line summary.
+pub fn verify_receipt(receipt: &Receipt, doc: &PolicyDocument) -> Result<String> {
+    let Some(endorsements) = &doc.endorsements else {
+        bail!("the policy file has no [endorsements] section: cannot verify any evidence");
+    };
+    let claims = receipt.verify(&Verifier::new(endorsements.clone()))?;
+    let verdict = appraise(&claims, &doc.policy);
+    if !verdict.is_accepted() {
+        bail!(
+            "the runtime that signed the receipt is rejected by the policy: {}",
+            verdict.reasons()
+        );
+    }
+    Ok(format!(
+        "receipt valid: job {} signed by runtime key {}…, bound by {} evidence (measurement {}…{}), accepted by the policy",
+        hex::encode(receipt.body.job_hash),
+        &hex::encode(receipt.body.attestation.runtime_keys.signing_public_key)[..16],
+        claims.platform,
+        &hex::encode(&claims.launch_measurement)[..16],
+        if claims.platform.is_hardware_backed() {
+            ""
+        } else {
+            " -- SIMULATED, NOT hardware-backed"
+        }
+    ))
+}
+
+pub fn run_job(c: JobCommand) -> Result<()> {
+    let rt = util::tokio_runtime()?;
+    match c {
+        JobCommand::Create { conn, spec } => {
+            let spec = read_spec(&spec)?;
+            let status = rt.block_on(client(&conn)?.create(&spec))?;
+            print_status(&status);
+        }
+        JobCommand::Approve { conn, job, spec } => {
+            let expected = spec.as_deref().map(read_spec).transpose()?;
+            let status = rt.block_on(client(&conn)?.approve(&job, expected.as_ref()))?;
+            print_status(&status);
+        }
+        JobCommand::Submit { conn, job, wait } => {
+            let c = client(&conn)?;
+            let status = rt.block_on(async {
+                let s = c.submit(&job).await?;
+                if wait == 0 {
+                    return Ok::<_, anyhow::Error>(s);
+                }
+                Ok(c.wait(&job, Duration::from_secs(wait)).await?)
+            })?;
+            print_status(&status);
+        }
+        JobCommand::Status { conn, job } => {
+            print_status(&rt.block_on(client(&conn)?.status(&job))?);
+        }
+        JobCommand::Result { conn, job, out_dir } => {
+            let c = client(&conn)?;
+            let result = rt.block_on(c.result(&job))?;
+            let dek = c.open_output_key(&result)?;
+            let key = KeyFile {
+                key_id: result.key_id.clone(),
+                dek: cordon_seal::Dek::from_bytes(dek.as_ref())?,
+                signer: result
+                    .receipt
+                    .body
+                    .attestation
+                    .runtime_keys
+                    .signing_public_key,
+            };
+            std::fs::create_dir_all(&out_dir)?;
+            // Check before writing: the sealed model opens with this key and is the one the
+            // receipt names.
+            let header = cordon_seal::read_header(&mut &result.sealed_model[..])?;
+            if header.digest() != result.receipt.body.output.sealed_manifest_sha256 {
+                bail!("the sealed model is not the one the receipt names");
+            }
+            cordon_seal::unseal(&result.sealed_model[..], &key, std::io::sink(), &mut |_| {})?;
+            util::write_atomic(&out_dir.join("model.sealed"), &result.sealed_model)?;
+            util::write_secret(
+                &out_dir.join("model.key"),
+                key.to_file_contents().as_bytes(),
+                true,
+            )?;
+            util::write_atomic(
+                &out_dir.join("receipt.json"),
+                serde_json::to_string_pretty(&result.receipt)?.as_bytes(),
+            )?;
+            println!(
+                "wrote model.sealed (manifest sha256 {}), model.key, receipt.json to {}",
+                hex::encode(header.digest()),
+                out_dir.display()
+            );
+            println!(
+                "the model's manifest is signed by the training runtime's attested key {}",
+                hex::encode(key.signer)
+            );
+        }
+        JobCommand::Receipt(ReceiptCommand::Verify { receipt, policy }) => {
+            let r: Receipt = serde_json::from_str(&util::read_to_string(&receipt, "receipt")?)
+                .with_context(|| format!("receipt {}", receipt.display()))?;
+            let doc = PolicyDocument::from_toml(&util::read_to_string(&policy, "policy")?)
+                .with_context(|| format!("policy {}", policy.display()))?;
+            println!("{}", verify_receipt(&r, &doc)?);
+        }
+    }
+    Ok(())
+}
