@@ -239,7 +239,7 @@ impl JobClient {
                         error: None,
                     })
                 }
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                _ => tokio::time::sleep(Duration::from_millis(25)).await,
             }
         }
     }

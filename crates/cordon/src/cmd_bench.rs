@@ -42,6 +42,9 @@ pub enum BenchCommand {
     /// Serving: the engine in process and ONNX Runtime, then the runtime over loopback with
     /// encryption off (development switch), one-shot HPKE and session mode.
     Serve(crate::cmd_bench_serve::ServeArgs),
+    /// Training: a confidential job (KBS and runtime on loopback, simulated TEE) against the same
+    /// algorithm on plaintext in process, and scikit-learn with --sklearn.
+    Train(crate::cmd_bench_train::TrainArgs),
 }
 
 fn best_of(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -68,6 +71,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
         } => attest(seconds, iterations, &fixtures),
         BenchCommand::Trees(args) => crate::cmd_bench_trees::run(args),
         BenchCommand::Serve(args) => crate::cmd_bench_serve::run(args),
+        BenchCommand::Train(args) => crate::cmd_bench_train::run(args),
     }
 }
 

@@ -4,6 +4,7 @@
 mod cmd_attest;
 mod cmd_bench;
 mod cmd_bench_serve;
+mod cmd_bench_train;
 mod cmd_bench_trees;
 mod cmd_demo;
 mod cmd_dev;
