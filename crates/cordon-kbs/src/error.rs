@@ -29,6 +29,8 @@ pub enum KbsError {
     Policy(String),
     #[error("storage error: {0}")]
     Storage(crate::store::StoreError),
+    #[error("the key broker's storage is full; nothing was stored; retry when space is freed")]
+    StorageFull,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -38,6 +40,7 @@ impl From<crate::store::StoreError> for KbsError {
         match e {
             // Not a storage failure: the caller chose a key id that is not theirs.
             crate::store::StoreError::KeyOwned { .. } => KbsError::Conflict(e.to_string()),
+            crate::store::StoreError::Full => KbsError::StorageFull,
             other => KbsError::Storage(other),
         }
     }
@@ -57,6 +60,7 @@ impl KbsError {
             KbsError::Conflict(_) => "conflict",
             KbsError::Policy(_) => "policy_invalid",
             KbsError::Storage(_) => "storage",
+            KbsError::StorageFull => "storage_full",
             KbsError::Internal(_) => "internal",
         }
     }
@@ -72,6 +76,7 @@ impl KbsError {
             KbsError::Unauthorized | KbsError::PartyUnauthorized(_) => StatusCode::UNAUTHORIZED,
             KbsError::Conflict(_) => StatusCode::CONFLICT,
             KbsError::Storage(_) | KbsError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            KbsError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 }
@@ -83,6 +88,10 @@ impl IntoResponse for KbsError {
             KbsError::Storage(_) | KbsError::Internal(_) => {
                 tracing::error!(error = %self, "request failed");
                 "the key broker could not complete the request; see its log".to_string()
+            }
+            KbsError::StorageFull => {
+                tracing::error!(error = %self, "request failed");
+                self.to_string()
             }
             other => other.to_string(),
         };

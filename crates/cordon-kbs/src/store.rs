@@ -13,7 +13,11 @@ use zeroize::Zeroizing;
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("database: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Sql(rusqlite::Error),
+    #[error("the disk holding the store is full (or the file size limit was reached); nothing was stored")]
+    Full,
+    #[error("data directory {path} is read-only: the key broker must be able to write its store")]
+    ReadOnly { path: String },
     #[error("database schema version {found} is newer than this build understands ({known})")]
     SchemaTooNew { found: i64, known: i64 },
     #[error(
@@ -25,6 +29,21 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        match e.sqlite_error_code() {
+            // ENOSPC is SQLITE_FULL; a file size limit (EFBIG) surfaces as a write I/O error.
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full,
+            _ if matches!(&e, rusqlite::Error::SqliteFailure(f, _)
+                if f.extended_code == rusqlite::ffi::SQLITE_IOERR_WRITE) =>
+            {
+                StoreError::Full
+            }
+            _ => StoreError::Sql(e),
+        }
+    }
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -95,8 +114,28 @@ impl Store {
             path: data_dir.display().to_string(),
             source: e,
         })?;
-        let conn = Connection::open(data_dir.join("kbs.sqlite3"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let path = data_dir.join("kbs.sqlite3");
+        let read_only = || StoreError::ReadOnly {
+            path: data_dir.display().to_string(),
+        };
+        // A store the KBS cannot write would answer every challenge with an error; refuse to
+        // start instead, saying why. (SQLite opens an unwritable file read-only without a word.)
+        let conn = Connection::open(&path).map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::CannotOpen) | Some(rusqlite::ErrorCode::ReadOnly) => {
+                read_only()
+            }
+            _ => StoreError::Sql(e),
+        })?;
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(read_only());
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::ReadOnly) | Some(rusqlite::ErrorCode::CannotOpen) => {
+                    read_only()
+                }
+                _ => StoreError::Sql(e),
+            })?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;

@@ -64,6 +64,11 @@ impl Proc {
         Proc { child, log }
     }
 
+    /// Takes charge of a child started otherwise (e.g. through a shell that sets limits).
+    pub fn adopt(child: Child, log: PathBuf) -> Proc {
+        Proc { child, log }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
