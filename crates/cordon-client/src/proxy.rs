@@ -284,15 +284,15 @@ impl Proxy {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        use axum::serve::ListenerExt;
         let reverifier = self.spawn_reverifier();
-        // Small request/response pairs: do not let Nagle's algorithm hold a segment back.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let result = axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        // Connection cap, header and request deadlines, no Nagle delay (cordon-http).
+        let result = cordon_http::serve(
+            listener,
+            self.router(),
+            cordon_http::ServerLimits::default(),
+            shutdown,
+        )
+        .await;
         reverifier.abort();
         result
     }

@@ -142,9 +142,13 @@ impl Kbs {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        cordon_http::serve(
+            listener,
+            self.router(),
+            cordon_http::ServerLimits::default(),
+            shutdown,
+        )
+        .await
     }
 
     async fn check_admin(&self, headers: &HeaderMap) -> Result<(), KbsError> {

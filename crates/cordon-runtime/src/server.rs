@@ -298,14 +298,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Small request/response pairs: do not let Nagle's algorithm hold a segment back.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // Connection cap, header and request deadlines, no Nagle delay (cordon-http). A training
+    // runtime accepts sealed datasets of up to hundreds of MiB: allow them time to arrive.
+    let mut limits = cordon_http::ServerLimits::default();
+    if state.job_board().is_some() {
+        limits.request_timeout = std::time::Duration::from_secs(600);
+    }
+    cordon_http::serve(listener, router(state), limits, shutdown).await
 }
 
 /// Tags every request with an id (the caller's `x-request-id` when it is short and printable,
