@@ -148,6 +148,18 @@ pub fn sim_tee(
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
+    // Before any key or plaintext exists in this process.
+    let hardening = cordon_runtime::harden_process();
+    match &hardening.core_dumps_disabled {
+        Ok(()) => tracing::info!(
+            "core dumps disabled, memory closed to ptrace (PR_SET_DUMPABLE=0, RLIMIT_CORE=0)"
+        ),
+        Err(e) => eprintln!("WARNING: core dumps could not be disabled: {e}"),
+    }
+    match &hardening.memory_locked {
+        Ok(()) => tracing::info!("memory locked (mlockall): keys and plaintext never reach swap"),
+        Err(e) => eprintln!("WARNING: memory not locked: {e}"),
+    }
     let config_bytes =
         std::fs::read(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
     let config = RuntimeConfig::from_toml(std::str::from_utf8(&config_bytes)?)
