@@ -342,7 +342,7 @@ fn logs_and_metrics_of_a_run_hold_no_plaintext_and_no_keys() {
         })
         .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (outputs, metrics) = rt.block_on(async {
+    let (outputs, metrics, error_body) = rt.block_on(async {
         let verified = cordon_client::connect(url, &doc, SystemTime::now())
             .await
             .unwrap();
@@ -351,14 +351,19 @@ fn logs_and_metrics_of_a_run_hold_no_plaintext_and_no_keys() {
         for _ in 0..3 {
             session.infer("mlp", &batch(&rows)).await.unwrap();
         }
+        // A malformed request carrying the same values: its error must not echo them.
+        let mut bad = batch(&rows);
+        bad.inputs[0].shape = vec![3, 29];
+        let error_body = verified.infer("mlp", &bad).await.unwrap_err().to_string();
         let metrics = reqwest::get(format!("{url}/metrics"))
             .await
             .unwrap()
             .text()
             .await
             .unwrap();
-        (oneshot.outputs, metrics)
+        (oneshot.outputs, metrics, error_body)
     });
+    assert!(error_body.contains("400"), "{error_body}");
     assert!(
         metrics.contains(r#"channel="session",outcome="ok"} 3"#),
         "{metrics}"
@@ -405,6 +410,7 @@ fn logs_and_metrics_of_a_run_hold_no_plaintext_and_no_keys() {
         ),
         ("metrics", metrics),
         ("audit log", d.audit()),
+        ("error body", error_body),
     ];
     // The trace level really was on: the scan is not vacuous.
     assert!(
@@ -417,6 +423,42 @@ fn logs_and_metrics_of_a_run_hold_no_plaintext_and_no_keys() {
             assert!(!text.contains(n.as_str()), "{what} contains {n:?}");
         }
     }
+    // Every file of the deployment's directory, outside the KBS store and the owner's own key
+    // files (which hold their secrets by design): no input, output or key, and no 64-byte window
+    // of the plaintext model.
+    let model = std::fs::read(MLP).unwrap();
+    let windows: Vec<&[u8]> = model
+        .chunks(64)
+        .filter(|w| w.len() == 64)
+        .step_by(7)
+        .collect();
+    let mut scanned = 0;
+    let mut stack = vec![d.dir.path().to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            if !path.ends_with("kbs") {
+                stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            }
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if ["owner.key", "mlp.dek", "hw.key"].contains(&name.as_str()) {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        for n in &needles {
+            assert!(!text.contains(n.as_str()), "{name} contains {n:?}");
+        }
+        for w in &windows {
+            assert!(
+                !bytes.windows(64).any(|b| b == *w),
+                "{name} contains plaintext model bytes"
+            );
+        }
+        scanned += 1;
+    }
+    assert!(scanned >= 6, "only {scanned} files scanned");
 }
 
 fn one_row(t: &TestSet) -> InferRequest {
