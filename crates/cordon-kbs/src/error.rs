@@ -15,6 +15,8 @@ pub enum KbsError {
     NonceExpired { expired_at: u64, now: u64 },
     #[error("malformed request: {0}")]
     BadRequest(String),
+    #[error("request body exceeds {limit} bytes")]
+    TooLarge { limit: usize },
     #[error("evidence verification failed: {0}")]
     Evidence(String),
     #[error("evidence does not bind the nonce and runtime keys: report_data is {found}, expected {expected}")]
@@ -53,6 +55,7 @@ impl KbsError {
             KbsError::NonceReplayed => "nonce_replayed",
             KbsError::NonceExpired { .. } => "nonce_expired",
             KbsError::BadRequest(_) => "bad_request",
+            KbsError::TooLarge { .. } => "too_large",
             KbsError::Evidence(_) => "evidence_invalid",
             KbsError::Binding { .. } => "report_data_mismatch",
             KbsError::Unauthorized => "unauthorized",
@@ -73,6 +76,7 @@ impl KbsError {
             | KbsError::Evidence(_)
             | KbsError::Binding { .. } => StatusCode::FORBIDDEN,
             KbsError::BadRequest(_) | KbsError::Policy(_) => StatusCode::BAD_REQUEST,
+            KbsError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             KbsError::Unauthorized | KbsError::PartyUnauthorized(_) => StatusCode::UNAUTHORIZED,
             KbsError::Conflict(_) => StatusCode::CONFLICT,
             KbsError::Storage(_) | KbsError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

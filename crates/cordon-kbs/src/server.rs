@@ -61,6 +61,15 @@ struct Inner {
 
 const MAX_BODY: usize = 1 << 20;
 
+/// A body that is not the expected JSON is a 400; one over [`MAX_BODY`] a 413.
+fn json_rejection(e: axum::extract::rejection::JsonRejection) -> KbsError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        KbsError::TooLarge { limit: MAX_BODY }
+    } else {
+        KbsError::BadRequest(e.body_text())
+    }
+}
+
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -183,7 +192,7 @@ async fn attest(
     State(kbs): State<Kbs>,
     body: Result<Json<AttestRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<AttestResponse>, KbsError> {
-    let Json(req) = body.map_err(|e| KbsError::BadRequest(e.body_text()))?;
+    let Json(req) = body.map_err(json_rejection)?;
     if req.key_ids.is_empty() {
         return Err(KbsError::BadRequest(
             "key_ids must name at least one key".into(),
@@ -471,7 +480,7 @@ async fn register_key(
     body: Result<Json<RegisterKey>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, KbsError> {
     kbs.check_admin(&headers).await?;
-    let Json(mut req) = body.map_err(|e| KbsError::BadRequest(e.body_text()))?;
+    let Json(mut req) = body.map_err(json_rejection)?;
     let dek = Zeroizing::new(std::mem::take(&mut req.dek));
     check_key_id_and_dek(&key_id, &dek)?;
     let policy = Policy::from_toml(&req.policy).map_err(|e| KbsError::Policy(e.to_string()))?;

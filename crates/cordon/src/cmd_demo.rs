@@ -157,7 +157,7 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
     };
     let (trainer_path, trainer_measurement) = measured_config(&dir, "trainer", &trainer_config)?;
     let (release_policy, trainer_doc) = sim_policy(&trainer_measurement, kbs.hw.public_key());
-    let trainer_url = deploy::start_runtime(&dir, &mut children, "trainer", &trainer_path)?;
+    let trainer_url = deploy::start_runtime(&dir, &mut children, "trainer", &trainer_path, &[])?;
     println!(
         "[trainer] training runtime at {trainer_url}, measurement {}…",
         &hex::encode(trainer_measurement)[..16]
@@ -310,7 +310,7 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
         &serving_policy.to_toml(),
     ))?;
     drop(key);
-    let server_url = deploy::start_runtime(&dir, &mut children, "server", &server_path)?;
+    let server_url = deploy::start_runtime(&dir, &mut children, "server", &server_path, &[])?;
     let row = benchmark.row(0);
     let request: InferRequest = serde_json::from_value(serde_json::json!({
         "inputs": [{"name": "input", "shape": [1, row.len()], "datatype": "FP32", "data": row}]

@@ -19,6 +19,12 @@ pub struct UpArgs {
     /// Where state lives (keys, sealed models, KBS store, policies, logs). Reused by later runs.
     #[arg(long, default_value_os_t = std::env::temp_dir().join("cordon-dev"))]
     data_dir: PathBuf,
+    /// The runtime's inference workers (default: the number of CPUs).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Requests the runtime lets wait for a worker before answering 503 (default: the runtime's).
+    #[arg(long)]
+    max_queue: Option<usize>,
 }
 
 pub fn run(c: DevCommand) -> Result<()> {
@@ -32,7 +38,14 @@ fn up(a: UpArgs) -> Result<()> {
     println!("Cordon dev: data directory {}", dir.display());
     println!("Platform: SIMULATED TEE. Nothing here is hardware-backed; it is for development, not for data that matters.\n");
     let rt = util::tokio_runtime()?;
-    let mut deployment = deploy::deploy(&dir, DEV_MODELS, &rt)?;
+    let mut runtime_args = Vec::new();
+    if let Some(w) = a.workers {
+        runtime_args.extend(["--workers".to_string(), w.to_string()]);
+    }
+    if let Some(q) = a.max_queue {
+        runtime_args.extend(["--max-queue".to_string(), q.to_string()]);
+    }
+    let mut deployment = deploy::deploy(&dir, DEV_MODELS, &runtime_args, &rt)?;
     let input = dir.join("demo-input.json");
     std::fs::write(&input, DEMO_INPUT)?;
     let names: Vec<&str> = deployment.models.iter().map(|m| m.name.as_str()).collect();

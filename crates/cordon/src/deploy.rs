@@ -208,29 +208,35 @@ pub fn start_runtime(
     children: &mut Children,
     name: &str,
     config: &Path,
+    extra_args: &[String],
 ) -> Result<String> {
     let p = |p: &Path| p.to_string_lossy().into_owned();
     let run_dir = dir.join("run");
     let addr = run_dir.join(format!("{name}.addr"));
     let _ = std::fs::remove_file(&addr);
     let log = run_dir.join(format!("{name}.log"));
+    let mut args: Vec<String> = [
+        "runtime",
+        "serve",
+        "--config",
+        &p(config),
+        "--listen",
+        "127.0.0.1:0",
+        "--platform",
+        "sim",
+        "--sim-hardware-key",
+        &p(&dir.join("keys/sim-hardware.key")),
+        "--addr-file",
+        &p(&addr),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra_args.iter().cloned());
     spawn(
         children,
         name,
-        &[
-            "runtime",
-            "serve",
-            "--config",
-            &p(config),
-            "--listen",
-            "127.0.0.1:0",
-            "--platform",
-            "sim",
-            "--sim-hardware-key",
-            &p(&dir.join("keys/sim-hardware.key")),
-            "--addr-file",
-            &p(&addr),
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
         &log,
     )?;
     wait_for_addr(children, name, &addr, &log)
@@ -262,6 +268,7 @@ pub struct Deployment {
 pub fn deploy(
     dir: &Path,
     models: &[DemoModel],
+    runtime_args: &[String],
     rt: &tokio::runtime::Runtime,
 ) -> Result<Deployment> {
     if models.is_empty() {
@@ -372,7 +379,7 @@ pub fn deploy(
     );
 
     // 5. The runtime, in its own process: attests, receives the DEKs, unseals in memory.
-    let runtime_url = start_runtime(dir, &mut children, "runtime", &config_path)?;
+    let runtime_url = start_runtime(dir, &mut children, "runtime", &config_path, runtime_args)?;
     println!(
         "[runtime] attested to the KBS, {} in memory, serving at {runtime_url}",
         if models_out.len() == 1 {
