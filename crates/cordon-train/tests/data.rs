@@ -204,7 +204,7 @@ mod parquet_files {
             let mut rg = writer.next_row_group().unwrap();
             let mut k = 0;
             while let Some(mut col) = rg.next_column().unwrap() {
-                let v = |x: i32| (base + x) as i32;
+                let v = |x: i32| base + x;
                 match k {
                     0 => {
                         col.typed::<Int32Type>()
