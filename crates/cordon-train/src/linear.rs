@@ -171,7 +171,8 @@ fn cholesky_solve(h: &[f64], rhs: &[f64]) -> Option<Vec<f64>> {
                 s -= l[i * k + m] * l[j * k + m];
             }
             if i == j {
-                if !(s > 0.0) || !s.is_finite() {
+                // Not positive, or NaN: the matrix is not positive definite.
+                if s.is_nan() || s <= 0.0 || s.is_infinite() {
                     return None;
                 }
                 l[i * k + i] = s.sqrt();

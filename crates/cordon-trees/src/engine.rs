@@ -693,7 +693,7 @@ fn neg<A: Float>(v: A) -> A {
 }
 
 /// `1 / (1 + exp(-|v|))`, mirrored for negative v (as the reference computes it).
-fn logistic(v: f32) -> f32 {
+pub(crate) fn logistic(v: f32) -> f32 {
     let p = 1.0 / (1.0 + (-v.abs()).exp());
     if v < 0.0 {
         1.0 - p

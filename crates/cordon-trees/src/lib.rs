@@ -13,7 +13,9 @@
 //!   one comparison, walked without data-dependent branches, several walks in lockstep.
 //! - [`engine`]: walking, aggregation, base values, post transforms and labels.
 //! - [`tract_ops`]: the operators registered with tract's ONNX parser, so whole graphs with
-//!   trees load in one tract plan. Use [`onnx_parser`] instead of `tract_onnx::onnx()`.
+//!   trees load in one tract plan. Use [`onnx_parser`] instead of `tract_onnx::onnx()`. Beside
+//!   the trees: `Scaler` and `ZipMap` (which tract lacks), and `LinearClassifier` (scikit-learn's
+//!   linear models; tract's own lacks `SOFTMAX_ZERO` and ONNX Runtime's binary layout).
 
 pub mod compiled;
 pub mod engine;
@@ -39,7 +41,8 @@ pub enum TreeError {
     Internal(String),
 }
 
-/// tract's ONNX parser with Cordon's tree operators (and `Scaler`, `ZipMap`) registered.
+/// tract's ONNX parser with Cordon's tree operators (and `Scaler`, `ZipMap`, `LinearClassifier`)
+/// registered.
 pub fn onnx_parser() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     tract_ops::register(&mut onnx);

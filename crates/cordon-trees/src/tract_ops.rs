@@ -6,10 +6,12 @@
 //! 0.23 has neither: `Scaler` (ai.onnx.ml, `(x - offset) * scale`), and `ZipMap`, which in ONNX
 //! turns the score tensor into a sequence of maps. Open Inference Protocol responses are tensors,
 //! so here `ZipMap` passes the `[N, classes]` score tensor through unchanged; the class order is
-//! the one of the classifier's labels.
+//! the one of the classifier's labels. And `LinearClassifier` (scikit-learn's linear models as
+//! skl2onnx exports them, and Cordon's trained logistic regressions), as ONNX Runtime computes
+//! it: see [`LinearClassifierOp`].
 
 use crate::engine::{int_label, string_label, CompiledEnsemble, Label};
-use crate::ensemble::{ClassLabels, Output, Precision};
+use crate::ensemble::{ClassLabels, Output, PostTransform, Precision};
 use crate::float::Float;
 use crate::TreeError;
 use std::sync::Arc;
@@ -17,8 +19,8 @@ use tract_onnx::model::{OnnxOpRegister, ParsingContext};
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
-/// Registers the tree operators, `Scaler` and `ZipMap` with an ONNX parser (replacing tract's
-/// own `TreeEnsembleClassifier`).
+/// Registers the tree operators, `Scaler`, `ZipMap` and `LinearClassifier` with an ONNX parser
+/// (replacing tract's own `TreeEnsembleClassifier` and `LinearClassifier`).
 pub fn register(onnx: &mut tract_onnx::Onnx) {
     register_with(onnx, false);
 }
@@ -44,6 +46,7 @@ pub fn register_with(onnx: &mut tract_onnx::Onnx, generic: bool) {
     }
     reg.insert("Scaler", scaler);
     reg.insert("ZipMap", zipmap);
+    reg.insert("LinearClassifier", linear_classifier);
 }
 
 fn build(
@@ -439,5 +442,345 @@ impl Expansion for ZipMap {
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
         Ok(inputs.into())
+    }
+}
+
+/// ai.onnx.ml `LinearClassifier` (opset 1), evaluated as ONNX Runtime does. tract 0.23 has its
+/// own, but without `SOFTMAX_ZERO` and with another binary layout, so Cordon registers this one.
+///
+/// Scores are `x · coefficients[k] + intercepts[k]` for each of the K coefficient rows
+/// (accumulated in f64, then f32 as the reference's float scores). Then, as ONNX Runtime 1.32:
+/// - K ≥ 2 rows (one per class label): the label is the class of the highest raw score (the
+///   first on ties); the scores go through `post_transform` (NONE, LOGISTIC, SOFTMAX or
+///   SOFTMAX_ZERO). `multi_class` changes nothing there.
+/// - K = 1 row with 2 class labels (the binary layout): the label is the second class when the
+///   raw score s > 0, else the first; the scores are `[1 − σ(s), σ(s)]` for LOGISTIC and
+///   `[1 − s, s]` for every other transform (the reference applies no SOFTMAX to one score).
+///
+/// PROBIT and missing intercepts are refused at load, as the reference refuses them or gives
+/// NaN.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearClassifierOp {
+    /// K × n_features, row-major.
+    coefficients: Arc<Vec<f32>>,
+    intercepts: Arc<Vec<f32>>,
+    labels: Arc<ClassLabels>,
+    post: PostTransform,
+    n_features: usize,
+}
+
+impl Eq for LinearClassifierOp {}
+
+fn linear_classifier(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let label = if node.name.is_empty() {
+        "LinearClassifier".to_string()
+    } else {
+        format!("{} (LinearClassifier)", node.name)
+    };
+    let op = parse_linear_classifier(node).map_err(|e| format_err!("{label}: {e}"))?;
+    Ok((expand(LinearClassifierExpansion { op }), vec![]))
+}
+
+/// Reads and checks the attributes: every malformed node fails here, at load.
+pub fn parse_linear_classifier(node: &NodeProto) -> Result<LinearClassifierOp, TreeError> {
+    let attr = |name: &str| node.attribute.iter().find(|a| a.name == name);
+    let bad = |name: &str, reason: String| TreeError::Attribute {
+        name: name.into(),
+        reason,
+    };
+    let ints = attr("classlabels_ints")
+        .map(|a| a.ints.clone())
+        .unwrap_or_default();
+    let strings: Vec<String> = attr("classlabels_strings")
+        .map(|a| {
+            a.strings
+                .iter()
+                .map(|s| String::from_utf8(s.clone()))
+                .collect::<Result<_, _>>()
+        })
+        .transpose()
+        .map_err(|_| bad("classlabels_strings", "a value is not UTF-8".into()))?
+        .unwrap_or_default();
+    let labels = match (ints.is_empty(), strings.is_empty()) {
+        (false, true) => ClassLabels::Int64(ints),
+        (true, false) => ClassLabels::Strings(strings),
+        (true, true) => {
+            return Err(bad(
+                "classlabels_ints",
+                "neither classlabels_ints nor classlabels_strings is given".into(),
+            ))
+        }
+        (false, false) => {
+            return Err(bad(
+                "classlabels_ints",
+                "both classlabels_ints and classlabels_strings are given".into(),
+            ))
+        }
+    };
+    let coefficients = attr("coefficients")
+        .map(|a| a.floats.clone())
+        .unwrap_or_default();
+    if coefficients.is_empty() {
+        return Err(bad("coefficients", "missing or empty".into()));
+    }
+    let intercepts = attr("intercepts")
+        .map(|a| a.floats.clone())
+        .unwrap_or_default();
+    if intercepts.is_empty() {
+        return Err(bad(
+            "intercepts",
+            "missing or empty (ONNX Runtime refuses such a model too)".into(),
+        ));
+    }
+    let k = intercepts.len();
+    if coefficients.len() % k != 0 {
+        return Err(bad(
+            "coefficients",
+            format!(
+                "{} values do not make {k} rows (one per intercept)",
+                coefficients.len()
+            ),
+        ));
+    }
+    let n_classes = labels.len();
+    if k == 1 && n_classes != 2 {
+        return Err(bad(
+            "classlabels_ints",
+            format!("one coefficient row needs exactly 2 class labels, got {n_classes}"),
+        ));
+    }
+    if k > 1 && k != n_classes {
+        return Err(bad(
+            "intercepts",
+            format!("{k} coefficient rows for {n_classes} class labels"),
+        ));
+    }
+    let post = attr("post_transform")
+        .map(|a| String::from_utf8_lossy(&a.s).into_owned())
+        .unwrap_or_else(|| "NONE".into());
+    let post = crate::ensemble::parse_post_transform(&post)?;
+    if post == PostTransform::Probit {
+        return Err(bad("post_transform", "PROBIT is not supported".into()));
+    }
+    if coefficients
+        .iter()
+        .chain(&intercepts)
+        .any(|v| !v.is_finite())
+    {
+        return Err(bad("coefficients", "a value is not finite".into()));
+    }
+    Ok(LinearClassifierOp {
+        n_features: coefficients.len() / k,
+        coefficients: Arc::new(coefficients),
+        intercepts: Arc::new(intercepts),
+        labels: Arc::new(labels),
+        post,
+    })
+}
+
+impl LinearClassifierOp {
+    /// Columns of the score output.
+    fn n_scores(&self) -> usize {
+        if self.intercepts.len() == 1 {
+            2
+        } else {
+            self.intercepts.len()
+        }
+    }
+
+    /// Scores and label index of one row; `out` has `n_scores()` slots.
+    fn row(&self, x: &[f32], out: &mut [f32]) -> usize {
+        let k = self.intercepts.len();
+        let f = self.n_features;
+        for (c, o) in out.iter_mut().take(k).enumerate() {
+            let w = &self.coefficients[c * f..(c + 1) * f];
+            let dot: f64 = w
+                .iter()
+                .zip(x)
+                .map(|(&w, &x)| f64::from(w) * f64::from(x))
+                .sum();
+            *o = (dot + f64::from(self.intercepts[c])) as f32;
+        }
+        if k == 1 {
+            let s = out[0];
+            let label = usize::from(s > 0.0);
+            let v = if self.post == PostTransform::Logistic {
+                crate::engine::logistic(s)
+            } else {
+                s
+            };
+            out[0] = 1.0 - v;
+            out[1] = v;
+            return label;
+        }
+        let scores = &mut out[..k];
+        let mut best = 0;
+        for (c, &s) in scores.iter().enumerate() {
+            if s > scores[best] {
+                best = c;
+            }
+        }
+        match self.post {
+            PostTransform::None | PostTransform::Probit => {}
+            PostTransform::Logistic => {
+                scores
+                    .iter_mut()
+                    .for_each(|s| *s = crate::engine::logistic(*s));
+            }
+            PostTransform::Softmax => {
+                let max = scores.iter().fold(-f32::MAX, |m, &v| m.max(v));
+                let mut sum = 0.0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                scores.iter_mut().for_each(|s| *s /= sum);
+            }
+            PostTransform::SoftmaxZero => {
+                // The reference's rule: a score within 1e-7 of zero stays (about) zero and
+                // takes no part in the sum.
+                let max = scores.iter().fold(-f32::MAX, |m, &v| m.max(v));
+                let exp_neg_max = (-max).exp();
+                let mut sum = 0.0f32;
+                for s in scores.iter_mut() {
+                    if (-0.000_000_1..=0.000_000_1).contains(s) {
+                        *s *= exp_neg_max;
+                    } else {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                }
+                scores.iter_mut().for_each(|s| *s /= sum);
+            }
+        }
+        best
+    }
+
+    fn run(&self, input: &Tensor) -> TractResult<TVec<TValue>> {
+        let (n_rows, n_cols) = match *input.shape() {
+            [n, f] => (n, f),
+            [f] => (1, f),
+            _ => bail!(
+                "LinearClassifier: input must be [N, features], got shape {:?}",
+                input.shape()
+            ),
+        };
+        if n_cols != self.n_features {
+            bail!(
+                "LinearClassifier: input has {n_cols} features, the coefficients {}",
+                self.n_features
+            );
+        }
+        // The reference computes in float whatever the input type.
+        let x = input.cast_to::<f32>()?;
+        let x = x.try_as_plain_ram()?;
+        let x = x.as_slice::<f32>()?;
+        let t = self.n_scores();
+        let mut scores = vec![0f32; n_rows * t];
+        let mut labels = Vec::with_capacity(n_rows);
+        for (row, out) in x
+            .chunks_exact(n_cols.max(1))
+            .zip(scores.chunks_exact_mut(t))
+        {
+            labels.push(self.row(row, out));
+        }
+        let scores = tract_ndarray::Array2::from_shape_vec((n_rows, t), scores)?.into_tvalue();
+        Ok(match &*self.labels {
+            ClassLabels::Int64(l) => {
+                let v: Vec<i64> = labels
+                    .iter()
+                    .map(|&i| l.get(i).copied().unwrap_or(0))
+                    .collect();
+                tvec!(tensor1(&v).into_tvalue(), scores)
+            }
+            ClassLabels::Strings(l) => {
+                let v: Vec<String> = labels
+                    .iter()
+                    .map(|&i| l.get(i).cloned().unwrap_or_default())
+                    .collect();
+                tvec!(tensor1(&v).into_tvalue(), scores)
+            }
+        })
+    }
+}
+
+impl Op for LinearClassifierOp {
+    fn name(&self) -> StaticName {
+        "LinearClassifier".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for LinearClassifierOp {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        self.run(&input)
+    }
+}
+
+impl TypedOp for LinearClassifierOp {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let n = inputs[0].shape[0].clone();
+        let scores = f32::fact(&[n.clone(), self.n_scores().to_dim()]);
+        Ok(match &*self.labels {
+            ClassLabels::Int64(_) => tvec!(i64::fact(&[n]), scores),
+            ClassLabels::Strings(_) => tvec!(String::fact(&[n]), scores),
+        })
+    }
+
+    as_op!();
+}
+
+/// The inference-time face of [`LinearClassifierOp`].
+#[derive(Debug, Clone)]
+struct LinearClassifierExpansion {
+    op: LinearClassifierOp,
+}
+
+impl Expansion for LinearClassifierExpansion {
+    fn name(&self) -> StaticName {
+        "LinearClassifier".into()
+    }
+
+    fn nboutputs(&self) -> TractResult<usize> {
+        Ok(2)
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 2)?;
+        s.equals(&inputs[0].rank, 2)?;
+        let dt = match &*self.op.labels {
+            ClassLabels::Int64(_) => DatumType::I64,
+            ClassLabels::Strings(_) => DatumType::String,
+        };
+        s.equals(&outputs[0].datum_type, dt)?;
+        s.equals(&outputs[0].rank, 1)?;
+        s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
+        s.equals(&outputs[1].datum_type, DatumType::F32)?;
+        s.equals(&outputs[1].rank, 2)?;
+        s.equals(&outputs[1].shape[0], &inputs[0].shape[0])?;
+        s.equals(&outputs[1].shape[1], self.op.n_scores().to_dim())?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        model.wire_node(prefix, self.op.clone(), inputs)
     }
 }
