@@ -254,6 +254,24 @@ impl JobClient {
         .await
     }
 
+    /// The sealed model of a finished job (ciphertext; every party may fetch it).
+    pub async fn sealed_model(&self, job_hash: &str) -> Result<Vec<u8>, JobClientError> {
+        let resp = self
+            .send(
+                &self.runtime,
+                reqwest::Method::GET,
+                &format!("/v1/jobs/{job_hash}/model"),
+                vec![],
+                "application/octet-stream",
+            )
+            .await?;
+        Ok(resp
+            .bytes()
+            .await
+            .map_err(|e| JobClientError::Malformed(e.to_string()))?
+            .to_vec())
+    }
+
     pub async fn receipt(&self, job_hash: &str) -> Result<Receipt, JobClientError> {
         self.json(
             reqwest::Method::GET,

@@ -139,6 +139,7 @@ impl Kbs {
             .route("/kbs/v1/admin/keys", get(list_keys))
             .route("/kbs/v1/admin/keys/{key_id}", put(register_key))
             .route("/kbs/v1/datasets/{key_id}", put(register_dataset_key))
+            .route("/kbs/v1/jobs/{job_hash}/output", put(register_job_output))
             .route("/kbs/v1/admin/audit", get(audit))
             .route("/healthz", get(|| async { "ok" }))
             .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -351,6 +352,18 @@ async fn attest(
         _ if bound_models.is_empty() => String::new(),
         _ => format!("bound models: {bound_models}"),
     };
+    // A runtime that received every dataset key of a job may later register that job's output
+    // for serving (under the job's own serving policy), signed with the key its evidence bound.
+    if let (Some(job), Some(hash)) = (&req.job, job_hash) {
+        if denied.is_empty() && !released.is_empty() {
+            let signing = req.runtime_keys.signing_public_key;
+            let serve = job.spec.outputs.serve.as_ref().map(|s| s.policy.clone());
+            kbs.with_store(move |s| {
+                Ok(s.record_job_runtime(&hash, &signing, serve.as_deref(), now)?)
+            })
+            .await?;
+        }
+    }
     for r in &released {
         record(
             &kbs,
@@ -552,6 +565,74 @@ async fn register_dataset_key(
     })
     .await?;
     tracing::info!(key_id = %key_id, owner = %hex::encode(owner), "dataset key registered");
+    Ok(Json(serde_json::json!({ "key_id": key_id })))
+}
+
+/// `PUT /kbs/v1/jobs/{job_hash}/output`: the training runtime registers the trained model's DEK
+/// under the job's serving policy. Signed with the runtime's signing key, which must be one that
+/// attested for this job and received all its dataset keys. Never replaces an existing key.
+async fn register_job_output(
+    State(kbs): State<Kbs>,
+    UrlPath(job_hash_hex): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, KbsError> {
+    let path = format!("/kbs/v1/jobs/{job_hash_hex}/output");
+    let runtime = job::verify_request(
+        |name| headers.get(name).and_then(|v| v.to_str().ok()),
+        "PUT",
+        &path,
+        &body,
+        kbs.now(),
+    )
+    .map_err(|e| KbsError::PartyUnauthorized(e.to_string()))?;
+    let job_hash: [u8; 32] = hex::decode(&job_hash_hex)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| KbsError::BadRequest("job hash must be 32 bytes of hex".into()))?;
+    let mut req: job::OutputKey =
+        serde_json::from_slice(&body).map_err(|e| KbsError::BadRequest(e.to_string()))?;
+    let dek = Zeroizing::new(std::mem::take(&mut req.dek));
+    check_key_id_and_dek(&req.key_id, &dek)?;
+    let policy = match kbs
+        .with_store(move |s| Ok(s.job_runtime(&job_hash, &runtime)?))
+        .await?
+    {
+        None => {
+            return Err(KbsError::PartyUnauthorized(format!(
+                "no runtime with this key attested for job {job_hash_hex} and received its datasets"
+            )))
+        }
+        Some(None) => {
+            return Err(KbsError::Conflict(format!(
+                "job {job_hash_hex} names no serving policy for its output"
+            )))
+        }
+        Some(Some(p)) => p,
+    };
+    let now = unix(kbs.now());
+    let key_id = req.key_id.clone();
+    let detail = format!(
+        "output of training job {job_hash_hex} (sealed manifest sha256 {}), registered by its attested runtime (signing key {}) under the job's serving policy",
+        hex::encode(req.sealed_manifest_sha256),
+        hex::encode(runtime)
+    );
+    let id = key_id.clone();
+    kbs.with_store(move |s| {
+        let event = NewAuditEvent {
+            time: now,
+            kind: "job_output_registered",
+            key_id: Some(&id),
+            claims_digest: None,
+            verdict: "accepted",
+            measurement: None,
+            detail: &detail,
+        };
+        s.put_output_key_audited(&id, &dek, &policy, &event)?;
+        Ok(())
+    })
+    .await?;
+    tracing::info!(key_id = %key_id, job = %job_hash_hex, "job output registered for serving");
     Ok(Json(serde_json::json!({ "key_id": key_id })))
 }
 

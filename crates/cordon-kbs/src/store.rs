@@ -73,6 +73,14 @@ const MIGRATIONS: &[&str] = &[
     // 2: dataset keys. A key with an owner (Ed25519 public key) is a dataset key: registered by
     //    that party, released only for a training job the owner approved.
     "ALTER TABLE keys ADD COLUMN owner BLOB;",
+    // 3: runtimes that attested for a training job and received every dataset key asked for: the
+    //    only keys allowed to register that job's output for serving.
+    "CREATE TABLE job_runtimes (
+        job_hash BLOB NOT NULL,
+        signing_key BLOB NOT NULL,
+        serve_policy TEXT,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (job_hash, signing_key));",
 ];
 
 /// Outcome of trying to use a nonce.
@@ -278,6 +286,68 @@ impl Store {
     ) -> Result<AuditEvent, StoreError> {
         let tx = self.conn.transaction()?;
         upsert_key(&tx, key_id, dek, policy, event.time)?;
+        let stored = append_audit_in(&tx, event)?;
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    /// Records that the runtime with `signing_key` attested for job `job_hash` and received its
+    /// dataset keys; `serve_policy` is the job's serving policy, if it has one.
+    pub fn record_job_runtime(
+        &self,
+        job_hash: &[u8; 32],
+        signing_key: &[u8; 32],
+        serve_policy: Option<&str>,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO job_runtimes (job_hash, signing_key, serve_policy, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                job_hash.as_slice(),
+                signing_key.as_slice(),
+                serve_policy,
+                now as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// `None` when no runtime with this key attested for the job; else the job's serving policy.
+    pub fn job_runtime(
+        &self,
+        job_hash: &[u8; 32],
+        signing_key: &[u8; 32],
+    ) -> Result<Option<Option<String>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT serve_policy FROM job_runtimes WHERE job_hash = ?1 AND signing_key = ?2",
+                params![job_hash.as_slice(), signing_key.as_slice()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Stores a job's output key (never replacing an existing key) with its audit event.
+    pub fn put_output_key_audited(
+        &mut self,
+        key_id: &str,
+        dek: &[u8],
+        policy: &str,
+        event: &NewAuditEvent<'_>,
+    ) -> Result<AuditEvent, StoreError> {
+        let tx = self.conn.transaction()?;
+        let changed = tx.execute(
+            "INSERT OR IGNORE INTO keys (key_id, dek, policy, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![key_id, dek, policy, event.time as i64],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::KeyOwned {
+                key_id: key_id.to_string(),
+            });
+        }
         let stored = append_audit_in(&tx, event)?;
         tx.commit()?;
         Ok(stored)

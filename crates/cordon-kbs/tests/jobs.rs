@@ -38,6 +38,7 @@ fn spec(parties: &[&PartyKey], name: &str) -> JobSpec {
         },
         outputs: Outputs {
             recipients: vec![parties[0].name().into()],
+            serve: None,
         },
     }
 }

@@ -127,6 +127,45 @@ pub struct Evaluation {
 pub struct Outputs {
     /// Parties (by name) that receive the trained model, sealed to their HPKE keys.
     pub recipients: Vec<String>,
+    /// Deploy the model to serving: the runtime registers its key with the KBS under this release
+    /// policy, so serving runtimes it names load the model and no party ever holds its key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve: Option<ServeOutput>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeOutput {
+    /// The release policy (TOML, as `cordon_attest::Policy`) of the model's key.
+    pub policy: String,
+}
+
+/// `PUT /kbs/v1/jobs/{hash}/output`: the training runtime registers the output model's DEK, signed
+/// (party-request headers) with the signing key its job attestation bound. Debug omits the DEK.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputKey {
+    pub key_id: String,
+    #[serde(with = "crate::b64")]
+    pub dek: Vec<u8>,
+    /// SHA-256 of the sealed model's manifest, for the audit log.
+    #[serde(with = "crate::binding::hex_array32")]
+    pub sealed_manifest_sha256: [u8; 32],
+}
+
+impl fmt::Debug for OutputKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutputKey")
+            .field("key_id", &self.key_id)
+            .field("dek", &format_args!("<{} bytes redacted>", self.dek.len()))
+            .finish()
+    }
+}
+
+impl Drop for OutputKey {
+    fn drop(&mut self) {
+        self.dek.zeroize();
+    }
 }
 
 impl JobSpec {
@@ -217,8 +256,15 @@ impl JobSpec {
         if !(self.evaluation.test_fraction > 0.0 && self.evaluation.test_fraction < 1.0) {
             return bad("evaluation.test_fraction must be between 0 and 1".into());
         }
-        if self.outputs.recipients.is_empty() {
-            return bad("outputs.recipients names no party".into());
+        if self.outputs.recipients.is_empty() && self.outputs.serve.is_none() {
+            return bad(
+                "outputs names no recipient and no serving policy: the model would go nowhere"
+                    .into(),
+            );
+        }
+        if let Some(serve) = &self.outputs.serve {
+            cordon_attest::Policy::from_toml(&serve.policy)
+                .map_err(|e| JobError::Spec(format!("outputs.serve.policy: {e}")))?;
         }
         for r in &self.outputs.recipients {
             if self.party(r).is_none() {
@@ -363,15 +409,7 @@ impl PartyKey {
         body: &[u8],
         now: SystemTime,
     ) -> [(&'static str, String); 3] {
-        let time = unix(now);
-        let sig = self
-            .signing
-            .sign(&request_message(method, path, time, body));
-        [
-            (PARTY_HEADER, hex::encode(self.signing_public_key())),
-            (TIME_HEADER, time.to_string()),
-            (SIGNATURE_HEADER, hex::encode(sig.to_bytes())),
-        ]
+        sign_request(&self.signing, method, path, body, now)
     }
 
     /// The key file (JSON, secrets in hex). Write it with mode 0600.
@@ -410,6 +448,24 @@ impl PartyKey {
         f.hpke_seed.zeroize();
         result
     }
+}
+
+/// Signs a request with any Ed25519 key: a party's, or a training runtime's attested signing key
+/// (when it registers a job's output with the KBS).
+pub fn sign_request(
+    key: &SigningKey,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    now: SystemTime,
+) -> [(&'static str, String); 3] {
+    let time = unix(now);
+    let sig = key.sign(&request_message(method, path, time, body));
+    [
+        (PARTY_HEADER, hex::encode(key.verifying_key().to_bytes())),
+        (TIME_HEADER, time.to_string()),
+        (SIGNATURE_HEADER, hex::encode(sig.to_bytes())),
+    ]
 }
 
 fn secret32(hex_text: &str, field: &str) -> Result<Zeroizing<[u8; 32]>, JobError> {
@@ -643,6 +699,9 @@ pub struct ReceiptOutput {
     pub sealed_manifest_sha256: [u8; 32],
     pub key_id: String,
     pub recipients: Vec<String>,
+    /// Whether the runtime registered the model's key with the KBS under the job's serving policy.
+    #[serde(default)]
+    pub registered_for_serving: bool,
 }
 
 /// The evidence the runtime gave the KBS for this job: it binds the runtime's keys (the signing
@@ -751,6 +810,7 @@ mod tests {
             },
             outputs: Outputs {
                 recipients: vec![parties[0].name().into()],
+                serve: None,
             },
         }
     }
@@ -909,6 +969,7 @@ mod tests {
                 sealed_manifest_sha256: [7; 32],
                 key_id: "out".into(),
                 recipients: vec!["a".into()],
+                registered_for_serving: false,
             },
             metrics: JobMetrics {
                 algorithm: "gbdt".into(),

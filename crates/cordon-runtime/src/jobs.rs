@@ -453,6 +453,27 @@ pub(crate) async fn result(
     }))
 }
 
+/// `GET /v1/jobs/{hash}/model`: the sealed model (ciphertext), for every party: what an operator
+/// deploys to a serving runtime when the job registered the model's key for serving.
+pub(crate) async fn model(
+    State(s): State<Arc<RuntimeState>>,
+    Path(hash_hex): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let board = board(&s)?;
+    let key = caller(&headers, "GET", &format!("/v1/jobs/{hash_hex}/model"), b"")?;
+    let hash = parse_hash(&hash_hex)?;
+    let jobs = board.jobs();
+    let job = jobs.get(&hash).ok_or_else(|| not_found(&hash))?;
+    party_of(job, &hash, &key)?;
+    let output = finished(job, &hash_hex)?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        output.sealed_model.clone(),
+    )
+        .into_response())
+}
+
 /// `GET /v1/jobs/{hash}/receipt`: the signed receipt, for every party.
 pub(crate) async fn receipt(
     State(s): State<Arc<RuntimeState>>,
@@ -597,6 +618,15 @@ async fn execute(s: &Arc<RuntimeState>, hash: [u8; 32]) -> Result<JobOutput, Str
     .await
     .map_err(|e| format!("training task failed: {e}"))??;
     let (spec, inputs, metrics, output) = trained;
+    // Deploy to serving: the model's key goes to the KBS under the job's serving policy, signed
+    // with the key this runtime's job evidence bound; no party ever holds it.
+    let registered_for_serving = match &spec.outputs.serve {
+        None => false,
+        Some(_) => {
+            register_output(s, &board.options.kbs_url, &hash, &output).await?;
+            true
+        }
+    };
     let body = ReceiptBody {
         format: RECEIPT_FORMAT.into(),
         job_hash: hash,
@@ -607,6 +637,7 @@ async fn execute(s: &Arc<RuntimeState>, hash: [u8; 32]) -> Result<JobOutput, Str
             sealed_manifest_sha256: output.sealed_manifest_sha256,
             key_id: output.key_id.clone(),
             recipients: spec.outputs.recipients.clone(),
+            registered_for_serving,
         },
         metrics,
         attestation: ReceiptAttestation {
@@ -627,7 +658,46 @@ async fn execute(s: &Arc<RuntimeState>, hash: [u8; 32]) -> Result<JobOutput, Str
     })
 }
 
+async fn register_output(
+    s: &RuntimeState,
+    kbs_url: &str,
+    hash: &[u8; 32],
+    output: &SealedOutput,
+) -> Result<(), String> {
+    let body = zeroize::Zeroizing::new(
+        serde_json::to_vec(&job::OutputKey {
+            key_id: output.key_id.clone(),
+            dek: output.dek.as_bytes().to_vec(),
+            sealed_manifest_sha256: output.sealed_manifest_sha256,
+        })
+        .map_err(|e| e.to_string())?,
+    );
+    let path = format!("/kbs/v1/jobs/{}/output", hex::encode(hash));
+    let mut req = reqwest::Client::new()
+        .put(format!("{}{path}", kbs_url.trim_end_matches('/')))
+        .header(reqwest::header::CONTENT_TYPE, "application/json");
+    for (name, value) in job::sign_request(s.signing_key(), "PUT", &path, &body, SystemTime::now())
+    {
+        req = req.header(name, value);
+    }
+    let resp = req
+        .body(body.to_vec())
+        .send()
+        .await
+        .map_err(|e| format!("registering the model for serving with the key broker: {e}"))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        return Err(format!(
+            "the key broker refused the model's key for serving: {status}: {text}"
+        ));
+    }
+    Ok(())
+}
+
 struct SealedOutput {
+    /// The output DEK, for the KBS when the job deploys the model to serving.
+    dek: Dek,
     sealed_model: Vec<u8>,
     key_id: String,
     onnx_sha256: [u8; 32],
@@ -762,6 +832,7 @@ fn seal_output(
         sealed_deks.insert(r.clone(), sealed);
     }
     Ok(SealedOutput {
+        dek: key.dek.clone(),
         sealed_model,
         key_id: manifest.key_id,
         onnx_sha256: Sha256::digest(onnx).into(),

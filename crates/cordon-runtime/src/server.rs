@@ -280,6 +280,7 @@ pub fn router(state: Arc<RuntimeState>) -> Router {
         .route("/v1/jobs/{hash}/submit", post(jobs::submit))
         .route("/v1/jobs/{hash}/result", get(jobs::result))
         .route("/v1/jobs/{hash}/receipt", get(jobs::receipt))
+        .route("/v1/jobs/{hash}/model", get(jobs::model))
         .route(
             "/v1/datasets",
             put(jobs::upload_dataset).layer(DefaultBodyLimit::max(dataset_limit)),

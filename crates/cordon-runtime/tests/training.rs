@@ -34,6 +34,8 @@ const HOSPITALS: [(&str, &str); 3] = [
 struct World {
     runtime: String,
     kbs: String,
+    /// The simulated hardware key file, to make other runtimes' evidence.
+    hw_key: String,
     verifier: Verifier,
     _dir: tempfile::TempDir,
 }
@@ -41,6 +43,7 @@ struct World {
 async fn start(measurement: [u8; 48]) -> World {
     let dir = tempfile::tempdir().unwrap();
     let hw = SimHardwareKey::generate();
+    let hw_key = hw.to_file_contents().to_string();
     let endorsements = Endorsements {
         sim_trust_anchors: vec![hw.public_key()],
         ..Default::default()
@@ -77,6 +80,7 @@ async fn start(measurement: [u8; 48]) -> World {
     World {
         runtime,
         kbs: kbs_url,
+        hw_key,
         verifier: Verifier::new(endorsements),
         _dir: dir,
     }
@@ -152,6 +156,7 @@ fn spec(hospitals: &[&Hospital], algorithm: serde_json::Value) -> JobSpec {
         },
         outputs: Outputs {
             recipients: vec![hospitals[0].client.party().name().into()],
+            serve: None,
         },
     }
 }
@@ -386,4 +391,142 @@ async fn bad_specs_uploads_and_signatures_are_refused() {
         req = req.header(n, v);
     }
     assert_eq!(req.body(body).send().await.unwrap().status(), 403);
+}
+
+#[tokio::test]
+async fn a_job_can_deploy_its_model_to_serving_without_any_party_holding_its_key() {
+    use cordon_proto::job::ServeOutput;
+    use cordon_proto::kbs::{AttestRequest, AttestResponse, RELEASE_INFO};
+    use cordon_tee::EvidenceProvider;
+    let w = start(MEASUREMENT).await;
+    let a = hospital(&w, HOSPITALS[0].0, HOSPITALS[0].1).await;
+    let b = hospital(&w, HOSPITALS[1].0, HOSPITALS[1].1).await;
+    // The serving runtimes the parties agree on: another measurement than the trainer's.
+    let serving = [0x77; 48];
+    let mut job = spec(
+        &[&a, &b],
+        serde_json::json!({"kind": "logistic_regression"}),
+    );
+    job.outputs = Outputs {
+        recipients: vec![],
+        serve: Some(ServeOutput {
+            policy: Policy::new(vec![Platform::Sim], vec![serving.to_vec()]).to_toml(),
+        }),
+    };
+    let hash = hex::encode(job.hash());
+    a.client.create(&job).await.unwrap();
+    a.client.approve(&hash, None).await.unwrap();
+    b.client.approve(&hash, None).await.unwrap();
+    a.client.submit(&hash).await.unwrap();
+    a.client.wait(&hash, Duration::from_secs(60)).await.unwrap();
+    let receipt = b.client.receipt(&hash).await.unwrap();
+    receipt.verify(&w.verifier).unwrap();
+    assert!(receipt.body.output.registered_for_serving);
+    assert!(receipt.body.output.recipients.is_empty());
+    // No party receives the model's key...
+    assert_eq!(
+        code(a.client.result(&hash).await.unwrap_err()).1,
+        "not_a_recipient"
+    );
+    // ...but every party may fetch the sealed model, and a serving runtime the policy names gets
+    // its key from the KBS.
+    let sealed = b.client.sealed_model(&hash).await.unwrap();
+    let header = cordon_seal::read_header(&mut &sealed[..]).unwrap();
+    assert_eq!(header.digest(), receipt.body.output.sealed_manifest_sha256);
+    let release = |measurement: [u8; 48]| {
+        let (kbs, hw, key_id) = (
+            w.kbs.clone(),
+            w.hw_key.clone(),
+            header.manifest.key_id.clone(),
+        );
+        async move {
+            let http = reqwest::Client::new();
+            let c: cordon_proto::kbs::Challenge = http
+                .post(format!("{kbs}/kbs/v1/challenge"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let kp = ServiceKeyPair::generate(0);
+            let rk = RuntimeKeys {
+                hpke_public_key: kp.public_key(),
+                hpke_key_id: 0,
+                signing_public_key: [4; 32],
+            };
+            let tee = SimTee::new(
+                SimHardwareKey::from_file_contents(&hw).unwrap(),
+                measurement,
+                [0; 32],
+                false,
+            );
+            let evidence = tee
+                .evidence(&cordon_proto::report_data(
+                    &hex::decode(&c.nonce).unwrap(),
+                    &rk,
+                    &[],
+                ))
+                .unwrap();
+            let req = AttestRequest {
+                nonce: c.nonce,
+                evidence,
+                runtime_keys: rk,
+                key_ids: vec![key_id.clone()],
+                models: vec![],
+                job: None,
+            };
+            let r: AttestResponse = http
+                .post(format!("{kbs}/kbs/v1/attest"))
+                .json(&req)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r.released.first().map(|x| {
+                kp.open_sealed(RELEASE_INFO, key_id.as_bytes(), &x.sealed_dek)
+                    .unwrap()
+            })
+        }
+    };
+    let dek = release(serving)
+        .await
+        .expect("the serving runtime gets the model's key");
+    let key = KeyFile {
+        key_id: header.manifest.key_id.clone(),
+        dek: cordon_seal::Dek::from_bytes(&dek).unwrap(),
+        signer: receipt.body.attestation.runtime_keys.signing_public_key,
+    };
+    let (_, onnx) = cordon_seal::unseal_to_vec(&sealed[..], &key).unwrap();
+    OnnxModel::load("joint", "1", &onnx).unwrap();
+    // The trainer's own measurement is not in the serving policy: no key for it.
+    assert!(release(MEASUREMENT).await.is_none());
+
+    // Only the runtime that trained the job may register its output: another key is refused.
+    let body = serde_json::to_vec(&cordon_proto::job::OutputKey {
+        key_id: "forged".into(),
+        dek: vec![1; 32],
+        sealed_manifest_sha256: [0; 32],
+    })
+    .unwrap();
+    let path = format!("/kbs/v1/jobs/{hash}/output");
+    let mut req = reqwest::Client::new().put(format!("{}{path}", w.kbs));
+    for (n, v) in cordon_proto::job::sign_request(
+        &SigningKey::from_bytes(&[3; 32]),
+        "PUT",
+        &path,
+        &body,
+        std::time::SystemTime::now(),
+    ) {
+        req = req.header(n, v);
+    }
+    let resp = req.body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("no runtime with this key attested"));
 }

@@ -209,6 +209,7 @@ async fn confidential(
         evaluation: eval.clone(),
         outputs: Outputs {
             recipients: vec!["party-0".into()],
+            serve: None,
         },
     };
     let hash = hex::encode(spec.hash());

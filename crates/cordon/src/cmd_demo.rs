@@ -4,11 +4,11 @@
 
 use crate::cmd_job::{print_status, seal_dataset, verify_receipt};
 use crate::deploy::{self, Children};
-use crate::{cmd_kbs, util};
+use crate::util;
 use anyhow::{bail, Context, Result};
 use cordon_attest::{Endorsements, Platform, Policy, PolicyDocument};
 use cordon_client::jobs::JobClient;
-use cordon_proto::job::{Evaluation, JobSchema, JobSpec, JobState, Outputs, PartyKey};
+use cordon_proto::job::{Evaluation, JobSchema, JobSpec, JobState, Outputs, PartyKey, ServeOutput};
 use cordon_proto::oip::InferRequest;
 use cordon_runtime::{ModelConfig, OnnxModel, RuntimeConfig, TrainingConfig};
 use cordon_seal::KeyFile;
@@ -162,6 +162,33 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
         "[trainer] training runtime at {trainer_url}, measurement {}…",
         &hex::encode(trainer_measurement)[..16]
     );
+    // The parties verify the trainer themselves: its signing key (bound in its evidence) is the
+    // key the trained model's manifest will be signed with, which the serving runtime will demand.
+    let trainer_keys = rt
+        .block_on(cordon_client::connect(
+            &trainer_url,
+            &trainer_doc,
+            SystemTime::now(),
+        ))?
+        .keys()
+        .clone();
+
+    // The serving runtime's configuration is fixed before training (its measurement goes into the
+    // job's serving policy): the joint model, signed by the trainer, is the one model it loads.
+    let sealed_model = dir.join("output/joint-model.sealed");
+    let server_config = RuntimeConfig {
+        kbs_url: kbs.url.clone(),
+        workload_data: None,
+        models: vec![ModelConfig {
+            name: "joint-breast-cancer".into(),
+            path: sealed_model.clone(),
+            signer: hex::encode(trainer_keys.signing_public_key),
+            manifest_sha256: None,
+        }],
+        training: None,
+    };
+    let (server_path, server_measurement) = measured_config(&dir, "server", &server_config)?;
+    let (serving_policy, client_doc) = sim_policy(&server_measurement, kbs.hw.public_key());
 
     // 3. Each hospital seals its records, registers the key (released only to that measurement,
     //    only for jobs it approves) and uploads the sealed file.
@@ -209,6 +236,9 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
         },
         outputs: Outputs {
             recipients: vec![HOSPITALS[0].0.into()],
+            serve: Some(ServeOutput {
+                policy: serving_policy.to_toml(),
+            }),
         },
     };
     std::fs::write(dir.join("job.json"), serde_json::to_string_pretty(&spec)?)?;
@@ -246,9 +276,14 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
             .join(", ")
     );
     println!(
-        "  output:  model onnx sha256 {}…, sealed to {}",
+        "  output:  model onnx sha256 {}…, sealed to {}{}",
         &hex::encode(receipt.body.output.onnx_sha256)[..16],
-        receipt.body.output.recipients.join(", ")
+        receipt.body.output.recipients.join(", "),
+        if receipt.body.output.registered_for_serving {
+            "; its key registered with the KBS for serving under the job's policy"
+        } else {
+            ""
+        }
     );
     println!(
         "  [{}] {}",
@@ -268,8 +303,6 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
         dek: cordon_seal::Dek::from_bytes(dek.as_ref())?,
         signer: receipt.body.attestation.runtime_keys.signing_public_key,
     };
-    let sealed_model = dir.join("output/joint-model.sealed");
-    std::fs::write(&sealed_model, &result.sealed_model)?;
     let (_, onnx) = cordon_seal::unseal_to_vec(&result.sealed_model[..], &key)?;
     let model = OnnxModel::load("joint", "1", &onnx)?;
     let probs = onnx_probabilities(&model, &benchmark)?;
@@ -287,29 +320,16 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
         HOSPITALS[0].0
     );
 
-    // 7. The joint model serves: its key goes to the KBS under a serving policy; a serving runtime
-    //    loads the sealed model, whose manifest the attested trainer signed; a client verifies and
-    //    sends an encrypted request.
-    let server_config = RuntimeConfig {
-        kbs_url: kbs.url.clone(),
-        workload_data: None,
-        models: vec![ModelConfig {
-            name: "joint-breast-cancer".into(),
-            path: sealed_model.clone(),
-            signer: hex::encode(key.signer),
-            manifest_sha256: Some(hex::encode(receipt.body.output.sealed_manifest_sha256)),
-        }],
-        training: None,
-    };
-    let (server_path, server_measurement) = measured_config(&dir, "server", &server_config)?;
-    let (serving_policy, client_doc) = sim_policy(&server_measurement, kbs.hw.public_key());
-    rt.block_on(cmd_kbs::register_key(
-        &kbs.url,
-        &kbs.token,
-        &key,
-        &serving_policy.to_toml(),
-    ))?;
     drop(key);
+
+    // 7. The joint model serves. The trainer registered its key with the KBS under the job's
+    //    serving policy (no party holds it); a hospital fetches the sealed model (ciphertext) and
+    //    the operator starts the serving runtime, which gets the key by attesting; a client
+    //    verifies that runtime and sends an encrypted request.
+    if !receipt.body.output.registered_for_serving {
+        bail!("the job did not register its model for serving");
+    }
+    std::fs::write(&sealed_model, rt.block_on(clients[2].sealed_model(&hash))?)?;
     let server_url = deploy::start_runtime(&dir, &mut children, "server", &server_path, &[])?;
     let row = benchmark.row(0);
     let request: InferRequest = serde_json::from_value(serde_json::json!({
@@ -322,6 +342,7 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
     })?;
     let local = model.infer(&request)?;
     println!("\n== The joint model serving (encrypted request to the attested runtime at {server_url}) ==");
+    println!("  its key went from the trainer to the KBS under the job's serving policy; the serving path uses no party's copy");
     println!(
         "  client verified {} evidence (measurement {}…) -- SIMULATED, NOT hardware-backed",
         verified.claims().platform,

@@ -344,6 +344,7 @@ fn demo_hospitals_beats_every_solo_model_and_leaks_no_row() {
         "asks for the model: refused",
         "not_a_recipient",
         "equals the recipient's in-process run: yes",
+        "its key registered with the KBS for serving under the job's policy",
     ] {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
     }
