@@ -501,19 +501,14 @@ async fn register_key(
     let policy_text = req.policy.clone();
     let id = key_id.clone();
     let detail = policy_summary(&policy);
-    kbs.with_store(move |s| {
-        let event = NewAuditEvent {
-            time: now,
-            kind: "key_registered",
-            key_id: Some(&id),
-            claims_digest: None,
-            verdict: "accepted",
-            measurement: None,
-            detail: &detail,
-        };
-        s.put_key_audited(&id, &dek, &policy_text, &event)?;
-        Ok(())
-    })
+    put_audited(
+        &kbs,
+        now,
+        "key_registered",
+        id,
+        detail,
+        move |s, id, event| s.put_key_audited(id, &dek, &policy_text, event),
+    )
     .await?;
     tracing::info!(key_id = %key_id, "key registered");
     Ok(Json(serde_json::json!({ "key_id": key_id })))
@@ -529,14 +524,7 @@ async fn register_dataset_key(
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, KbsError> {
     let path = format!("/kbs/v1/datasets/{key_id}");
-    let owner = job::verify_request(
-        |name| headers.get(name).and_then(|v| v.to_str().ok()),
-        "PUT",
-        &path,
-        &body,
-        kbs.now(),
-    )
-    .map_err(|e| KbsError::PartyUnauthorized(e.to_string()))?;
+    let owner = signed_by(&kbs, &headers, "PUT", &path, &body)?;
     let mut req: RegisterKey =
         serde_json::from_slice(&body).map_err(|e| KbsError::BadRequest(e.to_string()))?;
     let dek = Zeroizing::new(std::mem::take(&mut req.dek));
@@ -550,19 +538,14 @@ async fn register_dataset_key(
         hex::encode(owner),
         policy_summary(&policy)
     );
-    kbs.with_store(move |s| {
-        let event = NewAuditEvent {
-            time: now,
-            kind: "dataset_key_registered",
-            key_id: Some(&id),
-            claims_digest: None,
-            verdict: "accepted",
-            measurement: None,
-            detail: &detail,
-        };
-        s.put_dataset_key_audited(&id, &dek, &policy_text, &owner, &event)?;
-        Ok(())
-    })
+    put_audited(
+        &kbs,
+        now,
+        "dataset_key_registered",
+        id,
+        detail,
+        move |s, id, event| s.put_dataset_key_audited(id, &dek, &policy_text, &owner, event),
+    )
     .await?;
     tracing::info!(key_id = %key_id, owner = %hex::encode(owner), "dataset key registered");
     Ok(Json(serde_json::json!({ "key_id": key_id })))
@@ -578,14 +561,7 @@ async fn register_job_output(
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, KbsError> {
     let path = format!("/kbs/v1/jobs/{job_hash_hex}/output");
-    let runtime = job::verify_request(
-        |name| headers.get(name).and_then(|v| v.to_str().ok()),
-        "PUT",
-        &path,
-        &body,
-        kbs.now(),
-    )
-    .map_err(|e| KbsError::PartyUnauthorized(e.to_string()))?;
+    let runtime = signed_by(&kbs, &headers, "PUT", &path, &body)?;
     let job_hash: [u8; 32] = hex::decode(&job_hash_hex)
         .ok()
         .and_then(|b| b.try_into().ok())
@@ -617,23 +593,62 @@ async fn register_job_output(
         hex::encode(req.sealed_manifest_sha256),
         hex::encode(runtime)
     );
-    let id = key_id.clone();
+    put_audited(
+        &kbs,
+        now,
+        "job_output_registered",
+        key_id.clone(),
+        detail,
+        move |s, id, event| s.put_output_key_audited(id, &dek, &policy, event),
+    )
+    .await?;
+    tracing::info!(key_id = %key_id, job = %job_hash_hex, "job output registered for serving");
+    Ok(Json(serde_json::json!({ "key_id": key_id })))
+}
+
+/// Stores a key with its `accepted` audit event, in the store's one transaction (`put`).
+async fn put_audited(
+    kbs: &Kbs,
+    time: u64,
+    kind: &'static str,
+    key_id: String,
+    detail: String,
+    put: impl FnOnce(&mut Store, &str, &NewAuditEvent<'_>) -> Result<AuditEvent, crate::store::StoreError>
+        + Send
+        + 'static,
+) -> Result<(), KbsError> {
     kbs.with_store(move |s| {
         let event = NewAuditEvent {
-            time: now,
-            kind: "job_output_registered",
-            key_id: Some(&id),
+            time,
+            kind,
+            key_id: Some(&key_id),
             claims_digest: None,
             verdict: "accepted",
             measurement: None,
             detail: &detail,
         };
-        s.put_output_key_audited(&id, &dek, &policy, &event)?;
+        put(s, &key_id, &event)?;
         Ok(())
     })
-    .await?;
-    tracing::info!(key_id = %key_id, job = %job_hash_hex, "job output registered for serving");
-    Ok(Json(serde_json::json!({ "key_id": key_id })))
+    .await
+}
+
+/// The Ed25519 key that signed this request (party-request headers, `cordon_proto::job`).
+fn signed_by(
+    kbs: &Kbs,
+    headers: &HeaderMap,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<[u8; 32], KbsError> {
+    job::verify_request(
+        |name| headers.get(name).and_then(|v| v.to_str().ok()),
+        method,
+        path,
+        body,
+        kbs.now(),
+    )
+    .map_err(|e| KbsError::PartyUnauthorized(e.to_string()))
 }
 
 fn check_key_id_and_dek(key_id: &str, dek: &[u8]) -> Result<(), KbsError> {

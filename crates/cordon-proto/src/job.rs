@@ -869,7 +869,8 @@ mod tests {
     fn invalid_specs_are_refused_with_the_reason() {
         let (a, b) = (PartyKey::generate("a"), PartyKey::generate("b"));
         let base = spec(&[&a, &b]);
-        let cases: Vec<(Box<dyn Fn(&mut JobSpec)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut JobSpec)>;
+        let cases: Vec<(Change, &str)> = vec![
             (
                 Box::new(|s| s.outputs.recipients = vec!["z".into()]),
                 "recipient z",

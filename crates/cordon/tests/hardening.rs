@@ -15,24 +15,7 @@ fn the_runtime_disables_core_dumps_and_says_whether_memory_is_locked() {
         "kbs_url = \"http://127.0.0.1:9\"\n\n[training]\n",
     )
     .unwrap();
-    let mut rt = Proc::start(
-        &[
-            "runtime",
-            "serve",
-            "--config",
-            &s(&p("rt.toml")),
-            "--listen",
-            "127.0.0.1:0",
-            "--platform",
-            "sim",
-            "--sim-hardware-key",
-            &s(&p("hw.key")),
-            "--addr-file",
-            &s(&p("rt.addr")),
-        ],
-        p("rt.log"),
-    );
-    rt.url(&p("rt.addr"));
+    let (rt, _) = start_runtime(dir.path(), &p("rt.toml"), "rt");
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", rt.child.id())).unwrap();
     let core = limits
         .lines()

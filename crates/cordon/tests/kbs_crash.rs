@@ -13,7 +13,6 @@ use cordon_proto::kbs::{
 use cordon_proto::{report_data, RuntimeKeys, ServiceKeyPair};
 use cordon_tee::{EvidenceProvider, SimHardwareKey, SimTee};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,30 +26,6 @@ struct Acknowledged {
     used_nonces: Vec<String>,
     /// Releases delivered (key ids), each must have its audit event.
     releases: usize,
-}
-
-fn start_kbs(dir: &Path, n: usize) -> (Proc, String) {
-    let p = |f: &str| dir.join(f);
-    let addr = p(&format!("kbs-{n}.addr"));
-    let mut kbs = Proc::start(
-        &[
-            "kbs",
-            "serve",
-            "--data-dir",
-            &s(&p("kbs")),
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-trust-anchor",
-            &s(&p("hw.pub")),
-            "--init-admin-token-file",
-            &s(&p("token")),
-            "--addr-file",
-            &s(&addr),
-        ],
-        p(&format!("kbs-{n}.log")),
-    );
-    let url = kbs.url(&addr);
-    (kbs, url)
 }
 
 struct Driver {
@@ -195,7 +170,7 @@ async fn kbs_survives_sigkill_at_random_moments() {
     const ROUNDS: usize = 20;
     let started = Instant::now();
     for round in 0..ROUNDS {
-        let (mut kbs, url) = start_kbs(dir.path(), round);
+        let (mut kbs, url) = start_kbs(dir.path(), &format!("kbs-{round}"));
         let token = std::fs::read_to_string(p("token"))
             .unwrap()
             .trim()
@@ -218,7 +193,7 @@ async fn kbs_survives_sigkill_at_random_moments() {
         kbs.child.wait().unwrap();
         load.await.unwrap();
     }
-    let (_kbs, url) = start_kbs(dir.path(), ROUNDS);
+    let (_kbs, url) = start_kbs(dir.path(), "kbs-last");
     let token = std::fs::read_to_string(p("token"))
         .unwrap()
         .trim()

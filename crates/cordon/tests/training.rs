@@ -39,24 +39,7 @@ fn two_parties_train_with_the_cli_alone() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
     ok(&["sim", "keygen", "--out", &s(&p("hw.key"))]);
-    let mut kbs = Proc::start(
-        &[
-            "kbs",
-            "serve",
-            "--data-dir",
-            &s(&p("kbs")),
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-trust-anchor",
-            &s(&p("hw.pub")),
-            "--init-admin-token-file",
-            &s(&p("token")),
-            "--addr-file",
-            &s(&p("kbs.addr")),
-        ],
-        p("kbs.log"),
-    );
-    let kbs_url = kbs.url(&p("kbs.addr"));
+    let (_kbs, kbs_url) = start_kbs(dir.path(), "kbs");
     std::fs::write(
         p("trainer.toml"),
         format!("kbs_url = \"{kbs_url}\"\n\n[training]\nmax_dataset_mib = 16\n"),
@@ -77,24 +60,7 @@ fn two_parties_train_with_the_cli_alone() {
         ),
     )
     .unwrap();
-    let mut trainer = Proc::start(
-        &[
-            "runtime",
-            "serve",
-            "--config",
-            &s(&p("trainer.toml")),
-            "--listen",
-            "127.0.0.1:0",
-            "--platform",
-            "sim",
-            "--sim-hardware-key",
-            &s(&p("hw.key")),
-            "--addr-file",
-            &s(&p("trainer.addr")),
-        ],
-        p("trainer.log"),
-    );
-    let runtime = trainer.url(&p("trainer.addr"));
+    let (_trainer, runtime) = start_runtime(dir.path(), &p("trainer.toml"), "trainer");
 
     // Each party: a key, its dataset sealed (CSV for one, Parquet for the other), the key
     // registered with the KBS, the sealed bytes uploaded.

@@ -94,3 +94,53 @@ impl Proc {
         self.wait_ready(addr_file).unwrap_or_else(|e| panic!("{e}"))
     }
 }
+
+/// Starts `cordon kbs serve` on a free port with its store in `dir/kbs`, the sim trust anchor
+/// `dir/hw.pub` and the admin token file `dir/token`; `name` names its address file and log.
+pub fn start_kbs(dir: &Path, name: &str) -> (Proc, String) {
+    let p = |f: &str| dir.join(f);
+    let addr = p(&format!("{name}.addr"));
+    let mut kbs = Proc::start(
+        &[
+            "kbs",
+            "serve",
+            "--data-dir",
+            &s(&p("kbs")),
+            "--listen",
+            "127.0.0.1:0",
+            "--sim-trust-anchor",
+            &s(&p("hw.pub")),
+            "--init-admin-token-file",
+            &s(&p("token")),
+            "--addr-file",
+            &s(&addr),
+        ],
+        p(&format!("{name}.log")),
+    );
+    let url = kbs.url(&addr);
+    (kbs, url)
+}
+
+/// Starts `cordon runtime serve` (sim, hardware key `dir/hw.key`) with `config` on a free port.
+pub fn start_runtime(dir: &Path, config: &Path, name: &str) -> (Proc, String) {
+    let addr = dir.join(format!("{name}.addr"));
+    let mut rt = Proc::start(
+        &[
+            "runtime",
+            "serve",
+            "--config",
+            &s(config),
+            "--listen",
+            "127.0.0.1:0",
+            "--platform",
+            "sim",
+            "--sim-hardware-key",
+            &s(&dir.join("hw.key")),
+            "--addr-file",
+            &s(&addr),
+        ],
+        dir.join(format!("{name}.log")),
+    );
+    let url = rt.url(&addr);
+    (rt, url)
+}
