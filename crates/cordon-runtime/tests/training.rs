@@ -236,7 +236,7 @@ async fn three_hospitals_train_one_model_and_only_the_agreed_output_leaves() {
         .wait(&hash, Duration::from_secs(120))
         .await
         .unwrap();
-    let m = done.metrics.unwrap();
+    let m = done.metrics.clone().unwrap();
     assert_eq!(m.algorithm, "gbdt");
     assert_eq!(m.parties.len(), 3);
     let rows: u64 = HOSPITALS
@@ -278,6 +278,33 @@ async fn three_hospitals_train_one_model_and_only_the_agreed_output_leaves() {
     );
     let model = OnnxModel::load("joint", "1", &onnx).unwrap();
     assert_eq!(model.name(), "joint");
+    // No row reaches the runtime's metrics or any job answer (three consecutive cells of each
+    // row, as any formatter would print them).
+    let metrics = reqwest::get(format!("{}/metrics", w.runtime))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let answers = format!(
+        "{metrics}\n{}\n{}",
+        serde_json::to_string(&done).unwrap(),
+        serde_json::to_string(&receipt).unwrap()
+    );
+    let mut rows = 0;
+    for (_, csv) in HOSPITALS {
+        for line in csv.lines().skip(1) {
+            let cells: Vec<&str> = line.split(',').collect();
+            for needle in [cells[..3].join(","), cells[..3].join(", ")] {
+                assert!(!answers.contains(&needle), "a row leaked: {needle}");
+            }
+            rows += 1;
+        }
+    }
+    assert!(
+        rows > 400 && metrics.contains("cordon_runtime"),
+        "{metrics}"
+    );
     // Another party's HPKE key cannot open the recipient's output key.
     let mut stolen = result.clone();
     stolen.key_id = "other".into();
