@@ -202,7 +202,9 @@ pub async fn boot(
     );
     if let Some(training) = &config.training {
         let mut t = TrainingOptions::new(&config.kbs_url);
-        t.max_dataset_bytes = usize::try_from(training.max_dataset_mib << 20).unwrap_or(usize::MAX);
+        let mib = |m: u64| usize::try_from(m.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        t.max_dataset_bytes = mib(training.max_dataset_mib);
+        t.max_total_dataset_bytes = mib(training.max_total_dataset_mib);
         state.enable_training(t);
     }
     Ok(BootedRuntime {

@@ -27,6 +27,13 @@ pub struct TrainingConfig {
     /// Largest sealed dataset accepted, in MiB (default 256).
     #[serde(default = "default_dataset_mib")]
     pub max_dataset_mib: u64,
+    /// Sealed datasets held at once, all parties together, in MiB (default 2048).
+    #[serde(default = "default_total_dataset_mib")]
+    pub max_total_dataset_mib: u64,
+}
+
+fn default_total_dataset_mib() -> u64 {
+    2048
 }
 
 fn default_dataset_mib() -> u64 {

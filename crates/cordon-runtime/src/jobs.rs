@@ -43,6 +43,9 @@ pub struct TrainingOptions {
     pub max_jobs: usize,
     /// Sealed datasets held at once.
     pub max_datasets: usize,
+    /// Bytes of sealed datasets held at once, all parties together: uploads are authenticated but
+    /// anyone can make a key, so this bounds the memory uploads can take.
+    pub max_total_dataset_bytes: usize,
 }
 
 impl TrainingOptions {
@@ -52,6 +55,7 @@ impl TrainingOptions {
             max_dataset_bytes: 256 << 20,
             max_jobs: 64,
             max_datasets: 256,
+            max_total_dataset_bytes: 2 << 30,
         }
     }
 }
@@ -341,12 +345,26 @@ pub(crate) async fn upload_dataset(
     }
     let digest = header.digest();
     let mut datasets = board.datasets();
-    if !datasets.contains_key(&digest) && datasets.len() >= board.options.max_datasets {
-        return Err(api_err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_datasets",
-            format!("this runtime holds {} datasets already", datasets.len()),
-        ));
+    if !datasets.contains_key(&digest) {
+        if datasets.len() >= board.options.max_datasets {
+            return Err(api_err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_datasets",
+                format!("this runtime holds {} datasets already", datasets.len()),
+            ));
+        }
+        let held: usize = datasets.values().map(|d| d.len()).sum();
+        if held.saturating_add(body.len()) > board.options.max_total_dataset_bytes {
+            return Err(api_err(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "dataset_store_full",
+                format!(
+                    "this runtime holds {held} bytes of sealed datasets; {} more would pass its limit of {}",
+                    body.len(),
+                    board.options.max_total_dataset_bytes
+                ),
+            ));
+        }
     }
     datasets.insert(digest, Arc::new(body.to_vec()));
     tracing::info!(manifest_sha256 = %hex::encode(digest), bytes = body.len(), "sealed dataset uploaded");

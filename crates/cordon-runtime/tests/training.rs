@@ -41,6 +41,14 @@ struct World {
 }
 
 async fn start(measurement: [u8; 48]) -> World {
+    start_with(
+        measurement,
+        TrainingOptions::new("").max_total_dataset_bytes,
+    )
+    .await
+}
+
+async fn start_with(measurement: [u8; 48], max_total_dataset_bytes: usize) -> World {
     let dir = tempfile::tempdir().unwrap();
     let hw = SimHardwareKey::generate();
     let hw_key = hw.to_file_contents().to_string();
@@ -69,7 +77,9 @@ async fn start(measurement: [u8; 48]) -> World {
         BTreeMap::new(),
         ServingOptions::default(),
     );
-    state.enable_training(TrainingOptions::new(&kbs_url));
+    let mut options = TrainingOptions::new(&kbs_url);
+    options.max_total_dataset_bytes = max_total_dataset_bytes;
+    state.enable_training(options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let runtime = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(cordon_runtime::serve(
@@ -556,4 +566,35 @@ async fn a_job_can_deploy_its_model_to_serving_without_any_party_holding_its_key
         .await
         .unwrap()
         .contains("no runtime with this key attested"));
+}
+
+#[tokio::test]
+async fn uploads_are_bounded_in_total_bytes() {
+    // Room for hospital C's sealed file and little more.
+    let w = start_with(MEASUREMENT, 16 << 10).await;
+    let c = hospital(&w, HOSPITALS[2].0, HOSPITALS[2].1).await;
+    assert!(!c.dataset.key_id.is_empty());
+    let owner = OwnerKey::from_secret_bytes(&c.client.party().signing_secret());
+    let mut sealed = std::io::Cursor::new(Vec::new());
+    let csv = HOSPITALS[0].1;
+    cordon_seal::seal(
+        csv.as_bytes(),
+        csv.len() as u64,
+        &mut sealed,
+        &owner,
+        &SealOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let (status, code_, message) = code(
+        c.client
+            .upload_dataset(sealed.into_inner())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (status, code_.as_str()),
+        (507, "dataset_store_full"),
+        "{message}"
+    );
 }

@@ -172,6 +172,7 @@ async fn confidential(
     );
     let mut options = TrainingOptions::new(&kbs_url);
     options.max_dataset_bytes = usize::MAX;
+    options.max_total_dataset_bytes = usize::MAX;
     state.enable_training(options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let runtime = format!("http://{}", listener.local_addr()?);

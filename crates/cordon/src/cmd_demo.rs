@@ -153,6 +153,7 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
         models: vec![],
         training: Some(TrainingConfig {
             max_dataset_mib: 64,
+            max_total_dataset_mib: 256,
         }),
     };
     let (trainer_path, trainer_measurement) = measured_config(&dir, "trainer", &trainer_config)?;
