@@ -365,6 +365,7 @@ fn read_parquet(bytes: &[u8], schema: &Schema) -> Result<Table, DataError> {
                 n: group_rows,
                 column: name,
             };
+            check_chunk_range(group.metadata().column(c))?;
             let col = group.get_column_reader(c).map_err(parquet_error)?;
             match col {
                 ColumnReader::BoolColumnReader(r) => {
@@ -392,6 +393,25 @@ fn read_parquet(bytes: &[u8], schema: &Schema) -> Result<Table, DataError> {
         base += group_rows;
     }
     Table::new(features, labels, n_features)
+}
+
+/// Refuses a column chunk whose offset or size is negative. parquet 59.3 asserts on these in
+/// `ColumnChunkMetaData::byte_range`, which `get_column_reader` calls, so such a file would panic
+/// the runtime instead of failing the job (found by the `training_data` fuzz target, 2026-11-26;
+/// regression test `negative_column_chunk_offset_is_an_error`). The check is the assertion's own
+/// condition, made before the call.
+fn check_chunk_range(
+    chunk: &parquet::file::metadata::ColumnChunkMetaData,
+) -> Result<(), DataError> {
+    let start = chunk
+        .dictionary_page_offset()
+        .unwrap_or_else(|| chunk.data_page_offset());
+    if start < 0 || chunk.compressed_size() < 0 {
+        return Err(DataError::Parquet(
+            "malformed file: negative column chunk offset or size".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Where one Parquet column chunk's values go in the row-major buffer.
@@ -457,5 +477,25 @@ impl Sink<'_> {
             done += records;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negative_column_chunk_offset_is_an_error() {
+        // Found by fuzzing (training_data, 2026-11-26): a Parquet file whose column chunk metadata
+        // has a negative offset or size made parquet 59.3 panic in `byte_range`.
+        let bytes = include_bytes!("../tests/data/negative_column_chunk_offset.parquet");
+        let schema = Schema {
+            features: vec!["mean_radius".into(), "mean_texture".into()],
+            label: "label".into(),
+        };
+        assert!(matches!(
+            read_table(bytes, DataFormat::Parquet, &schema),
+            Err(DataError::Parquet(_))
+        ));
     }
 }
