@@ -74,6 +74,14 @@ fn seeds_reach_past_the_cryptographic_checks() {
     assert!(f::response_client()
         .decrypt_response(&read("channel", "response.bin"))
         .is_ok());
+    let (_, keys) = f::service_key()
+        .accept_session(&read("session", "setup.bin"))
+        .unwrap();
+    let frame = read("session", "frame.bin");
+    cordon_proto::session::SessionMessage::parse(&frame)
+        .unwrap()
+        .open(&keys)
+        .unwrap();
     let receipt: Receipt =
         serde_json::from_slice(&read("runtime_requests", "receipt.json")).unwrap();
     receipt.verify(f::verifier()).unwrap();
