@@ -43,7 +43,8 @@ pub fn evidence(data: &[u8]) {
     }
 }
 
-const SNP_REPORT: &[u8] = include_bytes!("../../../testdata/attestation/snp/trustee_test-report.bin");
+const SNP_REPORT: &[u8] =
+    include_bytes!("../../../testdata/attestation/snp/trustee_test-report.bin");
 const TDX_QUOTE: &[u8] = include_bytes!("../../../testdata/attestation/tdx/tdx_quote");
 
 /// Claims that policies are appraised against: the real claims of the SNP and TDX fixtures (so SNP
@@ -94,6 +95,10 @@ pub fn policy(data: &[u8]) {
             let _ = crate::appraise(claims, &doc.policy).is_accepted();
         }
         let again = crate::PolicyDocument::from_toml(&doc.to_toml());
-        assert_eq!(again.as_ref().ok(), Some(&doc), "policy document TOML round trip");
+        assert_eq!(
+            again.as_ref().ok(),
+            Some(&doc),
+            "policy document TOML round trip"
+        );
     }
 }

@@ -6,9 +6,7 @@
 //! mutations reach the code behind each check. Never use them for anything but fuzzing.
 
 use crate::channel::{ClientResponseContext, ServerResponseContext, ENC_LEN};
-use crate::job::{
-    self, Approval, JobResult, JobSpec, JobStatus, PartyKey, Receipt, OUTPUT_INFO,
-};
+use crate::job::{self, Approval, JobResult, JobSpec, JobStatus, PartyKey, Receipt, OUTPUT_INFO};
 use crate::kbs::{AttestRequest, AttestResponse, AuditEvent, Challenge, ErrorBody, RegisterKey};
 use crate::runtime::{AttestationResponse, InnerRequest, InnerResponse};
 use crate::session::{SessionGrant, SessionId, SessionKeys, SessionMessage};
@@ -106,7 +104,8 @@ pub fn kbs_requests(data: &[u8]) {
                 },
                 None => Some(report_data(&nonce, &req.runtime_keys, &req.models)),
             };
-            if let (Some(expected), Ok(claims)) = (expected, verifier().verify(&req.evidence, now()))
+            if let (Some(expected), Ok(claims)) =
+                (expected, verifier().verify(&req.evidence, now()))
             {
                 let _ = claims.report_data == expected;
             }
@@ -168,9 +167,10 @@ pub fn runtime_requests(data: &[u8]) {
         if let (Ok(hash), Some(parties)) = (hex::decode(&result.job_hash), parties()) {
             if let Ok(hash) = <[u8; 32]>::try_from(hash) {
                 let aad = job::output_aad(&hash, &result.key_id);
-                let _ = parties[0]
-                    .hpke_key_pair()
-                    .open_sealed(OUTPUT_INFO, &aad, &result.sealed_dek);
+                let _ =
+                    parties[0]
+                        .hpke_key_pair()
+                        .open_sealed(OUTPUT_INFO, &aad, &result.sealed_dek);
             }
         }
     }

@@ -172,7 +172,9 @@ fn write_seeds() {
     write(
         t,
         "register_key.json",
-        &json(&serde_json::json!({"dek": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", "policy": policy})),
+        &json(
+            &serde_json::json!({"dek": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", "policy": policy}),
+        ),
     );
     let sealed = seal_to(
         &keys.hpke_public_key,
@@ -232,8 +234,10 @@ fn write_seeds() {
     write(
         t,
         "infer_response.json",
-        &json(&serde_json::json!({"model_name": "fraud", "model_version": "1", "id": "1",
-            "outputs": [{"name": "y", "shape": [1], "datatype": "FP32", "data": [0.25]}]})),
+        &json(
+            &serde_json::json!({"model_name": "fraud", "model_version": "1", "id": "1",
+            "outputs": [{"name": "y", "shape": [1], "datatype": "FP32", "data": [0.25]}]}),
+        ),
     );
     write(
         t,
@@ -317,7 +321,11 @@ fn write_seeds() {
         receipt,
     };
     write(t, "job_result.json", &json(&result));
-    write(t, "party_key.json", f::party_key_file("alice", 1).as_bytes());
+    write(
+        t,
+        "party_key.json",
+        f::party_key_file("alice", 1).as_bytes(),
+    );
     let path = format!("/v1/jobs/{}/approve", hex::encode(hash));
     let approval_body = json(&alice.approve(&hash));
     let headers = alice.sign_request(
@@ -343,12 +351,20 @@ fn write_seeds() {
     write(
         t,
         "response.bin",
-        &f::response_server().encrypt_response(inner_response).unwrap(),
+        &f::response_server()
+            .encrypt_response(inner_response)
+            .unwrap(),
     );
     write(
         t,
         "sealed_dek.bin",
-        &seal_to(&keys.hpke_public_key, kbs::RELEASE_INFO, f::RELEASE_AAD, &[1; 32]).unwrap(),
+        &seal_to(
+            &keys.hpke_public_key,
+            kbs::RELEASE_INFO,
+            f::RELEASE_AAD,
+            &[1; 32],
+        )
+        .unwrap(),
     );
 
     // Sessions: a real exchange (setup, grant, two requests) with the fixed service key.
@@ -369,7 +385,11 @@ fn write_seeds() {
         .unwrap();
     write(t, "setup.bin", &setup);
     write(t, "frame.bin", &first);
-    write(t, "exchange.bin", &f::frame_session(&[&setup, &first, &second]));
+    write(
+        t,
+        "exchange.bin",
+        &f::frame_session(&[&setup, &first, &second]),
+    );
     // The same messages replayed and reordered: the window must refuse them.
     write(
         t,
