@@ -366,6 +366,7 @@ fn read_parquet(bytes: &[u8], schema: &Schema) -> Result<Table, DataError> {
                 column: name,
             };
             check_chunk_range(group.metadata().column(c))?;
+            check_dictionary_pages(group.get_column_page_reader(c).map_err(parquet_error)?)?;
             let col = group.get_column_reader(c).map_err(parquet_error)?;
             match col {
                 ColumnReader::BoolColumnReader(r) => {
@@ -410,6 +411,31 @@ fn check_chunk_range(
         return Err(DataError::Parquet(
             "malformed file: negative column chunk offset or size".into(),
         ));
+    }
+    Ok(())
+}
+
+/// Refuses a dictionary page that claims more values than its bytes can hold. parquet 59.3 sizes
+/// the decoded dictionary from the page header's `num_values` before decoding (`set_dict` resizes a
+/// vector to it), so a 1.3 KB file claiming 2^31 values asked for 16 GB and would get the runner
+/// killed (found by the `training_data` fuzz target, 2026-11-26; regression test
+/// `dictionary_num_values_bomb_is_an_error`). Every encoding spends at least one bit per value, so
+/// `num_values <= 8 * len` holds for any well-formed page. This reads the chunk's pages once more
+/// before the values are decoded.
+fn check_dictionary_pages(
+    pages: Box<dyn parquet::column::page::PageReader>,
+) -> Result<(), DataError> {
+    for page in pages {
+        if let parquet::column::page::Page::DictionaryPage {
+            buf, num_values, ..
+        } = page.map_err(parquet_error)?
+        {
+            if u64::from(num_values) > 8 * buf.len() as u64 {
+                return Err(DataError::Parquet(
+                    "malformed file: dictionary page claims more values than it holds".into(),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -489,6 +515,21 @@ mod tests {
         // Found by fuzzing (training_data, 2026-11-26): a Parquet file whose column chunk metadata
         // has a negative offset or size made parquet 59.3 panic in `byte_range`.
         let bytes = include_bytes!("../tests/data/negative_column_chunk_offset.parquet");
+        let schema = Schema {
+            features: vec!["mean_radius".into(), "mean_texture".into()],
+            label: "label".into(),
+        };
+        assert!(matches!(
+            read_table(bytes, DataFormat::Parquet, &schema),
+            Err(DataError::Parquet(_))
+        ));
+    }
+
+    #[test]
+    fn dictionary_num_values_bomb_is_an_error() {
+        // Found by fuzzing (training_data, 2026-11-26): a dictionary page header claiming 2^31
+        // values made parquet 59.3 allocate 16 GB before decoding.
+        let bytes = include_bytes!("../tests/data/dictionary_num_values_bomb.parquet");
         let schema = Schema {
             features: vec!["mean_radius".into(), "mean_texture".into()],
             label: "label".into(),
