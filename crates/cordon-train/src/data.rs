@@ -306,6 +306,11 @@ fn parquet_error(e: parquet::errors::ParquetError) -> DataError {
     DataError::Parquet(e.to_string())
 }
 
+/// The most cells (rows × (features + 1)) one Parquet row group may hold: 2^28 `f32`s, 1 GiB.
+/// Writers keep row groups far smaller (pyarrow: 1 Mi rows by default); a larger claim is a
+/// malformed or hostile file.
+const MAX_ROW_GROUP_CELLS: usize = 1 << 28;
+
 fn read_parquet(bytes: &[u8], schema: &Schema) -> Result<Table, DataError> {
     use parquet::column::reader::ColumnReader;
     use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -341,8 +346,13 @@ fn read_parquet(bytes: &[u8], schema: &Schema) -> Result<Table, DataError> {
         // Row counts come from the file: an absurd one must fail as an error, not abort the
         // process on allocation.
         let mut cells: Vec<f32> = Vec::new();
+        // `try_reserve_exact` alone is not enough: with overcommit a large but possible size is
+        // granted and then touched by `resize`, and a row count claiming a terabyte (found by the
+        // `training_data` fuzz target, 2026-11-26; regression test `row_count_of_a_terabyte_is_an_error`)
+        // aborts under sanitizers. A row group is bounded instead.
         let n_cells = group_rows
             .checked_mul(width)
+            .filter(|&n| n <= MAX_ROW_GROUP_CELLS)
             .ok_or_else(|| DataError::Parquet("row count too large".into()))?;
         cells
             .try_reserve_exact(n_cells)
@@ -515,6 +525,21 @@ mod tests {
         // Found by fuzzing (training_data, 2026-11-26): a Parquet file whose column chunk metadata
         // has a negative offset or size made parquet 59.3 panic in `byte_range`.
         let bytes = include_bytes!("../tests/data/negative_column_chunk_offset.parquet");
+        let schema = Schema {
+            features: vec!["mean_radius".into(), "mean_texture".into()],
+            label: "label".into(),
+        };
+        assert!(matches!(
+            read_table(bytes, DataFormat::Parquet, &schema),
+            Err(DataError::Parquet(_))
+        ));
+    }
+
+    #[test]
+    fn row_count_of_a_terabyte_is_an_error() {
+        // Found by fuzzing (training_data, 2026-11-26): a row group claiming ~10^11 rows made
+        // read_parquet reserve 1.1 TB.
+        let bytes = include_bytes!("../tests/data/row_count_1tb.parquet");
         let schema = Schema {
             features: vec!["mean_radius".into(), "mean_texture".into()],
             label: "label".into(),
