@@ -42,3 +42,63 @@ pub fn evidence(data: &[u8]) {
         let _ = verifier().verify(&bytes, fixed_time());
     }
 }
+
+const SNP_REPORT: &[u8] =
+    include_bytes!("../../../testdata/attestation/snp/trustee_test-report.bin");
+const TDX_QUOTE: &[u8] = include_bytes!("../../../testdata/attestation/tdx/tdx_quote");
+
+/// Claims that policies are appraised against: the real claims of the SNP and TDX fixtures (so SNP
+/// TCB components, DCAP status, advisories and RTMRs are all present), and a simulated platform's.
+fn fixed_claims() -> &'static [crate::Claims] {
+    static CLAIMS: std::sync::OnceLock<Vec<crate::Claims>> = std::sync::OnceLock::new();
+    CLAIMS.get_or_init(|| {
+        let mut claims: Vec<crate::Claims> = [SNP_REPORT, TDX_QUOTE]
+            .iter()
+            .filter_map(|e| verifier().verify(e, fixed_time()).ok())
+            .collect();
+        claims.push(crate::Claims {
+            platform: crate::Platform::Sim,
+            hardware_backed: false,
+            launch_measurement: vec![0x11; 48],
+            signer_measurement: None,
+            workload_data: vec![0x22; 32],
+            runtime_measurements: Vec::new(),
+            report_data: [0x33; 64],
+            debug: true,
+            tcb: None,
+            platform_id: None,
+            attestation_key: vec![0x44; 32],
+            raw: serde_json::Value::Null,
+        });
+        claims
+    })
+}
+
+/// Policy files: parsing as a release policy and as a client's policy document (UTF-8 only: the
+/// callers read policy files as strings, so other bytes must be refused before parsing), a round trip
+/// through TOML, and appraisal of real claims with whatever parsed.
+pub fn policy(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(policy) = crate::Policy::from_toml(text) {
+        for claims in fixed_claims() {
+            let verdict = crate::appraise(claims, &policy);
+            let _ = verdict.reasons();
+        }
+        // What we write must read back as the same policy.
+        let again = crate::Policy::from_toml(&policy.to_toml());
+        assert_eq!(again.as_ref().ok(), Some(&policy), "policy TOML round trip");
+    }
+    if let Ok(doc) = crate::PolicyDocument::from_toml(text) {
+        for claims in fixed_claims() {
+            let _ = crate::appraise(claims, &doc.policy).is_accepted();
+        }
+        let again = crate::PolicyDocument::from_toml(&doc.to_toml());
+        assert_eq!(
+            again.as_ref().ok(),
+            Some(&doc),
+            "policy document TOML round trip"
+        );
+    }
+}

@@ -35,3 +35,8 @@ fn snp_report_corpus_never_panics() {
 fn evidence_corpus_never_panics() {
     assert!(replay("evidence", cordon_attest::fuzzing::evidence) >= 6);
 }
+
+#[test]
+fn policy_corpus_never_panics() {
+    assert!(replay("policy", cordon_attest::fuzzing::policy) >= 9);
+}

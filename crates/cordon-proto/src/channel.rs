@@ -218,6 +218,15 @@ pub struct ServerResponseContext {
 }
 
 impl ServerResponseContext {
+    /// A context with fixed values, so the fuzz target can hold the matching client context (see
+    /// [`ClientResponseContext::from_parts`]). Real contexts come only from a decapsulated request.
+    pub(crate) fn from_parts(secret: [u8; 32], enc: [u8; ENC_LEN]) -> ServerResponseContext {
+        ServerResponseContext {
+            secret: Zeroizing::new(secret),
+            enc,
+        }
+    }
+
     pub fn encrypt_response(self, response: &[u8]) -> Result<Vec<u8>, ChannelError> {
         let mut response_nonce = [0u8; RESPONSE_NONCE_LEN];
         rand::rng().fill_bytes(&mut response_nonce);
@@ -276,6 +285,15 @@ pub fn encapsulate_request(
 }
 
 impl ClientResponseContext {
+    /// A context with fixed values, for the fuzz target: real contexts come only from
+    /// [`encapsulate_request`], whose encapsulation is random.
+    pub(crate) fn from_parts(secret: [u8; 32], enc: [u8; ENC_LEN]) -> ClientResponseContext {
+        ClientResponseContext {
+            secret: Zeroizing::new(secret),
+            enc,
+        }
+    }
+
     pub fn decrypt_response(self, message: &[u8]) -> Result<Zeroizing<Vec<u8>>, ChannelError> {
         if message.len() < RESPONSE_NONCE_LEN + 16 {
             return Err(ChannelError::TooShort {

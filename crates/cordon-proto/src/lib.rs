@@ -14,6 +14,8 @@
 mod b64;
 pub mod binding;
 pub mod channel;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod job;
 pub mod kbs;
 pub mod oip;

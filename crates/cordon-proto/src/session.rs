@@ -80,7 +80,7 @@ impl fmt::Debug for SessionKeys {
 }
 
 impl SessionKeys {
-    fn from_export(material: &[u8; 88]) -> SessionKeys {
+    pub(crate) fn from_export(material: &[u8; 88]) -> SessionKeys {
         let mut nonce_c2s = Zeroizing::new([0u8; 12]);
         let mut nonce_s2c = Zeroizing::new([0u8; 12]);
         nonce_c2s.copy_from_slice(&material[64..76]);

@@ -169,20 +169,41 @@ impl Default for SealOptions {
 /// input, and written into the manifest (whose length does not depend on the digest) at the end.
 /// `progress` is called with the number of plaintext bytes done.
 pub fn seal<R: Read, W: Write + Seek>(
+    input: R,
+    size: u64,
+    output: W,
+    owner: &OwnerKey,
+    options: &SealOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(Manifest, KeyFile), SealError> {
+    let mut rng = rand::rng();
+    let mut key_id = [0u8; 16];
+    rng.fill_bytes(&mut key_id);
+    let mut prefix = [0u8; 7];
+    rng.fill_bytes(&mut prefix);
+    seal_with_key(
+        input,
+        size,
+        output,
+        owner,
+        options,
+        progress,
+        (Dek::generate(), hex::encode(key_id), prefix),
+    )
+}
+
+/// [`seal`] with a given DEK, key id and nonce prefix. Only `seal` (fresh random values) and the
+/// fuzzing seed generator (fixed values, so that the fuzz target can hold the key) call this: reusing a
+/// DEK and nonce prefix for two plaintexts would break AES-GCM's confidentiality.
+pub(crate) fn seal_with_key<R: Read, W: Write + Seek>(
     mut input: R,
     size: u64,
     mut output: W,
     owner: &OwnerKey,
     options: &SealOptions,
     progress: &mut dyn FnMut(u64),
+    (dek, key_id, prefix): (Dek, String, [u8; 7]),
 ) -> Result<(Manifest, KeyFile), SealError> {
-    let dek = Dek::generate();
-    let mut rng = rand::rng();
-    let mut key_id = [0u8; 16];
-    rng.fill_bytes(&mut key_id);
-    let key_id = hex::encode(key_id);
-    let mut prefix = [0u8; 7];
-    rng.fill_bytes(&mut prefix);
     let mut manifest = Manifest {
         format: FORMAT_NAME.into(),
         name: options.name.clone(),

@@ -25,6 +25,10 @@ impl Dek {
         Ok(Dek(arr))
     }
 
+    pub(crate) fn from_array(bytes: [u8; 32]) -> Dek {
+        Dek(bytes)
+    }
+
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

@@ -17,6 +17,8 @@
 
 mod error;
 mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 mod keys;
 
 pub use error::SealError;

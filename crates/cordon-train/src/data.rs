@@ -306,6 +306,11 @@ fn parquet_error(e: parquet::errors::ParquetError) -> DataError {
     DataError::Parquet(e.to_string())
 }
 
+/// The most cells (rows × (features + 1)) one Parquet row group may hold: 2^28 `f32`s, 1 GiB.
+/// Writers keep row groups far smaller (pyarrow: 1 Mi rows by default); a larger claim is a
+/// malformed or hostile file.
+const MAX_ROW_GROUP_CELLS: usize = 1 << 28;
+
 fn read_parquet(bytes: &[u8], schema: &Schema) -> Result<Table, DataError> {
     use parquet::column::reader::ColumnReader;
     use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -341,8 +346,13 @@ fn read_parquet(bytes: &[u8], schema: &Schema) -> Result<Table, DataError> {
         // Row counts come from the file: an absurd one must fail as an error, not abort the
         // process on allocation.
         let mut cells: Vec<f32> = Vec::new();
+        // `try_reserve_exact` alone is not enough: with overcommit a large but possible size is
+        // granted and then touched by `resize`, and a row count claiming a terabyte (found by the
+        // `training_data` fuzz target, 2026-11-26; regression test `row_count_of_a_terabyte_is_an_error`)
+        // aborts under sanitizers. A row group is bounded instead.
         let n_cells = group_rows
             .checked_mul(width)
+            .filter(|&n| n <= MAX_ROW_GROUP_CELLS)
             .ok_or_else(|| DataError::Parquet("row count too large".into()))?;
         cells
             .try_reserve_exact(n_cells)
@@ -365,6 +375,8 @@ fn read_parquet(bytes: &[u8], schema: &Schema) -> Result<Table, DataError> {
                 n: group_rows,
                 column: name,
             };
+            check_chunk_range(group.metadata().column(c))?;
+            check_dictionary_pages(group.get_column_page_reader(c).map_err(parquet_error)?)?;
             let col = group.get_column_reader(c).map_err(parquet_error)?;
             match col {
                 ColumnReader::BoolColumnReader(r) => {
@@ -392,6 +404,50 @@ fn read_parquet(bytes: &[u8], schema: &Schema) -> Result<Table, DataError> {
         base += group_rows;
     }
     Table::new(features, labels, n_features)
+}
+
+/// Refuses a column chunk whose offset or size is negative. parquet 59.3 asserts on these in
+/// `ColumnChunkMetaData::byte_range`, which `get_column_reader` calls, so such a file would panic
+/// the runtime instead of failing the job (found by the `training_data` fuzz target, 2026-11-26;
+/// regression test `negative_column_chunk_offset_is_an_error`). The check is the assertion's own
+/// condition, made before the call.
+fn check_chunk_range(
+    chunk: &parquet::file::metadata::ColumnChunkMetaData,
+) -> Result<(), DataError> {
+    let start = chunk
+        .dictionary_page_offset()
+        .unwrap_or_else(|| chunk.data_page_offset());
+    if start < 0 || chunk.compressed_size() < 0 {
+        return Err(DataError::Parquet(
+            "malformed file: negative column chunk offset or size".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a dictionary page that claims more values than its bytes can hold. parquet 59.3 sizes
+/// the decoded dictionary from the page header's `num_values` before decoding (`set_dict` resizes a
+/// vector to it), so a 1.3 KB file claiming 2^31 values asked for 16 GB and would get the runner
+/// killed (found by the `training_data` fuzz target, 2026-11-26; regression test
+/// `dictionary_num_values_bomb_is_an_error`). Every encoding spends at least one bit per value, so
+/// `num_values <= 8 * len` holds for any well-formed page. This reads the chunk's pages once more
+/// before the values are decoded.
+fn check_dictionary_pages(
+    pages: Box<dyn parquet::column::page::PageReader>,
+) -> Result<(), DataError> {
+    for page in pages {
+        if let parquet::column::page::Page::DictionaryPage {
+            buf, num_values, ..
+        } = page.map_err(parquet_error)?
+        {
+            if u64::from(num_values) > 8 * buf.len() as u64 {
+                return Err(DataError::Parquet(
+                    "malformed file: dictionary page claims more values than it holds".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where one Parquet column chunk's values go in the row-major buffer.
@@ -457,5 +513,55 @@ impl Sink<'_> {
             done += records;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negative_column_chunk_offset_is_an_error() {
+        // Found by fuzzing (training_data, 2026-11-26): a Parquet file whose column chunk metadata
+        // has a negative offset or size made parquet 59.3 panic in `byte_range`.
+        let bytes = include_bytes!("../tests/data/negative_column_chunk_offset.parquet");
+        let schema = Schema {
+            features: vec!["mean_radius".into(), "mean_texture".into()],
+            label: "label".into(),
+        };
+        assert!(matches!(
+            read_table(bytes, DataFormat::Parquet, &schema),
+            Err(DataError::Parquet(_))
+        ));
+    }
+
+    #[test]
+    fn row_count_of_a_terabyte_is_an_error() {
+        // Found by fuzzing (training_data, 2026-11-26): a row group claiming ~10^11 rows made
+        // read_parquet reserve 1.1 TB.
+        let bytes = include_bytes!("../tests/data/row_count_1tb.parquet");
+        let schema = Schema {
+            features: vec!["mean_radius".into(), "mean_texture".into()],
+            label: "label".into(),
+        };
+        assert!(matches!(
+            read_table(bytes, DataFormat::Parquet, &schema),
+            Err(DataError::Parquet(_))
+        ));
+    }
+
+    #[test]
+    fn dictionary_num_values_bomb_is_an_error() {
+        // Found by fuzzing (training_data, 2026-11-26): a dictionary page header claiming 2^31
+        // values made parquet 59.3 allocate 16 GB before decoding.
+        let bytes = include_bytes!("../tests/data/dictionary_num_values_bomb.parquet");
+        let schema = Schema {
+            features: vec!["mean_radius".into(), "mean_texture".into()],
+            label: "label".into(),
+        };
+        assert!(matches!(
+            read_table(bytes, DataFormat::Parquet, &schema),
+            Err(DataError::Parquet(_))
+        ));
     }
 }

@@ -17,6 +17,8 @@
 //! code that sees the plaintext inside the TEE should stay small enough to audit.
 
 pub mod data;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gbdt;
 pub mod linear;
 pub mod metrics;

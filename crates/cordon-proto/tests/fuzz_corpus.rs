@@ -1,0 +1,399 @@
+//! Replays the committed fuzz corpora (fuzz/corpus/{kbs_requests,runtime_requests,channel,session})
+//! through the fuzz entry points: a fast check in CI that no known input panics. Long fuzzing runs use
+//! `cargo fuzz` (see fuzz/README.md).
+//!
+//! The seeds are real messages made with the fixed keys of `cordon_proto::fuzzing`, written by
+//! `cargo test -p cordon-proto --test fuzz_corpus -- --ignored write_seeds`.
+
+use cordon_attest::sim::SimReport;
+use cordon_proto::channel::{encapsulate_request, seal_to};
+use cordon_proto::fuzzing::{self as f};
+use cordon_proto::job::{self, JobResult, JobState, JobStatus, Receipt};
+use cordon_proto::kbs::{self, AttestRequest, AttestResponse, JobRelease};
+use cordon_proto::runtime::{AttestationResponse, InnerRequest};
+use cordon_proto::session::{start_session, SessionGrant};
+use cordon_proto::{report_data, ModelBinding};
+use ed25519_dalek::{Signer, SigningKey};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+fn corpus(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target)
+}
+
+fn replay(target: &str, f: fn(&[u8])) -> usize {
+    let dir = corpus(target);
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        f(&data);
+        // Truncations and a flipped byte of every corpus entry, too.
+        for len in [0, 1, data.len() / 2, data.len().saturating_sub(1)] {
+            f(&data[..len]);
+        }
+        let mut flipped = data.clone();
+        if let Some(b) = flipped.get_mut(data.len() / 3) {
+            *b ^= 0xff;
+        }
+        f(&flipped);
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn kbs_requests_corpus_never_panics() {
+    assert!(replay("kbs_requests", f::kbs_requests) >= 7);
+}
+
+#[test]
+fn runtime_requests_corpus_never_panics() {
+    assert!(replay("runtime_requests", f::runtime_requests) >= 10);
+}
+
+#[test]
+fn channel_corpus_never_panics() {
+    assert!(replay("channel", f::channel) >= 3);
+}
+
+#[test]
+fn session_corpus_never_panics() {
+    assert!(replay("session", f::session) >= 3);
+}
+
+#[test]
+fn seeds_reach_past_the_cryptographic_checks() {
+    // The targets are deep only if the fixed keys open the seeds: check that they still do.
+    let read = |t: &str, name: &str| std::fs::read(corpus(t).join(name)).unwrap();
+    assert!(f::service_key()
+        .decapsulate_request(&read("channel", "request.bin"))
+        .is_ok());
+    assert!(f::response_client()
+        .decrypt_response(&read("channel", "response.bin"))
+        .is_ok());
+    let (_, keys) = f::service_key()
+        .accept_session(&read("session", "setup.bin"))
+        .unwrap();
+    let frame = read("session", "frame.bin");
+    cordon_proto::session::SessionMessage::parse(&frame)
+        .unwrap()
+        .open(&keys)
+        .unwrap();
+    let receipt: Receipt =
+        serde_json::from_slice(&read("runtime_requests", "receipt.json")).unwrap();
+    receipt.verify(f::verifier()).unwrap();
+    let req: AttestRequest =
+        serde_json::from_slice(&read("kbs_requests", "attest_request_job.json")).unwrap();
+    let release = req.job.unwrap();
+    let hash = release.spec.hash();
+    release.spec.validate().unwrap();
+    for a in &release.approvals {
+        a.verify(&release.spec, &hash).unwrap();
+    }
+}
+
+fn sim_evidence(report_data: [u8; 64]) -> Vec<u8> {
+    let hw = SigningKey::from_bytes(&f::SIM_HARDWARE_SECRET);
+    let report = SimReport {
+        launch_measurement: [0x11; 48],
+        workload_data: [0x22; 32],
+        report_data,
+        debug: false,
+        signer: hw.verifying_key().to_bytes(),
+    };
+    let sig = hw.sign(&report.signed_bytes()).to_bytes();
+    report.to_evidence(&sig)
+}
+
+fn write(target: &str, name: &str, bytes: &[u8]) {
+    let dir = corpus(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+fn json(v: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec_pretty(v).unwrap()
+}
+
+/// Writes the seed corpora. Run by hand; the output is committed.
+#[test]
+#[ignore]
+fn write_seeds() {
+    let [alice, bob] = f::parties().unwrap();
+    let spec = f::seed_spec().unwrap().clone();
+    let hash = spec.hash();
+    let keys = f::runtime_keys();
+    let nonce = [0x21u8; 32];
+    let models = vec![ModelBinding {
+        name: "fraud".into(),
+        version: "1".into(),
+        manifest_sha256: [0x31; 32],
+    }];
+    let infer = serde_json::json!({
+        "id": "1",
+        "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [0.5, 1.5]}],
+        "outputs": [{"name": "y"}]
+    });
+    let inner = InnerRequest {
+        method: "POST".into(),
+        path: "/v2/models/fraud/infer".into(),
+        body: Some(infer.clone()),
+    };
+
+    // Key broker.
+    let t = "kbs_requests";
+    let attest = AttestRequest {
+        nonce: hex::encode(nonce),
+        evidence: sim_evidence(report_data(&nonce, &keys, &models)),
+        runtime_keys: keys.clone(),
+        key_ids: vec!["fuzz-key".into()],
+        models: models.clone(),
+        job: None,
+    };
+    write(t, "attest_request.json", &json(&attest));
+    let job_attest = AttestRequest {
+        evidence: sim_evidence(job::job_report_data(&nonce, &keys, &hash)),
+        key_ids: spec.datasets.iter().map(|d| d.key_id.clone()).collect(),
+        models: Vec::new(),
+        job: Some(JobRelease {
+            spec: spec.clone(),
+            approvals: vec![alice.approve(&hash), bob.approve(&hash)],
+        }),
+        ..attest
+    };
+    write(t, "attest_request_job.json", &json(&job_attest));
+    let policy = format!(
+        "platforms = [\"sim\"]\nlaunch_measurements = [\"{}\"]\n",
+        hex::encode([0x11; 48])
+    );
+    write(
+        t,
+        "register_key.json",
+        &json(
+            &serde_json::json!({"dek": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", "policy": policy}),
+        ),
+    );
+    let sealed = seal_to(
+        &keys.hpke_public_key,
+        kbs::RELEASE_INFO,
+        b"fuzz-key",
+        &[1; 32],
+    )
+    .unwrap();
+    let response = AttestResponse {
+        claims_digest: hex::encode([0x41; 32]),
+        released: vec![kbs::ReleasedKey {
+            key_id: "fuzz-key".into(),
+            sealed_dek: sealed,
+        }],
+        denied: vec![kbs::DeniedKey {
+            key_id: "other".into(),
+            reasons: vec!["launch measurement not allowed".into()],
+        }],
+    };
+    write(t, "attest_response.json", &json(&response));
+    write(
+        t,
+        "challenge.json",
+        &json(&kbs::Challenge {
+            nonce: hex::encode(nonce),
+            expires_at: f::NOW + 60,
+        }),
+    );
+    write(
+        t,
+        "error.json",
+        &json(&kbs::ErrorBody {
+            code: "nonce_replayed".into(),
+            error: "nonce already used".into(),
+        }),
+    );
+    write(
+        t,
+        "audit.json",
+        &json(&vec![kbs::AuditEvent {
+            seq: 1,
+            time: f::NOW,
+            kind: "key_released".into(),
+            key_id: Some("fuzz-key".into()),
+            claims_digest: Some(hex::encode([0x41; 32])),
+            verdict: "accepted".into(),
+            measurement: Some(hex::encode([0x11; 48])),
+            detail: String::new(),
+            hash: hex::encode([0x51; 32]),
+        }]),
+    );
+
+    // Runtime.
+    let t = "runtime_requests";
+    write(t, "inner_request.json", &json(&inner));
+    write(t, "infer_request.json", &json(&infer));
+    write(
+        t,
+        "infer_response.json",
+        &json(
+            &serde_json::json!({"model_name": "fraud", "model_version": "1", "id": "1",
+            "outputs": [{"name": "y", "shape": [1], "datatype": "FP32", "data": [0.25]}]}),
+        ),
+    );
+    write(
+        t,
+        "attestation_response.json",
+        &json(&AttestationResponse {
+            evidence: sim_evidence(report_data(&f::CLIENT_NONCE, &keys, &models)),
+            runtime_keys: keys.clone(),
+            models: models.clone(),
+        }),
+    );
+    write(t, "job_spec.json", &json(&spec));
+    write(t, "approval.json", &json(&alice.approve(&hash)));
+    let metrics = job::JobMetrics {
+        algorithm: "logistic_regression".into(),
+        train_rows: 75,
+        test_rows: 25,
+        test_accuracy: 0.8,
+        test_auc: Some(0.85),
+        test_log_loss: 0.4,
+        parties: vec![job::PartyCounts {
+            party: "alice".into(),
+            train_rows: 75,
+            test_rows: 25,
+            positive_rows: 30,
+        }],
+    };
+    write(
+        t,
+        "job_status.json",
+        &json(&JobStatus {
+            job_hash: hex::encode(hash),
+            state: JobState::Finished,
+            spec: spec.clone(),
+            approved_by: vec!["alice".into(), "bob".into()],
+            awaiting: Vec::new(),
+            datasets_missing: Vec::new(),
+            error: None,
+            metrics: Some(metrics.clone()),
+        }),
+    );
+    let body = job::ReceiptBody {
+        format: job::RECEIPT_FORMAT.into(),
+        job_hash: hash,
+        job_name: spec.name.clone(),
+        inputs: spec
+            .datasets
+            .iter()
+            .map(|d| job::ReceiptInput {
+                party: d.party.clone(),
+                key_id: d.key_id.clone(),
+                manifest_sha256: d.manifest_sha256,
+            })
+            .collect(),
+        output: job::ReceiptOutput {
+            onnx_sha256: [0x61; 32],
+            sealed_manifest_sha256: [0x62; 32],
+            key_id: "output-key".into(),
+            recipients: vec!["alice".into()],
+        },
+        metrics,
+        attestation: job::ReceiptAttestation {
+            nonce: hex::encode(nonce),
+            evidence: sim_evidence(job::job_report_data(&nonce, &keys, &hash)),
+            runtime_keys: keys.clone(),
+        },
+        finished_at: f::NOW,
+    };
+    let receipt = Receipt::sign(body, &SigningKey::from_bytes(&f::RUNTIME_SIGNING_SECRET));
+    write(t, "receipt.json", &json(&receipt));
+    let result = JobResult {
+        job_hash: hex::encode(hash),
+        sealed_model: b"CORDSEAL\x01\x00".to_vec(),
+        key_id: "output-key".into(),
+        sealed_dek: seal_to(
+            &alice.hpke_public_key(),
+            job::OUTPUT_INFO,
+            &job::output_aad(&hash, "output-key"),
+            &[2; 32],
+        )
+        .unwrap(),
+        receipt,
+    };
+    write(t, "job_result.json", &json(&result));
+    write(
+        t,
+        "party_key.json",
+        f::party_key_file("alice", 1).as_bytes(),
+    );
+    let path = format!("/v1/jobs/{}/approve", hex::encode(hash));
+    let approval_body = json(&alice.approve(&hash));
+    let headers = alice.sign_request(
+        "POST",
+        &path,
+        &approval_body,
+        UNIX_EPOCH + Duration::from_secs(f::NOW),
+    );
+    let mut signed = Vec::new();
+    for (_, value) in &headers {
+        signed.extend_from_slice(value.as_bytes());
+        signed.push(b'\n');
+    }
+    signed.extend_from_slice(format!("POST\n{path}\n").as_bytes());
+    signed.extend_from_slice(&approval_body);
+    write(t, "signed_request.txt", &signed);
+
+    // Encrypted channel.
+    let t = "channel";
+    let (request, _) = encapsulate_request(&keys.hpke_public_key, 0, &json(&inner)).unwrap();
+    write(t, "request.bin", &request);
+    let inner_response = br#"{"status":200,"body":{"model_name":"fraud","outputs":[]}}"#;
+    write(
+        t,
+        "response.bin",
+        &f::response_server()
+            .encrypt_response(inner_response)
+            .unwrap(),
+    );
+    write(
+        t,
+        "sealed_dek.bin",
+        &seal_to(
+            &keys.hpke_public_key,
+            kbs::RELEASE_INFO,
+            f::RELEASE_AAD,
+            &[1; 32],
+        )
+        .unwrap(),
+    );
+
+    // Sessions: a real exchange (setup, grant, two requests) with the fixed service key.
+    let t = "session";
+    let (setup, pending) = start_session(&keys.hpke_public_key, 0, b"{}").unwrap();
+    let (_, server_keys) = f::service_key().accept_session(&setup).unwrap();
+    let grant = SessionGrant {
+        session_id: f::SESSION_ID,
+        expires_at: f::NOW + 600,
+        max_messages: 1 << 32,
+    };
+    let client = pending
+        .accept(&server_keys.seal_grant(&grant).unwrap())
+        .unwrap();
+    let (first, _) = client.seal_request(&json(&inner)).unwrap();
+    let (second, _) = client
+        .seal_request(br#"{"method":"GET","path":"/v2/models/fraud"}"#)
+        .unwrap();
+    write(t, "setup.bin", &setup);
+    write(t, "frame.bin", &first);
+    write(
+        t,
+        "exchange.bin",
+        &f::frame_session(&[&setup, &first, &second]),
+    );
+    // The same messages replayed and reordered: the window must refuse them.
+    write(
+        t,
+        "exchange_replayed.bin",
+        &f::frame_session(&[&setup, &second, &first, &second]),
+    );
+}

@@ -1,0 +1,78 @@
+//! Replays the committed fuzz corpus (fuzz/corpus/sealed) through the fuzz entry point: a fast check
+//! in CI that no known input panics. Long fuzzing runs use `cargo fuzz` (see fuzz/README.md).
+//!
+//! The seeds are written by `cargo test -p cordon-seal --test fuzz_corpus -- --ignored write_seeds`.
+
+use cordon_seal::fuzzing;
+use std::path::{Path, PathBuf};
+
+fn corpus(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target)
+}
+
+fn replay(target: &str, f: fn(&[u8])) -> usize {
+    let dir = corpus(target);
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        f(&data);
+        // Truncations and a flipped byte of every corpus entry, too.
+        for len in [0, 1, data.len() / 2, data.len().saturating_sub(1)] {
+            f(&data[..len]);
+        }
+        let mut flipped = data.clone();
+        if let Some(b) = flipped.get_mut(data.len() / 3) {
+            *b ^= 0xff;
+        }
+        f(&flipped);
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn sealed_corpus_never_panics() {
+    assert!(replay("sealed", fuzzing::sealed) >= 6);
+}
+
+#[test]
+fn fixed_key_unseals_the_seeds() {
+    // The target is only deep if its key opens the seeds: check that it still does.
+    let sealed = fuzzing::seal_fixed(b"hello, fuzzer", 4).unwrap();
+    let (_, plain) = cordon_seal::unseal_to_vec(&sealed[..], &fuzzing::fixed_key()).unwrap();
+    assert_eq!(plain.as_slice(), b"hello, fuzzer");
+    let seed = std::fs::read(corpus("sealed").join("three_chunks.bin")).unwrap();
+    assert!(cordon_seal::unseal_to_vec(&seed[..], &fuzzing::fixed_key()).is_ok());
+}
+
+/// Writes the seed corpus: artifacts sealed under the fuzz target's fixed key (empty, one chunk, several
+/// chunks, an exact multiple of the chunk size) and the key file formats. Run by hand; the output is
+/// committed. Named `.bin`/`.json` because `*.sealed` is gitignored.
+#[test]
+#[ignore]
+fn write_seeds() {
+    let dir = corpus("sealed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let artifacts: [(&str, &[u8], u32); 4] = [
+        ("empty.bin", b"", 16),
+        ("one_chunk.bin", b"one chunk of plaintext", 64),
+        ("three_chunks.bin", b"a fuzzing seed in three chunks", 12),
+        ("exact_chunks.bin", b"0123456789abcdef", 8),
+    ];
+    for (name, plain, chunk) in artifacts {
+        std::fs::write(dir.join(name), fuzzing::seal_fixed(plain, chunk).unwrap()).unwrap();
+    }
+    std::fs::write(
+        dir.join("dek_file.json"),
+        fuzzing::fixed_key().to_file_contents().as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("owner_key.json"),
+        fuzzing::fixed_owner().to_file_contents().as_bytes(),
+    )
+    .unwrap();
+}
