@@ -241,6 +241,7 @@ pub fn seed_spec() -> Option<&'static JobSpec> {
             },
             outputs: job::Outputs {
                 recipients: vec!["alice".into()],
+                serve: None,
             },
         })
     })

@@ -296,6 +296,7 @@ fn write_seeds() {
             sealed_manifest_sha256: [0x62; 32],
             key_id: "output-key".into(),
             recipients: vec!["alice".into()],
+            registered_for_serving: false,
         },
         metrics,
         attestation: job::ReceiptAttestation {
