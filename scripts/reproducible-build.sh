@@ -30,11 +30,19 @@ build() {
     sha384sum "$target_dir/release/cordon" | cut -d' ' -f1
 }
 
+# The script builds the working tree: it must not change between the two builds.
+state() { git rev-parse HEAD 2>/dev/null; git status --porcelain 2>/dev/null | grep -v '^??' || true; }
+before="$(state)"
+
 echo "toolchain: $(rustc -V)"
 echo "commit:    $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
 first=$(build)
 cp "$target_dir/release/cordon" /tmp/cordon-repro-first
 second=$(build)
+if [ "$(state)" != "$before" ]; then
+    echo "the source changed between the two builds: no conclusion; run again on an untouched tree" >&2
+    exit 2
+fi
 echo "build 1 SHA-384: $first"
 echo "build 2 SHA-384: $second"
 if [ "$first" != "$second" ]; then
