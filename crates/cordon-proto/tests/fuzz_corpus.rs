@@ -3,7 +3,7 @@
 //! `cargo fuzz` (see fuzz/README.md).
 //!
 //! The seeds are real messages made with the fixed keys of `cordon_proto::fuzzing`, written by
-//! `cargo test -p cordon-proto --test fuzz_corpus -- --ignored write_seeds`.
+//! `CORDON_WRITE_FUZZ_SEEDS=1 cargo test -p cordon-proto --test fuzz_corpus write_seeds`.
 
 use cordon_attest::sim::SimReport;
 use cordon_proto::channel::{encapsulate_request, seal_to};
@@ -24,9 +24,12 @@ fn corpus(target: &str) -> PathBuf {
 }
 
 fn replay(target: &str, f: fn(&[u8])) -> usize {
-    let dir = corpus(target);
+    replay_dir(&corpus(target), f)
+}
+
+fn replay_dir(dir: &Path, f: fn(&[u8])) -> usize {
     let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();
         let data = std::fs::read(&path).unwrap();
         f(&data);
@@ -108,8 +111,19 @@ fn sim_evidence(report_data: [u8; 64]) -> Vec<u8> {
     report.to_evidence(&sig)
 }
 
+/// Where `write_seeds` writes: the committed corpora when `CORDON_WRITE_FUZZ_SEEDS=1` (to
+/// regenerate them), else a scratch directory, so the seed generator runs and is checked in every
+/// test run without touching the repository.
+fn seed_root() -> PathBuf {
+    if std::env::var_os("CORDON_WRITE_FUZZ_SEEDS").is_some() {
+        corpus("")
+    } else {
+        std::env::temp_dir().join(format!("cordon-proto-fuzz-seeds-{}", std::process::id()))
+    }
+}
+
 fn write(target: &str, name: &str, bytes: &[u8]) {
-    let dir = corpus(target);
+    let dir = seed_root().join(target);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(name), bytes).unwrap();
 }
@@ -118,9 +132,9 @@ fn json(v: &impl serde::Serialize) -> Vec<u8> {
     serde_json::to_vec_pretty(v).unwrap()
 }
 
-/// Writes the seed corpora. Run by hand; the output is committed.
+/// Writes the seed corpora (committed, with `CORDON_WRITE_FUZZ_SEEDS=1`) and replays what it wrote
+/// through the entry points.
 #[test]
-#[ignore]
 fn write_seeds() {
     let [alice, bob] = f::parties().unwrap();
     let spec = f::seed_spec().unwrap().clone();
@@ -397,4 +411,16 @@ fn write_seeds() {
         "exchange_replayed.bin",
         &f::frame_session(&[&setup, &second, &first, &second]),
     );
+    let root = seed_root();
+    for (target, entry, min) in [
+        ("kbs_requests", f::kbs_requests as fn(&[u8]), 7),
+        ("runtime_requests", f::runtime_requests, 10),
+        ("channel", f::channel, 3),
+        ("session", f::session, 3),
+    ] {
+        assert!(replay_dir(&root.join(target), entry) >= min, "{target}");
+    }
+    if std::env::var_os("CORDON_WRITE_FUZZ_SEEDS").is_none() {
+        std::fs::remove_dir_all(&root).ok();
+    }
 }

@@ -1,7 +1,7 @@
 //! Replays the committed fuzz corpus (fuzz/corpus/sealed) through the fuzz entry point: a fast check
 //! in CI that no known input panics. Long fuzzing runs use `cargo fuzz` (see fuzz/README.md).
 //!
-//! The seeds are written by `cargo test -p cordon-seal --test fuzz_corpus -- --ignored write_seeds`.
+//! The seeds are written by `CORDON_WRITE_FUZZ_SEEDS=1 cargo test -p cordon-seal --test fuzz_corpus write_seeds`.
 
 use cordon_seal::fuzzing;
 use std::path::{Path, PathBuf};
@@ -52,9 +52,15 @@ fn fixed_key_unseals_the_seeds() {
 /// chunks, an exact multiple of the chunk size) and the key file formats. Run by hand; the output is
 /// committed. Named `.bin`/`.json` because `*.sealed` is gitignored.
 #[test]
-#[ignore]
 fn write_seeds() {
-    let dir = corpus("sealed");
+    // The committed corpus with `CORDON_WRITE_FUZZ_SEEDS=1` (to regenerate it), else a scratch
+    // directory: the generator runs and is checked in every test run.
+    let write_corpus = std::env::var_os("CORDON_WRITE_FUZZ_SEEDS").is_some();
+    let dir = if write_corpus {
+        corpus("sealed")
+    } else {
+        std::env::temp_dir().join(format!("cordon-seal-fuzz-seeds-{}", std::process::id()))
+    };
     std::fs::create_dir_all(&dir).unwrap();
     let artifacts: [(&str, &[u8], u32); 4] = [
         ("empty.bin", b"", 16),
@@ -75,4 +81,13 @@ fn write_seeds() {
         fuzzing::fixed_owner().to_file_contents().as_bytes(),
     )
     .unwrap();
+    for (name, plain, _) in artifacts {
+        let sealed = std::fs::read(dir.join(name)).unwrap();
+        let (_, opened) = cordon_seal::unseal_to_vec(&sealed[..], &fuzzing::fixed_key()).unwrap();
+        assert_eq!(opened.as_slice(), plain, "{name}");
+        fuzzing::sealed(&sealed);
+    }
+    if !write_corpus {
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
