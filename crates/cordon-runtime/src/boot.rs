@@ -1,7 +1,7 @@
 //! Boot: keys, attestation to the KBS, key release, models unsealed in memory.
 
 use crate::config::RuntimeConfig;
-use crate::engine::{EngineError, OnnxModel};
+use crate::engine::{Engine, EngineError, EngineKind, OnnxModel, OnnxRuntimeLibrary};
 use crate::jobs::TrainingOptions;
 use crate::server::{RuntimeState, ServedModel, ServingOptions};
 use cordon_proto::job::job_report_data;
@@ -68,6 +68,32 @@ pub async fn boot(
         hpke_key_id: service_key.key_id(),
         signing_public_key: signing_key.verifying_key().to_bytes(),
     };
+
+    // ONNX Runtime first, when a model asks for it: a library that is missing or not the one the
+    // configuration pins stops the boot before any key is asked for.
+    let onnxruntime = match &config.onnxruntime {
+        Some(options)
+            if config
+                .models
+                .iter()
+                .any(|m| m.engine == EngineKind::OnnxRuntime) =>
+        {
+            let library = OnnxRuntimeLibrary::load(options)?;
+            tracing::info!(sha256 = %hex::encode(library.sha256()), "ONNX Runtime library loaded");
+            Some(library)
+        }
+        _ => None,
+    };
+    if let Some(m) = config
+        .models
+        .iter()
+        .find(|m| m.engine == EngineKind::OnnxRuntime && onnxruntime.is_none())
+    {
+        return Err(RuntimeError::Config(format!(
+            "model {}: engine = \"onnxruntime\" needs an [onnxruntime] section (library, sha256)",
+            m.name
+        )));
+    }
 
     // Read every sealed header first: the key ids to ask for, and the signer each must carry.
     let mut sealed = Vec::new();
@@ -180,7 +206,17 @@ pub async fn boot(
                     source,
                 }
             })?;
-        let model = OnnxModel::load(&m.name, &header.manifest.version, &plaintext)?;
+        let engine = match (m.engine, &onnxruntime) {
+            (EngineKind::Tract, _) => Engine::Tract,
+            (EngineKind::OnnxRuntime, Some(library)) => Engine::OnnxRuntime(library.as_ref()),
+            (EngineKind::OnnxRuntime, None) => {
+                return Err(RuntimeError::Config(format!(
+                    "model {}: engine = \"onnxruntime\" needs an [onnxruntime] section",
+                    m.name
+                )))
+            }
+        };
+        let model = OnnxModel::load_on(&m.name, &header.manifest.version, &plaintext, engine)?;
         model_digests.insert(m.name.clone(), hex::encode(header.digest()));
         tracing::info!(model = %m.name, manifest_sha256 = %hex::encode(header.digest()), "model unsealed and loaded in memory");
         models.insert(
@@ -365,5 +401,46 @@ mod tests {
         bound[0xC0..0xE0].copy_from_slice(&sha2::Sha256::digest(config));
         check_config_binding(&FakeSnp(bound.clone()), config).unwrap();
         assert!(check_config_binding(&FakeSnp(bound), b"kbs_url = \"http://evil\"\n").is_err());
+    }
+
+    fn sim() -> Arc<dyn EvidenceProvider> {
+        Arc::new(cordon_tee::SimTee::new(
+            cordon_tee::SimHardwareKey::generate(),
+            [0; 48],
+            [0; 32],
+            false,
+        ))
+    }
+
+    /// A config that asks for ONNX Runtime must get it, pinned: both failures stop the boot before
+    /// the key broker is asked for anything (its URL here answers nothing).
+    #[tokio::test]
+    async fn onnxruntime_models_need_the_pinned_library() {
+        let mut config = RuntimeConfig::from_toml(
+            "kbs_url = \"http://127.0.0.1:9\"\n\
+             [[models]]\nname = \"lr\"\npath = \"/nonexistent.sealed\"\n\
+             signer = \"00\"\nengine = \"onnxruntime\"\n",
+        )
+        .unwrap();
+        let options = ServingOptions::default();
+        let err = boot(&config, sim(), &options).await.err().unwrap();
+        assert!(
+            matches!(&err, RuntimeError::Config(m) if m.contains("[onnxruntime]")),
+            "{err}"
+        );
+        // The pinned digest is not the file's (this file is no library at all).
+        config.onnxruntime = Some(crate::engine::OnnxRuntimeOptions {
+            library: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"),
+            sha256: "ab".repeat(32),
+            intra_op_threads: 1,
+            sessions_per_model: None,
+        });
+        let err = boot(&config, sim(), &options).await.err().unwrap();
+        assert!(
+            matches!(&err, RuntimeError::Engine(EngineError::Library(m)) if m.contains(&"ab".repeat(32))),
+            "{err}"
+        );
+        // The section round-trips through the measured TOML.
+        assert_eq!(RuntimeConfig::from_toml(&config.to_toml()).unwrap(), config);
     }
 }

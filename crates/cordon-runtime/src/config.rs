@@ -1,6 +1,7 @@
 //! The runtime's configuration. In the simulated TEE it is part of the launch measurement, as a
 //! confidential VM's measured configuration would be; so it names nothing that changes per request.
 
+use crate::engine::{EngineKind, OnnxRuntimeOptions};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -17,6 +18,10 @@ pub struct RuntimeConfig {
     /// Present when this runtime also runs collaborative training jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<TrainingConfig>,
+    /// ONNX Runtime's library, for models with `engine = "onnxruntime"`. Pinned by digest: the
+    /// library runs inside the trust boundary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnxruntime: Option<OnnxRuntimeOptions>,
 }
 
 /// `[training]`: the job board. Measured with the rest of the configuration, so a data owner's
@@ -56,6 +61,10 @@ pub struct ModelConfig {
     /// (sim) or `workload_data` (hardware) pins this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_sha256: Option<String>,
+    /// The engine that runs the model: `tract` (default, built in) or `onnxruntime` (needs
+    /// `[onnxruntime]`).
+    #[serde(default, skip_serializing_if = "EngineKind::is_default")]
+    pub engine: EngineKind,
 }
 
 impl RuntimeConfig {

@@ -1,6 +1,15 @@
-//! The inference engine: ONNX models through tract, speaking Open Inference Protocol tensors.
+//! The inference engines: ONNX models through tract (built in, with Cordon's tree operators) or
+//! ONNX Runtime (loaded at boot from a library the configuration pins by digest), both speaking
+//! Open Inference Protocol tensors. Which one runs a model is the model's configuration.
+
+mod onnxruntime;
+
+pub use onnxruntime::{
+    locate_library as locate_onnxruntime_library, OnnxRuntimeLibrary, OnnxRuntimeOptions,
+};
 
 use cordon_proto::oip::{InferRequest, InferResponse, ModelMetadata, Tensor, TensorMetadata};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
 use thiserror::Error;
@@ -48,6 +57,8 @@ pub enum EngineError {
     UnknownOutput(String),
     #[error("inference failed: {0}")]
     Run(String),
+    #[error("ONNX Runtime library: {0}")]
+    Library(String),
 }
 
 impl EngineError {
@@ -55,7 +66,7 @@ impl EngineError {
     /// fault (400) unless the engine itself failed (500).
     pub fn http_status(&self) -> u16 {
         match self {
-            EngineError::Run(_) | EngineError::Load { .. } => 500,
+            EngineError::Run(_) | EngineError::Load { .. } | EngineError::Library(_) => 500,
             _ => 400,
         }
     }
@@ -63,13 +74,77 @@ impl EngineError {
 
 type Plan = Arc<TypedRunnableModel>;
 
+/// Which engine evaluates a model, chosen per model by the runtime's configuration
+/// (`engine = "tract"` or `"onnxruntime"` under `[[models]]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// tract, with Cordon's tree-ensemble operators (pure Rust, built in).
+    #[default]
+    Tract,
+    /// ONNX Runtime, loaded at boot from the library the configuration names and pins by digest.
+    #[serde(rename = "onnxruntime")]
+    OnnxRuntime,
+}
+
+impl EngineKind {
+    pub fn is_default(&self) -> bool {
+        *self == EngineKind::Tract
+    }
+}
+
+/// The engine to load a model on.
+#[derive(Clone, Copy)]
+pub enum Engine<'a> {
+    Tract,
+    OnnxRuntime(&'a OnnxRuntimeLibrary),
+}
+
+enum Backend {
+    Tract(Plan),
+    OnnxRuntime(onnxruntime::OrtModel),
+}
+
 /// A loaded ONNX model.
 pub struct OnnxModel {
     name: String,
     version: String,
-    plan: Plan,
+    backend: Backend,
     inputs: Vec<TensorMetadata>,
     outputs: Vec<TensorMetadata>,
+}
+
+/// Typed elements of a tensor between the protocol's JSON and an engine, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostData {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    F16(Vec<f16>),
+    I64(Vec<i64>),
+    I32(Vec<i32>),
+    I16(Vec<i16>),
+    I8(Vec<i8>),
+    U64(Vec<u64>),
+    U32(Vec<u32>),
+    U16(Vec<u16>),
+    U8(Vec<u8>),
+    Bool(Vec<bool>),
+    Bytes(Vec<String>),
+}
+
+/// A tensor the engines take and give: a shape and typed elements.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: HostData,
+}
+
+/// A request checked against the model's metadata and converted to typed tensors: the inputs in the
+/// model's input order, and the outputs the client asked for (`None`: all).
+#[derive(Debug, Clone)]
+pub struct DecodedRequest {
+    pub inputs: Vec<HostTensor>,
+    wanted: Option<Vec<String>>,
 }
 
 fn onnx_datatype(elem_type: i32) -> &'static str {
@@ -142,8 +217,19 @@ fn tensor_metadata(v: &pb::ValueInfoProto) -> TensorMetadata {
 }
 
 impl OnnxModel {
-    /// Parses, optimizes and prepares an ONNX model from bytes held in memory.
+    /// Parses, optimizes and prepares an ONNX model from bytes held in memory, on tract.
     pub fn load(name: &str, version: &str, bytes: &[u8]) -> Result<OnnxModel, EngineError> {
+        OnnxModel::load_on(name, version, bytes, Engine::Tract)
+    }
+
+    /// Loads a model on the given engine. The graph's inputs and outputs (the model's metadata)
+    /// come from the ONNX file itself, whichever engine runs it.
+    pub fn load_on(
+        name: &str,
+        version: &str,
+        bytes: &[u8],
+        engine: Engine<'_>,
+    ) -> Result<OnnxModel, EngineError> {
         let err = |e: TractError| EngineError::Load {
             model: name.into(),
             reason: format!("{e:#}"),
@@ -163,32 +249,51 @@ impl OnnxModel {
             .map(tensor_metadata)
             .collect();
         let mut outputs: Vec<TensorMetadata> = graph.output.iter().map(tensor_metadata).collect();
-        // Tree operators come from cordon-trees (tract's own cannot load most exported tree
-        // models); input dimensions the exporter left unnamed become symbols.
-        let plan = cordon_trees::model_from_proto(&onnx, &proto)
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
-            .map_err(err)?;
-        // An output ONNX types as something other than a tensor (ZipMap's sequence of maps) is
-        // served as the tensor the plan computes: describe it from the plan.
-        for (meta, outlet) in outputs
-            .iter_mut()
-            .zip(plan.model().output_outlets().map_err(err)?)
-        {
-            if meta.datatype == "UNKNOWN" {
-                let fact = plan.model().outlet_fact(*outlet).map_err(err)?;
-                meta.datatype = datum_name(fact.datum_type).into();
-                meta.shape = fact
-                    .shape
-                    .iter()
-                    .map(|d| d.to_i64().unwrap_or(-1))
-                    .collect();
+        let backend = match engine {
+            Engine::Tract => {
+                // Tree operators come from cordon-trees (tract's own cannot load most exported
+                // tree models); input dimensions the exporter left unnamed become symbols.
+                let plan = cordon_trees::model_from_proto(&onnx, &proto)
+                    .and_then(|m| m.into_optimized())
+                    .and_then(|m| m.into_runnable())
+                    .map_err(err)?;
+                // An output ONNX types as something other than a tensor (ZipMap's sequence of
+                // maps) is served as the tensor the plan computes: describe it from the plan.
+                for (meta, outlet) in outputs
+                    .iter_mut()
+                    .zip(plan.model().output_outlets().map_err(err)?)
+                {
+                    if meta.datatype == "UNKNOWN" {
+                        let fact = plan.model().outlet_fact(*outlet).map_err(err)?;
+                        meta.datatype = datum_name(fact.datum_type).into();
+                        meta.shape = fact
+                            .shape
+                            .iter()
+                            .map(|d| d.to_i64().unwrap_or(-1))
+                            .collect();
+                    }
+                }
+                Backend::Tract(plan)
             }
-        }
+            Engine::OnnxRuntime(library) => {
+                if let Some(m) = outputs.iter().find(|m| m.datatype == "UNKNOWN") {
+                    return Err(EngineError::Load {
+                        model: name.into(),
+                        reason: format!(
+                            "output {:?} is not a tensor (a ZipMap's sequence of maps?): the \
+                             onnxruntime engine serves tensor outputs only; export without \
+                             ZipMap or use the tract engine",
+                            m.name
+                        ),
+                    });
+                }
+                Backend::OnnxRuntime(library.load_model(name, bytes, &outputs)?)
+            }
+        };
         Ok(OnnxModel {
             name: name.into(),
             version: version.into(),
-            plan,
+            backend,
             inputs,
             outputs,
         })
@@ -202,11 +307,24 @@ impl OnnxModel {
         &self.version
     }
 
+    /// The engine this model runs on.
+    pub fn engine(&self) -> EngineKind {
+        match self.backend {
+            Backend::Tract(_) => EngineKind::Tract,
+            Backend::OnnxRuntime(_) => EngineKind::OnnxRuntime,
+        }
+    }
+
     pub fn metadata(&self) -> ModelMetadata {
         ModelMetadata {
             name: self.name.clone(),
             versions: vec![self.version.clone()],
-            platform: "onnx_tract".into(),
+            // The platform names KServe uses for the two engines.
+            platform: match self.backend {
+                Backend::Tract(_) => "onnx_tract",
+                Backend::OnnxRuntime(_) => "onnxruntime_onnx",
+            }
+            .into(),
             inputs: self.inputs.clone(),
             outputs: self.outputs.clone(),
         }
@@ -215,45 +333,18 @@ impl OnnxModel {
     /// Evaluates an Open Inference Protocol request. Inputs are checked against the model's metadata
     /// before anything runs.
     pub fn infer(&self, request: &InferRequest) -> Result<InferResponse, EngineError> {
-        for t in &request.inputs {
-            if !self.inputs.iter().any(|m| m.name == t.name) {
-                return Err(EngineError::UnknownInput(t.name.clone()));
-            }
-        }
-        let wanted: Option<Vec<&str>> = request
-            .outputs
-            .as_ref()
-            .map(|o| o.iter().map(|o| o.name.as_str()).collect());
-        if let Some(w) = &wanted {
-            for name in w {
-                if !self.outputs.iter().any(|m| m.name == *name) {
-                    return Err(EngineError::UnknownOutput(name.to_string()));
-                }
-            }
-        }
-        let mut values: TVec<TValue> = tvec![];
-        for meta in &self.inputs {
-            let t = request
-                .inputs
-                .iter()
-                .find(|t| t.name == meta.name)
-                .ok_or_else(|| EngineError::MissingInput(meta.name.clone()))?;
-            values.push(to_tract(meta, t)?.into());
-        }
-        let results = self
-            .plan
-            .run(values)
-            .map_err(|e| EngineError::Run(format!("{e:#}")))?;
+        let decoded = self.decode(request)?;
+        let results = self.compute(&decoded.inputs)?;
         let mut outputs = Vec::new();
-        // tract may rename outputs internally; the ONNX graph's outputs are matched by position.
-        for (meta, value) in self.outputs.iter().zip(results.iter()) {
-            if wanted
+        for (meta, value) in self.outputs.iter().zip(results) {
+            if decoded
+                .wanted
                 .as_ref()
-                .is_some_and(|w| !w.contains(&meta.name.as_str()))
+                .is_some_and(|w| !w.contains(&meta.name))
             {
                 continue;
             }
-            outputs.push(from_tract(&meta.name, value)?);
+            outputs.push(value.into_oip(&meta.name));
         }
         Ok(InferResponse {
             model_name: self.name.clone(),
@@ -261,6 +352,69 @@ impl OnnxModel {
             id: request.id.clone(),
             outputs,
         })
+    }
+
+    /// Checks a request against the model's metadata (names, datatypes, shapes, element values)
+    /// and converts its tensors for [`OnnxModel::compute`].
+    pub fn decode(&self, request: &InferRequest) -> Result<DecodedRequest, EngineError> {
+        for t in &request.inputs {
+            if !self.inputs.iter().any(|m| m.name == t.name) {
+                return Err(EngineError::UnknownInput(t.name.clone()));
+            }
+        }
+        let wanted: Option<Vec<String>> = request
+            .outputs
+            .as_ref()
+            .map(|o| o.iter().map(|o| o.name.clone()).collect());
+        if let Some(w) = &wanted {
+            for name in w {
+                if !self.outputs.iter().any(|m| m.name == *name) {
+                    return Err(EngineError::UnknownOutput(name.to_string()));
+                }
+            }
+        }
+        let mut inputs = Vec::with_capacity(self.inputs.len());
+        for meta in &self.inputs {
+            let t = request
+                .inputs
+                .iter()
+                .find(|t| t.name == meta.name)
+                .ok_or_else(|| EngineError::MissingInput(meta.name.clone()))?;
+            inputs.push(decode_tensor(meta, t)?);
+        }
+        Ok(DecodedRequest { inputs, wanted })
+    }
+
+    /// Runs the model on decoded inputs (in the model's input order, as [`OnnxModel::decode`]
+    /// gives them) and returns every output of the graph, in its order. The engine's own work,
+    /// without the protocol's JSON.
+    pub fn compute(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, EngineError> {
+        if inputs.len() != self.inputs.len() {
+            return Err(EngineError::Run(format!(
+                "{} inputs given, the model has {}",
+                inputs.len(),
+                self.inputs.len()
+            )));
+        }
+        match &self.backend {
+            Backend::Tract(plan) => {
+                let values = inputs
+                    .iter()
+                    .map(|t| to_tract(t).map(TValue::from))
+                    .collect::<Result<TVec<TValue>, _>>()?;
+                let results = plan
+                    .run(values)
+                    .map_err(|e| EngineError::Run(format!("{e:#}")))?;
+                // tract may rename outputs internally; the ONNX graph's outputs are matched by
+                // position.
+                self.outputs
+                    .iter()
+                    .zip(results.iter())
+                    .map(|(meta, value)| from_tract(&meta.name, value))
+                    .collect()
+            }
+            Backend::OnnxRuntime(model) => model.run(&self.inputs, inputs),
+        }
     }
 }
 
@@ -271,7 +425,7 @@ fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
-fn to_tract(meta: &TensorMetadata, t: &Tensor) -> Result<Tensor_, EngineError> {
+fn decode_tensor(meta: &TensorMetadata, t: &Tensor) -> Result<HostTensor, EngineError> {
     if t.datatype != meta.datatype {
         return Err(EngineError::Datatype {
             name: t.name.clone(),
@@ -296,7 +450,7 @@ fn to_tract(meta: &TensorMetadata, t: &Tensor) -> Result<Tensor_, EngineError> {
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .unwrap_or(usize::MAX);
-    let mut flat = Vec::new();
+    let mut flat = Vec::with_capacity(expected.min(1 << 20));
     flatten(&t.data, &mut flat);
     if flat.len() != expected {
         return Err(EngineError::DataLength {
@@ -311,65 +465,50 @@ fn to_tract(meta: &TensorMetadata, t: &Tensor) -> Result<Tensor_, EngineError> {
         index,
         datatype: t.datatype.clone(),
     };
-    let run_err = |e: TractError| EngineError::Run(format!("{e:#}"));
-    let tensor = |r: Result<Tensor_, TractError>| r.map_err(run_err);
-    match meta.datatype.as_str() {
-        "FP32" => {
-            let data = flat
-                .iter()
-                .enumerate()
-                .map(|(i, v)| float_or_null(v).map(|x| x as f32).ok_or_else(|| bad(i)))
-                .collect::<Result<Vec<f32>, _>>()?;
-            tensor(Tensor_::from_shape(&dims, &data))
-        }
-        "FP64" => {
-            let data = flat
-                .iter()
-                .enumerate()
-                .map(|(i, v)| float_or_null(v).ok_or_else(|| bad(i)))
-                .collect::<Result<Vec<f64>, _>>()?;
-            tensor(Tensor_::from_shape(&dims, &data))
-        }
-        "FP16" => {
-            let data = flat
-                .iter()
-                .enumerate()
-                .map(|(i, v)| float_or_null(v).map(f16::from_f64).ok_or_else(|| bad(i)))
-                .collect::<Result<Vec<f16>, _>>()?;
-            tensor(Tensor_::from_shape(&dims, &data))
-        }
-        "INT64" => tensor(Tensor_::from_shape(&dims, &signed::<i64>(&flat, bad)?)),
-        "INT32" => tensor(Tensor_::from_shape(&dims, &signed::<i32>(&flat, bad)?)),
-        "INT16" => tensor(Tensor_::from_shape(&dims, &signed::<i16>(&flat, bad)?)),
-        "INT8" => tensor(Tensor_::from_shape(&dims, &signed::<i8>(&flat, bad)?)),
-        "UINT64" => tensor(Tensor_::from_shape(&dims, &unsigned::<u64>(&flat, bad)?)),
-        "UINT32" => tensor(Tensor_::from_shape(&dims, &unsigned::<u32>(&flat, bad)?)),
-        "UINT16" => tensor(Tensor_::from_shape(&dims, &unsigned::<u16>(&flat, bad)?)),
-        "UINT8" => tensor(Tensor_::from_shape(&dims, &unsigned::<u8>(&flat, bad)?)),
-        "BOOL" => {
-            let data = flat
-                .iter()
+    let data = match meta.datatype.as_str() {
+        "FP32" => HostData::F32(floats(&flat, bad, |x| x as f32)?),
+        "FP64" => HostData::F64(floats(&flat, bad, |x| x)?),
+        "FP16" => HostData::F16(floats(&flat, bad, f16::from_f64)?),
+        "INT64" => HostData::I64(signed(&flat, bad)?),
+        "INT32" => HostData::I32(signed(&flat, bad)?),
+        "INT16" => HostData::I16(signed(&flat, bad)?),
+        "INT8" => HostData::I8(signed(&flat, bad)?),
+        "UINT64" => HostData::U64(unsigned(&flat, bad)?),
+        "UINT32" => HostData::U32(unsigned(&flat, bad)?),
+        "UINT16" => HostData::U16(unsigned(&flat, bad)?),
+        "UINT8" => HostData::U8(unsigned(&flat, bad)?),
+        "BOOL" => HostData::Bool(
+            flat.iter()
                 .enumerate()
                 .map(|(i, v)| v.as_bool().ok_or_else(|| bad(i)))
-                .collect::<Result<Vec<bool>, _>>()?;
-            tensor(Tensor_::from_shape(&dims, &data))
-        }
-        "BYTES" => {
-            let data = flat
-                .iter()
+                .collect::<Result<_, _>>()?,
+        ),
+        "BYTES" => HostData::Bytes(
+            flat.iter()
                 .enumerate()
                 .map(|(i, v)| v.as_str().map(str::to_string).ok_or_else(|| bad(i)))
-                .collect::<Result<Vec<String>, _>>()?;
-            // Strings are not `Copy`: build the array, then the tensor.
-            tract_ndarray::ArrayD::from_shape_vec(tract_ndarray::IxDyn(&dims), data)
-                .map(Tensor_::from)
-                .map_err(|e| EngineError::Run(e.to_string()))
+                .collect::<Result<_, _>>()?,
+        ),
+        other => {
+            return Err(EngineError::UnsupportedDatatype {
+                name: t.name.clone(),
+                datatype: other.into(),
+            })
         }
-        other => Err(EngineError::UnsupportedDatatype {
-            name: t.name.clone(),
-            datatype: other.into(),
-        }),
-    }
+    };
+    Ok(HostTensor { shape: dims, data })
+}
+
+/// Float elements (`null`: NaN).
+fn floats<T>(
+    flat: &[&Value],
+    bad: impl Fn(usize) -> EngineError,
+    convert: impl Fn(f64) -> T,
+) -> Result<Vec<T>, EngineError> {
+    flat.iter()
+        .enumerate()
+        .map(|(i, v)| float_or_null(v).map(&convert).ok_or_else(|| bad(i)))
+        .collect()
 }
 
 /// Integer elements that must fit `T` exactly (no rounding, no wrap).
@@ -412,8 +551,34 @@ fn float_or_null(v: &Value) -> Option<f64> {
     }
 }
 
-fn from_tract(name: &str, value: &TValue) -> Result<Tensor, EngineError> {
-    let shape: Vec<i64> = value.shape().iter().map(|&d| d as i64).collect();
+fn to_tract(t: &HostTensor) -> Result<Tensor_, EngineError> {
+    let run_err = |e: TractError| EngineError::Run(format!("{e:#}"));
+    let dims = &t.shape;
+    match &t.data {
+        HostData::F32(d) => Tensor_::from_shape(dims, d),
+        HostData::F64(d) => Tensor_::from_shape(dims, d),
+        HostData::F16(d) => Tensor_::from_shape(dims, d),
+        HostData::I64(d) => Tensor_::from_shape(dims, d),
+        HostData::I32(d) => Tensor_::from_shape(dims, d),
+        HostData::I16(d) => Tensor_::from_shape(dims, d),
+        HostData::I8(d) => Tensor_::from_shape(dims, d),
+        HostData::U64(d) => Tensor_::from_shape(dims, d),
+        HostData::U32(d) => Tensor_::from_shape(dims, d),
+        HostData::U16(d) => Tensor_::from_shape(dims, d),
+        HostData::U8(d) => Tensor_::from_shape(dims, d),
+        HostData::Bool(d) => Tensor_::from_shape(dims, d),
+        // Strings are not `Copy`: build the array, then the tensor.
+        HostData::Bytes(d) => {
+            return tract_ndarray::ArrayD::from_shape_vec(tract_ndarray::IxDyn(dims), d.clone())
+                .map(Tensor_::from)
+                .map_err(|e| EngineError::Run(e.to_string()))
+        }
+    }
+    .map_err(run_err)
+}
+
+fn from_tract(name: &str, value: &TValue) -> Result<HostTensor, EngineError> {
+    let shape = value.shape().to_vec();
     let run_err = |e: TractError| EngineError::Run(format!("output {name}: {e:#}"));
     // tract's optimizer may carry int64 values it derived from shapes as symbolic
     // dimensions (TDim); by the end of a run they are plain integers.
@@ -421,50 +586,69 @@ fn from_tract(name: &str, value: &TValue) -> Result<Tensor, EngineError> {
         let ints = value.cast_to::<i64>().map_err(run_err)?.into_owned();
         return from_tract(name, &ints.into_tvalue());
     }
-    fn values<T: Datum + Clone + Into<Value>>(
+    fn elements<T: Datum + Clone>(
         value: &TValue,
         run_err: impl Fn(TractError) -> EngineError,
-    ) -> Result<Value, EngineError> {
-        Ok(Value::from(
-            value
-                .to_plain_array_view::<T>()
-                .map_err(run_err)?
-                .iter()
-                .cloned()
-                .map(Into::into)
-                .collect::<Vec<Value>>(),
-        ))
+    ) -> Result<Vec<T>, EngineError> {
+        Ok(value
+            .to_plain_array_view::<T>()
+            .map_err(run_err)?
+            .iter()
+            .cloned()
+            .collect())
     }
-    let (datatype, data) = match value.datum_type() {
-        DatumType::F32 => ("FP32", values::<f32>(value, run_err)?),
-        DatumType::F64 => ("FP64", values::<f64>(value, run_err)?),
-        DatumType::F16 => {
-            let widened = value.cast_to::<f32>().map_err(run_err)?.into_owned();
-            ("FP16", values::<f32>(&widened.into_tvalue(), run_err)?)
-        }
-        DatumType::I64 => ("INT64", values::<i64>(value, run_err)?),
-        DatumType::I32 => ("INT32", values::<i32>(value, run_err)?),
-        DatumType::I16 => ("INT16", values::<i16>(value, run_err)?),
-        DatumType::I8 => ("INT8", values::<i8>(value, run_err)?),
-        DatumType::U64 => ("UINT64", values::<u64>(value, run_err)?),
-        DatumType::U32 => ("UINT32", values::<u32>(value, run_err)?),
-        DatumType::U16 => ("UINT16", values::<u16>(value, run_err)?),
-        DatumType::U8 => ("UINT8", values::<u8>(value, run_err)?),
-        DatumType::Bool => ("BOOL", values::<bool>(value, run_err)?),
-        DatumType::String => ("BYTES", values::<String>(value, run_err)?),
+    let data = match value.datum_type() {
+        DatumType::F32 => HostData::F32(elements(value, run_err)?),
+        DatumType::F64 => HostData::F64(elements(value, run_err)?),
+        DatumType::F16 => HostData::F16(elements(value, run_err)?),
+        DatumType::I64 => HostData::I64(elements(value, run_err)?),
+        DatumType::I32 => HostData::I32(elements(value, run_err)?),
+        DatumType::I16 => HostData::I16(elements(value, run_err)?),
+        DatumType::I8 => HostData::I8(elements(value, run_err)?),
+        DatumType::U64 => HostData::U64(elements(value, run_err)?),
+        DatumType::U32 => HostData::U32(elements(value, run_err)?),
+        DatumType::U16 => HostData::U16(elements(value, run_err)?),
+        DatumType::U8 => HostData::U8(elements(value, run_err)?),
+        DatumType::Bool => HostData::Bool(elements(value, run_err)?),
+        DatumType::String => HostData::Bytes(elements(value, run_err)?),
         other => {
             return Err(EngineError::Run(format!(
                 "output {name}: datatype {other:?} not supported"
             )))
         }
     };
-    Ok(Tensor {
-        name: name.into(),
-        shape,
-        datatype: datatype.into(),
-        data,
-        parameters: None,
-    })
+    Ok(HostTensor { shape, data })
+}
+
+impl HostTensor {
+    /// The protocol's JSON tensor; FP16 elements are written as the numbers they are.
+    pub fn into_oip(self, name: &str) -> Tensor {
+        fn json<T: Into<Value>>(v: Vec<T>) -> Value {
+            Value::Array(v.into_iter().map(Into::into).collect())
+        }
+        let (datatype, data) = match self.data {
+            HostData::F32(v) => ("FP32", json(v)),
+            HostData::F64(v) => ("FP64", json(v)),
+            HostData::F16(v) => ("FP16", json(v.into_iter().map(f32::from).collect())),
+            HostData::I64(v) => ("INT64", json(v)),
+            HostData::I32(v) => ("INT32", json(v)),
+            HostData::I16(v) => ("INT16", json(v)),
+            HostData::I8(v) => ("INT8", json(v)),
+            HostData::U64(v) => ("UINT64", json(v)),
+            HostData::U32(v) => ("UINT32", json(v)),
+            HostData::U16(v) => ("UINT16", json(v)),
+            HostData::U8(v) => ("UINT8", json(v)),
+            HostData::Bool(v) => ("BOOL", json(v)),
+            HostData::Bytes(v) => ("BYTES", json(v)),
+        };
+        Tensor {
+            name: name.into(),
+            shape: self.shape.iter().map(|&d| d as i64).collect(),
+            datatype: datatype.into(),
+            data,
+            parameters: None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //!
 //! At boot it creates its HPKE service key and signing key, attests to the key broker with evidence
 //! that binds both, receives the DEKs of its configured sealed models (HPKE-sealed to its key), unseals
-//! the models in memory only, loads them with tract, and serves:
+//! the models in memory only, loads them with tract (or, per model, ONNX Runtime from a library its
+//! configuration pins by digest), and serves:
 //! - `GET /v1/attestation?nonce=HEX`: evidence binding the nonce and its public keys;
 //! - `POST /v1/encrypted`: an HPKE-encapsulated Open Inference Protocol request (see `cordon-proto`);
 //! - `POST /v1/session`, `POST /v1/session/message`: session mode (one HPKE setup, then AEAD per
@@ -29,7 +30,10 @@ mod sessions;
 pub use batching::BatchOptions;
 pub use boot::{boot, check_config_binding, BootedRuntime, RuntimeError};
 pub use config::{ModelConfig, RuntimeConfig, TrainingConfig};
-pub use engine::{EngineError, OnnxModel};
+pub use engine::{
+    locate_onnxruntime_library, DecodedRequest, Engine, EngineError, EngineKind, HostData,
+    HostTensor, OnnxModel, OnnxRuntimeLibrary, OnnxRuntimeOptions,
+};
 pub use hardening::{harden_process, Hardening, MLOCK_MINIMUM};
 pub use jobs::TrainingOptions;
 pub use metrics::Metrics;

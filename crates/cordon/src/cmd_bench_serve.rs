@@ -1,8 +1,10 @@
 //! `cordon bench serve`: what confidentiality costs, measured side by side in one run.
 //!
 //! For each model, on the same ONNX file and the same rows:
-//! 1. the engine in process (`OnnxModel::infer`, the runtime's own path from OIP tensors), and ONNX
-//!    Runtime (the Python package, single thread) when it is installed;
+//! 1. the engines in process: tract's compute on decoded tensors (`engine`), the runtime's whole
+//!    in-process path from OIP JSON tensors and back (`engine_oip`), the optional ONNX Runtime
+//!    engine's compute (`engine_ort`, when its library is at hand), and ONNX Runtime through its
+//!    Python package (`onnxruntime`, single thread) when that is installed;
 //! 2. the runtime over loopback HTTP with encryption off (`plaintext_inference`, the development
 //!    switch);
 //! 3. one-shot HPKE per request; 4. session mode; 5. an unmodified OIP client (plain HTTP + JSON)
@@ -18,7 +20,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use cordon_attest::{Endorsements, Platform, Policy, PolicyDocument};
 use cordon_proto::oip::{InferRequest, Tensor};
 use cordon_proto::{RuntimeKeys, ServiceKeyPair};
-use cordon_runtime::{OnnxModel, RuntimeState, ServedModel, ServingOptions};
+use cordon_runtime::{
+    Engine, OnnxModel, OnnxRuntimeLibrary, OnnxRuntimeOptions, RuntimeState, ServedModel,
+    ServingOptions,
+};
 use cordon_tee::{SimHardwareKey, SimTee};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -51,13 +56,17 @@ pub struct ServeArgs {
     /// Dynamic batching delay, in microseconds.
     #[arg(long, default_value_t = 0)]
     batch_max_delay_us: u64,
-    /// Only these paths (comma-separated: engine, onnxruntime, plain_http, hpke_oneshot, session,
-    /// proxy); default all.
+    /// Only these paths (comma-separated: engine, engine_oip, engine_ort, onnxruntime, plain_http,
+    /// hpke_oneshot, session, proxy); default all.
     #[arg(long)]
     paths: Option<String>,
     /// Skip ONNX Runtime.
     #[arg(long)]
     no_ort: bool,
+    /// ONNX Runtime's shared library for the `engine_ort` path (default: CORDON_ONNXRUNTIME_LIB,
+    /// or what scripts/fetch-onnxruntime.sh fetched).
+    #[arg(long, value_name = "LIBRARY")]
+    onnxruntime_library: Option<PathBuf>,
     /// Print the results as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -304,25 +313,40 @@ async fn make_paths(
     ])
 }
 
-/// The engine alone, in process, on this thread.
-fn measure_engine(model: &OnnxModel, m: &BenchModel, a: &ServeArgs) -> Result<Figures> {
-    for i in 0..50 {
-        model.infer(&m.request(i, 1))?;
-    }
+/// An engine alone, in process, on this thread: its compute on decoded tensors (what ONNX
+/// Runtime's `session.run` on NumPy arrays is compared with), or with `oip` the runtime's whole
+/// in-process path from the protocol's JSON tensors and back (`OnnxModel::infer`).
+fn measure_engine(model: &OnnxModel, m: &BenchModel, a: &ServeArgs, oip: bool) -> Result<Figures> {
+    let run = |r: &InferRequest, d: &cordon_runtime::DecodedRequest| -> Result<()> {
+        if oip {
+            std::hint::black_box(model.infer(r)?);
+        } else {
+            std::hint::black_box(model.compute(&d.inputs)?);
+        }
+        Ok(())
+    };
     let reqs: Vec<InferRequest> = (0..m.rows.len()).map(|i| m.request(i, 1)).collect();
+    let decoded = reqs
+        .iter()
+        .map(|r| model.decode(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    for i in 0..50 {
+        run(&reqs[i % reqs.len()], &decoded[i % reqs.len()])?;
+    }
     let mut times = Vec::with_capacity(a.calls);
     for i in 0..a.calls {
         let t = Instant::now();
-        std::hint::black_box(model.infer(&reqs[i % reqs.len()])?);
+        run(&reqs[i % reqs.len()], &decoded[i % reqs.len()])?;
         times.push(t.elapsed());
     }
     times.sort();
     let batch = m.request(0, a.batch_rows);
-    model.infer(&batch)?;
+    let batch_decoded = model.decode(&batch)?;
+    run(&batch, &batch_decoded)?;
     let mut runs = 0;
     let t = Instant::now();
     while runs < 5 || t.elapsed() < Duration::from_secs(1) {
-        std::hint::black_box(model.infer(&batch)?);
+        run(&batch, &batch_decoded)?;
         runs += 1;
     }
     let p50 = percentile(&times, 0.5);
@@ -332,6 +356,23 @@ fn measure_engine(model: &OnnxModel, m: &BenchModel, a: &ServeArgs) -> Result<Fi
         rps: 1e6 / p50,
         batch_rows_per_s: (runs * a.batch_rows) as f64 / t.elapsed().as_secs_f64(),
     })
+}
+
+/// The ONNX Runtime library for the `engine_ort` path: `--onnxruntime-library`, else where
+/// scripts/fetch-onnxruntime.sh puts it.
+fn onnxruntime_engine(a: &ServeArgs) -> Result<Arc<OnnxRuntimeLibrary>> {
+    let library = a
+        .onnxruntime_library
+        .clone()
+        .or_else(|| cordon_runtime::locate_onnxruntime_library(Path::new(".")))
+        .ok_or_else(|| {
+            anyhow!("no library: pass --onnxruntime-library or run scripts/fetch-onnxruntime.sh")
+        })?;
+    let choice = crate::deploy::OnnxRuntimeChoice::for_library(&library, vec![])?;
+    Ok(OnnxRuntimeLibrary::load(&OnnxRuntimeOptions {
+        sessions_per_model: Some(1),
+        ..choice.options
+    })?)
 }
 
 /// ONNX Runtime's single-thread figures from scripts/bench_trees_ort.py, or why there are none.
@@ -412,9 +453,31 @@ pub fn run(a: ServeArgs) -> Result<()> {
     };
     // 1. Engine alone and ONNX Runtime.
     let mut table: BTreeMap<String, BTreeMap<&'static str, Figures>> = BTreeMap::new();
-    for m in models.iter().filter(|_| wanted("engine")) {
-        let f = measure_engine(&loaded[&m.name], m, &a)?;
-        table.entry(m.name.clone()).or_default().insert("engine", f);
+    for m in models.iter() {
+        for (label, oip) in [("engine", false), ("engine_oip", true)] {
+            if wanted(label) {
+                let f = measure_engine(&loaded[&m.name], m, &a, oip)?;
+                table.entry(m.name.clone()).or_default().insert(label, f);
+            }
+        }
+    }
+    // The same models on the optional ONNX Runtime engine, when its library is at hand.
+    if wanted("engine_ort") {
+        match onnxruntime_engine(&a) {
+            Ok(library) => {
+                for m in &models {
+                    let bytes = std::fs::read(&m.onnx)?;
+                    let model =
+                        OnnxModel::load_on(&m.name, "1", &bytes, Engine::OnnxRuntime(&library))?;
+                    let f = measure_engine(&model, m, &a, false)?;
+                    table
+                        .entry(m.name.clone())
+                        .or_default()
+                        .insert("engine_ort", f);
+                }
+            }
+            Err(e) => eprintln!("the onnxruntime engine not measured: {e:#}"),
+        }
     }
     let ort = if a.no_ort || !wanted("onnxruntime") {
         None
@@ -571,6 +634,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         let ort_batch = rows.get("onnxruntime").map(|f| f.batch_rows_per_s);
         for label in [
             "engine",
+            "engine_oip",
+            "engine_ort",
             "onnxruntime",
             "plain_http",
             "hpke_oneshot",
@@ -579,11 +644,15 @@ pub fn run(a: ServeArgs) -> Result<()> {
         ] {
             let Some(f) = rows.get(label) else { continue };
             let vs_plain = match (label, plain) {
-                ("engine" | "onnxruntime", _) | (_, None) => "".to_string(),
+                ("engine" | "engine_oip" | "engine_ort" | "onnxruntime", _) | (_, None) => {
+                    "".to_string()
+                }
                 (_, Some(p)) => format!("{:.2}", f.rps / p),
             };
             let vs_ort = match (label, ort_batch) {
-                ("engine", Some(o)) => format!("{:.2}", f.batch_rows_per_s / o),
+                ("engine" | "engine_oip" | "engine_ort", Some(o)) => {
+                    format!("{:.2}", f.batch_rows_per_s / o)
+                }
                 _ => String::new(),
             };
             println!(

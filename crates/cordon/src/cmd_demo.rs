@@ -10,7 +10,7 @@ use cordon_attest::{Endorsements, Platform, Policy, PolicyDocument};
 use cordon_client::jobs::JobClient;
 use cordon_proto::job::{Evaluation, JobSchema, JobSpec, JobState, Outputs, PartyKey, ServeOutput};
 use cordon_proto::oip::InferRequest;
-use cordon_runtime::{ModelConfig, OnnxModel, RuntimeConfig, TrainingConfig};
+use cordon_runtime::{EngineKind, ModelConfig, OnnxModel, RuntimeConfig, TrainingConfig};
 use cordon_seal::KeyFile;
 use cordon_tee::sim_launch_measurement;
 use cordon_train::{Algorithm, DataFormat, Schema, Table};
@@ -155,6 +155,7 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
             max_dataset_mib: 64,
             max_total_dataset_mib: 256,
         }),
+        onnxruntime: None,
     };
     let (trainer_path, trainer_measurement) = measured_config(&dir, "trainer", &trainer_config)?;
     let (release_policy, trainer_doc) = sim_policy(&trainer_measurement, kbs.hw.public_key());
@@ -185,8 +186,10 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
             path: sealed_model.clone(),
             signer: hex::encode(trainer_keys.signing_public_key),
             manifest_sha256: None,
+            engine: EngineKind::Tract,
         }],
         training: None,
+        onnxruntime: None,
     };
     let (server_path, server_measurement) = measured_config(&dir, "server", &server_config)?;
     let (serving_policy, client_doc) = sim_policy(&server_measurement, kbs.hw.public_key());

@@ -1,7 +1,7 @@
 //! `cordon dev up`: the quickstart deployment, kept running in the foreground for trying clients.
 
 use crate::cmd_kbs::shutdown_signal;
-use crate::deploy::{self, DEMO_INPUT, DEV_MODELS};
+use crate::deploy::{self, OnnxRuntimeChoice, DEMO_INPUT, DEV_MODELS};
 use crate::util;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
@@ -25,6 +25,18 @@ pub struct UpArgs {
     /// Requests the runtime lets wait for a worker before answering 503 (default: the runtime's).
     #[arg(long)]
     max_queue: Option<usize>,
+    /// Serve on ONNX Runtime, loaded from this shared library (`libonnxruntime.so.1.NN.M`, e.g.
+    /// from the `onnxruntime` Python package's `onnxruntime/capi/`); the runtime's configuration
+    /// pins the digest of its bytes.
+    #[arg(long, value_name = "LIBRARY")]
+    onnxruntime_library: Option<PathBuf>,
+    /// With --onnxruntime-library: only these models on ONNX Runtime (default: all).
+    #[arg(
+        long = "onnxruntime-model",
+        value_name = "NAME",
+        requires = "onnxruntime_library"
+    )]
+    onnxruntime_models: Vec<String>,
 }
 
 pub fn run(c: DevCommand) -> Result<()> {
@@ -45,7 +57,13 @@ fn up(a: UpArgs) -> Result<()> {
     if let Some(q) = a.max_queue {
         runtime_args.extend(["--max-queue".to_string(), q.to_string()]);
     }
-    let mut deployment = deploy::deploy(&dir, DEV_MODELS, &runtime_args, &rt)?;
+    let onnxruntime = a
+        .onnxruntime_library
+        .as_deref()
+        .map(|lib| OnnxRuntimeChoice::for_library(lib, a.onnxruntime_models.clone()))
+        .transpose()?;
+    let mut deployment =
+        deploy::deploy(&dir, DEV_MODELS, &runtime_args, onnxruntime.as_ref(), &rt)?;
     let input = dir.join("demo-input.json");
     std::fs::write(&input, DEMO_INPUT)?;
     let names: Vec<&str> = deployment.models.iter().map(|m| m.name.as_str()).collect();

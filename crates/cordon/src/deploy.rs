@@ -6,9 +6,10 @@
 use crate::{cmd_kbs, util};
 use anyhow::{bail, Context, Result};
 use cordon_attest::{Endorsements, Platform, Policy, PolicyDocument};
-use cordon_runtime::{ModelConfig, RuntimeConfig};
+use cordon_runtime::{EngineKind, ModelConfig, OnnxRuntimeOptions, RuntimeConfig};
 use cordon_seal::{OwnerKey, SealOptions};
 use cordon_tee::{sim_launch_measurement, SimHardwareKey};
+use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -262,6 +263,34 @@ pub struct Deployment {
     pub client_policy_path: PathBuf,
 }
 
+/// Which models of a deployment run on ONNX Runtime, and its library.
+pub struct OnnxRuntimeChoice {
+    pub options: OnnxRuntimeOptions,
+    /// Model names; empty: all.
+    pub models: Vec<String>,
+}
+
+impl OnnxRuntimeChoice {
+    /// The library at `library`, pinned by the digest of its bytes now.
+    pub fn for_library(library: &Path, models: Vec<String>) -> Result<OnnxRuntimeChoice> {
+        let bytes = std::fs::read(library)
+            .with_context(|| format!("reading the ONNX Runtime library {}", library.display()))?;
+        Ok(OnnxRuntimeChoice {
+            options: OnnxRuntimeOptions {
+                library: library.to_path_buf(),
+                sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+                intra_op_threads: 1,
+                sessions_per_model: None,
+            },
+            models,
+        })
+    }
+
+    fn serves(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|m| m == model)
+    }
+}
+
 /// Seals `models`, starts the KBS, registers each model's key under a release policy naming the
 /// runtime's measurement, starts the runtime and waits until it serves. State lives in `dir` and is
 /// reused by later runs (keys); sealed models, policies and the runtime config are written anew.
@@ -269,6 +298,7 @@ pub fn deploy(
     dir: &Path,
     models: &[DemoModel],
     runtime_args: &[String],
+    onnxruntime: Option<&OnnxRuntimeChoice>,
     rt: &tokio::runtime::Runtime,
 ) -> Result<Deployment> {
     if models.is_empty() {
@@ -344,8 +374,13 @@ pub fn deploy(
                 path: path.clone(),
                 signer: hex::encode(owner.public_key()),
                 manifest_sha256: Some(hex::encode(digest)),
+                engine: match onnxruntime {
+                    Some(choice) if choice.serves(&m.name) => EngineKind::OnnxRuntime,
+                    _ => EngineKind::Tract,
+                },
             })
             .collect(),
+        onnxruntime: onnxruntime.map(|c| c.options.clone()),
     };
     let config_path = dir.join("runtime.toml");
     let config_text = config.to_toml();

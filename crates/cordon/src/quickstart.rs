@@ -28,7 +28,7 @@ pub fn run(a: Args) -> Result<()> {
 
     // 1-5. Owner seals, KBS holds the key, runtime attests and unseals (see `deploy`).
     let rt = util::tokio_runtime()?;
-    let deployment = deploy::deploy(&dir, &[BREAST_CANCER_LR], &[], &rt)?;
+    let deployment = deploy::deploy(&dir, &[BREAST_CANCER_LR], &[], None, &rt)?;
     let runtime_url = &deployment.runtime_url;
     let kbs_url = &deployment.kbs_url;
     let token = &deployment.token;

@@ -33,12 +33,13 @@ fn answers(url: &str) -> bool {
     TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(1)).is_ok()
 }
 
-#[test]
-fn dev_up_serves_the_demo_models_until_terminated() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `cordon dev up` with `extra` arguments and waits until it says it is ready; returns the
+/// process, the lines it printed so far and the channel of the rest.
+fn start_dev(dir: &Path, extra: &[&str]) -> (Guard, Vec<String>, mpsc::Receiver<String>) {
     let mut dev = Guard(
         Command::new(BIN)
-            .args(["dev", "up", "--data-dir", &dir.path().to_string_lossy()])
+            .args(["dev", "up", "--data-dir", &dir.to_string_lossy()])
+            .args(extra)
             .env("CORDON_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -64,6 +65,110 @@ fn dev_up_serves_the_demo_models_until_terminated() {
             Err(e) => panic!("dev up not ready ({e}):\n{}", lines.join("\n")),
         }
     }
+    (dev, lines, rx)
+}
+
+fn start_proxy(dir: &Path, runtime: &str, policy: &str) -> (Guard, String) {
+    let addr_file = dir.join("proxy.addr");
+    let _ = std::fs::remove_file(&addr_file);
+    let mut proxy = Guard(
+        Command::new(BIN)
+            .args(["proxy", "--upstream", runtime, "--policy", policy])
+            .args(["--listen", "127.0.0.1:0", "--addr-file"])
+            .arg(&addr_file)
+            .env("CORDON_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = wait_for(&addr_file, &mut proxy.0);
+    (proxy, url)
+}
+
+/// With `--onnxruntime-library`, the runtime's measured configuration pins the library's digest and
+/// serves every demo model on ONNX Runtime: an unmodified client sees KServe's `onnxruntime_onnx`
+/// platform in the metadata and gets the same answers the built-in engine computes in process.
+#[test]
+fn dev_up_serves_on_onnxruntime_when_given_its_library() {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let library = cordon_runtime::locate_onnxruntime_library(&workspace).unwrap_or_else(|| {
+        panic!("ONNX Runtime's library is needed: run scripts/fetch-onnxruntime.sh")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (_dev, lines, _rx) = start_dev(
+        dir.path(),
+        &["--onnxruntime-library", &library.to_string_lossy()],
+    );
+    let runtime = field(&lines, "runtime URL:").to_string();
+    let policy = field(&lines, "client policy:").to_string();
+    let config = std::fs::read_to_string(dir.path().join("runtime.toml")).unwrap();
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&library).unwrap()))
+    };
+    assert!(config.contains(&digest), "{config}");
+    assert_eq!(
+        config.matches("engine = \"onnxruntime\"").count(),
+        3,
+        "{config}"
+    );
+
+    let (_proxy, proxy_url) = start_proxy(dir.path(), &runtime, &policy);
+    let input: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace.join("models/demo_input.json")).unwrap(),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (model, file) in [
+        ("breast-cancer-lr", "models/breast_cancer_lr.onnx"),
+        ("breast-cancer-mlp", "models/breast_cancer_mlp.onnx"),
+    ] {
+        let (meta, answer) = rt.block_on(async {
+            let http = reqwest::Client::new();
+            let meta: serde_json::Value = http
+                .get(format!("{proxy_url}/v2/models/{model}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let answer: serde_json::Value = http
+                .post(format!("{proxy_url}/v2/models/{model}/infer"))
+                .json(&input)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (meta, answer)
+        });
+        assert_eq!(meta["platform"], "onnxruntime_onnx", "{model}: {meta}");
+        let bytes = std::fs::read(workspace.join(file)).unwrap();
+        let local = cordon_runtime::OnnxModel::load(model, "1", &bytes)
+            .unwrap()
+            .infer(&serde_json::from_value(input.clone()).unwrap())
+            .unwrap();
+        assert_eq!(
+            answer["outputs"][0]["data"], local.outputs[0].data,
+            "{model}: {answer}"
+        );
+        let served: Vec<f64> =
+            serde_json::from_value(answer["outputs"][1]["data"].clone()).unwrap();
+        let tract: Vec<f64> = serde_json::from_value(local.outputs[1].data.clone()).unwrap();
+        assert_eq!(served.len(), tract.len());
+        for (a, b) in served.iter().zip(&tract) {
+            assert!((a - b).abs() < 1e-5, "{model}: {served:?} vs {tract:?}");
+        }
+    }
+}
+
+#[test]
+fn dev_up_serves_the_demo_models_until_terminated() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut dev, lines, rx) = start_dev(dir.path(), &[]);
     let text = lines.join("\n");
     assert!(text.contains("SIMULATED"), "{text}");
     let runtime = field(&lines, "runtime URL:").to_string();
@@ -112,19 +217,7 @@ fn dev_up_serves_the_demo_models_until_terminated() {
     }
 
     // And for `cordon proxy`, as printed (on a free port).
-    let addr_file = dir.path().join("proxy.addr");
-    let mut proxy = Guard(
-        Command::new(BIN)
-            .args(["proxy", "--upstream", &runtime, "--policy", &policy])
-            .args(["--listen", "127.0.0.1:0", "--addr-file"])
-            .arg(&addr_file)
-            .env("CORDON_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let proxy_url = wait_for(&addr_file, &mut proxy.0);
+    let (proxy, proxy_url) = start_proxy(dir.path(), &runtime, &policy);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ready = rt.block_on(async {
         let r = reqwest::get(format!("{proxy_url}/v2/models/breast-cancer-mlp/ready"))
