@@ -16,6 +16,8 @@
 //! on a single-threaded tokio runtime, throughput from clients on two worker threads, and the proxy
 //! runs on a runtime of its own (one worker thread): as separate processes on one machine would.
 
+use crate::deploy::{self, DEV_MODELS};
+use crate::util;
 use anyhow::{anyhow, bail, Context, Result};
 use cordon_attest::{Endorsements, Platform, Policy, PolicyDocument};
 use cordon_proto::oip::{InferRequest, Tensor};
@@ -63,6 +65,11 @@ pub struct ServeArgs {
     /// Skip ONNX Runtime.
     #[arg(long)]
     no_ort: bool,
+    /// Serve from the real deployment of `cordon dev up` (KBS and runtime as their own processes,
+    /// sealed models, attested key release; plaintext inference switched on for the `plain_http`
+    /// path) instead of the runtime's router in this process. Default models only.
+    #[arg(long)]
+    runtime_process: bool,
     /// ONNX Runtime's shared library for the `engine_ort` path (default: CORDON_ONNXRUNTIME_LIB,
     /// or what scripts/fetch-onnxruntime.sh fetched).
     #[arg(long, value_name = "LIBRARY")]
@@ -74,6 +81,8 @@ pub struct ServeArgs {
 
 struct BenchModel {
     name: String,
+    /// The name the runtime serves it under.
+    served: String,
     onnx: PathBuf,
     rows: Vec<Vec<Value>>,
     input_name: String,
@@ -107,6 +116,7 @@ fn read_model(spec: &str) -> Result<BenchModel> {
     }
     Ok(BenchModel {
         name: name.into(),
+        served: name.into(),
         onnx: onnx.into(),
         rows: flat.chunks(f as usize).map(|r| r.to_vec()).collect(),
         input_name: t.name.clone(),
@@ -239,22 +249,22 @@ impl Client {
 async fn measure_sequential(path: &Path_, m: &BenchModel, a: &ServeArgs) -> Result<Figures> {
     let client = path.client().await?;
     for i in 0..50 {
-        client.infer(&m.name, &m.request(i, 1)).await?;
+        client.infer(&m.served, &m.request(i, 1)).await?;
     }
     let mut times = Vec::with_capacity(a.calls);
     for i in 0..a.calls {
         let req = m.request(i, 1);
         let t = Instant::now();
-        client.infer(&m.name, &req).await?;
+        client.infer(&m.served, &req).await?;
         times.push(t.elapsed());
     }
     times.sort();
     let batch = m.request(0, a.batch_rows);
-    client.infer(&m.name, &batch).await?;
+    client.infer(&m.served, &batch).await?;
     let mut runs = 0;
     let t = Instant::now();
     while runs < 5 || t.elapsed() < Duration::from_secs(1) {
-        client.infer(&m.name, &batch).await?;
+        client.infer(&m.served, &batch).await?;
         runs += 1;
     }
     Ok(Figures {
@@ -271,14 +281,14 @@ async fn measure_load(path: &Path_, m: &BenchModel, a: &ServeArgs) -> Result<f64
     for c in 0..a.concurrency {
         let client = path.client().await?;
         let reqs: Vec<InferRequest> = (0..64).map(|i| m.request(c * 64 + i, 1)).collect();
-        client.infer(&m.name, &reqs[0]).await?;
+        client.infer(&m.served, &reqs[0]).await?;
         clients.push((client, reqs));
     }
     let deadline = Instant::now() + Duration::from_secs_f64(a.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (client, reqs) in clients {
-        let name = m.name.clone();
+        let name = m.served.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = 0usize;
             while Instant::now() < deadline {
@@ -429,7 +439,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         eprintln!("warning: a debug build; benchmark with --release");
     }
     let tmp = tempfile::tempdir()?;
-    let models = if a.models.is_empty() {
+    let mut models = if a.models.is_empty() {
         default_models(tmp.path())?
     } else {
         a.models
@@ -437,6 +447,15 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .map(|s| read_model(s))
             .collect::<Result<_>>()?
     };
+    if a.runtime_process {
+        if !a.models.is_empty() {
+            bail!("--runtime-process serves the default models only (no --model)");
+        }
+        // `cordon dev up`'s names for the same models.
+        for m in &mut models {
+            m.served = m.name.replace('_', "-");
+        }
+    }
     let mut loaded = BTreeMap::new();
     for m in &models {
         let bytes = std::fs::read(&m.onnx).with_context(|| format!("reading {:?}", m.onnx))?;
@@ -497,59 +516,84 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .insert("onnxruntime", f.clone());
     }
 
-    // 2-5. The runtime over loopback, in this process on its own tokio runtime.
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let hw = SimHardwareKey::generate();
-    let endorsements = Endorsements {
-        sim_trust_anchors: vec![hw.public_key()],
-        ..Default::default()
+    // 2-5. The runtime over loopback: in this process on its own tokio runtime, or (with
+    // --runtime-process) the real deployment of `cordon dev up`, KBS and runtime as processes.
+    let deployment_rt = util::tokio_runtime()?;
+    let mut deployment = None;
+    let mut server_rt = None;
+    let (url, policy, endorsements) = if a.runtime_process {
+        let d = deploy::deploy(
+            &tmp.path().join("deployment"),
+            DEV_MODELS,
+            &["--dev-plaintext-inference".to_string()],
+            None,
+            &deployment_rt,
+        )?;
+        let doc = d.client_doc.clone();
+        let url = d.runtime_url.clone();
+        deployment = Some(d);
+        (url, doc.policy, doc.endorsements.unwrap_or_default())
+    } else {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let hw = SimHardwareKey::generate();
+        let endorsements = Endorsements {
+            sim_trust_anchors: vec![hw.public_key()],
+            ..Default::default()
+        };
+        let measurement = [0x5e; 48];
+        let tee = Arc::new(SimTee::new(hw, measurement, [0; 32], false));
+        let service_key = ServiceKeyPair::generate(0);
+        let signing_key = ed25519_dalek::SigningKey::from_bytes(&rand::random());
+        let runtime_keys = RuntimeKeys {
+            hpke_public_key: service_key.public_key(),
+            hpke_key_id: 0,
+            signing_public_key: signing_key.verifying_key().to_bytes(),
+        };
+        let served = loaded
+            .iter()
+            .map(|(n, m)| {
+                (
+                    n.clone(),
+                    ServedModel {
+                        model: m.clone(),
+                        manifest_sha256: [0; 32],
+                    },
+                )
+            })
+            .collect();
+        let state = Arc::new(RuntimeState::new(
+            service_key,
+            signing_key,
+            runtime_keys,
+            tee,
+            served,
+            ServingOptions {
+                plaintext_inference: true,
+                batching: (a.batch_max_rows > 0).then(|| cordon_runtime::BatchOptions {
+                    max_rows: a.batch_max_rows,
+                    max_delay: Duration::from_micros(a.batch_max_delay_us),
+                }),
+                ..ServingOptions::default()
+            },
+        ));
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        rt.spawn(cordon_runtime::serve(
+            state,
+            listener,
+            std::future::pending(),
+        ));
+        server_rt = Some(rt);
+        (
+            url,
+            Policy::new(vec![Platform::Sim], vec![measurement.to_vec()]),
+            endorsements,
+        )
     };
-    let measurement = [0x5e; 48];
-    let tee = Arc::new(SimTee::new(hw, measurement, [0; 32], false));
-    let service_key = ServiceKeyPair::generate(0);
-    let signing_key = ed25519_dalek::SigningKey::from_bytes(&rand::random());
-    let runtime_keys = RuntimeKeys {
-        hpke_public_key: service_key.public_key(),
-        hpke_key_id: 0,
-        signing_public_key: signing_key.verifying_key().to_bytes(),
-    };
-    let served = loaded
-        .iter()
-        .map(|(n, m)| {
-            (
-                n.clone(),
-                ServedModel {
-                    model: m.clone(),
-                    manifest_sha256: [0; 32],
-                },
-            )
-        })
-        .collect();
-    let state = Arc::new(RuntimeState::new(
-        service_key,
-        signing_key,
-        runtime_keys,
-        tee,
-        served,
-        ServingOptions {
-            plaintext_inference: true,
-            batching: (a.batch_max_rows > 0).then(|| cordon_runtime::BatchOptions {
-                max_rows: a.batch_max_rows,
-                max_delay: Duration::from_micros(a.batch_max_delay_us),
-            }),
-            ..ServingOptions::default()
-        },
-    ));
-    let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let url = format!("http://{}", listener.local_addr()?);
-    server_rt.spawn(cordon_runtime::serve(
-        state,
-        listener,
-        std::future::pending(),
-    ));
+
 
     // Sequential latency from a client on one thread, as a small client process would have;
     // throughput from clients on two worker threads; the proxy on its own runtime, as the
@@ -565,7 +609,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let policy = Policy::new(vec![Platform::Sim], vec![measurement.to_vec()]);
     // The verifying proxy: the application speaks plain OIP to it.
     let proxy = cordon_client::proxy::Proxy::new(cordon_client::proxy::ProxyConfig::new(
         url.clone(),
@@ -606,6 +649,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     })?;
     drop(proxy_rt);
     drop(server_rt);
+    drop(deployment);
 
     if a.json {
         println!("{}", serde_json::to_string_pretty(&table)?);
