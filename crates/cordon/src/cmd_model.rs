@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use cordon_proto::oip::InferRequest;
-use cordon_runtime::OnnxModel;
+use cordon_runtime::{Engine, OnnxModel, OnnxRuntimeLibrary};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
@@ -19,6 +19,11 @@ pub enum ModelCommand {
         /// Print the model's inputs and outputs (names, datatypes, shapes) first, on stderr.
         #[arg(long)]
         describe: bool,
+        /// Evaluate on ONNX Runtime, loaded from this shared library, instead of the built-in
+        /// engine: the runtime's `engine = "onnxruntime"` (its digest is printed on stderr, for
+        /// the runtime configuration's `[onnxruntime] sha256`).
+        #[arg(long, value_name = "LIBRARY")]
+        onnxruntime_library: Option<PathBuf>,
     },
 }
 
@@ -28,6 +33,7 @@ pub fn run(c: ModelCommand) -> Result<()> {
             model,
             input,
             describe,
+            onnxruntime_library,
         } => {
             let bytes = std::fs::read(&model).with_context(|| format!("reading {model:?}"))?;
             let name = model
@@ -35,7 +41,19 @@ pub fn run(c: ModelCommand) -> Result<()> {
                 .and_then(|s| s.to_str())
                 .unwrap_or("model")
                 .to_string();
-            let loaded = OnnxModel::load(&name, "1", &bytes)?;
+            let library = match &onnxruntime_library {
+                Some(path) => {
+                    let choice = crate::deploy::OnnxRuntimeChoice::for_library(path, vec![])?;
+                    eprintln!("onnxruntime library sha256 {}", choice.options.sha256);
+                    Some(OnnxRuntimeLibrary::load(&choice.options)?)
+                }
+                None => None,
+            };
+            let engine = match &library {
+                Some(l) => Engine::OnnxRuntime(l),
+                None => Engine::Tract,
+            };
+            let loaded = OnnxModel::load_on(&name, "1", &bytes, engine)?;
             if describe {
                 eprintln!("{}", serde_json::to_string_pretty(&loaded.metadata())?);
             }

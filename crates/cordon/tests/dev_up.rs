@@ -10,11 +10,23 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cordon");
 
-/// Kills the process on drop, should the test fail before it stops it.
+/// Stops the process on drop: SIGTERM first, so that `dev up` takes its KBS and runtime down with
+/// it (a SIGKILL would leave them running), then SIGKILL if it has not exited within 30 s.
 struct Guard(Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: kill(2) on our own child's pid has no memory effects.
+            unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

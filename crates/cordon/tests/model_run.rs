@@ -115,6 +115,46 @@ fn model_run_works_on_the_neural_models_too() {
     assert_eq!(v["outputs"][1]["shape"], serde_json::json!([1, 2]));
 }
 
+/// `--onnxruntime-library`: the same command on ONNX Runtime gives ONNX Runtime's recorded outputs
+/// on tree models and the built-in engine's answers on the MLP, and names the library's digest.
+#[test]
+fn model_run_on_onnxruntime_agrees() {
+    let library = cordon_runtime::locate_onnxruntime_library(&root())
+        .expect("ONNX Runtime's library is needed: run scripts/fetch-onnxruntime.sh");
+    let run = |model: &Path, input: &Path, ort: bool| {
+        let mut c = cordon();
+        c.args(["model", "run"]).arg(model).arg("--input").arg(input);
+        if ort {
+            c.arg("--onnxruntime-library").arg(&library);
+        }
+        let out = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{model:?}: {stderr}");
+        (serde_json::from_slice::<Value>(&out.stdout).unwrap(), stderr)
+    };
+    let zoo = root().join("models/trees");
+    for name in ["bc_gb_clf", "diab_hgb_reg_nan", "wine_lgbm_clf"] {
+        let (got, stderr) = run(
+            &zoo.join(format!("{name}.onnx")),
+            &zoo.join(format!("{name}.input.json")),
+            true,
+        );
+        assert!(stderr.contains("onnxruntime library sha256 "), "{stderr}");
+        let want: Value = serde_json::from_str(
+            &std::fs::read_to_string(zoo.join(format!("{name}.expected.json"))).unwrap(),
+        )
+        .unwrap();
+        let failures = compare(name, &got, &want);
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+    let mlp = root().join("models/breast_cancer_mlp.onnx");
+    let input = root().join("models/demo_input.json");
+    let (on_ort, _) = run(&mlp, &input, true);
+    let (on_tract, _) = run(&mlp, &input, false);
+    let failures = compare("mlp", &on_ort, &on_tract);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 fn run_err(model: &Path, input: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let input_path = dir.path().join("input.json");
