@@ -594,7 +594,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
         )
     };
 
-
     // Sequential latency from a client on one thread, as a small client process would have;
     // throughput from clients on two worker threads; the proxy on its own runtime, as the
     // sidecar process it is.

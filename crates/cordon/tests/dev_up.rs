@@ -80,6 +80,10 @@ fn start_dev(dir: &Path, extra: &[&str]) -> (Guard, Vec<String>, mpsc::Receiver<
     (dev, lines, rx)
 }
 
+async fn json(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 fn start_proxy(dir: &Path, runtime: &str, policy: &str) -> (Guard, String) {
     let addr_file = dir.join("proxy.addr");
     let _ = std::fs::remove_file(&addr_file);
@@ -136,27 +140,12 @@ fn dev_up_serves_on_onnxruntime_when_given_its_library() {
         ("breast-cancer-lr", "models/breast_cancer_lr.onnx"),
         ("breast-cancer-mlp", "models/breast_cancer_mlp.onnx"),
     ] {
-        let (meta, answer) = rt.block_on(async {
-            let http = reqwest::Client::new();
-            let meta: serde_json::Value = http
-                .get(format!("{proxy_url}/v2/models/{model}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let answer: serde_json::Value = http
-                .post(format!("{proxy_url}/v2/models/{model}/infer"))
-                .json(&input)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            (meta, answer)
-        });
+        let http = reqwest::Client::new();
+        let meta = rt.block_on(json(http.get(format!("{proxy_url}/v2/models/{model}"))));
+        let answer = rt.block_on(json(
+            http.post(format!("{proxy_url}/v2/models/{model}/infer"))
+                .json(&input),
+        ));
         assert_eq!(meta["platform"], "onnxruntime_onnx", "{model}: {meta}");
         let bytes = std::fs::read(workspace.join(file)).unwrap();
         let local = cordon_runtime::OnnxModel::load(model, "1", &bytes)

@@ -123,14 +123,20 @@ fn model_run_on_onnxruntime_agrees() {
         .expect("ONNX Runtime's library is needed: run scripts/fetch-onnxruntime.sh");
     let run = |model: &Path, input: &Path, ort: bool| {
         let mut c = cordon();
-        c.args(["model", "run"]).arg(model).arg("--input").arg(input);
+        c.args(["model", "run"])
+            .arg(model)
+            .arg("--input")
+            .arg(input);
         if ort {
             c.arg("--onnxruntime-library").arg(&library);
         }
         let out = c.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "{model:?}: {stderr}");
-        (serde_json::from_slice::<Value>(&out.stdout).unwrap(), stderr)
+        (
+            serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+            stderr,
+        )
     };
     let zoo = root().join("models/trees");
     for name in ["bc_gb_clf", "diab_hgb_reg_nan", "wine_lgbm_clf"] {

@@ -346,9 +346,11 @@ fn from_ort(name: &str, value: &DynValue) -> Result<HostTensor, EngineError> {
             let (shape, strings) = value.try_extract_strings().map_err(run_err)?;
             (dims(shape), HostData::Bytes(strings))
         }
-        other => return Err(EngineError::Run(format!(
+        other => {
+            return Err(EngineError::Run(format!(
             "onnxruntime: output {name:?} has datatype {other:?}, which the protocol cannot carry"
-        ))),
+        )))
+        }
     };
     Ok(HostTensor { shape, data })
 }
