@@ -394,6 +394,24 @@ impl CompiledEnsemble {
         // each tree's nodes are fetched once per block.
         const CACHE_BYTES: usize = 512 * 1024;
         let fits = std::mem::size_of_val(nodes) <= CACHE_BYTES;
+        if walker.streams {
+            // Deep trees: each tree streams the block's rows through its lanes.
+            with_buffer(&LEAF_IDS, n_rows, |reached| {
+                for tree in 0..walker.roots.len() {
+                    crate::compiled::walk_stream::<C, L>(
+                        nodes,
+                        walker.roots[tree],
+                        block,
+                        n_cols,
+                        reached,
+                    );
+                    for (r, &node) in reached.iter().enumerate() {
+                        self.add_node(walker, leaves, node, &mut acc[r * t..(r + 1) * t]);
+                    }
+                }
+            });
+            return;
+        }
         if fits && self.register_sum_target(leaves).is_none() {
             while first_row + L <= n_rows {
                 let r = first_row;
@@ -849,6 +867,11 @@ pub(crate) trait Scratch: Sized {
 thread_local! {
     static SCRATCH_F32: RefCell<Vec<Score<f32>>> = const { RefCell::new(Vec::new()) };
     static SCRATCH_F64: RefCell<Vec<Score<f64>>> = const { RefCell::new(Vec::new()) };
+}
+
+thread_local! {
+    /// Leaf node ids of a block's rows, for streamed walks.
+    static LEAF_IDS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on the first `len` elements of a per-thread buffer, grown as needed (a fresh one if
