@@ -36,10 +36,24 @@ pub fn s(p: &Path) -> String {
 pub struct Proc {
     pub child: Child,
     log: PathBuf,
+    /// Stop with SIGTERM first: a process that supervises children of its own (`cordon dev up`)
+    /// takes them down only when it gets to exit.
+    graceful: bool,
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if self.graceful && matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: kill(2) on our own child's pid has no memory effects.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -61,12 +75,21 @@ impl Proc {
             .stderr(f)
             .spawn()
             .unwrap();
-        Proc { child, log }
+        Proc {
+            child,
+            log,
+            graceful: false,
+        }
     }
 
-    /// Takes charge of a child started otherwise (e.g. through a shell that sets limits).
+    /// Takes charge of a child started otherwise (through a shell that sets limits, or `dev up`);
+    /// it is stopped with SIGTERM on drop, and killed if still running 30 s later.
     pub fn adopt(child: Child, log: PathBuf) -> Proc {
-        Proc { child, log }
+        Proc {
+            child,
+            log,
+            graceful: true,
+        }
     }
 
     pub fn log(&self) -> String {
