@@ -5,6 +5,10 @@
 //! The seeds are real messages made with the fixed keys of `cordon_proto::fuzzing`, written by
 //! `CORDON_WRITE_FUZZ_SEEDS=1 cargo test -p cordon-proto --test fuzz_corpus write_seeds`.
 
+#[path = "../../../fuzz/replay.rs"]
+mod replay;
+use replay::{corpus, replay, replay_dir};
+
 use cordon_attest::sim::SimReport;
 use cordon_proto::channel::{encapsulate_request, seal_to};
 use cordon_proto::fuzzing::{self as f};
@@ -14,38 +18,8 @@ use cordon_proto::runtime::{AttestationResponse, InnerRequest};
 use cordon_proto::session::{start_session, SessionGrant};
 use cordon_proto::{report_data, ModelBinding};
 use ed25519_dalek::{Signer, SigningKey};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
-
-fn corpus(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target)
-}
-
-fn replay(target: &str, f: fn(&[u8])) -> usize {
-    replay_dir(&corpus(target), f)
-}
-
-fn replay_dir(dir: &Path, f: fn(&[u8])) -> usize {
-    let mut n = 0;
-    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        f(&data);
-        // Truncations and a flipped byte of every corpus entry, too.
-        for len in [0, 1, data.len() / 2, data.len().saturating_sub(1)] {
-            f(&data[..len]);
-        }
-        let mut flipped = data.clone();
-        if let Some(b) = flipped.get_mut(data.len() / 3) {
-            *b ^= 0xff;
-        }
-        f(&flipped);
-        n += 1;
-    }
-    n
-}
 
 #[test]
 fn kbs_requests_corpus_never_panics() {

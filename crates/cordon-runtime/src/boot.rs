@@ -43,6 +43,33 @@ pub enum RuntimeError {
     Engine(#[from] EngineError),
 }
 
+fn needs_onnxruntime(model: &str) -> RuntimeError {
+    RuntimeError::Config(format!(
+        "model {model}: engine = \"onnxruntime\" needs an [onnxruntime] section (library, sha256)"
+    ))
+}
+
+/// ONNX Runtime, loaded first when a model asks for it: a missing section, or a library that is
+/// missing or not the one the configuration pins, stops the boot before any key is asked for.
+fn load_onnxruntime(
+    config: &RuntimeConfig,
+) -> Result<Option<Arc<OnnxRuntimeLibrary>>, RuntimeError> {
+    let Some(first) = config
+        .models
+        .iter()
+        .find(|m| m.engine == EngineKind::OnnxRuntime)
+    else {
+        return Ok(None);
+    };
+    let options = config
+        .onnxruntime
+        .as_ref()
+        .ok_or_else(|| needs_onnxruntime(&first.name))?;
+    let library = OnnxRuntimeLibrary::load(options)?;
+    tracing::info!(sha256 = %hex::encode(library.sha256()), "ONNX Runtime library loaded");
+    Ok(Some(library))
+}
+
 /// A runtime whose models are loaded, ready to serve.
 pub struct BootedRuntime {
     pub state: Arc<RuntimeState>,
@@ -69,31 +96,7 @@ pub async fn boot(
         signing_public_key: signing_key.verifying_key().to_bytes(),
     };
 
-    // ONNX Runtime first, when a model asks for it: a library that is missing or not the one the
-    // configuration pins stops the boot before any key is asked for.
-    let onnxruntime = match &config.onnxruntime {
-        Some(options)
-            if config
-                .models
-                .iter()
-                .any(|m| m.engine == EngineKind::OnnxRuntime) =>
-        {
-            let library = OnnxRuntimeLibrary::load(options)?;
-            tracing::info!(sha256 = %hex::encode(library.sha256()), "ONNX Runtime library loaded");
-            Some(library)
-        }
-        _ => None,
-    };
-    if let Some(m) = config
-        .models
-        .iter()
-        .find(|m| m.engine == EngineKind::OnnxRuntime && onnxruntime.is_none())
-    {
-        return Err(RuntimeError::Config(format!(
-            "model {}: engine = \"onnxruntime\" needs an [onnxruntime] section (library, sha256)",
-            m.name
-        )));
-    }
+    let onnxruntime = load_onnxruntime(config)?;
 
     // Read every sealed header first: the key ids to ask for, and the signer each must carry.
     let mut sealed = Vec::new();
@@ -209,12 +212,8 @@ pub async fn boot(
         let engine = match (m.engine, &onnxruntime) {
             (EngineKind::Tract, _) => Engine::Tract,
             (EngineKind::OnnxRuntime, Some(library)) => Engine::OnnxRuntime(library.as_ref()),
-            (EngineKind::OnnxRuntime, None) => {
-                return Err(RuntimeError::Config(format!(
-                    "model {}: engine = \"onnxruntime\" needs an [onnxruntime] section",
-                    m.name
-                )))
-            }
+            // load_onnxruntime has refused this configuration already.
+            (EngineKind::OnnxRuntime, None) => return Err(needs_onnxruntime(&m.name)),
         };
         let model = OnnxModel::load_on(&m.name, &header.manifest.version, &plaintext, engine)?;
         model_digests.insert(m.name.clone(), hex::encode(header.digest()));

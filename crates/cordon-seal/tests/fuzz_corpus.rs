@@ -3,35 +3,11 @@
 //!
 //! The seeds are written by `CORDON_WRITE_FUZZ_SEEDS=1 cargo test -p cordon-seal --test fuzz_corpus write_seeds`.
 
+#[path = "../../../fuzz/replay.rs"]
+mod replay;
+use replay::{corpus, replay};
+
 use cordon_seal::fuzzing;
-use std::path::{Path, PathBuf};
-
-fn corpus(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target)
-}
-
-fn replay(target: &str, f: fn(&[u8])) -> usize {
-    let dir = corpus(target);
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        f(&data);
-        // Truncations and a flipped byte of every corpus entry, too.
-        for len in [0, 1, data.len() / 2, data.len().saturating_sub(1)] {
-            f(&data[..len]);
-        }
-        let mut flipped = data.clone();
-        if let Some(b) = flipped.get_mut(data.len() / 3) {
-            *b ^= 0xff;
-        }
-        f(&flipped);
-        n += 1;
-    }
-    n
-}
 
 #[test]
 fn sealed_corpus_never_panics() {

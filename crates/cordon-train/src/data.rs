@@ -535,61 +535,50 @@ impl Sink<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn negative_column_chunk_offset_is_an_error() {
-        // Found by fuzzing (training_data, 2026-11-26): a Parquet file whose column chunk metadata
-        // has a negative offset or size made parquet 59.3 panic in `byte_range`.
-        let bytes = include_bytes!("../tests/data/negative_column_chunk_offset.parquet");
-        let schema = Schema {
+    /// Regression files the `training_data` fuzz target found (2026-11-26): each must be a
+    /// Parquet error, not a panic or an allocation of the size the file claims.
+    fn refused_as_parquet(bytes: &[u8], schema: &Schema) -> bool {
+        matches!(
+            read_table(bytes, DataFormat::Parquet, schema),
+            Err(DataError::Parquet(_))
+        )
+    }
+
+    fn two_features() -> Schema {
+        Schema {
             features: vec!["mean_radius".into(), "mean_texture".into()],
             label: "label".into(),
-        };
-        assert!(matches!(
-            read_table(bytes, DataFormat::Parquet, &schema),
-            Err(DataError::Parquet(_))
-        ));
+        }
+    }
+
+    #[test]
+    fn negative_column_chunk_offset_is_an_error() {
+        // Column chunk metadata with a negative offset or size made parquet 59.3 panic in
+        // `byte_range`.
+        let bytes = include_bytes!("../tests/data/negative_column_chunk_offset.parquet");
+        assert!(refused_as_parquet(bytes, &two_features()));
     }
 
     #[test]
     fn byte_stream_split_out_of_bounds_is_an_error() {
-        // Found by fuzzing (training_data, 2026-11-26, fourth run): a BYTE_STREAM_SPLIT page
-        // shorter than its values made parquet 59.3 index out of bounds
-        // (byte_stream_split_decoder.rs:61). Contained: an error, not a panic.
+        // Fourth run: a BYTE_STREAM_SPLIT page shorter than its values made parquet 59.3 index
+        // out of bounds (byte_stream_split_decoder.rs:61). Contained: an error, not a panic.
         let bytes = include_bytes!("../tests/data/byte_stream_split_out_of_bounds.parquet");
-        let schema = crate::fuzzing::schema();
-        assert!(matches!(
-            read_table(bytes, DataFormat::Parquet, &schema),
-            Err(DataError::Parquet(_))
-        ));
+        assert!(refused_as_parquet(bytes, &crate::fuzzing::schema()));
     }
 
     #[test]
     fn row_count_of_a_terabyte_is_an_error() {
-        // Found by fuzzing (training_data, 2026-11-26): a row group claiming ~10^11 rows made
-        // read_parquet reserve 1.1 TB.
+        // A row group claiming ~10^11 rows made read_parquet reserve 1.1 TB.
         let bytes = include_bytes!("../tests/data/row_count_1tb.parquet");
-        let schema = Schema {
-            features: vec!["mean_radius".into(), "mean_texture".into()],
-            label: "label".into(),
-        };
-        assert!(matches!(
-            read_table(bytes, DataFormat::Parquet, &schema),
-            Err(DataError::Parquet(_))
-        ));
+        assert!(refused_as_parquet(bytes, &two_features()));
     }
 
     #[test]
     fn dictionary_num_values_bomb_is_an_error() {
-        // Found by fuzzing (training_data, 2026-11-26): a dictionary page header claiming 2^31
-        // values made parquet 59.3 allocate 16 GB before decoding.
+        // A dictionary page header claiming 2^31 values made parquet 59.3 allocate 16 GB before
+        // decoding.
         let bytes = include_bytes!("../tests/data/dictionary_num_values_bomb.parquet");
-        let schema = Schema {
-            features: vec!["mean_radius".into(), "mean_texture".into()],
-            label: "label".into(),
-        };
-        assert!(matches!(
-            read_table(bytes, DataFormat::Parquet, &schema),
-            Err(DataError::Parquet(_))
-        ));
+        assert!(refused_as_parquet(bytes, &two_features()));
     }
 }

@@ -518,7 +518,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
 
     // 2-5. The runtime over loopback: in this process on its own tokio runtime, or (with
     // --runtime-process) the real deployment of `cordon dev up`, KBS and runtime as processes.
-    let deployment_rt = util::tokio_runtime()?;
     let mut deployment = None;
     let mut server_rt = None;
     let (url, policy, endorsements) = if a.runtime_process {
@@ -527,7 +526,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             DEV_MODELS,
             &["--dev-plaintext-inference".to_string()],
             None,
-            &deployment_rt,
+            &util::tokio_runtime()?,
         )?;
         let doc = d.client_doc.clone();
         let url = d.runtime_url.clone();

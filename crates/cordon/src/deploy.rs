@@ -9,7 +9,6 @@ use cordon_attest::{Endorsements, Platform, Policy, PolicyDocument};
 use cordon_runtime::{EngineKind, ModelConfig, OnnxRuntimeOptions, RuntimeConfig};
 use cordon_seal::{OwnerKey, SealOptions};
 use cordon_tee::{sim_launch_measurement, SimHardwareKey};
-use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -273,17 +272,9 @@ pub struct OnnxRuntimeChoice {
 impl OnnxRuntimeChoice {
     /// The library at `library`, pinned by the digest of its bytes now.
     pub fn for_library(library: &Path, models: Vec<String>) -> Result<OnnxRuntimeChoice> {
-        let bytes = std::fs::read(library)
+        let options = OnnxRuntimeOptions::pinning(library)
             .with_context(|| format!("reading the ONNX Runtime library {}", library.display()))?;
-        Ok(OnnxRuntimeChoice {
-            options: OnnxRuntimeOptions {
-                library: library.to_path_buf(),
-                sha256: hex::encode(sha2::Sha256::digest(&bytes)),
-                intra_op_threads: 1,
-                sessions_per_model: None,
-            },
-            models,
-        })
+        Ok(OnnxRuntimeChoice { options, models })
     }
 
     fn serves(&self, model: &str) -> bool {
@@ -303,6 +294,15 @@ pub fn deploy(
 ) -> Result<Deployment> {
     if models.is_empty() {
         bail!("a deployment needs at least one model");
+    }
+    for name in onnxruntime.iter().flat_map(|c| &c.models) {
+        if !models.iter().any(|m| m.name == name) {
+            let names: Vec<&str> = models.iter().map(|m| m.name).collect();
+            bail!(
+                "--onnxruntime-model {name:?} is not a model of this deployment ({})",
+                names.join(", ")
+            );
+        }
     }
     for sub in ["keys", "models", "kbs", "run"] {
         std::fs::create_dir_all(dir.join(sub))?;

@@ -64,25 +64,7 @@ fn deploy(d: Deploy) -> Deployment {
         "--name",
         "mlp",
     ]);
-    let mut kbs = Proc::start_logging(
-        &[
-            "kbs",
-            "serve",
-            "--data-dir",
-            &s(&p("kbs")),
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-trust-anchor",
-            &s(&p("hw.pub")),
-            "--init-admin-token-file",
-            &s(&p("token")),
-            "--addr-file",
-            &s(&p("kbs.addr")),
-        ],
-        p("kbs.log"),
-        d.log_level,
-    );
-    let kbs_url = kbs.wait_ready(&p("kbs.addr")).unwrap();
+    let (kbs, kbs_url) = start_kbs_logging(dir.path(), "kbs", d.log_level);
     let signer = std::fs::read_to_string(p("owner.pub")).unwrap();
     let inspected = ok(&["inspect", &s(&p("mlp.sealed"))]);
     let digest = inspected

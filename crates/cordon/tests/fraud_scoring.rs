@@ -41,24 +41,7 @@ fn deploy() -> Deployment {
         "--name",
         MODEL,
     ]);
-    let mut kbs = Proc::start(
-        &[
-            "kbs",
-            "serve",
-            "--data-dir",
-            &s(&p("kbs")),
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-trust-anchor",
-            &s(&p("hw.pub")),
-            "--init-admin-token-file",
-            &s(&p("token")),
-            "--addr-file",
-            &s(&p("kbs.addr")),
-        ],
-        p("kbs.log"),
-    );
-    let kbs_url = kbs.url(&p("kbs.addr"));
+    let (kbs, kbs_url) = start_kbs(dir.path(), "kbs");
     let digest = ok(&["inspect", &s(&p("fraud.sealed"))])
         .lines()
         .find_map(|l| l.strip_prefix("manifest sha256: "))

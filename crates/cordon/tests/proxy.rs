@@ -44,24 +44,7 @@ impl Rig {
                 m,
             ]);
         }
-        let mut kbs = Proc::start(
-            &[
-                "kbs",
-                "serve",
-                "--data-dir",
-                &s(&p("kbs")),
-                "--listen",
-                "127.0.0.1:0",
-                "--sim-trust-anchor",
-                &s(&p("hw.pub")),
-                "--init-admin-token-file",
-                &s(&p("token")),
-                "--addr-file",
-                &s(&p("kbs.addr")),
-            ],
-            p("kbs.log"),
-        );
-        let kbs_url = kbs.url(&p("kbs.addr"));
+        let (kbs, kbs_url) = start_kbs(dir.path(), "kbs");
         let signer = std::fs::read_to_string(p("owner.pub")).unwrap();
         let mut config = format!("kbs_url = \"{kbs_url}\"\n");
         for m in ["lr", "mlp"] {

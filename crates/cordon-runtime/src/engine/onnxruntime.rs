@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -48,6 +48,25 @@ fn one() -> usize {
     1
 }
 
+/// Bounds on `intra_op_threads` and `sessions_per_model`: a typo in the configuration gets an
+/// error, not a pool of a billion sessions.
+const MAX_THREADS: usize = 256;
+const MAX_SESSIONS: usize = 64;
+
+impl OnnxRuntimeOptions {
+    /// Options that pin the library at `library` by the SHA-256 of its bytes as they are now, with
+    /// the default threads and sessions: what a deployer writes into the runtime's configuration.
+    pub fn pinning(library: &Path) -> std::io::Result<OnnxRuntimeOptions> {
+        let bytes = std::fs::read(library)?;
+        Ok(OnnxRuntimeOptions {
+            library: library.to_path_buf(),
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            intra_op_threads: 1,
+            sessions_per_model: None,
+        })
+    }
+}
+
 /// ONNX Runtime, loaded into this process from a library whose digest was checked.
 pub struct OnnxRuntimeLibrary {
     environment: ort::environment::Environment,
@@ -69,7 +88,7 @@ impl std::fmt::Debug for OnnxRuntimeLibrary {
 /// Where tools and tests find ONNX Runtime's library: the file `CORDON_ONNXRUNTIME_LIB` names, else
 /// what `scripts/fetch-onnxruntime.sh` put under `workspace/target/onnxruntime/`. The runtime itself
 /// never searches: its configuration names the file and pins its digest.
-pub fn locate_library(workspace: &std::path::Path) -> Option<PathBuf> {
+pub fn locate_library(workspace: &Path) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CORDON_ONNXRUNTIME_LIB").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
@@ -92,10 +111,15 @@ impl OnnxRuntimeLibrary {
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| library_error("[onnxruntime] sha256 must be 32 bytes of hex"))?;
-        if options.intra_op_threads == 0 || options.sessions_per_model == Some(0) {
-            return Err(library_error(
-                "[onnxruntime] intra_op_threads and sessions_per_model must be at least 1",
-            ));
+        if !(1..=MAX_THREADS).contains(&options.intra_op_threads)
+            || options
+                .sessions_per_model
+                .is_some_and(|n| !(1..=MAX_SESSIONS).contains(&n))
+        {
+            return Err(library_error(format!(
+                "[onnxruntime] intra_op_threads must be 1 to {MAX_THREADS} and sessions_per_model \
+                 1 to {MAX_SESSIONS}"
+            )));
         }
         let path = options.library.display();
         let bytes = std::fs::read(&options.library)
@@ -184,9 +208,7 @@ impl OnnxRuntimeLibrary {
             output_names,
         })
     }
-}
 
-impl OnnxRuntimeLibrary {
     fn session(&self, bytes: &[u8]) -> Result<Session, String> {
         let s = |e: &dyn std::fmt::Display| e.to_string();
         Session::builder(&self.environment)
@@ -269,49 +291,33 @@ fn run_err(e: ort::Error) -> EngineError {
 }
 
 fn to_ort(t: &HostTensor) -> Result<SessionInputValue<'_>, EngineError> {
-    let shape = t.shape.clone();
-    Ok(match &t.data {
-        HostData::F32(d) => TensorRef::from_array_view((shape, &d[..]))
+    fn view<'a, T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
+        shape: &[usize],
+        data: &'a [T],
+    ) -> Result<SessionInputValue<'a>, EngineError> {
+        Ok(TensorRef::from_array_view((shape.to_vec(), data))
             .map_err(run_err)?
-            .into(),
-        HostData::F64(d) => TensorRef::from_array_view((shape, &d[..]))
-            .map_err(run_err)?
-            .into(),
-        HostData::F16(d) => TensorRef::from_array_view((shape, &d[..]))
-            .map_err(run_err)?
-            .into(),
-        HostData::I64(d) => TensorRef::from_array_view((shape, &d[..]))
-            .map_err(run_err)?
-            .into(),
-        HostData::I32(d) => TensorRef::from_array_view((shape, &d[..]))
-            .map_err(run_err)?
-            .into(),
-        HostData::I16(d) => TensorRef::from_array_view((shape, &d[..]))
-            .map_err(run_err)?
-            .into(),
-        HostData::I8(d) => TensorRef::from_array_view((shape, &d[..]))
-            .map_err(run_err)?
-            .into(),
-        HostData::U64(d) => TensorRef::from_array_view((shape, &d[..]))
-            .map_err(run_err)?
-            .into(),
-        HostData::U32(d) => TensorRef::from_array_view((shape, &d[..]))
-            .map_err(run_err)?
-            .into(),
-        HostData::U16(d) => TensorRef::from_array_view((shape, &d[..]))
-            .map_err(run_err)?
-            .into(),
-        HostData::U8(d) => TensorRef::from_array_view((shape, &d[..]))
-            .map_err(run_err)?
-            .into(),
-        HostData::Bool(d) => TensorRef::from_array_view((shape, &d[..]))
-            .map_err(run_err)?
-            .into(),
-        HostData::Bytes(d) => Tensor::from_string_array((shape, &d[..]))
+            .into())
+    }
+    let shape = &t.shape;
+    match &t.data {
+        HostData::F32(d) => view(shape, d),
+        HostData::F64(d) => view(shape, d),
+        HostData::F16(d) => view(shape, d),
+        HostData::I64(d) => view(shape, d),
+        HostData::I32(d) => view(shape, d),
+        HostData::I16(d) => view(shape, d),
+        HostData::I8(d) => view(shape, d),
+        HostData::U64(d) => view(shape, d),
+        HostData::U32(d) => view(shape, d),
+        HostData::U16(d) => view(shape, d),
+        HostData::U8(d) => view(shape, d),
+        HostData::Bool(d) => view(shape, d),
+        HostData::Bytes(d) => Ok(Tensor::from_string_array((shape.to_vec(), &d[..]))
             .map_err(run_err)?
             .into_dyn()
-            .into(),
-    })
+            .into()),
+    }
 }
 
 fn from_ort(name: &str, value: &DynValue) -> Result<HostTensor, EngineError> {
@@ -375,12 +381,9 @@ mod tests {
                  (or set CORDON_ONNXRUNTIME_LIB)"
             )
         });
-        let bytes = std::fs::read(&library).unwrap();
         OnnxRuntimeOptions {
-            library,
-            sha256: hex::encode(Sha256::digest(&bytes)),
-            intra_op_threads: 1,
             sessions_per_model: Some(2),
+            ..OnnxRuntimeOptions::pinning(&library).unwrap()
         }
     }
 
@@ -447,6 +450,14 @@ mod tests {
         };
         let err = OnnxRuntimeLibrary::load(&missing).unwrap_err().to_string();
         assert!(err.contains("no-such-libonnxruntime.so"), "{err}");
+        for sessions in [0, 1_000_000_000] {
+            let absurd = OnnxRuntimeOptions {
+                sessions_per_model: Some(sessions),
+                ..good.clone()
+            };
+            let err = OnnxRuntimeLibrary::load(&absurd).unwrap_err().to_string();
+            assert!(err.contains("sessions_per_model"), "{err}");
+        }
         let malformed = OnnxRuntimeOptions {
             sha256: "not hex".into(),
             ..good

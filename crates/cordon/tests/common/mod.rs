@@ -121,9 +121,14 @@ impl Proc {
 /// Starts `cordon kbs serve` on a free port with its store in `dir/kbs`, the sim trust anchor
 /// `dir/hw.pub` and the admin token file `dir/token`; `name` names its address file and log.
 pub fn start_kbs(dir: &Path, name: &str) -> (Proc, String) {
+    start_kbs_logging(dir, name, "info")
+}
+
+/// [`start_kbs`] with `CORDON_LOG=level`.
+pub fn start_kbs_logging(dir: &Path, name: &str, level: &str) -> (Proc, String) {
     let p = |f: &str| dir.join(f);
     let addr = p(&format!("{name}.addr"));
-    let mut kbs = Proc::start(
+    let mut kbs = Proc::start_logging(
         &[
             "kbs",
             "serve",
@@ -139,6 +144,7 @@ pub fn start_kbs(dir: &Path, name: &str) -> (Proc, String) {
             &s(&addr),
         ],
         p(&format!("{name}.log")),
+        level,
     );
     let url = kbs.url(&addr);
     (kbs, url)
