@@ -102,15 +102,7 @@ impl Driver {
     }
 
     async fn audit(&self) -> Vec<AuditEvent> {
-        self.http
-            .get(format!("{}/kbs/v1/admin/audit", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        admin_get(&self.http, &self.url, "/kbs/v1/admin/audit", &self.token).await
     }
 }
 
@@ -229,16 +221,7 @@ async fn check(d: &Driver, ack: &Mutex<Acknowledged>) {
     };
     // Every acknowledged registration is there, with its own DEK (a sample is released and
     // compared; the list covers all).
-    let listed: Vec<String> = d
-        .http
-        .get(format!("{}/kbs/v1/admin/keys", d.url))
-        .bearer_auth(&d.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Vec<String> = admin_get(&d.http, &d.url, "/kbs/v1/admin/keys", &d.token).await;
     for k in keys.keys() {
         assert!(listed.contains(k), "acknowledged registration {k} lost");
     }

@@ -51,26 +51,12 @@ fn base64_32(b: [u8; 32]) -> String {
 }
 
 async fn listed(http: &reqwest::Client, url: &str, token: &str) -> Vec<String> {
-    http.get(format!("{url}/kbs/v1/admin/keys"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    admin_get(http, url, "/kbs/v1/admin/keys", token).await
 }
 
 async fn audit_ok(http: &reqwest::Client, url: &str, token: &str) -> usize {
-    let events: Vec<cordon_proto::kbs::AuditEvent> = http
-        .get(format!("{url}/kbs/v1/admin/audit"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events: Vec<cordon_proto::kbs::AuditEvent> =
+        admin_get(http, url, "/kbs/v1/admin/audit", token).await;
     cordon_kbs::verify_audit_chain(&events)
         .unwrap_or_else(|seq| panic!("audit chain broken at {seq}"));
     events.len()

@@ -173,3 +173,20 @@ pub fn start_runtime(dir: &Path, config: &Path, name: &str) -> (Proc, String) {
     let url = rt.url(&addr);
     (rt, url)
 }
+
+/// `GET {url}{path}` with the KBS admin token, decoded from JSON (panics on any failure).
+pub async fn admin_get<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+    path: &str,
+    token: &str,
+) -> T {
+    http.get(format!("{url}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
