@@ -58,8 +58,8 @@ pub struct ServeArgs {
     /// Dynamic batching delay, in microseconds.
     #[arg(long, default_value_t = 0)]
     batch_max_delay_us: u64,
-    /// Only these paths (comma-separated: engine, engine_oip, engine_ort, onnxruntime, plain_http,
-    /// hpke_oneshot, session, proxy); default all.
+    /// Only these paths (comma-separated: tcp_floor, engine, engine_oip, engine_ort, onnxruntime,
+    /// plain_http, hpke_oneshot, session, proxy); default all.
     #[arg(long)]
     paths: Option<String>,
     /// Skip ONNX Runtime.
@@ -186,6 +186,15 @@ struct Figures {
     batch_rows_per_s: f64,
 }
 
+/// A rate as a whole number; blank where the path does not measure it.
+fn whole(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.0}")
+    } else {
+        String::new()
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -303,6 +312,46 @@ async fn measure_load(path: &Path_, m: &BenchModel, a: &ServeArgs) -> Result<f64
         total += t.await??;
     }
     Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The machine's floor under every loopback path: a raw TCP round trip of `bytes` each way
+/// between this thread and an echo thread (blocking sockets, no HTTP, no JSON, no crypto). On a
+/// virtual machine most of it is waking the other vCPU, which every request over loopback pays too.
+fn measure_tcp_floor(bytes: usize, calls: usize) -> Result<Figures> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut buf = vec![0u8; bytes];
+        // Until the client hangs up.
+        while s.read_exact(&mut buf).is_ok() {
+            s.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let mut buf = vec![0x5a_u8; bytes];
+    let mut times = Vec::with_capacity(calls);
+    for i in 0..calls + 50 {
+        let t = Instant::now();
+        s.write_all(&buf)?;
+        s.read_exact(&mut buf)?;
+        if i >= 50 {
+            times.push(t.elapsed());
+        }
+    }
+    drop(s);
+    echo.join().map_err(|_| anyhow!("echo thread panicked"))??;
+    times.sort();
+    Ok(Figures {
+        p50_us: percentile(&times, 0.5),
+        p99_us: percentile(&times, 0.99),
+        rps: f64::NAN,
+        batch_rows_per_s: f64::NAN,
+    })
 }
 
 /// The paths to measure, with clients made on the runtime this runs on.
@@ -619,6 +668,16 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let proxy_url = format!("http://{}", proxy_listener.local_addr()?);
     proxy_rt.spawn(proxy.serve(proxy_listener, std::future::pending()));
 
+    if wanted("tcp_floor") {
+        for m in &models {
+            let bytes = serde_json::to_vec(&m.request(0, 1))?.len();
+            let f = measure_tcp_floor(bytes, a.calls).context("tcp_floor")?;
+            table
+                .entry(m.name.clone())
+                .or_default()
+                .insert("tcp_floor", f);
+        }
+    }
     latency_rt.block_on(async {
         let paths = make_paths(&url, &proxy_url, &policy, &endorsements).await?;
         for m in &models {
@@ -675,6 +734,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         let plain = rows.get("plain_http").map(|f| f.rps);
         let ort_batch = rows.get("onnxruntime").map(|f| f.batch_rows_per_s);
         for label in [
+            "tcp_floor",
             "engine",
             "engine_oip",
             "engine_ort",
@@ -686,9 +746,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         ] {
             let Some(f) = rows.get(label) else { continue };
             let vs_plain = match (label, plain) {
-                ("engine" | "engine_oip" | "engine_ort" | "onnxruntime", _) | (_, None) => {
-                    "".to_string()
-                }
+                ("tcp_floor" | "engine" | "engine_oip" | "engine_ort" | "onnxruntime", _)
+                | (_, None) => "".to_string(),
                 (_, Some(p)) => format!("{:.2}", f.rps / p),
             };
             let vs_ort = match (label, ort_batch) {
@@ -698,8 +757,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 _ => String::new(),
             };
             println!(
-                "| {model} | {label} | {:.1} | {:.1} | {:.0} | {:.0} | {vs_plain} | {vs_ort} |",
-                f.p50_us, f.p99_us, f.rps, f.batch_rows_per_s
+                "| {model} | {label} | {:.1} | {:.1} | {} | {} | {vs_plain} | {vs_ort} |",
+                f.p50_us,
+                f.p99_us,
+                whole(f.rps),
+                whole(f.batch_rows_per_s)
             );
         }
     }
