@@ -1,7 +1,9 @@
 //! Trees compiled for the hardware.
 //!
-//! Every tree becomes a run of 16-byte nodes (f32 thresholds) in one contiguous array, laid out
-//! depth-first so a path mostly walks forward. When every branch of the ensemble is an ordered
+//! Every tree becomes a run of 12-byte nodes (f32 thresholds) in one contiguous array, laid out
+//! depth-first so a path mostly walks forward, with the two children of every branch side by
+//! side: a node stores only its first child, and a step is `at = left + (x > t)`, one addition
+//! where a stored pair of children would need a second load that waits for the comparison. When every branch of the ensemble is an ordered
 //! comparison (LEQ, LT, GTE, GT, with or without a missing-value track, which covers what
 //! scikit-learn, XGBoost and LightGBM export) each branch is rewritten at load time into one
 //! form, `go to next[0] iff (±x) <= t'`:
@@ -21,8 +23,10 @@
 //! false, so swapping the children of the complement sends NaN to the original true child.)
 //! The sign flip is exact for every value; the evaluator writes each row's negation once, after
 //! the row, and a negated branch reads its feature from there, so the walk has no extra step.
-//! Leaves point to themselves on both sides, so a walk can take a fixed number of steps with no
-//! branch on the data:
+//! The children are placed in the rewritten order (the child taken on `<=` first), so a swap
+//! costs nothing at run time. A leaf has threshold NaN, which every comparison fails, and `left`
+//! one below itself, so a step from a leaf stays there: a walk can take a fixed number of steps
+//! with no branch on the data:
 //! several walks (sixteen rows of one tree, or sixteen trees of one row) advance in lockstep and
 //! the processor overlaps their loads.
 //!
@@ -42,13 +46,26 @@ const FEATURE: u32 = 0x7fff_ffff;
 const STREAM_MAX_TREES: usize = 4;
 const STREAM_MIN_DEPTH: usize = 12;
 
-/// One node of the fast layout. Leaves have `next == [self, self]`.
+/// One node of the fast layout: a walk goes to `left` when `x[feature] <= threshold` and to
+/// `left + 1` otherwise (NaN included). Leaves have threshold NaN and `left` = own index − 1
+/// (wrapping), so a step from a leaf stays on it.
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub struct Node<C> {
     pub threshold: C,
     pub feature: u32,
-    pub next: [u32; 2],
+    pub left: u32,
+}
+
+impl<C: Float> Node<C> {
+    /// The node after this one for a row whose value of the node's feature is `x`.
+    #[inline(always)]
+    // `!(x <= t)` is not `x > t`: it holds for NaN, which is the point.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+    pub fn next(&self, x: C) -> u32 {
+        // NaN compares false: it takes the second child (a leaf: itself).
+        self.left.wrapping_add(u32::from(!(x <= self.threshold)))
+    }
 }
 
 /// One node of the generic layout.
@@ -58,7 +75,7 @@ pub struct GenericNode<C> {
     pub feature: u32,
     pub mode: Mode,
     pub missing_true: bool,
-    /// `[if_true, if_false]`; a leaf points to itself on both.
+    /// `[if_true, if_false]`, side by side in either order; a leaf points to itself on both.
     pub next: [u32; 2],
     pub leaf: bool,
 }
@@ -88,8 +105,8 @@ pub struct Walker<C> {
     pub member_sets: Vec<Vec<f64>>,
 }
 
-/// A node to place: the child, the parent's slot to patch (node index, side), its depth.
-type Placing = (Child, Option<(usize, usize)>, u32);
+/// A node to place: the child, the slot reserved for it, its depth.
+type Placing = (Child, u32, u32);
 
 /// The fast form of one branch, or `None` when the rewrite is not exact.
 fn rewrite<C: Float>(b: &Branch) -> Option<(C, bool, bool)> {
@@ -128,45 +145,58 @@ impl<C: Float> Walker<C> {
         let mut depths = Vec::with_capacity(ensemble.trees.len());
         let mut min_depths = Vec::with_capacity(ensemble.trees.len());
         let mut next_leaf = 0u32;
+        let placeholder = GenericNode {
+            threshold: C::ZERO,
+            feature: 0,
+            mode: Mode::Leq,
+            missing_true: false,
+            next: [u32::MAX, u32::MAX],
+            leaf: false,
+        };
         for tree in &ensemble.trees {
-            // Depth-first, true child first: (child, slot of the parent to patch)
-            let mut stack: Vec<Placing> = vec![(tree.root, None, 0)];
+            // Depth-first, the two children of a branch reserved side by side when the branch is
+            // placed, the one the fast form takes on `<=` first (the false child when the
+            // missing-value track is true: the rewrite swaps those, see the table above).
+            let root = generic.len() as u32;
+            generic.push(placeholder);
+            leaf_of.push(u32::MAX);
+            let mut stack: Vec<Placing> = vec![(tree.root, root, 0)];
             let mut min_depth = u32::MAX;
-            roots.push(generic.len() as u32);
+            roots.push(root);
             depths.push(tree.depth);
             let leaf_base = next_leaf;
-            while let Some((child, slot, depth)) = stack.pop() {
-                let at = generic.len() as u32;
+            while let Some((child, at, depth)) = stack.pop() {
                 match child {
                     Child::Leaf(l) => {
                         min_depth = min_depth.min(depth);
-                        generic.push(GenericNode {
-                            threshold: C::ZERO,
-                            feature: 0,
-                            mode: Mode::Leq,
-                            missing_true: false,
+                        generic[at as usize] = GenericNode {
                             next: [at, at],
                             leaf: true,
-                        });
-                        leaf_of.push(leaf_base + l);
+                            ..placeholder
+                        };
+                        leaf_of[at as usize] = leaf_base + l;
                     }
                     Child::Branch(b) => {
                         let br = &tree.branches[b as usize];
-                        generic.push(GenericNode {
+                        let first = generic.len() as u32;
+                        generic.extend([placeholder; 2]);
+                        leaf_of.extend([u32::MAX; 2]);
+                        let (t, f) = if br.missing_true {
+                            (first + 1, first)
+                        } else {
+                            (first, first + 1)
+                        };
+                        generic[at as usize] = GenericNode {
                             threshold: C::from_f64(br.threshold),
                             feature: br.feature,
                             mode: br.mode,
                             missing_true: br.missing_true,
-                            next: [u32::MAX, u32::MAX],
+                            next: [t, f],
                             leaf: false,
-                        });
-                        leaf_of.push(u32::MAX);
-                        stack.push((br.if_false, Some((at as usize, 1)), depth + 1));
-                        stack.push((br.if_true, Some((at as usize, 0)), depth + 1));
+                        };
+                        stack.push((br.if_false, f, depth + 1));
+                        stack.push((br.if_true, t, depth + 1));
                     }
-                }
-                if let Some((parent, side)) = slot {
-                    generic[parent].next[side] = at;
                 }
             }
             min_depths.push(min_depth.min(tree.depth));
@@ -180,9 +210,9 @@ impl<C: Float> Walker<C> {
             .map(|(i, g)| {
                 if g.leaf {
                     return Some(Node {
-                        threshold: C::ZERO,
+                        threshold: C::from_f64(f64::NAN),
                         feature: 0,
-                        next: [i as u32, i as u32],
+                        left: (i as u32).wrapping_sub(1),
                     });
                 }
                 let branch = Branch {
@@ -195,10 +225,13 @@ impl<C: Float> Walker<C> {
                 };
                 let (t, negate, swap) = rewrite::<C>(&branch)?;
                 negates |= negate;
+                // Placement put the child taken on `<=` first.
+                let left = if swap { g.next[1] } else { g.next[0] };
+                debug_assert_eq!(left + 1, if swap { g.next[0] } else { g.next[1] });
                 Some(Node {
                     threshold: t,
                     feature: g.feature | if negate { NEGATE } else { 0 },
-                    next: if swap { [g.next[1], g.next[0]] } else { g.next },
+                    left,
                 })
             })
             .collect();
@@ -259,10 +292,7 @@ impl<C: Float> Walker<C> {
 #[inline(always)]
 pub fn step<C: Float>(nodes: &[Node<C>], at: u32, row: &[C]) -> u32 {
     let n = &nodes[at as usize];
-    let x = row[n.feature as usize];
-    // NaN compares false: it takes next[1].
-    let go_true = x <= n.threshold;
-    n.next[usize::from(!go_true)]
+    n.next(row[n.feature as usize])
 }
 
 /// Walks `L` (tree, row) pairs in lockstep for `depth` steps; returns the nodes reached.
@@ -296,9 +326,7 @@ pub fn walk_rows<C: Float, const L: usize, const EARLY: bool>(
         let before = at;
         for l in 0..L {
             let n = &nodes[at[l] as usize];
-            let x = block[offsets[l] + n.feature as usize];
-            let go_true = x <= n.threshold;
-            at[l] = n.next[usize::from(!go_true)];
+            at[l] = n.next(block[offsets[l] + n.feature as usize]);
         }
         // Leaves point to themselves: when no walk moved, all have ended.
         if EARLY && step >= min_depth && before == at {
@@ -334,9 +362,7 @@ pub fn walk_stream<C: Float, const L: usize>(
             before = at;
             for l in 0..L {
                 let n = &nodes[at[l] as usize];
-                let x = block[offset[l] + n.feature as usize];
-                let go_true = x <= n.threshold;
-                at[l] = n.next[usize::from(!go_true)];
+                at[l] = n.next(block[offset[l] + n.feature as usize]);
             }
         }
         for l in 0..L {
@@ -363,27 +389,46 @@ mod tests {
     /// A maximally unbalanced tree: branch `i` sends `x[i % 3] <= i/10` to a leaf and the rest
     /// one level deeper, so paths end anywhere between depth 1 and `depth`.
     fn chain(depth: u32) -> Vec<Node<f32>> {
+        let leaf = |at: u32| Node {
+            threshold: f32::NAN,
+            feature: 0,
+            left: at.wrapping_sub(1),
+        };
         let mut nodes = Vec::new();
         for i in 0..depth {
             let at = nodes.len() as u32;
             nodes.push(Node {
                 threshold: i as f32 / 10.0,
                 feature: i % 3,
-                next: [at + 1, at + 2],
+                left: at + 1,
             });
-            nodes.push(Node {
-                threshold: 0.0,
-                feature: 0,
-                next: [at + 1, at + 1],
-            });
+            nodes.push(leaf(at + 1));
         }
-        let last = nodes.len() as u32;
-        nodes.push(Node {
-            threshold: 0.0,
-            feature: 0,
-            next: [last, last],
-        });
+        nodes.push(leaf(nodes.len() as u32));
         nodes
+    }
+
+    /// A step from a leaf stays on it whatever the row holds (NaN and infinities included), and
+    /// a branch sends NaN to its second child.
+    #[test]
+    fn leaves_hold_and_nan_takes_the_second_child() {
+        let nodes = chain(3);
+        for x in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0, 1e30] {
+            let row = [x; 3];
+            for leaf in [1u32, 3, 5, 6] {
+                assert_eq!(step(&nodes, leaf, &row), leaf, "leaf {leaf}, x = {x}");
+            }
+        }
+        assert_eq!(step(&nodes, 0, &[f32::NAN; 3]), 2);
+        assert_eq!(step(&nodes, 0, &[0.0; 3]), 1);
+        // The first node of the array is a leaf too in a model whose first tree is one leaf:
+        // its `left` wraps below zero and back.
+        let lone = [Node {
+            threshold: f32::NAN,
+            feature: 0,
+            left: u32::MAX,
+        }];
+        assert_eq!(step(&lone, 0, &[1.0]), 0);
     }
 
     /// Streamed walks reach exactly the leaves lockstep walks reach, whatever the row count
