@@ -340,7 +340,9 @@ pub fn walk_rows<C: Float, const L: usize, const EARLY: bool>(
 /// time, and writes each row's leaf to `out[row]`. Unlike [`walk_rows`], a walk that has ended
 /// hands its lane to the next row, every `REFILL` steps: on deep, unbalanced trees, where one
 /// group's longest path is far longer than the average one, the lanes stay on useful work.
-/// A lane ended when its last step did not move it (leaves point to themselves, no branch does).
+/// A lane ended when its last step did not move it (leaves point to themselves, no branch does);
+/// only that last step's start is kept, so the check costs one copy of the lanes per `REFILL`
+/// steps.
 pub fn walk_stream<C: Float, const L: usize>(
     nodes: &[Node<C>],
     root: u32,
@@ -348,7 +350,7 @@ pub fn walk_stream<C: Float, const L: usize>(
     n_cols: usize,
     out: &mut [u32],
 ) {
-    const REFILL: usize = 2;
+    const REFILL: usize = 4;
     let n_rows = out.len();
     let mut at = [root; L];
     // usize::MAX: the lane has no row left (it keeps stepping on a leaf, harmlessly).
@@ -357,13 +359,16 @@ pub fn walk_stream<C: Float, const L: usize>(
     let mut next = L.min(n_rows);
     let mut live = next;
     while live > 0 {
-        let mut before = at;
-        for _ in 0..REFILL {
-            before = at;
+        for _ in 1..REFILL {
             for l in 0..L {
                 let n = &nodes[at[l] as usize];
                 at[l] = n.next(block[offset[l] + n.feature as usize]);
             }
+        }
+        let before = at;
+        for l in 0..L {
+            let n = &nodes[at[l] as usize];
+            at[l] = n.next(block[offset[l] + n.feature as usize]);
         }
         for l in 0..L {
             if at[l] == before[l] && row[l] != usize::MAX {
@@ -448,7 +453,10 @@ mod tests {
         for n_rows in [0usize, 1, 5, 16, 17, 100, 257] {
             let block: Vec<f32> = (0..n_rows * n_cols).map(|_| value()).collect();
             let mut streamed = vec![u32::MAX; n_rows];
-            walk_stream::<f32, 16>(&nodes, 0, &block, n_cols, &mut streamed);
+            walk_stream::<f32, 8>(&nodes, 0, &block, n_cols, &mut streamed);
+            let mut sixteen = vec![u32::MAX; n_rows];
+            walk_stream::<f32, 16>(&nodes, 0, &block, n_cols, &mut sixteen);
+            assert_eq!(streamed, sixteen);
             for (r, &leaf) in streamed.iter().enumerate() {
                 let [lockstep] =
                     walk_rows::<f32, 1, true>(&nodes, 0, &block, [r * n_cols], (1, depth));
