@@ -9,7 +9,10 @@
 //!    switch);
 //! 3. one-shot HPKE per request; 4. session mode; 5. an unmodified OIP client (plain HTTP + JSON)
 //!    through the verifying proxy (`cordon_client::proxy`, in process on the client side), which
-//!    forwards in session mode.
+//!    forwards in session mode;
+//!
+//! and beneath them all the machine's floor (`tcp_floor`): a raw TCP round trip of the request's
+//! size between two threads, so a reader sees how much of a path's latency no server can remove.
 //!
 //! The runtime is the real router (`cordon_runtime::serve`) on its own tokio runtime (two worker
 //! threads) in this process, with the simulated TEE. Sequential latency is measured from a client
