@@ -112,6 +112,9 @@ pub struct CompiledEnsemble {
     single_sum: bool,
     /// SUM or AVERAGE.
     sums: bool,
+    /// For a lone deep regression tree: each node's output as `finalize` computes it from that
+    /// one leaf, so batches write outputs straight from the leaves they reach.
+    lone_outputs: Option<Vec<f64>>,
 }
 
 /// Labels one classifier row chose: an index into the class labels, or (two classes, weights on
@@ -152,6 +155,11 @@ impl CompiledEnsemble {
         let binary_case = matches!(ensemble.output, Output::Classifier(_))
             && ensemble.n_targets == 2
             && classes_used.len() == 1;
+        let lone = match (&walk_f32, walk_f64.get(), &leaves_f32, &leaves_f64) {
+            (Some(w), _, Some(l), _) => lone_outputs(&ensemble, w, l),
+            (None, Some(w), _, Some(l)) => lone_outputs(&ensemble, w, l),
+            _ => None,
+        };
         let ensemble_aggregate = ensemble.aggregate;
         let single_sum = ensemble.n_targets == 1
             && matches!(ensemble.aggregate, Aggregate::Sum | Aggregate::Average);
@@ -165,6 +173,7 @@ impl CompiledEnsemble {
             weights_all_positive,
             single_sum,
             sums: matches!(ensemble_aggregate, Aggregate::Sum | Aggregate::Average),
+            lone_outputs: lone,
         })
     }
 
@@ -263,6 +272,12 @@ impl CompiledEnsemble {
                 n_rows * t
             )));
         }
+        if let (Some(outputs), Some(nodes), false, 8..) =
+            (&self.lone_outputs, walker.fast.as_deref(), generic, n_rows)
+        {
+            self.lone_tree(walker, nodes, outputs, rows, n_cols, scores);
+            return Ok(());
+        }
         let classifier = matches!(e.output, Output::Classifier(_));
         if classifier && labels.len() != n_rows {
             return Err(TreeError::Internal("label buffer length".into()));
@@ -321,26 +336,106 @@ impl CompiledEnsemble {
                 self.batch::<C, A, 16>(walker, leaves, nodes, block, n_cols, acc);
             }
         };
-        if !walker.negates {
-            return walk(block, n_cols, acc);
-        }
-        // Negated branches read `-x` from a second half of each row: write rows of 2F values
-        // [x_0 .. x_F-1, -x_0 .. -x_F-1] once, so the walk never negates.
-        let width = walker.width;
-        C::with_rows(n_rows * 2 * width, |doubled| {
-            for r in 0..n_rows {
-                let x = &block[r * n_cols..r * n_cols + width];
-                let (plain, negated) =
-                    doubled[r * 2 * width..(r + 1) * 2 * width].split_at_mut(width);
-                plain.copy_from_slice(x);
-                for (n, &v) in negated.iter_mut().zip(x) {
-                    *n = v.negate_if(0x8000_0000);
-                }
-            }
-            walk(doubled, 2 * width, acc)
-        })
+        with_walk_rows(walker, block, n_cols, |rows, cols| walk(rows, cols, acc))
     }
 
+    /// A lone tree's outputs straight from its leaves (see `lone_outputs`), for batches.
+    fn lone_tree<C: Float + RowScratch, O: Float>(
+        &self,
+        walker: &Walker<C>,
+        nodes: &[crate::compiled::Node<C>],
+        outputs: &[f64],
+        rows: &[C],
+        n_cols: usize,
+        scores: &mut [O],
+    ) {
+        let root = walker.roots[0];
+        for (block, out) in rows.chunks(BLOCK * n_cols).zip(scores.chunks_mut(BLOCK)) {
+            with_walk_rows(walker, block, n_cols, |rows, cols| {
+                with_buffer(&LEAF_IDS, out.len(), |reached| {
+                    crate::compiled::walk_stream::<C, STREAM_LANES>(
+                        nodes, root, rows, cols, reached,
+                    );
+                    for (o, &node) in out.iter_mut().zip(reached.iter()) {
+                        *o = O::from_f64(outputs[node as usize]);
+                    }
+                })
+            })
+        }
+    }
+}
+
+/// A lone deep single-target regression tree's output at each node, computed from the node's
+/// leaf weight exactly as [`CompiledEnsemble::finalize`] computes it from a row's sum (`0 + w`,
+/// then the average and the base value, in `A`); NaN on branches, where no finished walk ends.
+/// `None` for every other model. Only PROBIT applies to one target, and it is left out here.
+fn lone_outputs<C, A: Float>(
+    e: &Ensemble,
+    walker: &Walker<C>,
+    leaves: &Leaves<A>,
+) -> Option<Vec<f64>> {
+    let lone = matches!(e.output, Output::Regressor | Output::V5)
+        && e.n_targets == 1
+        && walker.roots.len() == 1
+        && walker.streams
+        && e.post_transform != PostTransform::Probit
+        && matches!(e.aggregate, Aggregate::Sum | Aggregate::Average);
+    if !lone {
+        return None;
+    }
+    let origin = if e.base_values.len() == 1 {
+        A::from_f64(e.base_values[0])
+    } else {
+        A::ZERO
+    };
+    let n_trees = A::from_usize(e.trees.len());
+    let outputs = walker
+        .leaf_of
+        .iter()
+        .zip(&leaves.by_node)
+        .map(|(&leaf, &w)| {
+            if leaf == u32::MAX {
+                return f64::NAN;
+            }
+            let sum = A::ZERO + w;
+            let v = match e.aggregate {
+                Aggregate::Average => sum / n_trees + origin,
+                _ => sum + origin,
+            };
+            v.to_f64()
+        })
+        .collect();
+    Some(outputs)
+}
+
+/// Runs `f` on the rows a fast walk reads: `block` itself, or, when negated branches read `-x`
+/// from a second half of each row, rows of 2F values [x_0 .. x_F-1, -x_0 .. -x_F-1] written
+/// once, so the walk never negates.
+fn with_walk_rows<C: Float + RowScratch, R>(
+    walker: &Walker<C>,
+    block: &[C],
+    n_cols: usize,
+    f: impl FnOnce(&[C], usize) -> R,
+) -> R {
+    if !walker.negates {
+        return f(block, n_cols);
+    }
+    let n_rows = block.len() / n_cols.max(1);
+    let width = walker.width;
+    C::with_rows(n_rows * 2 * width, |doubled| {
+        for r in 0..n_rows {
+            let x = &block[r * n_cols..r * n_cols + width];
+            let (plain, negated) = doubled[r * 2 * width..(r + 1) * 2 * width].split_at_mut(width);
+            plain.copy_from_slice(x);
+            for (n, &v) in negated.iter_mut().zip(x) {
+                *n = v.negate_if(0x8000_0000);
+            }
+        }
+        f(doubled, 2 * width)
+    })
+}
+
+impl CompiledEnsemble {
     /// Rows one at a time, `L` trees in lockstep.
     fn few_rows<C: Float, A: Float, const L: usize>(
         &self,
