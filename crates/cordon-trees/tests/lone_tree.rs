@@ -2,33 +2,12 @@
 //! (`lone_outputs` in engine.rs). Those outputs must be bit for bit what the general path gives:
 //! the same rows one at a time (which take the general path), and the generic walker.
 
+mod common;
+
+use common::{floats, ints, strings};
 use cordon_trees::engine::Label;
 use cordon_trees::{onnx, CompiledEnsemble};
 use tract_onnx::pb::{AttributeProto, NodeProto};
-
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn floats(name: &str, v: &[f32]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        floats: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn strings(name: &str, v: &[&str]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        strings: v.iter().map(|s| s.as_bytes().to_vec()).collect(),
-        ..Default::default()
-    }
-}
 
 /// One tree, a chain of `depth` branches: branch k (id 2k) tests `x[k % 3] <= k / 10` and sends
 /// the row to leaf 2k + 1 (weight k + 0.3) or on to branch k + 1; the last leaf is id 2·depth.

@@ -1,40 +1,11 @@
 //! Malformed ensembles fail at load with an error naming what is wrong; nothing reaches
 //! inference. Each test starts from a valid two-tree regressor and breaks one thing.
 
+mod common;
+
+use common::{floats, ints, string, strings};
 use cordon_trees::{onnx, CompiledEnsemble, TreeError};
 use tract_onnx::pb::{AttributeProto, NodeProto, TensorProto};
-
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn floats(name: &str, v: &[f32]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        floats: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn strings(name: &str, v: &[&str]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        strings: v.iter().map(|s| s.as_bytes().to_vec()).collect(),
-        ..Default::default()
-    }
-}
-
-fn string(name: &str, v: &str) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        s: v.as_bytes().to_vec(),
-        ..Default::default()
-    }
-}
 
 /// Tree 0: node 0 (x0 <= 0.5) → leaves 1 (weight 1) / 2 (weight 2).
 /// Tree 1: node 0 (x1 < 1.5) → leaves 1 (weight 10) / 2 (weight 20).
