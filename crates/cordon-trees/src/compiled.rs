@@ -2,11 +2,12 @@
 //!
 //! Every tree becomes a run of 12-byte nodes (f32 thresholds) in one contiguous array, laid out
 //! depth-first so a path mostly walks forward, with the two children of every branch side by
-//! side: a node stores only its first child, and a step is `at = left + (x > t)`, one addition
-//! where a stored pair of children would need a second load that waits for the comparison. When every branch of the ensemble is an ordered
-//! comparison (LEQ, LT, GTE, GT, with or without a missing-value track, which covers what
-//! scikit-learn, XGBoost and LightGBM export) each branch is rewritten at load time into one
-//! form, `go to next[0] iff (±x) <= t'`:
+//! side: a node stores only its first child, and a step is `at = left + !(x <= t)`, one addition
+//! where a stored pair of children would need a second load that waits for the comparison.
+//!
+//! When every branch of the ensemble is an ordered comparison (LEQ, LT, GTE, GT, with or without
+//! a missing-value track, which covers what scikit-learn, XGBoost and LightGBM export) each branch
+//! is rewritten at load time into one form, `go to left iff (±x) <= t'`:
 //!
 //! | mode | missing → true | sign | t' | children |
 //! |------|----------------|------|----|----------|
@@ -225,9 +226,16 @@ impl<C: Float> Walker<C> {
                 };
                 let (t, negate, swap) = rewrite::<C>(&branch)?;
                 negates |= negate;
-                // Placement put the child taken on `<=` first.
-                let left = if swap { g.next[1] } else { g.next[0] };
-                debug_assert_eq!(left + 1, if swap { g.next[0] } else { g.next[1] });
+                // Placement put the child taken on `<=` first; should it ever disagree with the
+                // rewrite, the generic walker serves the model rather than a wrong layout.
+                let (left, right) = if swap {
+                    (g.next[1], g.next[0])
+                } else {
+                    (g.next[0], g.next[1])
+                };
+                if left.checked_add(1) != Some(right) {
+                    return None;
+                }
                 Some(Node {
                     threshold: t,
                     feature: g.feature | if negate { NEGATE } else { 0 },

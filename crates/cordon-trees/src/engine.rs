@@ -350,7 +350,10 @@ impl CompiledEnsemble {
         scores: &mut [O],
     ) {
         let root = walker.roots[0];
-        for (block, out) in rows.chunks(BLOCK * n_cols).zip(scores.chunks_mut(BLOCK)) {
+        for (block, out) in rows
+            .chunks(BLOCK * n_cols.max(1))
+            .zip(scores.chunks_mut(BLOCK))
+        {
             with_walk_rows(walker, block, n_cols, |rows, cols| {
                 with_buffer(&LEAF_IDS, out.len(), |reached| {
                     crate::compiled::walk_stream::<C, STREAM_LANES>(
@@ -363,79 +366,7 @@ impl CompiledEnsemble {
             })
         }
     }
-}
 
-/// A lone deep single-target regression tree's output at each node, computed from the node's
-/// leaf weight exactly as [`CompiledEnsemble::finalize`] computes it from a row's sum (`0 + w`,
-/// then the average and the base value, in `A`); NaN on branches, where no finished walk ends.
-/// `None` for every other model. Only PROBIT applies to one target, and it is left out here.
-fn lone_outputs<C, A: Float>(
-    e: &Ensemble,
-    walker: &Walker<C>,
-    leaves: &Leaves<A>,
-) -> Option<Vec<f64>> {
-    let lone = matches!(e.output, Output::Regressor | Output::V5)
-        && e.n_targets == 1
-        && walker.roots.len() == 1
-        && walker.streams
-        && e.post_transform != PostTransform::Probit
-        && matches!(e.aggregate, Aggregate::Sum | Aggregate::Average);
-    if !lone {
-        return None;
-    }
-    let origin = if e.base_values.len() == 1 {
-        A::from_f64(e.base_values[0])
-    } else {
-        A::ZERO
-    };
-    let n_trees = A::from_usize(e.trees.len());
-    let outputs = walker
-        .leaf_of
-        .iter()
-        .zip(&leaves.by_node)
-        .map(|(&leaf, &w)| {
-            if leaf == u32::MAX {
-                return f64::NAN;
-            }
-            let sum = A::ZERO + w;
-            let v = match e.aggregate {
-                Aggregate::Average => sum / n_trees + origin,
-                _ => sum + origin,
-            };
-            v.to_f64()
-        })
-        .collect();
-    Some(outputs)
-}
-
-/// Runs `f` on the rows a fast walk reads: `block` itself, or, when negated branches read `-x`
-/// from a second half of each row, rows of 2F values [x_0 .. x_F-1, -x_0 .. -x_F-1] written
-/// once, so the walk never negates.
-fn with_walk_rows<C: Float + RowScratch, R>(
-    walker: &Walker<C>,
-    block: &[C],
-    n_cols: usize,
-    f: impl FnOnce(&[C], usize) -> R,
-) -> R {
-    if !walker.negates {
-        return f(block, n_cols);
-    }
-    let n_rows = block.len() / n_cols.max(1);
-    let width = walker.width;
-    C::with_rows(n_rows * 2 * width, |doubled| {
-        for r in 0..n_rows {
-            let x = &block[r * n_cols..r * n_cols + width];
-            let (plain, negated) = doubled[r * 2 * width..(r + 1) * 2 * width].split_at_mut(width);
-            plain.copy_from_slice(x);
-            for (n, &v) in negated.iter_mut().zip(x) {
-                *n = v.negate_if(0x8000_0000);
-            }
-        }
-        f(doubled, 2 * width)
-    })
-}
-
-impl CompiledEnsemble {
     /// Rows one at a time, `L` trees in lockstep.
     fn few_rows<C: Float, A: Float, const L: usize>(
         &self,
@@ -646,23 +577,7 @@ impl CompiledEnsemble {
             Output::Regressor | Output::V5 => {
                 if e.n_targets == 1 {
                     // The reference's one-output path: only PROBIT applies.
-                    let origin = if e.base_values.len() == 1 {
-                        b(0)
-                    } else {
-                        A::ZERO
-                    };
-                    let s = acc[0];
-                    let v = match e.aggregate {
-                        Aggregate::Sum => s.value + origin,
-                        Aggregate::Average => s.value / n_trees + origin,
-                        Aggregate::Min | Aggregate::Max => {
-                            if s.has {
-                                s.value + origin
-                            } else {
-                                origin
-                            }
-                        }
-                    };
+                    let v = one_target(e, acc[0]);
                     out[0] = if e.post_transform == PostTransform::Probit {
                         O::from_f32(probit(v.to_f32()))
                     } else {
@@ -781,6 +696,92 @@ impl CompiledEnsemble {
         write_scores(&mut acc[..len], e.post_transform, out, add_second);
         label
     }
+}
+
+/// A lone deep single-target regression tree's output at each node, computed from the node's
+/// leaf weight exactly as [`CompiledEnsemble::finalize`] computes it from a row's sum (`0 + w`,
+/// then [`one_target`], in `A`); NaN on branches, where no finished walk ends.
+/// `None` for every other model. Only PROBIT applies to one target, and it is left out here.
+fn lone_outputs<C, A: Float>(
+    e: &Ensemble,
+    walker: &Walker<C>,
+    leaves: &Leaves<A>,
+) -> Option<Vec<f64>> {
+    let lone = matches!(e.output, Output::Regressor | Output::V5)
+        && e.n_targets == 1
+        && walker.roots.len() == 1
+        && walker.streams
+        && e.post_transform != PostTransform::Probit
+        && matches!(e.aggregate, Aggregate::Sum | Aggregate::Average);
+    if !lone {
+        return None;
+    }
+    let outputs = walker
+        .leaf_of
+        .iter()
+        .zip(&leaves.by_node)
+        .map(|(&leaf, &w)| {
+            if leaf == u32::MAX {
+                return f64::NAN;
+            }
+            // The sum a batch row would hold: zero plus the leaf's weight.
+            let sum = Score {
+                value: A::ZERO + w,
+                has: true,
+            };
+            one_target(e, sum).to_f64()
+        })
+        .collect();
+    Some(outputs)
+}
+
+/// A single-target row's value from its summed score, as the reference's one-output path computes
+/// it: the sum or average plus the one base value (a target no leaf voted for under MIN or MAX is
+/// the base value alone).
+fn one_target<A: Float>(e: &Ensemble, s: Score<A>) -> A {
+    let origin = if e.base_values.len() == 1 {
+        A::from_f64(e.base_values[0])
+    } else {
+        A::ZERO
+    };
+    match e.aggregate {
+        Aggregate::Sum => s.value + origin,
+        Aggregate::Average => s.value / A::from_usize(e.trees.len()) + origin,
+        Aggregate::Min | Aggregate::Max => {
+            if s.has {
+                s.value + origin
+            } else {
+                origin
+            }
+        }
+    }
+}
+
+/// Runs `f` on the rows a fast walk reads: `block` itself, or, when negated branches read `-x`
+/// from a second half of each row, rows of 2F values [x_0 .. x_F-1, -x_0 .. -x_F-1] written
+/// once, so the walk never negates.
+fn with_walk_rows<C: Float + RowScratch, R>(
+    walker: &Walker<C>,
+    block: &[C],
+    n_cols: usize,
+    f: impl FnOnce(&[C], usize) -> R,
+) -> R {
+    if !walker.negates {
+        return f(block, n_cols);
+    }
+    let n_rows = block.len() / n_cols.max(1);
+    let width = walker.width;
+    C::with_rows(n_rows * 2 * width, |doubled| {
+        for r in 0..n_rows {
+            let x = &block[r * n_cols..r * n_cols + width];
+            let (plain, negated) = doubled[r * 2 * width..(r + 1) * 2 * width].split_at_mut(width);
+            plain.copy_from_slice(x);
+            for (n, &v) in negated.iter_mut().zip(x) {
+                *n = v.negate_if(0x8000_0000);
+            }
+        }
+        f(doubled, 2 * width)
+    })
 }
 
 /// Walks `L` rows through tree `tree`. Deep trees (12 levels or more, where most paths end

@@ -355,9 +355,8 @@ impl PartialEq for ScalerOp {
 impl Eq for ScalerOp {}
 
 impl ScalerOp {
-    /// The scaled copy of `input` (f32, rows in its last dimension).
-    pub fn run(&self, input: TValue) -> TractResult<TVec<TValue>> {
-        let width = input.shape().last().copied().unwrap_or(1);
+    /// Refuses `offset` or `scale` of a length that is neither 1 nor the row width.
+    fn check_width(&self, width: usize) -> TractResult<()> {
         for (name, v) in [("offset", &self.offset), ("scale", &self.scale)] {
             if v.len() != 1 && v.len() != width {
                 bail!(
@@ -366,6 +365,13 @@ impl ScalerOp {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// The scaled copy of `input` (f32, rows in its last dimension).
+    pub fn run(&self, input: TValue) -> TractResult<TVec<TValue>> {
+        let width = input.shape().last().copied().unwrap_or(1);
+        self.check_width(width)?;
         let mut y = input.into_tensor();
         let mut view = y.try_as_plain_ram_mut()?;
         let values = view.as_slice_mut::<f32>()?;
@@ -406,6 +412,10 @@ impl EvalOp for ScalerOp {
 
 impl TypedOp for ScalerOp {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        // A row width known from the model is checked here, at load, not at the first request.
+        if let Some(Ok(width)) = inputs[0].shape.last().map(|d| d.to_usize()) {
+            self.check_width(width)?;
+        }
         Ok(tvec!(f32::fact(inputs[0].shape.clone())))
     }
 
@@ -893,6 +903,11 @@ mod tests {
 
         let err = scale(&op, &[2, 2], vec![0.0; 4]).unwrap_err().to_string();
         assert!(err.contains("offset has 3 values, rows have 2"), "{err}");
+        // A model whose row width is known is refused when it is typed, at load.
+        let fact = f32::fact([5usize, 2]);
+        let err = op.output_facts(&[&fact]).unwrap_err().to_string();
+        assert!(err.contains("offset has 3 values, rows have 2"), "{err}");
+        assert!(op.output_facts(&[&f32::fact([5usize, 3])]).is_ok());
         Ok(())
     }
 }
