@@ -22,6 +22,7 @@ mod boot;
 mod config;
 mod engine;
 mod hardening;
+mod idle;
 mod jobs;
 mod metrics;
 mod server;
@@ -35,6 +36,7 @@ pub use engine::{
     HostTensor, OnnxModel, OnnxRuntimeLibrary, OnnxRuntimeOptions,
 };
 pub use hardening::{harden_process, Hardening, MLOCK_MINIMUM};
+pub use idle::IdleWait;
 pub use jobs::TrainingOptions;
 pub use metrics::Metrics;
 pub use server::{router, serve, RuntimeState, ServedModel, ServingOptions};

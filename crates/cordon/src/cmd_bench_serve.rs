@@ -729,6 +729,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
             "off".into()
         }
     );
+    // Single-row latency on a VM depends on how idle vCPUs wake (see cordon_runtime::IdleWait).
+    println!("idle vCPUs: {}", cordon_runtime::IdleWait::read());
     println!(
         "| model | path | p50 µs | p99 µs | req/s | batch rows/s | req/s vs plain HTTP | batch vs ONNX Runtime |"
     );

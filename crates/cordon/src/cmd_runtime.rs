@@ -160,6 +160,9 @@ fn serve(a: ServeArgs) -> Result<()> {
         Ok(()) => tracing::info!("memory locked (mlockall): keys and plaintext never reach swap"),
         Err(e) => eprintln!("WARNING: memory not locked: {e}"),
     }
+    if let Some(advice) = cordon_runtime::IdleWait::read().advice() {
+        tracing::warn!("{advice}");
+    }
     let config_bytes =
         std::fs::read(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
     let config = RuntimeConfig::from_toml(std::str::from_utf8(&config_bytes)?)
