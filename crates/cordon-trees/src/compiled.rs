@@ -346,7 +346,8 @@ pub fn walk_rows<C: Float, const L: usize, const EARLY: bool>(
 }
 
 /// Walks rows `0..n_rows` of `block` (each `n_cols` values) through one tree, `L` walks at a
-/// time, and writes each row's leaf to `out[row]`. Unlike [`walk_rows`], a walk that has ended
+/// time, and calls `reached(row, leaf)` once for each row, as it ends (rows end out of order).
+/// Unlike [`walk_rows`], a walk that has ended
 /// hands its lane to the next row, every `REFILL` steps: on deep, unbalanced trees, where one
 /// group's longest path is far longer than the average one, the lanes stay on useful work.
 /// A lane ended when it stands on a leaf, known by its NaN threshold (no branch has one). That
@@ -360,10 +361,10 @@ pub fn walk_stream<C: Float, const L: usize>(
     root: u32,
     block: &[C],
     n_cols: usize,
-    out: &mut [u32],
+    n_rows: usize,
+    mut reached: impl FnMut(usize, u32),
 ) {
     const REFILL: usize = 2;
-    let n_rows = out.len();
     let mut at = [root; L];
     // usize::MAX: the lane has no row left (it keeps stepping on a leaf, harmlessly).
     let mut row: [usize; L] = std::array::from_fn(|l| if l < n_rows { l } else { usize::MAX });
@@ -379,7 +380,7 @@ pub fn walk_stream<C: Float, const L: usize>(
         }
         for l in 0..L {
             if nodes[at[l] as usize].threshold.is_nan() && row[l] != usize::MAX {
-                out[row[l]] = at[l];
+                reached(row[l], at[l]);
                 if next < n_rows {
                     row[l] = next;
                     offset[l] = next * n_cols;
@@ -460,13 +461,22 @@ mod tests {
         for n_rows in [0usize, 1, 5, 16, 17, 100, 257] {
             let block: Vec<f32> = (0..n_rows * n_cols).map(|_| value()).collect();
             let mut streamed = vec![u32::MAX; n_rows];
-            walk_stream::<f32, 8>(&nodes, 0, &block, n_cols, &mut streamed);
-            let mut sixteen = vec![u32::MAX; n_rows];
-            walk_stream::<f32, 16>(&nodes, 0, &block, n_cols, &mut sixteen);
-            assert_eq!(streamed, sixteen);
-            let mut nine = vec![u32::MAX; n_rows];
-            walk_stream::<f32, 9>(&nodes, 0, &block, n_cols, &mut nine);
-            assert_eq!(streamed, nine);
+            let mut calls = 0;
+            walk_stream::<f32, 8>(&nodes, 0, &block, n_cols, n_rows, |r, leaf| {
+                assert_eq!(streamed[r], u32::MAX, "row {r} reached twice");
+                streamed[r] = leaf;
+                calls += 1;
+            });
+            assert_eq!(calls, n_rows);
+            for lanes in [9, 16] {
+                let mut other = vec![u32::MAX; n_rows];
+                let record = |r: usize, leaf| other[r] = leaf;
+                match lanes {
+                    9 => walk_stream::<f32, 9>(&nodes, 0, &block, n_cols, n_rows, record),
+                    _ => walk_stream::<f32, 16>(&nodes, 0, &block, n_cols, n_rows, record),
+                }
+                assert_eq!(streamed, other, "{lanes} lanes");
+            }
             for (r, &leaf) in streamed.iter().enumerate() {
                 let [lockstep] =
                     walk_rows::<f32, 1, true>(&nodes, 0, &block, [r * n_cols], (1, depth));
