@@ -23,7 +23,7 @@ const BLOCK: usize = 256;
 /// Lanes of a streamed walk ([`crate::compiled::walk_stream`]): each lane keeps a node and a row
 /// offset, and eight or nine keep them in registers where sixteen spilled to the stack
 /// (`diab_dt_reg` batches 13% faster than sixteen). Measured with checks every 2 steps: 9 lanes
-/// 92.5M rows/s, 8 lanes 91.3M, 10 lanes 90.5M, 6 lanes 80M.
+/// 92.5M rows/s, 8 lanes 91.3M, 10 lanes 90.5M (6 lanes: 80M with checks every 3 steps).
 const STREAM_LANES: usize = 9;
 
 /// Leaf weights in the accumulation type `A`.
