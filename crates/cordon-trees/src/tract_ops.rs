@@ -348,8 +348,12 @@ pub struct ScalerOp {
 
 impl PartialEq for ScalerOp {
     fn eq(&self, other: &Self) -> bool {
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        bits(&self.offset) == bits(&other.offset) && bits(&self.scale) == bits(&other.scale)
+        let same = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .map(|x| x.to_bits())
+                .eq(b.iter().map(|x| x.to_bits()))
+        };
+        same(&self.offset, &other.offset) && same(&self.scale, &other.scale)
     }
 }
 impl Eq for ScalerOp {}
@@ -368,25 +372,47 @@ impl ScalerOp {
         Ok(())
     }
 
-    /// The scaled copy of `input` (f32, rows in its last dimension).
+    /// The op with one value per column of rows `width` wide (a single value repeated), so
+    /// `run` zips rows with both vectors and allocates nothing; done once, when the graph is
+    /// wired with a known row width.
+    fn per_column(&self, width: usize) -> TractResult<ScalerOp> {
+        self.check_width(width)?;
+        let widen = |v: &Arc<[f32]>| -> Arc<[f32]> {
+            if v.len() == width {
+                v.clone()
+            } else {
+                vec![v[0]; width].into()
+            }
+        };
+        Ok(ScalerOp {
+            offset: widen(&self.offset),
+            scale: widen(&self.scale),
+        })
+    }
+
+    /// The scaled copy of `input` (f32, rows in its last dimension); writes into `input`'s
+    /// buffer when nothing else holds it.
     pub fn run(&self, input: TValue) -> TractResult<TVec<TValue>> {
         let width = input.shape().last().copied().unwrap_or(1);
         self.check_width(width)?;
         let mut y = input.into_tensor();
         let mut view = y.try_as_plain_ram_mut()?;
         let values = view.as_slice_mut::<f32>()?;
-        // Per-column vectors, so the loop below has no modulo.
-        let per_column = |v: &[f32]| -> Vec<f32> {
-            if v.len() == width {
-                v.to_vec()
-            } else {
-                vec![v[0]; width]
+        let (offset, scale) = (&*self.offset, &*self.scale);
+        if offset.len() == width && scale.len() == width {
+            for row in values.chunks_exact_mut(width.max(1)) {
+                for ((x, &o), &s) in row.iter_mut().zip(offset).zip(scale) {
+                    *x = (*x - o) * s;
+                }
             }
-        };
-        let (offset, scale) = (per_column(&self.offset), per_column(&self.scale));
-        for row in values.chunks_exact_mut(width.max(1)) {
-            for ((x, &o), &s) in row.iter_mut().zip(&offset).zip(&scale) {
-                *x = (*x - o) * s;
+        } else {
+            // A row width unknown when the graph was wired: a single value stands for every
+            // column (`check_width` allowed only 1 or `width` values).
+            let at = |v: &[f32], i: usize| if v.len() == 1 { v[0] } else { v[i] };
+            for row in values.chunks_exact_mut(width.max(1)) {
+                for (i, x) in row.iter_mut().enumerate() {
+                    *x = (*x - at(offset, i)) * at(scale, i);
+                }
             }
         }
         Ok(tvec!(y.into_tvalue()))
@@ -476,7 +502,12 @@ impl Expansion for Scaler {
             tract_onnx::tract_core::ops::cast::cast(f32::datum_type()),
             inputs,
         )?;
-        model.wire_node(prefix, self.op.clone(), &x)
+        let width = model.outlet_fact(x[0])?.shape.last().map(|d| d.to_usize());
+        let op = match width {
+            Some(Ok(width)) => self.op.per_column(width)?,
+            _ => self.op.clone(),
+        };
+        model.wire_node(prefix, op, &x)
     }
 }
 
@@ -891,6 +922,9 @@ mod tests {
         }
         // A single row as a vector.
         assert_eq!(scale(&op, &[3], x[..3].to_vec())?[1], want[1]);
+        // Widened at wiring to one value per column: the same op, the same results.
+        assert_eq!(op.per_column(3)?, op);
+        assert!(op.per_column(2).is_err());
 
         let single = ScalerOp {
             offset: vec![1.0].into(),
@@ -898,6 +932,12 @@ mod tests {
         };
         assert_eq!(
             scale(&single, &[2, 2], vec![1.0, 2.0, 3.0, 4.0])?,
+            [0.0, 2.0, 4.0, 6.0]
+        );
+        let widened = single.per_column(2)?;
+        assert_eq!(&*widened.offset, [1.0, 1.0]);
+        assert_eq!(
+            scale(&widened, &[2, 2], vec![1.0, 2.0, 3.0, 4.0])?,
             [0.0, 2.0, 4.0, 6.0]
         );
 
