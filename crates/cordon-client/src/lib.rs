@@ -18,7 +18,7 @@ use cordon_proto::runtime::{
     AttestationResponse, InnerRequest, InnerResponse, ENCRYPTED_REQUEST_MEDIA_TYPE,
 };
 use cordon_proto::session::{
-    start_session, ClientSession, SessionGrant, SESSION_MESSAGE_MEDIA_TYPE,
+    start_session, ClientSession, SessionGrant, SessionSetup, SESSION_MESSAGE_MEDIA_TYPE,
     SESSION_SETUP_MEDIA_TYPE,
 };
 use cordon_proto::{report_data, ModelBinding, RuntimeKeys};
@@ -175,19 +175,17 @@ async fn post_message(
 }
 
 /// The plaintext of an inner request (zeroized when dropped).
-fn encode_inner(
-    method: &str,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
-    let inner = InnerRequest {
-        method: method.into(),
-        path: path.into(),
-        body,
-    };
-    serde_json::to_vec(&inner)
+fn encode_inner(inner: &InnerRequest) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
+    serde_json::to_vec(inner)
         .map(zeroize::Zeroizing::new)
         .map_err(|e| ClientError::Malformed(e.to_string()))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn decode_inner(plain: &[u8]) -> Result<InnerResponse, ClientError> {
@@ -248,7 +246,45 @@ impl VerifiedRuntime {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<InnerResponse, ClientError> {
-        let plaintext = encode_inner(method, path, body)?;
+        self.send_inner(InnerRequest {
+            method: method.into(),
+            path: path.into(),
+            body,
+            ..InnerRequest::default()
+        })
+        .await
+    }
+
+    /// Sends a request with `headers` and `body` as its exact bytes through the encrypted channel:
+    /// how a party's signed job requests ([`cordon_proto::auth`], signed for
+    /// `self.keys().hpke_public_key`) reach the training job API.
+    pub async fn raw_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: std::collections::BTreeMap<String, String>,
+        body: Vec<u8>,
+    ) -> Result<InnerResponse, ClientError> {
+        self.send_inner(InnerRequest {
+            method: method.into(),
+            path: path.into(),
+            headers,
+            raw_body: Some(body),
+            ..InnerRequest::default()
+        })
+        .await
+    }
+
+    /// The HTTP client this runtime is reached with.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    async fn send_inner(&self, mut inner: InnerRequest) -> Result<InnerResponse, ClientError> {
+        // The runtime refuses a one-shot request outside its window or seen before.
+        inner.sent_at = Some(unix_now());
+        let plaintext = encode_inner(&inner)?;
+        drop(inner);
         let (message, ctx) = encapsulate_request(
             &self.keys.hpke_public_key,
             self.keys.hpke_key_id,
@@ -284,8 +320,12 @@ impl VerifiedRuntime {
 
     /// Opens a session (one HPKE setup to the pinned key) for a high-rate stream of requests.
     pub async fn open_session(&self) -> Result<Session, ClientError> {
+        let setup = serde_json::to_vec(&SessionSetup {
+            sent_at: unix_now(),
+        })
+        .map_err(|e| ClientError::Malformed(e.to_string()))?;
         let (setup, pending) =
-            start_session(&self.keys.hpke_public_key, self.keys.hpke_key_id, b"{}")?;
+            start_session(&self.keys.hpke_public_key, self.keys.hpke_key_id, &setup)?;
         let url = format!("{}/v1/session", self.url);
         let bytes = post_message(&self.http, url, SESSION_SETUP_MEDIA_TYPE, setup).await?;
         Ok(Session {
@@ -347,7 +387,12 @@ impl Session {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<InnerResponse, ClientError> {
-        let plaintext = encode_inner(method, path, body)?;
+        let plaintext = encode_inner(&InnerRequest {
+            method: method.into(),
+            path: path.into(),
+            body,
+            ..InnerRequest::default()
+        })?;
         let (message, seq) = self.inner.seal_request(&plaintext)?;
         let url = format!("{}/v1/session/message", self.url);
         let bytes = match post_message(&self.http, url, SESSION_MESSAGE_MEDIA_TYPE, message).await {

@@ -21,8 +21,16 @@ pub enum KbsError {
     Evidence(String),
     #[error("evidence does not bind the nonce and runtime keys: report_data is {found}, expected {expected}")]
     Binding { found: String, expected: String },
-    #[error("admin token missing or wrong")]
-    Unauthorized,
+    #[error("admin request refused: {0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Replayed(String),
+    #[error("sealed DEK refused: {0}")]
+    SealedDek(String),
+    #[error("busy: {0}")]
+    Busy(String),
+    #[error("quota exceeded: {0}")]
+    Quota(String),
     #[error("party authentication failed: {0}")]
     PartyUnauthorized(String),
     #[error("{0}")]
@@ -43,6 +51,7 @@ impl From<crate::store::StoreError> for KbsError {
             // Not a storage failure: the caller chose a key id that is not theirs.
             crate::store::StoreError::KeyOwned { .. } => KbsError::Conflict(e.to_string()),
             crate::store::StoreError::Full => KbsError::StorageFull,
+            crate::store::StoreError::Quota(m) => KbsError::Quota(m),
             other => KbsError::Storage(other),
         }
     }
@@ -58,7 +67,11 @@ impl KbsError {
             KbsError::TooLarge { .. } => "too_large",
             KbsError::Evidence(_) => "evidence_invalid",
             KbsError::Binding { .. } => "report_data_mismatch",
-            KbsError::Unauthorized => "unauthorized",
+            KbsError::Unauthorized(_) => "unauthorized",
+            KbsError::Replayed(_) => "request_replayed",
+            KbsError::SealedDek(_) => "sealed_dek_invalid",
+            KbsError::Busy(_) => "busy",
+            KbsError::Quota(_) => "quota_exceeded",
             KbsError::PartyUnauthorized(_) => "party_unauthorized",
             KbsError::Conflict(_) => "conflict",
             KbsError::Policy(_) => "policy_invalid",
@@ -75,9 +88,14 @@ impl KbsError {
             | KbsError::NonceExpired { .. }
             | KbsError::Evidence(_)
             | KbsError::Binding { .. } => StatusCode::FORBIDDEN,
-            KbsError::BadRequest(_) | KbsError::Policy(_) => StatusCode::BAD_REQUEST,
+            KbsError::BadRequest(_) | KbsError::Policy(_) | KbsError::SealedDek(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            KbsError::Replayed(_) => StatusCode::CONFLICT,
+            KbsError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            KbsError::Quota(_) => StatusCode::FORBIDDEN,
             KbsError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            KbsError::Unauthorized | KbsError::PartyUnauthorized(_) => StatusCode::UNAUTHORIZED,
+            KbsError::Unauthorized(_) | KbsError::PartyUnauthorized(_) => StatusCode::UNAUTHORIZED,
             KbsError::Conflict(_) => StatusCode::CONFLICT,
             KbsError::Storage(_) | KbsError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             KbsError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,

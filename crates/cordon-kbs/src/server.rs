@@ -2,19 +2,23 @@
 
 use crate::store::{NewAuditEvent, NonceUse, Store};
 use crate::KbsError;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cordon_attest::{appraise, Endorsements, Policy, Verifier};
+use cordon_proto::auth::{self, AuthError, SignedRequest, REQUEST_WINDOW};
 use cordon_proto::job::{self, job_report_data};
 use cordon_proto::kbs::{
-    AttestRequest, AttestResponse, AuditEvent, Challenge, DeniedKey, JobRelease, RegisterKey,
-    ReleasedKey, RELEASE_INFO,
+    dek_upload_aad, policy_context, AttestRequest, AttestResponse, AuditEvent, Challenge,
+    DekPurpose, DeniedKey, JobRelease, KbsIdentity, RegisterKey, ReleasedKey, SealedDek,
+    MAX_KEY_IDS, RELEASE_INFO, UPLOAD_INFO,
 };
-use cordon_proto::{channel, report_data};
+use cordon_proto::{channel, report_data, ServiceKeyPair};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,6 +37,29 @@ pub struct KbsConfig {
     /// How long a challenge nonce stays valid.
     pub nonce_ttl: Duration,
     pub clock: Clock,
+    pub limits: KbsLimits,
+}
+
+/// What one caller can make the KBS store: anyone can make a party key, so dataset keys have a
+/// quota, and challenges (one row each until they expire) are bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct KbsLimits {
+    /// Dataset keys one owner (party key) may hold.
+    pub max_dataset_keys_per_owner: u64,
+    /// Dataset keys held, all owners together.
+    pub max_dataset_keys: u64,
+    /// Unexpired challenge nonces outstanding; more challenges get 503.
+    pub max_live_nonces: u64,
+}
+
+impl Default for KbsLimits {
+    fn default() -> Self {
+        KbsLimits {
+            max_dataset_keys_per_owner: 64,
+            max_dataset_keys: 100_000,
+            max_live_nonces: 100_000,
+        }
+    }
 }
 
 impl KbsConfig {
@@ -42,6 +69,7 @@ impl KbsConfig {
             endorsements,
             nonce_ttl: Duration::from_secs(60),
             clock: Arc::new(SystemTime::now),
+            limits: KbsLimits::default(),
         }
     }
 }
@@ -57,6 +85,9 @@ struct Inner {
     config: KbsConfig,
     /// Holds the endorsements and caches verified SNP endorsement-key chains.
     verifier: Verifier,
+    /// The KBS's long-term HPKE key: DEKs sent to the KBS are sealed to it, and signed requests
+    /// name its public half as their audience.
+    identity: ServiceKeyPair,
 }
 
 const MAX_BODY: usize = 1 << 20;
@@ -77,33 +108,83 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 impl Kbs {
+    /// Opens the store in the data directory; on first start, creates the KBS's HPKE identity.
     pub fn open(config: KbsConfig) -> Result<Kbs, KbsError> {
         let store = Store::open(&config.data_dir)?;
+        let seed = match store.identity_seed()? {
+            Some(seed) => seed,
+            None => {
+                let mut fresh = Zeroizing::new([0u8; 32]);
+                rand::rng().fill_bytes(fresh.as_mut());
+                store.init_identity_seed(&fresh, unix((config.clock)()))?
+            }
+        };
+        let identity = ServiceKeyPair::derive(0, &seed);
         let verifier = Verifier::new(config.endorsements.clone());
         Ok(Kbs {
             inner: Arc::new(Inner {
                 store: Mutex::new(store),
                 config,
                 verifier,
+                identity,
             }),
         })
     }
 
-    /// If no admin token exists yet, creates one, stores its hash and returns the token (shown once).
+    /// The public half of the KBS's HPKE identity: what owners, parties and runtimes pin.
+    pub fn identity_public_key(&self) -> [u8; 32] {
+        self.inner.identity.public_key()
+    }
+
+    /// If no administrator exists yet, creates the admin token (the seed of the administrator's
+    /// Ed25519 key), stores its hash and public key, and returns the token (shown once).
     pub fn init_admin_token(&self) -> Result<Option<Zeroizing<String>>, KbsError> {
         let store = self.lock()?;
-        if store.admin_token_hash()?.is_some() {
+        if store.admin_public_key()?.is_some() {
             return Ok(None);
+        }
+        if store.admin_token_hash()?.is_some() {
+            return Err(KbsError::Conflict(
+                "this store's admin token predates signed admin requests: start the KBS once with \
+                 --init-admin-token-file naming the existing token file to upgrade it"
+                    .into(),
+            ));
         }
         let mut raw = Zeroizing::new([0u8; 32]);
         rand::rng().fill_bytes(raw.as_mut());
         let token = Zeroizing::new(hex::encode(raw.as_ref()));
-        store.set_admin_token_hash(&Sha256::digest(token.as_bytes()).into())?;
+        let key = auth::admin_key(&token).map_err(|e| KbsError::Internal(e.to_string()))?;
+        store.set_admin(
+            &Sha256::digest(token.as_bytes()).into(),
+            &key.verifying_key().to_bytes(),
+        )?;
         Ok(Some(token))
     }
 
+    /// Upgrades a store from before signed admin requests, which holds only the token's hash:
+    /// given that token, records the public key it seeds. `false` when there is nothing to do.
+    pub fn adopt_admin_token(&self, token: &str) -> Result<bool, KbsError> {
+        let store = self.lock()?;
+        if store.admin_public_key()?.is_some() {
+            return Ok(false);
+        }
+        let Some(hash) = store.admin_token_hash()? else {
+            return Ok(false);
+        };
+        let token = token.trim();
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if !bool::from(presented.ct_eq(&hash)) {
+            return Err(KbsError::Unauthorized(
+                "the token file is not this store's admin token".into(),
+            ));
+        }
+        let key = auth::admin_key(token).map_err(|e| KbsError::BadRequest(e.to_string()))?;
+        store.set_admin(&hash, &key.verifying_key().to_bytes())?;
+        Ok(true)
+    }
+
     pub fn has_admin_token(&self) -> Result<bool, KbsError> {
-        Ok(self.lock()?.admin_token_hash()?.is_some())
+        Ok(self.lock()?.admin_public_key()?.is_some())
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Store>, KbsError> {
@@ -134,6 +215,7 @@ impl Kbs {
     /// The HTTP routes.
     pub fn router(&self) -> Router {
         Router::new()
+            .route("/kbs/v1/identity", get(identity))
             .route("/kbs/v1/challenge", post(challenge))
             .route("/kbs/v1/attest", post(attest))
             .route("/kbs/v1/admin/keys", get(list_keys))
@@ -161,19 +243,122 @@ impl Kbs {
         .await
     }
 
-    async fn check_admin(&self, headers: &HeaderMap) -> Result<(), KbsError> {
-        let token = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(KbsError::Unauthorized)?;
-        let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        let stored = self.with_store(|s| Ok(s.admin_token_hash()?)).await?;
-        match stored {
-            Some(h) if bool::from(h.ct_eq(&presented)) => Ok(()),
-            _ => Err(KbsError::Unauthorized),
+    /// Checks a signed request meant for this KBS and records its nonce: the signer's key. A
+    /// request whose signature fails records nothing, so forgeries cannot spend nonces.
+    async fn signed_request(
+        &self,
+        headers: &HeaderMap,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<SignedRequest, KbsError> {
+        let req = auth::verify_request(
+            |name| headers.get(name).and_then(|v| v.to_str().ok()),
+            method,
+            path,
+            body,
+            &self.identity_public_key(),
+            self.now(),
+        )
+        .map_err(auth_error)?;
+        let now = unix(self.now());
+        let keep_until = req.time.max(now) + 2 * REQUEST_WINDOW.as_secs();
+        let mut key = req.signer.to_vec();
+        key.extend_from_slice(&req.nonce);
+        let fresh = self
+            .with_store(move |s| Ok(s.use_request_nonce(&key, keep_until, now)?))
+            .await?;
+        if !fresh {
+            return Err(auth_error(AuthError::Replayed {
+                nonce: hex::encode(req.nonce),
+            }));
         }
+        Ok(req)
     }
+
+    /// An administrator's request: signed by the key the admin token seeds, for this KBS, fresh.
+    async fn check_admin(
+        &self,
+        headers: &HeaderMap,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<[u8; 32], KbsError> {
+        let admin = self
+            .with_store(|s| Ok(s.admin_public_key()?))
+            .await?
+            .ok_or_else(|| KbsError::Unauthorized("this KBS has no administrator yet".into()))?;
+        // The signer is checked before the nonce is recorded: a party's valid signature must not
+        // spend an admin nonce either.
+        let signer = headers
+            .get(auth::SIGNER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| hex::decode(v.trim()).ok());
+        if signer.as_deref() != Some(admin.as_slice()) {
+            return Err(KbsError::Unauthorized(
+                "not signed by the administrator's key (see the admin token file)".into(),
+            ));
+        }
+        Ok(self
+            .signed_request(headers, method, path, body)
+            .await?
+            .signer)
+    }
+
+    /// Opens a DEK sealed to this KBS for `purpose`, `key_id`, `sender` and `context`.
+    fn open_dek(
+        &self,
+        sealed: &SealedDek,
+        purpose: DekPurpose,
+        key_id: &str,
+        sender: &[u8; 32],
+        context: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KbsError> {
+        let ours = self.identity_public_key();
+        if sealed.kbs_public_key != ours {
+            return Err(KbsError::SealedDek(format!(
+                "sealed to KBS key {}, this KBS's key is {}",
+                hex::encode(sealed.kbs_public_key),
+                hex::encode(ours)
+            )));
+        }
+        let dek = self
+            .inner
+            .identity
+            .open_sealed(
+                UPLOAD_INFO,
+                &dek_upload_aad(purpose, key_id, sender, context),
+                &sealed.sealed,
+            )
+            .map_err(|_| {
+                KbsError::SealedDek(format!(
+                    "it does not open as a {} for key {key_id} from signer {} under this policy: \
+                     altered, or sealed for another purpose, key id, signer or policy",
+                    purpose.label(),
+                    hex::encode(sender)
+                ))
+            })?;
+        if dek.len() != 32 {
+            return Err(KbsError::SealedDek(format!(
+                "the DEK is {} bytes, expected 32",
+                dek.len()
+            )));
+        }
+        Ok(dek)
+    }
+}
+
+fn auth_error(e: AuthError) -> KbsError {
+    match e {
+        AuthError::Replayed { .. } => KbsError::Replayed(e.to_string()),
+        other => KbsError::PartyUnauthorized(other.to_string()),
+    }
+}
+
+async fn identity(State(kbs): State<Kbs>) -> Json<KbsIdentity> {
+    Json(KbsIdentity {
+        hpke_public_key: kbs.identity_public_key(),
+    })
 }
 
 async fn challenge(State(kbs): State<Kbs>) -> Result<Json<Challenge>, KbsError> {
@@ -181,8 +366,16 @@ async fn challenge(State(kbs): State<Kbs>) -> Result<Json<Challenge>, KbsError> 
     rand::rng().fill_bytes(&mut nonce);
     let now = unix(kbs.now());
     let expires_at = now + kbs.inner.config.nonce_ttl.as_secs();
-    kbs.with_store(move |s| Ok(s.insert_nonce(&nonce, expires_at, now)?))
-        .await?;
+    let max = kbs.inner.config.limits.max_live_nonces;
+    kbs.with_store(move |s| {
+        if s.live_nonces(now)? >= max {
+            return Err(KbsError::Busy(format!(
+                "{max} challenges are outstanding; retry when some have expired"
+            )));
+        }
+        Ok(s.insert_nonce(&nonce, expires_at, now)?)
+    })
+    .await?;
     Ok(Json(Challenge {
         nonce: hex::encode(nonce),
         expires_at,
@@ -198,6 +391,20 @@ async fn attest(
         return Err(KbsError::BadRequest(
             "key_ids must name at least one key".into(),
         ));
+    }
+    // Each key costs an appraisal and an fsync'd audit write: bounded, and each asked once.
+    if req.key_ids.len() > MAX_KEY_IDS {
+        return Err(KbsError::BadRequest(format!(
+            "key_ids names {} keys, at most {MAX_KEY_IDS} may be asked for at once",
+            req.key_ids.len()
+        )));
+    }
+    let mut unique = BTreeSet::new();
+    for id in &req.key_ids {
+        check_key_id(id)?;
+        if !unique.insert(id.as_str()) {
+            return Err(KbsError::BadRequest(format!("key_ids names {id} twice")));
+        }
     }
     let nonce = hex::decode(&req.nonce)
         .map_err(|e| KbsError::BadRequest(format!("nonce is not hex: {e}")))?;
@@ -299,7 +506,7 @@ async fn attest(
                         .iter()
                         .map(|f| f.to_string())
                         .collect();
-                    reasons.extend(job_check(key_id, k.owner, req.job.as_ref(), job_hash));
+                    reasons.extend(job_check(key_id, k, req.job.as_ref(), job_hash, now_time));
                     reasons
                 }
             },
@@ -339,15 +546,12 @@ async fn attest(
         .collect::<Vec<_>>()
         .join("; ");
     let released_detail = match (&req.job, &job_hash) {
+        // Only the approvals that verified, never the names as submitted.
         (Some(job), Some(h)) => format!(
             "training job {} ({:?}), approved by {}",
             hex::encode(h),
             job.spec.name,
-            job.approvals
-                .iter()
-                .map(|a| a.party.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            verified_approvers(job, h, now_time).join(", ")
         ),
         _ if bound_models.is_empty() => String::new(),
         _ => format!("bound models: {bound_models}"),
@@ -400,28 +604,40 @@ async fn attest(
     }))
 }
 
-/// The job rules for one key, on top of its release policy: a dataset key (one with an owner) is
-/// released only for a job that lists it under its owner and that its owner approved; a training
-/// job is released dataset keys only.
+/// The parties of `job` whose approval of `hash` verifies at `now`, by name.
+fn verified_approvers(job: &JobRelease, hash: &[u8; 32], now: SystemTime) -> Vec<String> {
+    let names: BTreeSet<&str> = job
+        .approvals
+        .iter()
+        .filter(|a| a.verify(&job.spec, hash, now).is_ok())
+        .map(|a| a.party.as_str())
+        .collect();
+    names.into_iter().map(String::from).collect()
+}
+
+/// The job rules for one key, on top of its release policy: a dataset key is released only for a
+/// job that lists it under its owner and that its owner approved (unexpired); a training job is
+/// released dataset keys only.
 fn job_check(
     key_id: &str,
-    owner: Option<[u8; 32]>,
+    key: &crate::store::StoredKey,
     job: Option<&JobRelease>,
     job_hash: Option<[u8; 32]>,
+    now: SystemTime,
 ) -> Vec<String> {
-    let (owner, job, hash) = match (owner, job, job_hash) {
-        (None, None, _) => return vec![],
-        (None, Some(_), _) => {
+    let (owner, job, hash) = match (key.is_dataset_key(), key.owner, job, job_hash) {
+        (false, _, None, _) => return vec![],
+        (false, _, Some(_), _) => {
             return vec![format!(
                 "key {key_id} is not a dataset key; a training job is released dataset keys only"
             )]
         }
-        (Some(_), None, _) | (Some(_), Some(_), None) => {
+        (true, Some(o), Some(j), Some(h)) => (o, j, h),
+        (true, _, _, _) => {
             return vec![format!(
-                "key {key_id} is a dataset key: it is released only for a training job its owner                  approved"
+                "key {key_id} is a dataset key: it is released only for a training job its owner approved"
             )]
         }
-        (Some(o), Some(j), Some(h)) => (o, j, h),
     };
     let spec = &job.spec;
     let Some(dataset) = spec.datasets.iter().find(|d| d.key_id == key_id) else {
@@ -439,19 +655,23 @@ fn job_check(
             party.name
         )];
     }
-    let approved = job
-        .approvals
-        .iter()
-        .filter(|a| a.party == party.name)
-        .any(|a| a.verify(spec, &hash).is_ok());
-    if !approved {
-        return vec![format!(
-            "no valid approval of job {} by {}, the owner of dataset key {key_id}",
-            hex::encode(hash),
-            party.name
-        )];
+    let mut errors = Vec::new();
+    for a in job.approvals.iter().filter(|a| a.party == party.name) {
+        match a.verify(spec, &hash, now) {
+            Ok(()) => return vec![],
+            Err(e) => errors.push(e.to_string()),
+        }
     }
-    vec![]
+    vec![format!(
+        "no valid approval of job {} by {}, the owner of dataset key {key_id}{}",
+        hex::encode(hash),
+        party.name,
+        if errors.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", errors.join("; "))
+        }
+    )]
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -486,17 +706,30 @@ async fn record(
     .await
 }
 
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, KbsError> {
+    serde_json::from_slice(body).map_err(|e| KbsError::BadRequest(e.to_string()))
+}
+
+/// `PUT /kbs/v1/admin/keys/{key_id}`: the administrator registers a model owner's key, sealed to
+/// this KBS, with its release policy.
 async fn register_key(
     State(kbs): State<Kbs>,
     UrlPath(key_id): UrlPath<String>,
+    uri: Uri,
     headers: HeaderMap,
-    body: Result<Json<RegisterKey>, axum::extract::rejection::JsonRejection>,
+    body: Bytes,
 ) -> Result<Json<serde_json::Value>, KbsError> {
-    kbs.check_admin(&headers).await?;
-    let Json(mut req) = body.map_err(json_rejection)?;
-    let dek = Zeroizing::new(std::mem::take(&mut req.dek));
-    check_key_id_and_dek(&key_id, &dek)?;
+    let admin = kbs.check_admin(&headers, "PUT", uri.path(), &body).await?;
+    let req: RegisterKey = parse_body(&body)?;
+    check_key_id(&key_id)?;
     let policy = Policy::from_toml(&req.policy).map_err(|e| KbsError::Policy(e.to_string()))?;
+    let dek = kbs.open_dek(
+        &req.sealed_dek,
+        DekPurpose::AdminKey,
+        &key_id,
+        &admin,
+        &policy_context(&req.policy),
+    )?;
     let now = unix(kbs.now());
     let policy_text = req.policy.clone();
     let id = key_id.clone();
@@ -514,22 +747,31 @@ async fn register_key(
     Ok(Json(serde_json::json!({ "key_id": key_id })))
 }
 
-/// `PUT /kbs/v1/datasets/{key_id}`: a data owner registers its dataset's DEK and release policy,
-/// authenticated by its own key (no admin token). The key is then released only for training jobs
-/// this owner approved, and only this owner can replace it.
+/// `PUT /kbs/v1/datasets/{key_id}`: a data owner registers its dataset's DEK (sealed to this KBS)
+/// and release policy, authenticated by its own key (no admin token). The key is then released
+/// only for training jobs this owner approved, and only this owner can replace it. Each owner has
+/// a quota, since anyone can make a party key.
 async fn register_dataset_key(
     State(kbs): State<Kbs>,
     UrlPath(key_id): UrlPath<String>,
+    uri: Uri,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Bytes,
 ) -> Result<Json<serde_json::Value>, KbsError> {
-    let path = format!("/kbs/v1/datasets/{key_id}");
-    let owner = signed_by(&kbs, &headers, "PUT", &path, &body)?;
-    let mut req: RegisterKey =
-        serde_json::from_slice(&body).map_err(|e| KbsError::BadRequest(e.to_string()))?;
-    let dek = Zeroizing::new(std::mem::take(&mut req.dek));
-    check_key_id_and_dek(&key_id, &dek)?;
+    let owner = kbs
+        .signed_request(&headers, "PUT", uri.path(), &body)
+        .await?
+        .signer;
+    let req: RegisterKey = parse_body(&body)?;
+    check_key_id(&key_id)?;
     let policy = Policy::from_toml(&req.policy).map_err(|e| KbsError::Policy(e.to_string()))?;
+    let dek = kbs.open_dek(
+        &req.sealed_dek,
+        DekPurpose::DatasetKey,
+        &key_id,
+        &owner,
+        &policy_context(&req.policy),
+    )?;
     let now = unix(kbs.now());
     let policy_text = req.policy.clone();
     let id = key_id.clone();
@@ -538,13 +780,33 @@ async fn register_dataset_key(
         hex::encode(owner),
         policy_summary(&policy)
     );
+    let limits = kbs.inner.config.limits;
     put_audited(
         &kbs,
         now,
         "dataset_key_registered",
         id,
         detail,
-        move |s, id, event| s.put_dataset_key_audited(id, &dek, &policy_text, &owner, event),
+        move |s, id, event| {
+            let replacing = s
+                .get_key(id)?
+                .is_some_and(|k| k.is_dataset_key() && k.owner == Some(owner));
+            if !replacing {
+                let (all, mine) = s.dataset_key_counts(&owner)?;
+                if mine >= limits.max_dataset_keys_per_owner {
+                    return Err(crate::store::StoreError::Quota(format!(
+                        "owner {} holds {mine} dataset keys, the most one owner may hold",
+                        hex::encode(owner)
+                    )));
+                }
+                if all >= limits.max_dataset_keys {
+                    return Err(crate::store::StoreError::Quota(format!(
+                        "this KBS holds {all} dataset keys, its limit"
+                    )));
+                }
+            }
+            s.put_dataset_key_audited(id, &dek, &policy_text, &owner, event)
+        },
     )
     .await?;
     tracing::info!(key_id = %key_id, owner = %hex::encode(owner), "dataset key registered");
@@ -552,24 +814,26 @@ async fn register_dataset_key(
 }
 
 /// `PUT /kbs/v1/jobs/{job_hash}/output`: the training runtime registers the trained model's DEK
-/// under the job's serving policy. Signed with the runtime's signing key, which must be one that
-/// attested for this job and received all its dataset keys. Never replaces an existing key.
+/// (sealed to this KBS) under the job's serving policy. Signed with the runtime's signing key, which
+/// must be one that attested for this job and received all its dataset keys. Never replaces an
+/// existing key; the key is the job's, not the admin API's.
 async fn register_job_output(
     State(kbs): State<Kbs>,
     UrlPath(job_hash_hex): UrlPath<String>,
+    uri: Uri,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Bytes,
 ) -> Result<Json<serde_json::Value>, KbsError> {
-    let path = format!("/kbs/v1/jobs/{job_hash_hex}/output");
-    let runtime = signed_by(&kbs, &headers, "PUT", &path, &body)?;
+    let runtime = kbs
+        .signed_request(&headers, "PUT", uri.path(), &body)
+        .await?
+        .signer;
     let job_hash: [u8; 32] = hex::decode(&job_hash_hex)
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| KbsError::BadRequest("job hash must be 32 bytes of hex".into()))?;
-    let mut req: job::OutputKey =
-        serde_json::from_slice(&body).map_err(|e| KbsError::BadRequest(e.to_string()))?;
-    let dek = Zeroizing::new(std::mem::take(&mut req.dek));
-    check_key_id_and_dek(&req.key_id, &dek)?;
+    let req: job::OutputKey = parse_body(&body)?;
+    check_key_id(&req.key_id)?;
     let policy = match kbs
         .with_store(move |s| Ok(s.job_runtime(&job_hash, &runtime)?))
         .await?
@@ -586,6 +850,13 @@ async fn register_job_output(
         }
         Some(Some(p)) => p,
     };
+    let dek = kbs.open_dek(
+        &req.sealed_dek,
+        DekPurpose::JobOutput,
+        &req.key_id,
+        &runtime,
+        &job::output_context(&job_hash, &req.sealed_manifest_sha256),
+    )?;
     let now = unix(kbs.now());
     let key_id = req.key_id.clone();
     let detail = format!(
@@ -599,7 +870,7 @@ async fn register_job_output(
         "job_output_registered",
         key_id.clone(),
         detail,
-        move |s, id, event| s.put_output_key_audited(id, &dek, &policy, event),
+        move |s, id, event| s.put_output_key_audited(id, &dek, &policy, &runtime, event),
     )
     .await?;
     tracing::info!(key_id = %key_id, job = %job_hash_hex, "job output registered for serving");
@@ -633,31 +904,7 @@ async fn put_audited(
     .await
 }
 
-/// The Ed25519 key that signed this request (party-request headers, `cordon_proto::job`).
-fn signed_by(
-    kbs: &Kbs,
-    headers: &HeaderMap,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> Result<[u8; 32], KbsError> {
-    job::verify_request(
-        |name| headers.get(name).and_then(|v| v.to_str().ok()),
-        method,
-        path,
-        body,
-        kbs.now(),
-    )
-    .map_err(|e| KbsError::PartyUnauthorized(e.to_string()))
-}
-
-fn check_key_id_and_dek(key_id: &str, dek: &[u8]) -> Result<(), KbsError> {
-    if dek.len() != 32 {
-        return Err(KbsError::BadRequest(format!(
-            "dek must be 32 bytes, got {}",
-            dek.len()
-        )));
-    }
+fn check_key_id(key_id: &str) -> Result<(), KbsError> {
     if key_id.is_empty()
         || key_id.len() > 128
         || !key_id
@@ -686,16 +933,18 @@ fn policy_summary(policy: &Policy) -> String {
 
 async fn list_keys(
     State(kbs): State<Kbs>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<Vec<String>>, KbsError> {
-    kbs.check_admin(&headers).await?;
+    kbs.check_admin(&headers, "GET", uri.path(), b"").await?;
     Ok(Json(kbs.with_store(|s| Ok(s.key_ids()?)).await?))
 }
 
 async fn audit(
     State(kbs): State<Kbs>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<Vec<AuditEvent>>, KbsError> {
-    kbs.check_admin(&headers).await?;
+    kbs.check_admin(&headers, "GET", uri.path(), b"").await?;
     Ok(Json(kbs.with_store(|s| Ok(s.audit_events()?)).await?))
 }

@@ -21,9 +21,11 @@ pub enum StoreError {
     #[error("database schema version {found} is newer than this build understands ({known})")]
     SchemaTooNew { found: i64, known: i64 },
     #[error(
-        "key {key_id} belongs to another owner (or is not a dataset key); choose another key id"
+        "key {key_id} is held by another owner (a party's dataset key, a training job's output, or an admin key); choose another key id"
     )]
     KeyOwned { key_id: String },
+    #[error("quota: {0}")]
+    Quota(String),
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -81,7 +83,50 @@ const MIGRATIONS: &[&str] = &[
         serve_policy TEXT,
         created_at INTEGER NOT NULL,
         PRIMARY KEY (job_hash, signing_key));",
+    // 4: the KBS's own HPKE identity (DEKs reach it sealed to this key); the administrator's
+    //    Ed25519 public key (admin requests are signed, the token never crosses the network);
+    //    the kind of each key (an output key belongs to its job, not to the admin API); nonces of
+    //    signed requests, kept to refuse replays.
+    "CREATE TABLE identity (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        hpke_seed BLOB NOT NULL,
+        created_at INTEGER NOT NULL);
+     ALTER TABLE admin ADD COLUMN public_key BLOB;
+     ALTER TABLE keys ADD COLUMN kind TEXT NOT NULL DEFAULT 'admin';
+     UPDATE keys SET kind = 'dataset' WHERE owner IS NOT NULL;
+     CREATE TABLE request_nonces (
+        nonce BLOB PRIMARY KEY,
+        expires_at INTEGER NOT NULL);",
 ];
+
+/// Who registered a key, and so who may replace it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// Registered through the admin API; the admin may replace it.
+    Admin,
+    /// A party's dataset key: only its owner may replace it.
+    Dataset,
+    /// A training job's output, registered by the job's runtime: nobody replaces it.
+    JobOutput,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Admin => "admin",
+            KeyKind::Dataset => "dataset",
+            KeyKind::JobOutput => "job_output",
+        }
+    }
+
+    fn parse(s: &str) -> KeyKind {
+        match s {
+            "dataset" => KeyKind::Dataset,
+            "job_output" => KeyKind::JobOutput,
+            _ => KeyKind::Admin,
+        }
+    }
+}
 
 /// Outcome of trying to use a nonce.
 #[derive(Debug, PartialEq, Eq)]
@@ -96,8 +141,17 @@ pub enum NonceUse {
 pub struct StoredKey {
     pub dek: Zeroizing<Vec<u8>>,
     pub policy: String,
-    /// The owner of a dataset key (its Ed25519 public key); `None` for other keys.
+    pub kind: KeyKind,
+    /// The owner of a dataset key (its Ed25519 public key), or the runtime that registered a job's
+    /// output; `None` for admin keys.
     pub owner: Option<[u8; 32]>,
+}
+
+impl StoredKey {
+    /// Whether this is a party's dataset key (released only for jobs its owner approved).
+    pub fn is_dataset_key(&self) -> bool {
+        self.kind == KeyKind::Dataset
+    }
 }
 
 /// An event to append to the audit log.
@@ -188,13 +242,101 @@ impl Store {
         Ok(v.and_then(|b| b.try_into().ok()))
     }
 
-    pub fn set_admin_token_hash(&self, hash: &[u8; 32]) -> Result<(), StoreError> {
+    /// Records the administrator: the hash of its token and the public key the token seeds.
+    pub fn set_admin(
+        &self,
+        token_hash: &[u8; 32],
+        public_key: &[u8; 32],
+    ) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO admin (id, token_sha256) VALUES (1, ?1)
-             ON CONFLICT(id) DO UPDATE SET token_sha256 = excluded.token_sha256",
-            params![hash.as_slice()],
+            "INSERT INTO admin (id, token_sha256, public_key) VALUES (1, ?1, ?2)
+             ON CONFLICT(id) DO UPDATE SET token_sha256 = excluded.token_sha256,
+                 public_key = excluded.public_key",
+            params![token_hash.as_slice(), public_key.as_slice()],
         )?;
         Ok(())
+    }
+
+    /// The administrator's Ed25519 public key; `None` before one is set (or in a store from before
+    /// signed admin requests, which holds only the token's hash).
+    pub fn admin_public_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        let v: Option<Option<Vec<u8>>> = self
+            .conn
+            .query_row("SELECT public_key FROM admin WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(v.flatten().and_then(|b| b.try_into().ok()))
+    }
+
+    /// The seed of the KBS's HPKE identity key, if one was made.
+    pub fn identity_seed(&self) -> Result<Option<Zeroizing<[u8; 32]>>, StoreError> {
+        let v: Option<Zeroizing<Vec<u8>>> = self
+            .conn
+            .query_row("SELECT hpke_seed FROM identity WHERE id = 1", [], |r| {
+                r.get(0).map(Zeroizing::new)
+            })
+            .optional()?;
+        Ok(v.and_then(|b| {
+            let mut seed = Zeroizing::new([0u8; 32]);
+            (b.len() == 32).then(|| {
+                seed.copy_from_slice(&b);
+                seed
+            })
+        }))
+    }
+
+    /// Stores the seed of the KBS's HPKE identity key, unless one exists; returns the stored seed.
+    pub fn init_identity_seed(
+        &self,
+        seed: &[u8; 32],
+        now: u64,
+    ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO identity (id, hpke_seed, created_at) VALUES (1, ?1, ?2)",
+            params![seed.as_slice(), now as i64],
+        )?;
+        self.identity_seed()?
+            .ok_or(StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    /// Records the nonce of a signed request; `false` if it was recorded already (a replay).
+    /// Nonces are kept until `expires_at`, then pruned.
+    pub fn use_request_nonce(
+        &self,
+        nonce: &[u8],
+        expires_at: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.conn.execute(
+            "DELETE FROM request_nonces WHERE expires_at < ?1",
+            params![now as i64],
+        )?;
+        let changed = self.conn.execute(
+            "INSERT OR IGNORE INTO request_nonces (nonce, expires_at) VALUES (?1, ?2)",
+            params![nonce, expires_at as i64],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Challenge nonces not yet expired.
+    pub fn live_nonces(&self, now: u64) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM nonces WHERE expires_at >= ?1",
+            params![now as i64],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Dataset keys held, all owners together and those of `owner`.
+    pub fn dataset_key_counts(&self, owner: &[u8; 32]) -> Result<(u64, u64), StoreError> {
+        let (all, mine): (i64, i64) = self.conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(owner = ?1), 0) FROM keys WHERE kind = 'dataset'",
+            params![owner.as_slice()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((all as u64, mine as u64))
     }
 
     pub fn put_key(
@@ -211,13 +353,15 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT dek, policy, owner FROM keys WHERE key_id = ?1",
+                "SELECT dek, policy, owner, kind FROM keys WHERE key_id = ?1",
                 params![key_id],
                 |r| {
                     let owner: Option<Vec<u8>> = r.get(2)?;
+                    let kind: String = r.get(3)?;
                     Ok(StoredKey {
                         dek: Zeroizing::new(r.get(0)?),
                         policy: r.get(1)?,
+                        kind: KeyKind::parse(&kind),
                         owner: owner.and_then(|o| o.try_into().ok()),
                     })
                 },
@@ -329,19 +473,21 @@ impl Store {
             .optional()?)
     }
 
-    /// Stores a job's output key (never replacing an existing key) with its audit event.
+    /// Stores a job's output key, owned by the runtime that registered it (never replacing an
+    /// existing key, and never replaceable through the admin API), with its audit event.
     pub fn put_output_key_audited(
         &mut self,
         key_id: &str,
         dek: &[u8],
         policy: &str,
+        runtime: &[u8; 32],
         event: &NewAuditEvent<'_>,
     ) -> Result<AuditEvent, StoreError> {
         let tx = self.conn.transaction()?;
         let changed = tx.execute(
-            "INSERT OR IGNORE INTO keys (key_id, dek, policy, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?4)",
-            params![key_id, dek, policy, event.time as i64],
+            "INSERT OR IGNORE INTO keys (key_id, dek, policy, created_at, updated_at, owner, kind)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5, 'job_output')",
+            params![key_id, dek, policy, event.time as i64, runtime.as_slice()],
         )?;
         if changed == 0 {
             return Err(StoreError::KeyOwned {
@@ -365,11 +511,11 @@ impl Store {
     ) -> Result<AuditEvent, StoreError> {
         let tx = self.conn.transaction()?;
         let changed = tx.execute(
-            "INSERT INTO keys (key_id, dek, policy, created_at, updated_at, owner)
-             VALUES (?1, ?2, ?3, ?4, ?4, ?5)
+            "INSERT INTO keys (key_id, dek, policy, created_at, updated_at, owner, kind)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5, 'dataset')
              ON CONFLICT(key_id) DO UPDATE SET dek = excluded.dek, policy = excluded.policy,
                  updated_at = excluded.updated_at
-             WHERE keys.owner = excluded.owner",
+             WHERE keys.kind = 'dataset' AND keys.owner = excluded.owner",
             params![key_id, dek, policy, event.time as i64, owner.as_slice()],
         )?;
         if changed == 0 {
@@ -422,13 +568,15 @@ fn upsert_key(
     now: u64,
 ) -> Result<(), StoreError> {
     let changed = conn.execute(
-        "INSERT INTO keys (key_id, dek, policy, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
+        "INSERT INTO keys (key_id, dek, policy, created_at, updated_at, kind)
+         VALUES (?1, ?2, ?3, ?4, ?4, 'admin')
          ON CONFLICT(key_id) DO UPDATE SET dek = excluded.dek, policy = excluded.policy,
              updated_at = excluded.updated_at
-         WHERE keys.owner IS NULL",
+         WHERE keys.kind = 'admin'",
         params![key_id, dek, policy, now as i64],
     )?;
-    // A dataset key stays its owner's: the admin API cannot replace it.
+    // A dataset key stays its owner's and a job's output its job's: the admin API cannot replace
+    // either.
     if changed == 0 {
         return Err(StoreError::KeyOwned {
             key_id: key_id.to_string(),

@@ -12,3 +12,26 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error>
         .decode(s.as_bytes())
         .map_err(|e| D::Error::custom(format!("invalid base64: {e}")))
 }
+
+/// `Option<Vec<u8>>` as an optional base64 string.
+pub mod opt {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_str(&STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| {
+                STANDARD
+                    .decode(s.as_bytes())
+                    .map_err(|e| D::Error::custom(format!("invalid base64: {e}")))
+            })
+            .transpose()
+    }
+}

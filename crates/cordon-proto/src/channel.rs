@@ -227,6 +227,12 @@ impl ServerResponseContext {
         }
     }
 
+    /// The request's encapsulated key: unique to one request, what the runtime remembers to refuse
+    /// a replayed one.
+    pub fn request_id(&self) -> [u8; ENC_LEN] {
+        self.enc
+    }
+
     pub fn encrypt_response(self, response: &[u8]) -> Result<Vec<u8>, ChannelError> {
         let mut response_nonce = [0u8; RESPONSE_NONCE_LEN];
         rand::rng().fill_bytes(&mut response_nonce);

@@ -7,7 +7,10 @@
 
 use crate::channel::{ClientResponseContext, ServerResponseContext, ENC_LEN};
 use crate::job::{self, Approval, JobResult, JobSpec, JobStatus, PartyKey, Receipt, OUTPUT_INFO};
-use crate::kbs::{AttestRequest, AttestResponse, AuditEvent, Challenge, ErrorBody, RegisterKey};
+use crate::kbs::{
+    dek_upload_aad, policy_context, AttestRequest, AttestResponse, AuditEvent, Challenge,
+    DekPurpose, ErrorBody, RegisterKey, UPLOAD_INFO,
+};
 use crate::runtime::{AttestationResponse, InnerRequest, InnerResponse};
 use crate::session::{SessionGrant, SessionId, SessionKeys, SessionMessage};
 use crate::{oip, report_data, RuntimeKeys, ServiceKeyPair};
@@ -32,6 +35,35 @@ pub const SESSION_ID: SessionId = [0x5a; 16];
 pub const NOW: u64 = 1_790_000_000;
 /// The nonce an attestation response must bind.
 pub const CLIENT_NONCE: [u8; 32] = [13; 32];
+/// The runtime's contribution to the keys of the seeds' sessions (real runtimes draw one per setup).
+pub const SERVER_NONCE: [u8; 32] = [14; 32];
+/// Seed of the KBS's HPKE identity key, to which the seeds' registered DEKs are sealed.
+pub const KBS_SEED: [u8; 32] = [15; 32];
+/// The administrator's key seed (its admin token), which signs the seeds' key registrations.
+pub const ADMIN_SECRET: [u8; 32] = [16; 32];
+/// The key id of the seeds' registered DEK.
+pub const REGISTER_KEY_ID: &str = "fuzz-key";
+
+/// The KBS's identity key pair.
+pub fn kbs_key() -> &'static ServiceKeyPair {
+    static KEY: OnceLock<ServiceKeyPair> = OnceLock::new();
+    KEY.get_or_init(|| ServiceKeyPair::derive(0, &KBS_SEED))
+}
+
+/// The administrator's public key.
+pub fn admin_public_key() -> [u8; 32] {
+    ed25519_dalek::SigningKey::from_bytes(&ADMIN_SECRET)
+        .verifying_key()
+        .to_bytes()
+}
+
+/// Opens a session setup as the runtime does, with [`SERVER_NONCE`] as its contribution, so the
+/// seeds' session messages authenticate (seed generation and the session target).
+pub fn accept_session_fixed(
+    setup: &[u8],
+) -> Result<(zeroize::Zeroizing<Vec<u8>>, SessionKeys), crate::ChannelError> {
+    service_key().accept_session_with_nonce(setup, &SERVER_NONCE)
+}
 
 /// The runtime's HPKE key pair.
 pub fn service_key() -> &'static ServiceKeyPair {
@@ -86,7 +118,7 @@ fn check_job(spec: &JobSpec, approvals: &[Approval]) -> Option<[u8; 32]> {
     let hash = spec.hash();
     let valid = spec.validate().is_ok();
     for approval in approvals {
-        let _ = approval.verify(spec, &hash);
+        let _ = approval.verify(spec, &hash, now());
     }
     valid.then_some(hash)
 }
@@ -116,6 +148,14 @@ pub fn kbs_requests(data: &[u8]) {
         let _ = format!("{req:?}");
         if let Ok(policy) = Policy::from_toml(&req.policy) {
             let _ = policy.to_toml();
+            // What the KBS does next: open the DEK sealed to it for this slot and policy.
+            let aad = dek_upload_aad(
+                DekPurpose::AdminKey,
+                REGISTER_KEY_ID,
+                &admin_public_key(),
+                &policy_context(&req.policy),
+            );
+            let _ = kbs_key().open_sealed(UPLOAD_INFO, &aad, &req.sealed_dek.sealed);
         }
     }
     if let Ok(resp) = serde_json::from_slice::<AttestResponse>(data) {
@@ -154,7 +194,7 @@ pub fn runtime_requests(data: &[u8]) {
         check_job(&spec, &[]);
     }
     if let (Ok(approval), Some(spec)) = (serde_json::from_slice::<Approval>(data), seed_spec()) {
-        let _ = approval.verify(spec, &spec.hash());
+        let _ = approval.verify(spec, &spec.hash(), now());
     }
     if let Ok(status) = serde_json::from_slice::<JobStatus>(data) {
         check_job(&status.spec, &[]);
@@ -188,29 +228,33 @@ pub fn runtime_requests(data: &[u8]) {
     signed_request(data);
 }
 
-/// A party-signed request as lines: party key, time and signature headers, method, path, then the
-/// body (the rest, verbatim). A header line that is empty is a missing header.
+/// A signed request as lines: the signer, time, nonce, audience and signature headers, method,
+/// path, then the body (the rest, verbatim). A header line that is empty is a missing header. The
+/// audience checked is the runtime's service key, as a training runtime checks it.
 fn signed_request(data: &[u8]) {
-    let mut parts = data.splitn(6, |&b| b == b'\n');
+    let mut parts = data.splitn(8, |&b| b == b'\n');
     let mut line = || parts.next().and_then(|l| std::str::from_utf8(l).ok());
-    let (party, time, signature) = (line(), line(), line());
+    let (signer, time, nonce, audience, signature) = (line(), line(), line(), line(), line());
     let (Some(method), Some(path)) = (line(), line()) else {
         return;
     };
     let body = parts.next().unwrap_or_default();
     let header = |name: &str| {
         let value = match name {
-            job::PARTY_HEADER => party,
-            job::TIME_HEADER => time,
-            job::SIGNATURE_HEADER => signature,
+            crate::auth::SIGNER_HEADER => signer,
+            crate::auth::TIME_HEADER => time,
+            crate::auth::NONCE_HEADER => nonce,
+            crate::auth::AUDIENCE_HEADER => audience,
+            crate::auth::SIGNATURE_HEADER => signature,
             _ => None,
         };
         value.filter(|v| !v.is_empty())
     };
-    if let Ok(key) = job::verify_request(header, method, path, body, now()) {
+    let audience = service_key().public_key();
+    if let Ok(req) = crate::auth::verify_request(header, method, path, body, &audience, now()) {
         // The job board's next step: who signed, among the job's parties.
         if let Some(spec) = seed_spec() {
-            let _ = spec.party_by_key(&key);
+            let _ = spec.party_by_key(&req.signer);
         }
     }
 }
@@ -299,16 +343,16 @@ pub fn frame_session(parts: &[&[u8]]) -> Vec<u8> {
 /// the inner request is parsed and answered. The whole input is also tried as one setup message
 /// and as one session message.
 pub fn session(data: &[u8]) {
-    let _ = service_key().accept_session(data);
+    let _ = accept_session_fixed(data);
     let _ = SessionMessage::parse(data);
 
     let Some((setup, mut rest)) = take_framed(data) else {
         return;
     };
-    let Ok((setup_plain, keys)) = service_key().accept_session(setup) else {
+    let Ok((setup_plain, keys)) = accept_session_fixed(setup) else {
         return;
     };
-    let _ = serde_json::from_slice::<serde_json::Value>(&setup_plain);
+    let _ = serde_json::from_slice::<crate::session::SessionSetup>(&setup_plain);
     let grant = SessionGrant {
         session_id: SESSION_ID,
         expires_at: NOW + 600,

@@ -23,9 +23,7 @@ use zeroize::{Zeroize, Zeroizing};
 /// Domain label of the job hash preimage.
 pub const JOB_DOMAIN: &[u8] = b"cordon job v1\0";
 /// Domain label of an approval signature.
-pub const APPROVAL_DOMAIN: &[u8] = b"cordon job approval v1\0";
-/// Domain label of a party-signed HTTP request.
-pub const REQUEST_DOMAIN: &[u8] = b"cordon party request v1\0";
+pub const APPROVAL_DOMAIN: &[u8] = b"cordon job approval v2\0";
 /// Domain label of a receipt signature.
 pub const RECEIPT_DOMAIN: &[u8] = b"cordon job receipt v1\0";
 /// Domain label of the report_data of a runtime that runs a job.
@@ -33,14 +31,8 @@ pub const JOB_REPORT_DATA_DOMAIN: &[u8] = b"cordon job report_data v1\0";
 /// HPKE `info` of an output DEK sealed to a recipient; the AAD is `job hash || key id`.
 pub const OUTPUT_INFO: &[u8] = b"cordon job output v1";
 
-/// Header carrying the requesting party's Ed25519 public key (hex).
-pub const PARTY_HEADER: &str = "x-cordon-party";
-/// Header carrying the request time (Unix seconds).
-pub const TIME_HEADER: &str = "x-cordon-time";
-/// Header carrying the request signature (hex).
-pub const SIGNATURE_HEADER: &str = "x-cordon-signature";
-/// How far a signed request's time may be from the server's clock.
-pub const REQUEST_WINDOW: Duration = Duration::from_secs(300);
+/// The longest an approval may stay valid: a party approves a job for a run soon, not forever.
+pub const MAX_APPROVAL_VALIDITY: Duration = Duration::from_secs(30 * 86_400);
 
 /// Why a job message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +41,13 @@ pub enum JobError {
     Spec(String),
     #[error("party {party}: approval signature does not verify for job {job_hash}")]
     BadApproval { party: String, job_hash: String },
+    #[error("party {party}: approval of job {job_hash} expired at {expires_at} (now {now})")]
+    ApprovalExpired {
+        party: String,
+        job_hash: String,
+        expires_at: u64,
+        now: u64,
+    },
     #[error("unknown party {0}")]
     UnknownParty(String),
     #[error("request authentication: {0}")]
@@ -140,32 +139,23 @@ pub struct ServeOutput {
     pub policy: String,
 }
 
-/// `PUT /kbs/v1/jobs/{hash}/output`: the training runtime registers the output model's DEK, signed
-/// (party-request headers) with the signing key its job attestation bound. Debug omits the DEK.
-#[derive(Clone, Serialize, Deserialize)]
+/// `PUT /kbs/v1/jobs/{hash}/output`: the training runtime registers the output model's DEK, sealed
+/// to the KBS ([`crate::kbs::seal_dek_for_kbs`], purpose `job_output`, context
+/// `job_hash || sealed_manifest_sha256`), in a request signed ([`crate::auth`]) with the signing key
+/// its job attestation bound.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputKey {
     pub key_id: String,
-    #[serde(with = "crate::b64")]
-    pub dek: Vec<u8>,
+    pub sealed_dek: crate::kbs::SealedDek,
     /// SHA-256 of the sealed model's manifest, for the audit log.
     #[serde(with = "crate::binding::hex_array32")]
     pub sealed_manifest_sha256: [u8; 32],
 }
 
-impl fmt::Debug for OutputKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OutputKey")
-            .field("key_id", &self.key_id)
-            .field("dek", &format_args!("<{} bytes redacted>", self.dek.len()))
-            .finish()
-    }
-}
-
-impl Drop for OutputKey {
-    fn drop(&mut self) {
-        self.dek.zeroize();
-    }
+/// The context an output key's sealed DEK binds: the job and the sealed model.
+pub fn output_context(job_hash: &[u8; 32], sealed_manifest_sha256: &[u8; 32]) -> Vec<u8> {
+    [job_hash.as_slice(), sealed_manifest_sha256.as_slice()].concat()
 }
 
 impl JobSpec {
@@ -392,24 +382,27 @@ impl PartyKey {
         }
     }
 
-    /// Signs an approval of exactly `job_hash`.
-    pub fn approve(&self, job_hash: &[u8; 32]) -> Approval {
-        let sig = self.signing.sign(&approval_message(job_hash));
+    /// Signs an approval of exactly `job_hash`, valid until `expires_at` (Unix seconds).
+    pub fn approve(&self, job_hash: &[u8; 32], expires_at: u64) -> Approval {
+        let sig = self.signing.sign(&approval_message(job_hash, expires_at));
         Approval {
             party: self.name.clone(),
+            expires_at,
             signature: hex::encode(sig.to_bytes()),
         }
     }
 
-    /// The three headers that authenticate a request: party key, time, signature.
+    /// The headers that authenticate a request to the server whose public key is `audience`
+    /// ([`crate::auth`]).
     pub fn sign_request(
         &self,
         method: &str,
         path: &str,
         body: &[u8],
+        audience: &[u8; 32],
         now: SystemTime,
-    ) -> [(&'static str, String); 3] {
-        sign_request(&self.signing, method, path, body, now)
+    ) -> [(&'static str, String); 5] {
+        crate::auth::sign_request(&self.signing, method, path, body, audience, now)
     }
 
     /// The key file (JSON, secrets in hex). Write it with mode 0600.
@@ -450,24 +443,6 @@ impl PartyKey {
     }
 }
 
-/// Signs a request with any Ed25519 key: a party's, or a training runtime's attested signing key
-/// (when it registers a job's output with the KBS).
-pub fn sign_request(
-    key: &SigningKey,
-    method: &str,
-    path: &str,
-    body: &[u8],
-    now: SystemTime,
-) -> [(&'static str, String); 3] {
-    let time = unix(now);
-    let sig = key.sign(&request_message(method, path, time, body));
-    [
-        (PARTY_HEADER, hex::encode(key.verifying_key().to_bytes())),
-        (TIME_HEADER, time.to_string()),
-        (SIGNATURE_HEADER, hex::encode(sig.to_bytes())),
-    ]
-}
-
 fn secret32(hex_text: &str, field: &str) -> Result<Zeroizing<[u8; 32]>, JobError> {
     let bytes = Zeroizing::new(
         hex::decode(hex_text.trim()).map_err(|e| JobError::KeyFile(format!("{field}: {e}")))?,
@@ -489,20 +464,13 @@ fn unix(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-fn approval_message(job_hash: &[u8; 32]) -> Vec<u8> {
-    [APPROVAL_DOMAIN, job_hash.as_slice()].concat()
-}
-
-fn request_message(method: &str, path: &str, time: u64, body: &[u8]) -> Vec<u8> {
-    let mut m = REQUEST_DOMAIN.to_vec();
-    m.extend_from_slice(method.as_bytes());
-    m.push(0);
-    m.extend_from_slice(path.as_bytes());
-    m.push(0);
-    m.extend_from_slice(time.to_string().as_bytes());
-    m.push(0);
-    m.extend_from_slice(&Sha256::digest(body));
-    m
+fn approval_message(job_hash: &[u8; 32], expires_at: u64) -> Vec<u8> {
+    [
+        APPROVAL_DOMAIN,
+        job_hash.as_slice(),
+        expires_at.to_be_bytes().as_slice(),
+    ]
+    .concat()
 }
 
 /// A party's signed approval of one job hash.
@@ -510,25 +478,42 @@ fn request_message(method: &str, path: &str, time: u64, body: &[u8]) -> Vec<u8> 
 #[serde(deny_unknown_fields)]
 pub struct Approval {
     pub party: String,
-    /// Ed25519 signature (hex) over `APPROVAL_DOMAIN || job_hash`.
+    /// Unix seconds after which the approval no longer counts, at the runtime or the KBS.
+    pub expires_at: u64,
+    /// Ed25519 signature (hex) over `APPROVAL_DOMAIN || job_hash || u64be(expires_at)`.
     pub signature: String,
 }
 
 impl Approval {
-    /// Checks this approval against the party's key in `spec`, for `spec`'s own hash.
-    pub fn verify(&self, spec: &JobSpec, job_hash: &[u8; 32]) -> Result<(), JobError> {
+    /// Checks this approval against the party's key in `spec`, for `spec`'s own hash, at `now`.
+    pub fn verify(
+        &self,
+        spec: &JobSpec,
+        job_hash: &[u8; 32],
+        now: SystemTime,
+    ) -> Result<(), JobError> {
         let party = spec
             .party(&self.party)
             .ok_or_else(|| JobError::UnknownParty(self.party.clone()))?;
         verify_signature(
             &party.signing_key,
-            &approval_message(job_hash),
+            &approval_message(job_hash, self.expires_at),
             &self.signature,
         )
         .map_err(|_| JobError::BadApproval {
             party: self.party.clone(),
             job_hash: hex::encode(job_hash),
-        })
+        })?;
+        let now = unix(now);
+        if now > self.expires_at {
+            return Err(JobError::ApprovalExpired {
+                party: self.party.clone(),
+                job_hash: hex::encode(job_hash),
+                expires_at: self.expires_at,
+                now,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -540,41 +525,6 @@ fn verify_signature(key: &[u8; 32], message: &[u8], signature_hex: &str) -> Resu
         .ok_or_else(|| "signature is not 64 bytes of hex".to_string())?;
     key.verify_strict(message, &Signature::from_bytes(&sig))
         .map_err(|_| "signature does not verify".to_string())
-}
-
-/// Checks a party-signed request; returns the signing party's public key. `header` looks up a
-/// request header by name.
-pub fn verify_request<'a>(
-    header: impl Fn(&str) -> Option<&'a str>,
-    method: &str,
-    path: &str,
-    body: &[u8],
-    now: SystemTime,
-) -> Result<[u8; 32], JobError> {
-    let get =
-        |name: &str| header(name).ok_or_else(|| JobError::Auth(format!("missing header {name}")));
-    let key: [u8; 32] = hex::decode(get(PARTY_HEADER)?.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| JobError::Auth(format!("{PARTY_HEADER} is not 32 bytes of hex")))?;
-    let time: u64 = get(TIME_HEADER)?
-        .trim()
-        .parse()
-        .map_err(|_| JobError::Auth(format!("{TIME_HEADER} is not Unix seconds")))?;
-    let now = unix(now);
-    if now.abs_diff(time) > REQUEST_WINDOW.as_secs() {
-        return Err(JobError::Auth(format!(
-            "request time {time} is more than {}s from the server's {now}",
-            REQUEST_WINDOW.as_secs()
-        )));
-    }
-    verify_signature(
-        &key,
-        &request_message(method, path, time, body),
-        get(SIGNATURE_HEADER)?,
-    )
-    .map_err(|e| JobError::Auth(format!("request signature: {e}")))?;
-    Ok(key)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -821,14 +771,16 @@ mod tests {
         let s = spec(&[&a, &b]);
         s.validate().unwrap();
         let h = s.hash();
-        let approval = b.approve(&h);
-        approval.verify(&s, &h).unwrap();
+        let now = SystemTime::now();
+        let until = unix(now) + 3600;
+        let approval = b.approve(&h, until);
+        approval.verify(&s, &h, now).unwrap();
 
         let mut changed = s.clone();
         changed.algorithm = serde_json::json!({"kind": "gbdt", "n_estimators": 11});
         assert_ne!(changed.hash(), h);
         assert!(matches!(
-            approval.verify(&changed, &changed.hash()),
+            approval.verify(&changed, &changed.hash(), now),
             Err(JobError::BadApproval { .. })
         ));
         let mut changed = s.clone();
@@ -837,15 +789,30 @@ mod tests {
         // An approval signed by another party does not pass as b's.
         let forged = Approval {
             party: "b".into(),
-            signature: a.approve(&h).signature,
+            expires_at: until,
+            signature: a.approve(&h, until).signature,
         };
-        assert!(forged.verify(&s, &h).is_err());
+        assert!(forged.verify(&s, &h, now).is_err());
         assert!(Approval {
             party: "c".into(),
-            signature: approval.signature.clone()
+            ..approval.clone()
         }
-        .verify(&s, &h)
+        .verify(&s, &h, now)
         .is_err());
+        // The expiry is signed: moving it voids the signature; past it, the approval is refused.
+        let stretched = Approval {
+            expires_at: until + 86_400,
+            ..approval.clone()
+        };
+        assert!(matches!(
+            stretched.verify(&s, &h, now),
+            Err(JobError::BadApproval { .. })
+        ));
+        let later = now + Duration::from_secs(3601);
+        assert!(matches!(
+            approval.verify(&s, &h, later),
+            Err(JobError::ApprovalExpired { .. })
+        ));
     }
 
     #[test]
@@ -899,32 +866,19 @@ mod tests {
     }
 
     #[test]
-    fn signed_requests_are_bound_to_method_path_body_and_time() {
+    fn party_requests_verify_as_the_party() {
         let a = PartyKey::generate("a");
         let now = SystemTime::now();
-        let headers = a.sign_request("POST", "/v1/jobs", b"{}", now);
-        let get = |h: &[(&'static str, String); 3]| {
-            let h = h.clone();
-            move |name: &str| {
-                h.iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, v)| Box::leak(v.clone().into_boxed_str()) as &str)
-            }
+        let headers = a.sign_request("POST", "/v1/jobs", b"{}", &[5; 32], now);
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_str())
         };
-        assert_eq!(
-            verify_request(get(&headers), "POST", "/v1/jobs", b"{}", now).unwrap(),
-            a.signing_public_key()
-        );
-        for (m, p, b) in [
-            ("GET", "/v1/jobs", &b"{}"[..]),
-            ("POST", "/v1/jobs/x", b"{}"),
-            ("POST", "/v1/jobs", b"{ }"),
-        ] {
-            assert!(verify_request(get(&headers), m, p, b, now).is_err());
-        }
-        let late = now + Duration::from_secs(301);
-        let err = verify_request(get(&headers), "POST", "/v1/jobs", b"{}", late).unwrap_err();
-        assert!(err.to_string().contains("more than 300s"), "{err}");
+        let ok =
+            crate::auth::verify_request(get, "POST", "/v1/jobs", b"{}", &[5; 32], now).unwrap();
+        assert_eq!(ok.signer, a.signing_public_key());
     }
 
     #[test]

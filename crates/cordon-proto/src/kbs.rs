@@ -1,11 +1,116 @@
 //! Key broker (KBS) messages. Paths are under `/kbs/v1`.
 
+use crate::channel::{self, ChannelError};
 use crate::job::{Approval, JobSpec};
 use crate::{ModelBinding, RuntimeKeys};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// HPKE `info` for a DEK released by the KBS; the AAD is the key id.
 pub const RELEASE_INFO: &[u8] = b"cordon kbs dek release v1";
+/// HPKE `info` for a DEK sent *to* the KBS, sealed to its identity key; the AAD is
+/// [`dek_upload_aad`].
+pub const UPLOAD_INFO: &[u8] = b"cordon kbs dek upload v1";
+/// Most keys one attest request may ask for.
+pub const MAX_KEY_IDS: usize = 64;
+
+/// `GET /kbs/v1/identity`: the KBS's long-term HPKE public key. Every DEK sent to the KBS is sealed
+/// to it, and every signed request to the KBS names it as its audience. Callers pin it out of band
+/// (`cordon kbs serve` prints it); this answer only lets tools show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KbsIdentity {
+    #[serde(with = "crate::binding::hex_array32")]
+    pub hpke_public_key: [u8; 32],
+}
+
+/// Why a DEK is sent to the KBS. Part of the sealed DEK's AAD, so a DEK sealed for one use cannot be
+/// replayed into another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DekPurpose {
+    /// A model owner's key, registered by the administrator (`PUT /kbs/v1/admin/keys/{id}`).
+    AdminKey,
+    /// A party's dataset key (`PUT /kbs/v1/datasets/{id}`).
+    DatasetKey,
+    /// A training job's output key, registered by its runtime (`PUT /kbs/v1/jobs/{hash}/output`).
+    JobOutput,
+}
+
+impl DekPurpose {
+    pub fn label(self) -> &'static str {
+        match self {
+            DekPurpose::AdminKey => "admin_key",
+            DekPurpose::DatasetKey => "dataset_key",
+            DekPurpose::JobOutput => "job_output",
+        }
+    }
+}
+
+/// A DEK on its way to the KBS: HPKE (base mode, the channel's suite) to the KBS's identity key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedDek {
+    /// The KBS key it is sealed to (so a KBS can say "sealed to another key" rather than fail).
+    #[serde(with = "crate::binding::hex_array32")]
+    pub kbs_public_key: [u8; 32],
+    /// `enc (32) || ciphertext`.
+    #[serde(with = "crate::b64")]
+    pub sealed: Vec<u8>,
+}
+
+/// The context a registered policy binds: SHA-256 of its exact text.
+pub fn policy_context(policy_toml: &str) -> [u8; 32] {
+    Sha256::digest(policy_toml.as_bytes()).into()
+}
+
+/// The AAD of a DEK sealed to the KBS:
+///
+/// ```text
+/// "cordon kbs dek upload v1" || 0x00 || for each of purpose, key_id, sender (32), context:
+///                                        u32be(len) || bytes
+/// ```
+///
+/// `sender` is the Ed25519 key that signs the request (administrator, party or runtime) and
+/// `context` is SHA-256 of the release policy (admin and dataset keys) or `job_hash ||
+/// sealed_manifest_sha256` (a job's output). Change any of them and the KBS cannot open the DEK.
+pub fn dek_upload_aad(
+    purpose: DekPurpose,
+    key_id: &str,
+    sender: &[u8; 32],
+    context: &[u8],
+) -> Vec<u8> {
+    let mut aad = UPLOAD_INFO.to_vec();
+    aad.push(0);
+    for part in [
+        purpose.label().as_bytes(),
+        key_id.as_bytes(),
+        sender.as_slice(),
+        context,
+    ] {
+        aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        aad.extend_from_slice(part);
+    }
+    aad
+}
+
+/// Seals `dek` to the KBS whose identity key is `kbs_public_key`, for `purpose`.
+pub fn seal_dek_for_kbs(
+    kbs_public_key: &[u8; 32],
+    purpose: DekPurpose,
+    key_id: &str,
+    sender: &[u8; 32],
+    context: &[u8],
+    dek: &[u8],
+) -> Result<SealedDek, ChannelError> {
+    Ok(SealedDek {
+        kbs_public_key: *kbs_public_key,
+        sealed: channel::seal_to(
+            kbs_public_key,
+            UPLOAD_INFO,
+            &dek_upload_aad(purpose, key_id, sender, context),
+            dek,
+        )?,
+    })
+}
 
 /// `POST /kbs/v1/challenge` response: a single-use nonce.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,12 +172,13 @@ pub struct AttestResponse {
     pub denied: Vec<DeniedKey>,
 }
 
-/// `PUT /kbs/v1/admin/keys/{key_id}` request (admin token required). Debug output omits the DEK.
-#[derive(Clone, Serialize, Deserialize)]
+/// `PUT /kbs/v1/admin/keys/{key_id}` (signed by the administrator) and
+/// `PUT /kbs/v1/datasets/{key_id}` (signed by the party): the DEK, sealed to the KBS, and its release
+/// policy. The sealed DEK's AAD binds the purpose, the key id, the signer and SHA-256 of `policy`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegisterKey {
-    /// The 32-byte DEK, base64.
-    #[serde(with = "crate::b64")]
-    pub dek: Vec<u8>,
+    pub sealed_dek: SealedDek,
     /// The release policy, TOML (see `cordon_attest::Policy`).
     pub policy: String,
 }
@@ -107,35 +213,54 @@ pub struct ErrorBody {
     pub error: String,
 }
 
-impl std::fmt::Debug for RegisterKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegisterKey")
-            .field("dek", &format_args!("<{} bytes redacted>", self.dek.len()))
-            .field("policy", &self.policy)
-            .finish()
-    }
-}
-
-impl Drop for RegisterKey {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.dek);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ServiceKeyPair;
 
     #[test]
-    fn register_key_debug_does_not_show_the_dek() {
-        let r = RegisterKey {
-            dek: vec![0xab; 32],
-            policy: "p".into(),
+    fn a_sealed_dek_opens_only_for_its_purpose_slot_sender_and_policy() {
+        let kbs = ServiceKeyPair::generate(0);
+        let ctx = policy_context("platforms = [\"sim\"]");
+        let sealed = seal_dek_for_kbs(
+            &kbs.public_key(),
+            DekPurpose::DatasetKey,
+            "k1",
+            &[1; 32],
+            &ctx,
+            &[9; 32],
+        )
+        .unwrap();
+        let open = |purpose, key_id: &str, sender: &[u8; 32], context: &[u8]| {
+            kbs.open_sealed(
+                UPLOAD_INFO,
+                &dek_upload_aad(purpose, key_id, sender, context),
+                &sealed.sealed,
+            )
         };
-        let s = format!("{r:?}");
-        assert!(
-            !s.contains("171") && !s.to_lowercase().contains("abab"),
-            "{s}"
+        assert_eq!(
+            open(DekPurpose::DatasetKey, "k1", &[1; 32], &ctx)
+                .unwrap()
+                .as_slice(),
+            &[9; 32]
         );
+        assert!(open(DekPurpose::AdminKey, "k1", &[1; 32], &ctx).is_err());
+        assert!(open(DekPurpose::DatasetKey, "k2", &[1; 32], &ctx).is_err());
+        assert!(open(DekPurpose::DatasetKey, "k1", &[2; 32], &ctx).is_err());
+        assert!(open(DekPurpose::DatasetKey, "k1", &[1; 32], &policy_context("x")).is_err());
+        // Length framing: moving a byte between key id and context changes the AAD.
+        assert_ne!(
+            dek_upload_aad(DekPurpose::AdminKey, "ab", &[0; 32], b"c"),
+            dek_upload_aad(DekPurpose::AdminKey, "a", &[0; 32], b"bc")
+        );
+        // Another KBS key cannot open it.
+        let other = ServiceKeyPair::generate(0);
+        assert!(other
+            .open_sealed(
+                UPLOAD_INFO,
+                &dek_upload_aad(DekPurpose::DatasetKey, "k1", &[1; 32], &ctx),
+                &sealed.sealed
+            )
+            .is_err());
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::{ModelBinding, RuntimeKeys};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Media type of an encapsulated request (body of `POST /v1/encrypted`).
 pub const ENCRYPTED_REQUEST_MEDIA_TYPE: &str = "message/cordon-request";
@@ -21,13 +22,29 @@ pub struct AttestationResponse {
 }
 
 /// The plaintext inside an encrypted request: one HTTP-like request to the runtime's
-/// Open Inference Protocol surface.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Open Inference Protocol surface, or to its training job API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct InnerRequest {
     pub method: String,
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<serde_json::Value>,
+    /// The client's clock when it encrypted a one-shot request (Unix seconds). The runtime refuses
+    /// one-shot requests without it, outside its replay window, or seen before. Unused in sessions,
+    /// whose sequence numbers refuse replays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<u64>,
+    /// Request headers: the signed-request headers ([`crate::auth`]) of a party's job request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// A job request's exact body bytes (base64), which its signature covers; used instead of
+    /// `body` so that no re-encoding of JSON stands between signer and verifier.
+    #[serde(
+        default,
+        with = "crate::b64::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub raw_body: Option<Vec<u8>>,
 }
 
 /// The plaintext inside an encrypted response.

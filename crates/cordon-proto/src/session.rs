@@ -3,18 +3,29 @@
 //! operations on the client, one on the runtime) would cost more than the inference.
 //!
 //! ```text
-//! setup request  = hdr (7) || enc (32) || HPKE ciphertext of the setup JSON (may be `{}`)
+//! setup request  = hdr (7) || enc (32) || HPKE ciphertext of the setup JSON {"sent_at": unix seconds}
 //!   hdr          = key_id (1) || kem_id (2) || kdf_id (2) || aead_id (2)     (as in one-shot mode)
-//!   info         = "cordon session v1" || 0x00 || hdr
-//! keys           = context.export("cordon session keys v1", 88)
+//!   info         = "cordon session v2" || 0x00 || hdr
+//! secret         = context.export("cordon session secret v2", 32)
+//! server_nonce   = 32 random bytes, drawn by the runtime for this session
+//! prk            = HKDF-Extract(salt = enc || server_nonce, secret)
+//! keys           = HKDF-Expand(prk, "cordon session keys v2", 88)
 //!                = key_c2s (32) || key_s2c (32) || nonce_c2s (12) || nonce_s2c (12)
-//! setup response = AES-256-GCM(key_s2c, nonce(s2c, 0), aad = "cordon session grant", grant JSON)
+//! setup response = server_nonce (32)
+//!                  || AES-256-GCM(key_s2c, nonce(s2c, 0), aad = "cordon session grant", grant JSON)
 //!   grant        = {"session_id": hex(16 bytes), "expires_at": unix seconds, "max_messages": n}
 //! request        = session_id (16) || seq (8, big-endian, >= 1)
 //!                  || AES-256-GCM(key_c2s, nonce(c2s, seq), aad = session_id || seq, inner request)
 //! response       = seq (8) || AES-256-GCM(key_s2c, nonce(s2c, seq), aad = session_id || seq, inner)
 //! nonce(d, seq)  = nonce_d XOR (0x00000000 || u64be(seq))
 //! ```
+//!
+//! Both sides contribute to the keys, as OHTTP's response nonce does: the client through its HPKE
+//! setup, the runtime through `server_nonce`. A setup replayed by whoever carries it therefore opens
+//! a session under fresh keys, never a second session under the same key and nonces (which would
+//! reuse AES-GCM nonces and give away GHASH's key), and the replayer, who lacks the client's HPKE
+//! secret, can neither read the grant nor send in that session. The runtime also refuses a setup it
+//! has seen (by its `enc`) or whose `sent_at` is outside its window.
 //!
 //! Each direction has its own key and nonce base, so a response can never be replayed as a request.
 //! The grant (sequence 0 of the runtime's direction) is authenticated by a key only the holder of
@@ -26,11 +37,13 @@
 use crate::channel::{header, labelled_info, ChannelError, ServiceKeyPair, ENC_LEN, HDR_LEN};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
+use hkdf::Hkdf;
 use hpke::aead::AesGcm256;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use zeroize::Zeroizing;
@@ -47,9 +60,20 @@ pub const SESSION_MESSAGE_MEDIA_TYPE: &str = "message/cordon-session";
 pub const SESSION_ID_LEN: usize = 16;
 const SEQ_LEN: usize = 8;
 const TAG_LEN: usize = 16;
-const SESSION_LABEL: &[u8] = b"cordon session v1";
-const KEYS_LABEL: &[u8] = b"cordon session keys v1";
+const SESSION_LABEL: &[u8] = b"cordon session v2";
+const SECRET_LABEL: &[u8] = b"cordon session secret v2";
+const KEYS_LABEL: &[u8] = b"cordon session keys v2";
 const GRANT_AAD: &[u8] = b"cordon session grant";
+/// Bytes of the runtime's contribution to a session's keys.
+pub const SERVER_NONCE_LEN: usize = 32;
+
+/// The plaintext of a setup request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSetup {
+    /// The client's clock when it made the setup (Unix seconds); the runtime refuses setups outside
+    /// its replay window.
+    pub sent_at: u64,
+}
 
 /// A session identifier, chosen by the runtime at random.
 pub type SessionId = [u8; SESSION_ID_LEN];
@@ -71,6 +95,11 @@ pub struct SessionKeys {
     s2c: Aes256Gcm,
     nonce_c2s: Zeroizing<[u8; 12]>,
     nonce_s2c: Zeroizing<[u8; 12]>,
+    server_nonce: [u8; SERVER_NONCE_LEN],
+    setup_enc: [u8; ENC_LEN],
+    /// The derived bytes, kept in tests only, to check that no key and nonce pair ever repeats.
+    #[cfg(test)]
+    material: [u8; 88],
 }
 
 impl fmt::Debug for SessionKeys {
@@ -80,7 +109,20 @@ impl fmt::Debug for SessionKeys {
 }
 
 impl SessionKeys {
-    pub(crate) fn from_export(material: &[u8; 88]) -> SessionKeys {
+    /// The keys from the HPKE exporter secret, the setup's `enc` and the runtime's nonce.
+    pub(crate) fn derive(
+        secret: &[u8; 32],
+        enc: &[u8; ENC_LEN],
+        server_nonce: &[u8; SERVER_NONCE_LEN],
+    ) -> SessionKeys {
+        let mut salt = [0u8; ENC_LEN + SERVER_NONCE_LEN];
+        salt[..ENC_LEN].copy_from_slice(enc);
+        salt[ENC_LEN..].copy_from_slice(server_nonce);
+        let mut material = Zeroizing::new([0u8; 88]);
+        // 88 bytes is far below HKDF-SHA256's limit, so expand cannot fail.
+        let _ = Hkdf::<Sha256>::new(Some(&salt), secret).expand(KEYS_LABEL, material.as_mut());
+        #[cfg(test)]
+        let material: &[u8; 88] = &material;
         let mut nonce_c2s = Zeroizing::new([0u8; 12]);
         let mut nonce_s2c = Zeroizing::new([0u8; 12]);
         nonce_c2s.copy_from_slice(&material[64..76]);
@@ -91,7 +133,17 @@ impl SessionKeys {
             s2c: Aes256Gcm::new(material[32..64].into()),
             nonce_c2s,
             nonce_s2c,
+            server_nonce: *server_nonce,
+            setup_enc: *enc,
+            #[cfg(test)]
+            material: *material,
         }
+    }
+
+    /// The setup's encapsulated key: unique to one setup request, what a runtime remembers to
+    /// refuse a replayed setup.
+    pub fn setup_id(&self) -> [u8; ENC_LEN] {
+        self.setup_enc
     }
 
     fn seal(
@@ -191,14 +243,28 @@ impl<'a> SessionMessage<'a> {
 }
 
 impl ServiceKeyPair {
-    /// Opens a session setup request: returns the setup plaintext and the session's keys.
+    /// Opens a session setup request: returns the setup plaintext and the session's keys, mixed
+    /// with a fresh random nonce of the runtime's, which [`SessionKeys::seal_grant`] sends back.
     pub fn accept_session(
         &self,
         message: &[u8],
     ) -> Result<(Zeroizing<Vec<u8>>, SessionKeys), ChannelError> {
-        let (hdr, enc, ct) = split_setup(message)?;
+        use rand::RngCore;
+        let mut server_nonce = [0u8; SERVER_NONCE_LEN];
+        rand::rng().fill_bytes(&mut server_nonce);
+        self.accept_session_with_nonce(message, &server_nonce)
+    }
+
+    /// [`Self::accept_session`] with a given runtime nonce: for the fuzz target, whose seeds are
+    /// sessions made with a fixed one. Real runtimes draw a fresh nonce per setup.
+    pub(crate) fn accept_session_with_nonce(
+        &self,
+        message: &[u8],
+        server_nonce: &[u8; SERVER_NONCE_LEN],
+    ) -> Result<(Zeroizing<Vec<u8>>, SessionKeys), ChannelError> {
+        let (hdr, enc_bytes, ct) = split_setup(message)?;
         self.check_header(hdr)?;
-        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
+        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc_bytes)
             .map_err(|_| ChannelError::BadEncapsulatedKey)?;
         let mut ctx = hpke::setup_receiver::<AesGcm256, HkdfSha256, Kem>(
             &OpModeR::Base,
@@ -208,10 +274,12 @@ impl ServiceKeyPair {
         )
         .map_err(|_| ChannelError::Decrypt)?;
         let setup = Zeroizing::new(ctx.open(ct, b"").map_err(|_| ChannelError::Decrypt)?);
-        let mut material = Zeroizing::new([0u8; 88]);
-        ctx.export(KEYS_LABEL, material.as_mut())
+        let mut secret = Zeroizing::new([0u8; 32]);
+        ctx.export(SECRET_LABEL, secret.as_mut())
             .map_err(|_| ChannelError::Decrypt)?;
-        Ok((setup, SessionKeys::from_export(&material)))
+        let mut enc_arr = [0u8; ENC_LEN];
+        enc_arr.copy_from_slice(enc_bytes);
+        Ok((setup, SessionKeys::derive(&secret, &enc_arr, server_nonce)))
     }
 }
 
@@ -232,10 +300,14 @@ fn split_setup(message: &[u8]) -> Result<SetupParts<'_>, ChannelError> {
 }
 
 impl SessionKeys {
-    /// Runtime side: the setup response carrying `grant`.
+    /// Runtime side: the setup response carrying `grant`, after the runtime's nonce.
     pub fn seal_grant(&self, grant: &SessionGrant) -> Result<Vec<u8>, ChannelError> {
         let json = serde_json::to_vec(grant).map_err(|_| ChannelError::Encrypt)?;
-        self.seal(true, 0, GRANT_AAD, &json)
+        let ct = self.seal(true, 0, GRANT_AAD, &json)?;
+        let mut out = Vec::with_capacity(SERVER_NONCE_LEN + ct.len());
+        out.extend_from_slice(&self.server_nonce);
+        out.extend_from_slice(&ct);
+        Ok(out)
     }
 
     /// Runtime side: the response to the request with sequence number `seq`.
@@ -255,7 +327,8 @@ impl SessionKeys {
 
 /// Client side: a setup request sent, waiting for the runtime's grant.
 pub struct PendingSession {
-    keys: SessionKeys,
+    secret: Zeroizing<[u8; 32]>,
+    enc: [u8; ENC_LEN],
 }
 
 impl fmt::Debug for PendingSession {
@@ -264,8 +337,9 @@ impl fmt::Debug for PendingSession {
     }
 }
 
-/// Client side: starts a session with the runtime's (attested) HPKE key. Returns the setup request
-/// to send and the pending session that opens the runtime's answer.
+/// Client side: starts a session with the runtime's (attested) HPKE key. `setup` is the setup's
+/// plaintext (JSON [`SessionSetup`]). Returns the setup request to send and the pending session
+/// that opens the runtime's answer.
 pub fn start_session(
     public_key: &[u8; 32],
     key_id: u8,
@@ -282,17 +356,21 @@ pub fn start_session(
     )
     .map_err(|_| ChannelError::Encrypt)?;
     let ct = ctx.seal(setup, b"").map_err(|_| ChannelError::Encrypt)?;
-    let mut material = Zeroizing::new([0u8; 88]);
-    ctx.export(KEYS_LABEL, material.as_mut())
+    let mut secret = Zeroizing::new([0u8; 32]);
+    ctx.export(SECRET_LABEL, secret.as_mut())
         .map_err(|_| ChannelError::Encrypt)?;
+    let enc_bytes = enc.to_bytes();
     let mut out = Vec::with_capacity(HDR_LEN + ENC_LEN + ct.len());
     out.extend_from_slice(&hdr);
-    out.extend_from_slice(&enc.to_bytes());
+    out.extend_from_slice(&enc_bytes);
     out.extend_from_slice(&ct);
+    let mut enc_arr = [0u8; ENC_LEN];
+    enc_arr.copy_from_slice(&enc_bytes);
     Ok((
         out,
         PendingSession {
-            keys: SessionKeys::from_export(&material),
+            secret,
+            enc: enc_arr,
         },
     ))
 }
@@ -300,11 +378,22 @@ pub fn start_session(
 impl PendingSession {
     /// Opens the runtime's grant. Only the holder of the attested private key could have made it.
     pub fn accept(self, response: &[u8]) -> Result<ClientSession, ChannelError> {
-        let plain = self.keys.open(true, 0, GRANT_AAD, response)?;
+        let min = SERVER_NONCE_LEN + TAG_LEN;
+        if response.len() < min {
+            return Err(ChannelError::TooShort {
+                found: response.len(),
+                min,
+            });
+        }
+        let (nonce_bytes, ct) = response.split_at(SERVER_NONCE_LEN);
+        let mut server_nonce = [0u8; SERVER_NONCE_LEN];
+        server_nonce.copy_from_slice(nonce_bytes);
+        let keys = SessionKeys::derive(&self.secret, &self.enc, &server_nonce);
+        let plain = keys.open(true, 0, GRANT_AAD, ct)?;
         let grant: SessionGrant =
             serde_json::from_slice(&plain).map_err(|_| ChannelError::Decrypt)?;
         Ok(ClientSession {
-            keys: self.keys,
+            keys,
             grant,
             next_seq: AtomicU64::new(1),
         })
@@ -408,6 +497,10 @@ mod tests {
         let (setup, pending) = start_session(&server.public_key(), server.key_id(), b"{}").unwrap();
         let (plain, keys) = server.accept_session(&setup).unwrap();
         assert_eq!(plain.as_slice(), b"{}");
+        assert_eq!(
+            keys.setup_id().as_slice(),
+            &setup[HDR_LEN..HDR_LEN + ENC_LEN]
+        );
         let client = pending
             .accept(&keys.seal_grant(&grant(9)).unwrap())
             .unwrap();
@@ -532,5 +625,61 @@ mod tests {
         client.seal_request(b"1").unwrap();
         client.seal_request(b"2").unwrap();
         assert!(client.exhausted());
+    }
+
+    /// The finding this fixes: a replayed setup used to derive the same keys, so the runtime sealed
+    /// two different grants (and later responses) under one key and nonce.
+    #[test]
+    fn a_replayed_setup_gets_fresh_keys_and_no_key_nonce_pair_ever_repeats() {
+        let server = ServiceKeyPair::generate(0);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let (setup, _) = start_session(&server.public_key(), 0, b"{}").unwrap();
+            // The same captured setup, accepted five times (as a replaying host would make it).
+            for _ in 0..5 {
+                let (_, keys) = server.accept_session(&setup).unwrap();
+                let m = keys.material;
+                let directions = [(&m[..32], &m[64..76]), (&m[32..64], &m[76..88])];
+                for (key, base) in directions {
+                    let base: [u8; 12] = base.try_into().unwrap();
+                    for seq in 0..4 {
+                        assert!(
+                            seen.insert((key.to_vec(), nonce(&base, seq))),
+                            "a key and nonce pair was used twice"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(seen.len(), 200 * 5 * 2 * 4);
+    }
+
+    #[test]
+    fn the_grant_binds_the_runtime_nonce_and_a_replayed_grant_is_useless() {
+        let server = ServiceKeyPair::generate(0);
+        let (setup, pending) = start_session(&server.public_key(), 0, b"{}").unwrap();
+        let (_, first) = server.accept_session(&setup).unwrap();
+        let (_, replayed) = server.accept_session(&setup).unwrap();
+        assert_ne!(first.material, replayed.material);
+        let grant = first.seal_grant(&grant(1)).unwrap();
+        // A flipped byte of the runtime's nonce derives other keys: the grant does not open.
+        let mut bad = grant.clone();
+        bad[0] ^= 1;
+        let (setup2, pending2) = start_session(&server.public_key(), 0, b"{}").unwrap();
+        let _ = setup2;
+        assert!(pending2.accept(&bad).is_err());
+        let client = pending.accept(&grant).unwrap();
+        // A message of the client's session does not open under the replayed session's keys.
+        let (msg, _) = client.seal_request(b"hello").unwrap();
+        let parsed = SessionMessage::parse(&msg).unwrap();
+        assert_eq!(parsed.open(&replayed), Err(ChannelError::Decrypt));
+        assert_eq!(parsed.open(&first).unwrap().as_slice(), b"hello");
+        assert!(matches!(
+            start_session(&server.public_key(), 0, b"{}")
+                .unwrap()
+                .1
+                .accept(&grant[..40]),
+            Err(ChannelError::TooShort { .. }) | Err(ChannelError::Decrypt)
+        ));
     }
 }

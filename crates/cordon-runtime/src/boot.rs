@@ -237,6 +237,18 @@ pub async fn boot(
     );
     if let Some(training) = &config.training {
         let mut t = TrainingOptions::new(&config.kbs_url);
+        t.kbs_public_key = Some(
+            config
+                .kbs_public_key_bytes()
+                .map_err(RuntimeError::Config)?
+                .ok_or_else(|| {
+                    RuntimeError::Config(
+                        "[training] needs kbs_public_key: the key broker's identity key, as \
+                         `cordon kbs serve` prints it"
+                            .into(),
+                    )
+                })?,
+        );
         let mib = |m: u64| usize::try_from(m.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         t.max_dataset_bytes = mib(training.max_dataset_mib);
         t.max_total_dataset_bytes = mib(training.max_total_dataset_mib);

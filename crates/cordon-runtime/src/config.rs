@@ -8,8 +8,14 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Base URL of the key broker, e.g. `http://127.0.0.1:8100`.
+    /// Base URL of the key broker, e.g. `http://127.0.0.1:8100` (or `https://`).
     pub kbs_url: String,
+    /// The key broker's identity key (hex, as `cordon kbs serve` prints it). A training runtime
+    /// seals a job's output key to it and signs the registration for it; required with
+    /// `[training]`. Measured with the rest of the configuration, so a policy that pins the
+    /// configuration pins which KBS receives keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kbs_public_key: Option<String>,
     /// 32 bytes of workload data (hex) the TEE reports; zero when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_data: Option<String>,
@@ -74,6 +80,19 @@ impl RuntimeConfig {
 
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
+    }
+
+    /// The pinned KBS identity key, if the configuration names one.
+    pub fn kbs_public_key_bytes(&self) -> Result<Option<[u8; 32]>, String> {
+        self.kbs_public_key
+            .as_deref()
+            .map(|h| {
+                hex::decode(h.trim())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| "kbs_public_key must be 32 bytes of hex".to_string())
+            })
+            .transpose()
     }
 
     pub fn workload_data_bytes(&self) -> Result<[u8; 32], String> {

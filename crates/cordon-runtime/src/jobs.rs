@@ -7,15 +7,18 @@
 //! to the recipients, and signs a receipt. Rows never leave: not in responses, errors, logs or
 //! metrics (errors about bad data name the row number and column, never the value).
 //!
-//! Every route is authenticated by the calling party's key (`cordon_proto::job::verify_request`)
-//! and answers only parties of the job. Jobs live in memory: a restarted runtime has new keys and
-//! no jobs, and parties resubmit.
+//! Every request is signed by the calling party ([`cordon_proto::auth`]) for this runtime's
+//! attested HPKE key (its audience), fresh, and answers only parties of the job. The job API
+//! itself runs inside the encrypted channel (its statuses carry metrics and specs); only the
+//! upload of sealed datasets (ciphertext already) is a plain `PUT /v1/datasets`. Jobs live in
+//! memory, bounded per party and in all, and are evicted once finished or abandoned: a restarted
+//! runtime has new keys and no jobs, and captured requests do not verify for its new key.
 
 use crate::boot::attest_to_kbs;
 use crate::server::RuntimeState;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cordon_proto::channel;
@@ -24,38 +27,58 @@ use cordon_proto::job::{
     Receipt, ReceiptAttestation, ReceiptBody, ReceiptInput, ReceiptOutput, OUTPUT_INFO,
     RECEIPT_FORMAT,
 };
-use cordon_proto::kbs::{JobRelease, RELEASE_INFO};
+use cordon_proto::kbs::{seal_dek_for_kbs, DekPurpose, JobRelease, RELEASE_INFO};
+use cordon_proto::runtime::{InnerRequest, InnerResponse};
 use cordon_seal::{Dek, KeyFile, OwnerKey, SealOptions};
 use cordon_train::{Algorithm, DataFormat, Schema, Table};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Limits of the job board.
 #[derive(Debug, Clone)]
 pub struct TrainingOptions {
     /// Base URL of the key broker that releases dataset keys.
     pub kbs_url: String,
+    /// The key broker's identity key (from the measured configuration): a job's output key is
+    /// sealed to it, and the registration names it as its audience.
+    pub kbs_public_key: Option<[u8; 32]>,
     /// Largest sealed dataset accepted, in bytes.
     pub max_dataset_bytes: usize,
     /// Jobs held at once (any state).
     pub max_jobs: usize,
+    /// Jobs one party may have created and not yet seen evicted.
+    pub max_jobs_per_party: usize,
     /// Sealed datasets held at once.
     pub max_datasets: usize,
+    /// Sealed datasets one party may have uploaded and not yet seen evicted.
+    pub max_datasets_per_party: usize,
     /// Bytes of sealed datasets held at once, all parties together: uploads are authenticated but
     /// anyone can make a key, so this bounds the memory uploads can take.
     pub max_total_dataset_bytes: usize,
+    /// How long a finished or failed job (and its output) stays after it ended.
+    pub job_retention: Duration,
+    /// How long a job that was never submitted stays.
+    pub abandoned_after: Duration,
+    /// How long a sealed dataset no remaining job names stays after its upload.
+    pub dataset_retention: Duration,
 }
 
 impl TrainingOptions {
     pub fn new(kbs_url: &str) -> TrainingOptions {
         TrainingOptions {
             kbs_url: kbs_url.to_string(),
+            kbs_public_key: None,
             max_dataset_bytes: 256 << 20,
             max_jobs: 64,
+            max_jobs_per_party: 8,
             max_datasets: 256,
+            max_datasets_per_party: 16,
             max_total_dataset_bytes: 2 << 30,
+            job_retention: Duration::from_secs(3_600),
+            abandoned_after: Duration::from_secs(86_400),
+            dataset_retention: Duration::from_secs(86_400),
         }
     }
 }
@@ -64,15 +87,26 @@ pub(crate) struct JobBoard {
     options: TrainingOptions,
     jobs: Mutex<BTreeMap<[u8; 32], Job>>,
     /// Sealed datasets (public bytes), by the SHA-256 of their manifest.
-    datasets: Mutex<BTreeMap<[u8; 32], Arc<Vec<u8>>>>,
+    datasets: Mutex<BTreeMap<[u8; 32], StoredDataset>>,
 }
 
 struct Job {
     spec: JobSpec,
+    /// The party that created it, for its quota.
+    creator: [u8; 32],
+    created: Instant,
+    /// When it finished or failed, for its retention.
+    ended: Option<Instant>,
     approvals: BTreeMap<String, Approval>,
     state: JobState,
     error: Option<String>,
     output: Option<Arc<JobOutput>>,
+}
+
+struct StoredDataset {
+    bytes: Arc<Vec<u8>>,
+    uploader: [u8; 32],
+    uploaded: Instant,
 }
 
 struct JobOutput {
@@ -101,8 +135,36 @@ impl JobBoard {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn datasets(&self) -> std::sync::MutexGuard<'_, BTreeMap<[u8; 32], Arc<Vec<u8>>>> {
+    fn datasets(&self) -> std::sync::MutexGuard<'_, BTreeMap<[u8; 32], StoredDataset>> {
         self.datasets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Evicts jobs that ended longer than the retention ago or were never submitted, then
+    /// datasets that no remaining job names and that were uploaded longer than their retention
+    /// ago. A running job is never evicted, nor a dataset it names.
+    fn sweep(&self, now: Instant) {
+        let o = &self.options;
+        let mut jobs = self.jobs();
+        jobs.retain(|hash, job| {
+            let keep = match (job.state, job.ended) {
+                (JobState::Running, _) => true,
+                (_, Some(ended)) => now.saturating_duration_since(ended) < o.job_retention,
+                (_, None) => now.saturating_duration_since(job.created) < o.abandoned_after,
+            };
+            if !keep {
+                tracing::info!(job = %hex::encode(hash), state = %job.state, "job evicted");
+            }
+            keep
+        });
+        let named: std::collections::BTreeSet<[u8; 32]> = jobs
+            .values()
+            .flat_map(|j| j.spec.datasets.iter().map(|d| d.manifest_sha256))
+            .collect();
+        drop(jobs);
+        self.datasets().retain(|digest, d| {
+            named.contains(digest)
+                || now.saturating_duration_since(d.uploaded) < o.dataset_retention
+        });
     }
 
     fn status(&self, hash: &[u8; 32], job: &Job) -> JobStatus {
@@ -135,6 +197,15 @@ impl JobBoard {
 /// An error of the job API: status, stable code, message.
 pub(crate) struct JobApiError(StatusCode, &'static str, String);
 
+impl JobApiError {
+    fn inner(self) -> InnerResponse {
+        InnerResponse {
+            status: self.0.as_u16(),
+            body: serde_json::json!({ "code": self.1, "error": self.2 }),
+        }
+    }
+}
+
 impl IntoResponse for JobApiError {
     fn into_response(self) -> Response {
         (
@@ -161,16 +232,37 @@ fn board(s: &RuntimeState) -> ApiResult<&JobBoard> {
     })
 }
 
-/// The calling party's public key, from its signed request.
-fn caller(headers: &HeaderMap, method: &str, path: &str, body: &[u8]) -> ApiResult<[u8; 32]> {
-    job::verify_request(
-        |name| headers.get(name).and_then(|v| v.to_str().ok()),
+/// The calling party's public key, from its signed request: signed for this runtime's attested
+/// key, within the window, and not seen before (its nonce is remembered).
+fn caller<'a>(
+    s: &RuntimeState,
+    header: impl Fn(&str) -> Option<&'a str>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> ApiResult<[u8; 32]> {
+    let unauthenticated =
+        |e: String| api_err(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string());
+    let req = cordon_proto::auth::verify_request(
+        header,
         method,
         path,
         body,
+        &s.runtime_keys().hpke_public_key,
         SystemTime::now(),
     )
-    .map_err(|e| api_err(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))
+    .map_err(|e| unauthenticated(e.to_string()))?;
+    let mut id = req.signer.to_vec();
+    id.extend_from_slice(&req.nonce);
+    s.request_replay()
+        .remember("signed request", &id, Instant::now())
+        .map_err(|e| match e {
+            crate::replay::ReplayError::Full { .. } => {
+                api_err(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
+            }
+            other => api_err(StatusCode::CONFLICT, "request_replayed", other.to_string()),
+        })?;
+    Ok(req.signer)
 }
 
 fn parse_hash(hex_hash: &str) -> ApiResult<[u8; 32]> {
@@ -203,24 +295,75 @@ fn not_found(hash: &[u8; 32]) -> JobApiError {
     )
 }
 
-/// Parses the algorithm and checks the data formats: a spec the runtime could not run is refused
-/// before anyone approves it.
+/// Parses the algorithm and checks every parameter against its bounds, and the data formats: a
+/// spec the runtime could not run is refused before anyone approves it.
 fn check_runnable(spec: &JobSpec) -> ApiResult<Algorithm> {
     let bad = |m: String| api_err(StatusCode::BAD_REQUEST, "invalid_spec", m);
     spec.validate().map_err(|e| bad(e.to_string()))?;
-    serde_json::from_value::<Algorithm>(spec.algorithm.clone())
-        .map_err(|e| bad(format!("algorithm: {e}")))
+    if spec.schema.features.len() > MAX_FEATURES {
+        return Err(bad(format!(
+            "schema names {} features, at most {MAX_FEATURES} are accepted",
+            spec.schema.features.len()
+        )));
+    }
+    let algorithm = serde_json::from_value::<Algorithm>(spec.algorithm.clone())
+        .map_err(|e| bad(format!("algorithm: {e}")))?;
+    algorithm
+        .check()
+        .map_err(|e| bad(format!("algorithm: {e}")))?;
+    Ok(algorithm)
+}
+
+/// Most feature columns a job may name.
+const MAX_FEATURES: usize = 4_096;
+
+/// The job API, inside the encrypted channel: routes one inner request.
+pub(crate) async fn handle(s: &Arc<RuntimeState>, req: &InnerRequest) -> InnerResponse {
+    let path = req.path.split(['?', '#']).next().unwrap_or_default();
+    let body = req.raw_body.as_deref().unwrap_or_default();
+    let header = |name: &str| req.headers.get(name).map(String::as_str);
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let result = match (req.method.as_str(), segments.as_slice()) {
+        ("POST", ["v1", "jobs"]) => create(s, header, path, body),
+        ("GET", ["v1", "jobs", h]) => status(s, header, path, h),
+        ("POST", ["v1", "jobs", h, "approvals"]) => approve(s, header, path, h, body),
+        ("POST", ["v1", "jobs", h, "submit"]) => submit(s, header, path, h, body),
+        ("GET", ["v1", "jobs", h, "result"]) => result(s, header, path, h),
+        ("GET", ["v1", "jobs", h, "receipt"]) => receipt(s, header, path, h),
+        ("GET", ["v1", "jobs", h, "model"]) => model(s, header, path, h),
+        (m, _) => Err(api_err(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            format!("no route for {m} {path}"),
+        )),
+    };
+    match result {
+        Ok((status, body)) => InnerResponse {
+            status: status.as_u16(),
+            body,
+        },
+        Err(e) => e.inner(),
+    }
+}
+
+type Answer = ApiResult<(StatusCode, serde_json::Value)>;
+
+fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Answer {
+    serde_json::to_value(v)
+        .map(|v| (status, v))
+        .map_err(|e| api_err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
 /// `POST /v1/jobs`: a party creates a job from its spec. Idempotent: the same spec is the same job.
-pub(crate) async fn create(
-    State(s): State<Arc<RuntimeState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Response> {
-    let board = board(&s)?;
-    let key = caller(&headers, "POST", "/v1/jobs", &body)?;
-    let spec: JobSpec = serde_json::from_slice(&body)
+fn create<'a>(
+    s: &Arc<RuntimeState>,
+    header: impl Fn(&str) -> Option<&'a str>,
+    path: &str,
+    body: &[u8],
+) -> Answer {
+    let board = board(s)?;
+    let key = caller(s, header, "POST", path, body)?;
+    let spec: JobSpec = serde_json::from_slice(body)
         .map_err(|e| api_err(StatusCode::BAD_REQUEST, "invalid_spec", e.to_string()))?;
     check_runnable(&spec)?;
     if spec.party_by_key(&key).is_none() {
@@ -231,6 +374,7 @@ pub(crate) async fn create(
         ));
     }
     let hash = spec.hash();
+    board.sweep(Instant::now());
     let mut jobs = board.jobs();
     if !jobs.contains_key(&hash) {
         if jobs.len() >= board.options.max_jobs {
@@ -240,11 +384,25 @@ pub(crate) async fn create(
                 format!("this runtime holds {} jobs already", jobs.len()),
             ));
         }
+        let mine = jobs.values().filter(|j| j.creator == key).count();
+        if mine >= board.options.max_jobs_per_party {
+            return Err(api_err(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                format!(
+                    "you created {mine} jobs this runtime still holds, the most one party may; \
+                     they are evicted once finished or abandoned"
+                ),
+            ));
+        }
         tracing::info!(job = %hex::encode(hash), parties = spec.parties.len(), "job created");
         jobs.insert(
             hash,
             Job {
                 spec,
+                creator: key,
+                created: Instant::now(),
+                ended: None,
                 approvals: BTreeMap::new(),
                 state: JobState::Created,
                 error: None,
@@ -253,40 +411,37 @@ pub(crate) async fn create(
         );
     }
     let status = board.status(&hash, &jobs[&hash]);
-    Ok((StatusCode::CREATED, Json(status)).into_response())
+    json(StatusCode::CREATED, &status)
 }
 
 /// `GET /v1/jobs/{hash}`: state, approvals, missing datasets, metrics; for parties only.
-pub(crate) async fn status(
-    State(s): State<Arc<RuntimeState>>,
-    Path(hash_hex): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult<Json<JobStatus>> {
-    let board = board(&s)?;
-    let key = caller(&headers, "GET", &format!("/v1/jobs/{hash_hex}"), b"")?;
-    let hash = parse_hash(&hash_hex)?;
+fn status<'a>(
+    s: &Arc<RuntimeState>,
+    header: impl Fn(&str) -> Option<&'a str>,
+    path: &str,
+    hash_hex: &str,
+) -> Answer {
+    let board = board(s)?;
+    let key = caller(s, header, "GET", path, b"")?;
+    let hash = parse_hash(hash_hex)?;
     let jobs = board.jobs();
     let job = jobs.get(&hash).ok_or_else(|| not_found(&hash))?;
     party_of(job, &hash, &key)?;
-    Ok(Json(board.status(&hash, job)))
+    json(StatusCode::OK, &board.status(&hash, job))
 }
 
 /// `POST /v1/jobs/{hash}/approvals`: a party's signed approval of exactly this job's hash.
-pub(crate) async fn approve(
-    State(s): State<Arc<RuntimeState>>,
-    Path(hash_hex): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Json<JobStatus>> {
-    let board = board(&s)?;
-    let key = caller(
-        &headers,
-        "POST",
-        &format!("/v1/jobs/{hash_hex}/approvals"),
-        &body,
-    )?;
-    let hash = parse_hash(&hash_hex)?;
-    let approval: Approval = serde_json::from_slice(&body)
+fn approve<'a>(
+    s: &Arc<RuntimeState>,
+    header: impl Fn(&str) -> Option<&'a str>,
+    path: &str,
+    hash_hex: &str,
+    body: &[u8],
+) -> Answer {
+    let board = board(s)?;
+    let key = caller(s, header, "POST", path, body)?;
+    let hash = parse_hash(hash_hex)?;
+    let approval: Approval = serde_json::from_slice(body)
         .map_err(|e| api_err(StatusCode::BAD_REQUEST, "invalid_approval", e.to_string()))?;
     let mut jobs = board.jobs();
     let job = jobs.get_mut(&hash).ok_or_else(|| not_found(&hash))?;
@@ -302,7 +457,7 @@ pub(crate) async fn approve(
         ));
     }
     approval
-        .verify(&job.spec, &hash)
+        .verify(&job.spec, &hash, SystemTime::now())
         .map_err(|e| api_err(StatusCode::FORBIDDEN, "bad_approval", e.to_string()))?;
     job.approvals.insert(party.clone(), approval);
     if job.state == JobState::Created && job.approvals.len() == job.spec.parties.len() {
@@ -310,18 +465,26 @@ pub(crate) async fn approve(
     }
     tracing::info!(job = %hash_hex, party = %party, state = %job.state, "job approved by party");
     let status = board.status(&hash, job);
-    Ok(Json(status))
+    json(StatusCode::OK, &status)
 }
 
 /// `PUT /v1/datasets`: a party uploads a sealed dataset (public bytes; only an attested runtime
-/// with the owner's approval gets its key). The manifest must be signed by the uploader.
+/// with the owner's approval gets its key). The manifest must be signed by the uploader. Plain HTTP:
+/// the bytes are ciphertext, and the request is signed for this runtime's key like the others.
 pub(crate) async fn upload_dataset(
     State(s): State<Arc<RuntimeState>>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> Result<Json<serde_json::Value>, JobApiError> {
     let board = board(&s)?;
-    let key = caller(&headers, "PUT", "/v1/datasets", &body)?;
+    let key = caller(
+        &s,
+        |name| headers.get(name).and_then(|v| v.to_str().ok()),
+        "PUT",
+        uri.path(),
+        &body,
+    )?;
     let header = cordon_seal::read_header(&mut &body[..]).map_err(|e| {
         api_err(
             StatusCode::BAD_REQUEST,
@@ -344,6 +507,7 @@ pub(crate) async fn upload_dataset(
         ));
     }
     let digest = header.digest();
+    board.sweep(Instant::now());
     let mut datasets = board.datasets();
     if !datasets.contains_key(&digest) {
         if datasets.len() >= board.options.max_datasets {
@@ -353,7 +517,17 @@ pub(crate) async fn upload_dataset(
                 format!("this runtime holds {} datasets already", datasets.len()),
             ));
         }
-        let held: usize = datasets.values().map(|d| d.len()).sum();
+        let mine = datasets.values().filter(|d| d.uploader == key).count();
+        if mine >= board.options.max_datasets_per_party {
+            return Err(api_err(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                format!(
+                    "you uploaded {mine} datasets this runtime still holds, the most one party may"
+                ),
+            ));
+        }
+        let held: usize = datasets.values().map(|d| d.bytes.len()).sum();
         if held.saturating_add(body.len()) > board.options.max_total_dataset_bytes {
             return Err(api_err(
                 StatusCode::INSUFFICIENT_STORAGE,
@@ -365,8 +539,15 @@ pub(crate) async fn upload_dataset(
                 ),
             ));
         }
+        datasets.insert(
+            digest,
+            StoredDataset {
+                bytes: Arc::new(body.to_vec()),
+                uploader: key,
+                uploaded: Instant::now(),
+            },
+        );
     }
-    datasets.insert(digest, Arc::new(body.to_vec()));
     tracing::info!(manifest_sha256 = %hex::encode(digest), bytes = body.len(), "sealed dataset uploaded");
     Ok(Json(serde_json::json!({
         "manifest_sha256": hex::encode(digest),
@@ -375,20 +556,16 @@ pub(crate) async fn upload_dataset(
 }
 
 /// `POST /v1/jobs/{hash}/submit`: runs an approved job whose datasets are all here.
-pub(crate) async fn submit(
-    State(s): State<Arc<RuntimeState>>,
-    Path(hash_hex): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Response> {
-    let board = board(&s)?;
-    let key = caller(
-        &headers,
-        "POST",
-        &format!("/v1/jobs/{hash_hex}/submit"),
-        &body,
-    )?;
-    let hash = parse_hash(&hash_hex)?;
+fn submit<'a>(
+    s: &Arc<RuntimeState>,
+    header: impl Fn(&str) -> Option<&'a str>,
+    path: &str,
+    hash_hex: &str,
+    body: &[u8],
+) -> Answer {
+    let board = board(s)?;
+    let key = caller(s, header, "POST", path, body)?;
+    let hash = parse_hash(hash_hex)?;
     let status = {
         let mut jobs = board.jobs();
         let job = jobs.get_mut(&hash).ok_or_else(|| not_found(&hash))?;
@@ -429,18 +606,19 @@ pub(crate) async fn submit(
         board.status(&hash, job)
     };
     tokio::spawn(run(s.clone(), hash));
-    Ok((StatusCode::ACCEPTED, Json(status)).into_response())
+    json(StatusCode::ACCEPTED, &status)
 }
 
 /// `GET /v1/jobs/{hash}/result`: the sealed model and its DEK sealed to the calling recipient.
-pub(crate) async fn result(
-    State(s): State<Arc<RuntimeState>>,
-    Path(hash_hex): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult<Json<JobResult>> {
-    let board = board(&s)?;
-    let key = caller(&headers, "GET", &format!("/v1/jobs/{hash_hex}/result"), b"")?;
-    let hash = parse_hash(&hash_hex)?;
+fn result<'a>(
+    s: &Arc<RuntimeState>,
+    header: impl Fn(&str) -> Option<&'a str>,
+    path: &str,
+    hash_hex: &str,
+) -> Answer {
+    let board = board(s)?;
+    let key = caller(s, header, "GET", path, b"")?;
+    let hash = parse_hash(hash_hex)?;
     let jobs = board.jobs();
     let job = jobs.get(&hash).ok_or_else(|| not_found(&hash))?;
     let party = party_of(job, &hash, &key)?;
@@ -454,7 +632,7 @@ pub(crate) async fn result(
             ),
         ));
     }
-    let output = finished(job, &hash_hex)?;
+    let output = finished(job, hash_hex)?;
     let sealed_dek = output.sealed_deks.get(&party).cloned().ok_or_else(|| {
         api_err(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -462,54 +640,57 @@ pub(crate) async fn result(
             "no output key for this recipient",
         )
     })?;
-    Ok(Json(JobResult {
-        job_hash: hash_hex,
-        sealed_model: output.sealed_model.clone(),
-        key_id: output.key_id.clone(),
-        sealed_dek,
-        receipt: output.receipt.clone(),
-    }))
+    json(
+        StatusCode::OK,
+        &JobResult {
+            job_hash: hash_hex.to_string(),
+            sealed_model: output.sealed_model.clone(),
+            key_id: output.key_id.clone(),
+            sealed_dek,
+            receipt: output.receipt.clone(),
+        },
+    )
 }
 
-/// `GET /v1/jobs/{hash}/model`: the sealed model (ciphertext), for every party: what an operator
-/// deploys to a serving runtime when the job registered the model's key for serving.
-pub(crate) async fn model(
-    State(s): State<Arc<RuntimeState>>,
-    Path(hash_hex): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    let board = board(&s)?;
-    let key = caller(&headers, "GET", &format!("/v1/jobs/{hash_hex}/model"), b"")?;
-    let hash = parse_hash(&hash_hex)?;
+/// `GET /v1/jobs/{hash}/model`: the sealed model (ciphertext, base64 in `sealed_model`), for every
+/// party: what an operator deploys to a serving runtime when the job registered the model's key
+/// for serving.
+fn model<'a>(
+    s: &Arc<RuntimeState>,
+    header: impl Fn(&str) -> Option<&'a str>,
+    path: &str,
+    hash_hex: &str,
+) -> Answer {
+    use base64::Engine as _;
+    let board = board(s)?;
+    let key = caller(s, header, "GET", path, b"")?;
+    let hash = parse_hash(hash_hex)?;
     let jobs = board.jobs();
     let job = jobs.get(&hash).ok_or_else(|| not_found(&hash))?;
     party_of(job, &hash, &key)?;
-    let output = finished(job, &hash_hex)?;
+    let output = finished(job, hash_hex)?;
     Ok((
-        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
-        output.sealed_model.clone(),
-    )
-        .into_response())
+        StatusCode::OK,
+        serde_json::json!({
+            "sealed_model": base64::engine::general_purpose::STANDARD.encode(&output.sealed_model)
+        }),
+    ))
 }
 
 /// `GET /v1/jobs/{hash}/receipt`: the signed receipt, for every party.
-pub(crate) async fn receipt(
-    State(s): State<Arc<RuntimeState>>,
-    Path(hash_hex): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult<Json<Receipt>> {
-    let board = board(&s)?;
-    let key = caller(
-        &headers,
-        "GET",
-        &format!("/v1/jobs/{hash_hex}/receipt"),
-        b"",
-    )?;
-    let hash = parse_hash(&hash_hex)?;
+fn receipt<'a>(
+    s: &Arc<RuntimeState>,
+    header: impl Fn(&str) -> Option<&'a str>,
+    path: &str,
+    hash_hex: &str,
+) -> Answer {
+    let board = board(s)?;
+    let key = caller(s, header, "GET", path, b"")?;
+    let hash = parse_hash(hash_hex)?;
     let jobs = board.jobs();
     let job = jobs.get(&hash).ok_or_else(|| not_found(&hash))?;
     party_of(job, &hash, &key)?;
-    Ok(Json(finished(job, &hash_hex)?.receipt.clone()))
+    json(StatusCode::OK, &finished(job, hash_hex)?.receipt)
 }
 
 fn finished(job: &Job, hash_hex: &str) -> ApiResult<Arc<JobOutput>> {
@@ -541,6 +722,7 @@ async fn run(s: Arc<RuntimeState>, hash: [u8; 32]) {
     let Some(job) = jobs.get_mut(&hash) else {
         return;
     };
+    job.ended = Some(Instant::now());
     match outcome {
         Ok(output) => {
             job.state = JobState::Finished;
@@ -563,13 +745,16 @@ async fn execute(s: &Arc<RuntimeState>, hash: [u8; 32]) -> Result<JobOutput, Str
         let job = jobs.get(&hash).ok_or("job vanished")?;
         (job.spec.clone(), job.approvals.values().cloned().collect())
     };
-    // Refuse to start without every approval, whatever the board's state says.
+    // Refuse to start without every approval, valid now, whatever the board's state says.
     for p in &spec.parties {
         let ok = approvals
             .iter()
-            .any(|a| a.party == p.name && a.verify(&spec, &hash).is_ok());
+            .any(|a| a.party == p.name && a.verify(&spec, &hash, SystemTime::now()).is_ok());
         if !ok {
-            return Err(format!("party {} has not approved this job", p.name));
+            return Err(format!(
+                "party {} has no valid approval of this job (missing or expired)",
+                p.name
+            ));
         }
     }
     let algorithm = check_runnable(&spec).map_err(|e| e.2)?;
@@ -580,7 +765,7 @@ async fn execute(s: &Arc<RuntimeState>, hash: [u8; 32]) -> Result<JobOutput, Str
             .map(|d| {
                 datasets
                     .get(&d.manifest_sha256)
-                    .cloned()
+                    .map(|d| d.bytes.clone())
                     .ok_or_else(|| format!("sealed dataset {} is not here", d.key_id))
             })
             .collect::<Result<_, _>>()?
@@ -641,7 +826,7 @@ async fn execute(s: &Arc<RuntimeState>, hash: [u8; 32]) -> Result<JobOutput, Str
     let registered_for_serving = match &spec.outputs.serve {
         None => false,
         Some(_) => {
-            register_output(s, &board.options.kbs_url, &hash, &output).await?;
+            register_output(s, &board.options, &hash, &output).await?;
             true
         }
     };
@@ -678,28 +863,45 @@ async fn execute(s: &Arc<RuntimeState>, hash: [u8; 32]) -> Result<JobOutput, Str
 
 async fn register_output(
     s: &RuntimeState,
-    kbs_url: &str,
+    options: &TrainingOptions,
     hash: &[u8; 32],
     output: &SealedOutput,
 ) -> Result<(), String> {
-    let body = zeroize::Zeroizing::new(
-        serde_json::to_vec(&job::OutputKey {
-            key_id: output.key_id.clone(),
-            dek: output.dek.as_bytes().to_vec(),
-            sealed_manifest_sha256: output.sealed_manifest_sha256,
-        })
-        .map_err(|e| e.to_string())?,
-    );
+    let kbs_key = options.kbs_public_key.ok_or(
+        "the configuration pins no kbs_public_key: the model's key cannot be sent to the key broker",
+    )?;
+    let signer = s.signing_key().verifying_key().to_bytes();
+    let sealed_dek = seal_dek_for_kbs(
+        &kbs_key,
+        DekPurpose::JobOutput,
+        &output.key_id,
+        &signer,
+        &job::output_context(hash, &output.sealed_manifest_sha256),
+        output.dek.as_bytes(),
+    )
+    .map_err(|e| format!("sealing the model's key to the key broker: {e}"))?;
+    let body = serde_json::to_vec(&job::OutputKey {
+        key_id: output.key_id.clone(),
+        sealed_dek,
+        sealed_manifest_sha256: output.sealed_manifest_sha256,
+    })
+    .map_err(|e| e.to_string())?;
     let path = format!("/kbs/v1/jobs/{}/output", hex::encode(hash));
     let mut req = reqwest::Client::new()
-        .put(format!("{}{path}", kbs_url.trim_end_matches('/')))
+        .put(format!("{}{path}", options.kbs_url.trim_end_matches('/')))
         .header(reqwest::header::CONTENT_TYPE, "application/json");
-    for (name, value) in job::sign_request(s.signing_key(), "PUT", &path, &body, SystemTime::now())
-    {
+    for (name, value) in cordon_proto::auth::sign_request(
+        s.signing_key(),
+        "PUT",
+        &path,
+        &body,
+        &kbs_key,
+        SystemTime::now(),
+    ) {
         req = req.header(name, value);
     }
     let resp = req
-        .body(body.to_vec())
+        .body(body)
         .send()
         .await
         .map_err(|e| format!("registering the model for serving with the key broker: {e}"))?;

@@ -11,9 +11,11 @@
 //! - `GET /v2/health/live`, `/v2/health/ready`, `/v2`, `/v2/models/{name}[/versions/{v}][/ready]`:
 //!   plaintext, no secrets;
 //! - `GET /metrics`: Prometheus metrics (no request data, no keys);
-//! - with `[training]` in its configuration, the job board: `POST /v1/jobs`, `GET /v1/jobs/{hash}`,
-//!   `POST /v1/jobs/{hash}/approvals`, `POST /v1/jobs/{hash}/submit`, `GET /v1/jobs/{hash}/result`,
-//!   `GET /v1/jobs/{hash}/receipt`, `PUT /v1/datasets` (every request signed by a party's key).
+//! - with `[training]` in its configuration, the job board, inside the encrypted channel:
+//!   `POST /v1/jobs`, `GET /v1/jobs/{hash}`, `POST /v1/jobs/{hash}/approvals`,
+//!   `POST /v1/jobs/{hash}/submit`, `GET /v1/jobs/{hash}/result|receipt|model`; and in plain HTTP
+//!   `PUT /v1/datasets` (sealed bytes). Every request is signed by a party's key for this runtime's
+//!   attested key, and fresh.
 //!
 //! Plaintext of models and requests stays in memory and is never logged.
 
@@ -25,6 +27,7 @@ mod hardening;
 mod idle;
 mod jobs;
 mod metrics;
+mod replay;
 mod server;
 mod sessions;
 
@@ -39,5 +42,6 @@ pub use hardening::{harden_process, Hardening, MLOCK_MINIMUM};
 pub use idle::IdleWait;
 pub use jobs::TrainingOptions;
 pub use metrics::Metrics;
+pub use replay::{ReplayError, ReplayGuard};
 pub use server::{router, serve, RuntimeState, ServedModel, ServingOptions};
 pub use sessions::{SessionError, SessionLimits};

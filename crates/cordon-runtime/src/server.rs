@@ -10,6 +10,7 @@ use crate::batching::{BatchOptions, Batcher};
 use crate::engine::OnnxModel;
 use crate::jobs::{self, JobBoard, TrainingOptions};
 use crate::metrics::{Channel, InferLabels, KeyEvent, Metrics, ModelLabels, RefusalKind};
+use crate::replay::{ReplayError, ReplayGuard};
 use crate::sessions::{SessionError, SessionLimits, SessionTable};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -23,7 +24,7 @@ use cordon_proto::oip::{ErrorResponse, InferRequest};
 use cordon_proto::runtime::{
     AttestationResponse, InnerRequest, InnerResponse, ENCRYPTED_RESPONSE_MEDIA_TYPE,
 };
-use cordon_proto::session::{SessionMessage, SESSION_MESSAGE_MEDIA_TYPE};
+use cordon_proto::session::{SessionMessage, SessionSetup, SESSION_MESSAGE_MEDIA_TYPE};
 use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair};
 use cordon_tee::EvidenceProvider;
 use ed25519_dalek::SigningKey;
@@ -31,7 +32,7 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
@@ -50,6 +51,12 @@ pub struct ServingOptions {
     pub plaintext_inference: bool,
     /// Dynamic batching of small requests per model; off when `None`.
     pub batching: Option<BatchOptions>,
+    /// How far a one-shot request's or session setup's `sent_at` may be from the runtime's clock;
+    /// each is remembered (by its `enc`) for twice this, so a replay is refused.
+    pub replay_window: Duration,
+    /// One-shot requests, session setups and attestation nonces remembered at most; beyond that,
+    /// new ones get 503 until old ones expire.
+    pub replay_memory: usize,
 }
 
 impl Default for ServingOptions {
@@ -63,6 +70,8 @@ impl Default for ServingOptions {
             sessions: SessionLimits::default(),
             plaintext_inference: false,
             batching: None,
+            replay_window: Duration::from_secs(120),
+            replay_memory: 1 << 20,
         }
     }
 }
@@ -98,6 +107,10 @@ pub struct RuntimeState {
     batchers: BTreeMap<String, std::sync::OnceLock<Batcher>>,
     /// The training job board, when the configuration enables training.
     jobs: Option<JobBoard>,
+    /// One-shot requests and session setups (by `enc`) and attestation nonces seen recently.
+    channel_replay: ReplayGuard,
+    /// Nonces of party-signed requests seen recently.
+    request_replay: ReplayGuard,
 }
 
 impl RuntimeState {
@@ -132,6 +145,8 @@ impl RuntimeState {
             bindings,
             admission: Admission::new(options.workers.max(1), options.max_queue),
             sessions: SessionTable::new(options.sessions),
+            channel_replay: ReplayGuard::new(options.replay_window, options.replay_memory),
+            request_replay: ReplayGuard::new(cordon_proto::auth::REQUEST_WINDOW, 1 << 16),
             options,
             metrics: Metrics::new(),
             next_request_id: AtomicU64::new(1),
@@ -161,6 +176,10 @@ impl RuntimeState {
 
     pub(crate) fn signing_key(&self) -> &SigningKey {
         &self.signing_key
+    }
+
+    pub(crate) fn request_replay(&self) -> &ReplayGuard {
+        &self.request_replay
     }
 
     pub fn model_names(&self) -> Vec<String> {
@@ -274,13 +293,8 @@ pub fn router(state: Arc<RuntimeState>) -> Router {
             post(plain_infer),
         )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
-        .route("/v1/jobs", post(jobs::create))
-        .route("/v1/jobs/{hash}", get(jobs::status))
-        .route("/v1/jobs/{hash}/approvals", post(jobs::approve))
-        .route("/v1/jobs/{hash}/submit", post(jobs::submit))
-        .route("/v1/jobs/{hash}/result", get(jobs::result))
-        .route("/v1/jobs/{hash}/receipt", get(jobs::receipt))
-        .route("/v1/jobs/{hash}/model", get(jobs::model))
+        // The job API is served inside the encrypted channel (`route_inner`); only sealed datasets
+        // (ciphertext) are uploaded in plain HTTP.
         .route(
             "/v1/datasets",
             put(jobs::upload_dataset).layer(DefaultBodyLimit::max(dataset_limit)),
@@ -380,6 +394,13 @@ async fn attestation(State(s): State<Arc<RuntimeState>>, Query(q): Query<NonceQu
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("nonce is not hex: {e}")),
     };
+    // A verifier's nonce is single use: the same nonce again is a replayed request.
+    if let Err(e) = s
+        .channel_replay
+        .remember("attestation nonce", &nonce, Instant::now())
+    {
+        return replay_refusal(&s, e);
+    }
     // Evidence can take long on hardware (a TDX quote, an SNP ioctl): off the async workers.
     let rd = report_data(&nonce, &s.runtime_keys, &s.bindings);
     let tee = s.tee.clone();
@@ -437,7 +458,7 @@ async fn plain_model_route(State(s): State<Arc<RuntimeState>>, req: Request) -> 
         InnerRequest {
             method: "GET".into(),
             path: req.uri().path().to_string(),
-            body: None,
+            ..InnerRequest::default()
         },
         Channel::Plain,
     )
@@ -478,6 +499,7 @@ async fn plain_infer(
                     method: "POST".into(),
                     path: uri.path().to_string(),
                     body: Some(v),
+                    ..InnerRequest::default()
                 },
                 Channel::Plain,
             )
@@ -539,11 +561,54 @@ async fn encrypted(
             return error(StatusCode::BAD_REQUEST, format!("encrypted request: {e}"));
         }
     };
-    let inner_response = handle_inner(&s, &inner, Channel::Oneshot).await;
+    // Authenticated from here on. A one-shot request carries its client's clock and is unique by
+    // its `enc`: a replay is refused before it is routed (nothing runs twice).
+    let parsed = serde_json::from_slice::<InnerRequest>(&inner);
+    if let Ok(req) = &parsed {
+        let Some(sent_at) = req.sent_at else {
+            s.metrics.refused(RefusalKind::Replay);
+            return error(
+                StatusCode::BAD_REQUEST,
+                "one-shot request carries no sent_at: update the client",
+            );
+        };
+        let checked = s
+            .channel_replay
+            .check_time("one-shot request", sent_at, SystemTime::now())
+            .and_then(|()| {
+                s.channel_replay.remember(
+                    "one-shot request",
+                    &response_ctx.request_id(),
+                    Instant::now(),
+                )
+            });
+        if let Err(e) = checked {
+            return replay_refusal(&s, e);
+        }
+    }
+    let inner_response = match parsed {
+        Ok(req) => {
+            let resp = route_inner(&s, req, Channel::Oneshot).await;
+            s.metrics.request(Channel::Oneshot, resp.status);
+            resp
+        }
+        Err(_) => handle_inner(&s, &inner, Channel::Oneshot).await,
+    };
     drop(inner);
     match response_ctx.encrypt_response(&encode_inner(&inner_response)) {
         Ok(ct) => ([(header::CONTENT_TYPE, ENCRYPTED_RESPONSE_MEDIA_TYPE)], ct).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A replayed (or stale) one-shot request, session setup or attestation nonce: 409, or 503 when
+/// the replay memory is full. In clear: the refusal names no content.
+fn replay_refusal(s: &RuntimeState, e: ReplayError) -> Response {
+    s.metrics.refused(RefusalKind::Replay);
+    match e {
+        ReplayError::Full { .. } => busy(e.to_string()),
+        ReplayError::Replayed { .. } => error(StatusCode::CONFLICT, e.to_string()),
+        ReplayError::OutsideWindow { .. } => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
 
@@ -575,13 +640,32 @@ async fn session_setup(
         Ok(b) => b,
         Err(resp) => return *resp,
     };
-    let (_setup, keys) = match s.service_key.accept_session(&body) {
+    let (setup, keys) = match s.service_key.accept_session(&body) {
         Ok(x) => x,
         Err(e) => {
             s.metrics.refused(RefusalKind::Decrypt);
             return error(StatusCode::BAD_REQUEST, format!("session setup: {e}"));
         }
     };
+    // The keys already mix in a fresh nonce of ours, so a replayed setup could not reuse a key and
+    // nonce; it is refused as well, so that it opens no session at all.
+    let Ok(setup) = serde_json::from_slice::<SessionSetup>(&setup) else {
+        s.metrics.refused(RefusalKind::Replay);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "session setup carries no sent_at: update the client",
+        );
+    };
+    let checked = s
+        .channel_replay
+        .check_time("session setup", setup.sent_at, SystemTime::now())
+        .and_then(|()| {
+            s.channel_replay
+                .remember("session setup", &keys.setup_id(), Instant::now())
+        });
+    if let Err(e) = checked {
+        return replay_refusal(&s, e);
+    }
     let (grant, session, swept) = match s.sessions.open(keys, Instant::now()) {
         Ok(x) => x,
         Err(e) => return session_refusal(&s, e),
@@ -698,6 +782,10 @@ fn find_model<'a>(
 /// Routes one Open Inference Protocol request (REST form, KServe v2).
 async fn route_inner(s: &Arc<RuntimeState>, req: InnerRequest, channel: Channel) -> InnerResponse {
     let path = req.path.split(['?', '#']).next().unwrap_or_default();
+    // The training job API, inside the channel only: its statuses carry specs and metrics.
+    if channel != Channel::Plain && (path == "/v1/jobs" || path.starts_with("/v1/jobs/")) {
+        return jobs::handle(s, &req).await;
+    }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (model_path, tail): (Option<(&str, Option<&str>)>, &[&str]) = match segments.as_slice() {
         ["v2", "models", name, "versions", version, tail @ ..] => {

@@ -7,7 +7,7 @@ use cordon_attest::{Endorsements, Platform, Policy};
 use cordon_client::{connect_with, ClientError, VerifiedRuntime};
 use cordon_proto::oip::{InferRequest, Tensor};
 use cordon_proto::runtime::InnerRequest;
-use cordon_proto::session::{start_session, SESSION_MESSAGE_MEDIA_TYPE};
+use cordon_proto::session::{start_session, SessionSetup, SESSION_MESSAGE_MEDIA_TYPE};
 use cordon_proto::{RuntimeKeys, ServiceKeyPair};
 use cordon_runtime::{OnnxModel, RuntimeState, ServedModel, ServingOptions, SessionLimits};
 use cordon_tee::{SimHardwareKey, SimTee};
@@ -206,7 +206,7 @@ async fn replayed_and_reordered_session_messages_are_refused() {
     let h = start(ServingOptions::default()).await;
     let keys = h.state.runtime_keys().clone();
     let http = reqwest::Client::new();
-    let (setup, pending) = start_session(&keys.hpke_public_key, 0, b"{}").unwrap();
+    let (setup, pending) = start_session(&keys.hpke_public_key, 0, &setup_now()).unwrap();
     let grant = http
         .post(format!("{}/v1/session", h.url))
         .body(setup)
@@ -218,7 +218,7 @@ async fn replayed_and_reordered_session_messages_are_refused() {
     let live = serde_json::to_vec(&InnerRequest {
         method: "GET".into(),
         path: "/v2/health/live".into(),
-        body: None,
+        ..InnerRequest::default()
     })
     .unwrap();
     let send = |msg: Vec<u8>| {
@@ -270,6 +270,117 @@ async fn replayed_and_reordered_session_messages_are_refused() {
     unknown.extend_from_slice(&1u64.to_be_bytes());
     unknown.extend_from_slice(&[0u8; 32]);
     assert_eq!(send(unknown).await.0, 404);
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The plaintext of a session setup made now.
+fn setup_now() -> Vec<u8> {
+    serde_json::to_vec(&SessionSetup {
+        sent_at: unix_now(),
+    })
+    .unwrap()
+}
+
+async fn post(url: String, body: Vec<u8>) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+/// The finding: a session setup replayed by the host opened a second session under the same keys.
+/// Now the replay is refused, and a setup that is stale (or carries no time) is refused too.
+#[tokio::test]
+async fn replayed_stale_and_untimed_session_setups_are_refused() {
+    let h = start(ServingOptions::default()).await;
+    let pk = h.state.runtime_keys().hpke_public_key;
+    let url = format!("{}/v1/session", h.url);
+    let (setup, pending) = start_session(&pk, 0, &setup_now()).unwrap();
+    let (status, _) = post(url.clone(), setup.clone()).await;
+    assert_eq!(status, 200);
+    let (status, body) = post(url.clone(), setup.clone()).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("replayed"), "{body}");
+    drop(pending);
+    let stale = serde_json::to_vec(&SessionSetup {
+        sent_at: unix_now() - 3_600,
+    })
+    .unwrap();
+    let (status, body) = post(url.clone(), start_session(&pk, 0, &stale).unwrap().0).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("from the runtime's clock"), "{body}");
+    let (status, body) = post(url.clone(), start_session(&pk, 0, b"{}").unwrap().0).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("sent_at"), "{body}");
+    // Only the first setup opened a session.
+    let text = h.metrics().await;
+    assert!(
+        text.contains(r#"cordon_runtime_events_total{event="session_opened"} 1"#),
+        "{text}"
+    );
+}
+
+/// A one-shot request is served once: the same bytes again are refused before anything runs.
+#[tokio::test]
+async fn replayed_and_stale_one_shot_requests_are_refused() {
+    let h = start(ServingOptions::default()).await;
+    let pk = h.state.runtime_keys().hpke_public_key;
+    let url = format!("{}/v1/encrypted", h.url);
+    let request = |sent_at: Option<u64>| {
+        let inner = serde_json::to_vec(&InnerRequest {
+            method: "GET".into(),
+            path: "/v2/health/live".into(),
+            sent_at,
+            ..InnerRequest::default()
+        })
+        .unwrap();
+        cordon_proto::channel::encapsulate_request(&pk, 0, &inner).unwrap()
+    };
+    let (message, ctx) = request(Some(unix_now()));
+    let r = reqwest::Client::new()
+        .post(url.clone())
+        .body(message.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let inner = ctx.decrypt_response(&r.bytes().await.unwrap()).unwrap();
+    assert!(String::from_utf8_lossy(&inner).contains("live"));
+    let (status, body) = post(url.clone(), message).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("replayed"), "{body}");
+    let (status, body) = post(url.clone(), request(Some(unix_now() + 3_600)).0).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = post(url.clone(), request(None).0).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("sent_at"), "{body}");
+    let text = h.metrics().await;
+    assert!(
+        text.contains(r#"cordon_runtime_requests_total{channel="oneshot",outcome="ok"} 1"#),
+        "{text}"
+    );
+}
+
+/// An attestation nonce is single use at the runtime too.
+#[tokio::test]
+async fn a_repeated_attestation_nonce_is_refused() {
+    let h = start(ServingOptions::default()).await;
+    let url = format!("{}/v1/attestation?nonce={}", h.url, "ab".repeat(32));
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.status(), 409);
+    // The client draws a fresh nonce each time: verifying twice works.
+    h.verified().await;
+    h.verified().await;
 }
 
 #[tokio::test]

@@ -2,8 +2,8 @@
 //! three hospitals with their own keys, sealed datasets and approvals. Every must-reject of the
 //! job protocol is tried here; the KBS's own job checks are in cordon-kbs/tests/jobs.rs.
 
-use cordon_attest::{Endorsements, Platform, Policy, Verifier};
-use cordon_client::jobs::{JobClient, JobClientError};
+use cordon_attest::{Endorsements, Platform, Policy, PolicyDocument, Verifier};
+use cordon_client::jobs::{check_result, register_dataset_key, JobClient, JobClientError};
 use cordon_kbs::{Kbs, KbsConfig};
 use cordon_proto::job::{Evaluation, JobDataset, JobSchema, JobSpec, JobState, Outputs, PartyKey};
 use cordon_proto::{RuntimeKeys, ServiceKeyPair};
@@ -13,7 +13,7 @@ use cordon_tee::{SimHardwareKey, SimTee};
 use ed25519_dalek::SigningKey;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MEASUREMENT: [u8; 48] = [0x51; 48];
 const HOSPITALS: [(&str, &str); 3] = [
@@ -34,6 +34,12 @@ const HOSPITALS: [(&str, &str); 3] = [
 struct World {
     runtime: String,
     kbs: String,
+    /// The KBS's identity key, which parties and the trainer pin.
+    kbs_key: [u8; 32],
+    /// The trainer's service key: the audience of the parties' signed requests.
+    runtime_keys: RuntimeKeys,
+    /// What the parties verify the trainer against (measurement and sim trust anchor).
+    party_policy: PolicyDocument,
     /// The simulated hardware key file, to make other runtimes' evidence.
     hw_key: String,
     verifier: Verifier,
@@ -41,14 +47,22 @@ struct World {
 }
 
 async fn start(measurement: [u8; 48]) -> World {
-    start_with(
-        measurement,
-        TrainingOptions::new("").max_total_dataset_bytes,
-    )
-    .await
+    start_with(measurement, |_| {}).await
 }
 
-async fn start_with(measurement: [u8; 48], max_total_dataset_bytes: usize) -> World {
+fn in_an_hour() -> u64 {
+    unix_now() + 3_600
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A KBS and a training runtime with `measurement`; `adjust` changes the job board's limits.
+async fn start_with(measurement: [u8; 48], adjust: impl FnOnce(&mut TrainingOptions)) -> World {
     let dir = tempfile::tempdir().unwrap();
     let hw = SimHardwareKey::generate();
     let hw_key = hw.to_file_contents().to_string();
@@ -57,6 +71,7 @@ async fn start_with(measurement: [u8; 48], max_total_dataset_bytes: usize) -> Wo
         ..Default::default()
     };
     let kbs = Kbs::open(KbsConfig::new(dir.path().join("kbs"), endorsements.clone())).unwrap();
+    let kbs_key = kbs.identity_public_key();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let kbs_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, kbs.router()).await.unwrap() });
@@ -72,13 +87,14 @@ async fn start_with(measurement: [u8; 48], max_total_dataset_bytes: usize) -> Wo
     let mut state = RuntimeState::new(
         service_key,
         signing_key,
-        runtime_keys,
+        runtime_keys.clone(),
         tee,
         BTreeMap::new(),
         ServingOptions::default(),
     );
     let mut options = TrainingOptions::new(&kbs_url);
-    options.max_total_dataset_bytes = max_total_dataset_bytes;
+    options.kbs_public_key = Some(kbs_key);
+    adjust(&mut options);
     state.enable_training(options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let runtime = format!("http://{}", listener.local_addr().unwrap());
@@ -90,6 +106,15 @@ async fn start_with(measurement: [u8; 48], max_total_dataset_bytes: usize) -> Wo
     World {
         runtime,
         kbs: kbs_url,
+        kbs_key,
+        runtime_keys,
+        // What the parties verify before they talk to the trainer: its own measurement. (Their
+        // dataset keys' release policies at the KBS name MEASUREMENT, which a trainer with
+        // another measurement does not get.)
+        party_policy: PolicyDocument {
+            policy: Policy::new(vec![Platform::Sim], vec![measurement.to_vec()]),
+            endorsements: Some(endorsements.clone()),
+        },
         hw_key,
         verifier: Verifier::new(endorsements),
         _dir: dir,
@@ -99,6 +124,23 @@ async fn start_with(measurement: [u8; 48], max_total_dataset_bytes: usize) -> Wo
 struct Hospital {
     client: JobClient,
     dataset: JobDataset,
+}
+
+impl World {
+    /// A party's client, after it verified the trainer with its own policy.
+    async fn client(&self, party: PartyKey) -> JobClient {
+        match JobClient::connect(
+            &self.runtime,
+            party,
+            self.party_policy.clone(),
+            SystemTime::now(),
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 /// A hospital seals its CSV, registers the key (released only to `MEASUREMENT` for jobs it
@@ -121,12 +163,18 @@ async fn hospital(w: &World, name: &str, csv: &str) -> Hospital {
         &mut |_| {},
     )
     .unwrap();
-    let client = JobClient::new(&w.runtime, party);
+    let client = w.client(party).await;
     let policy = Policy::new(vec![Platform::Sim], vec![MEASUREMENT.to_vec()]).to_toml();
-    client
-        .register_dataset_key(&w.kbs, &manifest.key_id, key.dek.as_bytes(), &policy)
-        .await
-        .unwrap();
+    register_dataset_key(
+        client.party(),
+        &w.kbs,
+        &w.kbs_key,
+        &manifest.key_id,
+        key.dek.as_bytes(),
+        &policy,
+    )
+    .await
+    .unwrap();
     let digest = client.upload_dataset(sealed.into_inner()).await.unwrap();
     Hospital {
         dataset: JobDataset {
@@ -202,8 +250,8 @@ async fn three_hospitals_train_one_model_and_only_the_agreed_output_leaves() {
     assert_eq!(created.awaiting.len(), 3);
     assert!(created.datasets_missing.is_empty());
 
-    a.client.approve(&hash, Some(&job)).await.unwrap();
-    b.client.approve(&hash, None).await.unwrap();
+    a.client.approve(&hash, &job, in_an_hour()).await.unwrap();
+    b.client.approve(&hash, &job, in_an_hour()).await.unwrap();
     // A party missing: the runtime refuses to run, and says whose approval is missing.
     let (status, code_, message) = code(a.client.submit(&hash).await.unwrap_err());
     assert_eq!((status, code_.as_str()), (409, "not_approved"));
@@ -223,17 +271,17 @@ async fn three_hospitals_train_one_model_and_only_the_agreed_output_leaves() {
         code(b.client.submit(&changed_hash).await.unwrap_err()).1,
         "not_approved"
     );
-    // Approving with an expected spec that differs from the runtime's copy is refused locally.
+    // Approving a spec that is not the job named is refused locally, before anything is signed.
     assert!(matches!(
-        c.client.approve(&changed_hash, Some(&job)).await,
-        Err(JobClientError::SpecMismatch { .. })
+        c.client.approve(&changed_hash, &job, in_an_hour()).await,
+        Err(JobClientError::NotMine { .. })
     ));
 
     // An outsider learns nothing about the job.
-    let outsider = JobClient::new(&w.runtime, PartyKey::generate("outsider"));
+    let outsider = w.client(PartyKey::generate("outsider")).await;
     assert_eq!(code(outsider.status(&hash).await.unwrap_err()).0, 404);
 
-    let approved = c.client.approve(&hash, None).await.unwrap();
+    let approved = c.client.approve(&hash, &job, in_an_hour()).await.unwrap();
     assert_eq!(approved.state, JobState::Approved);
     assert!(approved.awaiting.is_empty());
     c.client.submit(&hash).await.unwrap();
@@ -270,10 +318,11 @@ async fn three_hospitals_train_one_model_and_only_the_agreed_output_leaves() {
     tampered.body.inputs.pop();
     assert!(tampered.verify(&w.verifier).is_err());
 
-    // The recipient opens the output: the sealed model is the one the receipt names, and it runs.
-    let result = a.client.result(&hash).await.unwrap();
+    // The recipient checks and opens the output: the sealed model is the one the receipt names,
+    // and it runs.
+    let checked = a.client.checked_result(&hash).await.unwrap();
+    let (result, dek) = (checked.result, checked.dek);
     assert_eq!(result.receipt, receipt);
-    let dek = a.client.open_output_key(&result).unwrap();
     let key = KeyFile {
         key_id: result.key_id.clone(),
         dek: cordon_seal::Dek::from_bytes(dek.as_ref()).unwrap(),
@@ -315,11 +364,83 @@ async fn three_hospitals_train_one_model_and_only_the_agreed_output_leaves() {
         rows > 400 && metrics.contains("cordon_runtime"),
         "{metrics}"
     );
-    // Another party's HPKE key cannot open the recipient's output key.
+    // The checks a recipient makes of its result, against what a host could hand it instead.
+    let check = |party: &PartyKey, hash: &str, spec: &JobSpec, r: cordon_proto::job::JobResult| {
+        check_result(party, hash, spec, r, &w.party_policy, &w.runtime_keys)
+    };
+    check(a.client.party(), &hash, &job, result.clone()).unwrap();
+    let refused = |e: Result<_, JobClientError>, want: &str| match e {
+        Err(JobClientError::BadResult { reason, .. }) => {
+            assert!(reason.contains(want), "{reason} should say {want}")
+        }
+        Err(other) => assert!(other.to_string().contains(want), "{other}"),
+        Ok(_) => panic!("a bad result was accepted ({want})"),
+    };
+    // This job's result, presented for another job the party asked about (the changed spec).
+    refused(
+        check(a.client.party(), &changed_hash, &changed, result.clone()),
+        "receipt is for job",
+    );
+    // The inputs of another spec: the receipt's inputs must be this spec's datasets.
+    let mut two = job.clone();
+    two.datasets.pop();
+    two.parties.pop();
+    refused(
+        check(
+            a.client.party(),
+            &hex::encode(two.hash()),
+            &two,
+            result.clone(),
+        ),
+        "receipt is for job",
+    );
+    // A receipt that verifies, but from another runtime than the one the party verified.
+    let other_runtime = RuntimeKeys {
+        signing_public_key: [1; 32],
+        ..w.runtime_keys.clone()
+    };
+    refused(
+        check_result(
+            a.client.party(),
+            &hash,
+            &job,
+            result.clone(),
+            &w.party_policy,
+            &other_runtime,
+        ),
+        "another runtime",
+    );
+    // Another sealed model under this receipt; an edited receipt; another key id.
+    let mut swapped = result.clone();
+    swapped.sealed_model[40] ^= 1;
+    assert!(check(a.client.party(), &hash, &job, swapped).is_err());
+    let mut edited = result.clone();
+    edited.receipt.body.output.recipients = vec!["hospital-b".into()];
+    refused(check(a.client.party(), &hash, &job, edited), "signature");
     let mut stolen = result.clone();
     stolen.key_id = "other".into();
-    assert!(a.client.open_output_key(&stolen).is_err());
-    assert!(b.client.open_output_key(&result).is_err());
+    assert!(check(a.client.party(), &hash, &job, stolen).is_err());
+    // Another party's HPKE key cannot open the recipient's output key.
+    assert!(matches!(
+        check(b.client.party(), &hash, &job, result.clone()),
+        Err(JobClientError::OutputKey(_))
+    ));
+    // A party whose policy does not accept the trainer's evidence refuses the receipt.
+    let strict = PolicyDocument {
+        policy: Policy::new(vec![Platform::Sim], vec![vec![0x01; 48]]),
+        endorsements: w.party_policy.endorsements.clone(),
+    };
+    refused(
+        check_result(
+            a.client.party(),
+            &hash,
+            &job,
+            result,
+            &strict,
+            &w.runtime_keys,
+        ),
+        "rejected by the policy",
+    );
 }
 
 #[tokio::test]
@@ -334,8 +455,8 @@ async fn a_runtime_the_owners_policy_does_not_name_gets_no_data() {
     );
     let hash = hex::encode(job.hash());
     a.client.create(&job).await.unwrap();
-    a.client.approve(&hash, None).await.unwrap();
-    b.client.approve(&hash, None).await.unwrap();
+    a.client.approve(&hash, &job, in_an_hour()).await.unwrap();
+    b.client.approve(&hash, &job, in_an_hour()).await.unwrap();
     a.client.submit(&hash).await.unwrap();
     let err = a
         .client
@@ -369,7 +490,7 @@ async fn bad_specs_uploads_and_signatures_are_refused() {
         &[&a, &b],
         serde_json::json!({"kind": "logistic_regression"}),
     );
-    let outsider = JobClient::new(&w.runtime, PartyKey::generate("outsider"));
+    let outsider = w.client(PartyKey::generate("outsider")).await;
     assert_eq!(
         code(outsider.create(&job).await.unwrap_err()).1,
         "not_a_party"
@@ -406,28 +527,163 @@ async fn bad_specs_uploads_and_signatures_are_refused() {
         .1,
         "invalid_sealed_dataset"
     );
-    // Unsigned requests are refused.
+    // The job API is not served in plain HTTP at all; inside the channel, an unsigned request is
+    // refused.
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/jobs", w.runtime))
         .json(&job)
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.status(), 404);
+    let unsigned = a
+        .client
+        .runtime()
+        .raw_request(
+            "POST",
+            "/v1/jobs",
+            BTreeMap::new(),
+            serde_json::to_vec(&job).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status, 401, "{}", unsigned.body);
     // An approval submitted on another party's behalf is refused.
     let hash = hex::encode(a.client.create(&job).await.unwrap().spec.hash());
-    let forged = b.client.party().approve(&job.hash());
+    let forged = b.client.party().approve(&job.hash(), in_an_hour());
     let body = serde_json::to_vec(&forged).unwrap();
     let path = format!("/v1/jobs/{hash}/approvals");
-    let mut req = reqwest::Client::new().post(format!("{}{path}", w.runtime));
-    for (n, v) in a
+    let signed = |party: &PartyKey, body: &[u8], audience: &[u8; 32]| -> BTreeMap<String, String> {
+        party
+            .sign_request("POST", &path, body, audience, SystemTime::now())
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    };
+    let pk = w.runtime_keys.hpke_public_key;
+    let resp = a
         .client
-        .party()
-        .sign_request("POST", &path, &body, std::time::SystemTime::now())
-    {
-        req = req.header(n, v);
+        .runtime()
+        .raw_request("POST", &path, signed(a.client.party(), &body, &pk), body)
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 403, "{}", resp.body);
+    // An expired approval is refused, and so is one signed for longer than it claims.
+    let expired = a.client.party().approve(&job.hash(), unix_now() - 10);
+    let body = serde_json::to_vec(&expired).unwrap();
+    let resp = a
+        .client
+        .runtime()
+        .raw_request("POST", &path, signed(a.client.party(), &body, &pk), body)
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 403, "{}", resp.body);
+    assert!(
+        resp.body["error"].as_str().unwrap().contains("expired"),
+        "{}",
+        resp.body
+    );
+    // A request signed for another runtime (another audience), e.g. captured on its way to a
+    // runtime that has since restarted, is refused.
+    let good = a.client.party().approve(&job.hash(), in_an_hour());
+    let body = serde_json::to_vec(&good).unwrap();
+    let resp = a
+        .client
+        .runtime()
+        .raw_request(
+            "POST",
+            &path,
+            signed(a.client.party(), &body, &[7; 32]),
+            body.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 401, "{}", resp.body);
+    // The same signed request twice (each time in its own encrypted envelope): the second is a
+    // replay of the party's signature, refused, and the job state does not change.
+    let headers = signed(a.client.party(), &body, &pk);
+    let first = a
+        .client
+        .runtime()
+        .raw_request("POST", &path, headers.clone(), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(first.status, 200, "{}", first.body);
+    let again = a
+        .client
+        .runtime()
+        .raw_request("POST", &path, headers, body)
+        .await
+        .unwrap();
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert_eq!(again.body["code"], "request_replayed");
+}
+
+#[tokio::test]
+async fn hyper_parameters_and_quotas_are_bounded_and_old_jobs_are_evicted() {
+    let w = start_with(MEASUREMENT, |o| {
+        o.max_jobs_per_party = 2;
+        o.abandoned_after = Duration::from_secs(2);
+    })
+    .await;
+    let a = hospital(&w, HOSPITALS[0].0, HOSPITALS[0].1).await;
+    let b = hospital(&w, HOSPITALS[1].0, HOSPITALS[1].1).await;
+    // Every hyper-parameter has an upper bound, checked when the job is created.
+    for (algorithm, param) in [
+        (
+            serde_json::json!({"kind": "gbdt", "n_estimators": 100_000}),
+            "n_estimators",
+        ),
+        (
+            serde_json::json!({"kind": "gbdt", "max_depth": 64}),
+            "max_depth",
+        ),
+        (
+            serde_json::json!({"kind": "gbdt", "max_bins": 100_000}),
+            "max_bins",
+        ),
+        (
+            serde_json::json!({"kind": "logistic_regression", "max_iter": 10_000_000}),
+            "max_iter",
+        ),
+    ] {
+        let (status, code_, message) = code(
+            a.client
+                .create(&spec(&[&a, &b], algorithm))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!((status, code_.as_str()), (400, "invalid_spec"), "{message}");
+        assert!(message.contains(param), "{message}");
     }
-    assert_eq!(req.body(body).send().await.unwrap().status(), 403);
+    // A party's quota of live jobs.
+    let job = |seed: u64| {
+        let mut s = spec(
+            &[&a, &b],
+            serde_json::json!({"kind": "logistic_regression"}),
+        );
+        s.evaluation.seed = seed;
+        s
+    };
+    a.client.create(&job(1)).await.unwrap();
+    a.client.create(&job(2)).await.unwrap();
+    let (status, code_, _) = code(a.client.create(&job(3)).await.unwrap_err());
+    assert_eq!((status, code_.as_str()), (429, "quota_exceeded"));
+    // Another party's quota is its own.
+    b.client.create(&job(4)).await.unwrap();
+    // Jobs never submitted are evicted once abandoned; then there is room again.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    a.client.create(&job(3)).await.unwrap();
+    assert_eq!(
+        code(
+            a.client
+                .status(&hex::encode(job(1).hash()))
+                .await
+                .unwrap_err()
+        )
+        .0,
+        404
+    );
 }
 
 #[tokio::test]
@@ -452,8 +708,8 @@ async fn a_job_can_deploy_its_model_to_serving_without_any_party_holding_its_key
     };
     let hash = hex::encode(job.hash());
     a.client.create(&job).await.unwrap();
-    a.client.approve(&hash, None).await.unwrap();
-    b.client.approve(&hash, None).await.unwrap();
+    a.client.approve(&hash, &job, in_an_hour()).await.unwrap();
+    b.client.approve(&hash, &job, in_an_hour()).await.unwrap();
     a.client.submit(&hash).await.unwrap();
     a.client.wait(&hash, Duration::from_secs(60)).await.unwrap();
     let receipt = b.client.receipt(&hash).await.unwrap();
@@ -542,20 +798,31 @@ async fn a_job_can_deploy_its_model_to_serving_without_any_party_holding_its_key
     assert!(release(MEASUREMENT).await.is_none());
 
     // Only the runtime that trained the job may register its output: another key is refused.
+    let forger = SigningKey::from_bytes(&[3; 32]);
+    let sealed_dek = cordon_proto::kbs::seal_dek_for_kbs(
+        &w.kbs_key,
+        cordon_proto::kbs::DekPurpose::JobOutput,
+        "forged",
+        &forger.verifying_key().to_bytes(),
+        &cordon_proto::job::output_context(&job.hash(), &[0; 32]),
+        &[1; 32],
+    )
+    .unwrap();
     let body = serde_json::to_vec(&cordon_proto::job::OutputKey {
         key_id: "forged".into(),
-        dek: vec![1; 32],
+        sealed_dek,
         sealed_manifest_sha256: [0; 32],
     })
     .unwrap();
     let path = format!("/kbs/v1/jobs/{hash}/output");
     let mut req = reqwest::Client::new().put(format!("{}{path}", w.kbs));
-    for (n, v) in cordon_proto::job::sign_request(
-        &SigningKey::from_bytes(&[3; 32]),
+    for (n, v) in cordon_proto::auth::sign_request(
+        &forger,
         "PUT",
         &path,
         &body,
-        std::time::SystemTime::now(),
+        &w.kbs_key,
+        SystemTime::now(),
     ) {
         req = req.header(n, v);
     }
@@ -571,7 +838,7 @@ async fn a_job_can_deploy_its_model_to_serving_without_any_party_holding_its_key
 #[tokio::test]
 async fn uploads_are_bounded_in_total_bytes() {
     // Room for hospital C's sealed file and little more.
-    let w = start_with(MEASUREMENT, 16 << 10).await;
+    let w = start_with(MEASUREMENT, |o| o.max_total_dataset_bytes = 16 << 10).await;
     let c = hospital(&w, HOSPITALS[2].0, HOSPITALS[2].1).await;
     assert!(!c.dataset.key_id.is_empty());
     let owner = OwnerKey::from_secret_bytes(&c.client.party().signing_secret());

@@ -416,10 +416,14 @@ impl Grower<'_> {
     }
 }
 
-fn check(params: &GbdtParams) -> Result<(), TrainError> {
+/// Most trees a job may ask for: training time and the model's size grow with it, and the runtime
+/// is shared by every party.
+pub const MAX_ESTIMATORS: u32 = 2_000;
+
+pub(crate) fn check(params: &GbdtParams) -> Result<(), TrainError> {
     let bad = |param, reason| Err(TrainError::InvalidParam { param, reason });
-    if params.n_estimators == 0 {
-        return bad("n_estimators", "must be at least 1");
+    if params.n_estimators == 0 || params.n_estimators > MAX_ESTIMATORS {
+        return bad("n_estimators", "must be 1 to 2000");
     }
     if !(params.learning_rate > 0.0 && params.learning_rate.is_finite()) {
         return bad("learning_rate", "must be a positive number");

@@ -26,8 +26,8 @@ pub mod onnx_export;
 mod split;
 
 pub use data::{read_table, DataError, DataFormat, Schema, Table};
-pub use gbdt::{GbdtModel, GbdtParams};
-pub use linear::{LogisticModel, LogisticParams};
+pub use gbdt::{GbdtModel, GbdtParams, MAX_ESTIMATORS};
+pub use linear::{LogisticModel, LogisticParams, MAX_ITER};
 pub use split::holdout_split;
 
 use serde::{Deserialize, Serialize};
@@ -97,6 +97,17 @@ impl TrainedModel {
 }
 
 /// Trains a binary classifier on `table` (labels must be 0 or 1).
+impl Algorithm {
+    /// Checks every parameter against its range (upper bounds included), before any data is
+    /// read: what a runtime does when a job is created, so an unrunnable job is never approved.
+    pub fn check(&self) -> Result<(), TrainError> {
+        match self {
+            Algorithm::LogisticRegression(p) => linear::check(p),
+            Algorithm::Gbdt(p) => gbdt::check(p),
+        }
+    }
+}
+
 pub fn train(algorithm: &Algorithm, table: &Table) -> Result<TrainedModel, TrainError> {
     check_binary(table)?;
     Ok(match algorithm {

@@ -202,24 +202,7 @@ fn cholesky_solve(h: &[f64], rhs: &[f64]) -> Option<Vec<f64>> {
 }
 
 pub(crate) fn fit(params: &LogisticParams, table: &Table) -> Result<LogisticModel, TrainError> {
-    if !(params.c > 0.0 && params.c.is_finite()) {
-        return Err(TrainError::InvalidParam {
-            param: "c",
-            reason: "must be a positive number",
-        });
-    }
-    if !(params.tol >= 0.0 && params.tol.is_finite()) {
-        return Err(TrainError::InvalidParam {
-            param: "tol",
-            reason: "must be a non-negative number",
-        });
-    }
-    if params.max_iter == 0 {
-        return Err(TrainError::InvalidParam {
-            param: "max_iter",
-            reason: "must be at least 1",
-        });
-    }
+    check(params)?;
     let n = table.n_rows();
     let d = table.n_features();
     if n == 0 {
@@ -359,4 +342,31 @@ mod tests {
         assert!(residual.abs() < 1e-6, "{residual}");
         assert!(model.iterations < 20);
     }
+}
+
+/// Most Newton iterations a job may ask for: each is a pass over every row and a solve, and the
+/// runtime is shared by every party.
+pub const MAX_ITER: u32 = 10_000;
+
+/// The parameter checks, before any data is touched.
+pub(crate) fn check(params: &LogisticParams) -> Result<(), TrainError> {
+    if !(params.c > 0.0 && params.c.is_finite()) {
+        return Err(TrainError::InvalidParam {
+            param: "c",
+            reason: "must be a positive number",
+        });
+    }
+    if !(params.tol >= 0.0 && params.tol.is_finite()) {
+        return Err(TrainError::InvalidParam {
+            param: "tol",
+            reason: "must be a non-negative number",
+        });
+    }
+    if params.max_iter == 0 || params.max_iter > MAX_ITER {
+        return Err(TrainError::InvalidParam {
+            param: "max_iter",
+            reason: "must be 1 to 10000",
+        });
+    }
+    Ok(())
 }

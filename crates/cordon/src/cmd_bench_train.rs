@@ -23,7 +23,7 @@ use cordon_tee::{SimHardwareKey, SimTee};
 use cordon_train::{Algorithm, DataFormat, Schema, Table};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -151,7 +151,8 @@ async fn confidential(
         sim_trust_anchors: vec![hw.public_key()],
         ..Default::default()
     };
-    let kbs = Kbs::open(KbsConfig::new(dir.path().join("kbs"), endorsements))?;
+    let kbs = Kbs::open(KbsConfig::new(dir.path().join("kbs"), endorsements.clone()))?;
+    let kbs_key = kbs.identity_public_key();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let kbs_url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { kbs.serve(listener, std::future::pending()).await });
@@ -171,6 +172,7 @@ async fn confidential(
         ServingOptions::default(),
     );
     let mut options = TrainingOptions::new(&kbs_url);
+    options.kbs_public_key = Some(kbs_key);
     options.max_dataset_bytes = usize::MAX;
     options.max_total_dataset_bytes = usize::MAX;
     state.enable_training(options);
@@ -182,7 +184,12 @@ async fn confidential(
         std::future::pending(),
     ));
 
-    let policy = Policy::new(vec![Platform::Sim], vec![MEASUREMENT.to_vec()]).to_toml();
+    let release = Policy::new(vec![Platform::Sim], vec![MEASUREMENT.to_vec()]);
+    let policy = release.to_toml();
+    let client_doc = cordon_attest::PolicyDocument {
+        policy: release,
+        endorsements: Some(endorsements),
+    };
     let mut clients = Vec::new();
     let mut datasets = Vec::new();
     let mut upload_s = 0.0;
@@ -190,10 +197,17 @@ async fn confidential(
         let party = PartyKey::generate(&format!("party-{i}"));
         let path = dir.path().join(format!("party-{i}.sealed"));
         let (entry, key) = crate::cmd_job::seal_dataset(&party, csv.as_bytes(), "csv", &path)?;
-        let client = JobClient::new(&runtime, party);
-        client
-            .register_dataset_key(&kbs_url, &key.key_id, key.dek.as_bytes(), &policy)
-            .await?;
+        let client =
+            JobClient::connect(&runtime, party, client_doc.clone(), SystemTime::now()).await?;
+        cordon_client::jobs::register_dataset_key(
+            client.party(),
+            &kbs_url,
+            &kbs_key,
+            &key.key_id,
+            key.dek.as_bytes(),
+            &policy,
+        )
+        .await?;
         let sealed = std::fs::read(&path)?;
         let t = Instant::now();
         client.upload_dataset(sealed).await?;
@@ -218,8 +232,12 @@ async fn confidential(
     };
     let hash = hex::encode(spec.hash());
     clients[0].create(&spec).await?;
+    let expires = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 86_400;
     for c in &clients {
-        c.approve(&hash, None).await?;
+        c.approve(&hash, &spec, expires).await?;
     }
     let t = Instant::now();
     clients[0].submit(&hash).await?;

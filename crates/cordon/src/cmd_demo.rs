@@ -7,7 +7,7 @@ use crate::deploy::{self, Children};
 use crate::util;
 use anyhow::{bail, Context, Result};
 use cordon_attest::{Endorsements, Platform, Policy, PolicyDocument};
-use cordon_client::jobs::JobClient;
+use cordon_client::jobs::{register_dataset_key, JobClient};
 use cordon_proto::job::{Evaluation, JobSchema, JobSpec, JobState, Outputs, PartyKey, ServeOutput};
 use cordon_proto::oip::InferRequest;
 use cordon_runtime::{EngineKind, ModelConfig, OnnxModel, RuntimeConfig, TrainingConfig};
@@ -149,6 +149,7 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
     let kbs = deploy::start_kbs(&dir, &mut children)?;
     let trainer_config = RuntimeConfig {
         kbs_url: kbs.url.clone(),
+        kbs_public_key: Some(hex::encode(kbs.identity)),
         workload_data: None,
         models: vec![],
         training: Some(TrainingConfig {
@@ -180,6 +181,7 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
     let sealed_model = dir.join("output/joint-model.sealed");
     let server_config = RuntimeConfig {
         kbs_url: kbs.url.clone(),
+        kbs_public_key: Some(hex::encode(kbs.identity)),
         workload_data: None,
         models: vec![ModelConfig {
             name: "joint-breast-cancer".into(),
@@ -207,9 +209,17 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
         )?;
         let sealed_path = dir.join("datasets").join(format!("{name}.sealed"));
         let (entry, key) = seal_dataset(&party, csv.as_bytes(), "csv", &sealed_path)?;
-        let client = JobClient::new(&trainer_url, party);
-        rt.block_on(client.register_dataset_key(
+        // Each hospital verifies the trainer itself before it sends anything to it.
+        let client = rt.block_on(JobClient::connect(
+            &trainer_url,
+            party,
+            trainer_doc.clone(),
+            SystemTime::now(),
+        ))?;
+        rt.block_on(register_dataset_key(
+            client.party(),
             &kbs.url,
+            &kbs.identity,
             &key.key_id,
             key.dek.as_bytes(),
             &release_policy.to_toml(),
@@ -252,9 +262,17 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
         dir.join("job.json").display()
     );
     rt.block_on(clients[0].create(&spec))?;
+    let approval_expires = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 3_600;
     for c in &clients {
-        rt.block_on(c.approve(&hash, Some(&spec)))?;
-        println!("[{}] approved job {}…", c.party().name(), &hash[..16]);
+        rt.block_on(c.approve(&hash, &spec, approval_expires))?;
+        println!(
+            "[{}] checked its entry (keys, datasets), approved job {}… for an hour",
+            c.party().name(),
+            &hash[..16]
+        );
     }
     rt.block_on(clients[0].submit(&hash))?;
     let status = rt.block_on(clients[0].wait(&hash, Duration::from_secs(600)))?;
@@ -299,9 +317,10 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
         Ok(_) => bail!("a hospital that is not a recipient received the model"),
     }
 
-    // 6. The recipient opens its output and scores it on the benchmark.
-    let result = rt.block_on(clients[0].result(&hash))?;
-    let dek = clients[0].open_output_key(&result)?;
+    // 6. The recipient checks its output (receipt, job, inputs, runtime) and opens it, then scores
+    //    it on the benchmark.
+    let checked = rt.block_on(clients[0].checked_result(&hash))?;
+    let (result, dek) = (checked.result, checked.dek);
     let key = KeyFile {
         key_id: result.key_id.clone(),
         dek: cordon_seal::Dek::from_bytes(dek.as_ref())?,

@@ -3,12 +3,12 @@
 
 use crate::util;
 use anyhow::{bail, Context, Result};
-use cordon_attest::{appraise, PolicyDocument, Verifier};
-use cordon_client::jobs::JobClient;
-use cordon_proto::job::{JobDataset, JobSpec, JobStatus, PartyKey, Receipt};
+use cordon_attest::PolicyDocument;
+use cordon_client::jobs::{approval_summary, check_own_entry, register_dataset_key, JobClient};
+use cordon_proto::job::{JobDataset, JobSpec, JobStatus, PartyKey, Receipt, MAX_APPROVAL_VALIDITY};
 use cordon_seal::{KeyFile, OwnerKey, SealOptions};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 #[derive(clap::Subcommand)]
 pub enum PartyCommand {
@@ -41,15 +41,17 @@ pub enum DatasetCommand {
         policy: PathBuf,
         #[arg(long)]
         kbs: String,
+        /// The KBS's identity key, pinned: 64 hex digits or a file holding them (what
+        /// `cordon kbs serve` printed). The key travels sealed to it.
+        #[arg(long, env = "CORDON_KBS_KEY")]
+        kbs_key: String,
     },
-    /// Upload the sealed dataset (public bytes) to the training runtime.
+    /// Upload the sealed dataset (public bytes) to the training runtime, after verifying it.
     Upload {
-        #[arg(long)]
-        party: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
         #[arg(long)]
         sealed: PathBuf,
-        #[arg(long)]
-        runtime: String,
     },
 }
 
@@ -78,6 +80,10 @@ pub struct Conn {
     /// The training runtime's URL.
     #[arg(long)]
     runtime: String,
+    /// The party's policy for the training runtime, with [endorsements] (as `cordon infer
+    /// --policy`): the runtime is verified against it before anything is sent, and receipts too.
+    #[arg(long)]
+    policy: PathBuf,
 }
 
 #[derive(clap::Subcommand)]
@@ -89,16 +95,21 @@ pub enum JobCommand {
         #[arg(long)]
         spec: PathBuf,
     },
-    /// Approve a job: fetches the runtime's copy, checks it hashes to --job (and equals --spec when
-    /// given), then signs.
+    /// Approve a job: checks the spec hashes to --job, that this party's entry in it is its own
+    /// (signing key and the HPKE key outputs are sealed to), that the runtime's copy is the same;
+    /// prints what is approved (parties, datasets, recipients, serving policy, algorithm), then
+    /// signs an approval valid for --valid-for seconds.
     Approve {
         #[command(flatten)]
         conn: Conn,
         #[arg(long)]
         job: String,
-        /// The spec this party agreed to; the approval is refused unless the runtime's copy is it.
+        /// The spec this party agreed to (its own copy, not the runtime's).
         #[arg(long)]
-        spec: Option<PathBuf>,
+        spec: PathBuf,
+        /// Seconds the approval stays valid (at most 30 days).
+        #[arg(long, default_value_t = 86_400)]
+        valid_for: u64,
     },
     /// Run an approved job; with --wait, until it finishes.
     Submit {
@@ -117,7 +128,9 @@ pub enum JobCommand {
         #[arg(long)]
         job: String,
     },
-    /// Fetch the output (recipients only): the sealed model, its key file, the receipt.
+    /// Fetch the output (recipients only), check it (the receipt verifies and passes --policy; it is
+    /// this job's, over the spec's datasets, from the verified runtime; the sealed model is the one
+    /// it names and opens with the key), then write the sealed model, its key file, the receipt.
     Result {
         #[command(flatten)]
         conn: Conn,
@@ -149,8 +162,34 @@ fn party(path: &Path) -> Result<PartyKey> {
         .with_context(|| format!("party key {}", path.display()))
 }
 
-fn client(conn: &Conn) -> Result<JobClient> {
-    Ok(JobClient::new(&conn.runtime, party(&conn.party)?))
+fn policy_doc(path: &Path) -> Result<PolicyDocument> {
+    let doc = PolicyDocument::from_toml(&util::read_to_string(path, "policy")?)
+        .with_context(|| format!("policy {}", path.display()))?;
+    Ok(doc)
+}
+
+/// Verifies the training runtime with the party's policy: nothing is sent to it before.
+fn client(rt: &tokio::runtime::Runtime, conn: &Conn) -> Result<JobClient> {
+    let doc = policy_doc(&conn.policy)?;
+    let c = rt.block_on(JobClient::connect(
+        &conn.runtime,
+        party(&conn.party)?,
+        doc,
+        SystemTime::now(),
+    ))?;
+    let claims = c.runtime().claims();
+    eprintln!(
+        "verified training runtime {} ({} evidence, measurement {}…){}",
+        conn.runtime,
+        claims.platform,
+        &hex::encode(&claims.launch_measurement)[..16.min(2 * claims.launch_measurement.len())],
+        if claims.platform.is_hardware_backed() {
+            ""
+        } else {
+            " -- SIMULATED, NOT hardware-backed"
+        }
+    );
+    Ok(c)
 }
 
 pub fn run_party(c: PartyCommand) -> Result<()> {
@@ -226,6 +265,7 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
             key,
             policy,
             kbs,
+            kbs_key,
         } => {
             let p = party(&p)?;
             let key = KeyFile::from_file_contents(&util::read_to_string(&key, "key file")?)?;
@@ -234,21 +274,23 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
             }
             let policy = util::read_to_string(&policy, "release policy")?;
             cordon_attest::Policy::from_toml(&policy).context("release policy")?;
-            let client = JobClient::new("http://unused", p);
-            rt.block_on(client.register_dataset_key(
+            let kbs_key = util::parse_kbs_key(&kbs_key)?;
+            rt.block_on(register_dataset_key(
+                &p,
                 &kbs,
+                &kbs_key,
                 &key.key_id,
                 key.dek.as_bytes(),
                 &policy,
             ))?;
-            println!("registered dataset key {} with {kbs}", key.key_id);
+            println!(
+                "registered dataset key {} with {kbs} (sealed to KBS key {}…)",
+                key.key_id,
+                &hex::encode(kbs_key)[..16]
+            );
         }
-        DatasetCommand::Upload {
-            party: p,
-            sealed,
-            runtime,
-        } => {
-            let client = JobClient::new(&runtime, party(&p)?);
+        DatasetCommand::Upload { conn, sealed } => {
+            let client = client(&rt, &conn)?;
             let bytes = std::fs::read(&sealed).with_context(|| format!("{}", sealed.display()))?;
             let digest = rt.block_on(client.upload_dataset(bytes))?;
             println!("uploaded {} (manifest sha256 {digest})", sealed.display());
@@ -306,23 +348,13 @@ pub fn print_status(s: &JobStatus) {
 
 /// Checks a receipt offline and appraises the runtime's claims; returns a one-line summary.
 pub fn verify_receipt(receipt: &Receipt, doc: &PolicyDocument) -> Result<String> {
-    let Some(endorsements) = &doc.endorsements else {
-        bail!("the policy file has no [endorsements] section: cannot verify any evidence");
-    };
-    let claims = receipt.verify(&Verifier::new(endorsements.clone()))?;
-    let verdict = appraise(&claims, &doc.policy);
-    if !verdict.is_accepted() {
-        bail!(
-            "the runtime that signed the receipt is rejected by the policy: {}",
-            verdict.reasons()
-        );
-    }
+    let claims = cordon_client::jobs::verify_receipt(receipt, doc).map_err(anyhow::Error::msg)?;
     Ok(format!(
         "receipt valid: job {} signed by runtime key {}…, bound by {} evidence (measurement {}…{}), accepted by the policy",
         hex::encode(receipt.body.job_hash),
         &hex::encode(receipt.body.attestation.runtime_keys.signing_public_key)[..16],
         claims.platform,
-        &hex::encode(&claims.launch_measurement)[..16],
+        &hex::encode(&claims.launch_measurement)[..16.min(2 * claims.launch_measurement.len())],
         if claims.platform.is_hardware_backed() {
             ""
         } else {
@@ -336,16 +368,37 @@ pub fn run_job(c: JobCommand) -> Result<()> {
     match c {
         JobCommand::Create { conn, spec } => {
             let spec = read_spec(&spec)?;
-            let status = rt.block_on(client(&conn)?.create(&spec))?;
+            let status = rt.block_on(client(&rt, &conn)?.create(&spec))?;
             print_status(&status);
         }
-        JobCommand::Approve { conn, job, spec } => {
-            let expected = spec.as_deref().map(read_spec).transpose()?;
-            let status = rt.block_on(client(&conn)?.approve(&job, expected.as_ref()))?;
+        JobCommand::Approve {
+            conn,
+            job,
+            spec,
+            valid_for,
+        } => {
+            let spec = read_spec(&spec)?;
+            if valid_for == 0 || valid_for > MAX_APPROVAL_VALIDITY.as_secs() {
+                bail!(
+                    "--valid-for must be 1 to {} seconds",
+                    MAX_APPROVAL_VALIDITY.as_secs()
+                );
+            }
+            let me = party(&conn.party)?;
+            // Checked offline first: a job that is not this party's to approve is refused before
+            // the runtime is contacted.
+            check_own_entry(&job, &spec, &me)?;
+            eprintln!("{}", approval_summary(&spec, &me));
+            let expires_at = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs()
+                + valid_for;
+            let status = rt.block_on(client(&rt, &conn)?.approve(&job, &spec, expires_at))?;
+            eprintln!("approved, valid until {expires_at} (Unix seconds)");
             print_status(&status);
         }
         JobCommand::Submit { conn, job, wait } => {
-            let c = client(&conn)?;
+            let c = client(&rt, &conn)?;
             let status = rt.block_on(async {
                 let s = c.submit(&job).await?;
                 if wait == 0 {
@@ -356,15 +409,15 @@ pub fn run_job(c: JobCommand) -> Result<()> {
             print_status(&status);
         }
         JobCommand::Status { conn, job } => {
-            print_status(&rt.block_on(client(&conn)?.status(&job))?);
+            print_status(&rt.block_on(client(&rt, &conn)?.status(&job))?);
         }
         JobCommand::Result { conn, job, out_dir } => {
-            let c = client(&conn)?;
-            let result = rt.block_on(c.result(&job))?;
-            let dek = c.open_output_key(&result)?;
+            let c = client(&rt, &conn)?;
+            let checked = rt.block_on(c.checked_result(&job))?;
+            let result = &checked.result;
             let key = KeyFile {
                 key_id: result.key_id.clone(),
-                dek: cordon_seal::Dek::from_bytes(dek.as_ref())?,
+                dek: cordon_seal::Dek::from_bytes(checked.dek.as_ref())?,
                 signer: result
                     .receipt
                     .body
@@ -373,13 +426,10 @@ pub fn run_job(c: JobCommand) -> Result<()> {
                     .signing_public_key,
             };
             std::fs::create_dir_all(&out_dir)?;
-            // Check before writing: the sealed model opens with this key and is the one the
-            // receipt names.
-            let header = cordon_seal::read_header(&mut &result.sealed_model[..])?;
-            if header.digest() != result.receipt.body.output.sealed_manifest_sha256 {
-                bail!("the sealed model is not the one the receipt names");
-            }
+            // The sealed model opens with this key (every chunk, the plaintext digest) before
+            // anything is written.
             cordon_seal::unseal(&result.sealed_model[..], &key, std::io::sink(), &mut |_| {})?;
+            let digest = cordon_seal::read_header(&mut &result.sealed_model[..])?.digest();
             util::write_atomic(&out_dir.join("model.sealed"), &result.sealed_model)?;
             util::write_secret(
                 &out_dir.join("model.key"),
@@ -391,8 +441,11 @@ pub fn run_job(c: JobCommand) -> Result<()> {
                 serde_json::to_string_pretty(&result.receipt)?.as_bytes(),
             )?;
             println!(
+                "receipt checked: job {job}, inputs are the spec's datasets, signed by the verified runtime"
+            );
+            println!(
                 "wrote model.sealed (manifest sha256 {}), model.key, receipt.json to {}",
-                hex::encode(header.digest()),
+                hex::encode(digest),
                 out_dir.display()
             );
             println!(
@@ -403,8 +456,7 @@ pub fn run_job(c: JobCommand) -> Result<()> {
         JobCommand::Receipt(ReceiptCommand::Verify { receipt, policy }) => {
             let r: Receipt = serde_json::from_str(&util::read_to_string(&receipt, "receipt")?)
                 .with_context(|| format!("receipt {}", receipt.display()))?;
-            let doc = PolicyDocument::from_toml(&util::read_to_string(&policy, "policy")?)
-                .with_context(|| format!("policy {}", policy.display()))?;
+            let doc = policy_doc(&policy)?;
             println!("{}", verify_receipt(&r, &doc)?);
         }
     }

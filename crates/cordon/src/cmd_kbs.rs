@@ -1,19 +1,28 @@
-//! `cordon kbs serve | register | audit`.
+//! `cordon kbs serve | identity | register | audit`.
 
 use crate::util;
 use anyhow::{bail, Context, Result};
 use cordon_attest::{Endorsements, Policy};
 use cordon_kbs::{Kbs, KbsConfig};
-use cordon_proto::kbs::{AuditEvent, ErrorBody, RegisterKey};
+use cordon_proto::kbs::{
+    policy_context, seal_dek_for_kbs, AuditEvent, DekPurpose, ErrorBody, KbsIdentity, RegisterKey,
+};
 use cordon_seal::KeyFile;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 #[derive(clap::Subcommand)]
 pub enum KbsCommand {
     /// Run the key broker.
     Serve(ServeArgs),
+    /// Print a key broker's identity key as it answers it (to compare with what `kbs serve`
+    /// printed; pin the printed value, never this answer alone).
+    Identity {
+        /// KBS base URL.
+        #[arg(long, env = "CORDON_KBS_URL")]
+        kbs: String,
+    },
     /// Register a sealed artifact's key with its release policy (admin).
     Register(RegisterArgs),
     /// Print the audit log: every registration, release and denial (admin).
@@ -51,14 +60,23 @@ pub struct ServeArgs {
     /// Write the bound address here once listening (for scripts and tests).
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Write the KBS's identity key (hex) here at start: what owners, parties and runtime
+    /// configurations pin (`--kbs-key`, `kbs_public_key`).
+    #[arg(long)]
+    identity_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
 pub struct AdminArgs {
-    /// KBS base URL.
+    /// KBS base URL (http:// or https://).
     #[arg(long, env = "CORDON_KBS_URL")]
     kbs: String,
-    /// File holding the admin token.
+    /// The KBS's identity key, pinned: 64 hex digits, or a file holding them (what
+    /// `cordon kbs serve` printed). Keys are sealed to it; requests are signed for it.
+    #[arg(long, env = "CORDON_KBS_KEY")]
+    kbs_key: String,
+    /// File holding the admin token (the seed of the administrator's signing key; it never
+    /// leaves this machine: requests are signed with it).
     #[arg(long, env = "CORDON_ADMIN_TOKEN_FILE")]
     token_file: PathBuf,
 }
@@ -78,9 +96,30 @@ pub struct RegisterArgs {
 pub fn run(c: KbsCommand) -> Result<()> {
     match c {
         KbsCommand::Serve(a) => serve(a),
+        KbsCommand::Identity { kbs } => identity(&kbs),
         KbsCommand::Register(a) => register(a),
         KbsCommand::Audit(a) => audit(a),
     }
+}
+
+fn identity(kbs: &str) -> Result<()> {
+    let id: KbsIdentity = util::tokio_runtime()?.block_on(async {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/kbs/v1/identity", kbs.trim_end_matches('/')))
+            .send()
+            .await
+            .with_context(|| format!("connecting to KBS {kbs}"))?;
+        if !resp.status().is_success() {
+            return Err(error_of(resp).await);
+        }
+        Ok(resp.json().await?)
+    })?;
+    println!("{}", hex::encode(id.hpke_public_key));
+    eprintln!(
+        "this is what the network answered: compare it with what `cordon kbs serve` printed on \
+         the KBS's own machine before you pin it"
+    );
+    Ok(())
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
@@ -108,6 +147,16 @@ fn serve(a: ServeArgs) -> Result<()> {
     let mut config = KbsConfig::new(a.data_dir.clone(), endorsements);
     config.nonce_ttl = Duration::from_secs(a.nonce_ttl);
     let kbs = Kbs::open(config)?;
+    // A store from before signed admin requests holds only the token's hash: the token file it
+    // was created with upgrades it.
+    if let Some(path) = a.init_admin_token_file.as_ref().filter(|p| p.exists()) {
+        if kbs.adopt_admin_token(&util::read_to_string(path, "admin token")?)? {
+            eprintln!(
+                "admin token {} adopted: admin requests are now signed with it",
+                path.display()
+            );
+        }
+    }
     match (&a.init_admin_token_file, kbs.init_admin_token()?) {
         (Some(path), Some(token)) => {
             util::write_secret(path, token.as_bytes(), true)?;
@@ -123,6 +172,11 @@ fn serve(a: ServeArgs) -> Result<()> {
     }
     if !anchors.is_empty() {
         eprintln!("WARNING: accepting evidence from the SIMULATED TEE (not hardware-backed) signed by {} key(s)", anchors.len());
+    }
+    let identity = hex::encode(kbs.identity_public_key());
+    eprintln!("KBS identity key (pin it: --kbs-key, kbs_public_key): {identity}");
+    if let Some(f) = &a.identity_file {
+        util::write_atomic(f, format!("{identity}\n").as_bytes())?;
     }
     let rt = util::tokio_runtime()?;
     rt.block_on(async move {
@@ -155,10 +209,91 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-fn token(a: &AdminArgs) -> Result<String> {
-    Ok(util::read_to_string(&a.token_file, "admin token")?
-        .trim()
-        .to_string())
+/// An administrator's connection: the KBS, its pinned identity key, the admin signing key.
+pub struct Admin {
+    pub url: String,
+    pub kbs_key: [u8; 32],
+    key: ed25519_dalek::SigningKey,
+}
+
+impl Admin {
+    /// `token` is the admin token's text (the seed of the administrator's key).
+    pub fn new(url: &str, kbs_key: [u8; 32], token: &str) -> Result<Admin> {
+        Ok(Admin {
+            url: url.trim_end_matches('/').to_string(),
+            kbs_key,
+            key: cordon_proto::auth::admin_key(token)?,
+        })
+    }
+
+    fn from_args(a: &AdminArgs) -> Result<Admin> {
+        let token = util::read_to_string(&a.token_file, "admin token")?;
+        Admin::new(&a.kbs, util::parse_kbs_key(&a.kbs_key)?, &token)
+    }
+
+    /// One admin request, signed for the pinned KBS with a fresh nonce.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response> {
+        let mut req = reqwest::Client::new()
+            .request(method.clone(), format!("{}{path}", self.url))
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        for (name, value) in cordon_proto::auth::sign_request(
+            &self.key,
+            method.as_str(),
+            path,
+            &body,
+            &self.kbs_key,
+            SystemTime::now(),
+        ) {
+            req = req.header(name, value);
+        }
+        let resp = req
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("connecting to KBS {}", self.url))?;
+        if !resp.status().is_success() {
+            return Err(error_of(resp).await);
+        }
+        Ok(resp)
+    }
+
+    /// Registers `key` under `policy`: the DEK sealed to the pinned KBS, bound to this key id,
+    /// the administrator and this exact policy text.
+    pub async fn register_key(&self, key: &KeyFile, policy_toml: &str) -> Result<()> {
+        Policy::from_toml(policy_toml).context("release policy")?;
+        let sealed_dek = seal_dek_for_kbs(
+            &self.kbs_key,
+            DekPurpose::AdminKey,
+            &key.key_id,
+            &self.key.verifying_key().to_bytes(),
+            &policy_context(policy_toml),
+            key.dek.as_bytes(),
+        )?;
+        let body = serde_json::to_vec(&RegisterKey {
+            sealed_dek,
+            policy: policy_toml.to_string(),
+        })?;
+        self.send(
+            reqwest::Method::PUT,
+            &format!("/kbs/v1/admin/keys/{}", key.key_id),
+            body,
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn audit(&self) -> Result<Vec<AuditEvent>> {
+        Ok(self
+            .send(reqwest::Method::GET, "/kbs/v1/admin/audit", vec![])
+            .await?
+            .json()
+            .await?)
+    }
 }
 
 async fn error_of(resp: reqwest::Response) -> anyhow::Error {
@@ -169,47 +304,11 @@ async fn error_of(resp: reqwest::Response) -> anyhow::Error {
     }
 }
 
-/// Registers `key` under `policy` at the KBS (used by `kbs register` and the quickstart).
-pub async fn register_key(kbs: &str, token: &str, key: &KeyFile, policy_toml: &str) -> Result<()> {
-    Policy::from_toml(policy_toml).context("release policy")?;
-    let resp = reqwest::Client::new()
-        .put(format!(
-            "{}/kbs/v1/admin/keys/{}",
-            kbs.trim_end_matches('/'),
-            key.key_id
-        ))
-        .bearer_auth(token)
-        .json(&RegisterKey {
-            dek: key.dek.as_bytes().to_vec(),
-            policy: policy_toml.to_string(),
-        })
-        .send()
-        .await
-        .with_context(|| format!("connecting to KBS {kbs}"))?;
-    if !resp.status().is_success() {
-        return Err(error_of(resp).await);
-    }
-    Ok(())
-}
-
-pub async fn fetch_audit(kbs: &str, token: &str) -> Result<Vec<AuditEvent>> {
-    let resp = reqwest::Client::new()
-        .get(format!("{}/kbs/v1/admin/audit", kbs.trim_end_matches('/')))
-        .bearer_auth(token)
-        .send()
-        .await
-        .with_context(|| format!("connecting to KBS {kbs}"))?;
-    if !resp.status().is_success() {
-        return Err(error_of(resp).await);
-    }
-    Ok(resp.json().await?)
-}
-
 fn register(a: RegisterArgs) -> Result<()> {
     let key = KeyFile::from_file_contents(&util::read_to_string(&a.key, "key file")?)?;
     let policy = util::read_to_string(&a.policy, "release policy")?;
-    let token = token(&a.admin)?;
-    util::tokio_runtime()?.block_on(register_key(&a.admin.kbs, &token, &key, &policy))?;
+    let admin = Admin::from_args(&a.admin)?;
+    util::tokio_runtime()?.block_on(admin.register_key(&key, &policy))?;
     println!(
         "registered key {} with release policy {}",
         key.key_id,
@@ -219,8 +318,8 @@ fn register(a: RegisterArgs) -> Result<()> {
 }
 
 fn audit(a: AdminArgs) -> Result<()> {
-    let token = token(&a)?;
-    let events = util::tokio_runtime()?.block_on(fetch_audit(&a.kbs, &token))?;
+    let admin = Admin::from_args(&a)?;
+    let events = util::tokio_runtime()?.block_on(admin.audit())?;
     let chain = match cordon_kbs::verify_audit_chain(&events) {
         Ok(()) => "hash chain intact".to_string(),
         Err(seq) => format!("HASH CHAIN BROKEN at event {seq}"),

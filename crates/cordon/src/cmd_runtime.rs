@@ -212,6 +212,7 @@ fn serve(a: ServeArgs) -> Result<()> {
             max_rows: a.batch_max_rows,
             max_delay: std::time::Duration::from_micros(a.batch_max_delay_us),
         }),
+        ..defaults
     };
     let rt = util::tokio_runtime()?;
     rt.block_on(async move {

@@ -138,6 +138,8 @@ fn load_or_create<T>(
 /// A key broker started by [`start_kbs`].
 pub struct StartedKbs {
     pub url: String,
+    /// The KBS's identity key, read from the file the KBS process wrote on this machine.
+    pub identity: [u8; 32],
     /// The admin token.
     pub token: String,
     /// The simulated hardware key; its public half is the trust anchor the KBS was given.
@@ -164,6 +166,8 @@ pub fn start_kbs(dir: &Path, children: &mut Children) -> Result<StartedKbs> {
     let run_dir = dir.join("run");
     let kbs_addr = run_dir.join("kbs.addr");
     let _ = std::fs::remove_file(&kbs_addr);
+    let identity_path = run_dir.join("kbs.identity");
+    let _ = std::fs::remove_file(&identity_path);
     let token_path = dir.join("keys/admin-token");
     let kbs_log = run_dir.join("kbs.log");
     spawn(
@@ -182,6 +186,8 @@ pub fn start_kbs(dir: &Path, children: &mut Children) -> Result<StartedKbs> {
             &p(&token_path),
             "--addr-file",
             &p(&kbs_addr),
+            "--identity-file",
+            &p(&identity_path),
         ],
         &kbs_log,
     )?;
@@ -194,8 +200,15 @@ pub fn start_kbs(dir: &Path, children: &mut Children) -> Result<StartedKbs> {
     let token = util::read_to_string(&token_path, "admin token")?
         .trim()
         .to_string();
+    // Written before the address: the KBS writes its identity first, then listens.
+    let identity = util::parse_kbs_key(&identity_path.to_string_lossy())?;
+    println!(
+        "[kbs]     identity key {} (pinned by the owner and the runtime's configuration)",
+        hex::encode(identity)
+    );
     Ok(StartedKbs {
         url: kbs_url,
+        identity,
         token,
         hw,
     })
@@ -252,6 +265,8 @@ pub struct SealedModel {
 pub struct Deployment {
     pub children: Children,
     pub kbs_url: String,
+    /// The KBS's identity key.
+    pub kbs_key: [u8; 32],
     pub runtime_url: String,
     /// The KBS admin token.
     pub token: String,
@@ -360,11 +375,12 @@ pub fn deploy(
     // 2-3. The simulated hardware key and the key broker, in its own process.
     let mut children = Children(Vec::new());
     let kbs = start_kbs(dir, &mut children)?;
-    let (kbs_url, hw) = (kbs.url.clone(), kbs.hw);
+    let (kbs_url, kbs_key, hw) = (kbs.url.clone(), kbs.identity, kbs.hw);
 
     // 4. The runtime's configuration is part of its measurement; the release policy names it.
     let config = RuntimeConfig {
         kbs_url: kbs_url.clone(),
+        kbs_public_key: Some(hex::encode(kbs_key)),
         workload_data: None,
         training: None,
         models: sealed
@@ -392,14 +408,10 @@ pub fn deploy(
     };
     std::fs::write(dir.join("release-policy.toml"), policy.to_toml())?;
     let token = kbs.token;
+    let admin = cmd_kbs::Admin::new(&kbs_url, kbs_key, &token)?;
     let mut models_out = Vec::new();
     for (model, _, _, key) in sealed {
-        rt.block_on(cmd_kbs::register_key(
-            &kbs_url,
-            &token,
-            &key,
-            &policy.to_toml(),
-        ))?;
+        rt.block_on(admin.register_key(&key, &policy.to_toml()))?;
         drop(key);
         models_out.push(model);
     }
@@ -438,6 +450,7 @@ pub fn deploy(
     Ok(Deployment {
         children,
         kbs_url,
+        kbs_key,
         runtime_url,
         token,
         models: models_out,

@@ -64,7 +64,8 @@ pub fn run(a: Args) -> Result<()> {
         client_policy_path.display()
     );
 
-    let events = rt.block_on(cmd_kbs::fetch_audit(kbs_url, token))?;
+    let admin = cmd_kbs::Admin::new(kbs_url, deployment.kbs_key, token)?;
+    let events = rt.block_on(admin.audit())?;
     println!("\n== Key release (KBS audit log) ==");
     for e in events
         .iter()

@@ -80,6 +80,22 @@ pub fn read_public_key(path: &Path, what: &str) -> Result<[u8; 32]> {
         .with_context(|| format!("{what} {} is not a 32-byte hex public key", path.display()))
 }
 
+/// A KBS identity key given on the command line: 64 hex digits, or the path of a file holding them
+/// (as `cordon kbs serve --identity-file` writes it).
+pub fn parse_kbs_key(arg: &str) -> Result<[u8; 32]> {
+    let text = if arg.trim().len() == 64 && arg.trim().chars().all(|c| c.is_ascii_hexdigit()) {
+        arg.trim().to_string()
+    } else {
+        read_to_string(Path::new(arg), "KBS identity key")?
+    };
+    hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| {
+            format!("KBS identity key {arg:?} is neither 64 hex digits nor a file holding them")
+        })
+}
+
 pub fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -97,6 +97,8 @@ fn deploy(d: Deploy) -> Deployment {
         "register",
         "--kbs",
         &kbs_url,
+        "--kbs-key",
+        &kbs_key(dir.path(), "kbs"),
         "--token-file",
         &s(&p("token")),
         "--key",
@@ -169,7 +171,16 @@ impl Deployment {
                 .unwrap()
                 .trim()
         );
-        ok(&["kbs", "audit", "--kbs", &url, "--token-file", &token])
+        ok(&[
+            "kbs",
+            "audit",
+            "--kbs",
+            &url,
+            "--kbs-key",
+            &kbs_key(self.dir.path(), "kbs"),
+            "--token-file",
+            &token,
+        ])
     }
 }
 

@@ -70,6 +70,8 @@ fn deploy() -> Deployment {
         "register",
         "--kbs",
         &kbs_url,
+        "--kbs-key",
+        &kbs_key(dir.path(), "kbs"),
         "--token-file",
         &s(&p("token")),
         "--key",

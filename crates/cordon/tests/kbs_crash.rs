@@ -8,7 +8,7 @@ use common::*;
 
 use cordon_attest::{Platform, Policy};
 use cordon_proto::kbs::{
-    AttestRequest, AttestResponse, AuditEvent, Challenge, ErrorBody, RegisterKey, RELEASE_INFO,
+    AttestRequest, AttestResponse, AuditEvent, Challenge, ErrorBody, RELEASE_INFO,
 };
 use cordon_proto::{report_data, RuntimeKeys, ServiceKeyPair};
 use cordon_tee::{EvidenceProvider, SimHardwareKey, SimTee};
@@ -30,6 +30,8 @@ struct Acknowledged {
 
 struct Driver {
     url: String,
+    /// The KBS's identity key (hex): the same across restarts (it lives in the store).
+    kbs_key: String,
     token: String,
     tee: Arc<SimTee>,
     http: reqwest::Client,
@@ -38,16 +40,35 @@ struct Driver {
 
 impl Driver {
     async fn register(&self, id: &str, dek: [u8; 32]) -> Result<bool, reqwest::Error> {
-        let resp = self
-            .http
-            .put(format!("{}/kbs/v1/admin/keys/{id}", self.url))
-            .bearer_auth(&self.token)
-            .json(&RegisterKey {
-                dek: dek.to_vec(),
-                policy: self.policy.clone(),
-            })
-            .send()
-            .await?;
+        use cordon_proto::kbs::{policy_context, seal_dek_for_kbs, DekPurpose, RegisterKey};
+        let admin = cordon_proto::auth::admin_key(&self.token).unwrap();
+        let kbs_key: [u8; 32] = hex::decode(&self.kbs_key).unwrap().try_into().unwrap();
+        let body = serde_json::to_vec(&RegisterKey {
+            sealed_dek: seal_dek_for_kbs(
+                &kbs_key,
+                DekPurpose::AdminKey,
+                id,
+                &admin.verifying_key().to_bytes(),
+                &policy_context(&self.policy),
+                &dek,
+            )
+            .unwrap(),
+            policy: self.policy.clone(),
+        })
+        .unwrap();
+        let path = format!("/kbs/v1/admin/keys/{id}");
+        let mut req = self.http.put(format!("{}{path}", self.url));
+        for (name, value) in cordon_proto::auth::sign_request(
+            &admin,
+            "PUT",
+            &path,
+            &body,
+            &kbs_key,
+            std::time::SystemTime::now(),
+        ) {
+            req = req.header(name, value);
+        }
+        let resp = req.body(body).send().await?;
         Ok(resp.status() == 200)
     }
 
@@ -102,7 +123,14 @@ impl Driver {
     }
 
     async fn audit(&self) -> Vec<AuditEvent> {
-        admin_get(&self.http, &self.url, "/kbs/v1/admin/audit", &self.token).await
+        admin_get(
+            &self.http,
+            &self.url,
+            &self.kbs_key,
+            "/kbs/v1/admin/audit",
+            &self.token,
+        )
+        .await
     }
 }
 
@@ -169,6 +197,7 @@ async fn kbs_survives_sigkill_at_random_moments() {
             .to_string();
         let driver = Arc::new(Driver {
             url,
+            kbs_key: kbs_key(dir.path(), &format!("kbs-{round}")),
             token,
             tee: tee.clone(),
             http: http.clone(),
@@ -192,6 +221,7 @@ async fn kbs_survives_sigkill_at_random_moments() {
         .to_string();
     let driver = Driver {
         url,
+        kbs_key: kbs_key(dir.path(), "kbs-last"),
         token,
         tee,
         http,
@@ -221,7 +251,8 @@ async fn check(d: &Driver, ack: &Mutex<Acknowledged>) {
     };
     // Every acknowledged registration is there, with its own DEK (a sample is released and
     // compared; the list covers all).
-    let listed: Vec<String> = admin_get(&d.http, &d.url, "/kbs/v1/admin/keys", &d.token).await;
+    let listed: Vec<String> =
+        admin_get(&d.http, &d.url, &d.kbs_key, "/kbs/v1/admin/keys", &d.token).await;
     for k in keys.keys() {
         assert!(listed.contains(k), "acknowledged registration {k} lost");
     }

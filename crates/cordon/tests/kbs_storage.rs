@@ -24,39 +24,37 @@ fn serve_args(dir: &Path, tag: &str) -> Vec<String> {
         &s(&dir.join("token")),
         "--addr-file",
         &s(&dir.join(format!("{tag}.addr"))),
+        "--identity-file",
+        &s(&dir.join("kbs.identity")),
     ]
     .iter()
     .map(|a| a.to_string())
     .collect()
 }
 
-async fn register(http: &reqwest::Client, url: &str, token: &str, id: &str) -> (u16, String) {
-    let body = serde_json::json!({
-        "dek": base64_32(rand::random()),
-        "policy": POLICY,
-    });
-    let resp = http
-        .put(format!("{url}/kbs/v1/admin/keys/{id}"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+/// The KBS's identity key, as the KBS wrote it when it started.
+fn identity(dir: &Path) -> String {
+    kbs_key(dir, "kbs")
+}
+
+async fn register(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    token: &str,
+    id: &str,
+) -> (u16, String) {
+    let resp = admin_register(http, url, key, token, id, &rand::random(), POLICY).await;
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
-fn base64_32(b: [u8; 32]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(b)
+async fn listed(http: &reqwest::Client, url: &str, key: &str, token: &str) -> Vec<String> {
+    admin_get(http, url, key, "/kbs/v1/admin/keys", token).await
 }
 
-async fn listed(http: &reqwest::Client, url: &str, token: &str) -> Vec<String> {
-    admin_get(http, url, "/kbs/v1/admin/keys", token).await
-}
-
-async fn audit_ok(http: &reqwest::Client, url: &str, token: &str) -> usize {
+async fn audit_ok(http: &reqwest::Client, url: &str, key: &str, token: &str) -> usize {
     let events: Vec<cordon_proto::kbs::AuditEvent> =
-        admin_get(http, url, "/kbs/v1/admin/audit", token).await;
+        admin_get(http, url, key, "/kbs/v1/admin/audit", token).await;
     cordon_kbs::verify_audit_chain(&events)
         .unwrap_or_else(|seq| panic!("audit chain broken at {seq}"));
     events.len()
@@ -86,12 +84,13 @@ async fn a_full_disk_refuses_writes_cleanly_and_nothing_is_lost() {
         .unwrap()
         .trim()
         .to_string();
+    let key = identity(dir.path());
     let http = reqwest::Client::new();
     let mut acknowledged = Vec::new();
     let mut refused = None;
     for i in 0..2000 {
         let id = format!("k{i}");
-        let (status, body) = register(&http, &url, &token, &id).await;
+        let (status, body) = register(&http, &url, &key, &token, &id).await;
         if status == 200 {
             acknowledged.push(id);
             continue;
@@ -107,7 +106,7 @@ async fn a_full_disk_refuses_writes_cleanly_and_nothing_is_lost() {
     );
     assert!(!acknowledged.is_empty());
     // Still full: the KBS keeps answering, with the same clear error, and stays up.
-    assert_eq!(register(&http, &url, &token, "again").await.0, 507);
+    assert_eq!(register(&http, &url, &key, &token, "again").await.0, 507);
     assert!(
         limited.child.try_wait().unwrap().is_none(),
         "the KBS died: {}",
@@ -128,7 +127,7 @@ async fn a_full_disk_refuses_writes_cleanly_and_nothing_is_lost() {
     );
     std::fs::remove_file(dir.path().join("full.addr")).ok();
     let url = kbs.url(&dir.path().join("full.addr"));
-    let keys = listed(&http, &url, &token).await;
+    let keys = listed(&http, &url, &key, &token).await;
     for id in &acknowledged {
         assert!(keys.contains(id), "acknowledged key {id} lost");
     }
@@ -136,8 +135,11 @@ async fn a_full_disk_refuses_writes_cleanly_and_nothing_is_lost() {
         !keys.contains(&failed_id) && !keys.contains(&"again".to_string()),
         "{keys:?}"
     );
-    assert_eq!(audit_ok(&http, &url, &token).await, acknowledged.len());
-    assert_eq!(register(&http, &url, &token, "after").await.0, 200);
+    assert_eq!(
+        audit_ok(&http, &url, &key, &token).await,
+        acknowledged.len()
+    );
+    assert_eq!(register(&http, &url, &key, &token, "after").await.0, 200);
 }
 
 #[tokio::test]
@@ -154,7 +156,8 @@ async fn a_read_only_data_directory_is_refused_with_a_clear_error_and_recovers()
             .unwrap()
             .trim()
             .to_string();
-        assert_eq!(register(&http, &url, &token, "kept").await.0, 200);
+        let key = identity(dir.path());
+        assert_eq!(register(&http, &url, &key, &token, "kept").await.0, 200);
     }
     std::fs::remove_file(dir.path().join("ro.addr")).unwrap();
 
@@ -197,8 +200,9 @@ async fn a_read_only_data_directory_is_refused_with_a_clear_error_and_recovers()
         .unwrap()
         .trim()
         .to_string();
-    assert!(listed(&http, &url, &token)
+    let key = identity(dir.path());
+    assert!(listed(&http, &url, &key, &token)
         .await
         .contains(&"kept".to_string()));
-    audit_ok(&http, &url, &token).await;
+    audit_ok(&http, &url, &key, &token).await;
 }

@@ -81,6 +81,8 @@ impl Rig {
                 "register",
                 "--kbs",
                 &kbs_url,
+                "--kbs-key",
+                &kbs_key(dir.path(), "kbs"),
                 "--token-file",
                 &s(&p("token")),
                 "--key",

@@ -71,11 +71,26 @@ fn no_secret_type_prints_its_secret() {
         assert_hidden("PartyKey", &format!("{party:?}"), &field(&text, name));
     }
 
+    // A registration carries the DEK sealed to the KBS: neither its Debug nor its wire form shows it.
+    let kbs = ServiceKeyPair::generate(0);
     let register = RegisterKey {
-        dek: vec![0x5a; 32],
+        sealed_dek: cordon_proto::kbs::seal_dek_for_kbs(
+            &kbs.public_key(),
+            cordon_proto::kbs::DekPurpose::AdminKey,
+            "k",
+            &[1; 32],
+            &cordon_proto::kbs::policy_context("p"),
+            &[0x5a; 32],
+        )
+        .unwrap(),
         policy: "p".into(),
     };
     assert_hidden("RegisterKey", &format!("{register:?}"), &[0x5a; 32]);
+    assert_hidden(
+        "RegisterKey (JSON)",
+        &serde_json::to_string(&register).unwrap(),
+        &[0x5a; 32],
+    );
 
     let ikm = [0x3c; 32];
     let service = ServiceKeyPair::derive(0, &ikm);

@@ -40,9 +40,12 @@ fn two_parties_train_with_the_cli_alone() {
     let p = |n: &str| dir.path().join(n);
     ok(&["sim", "keygen", "--out", &s(&p("hw.key"))]);
     let (_kbs, kbs_url) = start_kbs(dir.path(), "kbs");
+    let kbs_key = kbs_key(dir.path(), "kbs");
     std::fs::write(
         p("trainer.toml"),
-        format!("kbs_url = \"{kbs_url}\"\n\n[training]\nmax_dataset_mib = 16\n"),
+        format!(
+            "kbs_url = \"{kbs_url}\"\nkbs_public_key = \"{kbs_key}\"\n\n[training]\nmax_dataset_mib = 16\n"
+        ),
     )
     .unwrap();
     let measurement = ok(&["runtime", "measure", "--config", &s(&p("trainer.toml"))]);
@@ -105,6 +108,8 @@ fn two_parties_train_with_the_cli_alone() {
             &s(&p("release.toml")),
             "--kbs",
             &kbs_url,
+            "--kbs-key",
+            &kbs_key,
         ]);
         ok(&[
             "dataset",
@@ -115,6 +120,8 @@ fn two_parties_train_with_the_cli_alone() {
             &s(&p(&format!("{name}.sealed"))),
             "--runtime",
             &runtime,
+            "--policy",
+            &s(&p("verify.toml")),
         ]);
     }
     // A party cannot register a key for a dataset another party sealed.
@@ -129,6 +136,8 @@ fn two_parties_train_with_the_cli_alone() {
         &s(&p("release.toml")),
         "--kbs",
         &kbs_url,
+        "--kbs-key",
+        &kbs_key,
     ]);
     assert!(err.contains("another party"), "{err}");
 
@@ -155,6 +164,8 @@ fn two_parties_train_with_the_cli_alone() {
             s(&p(&format!("{name}.party"))),
             "--runtime".into(),
             runtime.clone(),
+            "--policy".into(),
+            s(&p("verify.toml")),
         ]
     };
     let run = |args: &[&str], name: &str| {
@@ -187,7 +198,53 @@ fn two_parties_train_with_the_cli_alone() {
     // Submitting before every party approved: refused, naming the missing party.
     let err = failsv(&run(&["job", "submit", "--job", &hash], "clinic"));
     assert!(err.contains("not_approved") && err.contains("lab"), "{err}");
-    okv(&run(&["job", "approve", "--job", &hash], "lab"));
+    // A job that lists lab's signing key with another party's HPKE key (so that lab's output would
+    // be sealed to someone else) is refused by lab's approve, before anything is signed.
+    let mut evil = spec.clone();
+    evil["parties"][1]["hpke_key"] = evil["parties"][0]["hpke_key"].clone();
+    evil["outputs"]["recipients"] = serde_json::json!(["lab"]);
+    std::fs::write(p("evil.json"), serde_json::to_string_pretty(&evil).unwrap()).unwrap();
+    let evil_spec: cordon_proto::job::JobSpec = serde_json::from_value(evil).unwrap();
+    let evil_hash = hex::encode(evil_spec.hash());
+    let err = failsv(&run(
+        &[
+            "job",
+            "approve",
+            "--job",
+            &evil_hash,
+            "--spec",
+            &s(&p("evil.json")),
+        ],
+        "lab",
+    ));
+    assert!(err.contains("HPKE key"), "{err}");
+    // --spec is required, and must hash to --job.
+    let err = failsv(&run(&["job", "approve", "--job", &hash], "lab"));
+    assert!(err.contains("--spec"), "{err}");
+    let err = failsv(&run(
+        &[
+            "job",
+            "approve",
+            "--job",
+            &evil_hash,
+            "--spec",
+            &s(&p("job.json")),
+        ],
+        "lab",
+    ));
+    assert!(err.contains("hashes to"), "{err}");
+    let approved = okv(&run(
+        &[
+            "job",
+            "approve",
+            "--job",
+            &hash,
+            "--spec",
+            &s(&p("job.json")),
+        ],
+        "lab",
+    ));
+    assert!(approved.contains("approved by: clinic, lab"), "{approved}");
     let done = okv(&run(
         &["job", "submit", "--job", &hash, "--wait", "120"],
         "clinic",

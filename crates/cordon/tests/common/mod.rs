@@ -142,12 +142,90 @@ pub fn start_kbs_logging(dir: &Path, name: &str, level: &str) -> (Proc, String) 
             &s(&p("token")),
             "--addr-file",
             &s(&addr),
+            "--identity-file",
+            &s(&p(&format!("{name}.identity"))),
         ],
         p(&format!("{name}.log")),
         level,
     );
     let url = kbs.url(&addr);
     (kbs, url)
+}
+
+/// The identity key (hex) of the KBS [`start_kbs`] started as `name` in `dir`: what owners,
+/// parties and runtime configurations pin.
+pub fn kbs_key(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.identity")))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn kbs_key_bytes(kbs_key: &str) -> [u8; 32] {
+    hex::decode(kbs_key).unwrap().try_into().unwrap()
+}
+
+/// An admin request to the KBS, signed with the admin token for the KBS `kbs_key` (hex).
+pub async fn admin_request(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    kbs_key: &str,
+    path: &str,
+    token: &str,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    let key = cordon_proto::auth::admin_key(token).unwrap();
+    let mut req = http.request(method.clone(), format!("{url}{path}"));
+    for (name, value) in cordon_proto::auth::sign_request(
+        &key,
+        method.as_str(),
+        path,
+        &body,
+        &kbs_key_bytes(kbs_key),
+        std::time::SystemTime::now(),
+    ) {
+        req = req.header(name, value);
+    }
+    req.body(body).send().await.unwrap()
+}
+
+/// Registers `dek` under `policy` as the administrator (sealed to the KBS `kbs_key`).
+pub async fn admin_register(
+    http: &reqwest::Client,
+    url: &str,
+    kbs_key: &str,
+    token: &str,
+    key_id: &str,
+    dek: &[u8; 32],
+    policy: &str,
+) -> reqwest::Response {
+    use cordon_proto::kbs::{policy_context, seal_dek_for_kbs, DekPurpose, RegisterKey};
+    let admin = cordon_proto::auth::admin_key(token).unwrap();
+    let sealed_dek = seal_dek_for_kbs(
+        &kbs_key_bytes(kbs_key),
+        DekPurpose::AdminKey,
+        key_id,
+        &admin.verifying_key().to_bytes(),
+        &policy_context(policy),
+        dek,
+    )
+    .unwrap();
+    let body = serde_json::to_vec(&RegisterKey {
+        sealed_dek,
+        policy: policy.to_string(),
+    })
+    .unwrap();
+    admin_request(
+        http,
+        reqwest::Method::PUT,
+        url,
+        kbs_key,
+        &format!("/kbs/v1/admin/keys/{key_id}"),
+        token,
+        body,
+    )
+    .await
 }
 
 /// Starts `cordon runtime serve` (sim, hardware key `dir/hw.key`) with `config` on a free port.
@@ -174,19 +252,25 @@ pub fn start_runtime(dir: &Path, config: &Path, name: &str) -> (Proc, String) {
     (rt, url)
 }
 
-/// `GET {url}{path}` with the KBS admin token, decoded from JSON (panics on any failure).
+/// `GET {url}{path}` signed with the KBS admin token for the KBS `kbs_key`, decoded from JSON
+/// (panics on any failure).
 pub async fn admin_get<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     url: &str,
+    kbs_key: &str,
     path: &str,
     token: &str,
 ) -> T {
-    http.get(format!("{url}{path}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    let resp = admin_request(
+        http,
+        reqwest::Method::GET,
+        url,
+        kbs_key,
+        path,
+        token,
+        vec![],
+    )
+    .await;
+    assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    resp.json().await.unwrap()
 }
