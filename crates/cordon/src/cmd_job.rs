@@ -233,7 +233,12 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
                 bail!("the key file's dataset was sealed by another party's key");
             }
             let policy = util::read_to_string(&policy, "release policy")?;
-            cordon_attest::Policy::from_toml(&policy).context("release policy")?;
+            for w in cordon_attest::Policy::from_toml(&policy)
+                .context("release policy")?
+                .warnings()
+            {
+                eprintln!("WARNING: {w}");
+            }
             let client = JobClient::new("http://unused", p);
             rt.block_on(client.register_dataset_key(
                 &kbs,
@@ -405,6 +410,9 @@ pub fn run_job(c: JobCommand) -> Result<()> {
                 .with_context(|| format!("receipt {}", receipt.display()))?;
             let doc = PolicyDocument::from_toml(&util::read_to_string(&policy, "policy")?)
                 .with_context(|| format!("policy {}", policy.display()))?;
+            for w in doc.policy.warnings() {
+                eprintln!("WARNING: {w}");
+            }
             println!("{}", verify_receipt(&r, &doc)?);
         }
     }

@@ -171,7 +171,12 @@ async fn error_of(resp: reqwest::Response) -> anyhow::Error {
 
 /// Registers `key` under `policy` at the KBS (used by `kbs register` and the quickstart).
 pub async fn register_key(kbs: &str, token: &str, key: &KeyFile, policy_toml: &str) -> Result<()> {
-    Policy::from_toml(policy_toml).context("release policy")?;
+    for w in Policy::from_toml(policy_toml)
+        .context("release policy")?
+        .warnings()
+    {
+        eprintln!("WARNING: {w}");
+    }
     let resp = reqwest::Client::new()
         .put(format!(
             "{}/kbs/v1/admin/keys/{}",
