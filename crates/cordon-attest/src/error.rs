@@ -46,6 +46,27 @@ pub enum PolicyError {
     UnexpectedEndorsements,
     #[error("a policy may not accept `sim` together with a hardware platform: sim evidence is forgeable by whoever holds the sim key")]
     SimWithHardware,
-    #[error("a policy accepting `tdx` must pin the workload: `rtmrs` (RTMR reference values) or `workload_data` (MRCONFIGID); MRTD measures only the TD firmware")]
-    TdxUnpinned,
+    /// A policy accepting `snp` or `tdx` that pins neither the runtime's configuration nor (TDX) the
+    /// RTMRs: the host chooses HOST_DATA / MRCONFIGID at launch, so it would choose the configuration
+    /// (KBS URL, models, ONNX Runtime library) of a runtime that still receives the keys.
+    #[error("{}", config_not_pinned(*platform))]
+    ConfigNotPinned { platform: crate::Platform },
+}
+
+fn config_not_pinned(platform: crate::Platform) -> String {
+    let how = match platform {
+        crate::Platform::Tdx => {
+            "set `workload_data` to the SHA-384 of the runtime configuration file (the TD's \
+             MRCONFIGID), or list the RTMR reference values in a non-empty `rtmrs`"
+        }
+        _ => {
+            "set `workload_data` to the SHA-256 of the runtime configuration file (the guest's \
+             HOST_DATA)"
+        }
+    };
+    format!(
+        "a policy accepting `{platform}` must pin the runtime configuration, which the host chooses \
+         at launch (KBS URL, models and their signers, the ONNX Runtime library and its digest): \
+         {how}; or, to accept any configuration, say so with `allow_unpinned_config = true`"
+    )
 }

@@ -25,4 +25,4 @@ pub use error::{EvidenceError, PolicyError};
 pub use evidence::{
     decode_evidence, detect, inspect, verify, Endorsements, EvidenceKind, Verifier,
 };
-pub use policy::{appraise, AppraisalFailure, Policy, PolicyDocument, Verdict};
+pub use policy::{appraise, AppraisalFailure, MinTcbFloor, Policy, PolicyDocument, Verdict};

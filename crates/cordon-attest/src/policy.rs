@@ -3,21 +3,41 @@
 //! A policy is a TOML document:
 //!
 //! ```toml
-//! platforms = ["sim"]                    # evidence of other platforms is refused
+//! platforms = ["snp"]                    # evidence of other platforms is refused
 //! launch_measurements = ["9f…"]          # reference values, hex; at least one
+//! workload_data = "00…"                  # exact workload data expected (SNP HOST_DATA, TDX
+//!                                        # MRCONFIGID): required for snp and tdx, see below
+//! allow_unpinned_config = false          # default false; true: any runtime configuration
 //! allow_debug = false                    # default false
-//! workload_data = "00…"                  # optional: exact workload data expected
+//! allow_migration_agent = false          # SNP, default false; true: MIGRATE_MA guests accepted
 //! tcb_statuses = ["UpToDate"]            # optional (DCAP): accepted TCB statuses; default below
 //! allowed_advisories = ["INTEL-SA-00615"] # optional (DCAP): if set, every advisory must be listed
 //! max_vmpl = 0                           # optional (SNP): highest VMPL accepted, default 0
 //! rtmrs = ["…", "…"]                     # TDX: RTMR0.. reference values (or pin workload_data)
+//! min_tcb_floor = "default"              # SNP: "default" (AMD's fixes, per product line) or "none"
 //!
 //! [min_tcb]                              # optional: minimum TCB component versions
-//! microcode = 115
+//! microcode = 230                        # SNP: raises the default floor; lower only with "none"
 //!
 //! [endorsements]                         # optional; used by clients and proxies
 //! sim_trust_anchors = ["3b…"]            # Ed25519 keys of the simulated hardware
 //! ```
+//!
+//! **The runtime configuration must be pinned.** On SNP and TDX the runtime's configuration (KBS URL,
+//! models and their signers, the ONNX Runtime library and its digest) reaches the TEE through workload
+//! data the host chooses at launch: HOST_DATA (SNP) = SHA-256 of the configuration file, MRCONFIGID
+//! (TDX) = SHA-384 of it (the runtime checks this at boot). A policy that lists `snp` or `tdx` must
+//! therefore set `workload_data` (for TDX, a non-empty `rtmrs` list does too); one that means to accept
+//! whatever the host configured says `allow_unpinned_config = true`, and every tool that loads it
+//! prints a warning ([`Policy::warnings`]).
+//!
+//! **SNP TCB floor.** AMD publishes no "up to date" verdict for SNP, so every SNP report is held to a
+//! default minimum TCB for its product line (Milan, Genoa, Turin; microcode per CPU stepping), taken
+//! from AMD's security bulletins: see [`crate::snp::floor`] for the values and their sources. The
+//! product line is the one of the key that signed the report (`claims.raw["product"]`). `[min_tcb]`
+//! may raise any component above the default; a value below it is not honoured (the default wins)
+//! unless the policy also says `min_tcb_floor = "none"`, which drops the default floor entirely, so
+//! that only `[min_tcb]` applies. DCAP platforms are judged by Intel's TCB status (`tcb_statuses`).
 
 use crate::error::PolicyError;
 use crate::{Claims, Endorsements, Platform};
@@ -36,6 +56,13 @@ pub struct Policy {
     /// Whether a debug TEE (host can read its memory) is acceptable.
     #[serde(default)]
     pub allow_debug: bool,
+    /// Whether a policy accepting `snp` or `tdx` may leave the runtime configuration unpinned (no
+    /// `workload_data`, and for TDX no RTMRs). Default false: such a policy is refused when parsed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_unpinned_config: bool,
+    /// SEV-SNP: whether a guest whose policy allows a migration agent (MIGRATE_MA) is acceptable.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_migration_agent: bool,
     /// When set, the workload data must equal this.
     #[serde(
         default,
@@ -64,10 +91,36 @@ pub struct Policy {
         skip_serializing_if = "Option::is_none"
     )]
     pub rtmrs: Option<Vec<Vec<u8>>>,
+    /// SEV-SNP: whether the default TCB floor of [`crate::snp::floor`] applies (`"default"`) or only
+    /// `min_tcb` does (`"none"`).
+    #[serde(default, skip_serializing_if = "MinTcbFloor::is_default")]
+    pub min_tcb_floor: MinTcbFloor,
     /// Accept any launch measurement. Never read from a file: only [`Policy::hardware_default`]
     /// sets it, so an empty reference-value list cannot silently accept everything.
     #[serde(skip)]
     pub any_measurement: bool,
+}
+
+/// Which minimum TCB an SNP report is held to besides the policy's own `[min_tcb]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MinTcbFloor {
+    /// The default floor of the report's product line ([`crate::snp::floor`]); `[min_tcb]` can only
+    /// raise it.
+    #[default]
+    Default,
+    /// No default floor: only `[min_tcb]` (if any) applies. Said explicitly, in so many words.
+    None,
+}
+
+impl MinTcbFloor {
+    fn is_default(&self) -> bool {
+        *self == MinTcbFloor::Default
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// TCB statuses accepted when a policy names none: up to date, or only configuration or software
@@ -102,8 +155,11 @@ impl Policy {
     }
 
     /// The policy `cordon attest verify` applies when given none: any hardware platform, any
-    /// measurement, any VMPL, no debug, default TCB statuses. Only code can build a policy without reference
-    /// values; a policy file must list them.
+    /// measurement, any VMPL, any workload data, no debug, no migration agent, default TCB statuses
+    /// and the default SNP TCB floor. For inspection only: only code can build it (a policy without
+    /// reference values, marked by `any_measurement`, which no file can set), and what [`Policy::to_toml`]
+    /// writes of it is refused by [`Policy::from_toml`] (no measurements, configuration not pinned), so
+    /// it cannot be registered as a release policy.
     pub fn hardware_default() -> Policy {
         Policy {
             // The issue's default: cryptographically valid, not debug, TCB status. A report from any
@@ -124,14 +180,88 @@ impl Policy {
             platforms,
             launch_measurements,
             allow_debug: false,
+            allow_unpinned_config: false,
+            allow_migration_agent: false,
             workload_data: None,
             tcb_statuses: None,
             allowed_advisories: None,
             min_tcb: None,
             max_vmpl: None,
             rtmrs: None,
+            min_tcb_floor: MinTcbFloor::Default,
             any_measurement: false,
         }
+    }
+
+    /// What this policy loosens that whoever loads it should see, one sentence each: tools print
+    /// them as `WARNING: …` when they load a release or client policy. Empty for a policy at the
+    /// fail-closed defaults.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let hardware: Vec<String> = self
+            .platforms
+            .iter()
+            .filter(|p| p.is_hardware_backed())
+            .map(|p| p.to_string())
+            .collect();
+        let snp = self.platforms.contains(&Platform::Snp);
+        if self.allow_unpinned_config {
+            out.push(
+                "policy sets allow_unpinned_config = true: the runtime configuration (KBS URL, models \
+                 and signers, ONNX Runtime library) is not pinned, so the host that launches the TEE \
+                 chooses it and the runtime still passes this policy"
+                    .to_string(),
+            );
+        }
+        if self.allow_debug && !hardware.is_empty() {
+            out.push(format!(
+                "policy sets allow_debug = true for {}: the host can read and change a debug TEE's \
+                 memory, so nothing released under this policy is protected from it",
+                hardware.join(", ")
+            ));
+        }
+        if snp && self.allow_migration_agent {
+            out.push(
+                "policy sets allow_migration_agent = true: an SNP guest whose policy allows a \
+                 migration agent (MIGRATE_MA) is accepted; that agent can move its memory elsewhere"
+                    .to_string(),
+            );
+        }
+        if snp && self.min_tcb_floor == MinTcbFloor::None {
+            let own = match &self.min_tcb {
+                Some(m) if !m.is_empty() => {
+                    let list: Vec<String> = m.iter().map(|(k, v)| format!("{k} >= {v}")).collect();
+                    format!("only the policy's [min_tcb] ({}) applies", list.join(", "))
+                }
+                _ => "no minimum TCB applies at all".to_string(),
+            };
+            out.push(format!(
+                "policy sets min_tcb_floor = \"none\": SNP firmware and microcode older than AMD's \
+                 published fixes are accepted; {own}"
+            ));
+        }
+        if snp && self.max_vmpl.unwrap_or(0) > 0 {
+            out.push(format!(
+                "policy sets max_vmpl = {}: SNP reports from less privileged VMPLs are accepted, \
+                 and whatever runs at the more privileged VMPLs can read and change that guest",
+                self.max_vmpl.unwrap_or(0)
+            ));
+        }
+        if let Some(statuses) = &self.tcb_statuses {
+            let extra: Vec<&str> = statuses
+                .iter()
+                .map(String::as_str)
+                .filter(|s| !DEFAULT_TCB_STATUSES.contains(s))
+                .collect();
+            if !extra.is_empty() {
+                out.push(format!(
+                    "policy accepts DCAP TCB statuses the default refuses ({}): platforms that \
+                     Intel says lack security fixes are accepted",
+                    extra.join(", ")
+                ));
+            }
+        }
+        out
     }
 
     fn validate(&self) -> Result<(), PolicyError> {
@@ -141,11 +271,18 @@ impl Policy {
         {
             return Err(PolicyError::SimWithHardware);
         }
-        if self.platforms.contains(&Platform::Tdx)
-            && self.rtmrs.is_none()
-            && self.workload_data.is_none()
-        {
-            return Err(PolicyError::TdxUnpinned);
+        // The host chooses HOST_DATA / MRCONFIGID, and with them the runtime's configuration: a
+        // hardware policy must pin it, or say in so many words that it accepts any.
+        if !self.allow_unpinned_config && self.workload_data.is_none() {
+            let rtmrs_pinned = self.rtmrs.as_ref().is_some_and(|r| !r.is_empty());
+            let unpinned = self.platforms.iter().find(|p| match p {
+                Platform::Snp => true,
+                Platform::Tdx => !rtmrs_pinned,
+                _ => false,
+            });
+            if let Some(&platform) = unpinned {
+                return Err(PolicyError::ConfigNotPinned { platform });
+            }
         }
         if self.platforms.is_empty() {
             return Err(PolicyError::NoPlatforms);
@@ -182,6 +319,10 @@ struct RawDocument {
     launch_measurements: Vec<Vec<u8>>,
     #[serde(default)]
     allow_debug: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    allow_unpinned_config: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    allow_migration_agent: bool,
     #[serde(
         default,
         with = "crate::hexser::opt",
@@ -202,6 +343,8 @@ struct RawDocument {
         skip_serializing_if = "Option::is_none"
     )]
     rtmrs: Option<Vec<Vec<u8>>>,
+    #[serde(default, skip_serializing_if = "MinTcbFloor::is_default")]
+    min_tcb_floor: MinTcbFloor,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     endorsements: Option<RawEndorsements>,
 }
@@ -222,12 +365,15 @@ impl PolicyDocument {
             platforms: raw.platforms,
             launch_measurements: raw.launch_measurements,
             allow_debug: raw.allow_debug,
+            allow_unpinned_config: raw.allow_unpinned_config,
+            allow_migration_agent: raw.allow_migration_agent,
             workload_data: raw.workload_data,
             tcb_statuses: raw.tcb_statuses,
             allowed_advisories: raw.allowed_advisories,
             min_tcb: raw.min_tcb,
             max_vmpl: raw.max_vmpl,
             rtmrs: raw.rtmrs,
+            min_tcb_floor: raw.min_tcb_floor,
             any_measurement: false,
         };
         policy.validate()?;
@@ -262,12 +408,15 @@ impl PolicyDocument {
             platforms: self.policy.platforms.clone(),
             launch_measurements: self.policy.launch_measurements.clone(),
             allow_debug: self.policy.allow_debug,
+            allow_unpinned_config: self.policy.allow_unpinned_config,
+            allow_migration_agent: self.policy.allow_migration_agent,
             workload_data: self.policy.workload_data.clone(),
             tcb_statuses: self.policy.tcb_statuses.clone(),
             allowed_advisories: self.policy.allowed_advisories.clone(),
             min_tcb: self.policy.min_tcb.clone(),
             max_vmpl: self.policy.max_vmpl,
             rtmrs: self.policy.rtmrs.clone(),
+            min_tcb_floor: self.policy.min_tcb_floor,
             endorsements: self.endorsements.as_ref().map(|e| RawEndorsements {
                 sim_trust_anchors: e.sim_trust_anchors.iter().map(hex::encode).collect(),
             }),
@@ -289,6 +438,10 @@ pub enum AppraisalFailure {
         allowed: Vec<String>,
     },
     DebugNotAllowed,
+    /// SEV-SNP: the guest policy (hex, when the claims carry it) allows a migration agent.
+    MigrationAgentNotAllowed {
+        guest_policy: Option<String>,
+    },
     WorkloadDataMismatch {
         found: String,
         expected: String,
@@ -305,6 +458,18 @@ pub enum AppraisalFailure {
         component: String,
         found: Option<u64>,
         minimum: u64,
+    },
+    /// SEV-SNP: below the default floor of the product line ([`crate::snp::floor`]).
+    TcbBelowDefaultFloor {
+        component: String,
+        found: Option<u64>,
+        minimum: u64,
+        product: String,
+        source: String,
+    },
+    /// SEV-SNP claims that name no known product line, so the default floor cannot be chosen.
+    SnpProductUnknown {
+        found: String,
     },
     VmplTooHigh {
         found: u64,
@@ -339,6 +504,16 @@ impl fmt::Display for AppraisalFailure {
                     "debug: the TEE runs in debug mode (true), policy requires allow_debug = false"
                 )
             }
+            AppraisalFailure::MigrationAgentNotAllowed { guest_policy: Some(p) } => write!(
+                f,
+                "migrate_ma: the guest policy {p} allows a migration agent (MIGRATE_MA, bit 18 = 1), \
+                 policy requires 0 (allow_migration_agent = false)"
+            ),
+            AppraisalFailure::MigrationAgentNotAllowed { guest_policy: None } => write!(
+                f,
+                "migrate_ma: the evidence carries no guest policy, policy requires MIGRATE_MA = 0 \
+                 (allow_migration_agent = false)"
+            ),
             AppraisalFailure::WorkloadDataMismatch { found, expected } => {
                 write!(f, "workload_data: found {found}, policy expects {expected}")
             }
@@ -348,6 +523,29 @@ impl fmt::Display for AppraisalFailure {
             AppraisalFailure::TcbBelowMinimum { component, found: None, minimum } => write!(
                 f,
                 "tcb.{component}: the evidence reports no such component, policy requires at least {minimum}"
+            ),
+            AppraisalFailure::TcbBelowDefaultFloor {
+                component,
+                found,
+                minimum,
+                product,
+                source,
+            } => {
+                match found {
+                    Some(v) => write!(f, "tcb.{component}: {v} is below")?,
+                    None => write!(f, "tcb.{component}: the evidence reports no such component, below")?,
+                }
+                write!(
+                    f,
+                    " the default minimum {minimum} for {product} ({source}); a policy lowers it only \
+                     with min_tcb_floor = \"none\" and its own [min_tcb]"
+                )
+            }
+            AppraisalFailure::SnpProductUnknown { found } => write!(
+                f,
+                "tcb: the SNP claims name no known product line (product = {found}), so the default \
+                 TCB floor cannot be chosen; min_tcb_floor = \"none\" with an explicit [min_tcb] \
+                 appraises without it"
             ),
             AppraisalFailure::VmplTooHigh { found, max } => {
                 write!(f, "vmpl: report from VMPL {found}, policy allows at most {max}")
@@ -390,6 +588,92 @@ impl Verdict {
     }
 }
 
+/// A minimum a TCB component is held to, and whether it is the default floor (of which product line,
+/// from which source) or the policy's own.
+struct Minimum {
+    value: u64,
+    default: Option<(&'static str, &'static str)>,
+}
+
+/// The SNP default floor of the claims' product line (unless the policy says `min_tcb_floor =
+/// "none"`), raised component by component by the policy's `[min_tcb]`; then every component checked.
+fn check_min_tcb(claims: &Claims, policy: &Policy, failures: &mut Vec<AppraisalFailure>) {
+    let mut floor: std::collections::BTreeMap<String, Minimum> = Default::default();
+    if claims.platform == Platform::Snp && policy.min_tcb_floor == MinTcbFloor::Default {
+        let name = claims.raw.get("product").and_then(|v| v.as_str());
+        match name.and_then(crate::snp::floor::product_by_name) {
+            Some(product) => {
+                for v in crate::snp::floor::default_min_tcb(product, snp_cpuid(&claims.raw)) {
+                    floor.insert(
+                        v.component.to_string(),
+                        Minimum {
+                            value: v.minimum,
+                            default: Some((product.name(), v.source)),
+                        },
+                    );
+                }
+            }
+            None => failures.push(AppraisalFailure::SnpProductUnknown {
+                found: name.map_or_else(|| "nothing".into(), |n| format!("`{n}`")),
+            }),
+        }
+    }
+    if let Some(min) = &policy.min_tcb {
+        for (component, &value) in min {
+            // A policy value below the default floor is not honoured: the default stays.
+            if floor.get(component).is_none_or(|m| value > m.value) {
+                floor.insert(
+                    component.clone(),
+                    Minimum {
+                        value,
+                        default: None,
+                    },
+                );
+            }
+        }
+    }
+    for (component, minimum) in floor {
+        let found = claims
+            .tcb
+            .as_ref()
+            .and_then(|t| t.components.get(&component))
+            .copied();
+        if found.is_some_and(|v| v >= minimum.value) {
+            continue;
+        }
+        failures.push(match minimum.default {
+            Some((product, source)) => AppraisalFailure::TcbBelowDefaultFloor {
+                component,
+                found,
+                minimum: minimum.value,
+                product: product.to_string(),
+                source: source.to_string(),
+            },
+            None => AppraisalFailure::TcbBelowMinimum {
+                component,
+                found,
+                minimum: minimum.value,
+            },
+        });
+    }
+}
+
+/// The CPUID family, model and stepping of an SNP report (version 3 and later); `None` when absent
+/// or all zero (version 2).
+fn snp_cpuid(raw: &serde_json::Value) -> Option<(u8, u8, u8)> {
+    let field = |k: &str| {
+        raw.get(k)
+            .and_then(|v| v.as_u64())
+            .and_then(|v| u8::try_from(v).ok())
+    };
+    let cpuid = (
+        field("cpuid_fam_id")?,
+        field("cpuid_mod_id")?,
+        field("cpuid_step")?,
+    );
+    (cpuid != (0, 0, 0)).then_some(cpuid)
+}
+
 /// Applies `policy` to `claims`. Every check runs, so the verdict names every failure.
 pub fn appraise(claims: &Claims, policy: &Policy) -> Verdict {
     let mut failures = Vec::new();
@@ -421,20 +705,14 @@ pub fn appraise(claims: &Claims, policy: &Policy) -> Verdict {
             });
         }
     }
-    if let Some(min) = &policy.min_tcb {
-        for (component, &minimum) in min {
-            let found = claims
-                .tcb
-                .as_ref()
-                .and_then(|t| t.components.get(component))
-                .copied();
-            if found.is_none_or(|v| v < minimum) {
-                failures.push(AppraisalFailure::TcbBelowMinimum {
-                    component: component.clone(),
-                    found,
-                    minimum,
-                });
-            }
+    check_min_tcb(claims, policy, &mut failures);
+    if claims.platform == Platform::Snp && !policy.allow_migration_agent {
+        // A report without a readable guest policy is treated as allowing a migration agent.
+        let guest_policy = claims.raw.get("policy").and_then(|v| v.as_u64());
+        if guest_policy.is_none_or(|p| p & crate::snp::POLICY_MIGRATE_MA != 0) {
+            failures.push(AppraisalFailure::MigrationAgentNotAllowed {
+                guest_policy: guest_policy.map(|p| format!("{p:#x}")),
+            });
         }
     }
     if claims.platform == Platform::Snp {
@@ -690,7 +968,9 @@ mod hardware_policy_tests {
     use super::*;
     use crate::TcbClaims;
 
-    fn snp_claims(vmpl: u64, microcode: u64) -> Claims {
+    /// A Milan SNP report's claims (version 2: no CPUID), with a TCB at the default floor except
+    /// for `microcode`, VMPL `vmpl` and guest policy 0x30000 (no debug, no migration agent).
+    pub(super) fn snp_claims(vmpl: u64, microcode: u64) -> Claims {
         Claims {
             platform: Platform::Snp,
             hardware_backed: true,
@@ -703,16 +983,33 @@ mod hardware_policy_tests {
             tcb: Some(TcbClaims {
                 status: None,
                 advisory_ids: vec![],
-                components: [("microcode".to_string(), microcode), ("snp".to_string(), 8)].into(),
+                components: [
+                    ("bootloader".to_string(), 4),
+                    ("tee".to_string(), 0),
+                    ("snp".to_string(), 0x1B),
+                    ("microcode".to_string(), microcode),
+                ]
+                .into(),
             }),
             platform_id: None,
             attestation_key: vec![],
-            raw: serde_json::json!({ "vmpl": vmpl }),
+            raw: serde_json::json!({
+                "vmpl": vmpl,
+                "version": 2,
+                "policy": 0x30000,
+                "product": "Milan",
+                "cpuid_fam_id": 0, "cpuid_mod_id": 0, "cpuid_step": 0,
+            }),
         }
     }
 
-    fn m() -> String {
+    pub(super) fn m() -> String {
         hex::encode([7u8; 48])
+    }
+
+    /// The pinned configuration of [`snp_claims`]: HOST_DATA of 32 zero bytes.
+    pub(super) fn pinned() -> String {
+        format!("workload_data = \"{}\"\n", hex::encode([0u8; 32]))
     }
 
     #[test]
@@ -723,7 +1020,12 @@ mod hardware_policy_tests {
         );
         assert_eq!(Policy::from_toml(&mixed), Err(PolicyError::SimWithHardware));
         let tdx = format!("platforms = [\"tdx\"]\nlaunch_measurements = [\"{}\"]", m());
-        assert_eq!(Policy::from_toml(&tdx), Err(PolicyError::TdxUnpinned));
+        assert_eq!(
+            Policy::from_toml(&tdx),
+            Err(PolicyError::ConfigNotPinned {
+                platform: Platform::Tdx
+            })
+        );
         let pinned = format!("{tdx}\nrtmrs = [\"{}\"]", hex::encode([1u8; 48]));
         assert!(Policy::from_toml(&pinned).is_ok());
     }
@@ -731,14 +1033,15 @@ mod hardware_policy_tests {
     #[test]
     fn empty_reference_values_accept_nothing_unless_hardware_default() {
         let p = Policy::new(vec![Platform::Snp], vec![]);
-        assert!(appraise(&snp_claims(0, 200), &p)
+        assert!(appraise(&snp_claims(0, 0xDE), &p)
             .reasons()
             .contains("launch_measurement"));
-        assert!(appraise(&snp_claims(0, 200), &Policy::hardware_default()).is_accepted());
+        assert!(appraise(&snp_claims(0, 0xDE), &Policy::hardware_default()).is_accepted());
         // `any_measurement` cannot come from a file.
         let text = format!(
-            "platforms = [\"snp\"]\nlaunch_measurements = [\"{}\"]\nany_measurement = true",
-            m()
+            "platforms = [\"snp\"]\nlaunch_measurements = [\"{}\"]\n{}any_measurement = true",
+            m(),
+            pinned()
         );
         assert!(matches!(
             Policy::from_toml(&text),
@@ -748,17 +1051,26 @@ mod hardware_policy_tests {
 
     #[test]
     fn snp_minimum_tcb_and_vmpl_are_enforced() {
-        let text = format!("platforms = [\"snp\"]\nlaunch_measurements = [\"{}\"]\n[min_tcb]\nmicrocode = 115\nsnp = 8\n", m());
+        // [min_tcb] above the default floor (Milan microcode 0xDE = 222, SNP SPL 0x1B = 27) raises it.
+        let text = format!(
+            "platforms = [\"snp\"]\nlaunch_measurements = [\"{}\"]\n{}[min_tcb]\nmicrocode = 224\nsnp = 27\n",
+            m(),
+            pinned()
+        );
         let p = Policy::from_toml(&text).unwrap();
-        assert!(appraise(&snp_claims(0, 115), &p).is_accepted());
-        let v = appraise(&snp_claims(0, 114), &p);
+        assert!(
+            appraise(&snp_claims(0, 224), &p).is_accepted(),
+            "{}",
+            appraise(&snp_claims(0, 224), &p).reasons()
+        );
+        let v = appraise(&snp_claims(0, 223), &p);
         assert!(
             v.reasons()
-                .contains("tcb.microcode: 114 is below the policy's minimum 115"),
+                .contains("tcb.microcode: 223 is below the policy's minimum 224"),
             "{}",
             v.reasons()
         );
-        let v = appraise(&snp_claims(2, 115), &p);
+        let v = appraise(&snp_claims(2, 224), &p);
         assert!(
             v.reasons()
                 .contains("vmpl: report from VMPL 2, policy allows at most 0"),
@@ -769,12 +1081,12 @@ mod hardware_policy_tests {
             max_vmpl: Some(2),
             ..p.clone()
         };
-        assert!(appraise(&snp_claims(2, 115), &lenient).is_accepted());
+        assert!(appraise(&snp_claims(2, 224), &lenient).is_accepted());
         let needs_fmc = Policy {
             min_tcb: Some([("fmc".to_string(), 1)].into()),
             ..p
         };
-        assert!(appraise(&snp_claims(0, 115), &needs_fmc)
+        assert!(appraise(&snp_claims(0, 224), &needs_fmc)
             .reasons()
             .contains("no such component"));
     }
@@ -795,5 +1107,390 @@ mod hardware_policy_tests {
         );
         c.runtime_measurements[1][0] ^= 1;
         assert!(appraise(&c, &p).reasons().contains("rtmr1"));
+    }
+}
+
+/// Issue 15, item 3: hardware policies must pin the runtime configuration.
+#[cfg(test)]
+mod config_pinning_tests {
+    use super::hardware_policy_tests::{m, pinned};
+    use super::*;
+
+    fn snp() -> String {
+        format!(
+            "platforms = [\"snp\"]\nlaunch_measurements = [\"{}\"]\n",
+            m()
+        )
+    }
+
+    fn tdx() -> String {
+        format!(
+            "platforms = [\"tdx\"]\nlaunch_measurements = [\"{}\"]\n",
+            m()
+        )
+    }
+
+    #[test]
+    fn snp_without_workload_data_is_refused_and_says_how_to_fix_it() {
+        let err = Policy::from_toml(&snp()).unwrap_err();
+        assert_eq!(
+            err,
+            PolicyError::ConfigNotPinned {
+                platform: Platform::Snp
+            }
+        );
+        let msg = err.to_string();
+        for needle in [
+            "`snp`",
+            "SHA-256 of the runtime configuration",
+            "HOST_DATA",
+            "allow_unpinned_config = true",
+        ] {
+            assert!(msg.contains(needle), "{needle} missing from {msg}");
+        }
+        // The client's document form is refused the same way.
+        assert_eq!(PolicyDocument::from_toml(&snp()).unwrap_err(), err);
+        // A TDX-only pin (RTMRs) does not pin an SNP guest's configuration.
+        let both = format!(
+            "platforms = [\"tdx\", \"snp\"]\nlaunch_measurements = [\"{}\"]\nrtmrs = [\"{}\"]\n",
+            m(),
+            hex::encode([1u8; 48])
+        );
+        assert_eq!(
+            Policy::from_toml(&both),
+            Err(PolicyError::ConfigNotPinned {
+                platform: Platform::Snp
+            })
+        );
+        assert!(Policy::from_toml(&format!("{}{}", snp(), pinned())).is_ok());
+    }
+
+    #[test]
+    fn tdx_with_empty_rtmrs_and_no_workload_data_is_refused() {
+        let err = Policy::from_toml(&format!("{}rtmrs = []\n", tdx())).unwrap_err();
+        assert_eq!(
+            err,
+            PolicyError::ConfigNotPinned {
+                platform: Platform::Tdx
+            }
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("SHA-384") && msg.contains("MRCONFIGID"),
+            "{msg}"
+        );
+        assert!(msg.contains("non-empty `rtmrs`"), "{msg}");
+        let mrconfigid = format!("workload_data = \"{}\"\n", hex::encode([5u8; 48]));
+        assert!(Policy::from_toml(&format!("{}rtmrs = []\n{mrconfigid}", tdx())).is_ok());
+    }
+
+    #[test]
+    fn unpinned_policies_are_accepted_only_when_they_say_so_and_warn() {
+        for text in [snp(), format!("{}rtmrs = []\n", tdx()), tdx()] {
+            let loose = format!("{text}allow_unpinned_config = true\n");
+            let p = Policy::from_toml(&loose).unwrap_or_else(|e| panic!("{loose}: {e}"));
+            assert!(p.allow_unpinned_config);
+            let w = p.warnings();
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert!(w[0].contains("allow_unpinned_config = true"), "{w:?}");
+            // `false` in so many words is the default, and refused like silence.
+            let strict = format!("{text}allow_unpinned_config = false\n");
+            assert!(matches!(
+                Policy::from_toml(&strict),
+                Err(PolicyError::ConfigNotPinned { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn new_fields_round_trip_through_toml() {
+        let text = format!(
+            "{}allow_unpinned_config = true\nallow_migration_agent = true\nmin_tcb_floor = \"none\"\n[min_tcb]\nsnp = 24\n",
+            snp()
+        );
+        let p = Policy::from_toml(&text).unwrap();
+        assert!(p.allow_unpinned_config && p.allow_migration_agent);
+        assert_eq!(p.min_tcb_floor, MinTcbFloor::None);
+        let again = p.to_toml();
+        assert!(again.contains("allow_unpinned_config = true"), "{again}");
+        assert!(again.contains("allow_migration_agent = true"), "{again}");
+        assert!(again.contains("min_tcb_floor = \"none\""), "{again}");
+        assert_eq!(Policy::from_toml(&again).unwrap(), p);
+        let doc = PolicyDocument::from_toml(&text).unwrap();
+        assert_eq!(PolicyDocument::from_toml(&doc.to_toml()).unwrap(), doc);
+        // Defaults are written as nothing, and read back as the defaults.
+        let strict = Policy::from_toml(&format!("{}{}", snp(), pinned())).unwrap();
+        let written = strict.to_toml();
+        for absent in [
+            "allow_unpinned_config",
+            "allow_migration_agent",
+            "min_tcb_floor",
+        ] {
+            assert!(!written.contains(absent), "{absent} in {written}");
+        }
+        assert_eq!(Policy::from_toml(&written).unwrap(), strict);
+        assert!(strict.warnings().is_empty(), "{:?}", strict.warnings());
+        assert!(matches!(
+            Policy::from_toml(&format!("{}{}min_tcb_floor = \"lower\"\n", snp(), pinned())),
+            Err(PolicyError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn the_hardware_default_cannot_become_a_release_policy() {
+        let text = Policy::hardware_default().to_toml();
+        assert!(Policy::from_toml(&text).is_err(), "{text}");
+        assert!(PolicyDocument::from_toml(&text).is_err(), "{text}");
+        assert!(!text.contains("any_measurement"), "{text}");
+        // Even with reference values added, it still pins no configuration.
+        let with_measurement = text.replace(
+            "launch_measurements = []",
+            &format!("launch_measurements = [\"{}\"]", m()),
+        );
+        assert!(matches!(
+            Policy::from_toml(&with_measurement),
+            Err(PolicyError::ConfigNotPinned { .. })
+        ));
+        assert!(!Policy::hardware_default().allow_unpinned_config);
+    }
+
+    #[test]
+    fn every_loosening_is_warned_about() {
+        let p = Policy::from_toml(&format!(
+            "{}{}allow_debug = true\nallow_migration_agent = true\nmin_tcb_floor = \"none\"\nmax_vmpl = 1\n",
+            snp(),
+            pinned()
+        ))
+        .unwrap();
+        let w = p.warnings().join("\n");
+        for needle in [
+            "allow_debug = true for snp",
+            "allow_migration_agent = true",
+            "min_tcb_floor = \"none\"",
+            "no minimum TCB applies at all",
+            "max_vmpl = 1",
+        ] {
+            assert!(w.contains(needle), "{needle} missing from {w}");
+        }
+        let dcap = Policy::from_toml(&format!(
+            "platforms = [\"sgx\"]\nlaunch_measurements = [\"{}\"]\ntcb_statuses = [\"UpToDate\", \"OutOfDate\"]\n",
+            hex::encode([1u8; 32])
+        ))
+        .unwrap();
+        assert!(
+            dcap.warnings().join("").contains("OutOfDate"),
+            "{:?}",
+            dcap.warnings()
+        );
+        // A sim policy that allows debug is not a hardware loosening.
+        let sim = Policy {
+            allow_debug: true,
+            ..Policy::new(vec![Platform::Sim], vec![vec![7; 48]])
+        };
+        assert!(sim.warnings().is_empty(), "{:?}", sim.warnings());
+    }
+}
+
+/// Issue 15, item 6: SNP appraisal defaults (migration agent, default TCB floor).
+#[cfg(test)]
+mod snp_default_tests {
+    use super::hardware_policy_tests::{m, pinned, snp_claims};
+    use super::*;
+
+    fn policy(extra: &str) -> Policy {
+        Policy::from_toml(&format!(
+            "platforms = [\"snp\"]\nlaunch_measurements = [\"{}\"]\n{}{extra}",
+            m(),
+            pinned()
+        ))
+        .unwrap()
+    }
+
+    fn with_tcb(mut c: Claims, component: &str, value: u64) -> Claims {
+        c.tcb
+            .as_mut()
+            .unwrap()
+            .components
+            .insert(component.to_string(), value);
+        c
+    }
+
+    #[test]
+    fn a_migration_agent_is_refused_unless_allowed() {
+        let ok = snp_claims(0, 0xDE);
+        assert!(appraise(&ok, &policy("")).is_accepted());
+        let mut ma = ok.clone();
+        ma.raw["policy"] = serde_json::json!(0x30000u64 | (1 << 18));
+        let v = appraise(&ma, &policy(""));
+        assert_eq!(v.failures.len(), 1, "{}", v.reasons());
+        assert_eq!(
+            v.failures[0],
+            AppraisalFailure::MigrationAgentNotAllowed {
+                guest_policy: Some("0x70000".into())
+            }
+        );
+        let r = v.reasons();
+        for needle in ["migrate_ma", "0x70000", "bit 18 = 1", "requires 0"] {
+            assert!(r.contains(needle), "{needle} missing from {r}");
+        }
+        // Refused by the inspection default too.
+        assert!(!appraise(&ma, &Policy::hardware_default()).is_accepted());
+        let allowed = policy("allow_migration_agent = true\n");
+        assert!(appraise(&ma, &allowed).is_accepted());
+        // No readable guest policy: fail closed.
+        let mut none = ok.clone();
+        none.raw.as_object_mut().unwrap().remove("policy");
+        assert!(appraise(&none, &policy(""))
+            .reasons()
+            .contains("carries no guest policy"));
+        // Other platforms have no such bit.
+        let mut tdx = ma;
+        tdx.platform = Platform::Tdx;
+        let p = Policy {
+            platforms: vec![Platform::Tdx],
+            ..policy("")
+        };
+        assert!(
+            appraise(&tdx, &p).is_accepted(),
+            "{}",
+            appraise(&tdx, &p).reasons()
+        );
+    }
+
+    #[test]
+    fn a_tcb_below_the_default_floor_is_refused_with_component_found_and_minimum() {
+        // Milan, version 2 (no CPUID): the floor is the strictest Milan one, microcode 0xDE.
+        let c = snp_claims(0, 0xDD);
+        let v = appraise(&c, &policy(""));
+        assert_eq!(v.failures.len(), 1, "{}", v.reasons());
+        assert!(
+            v.reasons().contains(
+                "tcb.microcode: 221 is below the default minimum 222 for Milan (AMD-SB-3020"
+            ),
+            "{}",
+            v.reasons()
+        );
+        assert!(matches!(
+            &v.failures[0],
+            AppraisalFailure::TcbBelowDefaultFloor { component, found: Some(221), minimum: 222, product, .. }
+                if component == "microcode" && product == "Milan"
+        ));
+        let v = appraise(&with_tcb(snp_claims(0, 0xDE), "snp", 0x1A), &policy(""));
+        assert!(
+            v.reasons()
+                .contains("tcb.snp: 26 is below the default minimum 27 for Milan"),
+            "{}",
+            v.reasons()
+        );
+        let v = appraise(&with_tcb(snp_claims(0, 0xDE), "bootloader", 3), &policy(""));
+        assert!(
+            v.reasons()
+                .contains("tcb.bootloader: 3 is below the default minimum 4 for Milan"),
+            "{}",
+            v.reasons()
+        );
+        // The inspection default applies the floor as well.
+        assert!(!appraise(&c, &Policy::hardware_default()).is_accepted());
+    }
+
+    #[test]
+    fn the_floor_is_lowered_only_explicitly() {
+        let old = with_tcb(snp_claims(0, 115), "snp", 8);
+        // A [min_tcb] below the default does not lower it.
+        let quiet = policy("[min_tcb]\nmicrocode = 100\nsnp = 8\n");
+        let v = appraise(&old, &quiet);
+        assert_eq!(v.failures.len(), 2, "{}", v.reasons());
+        assert!(
+            v.reasons().contains("default minimum 222"),
+            "{}",
+            v.reasons()
+        );
+        // `min_tcb_floor = "none"`: only the policy's own table.
+        let lowered = policy("min_tcb_floor = \"none\"\n[min_tcb]\nmicrocode = 100\nsnp = 8\n");
+        assert!(
+            appraise(&old, &lowered).is_accepted(),
+            "{}",
+            appraise(&old, &lowered).reasons()
+        );
+        let v = appraise(&with_tcb(old.clone(), "snp", 7), &lowered);
+        assert!(
+            v.reasons()
+                .contains("tcb.snp: 7 is below the policy's minimum 8"),
+            "{}",
+            v.reasons()
+        );
+        assert!(appraise(&old, &policy("min_tcb_floor = \"none\"\n")).is_accepted());
+    }
+
+    #[test]
+    fn a_tcb_at_or_above_the_floor_passes_per_product_and_stepping() {
+        let p = policy("");
+        assert!(appraise(&snp_claims(0, 0xDE), &p).is_accepted());
+        assert!(appraise(&snp_claims(0, 0xFF), &p).is_accepted());
+        let stepping = |product: &str, cpuid: (u8, u8, u8), snp: u64, microcode: u64| {
+            let mut c = with_tcb(
+                with_tcb(snp_claims(0, microcode), "snp", snp),
+                "bootloader",
+                0,
+            );
+            c.raw["product"] = serde_json::json!(product);
+            c.raw["version"] = serde_json::json!(3);
+            c.raw["cpuid_fam_id"] = serde_json::json!(cpuid.0);
+            c.raw["cpuid_mod_id"] = serde_json::json!(cpuid.1);
+            c.raw["cpuid_step"] = serde_json::json!(cpuid.2);
+            c
+        };
+        // Milan-X numbers its microcode from 0x4x: its own floor, not Milan's.
+        let milan_x = with_tcb(
+            stepping("Milan", (0x19, 0x01, 2), 0x1B, 0x45),
+            "bootloader",
+            4,
+        );
+        assert!(
+            appraise(&milan_x, &p).is_accepted(),
+            "{}",
+            appraise(&milan_x, &p).reasons()
+        );
+        let old_x = with_tcb(milan_x.clone(), "microcode", 0x44);
+        assert!(appraise(&old_x, &p)
+            .reasons()
+            .contains("tcb.microcode: 68 is below the default minimum 69 for Milan"));
+        // Genoa and Turin have no default bootloader floor.
+        let genoa = stepping("Genoa", (0x19, 0x11, 1), 0x1B, 0x56);
+        assert!(
+            appraise(&genoa, &p).is_accepted(),
+            "{}",
+            appraise(&genoa, &p).reasons()
+        );
+        assert!(!appraise(&with_tcb(genoa, "microcode", 0x55), &p).is_accepted());
+        let turin = with_tcb(stepping("Turin", (0x1A, 0x02, 1), 0x04, 0x50), "fmc", 0);
+        assert!(
+            appraise(&turin, &p).is_accepted(),
+            "{}",
+            appraise(&turin, &p).reasons()
+        );
+        let v = appraise(&with_tcb(turin, "snp", 3), &p);
+        assert!(
+            v.reasons()
+                .contains("tcb.snp: 3 is below the default minimum 4 for Turin"),
+            "{}",
+            v.reasons()
+        );
+    }
+
+    #[test]
+    fn snp_claims_without_a_known_product_line_fail_closed() {
+        let mut c = snp_claims(0, 0xDE);
+        c.raw.as_object_mut().unwrap().remove("product");
+        let v = appraise(&c, &policy(""));
+        assert!(
+            v.reasons()
+                .contains("no known product line (product = nothing)"),
+            "{}",
+            v.reasons()
+        );
+        c.raw["product"] = serde_json::json!("Venice");
+        assert!(appraise(&c, &policy("")).reasons().contains("`Venice`"));
+        assert!(appraise(&c, &policy("min_tcb_floor = \"none\"\n")).is_accepted());
     }
 }

@@ -1,6 +1,6 @@
 //! The KBS over real HTTP on loopback: challenge → attest → release, and every must-reject.
 
-use cordon_attest::{Endorsements, Platform};
+use cordon_attest::{Endorsements, Platform, Policy};
 use cordon_kbs::{verify_audit_chain, Kbs, KbsConfig};
 use cordon_proto::kbs::{
     AttestRequest, AttestResponse, AuditEvent, Challenge, ErrorBody, RegisterKey, RELEASE_INFO,
@@ -173,12 +173,19 @@ async fn policy_denials_name_the_failed_check() {
         policy(vec![Platform::Sim], [0x11; 48]),
     )
     .await;
-    h.register(
-        "hardware-only",
-        [2; 32],
-        policy(vec![Platform::Snp, Platform::Sgx], MEASUREMENT),
-    )
-    .await;
+    // About the platform check, not the configuration: an SNP policy must pin the runtime
+    // configuration or say that it accepts any (issue 15, item 3).
+    let hardware_only = Policy {
+        allow_unpinned_config: true,
+        ..Policy::new(
+            vec![Platform::Snp, Platform::Sgx],
+            vec![MEASUREMENT.to_vec()],
+        )
+    };
+    let registered = h
+        .register("hardware-only", [2; 32], hardware_only.to_toml())
+        .await;
+    assert!(registered.status().is_success(), "{}", registered.status());
     h.register(
         "no-debug",
         [3; 32],
@@ -355,6 +362,37 @@ async fn empty_key_list_and_release_policy_with_endorsements_are_refused() {
     );
     let (status, code, msg) = error_code(h.register("k", [1; 32], with_anchor).await).await;
     assert_eq!((status, code.as_str()), (400, "policy_invalid"), "{msg}");
+}
+
+#[tokio::test]
+async fn hardware_release_policies_must_pin_the_runtime_configuration() {
+    // Issue 15, item 3: the host chooses HOST_DATA / MRCONFIGID, and with them the runtime's
+    // configuration (KBS URL, models, ONNX Runtime library); an unpinned SNP or TDX release policy is
+    // refused at registration unless it says allow_unpinned_config = true.
+    let h = start().await;
+    let m = hex::encode(MEASUREMENT);
+    for (platforms, pin, fix) in [
+        ("[\"snp\"]", "", "SHA-256"),
+        ("[\"tdx\"]", "rtmrs = []\n", "SHA-384"),
+    ] {
+        let unpinned = format!("platforms = {platforms}\nlaunch_measurements = [\"{m}\"]\n{pin}");
+        let (status, code, msg) =
+            error_code(h.register("k", [1; 32], unpinned.clone()).await).await;
+        assert_eq!((status, code.as_str()), (400, "policy_invalid"), "{msg}");
+        assert!(
+            msg.contains(fix) && msg.contains("allow_unpinned_config"),
+            "{msg}"
+        );
+        let explicit = format!("{unpinned}allow_unpinned_config = true\n");
+        let r = h.register("k", [1; 32], explicit).await;
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let pinned = format!(
+        "platforms = [\"snp\"]\nlaunch_measurements = [\"{m}\"]\nworkload_data = \"{}\"\n",
+        "ab".repeat(32)
+    );
+    let r = h.register("k2", [1; 32], pinned).await;
+    assert!(r.status().is_success(), "{}", r.status());
 }
 
 #[tokio::test]

@@ -48,7 +48,7 @@ pub struct VerifyArgs {
     at: Option<String>,
     /// Policy (TOML) to appraise with. Default: any hardware platform, cryptographically valid, not
     /// debug, DCAP TCB status UpToDate / SWHardeningNeeded / ConfigurationNeeded /
-    /// ConfigurationAndSWHardeningNeeded.
+    /// ConfigurationAndSWHardeningNeeded, SNP TCB at or above AMD's fixes, no SNP migration agent.
     #[arg(long)]
     policy: Option<PathBuf>,
     /// Print claims and verdict as JSON on stdout (byte fields as lowercase hex).
@@ -126,6 +126,9 @@ fn verify(a: VerifyArgs) -> Result<u8> {
     let (policy, policy_name) = match &a.policy {
         Some(p) => {
             let doc = PolicyDocument::from_toml(&util::read_to_string(p, "policy")?)?;
+            for w in doc.policy.warnings() {
+                eprintln!("WARNING: {w}");
+            }
             if let Some(e) = doc.endorsements {
                 endorsements.sim_trust_anchors = e.sim_trust_anchors;
             }
@@ -133,7 +136,7 @@ fn verify(a: VerifyArgs) -> Result<u8> {
         }
         None => (
             Policy::hardware_default(),
-            "default (hardware, not debug, TCB status)".to_string(),
+            "default (hardware, not debug, TCB status or SNP TCB floor)".to_string(),
         ),
     };
     let at = time::OffsetDateTime::from(now)

@@ -29,6 +29,9 @@ pub struct InferArgs {
 
 pub fn run(a: InferArgs) -> Result<()> {
     let doc = PolicyDocument::from_toml(&util::read_to_string(&a.policy, "client policy")?)?;
+    for w in doc.policy.warnings() {
+        eprintln!("WARNING: {w}");
+    }
     let request: InferRequest = serde_json::from_str(&util::read_to_string(&a.input, "request")?)
         .with_context(|| {
         format!(

@@ -165,6 +165,9 @@ fn party(path: &Path) -> Result<PartyKey> {
 fn policy_doc(path: &Path) -> Result<PolicyDocument> {
     let doc = PolicyDocument::from_toml(&util::read_to_string(path, "policy")?)
         .with_context(|| format!("policy {}", path.display()))?;
+    for w in doc.policy.warnings() {
+        eprintln!("WARNING: {w}");
+    }
     Ok(doc)
 }
 
@@ -273,7 +276,12 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
                 bail!("the key file's dataset was sealed by another party's key");
             }
             let policy = util::read_to_string(&policy, "release policy")?;
-            cordon_attest::Policy::from_toml(&policy).context("release policy")?;
+            for w in cordon_attest::Policy::from_toml(&policy)
+                .context("release policy")?
+                .warnings()
+            {
+                eprintln!("WARNING: {w}");
+            }
             let kbs_key = util::parse_kbs_key(&kbs_key)?;
             rt.block_on(register_dataset_key(
                 &p,

@@ -265,7 +265,12 @@ impl Admin {
     /// Registers `key` under `policy`: the DEK sealed to the pinned KBS, bound to this key id,
     /// the administrator and this exact policy text.
     pub async fn register_key(&self, key: &KeyFile, policy_toml: &str) -> Result<()> {
-        Policy::from_toml(policy_toml).context("release policy")?;
+        for w in Policy::from_toml(policy_toml)
+            .context("release policy")?
+            .warnings()
+        {
+            eprintln!("WARNING: {w}");
+        }
         let sealed_dek = seal_dek_for_kbs(
             &self.kbs_key,
             DekPurpose::AdminKey,

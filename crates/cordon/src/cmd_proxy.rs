@@ -32,6 +32,9 @@ pub struct ProxyArgs {
 pub fn run(a: ProxyArgs) -> Result<()> {
     let doc = PolicyDocument::from_toml(&util::read_to_string(&a.policy, "client policy")?)
         .with_context(|| format!("client policy {}", a.policy.display()))?;
+    for w in doc.policy.warnings() {
+        eprintln!("WARNING: {w}");
+    }
     let config = ProxyConfig {
         reverify_every: Duration::from_secs(a.reverify_secs),
         ..ProxyConfig::new(a.upstream.clone(), doc)

@@ -35,7 +35,9 @@ fn snp_verdicts_and_exit_codes() {
         "2025-01-01T00:00:00Z",
         "--json",
     ]);
-    assert_eq!(code, 0, "{err}");
+    // The report verifies, but its 2023 TCB (bootloader 3, SNP SPL 8, microcode 115) is below the
+    // default Milan floor that every SNP appraisal applies (cordon_attest::snp::floor).
+    assert_eq!(code, 1, "{err}");
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     let bytes = std::fs::read(&report).unwrap();
     assert_eq!(
@@ -43,7 +45,52 @@ fn snp_verdicts_and_exit_codes() {
         hex::encode(&bytes[0x90..0xC0])
     );
     assert_eq!(json["claims"]["platform"], "snp");
-    assert_eq!(json["accepted"], true);
+    assert_eq!(json["verified"], true);
+    assert_eq!(json["accepted"], false);
+    assert_eq!(
+        json["failures"].as_array().unwrap().len(),
+        3,
+        "{}",
+        json["failures"]
+    );
+    for needle in [
+        "tcb.bootloader: 3 is below the default minimum 4 for Milan",
+        "tcb.snp: 8 is below the default minimum 27 for Milan",
+        "tcb.microcode: 115 is below the default minimum 222 for Milan",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from {err}");
+    }
+
+    // A policy that pins the report's measurement and HOST_DATA and drops the floor explicitly
+    // (an old test report) accepts it, and the tool warns about the lowered floor.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("old-tcb.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "platforms = [\"snp\"]\nlaunch_measurements = [\"{}\"]\nworkload_data = \"{}\"\nmin_tcb_floor = \"none\"\n",
+            hex::encode(&bytes[0x90..0xC0]),
+            hex::encode(&bytes[0xC0..0xE0])
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(&[
+        "attest",
+        "verify",
+        &report,
+        "--cert",
+        &vcek,
+        "--at",
+        "2025-01-01T00:00:00Z",
+        "--policy",
+        &policy.to_string_lossy(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("accepted"), "{out}");
+    assert!(
+        err.contains("WARNING: policy sets min_tcb_floor = \"none\""),
+        "{err}"
+    );
 
     let (code, _, err) = run(&[
         "attest",
@@ -68,7 +115,9 @@ fn snp_verdicts_and_exit_codes() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("VLEK expired at 2025-12-10"), "{err}");
-    let (code, _, _) = run(&[
+    // Inside its window it verifies; its TCB (SEV firmware 1.55.29: SNP SPL 24, microcode 217 on a
+    // Milan B1) predates AMD-SB-3020, so the default appraisal refuses it, naming both.
+    let (code, _, err) = run(&[
         "attest",
         "verify",
         &td("snp/trustee_test-vlek-report.bin"),
@@ -77,7 +126,16 @@ fn snp_verdicts_and_exit_codes() {
         "--at",
         "2025-06-01T00:00:00Z",
     ]);
-    assert_eq!(code, 0);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("tcb.snp: 24 is below the default minimum 27 for Milan"),
+        "{err}"
+    );
+    assert!(
+        err.contains("tcb.microcode: 217 is below the default minimum 222 for Milan"),
+        "{err}"
+    );
+    assert!(!err.contains("rejected: vmpl"), "{err}");
 }
 
 #[test]

@@ -510,7 +510,9 @@ fn key_denied_to_runtime_with_unlisted_measurement() {
 fn key_denied_to_sim_under_hardware_only_policy() {
     assert_denied(
         Deploy {
-            policy_platforms: "[\"snp\", \"sgx\"]",
+            // The test is about the platform check, not the configuration: an SNP policy must pin
+            // the runtime configuration or say that it accepts any (issue 15, item 3).
+            policy_platforms: "[\"snp\", \"sgx\"]\nallow_unpinned_config = true",
             ..Deploy::default()
         },
         "platform: evidence is from `sim`",

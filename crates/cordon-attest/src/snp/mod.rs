@@ -8,12 +8,16 @@
 //! the VCEK's hwID against CHIP_ID (unless masked); the certified TCB against REPORTED_TCB.
 
 mod certs;
+pub mod floor;
 mod report;
 
 pub use certs::{
     check_crl, endorsement_key, parse_certificate, parse_crl, pinned_roots, EndorsementKey, KeyKind,
 };
-pub use report::{AttestationReport, Product, SigningKey, TcbVersion, REPORT_LEN, SIGNED_LEN};
+pub use report::{
+    AttestationReport, Product, SigningKey, TcbVersion, POLICY_DEBUG, POLICY_MIGRATE_MA,
+    REPORT_LEN, SIGNED_LEN,
+};
 
 use crate::{Claims, Platform, TcbClaims};
 use sha2::{Digest, Sha384};
@@ -163,6 +167,7 @@ pub fn inspect(report: &[u8]) -> Result<serde_json::Value, SnpError> {
         v["product_from_cpuid"] = serde_json::json!(p.name());
     }
     v["debug"] = serde_json::json!(r.debug());
+    v["migrate_ma"] = serde_json::json!(r.migrate_ma());
     Ok(v)
 }
 
@@ -351,6 +356,8 @@ fn claims(r: &AttestationReport, key: &EndorsementKey, tcb: &TcbVersion) -> Clai
     let mut raw = serde_json::to_value(r).unwrap_or_default();
     raw["product"] = serde_json::json!(key.product.name());
     raw["endorsement_key"] = serde_json::json!(key.kind);
+    // For readers (`debug` is a claim of its own); appraisal reads the bit from `policy` itself.
+    raw["migrate_ma"] = serde_json::json!(r.migrate_ma());
     if let Some(name) = &key.product_name {
         raw["vcek_product_name"] = serde_json::json!(name);
     }

@@ -145,6 +145,9 @@ fn hex_ser<S: serde::Serializer, const N: usize>(b: &[u8; N], s: S) -> Result<S:
 
 /// Guest POLICY bit 19: DEBUG allowed.
 pub const POLICY_DEBUG: u64 = 1 << 19;
+/// Guest POLICY bit 18: MIGRATE_MA, association with a migration agent allowed. A migration agent
+/// can export the guest's memory and state to another machine (SNP ABI, "Guest Policy").
+pub const POLICY_MIGRATE_MA: u64 = 1 << 18;
 
 struct Reader<'a>(&'a [u8]);
 
@@ -280,6 +283,11 @@ impl AttestationReport {
     /// Whether the guest policy lets the host debug the guest (POLICY bit 19).
     pub fn debug(&self) -> bool {
         self.policy & POLICY_DEBUG != 0
+    }
+
+    /// Whether the guest policy allows a migration agent (POLICY bit 18).
+    pub fn migrate_ma(&self) -> bool {
+        self.policy & POLICY_MIGRATE_MA != 0
     }
 
     /// The product line from CPUID fields (v3+), if they name a known one.

@@ -1,7 +1,7 @@
 //! SNP verification against real reports (testdata/attestation/README.md has their provenance).
 
 use super::*;
-use crate::{appraise, Policy};
+use crate::{appraise, MinTcbFloor, Policy};
 
 const TRUSTEE_REPORT: &[u8] =
     include_bytes!("../../../../testdata/attestation/snp/trustee_test-report.bin");
@@ -48,7 +48,25 @@ fn trustee_report_verifies_and_claims_match_the_abi_offsets() {
     assert_eq!(tcb.components["snp"], u64::from(reported[6]));
     assert_eq!(tcb.components["microcode"], u64::from(reported[7]));
     assert_eq!(c.raw["product"], "Milan");
-    assert!(appraise(&c, &Policy::hardware_default()).is_accepted());
+    assert_eq!(c.raw["migrate_ma"], false);
+    // A report of 2023 (SEV firmware 1.52.4, REPORTED_TCB bootloader 3, SNP SPL 8, microcode 115):
+    // below the default Milan floor of snp::floor, which the inspection default applies too. Every
+    // other check passes, and dropping the floor explicitly accepts it.
+    let verdict = appraise(&c, &Policy::hardware_default());
+    let reasons = verdict.reasons();
+    assert_eq!(verdict.failures.len(), 3, "{reasons}");
+    for needle in [
+        "tcb.bootloader: 3 is below the default minimum 4 for Milan",
+        "tcb.snp: 8 is below the default minimum 27 for Milan (AMD-SB-3020",
+        "tcb.microcode: 115 is below the default minimum 222 for Milan",
+    ] {
+        assert!(reasons.contains(needle), "{needle} missing from {reasons}");
+    }
+    let no_floor = Policy {
+        min_tcb_floor: MinTcbFloor::None,
+        ..Policy::hardware_default()
+    };
+    assert!(appraise(&c, &no_floor).is_accepted());
 }
 
 #[test]
@@ -64,6 +82,31 @@ fn vlek_report_verifies_inside_its_window_and_expires_after() {
     let c = v(VLEK_REPORT, VLEK, date(2025, 6, 1)).unwrap();
     assert_eq!(c.raw["endorsement_key"], "Vlek");
     assert_eq!(c.raw["version"], 3);
+    // Version 3 names its CPU: Milan B1 (19h/01h/1), whose microcode floor is 0xDE. Its TCB
+    // (bootloader 4, SNP SPL 24, microcode 217 = 0xD9, SEV firmware 1.55.29) predates AMD-SB-3020.
+    assert_eq!(
+        (
+            &c.raw["cpuid_fam_id"],
+            &c.raw["cpuid_mod_id"],
+            &c.raw["cpuid_step"]
+        ),
+        (
+            &serde_json::json!(0x19),
+            &serde_json::json!(1),
+            &serde_json::json!(1)
+        )
+    );
+    let verdict = appraise(&c, &Policy::hardware_default());
+    let reasons = verdict.reasons();
+    assert_eq!(verdict.failures.len(), 2, "{reasons}");
+    assert!(
+        reasons.contains("tcb.snp: 24 is below the default minimum 27"),
+        "{reasons}"
+    );
+    assert!(
+        reasons.contains("tcb.microcode: 217 is below the default minimum 222"),
+        "{reasons}"
+    );
     let err = v(VLEK_REPORT, VLEK, date(2026, 1, 1)).unwrap_err();
     assert!(
         matches!(err, SnpError::Expired { cert: "VLEK", .. }),
