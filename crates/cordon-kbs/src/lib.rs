@@ -11,5 +11,5 @@ mod server;
 mod store;
 
 pub use error::KbsError;
-pub use server::{Clock, Kbs, KbsConfig};
+pub use server::{Clock, Kbs, KbsConfig, KbsLimits};
 pub use store::{verify_audit_chain, Store, StoreError};

@@ -8,10 +8,13 @@ use cordon_attest::Platform;
 use cordon_proto::job::{
     job_report_data, Evaluation, JobDataset, JobSchema, JobSpec, Outputs, PartyKey,
 };
-use cordon_proto::kbs::{AttestRequest, AttestResponse, ErrorBody, JobRelease, RegisterKey};
+use cordon_proto::kbs::{
+    policy_context, seal_dek_for_kbs, AttestRequest, AttestResponse, DekPurpose, ErrorBody,
+    JobRelease, RegisterKey,
+};
 use cordon_proto::ServiceKeyPair;
 use cordon_tee::EvidenceProvider;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 fn spec(parties: &[&PartyKey], name: &str) -> JobSpec {
     JobSpec {
@@ -43,20 +46,41 @@ fn spec(parties: &[&PartyKey], name: &str) -> JobSpec {
     }
 }
 
-impl Harness {
-    fn now(&self) -> std::time::SystemTime {
-        UNIX_EPOCH + Duration::from_secs(self.clock.load(std::sync::atomic::Ordering::SeqCst))
-    }
+/// A dataset key registration's body: the DEK sealed to the KBS for `party`, `key_id` and the
+/// policy.
+fn dataset_body(h: &Harness, party: &PartyKey, key_id: &str) -> Vec<u8> {
+    let policy = policy(vec![Platform::Sim], MEASUREMENT);
+    serde_json::to_vec(&RegisterKey {
+        sealed_dek: seal_dek_for_kbs(
+            &h.kbs_key,
+            DekPurpose::DatasetKey,
+            key_id,
+            &party.signing_public_key(),
+            &policy_context(&policy),
+            &[7; 32],
+        )
+        .unwrap(),
+        policy,
+    })
+    .unwrap()
+}
 
+trait Jobs {
+    async fn register_dataset(&self, party: &PartyKey, key_id: &str) -> reqwest::Response;
+    async fn attest_for_job(
+        &self,
+        job: JobRelease,
+        evidence_job: [u8; 32],
+        key_ids: &[String],
+    ) -> reqwest::Response;
+}
+
+impl Jobs for Harness {
     async fn register_dataset(&self, party: &PartyKey, key_id: &str) -> reqwest::Response {
-        let body = serde_json::to_vec(&RegisterKey {
-            dek: vec![7; 32],
-            policy: policy(vec![Platform::Sim], MEASUREMENT),
-        })
-        .unwrap();
+        let body = dataset_body(self, party, key_id);
         let path = format!("/kbs/v1/datasets/{key_id}");
         let mut req = self.http.put(format!("{}{path}", self.url));
-        for (name, value) in party.sign_request("PUT", &path, &body, self.now()) {
+        for (name, value) in party.sign_request("PUT", &path, &body, &self.kbs_key, self.now()) {
             req = req.header(name, value);
         }
         req.body(body).send().await.unwrap()
@@ -89,11 +113,14 @@ impl Harness {
     }
 }
 
+/// Approvals valid until well after the harness's clock.
+const UNTIL: u64 = 1_900_000_000;
+
 fn approved(spec: &JobSpec, parties: &[&PartyKey]) -> JobRelease {
     let h = spec.hash();
     JobRelease {
         spec: spec.clone(),
-        approvals: parties.iter().map(|p| p.approve(&h)).collect(),
+        approvals: parties.iter().map(|p| p.approve(&h, UNTIL)).collect(),
     }
 }
 
@@ -128,6 +155,32 @@ async fn dataset_keys_are_released_only_for_a_job_their_owner_approved() {
     assert_eq!(r.released.len(), 1);
     assert!(r.denied[0].reasons[0].contains("no valid approval"));
     assert!(r.denied[0].reasons[0].contains(" b,"), "{:?}", r.denied);
+
+    // An expired approval counts for nothing, and the denial says why.
+    let mut expired = approved(&job_a, &[&a]);
+    expired
+        .approvals
+        .push(b.approve(&job_a.hash(), 1_700_000_000));
+    let r = answer(h.attest_for_job(expired, job_a.hash(), &ids).await).await;
+    assert_eq!(r.released.len(), 1);
+    assert!(r.denied[0].reasons[0].contains("expired"), "{:?}", r.denied);
+
+    // A forged approval "by b" (signed with a's key) next to a's own: a's key is released, and
+    // the audit log names only the approval that verified.
+    let mut forged = approved(&job_a, &[&a]);
+    forged.approvals.push(cordon_proto::job::Approval {
+        party: "b".into(),
+        ..a.approve(&job_a.hash(), UNTIL)
+    });
+    let r = answer(
+        h.attest_for_job(forged, job_a.hash(), &["ds-a".to_string()])
+            .await,
+    )
+    .await;
+    assert_eq!(r.released.len(), 1);
+    let last = h.audit().await.pop().unwrap();
+    assert_eq!(last.kind, "key_released");
+    assert!(last.detail.ends_with("approved by a"), "{}", last.detail);
 
     // Approvals of job A presented for job B (same datasets, another algorithm): refused.
     let mut job_b = job_a.clone();
@@ -245,27 +298,52 @@ async fn dataset_keys_stay_their_owners() {
     );
     assert_eq!(h.register_dataset(&a, "model").await.status(), 409);
 
-    // Unsigned, mis-signed and stale registrations are refused.
-    let body = serde_json::to_vec(&RegisterKey {
-        dek: vec![7; 32],
-        policy: policy(vec![Platform::Sim], MEASUREMENT),
-    })
-    .unwrap();
+    // Unsigned, mis-signed, stale and replayed registrations are refused.
+    let body = dataset_body(&h, &a, "ds-new");
     let url = format!("{}/kbs/v1/datasets/ds-new", h.url);
     let resp = h.http.put(&url).body(body.clone()).send().await.unwrap();
     assert_eq!(resp.status(), 401);
     let mut req = h.http.put(&url);
-    for (name, value) in a.sign_request("PUT", "/kbs/v1/datasets/other", &body, h.now()) {
+    for (name, value) in a.sign_request("PUT", "/kbs/v1/datasets/other", &body, &h.kbs_key, h.now())
+    {
         req = req.header(name, value);
     }
     assert_eq!(req.body(body.clone()).send().await.unwrap().status(), 401);
     let mut req = h.http.put(&url);
     let stale = h.now() - Duration::from_secs(600);
-    for (name, value) in a.sign_request("PUT", "/kbs/v1/datasets/ds-new", &body, stale) {
+    for (name, value) in a.sign_request("PUT", "/kbs/v1/datasets/ds-new", &body, &h.kbs_key, stale)
+    {
         req = req.header(name, value);
     }
-    let resp = req.body(body).send().await.unwrap();
+    let resp = req.body(body.clone()).send().await.unwrap();
     assert_eq!(resp.status(), 401);
     let e: ErrorBody = resp.json().await.unwrap();
     assert!(e.error.contains("more than 300s"), "{}", e.error);
+    // Signed for another KBS: refused here.
+    let mut req = h.http.put(&url);
+    for (name, value) in a.sign_request("PUT", "/kbs/v1/datasets/ds-new", &body, &[9; 32], h.now())
+    {
+        req = req.header(name, value);
+    }
+    assert_eq!(req.body(body.clone()).send().await.unwrap().status(), 401);
+    // The same signed request twice: the second is a replay.
+    let headers = a.sign_request("PUT", "/kbs/v1/datasets/ds-new", &body, &h.kbs_key, h.now());
+    let send = || {
+        let mut req = h.http.put(&url);
+        for (name, value) in headers.clone() {
+            req = req.header(name, value);
+        }
+        req.body(body.clone()).send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+    let before = h.audit().await.len();
+    let resp = send().await.unwrap();
+    assert_eq!(resp.status(), 409);
+    let e: ErrorBody = resp.json().await.unwrap();
+    assert_eq!(e.code, "request_replayed");
+    assert_eq!(
+        h.audit().await.len(),
+        before,
+        "a replay left an audit entry"
+    );
 }

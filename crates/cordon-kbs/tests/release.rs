@@ -3,7 +3,7 @@
 use cordon_attest::{Endorsements, Platform, Policy};
 use cordon_kbs::{verify_audit_chain, Kbs, KbsConfig};
 use cordon_proto::kbs::{
-    AttestRequest, AttestResponse, AuditEvent, Challenge, ErrorBody, RegisterKey, RELEASE_INFO,
+    AttestRequest, AttestResponse, AuditEvent, Challenge, ErrorBody, RELEASE_INFO,
 };
 use cordon_proto::{report_data, ModelBinding, ServiceKeyPair};
 use cordon_tee::{EvidenceProvider, SimHardwareKey, SimTee};
@@ -270,24 +270,35 @@ async fn evidence_from_an_untrusted_sim_key_is_rejected() {
 }
 
 #[tokio::test]
-async fn admin_api_requires_the_token_and_a_valid_policy() {
+async fn admin_api_requires_a_signature_by_the_admin_key_and_a_valid_policy() {
     let h = start().await;
-    let url = format!("{}/kbs/v1/admin/keys/k", h.url);
-    let body = RegisterKey {
-        dek: vec![1; 32],
-        policy: policy(vec![Platform::Sim], MEASUREMENT),
-    };
-    let r = h.http.put(&url).json(&body).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 401);
+    let path = "/kbs/v1/admin/keys/k";
+    let body = h.register_body("k", [1; 32], &policy(vec![Platform::Sim], MEASUREMENT));
+    // Unsigned, or a bearer token as before: refused (the token never travels any more).
     let r = h
         .http
-        .put(&url)
-        .bearer_auth("wrong")
-        .json(&body)
+        .put(format!("{}{path}", h.url))
+        .body(body.clone())
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
+    let r = h
+        .http
+        .put(format!("{}{path}", h.url))
+        .bearer_auth(&h.token)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    // Signed, but by a key that is not the administrator's.
+    let other = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+    let r = h
+        .signed(&other, reqwest::Method::PUT, path, body.clone(), &h.kbs_key)
+        .await;
+    let (status, code, msg) = error_code(r).await;
+    assert_eq!((status, code.as_str()), (401, "unauthorized"), "{msg}");
     let r = h
         .register(
             "k",
@@ -328,7 +339,7 @@ async fn nonce_stays_spent_after_a_failed_attest() {
 }
 
 #[tokio::test]
-async fn store_keeps_only_the_admin_token_hash() {
+async fn store_keeps_only_the_admin_token_hash_and_public_key() {
     let h = start().await;
     h.register("k", [1; 32], policy(vec![Platform::Sim], MEASUREMENT))
         .await;
@@ -413,6 +424,7 @@ async fn hardware_evidence_is_verified_and_must_bind_the_nonce() {
     config.clock = Arc::new(|| UNIX_EPOCH + Duration::from_secs(1_800_000_000));
     let kbs = Kbs::open(config).unwrap();
     let token = kbs.init_admin_token().unwrap().unwrap().to_string();
+    let kbs_key = kbs.identity_public_key();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, kbs.router()).await.unwrap() });
@@ -447,15 +459,19 @@ async fn hardware_evidence_is_verified_and_must_bind_the_nonce() {
         (403, "report_data_mismatch"),
         "{msg}"
     );
-    let events: Vec<AuditEvent> = http
-        .get(format!("{url}/kbs/v1/admin/audit"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin = cordon_proto::auth::admin_key(&token).unwrap();
+    let mut audit = http.get(format!("{url}/kbs/v1/admin/audit"));
+    for (name, value) in cordon_proto::auth::sign_request(
+        &admin,
+        "GET",
+        "/kbs/v1/admin/audit",
+        b"",
+        &kbs_key,
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+    ) {
+        audit = audit.header(name, value);
+    }
+    let events: Vec<AuditEvent> = audit.send().await.unwrap().json().await.unwrap();
     assert_eq!(events[0].kind, "attestation_failed");
     assert_eq!(
         events[0].measurement.as_deref(),

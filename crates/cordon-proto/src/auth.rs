@@ -200,7 +200,7 @@ pub(crate) fn unix(t: SystemTime) -> u64 {
 mod tests {
     use super::*;
 
-    fn lookup(h: &[(&'static str, String); 5]) -> impl Fn(&str) -> Option<&str> + '_ {
+    fn lookup<'a>(h: &'a [(&'static str, String); 5]) -> impl Fn(&str) -> Option<&'a str> + 'a {
         move |name| h.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 

@@ -51,9 +51,7 @@ fn seeds_reach_past_the_cryptographic_checks() {
     assert!(f::response_client()
         .decrypt_response(&read("channel", "response.bin"))
         .is_ok());
-    let (_, keys) = f::service_key()
-        .accept_session(&read("session", "setup.bin"))
-        .unwrap();
+    let (_, keys) = f::accept_session_fixed(&read("session", "setup.bin")).unwrap();
     let frame = read("session", "frame.bin");
     cordon_proto::session::SessionMessage::parse(&frame)
         .unwrap()
@@ -68,9 +66,31 @@ fn seeds_reach_past_the_cryptographic_checks() {
     let hash = release.spec.hash();
     release.spec.validate().unwrap();
     for a in &release.approvals {
-        a.verify(&release.spec, &hash).unwrap();
+        a.verify(
+            &release.spec,
+            &hash,
+            UNIX_EPOCH + Duration::from_secs(f::NOW),
+        )
+        .unwrap();
     }
+    let register: kbs::RegisterKey =
+        serde_json::from_slice(&read("kbs_requests", "register_key.json")).unwrap();
+    f::kbs_key()
+        .open_sealed(
+            kbs::UPLOAD_INFO,
+            &kbs::dek_upload_aad(
+                kbs::DekPurpose::AdminKey,
+                f::REGISTER_KEY_ID,
+                &f::admin_public_key(),
+                &kbs::policy_context(&register.policy),
+            ),
+            &register.sealed_dek.sealed,
+        )
+        .unwrap();
 }
+
+/// Approvals of the seeds stay valid an hour after the fuzz clock.
+const APPROVED_UNTIL: u64 = f::NOW + 3_600;
 
 fn sim_evidence(report_data: [u8; 64]) -> Vec<u8> {
     let hw = SigningKey::from_bytes(&f::SIM_HARDWARE_SECRET);
@@ -129,6 +149,8 @@ fn write_seeds() {
         method: "POST".into(),
         path: "/v2/models/fraud/infer".into(),
         body: Some(infer.clone()),
+        sent_at: Some(f::NOW),
+        ..InnerRequest::default()
     };
 
     // Key broker.
@@ -148,7 +170,10 @@ fn write_seeds() {
         models: Vec::new(),
         job: Some(JobRelease {
             spec: spec.clone(),
-            approvals: vec![alice.approve(&hash), bob.approve(&hash)],
+            approvals: vec![
+                alice.approve(&hash, APPROVED_UNTIL),
+                bob.approve(&hash, APPROVED_UNTIL),
+            ],
         }),
         ..attest
     };
@@ -160,9 +185,18 @@ fn write_seeds() {
     write(
         t,
         "register_key.json",
-        &json(
-            &serde_json::json!({"dek": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", "policy": policy}),
-        ),
+        &json(&kbs::RegisterKey {
+            sealed_dek: kbs::seal_dek_for_kbs(
+                &f::kbs_key().public_key(),
+                kbs::DekPurpose::AdminKey,
+                f::REGISTER_KEY_ID,
+                &f::admin_public_key(),
+                &kbs::policy_context(&policy),
+                &[1; 32],
+            )
+            .unwrap(),
+            policy: policy.clone(),
+        }),
     );
     let sealed = seal_to(
         &keys.hpke_public_key,
@@ -237,7 +271,11 @@ fn write_seeds() {
         }),
     );
     write(t, "job_spec.json", &json(&spec));
-    write(t, "approval.json", &json(&alice.approve(&hash)));
+    write(
+        t,
+        "approval.json",
+        &json(&alice.approve(&hash, APPROVED_UNTIL)),
+    );
     let metrics = job::JobMetrics {
         algorithm: "logistic_regression".into(),
         train_rows: 75,
@@ -316,11 +354,12 @@ fn write_seeds() {
         f::party_key_file("alice", 1).as_bytes(),
     );
     let path = format!("/v1/jobs/{}/approve", hex::encode(hash));
-    let approval_body = json(&alice.approve(&hash));
+    let approval_body = json(&alice.approve(&hash, APPROVED_UNTIL));
     let headers = alice.sign_request(
         "POST",
         &path,
         &approval_body,
+        &f::service_key().public_key(),
         UNIX_EPOCH + Duration::from_secs(f::NOW),
     );
     let mut signed = Vec::new();
@@ -358,8 +397,9 @@ fn write_seeds() {
 
     // Sessions: a real exchange (setup, grant, two requests) with the fixed service key.
     let t = "session";
-    let (setup, pending) = start_session(&keys.hpke_public_key, 0, b"{}").unwrap();
-    let (_, server_keys) = f::service_key().accept_session(&setup).unwrap();
+    let setup_plain = json(&cordon_proto::session::SessionSetup { sent_at: f::NOW });
+    let (setup, pending) = start_session(&keys.hpke_public_key, 0, &setup_plain).unwrap();
+    let (_, server_keys) = f::accept_session_fixed(&setup).unwrap();
     let grant = SessionGrant {
         session_id: f::SESSION_ID,
         expires_at: f::NOW + 600,

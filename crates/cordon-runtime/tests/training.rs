@@ -36,6 +36,8 @@ struct World {
     kbs: String,
     /// The KBS's identity key, which parties and the trainer pin.
     kbs_key: [u8; 32],
+    /// The KBS's admin token.
+    admin_token: String,
     /// The trainer's service key: the audience of the parties' signed requests.
     runtime_keys: RuntimeKeys,
     /// What the parties verify the trainer against (measurement and sim trust anchor).
@@ -72,6 +74,7 @@ async fn start_with(measurement: [u8; 48], adjust: impl FnOnce(&mut TrainingOpti
     };
     let kbs = Kbs::open(KbsConfig::new(dir.path().join("kbs"), endorsements.clone())).unwrap();
     let kbs_key = kbs.identity_public_key();
+    let admin_token = kbs.init_admin_token().unwrap().unwrap().to_string();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let kbs_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, kbs.router()).await.unwrap() });
@@ -107,6 +110,7 @@ async fn start_with(measurement: [u8; 48], adjust: impl FnOnce(&mut TrainingOpti
         runtime,
         kbs: kbs_url,
         kbs_key,
+        admin_token,
         runtime_keys,
         // What the parties verify before they talk to the trainer: its own measurement. (Their
         // dataset keys' release policies at the KBS name MEASUREMENT, which a trainer with
@@ -796,6 +800,42 @@ async fn a_job_can_deploy_its_model_to_serving_without_any_party_holding_its_key
     OnnxModel::load("joint", "1", &onnx).unwrap();
     // The trainer's own measurement is not in the serving policy: no key for it.
     assert!(release(MEASUREMENT).await.is_none());
+
+    // The output key is the job's: the KBS's administrator cannot re-register it under a policy
+    // of its own (which would hand the model to a runtime of its choosing).
+    let admin = cordon_proto::auth::admin_key(&w.admin_token).unwrap();
+    let evil = Policy::new(vec![Platform::Sim], vec![[0x99; 48].to_vec()]).to_toml();
+    let key_id = header.manifest.key_id.clone();
+    let body = serde_json::to_vec(&cordon_proto::kbs::RegisterKey {
+        sealed_dek: cordon_proto::kbs::seal_dek_for_kbs(
+            &w.kbs_key,
+            cordon_proto::kbs::DekPurpose::AdminKey,
+            &key_id,
+            &admin.verifying_key().to_bytes(),
+            &cordon_proto::kbs::policy_context(&evil),
+            &[6; 32],
+        )
+        .unwrap(),
+        policy: evil,
+    })
+    .unwrap();
+    let path = format!("/kbs/v1/admin/keys/{key_id}");
+    let mut req = reqwest::Client::new().put(format!("{}{path}", w.kbs));
+    for (n, v) in
+        cordon_proto::auth::sign_request(&admin, "PUT", &path, &body, &w.kbs_key, SystemTime::now())
+    {
+        req = req.header(n, v);
+    }
+    let resp = req.body(body).send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        409,
+        "the admin re-registered a job's output key"
+    );
+    assert!(
+        release(serving).await.is_some(),
+        "the job's key was replaced"
+    );
 
     // Only the runtime that trained the job may register its output: another key is refused.
     let forger = SigningKey::from_bytes(&[3; 32]);

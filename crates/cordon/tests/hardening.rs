@@ -12,7 +12,10 @@ fn the_runtime_disables_core_dumps_and_says_whether_memory_is_locked() {
     // A training-only runtime needs no KBS to boot.
     std::fs::write(
         p("rt.toml"),
-        "kbs_url = \"http://127.0.0.1:9\"\n\n[training]\n",
+        format!(
+            "kbs_url = \"http://127.0.0.1:9\"\nkbs_public_key = \"{}\"\n\n[training]\n",
+            "11".repeat(32)
+        ),
     )
     .unwrap();
     let (rt, _) = start_runtime(dir.path(), &p("rt.toml"), "rt");

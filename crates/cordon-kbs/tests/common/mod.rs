@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 use cordon_attest::{Endorsements, Platform, Policy};
-use cordon_kbs::{Kbs, KbsConfig};
-use cordon_proto::kbs::{AttestRequest, AuditEvent, Challenge, RegisterKey};
+use cordon_kbs::{Kbs, KbsConfig, KbsLimits};
+use cordon_proto::kbs::{
+    policy_context, seal_dek_for_kbs, AttestRequest, AuditEvent, Challenge, DekPurpose, RegisterKey,
+};
 use cordon_proto::{RuntimeKeys, ServiceKeyPair};
 use cordon_tee::{SimHardwareKey, SimTee};
 use std::sync::atomic::AtomicU64;
@@ -17,6 +19,8 @@ pub const MEASUREMENT: [u8; 48] = [0x42; 48];
 pub struct Harness {
     pub url: String,
     pub token: String,
+    /// The KBS's identity key (what owners and parties pin).
+    pub kbs_key: [u8; 32],
     pub hw_key_seed: String,
     pub clock: Arc<AtomicU64>,
     pub http: reqwest::Client,
@@ -24,6 +28,10 @@ pub struct Harness {
 }
 
 pub async fn start() -> Harness {
+    start_with(KbsLimits::default()).await
+}
+
+pub async fn start_with(limits: KbsLimits) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let hw = SimHardwareKey::generate();
     let clock = Arc::new(AtomicU64::new(1_800_000_000));
@@ -37,7 +45,9 @@ pub async fn start() -> Harness {
     );
     config.clock = Arc::new(move || UNIX_EPOCH + Duration::from_secs(c.load(Ordering::SeqCst)));
     config.nonce_ttl = Duration::from_secs(30);
+    config.limits = limits;
     let kbs = Kbs::open(config).unwrap();
+    let kbs_key = kbs.identity_public_key();
     let token = kbs.init_admin_token().unwrap().unwrap().to_string();
     assert!(
         kbs.init_admin_token().unwrap().is_none(),
@@ -49,6 +59,7 @@ pub async fn start() -> Harness {
     Harness {
         url,
         token,
+        kbs_key,
         hw_key_seed: hw.to_file_contents().to_string(),
         clock,
         http: reqwest::Client::new(),
@@ -61,17 +72,73 @@ pub fn policy(platforms: Vec<Platform>, measurement: [u8; 48]) -> String {
 }
 
 impl Harness {
+    /// The KBS's clock.
+    pub fn now(&self) -> std::time::SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.clock.load(Ordering::SeqCst))
+    }
+
+    /// An admin request: signed with the admin token for this KBS, at the KBS's time.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> reqwest::Response {
+        let key = cordon_proto::auth::admin_key(&self.token).unwrap();
+        self.signed(&key, method, path, body, &self.kbs_key).await
+    }
+
+    /// A request signed by `key` for the server key `audience`.
+    pub async fn signed(
+        &self,
+        key: &ed25519_dalek::SigningKey,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+        audience: &[u8; 32],
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.url));
+        for (name, value) in cordon_proto::auth::sign_request(
+            key,
+            method.as_str(),
+            path,
+            &body,
+            audience,
+            self.now(),
+        ) {
+            req = req.header(name, value);
+        }
+        req.body(body).send().await.unwrap()
+    }
+
+    /// The body of an admin registration of `dek` under `policy` for `key_id`.
+    pub fn register_body(&self, key_id: &str, dek: [u8; 32], policy: &str) -> Vec<u8> {
+        let admin = cordon_proto::auth::admin_key(&self.token).unwrap();
+        serde_json::to_vec(&RegisterKey {
+            sealed_dek: seal_dek_for_kbs(
+                &self.kbs_key,
+                DekPurpose::AdminKey,
+                key_id,
+                &admin.verifying_key().to_bytes(),
+                &policy_context(policy),
+                &dek,
+            )
+            .unwrap(),
+            policy: policy.to_string(),
+        })
+        .unwrap()
+    }
+
     pub async fn register(&self, key_id: &str, dek: [u8; 32], policy: String) -> reqwest::Response {
-        self.http
-            .put(format!("{}/kbs/v1/admin/keys/{key_id}", self.url))
-            .bearer_auth(&self.token)
-            .json(&RegisterKey {
-                dek: dek.to_vec(),
-                policy,
-            })
-            .send()
-            .await
-            .unwrap()
+        let body = self.register_body(key_id, dek, &policy);
+        self.admin(
+            reqwest::Method::PUT,
+            &format!("/kbs/v1/admin/keys/{key_id}"),
+            body,
+        )
+        .await
     }
 
     pub async fn challenge(&self) -> Challenge {
@@ -104,15 +171,11 @@ impl Harness {
     }
 
     pub async fn audit(&self) -> Vec<AuditEvent> {
-        self.http
-            .get(format!("{}/kbs/v1/admin/audit", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        let resp = self
+            .admin(reqwest::Method::GET, "/kbs/v1/admin/audit", vec![])
+            .await;
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
     }
 }
 
