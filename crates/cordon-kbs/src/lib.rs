@@ -7,6 +7,17 @@
 //! (`/kbs/v1/admin/…`) need the admin token, which is stored only as a SHA-256 hash.
 
 mod error;
+#[cfg(unix)]
+mod private_files;
+#[cfg(not(unix))]
+mod private_files {
+    //! File modes are Unix permissions; elsewhere the directory is only created.
+    pub(crate) fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+    pub(crate) fn private_db(_: &std::path::Path) {}
+    pub(crate) fn tighten_side_files(_: &std::path::Path) {}
+}
 mod server;
 mod store;
 

@@ -171,12 +171,19 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) `kbs.sqlite3` in `data_dir` and brings its schema up to date.
+    ///
+    /// The store holds the DEKs: `data_dir` is made 0700 and the database with its `-wal` and
+    /// `-shm` files 0600, whatever the umask; an existing directory or file open to other users
+    /// loses those bits, with a warning (`private_files`).
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::DataDir {
+        crate::private_files::private_dir(data_dir).map_err(|e| StoreError::DataDir {
             path: data_dir.display().to_string(),
             source: e,
         })?;
         let path = data_dir.join("kbs.sqlite3");
+        // Created 0600 before SQLite opens it: SQLite would create it 0644 less the umask, and
+        // gives the -wal and -shm files it creates later the database file's mode.
+        crate::private_files::private_db(&path);
         let read_only = || StoreError::ReadOnly {
             path: data_dir.display().to_string(),
         };
@@ -203,6 +210,9 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let mut store = Store { conn };
         store.migrate()?;
+        // The WAL and shared-memory files exist now, with the database's mode; a check, and a
+        // repair for files SQLite created before the database was 0600.
+        crate::private_files::tighten_side_files(&path);
         Ok(store)
     }
 

@@ -27,6 +27,8 @@ pub enum SealError {
         "chunk {index} failed authentication: the ciphertext was altered, reordered or swapped"
     )]
     ChunkAuth { index: u64 },
+    /// Also what an in-memory unseal reports, before it reserves anything, when the input is shorter
+    /// than the manifest's `plaintext_size` and chunk layout need.
     #[error("sealed artifact is truncated: expected {expected} chunks, found only {found}")]
     Truncated { expected: u64, found: u64 },
     #[error("sealed artifact has unexpected bytes after its final chunk (at least {0})")]
@@ -35,6 +37,12 @@ pub enum SealError {
     DigestMismatch { expected: String, found: String },
     #[error("input changed while sealing: expected {expected} bytes, read {found}")]
     InputChanged { expected: u64, found: u64 },
+    /// Memory for a size that the manifest names (the plaintext of an in-memory unseal, or one
+    /// chunk) could not be reserved. The size was first checked against what the input holds, so
+    /// this is the process running out of memory, not a lying manifest: the allocation is refused
+    /// instead of aborting the process.
+    #[error("cannot reserve {bytes} bytes for the {what} the manifest claims: out of memory")]
+    OutOfMemory { what: &'static str, bytes: u64 },
     #[error("key file is not valid: {0}")]
     KeyFile(String),
 }

@@ -57,6 +57,19 @@ impl Manifest {
             .max(1)
     }
 
+    /// Bytes of chunks (ciphertext and tags) that follow the header: `plaintext_size + 16 × n`.
+    /// For a manifest that passed the checks this is below 2^57; it saturates otherwise.
+    pub fn chunks_len(&self) -> u64 {
+        self.plaintext_size
+            .saturating_add(self.chunk_count().saturating_mul(TAG_LEN as u64))
+    }
+
+    /// Length of chunk data the streaming reader needs at once: one chunk and its tag, never more
+    /// than the whole plaintext claims (so a small artifact with a large `chunk_size` costs little).
+    fn chunk_buffer_len(&self) -> u64 {
+        self.plaintext_size.min(u64::from(self.chunk_size)) + TAG_LEN as u64
+    }
+
     fn check(&self) -> Result<(), SealError> {
         let bad = |m: String| Err(SealError::Manifest(m));
         if self.format != FORMAT_NAME {
@@ -236,7 +249,8 @@ pub(crate) fn seal_with_key<R: Read, W: Write + Seek>(
 
     let cipher = chunk_cipher(&dek)?;
     let chunk_size = options.chunk_size as usize;
-    let mut buf = Zeroizing::new(vec![0u8; chunk_size]);
+    // One chunk, or less when the whole input is smaller (`check` bounded the chunk size).
+    let mut buf = zeroed_buffer(size.min(u64::from(options.chunk_size)), "chunk")?;
     let mut hasher = Sha256::new();
     let chunks = manifest.chunk_count();
     let mut done: u64 = 0;
@@ -330,6 +344,33 @@ impl SealedHeader {
     pub fn digest(&self) -> [u8; 32] {
         Manifest::digest_of(&self.manifest_bytes)
     }
+
+    /// The length of the whole artifact this header describes: header, manifest, signature and
+    /// every chunk. An input of any other length fails to unseal (`Truncated` or `TrailingData`).
+    pub fn sealed_len(&self) -> u64 {
+        (HEADER_FIXED_LEN + self.manifest_bytes.len() as u64 + 64)
+            .saturating_add(self.manifest.chunks_len())
+    }
+}
+
+/// A zero-filled buffer of `len` bytes for a size the manifest (or the caller) names. The
+/// allocation is fallible: a size the process cannot hold is [`SealError::OutOfMemory`], never an
+/// abort. Callers bound `len` first (one chunk at most, or what the input holds).
+fn zeroed_buffer(len: u64, what: &'static str) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    let mut buf = reserve_zeroizing(len, what)?;
+    // `len` fits in usize (it was reserved), and filling within the reservation never reallocates.
+    buf.resize(len as usize, 0);
+    Ok(buf)
+}
+
+/// An empty zeroizing vector with room for exactly `len` bytes, reserved fallibly (see
+/// [`zeroed_buffer`]).
+fn reserve_zeroizing(len: u64, what: &'static str) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    let oom = || SealError::OutOfMemory { what, bytes: len };
+    let n = usize::try_from(len).map_err(|_| oom())?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| oom())?;
+    Ok(Zeroizing::new(v))
 }
 
 /// Reads and checks the header: magic, version, manifest, and the manifest's signature by the signer
@@ -436,7 +477,8 @@ fn decrypt_chunks<R: Read, W: Write>(
     let cipher = chunk_cipher(&key.dek)?;
     let prefix = m.nonce_prefix()?;
     let chunk_size = m.chunk_size as usize;
-    let mut buf = Zeroizing::new(vec![0u8; chunk_size + TAG_LEN]);
+    // At most one chunk and its tag (`chunk_size` is at most 16 MiB, checked with the manifest).
+    let mut buf = zeroed_buffer(m.chunk_buffer_len(), "chunk")?;
     let mut hasher = Sha256::new();
     let chunks = m.chunk_count();
     let mut done: u64 = 0;
@@ -478,19 +520,34 @@ fn decrypt_chunks<R: Read, W: Write>(
     Ok(())
 }
 
-/// Unseals into memory (the runtime's path: plaintext never touches the disk).
-pub fn unseal_to_vec<R: Read>(
-    input: R,
+/// Unseals an artifact held in memory into memory (the runtime's path: plaintext never touches
+/// the disk).
+///
+/// The plaintext buffer is reserved whole before decryption, so it never reallocates (which would
+/// leave unzeroized copies of plaintext behind). Its size comes from the manifest, which anyone
+/// can sign with a key of their own (the signer is checked, but a party may seal its own lies), so
+/// it is first checked against the input: `plaintext_size` and the chunk layout must need no more
+/// bytes than follow the header, else the artifact is `Truncated` (as streaming [`unseal`] reports
+/// it) and nothing is reserved. Then the reservation is fallible: `OutOfMemory`, never an abort.
+pub fn unseal_to_vec(
+    input: &[u8],
     key: &KeyFile,
 ) -> Result<(SealedHeader, Zeroizing<Vec<u8>>), SealError> {
     let mut input = input;
     let header = read_header(&mut input)?;
     check_key(&header, key)?;
-    // Reserve the whole plaintext up front: the size comes from a manifest signed by the expected
-    // owner, and a growing Vec would leave unzeroized copies of plaintext behind when it reallocates.
-    let size = usize::try_from(header.manifest.plaintext_size)
-        .map_err(|_| SealError::Manifest("plaintext too large for this machine".into()))?;
-    let mut out = Zeroizing::new(Vec::with_capacity(size));
+    let m = &header.manifest;
+    let available = input.len() as u64;
+    if available < m.chunks_len() {
+        // The chunk that the streaming reader would find short: every chunk before the last one
+        // takes `chunk_size + 16` bytes.
+        let full_chunks = available / (u64::from(m.chunk_size) + TAG_LEN as u64);
+        return Err(SealError::Truncated {
+            expected: m.chunk_count(),
+            found: full_chunks.min(m.chunk_count() - 1),
+        });
+    }
+    let mut out = reserve_zeroizing(m.plaintext_size, "plaintext")?;
     decrypt_chunks(&header, input, key, &mut *out, &mut |_| {})?;
     Ok((header, out))
 }
@@ -535,7 +592,10 @@ mod tests {
             let (sealed, key) = seal_bytes(&plain, 64, &owner);
             let (header, back) = unseal_to_vec(&sealed[..], &key).unwrap();
             assert_eq!(back.as_slice(), plain.as_slice(), "size {n}");
+            // Reserved once, exactly: no reallocation left copies of plaintext behind.
+            assert_eq!(back.capacity(), n, "size {n}");
             assert_eq!(header.manifest.plaintext_size, n as u64);
+            assert_eq!(header.sealed_len(), sealed.len() as u64, "size {n}");
             assert_eq!(
                 header.manifest.plaintext_sha256,
                 hex::encode(Sha256::digest(&plain))
@@ -684,6 +744,137 @@ mod tests {
             unseal_to_vec(&b"CORD"[..], &key),
             Err(SealError::TruncatedHeader(_))
         ));
+    }
+
+    /// Rewrites the manifest of `sealed` with `edit` and signs it again as `owner`, so that it passes
+    /// the signature and signer checks (what a party can do with its own artifact); the chunks stay
+    /// as they were.
+    fn resign(sealed: &[u8], owner: &OwnerKey, edit: impl FnOnce(&mut Manifest)) -> Vec<u8> {
+        let header = read_header(&mut &sealed[..]).unwrap();
+        let chunks = &sealed[HEADER_FIXED_LEN as usize + header.manifest_bytes.len() + 64..];
+        let mut manifest = header.manifest.clone();
+        edit(&mut manifest);
+        let bytes = serde_json::to_vec(&manifest).unwrap();
+        let signature = owner.signing_key().sign(&signed_message(&bytes));
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&bytes);
+        out.extend_from_slice(&signature.to_bytes());
+        out.extend_from_slice(chunks);
+        out
+    }
+
+    #[test]
+    fn oversized_plaintext_claims_are_refused_before_anything_is_reserved() {
+        // A small artifact whose manifest, properly signed by the owner the key names, claims far
+        // more plaintext than its chunks hold. Before the size check, unseal_to_vec reserved the
+        // claim up front, and a claim of 2^55 bytes aborted the whole process.
+        let owner = OwnerKey::generate();
+        let (sealed, key) = seal_bytes(&data(100), 64, &owner);
+        let max = u64::from(MAX_CHUNK_SIZE);
+        let cases = [
+            // (plaintext_size, chunk_size, the chunk found short)
+            ((u64::from(u32::MAX)) * max, MAX_CHUNK_SIZE, 0), // the most the chunk counter allows, 2^56 - 2^24
+            (1 << 55, MAX_CHUNK_SIZE, 0),
+            (1 << 40, 1 << 20, 0),
+            (1 << 32, 64, 1), // 2^26 chunks of 64 bytes: chunk 0 is there, chunk 1 is not
+            (101, 64, 1),     // one byte more than the chunks hold
+        ];
+        for (claimed, chunk, found) in cases {
+            let forged = resign(&sealed, &owner, |m| {
+                m.plaintext_size = claimed;
+                m.chunk_size = chunk;
+            });
+            let header = read_header(&mut &forged[..]).expect("the forged header verifies");
+            assert!(header.sealed_len() > forged.len() as u64);
+            let expected = header.manifest.chunk_count();
+            let r = unseal_to_vec(&forged, &key);
+            assert!(
+                matches!(r, Err(SealError::Truncated { expected: e, found: f }) if e == expected && f == found),
+                "claim {claimed}: {r:?}"
+            );
+            // The streaming reader finds the same short chunk, with one chunk's buffer at most.
+            let mut out = Vec::new();
+            let r = unseal(&forged[..], &key, &mut out, &mut |_| {});
+            assert!(
+                matches!(r, Err(SealError::Truncated { expected: e, found: f }) if e == expected && f == found),
+                "claim {claimed}, streaming: {r:?}"
+            );
+        }
+        // Claims past the 32-bit chunk counter (2^56 bytes and more) fail the manifest checks.
+        for claimed in [1u64 << 56, u64::MAX] {
+            let forged = resign(&sealed, &owner, |m| {
+                m.plaintext_size = claimed;
+                m.chunk_size = MAX_CHUNK_SIZE;
+            });
+            let r = unseal_to_vec(&forged, &key);
+            assert!(
+                matches!(&r, Err(SealError::Manifest(m)) if m.contains("too many chunks")),
+                "claim {claimed}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_oversized_fields_are_refused_before_anything_is_reserved() {
+        let owner = OwnerKey::generate();
+        let (sealed, key) = seal_bytes(&data(100), 64, &owner);
+        // chunk_size beyond the limit (each chunk is one buffer).
+        for chunk in [MAX_CHUNK_SIZE + 1, u32::MAX] {
+            let forged = resign(&sealed, &owner, |m| m.chunk_size = chunk);
+            let r = unseal_to_vec(&forged, &key);
+            assert!(
+                matches!(&r, Err(SealError::Manifest(m)) if m.contains("chunk_size")),
+                "chunk_size {chunk}: {r:?}"
+            );
+        }
+        // The largest chunk_size with a small plaintext: the buffer is the plaintext's size, and
+        // the chunks (sealed at 64 bytes) fail authentication under the new layout.
+        let forged = resign(&sealed, &owner, |m| m.chunk_size = MAX_CHUNK_SIZE);
+        let r = unseal_to_vec(&forged, &key);
+        assert!(matches!(r, Err(SealError::ChunkAuth { index: 0 })), "{r:?}");
+        // Manifest length: refused by its limit before any read, or short input.
+        let mut huge = sealed[..HEADER_FIXED_LEN as usize].to_vec();
+        huge[10..14].copy_from_slice(&u32::MAX.to_le_bytes());
+        huge.extend_from_slice(&sealed[HEADER_FIXED_LEN as usize..]);
+        let r = unseal_to_vec(&huge, &key);
+        assert!(
+            matches!(r, Err(SealError::ManifestTooLarge(len, 65536)) if len == u32::MAX as usize),
+            "{r:?}"
+        );
+        let mut short = sealed[..HEADER_FIXED_LEN as usize].to_vec();
+        short[10..14].copy_from_slice(&(MAX_MANIFEST_LEN as u32).to_le_bytes());
+        short.extend_from_slice(b"{}");
+        let r = unseal_to_vec(&short, &key);
+        assert!(
+            matches!(r, Err(SealError::TruncatedHeader("manifest"))),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_reservation_the_process_cannot_hold_is_a_typed_error() {
+        // What unseal_to_vec does with a plaintext size the input does hold but memory does not.
+        let r = reserve_zeroizing(1 << 62, "plaintext");
+        assert!(
+            matches!(r, Err(SealError::OutOfMemory { what: "plaintext", bytes }) if bytes == 1 << 62),
+            "{r:?}"
+        );
+        let message = r.unwrap_err().to_string();
+        assert!(message.contains("4611686018427387904"), "{message}");
+        let r = zeroed_buffer(u64::MAX, "chunk");
+        assert!(
+            matches!(
+                r,
+                Err(SealError::OutOfMemory {
+                    what: "chunk",
+                    bytes: u64::MAX
+                })
+            ),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! Collaborative training from a party's seat: `cordon party keygen`, `cordon dataset
 //! seal|register|upload`, `cordon job create|approve|submit|status|result|receipt verify`.
 
+use crate::output::{self, TempOutput};
 use crate::util;
 use anyhow::{bail, Context, Result};
 use cordon_attest::PolicyDocument;
 use cordon_client::jobs::{approval_summary, check_own_entry, register_dataset_key, JobClient};
 use cordon_proto::job::{JobDataset, JobSpec, JobStatus, PartyKey, Receipt, MAX_APPROVAL_VALIDITY};
 use cordon_seal::{KeyFile, OwnerKey, SealOptions};
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -70,6 +72,9 @@ pub struct DatasetSealArgs {
     /// Where the DEK goes (mode 0600), for `cordon dataset register`.
     #[arg(long)]
     key_out: PathBuf,
+    /// Replace existing --out and --key-out files (atomically). The input is never overwritten.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -207,12 +212,27 @@ pub fn run_party(c: PartyCommand) -> Result<()> {
     }
 }
 
-/// Seals `data` with the party's key. Returns the spec entry and the key file.
+/// Seals `data` with the party's key to `out`, replacing what is there (written whole under a
+/// temporary name, then renamed). Returns the spec entry and the key file.
 pub fn seal_dataset(
     party: &PartyKey,
     data: &[u8],
     format: &str,
     out: &Path,
+) -> Result<(JobDataset, KeyFile)> {
+    let mut tmp = TempOutput::create(out)?;
+    let sealed = seal_dataset_into(party, data, format, &mut tmp)?;
+    output::commit_all(vec![(tmp, output::PUBLIC)], true, false)?;
+    Ok(sealed)
+}
+
+/// Seals `data` with the party's key into `out`, which the caller puts in place. Returns the spec
+/// entry and the key file.
+fn seal_dataset_into(
+    party: &PartyKey,
+    data: &[u8],
+    format: &str,
+    out: &mut TempOutput,
 ) -> Result<(JobDataset, KeyFile)> {
     let owner = OwnerKey::from_secret_bytes(&party.signing_secret());
     let options = SealOptions {
@@ -225,17 +245,17 @@ pub fn seal_dataset(
         },
         chunk_size: cordon_seal::DEFAULT_CHUNK_SIZE,
     };
-    let mut file = std::fs::File::create(out).with_context(|| format!("{}", out.display()))?;
+    let file = out.file();
     let (manifest, key) = cordon_seal::seal(
         data,
         data.len() as u64,
-        &mut file,
+        &mut *file,
         &owner,
         &options,
         &mut |_| {},
     )?;
-    file.sync_all()?;
-    let digest = cordon_seal::read_header(&mut std::fs::File::open(out)?)?.digest();
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let digest = cordon_seal::read_header(file)?.digest();
     Ok((
         JobDataset {
             party: party.name().into(),
@@ -248,13 +268,42 @@ pub fn seal_dataset(
 }
 
 pub fn run_dataset(c: DatasetCommand) -> Result<()> {
-    let rt = util::tokio_runtime()?;
+    // Only the network commands start tokio: `seal` runs on this one thread, which holds the
+    // interrupt signals back while it puts its outputs in place (crate::output::commit_all).
+    let rt = || util::tokio_runtime();
     match c {
         DatasetCommand::Seal(a) => {
             let p = party(&a.party)?;
-            let data = std::fs::read(&a.input).with_context(|| format!("{}", a.input.display()))?;
-            let (entry, key) = seal_dataset(&p, &data, &a.format, &a.out)?;
-            util::write_secret(&a.key_out, key.to_file_contents().as_bytes(), false)?;
+            let inputs = [a.input.as_path(), a.party.as_path()];
+            output::check_dest(&a.out, "--out", a.force, &inputs)?;
+            output::check_dest(&a.key_out, "--key-out", a.force, &inputs)?;
+            if output::same_file(&a.out, &a.key_out) {
+                bail!(
+                    "--out and --key-out both name {}: the key file and the sealed dataset need two files",
+                    a.out.display()
+                );
+            }
+            let data = zeroize::Zeroizing::new(
+                std::fs::read(&a.input).with_context(|| format!("{}", a.input.display()))?,
+            );
+            // Both outputs under temporary names until both are complete; the key goes in place
+            // first, so a sealed dataset never exists without its key.
+            let mut out = TempOutput::create(&a.out)?;
+            let (entry, key) = seal_dataset_into(&p, &data, &a.format, &mut out)?;
+            if let Some(dir) = a.key_out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let mut key_out = TempOutput::create(&a.key_out)?;
+            key_out
+                .file()
+                .write_all(key.to_file_contents().as_bytes())
+                .with_context(|| format!("writing {}", a.key_out.display()))?;
+            output::commit_all(
+                vec![(key_out, output::SECRET), (out, output::PUBLIC)],
+                a.force,
+                true,
+            )?;
             eprintln!(
                 "sealed {} -> {} (key in {})",
                 a.input.display(),
@@ -283,7 +332,7 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
                 eprintln!("WARNING: {w}");
             }
             let kbs_key = util::parse_kbs_key(&kbs_key)?;
-            rt.block_on(register_dataset_key(
+            rt()?.block_on(register_dataset_key(
                 &p,
                 &kbs,
                 &kbs_key,
@@ -298,6 +347,7 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
             );
         }
         DatasetCommand::Upload { conn, sealed } => {
+            let rt = rt()?;
             let client = client(&rt, &conn)?;
             let bytes = std::fs::read(&sealed).with_context(|| format!("{}", sealed.display()))?;
             let digest = rt.block_on(client.upload_dataset(bytes))?;

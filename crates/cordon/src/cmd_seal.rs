@@ -1,10 +1,11 @@
 //! `cordon keygen`, `seal`, `unseal`, `inspect`.
 
+use crate::output::{self, TempOutput};
 use crate::util;
 use anyhow::{bail, Context, Result};
 use cordon_seal::{KeyFile, OwnerKey, SealOptions};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 const PROGRESS_THRESHOLD: u64 = 8 << 20;
@@ -41,6 +42,9 @@ pub struct SealArgs {
     /// Plaintext bytes per chunk.
     #[arg(long, default_value_t = cordon_seal::DEFAULT_CHUNK_SIZE)]
     chunk_size: u32,
+    /// Replace existing --out and --key-out files (atomically). The input is never overwritten.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -50,9 +54,12 @@ pub struct UnsealArgs {
     /// The key file `cordon seal --key-out` wrote.
     #[arg(long)]
     key: PathBuf,
-    /// Where to write the plaintext.
+    /// Where to write the plaintext (mode 0600).
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing --out file (atomically). The inputs are never overwritten.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -97,6 +104,17 @@ pub fn seal(a: SealArgs) -> Result<()> {
     let owner = OwnerKey::from_file_contents(&owner_text)?;
     let input =
         std::fs::File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
+    // Refuse before any work: outputs that are inputs (even with --force), existing outputs
+    // (without --force), and one file for both outputs.
+    let inputs = [a.input.as_path(), a.owner_key.as_path()];
+    output::check_dest(&a.out, "--out", a.force, &inputs)?;
+    output::check_dest(&a.key_out, "--key-out", a.force, &inputs)?;
+    if output::same_file(&a.out, &a.key_out) {
+        bail!(
+            "--out and --key-out both name {}: the key file and the sealed artifact need two files",
+            a.out.display()
+        );
+    }
     let size = input.metadata()?.len();
     let name = a.name.clone().unwrap_or_else(|| {
         a.input
@@ -119,39 +137,48 @@ pub fn seal(a: SealArgs) -> Result<()> {
         media_type,
         chunk_size: a.chunk_size,
     };
-    let out_tmp = a.out.with_extension("sealing");
-    let out = std::fs::File::create(&out_tmp)
-        .with_context(|| format!("creating {}", out_tmp.display()))?;
-    let mut writer = std::io::BufWriter::with_capacity(1 << 20, out);
+    // Both outputs are written under temporary names (0600, removed on error, drop, SIGINT,
+    // SIGTERM and SIGHUP) and put in place together at the end: the key file first, so that an
+    // artifact never exists without its key.
+    let mut out = TempOutput::create(&a.out)?;
     let pb = progress_bar(size, "sealing");
-    let result = cordon_seal::seal(
-        std::io::BufReader::with_capacity(1 << 20, input),
-        size,
-        &mut writer,
-        &owner,
-        &options,
-        &mut |done| {
-            if let Some(pb) = &pb {
-                pb.set_position(done)
-            }
-        },
-    );
+    let result = {
+        let mut writer = std::io::BufWriter::with_capacity(1 << 20, out.file());
+        cordon_seal::seal(
+            std::io::BufReader::with_capacity(1 << 20, input),
+            size,
+            &mut writer,
+            &owner,
+            &options,
+            &mut |done| {
+                if let Some(pb) = &pb {
+                    pb.set_position(done)
+                }
+            },
+        )
+        .map_err(anyhow::Error::from)
+        .and_then(|sealed| {
+            writer.flush()?;
+            Ok(sealed)
+        })
+    };
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
-    let (manifest, key) = match result {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = std::fs::remove_file(&out_tmp);
-            return Err(e.into());
-        }
-    };
-    let file = writer.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    util::write_secret(&a.key_out, key.to_file_contents().as_bytes(), false).inspect_err(|_| {
-        let _ = std::fs::remove_file(&out_tmp);
-    })?;
-    std::fs::rename(&out_tmp, &a.out)?;
+    let (manifest, key) = result?;
+    if let Some(dir) = a.key_out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut key_out = TempOutput::create(&a.key_out)?;
+    key_out
+        .file()
+        .write_all(key.to_file_contents().as_bytes())
+        .with_context(|| format!("writing {}", a.key_out.display()))?;
+    output::commit_all(
+        vec![(key_out, output::SECRET), (out, output::PUBLIC)],
+        a.force,
+        true,
+    )?;
     println!(
         "sealed {} ({} bytes) -> {}",
         a.input.display(),
@@ -181,28 +208,36 @@ pub fn unseal(a: UnsealArgs) -> Result<()> {
     let key = KeyFile::from_file_contents(&util::read_to_string(&a.key, "key file")?)?;
     let input = std::fs::File::open(&a.sealed)
         .with_context(|| format!("opening {}", a.sealed.display()))?;
+    output::check_dest(&a.out, "--out", a.force, &[&a.sealed, &a.key])?;
     let total = input.metadata()?.len();
-    let tmp = a.out.with_extension("unsealing");
-    let out = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut writer = std::io::BufWriter::with_capacity(1 << 20, out);
+    // Plaintext goes to a temporary file, mode 0600 from its first byte, which becomes --out only
+    // when every check passed, and is removed otherwise, on drop, and on SIGINT, SIGTERM, SIGHUP.
+    let mut out = TempOutput::create(&a.out)?;
     let pb = progress_bar(total, "unsealing");
-    let result = cordon_seal::unseal(
-        std::io::BufReader::with_capacity(1 << 20, input),
-        &key,
-        &mut writer,
-        &mut |done| {
-            if let Some(pb) = &pb {
-                pb.set_position(done)
-            }
-        },
-    );
+    let result = {
+        let mut writer = std::io::BufWriter::with_capacity(1 << 20, out.file());
+        cordon_seal::unseal(
+            std::io::BufReader::with_capacity(1 << 20, input),
+            &key,
+            &mut writer,
+            &mut |done| {
+                if let Some(pb) = &pb {
+                    pb.set_position(done)
+                }
+            },
+        )
+        .map_err(anyhow::Error::from)
+        .and_then(|header| {
+            writer.flush()?;
+            Ok(header)
+        })
+    };
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
-    match result.and_then(|h| Ok((h, writer.into_inner().map_err(|e| e.into_error())?))) {
-        Ok((header, file)) => {
-            file.sync_all()?;
-            std::fs::rename(&tmp, &a.out)?;
+    match result {
+        Ok(header) => {
+            output::commit_all(vec![(out, output::SECRET)], a.force, true)?;
             println!(
                 "unsealed {} -> {} ({} bytes, sha256 {} verified, signer {})",
                 a.sealed.display(),
@@ -215,7 +250,7 @@ pub fn unseal(a: UnsealArgs) -> Result<()> {
         }
         Err(e) => {
             // Nothing of a rejected artifact is left behind.
-            let _ = std::fs::remove_file(&tmp);
+            drop(out);
             bail!("{} rejected: {e}", a.sealed.display())
         }
     }

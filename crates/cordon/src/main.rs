@@ -17,6 +17,7 @@ mod cmd_proxy;
 mod cmd_runtime;
 mod cmd_seal;
 mod deploy;
+mod output;
 mod quickstart;
 mod util;
 

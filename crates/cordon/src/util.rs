@@ -1,5 +1,6 @@
 //! Small helpers shared by the subcommands.
 
+use crate::output::{self, TempOutput};
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,48 +16,37 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Writes a secret file readable by its owner only, refusing to overwrite unless `overwrite`.
+/// Writes a secret file readable by its owner only (0600 from its first byte), refusing to
+/// overwrite unless `overwrite`. The file is written whole under a temporary name and renamed into
+/// place ([`crate::output`]): an existing file or symlink at `path` is replaced, never written
+/// through, and an interrupted write leaves nothing behind.
 pub fn write_secret(path: &Path, contents: &[u8], overwrite: bool) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    // Never write through an existing file or link: remove it (when allowed), then create anew
-    // with mode 0600, so a pre-existing 0644 file or a symlink cannot expose the secret.
-    if overwrite {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("replacing {}", path.display())),
-        }
+    if !overwrite && std::fs::symlink_metadata(path).is_ok() {
+        anyhow::bail!(
+            "{} already exists; refusing to overwrite a key",
+            path.display()
+        );
     }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).with_context(|| {
-        if path.exists() && !overwrite {
-            format!(
-                "{} already exists; refusing to overwrite a key",
-                path.display()
-            )
-        } else {
-            format!("creating {}", path.display())
-        }
-    })?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    Ok(())
+    let mut out = TempOutput::create(path)?;
+    out.file()
+        .write_all(contents)
+        .with_context(|| format!("writing {}", path.display()))?;
+    output::commit_all(vec![(out, output::SECRET)], overwrite, false)
 }
 
-/// Writes a file atomically (temp file + rename), so a reader never sees half of it.
+/// Writes a public file atomically (temporary file + rename), so a reader never sees half of it,
+/// replacing what is at `path`. The temporary file has an unpredictable name and is created
+/// exclusively (mode 0600 while written), so nothing planted at a predictable name such as
+/// `path.tmp` can redirect the write; the file gets mode 0644 when complete.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    let mut out = TempOutput::create(path)?;
+    out.file()
+        .write_all(contents)
+        .with_context(|| format!("writing {}", path.display()))?;
+    output::commit_all(vec![(out, output::PUBLIC)], true, false)
 }
 
 pub fn read_to_string(path: &Path, what: &str) -> Result<String> {

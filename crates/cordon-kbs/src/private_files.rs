@@ -1,0 +1,93 @@
+//! Modes of the KBS data directory and its store: the directory 0700, the SQLite database and its
+//! `-wal`, `-shm` and `-journal` files 0600, whatever the umask. The store holds every DEK in
+//! plaintext (docs/threat-model.md), so no other local user may read it, or even list it.
+//!
+//! SQLite creates a database `0644` less the umask, and gives the files it creates beside it
+//! (`-wal`, `-shm`, `-journal`) the database file's mode (`robust_open` with the mode from
+//! `findCreateFileMode`, and an `fchmod` when the umask took bits away). So the database file is
+//! created here, 0600, before SQLite opens it; existing files (from a build that did not do this)
+//! lose their group and other bits, with a warning.
+
+use std::fs::{DirBuilder, OpenOptions, Permissions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The files SQLite keeps beside a database, by suffix.
+const SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// Creates `dir` with mode 0700 (its missing parents with the default mode), or takes group and
+/// other permissions away from an existing one.
+pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    match DirBuilder::new().mode(0o700).create(dir) {
+        // Exactly 0700 (a umask such as 0277 would have left it unwritable).
+        Ok(()) => std::fs::set_permissions(dir, Permissions::from_mode(0o700)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {
+            tighten(dir, "data directory");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates the database file `db` with mode 0600 unless it exists, and takes group and other
+/// permissions away from an existing database and its side files. Best effort: a file that cannot
+/// be created here is left to SQLite's open, which reports why (a read-only directory, say), and
+/// [`tighten_side_files`] runs again once it is open.
+pub(crate) fn private_db(db: &Path) {
+    let mut opts = OpenOptions::new();
+    opts.write(true).create_new(true).mode(0o600);
+    match opts.open(db) {
+        Ok(f) => {
+            if let Err(e) = f.set_permissions(Permissions::from_mode(0o600)) {
+                tracing::warn!(path = %db.display(), error = %e, "could not set the store's mode to 0600");
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => tighten(db, "store"),
+        Err(_) => {}
+    }
+    tighten_side_files(db);
+}
+
+/// Takes group and other permissions away from SQLite's side files of `db` that exist.
+pub(crate) fn tighten_side_files(db: &Path) {
+    for suffix in SIDE_FILES {
+        tighten(&side_file(db, suffix), "store file");
+    }
+}
+
+/// `db` with `suffix` appended to its file name (`kbs.sqlite3` → `kbs.sqlite3-wal`).
+pub(crate) fn side_file(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Removes group and other permission bits from `path` if it exists and has any, with a warning.
+/// Owner bits are kept as they are: a store made read-only on purpose stays read-only (and is then
+/// refused as such by `Store::open`). A failure is a warning too: a directory or file that belongs
+/// to another user cannot be changed, and SQLite's open says whether it can be used at all.
+fn tighten(path: &Path, what: &str) {
+    let mode = match std::fs::metadata(path) {
+        Ok(m) => m.permissions().mode() & 0o7777,
+        Err(_) => return,
+    };
+    if mode & 0o077 == 0 {
+        return;
+    }
+    let tight = mode & !0o077;
+    match std::fs::set_permissions(path, Permissions::from_mode(tight)) {
+        Ok(()) => tracing::warn!(
+            path = %path.display(),
+            "{what} was mode {mode:o}, open to other users: now {tight:o}"
+        ),
+        Err(e) => tracing::warn!(
+            path = %path.display(),
+            error = %e,
+            "{what} is mode {mode:o}, open to other users, and could not be restricted"
+        ),
+    }
+}

@@ -1,0 +1,127 @@
+//! The KBS data directory is 0700 and its SQLite files 0600, whatever the umask; directories and
+//! files from before are tightened. The umask is per process, so the tests take turns.
+
+use cordon_kbs::Store;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+static UMASK: Mutex<()> = Mutex::new(());
+
+/// Runs `f` with the process umask set to `mask`.
+fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
+    let _turn = UMASK.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: umask(2) has no memory effects; the lock keeps the other tests of this binary from
+    // creating files meanwhile.
+    let old = unsafe { libc::umask(mask) };
+    let out = f();
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    out
+}
+
+/// The permission bits, in octal (so that a failure reads `755`, not `493`).
+fn mode(p: &Path) -> String {
+    let m = std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode();
+    format!("{:o}", m & 0o777)
+}
+
+fn octal(m: u32) -> String {
+    format!("{m:o}")
+}
+
+fn set_mode(p: &Path, m: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+}
+
+/// The data directory and every store file, with their modes; the WAL and shared-memory files
+/// must exist (the store is open and was written).
+fn assert_private(data: &Path, what: &str) {
+    assert_eq!(mode(data), "700", "{what}: data directory");
+    for f in ["kbs.sqlite3", "kbs.sqlite3-wal", "kbs.sqlite3-shm"] {
+        assert_eq!(mode(&data.join(f)), "600", "{what}: {f}");
+    }
+}
+
+#[test]
+fn a_new_store_is_private_whatever_the_umask() {
+    for mask in [0o022, 0o002, 0o000] {
+        with_umask(mask, || {
+            let dir = tempfile::tempdir().unwrap();
+            let data = dir.path().join("var/kbs");
+            let store = Store::open(&data).unwrap();
+            store.set_admin_token_hash(&[7; 32]).unwrap();
+            assert_private(&data, &format!("umask {mask:03o}"));
+            // Parents are created as any directory is: only the data directory is private.
+            assert_eq!(mode(&dir.path().join("var")), octal(0o777 & !mask));
+            drop(store);
+            // Opened again (SQLite removed -wal and -shm at close and makes them anew).
+            let store = Store::open(&data).unwrap();
+            store.set_admin_token_hash(&[8; 32]).unwrap();
+            assert_private(&data, &format!("umask {mask:03o}, reopened"));
+        });
+    }
+}
+
+#[test]
+fn an_existing_open_directory_and_store_are_tightened() {
+    with_umask(0o022, || {
+        // An empty data directory made beforehand, 0755.
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("kbs");
+        std::fs::create_dir(&data).unwrap();
+        set_mode(&data, 0o755);
+        let store = Store::open(&data).unwrap();
+        store.set_admin_token_hash(&[7; 32]).unwrap();
+        assert_private(&data, "pre-made 0755 directory");
+        drop(store);
+
+        // A store as an earlier build left it: directory 0755, database 0644, and a WAL and
+        // shared-memory file left by a crash, 0666.
+        set_mode(&data, 0o755);
+        set_mode(&data.join("kbs.sqlite3"), 0o644);
+        for f in ["kbs.sqlite3-wal", "kbs.sqlite3-shm"] {
+            let p = data.join(f);
+            if !p.exists() {
+                std::fs::File::create(&p).unwrap();
+            }
+            set_mode(&p, 0o666);
+        }
+        let store = Store::open(&data).unwrap();
+        assert_eq!(store.admin_token_hash().unwrap(), Some([7; 32]));
+        assert_private(&data, "store of an earlier build");
+        // Owner bits are left alone: tightening never makes anything writable.
+        drop(store);
+        set_mode(&data, 0o750);
+        Store::open(&data).unwrap();
+        assert_eq!(mode(&data), "700");
+    });
+}
+
+#[test]
+fn sqlite_gives_its_wal_and_shm_files_the_database_files_mode() {
+    // What Store::open relies on: the -wal and -shm files SQLite creates get the database file's
+    // mode, not SQLite's default (0644 less the umask, so 0644 under umask 0). 0640 tells the two
+    // apart from both that default and 0600.
+    with_umask(0o000, || {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.sqlite3");
+        std::fs::File::create(&db).unwrap();
+        set_mode(&db, 0o640);
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        for f in ["t.sqlite3-wal", "t.sqlite3-shm"] {
+            assert_eq!(mode(&dir.path().join(f)), "640", "{f}");
+        }
+        // And a database SQLite creates itself is 0644 less the umask: why Store::open makes it.
+        let own = dir.path().join("own.sqlite3");
+        let conn = rusqlite::Connection::open(&own).unwrap();
+        conn.execute_batch("CREATE TABLE t (x);").unwrap();
+        assert_eq!(mode(&own), "644");
+    });
+}
