@@ -53,14 +53,14 @@ fn a_new_store_is_private_whatever_the_umask() {
             let dir = tempfile::tempdir().unwrap();
             let data = dir.path().join("var/kbs");
             let store = Store::open(&data).unwrap();
-            store.set_admin_token_hash(&[7; 32]).unwrap();
+            store.set_admin(&[7; 32], &[7; 32]).unwrap();
             assert_private(&data, &format!("umask {mask:03o}"));
             // Parents are created as any directory is: only the data directory is private.
             assert_eq!(mode(&dir.path().join("var")), octal(0o777 & !mask));
             drop(store);
             // Opened again (SQLite removed -wal and -shm at close and makes them anew).
             let store = Store::open(&data).unwrap();
-            store.set_admin_token_hash(&[8; 32]).unwrap();
+            store.set_admin(&[8; 32], &[8; 32]).unwrap();
             assert_private(&data, &format!("umask {mask:03o}, reopened"));
         });
     }
@@ -75,7 +75,7 @@ fn an_existing_open_directory_and_store_are_tightened() {
         std::fs::create_dir(&data).unwrap();
         set_mode(&data, 0o755);
         let store = Store::open(&data).unwrap();
-        store.set_admin_token_hash(&[7; 32]).unwrap();
+        store.set_admin(&[7; 32], &[7; 32]).unwrap();
         assert_private(&data, "pre-made 0755 directory");
         drop(store);
 
