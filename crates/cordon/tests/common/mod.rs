@@ -128,6 +128,8 @@ pub fn start_kbs(dir: &Path, name: &str) -> (Proc, String) {
 pub fn start_kbs_logging(dir: &Path, name: &str, level: &str) -> (Proc, String) {
     let p = |f: &str| dir.join(f);
     let addr = p(&format!("{name}.addr"));
+    // A file left by an earlier process of the same name would be read as this one's address.
+    let _ = std::fs::remove_file(&addr);
     let mut kbs = Proc::start_logging(
         &[
             "kbs",
@@ -231,6 +233,7 @@ pub async fn admin_register(
 /// Starts `cordon runtime serve` (sim, hardware key `dir/hw.key`) with `config` on a free port.
 pub fn start_runtime(dir: &Path, config: &Path, name: &str) -> (Proc, String) {
     let addr = dir.join(format!("{name}.addr"));
+    let _ = std::fs::remove_file(&addr);
     let mut rt = Proc::start(
         &[
             "runtime",
