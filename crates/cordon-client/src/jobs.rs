@@ -289,7 +289,9 @@ impl JobClient {
                         error: None,
                     })
                 }
-                _ => tokio::time::sleep(Duration::from_millis(25)).await,
+                // Each poll is a signed request the runtime remembers (its nonce) for ten
+                // minutes, within a bound per party: poll gently.
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
             }
         }
     }
@@ -560,15 +562,23 @@ pub fn approval_summary(spec: &JobSpec, party: &PartyKey) -> String {
     ));
     match &spec.outputs.serve {
         None => out.push_str("serving: not deployed (no key goes to the KBS)\n"),
-        Some(serve) => out.push_str(&format!(
-            "serving: the model's key goes to the KBS under this release policy:\n{}\n",
-            serve
-                .policy
-                .lines()
-                .map(|l| format!("    {l}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        )),
+        Some(serve) => {
+            out.push_str(&format!(
+                "serving: the model's key goes to the KBS under this release policy:\n{}\n",
+                serve
+                    .policy
+                    .lines()
+                    .map(|l| format!("    {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+            // What the policy loosens, said before the party signs (validate parsed it already).
+            if let Ok(policy) = cordon_attest::Policy::from_toml(&serve.policy) {
+                for w in policy.warnings() {
+                    out.push_str(&format!("  WARNING (serving policy): {w}\n"));
+                }
+            }
+        }
     }
     out
 }

@@ -561,11 +561,14 @@ impl Proxy {
                     self.return_session(&rt, session);
                     return Ok(resp);
                 }
-                // The runtime refused the session (unknown after a restart, expired) or the
-                // message's order before acting on it: send one-shot instead, which re-verifies
-                // if the key changed.
-                Err(ClientError::SessionClosed { .. })
-                | Err(ClientError::Server { status: 409, .. }) => {}
+                // The runtime no longer knows the session (a restart) or it expired: send
+                // one-shot instead, which re-verifies if the key changed. A plaintext refusal is
+                // unauthenticated, so a host could forge one after delivering the message; then
+                // the request runs twice, which the OIP surface forwarded here (metadata, health,
+                // inference) tolerates: none of it changes state. A 409 (replayed or reordered)
+                // cannot happen to a session used by one request at a time unless someone
+                // interferes: it fails the request instead of retrying.
+                Err(ClientError::SessionClosed { .. }) => {}
                 Err(e) => return Err(Refusal::Upstream(e)),
             }
             parsed = match raw.as_deref().map(serde_json::from_slice) {

@@ -52,6 +52,8 @@ impl From<crate::store::StoreError> for KbsError {
             crate::store::StoreError::KeyOwned { .. } => KbsError::Conflict(e.to_string()),
             crate::store::StoreError::Full => KbsError::StorageFull,
             crate::store::StoreError::Quota(m) => KbsError::Quota(m),
+            crate::store::StoreError::Busy(m) => KbsError::Busy(m),
+            crate::store::StoreError::OutputRegistered { .. } => KbsError::Conflict(e.to_string()),
             other => KbsError::Storage(other),
         }
     }

@@ -10,7 +10,7 @@
 
 use std::fs::{DirBuilder, OpenOptions, Permissions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The files SQLite keeps beside a database, by suffix.
@@ -39,7 +39,11 @@ pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
 /// [`tighten_side_files`] runs again once it is open.
 pub(crate) fn private_db(db: &Path) {
     let mut opts = OpenOptions::new();
-    opts.write(true).create_new(true).mode(0o600);
+    // Never through a link planted at the store's name.
+    opts.write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc_o_nofollow());
     match opts.open(db) {
         Ok(f) => {
             if let Err(e) = f.set_permissions(Permissions::from_mode(0o600)) {
@@ -90,4 +94,74 @@ fn tighten(path: &Path, what: &str) {
             "{what} is mode {mode:o}, open to other users, and could not be restricted"
         ),
     }
+}
+
+fn libc_o_nofollow() -> i32 {
+    libc::O_NOFOLLOW
+}
+
+/// Refuses a data directory or store that another user controls, or that is still open to other
+/// users, or that is a symbolic link: tightening is best effort, this is not. Another user who owns
+/// the directory (a pre-made `/tmp/kbs`, say) could read every key or plant a store of their own.
+/// The KBS's own user is learnt from a file it creates in the directory; when it cannot create one
+/// (a read-only directory), the check is left to SQLite's open, which refuses an unwritable store.
+pub(crate) fn check_private(dir: &Path, db: &Path) -> io::Result<()> {
+    let Some(uid) = own_uid(dir) else {
+        return Ok(());
+    };
+    let mut paths = vec![(dir.to_path_buf(), "data directory")];
+    paths.push((db.to_path_buf(), "store"));
+    for suffix in SIDE_FILES {
+        paths.push((side_file(db, suffix), "store file"));
+    }
+    for (path, what) in paths {
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let refuse = |why: String| {
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{what} {}: {why}; refusing to keep keys there",
+                    path.display()
+                ),
+            ))
+        };
+        if meta.file_type().is_symlink() {
+            return refuse("is a symbolic link".into());
+        }
+        if meta.uid() != uid {
+            return refuse(format!(
+                "belongs to uid {}, not to the key broker's user (uid {uid})",
+                meta.uid()
+            ));
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return refuse(format!("is mode {mode:o}, open to other users"));
+        }
+    }
+    Ok(())
+}
+
+/// The uid files created in `dir` get (the KBS's effective uid), learnt without `unsafe` from a
+/// probe file created exclusively and removed at once. `None` if none can be created.
+fn own_uid(dir: &Path) -> Option<u32> {
+    use rand::RngCore;
+    let mut tag = [0u8; 8];
+    rand::rng().fill_bytes(&mut tag);
+    let probe = dir.join(format!(".owner-probe-{}", hex::encode(tag)));
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc_o_nofollow())
+        .open(&probe)
+        .ok()?;
+    let uid = file.metadata().ok().map(|m| m.uid());
+    drop(file);
+    let _ = std::fs::remove_file(&probe);
+    uid
 }

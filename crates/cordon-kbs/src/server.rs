@@ -12,8 +12,8 @@ use cordon_proto::auth::{self, AuthError, SignedRequest, REQUEST_WINDOW};
 use cordon_proto::job::{self, job_report_data};
 use cordon_proto::kbs::{
     dek_upload_aad, policy_context, AttestRequest, AttestResponse, AuditEvent, Challenge,
-    DekPurpose, DeniedKey, JobRelease, KbsIdentity, RegisterKey, ReleasedKey, SealedDek,
-    MAX_KEY_IDS, RELEASE_INFO, UPLOAD_INFO,
+    DekPurpose, DeniedKey, JobRelease, KbsIdentity, RegisterKey, ReleasedKey, SealedDek, SealedJob,
+    JOB_INFO, MAX_KEY_IDS, RELEASE_INFO, UPLOAD_INFO,
 };
 use cordon_proto::{channel, report_data, ServiceKeyPair};
 use rand::RngCore;
@@ -50,6 +50,8 @@ pub struct KbsLimits {
     pub max_dataset_keys: u64,
     /// Unexpired challenge nonces outstanding; more challenges get 503.
     pub max_live_nonces: u64,
+    /// Signed-request nonces remembered at once (ten minutes each); more signed requests get 503.
+    pub max_request_nonces: u64,
 }
 
 impl Default for KbsLimits {
@@ -58,6 +60,7 @@ impl Default for KbsLimits {
             max_dataset_keys_per_owner: 64,
             max_dataset_keys: 100_000,
             max_live_nonces: 100_000,
+            max_request_nonces: 1_000_000,
         }
     }
 }
@@ -154,9 +157,13 @@ impl Kbs {
         rand::rng().fill_bytes(raw.as_mut());
         let token = Zeroizing::new(hex::encode(raw.as_ref()));
         let key = auth::admin_key(&token).map_err(|e| KbsError::Internal(e.to_string()))?;
+        // The token vouches for this KBS's identity: a token holder can then check the identity
+        // the KBS serves without a separate pin.
+        let vouch = auth::vouch_identity(&key, &self.identity_public_key());
         store.set_admin(
             &Sha256::digest(token.as_bytes()).into(),
             &key.verifying_key().to_bytes(),
+            &vouch,
         )?;
         Ok(Some(token))
     }
@@ -179,7 +186,8 @@ impl Kbs {
             ));
         }
         let key = auth::admin_key(token).map_err(|e| KbsError::BadRequest(e.to_string()))?;
-        store.set_admin(&hash, &key.verifying_key().to_bytes())?;
+        let vouch = auth::vouch_identity(&key, &self.identity_public_key());
+        store.set_admin(&hash, &key.verifying_key().to_bytes(), &vouch)?;
         Ok(true)
     }
 
@@ -252,7 +260,20 @@ impl Kbs {
         path: &str,
         body: &[u8],
     ) -> Result<SignedRequest, KbsError> {
-        let req = auth::verify_request(
+        let req = self.verified_request(headers, method, path, body)?;
+        self.record_nonce(&req).await?;
+        Ok(req)
+    }
+
+    /// Checks a signed request's signature, audience and time; records nothing.
+    fn verified_request(
+        &self,
+        headers: &HeaderMap,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<SignedRequest, KbsError> {
+        auth::verify_request(
             |name| headers.get(name).and_then(|v| v.to_str().ok()),
             method,
             path,
@@ -260,20 +281,26 @@ impl Kbs {
             &self.identity_public_key(),
             self.now(),
         )
-        .map_err(auth_error)?;
+        .map_err(auth_error)
+    }
+
+    /// Records a verified request's nonce (refused if seen before). Call once the signer is known
+    /// to be allowed, so that strangers with throw-away keys cannot fill the table.
+    async fn record_nonce(&self, req: &SignedRequest) -> Result<(), KbsError> {
         let now = unix(self.now());
         let keep_until = req.time.max(now) + 2 * REQUEST_WINDOW.as_secs();
         let mut key = req.signer.to_vec();
         key.extend_from_slice(&req.nonce);
+        let max = self.inner.config.limits.max_request_nonces;
         let fresh = self
-            .with_store(move |s| Ok(s.use_request_nonce(&key, keep_until, now)?))
+            .with_store(move |s| Ok(s.use_request_nonce(&key, keep_until, now, max)?))
             .await?;
         if !fresh {
             return Err(auth_error(AuthError::Replayed {
                 nonce: hex::encode(req.nonce),
             }));
         }
-        Ok(req)
+        Ok(())
     }
 
     /// An administrator's request: signed by the key the admin token seeds, for this KBS, fresh.
@@ -303,6 +330,28 @@ impl Kbs {
             .signed_request(headers, method, path, body)
             .await?
             .signer)
+    }
+
+    /// Opens a training job sealed to this KBS for the attest request carrying `nonce_hex`.
+    fn open_job(&self, sealed: &SealedJob, nonce_hex: &str) -> Result<JobRelease, KbsError> {
+        let ours = self.identity_public_key();
+        if sealed.kbs_public_key != ours {
+            return Err(KbsError::BadRequest(format!(
+                "the job is sealed to KBS key {}, this KBS's key is {}",
+                hex::encode(sealed.kbs_public_key),
+                hex::encode(ours)
+            )));
+        }
+        let json = self
+            .inner
+            .identity
+            .open_sealed(JOB_INFO, nonce_hex.as_bytes(), &sealed.sealed)
+            .map_err(|_| {
+                KbsError::BadRequest(
+                    "the sealed job does not open: altered, or sealed for another request".into(),
+                )
+            })?;
+        serde_json::from_slice(&json).map_err(|e| KbsError::BadRequest(format!("sealed job: {e}")))
     }
 
     /// Opens a DEK sealed to this KBS for `purpose`, `key_id`, `sender` and `context`.
@@ -355,10 +404,12 @@ fn auth_error(e: AuthError) -> KbsError {
     }
 }
 
-async fn identity(State(kbs): State<Kbs>) -> Json<KbsIdentity> {
-    Json(KbsIdentity {
+async fn identity(State(kbs): State<Kbs>) -> Result<Json<KbsIdentity>, KbsError> {
+    let admin_signature = kbs.with_store(|s| Ok(s.identity_signature()?)).await?;
+    Ok(Json(KbsIdentity {
         hpke_public_key: kbs.identity_public_key(),
-    })
+        admin_signature,
+    }))
 }
 
 async fn challenge(State(kbs): State<Kbs>) -> Result<Json<Challenge>, KbsError> {
@@ -408,6 +459,11 @@ async fn attest(
     }
     let nonce = hex::decode(&req.nonce)
         .map_err(|e| KbsError::BadRequest(format!("nonce is not hex: {e}")))?;
+    // A training job travels sealed to this KBS (the host sees neither spec nor approvals).
+    let job: Option<JobRelease> = match &req.sealed_job {
+        Some(sealed) => Some(kbs.open_job(sealed, &req.nonce)?),
+        None => None,
+    };
     let now_time = kbs.now();
     let now = unix(now_time);
 
@@ -451,7 +507,7 @@ async fn attest(
 
     // 3. The evidence must bind this nonce and exactly the keys (and models, or the job)
     //    presented.
-    let job_hash = match &req.job {
+    let job_hash = match &job {
         Some(job) => {
             if !req.models.is_empty() {
                 return Err(KbsError::BadRequest(
@@ -506,7 +562,7 @@ async fn attest(
                         .iter()
                         .map(|f| f.to_string())
                         .collect();
-                    reasons.extend(job_check(key_id, k, req.job.as_ref(), job_hash, now_time));
+                    reasons.extend(job_check(key_id, k, job.as_ref(), job_hash, now_time));
                     reasons
                 }
             },
@@ -545,7 +601,7 @@ async fn attest(
         })
         .collect::<Vec<_>>()
         .join("; ");
-    let released_detail = match (&req.job, &job_hash) {
+    let released_detail = match (&job, &job_hash) {
         // Only the approvals that verified, never the names as submitted.
         (Some(job), Some(h)) => format!(
             "training job {} ({:?}), approved by {}",
@@ -558,8 +614,17 @@ async fn attest(
     };
     // A runtime that received every dataset key of a job may later register that job's output
     // for serving (under the job's own serving policy), signed with the key its evidence bound.
-    if let (Some(job), Some(hash)) = (&req.job, job_hash) {
-        if denied.is_empty() && !released.is_empty() {
+    if let (Some(job), Some(hash)) = (&job, job_hash) {
+        // Every dataset of the job, not only those it chose to ask for: a runtime that got one
+        // party's key is not the job's runtime.
+        let all: BTreeSet<&str> = job
+            .spec
+            .datasets
+            .iter()
+            .map(|d| d.key_id.as_str())
+            .collect();
+        let got: BTreeSet<&str> = released.iter().map(|r| r.key_id.as_str()).collect();
+        if denied.is_empty() && got == all {
             let signing = req.runtime_keys.signing_public_key;
             let serve = job.spec.outputs.serve.as_ref().map(|s| s.policy.clone());
             kbs.with_store(move |s| {
@@ -758,10 +823,8 @@ async fn register_dataset_key(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, KbsError> {
-    let owner = kbs
-        .signed_request(&headers, "PUT", uri.path(), &body)
-        .await?
-        .signer;
+    let signed = kbs.verified_request(&headers, "PUT", uri.path(), &body)?;
+    let owner = signed.signer;
     let req: RegisterKey = parse_body(&body)?;
     check_key_id(&key_id)?;
     let policy = Policy::from_toml(&req.policy).map_err(|e| KbsError::Policy(e.to_string()))?;
@@ -772,6 +835,8 @@ async fn register_dataset_key(
         &owner,
         &policy_context(&req.policy),
     )?;
+    // Only a well-formed registration, whose DEK opened for this signer, spends a nonce.
+    kbs.record_nonce(&signed).await?;
     let now = unix(kbs.now());
     let policy_text = req.policy.clone();
     let id = key_id.clone();
@@ -824,10 +889,8 @@ async fn register_job_output(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, KbsError> {
-    let runtime = kbs
-        .signed_request(&headers, "PUT", uri.path(), &body)
-        .await?
-        .signer;
+    let signed = kbs.verified_request(&headers, "PUT", uri.path(), &body)?;
+    let runtime = signed.signer;
     let job_hash: [u8; 32] = hex::decode(&job_hash_hex)
         .ok()
         .and_then(|b| b.try_into().ok())
@@ -850,6 +913,8 @@ async fn register_job_output(
         }
         Some(Some(p)) => p,
     };
+    // Only a runtime that attested for this job spends a nonce.
+    kbs.record_nonce(&signed).await?;
     let dek = kbs.open_dek(
         &req.sealed_dek,
         DekPurpose::JobOutput,
@@ -870,7 +935,7 @@ async fn register_job_output(
         "job_output_registered",
         key_id.clone(),
         detail,
-        move |s, id, event| s.put_output_key_audited(id, &dek, &policy, &runtime, event),
+        move |s, id, event| s.put_output_key_audited(id, &dek, &policy, &job_hash, &runtime, event),
     )
     .await?;
     tracing::info!(key_id = %key_id, job = %job_hash_hex, "job output registered for serving");

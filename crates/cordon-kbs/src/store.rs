@@ -26,6 +26,15 @@ pub enum StoreError {
     KeyOwned { key_id: String },
     #[error("quota: {0}")]
     Quota(String),
+    #[error("busy: {0}")]
+    Busy(String),
+    #[error("job {job_hash}'s output is registered already by this runtime: one output per job")]
+    OutputRegistered { job_hash: String },
+    #[error("data directory {path} is not private to the key broker: {source}")]
+    NotPrivate {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -92,11 +101,15 @@ const MIGRATIONS: &[&str] = &[
         hpke_seed BLOB NOT NULL,
         created_at INTEGER NOT NULL);
      ALTER TABLE admin ADD COLUMN public_key BLOB;
+     ALTER TABLE admin ADD COLUMN identity_signature TEXT;
      ALTER TABLE keys ADD COLUMN kind TEXT NOT NULL DEFAULT 'admin';
      UPDATE keys SET kind = 'dataset' WHERE owner IS NOT NULL;
      CREATE TABLE request_nonces (
         nonce BLOB PRIMARY KEY,
-        expires_at INTEGER NOT NULL);",
+        expires_at INTEGER NOT NULL);
+     CREATE INDEX request_nonces_expiry ON request_nonces (expires_at);
+     CREATE INDEX nonces_expiry ON nonces (expires_at);
+     ALTER TABLE job_runtimes ADD COLUMN output_key_id TEXT;",
 ];
 
 /// Who registered a key, and so who may replace it.
@@ -184,6 +197,11 @@ impl Store {
         // Created 0600 before SQLite opens it: SQLite would create it 0644 less the umask, and
         // gives the -wal and -shm files it creates later the database file's mode.
         crate::private_files::private_db(&path);
+        let not_private = |e: std::io::Error| StoreError::NotPrivate {
+            path: data_dir.display().to_string(),
+            source: e,
+        };
+        crate::private_files::check_private(data_dir, &path).map_err(not_private)?;
         let read_only = || StoreError::ReadOnly {
             path: data_dir.display().to_string(),
         };
@@ -213,6 +231,7 @@ impl Store {
         // The WAL and shared-memory files exist now, with the database's mode; a check, and a
         // repair for files SQLite created before the database was 0600.
         crate::private_files::tighten_side_files(&path);
+        crate::private_files::check_private(data_dir, &path).map_err(not_private)?;
         Ok(store)
     }
 
@@ -252,19 +271,40 @@ impl Store {
         Ok(v.and_then(|b| b.try_into().ok()))
     }
 
-    /// Records the administrator: the hash of its token and the public key the token seeds.
+    /// Records the administrator: the hash of its token, the public key the token seeds, and that
+    /// key's signature over the KBS's identity key (`cordon_proto::auth::vouch_identity`).
     pub fn set_admin(
         &self,
         token_hash: &[u8; 32],
         public_key: &[u8; 32],
+        identity_signature: &str,
     ) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO admin (id, token_sha256, public_key) VALUES (1, ?1, ?2)
+            "INSERT INTO admin (id, token_sha256, public_key, identity_signature)
+             VALUES (1, ?1, ?2, ?3)
              ON CONFLICT(id) DO UPDATE SET token_sha256 = excluded.token_sha256,
-                 public_key = excluded.public_key",
-            params![token_hash.as_slice(), public_key.as_slice()],
+                 public_key = excluded.public_key,
+                 identity_signature = excluded.identity_signature",
+            params![
+                token_hash.as_slice(),
+                public_key.as_slice(),
+                identity_signature
+            ],
         )?;
         Ok(())
+    }
+
+    /// The administrator's signature over the identity key, once an administrator exists.
+    pub fn identity_signature(&self) -> Result<Option<String>, StoreError> {
+        let v: Option<Option<String>> = self
+            .conn
+            .query_row(
+                "SELECT identity_signature FROM admin WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.flatten())
     }
 
     /// The administrator's Ed25519 public key; `None` before one is set (or in a store from before
@@ -312,16 +352,26 @@ impl Store {
 
     /// Records the nonce of a signed request; `false` if it was recorded already (a replay).
     /// Nonces are kept until `expires_at`, then pruned.
+    /// `max` bounds the live nonces: beyond it, [`StoreError::Quota`] (nothing is recorded).
     pub fn use_request_nonce(
         &self,
         nonce: &[u8],
         expires_at: u64,
         now: u64,
+        max: u64,
     ) -> Result<bool, StoreError> {
         self.conn.execute(
             "DELETE FROM request_nonces WHERE expires_at < ?1",
             params![now as i64],
         )?;
+        let live: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM request_nonces", [], |r| r.get(0))?;
+        if live as u64 >= max {
+            return Err(StoreError::Busy(format!(
+                "{live} signed requests of the last ten minutes are remembered already"
+            )));
+        }
         let changed = self.conn.execute(
             "INSERT OR IGNORE INTO request_nonces (nonce, expires_at) VALUES (?1, ?2)",
             params![nonce, expires_at as i64],
@@ -485,15 +535,27 @@ impl Store {
 
     /// Stores a job's output key, owned by the runtime that registered it (never replacing an
     /// existing key, and never replaceable through the admin API), with its audit event.
+    /// One output per (job, runtime): a second registration is refused.
     pub fn put_output_key_audited(
         &mut self,
         key_id: &str,
         dek: &[u8],
         policy: &str,
+        job_hash: &[u8; 32],
         runtime: &[u8; 32],
         event: &NewAuditEvent<'_>,
     ) -> Result<AuditEvent, StoreError> {
         let tx = self.conn.transaction()?;
+        let claimed = tx.execute(
+            "UPDATE job_runtimes SET output_key_id = ?3
+             WHERE job_hash = ?1 AND signing_key = ?2 AND output_key_id IS NULL",
+            params![job_hash.as_slice(), runtime.as_slice(), key_id],
+        )?;
+        if claimed == 0 {
+            return Err(StoreError::OutputRegistered {
+                job_hash: hex::encode(job_hash),
+            });
+        }
         let changed = tx.execute(
             "INSERT OR IGNORE INTO keys (key_id, dek, policy, created_at, updated_at, owner, kind)
              VALUES (?1, ?2, ?3, ?4, ?4, ?5, 'job_output')",

@@ -186,7 +186,7 @@ async fn an_attest_request_asks_for_a_bounded_list_of_distinct_keys() {
         runtime_keys: rk.clone(),
         key_ids,
         models: vec![],
-        job: None,
+        sealed_job: None,
     };
     let many = (0..65).map(|i| format!("k{i}")).collect();
     let (status, e) = refusal(h.attest(&request(many)).await).await;
@@ -307,4 +307,229 @@ async fn a_store_from_before_signed_admin_requests_is_upgraded_with_its_token() 
     assert!(!kbs.adopt_admin_token(&token).unwrap());
     assert!(kbs.has_admin_token().unwrap());
     assert!(kbs.init_admin_token().unwrap().is_none());
+}
+
+/// A runtime that received only some of a job's dataset keys is not the job's runtime: it cannot
+/// register the job's output. The runtime that received all of them registers one output, once.
+#[tokio::test]
+async fn only_the_runtime_that_received_every_dataset_key_registers_one_output() {
+    use cordon_proto::job::{
+        job_report_data, output_context, Evaluation, JobDataset, JobSchema, JobSpec, OutputKey,
+        Outputs, ServeOutput,
+    };
+    use cordon_proto::kbs::{seal_job, AttestResponse, JobRelease};
+    let h = start().await;
+    let p = policy(vec![Platform::Sim], MEASUREMENT);
+    let (a, b) = (PartyKey::generate("a"), PartyKey::generate("b"));
+    for (party, id) in [(&a, "ds-a"), (&b, "ds-b")] {
+        let body = serde_json::to_vec(&RegisterKey {
+            sealed_dek: seal_dek_for_kbs(
+                &h.kbs_key,
+                DekPurpose::DatasetKey,
+                id,
+                &party.signing_public_key(),
+                &policy_context(&p),
+                &[4; 32],
+            )
+            .unwrap(),
+            policy: p.clone(),
+        })
+        .unwrap();
+        let r = h
+            .signed_party(party, Method::PUT, &format!("/kbs/v1/datasets/{id}"), body)
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    let spec = JobSpec {
+        name: "j".into(),
+        parties: vec![a.job_party(), b.job_party()],
+        datasets: [(&a, "ds-a", 1u8), (&b, "ds-b", 2)]
+            .iter()
+            .map(|(party, id, n)| JobDataset {
+                party: party.name().into(),
+                key_id: (*id).into(),
+                manifest_sha256: [*n; 32],
+                format: "csv".into(),
+            })
+            .collect(),
+        schema: JobSchema {
+            features: vec!["x".into()],
+            label: "y".into(),
+        },
+        algorithm: serde_json::json!({"kind": "logistic_regression"}),
+        evaluation: Evaluation {
+            test_fraction: 0.25,
+            seed: 1,
+        },
+        outputs: Outputs {
+            recipients: vec![],
+            serve: Some(ServeOutput { policy: p.clone() }),
+        },
+    };
+    let hash = spec.hash();
+    let until = 1_800_000_000 + 3_600;
+    let release = JobRelease {
+        spec: spec.clone(),
+        approvals: vec![a.approve(&hash, until), b.approve(&hash, until)],
+    };
+    // A runtime (its own signing key) attests for the job and asks for some of its keys.
+    let attest = |signing: ed25519_dalek::SigningKey, ids: Vec<String>| {
+        let (h, release) = (&h, release.clone());
+        async move {
+            let kp = ServiceKeyPair::generate(0);
+            let rk = cordon_proto::RuntimeKeys {
+                hpke_public_key: kp.public_key(),
+                hpke_key_id: 0,
+                signing_public_key: signing.verifying_key().to_bytes(),
+            };
+            let c = h.challenge().await;
+            let nonce = hex::decode(&c.nonce).unwrap();
+            let evidence = h
+                .tee(MEASUREMENT, false)
+                .evidence(&job_report_data(&nonce, &rk, &hash))
+                .unwrap();
+            let sealed_job = Some(seal_job(&h.kbs_key, &c.nonce, &release).unwrap());
+            let r: AttestResponse = h
+                .attest(&AttestRequest {
+                    nonce: c.nonce,
+                    evidence,
+                    runtime_keys: rk,
+                    key_ids: ids,
+                    models: vec![],
+                    sealed_job,
+                })
+                .await
+                .json()
+                .await
+                .unwrap();
+            r
+        }
+    };
+    let register = |signing: ed25519_dalek::SigningKey, key_id: &str| {
+        let body = serde_json::to_vec(&OutputKey {
+            key_id: key_id.into(),
+            sealed_dek: seal_dek_for_kbs(
+                &h.kbs_key,
+                DekPurpose::JobOutput,
+                key_id,
+                &signing.verifying_key().to_bytes(),
+                &output_context(&hash, &[7; 32]),
+                &[8; 32],
+            )
+            .unwrap(),
+            sealed_manifest_sha256: [7; 32],
+        })
+        .unwrap();
+        let path = format!("/kbs/v1/jobs/{}/output", hex::encode(hash));
+        let h = &h;
+        async move {
+            h.signed(&signing, Method::PUT, &path, body, &h.kbs_key)
+                .await
+        }
+    };
+    // The rogue runtime got a's key only (the one it asked for).
+    let rogue = ed25519_dalek::SigningKey::from_bytes(&[21; 32]);
+    let r = attest(rogue.clone(), vec!["ds-a".into()]).await;
+    assert_eq!(r.released.len(), 1);
+    let (status, e) = refusal(register(rogue, "rogue-output").await).await;
+    assert_eq!(status, 401, "{}", e.error);
+    // The real runtime got both; it registers one output, and no second.
+    let trainer = ed25519_dalek::SigningKey::from_bytes(&[22; 32]);
+    let r = attest(trainer.clone(), vec!["ds-a".into(), "ds-b".into()]).await;
+    assert_eq!(r.released.len(), 2);
+    assert_eq!(register(trainer.clone(), "out-1").await.status(), 200);
+    let (status, e) = refusal(register(trainer, "out-2").await).await;
+    assert_eq!((status, e.code.as_str()), (409, "conflict"), "{}", e.error);
+    assert!(e.error.contains("one output per job"), "{}", e.error);
+}
+
+/// The KBS remembers a bounded number of signed-request nonces; beyond it, signed requests wait
+/// (503) rather than the memory growing, and only allowed signers spend one.
+#[tokio::test]
+async fn the_request_nonce_memory_is_bounded_and_strangers_do_not_spend_it() {
+    let h = start_with(KbsLimits {
+        max_request_nonces: 3,
+        ..KbsLimits::default()
+    })
+    .await;
+    // A stranger's signed requests to the admin API and the output route record nothing.
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[31; 32]);
+    for _ in 0..5 {
+        let r = h
+            .signed(
+                &stranger,
+                Method::GET,
+                "/kbs/v1/admin/audit",
+                vec![],
+                &h.kbs_key,
+            )
+            .await;
+        assert_eq!(r.status(), 401);
+        let output = serde_json::to_vec(&cordon_proto::job::OutputKey {
+            key_id: "o".into(),
+            sealed_dek: seal_dek_for_kbs(
+                &h.kbs_key,
+                DekPurpose::JobOutput,
+                "o",
+                &stranger.verifying_key().to_bytes(),
+                &cordon_proto::job::output_context(&[0; 32], &[0; 32]),
+                &[1; 32],
+            )
+            .unwrap(),
+            sealed_manifest_sha256: [0; 32],
+        })
+        .unwrap();
+        let r = h
+            .signed(
+                &stranger,
+                Method::PUT,
+                &format!("/kbs/v1/jobs/{}/output", "00".repeat(32)),
+                output,
+                &h.kbs_key,
+            )
+            .await;
+        assert_eq!(r.status(), 401);
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            h.admin(Method::GET, "/kbs/v1/admin/audit", vec![])
+                .await
+                .status(),
+            200
+        );
+    }
+    let (status, e) = refusal(h.admin(Method::GET, "/kbs/v1/admin/audit", vec![]).await).await;
+    assert_eq!((status, e.code.as_str()), (503, "busy"), "{}", e.error);
+    // Ten minutes later (twice the window) the nonces are forgotten and there is room again.
+    h.clock.fetch_add(601, Ordering::SeqCst);
+    assert_eq!(
+        h.admin(Method::GET, "/kbs/v1/admin/audit", vec![])
+            .await
+            .status(),
+        200
+    );
+}
+
+/// The identity the KBS serves carries the administrator's signature: a token holder can check it
+/// without a pin, and a key the host substitutes does not pass.
+#[tokio::test]
+async fn the_served_identity_is_vouched_for_by_the_admin_token() {
+    let h = start().await;
+    let id: KbsIdentity = h
+        .http
+        .get(format!("{}/kbs/v1/identity", h.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let admin = cordon_proto::auth::admin_key(&h.token)
+        .unwrap()
+        .verifying_key()
+        .to_bytes();
+    let sig = id.admin_signature.expect("the identity is vouched for");
+    cordon_proto::auth::check_identity(&admin, &h.kbs_key, &sig).unwrap();
+    let host_key = ServiceKeyPair::generate(0).public_key();
+    assert!(cordon_proto::auth::check_identity(&admin, &host_key, &sig).is_err());
 }

@@ -9,8 +9,8 @@ use cordon_proto::job::{
     job_report_data, Evaluation, JobDataset, JobSchema, JobSpec, Outputs, PartyKey,
 };
 use cordon_proto::kbs::{
-    policy_context, seal_dek_for_kbs, AttestRequest, AttestResponse, DekPurpose, ErrorBody,
-    JobRelease, RegisterKey,
+    policy_context, seal_dek_for_kbs, seal_job, AttestRequest, AttestResponse, DekPurpose,
+    ErrorBody, JobRelease, RegisterKey,
 };
 use cordon_proto::ServiceKeyPair;
 use cordon_tee::EvidenceProvider;
@@ -101,20 +101,21 @@ impl Jobs for Harness {
             .tee(MEASUREMENT, false)
             .evidence(&job_report_data(&nonce, &rk, &evidence_job))
             .unwrap();
+        let sealed_job = Some(seal_job(&self.kbs_key, &c.nonce, &job).unwrap());
         self.attest(&AttestRequest {
             nonce: c.nonce,
             evidence,
             runtime_keys: rk,
             key_ids: key_ids.to_vec(),
             models: vec![],
-            job: Some(job),
+            sealed_job,
         })
         .await
     }
 }
 
-/// Approvals valid until well after the harness's clock.
-const UNTIL: u64 = 1_900_000_000;
+/// Approvals valid for a day after the harness's clock.
+const UNTIL: u64 = 1_800_000_000 + 86_400;
 
 fn approved(spec: &JobSpec, parties: &[&PartyKey]) -> JobRelease {
     let h = spec.hash();
@@ -247,7 +248,7 @@ async fn dataset_keys_are_never_released_outside_a_job() {
             runtime_keys: rk,
             key_ids: vec!["ds-a".into()],
             models: vec![],
-            job: None,
+            sealed_job: None,
         })
         .await,
     )
@@ -346,4 +347,66 @@ async fn dataset_keys_stay_their_owners() {
         before,
         "a replay left an audit entry"
     );
+}
+
+/// The job (spec and approvals) crosses the host's network sealed to the KBS: the attest request
+/// names no party, dataset or feature in clear, and a sealed job moved to another request (another
+/// nonce), or sealed to another KBS, does not open.
+#[tokio::test]
+async fn a_job_travels_sealed_to_the_kbs_and_only_for_its_own_request() {
+    let h = start().await;
+    let (a, b) = (
+        PartyKey::generate("hospital-a"),
+        PartyKey::generate("hospital-b"),
+    );
+    assert_eq!(h.register_dataset(&a, "ds-hospital-a").await.status(), 200);
+    assert_eq!(h.register_dataset(&b, "ds-hospital-b").await.status(), 200);
+    let job = spec(&[&a, &b], "secret job name");
+    let release = approved(&job, &[&a, &b]);
+    let kp = ServiceKeyPair::generate(0);
+    let rk = keys(&kp);
+    let c = h.challenge().await;
+    let nonce = hex::decode(&c.nonce).unwrap();
+    let evidence = h
+        .tee(MEASUREMENT, false)
+        .evidence(&job_report_data(&nonce, &rk, &job.hash()))
+        .unwrap();
+    let ids = vec!["ds-hospital-a".to_string(), "ds-hospital-b".to_string()];
+    let request = |sealed_job| AttestRequest {
+        nonce: c.nonce.clone(),
+        evidence: evidence.clone(),
+        runtime_keys: rk.clone(),
+        key_ids: ids.clone(),
+        models: vec![],
+        sealed_job,
+    };
+    let sealed = seal_job(&h.kbs_key, &c.nonce, &release).unwrap();
+    let wire = serde_json::to_string(&request(Some(sealed.clone()))).unwrap();
+    for clear in [
+        "\"hospital-a\"",
+        "secret job name",
+        &hex::encode(a.signing_public_key()),
+    ] {
+        assert!(
+            !wire.contains(clear),
+            "{clear} is readable in the attest request"
+        );
+    }
+    // Sealed for another nonce (another request), or to another KBS: refused before the nonce is
+    // spent.
+    let other_nonce = seal_job(&h.kbs_key, &"ab".repeat(32), &release).unwrap();
+    let r = h.attest(&request(Some(other_nonce))).await;
+    assert_eq!(r.status(), 400);
+    let elsewhere = seal_job(
+        &ServiceKeyPair::generate(0).public_key(),
+        &c.nonce,
+        &release,
+    )
+    .unwrap();
+    let r = h.attest(&request(Some(elsewhere))).await;
+    assert_eq!(r.status(), 400);
+    let e: ErrorBody = r.json().await.unwrap();
+    assert!(e.error.contains("sealed to KBS key"), "{}", e.error);
+    let r = answer(h.attest(&request(Some(sealed))).await).await;
+    assert_eq!(r.released.len(), 2, "{:?}", r.denied);
 }

@@ -26,7 +26,7 @@ fn request(nonce: &str, tee: &SimTee, kp: &ServiceKeyPair, key_ids: &[&str]) -> 
         runtime_keys: rk,
         key_ids: key_ids.iter().map(|s| s.to_string()).collect(),
         models,
-        job: None,
+        sealed_job: None,
     }
 }
 
@@ -444,7 +444,7 @@ async fn hardware_evidence_is_verified_and_must_bind_the_nonce() {
         runtime_keys: keys(&kp),
         key_ids: vec!["k".into()],
         models: vec![],
-        job: None,
+        sealed_job: None,
     };
     let (status, code, msg) = error_code(
         http.post(format!("{url}/kbs/v1/attest"))
@@ -495,7 +495,7 @@ async fn hardware_evidence_is_verified_and_must_bind_the_nonce() {
         runtime_keys: keys(&kp),
         key_ids: vec!["k".into()],
         models: vec![],
-        job: None,
+        sealed_job: None,
     };
     let (_, code, msg) = error_code(
         http.post(format!("{url}/kbs/v1/attest"))

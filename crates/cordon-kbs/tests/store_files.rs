@@ -53,14 +53,14 @@ fn a_new_store_is_private_whatever_the_umask() {
             let dir = tempfile::tempdir().unwrap();
             let data = dir.path().join("var/kbs");
             let store = Store::open(&data).unwrap();
-            store.set_admin(&[7; 32], &[7; 32]).unwrap();
+            store.set_admin(&[7; 32], &[7; 32], "00").unwrap();
             assert_private(&data, &format!("umask {mask:03o}"));
             // Parents are created as any directory is: only the data directory is private.
             assert_eq!(mode(&dir.path().join("var")), octal(0o777 & !mask));
             drop(store);
             // Opened again (SQLite removed -wal and -shm at close and makes them anew).
             let store = Store::open(&data).unwrap();
-            store.set_admin(&[8; 32], &[8; 32]).unwrap();
+            store.set_admin(&[8; 32], &[8; 32], "00").unwrap();
             assert_private(&data, &format!("umask {mask:03o}, reopened"));
         });
     }
@@ -75,7 +75,7 @@ fn an_existing_open_directory_and_store_are_tightened() {
         std::fs::create_dir(&data).unwrap();
         set_mode(&data, 0o755);
         let store = Store::open(&data).unwrap();
-        store.set_admin(&[7; 32], &[7; 32]).unwrap();
+        store.set_admin(&[7; 32], &[7; 32], "00").unwrap();
         assert_private(&data, "pre-made 0755 directory");
         drop(store);
 
@@ -124,4 +124,37 @@ fn sqlite_gives_its_wal_and_shm_files_the_database_files_mode() {
         conn.execute_batch("CREATE TABLE t (x);").unwrap();
         assert_eq!(mode(&own), "644");
     });
+}
+
+/// A store the KBS does not control is refused, not merely warned about: a link planted at the
+/// store's name, and (as root, who can make one) a data directory another user owns, where that user
+/// could read every key or plant a store of their own.
+#[test]
+fn a_store_another_user_controls_is_refused() {
+    let _turn = UMASK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("kbs");
+    std::fs::create_dir(&data).unwrap();
+    set_mode(&data, 0o700);
+    let elsewhere = dir.path().join("elsewhere.sqlite3");
+    std::os::unix::fs::symlink(&elsewhere, data.join("kbs.sqlite3")).unwrap();
+    let err = Store::open(&data).err().expect("a linked store was opened");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert!(
+        !elsewhere.exists(),
+        "the store was created through the link"
+    );
+
+    // SAFETY: geteuid(2) has no memory effects.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    set_mode(&foreign, 0o777);
+    std::os::unix::fs::chown(&foreign, Some(1234), Some(1234)).unwrap();
+    let err = Store::open(&foreign)
+        .err()
+        .expect("a foreign directory was used");
+    assert!(err.to_string().contains("belongs to uid 1234"), "{err}");
 }

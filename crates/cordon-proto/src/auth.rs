@@ -61,6 +61,36 @@ pub enum AuthError {
     BadToken,
 }
 
+/// Domain label of the administrator's signature over the KBS's identity key.
+pub const IDENTITY_DOMAIN: &[u8] = b"cordon kbs identity v1\0";
+
+/// The administrator's signature over the KBS's identity key (hex), made by the KBS when it creates
+/// (or adopts) the admin token: whoever holds the token can check, with nothing else, that an
+/// identity key served by the KBS is the one its administrator's token was made with. The host, who
+/// carries that answer, cannot make such a signature for a key of its own.
+pub fn vouch_identity(admin: &SigningKey, kbs_public_key: &[u8; 32]) -> String {
+    hex::encode(
+        admin
+            .sign(&[IDENTITY_DOMAIN, kbs_public_key.as_slice()].concat())
+            .to_bytes(),
+    )
+}
+
+/// Checks [`vouch_identity`]'s signature by the administrator whose public key is `admin`.
+pub fn check_identity(
+    admin: &[u8; 32],
+    kbs_public_key: &[u8; 32],
+    signature_hex: &str,
+) -> Result<(), AuthError> {
+    let key = VerifyingKey::from_bytes(admin).map_err(|_| AuthError::BadToken)?;
+    let signature: [u8; 64] = hex_array(signature_hex, "admin_signature")?;
+    key.verify_strict(
+        &[IDENTITY_DOMAIN, kbs_public_key.as_slice()].concat(),
+        &Signature::from_bytes(&signature),
+    )
+    .map_err(|_| AuthError::BadSignature)
+}
+
 /// The KBS administrator's signing key. The admin token (64 hex digits, written once by
 /// `cordon kbs serve --init-admin-token-file`) is its Ed25519 seed: admin requests are signed like
 /// any other, so the token itself never crosses the network.
@@ -235,6 +265,19 @@ mod tests {
         // Each signature carries its own nonce.
         let h2 = sign_request(&key, "POST", "/v1/jobs", b"{}", &aud, now);
         assert_ne!(h[2].1, h2[2].1);
+    }
+
+    #[test]
+    fn only_the_administrator_can_vouch_for_an_identity() {
+        let admin = SigningKey::from_bytes(&[3; 32]);
+        let pk = admin.verifying_key().to_bytes();
+        let sig = vouch_identity(&admin, &[5; 32]);
+        check_identity(&pk, &[5; 32], &sig).unwrap();
+        // Another identity key (the host's), or another signer: refused.
+        assert!(check_identity(&pk, &[6; 32], &sig).is_err());
+        let host = SigningKey::from_bytes(&[4; 32]);
+        assert!(check_identity(&pk, &[6; 32], &vouch_identity(&host, &[6; 32])).is_err());
+        assert!(check_identity(&pk, &[5; 32], "00").is_err());
     }
 
     #[test]

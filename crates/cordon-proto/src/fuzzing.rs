@@ -129,11 +129,17 @@ fn check_job(spec: &JobSpec, approvals: &[Approval]) -> Option<[u8; 32]> {
 pub fn kbs_requests(data: &[u8]) {
     if let Ok(req) = serde_json::from_slice::<AttestRequest>(data) {
         if let Ok(nonce) = hex::decode(&req.nonce) {
-            let expected = match &req.job {
-                Some(release) => match check_job(&release.spec, &release.approvals) {
-                    Some(hash) => Some(job::job_report_data(&nonce, &req.runtime_keys, &hash)),
-                    None => None,
-                },
+            // What the KBS does first with a training job: open it with its identity key.
+            let job = req.sealed_job.as_ref().map(|sealed| {
+                kbs_key()
+                    .open_sealed(crate::kbs::JOB_INFO, req.nonce.as_bytes(), &sealed.sealed)
+                    .ok()
+                    .and_then(|json| serde_json::from_slice::<crate::kbs::JobRelease>(&json).ok())
+            });
+            let expected = match &job {
+                Some(Some(release)) => check_job(&release.spec, &release.approvals)
+                    .map(|hash| job::job_report_data(&nonce, &req.runtime_keys, &hash)),
+                Some(None) => None,
                 None => Some(report_data(&nonce, &req.runtime_keys, &req.models)),
             };
             if let (Some(expected), Ok(claims)) =

@@ -31,6 +31,9 @@ pub const JOB_REPORT_DATA_DOMAIN: &[u8] = b"cordon job report_data v1\0";
 /// HPKE `info` of an output DEK sealed to a recipient; the AAD is `job hash || key id`.
 pub const OUTPUT_INFO: &[u8] = b"cordon job output v1";
 
+/// Most parties of one job.
+pub const MAX_PARTIES: usize = 64;
+
 /// The longest an approval may stay valid: a party approves a job for a run soon, not forever.
 pub const MAX_APPROVAL_VALIDITY: Duration = Duration::from_secs(30 * 86_400);
 
@@ -41,6 +44,12 @@ pub enum JobError {
     Spec(String),
     #[error("party {party}: approval signature does not verify for job {job_hash}")]
     BadApproval { party: String, job_hash: String },
+    #[error("party {party}: approval valid until {expires_at}, more than {max_days} days ahead")]
+    ApprovalTooLong {
+        party: String,
+        expires_at: u64,
+        max_days: u64,
+    },
     #[error("party {party}: approval of job {job_hash} expired at {expires_at} (now {now})")]
     ApprovalExpired {
         party: String,
@@ -188,6 +197,12 @@ impl JobSpec {
         let bad = |m: String| Err(JobError::Spec(m));
         if self.parties.is_empty() {
             return bad("no parties".into());
+        }
+        if self.parties.len() > MAX_PARTIES {
+            return bad(format!(
+                "{} parties; a job has at most {MAX_PARTIES}",
+                self.parties.len()
+            ));
         }
         let mut names = BTreeSet::new();
         let mut keys = BTreeSet::new();
@@ -513,6 +528,15 @@ impl Approval {
                 now,
             });
         }
+        // An approval valid for longer than the cap is refused, whoever made it: a party approves
+        // a run soon, not one forever.
+        if self.expires_at > now.saturating_add(MAX_APPROVAL_VALIDITY.as_secs()) {
+            return Err(JobError::ApprovalTooLong {
+                party: self.party.clone(),
+                expires_at: self.expires_at,
+                max_days: MAX_APPROVAL_VALIDITY.as_secs() / 86_400,
+            });
+        }
         Ok(())
     }
 }
@@ -812,6 +836,12 @@ mod tests {
         assert!(matches!(
             approval.verify(&s, &h, later),
             Err(JobError::ApprovalExpired { .. })
+        ));
+        // Valid for longer than the cap: refused, whatever tool made it.
+        let forever = b.approve(&h, u64::MAX);
+        assert!(matches!(
+            forever.verify(&s, &h, now),
+            Err(JobError::ApprovalTooLong { .. })
         ));
     }
 

@@ -21,6 +21,11 @@ pub const MAX_KEY_IDS: usize = 64;
 pub struct KbsIdentity {
     #[serde(with = "crate::binding::hex_array32")]
     pub hpke_public_key: [u8; 32],
+    /// The administrator's signature over `hpke_public_key` (`cordon_proto::auth::vouch_identity`,
+    /// hex), made when the admin token was created: whoever holds the token can check this answer
+    /// without a pin. Absent before an administrator exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_signature: Option<String>,
 }
 
 /// Why a DEK is sent to the KBS. Part of the sealed DEK's AAD, so a DEK sealed for one use cannot be
@@ -133,10 +138,41 @@ pub struct AttestRequest {
     /// The models the runtime will unseal with these keys, bound in report_data after the keys.
     #[serde(default)]
     pub models: Vec<ModelBinding>,
-    /// Present when the runtime asks for dataset keys to run a training job. The evidence then
-    /// binds [`crate::job::job_report_data`]`(nonce, runtime_keys, job hash)` instead.
+    /// Present when the runtime asks for dataset keys to run a training job: the job's spec and
+    /// approvals ([`JobRelease`]), sealed to the KBS's identity key ([`seal_job`]) so that the host
+    /// sees neither. The evidence then binds [`crate::job::job_report_data`]`(nonce, runtime_keys,
+    /// job hash)` instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job: Option<JobRelease>,
+    pub sealed_job: Option<SealedJob>,
+}
+
+/// HPKE `info` of a training job sealed to the KBS in an attest request; the AAD is the request's
+/// nonce (hex, as sent), so a sealed job cannot be moved into another request.
+pub const JOB_INFO: &[u8] = b"cordon kbs attest job v1";
+
+/// A [`JobRelease`] (JSON) HPKE-sealed to the KBS's identity key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedJob {
+    #[serde(with = "crate::binding::hex_array32")]
+    pub kbs_public_key: [u8; 32],
+    /// `enc (32) || ciphertext`.
+    #[serde(with = "crate::b64")]
+    pub sealed: Vec<u8>,
+}
+
+/// Seals `job` to the KBS whose identity key is `kbs_public_key`, for the attest request carrying
+/// `nonce_hex`.
+pub fn seal_job(
+    kbs_public_key: &[u8; 32],
+    nonce_hex: &str,
+    job: &JobRelease,
+) -> Result<SealedJob, ChannelError> {
+    let json = serde_json::to_vec(job).map_err(|_| ChannelError::Encrypt)?;
+    Ok(SealedJob {
+        kbs_public_key: *kbs_public_key,
+        sealed: channel::seal_to(kbs_public_key, JOB_INFO, nonce_hex.as_bytes(), &json)?,
+    })
 }
 
 /// The job a runtime asks dataset keys for, with the approvals it holds. The KBS releases a

@@ -62,7 +62,11 @@ fn seeds_reach_past_the_cryptographic_checks() {
     receipt.verify(f::verifier()).unwrap();
     let req: AttestRequest =
         serde_json::from_slice(&read("kbs_requests", "attest_request_job.json")).unwrap();
-    let release = req.job.unwrap();
+    let sealed = req.sealed_job.unwrap();
+    let json = f::kbs_key()
+        .open_sealed(kbs::JOB_INFO, req.nonce.as_bytes(), &sealed.sealed)
+        .unwrap();
+    let release: JobRelease = serde_json::from_slice(&json).unwrap();
     let hash = release.spec.hash();
     release.spec.validate().unwrap();
     for a in &release.approvals {
@@ -161,20 +165,27 @@ fn write_seeds() {
         runtime_keys: keys.clone(),
         key_ids: vec!["fuzz-key".into()],
         models: models.clone(),
-        job: None,
+        sealed_job: None,
     };
     write(t, "attest_request.json", &json(&attest));
     let job_attest = AttestRequest {
         evidence: sim_evidence(job::job_report_data(&nonce, &keys, &hash)),
         key_ids: spec.datasets.iter().map(|d| d.key_id.clone()).collect(),
         models: Vec::new(),
-        job: Some(JobRelease {
-            spec: spec.clone(),
-            approvals: vec![
-                alice.approve(&hash, APPROVED_UNTIL),
-                bob.approve(&hash, APPROVED_UNTIL),
-            ],
-        }),
+        sealed_job: Some(
+            kbs::seal_job(
+                &f::kbs_key().public_key(),
+                &hex::encode(nonce),
+                &JobRelease {
+                    spec: spec.clone(),
+                    approvals: vec![
+                        alice.approve(&hash, APPROVED_UNTIL),
+                        bob.approve(&hash, APPROVED_UNTIL),
+                    ],
+                },
+            )
+            .unwrap(),
+        ),
         ..attest
     };
     write(t, "attest_request_job.json", &json(&job_attest));

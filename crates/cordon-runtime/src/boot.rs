@@ -6,7 +6,7 @@ use crate::jobs::TrainingOptions;
 use crate::server::{RuntimeState, ServedModel, ServingOptions};
 use cordon_proto::job::job_report_data;
 use cordon_proto::kbs::{
-    AttestRequest, AttestResponse, Challenge, ErrorBody, JobRelease, RELEASE_INFO,
+    seal_job, AttestRequest, AttestResponse, Challenge, ErrorBody, JobRelease, RELEASE_INFO,
 };
 use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair};
 use cordon_seal::{Dek, KeyFile, SealError};
@@ -274,7 +274,7 @@ pub(crate) async fn attest_to_kbs(
     runtime_keys: &RuntimeKeys,
     key_ids: Vec<String>,
     models: Vec<ModelBinding>,
-    job: Option<JobRelease>,
+    job: Option<(JobRelease, [u8; 32])>,
 ) -> Result<KbsRelease, RuntimeError> {
     let kbs = kbs_url.trim_end_matches('/').to_string();
     let kbs_err = |reason: String| RuntimeError::Kbs {
@@ -298,9 +298,14 @@ pub(crate) async fn attest_to_kbs(
     let nonce =
         hex::decode(&challenge.nonce).map_err(|e| kbs_err(format!("nonce is not hex: {e}")))?;
     let bound = match &job {
-        Some(j) => job_report_data(&nonce, runtime_keys, &j.spec.hash()),
+        Some((j, _)) => job_report_data(&nonce, runtime_keys, &j.spec.hash()),
         None => report_data(&nonce, runtime_keys, &models),
     };
+    // The job (spec and approvals) travels sealed to the pinned KBS identity, bound to this nonce.
+    let sealed_job = job
+        .map(|(j, kbs_key)| seal_job(&kbs_key, &challenge.nonce, &j))
+        .transpose()
+        .map_err(|e| kbs_err(format!("sealing the job to the key broker: {e}")))?;
     let evidence = tee
         .evidence(&bound)
         .map_err(|e| RuntimeError::Evidence(e.to_string()))?;
@@ -310,7 +315,7 @@ pub(crate) async fn attest_to_kbs(
         runtime_keys: runtime_keys.clone(),
         key_ids,
         models,
-        job,
+        sealed_job,
     };
     let resp = http
         .post(format!("{kbs}/kbs/v1/attest"))

@@ -21,6 +21,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use cordon_proto::auth::SignedRequest;
 use cordon_proto::channel;
 use cordon_proto::job::{
     self, output_aad, Approval, JobMetrics, JobResult, JobSpec, JobState, JobStatus, PartyCounts,
@@ -232,37 +233,55 @@ fn board(s: &RuntimeState) -> ApiResult<&JobBoard> {
     })
 }
 
-/// The calling party's public key, from its signed request: signed for this runtime's attested
-/// key, within the window, and not seen before (its nonce is remembered).
+/// The calling party's signed request: signed for this runtime's attested key, within the window
+/// of the runtime's clock. Its nonce is not remembered yet: [`fresh`] does that once the caller is
+/// known to be a party of what it asks about, so that strangers cannot fill the memory.
 fn caller<'a>(
     s: &RuntimeState,
     header: impl Fn(&str) -> Option<&'a str>,
     method: &str,
     path: &str,
     body: &[u8],
-) -> ApiResult<[u8; 32]> {
-    let unauthenticated =
-        |e: String| api_err(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string());
-    let req = cordon_proto::auth::verify_request(
+) -> ApiResult<SignedRequest> {
+    cordon_proto::auth::verify_request(
         header,
         method,
         path,
         body,
         &s.runtime_keys().hpke_public_key,
-        SystemTime::now(),
+        s.now(),
     )
-    .map_err(|e| unauthenticated(e.to_string()))?;
+    .map_err(|e| api_err(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))
+}
+
+/// Remembers an authorized request's nonce: a replay of it is refused from now on. `scope` names
+/// whose share of the memory it takes (a job's requests, or one party's uploads): each scope has a
+/// bound of its own, and the scopes themselves are bounded by the board's quotas (64 jobs, 256
+/// datasets), so nobody can fill the memory. Reads inside the encrypted channel are not
+/// remembered: the host cannot see them, let alone replay them (the channel refuses a replayed
+/// envelope), and a read changes nothing.
+fn fresh(s: &RuntimeState, req: &SignedRequest, scope: &[u8]) -> ApiResult<()> {
     let mut id = req.signer.to_vec();
     id.extend_from_slice(&req.nonce);
     s.request_replay()
-        .remember("signed request", &id, Instant::now())
+        .remember_from("signed request", scope, &id, Instant::now())
         .map_err(|e| match e {
-            crate::replay::ReplayError::Full { .. } => {
+            crate::replay::ReplayError::Full { .. }
+            | crate::replay::ReplayError::SenderFull { .. } => {
                 api_err(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
             }
             other => api_err(StatusCode::CONFLICT, "request_replayed", other.to_string()),
-        })?;
-    Ok(req.signer)
+        })
+}
+
+/// The scope of a job's requests in the replay memory.
+fn job_scope(hash: &[u8; 32]) -> Vec<u8> {
+    [b"job ".as_slice(), hash.as_slice()].concat()
+}
+
+/// The scope of a party's uploads in the replay memory.
+fn upload_scope(signer: &[u8; 32]) -> Vec<u8> {
+    [b"upload ".as_slice(), signer.as_slice()].concat()
 }
 
 fn parse_hash(hex_hash: &str) -> ApiResult<[u8; 32]> {
@@ -362,7 +381,8 @@ fn create<'a>(
     body: &[u8],
 ) -> Answer {
     let board = board(s)?;
-    let key = caller(s, header, "POST", path, body)?;
+    let req = caller(s, header, "POST", path, body)?;
+    let key = req.signer;
     let spec: JobSpec = serde_json::from_slice(body)
         .map_err(|e| api_err(StatusCode::BAD_REQUEST, "invalid_spec", e.to_string()))?;
     check_runnable(&spec)?;
@@ -395,6 +415,9 @@ fn create<'a>(
                 ),
             ));
         }
+        // Remembered only when it creates the job (bounded by the job quotas): the same spec
+        // again changes nothing.
+        fresh(s, &req, &job_scope(&hash))?;
         tracing::info!(job = %hex::encode(hash), parties = spec.parties.len(), "job created");
         jobs.insert(
             hash,
@@ -422,11 +445,11 @@ fn status<'a>(
     hash_hex: &str,
 ) -> Answer {
     let board = board(s)?;
-    let key = caller(s, header, "GET", path, b"")?;
+    let req = caller(s, header, "GET", path, b"")?;
     let hash = parse_hash(hash_hex)?;
     let jobs = board.jobs();
     let job = jobs.get(&hash).ok_or_else(|| not_found(&hash))?;
-    party_of(job, &hash, &key)?;
+    party_of(job, &hash, &req.signer)?;
     json(StatusCode::OK, &board.status(&hash, job))
 }
 
@@ -439,13 +462,14 @@ fn approve<'a>(
     body: &[u8],
 ) -> Answer {
     let board = board(s)?;
-    let key = caller(s, header, "POST", path, body)?;
+    let req = caller(s, header, "POST", path, body)?;
     let hash = parse_hash(hash_hex)?;
     let approval: Approval = serde_json::from_slice(body)
         .map_err(|e| api_err(StatusCode::BAD_REQUEST, "invalid_approval", e.to_string()))?;
     let mut jobs = board.jobs();
     let job = jobs.get_mut(&hash).ok_or_else(|| not_found(&hash))?;
-    let party = party_of(job, &hash, &key)?;
+    let party = party_of(job, &hash, &req.signer)?;
+    fresh(s, &req, &job_scope(&hash))?;
     if approval.party != party {
         return Err(api_err(
             StatusCode::FORBIDDEN,
@@ -457,7 +481,7 @@ fn approve<'a>(
         ));
     }
     approval
-        .verify(&job.spec, &hash, SystemTime::now())
+        .verify(&job.spec, &hash, s.now())
         .map_err(|e| api_err(StatusCode::FORBIDDEN, "bad_approval", e.to_string()))?;
     job.approvals.insert(party.clone(), approval);
     if job.state == JobState::Created && job.approvals.len() == job.spec.parties.len() {
@@ -478,13 +502,14 @@ pub(crate) async fn upload_dataset(
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, JobApiError> {
     let board = board(&s)?;
-    let key = caller(
+    let req = caller(
         &s,
         |name| headers.get(name).and_then(|v| v.to_str().ok()),
         "PUT",
         uri.path(),
         &body,
     )?;
+    let key = req.signer;
     let header = cordon_seal::read_header(&mut &body[..]).map_err(|e| {
         api_err(
             StatusCode::BAD_REQUEST,
@@ -509,7 +534,12 @@ pub(crate) async fn upload_dataset(
     let digest = header.digest();
     board.sweep(Instant::now());
     let mut datasets = board.datasets();
-    if !datasets.contains_key(&digest) {
+    // The host sees this request, so it is remembered, within its uploader's own bound, and a
+    // replay is refused even when it would change nothing; but only once the quotas let it in,
+    // so that only uploaders that hold a dataset here (at most 256) take a share of the memory.
+    if datasets.contains_key(&digest) {
+        fresh(&s, &req, &upload_scope(&key))?;
+    } else {
         if datasets.len() >= board.options.max_datasets {
             return Err(api_err(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -539,6 +569,7 @@ pub(crate) async fn upload_dataset(
                 ),
             ));
         }
+        fresh(&s, &req, &upload_scope(&key))?;
         datasets.insert(
             digest,
             StoredDataset {
@@ -564,12 +595,13 @@ fn submit<'a>(
     body: &[u8],
 ) -> Answer {
     let board = board(s)?;
-    let key = caller(s, header, "POST", path, body)?;
+    let req = caller(s, header, "POST", path, body)?;
     let hash = parse_hash(hash_hex)?;
     let status = {
         let mut jobs = board.jobs();
         let job = jobs.get_mut(&hash).ok_or_else(|| not_found(&hash))?;
-        let party = party_of(job, &hash, &key)?;
+        let party = party_of(job, &hash, &req.signer)?;
+        fresh(s, &req, &job_scope(&hash))?;
         let status = board.status(&hash, job);
         match job.state {
             JobState::Approved => {}
@@ -617,11 +649,11 @@ fn result<'a>(
     hash_hex: &str,
 ) -> Answer {
     let board = board(s)?;
-    let key = caller(s, header, "GET", path, b"")?;
+    let req = caller(s, header, "GET", path, b"")?;
     let hash = parse_hash(hash_hex)?;
     let jobs = board.jobs();
     let job = jobs.get(&hash).ok_or_else(|| not_found(&hash))?;
-    let party = party_of(job, &hash, &key)?;
+    let party = party_of(job, &hash, &req.signer)?;
     if !job.spec.outputs.recipients.contains(&party) {
         return Err(api_err(
             StatusCode::FORBIDDEN,
@@ -663,11 +695,11 @@ fn model<'a>(
 ) -> Answer {
     use base64::Engine as _;
     let board = board(s)?;
-    let key = caller(s, header, "GET", path, b"")?;
+    let req = caller(s, header, "GET", path, b"")?;
     let hash = parse_hash(hash_hex)?;
     let jobs = board.jobs();
     let job = jobs.get(&hash).ok_or_else(|| not_found(&hash))?;
-    party_of(job, &hash, &key)?;
+    party_of(job, &hash, &req.signer)?;
     let output = finished(job, hash_hex)?;
     Ok((
         StatusCode::OK,
@@ -685,11 +717,11 @@ fn receipt<'a>(
     hash_hex: &str,
 ) -> Answer {
     let board = board(s)?;
-    let key = caller(s, header, "GET", path, b"")?;
+    let req = caller(s, header, "GET", path, b"")?;
     let hash = parse_hash(hash_hex)?;
     let jobs = board.jobs();
     let job = jobs.get(&hash).ok_or_else(|| not_found(&hash))?;
-    party_of(job, &hash, &key)?;
+    party_of(job, &hash, &req.signer)?;
     json(StatusCode::OK, &finished(job, hash_hex)?.receipt)
 }
 
@@ -749,7 +781,7 @@ async fn execute(s: &Arc<RuntimeState>, hash: [u8; 32]) -> Result<JobOutput, Str
     for p in &spec.parties {
         let ok = approvals
             .iter()
-            .any(|a| a.party == p.name && a.verify(&spec, &hash, SystemTime::now()).is_ok());
+            .any(|a| a.party == p.name && a.verify(&spec, &hash, s.now()).is_ok());
         if !ok {
             return Err(format!(
                 "party {} has no valid approval of this job (missing or expired)",
@@ -778,10 +810,16 @@ async fn execute(s: &Arc<RuntimeState>, hash: [u8; 32]) -> Result<JobOutput, Str
         s.runtime_keys(),
         spec.datasets.iter().map(|d| d.key_id.clone()).collect(),
         vec![],
-        Some(JobRelease {
-            spec: spec.clone(),
-            approvals,
-        }),
+        Some((
+            JobRelease {
+                spec: spec.clone(),
+                approvals,
+            },
+            board
+                .options
+                .kbs_public_key
+                .ok_or("the configuration pins no kbs_public_key: the job cannot be sent to the key broker")?,
+        )),
     )
     .await
     .map_err(|e| e.to_string())?;
@@ -848,7 +886,8 @@ async fn execute(s: &Arc<RuntimeState>, hash: [u8; 32]) -> Result<JobOutput, Str
             evidence: release.evidence,
             runtime_keys: s.runtime_keys().clone(),
         },
-        finished_at: SystemTime::now()
+        finished_at: s
+            .now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),

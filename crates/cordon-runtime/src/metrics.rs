@@ -146,7 +146,15 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub in_flight: Gauge,
     pub sessions_open: Gauge,
+    /// Identifiers held by the replay memories: one-shot requests and session setups
+    /// (`channel`), and party-signed requests (`requests`).
+    pub replay_remembered: Family<MemoryLabels, Gauge>,
     pub events: Family<EventLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct MemoryLabels {
+    pub memory: &'static str,
 }
 
 impl Default for Metrics {
@@ -213,6 +221,12 @@ impl Metrics {
             "Sessions in the session table",
             sessions_open.clone(),
         );
+        let replay_remembered = Family::<MemoryLabels, Gauge>::default();
+        registry.register(
+            "replay_remembered",
+            "Identifiers the replay memories hold (channel: one-shot requests and session setups; requests: party-signed requests)",
+            replay_remembered.clone(),
+        );
         let events = Family::<EventLabels, Counter>::default();
         registry.register(
             "events",
@@ -229,6 +243,7 @@ impl Metrics {
             queue_depth,
             in_flight,
             sessions_open,
+            replay_remembered,
             events,
         }
     }

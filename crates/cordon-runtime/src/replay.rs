@@ -30,28 +30,53 @@ pub enum ReplayError {
     },
     #[error("{what}: {max} recent messages are remembered already; retry shortly")]
     Full { what: &'static str, max: usize },
+    #[error("{what}: this sender has {max} recent messages remembered already; retry shortly")]
+    SenderFull { what: &'static str, max: usize },
 }
 
 /// The identifiers accepted recently, with when each may be forgotten.
 pub struct ReplayGuard {
     window: Duration,
     max: usize,
+    /// Most identifiers one sender (see [`ReplayGuard::remember_from`]) may have remembered.
+    max_per_sender: usize,
     inner: Mutex<Seen>,
 }
 
 #[derive(Default)]
 struct Seen {
     ids: HashSet<u128>,
-    /// In acceptance order; every entry lives the same time, so expiry order is this order.
-    order: VecDeque<(Instant, u128)>,
+    /// In acceptance order, with the sender's key; every entry lives the same time, so expiry
+    /// order is this order.
+    order: VecDeque<(Instant, u128, Option<u128>)>,
+    /// Live identifiers per sender.
+    per_sender: std::collections::HashMap<u128, usize>,
+}
+
+fn key_of(what: &str, bytes: &[u8]) -> u128 {
+    let mut h = Sha256::new();
+    h.update(what.as_bytes());
+    h.update([0]);
+    h.update(bytes);
+    let digest = h.finalize();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(key)
 }
 
 impl ReplayGuard {
     /// A guard accepting times within `±window` and remembering at most `max` identifiers.
     pub fn new(window: Duration, max: usize) -> ReplayGuard {
+        ReplayGuard::with_sender_limit(window, max, max)
+    }
+
+    /// A guard that also bounds what one sender may have remembered at once, so that one key
+    /// cannot take the whole memory.
+    pub fn with_sender_limit(window: Duration, max: usize, max_per_sender: usize) -> ReplayGuard {
         ReplayGuard {
             window,
             max,
+            max_per_sender,
             inner: Mutex::new(Seen::default()),
         }
     }
@@ -85,25 +110,50 @@ impl ReplayGuard {
     }
 
     /// Records `id` (in the namespace `what`) as received at `now`; refuses it if it was
-    /// received within the last two windows. Call only after the message authenticated, so that
-    /// forgeries cannot fill the memory or block a real message's identifier.
+    /// received within the last two windows. Call only after the message authenticated (and was
+    /// authorized), so that forgeries and strangers cannot fill the memory or block a real
+    /// message's identifier.
     pub fn remember(&self, what: &'static str, id: &[u8], now: Instant) -> Result<(), ReplayError> {
-        let mut h = Sha256::new();
-        h.update(what.as_bytes());
-        h.update([0]);
-        h.update(id);
-        let digest = h.finalize();
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&digest[..16]);
-        let key = u128::from_be_bytes(key);
+        self.insert(what, None, id, now)
+    }
+
+    /// [`ReplayGuard::remember`] for a message from `sender` (its public key), within the
+    /// sender's own bound.
+    pub fn remember_from(
+        &self,
+        what: &'static str,
+        sender: &[u8],
+        id: &[u8],
+        now: Instant,
+    ) -> Result<(), ReplayError> {
+        self.insert(what, Some(key_of("sender", sender)), id, now)
+    }
+
+    fn insert(
+        &self,
+        what: &'static str,
+        sender: Option<u128>,
+        id: &[u8],
+        now: Instant,
+    ) -> Result<(), ReplayError> {
+        let key = key_of(what, id);
         // A poisoned lock still holds a consistent set.
         let mut seen = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(&(expires, old)) = seen.order.front() {
+        while let Some(&(expires, old, old_sender)) = seen.order.front() {
             if expires > now {
                 break;
             }
             seen.order.pop_front();
             seen.ids.remove(&old);
+            if let Some(o) = old_sender {
+                if let std::collections::hash_map::Entry::Occupied(mut e) = seen.per_sender.entry(o)
+                {
+                    *e.get_mut() -= 1;
+                    if *e.get() == 0 {
+                        e.remove();
+                    }
+                }
+            }
         }
         if seen.ids.contains(&key) {
             return Err(ReplayError::Replayed { what });
@@ -114,8 +164,18 @@ impl ReplayGuard {
                 max: self.max,
             });
         }
+        if let Some(o) = sender {
+            let n = seen.per_sender.entry(o).or_insert(0);
+            if *n >= self.max_per_sender {
+                return Err(ReplayError::SenderFull {
+                    what,
+                    max: self.max_per_sender,
+                });
+            }
+            *n += 1;
+        }
         seen.ids.insert(key);
-        seen.order.push_back((now + 2 * self.window, key));
+        seen.order.push_back((now + 2 * self.window, key, sender));
         Ok(())
     }
 
@@ -164,6 +224,27 @@ mod tests {
             Err(ReplayError::OutsideWindow { skew: 11, .. })
         ));
         assert!(g.check_time("request", 1_011, now).is_err());
+    }
+
+    #[test]
+    fn one_sender_cannot_take_the_whole_memory() {
+        let g = ReplayGuard::with_sender_limit(Duration::from_secs(10), 100, 2);
+        let t0 = Instant::now();
+        g.remember_from("r", b"alice", b"1", t0).unwrap();
+        g.remember_from("r", b"alice", b"2", t0).unwrap();
+        assert_eq!(
+            g.remember_from("r", b"alice", b"3", t0),
+            Err(ReplayError::SenderFull { what: "r", max: 2 })
+        );
+        // Others still have room; alice again once her entries expire.
+        g.remember_from("r", b"bob", b"3", t0).unwrap();
+        g.remember_from("r", b"alice", b"3", t0 + Duration::from_secs(20))
+            .unwrap();
+        // A replay is a replay whoever sends it.
+        assert_eq!(
+            g.remember_from("r", b"bob", b"3", t0 + Duration::from_secs(21)),
+            Err(ReplayError::Replayed { what: "r" })
+        );
     }
 
     #[test]

@@ -111,6 +111,10 @@ pub struct RuntimeState {
     channel_replay: ReplayGuard,
     /// Nonces of party-signed requests seen recently.
     request_replay: ReplayGuard,
+    /// The wall clock at boot, and the monotonic clock since: the runtime's notion of "now"
+    /// (see [`RuntimeState::now`]).
+    boot_wall: SystemTime,
+    boot_instant: Instant,
 }
 
 impl RuntimeState {
@@ -146,7 +150,15 @@ impl RuntimeState {
             admission: Admission::new(options.workers.max(1), options.max_queue),
             sessions: SessionTable::new(options.sessions),
             channel_replay: ReplayGuard::new(options.replay_window, options.replay_memory),
-            request_replay: ReplayGuard::new(cordon_proto::auth::REQUEST_WINDOW, 1 << 16),
+            // A scope (a job, or a party's uploads) has at most 1,024 requests remembered; the
+            // board has at most 64 jobs and 256 datasets, so the memory cannot fill.
+            request_replay: ReplayGuard::with_sender_limit(
+                cordon_proto::auth::REQUEST_WINDOW,
+                1 << 19,
+                1024,
+            ),
+            boot_wall: SystemTime::now(),
+            boot_instant: Instant::now(),
             options,
             metrics: Metrics::new(),
             next_request_id: AtomicU64::new(1),
@@ -180,6 +192,15 @@ impl RuntimeState {
 
     pub(crate) fn request_replay(&self) -> &ReplayGuard {
         &self.request_replay
+    }
+
+    /// The runtime's "now": the wall clock read once at boot, advanced by the monotonic clock.
+    /// The host sets the wall clock; reading it at every request would let it move a replayed
+    /// message's time stamp back into the window after the replay memory forgot it. Read once, a
+    /// skew the host chose at boot stays constant, and the memory (two windows, monotonic)
+    /// outlives the window in which a time stamp is accepted.
+    pub fn now(&self) -> SystemTime {
+        self.boot_wall + self.boot_instant.elapsed()
     }
 
     pub fn model_names(&self) -> Vec<String> {
@@ -394,13 +415,9 @@ async fn attestation(State(s): State<Arc<RuntimeState>>, Query(q): Query<NonceQu
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("nonce is not hex: {e}")),
     };
-    // A verifier's nonce is single use: the same nonce again is a replayed request.
-    if let Err(e) = s
-        .channel_replay
-        .remember("attestation nonce", &nonce, Instant::now())
-    {
-        return replay_refusal(&s, e);
-    }
+    // A repeated nonce is answered again: it only yields fresh evidence for the same nonce, which
+    // the verifier that drew it checks once. Remembering unauthenticated nonces would let anyone
+    // fill the replay memory that protects authenticated messages.
     // Evidence can take long on hardware (a TDX quote, an SNP ioctl): off the async workers.
     let rd = report_data(&nonce, &s.runtime_keys, &s.bindings);
     let tee = s.tee.clone();
@@ -427,6 +444,15 @@ async fn attestation(State(s): State<Arc<RuntimeState>>, Query(q): Query<NonceQu
 
 async fn metrics(State(s): State<Arc<RuntimeState>>) -> Response {
     s.metrics.sessions_open.set(s.sessions.count() as i64);
+    for (memory, guard) in [
+        ("channel", &s.channel_replay),
+        ("requests", &s.request_replay),
+    ] {
+        s.metrics
+            .replay_remembered
+            .get_or_create(&crate::metrics::MemoryLabels { memory })
+            .set(guard.len() as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -574,7 +600,7 @@ async fn encrypted(
         };
         let checked = s
             .channel_replay
-            .check_time("one-shot request", sent_at, SystemTime::now())
+            .check_time("one-shot request", sent_at, s.now())
             .and_then(|()| {
                 s.channel_replay.remember(
                     "one-shot request",
@@ -606,7 +632,7 @@ async fn encrypted(
 fn replay_refusal(s: &RuntimeState, e: ReplayError) -> Response {
     s.metrics.refused(RefusalKind::Replay);
     match e {
-        ReplayError::Full { .. } => busy(e.to_string()),
+        ReplayError::Full { .. } | ReplayError::SenderFull { .. } => busy(e.to_string()),
         ReplayError::Replayed { .. } => error(StatusCode::CONFLICT, e.to_string()),
         ReplayError::OutsideWindow { .. } => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
@@ -658,7 +684,7 @@ async fn session_setup(
     };
     let checked = s
         .channel_replay
-        .check_time("session setup", setup.sent_at, SystemTime::now())
+        .check_time("session setup", setup.sent_at, s.now())
         .and_then(|()| {
             s.channel_replay
                 .remember("session setup", &keys.setup_id(), Instant::now())
@@ -921,4 +947,59 @@ fn batcher_for<'a>(s: &'a RuntimeState, model: &Arc<OnnxModel>) -> Option<&'a Ba
             Arc::new(move |rows| hist.observe(rows as f64)),
         )
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// The runtime reads the wall clock once, at boot: what the host does to it afterwards moves
+    /// nothing (a replayed message's time stamp cannot be brought back into the window after the
+    /// replay memory, on the monotonic clock, forgot it).
+    #[test]
+    fn the_runtimes_now_follows_the_monotonic_clock_from_boot() {
+        let tee = Arc::new(cordon_tee::SimTee::new(
+            cordon_tee::SimHardwareKey::generate(),
+            [0; 48],
+            [0; 32],
+            false,
+        ));
+        let service_key = ServiceKeyPair::generate(0);
+        let signing_key = SigningKey::from_bytes(&[1; 32]);
+        let runtime_keys = RuntimeKeys {
+            hpke_public_key: service_key.public_key(),
+            hpke_key_id: 0,
+            signing_public_key: signing_key.verifying_key().to_bytes(),
+        };
+        let mut s = RuntimeState::new(
+            service_key,
+            signing_key,
+            runtime_keys,
+            tee,
+            BTreeMap::new(),
+            ServingOptions::default(),
+        );
+        // As if the wall clock had read 1,000 s at boot.
+        s.boot_wall = UNIX_EPOCH + Duration::from_secs(1_000);
+        std::thread::sleep(Duration::from_millis(20));
+        let now = s.now().duration_since(UNIX_EPOCH).unwrap();
+        assert!(
+            now >= Duration::from_millis(1_020) && now < Duration::from_secs(1_060),
+            "{now:?}"
+        );
+        // A message stamped with today's wall clock is far outside this runtime's window.
+        let today = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(s
+            .channel_replay
+            .check_time("one-shot request", today, s.now())
+            .is_err());
+        assert!(s
+            .channel_replay
+            .check_time("one-shot request", 1_000, s.now())
+            .is_ok());
+    }
 }

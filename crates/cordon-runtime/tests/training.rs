@@ -621,6 +621,45 @@ async fn bad_specs_uploads_and_signatures_are_refused() {
         .unwrap();
     assert_eq!(again.status, 409, "{}", again.body);
     assert_eq!(again.body["code"], "request_replayed");
+
+    // Strangers (throw-away keys) spend nothing of the request memory: junk uploads over plain
+    // HTTP, and signed questions about jobs they are not parties of.
+    let remembered = || async {
+        let text = reqwest::get(format!("{}/metrics", w.runtime))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("cordon_runtime_replay_remembered{memory=\"requests\"}"))
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap()
+            .to_string()
+    };
+    let before = remembered().await;
+    for i in 0..20u8 {
+        let stranger = PartyKey::generate(&format!("stranger-{i}"));
+        let mut req = reqwest::Client::new().put(format!("{}/v1/datasets", w.runtime));
+        for (n, v) in stranger.sign_request("PUT", "/v1/datasets", b"", &pk, SystemTime::now()) {
+            req = req.header(n, v);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 400);
+        let path = format!("/v1/jobs/{hash}/submit");
+        let headers = stranger
+            .sign_request("POST", &path, b"", &pk, SystemTime::now())
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let r = a
+            .client
+            .runtime()
+            .raw_request("POST", &path, headers, vec![])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404, "{}", r.body);
+    }
+    assert_eq!(remembered().await, before);
 }
 
 #[tokio::test]
@@ -771,7 +810,7 @@ async fn a_job_can_deploy_its_model_to_serving_without_any_party_holding_its_key
                 runtime_keys: rk,
                 key_ids: vec![key_id.clone()],
                 models: vec![],
-                job: None,
+                sealed_job: None,
             };
             let r: AttestResponse = http
                 .post(format!("{kbs}/kbs/v1/attest"))

@@ -296,6 +296,33 @@ pub(crate) fn fit(params: &LogisticParams, table: &Table) -> Result<LogisticMode
     })
 }
 
+/// Most Newton iterations a job may ask for: each is a pass over every row and a solve, and the
+/// runtime is shared by every party.
+pub const MAX_ITER: u32 = 10_000;
+
+/// The parameter checks, before any data is touched.
+pub(crate) fn check(params: &LogisticParams) -> Result<(), TrainError> {
+    if !(params.c > 0.0 && params.c.is_finite()) {
+        return Err(TrainError::InvalidParam {
+            param: "c",
+            reason: "must be a positive number",
+        });
+    }
+    if !(params.tol >= 0.0 && params.tol.is_finite()) {
+        return Err(TrainError::InvalidParam {
+            param: "tol",
+            reason: "must be a non-negative number",
+        });
+    }
+    if params.max_iter == 0 || params.max_iter > MAX_ITER {
+        return Err(TrainError::InvalidParam {
+            param: "max_iter",
+            reason: "must be 1 to 10000",
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,31 +369,4 @@ mod tests {
         assert!(residual.abs() < 1e-6, "{residual}");
         assert!(model.iterations < 20);
     }
-}
-
-/// Most Newton iterations a job may ask for: each is a pass over every row and a solve, and the
-/// runtime is shared by every party.
-pub const MAX_ITER: u32 = 10_000;
-
-/// The parameter checks, before any data is touched.
-pub(crate) fn check(params: &LogisticParams) -> Result<(), TrainError> {
-    if !(params.c > 0.0 && params.c.is_finite()) {
-        return Err(TrainError::InvalidParam {
-            param: "c",
-            reason: "must be a positive number",
-        });
-    }
-    if !(params.tol >= 0.0 && params.tol.is_finite()) {
-        return Err(TrainError::InvalidParam {
-            param: "tol",
-            reason: "must be a non-negative number",
-        });
-    }
-    if params.max_iter == 0 || params.max_iter > MAX_ITER {
-        return Err(TrainError::InvalidParam {
-            param: "max_iter",
-            reason: "must be 1 to 10000",
-        });
-    }
-    Ok(())
 }

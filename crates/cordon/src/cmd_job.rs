@@ -143,6 +143,9 @@ pub enum JobCommand {
         job: String,
         #[arg(long)]
         out_dir: PathBuf,
+        /// Replace model.sealed, model.key and receipt.json if they exist already.
+        #[arg(long)]
+        force: bool,
     },
     /// Job receipts.
     #[command(subcommand)]
@@ -469,7 +472,15 @@ pub fn run_job(c: JobCommand) -> Result<()> {
         JobCommand::Status { conn, job } => {
             print_status(&rt.block_on(client(&rt, &conn)?.status(&job))?);
         }
-        JobCommand::Result { conn, job, out_dir } => {
+        JobCommand::Result {
+            conn,
+            job,
+            out_dir,
+            force,
+        } => {
+            for name in ["model.sealed", "model.key", "receipt.json"] {
+                output::check_dest(&out_dir.join(name), "--out-dir", force, &[&conn.party])?;
+            }
             let c = client(&rt, &conn)?;
             let checked = rt.block_on(c.checked_result(&job))?;
             let result = &checked.result;
@@ -492,7 +503,7 @@ pub fn run_job(c: JobCommand) -> Result<()> {
             util::write_secret(
                 &out_dir.join("model.key"),
                 key.to_file_contents().as_bytes(),
-                true,
+                force,
             )?;
             util::write_atomic(
                 &out_dir.join("receipt.json"),

@@ -72,9 +72,11 @@ pub struct AdminArgs {
     #[arg(long, env = "CORDON_KBS_URL")]
     kbs: String,
     /// The KBS's identity key, pinned: 64 hex digits, or a file holding them (what
-    /// `cordon kbs serve` printed). Keys are sealed to it; requests are signed for it.
+    /// `cordon kbs serve` printed). Keys are sealed to it; requests are signed for it. Without it,
+    /// the identity the KBS serves is used only if the admin token vouches for it (the KBS signed
+    /// it with the token's key when the token was made), which the host cannot forge.
     #[arg(long, env = "CORDON_KBS_KEY")]
-    kbs_key: String,
+    kbs_key: Option<String>,
     /// File holding the admin token (the seed of the administrator's signing key; it never
     /// leaves this machine: requests are signed with it).
     #[arg(long, env = "CORDON_ADMIN_TOKEN_FILE")]
@@ -102,22 +104,25 @@ pub fn run(c: KbsCommand) -> Result<()> {
     }
 }
 
+async fn fetch_identity(kbs: &str) -> Result<KbsIdentity> {
+    let resp = reqwest::Client::new()
+        .get(format!("{}/kbs/v1/identity", kbs.trim_end_matches('/')))
+        .send()
+        .await
+        .with_context(|| format!("connecting to KBS {kbs}"))?;
+    if !resp.status().is_success() {
+        return Err(error_of(resp).await);
+    }
+    Ok(resp.json().await?)
+}
+
 fn identity(kbs: &str) -> Result<()> {
-    let id: KbsIdentity = util::tokio_runtime()?.block_on(async {
-        let resp = reqwest::Client::new()
-            .get(format!("{}/kbs/v1/identity", kbs.trim_end_matches('/')))
-            .send()
-            .await
-            .with_context(|| format!("connecting to KBS {kbs}"))?;
-        if !resp.status().is_success() {
-            return Err(error_of(resp).await);
-        }
-        Ok(resp.json().await?)
-    })?;
+    let id = util::tokio_runtime()?.block_on(fetch_identity(kbs))?;
     println!("{}", hex::encode(id.hpke_public_key));
     eprintln!(
         "this is what the network answered: compare it with what `cordon kbs serve` printed on \
-         the KBS's own machine before you pin it"
+         the KBS's own machine before you pin it (a party that seals a key to a key the host \
+         chose gives the host that key); the administrator's commands check it with the token"
     );
     Ok(())
 }
@@ -226,9 +231,43 @@ impl Admin {
         })
     }
 
-    fn from_args(a: &AdminArgs) -> Result<Admin> {
+    async fn from_args(a: &AdminArgs) -> Result<Admin> {
         let token = util::read_to_string(&a.token_file, "admin token")?;
-        Admin::new(&a.kbs, util::parse_kbs_key(&a.kbs_key)?, &token)
+        match &a.kbs_key {
+            Some(k) => Admin::new(&a.kbs, util::parse_kbs_key(k)?, &token),
+            None => Admin::vouched(&a.kbs, &token).await,
+        }
+    }
+
+    /// The KBS's identity as it serves it, accepted only with the administrator's signature over
+    /// it (made by the KBS with the token's key when the token was created): the host, which
+    /// carries the answer, cannot vouch for a key of its own.
+    pub async fn vouched(url: &str, token: &str) -> Result<Admin> {
+        let key = cordon_proto::auth::admin_key(token)?;
+        let id = fetch_identity(url).await?;
+        let Some(sig) = &id.admin_signature else {
+            bail!(
+                "KBS {url} serves no administrator's signature over its identity key: pin the key \
+                 `cordon kbs serve` printed with --kbs-key"
+            );
+        };
+        cordon_proto::auth::check_identity(
+            &key.verifying_key().to_bytes(),
+            &id.hpke_public_key,
+            sig,
+        )
+        .with_context(|| {
+            format!(
+                "the identity key KBS {url} serves ({}) is not the one this admin token vouches \
+                 for: someone on the path answered, or this is another KBS; nothing was sent",
+                hex::encode(id.hpke_public_key)
+            )
+        })?;
+        Ok(Admin {
+            url: url.trim_end_matches('/').to_string(),
+            kbs_key: id.hpke_public_key,
+            key,
+        })
     }
 
     /// One admin request, signed for the pinned KBS with a fresh nonce.
@@ -312,8 +351,12 @@ async fn error_of(resp: reqwest::Response) -> anyhow::Error {
 fn register(a: RegisterArgs) -> Result<()> {
     let key = KeyFile::from_file_contents(&util::read_to_string(&a.key, "key file")?)?;
     let policy = util::read_to_string(&a.policy, "release policy")?;
-    let admin = Admin::from_args(&a.admin)?;
-    util::tokio_runtime()?.block_on(admin.register_key(&key, &policy))?;
+    util::tokio_runtime()?.block_on(async {
+        Admin::from_args(&a.admin)
+            .await?
+            .register_key(&key, &policy)
+            .await
+    })?;
     println!(
         "registered key {} with release policy {}",
         key.key_id,
@@ -323,8 +366,8 @@ fn register(a: RegisterArgs) -> Result<()> {
 }
 
 fn audit(a: AdminArgs) -> Result<()> {
-    let admin = Admin::from_args(&a)?;
-    let events = util::tokio_runtime()?.block_on(admin.audit())?;
+    let events =
+        util::tokio_runtime()?.block_on(async { Admin::from_args(&a).await?.audit().await })?;
     let chain = match cordon_kbs::verify_audit_chain(&events) {
         Ok(()) => "hash chain intact".to_string(),
         Err(seq) => format!("HASH CHAIN BROKEN at event {seq}"),

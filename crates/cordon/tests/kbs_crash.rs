@@ -99,7 +99,7 @@ impl Driver {
             runtime_keys: rk,
             key_ids: vec![key_id.to_string()],
             models: vec![],
-            job: None,
+            sealed_job: None,
         };
         let resp = self
             .http
@@ -300,7 +300,7 @@ async fn check(d: &Driver, ack: &Mutex<Acknowledged>) {
             runtime_keys: rk,
             key_ids: vec![keys.keys().next().cloned().unwrap_or_default()],
             models: vec![],
-            job: None,
+            sealed_job: None,
         };
         let resp = d
             .http

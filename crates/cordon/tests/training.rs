@@ -269,6 +269,24 @@ fn two_parties_train_with_the_cli_alone() {
         &["job", "result", "--job", &hash, "--out-dir", &s(&p("out"))],
         "lab",
     ));
+    // Written once; again only with --force.
+    let err = failsv(&run(
+        &["job", "result", "--job", &hash, "--out-dir", &s(&p("out"))],
+        "lab",
+    ));
+    assert!(err.contains("--force"), "{err}");
+    okv(&run(
+        &[
+            "job",
+            "result",
+            "--job",
+            &hash,
+            "--out-dir",
+            &s(&p("out")),
+            "--force",
+        ],
+        "lab",
+    ));
     let verified = ok(&[
         "job",
         "receipt",

@@ -113,6 +113,25 @@ impl Harness {
         req.body(body).send().await.unwrap()
     }
 
+    /// A request signed by `party` for this KBS.
+    pub async fn signed_party(
+        &self,
+        party: &cordon_proto::job::PartyKey,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.url));
+        for (name, value) in
+            party.sign_request(method.as_str(), path, &body, &self.kbs_key, self.now())
+        {
+            req = req.header(name, value);
+        }
+        req.body(body).send().await.unwrap()
+    }
+
     /// The body of an admin registration of `dek` under `policy` for `key_id`.
     pub fn register_body(&self, key_id: &str, dek: [u8; 32], policy: &str) -> Vec<u8> {
         let admin = cordon_proto::auth::admin_key(&self.token).unwrap();
