@@ -439,7 +439,13 @@ fn runtime_metrics(url: &str) -> BTreeMap<String, String> {
     assert_eq!(status, 200, "{url}/metrics");
     String::from_utf8_lossy(&body)
         .lines()
-        .filter(|l| !l.starts_with('#') && !l.starts_with("cordon_runtime_refusals"))
+        // Refusal counters and the replay memories' sizes move with every refusal and every
+        // expiry sweep: they are not state a refused message may not change.
+        .filter(|l| {
+            !l.starts_with('#')
+                && !l.starts_with("cordon_runtime_refusals")
+                && !l.starts_with("cordon_runtime_replay_remembered")
+        })
         .filter_map(|l| l.rsplit_once(' '))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
