@@ -7,8 +7,9 @@
 //! channel, except the upload of a sealed dataset (ciphertext already), which is signed the same
 //! way. Dataset keys go to the KBS sealed to its identity key, which the party pins.
 
-use crate::{ClientError, VerifiedRuntime};
+use crate::{ClientError, ClientTls, VerifiedRuntime};
 use cordon_attest::{appraise, PolicyDocument, Verifier};
+use cordon_http::client::error_text;
 use cordon_proto::job::{
     output_aad, JobResult, JobSpec, JobState, JobStatus, PartyKey, Receipt, OUTPUT_INFO,
 };
@@ -63,6 +64,28 @@ pub async fn register_dataset_key(
     dek: &[u8; 32],
     policy_toml: &str,
 ) -> Result<(), JobClientError> {
+    register_dataset_key_tls(
+        party,
+        kbs_url,
+        &ClientTls::default(),
+        kbs_public_key,
+        key_id,
+        dek,
+        policy_toml,
+    )
+    .await
+}
+
+/// [`register_dataset_key`], verifying an `https://` KBS's TLS certificate with `tls`.
+pub async fn register_dataset_key_tls(
+    party: &PartyKey,
+    kbs_url: &str,
+    tls: &ClientTls,
+    kbs_public_key: &[u8; 32],
+    key_id: &str,
+    dek: &[u8; 32],
+    policy_toml: &str,
+) -> Result<(), JobClientError> {
     let sealed_dek = seal_dek_for_kbs(
         kbs_public_key,
         DekPurpose::DatasetKey,
@@ -78,10 +101,9 @@ pub async fn register_dataset_key(
     })
     .map_err(|e| JobClientError::Malformed(e.to_string()))?;
     let path = format!("/kbs/v1/datasets/{key_id}");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| JobClientError::Http(e.to_string()))?;
+    let http = tls
+        .client(Duration::from_secs(60))
+        .map_err(|e| JobClientError::Http(error_text(&e)))?;
     let mut req = http
         .put(format!("{}{path}", kbs_url.trim_end_matches('/')))
         .header(reqwest::header::CONTENT_TYPE, "application/json");
@@ -93,7 +115,7 @@ pub async fn register_dataset_key(
         .body(body)
         .send()
         .await
-        .map_err(|e| JobClientError::Http(e.to_string()))?;
+        .map_err(|e| JobClientError::Http(error_text(&e)))?;
     if !resp.status().is_success() {
         let status = resp.status().as_u16();
         let body: Option<ErrorBody> = resp.json().await.ok();
@@ -134,7 +156,18 @@ impl JobClient {
         policy: PolicyDocument,
         now: SystemTime,
     ) -> Result<JobClient, JobClientError> {
-        let runtime = crate::connect(runtime_url, &policy, now).await?;
+        Self::connect_tls(runtime_url, party, policy, &ClientTls::default(), now).await
+    }
+
+    /// [`JobClient::connect`], verifying an `https://` runtime's TLS certificate with `tls`.
+    pub async fn connect_tls(
+        runtime_url: &str,
+        party: PartyKey,
+        policy: PolicyDocument,
+        tls: &ClientTls,
+        now: SystemTime,
+    ) -> Result<JobClient, JobClientError> {
+        let runtime = crate::connect_tls(runtime_url, &policy, tls, now).await?;
         Ok(JobClient {
             runtime,
             party,
@@ -209,7 +242,7 @@ impl JobClient {
             .body(sealed)
             .send()
             .await
-            .map_err(|e| JobClientError::Http(e.to_string()))?;
+            .map_err(|e| JobClientError::Http(error_text(&e)))?;
         let status = resp.status().as_u16();
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         let body = refused_or_body(InnerResponse { status, body })?;

@@ -7,9 +7,17 @@
 //!
 //! [`proxy`] puts the same client behind a plain Open Inference Protocol endpoint on loopback, so
 //! applications that speak KServe v2 / OIP reach the runtime encrypted without any change.
+//!
+//! The runtime's URL may be `https://`: its TLS certificate is verified against the web PKI roots
+//! and any CA the caller adds ([`ClientTls`], `connect_*_tls`). TLS protects metadata on the wire;
+//! it is never what the client relies on: the runtime is trusted through its evidence, and every
+//! request is encrypted to the attested key whatever the transport.
 
 pub mod jobs;
 pub mod proxy;
+
+use cordon_http::client::error_text;
+pub use cordon_http::client::ClientTls;
 
 use cordon_attest::{appraise, verify, Claims, Endorsements, Policy, PolicyDocument, Verdict};
 use cordon_proto::channel::{encapsulate_request, ChannelError};
@@ -73,11 +81,9 @@ pub struct VerifiedRuntime {
     http: reqwest::Client,
 }
 
-fn http_client() -> Result<reqwest::Client, ClientError> {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| ClientError::Http(e.to_string()))
+fn http_client(tls: &ClientTls) -> Result<reqwest::Client, ClientError> {
+    tls.client(Duration::from_secs(30))
+        .map_err(|e| ClientError::Http(error_text(&e)))
 }
 
 /// Verifies the runtime at `url` with the policy and endorsements of `doc`, at time `now`.
@@ -86,11 +92,21 @@ pub async fn connect(
     doc: &PolicyDocument,
     now: SystemTime,
 ) -> Result<VerifiedRuntime, ClientError> {
+    connect_tls(url, doc, &ClientTls::default(), now).await
+}
+
+/// [`connect`], verifying an `https://` runtime's TLS certificate with `tls`.
+pub async fn connect_tls(
+    url: &str,
+    doc: &PolicyDocument,
+    tls: &ClientTls,
+    now: SystemTime,
+) -> Result<VerifiedRuntime, ClientError> {
     let endorsements = doc
         .endorsements
         .as_ref()
         .ok_or(ClientError::NoEndorsements)?;
-    connect_with(url, &doc.policy, endorsements, now).await
+    connect_with_tls(url, &doc.policy, endorsements, tls, now).await
 }
 
 /// [`connect`] with the policy and endorsements given separately.
@@ -100,8 +116,20 @@ pub async fn connect_with(
     endorsements: &Endorsements,
     now: SystemTime,
 ) -> Result<VerifiedRuntime, ClientError> {
+    connect_with_tls(url, policy, endorsements, &ClientTls::default(), now).await
+}
+
+/// [`connect_with`], verifying an `https://` runtime's TLS certificate with `tls`. The
+/// [`VerifiedRuntime`] keeps using that trust for every later request.
+pub async fn connect_with_tls(
+    url: &str,
+    policy: &Policy,
+    endorsements: &Endorsements,
+    tls: &ClientTls,
+    now: SystemTime,
+) -> Result<VerifiedRuntime, ClientError> {
     let url = url.trim_end_matches('/').to_string();
-    let http = http_client()?;
+    let http = http_client(tls)?;
     let mut nonce = [0u8; 32];
     rand::rng().fill_bytes(&mut nonce);
     let resp = http
@@ -109,7 +137,7 @@ pub async fn connect_with(
         .query(&[("nonce", hex::encode(nonce))])
         .send()
         .await
-        .map_err(|e| ClientError::Http(e.to_string()))?;
+        .map_err(|e| ClientError::Http(error_text(&e)))?;
     if !resp.status().is_success() {
         return Err(server_error(resp).await);
     }
@@ -165,13 +193,13 @@ async fn post_message(
         .body(body)
         .send()
         .await
-        .map_err(|e| ClientError::Http(e.to_string()))?;
+        .map_err(|e| ClientError::Http(error_text(&e)))?;
     if !resp.status().is_success() {
         return Err(server_error(resp).await);
     }
     resp.bytes()
         .await
-        .map_err(|e| ClientError::Http(e.to_string()))
+        .map_err(|e| ClientError::Http(error_text(&e)))
 }
 
 /// The plaintext of an inner request (zeroized when dropped).

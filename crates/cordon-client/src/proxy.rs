@@ -5,7 +5,8 @@
 //! The proxy:
 //!
 //! - verifies the runtime at `upstream` with the client's own policy file and a fresh nonce
-//!   ([`crate::connect_with`]) and pins the HPKE key bound in its evidence;
+//!   ([`crate::connect_with_tls`], with [`ProxyConfig::tls`] for an `https://` upstream) and pins
+//!   the HPKE key bound in its evidence;
 //! - forwards each OIP request (`GET /v2`, `/v2/health/{live,ready}`,
 //!   `/v2/models/{name}[/versions/{version}]`, `…/ready`, `POST …/infer`) as an encrypted inner request
 //!   and answers with the decrypted status and JSON body; any other path is a 404 from the proxy;
@@ -19,7 +20,7 @@
 //!
 //! Request and response bodies are never logged; `debug` tracing names method, path and status only.
 
-use crate::{connect_with, ClientError, Session, VerifiedRuntime};
+use crate::{connect_with_tls, ClientError, ClientTls, Session, VerifiedRuntime};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -61,6 +62,8 @@ pub struct ProxyConfig {
     pub retry_failed_after: Duration,
     /// Largest request body accepted (413 above it).
     pub max_body: usize,
+    /// How an `https://` upstream's TLS certificate is verified (default: the web PKI roots).
+    pub tls: ClientTls,
     pub now: Clock,
 }
 
@@ -73,6 +76,7 @@ impl ProxyConfig {
             reverify_every: DEFAULT_REVERIFY,
             retry_failed_after: DEFAULT_RETRY_FAILED,
             max_body: DEFAULT_MAX_BODY,
+            tls: ClientTls::default(),
             now: Arc::new(SystemTime::now),
         }
     }
@@ -284,12 +288,23 @@ impl Proxy {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.serve_with_tls(listener, None, shutdown).await
+    }
+
+    /// [`Proxy::serve`], over TLS towards the application when `tls` is given.
+    pub async fn serve_with_tls(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: Option<cordon_http::ServerTls>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let reverifier = self.spawn_reverifier();
         // Connection cap, header and request deadlines, no Nagle delay (cordon-http).
-        let result = cordon_http::serve(
+        let result = cordon_http::serve_with_tls(
             listener,
             self.router(),
             cordon_http::ServerLimits::default(),
+            tls,
             shutdown,
         )
         .await;
@@ -394,7 +409,14 @@ impl Proxy {
         let s = &self.shared;
         let now = self.now();
         self.write().last_attempt_at = Some(now);
-        let result = connect_with(&s.upstream, &s.config.policy.policy, &s.endorsements, now).await;
+        let result = connect_with_tls(
+            &s.upstream,
+            &s.config.policy.policy,
+            &s.endorsements,
+            &s.config.tls,
+            now,
+        )
+        .await;
         let outcome = self.record(result, now);
         // After the state is written, so the background task reads the new schedule.
         s.verified.notify_one();

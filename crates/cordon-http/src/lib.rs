@@ -11,6 +11,19 @@
 //! - at most [`ServerLimits::max_connections`] connections are served at once; beyond that, new
 //!   connections are closed at once rather than queued, so a flood costs a socket for a moment,
 //!   not memory.
+//!
+//! With a [`ServerTls`] ([`serve_with_tls`]) every connection is TLS (rustls): the handshake counts
+//! against the connection cap and must finish within [`ServerLimits::tls_handshake_timeout`], or
+//! the connection is closed (a client that stalls in the handshake is a slowloris too); the request
+//! deadlines then apply as without TLS. A shutdown closes connections still in their handshake.
+//! There is no plaintext fallback on a TLS listener.
+
+#[cfg(feature = "client")]
+pub mod client;
+mod tls;
+
+pub use tls::{ServerTls, TlsError};
+pub use tokio_rustls::rustls;
 
 use axum::http::StatusCode;
 use axum::Router;
@@ -34,6 +47,9 @@ pub struct ServerLimits {
     pub request_timeout: Duration,
     /// Disable Nagle's algorithm (small request/response pairs).
     pub nodelay: bool,
+    /// Time allowed for a TLS handshake (TLS listeners only), before the request head's deadline
+    /// starts.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -43,6 +59,7 @@ impl Default for ServerLimits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             nodelay: true,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -55,15 +72,29 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_tls(listener, router, limits, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given (every connection; none in plaintext).
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    router: Router,
+    limits: ServerLimits,
+    tls: Option<ServerTls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let router = router.layer(tower_http::timeout::TimeoutLayer::with_status_code(
         StatusCode::REQUEST_TIMEOUT,
         limits.request_timeout,
     ));
+    let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config().clone()));
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
+    // Tells connections still in their TLS handshake (not yet watched by `graceful`) to give up.
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 // Out of file descriptors and the like: back off briefly rather than spin.
@@ -91,15 +122,46 @@ pub async fn serve(
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout);
-        // No upgrades (websockets): none of Cordon's routes use them.
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        // Subscribed before the shutdown signal can be sent: a connection that starts being
+        // watched after it was sent still sees it.
+        let watcher = graceful.watcher();
+        let Some(acceptor) = acceptor.clone() else {
+            // No upgrades (websockets): none of Cordon's routes use them.
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+            continue;
+        };
+        let handshake_timeout = limits.tls_handshake_timeout;
+        let mut stopping = stopping_rx.clone();
         tokio::spawn(async move {
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+            let stream = tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out; closing the connection");
+                        return;
+                    }
+                },
+                _ = stopping.wait_for(|s| *s) => return,
+            };
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);
         });
     }
+    let _ = stopping_tx.send(true);
     graceful.shutdown().await;
     Ok(())
 }

@@ -46,6 +46,7 @@ fn limits() -> ServerLimits {
         header_read_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_millis(800),
         nodelay: true,
+        ..ServerLimits::default()
     }
 }
 

@@ -242,10 +242,22 @@ impl Kbs {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        cordon_http::serve(
+        self.serve_with_tls(listener, None, shutdown).await
+    }
+
+    /// [`Kbs::serve`], over TLS when `tls` is given. TLS protects metadata only: every key
+    /// already travels sealed (to the KBS's identity key, or to an attested runtime key).
+    pub async fn serve_with_tls(
+        &self,
+        listener: tokio::net::TcpListener,
+        tls: Option<cordon_http::ServerTls>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        cordon_http::serve_with_tls(
             listener,
             self.router(),
             cordon_http::ServerLimits::default(),
+            tls,
             shutdown,
         )
         .await

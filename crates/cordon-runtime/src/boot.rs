@@ -4,6 +4,7 @@ use crate::config::RuntimeConfig;
 use crate::engine::{Engine, EngineError, EngineKind, OnnxModel, OnnxRuntimeLibrary};
 use crate::jobs::TrainingOptions;
 use crate::server::{RuntimeState, ServedModel, ServingOptions};
+use cordon_http::client::{error_text, ClientTls};
 use cordon_proto::job::job_report_data;
 use cordon_proto::kbs::{
     seal_job, AttestRequest, AttestResponse, Challenge, ErrorBody, JobRelease, RELEASE_INFO,
@@ -96,6 +97,16 @@ pub async fn boot(
         signing_public_key: signing_key.verifying_key().to_bytes(),
     };
 
+    // A malformed or misplaced kbs_ca_cert stops the boot before anything else.
+    let kbs_tls = config.kbs_tls().map_err(RuntimeError::Config)?;
+    if config.kbs_url.trim().starts_with("https://") {
+        tracing::info!(
+            kbs = %config.kbs_url,
+            trust = if config.kbs_ca_cert.is_some() { "kbs_ca_cert only" } else { "web PKI roots" },
+            "talking to the key broker over TLS"
+        );
+    }
+
     let onnxruntime = load_onnxruntime(config)?;
 
     // Read every sealed header first: the key ids to ask for, and the signer each must carry.
@@ -156,6 +167,7 @@ pub async fn boot(
     } else {
         attest_to_kbs(
             &config.kbs_url,
+            &kbs_tls,
             tee.as_ref(),
             &runtime_keys,
             key_ids,
@@ -237,6 +249,7 @@ pub async fn boot(
     );
     if let Some(training) = &config.training {
         let mut t = TrainingOptions::new(&config.kbs_url);
+        t.kbs_tls = kbs_tls.clone();
         t.kbs_public_key = Some(
             config
                 .kbs_public_key_bytes()
@@ -270,6 +283,7 @@ pub(crate) struct KbsRelease {
 
 pub(crate) async fn attest_to_kbs(
     kbs_url: &str,
+    kbs_tls: &ClientTls,
     tee: &dyn EvidenceProvider,
     runtime_keys: &RuntimeKeys,
     key_ids: Vec<String>,
@@ -281,20 +295,19 @@ pub(crate) async fn attest_to_kbs(
         url: kbs.clone(),
         reason,
     };
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .map_err(|e| kbs_err(e.to_string()))?;
+    let http = kbs_tls
+        .client(std::time::Duration::from_secs(30))
+        .map_err(|e| kbs_err(error_text(&e)))?;
     let challenge: Challenge = http
         .post(format!("{kbs}/kbs/v1/challenge"))
         .send()
         .await
-        .map_err(|e| kbs_err(format!("challenge: {e}")))?
+        .map_err(|e| kbs_err(format!("challenge: {}", error_text(&e))))?
         .error_for_status()
-        .map_err(|e| kbs_err(format!("challenge: {e}")))?
+        .map_err(|e| kbs_err(format!("challenge: {}", error_text(&e))))?
         .json()
         .await
-        .map_err(|e| kbs_err(format!("challenge: {e}")))?;
+        .map_err(|e| kbs_err(format!("challenge: {}", error_text(&e))))?;
     let nonce =
         hex::decode(&challenge.nonce).map_err(|e| kbs_err(format!("nonce is not hex: {e}")))?;
     let bound = match &job {
@@ -322,7 +335,7 @@ pub(crate) async fn attest_to_kbs(
         .json(&request)
         .send()
         .await
-        .map_err(|e| kbs_err(format!("attest: {e}")))?;
+        .map_err(|e| kbs_err(format!("attest: {}", error_text(&e))))?;
     if !resp.status().is_success() {
         let status = resp.status();
         let reason = match resp.json::<ErrorBody>().await {
@@ -334,7 +347,7 @@ pub(crate) async fn attest_to_kbs(
     let response: AttestResponse = resp
         .json()
         .await
-        .map_err(|e| kbs_err(format!("attest: {e}")))?;
+        .map_err(|e| kbs_err(format!("attest: {}", error_text(&e))))?;
     Ok(KbsRelease {
         response,
         nonce: challenge.nonce,

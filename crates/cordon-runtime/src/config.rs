@@ -2,6 +2,7 @@
 //! confidential VM's measured configuration would be; so it names nothing that changes per request.
 
 use crate::engine::{EngineKind, OnnxRuntimeOptions};
+use cordon_http::client::ClientTls;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -16,6 +17,14 @@ pub struct RuntimeConfig {
     /// configuration pins which KBS receives keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kbs_public_key: Option<String>,
+    /// The CA certificate(s) (PEM text, in the configuration itself) the KBS's TLS certificate
+    /// must chain to, with an `https://` `kbs_url`: then these alone are trusted for the KBS's
+    /// TLS, not the web PKI roots. Measured with the rest of the configuration, so the host can
+    /// neither swap it nor point the runtime at another TLS server unnoticed. Without it, an
+    /// `https://` KBS is verified against the built-in web PKI roots. Keys never depend on TLS:
+    /// the KBS seals every DEK to the runtime's attested key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kbs_ca_cert: Option<String>,
     /// 32 bytes of workload data (hex) the TEE reports; zero when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_data: Option<String>,
@@ -95,6 +104,21 @@ impl RuntimeConfig {
             .transpose()
     }
 
+    /// How the runtime verifies the KBS's TLS certificate: the configuration's `kbs_ca_cert`
+    /// alone when it names one (which then needs an `https://` `kbs_url`), else the web PKI roots.
+    pub fn kbs_tls(&self) -> Result<ClientTls, String> {
+        let Some(pem) = &self.kbs_ca_cert else {
+            return Ok(ClientTls::web_pki());
+        };
+        if !self.kbs_url.trim().starts_with("https://") {
+            return Err(format!(
+                "kbs_ca_cert is set but kbs_url {:?} is not https://: the CA would pin nothing",
+                self.kbs_url
+            ));
+        }
+        ClientTls::only_ca_pem(pem.as_bytes(), "kbs_ca_cert").map_err(|e| e.to_string())
+    }
+
     pub fn workload_data_bytes(&self) -> Result<[u8; 32], String> {
         match &self.workload_data {
             None => Ok([0; 32]),
@@ -103,5 +127,46 @@ impl RuntimeConfig {
                 .and_then(|b| b.try_into().ok())
                 .ok_or_else(|| "workload_data must be 32 bytes of hex".to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CA: &str = include_str!("../../../testdata/tls/ca.pem");
+
+    fn with_ca(url: &str, ca: &str) -> Result<RuntimeConfig, String> {
+        RuntimeConfig::from_toml(&format!(
+            "kbs_url = \"{url}\"\nkbs_ca_cert = '''\n{ca}'''\n"
+        ))
+    }
+
+    #[test]
+    fn kbs_ca_cert_pins_the_kbs_tls_and_stays_in_the_measured_text() {
+        let config = with_ca("https://kbs.example:8100", CA).unwrap();
+        let tls = config.kbs_tls().unwrap();
+        assert!(!tls.trusts_web_pki());
+        assert_eq!(tls.extra_cas(), 1);
+        // It round-trips, so what is measured is what is used.
+        let again = RuntimeConfig::from_toml(&config.to_toml()).unwrap();
+        assert_eq!(again, config);
+        // Without it: the web PKI roots.
+        let plain = RuntimeConfig::from_toml("kbs_url = \"https://kbs.example\"\n").unwrap();
+        assert!(plain.kbs_tls().unwrap().trusts_web_pki());
+    }
+
+    #[test]
+    fn kbs_ca_cert_needs_https_and_a_certificate() {
+        let err = with_ca("http://kbs.example", CA)
+            .unwrap()
+            .kbs_tls()
+            .unwrap_err();
+        assert!(err.contains("not https://"), "{err}");
+        let err = with_ca("https://kbs.example", "no certificate here\n")
+            .unwrap()
+            .kbs_tls()
+            .unwrap_err();
+        assert!(err.contains("kbs_ca_cert"), "{err}");
     }
 }

@@ -21,6 +21,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use cordon_http::client::{error_text, ClientTls};
 use cordon_proto::auth::SignedRequest;
 use cordon_proto::channel;
 use cordon_proto::job::{
@@ -45,6 +46,8 @@ pub struct TrainingOptions {
     /// The key broker's identity key (from the measured configuration): a job's output key is
     /// sealed to it, and the registration names it as its audience.
     pub kbs_public_key: Option<[u8; 32]>,
+    /// How the key broker's TLS certificate is verified (`kbs_ca_cert` of the configuration).
+    pub kbs_tls: ClientTls,
     /// Largest sealed dataset accepted, in bytes.
     pub max_dataset_bytes: usize,
     /// Jobs held at once (any state).
@@ -71,6 +74,7 @@ impl TrainingOptions {
         TrainingOptions {
             kbs_url: kbs_url.to_string(),
             kbs_public_key: None,
+            kbs_tls: ClientTls::web_pki(),
             max_dataset_bytes: 256 << 20,
             max_jobs: 64,
             max_jobs_per_party: 8,
@@ -806,6 +810,7 @@ async fn execute(s: &Arc<RuntimeState>, hash: [u8; 32]) -> Result<JobOutput, Str
     // Attest with evidence binding this job; the KBS checks each owner's approval.
     let release = attest_to_kbs(
         &board.options.kbs_url,
+        &board.options.kbs_tls,
         s.tee().as_ref(),
         s.runtime_keys(),
         spec.datasets.iter().map(|d| d.key_id.clone()).collect(),
@@ -926,7 +931,16 @@ async fn register_output(
     })
     .map_err(|e| e.to_string())?;
     let path = format!("/kbs/v1/jobs/{}/output", hex::encode(hash));
-    let mut req = reqwest::Client::new()
+    let http = options
+        .kbs_tls
+        .client(Duration::from_secs(60))
+        .map_err(|e| {
+            format!(
+                "registering the model for serving with the key broker: {}",
+                error_text(&e)
+            )
+        })?;
+    let mut req = http
         .put(format!("{}{path}", options.kbs_url.trim_end_matches('/')))
         .header(reqwest::header::CONTENT_TYPE, "application/json");
     for (name, value) in cordon_proto::auth::sign_request(
@@ -939,11 +953,12 @@ async fn register_output(
     ) {
         req = req.header(name, value);
     }
-    let resp = req
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| format!("registering the model for serving with the key broker: {e}"))?;
+    let resp = req.body(body).send().await.map_err(|e| {
+        format!(
+            "registering the model for serving with the key broker: {}",
+            error_text(&e)
+        )
+    })?;
     if !resp.status().is_success() {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();

@@ -334,13 +334,24 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_tls(state, listener, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given. The TLS key is the host's, bound to no evidence:
+/// clients trust it for the transport only and still encrypt every request to the attested key.
+pub async fn serve_with_tls(
+    state: Arc<RuntimeState>,
+    listener: tokio::net::TcpListener,
+    tls: Option<cordon_http::ServerTls>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     // Connection cap, header and request deadlines, no Nagle delay (cordon-http). A training
     // runtime accepts sealed datasets of up to hundreds of MiB: allow them time to arrive.
     let mut limits = cordon_http::ServerLimits::default();
     if state.job_board().is_some() {
         limits.request_timeout = std::time::Duration::from_secs(600);
     }
-    cordon_http::serve(listener, router(state), limits, shutdown).await
+    cordon_http::serve_with_tls(listener, router(state), limits, tls, shutdown).await
 }
 
 /// Tags every request with an id (the caller's `x-request-id` when it is short and printable,

@@ -150,6 +150,7 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
     let trainer_config = RuntimeConfig {
         kbs_url: kbs.url.clone(),
         kbs_public_key: Some(hex::encode(kbs.identity)),
+        kbs_ca_cert: None,
         workload_data: None,
         models: vec![],
         training: Some(TrainingConfig {
@@ -182,6 +183,7 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
     let server_config = RuntimeConfig {
         kbs_url: kbs.url.clone(),
         kbs_public_key: Some(hex::encode(kbs.identity)),
+        kbs_ca_cert: None,
         workload_data: None,
         models: vec![ModelConfig {
             name: "joint-breast-cancer".into(),

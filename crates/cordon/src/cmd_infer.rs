@@ -9,9 +9,11 @@ use std::time::SystemTime;
 
 #[derive(clap::Args)]
 pub struct InferArgs {
-    /// Runtime base URL.
+    /// Runtime base URL (http:// or https://).
     #[arg(long)]
     runtime: String,
+    #[command(flatten)]
+    ca: util::CaCertArg,
     /// Client policy (TOML) with an [endorsements] section: what the runtime must prove.
     #[arg(long)]
     policy: PathBuf,
@@ -39,8 +41,9 @@ pub fn run(a: InferArgs) -> Result<()> {
             a.input.display()
         )
     })?;
+    let tls = a.ca.tls()?;
     util::tokio_runtime()?.block_on(async {
-        let runtime = cordon_client::connect(&a.runtime, &doc, SystemTime::now()).await?;
+        let runtime = cordon_client::connect_tls(&a.runtime, &doc, &tls, SystemTime::now()).await?;
         let c = runtime.claims();
         eprintln!(
             "verified runtime: platform {}{}, launch measurement {}, debug {}",

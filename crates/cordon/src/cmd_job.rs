@@ -5,7 +5,7 @@ use crate::output::{self, TempOutput};
 use crate::util;
 use anyhow::{bail, Context, Result};
 use cordon_attest::PolicyDocument;
-use cordon_client::jobs::{approval_summary, check_own_entry, register_dataset_key, JobClient};
+use cordon_client::jobs::{approval_summary, check_own_entry, register_dataset_key_tls, JobClient};
 use cordon_proto::job::{JobDataset, JobSpec, JobStatus, PartyKey, Receipt, MAX_APPROVAL_VALIDITY};
 use cordon_seal::{KeyFile, OwnerKey, SealOptions};
 use std::io::{Seek, Write};
@@ -41,12 +41,15 @@ pub enum DatasetCommand {
         /// Release policy (TOML): which runtimes may receive the key.
         #[arg(long)]
         policy: PathBuf,
+        /// KBS base URL (http:// or https://).
         #[arg(long)]
         kbs: String,
         /// The KBS's identity key, pinned: 64 hex digits or a file holding them (what
         /// `cordon kbs serve` printed). The key travels sealed to it.
         #[arg(long, env = "CORDON_KBS_KEY")]
         kbs_key: String,
+        #[command(flatten)]
+        ca: util::CaCertArg,
     },
     /// Upload the sealed dataset (public bytes) to the training runtime, after verifying it.
     Upload {
@@ -82,9 +85,11 @@ pub struct Conn {
     /// The party's key file (`cordon party keygen`).
     #[arg(long)]
     party: PathBuf,
-    /// The training runtime's URL.
+    /// The training runtime's URL (http:// or https://).
     #[arg(long)]
     runtime: String,
+    #[command(flatten)]
+    ca: util::CaCertArg,
     /// The party's policy for the training runtime, with [endorsements] (as `cordon infer
     /// --policy`): the runtime is verified against it before anything is sent, and receipts too.
     #[arg(long)]
@@ -182,10 +187,11 @@ fn policy_doc(path: &Path) -> Result<PolicyDocument> {
 /// Verifies the training runtime with the party's policy: nothing is sent to it before.
 fn client(rt: &tokio::runtime::Runtime, conn: &Conn) -> Result<JobClient> {
     let doc = policy_doc(&conn.policy)?;
-    let c = rt.block_on(JobClient::connect(
+    let c = rt.block_on(JobClient::connect_tls(
         &conn.runtime,
         party(&conn.party)?,
         doc,
+        &conn.ca.tls()?,
         SystemTime::now(),
     ))?;
     let claims = c.runtime().claims();
@@ -321,6 +327,7 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
             policy,
             kbs,
             kbs_key,
+            ca,
         } => {
             let p = party(&p)?;
             let key = KeyFile::from_file_contents(&util::read_to_string(&key, "key file")?)?;
@@ -335,9 +342,10 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
                 eprintln!("WARNING: {w}");
             }
             let kbs_key = util::parse_kbs_key(&kbs_key)?;
-            rt()?.block_on(register_dataset_key(
+            rt()?.block_on(register_dataset_key_tls(
                 &p,
                 &kbs,
+                &ca.tls()?,
                 &kbs_key,
                 &key.key_id,
                 key.dek.as_bytes(),

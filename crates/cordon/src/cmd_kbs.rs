@@ -3,6 +3,7 @@
 use crate::util;
 use anyhow::{bail, Context, Result};
 use cordon_attest::{Endorsements, Policy};
+use cordon_client::ClientTls;
 use cordon_kbs::{Kbs, KbsConfig};
 use cordon_proto::kbs::{
     policy_context, seal_dek_for_kbs, AuditEvent, DekPurpose, ErrorBody, KbsIdentity, RegisterKey,
@@ -19,9 +20,11 @@ pub enum KbsCommand {
     /// Print a key broker's identity key as it answers it (to compare with what `kbs serve`
     /// printed; pin the printed value, never this answer alone).
     Identity {
-        /// KBS base URL.
+        /// KBS base URL (http:// or https://).
         #[arg(long, env = "CORDON_KBS_URL")]
         kbs: String,
+        #[command(flatten)]
+        ca: util::CaCertArg,
     },
     /// Register a sealed artifact's key with its release policy (admin).
     Register(RegisterArgs),
@@ -64,6 +67,8 @@ pub struct ServeArgs {
     /// configurations pin (`--kbs-key`, `kbs_public_key`).
     #[arg(long)]
     identity_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: util::ServerTlsArgs,
 }
 
 #[derive(clap::Args)]
@@ -81,6 +86,8 @@ pub struct AdminArgs {
     /// leaves this machine: requests are signed with it).
     #[arg(long, env = "CORDON_ADMIN_TOKEN_FILE")]
     token_file: PathBuf,
+    #[command(flatten)]
+    ca: util::CaCertArg,
 }
 
 #[derive(clap::Args)]
@@ -98,14 +105,16 @@ pub struct RegisterArgs {
 pub fn run(c: KbsCommand) -> Result<()> {
     match c {
         KbsCommand::Serve(a) => serve(a),
-        KbsCommand::Identity { kbs } => identity(&kbs),
+        KbsCommand::Identity { kbs, ca } => identity(&kbs, &ca.tls()?),
         KbsCommand::Register(a) => register(a),
         KbsCommand::Audit(a) => audit(a),
     }
 }
 
-async fn fetch_identity(kbs: &str) -> Result<KbsIdentity> {
-    let resp = reqwest::Client::new()
+async fn fetch_identity(kbs: &str, tls: &ClientTls) -> Result<KbsIdentity> {
+    let resp = tls
+        .builder()
+        .build()?
         .get(format!("{}/kbs/v1/identity", kbs.trim_end_matches('/')))
         .send()
         .await
@@ -116,8 +125,8 @@ async fn fetch_identity(kbs: &str) -> Result<KbsIdentity> {
     Ok(resp.json().await?)
 }
 
-fn identity(kbs: &str) -> Result<()> {
-    let id = util::tokio_runtime()?.block_on(fetch_identity(kbs))?;
+fn identity(kbs: &str, tls: &ClientTls) -> Result<()> {
+    let id = util::tokio_runtime()?.block_on(fetch_identity(kbs, tls))?;
     println!("{}", hex::encode(id.hpke_public_key));
     eprintln!(
         "this is what the network answered: compare it with what `cordon kbs serve` printed on \
@@ -149,6 +158,8 @@ fn serve(a: ServeArgs) -> Result<()> {
     if let Some(path) = &a.dcap_collateral {
         endorsements.dcap_collateral = Some(util::load_collateral(path)?);
     }
+    // A certificate or key that is missing or does not match stops the start, before the store.
+    let tls = a.tls.load()?;
     let mut config = KbsConfig::new(a.data_dir.clone(), endorsements);
     config.nonce_ttl = Duration::from_secs(a.nonce_ttl);
     let kbs = Kbs::open(config)?;
@@ -189,11 +200,12 @@ fn serve(a: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding {}", a.listen))?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, data_dir = %a.data_dir.display(), "key broker listening");
+        a.tls.announce("key broker");
+        tracing::info!(%addr, tls = tls.is_some(), data_dir = %a.data_dir.display(), "key broker listening");
         if let Some(f) = &a.addr_file {
             util::write_atomic(f, addr.to_string().as_bytes())?;
         }
-        kbs.serve(listener, shutdown_signal()).await?;
+        kbs.serve_with_tls(listener, tls, shutdown_signal()).await?;
         Ok(())
     })
 }
@@ -219,6 +231,8 @@ pub struct Admin {
     pub url: String,
     pub kbs_key: [u8; 32],
     key: ed25519_dalek::SigningKey,
+    /// How an `https://` KBS's certificate is verified.
+    tls: ClientTls,
 }
 
 impl Admin {
@@ -228,23 +242,32 @@ impl Admin {
             url: url.trim_end_matches('/').to_string(),
             kbs_key,
             key: cordon_proto::auth::admin_key(token)?,
+            tls: ClientTls::default(),
         })
+    }
+
+    /// Verifies an `https://` KBS's certificate with `tls` (default: the web PKI roots).
+    pub fn with_tls(mut self, tls: ClientTls) -> Admin {
+        self.tls = tls;
+        self
     }
 
     async fn from_args(a: &AdminArgs) -> Result<Admin> {
         let token = util::read_to_string(&a.token_file, "admin token")?;
+        let tls = a.ca.tls()?;
         match &a.kbs_key {
-            Some(k) => Admin::new(&a.kbs, util::parse_kbs_key(k)?, &token),
-            None => Admin::vouched(&a.kbs, &token).await,
+            Some(k) => Ok(Admin::new(&a.kbs, util::parse_kbs_key(k)?, &token)?.with_tls(tls)),
+            None => Admin::vouched(&a.kbs, &token, tls).await,
         }
     }
 
     /// The KBS's identity as it serves it, accepted only with the administrator's signature over
     /// it (made by the KBS with the token's key when the token was created): the host, which
-    /// carries the answer, cannot vouch for a key of its own.
-    pub async fn vouched(url: &str, token: &str) -> Result<Admin> {
+    /// carries the answer, cannot vouch for a key of its own. An `https://` KBS's certificate is
+    /// verified with `tls`.
+    pub async fn vouched(url: &str, token: &str, tls: ClientTls) -> Result<Admin> {
         let key = cordon_proto::auth::admin_key(token)?;
-        let id = fetch_identity(url).await?;
+        let id = fetch_identity(url, &tls).await?;
         let Some(sig) = &id.admin_signature else {
             bail!(
                 "KBS {url} serves no administrator's signature over its identity key: pin the key \
@@ -267,6 +290,7 @@ impl Admin {
             url: url.trim_end_matches('/').to_string(),
             kbs_key: id.hpke_public_key,
             key,
+            tls,
         })
     }
 
@@ -277,7 +301,10 @@ impl Admin {
         path: &str,
         body: Vec<u8>,
     ) -> Result<reqwest::Response> {
-        let mut req = reqwest::Client::new()
+        let mut req = self
+            .tls
+            .builder()
+            .build()?
             .request(method.clone(), format!("{}{path}", self.url))
             .header(reqwest::header::CONTENT_TYPE, "application/json");
         for (name, value) in cordon_proto::auth::sign_request(

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct ProxyArgs {
-    /// The runtime's base URL (what `cordon dev up` prints as the runtime URL).
+    /// The runtime's base URL (what `cordon dev up` prints as the runtime URL; http:// or https://).
     #[arg(long)]
     upstream: String,
+    #[command(flatten)]
+    ca: util::CaCertArg,
     /// Client policy (TOML) with an [endorsements] section: what the runtime must prove.
     #[arg(long)]
     policy: PathBuf,
@@ -27,6 +29,10 @@ pub struct ProxyArgs {
     /// Write the bound address (host:port) to this file once listening (for scripts and tests).
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// HTTPS towards the application (the proxy's own side), for an application that is not on
+    /// the same machine or pod; the leg to the runtime is encrypted either way.
+    #[command(flatten)]
+    tls: util::ServerTlsArgs,
 }
 
 pub fn run(a: ProxyArgs) -> Result<()> {
@@ -37,13 +43,16 @@ pub fn run(a: ProxyArgs) -> Result<()> {
     }
     let config = ProxyConfig {
         reverify_every: Duration::from_secs(a.reverify_secs),
+        tls: a.ca.tls()?,
         ..ProxyConfig::new(a.upstream.clone(), doc)
     };
+    let tls = a.tls.load()?;
     let proxy = Proxy::new(config)?;
     if !a.listen.ip().is_loopback() {
         eprintln!(
-            "WARNING: listening on {}, not loopback: anyone who reaches it sends requests in plaintext to the proxy and reads the answers",
-            a.listen
+            "WARNING: listening on {}, not loopback: anyone who reaches it sends requests {}to the proxy and reads the answers",
+            a.listen,
+            if tls.is_some() { "(over TLS, unauthenticated) " } else { "in plaintext " }
         );
     }
     util::tokio_runtime()?.block_on(async move {
@@ -79,9 +88,11 @@ pub fn run(a: ProxyArgs) -> Result<()> {
         if let Some(f) = &a.addr_file {
             util::write_atomic(f, addr.to_string().as_bytes())?;
         }
-        println!("serving the Open Inference Protocol at http://{addr}/v2 (plaintext on this side, encrypted to the runtime)");
-        println!("status: http://{addr}/cordon/v1/status; re-verifying every {} s and whenever the runtime's key changes", a.reverify_secs);
-        proxy.serve(listener, shutdown_signal()).await?;
+        let scheme = a.tls.scheme();
+        a.tls.announce("proxy");
+        println!("serving the Open Inference Protocol at {scheme}://{addr}/v2 ({} on this side, encrypted to the runtime)", if tls.is_some() { "TLS" } else { "plaintext" });
+        println!("status: {scheme}://{addr}/cordon/v1/status; re-verifying every {} s and whenever the runtime's key changes", a.reverify_secs);
+        proxy.serve_with_tls(listener, tls, shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// to measure what encryption costs. Refused with --platform hardware.
     #[arg(long)]
     dev_plaintext_inference: bool,
+    /// HTTPS towards clients. The certificate's key is the host's, bound to no evidence: clients
+    /// still verify the runtime by its evidence and encrypt every request to its attested key.
+    #[command(flatten)]
+    tls: util::ServerTlsArgs,
 }
 
 #[derive(clap::Args)]
@@ -167,6 +171,8 @@ fn serve(a: ServeArgs) -> Result<()> {
         std::fs::read(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
     let config = RuntimeConfig::from_toml(std::str::from_utf8(&config_bytes)?)
         .map_err(|e| anyhow::anyhow!("runtime config {}: {e}", a.config.display()))?;
+    // A certificate or key that is missing or does not match stops the start before the boot.
+    let tls = a.tls.load()?;
     let tee: Arc<dyn EvidenceProvider> = match a.platform {
         PlatformArg::Sim => {
             let Some(key) = &a.sim_hardware_key else {
@@ -219,11 +225,12 @@ fn serve(a: ServeArgs) -> Result<()> {
         let booted = cordon_runtime::boot(&config, tee, &options).await?;
         let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, models = ?booted.model_digests.keys().collect::<Vec<_>>(), "runtime ready");
+        a.tls.announce("runtime");
+        tracing::info!(%addr, tls = tls.is_some(), models = ?booted.model_digests.keys().collect::<Vec<_>>(), "runtime ready");
         if let Some(f) = &a.addr_file {
             util::write_atomic(f, addr.to_string().as_bytes())?;
         }
-        cordon_runtime::serve(booted.state, listener, shutdown_signal()).await?;
+        cordon_runtime::serve_with_tls(booted.state, listener, tls, shutdown_signal()).await?;
         Ok(())
     })
 }

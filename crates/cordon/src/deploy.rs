@@ -381,6 +381,7 @@ pub fn deploy(
     let config = RuntimeConfig {
         kbs_url: kbs_url.clone(),
         kbs_public_key: Some(hex::encode(kbs_key)),
+        kbs_ca_cert: None,
         workload_data: None,
         training: None,
         models: sealed

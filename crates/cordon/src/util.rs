@@ -105,3 +105,64 @@ pub fn load_collateral(path: &Path) -> Result<cordon_attest::dcap::DcapCollatera
     };
     collateral.with_context(|| format!("collateral {}", path.display()))
 }
+
+/// `--ca-cert`: how a client verifies an `https://` server's TLS certificate. Only the transport
+/// depends on it: keys and requests are encrypted to pinned or attested keys whatever it says.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct CaCertArg {
+    /// CA certificate(s) (PEM) trusted for `https://` URLs besides the built-in web PKI roots.
+    /// Certificates are always verified; an `https://` URL never falls back to `http://`.
+    #[arg(long, env = "CORDON_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl CaCertArg {
+    pub fn tls(&self) -> Result<cordon_client::ClientTls> {
+        Ok(cordon_client::ClientTls::with_extra_ca_file(
+            self.ca_cert.as_deref(),
+        )?)
+    }
+}
+
+/// `--tls-cert FILE --tls-key FILE`: serve HTTPS (rustls) instead of plain HTTP.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ServerTlsArgs {
+    /// Serve HTTPS with this certificate chain (PEM, leaf first). Needs --tls-key. TLS protects
+    /// metadata on the wire; keys and requests are encrypted to attested keys with or without it.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, RSA or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ServerTlsArgs {
+    /// The TLS configuration, when asked for; refuses a certificate and key that do not match.
+    pub fn load(&self) -> Result<Option<cordon_http::ServerTls>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(cordon_http::ServerTls::from_pem_files(cert, key)?)),
+            (None, None) => Ok(None),
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        }
+    }
+
+    /// `https` or `http`, for the lines that print where a server listens.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Says on stderr and in the log that TLS is on, and with which certificate.
+    pub fn announce(&self, server: &str) {
+        if let Some(cert) = &self.tls_cert {
+            eprintln!(
+                "{server}: serving HTTPS (TLS certificate {}); TLS protects metadata only, every key and request is encrypted end to end regardless",
+                cert.display()
+            );
+            tracing::info!(certificate = %cert.display(), "{server}: TLS on");
+        }
+    }
+}
