@@ -344,16 +344,23 @@ impl Kbs {
             .signer)
     }
 
+    /// `Err` naming both keys when something was sealed to another KBS key than this one's.
+    fn sealed_to_us(&self, key: &[u8; 32]) -> Result<(), String> {
+        let ours = self.identity_public_key();
+        if key != &ours {
+            return Err(format!(
+                "sealed to KBS key {}, this KBS's key is {}",
+                hex::encode(key),
+                hex::encode(ours)
+            ));
+        }
+        Ok(())
+    }
+
     /// Opens a training job sealed to this KBS for the attest request carrying `nonce_hex`.
     fn open_job(&self, sealed: &SealedJob, nonce_hex: &str) -> Result<JobRelease, KbsError> {
-        let ours = self.identity_public_key();
-        if sealed.kbs_public_key != ours {
-            return Err(KbsError::BadRequest(format!(
-                "the job is sealed to KBS key {}, this KBS's key is {}",
-                hex::encode(sealed.kbs_public_key),
-                hex::encode(ours)
-            )));
-        }
+        self.sealed_to_us(&sealed.kbs_public_key)
+            .map_err(|e| KbsError::BadRequest(format!("the job is {e}")))?;
         let json = self
             .inner
             .identity
@@ -375,14 +382,8 @@ impl Kbs {
         sender: &[u8; 32],
         context: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KbsError> {
-        let ours = self.identity_public_key();
-        if sealed.kbs_public_key != ours {
-            return Err(KbsError::SealedDek(format!(
-                "sealed to KBS key {}, this KBS's key is {}",
-                hex::encode(sealed.kbs_public_key),
-                hex::encode(ours)
-            )));
-        }
+        self.sealed_to_us(&sealed.kbs_public_key)
+            .map_err(KbsError::SealedDek)?;
         let dek = self
             .inner
             .identity

@@ -288,6 +288,21 @@ fn upload_scope(signer: &[u8; 32]) -> Vec<u8> {
     [b"upload ".as_slice(), signer.as_slice()].concat()
 }
 
+/// What every route about one job starts with: the board, the authenticated caller, the job's
+/// hash from the path.
+fn job_route<'a, 's>(
+    s: &'s RuntimeState,
+    header: impl Fn(&str) -> Option<&'a str>,
+    method: &str,
+    path: &str,
+    hash_hex: &str,
+    body: &[u8],
+) -> ApiResult<(&'s JobBoard, SignedRequest, [u8; 32])> {
+    let board = board(s)?;
+    let req = caller(s, header, method, path, body)?;
+    Ok((board, req, parse_hash(hash_hex)?))
+}
+
 fn parse_hash(hex_hash: &str) -> ApiResult<[u8; 32]> {
     hex::decode(hex_hash)
         .ok()
@@ -448,9 +463,7 @@ fn status<'a>(
     path: &str,
     hash_hex: &str,
 ) -> Answer {
-    let board = board(s)?;
-    let req = caller(s, header, "GET", path, b"")?;
-    let hash = parse_hash(hash_hex)?;
+    let (board, req, hash) = job_route(s, header, "GET", path, hash_hex, b"")?;
     let jobs = board.jobs();
     let job = jobs.get(&hash).ok_or_else(|| not_found(&hash))?;
     party_of(job, &hash, &req.signer)?;
@@ -465,9 +478,7 @@ fn approve<'a>(
     hash_hex: &str,
     body: &[u8],
 ) -> Answer {
-    let board = board(s)?;
-    let req = caller(s, header, "POST", path, body)?;
-    let hash = parse_hash(hash_hex)?;
+    let (board, req, hash) = job_route(s, header, "POST", path, hash_hex, body)?;
     let approval: Approval = serde_json::from_slice(body)
         .map_err(|e| api_err(StatusCode::BAD_REQUEST, "invalid_approval", e.to_string()))?;
     let mut jobs = board.jobs();
@@ -598,9 +609,7 @@ fn submit<'a>(
     hash_hex: &str,
     body: &[u8],
 ) -> Answer {
-    let board = board(s)?;
-    let req = caller(s, header, "POST", path, body)?;
-    let hash = parse_hash(hash_hex)?;
+    let (board, req, hash) = job_route(s, header, "POST", path, hash_hex, body)?;
     let status = {
         let mut jobs = board.jobs();
         let job = jobs.get_mut(&hash).ok_or_else(|| not_found(&hash))?;
@@ -652,9 +661,7 @@ fn result<'a>(
     path: &str,
     hash_hex: &str,
 ) -> Answer {
-    let board = board(s)?;
-    let req = caller(s, header, "GET", path, b"")?;
-    let hash = parse_hash(hash_hex)?;
+    let (board, req, hash) = job_route(s, header, "GET", path, hash_hex, b"")?;
     let jobs = board.jobs();
     let job = jobs.get(&hash).ok_or_else(|| not_found(&hash))?;
     let party = party_of(job, &hash, &req.signer)?;
@@ -698,9 +705,7 @@ fn model<'a>(
     hash_hex: &str,
 ) -> Answer {
     use base64::Engine as _;
-    let board = board(s)?;
-    let req = caller(s, header, "GET", path, b"")?;
-    let hash = parse_hash(hash_hex)?;
+    let (board, req, hash) = job_route(s, header, "GET", path, hash_hex, b"")?;
     let jobs = board.jobs();
     let job = jobs.get(&hash).ok_or_else(|| not_found(&hash))?;
     party_of(job, &hash, &req.signer)?;
@@ -720,9 +725,7 @@ fn receipt<'a>(
     path: &str,
     hash_hex: &str,
 ) -> Answer {
-    let board = board(s)?;
-    let req = caller(s, header, "GET", path, b"")?;
-    let hash = parse_hash(hash_hex)?;
+    let (board, req, hash) = job_route(s, header, "GET", path, hash_hex, b"")?;
     let jobs = board.jobs();
     let job = jobs.get(&hash).ok_or_else(|| not_found(&hash))?;
     party_of(job, &hash, &req.signer)?;
