@@ -10,6 +10,7 @@
 //! - **anyone** can check a receipt offline: the runtime's signature, the evidence, and that the
 //!   evidence binds the signing key to this job.
 
+use crate::auth::unix;
 use crate::{RuntimeKeys, ServiceKeyPair};
 use cordon_attest::{Claims, Verifier};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -471,12 +472,6 @@ fn secret32(hex_text: &str, field: &str) -> Result<Zeroizing<[u8; 32]>, JobError
     }
     out.copy_from_slice(&bytes);
     Ok(out)
-}
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn approval_message(job_hash: &[u8; 32], expires_at: u64) -> Vec<u8> {

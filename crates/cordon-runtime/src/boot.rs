@@ -97,8 +97,19 @@ pub async fn boot(
         signing_public_key: signing_key.verifying_key().to_bytes(),
     };
 
-    // A malformed or misplaced kbs_ca_cert stops the boot before anything else.
+    // A malformed or misplaced kbs_ca_cert, or a training runtime without the KBS's identity key,
+    // stops the boot before anything else (before any key is asked for).
     let kbs_tls = config.kbs_tls().map_err(RuntimeError::Config)?;
+    let kbs_public_key = config
+        .kbs_public_key_bytes()
+        .map_err(RuntimeError::Config)?;
+    if config.training.is_some() && kbs_public_key.is_none() {
+        return Err(RuntimeError::Config(
+            "[training] needs kbs_public_key: the key broker's identity key, as `cordon kbs serve` \
+             prints it"
+                .into(),
+        ));
+    }
     if config.kbs_url.trim().starts_with("https://") {
         tracing::info!(
             kbs = %config.kbs_url,
@@ -250,18 +261,7 @@ pub async fn boot(
     if let Some(training) = &config.training {
         let mut t = TrainingOptions::new(&config.kbs_url);
         t.kbs_tls = kbs_tls.clone();
-        t.kbs_public_key = Some(
-            config
-                .kbs_public_key_bytes()
-                .map_err(RuntimeError::Config)?
-                .ok_or_else(|| {
-                    RuntimeError::Config(
-                        "[training] needs kbs_public_key: the key broker's identity key, as \
-                         `cordon kbs serve` prints it"
-                            .into(),
-                    )
-                })?,
-        );
+        t.kbs_public_key = kbs_public_key;
         let mib = |m: u64| usize::try_from(m.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         t.max_dataset_bytes = mib(training.max_dataset_mib);
         t.max_total_dataset_bytes = mib(training.max_total_dataset_mib);
@@ -439,6 +439,25 @@ mod tests {
             [0; 32],
             false,
         ))
+    }
+
+    /// A training runtime must pin the KBS's identity key (it seals jobs and output keys to it):
+    /// without one, the boot stops before the key broker (unreachable here) is asked anything.
+    #[tokio::test]
+    async fn a_training_runtime_needs_the_kbs_identity_before_anything_else() {
+        let config = RuntimeConfig::from_toml(
+            "kbs_url = \"http://127.0.0.1:9\"\n\n[[models]]\nname = \"m\"\n\
+             path = \"/nonexistent.sealed\"\nsigner = \"00\"\n\n[training]\n",
+        )
+        .unwrap();
+        let err = boot(&config, sim(), &ServingOptions::default())
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, RuntimeError::Config(m) if m.contains("kbs_public_key")),
+            "{err}"
+        );
     }
 
     /// A config that asks for ONNX Runtime must get it, pinned: both failures stop the boot before

@@ -54,8 +54,8 @@ pub struct ServingOptions {
     /// How far a one-shot request's or session setup's `sent_at` may be from the runtime's clock;
     /// each is remembered (by its `enc`) for twice this, so a replay is refused.
     pub replay_window: Duration,
-    /// One-shot requests, session setups and attestation nonces remembered at most; beyond that,
-    /// new ones get 503 until old ones expire.
+    /// One-shot requests and session setups remembered at most; beyond that, new ones get 503
+    /// until old ones expire.
     pub replay_memory: usize,
 }
 
@@ -107,7 +107,7 @@ pub struct RuntimeState {
     batchers: BTreeMap<String, std::sync::OnceLock<Batcher>>,
     /// The training job board, when the configuration enables training.
     jobs: Option<JobBoard>,
-    /// One-shot requests and session setups (by `enc`) and attestation nonces seen recently.
+    /// One-shot requests and session setups seen recently, by `enc`.
     channel_replay: ReplayGuard,
     /// Nonces of party-signed requests seen recently.
     request_replay: ReplayGuard,
@@ -192,6 +192,13 @@ impl RuntimeState {
 
     pub(crate) fn request_replay(&self) -> &ReplayGuard {
         &self.request_replay
+    }
+
+    /// Refuses a one-shot request or session setup stamped outside the replay window, or whose
+    /// `enc` (`id`) was received within two windows; else remembers it.
+    fn check_fresh(&self, what: &'static str, sent_at: u64, id: &[u8]) -> Result<(), ReplayError> {
+        self.channel_replay.check_time(what, sent_at, self.now())?;
+        self.channel_replay.remember(what, id, Instant::now())
     }
 
     /// The runtime's "now": the wall clock read once at boot, advanced by the monotonic clock.
@@ -558,8 +565,12 @@ async fn plain_infer(
 }
 
 /// Decodes and serves one inner request (the plaintext of an encrypted message).
-async fn handle_inner(s: &Arc<RuntimeState>, plaintext: &[u8], channel: Channel) -> InnerResponse {
-    let resp = match serde_json::from_slice::<InnerRequest>(plaintext) {
+async fn handle_inner(
+    s: &Arc<RuntimeState>,
+    parsed: Result<InnerRequest, serde_json::Error>,
+    channel: Channel,
+) -> InnerResponse {
+    let resp = match parsed {
         Ok(req) => route_inner(s, req, channel).await,
         Err(e) => inner_error(
             400,
@@ -599,7 +610,8 @@ async fn encrypted(
         }
     };
     // Authenticated from here on. A one-shot request carries its client's clock and is unique by
-    // its `enc`: a replay is refused before it is routed (nothing runs twice).
+    // its `enc`: a replay is refused before it is routed (nothing runs twice). One that does not
+    // parse runs nothing and is answered with the reason, encrypted.
     let parsed = serde_json::from_slice::<InnerRequest>(&inner);
     if let Ok(req) = &parsed {
         let Some(sent_at) = req.sent_at else {
@@ -609,28 +621,11 @@ async fn encrypted(
                 "one-shot request carries no sent_at: update the client",
             );
         };
-        let checked = s
-            .channel_replay
-            .check_time("one-shot request", sent_at, s.now())
-            .and_then(|()| {
-                s.channel_replay.remember(
-                    "one-shot request",
-                    &response_ctx.request_id(),
-                    Instant::now(),
-                )
-            });
-        if let Err(e) = checked {
+        if let Err(e) = s.check_fresh("one-shot request", sent_at, &response_ctx.request_id()) {
             return replay_refusal(&s, e);
         }
     }
-    let inner_response = match parsed {
-        Ok(req) => {
-            let resp = route_inner(&s, req, Channel::Oneshot).await;
-            s.metrics.request(Channel::Oneshot, resp.status);
-            resp
-        }
-        Err(_) => handle_inner(&s, &inner, Channel::Oneshot).await,
-    };
+    let inner_response = handle_inner(&s, parsed, Channel::Oneshot).await;
     drop(inner);
     match response_ctx.encrypt_response(&encode_inner(&inner_response)) {
         Ok(ct) => ([(header::CONTENT_TYPE, ENCRYPTED_RESPONSE_MEDIA_TYPE)], ct).into_response(),
@@ -638,8 +633,8 @@ async fn encrypted(
     }
 }
 
-/// A replayed (or stale) one-shot request, session setup or attestation nonce: 409, or 503 when
-/// the replay memory is full. In clear: the refusal names no content.
+/// A replayed (or stale) one-shot request or session setup: 409 (400 when stale), or 503 when the
+/// replay memory is full. In clear: the refusal names no content.
 fn replay_refusal(s: &RuntimeState, e: ReplayError) -> Response {
     s.metrics.refused(RefusalKind::Replay);
     match e {
@@ -693,14 +688,7 @@ async fn session_setup(
             "session setup carries no sent_at: update the client",
         );
     };
-    let checked = s
-        .channel_replay
-        .check_time("session setup", setup.sent_at, s.now())
-        .and_then(|()| {
-            s.channel_replay
-                .remember("session setup", &keys.setup_id(), Instant::now())
-        });
-    if let Err(e) = checked {
+    if let Err(e) = s.check_fresh("session setup", setup.sent_at, &keys.setup_id()) {
         return replay_refusal(&s, e);
     }
     let (grant, session, swept) = match s.sessions.open(keys, Instant::now()) {
@@ -750,7 +738,7 @@ async fn session_message(
         s.metrics.refused(RefusalKind::Busy);
         return busy("runtime busy: inference queue is full");
     }
-    let inner_response = handle_inner(&s, &inner, Channel::Session).await;
+    let inner_response = handle_inner(&s, serde_json::from_slice(&inner), Channel::Session).await;
     drop(inner);
     match session.keys().seal_response(
         &message.session_id,
