@@ -42,6 +42,5 @@ pub use hardening::{harden_process, Hardening, MLOCK_MINIMUM};
 pub use idle::IdleWait;
 pub use jobs::TrainingOptions;
 pub use metrics::Metrics;
-pub use replay::{ReplayError, ReplayGuard};
 pub use server::{router, serve, serve_with_tls, RuntimeState, ServedModel, ServingOptions};
 pub use sessions::{SessionError, SessionLimits};

@@ -1,18 +1,23 @@
 //! Replay refusal for what arrives outside a session's sequence numbers: one-shot encrypted
-//! requests and session setups (by their HPKE `enc`, unique to each), attestation nonces, and the
-//! nonces of party-signed requests.
+//! requests and session setups (by their HPKE `enc`, unique to each), and the nonces of
+//! party-signed requests.
 //!
 //! Each message carries the sender's clock (`sent_at`, or the signed request's time); the runtime
-//! refuses one outside `±window` of its own clock, and remembers every identifier it accepted for
-//! twice the window, measured on the monotonic clock (the host sets the wall clock: moving it does
-//! not make the runtime forget). A replay within the window is refused by the memory, one after it
-//! by the time check. The memory is bounded: when full of live entries, new messages are refused
-//! (503), never an old entry evicted early, so a flood cannot open a replay gap.
+//! refuses one outside `±window` of its own clock, and remembers every identifier it accepted
+//! until that time stamp has left the window (`sent_at + window`, plus a second for rounding),
+//! which is also when a replay would be refused by the time check. The runtime's clock is the
+//! wall clock read once at boot and advanced by the monotonic clock
+//! ([`crate::RuntimeState::now`]): the host cannot move it back to make a forgotten time stamp
+//! fresh again. Remembering each message only as long as its own time stamp is fresh (not a fixed
+//! two windows) lets the memory sustain `max / (window + 1)` messages per second: about 8,700 for
+//! the defaults (2^20, 120 s). The memory is bounded: when full of live entries, new messages are
+//! refused (503), never an old entry evicted early, so a flood cannot open a replay gap.
 
 use sha2::{Digest, Sha256};
-use std::collections::{HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use thiserror::Error;
 
 /// Why a message was refused. Safe to send in clear: it names no content.
@@ -34,23 +39,40 @@ pub enum ReplayError {
     SenderFull { what: &'static str, max: usize },
 }
 
+impl ReplayError {
+    /// The HTTP status of the refusal: 409 replayed, 400 stale, 503 while the memory is full.
+    pub(crate) fn status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            ReplayError::Replayed { .. } => StatusCode::CONFLICT,
+            ReplayError::OutsideWindow { .. } => StatusCode::BAD_REQUEST,
+            ReplayError::Full { .. } | ReplayError::SenderFull { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+}
+
 /// The identifiers accepted recently, with when each may be forgotten.
-pub struct ReplayGuard {
+pub(crate) struct ReplayGuard {
     window: Duration,
     max: usize,
-    /// Most identifiers one sender (see [`ReplayGuard::remember_from`]) may have remembered.
+    /// Most identifiers one sender (see [`ReplayGuard::accept_from`]) may have remembered.
     max_per_sender: usize,
     inner: Mutex<Seen>,
 }
 
+/// One remembered identifier: when it may be forgotten (runtime clock, Unix seconds), its key,
+/// and its sender's.
+type Entry = (u64, u128, Option<u128>);
+
 #[derive(Default)]
 struct Seen {
     ids: HashSet<u128>,
-    /// In acceptance order, with the sender's key; every entry lives the same time, so expiry
-    /// order is this order.
-    order: VecDeque<(Instant, u128, Option<u128>)>,
+    /// Soonest expiry first.
+    expiry: BinaryHeap<Reverse<Entry>>,
     /// Live identifiers per sender.
-    per_sender: std::collections::HashMap<u128, usize>,
+    per_sender: HashMap<u128, usize>,
 }
 
 fn key_of(what: &str, bytes: &[u8]) -> u128 {
@@ -66,13 +88,17 @@ fn key_of(what: &str, bytes: &[u8]) -> u128 {
 
 impl ReplayGuard {
     /// A guard accepting times within `±window` and remembering at most `max` identifiers.
-    pub fn new(window: Duration, max: usize) -> ReplayGuard {
+    pub(crate) fn new(window: Duration, max: usize) -> ReplayGuard {
         ReplayGuard::with_sender_limit(window, max, max)
     }
 
     /// A guard that also bounds what one sender may have remembered at once, so that one key
     /// cannot take the whole memory.
-    pub fn with_sender_limit(window: Duration, max: usize, max_per_sender: usize) -> ReplayGuard {
+    pub(crate) fn with_sender_limit(
+        window: Duration,
+        max: usize,
+        max_per_sender: usize,
+    ) -> ReplayGuard {
         ReplayGuard {
             window,
             max,
@@ -81,21 +107,14 @@ impl ReplayGuard {
         }
     }
 
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-
     /// Refuses a time stamp outside `±window` of `now`.
-    pub fn check_time(
+    pub(crate) fn check_time(
         &self,
         what: &'static str,
         sent_at: u64,
         now: SystemTime,
     ) -> Result<(), ReplayError> {
-        let now = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = cordon_proto::auth::unix(now);
         let skew = now.abs_diff(sent_at);
         if skew > self.window.as_secs() {
             return Err(ReplayError::OutsideWindow {
@@ -109,24 +128,32 @@ impl ReplayGuard {
         Ok(())
     }
 
-    /// Records `id` (in the namespace `what`) as received at `now`; refuses it if it was
-    /// received within the last two windows. Call only after the message authenticated (and was
-    /// authorized), so that forgeries and strangers cannot fill the memory or block a real
-    /// message's identifier.
-    pub fn remember(&self, what: &'static str, id: &[u8], now: Instant) -> Result<(), ReplayError> {
-        self.insert(what, None, id, now)
+    /// Accepts message `id` (in the namespace `what`) stamped `sent_at`, at the runtime's time
+    /// `now`: refuses it when the stamp is outside the window or the identifier was accepted
+    /// while that stamp is still fresh; else remembers it. Anyone who can encrypt to the runtime
+    /// can reach this, so the memory is bounded (and a full memory refuses, never forgets).
+    pub(crate) fn accept(
+        &self,
+        what: &'static str,
+        id: &[u8],
+        sent_at: u64,
+        now: SystemTime,
+    ) -> Result<(), ReplayError> {
+        self.insert(what, None, id, sent_at, now)
     }
 
-    /// [`ReplayGuard::remember`] for a message from `sender` (its public key), within the
-    /// sender's own bound.
-    pub fn remember_from(
+    /// [`ReplayGuard::accept`] for a message from `sender` (whose share it takes), within the
+    /// sender's own bound. Call it once the sender is authenticated and authorized, so that
+    /// strangers take no share.
+    pub(crate) fn accept_from(
         &self,
         what: &'static str,
         sender: &[u8],
         id: &[u8],
-        now: Instant,
+        sent_at: u64,
+        now: SystemTime,
     ) -> Result<(), ReplayError> {
-        self.insert(what, Some(key_of("sender", sender)), id, now)
+        self.insert(what, Some(key_of("sender", sender)), id, sent_at, now)
     }
 
     fn insert(
@@ -134,16 +161,20 @@ impl ReplayGuard {
         what: &'static str,
         sender: Option<u128>,
         id: &[u8],
-        now: Instant,
+        sent_at: u64,
+        now: SystemTime,
     ) -> Result<(), ReplayError> {
+        self.check_time(what, sent_at, now)?;
+        let now = cordon_proto::auth::unix(now);
         let key = key_of(what, id);
         // A poisoned lock still holds a consistent set.
-        let mut seen = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(&(expires, old, old_sender)) = seen.order.front() {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = &mut *guard;
+        while let Some(&Reverse((expires, old, old_sender))) = seen.expiry.peek() {
             if expires > now {
                 break;
             }
-            seen.order.pop_front();
+            seen.expiry.pop();
             seen.ids.remove(&old);
             if let Some(o) = old_sender {
                 if let std::collections::hash_map::Entry::Occupied(mut e) = seen.per_sender.entry(o)
@@ -175,48 +206,66 @@ impl ReplayGuard {
             *n += 1;
         }
         seen.ids.insert(key);
-        seen.order.push_back((now + 2 * self.window, key, sender));
+        // Until the stamp leaves the window: `check_time` accepts a skew of exactly `window`.
+        let expires = sent_at
+            .saturating_add(self.window.as_secs())
+            .saturating_add(1);
+        seen.expiry.push(Reverse((expires, key, sender)));
         Ok(())
     }
 
     /// Identifiers remembered now, expired ones not yet swept included.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .ids
             .len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
 
     #[test]
-    fn an_identifier_is_refused_within_two_windows_and_forgotten_after() {
+    fn an_identifier_is_refused_while_its_stamp_is_fresh_and_forgotten_after() {
         let g = ReplayGuard::new(Duration::from_secs(10), 100);
-        let t0 = Instant::now();
-        g.remember("setup", b"a", t0).unwrap();
+        g.accept("setup", b"a", 1_000, at(1_000)).unwrap();
         assert_eq!(
-            g.remember("setup", b"a", t0 + Duration::from_secs(19)),
+            g.accept("setup", b"a", 1_000, at(1_010)),
             Err(ReplayError::Replayed { what: "setup" })
         );
         // Namespaces do not collide.
-        g.remember("request", b"a", t0).unwrap();
-        // After two windows the identifier is forgotten: by then its time stamp is refused.
-        g.remember("setup", b"a", t0 + Duration::from_secs(21))
-            .unwrap();
+        g.accept("request", b"a", 1_000, at(1_000)).unwrap();
+        // Once the stamp is out of the window the time check refuses it, and the memory has let
+        // it go: well within two windows.
+        assert!(matches!(
+            g.accept("setup", b"a", 1_000, at(1_011)),
+            Err(ReplayError::OutsideWindow { skew: 11, .. })
+        ));
+        // A stamp from the future is remembered until it, too, has left the window.
+        g.accept("setup", b"f", 1_020, at(1_011)).unwrap();
+        assert_eq!(
+            g.len(),
+            1,
+            "the identifiers stamped 1,000 are forgotten at 1,011"
+        );
+        assert_eq!(
+            g.accept("setup", b"f", 1_020, at(1_030)),
+            Err(ReplayError::Replayed { what: "setup" })
+        );
     }
 
     #[test]
     fn times_outside_the_window_are_refused() {
         let g = ReplayGuard::new(Duration::from_secs(10), 100);
-        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let now = at(1_000);
         g.check_time("request", 990, now).unwrap();
         g.check_time("request", 1_010, now).unwrap();
         assert!(matches!(
@@ -224,25 +273,29 @@ mod tests {
             Err(ReplayError::OutsideWindow { skew: 11, .. })
         ));
         assert!(g.check_time("request", 1_011, now).is_err());
+        // And nothing stale is remembered.
+        assert!(g.accept("request", b"x", 989, now).is_err());
+        assert_eq!(g.len(), 0);
     }
 
     #[test]
     fn one_sender_cannot_take_the_whole_memory() {
         let g = ReplayGuard::with_sender_limit(Duration::from_secs(10), 100, 2);
-        let t0 = Instant::now();
-        g.remember_from("r", b"alice", b"1", t0).unwrap();
-        g.remember_from("r", b"alice", b"2", t0).unwrap();
+        g.accept_from("r", b"alice", b"1", 1_000, at(1_000))
+            .unwrap();
+        g.accept_from("r", b"alice", b"2", 1_000, at(1_000))
+            .unwrap();
         assert_eq!(
-            g.remember_from("r", b"alice", b"3", t0),
+            g.accept_from("r", b"alice", b"3", 1_000, at(1_000)),
             Err(ReplayError::SenderFull { what: "r", max: 2 })
         );
         // Others still have room; alice again once her entries expire.
-        g.remember_from("r", b"bob", b"3", t0).unwrap();
-        g.remember_from("r", b"alice", b"3", t0 + Duration::from_secs(20))
+        g.accept_from("r", b"bob", b"3", 1_000, at(1_000)).unwrap();
+        g.accept_from("r", b"alice", b"3", 1_011, at(1_011))
             .unwrap();
         // A replay is a replay whoever sends it.
         assert_eq!(
-            g.remember_from("r", b"bob", b"3", t0 + Duration::from_secs(21)),
+            g.accept_from("r", b"bob", b"3", 1_011, at(1_011)),
             Err(ReplayError::Replayed { what: "r" })
         );
     }
@@ -250,17 +303,55 @@ mod tests {
     #[test]
     fn a_full_memory_refuses_new_messages_and_never_forgets_early() {
         let g = ReplayGuard::new(Duration::from_secs(10), 2);
-        let t0 = Instant::now();
-        g.remember("x", b"1", t0).unwrap();
-        g.remember("x", b"2", t0).unwrap();
+        g.accept("x", b"1", 1_000, at(1_000)).unwrap();
+        g.accept("x", b"2", 1_000, at(1_000)).unwrap();
         assert_eq!(
-            g.remember("x", b"3", t0 + Duration::from_secs(1)),
+            g.accept("x", b"3", 1_001, at(1_001)),
             Err(ReplayError::Full { what: "x", max: 2 })
         );
         // The refused message did not push an old one out.
-        assert!(g.remember("x", b"1", t0 + Duration::from_secs(2)).is_err());
+        assert!(g.accept("x", b"1", 1_000, at(1_002)).is_err());
         // Once the old entries expire there is room again.
-        g.remember("x", b"3", t0 + Duration::from_secs(20)).unwrap();
+        g.accept("x", b"3", 1_011, at(1_011)).unwrap();
         assert_eq!(g.len(), 1);
+    }
+
+    /// Entries stamped in any order expire by their own stamps, not in arrival order.
+    #[test]
+    fn entries_expire_by_their_own_stamps() {
+        let g = ReplayGuard::new(Duration::from_secs(10), 100);
+        g.accept("x", b"late", 1_009, at(1_000)).unwrap();
+        g.accept("x", b"early", 991, at(1_000)).unwrap();
+        // At 1,002 the early stamp (991) is out of the window and forgotten; the late one is not.
+        g.accept("x", b"probe", 1_002, at(1_002)).unwrap();
+        assert_eq!(g.len(), 2);
+        assert_eq!(
+            g.accept("x", b"late", 1_009, at(1_019)),
+            Err(ReplayError::Replayed { what: "x" })
+        );
+    }
+
+    /// The sustained rate a memory of `max` identifiers admits is `max / (window + 1)` per
+    /// second: at that rate, steady state, nothing is refused.
+    #[test]
+    fn a_memory_sustains_max_over_window_messages_per_second() {
+        let g = ReplayGuard::new(Duration::from_secs(10), 110);
+        let mut n = 0u32;
+        for t in 1_000..1_100u64 {
+            for _ in 0..10 {
+                n += 1;
+                g.accept("x", &n.to_be_bytes(), t, at(t)).unwrap();
+            }
+        }
+        // Twice the rate fills it.
+        let g = ReplayGuard::new(Duration::from_secs(10), 110);
+        let refused = (1_000..1_100u64)
+            .flat_map(|t| (0..20u32).map(move |i| (t, i)))
+            .filter(|&(t, i)| {
+                g.accept("x", &(t * 100 + u64::from(i)).to_be_bytes(), t, at(t))
+                    .is_err()
+            })
+            .count();
+        assert!(refused > 900, "{refused}");
     }
 }

@@ -52,10 +52,11 @@ pub struct ServingOptions {
     /// Dynamic batching of small requests per model; off when `None`.
     pub batching: Option<BatchOptions>,
     /// How far a one-shot request's or session setup's `sent_at` may be from the runtime's clock;
-    /// each is remembered (by its `enc`) for twice this, so a replay is refused.
+    /// each is remembered (by its `enc`) until its `sent_at` has left this window, so a replay
+    /// is refused.
     pub replay_window: Duration,
     /// One-shot requests and session setups remembered at most; beyond that, new ones get 503
-    /// until old ones expire.
+    /// until old ones expire. Sustains `replay_memory / (replay_window + 1 s)` per second.
     pub replay_memory: usize,
 }
 
@@ -109,8 +110,6 @@ pub struct RuntimeState {
     jobs: Option<JobBoard>,
     /// One-shot requests and session setups seen recently, by `enc`.
     channel_replay: ReplayGuard,
-    /// Nonces of party-signed requests seen recently.
-    request_replay: ReplayGuard,
     /// The wall clock at boot, and the monotonic clock since: the runtime's notion of "now"
     /// (see [`RuntimeState::now`]).
     boot_wall: SystemTime,
@@ -150,13 +149,6 @@ impl RuntimeState {
             admission: Admission::new(options.workers.max(1), options.max_queue),
             sessions: SessionTable::new(options.sessions),
             channel_replay: ReplayGuard::new(options.replay_window, options.replay_memory),
-            // A scope (a job, or a party's uploads) has at most 1,024 requests remembered; the
-            // board has at most 64 jobs and 256 datasets, so the memory cannot fill.
-            request_replay: ReplayGuard::with_sender_limit(
-                cordon_proto::auth::REQUEST_WINDOW,
-                1 << 19,
-                1024,
-            ),
             boot_wall: SystemTime::now(),
             boot_instant: Instant::now(),
             options,
@@ -190,22 +182,17 @@ impl RuntimeState {
         &self.signing_key
     }
 
-    pub(crate) fn request_replay(&self) -> &ReplayGuard {
-        &self.request_replay
-    }
-
     /// Refuses a one-shot request or session setup stamped outside the replay window, or whose
-    /// `enc` (`id`) was received within two windows; else remembers it.
+    /// `enc` (`id`) was received while that stamp is fresh; else remembers it.
     fn check_fresh(&self, what: &'static str, sent_at: u64, id: &[u8]) -> Result<(), ReplayError> {
-        self.channel_replay.check_time(what, sent_at, self.now())?;
-        self.channel_replay.remember(what, id, Instant::now())
+        self.channel_replay.accept(what, id, sent_at, self.now())
     }
 
     /// The runtime's "now": the wall clock read once at boot, advanced by the monotonic clock.
     /// The host sets the wall clock; reading it at every request would let it move a replayed
     /// message's time stamp back into the window after the replay memory forgot it. Read once, a
-    /// skew the host chose at boot stays constant, and the memory (two windows, monotonic)
-    /// outlives the window in which a time stamp is accepted.
+    /// skew the host chose at boot stays constant, and the memory forgets a time stamp only once
+    /// this clock has moved it out of the window for good.
     pub fn now(&self) -> SystemTime {
         self.boot_wall + self.boot_instant.elapsed()
     }
@@ -462,14 +449,20 @@ async fn attestation(State(s): State<Arc<RuntimeState>>, Query(q): Query<NonceQu
 
 async fn metrics(State(s): State<Arc<RuntimeState>>) -> Response {
     s.metrics.sessions_open.set(s.sessions.count() as i64);
-    for (memory, guard) in [
-        ("channel", &s.channel_replay),
-        ("requests", &s.request_replay),
-    ] {
-        s.metrics
-            .replay_remembered
-            .get_or_create(&crate::metrics::MemoryLabels { memory })
-            .set(guard.len() as i64);
+    let remembered = [
+        ("channel", Some(s.channel_replay.len())),
+        (
+            "requests",
+            s.jobs.as_ref().map(JobBoard::requests_remembered),
+        ),
+    ];
+    for (memory, len) in remembered {
+        if let Some(len) = len {
+            s.metrics
+                .replay_remembered
+                .get_or_create(&crate::metrics::MemoryLabels { memory })
+                .set(len as i64);
+        }
     }
     (
         [(
@@ -609,9 +602,10 @@ async fn encrypted(
             return error(StatusCode::BAD_REQUEST, format!("encrypted request: {e}"));
         }
     };
-    // Authenticated from here on. A one-shot request carries its client's clock and is unique by
-    // its `enc`: a replay is refused before it is routed (nothing runs twice). One that does not
-    // parse runs nothing and is answered with the reason, encrypted.
+    // Decrypted from here on (which authenticates nobody: anyone may encrypt to our key). A
+    // one-shot request carries its client's clock and is unique by its `enc`: a replay is refused
+    // before it is routed (nothing runs twice). One that does not parse runs nothing and is
+    // answered with the reason, encrypted.
     let parsed = serde_json::from_slice::<InnerRequest>(&inner);
     if let Ok(req) = &parsed {
         let Some(sent_at) = req.sent_at else {
@@ -637,10 +631,9 @@ async fn encrypted(
 /// replay memory is full. In clear: the refusal names no content.
 fn replay_refusal(s: &RuntimeState, e: ReplayError) -> Response {
     s.metrics.refused(RefusalKind::Replay);
-    match e {
-        ReplayError::Full { .. } | ReplayError::SenderFull { .. } => busy(e.to_string()),
-        ReplayError::Replayed { .. } => error(StatusCode::CONFLICT, e.to_string()),
-        ReplayError::OutsideWindow { .. } => error(StatusCode::BAD_REQUEST, e.to_string()),
+    match e.status() {
+        StatusCode::SERVICE_UNAVAILABLE => busy(e.to_string()),
+        status => error(status, e.to_string()),
     }
 }
 
@@ -681,12 +674,17 @@ async fn session_setup(
     };
     // The keys already mix in a fresh nonce of ours, so a replayed setup could not reuse a key and
     // nonce; it is refused as well, so that it opens no session at all.
-    let Ok(setup) = serde_json::from_slice::<SessionSetup>(&setup) else {
-        s.metrics.refused(RefusalKind::Replay);
-        return error(
-            StatusCode::BAD_REQUEST,
-            "session setup carries no sent_at: update the client",
-        );
+    let setup = match serde_json::from_slice::<SessionSetup>(&setup) {
+        Ok(setup) => setup,
+        Err(e) => {
+            s.metrics.refused(RefusalKind::Replay);
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "session setup is malformed or carries no sent_at (update the client): {e}"
+                ),
+            );
+        }
     };
     if let Err(e) = s.check_fresh("session setup", setup.sent_at, &keys.setup_id()) {
         return replay_refusal(&s, e);

@@ -72,6 +72,11 @@ pub struct ServeArgs {
     /// Lifetime of a session, in seconds.
     #[arg(long, default_value_t = 600)]
     session_lifetime_secs: u64,
+    /// One-shot requests and session setups remembered against replay, at most; each is held
+    /// until its time stamp leaves the 120 s window, so this sustains about this / 121 per second
+    /// (beyond that, 503 with Retry-After). About 100 bytes each.
+    #[arg(long, default_value_t = 1 << 20)]
+    replay_memory: usize,
     /// Dynamic batching: merge concurrent requests to one model into batches of at most this
     /// many rows (0: off).
     #[arg(long, default_value_t = 0)]
@@ -214,6 +219,7 @@ fn serve(a: ServeArgs) -> Result<()> {
             ..defaults.sessions
         },
         plaintext_inference: a.dev_plaintext_inference,
+        replay_memory: a.replay_memory.max(1),
         batching: (a.batch_max_rows > 0).then(|| BatchOptions {
             max_rows: a.batch_max_rows,
             max_delay: std::time::Duration::from_micros(a.batch_max_delay_us),
