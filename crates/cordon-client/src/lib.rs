@@ -210,10 +210,7 @@ fn encode_inner(inner: &InnerRequest) -> Result<zeroize::Zeroizing<Vec<u8>>, Cli
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    cordon_proto::auth::unix(SystemTime::now())
 }
 
 fn decode_inner(plain: &[u8]) -> Result<InnerResponse, ClientError> {

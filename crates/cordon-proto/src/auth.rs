@@ -220,7 +220,8 @@ fn message(
     m
 }
 
-pub(crate) fn unix(t: SystemTime) -> u64 {
+/// `t` in Unix seconds; 0 before the epoch (a clock that far off fails every window anyway).
+pub fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)

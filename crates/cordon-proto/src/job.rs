@@ -35,6 +35,9 @@ pub const OUTPUT_INFO: &[u8] = b"cordon job output v1";
 /// Most parties of one job.
 pub const MAX_PARTIES: usize = 64;
 
+/// Most feature columns one job's schema may name.
+pub const MAX_FEATURES: usize = 4_096;
+
 /// The longest an approval may stay valid: a party approves a job for a run soon, not forever.
 pub const MAX_APPROVAL_VALIDITY: Duration = Duration::from_secs(30 * 86_400);
 
@@ -157,7 +160,7 @@ pub struct ServeOutput {
 #[serde(deny_unknown_fields)]
 pub struct OutputKey {
     pub key_id: String,
-    pub sealed_dek: crate::kbs::SealedDek,
+    pub sealed_dek: crate::kbs::SealedToKbs,
     /// SHA-256 of the sealed model's manifest, for the audit log.
     #[serde(with = "crate::binding::hex_array32")]
     pub sealed_manifest_sha256: [u8; 32],
@@ -203,6 +206,12 @@ impl JobSpec {
             return bad(format!(
                 "{} parties; a job has at most {MAX_PARTIES}",
                 self.parties.len()
+            ));
+        }
+        if self.schema.features.len() > MAX_FEATURES {
+            return bad(format!(
+                "schema names {} features; a job has at most {MAX_FEATURES}",
+                self.schema.features.len()
             ));
         }
         let mut names = BTreeSet::new();

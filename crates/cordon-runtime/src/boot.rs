@@ -103,14 +103,17 @@ pub async fn boot(
     let kbs_public_key = config
         .kbs_public_key_bytes()
         .map_err(RuntimeError::Config)?;
-    if config.training.is_some() && kbs_public_key.is_none() {
-        return Err(RuntimeError::Config(
-            "[training] needs kbs_public_key: the key broker's identity key, as `cordon kbs serve` \
-             prints it"
-                .into(),
-        ));
-    }
-    if config.kbs_url.trim().starts_with("https://") {
+    let training =
+        match (&config.training, kbs_public_key) {
+            (None, _) => None,
+            (Some(t), Some(key)) => Some((t, key)),
+            (Some(_), None) => return Err(RuntimeError::Config(
+                "[training] needs kbs_public_key: the key broker's identity key, as `cordon kbs \
+                 serve` prints it"
+                    .into(),
+            )),
+        };
+    if config.kbs_is_https() {
         tracing::info!(
             kbs = %config.kbs_url,
             trust = if config.kbs_ca_cert.is_some() { "kbs_ca_cert only" } else { "web PKI roots" },
@@ -258,10 +261,9 @@ pub async fn boot(
         models,
         options.clone(),
     );
-    if let Some(training) = &config.training {
-        let mut t = TrainingOptions::new(&config.kbs_url);
+    if let Some((training, kbs_public_key)) = training {
+        let mut t = TrainingOptions::new(&config.kbs_url, kbs_public_key);
         t.kbs_tls = kbs_tls.clone();
-        t.kbs_public_key = kbs_public_key;
         let mib = |m: u64| usize::try_from(m.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         t.max_dataset_bytes = mib(training.max_dataset_mib);
         t.max_total_dataset_bytes = mib(training.max_total_dataset_mib);

@@ -104,13 +104,20 @@ impl RuntimeConfig {
             .transpose()
     }
 
+    /// Whether the runtime talks to the KBS over TLS.
+    pub fn kbs_is_https(&self) -> bool {
+        let url = self.kbs_url.trim();
+        url.get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    }
+
     /// How the runtime verifies the KBS's TLS certificate: the configuration's `kbs_ca_cert`
     /// alone when it names one (which then needs an `https://` `kbs_url`), else the web PKI roots.
     pub fn kbs_tls(&self) -> Result<ClientTls, String> {
         let Some(pem) = &self.kbs_ca_cert else {
             return Ok(ClientTls::web_pki());
         };
-        if !self.kbs_url.trim().starts_with("https://") {
+        if !self.kbs_is_https() {
             return Err(format!(
                 "kbs_ca_cert is set but kbs_url {:?} is not https://: the CA would pin nothing",
                 self.kbs_url

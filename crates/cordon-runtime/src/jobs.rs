@@ -15,6 +15,7 @@
 //! runtime has new keys and no jobs, and captured requests do not verify for its new key.
 
 use crate::boot::attest_to_kbs;
+use crate::replay::ReplayGuard;
 use crate::server::RuntimeState;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -36,16 +37,16 @@ use cordon_train::{Algorithm, DataFormat, Schema, Table};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Limits of the job board.
 #[derive(Debug, Clone)]
 pub struct TrainingOptions {
     /// Base URL of the key broker that releases dataset keys.
     pub kbs_url: String,
-    /// The key broker's identity key (from the measured configuration): a job's output key is
-    /// sealed to it, and the registration names it as its audience.
-    pub kbs_public_key: Option<[u8; 32]>,
+    /// The key broker's identity key (from the measured configuration): a job and its output key
+    /// are sealed to it, and the output's registration names it as its audience.
+    pub kbs_public_key: [u8; 32],
     /// How the key broker's TLS certificate is verified (`kbs_ca_cert` of the configuration).
     pub kbs_tls: ClientTls,
     /// Largest sealed dataset accepted, in bytes.
@@ -70,10 +71,10 @@ pub struct TrainingOptions {
 }
 
 impl TrainingOptions {
-    pub fn new(kbs_url: &str) -> TrainingOptions {
+    pub fn new(kbs_url: &str, kbs_public_key: [u8; 32]) -> TrainingOptions {
         TrainingOptions {
             kbs_url: kbs_url.to_string(),
-            kbs_public_key: None,
+            kbs_public_key,
             kbs_tls: ClientTls::web_pki(),
             max_dataset_bytes: 256 << 20,
             max_jobs: 64,
@@ -93,7 +94,13 @@ pub(crate) struct JobBoard {
     jobs: Mutex<BTreeMap<[u8; 32], Job>>,
     /// Sealed datasets (public bytes), by the SHA-256 of their manifest.
     datasets: Mutex<BTreeMap<[u8; 32], StoredDataset>>,
+    /// Nonces of the party-signed requests accepted recently (see [`fresh`]).
+    requests: ReplayGuard,
 }
+
+/// Signed requests one scope (a party in one job, or one party's uploads) may have remembered at
+/// once: a party makes a handful per job (create, approve, submit).
+const REQUESTS_PER_SCOPE: usize = 128;
 
 struct Job {
     spec: JobSpec,
@@ -124,11 +131,30 @@ struct JobOutput {
 
 impl JobBoard {
     pub(crate) fn new(options: TrainingOptions) -> JobBoard {
+        // Scopes are taken only by authorized requests: a party of a held job (at most
+        // `max_jobs` × MAX_PARTIES), or an uploader holding a dataset here (at most
+        // `max_datasets`). While jobs and datasets are retained longer than a request is
+        // remembered (ten minutes; the defaults keep them for an hour or more), the memory
+        // cannot fill.
+        let scopes = options
+            .max_jobs
+            .saturating_mul(job::MAX_PARTIES)
+            .saturating_add(options.max_datasets);
         JobBoard {
+            requests: ReplayGuard::with_sender_limit(
+                cordon_proto::auth::REQUEST_WINDOW,
+                scopes.saturating_mul(REQUESTS_PER_SCOPE),
+                REQUESTS_PER_SCOPE,
+            ),
             options,
             jobs: Mutex::new(BTreeMap::new()),
             datasets: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Signed-request nonces remembered now (a metric).
+    pub(crate) fn requests_remembered(&self) -> usize {
+        self.requests.len()
     }
 
     pub(crate) fn max_dataset_bytes(&self) -> usize {
@@ -203,21 +229,21 @@ impl JobBoard {
 pub(crate) struct JobApiError(StatusCode, &'static str, String);
 
 impl JobApiError {
+    fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "code": self.1, "error": self.2 })
+    }
+
     fn inner(self) -> InnerResponse {
         InnerResponse {
             status: self.0.as_u16(),
-            body: serde_json::json!({ "code": self.1, "error": self.2 }),
+            body: self.body(),
         }
     }
 }
 
 impl IntoResponse for JobApiError {
     fn into_response(self) -> Response {
-        (
-            self.0,
-            Json(serde_json::json!({ "code": self.1, "error": self.2 })),
-        )
-            .into_response()
+        (self.0, Json(self.body())).into_response()
     }
 }
 
@@ -259,28 +285,30 @@ fn caller<'a>(
 }
 
 /// Remembers an authorized request's nonce: a replay of it is refused from now on. `scope` names
-/// whose share of the memory it takes (a job's requests, or one party's uploads): each scope has a
-/// bound of its own, and the scopes themselves are bounded by the board's quotas (64 jobs, 256
-/// datasets), so nobody can fill the memory. Reads inside the encrypted channel are not
-/// remembered: the host cannot see them, let alone replay them (the channel refuses a replayed
-/// envelope), and a read changes nothing.
-fn fresh(s: &RuntimeState, req: &SignedRequest, scope: &[u8]) -> ApiResult<()> {
+/// whose share of the memory it takes (one party's requests about one job, or one party's
+/// uploads), so that no party can spend another's share; the scopes themselves are bounded by the
+/// board's quotas (see [`JobBoard::new`]). Reads inside the encrypted channel are not remembered:
+/// the host cannot see them, let alone replay them (the channel refuses a replayed envelope), and
+/// a read changes nothing.
+fn fresh(s: &RuntimeState, board: &JobBoard, req: &SignedRequest, scope: &[u8]) -> ApiResult<()> {
     let mut id = req.signer.to_vec();
     id.extend_from_slice(&req.nonce);
-    s.request_replay()
-        .remember_from("signed request", scope, &id, Instant::now())
-        .map_err(|e| match e {
-            crate::replay::ReplayError::Full { .. }
-            | crate::replay::ReplayError::SenderFull { .. } => {
-                api_err(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
-            }
-            other => api_err(StatusCode::CONFLICT, "request_replayed", other.to_string()),
+    board
+        .requests
+        .accept_from("signed request", scope, &id, req.time, s.now())
+        .map_err(|e| {
+            let code = match e.status() {
+                StatusCode::SERVICE_UNAVAILABLE => "busy",
+                StatusCode::CONFLICT => "request_replayed",
+                _ => "unauthenticated",
+            };
+            api_err(e.status(), code, e.to_string())
         })
 }
 
-/// The scope of a job's requests in the replay memory.
-fn job_scope(hash: &[u8; 32]) -> Vec<u8> {
-    [b"job ".as_slice(), hash.as_slice()].concat()
+/// The scope of one party's requests about one job in the replay memory.
+fn job_scope(hash: &[u8; 32], signer: &[u8; 32]) -> Vec<u8> {
+    [b"job ".as_slice(), hash.as_slice(), signer.as_slice()].concat()
 }
 
 /// The scope of a party's uploads in the replay memory.
@@ -288,19 +316,41 @@ fn upload_scope(signer: &[u8; 32]) -> Vec<u8> {
     [b"upload ".as_slice(), signer.as_slice()].concat()
 }
 
-/// What every route about one job starts with: the board, the authenticated caller, the job's
-/// hash from the path.
-fn job_route<'a, 's>(
-    s: &'s RuntimeState,
+/// A party's authenticated request about one job.
+struct JobCall<'s> {
+    board: &'s JobBoard,
+    req: SignedRequest,
+    hash: [u8; 32],
+    /// The caller's name among the job's parties.
+    party: String,
+}
+
+/// What every route about one job starts with: the board, the authenticated caller, the job from
+/// the path (404 unless the caller is one of its parties). `f` runs with the board locked.
+fn on_job<'a, R>(
+    s: &RuntimeState,
     header: impl Fn(&str) -> Option<&'a str>,
     method: &str,
     path: &str,
     hash_hex: &str,
     body: &[u8],
-) -> ApiResult<(&'s JobBoard, SignedRequest, [u8; 32])> {
+    f: impl FnOnce(&JobCall<'_>, &mut Job) -> ApiResult<R>,
+) -> ApiResult<R> {
     let board = board(s)?;
     let req = caller(s, header, method, path, body)?;
-    Ok((board, req, parse_hash(hash_hex)?))
+    let hash = parse_hash(hash_hex)?;
+    let mut jobs = board.jobs();
+    let job = jobs.get_mut(&hash).ok_or_else(|| not_found(&hash))?;
+    let party = party_of(job, &hash, &req.signer)?;
+    f(
+        &JobCall {
+            board,
+            req,
+            hash,
+            party,
+        },
+        job,
+    )
 }
 
 fn parse_hash(hex_hash: &str) -> ApiResult<[u8; 32]> {
@@ -338,12 +388,6 @@ fn not_found(hash: &[u8; 32]) -> JobApiError {
 fn check_runnable(spec: &JobSpec) -> ApiResult<Algorithm> {
     let bad = |m: String| api_err(StatusCode::BAD_REQUEST, "invalid_spec", m);
     spec.validate().map_err(|e| bad(e.to_string()))?;
-    if spec.schema.features.len() > MAX_FEATURES {
-        return Err(bad(format!(
-            "schema names {} features, at most {MAX_FEATURES} are accepted",
-            spec.schema.features.len()
-        )));
-    }
     let algorithm = serde_json::from_value::<Algorithm>(spec.algorithm.clone())
         .map_err(|e| bad(format!("algorithm: {e}")))?;
     algorithm
@@ -352,11 +396,12 @@ fn check_runnable(spec: &JobSpec) -> ApiResult<Algorithm> {
     Ok(algorithm)
 }
 
-/// Most feature columns a job may name.
-const MAX_FEATURES: usize = 4_096;
-
 /// The job API, inside the encrypted channel: routes one inner request.
 pub(crate) async fn handle(s: &Arc<RuntimeState>, req: &InnerRequest) -> InnerResponse {
+    // Retention is enforced on every call, not only when something new arrives.
+    if let Some(board) = s.job_board() {
+        board.sweep(Instant::now());
+    }
     let path = req.path.split(['?', '#']).next().unwrap_or_default();
     let body = req.raw_body.as_deref().unwrap_or_default();
     let header = |name: &str| req.headers.get(name).map(String::as_str);
@@ -413,7 +458,6 @@ fn create<'a>(
         ));
     }
     let hash = spec.hash();
-    board.sweep(Instant::now());
     let mut jobs = board.jobs();
     if !jobs.contains_key(&hash) {
         if jobs.len() >= board.options.max_jobs {
@@ -434,9 +478,7 @@ fn create<'a>(
                 ),
             ));
         }
-        // Remembered only when it creates the job (bounded by the job quotas): the same spec
-        // again changes nothing.
-        fresh(s, &req, &job_scope(&hash))?;
+        fresh(s, board, &req, &job_scope(&hash, &key))?;
         tracing::info!(job = %hex::encode(hash), parties = spec.parties.len(), "job created");
         jobs.insert(
             hash,
@@ -451,6 +493,9 @@ fn create<'a>(
                 output: None,
             },
         );
+    } else {
+        // The same spec again changes nothing, but a replayed request is refused all the same.
+        fresh(s, board, &req, &job_scope(&hash, &key))?;
     }
     let status = board.status(&hash, &jobs[&hash]);
     json(StatusCode::CREATED, &status)
@@ -463,11 +508,9 @@ fn status<'a>(
     path: &str,
     hash_hex: &str,
 ) -> Answer {
-    let (board, req, hash) = job_route(s, header, "GET", path, hash_hex, b"")?;
-    let jobs = board.jobs();
-    let job = jobs.get(&hash).ok_or_else(|| not_found(&hash))?;
-    party_of(job, &hash, &req.signer)?;
-    json(StatusCode::OK, &board.status(&hash, job))
+    on_job(s, header, "GET", path, hash_hex, b"", |c, job| {
+        json(StatusCode::OK, &c.board.status(&c.hash, job))
+    })
 }
 
 /// `POST /v1/jobs/{hash}/approvals`: a party's signed approval of exactly this job's hash.
@@ -478,33 +521,31 @@ fn approve<'a>(
     hash_hex: &str,
     body: &[u8],
 ) -> Answer {
-    let (board, req, hash) = job_route(s, header, "POST", path, hash_hex, body)?;
-    let approval: Approval = serde_json::from_slice(body)
-        .map_err(|e| api_err(StatusCode::BAD_REQUEST, "invalid_approval", e.to_string()))?;
-    let mut jobs = board.jobs();
-    let job = jobs.get_mut(&hash).ok_or_else(|| not_found(&hash))?;
-    let party = party_of(job, &hash, &req.signer)?;
-    fresh(s, &req, &job_scope(&hash))?;
-    if approval.party != party {
-        return Err(api_err(
-            StatusCode::FORBIDDEN,
-            "not_your_approval",
-            format!(
-                "you are party {party}; an approval for {} must come from it",
-                approval.party
-            ),
-        ));
-    }
-    approval
-        .verify(&job.spec, &hash, s.now())
-        .map_err(|e| api_err(StatusCode::FORBIDDEN, "bad_approval", e.to_string()))?;
-    job.approvals.insert(party.clone(), approval);
-    if job.state == JobState::Created && job.approvals.len() == job.spec.parties.len() {
-        job.state = JobState::Approved;
-    }
-    tracing::info!(job = %hash_hex, party = %party, state = %job.state, "job approved by party");
-    let status = board.status(&hash, job);
-    json(StatusCode::OK, &status)
+    on_job(s, header, "POST", path, hash_hex, body, |c, job| {
+        let JobCall { hash, party, .. } = c;
+        let approval: Approval = serde_json::from_slice(body)
+            .map_err(|e| api_err(StatusCode::BAD_REQUEST, "invalid_approval", e.to_string()))?;
+        fresh(s, c.board, &c.req, &job_scope(hash, &c.req.signer))?;
+        if &approval.party != party {
+            return Err(api_err(
+                StatusCode::FORBIDDEN,
+                "not_your_approval",
+                format!(
+                    "you are party {party}; an approval for {} must come from it",
+                    approval.party
+                ),
+            ));
+        }
+        approval
+            .verify(&job.spec, hash, s.now())
+            .map_err(|e| api_err(StatusCode::FORBIDDEN, "bad_approval", e.to_string()))?;
+        job.approvals.insert(party.clone(), approval);
+        if job.state == JobState::Created && job.approvals.len() == job.spec.parties.len() {
+            job.state = JobState::Approved;
+        }
+        tracing::info!(job = %hash_hex, party = %party, state = %job.state, "job approved by party");
+        json(StatusCode::OK, &c.board.status(hash, job))
+    })
 }
 
 /// `PUT /v1/datasets`: a party uploads a sealed dataset (public bytes; only an attested runtime
@@ -553,7 +594,7 @@ pub(crate) async fn upload_dataset(
     // replay is refused even when it would change nothing; but only once the quotas let it in,
     // so that only uploaders that hold a dataset here (at most 256) take a share of the memory.
     if datasets.contains_key(&digest) {
-        fresh(&s, &req, &upload_scope(&key))?;
+        fresh(&s, board, &req, &upload_scope(&key))?;
     } else {
         if datasets.len() >= board.options.max_datasets {
             return Err(api_err(
@@ -584,7 +625,7 @@ pub(crate) async fn upload_dataset(
                 ),
             ));
         }
-        fresh(&s, &req, &upload_scope(&key))?;
+        fresh(&s, board, &req, &upload_scope(&key))?;
         datasets.insert(
             digest,
             StoredDataset {
@@ -609,13 +650,9 @@ fn submit<'a>(
     hash_hex: &str,
     body: &[u8],
 ) -> Answer {
-    let (board, req, hash) = job_route(s, header, "POST", path, hash_hex, body)?;
-    let status = {
-        let mut jobs = board.jobs();
-        let job = jobs.get_mut(&hash).ok_or_else(|| not_found(&hash))?;
-        let party = party_of(job, &hash, &req.signer)?;
-        fresh(s, &req, &job_scope(&hash))?;
-        let status = board.status(&hash, job);
+    let (hash, status) = on_job(s, header, "POST", path, hash_hex, body, |c, job| {
+        fresh(s, c.board, &c.req, &job_scope(&c.hash, &c.req.signer))?;
+        let status = c.board.status(&c.hash, job);
         match job.state {
             JobState::Approved => {}
             JobState::Created => {
@@ -647,9 +684,9 @@ fn submit<'a>(
             ));
         }
         job.state = JobState::Running;
-        tracing::info!(job = %hash_hex, submitted_by = %party, "job running");
-        board.status(&hash, job)
-    };
+        tracing::info!(job = %hash_hex, submitted_by = %c.party, "job running");
+        Ok((c.hash, c.board.status(&c.hash, job)))
+    })?;
     tokio::spawn(run(s.clone(), hash));
     json(StatusCode::ACCEPTED, &status)
 }
@@ -661,38 +698,37 @@ fn result<'a>(
     path: &str,
     hash_hex: &str,
 ) -> Answer {
-    let (board, req, hash) = job_route(s, header, "GET", path, hash_hex, b"")?;
-    let jobs = board.jobs();
-    let job = jobs.get(&hash).ok_or_else(|| not_found(&hash))?;
-    let party = party_of(job, &hash, &req.signer)?;
-    if !job.spec.outputs.recipients.contains(&party) {
-        return Err(api_err(
-            StatusCode::FORBIDDEN,
-            "not_a_recipient",
-            format!(
-                "party {party} is not an output recipient of job {hash_hex} (recipients: {})",
-                job.spec.outputs.recipients.join(", ")
-            ),
-        ));
-    }
-    let output = finished(job, hash_hex)?;
-    let sealed_dek = output.sealed_deks.get(&party).cloned().ok_or_else(|| {
-        api_err(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "no output key for this recipient",
+    on_job(s, header, "GET", path, hash_hex, b"", |c, job| {
+        let party = &c.party;
+        if !job.spec.outputs.recipients.contains(party) {
+            return Err(api_err(
+                StatusCode::FORBIDDEN,
+                "not_a_recipient",
+                format!(
+                    "party {party} is not an output recipient of job {hash_hex} (recipients: {})",
+                    job.spec.outputs.recipients.join(", ")
+                ),
+            ));
+        }
+        let output = finished(job, hash_hex)?;
+        let sealed_dek = output.sealed_deks.get(party).cloned().ok_or_else(|| {
+            api_err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "no output key for this recipient",
+            )
+        })?;
+        json(
+            StatusCode::OK,
+            &JobResult {
+                job_hash: hash_hex.to_string(),
+                sealed_model: output.sealed_model.clone(),
+                key_id: output.key_id.clone(),
+                sealed_dek,
+                receipt: output.receipt.clone(),
+            },
         )
-    })?;
-    json(
-        StatusCode::OK,
-        &JobResult {
-            job_hash: hash_hex.to_string(),
-            sealed_model: output.sealed_model.clone(),
-            key_id: output.key_id.clone(),
-            sealed_dek,
-            receipt: output.receipt.clone(),
-        },
-    )
+    })
 }
 
 /// `GET /v1/jobs/{hash}/model`: the sealed model (ciphertext, base64 in `sealed_model`), for every
@@ -705,17 +741,15 @@ fn model<'a>(
     hash_hex: &str,
 ) -> Answer {
     use base64::Engine as _;
-    let (board, req, hash) = job_route(s, header, "GET", path, hash_hex, b"")?;
-    let jobs = board.jobs();
-    let job = jobs.get(&hash).ok_or_else(|| not_found(&hash))?;
-    party_of(job, &hash, &req.signer)?;
-    let output = finished(job, hash_hex)?;
-    Ok((
-        StatusCode::OK,
-        serde_json::json!({
-            "sealed_model": base64::engine::general_purpose::STANDARD.encode(&output.sealed_model)
-        }),
-    ))
+    on_job(s, header, "GET", path, hash_hex, b"", |_, job| {
+        let output = finished(job, hash_hex)?;
+        Ok((
+            StatusCode::OK,
+            serde_json::json!({
+                "sealed_model": base64::engine::general_purpose::STANDARD.encode(&output.sealed_model)
+            }),
+        ))
+    })
 }
 
 /// `GET /v1/jobs/{hash}/receipt`: the signed receipt, for every party.
@@ -725,11 +759,9 @@ fn receipt<'a>(
     path: &str,
     hash_hex: &str,
 ) -> Answer {
-    let (board, req, hash) = job_route(s, header, "GET", path, hash_hex, b"")?;
-    let jobs = board.jobs();
-    let job = jobs.get(&hash).ok_or_else(|| not_found(&hash))?;
-    party_of(job, &hash, &req.signer)?;
-    json(StatusCode::OK, &finished(job, hash_hex)?.receipt)
+    on_job(s, header, "GET", path, hash_hex, b"", |_, job| {
+        json(StatusCode::OK, &finished(job, hash_hex)?.receipt)
+    })
 }
 
 fn finished(job: &Job, hash_hex: &str) -> ApiResult<Arc<JobOutput>> {
@@ -823,10 +855,7 @@ async fn execute(s: &Arc<RuntimeState>, hash: [u8; 32]) -> Result<JobOutput, Str
                 spec: spec.clone(),
                 approvals,
             },
-            board
-                .options
-                .kbs_public_key
-                .ok_or("the configuration pins no kbs_public_key: the job cannot be sent to the key broker")?,
+            board.options.kbs_public_key,
         )),
     )
     .await
@@ -894,11 +923,7 @@ async fn execute(s: &Arc<RuntimeState>, hash: [u8; 32]) -> Result<JobOutput, Str
             evidence: release.evidence,
             runtime_keys: s.runtime_keys().clone(),
         },
-        finished_at: s
-            .now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        finished_at: cordon_proto::auth::unix(s.now()),
     };
     Ok(JobOutput {
         sealed_model: output.sealed_model,
@@ -914,9 +939,7 @@ async fn register_output(
     hash: &[u8; 32],
     output: &SealedOutput,
 ) -> Result<(), String> {
-    let kbs_key = options.kbs_public_key.ok_or(
-        "the configuration pins no kbs_public_key: the model's key cannot be sent to the key broker",
-    )?;
+    let kbs_key = options.kbs_public_key;
     let signer = s.signing_key().verifying_key().to_bytes();
     let sealed_dek = seal_dek_for_kbs(
         &kbs_key,
@@ -946,14 +969,9 @@ async fn register_output(
     let mut req = http
         .put(format!("{}{path}", options.kbs_url.trim_end_matches('/')))
         .header(reqwest::header::CONTENT_TYPE, "application/json");
-    for (name, value) in cordon_proto::auth::sign_request(
-        s.signing_key(),
-        "PUT",
-        &path,
-        &body,
-        &kbs_key,
-        SystemTime::now(),
-    ) {
+    for (name, value) in
+        cordon_proto::auth::sign_request(s.signing_key(), "PUT", &path, &body, &kbs_key, s.now())
+    {
         req = req.header(name, value);
     }
     let resp = req.body(body).send().await.map_err(|e| {

@@ -95,8 +95,7 @@ async fn start_with(measurement: [u8; 48], adjust: impl FnOnce(&mut TrainingOpti
         BTreeMap::new(),
         ServingOptions::default(),
     );
-    let mut options = TrainingOptions::new(&kbs_url);
-    options.kbs_public_key = Some(kbs_key);
+    let mut options = TrainingOptions::new(&kbs_url, kbs_key);
     adjust(&mut options);
     state.enable_training(options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -662,6 +661,41 @@ async fn bad_specs_uploads_and_signatures_are_refused() {
     assert_eq!(remembered().await, before);
 }
 
+/// Each party's signed requests about a job take a share of the runtime's request memory of their
+/// own: a party that spends its share (here by re-approving in a loop) is told to wait, and the
+/// other parties of the job are not.
+#[tokio::test]
+async fn one_party_cannot_spend_another_partys_share_of_the_request_memory() {
+    let w = start(MEASUREMENT).await;
+    let a = hospital(&w, HOSPITALS[0].0, HOSPITALS[0].1).await;
+    let b = hospital(&w, HOSPITALS[1].0, HOSPITALS[1].1).await;
+    let job = spec(
+        &[&a, &b],
+        serde_json::json!({"kind": "logistic_regression"}),
+    );
+    let hash = hex::encode(job.hash());
+    a.client.create(&job).await.unwrap();
+    let mut accepted = 1; // the create
+    let refusal = loop {
+        match a.client.approve(&hash, &job, in_an_hour()).await {
+            Ok(_) => accepted += 1,
+            Err(e) => break code(e),
+        }
+        assert!(accepted <= 1_000, "the share has no bound");
+    };
+    assert_eq!(
+        (refusal.0, refusal.1.as_str()),
+        (503, "busy"),
+        "{}",
+        refusal.2
+    );
+    assert_eq!(accepted, 128, "a party's share per job");
+    // The other party approves, submits and gets its status as usual.
+    b.client.approve(&hash, &job, in_an_hour()).await.unwrap();
+    let status = b.client.submit(&hash).await.unwrap();
+    assert_eq!(status.state, JobState::Running);
+}
+
 #[tokio::test]
 async fn hyper_parameters_and_quotas_are_bounded_and_old_jobs_are_evicted() {
     let w = start_with(MEASUREMENT, |o| {
@@ -716,6 +750,14 @@ async fn hyper_parameters_and_quotas_are_bounded_and_old_jobs_are_evicted() {
     b.client.create(&job(4)).await.unwrap();
     // Jobs never submitted are evicted once abandoned; then there is room again.
     tokio::time::sleep(Duration::from_millis(2_100)).await;
+    // Retention holds on a read too, before anything new arrives.
+    let (status, code_, _) = code(
+        b.client
+            .status(&hex::encode(job(4).hash()))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((status, code_.as_str()), (404, "unknown_job"));
     a.client.create(&job(3)).await.unwrap();
     assert_eq!(
         code(

@@ -96,7 +96,6 @@ impl TrainedModel {
     }
 }
 
-/// Trains a binary classifier on `table` (labels must be 0 or 1).
 impl Algorithm {
     /// Checks every parameter against its range (upper bounds included), before any data is
     /// read: what a runtime does when a job is created, so an unrunnable job is never approved.
@@ -108,6 +107,7 @@ impl Algorithm {
     }
 }
 
+/// Trains a binary classifier on `table` (labels must be 0 or 1).
 pub fn train(algorithm: &Algorithm, table: &Table) -> Result<TrainedModel, TrainError> {
     check_binary(table)?;
     Ok(match algorithm {

@@ -171,8 +171,7 @@ async fn confidential(
         BTreeMap::new(),
         ServingOptions::default(),
     );
-    let mut options = TrainingOptions::new(&kbs_url);
-    options.kbs_public_key = Some(kbs_key);
+    let mut options = TrainingOptions::new(&kbs_url, kbs_key);
     options.max_dataset_bytes = usize::MAX;
     options.max_total_dataset_bytes = usize::MAX;
     state.enable_training(options);
