@@ -43,7 +43,7 @@ pub(crate) fn private_db(db: &Path) {
     opts.write(true)
         .create_new(true)
         .mode(0o600)
-        .custom_flags(libc_o_nofollow());
+        .custom_flags(libc::O_NOFOLLOW);
     match opts.open(db) {
         Ok(f) => {
             if let Err(e) = f.set_permissions(Permissions::from_mode(0o600)) {
@@ -73,9 +73,11 @@ pub(crate) fn side_file(db: &Path, suffix: &str) -> PathBuf {
 /// Removes group and other permission bits from `path` if it exists and has any, with a warning.
 /// Owner bits are kept as they are: a store made read-only on purpose stays read-only (and is then
 /// refused as such by `Store::open`). A failure is a warning too: a directory or file that belongs
-/// to another user cannot be changed, and SQLite's open says whether it can be used at all.
+/// to another user cannot be changed, and SQLite's open says whether it can be used at all. A
+/// symbolic link is left alone (never a mode changed through it): [`check_private`] refuses it.
 fn tighten(path: &Path, what: &str) {
-    let mode = match std::fs::metadata(path) {
+    let mode = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => return,
         Ok(m) => m.permissions().mode() & 0o7777,
         Err(_) => return,
     };
@@ -96,19 +98,14 @@ fn tighten(path: &Path, what: &str) {
     }
 }
 
-fn libc_o_nofollow() -> i32 {
-    libc::O_NOFOLLOW
-}
-
 /// Refuses a data directory or store that another user controls, or that is still open to other
 /// users, or that is a symbolic link: tightening is best effort, this is not. Another user who owns
 /// the directory (a pre-made `/tmp/kbs`, say) could read every key or plant a store of their own.
 /// The KBS's own user is learnt from a file it creates in the directory; when it cannot create one
-/// (a read-only directory), the check is left to SQLite's open, which refuses an unwritable store.
+/// (a read-only directory), only the owner is left unchecked (SQLite's open then refuses an
+/// unwritable store).
 pub(crate) fn check_private(dir: &Path, db: &Path) -> io::Result<()> {
-    let Some(uid) = own_uid(dir) else {
-        return Ok(());
-    };
+    let uid = own_uid(dir);
     let mut paths = vec![(dir.to_path_buf(), "data directory")];
     paths.push((db.to_path_buf(), "store"));
     for suffix in SIDE_FILES {
@@ -132,7 +129,7 @@ pub(crate) fn check_private(dir: &Path, db: &Path) -> io::Result<()> {
         if meta.file_type().is_symlink() {
             return refuse("is a symbolic link".into());
         }
-        if meta.uid() != uid {
+        if let Some(uid) = uid.filter(|&uid| uid != meta.uid()) {
             return refuse(format!(
                 "belongs to uid {}, not to the key broker's user (uid {uid})",
                 meta.uid()
@@ -157,7 +154,7 @@ fn own_uid(dir: &Path) -> Option<u32> {
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .custom_flags(libc_o_nofollow())
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&probe)
         .ok()?;
     let uid = file.metadata().ok().map(|m| m.uid());

@@ -1,6 +1,6 @@
 //! HTTP surface of the KBS (axum) over the store.
 
-use crate::store::{NewAuditEvent, NonceUse, Store};
+use crate::store::{NewAuditEvent, NonceShare, NonceUse, Store};
 use crate::KbsError;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
@@ -8,20 +8,20 @@ use axum::http::{HeaderMap, Uri};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cordon_attest::{appraise, Endorsements, Policy, Verifier};
-use cordon_proto::auth::{self, AuthError, SignedRequest, REQUEST_WINDOW};
+use cordon_proto::auth::{self, unix, AuthError, SignedRequest, REQUEST_WINDOW};
 use cordon_proto::job::{self, job_report_data};
 use cordon_proto::kbs::{
     dek_upload_aad, policy_context, AttestRequest, AttestResponse, AuditEvent, Challenge,
-    DekPurpose, DeniedKey, JobRelease, KbsIdentity, RegisterKey, ReleasedKey, SealedDek, SealedJob,
+    DekPurpose, DeniedKey, JobRelease, KbsIdentity, RegisterKey, ReleasedKey, SealedToKbs,
     JOB_INFO, MAX_KEY_IDS, RELEASE_INFO, UPLOAD_INFO,
 };
 use cordon_proto::{channel, report_data, ServiceKeyPair};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -48,10 +48,18 @@ pub struct KbsLimits {
     pub max_dataset_keys_per_owner: u64,
     /// Dataset keys held, all owners together.
     pub max_dataset_keys: u64,
-    /// Unexpired challenge nonces outstanding; more challenges get 503.
+    /// Challenge nonces held (outstanding, or expired within the last ten minutes); more
+    /// challenges get 503.
     pub max_live_nonces: u64,
-    /// Signed-request nonces remembered at once (ten minutes each); more signed requests get 503.
+    /// Nonces of the administrator's and attested runtimes' signed requests remembered at once
+    /// (ten minutes each); more such requests get 503. Party requests have shares of their own
+    /// (below): party traffic cannot lock the administrator out.
     pub max_request_nonces: u64,
+    /// Nonces of parties' signed requests (dataset key registrations) remembered at once, all
+    /// parties together; more party requests get 503.
+    pub max_party_request_nonces: u64,
+    /// Nonces of one party's signed requests remembered at once.
+    pub max_request_nonces_per_party: u64,
 }
 
 impl Default for KbsLimits {
@@ -61,6 +69,8 @@ impl Default for KbsLimits {
             max_dataset_keys: 100_000,
             max_live_nonces: 100_000,
             max_request_nonces: 1_000_000,
+            max_party_request_nonces: 1_000_000,
+            max_request_nonces_per_party: 1_000,
         }
     }
 }
@@ -102,12 +112,6 @@ fn json_rejection(e: axum::extract::rejection::JsonRejection) -> KbsError {
     } else {
         KbsError::BadRequest(e.body_text())
     }
-}
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Kbs {
@@ -263,20 +267,6 @@ impl Kbs {
         .await
     }
 
-    /// Checks a signed request meant for this KBS and records its nonce: the signer's key. A
-    /// request whose signature fails records nothing, so forgeries cannot spend nonces.
-    async fn signed_request(
-        &self,
-        headers: &HeaderMap,
-        method: &str,
-        path: &str,
-        body: &[u8],
-    ) -> Result<SignedRequest, KbsError> {
-        let req = self.verified_request(headers, method, path, body)?;
-        self.record_nonce(&req).await?;
-        Ok(req)
-    }
-
     /// Checks a signed request's signature, audience and time; records nothing.
     fn verified_request(
         &self,
@@ -297,15 +287,27 @@ impl Kbs {
     }
 
     /// Records a verified request's nonce (refused if seen before). Call once the signer is known
-    /// to be allowed, so that strangers with throw-away keys cannot fill the table.
-    async fn record_nonce(&self, req: &SignedRequest) -> Result<(), KbsError> {
+    /// to be allowed, so that strangers with throw-away keys cannot fill the table. A party's
+    /// request takes a share of the party nonces, the administrator's and an attested runtime's
+    /// of their own, so that parties cannot lock them out.
+    async fn record_nonce(&self, req: &SignedRequest, sender: Sender) -> Result<(), KbsError> {
         let now = unix(self.now());
         let keep_until = req.time.max(now) + 2 * REQUEST_WINDOW.as_secs();
         let mut key = req.signer.to_vec();
         key.extend_from_slice(&req.nonce);
-        let max = self.inner.config.limits.max_request_nonces;
+        let limits = self.inner.config.limits;
+        let share = match sender {
+            Sender::Trusted => NonceShare::Trusted {
+                max: limits.max_request_nonces,
+            },
+            Sender::Party => NonceShare::Party {
+                party: req.signer,
+                per_party: limits.max_request_nonces_per_party,
+                max: limits.max_party_request_nonces,
+            },
+        };
         let fresh = self
-            .with_store(move |s| Ok(s.use_request_nonce(&key, keep_until, now, max)?))
+            .with_store(move |s| Ok(s.use_request_nonce(&key, keep_until, now, share)?))
             .await?;
         if !fresh {
             return Err(auth_error(AuthError::Replayed {
@@ -327,21 +329,21 @@ impl Kbs {
             .with_store(|s| Ok(s.admin_public_key()?))
             .await?
             .ok_or_else(|| KbsError::Unauthorized("this KBS has no administrator yet".into()))?;
+        let req = self
+            .verified_request(headers, method, path, body)
+            .map_err(|e| match e {
+                KbsError::PartyUnauthorized(m) => KbsError::Unauthorized(m),
+                other => other,
+            })?;
         // The signer is checked before the nonce is recorded: a party's valid signature must not
         // spend an admin nonce either.
-        let signer = headers
-            .get(auth::SIGNER_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| hex::decode(v.trim()).ok());
-        if signer.as_deref() != Some(admin.as_slice()) {
+        if req.signer != admin {
             return Err(KbsError::Unauthorized(
                 "not signed by the administrator's key (see the admin token file)".into(),
             ));
         }
-        Ok(self
-            .signed_request(headers, method, path, body)
-            .await?
-            .signer)
+        self.record_nonce(&req, Sender::Trusted).await?;
+        Ok(req.signer)
     }
 
     /// `Err` naming both keys when something was sealed to another KBS key than this one's.
@@ -358,7 +360,7 @@ impl Kbs {
     }
 
     /// Opens a training job sealed to this KBS for the attest request carrying `nonce_hex`.
-    fn open_job(&self, sealed: &SealedJob, nonce_hex: &str) -> Result<JobRelease, KbsError> {
+    fn open_job(&self, sealed: &SealedToKbs, nonce_hex: &str) -> Result<JobRelease, KbsError> {
         self.sealed_to_us(&sealed.kbs_public_key)
             .map_err(|e| KbsError::BadRequest(format!("the job is {e}")))?;
         let json = self
@@ -376,7 +378,7 @@ impl Kbs {
     /// Opens a DEK sealed to this KBS for `purpose`, `key_id`, `sender` and `context`.
     fn open_dek(
         &self,
-        sealed: &SealedDek,
+        sealed: &SealedToKbs,
         purpose: DekPurpose,
         key_id: &str,
         sender: &[u8; 32],
@@ -410,6 +412,15 @@ impl Kbs {
     }
 }
 
+/// Whose share of the signed-request nonces a request takes (see [`Kbs::record_nonce`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sender {
+    /// A data owner: anyone can make a party key.
+    Party,
+    /// The administrator, or a runtime that attested for a job.
+    Trusted,
+}
+
 fn auth_error(e: AuthError) -> KbsError {
     match e {
         AuthError::Replayed { .. } => KbsError::Replayed(e.to_string()),
@@ -431,15 +442,8 @@ async fn challenge(State(kbs): State<Kbs>) -> Result<Json<Challenge>, KbsError> 
     let now = unix(kbs.now());
     let expires_at = now + kbs.inner.config.nonce_ttl.as_secs();
     let max = kbs.inner.config.limits.max_live_nonces;
-    kbs.with_store(move |s| {
-        if s.live_nonces(now)? >= max {
-            return Err(KbsError::Busy(format!(
-                "{max} challenges are outstanding; retry when some have expired"
-            )));
-        }
-        Ok(s.insert_nonce(&nonce, expires_at, now)?)
-    })
-    .await?;
+    kbs.with_store(move |s| Ok(s.insert_nonce(&nonce, expires_at, now, max)?))
+        .await?;
     Ok(Json(Challenge {
         nonce: hex::encode(nonce),
         expires_at,
@@ -534,6 +538,11 @@ async fn attest(
         }
         None => None,
     };
+    // Each party's approval, verified once (however many keys are asked for).
+    let approvals = match (&job, &job_hash) {
+        (Some(job), Some(h)) => verify_approvals(job, h, now_time)?,
+        _ => BTreeMap::new(),
+    };
     let expected = match &job_hash {
         Some(h) => job_report_data(&nonce, &req.runtime_keys, h),
         None => report_data(&nonce, &req.runtime_keys, &req.models),
@@ -575,7 +584,7 @@ async fn attest(
                         .iter()
                         .map(|f| f.to_string())
                         .collect();
-                    reasons.extend(job_check(key_id, k, job.as_ref(), job_hash, now_time));
+                    reasons.extend(job_check(key_id, k, job.as_ref(), job_hash, &approvals));
                     reasons
                 }
             },
@@ -620,7 +629,12 @@ async fn attest(
             "training job {} ({:?}), approved by {}",
             hex::encode(h),
             job.spec.name,
-            verified_approvers(job, h, now_time).join(", ")
+            approvals
+                .iter()
+                .filter(|(_, verdict)| verdict.is_ok())
+                .map(|(party, _)| party.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         _ if bound_models.is_empty() => String::new(),
         _ => format!("bound models: {bound_models}"),
@@ -682,15 +696,31 @@ async fn attest(
     }))
 }
 
-/// The parties of `job` whose approval of `hash` verifies at `now`, by name.
-fn verified_approvers(job: &JobRelease, hash: &[u8; 32], now: SystemTime) -> Vec<String> {
-    let names: BTreeSet<&str> = job
-        .approvals
-        .iter()
-        .filter(|a| a.verify(&job.spec, hash, now).is_ok())
-        .map(|a| a.party.as_str())
-        .collect();
-    names.into_iter().map(String::from).collect()
+/// Each approving party's verdict: whether its approval of `hash` verifies at `now`, and if not
+/// why. At most one approval per party of the job, each naming one of its parties: anything else
+/// is refused whole, so that a request cannot make the KBS verify (and record) without bound.
+fn verify_approvals(
+    job: &JobRelease,
+    hash: &[u8; 32],
+    now: SystemTime,
+) -> Result<BTreeMap<String, Result<(), String>>, KbsError> {
+    let mut verdicts = BTreeMap::new();
+    for a in &job.approvals {
+        if job.spec.party(&a.party).is_none() {
+            return Err(KbsError::BadRequest(format!(
+                "an approval names {:?}, which is not a party of the job",
+                a.party
+            )));
+        }
+        let verdict = a.verify(&job.spec, hash, now).map_err(|e| e.to_string());
+        if verdicts.insert(a.party.clone(), verdict).is_some() {
+            return Err(KbsError::BadRequest(format!(
+                "party {:?} has more than one approval: at most one each",
+                a.party
+            )));
+        }
+    }
+    Ok(verdicts)
 }
 
 /// The job rules for one key, on top of its release policy: a dataset key is released only for a
@@ -701,7 +731,7 @@ fn job_check(
     key: &crate::store::StoredKey,
     job: Option<&JobRelease>,
     job_hash: Option<[u8; 32]>,
-    now: SystemTime,
+    approvals: &BTreeMap<String, Result<(), String>>,
 ) -> Vec<String> {
     let (owner, job, hash) = match (key.is_dataset_key(), key.owner, job, job_hash) {
         (false, _, None, _) => return vec![],
@@ -733,22 +763,15 @@ fn job_check(
             party.name
         )];
     }
-    let mut errors = Vec::new();
-    for a in job.approvals.iter().filter(|a| a.party == party.name) {
-        match a.verify(spec, &hash, now) {
-            Ok(()) => return vec![],
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
+    let why = match approvals.get(&party.name) {
+        Some(Ok(())) => return vec![],
+        Some(Err(e)) => format!(" ({e})"),
+        None => String::new(),
+    };
     vec![format!(
-        "no valid approval of job {} by {}, the owner of dataset key {key_id}{}",
+        "no valid approval of job {} by {}, the owner of dataset key {key_id}{why}",
         hex::encode(hash),
         party.name,
-        if errors.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", errors.join("; "))
-        }
     )]
 }
 
@@ -849,7 +872,7 @@ async fn register_dataset_key(
         &policy_context(&req.policy),
     )?;
     // Only a well-formed registration, whose DEK opened for this signer, spends a nonce.
-    kbs.record_nonce(&signed).await?;
+    kbs.record_nonce(&signed, Sender::Party).await?;
     let now = unix(kbs.now());
     let policy_text = req.policy.clone();
     let id = key_id.clone();
@@ -866,22 +889,18 @@ async fn register_dataset_key(
         id,
         detail,
         move |s, id, event| {
-            let replacing = s
-                .get_key(id)?
-                .is_some_and(|k| k.is_dataset_key() && k.owner == Some(owner));
-            if !replacing {
-                let (all, mine) = s.dataset_key_counts(&owner)?;
-                if mine >= limits.max_dataset_keys_per_owner {
-                    return Err(crate::store::StoreError::Quota(format!(
-                        "owner {} holds {mine} dataset keys, the most one owner may hold",
-                        hex::encode(owner)
-                    )));
-                }
-                if all >= limits.max_dataset_keys {
-                    return Err(crate::store::StoreError::Quota(format!(
-                        "this KBS holds {all} dataset keys, its limit"
-                    )));
-                }
+            // Counted without this key id, a replacement is checked like a new key.
+            let (all, mine) = s.dataset_key_counts(&owner, id)?;
+            if mine >= limits.max_dataset_keys_per_owner {
+                return Err(crate::store::StoreError::Quota(format!(
+                    "owner {} holds {mine} dataset keys, the most one owner may hold",
+                    hex::encode(owner)
+                )));
+            }
+            if all >= limits.max_dataset_keys {
+                return Err(crate::store::StoreError::Quota(format!(
+                    "this KBS holds {all} dataset keys, its limit"
+                )));
             }
             s.put_dataset_key_audited(id, &dek, &policy_text, &owner, event)
         },
@@ -927,7 +946,7 @@ async fn register_job_output(
         Some(Some(p)) => p,
     };
     // Only a runtime that attested for this job spends a nonce.
-    kbs.record_nonce(&signed).await?;
+    kbs.record_nonce(&signed, Sender::Trusted).await?;
     let dek = kbs.open_dek(
         &req.sealed_dek,
         DekPurpose::JobOutput,

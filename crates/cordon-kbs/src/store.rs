@@ -28,6 +28,8 @@ pub enum StoreError {
     Quota(String),
     #[error("busy: {0}")]
     Busy(String),
+    #[error("the store is corrupt: {0}")]
+    Corrupt(String),
     #[error("job {job_hash}'s output is registered already by this runtime: one output per job")]
     OutputRegistered { job_hash: String },
     #[error("data directory {path} is not private to the key broker: {source}")]
@@ -110,7 +112,32 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX request_nonces_expiry ON request_nonces (expires_at);
      CREATE INDEX nonces_expiry ON nonces (expires_at);
      ALTER TABLE job_runtimes ADD COLUMN output_key_id TEXT;",
+    // 5: whose share of the signed-request nonces a nonce takes: a party's (dataset key
+    //    registrations, which anyone can make), or none (the administrator and attested runtimes,
+    //    whom party traffic must not lock out); the key quotas by kind and owner, indexed.
+    "ALTER TABLE request_nonces ADD COLUMN party BLOB;
+     CREATE INDEX request_nonces_party ON request_nonces (party);
+     CREATE INDEX keys_kind_owner ON keys (kind, owner);",
 ];
+
+/// How long an expired challenge is kept, so that using it is answered "expired" rather than
+/// "unknown" (unless the table fills up first).
+pub const EXPIRED_CHALLENGE_GRACE: u64 = 600;
+
+/// Whose share of the remembered signed-request nonces a request takes, and its bound.
+#[derive(Debug, Clone, Copy)]
+pub enum NonceShare {
+    /// The administrator's and attested runtimes' requests, together: few senders, who must not
+    /// wait on party traffic.
+    Trusted { max: u64 },
+    /// A party's request: anyone with a key can send one, so each party has a bound of its own
+    /// within the bound of all parties together.
+    Party {
+        party: [u8; 32],
+        per_party: u64,
+        max: u64,
+    },
+}
 
 /// Who registered a key, and so who may replace it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,11 +159,13 @@ impl KeyKind {
         }
     }
 
-    fn parse(s: &str) -> KeyKind {
+    /// Fails closed: an unknown kind is not taken for an admin key (released on policy alone).
+    fn parse(s: &str) -> Result<KeyKind, StoreError> {
         match s {
-            "dataset" => KeyKind::Dataset,
-            "job_output" => KeyKind::JobOutput,
-            _ => KeyKind::Admin,
+            "admin" => Ok(KeyKind::Admin),
+            "dataset" => Ok(KeyKind::Dataset),
+            "job_output" => Ok(KeyKind::JobOutput),
+            other => Err(StoreError::Corrupt(format!("unknown key kind {other:?}"))),
         }
     }
 }
@@ -327,13 +356,16 @@ impl Store {
                 r.get(0).map(Zeroizing::new)
             })
             .optional()?;
-        Ok(v.and_then(|b| {
-            let mut seed = Zeroizing::new([0u8; 32]);
-            (b.len() == 32).then(|| {
-                seed.copy_from_slice(&b);
-                seed
-            })
-        }))
+        let Some(b) = v else { return Ok(None) };
+        if b.len() != 32 {
+            return Err(StoreError::Corrupt(format!(
+                "the identity seed is {} bytes, expected 32",
+                b.len()
+            )));
+        }
+        let mut seed = Zeroizing::new([0u8; 32]);
+        seed.copy_from_slice(&b);
+        Ok(Some(seed))
     }
 
     /// Stores the seed of the KBS's HPKE identity key, unless one exists; returns the stored seed.
@@ -351,49 +383,90 @@ impl Store {
     }
 
     /// Records the nonce of a signed request; `false` if it was recorded already (a replay).
-    /// Nonces are kept until `expires_at`, then pruned.
-    /// `max` bounds the live nonces: beyond it, [`StoreError::Quota`] (nothing is recorded).
+    /// Nonces are kept until `expires_at`, then pruned. A request whose share (see
+    /// [`NonceShare`]) is full is refused with [`StoreError::Busy`], and nothing is recorded.
     pub fn use_request_nonce(
         &self,
         nonce: &[u8],
         expires_at: u64,
         now: u64,
-        max: u64,
+        share: NonceShare,
     ) -> Result<bool, StoreError> {
         self.conn.execute(
             "DELETE FROM request_nonces WHERE expires_at < ?1",
             params![now as i64],
         )?;
-        let live: i64 = self
+        // A replay is a replay, however full the shares are.
+        let seen = self
             .conn
-            .query_row("SELECT COUNT(*) FROM request_nonces", [], |r| r.get(0))?;
-        if live as u64 >= max {
-            return Err(StoreError::Busy(format!(
-                "{live} signed requests of the last ten minutes are remembered already"
-            )));
+            .query_row(
+                "SELECT 1 FROM request_nonces WHERE nonce = ?1",
+                params![nonce],
+                |_| Ok(()),
+            )
+            .optional()?;
+        if seen.is_some() {
+            return Ok(false);
         }
+        let party = match share {
+            NonceShare::Trusted { max } => {
+                let held: i64 = self.conn.query_row(
+                    "SELECT COUNT(*) FROM request_nonces WHERE party IS NULL",
+                    [],
+                    |r| r.get(0),
+                )?;
+                if held as u64 >= max {
+                    return Err(StoreError::Busy(format!(
+                        "{held} signed requests of the last ten minutes are remembered already"
+                    )));
+                }
+                None
+            }
+            NonceShare::Party {
+                party,
+                per_party,
+                max,
+            } => {
+                let (all, mine): (i64, i64) = self.conn.query_row(
+                    "SELECT COUNT(*), COALESCE(SUM(party = ?1), 0) FROM request_nonces
+                     WHERE party IS NOT NULL",
+                    params![party.as_slice()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if mine as u64 >= per_party {
+                    return Err(StoreError::Busy(format!(
+                        "this party has {mine} signed requests of the last ten minutes \
+                         remembered already, the most one party may"
+                    )));
+                }
+                if all as u64 >= max {
+                    return Err(StoreError::Busy(format!(
+                        "{all} signed requests of parties of the last ten minutes are \
+                         remembered already"
+                    )));
+                }
+                Some(party.to_vec())
+            }
+        };
         let changed = self.conn.execute(
-            "INSERT OR IGNORE INTO request_nonces (nonce, expires_at) VALUES (?1, ?2)",
-            params![nonce, expires_at as i64],
+            "INSERT OR IGNORE INTO request_nonces (nonce, expires_at, party) VALUES (?1, ?2, ?3)",
+            params![nonce, expires_at as i64, party],
         )?;
         Ok(changed == 1)
     }
 
-    /// Challenge nonces not yet expired.
-    pub fn live_nonces(&self, now: u64) -> Result<u64, StoreError> {
-        let n: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM nonces WHERE expires_at >= ?1",
-            params![now as i64],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
-    }
-
-    /// Dataset keys held, all owners together and those of `owner`.
-    pub fn dataset_key_counts(&self, owner: &[u8; 32]) -> Result<(u64, u64), StoreError> {
+    /// Dataset keys held under other key ids than `key_id`, all owners together and those of
+    /// `owner`: what a registration of `key_id` by `owner` is checked against, whether it is new
+    /// or replaces a key.
+    pub fn dataset_key_counts(
+        &self,
+        owner: &[u8; 32],
+        key_id: &str,
+    ) -> Result<(u64, u64), StoreError> {
         let (all, mine): (i64, i64) = self.conn.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(owner = ?1), 0) FROM keys WHERE kind = 'dataset'",
-            params![owner.as_slice()],
+            "SELECT COUNT(*), COALESCE(SUM(owner = ?1), 0) FROM keys
+             WHERE kind = 'dataset' AND key_id <> ?2",
+            params![owner.as_slice(), key_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         Ok((all as u64, mine as u64))
@@ -410,7 +483,7 @@ impl Store {
     }
 
     pub fn get_key(&self, key_id: &str) -> Result<Option<StoredKey>, StoreError> {
-        Ok(self
+        let row = self
             .conn
             .query_row(
                 "SELECT dek, policy, owner, kind FROM keys WHERE key_id = ?1",
@@ -418,15 +491,24 @@ impl Store {
                 |r| {
                     let owner: Option<Vec<u8>> = r.get(2)?;
                     let kind: String = r.get(3)?;
-                    Ok(StoredKey {
-                        dek: Zeroizing::new(r.get(0)?),
-                        policy: r.get(1)?,
-                        kind: KeyKind::parse(&kind),
-                        owner: owner.and_then(|o| o.try_into().ok()),
-                    })
+                    Ok((
+                        Zeroizing::new(r.get::<_, Vec<u8>>(0)?),
+                        r.get::<_, String>(1)?,
+                        owner,
+                        kind,
+                    ))
                 },
             )
-            .optional()?)
+            .optional()?;
+        let Some((dek, policy, owner, kind)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(StoredKey {
+            dek,
+            policy,
+            kind: KeyKind::parse(&kind)?,
+            owner: owner.and_then(|o| o.try_into().ok()),
+        }))
     }
 
     pub fn key_ids(&self) -> Result<Vec<String>, StoreError> {
@@ -439,13 +521,40 @@ impl Store {
         Ok(ids)
     }
 
-    /// Records a fresh nonce. Expired nonces are pruned here, a day after expiry, so a replay of a
-    /// recently expired nonce is still reported as expired rather than unknown.
-    pub fn insert_nonce(&self, nonce: &[u8], expires_at: u64, now: u64) -> Result<(), StoreError> {
+    /// Records a fresh challenge nonce, unless `max` unexpired ones are outstanding
+    /// ([`StoreError::Busy`]). Anyone may ask for challenges, so the table never holds more than
+    /// `max` rows: expired nonces are kept [`EXPIRED_CHALLENGE_GRACE`] after expiry (so that using
+    /// one that just expired is answered "expired", not "unknown"), but dropped at once when the
+    /// table is full.
+    pub fn insert_nonce(
+        &self,
+        nonce: &[u8],
+        expires_at: u64,
+        now: u64,
+        max: u64,
+    ) -> Result<(), StoreError> {
         self.conn.execute(
             "DELETE FROM nonces WHERE expires_at < ?1",
-            params![now.saturating_sub(86_400) as i64],
+            params![now.saturating_sub(EXPIRED_CHALLENGE_GRACE) as i64],
         )?;
+        let count = || -> Result<u64, StoreError> {
+            let n: i64 = self
+                .conn
+                .query_row("SELECT COUNT(*) FROM nonces", [], |r| r.get(0))?;
+            Ok(n as u64)
+        };
+        if count()? >= max {
+            self.conn.execute(
+                "DELETE FROM nonces WHERE expires_at < ?1",
+                params![now as i64],
+            )?;
+            let live = count()?;
+            if live >= max {
+                return Err(StoreError::Busy(format!(
+                    "{live} challenges are outstanding; retry when some have expired"
+                )));
+            }
+        }
         self.conn.execute(
             "INSERT INTO nonces (nonce, expires_at) VALUES (?1, ?2)",
             params![nonce, expires_at as i64],
@@ -741,15 +850,91 @@ mod tests {
     #[test]
     fn nonce_is_single_use_and_expires() {
         let (_d, s) = temp_store();
-        s.insert_nonce(b"n1", 100, 50).unwrap();
+        s.insert_nonce(b"n1", 100, 50, 10).unwrap();
         assert_eq!(s.use_nonce(b"n1", 60).unwrap(), NonceUse::Accepted);
         assert_eq!(s.use_nonce(b"n1", 61).unwrap(), NonceUse::Replayed);
-        s.insert_nonce(b"n2", 100, 50).unwrap();
+        s.insert_nonce(b"n2", 100, 50, 10).unwrap();
         assert_eq!(
             s.use_nonce(b"n2", 101).unwrap(),
             NonceUse::Expired { expired_at: 100 }
         );
         assert_eq!(s.use_nonce(b"never", 60).unwrap(), NonceUse::Unknown);
+    }
+
+    /// The challenge table never holds more than its bound, expired rows included: anyone may ask
+    /// for challenges.
+    #[test]
+    fn challenges_are_bounded_with_their_expired_rows() {
+        let (_d, s) = temp_store();
+        for i in 0..3u8 {
+            s.insert_nonce(&[i], 100, 50, 3).unwrap();
+        }
+        assert!(matches!(
+            s.insert_nonce(b"x", 100, 50, 3),
+            Err(StoreError::Busy(_))
+        ));
+        // Expired, but within the grace: still answered "expired"...
+        assert_eq!(
+            s.use_nonce(&[0], 101).unwrap(),
+            NonceUse::Expired { expired_at: 100 }
+        );
+        // ...until room is needed: then the expired rows go, never past the bound.
+        for i in 10..13u8 {
+            s.insert_nonce(&[i], 200, 101, 3).unwrap();
+        }
+        let rows: i64 = s
+            .conn
+            .query_row("SELECT COUNT(*) FROM nonces", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 3);
+        assert_eq!(s.use_nonce(&[1], 102).unwrap(), NonceUse::Unknown);
+    }
+
+    /// A key of a kind this build does not know is an error, not an admin key (which would be
+    /// released on its policy alone).
+    #[test]
+    fn an_unknown_key_kind_fails_closed() {
+        let (_d, s) = temp_store();
+        s.put_key("k", &[1; 32], "policy", 1).unwrap();
+        s.conn
+            .execute("UPDATE keys SET kind = 'future' WHERE key_id = 'k'", [])
+            .unwrap();
+        let err = s.get_key("k").err().expect("refused");
+        assert!(err.to_string().contains("unknown key kind"), "{err}");
+    }
+
+    /// Party requests have shares of their own: they cannot fill the administrator's.
+    #[test]
+    fn party_nonces_are_shared_per_party_and_apart_from_the_trusted_ones() {
+        let (_d, s) = temp_store();
+        let party = |p: u8| NonceShare::Party {
+            party: [p; 32],
+            per_party: 2,
+            max: 3,
+        };
+        let trusted = NonceShare::Trusted { max: 1 };
+        assert!(s.use_request_nonce(b"a1", 100, 0, party(1)).unwrap());
+        assert!(s.use_request_nonce(b"a2", 100, 0, party(1)).unwrap());
+        assert!(matches!(
+            s.use_request_nonce(b"a3", 100, 0, party(1)),
+            Err(StoreError::Busy(m)) if m.contains("one party")
+        ));
+        assert!(s.use_request_nonce(b"b1", 100, 0, party(2)).unwrap());
+        assert!(matches!(
+            s.use_request_nonce(b"c1", 100, 0, party(3)),
+            Err(StoreError::Busy(m)) if m.contains("of parties")
+        ));
+        assert!(s.use_request_nonce(b"admin", 100, 0, trusted).unwrap());
+        assert!(
+            !s.use_request_nonce(b"admin", 100, 0, trusted).unwrap(),
+            "a replay"
+        );
+        assert!(matches!(
+            s.use_request_nonce(b"admin2", 100, 0, trusted),
+            Err(StoreError::Busy(_))
+        ));
+        // Forgotten once expired.
+        assert!(s.use_request_nonce(b"c1", 200, 101, party(3)).unwrap());
     }
 
     #[test]

@@ -50,10 +50,11 @@ impl DekPurpose {
     }
 }
 
-/// A DEK on its way to the KBS: HPKE (base mode, the channel's suite) to the KBS's identity key.
+/// Something on its way to the KBS, HPKE-sealed (base mode, the channel's suite) to the KBS's
+/// identity key: a DEK ([`seal_dek_for_kbs`]) or a training job ([`seal_job`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SealedDek {
+pub struct SealedToKbs {
     /// The KBS key it is sealed to (so a KBS can say "sealed to another key" rather than fail).
     #[serde(with = "crate::binding::hex_array32")]
     pub kbs_public_key: [u8; 32],
@@ -105,8 +106,8 @@ pub fn seal_dek_for_kbs(
     sender: &[u8; 32],
     context: &[u8],
     dek: &[u8],
-) -> Result<SealedDek, ChannelError> {
-    Ok(SealedDek {
+) -> Result<SealedToKbs, ChannelError> {
+    Ok(SealedToKbs {
         kbs_public_key: *kbs_public_key,
         sealed: channel::seal_to(
             kbs_public_key,
@@ -127,8 +128,10 @@ pub struct Challenge {
 }
 
 /// `POST /kbs/v1/attest` request: evidence binding the nonce and the runtime's keys, and the keys
-/// the runtime asks to be released.
+/// the runtime asks to be released. Unknown fields are refused: a field this KBS does not read
+/// (an older runtime's job in clear, say) must not be ignored in silence.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AttestRequest {
     pub nonce: String,
     #[serde(with = "crate::b64")]
@@ -143,33 +146,22 @@ pub struct AttestRequest {
     /// sees neither. The evidence then binds [`crate::job::job_report_data`]`(nonce, runtime_keys,
     /// job hash)` instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sealed_job: Option<SealedJob>,
+    pub sealed_job: Option<SealedToKbs>,
 }
 
 /// HPKE `info` of a training job sealed to the KBS in an attest request; the AAD is the request's
 /// nonce (hex, as sent), so a sealed job cannot be moved into another request.
 pub const JOB_INFO: &[u8] = b"cordon kbs attest job v1";
 
-/// A [`JobRelease`] (JSON) HPKE-sealed to the KBS's identity key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SealedJob {
-    #[serde(with = "crate::binding::hex_array32")]
-    pub kbs_public_key: [u8; 32],
-    /// `enc (32) || ciphertext`.
-    #[serde(with = "crate::b64")]
-    pub sealed: Vec<u8>,
-}
-
-/// Seals `job` to the KBS whose identity key is `kbs_public_key`, for the attest request carrying
-/// `nonce_hex`.
+/// Seals `job` (its JSON) to the KBS whose identity key is `kbs_public_key`, for the attest request
+/// carrying `nonce_hex`.
 pub fn seal_job(
     kbs_public_key: &[u8; 32],
     nonce_hex: &str,
     job: &JobRelease,
-) -> Result<SealedJob, ChannelError> {
+) -> Result<SealedToKbs, ChannelError> {
     let json = serde_json::to_vec(job).map_err(|_| ChannelError::Encrypt)?;
-    Ok(SealedJob {
+    Ok(SealedToKbs {
         kbs_public_key: *kbs_public_key,
         sealed: channel::seal_to(kbs_public_key, JOB_INFO, nonce_hex.as_bytes(), &json)?,
     })
@@ -214,7 +206,7 @@ pub struct AttestResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterKey {
-    pub sealed_dek: SealedDek,
+    pub sealed_dek: SealedToKbs,
     /// The release policy, TOML (see `cordon_attest::Policy`).
     pub policy: String,
 }
