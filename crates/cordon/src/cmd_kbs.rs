@@ -113,7 +113,7 @@ pub fn run(c: KbsCommand) -> Result<()> {
 
 async fn fetch_identity(kbs: &str, tls: &ClientTls) -> Result<KbsIdentity> {
     let resp = tls
-        .builder()
+        .builder()?
         .build()?
         .get(format!("{}/kbs/v1/identity", kbs.trim_end_matches('/')))
         .send()
@@ -303,7 +303,7 @@ impl Admin {
     ) -> Result<reqwest::Response> {
         let mut req = self
             .tls
-            .builder()
+            .builder()?
             .build()?
             .request(method.clone(), format!("{}{path}", self.url))
             .header(reqwest::header::CONTENT_TYPE, "application/json");
