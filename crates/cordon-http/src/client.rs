@@ -83,25 +83,24 @@ impl ClientTls {
     }
 
     /// A `reqwest` client builder with this trust, certificate verification on, and redirects
-    /// that leave `https://` refused. Add timeouts and build.
-    pub fn builder(&self) -> reqwest::ClientBuilder {
+    /// that leave `https://` refused. Add timeouts and build. Fails only if reqwest refuses one of
+    /// the CA certificates (already checked as trust anchors when this `ClientTls` was made).
+    pub fn builder(&self) -> Result<reqwest::ClientBuilder, reqwest::Error> {
         let mut b = reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(self.web_pki)
             .redirect(no_downgrade());
         for der in &self.cas {
-            // With rustls, reqwest keeps the DER as given; it was checked as a trust anchor in
-            // `trust_anchors`, so this cannot fail.
-            if let Ok(cert) = reqwest::Certificate::from_der(der) {
-                b = b.add_root_certificate(cert);
-            }
+            // Never skipped: a client that silently trusted fewer CAs than asked would fail later
+            // with a misleading certificate error.
+            b = b.add_root_certificate(reqwest::Certificate::from_der(der)?);
         }
-        b
+        Ok(b)
     }
 
     /// [`ClientTls::builder`] with a whole-request timeout, built.
     pub fn client(&self, timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-        self.builder().timeout(timeout).build()
+        self.builder()?.timeout(timeout).build()
     }
 }
 

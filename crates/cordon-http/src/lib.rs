@@ -125,38 +125,19 @@ pub async fn serve_with_tls(
         // Subscribed before the shutdown signal can be sent: a connection that starts being
         // watched after it was sent still sees it.
         let watcher = graceful.watcher();
-        let Some(acceptor) = acceptor.clone() else {
-            // No upgrades (websockets): none of Cordon's routes use them.
-            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                drop(permit);
-            });
-            continue;
-        };
-        let handshake_timeout = limits.tls_handshake_timeout;
-        let mut stopping = stopping_rx.clone();
+        let tls = acceptor
+            .clone()
+            .map(|a| (a, limits.tls_handshake_timeout, stopping_rx.clone()));
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
-            let stream = tokio::select! {
-                done = handshake => match done {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
+            match tls {
+                None => serve_connection(stream, &builder, service, watcher).await,
+                Some((acceptor, deadline, stopping)) => {
+                    if let Some(stream) =
+                        handshake(acceptor, stream, peer, deadline, stopping).await
+                    {
+                        serve_connection(stream, &builder, service, watcher).await;
                     }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out; closing the connection");
-                        return;
-                    }
-                },
-                _ = stopping.wait_for(|s| *s) => return,
-            };
-            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+                }
             }
             drop(permit);
         });
@@ -164,4 +145,46 @@ pub async fn serve_with_tls(
     let _ = stopping_tx.send(true);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The TLS handshake of one connection, within `deadline`; `None` (the connection is closed) if it
+/// fails, times out, or the server stops meanwhile.
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    deadline: Duration,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let handshake = tokio::time::timeout(deadline, acceptor.accept(stream));
+    tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out; closing the connection");
+                None
+            }
+        },
+        _ = stopping.wait_for(|s| *s) => None,
+    }
+}
+
+/// Serves HTTP/1 on one connection (plain or after its TLS handshake) until it closes or the
+/// graceful shutdown ends it. No upgrades (websockets): none of Cordon's routes use them.
+async fn serve_connection<I>(
+    io: I,
+    builder: &hyper::server::conn::http1::Builder,
+    service: TowerToHyperService<Router>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }

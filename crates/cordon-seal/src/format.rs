@@ -181,6 +181,8 @@ impl Default for SealOptions {
 /// `output` must be seekable: the plaintext digest is computed while encrypting, in one pass over the
 /// input, and written into the manifest (whose length does not depend on the digest) at the end.
 /// `progress` is called with the number of plaintext bytes done.
+///
+/// [`seal_with_header`] also returns the header as written (with the manifest digest).
 pub fn seal<R: Read, W: Write + Seek>(
     input: R,
     size: u64,
@@ -189,6 +191,21 @@ pub fn seal<R: Read, W: Write + Seek>(
     options: &SealOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(Manifest, KeyFile), SealError> {
+    seal_with_header(input, size, output, owner, options, progress)
+        .map(|(header, key)| (header.manifest, key))
+}
+
+/// [`seal`], returning the header exactly as written to `output`: its
+/// [`SealedHeader::digest`] is the manifest digest that runtimes bind in their evidence, so a
+/// caller need not read the artifact back (and check the signature it just made) to learn it.
+pub fn seal_with_header<R: Read, W: Write + Seek>(
+    input: R,
+    size: u64,
+    output: W,
+    owner: &OwnerKey,
+    options: &SealOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(SealedHeader, KeyFile), SealError> {
     let mut rng = rand::rng();
     let mut key_id = [0u8; 16];
     rng.fill_bytes(&mut key_id);
@@ -216,7 +233,7 @@ pub(crate) fn seal_with_key<R: Read, W: Write + Seek>(
     options: &SealOptions,
     progress: &mut dyn FnMut(u64),
     (dek, key_id, prefix): (Dek, String, [u8; 7]),
-) -> Result<(Manifest, KeyFile), SealError> {
+) -> Result<(SealedHeader, KeyFile), SealError> {
     let mut manifest = Manifest {
         format: FORMAT_NAME.into(),
         name: options.name.clone(),
@@ -299,7 +316,13 @@ pub(crate) fn seal_with_key<R: Read, W: Write + Seek>(
         dek,
         signer: owner.public_key(),
     };
-    Ok((manifest, key))
+    Ok((
+        SealedHeader {
+            manifest,
+            manifest_bytes,
+        },
+        key,
+    ))
 }
 
 fn read_exact_or<R: Read>(
@@ -875,6 +898,27 @@ mod tests {
             ),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn the_returned_header_is_the_one_written() {
+        let owner = OwnerKey::generate();
+        let plain = data(1000);
+        let mut out = Cursor::new(Vec::new());
+        let opts = SealOptions {
+            chunk_size: 64,
+            ..SealOptions::default()
+        };
+        let (header, key) =
+            seal_with_header(&plain[..], 1000, &mut out, &owner, &opts, &mut |_| {}).unwrap();
+        let sealed = out.into_inner();
+        let read = read_header(&mut &sealed[..]).unwrap();
+        assert_eq!(header.manifest_bytes, read.manifest_bytes);
+        assert_eq!(header.digest(), read.digest());
+        assert_eq!(header.sealed_len(), sealed.len() as u64);
+        let (unsealed, back) = unseal_to_vec(&sealed[..], &key).unwrap();
+        assert_eq!(unsealed.digest(), header.digest());
+        assert_eq!(back.as_slice(), plain.as_slice());
     }
 
     #[test]

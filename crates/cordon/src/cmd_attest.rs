@@ -8,8 +8,7 @@ use crate::util;
 use anyhow::{Context, Result};
 use cordon_attest::snp::SnpError;
 use cordon_attest::{
-    appraise, decode_evidence, detect, Endorsements, EvidenceError, EvidenceKind, Policy,
-    PolicyDocument, Verifier,
+    appraise, decode_evidence, detect, Endorsements, EvidenceError, EvidenceKind, Policy, Verifier,
 };
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -125,10 +124,7 @@ fn verify(a: VerifyArgs) -> Result<u8> {
     }
     let (policy, policy_name) = match &a.policy {
         Some(p) => {
-            let doc = PolicyDocument::from_toml(&util::read_to_string(p, "policy")?)?;
-            for w in doc.policy.warnings() {
-                eprintln!("WARNING: {w}");
-            }
+            let doc = util::load_policy_doc(p, "policy")?;
             if let Some(e) = doc.endorsements {
                 endorsements.sim_trust_anchors = e.sim_trust_anchors;
             }

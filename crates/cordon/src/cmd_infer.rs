@@ -2,7 +2,6 @@
 
 use crate::util;
 use anyhow::{Context, Result};
-use cordon_attest::PolicyDocument;
 use cordon_proto::oip::InferRequest;
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -30,10 +29,7 @@ pub struct InferArgs {
 }
 
 pub fn run(a: InferArgs) -> Result<()> {
-    let doc = PolicyDocument::from_toml(&util::read_to_string(&a.policy, "client policy")?)?;
-    for w in doc.policy.warnings() {
-        eprintln!("WARNING: {w}");
-    }
+    let doc = util::load_policy_doc(&a.policy, "client policy")?;
     let request: InferRequest = serde_json::from_str(&util::read_to_string(&a.input, "request")?)
         .with_context(|| {
         format!(

@@ -8,7 +8,7 @@ use cordon_attest::PolicyDocument;
 use cordon_client::jobs::{approval_summary, check_own_entry, register_dataset_key_tls, JobClient};
 use cordon_proto::job::{JobDataset, JobSpec, JobStatus, PartyKey, Receipt, MAX_APPROVAL_VALIDITY};
 use cordon_seal::{KeyFile, OwnerKey, SealOptions};
-use std::io::{Seek, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -171,17 +171,12 @@ pub enum ReceiptCommand {
 }
 
 fn party(path: &Path) -> Result<PartyKey> {
-    PartyKey::from_file_contents(&util::read_to_string(path, "party key")?)
+    PartyKey::from_file_contents(&util::read_secret(path, "party key")?)
         .with_context(|| format!("party key {}", path.display()))
 }
 
 fn policy_doc(path: &Path) -> Result<PolicyDocument> {
-    let doc = PolicyDocument::from_toml(&util::read_to_string(path, "policy")?)
-        .with_context(|| format!("policy {}", path.display()))?;
-    for w in doc.policy.warnings() {
-        eprintln!("WARNING: {w}");
-    }
-    Ok(doc)
+    util::load_policy_doc(path, "policy")
 }
 
 /// Verifies the training runtime with the party's policy: nothing is sent to it before.
@@ -199,7 +194,7 @@ fn client(rt: &tokio::runtime::Runtime, conn: &Conn) -> Result<JobClient> {
         "verified training runtime {} ({} evidence, measurement {}…){}",
         conn.runtime,
         claims.platform,
-        &hex::encode(&claims.launch_measurement)[..16.min(2 * claims.launch_measurement.len())],
+        util::short_hex(&claims.launch_measurement),
         if claims.platform.is_hardware_backed() {
             ""
         } else {
@@ -254,22 +249,19 @@ fn seal_dataset_into(
         },
         chunk_size: cordon_seal::DEFAULT_CHUNK_SIZE,
     };
-    let file = out.file();
-    let (manifest, key) = cordon_seal::seal(
+    let (header, key) = cordon_seal::seal_with_header(
         data,
         data.len() as u64,
-        &mut *file,
+        out.file(),
         &owner,
         &options,
         &mut |_| {},
     )?;
-    file.seek(std::io::SeekFrom::Start(0))?;
-    let digest = cordon_seal::read_header(file)?.digest();
     Ok((
         JobDataset {
             party: party.name().into(),
-            key_id: manifest.key_id,
-            manifest_sha256: digest,
+            manifest_sha256: header.digest(),
+            key_id: header.manifest.key_id,
             format: format.into(),
         },
         key,
@@ -297,12 +289,10 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
             );
             // Both outputs under temporary names until both are complete; the key goes in place
             // first, so a sealed dataset never exists without its key.
+            util::create_parent(&a.out)?;
+            util::create_parent(&a.key_out)?;
             let mut out = TempOutput::create(&a.out)?;
             let (entry, key) = seal_dataset_into(&p, &data, &a.format, &mut out)?;
-            if let Some(dir) = a.key_out.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
             let mut key_out = TempOutput::create(&a.key_out)?;
             key_out
                 .file()
@@ -330,17 +320,12 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
             ca,
         } => {
             let p = party(&p)?;
-            let key = KeyFile::from_file_contents(&util::read_to_string(&key, "key file")?)?;
+            let key = KeyFile::from_file_contents(&util::read_secret(&key, "key file")?)?;
             if key.signer != p.signing_public_key() {
                 bail!("the key file's dataset was sealed by another party's key");
             }
             let policy = util::read_to_string(&policy, "release policy")?;
-            for w in cordon_attest::Policy::from_toml(&policy)
-                .context("release policy")?
-                .warnings()
-            {
-                eprintln!("WARNING: {w}");
-            }
+            util::warn(&cordon_attest::Policy::from_toml(&policy).context("release policy")?);
             let kbs_key = util::parse_kbs_key(&kbs_key)?;
             rt()?.block_on(register_dataset_key_tls(
                 &p,
@@ -354,7 +339,7 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
             println!(
                 "registered dataset key {} with {kbs} (sealed to KBS key {}…)",
                 key.key_id,
-                &hex::encode(kbs_key)[..16]
+                util::short_hex(&kbs_key)
             );
         }
         DatasetCommand::Upload { conn, sealed } => {
@@ -421,15 +406,48 @@ pub fn verify_receipt(receipt: &Receipt, doc: &PolicyDocument) -> Result<String>
     Ok(format!(
         "receipt valid: job {} signed by runtime key {}…, bound by {} evidence (measurement {}…{}), accepted by the policy",
         hex::encode(receipt.body.job_hash),
-        &hex::encode(receipt.body.attestation.runtime_keys.signing_public_key)[..16],
+        util::short_hex(&receipt.body.attestation.runtime_keys.signing_public_key),
         claims.platform,
-        &hex::encode(&claims.launch_measurement)[..16.min(2 * claims.launch_measurement.len())],
+        util::short_hex(&claims.launch_measurement),
         if claims.platform.is_hardware_backed() {
             ""
         } else {
             " -- SIMULATED, NOT hardware-backed"
         }
     ))
+}
+
+/// What `job result` writes in `--out-dir`: the sealed model, its key file, the receipt.
+const RESULT_FILES: [&str; 3] = ["model.sealed", "model.key", "receipt.json"];
+
+/// Writes a job's output to `out_dir` (created if missing): the key file (0600), the sealed
+/// model and the receipt, put in place together (`output::commit_all`): all three or none, the
+/// key first, so that a model never sits next to another model's key; a file already there is
+/// replaced only with `force` (and is back if the replacement fails).
+fn write_result(
+    out_dir: &Path,
+    sealed_model: &[u8],
+    key: &KeyFile,
+    receipt: &[u8],
+    force: bool,
+) -> Result<()> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let key_text = key.to_file_contents();
+    let [sealed_name, key_name, receipt_name] = RESULT_FILES;
+    let mut outputs = Vec::new();
+    for (name, bytes, mode) in [
+        (key_name, key_text.as_bytes(), output::SECRET),
+        (sealed_name, sealed_model, output::PUBLIC),
+        (receipt_name, receipt, output::PUBLIC),
+    ] {
+        let path = out_dir.join(name);
+        let mut out = TempOutput::create(&path)?;
+        out.file()
+            .write_all(bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
+        outputs.push((out, mode));
+    }
+    output::commit_all(outputs, force, true)
 }
 
 pub fn run_job(c: JobCommand) -> Result<()> {
@@ -486,11 +504,16 @@ pub fn run_job(c: JobCommand) -> Result<()> {
             out_dir,
             force,
         } => {
-            for name in ["model.sealed", "model.key", "receipt.json"] {
-                output::check_dest(&out_dir.join(name), "--out-dir", force, &[&conn.party])?;
+            // Its inputs are never outputs, even with --force.
+            let mut inputs = vec![conn.party.as_path(), conn.policy.as_path()];
+            inputs.extend(conn.ca.ca_cert.as_deref());
+            for name in RESULT_FILES {
+                output::check_dest(&out_dir.join(name), "--out-dir", force, &inputs)?;
             }
-            let c = client(&rt, &conn)?;
-            let checked = rt.block_on(c.checked_result(&job))?;
+            let checked = rt.block_on(client(&rt, &conn)?.checked_result(&job))?;
+            // No other thread from here on: the interrupt signals that `write_result` holds back
+            // while it puts the files in place would otherwise reach a worker thread.
+            drop(rt);
             let result = &checked.result;
             let key = KeyFile {
                 key_id: result.key_id.clone(),
@@ -502,20 +525,17 @@ pub fn run_job(c: JobCommand) -> Result<()> {
                     .runtime_keys
                     .signing_public_key,
             };
-            std::fs::create_dir_all(&out_dir)?;
             // The sealed model opens with this key (every chunk, the plaintext digest) before
             // anything is written.
-            cordon_seal::unseal(&result.sealed_model[..], &key, std::io::sink(), &mut |_| {})?;
-            let digest = cordon_seal::read_header(&mut &result.sealed_model[..])?.digest();
-            util::write_atomic(&out_dir.join("model.sealed"), &result.sealed_model)?;
-            util::write_secret(
-                &out_dir.join("model.key"),
-                key.to_file_contents().as_bytes(),
-                force,
-            )?;
-            util::write_atomic(
-                &out_dir.join("receipt.json"),
+            let digest =
+                cordon_seal::unseal(&result.sealed_model[..], &key, std::io::sink(), &mut |_| {})?
+                    .digest();
+            write_result(
+                &out_dir,
+                &result.sealed_model,
+                &key,
                 serde_json::to_string_pretty(&result.receipt)?.as_bytes(),
+                force,
             )?;
             println!(
                 "receipt checked: job {job}, inputs are the spec's datasets, signed by the verified runtime"
@@ -538,4 +558,90 @@ pub fn run_job(c: JobCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn key(id: &str) -> KeyFile {
+        KeyFile {
+            key_id: id.into(),
+            dek: cordon_seal::Dek::generate(),
+            signer: [7; 32],
+        }
+    }
+
+    fn read(dir: &Path, name: &str) -> Vec<u8> {
+        std::fs::read(dir.join(name)).unwrap()
+    }
+
+    #[test]
+    fn a_job_result_is_written_whole_or_not_at_all() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("out");
+        // A fresh directory: all three, the key 0600.
+        let k1 = key("k1");
+        write_result(&dir, b"model 1", &k1, b"receipt 1", false).unwrap();
+        assert_eq!(entries(&dir), ["model.key", "model.sealed", "receipt.json"]);
+        assert_eq!(read(&dir, "model.sealed"), b"model 1");
+        assert_eq!(read(&dir, "receipt.json"), b"receipt 1");
+        assert_eq!(read(&dir, "model.key"), k1.to_file_contents().as_bytes());
+        let mode = std::fs::metadata(dir.join("model.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let old_key = read(&dir, "model.key");
+
+        // Without --force nothing is replaced, not even the first of the three (the old
+        // `write_atomic` always replaced model.sealed), and nothing is left half done.
+        let err = write_result(&dir, b"model 2", &key("k2"), b"receipt 2", false).unwrap_err();
+        assert!(format!("{err:#}").contains("--force"), "{err:#}");
+        assert_eq!(read(&dir, "model.sealed"), b"model 1");
+        assert_eq!(read(&dir, "model.key"), old_key);
+        assert_eq!(read(&dir, "receipt.json"), b"receipt 1");
+        assert_eq!(entries(&dir), ["model.key", "model.sealed", "receipt.json"]);
+
+        // A file that appeared after the check (here only the receipt): refused, and the two
+        // files written before it in the same commit are gone again.
+        let fresh = root.path().join("fresh");
+        std::fs::create_dir(&fresh).unwrap();
+        std::fs::write(fresh.join("receipt.json"), b"someone's").unwrap();
+        let err = write_result(&fresh, b"model 2", &key("k2"), b"receipt 2", false).unwrap_err();
+        assert!(format!("{err:#}").contains("receipt.json"), "{err:#}");
+        assert_eq!(entries(&fresh), ["receipt.json"]);
+        assert_eq!(read(&fresh, "receipt.json"), b"someone's");
+
+        // --force, with the last of the three unable to be put in place (a directory in the
+        // way): the new key and model are undone, the old ones back as they were.
+        std::fs::remove_file(dir.join("receipt.json")).unwrap();
+        std::fs::create_dir(dir.join("receipt.json")).unwrap();
+        std::fs::write(dir.join("receipt.json").join("x"), b"x").unwrap();
+        let err = write_result(&dir, b"model 2", &key("k2"), b"receipt 2", true).unwrap_err();
+        assert!(format!("{err:#}").contains("receipt.json"), "{err:#}");
+        assert_eq!(read(&dir, "model.sealed"), b"model 1");
+        assert_eq!(read(&dir, "model.key"), old_key);
+        assert_eq!(entries(&dir), ["model.key", "model.sealed", "receipt.json"]);
+
+        // --force: all three replaced together.
+        std::fs::remove_dir_all(dir.join("receipt.json")).unwrap();
+        std::fs::write(dir.join("receipt.json"), b"receipt 1").unwrap();
+        let k2 = key("k2");
+        write_result(&dir, b"model 2", &k2, b"receipt 2", true).unwrap();
+        assert_eq!(read(&dir, "model.sealed"), b"model 2");
+        assert_eq!(read(&dir, "model.key"), k2.to_file_contents().as_bytes());
+        assert_eq!(read(&dir, "receipt.json"), b"receipt 2");
+        assert_eq!(entries(&dir), ["model.key", "model.sealed", "receipt.json"]);
+    }
 }

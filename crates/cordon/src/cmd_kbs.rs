@@ -105,16 +105,18 @@ pub struct RegisterArgs {
 pub fn run(c: KbsCommand) -> Result<()> {
     match c {
         KbsCommand::Serve(a) => serve(a),
-        KbsCommand::Identity { kbs, ca } => identity(&kbs, &ca.tls()?),
+        KbsCommand::Identity { kbs, ca } => identity(&kbs, &ca.tls()?.client(TIMEOUT)?),
         KbsCommand::Register(a) => register(a),
         KbsCommand::Audit(a) => audit(a),
     }
 }
 
-async fn fetch_identity(kbs: &str, tls: &ClientTls) -> Result<KbsIdentity> {
-    let resp = tls
-        .builder()
-        .build()?
+/// How long one request to the KBS may take, all of it: a KBS (or a network) that stalls fails
+/// the command instead of hanging it.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn fetch_identity(kbs: &str, http: &reqwest::Client) -> Result<KbsIdentity> {
+    let resp = http
         .get(format!("{}/kbs/v1/identity", kbs.trim_end_matches('/')))
         .send()
         .await
@@ -125,8 +127,8 @@ async fn fetch_identity(kbs: &str, tls: &ClientTls) -> Result<KbsIdentity> {
     Ok(resp.json().await?)
 }
 
-fn identity(kbs: &str, tls: &ClientTls) -> Result<()> {
-    let id = util::tokio_runtime()?.block_on(fetch_identity(kbs, tls))?;
+fn identity(kbs: &str, http: &reqwest::Client) -> Result<()> {
+    let id = util::tokio_runtime()?.block_on(fetch_identity(kbs, http))?;
     println!("{}", hex::encode(id.hpke_public_key));
     eprintln!(
         "this is what the network answered: compare it with what `cordon kbs serve` printed on \
@@ -166,7 +168,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     // A store from before signed admin requests holds only the token's hash: the token file it
     // was created with upgrades it.
     if let Some(path) = a.init_admin_token_file.as_ref().filter(|p| p.exists()) {
-        if kbs.adopt_admin_token(&util::read_to_string(path, "admin token")?)? {
+        if kbs.adopt_admin_token(&util::read_secret(path, "admin token")?)? {
             eprintln!(
                 "admin token {} adopted: admin requests are now signed with it",
                 path.display()
@@ -231,33 +233,28 @@ pub struct Admin {
     pub url: String,
     pub kbs_key: [u8; 32],
     key: ed25519_dalek::SigningKey,
-    /// How an `https://` KBS's certificate is verified.
-    tls: ClientTls,
+    /// Verifies an `https://` KBS's certificate; every request within [`TIMEOUT`].
+    http: reqwest::Client,
 }
 
 impl Admin {
-    /// `token` is the admin token's text (the seed of the administrator's key).
-    pub fn new(url: &str, kbs_key: [u8; 32], token: &str) -> Result<Admin> {
+    /// `token` is the admin token's text (the seed of the administrator's key); an `https://`
+    /// KBS's certificate is verified with `tls`.
+    pub fn new(url: &str, kbs_key: [u8; 32], token: &str, tls: &ClientTls) -> Result<Admin> {
         Ok(Admin {
             url: url.trim_end_matches('/').to_string(),
             kbs_key,
             key: cordon_proto::auth::admin_key(token)?,
-            tls: ClientTls::default(),
+            http: tls.client(TIMEOUT)?,
         })
     }
 
-    /// Verifies an `https://` KBS's certificate with `tls` (default: the web PKI roots).
-    pub fn with_tls(mut self, tls: ClientTls) -> Admin {
-        self.tls = tls;
-        self
-    }
-
     async fn from_args(a: &AdminArgs) -> Result<Admin> {
-        let token = util::read_to_string(&a.token_file, "admin token")?;
+        let token = util::read_secret(&a.token_file, "admin token")?;
         let tls = a.ca.tls()?;
         match &a.kbs_key {
-            Some(k) => Ok(Admin::new(&a.kbs, util::parse_kbs_key(k)?, &token)?.with_tls(tls)),
-            None => Admin::vouched(&a.kbs, &token, tls).await,
+            Some(k) => Admin::new(&a.kbs, util::parse_kbs_key(k)?, &token, &tls),
+            None => Admin::vouched(&a.kbs, &token, &tls).await,
         }
     }
 
@@ -265,9 +262,10 @@ impl Admin {
     /// it (made by the KBS with the token's key when the token was created): the host, which
     /// carries the answer, cannot vouch for a key of its own. An `https://` KBS's certificate is
     /// verified with `tls`.
-    pub async fn vouched(url: &str, token: &str, tls: ClientTls) -> Result<Admin> {
+    pub async fn vouched(url: &str, token: &str, tls: &ClientTls) -> Result<Admin> {
         let key = cordon_proto::auth::admin_key(token)?;
-        let id = fetch_identity(url, &tls).await?;
+        let http = tls.client(TIMEOUT)?;
+        let id = fetch_identity(url, &http).await?;
         let Some(sig) = &id.admin_signature else {
             bail!(
                 "KBS {url} serves no administrator's signature over its identity key: pin the key \
@@ -290,7 +288,7 @@ impl Admin {
             url: url.trim_end_matches('/').to_string(),
             kbs_key: id.hpke_public_key,
             key,
-            tls,
+            http,
         })
     }
 
@@ -302,9 +300,7 @@ impl Admin {
         body: Vec<u8>,
     ) -> Result<reqwest::Response> {
         let mut req = self
-            .tls
-            .builder()
-            .build()?
+            .http
             .request(method.clone(), format!("{}{path}", self.url))
             .header(reqwest::header::CONTENT_TYPE, "application/json");
         for (name, value) in cordon_proto::auth::sign_request(
@@ -331,12 +327,7 @@ impl Admin {
     /// Registers `key` under `policy`: the DEK sealed to the pinned KBS, bound to this key id,
     /// the administrator and this exact policy text.
     pub async fn register_key(&self, key: &KeyFile, policy_toml: &str) -> Result<()> {
-        for w in Policy::from_toml(policy_toml)
-            .context("release policy")?
-            .warnings()
-        {
-            eprintln!("WARNING: {w}");
-        }
+        util::warn(&Policy::from_toml(policy_toml).context("release policy")?);
         let sealed_dek = seal_dek_for_kbs(
             &self.kbs_key,
             DekPurpose::AdminKey,
@@ -376,7 +367,7 @@ async fn error_of(resp: reqwest::Response) -> anyhow::Error {
 }
 
 fn register(a: RegisterArgs) -> Result<()> {
-    let key = KeyFile::from_file_contents(&util::read_to_string(&a.key, "key file")?)?;
+    let key = KeyFile::from_file_contents(&util::read_secret(&a.key, "key file")?)?;
     let policy = util::read_to_string(&a.policy, "release policy")?;
     util::tokio_runtime()?.block_on(async {
         Admin::from_args(&a.admin)

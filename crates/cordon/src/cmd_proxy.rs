@@ -3,7 +3,7 @@
 use crate::cmd_kbs::shutdown_signal;
 use crate::util;
 use anyhow::{Context, Result};
-use cordon_attest::{Platform, PolicyDocument};
+use cordon_attest::Platform;
 use cordon_client::proxy::{Proxy, ProxyConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,11 +36,7 @@ pub struct ProxyArgs {
 }
 
 pub fn run(a: ProxyArgs) -> Result<()> {
-    let doc = PolicyDocument::from_toml(&util::read_to_string(&a.policy, "client policy")?)
-        .with_context(|| format!("client policy {}", a.policy.display()))?;
-    for w in doc.policy.warnings() {
-        eprintln!("WARNING: {w}");
-    }
+    let doc = util::load_policy_doc(&a.policy, "client policy")?;
     let config = ProxyConfig {
         reverify_every: Duration::from_secs(a.reverify_secs),
         tls: a.ca.tls()?,

@@ -150,7 +150,7 @@ pub fn sim_tee(
     debug: bool,
 ) -> Result<SimTee> {
     let key =
-        SimHardwareKey::from_file_contents(&util::read_to_string(key_path, "sim hardware key")?)?;
+        SimHardwareKey::from_file_contents(&util::read_secret(key_path, "sim hardware key")?)?;
     let measurement = sim_launch_measurement(binary, config_bytes)?;
     let workload = config.workload_data_bytes().map_err(anyhow::Error::msg)?;
     Ok(SimTee::new(key, measurement, workload, debug))

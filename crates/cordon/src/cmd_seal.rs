@@ -7,6 +7,7 @@ use cordon_seal::{KeyFile, OwnerKey, SealOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use zeroize::Zeroizing;
 
 const PROGRESS_THRESHOLD: u64 = 8 << 20;
 
@@ -69,10 +70,20 @@ pub struct InspectArgs {
 }
 
 pub fn keygen(a: KeygenArgs) -> Result<()> {
+    let pub_path = a.out.with_extension("pub");
+    if output::same_file(&pub_path, &a.out) {
+        bail!(
+            "--out {} ends in .pub: the public key would overwrite the secret key; name the key \
+             file otherwise (the public key goes next to it, with .pub)",
+            a.out.display()
+        );
+    }
     let key = OwnerKey::generate();
     util::write_secret(&a.out, key.to_file_contents().as_bytes(), false)?;
-    let pub_path = a.out.with_extension("pub");
-    std::fs::write(&pub_path, format!("{}\n", hex::encode(key.public_key())))?;
+    util::write_atomic(
+        &pub_path,
+        format!("{}\n", hex::encode(key.public_key())).as_bytes(),
+    )?;
     println!("owner key:  {}", a.out.display());
     println!(
         "public key: {} ({})",
@@ -99,10 +110,10 @@ fn progress_bar(total: u64, verb: &str) -> Option<ProgressBar> {
 }
 
 pub fn seal(a: SealArgs) -> Result<()> {
-    let owner_text = util::read_to_string(&a.owner_key, "owner key")
+    let owner_text = util::read_secret(&a.owner_key, "owner key")
         .with_context(|| "create one with `cordon keygen` or pass --owner-key".to_string())?;
     let owner = OwnerKey::from_file_contents(&owner_text)?;
-    let input =
+    let mut input =
         std::fs::File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
     // Refuse before any work: outputs that are inputs (even with --force), existing outputs
     // (without --force), and one file for both outputs.
@@ -115,7 +126,7 @@ pub fn seal(a: SealArgs) -> Result<()> {
             a.out.display()
         );
     }
-    let size = input.metadata()?.len();
+    let meta = input.metadata()?;
     let name = a.name.clone().unwrap_or_else(|| {
         a.input
             .file_name()
@@ -137,25 +148,33 @@ pub fn seal(a: SealArgs) -> Result<()> {
         media_type,
         chunk_size: a.chunk_size,
     };
+    util::create_parent(&a.out)?;
+    util::create_parent(&a.key_out)?;
     // Both outputs are written under temporary names (0600, removed on error, drop, SIGINT,
     // SIGTERM and SIGHUP) and put in place together at the end: the key file first, so that an
     // artifact never exists without its key.
     let mut out = TempOutput::create(&a.out)?;
+    // The manifest names the size before the first chunk: a pipe or FIFO (whose size is not
+    // known) is read whole into memory first, zeroized afterwards.
+    let spooled;
+    let (reader, size): (Box<dyn std::io::Read>, u64) = if meta.is_file() {
+        (
+            Box::new(std::io::BufReader::with_capacity(1 << 20, input)),
+            meta.len(),
+        )
+    } else {
+        spooled = read_all_zeroizing(&mut input)
+            .with_context(|| format!("reading {}", a.input.display()))?;
+        (Box::new(&spooled[..]), spooled.len() as u64)
+    };
     let pb = progress_bar(size, "sealing");
     let result = {
         let mut writer = std::io::BufWriter::with_capacity(1 << 20, out.file());
-        cordon_seal::seal(
-            std::io::BufReader::with_capacity(1 << 20, input),
-            size,
-            &mut writer,
-            &owner,
-            &options,
-            &mut |done| {
-                if let Some(pb) = &pb {
-                    pb.set_position(done)
-                }
-            },
-        )
+        cordon_seal::seal_with_header(reader, size, &mut writer, &owner, &options, &mut |done| {
+            if let Some(pb) = &pb {
+                pb.set_position(done)
+            }
+        })
         .map_err(anyhow::Error::from)
         .and_then(|sealed| {
             writer.flush()?;
@@ -165,10 +184,7 @@ pub fn seal(a: SealArgs) -> Result<()> {
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
-    let (manifest, key) = result?;
-    if let Some(dir) = a.key_out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    let (header, key) = result?;
     let mut key_out = TempOutput::create(&a.key_out)?;
     key_out
         .file()
@@ -179,6 +195,7 @@ pub fn seal(a: SealArgs) -> Result<()> {
         a.force,
         true,
     )?;
+    let manifest = &header.manifest;
     println!(
         "sealed {} ({} bytes) -> {}",
         a.input.display(),
@@ -192,10 +209,9 @@ pub fn seal(a: SealArgs) -> Result<()> {
     println!("  key id           {}", manifest.key_id);
     println!("  plaintext sha256 {}", manifest.plaintext_sha256);
     println!("  signer           {}", manifest.signer);
-    let manifest_digest = cordon_seal::read_header(&mut std::fs::File::open(&a.out)?)?.digest();
     println!(
         "  manifest sha256  {} (bound in the runtime's evidence: `cordon infer --require-manifest`)",
-        hex::encode(manifest_digest)
+        hex::encode(header.digest())
     );
     println!(
         "  key file         {} (secret: register it with the KBS, keep it off shared disks)",
@@ -204,8 +220,33 @@ pub fn seal(a: SealArgs) -> Result<()> {
     Ok(())
 }
 
+/// Everything `input` holds, in memory that is zeroized when dropped (growing by copying into a
+/// new zeroizing buffer, so that no reallocation leaves plaintext behind).
+fn read_all_zeroizing(input: &mut impl std::io::Read) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(1 << 20));
+    loop {
+        if buf.len() == buf.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity(buf.capacity() * 2));
+            bigger.extend_from_slice(&buf);
+            buf = bigger;
+        }
+        let len = buf.len();
+        let cap = buf.capacity();
+        buf.resize(cap, 0);
+        match input.read(&mut buf[len..]) {
+            Ok(0) => {
+                buf.truncate(len);
+                return Ok(buf);
+            }
+            Ok(n) => buf.truncate(len + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(len),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 pub fn unseal(a: UnsealArgs) -> Result<()> {
-    let key = KeyFile::from_file_contents(&util::read_to_string(&a.key, "key file")?)?;
+    let key = KeyFile::from_file_contents(&util::read_secret(&a.key, "key file")?)?;
     let input = std::fs::File::open(&a.sealed)
         .with_context(|| format!("opening {}", a.sealed.display()))?;
     output::check_dest(&a.out, "--out", a.force, &[&a.sealed, &a.key])?;

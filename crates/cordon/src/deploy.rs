@@ -12,6 +12,7 @@ use cordon_tee::{sim_launch_measurement, SimHardwareKey};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
 
 /// A model shipped in the binary for demos.
 #[derive(Clone, Copy)]
@@ -128,7 +129,7 @@ fn load_or_create<T>(
     parse: impl Fn(&str) -> Result<T>,
 ) -> Result<T> {
     if path.exists() {
-        return parse(&util::read_to_string(path, "key")?);
+        return parse(&util::read_secret(path, "key")?);
     }
     let v = create();
     util::write_secret(path, to_text(&v).as_bytes(), false)?;
@@ -141,7 +142,7 @@ pub struct StartedKbs {
     /// The KBS's identity key, read from the file the KBS process wrote on this machine.
     pub identity: [u8; 32],
     /// The admin token.
-    pub token: String,
+    pub token: Zeroizing<String>,
     /// The simulated hardware key; its public half is the trust anchor the KBS was given.
     pub hw: SimHardwareKey,
 }
@@ -197,11 +198,13 @@ pub fn start_kbs(dir: &Path, children: &mut Children) -> Result<StartedKbs> {
         dir.join("kbs").display()
     );
 
-    let token = util::read_to_string(&token_path, "admin token")?
-        .trim()
-        .to_string();
+    let token = Zeroizing::new(
+        util::read_secret(&token_path, "admin token")?
+            .trim()
+            .to_string(),
+    );
     // Written before the address: the KBS writes its identity first, then listens.
-    let identity = util::parse_kbs_key(&identity_path.to_string_lossy())?;
+    let identity = util::read_public_key(&identity_path, "KBS identity key")?;
     println!(
         "[kbs]     identity key {} (pinned by the owner and the runtime's configuration)",
         hex::encode(identity)
@@ -269,7 +272,7 @@ pub struct Deployment {
     pub kbs_key: [u8; 32],
     pub runtime_url: String,
     /// The KBS admin token.
-    pub token: String,
+    pub token: Zeroizing<String>,
     pub models: Vec<SealedModel>,
     /// The client's policy (the release policy plus the sim trust anchor), also written to
     /// `client_policy_path`.
@@ -340,7 +343,7 @@ pub fn deploy(
             media_type: "application/onnx".into(),
             chunk_size: cordon_seal::DEFAULT_CHUNK_SIZE,
         };
-        let (manifest, key) = cordon_seal::seal(
+        let (header, key) = cordon_seal::seal_with_header(
             model.onnx,
             model.onnx.len() as u64,
             &mut sealed_file,
@@ -349,7 +352,7 @@ pub fn deploy(
             &mut |_| {},
         )?;
         sealed_file.sync_all()?;
-        let digest = cordon_seal::read_header(&mut std::fs::File::open(&sealed_path)?)?.digest();
+        let (digest, manifest) = (header.digest(), header.manifest);
         println!(
             "[owner]   sealed {} ({} bytes, sha256 {}) -> {}",
             model.name,
@@ -409,7 +412,12 @@ pub fn deploy(
     };
     std::fs::write(dir.join("release-policy.toml"), policy.to_toml())?;
     let token = kbs.token;
-    let admin = cmd_kbs::Admin::new(&kbs_url, kbs_key, &token)?;
+    let admin = cmd_kbs::Admin::new(
+        &kbs_url,
+        kbs_key,
+        &token,
+        &cordon_client::ClientTls::default(),
+    )?;
     let mut models_out = Vec::new();
     for (model, _, _, key) in sealed {
         rt.block_on(admin.register_key(&key, &policy.to_toml()))?;
@@ -423,7 +431,7 @@ pub fn deploy(
         } else {
             format!("{} keys", models_out.len())
         },
-        &hex::encode(measurement)[..16]
+        util::short_hex(&measurement)
     );
 
     // 5. The runtime, in its own process: attests, receives the DEKs, unseals in memory.

@@ -10,15 +10,86 @@
 //! dying of the signal as it would have (so the exit status still says which signal). A signal
 //! the process ignores (SIGHUP under nohup) stays ignored; once the last temporary output is gone,
 //! the previous actions are back.
+//!
+//! Several outputs are put in place together: all of them or, if one fails, none (the files they
+//! replace are set aside first and put back), with the interrupt signals held back only while
+//! they are renamed (the data is synced before).
 
 use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-/// Final mode of files whose content is public (sealed artifacts, receipts, address files).
-pub const PUBLIC: u32 = 0o644;
-/// Final mode of plaintext and key material.
+/// Final mode of files whose content is public (sealed artifacts, receipts, address files), less
+/// the umask, as open(2) would give it: 0644 under the usual umask 022, 0600 under 077.
+pub const PUBLIC: u32 = 0o666;
+/// Final mode of plaintext and key material (less the umask, which can only narrow it).
 pub const SECRET: u32 = 0o600;
+
+/// `mode` less the process's umask.
+pub fn with_umask(mode: u32) -> u32 {
+    mode & !umask()
+}
+
+/// The process's umask, read once.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        // Linux says it without changing it (since 4.7); elsewhere umask(2) can only be read by
+        // setting it, which is briefly wrong for any other thread creating files meanwhile.
+        let from_proc = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            });
+        from_proc.unwrap_or_else(|| {
+            // SAFETY: umask(2) cannot fail; the value read is put back at once.
+            unsafe {
+                let old = libc::umask(0o077);
+                libc::umask(old);
+                old as u32
+            }
+        }) & 0o777
+    })
+}
+
+#[cfg(not(unix))]
+fn umask() -> u32 {
+    0
+}
+
+/// At most `max` bytes of `s`, cut on a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The directory `path` is in (`.` for a bare name).
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// A hidden name next to `dest` that nobody can guess: `.name.<128 random bits>.suffix`. The
+/// destination's name is cut to 200 bytes so that the whole stays within NAME_MAX (255).
+fn hidden_sibling(dest: &Path, suffix: &str) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    dir_of(dest).join(format!(".{}.{}.{suffix}", cut(&name, 200), random_hex()))
+}
 
 /// A file being written for `dest`; see the module documentation.
 pub struct TempOutput {
@@ -31,20 +102,14 @@ pub struct TempOutput {
 impl TempOutput {
     /// Creates the temporary file for `dest` in `dest`'s directory, which must exist.
     pub fn create(dest: &Path) -> Result<TempOutput> {
-        let name = dest
-            .file_name()
-            .with_context(|| format!("{} does not name a file", dest.display()))?;
-        let dir = match dest.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        // `.name.<128 random bits>.tmp`: hidden, and not guessable, so nobody can plant a file or
-        // a symlink at it in advance (and O_EXCL refuses one anyway). The name is cut short so that
-        // the temporary name stays within NAME_MAX.
-        let name: String = name.to_string_lossy().chars().take(160).collect();
+        if dest.file_name().is_none() {
+            bail!("{} does not name a file", dest.display());
+        }
         let mut last_err = None;
         for _ in 0..8 {
-            let tmp = dir.join(format!(".{name}.{}.tmp", random_hex()));
+            // Hidden, and not guessable, so nobody can plant a file or a symlink at it in advance
+            // (and O_EXCL refuses one anyway).
+            let tmp = hidden_sibling(dest, "tmp");
             // Registered before it exists: a signal in between removes nothing of anyone's (the
             // name is fresh), while the other order could leave the file behind.
             let slot = cleanup::register(&tmp)
@@ -87,10 +152,9 @@ impl TempOutput {
             .expect("a TempOutput holds its file until committed")
     }
 
-    /// Syncs the file, gives it `mode`, and moves it to its destination: over what is there when
-    /// `replace`, else only if nothing is (`AlreadyExists` otherwise, checked atomically by
-    /// link(2) where the file system has hard links).
-    fn commit(mut self, mode: u32, replace: bool) -> std::io::Result<()> {
+    /// Gives the file its final `mode` (less the umask) and syncs it: what may take long (a
+    /// multi-GB file), done before the signals are held.
+    fn finish(&mut self, mode: u32) -> std::io::Result<()> {
         let file = self
             .file
             .take()
@@ -98,14 +162,29 @@ impl TempOutput {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            file.set_permissions(std::fs::Permissions::from_mode(with_umask(mode)))?;
         }
         #[cfg(not(unix))]
         let _ = mode;
-        file.sync_all()?;
-        drop(file);
+        file.sync_all()
+    }
+
+    /// Moves the finished file to its destination: over what is there when `replace`, else only
+    /// if nothing is (`AlreadyExists` otherwise, checked atomically by link(2) where the file
+    /// system has hard links). With `keep`, a file it replaces is first set aside under a hidden
+    /// name, returned, so that the caller can put it back ([`commit_all`]).
+    fn place(&mut self, replace: bool, keep: bool) -> std::io::Result<Option<PathBuf>> {
+        let mut kept = None;
         if replace {
-            std::fs::rename(&self.tmp, &self.dest)?;
+            if keep {
+                kept = set_aside(&self.dest)?;
+            }
+            if let Err(e) = std::fs::rename(&self.tmp, &self.dest) {
+                if let Some(k) = &kept {
+                    let _ = std::fs::rename(k, &self.dest);
+                }
+                return Err(e);
+            }
         } else {
             match std::fs::hard_link(&self.tmp, &self.dest) {
                 Ok(()) => {
@@ -125,16 +204,26 @@ impl TempOutput {
         if let Some(slot) = self.slot.take() {
             cleanup::unregister(slot);
         }
-        // Make the rename durable; some file systems cannot sync a directory, which is no error.
-        let dir = match self.dest.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        Ok(kept)
     }
+}
+
+/// Sets the file (or symlink) at `dest` aside under a hidden name in the same directory, so that
+/// it can be put back by renaming it over `dest`: a hard link, so that `dest` stays in place
+/// meanwhile; where the file system has none, `dest` itself is renamed. `None` when there is
+/// nothing to keep (no file, or a directory, which the rename over it then refuses).
+fn set_aside(dest: &Path) -> std::io::Result<Option<PathBuf>> {
+    match std::fs::symlink_metadata(dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+        Ok(m) if m.is_dir() => return Ok(None),
+        Ok(_) => {}
+    }
+    let kept = hidden_sibling(dest, "old");
+    if std::fs::hard_link(dest, &kept).is_err() {
+        std::fs::rename(dest, &kept)?;
+    }
+    Ok(Some(kept))
 }
 
 impl Drop for TempOutput {
@@ -147,42 +236,92 @@ impl Drop for TempOutput {
     }
 }
 
-/// Commits several outputs in order, each with its final mode, with the interrupt signals held back
-/// meanwhile: a signal then ends the process after all of them are in place, never between two
-/// (e.g. a key file without its sealed artifact). If one fails, the temporary files are removed;
-/// without `replace`, the ones already committed are removed too (they did not exist before),
-/// so that nothing is left half done. `force_hint`: name `--force` in the error.
+/// Commits several outputs in order, each with its final mode (less the umask): all of them, or
+/// none. First each is synced (with the signals not held, so that Ctrl-C during the fsync of a
+/// large file acts at once); then, with the interrupt signals held back, each is renamed into
+/// place, so that a signal ends the process after all of them are in place, never between two
+/// (e.g. a key file without its sealed artifact). If one fails, the temporary files are removed
+/// and the ones already committed are undone: a file one replaced (`replace`) was set aside
+/// beforehand and is put back, one that did not exist before is removed. So a failed
+/// `--force` never leaves a new key next to an old artifact, or loses the old key.
+/// `force_hint`: name `--force` in the error.
+///
+/// The signals are held in this thread only: a caller with several outputs runs no other thread
+/// (no tokio runtime) while committing.
 pub fn commit_all(outputs: Vec<(TempOutput, u32)>, replace: bool, force_hint: bool) -> Result<()> {
-    let _held = cleanup::hold_signals();
-    let mut committed: Vec<PathBuf> = Vec::new();
-    let undo = |committed: &[PathBuf]| {
-        if !replace {
-            for p in committed {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-    };
-    for (out, mode) in outputs {
-        let dest = out.dest.clone();
-        if let Err(e) = out.commit(mode, replace) {
-            undo(&committed);
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                if force_hint {
-                    bail!(
-                        "{} already exists; refusing to overwrite it (pass --force to replace it)",
-                        dest.display()
-                    );
+    let mut outputs: Vec<TempOutput> = outputs
+        .into_iter()
+        .map(|(mut out, mode)| {
+            out.finish(mode)
+                .with_context(|| format!("writing {}", out.dest.display()))?;
+            Ok(out)
+        })
+        .collect::<Result<_>>()?;
+    let dirs: Vec<PathBuf> = outputs
+        .iter()
+        .map(|o| dir_of(&o.dest).to_path_buf())
+        .collect();
+    let last = outputs.len().saturating_sub(1);
+    let failed = {
+        let _held = cleanup::hold_signals();
+        // (destination, the file it replaced, set aside)
+        let mut placed: Vec<(PathBuf, Option<PathBuf>)> = Vec::new();
+        let mut failed = None;
+        for (i, out) in outputs.iter_mut().enumerate() {
+            // The last one needs nothing set aside: a failed rename leaves its destination as it
+            // was, and nothing comes after it that could fail.
+            match out.place(replace, i < last) {
+                Ok(kept) => placed.push((out.dest.clone(), kept)),
+                Err(e) => {
+                    failed = Some((out.dest.clone(), e));
+                    break;
                 }
-                bail!(
-                    "{} already exists; refusing to overwrite it",
-                    dest.display()
-                );
             }
-            return Err(e).with_context(|| format!("writing {}", dest.display()));
         }
-        committed.push(dest);
+        if failed.is_some() {
+            for (dest, kept) in placed.iter().rev() {
+                let _ = match kept {
+                    Some(k) => std::fs::rename(k, dest),
+                    None => std::fs::remove_file(dest),
+                };
+            }
+        } else {
+            for (_, kept) in &placed {
+                if let Some(k) = kept {
+                    let _ = std::fs::remove_file(k);
+                }
+            }
+        }
+        // The temporary files not placed are removed here, still under the held signals.
+        outputs.clear();
+        failed
+    };
+    // Make the renames durable; some file systems cannot sync a directory, which is no error.
+    let mut synced: Vec<&PathBuf> = Vec::new();
+    for dir in &dirs {
+        if !synced.contains(&dir) {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+            synced.push(dir);
+        }
     }
-    Ok(())
+    let Some((dest, e)) = failed else {
+        return Ok(());
+    };
+    if e.kind() == std::io::ErrorKind::AlreadyExists {
+        if force_hint {
+            bail!(
+                "{} already exists; refusing to overwrite it (pass --force to replace it)",
+                dest.display()
+            );
+        }
+        bail!(
+            "{} already exists; refusing to overwrite it",
+            dest.display()
+        );
+    }
+    Err(e).with_context(|| format!("writing {}", dest.display()))
 }
 
 /// Checks, before any work, that `dest` (given as `flag`) may be written: never one of `inputs`
@@ -222,11 +361,7 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 fn absolute(p: &Path) -> PathBuf {
-    let dir = match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    match (std::fs::canonicalize(dir), p.file_name()) {
+    match (std::fs::canonicalize(dir_of(p)), p.file_name()) {
         (Ok(d), Some(name)) => d.join(name),
         _ => std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
     }
@@ -392,7 +527,7 @@ mod cleanup {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
     fn entries(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -472,7 +607,7 @@ mod tests {
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
         assert_eq!(std::fs::read(&addr).unwrap(), b"127.0.0.1:1");
         let mode = std::fs::metadata(&addr).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, PUBLIC);
+        assert_eq!(mode & 0o777, with_umask(PUBLIC));
         // A secret replaces a link at its path instead of writing through it, 0600.
         let token = dir.path().join("token");
         std::os::unix::fs::symlink(&victim, &token).unwrap();
@@ -507,5 +642,123 @@ mod tests {
         assert!(!same_file(&a, &dir.path().join("new")));
         assert!(same_file(&dir.path().join("new"), &dir.path().join("new")));
         check_dest(&dir.path().join("new"), "--out", false, &[&a]).unwrap();
+    }
+
+    /// Two outputs that replace two files, the second of which cannot be put in place.
+    fn replace_two_failing_the_second(dir: &Path, break_second: impl FnOnce(&TempOutput)) {
+        let (a, b) = (dir.join("a.key"), dir.join("b.sealed"));
+        let mut ta = TempOutput::create(&a).unwrap();
+        ta.file().write_all(b"new key").unwrap();
+        let mut tb = TempOutput::create(&b).unwrap();
+        tb.file().write_all(b"new artifact").unwrap();
+        break_second(&tb);
+        let err = commit_all(vec![(ta, SECRET), (tb, PUBLIC)], true, true).unwrap_err();
+        assert!(
+            format!("{err:#}").contains(&b.display().to_string()),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn a_failed_replacement_puts_every_old_file_back() {
+        // The temporary file of the second output is gone when it is to be renamed: the first
+        // output (the key) is already in place by then, and must be undone.
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.key"), dir.path().join("b.sealed"));
+        std::fs::write(&a, b"old key").unwrap();
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&b, b"old artifact").unwrap();
+        replace_two_failing_the_second(dir.path(), |tb| {
+            std::fs::remove_file(&tb.tmp).unwrap();
+        });
+        assert_eq!(std::fs::read(&a).unwrap(), b"old key");
+        assert_eq!(std::fs::read(&b).unwrap(), b"old artifact");
+        let m = std::fs::metadata(&a).unwrap().permissions().mode();
+        assert_eq!(m & 0o777, 0o600);
+        // No temporary file, no file set aside.
+        assert_eq!(entries(dir.path()), ["a.key", "b.sealed"]);
+
+        // A directory in the way of the second: the old first file is back, the directory
+        // untouched.
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.key"), dir.path().join("b.sealed"));
+        std::fs::write(&a, b"old key").unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(b.join("inside"), b"x").unwrap();
+        replace_two_failing_the_second(dir.path(), |_| {});
+        assert_eq!(std::fs::read(&a).unwrap(), b"old key");
+        assert_eq!(entries(&b), ["inside"]);
+        assert_eq!(entries(dir.path()), ["a.key", "b.sealed"]);
+
+        // Nothing there before: a failure leaves nothing.
+        let dir = tempfile::tempdir().unwrap();
+        replace_two_failing_the_second(dir.path(), |tb| {
+            std::fs::remove_file(&tb.tmp).unwrap();
+        });
+        assert!(entries(dir.path()).is_empty());
+
+        // And when it works, both are replaced and nothing is left aside.
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.key"), dir.path().join("b.sealed"));
+        std::fs::write(&a, b"old key").unwrap();
+        std::fs::write(&b, b"old artifact").unwrap();
+        let mut ta = TempOutput::create(&a).unwrap();
+        ta.file().write_all(b"new key").unwrap();
+        let mut tb = TempOutput::create(&b).unwrap();
+        tb.file().write_all(b"new artifact").unwrap();
+        commit_all(vec![(ta, SECRET), (tb, PUBLIC)], true, true).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), b"new key");
+        assert_eq!(std::fs::read(&b).unwrap(), b"new artifact");
+        assert_eq!(entries(dir.path()), ["a.key", "b.sealed"]);
+    }
+
+    #[test]
+    fn without_replace_a_later_refusal_removes_the_earlier_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.key"), dir.path().join("b.sealed"));
+        std::fs::write(&b, b"there").unwrap();
+        let mut ta = TempOutput::create(&a).unwrap();
+        ta.file().write_all(b"new key").unwrap();
+        let mut tb = TempOutput::create(&b).unwrap();
+        tb.file().write_all(b"new artifact").unwrap();
+        let err = commit_all(vec![(ta, SECRET), (tb, PUBLIC)], false, true).unwrap_err();
+        assert!(err.to_string().contains("--force"), "{err}");
+        assert_eq!(std::fs::read(&b).unwrap(), b"there");
+        assert_eq!(entries(dir.path()), ["b.sealed"]);
+    }
+
+    #[test]
+    fn a_long_non_ascii_name_gets_a_temporary_name_within_name_max() {
+        let dir = tempfile::tempdir().unwrap();
+        // 84 three-byte characters: 252 bytes, a valid name; cut by characters (160) the
+        // temporary name would have had 1 + 252 + 1 + 32 + 4 bytes.
+        let name: String = "€".repeat(84);
+        let dest = dir.path().join(&name);
+        let mut t = TempOutput::create(&dest).unwrap();
+        t.file().write_all(b"x").unwrap();
+        for n in entries(dir.path()) {
+            assert!(n.len() <= 255, "{} bytes", n.len());
+        }
+        commit_all(vec![(t, PUBLIC)], false, false).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"x");
+        assert_eq!(cut("a€b", 2), "a");
+        assert_eq!(cut("a€b", 4), "a€");
+        assert_eq!(cut("ab", 200), "ab");
+    }
+
+    #[test]
+    fn public_files_follow_the_umask() {
+        assert_eq!(with_umask(PUBLIC), 0o666 & !umask());
+        // What open(2) gives a new file: the same rule.
+        let dir = tempfile::tempdir().unwrap();
+        let probe = dir.path().join("probe");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .open(&probe)
+            .unwrap();
+        let m = std::fs::metadata(&probe).unwrap().permissions().mode();
+        assert_eq!(m & 0o777, with_umask(PUBLIC));
     }
 }

@@ -56,15 +56,20 @@ pub fn run(a: Args) -> Result<()> {
     println!("  debug               {}", claims.debug);
     println!(
         "  report_data binds   nonce + HPKE key {} + signing key {}",
-        &hex::encode(verified.keys().hpke_public_key)[..16],
-        &hex::encode(verified.keys().signing_public_key)[..16]
+        util::short_hex(&verified.keys().hpke_public_key),
+        util::short_hex(&verified.keys().signing_public_key)
     );
     println!(
         "  appraisal           accepted by {}",
         client_policy_path.display()
     );
 
-    let admin = cmd_kbs::Admin::new(kbs_url, deployment.kbs_key, token)?;
+    let admin = cmd_kbs::Admin::new(
+        kbs_url,
+        deployment.kbs_key,
+        token,
+        &cordon_client::ClientTls::default(),
+    )?;
     let events = rt.block_on(admin.audit())?;
     println!("\n== Key release (KBS audit log) ==");
     for e in events

@@ -2,8 +2,10 @@
 
 use crate::output::{self, TempOutput};
 use anyhow::{Context, Result};
+use cordon_attest::{Policy, PolicyDocument};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
 
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CORDON_LOG")
@@ -21,9 +23,7 @@ pub fn init_logging() {
 /// place ([`crate::output`]): an existing file or symlink at `path` is replaced, never written
 /// through, and an interrupted write leaves nothing behind.
 pub fn write_secret(path: &Path, contents: &[u8], overwrite: bool) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    create_parent(path)?;
     if !overwrite && std::fs::symlink_metadata(path).is_ok() {
         anyhow::bail!(
             "{} already exists; refusing to overwrite a key",
@@ -40,7 +40,7 @@ pub fn write_secret(path: &Path, contents: &[u8], overwrite: bool) -> Result<()>
 /// Writes a public file atomically (temporary file + rename), so a reader never sees half of it,
 /// replacing what is at `path`. The temporary file has an unpredictable name and is created
 /// exclusively (mode 0600 while written), so nothing planted at a predictable name such as
-/// `path.tmp` can redirect the write; the file gets mode 0644 when complete.
+/// `path.tmp` can redirect the write; the file gets mode 0666 less the umask when complete.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let mut out = TempOutput::create(path)?;
     out.file()
@@ -49,8 +49,60 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     output::commit_all(vec![(out, output::PUBLIC)], true, false)
 }
 
+/// Creates the directory `path` is in, if it names one and it is missing.
+pub fn create_parent(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 pub fn read_to_string(path: &Path, what: &str) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
+}
+
+/// Reads a file holding a secret (an admin token, a key file) into memory that is zeroized when
+/// dropped, reserved once from the file's size so that no reallocation leaves a copy behind.
+pub fn read_secret(path: &Path, what: &str) -> Result<Zeroizing<String>> {
+    use std::io::Read;
+    let context = || format!("reading {what} {}", path.display());
+    let mut file = std::fs::File::open(path).with_context(context)?;
+    let len = file.metadata().with_context(context)?.len();
+    // One byte more than the size, so that reading to the end needs no reallocation.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(
+        usize::try_from(len).unwrap_or(0).saturating_add(1),
+    ));
+    file.read_to_end(&mut bytes).with_context(context)?;
+    let text = String::from_utf8(std::mem::take(&mut *bytes)).map_err(|e| {
+        // The error holds the bytes: zeroized with it.
+        drop(Zeroizing::new(e.into_bytes()));
+        anyhow::anyhow!("{what} {} is not UTF-8 text", path.display())
+    })?;
+    Ok(Zeroizing::new(text))
+}
+
+/// Loads a policy document (a policy and, for clients, its `[endorsements]`) and prints the
+/// policy's warnings.
+pub fn load_policy_doc(path: &Path, what: &str) -> Result<PolicyDocument> {
+    let doc = PolicyDocument::from_toml(&read_to_string(path, what)?)
+        .with_context(|| format!("{what} {}", path.display()))?;
+    warn(&doc.policy);
+    Ok(doc)
+}
+
+/// Prints a policy's warnings (what it leaves open) on stderr.
+pub fn warn(policy: &Policy) {
+    for w in policy.warnings() {
+        eprintln!("WARNING: {w}");
+    }
+}
+
+/// The first 16 hex digits of `bytes` (all of them when shorter), for a line that names a key
+/// or measurement.
+pub fn short_hex(bytes: &[u8]) -> String {
+    let mut h = hex::encode(bytes);
+    h.truncate(16);
+    h
 }
 
 /// `~/.cordon`, where `cordon keygen` keeps the owner key by default.
@@ -73,17 +125,15 @@ pub fn read_public_key(path: &Path, what: &str) -> Result<[u8; 32]> {
 /// A KBS identity key given on the command line: 64 hex digits, or the path of a file holding them
 /// (as `cordon kbs serve --identity-file` writes it).
 pub fn parse_kbs_key(arg: &str) -> Result<[u8; 32]> {
-    let text = if arg.trim().len() == 64 && arg.trim().chars().all(|c| c.is_ascii_hexdigit()) {
-        arg.trim().to_string()
-    } else {
-        read_to_string(Path::new(arg), "KBS identity key")?
-    };
-    hex::decode(text.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .with_context(|| {
-            format!("KBS identity key {arg:?} is neither 64 hex digits nor a file holding them")
-        })
+    let arg_hex = arg.trim();
+    if arg_hex.len() == 64 && arg_hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(arg_hex, &mut key)?;
+        return Ok(key);
+    }
+    read_public_key(Path::new(arg), "KBS identity key").with_context(|| {
+        format!("KBS identity key {arg:?} is neither 64 hex digits nor a file holding them")
+    })
 }
 
 pub fn tokio_runtime() -> Result<tokio::runtime::Runtime> {

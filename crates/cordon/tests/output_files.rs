@@ -232,16 +232,20 @@ fn an_interrupted_seal_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| dir.path().join(n);
         let owner = keygen(dir.path());
-        // 4 GiB of input, sparse: free to make and fast to read, and seconds of sealing, so the
-        // signal finds `cordon seal` writing (it is sent as soon as 1 MiB reached the disk).
-        let input = File::create(p("big.bin")).unwrap();
-        input.set_len(4 << 30).unwrap();
-        drop(input);
+        // The input reaches `cordon seal` through a FIFO that the test feeds: part of it, and then
+        // nothing. Seal reads a pipe whole before it encrypts (the manifest names the size first),
+        // with its temporary output already created, and waits for the rest; so the signal finds
+        // the temporary output there every time, however fast the machine, and no run can
+        // finish and write its outputs before the signal.
+        let fifo = p("feed");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let (out, key) = (p("big.sealed"), p("big.dek"));
         let before = entries(dir.path());
         let mut child = spawn(&[
             "seal",
-            &s(&p("big.bin")),
+            &s(&fifo),
             "--out",
             &s(&out),
             "--key-out",
@@ -249,9 +253,108 @@ fn an_interrupted_seal_leaves_nothing_behind() {
             "--owner-key",
             &owner,
         ]);
-        let temp = wait_for_temp(dir.path(), &before, 1 << 20, &mut child);
+        let mut feed = open_fifo_writer(&fifo, &mut child);
+        let part = data(3 << 20);
+        let feeder = std::thread::spawn(move || {
+            // Fails with EPIPE once cordon is gone; the write end stays open until then.
+            let _ = feed.write_all(&part);
+            feed
+        });
+        let temp = wait_for_temp(dir.path(), &before, 0, &mut child);
         interrupt(&mut child, sig, dir.path(), &before, &temp, &[&out, &key]);
+        drop(feeder.join().unwrap());
     }
+}
+
+#[test]
+fn seal_reads_a_pipe_whole_and_makes_the_output_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let owner = keygen(dir.path());
+    let plain = data(200_000);
+    std::fs::write(p("plain.bin"), &plain).unwrap();
+    // A pipe as the input (its size is not known in advance), both outputs in directories that
+    // do not exist yet.
+    let (out, key) = (p("sealed/a/x.sealed"), p("keys/b/x.dek"));
+    let mut child = Command::new(BIN)
+        .args([
+            "seal",
+            "/dev/stdin",
+            "--out",
+            &s(&out),
+            "--key-out",
+            &s(&key),
+            "--owner-key",
+            &owner,
+            "--chunk-size",
+            "65536",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let fed = plain.clone();
+    let feeder = std::thread::spawn(move || stdin.write_all(&fed).unwrap());
+    let o = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("(200000 bytes)"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    ok(&[
+        "unseal",
+        &s(&out),
+        "--key",
+        &s(&key),
+        "--out",
+        &s(&p("back")),
+    ]);
+    assert_eq!(std::fs::read(p("back")).unwrap(), plain);
+}
+
+#[test]
+fn public_files_follow_the_umask_and_keygen_keeps_its_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    // `keygen` writes the secret key 0600 and the public key as open(2) would under the umask.
+    for (umask, public) in [("022", 0o644), ("077", 0o600), ("002", 0o664)] {
+        let key = p(&format!("owner-{umask}.key"));
+        let o = Command::new("sh")
+            .args([
+                "-c",
+                &format!("umask {umask} && exec \"$0\" keygen --out \"$1\""),
+                BIN,
+                &s(&key),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(mode(&key), 0o600, "umask {umask}");
+        assert_eq!(mode(&key.with_extension("pub")), public, "umask {umask}");
+    }
+    // The public key goes next to the secret one with .pub: a key file named *.pub would be
+    // overwritten by its own public key. Refused, nothing written.
+    let err = fails(&["keygen", "--out", &s(&p("mine.pub"))]);
+    assert!(err.contains("mine.pub"), "{err}");
+    assert!(!p("mine.pub").exists());
+    // A symlink planted at the .pub path is replaced, never written through.
+    std::fs::write(p("victim"), b"keep").unwrap();
+    std::os::unix::fs::symlink(p("victim"), p("other.pub")).unwrap();
+    ok(&["keygen", "--out", &s(&p("other.key"))]);
+    assert_eq!(std::fs::read(p("victim")).unwrap(), b"keep");
+    assert!(!std::fs::symlink_metadata(p("other.pub"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let names: Vec<String> = entries(dir.path())
+        .into_iter()
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
 }
 
 /// Runs `cordon args`, which must fail; its stderr.
