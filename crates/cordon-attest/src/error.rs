@@ -46,9 +46,10 @@ pub enum PolicyError {
     UnexpectedEndorsements,
     #[error("a policy may not accept `sim` together with a hardware platform: sim evidence is forgeable by whoever holds the sim key")]
     SimWithHardware,
-    /// A policy accepting `snp` or `tdx` that pins neither the runtime's configuration nor (TDX) the
-    /// RTMRs: the host chooses HOST_DATA / MRCONFIGID at launch, so it would choose the configuration
-    /// (KBS URL, models, ONNX Runtime library) of a runtime that still receives the keys.
+    /// A policy accepting `snp` or `tdx` that does not pin the runtime's configuration
+    /// (`workload_data`): the host chooses HOST_DATA / MRCONFIGID at launch, so it would choose the
+    /// configuration (KBS URL, models, ONNX Runtime library) of a runtime that still receives the
+    /// keys.
     #[error("{}", config_not_pinned(*platform))]
     ConfigNotPinned { platform: crate::Platform },
 }
@@ -57,7 +58,8 @@ fn config_not_pinned(platform: crate::Platform) -> String {
     let how = match platform {
         crate::Platform::Tdx => {
             "set `workload_data` to the SHA-384 of the runtime configuration file (the TD's \
-             MRCONFIGID), or list the RTMR reference values in a non-empty `rtmrs`"
+             MRCONFIGID; RTMRs do not pin it: the runtime binds its configuration through \
+             MRCONFIGID alone)"
         }
         _ => {
             "set `workload_data` to the SHA-256 of the runtime configuration file (the guest's \

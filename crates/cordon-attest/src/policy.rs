@@ -272,15 +272,14 @@ impl Policy {
             return Err(PolicyError::SimWithHardware);
         }
         // The host chooses HOST_DATA / MRCONFIGID, and with them the runtime's configuration: a
-        // hardware policy must pin it, or say in so many words that it accepts any.
+        // hardware policy must pin it, or say in so many words that it accepts any. RTMRs do not
+        // pin it: the runtime binds its configuration through MRCONFIGID only (it checks the
+        // configuration's hash against it at boot) and extends nothing into an RTMR.
         if !self.allow_unpinned_config && self.workload_data.is_none() {
-            let rtmrs_pinned = self.rtmrs.as_ref().is_some_and(|r| !r.is_empty());
-            let unpinned = self.platforms.iter().find(|p| match p {
-                Platform::Snp => true,
-                Platform::Tdx => !rtmrs_pinned,
-                _ => false,
-            });
-            if let Some(&platform) = unpinned {
+            let unpinned = [Platform::Snp, Platform::Tdx]
+                .into_iter()
+                .find(|p| self.platforms.contains(p));
+            if let Some(platform) = unpinned {
                 return Err(PolicyError::ConfigNotPinned { platform });
             }
         }
@@ -1026,7 +1025,18 @@ mod hardware_policy_tests {
                 platform: Platform::Tdx
             })
         );
-        let pinned = format!("{tdx}\nrtmrs = [\"{}\"]", hex::encode([1u8; 48]));
+        // RTMRs do not pin the configuration (the runtime extends nothing into them): refused.
+        let rtmrs_only = format!("{tdx}\nrtmrs = [\"{}\"]", hex::encode([1u8; 48]));
+        assert_eq!(
+            Policy::from_toml(&rtmrs_only),
+            Err(PolicyError::ConfigNotPinned {
+                platform: Platform::Tdx
+            })
+        );
+        let pinned = format!(
+            "{rtmrs_only}\nworkload_data = \"{}\"",
+            hex::encode([5u8; 48])
+        );
         assert!(Policy::from_toml(&pinned).is_ok());
     }
 
@@ -1179,7 +1189,7 @@ mod config_pinning_tests {
             msg.contains("SHA-384") && msg.contains("MRCONFIGID"),
             "{msg}"
         );
-        assert!(msg.contains("non-empty `rtmrs`"), "{msg}");
+        assert!(msg.contains("RTMRs do not pin it"), "{msg}");
         let mrconfigid = format!("workload_data = \"{}\"\n", hex::encode([5u8; 48]));
         assert!(Policy::from_toml(&format!("{}rtmrs = []\n{mrconfigid}", tdx())).is_ok());
     }

@@ -30,35 +30,22 @@ pub fn with_umask(mode: u32) -> u32 {
     mode & !umask()
 }
 
-/// The process's umask, read once.
-#[cfg(unix)]
-#[allow(unsafe_code)]
+/// The process's umask, read once from `/proc/self/status` (Linux 4.7 and later say it there
+/// without changing it). Elsewhere the usual 022 is assumed: reading the umask would mean setting
+/// it, briefly wrong for other threads, and it only ever narrows files whose content is public.
 fn umask() -> u32 {
     static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *UMASK.get_or_init(|| {
-        // Linux says it without changing it (since 4.7); elsewhere umask(2) can only be read by
-        // setting it, which is briefly wrong for any other thread creating files meanwhile.
-        let from_proc = std::fs::read_to_string("/proc/self/status")
+        std::fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|s| {
                 s.lines()
                     .find_map(|l| l.strip_prefix("Umask:"))
                     .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-            });
-        from_proc.unwrap_or_else(|| {
-            // SAFETY: umask(2) cannot fail; the value read is put back at once.
-            unsafe {
-                let old = libc::umask(0o077);
-                libc::umask(old);
-                old as u32
-            }
-        }) & 0o777
+            })
+            .unwrap_or(0o022)
+            & 0o777
     })
-}
-
-#[cfg(not(unix))]
-fn umask() -> u32 {
-    0
 }
 
 /// At most `max` bytes of `s`, cut on a character boundary.
