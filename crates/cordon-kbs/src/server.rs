@@ -105,13 +105,24 @@ struct Inner {
 
 const MAX_BODY: usize = 1 << 20;
 
-/// A body that is not the expected JSON is a 400; one over [`MAX_BODY`] a 413.
-fn json_rejection(e: axum::extract::rejection::JsonRejection) -> KbsError {
-    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+/// A body over [`MAX_BODY`] is a 413, one that is not what the route expects a 400; both with the
+/// KBS's error body.
+fn rejection(status: axum::http::StatusCode, text: String) -> KbsError {
+    if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
         KbsError::TooLarge { limit: MAX_BODY }
     } else {
-        KbsError::BadRequest(e.body_text())
+        KbsError::BadRequest(text)
     }
+}
+
+fn json_rejection(e: axum::extract::rejection::JsonRejection) -> KbsError {
+    rejection(e.status(), e.body_text())
+}
+
+fn bytes_body(
+    b: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Bytes, KbsError> {
+    b.map_err(|e| rejection(e.status(), e.body_text()))
 }
 
 impl Kbs {
@@ -818,8 +829,9 @@ async fn register_key(
     UrlPath(key_id): UrlPath<String>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<serde_json::Value>, KbsError> {
+    let body = bytes_body(body)?;
     let admin = kbs.check_admin(&headers, "PUT", uri.path(), &body).await?;
     let req: RegisterKey = parse_body(&body)?;
     check_key_id(&key_id)?;
@@ -857,8 +869,9 @@ async fn register_dataset_key(
     UrlPath(key_id): UrlPath<String>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<serde_json::Value>, KbsError> {
+    let body = bytes_body(body)?;
     let signed = kbs.verified_request(&headers, "PUT", uri.path(), &body)?;
     let owner = signed.signer;
     let req: RegisterKey = parse_body(&body)?;
@@ -919,8 +932,9 @@ async fn register_job_output(
     UrlPath(job_hash_hex): UrlPath<String>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<serde_json::Value>, KbsError> {
+    let body = bytes_body(body)?;
     let signed = kbs.verified_request(&headers, "PUT", uri.path(), &body)?;
     let runtime = signed.signer;
     let job_hash: [u8; 32] = hex::decode(&job_hash_hex)
