@@ -8,20 +8,13 @@ use common::*;
 use cordon_attest::{Endorsements, Platform};
 use cordon_kbs::{Kbs, KbsConfig, KbsLimits};
 use cordon_proto::job::PartyKey;
-use cordon_proto::kbs::{
-    policy_context, seal_dek_for_kbs, AttestRequest, DekPurpose, ErrorBody, KbsIdentity,
-    RegisterKey,
-};
+use cordon_proto::kbs::{seal_dek_for_kbs, AttestRequest, DekPurpose, KbsIdentity, RegisterKey};
 use cordon_proto::ServiceKeyPair;
 use cordon_tee::EvidenceProvider;
 use reqwest::Method;
 use std::sync::atomic::Ordering;
 
-async fn refusal(resp: reqwest::Response) -> (u16, ErrorBody) {
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap())
-}
-
+/// An admin registration's body: a DEK sealed to `kbs_key` for `purpose`, `key_id` and `policy`.
 fn sealed(
     h: &Harness,
     kbs_key: &[u8; 32],
@@ -29,20 +22,14 @@ fn sealed(
     key_id: &str,
     policy: &str,
 ) -> Vec<u8> {
-    let admin = cordon_proto::auth::admin_key(&h.token).unwrap();
-    serde_json::to_vec(&RegisterKey {
-        sealed_dek: seal_dek_for_kbs(
-            kbs_key,
-            purpose,
-            key_id,
-            &admin.verifying_key().to_bytes(),
-            &policy_context(policy),
-            &[5; 32],
-        )
-        .unwrap(),
-        policy: policy.to_string(),
-    })
-    .unwrap()
+    register_key_body(
+        kbs_key,
+        purpose,
+        key_id,
+        &h.admin_public_key(),
+        policy,
+        &[5; 32],
+    )
 }
 
 #[tokio::test]
@@ -209,32 +196,15 @@ async fn dataset_keys_have_a_quota_per_owner_and_in_all() {
         ..KbsLimits::default()
     })
     .await;
-    let p = policy(vec![Platform::Sim], MEASUREMENT);
-    let register = |party: &PartyKey, id: &str| {
-        let body = serde_json::to_vec(&RegisterKey {
-            sealed_dek: seal_dek_for_kbs(
-                &h.kbs_key,
-                DekPurpose::DatasetKey,
-                id,
-                &party.signing_public_key(),
-                &policy_context(&p),
-                &[4; 32],
-            )
-            .unwrap(),
-            policy: p.clone(),
-        })
-        .unwrap();
-        let path = format!("/kbs/v1/datasets/{id}");
-        let mut req = h.http.put(format!("{}{path}", h.url));
-        for (name, value) in party.sign_request("PUT", &path, &body, &h.kbs_key, h.now()) {
-            req = req.header(name, value);
-        }
-        req.body(body).send()
-    };
+    /// `party` registers a dataset key for `id`.
+    async fn register(h: &Harness, party: &PartyKey, id: &str) -> reqwest::Response {
+        let p = policy(vec![Platform::Sim], MEASUREMENT);
+        h.register_dataset_with(party, id, &p, [4; 32]).await
+    }
     let (a, b) = (PartyKey::generate("a"), PartyKey::generate("b"));
-    assert_eq!(register(&a, "a1").await.unwrap().status(), 200);
-    assert_eq!(register(&a, "a2").await.unwrap().status(), 200);
-    let (status, e) = refusal(register(&a, "a3").await.unwrap()).await;
+    assert_eq!(register(&h, &a, "a1").await.status(), 200);
+    assert_eq!(register(&h, &a, "a2").await.status(), 200);
+    let (status, e) = refusal(register(&h, &a, "a3").await).await;
     assert_eq!(
         (status, e.code.as_str()),
         (403, "quota_exceeded"),
@@ -242,10 +212,10 @@ async fn dataset_keys_have_a_quota_per_owner_and_in_all() {
         e.error
     );
     // Replacing one's own key is not a new key.
-    assert_eq!(register(&a, "a1").await.unwrap().status(), 200);
+    assert_eq!(register(&h, &a, "a1").await.status(), 200);
     // Another owner has its own quota, up to the KBS's limit in all.
-    assert_eq!(register(&b, "b1").await.unwrap().status(), 200);
-    let (status, e) = refusal(register(&b, "b2").await.unwrap()).await;
+    assert_eq!(register(&h, &b, "b1").await.status(), 200);
+    let (status, e) = refusal(register(&h, &b, "b2").await).await;
     assert_eq!(
         (status, e.code.as_str()),
         (403, "quota_exceeded"),
@@ -313,91 +283,28 @@ async fn a_store_from_before_signed_admin_requests_is_upgraded_with_its_token() 
 /// register the job's output. The runtime that received all of them registers one output, once.
 #[tokio::test]
 async fn only_the_runtime_that_received_every_dataset_key_registers_one_output() {
-    use cordon_proto::job::{
-        job_report_data, output_context, Evaluation, JobDataset, JobSchema, JobSpec, OutputKey,
-        Outputs, ServeOutput,
-    };
-    use cordon_proto::kbs::{seal_job, AttestResponse, JobRelease};
+    use cordon_proto::job::{output_context, OutputKey, Outputs, ServeOutput};
+    use cordon_proto::kbs::AttestResponse;
     let h = start().await;
     let p = policy(vec![Platform::Sim], MEASUREMENT);
     let (a, b) = (PartyKey::generate("a"), PartyKey::generate("b"));
     for (party, id) in [(&a, "ds-a"), (&b, "ds-b")] {
-        let body = serde_json::to_vec(&RegisterKey {
-            sealed_dek: seal_dek_for_kbs(
-                &h.kbs_key,
-                DekPurpose::DatasetKey,
-                id,
-                &party.signing_public_key(),
-                &policy_context(&p),
-                &[4; 32],
-            )
-            .unwrap(),
-            policy: p.clone(),
-        })
-        .unwrap();
-        let r = h
-            .signed_party(party, Method::PUT, &format!("/kbs/v1/datasets/{id}"), body)
-            .await;
+        let r = h.register_dataset_with(party, id, &p, [4; 32]).await;
         assert_eq!(r.status(), 200);
     }
-    let spec = JobSpec {
-        name: "j".into(),
-        parties: vec![a.job_party(), b.job_party()],
-        datasets: [(&a, "ds-a", 1u8), (&b, "ds-b", 2)]
-            .iter()
-            .map(|(party, id, n)| JobDataset {
-                party: party.name().into(),
-                key_id: (*id).into(),
-                manifest_sha256: [*n; 32],
-                format: "csv".into(),
-            })
-            .collect(),
-        schema: JobSchema {
-            features: vec!["x".into()],
-            label: "y".into(),
-        },
-        algorithm: serde_json::json!({"kind": "logistic_regression"}),
-        evaluation: Evaluation {
-            test_fraction: 0.25,
-            seed: 1,
-        },
-        outputs: Outputs {
-            recipients: vec![],
-            serve: Some(ServeOutput { policy: p.clone() }),
-        },
+    let mut spec = job_spec(&[&a, &b], "j");
+    spec.outputs = Outputs {
+        recipients: vec![],
+        serve: Some(ServeOutput { policy: p.clone() }),
     };
     let hash = spec.hash();
-    let until = 1_800_000_000 + 3_600;
-    let release = JobRelease {
-        spec: spec.clone(),
-        approvals: vec![a.approve(&hash, until), b.approve(&hash, until)],
-    };
+    let release = approved(&spec, &[&a, &b], 1_800_000_000 + 3_600);
     // A runtime (its own signing key) attests for the job and asks for some of its keys.
     let attest = |signing: ed25519_dalek::SigningKey, ids: Vec<String>| {
         let (h, release) = (&h, release.clone());
         async move {
-            let kp = ServiceKeyPair::generate(0);
-            let rk = cordon_proto::RuntimeKeys {
-                hpke_public_key: kp.public_key(),
-                hpke_key_id: 0,
-                signing_public_key: signing.verifying_key().to_bytes(),
-            };
-            let c = h.challenge().await;
-            let nonce = hex::decode(&c.nonce).unwrap();
-            let evidence = h
-                .tee(MEASUREMENT, false)
-                .evidence(&job_report_data(&nonce, &rk, &hash))
-                .unwrap();
-            let sealed_job = Some(seal_job(&h.kbs_key, &c.nonce, &release).unwrap());
             let r: AttestResponse = h
-                .attest(&AttestRequest {
-                    nonce: c.nonce,
-                    evidence,
-                    runtime_keys: rk,
-                    key_ids: ids,
-                    models: vec![],
-                    sealed_job,
-                })
+                .attest_for_job_signed_by(release, hash, &ids, signing.verifying_key().to_bytes())
                 .await
                 .json()
                 .await

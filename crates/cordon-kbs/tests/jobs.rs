@@ -5,125 +5,14 @@ mod common;
 use common::*;
 
 use cordon_attest::Platform;
-use cordon_proto::job::{
-    job_report_data, Evaluation, JobDataset, JobSchema, JobSpec, Outputs, PartyKey,
-};
-use cordon_proto::kbs::{
-    policy_context, seal_dek_for_kbs, seal_job, AttestRequest, AttestResponse, DekPurpose,
-    ErrorBody, JobRelease, RegisterKey,
-};
+use cordon_proto::job::{job_report_data, PartyKey};
+use cordon_proto::kbs::{seal_job, AttestRequest, AttestResponse, ErrorBody, JobRelease};
 use cordon_proto::ServiceKeyPair;
 use cordon_tee::EvidenceProvider;
 use std::time::Duration;
 
-fn spec(parties: &[&PartyKey], name: &str) -> JobSpec {
-    JobSpec {
-        name: name.into(),
-        parties: parties.iter().map(|p| p.job_party()).collect(),
-        datasets: parties
-            .iter()
-            .enumerate()
-            .map(|(i, p)| JobDataset {
-                party: p.name().into(),
-                key_id: format!("ds-{}", p.name()),
-                manifest_sha256: [i as u8 + 1; 32],
-                format: "csv".into(),
-            })
-            .collect(),
-        schema: JobSchema {
-            features: vec!["x".into()],
-            label: "y".into(),
-        },
-        algorithm: serde_json::json!({"kind": "logistic_regression"}),
-        evaluation: Evaluation {
-            test_fraction: 0.25,
-            seed: 1,
-        },
-        outputs: Outputs {
-            recipients: vec![parties[0].name().into()],
-            serve: None,
-        },
-    }
-}
-
-/// A dataset key registration's body: the DEK sealed to the KBS for `party`, `key_id` and the
-/// policy.
-fn dataset_body(h: &Harness, party: &PartyKey, key_id: &str) -> Vec<u8> {
-    let policy = policy(vec![Platform::Sim], MEASUREMENT);
-    serde_json::to_vec(&RegisterKey {
-        sealed_dek: seal_dek_for_kbs(
-            &h.kbs_key,
-            DekPurpose::DatasetKey,
-            key_id,
-            &party.signing_public_key(),
-            &policy_context(&policy),
-            &[7; 32],
-        )
-        .unwrap(),
-        policy,
-    })
-    .unwrap()
-}
-
-trait Jobs {
-    async fn register_dataset(&self, party: &PartyKey, key_id: &str) -> reqwest::Response;
-    async fn attest_for_job(
-        &self,
-        job: JobRelease,
-        evidence_job: [u8; 32],
-        key_ids: &[String],
-    ) -> reqwest::Response;
-}
-
-impl Jobs for Harness {
-    async fn register_dataset(&self, party: &PartyKey, key_id: &str) -> reqwest::Response {
-        let body = dataset_body(self, party, key_id);
-        let path = format!("/kbs/v1/datasets/{key_id}");
-        let mut req = self.http.put(format!("{}{path}", self.url));
-        for (name, value) in party.sign_request("PUT", &path, &body, &self.kbs_key, self.now()) {
-            req = req.header(name, value);
-        }
-        req.body(body).send().await.unwrap()
-    }
-
-    /// Attests as a runtime about to run `evidence_job` and asks for `key_ids` for `job`.
-    async fn attest_for_job(
-        &self,
-        job: JobRelease,
-        evidence_job: [u8; 32],
-        key_ids: &[String],
-    ) -> reqwest::Response {
-        let kp = ServiceKeyPair::generate(0);
-        let rk = keys(&kp);
-        let c = self.challenge().await;
-        let nonce = hex::decode(&c.nonce).unwrap();
-        let evidence = self
-            .tee(MEASUREMENT, false)
-            .evidence(&job_report_data(&nonce, &rk, &evidence_job))
-            .unwrap();
-        let sealed_job = Some(seal_job(&self.kbs_key, &c.nonce, &job).unwrap());
-        self.attest(&AttestRequest {
-            nonce: c.nonce,
-            evidence,
-            runtime_keys: rk,
-            key_ids: key_ids.to_vec(),
-            models: vec![],
-            sealed_job,
-        })
-        .await
-    }
-}
-
 /// Approvals valid for a day after the harness's clock.
 const UNTIL: u64 = 1_800_000_000 + 86_400;
-
-fn approved(spec: &JobSpec, parties: &[&PartyKey]) -> JobRelease {
-    let h = spec.hash();
-    JobRelease {
-        spec: spec.clone(),
-        approvals: parties.iter().map(|p| p.approve(&h, UNTIL)).collect(),
-    }
-}
 
 async fn answer(resp: reqwest::Response) -> AttestResponse {
     assert_eq!(resp.status(), 200);
@@ -136,12 +25,12 @@ async fn dataset_keys_are_released_only_for_a_job_their_owner_approved() {
     let (a, b) = (PartyKey::generate("a"), PartyKey::generate("b"));
     assert_eq!(h.register_dataset(&a, "ds-a").await.status(), 200);
     assert_eq!(h.register_dataset(&b, "ds-b").await.status(), 200);
-    let job_a = spec(&[&a, &b], "job A");
+    let job_a = job_spec(&[&a, &b], "job A");
     let ids = vec!["ds-a".to_string(), "ds-b".to_string()];
 
     // Both owners approved job A: both keys are released to evidence binding job A.
     let r = answer(
-        h.attest_for_job(approved(&job_a, &[&a, &b]), job_a.hash(), &ids)
+        h.attest_for_job(approved(&job_a, &[&a, &b], UNTIL), job_a.hash(), &ids)
             .await,
     )
     .await;
@@ -149,7 +38,7 @@ async fn dataset_keys_are_released_only_for_a_job_their_owner_approved() {
 
     // b has not approved: a's key is released, b's is not, and the reason names b.
     let r = answer(
-        h.attest_for_job(approved(&job_a, &[&a]), job_a.hash(), &ids)
+        h.attest_for_job(approved(&job_a, &[&a], UNTIL), job_a.hash(), &ids)
             .await,
     )
     .await;
@@ -158,7 +47,7 @@ async fn dataset_keys_are_released_only_for_a_job_their_owner_approved() {
     assert!(r.denied[0].reasons[0].contains(" b,"), "{:?}", r.denied);
 
     // An expired approval counts for nothing, and the denial says why.
-    let mut expired = approved(&job_a, &[&a]);
+    let mut expired = approved(&job_a, &[&a], UNTIL);
     expired
         .approvals
         .push(b.approve(&job_a.hash(), 1_700_000_000));
@@ -168,7 +57,7 @@ async fn dataset_keys_are_released_only_for_a_job_their_owner_approved() {
 
     // A forged approval "by b" (signed with a's key) next to a's own: a's key is released, and
     // the audit log names only the approval that verified.
-    let mut forged = approved(&job_a, &[&a]);
+    let mut forged = approved(&job_a, &[&a], UNTIL);
     forged.approvals.push(cordon_proto::job::Approval {
         party: "b".into(),
         ..a.approve(&job_a.hash(), UNTIL)
@@ -188,7 +77,7 @@ async fn dataset_keys_are_released_only_for_a_job_their_owner_approved() {
     job_b.algorithm = serde_json::json!({"kind": "gbdt"});
     let stolen = JobRelease {
         spec: job_b.clone(),
-        approvals: approved(&job_a, &[&a, &b]).approvals,
+        approvals: approved(&job_a, &[&a, &b], UNTIL).approvals,
     };
     let r = answer(h.attest_for_job(stolen, job_b.hash(), &ids).await).await;
     assert!(r.released.is_empty());
@@ -196,7 +85,7 @@ async fn dataset_keys_are_released_only_for_a_job_their_owner_approved() {
 
     // Evidence that binds another job than the one presented: report_data mismatch.
     let resp = h
-        .attest_for_job(approved(&job_a, &[&a, &b]), job_b.hash(), &ids)
+        .attest_for_job(approved(&job_a, &[&a, &b], UNTIL), job_b.hash(), &ids)
         .await;
     assert_eq!(resp.status(), 403);
     let e: ErrorBody = resp.json().await.unwrap();
@@ -208,7 +97,7 @@ async fn dataset_keys_are_released_only_for_a_job_their_owner_approved() {
     hijack.datasets[0].key_id = "ds-other".into();
     let r = answer(
         h.attest_for_job(
-            approved(&hijack, &[&a, &b]),
+            approved(&hijack, &[&a, &b], UNTIL),
             hijack.hash(),
             &["ds-a".to_string()],
         )
@@ -263,10 +152,14 @@ async fn dataset_keys_are_never_released_outside_a_job() {
             .status(),
         200
     );
-    let job = spec(&[&a], "job");
+    let job = job_spec(&[&a], "job");
     let r = answer(
-        h.attest_for_job(approved(&job, &[&a]), job.hash(), &["model".to_string()])
-            .await,
+        h.attest_for_job(
+            approved(&job, &[&a], UNTIL),
+            job.hash(),
+            &["model".to_string()],
+        )
+        .await,
     )
     .await;
     assert!(r.denied[0].reasons[0].contains("not a dataset key"));
@@ -300,7 +193,12 @@ async fn dataset_keys_stay_their_owners() {
     assert_eq!(h.register_dataset(&a, "model").await.status(), 409);
 
     // Unsigned, mis-signed, stale and replayed registrations are refused.
-    let body = dataset_body(&h, &a, "ds-new");
+    let body = h.dataset_body(
+        &a,
+        "ds-new",
+        &policy(vec![Platform::Sim], MEASUREMENT),
+        [7; 32],
+    );
     let url = format!("{}/kbs/v1/datasets/ds-new", h.url);
     let resp = h.http.put(&url).body(body.clone()).send().await.unwrap();
     assert_eq!(resp.status(), 401);
@@ -361,8 +259,8 @@ async fn a_job_travels_sealed_to_the_kbs_and_only_for_its_own_request() {
     );
     assert_eq!(h.register_dataset(&a, "ds-hospital-a").await.status(), 200);
     assert_eq!(h.register_dataset(&b, "ds-hospital-b").await.status(), 200);
-    let job = spec(&[&a, &b], "secret job name");
-    let release = approved(&job, &[&a, &b]);
+    let job = job_spec(&[&a, &b], "secret job name");
+    let release = approved(&job, &[&a, &b], UNTIL);
     let kp = ServiceKeyPair::generate(0);
     let rk = keys(&kp);
     let c = h.challenge().await;

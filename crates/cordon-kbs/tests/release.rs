@@ -2,9 +2,7 @@
 
 use cordon_attest::{Endorsements, Platform, Policy};
 use cordon_kbs::{verify_audit_chain, Kbs, KbsConfig};
-use cordon_proto::kbs::{
-    AttestRequest, AttestResponse, AuditEvent, Challenge, ErrorBody, RELEASE_INFO,
-};
+use cordon_proto::kbs::{AttestRequest, AttestResponse, AuditEvent, Challenge, RELEASE_INFO};
 use cordon_proto::{report_data, ModelBinding, ServiceKeyPair};
 use cordon_tee::{EvidenceProvider, SimHardwareKey, SimTee};
 use std::sync::atomic::Ordering;
@@ -40,8 +38,7 @@ fn bound_model() -> ModelBinding {
 }
 
 async fn error_code(resp: reqwest::Response) -> (u16, String, String) {
-    let status = resp.status().as_u16();
-    let body: ErrorBody = resp.json().await.unwrap();
+    let (status, body) = refusal(resp).await;
     (status, body.code, body.error)
 }
 

@@ -16,7 +16,7 @@ use cordon_proto::job::{self, JobResult, JobState, JobStatus, Receipt};
 use cordon_proto::kbs::{self, AttestRequest, AttestResponse, JobRelease};
 use cordon_proto::runtime::{AttestationResponse, InnerRequest};
 use cordon_proto::session::{start_session, SessionGrant};
-use cordon_proto::{report_data, ModelBinding};
+use cordon_proto::{auth, report_data, ModelBinding};
 use ed25519_dalek::{Signer, SigningKey};
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
@@ -91,6 +91,86 @@ fn seeds_reach_past_the_cryptographic_checks() {
             &register.sealed_dek.sealed,
         )
         .unwrap();
+    let response: AttestResponse =
+        serde_json::from_slice(&read("kbs_requests", "attest_response.json")).unwrap();
+    assert!(!response.released.is_empty());
+    for released in &response.released {
+        f::service_key()
+            .open_sealed(
+                kbs::RELEASE_INFO,
+                released.key_id.as_bytes(),
+                &released.sealed_dek,
+            )
+            .unwrap();
+    }
+
+    // The seeds whose formats changed with approval expiry, request nonces and audiences, and
+    // the runtime's session nonce: each must still pass the check it meets first.
+    let now = UNIX_EPOCH + Duration::from_secs(f::NOW);
+    let spec = f::seed_spec().unwrap();
+    let approval: job::Approval =
+        serde_json::from_slice(&read("runtime_requests", "approval.json")).unwrap();
+    approval.verify(spec, &spec.hash(), now).unwrap();
+    // Laid out as the target reads it: the signer, time, nonce, audience and signature header
+    // lines, the method, the path, then the body.
+    let signed = read("runtime_requests", "signed_request.txt");
+    let mut parts = signed.splitn(8, |&b| b == b'\n');
+    let mut line = || std::str::from_utf8(parts.next().unwrap()).unwrap();
+    let headers = [
+        auth::SIGNER_HEADER,
+        auth::TIME_HEADER,
+        auth::NONCE_HEADER,
+        auth::AUDIENCE_HEADER,
+        auth::SIGNATURE_HEADER,
+    ]
+    .map(|name| (name, line()));
+    let (method, path) = (line(), line());
+    let body = parts.next().unwrap_or_default();
+    let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    let request = auth::verify_request(
+        header,
+        method,
+        path,
+        body,
+        &f::service_key().public_key(),
+        now,
+    )
+    .unwrap();
+    assert!(spec.party_by_key(&request.signer).is_some());
+    // The route the runtime serves approvals at.
+    assert_eq!(
+        (method, path),
+        (
+            "POST",
+            format!("/v1/jobs/{}/approvals", hex::encode(spec.hash())).as_str()
+        )
+    );
+    f::service_key()
+        .open_sealed(
+            kbs::RELEASE_INFO,
+            f::RELEASE_AAD,
+            &read("channel", "sealed_dek.bin"),
+        )
+        .unwrap();
+    // The session exchanges: the setup opens, and so does every message after it (the replayed
+    // and reordered ones too: the window, behind the authentication, is what refuses them).
+    for name in ["exchange.bin", "exchange_replayed.bin"] {
+        let mut rest = &read("session", name)[..];
+        let mut frames = Vec::new();
+        while let Some((len, tail)) = rest.split_first_chunk::<2>() {
+            let (frame, tail) = tail.split_at(usize::from(u16::from_be_bytes(*len)));
+            frames.push(frame.to_vec());
+            rest = tail;
+        }
+        let (setup, messages) = frames.split_first().expect(name);
+        let (_, keys) = f::accept_session_fixed(setup).unwrap();
+        assert!(!messages.is_empty(), "{name}");
+        for m in messages {
+            let message = cordon_proto::session::SessionMessage::parse(m).unwrap();
+            assert_eq!(message.session_id, f::SESSION_ID, "{name}");
+            message.open(&keys).unwrap();
+        }
+    }
 }
 
 /// Approvals of the seeds stay valid an hour after the fuzz clock.
@@ -364,7 +444,7 @@ fn write_seeds() {
         "party_key.json",
         f::party_key_file("alice", 1).as_bytes(),
     );
-    let path = format!("/v1/jobs/{}/approve", hex::encode(hash));
+    let path = format!("/v1/jobs/{}/approvals", hex::encode(hash));
     let approval_body = json(&alice.approve(&hash, APPROVED_UNTIL));
     let headers = alice.sign_request(
         "POST",

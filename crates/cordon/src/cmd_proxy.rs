@@ -81,13 +81,15 @@ pub fn run(a: ProxyArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding {}", a.listen))?;
         let addr = listener.local_addr()?;
-        if let Some(f) = &a.addr_file {
-            util::write_atomic(f, addr.to_string().as_bytes())?;
-        }
         let scheme = a.tls.scheme();
         a.tls.announce("proxy");
         println!("serving the Open Inference Protocol at {scheme}://{addr}/v2 ({} on this side, encrypted to the runtime)", if tls.is_some() { "TLS" } else { "plaintext" });
         println!("status: {scheme}://{addr}/cordon/v1/status; re-verifying every {} s and whenever the runtime's key changes", a.reverify_secs);
+        // Last, as the KBS and the runtime do: whoever waits for this file finds the lines above
+        // already written.
+        if let Some(f) = &a.addr_file {
+            util::write_atomic(f, addr.to_string().as_bytes())?;
+        }
         proxy.serve_with_tls(listener, tls, shutdown_signal()).await?;
         Ok(())
     })

@@ -196,24 +196,6 @@ impl Secrets {
     }
 }
 
-/// The `probabilities` output's data of an OIP response.
-fn probabilities(response: &Value) -> Vec<Value> {
-    response["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["name"] == "probabilities")
-        .unwrap_or_else(|| panic!("no probabilities in {response}"))["data"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-/// The answer `cordon model run` gives (the reference the runtime must match).
-fn reference_output(model: &str, input: &str) -> Value {
-    serde_json::from_str(&ok(&["model", "run", model, "--input", input])).unwrap()
-}
-
 fn assert_no_leaks(flow: &str, exchanges: &[Exchange], secrets: &Secrets) {
     let t = Instant::now();
     let findings = scan(exchanges, &secrets.0);
@@ -247,18 +229,8 @@ fn log_files(dir: &Path) -> Vec<Exchange> {
         if path.extension().is_some_and(|e| e == "log") {
             out.push(Exchange {
                 leg: format!("log {}", path.file_name().unwrap().to_string_lossy()),
-                seq: 0,
-                upstream: String::new(),
-                method: String::new(),
-                target: String::new(),
-                req_headers: vec![],
-                req_body: vec![],
-                req_raw: vec![],
-                status: 0,
-                resp_headers: vec![],
                 resp_body: read(&path),
-                resp_raw: vec![],
-                tampered: None,
+                ..Default::default()
             });
         }
     }
@@ -276,17 +248,11 @@ fn positive_control(flow: &str, secrets: &Secrets, samples: Vec<Vec<u8>>) {
         .map(|(i, body)| Exchange {
             leg: "plaintext".into(),
             seq: i,
-            upstream: String::new(),
             method: "GET".into(),
             target: "/".into(),
-            req_headers: vec![],
-            req_body: vec![],
-            req_raw: vec![],
             status: 200,
-            resp_headers: vec![],
             resp_body: body,
-            resp_raw: vec![],
-            tampered: None,
+            ..Default::default()
         })
         .collect();
     let found: std::collections::HashSet<String> = scan(&fake, &secrets.0)
@@ -322,13 +288,10 @@ fn base_samples(dir: &Path) -> Vec<Vec<u8>> {
     ]
 }
 
-/// Every in-flight tampering must have flipped something, or it proves nothing.
-fn check_flipped(relay: &Relay, from: usize, what: &str, failures: &mut Vec<String>) {
-    let flips: Vec<String> = relay
-        .since(from)
-        .iter()
-        .filter_map(|e| e.tampered.clone())
-        .collect();
+/// Every in-flight tampering must have flipped something, or it proves nothing: `carried` is
+/// what the relay carried meanwhile.
+fn check_flipped(carried: &[Exchange], what: &str, failures: &mut Vec<String>) {
+    let flips: Vec<String> = carried.iter().filter_map(|e| e.tampered.clone()).collect();
     if flips.is_empty() || flips.iter().any(|f| f.contains("nothing to flip")) {
         failures.push(format!(
             "{what}: the relay did not flip a byte as asked ({flips:?}); the check proves nothing"
@@ -382,16 +345,27 @@ impl World {
         }
     }
 
-    /// What changed between two snapshots that must not: an audit event that is not a
-    /// rejection (a release, a registration), an event rewritten, a runtime counter other than
-    /// the refusals.
-    fn changes(&self, before: &Snapshot, after: &Snapshot) -> Vec<String> {
-        self.changes_except(before, after, &[])
+    /// Takes a snapshot and records, in `failures`, whatever changed since `before` that must
+    /// not have ([`World::changes_except`] with `allowed`), as changed by `what`; the snapshot.
+    fn expect_unchanged(
+        &self,
+        before: &Snapshot,
+        allowed: &[&str],
+        what: &str,
+        failures: &mut Vec<String>,
+    ) -> Snapshot {
+        let after = self.snapshot();
+        for c in self.changes_except(before, &after, allowed) {
+            failures.push(format!("STATE CHANGED by {what}: {c}"));
+        }
+        after
     }
 
-    /// [`World::changes`], not counting the metric samples named in `expected` (what the
-    /// untampered part of a flow legitimately moves, such as the attestation a client makes
-    /// before it sends the request that was tampered with).
+    /// What changed between two snapshots that must not: an audit event that is not a
+    /// rejection (a release, a registration), an event rewritten, a runtime counter other than
+    /// the refusals; not counting the metric samples named in `expected` (what the untampered
+    /// part of a flow legitimately moves, such as the attestation a client makes before it sends
+    /// the request that was tampered with).
     fn changes_except(
         &self,
         before: &Snapshot,
@@ -558,6 +532,12 @@ fn body_text(body: &[u8]) -> String {
     }
 }
 
+/// How a server refuses a request it will not act on: a client error, or 503 (busy: the replay
+/// or nonce memory is full). Not a 5xx otherwise, nor no answer at all.
+fn is_refusal(status: u16) -> bool {
+    (400..500).contains(&status) || status == 503
+}
+
 fn error_code(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<Value>(body)
         .ok()
@@ -627,9 +607,16 @@ fn replay_and_flip(
                     tally
                         .answers
                         .push(answer_of(ex, &format!("with {what}"), status, &body));
-                    if (200..300).contains(&status) || status == 0 {
+                    if (200..300).contains(&status) {
                         failures.push(format!(
                             "FLIPPED REQUEST ACCEPTED: {} with {what}: got {status}: {}",
+                            ex.describe(),
+                            body_text(&body)
+                        ));
+                    } else if !is_refusal(status) {
+                        // A 500 (a panic, an unhandled error) or no answer is a failure too.
+                        failures.push(format!(
+                            "FLIPPED REQUEST MISANSWERED: {} with {what}: got {status}, expected a refusal (4xx, or 503 busy): {}",
                             ex.describe(),
                             body_text(&body)
                         ));
@@ -637,19 +624,18 @@ fn replay_and_flip(
                 }
             }
         }
-        let after = world.snapshot();
         // An attestation answered again counts as one more attestation, and nothing else.
         let counted: &[&str] = if ex.path().starts_with("/v1/attestation") {
             &[ATTESTATION_EVENT]
         } else {
             &[]
         };
-        for c in world.changes_except(&before, &after, counted) {
-            failures.push(format!(
-                "STATE CHANGED by the replay or the flips of {} ({expect:?}): {c}",
-                ex.describe()
-            ));
-        }
+        world.expect_unchanged(
+            &before,
+            counted,
+            &format!("the replay or the flips of {} ({expect:?})", ex.describe()),
+            failures,
+        );
     }
 }
 
@@ -735,18 +721,115 @@ fn generic_path(p: &str) -> String {
         .join("/")
 }
 
-fn finish(flow: &str, started: Instant, tally: &Tally, relays: &[&Relay], failures: &[String]) {
-    println!(
-        "{flow}: {tally} in {:.1?}\n{}",
-        started.elapsed(),
-        legs_summary(relays)
-    );
-    assert!(
-        failures.is_empty(),
-        "{flow}: {} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+/// Every `(relay, method, path)` of `expect` was carried: the legs carried what the flow is made
+/// of. A path that ends in `/` is a prefix (an id follows); any other is the whole path (the
+/// query aside).
+fn assert_legs_carried(expect: &[(&Relay, &str, &str)], relays: &[&Relay]) {
+    for (relay, method, path) in expect {
+        let carried = |p: &str| {
+            if path.ends_with('/') {
+                p.starts_with(path)
+            } else {
+                p == *path
+            }
+        };
+        assert!(
+            relay
+                .captured()
+                .iter()
+                .any(|e| e.method == *method && carried(e.path())),
+            "{} carried no {method} {path}:\n{}",
+            relay.leg(),
+            legs_summary(relays)
+        );
+    }
+}
+
+/// Clears a relay's tamper rule when dropped: a step that panics leaves no rule behind.
+struct ClearTamper<'a>(&'a Relay);
+
+impl Drop for ClearTamper<'_> {
+    fn drop(&mut self) {
+        self.0.set_tamper(None);
+    }
+}
+
+/// One in-flight tampering: sets `t` on `relay`, counts it in `tally`, runs the step, and clears
+/// the rule (even if the step panics). The step's result, and what the relay carried meanwhile.
+fn tampered<R>(
+    relay: &Relay,
+    t: Tamper,
+    tally: &mut Tally,
+    run: impl FnOnce() -> R,
+) -> (R, Vec<Exchange>) {
+    tally.inflight += 1;
+    let from = relay.count();
+    relay.set_tamper(Some(t));
+    let result = {
+        let _clear = ClearTamper(relay);
+        run()
+    };
+    (result, relay.since(from))
+}
+
+/// The end of a flow: the answers to its replayed and flipped requests and the processes' logs
+/// scanned, then a summary, and every failure it collected reported.
+struct Flow<'a> {
+    name: &'a str,
+    dir: &'a Path,
+    started: Instant,
+    relays: &'a [&'a Relay],
+    secrets: &'a Secrets,
+}
+
+impl Flow<'_> {
+    fn finish(&self, tally: &Tally, failures: &[String]) {
+        let flow = self.name;
+        assert_no_leaks(
+            &format!("{flow}: answers to replayed and flipped requests"),
+            &tally.answers,
+            self.secrets,
+        );
+        assert_no_leaks(
+            &format!("{flow}: process logs"),
+            &log_files(self.dir),
+            self.secrets,
+        );
+        println!(
+            "{flow}: {tally} in {:.1?}\n{}",
+            self.started.elapsed(),
+            legs_summary(self.relays)
+        );
+        assert!(
+            failures.is_empty(),
+            "{flow}: {} failures:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+
+    /// [`Flow::finish`], after the host restarted the KBS to make it forget what it saw: replayed
+    /// at the restarted KBS (same store), the requests of `all` that went to it must be refused
+    /// the same way.
+    fn finish_with_restart(
+        &self,
+        kbs: Proc,
+        kbs_url: &str,
+        world: &World,
+        all: &[Exchange],
+        tally: &Tally,
+        failures: &mut Vec<String>,
+    ) {
+        let flow = self.name;
+        let (_kbs, restart) = restart_kbs_and_replay(self.dir, kbs, kbs_url, world, all, failures);
+        println!("{flow}, after a KBS restart: {restart}");
+        assert_no_leaks(
+            &format!("{flow}: answers after a KBS restart"),
+            &restart.answers,
+            self.secrets,
+        );
+        self.finish(tally, failures);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -754,69 +837,21 @@ fn finish(flow: &str, started: Instant, tally: &Tally, relays: &[&Relay], failur
 // ---------------------------------------------------------------------------------------------
 
 /// `cordon args` expected to fail: its (stdout, stderr), or a failure note if it succeeded.
-fn must_fail(args: &[&str], what: &str, failures: &mut Vec<String>) -> (String, String) {
+fn must_fail<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    what: &str,
+    failures: &mut Vec<String>,
+) -> (String, String) {
     let out = cordon(args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if out.status.success() {
         failures.push(format!(
             "TAMPERING ACCEPTED: {what}: `cordon {}` succeeded:\n{stdout}",
-            args.join(" ")
+            argv(args).join(" ")
         ));
     }
     (stdout, stderr)
-}
-
-/// Starts a runtime that may fail to boot: the process and its URL or its log.
-fn try_runtime(dir: &Path, config: &Path, name: &str) -> (Proc, Result<String, String>) {
-    let addr = dir.join(format!("{name}.addr"));
-    let mut rt = Proc::start(
-        &[
-            "runtime",
-            "serve",
-            "--config",
-            &s(config),
-            "--listen",
-            "127.0.0.1:0",
-            "--platform",
-            "sim",
-            "--sim-hardware-key",
-            &s(&dir.join("hw.key")),
-            "--addr-file",
-            &s(&addr),
-        ],
-        dir.join(format!("{name}.log")),
-    );
-    let url = rt.wait_ready(&addr);
-    (rt, url)
-}
-
-fn boot(dir: &Path, config: &Path, name: &str) -> (Proc, String) {
-    let (p, url) = try_runtime(dir, config, name);
-    (p, url.unwrap_or_else(|log| panic!("runtime {name}: {log}")))
-}
-
-/// The release policy that names `config` run by this binary, and the client policy (the same
-/// with the sim trust anchor).
-fn policies(dir: &Path, config: &Path, name: &str) -> (PathBuf, PathBuf, String) {
-    let measurement = ok(&["runtime", "measure", "--config", &s(config)]);
-    let policy = format!(
-        "platforms = [\"sim\"]\nlaunch_measurements = [\"{}\"]\nallow_debug = false\n",
-        measurement.trim()
-    );
-    let release = dir.join(format!("{name}-release.toml"));
-    std::fs::write(&release, &policy).unwrap();
-    let anchor = std::fs::read_to_string(dir.join("hw.pub")).unwrap();
-    let client = dir.join(format!("{name}-client.toml"));
-    std::fs::write(
-        &client,
-        format!(
-            "{policy}\n[endorsements]\nsim_trust_anchors = [\"{}\"]\n",
-            anchor.trim()
-        ),
-    )
-    .unwrap();
-    (release, client, policy)
 }
 
 /// Seals `model` as `name` with the owner key `dir/owner.key`: the sealed path, the key file and
@@ -942,7 +977,7 @@ fn quickstart_leaks_nothing_and_refuses_replayed_and_tampered_messages() {
         ),
     )
     .unwrap();
-    let (release, client, _) = policies(d, &config, "runtime");
+    let (release, client, _) = sim_policies(d, &config, "runtime");
     let token = s(&p("token"));
     ok(&register_args(
         &owner_kbs.url,
@@ -963,7 +998,7 @@ fn quickstart_leaks_nothing_and_refuses_replayed_and_tampered_messages() {
         &token,
     ]);
 
-    let (_rt, rt_url) = boot(d, &config, "runtime");
+    let (_rt, rt_url) = start_runtime(d, &config, "runtime");
     let client_rt = Relay::start("client→runtime", &rt_url);
     let out = ok(&infer_args(&client_rt.url, &s(&client), "breast-cancer-lr"));
     let answer: Value = serde_json::from_str(&out).unwrap();
@@ -1006,23 +1041,17 @@ fn quickstart_leaks_nothing_and_refuses_replayed_and_tampered_messages() {
     ]);
     positive_control("quickstart", &secrets, samples);
     assert_no_leaks("quickstart", &all, &secrets);
-    // The legs carried what the flow is made of.
-    for (leg, method, path) in [
-        (&owner_kbs, "PUT", "/kbs/v1/admin/keys/"),
-        (&owner_kbs, "GET", "/kbs/v1/admin/audit"),
-        (&rt_kbs, "POST", "/kbs/v1/challenge"),
-        (&rt_kbs, "POST", "/kbs/v1/attest"),
-        (&client_rt, "GET", "/v1/attestation"),
-        (&client_rt, "POST", "/v1/encrypted"),
-    ] {
-        assert!(
-            leg.captured()
-                .iter()
-                .any(|e| e.method == method && e.path().starts_with(path)),
-            "{} carried no {method} {path}",
-            leg.leg()
-        );
-    }
+    assert_legs_carried(
+        &[
+            (&owner_kbs, "PUT", "/kbs/v1/admin/keys/"),
+            (&owner_kbs, "GET", "/kbs/v1/admin/audit"),
+            (&rt_kbs, "POST", "/kbs/v1/challenge"),
+            (&rt_kbs, "POST", "/kbs/v1/attest"),
+            (&client_rt, "GET", "/v1/attestation"),
+            (&client_rt, "POST", "/v1/encrypted"),
+        ],
+        &relays,
+    );
 
     let world = World {
         kbs_url: kbs_url.clone(),
@@ -1045,23 +1074,13 @@ fn quickstart_leaks_nothing_and_refuses_replayed_and_tampered_messages() {
         (Dir::Response, Pos::Last),
     ];
     for (i, (dir, pos)) in cases.into_iter().enumerate() {
-        tally.inflight += 1;
         let before = world.audit();
-        let from = rt_kbs.count();
-        rt_kbs.set_tamper(Some(Tamper::new(
-            "POST",
-            "/kbs/v1/attest",
-            dir,
-            pos.clone(),
-        )));
-        let (_p, booted) = try_runtime(d, &config, &format!("rt-tamper-{i}"));
-        rt_kbs.set_tamper(None);
+        let tamper = Tamper::new("POST", "/kbs/v1/attest", dir, pos.clone());
+        let ((_p, booted), carried) = tampered(&rt_kbs, tamper, &mut tally, || {
+            try_start_runtime(d, &config, &format!("rt-tamper-{i}"), &[])
+        });
         let what = format!("runtime→KBS attest {dir:?} flipped at {pos:?}");
-        let flipped = rt_kbs
-            .since(from)
-            .iter()
-            .filter(|e| e.tampered.is_some())
-            .count();
+        let flipped = carried.iter().filter(|e| e.tampered.is_some()).count();
         if flipped != 1 {
             failures.push(format!(
                 "{what}: the relay flipped {flipped} messages, expected 1"
@@ -1089,7 +1108,7 @@ fn quickstart_leaks_nothing_and_refuses_replayed_and_tampered_messages() {
             }
             _ => {}
         }
-        assert_no_leaks(&what, &rt_kbs.since(from), &secrets);
+        assert_no_leaks(&what, &carried, &secrets);
     }
 
     // ---- In flight: the owner's key registration (a second sealing of the model, new key id).
@@ -1106,31 +1125,22 @@ fn quickstart_leaks_nothing_and_refuses_replayed_and_tampered_messages() {
         Pos::Field("policy".into()),
         Pos::Header("x-cordon-signature".into()),
     ] {
-        tally.inflight += 1;
-        let from = owner_kbs.count();
         let before = world.snapshot();
-        owner_kbs.set_tamper(Some(Tamper::new(
-            "PUT",
-            "/kbs/v1/admin/keys/",
-            Dir::Request,
-            pos.clone(),
-        )));
         let what = format!("owner's key registration flipped at {pos:?}");
-        must_fail(
-            &register_args(&owner_kbs.url, &kbs_key, &token, &s(&lr2_key), &s(&release)),
-            &what,
-            &mut failures,
-        );
-        owner_kbs.set_tamper(None);
-        check_flipped(&owner_kbs, from, &what, &mut failures);
-        let after = world.snapshot();
-        for c in world.changes(&before, &after) {
-            failures.push(format!("STATE CHANGED by {what}: {c}"));
-        }
+        let tamper = Tamper::new("PUT", "/kbs/v1/admin/keys/", Dir::Request, pos.clone());
+        let (_, carried) = tampered(&owner_kbs, tamper, &mut tally, || {
+            must_fail(
+                &register_args(&owner_kbs.url, &kbs_key, &token, &s(&lr2_key), &s(&release)),
+                &what,
+                &mut failures,
+            )
+        });
+        check_flipped(&carried, &what, &mut failures);
+        let after = world.expect_unchanged(&before, &[], &what, &mut failures);
         if after.audit.iter().any(|e| e["key_id"] == lr2_id.as_str()) {
             failures.push(format!("{what}: key {lr2_id} is in the audit log"));
         }
-        assert_no_leaks(&what, &owner_kbs.since(from), &secrets);
+        assert_no_leaks(&what, &carried, &secrets);
     }
     // Untampered, the same registration goes through: the flips were what was refused.
     ok(&register_args(
@@ -1170,24 +1180,22 @@ fn quickstart_leaks_nothing_and_refuses_replayed_and_tampered_messages() {
         ("POST", "/v1/encrypted", Dir::Response, Pos::Last),
     ];
     for (method, path, dir, pos) in client_cases {
-        tally.inflight += 1;
-        let from = client_rt.count();
         let before = world.snapshot();
-        client_rt.set_tamper(Some(Tamper::new(method, path, dir, pos.clone())));
         let what = format!("{method} {path} {dir:?} flipped at {pos:?}");
-        let (stdout, stderr) = must_fail(
-            &infer_args(&client_rt.url, &s(&client), "breast-cancer-lr"),
-            &what,
-            &mut failures,
-        );
-        client_rt.set_tamper(None);
-        check_flipped(&client_rt, from, &what, &mut failures);
+        let tamper = Tamper::new(method, path, dir, pos.clone());
+        let ((stdout, stderr), carried) = tampered(&client_rt, tamper, &mut tally, || {
+            must_fail(
+                &infer_args(&client_rt.url, &s(&client), "breast-cancer-lr"),
+                &what,
+                &mut failures,
+            )
+        });
+        check_flipped(&carried, &what, &mut failures);
         if shows_output(&stdout, &outputs) || shows_output(&stderr, &outputs) {
             failures.push(format!(
                 "{what}: the client printed the answer:\n{stdout}{stderr}"
             ));
         }
-        let carried = client_rt.since(from);
         if path == "/v1/attestation" && carried.iter().any(|e| e.path() == "/v1/encrypted") {
             failures.push(format!(
                 "{what}: the client sent a request to a runtime it could not verify"
@@ -1196,30 +1204,19 @@ fn quickstart_leaks_nothing_and_refuses_replayed_and_tampered_messages() {
         if dir == Dir::Request {
             // The runtime refused the flipped request before running anything (the client's
             // attestation, before it, is counted).
-            let after = world.snapshot();
-            for c in world.changes_except(&before, &after, &[ATTESTATION_EVENT]) {
-                failures.push(format!("STATE CHANGED by {what}: {c}"));
-            }
+            world.expect_unchanged(&before, &[ATTESTATION_EVENT], &what, &mut failures);
         }
         assert_no_leaks(&what, &carried, &secrets);
     }
 
-    // The host restarts the KBS to make it forget what it saw: replayed at the restarted KBS
-    // (same store), the requests that went to it are refused the same way.
-    let (_kbs, restart) = restart_kbs_and_replay(d, kbs, &kbs_url, &world, &all, &mut failures);
-    println!("quickstart, after a KBS restart: {restart}");
-    assert_no_leaks(
-        "quickstart: answers after a KBS restart",
-        &restart.answers,
-        &secrets,
-    );
-    assert_no_leaks(
-        "quickstart: answers to replayed and flipped requests",
-        &tally.answers,
-        &secrets,
-    );
-    assert_no_leaks("quickstart: process logs", &log_files(d), &secrets);
-    finish("quickstart", started, &tally, &relays, &failures);
+    let flow = Flow {
+        name: "quickstart",
+        dir: d,
+        started,
+        relays: &relays,
+        secrets: &secrets,
+    };
+    flow.finish_with_restart(kbs, &kbs_url, &world, &all, &tally, &mut failures);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1245,26 +1242,6 @@ fn proxy_state(proxy: &str) -> String {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn start_proxy(dir: &Path, upstream: &str, policy: &Path, name: &str) -> (Proc, String) {
-    let addr = dir.join(format!("{name}.addr"));
-    let mut proxy = Proc::start(
-        &[
-            "proxy",
-            "--upstream",
-            upstream,
-            "--policy",
-            &s(policy),
-            "--listen",
-            "127.0.0.1:0",
-            "--addr-file",
-            &s(&addr),
-        ],
-        dir.join(format!("{name}.log")),
-    );
-    let url = proxy.url(&addr);
-    (proxy, url)
 }
 
 #[test]
@@ -1295,7 +1272,7 @@ fn proxied_deployment_leaks_nothing_and_refuses_replayed_and_tampered_messages()
         keys.push(key);
     }
     std::fs::write(p("runtime.toml"), &config).unwrap();
-    let (release, client, _) = policies(d, &p("runtime.toml"), "runtime");
+    let (release, client, _) = sim_policies(d, &p("runtime.toml"), "runtime");
     let token = s(&p("token"));
     for key in &keys {
         ok(&register_args(
@@ -1306,9 +1283,9 @@ fn proxied_deployment_leaks_nothing_and_refuses_replayed_and_tampered_messages()
             &s(&release),
         ));
     }
-    let (_rt, rt_url) = boot(d, &p("runtime.toml"), "runtime");
+    let (_rt, rt_url) = start_runtime(d, &p("runtime.toml"), "runtime");
     let proxy_rt = Relay::start("proxy→runtime", &rt_url);
-    let (_proxy, proxy) = start_proxy(d, &proxy_rt.url, &client, "proxy");
+    let (_proxy, proxy) = start_proxy(d, &proxy_rt.url, &client, "proxy", &[]);
     assert_eq!(proxy_state(&proxy), "verified");
 
     // The application: plain OIP to the proxy on loopback (not relayed: that leg is the
@@ -1358,13 +1335,14 @@ fn proxied_deployment_leaks_nothing_and_refuses_replayed_and_tampered_messages()
     }
     positive_control("proxied deployment", &secrets, samples);
     assert_no_leaks("proxied deployment", &all, &secrets);
-    for path in ["/v1/attestation", "/v1/session", "/v1/session/message"] {
-        assert!(
-            proxy_rt.captured().iter().any(|e| e.path() == path),
-            "the proxy sent no {path}:\n{}",
-            legs_summary(&[&proxy_rt])
-        );
-    }
+    assert_legs_carried(
+        &[
+            (&proxy_rt, "GET", "/v1/attestation"),
+            (&proxy_rt, "POST", "/v1/session"),
+            (&proxy_rt, "POST", "/v1/session/message"),
+        ],
+        &[&proxy_rt],
+    );
 
     let world = World {
         kbs_url: kbs_url.clone(),
@@ -1388,16 +1366,9 @@ fn proxied_deployment_leaks_nothing_and_refuses_replayed_and_tampered_messages()
     // ---- In flight: a session answer flipped. The proxy must refuse it (502), not pass on
     // what it could not authenticate.
     for pos in [Pos::First, Pos::Middle, Pos::Last] {
-        tally.inflight += 1;
-        let from = proxy_rt.count();
-        proxy_rt.set_tamper(Some(Tamper::new(
-            "POST",
-            "/v1/session/message",
-            Dir::Response,
-            pos.clone(),
-        )));
-        let (status, body) = infer_through(&proxy);
-        proxy_rt.set_tamper(None);
+        let tamper = Tamper::new("POST", "/v1/session/message", Dir::Response, pos.clone());
+        let ((status, body), carried) =
+            tampered(&proxy_rt, tamper, &mut tally, || infer_through(&proxy));
         let what = format!("session answer flipped at {pos:?}");
         let text = String::from_utf8_lossy(&body).into_owned();
         if (200..300).contains(&status) || shows_output(&text, &outputs) {
@@ -1406,56 +1377,50 @@ fn proxied_deployment_leaks_nothing_and_refuses_replayed_and_tampered_messages()
                 body_text(&body)
             ));
         }
-        if !proxy_rt.since(from).iter().any(|e| e.tampered.is_some()) {
+        if !carried.iter().any(|e| e.tampered.is_some()) {
             failures.push(format!(
                 "{what}: no session message was flipped (the proxy sent none)"
             ));
         }
-        assert_no_leaks(&what, &proxy_rt.since(from), &secrets);
+        assert_no_leaks(&what, &carried, &secrets);
     }
     // A session request flipped: the runtime refuses it before running anything.
     {
-        tally.inflight += 1;
         let before = world.snapshot();
-        let from = proxy_rt.count();
-        proxy_rt.set_tamper(Some(Tamper::new(
-            "POST",
-            "/v1/session/message",
-            Dir::Request,
-            Pos::Middle,
-        )));
-        let (status, body) = infer_through(&proxy);
-        proxy_rt.set_tamper(None);
-        check_flipped(&proxy_rt, from, "session request flipped", &mut failures);
+        let what = "a flipped session request";
+        let tamper = Tamper::new("POST", "/v1/session/message", Dir::Request, Pos::Middle);
+        let ((status, body), carried) =
+            tampered(&proxy_rt, tamper, &mut tally, || infer_through(&proxy));
+        check_flipped(&carried, "session request flipped", &mut failures);
         if (200..300).contains(&status) {
             failures.push(format!(
                 "TAMPERING ACCEPTED: session request flipped: the proxy answered {status}: {}",
                 body_text(&body)
             ));
         }
-        let after = world.snapshot();
         // The proxy opens a new session for it (its earlier ones were dropped on the flipped
         // answers): that is counted; running the request would be too.
-        for c in world.changes_except(&before, &after, &[SESSION_OPENED, SESSIONS_OPEN]) {
-            failures.push(format!("STATE CHANGED by a flipped session request: {c}"));
-        }
+        world.expect_unchanged(
+            &before,
+            &[SESSION_OPENED, SESSIONS_OPEN],
+            what,
+            &mut failures,
+        );
     }
 
     // ---- In flight: the session grant, to a fresh proxy (its pool is empty). Every grant is
     // flipped: the proxy must not use a session it could not open; it may answer through a
     // one-shot request instead, and then correctly.
     {
-        tally.inflight += 1;
-        let from = proxy_rt.count();
-        proxy_rt.set_tamper(Some(
-            Tamper::new("POST", "/v1/session", Dir::Response, Pos::Middle).every(),
-        ));
-        let (_proxy2, proxy2) = start_proxy(d, &proxy_rt.url, &client, "proxy2");
-        assert_eq!(proxy_state(&proxy2), "verified");
-        let (status, body) = infer_through(&proxy2);
-        let carried = proxy_rt.since(from);
-        proxy_rt.set_tamper(None);
         let what = "session grant flipped";
+        let from = proxy_rt.count();
+        let every_grant = || Tamper::new("POST", "/v1/session", Dir::Response, Pos::Middle).every();
+        let ((_proxy2, (status, body)), carried) =
+            tampered(&proxy_rt, every_grant(), &mut tally, || {
+                let (proxy2, url) = start_proxy(d, &proxy_rt.url, &client, "proxy2", &[]);
+                assert_eq!(proxy_state(&url), "verified");
+                (proxy2, infer_through(&url))
+            });
         if !carried
             .iter()
             .any(|e| e.path() == "/v1/session" && e.tampered.is_some())
@@ -1475,9 +1440,6 @@ fn proxied_deployment_leaks_nothing_and_refuses_replayed_and_tampered_messages()
             }
         }
         // The client library, directly: opening a session whose grant was flipped fails.
-        proxy_rt.set_tamper(Some(
-            Tamper::new("POST", "/v1/session", Dir::Response, Pos::Middle).every(),
-        ));
         let doc =
             cordon_attest::PolicyDocument::from_toml(&std::fs::read_to_string(&client).unwrap())
                 .unwrap();
@@ -1485,19 +1447,21 @@ fn proxied_deployment_leaks_nothing_and_refuses_replayed_and_tampered_messages()
             .enable_all()
             .build()
             .unwrap();
-        let opened = rt.block_on(async {
-            let verified =
-                cordon_client::connect(&proxy_rt.url, &doc, std::time::SystemTime::now())
-                    .await
-                    .expect("verify through the relay");
-            verified.open_session().await.map(|s| s.grant().session_id)
+        let (opened, _) = tampered(&proxy_rt, every_grant(), &mut tally, || {
+            rt.block_on(async {
+                let verified =
+                    cordon_client::connect(&proxy_rt.url, &doc, std::time::SystemTime::now())
+                        .await
+                        .expect("verify through the relay");
+                verified.open_session().await.map(|s| s.grant().session_id)
+            })
         });
-        proxy_rt.set_tamper(None);
         if let Ok(id) = opened {
             failures.push(format!(
                 "TAMPERING ACCEPTED: {what}: the client library opened session {id:?} from a flipped grant"
             ));
         }
+        // Both steps, and whatever the fresh proxy sent between them.
         assert_no_leaks(what, &proxy_rt.since(from), &secrets);
     }
 
@@ -1510,24 +1474,22 @@ fn proxied_deployment_leaks_nothing_and_refuses_replayed_and_tampered_messages()
     .into_iter()
     .enumerate()
     {
-        tally.inflight += 1;
-        let from = proxy_rt.count();
-        proxy_rt.set_tamper(Some(
-            Tamper::new("GET", "/v1/attestation", Dir::Response, pos.clone()).every(),
-        ));
-        let (_proxy3, proxy3) = start_proxy(d, &proxy_rt.url, &client, &format!("proxy3-{k}"));
-        let state = proxy_state(&proxy3);
-        let (status, body) = infer_through(&proxy3);
-        proxy_rt.set_tamper(None);
+        let tamper = Tamper::new("GET", "/v1/attestation", Dir::Response, pos.clone()).every();
+        let ((_proxy3, state, (status, body)), carried) =
+            tampered(&proxy_rt, tamper, &mut tally, || {
+                let name = format!("proxy3-{k}");
+                let (proxy3, url) = start_proxy(d, &proxy_rt.url, &client, &name, &[]);
+                let state = proxy_state(&url);
+                (proxy3, state, infer_through(&url))
+            });
         let what = format!("attestation answer to the proxy flipped at {pos:?}");
-        check_flipped(&proxy_rt, from, &what, &mut failures);
+        check_flipped(&carried, &what, &mut failures);
         if state == "verified" || (200..300).contains(&status) {
             failures.push(format!(
                 "TAMPERING ACCEPTED: {what}: proxy state {state}, answer {status}: {}",
                 body_text(&body)
             ));
         }
-        let carried = proxy_rt.since(from);
         if carried.iter().any(|e| e.path() != "/v1/attestation") {
             failures.push(format!(
                 "{what}: the proxy sent more than attestation requests to an unverified runtime"
@@ -1535,13 +1497,14 @@ fn proxied_deployment_leaks_nothing_and_refuses_replayed_and_tampered_messages()
         }
     }
 
-    assert_no_leaks(
-        "proxied deployment: answers to replayed and flipped requests",
-        &tally.answers,
-        &secrets,
-    );
-    assert_no_leaks("proxied deployment: process logs", &log_files(d), &secrets);
-    finish("proxied deployment", started, &tally, &relays, &failures);
+    let flow = Flow {
+        name: "proxied deployment",
+        dir: d,
+        started,
+        relays: &relays,
+        secrets: &secrets,
+    };
+    flow.finish(&tally, &failures);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1567,8 +1530,8 @@ fn training_job_leaks_nothing_and_refuses_replayed_and_tampered_messages() {
         ),
     )
     .unwrap();
-    let (trainer_release, trainer_client, _) = policies(d, &p("trainer.toml"), "trainer");
-    let (_trainer, trainer_url) = boot(d, &p("trainer.toml"), "trainer");
+    let (trainer_release, trainer_client, _) = sim_policies(d, &p("trainer.toml"), "trainer");
+    let (_trainer, trainer_url) = start_runtime(d, &p("trainer.toml"), "trainer");
     let party_rt = Relay::start("party→trainer", &trainer_url);
 
     // The serving runtime's configuration names the model the job will seal, signed by the
@@ -1596,70 +1559,27 @@ fn training_job_leaks_nothing_and_refuses_replayed_and_tampered_messages() {
         ),
     )
     .unwrap();
-    let (_, serving_client, serving_policy) = policies(d, &p("serving.toml"), "serving");
+    let (_, serving_client, serving_policy) = sim_policies(d, &p("serving.toml"), "serving");
 
     let mut secrets = base_secrets(d);
-    let mut parties = Vec::new();
-    let mut datasets = Vec::new();
+    let mut hospitals = Vec::new();
     for (name, csv) in HOSPITALS {
-        let party = p(&format!("{name}.party"));
-        let entry = ok(&["party", "keygen", "--name", name, "--out", &s(&party)]);
-        parties.push(serde_json::from_str::<Value>(&entry).unwrap());
-        let sealed = p(&format!("{name}.sealed"));
-        let key = p(&format!("{name}.key"));
-        let entry = ok(&[
-            "dataset",
-            "seal",
-            "--party",
-            &s(&party),
-            "--input",
-            csv,
-            "--format",
-            "csv",
-            "--out",
-            &s(&sealed),
-            "--key-out",
-            &s(&key),
-        ]);
-        datasets.push(serde_json::from_str::<Value>(&entry).unwrap());
-        ok(&[
-            "dataset",
-            "register",
-            "--party",
-            &s(&party),
-            "--key",
-            &s(&key),
-            "--policy",
-            &s(&trainer_release),
-            "--kbs",
+        let party = new_party(d, name, csv, "csv");
+        ok(&dataset_register_args(
+            &party,
+            &trainer_release,
             &party_kbs.url,
-            "--kbs-key",
             &kbs_key,
-        ]);
-        ok(&[
-            "dataset",
-            "upload",
-            "--party",
-            &s(&party),
-            "--runtime",
-            &party_rt.url,
-            "--policy",
-            &s(&trainer_client),
-            "--sealed",
-            &s(&sealed),
-        ]);
-        secrets.party(name, &party);
-        secrets.dek(name, &key);
+        ));
+        ok(&dataset_upload_args(&party, &party_rt.url, &trainer_client));
+        secrets.party(name, &party.file);
+        secrets.dek(name, &party.key);
         secrets.csv(name, &std::fs::read_to_string(csv).unwrap());
+        hospitals.push(party);
     }
-    let header = std::fs::read_to_string(HOSPITALS[0].1).unwrap();
-    let features: Vec<&str> = header
-        .lines()
-        .next()
-        .unwrap()
-        .split(',')
-        .filter(|c| *c != "label")
-        .collect();
+    let parties: Vec<&Value> = hospitals.iter().map(|h| &h.entry).collect();
+    let datasets: Vec<&Value> = hospitals.iter().map(|h| &h.dataset).collect();
+    let features = csv_features(&std::fs::read_to_string(HOSPITALS[0].1).unwrap());
     let trainer_client_path = s(&trainer_client);
     // A party's job command, through the party→trainer relay: (success, stdout, stderr).
     let job_try = |args: &[&str], party: &str| -> (bool, String, String) {
@@ -1699,11 +1619,7 @@ fn training_job_leaks_nothing_and_refuses_replayed_and_tampered_messages() {
         let spec_path = s(&p(&format!("job-{seed}.json")));
         std::fs::write(&spec_path, serde_json::to_string_pretty(&spec).unwrap()).unwrap();
         let created = job(&["job", "create", "--spec", &spec_path], "hospital-a");
-        let hash = created
-            .split_whitespace()
-            .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
-            .unwrap_or_else(|| panic!("no job hash in {created}"))
-            .to_string();
+        let hash = job_hash(&created);
         for (name, _) in HOSPITALS {
             job(
                 &["job", "approve", "--job", &hash, "--spec", &spec_path],
@@ -1738,7 +1654,7 @@ fn training_job_leaks_nothing_and_refuses_replayed_and_tampered_messages() {
 
     // Serving: the runtime gets the joint model's key from the KBS, where the trainer put it.
     std::fs::copy(p("out/model.sealed"), &served).unwrap();
-    let (_serving, serving_url) = boot(d, &p("serving.toml"), "serving");
+    let (_serving, serving_url) = start_runtime(d, &p("serving.toml"), "serving");
     let client_rt = Relay::start("client→serving runtime", &serving_url);
     let out = ok(&infer_args(&client_rt.url, &s(&serving_client), "joint"));
     let answer: Value = serde_json::from_str(&out).unwrap();
@@ -1773,23 +1689,17 @@ fn training_job_leaks_nothing_and_refuses_replayed_and_tampered_messages() {
     ]);
     positive_control("training", &secrets, samples);
     assert_no_leaks("training", &all, &secrets);
-    for (leg, method, path) in [
-        (&party_kbs, "PUT", "/kbs/v1/datasets/"),
-        (&party_rt, "PUT", "/v1/datasets"),
-        (&party_rt, "POST", "/v1/encrypted"),
-        (&trainer_kbs, "POST", "/kbs/v1/attest"),
-        (&trainer_kbs, "PUT", "/kbs/v1/jobs/"),
-        (&serving_kbs, "POST", "/kbs/v1/attest"),
-    ] {
-        assert!(
-            leg.captured()
-                .iter()
-                .any(|e| e.method == method && e.path().starts_with(path)),
-            "{} carried no {method} {path}:\n{}",
-            leg.leg(),
-            legs_summary(&relays)
-        );
-    }
+    assert_legs_carried(
+        &[
+            (&party_kbs, "PUT", "/kbs/v1/datasets/"),
+            (&party_rt, "PUT", "/v1/datasets"),
+            (&party_rt, "POST", "/v1/encrypted"),
+            (&trainer_kbs, "POST", "/kbs/v1/attest"),
+            (&trainer_kbs, "PUT", "/kbs/v1/jobs/"),
+            (&serving_kbs, "POST", "/kbs/v1/attest"),
+        ],
+        &relays,
+    );
 
     let world = World {
         kbs_url: kbs_url.clone(),
@@ -1813,123 +1723,63 @@ fn training_job_leaks_nothing_and_refuses_replayed_and_tampered_messages() {
 
     // ---- In flight: a dataset key registration (hospital-a registers its key again, which
     // its owner may do) and a dataset upload, each flipped: refused, nothing recorded.
-    let a_party = s(&p("hospital-a.party"));
-    let a_key = s(&p("hospital-a.key"));
-    let a_sealed = s(&p("hospital-a.sealed"));
-    let release_path = s(&trainer_release);
-    let register_a = [
-        "dataset",
-        "register",
-        "--party",
-        &a_party,
-        "--key",
-        &a_key,
-        "--policy",
-        &release_path,
-        "--kbs",
-        &party_kbs.url,
-        "--kbs-key",
-        &kbs_key,
-    ];
+    let hospital_a = &hospitals[0];
+    let register_a = dataset_register_args(hospital_a, &trainer_release, &party_kbs.url, &kbs_key);
     for pos in [
         Pos::Middle,
         Pos::Field("sealed".into()),
         Pos::Field("policy".into()),
         Pos::Header("x-cordon-signature".into()),
     ] {
-        tally.inflight += 1;
-        let from = party_kbs.count();
         let before = world.snapshot();
-        party_kbs.set_tamper(Some(Tamper::new(
-            "PUT",
-            "/kbs/v1/datasets/",
-            Dir::Request,
-            pos.clone(),
-        )));
         let what = format!("dataset key registration flipped at {pos:?}");
-        must_fail(&register_a, &what, &mut failures);
-        party_kbs.set_tamper(None);
-        check_flipped(&party_kbs, from, &what, &mut failures);
-        let after = world.snapshot();
-        for c in world.changes(&before, &after) {
-            failures.push(format!("STATE CHANGED by {what}: {c}"));
-        }
-        assert_no_leaks(&what, &party_kbs.since(from), &secrets);
+        let tamper = Tamper::new("PUT", "/kbs/v1/datasets/", Dir::Request, pos.clone());
+        let (_, carried) = tampered(&party_kbs, tamper, &mut tally, || {
+            must_fail(&register_a, &what, &mut failures)
+        });
+        check_flipped(&carried, &what, &mut failures);
+        world.expect_unchanged(&before, &[], &what, &mut failures);
+        assert_no_leaks(&what, &carried, &secrets);
     }
-    let upload_a = [
-        "dataset",
-        "upload",
-        "--party",
-        &a_party,
-        "--runtime",
-        &party_rt.url,
-        "--policy",
-        &trainer_client_path,
-        "--sealed",
-        &a_sealed,
-    ];
+    let upload_a = dataset_upload_args(hospital_a, &party_rt.url, &trainer_client);
     for pos in [Pos::Middle, Pos::Header("x-cordon-signature".into())] {
-        tally.inflight += 1;
-        let from = party_rt.count();
         let before = world.snapshot();
-        party_rt.set_tamper(Some(Tamper::new(
-            "PUT",
-            "/v1/datasets",
-            Dir::Request,
-            pos.clone(),
-        )));
         let what = format!("dataset upload flipped at {pos:?}");
-        must_fail(&upload_a, &what, &mut failures);
-        party_rt.set_tamper(None);
-        check_flipped(&party_rt, from, &what, &mut failures);
-        let after = world.snapshot();
-        for c in world.changes_except(&before, &after, &[ATTESTATION_EVENT]) {
-            failures.push(format!("STATE CHANGED by {what}: {c}"));
-        }
+        let tamper = Tamper::new("PUT", "/v1/datasets", Dir::Request, pos.clone());
+        let (_, carried) = tampered(&party_rt, tamper, &mut tally, || {
+            must_fail(&upload_a, &what, &mut failures)
+        });
+        check_flipped(&carried, &what, &mut failures);
+        world.expect_unchanged(&before, &[ATTESTATION_EVENT], &what, &mut failures);
     }
 
     // ---- In flight: the job API in the channel. A flipped request is refused before it is
     // routed; a flipped answer (the result: the sealed model and its sealed key) is refused by
     // the party, which writes nothing.
     {
-        tally.inflight += 1;
-        let from = party_rt.count();
         let before = world.snapshot();
-        party_rt.set_tamper(Some(Tamper::new(
-            "POST",
-            "/v1/encrypted",
-            Dir::Request,
-            Pos::Middle,
-        )));
-        let (accepted, stdout, _) = job_try(&["job", "status", "--job", &hash], "hospital-c");
-        party_rt.set_tamper(None);
         let what = "job request flipped in the channel";
-        check_flipped(&party_rt, from, what, &mut failures);
+        let tamper = Tamper::new("POST", "/v1/encrypted", Dir::Request, Pos::Middle);
+        let ((accepted, stdout, _), carried) = tampered(&party_rt, tamper, &mut tally, || {
+            job_try(&["job", "status", "--job", &hash], "hospital-c")
+        });
+        check_flipped(&carried, what, &mut failures);
         if accepted {
             failures.push(format!("TAMPERING ACCEPTED: {what}: {stdout}"));
         }
-        let after = world.snapshot();
-        for c in world.changes_except(&before, &after, &[ATTESTATION_EVENT]) {
-            failures.push(format!("STATE CHANGED by {what}: {c}"));
-        }
+        world.expect_unchanged(&before, &[ATTESTATION_EVENT], what, &mut failures);
     }
     for pos in [Pos::First, Pos::Middle, Pos::Last] {
-        tally.inflight += 1;
-        let from = party_rt.count();
         let out_dir = p(&format!("out-tampered-{pos:?}"));
-        party_rt.set_tamper(Some(Tamper::new(
-            "POST",
-            "/v1/encrypted",
-            Dir::Response,
-            pos.clone(),
-        )));
-        let (accepted, stdout, _) = job_try(
-            &["job", "result", "--job", &hash, "--out-dir", &s(&out_dir)],
-            "hospital-a",
-        );
-        party_rt.set_tamper(None);
+        let tamper = Tamper::new("POST", "/v1/encrypted", Dir::Response, pos.clone());
+        let ((accepted, stdout, _), carried) = tampered(&party_rt, tamper, &mut tally, || {
+            job_try(
+                &["job", "result", "--job", &hash, "--out-dir", &s(&out_dir)],
+                "hospital-a",
+            )
+        });
         let what = format!("job result answer flipped at {pos:?}");
-        check_flipped(&party_rt, from, &what, &mut failures);
+        check_flipped(&carried, &what, &mut failures);
         if accepted || out_dir.join("model.key").exists() {
             failures.push(format!(
                 "TAMPERING ACCEPTED: {what}: the party took the answer: {stdout}"
@@ -1970,21 +1820,19 @@ fn training_job_leaks_nothing_and_refuses_replayed_and_tampered_messages() {
         ),
     ];
     for (seed, tamper) in trainer_cases {
-        tally.inflight += 1;
-        let job_hash = new_job(seed);
+        let seeded = new_job(seed);
         let what = format!(
             "trainer→KBS {} {} {:?} flipped at {:?}",
             tamper.method, tamper.path, tamper.dir, tamper.pos
         );
         let before = world.audit();
-        let from = trainer_kbs.count();
-        trainer_kbs.set_tamper(Some(tamper));
-        let (_, stdout, stderr) = job_try(
-            &["job", "submit", "--job", &job_hash, "--wait", "120"],
-            "hospital-b",
-        );
-        trainer_kbs.set_tamper(None);
-        check_flipped(&trainer_kbs, from, &what, &mut failures);
+        let ((_, stdout, stderr), carried) = tampered(&trainer_kbs, tamper, &mut tally, || {
+            job_try(
+                &["job", "submit", "--job", &seeded, "--wait", "120"],
+                "hospital-b",
+            )
+        });
+        check_flipped(&carried, &what, &mut failures);
         if stdout.contains("finished") {
             failures.push(format!(
                 "TAMPERING ACCEPTED: {what}: the job finished:\n{stdout}{stderr}"
@@ -1992,14 +1840,7 @@ fn training_job_leaks_nothing_and_refuses_replayed_and_tampered_messages() {
         }
         let out_dir = p(&format!("out-{seed}"));
         let (got, _, _) = job_try(
-            &[
-                "job",
-                "result",
-                "--job",
-                &job_hash,
-                "--out-dir",
-                &s(&out_dir),
-            ],
+            &["job", "result", "--job", &seeded, "--out-dir", &s(&out_dir)],
             "hospital-a",
         );
         if got || out_dir.join("model.key").exists() {
@@ -2017,25 +1858,17 @@ fn training_job_leaks_nothing_and_refuses_replayed_and_tampered_messages() {
                 "TAMPERING ACCEPTED: {what}: the KBS recorded {registered:?}"
             ));
         }
-        assert_no_leaks(&what, &trainer_kbs.since(from), &secrets);
+        assert_no_leaks(&what, &carried, &secrets);
     }
 
-    // The host restarts the KBS to make it forget what it saw: replayed at the restarted KBS
-    // (same store), the requests that went to it are refused the same way.
-    let (_kbs, restart) = restart_kbs_and_replay(d, kbs, &kbs_url, &world, &all, &mut failures);
-    println!("training, after a KBS restart: {restart}");
-    assert_no_leaks(
-        "training: answers after a KBS restart",
-        &restart.answers,
-        &secrets,
-    );
-    assert_no_leaks(
-        "training: answers to replayed and flipped requests",
-        &tally.answers,
-        &secrets,
-    );
-    assert_no_leaks("training: process logs", &log_files(d), &secrets);
-    finish("training", started, &tally, &relays, &failures);
+    let flow = Flow {
+        name: "training",
+        dir: d,
+        started,
+        relays: &relays,
+        secrets: &secrets,
+    };
+    flow.finish_with_restart(kbs, &kbs_url, &world, &all, &tally, &mut failures);
 }
 
 fn rand_bytes() -> [u8; 32] {
@@ -2052,18 +1885,10 @@ fn rand_bytes() -> [u8; 32] {
 fn exchange_with(part: &str, bytes: Vec<u8>) -> Exchange {
     let mut ex = Exchange {
         leg: "test".into(),
-        seq: 0,
-        upstream: String::new(),
         method: "POST".into(),
         target: "/x".into(),
-        req_headers: vec![],
-        req_body: vec![],
-        req_raw: vec![],
         status: 200,
-        resp_headers: vec![],
-        resp_body: vec![],
-        resp_raw: vec![],
-        tampered: None,
+        ..Default::default()
     };
     match part {
         "request" => ex.req_raw = bytes,

@@ -40,35 +40,16 @@ struct Driver {
 
 impl Driver {
     async fn register(&self, id: &str, dek: [u8; 32]) -> Result<bool, reqwest::Error> {
-        use cordon_proto::kbs::{policy_context, seal_dek_for_kbs, DekPurpose, RegisterKey};
-        let admin = cordon_proto::auth::admin_key(&self.token).unwrap();
-        let kbs_key: [u8; 32] = hex::decode(&self.kbs_key).unwrap().try_into().unwrap();
-        let body = serde_json::to_vec(&RegisterKey {
-            sealed_dek: seal_dek_for_kbs(
-                &kbs_key,
-                DekPurpose::AdminKey,
-                id,
-                &admin.verifying_key().to_bytes(),
-                &policy_context(&self.policy),
-                &dek,
-            )
-            .unwrap(),
-            policy: self.policy.clone(),
-        })
-        .unwrap();
-        let path = format!("/kbs/v1/admin/keys/{id}");
-        let mut req = self.http.put(format!("{}{path}", self.url));
-        for (name, value) in cordon_proto::auth::sign_request(
-            &admin,
-            "PUT",
-            &path,
-            &body,
-            &kbs_key,
-            std::time::SystemTime::now(),
-        ) {
-            req = req.header(name, value);
-        }
-        let resp = req.body(body).send().await?;
+        let resp = try_admin_register(
+            &self.http,
+            &self.url,
+            &self.kbs_key,
+            &self.token,
+            id,
+            &dek,
+            &self.policy,
+        )
+        .await?;
         Ok(resp.status() == 200)
     }
 

@@ -80,17 +80,61 @@ fn admin_commands_check_the_served_identity_with_the_token() {
     assert!(events.status.success());
     assert_eq!(String::from_utf8_lossy(&events.stdout).trim(), "[]");
 
-    // With the right pin, or none, the registration goes to the real KBS.
+    // With the right pin, or none, the registration goes to the real KBS (a model sealed twice:
+    // two key ids), and its audit log records both.
     ok(&[
+        "seal",
+        &s(&p("model.bin")),
+        "--out",
+        &s(&p("model2.sealed")),
+        "--key-out",
+        &s(&p("model2.dek")),
+        "--owner-key",
+        &s(&p("owner.key")),
+    ]);
+    let key_id = |dek: &str| -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p(dek)).unwrap()).unwrap();
+        v["key_id"].as_str().unwrap().to_string()
+    };
+    assert_ne!(key_id("model.dek"), key_id("model2.dek"));
+    let pin = kbs_key(dir.path(), "kbs");
+    for (dek, pinned) in [("model.dek", Some(pin.as_str())), ("model2.dek", None)] {
+        let mut args = vec![
+            "kbs".to_string(),
+            "register".into(),
+            "--kbs".into(),
+            url.clone(),
+            "--token-file".into(),
+            s(&p("token")),
+            "--key".into(),
+            s(&p(dek)),
+            "--policy".into(),
+            s(&p("release.toml")),
+        ];
+        if let Some(pin) = pinned {
+            args.extend(["--kbs-key".into(), pin.to_string()]);
+        }
+        ok(&args);
+    }
+    let audit = ok(&[
         "kbs",
-        "register",
+        "audit",
         "--kbs",
         &url,
+        "--kbs-key",
+        &pin,
         "--token-file",
         &s(&p("token")),
-        "--key",
-        &s(&p("model.dek")),
-        "--policy",
-        &s(&p("release.toml")),
     ]);
+    let events: Vec<serde_json::Value> = serde_json::from_str(&audit).unwrap();
+    for dek in ["model.dek", "model2.dek"] {
+        let id = key_id(dek);
+        assert!(
+            events
+                .iter()
+                .any(|e| e["kind"] == "key_registered" && e["key_id"] == id.as_str()),
+            "no key_registered event for {id} ({dek}): {audit}"
+        );
+    }
 }

@@ -10,33 +10,6 @@ use std::process::{Command, Stdio};
 
 const POLICY: &str = "platforms = [\"sim\"]\nlaunch_measurements = [\"000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000\"]\n";
 
-fn serve_args(dir: &Path, tag: &str) -> Vec<String> {
-    [
-        "kbs",
-        "serve",
-        "--data-dir",
-        &s(&dir.join("kbs")),
-        "--listen",
-        "127.0.0.1:0",
-        "--sim-trust-anchor",
-        &s(&dir.join("hw.pub")),
-        "--init-admin-token-file",
-        &s(&dir.join("token")),
-        "--addr-file",
-        &s(&dir.join(format!("{tag}.addr"))),
-        "--identity-file",
-        &s(&dir.join("kbs.identity")),
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect()
-}
-
-/// The KBS's identity key, as the KBS wrote it when it started.
-fn identity(dir: &Path) -> String {
-    kbs_key(dir, "kbs")
-}
-
 async fn register(
     http: &reqwest::Client,
     url: &str,
@@ -66,7 +39,7 @@ async fn a_full_disk_refuses_writes_cleanly_and_nothing_is_lost() {
     ok(&["sim", "keygen", "--out", &s(&dir.path().join("hw.key"))]);
     // The file size limit stands in for a full disk: writes past it fail (SIGXFSZ ignored, as a
     // process would see ENOSPC/EFBIG rather than die).
-    let args = serve_args(dir.path(), "full");
+    let args = kbs_serve_args(dir.path(), "full", "kbs");
     let script = "trap '' XFSZ; ulimit -f 200; exec \"$0\" \"$@\"";
     let child = Command::new("bash")
         .arg("-c")
@@ -84,7 +57,7 @@ async fn a_full_disk_refuses_writes_cleanly_and_nothing_is_lost() {
         .unwrap()
         .trim()
         .to_string();
-    let key = identity(dir.path());
+    let key = kbs_key(dir.path(), "full");
     let http = reqwest::Client::new();
     let mut acknowledged = Vec::new();
     let mut refused = None;
@@ -121,10 +94,7 @@ async fn a_full_disk_refuses_writes_cleanly_and_nothing_is_lost() {
 
     // Space returns: a restart without the limit has every acknowledged key, none of the refused
     // ones, an intact audit chain, and takes new keys.
-    let mut kbs = Proc::start(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        dir.path().join("after.log"),
-    );
+    let mut kbs = Proc::start(&args, dir.path().join("after.log"));
     std::fs::remove_file(dir.path().join("full.addr")).ok();
     let url = kbs.url(&dir.path().join("full.addr"));
     let keys = listed(&http, &url, &key, &token).await;
@@ -146,17 +116,16 @@ async fn a_full_disk_refuses_writes_cleanly_and_nothing_is_lost() {
 async fn a_read_only_data_directory_is_refused_with_a_clear_error_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     ok(&["sim", "keygen", "--out", &s(&dir.path().join("hw.key"))]);
-    let args = serve_args(dir.path(), "ro");
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = kbs_serve_args(dir.path(), "ro", "kbs");
     let http = reqwest::Client::new();
     {
-        let mut kbs = Proc::start(&argv, dir.path().join("first.log"));
+        let mut kbs = Proc::start(&args, dir.path().join("first.log"));
         let url = kbs.url(&dir.path().join("ro.addr"));
         let token = std::fs::read_to_string(dir.path().join("token"))
             .unwrap()
             .trim()
             .to_string();
-        let key = identity(dir.path());
+        let key = kbs_key(dir.path(), "ro");
         assert_eq!(register(&http, &url, &key, &token, "kept").await.0, 200);
     }
     std::fs::remove_file(dir.path().join("ro.addr")).unwrap();
@@ -180,12 +149,23 @@ async fn a_read_only_data_directory_is_refused_with_a_clear_error_and_recovers()
     } else {
         Command::new(BIN)
     };
-    let out = cmd.args(&argv).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "started on a read-only store:\n{stderr}"
-    );
+    // Waited for through its address file: a KBS that starts after all fails the test rather
+    // than keeping it waiting.
+    let stderr_log = dir.path().join("read-only.log");
+    let child = cmd
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut refused = Proc::adopt(child, stderr_log);
+    let stderr = match refused.wait_ready(&dir.path().join("ro.addr")) {
+        Ok(url) => panic!("started on a read-only store, at {url}:\n{}", refused.log()),
+        Err(_) => refused.log(),
+    };
+    let status = refused.child.wait().unwrap();
+    assert!(!status.success(), "started on a read-only store:\n{stderr}");
     assert!(stderr.contains("is read-only"), "{stderr}");
     assert!(!dir.path().join("ro.addr").exists());
 
@@ -194,13 +174,13 @@ async fn a_read_only_data_directory_is_refused_with_a_clear_error_and_recovers()
     for e in std::fs::read_dir(&store).unwrap() {
         set_mode(&e.unwrap().path(), 0o644);
     }
-    let mut kbs = Proc::start(&argv, dir.path().join("after.log"));
+    let mut kbs = Proc::start(&args, dir.path().join("after.log"));
     let url = kbs.url(&dir.path().join("ro.addr"));
     let token = std::fs::read_to_string(dir.path().join("token"))
         .unwrap()
         .trim()
         .to_string();
-    let key = identity(dir.path());
+    let key = kbs_key(dir.path(), "ro");
     assert!(listed(&http, &url, &key, &token)
         .await
         .contains(&"kept".to_string()));

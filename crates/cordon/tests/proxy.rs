@@ -148,24 +148,7 @@ impl Rig {
 
     /// Starts `cordon proxy` in front of `upstream` with `policy`; returns it and its base URL.
     fn proxy(&self, upstream: &str, policy: &Path) -> (Proc, String) {
-        let addr = self.path("proxy.addr");
-        let _ = std::fs::remove_file(&addr);
-        let mut proxy = Proc::start(
-            &[
-                "proxy",
-                "--upstream",
-                upstream,
-                "--policy",
-                &s(policy),
-                "--listen",
-                "127.0.0.1:0",
-                "--addr-file",
-                &s(&addr),
-            ],
-            self.path("proxy.log"),
-        );
-        let url = proxy.url(&addr);
-        (proxy, url)
+        start_proxy(self.dir.path(), upstream, policy, "proxy", &[])
     }
 }
 

@@ -72,6 +72,9 @@ fn no_secret_type_prints_its_secret() {
     }
 
     // A registration carries the DEK sealed to the KBS: neither its Debug nor its wire form shows it.
+    // RegisterKey has no field for the plaintext DEK, so both hold by construction today: the
+    // Debug check guards against one being added, and the JSON check only re-tests that
+    // seal_dek_for_kbs encrypts (its own tests in cordon-proto are what prove the sealing).
     let kbs = ServiceKeyPair::generate(0);
     let register = RegisterKey {
         sealed_dek: cordon_proto::kbs::seal_dek_for_kbs(

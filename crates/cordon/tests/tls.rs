@@ -7,8 +7,8 @@
 
 mod common;
 use common::*;
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use serde_json::Value;
+use std::path::Path;
 
 const LR: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -30,77 +30,32 @@ fn ca_pem() -> String {
     std::fs::read_to_string(tls("ca.pem")).unwrap()
 }
 
-/// `cordon args` with `CORDON_CA_CERT` set to `ca` (or removed): no variable of the caller's
-/// environment changes what a test sees.
-fn cordon_ca(args: &[&str], ca: Option<&str>) -> Output {
-    let mut c = std::process::Command::new(BIN);
-    c.args(args).env("CORDON_LOG", "warn");
-    match ca {
-        Some(ca) => c.env("CORDON_CA_CERT", ca),
-        None => c.env_remove("CORDON_CA_CERT"),
-    };
-    c.output().expect("run cordon")
-}
-
-fn ok_ca(args: &[&str], ca: Option<&str>) -> String {
-    let out = cordon_ca(args, ca);
-    assert!(
-        out.status.success(),
-        "cordon {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs `cordon args` (no CA in the environment), which must fail; its stderr.
-fn fails(args: &[&str]) -> String {
-    let out = cordon_ca(args, None);
-    assert!(
-        !out.status.success(),
-        "cordon {args:?} succeeded:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The https URL of a server that wrote `addr_file` (host:port, as without TLS).
-fn https(proc: &mut Proc, addr_file: &Path) -> String {
-    let url = proc.url(addr_file);
+/// The https URL of a server that wrote its address file (host:port, as without TLS), from the
+/// `http://` URL that `common` makes of that file.
+fn https(url: &str) -> String {
     let hostport = url.strip_prefix("http://").expect("addr file is host:port");
     assert!(!hostport.contains("://"), "{url}");
     format!("https://{hostport}")
 }
 
+/// Whether `err` refuses a server certificate that no trusted CA issued, as rustls names it (not
+/// merely an error that mentions a certificate, such as one about the `--ca-cert` file).
+fn unknown_issuer(err: &str) -> bool {
+    err.contains("certificate") && err.contains("UnknownIssuer")
+}
+
 /// `cordon kbs serve` over TLS with `cert` and `key`, the sim trust anchor `dir/hw.pub`, the
-/// admin token `dir/token`; its https URL.
+/// admin token `dir/token`, its store in `dir/{name}-store` (two run at once in one directory);
+/// its https URL.
 fn start_kbs_tls(dir: &Path, name: &str, cert: &str, key: &str) -> (Proc, String) {
-    let p = |f: &str| dir.join(f);
-    let addr = p(&format!("{name}.addr"));
-    let mut kbs = Proc::start(
-        &[
-            "kbs",
-            "serve",
-            "--data-dir",
-            &s(&p(&format!("{name}-store"))),
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-trust-anchor",
-            &s(&p("hw.pub")),
-            "--init-admin-token-file",
-            &s(&p("token")),
-            "--addr-file",
-            &s(&addr),
-            "--identity-file",
-            &s(&p(&format!("{name}.identity"))),
-            "--tls-cert",
-            &tls(cert),
-            "--tls-key",
-            &tls(key),
-        ],
-        p(&format!("{name}.log")),
+    let (kbs, url) = start_kbs_with(
+        dir,
+        name,
+        &format!("{name}-store"),
+        "info",
+        &["--tls-cert", &tls(cert), "--tls-key", &tls(key)],
     );
-    let url = https(&mut kbs, &addr);
-    (kbs, url)
+    (kbs, https(&url))
 }
 
 /// `cordon runtime serve` (sim) with `config`; over TLS with `cert_key` when given. Its URL, or
@@ -111,33 +66,42 @@ fn start_runtime_tls(
     name: &str,
     cert_key: Option<(&str, &str)>,
 ) -> Result<(Proc, String), String> {
-    let addr = dir.join(format!("{name}.addr"));
-    let (cfg, hw, addr_s) = (s(config), s(&dir.join("hw.key")), s(&addr));
-    let mut args = vec![
-        "runtime".to_string(),
-        "serve".into(),
-        "--config".into(),
-        cfg,
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--platform".into(),
-        "sim".into(),
-        "--sim-hardware-key".into(),
-        hw,
-        "--addr-file".into(),
-        addr_s,
-    ];
-    if let Some((cert, key)) = cert_key {
-        args.extend(["--tls-cert".into(), tls(cert), "--tls-key".into(), tls(key)]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut rt = Proc::start(&args, dir.join(format!("{name}.log")));
-    let url = rt.wait_ready(&addr)?;
+    let extra = match cert_key {
+        Some((cert, key)) => vec![
+            "--tls-cert".to_string(),
+            tls(cert),
+            "--tls-key".into(),
+            tls(key),
+        ],
+        None => vec![],
+    };
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (rt, url) = try_start_runtime(dir, config, name, &extra);
+    let url = url?;
     let url = match cert_key {
-        Some(_) => url.replacen("http://", "https://", 1),
+        Some(_) => https(&url),
         None => url,
     };
     Ok((rt, url))
+}
+
+/// Starts the server `args` with `--addr-file dir/{name}.addr` added; it must refuse to start:
+/// its log, once it exited unsuccessfully. Bounded: a server that starts after all fails the test
+/// instead of keeping it waiting.
+fn refuses_to_start(dir: &Path, name: &str, args: &[&str]) -> String {
+    let addr = dir.join(format!("{name}.addr"));
+    let addr_arg = s(&addr);
+    let mut args = args.to_vec();
+    args.extend(["--addr-file", &addr_arg]);
+    let mut server = Proc::start(&args, dir.join(format!("{name}.log")));
+    match server.wait_ready(&addr) {
+        Ok(url) => panic!("cordon {args:?} started at {url}:\n{}", server.log()),
+        Err(log) => {
+            let status = server.child.wait().unwrap();
+            assert!(!status.success(), "cordon {args:?}: {status}\n{log}");
+            log
+        }
+    }
 }
 
 /// A runtime configuration with the KBS at `kbs_url`, pinning `ca` (PEM) if given, and `extra`.
@@ -180,25 +144,6 @@ fn setup() -> tempfile::TempDir {
     dir
 }
 
-/// A release (or client, with `endorse`) policy naming the sim measurement of `config`.
-fn policy_for(dir: &Path, config: &Path, out: &str, endorse: bool) -> PathBuf {
-    let measurement = ok(&["runtime", "measure", "--config", &s(config)]);
-    let mut policy = format!(
-        "platforms = [\"sim\"]\nlaunch_measurements = [\"{}\"]\nallow_debug = false\n",
-        measurement.trim()
-    );
-    if endorse {
-        let anchor = std::fs::read_to_string(dir.join("hw.pub")).unwrap();
-        policy.push_str(&format!(
-            "\n[endorsements]\nsim_trust_anchors = [\"{}\"]\n",
-            anchor.trim()
-        ));
-    }
-    let path = dir.join(out);
-    std::fs::write(&path, policy).unwrap();
-    path
-}
-
 #[test]
 fn kbs_runtime_cli_and_proxy_over_https() {
     let dir = setup();
@@ -209,15 +154,12 @@ fn kbs_runtime_cli_and_proxy_over_https() {
     let identity = std::fs::read_to_string(p("kbs.identity")).unwrap();
 
     // The identity as the KBS answers it over TLS, with the test CA.
-    let answered = ok_ca(
-        &["kbs", "identity", "--kbs", &kbs_url, "--ca-cert", &ca],
-        None,
-    );
+    let answered = ok(&["kbs", "identity", "--kbs", &kbs_url, "--ca-cert", &ca]);
     assert_eq!(answered.trim(), identity.trim());
     // Without the CA (the web PKI roots alone) the KBS's certificate is refused; in plaintext
     // the TLS port answers nothing. Nothing falls back to http.
     let err = fails(&["kbs", "identity", "--kbs", &kbs_url]);
-    assert!(err.contains("certificate"), "{err}");
+    assert!(unknown_issuer(&err), "{err}");
     let plain = kbs_url.replacen("https://", "http://", 1);
     let err = fails(&["kbs", "identity", "--kbs", &plain, "--ca-cert", &ca]);
     assert!(err.contains("connecting to KBS"), "{err}");
@@ -230,8 +172,7 @@ fn kbs_runtime_cli_and_proxy_over_https() {
         &model_section(dir.path()),
     );
     std::fs::write(p("runtime.toml"), &config).unwrap();
-    let release = policy_for(dir.path(), &p("runtime.toml"), "release.toml", false);
-    let client = policy_for(dir.path(), &p("runtime.toml"), "client.toml", true);
+    let (release, client, _) = sim_policies(dir.path(), &p("runtime.toml"), "runtime");
     let register = |ca: Option<&str>| {
         let mut args = vec![
             "kbs".to_string(),
@@ -252,11 +193,9 @@ fn kbs_runtime_cli_and_proxy_over_https() {
         }
         args
     };
-    let args = register(None);
-    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(err.contains("certificate"), "{err}");
-    let args = register(Some(&ca));
-    let out = ok_ca(&args.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    let err = fails(&register(None));
+    assert!(unknown_issuer(&err), "{err}");
+    let out = ok(&register(Some(&ca)));
     assert!(out.contains("registered key"), "{out}");
 
     let (runtime, rt_url) = start_runtime_tls(
@@ -271,7 +210,9 @@ fn kbs_runtime_cli_and_proxy_over_https() {
     assert!(log.contains("kbs_ca_cert only"), "{log}");
     assert!(log.contains("serving HTTPS"), "{log}");
 
-    // Inference over https, the CA from --ca-cert and from CORDON_CA_CERT.
+    // Inference over https, the CA from --ca-cert and from CORDON_CA_CERT: the answer is the
+    // model's own (`cordon model run`).
+    let reference = reference_output(LR, DEMO_INPUT);
     let infer = |ca_arg: bool| {
         let mut args = vec![
             "infer".to_string(),
@@ -289,21 +230,18 @@ fn kbs_runtime_cli_and_proxy_over_https() {
         }
         args
     };
-    let args = infer(true);
-    let out = ok_ca(&args.iter().map(String::as_str).collect::<Vec<_>>(), None);
-    assert!(out.contains("\"label\""), "{out}");
-    let args = infer(false);
-    let out = ok_ca(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        Some(&ca),
-    );
-    assert!(out.contains("\"label\""), "{out}");
+    for (args, env) in [(infer(true), None), (infer(false), Some(ca.as_str()))] {
+        let out = ok_env(&args, env);
+        assert!(out.contains("\"label\""), "{out}");
+        let answer: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(probabilities(&answer), probabilities(&reference), "{out}");
+    }
     // Without the CA, the client refuses the runtime's certificate before anything else.
-    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(err.contains("certificate"), "{err}");
+    let err = fails(&infer(false));
+    assert!(unknown_issuer(&err), "{err}");
 
     // The audit log over TLS: the key went to the runtime.
-    let audit = ok_ca(
+    let audit = ok_env(
         &[
             "kbs",
             "audit",
@@ -318,7 +256,7 @@ fn kbs_runtime_cli_and_proxy_over_https() {
     );
     assert!(audit.contains("key_released"), "{audit}");
     // Without --kbs-key: the identity the KBS serves over TLS, vouched for by the admin token.
-    let audit = ok_ca(
+    let audit = ok_env(
         &[
             "kbs",
             "audit",
@@ -332,28 +270,22 @@ fn kbs_runtime_cli_and_proxy_over_https() {
     assert!(audit.contains("key_released"), "{audit}");
 
     // The verifying proxy: https to the runtime with --ca-cert, and https to the application.
-    let addr = p("proxy.addr");
-    let mut proxy = Proc::start(
+    let (proxy, proxy_url) = start_proxy(
+        dir.path(),
+        &rt_url,
+        &client,
+        "proxy",
         &[
-            "proxy",
-            "--upstream",
-            &rt_url,
-            "--policy",
-            &s(&client),
             "--ca-cert",
             &ca,
-            "--listen",
-            "127.0.0.1:0",
-            "--addr-file",
-            &s(&addr),
             "--tls-cert",
             &tls("server.pem"),
             "--tls-key",
             &tls("server.key"),
         ],
-        p("proxy.log"),
     );
-    let proxy_url = https(&mut proxy, &addr);
+    let proxy_url = https(&proxy_url);
+    // The proxy writes its address file after the lines that announce it.
     assert!(
         proxy.log().contains(&format!("{proxy_url}/v2")),
         "{}",
@@ -364,7 +296,7 @@ fn kbs_runtime_cli_and_proxy_over_https() {
         let trust =
             cordon_client::ClientTls::with_extra_ca_pem(ca_pem().as_bytes(), "test CA").unwrap();
         let http = trust.client(std::time::Duration::from_secs(30)).unwrap();
-        let status: serde_json::Value = http
+        let status: Value = http
             .get(format!("{proxy_url}/cordon/v1/status"))
             .send()
             .await
@@ -381,8 +313,9 @@ fn kbs_runtime_cli_and_proxy_over_https() {
             .await
             .unwrap();
         assert!(resp.status().is_success(), "{}", resp.status());
-        let body: serde_json::Value = resp.json().await.unwrap();
+        let body: Value = resp.json().await.unwrap();
         assert!(body["outputs"].is_array(), "{body}");
+        assert_eq!(probabilities(&body), probabilities(&reference), "{body}");
         // Without the CA, the application's client refuses the proxy's certificate too.
         let err = cordon_client::ClientTls::default()
             .client(std::time::Duration::from_secs(5))
@@ -427,7 +360,7 @@ fn runtimes_and_clients_refuse_the_wrong_certificate() {
     let err = start_runtime_tls(dir.path(), &config, "web-pki", None)
         .err()
         .expect("runtime must not boot");
-    assert!(err.contains("certificate"), "{err}");
+    assert!(unknown_issuer(&err), "{err}");
     // kbs_ca_cert with an http:// KBS would pin nothing: refused at boot.
     let plain = kbs_url.replacen("https://", "http://", 1);
     let config = rt_config("plain.toml", &plain, Some(&ca_pem()));
@@ -442,7 +375,9 @@ fn runtimes_and_clients_refuse_the_wrong_certificate() {
         .expect("runtime must not boot");
     assert!(err.contains("kbs_ca_cert"), "{err}");
     // A server whose key does not match its certificate does not start.
-    let out = cordon_ca(
+    let err = refuses_to_start(
+        dir.path(),
+        "mismatch",
         &[
             "kbs",
             "serve",
@@ -457,13 +392,12 @@ fn runtimes_and_clients_refuse_the_wrong_certificate() {
             "--tls-key",
             &tls("other.key"),
         ],
-        None,
     );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("TLS certificate"), "{err}");
     // --tls-cert without --tls-key is a usage error.
-    let out = cordon_ca(
+    let err = refuses_to_start(
+        dir.path(),
+        "no-key",
         &[
             "kbs",
             "serve",
@@ -472,10 +406,8 @@ fn runtimes_and_clients_refuse_the_wrong_certificate() {
             "--tls-cert",
             &tls("server.pem"),
         ],
-        None,
     );
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-key"));
+    assert!(err.contains("--tls-key"), "{err}");
 }
 
 /// One party trains over https: the dataset key registered with the KBS, the sealed dataset
@@ -488,18 +420,14 @@ fn a_training_job_over_https() {
     let ca = tls("ca.pem");
     ok(&["sim", "keygen", "--out", &s(&p("hw.key"))]);
     let (_kbs, kbs_url) = start_kbs_tls(dir.path(), "kbs", "server.pem", "server.key");
-    let kbs_key = std::fs::read_to_string(p("kbs.identity"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let kbs_key = kbs_key(dir.path(), "kbs");
     let config = runtime_config(
         &kbs_url,
         Some(&ca_pem()),
         &format!("kbs_public_key = \"{kbs_key}\"\n\n[training]\nmax_dataset_mib = 16\n"),
     );
     std::fs::write(p("trainer.toml"), config).unwrap();
-    let release = policy_for(dir.path(), &p("trainer.toml"), "release.toml", false);
-    let verify = policy_for(dir.path(), &p("trainer.toml"), "verify.toml", true);
+    let (release, verify, _) = sim_policies(dir.path(), &p("trainer.toml"), "trainer");
     let (_trainer, runtime) = start_runtime_tls(
         dir.path(),
         &p("trainer.toml"),
@@ -508,74 +436,21 @@ fn a_training_job_over_https() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
 
-    let party_out = ok(&[
-        "party",
-        "keygen",
-        "--name",
-        "clinic",
-        "--out",
-        &s(&p("clinic.party")),
-    ]);
-    let entry = ok(&[
-        "dataset",
-        "seal",
-        "--party",
-        &s(&p("clinic.party")),
-        "--input",
-        HOSPITAL_A,
-        "--out",
-        &s(&p("clinic.sealed")),
-        "--key-out",
-        &s(&p("clinic.key")),
-    ]);
-    let register = [
-        "dataset",
-        "register",
-        "--party",
-        &s(&p("clinic.party")),
-        "--key",
-        &s(&p("clinic.key")),
-        "--policy",
-        &s(&release),
-        "--kbs",
-        &kbs_url,
-        "--kbs-key",
-        &kbs_key,
-    ];
+    let clinic = new_party(dir.path(), "clinic", HOSPITAL_A, "csv");
+    let register = dataset_register_args(&clinic, &release, &kbs_url, &kbs_key);
     let err = fails(&register);
-    assert!(err.contains("certificate"), "{err}");
-    ok_ca(&register, Some(&ca));
-    let conn = [
-        "--party".to_string(),
-        s(&p("clinic.party")),
-        "--runtime".into(),
-        runtime.clone(),
-        "--policy".into(),
-        s(&verify),
-    ];
-    let run = |args: &[&str]| {
-        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        a.extend(conn.iter().cloned());
-        a
-    };
-    let upload = run(&["dataset", "upload", "--sealed", &s(&p("clinic.sealed"))]);
-    let upload: Vec<&str> = upload.iter().map(String::as_str).collect();
+    assert!(unknown_issuer(&err), "{err}");
+    ok_env(&register, Some(&ca));
+    let upload = dataset_upload_args(&clinic, &runtime, &verify);
     let err = fails(&upload);
-    assert!(err.contains("certificate"), "{err}");
-    ok_ca(&upload, Some(&ca));
+    assert!(unknown_issuer(&err), "{err}");
+    ok_env(&upload, Some(&ca));
 
-    let csv = std::fs::read_to_string(HOSPITAL_A).unwrap();
-    let features: Vec<&str> = csv
-        .lines()
-        .next()
-        .unwrap()
-        .split(',')
-        .filter(|c| *c != "label")
-        .collect();
+    let features = csv_features(&std::fs::read_to_string(HOSPITAL_A).unwrap());
     let spec = serde_json::json!({
         "name": "clinic over https",
-        "parties": [serde_json::from_str::<serde_json::Value>(&party_out).unwrap()],
-        "datasets": [serde_json::from_str::<serde_json::Value>(&entry).unwrap()],
+        "parties": [clinic.entry],
+        "datasets": [clinic.dataset],
         "schema": {"features": features, "label": "label"},
         "algorithm": {"kind": "logistic_regression", "c": 1.0},
         "evaluation": {"test_fraction": 0.3, "seed": 5},
@@ -585,12 +460,21 @@ fn a_training_job_over_https() {
         },
     });
     std::fs::write(p("job.json"), serde_json::to_string_pretty(&spec).unwrap()).unwrap();
+    // A job command as the clinic, over https with the CA from CORDON_CA_CERT.
     let with = |args: &[&str]| -> String {
-        let a = run(args);
-        ok_ca(&a.iter().map(String::as_str).collect::<Vec<_>>(), Some(&ca))
+        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        a.extend([
+            "--party".to_string(),
+            s(&clinic.file),
+            "--runtime".into(),
+            runtime.clone(),
+            "--policy".into(),
+            s(&verify),
+        ]);
+        ok_env(&a, Some(&ca))
     };
     let created = with(&["job", "create", "--spec", &s(&p("job.json"))]);
-    let hash = created.split_whitespace().nth(1).unwrap().to_string();
+    let hash = job_hash(&created);
     with(&[
         "job",
         "approve",
@@ -605,7 +489,7 @@ fn a_training_job_over_https() {
     assert!(done.contains("finished"), "{done}");
     with(&["job", "result", "--job", &hash, "--out-dir", &s(&p("out"))]);
     assert!(p("out/model.sealed").exists());
-    let audit = ok_ca(
+    let audit = ok_env(
         &[
             "kbs",
             "audit",

@@ -20,20 +20,6 @@ const HOSPITALS: [&str; 3] = [
     include_str!("../../../testdata/training/hospital_c.csv"),
 ];
 
-fn okv(args: &[String]) -> String {
-    ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-fn failsv(args: &[String]) -> String {
-    fails(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = cordon(args);
-    assert!(!out.status.success(), "cordon {args:?} succeeded");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn two_parties_train_with_the_cli_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -48,106 +34,33 @@ fn two_parties_train_with_the_cli_alone() {
         ),
     )
     .unwrap();
-    let measurement = ok(&["runtime", "measure", "--config", &s(&p("trainer.toml"))]);
-    let policy = format!(
-        "platforms = [\"sim\"]\nlaunch_measurements = [\"{}\"]\nallow_debug = false\n",
-        measurement.trim()
-    );
-    std::fs::write(p("release.toml"), &policy).unwrap();
-    let anchor = std::fs::read_to_string(p("hw.pub")).unwrap();
-    std::fs::write(
-        p("verify.toml"),
-        format!(
-            "{policy}\n[endorsements]\nsim_trust_anchors = [\"{}\"]\n",
-            anchor.trim()
-        ),
-    )
-    .unwrap();
+    let (release, verify, _) = sim_policies(dir.path(), &p("trainer.toml"), "trainer");
     let (_trainer, runtime) = start_runtime(dir.path(), &p("trainer.toml"), "trainer");
 
     // Each party: a key, its dataset sealed (CSV for one, Parquet for the other), the key
     // registered with the KBS, the sealed bytes uploaded.
-    let mut parties = Vec::new();
-    let mut datasets = Vec::new();
-    for (name, input, format) in [
-        ("clinic", HOSPITAL_A, "csv"),
-        ("lab", HOSPITAL_C_PARQUET, "parquet"),
-    ] {
-        let party_out = ok(&[
-            "party",
-            "keygen",
-            "--name",
-            name,
-            "--out",
-            &s(&p(&format!("{name}.party"))),
-        ]);
-        parties.push(serde_json::from_str::<serde_json::Value>(&party_out).unwrap());
-        let entry = ok(&[
-            "dataset",
-            "seal",
-            "--party",
-            &s(&p(&format!("{name}.party"))),
-            "--input",
-            input,
-            "--format",
-            format,
-            "--out",
-            &s(&p(&format!("{name}.sealed"))),
-            "--key-out",
-            &s(&p(&format!("{name}.key"))),
-        ]);
-        datasets.push(serde_json::from_str::<serde_json::Value>(&entry).unwrap());
-        ok(&[
-            "dataset",
-            "register",
-            "--party",
-            &s(&p(&format!("{name}.party"))),
-            "--key",
-            &s(&p(&format!("{name}.key"))),
-            "--policy",
-            &s(&p("release.toml")),
-            "--kbs",
-            &kbs_url,
-            "--kbs-key",
-            &kbs_key,
-        ]);
-        ok(&[
-            "dataset",
-            "upload",
-            "--party",
-            &s(&p(&format!("{name}.party"))),
-            "--sealed",
-            &s(&p(&format!("{name}.sealed"))),
-            "--runtime",
-            &runtime,
-            "--policy",
-            &s(&p("verify.toml")),
-        ]);
+    let clinic = new_party(dir.path(), "clinic", HOSPITAL_A, "csv");
+    let lab = new_party(dir.path(), "lab", HOSPITAL_C_PARQUET, "parquet");
+    for party in [&clinic, &lab] {
+        ok(&dataset_register_args(party, &release, &kbs_url, &kbs_key));
+        ok(&dataset_upload_args(party, &runtime, &verify));
     }
     // A party cannot register a key for a dataset another party sealed.
-    let err = fails(&[
-        "dataset",
-        "register",
-        "--party",
-        &s(&p("lab.party")),
-        "--key",
-        &s(&p("clinic.key")),
-        "--policy",
-        &s(&p("release.toml")),
-        "--kbs",
+    let lab_with_clinics_key = Party {
+        key: clinic.key.clone(),
+        ..lab.clone()
+    };
+    let err = fails(&dataset_register_args(
+        &lab_with_clinics_key,
+        &release,
         &kbs_url,
-        "--kbs-key",
         &kbs_key,
-    ]);
+    ));
     assert!(err.contains("another party"), "{err}");
 
-    let features: Vec<&str> = HOSPITALS[0]
-        .lines()
-        .next()
-        .unwrap()
-        .split(',')
-        .filter(|c| *c != "label")
-        .collect();
+    let features = csv_features(HOSPITALS[0]);
+    let parties = [&clinic.entry, &lab.entry];
+    let datasets = [&clinic.dataset, &lab.dataset];
     let spec = serde_json::json!({
         "name": "clinic and lab",
         "parties": parties,
@@ -165,7 +78,7 @@ fn two_parties_train_with_the_cli_alone() {
             "--runtime".into(),
             runtime.clone(),
             "--policy".into(),
-            s(&p("verify.toml")),
+            s(&verify),
         ]
     };
     let run = |args: &[&str], name: &str| {
@@ -173,18 +86,18 @@ fn two_parties_train_with_the_cli_alone() {
         a.extend(conn(name));
         a
     };
-    let created = okv(&run(
+    let created = ok(&run(
         &["job", "create", "--spec", &s(&p("job.json"))],
         "clinic",
     ));
-    let hash = created.split_whitespace().nth(1).unwrap().to_string();
+    let hash = job_hash(&created);
     assert_eq!(hash.len(), 64, "{created}");
     assert!(
         created.contains("awaiting approval from: clinic, lab"),
         "{created}"
     );
 
-    okv(&run(
+    ok(&run(
         &[
             "job",
             "approve",
@@ -196,7 +109,7 @@ fn two_parties_train_with_the_cli_alone() {
         "clinic",
     ));
     // Submitting before every party approved: refused, naming the missing party.
-    let err = failsv(&run(&["job", "submit", "--job", &hash], "clinic"));
+    let err = fails(&run(&["job", "submit", "--job", &hash], "clinic"));
     assert!(err.contains("not_approved") && err.contains("lab"), "{err}");
     // A job that lists lab's signing key with another party's HPKE key (so that lab's output would
     // be sealed to someone else) is refused by lab's approve, before anything is signed.
@@ -206,7 +119,7 @@ fn two_parties_train_with_the_cli_alone() {
     std::fs::write(p("evil.json"), serde_json::to_string_pretty(&evil).unwrap()).unwrap();
     let evil_spec: cordon_proto::job::JobSpec = serde_json::from_value(evil).unwrap();
     let evil_hash = hex::encode(evil_spec.hash());
-    let err = failsv(&run(
+    let err = fails(&run(
         &[
             "job",
             "approve",
@@ -219,9 +132,9 @@ fn two_parties_train_with_the_cli_alone() {
     ));
     assert!(err.contains("HPKE key"), "{err}");
     // --spec is required, and must hash to --job.
-    let err = failsv(&run(&["job", "approve", "--job", &hash], "lab"));
+    let err = fails(&run(&["job", "approve", "--job", &hash], "lab"));
     assert!(err.contains("--spec"), "{err}");
-    let err = failsv(&run(
+    let err = fails(&run(
         &[
             "job",
             "approve",
@@ -233,7 +146,7 @@ fn two_parties_train_with_the_cli_alone() {
         "lab",
     ));
     assert!(err.contains("hashes to"), "{err}");
-    let approved = okv(&run(
+    let approved = ok(&run(
         &[
             "job",
             "approve",
@@ -245,7 +158,7 @@ fn two_parties_train_with_the_cli_alone() {
         "lab",
     ));
     assert!(approved.contains("approved by: clinic, lab"), "{approved}");
-    let done = okv(&run(
+    let done = ok(&run(
         &["job", "submit", "--job", &hash, "--wait", "120"],
         "clinic",
     ));
@@ -253,7 +166,7 @@ fn two_parties_train_with_the_cli_alone() {
     assert!(done.contains("logistic_regression"), "{done}");
 
     // Only the recipient gets the model; the receipt verifies offline, and not once tampered.
-    let err = failsv(&run(
+    let err = fails(&run(
         &[
             "job",
             "result",
@@ -265,17 +178,17 @@ fn two_parties_train_with_the_cli_alone() {
         "clinic",
     ));
     assert!(err.contains("not_a_recipient"), "{err}");
-    okv(&run(
+    ok(&run(
         &["job", "result", "--job", &hash, "--out-dir", &s(&p("out"))],
         "lab",
     ));
     // Written once; again only with --force.
-    let err = failsv(&run(
+    let err = fails(&run(
         &["job", "result", "--job", &hash, "--out-dir", &s(&p("out"))],
         "lab",
     ));
     assert!(err.contains("--force"), "{err}");
-    okv(&run(
+    ok(&run(
         &[
             "job",
             "result",
@@ -294,7 +207,7 @@ fn two_parties_train_with_the_cli_alone() {
         "--receipt",
         &s(&p("out/receipt.json")),
         "--policy",
-        &s(&p("verify.toml")),
+        &s(&verify),
     ]);
     assert!(
         verified.contains("receipt valid") && verified.contains("SIMULATED"),
@@ -311,7 +224,7 @@ fn two_parties_train_with_the_cli_alone() {
         "--receipt",
         &s(&p("tampered.json")),
         "--policy",
-        &s(&p("verify.toml")),
+        &s(&verify),
     ]);
     assert!(err.contains("signature"), "{err}");
     // The output opens with its key file and is an ONNX model the runtime runs.

@@ -3,29 +3,64 @@
 // Each test binary uses a different subset.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cordon");
 
-pub fn cordon(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("CORDON_LOG", "warn")
-        .output()
-        .expect("run cordon")
+/// Runs `cordon args` with `CORDON_LOG=warn` and no `CORDON_CA_CERT`: no variable of the caller's
+/// environment changes what a test sees.
+pub fn cordon<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    cordon_env(args, None)
+}
+
+/// [`cordon`] with `CORDON_CA_CERT` set to `ca` (a CA file), or removed when `None`.
+pub fn cordon_env<S: AsRef<OsStr>>(args: &[S], ca: Option<&str>) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args).env("CORDON_LOG", "warn");
+    match ca {
+        Some(ca) => c.env("CORDON_CA_CERT", ca),
+        None => c.env_remove("CORDON_CA_CERT"),
+    };
+    c.output().expect("run cordon")
+}
+
+/// The arguments as text, for messages.
+pub fn argv<S: AsRef<OsStr>>(args: &[S]) -> Vec<String> {
+    args.iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Runs `cordon args`, which must succeed; its stdout.
-pub fn ok(args: &[&str]) -> String {
-    let out = cordon(args);
+pub fn ok<S: AsRef<OsStr>>(args: &[S]) -> String {
+    ok_env(args, None)
+}
+
+/// [`ok`] with `CORDON_CA_CERT` as [`cordon_env`] sets it.
+pub fn ok_env<S: AsRef<OsStr>>(args: &[S], ca: Option<&str>) -> String {
+    let out = cordon_env(args, ca);
     assert!(
         out.status.success(),
-        "cordon {args:?} failed:\n{}",
+        "cordon {:?} failed:\n{}",
+        argv(args),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `cordon args`, which must fail; its stderr.
+pub fn fails<S: AsRef<OsStr>>(args: &[S]) -> String {
+    let out = cordon(args);
+    assert!(
+        !out.status.success(),
+        "cordon {:?} succeeded:\n{}",
+        argv(args),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 pub fn s(p: &Path) -> String {
@@ -60,16 +95,18 @@ impl Drop for Proc {
 }
 
 impl Proc {
-    pub fn start(args: &[&str], log: PathBuf) -> Proc {
+    pub fn start<S: AsRef<OsStr>>(args: &[S], log: PathBuf) -> Proc {
         Proc::start_logging(args, log, "info")
     }
 
-    /// Starts `cordon args` with `CORDON_LOG=level`, stdout and stderr into `log`.
-    pub fn start_logging(args: &[&str], log: PathBuf, level: &str) -> Proc {
+    /// Starts `cordon args` with `CORDON_LOG=level` (and no `CORDON_CA_CERT`, as [`cordon`]),
+    /// stdout and stderr into `log`.
+    pub fn start_logging<S: AsRef<OsStr>>(args: &[S], log: PathBuf, level: &str) -> Proc {
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .args(args)
             .env("CORDON_LOG", level)
+            .env_remove("CORDON_CA_CERT")
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
             .stderr(f)
@@ -126,30 +163,51 @@ pub fn start_kbs(dir: &Path, name: &str) -> (Proc, String) {
 
 /// [`start_kbs`] with `CORDON_LOG=level`.
 pub fn start_kbs_logging(dir: &Path, name: &str, level: &str) -> (Proc, String) {
-    let p = |f: &str| dir.join(f);
-    let addr = p(&format!("{name}.addr"));
+    start_kbs_with(dir, name, "kbs", level, &[])
+}
+
+/// The arguments of `cordon kbs serve` on a free port with its store in `dir/{store}`, the sim
+/// trust anchor `dir/hw.pub`, the admin token file `dir/token`, the address file
+/// `dir/{name}.addr` and the identity file `dir/{name}.identity`.
+pub fn kbs_serve_args(dir: &Path, name: &str, store: &str) -> Vec<String> {
+    let p = |f: &str| s(&dir.join(f));
+    [
+        "kbs",
+        "serve",
+        "--data-dir",
+        &p(store),
+        "--listen",
+        "127.0.0.1:0",
+        "--sim-trust-anchor",
+        &p("hw.pub"),
+        "--init-admin-token-file",
+        &p("token"),
+        "--addr-file",
+        &p(&format!("{name}.addr")),
+        "--identity-file",
+        &p(&format!("{name}.identity")),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+/// Starts `cordon kbs serve` with [`kbs_serve_args`] and `extra` arguments, `CORDON_LOG=level`,
+/// its log in `dir/{name}.log`; the process and its URL (`http://host:port`, whatever the scheme it
+/// serves).
+pub fn start_kbs_with(
+    dir: &Path,
+    name: &str,
+    store: &str,
+    level: &str,
+    extra: &[&str],
+) -> (Proc, String) {
+    let addr = dir.join(format!("{name}.addr"));
     // A file left by an earlier process of the same name would be read as this one's address.
     let _ = std::fs::remove_file(&addr);
-    let mut kbs = Proc::start_logging(
-        &[
-            "kbs",
-            "serve",
-            "--data-dir",
-            &s(&p("kbs")),
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-trust-anchor",
-            &s(&p("hw.pub")),
-            "--init-admin-token-file",
-            &s(&p("token")),
-            "--addr-file",
-            &s(&addr),
-            "--identity-file",
-            &s(&p(&format!("{name}.identity"))),
-        ],
-        p(&format!("{name}.log")),
-        level,
-    );
+    let mut args = kbs_serve_args(dir, name, store);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let mut kbs = Proc::start_logging(&args, dir.join(format!("{name}.log")), level);
     let url = kbs.url(&addr);
     (kbs, url)
 }
@@ -177,6 +235,21 @@ pub async fn admin_request(
     token: &str,
     body: Vec<u8>,
 ) -> reqwest::Response {
+    try_admin_request(http, method, url, kbs_key, path, token, body)
+        .await
+        .unwrap()
+}
+
+/// [`admin_request`], for a KBS that may not answer.
+pub async fn try_admin_request(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    kbs_key: &str,
+    path: &str,
+    token: &str,
+    body: Vec<u8>,
+) -> Result<reqwest::Response, reqwest::Error> {
     let key = cordon_proto::auth::admin_key(token).unwrap();
     let mut req = http.request(method.clone(), format!("{url}{path}"));
     for (name, value) in cordon_proto::auth::sign_request(
@@ -189,7 +262,7 @@ pub async fn admin_request(
     ) {
         req = req.header(name, value);
     }
-    req.body(body).send().await.unwrap()
+    req.body(body).send().await
 }
 
 /// Registers `dek` under `policy` as the administrator (sealed to the KBS `kbs_key`).
@@ -202,6 +275,21 @@ pub async fn admin_register(
     dek: &[u8; 32],
     policy: &str,
 ) -> reqwest::Response {
+    try_admin_register(http, url, kbs_key, token, key_id, dek, policy)
+        .await
+        .unwrap()
+}
+
+/// [`admin_register`], for a KBS that may not answer.
+pub async fn try_admin_register(
+    http: &reqwest::Client,
+    url: &str,
+    kbs_key: &str,
+    token: &str,
+    key_id: &str,
+    dek: &[u8; 32],
+    policy: &str,
+) -> Result<reqwest::Response, reqwest::Error> {
     use cordon_proto::kbs::{policy_context, seal_dek_for_kbs, DekPurpose, RegisterKey};
     let admin = cordon_proto::auth::admin_key(token).unwrap();
     let sealed_dek = seal_dek_for_kbs(
@@ -218,7 +306,7 @@ pub async fn admin_register(
         policy: policy.to_string(),
     })
     .unwrap();
-    admin_request(
+    try_admin_request(
         http,
         reqwest::Method::PUT,
         url,
@@ -232,27 +320,73 @@ pub async fn admin_register(
 
 /// Starts `cordon runtime serve` (sim, hardware key `dir/hw.key`) with `config` on a free port.
 pub fn start_runtime(dir: &Path, config: &Path, name: &str) -> (Proc, String) {
+    let (rt, url) = try_start_runtime(dir, config, name, &[]);
+    (
+        rt,
+        url.unwrap_or_else(|log| panic!("runtime {name}: {log}")),
+    )
+}
+
+/// Starts `cordon runtime serve` (sim, hardware key `dir/hw.key`) with `config` and `extra`
+/// arguments on a free port, its log in `dir/{name}.log`: the process, and its URL
+/// (`http://host:port`, whatever the scheme it serves) or, if it exits first, its log.
+pub fn try_start_runtime(
+    dir: &Path,
+    config: &Path,
+    name: &str,
+    extra: &[&str],
+) -> (Proc, Result<String, String>) {
     let addr = dir.join(format!("{name}.addr"));
+    // A file left by an earlier process of the same name would be read as this one's address.
     let _ = std::fs::remove_file(&addr);
-    let mut rt = Proc::start(
-        &[
-            "runtime",
-            "serve",
-            "--config",
-            &s(config),
-            "--listen",
-            "127.0.0.1:0",
-            "--platform",
-            "sim",
-            "--sim-hardware-key",
-            &s(&dir.join("hw.key")),
-            "--addr-file",
-            &s(&addr),
-        ],
-        dir.join(format!("{name}.log")),
-    );
-    let url = rt.url(&addr);
+    let mut args = vec![
+        "runtime".to_string(),
+        "serve".into(),
+        "--config".into(),
+        s(config),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--platform".into(),
+        "sim".into(),
+        "--sim-hardware-key".into(),
+        s(&dir.join("hw.key")),
+        "--addr-file".into(),
+        s(&addr),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let mut rt = Proc::start(&args, dir.join(format!("{name}.log")));
+    let url = rt.wait_ready(&addr);
     (rt, url)
+}
+
+/// Starts `cordon proxy` in front of `upstream` with the client policy `policy` and `extra`
+/// arguments on a free port, its log in `dir/{name}.log`; the process and its URL
+/// (`http://host:port`, whatever the scheme it serves).
+pub fn start_proxy(
+    dir: &Path,
+    upstream: &str,
+    policy: &Path,
+    name: &str,
+    extra: &[&str],
+) -> (Proc, String) {
+    let addr = dir.join(format!("{name}.addr"));
+    // A file left by an earlier process of the same name would be read as this one's address.
+    let _ = std::fs::remove_file(&addr);
+    let mut args = vec![
+        "proxy".to_string(),
+        "--upstream".into(),
+        upstream.into(),
+        "--policy".into(),
+        s(policy),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--addr-file".into(),
+        s(&addr),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let mut proxy = Proc::start(&args, dir.join(format!("{name}.log")));
+    let url = proxy.url(&addr);
+    (proxy, url)
 }
 
 /// `GET {url}{path}` signed with the KBS admin token for the KBS `kbs_key`, decoded from JSON
@@ -276,4 +410,157 @@ pub async fn admin_get<T: serde::de::DeserializeOwned>(
     .await;
     assert!(resp.status().is_success(), "{path}: {}", resp.status());
     resp.json().await.unwrap()
+}
+
+/// The release policy that names the sim measurement of `config` (written to
+/// `dir/{name}-release.toml`), and the client policy: the same with the sim trust anchor
+/// `dir/hw.pub` (`dir/{name}-client.toml`); and the release policy's text.
+pub fn sim_policies(dir: &Path, config: &Path, name: &str) -> (PathBuf, PathBuf, String) {
+    let measurement = ok(&["runtime", "measure", "--config", &s(config)]);
+    let policy = format!(
+        "platforms = [\"sim\"]\nlaunch_measurements = [\"{}\"]\nallow_debug = false\n",
+        measurement.trim()
+    );
+    let release = dir.join(format!("{name}-release.toml"));
+    std::fs::write(&release, &policy).unwrap();
+    let anchor = std::fs::read_to_string(dir.join("hw.pub")).unwrap();
+    let client = dir.join(format!("{name}-client.toml"));
+    std::fs::write(
+        &client,
+        format!(
+            "{policy}\n[endorsements]\nsim_trust_anchors = [\"{}\"]\n",
+            anchor.trim()
+        ),
+    )
+    .unwrap();
+    (release, client, policy)
+}
+
+/// The feature columns of a CSV dataset (`csv` is its text): every column of its header but
+/// `label`.
+pub fn csv_features(csv: &str) -> Vec<String> {
+    csv.lines()
+        .next()
+        .unwrap()
+        .split(',')
+        .filter(|c| *c != "label")
+        .map(str::to_string)
+        .collect()
+}
+
+/// The job hash (64 hex digits) that `cordon job create` printed.
+pub fn job_hash(create_output: &str) -> String {
+    create_output
+        .split_whitespace()
+        .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no job hash in {create_output}"))
+        .to_string()
+}
+
+/// A data party made by the CLI: its key file, its dataset sealed, and the entries a job spec
+/// lists for it.
+#[derive(Clone)]
+pub struct Party {
+    pub name: String,
+    /// The party key file (`cordon party keygen`).
+    pub file: PathBuf,
+    /// The dataset's DEK file (`dataset seal --key-out`).
+    pub key: PathBuf,
+    /// The sealed dataset.
+    pub sealed: PathBuf,
+    /// The spec's `parties` entry, as `party keygen` printed it.
+    pub entry: serde_json::Value,
+    /// The spec's `datasets` entry, as `dataset seal` printed it.
+    pub dataset: serde_json::Value,
+}
+
+/// `cordon party keygen` as `name` into `dir/{name}.party`, and `cordon dataset seal` of `input`
+/// (`format`: csv or parquet) into `dir/{name}.sealed`, its key in `dir/{name}.key`.
+pub fn new_party(dir: &Path, name: &str, input: &str, format: &str) -> Party {
+    let file = dir.join(format!("{name}.party"));
+    let key = dir.join(format!("{name}.key"));
+    let sealed = dir.join(format!("{name}.sealed"));
+    let entry = ok(&["party", "keygen", "--name", name, "--out", &s(&file)]);
+    let dataset = ok(&[
+        "dataset",
+        "seal",
+        "--party",
+        &s(&file),
+        "--input",
+        input,
+        "--format",
+        format,
+        "--out",
+        &s(&sealed),
+        "--key-out",
+        &s(&key),
+    ]);
+    Party {
+        name: name.to_string(),
+        file,
+        key,
+        sealed,
+        entry: serde_json::from_str(&entry).unwrap(),
+        dataset: serde_json::from_str(&dataset).unwrap(),
+    }
+}
+
+/// `cordon dataset register` of the party's dataset key under the release policy `policy` with the
+/// KBS at `kbs`, identity `kbs_key` (hex or a file).
+pub fn dataset_register_args(p: &Party, policy: &Path, kbs: &str, kbs_key: &str) -> Vec<String> {
+    [
+        "dataset",
+        "register",
+        "--party",
+        &s(&p.file),
+        "--key",
+        &s(&p.key),
+        "--policy",
+        &s(policy),
+        "--kbs",
+        kbs,
+        "--kbs-key",
+        kbs_key,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+/// `cordon dataset upload` of the party's sealed dataset to the training runtime at `runtime`,
+/// verified with the client policy `policy`.
+pub fn dataset_upload_args(p: &Party, runtime: &str, policy: &Path) -> Vec<String> {
+    [
+        "dataset",
+        "upload",
+        "--party",
+        &s(&p.file),
+        "--runtime",
+        runtime,
+        "--policy",
+        &s(policy),
+        "--sealed",
+        &s(&p.sealed),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+/// The `probabilities` output's data of an OIP response.
+pub fn probabilities(response: &serde_json::Value) -> Vec<serde_json::Value> {
+    response["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "probabilities")
+        .unwrap_or_else(|| panic!("no probabilities in {response}"))["data"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The answer `cordon model run` gives (the reference a runtime must match).
+pub fn reference_output(model: &str, input: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(&["model", "run", model, "--input", input])).unwrap()
 }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One request the relay carried and the answer it got.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Exchange {
     /// Which leg (relay) carried it, e.g. `runtime→kbs`.
     pub leg: String,
