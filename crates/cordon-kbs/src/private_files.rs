@@ -101,9 +101,10 @@ fn tighten(path: &Path, what: &str) {
 /// Refuses a data directory or store that another user controls, or that is still open to other
 /// users, or that is a symbolic link: tightening is best effort, this is not. Another user who owns
 /// the directory (a pre-made `/tmp/kbs`, say) could read every key or plant a store of their own.
-/// The KBS's own user is learnt from a file it creates in the directory; when it cannot create one
-/// (a read-only directory), only the owner is left unchecked (SQLite's open then refuses an
-/// unwritable store).
+/// The KBS's own user is learnt from a file it creates in the directory. When it cannot create one,
+/// the directory is not writable to it: only links are refused here, and SQLite's open then refuses
+/// the unwritable store, saying so ([`crate::store::Store::open`] checks again once it is open,
+/// when the directory is known to be writable).
 pub(crate) fn check_private(dir: &Path, db: &Path) -> io::Result<()> {
     let uid = own_uid(dir);
     let mut paths = vec![(dir.to_path_buf(), "data directory")];
@@ -129,7 +130,8 @@ pub(crate) fn check_private(dir: &Path, db: &Path) -> io::Result<()> {
         if meta.file_type().is_symlink() {
             return refuse("is a symbolic link".into());
         }
-        if let Some(uid) = uid.filter(|&uid| uid != meta.uid()) {
+        let Some(uid) = uid else { continue };
+        if meta.uid() != uid {
             return refuse(format!(
                 "belongs to uid {}, not to the key broker's user (uid {uid})",
                 meta.uid()

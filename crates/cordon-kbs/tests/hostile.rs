@@ -417,6 +417,58 @@ async fn the_request_nonce_memory_is_bounded_and_strangers_do_not_spend_it() {
     );
 }
 
+/// Dataset key registrations (which anyone with a key can send) take party shares of the nonce
+/// memory: one party cannot take all of it, and parties together cannot lock out the
+/// administrator.
+#[tokio::test]
+async fn party_requests_cannot_lock_out_the_administrator_or_each_other() {
+    let h = start_with(KbsLimits {
+        max_request_nonces: 3,
+        max_party_request_nonces: 3,
+        max_request_nonces_per_party: 2,
+        ..KbsLimits::default()
+    })
+    .await;
+    let (a, b, c) = (
+        PartyKey::generate("a"),
+        PartyKey::generate("b"),
+        PartyKey::generate("c"),
+    );
+    // Re-registering one key id is a replacement (no key quota spent), but each request is
+    // remembered.
+    for _ in 0..2 {
+        assert_eq!(h.register_dataset(&a, "mine").await.status(), 200);
+    }
+    let (status, e) = refusal(h.register_dataset(&a, "mine").await).await;
+    assert_eq!((status, e.code.as_str()), (503, "busy"), "{}", e.error);
+    assert!(e.error.contains("one party"), "{}", e.error);
+    // Another party has its own share, up to the parties' bound.
+    assert_eq!(h.register_dataset(&b, "theirs").await.status(), 200);
+    let (status, e) = refusal(h.register_dataset(&c, "other").await).await;
+    assert_eq!((status, e.code.as_str()), (503, "busy"), "{}", e.error);
+    // The administrator is not locked out.
+    for _ in 0..3 {
+        assert_eq!(
+            h.admin(Method::GET, "/kbs/v1/admin/audit", vec![])
+                .await
+                .status(),
+            200
+        );
+    }
+}
+
+/// A signed route's body over the limit gets the KBS's JSON error, like attest's.
+#[tokio::test]
+async fn an_oversized_signed_request_gets_a_clear_413() {
+    let h = start().await;
+    let a = PartyKey::generate("a");
+    let r = h
+        .signed_party(&a, Method::PUT, "/kbs/v1/datasets/big", vec![b'x'; 2 << 20])
+        .await;
+    let (status, e) = refusal(r).await;
+    assert_eq!((status, e.code.as_str()), (413, "too_large"), "{}", e.error);
+}
+
 /// The identity the KBS serves carries the administrator's signature: a token holder can check it
 /// without a pin, and a key the host substitutes does not pass.
 #[tokio::test]

@@ -308,3 +308,52 @@ async fn a_job_travels_sealed_to_the_kbs_and_only_for_its_own_request() {
     let r = answer(h.attest(&request(Some(sealed))).await).await;
     assert_eq!(r.released.len(), 2, "{:?}", r.denied);
 }
+
+/// A job carries at most one approval per party, each naming one of its parties: a request cannot
+/// make the KBS verify, and write into its audit log, approvals without bound.
+#[tokio::test]
+async fn approvals_are_one_per_party_of_the_job() {
+    let h = start().await;
+    let (a, b) = (PartyKey::generate("a"), PartyKey::generate("b"));
+    assert_eq!(h.register_dataset(&a, "ds-a").await.status(), 200);
+    assert_eq!(h.register_dataset(&b, "ds-b").await.status(), 200);
+    let job = job_spec(&[&a, &b], "job");
+    let ids = vec!["ds-a".to_string()];
+    // The same bogus approval for b, many times over.
+    let mut flood = approved(&job, &[&a], UNTIL);
+    let bogus = cordon_proto::job::Approval {
+        party: "b".into(),
+        ..a.approve(&job.hash(), UNTIL)
+    };
+    flood.approvals.extend(std::iter::repeat_n(bogus, 50));
+    let (status, e) = refusal(h.attest_for_job(flood, job.hash(), &ids).await).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (400, "bad_request"),
+        "{}",
+        e.error
+    );
+    assert!(e.error.contains("more than one approval"), "{}", e.error);
+    // An approval by someone the job does not name.
+    let mut stranger = approved(&job, &[&a], UNTIL);
+    stranger
+        .approvals
+        .push(PartyKey::generate("c").approve(&job.hash(), UNTIL));
+    let (status, e) = refusal(h.attest_for_job(stranger, job.hash(), &ids).await).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (400, "bad_request"),
+        "{}",
+        e.error
+    );
+    assert!(e.error.contains("not a party"), "{}", e.error);
+    // Nothing was released or recorded as released for either.
+    assert!(h.audit().await.iter().all(|e| e.kind != "key_released"));
+    // One each: released as usual.
+    let r = answer(
+        h.attest_for_job(approved(&job, &[&a, &b], UNTIL), job.hash(), &ids)
+            .await,
+    )
+    .await;
+    assert_eq!(r.released.len(), 1, "{:?}", r.denied);
+}

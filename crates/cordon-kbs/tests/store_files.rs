@@ -145,6 +145,17 @@ fn a_store_reached_through_a_link_is_refused() {
         !elsewhere.exists(),
         "the store was created through the link"
     );
+    // A link to an existing file open to others: refused, and the file's mode is not touched
+    // through the link.
+    std::fs::write(&elsewhere, b"someone's file").unwrap();
+    set_mode(&elsewhere, 0o644);
+    let err = Store::open(&data).err().expect("a linked store was opened");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert_eq!(
+        mode(&elsewhere),
+        "644",
+        "a mode was changed through the link"
+    );
 }
 
 /// A data directory another user owns is refused: that user could read every key or plant a store
