@@ -218,7 +218,7 @@ impl JobSpec {
         let mut keys = BTreeSet::new();
         for p in &self.parties {
             if p.name.is_empty() || p.name.len() > 64 {
-                return bad("a party name must be 1-64 characters".into());
+                return bad("a party name must be 1 to 64 bytes (UTF-8)".into());
             }
             if !names.insert(p.name.as_str()) {
                 return bad(format!("party {} is listed twice", p.name));

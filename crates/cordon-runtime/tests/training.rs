@@ -674,8 +674,37 @@ async fn one_party_cannot_spend_another_partys_share_of_the_request_memory() {
         serde_json::json!({"kind": "logistic_regression"}),
     );
     let hash = hex::encode(job.hash());
-    a.client.create(&job).await.unwrap();
-    let mut accepted = 1; // the create
+    // The same signed create twice (each in its own envelope): the job exists after the first,
+    // and the second is refused as a replay all the same.
+    let body = serde_json::to_vec(&job).unwrap();
+    let headers: BTreeMap<String, String> = a
+        .client
+        .party()
+        .sign_request(
+            "POST",
+            "/v1/jobs",
+            &body,
+            &w.runtime_keys.hpke_public_key,
+            SystemTime::now(),
+        )
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let runtime = a.client.runtime();
+    let first = runtime
+        .raw_request("POST", "/v1/jobs", headers.clone(), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = runtime
+        .raw_request("POST", "/v1/jobs", headers, body)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.status, again.body["code"].as_str()),
+        (409, Some("request_replayed"))
+    );
+    let mut accepted = 1; // the first create (the replay took nothing)
     let refusal = loop {
         match a.client.approve(&hash, &job, in_an_hour()).await {
             Ok(_) => accepted += 1,

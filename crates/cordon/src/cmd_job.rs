@@ -293,16 +293,7 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
             util::create_parent(&a.key_out)?;
             let mut out = TempOutput::create(&a.out)?;
             let (entry, key) = seal_dataset_into(&p, &data, &a.format, &mut out)?;
-            let mut key_out = TempOutput::create(&a.key_out)?;
-            key_out
-                .file()
-                .write_all(key.to_file_contents().as_bytes())
-                .with_context(|| format!("writing {}", a.key_out.display()))?;
-            output::commit_all(
-                vec![(key_out, output::SECRET), (out, output::PUBLIC)],
-                a.force,
-                true,
-            )?;
+            output::commit_with_key(out, &a.key_out, &key.to_file_contents(), a.force)?;
             eprintln!(
                 "sealed {} -> {} (key in {})",
                 a.input.display(),

@@ -185,16 +185,7 @@ pub fn seal(a: SealArgs) -> Result<()> {
         pb.finish_and_clear();
     }
     let (header, key) = result?;
-    let mut key_out = TempOutput::create(&a.key_out)?;
-    key_out
-        .file()
-        .write_all(key.to_file_contents().as_bytes())
-        .with_context(|| format!("writing {}", a.key_out.display()))?;
-    output::commit_all(
-        vec![(key_out, output::SECRET), (out, output::PUBLIC)],
-        a.force,
-        true,
-    )?;
+    output::commit_with_key(out, &a.key_out, &key.to_file_contents(), a.force)?;
     let manifest = &header.manifest;
     println!(
         "sealed {} ({} bytes) -> {}",

@@ -223,6 +223,23 @@ impl Drop for TempOutput {
     }
 }
 
+/// Commits a sealed artifact (`out`, complete) together with its key file (`key_text` written to
+/// `key_path`): the key first, both or neither (see [`commit_all`]).
+pub fn commit_with_key(
+    out: TempOutput,
+    key_path: &Path,
+    key_text: &str,
+    replace: bool,
+) -> Result<()> {
+    use std::io::Write;
+    let mut key_out = TempOutput::create(key_path)?;
+    key_out
+        .file()
+        .write_all(key_text.as_bytes())
+        .with_context(|| format!("writing {}", key_path.display()))?;
+    commit_all(vec![(key_out, SECRET), (out, PUBLIC)], replace, true)
+}
+
 /// Commits several outputs in order, each with its final mode (less the umask): all of them, or
 /// none. First each is synced (with the signals not held, so that Ctrl-C during the fsync of a
 /// large file acts at once); then, with the interrupt signals held back, each is renamed into
