@@ -70,22 +70,31 @@ pub(crate) fn side_file(db: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Removes group and other permission bits from `path` if it exists and has any, with a warning.
-/// Owner bits are kept as they are: a store made read-only on purpose stays read-only (and is then
-/// refused as such by `Store::open`). A failure is a warning too: a directory or file that belongs
-/// to another user cannot be changed, and SQLite's open says whether it can be used at all. A
-/// symbolic link is left alone (never a mode changed through it): [`check_private`] refuses it.
+/// Removes group and other permission bits (and set-id and sticky bits) from `path` if it exists
+/// and has any, with a warning. Owner bits are kept as they are: a store made read-only on purpose
+/// stays read-only (and is then refused as such by `Store::open`). A failure is a warning too: a
+/// directory or file that belongs to another user cannot be changed, and SQLite's open says
+/// whether it can be used at all. The file is opened without following a link and changed through
+/// that descriptor, so a link (planted, or swapped in meanwhile) is never followed:
+/// [`check_private`] refuses it.
 fn tighten(path: &Path, what: &str) {
-    let mode = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => return,
+    // O_NONBLOCK: a FIFO planted at the name does not block the open.
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return;
+    };
+    let mode = match file.metadata() {
         Ok(m) => m.permissions().mode() & 0o7777,
         Err(_) => return,
     };
-    if mode & 0o077 == 0 {
+    if mode & !0o700 == 0 {
         return;
     }
-    let tight = mode & !0o077;
-    match std::fs::set_permissions(path, Permissions::from_mode(tight)) {
+    let tight = mode & 0o700;
+    match file.set_permissions(Permissions::from_mode(tight)) {
         Ok(()) => tracing::warn!(
             path = %path.display(),
             "{what} was mode {mode:o}, open to other users: now {tight:o}"

@@ -1,6 +1,6 @@
 //! HTTP surface of the KBS (axum) over the store.
 
-use crate::store::{NewAuditEvent, NonceShare, NonceUse, Store};
+use crate::store::{NewAuditEvent, NonceShare, NonceUse, RequestNonceUse, Share, Store};
 use crate::KbsError;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
@@ -51,15 +51,21 @@ pub struct KbsLimits {
     /// Challenge nonces held (outstanding, or expired within the last ten minutes); more
     /// challenges get 503.
     pub max_live_nonces: u64,
-    /// Nonces of the administrator's and attested runtimes' signed requests remembered at once
-    /// (ten minutes each); more such requests get 503. Party requests have shares of their own
-    /// (below): party traffic cannot lock the administrator out.
+    /// Nonces of the administrator's signed requests remembered at once (ten minutes each); more
+    /// get 503. Parties and runtimes have shares of their own (below): their traffic cannot lock
+    /// the administrator out.
     pub max_request_nonces: u64,
     /// Nonces of parties' signed requests (dataset key registrations) remembered at once, all
     /// parties together; more party requests get 503.
     pub max_party_request_nonces: u64,
     /// Nonces of one party's signed requests remembered at once.
     pub max_request_nonces_per_party: u64,
+    /// Nonces of job runtimes' signed requests (output registrations) remembered at once, all
+    /// runtimes together.
+    pub max_runtime_request_nonces: u64,
+    /// Nonces of one runtime's signed requests remembered at once (it registers one output per
+    /// job).
+    pub max_request_nonces_per_runtime: u64,
 }
 
 impl Default for KbsLimits {
@@ -71,6 +77,8 @@ impl Default for KbsLimits {
             max_request_nonces: 1_000_000,
             max_party_request_nonces: 1_000_000,
             max_request_nonces_per_party: 1_000,
+            max_runtime_request_nonces: 100_000,
+            max_request_nonces_per_runtime: 64,
         }
     }
 }
@@ -297,35 +305,49 @@ impl Kbs {
         .map_err(auth_error)
     }
 
-    /// Records a verified request's nonce (refused if seen before). Call once the signer is known
-    /// to be allowed, so that strangers with throw-away keys cannot fill the table. A party's
-    /// request takes a share of the party nonces, the administrator's and an attested runtime's
-    /// of their own, so that parties cannot lock them out.
-    async fn record_nonce(&self, req: &SignedRequest, sender: Sender) -> Result<(), KbsError> {
+    /// Records a verified request's nonce (refused if seen before, or stamped before what the KBS
+    /// has pruned). Call once the signer is known to be allowed, so that strangers with throw-away
+    /// keys cannot fill the table. Each kind of sender has a share of its own (see [`Share`]),
+    /// so that parties and runtimes cannot lock the administrator out.
+    async fn record_nonce(&self, req: &SignedRequest, share: Share) -> Result<(), KbsError> {
         let now = unix(self.now());
-        let keep_until = req.time.max(now) + 2 * REQUEST_WINDOW.as_secs();
+        let keep = 2 * REQUEST_WINDOW.as_secs();
         let mut key = req.signer.to_vec();
         key.extend_from_slice(&req.nonce);
         let limits = self.inner.config.limits;
-        let share = match sender {
-            Sender::Trusted => NonceShare::Trusted {
-                max: limits.max_request_nonces,
-            },
-            Sender::Party => NonceShare::Party {
-                party: req.signer,
-                per_party: limits.max_request_nonces_per_party,
-                max: limits.max_party_request_nonces,
-            },
+        let (per_sender, max) = match share {
+            Share::Admin => (limits.max_request_nonces, limits.max_request_nonces),
+            Share::Party => (
+                limits.max_request_nonces_per_party,
+                limits.max_party_request_nonces,
+            ),
+            Share::Runtime => (
+                limits.max_request_nonces_per_runtime,
+                limits.max_runtime_request_nonces,
+            ),
         };
-        let fresh = self
-            .with_store(move |s| Ok(s.use_request_nonce(&key, keep_until, now, share)?))
-            .await?;
-        if !fresh {
-            return Err(auth_error(AuthError::Replayed {
+        let share = NonceShare {
+            share,
+            sender: req.signer,
+            per_sender,
+            max,
+        };
+        let time = req.time;
+        match self
+            .with_store(move |s| Ok(s.use_request_nonce(&key, time, keep, now, share)?))
+            .await?
+        {
+            RequestNonceUse::Accepted => Ok(()),
+            RequestNonceUse::Replayed => Err(auth_error(AuthError::Replayed {
                 nonce: hex::encode(req.nonce),
-            }));
+            })),
+            RequestNonceUse::Forgotten { pruned_at } => Err(KbsError::Replayed(format!(
+                "request stamped {time} is older than this KBS still remembers (it pruned the \
+                 nonces of requests stamped before {}, its clock having been at {pruned_at}): \
+                 refused as a possible replay",
+                pruned_at.saturating_sub(keep)
+            ))),
         }
-        Ok(())
     }
 
     /// An administrator's request: signed by the key the admin token seeds, for this KBS, fresh.
@@ -353,7 +375,7 @@ impl Kbs {
                 "not signed by the administrator's key (see the admin token file)".into(),
             ));
         }
-        self.record_nonce(&req, Sender::Trusted).await?;
+        self.record_nonce(&req, Share::Admin).await?;
         Ok(req.signer)
     }
 
@@ -421,15 +443,6 @@ impl Kbs {
         }
         Ok(dek)
     }
-}
-
-/// Whose share of the signed-request nonces a request takes (see [`Kbs::record_nonce`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sender {
-    /// A data owner: anyone can make a party key.
-    Party,
-    /// The administrator, or a runtime that attested for a job.
-    Trusted,
 }
 
 fn auth_error(e: AuthError) -> KbsError {
@@ -885,7 +898,7 @@ async fn register_dataset_key(
         &policy_context(&req.policy),
     )?;
     // Only a well-formed registration, whose DEK opened for this signer, spends a nonce.
-    kbs.record_nonce(&signed, Sender::Party).await?;
+    kbs.record_nonce(&signed, Share::Party).await?;
     let now = unix(kbs.now());
     let policy_text = req.policy.clone();
     let id = key_id.clone();
@@ -960,7 +973,7 @@ async fn register_job_output(
         Some(Some(p)) => p,
     };
     // Only a runtime that attested for this job spends a nonce.
-    kbs.record_nonce(&signed, Sender::Trusted).await?;
+    kbs.record_nonce(&signed, Share::Runtime).await?;
     let dek = kbs.open_dek(
         &req.sealed_dek,
         DekPurpose::JobOutput,

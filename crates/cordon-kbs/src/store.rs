@@ -118,24 +118,63 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE request_nonces ADD COLUMN party BLOB;
      CREATE INDEX request_nonces_party ON request_nonces (party);
      CREATE INDEX keys_kind_owner ON keys (kind, owner);",
+    // 6: the share each remembered nonce takes (admin, party, runtime), with its sender in
+    //    `party`; and the nonce floor: the latest time at which nonces were pruned, kept so that a
+    //    clock set back cannot bring a pruned nonce's request back into the window.
+    "ALTER TABLE request_nonces ADD COLUMN share TEXT NOT NULL DEFAULT 'admin';
+     UPDATE request_nonces SET share = 'party' WHERE party IS NOT NULL;
+     CREATE INDEX request_nonces_share ON request_nonces (share, party);
+     CREATE TABLE nonce_floor (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        pruned_at INTEGER NOT NULL);",
 ];
 
 /// How long an expired challenge is kept, so that using it is answered "expired" rather than
 /// "unknown" (unless the table fills up first).
 pub const EXPIRED_CHALLENGE_GRACE: u64 = 600;
 
-/// Whose share of the remembered signed-request nonces a request takes, and its bound.
+/// Whose share of the remembered signed-request nonces a request takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// The administrator's requests: party and runtime traffic cannot spend this share.
+    Admin,
+    /// Dataset key registrations: anyone with a key can send one.
+    Party,
+    /// Job output registrations, by runtimes that received a job's dataset keys (which anyone
+    /// with a TEE and datasets of its own can be).
+    Runtime,
+}
+
+impl Share {
+    fn label(self) -> &'static str {
+        match self {
+            Share::Admin => "admin",
+            Share::Party => "party",
+            Share::Runtime => "runtime",
+        }
+    }
+}
+
+/// A share of the remembered nonces and its bounds: at most `max` nonces in the share, at most
+/// `per_sender` of them from one sender.
 #[derive(Debug, Clone, Copy)]
-pub enum NonceShare {
-    /// The administrator's and attested runtimes' requests, together: few senders, who must not
-    /// wait on party traffic.
-    Trusted { max: u64 },
-    /// A party's request: anyone with a key can send one, so each party has a bound of its own
-    /// within the bound of all parties together.
-    Party {
-        party: [u8; 32],
-        per_party: u64,
-        max: u64,
+pub struct NonceShare {
+    pub share: Share,
+    pub sender: [u8; 32],
+    pub per_sender: u64,
+    pub max: u64,
+}
+
+/// Outcome of recording a signed request's nonce.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RequestNonceUse {
+    Accepted,
+    /// Recorded already: a replay.
+    Replayed,
+    /// Stamped so long before the latest pruning (`pruned_at`) that its nonce, had it been
+    /// recorded, may be gone: the clock was once later than this request allows.
+    Forgotten {
+        pruned_at: u64,
     },
 }
 
@@ -382,20 +421,42 @@ impl Store {
             .ok_or(StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))
     }
 
-    /// Records the nonce of a signed request; `false` if it was recorded already (a replay).
-    /// Nonces are kept until `expires_at`, then pruned. A request whose share (see
-    /// [`NonceShare`]) is full is refused with [`StoreError::Busy`], and nothing is recorded.
+    /// Records the nonce of a signed request stamped `time`, kept until `keep` seconds after the
+    /// later of `time` and `now`. Refused: a nonce recorded already (a replay); a request stamped
+    /// more than `keep` before the latest pruning, whose nonce may have been pruned (the host set
+    /// the clock ahead, pruned, and set it back: the floor is kept in the store, so that never
+    /// brings a request back); and, with [`StoreError::Busy`], one whose share (see
+    /// [`NonceShare`]) is full. Nothing is recorded when refused.
     pub fn use_request_nonce(
         &self,
         nonce: &[u8],
-        expires_at: u64,
+        time: u64,
+        keep: u64,
         now: u64,
         share: NonceShare,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<RequestNonceUse, StoreError> {
+        let pruned_at: u64 = self
+            .conn
+            .query_row("SELECT pruned_at FROM nonce_floor WHERE id = 1", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .map_or(0, |t| t as u64)
+            .max(now);
         self.conn.execute(
             "DELETE FROM request_nonces WHERE expires_at < ?1",
             params![now as i64],
         )?;
+        self.conn.execute(
+            "INSERT INTO nonce_floor (id, pruned_at) VALUES (1, ?1)
+             ON CONFLICT(id) DO UPDATE SET pruned_at = MAX(pruned_at, excluded.pruned_at)",
+            params![pruned_at as i64],
+        )?;
+        // Every row pruned so far expired before `pruned_at`; a row for `time` expires no sooner
+        // than `time + keep`.
+        if time.saturating_add(keep) < pruned_at {
+            return Ok(RequestNonceUse::Forgotten { pruned_at });
+        }
         // A replay is a replay, however full the shares are.
         let seen = self
             .conn
@@ -406,53 +467,36 @@ impl Store {
             )
             .optional()?;
         if seen.is_some() {
-            return Ok(false);
+            return Ok(RequestNonceUse::Replayed);
         }
-        let party = match share {
-            NonceShare::Trusted { max } => {
-                let held: i64 = self.conn.query_row(
-                    "SELECT COUNT(*) FROM request_nonces WHERE party IS NULL",
-                    [],
-                    |r| r.get(0),
-                )?;
-                if held as u64 >= max {
-                    return Err(StoreError::Busy(format!(
-                        "{held} signed requests of the last ten minutes are remembered already"
-                    )));
-                }
-                None
-            }
-            NonceShare::Party {
-                party,
-                per_party,
-                max,
-            } => {
-                let (all, mine): (i64, i64) = self.conn.query_row(
-                    "SELECT COUNT(*), COALESCE(SUM(party = ?1), 0) FROM request_nonces
-                     WHERE party IS NOT NULL",
-                    params![party.as_slice()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
-                if mine as u64 >= per_party {
-                    return Err(StoreError::Busy(format!(
-                        "this party has {mine} signed requests of the last ten minutes \
-                         remembered already, the most one party may"
-                    )));
-                }
-                if all as u64 >= max {
-                    return Err(StoreError::Busy(format!(
-                        "{all} signed requests of parties of the last ten minutes are \
-                         remembered already"
-                    )));
-                }
-                Some(party.to_vec())
-            }
-        };
-        let changed = self.conn.execute(
-            "INSERT OR IGNORE INTO request_nonces (nonce, expires_at, party) VALUES (?1, ?2, ?3)",
-            params![nonce, expires_at as i64, party],
+        let (all, mine): (i64, i64) = self.conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(party = ?2), 0) FROM request_nonces WHERE share = ?1",
+            params![share.share.label(), share.sender.as_slice()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        Ok(changed == 1)
+        let what = share.share.label();
+        if mine as u64 >= share.per_sender {
+            return Err(StoreError::Busy(format!(
+                "this sender has {mine} signed requests of the last ten minutes remembered \
+                 already, the most one {what} sender may"
+            )));
+        }
+        if all as u64 >= share.max {
+            return Err(StoreError::Busy(format!(
+                "{all} signed {what} requests of the last ten minutes are remembered already"
+            )));
+        }
+        let expires_at = time.max(now).saturating_add(keep);
+        self.conn.execute(
+            "INSERT INTO request_nonces (nonce, expires_at, party, share) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                nonce,
+                expires_at as i64,
+                share.sender.as_slice(),
+                share.share.label()
+            ],
+        )?;
+        Ok(RequestNonceUse::Accepted)
     }
 
     /// Dataset keys held under other key ids than `key_id`, all owners together and those of
@@ -903,38 +947,85 @@ mod tests {
         assert!(err.to_string().contains("unknown key kind"), "{err}");
     }
 
-    /// Party requests have shares of their own: they cannot fill the administrator's.
+    /// Each share has its bound, and one sender a bound within it: party and runtime requests
+    /// cannot fill the administrator's share.
     #[test]
-    fn party_nonces_are_shared_per_party_and_apart_from_the_trusted_ones() {
+    fn request_nonces_are_shared_per_sender_and_apart_from_the_administrators() {
         let (_d, s) = temp_store();
-        let party = |p: u8| NonceShare::Party {
-            party: [p; 32],
-            per_party: 2,
+        let share = |share, p: u8| NonceShare {
+            share,
+            sender: [p; 32],
+            per_sender: 2,
             max: 3,
         };
-        let trusted = NonceShare::Trusted { max: 1 };
-        assert!(s.use_request_nonce(b"a1", 100, 0, party(1)).unwrap());
-        assert!(s.use_request_nonce(b"a2", 100, 0, party(1)).unwrap());
+        let party = |p| share(Share::Party, p);
+        let admin = NonceShare {
+            max: 1,
+            ..share(Share::Admin, 9)
+        };
+        let at0 = |n: &[u8], sh| s.use_request_nonce(n, 0, 100, 0, sh);
+        assert_eq!(at0(b"a1", party(1)).unwrap(), RequestNonceUse::Accepted);
+        assert_eq!(at0(b"a2", party(1)).unwrap(), RequestNonceUse::Accepted);
         assert!(matches!(
-            s.use_request_nonce(b"a3", 100, 0, party(1)),
-            Err(StoreError::Busy(m)) if m.contains("one party")
+            at0(b"a3", party(1)),
+            Err(StoreError::Busy(m)) if m.contains("one party sender")
         ));
-        assert!(s.use_request_nonce(b"b1", 100, 0, party(2)).unwrap());
+        assert_eq!(at0(b"b1", party(2)).unwrap(), RequestNonceUse::Accepted);
         assert!(matches!(
-            s.use_request_nonce(b"c1", 100, 0, party(3)),
-            Err(StoreError::Busy(m)) if m.contains("of parties")
+            at0(b"c1", party(3)),
+            Err(StoreError::Busy(m)) if m.contains("party requests")
         ));
-        assert!(s.use_request_nonce(b"admin", 100, 0, trusted).unwrap());
-        assert!(
-            !s.use_request_nonce(b"admin", 100, 0, trusted).unwrap(),
-            "a replay"
-        );
-        assert!(matches!(
-            s.use_request_nonce(b"admin2", 100, 0, trusted),
-            Err(StoreError::Busy(_))
-        ));
+        // Runtimes have a share of their own too.
+        for (i, n) in [b"r1", b"r2"].iter().enumerate() {
+            assert_eq!(
+                at0(*n, share(Share::Runtime, 4)).unwrap(),
+                RequestNonceUse::Accepted,
+                "{i}"
+            );
+        }
+        assert_eq!(at0(b"admin", admin).unwrap(), RequestNonceUse::Accepted);
+        assert_eq!(at0(b"admin", admin).unwrap(), RequestNonceUse::Replayed);
+        assert!(matches!(at0(b"admin2", admin), Err(StoreError::Busy(_))));
         // Forgotten once expired.
-        assert!(s.use_request_nonce(b"c1", 200, 101, party(3)).unwrap());
+        assert_eq!(
+            s.use_request_nonce(b"c1", 101, 100, 101, party(3)).unwrap(),
+            RequestNonceUse::Accepted
+        );
+    }
+
+    /// The host sets the clock ahead, has the nonces pruned, and sets it back: a request stamped
+    /// before what was pruned is refused, not recorded afresh.
+    #[test]
+    fn a_clock_set_back_brings_no_pruned_nonce_back() {
+        let (d, s) = temp_store();
+        let admin = NonceShare {
+            share: Share::Admin,
+            sender: [9; 32],
+            per_sender: 10,
+            max: 10,
+        };
+        assert_eq!(
+            s.use_request_nonce(b"n", 1_000, 600, 1_000, admin).unwrap(),
+            RequestNonceUse::Accepted
+        );
+        // The clock an hour ahead: another request prunes the first one's row.
+        s.use_request_nonce(b"m", 4_600, 600, 4_600, admin).unwrap();
+        // Back to 1,010, and the first request again: refused, and the floor survives a reopen.
+        assert_eq!(
+            s.use_request_nonce(b"n", 1_000, 600, 1_010, admin).unwrap(),
+            RequestNonceUse::Forgotten { pruned_at: 4_600 }
+        );
+        drop(s);
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(
+            s.use_request_nonce(b"n", 1_000, 600, 1_010, admin).unwrap(),
+            RequestNonceUse::Forgotten { pruned_at: 4_600 }
+        );
+        // Requests stamped since are accepted once the clock is there again.
+        assert_eq!(
+            s.use_request_nonce(b"k", 4_100, 600, 4_100, admin).unwrap(),
+            RequestNonceUse::Accepted
+        );
     }
 
     #[test]

@@ -281,11 +281,10 @@ async fn a_store_from_before_signed_admin_requests_is_upgraded_with_its_token() 
 
 /// A runtime that received only some of a job's dataset keys is not the job's runtime: it cannot
 /// register the job's output. The runtime that received all of them registers one output, once.
-#[tokio::test]
-async fn only_the_runtime_that_received_every_dataset_key_registers_one_output() {
-    use cordon_proto::job::{output_context, OutputKey, Outputs, ServeOutput};
-    use cordon_proto::kbs::AttestResponse;
-    let h = start().await;
+/// Two parties' datasets registered, and a job over them that deploys its output to serving,
+/// approved by both: its hash and its release.
+async fn serving_job(h: &Harness) -> ([u8; 32], cordon_proto::kbs::JobRelease) {
+    use cordon_proto::job::{Outputs, ServeOutput};
     let p = policy(vec![Platform::Sim], MEASUREMENT);
     let (a, b) = (PartyKey::generate("a"), PartyKey::generate("b"));
     for (party, id) in [(&a, "ds-a"), (&b, "ds-b")] {
@@ -295,59 +294,171 @@ async fn only_the_runtime_that_received_every_dataset_key_registers_one_output()
     let mut spec = job_spec(&[&a, &b], "j");
     spec.outputs = Outputs {
         recipients: vec![],
-        serve: Some(ServeOutput { policy: p.clone() }),
+        serve: Some(ServeOutput { policy: p }),
     };
-    let hash = spec.hash();
     let release = approved(&spec, &[&a, &b], 1_800_000_000 + 3_600);
-    // A runtime (its own signing key) attests for the job and asks for some of its keys.
-    let attest = |signing: ed25519_dalek::SigningKey, ids: Vec<String>| {
-        let (h, release) = (&h, release.clone());
-        async move {
-            let r: AttestResponse = h
-                .attest_for_job_signed_by(release, hash, &ids, signing.verifying_key().to_bytes())
-                .await
-                .json()
-                .await
-                .unwrap();
-            r
-        }
-    };
-    let register = |signing: ed25519_dalek::SigningKey, key_id: &str| {
-        let body = serde_json::to_vec(&OutputKey {
-            key_id: key_id.into(),
-            sealed_dek: seal_dek_for_kbs(
-                &h.kbs_key,
-                DekPurpose::JobOutput,
-                key_id,
-                &signing.verifying_key().to_bytes(),
-                &output_context(&hash, &[7; 32]),
-                &[8; 32],
-            )
-            .unwrap(),
-            sealed_manifest_sha256: [7; 32],
-        })
-        .unwrap();
-        let path = format!("/kbs/v1/jobs/{}/output", hex::encode(hash));
-        let h = &h;
-        async move {
-            h.signed(&signing, Method::PUT, &path, body, &h.kbs_key)
-                .await
-        }
-    };
+    (spec.hash(), release)
+}
+
+/// A runtime with signing key `signing` attests for the job and asks for `ids`.
+async fn attest_as(
+    h: &Harness,
+    signing: &ed25519_dalek::SigningKey,
+    hash: [u8; 32],
+    release: &cordon_proto::kbs::JobRelease,
+    ids: &[&str],
+) -> cordon_proto::kbs::AttestResponse {
+    let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    h.attest_for_job_signed_by(
+        release.clone(),
+        hash,
+        &ids,
+        signing.verifying_key().to_bytes(),
+    )
+    .await
+    .json()
+    .await
+    .unwrap()
+}
+
+/// The runtime `signing` registers job `hash`'s output as `key_id`, its DEK sealed for `sealed_for`.
+async fn put_output(
+    h: &Harness,
+    signing: &ed25519_dalek::SigningKey,
+    hash: [u8; 32],
+    key_id: &str,
+    sealed_for: &str,
+) -> reqwest::Response {
+    use cordon_proto::job::{output_context, OutputKey};
+    let body = serde_json::to_vec(&OutputKey {
+        key_id: key_id.into(),
+        sealed_dek: seal_dek_for_kbs(
+            &h.kbs_key,
+            DekPurpose::JobOutput,
+            sealed_for,
+            &signing.verifying_key().to_bytes(),
+            &output_context(&hash, &[7; 32]),
+            &[8; 32],
+        )
+        .unwrap(),
+        sealed_manifest_sha256: [7; 32],
+    })
+    .unwrap();
+    let path = format!("/kbs/v1/jobs/{}/output", hex::encode(hash));
+    h.signed(signing, Method::PUT, &path, body, &h.kbs_key)
+        .await
+}
+
+#[tokio::test]
+async fn only_the_runtime_that_received_every_dataset_key_registers_one_output() {
+    let h = start().await;
+    let (hash, release) = serving_job(&h).await;
     // The rogue runtime got a's key only (the one it asked for).
     let rogue = ed25519_dalek::SigningKey::from_bytes(&[21; 32]);
-    let r = attest(rogue.clone(), vec!["ds-a".into()]).await;
+    let r = attest_as(&h, &rogue, hash, &release, &["ds-a"]).await;
     assert_eq!(r.released.len(), 1);
-    let (status, e) = refusal(register(rogue, "rogue-output").await).await;
+    let (status, e) =
+        refusal(put_output(&h, &rogue, hash, "rogue-output", "rogue-output").await).await;
     assert_eq!(status, 401, "{}", e.error);
     // The real runtime got both; it registers one output, and no second.
     let trainer = ed25519_dalek::SigningKey::from_bytes(&[22; 32]);
-    let r = attest(trainer.clone(), vec!["ds-a".into(), "ds-b".into()]).await;
+    let r = attest_as(&h, &trainer, hash, &release, &["ds-a", "ds-b"]).await;
     assert_eq!(r.released.len(), 2);
-    assert_eq!(register(trainer.clone(), "out-1").await.status(), 200);
-    let (status, e) = refusal(register(trainer, "out-2").await).await;
+    assert_eq!(
+        put_output(&h, &trainer, hash, "out-1", "out-1")
+            .await
+            .status(),
+        200
+    );
+    let (status, e) = refusal(put_output(&h, &trainer, hash, "out-2", "out-2").await).await;
     assert_eq!((status, e.code.as_str()), (409, "conflict"), "{}", e.error);
     assert!(e.error.contains("one output per job"), "{}", e.error);
+}
+
+/// A job's runtime is anyone with a TEE and datasets of its own: its requests (even ones that
+/// fail after their nonce is spent) take the runtimes' share, never the administrator's.
+#[tokio::test]
+async fn a_job_runtime_cannot_lock_out_the_administrator() {
+    let h = start_with(KbsLimits {
+        max_request_nonces: 3,
+        max_request_nonces_per_runtime: 2,
+        ..KbsLimits::default()
+    })
+    .await;
+    let (hash, release) = serving_job(&h).await;
+    let trainer = ed25519_dalek::SigningKey::from_bytes(&[22; 32]);
+    let r = attest_as(&h, &trainer, hash, &release, &["ds-a", "ds-b"]).await;
+    assert_eq!(r.released.len(), 2);
+    // DEKs sealed for another key id: refused after the nonce was spent.
+    for _ in 0..2 {
+        let (status, e) = refusal(put_output(&h, &trainer, hash, "out", "other").await).await;
+        assert_eq!(status, 400, "{}", e.error);
+    }
+    let (status, e) = refusal(put_output(&h, &trainer, hash, "out", "other").await).await;
+    assert_eq!((status, e.code.as_str()), (503, "busy"), "{}", e.error);
+    for _ in 0..3 {
+        assert_eq!(
+            h.admin(Method::GET, "/kbs/v1/admin/audit", vec![])
+                .await
+                .status(),
+            200
+        );
+    }
+}
+
+/// The host owns the KBS's clock: it sets it ahead, lets a request prune the nonces, and sets it
+/// back to replay a captured admin request. The KBS keeps how far it pruned, and refuses.
+#[tokio::test]
+async fn a_clock_set_back_does_not_bring_a_replay_back() {
+    let h = start().await;
+    let p = policy(vec![Platform::Sim], MEASUREMENT);
+    let key = cordon_proto::auth::admin_key(&h.token).unwrap();
+    let path = "/kbs/v1/admin/keys/k";
+    let body = h.register_body("k", [1; 32], &p);
+    let captured: Vec<(&str, String)> =
+        cordon_proto::auth::sign_request(&key, "PUT", path, &body, &h.kbs_key, h.now()).into();
+    let send = |headers: Vec<(&'static str, String)>, body: Vec<u8>| {
+        let mut req = h.http.put(format!("{}{path}", h.url));
+        for (n, v) in headers {
+            req = req.header(n, v);
+        }
+        req.body(body).send()
+    };
+    assert_eq!(
+        send(captured.clone(), body.clone()).await.unwrap().status(),
+        200
+    );
+    // The administrator replaces the key; then the host moves the clock an hour ahead and back.
+    assert_eq!(h.register("k", [2; 32], p.clone()).await.status(), 200);
+    let t0 = h.clock.load(Ordering::SeqCst);
+    h.clock.store(t0 + 3_600, Ordering::SeqCst);
+    assert_eq!(
+        h.admin(Method::GET, "/kbs/v1/admin/audit", vec![])
+            .await
+            .status(),
+        200
+    );
+    h.clock.store(t0 + 10, Ordering::SeqCst);
+    let (status, e) = refusal(send(captured, body).await.unwrap()).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (409, "request_replayed"),
+        "{}",
+        e.error
+    );
+    assert!(
+        e.error.contains("older than this KBS still remembers"),
+        "{}",
+        e.error
+    );
+    // (The administrator's own requests need the clock back where it was.)
+    h.clock.store(t0 + 3_600, Ordering::SeqCst);
+    let events = h.audit().await;
+    assert_eq!(
+        events.iter().filter(|e| e.kind == "key_registered").count(),
+        2,
+        "the replay registered nothing"
+    );
 }
 
 /// The KBS remembers a bounded number of signed-request nonces; beyond it, signed requests wait

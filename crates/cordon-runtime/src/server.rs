@@ -674,6 +674,8 @@ async fn session_setup(
     };
     // The keys already mix in a fresh nonce of ours, so a replayed setup could not reuse a key and
     // nonce; it is refused as well, so that it opens no session at all.
+    // Answered in clear: only the kind of fault and where, never the parser's text, which can
+    // quote the decrypted setup.
     let setup = match serde_json::from_slice::<SessionSetup>(&setup) {
         Ok(setup) => setup,
         Err(e) => {
@@ -681,7 +683,11 @@ async fn session_setup(
             return error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "session setup is malformed or carries no sent_at (update the client): {e}"
+                    "session setup is malformed or carries no sent_at (update the client): {:?} \
+                     error at line {}, column {}",
+                    e.classify(),
+                    e.line(),
+                    e.column()
                 ),
             );
         }

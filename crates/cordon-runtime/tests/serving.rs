@@ -321,6 +321,14 @@ async fn replayed_stale_and_untimed_session_setups_are_refused() {
     let (status, body) = post(url.clone(), start_session(&pk, 0, b"{}").unwrap().0).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("sent_at"), "{body}");
+    // The refusal is in clear: it does not quote what the encrypted setup carried.
+    let quoted = br#"{"sent_at": "a value only the client and the runtime see"}"#;
+    let (status, body) = post(url.clone(), start_session(&pk, 0, quoted).unwrap().0).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("sent_at") && !body.contains("only the client"),
+        "{body}"
+    );
     // Only the first setup opened a session.
     let text = h.metrics().await;
     assert!(

@@ -7,7 +7,6 @@ use cordon_seal::{KeyFile, OwnerKey, SealOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use zeroize::Zeroizing;
 
 const PROGRESS_THRESHOLD: u64 = 8 << 20;
 
@@ -163,7 +162,7 @@ pub fn seal(a: SealArgs) -> Result<()> {
             meta.len(),
         )
     } else {
-        spooled = read_all_zeroizing(&mut input)
+        spooled = util::read_all_zeroizing(&mut input, 1 << 20)
             .with_context(|| format!("reading {}", a.input.display()))?;
         (Box::new(&spooled[..]), spooled.len() as u64)
     };
@@ -209,31 +208,6 @@ pub fn seal(a: SealArgs) -> Result<()> {
         a.key_out.display()
     );
     Ok(())
-}
-
-/// Everything `input` holds, in memory that is zeroized when dropped (growing by copying into a
-/// new zeroizing buffer, so that no reallocation leaves plaintext behind).
-fn read_all_zeroizing(input: &mut impl std::io::Read) -> std::io::Result<Zeroizing<Vec<u8>>> {
-    let mut buf = Zeroizing::new(Vec::with_capacity(1 << 20));
-    loop {
-        if buf.len() == buf.capacity() {
-            let mut bigger = Zeroizing::new(Vec::with_capacity(buf.capacity() * 2));
-            bigger.extend_from_slice(&buf);
-            buf = bigger;
-        }
-        let len = buf.len();
-        let cap = buf.capacity();
-        buf.resize(cap, 0);
-        match input.read(&mut buf[len..]) {
-            Ok(0) => {
-                buf.truncate(len);
-                return Ok(buf);
-            }
-            Ok(n) => buf.truncate(len + n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(len),
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 pub fn unseal(a: UnsealArgs) -> Result<()> {

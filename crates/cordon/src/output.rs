@@ -168,7 +168,8 @@ impl TempOutput {
             }
             if let Err(e) = std::fs::rename(&self.tmp, &self.dest) {
                 if let Some(k) = &kept {
-                    let _ = std::fs::rename(k, &self.dest);
+                    // Best effort: the caller reports what it could not put back.
+                    let _ = restore(k, &self.dest);
                 }
                 return Err(e);
             }
@@ -211,6 +212,17 @@ fn set_aside(dest: &Path) -> std::io::Result<Option<PathBuf>> {
         std::fs::rename(dest, &kept)?;
     }
     Ok(Some(kept))
+}
+
+/// Puts a file set aside by [`set_aside`] back at `dest`. When `dest` is still the same file (a
+/// hard link was set aside and nothing replaced `dest`), rename(2) does nothing, so the hidden
+/// link is removed rather than left behind as a second name of the file (a key file's, perhaps).
+fn restore(kept: &Path, dest: &Path) -> std::io::Result<()> {
+    std::fs::rename(kept, dest)?;
+    match std::fs::remove_file(kept) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 impl Drop for TempOutput {
@@ -266,6 +278,8 @@ pub fn commit_all(outputs: Vec<(TempOutput, u32)>, replace: bool, force_hint: bo
         .map(|o| dir_of(&o.dest).to_path_buf())
         .collect();
     let last = outputs.len().saturating_sub(1);
+    // Files the commit could not put back or clean up, with why: named in the outcome.
+    let mut not_undone: Vec<(PathBuf, std::io::Error)> = Vec::new();
     let failed = {
         let _held = cleanup::hold_signals();
         // (destination, the file it replaced, set aside)
@@ -284,15 +298,20 @@ pub fn commit_all(outputs: Vec<(TempOutput, u32)>, replace: bool, force_hint: bo
         }
         if failed.is_some() {
             for (dest, kept) in placed.iter().rev() {
-                let _ = match kept {
-                    Some(k) => std::fs::rename(k, dest),
-                    None => std::fs::remove_file(dest),
+                let undone = match kept {
+                    Some(k) => restore(k, dest).map_err(|e| (k.clone(), e)),
+                    None => std::fs::remove_file(dest).map_err(|e| (dest.clone(), e)),
                 };
+                if let Err(left) = undone {
+                    not_undone.push(left);
+                }
             }
         } else {
             for (_, kept) in &placed {
                 if let Some(k) = kept {
-                    let _ = std::fs::remove_file(k);
+                    if let Err(e) = std::fs::remove_file(k) {
+                        not_undone.push((k.clone(), e));
+                    }
                 }
             }
         }
@@ -310,9 +329,24 @@ pub fn commit_all(outputs: Vec<(TempOutput, u32)>, replace: bool, force_hint: bo
             synced.push(dir);
         }
     }
+    let leftovers = not_undone
+        .iter()
+        .map(|(p, e)| format!("{} ({e})", p.display()))
+        .collect::<Vec<_>>()
+        .join(", ");
     let Some((dest, e)) = failed else {
+        if !not_undone.is_empty() {
+            eprintln!("warning: could not remove the replaced files set aside: {leftovers}");
+        }
         return Ok(());
     };
+    if !not_undone.is_empty() {
+        bail!(
+            "writing {} failed ({e}), and these could not be put back or removed: {leftovers}; \
+             check them by hand",
+            dest.display()
+        );
+    }
     if e.kind() == std::io::ErrorKind::AlreadyExists {
         if force_hint {
             bail!(
@@ -661,6 +695,29 @@ mod tests {
             format!("{err:#}").contains(&b.display().to_string()),
             "{err:#}"
         );
+    }
+
+    /// The first output (a key file, set aside as a hard link before it is replaced) fails: the
+    /// old key stays, and no second name of it is left behind.
+    #[test]
+    fn a_failed_first_replacement_leaves_no_second_link_of_the_old_key() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.key"), dir.path().join("b.sealed"));
+        std::fs::write(&a, b"old key").unwrap();
+        std::fs::write(&b, b"old artifact").unwrap();
+        let mut ta = TempOutput::create(&a).unwrap();
+        ta.file().write_all(b"new key").unwrap();
+        let mut tb = TempOutput::create(&b).unwrap();
+        tb.file().write_all(b"new artifact").unwrap();
+        // Gone when it is to be renamed (its open file is still synced and given its mode).
+        std::fs::remove_file(&ta.tmp).unwrap();
+        let err = commit_all(vec![(ta, SECRET), (tb, PUBLIC)], true, true).unwrap_err();
+        assert!(format!("{err:#}").contains("a.key"), "{err:#}");
+        assert_eq!(std::fs::read(&a).unwrap(), b"old key");
+        assert_eq!(std::fs::read(&b).unwrap(), b"old artifact");
+        assert_eq!(std::fs::metadata(&a).unwrap().nlink(), 1);
+        assert_eq!(entries(dir.path()), ["a.key", "b.sealed"]);
     }
 
     #[test]

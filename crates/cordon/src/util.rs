@@ -1,7 +1,7 @@
 //! Small helpers shared by the subcommands.
 
 use crate::output::{self, TempOutput};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use cordon_attest::{Policy, PolicyDocument};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -61,24 +61,56 @@ pub fn read_to_string(path: &Path, what: &str) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
 }
 
-/// Reads a file holding a secret (an admin token, a key file) into memory that is zeroized when
-/// dropped, reserved once from the file's size so that no reallocation leaves a copy behind.
+/// The largest secret file read (an admin token, a key file): far more than any of them holds.
+const MAX_SECRET_FILE: u64 = 64 << 10;
+
+/// Reads a file holding a secret (an admin token, a key file; a pipe too, as from `<(pass …)`)
+/// into memory that is zeroized when dropped, and never reallocated without zeroizing the old
+/// buffer.
 pub fn read_secret(path: &Path, what: &str) -> Result<Zeroizing<String>> {
     use std::io::Read;
     let context = || format!("reading {what} {}", path.display());
-    let mut file = std::fs::File::open(path).with_context(context)?;
-    let len = file.metadata().with_context(context)?.len();
-    // One byte more than the size, so that reading to the end needs no reallocation.
-    let mut bytes = Zeroizing::new(Vec::with_capacity(
-        usize::try_from(len).unwrap_or(0).saturating_add(1),
-    ));
-    file.read_to_end(&mut bytes).with_context(context)?;
-    let text = String::from_utf8(std::mem::take(&mut *bytes)).map_err(|e| {
-        // The error holds the bytes: zeroized with it.
-        drop(Zeroizing::new(e.into_bytes()));
-        anyhow::anyhow!("{what} {} is not UTF-8 text", path.display())
-    })?;
-    Ok(Zeroizing::new(text))
+    let file = std::fs::File::open(path).with_context(context)?;
+    let bytes =
+        read_all_zeroizing(&mut file.take(MAX_SECRET_FILE + 1), 4 << 10).with_context(context)?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        bail!(
+            "{what} {} is over {MAX_SECRET_FILE} bytes: not a secret file Cordon wrote",
+            path.display()
+        );
+    }
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| anyhow::anyhow!("{what} {} is not UTF-8 text", path.display()))?;
+    Ok(Zeroizing::new(text.to_string()))
+}
+
+/// Everything `input` holds, in memory that is zeroized when dropped: it grows by copying into a
+/// new zeroizing buffer (`capacity` bytes at first), so that no reallocation leaves a copy of the
+/// secret or plaintext behind.
+pub fn read_all_zeroizing(
+    input: &mut impl std::io::Read,
+    capacity: usize,
+) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(capacity.max(1)));
+    loop {
+        if buf.len() == buf.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity(buf.capacity() * 2));
+            bigger.extend_from_slice(&buf);
+            buf = bigger;
+        }
+        let len = buf.len();
+        let cap = buf.capacity();
+        buf.resize(cap, 0);
+        match input.read(&mut buf[len..]) {
+            Ok(0) => {
+                buf.truncate(len);
+                return Ok(buf);
+            }
+            Ok(n) => buf.truncate(len + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(len),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Loads a policy document (a policy and, for clients, its `[endorsements]`) and prints the
@@ -214,5 +246,37 @@ impl ServerTlsArgs {
             );
             tracing::info!(certificate = %cert.display(), "{server}: TLS on");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out at most three bytes at a time, as a pipe may.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(3).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn secrets_are_read_whole_through_any_number_of_growths_and_bounded() {
+        let text = "a secret token, longer than the first buffer".repeat(10);
+        let read = read_all_zeroizing(&mut Trickle(text.as_bytes()), 1).unwrap();
+        assert_eq!(read.as_slice(), text.as_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("token");
+        std::fs::write(&small, &text).unwrap();
+        assert_eq!(read_secret(&small, "token").unwrap().as_str(), text);
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; MAX_SECRET_FILE as usize + 1]).unwrap();
+        let err = read_secret(&big, "token").unwrap_err();
+        assert!(err.to_string().contains("over 65536 bytes"), "{err}");
     }
 }
