@@ -320,6 +320,17 @@ impl Store {
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
+        // Migration 4 gained `job_runtimes.output_key_id` after it first landed on main: a store
+        // made by that first version lacks the column whatever its version now.
+        let has_output_key_id: bool = self.conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('job_runtimes') WHERE name = 'output_key_id'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_output_key_id {
+            self.conn
+                .execute_batch("ALTER TABLE job_runtimes ADD COLUMN output_key_id TEXT;")?;
+        }
         Ok(())
     }
 
@@ -1026,6 +1037,30 @@ mod tests {
             s.use_request_nonce(b"k", 4_100, 600, 4_100, admin).unwrap(),
             RequestNonceUse::Accepted
         );
+    }
+
+    /// A store made by the first version of migration 4 (without `job_runtimes.output_key_id`)
+    /// is brought up to date like any other.
+    #[test]
+    fn a_store_from_the_first_migration_4_gets_its_missing_column() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join("kbs.sqlite3")).unwrap();
+        conn.execute_batch(
+            "DROP TABLE nonce_floor; DROP INDEX request_nonces_share;
+             ALTER TABLE request_nonces DROP COLUMN share;
+             DROP INDEX request_nonces_party; ALTER TABLE request_nonces DROP COLUMN party;
+             DROP INDEX keys_kind_owner;
+             ALTER TABLE job_runtimes DROP COLUMN output_key_id;
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+        drop(conn);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        s.conn
+            .execute("UPDATE job_runtimes SET output_key_id = 'k'", [])
+            .unwrap();
     }
 
     #[test]
