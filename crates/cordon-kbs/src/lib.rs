@@ -6,6 +6,7 @@
 //! key's policy, and returns each accepted DEK sealed with HPKE to the attested key). Admin endpoints
 //! (`/kbs/v1/admin/…`) need the admin token, which is stored only as a SHA-256 hash.
 
+pub mod custody;
 mod error;
 #[cfg(unix)]
 mod private_files;
@@ -20,10 +21,30 @@ mod private_files {
     pub(crate) fn check_private(_: &std::path::Path, _: &std::path::Path) -> std::io::Result<()> {
         Ok(())
     }
+    pub(crate) fn create_secret_file(
+        path: &std::path::Path,
+    ) -> std::io::Result<Option<std::fs::File>> {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+        {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    pub(crate) fn read_secret_file(
+        path: &std::path::Path,
+    ) -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
+        std::fs::read(path).map(zeroize::Zeroizing::new)
+    }
+    pub(crate) fn sync_parent(_: &std::path::Path) {}
 }
 mod server;
 mod store;
 
+pub use custody::{Kek, KekSpec};
 pub use error::KbsError;
 pub use server::{Clock, Kbs, KbsConfig, KbsLimits};
 pub use store::{verify_audit_chain, Store, StoreError};

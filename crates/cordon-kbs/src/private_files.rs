@@ -173,3 +173,83 @@ fn own_uid(dir: &Path) -> Option<u32> {
     let _ = std::fs::remove_file(&probe);
     uid
 }
+
+/// Creates the secret file `path` (a KEK) with mode 0600, never through a link: `Ok(None)` if
+/// something exists at that name already (the caller then reads it with [`read_secret_file`]).
+pub(crate) fn create_secret_file(path: &Path) -> io::Result<Option<std::fs::File>> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(f) => {
+            // Exactly 0600, whatever the umask.
+            f.set_permissions(Permissions::from_mode(0o600))?;
+            Ok(Some(f))
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads a secret file (a KEK), refusing a link, a file that is not regular, one that another
+/// user owns, or one that other users may read or write: whoever can read it can read the keys,
+/// whoever can write it can lock them away.
+pub(crate) fn read_secret_file(path: &Path) -> io::Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::new(io::ErrorKind::PermissionDenied, "is a symbolic link")
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    let refuse = |why: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+    if !meta.is_file() {
+        return refuse("is not a regular file".into());
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return refuse(format!(
+            "is mode {mode:o}, open to other users (chmod 600 it)"
+        ));
+    }
+    if let Some(parent) = path.parent() {
+        let dir = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        if let Some(uid) = own_uid(dir) {
+            if meta.uid() != uid {
+                return refuse(format!(
+                    "belongs to uid {}, not to the key broker's user (uid {uid})",
+                    meta.uid()
+                ));
+            }
+        }
+    }
+    // A KEK is 32 bytes; read a little more so that a wrong file is reported by its size.
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(64));
+    file.by_ref().take(4096).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Flushes the directory entry of a file just created, so that it survives a crash.
+pub(crate) fn sync_parent(path: &Path) {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(dir) = std::fs::File::open(parent) {
+            let _ = dir.sync_all();
+        }
+    }
+}

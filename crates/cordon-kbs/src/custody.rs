@@ -1,0 +1,341 @@
+//! Key custody: the root key-encryption key (KEK) that wraps every secret the KBS stores (each
+//! DEK, the seed of its HPKE identity). Nothing secret is written unwrapped; the KEK itself is
+//! never in the store.
+//!
+//! Where the KEK lives is a [`Kek`] provider, chosen at `kbs serve` (`--kek`, [`KekSpec`]):
+//! - `file:PATH`: 32 random bytes in a 0600 file outside the data directory ([`FileKek`]), for
+//!   development and `quickstart`: whoever reads both the file and the store reads the keys;
+//! - `pkcs11:…`: an AES key that never leaves an HSM (wrapping is done inside it);
+//! - `sev-snp:…`: a key the SEV-SNP firmware derives for this KBS's measurement
+//!   (`MSG_KEY_REQ`), so only the same code in a TEE on the same chip can unwrap.
+//!
+//! Wrapped format (all providers): `nonce (12) ‖ AES-256-GCM ciphertext ‖ tag (16)`, with
+//! [`wrap_aad`] (the slot and the entry's name) as associated data, so a wrapped DEK moved to
+//! another key id, or into the identity slot, does not unwrap.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+/// Bytes of the GCM nonce that starts every wrapped secret.
+pub const WRAP_NONCE_LEN: usize = 12;
+/// Bytes of the GCM tag that ends every wrapped secret.
+pub const WRAP_TAG_LEN: usize = 16;
+
+#[derive(Debug, Error)]
+pub enum CustodyError {
+    #[error("KEK file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("KEK specification {spec:?}: {reason}")]
+    Spec { spec: String, reason: String },
+    #[error("wrapped {slot} {name:?} does not unwrap under KEK {kek_id}: tampered, moved, or wrapped by another KEK")]
+    Unwrap {
+        slot: &'static str,
+        name: String,
+        kek_id: String,
+    },
+    #[error("wrapped {slot} {name:?} is {len} bytes, too short to be wrapped")]
+    Truncated {
+        slot: &'static str,
+        name: String,
+        len: usize,
+    },
+    #[error("HSM (PKCS#11): {0}")]
+    Pkcs11(String),
+    #[error("TEE-derived KEK: {0}")]
+    Tee(String),
+}
+
+/// What a wrapped secret is: part of its associated data, so one slot's entry never opens as
+/// another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// A data encryption key, named by its key id.
+    Dek,
+    /// The seed of the KBS's HPKE identity (named by its generation).
+    IdentitySeed,
+}
+
+impl Slot {
+    pub fn label(self) -> &'static str {
+        match self {
+            Slot::Dek => "dek",
+            Slot::IdentitySeed => "identity-seed",
+        }
+    }
+}
+
+/// The associated data of a wrapped secret: a domain label, the slot, the entry's name.
+pub fn wrap_aad(slot: Slot, name: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(32 + name.len());
+    aad.extend_from_slice(b"cordon-kbs/kek-wrap/v1\0");
+    aad.extend_from_slice(slot.label().as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(name.as_bytes());
+    aad
+}
+
+/// A key-encryption key. Implementations may never hold the key in this process (an HSM, the
+/// TEE's firmware); they only wrap and unwrap.
+pub trait Kek: Send + Sync {
+    /// Names this KEK in the store (`file:…`, `pkcs11:…`, `sev-snp:…`): which KEK wrapped an
+    /// entry. Not secret; the same across restarts; different for different keys.
+    fn id(&self) -> &str;
+
+    /// Wraps `secret` with `aad` as associated data: `nonce ‖ ciphertext ‖ tag`.
+    fn wrap(&self, aad: &[u8], secret: &[u8]) -> Result<Vec<u8>, CustodyError>;
+
+    /// Unwraps what [`Kek::wrap`] returned with the same `aad`; fails on any other input. The
+    /// error names nothing secret; the caller adds the slot and name.
+    fn unwrap(&self, aad: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, UnwrapFailed>;
+}
+
+/// A wrapped secret that does not open: tampered, truncated, or wrapped under another key or
+/// associated data. Deliberately without detail (AES-GCM gives none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("wrapped secret does not unwrap")]
+pub struct UnwrapFailed;
+
+/// AES-256-GCM wrapping with a key held in this process (the file and TEE providers).
+pub fn aead_wrap(key: &[u8; 32], aad: &[u8], secret: &[u8]) -> Vec<u8> {
+    let cipher = Aes256Gcm::new(key.into());
+    let mut nonce = [0u8; WRAP_NONCE_LEN];
+    rand::rng().fill_bytes(&mut nonce);
+    // Encryption with a valid key and a random nonce cannot fail for inputs this small.
+    let sealed = cipher
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: secret, aad })
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(WRAP_NONCE_LEN + sealed.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&sealed);
+    out
+}
+
+/// Opens what [`aead_wrap`] made under the same key and `aad`.
+pub fn aead_unwrap(
+    key: &[u8; 32],
+    aad: &[u8],
+    wrapped: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, UnwrapFailed> {
+    if wrapped.len() < WRAP_NONCE_LEN + WRAP_TAG_LEN {
+        return Err(UnwrapFailed);
+    }
+    let (nonce, sealed) = wrapped.split_at(WRAP_NONCE_LEN);
+    Aes256Gcm::new(key.into())
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad })
+        .map(Zeroizing::new)
+        .map_err(|_| UnwrapFailed)
+}
+
+/// A KEK id from the key itself: a label and the first 16 bytes of a domain-separated SHA-256,
+/// which names the key without revealing it.
+pub fn key_fingerprint(provider: &str, key: &[u8; 32]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"cordon-kbs/kek-id/v1\0");
+    h.update(key);
+    format!("{provider}:{}", hex::encode(&h.finalize()[..16]))
+}
+
+/// The KEK in a file: 32 random bytes, mode 0600, created once (never overwritten).
+pub struct FileKek {
+    key: Zeroizing<[u8; 32]>,
+    id: String,
+    path: PathBuf,
+}
+
+impl fmt::Debug for FileKek {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileKek")
+            .field("id", &self.id)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileKek {
+    /// Reads the KEK at `path`, or creates it (32 fresh random bytes, 0600) if absent. The file
+    /// must be exactly 32 bytes and private to this user.
+    pub fn open_or_create(path: &Path) -> Result<FileKek, CustodyError> {
+        let err = |reason: String| CustodyError::File {
+            path: path.display().to_string(),
+            reason,
+        };
+        match crate::private_files::create_secret_file(path) {
+            Ok(Some(mut f)) => {
+                let mut key = Zeroizing::new([0u8; 32]);
+                rand::rng().fill_bytes(key.as_mut());
+                use std::io::Write;
+                f.write_all(key.as_ref())
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| err(format!("cannot write: {e}")))?;
+                crate::private_files::sync_parent(path);
+                tracing::info!(path = %path.display(), "created a new key-encryption key file");
+                Ok(FileKek::from_key(key, path))
+            }
+            Ok(None) => FileKek::open(path),
+            Err(e) => Err(err(format!("cannot create: {e}"))),
+        }
+    }
+
+    /// Reads an existing KEK file.
+    pub fn open(path: &Path) -> Result<FileKek, CustodyError> {
+        let err = |reason: String| CustodyError::File {
+            path: path.display().to_string(),
+            reason,
+        };
+        let bytes = crate::private_files::read_secret_file(path).map_err(|e| err(e.to_string()))?;
+        let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            err(format!(
+                "is {} bytes; a KEK file holds exactly 32",
+                bytes.len()
+            ))
+        })?;
+        Ok(FileKek::from_key(Zeroizing::new(key), path))
+    }
+
+    fn from_key(key: Zeroizing<[u8; 32]>, path: &Path) -> FileKek {
+        let id = key_fingerprint("file", &key);
+        FileKek {
+            key,
+            id,
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Kek for FileKek {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn wrap(&self, aad: &[u8], secret: &[u8]) -> Result<Vec<u8>, CustodyError> {
+        Ok(aead_wrap(&self.key, aad, secret))
+    }
+    fn unwrap(&self, aad: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, UnwrapFailed> {
+        aead_unwrap(&self.key, aad, wrapped)
+    }
+}
+
+/// Where the KEK lives, as given on the command line: `file:PATH`, `pkcs11:…`, `sev-snp:…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KekSpec {
+    File(PathBuf),
+}
+
+impl KekSpec {
+    pub fn parse(spec: &str) -> Result<KekSpec, CustodyError> {
+        let bad = |reason: &str| CustodyError::Spec {
+            spec: spec.to_string(),
+            reason: reason.to_string(),
+        };
+        let (scheme, rest) = spec
+            .split_once(':')
+            .ok_or_else(|| bad("expected SCHEME:…, one of file:PATH, pkcs11:…, sev-snp:…"))?;
+        match scheme {
+            "file" if !rest.is_empty() => Ok(KekSpec::File(PathBuf::from(rest))),
+            "file" => Err(bad("file: needs a path")),
+            _ => Err(bad(
+                "unknown KEK provider; expected file:, pkcs11: or sev-snp:",
+            )),
+        }
+    }
+
+    /// The default for a data directory: `file:` beside it (`DIR.kek`), never inside it, so
+    /// that a copy of the data directory alone holds no readable key.
+    pub fn default_for(data_dir: &Path) -> KekSpec {
+        let mut name = data_dir
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_else(|| "kbs".into());
+        name.push(".kek");
+        KekSpec::File(data_dir.with_file_name(name))
+    }
+
+    /// Opens (or, for `file:`, creates) the KEK.
+    pub fn open(&self) -> Result<Arc<dyn Kek>, CustodyError> {
+        match self {
+            KekSpec::File(path) => Ok(Arc::new(FileKek::open_or_create(path)?)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_binds_slot_and_name() {
+        let key = [7u8; 32];
+        let w = aead_wrap(&key, &wrap_aad(Slot::Dek, "a"), b"secret");
+        assert_eq!(
+            aead_unwrap(&key, &wrap_aad(Slot::Dek, "a"), &w)
+                .unwrap()
+                .as_slice(),
+            b"secret"
+        );
+        assert!(aead_unwrap(&key, &wrap_aad(Slot::Dek, "b"), &w).is_err());
+        assert!(aead_unwrap(&key, &wrap_aad(Slot::IdentitySeed, "a"), &w).is_err());
+        assert!(aead_unwrap(&[8u8; 32], &wrap_aad(Slot::Dek, "a"), &w).is_err());
+        for cut in 0..w.len() {
+            assert!(aead_unwrap(&key, &wrap_aad(Slot::Dek, "a"), &w[..cut]).is_err());
+        }
+        let mut flipped = w.clone();
+        flipped[WRAP_NONCE_LEN + 1] ^= 1;
+        assert!(aead_unwrap(&key, &wrap_aad(Slot::Dek, "a"), &flipped).is_err());
+    }
+
+    #[test]
+    fn file_kek_is_created_private_once_and_reread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.kek");
+        let a = FileKek::open_or_create(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let b = FileKek::open_or_create(&path).unwrap();
+        assert_eq!(a.id(), b.id());
+        let w = a.wrap(b"aad", b"x").unwrap();
+        assert_eq!(b.unwrap(b"aad", &w).unwrap().as_slice(), b"x");
+        // A different key has a different id.
+        let c = FileKek::open_or_create(&dir.path().join("other.kek")).unwrap();
+        assert_ne!(a.id(), c.id());
+        assert!(format!("{a:?}").contains("FileKek") && !format!("{a:?}").contains("key:"));
+    }
+
+    #[test]
+    fn a_kek_file_of_the_wrong_size_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("short.kek");
+        std::fs::write(&path, [1u8; 31]).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let e = FileKek::open(&path).unwrap_err().to_string();
+        assert!(e.contains("31 bytes"), "{e}");
+    }
+
+    #[test]
+    fn specs_parse_and_default_beside_the_data_directory() {
+        assert_eq!(
+            KekSpec::parse("file:/x/y.kek").unwrap(),
+            KekSpec::File("/x/y.kek".into())
+        );
+        assert!(KekSpec::parse("file:").is_err());
+        assert!(KekSpec::parse("vault:x").is_err());
+        assert!(KekSpec::parse("nocolon").is_err());
+        assert_eq!(
+            KekSpec::default_for(Path::new("/srv/kbs-data")),
+            KekSpec::File("/srv/kbs-data.kek".into())
+        );
+    }
+}
