@@ -221,6 +221,80 @@ impl Kek for FileKek {
     }
 }
 
+/// A KEK held only in this process's memory: whatever it wraps is unreadable once the process
+/// ends. For tests and benchmarks (`cordon bench kbs`), never offered by [`KekSpec`].
+pub struct MemoryKek {
+    key: Zeroizing<[u8; 32]>,
+    id: String,
+}
+
+impl MemoryKek {
+    pub fn new(key: [u8; 32]) -> MemoryKek {
+        let key = Zeroizing::new(key);
+        let id = key_fingerprint("memory", &key);
+        MemoryKek { key, id }
+    }
+
+    pub fn generate() -> MemoryKek {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        let kek = MemoryKek::new(key);
+        zeroize::Zeroize::zeroize(&mut key);
+        kek
+    }
+}
+
+impl fmt::Debug for MemoryKek {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryKek")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kek for MemoryKek {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn wrap(&self, aad: &[u8], secret: &[u8]) -> Result<Vec<u8>, CustodyError> {
+        Ok(aead_wrap(&self.key, aad, secret))
+    }
+    fn unwrap(&self, aad: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, UnwrapFailed> {
+        aead_unwrap(&self.key, aad, wrapped)
+    }
+}
+
+/// The KEKs a store is opened with: `current` wraps everything written; `previous`, during a
+/// rotation, still unwraps what it wrapped until `rotate-kek` has re-wrapped it all.
+#[derive(Clone)]
+pub struct Keks {
+    pub current: Arc<dyn Kek>,
+    pub previous: Option<Arc<dyn Kek>>,
+}
+
+impl Keks {
+    pub fn new(current: Arc<dyn Kek>) -> Keks {
+        Keks {
+            current,
+            previous: None,
+        }
+    }
+
+    /// The ids of the KEKs given, for errors.
+    pub fn describe(&self) -> String {
+        match &self.previous {
+            Some(p) => format!("{} and previous {}", self.current.id(), p.id()),
+            None => self.current.id().to_string(),
+        }
+    }
+}
+
+impl fmt::Debug for Keks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
 /// Where the KEK lives, as given on the command line: `file:PATH`, `pkcs11:…`, `sev-snp:…`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KekSpec {

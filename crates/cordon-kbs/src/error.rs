@@ -35,6 +35,8 @@ pub enum KbsError {
     PartyUnauthorized(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error("release policy is invalid: {0}")]
     Policy(String),
     #[error("storage error: {0}")]
@@ -54,6 +56,8 @@ impl From<crate::store::StoreError> for KbsError {
             crate::store::StoreError::Quota(m) => KbsError::Quota(m),
             crate::store::StoreError::Busy(m) => KbsError::Busy(m),
             crate::store::StoreError::OutputRegistered { .. } => KbsError::Conflict(e.to_string()),
+            crate::store::StoreError::KeyRevoked { .. } => KbsError::Conflict(e.to_string()),
+            crate::store::StoreError::UnknownKey { .. } => KbsError::NotFound(e.to_string()),
             other => KbsError::Storage(other),
         }
     }
@@ -76,6 +80,7 @@ impl KbsError {
             KbsError::Quota(_) => "quota_exceeded",
             KbsError::PartyUnauthorized(_) => "party_unauthorized",
             KbsError::Conflict(_) => "conflict",
+            KbsError::NotFound(_) => "not_found",
             KbsError::Policy(_) => "policy_invalid",
             KbsError::Storage(_) => "storage",
             KbsError::StorageFull => "storage_full",
@@ -99,6 +104,7 @@ impl KbsError {
             KbsError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             KbsError::Unauthorized(_) | KbsError::PartyUnauthorized(_) => StatusCode::UNAUTHORIZED,
             KbsError::Conflict(_) => StatusCode::CONFLICT,
+            KbsError::NotFound(_) => StatusCode::NOT_FOUND,
             KbsError::Storage(_) | KbsError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             KbsError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         }

@@ -44,7 +44,7 @@ mod private_files {
 mod server;
 mod store;
 
-pub use custody::{Kek, KekSpec};
+pub use custody::{Kek, KekSpec, Keks};
 pub use error::KbsError;
 pub use server::{Clock, Kbs, KbsConfig, KbsLimits};
 pub use store::{verify_audit_chain, Store, StoreError};

@@ -1,5 +1,6 @@
 //! HTTP surface of the KBS (axum) over the store.
 
+use crate::custody::{KekSpec, Keks};
 use crate::store::{NewAuditEvent, NonceShare, NonceUse, RequestNonceUse, Share, Store};
 use crate::KbsError;
 use axum::body::Bytes;
@@ -12,8 +13,8 @@ use cordon_proto::auth::{self, unix, AuthError, SignedRequest, REQUEST_WINDOW};
 use cordon_proto::job::{self, job_report_data};
 use cordon_proto::kbs::{
     dek_upload_aad, policy_context, AttestRequest, AttestResponse, AuditEvent, Challenge,
-    DekPurpose, DeniedKey, JobRelease, KbsIdentity, RegisterKey, ReleasedKey, SealedToKbs,
-    JOB_INFO, MAX_KEY_IDS, RELEASE_INFO, UPLOAD_INFO,
+    DekPurpose, DeniedKey, JobRelease, KbsIdentity, KeyInfo, RegisterKey, ReleasedKey,
+    RevokeRequest, RevokeResponse, SealedToKbs, JOB_INFO, MAX_KEY_IDS, RELEASE_INFO, UPLOAD_INFO,
 };
 use cordon_proto::{channel, report_data, ServiceKeyPair};
 use rand::RngCore;
@@ -38,6 +39,10 @@ pub struct KbsConfig {
     pub nonce_ttl: Duration,
     pub clock: Clock,
     pub limits: KbsLimits,
+    /// The root KEK that wraps every secret at rest (and the previous one during a rotation).
+    /// `None`: the file KEK beside the data directory ([`KekSpec::default_for`]), created on
+    /// first start.
+    pub keks: Option<Keks>,
 }
 
 /// What one caller can make the KBS store: anyone can make a party key, so dataset keys have a
@@ -91,6 +96,19 @@ impl KbsConfig {
             nonce_ttl: Duration::from_secs(60),
             clock: Arc::new(SystemTime::now),
             limits: KbsLimits::default(),
+            keks: None,
+        }
+    }
+
+    /// The KEKs this configuration names, the default file KEK opened (or made) if none.
+    pub fn open_keks(&self) -> Result<Keks, KbsError> {
+        match &self.keks {
+            Some(k) => Ok(k.clone()),
+            None => Ok(Keks::new(
+                KekSpec::default_for(&self.data_dir)
+                    .open()
+                    .map_err(crate::store::StoreError::from)?,
+            )),
         }
     }
 }
@@ -136,7 +154,7 @@ fn bytes_body(
 impl Kbs {
     /// Opens the store in the data directory; on first start, creates the KBS's HPKE identity.
     pub fn open(config: KbsConfig) -> Result<Kbs, KbsError> {
-        let store = Store::open(&config.data_dir)?;
+        let store = Store::open(&config.data_dir, config.open_keks()?)?;
         let seed = match store.identity_seed()? {
             Some(seed) => seed,
             None => {
@@ -251,6 +269,7 @@ impl Kbs {
             .route("/kbs/v1/attest", post(attest))
             .route("/kbs/v1/admin/keys", get(list_keys))
             .route("/kbs/v1/admin/keys/{key_id}", put(register_key))
+            .route("/kbs/v1/admin/keys/{key_id}/revoke", post(revoke_key))
             .route("/kbs/v1/datasets/{key_id}", put(register_dataset_key))
             .route("/kbs/v1/jobs/{job_hash}/output", put(register_job_output))
             .route("/kbs/v1/admin/audit", get(audit))
@@ -600,6 +619,10 @@ async fn attest(
         let stored = kbs.with_store(move |s| Ok(s.get_key(&id)?)).await?;
         let reasons: Vec<String> = match &stored {
             None => vec![format!("unknown key id {key_id}")],
+            Some(k) if k.revoked_at.is_some() => vec![format!(
+                "key {key_id} was revoked at {}",
+                k.revoked_at.unwrap_or_default()
+            )],
             Some(k) => match Policy::from_toml(&k.policy) {
                 Err(e) => vec![format!("stored release policy is invalid: {e}")],
                 Ok(policy) => {
@@ -1059,9 +1082,54 @@ async fn list_keys(
     State(kbs): State<Kbs>,
     uri: Uri,
     headers: HeaderMap,
-) -> Result<Json<Vec<String>>, KbsError> {
+) -> Result<Json<Vec<KeyInfo>>, KbsError> {
     kbs.check_admin(&headers, "GET", uri.path(), b"").await?;
-    Ok(Json(kbs.with_store(|s| Ok(s.key_ids()?)).await?))
+    Ok(Json(kbs.with_store(|s| Ok(s.key_listing()?)).await?))
+}
+
+/// Revokes a key (admin): its DEK is erased from the store and every later release is denied;
+/// the revocation is audited with the reason given. Runtimes that received the key before keep
+/// what they hold: revocation stops new releases, it cannot recall old ones.
+async fn revoke_key(
+    State(kbs): State<Kbs>,
+    UrlPath(key_id): UrlPath<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<RevokeResponse>, KbsError> {
+    let body = bytes_body(body)?;
+    check_key_id(&key_id)?;
+    kbs.check_admin(&headers, "POST", uri.path(), &body).await?;
+    let req: RevokeRequest = serde_json::from_slice(&body)
+        .map_err(|e| KbsError::BadRequest(format!("revoke request: {e}")))?;
+    if req.reason.len() > 1024 || req.reason.chars().any(char::is_control) {
+        return Err(KbsError::BadRequest(
+            "the reason must be at most 1024 characters, without control characters".into(),
+        ));
+    }
+    let now = unix((kbs.inner.config.clock)());
+    let detail = format!("revoked by the administrator: {}", req.reason);
+    let id = key_id.clone();
+    let event = kbs
+        .with_store(move |s| {
+            let event = NewAuditEvent {
+                time: now,
+                kind: "key_revoked",
+                key_id: Some(&id),
+                claims_digest: None,
+                verdict: "accepted",
+                measurement: None,
+                detail: &detail,
+            };
+            Ok(s.revoke_key_audited(&id, &event)?)
+        })
+        .await?;
+    tracing::warn!(key_id = %key_id, "key revoked");
+    Ok(Json(RevokeResponse {
+        key_id,
+        revoked_at: now,
+        audit_seq: event.seq,
+    }))
 }
 
 async fn audit(

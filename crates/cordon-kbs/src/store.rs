@@ -2,8 +2,14 @@
 //!
 //! WAL journal with `synchronous = FULL`: an acknowledged write survives a crash. The schema is
 //! versioned with `PRAGMA user_version` and upgraded by the migrations below, in order.
+//!
+//! Every secret is stored wrapped under the root KEK ([`crate::custody`]): each DEK and the seed
+//! of the KBS's identity, each row naming the KEK that wrapped it (`kek_id`). A store from before
+//! wrapping (schema 6 or older) has its plaintext rows wrapped when first opened, and is then
+//! vacuumed with `secure_delete` on, so that the plaintext is not left in free pages or the WAL.
 
-use cordon_proto::kbs::AuditEvent;
+use crate::custody::{wrap_aad, CustodyError, Kek, Keks, Slot};
+use cordon_proto::kbs::{AuditEvent, KeyInfo};
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -32,6 +38,22 @@ pub enum StoreError {
     Corrupt(String),
     #[error("job {job_hash}'s output is registered already by this runtime: one output per job")]
     OutputRegistered { job_hash: String },
+    #[error("key custody: {0}")]
+    Custody(#[from] CustodyError),
+    #[error(
+        "{entries} stored secret(s) are wrapped by KEK {found}, which this KBS was not given \
+         (it has {given}): a KEK rotation left unfinished (give the old KEK as the previous one \
+         and finish it with `cordon kbs rotate-kek`), or the wrong --kek"
+    )]
+    UnknownKek {
+        found: String,
+        given: String,
+        entries: u64,
+    },
+    #[error("key {key_id} was revoked at {revoked_at}: it is never released again, and its id is not reused")]
+    KeyRevoked { key_id: String, revoked_at: u64 },
+    #[error("no key {key_id} is registered")]
+    UnknownKey { key_id: String },
     #[error("data directory {path} is not private to the key broker: {source}")]
     NotPrivate {
         path: String,
@@ -127,6 +149,12 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE nonce_floor (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         pruned_at INTEGER NOT NULL);",
+    // 7: key custody. Each secret (`keys.dek`, `identity.hpke_seed`) is wrapped by the root KEK
+    //    named in its `kek_id`; NULL marks a plaintext row from before, wrapped by `Store::open`.
+    //    A revoked key keeps its row (its id is never reused), not its DEK.
+    "ALTER TABLE keys ADD COLUMN kek_id TEXT;
+     ALTER TABLE keys ADD COLUMN revoked_at INTEGER;
+     ALTER TABLE identity ADD COLUMN kek_id TEXT;",
 ];
 
 /// How long an expired challenge is kept, so that using it is answered "expired" rather than
@@ -220,7 +248,10 @@ pub enum NonceUse {
 
 /// A registered key.
 pub struct StoredKey {
+    /// Unwrapped; empty for a revoked key.
     pub dek: Zeroizing<Vec<u8>>,
+    /// When the key was revoked (`cordon kbs revoke`): it is never released again.
+    pub revoked_at: Option<u64>,
     pub policy: String,
     pub kind: KeyKind,
     /// The owner of a dataset key (its Ed25519 public key), or the runtime that registered a job's
@@ -248,6 +279,7 @@ pub struct NewAuditEvent<'a> {
 
 pub struct Store {
     conn: Connection,
+    keks: Keks,
 }
 
 impl Store {
@@ -256,7 +288,11 @@ impl Store {
     /// The store holds the DEKs: `data_dir` is made 0700 and the database with its `-wal` and
     /// `-shm` files 0600, whatever the umask; an existing directory or file open to other users
     /// loses those bits, with a warning (`private_files`).
-    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+    ///
+    /// Secrets are wrapped under `keks.current`; rows wrapped under `keks.previous` (an
+    /// unfinished rotation) are still read. A row wrapped under any other KEK is refused at once
+    /// ([`StoreError::UnknownKek`]), not at its first release.
+    pub fn open(data_dir: &Path, keks: Keks) -> Result<Store, StoreError> {
         crate::private_files::private_dir(data_dir).map_err(|e| StoreError::DataDir {
             path: data_dir.display().to_string(),
             source: e,
@@ -294,8 +330,12 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut store = Store { conn };
+        // Freed and overwritten cells are zeroed: a DEK row replaced or a plaintext row wrapped
+        // leaves nothing behind in the file.
+        conn.pragma_update(None, "secure_delete", "ON")?;
+        let mut store = Store { conn, keks };
         store.migrate()?;
+        store.check_kek_ids()?;
         // The WAL and shared-memory files exist now, with the database's mode; a check, and a
         // repair for files SQLite created before the database was 0600.
         crate::private_files::tighten_side_files(&path);
@@ -314,11 +354,33 @@ impl Store {
                 known,
             });
         }
+        let mut wrapped = None;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = self.conn.transaction()?;
             tx.execute_batch(sql)?;
+            // Secrets are wrapped in the migration's own transaction: a crash leaves either the
+            // old schema with its plaintext, or the new one with everything wrapped, never a
+            // NULL `kek_id` at version 7 (which is read as corruption, never wrapped again).
+            if i + 1 == WRAPPING_MIGRATION {
+                wrapped = Some(wrap_plaintext_rows(&tx, self.keks.current.as_ref())?);
+            }
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
+        }
+        if let Some((keys, identity)) = wrapped.filter(|&(k, i)| k > 0 || i) {
+            // The old cells were zeroed (secure_delete) as pages were written; VACUUM rebuilds
+            // the file without free pages left from before secure_delete was on, and the
+            // checkpoint empties the WAL, which held the pages of the migration and the VACUUM.
+            self.conn.execute_batch("VACUUM;")?;
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            tracing::warn!(
+                keys,
+                identity,
+                kek = %self.keks.current.id(),
+                "this store held secrets unwrapped (made before key custody): they are wrapped \
+                 now; backups made before now still hold them in plaintext"
+            );
         }
         // Migration 4 gained `job_runtimes.output_key_id` after it first landed on main: a store
         // made by that first version lacks the column whatever its version now.
@@ -398,15 +460,25 @@ impl Store {
         Ok(v.flatten().and_then(|b| b.try_into().ok()))
     }
 
-    /// The seed of the KBS's HPKE identity key, if one was made.
+    /// The seed of the KBS's HPKE identity key, if one was made (unwrapped).
     pub fn identity_seed(&self) -> Result<Option<Zeroizing<[u8; 32]>>, StoreError> {
-        let v: Option<Zeroizing<Vec<u8>>> = self
+        let v: Option<(Vec<u8>, Option<String>)> = self
             .conn
-            .query_row("SELECT hpke_seed FROM identity WHERE id = 1", [], |r| {
-                r.get(0).map(Zeroizing::new)
-            })
+            .query_row(
+                "SELECT hpke_seed, kek_id FROM identity WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
-        let Some(b) = v else { return Ok(None) };
+        let Some((wrapped, kek_id)) = v else {
+            return Ok(None);
+        };
+        let b = self.unwrap_row(
+            Slot::IdentitySeed,
+            IDENTITY_NAME,
+            kek_id.as_deref(),
+            &wrapped,
+        )?;
         if b.len() != 32 {
             return Err(StoreError::Corrupt(format!(
                 "the identity seed is {} bytes, expected 32",
@@ -424,9 +496,11 @@ impl Store {
         seed: &[u8; 32],
         now: u64,
     ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        let kek = &self.keks.current;
+        let wrapped = kek.wrap(&wrap_aad(Slot::IdentitySeed, IDENTITY_NAME), seed)?;
         self.conn.execute(
-            "INSERT OR IGNORE INTO identity (id, hpke_seed, created_at) VALUES (1, ?1, ?2)",
-            params![seed.as_slice(), now as i64],
+            "INSERT OR IGNORE INTO identity (id, hpke_seed, created_at, kek_id) VALUES (1, ?1, ?2, ?3)",
+            params![wrapped, now as i64, kek.id()],
         )?;
         self.identity_seed()?
             .ok_or(StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))
@@ -534,36 +608,254 @@ impl Store {
         policy: &str,
         now: u64,
     ) -> Result<(), StoreError> {
-        upsert_key(&self.conn, key_id, dek, policy, now)
+        let wrapped = self.wrap_dek(key_id, dek)?;
+        upsert_key(&self.conn, key_id, &wrapped, policy, now)
     }
 
     pub fn get_key(&self, key_id: &str) -> Result<Option<StoredKey>, StoreError> {
         let row = self
             .conn
             .query_row(
-                "SELECT dek, policy, owner, kind FROM keys WHERE key_id = ?1",
+                "SELECT dek, policy, owner, kind, kek_id, revoked_at FROM keys WHERE key_id = ?1",
                 params![key_id],
                 |r| {
                     let owner: Option<Vec<u8>> = r.get(2)?;
                     let kind: String = r.get(3)?;
                     Ok((
-                        Zeroizing::new(r.get::<_, Vec<u8>>(0)?),
+                        r.get::<_, Vec<u8>>(0)?,
                         r.get::<_, String>(1)?,
                         owner,
                         kind,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
                     ))
                 },
             )
             .optional()?;
-        let Some((dek, policy, owner, kind)) = row else {
+        let Some((wrapped, policy, owner, kind, kek_id, revoked_at)) = row else {
             return Ok(None);
+        };
+        let dek = match revoked_at {
+            Some(_) => Zeroizing::new(Vec::new()),
+            None => self.unwrap_row(Slot::Dek, key_id, kek_id.as_deref(), &wrapped)?,
         };
         Ok(Some(StoredKey {
             dek,
+            revoked_at: revoked_at.map(|t| t as u64),
             policy,
             kind: KeyKind::parse(&kind)?,
             owner: owner.and_then(|o| o.try_into().ok()),
         }))
+    }
+
+    /// Every key with its owner, policy and release count; never a DEK.
+    pub fn key_listing(&self) -> Result<Vec<KeyInfo>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT k.key_id, k.kind, k.owner, k.policy, k.created_at, k.updated_at, k.revoked_at,
+                    k.kek_id,
+                    (SELECT COUNT(*) FROM audit a
+                      WHERE a.key_id = k.key_id AND a.kind = 'key_released'
+                        AND a.verdict = 'accepted')
+             FROM keys k ORDER BY k.key_id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(KeyInfo {
+                    key_id: r.get(0)?,
+                    kind: r.get(1)?,
+                    owner: r.get::<_, Option<Vec<u8>>>(2)?.map(hex::encode),
+                    policy: r.get(3)?,
+                    created_at: r.get::<_, i64>(4)? as u64,
+                    updated_at: r.get::<_, i64>(5)? as u64,
+                    revoked_at: r.get::<_, Option<i64>>(6)?.map(|t| t as u64),
+                    kek_id: r.get(7)?,
+                    releases: r.get::<_, i64>(8)? as u64,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Revokes a key, with its audit event, in one transaction: its DEK is erased (the row keeps
+    /// its id, owner and policy, so the id is never reused and the listing still shows it), and
+    /// every later release is denied. Revoking a revoked key is refused, naming when it was.
+    pub fn revoke_key_audited(
+        &mut self,
+        key_id: &str,
+        event: &NewAuditEvent<'_>,
+    ) -> Result<AuditEvent, StoreError> {
+        let tx = self.conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE keys SET revoked_at = ?2, dek = zeroblob(0), kek_id = NULL
+             WHERE key_id = ?1 AND revoked_at IS NULL",
+            params![key_id, event.time as i64],
+        )?;
+        if changed == 0 {
+            return Err(match refusal(&tx, key_id)? {
+                revoked @ StoreError::KeyRevoked { .. } => revoked,
+                _ => StoreError::UnknownKey {
+                    key_id: key_id.to_string(),
+                },
+            });
+        }
+        let stored = append_audit_in(&tx, event)?;
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    /// Re-wraps every secret not wrapped under the current KEK (rows under the previous KEK),
+    /// `batch` rows per transaction: a crash at any point leaves each row whole, under the old KEK
+    /// or the new one, so a rotation killed midway is finished by running it again. Returns how
+    /// many secrets were re-wrapped; `progress` is told the running count after each batch.
+    pub fn rewrap_all(
+        &mut self,
+        batch: usize,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, StoreError> {
+        let batch = batch.max(1) as i64;
+        let current = self.keks.current.id().to_string();
+        let mut done = 0u64;
+        loop {
+            let rows: Vec<(String, Vec<u8>, Option<String>)> = {
+                let mut stmt = self.conn.prepare(
+                    "SELECT key_id, dek, kek_id FROM keys
+                     WHERE revoked_at IS NULL AND (kek_id IS NULL OR kek_id <> ?1) LIMIT ?2",
+                )?;
+                let rows = stmt
+                    .query_map(params![current, batch], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows
+            };
+            if rows.is_empty() {
+                break;
+            }
+            let mut rewrapped = Vec::with_capacity(rows.len());
+            for (key_id, wrapped, kek_id) in &rows {
+                let dek = self.unwrap_row(Slot::Dek, key_id, kek_id.as_deref(), wrapped)?;
+                rewrapped.push((key_id, self.wrap_dek(key_id, &dek)?, kek_id));
+            }
+            let tx = self.conn.transaction()?;
+            for (key_id, w, old) in &rewrapped {
+                // Only if unchanged since it was read: a row replaced meanwhile is new already.
+                tx.execute(
+                    "UPDATE keys SET dek = ?2, kek_id = ?3
+                     WHERE key_id = ?1 AND kek_id IS ?4 AND revoked_at IS NULL",
+                    params![key_id, w.dek, w.kek_id, old],
+                )?;
+            }
+            tx.commit()?;
+            done += rewrapped.len() as u64;
+            progress(done);
+        }
+        let identity: Option<(Vec<u8>, Option<String>)> = self
+            .conn
+            .query_row(
+                "SELECT hpke_seed, kek_id FROM identity
+                 WHERE id = 1 AND (kek_id IS NULL OR kek_id <> ?1)",
+                params![current],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((wrapped, kek_id)) = identity {
+            let seed = self.unwrap_row(
+                Slot::IdentitySeed,
+                IDENTITY_NAME,
+                kek_id.as_deref(),
+                &wrapped,
+            )?;
+            let w = self
+                .keks
+                .current
+                .wrap(&wrap_aad(Slot::IdentitySeed, IDENTITY_NAME), &seed)?;
+            self.conn.execute(
+                "UPDATE identity SET hpke_seed = ?1, kek_id = ?2 WHERE id = 1 AND kek_id IS ?3",
+                params![w, current, kek_id],
+            )?;
+            done += 1;
+            progress(done);
+        }
+        Ok(done)
+    }
+
+    /// How many secrets are wrapped under each KEK id (`None`: plaintext, from before wrapping).
+    pub fn kek_usage(&self) -> Result<Vec<(Option<String>, u64)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT kek_id, COUNT(*) FROM (
+                SELECT kek_id FROM keys WHERE revoked_at IS NULL
+                UNION ALL SELECT kek_id FROM identity)
+             GROUP BY kek_id ORDER BY kek_id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn wrap_dek(&self, key_id: &str, dek: &[u8]) -> Result<WrappedDek, StoreError> {
+        let kek = &self.keks.current;
+        Ok(WrappedDek {
+            dek: kek.wrap(&wrap_aad(Slot::Dek, key_id), dek)?,
+            kek_id: kek.id().to_string(),
+        })
+    }
+
+    /// The KEK a row names, if this store was given it.
+    fn kek_named(&self, kek_id: &str) -> Option<&dyn Kek> {
+        let Keks { current, previous } = &self.keks;
+        if current.id() == kek_id {
+            return Some(current.as_ref());
+        }
+        previous
+            .as_ref()
+            .filter(|p| p.id() == kek_id)
+            .map(|p| p.as_ref())
+    }
+
+    fn unwrap_row(
+        &self,
+        slot: Slot,
+        name: &str,
+        kek_id: Option<&str>,
+        wrapped: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        // Plaintext rows are wrapped at open: one met later was written behind the KBS's back.
+        let Some(kek_id) = kek_id else {
+            return Err(StoreError::Corrupt(format!(
+                "{} {name:?} is stored unwrapped",
+                slot.label()
+            )));
+        };
+        let kek = self
+            .kek_named(kek_id)
+            .ok_or_else(|| StoreError::UnknownKek {
+                found: kek_id.to_string(),
+                given: self.keks.describe(),
+                entries: 1,
+            })?;
+        kek.unwrap(&wrap_aad(slot, name), wrapped).map_err(|_| {
+            StoreError::Custody(CustodyError::Unwrap {
+                slot: slot.label(),
+                name: name.to_string(),
+                kek_id: kek_id.to_string(),
+            })
+        })
+    }
+
+    /// Refuses a store holding secrets wrapped under a KEK this KBS was not given.
+    fn check_kek_ids(&self) -> Result<(), StoreError> {
+        for (kek_id, entries) in self.kek_usage()? {
+            let Some(found) = kek_id else { continue };
+            if self.kek_named(&found).is_none() {
+                return Err(StoreError::UnknownKek {
+                    found,
+                    given: self.keks.describe(),
+                    entries,
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn key_ids(&self) -> Result<Vec<String>, StoreError> {
@@ -652,8 +944,9 @@ impl Store {
         policy: &str,
         event: &NewAuditEvent<'_>,
     ) -> Result<AuditEvent, StoreError> {
+        let wrapped = self.wrap_dek(key_id, dek)?;
         let tx = self.conn.transaction()?;
-        upsert_key(&tx, key_id, dek, policy, event.time)?;
+        upsert_key(&tx, key_id, &wrapped, policy, event.time)?;
         let stored = append_audit_in(&tx, event)?;
         tx.commit()?;
         Ok(stored)
@@ -709,6 +1002,7 @@ impl Store {
         runtime: &[u8; 32],
         event: &NewAuditEvent<'_>,
     ) -> Result<AuditEvent, StoreError> {
+        let wrapped = self.wrap_dek(key_id, dek)?;
         let tx = self.conn.transaction()?;
         let claimed = tx.execute(
             "UPDATE job_runtimes SET output_key_id = ?3
@@ -721,14 +1015,12 @@ impl Store {
             });
         }
         let changed = tx.execute(
-            "INSERT OR IGNORE INTO keys (key_id, dek, policy, created_at, updated_at, owner, kind)
-             VALUES (?1, ?2, ?3, ?4, ?4, ?5, 'job_output')",
-            params![key_id, dek, policy, event.time as i64, runtime.as_slice()],
+            "INSERT OR IGNORE INTO keys (key_id, dek, policy, created_at, updated_at, owner, kind, kek_id)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5, 'job_output', ?6)",
+            params![key_id, wrapped.dek, policy, event.time as i64, runtime.as_slice(), wrapped.kek_id],
         )?;
         if changed == 0 {
-            return Err(StoreError::KeyOwned {
-                key_id: key_id.to_string(),
-            });
+            return Err(refusal(&tx, key_id)?);
         }
         let stored = append_audit_in(&tx, event)?;
         tx.commit()?;
@@ -745,19 +1037,26 @@ impl Store {
         owner: &[u8; 32],
         event: &NewAuditEvent<'_>,
     ) -> Result<AuditEvent, StoreError> {
+        let wrapped = self.wrap_dek(key_id, dek)?;
         let tx = self.conn.transaction()?;
         let changed = tx.execute(
-            "INSERT INTO keys (key_id, dek, policy, created_at, updated_at, owner, kind)
-             VALUES (?1, ?2, ?3, ?4, ?4, ?5, 'dataset')
+            "INSERT INTO keys (key_id, dek, policy, created_at, updated_at, owner, kind, kek_id)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5, 'dataset', ?6)
              ON CONFLICT(key_id) DO UPDATE SET dek = excluded.dek, policy = excluded.policy,
-                 updated_at = excluded.updated_at
-             WHERE keys.kind = 'dataset' AND keys.owner = excluded.owner",
-            params![key_id, dek, policy, event.time as i64, owner.as_slice()],
+                 updated_at = excluded.updated_at, kek_id = excluded.kek_id
+             WHERE keys.kind = 'dataset' AND keys.owner = excluded.owner
+                 AND keys.revoked_at IS NULL",
+            params![
+                key_id,
+                wrapped.dek,
+                policy,
+                event.time as i64,
+                owner.as_slice(),
+                wrapped.kek_id
+            ],
         )?;
         if changed == 0 {
-            return Err(StoreError::KeyOwned {
-                key_id: key_id.to_string(),
-            });
+            return Err(refusal(&tx, key_id)?);
         }
         let stored = append_audit_in(&tx, event)?;
         tx.commit()?;
@@ -799,26 +1098,90 @@ impl Store {
 fn upsert_key(
     conn: &Connection,
     key_id: &str,
-    dek: &[u8],
+    wrapped: &WrappedDek,
     policy: &str,
     now: u64,
 ) -> Result<(), StoreError> {
     let changed = conn.execute(
-        "INSERT INTO keys (key_id, dek, policy, created_at, updated_at, kind)
-         VALUES (?1, ?2, ?3, ?4, ?4, 'admin')
+        "INSERT INTO keys (key_id, dek, policy, created_at, updated_at, kind, kek_id)
+         VALUES (?1, ?2, ?3, ?4, ?4, 'admin', ?5)
          ON CONFLICT(key_id) DO UPDATE SET dek = excluded.dek, policy = excluded.policy,
-             updated_at = excluded.updated_at
-         WHERE keys.kind = 'admin'",
-        params![key_id, dek, policy, now as i64],
+             updated_at = excluded.updated_at, kek_id = excluded.kek_id
+         WHERE keys.kind = 'admin' AND keys.revoked_at IS NULL",
+        params![key_id, wrapped.dek, policy, now as i64, wrapped.kek_id],
     )?;
     // A dataset key stays its owner's and a job's output its job's: the admin API cannot replace
-    // either.
+    // either. A revoked key stays revoked.
     if changed == 0 {
-        return Err(StoreError::KeyOwned {
-            key_id: key_id.to_string(),
-        });
+        return Err(refusal(conn, key_id)?);
     }
     Ok(())
+}
+
+/// Why a key id could not be written: revoked, or held by another owner.
+fn refusal(conn: &Connection, key_id: &str) -> Result<StoreError, StoreError> {
+    let revoked: Option<Option<i64>> = conn
+        .query_row(
+            "SELECT revoked_at FROM keys WHERE key_id = ?1",
+            params![key_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(match revoked.flatten() {
+        Some(t) => StoreError::KeyRevoked {
+            key_id: key_id.to_string(),
+            revoked_at: t as u64,
+        },
+        None => StoreError::KeyOwned {
+            key_id: key_id.to_string(),
+        },
+    })
+}
+
+/// The migration that wraps the plaintext secrets of older stores (see `MIGRATIONS`).
+const WRAPPING_MIGRATION: usize = 7;
+
+/// Wraps, under `kek`, the plaintext secrets a store from before key custody holds; returns how
+/// many keys, and whether the identity seed, were wrapped.
+fn wrap_plaintext_rows(tx: &Connection, kek: &dyn Kek) -> Result<(usize, bool), StoreError> {
+    let rows: Vec<(String, Zeroizing<Vec<u8>>)> = {
+        let mut stmt = tx.prepare("SELECT key_id, dek FROM keys WHERE kek_id IS NULL")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, Zeroizing::new(r.get(1)?))))?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows
+    };
+    for (key_id, dek) in &rows {
+        let w = kek.wrap(&wrap_aad(Slot::Dek, key_id), dek)?;
+        tx.execute(
+            "UPDATE keys SET dek = ?2, kek_id = ?3 WHERE key_id = ?1",
+            params![key_id, w, kek.id()],
+        )?;
+    }
+    let seed: Option<Zeroizing<Vec<u8>>> = tx
+        .query_row(
+            "SELECT hpke_seed FROM identity WHERE id = 1 AND kek_id IS NULL",
+            [],
+            |r| r.get(0).map(Zeroizing::new),
+        )
+        .optional()?;
+    if let Some(seed) = &seed {
+        let w = kek.wrap(&wrap_aad(Slot::IdentitySeed, IDENTITY_NAME), seed)?;
+        tx.execute(
+            "UPDATE identity SET hpke_seed = ?1, kek_id = ?2 WHERE id = 1",
+            params![w, kek.id()],
+        )?;
+    }
+    Ok((rows.len(), seed.is_some()))
+}
+
+/// The name of the identity seed's row in its wrapping AAD.
+const IDENTITY_NAME: &str = "hpke-identity/1";
+
+/// A DEK wrapped for storage, with the KEK that wrapped it.
+struct WrappedDek {
+    dek: Vec<u8>,
+    kek_id: String,
 }
 
 fn append_audit_in(
@@ -895,10 +1258,17 @@ pub fn verify_audit_chain(events: &[AuditEvent]) -> Result<(), i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::custody::MemoryKek;
+    use std::sync::Arc;
+
+    /// One fixed KEK, so that a test can reopen its store.
+    fn test_keks() -> Keks {
+        Keks::new(Arc::new(MemoryKek::new([0x42; 32])))
+    }
 
     fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), test_keks()).unwrap();
         (dir, store)
     }
 
@@ -1027,7 +1397,7 @@ mod tests {
             RequestNonceUse::Forgotten { pruned_at: 4_600 }
         );
         drop(s);
-        let s = Store::open(d.path()).unwrap();
+        let s = Store::open(d.path(), test_keks()).unwrap();
         assert_eq!(
             s.use_request_nonce(b"n", 1_000, 600, 1_010, admin).unwrap(),
             RequestNonceUse::Forgotten { pruned_at: 4_600 }
@@ -1044,7 +1414,7 @@ mod tests {
     #[test]
     fn a_store_from_the_first_migration_4_gets_its_missing_column() {
         let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path()).unwrap());
+        drop(Store::open(dir.path(), test_keks()).unwrap());
         let conn = Connection::open(dir.path().join("kbs.sqlite3")).unwrap();
         conn.execute_batch(
             "DROP TABLE nonce_floor; DROP INDEX request_nonces_share;
@@ -1052,11 +1422,13 @@ mod tests {
              DROP INDEX request_nonces_party; ALTER TABLE request_nonces DROP COLUMN party;
              DROP INDEX keys_kind_owner;
              ALTER TABLE job_runtimes DROP COLUMN output_key_id;
+             ALTER TABLE keys DROP COLUMN kek_id; ALTER TABLE keys DROP COLUMN revoked_at;
+             ALTER TABLE identity DROP COLUMN kek_id;
              PRAGMA user_version = 4;",
         )
         .unwrap();
         drop(conn);
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open(dir.path(), test_keks()).unwrap();
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
         s.conn
             .execute("UPDATE job_runtimes SET output_key_id = 'k'", [])
@@ -1067,16 +1439,16 @@ mod tests {
     fn schema_is_versioned_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = Store::open(dir.path(), test_keks()).unwrap();
             assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
             s.put_key("k", &[1; 32], "policy", 1).unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open(dir.path(), test_keks()).unwrap();
         assert_eq!(s.get_key("k").unwrap().unwrap().dek.as_slice(), &[1; 32]);
         s.conn.pragma_update(None, "user_version", 99).unwrap();
         drop(s);
         assert!(matches!(
-            Store::open(dir.path()),
+            Store::open(dir.path(), test_keks()),
             Err(StoreError::SchemaTooNew { found: 99, .. })
         ));
     }
@@ -1103,5 +1475,280 @@ mod tests {
         assert_eq!(verify_audit_chain(&edited), Err(2));
         let gap = vec![events[0].clone(), events[2].clone()];
         assert_eq!(verify_audit_chain(&gap), Err(3));
+    }
+
+    /// Every file of a data directory, whole.
+    fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+            .collect()
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn a_store_from_before_custody_is_wrapped_and_keeps_no_plaintext() {
+        let dir = tempfile::tempdir().unwrap();
+        let dek = [0xA5u8; 32];
+        let seed = [0x5Au8; 32];
+        {
+            // A store as schema 6 left it: DEKs and the identity seed in plaintext.
+            let conn = Connection::open(dir.path().join("kbs.sqlite3")).unwrap();
+            for sql in &MIGRATIONS[..6] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 6).unwrap();
+            for i in 0..50 {
+                conn.execute(
+                    "INSERT INTO keys (key_id, dek, policy, created_at, updated_at) VALUES (?1, ?2, 'p', 1, 1)",
+                    params![format!("k{i}"), dek.as_slice()],
+                )
+                .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO identity (id, hpke_seed, created_at) VALUES (1, ?1, 1)",
+                params![seed.as_slice()],
+            )
+            .unwrap();
+            // A deleted row leaves its plaintext in a free page.
+            conn.execute("DELETE FROM keys WHERE key_id = 'k49'", [])
+                .unwrap();
+        }
+        let plain = files_of(dir.path());
+        assert!(
+            plain.iter().any(|(_, b)| contains(b, &dek)),
+            "the fixture holds the DEK"
+        );
+        let s = Store::open(dir.path(), test_keks()).unwrap();
+        assert_eq!(s.get_key("k7").unwrap().unwrap().dek.as_slice(), &dek);
+        assert_eq!(s.identity_seed().unwrap().unwrap().as_slice(), &seed);
+        for (name, bytes) in files_of(dir.path()) {
+            assert!(
+                !contains(&bytes, &dek),
+                "{name} still holds a DEK in plaintext"
+            );
+            assert!(
+                !contains(&bytes, &seed),
+                "{name} still holds the identity seed"
+            );
+        }
+        assert_eq!(
+            s.kek_usage().unwrap(),
+            vec![(Some(test_keks().current.id().to_string()), 50)]
+        );
+    }
+
+    #[test]
+    fn a_wrapped_secret_moved_to_another_row_does_not_open() {
+        let (_d, s) = temp_store();
+        s.put_key("a", &[1; 32], "p", 1).unwrap();
+        s.put_key("b", &[2; 32], "p", 1).unwrap();
+        s.init_identity_seed(&[3; 32], 1).unwrap();
+        // The host swaps two wrapped DEKs, and copies one into the identity slot.
+        let blob = |id: &str| -> Vec<u8> {
+            s.conn
+                .query_row("SELECT dek FROM keys WHERE key_id = ?1", [id], |r| r.get(0))
+                .unwrap()
+        };
+        let (a, b) = (blob("a"), blob("b"));
+        for (id, w) in [("a", &b), ("b", &a)] {
+            s.conn
+                .execute("UPDATE keys SET dek = ?2 WHERE key_id = ?1", params![id, w])
+                .unwrap();
+        }
+        s.conn
+            .execute("UPDATE identity SET hpke_seed = ?1", [&a])
+            .unwrap();
+        for id in ["a", "b"] {
+            let e = s.get_key(id).err().expect("a moved DEK opened");
+            assert!(
+                matches!(e, StoreError::Custody(CustodyError::Unwrap { .. })),
+                "{e}"
+            );
+        }
+        assert!(s.identity_seed().is_err());
+        // And a NULL kek_id after custody is corruption, never taken for plaintext.
+        s.conn
+            .execute("UPDATE keys SET kek_id = NULL WHERE key_id = 'a'", [])
+            .unwrap();
+        assert!(matches!(s.get_key("a"), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_store_under_another_kek_is_refused_until_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let old: Arc<dyn Kek> = Arc::new(MemoryKek::new([1; 32]));
+        let new: Arc<dyn Kek> = Arc::new(MemoryKek::new([2; 32]));
+        {
+            let s = Store::open(dir.path(), Keks::new(old.clone())).unwrap();
+            for i in 0..7 {
+                s.put_key(&format!("k{i}"), &[i; 32], "p", 1).unwrap();
+            }
+            s.init_identity_seed(&[9; 32], 1).unwrap();
+        }
+        let e = Store::open(dir.path(), Keks::new(new.clone()))
+            .err()
+            .unwrap();
+        let msg = e.to_string();
+        assert!(
+            matches!(e, StoreError::UnknownKek { entries: 8, .. }),
+            "{msg}"
+        );
+        assert!(msg.contains(old.id()) && msg.contains(new.id()), "{msg}");
+        let both = Keks {
+            current: new.clone(),
+            previous: Some(old.clone()),
+        };
+        let mut s = Store::open(dir.path(), both).unwrap();
+        // Readable mid-rotation through the previous KEK; new writes use the new one.
+        assert_eq!(s.get_key("k3").unwrap().unwrap().dek.as_slice(), &[3; 32]);
+        let mut seen = vec![];
+        assert_eq!(s.rewrap_all(3, |n| seen.push(n)).unwrap(), 8);
+        assert_eq!(seen, vec![3, 6, 7, 8]);
+        drop(s);
+        assert!(Store::open(dir.path(), Keks::new(old)).is_err());
+        let s = Store::open(dir.path(), Keks::new(new)).unwrap();
+        for i in 0..7u8 {
+            assert_eq!(
+                s.get_key(&format!("k{i}")).unwrap().unwrap().dek.as_slice(),
+                &[i; 32]
+            );
+        }
+        assert_eq!(s.identity_seed().unwrap().unwrap().as_slice(), &[9; 32]);
+    }
+
+    /// A KEK that stops wrapping after `left` calls: a rotation that fails midway.
+    struct FailingKek {
+        inner: MemoryKek,
+        left: std::sync::atomic::AtomicI64,
+    }
+
+    impl Kek for FailingKek {
+        fn id(&self) -> &str {
+            self.inner.id()
+        }
+        fn wrap(&self, aad: &[u8], secret: &[u8]) -> Result<Vec<u8>, CustodyError> {
+            if self.left.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) <= 0 {
+                return Err(CustodyError::Pkcs11("the HSM went away".into()));
+            }
+            self.inner.wrap(aad, secret)
+        }
+        fn unwrap(
+            &self,
+            aad: &[u8],
+            w: &[u8],
+        ) -> Result<Zeroizing<Vec<u8>>, crate::custody::UnwrapFailed> {
+            self.inner.unwrap(aad, w)
+        }
+    }
+
+    #[test]
+    fn a_rotation_that_fails_midway_leaves_every_key_readable_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let old: Arc<dyn Kek> = Arc::new(MemoryKek::new([1; 32]));
+        {
+            let s = Store::open(dir.path(), Keks::new(old.clone())).unwrap();
+            for i in 0..20u8 {
+                s.put_key(&format!("k{i}"), &[i; 32], "p", 1).unwrap();
+            }
+        }
+        let failing: Arc<dyn Kek> = Arc::new(FailingKek {
+            inner: MemoryKek::new([2; 32]),
+            left: 11.into(),
+        });
+        let mut s = Store::open(
+            dir.path(),
+            Keks {
+                current: failing,
+                previous: Some(old.clone()),
+            },
+        )
+        .unwrap();
+        assert!(s.rewrap_all(4, |_| {}).is_err());
+        drop(s);
+        let new: Arc<dyn Kek> = Arc::new(MemoryKek::new([2; 32]));
+        let mut s = Store::open(
+            dir.path(),
+            Keks {
+                current: new.clone(),
+                previous: Some(old),
+            },
+        )
+        .unwrap();
+        let usage = s.kek_usage().unwrap();
+        // Two whole batches landed; the third failed before its transaction.
+        assert_eq!(
+            usage
+                .iter()
+                .find(|(id, _)| id.as_deref() == Some(new.id()))
+                .unwrap()
+                .1,
+            8
+        );
+        for i in 0..20u8 {
+            assert_eq!(
+                s.get_key(&format!("k{i}")).unwrap().unwrap().dek.as_slice(),
+                &[i; 32]
+            );
+        }
+        assert_eq!(s.rewrap_all(4, |_| {}).unwrap(), 12);
+        assert_eq!(
+            s.kek_usage().unwrap(),
+            vec![(Some(new.id().to_string()), 20)]
+        );
+    }
+
+    #[test]
+    fn a_revoked_key_loses_its_dek_and_its_id_is_never_reused() {
+        let (_d, mut s) = temp_store();
+        s.put_key("k", &[0xC3; 32], "p", 1).unwrap();
+        let event = |t| NewAuditEvent {
+            time: t,
+            kind: "key_revoked",
+            key_id: Some("k"),
+            claims_digest: None,
+            verdict: "accepted",
+            measurement: None,
+            detail: "test",
+        };
+        s.revoke_key_audited("k", &event(5)).unwrap();
+        let k = s.get_key("k").unwrap().unwrap();
+        assert_eq!(k.revoked_at, Some(5));
+        assert!(k.dek.is_empty());
+        let raw: Vec<u8> = s
+            .conn
+            .query_row("SELECT dek FROM keys WHERE key_id = 'k'", [], |r| r.get(0))
+            .unwrap();
+        assert!(raw.is_empty(), "the wrapped DEK is erased");
+        assert!(matches!(
+            s.revoke_key_audited("k", &event(6)),
+            Err(StoreError::KeyRevoked { revoked_at: 5, .. })
+        ));
+        assert!(matches!(
+            s.put_key("k", &[1; 32], "p", 7),
+            Err(StoreError::KeyRevoked { .. })
+        ));
+        assert!(matches!(
+            s.put_dataset_key_audited("k", &[1; 32], "p", &[4; 32], &event(7)),
+            Err(StoreError::KeyRevoked { .. }) | Err(StoreError::KeyOwned { .. })
+        ));
+        assert!(matches!(
+            s.revoke_key_audited("nope", &event(6)),
+            Err(StoreError::UnknownKey { .. })
+        ));
+        let listed = s.key_listing().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].revoked_at, Some(5));
+        assert_eq!(listed[0].kek_id, None);
+        // The revocation is in the audit log.
+        assert_eq!(
+            s.audit_events().unwrap().last().unwrap().kind,
+            "key_revoked"
+        );
     }
 }

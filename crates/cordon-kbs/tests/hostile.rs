@@ -252,19 +252,19 @@ async fn a_store_from_before_signed_admin_requests_is_upgraded_with_its_token() 
     let dir = tempfile::tempdir().unwrap();
     let token = {
         let kbs = Kbs::open(KbsConfig::new(
-            dir.path().to_path_buf(),
+            dir.path().join("kbs"),
             Endorsements::default(),
         ))
         .unwrap();
         kbs.init_admin_token().unwrap().unwrap().to_string()
     };
     // What an older KBS left: the token's hash only.
-    let conn = rusqlite::Connection::open(dir.path().join("kbs.sqlite3")).unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("kbs/kbs.sqlite3")).unwrap();
     conn.execute("UPDATE admin SET public_key = NULL", [])
         .unwrap();
     drop(conn);
     let kbs = Kbs::open(KbsConfig::new(
-        dir.path().to_path_buf(),
+        dir.path().join("kbs"),
         Endorsements::default(),
     ))
     .unwrap();

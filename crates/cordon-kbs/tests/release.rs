@@ -3,39 +3,14 @@
 use cordon_attest::{Endorsements, Platform, Policy};
 use cordon_kbs::{verify_audit_chain, Kbs, KbsConfig};
 use cordon_proto::kbs::{AttestRequest, AttestResponse, AuditEvent, Challenge, RELEASE_INFO};
-use cordon_proto::{report_data, ModelBinding, ServiceKeyPair};
-use cordon_tee::{EvidenceProvider, SimHardwareKey, SimTee};
+use cordon_proto::ServiceKeyPair;
+use cordon_tee::{SimHardwareKey, SimTee};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod common;
 use common::*;
-
-fn request(nonce: &str, tee: &SimTee, kp: &ServiceKeyPair, key_ids: &[&str]) -> AttestRequest {
-    let nonce_bytes = hex::decode(nonce).unwrap();
-    let rk = keys(kp);
-    let models = vec![bound_model()];
-    AttestRequest {
-        nonce: nonce.into(),
-        evidence: tee
-            .evidence(&report_data(&nonce_bytes, &rk, &models))
-            .unwrap(),
-        runtime_keys: rk,
-        key_ids: key_ids.iter().map(|s| s.to_string()).collect(),
-        models,
-        sealed_job: None,
-    }
-}
-
-/// The model the runtime says it will unseal with the released key.
-fn bound_model() -> ModelBinding {
-    ModelBinding {
-        name: "demo".into(),
-        version: "3".into(),
-        manifest_sha256: [0xab; 32],
-    }
-}
 
 async fn error_code(resp: reqwest::Response) -> (u16, String, String) {
     let (status, body) = refusal(resp).await;
@@ -341,7 +316,7 @@ async fn store_keeps_only_the_admin_token_hash_and_public_key() {
     h.register("k", [1; 32], policy(vec![Platform::Sim], MEASUREMENT))
         .await;
     let token_bytes = hex::decode(&h.token).unwrap();
-    for entry in std::fs::read_dir(h._dir.path()).unwrap() {
+    for entry in std::fs::read_dir(&h.data_dir).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         assert!(!bytes
             .windows(h.token.len())
@@ -412,7 +387,7 @@ async fn hardware_evidence_is_verified_and_must_bind_the_nonce() {
     let report =
         include_bytes!("../../../testdata/attestation/snp/trustee_test-report.bin").to_vec();
     let mut config = KbsConfig::new(
-        dir.path().to_path_buf(),
+        dir.path().join("kbs"),
         Endorsements {
             snp_certs: vec![vcek],
             ..Default::default()

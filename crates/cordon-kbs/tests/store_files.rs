@@ -1,12 +1,17 @@
 //! The KBS data directory is 0700 and its SQLite files 0600, whatever the umask; directories and
 //! files from before are tightened. The umask is per process, so the tests take turns.
 
-use cordon_kbs::Store;
+use cordon_kbs::custody::MemoryKek;
+use cordon_kbs::{Keks, Store};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
 static UMASK: Mutex<()> = Mutex::new(());
+
+fn keks() -> Keks {
+    Keks::new(std::sync::Arc::new(MemoryKek::new([7; 32])))
+}
 
 /// Runs `f` with the process umask set to `mask`.
 fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
@@ -52,14 +57,14 @@ fn a_new_store_is_private_whatever_the_umask() {
         with_umask(mask, || {
             let dir = tempfile::tempdir().unwrap();
             let data = dir.path().join("var/kbs");
-            let store = Store::open(&data).unwrap();
+            let store = Store::open(&data, keks()).unwrap();
             store.set_admin(&[7; 32], &[7; 32], "00").unwrap();
             assert_private(&data, &format!("umask {mask:03o}"));
             // Parents are created as any directory is: only the data directory is private.
             assert_eq!(mode(&dir.path().join("var")), octal(0o777 & !mask));
             drop(store);
             // Opened again (SQLite removed -wal and -shm at close and makes them anew).
-            let store = Store::open(&data).unwrap();
+            let store = Store::open(&data, keks()).unwrap();
             store.set_admin(&[8; 32], &[8; 32], "00").unwrap();
             assert_private(&data, &format!("umask {mask:03o}, reopened"));
         });
@@ -74,7 +79,7 @@ fn an_existing_open_directory_and_store_are_tightened() {
         let data = dir.path().join("kbs");
         std::fs::create_dir(&data).unwrap();
         set_mode(&data, 0o755);
-        let store = Store::open(&data).unwrap();
+        let store = Store::open(&data, keks()).unwrap();
         store.set_admin(&[7; 32], &[7; 32], "00").unwrap();
         assert_private(&data, "pre-made 0755 directory");
         drop(store);
@@ -90,7 +95,7 @@ fn an_existing_open_directory_and_store_are_tightened() {
             }
             set_mode(&p, 0o666);
         }
-        let store = Store::open(&data).unwrap();
+        let store = Store::open(&data, keks()).unwrap();
         assert_eq!(store.admin_token_hash().unwrap(), Some([7; 32]));
         assert_private(&data, "store of an earlier build");
         // Group bits alone are taken away too (0750 becomes 0700). Tightening only removes group
@@ -98,7 +103,7 @@ fn an_existing_open_directory_and_store_are_tightened() {
         // cannot show (a directory without the owner's write bit is a read-only store, refused).
         drop(store);
         set_mode(&data, 0o750);
-        Store::open(&data).unwrap();
+        Store::open(&data, keks()).unwrap();
         assert_eq!(mode(&data), "700");
     });
 }
@@ -139,7 +144,9 @@ fn a_store_reached_through_a_link_is_refused() {
     set_mode(&data, 0o700);
     let elsewhere = dir.path().join("elsewhere.sqlite3");
     std::os::unix::fs::symlink(&elsewhere, data.join("kbs.sqlite3")).unwrap();
-    let err = Store::open(&data).err().expect("a linked store was opened");
+    let err = Store::open(&data, keks())
+        .err()
+        .expect("a linked store was opened");
     assert!(err.to_string().contains("symbolic link"), "{err}");
     assert!(
         !elsewhere.exists(),
@@ -149,7 +156,9 @@ fn a_store_reached_through_a_link_is_refused() {
     // through the link.
     std::fs::write(&elsewhere, b"someone's file").unwrap();
     set_mode(&elsewhere, 0o644);
-    let err = Store::open(&data).err().expect("a linked store was opened");
+    let err = Store::open(&data, keks())
+        .err()
+        .expect("a linked store was opened");
     assert!(err.to_string().contains("symbolic link"), "{err}");
     assert_eq!(
         mode(&elsewhere),
@@ -180,7 +189,7 @@ fn a_data_directory_another_user_owns_is_refused() {
     std::fs::create_dir(&foreign).unwrap();
     set_mode(&foreign, 0o777);
     std::os::unix::fs::chown(&foreign, Some(1234), Some(1234)).unwrap();
-    let err = Store::open(&foreign)
+    let err = Store::open(&foreign, keks())
         .err()
         .expect("a foreign directory was used");
     assert!(err.to_string().contains("belongs to uid 1234"), "{err}");

@@ -28,6 +28,46 @@ pub struct KbsIdentity {
     pub admin_signature: Option<String>,
 }
 
+/// One key as `GET /kbs/v1/admin/keys` lists it: who holds it, under which policy, how often it
+/// was released. Never the DEK.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    pub key_id: String,
+    /// `admin`, `dataset` or `job_output`.
+    pub kind: String,
+    /// The owning party's (dataset) or runtime's (job output) Ed25519 public key, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The release policy (TOML).
+    pub policy: String,
+    pub created_at: u64,
+    pub updated_at: u64,
+    /// When the key was revoked; a revoked key is never released again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<u64>,
+    /// The KEK that wraps the DEK at rest (none once revoked: the DEK is erased).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kek_id: Option<String>,
+    /// Releases recorded in the audit log under this key id.
+    pub releases: u64,
+}
+
+/// `POST /kbs/v1/admin/keys/{key_id}/revoke` (admin-signed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeRequest {
+    /// Why, for the audit log.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// The answer to a revocation: when, and the audit event that records it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeResponse {
+    pub key_id: String,
+    pub revoked_at: u64,
+    pub audit_seq: i64,
+}
+
 /// Why a DEK is sent to the KBS. Part of the sealed DEK's AAD, so a DEK sealed for one use cannot be
 /// replayed into another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,12 +1,13 @@
-//! `cordon kbs serve | identity | register | audit`.
+//! `cordon kbs serve | identity | register | audit | keys | revoke | rotate-kek`.
 
 use crate::util;
 use anyhow::{bail, Context, Result};
 use cordon_attest::{Endorsements, Policy};
 use cordon_client::ClientTls;
-use cordon_kbs::{Kbs, KbsConfig};
+use cordon_kbs::{Kbs, KbsConfig, KekSpec, Keks, Store};
 use cordon_proto::kbs::{
-    policy_context, seal_dek_for_kbs, AuditEvent, DekPurpose, ErrorBody, KbsIdentity, RegisterKey,
+    policy_context, seal_dek_for_kbs, AuditEvent, DekPurpose, ErrorBody, KbsIdentity, KeyInfo,
+    RegisterKey, RevokeRequest, RevokeResponse,
 };
 use cordon_seal::KeyFile;
 use std::net::SocketAddr;
@@ -30,6 +31,45 @@ pub enum KbsCommand {
     Register(RegisterArgs),
     /// Print the audit log: every registration, release and denial (admin).
     Audit(AdminArgs),
+    /// List the registered keys: kind, owner, policy, releases, revocation (admin). Never a DEK.
+    Keys {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: its DEK is erased from the store and every later release is denied, audited
+    /// (admin). Runtimes that received it before keep what they hold.
+    Revoke {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The key id to revoke.
+        key_id: String,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Re-wrap every secret in a stopped KBS's store under a new root KEK. Crash-safe: killed at
+    /// any point, every key is readable under the old or the new KEK, and running it again
+    /// finishes the job.
+    RotateKek(RotateKekArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RotateKekArgs {
+    /// The KBS's data directory (the KBS must be stopped: it holds the old KEK only).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The KEK the store is wrapped under now (default: the file beside the data directory).
+    #[arg(long)]
+    kek: Option<String>,
+    /// The KEK to wrap under from now on, e.g. `file:/etc/cordon/kbs-2.kek` (created if absent).
+    #[arg(long)]
+    new_kek: String,
+    /// Rows re-wrapped per transaction.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
 }
 
 #[derive(clap::Args)]
@@ -67,6 +107,14 @@ pub struct ServeArgs {
     /// configurations pin (`--kbs-key`, `kbs_public_key`).
     #[arg(long)]
     identity_file: Option<PathBuf>,
+    /// Where the root key-encryption key lives, which wraps every DEK and the identity at rest:
+    /// `file:PATH` (created 0600 if absent; keep it off the data directory's disk and backups).
+    /// Default: `file:DATA_DIR.kek`, beside the data directory.
+    #[arg(long, env = "CORDON_KBS_KEK")]
+    kek: Option<String>,
+    /// During a KEK rotation left unfinished: the old KEK, still read (never written).
+    #[arg(long)]
+    previous_kek: Option<String>,
     #[command(flatten)]
     tls: util::ServerTlsArgs,
 }
@@ -108,7 +156,143 @@ pub fn run(c: KbsCommand) -> Result<()> {
         KbsCommand::Identity { kbs, ca } => identity(&kbs, &ca.tls()?.client(TIMEOUT)?),
         KbsCommand::Register(a) => register(a),
         KbsCommand::Audit(a) => audit(a),
+        KbsCommand::Keys { admin, json } => keys(admin, json),
+        KbsCommand::Revoke {
+            admin,
+            key_id,
+            reason,
+        } => revoke(admin, key_id, reason),
+        KbsCommand::RotateKek(a) => rotate_kek(a),
     }
+}
+
+/// The KEK named by `spec`, or the default beside `data_dir`.
+fn kek_spec(spec: Option<&str>, data_dir: &std::path::Path) -> Result<KekSpec> {
+    Ok(match spec {
+        Some(s) => KekSpec::parse(s)?,
+        None => KekSpec::default_for(data_dir),
+    })
+}
+
+fn open_keks(
+    kek: Option<&str>,
+    previous: Option<&str>,
+    data_dir: &std::path::Path,
+) -> Result<Keks> {
+    let current = kek_spec(kek, data_dir)?;
+    let mut keks = Keks::new(current.open().context("opening the KEK")?);
+    if let Some(p) = previous {
+        keks.previous = Some(
+            KekSpec::parse(p)?
+                .open()
+                .context("opening the previous KEK")?,
+        );
+    }
+    Ok(keks)
+}
+
+fn rotate_kek(a: RotateKekArgs) -> Result<()> {
+    if !a.data_dir.join("kbs.sqlite3").exists() {
+        bail!(
+            "{} holds no KBS store (no kbs.sqlite3)",
+            a.data_dir.display()
+        );
+    }
+    let old = kek_spec(a.kek.as_deref(), &a.data_dir)?;
+    let new = KekSpec::parse(&a.new_kek)?;
+    let keks = Keks {
+        current: new.open().context("opening the new KEK")?,
+        previous: Some(old.open().context("opening the current KEK")?),
+    };
+    if keks.previous.as_ref().map(|p| p.id()) == Some(keks.current.id()) {
+        bail!("the new KEK is the current one ({})", keks.current.id());
+    }
+    let (from, to) = (
+        keks.previous
+            .as_ref()
+            .map(|p| p.id().to_string())
+            .unwrap_or_default(),
+        keks.current.id().to_string(),
+    );
+    let started = std::time::Instant::now();
+    let mut store = Store::open(&a.data_dir, keks)?;
+    let done = store.rewrap_all(a.batch, |n| {
+        if n % 10_000 < a.batch as u64 {
+            eprintln!("  {n} secrets re-wrapped");
+        }
+    })?;
+    let left: u64 = store
+        .kek_usage()?
+        .iter()
+        .filter(|(id, _)| id.as_deref() != Some(to.as_str()))
+        .map(|(_, n)| n)
+        .sum();
+    if left != 0 {
+        bail!("{left} secrets are still not under the new KEK; run rotate-kek again");
+    }
+    println!(
+        "re-wrapped {done} secrets from {from} to {to} in {:.1} s; start the KBS with --kek {}",
+        started.elapsed().as_secs_f64(),
+        a.new_kek
+    );
+    eprintln!(
+        "the old KEK unwraps nothing in this store any more, but it still opens backups made \
+         before the rotation: destroy it once those backups have expired"
+    );
+    Ok(())
+}
+
+fn keys(a: AdminArgs, json: bool) -> Result<()> {
+    let keys =
+        util::tokio_runtime()?.block_on(async { Admin::from_args(&a).await?.keys().await })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&keys)?);
+        return Ok(());
+    }
+    println!(
+        "{:<32} {:<10} {:>8}  {:<12} {:<18} policy",
+        "KEY", "KIND", "RELEASES", "STATE", "OWNER"
+    );
+    for k in &keys {
+        let state = match k.revoked_at {
+            Some(t) => format!("revoked@{t}"),
+            None => "active".to_string(),
+        };
+        let owner = k
+            .owner
+            .as_deref()
+            .map(|o| format!("{}…", &o[..o.len().min(16)]))
+            .unwrap_or_else(|| "-".into());
+        let policy = Policy::from_toml(&k.policy)
+            .map(|p| {
+                format!(
+                    "platforms={:?} measurements={} debug={}",
+                    p.platforms
+                        .iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>(),
+                    p.launch_measurements.len(),
+                    p.allow_debug
+                )
+            })
+            .unwrap_or_else(|e| format!("(invalid: {e})"));
+        println!(
+            "{:<32} {:<10} {:>8}  {:<12} {:<18} {policy}",
+            k.key_id, k.kind, k.releases, state, owner
+        );
+    }
+    eprintln!("{} keys", keys.len());
+    Ok(())
+}
+
+fn revoke(a: AdminArgs, key_id: String, reason: String) -> Result<()> {
+    let r = util::tokio_runtime()?
+        .block_on(async { Admin::from_args(&a).await?.revoke(&key_id, &reason).await })?;
+    println!(
+        "revoked key {} at {} (audit event {}): every later release is denied",
+        r.key_id, r.revoked_at, r.audit_seq
+    );
+    Ok(())
 }
 
 /// How long one request to the KBS may take, all of it: a KBS (or a network) that stalls fails
@@ -164,6 +348,9 @@ fn serve(a: ServeArgs) -> Result<()> {
     let tls = a.tls.load()?;
     let mut config = KbsConfig::new(a.data_dir.clone(), endorsements);
     config.nonce_ttl = Duration::from_secs(a.nonce_ttl);
+    let keks = open_keks(a.kek.as_deref(), a.previous_kek.as_deref(), &a.data_dir)?;
+    eprintln!("root KEK: {}", keks.describe());
+    config.keks = Some(keks);
     let kbs = Kbs::open(config)?;
     // A store from before signed admin requests holds only the token's hash: the token file it
     // was created with upgrades it.
@@ -347,6 +534,29 @@ impl Admin {
         )
         .await?;
         Ok(())
+    }
+
+    pub async fn keys(&self) -> Result<Vec<KeyInfo>> {
+        Ok(self
+            .send(reqwest::Method::GET, "/kbs/v1/admin/keys", vec![])
+            .await?
+            .json()
+            .await?)
+    }
+
+    pub async fn revoke(&self, key_id: &str, reason: &str) -> Result<RevokeResponse> {
+        let body = serde_json::to_vec(&RevokeRequest {
+            reason: reason.to_string(),
+        })?;
+        Ok(self
+            .send(
+                reqwest::Method::POST,
+                &format!("/kbs/v1/admin/keys/{key_id}/revoke"),
+                body,
+            )
+            .await?
+            .json()
+            .await?)
     }
 
     pub async fn audit(&self) -> Result<Vec<AuditEvent>> {

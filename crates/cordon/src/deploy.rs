@@ -189,13 +189,19 @@ pub fn start_kbs(dir: &Path, children: &mut Children) -> Result<StartedKbs> {
             &p(&kbs_addr),
             "--identity-file",
             &p(&identity_path),
+            // The root KEK beside the other keys, outside the KBS's data directory: a copy of
+            // the store alone opens nothing.
+            "--kek",
+            &format!("file:{}", p(&dir.join("keys/kbs.kek"))),
         ],
         &kbs_log,
     )?;
     let kbs_url = wait_for_addr(children, "kbs", &kbs_addr, &kbs_log)?;
     println!(
-        "[kbs]     key broker listening at {kbs_url} (store {})",
-        dir.join("kbs").display()
+        "[kbs]     key broker listening at {kbs_url} (store {}, every key in it wrapped under \
+         the KEK in {})",
+        dir.join("kbs").display(),
+        dir.join("keys/kbs.kek").display()
     );
 
     let token = Zeroizing::new(

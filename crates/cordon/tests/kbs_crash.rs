@@ -232,8 +232,17 @@ async fn check(d: &Driver, ack: &Mutex<Acknowledged>) {
     };
     // Every acknowledged registration is there, with its own DEK (a sample is released and
     // compared; the list covers all).
-    let listed: Vec<String> =
-        admin_get(&d.http, &d.url, &d.kbs_key, "/kbs/v1/admin/keys", &d.token).await;
+    let listed: Vec<String> = admin_get::<Vec<cordon_proto::kbs::KeyInfo>>(
+        &d.http,
+        &d.url,
+        &d.kbs_key,
+        "/kbs/v1/admin/keys",
+        &d.token,
+    )
+    .await
+    .into_iter()
+    .map(|k| k.key_id)
+    .collect();
     for k in keys.keys() {
         assert!(listed.contains(k), "acknowledged registration {k} lost");
     }

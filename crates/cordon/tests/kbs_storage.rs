@@ -22,7 +22,9 @@ async fn register(
 }
 
 async fn listed(http: &reqwest::Client, url: &str, key: &str, token: &str) -> Vec<String> {
-    admin_get(http, url, key, "/kbs/v1/admin/keys", token).await
+    let keys: Vec<cordon_proto::kbs::KeyInfo> =
+        admin_get(http, url, key, "/kbs/v1/admin/keys", token).await;
+    keys.into_iter().map(|k| k.key_id).collect()
 }
 
 async fn audit_ok(http: &reqwest::Client, url: &str, key: &str, token: &str) -> usize {

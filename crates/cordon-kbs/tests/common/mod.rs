@@ -11,7 +11,7 @@ use cordon_proto::kbs::{
     policy_context, seal_dek_for_kbs, seal_job, AttestRequest, AuditEvent, Challenge, DekPurpose,
     ErrorBody, JobRelease, RegisterKey,
 };
-use cordon_proto::{RuntimeKeys, ServiceKeyPair};
+use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair};
 use cordon_tee::{EvidenceProvider, SimHardwareKey, SimTee};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -28,6 +28,8 @@ pub struct Harness {
     pub hw_key_seed: String,
     pub clock: Arc<AtomicU64>,
     pub http: reqwest::Client,
+    /// The KBS's data directory (its KEK file lies beside it, in `_dir`).
+    pub data_dir: std::path::PathBuf,
     pub _dir: tempfile::TempDir,
 }
 
@@ -40,8 +42,9 @@ pub async fn start_with(limits: KbsLimits) -> Harness {
     let hw = SimHardwareKey::generate();
     let clock = Arc::new(AtomicU64::new(1_800_000_000));
     let c = clock.clone();
+    let data_dir = dir.path().join("kbs");
     let mut config = KbsConfig::new(
-        dir.path().to_path_buf(),
+        data_dir.clone(),
         Endorsements {
             sim_trust_anchors: vec![hw.public_key()],
             ..Default::default()
@@ -67,6 +70,7 @@ pub async fn start_with(limits: KbsLimits) -> Harness {
         hw_key_seed: hw.to_file_contents().to_string(),
         clock,
         http: reqwest::Client::new(),
+        data_dir,
         _dir: dir,
     }
 }
@@ -371,5 +375,32 @@ pub fn keys(kp: &ServiceKeyPair) -> RuntimeKeys {
         hpke_public_key: kp.public_key(),
         hpke_key_id: kp.key_id(),
         signing_public_key: RUNTIME_SIGNING_KEY,
+    }
+}
+
+/// An attest request for `key_ids`: evidence from `tee` binding `nonce`, `kp`'s keys and
+/// [`bound_model`].
+pub fn request(nonce: &str, tee: &SimTee, kp: &ServiceKeyPair, key_ids: &[&str]) -> AttestRequest {
+    let nonce_bytes = hex::decode(nonce).unwrap();
+    let rk = keys(kp);
+    let models = vec![bound_model()];
+    AttestRequest {
+        nonce: nonce.into(),
+        evidence: tee
+            .evidence(&report_data(&nonce_bytes, &rk, &models))
+            .unwrap(),
+        runtime_keys: rk,
+        key_ids: key_ids.iter().map(|s| s.to_string()).collect(),
+        models,
+        sealed_job: None,
+    }
+}
+
+/// The model the runtime says it will unseal with the released key.
+pub fn bound_model() -> ModelBinding {
+    ModelBinding {
+        name: "demo".into(),
+        version: "3".into(),
+        manifest_sha256: [0xab; 32],
     }
 }

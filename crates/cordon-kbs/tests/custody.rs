@@ -1,0 +1,238 @@
+//! Key custody over real HTTP: no secret at rest unwrapped, revocation, the key listing.
+
+use base64::Engine;
+use cordon_attest::Platform;
+use cordon_kbs::custody::FileKek;
+use cordon_kbs::{Keks, Store};
+use cordon_proto::job::PartyKey;
+use cordon_proto::kbs::{AttestResponse, KeyInfo, RevokeResponse};
+use cordon_proto::ServiceKeyPair;
+use std::path::Path;
+use std::sync::Arc;
+
+mod common;
+use common::*;
+
+/// Every way a 32-byte secret could be written out: raw, hex either case, base64 standard and
+/// URL-safe, padded or not.
+fn encodings(secret: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let b64u = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let b64n = base64::engine::general_purpose::STANDARD_NO_PAD;
+    vec![
+        ("raw".into(), secret.to_vec()),
+        ("hex".into(), hex::encode(secret).into_bytes()),
+        ("HEX".into(), hex::encode_upper(secret).into_bytes()),
+        ("base64".into(), b64.encode(secret).into_bytes()),
+        ("base64 unpadded".into(), b64n.encode(secret).into_bytes()),
+        ("base64url".into(), b64u.encode(secret).into_bytes()),
+    ]
+}
+
+/// Fails naming the file and the encoding if any file under `dir` holds `secret`.
+fn assert_nowhere(dir: &Path, what: &str, secret: &[u8]) {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            files += 1;
+            let bytes = std::fs::read(&path).unwrap();
+            for (name, needle) in encodings(secret) {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle.as_slice()),
+                    "{} holds {what} ({name})",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(files >= 2, "the scan saw the store ({files} files)");
+}
+
+#[tokio::test]
+async fn no_secret_is_at_rest_unwrapped_in_any_encoding() {
+    let h = start().await;
+    let sim = policy(vec![Platform::Sim], MEASUREMENT);
+    let admin_deks: Vec<[u8; 32]> = (0..5u8).map(|i| [0x10 + i; 32]).collect();
+    for (i, dek) in admin_deks.iter().enumerate() {
+        let resp = h.register(&format!("model-{i}"), *dek, sim.clone()).await;
+        assert!(resp.status().is_success());
+    }
+    // Replaced once: the first DEK of model-0 must not linger either.
+    let replaced = [0x77; 32];
+    assert!(h
+        .register("model-0", replaced, sim.clone())
+        .await
+        .status()
+        .is_success());
+    let party = PartyKey::generate("hospital-a");
+    let dataset_dek = [0x3C; 32];
+    assert!(h
+        .register_dataset_with(&party, "ds-a", &sim, dataset_dek)
+        .await
+        .status()
+        .is_success());
+    // A release reads and unwraps; nothing it does writes a DEK either.
+    let kp = ServiceKeyPair::generate(0);
+    let ch = h.challenge().await;
+    let resp = h
+        .attest(&request(
+            &ch.nonce,
+            &h.tee(MEASUREMENT, false),
+            &kp,
+            &["model-1"],
+        ))
+        .await;
+    let body: AttestResponse = resp.json().await.unwrap();
+    assert_eq!(body.released.len(), 1);
+
+    // The identity seed, read the way the KBS reads it: through the KEK beside the data dir.
+    let kek = FileKek::open(&h.data_dir.with_file_name("kbs.kek")).unwrap();
+    let store = Store::open(&h.data_dir, Keks::new(Arc::new(kek))).unwrap();
+    let seed = store.identity_seed().unwrap().unwrap();
+    assert_eq!(
+        store.get_key("model-0").unwrap().unwrap().dek.as_slice(),
+        &replaced
+    );
+    drop(store);
+
+    for (i, dek) in admin_deks.iter().enumerate() {
+        assert_nowhere(&h.data_dir, &format!("the DEK of model-{i}"), dek);
+    }
+    assert_nowhere(&h.data_dir, "the replacing DEK", &replaced);
+    assert_nowhere(&h.data_dir, "the dataset DEK", &dataset_dek);
+    assert_nowhere(&h.data_dir, "the identity seed", seed.as_slice());
+    // And the KEK itself is not in the data directory: a copy of it alone opens nothing.
+    let kek_bytes = std::fs::read(h.data_dir.with_file_name("kbs.kek")).unwrap();
+    assert_eq!(kek_bytes.len(), 32);
+    assert_nowhere(&h.data_dir, "the KEK", &kek_bytes);
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_never_released_again_and_the_listing_shows_it() {
+    let h = start().await;
+    let sim = policy(vec![Platform::Sim], MEASUREMENT);
+    assert!(h
+        .register("k", [5; 32], sim.clone())
+        .await
+        .status()
+        .is_success());
+    assert!(h
+        .register("other", [6; 32], sim.clone())
+        .await
+        .status()
+        .is_success());
+    let kp = ServiceKeyPair::generate(0);
+    let release = |ids: &'static [&'static str]| {
+        let h = &h;
+        let kp = &kp;
+        async move {
+            let ch = h.challenge().await;
+            let resp = h
+                .attest(&request(&ch.nonce, &h.tee(MEASUREMENT, false), kp, ids))
+                .await;
+            assert!(resp.status().is_success());
+            resp.json::<AttestResponse>().await.unwrap()
+        }
+    };
+    assert_eq!(release(&["k"]).await.released.len(), 1);
+
+    // Only the administrator revokes.
+    let party = PartyKey::generate("p");
+    let resp = h
+        .signed_party(
+            &party,
+            reqwest::Method::POST,
+            "/kbs/v1/admin/keys/k/revoke",
+            br#"{"reason":"x"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(resp.status(), 401);
+    let resp = h
+        .admin(
+            reqwest::Method::POST,
+            "/kbs/v1/admin/keys/k/revoke",
+            br#"{"reason":"weights leaked"}"#.to_vec(),
+        )
+        .await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let revoked: RevokeResponse = resp.json().await.unwrap();
+    assert_eq!(revoked.key_id, "k");
+
+    let after = release(&["k", "other"]).await;
+    assert_eq!(after.released.len(), 1);
+    assert_eq!(after.released[0].key_id, "other");
+    assert_eq!(after.denied.len(), 1);
+    assert!(
+        after.denied[0].reasons[0].contains("revoked"),
+        "{:?}",
+        after.denied
+    );
+    // Neither re-registered nor revoked twice; an unknown key is a 404.
+    let (status, body) = refusal(h.register("k", [7; 32], sim.clone()).await).await;
+    assert_eq!(
+        (status, body.code.as_str()),
+        (409, "conflict"),
+        "{}",
+        body.error
+    );
+    let (status, _) = refusal(
+        h.admin(
+            reqwest::Method::POST,
+            "/kbs/v1/admin/keys/k/revoke",
+            b"{}".to_vec(),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 409);
+    let (status, _) = refusal(
+        h.admin(
+            reqwest::Method::POST,
+            "/kbs/v1/admin/keys/nope/revoke",
+            b"{}".to_vec(),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    let events = h.audit().await;
+    let revocation = events.iter().find(|e| e.kind == "key_revoked").unwrap();
+    assert_eq!(revocation.key_id.as_deref(), Some("k"));
+    assert!(revocation.detail.contains("weights leaked"));
+    assert_eq!(revocation.seq, revoked.audit_seq);
+
+    let listing: Vec<KeyInfo> = h
+        .admin(reqwest::Method::GET, "/kbs/v1/admin/keys", vec![])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let k = listing.iter().find(|k| k.key_id == "k").unwrap();
+    let other = listing.iter().find(|k| k.key_id == "other").unwrap();
+    assert_eq!(
+        (k.releases, k.revoked_at.is_some(), k.kek_id.is_none()),
+        (1, true, true)
+    );
+    assert_eq!(
+        (other.releases, other.revoked_at, other.kind.as_str()),
+        (1, None, "admin")
+    );
+    assert!(other.kek_id.as_deref().unwrap().starts_with("file:"));
+    // The listing is the administrator's only.
+    let resp = h
+        .signed_party(&party, reqwest::Method::GET, "/kbs/v1/admin/keys", vec![])
+        .await;
+    assert_eq!(resp.status(), 401);
+    // No DEK in the listing, in any encoding.
+    let text = serde_json::to_string(&listing).unwrap();
+    for dek in [[5u8; 32], [6u8; 32]] {
+        assert!(!text.contains(&hex::encode(dek)));
+    }
+}
