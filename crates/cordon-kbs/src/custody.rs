@@ -23,6 +23,10 @@ use std::sync::Arc;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+mod sev_snp;
+
+pub use sev_snp::{derived_key_request, DerivedKeySource, PlatformKeyState, SevSnpKek};
+
 /// Bytes of the GCM nonce that starts every wrapped secret.
 pub const WRAP_NONCE_LEN: usize = 12;
 /// Bytes of the GCM tag that ends every wrapped secret.
