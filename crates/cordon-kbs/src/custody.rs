@@ -23,8 +23,10 @@ use std::sync::Arc;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+mod pkcs11;
 mod sev_snp;
 
+pub use pkcs11::{loaded_module, Pkcs11Kek, Pkcs11Location};
 pub use sev_snp::{derived_key_request, DerivedKeySource, PlatformKeyState, SevSnpKek};
 
 /// Bytes of the GCM nonce that starts every wrapped secret.
