@@ -7,7 +7,7 @@
 //! at /usr/lib/softhsm/libsofthsm2.so, `CORDON_TEST_SOFTHSM2_UTIL` the tool when not on PATH.
 
 use cordon_kbs::custody::{
-    aead_unwrap, loaded_module, wrap_aad, CustodyError, Kek, Pkcs11Kek, Pkcs11Location,
+    aead_unwrap, loaded_module, wrap_aad, CustodyError, Kek, KekSpec, Pkcs11Kek, Pkcs11Location,
     Slot, UnwrapFailed,
 };
 use cryptoki::error::{Error as CkError, RvError};
@@ -403,4 +403,20 @@ fn wrong_pin_missing_token_and_missing_module_are_named() {
     loc.pin_file = loose;
     let e = open_err(&loc);
     assert!(e.contains("PIN file") && e.contains("chmod 600"), "{e}");
+}
+
+#[test]
+fn a_pkcs11_spec_opens_through_kek_spec() {
+    let h = hsm();
+    let spec = KekSpec::parse(&format!(
+        "pkcs11:module={};token=spec;key=from-spec;pin-file={}",
+        h.module.display(),
+        h.pin_file.display()
+    ))
+    .unwrap();
+    let kek = spec.open().unwrap_or_else(|e| panic!("{e}"));
+    let again = spec.open().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(kek.id(), again.id());
+    let w = kek.wrap(b"aad", b"x").unwrap();
+    assert_eq!(again.unwrap(b"aad", &w).unwrap().as_slice(), b"x");
 }
