@@ -258,7 +258,7 @@ const SPEC_FORMS: &str = "one of file:PATH, \
 impl KekSpec {
     pub fn parse(spec: &str) -> Result<KekSpec, CustodyError> {
         let bad = |reason: &str| CustodyError::Spec {
-            spec: spec.to_string(),
+            spec: redact_pin(spec),
             reason: reason.to_string(),
         };
         let (scheme, rest) = spec
@@ -305,6 +305,24 @@ impl KekSpec {
             )?)),
         }
     }
+}
+
+/// `spec` with the value of any item that looks like a PIN (`pin=`, `pin-value=`, `pin-source=`)
+/// replaced, so that the error refusing it does not carry the PIN into logs.
+fn redact_pin(spec: &str) -> String {
+    spec.split(';')
+        .map(|item| {
+            let name = item.rsplit(':').next().unwrap_or(item);
+            match name.split_once('=') {
+                Some(("pin" | "pin-value" | "pin-source", _)) => {
+                    let keep = item.len() - name.len() + name.find('=').unwrap_or(0);
+                    format!("{}=<redacted>", &item[..keep])
+                }
+                _ => item.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 /// `module=…;token=…;key=…;pin-file=…`.
@@ -534,7 +552,15 @@ mod tests {
             assert!(e.contains(says), "{spec:?}: {e}");
         }
         // The PIN's value is not echoed back beyond the spec the user typed.
-        assert!(!spec_error(&format!("pkcs11:{full};pin=1234")).contains("reason: 1234"));
+        // The PIN given by mistake is not echoed back, wherever the item is.
+        for spec in [
+            format!("pkcs11:{full};pin=s3cret"),
+            format!("pkcs11:pin=s3cret;{full}"),
+            format!("pkcs11:{full};pin-value=s3cret"),
+        ] {
+            let e = spec_error(&spec);
+            assert!(!e.contains("s3cret") && e.contains("<redacted>"), "{e}");
+        }
     }
 
     #[test]

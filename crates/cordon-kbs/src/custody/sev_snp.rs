@@ -8,7 +8,7 @@
 //! The request ([`derived_key_request`]) selects, in MSG_KEY_REQ `GUEST_FIELD_SELECT`:
 //! - `MEASUREMENT` (bit 3): other code (another KBS build, a tampered image) derives another key;
 //! - `GUEST_POLICY` (bit 0): the same code launched debuggable or migratable derives another key;
-//! - `TCB_VERSION` (bit 5) only when asked (`sev-snp:…;tcb`), with the committed TCB of the
+//! - `TCB_VERSION` (bit 5) only when asked (`sev-snp:…;bind-tcb`), with the committed TCB of the
 //!   platform at open.
 //!
 //! Not `IMAGE_ID`/`FAMILY_ID` (bits 1, 2: names the launcher chooses in the ID block, which the
