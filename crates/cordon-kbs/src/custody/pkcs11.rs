@@ -15,6 +15,13 @@
 //! is SHA-256 over a GCM encryption, inside the token, of 16 zero bytes under a fixed IV used for
 //! nothing else. It is the same for copies of one key in several HSMs of a cluster, and changes
 //! whenever another key is behind the label.
+//!
+//! Limits: the KBS keeps one logged-in session for its life and does not re-open it; if the HSM
+//! drops it (restarted, a network HSM's connection lost), wraps fail naming the PKCS#11 error and
+//! unwraps fail (the error is logged): restart the KBS. Within one process the PKCS#11 login is
+//! shared per token, so a second KEK opened on a token the process is already logged in to does
+//! not check its PIN again. The IV is chosen here; an HSM that insists on generating GCM IVs itself
+//! (some FIPS modes) refuses `CKM_AES_GCM` at open, and the error says so.
 
 use super::{CustodyError, Kek, UnwrapFailed, WRAP_NONCE_LEN, WRAP_TAG_LEN};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
