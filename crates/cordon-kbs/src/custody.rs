@@ -5,9 +5,13 @@
 //! Where the KEK lives is a [`Kek`] provider, chosen at `kbs serve` (`--kek`, [`KekSpec`]):
 //! - `file:PATH`: 32 random bytes in a 0600 file outside the data directory ([`FileKek`]), for
 //!   development and `quickstart`: whoever reads both the file and the store reads the keys;
-//! - `pkcs11:…`: an AES key that never leaves an HSM (wrapping is done inside it);
-//! - `sev-snp:…`: a key the SEV-SNP firmware derives for this KBS's measurement
-//!   (`MSG_KEY_REQ`), so only the same code in a TEE on the same chip can unwrap.
+//! - `pkcs11:module=LIB;token=LABEL;key=LABEL;pin-file=PATH`: an AES key that never leaves an HSM
+//!   (wrapping is done inside it; [`Pkcs11Kek`]);
+//! - `sev-snp:[DEVICE][;bind-tcb]`: a key the SEV-SNP firmware derives for this KBS's measurement
+//!   and policy (`MSG_KEY_REQ`), so only the same code in a TEE on the same chip can unwrap
+//!   ([`SevSnpKek`]).
+//!
+//! `docs/deployment.md` ("Key custody") says how to set each up and what each protects against.
 //!
 //! Wrapped format (all providers): `nonce (12) ‖ AES-256-GCM ciphertext ‖ tag (16)`, with
 //! [`wrap_aad`] (the slot and the entry's name) as associated data, so a wrapped DEK moved to
@@ -22,6 +26,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
 use zeroize::Zeroizing;
+
+mod pkcs11;
+mod sev_snp;
+
+pub use pkcs11::{loaded_module, Pkcs11Kek, Pkcs11Location};
+pub use sev_snp::{derived_key_request, DerivedKeySource, PlatformKeyState, SevSnpKek};
 
 /// Bytes of the GCM nonce that starts every wrapped secret.
 pub const WRAP_NONCE_LEN: usize = 12;
@@ -295,27 +305,45 @@ impl fmt::Debug for Keks {
     }
 }
 
-/// Where the KEK lives, as given on the command line: `file:PATH`, `pkcs11:…`, `sev-snp:…`.
+/// Where the KEK lives, as given on the command line:
+/// - `file:PATH`;
+/// - `pkcs11:module=LIB;token=LABEL;key=LABEL;pin-file=PATH` (all four, in any order; the PIN is
+///   only ever read from the file; `;` cannot appear in a value);
+/// - `sev-snp:` (the default device, `/dev/sev-guest`), `sev-snp:DEVICE` or
+///   `sev-snp:device=DEVICE`, each optionally followed by `;bind-tcb` (also `sev-snp:bind-tcb`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KekSpec {
     File(PathBuf),
+    Pkcs11 {
+        module: PathBuf,
+        token_label: String,
+        key_label: String,
+        pin_file: PathBuf,
+    },
+    SevSnp {
+        device: PathBuf,
+        bind_tcb: bool,
+    },
 }
+
+const SPEC_FORMS: &str = "one of file:PATH, \
+    pkcs11:module=LIB;token=LABEL;key=LABEL;pin-file=PATH, sev-snp:[DEVICE][;bind-tcb]";
 
 impl KekSpec {
     pub fn parse(spec: &str) -> Result<KekSpec, CustodyError> {
         let bad = |reason: &str| CustodyError::Spec {
-            spec: spec.to_string(),
+            spec: redact_pin(spec),
             reason: reason.to_string(),
         };
         let (scheme, rest) = spec
             .split_once(':')
-            .ok_or_else(|| bad("expected SCHEME:…, one of file:PATH, pkcs11:…, sev-snp:…"))?;
+            .ok_or_else(|| bad(&format!("expected SCHEME:…, {SPEC_FORMS}")))?;
         match scheme {
             "file" if !rest.is_empty() => Ok(KekSpec::File(PathBuf::from(rest))),
             "file" => Err(bad("file: needs a path")),
-            _ => Err(bad(
-                "unknown KEK provider; expected file:, pkcs11: or sev-snp:",
-            )),
+            "pkcs11" => parse_pkcs11(rest).map_err(|r| bad(&r)),
+            "sev-snp" => parse_sev_snp(rest).map_err(|r| bad(&r)),
+            _ => Err(bad(&format!("unknown KEK provider; expected {SPEC_FORMS}"))),
         }
     }
 
@@ -330,12 +358,125 @@ impl KekSpec {
         KekSpec::File(data_dir.with_file_name(name))
     }
 
-    /// Opens (or, for `file:`, creates) the KEK.
+    /// Opens (or, for `file:`, creates; for `pkcs11:`, generates in the token) the KEK.
     pub fn open(&self) -> Result<Arc<dyn Kek>, CustodyError> {
         match self {
             KekSpec::File(path) => Ok(Arc::new(FileKek::open_or_create(path)?)),
+            KekSpec::Pkcs11 {
+                module,
+                token_label,
+                key_label,
+                pin_file,
+            } => Ok(Arc::new(Pkcs11Kek::open(&Pkcs11Location {
+                module: module.clone(),
+                token_label: token_label.clone(),
+                key_label: key_label.clone(),
+                pin_file: pin_file.clone(),
+            })?)),
+            KekSpec::SevSnp { device, bind_tcb } => Ok(Arc::new(SevSnpKek::open(
+                &cordon_tee::SevGuest::new(device),
+                *bind_tcb,
+            )?)),
         }
     }
+}
+
+/// `spec` with the value of any item that looks like a PIN (`pin=`, `pin-value=`, `pin-source=`)
+/// replaced, so that the error refusing it does not carry the PIN into logs.
+fn redact_pin(spec: &str) -> String {
+    spec.split(';')
+        .map(|item| {
+            let name = item.rsplit(':').next().unwrap_or(item);
+            match name.split_once('=') {
+                Some(("pin" | "pin-value" | "pin-source", _)) => {
+                    let keep = item.len() - name.len() + name.find('=').unwrap_or(0);
+                    format!("{}=<redacted>", &item[..keep])
+                }
+                _ => item.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// `module=…;token=…;key=…;pin-file=…`.
+fn parse_pkcs11(rest: &str) -> Result<KekSpec, String> {
+    let (mut module, mut token, mut key, mut pin_file) = (None, None, None, None);
+    for item in rest.split(';') {
+        let (name, value) = item.split_once('=').ok_or_else(|| {
+            format!("pkcs11: expected NAME=VALUE items separated by ';', got {item:?}")
+        })?;
+        if value.is_empty() {
+            return Err(format!("pkcs11: {name}= is empty"));
+        }
+        let slot = match name {
+            "module" => &mut module,
+            "token" => &mut token,
+            "key" => &mut key,
+            "pin-file" => &mut pin_file,
+            "pin" | "pin-value" | "pin-source" => {
+                return Err(
+                    "pkcs11: the PIN is read from a file (pin-file=PATH), never given on \
+                     the command line"
+                        .into(),
+                )
+            }
+            other => {
+                return Err(format!(
+                    "pkcs11: unknown item {other:?}; expected module=, token=, key=, pin-file="
+                ))
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err(format!("pkcs11: {name}= is given twice"));
+        }
+    }
+    fn need<'a>(v: Option<&'a str>, name: &str) -> Result<&'a str, String> {
+        v.ok_or_else(|| {
+            format!(
+                "pkcs11: {name}= is missing; all of module=, token=, key=, pin-file= are needed"
+            )
+        })
+    }
+    Ok(KekSpec::Pkcs11 {
+        module: PathBuf::from(need(module, "module")?),
+        token_label: need(token, "token")?.to_string(),
+        key_label: need(key, "key")?.to_string(),
+        pin_file: PathBuf::from(need(pin_file, "pin-file")?),
+    })
+}
+
+/// `[DEVICE | device=DEVICE][;bind-tcb]`.
+fn parse_sev_snp(rest: &str) -> Result<KekSpec, String> {
+    let mut device: Option<PathBuf> = None;
+    let mut bind_tcb = false;
+    for (i, item) in rest.split(';').enumerate() {
+        let path = if let Some(p) = item.strip_prefix("device=") {
+            Some(p)
+        } else if item.starts_with('/') && i == 0 {
+            Some(item)
+        } else {
+            None
+        };
+        match (item, path) {
+            ("", None) if i == 0 => {}
+            ("bind-tcb", None) if !bind_tcb => bind_tcb = true,
+            ("bind-tcb", None) => return Err("sev-snp: bind-tcb is given twice".into()),
+            (_, Some("")) => return Err("sev-snp: device= is empty".into()),
+            (_, Some(p)) if device.is_none() => device = Some(PathBuf::from(p)),
+            (_, Some(_)) => return Err("sev-snp: the device is given twice".into()),
+            (other, None) => {
+                return Err(format!(
+                    "sev-snp: unknown item {other:?}; expected an absolute device path, \
+                     device=PATH or bind-tcb"
+                ))
+            }
+        }
+    }
+    Ok(KekSpec::SevSnp {
+        device: device.unwrap_or_else(|| PathBuf::from(cordon_tee::SevGuest::DEFAULT_PATH)),
+        bind_tcb,
+    })
 }
 
 #[cfg(test)]
@@ -411,5 +552,175 @@ mod tests {
             KekSpec::default_for(Path::new("/srv/kbs-data")),
             KekSpec::File("/srv/kbs-data.kek".into())
         );
+    }
+
+    fn spec_error(spec: &str) -> String {
+        match KekSpec::parse(spec) {
+            Err(e @ CustodyError::Spec { .. }) => e.to_string(),
+            other => panic!("{spec:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pkcs11_specs_parse() {
+        let want = KekSpec::Pkcs11 {
+            module: "/usr/lib/softhsm/libsofthsm2.so".into(),
+            token_label: "cordon".into(),
+            key_label: "cordon-kek".into(),
+            pin_file: "/etc/cordon/hsm.pin".into(),
+        };
+        assert_eq!(
+            KekSpec::parse(
+                "pkcs11:module=/usr/lib/softhsm/libsofthsm2.so;token=cordon;key=cordon-kek;\
+                 pin-file=/etc/cordon/hsm.pin"
+            )
+            .unwrap(),
+            want
+        );
+        // Any order; labels may hold spaces and '='.
+        assert_eq!(
+            KekSpec::parse("pkcs11:pin-file=/p;key=k=1;token=my token;module=/m.so").unwrap(),
+            KekSpec::Pkcs11 {
+                module: "/m.so".into(),
+                token_label: "my token".into(),
+                key_label: "k=1".into(),
+                pin_file: "/p".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn bad_pkcs11_specs_say_what_is_wrong() {
+        let full = "module=/m.so;token=t;key=k;pin-file=/p";
+        for (spec, says) in [
+            ("pkcs11:".to_string(), "expected NAME=VALUE"),
+            (
+                "pkcs11:token=t;key=k;pin-file=/p".into(),
+                "module= is missing",
+            ),
+            (
+                "pkcs11:module=/m.so;key=k;pin-file=/p".into(),
+                "token= is missing",
+            ),
+            (
+                "pkcs11:module=/m.so;token=t;pin-file=/p".into(),
+                "key= is missing",
+            ),
+            (
+                "pkcs11:module=/m.so;token=t;key=k".into(),
+                "pin-file= is missing",
+            ),
+            (
+                format!("pkcs11:{full};pin=1234"),
+                "never given on the command line",
+            ),
+            (format!("pkcs11:{full};token=u"), "token= is given twice"),
+            (format!("pkcs11:{full};slot=0"), "unknown item \"slot\""),
+            (
+                "pkcs11:module=;token=t;key=k;pin-file=/p".into(),
+                "module= is empty",
+            ),
+            (format!("pkcs11:{full};"), "expected NAME=VALUE"),
+        ] {
+            let e = spec_error(&spec);
+            assert!(e.contains(says), "{spec:?}: {e}");
+        }
+        // The PIN's value is not echoed back beyond the spec the user typed.
+        // The PIN given by mistake is not echoed back, wherever the item is.
+        for spec in [
+            format!("pkcs11:{full};pin=s3cret"),
+            format!("pkcs11:pin=s3cret;{full}"),
+            format!("pkcs11:{full};pin-value=s3cret"),
+        ] {
+            let e = spec_error(&spec);
+            assert!(!e.contains("s3cret") && e.contains("<redacted>"), "{e}");
+        }
+    }
+
+    #[test]
+    fn sev_snp_specs_parse() {
+        let snp = |device: &str, bind_tcb| KekSpec::SevSnp {
+            device: device.into(),
+            bind_tcb,
+        };
+        for (spec, want) in [
+            ("sev-snp:", snp("/dev/sev-guest", false)),
+            ("sev-snp:/dev/sev-guest", snp("/dev/sev-guest", false)),
+            ("sev-snp:/dev/other", snp("/dev/other", false)),
+            ("sev-snp:device=/dev/other", snp("/dev/other", false)),
+            ("sev-snp:bind-tcb", snp("/dev/sev-guest", true)),
+            ("sev-snp:;bind-tcb", snp("/dev/sev-guest", true)),
+            ("sev-snp:/dev/x;bind-tcb", snp("/dev/x", true)),
+            ("sev-snp:bind-tcb;device=/dev/x", snp("/dev/x", true)),
+        ] {
+            assert_eq!(KekSpec::parse(spec).unwrap(), want, "{spec}");
+        }
+        for (spec, says) in [
+            ("sev-snp:dev/sev-guest", "unknown item"),
+            ("sev-snp:tcb", "unknown item \"tcb\""),
+            ("sev-snp:bind-tcb;bind-tcb", "bind-tcb is given twice"),
+            ("sev-snp:/dev/a;device=/dev/b", "the device is given twice"),
+            ("sev-snp:device=", "device= is empty"),
+            ("sev-snp:bind-tcb;/dev/x", "unknown item"),
+            ("sgx:", "unknown KEK provider"),
+        ] {
+            let e = spec_error(spec);
+            assert!(e.contains(says), "{spec:?}: {e}");
+        }
+    }
+
+    struct OpenErr(KekSpec);
+    impl OpenErr {
+        fn open_err(&self) -> CustodyError {
+            match self.0.open() {
+                Err(e) => e,
+                Ok(k) => panic!("{:?} opened as {}", self.0, k.id()),
+            }
+        }
+    }
+
+    #[test]
+    fn opening_a_pkcs11_spec_names_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let pin = dir.path().join("pin");
+        std::fs::write(&pin, "1234\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let spec = |module: &Path, pin_file: &Path| {
+            OpenErr(KekSpec::Pkcs11 {
+                module: module.into(),
+                token_label: "t".into(),
+                key_label: "k".into(),
+                pin_file: pin_file.into(),
+            })
+        };
+        let absent = dir.path().join("libabsent.so");
+        let e = spec(&absent, &pin).open_err();
+        assert!(matches!(e, CustodyError::Pkcs11(_)), "{e}");
+        assert!(
+            e.to_string().contains("libabsent.so") && e.to_string().contains("not found"),
+            "{e}"
+        );
+        // A file that is not a shared library.
+        let e = spec(&pin, &pin).open_err().to_string();
+        assert!(e.contains("cannot load module"), "{e}");
+        // A missing PIN file is named before anything is loaded.
+        let e = spec(&absent, &dir.path().join("nopin"))
+            .open_err()
+            .to_string();
+        assert!(e.contains("PIN file") && e.contains("nopin"), "{e}");
+        // An empty one is refused.
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let e = spec(&absent, &empty).open_err().to_string();
+        assert!(e.contains("is empty"), "{e}");
     }
 }

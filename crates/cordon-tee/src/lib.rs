@@ -3,12 +3,13 @@
 //! Providers, each an [`EvidenceProvider`]:
 //! - [`ConfigFsTsm`]: Linux configfs-tsm (`/sys/kernel/config/tsm/report`), SEV-SNP reports and TDX
 //!   quotes.
-//! - [`SevGuest`]: the `/dev/sev-guest` `SNP_GET_REPORT` ioctl, for SNP guests without configfs-tsm.
+//! - [`SevGuest`]: the `/dev/sev-guest` `SNP_GET_REPORT` ioctl, for SNP guests without configfs-tsm;
+//!   also the firmware's derived keys ([`SevGuest::derived_key`], `SNP_GET_DERIVED_KEY`).
 //! - [`GramineSgx`]: Gramine's `/dev/attestation` pseudo-files, SGX DCAP quotes.
 //! - [`SimTee`]: the simulated platform, never hardware-backed and never auto-detected.
 //!
 //! [`detect`] picks the first hardware interface present.
-#![deny(unsafe_code)] // the one exception is the SNP_GET_REPORT ioctl in `sev_guest`
+#![deny(unsafe_code)] // the exceptions: the SNP_GET_REPORT and SNP_GET_DERIVED_KEY ioctls in `sev_guest`
 
 mod configfs;
 mod detect;
@@ -20,7 +21,7 @@ mod testutil;
 pub use configfs::ConfigFsTsm;
 pub use detect::{detect, Probe};
 pub use gramine::GramineSgx;
-pub use sev_guest::SevGuest;
+pub use sev_guest::{guest_field, DerivedKeyRequest, RootKey, SevGuest};
 
 use cordon_attest::sim::SimReport;
 use cordon_attest::Platform;
@@ -79,14 +80,15 @@ pub enum TeeError {
         expected: u64,
         found: u64,
     },
-    /// The `SNP_GET_REPORT` guest request failed. `fw_error` and `vmm_error` are the two halves of
-    /// the kernel's `exitinfo2`.
+    /// A `/dev/sev-guest` guest request (`op`: `SNP_GET_REPORT`, `SNP_GET_DERIVED_KEY`) failed.
+    /// `fw_error` and `vmm_error` are the two halves of the kernel's `exitinfo2`.
     #[error(
-        "ioctl SNP_GET_REPORT on {}: {source} (firmware error {fw_error:#x}, VMM error {vmm_error:#x})",
+        "ioctl {op} on {}: {source} (firmware error {fw_error:#x}, VMM error {vmm_error:#x})",
         path.display()
     )]
     SnpGuestRequest {
         path: PathBuf,
+        op: &'static str,
         source: std::io::Error,
         fw_error: u32,
         vmm_error: u32,
@@ -94,6 +96,10 @@ pub enum TeeError {
     /// The SNP firmware answered `SNP_GET_REPORT` with a non-zero status (MSG_REPORT_RSP.STATUS).
     #[error("ioctl SNP_GET_REPORT on {}: firmware status {status:#x}", path.display())]
     SnpReportStatus { path: PathBuf, status: u32 },
+    /// The SNP firmware answered `SNP_GET_DERIVED_KEY` with a non-zero status (MSG_KEY_RSP.STATUS;
+    /// 0x16, INVALID_PARAM, for a VMPL, SVN or TCB the guest may not ask for).
+    #[error("ioctl SNP_GET_DERIVED_KEY on {}: firmware status {status:#x}", path.display())]
+    SnpDerivedKeyStatus { path: PathBuf, status: u32 },
     /// [`detect`] found no usable TEE interface; `probed` lists each place it looked and why it
     /// was not used.
     #[error(

@@ -5,6 +5,12 @@
 //! of report data and the VMPL) and a 4000-byte response buffer, into which the kernel copies the
 //! firmware's MSG_REPORT_RSP (SNP firmware ABI): `STATUS` (u32) at 0, `REPORT_SIZE` (u32) at 4 and
 //! the attestation report at 0x20.
+//!
+//! The `SNP_GET_DERIVED_KEY` ioctl carries the same [`SnpGuestRequestIoctl`], pointing at a
+//! [`SnpDerivedKeyReq`] (the firmware's MSG_KEY_REQ fields) and a 64-byte response, into which the
+//! kernel copies the firmware's MSG_KEY_RSP: `STATUS` (u32) at 0 and the 32-byte `DERIVED_KEY` at
+//! 0x20 (SEV Secure Nested Paging Firmware ABI Specification, AMD publication 56860, section
+//! "MSG_KEY_REQ", tables "MSG_KEY_REQ Message Structure" and "MSG_KEY_RSP Message Structure").
 
 use crate::configfs::SNP_REPORT_LEN;
 use crate::{EvidenceProvider, TeeError};
@@ -13,6 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::mem::size_of;
 use std::path::{Path, PathBuf};
+use zeroize::{Zeroize, Zeroizing};
 
 /// `struct snp_report_req`.
 #[repr(C)]
@@ -37,6 +44,30 @@ pub(crate) struct SnpGuestRequestIoctl {
     pub exitinfo2: u64,
 }
 
+/// `struct snp_derived_key_req`: MSG_KEY_REQ without its reserved tail.
+#[repr(C)]
+pub(crate) struct SnpDerivedKeyReq {
+    pub root_key_select: u32,
+    pub rsvd: u32,
+    pub guest_field_select: u64,
+    pub vmpl: u32,
+    pub guest_svn: u32,
+    pub tcb_version: u64,
+}
+
+/// `struct snp_derived_key_resp`: the MSG_KEY_RSP the kernel copies back. It holds the derived
+/// key: zeroized on drop.
+#[repr(C)]
+pub(crate) struct SnpDerivedKeyResp {
+    pub data: [u8; 64],
+}
+
+impl Drop for SnpDerivedKeyResp {
+    fn drop(&mut self) {
+        self.data.zeroize();
+    }
+}
+
 /// Linux `_IOWR(type, nr, size)` on x86 (the only SNP guest architecture).
 const fn iowr(ty: u8, nr: u8, size: usize) -> u32 {
     (3 << 30) | ((size as u32) << 16) | ((ty as u32) << 8) | nr as u32
@@ -45,8 +76,56 @@ const fn iowr(ty: u8, nr: u8, size: usize) -> u32 {
 /// `SNP_GET_REPORT = _IOWR('S', 0x0, struct snp_guest_request_ioctl)`.
 pub(crate) const SNP_GET_REPORT: u32 = iowr(b'S', 0x0, size_of::<SnpGuestRequestIoctl>());
 
+/// `SNP_GET_DERIVED_KEY = _IOWR('S', 0x1, struct snp_guest_request_ioctl)`.
+pub(crate) const SNP_GET_DERIVED_KEY: u32 = iowr(b'S', 0x1, size_of::<SnpGuestRequestIoctl>());
+
 /// Offset of the report in MSG_REPORT_RSP.
 const REPORT_OFFSET: usize = 0x20;
+/// Offset of `DERIVED_KEY` in MSG_KEY_RSP.
+const DERIVED_KEY_OFFSET: usize = 0x20;
+
+/// Which root key the firmware derives from (MSG_KEY_REQ `ROOT_KEY_SELECT`, bit 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootKey {
+    /// The VCEK: a key of this chip at its current TCB. A key derived from it exists on this chip
+    /// only; the same guest on another host derives another key.
+    Vcek,
+    /// The VM root key (VMRK), which the migration agent carries with the guest; only guests
+    /// launched with a migration agent have one.
+    Vmrk,
+}
+
+/// The guest fields a derived key is bound to: bits of MSG_KEY_REQ `GUEST_FIELD_SELECT`.
+pub mod guest_field {
+    /// The guest policy (bit 0): a debuggable or migratable launch derives another key.
+    pub const GUEST_POLICY: u64 = 1 << 0;
+    /// The ID block's IMAGE_ID (bit 1).
+    pub const IMAGE_ID: u64 = 1 << 1;
+    /// The ID block's FAMILY_ID (bit 2).
+    pub const FAMILY_ID: u64 = 1 << 2;
+    /// The launch measurement (bit 3): other code derives another key.
+    pub const MEASUREMENT: u64 = 1 << 3;
+    /// The request's GUEST_SVN (bit 4).
+    pub const GUEST_SVN: u64 = 1 << 4;
+    /// The request's TCB_VERSION (bit 5).
+    pub const TCB_VERSION: u64 = 1 << 5;
+    /// Every bit this crate knows (bits 0 to 5).
+    pub const KNOWN: u64 = 0x3f;
+}
+
+/// A request for a key the SEV-SNP firmware derives for this guest (MSG_KEY_REQ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DerivedKeyRequest {
+    pub root_key: RootKey,
+    /// [`guest_field`] bits: what of the guest's launch the key depends on.
+    pub guest_field_select: u64,
+    /// The VMPL mixed into the key; the firmware refuses levels more privileged than the guest's.
+    pub vmpl: u32,
+    /// Mixed in when [`guest_field::GUEST_SVN`] is selected; at most the guest's SVN.
+    pub guest_svn: u32,
+    /// Mixed in when [`guest_field::TCB_VERSION`] is selected; at most the committed TCB.
+    pub tcb_version: u64,
+}
 
 /// SEV-SNP evidence from the `/dev/sev-guest` `SNP_GET_REPORT` ioctl: the raw 1184-byte
 /// attestation report. Prefer [`crate::ConfigFsTsm`] where the kernel has it.
@@ -80,6 +159,40 @@ impl SevGuest {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// A key the firmware derives for this guest (`SNP_GET_DERIVED_KEY`): the same request in the
+    /// same guest (the fields `req` selects) on the same chip (or VM root key) gives the same key;
+    /// anything else gets another. The key and the buffers it passed through are zeroized.
+    pub fn derived_key(&self, req: &DerivedKeyRequest) -> Result<Zeroizing<[u8; 32]>, TeeError> {
+        if req.guest_field_select & !guest_field::KNOWN != 0 {
+            return Err(TeeError::Malformed {
+                path: self.path.clone(),
+                reason: format!(
+                    "guest_field_select {:#x} has bits this version does not know (known: {:#x})",
+                    req.guest_field_select,
+                    guest_field::KNOWN
+                ),
+            });
+        }
+        let dev = self.open()?;
+        let raw = derived_key_request(req);
+        let mut resp = SnpDerivedKeyResp { data: [0; 64] };
+        let (result, exitinfo2) = get_derived_key_ioctl(&dev, &raw, &mut resp);
+        check_guest_request(&self.path, "SNP_GET_DERIVED_KEY", result, exitinfo2)?;
+        parse_derived_key_response(&self.path, &resp.data)
+    }
+
+    fn open(&self) -> Result<File, TeeError> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .map_err(|source| TeeError::Access {
+                path: self.path.clone(),
+                op: "open",
+                source,
+            })
+    }
 }
 
 impl EvidenceProvider for SevGuest {
@@ -88,19 +201,11 @@ impl EvidenceProvider for SevGuest {
     }
 
     fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, TeeError> {
-        let dev = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.path)
-            .map_err(|source| TeeError::Access {
-                path: self.path.clone(),
-                op: "open",
-                source,
-            })?;
+        let dev = self.open()?;
         let req = report_request(report_data, self.vmpl);
         let mut resp = Box::new(SnpReportResp { data: [0; 4000] });
         let (result, exitinfo2) = get_report_ioctl(&dev, &req, &mut resp);
-        check_guest_request(&self.path, result, exitinfo2)?;
+        check_guest_request(&self.path, "SNP_GET_REPORT", result, exitinfo2)?;
         parse_report_response(&self.path, &resp.data)
     }
 }
@@ -113,7 +218,21 @@ pub(crate) fn report_request(report_data: &[u8; 64], vmpl: u32) -> SnpReportReq 
     }
 }
 
-/// The only unsafe code in this crate. Returns the ioctl's result and the `exitinfo2` the kernel
+pub(crate) fn derived_key_request(req: &DerivedKeyRequest) -> SnpDerivedKeyReq {
+    SnpDerivedKeyReq {
+        root_key_select: match req.root_key {
+            RootKey::Vcek => 0,
+            RootKey::Vmrk => 1,
+        },
+        rsvd: 0,
+        guest_field_select: req.guest_field_select,
+        vmpl: req.vmpl,
+        guest_svn: req.guest_svn,
+        tcb_version: req.tcb_version,
+    }
+}
+
+/// One of the two unsafe blocks in this crate (with [`get_report_ioctl`]). Returns the ioctl's result and the `exitinfo2` the kernel
 /// wrote back.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
@@ -151,6 +270,55 @@ fn get_report_ioctl(
     (result, arg.exitinfo2)
 }
 
+/// The other unsafe block: `SNP_GET_DERIVED_KEY`, as [`get_report_ioctl`] does `SNP_GET_REPORT`.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn get_derived_key_ioctl(
+    dev: &File,
+    req: &SnpDerivedKeyReq,
+    resp: &mut SnpDerivedKeyResp,
+) -> (io::Result<()>, u64) {
+    use std::os::fd::AsRawFd;
+    let mut arg = SnpGuestRequestIoctl {
+        msg_version: 1,
+        req_data: req as *const SnpDerivedKeyReq as u64,
+        resp_data: resp as *mut SnpDerivedKeyResp as u64,
+        exitinfo2: 0,
+    };
+    // SAFETY: as in `get_report_ioctl`: `dev` is open for the whole synchronous call; the structs
+    // are #[repr(C)] with linux/sev-guest.h's layouts (checked by tests) and SNP_GET_DERIVED_KEY
+    // encodes the size of `arg`; the kernel reads `arg` and writes only its `exitinfo2`, reads
+    // `size_of::<SnpDerivedKeyReq>()` bytes from `req` and writes at most
+    // `size_of::<SnpDerivedKeyResp>()` bytes to `resp`, all valid, live and (for the writes)
+    // exclusively borrowed. A file that is not sev-guest fails with ENOTTY untouched.
+    let rc = unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            SNP_GET_DERIVED_KEY as libc::Ioctl,
+            &mut arg as *mut SnpGuestRequestIoctl,
+        )
+    };
+    let result = if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    };
+    (result, arg.exitinfo2)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn get_derived_key_ioctl(
+    _dev: &File,
+    _req: &SnpDerivedKeyReq,
+    _resp: &mut SnpDerivedKeyResp,
+) -> (io::Result<()>, u64) {
+    let e = io::Error::new(
+        io::ErrorKind::Unsupported,
+        "SNP_GET_DERIVED_KEY exists on Linux only",
+    );
+    (Err(e), 0)
+}
+
 #[cfg(not(target_os = "linux"))]
 fn get_report_ioctl(
     _dev: &File,
@@ -167,6 +335,7 @@ fn get_report_ioctl(
 /// Fails if the ioctl failed or the kernel reported a firmware or VMM error in `exitinfo2`.
 pub(crate) fn check_guest_request(
     path: &Path,
+    op: &'static str,
     result: io::Result<()>,
     exitinfo2: u64,
 ) -> Result<(), TeeError> {
@@ -177,6 +346,7 @@ pub(crate) fn check_guest_request(
     };
     Err(TeeError::SnpGuestRequest {
         path: path.to_path_buf(),
+        op,
         source,
         fw_error: exitinfo2 as u32,
         vmm_error: (exitinfo2 >> 32) as u32,
@@ -204,6 +374,36 @@ pub(crate) fn parse_report_response(path: &Path, data: &[u8]) -> Result<Vec<u8>,
     data.get(REPORT_OFFSET..REPORT_OFFSET + SNP_REPORT_LEN)
         .map(<[u8]>::to_vec)
         .ok_or_else(|| wrong_length(path, data.len().saturating_sub(REPORT_OFFSET)))
+}
+
+/// The derived key in a MSG_KEY_RSP, after checking its status.
+pub(crate) fn parse_derived_key_response(
+    path: &Path,
+    data: &[u8],
+) -> Result<Zeroizing<[u8; 32]>, TeeError> {
+    let status = data
+        .get(0..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let key = data.get(DERIVED_KEY_OFFSET..DERIVED_KEY_OFFSET + 32);
+    let (Some(status), Some(key)) = (status, key) else {
+        return Err(TeeError::Malformed {
+            path: path.to_path_buf(),
+            reason: format!(
+                "MSG_KEY_RSP is {} bytes, expected at least {}",
+                data.len(),
+                DERIVED_KEY_OFFSET + 32
+            ),
+        });
+    };
+    if status != 0 {
+        return Err(TeeError::SnpDerivedKeyStatus {
+            path: path.to_path_buf(),
+            status,
+        });
+    }
+    let mut out = Zeroizing::new([0u8; 32]);
+    out.copy_from_slice(key);
+    Ok(out)
 }
 
 fn wrong_length(path: &Path, got: usize) -> TeeError {
@@ -293,10 +493,15 @@ mod tests {
     #[test]
     fn failed_ioctl_and_nonzero_exitinfo2_are_errors() {
         let p = Path::new(DEV);
-        assert!(check_guest_request(p, Ok(()), 0).is_ok());
+        assert!(check_guest_request(p, "SNP_GET_REPORT", Ok(()), 0).is_ok());
         let exitinfo2 = (2u64 << 32) | 0x27;
-        let err =
-            check_guest_request(p, Err(io::Error::from_raw_os_error(5)), exitinfo2).unwrap_err();
+        let err = check_guest_request(
+            p,
+            "SNP_GET_REPORT",
+            Err(io::Error::from_raw_os_error(5)),
+            exitinfo2,
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 &err,
@@ -310,9 +515,20 @@ mod tests {
         );
         let msg = err.to_string();
         assert!(msg.contains(DEV) && msg.contains("0x27"), "{msg}");
-        let err = check_guest_request(p, Ok(()), 0x16).unwrap_err();
+        let err = check_guest_request(p, "SNP_GET_DERIVED_KEY", Ok(()), 0x16).unwrap_err();
         assert!(
-            matches!(err, TeeError::SnpGuestRequest { fw_error: 0x16, .. }),
+            matches!(
+                err,
+                TeeError::SnpGuestRequest {
+                    op: "SNP_GET_DERIVED_KEY",
+                    fw_error: 0x16,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("ioctl SNP_GET_DERIVED_KEY"),
             "{err}"
         );
     }
@@ -346,6 +562,7 @@ mod tests {
         match &err {
             TeeError::SnpGuestRequest {
                 path,
+                op: "SNP_GET_REPORT",
                 source,
                 fw_error: 0,
                 vmm_error: 0,
@@ -355,5 +572,138 @@ mod tests {
             }
             other => panic!("unexpected error {other}"),
         }
+    }
+
+    const KEY_REQ: DerivedKeyRequest = DerivedKeyRequest {
+        root_key: RootKey::Vcek,
+        guest_field_select: guest_field::GUEST_POLICY | guest_field::MEASUREMENT,
+        vmpl: 0,
+        guest_svn: 0,
+        tcb_version: 0,
+    };
+
+    fn key_response(status: u32, key: &[u8; 32]) -> [u8; 64] {
+        let mut resp = [0u8; 64];
+        resp[0..4].copy_from_slice(&status.to_le_bytes());
+        resp[DERIVED_KEY_OFFSET..DERIVED_KEY_OFFSET + 32].copy_from_slice(key);
+        resp
+    }
+
+    #[test]
+    fn derived_key_structs_match_linux_sev_guest_h() {
+        assert_eq!(size_of::<SnpDerivedKeyReq>(), 32);
+        assert_eq!(offset_of!(SnpDerivedKeyReq, root_key_select), 0);
+        assert_eq!(offset_of!(SnpDerivedKeyReq, rsvd), 4);
+        assert_eq!(offset_of!(SnpDerivedKeyReq, guest_field_select), 8);
+        assert_eq!(offset_of!(SnpDerivedKeyReq, vmpl), 16);
+        assert_eq!(offset_of!(SnpDerivedKeyReq, guest_svn), 20);
+        assert_eq!(offset_of!(SnpDerivedKeyReq, tcb_version), 24);
+        assert_eq!(size_of::<SnpDerivedKeyResp>(), 64);
+        // _IOWR('S', 1, 32).
+        assert_eq!(SNP_GET_DERIVED_KEY, 0xC020_5301);
+    }
+
+    #[test]
+    fn derived_key_request_carries_every_field() {
+        let req = derived_key_request(&DerivedKeyRequest {
+            root_key: RootKey::Vmrk,
+            guest_field_select: guest_field::KNOWN,
+            vmpl: 1,
+            guest_svn: 7,
+            tcb_version: 0x1122_3344_5566_7788,
+        });
+        assert_eq!(req.root_key_select, 1);
+        assert_eq!(req.rsvd, 0);
+        assert_eq!(req.guest_field_select, 0x3f);
+        assert_eq!((req.vmpl, req.guest_svn), (1, 7));
+        assert_eq!(req.tcb_version, 0x1122_3344_5566_7788);
+        let req = derived_key_request(&KEY_REQ);
+        assert_eq!(req.root_key_select, 0);
+        assert_eq!(req.guest_field_select, 0b1001);
+        // The bits the spec gives (MSG_KEY_REQ GUEST_FIELD_SELECT).
+        assert_eq!(
+            [
+                guest_field::GUEST_POLICY,
+                guest_field::IMAGE_ID,
+                guest_field::FAMILY_ID,
+                guest_field::MEASUREMENT,
+                guest_field::GUEST_SVN,
+                guest_field::TCB_VERSION
+            ],
+            [1, 2, 4, 8, 16, 32]
+        );
+    }
+
+    #[test]
+    fn derived_key_is_taken_from_offset_32_of_the_response() {
+        let key: [u8; 32] = std::array::from_fn(|i| 0xA0 ^ i as u8);
+        let resp = key_response(0, &key);
+        assert_eq!(
+            *parse_derived_key_response(Path::new(DEV), &resp).unwrap(),
+            key
+        );
+    }
+
+    #[test]
+    fn derived_key_firmware_status_and_short_responses_are_errors() {
+        let err =
+            parse_derived_key_response(Path::new(DEV), &key_response(0x16, &[1; 32])).unwrap_err();
+        assert!(
+            matches!(err, TeeError::SnpDerivedKeyStatus { status: 0x16, .. }),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(DEV) && msg.contains("0x16"), "{msg}");
+        let resp = key_response(0, &[1; 32]);
+        for cut in [0, 3, 4, 0x20, 0x3f] {
+            let err = parse_derived_key_response(Path::new(DEV), &resp[..cut]).unwrap_err();
+            assert!(matches!(err, TeeError::Malformed { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_guest_field_bits_are_refused_before_the_device_is_opened() {
+        let tmp = TestDir::new("sev-bits");
+        let dev = tmp.path().join("absent");
+        let req = DerivedKeyRequest {
+            guest_field_select: 1 << 6,
+            ..KEY_REQ
+        };
+        let err = SevGuest::new(&dev).derived_key(&req).unwrap_err();
+        assert!(matches!(err, TeeError::Malformed { .. }), "{err}");
+        assert!(err.to_string().contains("0x40"), "{err}");
+    }
+
+    #[test]
+    fn derived_key_from_an_absent_device_is_named() {
+        let tmp = TestDir::new("sev-key-absent");
+        let dev = tmp.path().join("dev/sev-guest");
+        let err = SevGuest::new(&dev).derived_key(&KEY_REQ).unwrap_err();
+        assert!(
+            matches!(&err, TeeError::Access { op: "open", path, .. } if path == &dev),
+            "{err}"
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn derived_key_ioctl_on_something_that_is_not_sev_guest_fails_cleanly() {
+        let tmp = TestDir::new("sev-key-file");
+        let dev = tmp.file("sev-guest", b"");
+        let err = SevGuest::new(&dev).derived_key(&KEY_REQ).unwrap_err();
+        match &err {
+            TeeError::SnpGuestRequest {
+                path,
+                op: "SNP_GET_DERIVED_KEY",
+                source,
+                fw_error: 0,
+                vmm_error: 0,
+            } => {
+                assert_eq!(path, &dev);
+                assert_eq!(source.raw_os_error(), Some(libc::ENOTTY));
+            }
+            other => panic!("unexpected error {other}"),
+        }
+        assert!(err.to_string().contains("SNP_GET_DERIVED_KEY"), "{err}");
     }
 }
