@@ -304,7 +304,10 @@ mod tests {
         }
         let mut short = good.clone();
         short.evidence.as_mut().unwrap().evidence.truncate(len - 1);
-        assert!(matches!(f.check(&short), Err(KbsIdentityError::Evidence(_))));
+        assert!(matches!(
+            f.check(&short),
+            Err(KbsIdentityError::Evidence(_))
+        ));
         // Signed by a sim key the party does not trust.
         let other = fixture();
         let foreign = other.identity(KEY, KEY, MEASUREMENT, false);

@@ -16,8 +16,8 @@ use cordon_proto::kbs::{
     JOB_INFO, MAX_KEY_IDS, RELEASE_INFO, UPLOAD_INFO,
 };
 use cordon_proto::kbs::{kbs_identity_report_data, KbsEvidence};
-use cordon_tee::EvidenceProvider;
 use cordon_proto::{channel, report_data, ServiceKeyPair};
+use cordon_tee::EvidenceProvider;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};

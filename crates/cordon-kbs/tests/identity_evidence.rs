@@ -17,7 +17,9 @@ async fn serve(kbs: &Kbs) -> String {
 }
 
 async fn identity(url: &str) -> KbsIdentity {
-    let resp = reqwest::get(format!("{url}/kbs/v1/identity")).await.unwrap();
+    let resp = reqwest::get(format!("{url}/kbs/v1/identity"))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     resp.json().await.unwrap()
 }
@@ -69,9 +71,14 @@ async fn a_kbs_without_a_tee_serves_no_evidence() {
     .unwrap();
     assert!(kbs.identity_evidence().is_none());
     let url = serve(&kbs).await;
-    let resp = reqwest::get(format!("{url}/kbs/v1/identity")).await.unwrap();
+    let resp = reqwest::get(format!("{url}/kbs/v1/identity"))
+        .await
+        .unwrap();
     let body: serde_json::Value = resp.json().await.unwrap();
     // As before identity evidence: no `evidence` field at all.
     assert!(body.get("evidence").is_none(), "{body}");
-    assert_eq!(body["hpke_public_key"], hex::encode(kbs.identity_public_key()));
+    assert_eq!(
+        body["hpke_public_key"],
+        hex::encode(kbs.identity_public_key())
+    );
 }

@@ -359,7 +359,10 @@ mod tests {
             ..id
         };
         let json = serde_json::to_string(&with).unwrap();
-        assert!(json.contains("\"evidence\":{\"platform\":\"sim\",\"evidence\":\"AQID\"}"), "{json}");
+        assert!(
+            json.contains("\"evidence\":{\"platform\":\"sim\",\"evidence\":\"AQID\"}"),
+            "{json}"
+        );
         let back: KbsIdentity = serde_json::from_str(&json).unwrap();
         assert_eq!(back.evidence, with.evidence);
     }

@@ -333,7 +333,9 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
                     pinned.as_ref(),
                 ))?,
                 (None, Some(pinned)) => pinned,
-                (None, None) => bail!("give --kbs-key or --kbs-policy: the KBS must be pinned or verified"),
+                (None, None) => {
+                    bail!("give --kbs-key or --kbs-policy: the KBS must be pinned or verified")
+                }
             };
             rt.block_on(register_dataset_key_tls(
                 &p,

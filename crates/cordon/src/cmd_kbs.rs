@@ -171,7 +171,8 @@ pub fn run(c: KbsCommand) -> Result<()> {
             ca,
         } => {
             let tls = ca.tls()?;
-            let key = util::tokio_runtime()?.block_on(attested_kbs_key(&kbs, &tls, &policy, None))?;
+            let key =
+                util::tokio_runtime()?.block_on(attested_kbs_key(&kbs, &tls, &policy, None))?;
             println!("{}", hex::encode(key));
             Ok(())
         }
@@ -186,7 +187,9 @@ pub fn run(c: KbsCommand) -> Result<()> {
             let anchors = read_anchors(&sim_trust_anchor)?;
             println!(
                 "{}",
-                hex::encode(cordon_kbs::identity::sim_kbs_measurement(&binary, &anchors)?)
+                hex::encode(cordon_kbs::identity::sim_kbs_measurement(
+                    &binary, &anchors
+                )?)
             );
             Ok(())
         }
@@ -253,14 +256,10 @@ fn identity_tee(a: &ServeArgs, anchors: &[[u8; 32]]) -> Result<Option<Arc<dyn Ev
             let Some(path) = &a.sim_hardware_key else {
                 bail!("--sim-hardware-key is required with --tee sim")
             };
-            let key = SimHardwareKey::from_file_contents(&util::read_secret(
-                path,
-                "sim hardware key",
-            )?)?;
-            let measurement = cordon_kbs::identity::sim_kbs_measurement(
-                &std::env::current_exe()?,
-                anchors,
-            )?;
+            let key =
+                SimHardwareKey::from_file_contents(&util::read_secret(path, "sim hardware key")?)?;
+            let measurement =
+                cordon_kbs::identity::sim_kbs_measurement(&std::env::current_exe()?, anchors)?;
             let warning = format!(
                 "SIMULATED TEE: the KBS's identity evidence is signed by a local key and is NOT \
                  hardware-backed{}; launch measurement {} (`cordon kbs measure` computes it)",

@@ -88,7 +88,11 @@ fn owners_and_parties_verify_the_kbs_before_sealing_a_key_to_it() {
 
     // `kbs identity --kbs-policy`: the attested key, and a loud SIMULATED.
     let out = cordon(&["kbs", "identity", "--kbs", &url, "--kbs-policy", &good]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         kbs_key(d, "kbs")
@@ -151,7 +155,10 @@ fn owners_and_parties_verify_the_kbs_before_sealing_a_key_to_it() {
     let at = args.iter().position(|a| a == "--kbs-key").unwrap();
     args.drain(at..at + 2);
     let err = fails(&args);
-    assert!(err.contains("--kbs-key") || err.contains("kbs-policy"), "{err}");
+    assert!(
+        err.contains("--kbs-key") || err.contains("kbs-policy"),
+        "{err}"
+    );
     let mut bad = args.clone();
     bad.extend(["--kbs-policy".to_string(), other.clone()]);
     let err = fails(&bad);
@@ -176,7 +183,14 @@ fn a_kbs_without_evidence_or_in_debug_mode_is_refused_by_a_kbs_policy() {
 
     // Without --tee (as before): no evidence, so a party with a KBS policy sends nothing.
     let (_plain, plain_url) = start_kbs(d, "plain");
-    let err = fails(&["kbs", "identity", "--kbs", &plain_url, "--kbs-policy", &strict]);
+    let err = fails(&[
+        "kbs",
+        "identity",
+        "--kbs",
+        &plain_url,
+        "--kbs-policy",
+        &strict,
+    ]);
     assert!(err.contains("no TEE evidence"), "{err}");
     // Without a policy the key is still printed, as before.
     let key = ok(&["kbs", "identity", "--kbs", &plain_url]);
@@ -196,9 +210,23 @@ fn a_kbs_without_evidence_or_in_debug_mode_is_refused_by_a_kbs_policy() {
             "--sim-debug",
         ],
     );
-    let err = fails(&["kbs", "identity", "--kbs", &debug_url, "--kbs-policy", &strict]);
+    let err = fails(&[
+        "kbs",
+        "identity",
+        "--kbs",
+        &debug_url,
+        "--kbs-policy",
+        &strict,
+    ]);
     assert!(err.contains("debug"), "{err}");
-    let key = ok(&["kbs", "identity", "--kbs", &debug_url, "--kbs-policy", &lenient]);
+    let key = ok(&[
+        "kbs",
+        "identity",
+        "--kbs",
+        &debug_url,
+        "--kbs-policy",
+        &lenient,
+    ]);
     assert_eq!(key.trim(), kbs_key(d, "debug"));
 
     // --sim-debug without --tee sim is a mistake, not a silent no-op.
