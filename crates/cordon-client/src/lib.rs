@@ -14,6 +14,7 @@
 //! request is encrypted to the attested key whatever the transport.
 
 pub mod jobs;
+pub mod kbs;
 pub mod proxy;
 
 use cordon_http::client::error_text;

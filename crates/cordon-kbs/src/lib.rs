@@ -8,6 +8,7 @@
 
 pub mod custody;
 mod error;
+pub mod identity;
 #[cfg(unix)]
 mod private_files;
 #[cfg(not(unix))]

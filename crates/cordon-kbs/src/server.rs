@@ -16,7 +16,9 @@ use cordon_proto::kbs::{
     DekPurpose, DeniedKey, JobRelease, KbsIdentity, KeyInfo, RegisterKey, ReleasedKey,
     RevokeRequest, RevokeResponse, SealedToKbs, JOB_INFO, MAX_KEY_IDS, RELEASE_INFO, UPLOAD_INFO,
 };
+use cordon_proto::kbs::{kbs_identity_report_data, KbsEvidence};
 use cordon_proto::{channel, report_data, ServiceKeyPair};
+use cordon_tee::EvidenceProvider;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,6 +45,10 @@ pub struct KbsConfig {
     /// `None`: the file KEK beside the data directory ([`KekSpec::default_for`]), created on
     /// first start.
     pub keks: Option<Keks>,
+    /// The KBS's own TEE, if it runs in one: at start it makes evidence binding the identity key
+    /// (`GET /kbs/v1/identity` serves it), which parties verify against a policy of their own
+    /// before they seal a key to it. `None`: no evidence, parties must pin the key.
+    pub identity_tee: Option<Arc<dyn EvidenceProvider>>,
 }
 
 /// What one caller can make the KBS store: anyone can make a party key, so dataset keys have a
@@ -97,6 +103,7 @@ impl KbsConfig {
             clock: Arc::new(SystemTime::now),
             limits: KbsLimits::default(),
             keks: None,
+            identity_tee: None,
         }
     }
 
@@ -127,6 +134,8 @@ struct Inner {
     /// The KBS's long-term HPKE key: DEKs sent to the KBS are sealed to it, and signed requests
     /// name its public half as their audience.
     identity: ServiceKeyPair,
+    /// Evidence binding `identity`'s public key, made at start by `config.identity_tee`.
+    identity_evidence: Option<KbsEvidence>,
 }
 
 const MAX_BODY: usize = 1 << 20;
@@ -164,6 +173,21 @@ impl Kbs {
             }
         };
         let identity = ServiceKeyPair::derive(0, &seed);
+        // Once, at start: hardware evidence costs a firmware round trip, and the identity key is
+        // long-term, so evidence made now binds it for this process's whole life.
+        let identity_evidence = match &config.identity_tee {
+            Some(tee) => {
+                let report_data = kbs_identity_report_data(&identity.public_key());
+                let evidence = tee.evidence(&report_data).map_err(|e| {
+                    KbsError::Internal(format!("producing the KBS's identity evidence: {e}"))
+                })?;
+                Some(KbsEvidence {
+                    platform: tee.platform(),
+                    evidence,
+                })
+            }
+            None => None,
+        };
         let verifier = Verifier::new(config.endorsements.clone());
         Ok(Kbs {
             inner: Arc::new(Inner {
@@ -171,6 +195,7 @@ impl Kbs {
                 config,
                 verifier,
                 identity,
+                identity_evidence,
             }),
         })
     }
@@ -178,6 +203,11 @@ impl Kbs {
     /// The public half of the KBS's HPKE identity: what owners, parties and runtimes pin.
     pub fn identity_public_key(&self) -> [u8; 32] {
         self.inner.identity.public_key()
+    }
+
+    /// The evidence binding the identity key, made at start; `None` without a TEE.
+    pub fn identity_evidence(&self) -> Option<&KbsEvidence> {
+        self.inner.identity_evidence.as_ref()
     }
 
     /// If no administrator exists yet, creates the admin token (the seed of the administrator's
@@ -476,6 +506,7 @@ async fn identity(State(kbs): State<Kbs>) -> Result<Json<KbsIdentity>, KbsError>
     Ok(Json(KbsIdentity {
         hpke_public_key: kbs.identity_public_key(),
         admin_signature,
+        evidence: kbs.identity_evidence().cloned(),
     }))
 }
 

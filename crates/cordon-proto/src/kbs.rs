@@ -4,7 +4,7 @@ use crate::channel::{self, ChannelError};
 use crate::job::{Approval, JobSpec};
 use crate::{ModelBinding, RuntimeKeys};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 /// HPKE `info` for a DEK released by the KBS; the AAD is the key id.
 pub const RELEASE_INFO: &[u8] = b"cordon kbs dek release v1";
@@ -16,7 +16,7 @@ pub const MAX_KEY_IDS: usize = 64;
 
 /// `GET /kbs/v1/identity`: the KBS's long-term HPKE public key. Every DEK sent to the KBS is sealed
 /// to it, and every signed request to the KBS names it as its audience. Callers pin it out of band
-/// (`cordon kbs serve` prints it); this answer only lets tools show it.
+/// (`cordon kbs serve` prints it), or verify `evidence` against a policy of their own.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KbsIdentity {
     #[serde(with = "crate::binding::hex_array32")]
@@ -26,6 +26,45 @@ pub struct KbsIdentity {
     /// without a pin. Absent before an administrator exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_signature: Option<String>,
+    /// The KBS's own TEE evidence, whose report_data is [`kbs_identity_report_data`] of
+    /// `hpke_public_key`. Absent when the KBS runs without a TEE (`cordon kbs serve --tee none`) and
+    /// from KBSs older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<KbsEvidence>,
+}
+
+/// The KBS's evidence for its identity key, made once when the KBS starts. It shows that the code
+/// it measures, in that TEE, held the identity key at that start; it says nothing about liveness
+/// (the host can serve it again later, which is harmless: it binds the key, not a session).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KbsEvidence {
+    /// The platform the KBS says produced it; a verifier checks it against the verified claims.
+    pub platform: cordon_attest::Platform,
+    /// The evidence bytes, base64 (sim evidence, an SNP report, a DCAP quote).
+    #[serde(with = "crate::b64")]
+    pub evidence: Vec<u8>,
+}
+
+/// Domain label of the report_data a KBS binds its identity key with. It differs from the
+/// runtime's (`cordon report_data v2`) and a training job's (`cordon job report_data v1`), so no
+/// runtime evidence can pass for a KBS identity or the other way round.
+pub const IDENTITY_REPORT_DATA_DOMAIN: &[u8] = b"cordon kbs identity report_data v1\0";
+
+/// The report_data of a KBS's identity evidence:
+///
+/// ```text
+/// SHA-512( "cordon kbs identity report_data v1" || 0x00 || u32be(32) || hpke_public_key )
+/// ```
+///
+/// SHA-512 fills the 64 bytes of report_data, as the runtime's binding does. There is no nonce:
+/// the evidence is made once, at start (see [`KbsEvidence`]).
+pub fn kbs_identity_report_data(hpke_public_key: &[u8; 32]) -> [u8; 64] {
+    let mut h = Sha512::new();
+    h.update(IDENTITY_REPORT_DATA_DOMAIN);
+    h.update(32u32.to_be_bytes());
+    h.update(hpke_public_key);
+    h.finalize().into()
 }
 
 /// One key as `GET /kbs/v1/admin/keys` lists it: who holds it, under which policy, how often it
@@ -330,5 +369,41 @@ mod tests {
                 &sealed.sealed
             )
             .is_err());
+    }
+
+    #[test]
+    fn identity_report_data_is_sha512_of_documented_preimage() {
+        let mut pre = b"cordon kbs identity report_data v1\0".to_vec();
+        pre.extend_from_slice(&[0, 0, 0, 32]);
+        pre.extend_from_slice(&[0x11; 32]);
+        let expected: [u8; 64] = Sha512::digest(&pre).into();
+        assert_eq!(kbs_identity_report_data(&[0x11; 32]), expected);
+        assert_ne!(
+            kbs_identity_report_data(&[0x11; 32]),
+            kbs_identity_report_data(&[0x12; 32])
+        );
+    }
+
+    #[test]
+    fn identity_without_evidence_still_parses_and_round_trips() {
+        // What a KBS from before identity evidence answers.
+        let old = format!("{{\"hpke_public_key\":\"{}\"}}", "11".repeat(32));
+        let id: KbsIdentity = serde_json::from_str(&old).unwrap();
+        assert!(id.evidence.is_none() && id.admin_signature.is_none());
+        assert_eq!(serde_json::to_string(&id).unwrap(), old);
+        let with = KbsIdentity {
+            evidence: Some(KbsEvidence {
+                platform: cordon_attest::Platform::Sim,
+                evidence: vec![1, 2, 3],
+            }),
+            ..id
+        };
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(
+            json.contains("\"evidence\":{\"platform\":\"sim\",\"evidence\":\"AQID\"}"),
+            "{json}"
+        );
+        let back: KbsIdentity = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.evidence, with.evidence);
     }
 }

@@ -45,9 +45,12 @@ pub enum DatasetCommand {
         #[arg(long)]
         kbs: String,
         /// The KBS's identity key, pinned: 64 hex digits or a file holding them (what
-        /// `cordon kbs serve` printed). The key travels sealed to it.
-        #[arg(long, env = "CORDON_KBS_KEY")]
-        kbs_key: String,
+        /// `cordon kbs serve` printed). The key travels sealed to it. Required unless
+        /// --kbs-policy is given; with both, the attested key must be this one.
+        #[arg(long, env = "CORDON_KBS_KEY", required_unless_present = "kbs_policy")]
+        kbs_key: Option<String>,
+        #[command(flatten)]
+        kbs_policy: crate::cmd_kbs::KbsPolicyArg,
         #[command(flatten)]
         ca: util::CaCertArg,
     },
@@ -308,6 +311,7 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
             policy,
             kbs,
             kbs_key,
+            kbs_policy,
             ca,
         } => {
             let p = party(&p)?;
@@ -317,11 +321,26 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
             }
             let policy = util::read_to_string(&policy, "release policy")?;
             util::warn(&cordon_attest::Policy::from_toml(&policy).context("release policy")?);
-            let kbs_key = util::parse_kbs_key(&kbs_key)?;
-            rt()?.block_on(register_dataset_key_tls(
+            let pinned = kbs_key.as_deref().map(util::parse_kbs_key).transpose()?;
+            let tls = ca.tls()?;
+            let rt = rt()?;
+            // The KBS is verified (or pinned) before the DEK is sealed to anything.
+            let kbs_key = match (&kbs_policy.kbs_policy, pinned) {
+                (Some(kbs_policy), pinned) => rt.block_on(crate::cmd_kbs::attested_kbs_key(
+                    &kbs,
+                    &tls,
+                    kbs_policy,
+                    pinned.as_ref(),
+                ))?,
+                (None, Some(pinned)) => pinned,
+                (None, None) => {
+                    bail!("give --kbs-key or --kbs-policy: the KBS must be pinned or verified")
+                }
+            };
+            rt.block_on(register_dataset_key_tls(
                 &p,
                 &kbs,
-                &ca.tls()?,
+                &tls,
                 &kbs_key,
                 &key.key_id,
                 key.dek.as_bytes(),

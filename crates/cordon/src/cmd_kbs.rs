@@ -1,4 +1,4 @@
-//! `cordon kbs serve | identity | register | audit | keys | revoke | rotate-kek`.
+//! `cordon kbs serve | identity | register | audit | keys | revoke | rotate-kek | measure`.
 
 use crate::util;
 use anyhow::{bail, Context, Result};
@@ -10,8 +10,10 @@ use cordon_proto::kbs::{
     RegisterKey, RevokeRequest, RevokeResponse,
 };
 use cordon_seal::KeyFile;
+use cordon_tee::{EvidenceProvider, SimHardwareKey, SimTee};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 #[derive(clap::Subcommand)]
@@ -19,11 +21,14 @@ pub enum KbsCommand {
     /// Run the key broker.
     Serve(ServeArgs),
     /// Print a key broker's identity key as it answers it (to compare with what `kbs serve`
-    /// printed; pin the printed value, never this answer alone).
+    /// printed; pin the printed value, never this answer alone), or, with --kbs-policy, verify
+    /// the KBS's TEE evidence for it first.
     Identity {
         /// KBS base URL (http:// or https://).
         #[arg(long, env = "CORDON_KBS_URL")]
         kbs: String,
+        #[command(flatten)]
+        kbs_policy: KbsPolicyArg,
         #[command(flatten)]
         ca: util::CaCertArg,
     },
@@ -54,6 +59,41 @@ pub enum KbsCommand {
     /// any point, every key is readable under the old or the new KEK, and running it again
     /// finishes the job.
     RotateKek(RotateKekArgs),
+    /// Print the simulated launch measurement of a KBS started with `--tee sim` and these sim
+    /// trust anchors: the reference value a KBS policy (`--kbs-policy`) lists.
+    Measure {
+        /// The public key files given to `kbs serve --sim-trust-anchor` (any order).
+        #[arg(long)]
+        sim_trust_anchor: Vec<PathBuf>,
+        /// KBS binary (default: this `cordon` binary).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
+}
+
+/// Where `kbs serve` gets evidence for its own identity key.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum KbsTee {
+    /// No evidence: parties pin the identity key out of band, and a party given a KBS policy
+    /// refuses this KBS.
+    None,
+    /// The simulated TEE (no hardware; evidence signed by --sim-hardware-key; NOT hardware-backed).
+    Sim,
+    /// Real hardware, detected as `runtime serve --platform hardware` does; never falls back to sim.
+    #[value(alias = "auto")]
+    Hardware,
+}
+
+/// A KBS policy: the TEE evidence the KBS serves for its identity key must pass it before
+/// anything is sealed to that key.
+#[derive(clap::Args)]
+pub struct KbsPolicyArg {
+    /// KBS policy (TOML, the format of a client policy: platforms, launch_measurements,
+    /// allow_debug, [endorsements] sim_trust_anchors). The KBS's identity evidence is verified
+    /// and appraised with it, and must bind the identity key, before any key is sealed to it; a
+    /// KBS that serves no evidence is refused.
+    #[arg(long, env = "CORDON_KBS_POLICY")]
+    pub kbs_policy: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -115,6 +155,17 @@ pub struct ServeArgs {
     /// During a KEK rotation left unfinished: the old KEK, still read (never written).
     #[arg(long)]
     previous_kek: Option<String>,
+    /// Evidence for the KBS's own identity key, made once at start and served with it, so that
+    /// owners and parties can verify the KBS (`--kbs-policy`) instead of pinning its key: `none`,
+    /// `sim` (NOT hardware-backed) or `hardware` (alias `auto`).
+    #[arg(long, value_enum, default_value_t = KbsTee::None)]
+    tee: KbsTee,
+    /// The simulated hardware key (from `cordon sim keygen`) that signs the KBS's sim evidence.
+    #[arg(long, required_if_eq("tee", "sim"))]
+    sim_hardware_key: Option<PathBuf>,
+    /// Simulate a debug TEE for the KBS; KBS policies without allow_debug refuse it.
+    #[arg(long)]
+    sim_debug: bool,
     #[command(flatten)]
     tls: util::ServerTlsArgs,
 }
@@ -130,6 +181,8 @@ pub struct AdminArgs {
     /// it with the token's key when the token was made), which the host cannot forge.
     #[arg(long, env = "CORDON_KBS_KEY")]
     kbs_key: Option<String>,
+    #[command(flatten)]
+    kbs_policy: KbsPolicyArg,
     /// File holding the admin token (the seed of the administrator's signing key; it never
     /// leaves this machine: requests are signed with it).
     #[arg(long, env = "CORDON_ADMIN_TOKEN_FILE")]
@@ -153,7 +206,41 @@ pub struct RegisterArgs {
 pub fn run(c: KbsCommand) -> Result<()> {
     match c {
         KbsCommand::Serve(a) => serve(a),
-        KbsCommand::Identity { kbs, ca } => identity(&kbs, &ca.tls()?.client(TIMEOUT)?),
+        KbsCommand::Identity {
+            kbs,
+            kbs_policy: KbsPolicyArg { kbs_policy: None },
+            ca,
+        } => identity(&kbs, &ca.tls()?.client(TIMEOUT)?),
+        KbsCommand::Identity {
+            kbs,
+            kbs_policy: KbsPolicyArg {
+                kbs_policy: Some(policy),
+            },
+            ca,
+        } => {
+            let tls = ca.tls()?;
+            let key =
+                util::tokio_runtime()?.block_on(attested_kbs_key(&kbs, &tls, &policy, None))?;
+            println!("{}", hex::encode(key));
+            Ok(())
+        }
+        KbsCommand::Measure {
+            sim_trust_anchor,
+            binary,
+        } => {
+            let binary = match binary {
+                Some(b) => b,
+                None => std::env::current_exe()?,
+            };
+            let anchors = read_anchors(&sim_trust_anchor)?;
+            println!(
+                "{}",
+                hex::encode(cordon_kbs::identity::sim_kbs_measurement(
+                    &binary, &anchors
+                )?)
+            );
+            Ok(())
+        }
         KbsCommand::Register(a) => register(a),
         KbsCommand::Audit(a) => audit(a),
         KbsCommand::Keys { admin, json } => keys(admin, json),
@@ -314,6 +401,18 @@ async fn fetch_identity(kbs: &str, http: &reqwest::Client) -> Result<KbsIdentity
 fn identity(kbs: &str, http: &reqwest::Client) -> Result<()> {
     let id = util::tokio_runtime()?.block_on(fetch_identity(kbs, http))?;
     println!("{}", hex::encode(id.hpke_public_key));
+    if let Some(ev) = &id.evidence {
+        eprintln!(
+            "the KBS serves {} evidence for this key{}; NOT verified: give --kbs-policy FILE to \
+             verify it",
+            ev.platform,
+            if ev.platform.is_hardware_backed() {
+                ""
+            } else {
+                " (SIMULATED, NOT hardware-backed)"
+            }
+        );
+    }
     eprintln!(
         "this is what the network answered: compare it with what `cordon kbs serve` printed on \
          the KBS's own machine before you pin it (a party that seals a key to a key the host \
@@ -322,11 +421,90 @@ fn identity(kbs: &str, http: &reqwest::Client) -> Result<()> {
     Ok(())
 }
 
-fn serve(a: ServeArgs) -> Result<()> {
-    let mut anchors = Vec::new();
-    for p in &a.sim_trust_anchor {
-        anchors.push(util::read_public_key(p, "sim trust anchor")?);
+/// Reads the public key files of `--sim-trust-anchor`.
+fn read_anchors(paths: &[PathBuf]) -> Result<Vec<[u8; 32]>> {
+    paths
+        .iter()
+        .map(|p| util::read_public_key(p, "sim trust anchor"))
+        .collect()
+}
+
+/// The KBS's own TEE for `--tee`, or `None`.
+fn identity_tee(a: &ServeArgs, anchors: &[[u8; 32]]) -> Result<Option<Arc<dyn EvidenceProvider>>> {
+    if a.sim_debug && a.tee != KbsTee::Sim {
+        bail!("--sim-debug is for --tee sim only");
     }
+    match a.tee {
+        KbsTee::None => Ok(None),
+        KbsTee::Sim => {
+            let Some(path) = &a.sim_hardware_key else {
+                bail!("--sim-hardware-key is required with --tee sim")
+            };
+            let key =
+                SimHardwareKey::from_file_contents(&util::read_secret(path, "sim hardware key")?)?;
+            let measurement =
+                cordon_kbs::identity::sim_kbs_measurement(&std::env::current_exe()?, anchors)?;
+            let warning = format!(
+                "SIMULATED TEE: the KBS's identity evidence is signed by a local key and is NOT \
+                 hardware-backed{}; launch measurement {} (`cordon kbs measure` computes it)",
+                if a.sim_debug { " (debug mode)" } else { "" },
+                hex::encode(measurement)
+            );
+            eprintln!("WARNING: {warning}");
+            tracing::warn!("{warning}");
+            Ok(Some(Arc::new(SimTee::new(
+                key,
+                measurement,
+                [0; 32],
+                a.sim_debug,
+            ))))
+        }
+        KbsTee::Hardware => {
+            let provider = cordon_tee::detect(Path::new("/"))?;
+            eprintln!("KBS TEE platform detected: {}", provider.platform());
+            Ok(Some(Arc::from(provider)))
+        }
+    }
+}
+
+/// Fetches the identity of the KBS at `url`, verifies its evidence with the KBS policy at
+/// `policy` (and, when given, that it binds the `pinned` key), says on stderr what was verified,
+/// and returns the attested identity key. Nothing is sealed to a KBS this refuses.
+pub async fn attested_kbs_key(
+    url: &str,
+    tls: &ClientTls,
+    policy: &Path,
+    pinned: Option<&[u8; 32]>,
+) -> Result<[u8; 32]> {
+    let doc = util::load_policy_doc(policy, "KBS policy")?;
+    let verified =
+        cordon_client::kbs::fetch_verified_kbs(url, tls, &doc, pinned, SystemTime::now())
+            .await
+            .with_context(|| {
+                format!(
+                    "KBS {url} refused by the KBS policy {}; nothing was sealed to it",
+                    policy.display()
+                )
+            })?;
+    let c = &verified.claims;
+    eprintln!(
+        "KBS identity {} verified with {}: platform {}{}, launch measurement {}, debug {}",
+        hex::encode(verified.hpke_public_key),
+        policy.display(),
+        c.platform,
+        if c.hardware_backed {
+            ""
+        } else {
+            " -- SIMULATED, NOT hardware-backed"
+        },
+        hex::encode(&c.launch_measurement),
+        c.debug
+    );
+    Ok(verified.hpke_public_key)
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    let anchors = read_anchors(&a.sim_trust_anchor)?;
     let mut endorsements = Endorsements {
         sim_trust_anchors: anchors.clone(),
         ..Default::default()
@@ -351,6 +529,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     let keks = open_keks(a.kek.as_deref(), a.previous_kek.as_deref(), &a.data_dir)?;
     eprintln!("root KEK: {}", keks.describe());
     config.keks = Some(keks);
+    config.identity_tee = identity_tee(&a, &anchors)?;
     let kbs = Kbs::open(config)?;
     // A store from before signed admin requests holds only the token's hash: the token file it
     // was created with upgrades it.
@@ -380,6 +559,17 @@ fn serve(a: ServeArgs) -> Result<()> {
     }
     let identity = hex::encode(kbs.identity_public_key());
     eprintln!("KBS identity key (pin it: --kbs-key, kbs_public_key): {identity}");
+    match kbs.identity_evidence() {
+        Some(ev) if !ev.platform.is_hardware_backed() => eprintln!(
+            "KBS identity evidence: {} -- SIMULATED, NOT hardware-backed (verify with --kbs-policy)",
+            ev.platform
+        ),
+        Some(ev) => eprintln!(
+            "KBS identity evidence: {} (made at start; verify with --kbs-policy)",
+            ev.platform
+        ),
+        None => eprintln!("KBS identity evidence: none (--tee none): parties must pin the key"),
+    }
     if let Some(f) = &a.identity_file {
         util::write_atomic(f, format!("{identity}\n").as_bytes())?;
     }
@@ -439,6 +629,13 @@ impl Admin {
     async fn from_args(a: &AdminArgs) -> Result<Admin> {
         let token = util::read_secret(&a.token_file, "admin token")?;
         let tls = a.ca.tls()?;
+        // With a KBS policy, the key the KBS's evidence binds is the one used (and must be the
+        // pinned one, when a pin is given too); the token's vouching is then not needed.
+        if let Some(policy) = &a.kbs_policy.kbs_policy {
+            let pinned = a.kbs_key.as_deref().map(util::parse_kbs_key).transpose()?;
+            let key = attested_kbs_key(&a.kbs, &tls, policy, pinned.as_ref()).await?;
+            return Admin::new(&a.kbs, key, &token, &tls);
+        }
         match &a.kbs_key {
             Some(k) => Admin::new(&a.kbs, util::parse_kbs_key(k)?, &token, &tls),
             None => Admin::vouched(&a.kbs, &token, &tls).await,

@@ -193,6 +193,11 @@ pub fn start_kbs(dir: &Path, children: &mut Children) -> Result<StartedKbs> {
             // the store alone opens nothing.
             "--kek",
             &format!("file:{}", p(&dir.join("keys/kbs.kek"))),
+            // The KBS attests its own identity key (simulated, like the runtime).
+            "--tee",
+            "sim",
+            "--sim-hardware-key",
+            &p(&dir.join("keys/sim-hardware.key")),
         ],
         &kbs_log,
     )?;
@@ -214,6 +219,40 @@ pub fn start_kbs(dir: &Path, children: &mut Children) -> Result<StartedKbs> {
     println!(
         "[kbs]     identity key {} (pinned by the owner and the runtime's configuration)",
         hex::encode(identity)
+    );
+    // What an owner or party pins instead of (here: as well as) the key: the KBS's measurement
+    // (this binary, with this trust anchor) and the trust anchor its sim evidence is signed with.
+    let kbs_policy = PolicyDocument {
+        policy: Policy::new(
+            vec![Platform::Sim],
+            vec![cordon_kbs::identity::sim_kbs_measurement(
+                &std::env::current_exe()?,
+                &[hw.public_key()],
+            )?
+            .to_vec()],
+        ),
+        endorsements: Some(Endorsements {
+            sim_trust_anchors: vec![hw.public_key()],
+            ..Default::default()
+        }),
+    };
+    let kbs_policy_path = dir.join("kbs-policy.toml");
+    std::fs::write(&kbs_policy_path, kbs_policy.to_toml())?;
+    let verified = util::tokio_runtime()?
+        .block_on(cordon_client::kbs::fetch_verified_kbs(
+            &kbs_url,
+            &cordon_client::ClientTls::default(),
+            &kbs_policy,
+            Some(&identity),
+            std::time::SystemTime::now(),
+        ))
+        .context("the KBS's identity evidence")?;
+    println!(
+        "[kbs]     identity evidence verified with {}: platform {} -- SIMULATED, NOT hardware-backed, \
+         measurement {}…, no debug",
+        kbs_policy_path.display(),
+        verified.claims.platform,
+        util::short_hex(&verified.claims.launch_measurement)
     );
     Ok(StartedKbs {
         url: kbs_url,

@@ -122,7 +122,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("encrypted-path prediction differs from in-process prediction");
     }
     println!(
-        "\nEverything it wrote (runtime.toml, release-policy.toml, client-policy.toml, keys, logs in run/) is in {}.",
+        "\nEverything it wrote (runtime.toml, release-policy.toml, client-policy.toml, kbs-policy.toml, keys, logs in run/) is in {}.",
         dir.display()
     );
     println!("README.md shows how to start the same pieces by hand.");
