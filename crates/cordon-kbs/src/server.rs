@@ -134,6 +134,10 @@ struct Inner {
     /// The KBS's long-term HPKE key: DEKs sent to the KBS are sealed to it, and signed requests
     /// name its public half as their audience.
     identity: ServiceKeyPair,
+    /// The identity retired by the latest rotation (`cordon kbs rotate-identity`) and the end of
+    /// its overlap window: until then, DEKs and jobs sealed to it still open and requests signed
+    /// for it are still accepted, so that clients who pinned it have time to move.
+    previous_identity: Option<(ServiceKeyPair, u64)>,
     /// Evidence binding `identity`'s public key, made at start by `config.identity_tee`.
     identity_evidence: Option<KbsEvidence>,
 }
@@ -173,6 +177,9 @@ impl Kbs {
             }
         };
         let identity = ServiceKeyPair::derive(0, &seed);
+        let previous_identity = store
+            .previous_identity_seed()?
+            .map(|(seed, until)| (ServiceKeyPair::derive(0, &seed), until));
         // Once, at start: hardware evidence costs a firmware round trip, and the identity key is
         // long-term, so evidence made now binds it for this process's whole life.
         let identity_evidence = match &config.identity_tee {
@@ -195,6 +202,7 @@ impl Kbs {
                 config,
                 verifier,
                 identity,
+                previous_identity,
                 identity_evidence,
             }),
         })
@@ -343,15 +351,35 @@ impl Kbs {
         path: &str,
         body: &[u8],
     ) -> Result<SignedRequest, KbsError> {
-        auth::verify_request(
-            |name| headers.get(name).and_then(|v| v.to_str().ok()),
-            method,
-            path,
-            body,
-            &self.identity_public_key(),
-            self.now(),
-        )
-        .map_err(auth_error)
+        let verify = |audience: &[u8; 32]| {
+            auth::verify_request(
+                |name| headers.get(name).and_then(|v| v.to_str().ok()),
+                method,
+                path,
+                body,
+                audience,
+                self.now(),
+            )
+        };
+        match verify(&self.identity_public_key()) {
+            // Signed for the retired identity, within its overlap window.
+            Err(AuthError::WrongAudience { .. }) if self.previous_in_overlap().is_some() => {
+                let (previous, _) = self
+                    .previous_in_overlap()
+                    .ok_or_else(|| KbsError::Internal("the previous identity vanished".into()))?;
+                verify(&previous.public_key()).map_err(auth_error)
+            }
+            other => other.map_err(auth_error),
+        }
+    }
+
+    /// The retired identity and the end of its overlap, while the overlap runs.
+    fn previous_in_overlap(&self) -> Option<&(ServiceKeyPair, u64)> {
+        let now = unix(self.now());
+        self.inner
+            .previous_identity
+            .as_ref()
+            .filter(|(_, until)| now <= *until)
     }
 
     /// Records a verified request's nonce (refused if seen before, or stamped before what the KBS
@@ -428,26 +456,39 @@ impl Kbs {
         Ok(req.signer)
     }
 
-    /// `Err` naming both keys when something was sealed to another KBS key than this one's.
-    fn sealed_to_us(&self, key: &[u8; 32]) -> Result<(), String> {
+    /// This KBS's identity that `key` names: the current one, or the one retired by the latest
+    /// rotation while its overlap runs. `Err` naming the keys otherwise.
+    fn identity_for(&self, key: &[u8; 32]) -> Result<&ServiceKeyPair, String> {
         let ours = self.identity_public_key();
-        if key != &ours {
-            return Err(format!(
+        if key == &ours {
+            return Ok(&self.inner.identity);
+        }
+        match &self.inner.previous_identity {
+            Some((previous, until)) if &previous.public_key() == key => {
+                match self.previous_in_overlap() {
+                    Some((previous, _)) => Ok(previous),
+                    None => Err(format!(
+                        "sealed to this KBS's previous identity key {}, retired by a rotation; \
+                         its overlap ended at {until}: seal to the current key {}",
+                        hex::encode(key),
+                        hex::encode(ours)
+                    )),
+                }
+            }
+            _ => Err(format!(
                 "sealed to KBS key {}, this KBS's key is {}",
                 hex::encode(key),
                 hex::encode(ours)
-            ));
+            )),
         }
-        Ok(())
     }
 
     /// Opens a training job sealed to this KBS for the attest request carrying `nonce_hex`.
     fn open_job(&self, sealed: &SealedToKbs, nonce_hex: &str) -> Result<JobRelease, KbsError> {
-        self.sealed_to_us(&sealed.kbs_public_key)
+        let identity = self
+            .identity_for(&sealed.kbs_public_key)
             .map_err(|e| KbsError::BadRequest(format!("the job is {e}")))?;
-        let json = self
-            .inner
-            .identity
+        let json = identity
             .open_sealed(JOB_INFO, nonce_hex.as_bytes(), &sealed.sealed)
             .map_err(|_| {
                 KbsError::BadRequest(
@@ -466,11 +507,10 @@ impl Kbs {
         sender: &[u8; 32],
         context: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KbsError> {
-        self.sealed_to_us(&sealed.kbs_public_key)
+        let identity = self
+            .identity_for(&sealed.kbs_public_key)
             .map_err(KbsError::SealedDek)?;
-        let dek = self
-            .inner
-            .identity
+        let dek = identity
             .open_sealed(
                 UPLOAD_INFO,
                 &dek_upload_aad(purpose, key_id, sender, context),

@@ -52,6 +52,13 @@ pub enum StoreError {
     },
     #[error("key {key_id} was revoked at {revoked_at}: it is never released again, and its id is not reused")]
     KeyRevoked { key_id: String, revoked_at: u64 },
+    #[error(
+        "the identity retired by the last rotation is accepted until {accept_until}: rotating \
+         again now would cut that overlap short; wait until then"
+    )]
+    OverlapRunning { accept_until: u64 },
+    #[error("this store has no identity yet: start the KBS once first")]
+    NoIdentity,
     #[error("no key {key_id} is registered")]
     UnknownKey { key_id: String },
     #[error("data directory {path} is not private to the key broker: {source}")]
@@ -155,6 +162,14 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE keys ADD COLUMN kek_id TEXT;
      ALTER TABLE keys ADD COLUMN revoked_at INTEGER;
      ALTER TABLE identity ADD COLUMN kek_id TEXT;",
+    // 8: identity rotation. The identity retired by the latest rotation, still accepted (DEKs
+    //    and jobs sealed to it, requests signed for it) until `accept_until`: the overlap window.
+    "CREATE TABLE identity_previous (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        hpke_seed BLOB NOT NULL,
+        kek_id TEXT NOT NULL,
+        retired_at INTEGER NOT NULL,
+        accept_until INTEGER NOT NULL);",
 ];
 
 /// How long an expired challenge is kept, so that using it is answered "expired" rather than
@@ -490,6 +505,80 @@ impl Store {
         Ok(Some(seed))
     }
 
+    /// The identity retired by the latest rotation and when its overlap ends, if there was one.
+    pub fn previous_identity_seed(&self) -> Result<Option<(Zeroizing<[u8; 32]>, u64)>, StoreError> {
+        let v: Option<(Vec<u8>, String, i64)> = self
+            .conn
+            .query_row(
+                "SELECT hpke_seed, kek_id, accept_until FROM identity_previous WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((wrapped, kek_id, until)) = v else {
+            return Ok(None);
+        };
+        let b = self.unwrap_row(
+            Slot::IdentitySeed,
+            PREVIOUS_IDENTITY_NAME,
+            Some(&kek_id),
+            &wrapped,
+        )?;
+        let seed: [u8; 32] = b.as_slice().try_into().map_err(|_| {
+            StoreError::Corrupt(format!(
+                "the previous identity seed is {} bytes, expected 32",
+                b.len()
+            ))
+        })?;
+        Ok(Some((Zeroizing::new(seed), until as u64)))
+    }
+
+    /// Makes `new_seed` the identity, vouched for by the administrator's `admin_signature`
+    /// (`cordon_proto::auth::vouch_identity` over its public key), and keeps the one it replaces
+    /// accepted until `accept_until`, in one transaction. Refused while the overlap of the
+    /// previous rotation runs: the identity it retired would be dropped before its time.
+    pub fn rotate_identity(
+        &mut self,
+        new_seed: &[u8; 32],
+        admin_signature: &str,
+        now: u64,
+        accept_until: u64,
+    ) -> Result<(), StoreError> {
+        if let Some((_, until)) = self.previous_identity_seed()? {
+            if until > now {
+                return Err(StoreError::OverlapRunning {
+                    accept_until: until,
+                });
+            }
+        }
+        let current = self.identity_seed()?.ok_or(StoreError::NoIdentity)?;
+        let kek = self.keks.current.clone();
+        let retired = kek.wrap(
+            &wrap_aad(Slot::IdentitySeed, PREVIOUS_IDENTITY_NAME),
+            current.as_slice(),
+        )?;
+        let fresh = kek.wrap(&wrap_aad(Slot::IdentitySeed, IDENTITY_NAME), new_seed)?;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO identity_previous (id, hpke_seed, kek_id, retired_at, accept_until)
+             VALUES (1, ?1, ?2, ?3, ?4)
+             ON CONFLICT(id) DO UPDATE SET hpke_seed = excluded.hpke_seed,
+                 kek_id = excluded.kek_id, retired_at = excluded.retired_at,
+                 accept_until = excluded.accept_until",
+            params![retired, kek.id(), now as i64, accept_until as i64],
+        )?;
+        tx.execute(
+            "UPDATE identity SET hpke_seed = ?1, kek_id = ?2, created_at = ?3 WHERE id = 1",
+            params![fresh, kek.id(), now as i64],
+        )?;
+        tx.execute(
+            "UPDATE admin SET identity_signature = ?1 WHERE id = 1",
+            params![admin_signature],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Stores the seed of the KBS's HPKE identity key, unless one exists; returns the stored seed.
     pub fn init_identity_seed(
         &self,
@@ -776,6 +865,32 @@ impl Store {
             done += 1;
             progress(done);
         }
+        let previous: Option<(Vec<u8>, String)> = self
+            .conn
+            .query_row(
+                "SELECT hpke_seed, kek_id FROM identity_previous WHERE id = 1 AND kek_id <> ?1",
+                params![current],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((wrapped, kek_id)) = previous {
+            let seed = self.unwrap_row(
+                Slot::IdentitySeed,
+                PREVIOUS_IDENTITY_NAME,
+                Some(&kek_id),
+                &wrapped,
+            )?;
+            let w = self
+                .keks
+                .current
+                .wrap(&wrap_aad(Slot::IdentitySeed, PREVIOUS_IDENTITY_NAME), &seed)?;
+            self.conn.execute(
+                "UPDATE identity_previous SET hpke_seed = ?1, kek_id = ?2 WHERE id = 1 AND kek_id = ?3",
+                params![w, current, kek_id],
+            )?;
+            done += 1;
+            progress(done);
+        }
         Ok(done)
     }
 
@@ -784,7 +899,8 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT kek_id, COUNT(*) FROM (
                 SELECT kek_id FROM keys WHERE revoked_at IS NULL
-                UNION ALL SELECT kek_id FROM identity)
+                UNION ALL SELECT kek_id FROM identity
+                UNION ALL SELECT kek_id FROM identity_previous)
              GROUP BY kek_id ORDER BY kek_id",
         )?;
         let rows = stmt
@@ -1177,6 +1293,9 @@ fn wrap_plaintext_rows(tx: &Connection, kek: &dyn Kek) -> Result<(usize, bool), 
 
 /// The name of the identity seed's row in its wrapping AAD.
 const IDENTITY_NAME: &str = "hpke-identity/1";
+/// The name of the retired identity's seed in its wrapping AAD: a different name, so that the
+/// host cannot swap the two rows.
+const PREVIOUS_IDENTITY_NAME: &str = "hpke-identity/previous";
 
 /// A DEK wrapped for storage, with the KEK that wrapped it.
 struct WrappedDek {
@@ -1423,7 +1542,7 @@ mod tests {
              DROP INDEX keys_kind_owner;
              ALTER TABLE job_runtimes DROP COLUMN output_key_id;
              ALTER TABLE keys DROP COLUMN kek_id; ALTER TABLE keys DROP COLUMN revoked_at;
-             ALTER TABLE identity DROP COLUMN kek_id;
+             ALTER TABLE identity DROP COLUMN kek_id; DROP TABLE identity_previous;
              PRAGMA user_version = 4;",
         )
         .unwrap();
@@ -1750,5 +1869,48 @@ mod tests {
             s.audit_events().unwrap().last().unwrap().kind,
             "key_revoked"
         );
+    }
+
+    #[test]
+    fn an_identity_rotation_keeps_the_old_seed_for_its_overlap_only_once_at_a_time() {
+        let (_d, mut s) = temp_store();
+        assert!(matches!(
+            s.rotate_identity(&[2; 32], "sig", 10, 100),
+            Err(StoreError::NoIdentity)
+        ));
+        s.init_identity_seed(&[1; 32], 1).unwrap();
+        s.set_admin(&[0; 32], &[5; 32], "sig-1").unwrap();
+        s.rotate_identity(&[2; 32], "sig-2", 10, 100).unwrap();
+        assert_eq!(s.identity_seed().unwrap().unwrap().as_slice(), &[2; 32]);
+        let (old, until) = s.previous_identity_seed().unwrap().unwrap();
+        assert_eq!((old.as_slice(), until), (&[1u8; 32][..], 100));
+        assert_eq!(s.identity_signature().unwrap().as_deref(), Some("sig-2"));
+        // Not again while the overlap runs: the retired seed would be lost before its time.
+        assert!(matches!(
+            s.rotate_identity(&[3; 32], "sig-3", 50, 200),
+            Err(StoreError::OverlapRunning { accept_until: 100 })
+        ));
+        s.rotate_identity(&[3; 32], "sig-3", 101, 200).unwrap();
+        assert_eq!(
+            s.previous_identity_seed().unwrap().unwrap().0.as_slice(),
+            &[2; 32]
+        );
+        // The host cannot swap the current and retired seeds.
+        let cur: Vec<u8> = s
+            .conn
+            .query_row("SELECT hpke_seed FROM identity", [], |r| r.get(0))
+            .unwrap();
+        let prev: Vec<u8> = s
+            .conn
+            .query_row("SELECT hpke_seed FROM identity_previous", [], |r| r.get(0))
+            .unwrap();
+        s.conn
+            .execute("UPDATE identity SET hpke_seed = ?1", [&prev])
+            .unwrap();
+        s.conn
+            .execute("UPDATE identity_previous SET hpke_seed = ?1", [&cur])
+            .unwrap();
+        assert!(s.identity_seed().is_err());
+        assert!(s.previous_identity_seed().is_err());
     }
 }

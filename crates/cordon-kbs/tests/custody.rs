@@ -236,3 +236,112 @@ async fn a_revoked_key_is_never_released_again_and_the_listing_shows_it() {
         assert!(!text.contains(&hex::encode(dek)));
     }
 }
+
+/// A KBS on `dir/kbs` at the time in `clock`, served on loopback: its URL and identity key.
+async fn serve_at(
+    dir: &Path,
+    clock: Arc<std::sync::atomic::AtomicU64>,
+) -> (String, cordon_kbs::Kbs) {
+    use cordon_kbs::{Kbs, KbsConfig};
+    use std::time::{Duration, UNIX_EPOCH};
+    let mut config = KbsConfig::new(dir.join("kbs"), cordon_attest::Endorsements::default());
+    let c = clock.clone();
+    config.clock = Arc::new(move || {
+        UNIX_EPOCH + Duration::from_secs(c.load(std::sync::atomic::Ordering::SeqCst))
+    });
+    let kbs = Kbs::open(config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = kbs.router();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (url, kbs)
+}
+
+#[tokio::test]
+async fn a_rotated_identity_keeps_the_old_key_for_its_overlap_and_no_longer() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = 1_800_000_000u64;
+    let clock = Arc::new(AtomicU64::new(t0));
+    let (_, first) = serve_at(dir.path(), clock.clone()).await;
+    let old_key = first.identity_public_key();
+    let token = first.init_admin_token().unwrap().unwrap().to_string();
+    drop(first);
+
+    // What `cordon kbs rotate-identity` does, with the KBS stopped.
+    let admin = cordon_proto::auth::admin_key(&token).unwrap();
+    let until = t0 + 3600;
+    let new_key = {
+        let kek = FileKek::open(&dir.path().join("kbs.kek")).unwrap();
+        let mut store = Store::open(&dir.path().join("kbs"), Keks::new(Arc::new(kek))).unwrap();
+        let seed = [0x99; 32];
+        let new_key = ServiceKeyPair::derive(0, &seed).public_key();
+        let vouch = cordon_proto::auth::vouch_identity(&admin, &new_key);
+        store.rotate_identity(&seed, &vouch, t0, until).unwrap();
+        new_key
+    };
+    assert_ne!(new_key, old_key);
+
+    let (url, kbs) = serve_at(dir.path(), clock.clone()).await;
+    assert_eq!(kbs.identity_public_key(), new_key);
+    let http = reqwest::Client::new();
+    // The identity it serves is the new key, vouched for by the same admin token.
+    let id: cordon_proto::kbs::KbsIdentity = http
+        .get(format!("{url}/kbs/v1/identity"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(id.hpke_public_key, new_key);
+    cordon_proto::auth::check_identity(
+        &admin.verifying_key().to_bytes(),
+        &new_key,
+        id.admin_signature.as_deref().unwrap(),
+    )
+    .unwrap();
+
+    let sim = policy(vec![Platform::Sim], MEASUREMENT);
+    let register = |audience: [u8; 32], sealed_to: [u8; 32], key_id: &'static str| {
+        let (http, url, admin, sim) = (&http, &url, &admin, &sim);
+        let clock = clock.clone();
+        async move {
+            use cordon_proto::kbs::{policy_context, seal_dek_for_kbs, DekPurpose, RegisterKey};
+            let body = serde_json::to_vec(&RegisterKey {
+                sealed_dek: seal_dek_for_kbs(
+                    &sealed_to,
+                    DekPurpose::AdminKey,
+                    key_id,
+                    &admin.verifying_key().to_bytes(),
+                    &policy_context(sim),
+                    &[4; 32],
+                )
+                .unwrap(),
+                policy: sim.clone(),
+            })
+            .unwrap();
+            let path = format!("/kbs/v1/admin/keys/{key_id}");
+            let now = std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(clock.load(Ordering::SeqCst));
+            let mut req = http.put(format!("{url}{path}"));
+            for (name, value) in
+                cordon_proto::auth::sign_request(admin, "PUT", &path, &body, &audience, now)
+            {
+                req = req.header(name, value);
+            }
+            req.body(body).send().await.unwrap()
+        }
+    };
+    // Within the overlap: requests signed for the old key and DEKs sealed to it are accepted.
+    assert_eq!(register(old_key, old_key, "during").await.status(), 200);
+    assert_eq!(register(new_key, new_key, "during-new").await.status(), 200);
+    // After it: refused, saying why; the new key works.
+    clock.store(until + 1, Ordering::SeqCst);
+    let (status, body) = refusal(register(old_key, old_key, "after").await).await;
+    assert_eq!(status, 401, "{}", body.error);
+    let (status, body) = refusal(register(new_key, old_key, "after").await).await;
+    assert_eq!(status, 400);
+    assert!(body.error.contains("overlap ended"), "{}", body.error);
+    assert_eq!(register(new_key, new_key, "after").await.status(), 200);
+}

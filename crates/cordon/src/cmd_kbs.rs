@@ -59,6 +59,10 @@ pub enum KbsCommand {
     /// any point, every key is readable under the old or the new KEK, and running it again
     /// finishes the job.
     RotateKek(RotateKekArgs),
+    /// Give a stopped KBS a new identity key, vouched for with the admin token; the old key stays
+    /// accepted (sealed keys and jobs, signed requests) for an overlap window. Restart the KBS
+    /// (every replica) afterwards; clients re-pin the printed key within the window.
+    RotateIdentity(RotateIdentityArgs),
     /// Print the simulated launch measurement of a KBS started with `--tee sim` and these sim
     /// trust anchors: the reference value a KBS policy (`--kbs-policy`) lists.
     Measure {
@@ -94,6 +98,25 @@ pub struct KbsPolicyArg {
     /// KBS that serves no evidence is refused.
     #[arg(long, env = "CORDON_KBS_POLICY")]
     pub kbs_policy: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct RotateIdentityArgs {
+    /// The KBS's data directory (the KBS must be stopped, and restarted afterwards).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The KEK the store is wrapped under (default: the file beside the data directory).
+    #[arg(long, env = "CORDON_KBS_KEK")]
+    kek: Option<String>,
+    /// The admin token file: the new key is vouched for with it, as the first one was.
+    #[arg(long, env = "CORDON_ADMIN_TOKEN_FILE")]
+    token_file: PathBuf,
+    /// Hours the old identity key stays accepted.
+    #[arg(long, default_value_t = 168)]
+    overlap_hours: u64,
+    /// Write the new identity key (hex) here.
+    #[arg(long)]
+    identity_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -250,6 +273,7 @@ pub fn run(c: KbsCommand) -> Result<()> {
             reason,
         } => revoke(admin, key_id, reason),
         KbsCommand::RotateKek(a) => rotate_kek(a),
+        KbsCommand::RotateIdentity(a) => rotate_identity(a),
     }
 }
 
@@ -325,6 +349,48 @@ fn rotate_kek(a: RotateKekArgs) -> Result<()> {
     eprintln!(
         "the old KEK unwraps nothing in this store any more, but it still opens backups made \
          before the rotation: destroy it once those backups have expired"
+    );
+    Ok(())
+}
+
+fn rotate_identity(a: RotateIdentityArgs) -> Result<()> {
+    use rand::RngCore;
+    if !a.data_dir.join("kbs.sqlite3").exists() {
+        bail!(
+            "{} holds no KBS store (no kbs.sqlite3)",
+            a.data_dir.display()
+        );
+    }
+    let keks = open_keks(a.kek.as_deref(), None, &a.data_dir)?;
+    let mut store = Store::open(&a.data_dir, keks)?;
+    let admin = cordon_proto::auth::admin_key(&util::read_secret(&a.token_file, "admin token")?)?;
+    if store.admin_public_key()? != Some(admin.verifying_key().to_bytes()) {
+        bail!(
+            "{} is not this KBS's admin token: only its administrator rotates its identity",
+            a.token_file.display()
+        );
+    }
+    let old = store
+        .identity_seed()?
+        .map(|s| cordon_proto::ServiceKeyPair::derive(0, &s).public_key())
+        .context("this store has no identity yet: start the KBS once first")?;
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    rand::rng().fill_bytes(seed.as_mut());
+    let new = cordon_proto::ServiceKeyPair::derive(0, &seed).public_key();
+    let vouch = cordon_proto::auth::vouch_identity(&admin, &new);
+    let now = cordon_proto::auth::unix(SystemTime::now());
+    let until = now.saturating_add(a.overlap_hours.saturating_mul(3600));
+    store.rotate_identity(&seed, &vouch, now, until)?;
+    let new_hex = hex::encode(new);
+    if let Some(f) = &a.identity_file {
+        util::write_atomic(f, format!("{new_hex}\n").as_bytes())?;
+    }
+    println!("{new_hex}");
+    eprintln!(
+        "KBS identity rotated: new key {new_hex} (pin it: --kbs-key, kbs_public_key); the old key \
+         {} stays accepted until {until} ({} h). Restart the KBS, every replica, to serve it.",
+        hex::encode(old),
+        a.overlap_hours
     );
     Ok(())
 }

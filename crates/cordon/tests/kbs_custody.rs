@@ -229,3 +229,55 @@ async fn keys_are_listed_and_revoked_from_the_command_line() {
     .unwrap();
     assert!(again.contains("was revoked at"), "{again}");
 }
+
+#[test]
+fn rotate_identity_from_the_command_line_needs_the_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&["sim", "keygen", "--out", &s(&dir.path().join("hw.key"))]);
+    let old_key = {
+        let (_kbs, _url) = start_kbs(dir.path(), "kbs");
+        kbs_key(dir.path(), "kbs")
+    };
+    let data = s(&dir.path().join("kbs"));
+    let other_token = dir.path().join("other-token");
+    std::fs::write(&other_token, "ab".repeat(32)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&other_token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let refused = fails(&[
+        "kbs",
+        "rotate-identity",
+        "--data-dir",
+        &data,
+        "--token-file",
+        &s(&other_token),
+    ]);
+    assert!(
+        refused.contains("is not this KBS's admin token"),
+        "{refused}"
+    );
+    let new_key = ok(&[
+        "kbs",
+        "rotate-identity",
+        "--data-dir",
+        &data,
+        "--token-file",
+        &s(&dir.path().join("token")),
+        "--overlap-hours",
+        "1",
+    ]);
+    let new_key = new_key.trim();
+    assert_eq!(new_key.len(), 64);
+    assert_ne!(new_key, old_key);
+    // Restarted, the KBS serves the new key; a second rotation within the hour is refused.
+    let (_kbs, _url) = start_kbs(dir.path(), "kbs");
+    assert_eq!(kbs_key(dir.path(), "kbs"), new_key);
+    let again = fails(&[
+        "kbs",
+        "rotate-identity",
+        "--data-dir",
+        &data,
+        "--token-file",
+        &s(&dir.path().join("token")),
+    ]);
+    assert!(again.contains("overlap"), "{again}");
+}
