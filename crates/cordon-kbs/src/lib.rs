@@ -47,4 +47,4 @@ mod store;
 pub use custody::{Kek, KekSpec};
 pub use error::KbsError;
 pub use server::{Clock, Kbs, KbsConfig, KbsLimits};
-pub use store::{verify_audit_chain, Store, StoreError};
+pub use store::{audit_hash, verify_audit_chain, Store, StoreError};

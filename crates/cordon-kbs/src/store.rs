@@ -127,6 +127,14 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE nonce_floor (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         pruned_at INTEGER NOT NULL);",
+    // Audit checkpoints: the administrator's vouch (`cordon_proto::checkpoint::vouch_audit_key`)
+    // for the key that signs audit checkpoints, made while the KBS holds the admin token. The
+    // signing key itself is derived from the identity seed, and checkpoints are signed when
+    // asked for: nothing else is stored.
+    "CREATE TABLE audit_key_vouch (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        admin_signature TEXT NOT NULL,
+        created_at INTEGER NOT NULL);",
 ];
 
 /// How long an expired challenge is kept, so that using it is answered "expired" rather than
@@ -384,6 +392,30 @@ impl Store {
             )
             .optional()?;
         Ok(v.flatten())
+    }
+
+    /// The administrator's vouch for the audit signing key, once made.
+    pub fn audit_key_vouch(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT admin_signature FROM audit_key_vouch WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Records the administrator's vouch for the audit signing key (replacing any earlier one:
+    /// the key is derived from the identity seed, so a vouch for it never goes stale).
+    pub fn set_audit_key_vouch(&self, signature: &str, now: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO audit_key_vouch (id, admin_signature, created_at) VALUES (1, ?1, ?2)
+             ON CONFLICT(id) DO UPDATE SET admin_signature = excluded.admin_signature,
+                 created_at = excluded.created_at",
+            params![signature, now as i64],
+        )?;
+        Ok(())
     }
 
     /// The administrator's Ed25519 public key; `None` before one is set (or in a store from before
@@ -1047,7 +1079,8 @@ mod tests {
         drop(Store::open(dir.path()).unwrap());
         let conn = Connection::open(dir.path().join("kbs.sqlite3")).unwrap();
         conn.execute_batch(
-            "DROP TABLE nonce_floor; DROP INDEX request_nonces_share;
+            "DROP TABLE audit_key_vouch;
+             DROP TABLE nonce_floor; DROP INDEX request_nonces_share;
              ALTER TABLE request_nonces DROP COLUMN share;
              DROP INDEX request_nonces_party; ALTER TABLE request_nonces DROP COLUMN party;
              DROP INDEX keys_kind_owner;
