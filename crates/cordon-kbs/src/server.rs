@@ -10,6 +10,9 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cordon_attest::{appraise, Endorsements, Policy, Verifier};
 use cordon_proto::auth::{self, unix, AuthError, SignedRequest, REQUEST_WINDOW};
+use cordon_proto::checkpoint::{
+    self, AuditSigningKey, ConsistencyProof, InclusionProof, SignedCheckpoint,
+};
 use cordon_proto::job::{self, job_report_data};
 use cordon_proto::kbs::{
     dek_upload_aad, policy_context, AttestRequest, AttestResponse, AuditEvent, Challenge,
@@ -17,7 +20,7 @@ use cordon_proto::kbs::{
     RevokeRequest, RevokeResponse, SealedToKbs, JOB_INFO, MAX_KEY_IDS, RELEASE_INFO, UPLOAD_INFO,
 };
 use cordon_proto::kbs::{kbs_identity_report_data, KbsEvidence};
-use cordon_proto::{channel, report_data, ServiceKeyPair};
+use cordon_proto::{channel, merkle, report_data, ServiceKeyPair};
 use cordon_tee::EvidenceProvider;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -140,6 +143,9 @@ struct Inner {
     previous_identity: Option<(ServiceKeyPair, u64)>,
     /// Evidence binding `identity`'s public key, made at start by `config.identity_tee`.
     identity_evidence: Option<KbsEvidence>,
+    /// Signs audit checkpoints; derived from the identity seed (`AuditSigningKey::derive`), so
+    /// nothing more is stored. Zeroized on drop; its Debug output is the public key only.
+    audit_key: AuditSigningKey,
 }
 
 const MAX_BODY: usize = 1 << 20;
@@ -195,6 +201,7 @@ impl Kbs {
             }
             None => None,
         };
+        let audit_key = AuditSigningKey::derive(&seed);
         let verifier = Verifier::new(config.endorsements.clone());
         Ok(Kbs {
             inner: Arc::new(Inner {
@@ -204,6 +211,7 @@ impl Kbs {
                 identity,
                 previous_identity,
                 identity_evidence,
+                audit_key,
             }),
         })
     }
@@ -244,6 +252,7 @@ impl Kbs {
             &key.verifying_key().to_bytes(),
             &vouch,
         )?;
+        store.set_audit_key_vouch(&self.audit_key_vouch(&key), unix(self.now()))?;
         Ok(Some(token))
     }
 
@@ -267,7 +276,67 @@ impl Kbs {
         let key = auth::admin_key(token).map_err(|e| KbsError::BadRequest(e.to_string()))?;
         let vouch = auth::vouch_identity(&key, &self.identity_public_key());
         store.set_admin(&hash, &key.verifying_key().to_bytes(), &vouch)?;
+        store.set_audit_key_vouch(&self.audit_key_vouch(&key), unix(self.now()))?;
         Ok(true)
+    }
+
+    /// The public half of the key that signs audit checkpoints.
+    pub fn audit_signing_public_key(&self) -> [u8; 32] {
+        self.inner.audit_key.public_key()
+    }
+
+    fn audit_key_vouch(&self, admin: &ed25519_dalek::SigningKey) -> String {
+        checkpoint::vouch_audit_key(
+            admin,
+            &self.identity_public_key(),
+            &self.audit_signing_public_key(),
+        )
+    }
+
+    /// Has the administrator's token (the text of the admin token file) vouch for the audit
+    /// signing key, for a store whose administrator was made before audit checkpoints existed
+    /// (newer stores get the vouch with the token). `false` when the vouch exists already.
+    pub fn vouch_audit_key(&self, token: &str) -> Result<bool, KbsError> {
+        let store = self.lock()?;
+        if store.audit_key_vouch()?.is_some() {
+            return Ok(false);
+        }
+        let Some(admin) = store.admin_public_key()? else {
+            return Ok(false);
+        };
+        let key = auth::admin_key(token).map_err(|e| KbsError::BadRequest(e.to_string()))?;
+        if key.verifying_key().to_bytes() != admin {
+            return Err(KbsError::Unauthorized(
+                "the token file is not this store's admin token".into(),
+            ));
+        }
+        store.set_audit_key_vouch(&self.audit_key_vouch(&key), unix(self.now()))?;
+        Ok(true)
+    }
+
+    /// The audit log, its leaf hashes and a checkpoint of it signed now, all from one read of the
+    /// store. Checkpoints are signed when asked for, not at each append: the signature says only
+    /// "this KBS's store held this log", which is all an auditor can use, and an append costs no
+    /// Merkle work. A checkpoint stored at each append would not protect more: whoever can roll
+    /// the store's rows back can roll a stored checkpoint back with them. What detects a rollback
+    /// or a rewrite is the auditor's own earlier checkpoint and a consistency proof from it.
+    async fn audit_view(
+        &self,
+    ) -> Result<(Vec<AuditEvent>, Vec<merkle::Hash>, SignedCheckpoint), KbsError> {
+        let kbs = self.clone();
+        self.with_store(move |s| {
+            let events = s.audit_events()?;
+            let vouch = s.audit_key_vouch()?;
+            let leaves = checkpoint::audit_leaves(&events);
+            let signed = kbs.inner.audit_key.sign(
+                &leaves,
+                unix(kbs.now()),
+                kbs.identity_public_key(),
+                vouch,
+            );
+            Ok((events, leaves, signed))
+        })
+        .await
     }
 
     pub fn has_admin_token(&self) -> Result<bool, KbsError> {
@@ -311,6 +380,15 @@ impl Kbs {
             .route("/kbs/v1/datasets/{key_id}", put(register_dataset_key))
             .route("/kbs/v1/jobs/{job_hash}/output", put(register_job_output))
             .route("/kbs/v1/admin/audit", get(audit))
+            .route("/kbs/v1/admin/audit/checkpoint", get(audit_checkpoint))
+            .route(
+                "/kbs/v1/admin/audit/inclusion/{index}",
+                get(audit_inclusion),
+            )
+            .route(
+                "/kbs/v1/admin/audit/consistency/{old_size}",
+                get(audit_consistency),
+            )
             .route("/healthz", get(|| async { "ok" }))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self.clone())
@@ -1210,4 +1288,74 @@ async fn audit(
 ) -> Result<Json<Vec<AuditEvent>>, KbsError> {
     kbs.check_admin(&headers, "GET", uri.path(), b"").await?;
     Ok(Json(kbs.with_store(|s| Ok(s.audit_events()?)).await?))
+}
+
+/// `GET /kbs/v1/admin/audit/checkpoint`: the audit log's size and Merkle root, signed now.
+async fn audit_checkpoint(
+    State(kbs): State<Kbs>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<SignedCheckpoint>, KbsError> {
+    kbs.check_admin(&headers, "GET", uri.path(), b"").await?;
+    Ok(Json(kbs.audit_view().await?.2))
+}
+
+fn path_number(text: &str, what: &str) -> Result<u64, KbsError> {
+    text.parse()
+        .map_err(|_| KbsError::BadRequest(format!("{what} must be a decimal number")))
+}
+
+/// `GET /kbs/v1/admin/audit/inclusion/{index}`: event `index + 1` with its inclusion proof in the
+/// log a checkpoint signed now covers.
+async fn audit_inclusion(
+    State(kbs): State<Kbs>,
+    UrlPath(index): UrlPath<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<InclusionProof>, KbsError> {
+    kbs.check_admin(&headers, "GET", uri.path(), b"").await?;
+    let index = path_number(&index, "leaf index")?;
+    let (events, leaves, checkpoint) = kbs.audit_view().await?;
+    let size = checkpoint.checkpoint.size;
+    let path = merkle::inclusion_proof(index, size, &leaves)
+        .map_err(|e| KbsError::BadRequest(e.to_string()))?;
+    // inclusion_proof checked index < size = events.len().
+    let event = usize::try_from(index)
+        .ok()
+        .and_then(|i| events.get(i))
+        .cloned()
+        .ok_or_else(|| KbsError::Internal("audit event missing".into()))?;
+    Ok(Json(InclusionProof {
+        checkpoint,
+        index,
+        event,
+        path,
+    }))
+}
+
+/// `GET /kbs/v1/admin/audit/consistency/{old_size}`: the consistency proof from the log's first
+/// `old_size` events to the log a checkpoint signed now covers. An `old_size` beyond the log is a
+/// conflict: the log is shorter than the caller saw it (rolled back), or the caller is wrong.
+async fn audit_consistency(
+    State(kbs): State<Kbs>,
+    UrlPath(old_size): UrlPath<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<ConsistencyProof>, KbsError> {
+    kbs.check_admin(&headers, "GET", uri.path(), b"").await?;
+    let old_size = path_number(&old_size, "older tree size")?;
+    let (_, leaves, checkpoint) = kbs.audit_view().await?;
+    let size = checkpoint.checkpoint.size;
+    if old_size > size {
+        return Err(KbsError::Conflict(format!(
+            "the audit log has {size} events, fewer than the {old_size} asked for"
+        )));
+    }
+    let path = merkle::consistency_proof(old_size, size, &leaves)
+        .map_err(|e| KbsError::Internal(e.to_string()))?;
+    Ok(Json(ConsistencyProof {
+        checkpoint,
+        old_size,
+        path,
+    }))
 }

@@ -170,6 +170,14 @@ const MIGRATIONS: &[&str] = &[
         kek_id TEXT NOT NULL,
         retired_at INTEGER NOT NULL,
         accept_until INTEGER NOT NULL);",
+    // 9: audit checkpoints: the administrator's vouch (`cordon_proto::checkpoint::vouch_audit_key`)
+    // for the key that signs audit checkpoints, made while the KBS holds the admin token. The
+    // signing key itself is derived from the identity seed, and checkpoints are signed when
+    // asked for: nothing else is stored.
+    "CREATE TABLE audit_key_vouch (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        admin_signature TEXT NOT NULL,
+        created_at INTEGER NOT NULL);",
 ];
 
 /// How long an expired challenge is kept, so that using it is answered "expired" rather than
@@ -463,6 +471,30 @@ impl Store {
         Ok(v.flatten())
     }
 
+    /// The administrator's vouch for the audit signing key, once made.
+    pub fn audit_key_vouch(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT admin_signature FROM audit_key_vouch WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Records the administrator's vouch for the audit signing key (replacing any earlier one:
+    /// the key is derived from the identity seed, so a vouch for it never goes stale).
+    pub fn set_audit_key_vouch(&self, signature: &str, now: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO audit_key_vouch (id, admin_signature, created_at) VALUES (1, ?1, ?2)
+             ON CONFLICT(id) DO UPDATE SET admin_signature = excluded.admin_signature,
+                 created_at = excluded.created_at",
+            params![signature, now as i64],
+        )?;
+        Ok(())
+    }
+
     /// The administrator's Ed25519 public key; `None` before one is set (or in a store from before
     /// signed admin requests, which holds only the token's hash).
     pub fn admin_public_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
@@ -534,13 +566,15 @@ impl Store {
     }
 
     /// Makes `new_seed` the identity, vouched for by the administrator's `admin_signature`
-    /// (`cordon_proto::auth::vouch_identity` over its public key), and keeps the one it replaces
-    /// accepted until `accept_until`, in one transaction. Refused while the overlap of the
+    /// (`cordon_proto::auth::vouch_identity` over its public key) and `audit_vouch`
+    /// (`cordon_proto::checkpoint::vouch_audit_key` for the audit signing key the new seed
+    /// derives), and keeps the one it replaces accepted until `accept_until`, in one transaction. Refused while the overlap of the
     /// previous rotation runs: the identity it retired would be dropped before its time.
     pub fn rotate_identity(
         &mut self,
         new_seed: &[u8; 32],
         admin_signature: &str,
+        audit_vouch: &str,
         now: u64,
         accept_until: u64,
     ) -> Result<(), StoreError> {
@@ -574,6 +608,12 @@ impl Store {
         tx.execute(
             "UPDATE admin SET identity_signature = ?1 WHERE id = 1",
             params![admin_signature],
+        )?;
+        tx.execute(
+            "INSERT INTO audit_key_vouch (id, admin_signature, created_at) VALUES (1, ?1, ?2)
+             ON CONFLICT(id) DO UPDATE SET admin_signature = excluded.admin_signature,
+                 created_at = excluded.created_at",
+            params![audit_vouch, now as i64],
         )?;
         tx.commit()?;
         Ok(())
@@ -1536,7 +1576,8 @@ mod tests {
         drop(Store::open(dir.path(), test_keks()).unwrap());
         let conn = Connection::open(dir.path().join("kbs.sqlite3")).unwrap();
         conn.execute_batch(
-            "DROP TABLE nonce_floor; DROP INDEX request_nonces_share;
+            "DROP TABLE audit_key_vouch;
+             DROP TABLE nonce_floor; DROP INDEX request_nonces_share;
              ALTER TABLE request_nonces DROP COLUMN share;
              DROP INDEX request_nonces_party; ALTER TABLE request_nonces DROP COLUMN party;
              DROP INDEX keys_kind_owner;
@@ -1875,22 +1916,25 @@ mod tests {
     fn an_identity_rotation_keeps_the_old_seed_for_its_overlap_only_once_at_a_time() {
         let (_d, mut s) = temp_store();
         assert!(matches!(
-            s.rotate_identity(&[2; 32], "sig", 10, 100),
+            s.rotate_identity(&[2; 32], "sig", "av", 10, 100),
             Err(StoreError::NoIdentity)
         ));
         s.init_identity_seed(&[1; 32], 1).unwrap();
         s.set_admin(&[0; 32], &[5; 32], "sig-1").unwrap();
-        s.rotate_identity(&[2; 32], "sig-2", 10, 100).unwrap();
+        s.rotate_identity(&[2; 32], "sig-2", "av-2", 10, 100)
+            .unwrap();
         assert_eq!(s.identity_seed().unwrap().unwrap().as_slice(), &[2; 32]);
         let (old, until) = s.previous_identity_seed().unwrap().unwrap();
         assert_eq!((old.as_slice(), until), (&[1u8; 32][..], 100));
         assert_eq!(s.identity_signature().unwrap().as_deref(), Some("sig-2"));
+        assert_eq!(s.audit_key_vouch().unwrap().as_deref(), Some("av-2"));
         // Not again while the overlap runs: the retired seed would be lost before its time.
         assert!(matches!(
-            s.rotate_identity(&[3; 32], "sig-3", 50, 200),
+            s.rotate_identity(&[3; 32], "sig-3", "av-3", 50, 200),
             Err(StoreError::OverlapRunning { accept_until: 100 })
         ));
-        s.rotate_identity(&[3; 32], "sig-3", 101, 200).unwrap();
+        s.rotate_identity(&[3; 32], "sig-3", "av-3", 101, 200)
+            .unwrap();
         assert_eq!(
             s.previous_identity_seed().unwrap().unwrap().0.as_slice(),
             &[2; 32]

@@ -277,7 +277,14 @@ async fn a_rotated_identity_keeps_the_old_key_for_its_overlap_and_no_longer() {
         let seed = [0x99; 32];
         let new_key = ServiceKeyPair::derive(0, &seed).public_key();
         let vouch = cordon_proto::auth::vouch_identity(&admin, &new_key);
-        store.rotate_identity(&seed, &vouch, t0, until).unwrap();
+        let audit = cordon_proto::checkpoint::vouch_audit_key(
+            &admin,
+            &new_key,
+            &cordon_proto::checkpoint::AuditSigningKey::derive(&seed).public_key(),
+        );
+        store
+            .rotate_identity(&seed, &vouch, &audit, t0, until)
+            .unwrap();
         new_key
     };
     assert_ne!(new_key, old_key);

@@ -9,6 +9,8 @@
 //!   sequence numbers, for high-rate streams.
 //! - [`job`]: collaborative training jobs: spec and hash, approvals with expiry, the
 //!   report_data of a job, output sealing and signed receipts.
+//! - [`merkle`]: the RFC 9162 Merkle Tree Hash, inclusion and consistency proofs.
+//! - [`checkpoint`]: signed checkpoints (size, Merkle root) of the KBS audit log, verified offline.
 //! - [`kbs`], [`runtime`], [`oip`]: JSON message types.
 //!
 //! `docs/protocol.md` describes every message and binding byte for byte.
@@ -17,10 +19,12 @@ pub mod auth;
 mod b64;
 pub mod binding;
 pub mod channel;
+pub mod checkpoint;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod job;
 pub mod kbs;
+pub mod merkle;
 pub mod oip;
 pub mod runtime;
 pub mod session;

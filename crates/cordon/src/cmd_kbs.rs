@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use cordon_attest::{Endorsements, Policy};
 use cordon_client::ClientTls;
 use cordon_kbs::{Kbs, KbsConfig, KekSpec, Keks, Store};
+use cordon_proto::checkpoint::{self, ConsistencyProof, SignedCheckpoint};
 use cordon_proto::kbs::{
     policy_context, seal_dek_for_kbs, AuditEvent, DekPurpose, ErrorBody, KbsIdentity, KeyInfo,
     RegisterKey, RevokeRequest, RevokeResponse,
@@ -34,8 +35,9 @@ pub enum KbsCommand {
     },
     /// Register a sealed artifact's key with its release policy (admin).
     Register(RegisterArgs),
-    /// Print the audit log: every registration, release and denial (admin).
-    Audit(AdminArgs),
+    /// Print the audit log: every registration, release and denial (admin). With --verify, check
+    /// it against a checkpoint the KBS signed (and an earlier saved checkpoint, --since).
+    Audit(AuditArgs),
     /// List the registered keys: kind, owner, policy, releases, revocation (admin). Never a DEK.
     Keys {
         #[command(flatten)]
@@ -195,9 +197,9 @@ pub struct ServeArgs {
 
 #[derive(clap::Args)]
 pub struct AdminArgs {
-    /// KBS base URL (http:// or https://).
+    /// KBS base URL (http:// or https://). Not needed by `kbs audit --verify --entries`.
     #[arg(long, env = "CORDON_KBS_URL")]
-    kbs: String,
+    kbs: Option<String>,
     /// The KBS's identity key, pinned: 64 hex digits, or a file holding them (what
     /// `cordon kbs serve` printed). Keys are sealed to it; requests are signed for it. Without it,
     /// the identity the KBS serves is used only if the admin token vouches for it (the KBS signed
@@ -212,6 +214,32 @@ pub struct AdminArgs {
     token_file: PathBuf,
     #[command(flatten)]
     ca: util::CaCertArg,
+}
+
+#[derive(clap::Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Verify the log: fetch the KBS's signed checkpoint (size and RFC 9162 Merkle root of the
+    /// log), check its signature and the administrator's vouch for the signing key, and recompute
+    /// the root over the events. Fails (exit 1) on any mismatch.
+    #[arg(long)]
+    verify: bool,
+    /// Save the verified checkpoint here (JSON), to pass as --since next time.
+    #[arg(long, requires = "verify")]
+    checkpoint_out: Option<PathBuf>,
+    /// An earlier saved checkpoint: verify that the log extends it (a consistency proof), so that
+    /// a log rolled back (shorter) or rewritten since is detected.
+    #[arg(long, requires = "verify")]
+    since: Option<PathBuf>,
+    /// Offline: the events (the JSON `cordon kbs audit` printed) to verify against --checkpoint,
+    /// with no network. The admin token file is still needed: it holds the administrator's key,
+    /// which vouches for the KBS's checkpoint signing key.
+    #[arg(long, requires_all = ["verify", "checkpoint"])]
+    entries: Option<PathBuf>,
+    /// Offline: the saved checkpoint (--checkpoint-out) that --entries must match.
+    #[arg(long, requires = "entries")]
+    checkpoint: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -378,9 +406,16 @@ fn rotate_identity(a: RotateIdentityArgs) -> Result<()> {
     rand::rng().fill_bytes(seed.as_mut());
     let new = cordon_proto::ServiceKeyPair::derive(0, &seed).public_key();
     let vouch = cordon_proto::auth::vouch_identity(&admin, &new);
+    // The audit checkpoints' signing key derives from the identity seed: it changes too, and is
+    // vouched for by the same token.
+    let audit_vouch = checkpoint::vouch_audit_key(
+        &admin,
+        &new,
+        &checkpoint::AuditSigningKey::derive(&seed).public_key(),
+    );
     let now = cordon_proto::auth::unix(SystemTime::now());
     let until = now.saturating_add(a.overlap_hours.saturating_mul(3600));
-    store.rotate_identity(&seed, &vouch, now, until)?;
+    store.rotate_identity(&seed, &vouch, &audit_vouch, now, until)?;
     let new_hex = hex::encode(new);
     if let Some(f) = &a.identity_file {
         util::write_atomic(f, format!("{new_hex}\n").as_bytes())?;
@@ -600,11 +635,27 @@ fn serve(a: ServeArgs) -> Result<()> {
     // A store from before signed admin requests holds only the token's hash: the token file it
     // was created with upgrades it.
     if let Some(path) = a.init_admin_token_file.as_ref().filter(|p| p.exists()) {
-        if kbs.adopt_admin_token(&util::read_secret(path, "admin token")?)? {
+        let token = util::read_secret(path, "admin token")?;
+        if kbs.adopt_admin_token(&token)? {
             eprintln!(
                 "admin token {} adopted: admin requests are now signed with it",
                 path.display()
             );
+        }
+        // A store whose administrator predates audit checkpoints: the token vouches for the
+        // checkpoint signing key now. A token that is not this store's changes nothing, and
+        // checkpoints stay unverifiable until the right one is given: a warning, not a refusal
+        // to start, since the KBS serves its keys either way.
+        match kbs.vouch_audit_key(&token) {
+            Ok(true) => eprintln!(
+                "admin token {} vouched for the audit checkpoint signing key",
+                path.display()
+            ),
+            Ok(false) => {}
+            Err(e) => eprintln!(
+                "WARNING: audit checkpoints cannot be verified until the KBS is started with this \
+                 store's admin token: {e}"
+            ),
         }
     }
     match (&a.init_admin_token_file, kbs.init_admin_token()?) {
@@ -693,18 +744,21 @@ impl Admin {
     }
 
     async fn from_args(a: &AdminArgs) -> Result<Admin> {
+        let Some(url) = &a.kbs else {
+            bail!("--kbs (or CORDON_KBS_URL) is required: the KBS's base URL");
+        };
         let token = util::read_secret(&a.token_file, "admin token")?;
         let tls = a.ca.tls()?;
         // With a KBS policy, the key the KBS's evidence binds is the one used (and must be the
         // pinned one, when a pin is given too); the token's vouching is then not needed.
         if let Some(policy) = &a.kbs_policy.kbs_policy {
             let pinned = a.kbs_key.as_deref().map(util::parse_kbs_key).transpose()?;
-            let key = attested_kbs_key(&a.kbs, &tls, policy, pinned.as_ref()).await?;
-            return Admin::new(&a.kbs, key, &token, &tls);
+            let key = attested_kbs_key(url, &tls, policy, pinned.as_ref()).await?;
+            return Admin::new(url, key, &token, &tls);
         }
         match &a.kbs_key {
-            Some(k) => Admin::new(&a.kbs, util::parse_kbs_key(k)?, &token, &tls),
-            None => Admin::vouched(&a.kbs, &token, &tls).await,
+            Some(k) => Admin::new(url, util::parse_kbs_key(k)?, &token, &tls),
+            None => Admin::vouched(url, &token, &tls).await,
         }
     }
 
@@ -829,6 +883,33 @@ impl Admin {
             .json()
             .await?)
     }
+
+    /// The audit log's checkpoint, signed by the KBS now (not yet verified).
+    pub async fn audit_checkpoint(&self) -> Result<SignedCheckpoint> {
+        Ok(self
+            .send(
+                reqwest::Method::GET,
+                "/kbs/v1/admin/audit/checkpoint",
+                vec![],
+            )
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// The consistency proof from the log's first `old_size` events to the log now (not yet
+    /// verified).
+    pub async fn audit_consistency(&self, old_size: u64) -> Result<ConsistencyProof> {
+        Ok(self
+            .send(
+                reqwest::Method::GET,
+                &format!("/kbs/v1/admin/audit/consistency/{old_size}"),
+                vec![],
+            )
+            .await?
+            .json()
+            .await?)
+    }
 }
 
 async fn error_of(resp: reqwest::Response) -> anyhow::Error {
@@ -856,14 +937,121 @@ fn register(a: RegisterArgs) -> Result<()> {
     Ok(())
 }
 
-fn audit(a: AdminArgs) -> Result<()> {
-    let events =
-        util::tokio_runtime()?.block_on(async { Admin::from_args(&a).await?.audit().await })?;
+fn audit(a: AuditArgs) -> Result<()> {
+    if a.verify {
+        return audit_verify(a);
+    }
+    let events = util::tokio_runtime()?
+        .block_on(async { Admin::from_args(&a.admin).await?.audit().await })?;
     let chain = match cordon_kbs::verify_audit_chain(&events) {
         Ok(()) => "hash chain intact".to_string(),
         Err(seq) => format!("HASH CHAIN BROKEN at event {seq}"),
     };
     println!("{}", serde_json::to_string_pretty(&events)?);
     eprintln!("{} events, {chain}", events.len());
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path, what: &str) -> Result<T> {
+    serde_json::from_str(&util::read_to_string(path, what)?)
+        .with_context(|| format!("{} is not a {what}", path.display()))
+}
+
+/// `kbs audit --verify`: the log against a checkpoint the KBS signed, the signing key against the
+/// administrator's vouch, and, with --since, the new checkpoint against an earlier one.
+fn audit_verify(a: AuditArgs) -> Result<()> {
+    let token = util::read_secret(&a.admin.token_file, "admin token")?;
+    let admin = cordon_proto::auth::admin_key(&token)?
+        .verifying_key()
+        .to_bytes();
+    let since: Option<SignedCheckpoint> = match &a.since {
+        Some(p) => Some(read_json(p, "saved audit checkpoint")?),
+        None => None,
+    };
+    // The events, the KBS's checkpoint, the consistency proof from --since when the KBS gave one,
+    // and the KBS key the checkpoint must name.
+    let (events, current, proof, pinned) = match (&a.entries, &a.checkpoint) {
+        (Some(entries), Some(cp)) => {
+            let events: Vec<AuditEvent> = read_json(entries, "list of audit events")?;
+            let current: SignedCheckpoint = read_json(cp, "saved audit checkpoint")?;
+            // Offline, the KBS key is the one pinned, or else the one the checkpoint names: the
+            // administrator's vouch covers the KBS key and the signing key together, so a
+            // checkpoint of another KBS fails that check.
+            let pinned = match &a.admin.kbs_key {
+                Some(k) => util::parse_kbs_key(k)?,
+                None => current.checkpoint.kbs_public_key,
+            };
+            (events, current, None, pinned)
+        }
+        _ => util::tokio_runtime()?.block_on(async {
+            let kbs = Admin::from_args(&a.admin).await?;
+            let mut current = kbs.audit_checkpoint().await?;
+            let mut proof = None;
+            // A log shorter than the saved checkpoint is answered by the signed checkpoint alone.
+            if let Some(old) = since
+                .as_ref()
+                .filter(|old| old.checkpoint.size <= current.checkpoint.size)
+            {
+                let p = kbs.audit_consistency(old.checkpoint.size).await?;
+                current = p.checkpoint;
+                proof = Some(p.path);
+            }
+            // Fetched last: the log may have grown since the checkpoint, never shrunk.
+            let events = kbs.audit().await?;
+            anyhow::Ok((events, current, proof, kbs.kbs_key))
+        })?,
+    };
+    let failed = "AUDIT LOG VERIFICATION FAILED";
+    let cp = checkpoint::verify_checkpoint(&current, &admin, &pinned)
+        .with_context(|| format!("{failed}: the checkpoint"))?;
+    checkpoint::verify_entries(cp, &events)
+        .with_context(|| format!("{failed}: the events against the signed checkpoint"))?;
+    if let Err(seq) = cordon_kbs::verify_audit_chain(&events) {
+        bail!("{failed}: the hash chain is broken at event {seq}");
+    }
+    if let (Some(old), Some(path)) = (&since, &a.since) {
+        let old = checkpoint::verify_checkpoint(old, &admin, &pinned)
+            .with_context(|| format!("{failed}: the earlier checkpoint {}", path.display()))?;
+        // Offline, the proof is made from the events, whose root was just checked.
+        let proof = match proof {
+            Some(p) => p,
+            None if old.size <= cp.size => cordon_proto::merkle::consistency_proof(
+                old.size,
+                cp.size,
+                &checkpoint::audit_leaves(&events),
+            )?,
+            None => vec![],
+        };
+        checkpoint::verify_extends(old, cp, &proof).with_context(|| {
+            format!(
+                "{failed}: against the earlier checkpoint {} (size {}, signed at {})",
+                path.display(),
+                old.size,
+                old.time
+            )
+        })?;
+        eprintln!(
+            "the log extends the earlier checkpoint {} (size {})",
+            path.display(),
+            old.size
+        );
+    }
+    if let Some(out) = &a.checkpoint_out {
+        util::write_atomic(out, serde_json::to_string_pretty(&current)?.as_bytes())?;
+        eprintln!("checkpoint saved to {}", out.display());
+    }
+    println!("{}", serde_json::to_string_pretty(&events)?);
+    let later = (events.len() as u64).saturating_sub(cp.size);
+    eprintln!(
+        "{} events verified: signed checkpoint of size {}, root {}, hash chain intact{}",
+        cp.size,
+        cp.size,
+        hex::encode(cp.root),
+        if later > 0 {
+            format!("; {later} later events are not covered by it")
+        } else {
+            String::new()
+        }
+    );
     Ok(())
 }

@@ -268,9 +268,26 @@ fn rotate_identity_from_the_command_line_needs_the_admin_token() {
     let new_key = new_key.trim();
     assert_eq!(new_key.len(), 64);
     assert_ne!(new_key, old_key);
-    // Restarted, the KBS serves the new key; a second rotation within the hour is refused.
-    let (_kbs, _url) = start_kbs(dir.path(), "kbs");
+    // Restarted, the KBS serves the new key, vouched for by the token (an admin command finds it
+    // without a pin), and signs audit checkpoints with a key the token vouches for as well.
+    let (_kbs, url) = start_kbs(dir.path(), "kbs");
     assert_eq!(kbs_key(dir.path(), "kbs"), new_key);
+    let token = s(&dir.path().join("token"));
+    let out = cordon(&[
+        "kbs",
+        "audit",
+        "--kbs",
+        &url,
+        "--token-file",
+        &token,
+        "--verify",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A second rotation within the hour is refused.
     let again = fails(&[
         "kbs",
         "rotate-identity",
