@@ -538,7 +538,7 @@ impl Store {
     }
 
     /// The identity retired by the latest rotation and when its overlap ends, if there was one.
-    pub fn previous_identity_seed(&self) -> Result<Option<(Zeroizing<[u8; 32]>, u64)>, StoreError> {
+    pub fn previous_identity_seed(&self) -> Result<Option<RetiredIdentity>, StoreError> {
         let v: Option<(Vec<u8>, String, i64)> = self
             .conn
             .query_row(
@@ -1330,6 +1330,9 @@ fn wrap_plaintext_rows(tx: &Connection, kek: &dyn Kek) -> Result<(usize, bool), 
     }
     Ok((rows.len(), seed.is_some()))
 }
+
+/// The seed of an identity retired by a rotation, and the end of its overlap window.
+pub type RetiredIdentity = (Zeroizing<[u8; 32]>, u64);
 
 /// The name of the identity seed's row in its wrapping AAD.
 const IDENTITY_NAME: &str = "hpke-identity/1";
