@@ -91,6 +91,22 @@ pub fn wrap_aad(slot: Slot, name: &str) -> Vec<u8> {
     aad
 }
 
+/// The name a DEK is wrapped under: its key id **and what governs its release** — its kind, its
+/// owner and the SHA-256 of its release policy. The host can write the store; with these in the
+/// associated data, a policy loosened, an owner or kind changed, or a DEK moved to another row in
+/// the store makes the DEK fail to unwrap instead of being released under the host's terms. Each
+/// field is length-prefixed, so no two rows share a name.
+pub fn dek_binding(key_id: &str, kind: &str, owner: Option<&[u8]>, policy: &str) -> String {
+    let owner = owner.map(hex::encode).unwrap_or_default();
+    let policy = hex::encode(Sha256::digest(policy.as_bytes()));
+    format!(
+        "{}:{key_id}|kind {}:{kind}|owner {}:{owner}|policy-sha256 {policy}",
+        key_id.len(),
+        kind.len(),
+        owner.len()
+    )
+}
+
 /// A key-encryption key. Implementations may never hold the key in this process (an HSM, the
 /// TEE's firmware); they only wrap and unwrap.
 pub trait Kek: Send + Sync {
@@ -384,19 +400,30 @@ impl KekSpec {
 /// `spec` with the value of any item that looks like a PIN (`pin=`, `pin-value=`, `pin-source=`)
 /// replaced, so that the error refusing it does not carry the PIN into logs.
 fn redact_pin(spec: &str) -> String {
-    spec.split(';')
-        .map(|item| {
-            let name = item.rsplit(':').next().unwrap_or(item);
-            match name.split_once('=') {
-                Some(("pin" | "pin-value" | "pin-source", _)) => {
-                    let keep = item.len() - name.len() + name.find('=').unwrap_or(0);
-                    format!("{}=<redacted>", &item[..keep])
-                }
-                _ => item.to_string(),
+    // The scheme is split off once (a value may hold ':'); any item whose name mentions a PIN,
+    // in any case, except the file that holds it, loses its value.
+    let (scheme, rest) = spec.split_once(':').unwrap_or(("", spec));
+    let items = rest
+        .split(';')
+        .map(|item| match item.split_once('=') {
+            Some((name, _))
+                if name.to_ascii_lowercase().contains("pin")
+                    && !name.eq_ignore_ascii_case("pin-file") =>
+            {
+                format!("{name}=<redacted>")
             }
+            Some(_) => item.to_string(),
+            // No name: it may be a PIN pasted on its own.
+            None if !item.is_empty() && !item.starts_with('/') => "<redacted>".to_string(),
+            None => item.to_string(),
         })
         .collect::<Vec<_>>()
-        .join(";")
+        .join(";");
+    if scheme.is_empty() {
+        items
+    } else {
+        format!("{scheme}:{items}")
+    }
 }
 
 /// `module=…;token=…;key=…;pin-file=…`.
@@ -414,7 +441,7 @@ fn parse_pkcs11(rest: &str) -> Result<KekSpec, String> {
             "token" => &mut token,
             "key" => &mut key,
             "pin-file" => &mut pin_file,
-            "pin" | "pin-value" | "pin-source" => {
+            n if n.to_ascii_lowercase().contains("pin") => {
                 return Err(
                     "pkcs11: the PIN is read from a file (pin-file=PATH), never given on \
                      the command line"
@@ -482,6 +509,24 @@ fn parse_sev_snp(rest: &str) -> Result<KekSpec, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dek_is_bound_to_its_policy_kind_and_owner() {
+        let key = [7u8; 32];
+        let name = dek_binding("k", "dataset", Some(&[1; 32]), "p = 1");
+        let w = aead_wrap(&key, &wrap_aad(Slot::Dek, &name), b"dek");
+        assert!(aead_unwrap(&key, &wrap_aad(Slot::Dek, &name), &w).is_ok());
+        for other in [
+            dek_binding("k", "dataset", Some(&[1; 32]), "p = 2"),
+            dek_binding("k", "admin", Some(&[1; 32]), "p = 1"),
+            dek_binding("k", "dataset", Some(&[2; 32]), "p = 1"),
+            dek_binding("k", "dataset", None, "p = 1"),
+            dek_binding("k2", "dataset", Some(&[1; 32]), "p = 1"),
+        ] {
+            assert_ne!(other, name);
+            assert!(aead_unwrap(&key, &wrap_aad(Slot::Dek, &other), &w).is_err());
+        }
+    }
 
     #[test]
     fn wrap_binds_slot_and_name() {

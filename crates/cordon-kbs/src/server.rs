@@ -48,6 +48,9 @@ pub struct KbsConfig {
     /// `None`: the file KEK beside the data directory ([`KekSpec::default_for`]), created on
     /// first start.
     pub keks: Option<Keks>,
+    /// Wrap a store from before key custody that holds plaintext secrets (refused otherwise:
+    /// `--migrate-plaintext-store`).
+    pub migrate_plaintext_store: bool,
     /// The KBS's own TEE, if it runs in one: at start it makes evidence binding the identity key
     /// (`GET /kbs/v1/identity` serves it), which parties verify against a policy of their own
     /// before they seal a key to it. `None`: no evidence, parties must pin the key.
@@ -106,6 +109,7 @@ impl KbsConfig {
             clock: Arc::new(SystemTime::now),
             limits: KbsLimits::default(),
             keks: None,
+            migrate_plaintext_store: false,
             identity_tee: None,
         }
     }
@@ -173,7 +177,11 @@ fn bytes_body(
 impl Kbs {
     /// Opens the store in the data directory; on first start, creates the KBS's HPKE identity.
     pub fn open(config: KbsConfig) -> Result<Kbs, KbsError> {
-        let store = Store::open(&config.data_dir, config.open_keks()?)?;
+        let store = Store::open_with(
+            &config.data_dir,
+            config.open_keks()?,
+            config.migrate_plaintext_store,
+        )?;
         let seed = match store.identity_seed()? {
             Some(seed) => seed,
             None => {
@@ -183,6 +191,11 @@ impl Kbs {
             }
         };
         let identity = ServiceKeyPair::derive(0, &seed);
+        if store.forget_expired_identity(unix((config.clock)()))? {
+            tracing::info!(
+                "the identity retired by the last rotation is past its overlap: forgotten"
+            );
+        }
         let previous_identity = store
             .previous_identity_seed()?
             .map(|(seed, until)| (ServiceKeyPair::derive(0, &seed), until));
@@ -765,8 +778,22 @@ async fn attest(
     let mut denied = Vec::new();
     for key_id in &req.key_ids {
         let id = key_id.clone();
-        let stored = kbs.with_store(move |s| Ok(s.get_key(&id)?)).await?;
+        let lookup = kbs.with_store(move |s| Ok(s.get_key(&id))).await?;
+        // A stored entry that does not unwrap (its policy, kind or owner edited in the store, or
+        // its DEK moved) is this key's denial, not the whole request's failure.
+        let (stored, tampered) = match lookup {
+            Ok(k) => (k, None),
+            Err(e @ crate::store::StoreError::Custody(_)) => {
+                tracing::error!(key_id = %key_id, error = %e, "a stored key does not unwrap: the store was altered");
+                (None, Some(e.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        };
         let reasons: Vec<String> = match &stored {
+            None if tampered.is_some() => vec![format!(
+                "key {key_id}'s stored entry does not unwrap: its policy, kind, owner or DEK was \
+                 altered in the store; refused"
+            )],
             None => vec![format!("unknown key id {key_id}")],
             Some(k) if k.revoked_at.is_some() => vec![format!(
                 "key {key_id} was revoked at {}",
@@ -856,20 +883,52 @@ async fn attest(
             .await?;
         }
     }
-    for r in &released {
-        record(
-            &kbs,
-            now,
-            "key_released",
-            Some(&r.key_id),
-            Some(&digest),
-            "accepted",
-            Some(&measurement),
-            &released_detail,
-        )
-        .await?;
-        tracing::info!(key_id = %r.key_id, claims = %digest, "key released");
+    // Each release is recorded in a transaction that checks the key is still unrevoked: a
+    // revocation that committed while this request was being answered withholds the key.
+    let mut delivered = Vec::with_capacity(released.len());
+    for r in released {
+        let (id, d, m, detail) = (
+            r.key_id.clone(),
+            digest.clone(),
+            measurement.clone(),
+            released_detail.clone(),
+        );
+        let live = kbs
+            .with_store(move |s| {
+                Ok(s.append_release_audit(&NewAuditEvent {
+                    time: now,
+                    kind: "key_released",
+                    key_id: Some(&id),
+                    claims_digest: Some(&d),
+                    verdict: "accepted",
+                    measurement: Some(&m),
+                    detail: &detail,
+                })?)
+            })
+            .await?;
+        if live {
+            tracing::info!(key_id = %r.key_id, claims = %digest, "key released");
+            delivered.push(r);
+        } else {
+            denied.push(DeniedKey {
+                key_id: r.key_id,
+                reasons: vec!["the key was revoked while this request was being answered".into()],
+            });
+            let d = denied.last().map(|d| d.key_id.clone()).unwrap_or_default();
+            record(
+                &kbs,
+                now,
+                "key_denied",
+                Some(&d),
+                Some(&digest),
+                "rejected",
+                Some(&measurement),
+                "revoked while the release was being answered",
+            )
+            .await?;
+        }
     }
+    let released = delivered;
     for d in &denied {
         let detail = d.reasons.join("; ");
         record(
@@ -1251,9 +1310,15 @@ async fn revoke_key(
     kbs.check_admin(&headers, "POST", uri.path(), &body).await?;
     let req: RevokeRequest = serde_json::from_slice(&body)
         .map_err(|e| KbsError::BadRequest(format!("revoke request: {e}")))?;
-    if req.reason.len() > 1024 || req.reason.chars().any(char::is_control) {
+    let formatting = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if req.reason.len() > 1024 || req.reason.chars().any(formatting) {
         return Err(KbsError::BadRequest(
-            "the reason must be at most 1024 characters, without control characters".into(),
+            "the reason must be at most 1024 bytes, without control or bidirectional formatting \
+             characters"
+                .into(),
         ));
     }
     let now = unix((kbs.inner.config.clock)());

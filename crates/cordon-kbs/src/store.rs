@@ -8,7 +8,7 @@
 //! wrapping (schema 6 or older) has its plaintext rows wrapped when first opened, and is then
 //! vacuumed with `secure_delete` on, so that the plaintext is not left in free pages or the WAL.
 
-use crate::custody::{wrap_aad, CustodyError, Kek, Keks, Slot};
+use crate::custody::{dek_binding, wrap_aad, CustodyError, Kek, Keks, Slot};
 use cordon_proto::kbs::{AuditEvent, KeyInfo};
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
@@ -59,6 +59,13 @@ pub enum StoreError {
     OverlapRunning { accept_until: u64 },
     #[error("this store has no identity yet: start the KBS once first")]
     NoIdentity,
+    #[error(
+        "this store is from before key custody and holds {keys} DEK(s){} in plaintext: start once \
+         with --migrate-plaintext-store to wrap them, on the machine that made the store (a store \
+         planted by someone else would give this KBS secrets, and an identity, they know)",
+        if *identity { " and its identity seed" } else { "" }
+    )]
+    PlaintextStore { keys: usize, identity: bool },
     #[error("no key {key_id} is registered")]
     UnknownKey { key_id: String },
     #[error("data directory {path} is not private to the key broker: {source}")]
@@ -178,6 +185,8 @@ const MIGRATIONS: &[&str] = &[
         id INTEGER PRIMARY KEY CHECK (id = 1),
         admin_signature TEXT NOT NULL,
         created_at INTEGER NOT NULL);",
+    // 10: the key listing counts each key's releases: by key id, not by a scan per key.
+    "CREATE INDEX audit_key ON audit (key_id, kind, verdict);",
 ];
 
 /// How long an expired challenge is kept, so that using it is answered "expired" rather than
@@ -316,6 +325,18 @@ impl Store {
     /// unfinished rotation) are still read. A row wrapped under any other KEK is refused at once
     /// ([`StoreError::UnknownKek`]), not at its first release.
     pub fn open(data_dir: &Path, keks: Keks) -> Result<Store, StoreError> {
+        Store::open_with(data_dir, keks, false)
+    }
+
+    /// [`Store::open`]; with `migrate_plaintext`, a store from before key custody that holds
+    /// plaintext secrets is wrapped. Without it, such a store is refused: whoever made it chose
+    /// its identity seed and DEKs, and a KBS whose KEK its TEE holds would otherwise adopt, wrap
+    /// and attest a key the host knows. Migrate once, on the machine that made the store.
+    pub fn open_with(
+        data_dir: &Path,
+        keks: Keks,
+        migrate_plaintext: bool,
+    ) -> Result<Store, StoreError> {
         crate::private_files::private_dir(data_dir).map_err(|e| StoreError::DataDir {
             path: data_dir.display().to_string(),
             source: e,
@@ -357,7 +378,7 @@ impl Store {
         // leaves nothing behind in the file.
         conn.pragma_update(None, "secure_delete", "ON")?;
         let mut store = Store { conn, keks };
-        store.migrate()?;
+        store.migrate(migrate_plaintext)?;
         store.check_kek_ids()?;
         // The WAL and shared-memory files exist now, with the database's mode; a check, and a
         // repair for files SQLite created before the database was 0600.
@@ -366,7 +387,7 @@ impl Store {
         Ok(store)
     }
 
-    fn migrate(&mut self) -> Result<(), StoreError> {
+    fn migrate(&mut self, migrate_plaintext: bool) -> Result<(), StoreError> {
         let version: i64 = self
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -385,7 +406,15 @@ impl Store {
             // old schema with its plaintext, or the new one with everything wrapped, never a
             // NULL `kek_id` at version 7 (which is read as corruption, never wrapped again).
             if i + 1 == WRAPPING_MIGRATION {
-                wrapped = Some(wrap_plaintext_rows(&tx, self.keks.current.as_ref())?);
+                let found = wrap_plaintext_rows(&tx, self.keks.current.as_ref())?;
+                if (found.0 > 0 || found.1) && !migrate_plaintext {
+                    // Dropped, not committed: the store stays as it was.
+                    return Err(StoreError::PlaintextStore {
+                        keys: found.0,
+                        identity: found.1,
+                    });
+                }
+                wrapped = Some(found);
             }
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
@@ -552,7 +581,7 @@ impl Store {
         };
         let b = self.unwrap_row(
             Slot::IdentitySeed,
-            PREVIOUS_IDENTITY_NAME,
+            &previous_identity_name(until as u64),
             Some(&kek_id),
             &wrapped,
         )?;
@@ -563,6 +592,15 @@ impl Store {
             ))
         })?;
         Ok(Some((Zeroizing::new(seed), until as u64)))
+    }
+
+    /// Deletes the retired identity once its overlap has ended at `now`: a retired seed kept
+    /// forever could be brought back by a host that sets the clock back.
+    pub fn forget_expired_identity(&self, now: u64) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM identity_previous WHERE id = 1 AND accept_until < ?1",
+            params![now as i64],
+        )? > 0)
     }
 
     /// Makes `new_seed` the identity, vouched for by the administrator's `admin_signature`
@@ -588,7 +626,7 @@ impl Store {
         let current = self.identity_seed()?.ok_or(StoreError::NoIdentity)?;
         let kek = self.keks.current.clone();
         let retired = kek.wrap(
-            &wrap_aad(Slot::IdentitySeed, PREVIOUS_IDENTITY_NAME),
+            &wrap_aad(Slot::IdentitySeed, &previous_identity_name(accept_until)),
             current.as_slice(),
         )?;
         let fresh = kek.wrap(&wrap_aad(Slot::IdentitySeed, IDENTITY_NAME), new_seed)?;
@@ -737,7 +775,7 @@ impl Store {
         policy: &str,
         now: u64,
     ) -> Result<(), StoreError> {
-        let wrapped = self.wrap_dek(key_id, dek)?;
+        let wrapped = self.wrap_dek(&dek_binding(key_id, "admin", None, policy), dek)?;
         upsert_key(&self.conn, key_id, &wrapped, policy, now)
     }
 
@@ -761,18 +799,33 @@ impl Store {
                 },
             )
             .optional()?;
-        let Some((wrapped, policy, owner, kind, kek_id, revoked_at)) = row else {
+        let Some((wrapped, policy, owner, kind, kek_id, mut revoked_at)) = row else {
             return Ok(None);
         };
+        if revoked_at.is_none() {
+            // A row the host restored from before its revocation: the audit log still records
+            // the revocation (and rewriting the log is caught by checkpoints, §4.9).
+            if let Some(t) = revocation_in_audit(&self.conn, key_id)? {
+                tracing::error!(key_id, "the store says this key is live, but the audit log records its revocation: the store was tampered with; refusing it");
+                revoked_at = Some(t as i64);
+            }
+        }
+        // Before unwrapping: a kind this build does not know is named as such.
+        let parsed_kind = KeyKind::parse(&kind)?;
         let dek = match revoked_at {
             Some(_) => Zeroizing::new(Vec::new()),
-            None => self.unwrap_row(Slot::Dek, key_id, kek_id.as_deref(), &wrapped)?,
+            None => self.unwrap_row(
+                Slot::Dek,
+                &dek_binding(key_id, &kind, owner.as_deref(), &policy),
+                kek_id.as_deref(),
+                &wrapped,
+            )?,
         };
         Ok(Some(StoredKey {
             dek,
             revoked_at: revoked_at.map(|t| t as u64),
             policy,
-            kind: KeyKind::parse(&kind)?,
+            kind: parsed_kind,
             owner: owner.and_then(|o| o.try_into().ok()),
         }))
     }
@@ -829,6 +882,11 @@ impl Store {
         }
         let stored = append_audit_in(&tx, event)?;
         tx.commit()?;
+        // The row's old cells are zeroed (secure_delete); the WAL still holds the page with the
+        // wrapped DEK until a checkpoint: run one now and truncate the WAL, so that the live files
+        // keep no copy for the host to write back. (A copy taken before is a rollback, §4.10.)
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(stored)
     }
 
@@ -845,14 +903,21 @@ impl Store {
         let current = self.keks.current.id().to_string();
         let mut done = 0u64;
         loop {
-            let rows: Vec<(String, Vec<u8>, Option<String>)> = {
+            let rows: Vec<RewrapRow> = {
                 let mut stmt = self.conn.prepare(
-                    "SELECT key_id, dek, kek_id FROM keys
+                    "SELECT key_id, dek, kek_id, kind, owner, policy FROM keys
                      WHERE revoked_at IS NULL AND (kek_id IS NULL OR kek_id <> ?1) LIMIT ?2",
                 )?;
                 let rows = stmt
                     .query_map(params![current, batch], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        Ok(RewrapRow {
+                            key_id: r.get(0)?,
+                            wrapped: r.get(1)?,
+                            kek_id: r.get(2)?,
+                            kind: r.get(3)?,
+                            owner: r.get(4)?,
+                            policy: r.get(5)?,
+                        })
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
                 rows
@@ -861,9 +926,12 @@ impl Store {
                 break;
             }
             let mut rewrapped = Vec::with_capacity(rows.len());
-            for (key_id, wrapped, kek_id) in &rows {
-                let dek = self.unwrap_row(Slot::Dek, key_id, kek_id.as_deref(), wrapped)?;
-                rewrapped.push((key_id, self.wrap_dek(key_id, &dek)?, kek_id));
+            for row in &rows {
+                let binding =
+                    dek_binding(&row.key_id, &row.kind, row.owner.as_deref(), &row.policy);
+                let dek =
+                    self.unwrap_row(Slot::Dek, &binding, row.kek_id.as_deref(), &row.wrapped)?;
+                rewrapped.push((&row.key_id, self.wrap_dek(&binding, &dek)?, &row.kek_id));
             }
             let tx = self.conn.transaction()?;
             for (key_id, w, old) in &rewrapped {
@@ -905,25 +973,22 @@ impl Store {
             done += 1;
             progress(done);
         }
-        let previous: Option<(Vec<u8>, String)> = self
+        let previous: Option<(Vec<u8>, String, i64)> = self
             .conn
             .query_row(
-                "SELECT hpke_seed, kek_id FROM identity_previous WHERE id = 1 AND kek_id <> ?1",
+                "SELECT hpke_seed, kek_id, accept_until FROM identity_previous
+                 WHERE id = 1 AND kek_id <> ?1",
                 params![current],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        if let Some((wrapped, kek_id)) = previous {
-            let seed = self.unwrap_row(
-                Slot::IdentitySeed,
-                PREVIOUS_IDENTITY_NAME,
-                Some(&kek_id),
-                &wrapped,
-            )?;
+        if let Some((wrapped, kek_id, until)) = previous {
+            let name = previous_identity_name(until as u64);
+            let seed = self.unwrap_row(Slot::IdentitySeed, &name, Some(&kek_id), &wrapped)?;
             let w = self
                 .keks
                 .current
-                .wrap(&wrap_aad(Slot::IdentitySeed, PREVIOUS_IDENTITY_NAME), &seed)?;
+                .wrap(&wrap_aad(Slot::IdentitySeed, &name), &seed)?;
             self.conn.execute(
                 "UPDATE identity_previous SET hpke_seed = ?1, kek_id = ?2 WHERE id = 1 AND kek_id = ?3",
                 params![w, current, kek_id],
@@ -949,10 +1014,11 @@ impl Store {
         Ok(rows)
     }
 
-    fn wrap_dek(&self, key_id: &str, dek: &[u8]) -> Result<WrappedDek, StoreError> {
+    /// Wraps a DEK under the current KEK, bound to `binding` ([`dek_binding`]).
+    fn wrap_dek(&self, binding: &str, dek: &[u8]) -> Result<WrappedDek, StoreError> {
         let kek = &self.keks.current;
         Ok(WrappedDek {
-            dek: kek.wrap(&wrap_aad(Slot::Dek, key_id), dek)?,
+            dek: kek.wrap(&wrap_aad(Slot::Dek, binding), dek)?,
             kek_id: kek.id().to_string(),
         })
     }
@@ -1100,7 +1166,7 @@ impl Store {
         policy: &str,
         event: &NewAuditEvent<'_>,
     ) -> Result<AuditEvent, StoreError> {
-        let wrapped = self.wrap_dek(key_id, dek)?;
+        let wrapped = self.wrap_dek(&dek_binding(key_id, "admin", None, policy), dek)?;
         let tx = self.conn.transaction()?;
         upsert_key(&tx, key_id, &wrapped, policy, event.time)?;
         let stored = append_audit_in(&tx, event)?;
@@ -1158,7 +1224,10 @@ impl Store {
         runtime: &[u8; 32],
         event: &NewAuditEvent<'_>,
     ) -> Result<AuditEvent, StoreError> {
-        let wrapped = self.wrap_dek(key_id, dek)?;
+        let wrapped = self.wrap_dek(
+            &dek_binding(key_id, "job_output", Some(runtime), policy),
+            dek,
+        )?;
         let tx = self.conn.transaction()?;
         let claimed = tx.execute(
             "UPDATE job_runtimes SET output_key_id = ?3
@@ -1193,7 +1262,7 @@ impl Store {
         owner: &[u8; 32],
         event: &NewAuditEvent<'_>,
     ) -> Result<AuditEvent, StoreError> {
-        let wrapped = self.wrap_dek(key_id, dek)?;
+        let wrapped = self.wrap_dek(&dek_binding(key_id, "dataset", Some(owner), policy), dek)?;
         let tx = self.conn.transaction()?;
         let changed = tx.execute(
             "INSERT INTO keys (key_id, dek, policy, created_at, updated_at, owner, kind, kek_id)
@@ -1217,6 +1286,31 @@ impl Store {
         let stored = append_audit_in(&tx, event)?;
         tx.commit()?;
         Ok(stored)
+    }
+
+    /// Appends a `key_released` event, unless its key has been revoked (or removed) meanwhile:
+    /// the check and the append are one transaction, so a release is recorded, and answered,
+    /// only if no revocation committed before it. `Ok(false)`: withheld.
+    pub fn append_release_audit(&mut self, e: &NewAuditEvent<'_>) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let live: bool = tx
+            .query_row(
+                "SELECT revoked_at IS NULL FROM keys WHERE key_id = ?1",
+                params![e.key_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false)
+            && match e.key_id {
+                Some(id) => revocation_in_audit(&tx, id)?.is_none(),
+                None => false,
+            };
+        if !live {
+            return Ok(false);
+        }
+        append_audit_in(&tx, e)?;
+        tx.commit()?;
+        Ok(true)
     }
 
     /// Appends an event, chained to the previous one by hash.
@@ -1274,6 +1368,17 @@ fn upsert_key(
     Ok(())
 }
 
+/// When the audit log recorded the revocation of `key_id`, if it did (indexed: `audit_key`).
+fn revocation_in_audit(conn: &Connection, key_id: &str) -> Result<Option<u64>, StoreError> {
+    let t: Option<i64> = conn
+        .query_row(
+            "SELECT MIN(time) FROM audit WHERE key_id = ?1 AND kind = 'key_revoked' AND verdict = 'accepted'",
+            params![key_id],
+            |r| r.get(0),
+        )?;
+    Ok(t.map(|t| t as u64))
+}
+
 /// Why a key id could not be written: revoked, or held by another owner.
 fn refusal(conn: &Connection, key_id: &str) -> Result<StoreError, StoreError> {
     let revoked: Option<Option<i64>> = conn
@@ -1300,15 +1405,21 @@ const WRAPPING_MIGRATION: usize = 7;
 /// Wraps, under `kek`, the plaintext secrets a store from before key custody holds; returns how
 /// many keys, and whether the identity seed, were wrapped.
 fn wrap_plaintext_rows(tx: &Connection, kek: &dyn Kek) -> Result<(usize, bool), StoreError> {
-    let rows: Vec<(String, Zeroizing<Vec<u8>>)> = {
-        let mut stmt = tx.prepare("SELECT key_id, dek FROM keys WHERE kek_id IS NULL")?;
+    let rows: Vec<(String, Zeroizing<Vec<u8>>, String)> = {
+        let mut stmt =
+            tx.prepare("SELECT key_id, dek, kind, owner, policy FROM keys WHERE kek_id IS NULL")?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, Zeroizing::new(r.get(1)?))))?
+            .query_map([], |r| {
+                let (key_id, kind, owner, policy): (String, String, Option<Vec<u8>>, String) =
+                    (r.get(0)?, r.get(2)?, r.get(3)?, r.get(4)?);
+                let binding = dek_binding(&key_id, &kind, owner.as_deref(), &policy);
+                Ok((key_id, Zeroizing::new(r.get(1)?), binding))
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         rows
     };
-    for (key_id, dek) in &rows {
-        let w = kek.wrap(&wrap_aad(Slot::Dek, key_id), dek)?;
+    for (key_id, dek, binding) in &rows {
+        let w = kek.wrap(&wrap_aad(Slot::Dek, binding), dek)?;
         tx.execute(
             "UPDATE keys SET dek = ?2, kek_id = ?3 WHERE key_id = ?1",
             params![key_id, w, kek.id()],
@@ -1336,9 +1447,22 @@ pub type RetiredIdentity = (Zeroizing<[u8; 32]>, u64);
 
 /// The name of the identity seed's row in its wrapping AAD.
 const IDENTITY_NAME: &str = "hpke-identity/1";
-/// The name of the retired identity's seed in its wrapping AAD: a different name, so that the
-/// host cannot swap the two rows.
-const PREVIOUS_IDENTITY_NAME: &str = "hpke-identity/previous";
+/// The name of the retired identity's seed in its wrapping AAD: not the current one's, so that the
+/// host cannot swap the two rows; and naming the end of its overlap, so that the host cannot
+/// extend the overlap by editing `accept_until` (the seed would no longer unwrap).
+fn previous_identity_name(accept_until: u64) -> String {
+    format!("hpke-identity/previous/accept-until {accept_until}")
+}
+
+/// A row `rewrap_all` reads: what the DEK's binding needs, and the wrapped DEK.
+struct RewrapRow {
+    key_id: String,
+    wrapped: Vec<u8>,
+    kek_id: Option<String>,
+    kind: String,
+    owner: Option<Vec<u8>>,
+    policy: String,
+}
 
 /// A DEK wrapped for storage, with the KEK that wrapped it.
 struct WrappedDek {
@@ -1587,6 +1711,7 @@ mod tests {
              ALTER TABLE job_runtimes DROP COLUMN output_key_id;
              ALTER TABLE keys DROP COLUMN kek_id; ALTER TABLE keys DROP COLUMN revoked_at;
              ALTER TABLE identity DROP COLUMN kek_id; DROP TABLE identity_previous;
+             DROP INDEX audit_key;
              PRAGMA user_version = 4;",
         )
         .unwrap();
@@ -1687,7 +1812,19 @@ mod tests {
             plain.iter().any(|(_, b)| contains(b, &dek)),
             "the fixture holds the DEK"
         );
-        let s = Store::open(dir.path(), test_keks()).unwrap();
+        // Not without being asked: it could be a store planted by the host.
+        let e = Store::open(dir.path(), test_keks()).err().unwrap();
+        assert!(
+            matches!(
+                e,
+                StoreError::PlaintextStore {
+                    keys: 49,
+                    identity: true
+                }
+            ),
+            "{e}"
+        );
+        let s = Store::open_with(dir.path(), test_keks(), true).unwrap();
         assert_eq!(s.get_key("k7").unwrap().unwrap().dek.as_slice(), &dek);
         assert_eq!(s.identity_seed().unwrap().unwrap().as_slice(), &seed);
         for (name, bytes) in files_of(dir.path()) {

@@ -180,6 +180,10 @@ pub struct ServeArgs {
     /// During a KEK rotation left unfinished: the old KEK, still read (never written).
     #[arg(long)]
     previous_kek: Option<String>,
+    /// Wrap the plaintext secrets of a store from before key custody (once, on the machine that
+    /// made it). Without it such a store is refused: it could have been planted.
+    #[arg(long)]
+    migrate_plaintext_store: bool,
     /// Evidence for the KBS's own identity key, made once at start and served with it, so that
     /// owners and parties can verify the KBS (`--kbs-policy`) instead of pinning its key: `none`,
     /// `sim` (NOT hardware-backed) or `hardware` (alias `auto`).
@@ -449,7 +453,7 @@ fn keys(a: AdminArgs, json: bool) -> Result<()> {
         let owner = k
             .owner
             .as_deref()
-            .map(|o| format!("{}…", &o[..o.len().min(16)]))
+            .map(|o| format!("{}…", o.chars().take(16).collect::<String>()))
             .unwrap_or_else(|| "-".into());
         let policy = Policy::from_toml(&k.policy)
             .map(|p| {
@@ -464,13 +468,35 @@ fn keys(a: AdminArgs, json: bool) -> Result<()> {
                 )
             })
             .unwrap_or_else(|e| format!("(invalid: {e})"));
+        // The answer crossed the network: nothing in it reaches the terminal as a control or
+        // formatting character.
         println!(
-            "{:<32} {:<10} {:>8}  {:<12} {:<18} {policy}",
-            k.key_id, k.kind, k.releases, state, owner
+            "{:<32} {:<10} {:>8}  {:<12} {:<18} {}",
+            printable(&k.key_id),
+            printable(&k.kind),
+            k.releases,
+            state,
+            printable(&owner),
+            printable(&policy)
         );
     }
     eprintln!("{} keys", keys.len());
     Ok(())
+}
+
+/// `text` with control and bidirectional-formatting characters escaped.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let unsafe_char = c.is_control()
+                || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+            if unsafe_char {
+                c.escape_unicode().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 fn revoke(a: AdminArgs, key_id: String, reason: String) -> Result<()> {
@@ -630,6 +656,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     let keks = open_keks(a.kek.as_deref(), a.previous_kek.as_deref(), &a.data_dir)?;
     eprintln!("root KEK: {}", keks.describe());
     config.keks = Some(keks);
+    config.migrate_plaintext_store = a.migrate_plaintext_store;
     config.identity_tee = identity_tee(&a, &anchors)?;
     let kbs = Kbs::open(config)?;
     // A store from before signed admin requests holds only the token's hash: the token file it

@@ -2,7 +2,7 @@
 //! at points in the middle leaves every key readable and is finished by running it again;
 //! `kbs keys` and `kbs revoke` against a running KBS.
 
-use cordon_kbs::custody::{wrap_aad, FileKek, Slot};
+use cordon_kbs::custody::{dek_binding, wrap_aad, FileKek, Slot};
 use cordon_kbs::{Kek, Keks, Store};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -62,7 +62,8 @@ fn rotate_kek_killed_midway_loses_nothing_and_finishes_when_run_again() {
         let tx = conn.transaction().unwrap();
         for i in 1..KEYS {
             let id = format!("k{i}");
-            let wrapped = old.wrap(&wrap_aad(Slot::Dek, &id), &dek(i)).unwrap();
+            let binding = dek_binding(&id, "admin", None, "p");
+            let wrapped = old.wrap(&wrap_aad(Slot::Dek, &binding), &dek(i)).unwrap();
             tx.execute(
                 "INSERT INTO keys (key_id, dek, policy, created_at, updated_at, kind, kek_id)
                  VALUES (?1, ?2, 'p', 1, 1, 'admin', ?3)",

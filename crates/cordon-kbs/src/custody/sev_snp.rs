@@ -131,6 +131,14 @@ impl SevSnpKek {
                 "{what}: the firmware returned an all-zero derived key"
             )));
         }
+        // The host can set MASK_CHIP_KEY at any time (SNP_SET_CONFIG): checked again after the
+        // derivation, so that a mask set between the first report and the key request is caught
+        // (a mask set and cleared again in between is not: docs/deployment.md).
+        if source.key_state().map_err(tee)?.chip_key_masked {
+            return Err(CustodyError::Tee(format!(
+                "{what}: the host set MASK_CHIP_KEY while the key was derived; refusing it"
+            )));
+        }
         let id = key_fingerprint("sev-snp", &key);
         Ok(SevSnpKek {
             key,
