@@ -500,10 +500,11 @@ fn printable(text: &str) -> String {
 }
 
 fn revoke(a: AdminArgs, key_id: String, reason: String) -> Result<()> {
-    let r = util::tokio_runtime()?
+    let (r, size) = util::tokio_runtime()?
         .block_on(async { Admin::from_args(&a).await?.revoke(&key_id, &reason).await })?;
     println!(
-        "revoked key {} at {} (audit event {}): every later release is denied",
+        "revoked key {} at {} (audit event {}, proven in the KBS's signed audit log of {size} \
+         events): every later release is denied",
         r.key_id, r.revoked_at, r.audit_seq
     );
     Ok(())
@@ -888,11 +889,14 @@ impl Admin {
             .await?)
     }
 
-    pub async fn revoke(&self, key_id: &str, reason: &str) -> Result<RevokeResponse> {
+    /// Revokes `key_id`, then checks that the KBS's signed audit log holds the revocation: the
+    /// answer itself is not signed, and a host on the path could drop the request and answer
+    /// "revoked". Returns the answer and the size of the checkpoint that proves it.
+    pub async fn revoke(&self, key_id: &str, reason: &str) -> Result<(RevokeResponse, u64)> {
         let body = serde_json::to_vec(&RevokeRequest {
             reason: reason.to_string(),
         })?;
-        Ok(self
+        let answer: RevokeResponse = self
             .send(
                 reqwest::Method::POST,
                 &format!("/kbs/v1/admin/keys/{key_id}/revoke"),
@@ -900,7 +904,33 @@ impl Admin {
             )
             .await?
             .json()
-            .await?)
+            .await?;
+        let index = u64::try_from(answer.audit_seq.saturating_sub(1))
+            .context("the KBS answered an audit sequence number below 1")?;
+        let proof: checkpoint::InclusionProof = self
+            .send(
+                reqwest::Method::GET,
+                &format!("/kbs/v1/admin/audit/inclusion/{index}"),
+                vec![],
+            )
+            .await?
+            .json()
+            .await?;
+        let admin = self.key.verifying_key().to_bytes();
+        let cp = checkpoint::verify_checkpoint(&proof.checkpoint, &admin, &self.kbs_key)
+            .context("the audit checkpoint proving the revocation does not verify")?;
+        proof
+            .verify()
+            .context("the revocation's inclusion proof does not verify")?;
+        if proof.event.kind != "key_revoked" || proof.event.key_id.as_deref() != Some(key_id) {
+            bail!(
+                "the KBS answered that {key_id} was revoked, but its signed audit log holds no \
+                 such revocation at event {}: the answer was forged on the way, or the request \
+                 never reached the KBS; the key may still be released",
+                answer.audit_seq
+            );
+        }
+        Ok((answer, cp.size))
     }
 
     pub async fn audit(&self) -> Result<Vec<AuditEvent>> {
