@@ -95,6 +95,8 @@ fn command_as(user: Option<&str>, program: &Path) -> Command {
 
 impl PgCluster {
     /// The server named by `CORDON_TEST_DATABASE_URL`, or a fresh cluster.
+    // The watchdog is never waited for: it must outlive this process, to stop the cluster after.
+    #[allow(clippy::zombie_processes)]
     pub fn start() -> PgCluster {
         let bin = bin_dir();
         if let Ok(url) = std::env::var("CORDON_TEST_DATABASE_URL") {

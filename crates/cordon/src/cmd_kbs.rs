@@ -19,7 +19,8 @@ use std::time::{Duration, SystemTime};
 #[derive(clap::Subcommand)]
 pub enum KbsCommand {
     /// Run the key broker.
-    Serve(ServeArgs),
+    // Boxed: the serve arguments outweigh every other subcommand's.
+    Serve(Box<ServeArgs>),
     /// Print a key broker's identity key as it answers it (to compare with what `kbs serve`
     /// printed; pin the printed value, never this answer alone), or, with --kbs-policy, verify
     /// the KBS's TEE evidence for it first.
@@ -214,7 +215,7 @@ pub struct RegisterArgs {
 
 pub fn run(c: KbsCommand) -> Result<()> {
     match c {
-        KbsCommand::Serve(a) => serve(a),
+        KbsCommand::Serve(a) => serve(*a),
         KbsCommand::Identity {
             kbs,
             kbs_policy: KbsPolicyArg { kbs_policy: None },
