@@ -11,6 +11,8 @@ mod error;
 pub mod identity;
 #[cfg(unix)]
 mod private_files;
+#[doc(hidden)]
+pub mod testing;
 #[cfg(not(unix))]
 mod private_files {
     //! File modes are Unix permissions; elsewhere the directory is only created.
@@ -42,10 +44,17 @@ mod private_files {
     }
     pub(crate) fn sync_parent(_: &std::path::Path) {}
 }
+mod keystore;
+mod pg_store;
 mod server;
 mod store;
 
 pub use custody::{Kek, KekSpec, Keks};
 pub use error::KbsError;
+pub use keystore::{DatasetQuota, KeyStore};
+pub use pg_store::PgStore;
 pub use server::{Clock, Kbs, KbsConfig, KbsLimits};
-pub use store::{audit_hash, verify_audit_chain, Store, StoreError};
+pub use store::{
+    audit_hash, verify_audit_chain, KeyKind, NewAuditEvent, NonceShare, NonceUse, RequestNonceUse,
+    Share, Store, StoreError, StoredKey,
+};

@@ -1,6 +1,7 @@
 //! HTTP surface of the KBS (axum) over the store.
 
 use crate::custody::{KekSpec, Keks};
+use crate::keystore::{DatasetQuota, KeyStore};
 use crate::store::{NewAuditEvent, NonceShare, NonceUse, RequestNonceUse, Share, Store};
 use crate::KbsError;
 use axum::body::Bytes;
@@ -51,6 +52,9 @@ pub struct KbsConfig {
     /// Wrap a store from before key custody that holds plaintext secrets (refused otherwise:
     /// `--migrate-plaintext-store`).
     pub migrate_plaintext_store: bool,
+    /// A PostgreSQL store (`postgres://…` or `host=… dbname=…`) instead of SQLite in `data_dir`:
+    /// several KBS replicas can share it. Needs `keks` named (no default file KEK).
+    pub database_url: Option<String>,
     /// The KBS's own TEE, if it runs in one: at start it makes evidence binding the identity key
     /// (`GET /kbs/v1/identity` serves it), which parties verify against a policy of their own
     /// before they seal a key to it. `None`: no evidence, parties must pin the key.
@@ -110,6 +114,7 @@ impl KbsConfig {
             limits: KbsLimits::default(),
             keks: None,
             migrate_plaintext_store: false,
+            database_url: None,
             identity_tee: None,
         }
     }
@@ -134,7 +139,8 @@ pub struct Kbs {
 }
 
 struct Inner {
-    store: Mutex<Store>,
+    /// SQLite or PostgreSQL: every call runs on a blocking thread ([`Kbs::with_store`]).
+    store: Mutex<Box<dyn KeyStore>>,
     config: KbsConfig,
     /// Holds the endorsements and caches verified SNP endorsement-key chains.
     verifier: Verifier,
@@ -177,11 +183,34 @@ fn bytes_body(
 impl Kbs {
     /// Opens the store in the data directory; on first start, creates the KBS's HPKE identity.
     pub fn open(config: KbsConfig) -> Result<Kbs, KbsError> {
-        let store = Store::open_with(
-            &config.data_dir,
-            config.open_keks()?,
-            config.migrate_plaintext_store,
-        )?;
+        let store: Box<dyn KeyStore> = match &config.database_url {
+            Some(url) => {
+                // Replicas share one database and so must share one KEK: the default file KEK,
+                // made beside each replica's data directory, would differ from one to the next.
+                let keks = config.keks.clone().ok_or_else(|| {
+                    KbsError::Internal(
+                        "a PostgreSQL store needs its KEK named (--kek): every replica must \
+                         use the same one"
+                            .into(),
+                    )
+                })?;
+                Box::new(crate::pg_store::PgStore::connect(url, keks)?)
+            }
+            None => Box::new(Store::open_with(
+                &config.data_dir,
+                config.open_keks()?,
+                config.migrate_plaintext_store,
+            )?),
+        };
+        Kbs::open_with_store(config, store)
+    }
+
+    /// Starts on a store opened by the caller (`config.data_dir` and `config.database_url` are
+    /// not used); on first start, creates the KBS's HPKE identity.
+    pub fn open_with_store(
+        config: KbsConfig,
+        mut store: Box<dyn KeyStore>,
+    ) -> Result<Kbs, KbsError> {
         let seed = match store.identity_seed()? {
             Some(seed) => seed,
             None => {
@@ -242,7 +271,7 @@ impl Kbs {
     /// If no administrator exists yet, creates the admin token (the seed of the administrator's
     /// Ed25519 key), stores its hash and public key, and returns the token (shown once).
     pub fn init_admin_token(&self) -> Result<Option<Zeroizing<String>>, KbsError> {
-        let store = self.lock()?;
+        let mut store = self.lock()?;
         if store.admin_public_key()?.is_some() {
             return Ok(None);
         }
@@ -272,7 +301,7 @@ impl Kbs {
     /// Upgrades a store from before signed admin requests, which holds only the token's hash:
     /// given that token, records the public key it seeds. `false` when there is nothing to do.
     pub fn adopt_admin_token(&self, token: &str) -> Result<bool, KbsError> {
-        let store = self.lock()?;
+        let mut store = self.lock()?;
         if store.admin_public_key()?.is_some() {
             return Ok(false);
         }
@@ -310,7 +339,7 @@ impl Kbs {
     /// signing key, for a store whose administrator was made before audit checkpoints existed
     /// (newer stores get the vouch with the token). `false` when the vouch exists already.
     pub fn vouch_audit_key(&self, token: &str) -> Result<bool, KbsError> {
-        let store = self.lock()?;
+        let mut store = self.lock()?;
         if store.audit_key_vouch()?.is_some() {
             return Ok(false);
         }
@@ -356,7 +385,7 @@ impl Kbs {
         Ok(self.lock()?.admin_public_key()?.is_some())
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Store>, KbsError> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Box<dyn KeyStore>>, KbsError> {
         self.inner
             .store
             .lock()
@@ -370,12 +399,12 @@ impl Kbs {
     /// Runs a store operation off the async threads (SQLite with full sync blocks on fsync).
     async fn with_store<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Store) -> Result<T, KbsError> + Send + 'static,
+        f: impl FnOnce(&mut dyn KeyStore) -> Result<T, KbsError> + Send + 'static,
     ) -> Result<T, KbsError> {
         let kbs = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut store = kbs.lock()?;
-            f(&mut store)
+            f(store.as_mut())
         })
         .await
         .map_err(|e| KbsError::Internal(format!("store task failed: {e}")))?
@@ -1146,20 +1175,13 @@ async fn register_dataset_key(
         id,
         detail,
         move |s, id, event| {
-            // Counted without this key id, a replacement is checked like a new key.
-            let (all, mine) = s.dataset_key_counts(&owner, id)?;
-            if mine >= limits.max_dataset_keys_per_owner {
-                return Err(crate::store::StoreError::Quota(format!(
-                    "owner {} holds {mine} dataset keys, the most one owner may hold",
-                    hex::encode(owner)
-                )));
-            }
-            if all >= limits.max_dataset_keys {
-                return Err(crate::store::StoreError::Quota(format!(
-                    "this KBS holds {all} dataset keys, its limit"
-                )));
-            }
-            s.put_dataset_key_audited(id, &dek, &policy_text, &owner, event)
+            // The quota is checked in the store, in the registration's own transaction: replicas
+            // registering at once cannot overrun it.
+            let quota = DatasetQuota {
+                per_owner: limits.max_dataset_keys_per_owner,
+                max: limits.max_dataset_keys,
+            };
+            s.put_dataset_key_audited(id, &dek, &policy_text, &owner, quota, event)
         },
     )
     .await?;
@@ -1239,7 +1261,11 @@ async fn put_audited(
     kind: &'static str,
     key_id: String,
     detail: String,
-    put: impl FnOnce(&mut Store, &str, &NewAuditEvent<'_>) -> Result<AuditEvent, crate::store::StoreError>
+    put: impl FnOnce(
+            &mut dyn KeyStore,
+            &str,
+            &NewAuditEvent<'_>,
+        ) -> Result<AuditEvent, crate::store::StoreError>
         + Send
         + 'static,
 ) -> Result<(), KbsError> {

@@ -20,6 +20,10 @@ use zeroize::Zeroizing;
 pub enum StoreError {
     #[error("database: {0}")]
     Sql(rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(postgres::Error),
+    #[error("store configuration: {0}")]
+    Config(String),
     #[error("the disk holding the store is full (or the file size limit was reached); nothing was stored")]
     Full,
     #[error("data directory {path} is read-only: the key broker must be able to write its store")]
@@ -206,7 +210,7 @@ pub enum Share {
 }
 
 impl Share {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Share::Admin => "admin",
             Share::Party => "party",
@@ -259,7 +263,7 @@ impl KeyKind {
     }
 
     /// Fails closed: an unknown kind is not taken for an admin key (released on policy alone).
-    fn parse(s: &str) -> Result<KeyKind, StoreError> {
+    pub(crate) fn parse(s: &str) -> Result<KeyKind, StoreError> {
         match s {
             "admin" => Ok(KeyKind::Admin),
             "dataset" => Ok(KeyKind::Dataset),
@@ -1016,23 +1020,7 @@ impl Store {
 
     /// Wraps a DEK under the current KEK, bound to `binding` ([`dek_binding`]).
     fn wrap_dek(&self, binding: &str, dek: &[u8]) -> Result<WrappedDek, StoreError> {
-        let kek = &self.keks.current;
-        Ok(WrappedDek {
-            dek: kek.wrap(&wrap_aad(Slot::Dek, binding), dek)?,
-            kek_id: kek.id().to_string(),
-        })
-    }
-
-    /// The KEK a row names, if this store was given it.
-    fn kek_named(&self, kek_id: &str) -> Option<&dyn Kek> {
-        let Keks { current, previous } = &self.keks;
-        if current.id() == kek_id {
-            return Some(current.as_ref());
-        }
-        previous
-            .as_ref()
-            .filter(|p| p.id() == kek_id)
-            .map(|p| p.as_ref())
+        wrap_dek(&self.keks, binding, dek)
     }
 
     fn unwrap_row(
@@ -1042,42 +1030,12 @@ impl Store {
         kek_id: Option<&str>,
         wrapped: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
-        // Plaintext rows are wrapped at open: one met later was written behind the KBS's back.
-        let Some(kek_id) = kek_id else {
-            return Err(StoreError::Corrupt(format!(
-                "{} {name:?} is stored unwrapped",
-                slot.label()
-            )));
-        };
-        let kek = self
-            .kek_named(kek_id)
-            .ok_or_else(|| StoreError::UnknownKek {
-                found: kek_id.to_string(),
-                given: self.keks.describe(),
-                entries: 1,
-            })?;
-        kek.unwrap(&wrap_aad(slot, name), wrapped).map_err(|_| {
-            StoreError::Custody(CustodyError::Unwrap {
-                slot: slot.label(),
-                name: name.to_string(),
-                kek_id: kek_id.to_string(),
-            })
-        })
+        unwrap_secret(&self.keks, slot, name, kek_id, wrapped)
     }
 
     /// Refuses a store holding secrets wrapped under a KEK this KBS was not given.
     fn check_kek_ids(&self) -> Result<(), StoreError> {
-        for (kek_id, entries) in self.kek_usage()? {
-            let Some(found) = kek_id else { continue };
-            if self.kek_named(&found).is_none() {
-                return Err(StoreError::UnknownKek {
-                    found,
-                    given: self.keks.describe(),
-                    entries,
-                });
-            }
-        }
-        Ok(())
+        check_kek_usage(&self.keks, self.kek_usage()?)
     }
 
     pub fn key_ids(&self) -> Result<Vec<String>, StoreError> {
@@ -1445,8 +1403,6 @@ fn wrap_plaintext_rows(tx: &Connection, kek: &dyn Kek) -> Result<(usize, bool), 
 /// The seed of an identity retired by a rotation, and the end of its overlap window.
 pub type RetiredIdentity = (Zeroizing<[u8; 32]>, u64);
 
-/// The name of the identity seed's row in its wrapping AAD.
-const IDENTITY_NAME: &str = "hpke-identity/1";
 /// The name of the retired identity's seed in its wrapping AAD: not the current one's, so that the
 /// host cannot swap the two rows; and naming the end of its overlap, so that the host cannot
 /// extend the overlap by editing `accept_until` (the seed would no longer unwrap).
@@ -1463,11 +1419,113 @@ struct RewrapRow {
     owner: Option<Vec<u8>>,
     policy: String,
 }
+/// Wraps a DEK under the current KEK for storage (both backends), bound to `binding`
+/// ([`dek_binding`]: its key id, kind, owner and policy digest).
+pub(crate) fn wrap_dek(keks: &Keks, binding: &str, dek: &[u8]) -> Result<WrappedDek, StoreError> {
+    let kek = &keks.current;
+    Ok(WrappedDek {
+        dek: kek.wrap(&wrap_aad(Slot::Dek, binding), dek)?,
+        kek_id: kek.id().to_string(),
+    })
+}
+
+/// Wraps the identity seed under the current KEK: the wrapped bytes and the KEK's id.
+pub(crate) fn wrap_identity_seed(
+    keks: &Keks,
+    seed: &[u8; 32],
+) -> Result<(Vec<u8>, String), StoreError> {
+    let kek = &keks.current;
+    Ok((
+        kek.wrap(&wrap_aad(Slot::IdentitySeed, IDENTITY_NAME), seed)?,
+        kek.id().to_string(),
+    ))
+}
+
+/// The KEK a row names, if the store was given it.
+pub(crate) fn kek_named<'a>(keks: &'a Keks, kek_id: &str) -> Option<&'a dyn Kek> {
+    let Keks { current, previous } = keks;
+    if current.id() == kek_id {
+        return Some(current.as_ref());
+    }
+    previous
+        .as_ref()
+        .filter(|p| p.id() == kek_id)
+        .map(|p| p.as_ref())
+}
+
+/// Unwraps a stored secret with the KEK its row names (both backends).
+pub(crate) fn unwrap_secret(
+    keks: &Keks,
+    slot: Slot,
+    name: &str,
+    kek_id: Option<&str>,
+    wrapped: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    // Plaintext rows are wrapped at open: one met later was written behind the KBS's back.
+    let Some(kek_id) = kek_id else {
+        return Err(StoreError::Corrupt(format!(
+            "{} {name:?} is stored unwrapped",
+            slot.label()
+        )));
+    };
+    let kek = kek_named(keks, kek_id).ok_or_else(|| StoreError::UnknownKek {
+        found: kek_id.to_string(),
+        given: keks.describe(),
+        entries: 1,
+    })?;
+    kek.unwrap(&wrap_aad(slot, name), wrapped).map_err(|_| {
+        StoreError::Custody(CustodyError::Unwrap {
+            slot: slot.label(),
+            name: name.to_string(),
+            kek_id: kek_id.to_string(),
+        })
+    })
+}
+
+/// The identity seed unwrapped, checked to be 32 bytes (both backends).
+pub(crate) fn unwrap_identity_seed(
+    keks: &Keks,
+    kek_id: Option<&str>,
+    wrapped: &[u8],
+) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+    let b = unwrap_secret(keks, Slot::IdentitySeed, IDENTITY_NAME, kek_id, wrapped)?;
+    if b.len() != 32 {
+        return Err(StoreError::Corrupt(format!(
+            "the identity seed is {} bytes, expected 32",
+            b.len()
+        )));
+    }
+    let mut seed = Zeroizing::new([0u8; 32]);
+    seed.copy_from_slice(&b);
+    Ok(seed)
+}
+
+/// Refuses a store holding secrets wrapped under a KEK it was not given (`usage`: see
+/// [`Store::kek_usage`]).
+pub(crate) fn check_kek_usage(
+    keks: &Keks,
+    usage: Vec<(Option<String>, u64)>,
+) -> Result<(), StoreError> {
+    for (kek_id, entries) in usage {
+        let Some(found) = kek_id else { continue };
+        if kek_named(keks, &found).is_none() {
+            return Err(StoreError::UnknownKek {
+                found,
+                given: keks.describe(),
+                entries,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The name of the identity seed's row in its wrapping AAD.
+pub(crate) const IDENTITY_NAME: &str = "hpke-identity/1";
 
 /// A DEK wrapped for storage, with the KEK that wrapped it.
-struct WrappedDek {
-    dek: Vec<u8>,
-    kek_id: String,
+pub(crate) struct WrappedDek {
+    pub(crate) dek: Vec<u8>,
+    pub(crate) kek_id: String,
 }
 
 fn append_audit_in(

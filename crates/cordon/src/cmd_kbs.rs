@@ -20,7 +20,8 @@ use std::time::{Duration, SystemTime};
 #[derive(clap::Subcommand)]
 pub enum KbsCommand {
     /// Run the key broker.
-    Serve(ServeArgs),
+    // Boxed: the serve arguments outweigh every other subcommand's.
+    Serve(Box<ServeArgs>),
     /// Print a key broker's identity key as it answers it (to compare with what `kbs serve`
     /// printed; pin the printed value, never this answer alone), or, with --kbs-policy, verify
     /// the KBS's TEE evidence for it first.
@@ -139,9 +140,18 @@ pub struct RotateKekArgs {
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    /// Directory for the SQLite store (created if missing).
-    #[arg(long)]
-    data_dir: PathBuf,
+    /// Directory for the SQLite store (created if missing). Not with --database-url.
+    #[arg(
+        long,
+        required_unless_present = "database_url",
+        conflicts_with = "database_url"
+    )]
+    data_dir: Option<PathBuf>,
+    /// A PostgreSQL store instead of SQLite (`postgres://user@host/db`, or
+    /// `host=/run/postgresql dbname=cordon`), which several KBS replicas can share; needs --kek
+    /// (every replica the same). No TLS: a Unix socket or loopback (docs/deployment.md).
+    #[arg(long, env = "CORDON_KBS_DATABASE_URL")]
+    database_url: Option<String>,
     /// Address to listen on (port 0 picks a free port; see --addr-file).
     #[arg(long, default_value = "127.0.0.1:8100")]
     listen: SocketAddr,
@@ -174,7 +184,7 @@ pub struct ServeArgs {
     identity_file: Option<PathBuf>,
     /// Where the root key-encryption key lives, which wraps every DEK and the identity at rest:
     /// `file:PATH` (created 0600 if absent; keep it off the data directory's disk and backups).
-    /// Default: `file:DATA_DIR.kek`, beside the data directory.
+    /// Default: `file:DATA_DIR.kek`, beside the data directory; required with --database-url.
     #[arg(long, env = "CORDON_KBS_KEK")]
     kek: Option<String>,
     /// During a KEK rotation left unfinished: the old KEK, still read (never written).
@@ -260,7 +270,7 @@ pub struct RegisterArgs {
 
 pub fn run(c: KbsCommand) -> Result<()> {
     match c {
-        KbsCommand::Serve(a) => serve(a),
+        KbsCommand::Serve(a) => serve(*a),
         KbsCommand::Identity {
             kbs,
             kbs_policy: KbsPolicyArg { kbs_policy: None },
@@ -652,9 +662,19 @@ fn serve(a: ServeArgs) -> Result<()> {
     }
     // A certificate or key that is missing or does not match stops the start, before the store.
     let tls = a.tls.load()?;
-    let mut config = KbsConfig::new(a.data_dir.clone(), endorsements);
+    let data_dir = match (&a.data_dir, &a.database_url) {
+        (Some(d), None) => d.clone(),
+        (None, Some(_)) if a.kek.is_none() => bail!(
+            "--database-url needs --kek: replicas share one database and so one KEK, and there \
+             is no data directory to keep a default KEK beside"
+        ),
+        (None, Some(_)) => PathBuf::new(),
+        _ => bail!("give either --data-dir (SQLite) or --database-url (PostgreSQL)"),
+    };
+    let mut config = KbsConfig::new(data_dir.clone(), endorsements);
+    config.database_url = a.database_url.clone();
     config.nonce_ttl = Duration::from_secs(a.nonce_ttl);
-    let keks = open_keks(a.kek.as_deref(), a.previous_kek.as_deref(), &a.data_dir)?;
+    let keks = open_keks(a.kek.as_deref(), a.previous_kek.as_deref(), &data_dir)?;
     eprintln!("root KEK: {}", keks.describe());
     config.keks = Some(keks);
     config.migrate_plaintext_store = a.migrate_plaintext_store;
@@ -725,7 +745,11 @@ fn serve(a: ServeArgs) -> Result<()> {
             .with_context(|| format!("binding {}", a.listen))?;
         let addr = listener.local_addr()?;
         a.tls.announce("key broker");
-        tracing::info!(%addr, tls = tls.is_some(), data_dir = %a.data_dir.display(), "key broker listening");
+        let store = match &a.database_url {
+            Some(_) => "postgresql".to_string(),
+            None => data_dir.display().to_string(),
+        };
+        tracing::info!(%addr, tls = tls.is_some(), %store, "key broker listening");
         if let Some(f) = &a.addr_file {
             util::write_atomic(f, addr.to_string().as_bytes())?;
         }
