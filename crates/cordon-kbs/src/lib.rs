@@ -48,4 +48,4 @@ mod store;
 pub use custody::{Kek, KekSpec, Keks};
 pub use error::KbsError;
 pub use server::{Clock, Kbs, KbsConfig, KbsLimits};
-pub use store::{verify_audit_chain, Store, StoreError};
+pub use store::{verify_audit_chain, NewAuditEvent, NonceUse, Store, StoreError, Synchronous};

@@ -266,6 +266,13 @@ impl Kbs {
         Ok(self.lock()?.admin_public_key()?.is_some())
     }
 
+    /// [`Store::set_synchronous`] on this KBS's store; for `cordon bench kbs --sync` only (the KBS
+    /// itself runs with the store's default, [`crate::Synchronous::Full`]).
+    pub fn set_store_synchronous(&self, mode: crate::Synchronous) -> Result<(), KbsError> {
+        self.lock()?.set_synchronous(mode)?;
+        Ok(())
+    }
+
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Store>, KbsError> {
         self.inner
             .store
