@@ -506,6 +506,48 @@ fn store_baselines(
     Ok(rows)
 }
 
+/// `insert_nonce` with `outstanding` challenges already in the table (what a sustained rate ×
+/// the nonce TTL leaves there): it counts the table on every challenge. The limit is raised for
+/// the measurement, so that the count's cost is measured rather than the refusal.
+fn nonce_table_baseline(
+    root: &Path,
+    sync: SyncMode,
+    iterations: usize,
+    outstanding: usize,
+) -> Result<Baseline> {
+    let dir = tempfile::tempdir_in(root)?;
+    let data_dir = dir.path().join("kbs");
+    let kek: Arc<dyn Kek> = Arc::new(FileKek::open_or_create(&dir.path().join("kbs.kek"))?);
+    drop(Store::open(&data_dir, Keks::new(kek.clone()))?);
+    let now = unix_now();
+    {
+        let mut conn = rusqlite::Connection::open(data_dir.join("kbs.sqlite3"))?;
+        let tx = conn.transaction()?;
+        {
+            let mut insert =
+                tx.prepare("INSERT INTO nonces (nonce, expires_at, used) VALUES (?1, ?2, ?3)")?;
+            for i in 0..outstanding {
+                let n: [u8; 32] = rand::random();
+                insert.execute(rusqlite::params![&n[..], now as i64 + 60, (i % 2) as i64])?;
+            }
+        }
+        tx.commit()?;
+    }
+    let store = Store::open(&data_dir, Keks::new(kek))?;
+    store.set_synchronous(sync.store())?;
+    time_each(
+        &format!(
+            "store: challenge insert with {outstanding} challenges outstanding, synchronous={}",
+            sync.label()
+        ),
+        iterations,
+        |_| {
+            let n: [u8; 32] = rand::random();
+            Ok(store.insert_nonce(&n, now + 60, now, u64::MAX)?)
+        },
+    )
+}
+
 /// A model of fewer commits per release, on the store's own file and schema through a second
 /// connection (the statements `insert_nonce`, `use_nonce`, `get_key` and `append_audit` run, less
 /// their checks): one release's writes in one transaction, then `batch` releases' writes in one
@@ -945,6 +987,12 @@ pub fn run(mut a: KbsArgs) -> Result<()> {
             baselines.push(all);
         }
         baselines.extend(commit_models(&root, &setup, sync, a.iterations, 32)?);
+        baselines.push(nonce_table_baseline(
+            &root,
+            sync,
+            a.iterations,
+            if a.quick { 1_000 } else { 100_000 },
+        )?);
     }
     baselines.extend(cpu_baselines(&setup, &snp_report, a.iterations)?);
     let rot = match a.rotate_keys {
