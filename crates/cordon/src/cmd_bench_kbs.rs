@@ -559,6 +559,7 @@ fn commit_models(
     iterations: usize,
     batch: usize,
 ) -> Result<Vec<Baseline>> {
+    use rusqlite::OptionalExtension;
     use sha2::Digest;
     let dir = tempfile::tempdir_in(root)?;
     let data_dir = dir.path().join("kbs");
@@ -601,7 +602,8 @@ fn commit_models(
                 [],
                 |r| r.get(0),
             )
-            .unwrap_or_else(|_| "0".repeat(64));
+            .optional()?
+            .unwrap_or_else(|| "0".repeat(64));
         let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM audit", [], |r| {
             r.get(0)
         })?;
