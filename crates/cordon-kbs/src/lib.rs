@@ -56,5 +56,5 @@ pub use pg_store::PgStore;
 pub use server::{Clock, Kbs, KbsConfig, KbsLimits};
 pub use store::{
     audit_hash, verify_audit_chain, KeyKind, NewAuditEvent, NonceShare, NonceUse, RequestNonceUse,
-    Share, Store, StoreError, StoredKey,
+    Share, Store, StoreError, StoredKey, Synchronous,
 };

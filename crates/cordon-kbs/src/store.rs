@@ -1303,6 +1303,30 @@ impl Store {
     }
 }
 
+/// SQLite's `synchronous` setting (see [`Store::set_synchronous`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// Every commit is fsync'd before it is acknowledged: what the store opens with.
+    Full,
+    /// In WAL mode, commits are fsync'd only at checkpoints: an acknowledged write survives a
+    /// crash or SIGKILL of the process, but the last ones may be lost on power loss.
+    Normal,
+}
+
+impl Store {
+    /// Sets SQLite's `synchronous` on this store's connection. The store always opens with
+    /// [`Synchronous::Full`] and the KBS never calls this: `cordon bench kbs --sync normal` does,
+    /// to measure what [`Synchronous::Normal`] would give.
+    pub fn set_synchronous(&self, mode: Synchronous) -> Result<(), StoreError> {
+        let value = match mode {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        self.conn.pragma_update(None, "synchronous", value)?;
+        Ok(())
+    }
+}
+
 fn upsert_key(
     conn: &Connection,
     key_id: &str,

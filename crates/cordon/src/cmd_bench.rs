@@ -45,6 +45,10 @@ pub enum BenchCommand {
     /// Training: a confidential job (KBS and runtime on loopback, simulated TEE) against the same
     /// algorithm on plaintext in process, and scikit-learn with --sklearn.
     Train(crate::cmd_bench_train::TrainArgs),
+    /// Key broker: attest + release throughput and latency with sim evidence, the
+    /// verify-and-appraise path with real SNP evidence (refused at binding), against /healthz and
+    /// the store's operations alone; KEK rotation of 100,000 keys.
+    Kbs(crate::cmd_bench_kbs::KbsArgs),
 }
 
 fn best_of(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -72,6 +76,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
         BenchCommand::Trees(args) => crate::cmd_bench_trees::run(args),
         BenchCommand::Serve(args) => crate::cmd_bench_serve::run(args),
         BenchCommand::Train(args) => crate::cmd_bench_train::run(args),
+        BenchCommand::Kbs(args) => crate::cmd_bench_kbs::run(args),
     }
 }
 
