@@ -135,9 +135,27 @@ impl From<postgres::Error> for StoreError {
 /// The KBS's store on PostgreSQL. One connection per replica: the KBS serialises its store calls
 /// (one at a time, on blocking threads), and replicas scale out.
 pub struct PgStore {
-    client: Client,
+    /// Always `Some` but while being dropped (see `Drop`).
+    client: Option<Client>,
     config: postgres::Config,
     keks: Keks,
+}
+
+/// The synchronous client closes its connection by blocking on its own runtime, which panics
+/// inside another runtime: a KBS dropped by an async task (its server stopping) would. There, the
+/// client is dropped on a thread of its own.
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::Builder::new()
+                    .name("pg-close".into())
+                    .spawn(move || drop(client));
+            } else {
+                drop(client);
+            }
+        }
+    }
 }
 
 impl PgStore {
@@ -154,7 +172,7 @@ impl PgStore {
         config.application_name("cordon-kbs");
         let client = config.connect(NoTls)?;
         let mut store = PgStore {
-            client,
+            client: Some(client),
             config,
             keks,
         };
@@ -167,11 +185,16 @@ impl PgStore {
     /// The connection, made again if the server closed it (a database restart): the call that
     /// met the closed connection failed, the next one goes through.
     fn client(&mut self) -> Result<&mut Client, StoreError> {
-        if self.client.is_closed() {
-            tracing::warn!("the PostgreSQL connection was closed; reconnecting");
-            self.client = self.config.connect(NoTls)?;
+        match &mut self.client {
+            Some(c) if !c.is_closed() => {}
+            slot => {
+                tracing::warn!("the PostgreSQL connection was closed; reconnecting");
+                *slot = Some(self.config.connect(NoTls)?);
+            }
         }
-        Ok(&mut self.client)
+        self.client
+            .as_mut()
+            .ok_or_else(|| StoreError::Config("the PostgreSQL connection is gone".into()))
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {

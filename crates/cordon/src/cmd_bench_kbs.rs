@@ -25,7 +25,9 @@
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cordon_attest::{appraise, Endorsements, Platform, Policy, Verifier};
 use cordon_kbs::custody::{dek_binding, wrap_aad, FileKek, Slot};
-use cordon_kbs::{Kbs, KbsConfig, Kek, Keks, NewAuditEvent, NonceUse, Store, Synchronous};
+use cordon_kbs::{
+    Kbs, KbsConfig, Kek, Keks, KeyStore, NewAuditEvent, NonceUse, PgStore, Store, Synchronous,
+};
 use cordon_proto::kbs::{AttestRequest, AttestResponse, Challenge, ErrorBody, RELEASE_INFO};
 use cordon_proto::{channel, report_data, RuntimeKeys, ServiceKeyPair};
 use cordon_tee::{EvidenceProvider, SimHardwareKey, SimTee};
@@ -73,6 +75,87 @@ pub struct KbsArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also measure sim releases on PostgreSQL, with one and two KBS replicas (in this process,
+    /// each its own server and connection) on one database of a throwaway cluster started from
+    /// the system's PostgreSQL (`initdb`/`pg_ctl`, as the tests do).
+    #[arg(long)]
+    postgres: bool,
+}
+
+/// `replicas` KBSs on one PostgreSQL database (`db`), each served on 127.0.0.1 by `server_rt`,
+/// sharing one file KEK (as replicas must): their URLs, and the stops of their servers.
+fn serve_pg(
+    server_rt: &tokio::runtime::Runtime,
+    root: &Path,
+    setup: &Setup,
+    db: &str,
+    replicas: usize,
+) -> Result<(Vec<Served>, Keks)> {
+    let dir = tempfile::tempdir_in(root)?;
+    let kek: Arc<dyn Kek> = Arc::new(FileKek::open_or_create(&dir.path().join("kbs.kek"))?);
+    let keks = Keks::new(kek);
+    let policy = Policy::new(vec![Platform::Sim], vec![MEASUREMENT.to_vec()]).to_toml();
+    {
+        let mut store = PgStore::connect(db, keks.clone())?;
+        let event = NewAuditEvent {
+            time: unix_now(),
+            kind: "key_registered",
+            key_id: Some(KEY_ID),
+            claims_digest: None,
+            verdict: "accepted",
+            measurement: None,
+            detail: "bench",
+        };
+        store.put_key_audited(KEY_ID, &setup.dek, &policy, &event)?;
+    }
+    let mut served = Vec::new();
+    for _ in 0..replicas {
+        let mut config = KbsConfig::new(
+            dir.path().join("unused"),
+            Endorsements {
+                sim_trust_anchors: vec![setup.sim_anchor],
+                ..Default::default()
+            },
+        );
+        config.keks = Some(keks.clone());
+        let store = PgStore::connect(db, keks.clone())?;
+        let kbs = Kbs::open_with_store(config, Box::new(store))?;
+        let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        server_rt.spawn(async move {
+            if let Err(e) = kbs
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await
+            {
+                eprintln!("bench KBS server: {e}");
+            }
+        });
+        served.push(Served {
+            url,
+            data_dir: PathBuf::new(),
+            stop: Some(stop),
+            _dir: tempfile::tempdir_in(root)?,
+        });
+    }
+    // The KEK file's directory lives as long as the first replica's.
+    if let Some(first) = served.first_mut() {
+        first._dir = dir;
+    }
+    Ok((served, keks))
+}
+
+/// One PostgreSQL row: sim releases against `replicas` replicas.
+struct PgRow {
+    replicas: usize,
+    clients: usize,
+    ops: usize,
+    checked: usize,
+    seconds: f64,
+    p50: f64,
+    p99: f64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -980,6 +1063,64 @@ pub fn run(mut a: KbsArgs) -> Result<()> {
             }
         }
     }
+    let mut pg_rows = Vec::new();
+    if a.postgres {
+        let cluster = cordon_kbs::testing::PgCluster::start();
+        for &clients in &a.clients {
+            for replicas in [1usize, 2] {
+                let db = cluster.database();
+                let (served, keks) = serve_pg(&server_rt, &root, &setup, &db, replicas)?;
+                let http = reqwest::Client::builder()
+                    .pool_max_idle_per_host(clients)
+                    .build()?;
+                let mut cs = Vec::new();
+                for i in 0..clients {
+                    let kp = ServiceKeyPair::generate(0);
+                    let keys = runtime_keys(&kp);
+                    cs.push(Arc::new(Client {
+                        http: http.clone(),
+                        // Clients spread over the replicas, as a load balancer would.
+                        url: served[i % replicas].url.clone(),
+                        kp,
+                        keys,
+                        tee: Some(SimTee::new(
+                            SimHardwareKey::from_file_contents(&setup.hw_seed)?,
+                            MEASUREMENT,
+                            [0; 32],
+                            false,
+                        )),
+                        snp_report: snp_report.clone(),
+                        dek: setup.dek,
+                    }));
+                }
+                let (ops, checked, seconds, times) =
+                    client_rt.block_on(load(&cs, Op::SimRelease, a.seconds, a.check_every))?;
+                drop(cs);
+                std::thread::sleep(Duration::from_millis(50));
+                ensure!(ops > 0, "no release was measured on PostgreSQL");
+                let released = PgStore::connect(&db, keks)?
+                    .audit_events()?
+                    .iter()
+                    .filter(|e| e.kind == "key_released")
+                    .count();
+                ensure!(
+                    released >= ops,
+                    "the PostgreSQL audit log holds {released} releases, fewer than the {ops} counted"
+                );
+                drop(served);
+                let (_, p50, p99) = summary(times);
+                pg_rows.push(PgRow {
+                    replicas,
+                    clients,
+                    ops,
+                    checked,
+                    seconds,
+                    p50,
+                    p99,
+                });
+            }
+        }
+    }
     drop(client_rt);
     drop(server_rt);
 
@@ -1098,8 +1239,45 @@ pub fn run(mut a: KbsArgs) -> Result<()> {
         );
     }
 
+    if !pg_rows.is_empty() {
+        // Each a ratio against the SQLite (FULL) row with as many clients, measured in this run.
+        println!("\nSim releases on PostgreSQL (synchronous_commit on), replicas on one database:");
+        println!(
+            "{:>8} {:>8} {:>12} {:>10} {:>10} {:>16}",
+            "replicas", "clients", "releases/s", "p50", "p99", "vs SQLite FULL"
+        );
+        for r in &pg_rows {
+            let rate = r.ops as f64 / r.seconds;
+            let sqlite = loads
+                .iter()
+                .find(|l| {
+                    l.op == Op::SimRelease && l.sync == SyncMode::Full && l.clients == r.clients
+                })
+                .map(|l| l.rate());
+            println!(
+                "{:>8} {:>8} {:>12.0} {:>10} {:>10} {:>16}",
+                r.replicas,
+                r.clients,
+                rate,
+                us(r.p50),
+                us(r.p99),
+                sqlite
+                    .map(|s| format!("{:.2}x", rate / s))
+                    .unwrap_or_else(|| "-".into())
+            );
+        }
+    }
     if let Some(path) = &a.json {
         let doc = json!({
+            "postgres": pg_rows.iter().map(|r| json!({
+                "replicas": r.replicas,
+                "clients": r.clients,
+                "count": r.ops,
+                "dek_checked": r.checked,
+                "per_second": r.ops as f64 / r.seconds,
+                "p50_s": r.p50,
+                "p99_s": r.p99,
+            })).collect::<Vec<Value>>(),
             "cores": cores,
             "load_average_at_end": load_avg,
             "seconds_per_row": a.seconds,

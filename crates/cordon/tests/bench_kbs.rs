@@ -15,6 +15,7 @@ fn bench_kbs_quick_reports_checked_releases() {
             "bench",
             "kbs",
             "--quick",
+            "--postgres",
             "--sync",
             "full,normal",
             "--fixtures",
@@ -48,4 +49,19 @@ fn bench_kbs_quick_reports_checked_releases() {
         }
     }
     assert_eq!(doc["rotation"]["rewrapped"], 1001);
+    // PostgreSQL, one and two replicas: releases counted (and the servers stopped without a
+    // panic: the synchronous client must not be dropped inside the server's runtime).
+    let pg = doc["postgres"].as_array().unwrap();
+    for replicas in [1, 2] {
+        let row = pg
+            .iter()
+            .find(|r| r["replicas"] == replicas)
+            .unwrap_or_else(|| panic!("no PostgreSQL row for {replicas} replicas"));
+        assert!(row["count"].as_u64().unwrap() > 0, "{row}");
+    }
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
