@@ -147,6 +147,40 @@ fn serve_pg(
     Ok((served, keks))
 }
 
+/// `n` clients with runtime keys and sim TEEs of their own, sharing one HTTP pool; client `i`
+/// talks to `urls[i % urls.len()]`.
+fn make_clients(
+    n: usize,
+    urls: &[&str],
+    setup: &Setup,
+    snp_report: &Arc<Vec<u8>>,
+) -> Result<Vec<Arc<Client>>> {
+    ensure!(!urls.is_empty(), "no KBS to send requests to");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(n)
+        .build()?;
+    (0..n)
+        .map(|i| {
+            let kp = ServiceKeyPair::generate(0);
+            let keys = runtime_keys(&kp);
+            Ok(Arc::new(Client {
+                http: http.clone(),
+                url: urls[i % urls.len()].to_string(),
+                kp,
+                keys,
+                tee: Some(SimTee::new(
+                    SimHardwareKey::from_file_contents(&setup.hw_seed)?,
+                    MEASUREMENT,
+                    [0; 32],
+                    false,
+                )),
+                snp_report: snp_report.clone(),
+                dek: setup.dek,
+            }))
+        })
+        .collect()
+}
+
 /// One PostgreSQL row: sim releases against `replicas` replicas.
 struct PgRow {
     replicas: usize,
@@ -999,28 +1033,7 @@ pub fn run(mut a: KbsArgs) -> Result<()> {
             for op in [Op::Healthz, Op::SimRelease, Op::SnpRefused] {
                 // A fresh KBS (and store) per row: rows do not inherit each other's tables.
                 let served = serve(&server_rt, &root, &setup, op, sync)?;
-                let http = reqwest::Client::builder()
-                    .pool_max_idle_per_host(clients)
-                    .build()?;
-                let mut cs = Vec::new();
-                for _ in 0..clients {
-                    let kp = ServiceKeyPair::generate(0);
-                    let keys = runtime_keys(&kp);
-                    cs.push(Arc::new(Client {
-                        http: http.clone(),
-                        url: served.url.clone(),
-                        kp,
-                        keys,
-                        tee: Some(SimTee::new(
-                            SimHardwareKey::from_file_contents(&setup.hw_seed)?,
-                            MEASUREMENT,
-                            [0; 32],
-                            false,
-                        )),
-                        snp_report: snp_report.clone(),
-                        dek: setup.dek,
-                    }));
-                }
+                let cs = make_clients(clients, &[served.url.as_str()], &setup, &snp_report)?;
                 let (ops, checked, seconds, times) =
                     client_rt.block_on(load(&cs, op, a.seconds, a.check_every))?;
                 drop(cs);
@@ -1070,29 +1083,9 @@ pub fn run(mut a: KbsArgs) -> Result<()> {
             for replicas in [1usize, 2] {
                 let db = cluster.database();
                 let (served, keks) = serve_pg(&server_rt, &root, &setup, &db, replicas)?;
-                let http = reqwest::Client::builder()
-                    .pool_max_idle_per_host(clients)
-                    .build()?;
-                let mut cs = Vec::new();
-                for i in 0..clients {
-                    let kp = ServiceKeyPair::generate(0);
-                    let keys = runtime_keys(&kp);
-                    cs.push(Arc::new(Client {
-                        http: http.clone(),
-                        // Clients spread over the replicas, as a load balancer would.
-                        url: served[i % replicas].url.clone(),
-                        kp,
-                        keys,
-                        tee: Some(SimTee::new(
-                            SimHardwareKey::from_file_contents(&setup.hw_seed)?,
-                            MEASUREMENT,
-                            [0; 32],
-                            false,
-                        )),
-                        snp_report: snp_report.clone(),
-                        dek: setup.dek,
-                    }));
-                }
+                // Clients spread over the replicas, as a load balancer would.
+                let urls: Vec<&str> = served.iter().map(|s| s.url.as_str()).collect();
+                let cs = make_clients(clients, &urls, &setup, &snp_report)?;
                 let (ops, checked, seconds, times) =
                     client_rt.block_on(load(&cs, Op::SimRelease, a.seconds, a.check_every))?;
                 drop(cs);
