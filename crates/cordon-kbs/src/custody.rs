@@ -129,18 +129,21 @@ pub trait Kek: Send + Sync {
 pub struct UnwrapFailed;
 
 /// AES-256-GCM wrapping with a key held in this process (the file and TEE providers).
-pub fn aead_wrap(key: &[u8; 32], aad: &[u8], secret: &[u8]) -> Vec<u8> {
+pub fn aead_wrap(key: &[u8; 32], aad: &[u8], secret: &[u8]) -> Result<Vec<u8>, CustodyError> {
     let cipher = Aes256Gcm::new(key.into());
     let mut nonce = [0u8; WRAP_NONCE_LEN];
     rand::rng().fill_bytes(&mut nonce);
-    // Encryption with a valid key and a random nonce cannot fail for inputs this small.
+    // Fails only past AES-GCM's length limit (64 GiB): an error, never a blob that cannot open.
     let sealed = cipher
         .encrypt(Nonce::from_slice(&nonce), Payload { msg: secret, aad })
-        .unwrap_or_default();
+        .map_err(|_| CustodyError::Spec {
+            spec: "aes-256-gcm".into(),
+            reason: format!("cannot wrap a secret of {} bytes", secret.len()),
+        })?;
     let mut out = Vec::with_capacity(WRAP_NONCE_LEN + sealed.len());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&sealed);
-    out
+    Ok(out)
 }
 
 /// Opens what [`aead_wrap`] made under the same key and `aad`.
@@ -240,7 +243,7 @@ impl Kek for FileKek {
         &self.id
     }
     fn wrap(&self, aad: &[u8], secret: &[u8]) -> Result<Vec<u8>, CustodyError> {
-        Ok(aead_wrap(&self.key, aad, secret))
+        aead_wrap(&self.key, aad, secret)
     }
     fn unwrap(&self, aad: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, UnwrapFailed> {
         aead_unwrap(&self.key, aad, wrapped)
@@ -283,7 +286,7 @@ impl Kek for MemoryKek {
         &self.id
     }
     fn wrap(&self, aad: &[u8], secret: &[u8]) -> Result<Vec<u8>, CustodyError> {
-        Ok(aead_wrap(&self.key, aad, secret))
+        aead_wrap(&self.key, aad, secret)
     }
     fn unwrap(&self, aad: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, UnwrapFailed> {
         aead_unwrap(&self.key, aad, wrapped)
@@ -514,7 +517,7 @@ mod tests {
     fn a_dek_is_bound_to_its_policy_kind_and_owner() {
         let key = [7u8; 32];
         let name = dek_binding("k", "dataset", Some(&[1; 32]), "p = 1");
-        let w = aead_wrap(&key, &wrap_aad(Slot::Dek, &name), b"dek");
+        let w = aead_wrap(&key, &wrap_aad(Slot::Dek, &name), b"dek").unwrap();
         assert!(aead_unwrap(&key, &wrap_aad(Slot::Dek, &name), &w).is_ok());
         for other in [
             dek_binding("k", "dataset", Some(&[1; 32]), "p = 2"),
@@ -531,7 +534,7 @@ mod tests {
     #[test]
     fn wrap_binds_slot_and_name() {
         let key = [7u8; 32];
-        let w = aead_wrap(&key, &wrap_aad(Slot::Dek, "a"), b"secret");
+        let w = aead_wrap(&key, &wrap_aad(Slot::Dek, "a"), b"secret").unwrap();
         assert_eq!(
             aead_unwrap(&key, &wrap_aad(Slot::Dek, "a"), &w)
                 .unwrap()

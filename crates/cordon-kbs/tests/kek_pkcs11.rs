@@ -319,7 +319,7 @@ fn the_wrapped_format_is_aead_wraps() {
     let aad = wrap_aad(Slot::Dek, "x");
     let w = kek.wrap(&aad, b"the dek").unwrap();
     assert_eq!(aead_unwrap(&key, &aad, &w).unwrap().as_slice(), b"the dek");
-    let back = cordon_kbs::custody::aead_wrap(&key, &aad, b"other dek");
+    let back = cordon_kbs::custody::aead_wrap(&key, &aad, b"other dek").unwrap();
     assert_eq!(kek.unwrap(&aad, &back).unwrap().as_slice(), b"other dek");
 }
 

@@ -159,7 +159,7 @@ impl Kek for SevSnpKek {
         &self.id
     }
     fn wrap(&self, aad: &[u8], secret: &[u8]) -> Result<Vec<u8>, CustodyError> {
-        Ok(aead_wrap(&self.key, aad, secret))
+        aead_wrap(&self.key, aad, secret)
     }
     fn unwrap(&self, aad: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, UnwrapFailed> {
         aead_unwrap(&self.key, aad, wrapped)
