@@ -9,8 +9,8 @@
 //! ([`crate::store::wrap_dek`], [`crate::store::unwrap_secret`]).
 
 use crate::store::{
-    NewAuditEvent, NonceShare, NonceUse, RequestNonceUse, RetiredIdentity, Store, StoreError,
-    StoredKey,
+    AttestationCommit, AttestationOutcome, NewAuditEvent, NonceShare, RequestNonceUse,
+    RetiredIdentity, Store, StoreError, StoredKey,
 };
 use cordon_proto::kbs::{AuditEvent, KeyInfo};
 use zeroize::Zeroizing;
@@ -82,16 +82,19 @@ pub trait KeyStore: Send {
         now: u64,
         share: NonceShare,
     ) -> Result<RequestNonceUse, StoreError>;
-    /// Records a fresh challenge nonce, at most `max` held (see [`Store::insert_nonce`]).
-    fn insert_nonce(
+    /// Commits a batch of attestations in one transaction, each with its challenge nonce spent
+    /// ([`Store::commit_attestations`]). Across processes: a nonce is spent once, by any of
+    /// them; a release commits only if no revocation of its key committed before it; the spent
+    /// nonces' floor only goes up, and a nonce is never pruned while one below the floor could
+    /// still be taken for unspent.
+    fn commit_attestations(
         &mut self,
-        nonce: &[u8],
-        expires_at: u64,
+        batch: &[AttestationCommit],
         now: u64,
-        max: u64,
-    ) -> Result<(), StoreError>;
-    /// Marks a challenge used: of any number of concurrent uses, by any processes, one is accepted.
-    fn use_nonce(&mut self, nonce: &[u8], now: u64) -> Result<NonceUse, StoreError>;
+    ) -> Result<Vec<AttestationOutcome>, StoreError>;
+    /// Another connection to the same store, used only for key lookups ([`KeyStore::get_key`])
+    /// so that they do not wait behind this connection's commits.
+    fn reader(&self) -> Result<Box<dyn KeyStore>, StoreError>;
     /// A registered key, its DEK unwrapped (empty when revoked).
     fn get_key(&mut self, key_id: &str) -> Result<Option<StoredKey>, StoreError>;
     /// Every key with its owner, policy and release count; never a DEK.
@@ -131,14 +134,6 @@ pub trait KeyStore: Send {
         key_id: &str,
         event: &NewAuditEvent<'_>,
     ) -> Result<AuditEvent, StoreError>;
-    /// Records that a runtime attested for a job and received its dataset keys.
-    fn record_job_runtime(
-        &mut self,
-        job_hash: &[u8; 32],
-        signing_key: &[u8; 32],
-        serve_policy: Option<&str>,
-        now: u64,
-    ) -> Result<(), StoreError>;
     /// `None` when no runtime with this key attested for the job; else the job's serving policy.
     fn job_runtime(
         &mut self,
@@ -147,9 +142,6 @@ pub trait KeyStore: Send {
     ) -> Result<Option<Option<String>>, StoreError>;
     /// Appends an event to the one hash chain: appends from every process are serialised.
     fn append_audit(&mut self, event: &NewAuditEvent<'_>) -> Result<AuditEvent, StoreError>;
-
-    /// Appends a `key_released` event unless the key was revoked meanwhile (`Ok(false)`).
-    fn append_release_audit(&mut self, event: &NewAuditEvent<'_>) -> Result<bool, StoreError>;
 
     /// The identity retired by the latest rotation and the end of its overlap.
     fn previous_identity_seed(&mut self) -> Result<Option<RetiredIdentity>, StoreError>;
@@ -205,17 +197,15 @@ impl KeyStore for Store {
     ) -> Result<RequestNonceUse, StoreError> {
         Store::use_request_nonce(self, nonce, time, keep, now, share)
     }
-    fn insert_nonce(
+    fn commit_attestations(
         &mut self,
-        nonce: &[u8],
-        expires_at: u64,
+        batch: &[AttestationCommit],
         now: u64,
-        max: u64,
-    ) -> Result<(), StoreError> {
-        Store::insert_nonce(self, nonce, expires_at, now, max)
+    ) -> Result<Vec<AttestationOutcome>, StoreError> {
+        Store::commit_attestations(self, batch, now)
     }
-    fn use_nonce(&mut self, nonce: &[u8], now: u64) -> Result<NonceUse, StoreError> {
-        Store::use_nonce(self, nonce, now)
+    fn reader(&self) -> Result<Box<dyn KeyStore>, StoreError> {
+        Ok(Box::new(Store::reader(self)?))
     }
     fn get_key(&mut self, key_id: &str) -> Result<Option<StoredKey>, StoreError> {
         Store::get_key(self, key_id)
@@ -264,24 +254,12 @@ impl KeyStore for Store {
     ) -> Result<AuditEvent, StoreError> {
         Store::revoke_key_audited(self, key_id, event)
     }
-    fn record_job_runtime(
-        &mut self,
-        job_hash: &[u8; 32],
-        signing_key: &[u8; 32],
-        serve_policy: Option<&str>,
-        now: u64,
-    ) -> Result<(), StoreError> {
-        Store::record_job_runtime(self, job_hash, signing_key, serve_policy, now)
-    }
     fn job_runtime(
         &mut self,
         job_hash: &[u8; 32],
         signing_key: &[u8; 32],
     ) -> Result<Option<Option<String>>, StoreError> {
         Store::job_runtime(self, job_hash, signing_key)
-    }
-    fn append_release_audit(&mut self, event: &NewAuditEvent<'_>) -> Result<bool, StoreError> {
-        Store::append_release_audit(self, event)
     }
     fn previous_identity_seed(&mut self) -> Result<Option<RetiredIdentity>, StoreError> {
         Store::previous_identity_seed(self)

@@ -6,6 +6,7 @@
 //! key's policy, and returns each accepted DEK sealed with HPKE to the attested key). Admin endpoints
 //! (`/kbs/v1/admin/…`) need the admin token, which is stored only as a SHA-256 hash.
 
+pub mod challenge;
 pub mod custody;
 mod error;
 pub mod identity;
@@ -55,6 +56,7 @@ pub use keystore::{DatasetQuota, KeyStore};
 pub use pg_store::PgStore;
 pub use server::{Clock, Kbs, KbsConfig, KbsLimits};
 pub use store::{
-    audit_hash, verify_audit_chain, KeyKind, NewAuditEvent, NonceShare, NonceUse, RequestNonceUse,
-    Share, Store, StoreError, StoredKey, Synchronous,
+    audit_hash, verify_audit_chain, AttestationCommit, AttestationOutcome, JobRuntime, KeyKind,
+    NewAuditEvent, NonceShare, PendingEvent, RequestNonceUse, Share, Store, StoreError, StoredKey,
+    Synchronous,
 };

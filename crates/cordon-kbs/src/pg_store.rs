@@ -7,8 +7,13 @@
 //! secret is in the database unwrapped, and every replica needs the same KEK.
 //!
 //! What SQLite got from one process and the KBS's mutex, this store gets from PostgreSQL:
-//! - a challenge is consumed by one conditional `UPDATE … WHERE NOT used` (row lock: of two
-//!   replicas using one nonce at once, the second re-reads the row and changes nothing);
+//! - a batch of attestations (`commit_attestations`) is one transaction of four round trips,
+//!   whatever its size: the audit lock; one read of the spent-nonce floor, the chain's head, the
+//!   keys still live and the nonces already spent; one write (over arrays, `unnest`) of the
+//!   nonces spent, the events, the job runtimes and the floor's prune; the commit. Every spend,
+//!   prune and append, and every revocation (which appends its event), holds the audit lock:
+//!   what the read sees cannot change before the commit, so a nonce is spent once across
+//!   replicas, and a release commits only if no revocation of its key committed before it;
 //! - the audit log stays one hash chain: each append takes a transaction advisory lock, reads the
 //!   head and inserts, in the same transaction as the write it records, so appends from every
 //!   replica are serialised and each links to the one committed before it;
@@ -16,7 +21,7 @@
 //!   UPDATE … RETURNING`), which row-locks it until commit; the prune, the replay check, the share
 //!   counts and the insert that follow are therefore one serial step across replicas, and the
 //!   floor only ever grows (`GREATEST`);
-//! - counted bounds (challenges held, dataset keys per owner and in all) are checked under an
+//! - counted bounds (dataset keys per owner and in all) are checked under an
 //!   advisory lock of their own, in the transaction that writes, so concurrent writers cannot
 //!   both pass a count that only one fits in;
 //! - every write with its audit event is one transaction: a replica killed midway leaves neither.
@@ -30,12 +35,14 @@ use crate::custody::{dek_binding, Slot};
 use crate::keystore::{DatasetQuota, KeyStore};
 use crate::store::{
     audit_hash, check_kek_usage, unwrap_identity_seed, unwrap_secret, wrap_dek, wrap_identity_seed,
-    KeyKind, NewAuditEvent, NonceShare, NonceUse, RequestNonceUse, RetiredIdentity, StoreError,
-    StoredKey, WrappedDek, EXPIRED_CHALLENGE_GRACE,
+    AttestationCommit, AttestationOutcome, JobRuntime, KeyKind, NewAuditEvent, NonceShare,
+    PendingEvent, RequestNonceUse, RetiredIdentity, StoreError, StoredKey, WrappedDek,
+    CHALLENGE_FLOOR_LAG, CHALLENGE_PRUNE_EVERY,
 };
 use cordon_proto::kbs::{AuditEvent, KeyInfo};
 use postgres::error::SqlState;
-use postgres::{Client, GenericClient, NoTls, Transaction};
+use postgres::{Client, GenericClient, NoTls, Statement, Transaction};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use zeroize::Zeroizing;
 
 /// The schema, one migration per version; `schema_version.version` is how many have run.
@@ -112,12 +119,50 @@ const PG_MIGRATIONS: &[&str] = &[
         admin_signature TEXT NOT NULL,
         created_at BIGINT NOT NULL);
      CREATE INDEX audit_key ON audit (key_id, kind, verdict);",
+    // 3: the SQLite store's migration 11: challenges are not stored (`crate::challenge`), the
+    //    nonces spent are, until they expire, with the floor below which they were pruned.
+    "DROP TABLE nonces;
+     CREATE TABLE spent_challenges (
+        nonce BYTEA PRIMARY KEY,
+        expires_at BIGINT NOT NULL);
+     CREATE INDEX spent_challenges_expiry ON spent_challenges (expires_at);
+     CREATE TABLE challenge_floor (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        pruned_below BIGINT NOT NULL);",
 ];
+
+/// A batch's one read, under the audit lock (see `commit_attestations`).
+const COMMIT_READ: &str = "SELECT (SELECT pruned_below FROM challenge_floor WHERE id = 1),
+            (SELECT seq FROM audit ORDER BY seq DESC LIMIT 1),
+            (SELECT hash FROM audit ORDER BY seq DESC LIMIT 1),
+            ARRAY(SELECT k.key_id FROM keys k
+                  WHERE k.key_id = ANY($1) AND k.revoked_at IS NULL
+                    AND NOT EXISTS (SELECT 1 FROM audit a WHERE a.key_id = k.key_id
+                        AND a.kind = 'key_revoked' AND a.verdict = 'accepted')),
+            ARRAY(SELECT nonce FROM spent_challenges WHERE nonce = ANY($2))";
+
+/// A batch's one write (see `commit_attestations`).
+const COMMIT_WRITE: &str = "WITH raised AS (
+        INSERT INTO challenge_floor (id, pruned_below) SELECT 1, $1 WHERE $2
+        ON CONFLICT (id) DO UPDATE
+        SET pruned_below = GREATEST(challenge_floor.pruned_below, excluded.pruned_below)),
+     pruned AS (DELETE FROM spent_challenges WHERE $2 AND expires_at < $1),
+     spent AS (
+        INSERT INTO spent_challenges (nonce, expires_at)
+        SELECT * FROM unnest($3::bytea[], $4::bigint[])),
+     runtimes AS (
+        INSERT INTO job_runtimes (job_hash, signing_key, serve_policy, created_at)
+        SELECT j, s, p, $5 FROM unnest($6::bytea[], $7::bytea[], $8::text[]) AS r(j, s, p)
+        ON CONFLICT (job_hash, signing_key) DO NOTHING)
+     INSERT INTO audit (seq, time, kind, key_id, claims_digest, verdict, measurement,
+                        detail, prev_hash, hash)
+     SELECT * FROM unnest($9::bigint[], $10::bigint[], $11::text[], $12::text[],
+                          $13::text[], $14::text[], $15::text[], $16::text[],
+                          $17::text[], $18::text[])";
 
 /// Transaction advisory lock ids ("cordon" in ASCII, then a number): held until commit.
 const MIGRATION_LOCK: i64 = 0x636f_7264_6f6e_0001;
 const AUDIT_LOCK: i64 = 0x636f_7264_6f6e_0002;
-const CHALLENGE_LOCK: i64 = 0x636f_7264_6f6e_0003;
 const DATASET_LOCK: i64 = 0x636f_7264_6f6e_0004;
 
 impl From<postgres::Error> for StoreError {
@@ -139,6 +184,9 @@ pub struct PgStore {
     client: Option<Client>,
     config: postgres::Config,
     keks: Keks,
+    /// The release path's statements, prepared once per connection ([`PgStore::prepared`]): a
+    /// statement given as text costs a round trip to prepare at every call.
+    prepared: HashMap<&'static str, Statement>,
 }
 
 /// The synchronous client closes its connection by blocking on its own runtime, which panics
@@ -175,6 +223,7 @@ impl PgStore {
             client: Some(client),
             config,
             keks,
+            prepared: HashMap::new(),
         };
         store.migrate()?;
         let usage = store.kek_usage()?;
@@ -190,11 +239,25 @@ impl PgStore {
             slot => {
                 tracing::warn!("the PostgreSQL connection was closed; reconnecting");
                 *slot = Some(self.config.connect(NoTls)?);
+                // Statements belong to the connection that prepared them.
+                self.prepared.clear();
             }
         }
         self.client
             .as_mut()
             .ok_or_else(|| StoreError::Config("the PostgreSQL connection is gone".into()))
+    }
+
+    /// `sql` prepared on this connection, once.
+    fn prepared(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+        // Reconnects (and forgets the statements) first if the connection was closed.
+        self.client()?;
+        if let Some(s) = self.prepared.get(sql) {
+            return Ok(s.clone());
+        }
+        let statement = self.client()?.prepare(sql)?;
+        self.prepared.insert(sql, statement.clone());
+        Ok(statement)
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
@@ -477,71 +540,151 @@ impl KeyStore for PgStore {
         })
     }
 
-    fn insert_nonce(
+    fn commit_attestations(
         &mut self,
-        nonce: &[u8],
-        expires_at: u64,
+        batch: &[AttestationCommit],
         now: u64,
-        max: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<AttestationOutcome>, StoreError> {
+        let ids: Vec<&str> = batch
+            .iter()
+            .flat_map(|c| c.releases.iter().filter_map(|r| r.key_id.as_deref()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let nonces: Vec<&[u8]> = batch.iter().map(|c| c.nonce.as_slice()).collect();
+        let (lock, read, write) = (
+            self.prepared("SELECT pg_advisory_xact_lock($1)")?,
+            self.prepared(COMMIT_READ)?,
+            self.prepared(COMMIT_WRITE)?,
+        );
         let mut tx = self.client()?.transaction()?;
-        // The bound is a count: replicas issuing challenges at once take turns here.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHALLENGE_LOCK])?;
-        tx.execute(
-            "DELETE FROM nonces WHERE expires_at < $1",
-            &[&(now.saturating_sub(EXPIRED_CHALLENGE_GRACE) as i64)],
-        )?;
-        let count = |tx: &mut Transaction<'_>| -> Result<u64, StoreError> {
-            let n: i64 = tx.query_one("SELECT COUNT(*) FROM nonces", &[])?.get(0);
-            Ok(n as u64)
+        // 1. The audit lock. Every append, spend and prune, from every replica, takes turns
+        //    here, and so does a revocation (it appends its event): one that committed before is
+        //    seen below, one still running waits for this commit. Four round trips and the
+        //    commit's flush are spent under it, whatever the batch's size.
+        tx.execute(&lock, &[&AUDIT_LOCK])?;
+        // 2. One read, after the lock (a statement's snapshot is taken when it starts): the
+        //    floor, the chain's head, which keys are live (unrevoked in the row and in the log),
+        //    which nonces were spent already.
+        let row = tx.query_one(&read, &[&ids, &nonces])?;
+        let floor = row.get::<_, Option<i64>>(0).map_or(0, |t| t as u64);
+        let (mut seq, mut prev): (i64, String) = match (row.get(1), row.get(2)) {
+            (Some(seq), Some(hash)) => (seq, hash),
+            _ => (0, "0".repeat(64)),
         };
-        if count(&mut tx)? >= max {
-            tx.execute("DELETE FROM nonces WHERE expires_at < $1", &[&(now as i64)])?;
-            let live = count(&mut tx)?;
-            if live >= max {
-                tx.commit()?;
-                return Err(StoreError::Busy(format!(
-                    "{live} challenges are outstanding; retry when some have expired"
-                )));
+        let live: HashSet<String> = row.get::<_, Vec<String>>(3).into_iter().collect();
+        let mut spent: HashSet<Vec<u8>> = row.get::<_, Vec<Vec<u8>>>(4).into_iter().collect();
+        let wanted = now.saturating_sub(CHALLENGE_FLOOR_LAG);
+        let prune = wanted >= floor.saturating_add(CHALLENGE_PRUNE_EVERY);
+        let floor = if prune { wanted } else { floor };
+
+        // Outcomes and the chain, decided here.
+        let mut rows: Vec<(AuditEvent, String)> = Vec::new();
+        let mut append = |e: &PendingEvent| {
+            seq += 1;
+            let mut event = AuditEvent {
+                seq,
+                time: e.time,
+                kind: e.kind.into(),
+                key_id: e.key_id.clone(),
+                claims_digest: e.claims_digest.clone(),
+                verdict: e.verdict.into(),
+                measurement: e.measurement.clone(),
+                detail: e.detail.clone(),
+                hash: String::new(),
+            };
+            event.hash = audit_hash(&prev, &event);
+            let linked = std::mem::replace(&mut prev, event.hash.clone());
+            rows.push((event, linked));
+        };
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let (mut spend, mut expiries): (Vec<&[u8]>, Vec<i64>) = (Vec::new(), Vec::new());
+        let mut runtimes: Vec<&JobRuntime> = Vec::new();
+        for c in batch {
+            if c.expires_at < floor {
+                outcomes.push(AttestationOutcome::BelowFloor { floor });
+                continue;
             }
+            // Spent before, or earlier in this batch.
+            if !spent.insert(c.nonce.clone()) {
+                outcomes.push(AttestationOutcome::Spent);
+                continue;
+            }
+            spend.push(&c.nonce);
+            expiries.push(c.expires_at as i64);
+            let mut withheld = Vec::new();
+            for r in &c.releases {
+                match &r.key_id {
+                    Some(id) if live.contains(id) => append(r),
+                    _ => {
+                        withheld.push(r.key_id.clone().unwrap_or_default());
+                        append(&r.withheld());
+                    }
+                }
+            }
+            c.events.iter().for_each(&mut append);
+            if let (Some(j), true) = (&c.job_runtime, withheld.is_empty()) {
+                runtimes.push(j);
+            }
+            outcomes.push(AttestationOutcome::Committed { withheld });
         }
+
+        // 3. One write: the floor raised and the spent nonces below it pruned (when due), the
+        //    nonces spent, the job runtimes, the events, each over arrays.
+        let text = |f: fn(&(AuditEvent, String)) -> Option<String>| -> Vec<Option<String>> {
+            rows.iter().map(f).collect()
+        };
+        let seqs: Vec<i64> = rows.iter().map(|(e, _)| e.seq).collect();
+        let times: Vec<i64> = rows.iter().map(|(e, _)| e.time as i64).collect();
+        let job_hashes: Vec<&[u8]> = runtimes.iter().map(|j| j.job_hash.as_slice()).collect();
+        let signing: Vec<&[u8]> = runtimes.iter().map(|j| j.signing_key.as_slice()).collect();
+        let serve: Vec<Option<&str>> = runtimes.iter().map(|j| j.serve_policy.as_deref()).collect();
         tx.execute(
-            "INSERT INTO nonces (nonce, expires_at) VALUES ($1, $2)",
-            &[&nonce, &(expires_at as i64)],
+            &write,
+            &[
+                &(floor as i64),
+                &prune,
+                &spend,
+                &expiries,
+                &(now as i64),
+                &job_hashes,
+                &signing,
+                &serve,
+                &seqs,
+                &times,
+                &text(|(e, _)| Some(e.kind.clone())),
+                &text(|(e, _)| e.key_id.clone()),
+                &text(|(e, _)| e.claims_digest.clone()),
+                &text(|(e, _)| Some(e.verdict.clone())),
+                &text(|(e, _)| e.measurement.clone()),
+                &text(|(e, _)| Some(e.detail.clone())),
+                &text(|(_, prev)| Some(prev.clone())),
+                &text(|(e, _)| Some(e.hash.clone())),
+            ],
         )?;
         tx.commit()?;
-        Ok(())
+        Ok(outcomes)
     }
 
-    fn use_nonce(&mut self, nonce: &[u8], now: u64) -> Result<NonceUse, StoreError> {
-        let client = self.client()?;
-        // One statement: a second replica updating the same row waits for the first to commit,
-        // re-checks `NOT used` on the new row version, and changes nothing.
-        let changed = client.execute(
-            "UPDATE nonces SET used = true WHERE nonce = $1 AND NOT used AND expires_at >= $2",
-            &[&nonce, &(now as i64)],
-        )?;
-        if changed == 1 {
-            return Ok(NonceUse::Accepted);
-        }
-        let row = client.query_opt(
-            "SELECT expires_at, used FROM nonces WHERE nonce = $1",
-            &[&nonce],
-        )?;
-        Ok(match row {
-            None => NonceUse::Unknown,
-            Some(r) if r.get::<_, bool>(1) => NonceUse::Replayed,
-            Some(r) => NonceUse::Expired {
-                expired_at: r.get::<_, i64>(0) as u64,
-            },
-        })
+    fn reader(&self) -> Result<Box<dyn KeyStore>, StoreError> {
+        // The schema was brought up to date by this store's own connect.
+        Ok(Box::new(PgStore {
+            client: Some(self.config.connect(NoTls)?),
+            config: self.config.clone(),
+            keks: self.keks.clone(),
+            prepared: HashMap::new(),
+        }))
     }
 
     fn get_key(&mut self, key_id: &str) -> Result<Option<StoredKey>, StoreError> {
-        let row = self.client()?.query_opt(
-            "SELECT dek, policy, owner, kind, kek_id, revoked_at FROM keys WHERE key_id = $1",
-            &[&key_id],
+        // One round trip: the row, and the audit log's record of a revocation of it.
+        let lookup = self.prepared(
+            "SELECT dek, policy, owner, kind, kek_id, revoked_at,
+                    (SELECT MIN(time) FROM audit WHERE key_id = $1 AND kind = 'key_revoked'
+                        AND verdict = 'accepted')
+             FROM keys WHERE key_id = $1",
         )?;
+        let row = self.client()?.query_opt(&lookup, &[&key_id])?;
         let Some(row) = row else { return Ok(None) };
         let wrapped: Vec<u8> = row.get(0);
         let policy: String = row.get(1);
@@ -552,9 +695,9 @@ impl KeyStore for PgStore {
         let parsed_kind = KeyKind::parse(&kind)?;
         if revoked_at.is_none() {
             // A row restored from before its revocation: the audit log still records it.
-            if let Some(t) = revocation_in_audit(self.client()?, key_id)? {
+            if let Some(t) = row.get::<_, Option<i64>>(6) {
                 tracing::error!(key_id, "the store says this key is live, but the audit log records its revocation: refusing it");
-                revoked_at = Some(t as i64);
+                revoked_at = Some(t);
             }
         }
         let dek = match revoked_at {
@@ -745,26 +888,6 @@ impl KeyStore for PgStore {
         Ok(stored)
     }
 
-    fn record_job_runtime(
-        &mut self,
-        job_hash: &[u8; 32],
-        signing_key: &[u8; 32],
-        serve_policy: Option<&str>,
-        now: u64,
-    ) -> Result<(), StoreError> {
-        self.client()?.execute(
-            "INSERT INTO job_runtimes (job_hash, signing_key, serve_policy, created_at)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (job_hash, signing_key) DO NOTHING",
-            &[
-                &job_hash.as_slice(),
-                &signing_key.as_slice(),
-                &serve_policy,
-                &(now as i64),
-            ],
-        )?;
-        Ok(())
-    }
-
     fn job_runtime(
         &mut self,
         job_hash: &[u8; 32],
@@ -775,29 +898,6 @@ impl KeyStore for PgStore {
             &[&job_hash.as_slice(), &signing_key.as_slice()],
         )?;
         Ok(row.map(|r| r.get(0)))
-    }
-
-    fn append_release_audit(&mut self, e: &NewAuditEvent<'_>) -> Result<bool, StoreError> {
-        let mut tx = self.client()?.transaction()?;
-        // The key's row is locked until commit: a revocation on another replica waits for this
-        // release, or this release sees it.
-        let live = tx
-            .query_opt(
-                "SELECT revoked_at IS NULL FROM keys WHERE key_id = $1 FOR UPDATE",
-                &[&e.key_id],
-            )?
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(false)
-            && match e.key_id {
-                Some(id) => revocation_in_audit(&mut tx, id)?.is_none(),
-                None => false,
-            };
-        if !live {
-            return Ok(false);
-        }
-        append_audit_in(&mut tx, e)?;
-        tx.commit()?;
-        Ok(true)
     }
 
     fn previous_identity_seed(&mut self) -> Result<Option<RetiredIdentity>, StoreError> {
@@ -869,21 +969,6 @@ impl KeyStore for PgStore {
             })
             .collect())
     }
-}
-
-/// When the audit log recorded the revocation of `key_id`, if it did.
-fn revocation_in_audit(
-    c: &mut impl GenericClient,
-    key_id: &str,
-) -> Result<Option<u64>, StoreError> {
-    let t: Option<i64> = c
-        .query_one(
-            "SELECT MIN(time) FROM audit
-             WHERE key_id = $1 AND kind = 'key_revoked' AND verdict = 'accepted'",
-            &[&key_id],
-        )?
-        .get(0);
-    Ok(t.map(|t| t as u64))
 }
 
 fn share_label(share: NonceShare) -> &'static str {

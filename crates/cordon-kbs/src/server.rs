@@ -1,8 +1,12 @@
 //! HTTP surface of the KBS (axum) over the store.
 
+use crate::challenge::{self, ChallengeKey, ChallengeRefusal};
 use crate::custody::{KekSpec, Keks};
 use crate::keystore::{DatasetQuota, KeyStore};
-use crate::store::{NewAuditEvent, NonceShare, NonceUse, RequestNonceUse, Share, Store};
+use crate::store::{
+    AttestationCommit, AttestationOutcome, JobRuntime, NewAuditEvent, NonceShare, PendingEvent,
+    RequestNonceUse, Share, Store,
+};
 use crate::KbsError;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
@@ -31,6 +35,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
+
+/// Reader connections per KBS process, for the release path's key lookups.
+const READERS: usize = 2;
+
+/// An attestation waiting for its commit, and where its outcome goes.
+struct PendingCommit {
+    commit: AttestationCommit,
+    reply: tokio::sync::oneshot::Sender<Result<AttestationOutcome, KbsError>>,
+}
 
 /// The KBS's source of time; tests inject a fixed or moving clock.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
@@ -62,16 +75,14 @@ pub struct KbsConfig {
 }
 
 /// What one caller can make the KBS store: anyone can make a party key, so dataset keys have a
-/// quota, and challenges (one row each until they expire) are bounded.
+/// quota, and signed-request nonces (remembered ten minutes each) have shares. Challenges cost
+/// nothing to issue (`crate::challenge`): they are not bounded.
 #[derive(Debug, Clone, Copy)]
 pub struct KbsLimits {
     /// Dataset keys one owner (party key) may hold.
     pub max_dataset_keys_per_owner: u64,
     /// Dataset keys held, all owners together.
     pub max_dataset_keys: u64,
-    /// Challenge nonces held (outstanding, or expired within the last ten minutes); more
-    /// challenges get 503.
-    pub max_live_nonces: u64,
     /// Nonces of the administrator's signed requests remembered at once (ten minutes each); more
     /// get 503. Parties and runtimes have shares of their own (below): their traffic cannot lock
     /// the administrator out.
@@ -94,7 +105,6 @@ impl Default for KbsLimits {
         KbsLimits {
             max_dataset_keys_per_owner: 64,
             max_dataset_keys: 100_000,
-            max_live_nonces: 100_000,
             max_request_nonces: 1_000_000,
             max_party_request_nonces: 1_000_000,
             max_request_nonces_per_party: 1_000,
@@ -141,6 +151,11 @@ pub struct Kbs {
 struct Inner {
     /// SQLite or PostgreSQL: every call runs on a blocking thread ([`Kbs::with_store`]).
     store: Mutex<Box<dyn KeyStore>>,
+    /// Connections of the same store for the release path's key lookups
+    /// ([`Kbs::with_reader`]): they do not wait behind `store`'s commits.
+    readers: Vec<Mutex<Box<dyn KeyStore>>>,
+    /// Which reader the next lookup tries first.
+    next_reader: std::sync::atomic::AtomicUsize,
     config: KbsConfig,
     /// Holds the endorsements and caches verified SNP endorsement-key chains.
     verifier: Verifier,
@@ -153,6 +168,13 @@ struct Inner {
     previous_identity: Option<(ServiceKeyPair, u64)>,
     /// Evidence binding `identity`'s public key, made at start by `config.identity_tee`.
     identity_evidence: Option<KbsEvidence>,
+    /// Makes and checks challenge nonces (`crate::challenge`): the current identity's key, then
+    /// the retired identity's (its nonces, issued before the rotation, stay good until they
+    /// expire).
+    challenge_keys: Vec<ChallengeKey>,
+    /// Attestations waiting to be committed: whoever takes the store next commits them all in
+    /// one transaction ([`Kbs::commit_attestation`]).
+    pending_commits: Mutex<Vec<PendingCommit>>,
     /// Signs audit checkpoints; derived from the identity seed (`AuditSigningKey::derive`), so
     /// nothing more is stored. Zeroized on drop; its Debug output is the public key only.
     audit_key: AuditSigningKey,
@@ -225,9 +247,15 @@ impl Kbs {
                 "the identity retired by the last rotation is past its overlap: forgotten"
             );
         }
-        let previous_identity = store
-            .previous_identity_seed()?
-            .map(|(seed, until)| (ServiceKeyPair::derive(0, &seed), until));
+        let previous_seed = store.previous_identity_seed()?;
+        let mut challenge_keys = vec![ChallengeKey::derive(&seed)];
+        challenge_keys.extend(
+            previous_seed
+                .as_ref()
+                .map(|(seed, _)| ChallengeKey::derive(seed)),
+        );
+        let previous_identity =
+            previous_seed.map(|(seed, until)| (ServiceKeyPair::derive(0, &seed), until));
         // Once, at start: hardware evidence costs a firmware round trip, and the identity key is
         // long-term, so evidence made now binds it for this process's whole life.
         let identity_evidence = match &config.identity_tee {
@@ -245,15 +273,22 @@ impl Kbs {
         };
         let audit_key = AuditSigningKey::derive(&seed);
         let verifier = Verifier::new(config.endorsements.clone());
+        let readers = (0..READERS)
+            .map(|_| store.reader().map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Kbs {
             inner: Arc::new(Inner {
                 store: Mutex::new(store),
+                readers,
+                next_reader: std::sync::atomic::AtomicUsize::new(0),
                 config,
                 verifier,
                 identity,
                 previous_identity,
                 identity_evidence,
                 audit_key,
+                challenge_keys,
+                pending_commits: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -408,6 +443,116 @@ impl Kbs {
         })
         .await
         .map_err(|e| KbsError::Internal(format!("store task failed: {e}")))?
+    }
+
+    /// Runs a key lookup on one of the readers, off the async threads: a free one if there is
+    /// one, else the next in turn.
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn KeyStore) -> T + Send + 'static,
+    ) -> Result<T, KbsError> {
+        let kbs = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let readers = &kbs.inner.readers;
+            let first = kbs
+                .inner
+                .next_reader
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let poisoned = || KbsError::Internal("a store reader's lock is poisoned".into());
+            let free = (0..readers.len())
+                .find_map(|i| readers[(first + i) % readers.len()].try_lock().ok());
+            let mut reader = match free {
+                Some(r) => r,
+                None => readers
+                    .get(first % readers.len().max(1))
+                    .ok_or_else(|| KbsError::Internal("the KBS has no store reader".into()))?
+                    .lock()
+                    .map_err(|_| poisoned())?,
+            };
+            Ok(f(reader.as_mut()))
+        })
+        .await
+        .map_err(|e| KbsError::Internal(format!("store task failed: {e}")))?
+    }
+
+    /// Commits one attestation's writes (its nonce spent, its events, its job runtime), grouped
+    /// with every other attestation waiting at that moment into one transaction: under load one
+    /// fsync serves many releases (group commit), with no timer and no added latency when idle.
+    async fn commit_attestation(
+        &self,
+        commit: AttestationCommit,
+    ) -> Result<AttestationOutcome, KbsError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.inner
+            .pending_commits
+            .lock()
+            .map_err(|_| KbsError::Internal("the commit queue's lock is poisoned".into()))?
+            .push(PendingCommit { commit, reply });
+        let kbs = self.clone();
+        tokio::task::spawn_blocking(move || kbs.commit_pending());
+        answer
+            .await
+            .map_err(|_| KbsError::Internal("the attestation's commit was dropped".into()))?
+    }
+
+    /// Takes the store, then every attestation waiting (perhaps none: an earlier caller's task
+    /// took them), and commits them together.
+    fn commit_pending(&self) {
+        let store = self.lock();
+        let batch = match self.inner.pending_commits.lock() {
+            Ok(mut pending) => std::mem::take(&mut *pending),
+            Err(_) => return,
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let mut store = match store {
+            Ok(store) => store,
+            Err(e) => {
+                let text = e.to_string();
+                for p in batch {
+                    let _ = p.reply.send(Err(KbsError::Internal(text.clone())));
+                }
+                return;
+            }
+        };
+        let now = unix(self.now());
+        let (commits, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|p| (p.commit, p.reply)).unzip();
+        match store.commit_attestations(&commits, now) {
+            Ok(outcomes) if outcomes.len() == commits.len() => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Ok(_) => {
+                for reply in replies {
+                    let _ = reply.send(Err(KbsError::Internal(
+                        "the store answered a batch of attestations with the wrong count".into(),
+                    )));
+                }
+            }
+            // What fails one attestation (a value the database refuses) must not fail the
+            // others: each is tried again alone.
+            Err(_) if commits.len() > 1 => {
+                for (commit, reply) in commits.iter().zip(replies) {
+                    let one = store
+                        .commit_attestations(std::slice::from_ref(commit), now)
+                        .map_err(KbsError::from)
+                        .and_then(|mut o| {
+                            o.pop().ok_or_else(|| {
+                                KbsError::Internal("the store answered no outcome".into())
+                            })
+                        });
+                    let _ = reply.send(one);
+                }
+            }
+            Err(e) => {
+                if let Some(reply) = replies.into_iter().next() {
+                    let _ = reply.send(Err(e.into()));
+                }
+            }
+        }
     }
 
     /// The HTTP routes.
@@ -670,18 +815,42 @@ async fn identity(State(kbs): State<Kbs>) -> Result<Json<KbsIdentity>, KbsError>
     }))
 }
 
+/// A challenge nonce: a random draw and a MAC (`crate::challenge`), nothing stored. What keeps a
+/// nonce single-use is the store's record of the nonces spent.
 async fn challenge(State(kbs): State<Kbs>) -> Result<Json<Challenge>, KbsError> {
-    let mut nonce = [0u8; 32];
-    rand::rng().fill_bytes(&mut nonce);
-    let now = unix(kbs.now());
-    let expires_at = now + kbs.inner.config.nonce_ttl.as_secs();
-    let max = kbs.inner.config.limits.max_live_nonces;
-    kbs.with_store(move |s| Ok(s.insert_nonce(&nonce, expires_at, now, max)?))
-        .await?;
+    let expires_at = unix(kbs.now()).saturating_add(kbs.inner.config.nonce_ttl.as_secs());
+    let nonce = kbs
+        .inner
+        .challenge_keys
+        .first()
+        .ok_or_else(|| KbsError::Internal("the KBS has no challenge key".into()))?
+        .issue(expires_at);
     Ok(Json(Challenge {
         nonce: hex::encode(nonce),
         expires_at,
     }))
+}
+
+/// An audit event of the attestation being answered.
+#[allow(clippy::too_many_arguments)]
+fn pending_event(
+    time: u64,
+    kind: &'static str,
+    key_id: Option<&str>,
+    claims_digest: Option<&str>,
+    verdict: &'static str,
+    measurement: Option<&str>,
+    detail: String,
+) -> PendingEvent {
+    PendingEvent {
+        time,
+        kind,
+        key_id: key_id.map(String::from),
+        claims_digest: claims_digest.map(String::from),
+        verdict,
+        measurement: measurement.map(String::from),
+        detail,
+    }
 }
 
 async fn attest(
@@ -694,7 +863,7 @@ async fn attest(
             "key_ids must name at least one key".into(),
         ));
     }
-    // Each key costs an appraisal and an fsync'd audit write: bounded, and each asked once.
+    // Each key costs an appraisal and an audit event: bounded, and each asked once.
     if req.key_ids.len() > MAX_KEY_IDS {
         return Err(KbsError::BadRequest(format!(
             "key_ids names {} keys, at most {MAX_KEY_IDS} may be asked for at once",
@@ -718,15 +887,69 @@ async fn attest(
     let now_time = kbs.now();
     let now = unix(now_time);
 
-    // 1. The nonce: issued here, unused, unexpired. It is consumed even if what follows fails.
-    let n = nonce.clone();
-    match kbs.with_store(move |s| Ok(s.use_nonce(&n, now)?)).await? {
-        NonceUse::Accepted => {}
-        NonceUse::Unknown => return Err(KbsError::NonceUnknown),
-        NonceUse::Replayed => return Err(KbsError::NonceReplayed),
-        NonceUse::Expired { expired_at } => return Err(KbsError::NonceExpired { expired_at, now }),
+    // 1. The nonce: one of this KBS's challenges (its MAC verifies), unexpired. It is spent in
+    //    the transaction that records this attestation's outcome, whatever the outcome: of two
+    //    requests with one nonce, on any replica, the second is refused there, before anything
+    //    is answered.
+    let keys: Vec<&ChallengeKey> = kbs.inner.challenge_keys.iter().collect();
+    let expires_at = match challenge::check(&keys, &nonce, now) {
+        Ok(expires_at) => expires_at,
+        Err(ChallengeRefusal::Unknown) => return Err(KbsError::NonceUnknown),
+        Err(ChallengeRefusal::Expired { expired_at }) => {
+            return Err(KbsError::NonceExpired { expired_at, now })
+        }
+    };
+    let mut commit = AttestationCommit {
+        nonce: nonce.clone(),
+        expires_at,
+        releases: Vec::new(),
+        events: Vec::new(),
+        job_runtime: None,
+    };
+    let answer = appraise_attestation(&kbs, &req, job, &nonce, now_time, &mut commit).await;
+    match kbs.commit_attestation(commit).await? {
+        AttestationOutcome::Spent => Err(KbsError::NonceReplayed),
+        AttestationOutcome::BelowFloor { .. } => Err(KbsError::NonceExpired {
+            expired_at: expires_at,
+            now,
+        }),
+        AttestationOutcome::Committed { withheld } => {
+            let mut answer = answer?;
+            // A revocation that committed while this request was being answered withholds the
+            // key (the store recorded the denial).
+            let (released, late): (Vec<_>, Vec<_>) = std::mem::take(&mut answer.released)
+                .into_iter()
+                .partition(|r| !withheld.contains(&r.key_id));
+            for r in late {
+                tracing::warn!(key_id = %r.key_id, "key revoked while its release was answered: withheld");
+                answer.denied.push(DeniedKey {
+                    key_id: r.key_id,
+                    reasons: vec![
+                        "the key was revoked while this request was being answered".into()
+                    ],
+                });
+            }
+            for r in &released {
+                tracing::info!(key_id = %r.key_id, claims = %answer.claims_digest, "key released");
+            }
+            answer.released = released;
+            Ok(Json(answer))
+        }
     }
+}
 
+/// Verifies and appraises an attestation whose nonce checked, and seals each key its policy
+/// accepts; writes nothing, but puts in `commit` every audit event (and the job runtime) to be
+/// committed with the nonce. An `Err` is the request's answer once that commit is done.
+async fn appraise_attestation(
+    kbs: &Kbs,
+    req: &AttestRequest,
+    job: Option<JobRelease>,
+    nonce: &[u8],
+    now_time: SystemTime,
+    commit: &mut AttestationCommit,
+) -> Result<AttestResponse, KbsError> {
+    let now = unix(now_time);
     // 2. Verify: signature and trust anchors → claims. Certificate chains and DCAP collateral
     //    cost milliseconds of CPU: off the async workers.
     let verifying = kbs.clone();
@@ -739,17 +962,15 @@ async fn attest(
         Ok(c) => c,
         Err(e) => {
             let detail = e.to_string();
-            record(
-                &kbs,
+            commit.events.push(pending_event(
                 now,
                 "attestation_failed",
                 None,
                 None,
                 "rejected",
                 None,
-                &detail,
-            )
-            .await?;
+                detail.clone(),
+            ));
             return Err(KbsError::Evidence(detail));
         }
     };
@@ -778,36 +999,34 @@ async fn attest(
         _ => BTreeMap::new(),
     };
     let expected = match &job_hash {
-        Some(h) => job_report_data(&nonce, &req.runtime_keys, h),
-        None => report_data(&nonce, &req.runtime_keys, &req.models),
+        Some(h) => job_report_data(nonce, &req.runtime_keys, h),
+        None => report_data(nonce, &req.runtime_keys, &req.models),
     };
     if claims.report_data != expected {
         let err = KbsError::Binding {
             found: hex::encode(claims.report_data),
             expected: hex::encode(expected),
         };
-        let detail = err.to_string();
-        record(
-            &kbs,
+        commit.events.push(pending_event(
             now,
             "attestation_failed",
             None,
             Some(&digest),
             "rejected",
             Some(&measurement),
-            &detail,
-        )
-        .await?;
+            err.to_string(),
+        ));
         return Err(err);
     }
 
-    // 4. Appraise each requested key's release policy and seal what it accepts. Audit events are
-    //    written only once every answer is ready, so the log never records a release not delivered.
+    // 4. Appraise each requested key's release policy and seal what it accepts. Nothing is
+    //    answered before the events are committed, so the log never records a release not
+    //    delivered, nor misses one delivered.
     let mut released = Vec::new();
     let mut denied = Vec::new();
     for key_id in &req.key_ids {
         let id = key_id.clone();
-        let lookup = kbs.with_store(move |s| Ok(s.get_key(&id))).await?;
+        let lookup = kbs.with_reader(move |s| s.get_key(&id)).await?;
         // A stored entry that does not unwrap (its policy, kind or owner edited in the store, or
         // its DEK moved) is this key's denial, not the whole request's failure.
         let (stored, tampered) = match lookup {
@@ -893,6 +1112,7 @@ async fn attest(
     };
     // A runtime that received every dataset key of a job may later register that job's output
     // for serving (under the job's own serving policy), signed with the key its evidence bound.
+    // Recorded with the releases, unless one of them is withheld at commit.
     if let (Some(job), Some(hash)) = (&job, job_hash) {
         // Every dataset of the job, not only those it chose to ask for: a runtime that got one
         // party's key is not the job's runtime.
@@ -904,80 +1124,44 @@ async fn attest(
             .collect();
         let got: BTreeSet<&str> = released.iter().map(|r| r.key_id.as_str()).collect();
         if denied.is_empty() && got == all {
-            let signing = req.runtime_keys.signing_public_key;
-            let serve = job.spec.outputs.serve.as_ref().map(|s| s.policy.clone());
-            kbs.with_store(move |s| {
-                Ok(s.record_job_runtime(&hash, &signing, serve.as_deref(), now)?)
-            })
-            .await?;
-        }
-    }
-    // Each release is recorded in a transaction that checks the key is still unrevoked: a
-    // revocation that committed while this request was being answered withholds the key.
-    let mut delivered = Vec::with_capacity(released.len());
-    for r in released {
-        let (id, d, m, detail) = (
-            r.key_id.clone(),
-            digest.clone(),
-            measurement.clone(),
-            released_detail.clone(),
-        );
-        let live = kbs
-            .with_store(move |s| {
-                Ok(s.append_release_audit(&NewAuditEvent {
-                    time: now,
-                    kind: "key_released",
-                    key_id: Some(&id),
-                    claims_digest: Some(&d),
-                    verdict: "accepted",
-                    measurement: Some(&m),
-                    detail: &detail,
-                })?)
-            })
-            .await?;
-        if live {
-            tracing::info!(key_id = %r.key_id, claims = %digest, "key released");
-            delivered.push(r);
-        } else {
-            denied.push(DeniedKey {
-                key_id: r.key_id,
-                reasons: vec!["the key was revoked while this request was being answered".into()],
+            commit.job_runtime = Some(JobRuntime {
+                job_hash: hash,
+                signing_key: req.runtime_keys.signing_public_key,
+                serve_policy: job.spec.outputs.serve.as_ref().map(|s| s.policy.clone()),
             });
-            let d = denied.last().map(|d| d.key_id.clone()).unwrap_or_default();
-            record(
-                &kbs,
-                now,
-                "key_denied",
-                Some(&d),
-                Some(&digest),
-                "rejected",
-                Some(&measurement),
-                "revoked while the release was being answered",
-            )
-            .await?;
         }
     }
-    let released = delivered;
+    // Each release is recorded only if its key is still unrevoked when the commit runs (checked
+    // in its transaction); the denials after the releases.
+    for r in &released {
+        commit.releases.push(pending_event(
+            now,
+            "key_released",
+            Some(&r.key_id),
+            Some(&digest),
+            "accepted",
+            Some(&measurement),
+            released_detail.clone(),
+        ));
+    }
     for d in &denied {
         let detail = d.reasons.join("; ");
-        record(
-            &kbs,
+        tracing::warn!(key_id = %d.key_id, reasons = %detail, "key denied");
+        commit.events.push(pending_event(
             now,
             "key_denied",
             Some(&d.key_id),
             Some(&digest),
             "rejected",
             Some(&measurement),
-            &detail,
-        )
-        .await?;
-        tracing::warn!(key_id = %d.key_id, reasons = %detail, "key denied");
+            detail,
+        ));
     }
-    Ok(Json(AttestResponse {
+    Ok(AttestResponse {
         claims_digest: digest,
         released,
         denied,
-    }))
+    })
 }
 
 /// Each approving party's verdict: whether its approval of `hash` verifies at `now`, and if not
@@ -1057,38 +1241,6 @@ fn job_check(
         hex::encode(hash),
         party.name,
     )]
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn record(
-    kbs: &Kbs,
-    time: u64,
-    kind: &'static str,
-    key_id: Option<&str>,
-    claims_digest: Option<&str>,
-    verdict: &'static str,
-    measurement: Option<&str>,
-    detail: &str,
-) -> Result<(), KbsError> {
-    let (key_id, claims_digest, measurement, detail) = (
-        key_id.map(String::from),
-        claims_digest.map(String::from),
-        measurement.map(String::from),
-        detail.to_string(),
-    );
-    kbs.with_store(move |s| {
-        s.append_audit(&NewAuditEvent {
-            time,
-            kind,
-            key_id: key_id.as_deref(),
-            claims_digest: claims_digest.as_deref(),
-            verdict,
-            measurement: measurement.as_deref(),
-            detail: &detail,
-        })?;
-        Ok(())
-    })
-    .await
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, KbsError> {

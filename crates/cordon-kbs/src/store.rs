@@ -12,7 +12,7 @@ use crate::custody::{dek_binding, wrap_aad, CustodyError, Kek, Keks, Slot};
 use cordon_proto::kbs::{AuditEvent, KeyInfo};
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
@@ -191,11 +191,27 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL);",
     // 10: the key listing counts each key's releases: by key id, not by a scan per key.
     "CREATE INDEX audit_key ON audit (key_id, kind, verdict);",
+    // 11: challenges cost no write to issue (`crate::challenge`: the nonce carries its expiry
+    //     and a MAC); the store keeps the nonces spent, until they expire, and the floor below
+    //     which spent nonces were pruned (it never goes down, so a clock set back cannot bring a
+    //     pruned nonce back). Outstanding challenges of the old table are dropped: their holders
+    //     ask again.
+    "DROP TABLE nonces;
+     CREATE TABLE spent_challenges (
+        nonce BLOB PRIMARY KEY,
+        expires_at INTEGER NOT NULL);
+     CREATE INDEX spent_challenges_expiry ON spent_challenges (expires_at);
+     CREATE TABLE challenge_floor (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        pruned_below INTEGER NOT NULL);",
 ];
 
-/// How long an expired challenge is kept, so that using it is answered "expired" rather than
-/// "unknown" (unless the table fills up first).
-pub const EXPIRED_CHALLENGE_GRACE: u64 = 600;
+/// How far behind the clock the spent-challenge floor is set when spent nonces are pruned: a
+/// replica whose clock lags this much behind another's still answers a nonce "expired" by its
+/// own clock, not "below the floor".
+pub const CHALLENGE_FLOOR_LAG: u64 = 60;
+/// Spent nonces are pruned once the floor can move this far: not in every transaction.
+pub const CHALLENGE_PRUNE_EVERY: u64 = 30;
 
 /// Whose share of the remembered signed-request nonces a request takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,13 +289,78 @@ impl KeyKind {
     }
 }
 
-/// Outcome of trying to use a nonce.
-#[derive(Debug, PartialEq, Eq)]
-pub enum NonceUse {
-    Accepted,
-    Unknown,
-    Replayed,
-    Expired { expired_at: u64 },
+/// One audit event waiting to be written with its attestation (owned: it waits in a batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEvent {
+    pub time: u64,
+    pub kind: &'static str,
+    pub key_id: Option<String>,
+    pub claims_digest: Option<String>,
+    pub verdict: &'static str,
+    pub measurement: Option<String>,
+    pub detail: String,
+}
+
+impl PendingEvent {
+    pub fn as_new(&self) -> NewAuditEvent<'_> {
+        NewAuditEvent {
+            time: self.time,
+            kind: self.kind,
+            key_id: self.key_id.as_deref(),
+            claims_digest: self.claims_digest.as_deref(),
+            verdict: self.verdict,
+            measurement: self.measurement.as_deref(),
+            detail: &self.detail,
+        }
+    }
+
+    /// The denial recorded in place of a release whose key was revoked meanwhile.
+    pub fn withheld(&self) -> PendingEvent {
+        PendingEvent {
+            kind: "key_denied",
+            verdict: "rejected",
+            detail: "revoked while the release was being answered".into(),
+            ..self.clone()
+        }
+    }
+}
+
+/// A runtime that attested for a training job and received every dataset key it asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRuntime {
+    pub job_hash: [u8; 32],
+    pub signing_key: [u8; 32],
+    pub serve_policy: Option<String>,
+}
+
+/// Everything one attestation writes, in one transaction: its challenge nonce spent, its audit
+/// events, and the job runtime it proved to be. Either all of it is stored or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestationCommit {
+    /// The challenge nonce the evidence bound (checked against its MAC by the caller).
+    pub nonce: Vec<u8>,
+    /// Its expiry, from the nonce itself.
+    pub expires_at: u64,
+    /// `key_released` events: each recorded only if its key is unrevoked when this commits
+    /// (checked in the transaction), else recorded as a denial ([`PendingEvent::withheld`]) and
+    /// the key withheld.
+    pub releases: Vec<PendingEvent>,
+    /// Every other event (refusals, denials), recorded as it is, after the releases.
+    pub events: Vec<PendingEvent>,
+    /// Recorded only if no release was withheld.
+    pub job_runtime: Option<JobRuntime>,
+}
+
+/// What became of one [`AttestationCommit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttestationOutcome {
+    /// Stored; the key ids of releases withheld because their key was revoked meanwhile.
+    Committed { withheld: Vec<String> },
+    /// The nonce was spent already (a replay, or the same nonce twice in a batch): nothing stored.
+    Spent,
+    /// The nonce expired before the floor of pruned spent nonces: it may have been spent and
+    /// forgotten, so it is refused whatever the clock says. Nothing stored.
+    BelowFloor { floor: u64 },
 }
 
 /// A registered key.
@@ -316,6 +397,8 @@ pub struct NewAuditEvent<'a> {
 pub struct Store {
     conn: Connection,
     keks: Keks,
+    /// The database file, for [`Store::reader`].
+    path: PathBuf,
 }
 
 impl Store {
@@ -381,7 +464,11 @@ impl Store {
         // Freed and overwritten cells are zeroed: a DEK row replaced or a plaintext row wrapped
         // leaves nothing behind in the file.
         conn.pragma_update(None, "secure_delete", "ON")?;
-        let mut store = Store { conn, keks };
+        let mut store = Store {
+            conn,
+            keks,
+            path: path.clone(),
+        };
         store.migrate(migrate_plaintext)?;
         store.check_kek_ids()?;
         // The WAL and shared-memory files exist now, with the database's mode; a check, and a
@@ -389,6 +476,19 @@ impl Store {
         crate::private_files::tighten_side_files(&path);
         crate::private_files::check_private(data_dir, &path).map_err(not_private)?;
         Ok(store)
+    }
+
+    /// A second connection to this store's file that only reads (`query_only`): key lookups on
+    /// it do not wait behind the writer's commits (WAL readers see the last committed state).
+    pub fn reader(&self) -> Result<Store, StoreError> {
+        let conn = Connection::open(&self.path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "query_only", "ON")?;
+        Ok(Store {
+            conn,
+            keks: self.keks.clone(),
+            path: self.path.clone(),
+        })
     }
 
     fn migrate(&mut self, migrate_plaintext: bool) -> Result<(), StoreError> {
@@ -1048,71 +1148,74 @@ impl Store {
         Ok(ids)
     }
 
-    /// Records a fresh challenge nonce, unless `max` unexpired ones are outstanding
-    /// ([`StoreError::Busy`]). Anyone may ask for challenges, so the table never holds more than
-    /// `max` rows: expired nonces are kept [`EXPIRED_CHALLENGE_GRACE`] after expiry (so that using
-    /// one that just expired is answered "expired", not "unknown"), but dropped at once when the
-    /// table is full.
-    pub fn insert_nonce(
-        &self,
-        nonce: &[u8],
-        expires_at: u64,
+    /// Commits a batch of attestations in one transaction (one fsync for all: group commit).
+    /// Each is checked and applied in order; see [`AttestationCommit`] and
+    /// [`AttestationOutcome`]. The first of two with one nonce wins, in a batch or across
+    /// batches.
+    pub fn commit_attestations(
+        &mut self,
+        batch: &[AttestationCommit],
         now: u64,
-        max: u64,
-    ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "DELETE FROM nonces WHERE expires_at < ?1",
-            params![now.saturating_sub(EXPIRED_CHALLENGE_GRACE) as i64],
-        )?;
-        let count = || -> Result<u64, StoreError> {
-            let n: i64 = self
-                .conn
-                .query_row("SELECT COUNT(*) FROM nonces", [], |r| r.get(0))?;
-            Ok(n as u64)
-        };
-        if count()? >= max {
-            self.conn.execute(
-                "DELETE FROM nonces WHERE expires_at < ?1",
-                params![now as i64],
-            )?;
-            let live = count()?;
-            if live >= max {
-                return Err(StoreError::Busy(format!(
-                    "{live} challenges are outstanding; retry when some have expired"
-                )));
+    ) -> Result<Vec<AttestationOutcome>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let floor = raise_challenge_floor(&tx, now)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for c in batch {
+            if c.expires_at < floor {
+                outcomes.push(AttestationOutcome::BelowFloor { floor });
+                continue;
             }
+            let spent = tx
+                .prepare_cached(
+                    "INSERT INTO spent_challenges (nonce, expires_at) VALUES (?1, ?2)
+                     ON CONFLICT (nonce) DO NOTHING",
+                )?
+                .execute(params![c.nonce, c.expires_at as i64])?;
+            if spent == 0 {
+                outcomes.push(AttestationOutcome::Spent);
+                continue;
+            }
+            let mut withheld = Vec::new();
+            for r in &c.releases {
+                let live = match &r.key_id {
+                    Some(id) => key_live(&tx, id)?,
+                    None => false,
+                };
+                if live {
+                    append_audit_in(&tx, &r.as_new())?;
+                } else {
+                    withheld.push(r.key_id.clone().unwrap_or_default());
+                    append_audit_in(&tx, &r.withheld().as_new())?;
+                }
+            }
+            for e in &c.events {
+                append_audit_in(&tx, &e.as_new())?;
+            }
+            if let (Some(j), true) = (&c.job_runtime, withheld.is_empty()) {
+                tx.execute(
+                    "INSERT OR IGNORE INTO job_runtimes
+                        (job_hash, signing_key, serve_policy, created_at)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        j.job_hash.as_slice(),
+                        j.signing_key.as_slice(),
+                        j.serve_policy,
+                        now as i64
+                    ],
+                )?;
+            }
+            outcomes.push(AttestationOutcome::Committed { withheld });
         }
-        self.conn.execute(
-            "INSERT INTO nonces (nonce, expires_at) VALUES (?1, ?2)",
-            params![nonce, expires_at as i64],
-        )?;
-        Ok(())
+        tx.commit()?;
+        Ok(outcomes)
     }
 
-    /// Marks a nonce used, atomically: of two concurrent uses at most one is accepted.
-    pub fn use_nonce(&self, nonce: &[u8], now: u64) -> Result<NonceUse, StoreError> {
-        let changed = self.conn.execute(
-            "UPDATE nonces SET used = 1 WHERE nonce = ?1 AND used = 0 AND expires_at >= ?2",
-            params![nonce, now as i64],
-        )?;
-        if changed == 1 {
-            return Ok(NonceUse::Accepted);
-        }
-        let row: Option<(i64, i64)> = self
+    /// Spent challenge nonces held (each until it expires and the floor passes it).
+    pub fn spent_challenges(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
             .conn
-            .query_row(
-                "SELECT expires_at, used FROM nonces WHERE nonce = ?1",
-                params![nonce],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        Ok(match row {
-            None => NonceUse::Unknown,
-            Some((_, 1)) => NonceUse::Replayed,
-            Some((expires_at, _)) => NonceUse::Expired {
-                expired_at: expires_at as u64,
-            },
-        })
+            .query_row("SELECT COUNT(*) FROM spent_challenges", [], |r| r.get(0))?;
+        Ok(n as u64)
     }
 
     /// Registers (or replaces) a key and appends its audit event in one transaction: either both
@@ -1246,31 +1349,6 @@ impl Store {
         Ok(stored)
     }
 
-    /// Appends a `key_released` event, unless its key has been revoked (or removed) meanwhile:
-    /// the check and the append are one transaction, so a release is recorded, and answered,
-    /// only if no revocation committed before it. `Ok(false)`: withheld.
-    pub fn append_release_audit(&mut self, e: &NewAuditEvent<'_>) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
-        let live: bool = tx
-            .query_row(
-                "SELECT revoked_at IS NULL FROM keys WHERE key_id = ?1",
-                params![e.key_id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(false)
-            && match e.key_id {
-                Some(id) => revocation_in_audit(&tx, id)?.is_none(),
-                None => false,
-            };
-        if !live {
-            return Ok(false);
-        }
-        append_audit_in(&tx, e)?;
-        tx.commit()?;
-        Ok(true)
-    }
-
     /// Appends an event, chained to the previous one by hash.
     pub fn append_audit(&mut self, e: &NewAuditEvent<'_>) -> Result<AuditEvent, StoreError> {
         let tx = self.conn.transaction()?;
@@ -1353,12 +1431,46 @@ fn upsert_key(
 /// When the audit log recorded the revocation of `key_id`, if it did (indexed: `audit_key`).
 fn revocation_in_audit(conn: &Connection, key_id: &str) -> Result<Option<u64>, StoreError> {
     let t: Option<i64> = conn
-        .query_row(
+        .prepare_cached(
             "SELECT MIN(time) FROM audit WHERE key_id = ?1 AND kind = 'key_revoked' AND verdict = 'accepted'",
-            params![key_id],
-            |r| r.get(0),
-        )?;
+        )?
+        .query_row(params![key_id], |r| r.get(0))?;
     Ok(t.map(|t| t as u64))
+}
+
+/// Whether `key_id` may still be released: it exists, is not marked revoked, and the audit log
+/// records no revocation of it (a host that clears `revoked_at` does not bring a key back).
+fn key_live(conn: &Connection, key_id: &str) -> Result<bool, StoreError> {
+    let unrevoked: bool = conn
+        .prepare_cached("SELECT revoked_at IS NULL FROM keys WHERE key_id = ?1")?
+        .query_row(params![key_id], |r| r.get(0))
+        .optional()?
+        .unwrap_or(false);
+    Ok(unrevoked && revocation_in_audit(conn, key_id)?.is_none())
+}
+
+/// The spent-challenge floor, raised (and the spent nonces below it pruned) once it can move
+/// [`CHALLENGE_PRUNE_EVERY`]: it never goes down, whatever `now` says.
+fn raise_challenge_floor(conn: &Connection, now: u64) -> Result<u64, StoreError> {
+    let floor = conn
+        .prepare_cached("SELECT pruned_below FROM challenge_floor WHERE id = 1")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map_or(0, |t| t as u64);
+    let wanted = now.saturating_sub(CHALLENGE_FLOOR_LAG);
+    if wanted < floor.saturating_add(CHALLENGE_PRUNE_EVERY) {
+        return Ok(floor);
+    }
+    conn.execute(
+        "INSERT INTO challenge_floor (id, pruned_below) VALUES (1, ?1)
+         ON CONFLICT (id) DO UPDATE SET pruned_below = MAX(pruned_below, excluded.pruned_below)",
+        params![wanted as i64],
+    )?;
+    conn.execute(
+        "DELETE FROM spent_challenges WHERE expires_at < ?1",
+        params![wanted as i64],
+    )?;
+    Ok(wanted)
 }
 
 /// Why a key id could not be written: revoked, or held by another owner.
@@ -1556,17 +1668,14 @@ fn append_audit_in(
     tx: &rusqlite::Transaction<'_>,
     e: &NewAuditEvent<'_>,
 ) -> Result<AuditEvent, StoreError> {
-    let prev: String = tx
-        .query_row(
-            "SELECT hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or_else(|| "0".repeat(64));
-    let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM audit", [], |r| {
-        r.get(0)
-    })?;
+    let head: Option<(i64, String)> = tx
+        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (seq, prev) = match head {
+        Some((last, hash)) => (last + 1, hash),
+        None => (1, "0".repeat(64)),
+    };
     let mut event = AuditEvent {
         seq,
         time: e.time,
@@ -1579,23 +1688,23 @@ fn append_audit_in(
         hash: String::new(),
     };
     event.hash = audit_hash(&prev, &event);
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO audit (seq, time, kind, key_id, claims_digest, verdict, measurement, detail,
                             prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
-            event.seq,
-            event.time as i64,
-            event.kind,
-            event.key_id,
-            event.claims_digest,
-            event.verdict,
-            event.measurement,
-            event.detail,
-            prev,
-            event.hash
-        ],
-    )?;
+    )?
+    .execute(params![
+        event.seq,
+        event.time as i64,
+        event.kind,
+        event.key_id,
+        event.claims_digest,
+        event.verdict,
+        event.measurement,
+        event.detail,
+        prev,
+        event.hash
+    ])?;
     Ok(event)
 }
 
@@ -1640,47 +1749,43 @@ mod tests {
         (dir, store)
     }
 
+    /// Spent nonces are kept until the floor passes their expiry, and no longer: the table
+    /// holds what was spent within about a TTL and the prune interval, whatever the traffic.
     #[test]
-    fn nonce_is_single_use_and_expires() {
-        let (_d, s) = temp_store();
-        s.insert_nonce(b"n1", 100, 50, 10).unwrap();
-        assert_eq!(s.use_nonce(b"n1", 60).unwrap(), NonceUse::Accepted);
-        assert_eq!(s.use_nonce(b"n1", 61).unwrap(), NonceUse::Replayed);
-        s.insert_nonce(b"n2", 100, 50, 10).unwrap();
-        assert_eq!(
-            s.use_nonce(b"n2", 101).unwrap(),
-            NonceUse::Expired { expired_at: 100 }
-        );
-        assert_eq!(s.use_nonce(b"never", 60).unwrap(), NonceUse::Unknown);
-    }
-
-    /// The challenge table never holds more than its bound, expired rows included: anyone may ask
-    /// for challenges.
-    #[test]
-    fn challenges_are_bounded_with_their_expired_rows() {
-        let (_d, s) = temp_store();
-        for i in 0..3u8 {
-            s.insert_nonce(&[i], 100, 50, 3).unwrap();
+    fn spent_nonces_are_pruned_as_the_floor_rises() {
+        let (_d, mut s) = temp_store();
+        let spend = |s: &mut Store, n: u8, expires_at: u64, now: u64| {
+            let c = AttestationCommit {
+                nonce: vec![n],
+                expires_at,
+                releases: vec![],
+                events: vec![],
+                job_runtime: None,
+            };
+            s.commit_attestations(&[c], now).unwrap()
+        };
+        let t = 10_000;
+        for n in 0..5u8 {
+            spend(&mut s, n, t + 60, t);
         }
+        assert_eq!(s.spent_challenges().unwrap(), 5);
+        // The floor lags the clock by CHALLENGE_FLOOR_LAG: nothing pruned yet at expiry.
+        spend(&mut s, 9, t + 200, t + 60);
+        assert_eq!(s.spent_challenges().unwrap(), 6);
+        // Past expiry + lag + the prune interval: the five are gone, the sixth kept.
+        spend(
+            &mut s,
+            10,
+            t + 300,
+            t + 60 + CHALLENGE_FLOOR_LAG + CHALLENGE_PRUNE_EVERY + 1,
+        );
+        assert_eq!(s.spent_challenges().unwrap(), 2);
+        // A spend with an expiry below the floor is refused and stores nothing.
         assert!(matches!(
-            s.insert_nonce(b"x", 100, 50, 3),
-            Err(StoreError::Busy(_))
+            spend(&mut s, 0, t + 60, t).as_slice(),
+            [AttestationOutcome::BelowFloor { .. }]
         ));
-        // Expired, but within the grace: still answered "expired"...
-        assert_eq!(
-            s.use_nonce(&[0], 101).unwrap(),
-            NonceUse::Expired { expired_at: 100 }
-        );
-        // ...until room is needed: then the expired rows go, never past the bound.
-        for i in 10..13u8 {
-            s.insert_nonce(&[i], 200, 101, 3).unwrap();
-        }
-        let rows: i64 = s
-            .conn
-            .query_row("SELECT COUNT(*) FROM nonces", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(rows, 3);
-        assert_eq!(s.use_nonce(&[1], 102).unwrap(), NonceUse::Unknown);
+        assert_eq!(s.spent_challenges().unwrap(), 2);
     }
 
     /// A key of a kind this build does not know is an error, not an admin key (which would be
@@ -1785,7 +1890,11 @@ mod tests {
         drop(Store::open(dir.path(), test_keks()).unwrap());
         let conn = Connection::open(dir.path().join("kbs.sqlite3")).unwrap();
         conn.execute_batch(
-            "DROP TABLE audit_key_vouch;
+            "DROP TABLE spent_challenges; DROP TABLE challenge_floor;
+             CREATE TABLE nonces (nonce BLOB PRIMARY KEY, expires_at INTEGER NOT NULL,
+                                  used INTEGER NOT NULL DEFAULT 0);
+             CREATE INDEX nonces_expiry ON nonces (expires_at);
+             DROP TABLE audit_key_vouch;
              DROP TABLE nonce_floor; DROP INDEX request_nonces_share;
              ALTER TABLE request_nonces DROP COLUMN share;
              DROP INDEX request_nonces_party; ALTER TABLE request_nonces DROP COLUMN party;

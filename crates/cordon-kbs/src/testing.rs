@@ -94,10 +94,22 @@ fn command_as(user: Option<&str>, program: &Path) -> Command {
 }
 
 impl PgCluster {
-    /// The server named by `CORDON_TEST_DATABASE_URL`, or a fresh cluster.
+    /// The server named by `CORDON_TEST_DATABASE_URL`, or a fresh cluster with `fsync=off`
+    /// (tests: what they check does not depend on the disk, and they run faster).
+    pub fn start() -> PgCluster {
+        PgCluster::start_with(false)
+    }
+
+    /// Like [`PgCluster::start`], but a fresh cluster keeps PostgreSQL's durable defaults
+    /// (`fsync=on`, `synchronous_commit=on`): every acknowledged commit is on disk, as in
+    /// production. For benchmarks set beside SQLite at `synchronous=FULL`.
+    pub fn start_durable() -> PgCluster {
+        PgCluster::start_with(true)
+    }
+
     // The watchdog is never waited for: it must outlive this process, to stop the cluster after.
     #[allow(clippy::zombie_processes)]
-    pub fn start() -> PgCluster {
+    fn start_with(durable: bool) -> PgCluster {
         let bin = bin_dir();
         if let Ok(url) = std::env::var("CORDON_TEST_DATABASE_URL") {
             let config: postgres::Config = url.parse().expect("CORDON_TEST_DATABASE_URL");
@@ -140,8 +152,9 @@ impl PgCluster {
             data.display()
         );
         let options = format!(
-            "-k '{}' -c listen_addresses='' -c fsync=off -c max_connections=200",
-            dir.display()
+            "-k '{}' -c listen_addresses='' -c fsync={} -c max_connections=200",
+            dir.display(),
+            if durable { "on" } else { "off" }
         );
         run(
             command_as(run_as, &bin.join("pg_ctl"))

@@ -224,27 +224,78 @@ async fn dataset_keys_have_a_quota_per_owner_and_in_all() {
     );
 }
 
-#[tokio::test]
-async fn outstanding_challenges_are_bounded() {
-    let h = start_with(KbsLimits {
-        max_live_nonces: 3,
-        ..KbsLimits::default()
-    })
-    .await;
-    for _ in 0..3 {
-        h.challenge().await;
-    }
+/// Challenges are MACed, not stored: the host cannot mint one, nor move one's expiry; a nonce
+/// spent and then pruned (the clock set ahead) stays refused when the clock is set back; and of
+/// concurrent requests with one nonce exactly one is answered with the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn challenges_cannot_be_forged_stretched_or_replayed_through_the_clock() {
+    let h = start().await;
+    let measurement = [0x11; 48];
+    assert_eq!(
+        h.register("k", [1; 32], policy(vec![Platform::Sim], measurement))
+            .await
+            .status(),
+        200
+    );
+    let kp = ServiceKeyPair::generate(0);
+    let tee = h.tee(measurement, false);
+    let code = |r: reqwest::Response| async move { refusal(r).await.1.code };
+
+    // A nonce with its expiry moved an hour later: its MAC no longer verifies.
+    let ch = h.challenge().await;
+    let mut stretched = hex::decode(&ch.nonce).unwrap();
+    stretched[..8].copy_from_slice(&(ch.expires_at + 3_600).to_be_bytes());
     let r = h
-        .http
-        .post(format!("{}/kbs/v1/challenge", h.url))
-        .send()
+        .attest(&request(&hex::encode(&stretched), &tee, &kp, &["k"]))
+        .await;
+    assert_eq!(code(r).await, "nonce_unknown");
+
+    // Eight concurrent requests with one nonce: one release.
+    let ch = h.challenge().await;
+    let req = request(&ch.nonce, &tee, &kp, &["k"]);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url, req) = (h.http.clone(), h.url.clone(), req.clone());
+            tokio::spawn(async move {
+                http.post(format!("{url}/kbs/v1/attest"))
+                    .json(&req)
+                    .send()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        if r.status() == 200 {
+            ok += 1;
+        } else {
+            assert_eq!(code(r).await, "nonce_replayed");
+        }
+    }
+    assert_eq!(ok, 1);
+
+    // The host sets the clock two hours ahead; an attestation then raises the spent nonces'
+    // floor and prunes the spent nonce. Back to the old time, the replay is still refused.
+    h.clock.fetch_add(7_200, Ordering::SeqCst);
+    let later = h.challenge().await;
+    assert_eq!(
+        h.attest(&request(&later.nonce, &tee, &kp, &["k"]))
+            .await
+            .status(),
+        200
+    );
+    h.clock.fetch_sub(7_200, Ordering::SeqCst);
+    let r = h.attest(&req).await;
+    assert_eq!(code(r).await, "nonce_expired");
+    let released = h
+        .audit()
         .await
-        .unwrap();
-    let (status, e) = refusal(r).await;
-    assert_eq!((status, e.code.as_str()), (503, "busy"));
-    // Once they expire (30 s TTL in the harness), there is room again.
-    h.clock.fetch_add(31, Ordering::SeqCst);
-    h.challenge().await;
+        .iter()
+        .filter(|e| e.kind == "key_released")
+        .count();
+    assert_eq!(released, 2);
 }
 
 #[tokio::test]

@@ -6,8 +6,9 @@
 use cordon_kbs::custody::MemoryKek;
 use cordon_kbs::testing::PgCluster;
 use cordon_kbs::{
-    verify_audit_chain, DatasetQuota, Keks, KeyKind, KeyStore, NewAuditEvent, NonceShare, NonceUse,
-    PgStore, RequestNonceUse, Share, Store, StoreError,
+    verify_audit_chain, AttestationCommit, AttestationOutcome, DatasetQuota, JobRuntime, Keks,
+    KeyKind, KeyStore, NewAuditEvent, NonceShare, PendingEvent, PgStore, RequestNonceUse, Share,
+    Store, StoreError,
 };
 use std::sync::{Arc, OnceLock};
 
@@ -61,6 +62,58 @@ fn event<'a>(time: u64, kind: &'a str, key_id: Option<&'a str>) -> NewAuditEvent
     }
 }
 
+fn pending(time: u64, kind: &'static str, key_id: Option<&str>) -> PendingEvent {
+    PendingEvent {
+        time,
+        kind,
+        key_id: key_id.map(String::from),
+        claims_digest: None,
+        verdict: if kind == "key_released" {
+            "accepted"
+        } else {
+            "rejected"
+        },
+        measurement: None,
+        detail: "test".into(),
+    }
+}
+
+/// An attestation spending `nonce` that releases `releases` and records `events`.
+fn attestation(
+    nonce: &[u8],
+    expires_at: u64,
+    releases: &[&str],
+    events: &[&str],
+) -> AttestationCommit {
+    AttestationCommit {
+        nonce: nonce.to_vec(),
+        expires_at,
+        releases: releases
+            .iter()
+            .map(|k| pending(expires_at - 50, "key_released", Some(k)))
+            .collect(),
+        events: events
+            .iter()
+            .map(|k| pending(expires_at - 50, "key_denied", Some(k)))
+            .collect(),
+        job_runtime: None,
+    }
+}
+
+fn committed(withheld: &[&str]) -> AttestationOutcome {
+    AttestationOutcome::Committed {
+        withheld: withheld.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn kinds(s: &mut dyn KeyStore) -> Vec<String> {
+    s.audit_events()
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{}:{}", e.kind, e.key_id.unwrap_or_default()))
+        .collect()
+}
+
 fn share(share: Share, sender: u8, per_sender: u64, max: u64) -> NonceShare {
     NonceShare {
         share,
@@ -72,33 +125,69 @@ fn share(share: Share, sender: u8, per_sender: u64, max: u64) -> NonceShare {
 
 // ---- the cases, once ----
 
-fn challenge_nonces_are_single_use_and_expire(b: &dyn Backend) {
+fn attestations_spend_their_nonce_once_with_their_events(b: &dyn Backend) {
     let mut s = b.open(keks(1)).unwrap();
-    s.insert_nonce(b"n1", 100, 50, 10).unwrap();
-    assert_eq!(s.use_nonce(b"n1", 60).unwrap(), NonceUse::Accepted);
-    assert_eq!(s.use_nonce(b"n1", 61).unwrap(), NonceUse::Replayed);
-    s.insert_nonce(b"n2", 100, 50, 10).unwrap();
+    s.put_key_audited("k", &[5; 32], "p", &event(1, "key_registered", Some("k")))
+        .unwrap();
+    let first = attestation(b"n1", 100, &["k"], &["other"]);
     assert_eq!(
-        s.use_nonce(b"n2", 101).unwrap(),
-        NonceUse::Expired { expired_at: 100 }
+        s.commit_attestations(std::slice::from_ref(&first), 60)
+            .unwrap(),
+        [committed(&[])]
     );
-    assert_eq!(s.use_nonce(b"never", 60).unwrap(), NonceUse::Unknown);
-    // Another replica (or a restart) sees the same nonces.
+    // The same nonce again, alone or in a batch (where the first of two wins): nothing stored.
+    let second = attestation(b"n2", 100, &["k"], &[]);
+    assert_eq!(
+        s.commit_attestations(&[first.clone(), second.clone(), second.clone()], 61)
+            .unwrap(),
+        [
+            AttestationOutcome::Spent,
+            committed(&[]),
+            AttestationOutcome::Spent
+        ]
+    );
+    // Another replica (or a restart) knows the nonces spent.
     let mut other = b.open(keks(1)).unwrap();
-    assert_eq!(other.use_nonce(b"n1", 62).unwrap(), NonceUse::Replayed);
+    assert_eq!(
+        other.commit_attestations(&[first], 62).unwrap(),
+        [AttestationOutcome::Spent]
+    );
+    assert_eq!(
+        kinds(other.as_mut()),
+        [
+            "key_registered:k",
+            "key_released:k",
+            "key_denied:other",
+            "key_released:k"
+        ]
+    );
+    assert_eq!(verify_audit_chain(&other.audit_events().unwrap()), Ok(()));
 }
 
-fn challenges_are_bounded(b: &dyn Backend) {
+/// Spent nonces are pruned below a floor that only goes up: a clock set back cannot bring a
+/// pruned nonce back, and a nonce that expires below the floor is refused.
+fn spent_nonces_are_pruned_below_a_floor_that_never_goes_down(b: &dyn Backend) {
     let mut s = b.open(keks(1)).unwrap();
-    for i in 0..3u8 {
-        s.insert_nonce(&[i], 100, 50, 3).unwrap();
+    let t0 = 1_000_000;
+    let old = attestation(b"old", t0 + 60, &[], &["x"]);
+    assert_eq!(
+        s.commit_attestations(std::slice::from_ref(&old), t0)
+            .unwrap(),
+        [committed(&[])]
+    );
+    // The host moves the clock an hour ahead: the floor rises past the old nonce's expiry and
+    // the spent nonce is pruned...
+    let later = attestation(b"later", t0 + 3_700, &[], &["y"]);
+    assert_eq!(
+        s.commit_attestations(&[later], t0 + 3_600).unwrap(),
+        [committed(&[])]
+    );
+    // ...then back: the old nonce is refused at the floor, though its row is gone.
+    match s.commit_attestations(&[old], t0 + 10).unwrap().as_slice() {
+        [AttestationOutcome::BelowFloor { floor }] => assert!(*floor > t0 + 60, "{floor}"),
+        other => panic!("a pruned nonce was taken again: {other:?}"),
     }
-    assert!(matches!(
-        s.insert_nonce(b"x", 100, 50, 3),
-        Err(StoreError::Busy(_))
-    ));
-    // Once they expired, the full table makes room.
-    s.insert_nonce(b"y", 300, 200, 3).unwrap();
+    assert_eq!(kinds(s.as_mut()), ["key_denied:x", "key_denied:y"]);
 }
 
 fn request_nonces_have_shares_replays_and_a_floor(b: &dyn Backend) {
@@ -252,6 +341,23 @@ fn dataset_quotas_hold(b: &dyn Backend) {
     assert!(s.get_key("a3").unwrap().is_none());
 }
 
+/// Records that runtime `rt` attested for `job` (its attestation spending `nonce`).
+fn record_runtime(
+    s: &mut dyn KeyStore,
+    nonce: &[u8],
+    job: &[u8; 32],
+    rt: &[u8; 32],
+    policy: Option<&str>,
+) {
+    let mut a = attestation(nonce, 100, &[], &[]);
+    a.job_runtime = Some(JobRuntime {
+        job_hash: *job,
+        signing_key: *rt,
+        serve_policy: policy.map(String::from),
+    });
+    assert_eq!(s.commit_attestations(&[a], 50).unwrap(), [committed(&[])]);
+}
+
 fn job_outputs_register_once_per_runtime(b: &dyn Backend) {
     let mut s = b.open(keks(1)).unwrap();
     let (job, rt) = ([3u8; 32], [4u8; 32]);
@@ -262,8 +368,8 @@ fn job_outputs_register_once_per_runtime(b: &dyn Backend) {
         s.put_output_key_audited("out", &[1; 32], "serve", &job, &rt, &ev),
         Err(StoreError::OutputRegistered { .. })
     ));
-    s.record_job_runtime(&job, &rt, Some("serve"), 1).unwrap();
-    s.record_job_runtime(&job, &rt, Some("other"), 2).unwrap();
+    record_runtime(s.as_mut(), b"r1", &job, &rt, Some("serve"));
+    record_runtime(s.as_mut(), b"r2", &job, &rt, Some("other"));
     assert_eq!(
         s.job_runtime(&job, &rt).unwrap(),
         Some(Some("serve".to_string()))
@@ -281,7 +387,7 @@ fn job_outputs_register_once_per_runtime(b: &dyn Backend) {
     ));
     // An existing key id is never taken over, and the claim is rolled back with the refusal.
     let rt2 = [5u8; 32];
-    s.record_job_runtime(&job, &rt2, None, 3).unwrap();
+    record_runtime(s.as_mut(), b"r3", &job, &rt2, None);
     s.put_key_audited("taken", &[1; 32], "p", &ev).unwrap();
     assert!(matches!(
         s.put_output_key_audited("taken", &[1; 32], "serve", &job, &rt2, &ev),
@@ -339,28 +445,52 @@ fn a_release_is_recorded_only_while_its_key_is_unrevoked(b: &dyn Backend) {
     let mut s = b.open(keks(1)).unwrap();
     s.put_key_audited("k", &[5; 32], "p", &event(1, "key_registered", Some("k")))
         .unwrap();
-    assert!(s
-        .append_release_audit(&event(2, "key_released", Some("k")))
-        .unwrap());
+    s.put_key_audited("j", &[6; 32], "p", &event(1, "key_registered", Some("j")))
+        .unwrap();
+    let job = JobRuntime {
+        job_hash: [3; 32],
+        signing_key: [4; 32],
+        serve_policy: None,
+    };
+    let mut a = attestation(b"a", 100, &["k", "j"], &[]);
+    a.job_runtime = Some(job.clone());
+    assert_eq!(s.commit_attestations(&[a], 50).unwrap(), [committed(&[])]);
+    assert_eq!(s.job_runtime(&[3; 32], &[4; 32]).unwrap(), Some(None));
     s.revoke_key_audited("k", &event(3, "key_revoked", Some("k")))
         .unwrap();
-    assert!(!s
-        .append_release_audit(&event(4, "key_released", Some("k")))
-        .unwrap());
-    assert!(!s
-        .append_release_audit(&event(4, "key_released", Some("unknown")))
-        .unwrap());
+    // A release of a revoked (or unknown) key is withheld and recorded as a denial; a job
+    // runtime whose releases were not all delivered is not recorded.
+    let mut b2 = attestation(b"b", 100, &["k", "j", "unknown"], &[]);
+    b2.job_runtime = Some(JobRuntime {
+        signing_key: [5; 32],
+        ..job
+    });
+    assert_eq!(
+        s.commit_attestations(&[b2], 51).unwrap(),
+        [committed(&["k", "unknown"])]
+    );
+    assert_eq!(s.job_runtime(&[3; 32], &[5; 32]).unwrap(), None);
     let k = s.get_key("k").unwrap().unwrap();
     assert_eq!(k.revoked_at, Some(3));
     assert!(k.dek.is_empty());
-    // Withheld releases leave no event.
-    let kinds: Vec<String> = s
-        .audit_events()
-        .unwrap()
-        .into_iter()
-        .map(|e| e.kind)
-        .collect();
-    assert_eq!(kinds, ["key_registered", "key_released", "key_revoked"]);
+    assert_eq!(
+        kinds(s.as_mut()),
+        [
+            "key_registered:k",
+            "key_registered:j",
+            "key_released:k",
+            "key_released:j",
+            "key_revoked:k",
+            "key_denied:k",
+            "key_released:j",
+            "key_denied:unknown"
+        ]
+    );
+    let denial = &s.audit_events().unwrap()[5];
+    assert_eq!(
+        (denial.verdict.as_str(), denial.detail.as_str()),
+        ("rejected", "revoked while the release was being answered")
+    );
 }
 
 macro_rules! both {
@@ -375,8 +505,8 @@ macro_rules! both {
 }
 
 both!(
-    challenge_nonces_are_single_use_and_expire,
-    challenges_are_bounded,
+    attestations_spend_their_nonce_once_with_their_events,
+    spent_nonces_are_pruned_below_a_floor_that_never_goes_down,
     request_nonces_have_shares_replays_and_a_floor,
     keys_round_trip_wrapped_with_owners_kinds_and_revocation,
     dataset_quotas_hold,
@@ -419,30 +549,45 @@ fn pg_replicas_migrate_once_at_the_same_time() {
             .unwrap()
             .schema_version()
             .unwrap(),
-        2
+        3
     );
 }
 
 #[test]
-fn pg_a_challenge_is_consumed_once_across_replicas() {
+fn pg_a_challenge_is_spent_once_across_replicas() {
     let url = cluster().database();
     PgStore::connect(&url, keks(1))
         .unwrap()
-        .insert_nonce(b"once", 100, 10, 1000)
+        .put_key_audited("k", &[5; 32], "p", &event(1, "key_registered", Some("k")))
         .unwrap();
     for round in 0..5 {
         let n = format!("n{round}");
-        PgStore::connect(&url, keks(1))
+        // Eight replicas, each committing a batch that spends the nonce (and one of its own).
+        let outcomes = race(&url, 8, move |i, s| {
+            let mine = format!("{n}-{i}");
+            s.commit_attestations(
+                &[
+                    attestation(n.as_bytes(), 100, &["k"], &[]),
+                    attestation(mine.as_bytes(), 100, &["k"], &[]),
+                ],
+                20,
+            )
             .unwrap()
-            .insert_nonce(n.as_bytes(), 100, 10, 1000)
-            .unwrap();
-        let uses = race(&url, 8, move |_, s| s.use_nonce(n.as_bytes(), 20).unwrap());
-        let accepted = uses.iter().filter(|u| **u == NonceUse::Accepted).count();
-        assert_eq!(accepted, 1, "round {round}: {uses:?}");
-        assert!(uses
-            .iter()
-            .all(|u| matches!(u, NonceUse::Accepted | NonceUse::Replayed)));
+        });
+        let accepted = outcomes.iter().filter(|o| o[0] == committed(&[])).count();
+        assert_eq!(accepted, 1, "round {round}: {outcomes:?}");
+        assert!(outcomes.iter().all(|o| matches!(
+            o[0],
+            AttestationOutcome::Committed { .. } | AttestationOutcome::Spent
+        ) && o[1] == committed(&[])));
     }
+    let events = PgStore::connect(&url, keks(1))
+        .unwrap()
+        .audit_events()
+        .unwrap();
+    // The registration, then per round one release for the shared nonce and eight of their own.
+    assert_eq!(events.len(), 1 + 5 * 9);
+    assert_eq!(verify_audit_chain(&events), Ok(()));
 }
 
 #[test]

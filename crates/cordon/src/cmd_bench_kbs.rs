@@ -24,9 +24,10 @@
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cordon_attest::{appraise, Endorsements, Platform, Policy, Verifier};
-use cordon_kbs::custody::{dek_binding, wrap_aad, FileKek, Slot};
+use cordon_kbs::custody::{dek_binding, wrap_aad, FileKek, MemoryKek, Slot};
 use cordon_kbs::{
-    Kbs, KbsConfig, Kek, Keks, KeyStore, NewAuditEvent, NonceUse, PgStore, Store, Synchronous,
+    AttestationCommit, AttestationOutcome, Kbs, KbsConfig, Kek, Keks, KeyStore, NewAuditEvent,
+    PendingEvent, PgStore, Store, Synchronous,
 };
 use cordon_proto::kbs::{AttestRequest, AttestResponse, Challenge, ErrorBody, RELEASE_INFO};
 use cordon_proto::{channel, report_data, RuntimeKeys, ServiceKeyPair};
@@ -539,50 +540,83 @@ fn time_each(
     })
 }
 
-/// The store work of one release, on one thread, with the store's own methods: the four steps
-/// separately, then together.
+/// The store work of one release, on one thread, with the store's own methods: the key read,
+/// then the attestation's commit (nonce spent, release recorded) alone, then `batch` attestations
+/// per commit (what the KBS's group commit does under load), per attestation.
 fn store_baselines(
     root: &Path,
     setup: &Setup,
     sync: SyncMode,
     iterations: usize,
+    batch: usize,
 ) -> Result<Vec<Baseline>> {
     let dir = tempfile::tempdir_in(root)?;
     let data_dir = dir.path().join("kbs");
     let kek: Arc<dyn Kek> = Arc::new(FileKek::open_or_create(&dir.path().join("kbs.kek"))?);
-    let mut store = Store::open(&data_dir, Keks::new(kek))?;
+    let store = Store::open(&data_dir, Keks::new(kek))?;
     store.set_synchronous(sync.store())?;
+    store_rows(
+        Box::new(store),
+        &format!("store (SQLite, synchronous={})", sync.label()),
+        setup,
+        iterations,
+        batch,
+    )
+}
+
+/// [`store_baselines`] on any store: `label` names it in each row.
+fn store_rows(
+    mut store: Box<dyn KeyStore>,
+    label: &str,
+    setup: &Setup,
+    iterations: usize,
+    batch: usize,
+) -> Result<Vec<Baseline>> {
     let policy = Policy::new(vec![Platform::Sim], vec![MEASUREMENT.to_vec()]).to_toml();
-    store.put_key(KEY_ID, &setup.dek, &policy, unix_now())?;
-    let s = sync.label();
-    let mut nonces: Vec<[u8; 32]> = Vec::new();
-    let mut fresh = || {
-        let n: [u8; 32] = rand::random();
-        nonces.push(n);
-        n
-    };
+    store.put_key_audited(
+        KEY_ID,
+        &setup.dek,
+        &policy,
+        &NewAuditEvent {
+            time: unix_now(),
+            kind: "key_registered",
+            key_id: Some(KEY_ID),
+            claims_digest: None,
+            verdict: "accepted",
+            measurement: None,
+            detail: "",
+        },
+    )?;
     let now = unix_now();
+    let attestation = || AttestationCommit {
+        nonce: rand::random::<[u8; 32]>().to_vec(),
+        expires_at: now + 60,
+        releases: vec![PendingEvent {
+            time: now,
+            kind: "key_released",
+            key_id: Some(KEY_ID.into()),
+            claims_digest: Some("00".into()),
+            verdict: "accepted",
+            measurement: Some("5b".into()),
+            detail: String::new(),
+        }],
+        events: vec![],
+        job_runtime: None,
+    };
+    let commit = |store: &mut dyn KeyStore, n: usize| -> Result<()> {
+        let commits: Vec<AttestationCommit> = (0..n).map(|_| attestation()).collect();
+        let outcomes = store.commit_attestations(&commits, now)?;
+        ensure!(
+            outcomes
+                .iter()
+                .all(|o| *o == AttestationOutcome::Committed { withheld: vec![] }),
+            "an attestation was not committed: {outcomes:?}"
+        );
+        Ok(())
+    };
     let mut rows = Vec::new();
     rows.push(time_each(
-        &format!("store: challenge insert (`insert_nonce`), synchronous={s}"),
-        iterations,
-        |_| Ok(store.insert_nonce(&fresh(), now + 60, now, 100_000)?),
-    )?);
-    let issued = nonces.clone();
-    rows.push(time_each(
-        &format!("store: nonce use (`use_nonce`), synchronous={s}"),
-        iterations,
-        |i| {
-            let n = issued.get(i).context("fewer nonces than uses")?;
-            ensure!(
-                store.use_nonce(n, now)? == NonceUse::Accepted,
-                "nonce refused"
-            );
-            Ok(())
-        },
-    )?);
-    rows.push(time_each(
-        "store: key read and unwrap (`get_key`), no write",
+        &format!("{label}: key read and unwrap (`get_key`), no write"),
         iterations,
         |_| {
             let k = store.get_key(KEY_ID)?.context("the key is missing")?;
@@ -590,185 +624,24 @@ fn store_baselines(
             Ok(())
         },
     )?);
-    let event = |time| NewAuditEvent {
-        time,
-        kind: "key_released",
-        key_id: Some(KEY_ID),
-        claims_digest: Some("00"),
-        verdict: "accepted",
-        measurement: Some("5b"),
-        detail: "",
-    };
     rows.push(time_each(
-        &format!("store: audit append (`append_audit`), synchronous={s}"),
-        iterations,
-        |_| {
-            store.append_audit(&event(now))?;
-            Ok(())
-        },
-    )?);
-    rows.push(time_each(
-        &format!("store: all four, one release's store work, synchronous={s}"),
-        iterations,
-        |_| {
-            let n: [u8; 32] = rand::random();
-            store.insert_nonce(&n, now + 60, now, 100_000)?;
-            ensure!(
-                store.use_nonce(&n, now)? == NonceUse::Accepted,
-                "nonce refused"
-            );
-            let k = store.get_key(KEY_ID)?.context("the key is missing")?;
-            black_box(k);
-            store.append_audit(&event(now))?;
-            Ok(())
-        },
-    )?);
-    Ok(rows)
-}
-
-/// `insert_nonce` with `outstanding` challenges already in the table (what a sustained rate ×
-/// the nonce TTL leaves there): it counts the table on every challenge. The limit is raised for
-/// the measurement, so that the count's cost is measured rather than the refusal.
-fn nonce_table_baseline(
-    root: &Path,
-    sync: SyncMode,
-    iterations: usize,
-    outstanding: usize,
-) -> Result<Baseline> {
-    let dir = tempfile::tempdir_in(root)?;
-    let data_dir = dir.path().join("kbs");
-    let kek: Arc<dyn Kek> = Arc::new(FileKek::open_or_create(&dir.path().join("kbs.kek"))?);
-    drop(Store::open(&data_dir, Keks::new(kek.clone()))?);
-    let now = unix_now();
-    {
-        let mut conn = rusqlite::Connection::open(data_dir.join("kbs.sqlite3"))?;
-        let tx = conn.transaction()?;
-        {
-            let mut insert =
-                tx.prepare("INSERT INTO nonces (nonce, expires_at, used) VALUES (?1, ?2, ?3)")?;
-            for i in 0..outstanding {
-                let n: [u8; 32] = rand::random();
-                insert.execute(rusqlite::params![&n[..], now as i64 + 60, (i % 2) as i64])?;
-            }
-        }
-        tx.commit()?;
-    }
-    let store = Store::open(&data_dir, Keks::new(kek))?;
-    store.set_synchronous(sync.store())?;
-    time_each(
         &format!(
-            "store: challenge insert with {outstanding} challenges outstanding, synchronous={}",
-            sync.label()
+            "{label}: one attestation committed alone (`commit_attestations`: nonce spent, \
+             release recorded; one commit)"
         ),
         iterations,
-        |_| {
-            let n: [u8; 32] = rand::random();
-            Ok(store.insert_nonce(&n, now + 60, now, u64::MAX)?)
-        },
-    )
-}
-
-/// A model of fewer commits per release, on the store's own file and schema through a second
-/// connection (the statements `insert_nonce`, `use_nonce`, `get_key` and `append_audit` run, less
-/// their checks): one release's writes in one transaction, then `batch` releases' writes in one
-/// transaction (group commit). Times are per release.
-fn commit_models(
-    root: &Path,
-    setup: &Setup,
-    sync: SyncMode,
-    iterations: usize,
-    batch: usize,
-) -> Result<Vec<Baseline>> {
-    use rusqlite::OptionalExtension;
-    use sha2::Digest;
-    let dir = tempfile::tempdir_in(root)?;
-    let data_dir = dir.path().join("kbs");
-    let kek: Arc<dyn Kek> = Arc::new(FileKek::open_or_create(&dir.path().join("kbs.kek"))?);
-    Store::open(&data_dir, Keks::new(kek))?.put_key(KEY_ID, &setup.dek, "p", unix_now())?;
-    let mut conn = rusqlite::Connection::open(data_dir.join("kbs.sqlite3"))?;
-    conn.pragma_update(
-        None,
-        "synchronous",
-        match sync {
-            SyncMode::Full => "FULL",
-            SyncMode::Normal => "NORMAL",
-        },
-    )?;
-    let now = unix_now() as i64;
-    let release = |tx: &rusqlite::Transaction<'_>| -> Result<()> {
-        let nonce: [u8; 32] = rand::random();
-        tx.execute(
-            "DELETE FROM nonces WHERE expires_at < ?1",
-            rusqlite::params![now - 600],
-        )?;
-        let _: i64 = tx.query_row("SELECT COUNT(*) FROM nonces", [], |r| r.get(0))?;
-        tx.execute(
-            "INSERT INTO nonces (nonce, expires_at) VALUES (?1, ?2)",
-            rusqlite::params![&nonce[..], now + 60],
-        )?;
-        let used = tx.execute(
-            "UPDATE nonces SET used = 1 WHERE nonce = ?1 AND used = 0 AND expires_at >= ?2",
-            rusqlite::params![&nonce[..], now],
-        )?;
-        ensure!(used == 1, "nonce not used");
-        let dek: Vec<u8> =
-            tx.query_row("SELECT dek FROM keys WHERE key_id = ?1", [KEY_ID], |r| {
-                r.get(0)
-            })?;
-        black_box(dek);
-        let prev: String = tx
-            .query_row(
-                "SELECT hash FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or_else(|| "0".repeat(64));
-        let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM audit", [], |r| {
-            r.get(0)
-        })?;
-        let hash = hex::encode(sha2::Sha256::digest(format!("{prev}\n{seq}")));
-        tx.execute(
-            "INSERT INTO audit (seq, time, kind, key_id, claims_digest, verdict, measurement,
-                                detail, prev_hash, hash)
-             VALUES (?1, ?2, 'key_released', ?3, '00', 'accepted', '5b', '', ?4, ?5)",
-            rusqlite::params![seq, now, KEY_ID, prev, hash],
-        )?;
-        Ok(())
-    };
-    let s = sync.label();
-    let one = time_each(
-        &format!(
-            "model: one release's writes in ONE transaction (1 commit instead of 3), \
-             synchronous={s}"
-        ),
-        iterations,
-        |_| {
-            let tx = conn.transaction()?;
-            release(&tx)?;
-            tx.commit()?;
-            Ok(())
-        },
-    )?;
+        |_| commit(store.as_mut(), 1),
+    )?);
     let mut group = time_each(
-        &format!(
-            "model: {batch} releases' writes per transaction (group commit), per release, \
-             synchronous={s}"
-        ),
+        &format!("{label}: {batch} attestations per commit (group commit), per attestation"),
         iterations.div_ceil(batch).max(5),
-        |_| {
-            let tx = conn.transaction()?;
-            for _ in 0..batch {
-                release(&tx)?;
-            }
-            tx.commit()?;
-            Ok(())
-        },
+        |_| commit(store.as_mut(), batch),
     )?;
     let b = batch as f64;
     group.iterations *= batch;
     (group.mean, group.p50, group.p99) = (group.mean / b, group.p50 / b, group.p99 / b);
-    Ok(vec![one, group])
+    rows.push(group);
+    Ok(rows)
 }
 
 /// The same file system's floor under a commit: 4 KiB appended, then fdatasync; alone, then
@@ -1077,8 +950,17 @@ pub fn run(mut a: KbsArgs) -> Result<()> {
         }
     }
     let mut pg_rows = Vec::new();
+    let mut pg_baselines = Vec::new();
     if a.postgres {
-        let cluster = cordon_kbs::testing::PgCluster::start();
+        let cluster = cordon_kbs::testing::PgCluster::start_durable();
+        let kek: Arc<dyn Kek> = Arc::new(MemoryKek::new(rand::random()));
+        pg_baselines = store_rows(
+            Box::new(PgStore::connect(&cluster.database(), Keks::new(kek))?),
+            "store (PostgreSQL, one connection)",
+            &setup,
+            a.iterations,
+            32,
+        )?;
         for &clients in &a.clients {
             for replicas in [1usize, 2] {
                 let db = cluster.database();
@@ -1120,20 +1002,15 @@ pub fn run(mut a: KbsArgs) -> Result<()> {
     let mut baselines = Vec::new();
     baselines.extend(fsync_baselines(&root, a.iterations)?);
     for &sync in &a.sync {
-        baselines.extend(store_baselines(&root, &setup, sync, a.iterations)?);
-        let mut spun = with_spinner(|| store_baselines(&root, &setup, sync, a.iterations))?;
-        if let Some(mut all) = spun.pop() {
-            all.name = format!("{}, another thread spinning meanwhile", all.name);
-            baselines.push(all);
+        baselines.extend(store_baselines(&root, &setup, sync, a.iterations, 32)?);
+        let mut spun = with_spinner(|| store_baselines(&root, &setup, sync, a.iterations, 32))?;
+        if spun.len() > 1 {
+            let mut alone = spun.swap_remove(1);
+            alone.name = format!("{}, another thread spinning meanwhile", alone.name);
+            baselines.push(alone);
         }
-        baselines.extend(commit_models(&root, &setup, sync, a.iterations, 32)?);
-        baselines.push(nonce_table_baseline(
-            &root,
-            sync,
-            a.iterations,
-            if a.quick { 1_000 } else { 100_000 },
-        )?);
     }
+    baselines.append(&mut pg_baselines);
     baselines.extend(cpu_baselines(&setup, &snp_report, a.iterations)?);
     let rot = match a.rotate_keys {
         0 => None,
