@@ -97,6 +97,15 @@ pub trait KeyStore: Send {
     fn reader(&self) -> Result<Box<dyn KeyStore>, StoreError>;
     /// A registered key, its DEK unwrapped (empty when revoked).
     fn get_key(&mut self, key_id: &str) -> Result<Option<StoredKey>, StoreError>;
+    /// Several keys at once ([`KeyStore::get_key`] for each, in order): the KBS groups the
+    /// lookups of concurrent releases. The outer error is the lookup's; an inner one is that
+    /// key's (a stored entry that does not unwrap).
+    fn get_keys(
+        &mut self,
+        key_ids: &[String],
+    ) -> Result<Vec<Result<Option<StoredKey>, StoreError>>, StoreError> {
+        Ok(key_ids.iter().map(|id| self.get_key(id)).collect())
+    }
     /// Every key with its owner, policy and release count; never a DEK.
     fn key_listing(&mut self) -> Result<Vec<KeyInfo>, StoreError>;
     /// Registers (or replaces) an admin key with its audit event, in one transaction.

@@ -161,6 +161,95 @@ const COMMIT_WRITE: &str = "WITH raised AS (
                           $17::text[], $18::text[])";
 
 /// Transaction advisory lock ids ("cordon" in ASCII, then a number): held until commit.
+/// The connection that commits attestations: tokio-postgres on a runtime of its own, so that
+/// requests can be pipelined (sent together, answered in order), which the synchronous client
+/// cannot. Used only from the KBS's blocking threads, like the rest of the store.
+struct Committer {
+    client: tokio_postgres::Client,
+    read: tokio_postgres::Statement,
+    write: tokio_postgres::Statement,
+    /// Current-thread: the connection makes progress while a call blocks on it.
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Committer {
+    fn connect(config: &tokio_postgres::Config) -> Result<Committer, StoreError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Config(format!("the commit connection's runtime: {e}")))?;
+        let (client, read, write) = runtime.block_on(async {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "the PostgreSQL commit connection ended");
+                }
+            });
+            client.batch_execute(SESSION_SETTINGS).await?;
+            let read = client.prepare(COMMIT_READ).await?;
+            let write = client.prepare(COMMIT_WRITE).await?;
+            Ok::<_, tokio_postgres::Error>((client, read, write))
+        })?;
+        Ok(Committer {
+            client,
+            read,
+            write,
+            runtime,
+        })
+    }
+
+    /// `BEGIN`, the audit lock and the read, pipelined: one round trip.
+    fn begin_and_read(
+        &self,
+        ids: &[&str],
+        nonces: &[&[u8]],
+    ) -> Result<tokio_postgres::Row, StoreError> {
+        self.runtime.block_on(async {
+            // The lock id is a constant of this module, never outside input.
+            let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({AUDIT_LOCK})");
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&ids, &nonces];
+            let (begun, row) = tokio::join!(
+                self.client.batch_execute(&begin),
+                self.client.query_one(&self.read, &params)
+            );
+            if let Err(e) = begun {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                return Err(e.into());
+            }
+            match row {
+                Ok(row) => Ok(row),
+                Err(e) => {
+                    let _ = self.client.batch_execute("ROLLBACK").await;
+                    Err(e.into())
+                }
+            }
+        })
+    }
+
+    /// The write and `COMMIT`, pipelined: one round trip and the flush. A failed write aborts
+    /// the transaction, and the `COMMIT` behind it then rolls back.
+    fn write_and_commit(
+        &self,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<(), StoreError> {
+        self.runtime.block_on(async {
+            let (written, committed) = tokio::join!(
+                self.client.execute(&self.write, params),
+                self.client.batch_execute("COMMIT")
+            );
+            if let Err(e) = written {
+                // Already rolled back by the COMMIT; in case the COMMIT never ran, again.
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                return Err(e.into());
+            }
+            committed.map_err(StoreError::from)
+        })
+    }
+}
+
+/// What every KBS connection is set to (see [`open_connection`]).
+const SESSION_SETTINGS: &str = "SET enable_seqscan = off";
+
 const MIGRATION_LOCK: i64 = 0x636f_7264_6f6e_0001;
 const AUDIT_LOCK: i64 = 0x636f_7264_6f6e_0002;
 const DATASET_LOCK: i64 = 0x636f_7264_6f6e_0004;
@@ -187,6 +276,10 @@ pub struct PgStore {
     /// The release path's statements, prepared once per connection ([`PgStore::prepared`]): a
     /// statement given as text costs a round trip to prepare at every call.
     prepared: HashMap<&'static str, Statement>,
+    /// The commit path's own connection, made at the first commit.
+    committer: Option<Committer>,
+    /// How to make it (the synchronous client's configuration does not give its inner one).
+    async_config: tokio_postgres::Config,
 }
 
 /// The synchronous client closes its connection by blocking on its own runtime, which panics
@@ -195,15 +288,37 @@ pub struct PgStore {
 impl Drop for PgStore {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                let _ = std::thread::Builder::new()
-                    .name("pg-close".into())
-                    .spawn(move || drop(client));
-            } else {
-                drop(client);
-            }
+            drop_off_runtime(client);
+        }
+        if let Some(committer) = self.committer.take() {
+            drop_off_runtime(committer);
         }
     }
+}
+
+/// Drops `value` (a client, or a runtime, which must not be dropped inside another) on a thread
+/// of its own when called inside a runtime.
+fn drop_off_runtime<T: Send + 'static>(value: T) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let _ = std::thread::Builder::new()
+            .name("pg-close".into())
+            .spawn(move || drop(value));
+    } else {
+        drop(value);
+    }
+}
+
+/// A connection for the KBS. Its statements are prepared once and their plans cached; a plan
+/// cached while the tables were nearly empty (a fresh database) would keep scanning them whole
+/// once they are not (measured: the release path's read scanned the whole audit log at every
+/// batch until an `ANALYZE` came round). Every query the KBS makes is a lookup or a walk of an
+/// index, so sequential scans are priced out (`enable_seqscan = off`: the planner still uses one
+/// where no index serves). Planning at every execution instead (`plan_cache_mode =
+/// force_custom_plan`) cost more than the round trip the cache saves.
+fn open_connection(config: &postgres::Config) -> Result<Client, StoreError> {
+    let mut client = config.connect(NoTls)?;
+    client.batch_execute(SESSION_SETTINGS)?;
+    Ok(client)
 }
 
 impl PgStore {
@@ -218,12 +333,21 @@ impl PgStore {
             config.connect_timeout(std::time::Duration::from_secs(10));
         }
         config.application_name("cordon-kbs");
-        let client = config.connect(NoTls)?;
+        let mut async_config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::Config(format!("database URL: {e}")))?;
+        if async_config.get_connect_timeout().is_none() {
+            async_config.connect_timeout(std::time::Duration::from_secs(10));
+        }
+        async_config.application_name("cordon-kbs");
+        let client = open_connection(&config)?;
         let mut store = PgStore {
             client: Some(client),
             config,
             keks,
             prepared: HashMap::new(),
+            committer: None,
+            async_config,
         };
         store.migrate()?;
         let usage = store.kek_usage()?;
@@ -238,7 +362,7 @@ impl PgStore {
             Some(c) if !c.is_closed() => {}
             slot => {
                 tracing::warn!("the PostgreSQL connection was closed; reconnecting");
-                *slot = Some(self.config.connect(NoTls)?);
+                *slot = Some(open_connection(&self.config)?);
                 // Statements belong to the connection that prepared them.
                 self.prepared.clear();
             }
@@ -246,6 +370,55 @@ impl PgStore {
         self.client
             .as_mut()
             .ok_or_else(|| StoreError::Config("the PostgreSQL connection is gone".into()))
+    }
+
+    /// The commit connection, made (again) if there is none or the server closed it.
+    fn committer(&mut self) -> Result<&Committer, StoreError> {
+        if self.committer.as_ref().is_none_or(|c| c.client.is_closed()) {
+            if let Some(old) = self.committer.take() {
+                tracing::warn!("the PostgreSQL commit connection was closed; reconnecting");
+                drop_off_runtime(old);
+            }
+            self.committer = Some(Committer::connect(&self.async_config)?);
+        }
+        self.committer
+            .as_ref()
+            .ok_or_else(|| StoreError::Config("the PostgreSQL commit connection is gone".into()))
+    }
+
+    /// A key's row (from `get_keys`), its DEK unwrapped unless it was revoked.
+    fn stored_key(&self, key_id: &str, row: &postgres::Row) -> Result<StoredKey, StoreError> {
+        let wrapped: Vec<u8> = row.get(1);
+        let policy: String = row.get(2);
+        let owner: Option<Vec<u8>> = row.get(3);
+        let kind: String = row.get(4);
+        let kek_id: Option<String> = row.get(5);
+        let mut revoked_at: Option<i64> = row.get(6);
+        let parsed_kind = KeyKind::parse(&kind)?;
+        if revoked_at.is_none() {
+            // A row restored from before its revocation: the audit log still records it.
+            if let Some(t) = row.get::<_, Option<i64>>(7) {
+                tracing::error!(key_id, "the store says this key is live, but the audit log records its revocation: refusing it");
+                revoked_at = Some(t);
+            }
+        }
+        let dek = match revoked_at {
+            Some(_) => Zeroizing::new(Vec::new()),
+            None => unwrap_secret(
+                &self.keks,
+                Slot::Dek,
+                &dek_binding(key_id, &kind, owner.as_deref(), &policy),
+                kek_id.as_deref(),
+                &wrapped,
+            )?,
+        };
+        Ok(StoredKey {
+            dek,
+            revoked_at: revoked_at.map(|t| t as u64),
+            policy,
+            kind: parsed_kind,
+            owner: bytes32(owner),
+        })
     }
 
     /// `sql` prepared on this connection, once.
@@ -552,21 +725,17 @@ impl KeyStore for PgStore {
             .into_iter()
             .collect();
         let nonces: Vec<&[u8]> = batch.iter().map(|c| c.nonce.as_slice()).collect();
-        let (lock, read, write) = (
-            self.prepared("SELECT pg_advisory_xact_lock($1)")?,
-            self.prepared(COMMIT_READ)?,
-            self.prepared(COMMIT_WRITE)?,
-        );
-        let mut tx = self.client()?.transaction()?;
-        // 1. The audit lock. Every append, spend and prune, from every replica, takes turns
-        //    here, and so does a revocation (it appends its event): one that committed before is
-        //    seen below, one still running waits for this commit. Four round trips and the
-        //    commit's flush are spent under it, whatever the batch's size.
-        tx.execute(&lock, &[&AUDIT_LOCK])?;
-        // 2. One read, after the lock (a statement's snapshot is taken when it starts): the
-        //    floor, the chain's head, which keys are live (unrevoked in the row and in the log),
-        //    which nonces were spent already.
-        let row = tx.query_one(&read, &[&ids, &nonces])?;
+        let committer = self.committer()?;
+        // 1. The transaction and the audit lock, with the read pipelined behind them: sent
+        //    together, run one after the other. Every append, spend and prune, from every
+        //    replica, takes turns on this lock, and so does a revocation (it appends its event):
+        //    one that committed before is seen by the read, one still running waits for this
+        //    commit. Under the lock: the read, one round trip to decide, the write and the
+        //    commit pipelined, the commit's flush; whatever the batch's size.
+        // 2. The read starts once the lock is held, with a snapshot of its own (a statement's
+        //    is taken when it starts): the floor, the chain's head, which keys are live
+        //    (unrevoked in the row and in the log), which nonces were spent already.
+        let row = committer.begin_and_read(&ids, &nonces)?;
         let floor = row.get::<_, Option<i64>>(0).map_or(0, |t| t as u64);
         let (mut seq, mut prev): (i64, String) = match (row.get(1), row.get(2)) {
             (Some(seq), Some(hash)) => (seq, hash),
@@ -639,84 +808,73 @@ impl KeyStore for PgStore {
         let job_hashes: Vec<&[u8]> = runtimes.iter().map(|j| j.job_hash.as_slice()).collect();
         let signing: Vec<&[u8]> = runtimes.iter().map(|j| j.signing_key.as_slice()).collect();
         let serve: Vec<Option<&str>> = runtimes.iter().map(|j| j.serve_policy.as_deref()).collect();
-        tx.execute(
-            &write,
-            &[
-                &(floor as i64),
-                &prune,
-                &spend,
-                &expiries,
-                &(now as i64),
-                &job_hashes,
-                &signing,
-                &serve,
-                &seqs,
-                &times,
-                &text(|(e, _)| Some(e.kind.clone())),
-                &text(|(e, _)| e.key_id.clone()),
-                &text(|(e, _)| e.claims_digest.clone()),
-                &text(|(e, _)| Some(e.verdict.clone())),
-                &text(|(e, _)| e.measurement.clone()),
-                &text(|(e, _)| Some(e.detail.clone())),
-                &text(|(_, prev)| Some(prev.clone())),
-                &text(|(e, _)| Some(e.hash.clone())),
-            ],
-        )?;
-        tx.commit()?;
+        committer.write_and_commit(&[
+            &(floor as i64),
+            &prune,
+            &spend,
+            &expiries,
+            &(now as i64),
+            &job_hashes,
+            &signing,
+            &serve,
+            &seqs,
+            &times,
+            &text(|(e, _)| Some(e.kind.clone())),
+            &text(|(e, _)| e.key_id.clone()),
+            &text(|(e, _)| e.claims_digest.clone()),
+            &text(|(e, _)| Some(e.verdict.clone())),
+            &text(|(e, _)| e.measurement.clone()),
+            &text(|(e, _)| Some(e.detail.clone())),
+            &text(|(_, prev)| Some(prev.clone())),
+            &text(|(e, _)| Some(e.hash.clone())),
+        ])?;
         Ok(outcomes)
     }
 
     fn reader(&self) -> Result<Box<dyn KeyStore>, StoreError> {
         // The schema was brought up to date by this store's own connect.
         Ok(Box::new(PgStore {
-            client: Some(self.config.connect(NoTls)?),
+            client: Some(open_connection(&self.config)?),
             config: self.config.clone(),
             keks: self.keks.clone(),
             prepared: HashMap::new(),
+            committer: None,
+            async_config: self.async_config.clone(),
         }))
     }
 
     fn get_key(&mut self, key_id: &str) -> Result<Option<StoredKey>, StoreError> {
-        // One round trip: the row, and the audit log's record of a revocation of it.
+        self.get_keys(&[key_id.to_string()])?
+            .pop()
+            .unwrap_or(Ok(None))
+    }
+
+    fn get_keys(
+        &mut self,
+        key_ids: &[String],
+    ) -> Result<Vec<Result<Option<StoredKey>, StoreError>>, StoreError> {
+        // One round trip for them all: the rows, and the audit log's record of a revocation of
+        // each.
         let lookup = self.prepared(
-            "SELECT dek, policy, owner, kind, kek_id, revoked_at,
-                    (SELECT MIN(time) FROM audit WHERE key_id = $1 AND kind = 'key_revoked'
-                        AND verdict = 'accepted')
-             FROM keys WHERE key_id = $1",
+            "SELECT k.key_id, k.dek, k.policy, k.owner, k.kind, k.kek_id, k.revoked_at,
+                    (SELECT MIN(a.time) FROM audit a WHERE a.key_id = k.key_id
+                        AND a.kind = 'key_revoked' AND a.verdict = 'accepted')
+             FROM keys k WHERE k.key_id = ANY($1)",
         )?;
-        let row = self.client()?.query_opt(&lookup, &[&key_id])?;
-        let Some(row) = row else { return Ok(None) };
-        let wrapped: Vec<u8> = row.get(0);
-        let policy: String = row.get(1);
-        let owner: Option<Vec<u8>> = row.get(2);
-        let kind: String = row.get(3);
-        let kek_id: Option<String> = row.get(4);
-        let mut revoked_at: Option<i64> = row.get(5);
-        let parsed_kind = KeyKind::parse(&kind)?;
-        if revoked_at.is_none() {
-            // A row restored from before its revocation: the audit log still records it.
-            if let Some(t) = row.get::<_, Option<i64>>(6) {
-                tracing::error!(key_id, "the store says this key is live, but the audit log records its revocation: refusing it");
-                revoked_at = Some(t);
-            }
-        }
-        let dek = match revoked_at {
-            Some(_) => Zeroizing::new(Vec::new()),
-            None => unwrap_secret(
-                &self.keks,
-                Slot::Dek,
-                &dek_binding(key_id, &kind, owner.as_deref(), &policy),
-                kek_id.as_deref(),
-                &wrapped,
-            )?,
-        };
-        Ok(Some(StoredKey {
-            dek,
-            revoked_at: revoked_at.map(|t| t as u64),
-            policy,
-            kind: parsed_kind,
-            owner: bytes32(owner),
-        }))
+        let rows: HashMap<String, postgres::Row> = self
+            .client()?
+            .query(&lookup, &[&key_ids])?
+            .into_iter()
+            .map(|r| (r.get::<_, String>(0), r))
+            .collect();
+        // The same key may be asked for by several of the lookups: each gets it.
+        Ok(key_ids
+            .iter()
+            .map(|id| match rows.get(id) {
+                None => Ok(None),
+                Some(row) => self.stored_key(id, row).map(Some),
+            })
+            .collect())
     }
 
     fn key_listing(&mut self) -> Result<Vec<KeyInfo>, StoreError> {

@@ -37,7 +37,16 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 /// Reader connections per KBS process, for the release path's key lookups.
-const READERS: usize = 2;
+const READERS: usize = 1;
+
+/// What a key lookup finds: the key (or none), or the store's reason for this key.
+type KeyLookup = Result<Option<crate::store::StoredKey>, crate::store::StoreError>;
+
+/// A key lookup waiting for a reader, and where its answer goes.
+struct PendingLookup {
+    key_id: String,
+    reply: tokio::sync::oneshot::Sender<KeyLookup>,
+}
 
 /// An attestation waiting for its commit, and where its outcome goes.
 struct PendingCommit {
@@ -152,10 +161,13 @@ struct Inner {
     /// SQLite or PostgreSQL: every call runs on a blocking thread ([`Kbs::with_store`]).
     store: Mutex<Box<dyn KeyStore>>,
     /// Connections of the same store for the release path's key lookups
-    /// ([`Kbs::with_reader`]): they do not wait behind `store`'s commits.
+    /// ([`Kbs::lookup_key`]): they do not wait behind `store`'s commits.
     readers: Vec<Mutex<Box<dyn KeyStore>>>,
     /// Which reader the next lookup tries first.
     next_reader: std::sync::atomic::AtomicUsize,
+    /// Key lookups waiting: whoever takes a reader next answers them all in one query
+    /// ([`Kbs::lookup_key`]).
+    pending_lookups: Mutex<Vec<PendingLookup>>,
     config: KbsConfig,
     /// Holds the endorsements and caches verified SNP endorsement-key chains.
     verifier: Verifier,
@@ -281,6 +293,7 @@ impl Kbs {
                 store: Mutex::new(store),
                 readers,
                 next_reader: std::sync::atomic::AtomicUsize::new(0),
+                pending_lookups: Mutex::new(Vec::new()),
                 config,
                 verifier,
                 identity,
@@ -445,34 +458,72 @@ impl Kbs {
         .map_err(|e| KbsError::Internal(format!("store task failed: {e}")))?
     }
 
-    /// Runs a key lookup on one of the readers, off the async threads: a free one if there is
-    /// one, else the next in turn.
-    async fn with_reader<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut dyn KeyStore) -> T + Send + 'static,
-    ) -> Result<T, KbsError> {
+    /// Looks a key up on one of the readers, grouped with every lookup waiting at that moment
+    /// into one query (one round trip on PostgreSQL for many concurrent releases). The outer
+    /// error is the KBS's; the inner one the store's, for this key.
+    async fn lookup_key(&self, key_id: String) -> Result<KeyLookup, KbsError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.inner
+            .pending_lookups
+            .lock()
+            .map_err(|_| KbsError::Internal("the lookup queue's lock is poisoned".into()))?
+            .push(PendingLookup { key_id, reply });
         let kbs = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let readers = &kbs.inner.readers;
-            let first = kbs
-                .inner
-                .next_reader
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let poisoned = || KbsError::Internal("a store reader's lock is poisoned".into());
-            let free = (0..readers.len())
-                .find_map(|i| readers[(first + i) % readers.len()].try_lock().ok());
-            let mut reader = match free {
-                Some(r) => r,
-                None => readers
-                    .get(first % readers.len().max(1))
-                    .ok_or_else(|| KbsError::Internal("the KBS has no store reader".into()))?
-                    .lock()
-                    .map_err(|_| poisoned())?,
-            };
-            Ok(f(reader.as_mut()))
-        })
-        .await
-        .map_err(|e| KbsError::Internal(format!("store task failed: {e}")))?
+        tokio::task::spawn_blocking(move || kbs.look_up_pending());
+        answer
+            .await
+            .map_err(|_| KbsError::Internal("the key lookup was dropped".into()))
+    }
+
+    /// Takes a reader (a free one if there is one, else the next in turn), then every lookup
+    /// waiting (perhaps none: another task took them), and answers them with one query.
+    fn look_up_pending(&self) {
+        let readers = &self.inner.readers;
+        let first = self
+            .inner
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let free =
+            (0..readers.len()).find_map(|i| readers[(first + i) % readers.len()].try_lock().ok());
+        let reader = match free {
+            Some(r) => Ok(r),
+            None => match readers.get(first % readers.len().max(1)) {
+                Some(r) => r.lock().map_err(|_| "a store reader's lock is poisoned"),
+                None => Err("the KBS has no store reader"),
+            },
+        };
+        let batch = match self.inner.pending_lookups.lock() {
+            Ok(mut pending) => std::mem::take(&mut *pending),
+            Err(_) => return,
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let mut reader = match reader {
+            Ok(r) => r,
+            Err(e) => {
+                for p in batch {
+                    let _ = p
+                        .reply
+                        .send(Err(crate::store::StoreError::Config(e.into())));
+                }
+                return;
+            }
+        };
+        let ids: Vec<String> = batch.iter().map(|p| p.key_id.clone()).collect();
+        match reader.get_keys(&ids) {
+            Ok(found) if found.len() == batch.len() => {
+                for (p, key) in batch.into_iter().zip(found) {
+                    let _ = p.reply.send(key);
+                }
+            }
+            // A failed (or miscounted) query: each key alone, so that one's failure is its own.
+            _ => {
+                for p in batch {
+                    let _ = p.reply.send(reader.get_key(&p.key_id));
+                }
+            }
+        }
     }
 
     /// Commits one attestation's writes (its nonce spent, its events, its job runtime), grouped
@@ -1026,7 +1077,7 @@ async fn appraise_attestation(
     let mut denied = Vec::new();
     for key_id in &req.key_ids {
         let id = key_id.clone();
-        let lookup = kbs.with_reader(move |s| s.get_key(&id)).await?;
+        let lookup = kbs.lookup_key(id).await?;
         // A stored entry that does not unwrap (its policy, kind or owner edited in the store, or
         // its DEK moved) is this key's denial, not the whole request's failure.
         let (stored, tampered) = match lookup {

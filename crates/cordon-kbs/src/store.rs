@@ -437,33 +437,7 @@ impl Store {
             source: e,
         };
         crate::private_files::check_private(data_dir, &path).map_err(not_private)?;
-        let read_only = || StoreError::ReadOnly {
-            path: data_dir.display().to_string(),
-        };
-        // A store the KBS cannot write would answer every challenge with an error; refuse to
-        // start instead, saying why. (SQLite opens an unwritable file read-only without a word.)
-        let conn = Connection::open(&path).map_err(|e| match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::CannotOpen) | Some(rusqlite::ErrorCode::ReadOnly) => {
-                read_only()
-            }
-            _ => StoreError::Sql(e),
-        })?;
-        if conn.is_readonly(rusqlite::MAIN_DB)? {
-            return Err(read_only());
-        }
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| match e.sqlite_error_code() {
-                Some(rusqlite::ErrorCode::ReadOnly) | Some(rusqlite::ErrorCode::CannotOpen) => {
-                    read_only()
-                }
-                _ => StoreError::Sql(e),
-            })?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        // Freed and overwritten cells are zeroed: a DEK row replaced or a plaintext row wrapped
-        // leaves nothing behind in the file.
-        conn.pragma_update(None, "secure_delete", "ON")?;
+        let conn = connect_writer(data_dir, &path)?;
         let mut store = Store {
             conn,
             keks,
@@ -475,6 +449,12 @@ impl Store {
         // repair for files SQLite created before the database was 0600.
         crate::private_files::tighten_side_files(&path);
         crate::private_files::check_private(data_dir, &path).map_err(not_private)?;
+        // Closing any descriptor of a file drops every POSIX lock the process holds on it, and
+        // the files were just opened and closed: SQLite's locks on its shared-memory file went
+        // with them. Another process opening the store would take itself for its only user and
+        // reset that file under this connection's mapping of it. A new connection holds locks
+        // of its own.
+        store.conn = connect_writer(data_dir, &path)?;
         Ok(store)
     }
 
@@ -1436,6 +1416,37 @@ fn revocation_in_audit(conn: &Connection, key_id: &str) -> Result<Option<u64>, S
         )?
         .query_row(params![key_id], |r| r.get(0))?;
     Ok(t.map(|t| t as u64))
+}
+
+/// The store's writing connection to `path`, in WAL mode with full sync; a store it cannot write
+/// is refused ([`StoreError::ReadOnly`]) rather than opened read-only.
+fn connect_writer(data_dir: &Path, path: &Path) -> Result<Connection, StoreError> {
+    let read_only = || StoreError::ReadOnly {
+        path: data_dir.display().to_string(),
+    };
+    // A store the KBS cannot write would answer every challenge with an error; refuse to
+    // start instead, saying why. (SQLite opens an unwritable file read-only without a word.)
+    let conn = Connection::open(path).map_err(|e| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::CannotOpen) | Some(rusqlite::ErrorCode::ReadOnly) => read_only(),
+        _ => StoreError::Sql(e),
+    })?;
+    if conn.is_readonly(rusqlite::MAIN_DB)? {
+        return Err(read_only());
+    }
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::ReadOnly) | Some(rusqlite::ErrorCode::CannotOpen) => {
+                read_only()
+            }
+            _ => StoreError::Sql(e),
+        })?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Freed and overwritten cells are zeroed: a DEK row replaced or a plaintext row wrapped
+    // leaves nothing behind in the file.
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    Ok(conn)
 }
 
 /// Whether `key_id` may still be released: it exists, is not marked revoked, and the audit log

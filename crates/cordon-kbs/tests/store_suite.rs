@@ -493,6 +493,37 @@ fn a_release_is_recorded_only_while_its_key_is_unrevoked(b: &dyn Backend) {
     );
 }
 
+/// Grouped lookups answer each asker, in order, the same key to several of them; a key that does
+/// not unwrap is that key's error only.
+fn grouped_lookups_answer_each_asker(b: &dyn Backend) {
+    let mut s = b.open(keks(1)).unwrap();
+    s.put_key_audited("k", &[5; 32], "p", &event(1, "key_registered", Some("k")))
+        .unwrap();
+    s.put_key_audited("j", &[6; 32], "p", &event(1, "key_registered", Some("j")))
+        .unwrap();
+    let ids: Vec<String> = ["k", "none", "j", "k"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let found = s.get_keys(&ids).unwrap();
+    let deks: Vec<Option<Vec<u8>>> = found
+        .into_iter()
+        .map(|k| k.unwrap().map(|k| k.dek.to_vec()))
+        .collect();
+    assert_eq!(
+        deks,
+        [
+            Some(vec![5; 32]),
+            None,
+            Some(vec![6; 32]),
+            Some(vec![5; 32])
+        ]
+    );
+    // A reader sees what the writer committed.
+    let mut r = s.reader().unwrap();
+    assert_eq!(r.get_key("j").unwrap().unwrap().dek.as_slice(), &[6; 32]);
+}
+
 macro_rules! both {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -514,6 +545,7 @@ both!(
     identity_admin_and_kek_checks,
     audit_log_is_one_chain,
     a_release_is_recorded_only_while_its_key_is_unrevoked,
+    grouped_lookups_answer_each_asker,
 );
 
 // ---- PostgreSQL: several replicas (connections) on one database, racing ----

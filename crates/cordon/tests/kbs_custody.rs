@@ -99,10 +99,18 @@ fn rotate_kek_killed_midway_loses_nothing_and_finishes_when_run_again() {
     };
     let log = || std::fs::read_to_string(dir.path().join("rotate.log")).unwrap_or_default();
     // Killed once some rows are re-wrapped, at three depths: each kill lands mid-rotation.
-    let watch = rusqlite::Connection::open(data.join("kbs.sqlite3")).unwrap();
-    watch.busy_timeout(Duration::from_secs(5)).unwrap();
+    // The watching connection is closed before this process opens the store again: opening
+    // and closing the store's files (Store::open checks their modes) drops every POSIX lock this
+    // process holds on them, SQLite's included; a child then takes itself for the only user of
+    // the shared-memory file, resets it, and the watcher's mapping of it faults (SIGBUS).
+    let watcher = || {
+        let watch = rusqlite::Connection::open(data.join("kbs.sqlite3")).unwrap();
+        watch.busy_timeout(Duration::from_secs(5)).unwrap();
+        watch
+    };
     let mut last = 0;
     for target in [1, KEYS as i64 / 3, 2 * KEYS as i64 / 3] {
+        let watch = watcher();
         let mut child = rotate();
         let deadline = Instant::now() + Duration::from_secs(120);
         while rows_under(&watch, new.id()) < target {
@@ -122,6 +130,7 @@ fn rotate_kek_killed_midway_loses_nothing_and_finishes_when_run_again() {
             "killed mid-rotation: {moved} of {KEYS} re-wrapped"
         );
         last = moved;
+        drop(watch);
         // Every key is whole, under one KEK or the other; the old KEK alone no longer opens the
         // store, nor does the new one alone.
         all_readable(&data, both(), &seed);
