@@ -15,9 +15,12 @@
 //! it; see `KeyStore::commit_attestations` and docs/protocol.md §9.3.
 //!
 //! The host cannot mint nonces (it does not hold the identity seed), nor move one's expiry (the
-//! MAC covers it). Spent nonces are pruned only below a *floor* kept in the store that never
-//! goes down, and a nonce that expires below the floor is refused whatever the clock says: a
-//! clock set back cannot bring a pruned nonce back.
+//! MAC covers it). A nonce whose expiry lies further ahead than this KBS issues (one issued while
+//! the clock was set ahead) is refused, so no nonce outlives its TTL by more than
+//! [`MAX_CLOCK_SKEW`] on the clock that checks it. The retired identity's key (after a rotation)
+//! checks nonces only until the end of its overlap. Spent nonces are pruned only at or below a
+//! *floor* kept in the store that never goes down, and a nonce that expires at or below the floor
+//! is refused whatever the clock says: a clock set back cannot bring a pruned nonce back.
 
 use hkdf::hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -40,13 +43,69 @@ impl std::fmt::Debug for ChallengeKey {
     }
 }
 
+/// How far replicas' clocks may disagree: a nonce may expire up to this much later than its TTL
+/// from now, as another replica's clock issued it.
+pub const MAX_CLOCK_SKEW: u64 = 60;
+
 /// Why a presented nonce is not one of this KBS's challenges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChallengeRefusal {
-    /// Not 32 bytes, or its MAC does not verify: never issued by this KBS (or altered).
+    /// Not 32 bytes, or its MAC does not verify (never issued by this KBS, or altered), or MACed
+    /// under the retired identity's key after its overlap.
     Unknown,
     /// Issued here, but expired at `expired_at`.
     Expired { expired_at: u64 },
+    /// Expires further ahead than a nonce issued now could (`latest`): issued while the clock
+    /// was ahead, or minted.
+    TooFarAhead { expires_at: u64, latest: u64 },
+}
+
+/// The keys a KBS checks challenge nonces with, and the TTL it issues them with.
+#[derive(Debug)]
+pub struct ChallengeKeys {
+    current: ChallengeKey,
+    /// The retired identity's key, and the end of its overlap: its nonces were issued before the
+    /// rotation.
+    retired: Option<(ChallengeKey, u64)>,
+    ttl: u64,
+}
+
+impl ChallengeKeys {
+    pub fn new(current: ChallengeKey, retired: Option<(ChallengeKey, u64)>, ttl: u64) -> Self {
+        ChallengeKeys {
+            current,
+            retired,
+            ttl,
+        }
+    }
+
+    /// A fresh nonce issued at `now`, and its expiry.
+    pub fn issue(&self, now: u64) -> ([u8; CHALLENGE_NONCE_LEN], u64) {
+        let expires_at = now.saturating_add(self.ttl);
+        (self.current.issue(expires_at), expires_at)
+    }
+
+    /// Checks `nonce` at `now`: its expiry, or why it is refused.
+    pub fn check(&self, nonce: &[u8], now: u64) -> Result<u64, ChallengeRefusal> {
+        let expires_at = self
+            .current
+            .expiry(nonce)
+            .or_else(|| match &self.retired {
+                Some((key, until)) if now <= *until => key.expiry(nonce),
+                _ => None,
+            })
+            .ok_or(ChallengeRefusal::Unknown)?;
+        if expires_at < now {
+            return Err(ChallengeRefusal::Expired {
+                expired_at: expires_at,
+            });
+        }
+        let latest = now.saturating_add(self.ttl).saturating_add(MAX_CLOCK_SKEW);
+        if expires_at > latest {
+            return Err(ChallengeRefusal::TooFarAhead { expires_at, latest });
+        }
+        Ok(expires_at)
+    }
 }
 
 impl ChallengeKey {
@@ -94,64 +153,89 @@ impl ChallengeKey {
     }
 }
 
-/// Checks `nonce` against the KBS's challenge keys (the current identity's, and the retired
-/// one's during its overlap) at `now`: its expiry, or why it is refused.
-pub fn check(keys: &[&ChallengeKey], nonce: &[u8], now: u64) -> Result<u64, ChallengeRefusal> {
-    let expires_at = keys
-        .iter()
-        .find_map(|k| k.expiry(nonce))
-        .ok_or(ChallengeRefusal::Unknown)?;
-    if expires_at < now {
-        return Err(ChallengeRefusal::Expired {
-            expired_at: expires_at,
-        });
-    }
-    Ok(expires_at)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn keys(seed: u8, retired: Option<(u8, u64)>) -> ChallengeKeys {
+        ChallengeKeys::new(
+            ChallengeKey::derive(&[seed; 32]),
+            retired.map(|(s, until)| (ChallengeKey::derive(&[s; 32]), until)),
+            60,
+        )
+    }
+
     #[test]
     fn a_nonce_checks_under_its_key_until_it_expires() {
-        let key = ChallengeKey::derive(&[7; 32]);
-        let n = key.issue(1_000);
-        assert_eq!(check(&[&key], &n, 999), Ok(1_000));
-        assert_eq!(check(&[&key], &n, 1_000), Ok(1_000));
+        let keys = keys(7, None);
+        let (n, expires_at) = keys.issue(940);
+        assert_eq!(expires_at, 1_000);
+        assert_eq!(keys.check(&n, 999), Ok(1_000));
+        assert_eq!(keys.check(&n, 1_000), Ok(1_000));
         assert_eq!(
-            check(&[&key], &n, 1_001),
+            keys.check(&n, 1_001),
             Err(ChallengeRefusal::Expired { expired_at: 1_000 })
         );
         // Two nonces with one expiry differ.
-        assert_ne!(n, key.issue(1_000));
+        assert_ne!(n, keys.issue(940).0);
+    }
+
+    /// A nonce issued while the clock was ahead (or minted with a far expiry) is refused once
+    /// the clock is right: no nonce outlives its TTL by more than the skew allowed.
+    #[test]
+    fn a_nonce_from_a_clock_set_ahead_is_refused() {
+        let keys = keys(7, None);
+        let (n, expires_at) = keys.issue(10_000);
+        assert_eq!(keys.check(&n, 10_000 - MAX_CLOCK_SKEW), Ok(expires_at));
+        assert_eq!(
+            keys.check(&n, 10_000 - MAX_CLOCK_SKEW - 1),
+            Err(ChallengeRefusal::TooFarAhead {
+                expires_at,
+                latest: expires_at - 1
+            })
+        );
+        let far = ChallengeKey::derive(&[7; 32]).issue(u64::MAX);
+        assert!(matches!(
+            keys.check(&far, 0),
+            Err(ChallengeRefusal::TooFarAhead { .. })
+        ));
+    }
+
+    /// The retired identity's key checks nonces until the end of its overlap, and no longer.
+    #[test]
+    fn the_retired_key_checks_nonces_only_during_its_overlap() {
+        let keys = keys(7, Some((8, 5_000)));
+        let old = ChallengeKey::derive(&[8; 32]).issue(5_030);
+        assert_eq!(keys.check(&old, 5_000), Ok(5_030));
+        assert_eq!(keys.check(&old, 5_001), Err(ChallengeRefusal::Unknown));
+        // The current key is not bound by the overlap.
+        let (n, e) = keys.issue(6_000);
+        assert_eq!(keys.check(&n, 6_000), Ok(e));
     }
 
     #[test]
     fn forged_altered_or_foreign_nonces_are_unknown() {
-        let key = ChallengeKey::derive(&[7; 32]);
+        let keys = keys(7, None);
         let other = ChallengeKey::derive(&[8; 32]);
-        let n = key.issue(1_000);
+        let (n, _) = keys.issue(940);
         // Another KBS's nonce.
         assert_eq!(
-            check(&[&key], &other.issue(1_000), 0),
+            keys.check(&other.issue(1_000), 940),
             Err(ChallengeRefusal::Unknown)
         );
         // The expiry moved later, or any byte changed.
         for i in 0..CHALLENGE_NONCE_LEN {
             let mut m = n;
             m[i] ^= 1;
-            assert_eq!(check(&[&key], &m, 0), Err(ChallengeRefusal::Unknown), "{i}");
+            assert_eq!(keys.check(&m, 940), Err(ChallengeRefusal::Unknown), "{i}");
         }
         // Truncated, extended, empty.
-        assert_eq!(check(&[&key], &n[..31], 0), Err(ChallengeRefusal::Unknown));
+        assert_eq!(keys.check(&n[..31], 940), Err(ChallengeRefusal::Unknown));
         assert_eq!(
-            check(&[&key], &[n.as_slice(), &[0]].concat(), 0),
+            keys.check(&[n.as_slice(), &[0]].concat(), 940),
             Err(ChallengeRefusal::Unknown)
         );
-        assert_eq!(check(&[&key], &[], 0), Err(ChallengeRefusal::Unknown));
-        // Accepted under either of two keys (an identity rotation's overlap).
-        assert_eq!(check(&[&other, &key], &n, 0), Ok(1_000));
+        assert_eq!(keys.check(&[], 940), Err(ChallengeRefusal::Unknown));
     }
 
     #[test]

@@ -13,6 +13,10 @@ pub enum KbsError {
     NonceReplayed,
     #[error("nonce expired at {expired_at} (now {now}); request a new challenge")]
     NonceExpired { expired_at: u64, now: u64 },
+    /// Not expired by the clock, but refused all the same (below the spent-nonce floor, or an
+    /// expiry further ahead than this KBS issues): same code as an expired nonce.
+    #[error("{0}; request a new challenge")]
+    NonceStale(String),
     #[error("malformed request: {0}")]
     BadRequest(String),
     #[error("request body exceeds {limit} bytes")]
@@ -68,7 +72,7 @@ impl KbsError {
         match self {
             KbsError::NonceUnknown => "nonce_unknown",
             KbsError::NonceReplayed => "nonce_replayed",
-            KbsError::NonceExpired { .. } => "nonce_expired",
+            KbsError::NonceExpired { .. } | KbsError::NonceStale(_) => "nonce_expired",
             KbsError::BadRequest(_) => "bad_request",
             KbsError::TooLarge { .. } => "too_large",
             KbsError::Evidence(_) => "evidence_invalid",
@@ -93,6 +97,7 @@ impl KbsError {
             KbsError::NonceUnknown
             | KbsError::NonceReplayed
             | KbsError::NonceExpired { .. }
+            | KbsError::NonceStale(_)
             | KbsError::Evidence(_)
             | KbsError::Binding { .. } => StatusCode::FORBIDDEN,
             KbsError::BadRequest(_) | KbsError::Policy(_) | KbsError::SealedDek(_) => {

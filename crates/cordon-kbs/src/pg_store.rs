@@ -7,13 +7,14 @@
 //! secret is in the database unwrapped, and every replica needs the same KEK.
 //!
 //! What SQLite got from one process and the KBS's mutex, this store gets from PostgreSQL:
-//! - a batch of attestations (`commit_attestations`) is one transaction of four round trips,
-//!   whatever its size: the audit lock; one read of the spent-nonce floor, the chain's head, the
-//!   keys still live and the nonces already spent; one write (over arrays, `unnest`) of the
-//!   nonces spent, the events, the job runtimes and the floor's prune; the commit. Every spend,
-//!   prune and append, and every revocation (which appends its event), holds the audit lock:
-//!   what the read sees cannot change before the commit, so a nonce is spent once across
-//!   replicas, and a release commits only if no revocation of its key committed before it;
+//! - a batch of attestations (`commit_attestations`) is one transaction, whatever its size, on a
+//!   connection of its own that pipelines it ([`Committer`]): `BEGIN`, the audit lock and one read
+//!   (the spent-nonce floor, the chain's head, the keys still live, the nonces already spent) are
+//!   sent together; then one write (over arrays, `unnest`: the nonces spent, the events, the job
+//!   runtimes, the floor's prune) and `COMMIT` together. Every spend, prune and append, and every
+//!   revocation (which appends its event), holds the audit lock: what the read sees cannot change
+//!   before the commit, so a nonce is spent once across replicas, and a release commits only if
+//!   no revocation of its key committed before it;
 //! - the audit log stays one hash chain: each append takes a transaction advisory lock, reads the
 //!   head and inserts, in the same transaction as the write it records, so appends from every
 //!   replica are serialised and each links to the one committed before it;
@@ -26,17 +27,19 @@
 //!   both pass a count that only one fits in;
 //! - every write with its audit event is one transaction: a replica killed midway leaves neither.
 //!
-//! Locks are taken in one order (dataset quota, then rows, then the audit head) so that
-//! transactions cannot deadlock. Connections have no TLS (`NoTls`): use a Unix socket or loopback;
-//! a remote PostgreSQL needs a rustls connector (see docs/deployment.md).
+//! Locks are taken in one order (the dataset quota lock, then the audit lock, then rows) so that
+//! transactions cannot deadlock: every write that appends an audit event takes the audit lock
+//! before it touches a row, and the commit path takes it first of all. Connections have no TLS
+//! (`NoTls`): use a Unix socket or loopback; a remote PostgreSQL needs a rustls connector (see
+//! docs/deployment.md).
 
 use crate::custody::Keks;
 use crate::custody::{dek_binding, Slot};
 use crate::keystore::{DatasetQuota, KeyStore};
 use crate::store::{
-    audit_hash, check_kek_usage, unwrap_identity_seed, unwrap_secret, wrap_dek, wrap_identity_seed,
-    AttestationCommit, AttestationOutcome, JobRuntime, KeyKind, NewAuditEvent, NonceShare,
-    PendingEvent, RequestNonceUse, RetiredIdentity, StoreError, StoredKey, WrappedDek,
+    audit_hash, audit_text, check_kek_usage, unwrap_identity_seed, unwrap_secret, wrap_dek,
+    wrap_identity_seed, AttestationCommit, AttestationOutcome, JobRuntime, KeyKind, NewAuditEvent,
+    NonceShare, PendingEvent, RequestNonceUse, RetiredIdentity, StoreError, StoredKey, WrappedDek,
     CHALLENGE_FLOOR_LAG, CHALLENGE_PRUNE_EVERY,
 };
 use cordon_proto::kbs::{AuditEvent, KeyInfo};
@@ -142,11 +145,13 @@ const COMMIT_READ: &str = "SELECT (SELECT pruned_below FROM challenge_floor WHER
             ARRAY(SELECT nonce FROM spent_challenges WHERE nonce = ANY($2))";
 
 /// A batch's one write (see `commit_attestations`).
-const COMMIT_WRITE: &str = "WITH raised AS (
-        INSERT INTO challenge_floor (id, pruned_below) SELECT 1, $1 WHERE $2
+const COMMIT_WRITE: &str = "WITH pruned AS (
+        DELETE FROM spent_challenges WHERE $2 AND expires_at < $1 RETURNING expires_at),
+     raised AS (
+        INSERT INTO challenge_floor (id, pruned_below)
+        SELECT 1, MAX(expires_at) FROM pruned HAVING COUNT(*) > 0
         ON CONFLICT (id) DO UPDATE
         SET pruned_below = GREATEST(challenge_floor.pruned_below, excluded.pruned_below)),
-     pruned AS (DELETE FROM spent_challenges WHERE $2 AND expires_at < $1),
      spent AS (
         INSERT INTO spent_challenges (nonce, expires_at)
         SELECT * FROM unnest($3::bytea[], $4::bigint[])),
@@ -529,7 +534,7 @@ fn append_audit_in(
         claims_digest: e.claims_digest.map(Into::into),
         verdict: e.verdict.into(),
         measurement: e.measurement.map(Into::into),
-        detail: e.detail.into(),
+        detail: audit_text(e.detail),
         hash: String::new(),
     };
     event.hash = audit_hash(&prev, &event);
@@ -743,9 +748,11 @@ impl KeyStore for PgStore {
         };
         let live: HashSet<String> = row.get::<_, Vec<String>>(3).into_iter().collect();
         let mut spent: HashSet<Vec<u8>> = row.get::<_, Vec<Vec<u8>>>(4).into_iter().collect();
-        let wanted = now.saturating_sub(CHALLENGE_FLOOR_LAG);
-        let prune = wanted >= floor.saturating_add(CHALLENGE_PRUNE_EVERY);
-        let floor = if prune { wanted } else { floor };
+        // Spent nonces that expired CHALLENGE_FLOOR_LAG ago are pruned in the write, and the
+        // floor raised to the latest expiry pruned (see `store::raise_challenge_floor`). The
+        // decisions here use the floor read: a nonce the write prunes is one the read saw spent.
+        let cutoff = now.saturating_sub(CHALLENGE_FLOOR_LAG);
+        let prune = cutoff >= floor.saturating_add(CHALLENGE_PRUNE_EVERY);
 
         // Outcomes and the chain, decided here.
         let mut rows: Vec<(AuditEvent, String)> = Vec::new();
@@ -759,7 +766,7 @@ impl KeyStore for PgStore {
                 claims_digest: e.claims_digest.clone(),
                 verdict: e.verdict.into(),
                 measurement: e.measurement.clone(),
-                detail: e.detail.clone(),
+                detail: audit_text(&e.detail),
                 hash: String::new(),
             };
             event.hash = audit_hash(&prev, &event);
@@ -770,7 +777,7 @@ impl KeyStore for PgStore {
         let (mut spend, mut expiries): (Vec<&[u8]>, Vec<i64>) = (Vec::new(), Vec::new());
         let mut runtimes: Vec<&JobRuntime> = Vec::new();
         for c in batch {
-            if c.expires_at < floor {
+            if c.expires_at <= floor {
                 outcomes.push(AttestationOutcome::BelowFloor { floor });
                 continue;
             }
@@ -780,7 +787,8 @@ impl KeyStore for PgStore {
                 continue;
             }
             spend.push(&c.nonce);
-            expiries.push(c.expires_at as i64);
+            // Clamped, never wrapped: a wrapped expiry would be pruned at once.
+            expiries.push(c.expires_at.min(i64::MAX as u64) as i64);
             let mut withheld = Vec::new();
             for r in &c.releases {
                 match &r.key_id {
@@ -809,7 +817,7 @@ impl KeyStore for PgStore {
         let signing: Vec<&[u8]> = runtimes.iter().map(|j| j.signing_key.as_slice()).collect();
         let serve: Vec<Option<&str>> = runtimes.iter().map(|j| j.serve_policy.as_deref()).collect();
         committer.write_and_commit(&[
-            &(floor as i64),
+            &(cutoff as i64),
             &prune,
             &spend,
             &expiries,
@@ -912,6 +920,8 @@ impl KeyStore for PgStore {
     ) -> Result<AuditEvent, StoreError> {
         let w = self.wrap(&dek_binding(key_id, "admin", None, policy), dek)?;
         let mut tx = self.client()?.transaction()?;
+        // The audit lock first, then rows: the order every writer keeps (module doc).
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])?;
         let changed = tx.execute(
             "INSERT INTO keys (key_id, dek, policy, created_at, updated_at, kind, kek_id)
              VALUES ($1, $2, $3, $4, $4, 'admin', $5)
@@ -943,6 +953,7 @@ impl KeyStore for PgStore {
         // Registrations take turns from the count to the commit: two replicas cannot both see
         // room for one more key.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DATASET_LOCK])?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])?;
         let counts = tx.query_one(
             "SELECT COUNT(*), COUNT(*) FILTER (WHERE owner = $1) FROM keys
              WHERE kind = 'dataset' AND key_id <> $2",
@@ -991,6 +1002,8 @@ impl KeyStore for PgStore {
             dek,
         )?;
         let mut tx = self.client()?.transaction()?;
+        // The audit lock first, then rows: the order every writer keeps (module doc).
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])?;
         let claimed = tx.execute(
             "UPDATE job_runtimes SET output_key_id = $3
              WHERE job_hash = $1 AND signing_key = $2 AND output_key_id IS NULL",
@@ -1028,6 +1041,8 @@ impl KeyStore for PgStore {
         event: &NewAuditEvent<'_>,
     ) -> Result<AuditEvent, StoreError> {
         let mut tx = self.client()?.transaction()?;
+        // The audit lock first, then rows: the order every writer keeps (module doc).
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])?;
         let changed = tx.execute(
             "UPDATE keys SET revoked_at = $2, dek = ''::bytea, kek_id = NULL
              WHERE key_id = $1 AND revoked_at IS NULL",

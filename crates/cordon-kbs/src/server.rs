@@ -1,6 +1,6 @@
 //! HTTP surface of the KBS (axum) over the store.
 
-use crate::challenge::{self, ChallengeKey, ChallengeRefusal};
+use crate::challenge::{ChallengeKey, ChallengeKeys, ChallengeRefusal};
 use crate::custody::{KekSpec, Keks};
 use crate::keystore::{DatasetQuota, KeyStore};
 use crate::store::{
@@ -180,10 +180,9 @@ struct Inner {
     previous_identity: Option<(ServiceKeyPair, u64)>,
     /// Evidence binding `identity`'s public key, made at start by `config.identity_tee`.
     identity_evidence: Option<KbsEvidence>,
-    /// Makes and checks challenge nonces (`crate::challenge`): the current identity's key, then
-    /// the retired identity's (its nonces, issued before the rotation, stay good until they
-    /// expire).
-    challenge_keys: Vec<ChallengeKey>,
+    /// Makes and checks challenge nonces (`crate::challenge`): the current identity's key, and
+    /// the retired identity's during its overlap (its nonces were issued before the rotation).
+    challenge_keys: ChallengeKeys,
     /// Attestations waiting to be committed: whoever takes the store next commits them all in
     /// one transaction ([`Kbs::commit_attestation`]).
     pending_commits: Mutex<Vec<PendingCommit>>,
@@ -260,11 +259,12 @@ impl Kbs {
             );
         }
         let previous_seed = store.previous_identity_seed()?;
-        let mut challenge_keys = vec![ChallengeKey::derive(&seed)];
-        challenge_keys.extend(
+        let challenge_keys = ChallengeKeys::new(
+            ChallengeKey::derive(&seed),
             previous_seed
                 .as_ref()
-                .map(|(seed, _)| ChallengeKey::derive(seed)),
+                .map(|(seed, until)| (ChallengeKey::derive(seed), *until)),
+            config.nonce_ttl.as_secs(),
         );
         let previous_identity =
             previous_seed.map(|(seed, until)| (ServiceKeyPair::derive(0, &seed), until));
@@ -869,13 +869,7 @@ async fn identity(State(kbs): State<Kbs>) -> Result<Json<KbsIdentity>, KbsError>
 /// A challenge nonce: a random draw and a MAC (`crate::challenge`), nothing stored. What keeps a
 /// nonce single-use is the store's record of the nonces spent.
 async fn challenge(State(kbs): State<Kbs>) -> Result<Json<Challenge>, KbsError> {
-    let expires_at = unix(kbs.now()).saturating_add(kbs.inner.config.nonce_ttl.as_secs());
-    let nonce = kbs
-        .inner
-        .challenge_keys
-        .first()
-        .ok_or_else(|| KbsError::Internal("the KBS has no challenge key".into()))?
-        .issue(expires_at);
+    let (nonce, expires_at) = kbs.inner.challenge_keys.issue(unix(kbs.now()));
     Ok(Json(Challenge {
         nonce: hex::encode(nonce),
         expires_at,
@@ -942,12 +936,17 @@ async fn attest(
     //    the transaction that records this attestation's outcome, whatever the outcome: of two
     //    requests with one nonce, on any replica, the second is refused there, before anything
     //    is answered.
-    let keys: Vec<&ChallengeKey> = kbs.inner.challenge_keys.iter().collect();
-    let expires_at = match challenge::check(&keys, &nonce, now) {
+    let expires_at = match kbs.inner.challenge_keys.check(&nonce, now) {
         Ok(expires_at) => expires_at,
         Err(ChallengeRefusal::Unknown) => return Err(KbsError::NonceUnknown),
         Err(ChallengeRefusal::Expired { expired_at }) => {
             return Err(KbsError::NonceExpired { expired_at, now })
+        }
+        Err(ChallengeRefusal::TooFarAhead { expires_at, latest }) => {
+            return Err(KbsError::NonceStale(format!(
+                "nonce expires at {expires_at}, later than a challenge issued now would \
+                 ({latest}): it was issued while this KBS's clock was ahead"
+            )))
         }
     };
     let mut commit = AttestationCommit {
@@ -960,10 +959,10 @@ async fn attest(
     let answer = appraise_attestation(&kbs, &req, job, &nonce, now_time, &mut commit).await;
     match kbs.commit_attestation(commit).await? {
         AttestationOutcome::Spent => Err(KbsError::NonceReplayed),
-        AttestationOutcome::BelowFloor { .. } => Err(KbsError::NonceExpired {
-            expired_at: expires_at,
-            now,
-        }),
+        AttestationOutcome::BelowFloor { floor } => Err(KbsError::NonceStale(format!(
+            "nonce expires at {expires_at}, at or before {floor}, below which spent nonces have \
+             been forgotten: it may have been spent"
+        ))),
         AttestationOutcome::Committed { withheld } => {
             let mut answer = answer?;
             // A revocation that committed while this request was being answered withholds the
@@ -1071,8 +1070,8 @@ async fn appraise_attestation(
     }
 
     // 4. Appraise each requested key's release policy and seal what it accepts. Nothing is
-    //    answered before the events are committed, so the log never records a release not
-    //    delivered, nor misses one delivered.
+    //    answered before the events are committed, so the log never misses a release delivered.
+    //    (It may hold one whose answer never arrived: a client gone, a reply lost.)
     let mut released = Vec::new();
     let mut denied = Vec::new();
     for key_id in &req.key_ids {

@@ -206,11 +206,11 @@ const MIGRATIONS: &[&str] = &[
         pruned_below INTEGER NOT NULL);",
 ];
 
-/// How far behind the clock the spent-challenge floor is set when spent nonces are pruned: a
-/// replica whose clock lags this much behind another's still answers a nonce "expired" by its
-/// own clock, not "below the floor".
+/// How long after its expiry (by the clock of the replica that prunes) a spent nonce is kept: a
+/// replica whose clock lags this much behind another's still finds the nonce spent.
 pub const CHALLENGE_FLOOR_LAG: u64 = 60;
-/// Spent nonces are pruned once the floor can move this far: not in every transaction.
+/// Spent nonces are pruned once the prune's cutoff is this far past the floor: not in every
+/// transaction.
 pub const CHALLENGE_PRUNE_EVERY: u64 = 30;
 
 /// Whose share of the remembered signed-request nonces a request takes.
@@ -358,8 +358,9 @@ pub enum AttestationOutcome {
     Committed { withheld: Vec<String> },
     /// The nonce was spent already (a replay, or the same nonce twice in a batch): nothing stored.
     Spent,
-    /// The nonce expired before the floor of pruned spent nonces: it may have been spent and
-    /// forgotten, so it is refused whatever the clock says. Nothing stored.
+    /// The nonce expires at or before the floor, the latest expiry of the spent nonces pruned: it
+    /// may have been spent and forgotten, so it is refused whatever the clock says. Nothing
+    /// stored.
     BelowFloor { floor: u64 },
 }
 
@@ -452,8 +453,12 @@ impl Store {
         // Closing any descriptor of a file drops every POSIX lock the process holds on it, and
         // the files were just opened and closed: SQLite's locks on its shared-memory file went
         // with them. Another process opening the store would take itself for its only user and
-        // reset that file under this connection's mapping of it. A new connection holds locks
-        // of its own.
+        // reset that file under this connection's mapping of it. The connection is closed first
+        // (a second one opened beside it would share its lock-less state) and made again.
+        drop(std::mem::replace(
+            &mut store.conn,
+            Connection::open_in_memory()?,
+        ));
         store.conn = connect_writer(data_dir, &path)?;
         Ok(store)
     }
@@ -1141,7 +1146,7 @@ impl Store {
         let floor = raise_challenge_floor(&tx, now)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for c in batch {
-            if c.expires_at < floor {
+            if c.expires_at <= floor {
                 outcomes.push(AttestationOutcome::BelowFloor { floor });
                 continue;
             }
@@ -1150,7 +1155,8 @@ impl Store {
                     "INSERT INTO spent_challenges (nonce, expires_at) VALUES (?1, ?2)
                      ON CONFLICT (nonce) DO NOTHING",
                 )?
-                .execute(params![c.nonce, c.expires_at as i64])?;
+                // Clamped, never wrapped: a wrapped expiry would be pruned at once.
+                .execute(params![c.nonce, c.expires_at.min(i64::MAX as u64) as i64])?;
             if spent == 0 {
                 outcomes.push(AttestationOutcome::Spent);
                 continue;
@@ -1460,28 +1466,39 @@ fn key_live(conn: &Connection, key_id: &str) -> Result<bool, StoreError> {
     Ok(unrevoked && revocation_in_audit(conn, key_id)?.is_none())
 }
 
-/// The spent-challenge floor, raised (and the spent nonces below it pruned) once it can move
-/// [`CHALLENGE_PRUNE_EVERY`]: it never goes down, whatever `now` says.
+/// The spent-challenge floor: every nonce expiring at or before it may have been pruned. Spent
+/// nonces that expired [`CHALLENGE_FLOOR_LAG`] before `now` are pruned (once the cutoff is
+/// [`CHALLENGE_PRUNE_EVERY`] past the floor) and the floor raised to the latest expiry pruned; it
+/// never goes down, whatever `now` says.
 fn raise_challenge_floor(conn: &Connection, now: u64) -> Result<u64, StoreError> {
     let floor = conn
         .prepare_cached("SELECT pruned_below FROM challenge_floor WHERE id = 1")?
         .query_row([], |r| r.get::<_, i64>(0))
         .optional()?
         .map_or(0, |t| t as u64);
-    let wanted = now.saturating_sub(CHALLENGE_FLOOR_LAG);
-    if wanted < floor.saturating_add(CHALLENGE_PRUNE_EVERY) {
+    let cutoff = now.saturating_sub(CHALLENGE_FLOOR_LAG);
+    if cutoff < floor.saturating_add(CHALLENGE_PRUNE_EVERY) {
         return Ok(floor);
     }
+    // The floor becomes the latest expiry pruned, not the clock: a clock set a day ahead prunes
+    // the nonces spent so far, but raises the floor only to their expiries, and fresh challenges
+    // still pass once the clock is right.
+    let pruned: Option<i64> = conn
+        .prepare_cached("SELECT MAX(expires_at) FROM spent_challenges WHERE expires_at < ?1")?
+        .query_row(params![cutoff as i64], |r| r.get(0))?;
+    let Some(pruned) = pruned else {
+        return Ok(floor);
+    };
+    conn.execute(
+        "DELETE FROM spent_challenges WHERE expires_at < ?1",
+        params![cutoff as i64],
+    )?;
     conn.execute(
         "INSERT INTO challenge_floor (id, pruned_below) VALUES (1, ?1)
          ON CONFLICT (id) DO UPDATE SET pruned_below = MAX(pruned_below, excluded.pruned_below)",
-        params![wanted as i64],
+        params![pruned],
     )?;
-    conn.execute(
-        "DELETE FROM spent_challenges WHERE expires_at < ?1",
-        params![wanted as i64],
-    )?;
-    Ok(wanted)
+    Ok(floor.max(pruned as u64))
 }
 
 /// Why a key id could not be written: revoked, or held by another owner.
@@ -1695,7 +1712,7 @@ fn append_audit_in(
         claims_digest: e.claims_digest.map(Into::into),
         verdict: e.verdict.into(),
         measurement: e.measurement.map(Into::into),
-        detail: e.detail.into(),
+        detail: audit_text(e.detail),
         hash: String::new(),
     };
     event.hash = audit_hash(&prev, &event);
@@ -1717,6 +1734,13 @@ fn append_audit_in(
         event.hash
     ])?;
     Ok(event)
+}
+
+/// An event's detail as both stores keep it: NUL, which PostgreSQL refuses in text (and which a
+/// job spec's party name may carry into a denial's reasons), becomes U+FFFD. Applied before the
+/// event is hashed, so the chain covers what is stored.
+pub(crate) fn audit_text(detail: &str) -> String {
+    detail.replace('\0', "\u{FFFD}")
 }
 
 /// `hash = SHA-256(prev_hash || "\n" || JSON of the event without its hash)`.

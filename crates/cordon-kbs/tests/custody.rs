@@ -352,3 +352,120 @@ async fn a_rotated_identity_keeps_the_old_key_for_its_overlap_and_no_longer() {
     assert!(body.error.contains("overlap ended"), "{}", body.error);
     assert_eq!(register(new_key, new_key, "after").await.status(), 200);
 }
+
+/// After `kbs rotate-identity`, the KBS still accepts challenges MACed under the retired
+/// identity's seed (nonces issued just before the restart), like every other use of the retired
+/// identity, only until the end of its overlap; and no nonce, under either key, whose expiry is
+/// further ahead than the KBS issues. Whoever holds the retired seed (the reason one rotates)
+/// cannot mint nonces that outlive the overlap or stay good for years.
+#[tokio::test]
+async fn the_retired_challenge_key_ends_with_its_overlap_and_mints_no_long_nonces() {
+    use cordon_attest::Endorsements;
+    use cordon_kbs::challenge::ChallengeKey;
+    use cordon_kbs::{Kbs, KbsConfig, NewAuditEvent};
+    use cordon_tee::{SimHardwareKey, SimTee};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    let dir = tempfile::tempdir().unwrap();
+    let hw = SimHardwareKey::generate();
+    let t0 = 1_800_000_000u64;
+    let clock = Arc::new(AtomicU64::new(t0));
+    let config = || {
+        let mut config = KbsConfig::new(
+            dir.path().join("kbs"),
+            Endorsements {
+                sim_trust_anchors: vec![hw.public_key()],
+                ..Default::default()
+            },
+        );
+        let c = clock.clone();
+        config.clock = Arc::new(move || UNIX_EPOCH + Duration::from_secs(c.load(Ordering::SeqCst)));
+        config
+    };
+    let first = Kbs::open(config()).unwrap();
+    let token = first.init_admin_token().unwrap().unwrap().to_string();
+    drop(first);
+
+    // `cordon kbs rotate-identity`, KBS stopped; an overlap of one hour. A key registered.
+    let admin = cordon_proto::auth::admin_key(&token).unwrap();
+    let until = t0 + 3600;
+    let old_seed = {
+        let kek = FileKek::open(&dir.path().join("kbs.kek")).unwrap();
+        let mut store = Store::open(&dir.path().join("kbs"), Keks::new(Arc::new(kek))).unwrap();
+        let old_seed = *store.identity_seed().unwrap().unwrap();
+        let seed = [0x99; 32];
+        let new_key = ServiceKeyPair::derive(0, &seed).public_key();
+        let vouch = cordon_proto::auth::vouch_identity(&admin, &new_key);
+        let audit = cordon_proto::checkpoint::vouch_audit_key(
+            &admin,
+            &new_key,
+            &cordon_proto::checkpoint::AuditSigningKey::derive(&seed).public_key(),
+        );
+        store
+            .rotate_identity(&seed, &vouch, &audit, t0, until)
+            .unwrap();
+        store
+            .put_key_audited(
+                "k",
+                &[0x5A; 32],
+                &policy(vec![Platform::Sim], MEASUREMENT),
+                &NewAuditEvent {
+                    time: t0,
+                    kind: "key_registered",
+                    key_id: Some("k"),
+                    claims_digest: None,
+                    verdict: "accepted",
+                    measurement: None,
+                    detail: "",
+                },
+            )
+            .unwrap();
+        old_seed
+    };
+
+    let kbs = Kbs::open(config()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = kbs.router();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let http = reqwest::Client::new();
+
+    let tee = SimTee::new(
+        SimHardwareKey::from_file_contents(&hw.to_file_contents()).unwrap(),
+        MEASUREMENT,
+        [0; 32],
+        false,
+    );
+    let kp = ServiceKeyPair::generate(0);
+    let old = ChallengeKey::derive(&old_seed);
+    let attest = |nonce: [u8; 32]| {
+        let req = request(&hex::encode(nonce), &tee, &kp, &["k"]);
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let resp = http
+                .post(format!("{url}/kbs/v1/attest"))
+                .json(&req)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap();
+            (status, body)
+        }
+    };
+    // During the overlap: a nonce issued under the retired key before the restart is good...
+    clock.store(t0 + 10, Ordering::SeqCst);
+    let (status, body) = attest(old.issue(t0 + 40)).await;
+    assert_eq!(status, 200, "{body}");
+    // ...one expiring in ten years is not (no nonce this KBS issues lives that long).
+    let (status, body) = attest(old.issue(t0 + 10 * 365 * 86_400)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("nonce_expired"), "{body}");
+    // The overlap over (the KBS was not restarted: nothing says it must be), the retired key
+    // checks nothing, however short the nonce.
+    clock.store(until + 86_400, Ordering::SeqCst);
+    let (status, body) = attest(old.issue(until + 86_400 + 30)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("nonce_unknown"), "{body}");
+}

@@ -648,3 +648,71 @@ async fn the_served_identity_is_vouched_for_by_the_admin_token() {
     let host_key = ServiceKeyPair::generate(0).public_key();
     assert!(cordon_proto::auth::check_identity(&admin, &host_key, &sig).is_err());
 }
+
+/// Attestations while the clock is a day ahead (a VM restored with a wrong RTC, an NTP step)
+/// prune the nonces spent before, but raise the spent-nonce floor only to their expiries, not to
+/// the clock: once the clock is right, fresh challenges work at once. The challenge issued while
+/// the clock was ahead is refused then (its expiry is further ahead than the KBS issues).
+#[tokio::test]
+async fn fresh_challenges_still_work_after_the_clock_is_set_right() {
+    let h = start().await;
+    let measurement = [0x11; 48];
+    assert_eq!(
+        h.register("k", [1; 32], policy(vec![Platform::Sim], measurement))
+            .await
+            .status(),
+        200
+    );
+    let kp = ServiceKeyPair::generate(0);
+    let tee = h.tee(measurement, false);
+    let before = h.challenge().await;
+    assert_eq!(
+        h.attest(&request(&before.nonce, &tee, &kp, &["k"]))
+            .await
+            .status(),
+        200
+    );
+    h.clock.fetch_add(86_400, Ordering::SeqCst);
+    let ahead = h.challenge().await;
+    assert_eq!(
+        h.attest(&request(&ahead.nonce, &tee, &kp, &["k"]))
+            .await
+            .status(),
+        200
+    );
+    // The clock set right, a second later: the challenge of the day ahead is refused...
+    h.clock.fetch_sub(86_400 - 1, Ordering::SeqCst);
+    let ahead_again = h.challenge().await;
+    let r = h.attest(&request(&ahead.nonce, &tee, &kp, &["k"])).await;
+    let (status, e) = refusal(r).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (403, "nonce_expired"),
+        "{}",
+        e.error
+    );
+    assert!(e.error.contains("clock was ahead"), "{}", e.error);
+    // ...the one spent before the step, pruned meanwhile, stays spent...
+    let r = h.attest(&request(&before.nonce, &tee, &kp, &["k"])).await;
+    let (status, e) = refusal(r).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (403, "nonce_expired"),
+        "{}",
+        e.error
+    );
+    assert!(e.error.contains("may have been spent"), "{}", e.error);
+    // ...and a challenge issued now, used at once, works.
+    let _ = ahead_again;
+    let ch = h.challenge().await;
+    let r = h.attest(&request(&ch.nonce, &tee, &kp, &["k"])).await;
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    assert_eq!(
+        status,
+        200,
+        "a fresh challenge (expires_at {}, now {}) was refused: {body}",
+        ch.expires_at,
+        h.clock.load(Ordering::SeqCst),
+    );
+}

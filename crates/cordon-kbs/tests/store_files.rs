@@ -194,3 +194,63 @@ fn a_data_directory_another_user_owns_is_refused() {
         .expect("a foreign directory was used");
     assert!(err.to_string().contains("belongs to uid 1234"), "{err}");
 }
+
+// ---- SQLite's shared-memory lock after Store::open ----
+
+/// The POSIX locks this process holds on `path`, from /proc/locks: (start, end) byte ranges.
+fn own_posix_locks(path: &Path) -> Vec<(String, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(path).unwrap().ino();
+    let pid = std::process::id().to_string();
+    std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // "1: POSIX  ADVISORY  READ 1234 08:01:123456 128 128"
+            let at = f.iter().position(|w| *w == "POSIX")?;
+            let (p, dev, start, end) = (
+                f.get(at + 3)?,
+                f.get(at + 4)?,
+                f.get(at + 5)?,
+                f.get(at + 6)?,
+            );
+            let inode = dev.rsplit(':').next()?;
+            (*p == pid && inode == ino.to_string()).then(|| (start.to_string(), end.to_string()))
+        })
+        .collect()
+}
+
+/// SQLite holds a shared lock on the `-shm` file's DMS byte (offset 128) for as long as a
+/// connection has it mapped: another process that finds no such lock takes itself for the only
+/// user and resets the file. A control: a plain connection holds it.
+#[test]
+fn a_plain_sqlite_connection_holds_the_shm_dms_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.sqlite3");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let shm = dir.path().join("t.sqlite3-shm");
+    let locks = own_posix_locks(&shm);
+    assert!(locks.iter().any(|(s, _)| s == "128"), "{locks:?}");
+}
+
+/// Store::open opens and closes the store's side files to check their modes, which drops the
+/// process's POSIX locks on them; it then closes and reopens its connection, so that while the
+/// store is open the process holds SQLite's lock on the `-shm` file's DMS byte again (without
+/// it, another process opening the store resets that file under the KBS's mapping of it).
+#[test]
+fn store_open_leaves_the_writer_holding_the_shm_dms_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("kbs");
+    let store = Store::open(&data, keks()).unwrap();
+    let shm = data.join("kbs.sqlite3-shm");
+    let locks = own_posix_locks(&shm);
+    assert!(
+        locks.iter().any(|(s, _)| s == "128"),
+        "no lock on the -shm file's DMS byte while the store is open: {locks:?}"
+    );
+    drop(store);
+}
