@@ -12,10 +12,14 @@
 //!   verified in full and then refused at the binding check (403 `report_data_mismatch`); only
 //!   such refusals are counted.
 //! - **baselines**, same run: `GET /healthz` on the same server with the same clients (HTTP
-//!   alone); the store operations of one release in process on one thread (challenge insert,
-//!   nonce use, key read, audit append; the store's own methods); a raw write + fdatasync on the
-//!   same file system; the CPU work of one release without I/O (sim evidence made, verified,
-//!   appraised, the DEK sealed and opened; SNP verified with the chain cached).
+//!   alone); the store work of one release in process on one thread, with the store's own
+//!   methods (the key lookup; one attestation committed alone; 32 per commit, as group commit
+//!   does under load), on SQLite and, with `--postgres`, on one PostgreSQL connection; a raw
+//!   write + fdatasync on the same file system; the CPU work of one release without I/O (sim
+//!   evidence made, verified, appraised, the DEK sealed and opened; SNP verified with the chain
+//!   cached).
+//! - **`--postgres`**: the release rows again on one and two KBS replicas sharing a throwaway
+//!   PostgreSQL cluster started with its durable defaults (`fsync` on).
 //! - **KEK rotation**: a store of `--rotate-keys` wrapped keys (filled in one transaction),
 //!   `Store::open` on it, then `Store::rewrap_all` under a new file KEK.
 //!

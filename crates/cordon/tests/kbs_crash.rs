@@ -22,7 +22,8 @@ const MEASUREMENT: [u8; 48] = [0x33; 48];
 struct Acknowledged {
     /// key id → DEK, for every registration the KBS answered 200.
     keys: BTreeMap<String, [u8; 32]>,
-    /// Nonces whose attest request got any answer (the nonce was consumed before it).
+    /// Nonces whose attest request got any answer (the nonce was spent in the transaction committed
+    /// before it).
     used_nonces: Vec<String>,
     /// Releases delivered (key ids), each must have its audit event.
     releases: usize,
