@@ -161,6 +161,28 @@ pub trait KeyStore: Send {
     /// The administrator's vouch for the audit signing key.
     fn audit_key_vouch(&mut self) -> Result<Option<String>, StoreError>;
 
+    /// Re-wraps every secret not under the current KEK, `batch` rows per transaction
+    /// (`cordon kbs rotate-kek`; see [`Store::rewrap_all`]); `progress` is told the running count.
+    fn rewrap_all(
+        &mut self,
+        batch: usize,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, StoreError>;
+
+    /// How many secrets are wrapped under each KEK id.
+    fn kek_usage(&mut self) -> Result<Vec<(Option<String>, u64)>, StoreError>;
+
+    /// Makes `new_seed` the identity, the one it replaces accepted until `accept_until`
+    /// (`cordon kbs rotate-identity`; see [`Store::rotate_identity`]).
+    fn rotate_identity(
+        &mut self,
+        new_seed: &[u8; 32],
+        admin_signature: &str,
+        audit_vouch: &str,
+        now: u64,
+        accept_until: u64,
+    ) -> Result<(), StoreError>;
+
     fn set_audit_key_vouch(&mut self, signature: &str, now: u64) -> Result<(), StoreError>;
     /// The whole audit log, in order.
     fn audit_events(&mut self) -> Result<Vec<AuditEvent>, StoreError>;
@@ -278,6 +300,33 @@ impl KeyStore for Store {
     }
     fn audit_key_vouch(&mut self) -> Result<Option<String>, StoreError> {
         Store::audit_key_vouch(self)
+    }
+    fn rewrap_all(
+        &mut self,
+        batch: usize,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, StoreError> {
+        Store::rewrap_all(self, batch, progress)
+    }
+    fn kek_usage(&mut self) -> Result<Vec<(Option<String>, u64)>, StoreError> {
+        Store::kek_usage(self)
+    }
+    fn rotate_identity(
+        &mut self,
+        new_seed: &[u8; 32],
+        admin_signature: &str,
+        audit_vouch: &str,
+        now: u64,
+        accept_until: u64,
+    ) -> Result<(), StoreError> {
+        Store::rotate_identity(
+            self,
+            new_seed,
+            admin_signature,
+            audit_vouch,
+            now,
+            accept_until,
+        )
     }
     fn set_audit_key_vouch(&mut self, signature: &str, now: u64) -> Result<(), StoreError> {
         Store::set_audit_key_vouch(self, signature, now)

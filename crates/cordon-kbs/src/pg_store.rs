@@ -37,10 +37,10 @@ use crate::custody::Keks;
 use crate::custody::{dek_binding, Slot};
 use crate::keystore::{DatasetQuota, KeyStore};
 use crate::store::{
-    audit_hash, audit_text, check_kek_usage, unwrap_identity_seed, unwrap_secret, wrap_dek,
-    wrap_identity_seed, AttestationCommit, AttestationOutcome, JobRuntime, KeyKind, NewAuditEvent,
-    NonceShare, PendingEvent, RequestNonceUse, RetiredIdentity, StoreError, StoredKey, WrappedDek,
-    CHALLENGE_FLOOR_LAG, CHALLENGE_PRUNE_EVERY,
+    audit_hash, audit_text, check_kek_usage, previous_identity_name, unwrap_identity_seed,
+    unwrap_secret, wrap_dek, wrap_identity_seed, AttestationCommit, AttestationOutcome, JobRuntime,
+    KeyKind, NewAuditEvent, NonceShare, PendingEvent, RequestNonceUse, RetiredIdentity, StoreError,
+    StoredKey, WrappedDek, CHALLENGE_FLOOR_LAG, CHALLENGE_PRUNE_EVERY,
 };
 use cordon_proto::kbs::{AuditEvent, KeyInfo};
 use postgres::error::SqlState;
@@ -108,9 +108,8 @@ const PG_MIGRATIONS: &[&str] = &[
      CREATE TABLE nonce_floor (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         pruned_at BIGINT NOT NULL);",
-    // 2: the SQLite store's migrations 8 to 10 (identity rotation is SQLite-only, `kbs
-    //    rotate-identity`: the table exists so both stores read it the same way; the
-    //    administrator's vouch for the audit signing key; releases counted by key).
+    // 2: the SQLite store's migrations 8 to 10 (the identity retired by `kbs rotate-identity`;
+    //    the administrator's vouch for the audit signing key; releases counted by key).
     "CREATE TABLE identity_previous (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         hpke_seed BYTEA NOT NULL,
@@ -482,7 +481,8 @@ impl PgStore {
         let rows = self.client()?.query(
             "SELECT kek_id, COUNT(*) FROM (
                 SELECT kek_id FROM keys WHERE revoked_at IS NULL
-                UNION ALL SELECT kek_id FROM identity) s
+                UNION ALL SELECT kek_id FROM identity
+                UNION ALL SELECT kek_id FROM identity_previous) s
              GROUP BY kek_id ORDER BY kek_id",
             &[],
         )?;
@@ -494,6 +494,166 @@ impl PgStore {
 
     fn wrap(&self, binding: &str, dek: &[u8]) -> Result<WrappedDek, StoreError> {
         wrap_dek(&self.keks, binding, dek)
+    }
+
+    /// Re-wraps every secret not under the current KEK, `batch` rows per transaction, like
+    /// [`crate::Store::rewrap_all`]: a rotation killed midway leaves each row whole, under the
+    /// old KEK or the new one, and running it again finishes it. Replicas may keep serving if
+    /// they were restarted with the new KEK as current and the old one as previous first: rows
+    /// they write meanwhile are under the new KEK already. A batch that re-wraps nothing (rows
+    /// rewritten under another KEK as fast as they are read: a replica still writing under the
+    /// old one) stops the rotation with an error rather than looping.
+    pub fn rewrap_all(
+        &mut self,
+        batch: usize,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, StoreError> {
+        let batch = batch.max(1) as i64;
+        let current = self.keks.current.id().to_string();
+        let mut done = 0u64;
+        loop {
+            let rows = self.client()?.query(
+                "SELECT key_id, dek, kek_id, kind, owner, policy FROM keys
+                 WHERE revoked_at IS NULL AND (kek_id IS NULL OR kek_id <> $1)
+                 ORDER BY key_id LIMIT $2",
+                &[&current, &batch],
+            )?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut rewrapped = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let key_id: String = r.get(0);
+                let wrapped: Vec<u8> = r.get(1);
+                let kek_id: Option<String> = r.get(2);
+                let kind: String = r.get(3);
+                let owner: Option<Vec<u8>> = r.get(4);
+                let policy: String = r.get(5);
+                let binding = dek_binding(&key_id, &kind, owner.as_deref(), &policy);
+                let dek =
+                    unwrap_secret(&self.keks, Slot::Dek, &binding, kek_id.as_deref(), &wrapped)?;
+                rewrapped.push((key_id, self.wrap(&binding, &dek)?, kek_id));
+            }
+            let mut tx = self.client()?.transaction()?;
+            let mut changed = 0;
+            for (key_id, w, old) in &rewrapped {
+                // Only if unchanged since it was read: a row replaced meanwhile is new already.
+                changed += tx.execute(
+                    "UPDATE keys SET dek = $2, kek_id = $3
+                     WHERE key_id = $1 AND kek_id IS NOT DISTINCT FROM $4 AND revoked_at IS NULL",
+                    &[key_id, &w.dek, &w.kek_id, old],
+                )?;
+            }
+            tx.commit()?;
+            if changed == 0 {
+                return Err(StoreError::Config(format!(
+                    "{} keys read for re-wrapping were rewritten under another KEK meanwhile: is a \
+                     replica still running with the old KEK as its current one? Restart every \
+                     replica with --kek NEW --previous-kek OLD, then rotate again",
+                    rewrapped.len()
+                )));
+            }
+            done += changed;
+            progress(done);
+        }
+        // The identity seeds: the current one, and the retired one (its AAD names its overlap).
+        let row = self.client()?.query_opt(
+            "SELECT hpke_seed, kek_id FROM identity
+             WHERE id = 1 AND (kek_id IS NULL OR kek_id <> $1)",
+            &[&current],
+        )?;
+        if let Some(r) = row {
+            let (wrapped, kek_id): (Vec<u8>, Option<String>) = (r.get(0), r.get(1));
+            let seed = unwrap_identity_seed(&self.keks, kek_id.as_deref(), &wrapped)?;
+            let (w, id) = wrap_identity_seed(&self.keks, &seed)?;
+            self.client()?.execute(
+                "UPDATE identity SET hpke_seed = $1, kek_id = $2
+                 WHERE id = 1 AND kek_id IS NOT DISTINCT FROM $3",
+                &[&w, &id, &kek_id],
+            )?;
+            done += 1;
+            progress(done);
+        }
+        let row = self.client()?.query_opt(
+            "SELECT hpke_seed, kek_id, accept_until FROM identity_previous
+             WHERE id = 1 AND kek_id <> $1",
+            &[&current],
+        )?;
+        if let Some(r) = row {
+            let (wrapped, kek_id, until): (Vec<u8>, String, i64) = (r.get(0), r.get(1), r.get(2));
+            let name = previous_identity_name(until as u64);
+            let seed = unwrap_secret(
+                &self.keks,
+                Slot::IdentitySeed,
+                &name,
+                Some(&kek_id),
+                &wrapped,
+            )?;
+            let w = self
+                .keks
+                .current
+                .wrap(&crate::custody::wrap_aad(Slot::IdentitySeed, &name), &seed)?;
+            self.client()?.execute(
+                "UPDATE identity_previous SET hpke_seed = $1, kek_id = $2
+                 WHERE id = 1 AND kek_id = $3",
+                &[&w, &current, &kek_id],
+            )?;
+            done += 1;
+            progress(done);
+        }
+        Ok(done)
+    }
+
+    /// Makes `new_seed` the identity and keeps the one it replaces accepted until
+    /// `accept_until`, like [`crate::Store::rotate_identity`], in one transaction. Every replica
+    /// reads the identity when it starts: restart them all afterwards.
+    pub fn rotate_identity(
+        &mut self,
+        new_seed: &[u8; 32],
+        admin_signature: &str,
+        audit_vouch: &str,
+        now: u64,
+        accept_until: u64,
+    ) -> Result<(), StoreError> {
+        if let Some((_, until)) = self.previous_identity_seed()? {
+            if until > now {
+                return Err(StoreError::OverlapRunning {
+                    accept_until: until,
+                });
+            }
+        }
+        let current = self.identity_seed()?.ok_or(StoreError::NoIdentity)?;
+        let kek = self.keks.current.clone();
+        let retired = kek.wrap(
+            &crate::custody::wrap_aad(Slot::IdentitySeed, &previous_identity_name(accept_until)),
+            current.as_slice(),
+        )?;
+        let (fresh, kek_id) = wrap_identity_seed(&self.keks, new_seed)?;
+        let mut tx = self.client()?.transaction()?;
+        tx.execute(
+            "INSERT INTO identity_previous (id, hpke_seed, kek_id, retired_at, accept_until)
+             VALUES (1, $1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET hpke_seed = excluded.hpke_seed,
+                 kek_id = excluded.kek_id, retired_at = excluded.retired_at,
+                 accept_until = excluded.accept_until",
+            &[&retired, &kek.id(), &(now as i64), &(accept_until as i64)],
+        )?;
+        tx.execute(
+            "UPDATE identity SET hpke_seed = $1, kek_id = $2, created_at = $3 WHERE id = 1",
+            &[&fresh, &kek_id, &(now as i64)],
+        )?;
+        tx.execute(
+            "UPDATE admin SET identity_signature = $1 WHERE id = 1",
+            &[&admin_signature],
+        )?;
+        tx.execute(
+            "INSERT INTO audit_key_vouch (id, admin_signature, created_at) VALUES (1, $1, $2)
+             ON CONFLICT (id) DO UPDATE SET admin_signature = excluded.admin_signature,
+                 created_at = excluded.created_at",
+            &[&audit_vouch, &(now as i64)],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 }
 
@@ -1074,17 +1234,27 @@ impl KeyStore for PgStore {
     }
 
     fn previous_identity_seed(&mut self) -> Result<Option<RetiredIdentity>, StoreError> {
-        // `kbs rotate-identity` works on SQLite stores only: nothing writes this table here.
         let row = self.client()?.query_opt(
             "SELECT hpke_seed, kek_id, accept_until FROM identity_previous WHERE id = 1",
             &[],
         )?;
         let Some(row) = row else { return Ok(None) };
-        Err(StoreError::Corrupt(format!(
-            "a retired identity (accepted until {}) is in a PostgreSQL store, which no Cordon \
-             command writes",
-            row.get::<_, i64>(2)
-        )))
+        let (wrapped, kek_id, until): (Vec<u8>, String, i64) = (row.get(0), row.get(1), row.get(2));
+        let until = until as u64;
+        let b = unwrap_secret(
+            &self.keks,
+            Slot::IdentitySeed,
+            &previous_identity_name(until),
+            Some(&kek_id),
+            &wrapped,
+        )?;
+        let seed: [u8; 32] = b.as_slice().try_into().map_err(|_| {
+            StoreError::Corrupt(format!(
+                "the previous identity seed is {} bytes, expected 32",
+                b.len()
+            ))
+        })?;
+        Ok(Some((Zeroizing::new(seed), until)))
     }
 
     fn forget_expired_identity(&mut self, now: u64) -> Result<bool, StoreError> {
@@ -1092,6 +1262,36 @@ impl KeyStore for PgStore {
             "DELETE FROM identity_previous WHERE id = 1 AND accept_until < $1",
             &[&(now as i64)],
         )? > 0)
+    }
+
+    fn rewrap_all(
+        &mut self,
+        batch: usize,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, StoreError> {
+        PgStore::rewrap_all(self, batch, progress)
+    }
+
+    fn kek_usage(&mut self) -> Result<Vec<(Option<String>, u64)>, StoreError> {
+        PgStore::kek_usage(self)
+    }
+
+    fn rotate_identity(
+        &mut self,
+        new_seed: &[u8; 32],
+        admin_signature: &str,
+        audit_vouch: &str,
+        now: u64,
+        accept_until: u64,
+    ) -> Result<(), StoreError> {
+        PgStore::rotate_identity(
+            self,
+            new_seed,
+            admin_signature,
+            audit_vouch,
+            now,
+            accept_until,
+        )
     }
 
     fn audit_key_vouch(&mut self) -> Result<Option<String>, StoreError> {

@@ -1570,7 +1570,7 @@ pub type RetiredIdentity = (Zeroizing<[u8; 32]>, u64);
 /// The name of the retired identity's seed in its wrapping AAD: not the current one's, so that the
 /// host cannot swap the two rows; and naming the end of its overlap, so that the host cannot
 /// extend the overlap by editing `accept_until` (the seed would no longer unwrap).
-fn previous_identity_name(accept_until: u64) -> String {
+pub(crate) fn previous_identity_name(accept_until: u64) -> String {
     format!("hpke-identity/previous/accept-until {accept_until}")
 }
 

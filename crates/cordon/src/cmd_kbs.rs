@@ -4,7 +4,7 @@ use crate::util;
 use anyhow::{bail, Context, Result};
 use cordon_attest::{Endorsements, Policy};
 use cordon_client::ClientTls;
-use cordon_kbs::{Kbs, KbsConfig, KekSpec, Keks, Store};
+use cordon_kbs::{Kbs, KbsConfig, KekSpec, Keks, KeyStore, PgStore, Store};
 use cordon_proto::checkpoint::{self, ConsistencyProof, SignedCheckpoint};
 use cordon_proto::kbs::{
     policy_context, seal_dek_for_kbs, AuditEvent, DekPurpose, ErrorBody, KbsIdentity, KeyInfo,
@@ -106,8 +106,16 @@ pub struct KbsPolicyArg {
 #[derive(clap::Args)]
 pub struct RotateIdentityArgs {
     /// The KBS's data directory (the KBS must be stopped, and restarted afterwards).
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "database_url",
+        conflicts_with = "database_url"
+    )]
+    data_dir: Option<PathBuf>,
+    /// A PostgreSQL store instead (every replica restarted afterwards, to serve the new key);
+    /// needs --kek.
+    #[arg(long, env = "CORDON_KBS_DATABASE_URL", requires = "kek")]
+    database_url: Option<String>,
     /// The KEK the store is wrapped under (default: the file beside the data directory).
     #[arg(long, env = "CORDON_KBS_KEK")]
     kek: Option<String>,
@@ -125,8 +133,16 @@ pub struct RotateIdentityArgs {
 #[derive(clap::Args)]
 pub struct RotateKekArgs {
     /// The KBS's data directory (the KBS must be stopped: it holds the old KEK only).
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "database_url",
+        conflicts_with = "database_url"
+    )]
+    data_dir: Option<PathBuf>,
+    /// A PostgreSQL store instead; needs --kek. Replicas may keep serving if each was restarted
+    /// first with `--kek NEW --previous-kek OLD` (docs/deployment.md); else stop them.
+    #[arg(long, env = "CORDON_KBS_DATABASE_URL", requires = "kek")]
+    database_url: Option<String>,
     /// The KEK the store is wrapped under now (default: the file beside the data directory).
     #[arg(long)]
     kek: Option<String>,
@@ -344,14 +360,46 @@ fn open_keks(
     Ok(keks)
 }
 
-fn rotate_kek(a: RotateKekArgs) -> Result<()> {
-    if !a.data_dir.join("kbs.sqlite3").exists() {
-        bail!(
-            "{} holds no KBS store (no kbs.sqlite3)",
-            a.data_dir.display()
-        );
+/// Where an offline command finds the store: a SQLite data directory, or a PostgreSQL database.
+enum StoreAt<'a> {
+    Sqlite(&'a std::path::Path),
+    Postgres(&'a str),
+}
+
+impl<'a> StoreAt<'a> {
+    fn from_args(data_dir: Option<&'a PathBuf>, database_url: Option<&'a str>) -> Result<Self> {
+        match (data_dir, database_url) {
+            (_, Some(url)) => Ok(StoreAt::Postgres(url)),
+            (Some(dir), None) => {
+                if !dir.join("kbs.sqlite3").exists() {
+                    bail!("{} holds no KBS store (no kbs.sqlite3)", dir.display());
+                }
+                Ok(StoreAt::Sqlite(dir))
+            }
+            (None, None) => bail!("--data-dir or --database-url is required"),
+        }
     }
-    let old = kek_spec(a.kek.as_deref(), &a.data_dir)?;
+
+    /// The KEK named, or (SQLite only) the default file beside the data directory.
+    fn kek_spec(&self, spec: Option<&str>) -> Result<KekSpec> {
+        match (spec, self) {
+            (Some(s), _) => Ok(KekSpec::parse(s)?),
+            (None, StoreAt::Sqlite(dir)) => Ok(KekSpec::default_for(dir)),
+            (None, StoreAt::Postgres(_)) => bail!("a PostgreSQL store needs its KEK named (--kek)"),
+        }
+    }
+
+    fn open(&self, keks: Keks) -> Result<Box<dyn KeyStore>> {
+        Ok(match self {
+            StoreAt::Sqlite(dir) => Box::new(Store::open(dir, keks)?),
+            StoreAt::Postgres(url) => Box::new(PgStore::connect(url, keks)?),
+        })
+    }
+}
+
+fn rotate_kek(a: RotateKekArgs) -> Result<()> {
+    let at = StoreAt::from_args(a.data_dir.as_ref(), a.database_url.as_deref())?;
+    let old = at.kek_spec(a.kek.as_deref())?;
     let new = KekSpec::parse(&a.new_kek)?;
     let keks = Keks {
         current: new.open().context("opening the new KEK")?,
@@ -368,8 +416,8 @@ fn rotate_kek(a: RotateKekArgs) -> Result<()> {
         keks.current.id().to_string(),
     );
     let started = std::time::Instant::now();
-    let mut store = Store::open(&a.data_dir, keks)?;
-    let done = store.rewrap_all(a.batch, |n| {
+    let mut store = at.open(keks)?;
+    let done = store.rewrap_all(a.batch, &mut |n| {
         if n % 10_000 < a.batch as u64 {
             eprintln!("  {n} secrets re-wrapped");
         }
@@ -397,14 +445,13 @@ fn rotate_kek(a: RotateKekArgs) -> Result<()> {
 
 fn rotate_identity(a: RotateIdentityArgs) -> Result<()> {
     use rand::RngCore;
-    if !a.data_dir.join("kbs.sqlite3").exists() {
-        bail!(
-            "{} holds no KBS store (no kbs.sqlite3)",
-            a.data_dir.display()
-        );
-    }
-    let keks = open_keks(a.kek.as_deref(), None, &a.data_dir)?;
-    let mut store = Store::open(&a.data_dir, keks)?;
+    let at = StoreAt::from_args(a.data_dir.as_ref(), a.database_url.as_deref())?;
+    let keks = Keks::new(
+        at.kek_spec(a.kek.as_deref())?
+            .open()
+            .context("opening the KEK")?,
+    );
+    let mut store = at.open(keks)?;
     let admin = cordon_proto::auth::admin_key(&util::read_secret(&a.token_file, "admin token")?)?;
     if store.admin_public_key()? != Some(admin.verifying_key().to_bytes()) {
         bail!(
