@@ -498,11 +498,11 @@ impl PgStore {
 
     /// Re-wraps every secret not under the current KEK, `batch` rows per transaction, like
     /// [`crate::Store::rewrap_all`]: a rotation killed midway leaves each row whole, under the
-    /// old KEK or the new one, and running it again finishes it. Replicas may keep serving if
-    /// they were restarted with the new KEK as current and the old one as previous first: rows
-    /// they write meanwhile are under the new KEK already. A batch that re-wraps nothing (rows
-    /// rewritten under another KEK as fast as they are read: a replica still writing under the
-    /// old one) stops the rotation with an error rather than looping.
+    /// old KEK or the new one, and running it again finishes it. One pass in key order; a row is
+    /// updated only if it still holds exactly what was read (wrapped DEK, policy, kind, owner), so
+    /// a key rewritten meanwhile (by a replica) is never put back to its old DEK: it is left for
+    /// the caller's final count (`kek_usage`), and a second run. Replicas may keep serving if they
+    /// were restarted with the new KEK as current and the old one as previous first.
     pub fn rewrap_all(
         &mut self,
         batch: usize,
@@ -511,16 +511,16 @@ impl PgStore {
         let batch = batch.max(1) as i64;
         let current = self.keks.current.id().to_string();
         let mut done = 0u64;
+        let mut after = String::new();
         loop {
             let rows = self.client()?.query(
                 "SELECT key_id, dek, kek_id, kind, owner, policy FROM keys
-                 WHERE revoked_at IS NULL AND (kek_id IS NULL OR kek_id <> $1)
+                 WHERE revoked_at IS NULL AND (kek_id IS NULL OR kek_id <> $1) AND key_id > $3
                  ORDER BY key_id LIMIT $2",
-                &[&current, &batch],
+                &[&current, &batch, &after],
             )?;
-            if rows.is_empty() {
-                break;
-            }
+            let Some(last) = rows.last() else { break };
+            after = last.get(0);
             let mut rewrapped = Vec::with_capacity(rows.len());
             for r in &rows {
                 let key_id: String = r.get(0);
@@ -532,28 +532,20 @@ impl PgStore {
                 let binding = dek_binding(&key_id, &kind, owner.as_deref(), &policy);
                 let dek =
                     unwrap_secret(&self.keks, Slot::Dek, &binding, kek_id.as_deref(), &wrapped)?;
-                rewrapped.push((key_id, self.wrap(&binding, &dek)?, kek_id));
+                let w = self.wrap(&binding, &dek)?;
+                rewrapped.push((key_id, w, wrapped, kind, owner, policy));
             }
             let mut tx = self.client()?.transaction()?;
-            let mut changed = 0;
-            for (key_id, w, old) in &rewrapped {
-                // Only if unchanged since it was read: a row replaced meanwhile is new already.
-                changed += tx.execute(
+            for (key_id, w, old, kind, owner, policy) in &rewrapped {
+                // Only if unchanged since it was read, to the byte.
+                done += tx.execute(
                     "UPDATE keys SET dek = $2, kek_id = $3
-                     WHERE key_id = $1 AND kek_id IS NOT DISTINCT FROM $4 AND revoked_at IS NULL",
-                    &[key_id, &w.dek, &w.kek_id, old],
+                     WHERE key_id = $1 AND dek = $4 AND kind = $5
+                       AND owner IS NOT DISTINCT FROM $6 AND policy = $7 AND revoked_at IS NULL",
+                    &[key_id, &w.dek, &w.kek_id, old, kind, owner, policy],
                 )?;
             }
             tx.commit()?;
-            if changed == 0 {
-                return Err(StoreError::Config(format!(
-                    "{} keys read for re-wrapping were rewritten under another KEK meanwhile: is a \
-                     replica still running with the old KEK as its current one? Restart every \
-                     replica with --kek NEW --previous-kek OLD, then rotate again",
-                    rewrapped.len()
-                )));
-            }
-            done += changed;
             progress(done);
         }
         // The identity seeds: the current one, and the retired one (its AAD names its overlap).
@@ -566,12 +558,10 @@ impl PgStore {
             let (wrapped, kek_id): (Vec<u8>, Option<String>) = (r.get(0), r.get(1));
             let seed = unwrap_identity_seed(&self.keks, kek_id.as_deref(), &wrapped)?;
             let (w, id) = wrap_identity_seed(&self.keks, &seed)?;
-            self.client()?.execute(
-                "UPDATE identity SET hpke_seed = $1, kek_id = $2
-                 WHERE id = 1 AND kek_id IS NOT DISTINCT FROM $3",
-                &[&w, &id, &kek_id],
+            done += self.client()?.execute(
+                "UPDATE identity SET hpke_seed = $1, kek_id = $2 WHERE id = 1 AND hpke_seed = $3",
+                &[&w, &id, &wrapped],
             )?;
-            done += 1;
             progress(done);
         }
         let row = self.client()?.query_opt(
@@ -593,12 +583,11 @@ impl PgStore {
                 .keks
                 .current
                 .wrap(&crate::custody::wrap_aad(Slot::IdentitySeed, &name), &seed)?;
-            self.client()?.execute(
+            done += self.client()?.execute(
                 "UPDATE identity_previous SET hpke_seed = $1, kek_id = $2
-                 WHERE id = 1 AND kek_id = $3",
-                &[&w, &current, &kek_id],
+                 WHERE id = 1 AND hpke_seed = $3",
+                &[&w, &current, &wrapped],
             )?;
-            done += 1;
             progress(done);
         }
         Ok(done)

@@ -991,14 +991,18 @@ impl Store {
         let batch = batch.max(1) as i64;
         let current = self.keks.current.id().to_string();
         let mut done = 0u64;
+        // One pass in key order: a row that changed since it was read is left (for the caller's
+        // final count and a second run), never read again and again.
+        let mut after = String::new();
         loop {
             let rows: Vec<RewrapRow> = {
                 let mut stmt = self.conn.prepare(
                     "SELECT key_id, dek, kek_id, kind, owner, policy FROM keys
-                     WHERE revoked_at IS NULL AND (kek_id IS NULL OR kek_id <> ?1) LIMIT ?2",
+                     WHERE revoked_at IS NULL AND (kek_id IS NULL OR kek_id <> ?1) AND key_id > ?3
+                     ORDER BY key_id LIMIT ?2",
                 )?;
                 let rows = stmt
-                    .query_map(params![current, batch], |r| {
+                    .query_map(params![current, batch, after], |r| {
                         Ok(RewrapRow {
                             key_id: r.get(0)?,
                             wrapped: r.get(1)?,
@@ -1011,28 +1015,36 @@ impl Store {
                     .collect::<Result<Vec<_>, _>>()?;
                 rows
             };
-            if rows.is_empty() {
-                break;
-            }
+            let Some(last) = rows.last() else { break };
+            after = last.key_id.clone();
             let mut rewrapped = Vec::with_capacity(rows.len());
             for row in &rows {
                 let binding =
                     dek_binding(&row.key_id, &row.kind, row.owner.as_deref(), &row.policy);
                 let dek =
                     self.unwrap_row(Slot::Dek, &binding, row.kek_id.as_deref(), &row.wrapped)?;
-                rewrapped.push((&row.key_id, self.wrap_dek(&binding, &dek)?, &row.kek_id));
+                rewrapped.push((row, self.wrap_dek(&binding, &dek)?));
             }
             let tx = self.conn.transaction()?;
-            for (key_id, w, old) in &rewrapped {
-                // Only if unchanged since it was read: a row replaced meanwhile is new already.
-                tx.execute(
+            for (row, w) in &rewrapped {
+                // Only if unchanged since it was read, to the byte: a key rewritten meanwhile is
+                // never put back to its old DEK.
+                done += tx.execute(
                     "UPDATE keys SET dek = ?2, kek_id = ?3
-                     WHERE key_id = ?1 AND kek_id IS ?4 AND revoked_at IS NULL",
-                    params![key_id, w.dek, w.kek_id, old],
-                )?;
+                     WHERE key_id = ?1 AND dek = ?4 AND kind = ?5 AND owner IS ?6 AND policy = ?7
+                       AND revoked_at IS NULL",
+                    params![
+                        row.key_id,
+                        w.dek,
+                        w.kek_id,
+                        row.wrapped,
+                        row.kind,
+                        row.owner,
+                        row.policy
+                    ],
+                )? as u64;
             }
             tx.commit()?;
-            done += rewrapped.len() as u64;
             progress(done);
         }
         let identity: Option<(Vec<u8>, Option<String>)> = self
@@ -1055,11 +1067,10 @@ impl Store {
                 .keks
                 .current
                 .wrap(&wrap_aad(Slot::IdentitySeed, IDENTITY_NAME), &seed)?;
-            self.conn.execute(
-                "UPDATE identity SET hpke_seed = ?1, kek_id = ?2 WHERE id = 1 AND kek_id IS ?3",
-                params![w, current, kek_id],
-            )?;
-            done += 1;
+            done += self.conn.execute(
+                "UPDATE identity SET hpke_seed = ?1, kek_id = ?2 WHERE id = 1 AND hpke_seed = ?3",
+                params![w, current, wrapped],
+            )? as u64;
             progress(done);
         }
         let previous: Option<(Vec<u8>, String, i64)> = self
@@ -1078,11 +1089,10 @@ impl Store {
                 .keks
                 .current
                 .wrap(&wrap_aad(Slot::IdentitySeed, &name), &seed)?;
-            self.conn.execute(
-                "UPDATE identity_previous SET hpke_seed = ?1, kek_id = ?2 WHERE id = 1 AND kek_id = ?3",
-                params![w, current, kek_id],
-            )?;
-            done += 1;
+            done += self.conn.execute(
+                "UPDATE identity_previous SET hpke_seed = ?1, kek_id = ?2 WHERE id = 1 AND hpke_seed = ?3",
+                params![w, current, wrapped],
+            )? as u64;
             progress(done);
         }
         Ok(done)

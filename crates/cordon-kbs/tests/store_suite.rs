@@ -3,14 +3,15 @@
 //! `&mut dyn KeyStore`; the macro at the end makes a test of it per backend. Then the PostgreSQL
 //! store's own cases: several connections (replicas) racing on one database.
 
-use cordon_kbs::custody::MemoryKek;
+use cordon_kbs::custody::{dek_binding, wrap_aad, MemoryKek, Slot};
 use cordon_kbs::testing::PgCluster;
 use cordon_kbs::{
-    verify_audit_chain, AttestationCommit, AttestationOutcome, DatasetQuota, JobRuntime, Keks,
+    verify_audit_chain, AttestationCommit, AttestationOutcome, DatasetQuota, JobRuntime, Kek, Keks,
     KeyKind, KeyStore, NewAuditEvent, NonceShare, PendingEvent, PgStore, RequestNonceUse, Share,
     Store, StoreError,
 };
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 fn keks(seed: u8) -> Keks {
     Keks::new(Arc::new(MemoryKek::new([seed; 32])))
@@ -885,4 +886,106 @@ fn pg_output_registration_and_a_reattestation_do_not_deadlock() {
             "round {round}: {results:?}"
         );
     }
+}
+
+/// `rotate-kek --database-url` while one replica still runs with the OLD KEK as its current one
+/// (its operator forgot to restart it): the replica re-registers k0 (new DEK, new policy) and k1
+/// (new DEK, same policy) between the rewrap's read and its update. The update changes a row
+/// only if it holds exactly what was read, so neither key goes back to its old DEK; both are
+/// left under the old KEK, for the final count to report and a second run to finish.
+#[test]
+fn pg_rewrap_never_puts_back_a_row_rewritten_meanwhile() {
+    let cluster = PgCluster::start();
+    let url = cluster.database();
+    let old: Arc<dyn Kek> = Arc::new(MemoryKek::new([1; 32]));
+    let new: Arc<dyn Kek> = Arc::new(MemoryKek::new([2; 32]));
+    {
+        let mut s = PgStore::connect(&url, Keks::new(old.clone())).unwrap();
+        s.init_identity_seed(&[9; 32], 1).unwrap();
+        s.put_key_audited(
+            "k0",
+            &[0xA0; 32],
+            "p1",
+            &event(1, "key_registered", Some("k0")),
+        )
+        .unwrap();
+        s.put_key_audited(
+            "k1",
+            &[0xA1; 32],
+            "p1",
+            &event(2, "key_registered", Some("k1")),
+        )
+        .unwrap();
+    }
+    // The stale replica's writes (what its put_key_audited sends), held uncommitted.
+    let mut raw = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    let mut tx = raw.transaction().unwrap();
+    for (id, dek, policy) in [("k0", [0xB0u8; 32], "p2"), ("k1", [0xB1u8; 32], "p1")] {
+        let w = old
+            .wrap(
+                &wrap_aad(Slot::Dek, &dek_binding(id, "admin", None, policy)),
+                &dek,
+            )
+            .unwrap();
+        tx.execute(
+            "UPDATE keys SET dek = $1, policy = $2, kek_id = $3 WHERE key_id = $4",
+            &[&w, &policy, &old.id(), &id],
+        )
+        .unwrap();
+    }
+    let (u, o, n) = (url.clone(), old.clone(), new.clone());
+    let rotation = std::thread::spawn(move || {
+        let mut s = PgStore::connect(
+            &u,
+            Keks {
+                current: n,
+                previous: Some(o),
+            },
+        )
+        .unwrap();
+        s.rewrap_all(100, |_| {}).map_err(|e| e.to_string())
+    });
+    // Wait until the rewrap has read the rows and blocks on k0's row lock.
+    let mut watch = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: i64 = watch
+            .query_one(
+                "SELECT COUNT(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE keys SET dek = $2%'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rewrap never blocked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tx.commit().unwrap();
+    let result = rotation.join().unwrap();
+    let mut s = PgStore::connect(
+        &url,
+        Keks {
+            current: new.clone(),
+            previous: Some(old.clone()),
+        },
+    )
+    .unwrap();
+    let usage = s.kek_usage().unwrap();
+    // The identity was re-wrapped; the two keys rewritten meanwhile were not.
+    assert_eq!(result, Ok(1), "{usage:?}");
+    assert!(
+        usage.contains(&(Some(old.id().to_string()), 2)),
+        "{usage:?}"
+    );
+    let k1 = s.get_key("k1").map(|k| k.map(|k| k.dek.to_vec()));
+    let k0 = s.get_key("k0").map(|k| k.map(|k| k.dek.to_vec()));
+    assert_eq!(
+        k1.unwrap().unwrap(),
+        vec![0xB1; 32],
+        "k1's new DEK was replaced by the old one"
+    );
+    assert_eq!(k0.unwrap().unwrap(), vec![0xB0; 32], "k0 no longer unwraps");
 }

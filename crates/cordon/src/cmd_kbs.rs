@@ -429,7 +429,10 @@ fn rotate_kek(a: RotateKekArgs) -> Result<()> {
         .map(|(_, n)| n)
         .sum();
     if left != 0 {
-        bail!("{left} secrets are still not under the new KEK; run rotate-kek again");
+        bail!(
+            "{left} secrets are still not under the new KEK (rewritten meanwhile: is a KBS \
+             still running with the old KEK as its current one?); run rotate-kek again"
+        );
     }
     println!(
         "re-wrapped {done} secrets from {from} to {to} in {:.1} s; start the KBS with --kek {}",
