@@ -18,9 +18,9 @@
 //! MAC covers it). A nonce whose expiry lies further ahead than this KBS issues (one issued while
 //! the clock was set ahead) is refused, so no nonce outlives its TTL by more than
 //! [`MAX_CLOCK_SKEW`] on the clock that checks it. The retired identity's key (after a rotation)
-//! checks nonces only until the end of its overlap. Spent nonces are pruned only at or below a
-//! *floor* kept in the store that never goes down, and a nonce that expires at or below the floor
-//! is refused whatever the clock says: a clock set back cannot bring a pruned nonce back.
+//! checks nonces only until the end of its overlap. When spent nonces are pruned their expiries
+//! are kept as ranges ([`merge_pruned`]) that are never deleted, and a nonce whose expiry falls in
+//! one is refused whatever the clock says: a clock set back cannot bring a pruned nonce back.
 
 use hkdf::hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -153,6 +153,33 @@ impl ChallengeKey {
     }
 }
 
+/// Spent nonces whose expiries lie within this many seconds of each other are forgotten as one
+/// range ([`merge_pruned`]). A clock stepped further ahead than this and back leaves the
+/// expiries spent meanwhile in a range of their own, apart from the present's: fresh challenges
+/// still pass. A smaller step can refuse fresh challenges for at most about this long.
+pub const PRUNED_RANGE_GAP: u64 = 3_600;
+
+/// The ranges of forgotten expiries after `pruned` (the expiries of the spent nonces just
+/// deleted, in any order) are added to `existing` (the stored ranges near them, disjoint): the
+/// ranges to store in their place. Expiries within [`PRUNED_RANGE_GAP`] of each other, or of a
+/// range, join it; every pruned expiry ends up inside a range, so a nonce whose expiry falls in
+/// none was never pruned.
+pub fn merge_pruned(existing: &[(u64, u64)], pruned: &[u64]) -> Vec<(u64, u64)> {
+    let mut all: Vec<(u64, u64)> = existing.to_vec();
+    all.extend(pruned.iter().map(|&e| (e, e)));
+    all.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (lo, hi) in all {
+        match merged.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(PRUNED_RANGE_GAP) => {
+                last.1 = last.1.max(hi);
+            }
+            _ => merged.push((lo, hi)),
+        }
+    }
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +263,27 @@ mod tests {
             Err(ChallengeRefusal::Unknown)
         );
         assert_eq!(keys.check(&[], 940), Err(ChallengeRefusal::Unknown));
+    }
+
+    #[test]
+    fn pruned_expiries_join_near_ranges_and_stay_apart_from_far_ones() {
+        // The present's range grows with each prune.
+        let r = merge_pruned(&[(1_000, 2_000)], &[2_100, 2_050, 2_300]);
+        assert_eq!(r, [(1_000, 2_300)]);
+        // Expiries spent while the clock was a day ahead: a range of their own.
+        let day = 86_400;
+        let r = merge_pruned(&[(1_000, 2_300)], &[2_400 + day, 2_500 + day, 2_360]);
+        assert_eq!(r, [(1_000, 2_360), (2_400 + day, 2_500 + day)]);
+        // A gap filled joins two ranges; every pruned expiry is covered.
+        let r = merge_pruned(&[(0, 10), (5_000, 6_000)], &[3_000]);
+        assert_eq!(r, [(0, 6_000)]);
+        let r = merge_pruned(&[], &[7, 7, 3]);
+        assert_eq!(r, [(3, 7)]);
+        assert_eq!(merge_pruned(&[(1, 2)], &[]), [(1, 2)]);
+        assert_eq!(
+            merge_pruned(&[], &[u64::MAX, 0]),
+            [(0, 0), (u64::MAX, u64::MAX)]
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ use crate::store::{
     audit_hash, audit_text, check_kek_usage, previous_identity_name, unwrap_identity_seed,
     unwrap_secret, wrap_dek, wrap_identity_seed, AttestationCommit, AttestationOutcome, JobRuntime,
     KeyKind, NewAuditEvent, NonceShare, PendingEvent, RequestNonceUse, RetiredIdentity, StoreError,
-    StoredKey, WrappedDek, CHALLENGE_FLOOR_LAG, CHALLENGE_PRUNE_EVERY,
+    StoredKey, WrappedDek, CHALLENGE_PRUNE_EVERY, SPENT_CHALLENGE_GRACE,
 };
 use cordon_proto::kbs::{AuditEvent, KeyInfo};
 use postgres::error::SqlState;
@@ -131,40 +131,49 @@ const PG_MIGRATIONS: &[&str] = &[
      CREATE TABLE challenge_floor (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         pruned_below BIGINT NOT NULL);",
+    // 4: the SQLite store's migration 12: the pruned spent nonces' expiries as ranges.
+    "CREATE TABLE challenge_pruned (
+        lo BIGINT PRIMARY KEY,
+        hi BIGINT NOT NULL);
+     INSERT INTO challenge_pruned (lo, hi)
+        SELECT 0, pruned_below FROM challenge_floor WHERE pruned_below > 0;
+     CREATE TABLE challenge_prune_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        last_cutoff BIGINT NOT NULL);
+     INSERT INTO challenge_prune_state (id, last_cutoff)
+        SELECT 1, pruned_below FROM challenge_floor;
+     DROP TABLE challenge_floor;",
 ];
 
-/// A batch's one read, under the audit lock (see `commit_attestations`).
-const COMMIT_READ: &str = "SELECT (SELECT pruned_below FROM challenge_floor WHERE id = 1),
+/// A batch's one read, under the audit lock (see `commit_attestations`): the last prune's
+/// cutoff, the chain's head, the keys still live, the nonces spent already, and which of the
+/// batch's expiries fall in a range of forgotten ones (the range starting last at or before it).
+const COMMIT_READ: &str = "SELECT (SELECT last_cutoff FROM challenge_prune_state WHERE id = 1),
             (SELECT seq FROM audit ORDER BY seq DESC LIMIT 1),
             (SELECT hash FROM audit ORDER BY seq DESC LIMIT 1),
             ARRAY(SELECT k.key_id FROM keys k
                   WHERE k.key_id = ANY($1) AND k.revoked_at IS NULL
                     AND NOT EXISTS (SELECT 1 FROM audit a WHERE a.key_id = k.key_id
                         AND a.kind = 'key_revoked' AND a.verdict = 'accepted')),
-            ARRAY(SELECT nonce FROM spent_challenges WHERE nonce = ANY($2))";
+            ARRAY(SELECT nonce FROM spent_challenges WHERE nonce = ANY($2)),
+            ARRAY(SELECT e FROM unnest($3::bigint[]) AS e
+                  WHERE (SELECT r.hi FROM challenge_pruned r WHERE r.lo <= e
+                         ORDER BY r.lo DESC LIMIT 1) >= e)";
 
 /// A batch's one write (see `commit_attestations`).
-const COMMIT_WRITE: &str = "WITH pruned AS (
-        DELETE FROM spent_challenges WHERE $2 AND expires_at < $1 RETURNING expires_at),
-     raised AS (
-        INSERT INTO challenge_floor (id, pruned_below)
-        SELECT 1, MAX(expires_at) FROM pruned HAVING COUNT(*) > 0
-        ON CONFLICT (id) DO UPDATE
-        SET pruned_below = GREATEST(challenge_floor.pruned_below, excluded.pruned_below)),
-     spent AS (
+const COMMIT_WRITE: &str = "WITH spent AS (
         INSERT INTO spent_challenges (nonce, expires_at)
-        SELECT * FROM unnest($3::bytea[], $4::bigint[])),
+        SELECT * FROM unnest($1::bytea[], $2::bigint[])),
      runtimes AS (
         INSERT INTO job_runtimes (job_hash, signing_key, serve_policy, created_at)
-        SELECT j, s, p, $5 FROM unnest($6::bytea[], $7::bytea[], $8::text[]) AS r(j, s, p)
+        SELECT j, s, p, $3 FROM unnest($4::bytea[], $5::bytea[], $6::text[]) AS r(j, s, p)
         ON CONFLICT (job_hash, signing_key) DO NOTHING)
      INSERT INTO audit (seq, time, kind, key_id, claims_digest, verdict, measurement,
                         detail, prev_hash, hash)
-     SELECT * FROM unnest($9::bigint[], $10::bigint[], $11::text[], $12::text[],
-                          $13::text[], $14::text[], $15::text[], $16::text[],
-                          $17::text[], $18::text[])";
+     SELECT * FROM unnest($7::bigint[], $8::bigint[], $9::text[], $10::text[],
+                          $11::text[], $12::text[], $13::text[], $14::text[],
+                          $15::text[], $16::text[])";
 
-/// Transaction advisory lock ids ("cordon" in ASCII, then a number): held until commit.
 /// The connection that commits attestations: tokio-postgres on a runtime of its own, so that
 /// requests can be pipelined (sent together, answered in order), which the synchronous client
 /// cannot. Used only from the KBS's blocking threads, like the rest of the store.
@@ -207,11 +216,13 @@ impl Committer {
         &self,
         ids: &[&str],
         nonces: &[&[u8]],
+        expiries: &[i64],
     ) -> Result<tokio_postgres::Row, StoreError> {
         self.runtime.block_on(async {
             // The lock id is a constant of this module, never outside input.
             let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({AUDIT_LOCK})");
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&ids, &nonces];
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                [&ids, &nonces, &expiries];
             let (begun, row) = tokio::join!(
                 self.client.batch_execute(&begin),
                 self.client.query_one(&self.read, &params)
@@ -228,6 +239,81 @@ impl Committer {
                 }
             }
         })
+    }
+
+    /// Inside the open transaction: deletes the spent nonces that expired before `cutoff` and
+    /// adds their expiries to the ranges of forgotten ones (`challenge::merge_pruned`); records
+    /// the cutoff. A few round trips, once per [`CHALLENGE_PRUNE_EVERY`] at most.
+    fn prune(&self, cutoff: u64) -> Result<(), StoreError> {
+        let cutoff = cutoff.min(i64::MAX as u64) as i64;
+        self.runtime
+            .block_on(async {
+                let pruned: Vec<u64> = self
+                    .client
+                    .query(
+                        // Distinct seconds only: a prune may delete 100,000 rows, under the lock.
+                        "WITH gone AS (
+                        DELETE FROM spent_challenges WHERE expires_at < $1 RETURNING expires_at)
+                     SELECT DISTINCT expires_at FROM gone",
+                        &[&cutoff],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get::<_, i64>(0).max(0) as u64)
+                    .collect();
+                if let (Some(&first), Some(&last)) = (pruned.iter().min(), pruned.iter().max()) {
+                    let gap = crate::challenge::PRUNED_RANGE_GAP;
+                    let near: Vec<(u64, u64)> = self
+                        .client
+                        .query(
+                            "SELECT lo, hi FROM challenge_pruned WHERE hi >= $1 AND lo <= $2
+                         ORDER BY lo",
+                            &[
+                                &(first.saturating_sub(gap) as i64),
+                                &(last.saturating_add(gap).min(i64::MAX as u64) as i64),
+                            ],
+                        )
+                        .await?
+                        .iter()
+                        .map(|r| {
+                            (
+                                r.get::<_, i64>(0).max(0) as u64,
+                                r.get::<_, i64>(1).max(0) as u64,
+                            )
+                        })
+                        .collect();
+                    let merged = crate::challenge::merge_pruned(&near, &pruned);
+                    let gone: Vec<i64> = near.iter().map(|(lo, _)| *lo as i64).collect();
+                    self.client
+                        .execute("DELETE FROM challenge_pruned WHERE lo = ANY($1)", &[&gone])
+                        .await?;
+                    let los: Vec<i64> = merged.iter().map(|(lo, _)| *lo as i64).collect();
+                    let his: Vec<i64> = merged
+                        .iter()
+                        .map(|(_, hi)| (*hi).min(i64::MAX as u64) as i64)
+                        .collect();
+                    self.client
+                        .execute(
+                            "INSERT INTO challenge_pruned (lo, hi)
+                         SELECT * FROM unnest($1::bigint[], $2::bigint[])",
+                            &[&los, &his],
+                        )
+                        .await?;
+                }
+                self.client
+                    .execute(
+                        "INSERT INTO challenge_prune_state (id, last_cutoff) VALUES (1, $1)
+                     ON CONFLICT (id) DO UPDATE SET last_cutoff = excluded.last_cutoff",
+                        &[&cutoff],
+                    )
+                    .await?;
+                Ok::<_, tokio_postgres::Error>(())
+            })
+            .map_err(|e| {
+                // The transaction is aborted: roll it back before the error goes up.
+                let _ = self.runtime.block_on(self.client.batch_execute("ROLLBACK"));
+                StoreError::from(e)
+            })
     }
 
     /// The write and `COMMIT`, pipelined: one round trip and the flush. A failed write aborts
@@ -254,6 +340,7 @@ impl Committer {
 /// What every KBS connection is set to (see [`open_connection`]).
 const SESSION_SETTINGS: &str = "SET enable_seqscan = off";
 
+/// Transaction advisory lock ids ("cordon" in ASCII, then a number): held until commit.
 const MIGRATION_LOCK: i64 = 0x636f_7264_6f6e_0001;
 const AUDIT_LOCK: i64 = 0x636f_7264_6f6e_0002;
 const DATASET_LOCK: i64 = 0x636f_7264_6f6e_0004;
@@ -887,21 +974,28 @@ impl KeyStore for PgStore {
         //    commit. Under the lock: the read, one round trip to decide, the write and the
         //    commit pipelined, the commit's flush; whatever the batch's size.
         // 2. The read starts once the lock is held, with a snapshot of its own (a statement's
-        //    is taken when it starts): the floor, the chain's head, which keys are live
-        //    (unrevoked in the row and in the log), which nonces were spent already.
-        let row = committer.begin_and_read(&ids, &nonces)?;
-        let floor = row.get::<_, Option<i64>>(0).map_or(0, |t| t as u64);
+        //    is taken when it starts): the last prune's cutoff, the chain's head, which keys are
+        //    live (unrevoked in the row and in the log), which nonces were spent already, which
+        //    expiries fall among the forgotten.
+        let all_expiries: Vec<i64> = batch
+            .iter()
+            .map(|c| c.expires_at.min(i64::MAX as u64) as i64)
+            .collect();
+        let row = committer.begin_and_read(&ids, &nonces, &all_expiries)?;
+        let last_cutoff = row.get::<_, Option<i64>>(0).map(|t| t.max(0) as u64);
         let (mut seq, mut prev): (i64, String) = match (row.get(1), row.get(2)) {
             (Some(seq), Some(hash)) => (seq, hash),
             _ => (0, "0".repeat(64)),
         };
         let live: HashSet<String> = row.get::<_, Vec<String>>(3).into_iter().collect();
         let mut spent: HashSet<Vec<u8>> = row.get::<_, Vec<Vec<u8>>>(4).into_iter().collect();
-        // Spent nonces that expired CHALLENGE_FLOOR_LAG ago are pruned in the write, and the
-        // floor raised to the latest expiry pruned (see `store::raise_challenge_floor`). The
-        // decisions here use the floor read: a nonce the write prunes is one the read saw spent.
-        let cutoff = now.saturating_sub(CHALLENGE_FLOOR_LAG);
-        let prune = cutoff >= floor.saturating_add(CHALLENGE_PRUNE_EVERY);
+        let forgotten: HashSet<i64> = row.get::<_, Vec<i64>>(5).into_iter().collect();
+        // Spent nonces that expired SPENT_CHALLENGE_GRACE ago are pruned before the write, when
+        // due, and their expiries kept as ranges (see `store::prune_spent_challenges`). The
+        // decisions here use what the read saw: a nonce the prune deletes is one the read saw
+        // spent.
+        let cutoff = now.saturating_sub(SPENT_CHALLENGE_GRACE);
+        let prune = last_cutoff.is_none_or(|last| cutoff.abs_diff(last) >= CHALLENGE_PRUNE_EVERY);
 
         // Outcomes and the chain, decided here.
         let mut rows: Vec<(AuditEvent, String)> = Vec::new();
@@ -925,9 +1019,9 @@ impl KeyStore for PgStore {
         let mut outcomes = Vec::with_capacity(batch.len());
         let (mut spend, mut expiries): (Vec<&[u8]>, Vec<i64>) = (Vec::new(), Vec::new());
         let mut runtimes: Vec<&JobRuntime> = Vec::new();
-        for c in batch {
-            if c.expires_at <= floor {
-                outcomes.push(AttestationOutcome::BelowFloor { floor });
+        for (c, e) in batch.iter().zip(&all_expiries) {
+            if forgotten.contains(e) {
+                outcomes.push(AttestationOutcome::Forgotten);
                 continue;
             }
             // Spent before, or earlier in this batch.
@@ -936,8 +1030,7 @@ impl KeyStore for PgStore {
                 continue;
             }
             spend.push(&c.nonce);
-            // Clamped, never wrapped: a wrapped expiry would be pruned at once.
-            expiries.push(c.expires_at.min(i64::MAX as u64) as i64);
+            expiries.push(*e);
             let mut withheld = Vec::new();
             for r in &c.releases {
                 match &r.key_id {
@@ -965,9 +1058,10 @@ impl KeyStore for PgStore {
         let job_hashes: Vec<&[u8]> = runtimes.iter().map(|j| j.job_hash.as_slice()).collect();
         let signing: Vec<&[u8]> = runtimes.iter().map(|j| j.signing_key.as_slice()).collect();
         let serve: Vec<Option<&str>> = runtimes.iter().map(|j| j.serve_policy.as_deref()).collect();
+        if prune {
+            committer.prune(cutoff)?;
+        }
         committer.write_and_commit(&[
-            &(cutoff as i64),
-            &prune,
             &spend,
             &expiries,
             &(now as i64),

@@ -959,9 +959,9 @@ async fn attest(
     let answer = appraise_attestation(&kbs, &req, job, &nonce, now_time, &mut commit).await;
     match kbs.commit_attestation(commit).await? {
         AttestationOutcome::Spent => Err(KbsError::NonceReplayed),
-        AttestationOutcome::BelowFloor { floor } => Err(KbsError::NonceStale(format!(
-            "nonce expires at {expires_at}, at or before {floor}, below which spent nonces have \
-             been forgotten: it may have been spent"
+        AttestationOutcome::Forgotten => Err(KbsError::NonceStale(format!(
+            "nonce expires at {expires_at}, among the expiries of spent nonces this KBS has \
+             forgotten: it may have been spent"
         ))),
         AttestationOutcome::Committed { withheld } => {
             let mut answer = answer?;

@@ -204,13 +204,28 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE challenge_floor (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         pruned_below INTEGER NOT NULL);",
+    // 12: the expiries of the spent nonces pruned are kept as ranges, not one floor
+    //     (`challenge::merge_pruned`): a floor raised by nonces spent while the clock was ahead
+    //     refused every fresh challenge once the clock was right. The floor becomes the range
+    //     [0, floor]; the cutoff of the last prune is kept to space prunes out.
+    "CREATE TABLE challenge_pruned (
+        lo INTEGER PRIMARY KEY,
+        hi INTEGER NOT NULL);
+     INSERT INTO challenge_pruned (lo, hi)
+        SELECT 0, pruned_below FROM challenge_floor WHERE pruned_below > 0;
+     CREATE TABLE challenge_prune_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        last_cutoff INTEGER NOT NULL);
+     INSERT INTO challenge_prune_state (id, last_cutoff)
+        SELECT 1, pruned_below FROM challenge_floor;
+     DROP TABLE challenge_floor;",
 ];
 
 /// How long after its expiry (by the clock of the replica that prunes) a spent nonce is kept: a
 /// replica whose clock lags this much behind another's still finds the nonce spent.
-pub const CHALLENGE_FLOOR_LAG: u64 = 60;
-/// Spent nonces are pruned once the prune's cutoff is this far past the floor: not in every
-/// transaction.
+pub const SPENT_CHALLENGE_GRACE: u64 = 60;
+/// Spent nonces are pruned once the prune's cutoff (the clock less [`SPENT_CHALLENGE_GRACE`]) has
+/// moved this far from the last prune's, either way: not in every transaction.
 pub const CHALLENGE_PRUNE_EVERY: u64 = 30;
 
 /// Whose share of the remembered signed-request nonces a request takes.
@@ -358,10 +373,9 @@ pub enum AttestationOutcome {
     Committed { withheld: Vec<String> },
     /// The nonce was spent already (a replay, or the same nonce twice in a batch): nothing stored.
     Spent,
-    /// The nonce expires at or before the floor, the latest expiry of the spent nonces pruned: it
-    /// may have been spent and forgotten, so it is refused whatever the clock says. Nothing
-    /// stored.
-    BelowFloor { floor: u64 },
+    /// The nonce's expiry falls in a range of the expiries of spent nonces pruned: it may have
+    /// been spent and forgotten, so it is refused whatever the clock says. Nothing stored.
+    Forgotten,
 }
 
 /// A registered key.
@@ -1153,11 +1167,11 @@ impl Store {
         now: u64,
     ) -> Result<Vec<AttestationOutcome>, StoreError> {
         let tx = self.conn.transaction()?;
-        let floor = raise_challenge_floor(&tx, now)?;
+        prune_spent_challenges(&tx, now)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for c in batch {
-            if c.expires_at <= floor {
-                outcomes.push(AttestationOutcome::BelowFloor { floor });
+            if pruned_range_of(&tx, c.expires_at)?.is_some() {
+                outcomes.push(AttestationOutcome::Forgotten);
                 continue;
             }
             let spent = tx
@@ -1476,39 +1490,86 @@ fn key_live(conn: &Connection, key_id: &str) -> Result<bool, StoreError> {
     Ok(unrevoked && revocation_in_audit(conn, key_id)?.is_none())
 }
 
-/// The spent-challenge floor: every nonce expiring at or before it may have been pruned. Spent
-/// nonces that expired [`CHALLENGE_FLOOR_LAG`] before `now` are pruned (once the cutoff is
-/// [`CHALLENGE_PRUNE_EVERY`] past the floor) and the floor raised to the latest expiry pruned; it
-/// never goes down, whatever `now` says.
-fn raise_challenge_floor(conn: &Connection, now: u64) -> Result<u64, StoreError> {
-    let floor = conn
-        .prepare_cached("SELECT pruned_below FROM challenge_floor WHERE id = 1")?
+/// Prunes the spent nonces that expired [`SPENT_CHALLENGE_GRACE`] before `now`, once the cutoff
+/// has moved [`CHALLENGE_PRUNE_EVERY`] from the last prune's (either way: a clock set back must
+/// not stop pruning), and records their expiries in the ranges of forgotten expiries
+/// (`challenge::merge_pruned`), which only grow: a nonce whose expiry falls in one is refused
+/// whatever the clock says.
+fn prune_spent_challenges(conn: &Connection, now: u64) -> Result<(), StoreError> {
+    let last: Option<u64> = conn
+        .prepare_cached("SELECT last_cutoff FROM challenge_prune_state WHERE id = 1")?
         .query_row([], |r| r.get::<_, i64>(0))
         .optional()?
-        .map_or(0, |t| t as u64);
-    let cutoff = now.saturating_sub(CHALLENGE_FLOOR_LAG);
-    if cutoff < floor.saturating_add(CHALLENGE_PRUNE_EVERY) {
-        return Ok(floor);
+        .map(|t| t.max(0) as u64);
+    let cutoff = now.saturating_sub(SPENT_CHALLENGE_GRACE);
+    if last.is_some_and(|last| cutoff.abs_diff(last) < CHALLENGE_PRUNE_EVERY) {
+        return Ok(());
     }
-    // The floor becomes the latest expiry pruned, not the clock: a clock set a day ahead prunes
-    // the nonces spent so far, but raises the floor only to their expiries, and fresh challenges
-    // still pass once the clock is right.
-    let pruned: Option<i64> = conn
-        .prepare_cached("SELECT MAX(expires_at) FROM spent_challenges WHERE expires_at < ?1")?
-        .query_row(params![cutoff as i64], |r| r.get(0))?;
-    let Some(pruned) = pruned else {
-        return Ok(floor);
-    };
+    let pruned: Vec<u64> = conn
+        .prepare_cached(
+            "SELECT DISTINCT expires_at FROM spent_challenges WHERE expires_at < ?1
+             ORDER BY expires_at",
+        )?
+        .query_map(params![cutoff as i64], |r| r.get::<_, i64>(0))?
+        .map(|e| e.map(|e| e.max(0) as u64))
+        .collect::<Result<_, _>>()?;
+    if let (Some(&first), Some(&last)) = (pruned.first(), pruned.last()) {
+        let gap = crate::challenge::PRUNED_RANGE_GAP;
+        let near: Vec<(u64, u64)> = conn
+            .prepare_cached(
+                "SELECT lo, hi FROM challenge_pruned WHERE hi >= ?1 AND lo <= ?2 ORDER BY lo",
+            )?
+            .query_map(
+                params![
+                    first.saturating_sub(gap) as i64,
+                    last.saturating_add(gap).min(i64::MAX as u64) as i64
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?.max(0) as u64,
+                        r.get::<_, i64>(1)?.max(0) as u64,
+                    ))
+                },
+            )?
+            .collect::<Result<_, _>>()?;
+        for (lo, _) in &near {
+            conn.execute(
+                "DELETE FROM challenge_pruned WHERE lo = ?1",
+                params![*lo as i64],
+            )?;
+        }
+        for (lo, hi) in crate::challenge::merge_pruned(&near, &pruned) {
+            conn.execute(
+                "INSERT INTO challenge_pruned (lo, hi) VALUES (?1, ?2)",
+                params![lo as i64, hi.min(i64::MAX as u64) as i64],
+            )?;
+        }
+        conn.execute(
+            "DELETE FROM spent_challenges WHERE expires_at < ?1",
+            params![cutoff as i64],
+        )?;
+    }
     conn.execute(
-        "DELETE FROM spent_challenges WHERE expires_at < ?1",
+        "INSERT INTO challenge_prune_state (id, last_cutoff) VALUES (1, ?1)
+         ON CONFLICT (id) DO UPDATE SET last_cutoff = excluded.last_cutoff",
         params![cutoff as i64],
     )?;
-    conn.execute(
-        "INSERT INTO challenge_floor (id, pruned_below) VALUES (1, ?1)
-         ON CONFLICT (id) DO UPDATE SET pruned_below = MAX(pruned_below, excluded.pruned_below)",
-        params![pruned],
-    )?;
-    Ok(floor.max(pruned as u64))
+    Ok(())
+}
+
+/// The range of forgotten expiries `expires_at` falls in, if any (ranges are disjoint: the one
+/// starting last at or before it).
+fn pruned_range_of(conn: &Connection, expires_at: u64) -> Result<Option<(u64, u64)>, StoreError> {
+    let e = expires_at.min(i64::MAX as u64) as i64;
+    let range: Option<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT lo, hi FROM challenge_pruned WHERE lo <= ?1 ORDER BY lo DESC LIMIT 1",
+        )?
+        .query_row(params![e], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(range
+        .filter(|&(_, hi)| hi >= e)
+        .map(|(lo, hi)| (lo.max(0) as u64, hi.max(0) as u64)))
 }
 
 /// Why a key id could not be written: revoked, or held by another owner.
@@ -1794,10 +1855,10 @@ mod tests {
         (dir, store)
     }
 
-    /// Spent nonces are kept until the floor passes their expiry, and no longer: the table
+    /// Spent nonces are kept until they expired a grace ago, and no longer: the table
     /// holds what was spent within about a TTL and the prune interval, whatever the traffic.
     #[test]
-    fn spent_nonces_are_pruned_as_the_floor_rises() {
+    fn spent_nonces_are_pruned_once_expired_and_their_expiries_kept() {
         let (_d, mut s) = temp_store();
         let spend = |s: &mut Store, n: u8, expires_at: u64, now: u64| {
             let c = AttestationCommit {
@@ -1814,7 +1875,7 @@ mod tests {
             spend(&mut s, n, t + 60, t);
         }
         assert_eq!(s.spent_challenges().unwrap(), 5);
-        // The floor lags the clock by CHALLENGE_FLOOR_LAG: nothing pruned yet at expiry.
+        // Spent nonces are kept SPENT_CHALLENGE_GRACE past expiry: nothing pruned yet.
         spend(&mut s, 9, t + 200, t + 60);
         assert_eq!(s.spent_challenges().unwrap(), 6);
         // Past expiry + lag + the prune interval: the five are gone, the sixth kept.
@@ -1822,13 +1883,13 @@ mod tests {
             &mut s,
             10,
             t + 300,
-            t + 60 + CHALLENGE_FLOOR_LAG + CHALLENGE_PRUNE_EVERY + 1,
+            t + 60 + SPENT_CHALLENGE_GRACE + CHALLENGE_PRUNE_EVERY + 1,
         );
         assert_eq!(s.spent_challenges().unwrap(), 2);
         // A spend with an expiry below the floor is refused and stores nothing.
         assert!(matches!(
             spend(&mut s, 0, t + 60, t).as_slice(),
-            [AttestationOutcome::BelowFloor { .. }]
+            [AttestationOutcome::Forgotten]
         ));
         assert_eq!(s.spent_challenges().unwrap(), 2);
     }
@@ -1935,7 +1996,8 @@ mod tests {
         drop(Store::open(dir.path(), test_keks()).unwrap());
         let conn = Connection::open(dir.path().join("kbs.sqlite3")).unwrap();
         conn.execute_batch(
-            "DROP TABLE spent_challenges; DROP TABLE challenge_floor;
+            "DROP TABLE spent_challenges; DROP TABLE challenge_pruned;
+             DROP TABLE challenge_prune_state;
              CREATE TABLE nonces (nonce BLOB PRIMARY KEY, expires_at INTEGER NOT NULL,
                                   used INTEGER NOT NULL DEFAULT 0);
              CREATE INDEX nonces_expiry ON nonces (expires_at);

@@ -650,10 +650,9 @@ async fn the_served_identity_is_vouched_for_by_the_admin_token() {
 }
 
 /// An attestation while the clock is a day ahead (a VM restored with a wrong RTC, an NTP step)
-/// prunes the nonces spent before, but raises the spent-nonce floor only to their expiries, not
-/// to the clock: once the clock is right, fresh challenges work at once. (A clock kept ahead
-/// until a nonce spent while ahead is pruned does lock fresh challenges out until real time
-/// passes that nonce's expiry: protocol.md §9.3, a known limit.) The challenge issued while
+/// prunes the nonces spent before and keeps their expiries, not the clock: once the clock is
+/// right, fresh challenges work at once (with more attestations while ahead:
+/// `a_clock_kept_a_day_ahead_and_set_right_locks_no_fresh_challenge_out`, store_suite.rs). The challenge issued while
 /// the clock was ahead is refused then (its expiry is further ahead than the KBS issues).
 #[tokio::test]
 async fn fresh_challenges_still_work_after_the_clock_is_set_right() {

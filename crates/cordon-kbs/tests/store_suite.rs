@@ -165,9 +165,9 @@ fn attestations_spend_their_nonce_once_with_their_events(b: &dyn Backend) {
     assert_eq!(verify_audit_chain(&other.audit_events().unwrap()), Ok(()));
 }
 
-/// Spent nonces are pruned below a floor that only goes up: a clock set back cannot bring a
-/// pruned nonce back, and a nonce that expires below the floor is refused.
-fn spent_nonces_are_pruned_below_a_floor_that_never_goes_down(b: &dyn Backend) {
+/// Spent nonces are pruned, their expiries kept as ranges that are never forgotten: a clock set
+/// back cannot bring a pruned nonce back.
+fn spent_nonces_are_pruned_into_ranges_that_are_never_forgotten(b: &dyn Backend) {
     let mut s = b.open(keks(1)).unwrap();
     let t0 = 1_000_000;
     let old = attestation(b"old", t0 + 60, &[], &["x"]);
@@ -176,19 +176,18 @@ fn spent_nonces_are_pruned_below_a_floor_that_never_goes_down(b: &dyn Backend) {
             .unwrap(),
         [committed(&[])]
     );
-    // The host moves the clock an hour ahead: the spent nonce is pruned and the floor rises to
-    // its expiry...
+    // The host moves the clock an hour ahead: the spent nonce is pruned, its expiry kept...
     let later = attestation(b"later", t0 + 3_700, &[], &["y"]);
     assert_eq!(
         s.commit_attestations(&[later], t0 + 3_600).unwrap(),
         [committed(&[])]
     );
-    // ...then back: the old nonce is refused at the floor, though its row is gone.
-    match s.commit_attestations(&[old], t0 + 10).unwrap().as_slice() {
-        // The floor is the latest expiry pruned, not the clock that pruned it.
-        [AttestationOutcome::BelowFloor { floor }] => assert_eq!(*floor, t0 + 60),
-        other => panic!("a pruned nonce was taken again: {other:?}"),
-    }
+    // ...then back: the old nonce is refused, though its row is gone.
+    assert_eq!(
+        s.commit_attestations(&[old], t0 + 10).unwrap(),
+        [AttestationOutcome::Forgotten],
+        "a pruned nonce was taken again"
+    );
     assert_eq!(kinds(s.as_mut()), ["key_denied:x", "key_denied:y"]);
 }
 
@@ -495,6 +494,46 @@ fn a_release_is_recorded_only_while_its_key_is_unrevoked(b: &dyn Backend) {
     );
 }
 
+/// Nonces spent while the clock was a day ahead, and pruned while it still was (any host can
+/// cause two attestations minutes apart: a failed one spends its nonce too), are forgotten in a
+/// range of their own: once the clock is right, fresh challenges pass; the nonces of the day
+/// ahead, and of before, stay refused whatever the clock does next.
+fn a_clock_kept_a_day_ahead_and_set_right_locks_no_fresh_challenge_out(b: &dyn Backend) {
+    let mut s = b.open(keks(1)).unwrap();
+    let (t0, ttl, day) = (1_800_000_000u64, 60u64, 86_400u64);
+    let ahead = t0 + day;
+    let before = attestation(b"before", t0 + ttl, &[], &[]);
+    assert_eq!(
+        s.commit_attestations(std::slice::from_ref(&before), t0)
+            .unwrap(),
+        [committed(&[])]
+    );
+    let a1 = attestation(b"a1", ahead + ttl, &[], &[]);
+    let a2 = attestation(b"a2", ahead + 300 + ttl, &[], &[]);
+    for (a, now) in [(&a1, ahead), (&a2, ahead + 300)] {
+        assert_eq!(
+            s.commit_attestations(std::slice::from_ref(a), now).unwrap(),
+            [committed(&[])]
+        );
+    }
+    // The clock set right, a minute later: a fresh challenge passes...
+    let fresh = attestation(b"fresh", t0 + 60 + ttl, &[], &[]);
+    assert_eq!(
+        s.commit_attestations(&[fresh], t0 + 60).unwrap(),
+        [committed(&[])]
+    );
+    // ...the nonce spent before the step, and the one spent (and pruned) while ahead, do not,
+    // now or when the clock is ahead again.
+    for now in [t0 + 61, ahead + 10] {
+        assert_eq!(
+            s.commit_attestations(&[before.clone(), a1.clone()], now)
+                .unwrap(),
+            [AttestationOutcome::Forgotten, AttestationOutcome::Forgotten],
+            "at {now}"
+        );
+    }
+}
+
 /// Grouped lookups answer each asker, in order, the same key to several of them; a key that does
 /// not unwrap is that key's error only.
 fn grouped_lookups_answer_each_asker(b: &dyn Backend) {
@@ -559,7 +598,8 @@ macro_rules! both {
 
 both!(
     attestations_spend_their_nonce_once_with_their_events,
-    spent_nonces_are_pruned_below_a_floor_that_never_goes_down,
+    spent_nonces_are_pruned_into_ranges_that_are_never_forgotten,
+    a_clock_kept_a_day_ahead_and_set_right_locks_no_fresh_challenge_out,
     request_nonces_have_shares_replays_and_a_floor,
     keys_round_trip_wrapped_with_owners_kinds_and_revocation,
     dataset_quotas_hold,
@@ -604,7 +644,7 @@ fn pg_replicas_migrate_once_at_the_same_time() {
             .unwrap()
             .schema_version()
             .unwrap(),
-        3
+        4
     );
 }
 
