@@ -378,6 +378,15 @@ impl KekSpec {
     }
 
     /// Opens (or, for `file:`, creates; for `pkcs11:`, generates in the token) the KEK.
+    /// Like [`KekSpec::open`], but a file KEK must exist already: for the KEK a store is wrapped
+    /// under now, where a mistyped path must not create a fresh key.
+    pub fn open_existing(&self) -> Result<Arc<dyn Kek>, CustodyError> {
+        match self {
+            KekSpec::File(path) => Ok(Arc::new(FileKek::open(path)?)),
+            other => other.open(),
+        }
+    }
+
     pub fn open(&self) -> Result<Arc<dyn Kek>, CustodyError> {
         match self {
             KekSpec::File(path) => Ok(Arc::new(FileKek::open_or_create(path)?)),

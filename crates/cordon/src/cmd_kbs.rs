@@ -399,11 +399,15 @@ impl<'a> StoreAt<'a> {
 
 fn rotate_kek(a: RotateKekArgs) -> Result<()> {
     let at = StoreAt::from_args(a.data_dir.as_ref(), a.database_url.as_deref())?;
-    let old = at.kek_spec(a.kek.as_deref())?;
+    // The current KEK first, and only if it exists: a mistyped path makes no key.
+    let old = at
+        .kek_spec(a.kek.as_deref())?
+        .open_existing()
+        .context("opening the current KEK")?;
     let new = KekSpec::parse(&a.new_kek)?;
     let keks = Keks {
         current: new.open().context("opening the new KEK")?,
-        previous: Some(old.open().context("opening the current KEK")?),
+        previous: Some(old),
     };
     if keks.previous.as_ref().map(|p| p.id()) == Some(keks.current.id()) {
         bail!("the new KEK is the current one ({})", keks.current.id());
@@ -451,7 +455,7 @@ fn rotate_identity(a: RotateIdentityArgs) -> Result<()> {
     let at = StoreAt::from_args(a.data_dir.as_ref(), a.database_url.as_deref())?;
     let keks = Keks::new(
         at.kek_spec(a.kek.as_deref())?
-            .open()
+            .open_existing()
             .context("opening the KEK")?,
     );
     let mut store = at.open(keks)?;

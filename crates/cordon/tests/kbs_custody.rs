@@ -308,3 +308,29 @@ fn rotate_identity_from_the_command_line_needs_the_admin_token() {
     ]);
     assert!(again.contains("overlap"), "{again}");
 }
+
+/// A mistyped current KEK makes `rotate-kek` fail, naming the path, without creating a key file
+/// there (nor the new KEK's).
+#[test]
+fn rotate_kek_with_a_mistyped_current_kek_creates_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("kbs");
+    let kek: Arc<dyn Kek> = Arc::new(FileKek::open_or_create(&dir.path().join("kbs.kek")).unwrap());
+    Store::open(&data, Keks::new(kek))
+        .unwrap()
+        .init_identity_seed(&[7; 32], 1)
+        .unwrap();
+    let (typo, new) = (dir.path().join("kbs.kekk"), dir.path().join("new.kek"));
+    let err = fails(&[
+        "kbs",
+        "rotate-kek",
+        "--data-dir",
+        &s(&data),
+        "--kek",
+        &format!("file:{}", s(&typo)),
+        "--new-kek",
+        &format!("file:{}", s(&new)),
+    ]);
+    assert!(err.contains("kbs.kekk"), "{err}");
+    assert!(!typo.exists() && !new.exists(), "a KEK file was created");
+}
