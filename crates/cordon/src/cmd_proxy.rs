@@ -52,6 +52,10 @@ pub fn run(a: ProxyArgs) -> Result<()> {
         );
     }
     util::tokio_runtime()?.block_on(async move {
+        // The port first: a proxy that cannot listen stops before it contacts the runtime.
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("binding {}", a.listen))?;
         println!("verifying the runtime at {} with {}", a.upstream, a.policy.display());
         match proxy.verify_now().await {
             Ok(rt) => {
@@ -77,9 +81,6 @@ pub fn run(a: ProxyArgs) -> Result<()> {
                 eprintln!("every request gets 503 with this reason until the runtime verifies; nothing is forwarded");
             }
         }
-        let listener = tokio::net::TcpListener::bind(a.listen)
-            .await
-            .with_context(|| format!("binding {}", a.listen))?;
         let addr = listener.local_addr()?;
         let scheme = a.tls.scheme();
         a.tls.announce("proxy");

@@ -228,8 +228,12 @@ fn serve(a: ServeArgs) -> Result<()> {
     };
     let rt = util::tokio_runtime()?;
     rt.block_on(async move {
+        // The port first: a runtime that cannot listen must not have asked the KBS for keys
+        // (each release is audited as delivered to a runtime that would then die at once).
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("binding {} (before asking the KBS for any key)", a.listen))?;
         let booted = cordon_runtime::boot(&config, tee, &options).await?;
-        let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         let addr = listener.local_addr()?;
         a.tls.announce("runtime");
         tracing::info!(%addr, tls = tls.is_some(), models = ?booted.model_digests.keys().collect::<Vec<_>>(), "runtime ready");

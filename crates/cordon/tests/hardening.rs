@@ -42,3 +42,65 @@ fn the_runtime_disables_core_dumps_and_says_whether_memory_is_locked() {
         assert!(log.contains("memory not locked: RLIMIT_MEMLOCK"), "{log}");
     }
 }
+
+/// A runtime whose port is taken stops before it asks the KBS anything: it binds first, then
+/// boots. (Booting first released, and audited, keys to a runtime that then died at once.) The
+/// KBS here is a bare listener that records whether anyone connected.
+#[test]
+fn a_runtime_that_cannot_listen_asks_the_kbs_for_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f);
+    ok(&["keygen", "--out", &s(&p("owner.key"))]);
+    ok(&["sim", "keygen", "--out", &s(&p("hw.key"))]);
+    let lr = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/breast_cancer_lr.onnx"
+    );
+    ok(&[
+        "seal",
+        lr,
+        "--out",
+        &s(&p("lr.sealed")),
+        "--key-out",
+        &s(&p("lr.dek")),
+        "--owner-key",
+        &s(&p("owner.key")),
+        "--name",
+        "lr",
+    ]);
+    let kbs = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let signer = std::fs::read_to_string(p("owner.pub")).unwrap();
+    std::fs::write(
+        p("rt.toml"),
+        format!(
+            "kbs_url = \"http://{}\"\nkbs_public_key = \"{}\"\n\n[[models]]\nname = \"lr\"\n\
+             path = \"{}\"\nsigner = \"{}\"\n",
+            kbs.local_addr().unwrap(),
+            "11".repeat(32),
+            s(&p("lr.sealed")),
+            signer.trim()
+        ),
+    )
+    .unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let err = fails(&[
+        "runtime",
+        "serve",
+        "--config",
+        &s(&p("rt.toml")),
+        "--listen",
+        &listen,
+        "--platform",
+        "sim",
+        "--sim-hardware-key",
+        &s(&p("hw.key")),
+    ]);
+    assert!(err.contains(&format!("binding {listen}")), "{err}");
+    kbs.set_nonblocking(true).unwrap();
+    match kbs.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok((_, from)) => panic!("the runtime connected to the KBS ({from}) before binding: {err}"),
+        Err(e) => panic!("{e}"),
+    }
+}
