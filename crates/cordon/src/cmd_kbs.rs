@@ -696,6 +696,10 @@ pub async fn attested_kbs_key(
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
+    // The port first: a KBS that cannot listen leaves no store (and no key file) behind.
+    let listener =
+        std::net::TcpListener::bind(a.listen).with_context(|| format!("binding {}", a.listen))?;
+    listener.set_nonblocking(true)?;
     let anchors = read_anchors(&a.sim_trust_anchor)?;
     let mut endorsements = Endorsements {
         sim_trust_anchors: anchors.clone(),
@@ -760,7 +764,13 @@ fn serve(a: ServeArgs) -> Result<()> {
             ),
         }
     }
+    let token_file_existed = a.init_admin_token_file.as_ref().is_some_and(|p| p.exists());
     match (&a.init_admin_token_file, kbs.init_admin_token()?) {
+        (Some(path), None) if !token_file_existed => eprintln!(
+            "WARNING: this store already has an administrator: no token was written to {} (the \
+             token made when the store was created stays the only one)",
+            path.display()
+        ),
         (Some(path), Some(token)) => {
             util::write_secret(path, token.as_bytes(), true)?;
             eprintln!(
@@ -794,9 +804,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     }
     let rt = util::tokio_runtime()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(a.listen)
-            .await
-            .with_context(|| format!("binding {}", a.listen))?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
         a.tls.announce("key broker");
         let store = match &a.database_url {

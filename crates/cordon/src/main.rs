@@ -32,7 +32,9 @@ use std::process::ExitCode;
     about = "Confidential AI: sealed models, attested runtimes, keys released only to verified TEEs",
     long_about = "Cordon seals models, releases their keys only to runtimes whose TEE evidence a policy \
 accepts, and serves encrypted inference that clients verify themselves.\n\n\
-Start with `cordon quickstart`: the whole flow on this machine with the simulated TEE (no hardware)."
+Start with `cordon quickstart`: the whole flow on this machine with the simulated TEE (no hardware).",
+    after_long_help = "Environment:\n  CORDON_LOG   log filter (e.g. `error`, `info`, `cordon_kbs=debug`); \
+RUST_LOG is read when it is unset; default `info`. Logs go to stderr."
 )]
 struct Cli {
     #[command(subcommand)]

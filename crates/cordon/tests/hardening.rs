@@ -104,3 +104,48 @@ fn a_runtime_that_cannot_listen_asks_the_kbs_for_nothing() {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// `RUST_LOG` filters the logs when `CORDON_LOG` is unset (README, `cordon --help`): the
+/// runtime's INFO line about core dumps is there by default and gone with `RUST_LOG=error`.
+#[test]
+fn rust_log_filters_the_logs_when_cordon_log_is_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&["sim", "keygen", "--out", &s(&dir.path().join("hw.key"))]);
+    std::fs::write(
+        dir.path().join("rt.toml"),
+        format!(
+            "kbs_url = \"http://127.0.0.1:9\"\nkbs_public_key = \"{}\"\n\n[training]\n",
+            "11".repeat(32)
+        ),
+    )
+    .unwrap();
+    // A port taken: the runtime logs its hardening, then stops at the bind.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let run = |rust_log: Option<&str>| {
+        let mut c = std::process::Command::new(BIN);
+        c.args([
+            "runtime",
+            "serve",
+            "--config",
+            &s(&dir.path().join("rt.toml")),
+            "--listen",
+            &taken.local_addr().unwrap().to_string(),
+            "--platform",
+            "sim",
+            "--sim-hardware-key",
+            &s(&dir.path().join("hw.key")),
+        ])
+        .env_remove("CORDON_LOG")
+        .env_remove("RUST_LOG");
+        if let Some(level) = rust_log {
+            c.env("RUST_LOG", level);
+        }
+        let out = c.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert!(run(None).contains("core dumps disabled"), "{}", run(None));
+    let quiet = run(Some("error"));
+    assert!(!quiet.contains("core dumps disabled"), "{quiet}");
+    assert!(quiet.contains("binding"), "{quiet}");
+}

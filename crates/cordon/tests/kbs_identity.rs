@@ -138,3 +138,51 @@ fn admin_commands_check_the_served_identity_with_the_token() {
         );
     }
 }
+
+/// A KBS whose port is taken stops before it opens its store: it leaves no store and no KEK file
+/// behind (it bound its port after making both).
+#[test]
+fn a_kbs_that_cannot_listen_leaves_no_store_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&["sim", "keygen", "--out", &s(&dir.path().join("hw.key"))]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let data = dir.path().join("kbs");
+    let err = fails(&[
+        "kbs",
+        "serve",
+        "--data-dir",
+        &s(&data),
+        "--listen",
+        &listen,
+        "--sim-trust-anchor",
+        &s(&dir.path().join("hw.pub")),
+        "--init-admin-token-file",
+        &s(&dir.path().join("token")),
+    ]);
+    assert!(err.contains(&format!("binding {listen}")), "{err}");
+    assert!(!data.exists(), "a store was made");
+    assert!(!dir.path().join("kbs.kek").exists(), "a KEK file was made");
+    assert!(!dir.path().join("token").exists(), "a token was written");
+}
+
+/// `--init-admin-token-file` naming a new file, on a store that has its administrator already,
+/// says that no token was written (it was silently ignored).
+#[test]
+fn a_second_admin_token_file_is_answered_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&["sim", "keygen", "--out", &s(&dir.path().join("hw.key"))]);
+    drop(start_kbs(dir.path(), "kbs"));
+    let mut args = kbs_serve_args(dir.path(), "again", "kbs");
+    let at = args
+        .iter()
+        .position(|a| a == "--init-admin-token-file")
+        .unwrap();
+    let other = dir.path().join("other.token");
+    args[at + 1] = s(&other);
+    let mut kbs = Proc::start(&args, dir.path().join("again.log"));
+    kbs.url(&dir.path().join("again.addr"));
+    let log = kbs.log();
+    assert!(log.contains("already has an administrator"), "{log}");
+    assert!(!other.exists(), "a second token was written");
+}
