@@ -22,10 +22,10 @@ pub struct FetchArgs {
     #[arg(long)]
     cache: Option<PathBuf>,
     /// AMD KDS base URL.
-    #[arg(long, default_value = AMD_KDS_URL)]
+    #[arg(long, value_parser = crate::util::base_url, default_value = AMD_KDS_URL)]
     kds_url: String,
     /// Intel PCS base URL, or a PCCS (e.g. https://pccs:8081).
-    #[arg(long, default_value = INTEL_PCS_URL)]
+    #[arg(long, value_parser = crate::util::base_url, default_value = INTEL_PCS_URL)]
     pcs_url: String,
     /// Intel SGX Root CA CRL URL. Default: Intel's CRL distribution point with Intel PCS, the
     /// PCCS `/sgx/certification/v4/rootcacrl` endpoint otherwise.

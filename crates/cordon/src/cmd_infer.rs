@@ -9,7 +9,7 @@ use std::time::SystemTime;
 #[derive(clap::Args)]
 pub struct InferArgs {
     /// Runtime base URL (http:// or https://).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::base_url)]
     runtime: String,
     #[command(flatten)]
     ca: util::CaCertArg,

@@ -42,7 +42,7 @@ pub enum DatasetCommand {
         #[arg(long)]
         policy: PathBuf,
         /// KBS base URL (http:// or https://).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::util::base_url)]
         kbs: String,
         /// The KBS's identity key, pinned: 64 hex digits or a file holding them (what
         /// `cordon kbs serve` printed). The key travels sealed to it. Required unless
@@ -89,7 +89,7 @@ pub struct Conn {
     #[arg(long)]
     party: PathBuf,
     /// The training runtime's URL (http:// or https://).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::base_url)]
     runtime: String,
     #[command(flatten)]
     ca: util::CaCertArg,

@@ -27,7 +27,7 @@ pub enum KbsCommand {
     /// the KBS's TEE evidence for it first.
     Identity {
         /// KBS base URL (http:// or https://).
-        #[arg(long, env = "CORDON_KBS_URL")]
+        #[arg(long, value_parser = crate::util::base_url, env = "CORDON_KBS_URL")]
         kbs: String,
         #[command(flatten)]
         kbs_policy: KbsPolicyArg,
@@ -228,7 +228,7 @@ pub struct ServeArgs {
 #[derive(clap::Args)]
 pub struct AdminArgs {
     /// KBS base URL (http:// or https://). Not needed by `kbs audit --verify --entries`.
-    #[arg(long, env = "CORDON_KBS_URL")]
+    #[arg(long, value_parser = crate::util::base_url, env = "CORDON_KBS_URL")]
     kbs: Option<String>,
     /// The KBS's identity key, pinned: 64 hex digits, or a file holding them (what
     /// `cordon kbs serve` printed). Keys are sealed to it; requests are signed for it. Without it,

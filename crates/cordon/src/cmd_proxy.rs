@@ -12,7 +12,7 @@ use std::time::Duration;
 #[derive(clap::Args)]
 pub struct ProxyArgs {
     /// The runtime's base URL (what `cordon dev up` prints as the runtime URL; http:// or https://).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::base_url)]
     upstream: String,
     #[command(flatten)]
     ca: util::CaCertArg,

@@ -21,6 +21,29 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// A server's base URL as given on the command line: `http://` or `https://` with a host, without
+/// a trailing slash. Anything else is refused saying what to write (`127.0.0.1:8100` would reach
+/// the HTTP client as "relative URL without a base").
+pub fn base_url(arg: &str) -> Result<String, String> {
+    let arg = arg.trim();
+    if !arg.contains("://") {
+        return Err(format!(
+            "`{arg}` has no scheme: write http://{arg} (or https://{arg})"
+        ));
+    }
+    let url = reqwest::Url::parse(arg).map_err(|e| format!("`{arg}` is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "`{arg}`: only http:// and https:// URLs are served, not {}://",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{arg}` names no host"));
+    }
+    Ok(arg.trim_end_matches('/').to_string())
+}
+
 /// Writes a secret file readable by its owner only (0600 from its first byte), refusing to
 /// overwrite unless `overwrite`. The file is written whole under a temporary name and renamed into
 /// place ([`crate::output`]): an existing file or symlink at `path` is replaced, never written

@@ -186,3 +186,29 @@ fn a_second_admin_token_file_is_answered_not_ignored() {
     assert!(log.contains("already has an administrator"), "{log}");
     assert!(!other.exists(), "a second token was written");
 }
+
+/// A server URL without its scheme is refused saying what to write (it reached the HTTP client
+/// as "relative URL without a base"); another scheme is refused too.
+#[test]
+fn a_url_without_its_scheme_is_refused_saying_what_to_write() {
+    let err = fails(&[
+        "kbs",
+        "keys",
+        "--kbs",
+        "127.0.0.1:8100",
+        "--token-file",
+        "t",
+    ]);
+    assert!(
+        err.contains("has no scheme: write http://127.0.0.1:8100 (or https://127.0.0.1:8100)"),
+        "{err}"
+    );
+    let err = fails(&[
+        "proxy",
+        "--upstream",
+        "ftp://runtime:8000",
+        "--policy",
+        "p.toml",
+    ]);
+    assert!(err.contains("only http:// and https://"), "{err}");
+}
