@@ -4,7 +4,7 @@
 //! keeps the retired identity for its overlap. The database is a throwaway cluster
 //! (`cordon_kbs::testing::PgCluster`).
 
-use cordon_kbs::custody::FileKek;
+use cordon_kbs::custody::{dek_binding, wrap_aad, FileKek, Slot};
 use cordon_kbs::testing::PgCluster;
 use cordon_kbs::{Kek, Keks, KeyStore, NewAuditEvent, PgStore, StoreError};
 use std::process::{Command, Stdio};
@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 mod common;
 use common::*;
 
-const KEYS: usize = 1_500;
+/// Enough that a rotation one row per transaction takes seconds, so that each kill lands in it.
+const KEYS: usize = 5_000;
 
 fn dek(i: usize) -> [u8; 32] {
     let mut d = [0u8; 32];
@@ -58,11 +59,26 @@ fn pg_rotate_kek_killed_midway_loses_nothing_and_finishes_when_run_again() {
     {
         let mut store = PgStore::connect(&url, Keks::new(old.clone())).unwrap();
         store.init_identity_seed(&seed, 1).unwrap();
-        for i in 0..KEYS {
-            store
-                .put_key_audited(&format!("k{i}"), &dek(i), "p", &registered(i))
-                .unwrap();
+        store
+            .put_key_audited("k0", &dek(0), "p", &registered(0))
+            .unwrap();
+    }
+    {
+        // The rest in one transaction, wrapped as the store wraps them.
+        let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut tx = db.transaction().unwrap();
+        for i in 1..KEYS {
+            let id = format!("k{i}");
+            let binding = dek_binding(&id, "admin", None, "p");
+            let wrapped = old.wrap(&wrap_aad(Slot::Dek, &binding), &dek(i)).unwrap();
+            tx.execute(
+                "INSERT INTO keys (key_id, dek, policy, created_at, updated_at, kind, kek_id)
+                 VALUES ($1, $2, 'p', 1, 1, 'admin', $3)",
+                &[&id, &wrapped, &old.id()],
+            )
+            .unwrap();
         }
+        tx.commit().unwrap();
     }
     let both = || Keks {
         current: new.clone(),
