@@ -37,9 +37,9 @@ use crate::custody::Keks;
 use crate::custody::{dek_binding, Slot};
 use crate::keystore::{DatasetQuota, KeyStore};
 use crate::store::{
-    audit_hash, audit_text, check_kek_usage, previous_identity_name, unwrap_identity_seed,
-    unwrap_secret, wrap_dek, wrap_identity_seed, AttestationCommit, AttestationOutcome, JobRuntime,
-    KeyKind, NewAuditEvent, NonceShare, PendingEvent, RequestNonceUse, RetiredIdentity, StoreError,
+    chained_event, check_kek_usage, previous_identity_name, unwrap_identity_seed, unwrap_secret,
+    wrap_dek, wrap_identity_seed, AttestationCommit, AttestationOutcome, JobRuntime, KeyKind,
+    NewAuditEvent, NonceShare, PendingEvent, RequestNonceUse, RetiredIdentity, StoreError,
     StoredKey, WrappedDek, CHALLENGE_PRUNE_EVERY, SPENT_CHALLENGE_GRACE,
 };
 use cordon_proto::kbs::{AuditEvent, KeyInfo};
@@ -762,18 +762,7 @@ fn append_audit_in(
         Some(r) => (r.get(0), r.get(1)),
         None => (0, "0".repeat(64)),
     };
-    let mut event = AuditEvent {
-        seq: last + 1,
-        time: e.time,
-        kind: e.kind.into(),
-        key_id: e.key_id.map(Into::into),
-        claims_digest: e.claims_digest.map(Into::into),
-        verdict: e.verdict.into(),
-        measurement: e.measurement.map(Into::into),
-        detail: audit_text(e.detail),
-        hash: String::new(),
-    };
-    event.hash = audit_hash(&prev, &event);
+    let event = chained_event(last + 1, &prev, e);
     tx.execute(
         "INSERT INTO audit (seq, time, kind, key_id, claims_digest, verdict, measurement, detail,
                             prev_hash, hash)
@@ -1001,18 +990,7 @@ impl KeyStore for PgStore {
         let mut rows: Vec<(AuditEvent, String)> = Vec::new();
         let mut append = |e: &PendingEvent| {
             seq += 1;
-            let mut event = AuditEvent {
-                seq,
-                time: e.time,
-                kind: e.kind.into(),
-                key_id: e.key_id.clone(),
-                claims_digest: e.claims_digest.clone(),
-                verdict: e.verdict.into(),
-                measurement: e.measurement.clone(),
-                detail: audit_text(&e.detail),
-                hash: String::new(),
-            };
-            event.hash = audit_hash(&prev, &event);
+            let event = chained_event(seq, &prev, &e.as_new());
             let linked = std::mem::replace(&mut prev, event.hash.clone());
             rows.push((event, linked));
         };

@@ -1775,18 +1775,7 @@ fn append_audit_in(
         Some((last, hash)) => (last + 1, hash),
         None => (1, "0".repeat(64)),
     };
-    let mut event = AuditEvent {
-        seq,
-        time: e.time,
-        kind: e.kind.into(),
-        key_id: e.key_id.map(Into::into),
-        claims_digest: e.claims_digest.map(Into::into),
-        verdict: e.verdict.into(),
-        measurement: e.measurement.map(Into::into),
-        detail: audit_text(e.detail),
-        hash: String::new(),
-    };
-    event.hash = audit_hash(&prev, &event);
+    let event = chained_event(seq, &prev, e);
     tx.prepare_cached(
         "INSERT INTO audit (seq, time, kind, key_id, claims_digest, verdict, measurement, detail,
                             prev_hash, hash)
@@ -1805,6 +1794,24 @@ fn append_audit_in(
         event.hash
     ])?;
     Ok(event)
+}
+
+/// The event `e` as stored at `seq` after the event hashed `prev_hash` (both stores): its detail
+/// as [`audit_text`] keeps it, and its hash.
+pub(crate) fn chained_event(seq: i64, prev_hash: &str, e: &NewAuditEvent<'_>) -> AuditEvent {
+    let mut event = AuditEvent {
+        seq,
+        time: e.time,
+        kind: e.kind.into(),
+        key_id: e.key_id.map(Into::into),
+        claims_digest: e.claims_digest.map(Into::into),
+        verdict: e.verdict.into(),
+        measurement: e.measurement.map(Into::into),
+        detail: audit_text(e.detail),
+        hash: String::new(),
+    };
+    event.hash = audit_hash(prev_hash, &event);
+    event
 }
 
 /// An event's detail as both stores keep it: NUL, which PostgreSQL refuses in text (and which a
