@@ -53,6 +53,10 @@ pub struct TcbClaims {
     pub components: BTreeMap<String, u64>,
 }
 
+/// The key in [`Claims::raw`] under which a verifier names (hex SHA-256 of its DER) the emulated
+/// root that vouched for emulated evidence.
+pub const EMULATED_ROOT_CLAIM: &str = "emulated_root";
+
 /// Verified claims about a TEE workload, normalized across platforms. Only [`crate::verify`] produces
 /// these from evidence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +111,22 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// Whether these claims come from an emulated SNP or TDX platform: evidence in a hardware
+    /// format whose chain ends at a test root ([`crate::Endorsements::emulated_roots`]), so **not
+    /// hardware-backed**. Tools print EMULATED for such claims, as they print SIMULATED for sim.
+    pub fn is_emulated(&self) -> bool {
+        self.platform != Platform::Sim && !self.hardware_backed
+    }
+
+    /// The SHA-256 of the emulated root that vouched for these claims (`raw.emulated_root`).
+    pub fn emulated_root(&self) -> Option<Vec<u8>> {
+        self.raw
+            .get(EMULATED_ROOT_CLAIM)
+            .and_then(|v| v.as_str())
+            .and_then(|s| hex::decode(s).ok())
+            .filter(|r| r.len() == 32)
+    }
+
     /// SHA-256 over the claims' canonical JSON form: what audit records name.
     pub fn digest(&self) -> [u8; 32] {
         // serde_json writes struct fields in declaration order, so this is canonical for one version.

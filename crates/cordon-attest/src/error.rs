@@ -40,6 +40,10 @@ pub enum PolicyError {
     NoMeasurements,
     #[error("policy: launch measurement {value} is {len} bytes; measurements are 48 bytes (SHA-384: sim, SNP, TDX) or 32 bytes (SGX MRENCLAVE)")]
     MeasurementLength { value: String, len: usize },
+    #[error("policy: emulated root {value} is {len} bytes; emulated_roots are SHA-256 fingerprints (32 bytes) of a test root certificate's DER")]
+    EmulatedRootLength { value: String, len: usize },
+    #[error("policy: chip id {value} is {len} bytes; SNP CHIP_IDs are 64 bytes")]
+    ChipIdLength { value: String, len: usize },
     #[error("policy: sim trust anchor {value} is not a 32-byte Ed25519 public key")]
     TrustAnchor { value: String },
     #[error("a release policy takes no [endorsements]: the key broker's trust anchors come from its own configuration")]

@@ -30,6 +30,10 @@ pub struct Endorsements {
     pub snp_crls: Vec<Vec<u8>>,
     /// Intel DCAP collateral for quotes.
     pub dcap_collateral: Option<DcapCollateral>,
+    /// Tests only: SHA-256 fingerprints (of the DER) of emulated root certificates (an emulated AMD
+    /// ARK, an emulated Intel SGX Root CA). A chain ending at one of these verifies, and its claims
+    /// are marked not hardware-backed ([`crate::Claims::is_emulated`]). Empty in production.
+    pub emulated_roots: Vec<[u8; 32]>,
 }
 
 /// Returns the evidence bytes, hex-decoded when the input is hex text (as some tools write quotes).

@@ -20,7 +20,7 @@ pub mod sim;
 pub mod snp;
 mod timefmt;
 
-pub use claims::{Claims, Platform, TcbClaims};
+pub use claims::{Claims, Platform, TcbClaims, EMULATED_ROOT_CLAIM};
 pub use error::{EvidenceError, PolicyError};
 pub use evidence::{
     decode_evidence, detect, inspect, verify, Endorsements, EvidenceKind, Verifier,

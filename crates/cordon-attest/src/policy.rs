@@ -15,6 +15,9 @@
 //! max_vmpl = 0                           # optional (SNP): highest VMPL accepted, default 0
 //! rtmrs = ["…", "…"]                     # TDX: RTMR0.. reference values (or pin workload_data)
 //! min_tcb_floor = "default"              # SNP: "default" (AMD's fixes, per product line) or "none"
+//! allowed_chip_ids = ["…"]               # optional (SNP): CHIP_IDs accepted (a machine allowlist)
+//! emulated_roots = ["…"]                 # tests only: SHA-256 of emulated roots whose evidence is
+//!                                        # accepted (EMULATED, NOT hardware-backed)
 //!
 //! [min_tcb]                              # optional: minimum TCB component versions
 //! microcode = 230                        # SNP: raises the default floor; lower only with "none"
@@ -38,6 +41,13 @@
 //! may raise any component above the default; a value below it is not honoured (the default wins)
 //! unless the policy also says `min_tcb_floor = "none"`, which drops the default floor entirely, so
 //! that only `[min_tcb]` applies. DCAP platforms are judged by Intel's TCB status (`tcb_statuses`).
+//!
+//! **Emulated evidence.** CI runs the SNP and TDX paths on an emulator whose reports and quotes are
+//! genuine structures signed by a test root chain instead of AMD's or Intel's. Verification accepts
+//! such a chain only when its root's SHA-256 is among [`crate::Endorsements::emulated_roots`], and
+//! marks the claims not hardware-backed ([`Claims::is_emulated`]); appraisal then accepts them only
+//! when the policy names that same root in `emulated_roots`. A policy without it (every production
+//! policy) refuses emulated evidence whatever else it says.
 
 use crate::error::PolicyError;
 use crate::{Claims, Endorsements, Platform};
@@ -95,6 +105,22 @@ pub struct Policy {
     /// `min_tcb` does (`"none"`).
     #[serde(default, skip_serializing_if = "MinTcbFloor::is_default")]
     pub min_tcb_floor: MinTcbFloor,
+    /// SEV-SNP: when set, the report's CHIP_ID must be one of these (a machine allowlist); a report
+    /// with a masked chip id is then refused.
+    #[serde(
+        default,
+        with = "crate::hexser::opt_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allowed_chip_ids: Option<Vec<Vec<u8>>>,
+    /// Tests only: SHA-256 fingerprints (of the DER) of emulated root certificates whose evidence
+    /// this policy accepts. Empty in every production policy, which then refuses emulated evidence.
+    #[serde(
+        default,
+        with = "crate::hexser::list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub emulated_roots: Vec<Vec<u8>>,
     /// Accept any launch measurement. Never read from a file: only [`Policy::hardware_default`]
     /// sets it, so an empty reference-value list cannot silently accept everything.
     #[serde(skip)]
@@ -189,6 +215,8 @@ impl Policy {
             max_vmpl: None,
             rtmrs: None,
             min_tcb_floor: MinTcbFloor::Default,
+            allowed_chip_ids: None,
+            emulated_roots: Vec::new(),
             any_measurement: false,
         }
     }
@@ -247,6 +275,17 @@ impl Policy {
                 self.max_vmpl.unwrap_or(0)
             ));
         }
+        if !self.emulated_roots.is_empty() {
+            out.push(format!(
+                "policy accepts EMULATED evidence (emulated_roots: {}): evidence signed by a test \
+                 root, NOT hardware-backed; for tests only, never for data that matters",
+                self.emulated_roots
+                    .iter()
+                    .map(hex::encode)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         if let Some(statuses) = &self.tcb_statuses {
             let extra: Vec<&str> = statuses
                 .iter()
@@ -288,6 +327,22 @@ impl Policy {
         }
         if self.launch_measurements.is_empty() {
             return Err(PolicyError::NoMeasurements);
+        }
+        for root in &self.emulated_roots {
+            if root.len() != 32 {
+                return Err(PolicyError::EmulatedRootLength {
+                    value: hex::encode(root),
+                    len: root.len(),
+                });
+            }
+        }
+        for id in self.allowed_chip_ids.iter().flatten() {
+            if id.len() != 64 {
+                return Err(PolicyError::ChipIdLength {
+                    value: hex::encode(id),
+                    len: id.len(),
+                });
+            }
         }
         for m in &self.launch_measurements {
             if m.len() != 48 && m.len() != 32 {
@@ -344,6 +399,18 @@ struct RawDocument {
     rtmrs: Option<Vec<Vec<u8>>>,
     #[serde(default, skip_serializing_if = "MinTcbFloor::is_default")]
     min_tcb_floor: MinTcbFloor,
+    #[serde(
+        default,
+        with = "crate::hexser::opt_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    allowed_chip_ids: Option<Vec<Vec<u8>>>,
+    #[serde(
+        default,
+        with = "crate::hexser::list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    emulated_roots: Vec<Vec<u8>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     endorsements: Option<RawEndorsements>,
 }
@@ -373,6 +440,8 @@ impl PolicyDocument {
             max_vmpl: raw.max_vmpl,
             rtmrs: raw.rtmrs,
             min_tcb_floor: raw.min_tcb_floor,
+            allowed_chip_ids: raw.allowed_chip_ids,
+            emulated_roots: raw.emulated_roots,
             any_measurement: false,
         };
         policy.validate()?;
@@ -416,6 +485,8 @@ impl PolicyDocument {
             max_vmpl: self.policy.max_vmpl,
             rtmrs: self.policy.rtmrs.clone(),
             min_tcb_floor: self.policy.min_tcb_floor,
+            allowed_chip_ids: self.policy.allowed_chip_ids.clone(),
+            emulated_roots: self.policy.emulated_roots.clone(),
             endorsements: self.endorsements.as_ref().map(|e| RawEndorsements {
                 sim_trust_anchors: e.sim_trust_anchors.iter().map(hex::encode).collect(),
             }),
@@ -478,6 +549,16 @@ pub enum AppraisalFailure {
         index: usize,
         found: String,
         expected: String,
+    },
+    /// SEV-SNP: the chip is not on the policy's allowlist (`found` is `None` when masked).
+    ChipNotAllowed {
+        found: Option<String>,
+        allowed: Vec<String>,
+    },
+    /// The evidence is emulated (signed by a test root) and the policy does not name that root.
+    EmulatedNotAllowed {
+        root: String,
+        allowed: Vec<String>,
     },
 }
 
@@ -552,6 +633,23 @@ impl fmt::Display for AppraisalFailure {
             AppraisalFailure::RtmrMismatch { index, found, expected } => {
                 write!(f, "rtmr{index}: found {found}, policy expects {expected}")
             }
+            AppraisalFailure::ChipNotAllowed { found, allowed } => write!(
+                f,
+                "chip_id: {} is not among the policy's allowed_chip_ids [{}]",
+                found.as_deref().unwrap_or("a masked chip id"),
+                allowed.join(", ")
+            ),
+            AppraisalFailure::EmulatedNotAllowed { root, allowed } if allowed.is_empty() => write!(
+                f,
+                "emulated: the evidence is EMULATED (signed by test root {root}, NOT hardware-backed) \
+                 and the policy names no emulated root; only a test policy may accept it"
+            ),
+            AppraisalFailure::EmulatedNotAllowed { root, allowed } => write!(
+                f,
+                "emulated: the evidence is EMULATED, signed by test root {root}, which is not among \
+                 the policy's emulated_roots [{}]",
+                allowed.join(", ")
+            ),
             AppraisalFailure::TcbStatusNotAllowed { found, allowed } => write!(
                 f,
                 "tcb.status: {found} is not among the accepted statuses [{}]",
@@ -726,6 +824,29 @@ pub fn appraise(claims: &Claims, policy: &Policy) -> Verdict {
             failures.push(AppraisalFailure::VmplTooHigh { found, max });
         }
     }
+    if let Some(allowed) = &policy.allowed_chip_ids {
+        if claims.platform == Platform::Snp {
+            let found = claims.platform_id.as_ref();
+            if !found.is_some_and(|id| allowed.contains(id)) {
+                failures.push(AppraisalFailure::ChipNotAllowed {
+                    found: found.map(hex::encode),
+                    allowed: allowed.iter().map(hex::encode).collect(),
+                });
+            }
+        }
+    }
+    if claims.is_emulated() {
+        let root = claims.emulated_root();
+        if !root
+            .as_ref()
+            .is_some_and(|r| policy.emulated_roots.contains(r))
+        {
+            failures.push(AppraisalFailure::EmulatedNotAllowed {
+                root: root.map_or_else(|| "(unnamed)".into(), hex::encode),
+                allowed: policy.emulated_roots.iter().map(hex::encode).collect(),
+            });
+        }
+    }
     if let Some(expected) = &policy.rtmrs {
         for (index, e) in expected.iter().enumerate() {
             let found = claims.runtime_measurements.get(index);
@@ -833,6 +954,121 @@ mod tests {
         assert!(matches!(
             Policy::from_toml("platforms = [\"sgx2\"]\nlaunch_measurements = []"),
             Err(PolicyError::Parse(_))
+        ));
+    }
+
+    /// Claims of an SNP guest at the default-floor-free policy below, as an emulator or a real
+    /// chip would give them.
+    fn snp_claims(hardware_backed: bool, root: Option<[u8; 32]>) -> Claims {
+        let mut raw = serde_json::json!({"product": "Milan", "policy": 0x30000u64, "vmpl": 0});
+        if let Some(r) = root {
+            raw[crate::EMULATED_ROOT_CLAIM] = serde_json::Value::String(hex::encode(r));
+        }
+        Claims {
+            platform: Platform::Snp,
+            hardware_backed,
+            platform_id: Some(vec![7; 64]),
+            raw,
+            ..claims()
+        }
+    }
+
+    fn snp_policy() -> Policy {
+        Policy {
+            platforms: vec![Platform::Snp],
+            workload_data: Some(vec![0; 32]),
+            min_tcb_floor: MinTcbFloor::None,
+            ..policy()
+        }
+    }
+
+    #[test]
+    fn emulated_evidence_is_refused_unless_the_policy_names_its_root() {
+        let emulated = snp_claims(false, Some([5; 32]));
+        assert!(emulated.is_emulated());
+        assert_eq!(emulated.emulated_root(), Some(vec![5; 32]));
+        // A production policy: no emulated roots.
+        let v = appraise(&emulated, &snp_policy());
+        assert_eq!(v.failures.len(), 1, "{v:?}");
+        assert!(v.reasons().contains("EMULATED"), "{}", v.reasons());
+        assert!(
+            v.reasons().contains(&hex::encode([5; 32])),
+            "{}",
+            v.reasons()
+        );
+        // Another test root named: still refused, naming both.
+        let other = Policy {
+            emulated_roots: vec![vec![6; 32]],
+            ..snp_policy()
+        };
+        let v = appraise(&emulated, &other);
+        assert!(!v.is_accepted());
+        assert!(
+            v.reasons().contains(&hex::encode([6; 32])),
+            "{}",
+            v.reasons()
+        );
+        // Emulated claims that do not say which root: refused even by a test policy.
+        let unnamed = snp_claims(false, None);
+        assert!(!appraise(&unnamed, &other).is_accepted());
+        // Named: accepted, and the policy warns that it accepts emulated evidence.
+        let named = Policy {
+            emulated_roots: vec![vec![5; 32]],
+            ..snp_policy()
+        };
+        assert!(appraise(&emulated, &named).is_accepted());
+        assert!(named.warnings().iter().any(|w| w.contains("EMULATED")));
+        // Hardware-backed claims are not emulated, whatever raw says.
+        assert!(!snp_claims(true, Some([5; 32])).is_emulated());
+        assert!(appraise(&snp_claims(true, None), &named).is_accepted());
+        assert!(!claims().is_emulated(), "sim is simulated, not emulated");
+    }
+
+    #[test]
+    fn the_chip_allowlist_refuses_other_and_masked_chips() {
+        let p = Policy {
+            allowed_chip_ids: Some(vec![vec![7; 64], vec![8; 64]]),
+            ..snp_policy()
+        };
+        assert!(appraise(&snp_claims(true, None), &p).is_accepted());
+        let other = Claims {
+            platform_id: Some(vec![9; 64]),
+            ..snp_claims(true, None)
+        };
+        let v = appraise(&other, &p);
+        assert!(
+            v.reasons()
+                .contains(&format!("chip_id: {}", hex::encode([9; 64]))),
+            "{}",
+            v.reasons()
+        );
+        let masked = Claims {
+            platform_id: None,
+            ..snp_claims(true, None)
+        };
+        assert!(appraise(&masked, &p).reasons().contains("masked"));
+        // Round trip, and sizes checked at parse time.
+        let doc = PolicyDocument {
+            policy: Policy {
+                emulated_roots: vec![vec![5; 32]],
+                ..p.clone()
+            },
+            endorsements: None,
+        };
+        assert_eq!(PolicyDocument::from_toml(&doc.to_toml()).unwrap(), doc);
+        let short = format!(
+            "platforms = [\"snp\"]\nlaunch_measurements = [\"{}\"]\nworkload_data = \"00\"\n\
+             allowed_chip_ids = [\"0707\"]",
+            hex::encode([0xaa; 48])
+        );
+        assert!(matches!(
+            Policy::from_toml(&short),
+            Err(PolicyError::ChipIdLength { len: 2, .. })
+        ));
+        let root = short.replace("allowed_chip_ids", "emulated_roots");
+        assert!(matches!(
+            Policy::from_toml(&root),
+            Err(PolicyError::EmulatedRootLength { len: 2, .. })
         ));
     }
 
