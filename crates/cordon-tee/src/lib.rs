@@ -114,6 +114,29 @@ pub trait EvidenceProvider: Send + Sync {
     fn platform(&self) -> Platform;
     /// Evidence whose report_data field is `report_data`.
     fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, TeeError>;
+    /// Evidence with the endorsements the platform hands out alongside it (an SNP extended
+    /// report's certificate table, DCAP collateral from a cache), for a verifier that has none of
+    /// its own. Providers that have none ship the evidence alone.
+    fn evidence_bundle(&self, report_data: &[u8; 64]) -> Result<EvidenceBundle, TeeError> {
+        Ok(EvidenceBundle {
+            evidence: self.evidence(report_data)?,
+            ..EvidenceBundle::default()
+        })
+    }
+}
+
+/// Evidence and the endorsements shipped with it. Shipped endorsements are input to a verifier,
+/// never trust: it still checks them up to the AMD and Intel roots it pins (or, in tests, to an
+/// emulated root its policy names).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EvidenceBundle {
+    /// The report or quote.
+    pub evidence: Vec<u8>,
+    /// SNP: the VCEK or VLEK and, where the platform gives them, its ASK/ASVK and ARK (DER).
+    pub snp_certs: Vec<Vec<u8>>,
+    /// DCAP: the quote's collateral as the JSON `cordon_attest::dcap::DcapCollateral::from_json`
+    /// reads.
+    pub dcap_collateral: Option<Vec<u8>>,
 }
 
 /// The simulated hardware key: an Ed25519 key standing in for the TEE's attestation key.
