@@ -36,6 +36,24 @@ pub struct Endorsements {
     pub emulated_roots: Vec<[u8; 32]>,
 }
 
+/// Endorsements shipped with one piece of evidence by whoever produced it (the runtime, from its
+/// platform or a cache). They are input, never trust: every certificate is still checked up to a
+/// pinned AMD or Intel root (or, in tests, an emulated root the verifier names), and a verifier's
+/// own endorsements come first (see [`Verifier::verify_shipped`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShippedEndorsements {
+    /// SNP: the VCEK or VLEK, and the ASK/ASVK and ARK where the platform gives them.
+    pub snp_certs: Vec<Vec<u8>>,
+    /// DCAP collateral for the quote.
+    pub dcap_collateral: Option<DcapCollateral>,
+}
+
+impl ShippedEndorsements {
+    pub fn is_empty(&self) -> bool {
+        self.snp_certs.is_empty() && self.dcap_collateral.is_none()
+    }
+}
+
 /// Returns the evidence bytes, hex-decoded when the input is hex text (as some tools write quotes).
 pub fn decode_evidence(bytes: &[u8]) -> Cow<'_, [u8]> {
     let text: Vec<u8> = bytes
@@ -138,18 +156,38 @@ impl Verifier {
     }
 
     pub fn verify(&self, bytes: &[u8], now: SystemTime) -> Result<Claims, EvidenceError> {
+        self.verify_shipped(bytes, &ShippedEndorsements::default(), now)
+    }
+
+    /// [`Verifier::verify`] with the endorsements the evidence came with.
+    ///
+    /// SNP: the shipped certificates are tried after the verifier's own, each checked up to a
+    /// pinned root. DCAP: the verifier's own collateral is used when it has some, the shipped
+    /// collateral only otherwise: collateral is signed by Intel, but older collateral stays valid
+    /// until its `nextUpdate`, so a host could ship collateral from before a TCB recovery, and a
+    /// verifier that fetched its own (`cordon attest fetch`) should not be overruled by it.
+    pub fn verify_shipped(
+        &self,
+        bytes: &[u8],
+        shipped: &ShippedEndorsements,
+        now: SystemTime,
+    ) -> Result<Claims, EvidenceError> {
         let e = &self.endorsements;
         match detect(bytes)? {
             EvidenceKind::Sim => sim::verify(bytes, &e.sim_trust_anchors),
             EvidenceKind::SnpReport => {
-                Ok(self
-                    .snp
-                    .verify_with_crls(bytes, &e.snp_certs, &e.snp_crls, now)?)
+                let certs: Cow<'_, [Vec<u8>]> = if shipped.snp_certs.is_empty() {
+                    Cow::Borrowed(&e.snp_certs)
+                } else {
+                    Cow::Owned([e.snp_certs.as_slice(), &shipped.snp_certs].concat())
+                };
+                Ok(self.snp.verify_with_crls(bytes, &certs, &e.snp_crls, now)?)
             }
             EvidenceKind::DcapQuote => {
                 let collateral = e
                     .dcap_collateral
                     .as_ref()
+                    .or(shipped.dcap_collateral.as_ref())
                     .ok_or(EvidenceError::MissingCollateral)?;
                 Ok(self.dcap.verify(bytes, collateral, now)?)
             }

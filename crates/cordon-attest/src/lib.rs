@@ -23,6 +23,7 @@ mod timefmt;
 pub use claims::{Claims, Platform, TcbClaims, EMULATED_ROOT_CLAIM};
 pub use error::{EvidenceError, PolicyError};
 pub use evidence::{
-    decode_evidence, detect, inspect, verify, Endorsements, EvidenceKind, Verifier,
+    decode_evidence, detect, inspect, verify, Endorsements, EvidenceKind, ShippedEndorsements,
+    Verifier,
 };
 pub use policy::{appraise, AppraisalFailure, MinTcbFloor, Policy, PolicyDocument, Verdict};

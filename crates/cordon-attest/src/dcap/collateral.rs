@@ -114,6 +114,33 @@ impl DcapCollateral {
         .into())
     }
 
+    /// The JSON bundle [`DcapCollateral::from_json`] reads (what a runtime ships with its quote).
+    pub fn to_json(&self) -> Vec<u8> {
+        let c = &self.inner;
+        let mut map = Map::new();
+        for (field, text) in TEXT_FIELDS.iter().zip([
+            &c.pck_crl_issuer_chain,
+            &c.tcb_info_issuer_chain,
+            &c.tcb_info,
+            &c.qe_identity_issuer_chain,
+            &c.qe_identity,
+        ]) {
+            map.insert(field.to_string(), Value::String(text.clone()));
+        }
+        for (field, bytes) in HEX_FIELDS.iter().zip([
+            &c.root_ca_crl,
+            &c.pck_crl,
+            &c.tcb_info_signature,
+            &c.qe_identity_signature,
+        ]) {
+            map.insert(field.to_string(), Value::String(hex::encode(bytes)));
+        }
+        if let Some(chain) = &c.pck_certificate_chain {
+            map.insert(PCK_CHAIN_FIELD.to_string(), Value::String(chain.clone()));
+        }
+        serde_json::to_vec(&Value::Object(map)).unwrap_or_default()
+    }
+
     /// Reads a directory of raw Intel PCS responses (`pck_crl.der`, `pck_crl_issuer_chain.pem`,
     /// `root_ca_crl.der`, `tcb_info.json`, `tcb_info_issuer_chain.pem`, `qe_identity.json`,
     /// `qe_identity_issuer_chain.pem`, optionally `pck_certificate_chain.pem`; see the module docs).
