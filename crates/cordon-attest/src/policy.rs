@@ -470,6 +470,30 @@ impl PolicyDocument {
         })
     }
 
+    /// The endorsements a client verifies with: the document's `[endorsements]`, plus the emulated
+    /// roots its policy names (so that a test policy verifies with the roots it appraises with).
+    /// AMD's and Intel's roots are pinned, and a runtime ships its VCEK or collateral with its
+    /// evidence, so a hardware policy needs no `[endorsements]`. `None` when the policy accepts
+    /// `sim` and names no sim trust anchor: no sim evidence could verify.
+    pub fn verification_endorsements(&self) -> Option<Endorsements> {
+        let mut e = match (
+            &self.endorsements,
+            self.policy.platforms.contains(&Platform::Sim),
+        ) {
+            (Some(e), _) => e.clone(),
+            (None, false) => Endorsements::default(),
+            (None, true) => return None,
+        };
+        for root in &self.policy.emulated_roots {
+            if let Ok(r) = <[u8; 32]>::try_from(root.as_slice()) {
+                if !e.emulated_roots.contains(&r) {
+                    e.emulated_roots.push(r);
+                }
+            }
+        }
+        Some(e)
+    }
+
     /// Serializes the document to TOML.
     pub fn to_toml(&self) -> String {
         let raw = RawDocument {
@@ -1022,6 +1046,36 @@ mod tests {
         assert!(!snp_claims(true, Some([5; 32])).is_emulated());
         assert!(appraise(&snp_claims(true, None), &named).is_accepted());
         assert!(!claims().is_emulated(), "sim is simulated, not emulated");
+    }
+
+    #[test]
+    fn a_hardware_policy_verifies_without_endorsements_and_with_its_emulated_roots() {
+        let hardware = PolicyDocument {
+            policy: Policy {
+                emulated_roots: vec![vec![5; 32]],
+                ..snp_policy()
+            },
+            endorsements: None,
+        };
+        let e = hardware.verification_endorsements().unwrap();
+        assert_eq!(e.emulated_roots, vec![[5; 32]]);
+        assert!(e.sim_trust_anchors.is_empty() && e.snp_certs.is_empty());
+        let sim = PolicyDocument {
+            policy: policy(),
+            endorsements: None,
+        };
+        assert_eq!(sim.verification_endorsements(), None);
+        let with = PolicyDocument {
+            endorsements: Some(Endorsements {
+                sim_trust_anchors: vec![[3; 32]],
+                ..Default::default()
+            }),
+            ..sim
+        };
+        assert_eq!(
+            with.verification_endorsements().unwrap().sim_trust_anchors,
+            vec![[3; 32]]
+        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ struct Args {
     /// Runtime base URL.
     #[arg(long)]
     url: String,
-    /// Client policy (TOML) with an [endorsements] section: what the runtime must prove.
+    /// Client policy (TOML): what the runtime must prove; for `sim`, an [endorsements] section with its trust anchors.
     #[arg(long)]
     policy: PathBuf,
     /// Model name the runtime serves the fraud model under.

@@ -615,13 +615,15 @@ pub fn verify_receipt(
     receipt: &Receipt,
     policy: &PolicyDocument,
 ) -> Result<cordon_attest::Claims, String> {
-    let Some(endorsements) = &policy.endorsements else {
+    let Some(endorsements) = policy.verification_endorsements() else {
         return Err(
-            "the policy file has no [endorsements] section: cannot verify any evidence".into(),
+            "the policy accepts `sim` and its file has no [endorsements] section with \
+                    sim_trust_anchors: cannot verify sim evidence"
+                .into(),
         );
     };
     let claims = receipt
-        .verify(&Verifier::new(endorsements.clone()))
+        .verify(&Verifier::new(endorsements))
         .map_err(|e| e.to_string())?;
     let verdict = appraise(&claims, &policy.policy);
     if !verdict.is_accepted() {

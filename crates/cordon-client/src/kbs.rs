@@ -9,7 +9,7 @@
 //! no evidence.
 
 use crate::ClientTls;
-use cordon_attest::{appraise, verify, Claims, Endorsements, Platform, Policy, Verdict};
+use cordon_attest::{appraise, Claims, Endorsements, Platform, Policy, Verdict};
 use cordon_http::client::error_text;
 use cordon_proto::kbs::{kbs_identity_report_data, ErrorBody, KbsIdentity};
 use std::time::{Duration, SystemTime};
@@ -49,7 +49,7 @@ pub enum KbsIdentityError {
          answered, or the pin is stale"
     )]
     NotPinned { attested: String, pinned: String },
-    #[error("the KBS policy file has no [endorsements] section: cannot verify any evidence")]
+    #[error("the KBS policy accepts `sim` and its file has no [endorsements] section with sim_trust_anchors: cannot verify sim evidence")]
     NoEndorsements,
     #[error("HTTP: {0}")]
     Http(String),
@@ -95,7 +95,15 @@ pub fn verify_kbs_identity_claims(
     };
     // Verify, then appraise (design rule 2); the binding is checked before the appraisal so that
     // evidence about another key is named as such whatever its measurement.
-    let claims = verify(&evidence.evidence, endorsements, now)?;
+    let shipped = evidence
+        .endorsements
+        .decode()
+        .map_err(|e| KbsIdentityError::Malformed(e.to_string()))?;
+    let claims = cordon_attest::Verifier::new(endorsements.clone()).verify_shipped(
+        &evidence.evidence,
+        &shipped,
+        now,
+    )?;
     if claims.platform != evidence.platform {
         return Err(KbsIdentityError::PlatformMismatch {
             declared: evidence.platform,
@@ -159,11 +167,10 @@ pub async fn fetch_verified_kbs(
     now: SystemTime,
 ) -> Result<VerifiedKbs, KbsIdentityError> {
     let endorsements = doc
-        .endorsements
-        .as_ref()
+        .verification_endorsements()
         .ok_or(KbsIdentityError::NoEndorsements)?;
     let identity = fetch_kbs_identity(url, tls).await?;
-    let verified = verify_kbs_identity_claims(&identity, &doc.policy, endorsements, now)?;
+    let verified = verify_kbs_identity_claims(&identity, &doc.policy, &endorsements, now)?;
     if let Some(pinned) = pinned {
         if *pinned != verified.hpke_public_key {
             return Err(KbsIdentityError::NotPinned {
@@ -219,6 +226,7 @@ mod tests {
                 hpke_public_key: key,
                 admin_signature: None,
                 evidence: Some(KbsEvidence {
+                    endorsements: Default::default(),
                     platform: Platform::Sim,
                     evidence: tee.evidence(&kbs_identity_report_data(&bound)).unwrap(),
                 }),
@@ -350,6 +358,7 @@ mod tests {
             hpke_public_key: KEY,
             admin_signature: None,
             evidence: Some(KbsEvidence {
+                endorsements: Default::default(),
                 platform: Platform::Sim,
                 evidence: ev,
             }),

@@ -20,7 +20,7 @@ pub mod proxy;
 use cordon_http::client::error_text;
 pub use cordon_http::client::ClientTls;
 
-use cordon_attest::{appraise, verify, Claims, Endorsements, Policy, PolicyDocument, Verdict};
+use cordon_attest::{appraise, Claims, Endorsements, Policy, PolicyDocument, Verdict, Verifier};
 use cordon_proto::channel::{encapsulate_request, ChannelError};
 use cordon_proto::oip::{InferRequest, InferResponse};
 use cordon_proto::runtime::{
@@ -40,7 +40,7 @@ use thiserror::Error;
 pub enum ClientError {
     #[error("HTTP: {0}")]
     Http(String),
-    #[error("the policy file has no [endorsements] section: cannot verify any evidence")]
+    #[error("the policy accepts `sim` and its file has no [endorsements] section with sim_trust_anchors: cannot verify sim evidence")]
     NoEndorsements,
     #[error("runtime evidence failed verification: {0}")]
     Evidence(#[from] cordon_attest::EvidenceError),
@@ -104,10 +104,9 @@ pub async fn connect_tls(
     now: SystemTime,
 ) -> Result<VerifiedRuntime, ClientError> {
     let endorsements = doc
-        .endorsements
-        .as_ref()
+        .verification_endorsements()
         .ok_or(ClientError::NoEndorsements)?;
-    connect_with_tls(url, &doc.policy, endorsements, tls, now).await
+    connect_with_tls(url, &doc.policy, &endorsements, tls, now).await
 }
 
 /// [`connect`] with the policy and endorsements given separately.
@@ -146,7 +145,12 @@ pub async fn connect_with_tls(
         .json()
         .await
         .map_err(|e| ClientError::Malformed(format!("attestation: {e}")))?;
-    let claims = verify(&att.evidence, endorsements, now)?;
+    let shipped = att
+        .endorsements
+        .decode()
+        .map_err(|e| ClientError::Malformed(format!("attestation: {e}")))?;
+    let claims =
+        Verifier::new(endorsements.clone()).verify_shipped(&att.evidence, &shipped, now)?;
     let verdict = appraise(&claims, policy);
     if !verdict.is_accepted() {
         return Err(ClientError::Rejected(verdict));

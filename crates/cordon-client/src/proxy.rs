@@ -85,7 +85,7 @@ impl ProxyConfig {
 /// Why a proxy could not be set up.
 #[derive(Debug, Error)]
 pub enum ProxyError {
-    #[error("the policy file has no [endorsements] section: cannot verify any evidence")]
+    #[error("the policy accepts `sim` and its file has no [endorsements] section with sim_trust_anchors: cannot verify sim evidence")]
     NoEndorsements,
     #[error("upstream {0:?} is not an http:// or https:// URL")]
     Upstream(String),
@@ -215,8 +215,7 @@ impl Proxy {
     pub fn new(config: ProxyConfig) -> Result<Proxy, ProxyError> {
         let endorsements = config
             .policy
-            .endorsements
-            .clone()
+            .verification_endorsements()
             .ok_or(ProxyError::NoEndorsements)?;
         let upstream = config.upstream.trim_end_matches('/').to_string();
         if !(upstream.starts_with("http://") || upstream.starts_with("https://")) {
@@ -646,7 +645,7 @@ fn claims_json(claims: &Claims) -> serde_json::Value {
 fn policy_summary(p: &Policy, e: &Endorsements) -> String {
     let platforms: Vec<String> = p.platforms.iter().map(|p| p.to_string()).collect();
     format!(
-        "platforms [{}], {} launch measurement(s), debug {}, workload data {}, {} sim trust anchor(s)",
+        "platforms [{}], {} launch measurement(s), debug {}, workload data {}, {} sim trust anchor(s){}",
         platforms.join(", "),
         p.launch_measurements.len(),
         if p.allow_debug { "allowed" } else { "refused" },
@@ -655,7 +654,15 @@ fn policy_summary(p: &Policy, e: &Endorsements) -> String {
         } else {
             "any"
         },
-        e.sim_trust_anchors.len()
+        e.sim_trust_anchors.len(),
+        if e.emulated_roots.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} EMULATED root(s) (NOT hardware-backed)",
+                e.emulated_roots.len()
+            )
+        }
     )
 }
 

@@ -80,6 +80,7 @@ async fn attestation(
     let evidence = tee.evidence(&report_data(&nonce, &keys, &[])).unwrap();
     Json(AttestationResponse {
         evidence,
+        endorsements: Default::default(),
         runtime_keys: keys,
         models: vec![],
     })

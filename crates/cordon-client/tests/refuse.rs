@@ -71,6 +71,7 @@ async fn fake_runtime(tee: SimTee, mode: Fake, encrypted_hits: Arc<AtomicUsize>)
                         models[0].manifest_sha256[0] ^= 1;
                     }
                     Json(AttestationResponse {
+                        endorsements: Default::default(),
                         evidence,
                         runtime_keys,
                         models,
@@ -204,4 +205,102 @@ async fn sim_runtime_is_refused_by_a_hardware_only_policy() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("platform"), "{err}");
+}
+
+/// A hardware runtime ships its VCEK with its evidence; the client, with no endorsements of its
+/// own (a hardware policy needs no `[endorsements]`), verifies the report with it up to AMD's
+/// pinned roots, appraises it, and still refuses keys the report does not bind. The report is a
+/// real one (Trustee's test report), so its report_data binds no key of this test: the client
+/// gets past verification and appraisal and stops at the binding, before sending anything.
+mod shipped_endorsements {
+    use super::*;
+    use cordon_attest::{MinTcbFloor, PolicyDocument};
+    use cordon_client::connect;
+    use cordon_proto::WireEndorsements;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    const REPORT: &[u8] =
+        include_bytes!("../../../testdata/attestation/snp/trustee_test-report.bin");
+    const VCEK: &[u8] = include_bytes!("../../../testdata/attestation/snp/trustee_test-vcek.der");
+    const OTHER_VCEK: &[u8] = include_bytes!("../../../testdata/attestation/snp/gosev_vcek.der");
+
+    /// 2025-07-01: inside the VCEK's validity.
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_751_328_000)
+    }
+
+    async fn runtime_shipping(certs: Vec<Vec<u8>>) -> String {
+        let app = Router::new().route(
+            "/v1/attestation",
+            get(move || {
+                let certs = certs.clone();
+                async move {
+                    Json(AttestationResponse {
+                        evidence: REPORT.to_vec(),
+                        endorsements: WireEndorsements {
+                            snp_certs: certs,
+                            dcap_collateral: None,
+                        },
+                        runtime_keys: RuntimeKeys {
+                            hpke_public_key: [2; 32],
+                            hpke_key_id: 0,
+                            signing_public_key: [3; 32],
+                        },
+                        models: vec![],
+                    })
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+
+    /// A client policy for exactly this report, with no [endorsements] table.
+    fn document() -> PolicyDocument {
+        let claims = cordon_attest::verify(
+            REPORT,
+            &Endorsements {
+                snp_certs: vec![VCEK.to_vec()],
+                ..Default::default()
+            },
+            now(),
+        )
+        .unwrap();
+        PolicyDocument {
+            policy: Policy {
+                workload_data: Some(claims.workload_data.clone()),
+                min_tcb_floor: MinTcbFloor::None,
+                ..Policy::new(vec![Platform::Snp], vec![claims.launch_measurement])
+            },
+            endorsements: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_shipped_vcek_verifies_and_the_binding_is_still_checked() {
+        let url = runtime_shipping(vec![VCEK.to_vec()]).await;
+        let err = connect(&url, &document(), now()).await.err().unwrap();
+        assert!(matches!(err, ClientError::KeyNotBound { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn no_vcek_or_another_chips_vcek_fails_verification() {
+        let url = runtime_shipping(vec![]).await;
+        let err = connect(&url, &document(), now()).await.err().unwrap();
+        assert!(
+            matches!(err, ClientError::Evidence(_)) && err.to_string().contains("VCEK"),
+            "{err}"
+        );
+        let url = runtime_shipping(vec![OTHER_VCEK.to_vec()]).await;
+        let err = connect(&url, &document(), now()).await.err().unwrap();
+        assert!(matches!(err, ClientError::Evidence(_)), "{err}");
+        let url = runtime_shipping(vec![vec![0; 20_000]]).await;
+        let err = connect(&url, &document(), now()).await.err().unwrap();
+        assert!(
+            matches!(err, ClientError::Malformed(_)) && err.to_string().contains("16384"),
+            "{err}"
+        );
+    }
 }

@@ -273,12 +273,16 @@ impl Kbs {
         let identity_evidence = match &config.identity_tee {
             Some(tee) => {
                 let report_data = kbs_identity_report_data(&identity.public_key());
-                let evidence = tee.evidence(&report_data).map_err(|e| {
+                let bundle = tee.evidence_bundle(&report_data).map_err(|e| {
                     KbsError::Internal(format!("producing the KBS's identity evidence: {e}"))
                 })?;
                 Some(KbsEvidence {
                     platform: tee.platform(),
-                    evidence,
+                    evidence: bundle.evidence,
+                    endorsements: cordon_proto::WireEndorsements {
+                        snp_certs: bundle.snp_certs,
+                        dcap_collateral: bundle.dcap_collateral,
+                    },
                 })
             }
             None => None,
@@ -1004,14 +1008,20 @@ async fn appraise_attestation(
     //    cost milliseconds of CPU: off the async workers.
     let verifying = kbs.clone();
     let evidence = req.evidence.clone();
-    let verified =
-        tokio::task::spawn_blocking(move || verifying.inner.verifier.verify(&evidence, now_time))
-            .await
-            .map_err(|e| KbsError::Internal(format!("verification task failed: {e}")))?;
+    let shipped = req.endorsements.decode();
+    let verified = tokio::task::spawn_blocking(move || {
+        let shipped = shipped.map_err(|e| e.to_string())?;
+        verifying
+            .inner
+            .verifier
+            .verify_shipped(&evidence, &shipped, now_time)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| KbsError::Internal(format!("verification task failed: {e}")))?;
     let claims = match verified {
         Ok(c) => c,
-        Err(e) => {
-            let detail = e.to_string();
+        Err(detail) => {
             commit.events.push(pending_event(
                 now,
                 "attestation_failed",

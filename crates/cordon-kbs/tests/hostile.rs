@@ -168,6 +168,7 @@ async fn an_attest_request_asks_for_a_bounded_list_of_distinct_keys() {
         .evidence(&cordon_proto::report_data(&nonce, &rk, &[]))
         .unwrap();
     let request = |key_ids: Vec<String>| AttestRequest {
+        endorsements: Default::default(),
         nonce: c.nonce.clone(),
         evidence: evidence.clone(),
         runtime_keys: rk.clone(),

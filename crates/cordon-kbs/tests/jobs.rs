@@ -132,6 +132,7 @@ async fn dataset_keys_are_never_released_outside_a_job() {
         .unwrap();
     let r = answer(
         h.attest(&AttestRequest {
+            endorsements: Default::default(),
             nonce: c.nonce,
             evidence,
             runtime_keys: rk,
@@ -271,6 +272,7 @@ async fn a_job_travels_sealed_to_the_kbs_and_only_for_its_own_request() {
         .unwrap();
     let ids = vec!["ds-hospital-a".to_string(), "ds-hospital-b".to_string()];
     let request = |sealed_job| AttestRequest {
+        endorsements: Default::default(),
         nonce: c.nonce.clone(),
         evidence: evidence.clone(),
         runtime_keys: rk.clone(),

@@ -411,6 +411,7 @@ async fn hardware_evidence_is_verified_and_must_bind_the_nonce() {
         .unwrap();
     let kp = ServiceKeyPair::generate(0);
     let req = AttestRequest {
+        endorsements: Default::default(),
         nonce: ch.nonce,
         evidence: report.clone(),
         runtime_keys: keys(&kp),
@@ -462,6 +463,7 @@ async fn hardware_evidence_is_verified_and_must_bind_the_nonce() {
     let mut tampered = report;
     tampered[0x90] ^= 1;
     let req = AttestRequest {
+        endorsements: Default::default(),
         nonce: ch.nonce,
         evidence: tampered,
         runtime_keys: keys(&kp),
@@ -482,4 +484,71 @@ async fn hardware_evidence_is_verified_and_must_bind_the_nonce() {
         msg.contains("SNP report signature does not verify"),
         "{msg}"
     );
+}
+
+#[tokio::test]
+async fn a_vcek_shipped_with_the_evidence_is_verified_like_a_configured_one() {
+    // A KBS with no VCEK of its own: the runtime ships its VCEK beside the report. The KBS checks it
+    // up to AMD's pinned roots and verifies the report with it (then refuses the binding, as
+    // above); without it, or with a certificate too large to be one, verification fails.
+    let dir = tempfile::tempdir().unwrap();
+    let vcek = include_bytes!("../../../testdata/attestation/snp/trustee_test-vcek.der").to_vec();
+    let other = include_bytes!("../../../testdata/attestation/snp/gosev_vcek.der").to_vec();
+    let report =
+        include_bytes!("../../../testdata/attestation/snp/trustee_test-report.bin").to_vec();
+    let mut config = KbsConfig::new(dir.path().join("kbs"), Endorsements::default());
+    config.clock = Arc::new(|| UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let kbs = Kbs::open(config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, kbs.router()).await.unwrap() });
+    let http = reqwest::Client::new();
+    let kp = ServiceKeyPair::generate(0);
+    let attest = |certs: Vec<Vec<u8>>| {
+        let (http, url, report, keys) = (http.clone(), url.clone(), report.clone(), keys(&kp));
+        async move {
+            let ch: Challenge = http
+                .post(format!("{url}/kbs/v1/challenge"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let req = AttestRequest {
+                endorsements: cordon_proto::WireEndorsements {
+                    snp_certs: certs,
+                    dcap_collateral: None,
+                },
+                nonce: ch.nonce,
+                evidence: report,
+                runtime_keys: keys,
+                key_ids: vec!["k".into()],
+                models: vec![],
+                sealed_job: None,
+            };
+            error_code(
+                http.post(format!("{url}/kbs/v1/attest"))
+                    .json(&req)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let (status, code, msg) = attest(vec![other.clone(), vcek]).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (403, "report_data_mismatch"),
+        "{msg}"
+    );
+    let (_, code, msg) = attest(vec![]).await;
+    assert_eq!(code, "evidence_invalid", "{msg}");
+    assert!(msg.contains("no VCEK certificate was given"), "{msg}");
+    let (_, code, msg) = attest(vec![other]).await;
+    assert_eq!(code, "evidence_invalid", "{msg}");
+    let (_, code, msg) = attest(vec![vec![0; 20_000]]).await;
+    assert_eq!(code, "evidence_invalid", "{msg}");
+    assert!(msg.contains("at most 16384"), "{msg}");
 }

@@ -35,3 +35,24 @@ pub mod opt {
             .transpose()
     }
 }
+
+/// `Vec<Vec<u8>>` as a list of base64 strings.
+pub mod list {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(|b| STANDARD.encode(b)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| {
+                STANDARD
+                    .decode(s.as_bytes())
+                    .map_err(|e| D::Error::custom(format!("invalid base64: {e}")))
+            })
+            .collect()
+    }
+}

@@ -690,6 +690,9 @@ pub struct ReceiptAttestation {
     pub nonce: String,
     #[serde(with = "crate::b64")]
     pub evidence: Vec<u8>,
+    /// Endorsements shipped with the evidence (input to the verifier, never trust).
+    #[serde(default, skip_serializing_if = "crate::WireEndorsements::is_empty")]
+    pub endorsements: crate::WireEndorsements,
     pub runtime_keys: RuntimeKeys,
 }
 
@@ -733,8 +736,13 @@ impl Receipt {
         )
         .map_err(|e| JobError::Receipt(format!("runtime signature: {e}")))?;
         let at = UNIX_EPOCH + Duration::from_secs(b.finished_at);
+        let shipped = b
+            .attestation
+            .endorsements
+            .decode()
+            .map_err(|e| JobError::Receipt(format!("evidence: {e}")))?;
         let claims = verifier
-            .verify(&b.attestation.evidence, at)
+            .verify_shipped(&b.attestation.evidence, &shipped, at)
             .map_err(|e| JobError::Receipt(format!("evidence: {e}")))?;
         let nonce = hex::decode(&b.attestation.nonce)
             .map_err(|_| JobError::Receipt("attestation nonce is not hex".into()))?;
@@ -972,6 +980,7 @@ mod tests {
             attestation: ReceiptAttestation {
                 nonce: hex::encode(b"nonce"),
                 evidence,
+                endorsements: Default::default(),
                 runtime_keys: keys,
             },
             finished_at: unix(SystemTime::now()),

@@ -44,6 +44,9 @@ pub struct KbsEvidence {
     /// The evidence bytes, base64 (sim evidence, an SNP report, a DCAP quote).
     #[serde(with = "crate::b64")]
     pub evidence: Vec<u8>,
+    /// Endorsements shipped with the evidence (input to the verifier, never trust).
+    #[serde(default, skip_serializing_if = "crate::WireEndorsements::is_empty")]
+    pub endorsements: crate::WireEndorsements,
 }
 
 /// Domain label of the report_data a KBS binds its identity key with. It differs from the
@@ -215,6 +218,9 @@ pub struct AttestRequest {
     pub nonce: String,
     #[serde(with = "crate::b64")]
     pub evidence: Vec<u8>,
+    /// Endorsements shipped with the evidence (input to the verifier, never trust).
+    #[serde(default, skip_serializing_if = "crate::WireEndorsements::is_empty")]
+    pub endorsements: crate::WireEndorsements,
     pub runtime_keys: RuntimeKeys,
     pub key_ids: Vec<String>,
     /// The models the runtime will unseal with these keys, bound in report_data after the keys.
@@ -395,6 +401,7 @@ mod tests {
             evidence: Some(KbsEvidence {
                 platform: cordon_attest::Platform::Sim,
                 evidence: vec![1, 2, 3],
+                endorsements: Default::default(),
             }),
             ..id
         };

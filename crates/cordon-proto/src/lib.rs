@@ -20,6 +20,7 @@ mod b64;
 pub mod binding;
 pub mod channel;
 pub mod checkpoint;
+pub mod endorsements;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod job;
@@ -31,3 +32,4 @@ pub mod session;
 
 pub use binding::{report_data, ModelBinding, RuntimeKeys};
 pub use channel::{ChannelError, ClientResponseContext, ServerResponseContext, ServiceKeyPair};
+pub use endorsements::{EndorsementsError, WireEndorsements};

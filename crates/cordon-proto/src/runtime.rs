@@ -15,6 +15,9 @@ pub struct AttestationResponse {
     /// Evidence whose report_data is [`crate::report_data`]`(nonce, runtime_keys, models)`.
     #[serde(with = "crate::b64")]
     pub evidence: Vec<u8>,
+    /// Endorsements shipped with the evidence (input to the verifier, never trust).
+    #[serde(default, skip_serializing_if = "crate::WireEndorsements::is_empty")]
+    pub endorsements: crate::WireEndorsements,
     pub runtime_keys: RuntimeKeys,
     /// The models the runtime serves, bound in report_data after the keys.
     #[serde(default)]

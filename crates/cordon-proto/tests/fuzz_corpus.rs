@@ -240,6 +240,7 @@ fn write_seeds() {
     // Key broker.
     let t = "kbs_requests";
     let attest = AttestRequest {
+        endorsements: Default::default(),
         nonce: hex::encode(nonce),
         evidence: sim_evidence(report_data(&nonce, &keys, &models)),
         runtime_keys: keys.clone(),
@@ -249,6 +250,7 @@ fn write_seeds() {
     };
     write(t, "attest_request.json", &json(&attest));
     let job_attest = AttestRequest {
+        endorsements: Default::default(),
         evidence: sim_evidence(job::job_report_data(&nonce, &keys, &hash)),
         key_ids: spec.datasets.iter().map(|d| d.key_id.clone()).collect(),
         models: Vec::new(),
@@ -356,6 +358,7 @@ fn write_seeds() {
         t,
         "attestation_response.json",
         &json(&AttestationResponse {
+            endorsements: Default::default(),
             evidence: sim_evidence(report_data(&f::CLIENT_NONCE, &keys, &models)),
             runtime_keys: keys.clone(),
             models: models.clone(),
@@ -417,6 +420,7 @@ fn write_seeds() {
         },
         metrics,
         attestation: job::ReceiptAttestation {
+            endorsements: Default::default(),
             nonce: hex::encode(nonce),
             evidence: sim_evidence(job::job_report_data(&nonce, &keys, &hash)),
             runtime_keys: keys.clone(),

@@ -9,7 +9,7 @@ use cordon_proto::job::job_report_data;
 use cordon_proto::kbs::{
     seal_job, AttestRequest, AttestResponse, Challenge, ErrorBody, JobRelease, RELEASE_INFO,
 };
-use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair};
+use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair, WireEndorsements};
 use cordon_seal::{Dek, KeyFile, SealError};
 use cordon_tee::EvidenceProvider;
 use ed25519_dalek::SigningKey;
@@ -281,6 +281,7 @@ pub(crate) struct KbsRelease {
     pub response: AttestResponse,
     pub nonce: String,
     pub evidence: Vec<u8>,
+    pub endorsements: WireEndorsements,
 }
 
 pub(crate) async fn attest_to_kbs(
@@ -321,12 +322,18 @@ pub(crate) async fn attest_to_kbs(
         .map(|(j, kbs_key)| seal_job(&kbs_key, &challenge.nonce, &j))
         .transpose()
         .map_err(|e| kbs_err(format!("sealing the job to the key broker: {e}")))?;
-    let evidence = tee
-        .evidence(&bound)
+    let bundle = tee
+        .evidence_bundle(&bound)
         .map_err(|e| RuntimeError::Evidence(e.to_string()))?;
+    let evidence = bundle.evidence;
+    let endorsements = WireEndorsements {
+        snp_certs: bundle.snp_certs,
+        dcap_collateral: bundle.dcap_collateral,
+    };
     let request = AttestRequest {
         nonce: challenge.nonce.clone(),
         evidence: evidence.clone(),
+        endorsements: endorsements.clone(),
         runtime_keys: runtime_keys.clone(),
         key_ids,
         models,
@@ -354,6 +361,7 @@ pub(crate) async fn attest_to_kbs(
         response,
         nonce: challenge.nonce,
         evidence,
+        endorsements,
     })
 }
 

@@ -921,6 +921,7 @@ async fn execute(s: &Arc<RuntimeState>, hash: [u8; 32]) -> Result<JobOutput, Str
         attestation: ReceiptAttestation {
             nonce: release.nonce,
             evidence: release.evidence,
+            endorsements: release.endorsements,
             runtime_keys: s.runtime_keys().clone(),
         },
         finished_at: cordon_proto::auth::unix(s.now()),

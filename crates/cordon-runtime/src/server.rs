@@ -25,7 +25,7 @@ use cordon_proto::runtime::{
     AttestationResponse, InnerRequest, InnerResponse, ENCRYPTED_RESPONSE_MEDIA_TYPE,
 };
 use cordon_proto::session::{SessionMessage, SessionSetup, SESSION_MESSAGE_MEDIA_TYPE};
-use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair};
+use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair, WireEndorsements};
 use cordon_tee::EvidenceProvider;
 use ed25519_dalek::SigningKey;
 use serde_json::json;
@@ -426,15 +426,19 @@ async fn attestation(State(s): State<Arc<RuntimeState>>, Query(q): Query<NonceQu
     // Evidence can take long on hardware (a TDX quote, an SNP ioctl): off the async workers.
     let rd = report_data(&nonce, &s.runtime_keys, &s.bindings);
     let tee = s.tee.clone();
-    let Ok(evidence) = tokio::task::spawn_blocking(move || tee.evidence(&rd)).await else {
+    let Ok(bundle) = tokio::task::spawn_blocking(move || tee.evidence_bundle(&rd)).await else {
         s.metrics.event(KeyEvent::AttestationFailed);
         return error(StatusCode::INTERNAL_SERVER_ERROR, "evidence task failed");
     };
-    match evidence {
-        Ok(evidence) => {
+    match bundle {
+        Ok(bundle) => {
             s.metrics.event(KeyEvent::Attestation);
             Json(AttestationResponse {
-                evidence,
+                evidence: bundle.evidence,
+                endorsements: WireEndorsements {
+                    snp_certs: bundle.snp_certs,
+                    dcap_collateral: bundle.dcap_collateral,
+                },
                 runtime_keys: s.runtime_keys.clone(),
                 models: s.bindings.clone(),
             })

@@ -876,6 +876,7 @@ async fn a_job_can_deploy_its_model_to_serving_without_any_party_holding_its_key
                 ))
                 .unwrap();
             let req = AttestRequest {
+                endorsements: Default::default(),
                 nonce: c.nonce,
                 evidence,
                 runtime_keys: rk,

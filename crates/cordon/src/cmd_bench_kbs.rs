@@ -323,6 +323,7 @@ async fn one(c: &Client, op: Op, check: bool) -> Result<bool> {
     let req = AttestRequest {
         nonce: ch.nonce,
         evidence,
+        endorsements: Default::default(),
         runtime_keys: c.keys.clone(),
         key_ids: vec![KEY_ID.into()],
         models: vec![],

@@ -13,7 +13,7 @@ pub struct InferArgs {
     runtime: String,
     #[command(flatten)]
     ca: util::CaCertArg,
-    /// Client policy (TOML) with an [endorsements] section: what the runtime must prove.
+    /// Client policy (TOML): what the runtime must prove; for `sim`, an [endorsements] section with its trust anchors.
     #[arg(long)]
     policy: PathBuf,
     /// Model name.

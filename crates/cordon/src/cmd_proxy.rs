@@ -16,7 +16,7 @@ pub struct ProxyArgs {
     upstream: String,
     #[command(flatten)]
     ca: util::CaCertArg,
-    /// Client policy (TOML) with an [endorsements] section: what the runtime must prove.
+    /// Client policy (TOML): what the runtime must prove; for `sim`, an [endorsements] section with its trust anchors.
     #[arg(long)]
     policy: PathBuf,
     /// Where to serve the plain Open Inference Protocol. Keep it on loopback: requests and answers

@@ -76,6 +76,7 @@ impl Driver {
         let nonce = hex::decode(&c.nonce).unwrap();
         let evidence = self.tee.evidence(&report_data(&nonce, &rk, &[])).unwrap();
         let req = AttestRequest {
+            endorsements: Default::default(),
             nonce: c.nonce.clone(),
             evidence,
             runtime_keys: rk,
@@ -286,6 +287,7 @@ async fn check(d: &Driver, ack: &Mutex<Acknowledged>) {
             .evidence(&report_data(&hex::decode(n).unwrap(), &rk, &[]))
             .unwrap();
         let req = AttestRequest {
+            endorsements: Default::default(),
             nonce: n.clone(),
             evidence,
             runtime_keys: rk,

@@ -114,6 +114,7 @@ async fn attest_request(
     let evidence = st.tee.evidence(&report_data(&nonce, &rk, &[])).unwrap();
     Ok((
         AttestRequest {
+            endorsements: Default::default(),
             nonce: c.nonce,
             evidence,
             runtime_keys: rk,

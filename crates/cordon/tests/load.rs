@@ -199,7 +199,7 @@ fn runtime_and_kbs_under_load_fail_only_by_backpressure_within_memory_bounds() {
                     let kp = ServiceKeyPair::generate(0);
                     let rk = RuntimeKeys { hpke_public_key: kp.public_key(), hpke_key_id: 0, signing_public_key: [3; 32] };
                     let evidence = tee.evidence(&report_data(&hex::decode(&c.nonce).unwrap(), &rk, &[])).unwrap();
-                    let req = AttestRequest { nonce: c.nonce, evidence, runtime_keys: rk, key_ids: vec!["unknown".into()], models: vec![], sealed_job: None };
+                    let req = AttestRequest { endorsements: Default::default(), nonce: c.nonce, evidence, runtime_keys: rk, key_ids: vec!["unknown".into()], models: vec![], sealed_job: None };
                     let resp = http.post(format!("{kbs}/kbs/v1/attest")).json(&req).send().await.unwrap();
                     if resp.status() != 200 {
                         errors.push(resp.status().as_u16());

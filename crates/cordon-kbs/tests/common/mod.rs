@@ -351,6 +351,7 @@ impl Harness {
             .unwrap();
         let sealed_job = Some(seal_job(&self.kbs_key, &c.nonce, &job).unwrap());
         self.attest(&AttestRequest {
+            endorsements: Default::default(),
             nonce: c.nonce,
             evidence,
             runtime_keys: rk,
@@ -385,6 +386,7 @@ pub fn request(nonce: &str, tee: &SimTee, kp: &ServiceKeyPair, key_ids: &[&str])
     let rk = keys(kp);
     let models = vec![bound_model()];
     AttestRequest {
+        endorsements: Default::default(),
         nonce: nonce.into(),
         evidence: tee
             .evidence(&report_data(&nonce_bytes, &rk, &models))
