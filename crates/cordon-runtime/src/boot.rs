@@ -370,6 +370,21 @@ fn rand_fill(buf: &mut [u8]) {
     rand::rng().fill_bytes(buf);
 }
 
+/// The workload data that binds a runtime configuration on `platform`, as its launcher sets it and
+/// a policy pins it (`workload_data`): SNP HOST_DATA = SHA-256 of the configuration file's bytes, TDX
+/// MRCONFIGID = SHA-384 of them. `None` for sim and SGX, which measure the configuration instead.
+pub fn config_workload_data(
+    platform: cordon_attest::Platform,
+    config_bytes: &[u8],
+) -> Option<Vec<u8>> {
+    use sha2::{Digest, Sha256, Sha384};
+    match platform {
+        cordon_attest::Platform::Snp => Some(Sha256::digest(config_bytes).to_vec()),
+        cordon_attest::Platform::Tdx => Some(Sha384::digest(config_bytes).to_vec()),
+        _ => None,
+    }
+}
+
 /// On hardware, the runtime's configuration must be bound to its evidence: the launcher sets the
 /// workload data (SNP HOST_DATA = SHA-256 of the config bytes; TDX MRCONFIGID = SHA-384 of them) so
 /// that a release policy pinning `workload_data` pins the configuration (KBS URL, models, signers,
@@ -380,27 +395,27 @@ pub fn check_config_binding(
     tee: &dyn EvidenceProvider,
     config_bytes: &[u8],
 ) -> Result<(), RuntimeError> {
-    use sha2::{Digest, Sha256, Sha384};
     let evidence = tee
         .evidence(&[0u8; 64])
         .map_err(|e| RuntimeError::Evidence(e.to_string()))?;
     let (_, fields) =
         cordon_attest::inspect(&evidence).map_err(|e| RuntimeError::Evidence(e.to_string()))?;
-    let (field, found, expected) = match tee.platform() {
+    let Some(expected) = config_workload_data(tee.platform(), config_bytes) else {
+        return Ok(());
+    };
+    let expected = hex::encode(expected);
+    let (field, found) = match tee.platform() {
         cordon_attest::Platform::Snp => (
             "HOST_DATA",
             fields["host_data"].as_str().unwrap_or_default().to_string(),
-            hex::encode(Sha256::digest(config_bytes)),
         ),
-        cordon_attest::Platform::Tdx => (
+        _ => (
             "MRCONFIGID",
             fields["body"]["mr_config_id"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
-            hex::encode(Sha384::digest(config_bytes)),
         ),
-        _ => return Ok(()),
     };
     if found != expected {
         return Err(RuntimeError::Config(format!(

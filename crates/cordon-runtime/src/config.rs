@@ -92,6 +92,42 @@ impl RuntimeConfig {
     }
 
     /// The pinned KBS identity key, if the configuration names one.
+    /// Every check of a value's form that the boot makes before it contacts anything: the KBS URL
+    /// and its TLS pin, the pinned KBS key, the workload data, each model's signer and manifest
+    /// digest. `cordon runtime measure` and `cordon measure runtime` run it, so that they never
+    /// print a reference value for a configuration `serve` would refuse.
+    pub fn check(&self) -> Result<(), String> {
+        let url = self.kbs_url.trim();
+        let scheme = url.get(..8).map(str::to_ascii_lowercase);
+        if !(scheme.as_deref() == Some("https://")
+            || url.to_ascii_lowercase().starts_with("http://"))
+        {
+            return Err(format!(
+                "kbs_url {:?} must start with http:// or https://",
+                self.kbs_url
+            ));
+        }
+        self.kbs_tls()?;
+        self.kbs_public_key_bytes()?;
+        self.workload_data_bytes()?;
+        let hex32 = |v: &str| hex::decode(v.trim()).ok().is_some_and(|b| b.len() == 32);
+        for m in &self.models {
+            if !hex32(&m.signer) {
+                return Err(format!(
+                    "model {}: signer must be 32 bytes of hex (the owner's public key)",
+                    m.name
+                ));
+            }
+            if m.manifest_sha256.as_deref().is_some_and(|d| !hex32(d)) {
+                return Err(format!(
+                    "model {}: manifest_sha256 must be 32 bytes of hex",
+                    m.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn kbs_public_key_bytes(&self) -> Result<Option<[u8; 32]>, String> {
         self.kbs_public_key
             .as_deref()
@@ -161,6 +197,50 @@ mod tests {
         // Without it: the web PKI roots.
         let plain = RuntimeConfig::from_toml("kbs_url = \"https://kbs.example\"\n").unwrap();
         assert!(plain.kbs_tls().unwrap().trusts_web_pki());
+    }
+
+    #[test]
+    fn check_refuses_what_the_boot_would_refuse() {
+        let model = |signer: &str, extra: &str| {
+            format!(
+                "kbs_url = \"http://127.0.0.1:8100\"\n[[models]]\nname = \"m\"\npath = \"m.sealed\"\n\
+                 signer = \"{signer}\"\n{extra}"
+            )
+        };
+        let good = "11".repeat(32);
+        RuntimeConfig::from_toml(&model(&good, ""))
+            .unwrap()
+            .check()
+            .unwrap();
+        let missing = "kbs_url = \"http://k\"\n[[models]]\nname = \"m\"\npath = \"m.sealed\"\n";
+        assert!(RuntimeConfig::from_toml(missing)
+            .unwrap_err()
+            .contains("signer"));
+        for (text, needle) in [
+            (model("abcd", ""), "signer must be 32 bytes"),
+            (
+                model(&good, "manifest_sha256 = \"00\"\n"),
+                "manifest_sha256",
+            ),
+            (
+                "kbs_url = \"127.0.0.1:8100\"\n".to_string(),
+                "http:// or https://",
+            ),
+            (
+                "kbs_url = \"http://k\"\nworkload_data = \"zz\"\n".to_string(),
+                "workload_data",
+            ),
+            (
+                "kbs_url = \"http://k\"\nkbs_public_key = \"00\"\n".to_string(),
+                "kbs_public_key",
+            ),
+        ] {
+            let err = RuntimeConfig::from_toml(&text)
+                .unwrap()
+                .check()
+                .unwrap_err();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ mod server;
 mod sessions;
 
 pub use batching::BatchOptions;
-pub use boot::{boot, check_config_binding, BootedRuntime, RuntimeError};
+pub use boot::{boot, check_config_binding, config_workload_data, BootedRuntime, RuntimeError};
 pub use config::{ModelConfig, RuntimeConfig, TrainingConfig};
 pub use engine::{
     locate_onnxruntime_library, DecodedRequest, Engine, EngineError, EngineKind, HostData,

@@ -112,8 +112,9 @@ pub fn run(c: RuntimeCommand) -> Result<()> {
                 Some(b) => b,
                 None => std::env::current_exe()?,
             };
-            let config = std::fs::read(&a.config)
-                .with_context(|| format!("reading {}", a.config.display()))?;
+            // Parsed and checked as `serve` would: a measurement of a configuration that
+            // `serve` refuses would only be registered to fail later.
+            let (config, _) = load_config(&a.config)?;
             println!("{}", hex::encode(sim_launch_measurement(&binary, &config)?));
             Ok(())
         }
@@ -139,6 +140,22 @@ pub fn run_sim(c: SimCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Reads and checks a runtime configuration exactly as `runtime serve` does: its bytes (what the
+/// measurement and the workload data cover) and the parsed configuration. Every error names the file.
+pub fn load_config(path: &Path) -> Result<(Vec<u8>, RuntimeConfig)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "runtime config {} is not UTF-8 text (a TOML file is expected): {e}",
+            path.display()
+        )
+    })?;
+    let config = RuntimeConfig::from_toml(text)
+        .and_then(|c| c.check().map(|()| c))
+        .map_err(|e| anyhow::anyhow!("runtime config {}: {e}", path.display()))?;
+    Ok((bytes, config))
 }
 
 /// Builds the simulated TEE for a runtime binary and its config bytes.
@@ -172,10 +189,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     if let Some(advice) = cordon_runtime::IdleWait::read().advice() {
         tracing::warn!("{advice}");
     }
-    let config_bytes =
-        std::fs::read(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
-    let config = RuntimeConfig::from_toml(std::str::from_utf8(&config_bytes)?)
-        .map_err(|e| anyhow::anyhow!("runtime config {}: {e}", a.config.display()))?;
+    let (config_bytes, config) = load_config(&a.config)?;
     // A certificate or key that is missing or does not match stops the start before the boot.
     let tls = a.tls.load()?;
     let tee: Arc<dyn EvidenceProvider> = match a.platform {
