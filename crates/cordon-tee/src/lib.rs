@@ -11,6 +11,7 @@
 //! [`detect`] picks the first hardware interface present.
 #![deny(unsafe_code)] // the exceptions: the SNP_GET_REPORT and SNP_GET_DERIVED_KEY ioctls in `sev_guest`
 
+mod cache;
 mod configfs;
 mod detect;
 mod gramine;
@@ -18,6 +19,7 @@ mod sev_guest;
 #[cfg(test)]
 mod testutil;
 
+pub use cache::EndorsementCache;
 pub use configfs::ConfigFsTsm;
 pub use detect::{detect, Probe};
 pub use gramine::GramineSgx;
