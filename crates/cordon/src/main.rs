@@ -14,6 +14,7 @@ mod cmd_infer;
 mod cmd_job;
 mod cmd_kbs;
 mod cmd_model;
+mod cmd_policy;
 mod cmd_proxy;
 mod cmd_runtime;
 mod cmd_seal;
@@ -65,6 +66,10 @@ enum Command {
     /// Verify or inspect attestation evidence: AMD SEV-SNP reports, Intel DCAP quotes, sim evidence.
     #[command(subcommand)]
     Attest(cmd_attest::AttestCommand),
+    /// Write a release policy and a client policy from reference values (measurements, the
+    /// runtime configuration, TCB minimums, a machine allowlist).
+    #[command(subcommand)]
+    Policy(cmd_policy::PolicyCommand),
     /// Verify a runtime, then run one encrypted inference request on it.
     Infer(cmd_infer::InferArgs),
     /// Serve the plain Open Inference Protocol on loopback for unmodified clients, forwarding every
@@ -110,6 +115,7 @@ fn main() -> ExitCode {
         Command::Kbs(c) => cmd_kbs::run(c),
         Command::Runtime(c) => cmd_runtime::run(c),
         Command::Sim(c) => cmd_runtime::run_sim(c),
+        Command::Policy(c) => cmd_policy::run(c),
         Command::Infer(a) => cmd_infer::run(a),
         Command::Proxy(a) => cmd_proxy::run(a),
         Command::Dev(c) => cmd_dev::run(c),

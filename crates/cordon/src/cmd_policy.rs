@@ -1,0 +1,209 @@
+//! `cordon policy new`: a release policy (for the KBS) and a client policy (for `infer`, the proxy,
+//! job clients and receipt checks) written from reference values, so that a user's path on hardware
+//! is: measure (`cordon measure snp|tdx|runtime`), write the policies, register.
+
+use crate::util;
+use anyhow::{bail, Context, Result};
+use cordon_attest::{Endorsements, MinTcbFloor, Platform, Policy, PolicyDocument};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Write a release policy and a client policy from reference values. Both are parsed back
+    /// before anything is written, so a policy the KBS or a client would refuse is never written.
+    New(NewArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PlatformArg {
+    Snp,
+    Tdx,
+    Sgx,
+    Sim,
+}
+
+impl From<PlatformArg> for Platform {
+    fn from(p: PlatformArg) -> Platform {
+        match p {
+            PlatformArg::Snp => Platform::Snp,
+            PlatformArg::Tdx => Platform::Tdx,
+            PlatformArg::Sgx => Platform::Sgx,
+            PlatformArg::Sim => Platform::Sim,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct NewArgs {
+    /// The platform the runtime runs on.
+    #[arg(long, value_enum)]
+    platform: PlatformArg,
+    /// Launch measurement to accept (hex; SNP MEASUREMENT from `cordon measure snp`, TDX MRTD from
+    /// `cordon measure tdx`, sim from `cordon runtime measure`); repeatable.
+    #[arg(long = "measurement", required = true)]
+    measurements: Vec<String>,
+    /// The runtime configuration the runtime is launched with: pins it through the workload data
+    /// (SNP HOST_DATA = SHA-256 of the file, TDX MRCONFIGID = SHA-384 of it), as
+    /// `cordon measure runtime` prints it. The file is checked as `runtime serve` checks it.
+    #[arg(long, conflicts_with = "workload_data")]
+    runtime_config: Option<PathBuf>,
+    /// The workload data to pin, in hex (instead of --runtime-config).
+    #[arg(long)]
+    workload_data: Option<String>,
+    /// Accept any runtime configuration (the host then chooses it). Warned about wherever the
+    /// policy is loaded.
+    #[arg(long)]
+    allow_unpinned_config: bool,
+    /// SNP: CHIP_ID (128 hex digits) of a machine to accept; repeatable. Without it, any chip.
+    #[arg(long = "chip-id")]
+    chip_ids: Vec<String>,
+    /// Minimum TCB component version, `COMPONENT=N` (SNP: bootloader, tee, snp, microcode, fmc;
+    /// DCAP: the SVNs); repeatable.
+    #[arg(long = "min-tcb", value_parser = parse_min_tcb)]
+    min_tcb: Vec<(String, u64)>,
+    /// DCAP: a TCB status to accept (replaces the default list); repeatable.
+    #[arg(long = "tcb-status")]
+    tcb_statuses: Vec<String>,
+    /// DCAP: an Intel advisory to accept; when given, every advisory must be listed. Repeatable.
+    #[arg(long = "allowed-advisory")]
+    allowed_advisories: Vec<String>,
+    /// SNP: the highest VMPL accepted (default 0).
+    #[arg(long)]
+    max_vmpl: Option<u32>,
+    /// TDX: RTMR reference values in order (RTMR0, RTMR1, ...), as `cordon measure tdx
+    /// --event-log` prints them; repeatable.
+    #[arg(long = "rtmr")]
+    rtmrs: Vec<String>,
+    /// Sim: a trust anchor (the `.pub` file `cordon sim keygen` writes) for the client policy's
+    /// [endorsements]; repeatable.
+    #[arg(long = "sim-trust-anchor")]
+    sim_trust_anchors: Vec<PathBuf>,
+    /// Tests only: SHA-256 (hex) of an emulated root to accept (EMULATED, NOT hardware-backed).
+    #[arg(long = "emulated-root")]
+    emulated_roots: Vec<String>,
+    /// Where to write the release policy (`cordon kbs register --policy`).
+    #[arg(long)]
+    release_out: PathBuf,
+    /// Where to write the client policy (`cordon infer`, `cordon proxy`, `cordon job`).
+    #[arg(long)]
+    client_out: PathBuf,
+    /// Replace existing files.
+    #[arg(long)]
+    force: bool,
+}
+
+fn parse_min_tcb(arg: &str) -> Result<(String, u64), String> {
+    let (name, value) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("`{arg}`: write COMPONENT=N, e.g. microcode=219"))?;
+    let value = value
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{arg}`: {value:?} is not a version number: {e}"))?;
+    Ok((name.trim().to_string(), value))
+}
+
+fn hex_arg(what: &str, value: &str) -> Result<Vec<u8>> {
+    hex::decode(value.trim()).with_context(|| format!("{what} {value:?} is not hex"))
+}
+
+pub fn run(c: PolicyCommand) -> Result<()> {
+    match c {
+        PolicyCommand::New(a) => new(a),
+    }
+}
+
+fn new(a: NewArgs) -> Result<()> {
+    let platform = Platform::from(a.platform);
+    let measurements = a
+        .measurements
+        .iter()
+        .map(|m| hex_arg("--measurement", m))
+        .collect::<Result<Vec<_>>>()?;
+    let workload_data = match (&a.runtime_config, &a.workload_data) {
+        (Some(path), _) => {
+            let (bytes, _) = crate::cmd_runtime::load_config(path)?;
+            match cordon_runtime::config_workload_data(platform, &bytes) {
+                Some(w) => Some(w),
+                None => bail!(
+                    "--runtime-config pins a configuration through SNP HOST_DATA or TDX MRCONFIGID; \
+                     on {platform} the configuration is part of the launch measurement instead \
+                     (`cordon runtime measure --config`)"
+                ),
+            }
+        }
+        (None, Some(hex)) => Some(hex_arg("--workload-data", hex)?),
+        (None, None) => None,
+    };
+    let list = |values: &[String], what: &str| -> Result<Option<Vec<Vec<u8>>>> {
+        if values.is_empty() {
+            return Ok(None);
+        }
+        values
+            .iter()
+            .map(|v| hex_arg(what, v))
+            .collect::<Result<_>>()
+            .map(Some)
+    };
+    let policy = Policy {
+        workload_data,
+        allow_unpinned_config: a.allow_unpinned_config,
+        allowed_chip_ids: list(&a.chip_ids, "--chip-id")?,
+        min_tcb: (!a.min_tcb.is_empty())
+            .then(|| a.min_tcb.iter().cloned().collect::<BTreeMap<_, _>>()),
+        tcb_statuses: (!a.tcb_statuses.is_empty()).then(|| a.tcb_statuses.clone()),
+        allowed_advisories: (!a.allowed_advisories.is_empty())
+            .then(|| a.allowed_advisories.clone()),
+        max_vmpl: a.max_vmpl,
+        rtmrs: list(&a.rtmrs, "--rtmr")?,
+        emulated_roots: list(&a.emulated_roots, "--emulated-root")?.unwrap_or_default(),
+        min_tcb_floor: MinTcbFloor::Default,
+        ..Policy::new(vec![platform], measurements)
+    };
+    let anchors = a
+        .sim_trust_anchors
+        .iter()
+        .map(|p| util::read_public_key(p, "sim trust anchor"))
+        .collect::<Result<Vec<_>>>()?;
+    if platform != Platform::Sim && !anchors.is_empty() {
+        bail!("--sim-trust-anchor is for --platform sim only");
+    }
+    if platform == Platform::Sim && anchors.is_empty() {
+        bail!(
+            "--platform sim needs --sim-trust-anchor (the .pub file of `cordon sim keygen`): a \
+             client verifies sim evidence only with the simulated hardware key it names"
+        );
+    }
+    let doc = PolicyDocument {
+        policy: policy.clone(),
+        endorsements: (!anchors.is_empty()).then(|| Endorsements {
+            sim_trust_anchors: anchors,
+            ..Default::default()
+        }),
+    };
+    // Parsed back as the KBS and the clients will parse them: what either would refuse (a
+    // hardware policy that does not pin the configuration, a malformed value) stops here.
+    let release = policy.to_toml();
+    Policy::from_toml(&release).context("the release policy would be refused")?;
+    let client = doc.to_toml();
+    PolicyDocument::from_toml(&client).context("the client policy would be refused")?;
+    for path in [&a.release_out, &a.client_out] {
+        if !a.force && std::fs::symlink_metadata(path).is_ok() {
+            bail!("{} already exists; --force replaces it", path.display());
+        }
+    }
+    util::warn(&policy);
+    for (path, text) in [(&a.release_out, &release), (&a.client_out, &client)] {
+        util::create_parent(path)?;
+        util::write_atomic(path, text.as_bytes())?;
+    }
+    if !policy.platforms.iter().all(|p| p.is_hardware_backed()) {
+        eprintln!(
+            "WARNING: these policies accept SIMULATED evidence, which is NOT hardware-backed"
+        );
+    }
+    println!("release policy: {}", a.release_out.display());
+    println!("client policy:  {}", a.client_out.display());
+    Ok(())
+}
