@@ -151,7 +151,9 @@ impl Verifier {
                     .dcap_collateral
                     .as_ref()
                     .ok_or(EvidenceError::MissingCollateral)?;
-                Ok(self.dcap.verify(bytes, collateral, now)?)
+                Ok(self
+                    .dcap
+                    .verify_with_roots(bytes, collateral, &e.emulated_roots, now)?)
             }
         }
     }

@@ -13,6 +13,7 @@
 
 mod configfs;
 mod detect;
+pub mod emulated;
 mod gramine;
 mod sev_guest;
 #[cfg(test)]
@@ -44,6 +45,9 @@ pub enum TeeError {
     },
     #[error("simulated hardware key file is invalid: {0}")]
     SimKey(String),
+    /// An emulated platform (tests only) could not produce evidence or endorsements.
+    #[error("emulated platform: {0}")]
+    Emulated(String),
     /// A file, directory or device of a TEE interface could not be used; `op` says how it was used
     /// (`mkdir`, `read`, `write`, `rmdir`, `open`, `ioctl SNP_GET_REPORT`).
     #[error("{op} {}: {source}", path.display())]
