@@ -39,11 +39,22 @@
 //!   and trailing bytes; the TDX fixture carries 70 bytes of zero padding);
 //! - a PCK chain carried in the quote must be plain PEM (no stray bytes between or inside blocks)
 //!   and end with the Intel SGX Root CA, byte for byte (dcap-qvl anchors at its own pinned root and
-//!   ignores the copy);
+//!   ignores the copy), or with an emulated root the caller names (see below); the collateral's
+//!   TCB info, QE identity and PCK CRL issuer chains must end with the same root;
 //! - the QE vendor id gate, naming both values (the library only says "Unknown QE vendor ID");
 //! - errors that name what expired or is not yet valid (TCB info, QE identity, which CRL, a
 //!   certificate) and when;
 //! - normalized claims, with every parsed field in [`Claims::raw`].
+//!
+//! # Emulated roots (tests only)
+//!
+//! [`verify_with_roots`] (and [`Verifier::verify_with_roots`], which `crate::Verifier` calls with
+//! `Endorsements::emulated_roots`) also accepts a quote whose PCK chain ends at a test root whose
+//! SHA-256 (of its DER) is listed: dcap-qvl then runs every check with that root as its trust
+//! anchor (`QuoteVerifier::new_with_config`), the collateral's issuer chains must end at the same
+//! root, and the claims are `hardware_backed = false` with `raw.emulated_root` = the fingerprint.
+//! A chain ending at an unlisted root is refused ([`DcapError::UnknownRoot`], naming it); so is a
+//! collateral whose chains end elsewhere ([`DcapError::CollateralRoot`]), for Intel's root too.
 //!
 //! # Caching
 //!

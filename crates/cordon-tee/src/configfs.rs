@@ -486,6 +486,15 @@ mod tests {
     }
 
     #[test]
+    fn a_real_td_ships_no_collateral() {
+        let fake = fake("tdx_guest", TDX_QUOTE);
+        let bundle = open(&fake).evidence_bundle(&[2; 64]).unwrap();
+        assert_eq!(bundle.evidence, TDX_QUOTE);
+        assert_eq!(bundle.dcap_collateral, None);
+        assert!(bundle.snp_certs.is_empty());
+    }
+
+    #[test]
     fn tdx_quote_comes_from_outblob() {
         let fake = fake("tdx_guest", TDX_QUOTE);
         let tsm = open(&fake);

@@ -118,3 +118,57 @@ fn last_pem_certificate(chain: &str) -> Result<Option<Vec<u8>>, String> {
     }
     Ok(Some(der))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TDX_COLLATERAL: &[u8] =
+        include_bytes!("../../../../testdata/attestation/tdx/tdx_quote_collateral.json");
+
+    fn pem(der: &[u8]) -> String {
+        der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der).unwrap()
+    }
+
+    #[test]
+    fn intel_collateral_chains_end_at_the_intel_root_only() {
+        let c = DcapCollateral::from_json(TDX_COLLATERAL).unwrap();
+        assert_eq!(check_collateral_roots(&c, &Anchor::Intel), Ok(()));
+        let other = Anchor::Emulated {
+            der: b"another root".to_vec(),
+            fingerprint: [9; 32],
+        };
+        let err = check_collateral_roots(&c, &other).unwrap_err();
+        let intel: [u8; 32] = Sha256::digest(INTEL_SGX_ROOT_CA).into();
+        assert_eq!(
+            err,
+            DcapError::CollateralRoot {
+                field: "tcb_info_issuer_chain".into(),
+                found: hex::encode(intel),
+                expected: hex::encode([9; 32]),
+            }
+        );
+        assert_eq!(Anchor::Intel.fingerprint(), intel);
+        assert!(!Anchor::Intel.is_emulated() && other.is_emulated());
+    }
+
+    #[test]
+    fn last_pem_certificate_takes_the_last_block_and_names_bad_ones() {
+        assert_eq!(last_pem_certificate(""), Ok(None));
+        assert_eq!(last_pem_certificate("no pem here"), Ok(None));
+        let two = format!("{}{}", pem(b"first"), pem(b"second"));
+        assert_eq!(last_pem_certificate(&two), Ok(Some(b"second".to_vec())));
+        let err = last_pem_certificate("-----END CERTIFICATE-----").unwrap_err();
+        assert!(err.contains("no BEGIN"), "{err}");
+        let broken = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        assert!(last_pem_certificate(broken)
+            .unwrap_err()
+            .contains("bad PEM"));
+        // Truncations and odd bytes never panic.
+        for end in 0..two.len() {
+            if let Some(prefix) = two.get(..end) {
+                let _ = last_pem_certificate(prefix);
+            }
+        }
+    }
+}

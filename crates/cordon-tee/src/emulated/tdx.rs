@@ -1387,3 +1387,132 @@ impl ConfigFsTsm {
         })))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EvidenceProvider;
+    use der::Decode;
+
+    fn tsm() -> EmulatedTsm {
+        let tdx = EmulatedTdx::generate(EmulatedTdxOptions::new(SystemTime::now())).unwrap();
+        EmulatedTsm {
+            base: PathBuf::from(EMULATED_TSM_BASE),
+            tdx: Arc::new(tdx),
+            reports: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    #[test]
+    fn configfs_model_follows_the_abi() {
+        let fs = tsm();
+        let dir = Path::new(EMULATED_TSM_BASE).join("r1");
+        let attr = |name: &str| dir.join(name);
+        // Only directly under the base.
+        let kind = |r: io::Result<()>| r.unwrap_err().kind();
+        assert_eq!(
+            kind(fs.create_dir(&Path::new(EMULATED_TSM_BASE).join("a/b"))),
+            io::ErrorKind::NotFound
+        );
+        fs.create_dir(&dir).unwrap();
+        assert_eq!(kind(fs.create_dir(&dir)), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs.read(&attr("provider")).unwrap(), b"tdx_guest\n");
+        assert_eq!(fs.read(&attr("generation")).unwrap(), b"0\n");
+        // No outblob before an inblob.
+        assert_eq!(
+            fs.read(&attr("outblob")).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        fs.write(&attr("inblob"), &[7; 64]).unwrap();
+        fs.write(&attr("inblob"), &[8; 10]).unwrap();
+        assert_eq!(fs.read(&attr("generation")).unwrap(), b"2\n");
+        // A short inblob is zero-padded into REPORTDATA (the body's last 64 bytes).
+        let quote = fs.read(&attr("outblob")).unwrap();
+        let mut expected = [0u8; 64];
+        expected[..10].fill(8);
+        assert_eq!(&quote[48 + 520..48 + 584], &expected);
+        assert_eq!(
+            kind(fs.write(&attr("inblob"), &[0; 65])),
+            io::ErrorKind::InvalidInput
+        );
+        // TDX has no privlevel; read-only attributes refuse writes.
+        assert_eq!(
+            kind(fs.write(&attr("privlevel"), b"0\n")),
+            io::ErrorKind::NotFound
+        );
+        assert_eq!(
+            kind(fs.write(&attr("generation"), b"5")),
+            io::ErrorKind::PermissionDenied
+        );
+        assert_eq!(
+            fs.read(&attr("inblob")).unwrap_err().kind(),
+            io::ErrorKind::PermissionDenied
+        );
+        fs.remove_dir(&dir).unwrap();
+        assert_eq!(kind(fs.remove_dir(&dir)), io::ErrorKind::NotFound);
+        assert_eq!(
+            fs.read(&attr("provider")).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn the_provider_leaves_no_report_behind_and_refuses_privlevel() {
+        let tdx = EmulatedTdx::generate(EmulatedTdxOptions::new(SystemTime::now())).unwrap();
+        let tsm = ConfigFsTsm::emulated_tdx(tdx).unwrap();
+        assert_eq!(tsm.base(), Path::new(EMULATED_TSM_BASE));
+        let quote = tsm.evidence(&[3; 64]).unwrap();
+        assert_eq!(&quote[..2], &4u16.to_le_bytes());
+        assert_eq!(&quote[4..8], &0x81u32.to_le_bytes());
+        assert_eq!(&quote[28..48], b"CORDON EMULATED TDX\0");
+        let err = tsm.with_privlevel(0).evidence(&[3; 64]).unwrap_err();
+        assert!(
+            matches!(&err, TeeError::Access { op: "write", path, .. } if path.ends_with("privlevel")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn certificates_name_the_emulation_and_carry_the_sgx_extensions() {
+        let tdx = EmulatedTdx::generate(EmulatedTdxOptions::new(SystemTime::now())).unwrap();
+        for role in [Role::Root, Role::PckCa, Role::Pck, Role::TcbSigning] {
+            let issued = tdx.party_cert(role).unwrap();
+            let subject = issued.cert.tbs_certificate.subject.to_string();
+            assert!(subject.contains("EMULATED"), "{subject}");
+            assert_eq!(Certificate::from_der(&issued.der).unwrap(), issued.cert);
+        }
+        let pck = &tdx.party_cert(Role::Pck).unwrap().cert;
+        let sgx = ObjectIdentifier::new(SGX_EXTENSIONS).unwrap();
+        let ext = pck
+            .tbs_certificate
+            .extensions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.extn_id == sgx)
+            .unwrap();
+        let value = ext.extn_value.as_bytes();
+        // FMSPC entry: OID .1.4, OCTET STRING of the 6 bytes.
+        let mut fmspc = oid(&format!("{SGX_EXTENSIONS}.4")).unwrap();
+        fmspc.extend(tlv(0x04, &EMULATED_FMSPC));
+        assert!(value.windows(fmspc.len()).any(|w| w == fmspc.as_slice()));
+        assert_eq!(
+            tdx.root_fingerprint(),
+            <[u8; 32]>::from(Sha256::digest(tdx.root_der()))
+        );
+    }
+
+    #[test]
+    fn der_helpers_encode_lengths_and_integers() {
+        assert_eq!(tlv(0x04, &[1, 2]), vec![0x04, 2, 1, 2]);
+        let long = tlv(0x04, &[0; 300]);
+        assert_eq!(&long[..4], &[0x04, 0x82, 0x01, 0x2C]);
+        assert_eq!(der_integer(0), vec![0x02, 1, 0]);
+        assert_eq!(der_integer(11), vec![0x02, 1, 11]);
+        assert_eq!(der_integer(0x80), vec![0x02, 2, 0, 0x80]);
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_750_328_163)).unwrap(),
+            "2025-06-19T10:16:03Z"
+        );
+    }
+}
