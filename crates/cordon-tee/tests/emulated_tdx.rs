@@ -574,3 +574,21 @@ fn damaged_state_directories_get_typed_errors() {
         Err(EmulatorError::State { .. })
     ));
 }
+
+#[test]
+fn expired_test_pki_is_refused_naming_the_certificate() {
+    let year = Duration::from_secs(365 * 86_400);
+    let tdx = EmulatedTdx::generate(EmulatedTdxOptions {
+        launch: launch(),
+        certificates_valid: (now() - 3 * year, now() - year),
+        ..EmulatedTdxOptions::new(now())
+    })
+    .unwrap();
+    let err = claims_via_configfs(tdx, &REPORT_DATA).unwrap_err();
+    match &err {
+        EvidenceError::Dcap(DcapError::Expired { item, .. }) => {
+            assert!(item.contains("EMULATED"), "{item}")
+        }
+        other => panic!("unexpected {other}"),
+    }
+}
