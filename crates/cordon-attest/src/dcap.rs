@@ -39,11 +39,22 @@
 //!   and trailing bytes; the TDX fixture carries 70 bytes of zero padding);
 //! - a PCK chain carried in the quote must be plain PEM (no stray bytes between or inside blocks)
 //!   and end with the Intel SGX Root CA, byte for byte (dcap-qvl anchors at its own pinned root and
-//!   ignores the copy);
+//!   ignores the copy), or with an emulated root the caller names (see below); the collateral's
+//!   TCB info, QE identity and PCK CRL issuer chains must end with the same root;
 //! - the QE vendor id gate, naming both values (the library only says "Unknown QE vendor ID");
 //! - errors that name what expired or is not yet valid (TCB info, QE identity, which CRL, a
 //!   certificate) and when;
 //! - normalized claims, with every parsed field in [`Claims::raw`].
+//!
+//! # Emulated roots (tests only)
+//!
+//! [`verify_with_roots`] (and [`Verifier::verify_with_roots`], which `crate::Verifier` calls with
+//! `Endorsements::emulated_roots`) also accepts a quote whose PCK chain ends at a test root whose
+//! SHA-256 (of its DER) is listed: dcap-qvl then runs every check with that root as its trust
+//! anchor (`QuoteVerifier::new_with_config`), the collateral's issuer chains must end at the same
+//! root, and the claims are `hardware_backed = false` with `raw.emulated_root` = the fingerprint.
+//! A chain ending at an unlisted root is refused ([`DcapError::UnknownRoot`], naming it); so is a
+//! collateral whose chains end elsewhere ([`DcapError::CollateralRoot`]), for Intel's root too.
 //!
 //! # Caching
 //!
@@ -93,6 +104,7 @@
 //! (64 bytes, x ‖ y); `raw` = `{"quote": inspect(quote), "verification": {TCB levels, PCK
 //! certificate fields, CRL numbers, collateral dates}}`.
 
+mod anchor;
 mod cache;
 mod collateral;
 mod explain;
@@ -101,7 +113,8 @@ mod structure;
 #[cfg(test)]
 mod tests;
 
-use crate::{Claims, Platform, TcbClaims};
+use crate::{Claims, Platform, TcbClaims, EMULATED_ROOT_CLAIM};
+use anchor::Anchor;
 use dcap_qvl::configs::RustCryptoConfig;
 use dcap_qvl::quote::{Quote, Report};
 use dcap_qvl::verify::QuoteVerifier;
@@ -135,6 +148,23 @@ pub enum DcapError {
     Malformed { len: usize, reason: String },
     #[error("DCAP quote: PCK certificate chain: {0}")]
     PckChain(String),
+    /// The quote's PCK chain ends at a root that is neither the Intel SGX Root CA nor an emulated
+    /// root the endorsements name.
+    #[error(
+        "DCAP quote: the PCK certificate chain ends at a root that is not the Intel SGX Root CA \
+         (SHA-256 of its DER {fingerprint}); a test root is trusted only when the endorsements \
+         name it (emulated_roots)"
+    )]
+    UnknownRoot { fingerprint: String },
+    /// A collateral issuer chain ends at another root than the quote's PCK chain.
+    #[error(
+        "DCAP collateral: `{field}` ends at root {found} (SHA-256), not at the quote's root {expected}"
+    )]
+    CollateralRoot {
+        field: String,
+        found: String,
+        expected: String,
+    },
     #[error("DCAP quote: QE vendor id {found} is not Intel's {expected}")]
     QeVendorId { found: String, expected: String },
     #[error("DCAP collateral: not valid JSON: {0}")]
@@ -255,10 +285,24 @@ pub fn verify(
     collateral: &DcapCollateral,
     now: SystemTime,
 ) -> Result<Claims, DcapError> {
+    verify_with_roots(quote, collateral, &[], now)
+}
+
+/// [`verify`], also accepting a quote whose PCK chain ends at one of `emulated_roots` (SHA-256 of
+/// a test root's DER, [`crate::Endorsements::emulated_roots`]): every check is the same, with that
+/// root as the trust anchor, and the claims are not hardware-backed and name the root
+/// ([`crate::EMULATED_ROOT_CLAIM`]). A chain ending at any other root is refused
+/// ([`DcapError::UnknownRoot`]).
+pub fn verify_with_roots(
+    quote: &[u8],
+    collateral: &DcapCollateral,
+    emulated_roots: &[[u8; 32]],
+    now: SystemTime,
+) -> Result<Claims, DcapError> {
     let now_secs = unix_secs(now)?;
-    let parsed = checked_quote(quote)?;
-    let verified = verify_with_dcap_qvl(quote, &parsed, collateral, now_secs)?;
-    claims(&parsed, &verified)
+    let (parsed, anchor) = checked_quote(quote, collateral, emulated_roots)?;
+    let verified = verify_with_dcap_qvl(quote, &parsed, &anchor, collateral, now_secs)?;
+    claims(&parsed, &anchor, &verified)
 }
 
 fn unix_secs(now: SystemTime) -> Result<u64, DcapError> {
@@ -269,8 +313,13 @@ fn unix_secs(now: SystemTime) -> Result<u64, DcapError> {
 }
 
 /// This module's own gates, which every verification runs first: the header, one encoding per
-/// quote, Intel's QE vendor id, and a plain PEM PCK chain ending with the Intel SGX Root CA.
-fn checked_quote(quote: &[u8]) -> Result<Quote, DcapError> {
+/// quote, Intel's QE vendor id, a plain PEM PCK chain ending with the Intel SGX Root CA or a named
+/// emulated root, and collateral chains ending at that same root.
+fn checked_quote(
+    quote: &[u8],
+    collateral: &DcapCollateral,
+    emulated_roots: &[[u8; 32]],
+) -> Result<(Quote, Anchor), DcapError> {
     let (header, parsed) = parse_quote(quote)?;
     if header.qe_vendor_id != INTEL_QE_VENDOR_ID {
         return Err(DcapError::QeVendorId {
@@ -278,19 +327,26 @@ fn checked_quote(quote: &[u8]) -> Result<Quote, DcapError> {
             expected: hex::encode(INTEL_QE_VENDOR_ID),
         });
     }
-    structure::check_pck_chain(&parsed)?;
-    Ok(parsed)
+    let anchor = anchor::anchor(&parsed, emulated_roots)?;
+    anchor::check_collateral_roots(collateral, &anchor)?;
+    Ok((parsed, anchor))
 }
 
 /// dcap-qvl's whole verification of `quote` (already through [`checked_quote`]) at `now_secs`.
 fn verify_with_dcap_qvl(
     quote: &[u8],
     parsed: &Quote,
+    anchor: &Anchor,
     collateral: &DcapCollateral,
     now_secs: u64,
 ) -> Result<QuoteClaims, DcapError> {
-    QuoteVerifier::new_prod()
-        .with_config::<RustCryptoConfig>()
+    let verifier = match anchor {
+        Anchor::Intel => QuoteVerifier::new_prod().with_config::<RustCryptoConfig>(),
+        Anchor::Emulated { der, .. } => {
+            QuoteVerifier::<RustCryptoConfig>::new_with_config(der.clone())
+        }
+    };
+    verifier
         .allow_debug(true)
         .verify_with_policy(
             quote,
@@ -349,7 +405,7 @@ fn measurements(report: &Report, components: &mut BTreeMap<String, u64>) -> Opti
 
 /// Normalizes dcap-qvl's verified claims. The report comes from the library's verified result; the
 /// attestation key (not part of it) from the same quote bytes, parsed before verification.
-fn claims(quote: &Quote, verified: &QuoteClaims) -> Result<Claims, DcapError> {
+fn claims(quote: &Quote, anchor: &Anchor, verified: &QuoteClaims) -> Result<Claims, DcapError> {
     let pck = &verified.platform.pck;
     let mut components = BTreeMap::new();
     put_svns(&mut components, "cpu_svn", &pck.cpu_svn);
@@ -357,9 +413,16 @@ fn claims(quote: &Quote, verified: &QuoteClaims) -> Result<Claims, DcapError> {
     components.insert("qe_isv_svn".into(), verified.qe.report.isv_svn.into());
     let m = measurements(&verified.report, &mut components)
         .ok_or_else(|| DcapError::Verification("report body of an unknown kind".into()))?;
+    let mut raw = serde_json::json!({
+        "quote": inspect::quote_json(quote),
+        "verification": inspect::verification_json(verified),
+    });
+    if let (Anchor::Emulated { fingerprint, .. }, Some(map)) = (anchor, raw.as_object_mut()) {
+        map.insert(EMULATED_ROOT_CLAIM.into(), hex::encode(fingerprint).into());
+    }
     Ok(Claims {
         platform: m.platform,
-        hardware_backed: true,
+        hardware_backed: !anchor.is_emulated(),
         launch_measurement: m.launch,
         signer_measurement: m.signer,
         workload_data: m.workload,
@@ -373,10 +436,7 @@ fn claims(quote: &Quote, verified: &QuoteClaims) -> Result<Claims, DcapError> {
         }),
         platform_id: Some(pck.fmspc.to_vec()),
         attestation_key: inspect::attestation_key(quote).to_vec(),
-        raw: serde_json::json!({
-            "quote": inspect::quote_json(quote),
-            "verification": inspect::verification_json(verified),
-        }),
+        raw,
     })
 }
 

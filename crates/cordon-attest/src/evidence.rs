@@ -189,7 +189,9 @@ impl Verifier {
                     .as_ref()
                     .or(shipped.dcap_collateral.as_ref())
                     .ok_or(EvidenceError::MissingCollateral)?;
-                Ok(self.dcap.verify(bytes, collateral, now)?)
+                Ok(self
+                    .dcap
+                    .verify_with_roots(bytes, collateral, &e.emulated_roots, now)?)
             }
         }
     }

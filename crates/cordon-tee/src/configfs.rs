@@ -7,7 +7,7 @@
 //! write to an input attribute increments `generation`; the ABI document tells userspace to check it
 //! before writing `inblob` and after reading `outblob` to detect another writer on the same report.
 
-use crate::{EvidenceProvider, TeeError};
+use crate::{EvidenceBundle, EvidenceProvider, TeeError};
 use cordon_attest::Platform;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -56,7 +56,12 @@ pub struct ConfigFsTsm {
     privlevel: Option<u8>,
     platform: Platform,
     fs: Arc<dyn ReportFs>,
+    /// DCAP collateral shipped with each quote: an emulated platform's own; none on a real TD.
+    dcap_collateral: Option<CollateralSource>,
 }
+
+/// Produces the DCAP collateral (JSON) shipped in an evidence bundle.
+pub(crate) type CollateralSource = Arc<dyn Fn() -> Result<Vec<u8>, TeeError> + Send + Sync>;
 
 impl ConfigFsTsm {
     /// Where the kernel mounts the report interface.
@@ -79,6 +84,7 @@ impl ConfigFsTsm {
             privlevel: None,
             platform,
             fs,
+            dcap_collateral: None,
         })
     }
 
@@ -87,6 +93,12 @@ impl ConfigFsTsm {
     /// have the attribute; the kernel rejects levels below `privlevel_floor`.
     pub fn with_privlevel(mut self, level: u8) -> ConfigFsTsm {
         self.privlevel = Some(level);
+        self
+    }
+
+    /// Ships the collateral `source` makes with every quote ([`EvidenceProvider::evidence_bundle`]).
+    pub(crate) fn with_dcap_collateral(mut self, source: CollateralSource) -> ConfigFsTsm {
+        self.dcap_collateral = Some(source);
         self
     }
 
@@ -102,6 +114,7 @@ impl std::fmt::Debug for ConfigFsTsm {
             .field("base", &self.base)
             .field("privlevel", &self.privlevel)
             .field("platform", &self.platform)
+            .field("ships_dcap_collateral", &self.dcap_collateral.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +122,19 @@ impl std::fmt::Debug for ConfigFsTsm {
 impl EvidenceProvider for ConfigFsTsm {
     fn platform(&self) -> Platform {
         self.platform
+    }
+
+    fn evidence_bundle(&self, report_data: &[u8; 64]) -> Result<EvidenceBundle, TeeError> {
+        let evidence = self.evidence(report_data)?;
+        let dcap_collateral = match &self.dcap_collateral {
+            Some(source) => Some(source()?),
+            None => None,
+        };
+        Ok(EvidenceBundle {
+            evidence,
+            dcap_collateral,
+            ..EvidenceBundle::default()
+        })
     }
 
     fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, TeeError> {
@@ -457,6 +483,15 @@ mod tests {
         assert!(st.privlevels.is_empty());
         assert_eq!(st.created, 2, "one directory to probe, one for the report");
         assert!(st.reports.is_empty(), "report directories left behind");
+    }
+
+    #[test]
+    fn a_real_td_ships_no_collateral() {
+        let fake = fake("tdx_guest", TDX_QUOTE);
+        let bundle = open(&fake).evidence_bundle(&[2; 64]).unwrap();
+        assert_eq!(bundle.evidence, TDX_QUOTE);
+        assert_eq!(bundle.dcap_collateral, None);
+        assert!(bundle.snp_certs.is_empty());
     }
 
     #[test]

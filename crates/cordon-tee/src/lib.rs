@@ -14,6 +14,7 @@
 mod cache;
 mod configfs;
 mod detect;
+pub mod emulated;
 mod gramine;
 mod sev_guest;
 #[cfg(test)]
@@ -46,6 +47,9 @@ pub enum TeeError {
     },
     #[error("simulated hardware key file is invalid: {0}")]
     SimKey(String),
+    /// An emulated platform (tests only) could not produce evidence or endorsements.
+    #[error("emulated platform: {0}")]
+    Emulated(String),
     /// A file, directory or device of a TEE interface could not be used; `op` says how it was used
     /// (`mkdir`, `read`, `write`, `rmdir`, `open`, `ioctl SNP_GET_REPORT`).
     #[error("{op} {}: {source}", path.display())]

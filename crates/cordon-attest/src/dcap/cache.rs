@@ -53,7 +53,7 @@
 //! unchanged as long as webpki builds the same paths, which holds when no chain has a certificate
 //! to spare: an entry is stored only when the TCB info and QE identity issuer chains hold two
 //! certificates each and the quote carries its PCK chain (certification data type 5, none in the
-//! collateral) with three, the last being the Intel SGX Root CA. Other quotes are verified in full
+//! collateral) with three, the last being the root the quote is verified under (Intel's, or a named emulated root). Other quotes are verified in full
 //! at every call.
 //!
 //! **Cost.** The first quote of each platform endorsement under a collateral pays dcap-qvl's full
@@ -61,6 +61,7 @@
 //! attributes); after that each quote costs one ECDSA verification, a SHA-384 over the quote, and
 //! building the claims.
 
+use super::anchor::Anchor;
 use super::{checked_quote, claims, unix_secs, verify_with_dcap_qvl, DcapCollateral, DcapError};
 use crate::Claims;
 use dcap_qvl::config::{CryptoProvider, EcdsaSigEncoder};
@@ -111,9 +112,23 @@ impl Verifier {
         collateral: &DcapCollateral,
         now: SystemTime,
     ) -> Result<Claims, DcapError> {
+        self.verify_with_roots(quote, collateral, &[], now)
+    }
+
+    /// Verifies `quote` against `collateral` at `now`, also under the emulated roots named:
+    /// the same result as [`super::verify_with_roots`]. Entries are keyed by the root too, and
+    /// the root is judged against `emulated_roots` before any lookup, so a verdict reached under
+    /// an emulated root never answers a call that does not name it.
+    pub fn verify_with_roots(
+        &self,
+        quote: &[u8],
+        collateral: &DcapCollateral,
+        emulated_roots: &[[u8; 32]],
+        now: SystemTime,
+    ) -> Result<Claims, DcapError> {
         let now_secs = unix_secs(now)?;
-        let parsed = checked_quote(quote)?;
-        let key = endorsement_key(quote, &parsed, collateral);
+        let (parsed, anchor) = checked_quote(quote, collateral, emulated_roots)?;
+        let key = endorsement_key(quote, &parsed, &anchor, collateral);
         if let Some(entry) = self.lookup(&key) {
             if within_window(&entry, now_secs) && quote_signature_verifies(quote, &parsed) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
@@ -123,15 +138,15 @@ impl Verifier {
                     report: parsed.report.clone(),
                     ..QuoteClaims::clone(&entry)
                 };
-                return claims(&parsed, &verified);
+                return claims(&parsed, &anchor, &verified);
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let verified = verify_with_dcap_qvl(quote, &parsed, collateral, now_secs)?;
+        let verified = verify_with_dcap_qvl(quote, &parsed, &anchor, collateral, now_secs)?;
         if has_unique_paths(&parsed, collateral) {
             self.store(key, verified.clone());
         }
-        claims(&parsed, &verified)
+        claims(&parsed, &anchor, &verified)
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -187,8 +202,14 @@ fn per_quote_ranges(quote: &Quote) -> Vec<Range<usize>> {
     ranges
 }
 
-/// SHA-384 over the collateral digest and the quote with [`per_quote_ranges`] zeroed.
-fn endorsement_key(quote: &[u8], parsed: &Quote, collateral: &DcapCollateral) -> [u8; 48] {
+/// SHA-384 over the root's fingerprint, the collateral digest and the quote with
+/// [`per_quote_ranges`] zeroed.
+fn endorsement_key(
+    quote: &[u8],
+    parsed: &Quote,
+    anchor: &Anchor,
+    collateral: &DcapCollateral,
+) -> [u8; 48] {
     let mut masked = quote.to_vec();
     for range in per_quote_ranges(parsed) {
         if let Some(bytes) = masked.get_mut(range) {
@@ -196,7 +217,8 @@ fn endorsement_key(quote: &[u8], parsed: &Quote, collateral: &DcapCollateral) ->
         }
     }
     let mut h = Sha384::new();
-    h.update(b"cordon dcap endorsement v1");
+    h.update(b"cordon dcap endorsement v2");
+    h.update(anchor.fingerprint());
     h.update(collateral.digest());
     h.update(&masked);
     h.finalize().into()
@@ -256,6 +278,6 @@ impl Verifier {
 
 #[cfg(test)]
 pub(super) fn key_for_tests(quote: &[u8], collateral: &DcapCollateral) -> Option<[u8; 48]> {
-    let parsed = checked_quote(quote).ok()?;
-    Some(endorsement_key(quote, &parsed, collateral))
+    let (parsed, anchor) = checked_quote(quote, collateral, &[]).ok()?;
+    Some(endorsement_key(quote, &parsed, &anchor, collateral))
 }

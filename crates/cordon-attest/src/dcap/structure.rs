@@ -99,21 +99,19 @@ fn auth_data_len(auth: &AuthData) -> Result<usize, String> {
     }
 }
 
-/// A PCK chain carried in the quote (type 5) must be plain PEM certificates, and end with the Intel
-/// SGX Root CA. Other types carry no chain: dcap-qvl then takes it from the collateral.
-pub(super) fn check_pck_chain(quote: &Quote) -> Result<(), DcapError> {
+/// A PCK chain carried in the quote (type 5) must be plain PEM certificates; returns its last
+/// certificate (DER), the root the chain claims, which [`super::anchor`] judges. Other types carry
+/// no chain (`None`): dcap-qvl then takes it from the collateral, under the Intel root.
+pub(super) fn pck_chain_root(quote: &Quote) -> Result<Option<Vec<u8>>, DcapError> {
     if quote.inner_cert_type() != PCK_CERT_CHAIN {
-        return Ok(());
+        return Ok(None);
     }
     let chain_error = |reason: String| DcapError::PckChain(reason);
     check_pem(quote.inner_cert_data()).map_err(chain_error)?;
     let chain =
         dcap_qvl::intel::extract_cert_chain(quote).map_err(|e| chain_error(format!("{e:#}")))?;
-    match chain.last() {
-        Some(root) if root.as_slice() == INTEL_SGX_ROOT_CA => Ok(()),
-        Some(_) => Err(chain_error(
-            "the last certificate is not the Intel SGX Root CA".into(),
-        )),
+    match chain.into_iter().last() {
+        Some(root) => Ok(Some(root)),
         None => Err(chain_error("no certificate".into())),
     }
 }
