@@ -174,11 +174,7 @@ fn verify(a: VerifyArgs) -> Result<u8> {
         println!(
             "  platform            {}{}",
             claims.platform,
-            if claims.hardware_backed {
-                ""
-            } else {
-                " (SIMULATED)"
-            }
+            crate::util::provenance(&claims)
         );
         println!(
             "  launch measurement  {}",

@@ -578,6 +578,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             DEV_MODELS,
             &["--dev-plaintext-inference".to_string()],
             None,
+            deploy::DeployPlatform::Sim,
             &util::tokio_runtime()?,
         )?;
         let doc = d.client_doc.clone();

@@ -146,7 +146,7 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
     println!("\n== The confidential setup ==");
     let rt = util::tokio_runtime()?;
     let mut children = Children(Vec::new());
-    let kbs = deploy::start_kbs(&dir, &mut children)?;
+    let kbs = deploy::start_kbs(&dir, &mut children, None)?;
     let trainer_config = RuntimeConfig {
         kbs_url: kbs.url.clone(),
         kbs_public_key: Some(hex::encode(kbs.identity)),
@@ -161,7 +161,14 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
     };
     let (trainer_path, trainer_measurement) = measured_config(&dir, "trainer", &trainer_config)?;
     let (release_policy, trainer_doc) = sim_policy(&trainer_measurement, kbs.hw.public_key());
-    let trainer_url = deploy::start_runtime(&dir, &mut children, "trainer", &trainer_path, &[])?;
+    let trainer_url = deploy::start_runtime(
+        &dir,
+        &mut children,
+        "trainer",
+        &trainer_path,
+        deploy::DeployPlatform::Sim,
+        &[],
+    )?;
     println!(
         "[trainer] training runtime at {trainer_url}, measurement {}…",
         &hex::encode(trainer_measurement)[..16]
@@ -355,7 +362,14 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
         bail!("the job did not register its model for serving");
     }
     std::fs::write(&sealed_model, rt.block_on(clients[2].sealed_model(&hash))?)?;
-    let server_url = deploy::start_runtime(&dir, &mut children, "server", &server_path, &[])?;
+    let server_url = deploy::start_runtime(
+        &dir,
+        &mut children,
+        "server",
+        &server_path,
+        deploy::DeployPlatform::Sim,
+        &[],
+    )?;
     let row = benchmark.row(0);
     let request: InferRequest = serde_json::from_value(serde_json::json!({
         "inputs": [{"name": "input", "shape": [1, row.len()], "datatype": "FP32", "data": row}]

@@ -37,6 +37,10 @@ pub struct UpArgs {
         requires = "onnxruntime_library"
     )]
     onnxruntime_models: Vec<String>,
+    /// Run the runtime with `--platform hardware` on an emulated platform instead of the
+    /// simulated TEE (for tests and CI: EMULATED, NOT hardware-backed).
+    #[arg(long, value_enum)]
+    emulate: Option<crate::emulator::EmulatedPlatform>,
 }
 
 pub fn run(c: DevCommand) -> Result<()> {
@@ -47,8 +51,18 @@ pub fn run(c: DevCommand) -> Result<()> {
 
 fn up(a: UpArgs) -> Result<()> {
     let dir = a.data_dir;
+    let platform = a.emulate.map_or(
+        deploy::DeployPlatform::Sim,
+        deploy::DeployPlatform::Emulated,
+    );
     println!("Cordon dev: data directory {}", dir.display());
-    println!("Platform: SIMULATED TEE. Nothing here is hardware-backed; it is for development, not for data that matters.\n");
+    println!(
+        "Platform: {}. Nothing here is hardware-backed; it is for development, not for data that matters.\n",
+        match platform {
+            deploy::DeployPlatform::Sim => "SIMULATED TEE".to_string(),
+            p => p.label(),
+        }
+    );
     let rt = util::tokio_runtime()?;
     let mut runtime_args = Vec::new();
     if let Some(w) = a.workers {
@@ -62,8 +76,14 @@ fn up(a: UpArgs) -> Result<()> {
         .as_deref()
         .map(|lib| OnnxRuntimeChoice::for_library(lib, a.onnxruntime_models.clone()))
         .transpose()?;
-    let mut deployment =
-        deploy::deploy(&dir, DEV_MODELS, &runtime_args, onnxruntime.as_ref(), &rt)?;
+    let mut deployment = deploy::deploy(
+        &dir,
+        DEV_MODELS,
+        &runtime_args,
+        onnxruntime.as_ref(),
+        platform,
+        &rt,
+    )?;
     let input = dir.join("demo-input.json");
     std::fs::write(&input, DEMO_INPUT)?;
     let names: Vec<&str> = deployment.models.iter().map(|m| m.name.as_str()).collect();

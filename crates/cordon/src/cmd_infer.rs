@@ -44,11 +44,7 @@ pub fn run(a: InferArgs) -> Result<()> {
         eprintln!(
             "verified runtime: platform {}{}, launch measurement {}, debug {}",
             c.platform,
-            if c.hardware_backed {
-                ""
-            } else {
-                " (SIMULATED, not hardware-backed)"
-            },
+            crate::util::provenance(c),
             hex::encode(&c.launch_measurement),
             c.debug
         );

@@ -198,11 +198,7 @@ fn client(rt: &tokio::runtime::Runtime, conn: &Conn) -> Result<JobClient> {
         conn.runtime,
         claims.platform,
         util::short_hex(&claims.launch_measurement),
-        if claims.platform.is_hardware_backed() {
-            ""
-        } else {
-            " -- SIMULATED, NOT hardware-backed"
-        }
+        util::provenance(&claims)
     );
     Ok(c)
 }
@@ -419,11 +415,7 @@ pub fn verify_receipt(receipt: &Receipt, doc: &PolicyDocument) -> Result<String>
         util::short_hex(&receipt.body.attestation.runtime_keys.signing_public_key),
         claims.platform,
         util::short_hex(&claims.launch_measurement),
-        if claims.platform.is_hardware_backed() {
-            ""
-        } else {
-            " -- SIMULATED, NOT hardware-backed"
-        }
+        util::provenance(&claims)
     ))
 }
 

@@ -185,6 +185,11 @@ pub struct ServeArgs {
     /// Intel DCAP collateral (dcap-qvl JSON bundle or a directory of PCS responses) for TDX/SGX quotes.
     #[arg(long)]
     dcap_collateral: Option<PathBuf>,
+    /// Tests only: SHA-256 (hex) of an emulated platform's root (`cordon emulator show`) whose
+    /// evidence to verify; repeatable. Its claims are NOT hardware-backed, and a release policy
+    /// must also name the root (`emulated_roots`) to release anything to it.
+    #[arg(long = "emulated-root")]
+    emulated_roots: Vec<String>,
     /// On first start, create the admin token and write it here (mode 0600). The store keeps only its hash.
     #[arg(long)]
     init_admin_token_file: Option<PathBuf>,
@@ -684,11 +689,7 @@ pub async fn attested_kbs_key(
         hex::encode(verified.hpke_public_key),
         policy.display(),
         c.platform,
-        if c.hardware_backed {
-            ""
-        } else {
-            " -- SIMULATED, NOT hardware-backed"
-        },
+        util::provenance(c),
         hex::encode(&c.launch_measurement),
         c.debug
     );
@@ -717,6 +718,19 @@ fn serve(a: ServeArgs) -> Result<()> {
     }
     if let Some(path) = &a.dcap_collateral {
         endorsements.dcap_collateral = Some(util::load_collateral(path)?);
+    }
+    for root in &a.emulated_roots {
+        let fingerprint: [u8; 32] = hex::decode(root.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .with_context(|| {
+                format!("--emulated-root {root:?} is not a SHA-256 fingerprint (64 hex digits)")
+            })?;
+        eprintln!(
+            "WARNING: evidence of the EMULATED platform with root {root} is verified: it is NOT \
+             hardware-backed; for tests only"
+        );
+        endorsements.emulated_roots.push(fingerprint);
     }
     // A certificate or key that is missing or does not match stops the start, before the store.
     let tls = a.tls.load()?;

@@ -51,6 +51,15 @@ pub struct ServeArgs {
     /// The simulated hardware key (from `cordon sim keygen`).
     #[arg(long, required_if_eq("platform", "sim"))]
     sim_hardware_key: Option<PathBuf>,
+    /// With --platform hardware: the emulated platform in this directory (`cordon emulator init`)
+    /// instead of the machine's. Tests and CI only: EMULATED, NOT hardware-backed.
+    #[arg(long)]
+    emulator: Option<PathBuf>,
+    /// With --platform hardware: endorsements to ship with the evidence when the platform ships
+    /// none, from a directory `cordon attest fetch EVIDENCE --out DIR` filled (the VCEK, or DCAP
+    /// collateral). Input to verifiers, never trust.
+    #[arg(long)]
+    endorsements: Option<PathBuf>,
     /// Simulate a debug TEE (its memory readable by the host); policies without allow_debug refuse it.
     #[arg(long)]
     sim_debug: bool,
@@ -207,12 +216,32 @@ fn serve(a: ServeArgs) -> Result<()> {
             Arc::new(tee)
         }
         PlatformArg::Hardware => {
-            let provider = cordon_tee::detect(Path::new("/"))?;
-            eprintln!("TEE platform detected: {}", provider.platform());
+            let mut provider = match &a.emulator {
+                Some(dir) => {
+                    let emulator = crate::emulator::Emulator::open(dir)?;
+                    eprintln!("WARNING: {}", emulator.warning());
+                    emulator.provider()?
+                }
+                None => {
+                    let provider = cordon_tee::detect(Path::new("/"))?;
+                    eprintln!("TEE platform detected: {}", provider.platform());
+                    provider
+                }
+            };
+            if let Some(dir) = &a.endorsements {
+                provider = Box::new(cordon_tee::EndorsementCache::open(provider, dir)?);
+                eprintln!(
+                    "shipping the endorsements of {} with the evidence",
+                    dir.display()
+                );
+            }
             cordon_runtime::check_config_binding(provider.as_ref(), &config_bytes)?;
             Arc::from(provider)
         }
     };
+    if a.platform == PlatformArg::Sim && (a.emulator.is_some() || a.endorsements.is_some()) {
+        bail!("--emulator and --endorsements go with --platform hardware");
+    }
     if a.dev_plaintext_inference {
         if a.platform != PlatformArg::Sim {
             bail!("--dev-plaintext-inference is for development with --platform sim only");

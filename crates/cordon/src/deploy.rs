@@ -3,6 +3,7 @@
 //! measurement, and a runtime (its own process, simulated TEE) attests, receives the keys and
 //! unseals the models in memory. Both commands print the same steps; what they do afterwards differs.
 
+use crate::emulator::{EmulatedPlatform, Emulator};
 use crate::{cmd_kbs, util};
 use anyhow::{bail, Context, Result};
 use cordon_attest::{Endorsements, Platform, Policy, PolicyDocument};
@@ -13,6 +14,37 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
+
+/// Where a deployment's runtime runs: the simulated TEE, or an emulated SNP/TDX platform (the
+/// hardware code path, with evidence signed by a test root; EMULATED, NOT hardware-backed).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum DeployPlatform {
+    Sim,
+    Emulated(EmulatedPlatform),
+}
+
+impl DeployPlatform {
+    /// The emulated platform's state directory under a deployment's data directory.
+    fn emulator_dir(self, dir: &Path) -> Option<(PathBuf, EmulatedPlatform)> {
+        match self {
+            DeployPlatform::Sim => None,
+            DeployPlatform::Emulated(p) => {
+                Some((dir.join(format!("emulator-{}", p.platform())), p))
+            }
+        }
+    }
+
+    /// What tools print about evidence from this platform.
+    pub fn label(self) -> String {
+        match self {
+            DeployPlatform::Sim => "SIMULATED, NOT hardware-backed".into(),
+            DeployPlatform::Emulated(p) => format!(
+                "EMULATED {}, NOT hardware-backed",
+                p.platform().to_string().to_uppercase()
+            ),
+        }
+    }
+}
 
 /// A model shipped in the binary for demos.
 #[derive(Clone, Copy)]
@@ -148,8 +180,13 @@ pub struct StartedKbs {
 }
 
 /// Creates (or reuses) the simulated hardware key under `dir/keys` and starts a KBS process with
-/// its store in `dir/kbs`, logging to `dir/run/kbs.log`.
-pub fn start_kbs(dir: &Path, children: &mut Children) -> Result<StartedKbs> {
+/// its store in `dir/kbs`, logging to `dir/run/kbs.log`. With `emulated_root`, the KBS also
+/// verifies evidence of the emulated platform with that root.
+pub fn start_kbs(
+    dir: &Path,
+    children: &mut Children,
+    emulated_root: Option<[u8; 32]>,
+) -> Result<StartedKbs> {
     for sub in ["keys", "kbs", "run"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
@@ -171,6 +208,11 @@ pub fn start_kbs(dir: &Path, children: &mut Children) -> Result<StartedKbs> {
     let _ = std::fs::remove_file(&identity_path);
     let token_path = dir.join("keys/admin-token");
     let kbs_log = run_dir.join("kbs.log");
+    let root_arg = emulated_root.map(hex::encode);
+    let mut extra: Vec<&str> = Vec::new();
+    if let Some(root) = &root_arg {
+        extra.extend(["--emulated-root", root.as_str()]);
+    }
     spawn(
         children,
         "kbs",
@@ -198,7 +240,10 @@ pub fn start_kbs(dir: &Path, children: &mut Children) -> Result<StartedKbs> {
             "sim",
             "--sim-hardware-key",
             &p(&dir.join("keys/sim-hardware.key")),
-        ],
+        ]
+        .into_iter()
+        .chain(extra)
+        .collect::<Vec<_>>(),
         &kbs_log,
     )?;
     let kbs_url = wait_for_addr(children, "kbs", &kbs_addr, &kbs_log)?;
@@ -262,13 +307,15 @@ pub fn start_kbs(dir: &Path, children: &mut Children) -> Result<StartedKbs> {
     })
 }
 
-/// Starts a runtime process (simulated TEE, the hardware key under `dir/keys`) with `config`, and
-/// waits until it serves. `name` names its log and address files under `dir/run`.
+/// Starts a runtime process with `config` and waits until it serves: on the simulated TEE (the
+/// hardware key under `dir/keys`), or with `--platform hardware` on the emulated platform of
+/// `platform`. `name` names its log and address files under `dir/run`.
 pub fn start_runtime(
     dir: &Path,
     children: &mut Children,
     name: &str,
     config: &Path,
+    platform: DeployPlatform,
     extra_args: &[String],
 ) -> Result<String> {
     let p = |p: &Path| p.to_string_lossy().into_owned();
@@ -283,16 +330,26 @@ pub fn start_runtime(
         &p(config),
         "--listen",
         "127.0.0.1:0",
-        "--platform",
-        "sim",
-        "--sim-hardware-key",
-        &p(&dir.join("keys/sim-hardware.key")),
         "--addr-file",
         &p(&addr),
     ]
     .iter()
     .map(|a| a.to_string())
     .collect();
+    match platform.emulator_dir(dir) {
+        None => args.extend([
+            "--platform".into(),
+            "sim".into(),
+            "--sim-hardware-key".into(),
+            p(&dir.join("keys/sim-hardware.key")),
+        ]),
+        Some((emulator, _)) => args.extend([
+            "--platform".into(),
+            "hardware".into(),
+            "--emulator".into(),
+            p(&emulator),
+        ]),
+    }
     args.extend(extra_args.iter().cloned());
     spawn(
         children,
@@ -353,6 +410,7 @@ pub fn deploy(
     models: &[DemoModel],
     runtime_args: &[String],
     onnxruntime: Option<&OnnxRuntimeChoice>,
+    platform: DeployPlatform,
     rt: &tokio::runtime::Runtime,
 ) -> Result<Deployment> {
     if models.is_empty() {
@@ -420,9 +478,22 @@ pub fn deploy(
         ));
     }
 
-    // 2-3. The simulated hardware key and the key broker, in its own process.
+    // 2-3. The simulated hardware key (the KBS attests itself with it) and the key broker, in its
+    //      own process; on an emulated platform, the KBS verifies that platform's test root too.
+    let mut emulator = platform
+        .emulator_dir(dir)
+        .map(|(emulator_dir, p)| {
+            let e = Emulator::open_or_create(&emulator_dir, p)?;
+            println!("[host]    WARNING: {}", e.warning());
+            Ok::<_, anyhow::Error>((emulator_dir, e))
+        })
+        .transpose()?;
     let mut children = Children(Vec::new());
-    let kbs = start_kbs(dir, &mut children)?;
+    let kbs = start_kbs(
+        dir,
+        &mut children,
+        emulator.as_ref().map(|(_, e)| e.root_fingerprint()),
+    )?;
     let (kbs_url, kbs_key, hw) = (kbs.url.clone(), kbs.identity, kbs.hw);
 
     // 4. The runtime's configuration is part of its measurement; the release policy names it.
@@ -450,11 +521,36 @@ pub fn deploy(
     let config_path = dir.join("runtime.toml");
     let config_text = config.to_toml();
     std::fs::write(&config_path, &config_text)?;
-    let measurement = sim_launch_measurement(&std::env::current_exe()?, config_text.as_bytes())?;
-    let policy = Policy {
-        workload_data: Some(vec![0; 32]),
-        ..Policy::new(vec![Platform::Sim], vec![measurement.to_vec()])
+    let policy = match &mut emulator {
+        None => {
+            let measurement =
+                sim_launch_measurement(&std::env::current_exe()?, config_text.as_bytes())?;
+            Policy {
+                workload_data: Some(vec![0; 32]),
+                ..Policy::new(vec![Platform::Sim], vec![measurement.to_vec()])
+            }
+        }
+        Some((emulator_dir, e)) => {
+            // The host launches the TEE with the configuration's hash as its workload data, and
+            // collateral issued now; the policy pins both, and names the emulated root.
+            e.launch(Some(config_text.as_bytes()), None, false, true)?;
+            e.save(emulator_dir)?;
+            let workload =
+                cordon_runtime::config_workload_data(e.platform(), config_text.as_bytes())
+                    .context("an emulated platform binds the configuration")?;
+            println!(
+                "[host]    launched the emulated {} with workload data {}… (the hash of runtime.toml)",
+                e.platform(),
+                util::short_hex(&workload)
+            );
+            Policy {
+                workload_data: Some(workload),
+                emulated_roots: vec![e.root_fingerprint().to_vec()],
+                ..Policy::new(vec![e.platform()], vec![e.launch_measurement()])
+            }
+        }
     };
+    let measurement = policy.launch_measurements[0].clone();
     std::fs::write(dir.join("release-policy.toml"), policy.to_toml())?;
     let token = kbs.token;
     let admin = cmd_kbs::Admin::new(
@@ -470,17 +566,31 @@ pub fn deploy(
         models_out.push(model);
     }
     println!(
-        "[owner]   registered the {} with release policy: platform sim, measurement {}…, no debug",
+        "[owner]   registered the {} with release policy: platform {}, measurement {}…, workload \
+         data pinned, no debug{}",
         if models_out.len() == 1 {
             "key".to_string()
         } else {
             format!("{} keys", models_out.len())
         },
-        util::short_hex(&measurement)
+        policy.platforms[0],
+        util::short_hex(&measurement),
+        if policy.emulated_roots.is_empty() {
+            ""
+        } else {
+            ", emulated root named (a test policy)"
+        }
     );
 
     // 5. The runtime, in its own process: attests, receives the DEKs, unseals in memory.
-    let runtime_url = start_runtime(dir, &mut children, "runtime", &config_path, runtime_args)?;
+    let runtime_url = start_runtime(
+        dir,
+        &mut children,
+        "runtime",
+        &config_path,
+        platform,
+        runtime_args,
+    )?;
     println!(
         "[runtime] attested to the KBS, {} in memory, serving at {runtime_url}",
         if models_out.len() == 1 {
@@ -490,13 +600,17 @@ pub fn deploy(
         }
     );
 
-    // 6. The client's policy: the same reference values, and the trust anchor to verify with.
+    // 6. The client's policy: the same reference values, and for sim the trust anchor to verify
+    //    with (hardware evidence comes with its endorsements; the emulated root is in the policy).
     let client_doc = PolicyDocument {
+        endorsements: policy
+            .platforms
+            .contains(&Platform::Sim)
+            .then(|| Endorsements {
+                sim_trust_anchors: vec![hw.public_key()],
+                ..Default::default()
+            }),
         policy,
-        endorsements: Some(Endorsements {
-            sim_trust_anchors: vec![hw.public_key()],
-            ..Default::default()
-        }),
     };
     let client_policy_path = dir.join("client-policy.toml");
     std::fs::write(&client_policy_path, client_doc.to_toml())?;

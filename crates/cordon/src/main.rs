@@ -19,6 +19,7 @@ mod cmd_proxy;
 mod cmd_runtime;
 mod cmd_seal;
 mod deploy;
+mod emulator;
 mod output;
 mod quickstart;
 mod util;
@@ -66,6 +67,9 @@ enum Command {
     /// Verify or inspect attestation evidence: AMD SEV-SNP reports, Intel DCAP quotes, sim evidence.
     #[command(subcommand)]
     Attest(cmd_attest::AttestCommand),
+    /// Emulated SEV-SNP and TDX platforms for tests and CI (EMULATED, NOT hardware-backed).
+    #[command(subcommand)]
+    Emulator(emulator::EmulatorCommand),
     /// Write a release policy and a client policy from reference values (measurements, the
     /// runtime configuration, TCB minimums, a machine allowlist).
     #[command(subcommand)]
@@ -116,6 +120,7 @@ fn main() -> ExitCode {
         Command::Runtime(c) => cmd_runtime::run(c),
         Command::Sim(c) => cmd_runtime::run_sim(c),
         Command::Policy(c) => cmd_policy::run(c),
+        Command::Emulator(c) => emulator::run(c),
         Command::Infer(a) => cmd_infer::run(a),
         Command::Proxy(a) => cmd_proxy::run(a),
         Command::Dev(c) => cmd_dev::run(c),

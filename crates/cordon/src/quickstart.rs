@@ -4,7 +4,8 @@
 //! the runtime's measurement → runtime (its own process) attests, receives the DEK, unseals in memory →
 //! a client verifies the runtime's evidence and sends an encrypted inference request.
 
-use crate::deploy::{self, BREAST_CANCER_LR, DEMO_INPUT};
+use crate::deploy::{self, DeployPlatform, BREAST_CANCER_LR, DEMO_INPUT};
+use crate::emulator::EmulatedPlatform;
 use crate::{cmd_kbs, util};
 use anyhow::{bail, Result};
 use cordon_proto::oip::InferRequest;
@@ -19,16 +20,31 @@ pub struct Args {
     /// Where state lives (keys, sealed model, KBS store, logs). Reused by later runs.
     #[arg(long, default_value_os_t = std::env::temp_dir().join("cordon-quickstart"))]
     data_dir: PathBuf,
+    /// Run the runtime with `--platform hardware` on an emulated platform instead of the
+    /// simulated TEE: the hardware code path (configfs-tsm, the vendor's certificate chains and
+    /// TCB checks, the configuration binding) with evidence signed by a test root. For tests and
+    /// CI: EMULATED, NOT hardware-backed.
+    #[arg(long, value_enum)]
+    emulate: Option<EmulatedPlatform>,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let dir = a.data_dir;
+    let platform = a
+        .emulate
+        .map_or(DeployPlatform::Sim, DeployPlatform::Emulated);
     println!("Cordon quickstart: data directory {}", dir.display());
-    println!("Platform: SIMULATED TEE. Nothing below is hardware-backed; it shows the protocol, not isolation.\n");
+    match platform {
+        DeployPlatform::Sim => println!("Platform: SIMULATED TEE. Nothing below is hardware-backed; it shows the protocol, not isolation.\n"),
+        DeployPlatform::Emulated(_) => println!(
+            "Platform: {}. The runtime takes the hardware path, but its evidence is signed by a test root: nothing below is hardware-backed.\n",
+            platform.label()
+        ),
+    }
 
     // 1-5. Owner seals, KBS holds the key, runtime attests and unseals (see `deploy`).
     let rt = util::tokio_runtime()?;
-    let deployment = deploy::deploy(&dir, &[BREAST_CANCER_LR], &[], None, &rt)?;
+    let deployment = deploy::deploy(&dir, &[BREAST_CANCER_LR], &[], None, platform, &rt)?;
     let runtime_url = &deployment.runtime_url;
     let kbs_url = &deployment.kbs_url;
     let token = &deployment.token;
@@ -46,9 +62,13 @@ pub fn run(a: Args) -> Result<()> {
     let claims = verified.claims();
     println!("\n== Verified claims (by the client, with its own policy) ==");
     println!(
-        "  platform            {} -- SIMULATED, NOT hardware-backed",
-        claims.platform
+        "  platform            {} -- {}",
+        claims.platform,
+        platform.label()
     );
+    if claims.hardware_backed {
+        bail!("claims of a simulated or emulated platform say hardware-backed");
+    }
     println!(
         "  launch measurement  {}",
         hex::encode(&claims.launch_measurement)

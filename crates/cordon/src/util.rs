@@ -155,6 +155,18 @@ pub fn warn(policy: &Policy) {
     }
 }
 
+/// What a line about verified claims adds when they are not hardware-backed: SIMULATED (sim) or
+/// EMULATED (a hardware format signed by a test root); nothing for hardware-backed claims.
+pub fn provenance(claims: &cordon_attest::Claims) -> &'static str {
+    if claims.hardware_backed {
+        ""
+    } else if claims.is_emulated() {
+        " -- EMULATED, NOT hardware-backed"
+    } else {
+        " -- SIMULATED, NOT hardware-backed"
+    }
+}
+
 /// The first 16 hex digits of `bytes` (all of them when shorter), for a line that names a key
 /// or measurement.
 pub fn short_hex(bytes: &[u8]) -> String {

@@ -1,0 +1,298 @@
+//! `cordon emulator`: emulated SEV-SNP and TDX platforms, for tests and CI only. Their evidence is in
+//! the real hardware formats and goes through the same code as on a real machine (configfs-tsm,
+//! certificate chains, TCB checks, the configuration binding), but it is signed by a test root made
+//! on the spot: it is **EMULATED, NOT hardware-backed**, verifies only where the verifier names that
+//! root, and passes only policies that name it (`emulated_roots`).
+
+use anyhow::{bail, Context, Result};
+use cordon_attest::Platform;
+use cordon_tee::emulated::tdx::{
+    CollateralOptions, EmulatedTcbStatus, EmulatedTdx, EmulatedTdxOptions,
+};
+use cordon_tee::{ConfigFsTsm, EvidenceProvider};
+use sha2::{Digest, Sha384};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+#[derive(clap::Subcommand)]
+pub enum EmulatorCommand {
+    /// Create an emulated platform (its test PKI and launch parameters) in a directory.
+    Init(InitArgs),
+    /// Set what a host sets when it launches the TEE: the workload data of a runtime
+    /// configuration, the launch measurement, debug mode, the platform's TCB status.
+    Launch(LaunchArgs),
+    /// Print an emulated platform's root fingerprint (what `emulated_roots` and
+    /// `kbs serve --emulated-root` name) and its launch parameters.
+    Show {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmulatedPlatform {
+    Tdx,
+}
+
+impl EmulatedPlatform {
+    pub fn platform(self) -> Platform {
+        match self {
+            EmulatedPlatform::Tdx => Platform::Tdx,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct InitArgs {
+    #[arg(long, value_enum)]
+    platform: EmulatedPlatform,
+    /// Directory for the platform's state (keys mode 0600, certificates, emulator.toml).
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct LaunchArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    /// The runtime configuration to launch with: the workload data becomes its hash (TDX
+    /// MRCONFIGID = SHA-384 of the file), as a host launching Cordon's runtime sets it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The launch measurement (TDX MRTD), hex. Default: the emulator's own.
+    #[arg(long)]
+    measurement: Option<String>,
+    /// Launch a debug TEE (its memory readable by the host): every policy without allow_debug
+    /// refuses it.
+    #[arg(long)]
+    debug: bool,
+    /// The TCB status the platform's collateral gives it.
+    #[arg(long, value_enum, default_value = "up-to-date")]
+    tcb_status: TcbStatusArg,
+    /// Issue the collateral this many days ago (it is valid for 30 days, as Intel's: more than 30
+    /// gives expired collateral).
+    #[arg(long, default_value_t = 0)]
+    collateral_age_days: u64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TcbStatusArg {
+    UpToDate,
+    OutOfDate,
+}
+
+/// The emulated TDX platform's default MRTD: a fixed value that names itself, standing in for the
+/// measurement of a TD firmware image (`cordon measure tdx` computes a real one).
+pub fn default_tdx_measurement() -> [u8; 48] {
+    Sha384::digest(b"cordon emulated TDX firmware (no real TDVF)").into()
+}
+
+/// An emulated platform opened from its directory.
+pub enum Emulator {
+    Tdx(EmulatedTdx),
+}
+
+impl Emulator {
+    /// Creates the platform's state in `dir` (refusing a directory that holds one), launched with
+    /// the default measurement and nothing bound.
+    pub fn create(dir: &Path, platform: EmulatedPlatform) -> Result<Emulator> {
+        match platform {
+            EmulatedPlatform::Tdx => {
+                let mut options = EmulatedTdxOptions::new(SystemTime::now());
+                options.launch.mr_td = default_tdx_measurement();
+                Ok(Emulator::Tdx(EmulatedTdx::create(dir, options)?))
+            }
+        }
+    }
+
+    pub fn open(dir: &Path) -> Result<Emulator> {
+        let tdx = EmulatedTdx::open(dir)
+            .with_context(|| format!("emulated platform in {}", dir.display()))?;
+        Ok(Emulator::Tdx(tdx))
+    }
+
+    /// Opens the platform in `dir`, creating it first when the directory holds none.
+    pub fn open_or_create(dir: &Path, platform: EmulatedPlatform) -> Result<Emulator> {
+        let existing = dir.join("emulator.toml").exists();
+        let emulator = if existing {
+            Emulator::open(dir)?
+        } else {
+            Emulator::create(dir, platform)?
+        };
+        if emulator.platform() != platform.platform() {
+            bail!(
+                "{} holds an emulated {} platform, not {}",
+                dir.display(),
+                emulator.platform(),
+                platform.platform()
+            );
+        }
+        Ok(emulator)
+    }
+
+    pub fn platform(&self) -> Platform {
+        match self {
+            Emulator::Tdx(_) => Platform::Tdx,
+        }
+    }
+
+    pub fn root_fingerprint(&self) -> [u8; 32] {
+        match self {
+            Emulator::Tdx(t) => t.root_fingerprint(),
+        }
+    }
+
+    pub fn launch_measurement(&self) -> Vec<u8> {
+        match self {
+            Emulator::Tdx(t) => t.launch().mr_td.to_vec(),
+        }
+    }
+
+    /// What a host sets at launch: the workload data binding `config_bytes`, the measurement,
+    /// debug mode; and collateral issued now with `tcb` (as a fresh PCCS answer would be).
+    pub fn launch(
+        &mut self,
+        config_bytes: Option<&[u8]>,
+        measurement: Option<&[u8]>,
+        debug: bool,
+        up_to_date: bool,
+    ) -> Result<()> {
+        self.launch_with_collateral_age(config_bytes, measurement, debug, up_to_date, 0)
+    }
+
+    /// [`Emulator::launch`], with the collateral issued `collateral_age_days` ago.
+    pub fn launch_with_collateral_age(
+        &mut self,
+        config_bytes: Option<&[u8]>,
+        measurement: Option<&[u8]>,
+        debug: bool,
+        up_to_date: bool,
+        collateral_age_days: u64,
+    ) -> Result<()> {
+        let issued_at = SystemTime::now()
+            .checked_sub(Duration::from_secs(
+                collateral_age_days.saturating_mul(86_400),
+            ))
+            .context("--collateral-age-days reaches before the epoch")?;
+        match self {
+            Emulator::Tdx(t) => {
+                let mut launch = t.launch().clone();
+                if let Some(config) = config_bytes {
+                    launch.mr_config_id = Sha384::digest(config).into();
+                }
+                if let Some(m) = measurement {
+                    launch.mr_td = m
+                        .try_into()
+                        .map_err(|_| anyhow::anyhow!("a TDX MRTD is 48 bytes, got {}", m.len()))?;
+                }
+                launch.debug = debug;
+                t.set_launch(launch);
+                let mut collateral = CollateralOptions::fresh(issued_at);
+                collateral.tcb_status = if up_to_date {
+                    EmulatedTcbStatus::UpToDate
+                } else {
+                    EmulatedTcbStatus::OutOfDate
+                };
+                t.set_collateral(collateral);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        match self {
+            Emulator::Tdx(t) => t.save_state(dir)?,
+        }
+        Ok(())
+    }
+
+    /// The evidence provider a runtime uses on this platform: configfs-tsm over a model of the
+    /// kernel's report interface, as on a real machine.
+    pub fn provider(self) -> Result<Box<dyn EvidenceProvider>> {
+        match self {
+            Emulator::Tdx(t) => Ok(Box::new(ConfigFsTsm::emulated_tdx(t)?)),
+        }
+    }
+
+    /// The line every tool prints when it runs on an emulated platform.
+    pub fn warning(&self) -> String {
+        format!(
+            "EMULATED {} platform: evidence signed by test root {}, NOT hardware-backed; for tests only",
+            self.platform().to_string().to_uppercase(),
+            hex::encode(self.root_fingerprint())
+        )
+    }
+}
+
+pub fn run(c: EmulatorCommand) -> Result<()> {
+    match c {
+        EmulatorCommand::Init(a) => {
+            let emulator = Emulator::create(&a.dir, a.platform)?;
+            eprintln!("WARNING: {}", emulator.warning());
+            println!("emulated platform: {}", a.dir.display());
+            println!(
+                "root fingerprint:  {}",
+                hex::encode(emulator.root_fingerprint())
+            );
+            Ok(())
+        }
+        EmulatorCommand::Launch(a) => {
+            let mut emulator = Emulator::open(&a.dir)?;
+            let config = a
+                .config
+                .as_ref()
+                .map(|p| crate::cmd_runtime::load_config(p).map(|(bytes, _)| bytes))
+                .transpose()?;
+            let measurement = a
+                .measurement
+                .as_deref()
+                .map(|m| {
+                    hex::decode(m.trim()).with_context(|| format!("--measurement {m:?} is not hex"))
+                })
+                .transpose()?;
+            emulator.launch_with_collateral_age(
+                config.as_deref(),
+                measurement.as_deref(),
+                a.debug,
+                matches!(a.tcb_status, TcbStatusArg::UpToDate),
+                a.collateral_age_days,
+            )?;
+            emulator.save(&a.dir)?;
+            eprintln!("WARNING: {}", emulator.warning());
+            show(&emulator);
+            Ok(())
+        }
+        EmulatorCommand::Show { dir } => {
+            let emulator = Emulator::open(&dir)?;
+            eprintln!("WARNING: {}", emulator.warning());
+            show(&emulator);
+            Ok(())
+        }
+    }
+}
+
+fn show(emulator: &Emulator) {
+    println!("platform:           {} (EMULATED)", emulator.platform());
+    println!(
+        "root fingerprint:   {}",
+        hex::encode(emulator.root_fingerprint())
+    );
+    println!(
+        "launch measurement: {}",
+        hex::encode(emulator.launch_measurement())
+    );
+    match emulator {
+        Emulator::Tdx(t) => {
+            let l = t.launch();
+            println!(
+                "workload data:      {} (MRCONFIGID)",
+                hex::encode(l.mr_config_id)
+            );
+            println!("debug:              {}", l.debug);
+            println!(
+                "tcb status:         {:?}",
+                t.collateral_options().tcb_status
+            );
+        }
+    }
+}
