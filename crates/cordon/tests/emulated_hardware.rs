@@ -1,0 +1,252 @@
+//! The hardware path end to end on an emulated platform: `quickstart` and `dev up` with
+//! `--emulate`, the runtime started with `--platform hardware` (configfs-tsm, the vendor's chain and
+//! TCB checks, the configuration binding), clients through `infer` and the proxy, and every refusal
+//! the sim flow has, tried through the real processes: a production policy, a debug TEE, an old
+//! TCB, another launch measurement, expired collateral, another configuration.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `cordon dev up --emulate PLATFORM` in `dir`, kept running; its stdout lines once ready.
+fn dev_up(dir: &Path, platform: &str) -> (Proc, Vec<String>) {
+    let log = dir.join("dev-up.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(BIN)
+        .args(["dev", "up", "--emulate", platform, "--data-dir"])
+        .arg(dir.join("deployment"))
+        .env("CORDON_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let mut dev = Proc::adopt(child, log);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let text = dev.log();
+        if text.contains("Ctrl-C stops") {
+            return (dev, text.lines().map(String::from).collect());
+        }
+        if let Some(status) = dev.child.try_wait().unwrap() {
+            panic!("dev up exited with {status}:\n{text}");
+        }
+        assert!(Instant::now() < deadline, "dev up not ready:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn field(lines: &[String], prefix: &str) -> String {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no line {prefix:?} in:\n{}", lines.join("\n")))
+        .trim()
+        .to_string()
+}
+
+/// Copies the emulated platform's state (same keys, so the same root) to `to`.
+fn copy_platform(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Launches a copy of the deployment's emulated platform with `flags` and starts a second runtime
+/// on it with the deployment's configuration: Ok(url) if it came up, Err(its log) if not.
+fn runtime_on_launch(
+    dir: &Path,
+    deployment: &Path,
+    platform: &str,
+    name: &str,
+    config: &Path,
+    flags: &[&str],
+) -> (Proc, Result<String, String>) {
+    let emulator = dir.join(name);
+    copy_platform(&deployment.join(format!("emulator-{platform}")), &emulator);
+    let mut args = vec![
+        "emulator".to_string(),
+        "launch".into(),
+        "--dir".into(),
+        s(&emulator),
+        "--config".into(),
+        s(config),
+    ];
+    args.extend(flags.iter().map(|f| f.to_string()));
+    let out = cordon(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let addr = dir.join(format!("{name}.addr"));
+    let mut rt = Proc::start(
+        &[
+            "runtime",
+            "serve",
+            "--config",
+            &s(&deployment.join("runtime.toml")),
+            "--listen",
+            "127.0.0.1:0",
+            "--platform",
+            "hardware",
+            "--emulator",
+            &s(&emulator),
+            "--addr-file",
+            &s(&addr),
+        ],
+        dir.join(format!("{name}.log")),
+    );
+    let url = rt.wait_ready(&addr);
+    (rt, url)
+}
+
+fn infer(runtime: &str, policy: &Path, input: &Path) -> std::process::Output {
+    cordon(&[
+        "infer",
+        "--runtime",
+        runtime,
+        "--policy",
+        &s(policy),
+        "--model",
+        "breast-cancer-lr",
+        "--input",
+        &s(input),
+    ])
+}
+
+fn the_hardware_path_on(platform: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let deployment: PathBuf = d.join("deployment");
+    let (_dev, lines) = dev_up(d, platform);
+    let text = lines.join("\n");
+    let upper = platform.to_uppercase();
+    assert!(text.contains(&format!("EMULATED {upper}")), "{text}");
+    let runtime = field(&lines, "runtime URL:");
+    let policy = PathBuf::from(field(&lines, "client policy:"));
+    let input = deployment.join("demo-input.json");
+    let runtime_log = std::fs::read_to_string(deployment.join("run/runtime.log")).unwrap();
+    assert!(
+        runtime_log.contains(&format!("WARNING: EMULATED {upper} platform")),
+        "{runtime_log}"
+    );
+
+    // A client with the printed policy (which names the emulated root) verifies and infers.
+    let out = infer(&runtime, &policy, &input);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "platform {platform} -- EMULATED, NOT hardware-backed"
+        )),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("probabilities"));
+
+    // The same through the verifying proxy, for an unmodified client.
+    let (_proxy, proxy_url) = start_proxy(d, &runtime, &policy, "proxy", &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let body: serde_json::Value = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{proxy_url}/v2/models/breast-cancer-lr/infer"))
+            .header("content-type", "application/json")
+            .body(std::fs::read(&input).unwrap())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(body["model_name"], "breast-cancer-lr", "{body}");
+    assert_eq!(body["outputs"][0]["data"], serde_json::json!([1]), "{body}");
+
+    // A production policy (the same reference values, no emulated root) refuses the runtime.
+    let production = d.join("production.toml");
+    let client_text = std::fs::read_to_string(&policy).unwrap();
+    let kept: Vec<&str> = client_text
+        .lines()
+        .filter(|l| !l.starts_with("emulated_roots"))
+        .collect();
+    std::fs::write(&production, kept.join("\n")).unwrap();
+    let out = infer(&runtime, &production, &input);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.to_lowercase().contains("emulated"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("probabilities"));
+
+    // Launches the KBS must refuse: the runtime gets no key and exits, naming why.
+    let config = deployment.join("runtime.toml");
+    let other_measurement = "11".repeat(48);
+    for (name, flags, needle) in [
+        ("debug", vec!["--debug"], "debug"),
+        ("old-tcb", vec!["--tcb-status", "out-of-date"], "OutOfDate"),
+        (
+            "measurement",
+            vec!["--measurement", other_measurement.as_str()],
+            "launch_measurement",
+        ),
+        ("expired", vec!["--collateral-age-days", "31"], "expired"),
+    ] {
+        let (_rt, result) = runtime_on_launch(d, &deployment, platform, name, &config, &flags);
+        let log = result
+            .err()
+            .unwrap_or_else(|| panic!("{name}: a runtime came up"));
+        assert!(log.contains(needle), "{name}: {needle} not in:\n{log}");
+    }
+    // A configuration other than the one the host launched with: the runtime itself refuses.
+    let edited = d.join("edited.toml");
+    std::fs::write(
+        &edited,
+        format!("# edited\n{}", std::fs::read_to_string(&config).unwrap()),
+    )
+    .unwrap();
+    let (_rt, result) = runtime_on_launch(d, &deployment, platform, "edited", &edited, &[]);
+    let log = result
+        .err()
+        .expect("a runtime came up under another configuration");
+    let field = if platform == "tdx" {
+        "MRCONFIGID"
+    } else {
+        "HOST_DATA"
+    };
+    assert!(log.contains(field), "{log}");
+}
+
+#[test]
+fn the_hardware_path_on_an_emulated_td() {
+    the_hardware_path_on("tdx");
+}
+
+#[test]
+fn quickstart_runs_on_an_emulated_td() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cordon(&[
+        "quickstart",
+        "--emulate",
+        "tdx",
+        "--data-dir",
+        &s(dir.path()),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("tdx -- EMULATED TDX, NOT hardware-backed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("equals in-process tract on the plaintext model: yes"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("key_released"), "{stdout}");
+}
