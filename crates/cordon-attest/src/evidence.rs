@@ -141,11 +141,13 @@ impl Verifier {
         let e = &self.endorsements;
         match detect(bytes)? {
             EvidenceKind::Sim => sim::verify(bytes, &e.sim_trust_anchors),
-            EvidenceKind::SnpReport => {
-                Ok(self
-                    .snp
-                    .verify_with_crls(bytes, &e.snp_certs, &e.snp_crls, now)?)
-            }
+            EvidenceKind::SnpReport => Ok(self.snp.verify_with_roots(
+                bytes,
+                &e.snp_certs,
+                &e.snp_crls,
+                &e.emulated_roots,
+                now,
+            )?),
             EvidenceKind::DcapQuote => {
                 let collateral = e
                     .dcap_collateral
