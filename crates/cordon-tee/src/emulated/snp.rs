@@ -39,6 +39,7 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::spki::SubjectPublicKeyInfoOwned;
 use x509_cert::time::{Time, Validity};
 use x509_cert::{Certificate, TbsCertificate, Version};
+use zeroize::Zeroizing;
 
 /// Bits of the test ARK's and ASK's RSA keys.
 pub const ROOT_KEY_BITS: usize = 2048;
@@ -648,11 +649,17 @@ impl EmulatedSnp {
             })?;
             Ok((c, der))
         };
-        let key_text = |file: &str| -> Result<String, SnpEmulatorError> {
-            String::from_utf8(read(file)?).map_err(|_| SnpEmulatorError::Key {
-                path: dir.join(file),
-                reason: "not PEM text".into(),
-            })
+        // Key files are read into buffers wiped on drop.
+        let key_text = |file: &str| -> Result<Zeroizing<String>, SnpEmulatorError> {
+            String::from_utf8(read(file)?)
+                .map(Zeroizing::new)
+                .map_err(|e| {
+                    drop(Zeroizing::new(e.into_bytes()));
+                    SnpEmulatorError::Key {
+                        path: dir.join(file),
+                        reason: "not PEM text".into(),
+                    }
+                })
         };
         let rsa = |name: &str| -> Result<Rsa, SnpEmulatorError> {
             let key_file = format!("{name}.key");

@@ -715,3 +715,68 @@ fn configfs_privlevel_follows_the_guest_vmpl() {
     );
     assert!(emu.report_at_vmpl(&[0; 64], 4).is_err());
 }
+
+/// A CRL in AMD's KDS form issued by the emulator's ARK, revoking `revoked`.
+fn crl(emu: &EmulatedSnp, revoked: &[&SerialNumber]) -> Vec<u8> {
+    use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+    let ark = &emu.ark.cert;
+    let t = |offset: i64| {
+        let at = if offset < 0 {
+            now() - Duration::from_secs(offset.unsigned_abs())
+        } else {
+            now() + Duration::from_secs(offset as u64)
+        };
+        x509_time(whole_seconds(at)).unwrap()
+    };
+    let tbs = TbsCertList {
+        version: Version::V2,
+        signature: ark.signature_algorithm.clone(),
+        issuer: ark.tbs_certificate.subject.clone(),
+        this_update: t(-3600),
+        next_update: Some(t(86_400)),
+        revoked_certificates: (!revoked.is_empty()).then(|| {
+            revoked
+                .iter()
+                .map(|s| RevokedCert {
+                    serial_number: (*s).clone(),
+                    revocation_date: t(-60),
+                    crl_entry_extensions: None,
+                })
+                .collect()
+        }),
+        crl_extensions: None,
+    };
+    let signer = rsa::pss::BlindedSigningKey::<Sha384>::new(emu.ark.key.clone());
+    let sig = signer.sign_with_rng(&mut OsRng, &tbs.to_der().unwrap());
+    CertificateList {
+        tbs_cert_list: tbs,
+        signature_algorithm: ark.signature_algorithm.clone(),
+        signature: BitString::from_bytes(&sig.to_bytes()).unwrap(),
+    }
+    .to_der()
+    .unwrap()
+}
+
+#[test]
+fn revocation_under_an_emulated_root_is_checked_against_its_ark() {
+    let emu = milan();
+    let report = emu.report(&[0x0C; 64]);
+    let vcek = Certificate::from_der(&emu.certificates()[0]).unwrap();
+    let vcek_serial = vcek.tbs_certificate.serial_number.clone();
+    let ask_serial = emu.ask.cert.tbs_certificate.serial_number.clone();
+    let with = |crls: Vec<Vec<u8>>| Endorsements {
+        snp_crls: crls,
+        ..endorsed(emu)
+    };
+    assert!(verify(&report, &with(vec![crl(emu, &[])]), now()).is_ok());
+    for (serial, cert) in [(&vcek_serial, "VCEK"), (&ask_serial, "ASK")] {
+        let err = verify(&report, &with(vec![crl(emu, &[serial])]), now()).unwrap_err();
+        assert!(
+            matches!(&err, EvidenceError::Snp(SnpError::Revoked { cert: c, .. }) if *c == cert),
+            "{err}"
+        );
+    }
+    // A CRL from another test root (same names, other key) is no CRL of this one.
+    let err = verify(&report, &with(vec![crl(other_root(), &[])]), now()).unwrap_err();
+    assert!(matches!(err, EvidenceError::Snp(SnpError::Crl(_))), "{err}");
+}
