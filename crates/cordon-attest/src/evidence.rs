@@ -181,7 +181,13 @@ impl Verifier {
                 } else {
                     Cow::Owned([e.snp_certs.as_slice(), &shipped.snp_certs].concat())
                 };
-                Ok(self.snp.verify_with_crls(bytes, &certs, &e.snp_crls, now)?)
+                Ok(self.snp.verify_with_roots(
+                    bytes,
+                    &certs,
+                    &e.snp_crls,
+                    &e.emulated_roots,
+                    now,
+                )?)
             }
             EvidenceKind::DcapQuote => {
                 let collateral = e

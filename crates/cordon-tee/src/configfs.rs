@@ -6,7 +6,11 @@
 //! read) and `provider` (its format: `sev_guest` or `tdx_guest`), then removes the directory. Every
 //! write to an input attribute increments `generation`; the ABI document tells userspace to check it
 //! before writing `inblob` and after reading `outblob` to detect another writer on the same report.
+//! For `sev_guest`, `auxblob` holds the certificate table of the extended report (VCEK, ASK, ARK as
+//! the host supplied them), which [`EvidenceProvider::evidence_bundle`] hands on.
 
+use crate::cert_table::{parse_cert_table, snp_certs};
+use crate::emulated::{snp::SnpTsm, tsm::EmulatedTsm, EmulatedSnp};
 use crate::{EvidenceBundle, EvidenceProvider, TeeError};
 use cordon_attest::Platform;
 use std::io;
@@ -58,6 +62,7 @@ pub struct ConfigFsTsm {
     fs: Arc<dyn ReportFs>,
     /// DCAP collateral shipped with each quote: an emulated platform's own; none on a real TD.
     dcap_collateral: Option<CollateralSource>,
+    emulated: bool,
 }
 
 /// Produces the DCAP collateral (JSON) shipped in an evidence bundle.
@@ -85,7 +90,35 @@ impl ConfigFsTsm {
             platform,
             fs,
             dcap_collateral: None,
+            emulated: false,
         })
+    }
+
+    /// Where the emulated interface claims to live (it is in memory; the prefix keeps error
+    /// messages from naming a real path).
+    pub const EMULATED_BASE: &'static str = "(emulated)/sys/kernel/config/tsm/report";
+
+    /// configfs-tsm in front of an emulated SEV-SNP machine (tests and CI): the kernel's behaviour
+    /// for the `sev_guest` provider, modelled in memory, so that evidence takes the same path
+    /// through this provider as on a real guest. EMULATED, NOT hardware-backed.
+    pub fn emulated_snp(emulator: EmulatedSnp) -> Result<ConfigFsTsm, TeeError> {
+        let base = PathBuf::from(ConfigFsTsm::EMULATED_BASE);
+        let fs = Arc::new(EmulatedTsm::new(base.clone(), SnpTsm(emulator)));
+        let mut tsm = ConfigFsTsm::open_with(base, fs)?;
+        tsm.emulated = true;
+        Ok(tsm)
+    }
+
+    /// Marks this interface as an emulator's ([`ConfigFsTsm::is_emulated`]).
+    pub(crate) fn mark_emulated(mut self) -> ConfigFsTsm {
+        self.emulated = true;
+        self
+    }
+
+    /// Whether this interface is an emulator's ([`ConfigFsTsm::emulated_snp`]), for tools to say
+    /// EMULATED.
+    pub fn is_emulated(&self) -> bool {
+        self.emulated
     }
 
     /// Also writes `privlevel` (0..=3) for each report: the privilege level the report is requested
@@ -115,6 +148,7 @@ impl std::fmt::Debug for ConfigFsTsm {
             .field("privlevel", &self.privlevel)
             .field("platform", &self.platform)
             .field("ships_dcap_collateral", &self.dcap_collateral.is_some())
+            .field("emulated", &self.emulated)
             .finish_non_exhaustive()
     }
 }
@@ -124,20 +158,44 @@ impl EvidenceProvider for ConfigFsTsm {
         self.platform
     }
 
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, TeeError> {
+        self.request(report_data, false).map(|(outblob, _)| outblob)
+    }
+
+    /// The report and, for `sev_guest`, the certificates of `auxblob` (VCEK or VLEK, then ASK and
+    /// ARK where the host supplied them). No `auxblob`, or an empty one, ships no certificates; a
+    /// malformed table is an error naming the file.
     fn evidence_bundle(&self, report_data: &[u8; 64]) -> Result<EvidenceBundle, TeeError> {
-        let evidence = self.evidence(report_data)?;
+        let (evidence, auxblob) = self.request(report_data, self.platform == Platform::Snp)?;
+        let snp_certs = match auxblob {
+            Some((path, bytes)) => {
+                let entries = parse_cert_table(&bytes)
+                    .map_err(|source| TeeError::CertTable { path, source })?;
+                snp_certs(&entries)
+            }
+            None => Vec::new(),
+        };
         let dcap_collateral = match &self.dcap_collateral {
             Some(source) => Some(source()?),
             None => None,
         };
         Ok(EvidenceBundle {
             evidence,
+            snp_certs,
             dcap_collateral,
-            ..EvidenceBundle::default()
         })
     }
+}
 
-    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, TeeError> {
+impl ConfigFsTsm {
+    /// One report: `outblob`, and with `aux` also `auxblob` (with its path) read in the same
+    /// generation, `None` where the provider has no `auxblob`.
+    #[allow(clippy::type_complexity)]
+    fn request(
+        &self,
+        report_data: &[u8; 64],
+        aux: bool,
+    ) -> Result<(Vec<u8>, Option<(PathBuf, Vec<u8>)>), TeeError> {
         let dir = ReportDir::create(&*self.fs, &self.base)?;
         let mut last = (0, 0);
         for _ in 0..ConfigFsTsm::MAX_ATTEMPTS {
@@ -158,6 +216,22 @@ impl EvidenceProvider for ConfigFsTsm {
                 continue;
             }
             let outblob = dir.read("outblob")?;
+            let auxblob = if aux {
+                let path = dir.attr("auxblob");
+                match self.fs.read(&path) {
+                    Ok(bytes) => Some((path, bytes)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(source) => {
+                        return Err(TeeError::Access {
+                            path,
+                            op: "read",
+                            source,
+                        })
+                    }
+                }
+            } else {
+                None
+            };
             let platform = dir.provider()?;
             let after = dir.generation()?;
             if after != expected {
@@ -173,7 +247,7 @@ impl EvidenceProvider for ConfigFsTsm {
             }
             check_length(path, platform, outblob.len())?;
             dir.remove()?;
-            return Ok(outblob);
+            return Ok((outblob, auxblob));
         }
         Err(TeeError::GenerationRace {
             path: dir.attr("generation"),
@@ -492,6 +566,17 @@ mod tests {
         assert_eq!(bundle.evidence, TDX_QUOTE);
         assert_eq!(bundle.dcap_collateral, None);
         assert!(bundle.snp_certs.is_empty());
+    }
+
+    #[test]
+    fn snp_bundle_without_auxblob_ships_no_certificates() {
+        // A kernel or provider without `auxblob`: the report alone.
+        let fake = fake("sev_guest", SNP_REPORT);
+        let b = open(&fake).evidence_bundle(&[7; 64]).unwrap();
+        assert_eq!(b.evidence, SNP_REPORT);
+        assert!(b.snp_certs.is_empty() && b.dcap_collateral.is_none());
+        assert!(fake.state.lock().unwrap().reports.is_empty());
+        assert!(!open(&fake).is_emulated());
     }
 
     #[test]

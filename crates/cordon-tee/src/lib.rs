@@ -7,11 +7,15 @@
 //!   also the firmware's derived keys ([`SevGuest::derived_key`], `SNP_GET_DERIVED_KEY`).
 //! - [`GramineSgx`]: Gramine's `/dev/attestation` pseudo-files, SGX DCAP quotes.
 //! - [`SimTee`]: the simulated platform, never hardware-backed and never auto-detected.
+//! - [`emulated`]: tests and CI only, an emulated SEV-SNP machine whose genuine, test-root-signed
+//!   reports reach the runtime through [`ConfigFsTsm::emulated_snp`], the same code as on a real
+//!   guest. EMULATED, NOT hardware-backed; never auto-detected.
 //!
 //! [`detect`] picks the first hardware interface present.
 #![deny(unsafe_code)] // the exceptions: the SNP_GET_REPORT and SNP_GET_DERIVED_KEY ioctls in `sev_guest`
 
 mod cache;
+pub mod cert_table;
 mod configfs;
 mod detect;
 pub mod emulated;
@@ -71,6 +75,12 @@ pub enum TeeError {
         got: usize,
     },
     /// configfs-tsm's `provider` names a report format this crate does not know.
+    /// An SNP certificate table (configfs-tsm `auxblob`) that cannot be read.
+    #[error("{}: {source}", path.display())]
+    CertTable {
+        path: PathBuf,
+        source: cert_table::CertTableError,
+    },
     #[error("{}: unknown configfs-tsm provider {provider:?} (known: sev_guest, tdx_guest)", path.display())]
     UnknownProvider { path: PathBuf, provider: String },
     /// configfs-tsm's `generation` did not match our own writes on every attempt: another writer

@@ -3,12 +3,16 @@
 //! line are pinned in this binary. VCEK extensions: AMD "Versioned Chip Endorsement Key (VCEK)
 //! Certificate and KDS Interface Specification" (publication 57230), table "VCEK Certificate
 //! Extensions".
+//!
+//! Tests only: a VCEK whose issuer is no pinned ASK may chain, through an ASK and a self-signed ARK
+//! given with it, to an *emulated* root that the caller names by the SHA-256 of its DER
+//! ([`endorsement_key_among`]). Such a key is marked emulated and its claims are not hardware-backed.
 
 use super::report::Product;
 use super::SnpError;
 use der::asn1::{Ia5StringRef, OctetStringRef};
 use der::{Decode, Encode};
-use sha2::{Digest, Sha384};
+use sha2::{Digest, Sha256, Sha384};
 use std::sync::OnceLock;
 use std::time::SystemTime;
 use x509_cert::crl::CertificateList;
@@ -16,6 +20,7 @@ use x509_cert::Certificate;
 
 const OID_RSASSA_PSS: &str = "1.2.840.113549.1.1.10";
 const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+const OID_RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
 const OID_PRODUCT_NAME: &str = "1.3.6.1.4.1.3704.1.2";
 const OID_BL_SPL: &str = "1.3.6.1.4.1.3704.1.3.1";
 const OID_TEE_SPL: &str = "1.3.6.1.4.1.3704.1.3.2";
@@ -244,25 +249,144 @@ pub struct EndorsementKey {
     /// SHA-384 of the SEC1 public key: what claims name as the attestation key.
     pub key_digest: [u8; 48],
     pub cert: Certificate,
+    /// Tests only: the emulated ASK and ARK this key chains to instead of a pinned AMD root.
+    pub emulated: Option<EmulatedChain>,
+}
+
+/// An ASK and self-signed ARK, given with an endorsement key, whose ARK the caller named as an
+/// emulated root (tests only; see [`endorsement_key_among`]).
+pub struct EmulatedChain {
+    pub ask: Certificate,
+    pub ark: Certificate,
+    /// SHA-256 of the ARK's DER: the fingerprint the caller named.
+    pub root: [u8; 32],
+}
+
+/// Whether `cert` holds an RSA key: an ASK, ASVK or ARK, never an endorsement key (P-384).
+pub fn is_rsa_certificate(cert: &Certificate) -> bool {
+    cert.tbs_certificate
+        .subject_public_key_info
+        .algorithm
+        .oid
+        .to_string()
+        == OID_RSA_ENCRYPTION
+}
+
+/// The emulated chain above `cert`: an ASK among `others` whose subject is `cert`'s issuer and that
+/// signed it, and a self-signed ARK among `others` that signed the ASK, all RSA-PSS SHA-384 as
+/// AMD's, accepted only if the ARK's SHA-256 is in `emulated_roots`. Validity windows are checked
+/// later, at `now` ([`EndorsementKey::check_validity`]).
+fn emulated_chain(
+    cert: &Certificate,
+    others: &[Certificate],
+    emulated_roots: &[[u8; 32]],
+) -> Result<EmulatedChain, SnpError> {
+    let issuer = &cert.tbs_certificate.issuer;
+    let mut first_error = None;
+    for ask in others
+        .iter()
+        .filter(|c| &c.tbs_certificate.subject == issuer && is_rsa_certificate(c))
+    {
+        let result = verify_signed_by(cert, ask, "VCEK").and_then(|()| {
+            let ask_issuer = &ask.tbs_certificate.issuer;
+            let mut arks = others.iter().filter(|c| {
+                &c.tbs_certificate.subject == ask_issuer
+                    && c.tbs_certificate.issuer == c.tbs_certificate.subject
+            });
+            let mut ark_error = None;
+            for ark in arks.by_ref() {
+                let checked = verify_signed_by(ark, ark, "ARK")
+                    .and_then(|()| verify_signed_by(ask, ark, "ASK"));
+                if let Err(e) = checked {
+                    ark_error.get_or_insert(e);
+                    continue;
+                }
+                let der = ark
+                    .to_der()
+                    .map_err(|e| SnpError::Certificate(format!("ARK re-encoding: {e}")))?;
+                let root: [u8; 32] = Sha256::digest(&der).into();
+                if !emulated_roots.contains(&root) {
+                    return Err(SnpError::UnnamedRoot {
+                        fingerprint: hex::encode(root),
+                        subject: ark.tbs_certificate.subject.to_string(),
+                    });
+                }
+                return Ok(EmulatedChain {
+                    ask: ask.clone(),
+                    ark: ark.clone(),
+                    root,
+                });
+            }
+            Err(ark_error.unwrap_or_else(|| {
+                SnpError::Certificate(format!(
+                    "ASK {} was given without a self-signed ARK named {ask_issuer}",
+                    ask.tbs_certificate.subject
+                ))
+            }))
+        });
+        match result {
+            Ok(chain) => return Ok(chain),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| SnpError::UnknownIssuer(issuer.to_string())))
+}
+
+/// The product line an emulated VCEK names in its productName extension (`Milan-B0`, `Genoa-B1`,
+/// `Turin-C1`: the line before the stepping).
+fn product_from_name(name: Option<&str>) -> Result<Product, SnpError> {
+    let line = name.and_then(|n| n.split('-').next()).unwrap_or("");
+    match line {
+        "Milan" => Ok(Product::Milan),
+        "Genoa" => Ok(Product::Genoa),
+        "Turin" => Ok(Product::Turin),
+        _ => Err(SnpError::Certificate(format!(
+            "endorsement key under an emulated root names no known product line (productName {})",
+            name.unwrap_or("absent")
+        ))),
+    }
 }
 
 /// Verifies `cert` chains to a pinned root (any product line) and reads its extensions.
 /// Validity windows are checked separately, at `now`, by [`EndorsementKey::check_validity`].
 pub fn endorsement_key(cert: Certificate) -> Result<EndorsementKey, SnpError> {
+    endorsement_key_among(cert, &[], &[])
+}
+
+/// [`endorsement_key`], and when `cert`'s issuer is no pinned ASK/ASVK: a chain through an ASK and
+/// a self-signed ARK among `others`, accepted only if the ARK's SHA-256 is in `emulated_roots`
+/// (tests only). Such a key is a VCEK of the product line its productName names, and is marked
+/// [`EndorsementKey::emulated`]. A chain to any other root fails with [`SnpError::UnnamedRoot`].
+pub fn endorsement_key_among(
+    cert: Certificate,
+    others: &[Certificate],
+    emulated_roots: &[[u8; 32]],
+) -> Result<EndorsementKey, SnpError> {
     let roots = pinned_roots()?;
     let issuer = &cert.tbs_certificate.issuer;
-    let root = roots
+    let (kind, pinned_product, emulated) = match roots
         .iter()
         .find(|r| &r.ask.tbs_certificate.subject == issuer)
-        .ok_or_else(|| SnpError::UnknownIssuer(issuer.to_string()))?;
-    verify_signed_by(
-        &cert,
-        &root.ask,
-        match root.kind {
-            KeyKind::Vcek => "VCEK",
-            KeyKind::Vlek => "VLEK",
-        },
-    )?;
+    {
+        Some(root) => {
+            verify_signed_by(
+                &cert,
+                &root.ask,
+                match root.kind {
+                    KeyKind::Vcek => "VCEK",
+                    KeyKind::Vlek => "VLEK",
+                },
+            )?;
+            (root.kind, Some(root.product), None)
+        }
+        None => (
+            KeyKind::Vcek,
+            None,
+            Some(emulated_chain(&cert, others, emulated_roots)?),
+        ),
+    };
     let spki = &cert.tbs_certificate.subject_public_key_info;
     if spki.algorithm.oid.to_string() != OID_EC_PUBLIC_KEY {
         return Err(SnpError::Certificate(format!(
@@ -302,9 +426,13 @@ pub fn endorsement_key(cert: Certificate) -> Result<EndorsementKey, SnpError> {
             _ => {}
         }
     }
+    let product = match pinned_product {
+        Some(p) => p,
+        None => product_from_name(product_name.as_deref())?,
+    };
     Ok(EndorsementKey {
-        kind: root.kind,
-        product: root.product,
+        kind,
+        product,
         product_name,
         hw_id,
         tcb,
@@ -313,24 +441,34 @@ pub fn endorsement_key(cert: Certificate) -> Result<EndorsementKey, SnpError> {
         report_key,
         key_digest: Sha384::digest(sec1).into(),
         cert,
+        emulated,
     })
 }
 
 impl EndorsementKey {
-    /// Checks the VCEK/VLEK and its pinned ASK/ARK are valid at `now`.
-    pub fn check_validity(&self, now: SystemTime) -> Result<(), SnpError> {
-        let roots = pinned_roots()?;
-        let root = roots
+    /// The ASK (or ASVK) and ARK above this key: its emulated chain, or the pinned roots of its
+    /// product line.
+    pub fn chain(&self) -> Result<(&Certificate, &Certificate), SnpError> {
+        if let Some(e) = &self.emulated {
+            return Ok((&e.ask, &e.ark));
+        }
+        let root = pinned_roots()?
             .iter()
             .find(|r| r.product == self.product && r.kind == self.kind)
-            .ok_or_else(|| SnpError::PinnedRoots("root vanished".into()))?;
+            .ok_or_else(|| SnpError::PinnedRoots("no root for the key's product line".into()))?;
+        Ok((&root.ask, &root.ark))
+    }
+
+    /// Checks the VCEK/VLEK and its ASK/ARK (pinned, or emulated) are valid at `now`.
+    pub fn check_validity(&self, now: SystemTime) -> Result<(), SnpError> {
+        let (ask, ark) = self.chain()?;
         let name = match self.kind {
             KeyKind::Vcek => "VCEK",
             KeyKind::Vlek => "VLEK",
         };
         check_validity(&self.cert, name, now)?;
         check_validity(
-            &root.ask,
+            ask,
             if self.kind == KeyKind::Vcek {
                 "ASK"
             } else {
@@ -338,7 +476,7 @@ impl EndorsementKey {
             },
             now,
         )?;
-        check_validity(&root.ark, "ARK", now)
+        check_validity(ark, "ARK", now)
     }
 }
 

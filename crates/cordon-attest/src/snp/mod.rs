@@ -6,20 +6,26 @@
 //! `now`; when CRLs are given, revocation of the key and its ASK/ASVK; the product line agreeing with
 //! the report's CPUID (v3+); the report's ECDSA P-384 signature;
 //! the VCEK's hwID against CHIP_ID (unless masked); the certified TCB against REPORTED_TCB.
+//!
+//! Tests only: a VCEK may instead chain to an emulated ARK given among the certificates, if the
+//! caller names that ARK's SHA-256 ([`Verifier::verify_with_roots`], fed from
+//! [`crate::Endorsements::emulated_roots`]). Every other check is the same; the claims are marked
+//! not hardware-backed and name the root under [`crate::EMULATED_ROOT_CLAIM`].
 
 mod certs;
 pub mod floor;
 mod report;
 
 pub use certs::{
-    check_crl, endorsement_key, parse_certificate, parse_crl, pinned_roots, EndorsementKey, KeyKind,
+    check_crl, endorsement_key, endorsement_key_among, is_rsa_certificate, parse_certificate,
+    parse_crl, pinned_roots, EmulatedChain, EndorsementKey, KeyKind,
 };
 pub use report::{
     AttestationReport, Product, SigningKey, TcbVersion, POLICY_DEBUG, POLICY_MIGRATE_MA,
     REPORT_LEN, SIGNED_LEN,
 };
 
-use crate::{Claims, Platform, TcbClaims};
+use crate::{Claims, Platform, TcbClaims, EMULATED_ROOT_CLAIM};
 use sha2::{Digest, Sha384};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -47,6 +53,16 @@ pub enum SnpError {
     Certificate(String),
     #[error("certificate issued by {0}, which is not a pinned AMD ASK or ASVK")]
     UnknownIssuer(String),
+    /// The endorsement key chains to a self-signed root that is neither AMD's nor named by the
+    /// caller as an emulated root.
+    #[error(
+        "certificate chain ends at root {fingerprint} ({subject}), which is not a pinned AMD root \
+         nor a named emulated root (SHA-256 of its DER not in emulated_roots)"
+    )]
+    UnnamedRoot {
+        fingerprint: String,
+        subject: String,
+    },
     #[error("{cert} signature: {reason}")]
     ChainSignature { cert: &'static str, reason: String },
     #[error("{cert} expired at {not_after} (verification time {now})")]
@@ -91,10 +107,19 @@ pub enum SnpError {
 }
 
 /// Verifies SNP reports, caching endorsement keys whose chain has been verified (by the SHA-384 of
-/// the certificate's DER). Validity windows are still checked at every call's `now`.
+/// the certificate's DER). Validity windows are still checked at every call's `now`. A cached key
+/// under an emulated root is used only by calls that name that root.
 #[derive(Default)]
 pub struct Verifier {
-    keys: Mutex<HashMap<[u8; 48], Arc<EndorsementKey>>>,
+    keys: Mutex<HashMap<[u8; 48], Cached>>,
+}
+
+/// What a certificate given with a report turned out to be.
+#[derive(Clone)]
+enum Cached {
+    Key(Arc<EndorsementKey>),
+    /// An RSA certificate (ASK, ASVK, ARK): a link of a chain, not a key that signs reports.
+    ChainLink,
 }
 
 /// Verifies an SNP report with the given VCEK/VLEK certificates (DER or PEM) at `now`.
@@ -109,12 +134,9 @@ pub fn check_revocation(
     crls: &[Vec<u8>],
     now: SystemTime,
 ) -> Result<(), SnpError> {
-    let root = pinned_roots()?
-        .iter()
-        .find(|r| r.product == key.product && r.kind == key.kind)
-        .ok_or_else(|| SnpError::PinnedRoots("no root for the key's product line".into()))?;
-    let ark_name = &root.ark.tbs_certificate.subject;
-    let ark_key = certs::rsa_key(&root.ark)?;
+    let (ask, ark) = key.chain()?;
+    let ark_name = &ark.tbs_certificate.subject;
+    let ark_key = certs::rsa_key(ark)?;
     let mut found = false;
     for bytes in crls {
         let crl = parse_crl(bytes)?;
@@ -129,7 +151,7 @@ pub fn check_revocation(
                 } else {
                     "ASVK"
                 },
-                &root.ask.tbs_certificate.serial_number,
+                &ask.tbs_certificate.serial_number,
             ),
             (
                 if key.kind == KeyKind::Vcek {
@@ -172,16 +194,52 @@ pub fn inspect(report: &[u8]) -> Result<serde_json::Value, SnpError> {
 }
 
 impl Verifier {
-    fn key_for(&self, der_or_pem: &[u8]) -> Result<Arc<EndorsementKey>, SnpError> {
+    /// The endorsement key of `der_or_pem` (one of `certs`), or `None` for an RSA certificate (a
+    /// chain link). On a cache miss the chain is verified, to a pinned root or to an emulated root
+    /// among `certs` named in `emulated_roots`; a cached emulated key is used only if its root is
+    /// named by this call too (otherwise it is verified again, and refused).
+    fn key_for(
+        &self,
+        der_or_pem: &[u8],
+        certs: &[Vec<u8>],
+        emulated_roots: &[[u8; 32]],
+    ) -> Result<Option<Arc<EndorsementKey>>, SnpError> {
         let id: [u8; 48] = Sha384::digest(der_or_pem).into();
-        if let Some(k) = self.keys.lock().ok().and_then(|m| m.get(&id).cloned()) {
-            return Ok(k);
+        match self.keys.lock().ok().and_then(|m| m.get(&id).cloned()) {
+            Some(Cached::ChainLink) => return Ok(None),
+            Some(Cached::Key(k))
+                if k.emulated
+                    .as_ref()
+                    .is_none_or(|e| emulated_roots.contains(&e.root)) =>
+            {
+                return Ok(Some(k))
+            }
+            _ => {}
         }
-        let key = Arc::new(endorsement_key(parse_certificate(der_or_pem)?)?);
+        let cert = parse_certificate(der_or_pem)?;
+        let entry = if is_rsa_certificate(&cert) {
+            Cached::ChainLink
+        } else {
+            // Only a key under no pinned ASK needs the others; they are parsed on this miss alone.
+            let others: Vec<_> = certs
+                .iter()
+                .filter(|c| c.as_slice() != der_or_pem)
+                .filter_map(|c| parse_certificate(c).ok())
+                .filter(is_rsa_certificate)
+                .collect();
+            Cached::Key(Arc::new(endorsement_key_among(
+                cert,
+                &others,
+                emulated_roots,
+            )?))
+        };
         if let Ok(mut m) = self.keys.lock() {
-            m.insert(id, key.clone());
+            m.insert(id, entry.clone());
         }
-        Ok(key)
+        Ok(match entry {
+            Cached::Key(k) => Some(k),
+            Cached::ChainLink => None,
+        })
     }
 
     /// Verifies `report` at `now`; see the module documentation for the checks and their order.
@@ -203,6 +261,21 @@ impl Verifier {
         crls: &[Vec<u8>],
         now: SystemTime,
     ) -> Result<Claims, SnpError> {
+        self.verify_with_roots(report, certs, crls, &[], now)
+    }
+
+    /// [`Verifier::verify_with_crls`], and (tests only) a VCEK under no pinned ASK accepted when it
+    /// chains through an ASK and ARK among `certs` to a root whose SHA-256 is in `emulated_roots`.
+    /// Claims of such a report are not hardware-backed and name the root (see the module
+    /// documentation).
+    pub fn verify_with_roots(
+        &self,
+        report: &[u8],
+        certs: &[Vec<u8>],
+        crls: &[Vec<u8>],
+        emulated_roots: &[[u8; 32]],
+        now: SystemTime,
+    ) -> Result<Claims, SnpError> {
         let r = AttestationReport::parse(report)?;
         let (needed_kind, needed) = match r.signing_key {
             SigningKey::Vcek => (KeyKind::Vcek, "VCEK"),
@@ -213,10 +286,10 @@ impl Verifier {
         // update): each of the right kind is tried, and the first that verifies everything wins.
         let mut first_error = None;
         for c in certs {
-            let result = self.key_for(c).and_then(|key| {
-                if key.kind != needed_kind {
+            let result = self.key_for(c, certs, emulated_roots).and_then(|key| {
+                let Some(key) = key.filter(|k| k.kind == needed_kind) else {
                     return Ok(None);
-                }
+                };
                 check_with_key(report, &r, &key, crls, now, needed).map(Some)
             });
             match result {
@@ -361,9 +434,12 @@ fn claims(r: &AttestationReport, key: &EndorsementKey, tcb: &TcbVersion) -> Clai
     if let Some(name) = &key.product_name {
         raw["vcek_product_name"] = serde_json::json!(name);
     }
+    if let Some(e) = &key.emulated {
+        raw[EMULATED_ROOT_CLAIM] = serde_json::json!(hex::encode(e.root));
+    }
     Claims {
         platform: Platform::Snp,
-        hardware_backed: true,
+        hardware_backed: key.emulated.is_none(),
         launch_measurement: r.measurement.to_vec(),
         signer_measurement: None,
         workload_data: r.host_data.to_vec(),

@@ -3,7 +3,7 @@
 //! All integers are little-endian.
 
 use super::SnpError;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Length of a report, signature included.
 pub const REPORT_LEN: usize = 0x4A0;
@@ -11,7 +11,7 @@ pub const REPORT_LEN: usize = 0x4A0;
 pub const SIGNED_LEN: usize = 0x2A0;
 
 /// AMD product line, which decides the TCB layout and the root of trust.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Product {
     Milan,
     Genoa,

@@ -1380,7 +1380,7 @@ impl ConfigFsTsm {
             tdx: tdx.clone(),
             reports: Mutex::new(BTreeMap::new()),
         });
-        let tsm = ConfigFsTsm::open_with(PathBuf::from(EMULATED_TSM_BASE), fs)?;
+        let tsm = ConfigFsTsm::open_with(PathBuf::from(EMULATED_TSM_BASE), fs)?.mark_emulated();
         Ok(tsm.with_dcap_collateral(Arc::new(move || {
             tdx.collateral_json()
                 .map_err(|e| TeeError::Emulated(e.to_string()))
