@@ -5,12 +5,14 @@
 //! root, and passes only policies that name it (`emulated_roots`).
 
 use anyhow::{bail, Context, Result};
+use cordon_attest::snp::{Product, POLICY_DEBUG, POLICY_MIGRATE_MA};
 use cordon_attest::Platform;
 use cordon_tee::emulated::tdx::{
     CollateralOptions, EmulatedTcbStatus, EmulatedTdx, EmulatedTdxOptions,
 };
+use cordon_tee::emulated::{EmulatedSnp, EmulatedSnpOptions, LaunchParams, SnpTcb};
 use cordon_tee::{ConfigFsTsm, EvidenceProvider};
-use sha2::{Digest, Sha384};
+use sha2::{Digest, Sha256, Sha384};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -31,15 +33,24 @@ pub enum EmulatorCommand {
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EmulatedPlatform {
+    Snp,
     Tdx,
 }
 
 impl EmulatedPlatform {
     pub fn platform(self) -> Platform {
         match self {
+            EmulatedPlatform::Snp => Platform::Snp,
             EmulatedPlatform::Tdx => Platform::Tdx,
         }
     }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProductArg {
+    Milan,
+    Genoa,
+    Turin,
 }
 
 #[derive(clap::Args)]
@@ -49,24 +60,32 @@ pub struct InitArgs {
     /// Directory for the platform's state (keys mode 0600, certificates, emulator.toml).
     #[arg(long)]
     dir: PathBuf,
+    /// SNP: the product line (decides the TCB layout, CPUID and the VCEK's productName).
+    #[arg(long, value_enum, default_value = "milan")]
+    product: ProductArg,
 }
 
 #[derive(clap::Args)]
 pub struct LaunchArgs {
     #[arg(long)]
     dir: PathBuf,
-    /// The runtime configuration to launch with: the workload data becomes its hash (TDX
-    /// MRCONFIGID = SHA-384 of the file), as a host launching Cordon's runtime sets it.
+    /// The runtime configuration to launch with: the workload data becomes its hash (SNP
+    /// HOST_DATA = SHA-256 of the file, TDX MRCONFIGID = SHA-384 of it), as a host launching
+    /// Cordon's runtime sets it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The launch measurement (TDX MRTD), hex. Default: the emulator's own.
+    /// The launch measurement (SNP MEASUREMENT, TDX MRTD), hex. Default: the emulator's own.
     #[arg(long)]
     measurement: Option<String>,
     /// Launch a debug TEE (its memory readable by the host): every policy without allow_debug
     /// refuses it.
     #[arg(long)]
     debug: bool,
-    /// The TCB status the platform's collateral gives it.
+    /// SNP: launch a guest whose policy allows a migration agent (MIGRATE_MA).
+    #[arg(long)]
+    migration_agent: bool,
+    /// The platform's TCB: up to date, or out of date (TDX: the collateral's status; SNP: a
+    /// REPORTED_TCB below AMD's published fixes, with a VCEK certifying it).
     #[arg(long, value_enum, default_value = "up-to-date")]
     tcb_status: TcbStatusArg,
     /// Issue the collateral this many days ago (it is valid for 30 days, as Intel's: more than 30
@@ -87,8 +106,27 @@ pub fn default_tdx_measurement() -> [u8; 48] {
     Sha384::digest(b"cordon emulated TDX firmware (no real TDVF)").into()
 }
 
+/// The emulated SNP platform's default launch measurement, likewise standing in for the launch
+/// digest of a firmware image (`cordon measure snp` computes a real one).
+pub fn default_snp_measurement() -> [u8; 48] {
+    Sha384::digest(b"cordon emulated SEV-SNP firmware (no real OVMF)").into()
+}
+
+/// A REPORTED_TCB older than AMD's published fixes for `product` (below `snp::floor`), for
+/// refusal tests: the values of a 2023 Milan report.
+fn old_snp_tcb(product: Product) -> SnpTcb {
+    SnpTcb {
+        bootloader: 3,
+        tee: 0,
+        snp: 8,
+        microcode: 115,
+        fmc: (product == Product::Turin).then_some(0),
+    }
+}
+
 /// An emulated platform opened from its directory.
 pub enum Emulator {
+    Snp(EmulatedSnp),
     Tdx(EmulatedTdx),
 }
 
@@ -96,7 +134,20 @@ impl Emulator {
     /// Creates the platform's state in `dir` (refusing a directory that holds one), launched with
     /// the default measurement and nothing bound.
     pub fn create(dir: &Path, platform: EmulatedPlatform) -> Result<Emulator> {
+        Emulator::create_product(dir, platform, Product::Milan)
+    }
+
+    fn create_product(
+        dir: &Path,
+        platform: EmulatedPlatform,
+        product: Product,
+    ) -> Result<Emulator> {
         match platform {
+            EmulatedPlatform::Snp => {
+                let launch = LaunchParams::new(default_snp_measurement(), [0; 32]);
+                let options = EmulatedSnpOptions::new(product, launch);
+                Ok(Emulator::Snp(EmulatedSnp::create(dir, options)?))
+            }
             EmulatedPlatform::Tdx => {
                 let mut options = EmulatedTdxOptions::new(SystemTime::now());
                 options.launch.mr_td = default_tdx_measurement();
@@ -106,9 +157,13 @@ impl Emulator {
     }
 
     pub fn open(dir: &Path) -> Result<Emulator> {
-        let tdx = EmulatedTdx::open(dir)
-            .with_context(|| format!("emulated platform in {}", dir.display()))?;
-        Ok(Emulator::Tdx(tdx))
+        let what = || format!("emulated platform in {}", dir.display());
+        // The SNP state holds AMD's chain by its names; the TDX state does not.
+        if dir.join("ark.der").exists() {
+            Ok(Emulator::Snp(EmulatedSnp::open(dir).with_context(what)?))
+        } else {
+            Ok(Emulator::Tdx(EmulatedTdx::open(dir).with_context(what)?))
+        }
     }
 
     /// Opens the platform in `dir`, creating it first when the directory holds none.
@@ -132,18 +187,21 @@ impl Emulator {
 
     pub fn platform(&self) -> Platform {
         match self {
+            Emulator::Snp(_) => Platform::Snp,
             Emulator::Tdx(_) => Platform::Tdx,
         }
     }
 
     pub fn root_fingerprint(&self) -> [u8; 32] {
         match self {
+            Emulator::Snp(e) => e.root_fingerprint(),
             Emulator::Tdx(t) => t.root_fingerprint(),
         }
     }
 
     pub fn launch_measurement(&self) -> Vec<u8> {
         match self {
+            Emulator::Snp(e) => e.options().launch.measurement.to_vec(),
             Emulator::Tdx(t) => t.launch().mr_td.to_vec(),
         }
     }
@@ -157,15 +215,17 @@ impl Emulator {
         debug: bool,
         up_to_date: bool,
     ) -> Result<()> {
-        self.launch_with_collateral_age(config_bytes, measurement, debug, up_to_date, 0)
+        self.launch_with(config_bytes, measurement, debug, false, up_to_date, 0)
     }
 
-    /// [`Emulator::launch`], with the collateral issued `collateral_age_days` ago.
-    pub fn launch_with_collateral_age(
+    /// [`Emulator::launch`], with a migration agent allowed (SNP) and the collateral issued
+    /// `collateral_age_days` ago (TDX).
+    pub fn launch_with(
         &mut self,
         config_bytes: Option<&[u8]>,
         measurement: Option<&[u8]>,
         debug: bool,
+        migration_agent: bool,
         up_to_date: bool,
         collateral_age_days: u64,
     ) -> Result<()> {
@@ -174,8 +234,52 @@ impl Emulator {
                 collateral_age_days.saturating_mul(86_400),
             ))
             .context("--collateral-age-days reaches before the epoch")?;
+        if collateral_age_days > 0 && self.platform() != Platform::Tdx {
+            bail!(
+                "--collateral-age-days is for TDX (SNP has no collateral; its VCEK is long-lived)"
+            );
+        }
         match self {
+            Emulator::Snp(e) => {
+                let mut launch = e.options().launch.clone();
+                if let Some(config) = config_bytes {
+                    launch.host_data = Sha256::digest(config).into();
+                }
+                if let Some(m) = measurement {
+                    launch.measurement = m.try_into().map_err(|_| {
+                        anyhow::anyhow!("an SNP MEASUREMENT is 48 bytes, got {}", m.len())
+                    })?;
+                }
+                launch.policy = LaunchParams::DEFAULT_POLICY
+                    | if debug { POLICY_DEBUG } else { 0 }
+                    | if migration_agent {
+                        POLICY_MIGRATE_MA
+                    } else {
+                        0
+                    };
+                let product = e.options().product;
+                let tcb = if up_to_date {
+                    SnpTcb::up_to_date(product)
+                } else {
+                    old_snp_tcb(product)
+                };
+                let next = if tcb == e.options().reported_tcb {
+                    e.with_launch(launch)?
+                } else {
+                    // The VCEK certifies the TCB: another TCB is another VCEK, under the same root.
+                    e.under_same_root(EmulatedSnpOptions {
+                        reported_tcb: tcb,
+                        committed_tcb: None,
+                        launch,
+                        ..e.options().clone()
+                    })?
+                };
+                *e = next;
+            }
             Emulator::Tdx(t) => {
+                if migration_agent {
+                    bail!("--migration-agent is for SNP guests");
+                }
                 let mut launch = t.launch().clone();
                 if let Some(config) = config_bytes {
                     launch.mr_config_id = Sha384::digest(config).into();
@@ -201,6 +305,7 @@ impl Emulator {
 
     pub fn save(&self, dir: &Path) -> Result<()> {
         match self {
+            Emulator::Snp(e) => e.save(dir)?,
             Emulator::Tdx(t) => t.save_state(dir)?,
         }
         Ok(())
@@ -210,6 +315,7 @@ impl Emulator {
     /// kernel's report interface, as on a real machine.
     pub fn provider(self) -> Result<Box<dyn EvidenceProvider>> {
         match self {
+            Emulator::Snp(e) => Ok(Box::new(ConfigFsTsm::emulated_snp(e)?)),
             Emulator::Tdx(t) => Ok(Box::new(ConfigFsTsm::emulated_tdx(t)?)),
         }
     }
@@ -227,7 +333,12 @@ impl Emulator {
 pub fn run(c: EmulatorCommand) -> Result<()> {
     match c {
         EmulatorCommand::Init(a) => {
-            let emulator = Emulator::create(&a.dir, a.platform)?;
+            let product = match a.product {
+                ProductArg::Milan => Product::Milan,
+                ProductArg::Genoa => Product::Genoa,
+                ProductArg::Turin => Product::Turin,
+            };
+            let emulator = Emulator::create_product(&a.dir, a.platform, product)?;
             eprintln!("WARNING: {}", emulator.warning());
             println!("emulated platform: {}", a.dir.display());
             println!(
@@ -250,10 +361,11 @@ pub fn run(c: EmulatorCommand) -> Result<()> {
                     hex::decode(m.trim()).with_context(|| format!("--measurement {m:?} is not hex"))
                 })
                 .transpose()?;
-            emulator.launch_with_collateral_age(
+            emulator.launch_with(
                 config.as_deref(),
                 measurement.as_deref(),
                 a.debug,
+                a.migration_agent,
                 matches!(a.tcb_status, TcbStatusArg::UpToDate),
                 a.collateral_age_days,
             )?;
@@ -282,6 +394,17 @@ fn show(emulator: &Emulator) {
         hex::encode(emulator.launch_measurement())
     );
     match emulator {
+        Emulator::Snp(e) => {
+            let o = e.options();
+            println!(
+                "workload data:      {} (HOST_DATA)",
+                hex::encode(o.launch.host_data)
+            );
+            println!("guest policy:       {:#x}", o.launch.policy);
+            println!("product:            {}", o.product.name());
+            println!("chip id:            {}", hex::encode(o.chip_id));
+            println!("reported tcb:       {:?}", o.reported_tcb);
+        }
         Emulator::Tdx(t) => {
             let l = t.launch();
             println!(

@@ -181,19 +181,65 @@ fn the_hardware_path_on(platform: &str) {
     assert!(err.to_lowercase().contains("emulated"), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("probabilities"));
 
+    if platform == "snp" {
+        // A machine allowlist: the launched chip passes, any other chip is refused.
+        let shown = ok(&[
+            "emulator",
+            "show",
+            "--dir",
+            &s(&deployment.join("emulator-snp")),
+        ]);
+        let chip = shown
+            .lines()
+            .find_map(|l| l.strip_prefix("chip id:"))
+            .expect("emulator show prints the chip id")
+            .trim()
+            .to_string();
+        for (name, allowed, accepted) in [
+            ("this-chip", chip.clone(), true),
+            ("other-chip", "ab".repeat(64), false),
+        ] {
+            let path = d.join(format!("{name}.toml"));
+            std::fs::write(
+                &path,
+                format!("{client_text}allowed_chip_ids = [\"{allowed}\"]\n"),
+            )
+            .unwrap();
+            let out = infer(&runtime, &path, &input);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.success(), accepted, "{name}: {err}");
+            if !accepted {
+                assert!(
+                    err.contains("chip_id") && err.contains(&"ab".repeat(64)),
+                    "{err}"
+                );
+            }
+        }
+    }
+
     // Launches the KBS must refuse: the runtime gets no key and exits, naming why.
     let config = deployment.join("runtime.toml");
     let other_measurement = "11".repeat(48);
-    for (name, flags, needle) in [
+    let mut cases = vec![
         ("debug", vec!["--debug"], "debug"),
-        ("old-tcb", vec!["--tcb-status", "out-of-date"], "OutOfDate"),
         (
             "measurement",
             vec!["--measurement", other_measurement.as_str()],
             "launch_measurement",
         ),
-        ("expired", vec!["--collateral-age-days", "31"], "expired"),
-    ] {
+    ];
+    if platform == "tdx" {
+        cases.push(("old-tcb", vec!["--tcb-status", "out-of-date"], "OutOfDate"));
+        cases.push(("expired", vec!["--collateral-age-days", "31"], "expired"));
+    } else {
+        cases.push((
+            "old-tcb",
+            vec!["--tcb-status", "out-of-date"],
+            "below the default minimum",
+        ));
+        cases.push(("migration-agent", vec!["--migration-agent"], "migrate_ma"));
+    }
+    for (name, flags, needle) in cases {
         let (_rt, result) = runtime_on_launch(d, &deployment, platform, name, &config, &flags);
         let log = result
             .err()
@@ -222,6 +268,37 @@ fn the_hardware_path_on(platform: &str) {
 #[test]
 fn the_hardware_path_on_an_emulated_td() {
     the_hardware_path_on("tdx");
+}
+
+#[test]
+fn the_hardware_path_on_an_emulated_snp_guest() {
+    the_hardware_path_on("snp");
+}
+
+#[test]
+fn quickstart_runs_on_an_emulated_snp_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cordon(&[
+        "quickstart",
+        "--emulate",
+        "snp",
+        "--data-dir",
+        &s(dir.path()),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("snp -- EMULATED SNP, NOT hardware-backed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("equals in-process tract on the plaintext model: yes"),
+        "{stdout}"
+    );
 }
 
 #[test]
