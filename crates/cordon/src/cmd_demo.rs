@@ -6,13 +6,11 @@ use crate::cmd_job::{print_status, seal_dataset, verify_receipt};
 use crate::deploy::{self, Children};
 use crate::util;
 use anyhow::{bail, Context, Result};
-use cordon_attest::{Endorsements, Platform, Policy, PolicyDocument};
 use cordon_client::jobs::{register_dataset_key, JobClient};
 use cordon_proto::job::{Evaluation, JobSchema, JobSpec, JobState, Outputs, PartyKey, ServeOutput};
 use cordon_proto::oip::InferRequest;
 use cordon_runtime::{EngineKind, ModelConfig, OnnxModel, RuntimeConfig, TrainingConfig};
 use cordon_seal::KeyFile;
-use cordon_tee::sim_launch_measurement;
 use cordon_train::{Algorithm, DataFormat, Schema, Table};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -52,6 +50,10 @@ pub struct HospitalsArgs {
     /// `gbdt` or `logistic_regression`.
     #[arg(long, default_value = "gbdt")]
     algorithm: String,
+    /// Run the training and serving runtimes with `--platform hardware` on an emulated platform
+    /// instead of the simulated TEE (for tests and CI: EMULATED, NOT hardware-backed).
+    #[arg(long, value_enum)]
+    emulate: Option<crate::emulator::EmulatedPlatform>,
 }
 
 pub fn run(c: DemoCommand) -> Result<()> {
@@ -82,29 +84,13 @@ fn score(labels: &[f32], probs: &[f64]) -> (f64, f64) {
     )
 }
 
-/// Sim-platform policy naming one measurement, and the document (with the trust anchor) that
-/// verifiers use.
-fn sim_policy(measurement: &[u8; 48], hw_public: [u8; 32]) -> (Policy, PolicyDocument) {
-    let policy = Policy {
-        workload_data: Some(vec![0; 32]),
-        ..Policy::new(vec![Platform::Sim], vec![measurement.to_vec()])
-    };
-    let doc = PolicyDocument {
-        policy: policy.clone(),
-        endorsements: Some(Endorsements {
-            sim_trust_anchors: vec![hw_public],
-            ..Default::default()
-        }),
-    };
-    (policy, doc)
-}
-
-fn measured_config(dir: &Path, name: &str, config: &RuntimeConfig) -> Result<(PathBuf, [u8; 48])> {
+/// Writes a runtime configuration to `dir/{name}.toml`: its path and text (what its measurement or
+/// workload data covers).
+fn write_config(dir: &Path, name: &str, config: &RuntimeConfig) -> Result<(PathBuf, String)> {
     let path = dir.join(format!("{name}.toml"));
     let text = config.to_toml();
     std::fs::write(&path, &text)?;
-    let measurement = sim_launch_measurement(&std::env::current_exe()?, text.as_bytes())?;
-    Ok((path, measurement))
+    Ok((path, text))
 }
 
 fn hospitals(a: HospitalsArgs) -> Result<()> {
@@ -118,7 +104,17 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
         "Cordon demo: three hospitals, one model, no rows shown. Data directory {}",
         dir.display()
     );
-    println!("Platform: SIMULATED TEE. Nothing below is hardware-backed; it shows the protocol, not isolation.\n");
+    let platform = a.emulate.map_or(
+        deploy::DeployPlatform::Sim,
+        deploy::DeployPlatform::Emulated,
+    );
+    println!(
+        "Platform: {}. Nothing below is hardware-backed; it shows the protocol, not isolation.\n",
+        match platform {
+            deploy::DeployPlatform::Sim => "SIMULATED TEE".to_string(),
+            p => p.label(),
+        }
+    );
     let schema = schema()?;
     let benchmark = cordon_train::read_table(BENCHMARK.as_bytes(), DataFormat::Csv, &schema)?;
 
@@ -146,7 +142,8 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
     println!("\n== The confidential setup ==");
     let rt = util::tokio_runtime()?;
     let mut children = Children(Vec::new());
-    let kbs = deploy::start_kbs(&dir, &mut children, None)?;
+    let emulated_root = deploy::prepare_platform(&dir, platform)?;
+    let kbs = deploy::start_kbs(&dir, &mut children, emulated_root)?;
     let trainer_config = RuntimeConfig {
         kbs_url: kbs.url.clone(),
         kbs_public_key: Some(hex::encode(kbs.identity)),
@@ -159,16 +156,17 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
         }),
         onnxruntime: None,
     };
-    let (trainer_path, trainer_measurement) = measured_config(&dir, "trainer", &trainer_config)?;
-    let (release_policy, trainer_doc) = sim_policy(&trainer_measurement, kbs.hw.public_key());
-    let trainer_url = deploy::start_runtime(
+    let (trainer_path, trainer_text) = write_config(&dir, "trainer", &trainer_config)?;
+    let (release_policy, trainer_doc) = deploy::launch_policy(
         &dir,
-        &mut children,
+        platform,
         "trainer",
-        &trainer_path,
-        deploy::DeployPlatform::Sim,
-        &[],
+        &trainer_text,
+        kbs.hw.public_key(),
     )?;
+    let trainer_measurement = release_policy.launch_measurements[0].clone();
+    let trainer_url =
+        deploy::start_runtime(&dir, &mut children, "trainer", &trainer_path, platform, &[])?;
     println!(
         "[trainer] training runtime at {trainer_url}, measurement {}…",
         &hex::encode(trainer_measurement)[..16]
@@ -202,8 +200,9 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
         training: None,
         onnxruntime: None,
     };
-    let (server_path, server_measurement) = measured_config(&dir, "server", &server_config)?;
-    let (serving_policy, client_doc) = sim_policy(&server_measurement, kbs.hw.public_key());
+    let (server_path, server_text) = write_config(&dir, "server", &server_config)?;
+    let (serving_policy, client_doc) =
+        deploy::launch_policy(&dir, platform, "server", &server_text, kbs.hw.public_key())?;
 
     // 3. Each hospital seals its records, registers the key (released only to that measurement,
     //    only for jobs it approves) and uploads the sealed file.
@@ -362,14 +361,8 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
         bail!("the job did not register its model for serving");
     }
     std::fs::write(&sealed_model, rt.block_on(clients[2].sealed_model(&hash))?)?;
-    let server_url = deploy::start_runtime(
-        &dir,
-        &mut children,
-        "server",
-        &server_path,
-        deploy::DeployPlatform::Sim,
-        &[],
-    )?;
+    let server_url =
+        deploy::start_runtime(&dir, &mut children, "server", &server_path, platform, &[])?;
     let row = benchmark.row(0);
     let request: InferRequest = serde_json::from_value(serde_json::json!({
         "inputs": [{"name": "input", "shape": [1, row.len()], "datatype": "FP32", "data": row}]
@@ -383,9 +376,10 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
     println!("\n== The joint model serving (encrypted request to the attested runtime at {server_url}) ==");
     println!("  its key went from the trainer to the KBS under the job's serving policy; the serving path uses no party's copy");
     println!(
-        "  client verified {} evidence (measurement {}…) -- SIMULATED, NOT hardware-backed",
+        "  client verified {} evidence (measurement {}…){}",
         verified.claims().platform,
-        &hex::encode(&verified.claims().launch_measurement)[..16]
+        &hex::encode(&verified.claims().launch_measurement)[..16],
+        util::provenance(verified.claims())
     );
     let out = |name: &str| {
         response

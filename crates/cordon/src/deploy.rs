@@ -24,7 +24,8 @@ pub enum DeployPlatform {
 }
 
 impl DeployPlatform {
-    /// The emulated platform's state directory under a deployment's data directory.
+    /// The emulated platform's state directory under a deployment's data directory: the machine
+    /// (its test root, which the KBS is told to verify).
     fn emulator_dir(self, dir: &Path) -> Option<(PathBuf, EmulatedPlatform)> {
         match self {
             DeployPlatform::Sim => None,
@@ -32,6 +33,13 @@ impl DeployPlatform {
                 Some((dir.join(format!("emulator-{}", p.platform())), p))
             }
         }
+    }
+
+    /// Where the runtime `name` is launched on that machine: a copy of its state (the same keys,
+    /// so the same root) with that runtime's launch parameters, as one host runs several guests.
+    fn runtime_emulator_dir(self, dir: &Path, name: &str) -> Option<PathBuf> {
+        self.emulator_dir(dir)
+            .map(|(machine, _)| PathBuf::from(format!("{}-{name}", machine.display())))
     }
 
     /// What tools print about evidence from this platform.
@@ -336,14 +344,14 @@ pub fn start_runtime(
     .iter()
     .map(|a| a.to_string())
     .collect();
-    match platform.emulator_dir(dir) {
+    match platform.runtime_emulator_dir(dir, name) {
         None => args.extend([
             "--platform".into(),
             "sim".into(),
             "--sim-hardware-key".into(),
             p(&dir.join("keys/sim-hardware.key")),
         ]),
-        Some((emulator, _)) => args.extend([
+        Some(emulator) => args.extend([
             "--platform".into(),
             "hardware".into(),
             "--emulator".into(),
@@ -358,6 +366,88 @@ pub fn start_runtime(
         &log,
     )?;
     wait_for_addr(children, name, &addr, &log)
+}
+
+/// Opens (or creates) the emulated machine of `platform` under `dir` and says so; its root
+/// fingerprint, for the KBS. `None` on sim.
+pub fn prepare_platform(dir: &Path, platform: DeployPlatform) -> Result<Option<[u8; 32]>> {
+    let Some((machine, p)) = platform.emulator_dir(dir) else {
+        return Ok(None);
+    };
+    let e = Emulator::open_or_create(&machine, p)?;
+    println!("[host]    WARNING: {}", e.warning());
+    Ok(Some(e.root_fingerprint()))
+}
+
+/// What the host and the owner do before the runtime `name` starts with the configuration
+/// `config_text`: on an emulated platform, launch its guest with the configuration's hash as
+/// workload data (and collateral issued now); then the release policy that names its measurement
+/// and pins that configuration, and the client's policy document (for sim, with the trust anchor
+/// `sim_anchor`; hardware evidence comes with its endorsements).
+pub fn launch_policy(
+    dir: &Path,
+    platform: DeployPlatform,
+    name: &str,
+    config_text: &str,
+    sim_anchor: [u8; 32],
+) -> Result<(Policy, PolicyDocument)> {
+    let policy = match (
+        platform.emulator_dir(dir),
+        platform.runtime_emulator_dir(dir, name),
+    ) {
+        (Some((machine, _)), Some(guest)) => {
+            copy_state(&machine, &guest)?;
+            let mut e = Emulator::open(&guest)?;
+            e.launch(Some(config_text.as_bytes()), None, false, true)?;
+            e.save(&guest)?;
+            let workload =
+                cordon_runtime::config_workload_data(e.platform(), config_text.as_bytes())
+                    .context("an emulated platform binds the configuration")?;
+            println!(
+                "[host]    launched {name} on the emulated {} with workload data {}… (the hash of its configuration)",
+                e.platform(),
+                util::short_hex(&workload)
+            );
+            Policy {
+                workload_data: Some(workload),
+                emulated_roots: vec![e.root_fingerprint().to_vec()],
+                ..Policy::new(vec![e.platform()], vec![e.launch_measurement()])
+            }
+        }
+        _ => {
+            let measurement =
+                sim_launch_measurement(&std::env::current_exe()?, config_text.as_bytes())?;
+            Policy {
+                workload_data: Some(vec![0; 32]),
+                ..Policy::new(vec![Platform::Sim], vec![measurement.to_vec()])
+            }
+        }
+    };
+    let doc = PolicyDocument {
+        endorsements: policy
+            .platforms
+            .contains(&Platform::Sim)
+            .then(|| Endorsements {
+                sim_trust_anchors: vec![sim_anchor],
+                ..Default::default()
+            }),
+        policy: policy.clone(),
+    };
+    Ok((policy, doc))
+}
+
+/// Copies an emulated machine's state directory (flat: keys, certificates, emulator.toml) to `to`.
+fn copy_state(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            // fs::copy keeps the mode: keys stay 0600.
+            std::fs::copy(entry.path(), to.join(entry.file_name()))
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// One sealed model of a deployment.
@@ -480,20 +570,9 @@ pub fn deploy(
 
     // 2-3. The simulated hardware key (the KBS attests itself with it) and the key broker, in its
     //      own process; on an emulated platform, the KBS verifies that platform's test root too.
-    let mut emulator = platform
-        .emulator_dir(dir)
-        .map(|(emulator_dir, p)| {
-            let e = Emulator::open_or_create(&emulator_dir, p)?;
-            println!("[host]    WARNING: {}", e.warning());
-            Ok::<_, anyhow::Error>((emulator_dir, e))
-        })
-        .transpose()?;
+    let emulated_root = prepare_platform(dir, platform)?;
     let mut children = Children(Vec::new());
-    let kbs = start_kbs(
-        dir,
-        &mut children,
-        emulator.as_ref().map(|(_, e)| e.root_fingerprint()),
-    )?;
+    let kbs = start_kbs(dir, &mut children, emulated_root)?;
     let (kbs_url, kbs_key, hw) = (kbs.url.clone(), kbs.identity, kbs.hw);
 
     // 4. The runtime's configuration is part of its measurement; the release policy names it.
@@ -521,35 +600,8 @@ pub fn deploy(
     let config_path = dir.join("runtime.toml");
     let config_text = config.to_toml();
     std::fs::write(&config_path, &config_text)?;
-    let policy = match &mut emulator {
-        None => {
-            let measurement =
-                sim_launch_measurement(&std::env::current_exe()?, config_text.as_bytes())?;
-            Policy {
-                workload_data: Some(vec![0; 32]),
-                ..Policy::new(vec![Platform::Sim], vec![measurement.to_vec()])
-            }
-        }
-        Some((emulator_dir, e)) => {
-            // The host launches the TEE with the configuration's hash as its workload data, and
-            // collateral issued now; the policy pins both, and names the emulated root.
-            e.launch(Some(config_text.as_bytes()), None, false, true)?;
-            e.save(emulator_dir)?;
-            let workload =
-                cordon_runtime::config_workload_data(e.platform(), config_text.as_bytes())
-                    .context("an emulated platform binds the configuration")?;
-            println!(
-                "[host]    launched the emulated {} with workload data {}… (the hash of runtime.toml)",
-                e.platform(),
-                util::short_hex(&workload)
-            );
-            Policy {
-                workload_data: Some(workload),
-                emulated_roots: vec![e.root_fingerprint().to_vec()],
-                ..Policy::new(vec![e.platform()], vec![e.launch_measurement()])
-            }
-        }
-    };
+    let (policy, client_doc) =
+        launch_policy(dir, platform, "runtime", &config_text, hw.public_key())?;
     let measurement = policy.launch_measurements[0].clone();
     std::fs::write(dir.join("release-policy.toml"), policy.to_toml())?;
     let token = kbs.token;
@@ -602,16 +654,6 @@ pub fn deploy(
 
     // 6. The client's policy: the same reference values, and for sim the trust anchor to verify
     //    with (hardware evidence comes with its endorsements; the emulated root is in the policy).
-    let client_doc = PolicyDocument {
-        endorsements: policy
-            .platforms
-            .contains(&Platform::Sim)
-            .then(|| Endorsements {
-                sim_trust_anchors: vec![hw.public_key()],
-                ..Default::default()
-            }),
-        policy,
-    };
     let client_policy_path = dir.join("client-policy.toml");
     std::fs::write(&client_policy_path, client_doc.to_toml())?;
 

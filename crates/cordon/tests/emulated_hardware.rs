@@ -327,3 +327,64 @@ fn quickstart_runs_on_an_emulated_td() {
     );
     assert!(stdout.contains("key_released"), "{stdout}");
 }
+
+/// Collaborative training on the hardware path: the trainer and the serving runtime each launched on
+/// the emulated machine, the KBS releasing dataset keys to the trainer's evidence, the receipt
+/// carrying its endorsements and verified offline, the joint model served to a verifying client.
+#[test]
+fn demo_hospitals_runs_on_emulated_platforms() {
+    for platform in ["snp", "tdx"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = cordon(&[
+            "demo",
+            "hospitals",
+            "--emulate",
+            platform,
+            "--data-dir",
+            &s(dir.path()),
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{platform}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let upper = platform.to_uppercase();
+        assert!(
+            stdout.contains(&format!("Platform: EMULATED {upper}")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("bound by {platform} evidence"))
+                && stdout.contains("receipt valid"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("client verified {platform} evidence")),
+            "{stdout}"
+        );
+        // The receipt carries the endorsements its evidence needs: it verifies offline, later,
+        // with nothing but the policy.
+        let receipt = dir.path().join("output/receipt.json");
+        let body: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&receipt).unwrap()).unwrap();
+        let shipped = &body["body"]["attestation"]["endorsements"];
+        assert!(
+            shipped["snp_certs"].is_array() || shipped["dcap_collateral"].is_string(),
+            "{platform}: {shipped}"
+        );
+        let verified = ok(&[
+            "job",
+            "receipt",
+            "verify",
+            "--receipt",
+            &s(&receipt),
+            "--policy",
+            &s(&dir.path().join("trainer-policy.toml")),
+        ]);
+        assert!(
+            verified.contains("EMULATED, NOT hardware-backed"),
+            "{verified}"
+        );
+    }
+}
