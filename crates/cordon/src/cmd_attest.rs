@@ -26,6 +26,24 @@ pub enum AttestCommand {
     /// Fetch a report's VCEK and CRL from AMD KDS, or a quote's DCAP collateral from Intel PCS or a
     /// PCCS, into a directory for `verify` (optional; verification never fetches anything).
     Fetch(cmd_fetch::FetchArgs),
+    /// Inside a TEE: write this machine's evidence (an SNP report or a TDX quote, through the
+    /// detected interface) to a file, for `fetch` to fill the endorsement directory that
+    /// `runtime serve --endorsements` ships. Binds the given report data (default zeros), so it
+    /// vouches for nothing else.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// Where to write the evidence.
+    #[arg(long)]
+    out: PathBuf,
+    /// The 64 bytes of report data to bind, hex (default: zeros).
+    #[arg(long)]
+    report_data: Option<String>,
+    /// Use the emulated platform in this directory instead of the machine's (tests and CI).
+    #[arg(long)]
+    emulator: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -73,6 +91,7 @@ pub fn run(c: AttestCommand) -> u8 {
         AttestCommand::Verify(a) => verify(a),
         AttestCommand::Inspect(a) => inspect(a),
         AttestCommand::Fetch(a) => cmd_fetch::fetch(a),
+        AttestCommand::Report(a) => report(a),
     };
     match result {
         Ok(code) => code,
@@ -97,6 +116,37 @@ fn parse_time(s: &str) -> Result<SystemTime> {
             format!("--at {s:?} is not an RFC 3339 time (e.g. 2025-06-01T00:00:00Z)")
         })?;
     Ok(t.into())
+}
+
+fn report(a: ReportArgs) -> Result<u8> {
+    let mut report_data = [0u8; 64];
+    if let Some(h) = &a.report_data {
+        let bytes =
+            hex::decode(h.trim()).with_context(|| format!("--report-data {h:?} is not hex"))?;
+        anyhow::ensure!(
+            bytes.len() <= 64,
+            "--report-data is {} bytes; report data holds 64",
+            bytes.len()
+        );
+        report_data[..bytes.len()].copy_from_slice(&bytes);
+    }
+    let provider = match &a.emulator {
+        Some(dir) => {
+            let emulator = crate::emulator::Emulator::open(dir)?;
+            eprintln!("WARNING: {}", emulator.warning());
+            emulator.provider()?
+        }
+        None => cordon_tee::detect(std::path::Path::new("/"))?,
+    };
+    let evidence = provider.evidence(&report_data)?;
+    util::write_atomic(&a.out, &evidence)?;
+    println!(
+        "{} evidence ({} bytes) written to {}",
+        provider.platform(),
+        evidence.len(),
+        a.out.display()
+    );
+    Ok(0)
 }
 
 fn verify(a: VerifyArgs) -> Result<u8> {
@@ -125,8 +175,10 @@ fn verify(a: VerifyArgs) -> Result<u8> {
     let (policy, policy_name) = match &a.policy {
         Some(p) => {
             let doc = util::load_policy_doc(p, "policy")?;
-            if let Some(e) = doc.endorsements {
+            if let Some(e) = doc.verification_endorsements() {
                 endorsements.sim_trust_anchors = e.sim_trust_anchors;
+                // Evidence of an emulated platform verifies only under a root the policy names.
+                endorsements.emulated_roots = e.emulated_roots;
             }
             (doc.policy, p.display().to_string())
         }

@@ -388,3 +388,97 @@ fn demo_hospitals_runs_on_emulated_platforms() {
         );
     }
 }
+
+/// The operator's tools on an emulated machine: `attest report` writes its evidence, `emulator show`
+/// names its reference values, `policy new` writes a test policy naming the root, and `attest
+/// verify` accepts the report with it and refuses it with the production policy.
+#[test]
+fn attest_report_policy_new_and_verify_on_an_emulated_snp_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let machine = d.join("machine");
+    ok(&[
+        "emulator",
+        "init",
+        "--platform",
+        "snp",
+        "--dir",
+        &s(&machine),
+    ]);
+    let out = ok(&[
+        "attest",
+        "report",
+        "--emulator",
+        &s(&machine),
+        "--out",
+        &s(&d.join("report.bin")),
+    ]);
+    assert!(out.contains("snp evidence (1184 bytes)"), "{out}");
+    let shown = ok(&["emulator", "show", "--dir", &s(&machine)]);
+    let value = |prefix: &str| {
+        shown
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("{prefix} in {shown}"))
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let (root, measurement, workload) = (
+        value("root fingerprint:"),
+        value("launch measurement:"),
+        value("workload data:"),
+    );
+    let policies = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "policy".to_string(),
+            "new".into(),
+            "--platform".into(),
+            "snp".into(),
+            "--measurement".into(),
+            measurement.clone(),
+            "--workload-data".into(),
+            workload.clone(),
+            "--release-out".into(),
+            s(&d.join(format!("{name}-release.toml"))),
+            "--client-out".into(),
+            s(&d.join(format!("{name}-client.toml"))),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        ok(&args);
+        d.join(format!("{name}-client.toml"))
+    };
+    let test_policy = policies("test", &["--emulated-root", &root]);
+    let production = policies("production", &[]);
+    let verify = |policy: &Path| {
+        cordon(&[
+            "attest",
+            "verify",
+            &s(&d.join("report.bin")),
+            "--cert",
+            &s(&machine.join("vcek.der")),
+            "--cert",
+            &s(&machine.join("ask.der")),
+            "--cert",
+            &s(&machine.join("ark.der")),
+            "--policy",
+            &s(policy),
+        ])
+    };
+    let accepted = verify(&test_policy);
+    let stdout = String::from_utf8_lossy(&accepted.stdout);
+    assert!(
+        accepted.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    assert!(stdout.contains("EMULATED, NOT hardware-backed"), "{stdout}");
+    let refused = verify(&production);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        err.contains(&root) && err.contains("emulated root"),
+        "{err}"
+    );
+}
