@@ -20,6 +20,9 @@ fi
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 mkdir -p "$1"
 out="$(cd "$1" && pwd)"
+# One run at a time per OUTDIR (test binaries run it concurrently).
+exec 9>"$out/.lock"
+flock 9
 
 fail() {
     echo "fetch-snp-measure-refs: $*" >&2
