@@ -8,8 +8,9 @@
 #     and unpacked with dpkg-deb:
 #       ovmf 2025.02-8+deb13u1 (trixie):        usr/share/ovmf/OVMF.fd (SEV metadata, no hashes table)
 #       ovmf-amdsev 2026.08+ds-2 (forky, sid):  usr/share/ovmf/OVMF.amdsev.fd (with the hashes table)
-#     A version that has left the pool is looked for on snapshot.debian.org; if neither has it,
-#     this fails saying so: update the pins below (version, path, SHA-256) and the test's OUTDIR.
+#     A version that has left the pool is fetched from snapshot.debian.org by its SHA-1; if neither
+#     has it, this fails saying so: update the pins below (version, path, SHA-256, SHA-1) and the
+#     tests' REFS_DIR.
 # Prints `name=path` lines: sev-snp-measure, ovmf, ovmf-amdsev. Needs python3 (with pip) and
 # dpkg-deb; no root, no apt configuration.
 set -euo pipefail
@@ -56,9 +57,11 @@ chmod +x "$out/bin/sev-snp-measure.part"
 mv "$out/bin/sev-snp-measure.part" "$out/bin/sev-snp-measure"
 "$out/bin/sev-snp-measure" --version >/dev/null 2>&1 || fail "the unpacked sev-snp-measure does not run with $(command -v python3)"
 
-# fetch_deb NAME POOL_PATH SHA256: OUTDIR/debs/NAME.deb, checked; unpacked into OUTDIR/NAME/.
+# fetch_deb NAME POOL_PATH SHA256 SHA1: OUTDIR/debs/NAME.deb, checked; unpacked into OUTDIR/NAME/.
+# From the pool on deb.debian.org, else from snapshot.debian.org by its SHA-1 (which keeps every
+# file Debian ever published); the SHA-256 decides either way.
 fetch_deb() {
-    local name="$1" pool="$2" sha="$3"
+    local name="$1" pool="$2" sha="$3" sha1="$4"
     local deb="$out/debs/$name.deb" tree="$out/$name"
     mkdir -p "$out/debs"
     if [ -f "$deb" ] && ! echo "$sha  $deb" | sha256sum --check --status; then
@@ -67,8 +70,8 @@ fetch_deb() {
     fi
     if [ ! -f "$deb" ]; then
         local got=""
-        for base in http://deb.debian.org/debian https://snapshot.debian.org/archive/debian/20261201T000000Z; do
-            if python3 - "$base/$pool" "$deb.part" <<'PY'
+        for url in "http://deb.debian.org/debian/$pool" "https://snapshot.debian.org/file/$sha1"; do
+            if python3 - "$url" "$deb.part" <<'PY'
 import sys, urllib.request
 url, dest = sys.argv[1], sys.argv[2]
 try:
@@ -85,11 +88,11 @@ PY
                     got=1
                     break
                 fi
-                echo "fetch-snp-measure-refs: $base/$pool does not have SHA-256 $sha" >&2
+                echo "fetch-snp-measure-refs: $url does not have SHA-256 $sha" >&2
             fi
             rm -f "$deb.part"
         done
-        [ -n "$got" ] || fail "could not fetch $pool (SHA-256 $sha) from Debian's archive"
+        [ -n "$got" ] || fail "could not fetch $pool (SHA-256 $sha) from deb.debian.org or snapshot.debian.org; if Debian no longer has it, update the pins in $0"
     fi
     if [ ! -f "$tree/.complete" ]; then
         rm -rf "$tree" "$tree.part"
@@ -100,9 +103,9 @@ PY
 }
 
 fetch_deb ovmf-2025.02-8+deb13u1 pool/main/e/edk2/ovmf_2025.02-8+deb13u1_all.deb \
-    78e0d54df11fc77406cb7a0bc9a39e5bca6d1cbe06556b91d9a73491c52decdf
+    78e0d54df11fc77406cb7a0bc9a39e5bca6d1cbe06556b91d9a73491c52decdf e22ebb3da0cbf61fb9b0fefa2d7f79d08c878885
 fetch_deb ovmf-amdsev-2026.08+ds-2 pool/main/e/edk2/ovmf-amdsev_2026.08+ds-2_all.deb \
-    92c9b6d15e4eeb371938c3f99080c1a8fc057dfd6bc0509d37f8b615e9edebfb
+    92c9b6d15e4eeb371938c3f99080c1a8fc057dfd6bc0509d37f8b615e9edebfb b2d261d63f256e18fb4f69855efe5f54ad45f9cf
 
 ovmf="$out/ovmf-2025.02-8+deb13u1/usr/share/ovmf/OVMF.fd"
 amdsev="$out/ovmf-amdsev-2026.08+ds-2/usr/share/ovmf/OVMF.amdsev.fd"
