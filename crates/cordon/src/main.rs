@@ -13,6 +13,7 @@ mod cmd_fetch;
 mod cmd_infer;
 mod cmd_job;
 mod cmd_kbs;
+mod cmd_measure;
 mod cmd_model;
 mod cmd_policy;
 mod cmd_proxy;
@@ -98,6 +99,10 @@ enum Command {
     /// Collaborative training jobs: create, approve, submit, status, result, receipt verify.
     #[command(subcommand)]
     Job(cmd_job::JobCommand),
+    /// Reference values computed from images: the launch measurement a TEE will report, for a
+    /// policy's `launch_measurements` (`measure snp`: AMD SEV-SNP with QEMU and OVMF).
+    #[command(subcommand)]
+    Measure(cmd_measure::MeasureCommand),
     /// Benchmarks, each against a baseline measured in the same run (build with --release).
     #[command(subcommand)]
     Bench(cmd_bench::BenchCommand),
@@ -129,6 +134,7 @@ fn main() -> ExitCode {
         Command::Party(c) => cmd_job::run_party(c),
         Command::Dataset(c) => cmd_job::run_dataset(c),
         Command::Job(c) => cmd_job::run_job(c),
+        Command::Measure(c) => cmd_measure::run(c),
         Command::Bench(c) => cmd_bench::run(c),
     };
     match result {
