@@ -14,6 +14,27 @@ pub enum MeasureCommand {
     /// attestation report's MEASUREMENT will show it: the value for a policy's
     /// `launch_measurements`. Prints it in hex on one line; --json adds the inputs.
     Snp(SnpArgs),
+    /// The workload data that binds a runtime configuration on `platform`, as the host sets it at
+    /// launch and a policy pins it (`workload_data`): SNP HOST_DATA = SHA-256 of the file, TDX
+    /// MRCONFIGID = SHA-384 of it. The file is checked as `runtime serve` checks it. Any edit,
+    /// even a comment, changes the value: measure again and register a new policy.
+    Runtime(RuntimeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RuntimeArgs {
+    /// The runtime configuration (TOML), byte for byte as the runtime will read it.
+    #[arg(long)]
+    config: PathBuf,
+    /// The platform the runtime will run on.
+    #[arg(long, value_enum)]
+    platform: RuntimePlatform,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RuntimePlatform {
+    Snp,
+    Tdx,
 }
 
 #[derive(clap::Args)]
@@ -76,7 +97,20 @@ fn sha256_file(path: &Path) -> Result<[u8; 32]> {
 pub fn run(c: MeasureCommand) -> Result<()> {
     match c {
         MeasureCommand::Snp(a) => snp(a),
+        MeasureCommand::Runtime(a) => runtime(a),
     }
+}
+
+fn runtime(a: RuntimeArgs) -> Result<()> {
+    let (bytes, _) = crate::cmd_runtime::load_config(&a.config)?;
+    let platform = match a.platform {
+        RuntimePlatform::Snp => cordon_attest::Platform::Snp,
+        RuntimePlatform::Tdx => cordon_attest::Platform::Tdx,
+    };
+    let workload = cordon_runtime::config_workload_data(platform, &bytes)
+        .context("SNP and TDX bind the configuration through their workload data")?;
+    println!("{}", hex::encode(workload));
+    Ok(())
 }
 
 fn snp(a: SnpArgs) -> Result<()> {

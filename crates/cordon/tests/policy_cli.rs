@@ -64,6 +64,32 @@ fn an_snp_policy_pins_the_runtime_configuration_it_is_given() {
     let release = std::fs::read_to_string(d.join("release.toml")).unwrap();
     let policy = cordon_attest::Policy::from_toml(&release).unwrap();
     let host_data = Sha256::digest(runtime_toml().as_bytes()).to_vec();
+    // What `measure runtime` prints is what the policy pins.
+    let (code, measured, err) = run(
+        d,
+        &[
+            "measure",
+            "runtime",
+            "--config",
+            "runtime.toml",
+            "--platform",
+            "snp",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(measured.trim(), hex::encode(&host_data));
+    let (_, mrconfigid, _) = run(
+        d,
+        &[
+            "measure",
+            "runtime",
+            "--config",
+            "runtime.toml",
+            "--platform",
+            "tdx",
+        ],
+    );
+    assert_eq!(mrconfigid.trim().len(), 96, "{mrconfigid}");
     assert_eq!(policy.workload_data, Some(host_data));
     assert_eq!(policy.allowed_chip_ids, Some(vec![vec![7; 64]]));
     assert_eq!(policy.min_tcb.unwrap()["microcode"], 219);
