@@ -8,9 +8,10 @@
 #     and unpacked with dpkg-deb:
 #       ovmf 2025.02-8+deb13u1 (trixie):        usr/share/ovmf/OVMF.fd (SEV metadata, no hashes table)
 #       ovmf-amdsev 2026.08+ds-2 (forky, sid):  usr/share/ovmf/OVMF.amdsev.fd (with the hashes table)
-#     A version that has left the pool is fetched from snapshot.debian.org by its SHA-1; if neither
-#     has it, this fails saying so: update the pins below (version, path, SHA-256, SHA-1) and the
-#     tests' REFS_DIR.
+#     A version that has left the pool is fetched from snapshot.debian.org by its SHA-1; if that
+#     does not answer either, the suite's current version is taken (checked against the SHA-256 of
+#     the suite's index) with a warning: both tools then compare on those bytes. Update the pins
+#     below (version, path, SHA-256, SHA-1) when that happens.
 # Prints `name=path` lines: sev-snp-measure, ovmf, ovmf-amdsev. Needs python3 (with pip) and
 # dpkg-deb; no root, no apt configuration.
 set -euo pipefail
@@ -64,7 +65,8 @@ fetch_deb() {
     local name="$1" pool="$2" sha="$3" sha1="$4"
     local deb="$out/debs/$name.deb" tree="$out/$name"
     mkdir -p "$out/debs"
-    if [ -f "$deb" ] && ! echo "$sha  $deb" | sha256sum --check --status; then
+    # A .deb from the fallback below carries its own (checked) version: keep it while the pin is gone.
+    if [ -f "$deb" ] && [ ! -f "$deb.fallback" ] && ! echo "$sha  $deb" | sha256sum --check --status; then
         rm -f "$deb"
         rm -rf "$tree"
     fi
@@ -92,7 +94,45 @@ PY
             fi
             rm -f "$deb.part"
         done
-        [ -n "$got" ] || fail "could not fetch $pool (SHA-256 $sha) from deb.debian.org or snapshot.debian.org; if Debian no longer has it, update the pins in $0"
+        if [ -z "$got" ] && [ -n "${5:-}" ]; then
+            # The pinned version has left the pool (a newer one replaced it) and the snapshot
+            # service did not answer: take the suite's current version, checked against the
+            # SHA-256 its signed index lists. Both tools still see the same bytes, which is what
+            # the comparison needs; say so, so that the pins get updated.
+            if python3 - "$5" "$6" "$deb.part" <<'PY'
+import lzma, sys, urllib.request, hashlib
+package, suite, dest = sys.argv[1:4]
+base = "http://deb.debian.org/debian"
+index = f"{base}/dists/{suite}/main/binary-amd64/Packages.xz"
+try:
+    with urllib.request.urlopen(index, timeout=120) as r:
+        text = lzma.decompress(r.read()).decode("utf-8", "replace")
+    fields = None
+    for stanza in text.split("\n\n"):
+        f = dict(l.split(": ", 1) for l in stanza.splitlines() if ": " in l and not l.startswith(" "))
+        if f.get("Package") == package:
+            fields = f
+            break
+    if fields is None:
+        raise RuntimeError(f"{package} is not in {suite}")
+    with urllib.request.urlopen(f"{base}/{fields['Filename']}", timeout=120) as r:
+        data = r.read()
+    if hashlib.sha256(data).hexdigest() != fields["SHA256"]:
+        raise RuntimeError(f"{fields['Filename']} does not match the index's SHA-256")
+    open(dest, "wb").write(data)
+    print(f"fetch-snp-measure-refs: WARNING: the pinned {package} is gone; using {suite}'s current {fields['Version']} (update the pins)", file=sys.stderr)
+except Exception as e:
+    print(f"fetch-snp-measure-refs: {index}: {e}", file=sys.stderr)
+    sys.exit(1)
+PY
+            then
+                mv "$deb.part" "$deb"
+                touch "$deb.fallback"
+                got=1
+            fi
+            rm -f "$deb.part"
+        fi
+        [ -n "$got" ] || fail "could not fetch $pool (SHA-256 $sha) from deb.debian.org, snapshot.debian.org or the suite's current index; update the pins in $0"
     fi
     if [ ! -f "$tree/.complete" ]; then
         rm -rf "$tree" "$tree.part"
@@ -103,9 +143,11 @@ PY
 }
 
 fetch_deb ovmf-2025.02-8+deb13u1 pool/main/e/edk2/ovmf_2025.02-8+deb13u1_all.deb \
-    78e0d54df11fc77406cb7a0bc9a39e5bca6d1cbe06556b91d9a73491c52decdf e22ebb3da0cbf61fb9b0fefa2d7f79d08c878885
+    78e0d54df11fc77406cb7a0bc9a39e5bca6d1cbe06556b91d9a73491c52decdf e22ebb3da0cbf61fb9b0fefa2d7f79d08c878885 \
+    ovmf trixie
 fetch_deb ovmf-amdsev-2026.08+ds-2 pool/main/e/edk2/ovmf-amdsev_2026.08+ds-2_all.deb \
-    92c9b6d15e4eeb371938c3f99080c1a8fc057dfd6bc0509d37f8b615e9edebfb b2d261d63f256e18fb4f69855efe5f54ad45f9cf
+    92c9b6d15e4eeb371938c3f99080c1a8fc057dfd6bc0509d37f8b615e9edebfb b2d261d63f256e18fb4f69855efe5f54ad45f9cf \
+    ovmf-amdsev sid
 
 ovmf="$out/ovmf-2025.02-8+deb13u1/usr/share/ovmf/OVMF.fd"
 amdsev="$out/ovmf-amdsev-2026.08+ds-2/usr/share/ovmf/OVMF.amdsev.fd"
