@@ -161,11 +161,12 @@ impl Verifier {
 
     /// [`Verifier::verify`] with the endorsements the evidence came with.
     ///
-    /// SNP: the shipped certificates are tried after the verifier's own, each checked up to a
-    /// pinned root. DCAP: the verifier's own collateral is used when it has some, the shipped
-    /// collateral only otherwise: collateral is signed by Intel, but older collateral stays valid
-    /// until its `nextUpdate`, so a host could ship collateral from before a TCB recovery, and a
-    /// verifier that fetched its own (`cordon attest fetch`) should not be overruled by it.
+    /// Shipped endorsements are used only where the verifier has none of its own, and are checked
+    /// up to a pinned root (or a named emulated root) like its own. SNP: a verifier given VCEKs
+    /// (a KBS with `--snp-cert`) accepts those chips only, whatever VCEK the host ships. DCAP:
+    /// collateral is signed by Intel, but older collateral stays valid until its `nextUpdate`, so a
+    /// host could ship collateral from before a TCB recovery; a verifier that fetched its own
+    /// (`cordon attest fetch`) is not overruled by it.
     pub fn verify_shipped(
         &self,
         bytes: &[u8],
@@ -176,18 +177,17 @@ impl Verifier {
         match detect(bytes)? {
             EvidenceKind::Sim => sim::verify(bytes, &e.sim_trust_anchors),
             EvidenceKind::SnpReport => {
-                let certs: Cow<'_, [Vec<u8>]> = if shipped.snp_certs.is_empty() {
-                    Cow::Borrowed(&e.snp_certs)
+                // The verifier's own certificates pin the chips it accepts: shipped ones are used
+                // only when it has none (a client, a KBS without --snp-cert), and then
+                // `allowed_chip_ids` and the TCB floor are what limit the machines.
+                let certs: &[Vec<u8>] = if e.snp_certs.is_empty() {
+                    &shipped.snp_certs
                 } else {
-                    Cow::Owned([e.snp_certs.as_slice(), &shipped.snp_certs].concat())
+                    &e.snp_certs
                 };
-                Ok(self.snp.verify_with_roots(
-                    bytes,
-                    &certs,
-                    &e.snp_crls,
-                    &e.emulated_roots,
-                    now,
-                )?)
+                Ok(self
+                    .snp
+                    .verify_with_roots(bytes, certs, &e.snp_crls, &e.emulated_roots, now)?)
             }
             EvidenceKind::DcapQuote => {
                 let collateral = e

@@ -16,6 +16,7 @@
 //! rtmrs = ["…", "…"]                     # TDX: RTMR0.. reference values (or pin workload_data)
 //! min_tcb_floor = "default"              # SNP: "default" (AMD's fixes, per product line) or "none"
 //! allowed_chip_ids = ["…"]               # optional (SNP): CHIP_IDs accepted (a machine allowlist)
+//! min_tcb_evaluation_data_number = 17    # optional (DCAP): collateral at least this recent
 //! emulated_roots = ["…"]                 # tests only: SHA-256 of emulated roots whose evidence is
 //!                                        # accepted (EMULATED, NOT hardware-backed)
 //!
@@ -113,6 +114,11 @@ pub struct Policy {
         skip_serializing_if = "Option::is_none"
     )]
     pub allowed_chip_ids: Option<Vec<Vec<u8>>>,
+    /// DCAP: the TCB info's `tcbEvaluationDataNumber` must be at least this. Intel raises it at
+    /// every TCB recovery, so it refuses collateral from before one, which stays signed and valid
+    /// until its `nextUpdate` and which a host could ship with its quote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tcb_evaluation_data_number: Option<u64>,
     /// Tests only: SHA-256 fingerprints (of the DER) of emulated root certificates whose evidence
     /// this policy accepts. Empty in every production policy, which then refuses emulated evidence.
     #[serde(
@@ -216,6 +222,7 @@ impl Policy {
             rtmrs: None,
             min_tcb_floor: MinTcbFloor::Default,
             allowed_chip_ids: None,
+            min_tcb_evaluation_data_number: None,
             emulated_roots: Vec::new(),
             any_measurement: false,
         }
@@ -405,6 +412,8 @@ struct RawDocument {
         skip_serializing_if = "Option::is_none"
     )]
     allowed_chip_ids: Option<Vec<Vec<u8>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    min_tcb_evaluation_data_number: Option<u64>,
     #[serde(
         default,
         with = "crate::hexser::list",
@@ -441,6 +450,7 @@ impl PolicyDocument {
             rtmrs: raw.rtmrs,
             min_tcb_floor: raw.min_tcb_floor,
             allowed_chip_ids: raw.allowed_chip_ids,
+            min_tcb_evaluation_data_number: raw.min_tcb_evaluation_data_number,
             emulated_roots: raw.emulated_roots,
             any_measurement: false,
         };
@@ -510,6 +520,7 @@ impl PolicyDocument {
             rtmrs: self.policy.rtmrs.clone(),
             min_tcb_floor: self.policy.min_tcb_floor,
             allowed_chip_ids: self.policy.allowed_chip_ids.clone(),
+            min_tcb_evaluation_data_number: self.policy.min_tcb_evaluation_data_number,
             emulated_roots: self.policy.emulated_roots.clone(),
             endorsements: self.endorsements.as_ref().map(|e| RawEndorsements {
                 sim_trust_anchors: e.sim_trust_anchors.iter().map(hex::encode).collect(),
@@ -578,6 +589,11 @@ pub enum AppraisalFailure {
     ChipNotAllowed {
         found: Option<String>,
         allowed: Vec<String>,
+    },
+    /// DCAP: the collateral's `tcbEvaluationDataNumber` is older than the policy accepts.
+    TcbEvaluationTooOld {
+        found: Option<u64>,
+        minimum: u64,
     },
     /// The evidence is emulated (signed by a test root) and the policy does not name that root.
     EmulatedNotAllowed {
@@ -662,6 +678,12 @@ impl fmt::Display for AppraisalFailure {
                 "chip_id: {} is not among the policy's allowed_chip_ids [{}]",
                 found.as_deref().unwrap_or("a masked chip id"),
                 allowed.join(", ")
+            ),
+            AppraisalFailure::TcbEvaluationTooOld { found, minimum } => write!(
+                f,
+                "tcb_evaluation_data_number: the collateral's is {}, policy requires at least \
+                 {minimum} (collateral from before a TCB recovery)",
+                found.map_or_else(|| "unknown".to_string(), |n| n.to_string())
             ),
             AppraisalFailure::EmulatedNotAllowed { root, allowed } if allowed.is_empty() => write!(
                 f,
@@ -856,6 +878,17 @@ pub fn appraise(claims: &Claims, policy: &Policy) -> Verdict {
                     found: found.map(hex::encode),
                     allowed: allowed.iter().map(hex::encode).collect(),
                 });
+            }
+        }
+    }
+    if let Some(minimum) = policy.min_tcb_evaluation_data_number {
+        if matches!(claims.platform, Platform::Tdx | Platform::Sgx) {
+            let found = claims
+                .raw
+                .pointer("/verification/tcb_eval_data_number")
+                .and_then(|v| v.as_u64());
+            if found.is_none_or(|n| n < minimum) {
+                failures.push(AppraisalFailure::TcbEvaluationTooOld { found, minimum });
             }
         }
     }
@@ -1076,6 +1109,40 @@ mod tests {
             with.verification_endorsements().unwrap().sim_trust_anchors,
             vec![[3; 32]]
         );
+    }
+
+    #[test]
+    fn collateral_older_than_the_tcb_evaluation_minimum_is_refused() {
+        let dcap = |n: Option<u64>| Claims {
+            platform: Platform::Tdx,
+            hardware_backed: true,
+            raw: match n {
+                Some(n) => serde_json::json!({"verification": {"tcb_eval_data_number": n}}),
+                None => serde_json::Value::Null,
+            },
+            ..claims()
+        };
+        let p = Policy {
+            platforms: vec![Platform::Tdx],
+            workload_data: Some(vec![0; 32]),
+            min_tcb_evaluation_data_number: Some(17),
+            ..policy()
+        };
+        assert!(appraise(&dcap(Some(17)), &p).is_accepted());
+        assert!(appraise(&dcap(Some(18)), &p).is_accepted());
+        let v = appraise(&dcap(Some(16)), &p);
+        assert!(
+            v.reasons()
+                .contains("tcb_evaluation_data_number: the collateral's is 16"),
+            "{}",
+            v.reasons()
+        );
+        assert!(!appraise(&dcap(None), &p).is_accepted());
+        let doc = PolicyDocument {
+            policy: p,
+            endorsements: None,
+        };
+        assert_eq!(PolicyDocument::from_toml(&doc.to_toml()).unwrap(), doc);
     }
 
     #[test]

@@ -55,7 +55,20 @@ fn a_shipped_vcek_verifies_a_report_the_verifier_has_no_certificate_for() {
     assert!(verifier
         .verify_shipped(SNP_REPORT, &junk, in_window())
         .is_err());
-    // The verifier's own VCEK still works with junk shipped after it.
+    // A verifier with VCEKs of its own accepts those chips only: a host shipping the VCEK of the
+    // chip it actually runs on does not get past that pin.
+    let pinned_other = Verifier::new(Endorsements {
+        snp_certs: vec![OTHER_VCEK.to_vec()],
+        ..Default::default()
+    });
+    let genuine = ShippedEndorsements {
+        snp_certs: vec![SNP_VCEK.to_vec()],
+        ..Default::default()
+    };
+    assert!(pinned_other
+        .verify_shipped(SNP_REPORT, &genuine, in_window())
+        .is_err());
+    // The verifier's own VCEK still works with junk shipped beside it.
     let own = Verifier::new(Endorsements {
         snp_certs: vec![SNP_VCEK.to_vec()],
         ..Default::default()

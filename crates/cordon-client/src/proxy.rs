@@ -125,8 +125,12 @@ pub struct ProxyStatus {
     pub state: ProxyState,
     /// The verified platform (`null` unless verified).
     pub platform: Option<Platform>,
-    /// True when the verified runtime runs in the simulated TEE: nothing is hardware-backed.
+    /// True when the verified runtime is not hardware-backed: it runs in the simulated TEE, or on
+    /// an emulated SNP/TDX platform (then `is_emulated` is true as well).
     pub is_simulated: Option<bool>,
+    /// True when the verified runtime's evidence is emulated (a hardware format signed by a test
+    /// root the policy names).
+    pub is_emulated: Option<bool>,
     /// The verified claims without the raw evidence fields, plus their digest.
     pub claims: Option<serde_json::Value>,
     /// The pinned HPKE public key (hex) that requests are encrypted to.
@@ -332,9 +336,9 @@ impl Proxy {
             upstream: s.upstream.clone(),
             state: proxy_state,
             platform: verified.as_ref().map(|rt| rt.claims().platform),
-            is_simulated: verified
-                .as_ref()
-                .map(|rt| rt.claims().platform == Platform::Sim),
+            // Not hardware-backed: the simulated TEE, or an emulated SNP/TDX platform.
+            is_simulated: verified.as_ref().map(|rt| !rt.claims().hardware_backed),
+            is_emulated: verified.as_ref().map(|rt| rt.claims().is_emulated()),
             claims,
             hpke_public_key: verified
                 .as_ref()
@@ -442,6 +446,7 @@ impl Proxy {
                     upstream = %s.upstream,
                     platform = %rt.claims().platform,
                     simulated = rt.claims().platform == Platform::Sim,
+                    emulated = rt.claims().is_emulated(),
                     launch_measurement = %hex::encode(&rt.claims().launch_measurement),
                     "runtime verified"
                 );

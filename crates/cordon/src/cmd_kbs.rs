@@ -176,13 +176,17 @@ pub struct ServeArgs {
     #[arg(long)]
     sim_trust_anchor: Vec<PathBuf>,
     /// AMD VCEK or VLEK certificate (DER or PEM) of a chip whose SEV-SNP reports to verify; repeatable.
-    /// AMD's ASK/ASVK/ARK are built in.
+    /// AMD's ASK/ASVK/ARK are built in. Given, it pins the chips: VCEKs a runtime ships are then
+    /// ignored. Without it, the VCEK the runtime ships is used (checked up to AMD's roots), and
+    /// release policies name machines with `allowed_chip_ids`.
     #[arg(long)]
     snp_cert: Vec<PathBuf>,
     /// AMD CRL (DER or PEM) to check SNP endorsement keys against; repeatable.
     #[arg(long)]
     snp_crl: Vec<PathBuf>,
     /// Intel DCAP collateral (dcap-qvl JSON bundle or a directory of PCS responses) for TDX/SGX quotes.
+    /// Without it, the collateral a runtime ships is used: policies should then set
+    /// `min_tcb_evaluation_data_number` against collateral from before a TCB recovery.
     #[arg(long)]
     dcap_collateral: Option<PathBuf>,
     /// Tests only: SHA-256 (hex) of an emulated platform's root (`cordon emulator show`) whose

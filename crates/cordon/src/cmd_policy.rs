@@ -68,6 +68,10 @@ pub struct NewArgs {
     /// DCAP: an Intel advisory to accept; when given, every advisory must be listed. Repeatable.
     #[arg(long = "allowed-advisory")]
     allowed_advisories: Vec<String>,
+    /// DCAP: the lowest TCB evaluation data number of collateral accepted (Intel raises it at every
+    /// TCB recovery): refuses collateral from before one, which a host could still ship.
+    #[arg(long)]
+    min_tcb_evaluation_data_number: Option<u64>,
     /// SNP: the highest VMPL accepted (default 0).
     #[arg(long)]
     max_vmpl: Option<u32>,
@@ -156,6 +160,7 @@ fn new(a: NewArgs) -> Result<()> {
         allowed_advisories: (!a.allowed_advisories.is_empty())
             .then(|| a.allowed_advisories.clone()),
         max_vmpl: a.max_vmpl,
+        min_tcb_evaluation_data_number: a.min_tcb_evaluation_data_number,
         rtmrs: list(&a.rtmrs, "--rtmr")?,
         emulated_roots: list(&a.emulated_roots, "--emulated-root")?.unwrap_or_default(),
         min_tcb_floor: MinTcbFloor::Default,

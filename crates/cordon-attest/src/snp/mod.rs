@@ -106,20 +106,16 @@ pub enum SnpError {
     },
 }
 
+/// At most this many verified endorsement keys are cached (a KBS serves far fewer chips); past it,
+/// the cache starts again.
+const MAX_CACHED_KEYS: usize = 4096;
+
 /// Verifies SNP reports, caching endorsement keys whose chain has been verified (by the SHA-384 of
 /// the certificate's DER). Validity windows are still checked at every call's `now`. A cached key
 /// under an emulated root is used only by calls that name that root.
 #[derive(Default)]
 pub struct Verifier {
-    keys: Mutex<HashMap<[u8; 48], Cached>>,
-}
-
-/// What a certificate given with a report turned out to be.
-#[derive(Clone)]
-enum Cached {
-    Key(Arc<EndorsementKey>),
-    /// An RSA certificate (ASK, ASVK, ARK): a link of a chain, not a key that signs reports.
-    ChainLink,
+    keys: Mutex<HashMap<[u8; 48], Arc<EndorsementKey>>>,
 }
 
 /// Verifies an SNP report with the given VCEK/VLEK certificates (DER or PEM) at `now`.
@@ -205,41 +201,36 @@ impl Verifier {
         emulated_roots: &[[u8; 32]],
     ) -> Result<Option<Arc<EndorsementKey>>, SnpError> {
         let id: [u8; 48] = Sha384::digest(der_or_pem).into();
-        match self.keys.lock().ok().and_then(|m| m.get(&id).cloned()) {
-            Some(Cached::ChainLink) => return Ok(None),
-            Some(Cached::Key(k))
-                if k.emulated
-                    .as_ref()
-                    .is_none_or(|e| emulated_roots.contains(&e.root)) =>
+        if let Some(k) = self.keys.lock().ok().and_then(|m| m.get(&id).cloned()) {
+            if k.emulated
+                .as_ref()
+                .is_none_or(|e| emulated_roots.contains(&e.root))
             {
-                return Ok(Some(k))
+                return Ok(Some(k));
             }
-            _ => {}
         }
         let cert = parse_certificate(der_or_pem)?;
-        let entry = if is_rsa_certificate(&cert) {
-            Cached::ChainLink
-        } else {
-            // Only a key under no pinned ASK needs the others; they are parsed on this miss alone.
-            let others: Vec<_> = certs
-                .iter()
-                .filter(|c| c.as_slice() != der_or_pem)
-                .filter_map(|c| parse_certificate(c).ok())
-                .filter(is_rsa_certificate)
-                .collect();
-            Cached::Key(Arc::new(endorsement_key_among(
-                cert,
-                &others,
-                emulated_roots,
-            )?))
-        };
-        if let Ok(mut m) = self.keys.lock() {
-            m.insert(id, entry.clone());
+        if is_rsa_certificate(&cert) {
+            // A chain link (an ASK or ARK given with the key) is not cached: it is unverified
+            // input, and caching it would let anyone grow the cache with certificates of their own.
+            return Ok(None);
         }
-        Ok(match entry {
-            Cached::Key(k) => Some(k),
-            Cached::ChainLink => None,
-        })
+        // Only a key under no pinned ASK needs the others; they are parsed on this miss alone.
+        let others: Vec<_> = certs
+            .iter()
+            .filter(|c| c.as_slice() != der_or_pem)
+            .filter_map(|c| parse_certificate(c).ok())
+            .filter(is_rsa_certificate)
+            .collect();
+        let key = Arc::new(endorsement_key_among(cert, &others, emulated_roots)?);
+        if let Ok(mut m) = self.keys.lock() {
+            // Only keys whose chain verified get here; still, the cache stays bounded.
+            if m.len() >= MAX_CACHED_KEYS {
+                m.clear();
+            }
+            m.insert(id, key.clone());
+        }
+        Ok(Some(key))
     }
 
     /// Verifies `report` at `now`; see the module documentation for the checks and their order.
@@ -459,3 +450,33 @@ fn claims(r: &AttestationReport, key: &EndorsementKey, tcb: &TcbVersion) -> Clai
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// Certificates shipped beside a VCEK (here AMD's own ASK and ARK, as a host would ship them)
+    /// are chain links, not keys: none of them is cached, so shipping certificates cannot grow the
+    /// cache; only the VCEK whose chain verified is.
+    #[test]
+    fn shipped_chain_links_are_not_cached() {
+        let report = include_bytes!("../../../../testdata/attestation/snp/trustee_test-report.bin");
+        let vcek = include_bytes!("../../../../testdata/attestation/snp/trustee_test-vcek.der");
+        let chain = x509_cert::Certificate::load_pem_chain(
+            include_str!("../../amd/ask_ark_milan.pem").as_bytes(),
+        )
+        .unwrap();
+        let mut certs: Vec<Vec<u8>> = chain
+            .iter()
+            .map(|c| der::Encode::to_der(c).unwrap())
+            .collect();
+        certs.push(vcek.to_vec());
+        let verifier = Verifier::default();
+        let at = UNIX_EPOCH + Duration::from_secs(1_751_328_000);
+        for _ in 0..3 {
+            verifier.verify(report, &certs, at).unwrap();
+        }
+        assert_eq!(verifier.keys.lock().unwrap().len(), 1);
+    }
+}
