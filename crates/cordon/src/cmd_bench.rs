@@ -360,6 +360,57 @@ fn attest(seconds: f64, iterations: usize, fixtures: &Path) -> Result<()> {
         stats.push((tee, s));
     }
 
+    // Evidence as a client receives it from a runtime: with its endorsements shipped beside it
+    // (the wire JSON decoded each time), verified by a client's fresh verifier (one `connect`:
+    // cold) and by a long-lived one (the proxy's, a KBS's: cached).
+    let tdx_quote = read(fixtures, "tdx/tdx_quote")?;
+    let tdx_collateral =
+        dcap::DcapCollateral::from_json(&read(fixtures, "tdx/tdx_quote_collateral.json")?)?;
+    for (label, evidence, shipped, now) in [
+        (
+            "SNP report, its VCEK shipped",
+            &report,
+            cordon_attest::ShippedEndorsements {
+                snp_certs: certs.clone(),
+                dcap_collateral: None,
+            },
+            snp_now,
+        ),
+        (
+            "TDX quote, its collateral shipped",
+            &tdx_quote,
+            cordon_attest::ShippedEndorsements {
+                snp_certs: vec![],
+                dcap_collateral: Some(tdx_collateral.clone()),
+            },
+            dcap_now,
+        ),
+    ] {
+        let wire = serde_json::to_vec(&cordon_proto::WireEndorsements::from_shipped(&shipped))?;
+        let long_lived = cordon_attest::Verifier::new(cordon_attest::Endorsements::default());
+        let verify = |verifier: &cordon_attest::Verifier| -> Result<()> {
+            let decoded: cordon_proto::WireEndorsements = serde_json::from_slice(&wire)?;
+            black_box(verifier.verify_shipped(evidence, &decoded.decode()?, now)?);
+            Ok(())
+        };
+        rows.push(measure(
+            &format!("{label} (wire decoded; fresh verifier per connect: cold)"),
+            seconds,
+            iterations,
+            || {
+                verify(&cordon_attest::Verifier::new(
+                    cordon_attest::Endorsements::default(),
+                ))
+            },
+        )?);
+        rows.push(measure(
+            &format!("{label} (wire decoded; long-lived verifier: cached)"),
+            seconds,
+            iterations,
+            || verify(&long_lived),
+        )?);
+    }
+
     let baseline = |tee: &str| {
         rows.iter()
             .find(|r| r.name.starts_with(tee) && r.name.contains("(baseline)"))
