@@ -198,7 +198,7 @@ fn client(rt: &tokio::runtime::Runtime, conn: &Conn) -> Result<JobClient> {
         conn.runtime,
         claims.platform,
         util::short_hex(&claims.launch_measurement),
-        util::provenance(&claims)
+        util::provenance(claims)
     );
     Ok(c)
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 #[derive(clap::Subcommand)]
 pub enum RuntimeCommand {
     /// Boot (attest, fetch keys, unseal models in memory) and serve encrypted inference.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the simulated launch measurement of a runtime binary with a config: the reference value
     /// a release policy or client policy lists.
     Measure(MeasureArgs),
@@ -115,7 +115,7 @@ pub struct MeasureArgs {
 
 pub fn run(c: RuntimeCommand) -> Result<()> {
     match c {
-        RuntimeCommand::Serve(a) => serve(a),
+        RuntimeCommand::Serve(a) => serve(*a),
         RuntimeCommand::Measure(a) => {
             let binary = match a.binary {
                 Some(b) => b,

@@ -126,8 +126,8 @@ fn old_snp_tcb(product: Product) -> SnpTcb {
 
 /// An emulated platform opened from its directory.
 pub enum Emulator {
-    Snp(EmulatedSnp),
-    Tdx(EmulatedTdx),
+    Snp(Box<EmulatedSnp>),
+    Tdx(Box<EmulatedTdx>),
 }
 
 impl Emulator {
@@ -146,12 +146,12 @@ impl Emulator {
             EmulatedPlatform::Snp => {
                 let launch = LaunchParams::new(default_snp_measurement(), [0; 32]);
                 let options = EmulatedSnpOptions::new(product, launch);
-                Ok(Emulator::Snp(EmulatedSnp::create(dir, options)?))
+                Ok(Emulator::Snp(Box::new(EmulatedSnp::create(dir, options)?)))
             }
             EmulatedPlatform::Tdx => {
                 let mut options = EmulatedTdxOptions::new(SystemTime::now());
                 options.launch.mr_td = default_tdx_measurement();
-                Ok(Emulator::Tdx(EmulatedTdx::create(dir, options)?))
+                Ok(Emulator::Tdx(Box::new(EmulatedTdx::create(dir, options)?)))
             }
         }
     }
@@ -160,9 +160,13 @@ impl Emulator {
         let what = || format!("emulated platform in {}", dir.display());
         // The SNP state holds AMD's chain by its names; the TDX state does not.
         if dir.join("ark.der").exists() {
-            Ok(Emulator::Snp(EmulatedSnp::open(dir).with_context(what)?))
+            Ok(Emulator::Snp(Box::new(
+                EmulatedSnp::open(dir).with_context(what)?,
+            )))
         } else {
-            Ok(Emulator::Tdx(EmulatedTdx::open(dir).with_context(what)?))
+            Ok(Emulator::Tdx(Box::new(
+                EmulatedTdx::open(dir).with_context(what)?,
+            )))
         }
     }
 
@@ -274,7 +278,7 @@ impl Emulator {
                         ..e.options().clone()
                     })?
                 };
-                *e = next;
+                **e = next;
             }
             Emulator::Tdx(t) => {
                 if migration_agent {
@@ -315,8 +319,8 @@ impl Emulator {
     /// kernel's report interface, as on a real machine.
     pub fn provider(self) -> Result<Box<dyn EvidenceProvider>> {
         match self {
-            Emulator::Snp(e) => Ok(Box::new(ConfigFsTsm::emulated_snp(e)?)),
-            Emulator::Tdx(t) => Ok(Box::new(ConfigFsTsm::emulated_tdx(t)?)),
+            Emulator::Snp(e) => Ok(Box::new(ConfigFsTsm::emulated_snp(*e)?)),
+            Emulator::Tdx(t) => Ok(Box::new(ConfigFsTsm::emulated_tdx(*t)?)),
         }
     }
 

@@ -254,9 +254,7 @@ fn the_hardware_path_on(platform: &str) {
     )
     .unwrap();
     let (_rt, result) = runtime_on_launch(d, &deployment, platform, "edited", &edited, &[]);
-    let log = result
-        .err()
-        .expect("a runtime came up under another configuration");
+    let log = result.expect_err("a runtime came up under another configuration");
     let field = if platform == "tdx" {
         "MRCONFIGID"
     } else {
