@@ -102,3 +102,17 @@ pub fn policy(data: &[u8]) {
         );
     }
 }
+
+/// TDX event logs (CCEL): parsing, replay, the event claims, and the RTMR check both against the
+/// log's own replay (which must pass) and against the live TD's quote values.
+pub fn eventlog(data: &[u8]) {
+    use crate::eventlog;
+    if let Ok(log) = eventlog::parse(data) {
+        let replayed = log.replay();
+        let claims = log.claims();
+        assert_eq!(claims.len(), log.events.len(), "one claim per event");
+        let checked = eventlog::check_rtmrs(data, &replayed);
+        assert_eq!(checked.ok(), Some(claims), "a log matches its own replay");
+    }
+    let _ = eventlog::check_rtmrs(data, &[[0u8; 48]; 4]);
+}

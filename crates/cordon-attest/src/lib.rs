@@ -11,6 +11,7 @@
 mod claims;
 pub mod dcap;
 mod error;
+pub mod eventlog;
 mod evidence;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -6,5 +6,7 @@
 //! - [`snp`]: the AMD SEV-SNP launch digest (`MEASUREMENT` of an attestation report) of a QEMU
 //!   guest booted from OVMF, optionally with a kernel, initrd and command line measured through
 //!   OVMF's SEV hashes table.
+//! - [`tdx`]: the Intel TDX MRTD of a TD booted from a TDVF image.
 
 pub mod snp;
+pub mod tdx;
