@@ -46,13 +46,20 @@ pub struct ShippedEndorsements {
     pub snp_certs: Vec<Vec<u8>>,
     /// DCAP collateral for the quote.
     pub dcap_collateral: Option<DcapCollateral>,
+    /// TDX: the TD's event log (the ACPI CCEL table's data), which the verifier replays against the
+    /// quote's RTMRs and exposes as claims (`raw.event_log`). Not an endorsement: evidence of what
+    /// was measured, which the RTMRs vouch for.
+    pub tdx_event_log: Option<Vec<u8>>,
 }
 
 impl ShippedEndorsements {
     pub fn is_empty(&self) -> bool {
-        self.snp_certs.is_empty() && self.dcap_collateral.is_none()
+        self.snp_certs.is_empty() && self.dcap_collateral.is_none() && self.tdx_event_log.is_none()
     }
 }
+
+/// The key in [`Claims::raw`] under which the events of a replayed TDX event log are listed.
+pub const EVENT_LOG_CLAIM: &str = "event_log";
 
 /// Returns the evidence bytes, hex-decoded when the input is hex text (as some tools write quotes).
 pub fn decode_evidence(bytes: &[u8]) -> Cow<'_, [u8]> {
@@ -195,9 +202,21 @@ impl Verifier {
                     .as_ref()
                     .or(shipped.dcap_collateral.as_ref())
                     .ok_or(EvidenceError::MissingCollateral)?;
-                Ok(self
-                    .dcap
-                    .verify_with_roots(bytes, collateral, &e.emulated_roots, now)?)
+                let mut claims =
+                    self.dcap
+                        .verify_with_roots(bytes, collateral, &e.emulated_roots, now)?;
+                // A shipped event log must replay to the quote's RTMRs exactly: a log that does
+                // not is a lie about what was measured, and the evidence is refused.
+                if let Some(log) = &shipped.tdx_event_log {
+                    let events = crate::eventlog::check_claims(&claims, log)?;
+                    if let Some(raw) = claims.raw.as_object_mut() {
+                        raw.insert(
+                            EVENT_LOG_CLAIM.into(),
+                            serde_json::to_value(events).unwrap_or_default(),
+                        );
+                    }
+                }
+                Ok(claims)
             }
         }
     }

@@ -239,7 +239,7 @@ mod shipped_endorsements {
                         evidence: REPORT.to_vec(),
                         endorsements: WireEndorsements {
                             snp_certs: certs,
-                            dcap_collateral: None,
+                            ..Default::default()
                         },
                         runtime_keys: RuntimeKeys {
                             hpke_public_key: [2; 32],

@@ -282,6 +282,7 @@ impl Kbs {
                     endorsements: cordon_proto::WireEndorsements {
                         snp_certs: bundle.snp_certs,
                         dcap_collateral: bundle.dcap_collateral,
+                        tdx_event_log: bundle.tdx_event_log,
                     },
                 })
             }

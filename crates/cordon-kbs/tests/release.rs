@@ -518,7 +518,7 @@ async fn a_vcek_shipped_with_the_evidence_is_verified_like_a_configured_one() {
             let req = AttestRequest {
                 endorsements: cordon_proto::WireEndorsements {
                     snp_certs: certs,
-                    dcap_collateral: None,
+                    ..Default::default()
                 },
                 nonce: ch.nonce,
                 evidence: report,

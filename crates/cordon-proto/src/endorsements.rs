@@ -18,6 +18,8 @@ pub const MAX_SHIPPED_CERTS: usize = 8;
 pub const MAX_SHIPPED_CERT_LEN: usize = 16 * 1024;
 /// Largest shipped DCAP collateral (Intel's JSON with CRLs and chains is 10-20 KiB).
 pub const MAX_SHIPPED_COLLATERAL_LEN: usize = 1024 * 1024;
+/// Largest shipped TDX event log (real CCEL logs are 2-25 KiB).
+pub const MAX_SHIPPED_EVENT_LOG_LEN: usize = 1024 * 1024;
 
 /// Endorsements as they travel next to evidence: certificates as base64 DER (or PEM), collateral as
 /// base64 of the JSON bundle `DcapCollateral::from_json` reads. Absent fields mean none shipped.
@@ -36,6 +38,13 @@ pub struct WireEndorsements {
         skip_serializing_if = "Option::is_none"
     )]
     pub dcap_collateral: Option<Vec<u8>>,
+    /// TDX: the TD's event log (CCEL data), replayed by the verifier against the quote's RTMRs.
+    #[serde(
+        default,
+        with = "crate::b64::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tdx_event_log: Option<Vec<u8>>,
 }
 
 /// Why shipped endorsements were refused before verification.
@@ -51,11 +60,13 @@ pub enum EndorsementsError {
     CollateralTooLarge { len: usize },
     #[error("shipped endorsements: DCAP collateral: {0}")]
     Collateral(String),
+    #[error("shipped endorsements: the TDX event log is {len} bytes, at most {MAX_SHIPPED_EVENT_LOG_LEN} are accepted")]
+    EventLogTooLarge { len: usize },
 }
 
 impl WireEndorsements {
     pub fn is_empty(&self) -> bool {
-        self.snp_certs.is_empty() && self.dcap_collateral.is_none()
+        self.snp_certs.is_empty() && self.dcap_collateral.is_none() && self.tdx_event_log.is_none()
     }
 
     /// The wire form of `shipped`.
@@ -66,6 +77,7 @@ impl WireEndorsements {
                 .dcap_collateral
                 .as_ref()
                 .map(DcapCollateral::to_json),
+            tdx_event_log: shipped.tdx_event_log.clone(),
         }
     }
 
@@ -97,9 +109,17 @@ impl WireEndorsements {
                     .map_err(|e| EndorsementsError::Collateral(e.to_string()))?,
             ),
         };
+        if let Some(log) = self
+            .tdx_event_log
+            .as_ref()
+            .filter(|l| l.len() > MAX_SHIPPED_EVENT_LOG_LEN)
+        {
+            return Err(EndorsementsError::EventLogTooLarge { len: log.len() });
+        }
         Ok(ShippedEndorsements {
             snp_certs: self.snp_certs.clone(),
             dcap_collateral,
+            tdx_event_log: self.tdx_event_log.clone(),
         })
     }
 }
@@ -116,6 +136,7 @@ mod tests {
         let shipped = ShippedEndorsements {
             snp_certs: vec![vec![1, 2, 3]],
             dcap_collateral: Some(DcapCollateral::from_json(COLLATERAL).unwrap()),
+            tdx_event_log: Some(vec![4, 5, 6]),
         };
         let wire = WireEndorsements::from_shipped(&shipped);
         let json = serde_json::to_string(&wire).unwrap();
@@ -163,6 +184,14 @@ mod tests {
         assert!(matches!(
             truncated.decode(),
             Err(EndorsementsError::Collateral(_))
+        ));
+        let long_log = WireEndorsements {
+            tdx_event_log: Some(vec![0; MAX_SHIPPED_EVENT_LOG_LEN + 1]),
+            ..Default::default()
+        };
+        assert!(matches!(
+            long_log.decode(),
+            Err(EndorsementsError::EventLogTooLarge { .. })
         ));
     }
 }

@@ -329,6 +329,7 @@ pub(crate) async fn attest_to_kbs(
     let endorsements = WireEndorsements {
         snp_certs: bundle.snp_certs,
         dcap_collateral: bundle.dcap_collateral,
+        tdx_event_log: bundle.tdx_event_log,
     };
     let request = AttestRequest {
         nonce: challenge.nonce.clone(),

@@ -438,6 +438,7 @@ async fn attestation(State(s): State<Arc<RuntimeState>>, Query(q): Query<NonceQu
                 endorsements: WireEndorsements {
                     snp_certs: bundle.snp_certs,
                     dcap_collateral: bundle.dcap_collateral,
+                    tdx_event_log: bundle.tdx_event_log,
                 },
                 runtime_keys: s.runtime_keys.clone(),
                 models: s.bindings.clone(),

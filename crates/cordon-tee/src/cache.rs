@@ -114,6 +114,63 @@ impl EvidenceProvider for EndorsementCache {
     }
 }
 
+/// Where a TD's kernel exposes its event log: the data of the ACPI CCEL table.
+pub const CCEL_DATA_PATH: &str = "/sys/firmware/acpi/tables/data/CCEL";
+
+/// An [`EvidenceProvider`] that ships a TD's event log with its quotes, for verifiers to replay
+/// against the RTMRs (and refuse a log that does not replay to them).
+pub struct TdxEventLog {
+    inner: Box<dyn EvidenceProvider>,
+    log: Vec<u8>,
+}
+
+impl TdxEventLog {
+    /// Reads the log at `path` once (the firmware's part of it does not change after boot) and
+    /// keeps it without the table's padding (a CCEL area is 64 KiB; its log is a few KiB). A log
+    /// that does not parse is an error now rather than a refusal at every verifier later.
+    pub fn open(
+        inner: Box<dyn EvidenceProvider>,
+        path: impl AsRef<Path>,
+    ) -> Result<TdxEventLog, TeeError> {
+        let path = path.as_ref();
+        let area = std::fs::read(path).map_err(|source| TeeError::Access {
+            path: path.to_path_buf(),
+            op: "read",
+            source,
+        })?;
+        TdxEventLog::from_bytes(inner, &area).map_err(|reason| TeeError::Malformed {
+            path: path.to_path_buf(),
+            reason,
+        })
+    }
+
+    /// [`TdxEventLog::open`] on a log already read.
+    pub fn from_bytes(
+        inner: Box<dyn EvidenceProvider>,
+        area: &[u8],
+    ) -> Result<TdxEventLog, String> {
+        let parsed = cordon_attest::eventlog::parse(area).map_err(|e| e.to_string())?;
+        let log = area.get(..parsed.length).unwrap_or(area).to_vec();
+        Ok(TdxEventLog { inner, log })
+    }
+}
+
+impl EvidenceProvider for TdxEventLog {
+    fn platform(&self) -> Platform {
+        self.inner.platform()
+    }
+
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, TeeError> {
+        self.inner.evidence(report_data)
+    }
+
+    fn evidence_bundle(&self, report_data: &[u8; 64]) -> Result<EvidenceBundle, TeeError> {
+        let mut bundle = self.inner.evidence_bundle(report_data)?;
+        bundle.tdx_event_log.get_or_insert_with(|| self.log.clone());
+        Ok(bundle)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +245,30 @@ mod tests {
         let bundle = cache.evidence_bundle(&[0; 64]).unwrap();
         let shipped = DcapCollateral::from_json(&bundle.dcap_collateral.unwrap()).unwrap();
         assert_eq!(shipped, c);
+    }
+
+    #[test]
+    fn a_tds_event_log_is_shipped_without_its_padding() {
+        const CCEL: &[u8] = include_bytes!("../../../testdata/attestation/tdx/ccel_live.bin");
+        let dir = TestDir::new("ccel");
+        let path = dir.file("CCEL", CCEL);
+        let shipper = TdxEventLog::open(Box::new(Fixed(Platform::Tdx, TDX_QUOTE)), &path).unwrap();
+        let bundle = shipper.evidence_bundle(&[0; 64]).unwrap();
+        let log = bundle.tdx_event_log.unwrap();
+        assert_eq!(
+            log.len(),
+            2120,
+            "20 events, without the 64 KiB area's 0xFF fill"
+        );
+        assert_eq!(&CCEL[..log.len()], log.as_slice());
+        assert_eq!(bundle.evidence, TDX_QUOTE);
+        // A file that is not an event log is refused at start, naming it.
+        let junk = dir.file("junk", b"not a log");
+        let err = TdxEventLog::open(Box::new(Fixed(Platform::Tdx, TDX_QUOTE)), &junk)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("junk") && err.contains("event log"), "{err}");
     }
 
     #[test]

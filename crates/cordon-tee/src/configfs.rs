@@ -183,6 +183,7 @@ impl EvidenceProvider for ConfigFsTsm {
             evidence,
             snp_certs,
             dcap_collateral,
+            tdx_event_log: None,
         })
     }
 }

@@ -24,7 +24,7 @@ mod sev_guest;
 #[cfg(test)]
 mod testutil;
 
-pub use cache::EndorsementCache;
+pub use cache::{EndorsementCache, TdxEventLog, CCEL_DATA_PATH};
 pub use configfs::ConfigFsTsm;
 pub use detect::{detect, Probe};
 pub use gramine::GramineSgx;
@@ -153,6 +153,9 @@ pub struct EvidenceBundle {
     /// DCAP: the quote's collateral as the JSON `cordon_attest::dcap::DcapCollateral::from_json`
     /// reads.
     pub dcap_collateral: Option<Vec<u8>>,
+    /// TDX: the TD's event log (the ACPI CCEL table's data), which verifiers replay against the
+    /// quote's RTMRs.
+    pub tdx_event_log: Option<Vec<u8>>,
 }
 
 /// The simulated hardware key: an Ed25519 key standing in for the TEE's attestation key.

@@ -592,3 +592,80 @@ fn expired_test_pki_is_refused_naming_the_certificate() {
         other => panic!("unexpected {other}"),
     }
 }
+
+/// A TD's event log shipped with its quote: the verifier replays it against the quote's RTMRs and
+/// lists its events in the claims; a log that does not replay to them (an event altered, dropped or
+/// added by the host) is refused, whatever the quote says.
+#[test]
+fn a_shipped_event_log_is_replayed_against_the_rtmrs_and_refused_when_it_lies() {
+    const CCEL: &[u8] = include_bytes!("../../../testdata/attestation/tdx/ccel_live.bin");
+    let log = cordon_attest::eventlog::parse(CCEL).unwrap();
+    let tdx = emulator(
+        TdxLaunch {
+            rtmrs: log.replay(),
+            ..launch()
+        },
+        CollateralOptions::fresh(now()),
+    );
+    let root = tdx.root_fingerprint();
+    let tsm = cordon_tee::TdxEventLog::from_bytes(
+        Box::new(ConfigFsTsm::emulated_tdx(tdx).unwrap()),
+        CCEL,
+    )
+    .unwrap();
+    let bundle = tsm.evidence_bundle(&REPORT_DATA).unwrap();
+    let shipped = cordon_attest::ShippedEndorsements {
+        snp_certs: vec![],
+        dcap_collateral: Some(DcapCollateral::from_json(&bundle.dcap_collateral.unwrap()).unwrap()),
+        tdx_event_log: bundle.tdx_event_log.clone(),
+    };
+    let verifier = Verifier::new(Endorsements {
+        emulated_roots: vec![root],
+        ..Endorsements::default()
+    });
+    let claims = verifier
+        .verify_shipped(&bundle.evidence, &shipped, now())
+        .unwrap();
+    let events = claims.raw[cordon_attest::EVENT_LOG_CLAIM]
+        .as_array()
+        .unwrap();
+    assert_eq!(events.len(), log.events.len());
+    // An event's digest altered: the replay no longer gives RTMRs the quote signed. (Only the
+    // digests are bound by the RTMRs; an event's data is shown as the log has it.)
+    let mut altered = shipped.clone();
+    let mut bytes = bundle.tdx_event_log.clone().unwrap();
+    let digest = log.events[5].sha384;
+    let at = bytes
+        .windows(48)
+        .position(|w| w == digest)
+        .expect("the event's digest is in the log");
+    bytes[at + 7] ^= 1;
+    altered.tdx_event_log = Some(bytes);
+    let err = verifier
+        .verify_shipped(&bundle.evidence, &altered, now())
+        .unwrap_err();
+    assert!(matches!(err, EvidenceError::EventLog(_)), "{err}");
+    // A log from another boot of the same firmware (RTMR2 differs) is refused naming RTMR2.
+    let other = include_bytes!("../../../testdata/attestation/tdx/ccel_live_tdreport_log.bin");
+    let swapped = cordon_attest::ShippedEndorsements {
+        tdx_event_log: Some(other.to_vec()),
+        ..shipped.clone()
+    };
+    let err = verifier
+        .verify_shipped(&bundle.evidence, &swapped, now())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("RTMR2") || err.contains("rtmr2") || err.contains("RTMR 2"),
+        "{err}"
+    );
+    // Without a log, the quote still verifies; the claims then list no events.
+    let none = cordon_attest::ShippedEndorsements {
+        tdx_event_log: None,
+        ..shipped
+    };
+    let claims = verifier
+        .verify_shipped(&bundle.evidence, &none, now())
+        .unwrap();
+    assert!(claims.raw.get(cordon_attest::EVENT_LOG_CLAIM).is_none());
+}

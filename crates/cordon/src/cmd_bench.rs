@@ -373,6 +373,7 @@ fn attest(seconds: f64, iterations: usize, fixtures: &Path) -> Result<()> {
             cordon_attest::ShippedEndorsements {
                 snp_certs: certs.clone(),
                 dcap_collateral: None,
+                tdx_event_log: None,
             },
             snp_now,
         ),
@@ -382,6 +383,7 @@ fn attest(seconds: f64, iterations: usize, fixtures: &Path) -> Result<()> {
             cordon_attest::ShippedEndorsements {
                 snp_certs: vec![],
                 dcap_collateral: Some(tdx_collateral.clone()),
+                tdx_event_log: None,
             },
             dcap_now,
         ),

@@ -216,18 +216,27 @@ fn serve(a: ServeArgs) -> Result<()> {
             Arc::new(tee)
         }
         PlatformArg::Hardware => {
-            let mut provider = match &a.emulator {
+            let (mut provider, event_log) = match &a.emulator {
                 Some(dir) => {
                     let emulator = crate::emulator::Emulator::open(dir)?;
                     eprintln!("WARNING: {}", emulator.warning());
-                    emulator.provider()?
+                    let log = dir.join(crate::emulator::EMULATED_EVENT_LOG_FILE);
+                    (emulator.provider()?, log)
                 }
                 None => {
                     let provider = cordon_tee::detect(Path::new("/"))?;
                     eprintln!("TEE platform detected: {}", provider.platform());
-                    provider
+                    (provider, PathBuf::from(cordon_tee::CCEL_DATA_PATH))
                 }
             };
+            // A TD ships its event log, for verifiers to replay against its RTMRs.
+            if provider.platform() == cordon_attest::Platform::Tdx && event_log.exists() {
+                provider = Box::new(cordon_tee::TdxEventLog::open(provider, &event_log)?);
+                eprintln!(
+                    "shipping the TD's event log ({}) with its quotes",
+                    event_log.display()
+                );
+            }
             if let Some(dir) = &a.endorsements {
                 provider = Box::new(cordon_tee::EndorsementCache::open(provider, dir)?);
                 eprintln!(

@@ -106,6 +106,22 @@ pub fn default_tdx_measurement() -> [u8; 48] {
     Sha384::digest(b"cordon emulated TDX firmware (no real TDVF)").into()
 }
 
+/// The boot event log of the emulated TD: a real TD's CCEL (testdata/attestation/tdx/ccel_live.bin,
+/// with its provenance there), so that its RTMRs are the replay of real firmware events and a
+/// verifier has a log to replay. Written to `ccel.bin` in the platform's directory.
+const EMULATED_TD_EVENT_LOG: &[u8] =
+    include_bytes!("../../../testdata/attestation/tdx/ccel_live.bin");
+
+/// Where an emulated TD's event log lies in its directory (a real TD's is `CCEL_DATA_PATH`).
+pub const EMULATED_EVENT_LOG_FILE: &str = "ccel.bin";
+
+/// RTMR0..3 of the emulated TD: the replay of its event log.
+fn emulated_td_rtmrs() -> Result<[[u8; 48]; 4]> {
+    Ok(cordon_attest::eventlog::parse(EMULATED_TD_EVENT_LOG)
+        .context("the emulated TD's event log")?
+        .replay())
+}
+
 /// The emulated SNP platform's default launch measurement, likewise standing in for the launch
 /// digest of a firmware image (`cordon measure snp` computes a real one).
 pub fn default_snp_measurement() -> [u8; 48] {
@@ -151,7 +167,11 @@ impl Emulator {
             EmulatedPlatform::Tdx => {
                 let mut options = EmulatedTdxOptions::new(SystemTime::now());
                 options.launch.mr_td = default_tdx_measurement();
-                Ok(Emulator::Tdx(Box::new(EmulatedTdx::create(dir, options)?)))
+                options.launch.rtmrs = emulated_td_rtmrs()?;
+                let tdx = EmulatedTdx::create(dir, options)?;
+                std::fs::write(dir.join(EMULATED_EVENT_LOG_FILE), EMULATED_TD_EVENT_LOG)
+                    .with_context(|| format!("writing the event log into {}", dir.display()))?;
+                Ok(Emulator::Tdx(Box::new(tdx)))
             }
         }
     }

@@ -181,6 +181,33 @@ fn the_hardware_path_on(platform: &str) {
     assert!(err.to_lowercase().contains("emulated"), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("probabilities"));
 
+    if platform == "tdx" {
+        // The TD ships its event log; the client replays it against the RTMRs (a log that does
+        // not replay is refused), so a policy can pin the RTMRs the log explains.
+        let log = std::fs::read(deployment.join("emulator-tdx/ccel.bin")).unwrap();
+        let rtmrs = cordon_attest::eventlog::parse(&log).unwrap().replay();
+        for (name, first, accepted) in [
+            ("rtmrs", rtmrs[0], true),
+            ("wrong-rtmr0", [0x11; 48], false),
+        ] {
+            let list: Vec<String> = std::iter::once(first)
+                .chain(rtmrs[1..].iter().copied())
+                .map(|r| format!("\"{}\"", hex::encode(r)))
+                .collect();
+            let path = d.join(format!("{name}.toml"));
+            std::fs::write(
+                &path,
+                format!("{client_text}rtmrs = [{}]\n", list.join(", ")),
+            )
+            .unwrap();
+            let out = infer(&runtime, &path, &input);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.success(), accepted, "{name}: {err}");
+            if !accepted {
+                assert!(err.contains("rtmr0"), "{err}");
+            }
+        }
+    }
     if platform == "snp" {
         // A machine allowlist: the launched chip passes, any other chip is refused.
         let shown = ok(&[
