@@ -13,6 +13,8 @@ mod cmd_fetch;
 mod cmd_infer;
 mod cmd_job;
 mod cmd_kbs;
+mod cmd_measure;
+mod cmd_measure_tdx;
 mod cmd_model;
 mod cmd_proxy;
 mod cmd_runtime;
@@ -89,6 +91,9 @@ enum Command {
     /// Collaborative training jobs: create, approve, submit, status, result, receipt verify.
     #[command(subcommand)]
     Job(cmd_job::JobCommand),
+    /// Reference values computed from images (TDX: MRTD from a TDVF image, RTMRs from an event log).
+    #[command(subcommand)]
+    Measure(cmd_measure::MeasureCommand),
     /// Benchmarks, each against a baseline measured in the same run (build with --release).
     #[command(subcommand)]
     Bench(cmd_bench::BenchCommand),
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
         Command::Party(c) => cmd_job::run_party(c),
         Command::Dataset(c) => cmd_job::run_dataset(c),
         Command::Job(c) => cmd_job::run_job(c),
+        Command::Measure(c) => cmd_measure::run(c),
         Command::Bench(c) => cmd_bench::run(c),
     };
     match result {
