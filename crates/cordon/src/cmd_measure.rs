@@ -19,6 +19,9 @@ pub enum MeasureCommand {
     /// MRCONFIGID = SHA-384 of it. The file is checked as `runtime serve` checks it. Any edit,
     /// even a comment, changes the value: measure again and register a new policy.
     Runtime(RuntimeArgs),
+    /// Intel TDX: MRTD from a TDVF firmware image; RTMR0..3 replayed from a CCEL event log,
+    /// optionally checked against a quote.
+    Tdx(crate::cmd_measure_tdx::TdxArgs),
 }
 
 #[derive(clap::Args)]
@@ -98,6 +101,7 @@ pub fn run(c: MeasureCommand) -> Result<()> {
     match c {
         MeasureCommand::Snp(a) => snp(a),
         MeasureCommand::Runtime(a) => runtime(a),
+        MeasureCommand::Tdx(a) => crate::cmd_measure_tdx::run(a),
     }
 }
 

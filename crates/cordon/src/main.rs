@@ -14,6 +14,7 @@ mod cmd_infer;
 mod cmd_job;
 mod cmd_kbs;
 mod cmd_measure;
+mod cmd_measure_tdx;
 mod cmd_model;
 mod cmd_policy;
 mod cmd_proxy;
@@ -99,8 +100,10 @@ enum Command {
     /// Collaborative training jobs: create, approve, submit, status, result, receipt verify.
     #[command(subcommand)]
     Job(cmd_job::JobCommand),
-    /// Reference values computed from images: the launch measurement a TEE will report, for a
-    /// policy's `launch_measurements` (`measure snp`: AMD SEV-SNP with QEMU and OVMF).
+    /// Reference values computed from images and configurations: the launch measurement a TEE
+    /// will report (`measure snp`: AMD SEV-SNP with QEMU and OVMF; `measure tdx`: MRTD from a
+    /// TDVF image, RTMRs from an event log) and the workload data of a runtime configuration
+    /// (`measure runtime`), for a policy to pin.
     #[command(subcommand)]
     Measure(cmd_measure::MeasureCommand),
     /// Benchmarks, each against a baseline measured in the same run (build with --release).
