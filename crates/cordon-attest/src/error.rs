@@ -47,6 +47,13 @@ pub enum PolicyError {
     EmulatedRootLength { value: String, len: usize },
     #[error("policy: chip id {value} is {len} bytes; SNP CHIP_IDs are 64 bytes")]
     ChipIdLength { value: String, len: usize },
+    #[error("policy: PPID {value} is {len} bytes; PCK PPIDs are 16 bytes")]
+    PpidLength { value: String, len: usize },
+    #[error("policy: guest_policy_mask ({mask:?}) and guest_policy_value ({value:?}) go together, and the value may set only bits of the mask")]
+    GuestPolicyRule {
+        mask: Option<String>,
+        value: Option<String>,
+    },
     #[error("policy: sim trust anchor {value} is not a 32-byte Ed25519 public key")]
     TrustAnchor { value: String },
     #[error("a release policy takes no [endorsements]: the key broker's trust anchors come from its own configuration")]

@@ -17,6 +17,9 @@
 //! min_tcb_floor = "default"              # SNP: "default" (AMD's fixes, per product line) or "none"
 //! allowed_chip_ids = ["…"]               # optional (SNP): CHIP_IDs accepted (a machine allowlist)
 //! min_tcb_evaluation_data_number = 17    # optional (DCAP): collateral at least this recent
+//! allowed_ppids = ["…"]                  # optional (DCAP): PCK PPIDs accepted (a machine allowlist)
+//! guest_policy_mask = 0x100000           # optional (SNP): guest POLICY bits to check …
+//! guest_policy_value = 0                 #   … and the value they must have (e.g. SINGLE_SOCKET)
 //! emulated_roots = ["…"]                 # tests only: SHA-256 of emulated roots whose evidence is
 //!                                        # accepted (EMULATED, NOT hardware-backed)
 //!
@@ -119,6 +122,21 @@ pub struct Policy {
     /// until its `nextUpdate` and which a host could ship with its quote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_tcb_evaluation_data_number: Option<u64>,
+    /// DCAP: when set, the PPID of the quote's PCK certificate must be one of these (a machine
+    /// allowlist for TDX and SGX, as `allowed_chip_ids` is for SNP).
+    #[serde(
+        default,
+        with = "crate::hexser::opt_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allowed_ppids: Option<Vec<Vec<u8>>>,
+    /// SEV-SNP: guest POLICY bits the report must have, as `POLICY & guest_policy_mask ==
+    /// guest_policy_value` (SNP ABI, "Guest Policy": SMT bit 16, MIGRATE_MA 18, DEBUG 19,
+    /// SINGLE_SOCKET 20, CXL_ALLOW 21, …). DEBUG and MIGRATE_MA are also checked on their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_policy_mask: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_policy_value: Option<u64>,
     /// Tests only: SHA-256 fingerprints (of the DER) of emulated root certificates whose evidence
     /// this policy accepts. Empty in every production policy, which then refuses emulated evidence.
     #[serde(
@@ -223,6 +241,9 @@ impl Policy {
             min_tcb_floor: MinTcbFloor::Default,
             allowed_chip_ids: None,
             min_tcb_evaluation_data_number: None,
+            allowed_ppids: None,
+            guest_policy_mask: None,
+            guest_policy_value: None,
             emulated_roots: Vec::new(),
             any_measurement: false,
         }
@@ -343,6 +364,24 @@ impl Policy {
                 });
             }
         }
+        for id in self.allowed_ppids.iter().flatten() {
+            if id.len() != 16 {
+                return Err(PolicyError::PpidLength {
+                    value: hex::encode(id),
+                    len: id.len(),
+                });
+            }
+        }
+        match (self.guest_policy_mask, self.guest_policy_value) {
+            (None, None) => {}
+            (Some(mask), Some(value)) if value & !mask == 0 => {}
+            (mask, value) => {
+                return Err(PolicyError::GuestPolicyRule {
+                    mask: mask.map(|m| format!("{m:#x}")),
+                    value: value.map(|v| format!("{v:#x}")),
+                })
+            }
+        }
         for id in self.allowed_chip_ids.iter().flatten() {
             if id.len() != 64 {
                 return Err(PolicyError::ChipIdLength {
@@ -416,6 +455,16 @@ struct RawDocument {
     min_tcb_evaluation_data_number: Option<u64>,
     #[serde(
         default,
+        with = "crate::hexser::opt_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    allowed_ppids: Option<Vec<Vec<u8>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    guest_policy_mask: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    guest_policy_value: Option<u64>,
+    #[serde(
+        default,
         with = "crate::hexser::list",
         skip_serializing_if = "Vec::is_empty"
     )]
@@ -451,6 +500,9 @@ impl PolicyDocument {
             min_tcb_floor: raw.min_tcb_floor,
             allowed_chip_ids: raw.allowed_chip_ids,
             min_tcb_evaluation_data_number: raw.min_tcb_evaluation_data_number,
+            allowed_ppids: raw.allowed_ppids,
+            guest_policy_mask: raw.guest_policy_mask,
+            guest_policy_value: raw.guest_policy_value,
             emulated_roots: raw.emulated_roots,
             any_measurement: false,
         };
@@ -521,6 +573,9 @@ impl PolicyDocument {
             min_tcb_floor: self.policy.min_tcb_floor,
             allowed_chip_ids: self.policy.allowed_chip_ids.clone(),
             min_tcb_evaluation_data_number: self.policy.min_tcb_evaluation_data_number,
+            allowed_ppids: self.policy.allowed_ppids.clone(),
+            guest_policy_mask: self.policy.guest_policy_mask,
+            guest_policy_value: self.policy.guest_policy_value,
             emulated_roots: self.policy.emulated_roots.clone(),
             endorsements: self.endorsements.as_ref().map(|e| RawEndorsements {
                 sim_trust_anchors: e.sim_trust_anchors.iter().map(hex::encode).collect(),
@@ -589,6 +644,17 @@ pub enum AppraisalFailure {
     ChipNotAllowed {
         found: Option<String>,
         allowed: Vec<String>,
+    },
+    /// DCAP: the PCK certificate's PPID is not on the policy's allowlist.
+    PpidNotAllowed {
+        found: Option<String>,
+        allowed: Vec<String>,
+    },
+    /// SEV-SNP: the guest POLICY does not have the bits the policy requires.
+    GuestPolicyMismatch {
+        found: Option<String>,
+        mask: String,
+        expected: String,
     },
     /// DCAP: the collateral's `tcbEvaluationDataNumber` is older than the policy accepts.
     TcbEvaluationTooOld {
@@ -678,6 +744,21 @@ impl fmt::Display for AppraisalFailure {
                 "chip_id: {} is not among the policy's allowed_chip_ids [{}]",
                 found.as_deref().unwrap_or("a masked chip id"),
                 allowed.join(", ")
+            ),
+            AppraisalFailure::PpidNotAllowed { found, allowed } => write!(
+                f,
+                "ppid: {} is not among the policy's allowed_ppids [{}]",
+                found.as_deref().unwrap_or("no PPID"),
+                allowed.join(", ")
+            ),
+            AppraisalFailure::GuestPolicyMismatch {
+                found,
+                mask,
+                expected,
+            } => write!(
+                f,
+                "guest_policy: POLICY {} masked with {mask} is not {expected}",
+                found.as_deref().unwrap_or("(none in the evidence)")
             ),
             AppraisalFailure::TcbEvaluationTooOld { found, minimum } => write!(
                 f,
@@ -879,6 +960,36 @@ pub fn appraise(claims: &Claims, policy: &Policy) -> Verdict {
                     allowed: allowed.iter().map(hex::encode).collect(),
                 });
             }
+        }
+    }
+    if let Some(allowed) = &policy.allowed_ppids {
+        if matches!(claims.platform, Platform::Tdx | Platform::Sgx) {
+            let found = claims
+                .raw
+                .pointer("/verification/pck/ppid")
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
+            let listed: Vec<String> = allowed.iter().map(hex::encode).collect();
+            if !found.as_ref().is_some_and(|f| listed.contains(f)) {
+                failures.push(AppraisalFailure::PpidNotAllowed {
+                    found,
+                    allowed: listed,
+                });
+            }
+        }
+    }
+    if let (Some(mask), Some(value), Platform::Snp) = (
+        policy.guest_policy_mask,
+        policy.guest_policy_value,
+        claims.platform,
+    ) {
+        let found = claims.raw.get("policy").and_then(|v| v.as_u64());
+        if found.is_none_or(|p| p & mask != value) {
+            failures.push(AppraisalFailure::GuestPolicyMismatch {
+                found: found.map(|p| format!("{p:#x}")),
+                mask: format!("{mask:#x}"),
+                expected: format!("{value:#x}"),
+            });
         }
     }
     if let Some(minimum) = policy.min_tcb_evaluation_data_number {
@@ -1143,6 +1254,68 @@ mod tests {
             endorsements: None,
         };
         assert_eq!(PolicyDocument::from_toml(&doc.to_toml()).unwrap(), doc);
+    }
+
+    #[test]
+    fn ppid_allowlist_and_guest_policy_bits_are_enforced() {
+        let dcap = |ppid: &str| Claims {
+            platform: Platform::Tdx,
+            hardware_backed: true,
+            raw: serde_json::json!({"verification": {"pck": {"ppid": ppid}}}),
+            ..claims()
+        };
+        let p = Policy {
+            platforms: vec![Platform::Tdx],
+            workload_data: Some(vec![0; 32]),
+            allowed_ppids: Some(vec![vec![0xab; 16]]),
+            ..policy()
+        };
+        assert!(appraise(&dcap(&"ab".repeat(16)), &p).is_accepted());
+        let v = appraise(&dcap(&"cd".repeat(16)), &p);
+        assert!(v.reasons().contains("ppid: cdcd"), "{}", v.reasons());
+        // SINGLE_SOCKET (bit 20) required: a report without it is refused, naming the bits.
+        let single = Policy {
+            guest_policy_mask: Some(1 << 20),
+            guest_policy_value: Some(1 << 20),
+            ..snp_policy()
+        };
+        let with = |policy: u64| Claims {
+            raw: serde_json::json!({"product": "Milan", "policy": policy, "vmpl": 0}),
+            ..snp_claims(true, None)
+        };
+        assert!(appraise(&with(0x13_0000), &single).is_accepted());
+        let v = appraise(&with(0x3_0000), &single);
+        assert!(
+            v.reasons()
+                .contains("guest_policy: POLICY 0x30000 masked with 0x100000 is not 0x100000"),
+            "{}",
+            v.reasons()
+        );
+        // A value outside its mask, or half a rule, is refused when parsed.
+        let text = |extra: &str| {
+            format!(
+                "platforms = [\"snp\"]\nlaunch_measurements = [\"{}\"]\nworkload_data = \"00\"\n{extra}",
+                hex::encode([0xaa; 48])
+            )
+        };
+        assert!(Policy::from_toml(&text(
+            "guest_policy_mask = 0x100000\nguest_policy_value = 0x100000"
+        ))
+        .is_ok());
+        assert!(matches!(
+            Policy::from_toml(&text(
+                "guest_policy_mask = 0x100000\nguest_policy_value = 0x1"
+            )),
+            Err(PolicyError::GuestPolicyRule { .. })
+        ));
+        assert!(matches!(
+            Policy::from_toml(&text("guest_policy_mask = 0x100000")),
+            Err(PolicyError::GuestPolicyRule { .. })
+        ));
+        assert!(matches!(
+            Policy::from_toml(&text("allowed_ppids = [\"abcd\"]")),
+            Err(PolicyError::PpidLength { len: 2, .. })
+        ));
     }
 
     #[test]

@@ -68,6 +68,16 @@ pub struct NewArgs {
     /// DCAP: an Intel advisory to accept; when given, every advisory must be listed. Repeatable.
     #[arg(long = "allowed-advisory")]
     allowed_advisories: Vec<String>,
+    /// DCAP (TDX, SGX): PPID (32 hex digits) of the PCK certificate of a machine to accept;
+    /// repeatable. Without it, any machine.
+    #[arg(long = "ppid")]
+    ppids: Vec<String>,
+    /// SNP: guest POLICY bits to check (with --guest-policy-value), e.g. 0x100000 (SINGLE_SOCKET).
+    #[arg(long, value_parser = parse_u64, requires = "guest_policy_value")]
+    guest_policy_mask: Option<u64>,
+    /// SNP: the value the --guest-policy-mask bits must have.
+    #[arg(long, value_parser = parse_u64, requires = "guest_policy_mask")]
+    guest_policy_value: Option<u64>,
     /// DCAP: the lowest TCB evaluation data number of collateral accepted (Intel raises it at every
     /// TCB recovery): refuses collateral from before one, which a host could still ship.
     #[arg(long)]
@@ -106,6 +116,14 @@ fn parse_min_tcb(arg: &str) -> Result<(String, u64), String> {
         .parse()
         .map_err(|e| format!("`{arg}`: {value:?} is not a version number: {e}"))?;
     Ok((name.trim().to_string(), value))
+}
+
+fn parse_u64(arg: &str) -> Result<u64, String> {
+    let parsed = match arg.strip_prefix("0x").or_else(|| arg.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => arg.parse(),
+    };
+    parsed.map_err(|e| format!("`{arg}` is not a number (decimal, or hex with 0x): {e}"))
 }
 
 fn hex_arg(what: &str, value: &str) -> Result<Vec<u8>> {
@@ -161,6 +179,9 @@ fn new(a: NewArgs) -> Result<()> {
             .then(|| a.allowed_advisories.clone()),
         max_vmpl: a.max_vmpl,
         min_tcb_evaluation_data_number: a.min_tcb_evaluation_data_number,
+        allowed_ppids: list(&a.ppids, "--ppid")?,
+        guest_policy_mask: a.guest_policy_mask,
+        guest_policy_value: a.guest_policy_value,
         rtmrs: list(&a.rtmrs, "--rtmr")?,
         emulated_roots: list(&a.emulated_roots, "--emulated-root")?.unwrap_or_default(),
         min_tcb_floor: MinTcbFloor::Default,

@@ -208,6 +208,24 @@ fn the_hardware_path_on(platform: &str) {
             }
         }
     }
+    // Machine and guest rules: a policy naming another PPID (TDX) or requiring SINGLE_SOCKET in
+    // the guest policy, which the host did not set (SNP), refuses the runtime.
+    let (rule, needle) = if platform == "tdx" {
+        (
+            format!("allowed_ppids = [\"{}\"]\n", "cd".repeat(16)),
+            "ppid:",
+        )
+    } else {
+        (
+            "guest_policy_mask = 0x100000\nguest_policy_value = 0x100000\n".to_string(),
+            "guest_policy:",
+        )
+    };
+    let ruled = d.join("ruled.toml");
+    std::fs::write(&ruled, format!("{client_text}{rule}")).unwrap();
+    let out = infer(&runtime, &ruled, &input);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(needle), "{err}");
     if platform == "snp" {
         // A machine allowlist: the launched chip passes, any other chip is refused.
         let shown = ok(&[
