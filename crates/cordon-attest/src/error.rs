@@ -27,9 +27,6 @@ pub enum EvidenceError {
     Dcap(#[from] crate::dcap::DcapError),
     #[error("a DCAP quote needs collateral (--collateral FILE|DIR): TCB info, QE identity, CRLs")]
     MissingCollateral,
-    /// A TDX event log shipped with the quote does not replay to its RTMRs, or is malformed.
-    #[error(transparent)]
-    EventLog(#[from] crate::eventlog::EventLogError),
 }
 
 /// Why a policy document is unusable.

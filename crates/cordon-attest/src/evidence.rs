@@ -60,6 +60,9 @@ impl ShippedEndorsements {
 
 /// The key in [`Claims::raw`] under which the events of a replayed TDX event log are listed.
 pub const EVENT_LOG_CLAIM: &str = "event_log";
+/// The key in [`Claims::raw`] that says why a shipped TDX event log was not taken (malformed, or
+/// not replaying to the quote's RTMRs): its events are then not claims.
+pub const EVENT_LOG_ERROR_CLAIM: &str = "event_log_error";
 
 /// Returns the evidence bytes, hex-decoded when the input is hex text (as some tools write quotes).
 pub fn decode_evidence(bytes: &[u8]) -> Cow<'_, [u8]> {
@@ -205,15 +208,23 @@ impl Verifier {
                 let mut claims =
                     self.dcap
                         .verify_with_roots(bytes, collateral, &e.emulated_roots, now)?;
-                // A shipped event log must replay to the quote's RTMRs exactly: a log that does
-                // not is a lie about what was measured, and the evidence is refused.
+                // A shipped event log becomes claims only if it replays to the quote's RTMRs
+                // exactly. One that does not is never shown as what was measured; the quote itself
+                // stands (its RTMRs are signed, and policies pin them), since a kernel may extend
+                // an RTMR after boot with events the firmware's log does not hold.
                 if let Some(log) = &shipped.tdx_event_log {
-                    let events = crate::eventlog::check_claims(&claims, log)?;
-                    if let Some(raw) = claims.raw.as_object_mut() {
-                        raw.insert(
-                            EVENT_LOG_CLAIM.into(),
+                    let entry = match crate::eventlog::check_claims(&claims, log) {
+                        Ok(events) => (
+                            EVENT_LOG_CLAIM,
                             serde_json::to_value(events).unwrap_or_default(),
-                        );
+                        ),
+                        Err(e) => (
+                            EVENT_LOG_ERROR_CLAIM,
+                            serde_json::Value::String(e.to_string()),
+                        ),
+                    };
+                    if let Some(raw) = claims.raw.as_object_mut() {
+                        raw.insert(entry.0.into(), entry.1);
                     }
                 }
                 Ok(claims)

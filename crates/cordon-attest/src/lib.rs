@@ -25,6 +25,6 @@ pub use claims::{Claims, Platform, TcbClaims, EMULATED_ROOT_CLAIM};
 pub use error::{EvidenceError, PolicyError};
 pub use evidence::{
     decode_evidence, detect, inspect, verify, Endorsements, EvidenceKind, ShippedEndorsements,
-    Verifier, EVENT_LOG_CLAIM,
+    Verifier, EVENT_LOG_CLAIM, EVENT_LOG_ERROR_CLAIM,
 };
 pub use policy::{appraise, AppraisalFailure, MinTcbFloor, Policy, PolicyDocument, Verdict};
