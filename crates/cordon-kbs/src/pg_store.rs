@@ -691,20 +691,16 @@ impl PgStore {
         now: u64,
         accept_until: u64,
     ) -> Result<(), StoreError> {
-        if let Some((_, until)) = self.previous_identity_seed()? {
-            if until > now {
-                return Err(StoreError::OverlapRunning {
-                    accept_until: until,
-                });
-            }
-        }
-        let current = self.identity_seed()?.ok_or(StoreError::NoIdentity)?;
-        let kek = self.keks.current.clone();
-        let retired = kek.wrap(
-            &crate::custody::wrap_aad(Slot::IdentitySeed, &previous_identity_name(accept_until)),
-            current.as_slice(),
+        let previous = self.previous_identity_seed()?;
+        let current = self.identity_seed()?;
+        let w = crate::store::identity_rotation(
+            &self.keks,
+            previous,
+            current,
+            new_seed,
+            now,
+            accept_until,
         )?;
-        let (fresh, kek_id) = wrap_identity_seed(&self.keks, new_seed)?;
         let mut tx = self.client()?.transaction()?;
         tx.execute(
             "INSERT INTO identity_previous (id, hpke_seed, kek_id, retired_at, accept_until)
@@ -712,11 +708,11 @@ impl PgStore {
              ON CONFLICT (id) DO UPDATE SET hpke_seed = excluded.hpke_seed,
                  kek_id = excluded.kek_id, retired_at = excluded.retired_at,
                  accept_until = excluded.accept_until",
-            &[&retired, &kek.id(), &(now as i64), &(accept_until as i64)],
+            &[&w.retired, &w.kek_id, &(now as i64), &(accept_until as i64)],
         )?;
         tx.execute(
             "UPDATE identity SET hpke_seed = $1, kek_id = $2, created_at = $3 WHERE id = 1",
-            &[&fresh, &kek_id, &(now as i64)],
+            &[&w.fresh, &w.kek_id, &(now as i64)],
         )?;
         tx.execute(
             "UPDATE admin SET identity_signature = $1 WHERE id = 1",

@@ -719,20 +719,9 @@ impl Store {
         now: u64,
         accept_until: u64,
     ) -> Result<(), StoreError> {
-        if let Some((_, until)) = self.previous_identity_seed()? {
-            if until > now {
-                return Err(StoreError::OverlapRunning {
-                    accept_until: until,
-                });
-            }
-        }
-        let current = self.identity_seed()?.ok_or(StoreError::NoIdentity)?;
-        let kek = self.keks.current.clone();
-        let retired = kek.wrap(
-            &wrap_aad(Slot::IdentitySeed, &previous_identity_name(accept_until)),
-            current.as_slice(),
-        )?;
-        let fresh = kek.wrap(&wrap_aad(Slot::IdentitySeed, IDENTITY_NAME), new_seed)?;
+        let previous = self.previous_identity_seed()?;
+        let current = self.identity_seed()?;
+        let w = identity_rotation(&self.keks, previous, current, new_seed, now, accept_until)?;
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO identity_previous (id, hpke_seed, kek_id, retired_at, accept_until)
@@ -740,11 +729,11 @@ impl Store {
              ON CONFLICT(id) DO UPDATE SET hpke_seed = excluded.hpke_seed,
                  kek_id = excluded.kek_id, retired_at = excluded.retired_at,
                  accept_until = excluded.accept_until",
-            params![retired, kek.id(), now as i64, accept_until as i64],
+            params![w.retired, w.kek_id, now as i64, accept_until as i64],
         )?;
         tx.execute(
             "UPDATE identity SET hpke_seed = ?1, kek_id = ?2, created_at = ?3 WHERE id = 1",
-            params![fresh, kek.id(), now as i64],
+            params![w.fresh, w.kek_id, now as i64],
         )?;
         tx.execute(
             "UPDATE admin SET identity_signature = ?1 WHERE id = 1",
@@ -1674,6 +1663,44 @@ pub(crate) fn wrap_identity_seed(
         kek.wrap(&wrap_aad(Slot::IdentitySeed, IDENTITY_NAME), seed)?,
         kek.id().to_string(),
     ))
+}
+
+/// What both stores write when they rotate the identity: the current seed wrapped as the retired
+/// identity (accepted until `accept_until`), the new seed wrapped as the identity, and the KEK
+/// that wraps both. Refused while the overlap of the previous rotation runs: the identity it
+/// retired would be dropped before its time.
+pub(crate) struct IdentityRotation {
+    pub retired: Vec<u8>,
+    pub fresh: Vec<u8>,
+    pub kek_id: String,
+}
+
+pub(crate) fn identity_rotation(
+    keks: &Keks,
+    previous: Option<RetiredIdentity>,
+    current: Option<Zeroizing<[u8; 32]>>,
+    new_seed: &[u8; 32],
+    now: u64,
+    accept_until: u64,
+) -> Result<IdentityRotation, StoreError> {
+    if let Some((_, until)) = previous {
+        if until > now {
+            return Err(StoreError::OverlapRunning {
+                accept_until: until,
+            });
+        }
+    }
+    let current = current.ok_or(StoreError::NoIdentity)?;
+    let retired = keks.current.wrap(
+        &wrap_aad(Slot::IdentitySeed, &previous_identity_name(accept_until)),
+        current.as_slice(),
+    )?;
+    let (fresh, kek_id) = wrap_identity_seed(keks, new_seed)?;
+    Ok(IdentityRotation {
+        retired,
+        fresh,
+        kek_id,
+    })
 }
 
 /// The KEK a row names, if the store was given it.
