@@ -1006,12 +1006,12 @@ async fn appraise_attestation(
 ) -> Result<AttestResponse, KbsError> {
     let now = unix(now_time);
     // 2. Verify: signature and trust anchors → claims. Certificate chains and DCAP collateral
-    //    cost milliseconds of CPU: off the async workers.
+    //    cost milliseconds of CPU, and so does parsing shipped collateral: off the async workers.
     let verifying = kbs.clone();
     let evidence = req.evidence.clone();
-    let shipped = req.endorsements.decode();
+    let wire = req.endorsements.clone();
     let verified = tokio::task::spawn_blocking(move || {
-        let shipped = shipped.map_err(|e| e.to_string())?;
+        let shipped = wire.decode().map_err(|e| e.to_string())?;
         verifying
             .inner
             .verifier
