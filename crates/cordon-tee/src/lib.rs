@@ -3,16 +3,17 @@
 //! Providers, each an [`EvidenceProvider`]:
 //! - [`ConfigFsTsm`]: Linux configfs-tsm (`/sys/kernel/config/tsm/report`), SEV-SNP reports and TDX
 //!   quotes.
-//! - [`SevGuest`]: the `/dev/sev-guest` `SNP_GET_REPORT` ioctl, for SNP guests without configfs-tsm;
-//!   also the firmware's derived keys ([`SevGuest::derived_key`], `SNP_GET_DERIVED_KEY`).
+//! - [`SevGuest`]: the `/dev/sev-guest` ioctls, for SNP guests without configfs-tsm: reports
+//!   (`SNP_GET_REPORT`), extended reports with the host's VCEK chain (`SNP_GET_EXT_REPORT`), and
+//!   the firmware's derived keys ([`SevGuest::derived_key`], `SNP_GET_DERIVED_KEY`).
 //! - [`GramineSgx`]: Gramine's `/dev/attestation` pseudo-files, SGX DCAP quotes.
 //! - [`SimTee`]: the simulated platform, never hardware-backed and never auto-detected.
 //! - [`emulated`]: tests and CI only, an emulated SEV-SNP machine whose genuine, test-root-signed
-//!   reports reach the runtime through [`ConfigFsTsm::emulated_snp`], the same code as on a real
-//!   guest. EMULATED, NOT hardware-backed; never auto-detected.
+//!   reports reach the runtime through [`ConfigFsTsm::emulated_snp`] or [`SevGuest::emulated_snp`],
+//!   the same code as on a real guest. EMULATED, NOT hardware-backed; never auto-detected.
 //!
 //! [`detect`] picks the first hardware interface present.
-#![deny(unsafe_code)] // the exceptions: the SNP_GET_REPORT and SNP_GET_DERIVED_KEY ioctls in `sev_guest`
+#![deny(unsafe_code)] // the exceptions: the three /dev/sev-guest ioctls in `sev_guest`
 
 mod cache;
 pub mod cert_table;

@@ -11,14 +11,28 @@
 //! kernel copies the firmware's MSG_KEY_RSP: `STATUS` (u32) at 0 and the 32-byte `DERIVED_KEY` at
 //! 0x20 (SEV Secure Nested Paging Firmware ABI Specification, AMD publication 56860, section
 //! "MSG_KEY_REQ", tables "MSG_KEY_REQ Message Structure" and "MSG_KEY_RSP Message Structure").
+//!
+//! The `SNP_GET_EXT_REPORT` ioctl carries a [`SnpExtReportReq`]: the report request plus a buffer
+//! (`certs_address`, `certs_len`: page-aligned, at most `SEV_FW_BLOB_MAX_SIZE`) into which the
+//! kernel copies the certificate table the host supplies (GHCB specification, "SNP Extended Guest
+//! Request"): the VCEK or VLEK and its chain, so the guest can ship them with the report. A buffer
+//! too small fails with `EIO`, `SNP_GUEST_VMM_ERR_INVALID_LEN` in `exitinfo2`'s upper half and the
+//! size needed written back to `certs_len`. A host that supplies no certificates leaves the buffer
+//! zeroed: an empty table.
+//!
+//! The requests go to the kernel driver through [`SevGuest::new`]'s device node or, in tests, to an
+//! emulated machine ([`SevGuest::emulated_snp`]) that answers the same structures as the firmware
+//! and the kernel would.
 
+use crate::cert_table::{parse_cert_table, snp_certs};
 use crate::configfs::SNP_REPORT_LEN;
-use crate::{EvidenceProvider, TeeError};
+use crate::{EvidenceBundle, EvidenceProvider, TeeError};
 use cordon_attest::Platform;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::mem::size_of;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use zeroize::{Zeroize, Zeroizing};
 
 /// `struct snp_report_req`.
@@ -27,6 +41,14 @@ pub(crate) struct SnpReportReq {
     pub user_data: [u8; 64],
     pub vmpl: u32,
     pub rsvd: [u8; 28],
+}
+
+/// `struct snp_ext_report_req`: a report request and where to copy the host's certificates.
+#[repr(C)]
+pub(crate) struct SnpExtReportReq {
+    pub data: SnpReportReq,
+    pub certs_address: u64,
+    pub certs_len: u32,
 }
 
 /// `struct snp_report_resp`.
@@ -79,6 +101,16 @@ pub(crate) const SNP_GET_REPORT: u32 = iowr(b'S', 0x0, size_of::<SnpGuestRequest
 /// `SNP_GET_DERIVED_KEY = _IOWR('S', 0x1, struct snp_guest_request_ioctl)`.
 pub(crate) const SNP_GET_DERIVED_KEY: u32 = iowr(b'S', 0x1, size_of::<SnpGuestRequestIoctl>());
 
+/// `SNP_GET_EXT_REPORT = _IOWR('S', 0x2, struct snp_guest_request_ioctl)`.
+pub(crate) const SNP_GET_EXT_REPORT: u32 = iowr(b'S', 0x2, size_of::<SnpGuestRequestIoctl>());
+
+/// `SEV_FW_BLOB_MAX_SIZE`: the most certificate data the kernel carries (4 pages).
+pub(crate) const CERTS_MAX_LEN: usize = 0x4000;
+/// The page size `certs_len` must be a multiple of.
+pub(crate) const PAGE_LEN: usize = 4096;
+/// `SNP_GUEST_VMM_ERR_INVALID_LEN`: the certificate buffer is too small (`exitinfo2` upper half).
+pub(crate) const VMM_ERR_INVALID_LEN: u32 = 1;
+
 /// Offset of the report in MSG_REPORT_RSP.
 const REPORT_OFFSET: usize = 0x20;
 /// Offset of `DERIVED_KEY` in MSG_KEY_RSP.
@@ -127,12 +159,44 @@ pub struct DerivedKeyRequest {
     pub tcb_version: u64,
 }
 
-/// SEV-SNP evidence from the `/dev/sev-guest` `SNP_GET_REPORT` ioctl: the raw 1184-byte
-/// attestation report. Prefer [`crate::ConfigFsTsm`] where the kernel has it.
-#[derive(Debug)]
+/// What answers `/dev/sev-guest`'s guest requests in place of the kernel driver: an emulated
+/// machine (tests and CI). Each method takes and fills the structures the ioctl of the same name
+/// passes, and returns what the ioctl would: its result and `exitinfo2`.
+pub(crate) trait GuestRequests: Send + Sync {
+    fn get_report(&self, req: &SnpReportReq, resp: &mut SnpReportResp) -> (io::Result<()>, u64);
+    /// `certs` is the buffer `certs_address` and `certs_len` describe (empty: no certificates
+    /// asked for). Also returns the `certs_len` written back.
+    fn get_ext_report(
+        &self,
+        req: &SnpReportReq,
+        resp: &mut SnpReportResp,
+        certs: &mut [u8],
+    ) -> (io::Result<()>, u64, u32);
+    fn get_derived_key(
+        &self,
+        req: &SnpDerivedKeyReq,
+        resp: &mut SnpDerivedKeyResp,
+    ) -> (io::Result<()>, u64);
+}
+
+/// SEV-SNP evidence from the `/dev/sev-guest` ioctls: the raw 1184-byte attestation report
+/// (`SNP_GET_REPORT`) or, with its certificates, the extended report (`SNP_GET_EXT_REPORT`).
+/// Prefer [`crate::ConfigFsTsm`] where the kernel has it.
 pub struct SevGuest {
     path: PathBuf,
     vmpl: u32,
+    /// `None`: the device node's kernel driver. `Some`: an emulated machine.
+    emulated: Option<Arc<dyn GuestRequests>>,
+}
+
+impl std::fmt::Debug for SevGuest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SevGuest")
+            .field("path", &self.path)
+            .field("vmpl", &self.vmpl)
+            .field("emulated", &self.emulated.is_some())
+            .finish()
+    }
 }
 
 impl SevGuest {
@@ -145,7 +209,36 @@ impl SevGuest {
         SevGuest {
             path: path.into(),
             vmpl: 0,
+            emulated: None,
         }
+    }
+
+    /// What an emulated device is called in errors: no such node exists.
+    pub const EMULATED_PATH: &'static str = "(emulated)/dev/sev-guest";
+
+    /// `/dev/sev-guest` in front of an emulated SEV-SNP machine (tests and CI): the kernel's and
+    /// the firmware's answers to the three guest requests, modelled in memory, so that evidence,
+    /// certificates and derived keys take the same path through this provider as on a real
+    /// guest. EMULATED, NOT hardware-backed.
+    pub fn emulated_snp(emulator: crate::emulated::EmulatedSnp) -> SevGuest {
+        let vmpl = u32::from(emulator.options().launch.vmpl);
+        let device = crate::emulated::snp::SnpGuestDevice::new(emulator);
+        SevGuest::on_emulated_device(Arc::new(device)).with_vmpl(vmpl)
+    }
+
+    /// An emulated device, requests for VMPL 0.
+    pub(crate) fn on_emulated_device(device: Arc<dyn GuestRequests>) -> SevGuest {
+        SevGuest {
+            path: PathBuf::from(Self::EMULATED_PATH),
+            vmpl: 0,
+            emulated: Some(device),
+        }
+    }
+
+    /// Whether this device is an emulator's ([`SevGuest::emulated_snp`]), for tools to say
+    /// EMULATED.
+    pub fn is_emulated(&self) -> bool {
+        self.emulated.is_some()
     }
 
     /// Requests reports for `vmpl` (`snp_report_req.vmpl`); the firmware refuses levels more
@@ -174,10 +267,12 @@ impl SevGuest {
                 ),
             });
         }
-        let dev = self.open()?;
         let raw = derived_key_request(req);
         let mut resp = SnpDerivedKeyResp { data: [0; 64] };
-        let (result, exitinfo2) = get_derived_key_ioctl(&dev, &raw, &mut resp);
+        let (result, exitinfo2) = match &self.emulated {
+            None => get_derived_key_ioctl(&self.open()?, &raw, &mut resp),
+            Some(device) => device.get_derived_key(&raw, &mut resp),
+        };
         check_guest_request(&self.path, "SNP_GET_DERIVED_KEY", result, exitinfo2)?;
         parse_derived_key_response(&self.path, &resp.data)
     }
@@ -201,14 +296,64 @@ impl EvidenceProvider for SevGuest {
     }
 
     fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, TeeError> {
-        let dev = self.open()?;
         let req = report_request(report_data, self.vmpl);
         let mut resp = Box::new(SnpReportResp { data: [0; 4000] });
-        let (result, exitinfo2) = get_report_ioctl(&dev, &req, &mut resp);
+        let (result, exitinfo2) = match &self.emulated {
+            None => get_report_ioctl(&self.open()?, &req, &mut resp),
+            Some(device) => device.get_report(&req, &mut resp),
+        };
         check_guest_request(&self.path, "SNP_GET_REPORT", result, exitinfo2)?;
         parse_report_response(&self.path, &resp.data)
     }
+
+    /// The extended report (`SNP_GET_EXT_REPORT`) and the certificates of its table (VCEK or
+    /// VLEK, then ASK and ARK where the host supplied them); none where the host supplies none.
+    /// A kernel without the ioctl (`ENOTTY`) gets the plain report: the certificates are an
+    /// optimisation for verifiers, which fall back to their own.
+    fn evidence_bundle(&self, report_data: &[u8; 64]) -> Result<EvidenceBundle, TeeError> {
+        let req = report_request(report_data, self.vmpl);
+        let mut resp = Box::new(SnpReportResp { data: [0; 4000] });
+        let mut certs = Zeroizing::new(vec![0u8; CERTS_MAX_LEN]);
+        let (result, exitinfo2, certs_len) = match &self.emulated {
+            None => get_ext_report_ioctl(&self.open()?, &req, &mut resp, &mut certs),
+            Some(device) => device.get_ext_report(&req, &mut resp, &mut certs),
+        };
+        if let Err(e) = &result {
+            if e.raw_os_error() == Some(ENOTTY) && exitinfo2 == 0 {
+                return self.evidence(report_data).map(|evidence| EvidenceBundle {
+                    evidence,
+                    ..EvidenceBundle::default()
+                });
+            }
+        }
+        if (exitinfo2 >> 32) as u32 == VMM_ERR_INVALID_LEN {
+            return Err(TeeError::Malformed {
+                path: self.path.clone(),
+                reason: format!(
+                    "ioctl SNP_GET_EXT_REPORT: the host's certificate table needs {certs_len} \
+                     bytes, more than the {CERTS_MAX_LEN} the kernel carries"
+                ),
+            });
+        }
+        check_guest_request(&self.path, "SNP_GET_EXT_REPORT", result, exitinfo2)?;
+        let evidence = parse_report_response(&self.path, &resp.data)?;
+        let entries = parse_cert_table(&certs).map_err(|source| TeeError::CertTable {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(EvidenceBundle {
+            evidence,
+            snp_certs: snp_certs(&entries),
+            ..EvidenceBundle::default()
+        })
+    }
 }
+
+/// `ENOTTY`: the driver does not know the ioctl.
+#[cfg(target_os = "linux")]
+const ENOTTY: i32 = libc::ENOTTY;
+#[cfg(not(target_os = "linux"))]
+const ENOTTY: i32 = 25;
 
 pub(crate) fn report_request(report_data: &[u8; 64], vmpl: u32) -> SnpReportReq {
     SnpReportReq {
@@ -232,7 +377,8 @@ pub(crate) fn derived_key_request(req: &DerivedKeyRequest) -> SnpDerivedKeyReq {
     }
 }
 
-/// One of the two unsafe blocks in this crate (with [`get_report_ioctl`]). Returns the ioctl's result and the `exitinfo2` the kernel
+/// One of the three unsafe blocks in this crate (with [`get_derived_key_ioctl`] and
+/// [`get_ext_report_ioctl`]). Returns the ioctl's result and the `exitinfo2` the kernel
 /// wrote back.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
@@ -270,7 +416,7 @@ fn get_report_ioctl(
     (result, arg.exitinfo2)
 }
 
-/// The other unsafe block: `SNP_GET_DERIVED_KEY`, as [`get_report_ioctl`] does `SNP_GET_REPORT`.
+/// The second unsafe block: `SNP_GET_DERIVED_KEY`, as [`get_report_ioctl`] does `SNP_GET_REPORT`.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn get_derived_key_ioctl(
@@ -304,6 +450,69 @@ fn get_derived_key_ioctl(
         Ok(())
     };
     (result, arg.exitinfo2)
+}
+
+/// The third unsafe block: `SNP_GET_EXT_REPORT`, as [`get_report_ioctl`] does `SNP_GET_REPORT`,
+/// with `certs` as the certificate buffer. Also returns the `certs_len` the kernel wrote back.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn get_ext_report_ioctl(
+    dev: &File,
+    req: &SnpReportReq,
+    resp: &mut SnpReportResp,
+    certs: &mut [u8],
+) -> (io::Result<()>, u64, u32) {
+    use std::os::fd::AsRawFd;
+    let Ok(certs_len) = u32::try_from(certs.len()) else {
+        let e = io::Error::new(io::ErrorKind::InvalidInput, "certificate buffer over 4 GiB");
+        return (Err(e), 0, 0);
+    };
+    let mut ext = SnpExtReportReq {
+        data: report_request(&req.user_data, req.vmpl),
+        certs_address: certs.as_mut_ptr() as u64,
+        certs_len,
+    };
+    let mut arg = SnpGuestRequestIoctl {
+        msg_version: 1,
+        req_data: &mut ext as *mut SnpExtReportReq as u64,
+        resp_data: resp as *mut SnpReportResp as u64,
+        exitinfo2: 0,
+    };
+    // SAFETY: as in `get_report_ioctl`: `dev` is open for the whole synchronous call; the structs
+    // are #[repr(C)] with linux/sev-guest.h's layouts (checked by tests) and SNP_GET_EXT_REPORT
+    // encodes the size of `arg`. The kernel reads `arg` and writes only its `exitinfo2`; reads
+    // `ext` and writes back at most `size_of::<SnpExtReportReq>()` bytes to it (the `certs_len`
+    // it needs); writes at most `size_of::<SnpReportResp>()` bytes to `resp`; and writes at most
+    // `ext.certs_len` bytes, which is `certs.len()`, at `ext.certs_address`, which is
+    // `certs`. All are live and exclusively borrowed for the call. A file that is not
+    // sev-guest fails with ENOTTY untouched.
+    let rc = unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            SNP_GET_EXT_REPORT as libc::Ioctl,
+            &mut arg as *mut SnpGuestRequestIoctl,
+        )
+    };
+    let result = if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    };
+    (result, arg.exitinfo2, ext.certs_len)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn get_ext_report_ioctl(
+    _dev: &File,
+    _req: &SnpReportReq,
+    _resp: &mut SnpReportResp,
+    _certs: &mut [u8],
+) -> (io::Result<()>, u64, u32) {
+    let e = io::Error::new(
+        io::ErrorKind::Unsupported,
+        "SNP_GET_EXT_REPORT exists on Linux only",
+    );
+    (Err(e), 0, 0)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -572,6 +781,34 @@ mod tests {
             }
             other => panic!("unexpected error {other}"),
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_extended_request_the_driver_does_not_know_falls_back_to_the_plain_report() {
+        // SNP_GET_EXT_REPORT on a regular file: ENOTTY, so the provider asks for the plain
+        // report, which fails the same way; the error names the plain request it fell back to.
+        let tmp = TestDir::new("sev-ext-file");
+        let dev = tmp.file("sev-guest", b"");
+        let err = SevGuest::new(&dev).evidence_bundle(&[0; 64]).unwrap_err();
+        match &err {
+            TeeError::SnpGuestRequest {
+                path,
+                op: "SNP_GET_REPORT",
+                source,
+                ..
+            } => {
+                assert_eq!(path, &dev);
+                assert_eq!(source.raw_os_error(), Some(libc::ENOTTY));
+            }
+            other => panic!("unexpected error {other}"),
+        }
+        // An absent device is named, not fallen back from.
+        let absent = tmp.path().join("absent");
+        let err = SevGuest::new(&absent)
+            .evidence_bundle(&[0; 64])
+            .unwrap_err();
+        assert!(matches!(&err, TeeError::Access { op: "open", .. }), "{err}");
     }
 
     const KEY_REQ: DerivedKeyRequest = DerivedKeyRequest {

@@ -44,6 +44,14 @@ pub struct ReportArgs {
     /// Use the emulated platform in this directory instead of the machine's (tests and CI).
     #[arg(long)]
     emulator: Option<PathBuf>,
+    /// With --emulator: the guest interface to ask it through.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "configfs-tsm",
+        requires = "emulator"
+    )]
+    emulator_interface: crate::emulator::EmulatedInterface,
 }
 
 #[derive(clap::Args)]
@@ -134,7 +142,7 @@ fn report(a: ReportArgs) -> Result<u8> {
         Some(dir) => {
             let emulator = crate::emulator::Emulator::open(dir)?;
             eprintln!("WARNING: {}", emulator.warning());
-            emulator.provider()?
+            emulator.provider(a.emulator_interface)?
         }
         None => cordon_tee::detect(std::path::Path::new("/"))?,
     };

@@ -55,6 +55,15 @@ pub struct ServeArgs {
     /// instead of the machine's. Tests and CI only: EMULATED, NOT hardware-backed.
     #[arg(long)]
     emulator: Option<PathBuf>,
+    /// With --emulator: the guest interface the runtime asks it through, as a guest kernel offers
+    /// it (`sev-guest`: SNP's `/dev/sev-guest` extended report, with the host's certificates).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "configfs-tsm",
+        requires = "emulator"
+    )]
+    emulator_interface: crate::emulator::EmulatedInterface,
     /// With --platform hardware: endorsements to ship with the evidence when the platform ships
     /// none, from a directory `cordon attest fetch EVIDENCE --out DIR` filled (the VCEK, or DCAP
     /// collateral). Input to verifiers, never trust.
@@ -221,7 +230,7 @@ fn serve(a: ServeArgs) -> Result<()> {
                     let emulator = crate::emulator::Emulator::open(dir)?;
                     eprintln!("WARNING: {}", emulator.warning());
                     let log = dir.join(crate::emulator::EMULATED_EVENT_LOG_FILE);
-                    (emulator.provider()?, log)
+                    (emulator.provider(a.emulator_interface)?, log)
                 }
                 None => {
                     let provider = cordon_tee::detect(Path::new("/"))?;

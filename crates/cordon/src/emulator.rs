@@ -46,6 +46,19 @@ impl EmulatedPlatform {
     }
 }
 
+/// The kernel interface through which a guest asks the emulated platform for evidence, as on a
+/// real guest.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmulatedInterface {
+    /// configfs-tsm (`/sys/kernel/config/tsm/report`), SNP and TDX: the report and, for SNP, the
+    /// host's certificate table in `auxblob`.
+    #[default]
+    ConfigfsTsm,
+    /// `/dev/sev-guest`, SNP only: the `SNP_GET_EXT_REPORT` ioctl, the report with the host's
+    /// certificate table.
+    SevGuest,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ProductArg {
     Milan,
@@ -337,10 +350,22 @@ impl Emulator {
 
     /// The evidence provider a runtime uses on this platform: configfs-tsm over a model of the
     /// kernel's report interface, as on a real machine.
-    pub fn provider(self) -> Result<Box<dyn EvidenceProvider>> {
-        match self {
-            Emulator::Snp(e) => Ok(Box::new(ConfigFsTsm::emulated_snp(*e)?)),
-            Emulator::Tdx(t) => Ok(Box::new(ConfigFsTsm::emulated_tdx(*t)?)),
+    pub fn provider(self, interface: EmulatedInterface) -> Result<Box<dyn EvidenceProvider>> {
+        match (self, interface) {
+            (Emulator::Snp(e), EmulatedInterface::ConfigfsTsm) => {
+                Ok(Box::new(ConfigFsTsm::emulated_snp(*e)?))
+            }
+            (Emulator::Snp(e), EmulatedInterface::SevGuest) => {
+                Ok(Box::new(cordon_tee::SevGuest::emulated_snp(*e)))
+            }
+            (Emulator::Tdx(t), EmulatedInterface::ConfigfsTsm) => {
+                Ok(Box::new(ConfigFsTsm::emulated_tdx(*t)?))
+            }
+            (Emulator::Tdx(_), EmulatedInterface::SevGuest) => {
+                bail!(
+                    "/dev/sev-guest is an SEV-SNP interface; an emulated TD has configfs-tsm only"
+                )
+            }
         }
     }
 

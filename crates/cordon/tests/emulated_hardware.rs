@@ -66,6 +66,7 @@ fn runtime_on_launch(
     name: &str,
     config: &Path,
     flags: &[&str],
+    runtime_flags: &[&str],
 ) -> (Proc, Result<String, String>) {
     let emulator = dir.join(name);
     copy_platform(&deployment.join(format!("emulator-{platform}")), &emulator);
@@ -85,23 +86,24 @@ fn runtime_on_launch(
         String::from_utf8_lossy(&out.stderr)
     );
     let addr = dir.join(format!("{name}.addr"));
-    let mut rt = Proc::start(
-        &[
-            "runtime",
-            "serve",
-            "--config",
-            &s(&deployment.join("runtime.toml")),
-            "--listen",
-            "127.0.0.1:0",
-            "--platform",
-            "hardware",
-            "--emulator",
-            &s(&emulator),
-            "--addr-file",
-            &s(&addr),
-        ],
-        dir.join(format!("{name}.log")),
-    );
+    let config = s(&deployment.join("runtime.toml"));
+    let (emulator, addr_arg) = (s(&emulator), s(&addr));
+    let mut args = vec![
+        "runtime",
+        "serve",
+        "--config",
+        &config,
+        "--listen",
+        "127.0.0.1:0",
+        "--platform",
+        "hardware",
+        "--emulator",
+        &emulator,
+        "--addr-file",
+        &addr_arg,
+    ];
+    args.extend_from_slice(runtime_flags);
+    let mut rt = Proc::start(&args, dir.join(format!("{name}.log")));
     let url = rt.wait_ready(&addr);
     (rt, url)
 }
@@ -262,8 +264,37 @@ fn the_hardware_path_on(platform: &str) {
         }
     }
 
-    // Launches the KBS must refuse: the runtime gets no key and exits, naming why.
     let config = deployment.join("runtime.toml");
+    if platform == "snp" {
+        // A guest without configfs-tsm: the runtime asks /dev/sev-guest for extended reports,
+        // whose certificate table (the host's) carries the VCEK chain to the KBS and to a client
+        // whose policy has no certificates of its own.
+        let via = ["--emulator-interface", "sev-guest"];
+        let (_rt, result) =
+            runtime_on_launch(d, &deployment, platform, "ioctl", &config, &[], &via);
+        let url = result.unwrap_or_else(|log| panic!("no runtime on /dev/sev-guest:\n{log}"));
+        let log = std::fs::read_to_string(d.join("ioctl.log")).unwrap();
+        assert!(log.contains("WARNING: EMULATED SNP platform"), "{log}");
+        let out = infer(&url, &policy, &input);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains("EMULATED, NOT hardware-backed"), "{err}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("probabilities"));
+        // The same refusals hold on that path: a debug guest gets no key.
+        let (_rt, result) = runtime_on_launch(
+            d,
+            &deployment,
+            platform,
+            "ioctl-debug",
+            &config,
+            &["--debug"],
+            &via,
+        );
+        let log = result.expect_err("a debug guest came up on /dev/sev-guest");
+        assert!(log.contains("debug"), "{log}");
+    }
+
+    // Launches the KBS must refuse: the runtime gets no key and exits, naming why.
     let other_measurement = "11".repeat(48);
     let mut cases = vec![
         ("debug", vec!["--debug"], "debug"),
@@ -285,7 +316,7 @@ fn the_hardware_path_on(platform: &str) {
         cases.push(("migration-agent", vec!["--migration-agent"], "migrate_ma"));
     }
     for (name, flags, needle) in cases {
-        let (_rt, result) = runtime_on_launch(d, &deployment, platform, name, &config, &flags);
+        let (_rt, result) = runtime_on_launch(d, &deployment, platform, name, &config, &flags, &[]);
         let log = result
             .err()
             .unwrap_or_else(|| panic!("{name}: a runtime came up"));
@@ -298,7 +329,7 @@ fn the_hardware_path_on(platform: &str) {
         format!("# edited\n{}", std::fs::read_to_string(&config).unwrap()),
     )
     .unwrap();
-    let (_rt, result) = runtime_on_launch(d, &deployment, platform, "edited", &edited, &[]);
+    let (_rt, result) = runtime_on_launch(d, &deployment, platform, "edited", &edited, &[], &[]);
     let log = result.expect_err("a runtime came up under another configuration");
     let field = if platform == "tdx" {
         "MRCONFIGID"

@@ -340,4 +340,47 @@ mod tests {
             .to_string();
         assert!(e.contains("open") && e.contains("absent"), "{e}");
     }
+
+    /// The KEK through the real `SevGuest` provider (report for the key state, then
+    /// SNP_GET_DERIVED_KEY), on an emulated SNP machine's `/dev/sev-guest`.
+    #[test]
+    fn the_kek_on_an_emulated_sev_guest_device() {
+        use cordon_attest::snp::Product;
+        use cordon_tee::emulated::{EmulatedSnp, EmulatedSnpOptions, LaunchParams};
+        let machine = EmulatedSnp::generate(EmulatedSnpOptions::new(
+            Product::Milan,
+            LaunchParams::new([0x4B; 48], [0; 32]),
+        ))
+        .unwrap();
+        let guest =
+            |launch: LaunchParams| SevGuest::emulated_snp(machine.with_launch(launch).unwrap());
+        let kbs = guest(LaunchParams::new([0x4B; 48], [0; 32]));
+        let kek = SevSnpKek::open(&kbs, false).unwrap();
+        assert!(kek.id().starts_with("sev-snp:"), "{}", kek.id());
+        let aad = wrap_aad(Slot::Dek, "k1");
+        let w = kek.wrap(&aad, b"dek bytes").unwrap();
+        // The same KBS launched again unwraps it.
+        let again = SevSnpKek::open(&guest(LaunchParams::new([0x4B; 48], [0; 32])), false).unwrap();
+        assert_eq!(again.unwrap(&aad, &w).unwrap().as_slice(), b"dek bytes");
+        // Another build of the KBS (another measurement) or a debuggable launch cannot.
+        let other = SevSnpKek::open(&guest(LaunchParams::new([0x4C; 48], [0; 32])), false).unwrap();
+        assert_eq!(other.unwrap(&aad, &w), Err(UnwrapFailed));
+        let mut debug = LaunchParams::new([0x4B; 48], [0; 32]);
+        debug.policy |= 1 << 19;
+        let other = SevSnpKek::open(&guest(debug), false).unwrap();
+        assert_eq!(other.unwrap(&aad, &w), Err(UnwrapFailed));
+        // Bound to the TCB: the committed TCB read from the emulator's report.
+        let bound = SevSnpKek::open(&kbs, true).unwrap();
+        assert!(bound.bound_tcb().is_some());
+        assert_eq!(bound.unwrap(&aad, &w), Err(UnwrapFailed));
+        // A host that masks the chip key: refused, naming the device.
+        let mut masked = machine.options().clone();
+        masked.mask_chip_id = true;
+        let masked = SevGuest::emulated_snp(machine.under_same_root(masked).unwrap());
+        let e = SevSnpKek::open(&masked, false).unwrap_err().to_string();
+        assert!(
+            e.contains("MASK_CHIP_KEY") && e.contains(SevGuest::EMULATED_PATH),
+            "{e}"
+        );
+    }
 }

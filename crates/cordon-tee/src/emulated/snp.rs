@@ -17,6 +17,10 @@
 //!   (PKCS#8 PEM, mode 0600).
 
 use crate::cert_table::{encode_cert_table, CertTableEntry, GUID_ARK, GUID_ASK, GUID_VCEK};
+use crate::sev_guest::{
+    GuestRequests, SnpDerivedKeyReq, SnpDerivedKeyResp, SnpReportReq, SnpReportResp, CERTS_MAX_LEN,
+    PAGE_LEN, VMM_ERR_INVALID_LEN,
+};
 use cordon_attest::snp::Product;
 use der::asn1::{BitString, GeneralizedTime, Ia5String, OctetString, UtcTime};
 use der::{Decode, Encode};
@@ -965,6 +969,201 @@ impl crate::emulated::tsm::TsmBackend for SnpTsm {
             .report_at_vmpl(inblob, privlevel)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         Ok((report.to_vec(), self.0.cert_table()))
+    }
+}
+
+/// SEV status INVALID_PARAM (SNP ABI "Status Codes"), the firmware's answer to a request it refuses.
+const STATUS_INVALID_PARAM: u32 = 0x16;
+
+impl EmulatedSnp {
+    /// The chip's secret from which its derived keys come: fixed for this emulator's root and chip
+    /// id, so that a key derived before a restart is derived again after it, as on a real chip.
+    fn chip_secret(&self) -> Result<Zeroizing<[u8; 48]>, SnpEmulatorError> {
+        let ark = rsa::pkcs8::EncodePrivateKey::to_pkcs8_der(&self.ark.key).map_err(crypto)?;
+        let mut h = Sha384::new();
+        h.update(b"cordon emulated SEV-SNP chip secret for MSG_KEY_REQ\0");
+        h.update(ark.as_bytes());
+        h.update(self.options.chip_id);
+        Ok(Zeroizing::new(h.finalize().into()))
+    }
+
+    /// MSG_KEY_REQ, as the firmware answers it (SNP ABI "MSG_KEY_REQ"): a key derived from the
+    /// chip's secret at a TCB (the requested TCB_VERSION when selected, else the committed TCB),
+    /// mixed with the VMPL and the guest fields `GUEST_FIELD_SELECT` names. The firmware refuses
+    /// (`Err(status)`, INVALID_PARAM) a VMPL more privileged than the guest's, an SVN or TCB above
+    /// the guest's, unknown select bits, reserved fields set, and the VM root key for a guest
+    /// without a migration agent.
+    pub(crate) fn derive_key(&self, req: &SnpDerivedKeyReq) -> Result<Zeroizing<[u8; 32]>, u32> {
+        let o = &self.options;
+        let l = &o.launch;
+        let committed = o.committed_tcb.unwrap_or(o.reported_tcb).encode(o.product);
+        let migration_agent = l.policy & cordon_attest::snp::POLICY_MIGRATE_MA != 0;
+        let tcb_above = |requested: u64| {
+            // Each TCB component is a whole byte in every layout (Milan, Genoa, Turin).
+            (0..8).any(|i| (requested >> (8 * i)) as u8 > (committed >> (8 * i)) as u8)
+        };
+        let select = req.guest_field_select;
+        let refused = req.root_key_select > 1
+            || (req.root_key_select == 1 && !migration_agent)
+            || req.rsvd != 0
+            || select & !crate::sev_guest::guest_field::KNOWN != 0
+            || req.vmpl < u32::from(l.vmpl)
+            || req.vmpl > 3
+            || (select & crate::sev_guest::guest_field::GUEST_SVN != 0
+                && req.guest_svn > l.guest_svn)
+            || (select & crate::sev_guest::guest_field::TCB_VERSION != 0
+                && tcb_above(req.tcb_version));
+        if refused {
+            return Err(STATUS_INVALID_PARAM);
+        }
+        let secret = self.chip_secret().map_err(|_| STATUS_INVALID_PARAM)?;
+        let tcb = if select & crate::sev_guest::guest_field::TCB_VERSION != 0 {
+            req.tcb_version
+        } else {
+            committed
+        };
+        let mut info = Vec::with_capacity(160);
+        info.extend_from_slice(b"cordon emulated MSG_KEY_REQ v1\0");
+        info.extend_from_slice(&req.root_key_select.to_le_bytes());
+        info.extend_from_slice(&tcb.to_le_bytes());
+        info.extend_from_slice(&req.vmpl.to_le_bytes());
+        info.extend_from_slice(&select.to_le_bytes());
+        use crate::sev_guest::guest_field as f;
+        let mut mix = |bit: u64, bytes: &[u8]| {
+            if select & bit != 0 {
+                info.extend_from_slice(bytes);
+            }
+        };
+        mix(f::GUEST_POLICY, &l.policy.to_le_bytes());
+        mix(f::IMAGE_ID, &l.image_id);
+        mix(f::FAMILY_ID, &l.family_id);
+        mix(f::MEASUREMENT, &l.measurement);
+        mix(f::GUEST_SVN, &req.guest_svn.to_le_bytes());
+        let mut key = Zeroizing::new([0u8; 32]);
+        hkdf::Hkdf::<Sha384>::new(None, secret.as_slice())
+            .expand(&info, key.as_mut())
+            .map_err(|_| STATUS_INVALID_PARAM)?;
+        Ok(key)
+    }
+}
+
+/// `/dev/sev-guest` on this emulator: the kernel driver's and the firmware's answers to the three
+/// guest requests (Linux `drivers/virt/coco/sev-guest`; SNP ABI MSG_REPORT_REQ, MSG_KEY_REQ; GHCB
+/// "SNP Extended Guest Request"), on the structures the ioctls pass.
+pub(crate) struct SnpGuestDevice {
+    pub(crate) machine: EmulatedSnp,
+    /// Entries the host adds to the table after the chain (vendor data, a CRL): none by default.
+    pub(crate) host_extra: Vec<CertTableEntry>,
+}
+
+impl SnpGuestDevice {
+    pub(crate) fn new(machine: EmulatedSnp) -> SnpGuestDevice {
+        SnpGuestDevice {
+            machine,
+            host_extra: Vec::new(),
+        }
+    }
+
+    /// The table the host supplies: the chain, then any extra entries.
+    fn host_table(&self) -> Vec<u8> {
+        if self.host_extra.is_empty() {
+            return self.machine.cert_table();
+        }
+        let mut entries = vec![
+            CertTableEntry {
+                guid: GUID_VCEK,
+                data: self.machine.vcek_der.clone(),
+            },
+            CertTableEntry {
+                guid: GUID_ASK,
+                data: self.machine.ask.der.clone(),
+            },
+            CertTableEntry {
+                guid: GUID_ARK,
+                data: self.machine.ark.der.clone(),
+            },
+        ];
+        entries.extend(self.host_extra.iter().cloned());
+        encode_cert_table(&entries)
+    }
+    /// MSG_REPORT_RSP: STATUS, REPORT_SIZE, the report at 0x20; a refused VMPL is STATUS
+    /// INVALID_PARAM with no report, and the ioctl itself succeeds, as the kernel passes the
+    /// firmware's answer through.
+    fn report_response(&self, req: &SnpReportReq, resp: &mut SnpReportResp) {
+        resp.data = [0; 4000];
+        let report = u8::try_from(req.vmpl)
+            .ok()
+            .filter(|_| req.rsvd.iter().all(|&b| b == 0))
+            .and_then(|vmpl| self.machine.report_at_vmpl(&req.user_data, vmpl).ok());
+        match report {
+            Some(report) => {
+                resp.data[4..8].copy_from_slice(&(REPORT_LEN as u32).to_le_bytes());
+                resp.data[0x20..0x20 + REPORT_LEN].copy_from_slice(&report);
+            }
+            None => resp.data[0..4].copy_from_slice(&STATUS_INVALID_PARAM.to_le_bytes()),
+        }
+    }
+}
+
+fn einval() -> std::io::Error {
+    std::io::Error::from_raw_os_error(22)
+}
+
+impl GuestRequests for SnpGuestDevice {
+    fn get_report(
+        &self,
+        req: &SnpReportReq,
+        resp: &mut SnpReportResp,
+    ) -> (std::io::Result<()>, u64) {
+        self.report_response(req, resp);
+        (Ok(()), 0)
+    }
+
+    /// The kernel's `get_ext_report`: no buffer asks for no certificates; a length that is not
+    /// page-aligned or above `SEV_FW_BLOB_MAX_SIZE` is `EINVAL`; a buffer smaller than the
+    /// host's table is `EIO` with `SNP_GUEST_VMM_ERR_INVALID_LEN` and the length needed in
+    /// `certs_len`; otherwise the table, zero-padded, and the report.
+    fn get_ext_report(
+        &self,
+        req: &SnpReportReq,
+        resp: &mut SnpReportResp,
+        certs: &mut [u8],
+    ) -> (std::io::Result<()>, u64, u32) {
+        let asked = certs.len() as u32;
+        if certs.is_empty() {
+            self.report_response(req, resp);
+            return (Ok(()), 0, 0);
+        }
+        if certs.len() > CERTS_MAX_LEN || certs.len() % PAGE_LEN != 0 {
+            return (Err(einval()), 0, asked);
+        }
+        let table = self.host_table();
+        let needed = table.len().div_ceil(PAGE_LEN) * PAGE_LEN;
+        if needed > certs.len() {
+            let exitinfo2 = u64::from(VMM_ERR_INVALID_LEN) << 32;
+            return (
+                Err(std::io::Error::from_raw_os_error(5)),
+                exitinfo2,
+                needed as u32,
+            );
+        }
+        certs.fill(0);
+        certs[..table.len()].copy_from_slice(&table);
+        self.report_response(req, resp);
+        (Ok(()), 0, asked)
+    }
+
+    fn get_derived_key(
+        &self,
+        req: &SnpDerivedKeyReq,
+        resp: &mut SnpDerivedKeyResp,
+    ) -> (std::io::Result<()>, u64) {
+        resp.data = [0; 64];
+        match self.machine.derive_key(req) {
+            Ok(key) => resp.data[0x20..0x40].copy_from_slice(key.as_slice()),
+            Err(status) => resp.data[0..4].copy_from_slice(&status.to_le_bytes()),
+        }
+        (Ok(()), 0)
     }
 }
 

@@ -780,3 +780,269 @@ fn revocation_under_an_emulated_root_is_checked_against_its_ark() {
     let err = verify(&report, &with(vec![crl(other_root(), &[])]), now()).unwrap_err();
     assert!(matches!(err, EvidenceError::Snp(SnpError::Crl(_))), "{err}");
 }
+
+/// `/dev/sev-guest` on the emulator: the three guest requests through [`crate::SevGuest`], the
+/// provider a guest without configfs-tsm uses.
+mod sev_guest_device {
+    use super::*;
+    use crate::cert_table::CertTableEntry;
+    use crate::sev_guest::{SnpExtReportReq, SNP_GET_EXT_REPORT};
+    use crate::{guest_field, DerivedKeyRequest, RootKey, SevGuest};
+
+    fn device(launch: LaunchParams) -> SevGuest {
+        SevGuest::emulated_snp(milan().with_launch(launch).unwrap())
+    }
+
+    fn production() -> SevGuest {
+        device(LaunchParams::new(MEASUREMENT, HOST_DATA))
+    }
+
+    #[test]
+    fn ext_report_struct_matches_linux_sev_guest_h() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(size_of::<SnpExtReportReq>(), 112);
+        assert_eq!(offset_of!(SnpExtReportReq, data), 0);
+        assert_eq!(offset_of!(SnpExtReportReq, certs_address), 96);
+        assert_eq!(offset_of!(SnpExtReportReq, certs_len), 104);
+        // _IOWR('S', 2, 32).
+        assert_eq!(SNP_GET_EXT_REPORT, 0xC020_5302);
+    }
+
+    #[test]
+    fn the_extended_report_ships_the_vcek_chain_a_verifier_needs() {
+        let emu = milan();
+        let dev = production();
+        assert!(dev.is_emulated());
+        assert!(format!("{dev:?}").contains("emulated: true"));
+        let rd = [0x31; 64];
+        let bundle = dev.evidence_bundle(&rd).unwrap();
+        assert_eq!(bundle.snp_certs, emu.certificates());
+        // Nothing but the root's fingerprint on the verifier's side.
+        let e = Endorsements {
+            snp_certs: bundle.snp_certs.clone(),
+            emulated_roots: vec![emu.root_fingerprint()],
+            ..Endorsements::default()
+        };
+        let c = verify(&bundle.evidence, &e, now()).unwrap();
+        assert_eq!(c.report_data, rd);
+        assert!(c.is_emulated());
+        assert!(appraise(&c, &test_policy(emu)).is_accepted());
+        // The plain report (SNP_GET_REPORT) verifies under the same chain.
+        let plain = dev.evidence(&[0x32; 64]).unwrap();
+        assert_eq!(verify(&plain, &e, now()).unwrap().report_data, [0x32; 64]);
+        // A production verifier refuses the shipped chain.
+        let production = Endorsements {
+            snp_certs: bundle.snp_certs,
+            ..Endorsements::default()
+        };
+        assert!(verify(&bundle.evidence, &production, now()).is_err());
+    }
+
+    #[test]
+    fn the_device_answers_buffer_sizes_as_the_kernel_does() {
+        // A host that adds a vendor entry after the chain, so that its table spans two pages.
+        let mut dev = SnpGuestDevice::new(
+            milan()
+                .with_launch(milan().options().launch.clone())
+                .unwrap(),
+        );
+        dev.host_extra.push(CertTableEntry {
+            guid: [0x5E; 16],
+            data: vec![0xD7; PAGE_LEN],
+        });
+        let req = crate::sev_guest::report_request(&[7; 64], 0);
+        let mut resp = SnpReportResp { data: [0; 4000] };
+        let table = dev.host_table();
+        assert!(table.len() > PAGE_LEN && table.len() <= 2 * PAGE_LEN);
+
+        // One page is too small: EIO, INVALID_LEN in exitinfo2's upper half, the size needed.
+        let mut one_page = vec![0u8; PAGE_LEN];
+        let (result, exitinfo2, needed) = dev.get_ext_report(&req, &mut resp, &mut one_page);
+        assert_eq!(result.unwrap_err().raw_os_error(), Some(5));
+        assert_eq!(exitinfo2, u64::from(VMM_ERR_INVALID_LEN) << 32);
+        assert_eq!(needed as usize, table.len().div_ceil(PAGE_LEN) * PAGE_LEN);
+
+        // Not page-aligned, or above SEV_FW_BLOB_MAX_SIZE: EINVAL.
+        for len in [100, PAGE_LEN + 1, CERTS_MAX_LEN + PAGE_LEN] {
+            let mut buf = vec![0u8; len];
+            let (result, exitinfo2, _) = dev.get_ext_report(&req, &mut resp, &mut buf);
+            assert_eq!(result.unwrap_err().raw_os_error(), Some(22), "{len}");
+            assert_eq!(exitinfo2, 0);
+        }
+
+        // No buffer: the report alone.
+        let (result, exitinfo2, _) = dev.get_ext_report(&req, &mut resp, &mut []);
+        assert!(result.is_ok() && exitinfo2 == 0);
+        assert_eq!(&resp.data[4..8], &(REPORT_LEN as u32).to_le_bytes());
+
+        // The size asked for: the table, then zeros.
+        let mut buf = vec![0xEE; needed as usize];
+        let (result, _, len) = dev.get_ext_report(&req, &mut resp, &mut buf);
+        assert!(result.is_ok());
+        assert_eq!(len, needed);
+        assert_eq!(&buf[..table.len()], table.as_slice());
+        assert!(buf[table.len()..].iter().all(|&b| b == 0));
+
+        // Through the provider: the chain, without the vendor entry.
+        let provider = SevGuest::on_emulated_device(std::sync::Arc::new(dev));
+        let bundle = provider.evidence_bundle(&[8; 64]).unwrap();
+        assert_eq!(bundle.snp_certs, milan().certificates());
+    }
+
+    #[test]
+    fn a_report_for_a_more_privileged_vmpl_is_refused_by_the_firmware() {
+        let mut launch = LaunchParams::new(MEASUREMENT, HOST_DATA);
+        launch.vmpl = 2;
+        let svsm_guest = device(launch);
+        let c = verify(
+            &svsm_guest.evidence(&[0; 64]).unwrap(),
+            &endorsed(milan()),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(c.raw["vmpl"], 2);
+        for vmpl in [0, 1, 4] {
+            let dev = device({
+                let mut l = LaunchParams::new(MEASUREMENT, HOST_DATA);
+                l.vmpl = 2;
+                l
+            })
+            .with_vmpl(vmpl);
+            let err = dev.evidence(&[0; 64]).unwrap_err();
+            assert!(
+                matches!(err, TeeError::SnpReportStatus { status: 0x16, .. }),
+                "{vmpl}: {err}"
+            );
+            assert!(err.to_string().contains(SevGuest::EMULATED_PATH), "{err}");
+            let err = dev.evidence_bundle(&[0; 64]).unwrap_err();
+            assert!(
+                matches!(err, TeeError::SnpReportStatus { status: 0x16, .. }),
+                "{vmpl}: {err}"
+            );
+        }
+    }
+
+    const KEY: DerivedKeyRequest = DerivedKeyRequest {
+        root_key: RootKey::Vcek,
+        guest_field_select: guest_field::GUEST_POLICY | guest_field::MEASUREMENT,
+        vmpl: 0,
+        guest_svn: 0,
+        tcb_version: 0,
+    };
+
+    #[test]
+    fn derived_keys_depend_on_exactly_what_the_request_selects() {
+        let key = |dev: &SevGuest, req: &DerivedKeyRequest| *dev.derived_key(req).unwrap();
+        let k = key(&production(), &KEY);
+        assert_eq!(
+            k,
+            key(&production(), &KEY),
+            "the same request, the same key"
+        );
+        // Another measurement: another key when MEASUREMENT is selected, the same when not.
+        let other_code = device(LaunchParams::new([0x99; 48], HOST_DATA));
+        assert_ne!(k, key(&other_code, &KEY));
+        let policy_only = DerivedKeyRequest {
+            guest_field_select: guest_field::GUEST_POLICY,
+            ..KEY
+        };
+        assert_eq!(
+            key(&production(), &policy_only),
+            key(&other_code, &policy_only)
+        );
+        assert_ne!(key(&production(), &policy_only), k);
+        // A debuggable launch: another key when the policy is selected.
+        let mut debug = LaunchParams::new(MEASUREMENT, HOST_DATA);
+        debug.policy |= POLICY_DEBUG;
+        assert_ne!(k, key(&device(debug), &KEY));
+        // Another VMPL, another key.
+        assert_ne!(k, key(&production(), &DerivedKeyRequest { vmpl: 1, ..KEY }));
+        // Another chip under the same root: another key.
+        let mut other_chip = milan().options().clone();
+        other_chip.chip_id = [0x42; 64];
+        let other_chip = SevGuest::emulated_snp(milan().under_same_root(other_chip).unwrap());
+        assert_ne!(k, key(&other_chip, &KEY));
+        // An older TCB may be asked for, and gives another key; a newer one may not.
+        let tcb = SnpTcb::up_to_date(Product::Milan).encode(Product::Milan);
+        let at = |t: u64| DerivedKeyRequest {
+            guest_field_select: KEY.guest_field_select | guest_field::TCB_VERSION,
+            tcb_version: t,
+            ..KEY
+        };
+        assert_eq!(key(&production(), &at(tcb)), key(&production(), &at(tcb)));
+        assert_ne!(
+            key(&production(), &at(tcb)),
+            key(&production(), &at(tcb - 1))
+        );
+        let err = production().derived_key(&at(tcb + 1)).unwrap_err();
+        assert!(
+            matches!(err, TeeError::SnpDerivedKeyStatus { status: 0x16, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_firmware_refuses_key_requests_beyond_the_guest() {
+        let mut launch = LaunchParams::new(MEASUREMENT, HOST_DATA);
+        launch.vmpl = 1;
+        launch.guest_svn = 3;
+        let dev = device(launch);
+        let refused = [
+            DerivedKeyRequest { vmpl: 0, ..KEY },
+            DerivedKeyRequest { vmpl: 4, ..KEY },
+            DerivedKeyRequest {
+                vmpl: 1,
+                root_key: RootKey::Vmrk,
+                ..KEY
+            },
+            DerivedKeyRequest {
+                vmpl: 1,
+                guest_field_select: guest_field::GUEST_SVN,
+                guest_svn: 4,
+                ..KEY
+            },
+        ];
+        for req in refused {
+            let err = dev.derived_key(&req).unwrap_err();
+            assert!(
+                matches!(err, TeeError::SnpDerivedKeyStatus { status: 0x16, .. }),
+                "{req:?}: {err}"
+            );
+        }
+        let svn = DerivedKeyRequest {
+            vmpl: 1,
+            guest_field_select: guest_field::GUEST_SVN,
+            guest_svn: 3,
+            ..KEY
+        };
+        assert!(dev.derived_key(&svn).is_ok());
+        // The VM root key exists for a guest with a migration agent.
+        let mut ma = LaunchParams::new(MEASUREMENT, HOST_DATA);
+        ma.policy |= POLICY_MIGRATE_MA;
+        let vmrk = DerivedKeyRequest {
+            root_key: RootKey::Vmrk,
+            ..KEY
+        };
+        assert_ne!(
+            *device(ma.clone()).derived_key(&vmrk).unwrap(),
+            *device(ma).derived_key(&KEY).unwrap()
+        );
+    }
+
+    #[test]
+    fn derived_keys_survive_a_restart_of_the_emulated_machine() {
+        let tmp = TestDir::new("emu-derived");
+        let dir = tmp.path().join("snp");
+        milan().save(&dir).unwrap();
+        let before = *production().derived_key(&KEY).unwrap();
+        let reopened = SevGuest::emulated_snp(EmulatedSnp::open(&dir).unwrap());
+        assert_eq!(*reopened.derived_key(&KEY).unwrap(), before);
+        // Another machine (another root) derives another key for the same guest.
+        let other = SevGuest::emulated_snp(
+            other_root()
+                .with_launch(LaunchParams::new(MEASUREMENT, HOST_DATA))
+                .unwrap(),
+        );
+        assert_ne!(*other.derived_key(&KEY).unwrap(), before);
+    }
+}
