@@ -25,10 +25,50 @@ pub enum ModelCommand {
         #[arg(long, value_name = "LIBRARY")]
         onnxruntime_library: Option<PathBuf>,
     },
+    /// Write the demo models this binary carries (the breast-cancer logistic regression and MLP,
+    /// the synthetic fraud GBDT; models/README.md says how each was made) and an infer request
+    /// both breast-cancer models take, to seal and serve by hand (docs/tutorial.md).
+    Examples {
+        /// Directory to write them to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace files that exist.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The files `model examples` writes: name, contents.
+fn examples() -> [(&'static str, &'static [u8]); 4] {
+    use crate::deploy::{BREAST_CANCER_LR, BREAST_CANCER_MLP, DEMO_INPUT, FRAUD_GBDT};
+    [
+        ("breast_cancer_lr.onnx", BREAST_CANCER_LR.onnx),
+        ("breast_cancer_mlp.onnx", BREAST_CANCER_MLP.onnx),
+        ("fraud_gbdt.onnx", FRAUD_GBDT.onnx),
+        ("demo_input.json", DEMO_INPUT.as_bytes()),
+    ]
 }
 
 pub fn run(c: ModelCommand) -> Result<()> {
     match c {
+        ModelCommand::Examples { out, force } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            // All or nothing: refuse before writing anything.
+            if !force {
+                if let Some((name, _)) = examples().iter().find(|(n, _)| out.join(n).exists()) {
+                    anyhow::bail!(
+                        "{} exists; pass --force to replace it",
+                        out.join(name).display()
+                    );
+                }
+            }
+            for (name, bytes) in examples() {
+                let path = out.join(name);
+                crate::util::write_atomic(&path, bytes)?;
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
         ModelCommand::Run {
             model,
             input,

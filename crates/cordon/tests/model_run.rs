@@ -208,3 +208,41 @@ fn model_run_says_what_is_wrong() {
     let e = run_err(&truncated, "{}");
     assert!(e.contains("cannot load ONNX"), "{e}");
 }
+
+#[test]
+fn model_examples_writes_the_repository_demo_models_and_never_overwrites_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("examples");
+    let run = |extra: &[&str]| {
+        let mut c = cordon();
+        c.args(["model", "examples", "--out"]).arg(&out).args(extra);
+        c.output().unwrap()
+    };
+    let first = run(&[]);
+    assert!(first.status.success(), "{first:?}");
+    // The same bytes as the repository's files.
+    for (written, repo) in [
+        ("breast_cancer_lr.onnx", "models/breast_cancer_lr.onnx"),
+        ("breast_cancer_mlp.onnx", "models/breast_cancer_mlp.onnx"),
+        ("fraud_gbdt.onnx", "models/fraud/fraud_gbdt.onnx"),
+        ("demo_input.json", "models/demo_input.json"),
+    ] {
+        assert_eq!(
+            std::fs::read(out.join(written)).unwrap(),
+            std::fs::read(root().join(repo)).unwrap(),
+            "{written}"
+        );
+    }
+    // A second run refuses, naming the file, and changes nothing; --force replaces.
+    std::fs::write(out.join("demo_input.json"), b"mine").unwrap();
+    let again = run(&[]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("breast_cancer_lr.onnx") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(out.join("demo_input.json")).unwrap(), b"mine");
+    assert!(run(&["--force"]).status.success());
+    assert_ne!(std::fs::read(out.join("demo_input.json")).unwrap(), b"mine");
+}
