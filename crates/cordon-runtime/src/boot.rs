@@ -200,7 +200,7 @@ pub async fn boot(
             return Err(RuntimeError::KeyDenied {
                 model: m.name.clone(),
                 key_id: key_id.clone(),
-                reasons: d.reasons.join("; "),
+                reasons: with_remeasure_hint(&d.reasons),
             });
         }
         let rel = released
@@ -427,8 +427,44 @@ pub fn check_config_binding(
     Ok(())
 }
 
+/// The KBS's reasons, and what to do when they are about the launch: the measurement covers the
+/// runtime's code and its configuration, so any edit to either (even a comment in runtime.toml)
+/// changes it, and the release policy registered before the edit no longer matches.
+fn with_remeasure_hint(reasons: &[String]) -> String {
+    let joined = reasons.join("; ");
+    let about_launch = reasons
+        .iter()
+        .any(|r| r.starts_with("launch_measurement:") || r.starts_with("workload_data:"));
+    if !about_launch {
+        return joined;
+    }
+    format!(
+        "{joined}. The launch measurement and workload data cover the runtime binary and its \
+         configuration: after any change to either (even a comment in the configuration file), \
+         measure again (`cordon runtime measure`, or `cordon measure runtime` on SNP/TDX) and \
+         register a release policy with the new values (`cordon kbs register`)"
+    )
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_refusal_about_the_launch_says_to_measure_again_and_others_do_not() {
+        let launch = with_remeasure_hint(&[
+            "launch_measurement: ab is not among the policy's reference values [cd]".into(),
+        ]);
+        assert!(launch.starts_with("launch_measurement: ab"), "{launch}");
+        assert!(
+            launch.contains("measure again") && launch.contains("cordon kbs register"),
+            "{launch}"
+        );
+        let config = with_remeasure_hint(&["workload_data: found 00, policy expects 11".into()]);
+        assert!(config.contains("measure again"), "{config}");
+        let debug = with_remeasure_hint(&["debug: the TEE is in debug mode".into()]);
+        assert_eq!(debug, "debug: the TEE is in debug mode");
+    }
+
     use super::*;
     use cordon_tee::TeeError;
     use sha2::Digest;

@@ -308,31 +308,23 @@ impl EvidenceProvider for SevGuest {
 
     /// The extended report (`SNP_GET_EXT_REPORT`) and the certificates of its table (VCEK or
     /// VLEK, then ASK and ARK where the host supplied them); none where the host supplies none.
-    /// A kernel without the ioctl (`ENOTTY`) gets the plain report: the certificates are an
-    /// optimisation for verifiers, which fall back to their own.
+    /// A host table larger than the kernel carries (`SNP_GUEST_VMM_ERR_INVALID_LEN` for the
+    /// largest buffer: the kernel has then already retried the request without certificates, so
+    /// the guest's message sequence is intact) gets the plain report and no certificates: they
+    /// are an optimisation for verifiers, which fall back to their own (or to an
+    /// [`crate::EndorsementCache`]). Any other failure is an error naming `SNP_GET_EXT_REPORT`.
     fn evidence_bundle(&self, report_data: &[u8; 64]) -> Result<EvidenceBundle, TeeError> {
         let req = report_request(report_data, self.vmpl);
         let mut resp = Box::new(SnpReportResp { data: [0; 4000] });
         let mut certs = Zeroizing::new(vec![0u8; CERTS_MAX_LEN]);
-        let (result, exitinfo2, certs_len) = match &self.emulated {
+        let (result, exitinfo2, _) = match &self.emulated {
             None => get_ext_report_ioctl(&self.open()?, &req, &mut resp, &mut certs),
             Some(device) => device.get_ext_report(&req, &mut resp, &mut certs),
         };
-        if let Err(e) = &result {
-            if e.raw_os_error() == Some(ENOTTY) && exitinfo2 == 0 {
-                return self.evidence(report_data).map(|evidence| EvidenceBundle {
-                    evidence,
-                    ..EvidenceBundle::default()
-                });
-            }
-        }
-        if (exitinfo2 >> 32) as u32 == VMM_ERR_INVALID_LEN {
-            return Err(TeeError::Malformed {
-                path: self.path.clone(),
-                reason: format!(
-                    "ioctl SNP_GET_EXT_REPORT: the host's certificate table needs {certs_len} \
-                     bytes, more than the {CERTS_MAX_LEN} the kernel carries"
-                ),
+        if result.is_err() && exitinfo2 == u64::from(VMM_ERR_INVALID_LEN) << 32 {
+            return self.evidence(report_data).map(|evidence| EvidenceBundle {
+                evidence,
+                ..EvidenceBundle::default()
             });
         }
         check_guest_request(&self.path, "SNP_GET_EXT_REPORT", result, exitinfo2)?;
@@ -348,12 +340,6 @@ impl EvidenceProvider for SevGuest {
         })
     }
 }
-
-/// `ENOTTY`: the driver does not know the ioctl.
-#[cfg(target_os = "linux")]
-const ENOTTY: i32 = libc::ENOTTY;
-#[cfg(not(target_os = "linux"))]
-const ENOTTY: i32 = 25;
 
 pub(crate) fn report_request(report_data: &[u8; 64], vmpl: u32) -> SnpReportReq {
     SnpReportReq {
@@ -396,7 +382,8 @@ fn get_report_ioctl(
     };
     // SAFETY: `dev` is an open file for the whole call. The three structs are #[repr(C)] with the
     // layouts of linux/sev-guest.h (checked by tests), and SNP_GET_REPORT encodes the size of
-    // `arg`. During this synchronous call the kernel reads `arg` and writes only its `exitinfo2`,
+    // `arg`. During this synchronous call the kernel reads `arg` and writes it back whole (only
+    // `exitinfo2` changes),
     // reads `size_of::<SnpReportReq>()` bytes from `req`, and writes at most
     // `size_of::<SnpReportResp>()` bytes to `resp`; `arg` and `resp` are exclusively borrowed and
     // `req` is live, so all three pointers are valid for those accesses. A driver that does not
@@ -433,7 +420,8 @@ fn get_derived_key_ioctl(
     };
     // SAFETY: as in `get_report_ioctl`: `dev` is open for the whole synchronous call; the structs
     // are #[repr(C)] with linux/sev-guest.h's layouts (checked by tests) and SNP_GET_DERIVED_KEY
-    // encodes the size of `arg`; the kernel reads `arg` and writes only its `exitinfo2`, reads
+    // encodes the size of `arg`; the kernel reads `arg` and writes it back whole (only
+    // `exitinfo2` changes), reads
     // `size_of::<SnpDerivedKeyReq>()` bytes from `req` and writes at most
     // `size_of::<SnpDerivedKeyResp>()` bytes to `resp`, all valid, live and (for the writes)
     // exclusively borrowed. A file that is not sev-guest fails with ENOTTY untouched.
@@ -480,7 +468,8 @@ fn get_ext_report_ioctl(
     };
     // SAFETY: as in `get_report_ioctl`: `dev` is open for the whole synchronous call; the structs
     // are #[repr(C)] with linux/sev-guest.h's layouts (checked by tests) and SNP_GET_EXT_REPORT
-    // encodes the size of `arg`. The kernel reads `arg` and writes only its `exitinfo2`; reads
+    // encodes the size of `arg`. The kernel reads `arg` and writes it back whole (only
+    // `exitinfo2` changes); reads
     // `ext` and writes back at most `size_of::<SnpExtReportReq>()` bytes to it (the `certs_len`
     // it needs); writes at most `size_of::<SnpReportResp>()` bytes to `resp`; and writes at most
     // `ext.certs_len` bytes, which is `certs.len()`, at `ext.certs_address`, which is
@@ -785,16 +774,16 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn an_extended_request_the_driver_does_not_know_falls_back_to_the_plain_report() {
-        // SNP_GET_EXT_REPORT on a regular file: ENOTTY, so the provider asks for the plain
-        // report, which fails the same way; the error names the plain request it fell back to.
+    fn an_extended_request_on_something_that_is_not_sev_guest_fails_naming_it() {
+        // SNP_GET_EXT_REPORT on a regular file: ENOTTY, an error naming the extended request
+        // (no silent fallback that would hide why it failed).
         let tmp = TestDir::new("sev-ext-file");
         let dev = tmp.file("sev-guest", b"");
         let err = SevGuest::new(&dev).evidence_bundle(&[0; 64]).unwrap_err();
         match &err {
             TeeError::SnpGuestRequest {
                 path,
-                op: "SNP_GET_REPORT",
+                op: "SNP_GET_EXT_REPORT",
                 source,
                 ..
             } => {
@@ -803,7 +792,6 @@ mod tests {
             }
             other => panic!("unexpected error {other}"),
         }
-        // An absent device is named, not fallen back from.
         let absent = tmp.path().join("absent");
         let err = SevGuest::new(&absent)
             .evidence_bundle(&[0; 64])

@@ -44,7 +44,8 @@ pub struct ReportArgs {
     /// Use the emulated platform in this directory instead of the machine's (tests and CI).
     #[arg(long)]
     emulator: Option<PathBuf>,
-    /// With --emulator: the guest interface to ask it through.
+    /// With --emulator: the guest interface to ask it through (the plain report: SNP_GET_REPORT
+    /// on `sev-guest`).
     #[arg(
         long,
         value_enum,

@@ -230,6 +230,10 @@ fn serve(a: ServeArgs) -> Result<()> {
                     let emulator = crate::emulator::Emulator::open(dir)?;
                     eprintln!("WARNING: {}", emulator.warning());
                     let log = dir.join(crate::emulator::EMULATED_EVENT_LOG_FILE);
+                    eprintln!(
+                        "emulated guest interface: {}",
+                        a.emulator_interface.describe()
+                    );
                     (emulator.provider(a.emulator_interface)?, log)
                 }
                 None => {

@@ -59,6 +59,23 @@ pub enum EmulatedInterface {
     SevGuest,
 }
 
+impl EmulatedInterface {
+    /// Where the guest asks, as tools print it.
+    pub fn describe(self) -> String {
+        match self {
+            EmulatedInterface::ConfigfsTsm => {
+                format!("configfs-tsm {}", ConfigFsTsm::EMULATED_BASE)
+            }
+            EmulatedInterface::SevGuest => {
+                format!(
+                    "{} (SNP_GET_EXT_REPORT)",
+                    cordon_tee::SevGuest::EMULATED_PATH
+                )
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ProductArg {
     Milan,

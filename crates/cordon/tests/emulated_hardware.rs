@@ -275,6 +275,10 @@ fn the_hardware_path_on(platform: &str) {
         let url = result.unwrap_or_else(|log| panic!("no runtime on /dev/sev-guest:\n{log}"));
         let log = std::fs::read_to_string(d.join("ioctl.log")).unwrap();
         assert!(log.contains("WARNING: EMULATED SNP platform"), "{log}");
+        assert!(
+            log.contains("emulated guest interface: (emulated)/dev/sev-guest"),
+            "{log}"
+        );
         let out = infer(&url, &policy, &input);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{err}");
@@ -321,6 +325,10 @@ fn the_hardware_path_on(platform: &str) {
             .err()
             .unwrap_or_else(|| panic!("{name}: a runtime came up"));
         assert!(log.contains(needle), "{name}: {needle} not in:\n{log}");
+        if name == "measurement" {
+            // The refusal says what to do about it.
+            assert!(log.contains("measure again"), "{log}");
+        }
     }
     // A configuration other than the one the host launched with: the runtime itself refuses.
     let edited = d.join("edited.toml");

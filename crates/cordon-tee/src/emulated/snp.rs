@@ -992,7 +992,10 @@ impl EmulatedSnp {
     /// mixed with the VMPL and the guest fields `GUEST_FIELD_SELECT` names. The firmware refuses
     /// (`Err(status)`, INVALID_PARAM) a VMPL more privileged than the guest's, an SVN or TCB above
     /// the guest's, unknown select bits, reserved fields set, and the VM root key for a guest
-    /// without a migration agent.
+    /// without a migration agent. With MASK_CHIP_KEY set (this emulator sets it with
+    /// `mask_chip_id`) the chip key is not used: a VCEK-rooted request gets an all-zero key, as the
+    /// firmware returns. Simplification: the VM root key is derived from this chip's secret too,
+    /// so unlike a real VMRK it would not follow a guest to another chip.
     pub(crate) fn derive_key(&self, req: &SnpDerivedKeyReq) -> Result<Zeroizing<[u8; 32]>, u32> {
         let o = &self.options;
         let l = &o.launch;
@@ -1015,6 +1018,9 @@ impl EmulatedSnp {
                 && tcb_above(req.tcb_version));
         if refused {
             return Err(STATUS_INVALID_PARAM);
+        }
+        if o.mask_chip_id && req.root_key_select == 0 {
+            return Ok(Zeroizing::new([0; 32]));
         }
         let secret = self.chip_secret().map_err(|_| STATUS_INVALID_PARAM)?;
         let tcb = if select & crate::sev_guest::guest_field::TCB_VERSION != 0 {

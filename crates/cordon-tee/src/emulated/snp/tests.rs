@@ -786,7 +786,7 @@ fn revocation_under_an_emulated_root_is_checked_against_its_ark() {
 mod sev_guest_device {
     use super::*;
     use crate::cert_table::CertTableEntry;
-    use crate::sev_guest::{SnpExtReportReq, SNP_GET_EXT_REPORT};
+    use crate::sev_guest::{GuestRequests, SnpExtReportReq, SNP_GET_EXT_REPORT};
     use crate::{guest_field, DerivedKeyRequest, RootKey, SevGuest};
 
     fn device(launch: LaunchParams) -> SevGuest {
@@ -1044,5 +1044,142 @@ mod sev_guest_device {
                 .unwrap(),
         );
         assert_ne!(*other.derived_key(&KEY).unwrap(), before);
+    }
+
+    #[test]
+    fn tcb_versions_are_compared_component_by_component() {
+        let tcb = SnpTcb::up_to_date(Product::Milan).encode(Product::Milan);
+        // Below the committed TCB as a number, but its microcode (top byte) lower and its
+        // bootloader (bottom byte) higher: refused, as the firmware compares each component.
+        let mixed = tcb - (1 << 56) + 1;
+        assert!(mixed < tcb);
+        let req = DerivedKeyRequest {
+            guest_field_select: KEY.guest_field_select | guest_field::TCB_VERSION,
+            tcb_version: mixed,
+            ..KEY
+        };
+        let err = production().derived_key(&req).unwrap_err();
+        assert!(
+            matches!(err, TeeError::SnpDerivedKeyStatus { status: 0x16, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn reserved_fields_and_unknown_select_bits_are_refused_by_the_firmware() {
+        let dev = SnpGuestDevice::new(
+            milan()
+                .with_launch(milan().options().launch.clone())
+                .unwrap(),
+        );
+        let raw = |f: &dyn Fn(&mut SnpDerivedKeyReq)| {
+            let mut req = crate::sev_guest::derived_key_request(&KEY);
+            f(&mut req);
+            let mut resp = SnpDerivedKeyResp { data: [0xAA; 64] };
+            let (result, exitinfo2) = dev.get_derived_key(&req, &mut resp);
+            assert!(result.is_ok() && exitinfo2 == 0);
+            (
+                u32::from_le_bytes(resp.data[0..4].try_into().unwrap()),
+                resp.data,
+            )
+        };
+        let (status, data) = raw(&|_| {});
+        assert_eq!(status, 0);
+        assert!(data[0x20..].iter().any(|&b| b != 0));
+        for (what, f) in [
+            (
+                "rsvd",
+                &(|r: &mut SnpDerivedKeyReq| r.rsvd = 1) as &dyn Fn(&mut SnpDerivedKeyReq),
+            ),
+            ("select bit 6", &|r: &mut SnpDerivedKeyReq| {
+                r.guest_field_select |= 1 << 6
+            }),
+            ("root key 2", &|r: &mut SnpDerivedKeyReq| {
+                r.root_key_select = 2
+            }),
+        ] {
+            let (status, data) = raw(f);
+            assert_eq!(status, 0x16, "{what}");
+            assert!(
+                data[0x20..].iter().all(|&b| b == 0),
+                "{what}: no key with a refusal"
+            );
+        }
+        // A report request with reserved bytes set: refused, no report.
+        let mut req = crate::sev_guest::report_request(&[1; 64], 0);
+        req.rsvd[3] = 1;
+        let mut resp = SnpReportResp { data: [0; 4000] };
+        let _ = dev.get_report(&req, &mut resp);
+        assert_eq!(&resp.data[0..4], &0x16u32.to_le_bytes());
+        assert!(resp.data[0x20..0x20 + REPORT_LEN].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_masked_chip_key_derives_an_all_zero_vcek_key() {
+        let mut masked = milan().options().clone();
+        masked.mask_chip_id = true;
+        let dev = SevGuest::emulated_snp(milan().under_same_root(masked).unwrap());
+        assert_eq!(*dev.derived_key(&KEY).unwrap(), [0; 32]);
+    }
+
+    /// A host whose certificate table is larger than the kernel carries, and a host whose table
+    /// is malformed, through the provider.
+    #[test]
+    fn oversized_and_malformed_host_tables_through_the_provider() {
+        let mut big = SnpGuestDevice::new(
+            milan()
+                .with_launch(milan().options().launch.clone())
+                .unwrap(),
+        );
+        big.host_extra.push(CertTableEntry {
+            guid: [0x5E; 16],
+            data: vec![1; CERTS_MAX_LEN],
+        });
+        // The plain report, no certificates: they are an optimisation, never required.
+        let bundle = SevGuest::on_emulated_device(std::sync::Arc::new(big))
+            .evidence_bundle(&[9; 64])
+            .unwrap();
+        assert!(bundle.snp_certs.is_empty());
+        let c = verify(&bundle.evidence, &endorsed(milan()), now()).unwrap();
+        assert_eq!(c.report_data, [9; 64]);
+
+        // A table whose entry points past its end: an error naming the device.
+        struct Malformed(SnpGuestDevice);
+        impl GuestRequests for Malformed {
+            fn get_report(
+                &self,
+                q: &SnpReportReq,
+                r: &mut SnpReportResp,
+            ) -> (std::io::Result<()>, u64) {
+                self.0.get_report(q, r)
+            }
+            fn get_ext_report(
+                &self,
+                q: &SnpReportReq,
+                r: &mut SnpReportResp,
+                certs: &mut [u8],
+            ) -> (std::io::Result<()>, u64, u32) {
+                let out = self.0.get_ext_report(q, r, certs);
+                certs[20..24].copy_from_slice(&u32::MAX.to_le_bytes()); // VCEK length
+                out
+            }
+            fn get_derived_key(
+                &self,
+                q: &SnpDerivedKeyReq,
+                r: &mut SnpDerivedKeyResp,
+            ) -> (std::io::Result<()>, u64) {
+                self.0.get_derived_key(q, r)
+            }
+        }
+        let dev = Malformed(SnpGuestDevice::new(
+            milan()
+                .with_launch(milan().options().launch.clone())
+                .unwrap(),
+        ));
+        let err = SevGuest::on_emulated_device(std::sync::Arc::new(dev))
+            .evidence_bundle(&[0; 64])
+            .unwrap_err();
+        assert!(matches!(err, TeeError::CertTable { .. }), "{err}");
+        assert!(err.to_string().contains(SevGuest::EMULATED_PATH), "{err}");
     }
 }
