@@ -483,20 +483,22 @@ impl EmulatedSnp {
 
     /// The certificate table of an extended report (configfs-tsm `auxblob`): VCEK, ASK, ARK.
     pub fn cert_table(&self) -> Vec<u8> {
-        encode_cert_table(&[
-            CertTableEntry {
-                guid: GUID_VCEK,
-                data: self.vcek_der.clone(),
-            },
-            CertTableEntry {
-                guid: GUID_ASK,
-                data: self.ask.der.clone(),
-            },
-            CertTableEntry {
-                guid: GUID_ARK,
-                data: self.ark.der.clone(),
-            },
-        ])
+        encode_cert_table(&self.chain_entries())
+    }
+
+    /// The chain as certificate table entries: VCEK, ASK, ARK.
+    fn chain_entries(&self) -> Vec<CertTableEntry> {
+        [
+            (GUID_VCEK, &self.vcek_der),
+            (GUID_ASK, &self.ask.der),
+            (GUID_ARK, &self.ark.der),
+        ]
+        .into_iter()
+        .map(|(guid, der)| CertTableEntry {
+            guid,
+            data: der.clone(),
+        })
+        .collect()
     }
 
     /// A report for `report_data` at the guest's own VMPL.
@@ -1072,26 +1074,11 @@ impl SnpGuestDevice {
 
     /// The table the host supplies: the chain, then any extra entries.
     fn host_table(&self) -> Vec<u8> {
-        if self.host_extra.is_empty() {
-            return self.machine.cert_table();
-        }
-        let mut entries = vec![
-            CertTableEntry {
-                guid: GUID_VCEK,
-                data: self.machine.vcek_der.clone(),
-            },
-            CertTableEntry {
-                guid: GUID_ASK,
-                data: self.machine.ask.der.clone(),
-            },
-            CertTableEntry {
-                guid: GUID_ARK,
-                data: self.machine.ark.der.clone(),
-            },
-        ];
+        let mut entries = self.machine.chain_entries();
         entries.extend(self.host_extra.iter().cloned());
         encode_cert_table(&entries)
     }
+
     /// MSG_REPORT_RSP: STATUS, REPORT_SIZE, the report at 0x20; a refused VMPL is STATUS
     /// INVALID_PARAM with no report, and the ioctl itself succeeds, as the kernel passes the
     /// firmware's answer through.
