@@ -65,3 +65,168 @@ pub struct ModelMetadata {
 pub struct ErrorResponse {
     pub error: String,
 }
+
+/// What is structurally wrong with an infer request body, in words that name the field and never
+/// quote a value (request data is the client's secret; field names are the protocol's). `None`
+/// when the body has the request's shape; element values are checked against the model later.
+pub fn request_problem(body: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    const TENSOR: &str = "an object with \"name\", \"shape\", \"datatype\" and \"data\"";
+    let Value::Object(request) = body else {
+        return Some(format!(
+            "an infer request is a JSON object with \"inputs\" (a list of tensors), not {}",
+            kind(body)
+        ));
+    };
+    let inputs = match request.get("inputs") {
+        None => {
+            return Some(format!(
+                "the infer request has no \"inputs\": a list of tensors, each {TENSOR}"
+            ))
+        }
+        Some(Value::Array(inputs)) => inputs,
+        Some(other) => {
+            return Some(format!(
+                "\"inputs\" must be a list of tensors, not {}",
+                kind(other)
+            ))
+        }
+    };
+    for (i, t) in inputs.iter().enumerate() {
+        let Value::Object(t) = t else {
+            return Some(format!("inputs[{i}] must be {TENSOR}, not {}", kind(t)));
+        };
+        match t.get("name") {
+            Some(Value::String(_)) => {}
+            None => return Some(format!("inputs[{i}] has no \"name\"")),
+            Some(other) => {
+                return Some(format!(
+                    "inputs[{i}].name must be a string, not {}",
+                    kind(other)
+                ))
+            }
+        }
+        match t.get("shape") {
+            Some(Value::Array(dims)) if dims.iter().all(|d| d.as_i64().is_some()) => {}
+            None => return Some(format!("inputs[{i}] has no \"shape\"")),
+            Some(_) => return Some(format!("inputs[{i}].shape must be a list of integers")),
+        }
+        match t.get("datatype") {
+            Some(Value::String(_)) => {}
+            None => return Some(format!("inputs[{i}] has no \"datatype\"")),
+            Some(other) => {
+                return Some(format!(
+                    "inputs[{i}].datatype must be a string (FP32, INT64, ...), not {}",
+                    kind(other)
+                ))
+            }
+        }
+        if !t.contains_key("data") {
+            return Some(format!("inputs[{i}] has no \"data\""));
+        }
+        if let Some(p) = t
+            .get("parameters")
+            .filter(|p| !p.is_object() && !p.is_null())
+        {
+            return Some(format!(
+                "inputs[{i}].parameters must be an object, not {}",
+                kind(p)
+            ));
+        }
+    }
+    match request.get("outputs") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(outputs)) => {
+            for (i, o) in outputs.iter().enumerate() {
+                if !o.get("name").is_some_and(Value::is_string) {
+                    return Some(format!(
+                        "outputs[{i}] must be an object with a string \"name\""
+                    ));
+                }
+            }
+        }
+        Some(other) => {
+            return Some(format!(
+                "\"outputs\" must be a list of {{\"name\": ...}} objects, not {}",
+                kind(other)
+            ))
+        }
+    }
+    if let Some(id) = request.get("id").filter(|v| !v.is_string() && !v.is_null()) {
+        return Some(format!("\"id\" must be a string, not {}", kind(id)));
+    }
+    if let Some(p) = request
+        .get("parameters")
+        .filter(|p| !p.is_object() && !p.is_null())
+    {
+        return Some(format!("\"parameters\" must be an object, not {}", kind(p)));
+    }
+    None
+}
+
+/// A JSON value's kind, for error messages (never its content).
+fn kind(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn structural_problems_name_the_field_and_quote_no_value() {
+        let ok = json!({"id": "1", "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32",
+            "data": [1, 2]}], "outputs": [{"name": "y"}]});
+        assert_eq!(request_problem(&ok), None);
+        assert!(serde_json::from_value::<InferRequest>(ok).is_ok());
+        let cases = [
+            (json!({}), "no \"inputs\""),
+            (json!([]), "not a list"),
+            (
+                json!({"inputs": 3}),
+                "\"inputs\" must be a list of tensors, not a number",
+            ),
+            (
+                json!({"inputs": ["secret-value"]}),
+                "inputs[0] must be an object",
+            ),
+            (
+                json!({"inputs": [{"name": "x"}]}),
+                "inputs[0] has no \"shape\"",
+            ),
+            (
+                json!({"inputs": [{"name": "x", "shape": ["secret"], "datatype": "FP32", "data": []}]}),
+                "inputs[0].shape must be a list of integers",
+            ),
+            (
+                json!({"inputs": [{"name": "x", "shape": [1], "data": []}]}),
+                "inputs[0] has no \"datatype\"",
+            ),
+            (
+                json!({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32"}]}),
+                "inputs[0] has no \"data\"",
+            ),
+            (
+                json!({"inputs": [], "outputs": "secret"}),
+                "\"outputs\" must be a list",
+            ),
+            (json!({"inputs": [], "id": 7}), "\"id\" must be a string"),
+        ];
+        for (body, expected) in cases {
+            let problem = request_problem(&body).expect("a problem");
+            assert!(problem.contains(expected), "{problem:?} lacks {expected:?}");
+            assert!(!problem.contains("secret"), "{problem:?} quotes a value");
+            // Whatever this lets through, serde must accept, and what it refuses serde refuses.
+            assert!(serde_json::from_value::<InferRequest>(body).is_err());
+        }
+    }
+}

@@ -26,6 +26,8 @@ pub enum EngineError {
     MissingInput(String),
     #[error("input tensor {0:?} is not an input of this model")]
     UnknownInput(String),
+    #[error("input tensor {0:?} is given more than once")]
+    DuplicateInput(String),
     #[error("input {name:?}: datatype {found}, the model expects {expected}")]
     Datatype {
         name: String,
@@ -45,7 +47,7 @@ pub enum EngineError {
         expected: usize,
         found: usize,
     },
-    #[error("input {name:?}: element {index} is not a valid {datatype}")]
+    #[error("input {name:?}: element {index} is not a valid {datatype} value (of another kind, or outside the range of {datatype})")]
     DataValue {
         name: String,
         index: usize,
@@ -357,9 +359,13 @@ impl OnnxModel {
     /// Checks a request against the model's metadata (names, datatypes, shapes, element values)
     /// and converts its tensors for [`OnnxModel::compute`].
     pub fn decode(&self, request: &InferRequest) -> Result<DecodedRequest, EngineError> {
-        for t in &request.inputs {
+        for (i, t) in request.inputs.iter().enumerate() {
             if !self.inputs.iter().any(|m| m.name == t.name) {
                 return Err(EngineError::UnknownInput(t.name.clone()));
+            }
+            // Which of two tensors of one name would be evaluated is not the client's to guess.
+            if request.inputs[..i].iter().any(|u| u.name == t.name) {
+                return Err(EngineError::DuplicateInput(t.name.clone()));
             }
         }
         let wanted: Option<Vec<String>> = request
@@ -466,9 +472,9 @@ fn decode_tensor(meta: &TensorMetadata, t: &Tensor) -> Result<HostTensor, Engine
         datatype: t.datatype.clone(),
     };
     let data = match meta.datatype.as_str() {
-        "FP32" => HostData::F32(floats(&flat, bad, |x| x as f32)?),
-        "FP64" => HostData::F64(floats(&flat, bad, |x| x)?),
-        "FP16" => HostData::F16(floats(&flat, bad, f16::from_f64)?),
+        "FP32" => HostData::F32(floats(&flat, bad, |x| x as f32, f32::is_infinite)?),
+        "FP64" => HostData::F64(floats(&flat, bad, |x| x, f64::is_infinite)?),
+        "FP16" => HostData::F16(floats(&flat, bad, f16::from_f64, f16::is_infinite)?),
         "INT64" => HostData::I64(signed(&flat, bad)?),
         "INT32" => HostData::I32(signed(&flat, bad)?),
         "INT16" => HostData::I16(signed(&flat, bad)?),
@@ -499,15 +505,22 @@ fn decode_tensor(meta: &TensorMetadata, t: &Tensor) -> Result<HostTensor, Engine
     Ok(HostTensor { shape: dims, data })
 }
 
-/// Float elements (`null`: NaN).
-fn floats<T>(
+/// Float elements (`null`: NaN). A finite number the datatype cannot hold (FP32 `1e39`) is
+/// refused, not rounded to infinity: the model would see a value the client never sent.
+fn floats<T: Copy>(
     flat: &[&Value],
     bad: impl Fn(usize) -> EngineError,
     convert: impl Fn(f64) -> T,
+    is_infinite: impl Fn(T) -> bool,
 ) -> Result<Vec<T>, EngineError> {
     flat.iter()
         .enumerate()
-        .map(|(i, v)| float_or_null(v).map(&convert).ok_or_else(|| bad(i)))
+        .map(|(i, v)| {
+            float_or_null(v)
+                .map(&convert)
+                .filter(|&x| !is_infinite(x))
+                .ok_or_else(|| bad(i))
+        })
         .collect()
 }
 
@@ -779,6 +792,29 @@ mod tests {
         let mut r = request(&[vec![0.0; 30]]);
         r.inputs.clear();
         assert!(matches!(model.infer(&r), Err(EngineError::MissingInput(_))));
+        // The same input twice: refused, whichever copy would have been read.
+        let mut r = request(&[vec![0.0; 30]]);
+        r.inputs.push(r.inputs[0].clone());
+        assert!(matches!(
+            model.infer(&r),
+            Err(EngineError::DuplicateInput(name)) if name == "input"
+        ));
+        // A finite number FP32 cannot hold is refused, not rounded to infinity; the largest FP32
+        // and NaN (`null`) are accepted.
+        let mut r = request(&[vec![0.0; 30]]);
+        r.inputs[0].data[3] = serde_json::json!(1e39);
+        assert!(matches!(
+            model.infer(&r),
+            Err(EngineError::DataValue { index: 3, .. })
+        ));
+        r.inputs[0].data[3] = serde_json::json!(-1e39);
+        assert!(matches!(
+            model.infer(&r),
+            Err(EngineError::DataValue { index: 3, .. })
+        ));
+        r.inputs[0].data[3] = serde_json::json!(f32::MAX as f64);
+        r.inputs[0].data[4] = serde_json::Value::Null;
+        assert!(model.infer(&r).is_ok());
         assert!(matches!(
             OnnxModel::load("junk", "1", b"not onnx"),
             Err(EngineError::Load { .. })

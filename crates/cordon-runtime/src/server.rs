@@ -20,7 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use cordon_proto::oip::{ErrorResponse, InferRequest};
+use cordon_proto::oip::{self, ErrorResponse, InferRequest};
 use cordon_proto::runtime::{
     AttestationResponse, InnerRequest, InnerResponse, ENCRYPTED_RESPONSE_MEDIA_TYPE,
 };
@@ -848,6 +848,9 @@ async fn route_inner(s: &Arc<RuntimeState>, req: InnerRequest, channel: Channel)
                 Ok(m) => m.model.clone(),
                 Err(e) => return e,
             };
+            if let Some(problem) = req.body.as_ref().and_then(oip::request_problem) {
+                return inner_error(400, problem);
+            }
             let request: InferRequest = match req.body.map(serde_json::from_value) {
                 Some(Ok(r)) => r,
                 Some(Err(e)) => {

@@ -562,7 +562,19 @@ async fn open_inference_protocol_surface_inside_the_channel() {
         post("/v2/models/lr/infer", json!({"inputs": 3}))
             .await
             .unwrap(),
-        "infer request: Data error",
+        "\"inputs\" must be a list of tensors, not a number",
+    );
+    // `{}` (what a client sends when it forgets the body's fields) names what is missing.
+    expect_400(
+        post("/v2/models/lr/infer", json!({})).await.unwrap(),
+        "the infer request has no \"inputs\"",
+    );
+    let mut twice = body.clone();
+    let first = twice["inputs"][0].clone();
+    twice["inputs"].as_array_mut().unwrap().push(first);
+    expect_400(
+        post("/v2/models/lr/infer", twice).await.unwrap(),
+        "given more than once",
     );
     expect_400(
         s.request("POST", "/v2/models/lr/infer", None)
