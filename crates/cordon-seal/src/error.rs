@@ -5,7 +5,9 @@ use thiserror::Error;
 pub enum SealError {
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    #[error("not a sealed Cordon artifact (magic is {found:?}, expected \"CORDSEAL\")")]
+    #[error(
+        "not a Cordon sealed artifact: it does not begin with \"CORDSEAL\" (it begins {found:?})"
+    )]
     BadMagic { found: String },
     #[error("sealed format version {0} is not supported (this build reads version 1)")]
     Version(u16),

@@ -400,11 +400,19 @@ fn reserve_zeroizing(len: u64, what: &'static str) -> Result<Zeroizing<Vec<u8>>,
 /// it names. Whether that signer is the expected one is checked by [`unseal`].
 pub fn read_header<R: Read>(input: &mut R) -> Result<SealedHeader, SealError> {
     let mut fixed = [0u8; HEADER_FIXED_LEN as usize];
-    read_header_part(input, &mut fixed, "magic, version and manifest length")?;
-    if &fixed[..8] != MAGIC {
+    // A short file that does not begin like a sealed artifact is some other file, not a
+    // truncated one: say which.
+    let got = read_up_to(input, &mut fixed)?;
+    let magic_len = got.min(MAGIC.len());
+    if fixed[..magic_len] != MAGIC[..magic_len] || got == 0 {
         return Err(SealError::BadMagic {
-            found: String::from_utf8_lossy(&fixed[..8]).into_owned(),
+            found: String::from_utf8_lossy(&fixed[..magic_len]).into_owned(),
         });
+    }
+    if got < fixed.len() {
+        return Err(SealError::TruncatedHeader(
+            "magic, version and manifest length",
+        ));
     }
     let version = u16::from_le_bytes([fixed[8], fixed[9]]);
     if version != FORMAT_VERSION {
@@ -436,6 +444,20 @@ pub fn read_header<R: Read>(input: &mut R) -> Result<SealedHeader, SealError> {
         manifest,
         manifest_bytes,
     })
+}
+
+/// Reads until `buf` is full or the input ends; how many bytes were read.
+fn read_up_to<R: Read>(input: &mut R, buf: &mut [u8]) -> Result<usize, SealError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(SealError::Io(e)),
+        }
+    }
+    Ok(filled)
 }
 
 fn read_header_part<R: Read>(
@@ -767,6 +789,15 @@ mod tests {
             unseal_to_vec(&b"CORD"[..], &key),
             Err(SealError::TruncatedHeader(_))
         ));
+        // A short text file is another kind of file, not a truncated artifact; an empty one too.
+        for other in [&b"hello\n"[..], b""] {
+            let r = unseal_to_vec(other, &key);
+            assert!(matches!(r, Err(SealError::BadMagic { .. })), "{r:?}");
+        }
+        assert!(read_header(&mut &b"hello\n"[..])
+            .unwrap_err()
+            .to_string()
+            .starts_with("not a Cordon sealed artifact"));
     }
 
     /// Rewrites the manifest of `sealed` with `edit` and signs it again as `owner`, so that it passes

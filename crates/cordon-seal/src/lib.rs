@@ -24,6 +24,6 @@ mod keys;
 pub use error::SealError;
 pub use format::{
     read_header, seal, seal_with_header, unseal, unseal_to_vec, Manifest, SealOptions,
-    SealedHeader, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE,
+    SealedHeader, DEFAULT_CHUNK_SIZE, MAGIC, MAX_CHUNK_SIZE,
 };
 pub use keys::{Dek, KeyFile, OwnerKey};

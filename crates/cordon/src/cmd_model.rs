@@ -93,7 +93,17 @@ pub fn run(c: ModelCommand) -> Result<()> {
                 Some(l) => Engine::OnnxRuntime(l),
                 None => Engine::Tract,
             };
-            let loaded = OnnxModel::load_on(&name, "1", &bytes, engine)?;
+            if bytes.starts_with(cordon_seal::MAGIC) {
+                anyhow::bail!(
+                    "{} is a Cordon sealed artifact, not an ONNX model: `model run` takes the plain \
+                     file. Unseal it (`cordon unseal`, with its key file) or serve it (`cordon \
+                     runtime serve`, which gets its key from the KBS)",
+                    model.display()
+                );
+            }
+            let loaded = OnnxModel::load_on(&name, "1", &bytes, engine).with_context(|| {
+                format!("{} is not an ONNX model this engine loads", model.display())
+            })?;
             if describe {
                 eprintln!("{}", serde_json::to_string_pretty(&loaded.metadata())?);
             }

@@ -207,6 +207,41 @@ fn model_run_says_what_is_wrong() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let e = run_err(&truncated, "{}");
     assert!(e.contains("cannot load ONNX"), "{e}");
+    assert!(
+        e.contains(&format!("{} is not an ONNX model", truncated.display())),
+        "{e}"
+    );
+    // A picture: named as not a model.
+    let png = dir.path().join("pic.png");
+    std::fs::write(&png, b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").unwrap();
+    let e = run_err(&png, "{}");
+    assert!(e.contains("pic.png is not an ONNX model"), "{e}");
+    // A sealed model: says what to do instead of a Protobuf error.
+    let sealed = dir.path().join("m.sealed");
+    let mut file = std::fs::File::create(&sealed).unwrap();
+    let options = cordon_seal::SealOptions {
+        name: "m".into(),
+        version: "1".into(),
+        media_type: "application/onnx".into(),
+        chunk_size: cordon_seal::DEFAULT_CHUNK_SIZE,
+    };
+    cordon_seal::seal_with_header(
+        &bytes[..],
+        bytes.len() as u64,
+        &mut file,
+        &cordon_seal::OwnerKey::generate(),
+        &options,
+        &mut |_| {},
+    )
+    .unwrap();
+    drop(file);
+    let e = run_err(&sealed, "{}");
+    assert!(
+        e.contains("is a Cordon sealed artifact, not an ONNX model"),
+        "{e}"
+    );
+    assert!(e.contains("cordon unseal"), "{e}");
+    assert!(!e.contains("Protobuf"), "{e}");
 }
 
 #[test]
