@@ -185,22 +185,63 @@ impl SimHardwareKey {
         self.0.verifying_key().to_bytes()
     }
 
-    /// File form: one line of hex (the Ed25519 seed). Write it with mode 0600.
+    /// File form: JSON with the format marker [`SIM_HARDWARE_KEY_FORMAT`], the secret seed and the
+    /// public key (hex). The marker keeps the secret file from being taken for its public half (a
+    /// trust anchor is one line of hex). Write it with mode 0600.
     pub fn to_file_contents(&self) -> Zeroizing<String> {
-        Zeroizing::new(format!("{}\n", hex::encode(self.0.to_bytes())))
+        let secret = Zeroizing::new(hex::encode(self.0.to_bytes()));
+        Zeroizing::new(format!(
+            "{{\n  \"format\": \"{SIM_HARDWARE_KEY_FORMAT}\",\n  \"secret_key\": \"{}\",\n  \
+             \"public_key\": \"{}\"\n}}\n",
+            secret.as_str(),
+            hex::encode(self.public_key())
+        ))
     }
 
+    /// Reads [`SimHardwareKey::to_file_contents`]'s form, or the older one line of hex (the seed).
     pub fn from_file_contents(text: &str) -> Result<SimHardwareKey, TeeError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            format: String,
+            secret_key: String,
+            public_key: String,
+        }
+        let text = text.trim();
+        let (seed_hex, public) = if text.starts_with('{') {
+            let f: File = serde_json::from_str(text)
+                .map_err(|e| TeeError::SimKey(format!("not a sim hardware key file: {e}")))?;
+            if f.format != SIM_HARDWARE_KEY_FORMAT {
+                return Err(TeeError::SimKey(format!(
+                    "format is {:?}, expected {SIM_HARDWARE_KEY_FORMAT:?}",
+                    f.format
+                )));
+            }
+            let mut f = f;
+            let secret = Zeroizing::new(std::mem::take(&mut f.secret_key));
+            (secret, Some(f.public_key))
+        } else {
+            (Zeroizing::new(text.to_string()), None)
+        };
         let bytes = Zeroizing::new(
-            hex::decode(text.trim()).map_err(|e| TeeError::SimKey(format!("not hex: {e}")))?,
+            hex::decode(seed_hex.trim())
+                .map_err(|e| TeeError::SimKey(format!("secret key is not hex: {e}")))?,
         );
-        let seed: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| TeeError::SimKey(format!("expected 32 bytes, got {}", bytes.len())))?;
-        Ok(SimHardwareKey(SigningKey::from_bytes(&seed)))
+        let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            TeeError::SimKey(format!("secret key is {} bytes, expected 32", bytes.len()))
+        })?;
+        let key = SimHardwareKey(SigningKey::from_bytes(&seed));
+        if public.is_some_and(|p| p.trim().to_lowercase() != hex::encode(key.public_key())) {
+            return Err(TeeError::SimKey(
+                "public_key does not match secret_key".into(),
+            ));
+        }
+        Ok(key)
     }
 }
+
+/// The format marker of a simulated TEE's hardware key file.
+pub const SIM_HARDWARE_KEY_FORMAT: &str = "cordon-sim-hardware-key/1";
 
 /// The simulated TEE. Every piece of evidence it makes says `sim` and is not hardware-backed.
 pub struct SimTee {
@@ -368,5 +409,30 @@ mod tests {
         assert_eq!(back.public_key(), k.public_key());
         assert!(!format!("{k:?}").contains(k.to_file_contents().trim()));
         assert!(SimHardwareKey::from_file_contents("zz").is_err());
+        // The file carries its kind, so that it cannot pass for its public half.
+        let text = k.to_file_contents();
+        assert!(text.contains(SIM_HARDWARE_KEY_FORMAT), "{}", text.as_str());
+        // The older form (one line of hex) still reads, to the same key.
+        let legacy = format!("{}\n", hex::encode(k.0.to_bytes()));
+        assert_eq!(
+            SimHardwareKey::from_file_contents(&legacy)
+                .unwrap()
+                .public_key(),
+            k.public_key()
+        );
+        // Another kind of file, and a public key that is not the secret's, are refused.
+        let other = text.replace(SIM_HARDWARE_KEY_FORMAT, "cordon-owner-key/1");
+        assert!(SimHardwareKey::from_file_contents(&other)
+            .unwrap_err()
+            .to_string()
+            .contains("expected \"cordon-sim-hardware-key/1\""));
+        let wrong_public = text.replace(
+            &hex::encode(k.public_key()),
+            &hex::encode(SimHardwareKey::generate().public_key()),
+        );
+        assert!(SimHardwareKey::from_file_contents(&wrong_public)
+            .unwrap_err()
+            .to_string()
+            .contains("does not match"));
     }
 }

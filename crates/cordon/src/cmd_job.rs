@@ -174,8 +174,12 @@ pub enum ReceiptCommand {
 }
 
 fn party(path: &Path) -> Result<PartyKey> {
-    PartyKey::from_file_contents(&util::read_secret(path, "party key")?)
-        .with_context(|| format!("party key {}", path.display()))
+    PartyKey::from_file_contents(&util::read_key_file(
+        path,
+        "party key",
+        "cordon-party-key/1",
+    )?)
+    .with_context(|| format!("party key {}", path.display()))
 }
 
 fn policy_doc(path: &Path) -> Result<PolicyDocument> {
@@ -311,7 +315,11 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
             ca,
         } => {
             let p = party(&p)?;
-            let key = KeyFile::from_file_contents(&util::read_secret(&key, "key file")?)?;
+            let key = KeyFile::from_file_contents(&util::read_key_file(
+                &key,
+                "key file of a sealed dataset",
+                "cordon-dek/1",
+            )?)?;
             if key.signer != p.signing_public_key() {
                 bail!("the key file's dataset was sealed by another party's key");
             }

@@ -641,8 +641,11 @@ fn identity_tee(a: &ServeArgs, anchors: &[[u8; 32]]) -> Result<Option<Arc<dyn Ev
             let Some(path) = &a.sim_hardware_key else {
                 bail!("--sim-hardware-key is required with --tee sim")
             };
-            let key =
-                SimHardwareKey::from_file_contents(&util::read_secret(path, "sim hardware key")?)?;
+            let key = SimHardwareKey::from_file_contents(&util::read_key_file(
+                path,
+                "sim hardware key",
+                cordon_tee::SIM_HARDWARE_KEY_FORMAT,
+            )?)?;
             let measurement =
                 cordon_kbs::identity::sim_kbs_measurement(&std::env::current_exe()?, anchors)?;
             let warning = format!(
@@ -1082,7 +1085,11 @@ async fn error_of(resp: reqwest::Response) -> anyhow::Error {
 }
 
 fn register(a: RegisterArgs) -> Result<()> {
-    let key = KeyFile::from_file_contents(&util::read_secret(&a.key, "key file")?)?;
+    let key = KeyFile::from_file_contents(&util::read_key_file(
+        &a.key,
+        "key file of a sealed artifact",
+        "cordon-dek/1",
+    )?)?;
     let policy = util::read_to_string(&a.policy, "release policy")?;
     util::tokio_runtime()?.block_on(async {
         Admin::from_args(&a.admin)

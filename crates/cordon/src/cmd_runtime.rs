@@ -184,8 +184,11 @@ pub fn sim_tee(
     config: &RuntimeConfig,
     debug: bool,
 ) -> Result<SimTee> {
-    let key =
-        SimHardwareKey::from_file_contents(&util::read_secret(key_path, "sim hardware key")?)?;
+    let key = SimHardwareKey::from_file_contents(&util::read_key_file(
+        key_path,
+        "sim hardware key",
+        cordon_tee::SIM_HARDWARE_KEY_FORMAT,
+    )?)?;
     let measurement = sim_launch_measurement(binary, config_bytes)?;
     let workload = config.workload_data_bytes().map_err(anyhow::Error::msg)?;
     Ok(SimTee::new(key, measurement, workload, debug))

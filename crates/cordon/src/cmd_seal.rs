@@ -111,7 +111,14 @@ fn progress_bar(total: u64, verb: &str) -> Option<ProgressBar> {
 pub fn seal(a: SealArgs) -> Result<()> {
     let owner_text = util::read_secret(&a.owner_key, "owner key")
         .with_context(|| "create one with `cordon keygen` or pass --owner-key".to_string())?;
-    let owner = OwnerKey::from_file_contents(&owner_text)?;
+    util::check_key_file_kind(
+        &a.owner_key,
+        &owner_text,
+        "owner key",
+        Some("cordon-owner-key/1"),
+    )?;
+    let owner = OwnerKey::from_file_contents(&owner_text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.owner_key.display()))?;
     let mut input =
         std::fs::File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
     // Refuse before any work: outputs that are inputs (even with --force), existing outputs
@@ -211,7 +218,11 @@ pub fn seal(a: SealArgs) -> Result<()> {
 }
 
 pub fn unseal(a: UnsealArgs) -> Result<()> {
-    let key = KeyFile::from_file_contents(&util::read_secret(&a.key, "key file")?)?;
+    let key = KeyFile::from_file_contents(&util::read_key_file(
+        &a.key,
+        "key file of a sealed artifact",
+        "cordon-dek/1",
+    )?)?;
     let input = std::fs::File::open(&a.sealed)
         .with_context(|| format!("opening {}", a.sealed.display()))?;
     output::check_dest(&a.out, "--out", a.force, &[&a.sealed, &a.key])?;

@@ -183,9 +183,82 @@ pub fn default_owner_key() -> PathBuf {
     home.join(".cordon").join("owner.key")
 }
 
+/// The key files Cordon writes, by the format marker each carries, and where each one goes.
+const KEY_FILE_KINDS: &[(&str, &str)] = &[
+    (
+        "cordon-owner-key/1",
+        "a model owner's secret signing key (from `cordon keygen`; it goes to `seal --owner-key`)",
+    ),
+    (
+        "cordon-dek/1",
+        "a sealed artifact's key file (from `seal --key-out`; it goes to `kbs register --key` \
+         and `unseal --key`)",
+    ),
+    (
+        "cordon-party-key/1",
+        "a training party's secret key (from `party keygen`; it goes to `--party-key`)",
+    ),
+    (
+        cordon_tee::SIM_HARDWARE_KEY_FORMAT,
+        "a simulated TEE's SECRET hardware key (from `sim keygen`; it goes to \
+         `--sim-hardware-key`; its public half, the .pub file beside it, is the trust anchor)",
+    ),
+];
+
+/// The format marker of a key file's text (`"format"` of a JSON object), if it has one.
+fn key_file_format(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Marker {
+        format: String,
+    }
+    let text = text.trim_start();
+    if !text.starts_with('{') {
+        return None;
+    }
+    // Only the marker is read: the other fields (a secret) are skipped unallocated and left to
+    // the key's own parser, which zeroizes them.
+    serde_json::from_str::<Marker>(text).ok().map(|m| m.format)
+}
+
+/// Refuses a key file of another kind than `expected` (a format marker; `None`: a public key,
+/// one line of hex), naming what the file is and where it goes instead.
+pub fn check_key_file_kind(
+    path: &Path,
+    text: &str,
+    what: &str,
+    expected: Option<&str>,
+) -> Result<()> {
+    let found = key_file_format(text);
+    if found.as_deref() == expected || (found.is_none() && expected.is_some()) {
+        // No marker where one is expected: the key's own parser says what is wrong (or reads
+        // an older file without a marker).
+        return Ok(());
+    }
+    let Some(found) = found else {
+        return Ok(());
+    };
+    let kind = KEY_FILE_KINDS
+        .iter()
+        .find(|(f, _)| *f == found)
+        .map_or_else(
+            || format!("a file of format {found:?}"),
+            |(_, d)| d.to_string(),
+        );
+    bail!("{} is {kind}; expected here: {what}", path.display())
+}
+
+/// Reads a secret key file of the kind `format` (see [`check_key_file_kind`]).
+pub fn read_key_file(path: &Path, what: &str, format: &str) -> Result<Zeroizing<String>> {
+    let text = read_secret(path, what)?;
+    check_key_file_kind(path, &text, what, Some(format))?;
+    Ok(text)
+}
+
 /// Reads a 32-byte public key written as hex (one line).
 pub fn read_public_key(path: &Path, what: &str) -> Result<[u8; 32]> {
-    let text = read_to_string(path, what)?;
+    let text = read_secret(path, what)?;
+    // A secret key file is never a public key: say which it is (and keep its text out of errors).
+    check_key_file_kind(path, &text, what, None)?;
     hex::decode(text.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
