@@ -193,6 +193,15 @@ pub enum DcapError {
     },
     #[error("DCAP verification: no TCB level of the TCB info matches the platform (FMSPC {fmspc}); dcap-qvl: {detail}")]
     NoMatchingTcbLevel { fmspc: String, detail: String },
+    #[error(
+        "DCAP collateral is for {collateral} (its TCB info and QE identity say so), but the \
+         quote is from {quote}: give the collateral of this quote's platform (`cordon attest \
+         fetch` gets it)"
+    )]
+    CollateralForOtherTee {
+        quote: &'static str,
+        collateral: &'static str,
+    },
     #[error("DCAP verification failed: {0}")]
     Verification(String),
 }
@@ -327,9 +336,40 @@ fn checked_quote(
             expected: hex::encode(INTEL_QE_VENDOR_ID),
         });
     }
+    check_collateral_tee(header.tee_type, collateral)?;
     let anchor = anchor::anchor(&parsed, emulated_roots)?;
     anchor::check_collateral_roots(collateral, &anchor)?;
     Ok((parsed, anchor))
+}
+
+/// Collateral is issued per TEE type (Intel PCS API v4: TCB info `id` "SGX" or "TDX", QE identity
+/// `id` "QE" or "TD_QE"). A mismatch would fail deep in dcap-qvl with a message about QE versions;
+/// it is the caller's mix-up, so it is named as such. Collateral without ids (older versions) is
+/// left to dcap-qvl.
+fn check_collateral_tee(tee_type: u32, collateral: &DcapCollateral) -> Result<(), DcapError> {
+    let id = |json: &str| {
+        serde_json::from_str::<serde_json::Value>(json)
+            .ok()
+            .and_then(|v| v.get("id")?.as_str().map(str::to_string))
+    };
+    let c = collateral.inner();
+    let tdx = |id: Option<String>, tdx_id: &str, sgx_id: &str| match id.as_deref() {
+        Some(i) if i == tdx_id => Some(true),
+        Some(i) if i == sgx_id => Some(false),
+        _ => None,
+    };
+    let collateral_tdx =
+        tdx(id(&c.tcb_info), "TDX", "SGX").or(tdx(id(&c.qe_identity), "TD_QE", "QE"));
+    let name = |tdx: bool| if tdx { "TDX" } else { "SGX" };
+    match collateral_tdx {
+        Some(collateral_tdx) if collateral_tdx != (tee_type == TEE_TDX) => {
+            Err(DcapError::CollateralForOtherTee {
+                quote: name(tee_type == TEE_TDX),
+                collateral: name(collateral_tdx),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// dcap-qvl's whole verification of `quote` (already through [`checked_quote`]) at `now_secs`.

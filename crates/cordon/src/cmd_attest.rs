@@ -168,15 +168,23 @@ fn verify(a: VerifyArgs) -> Result<u8> {
         None => SystemTime::now(),
     };
     let mut endorsements = Endorsements::default();
+    // A file that is not a certificate (or a CRL) at all is unusable input (exit 2), not a
+    // verdict on the evidence; whether a certificate endorses it is the verifier's to judge.
     for c in &a.cert {
-        endorsements
-            .snp_certs
-            .push(std::fs::read(c).with_context(|| format!("reading {}", c.display()))?);
+        let bytes = std::fs::read(c).with_context(|| format!("reading {}", c.display()))?;
+        cordon_attest::snp::parse_certificate(&bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "--cert {} is not an X.509 certificate (DER or PEM): {e}",
+                c.display()
+            )
+        })?;
+        endorsements.snp_certs.push(bytes);
     }
     for c in &a.crl {
-        endorsements
-            .snp_crls
-            .push(std::fs::read(c).with_context(|| format!("reading {}", c.display()))?);
+        let bytes = std::fs::read(c).with_context(|| format!("reading {}", c.display()))?;
+        cordon_attest::snp::parse_crl(&bytes)
+            .map_err(|e| anyhow::anyhow!("--crl {} is not a CRL (DER or PEM): {e}", c.display()))?;
+        endorsements.snp_crls.push(bytes);
     }
     if let Some(path) = &a.collateral {
         endorsements.dcap_collateral = Some(util::load_collateral(path)?);
@@ -209,7 +217,11 @@ fn verify(a: VerifyArgs) -> Result<u8> {
             // Missing endorsements are a usage error, not a verdict on the evidence.
             if matches!(
                 e,
-                EvidenceError::MissingCollateral | EvidenceError::Snp(SnpError::MissingKey { .. })
+                EvidenceError::MissingCollateral
+                    | EvidenceError::Snp(SnpError::MissingKey { .. })
+                    | EvidenceError::Dcap(
+                        cordon_attest::dcap::DcapError::CollateralForOtherTee { .. }
+                    )
             ) {
                 eprintln!("error: {e}");
                 return Ok(UNUSABLE);

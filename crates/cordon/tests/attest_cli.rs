@@ -285,3 +285,36 @@ fn a_crl_that_is_not_one_is_refused_naming_the_crl() {
     assert_ne!(code, 0);
     assert!(err.contains("CRL"), "{err}");
 }
+
+/// A file that is not a certificate given as --cert is unusable input (2), not a rejection of the
+/// evidence (1), and the error names the file; collateral of the other TEE type is unusable too,
+/// and says so.
+#[test]
+fn a_certificate_that_is_not_one_exits_2_and_collateral_of_the_other_tee_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let pic = dir.path().join("pic.png");
+    std::fs::write(&pic, b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").unwrap();
+    let (code, _, err) = run(&[
+        "attest",
+        "verify",
+        &td("snp/trustee_test-report.bin"),
+        "--cert",
+        pic.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("pic.png is not an X.509 certificate"), "{err}");
+    let (code, _, err) = run(&[
+        "attest",
+        "verify",
+        &td("sgx/sgx_quote"),
+        "--collateral",
+        &td("tdx/tdx_quote_collateral.json"),
+        "--at",
+        "2025-07-01T00:00:00Z",
+    ]);
+    assert_eq!(code, 2, "a mix-up of inputs, not a verdict: {err}");
+    assert!(
+        err.contains("collateral is for TDX") && err.contains("the quote is from SGX"),
+        "{err}"
+    );
+}

@@ -54,6 +54,27 @@ fn sgx_claims() -> Claims {
     verify(SGX_QUOTE, &sgx_collateral(), at(IN_WINDOW)).unwrap()
 }
 
+/// Collateral of the other TEE type is named as a mix-up, both ways, before anything else is
+/// judged (not as dcap-qvl's "Unsupported QE Identity id/version").
+#[test]
+fn collateral_of_the_other_tee_type_is_named() {
+    for (quote, collateral, quote_tee, collateral_tee) in [
+        (SGX_QUOTE, tdx_collateral(), "SGX", "TDX"),
+        (TDX_QUOTE, sgx_collateral(), "TDX", "SGX"),
+    ] {
+        let e = verify(quote, &collateral, at(IN_WINDOW)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DcapError::CollateralForOtherTee { quote, collateral }
+                    if quote == quote_tee && collateral == collateral_tee
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("but the quote is from"), "{e}");
+    }
+}
+
 /// `len` bytes of `bytes` at `offset`.
 fn slice(bytes: &[u8], offset: usize, len: usize) -> Vec<u8> {
     bytes[offset..offset + len].to_vec()
