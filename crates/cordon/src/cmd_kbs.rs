@@ -352,6 +352,28 @@ fn kek_spec(spec: Option<&str>, data_dir: &std::path::Path) -> Result<KekSpec> {
     })
 }
 
+/// The SQLite store's file in a data directory.
+const SQLITE_STORE_FILE: &str = "kbs.sqlite3";
+
+/// What a first start of `kbs serve` created, removed again if the start fails before the store
+/// has an administrator who knows its token (see `serve`).
+#[derive(Default)]
+struct FreshStore {
+    paths: Vec<PathBuf>,
+}
+
+impl Drop for FreshStore {
+    fn drop(&mut self) {
+        for p in &self.paths {
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(p)
+            } else {
+                std::fs::remove_file(p)
+            };
+        }
+    }
+}
+
 fn open_keks(
     kek: Option<&str>,
     previous: Option<&str>,
@@ -380,7 +402,7 @@ impl<'a> StoreAt<'a> {
         match (data_dir, database_url) {
             (_, Some(url)) => Ok(StoreAt::Postgres(url)),
             (Some(dir), None) => {
-                if !dir.join("kbs.sqlite3").exists() {
+                if !dir.join(SQLITE_STORE_FILE).exists() {
                     bail!("{} holds no KBS store (no kbs.sqlite3)", dir.display());
                 }
                 Ok(StoreAt::Sqlite(dir))
@@ -750,6 +772,32 @@ fn serve(a: ServeArgs) -> Result<()> {
         (None, Some(_)) => PathBuf::new(),
         _ => bail!("give either --data-dir (SQLite) or --database-url (PostgreSQL)"),
     };
+    // A first start that fails before it serves leaves nothing behind: no store without an
+    // administrator, which a later start could not be given one for, and no KEK for it.
+    let mut fresh = FreshStore::default();
+    if a.database_url.is_none() && !data_dir.join(SQLITE_STORE_FILE).exists() {
+        if a.init_admin_token_file.is_none() {
+            bail!(
+                "{} holds no KBS store yet: a new store needs --init-admin-token-file FILE (its \
+                 admin token is written there)",
+                data_dir.display()
+            );
+        }
+        if data_dir.exists() {
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                fresh
+                    .paths
+                    .push(data_dir.join(format!("{SQLITE_STORE_FILE}{suffix}")));
+            }
+        } else {
+            fresh.paths.push(data_dir.clone());
+        }
+        if let KekSpec::File(kek) = kek_spec(a.kek.as_deref(), &data_dir)? {
+            if !kek.exists() {
+                fresh.paths.push(kek);
+            }
+        }
+    }
     let mut config = KbsConfig::new(data_dir.clone(), endorsements);
     config.database_url = a.database_url.clone();
     config.nonce_ttl = Duration::from_secs(a.nonce_ttl);
@@ -794,6 +842,10 @@ fn serve(a: ServeArgs) -> Result<()> {
         ),
         (Some(path), Some(token)) => {
             util::write_secret(path, token.as_bytes(), true)?;
+            if !fresh.paths.is_empty() {
+                // The token of a store that a failed start removes would open nothing.
+                fresh.paths.push(path.clone());
+            }
             eprintln!(
                 "admin token created and written to {} (the store keeps only its hash)",
                 path.display()
@@ -824,6 +876,8 @@ fn serve(a: ServeArgs) -> Result<()> {
         util::write_atomic(f, format!("{identity}\n").as_bytes())?;
     }
     let rt = util::tokio_runtime()?;
+    // From here the store is this KBS's: its admin token has been handed out.
+    fresh.paths.clear();
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;

@@ -166,6 +166,50 @@ fn a_kbs_that_cannot_listen_leaves_no_store_behind() {
     assert!(!dir.path().join("token").exists(), "a token was written");
 }
 
+/// A first start that fails after the port is bound leaves nothing either: without
+/// --init-admin-token-file it stops before the store (which would have no administrator), and a
+/// later failure (here, the identity file cannot be written) removes the new store, its KEK and
+/// the token written for it. A start on the same directory then works.
+#[test]
+fn a_failed_first_start_leaves_no_store_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&["sim", "keygen", "--out", &s(&dir.path().join("hw.key"))]);
+    let data = dir.path().join("kbs");
+    let base = [
+        "kbs".to_string(),
+        "serve".into(),
+        "--data-dir".into(),
+        s(&data),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--sim-trust-anchor".into(),
+        s(&dir.path().join("hw.pub")),
+    ];
+    let args = |extra: &[String]| -> Vec<String> { base.iter().chain(extra).cloned().collect() };
+    let err = fails(&args(&[]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("needs --init-admin-token-file"), "{err}");
+    assert!(!data.exists() && !dir.path().join("kbs.kek").exists());
+    let token = dir.path().join("token");
+    let unwritable = dir.path().join("no-such-dir/identity");
+    let err = fails(
+        &args(&[
+            "--init-admin-token-file".into(),
+            s(&token),
+            "--identity-file".into(),
+            s(&unwritable),
+        ])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+    );
+    assert!(err.contains("no-such-dir"), "{err}");
+    assert!(!data.exists(), "a store was left");
+    assert!(!dir.path().join("kbs.kek").exists(), "a KEK file was left");
+    assert!(!token.exists(), "a token for a removed store was left");
+    drop(start_kbs(dir.path(), "kbs"));
+    assert!(data.join("kbs.sqlite3").exists());
+}
+
 /// `--init-admin-token-file` naming a new file, on a store that has its administrator already,
 /// says that no token was written (it was silently ignored).
 #[test]
