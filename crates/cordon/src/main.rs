@@ -9,6 +9,7 @@ mod cmd_bench_train;
 mod cmd_bench_trees;
 mod cmd_demo;
 mod cmd_dev;
+mod cmd_docs;
 mod cmd_fetch;
 mod cmd_infer;
 mod cmd_job;
@@ -26,7 +27,7 @@ mod output;
 mod quickstart;
 mod util;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -109,6 +110,11 @@ enum Command {
     /// Benchmarks, each against a baseline measured in the same run (build with --release).
     #[command(subcommand)]
     Bench(cmd_bench::BenchCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(cmd_docs::CompletionsArgs),
+    /// Write man pages generated from this command line's definition: cordon.1 and one per
+    /// command (cordon-seal.1, cordon-kbs-serve.1, ...).
+    Man(cmd_docs::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -139,6 +145,8 @@ fn main() -> ExitCode {
         Command::Job(c) => cmd_job::run_job(c),
         Command::Measure(c) => cmd_measure::run(c),
         Command::Bench(c) => cmd_bench::run(c),
+        Command::Completions(a) => cmd_docs::completions(a, Cli::command()),
+        Command::Man(a) => cmd_docs::man(a, Cli::command()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
