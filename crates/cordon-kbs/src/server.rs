@@ -1106,7 +1106,7 @@ async fn appraise_attestation(
             None => vec![format!("unknown key id {key_id}")],
             Some(k) if k.revoked_at.is_some() => vec![format!(
                 "key {key_id} was revoked at {}",
-                k.revoked_at.unwrap_or_default()
+                cordon_proto::rfc3339(k.revoked_at.unwrap_or_default())
             )],
             Some(k) => match Policy::from_toml(&k.policy) {
                 Err(e) => vec![format!("stored release policy is invalid: {e}")],

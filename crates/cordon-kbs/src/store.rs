@@ -54,11 +54,12 @@ pub enum StoreError {
         given: String,
         entries: u64,
     },
-    #[error("key {key_id} was revoked at {revoked_at}: it is never released again, and its id is not reused")]
+    #[error("key {key_id} was revoked at {}: it is never released again, and its id is not reused", cordon_proto::rfc3339(*.revoked_at))]
     KeyRevoked { key_id: String, revoked_at: u64 },
     #[error(
-        "the identity retired by the last rotation is accepted until {accept_until}: rotating \
-         again now would cut that overlap short; wait until then"
+        "the identity retired by the last rotation is accepted until {}: rotating \
+         again now would cut that overlap short; wait until then",
+        cordon_proto::rfc3339(*.accept_until)
     )]
     OverlapRunning { accept_until: u64 },
     #[error("this store has no identity yet: start the KBS once first")]

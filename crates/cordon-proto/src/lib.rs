@@ -31,5 +31,32 @@ pub mod runtime;
 pub mod session;
 
 pub use binding::{report_data, ModelBinding, RuntimeKeys};
+
+/// A time in Unix seconds (as the wire types carry it) as RFC 3339 in UTC, e.g.
+/// `2025-06-01T12:00:00Z`: how every time is shown to people. A value beyond year 9999 is shown
+/// as the number it is.
+pub fn rfc3339(unix_secs: u64) -> String {
+    i64::try_from(unix_secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{unix_secs} (Unix seconds)"))
+}
 pub use channel::{ChannelError, ClientResponseContext, ServerResponseContext, ServiceKeyPair};
 pub use endorsements::{EndorsementsError, WireEndorsements};
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn times_are_shown_as_rfc3339_utc() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_748_779_200), "2025-06-01T12:00:00Z");
+        assert_eq!(
+            super::rfc3339(u64::MAX),
+            "18446744073709551615 (Unix seconds)"
+        );
+    }
+}

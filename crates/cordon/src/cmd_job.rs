@@ -418,8 +418,9 @@ pub fn print_status(s: &JobStatus) {
 pub fn verify_receipt(receipt: &Receipt, doc: &PolicyDocument) -> Result<String> {
     let claims = cordon_client::jobs::verify_receipt(receipt, doc).map_err(anyhow::Error::msg)?;
     Ok(format!(
-        "receipt valid: job {} signed by runtime key {}…, bound by {} evidence (measurement {}…{}), accepted by the policy",
+        "receipt valid: job {} finished at {}, signed by runtime key {}…, bound by {} evidence (measurement {}…{}), accepted by the policy",
         hex::encode(receipt.body.job_hash),
+        cordon_proto::rfc3339(receipt.body.finished_at),
         util::short_hex(&receipt.body.attestation.runtime_keys.signing_public_key),
         claims.platform,
         util::short_hex(&claims.launch_measurement),
@@ -491,7 +492,10 @@ pub fn run_job(c: JobCommand) -> Result<()> {
                 .as_secs()
                 + valid_for;
             let status = rt.block_on(client(&rt, &conn)?.approve(&job, &spec, expires_at))?;
-            eprintln!("approved, valid until {expires_at} (Unix seconds)");
+            eprintln!(
+                "approved, valid until {}",
+                cordon_proto::rfc3339(expires_at)
+            );
             print_status(&status);
         }
         JobCommand::Submit { conn, job, wait } => {

@@ -522,8 +522,9 @@ fn rotate_identity(a: RotateIdentityArgs) -> Result<()> {
     println!("{new_hex}");
     eprintln!(
         "KBS identity rotated: new key {new_hex} (pin it: --kbs-key, kbs_public_key); the old key \
-         {} stays accepted until {until} ({} h). Restart the KBS, every replica, to serve it.",
+         {} stays accepted until {} ({} h). Restart the KBS, every replica, to serve it.",
         hex::encode(old),
+        cordon_proto::rfc3339(until),
         a.overlap_hours
     );
     Ok(())
@@ -533,16 +534,25 @@ fn keys(a: AdminArgs, json: bool) -> Result<()> {
     let keys =
         util::tokio_runtime()?.block_on(async { Admin::from_args(&a).await?.keys().await })?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&keys)?);
+        let shown: Vec<ShownKey> = keys
+            .iter()
+            .map(|info| ShownKey {
+                info,
+                created_at_rfc3339: cordon_proto::rfc3339(info.created_at),
+                updated_at_rfc3339: cordon_proto::rfc3339(info.updated_at),
+                revoked_at_rfc3339: info.revoked_at.map(cordon_proto::rfc3339),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&shown)?);
         return Ok(());
     }
     println!(
-        "{:<32} {:<10} {:>8}  {:<12} {:<18} policy",
-        "KEY", "KIND", "RELEASES", "STATE", "OWNER"
+        "{:<32} {:<10} {:>8}  {:<20}  {:<28} {:<18} policy",
+        "KEY", "KIND", "RELEASES", "CREATED", "STATE", "OWNER"
     );
     for k in &keys {
         let state = match k.revoked_at {
-            Some(t) => format!("revoked@{t}"),
+            Some(t) => format!("revoked {}", cordon_proto::rfc3339(t)),
             None => "active".to_string(),
         };
         let owner = k
@@ -566,10 +576,11 @@ fn keys(a: AdminArgs, json: bool) -> Result<()> {
         // The answer crossed the network: nothing in it reaches the terminal as a control or
         // formatting character.
         println!(
-            "{:<32} {:<10} {:>8}  {:<12} {:<18} {}",
+            "{:<32} {:<10} {:>8}  {:<20}  {:<28} {:<18} {}",
             printable(&k.key_id),
             printable(&k.kind),
             k.releases,
+            cordon_proto::rfc3339(k.created_at),
             state,
             printable(&owner),
             printable(&policy)
@@ -577,6 +588,18 @@ fn keys(a: AdminArgs, json: bool) -> Result<()> {
     }
     eprintln!("{} keys", keys.len());
     Ok(())
+}
+
+/// A key as `kbs keys --json` prints it: the KBS's fields (times in Unix seconds), then the same
+/// times in RFC 3339.
+#[derive(serde::Serialize)]
+struct ShownKey<'a> {
+    #[serde(flatten)]
+    info: &'a KeyInfo,
+    created_at_rfc3339: String,
+    updated_at_rfc3339: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_at_rfc3339: Option<String>,
 }
 
 /// `text` with control and bidirectional-formatting characters escaped.
@@ -600,7 +623,9 @@ fn revoke(a: AdminArgs, key_id: String, reason: String) -> Result<()> {
     println!(
         "revoked key {} at {} (audit event {}, proven in the KBS's signed audit log of {size} \
          events): every later release is denied",
-        r.key_id, r.revoked_at, r.audit_seq
+        r.key_id,
+        cordon_proto::rfc3339(r.revoked_at),
+        r.audit_seq
     );
     Ok(())
 }
@@ -1169,9 +1194,42 @@ fn audit(a: AuditArgs) -> Result<()> {
         Ok(()) => "hash chain intact".to_string(),
         Err(seq) => format!("HASH CHAIN BROKEN at event {seq}"),
     };
-    println!("{}", serde_json::to_string_pretty(&events)?);
-    eprintln!("{} events, {chain}", events.len());
+    println!("{}", events_json(&events)?);
+    eprintln!("{} events{}, {chain}", events.len(), time_span(&events));
     Ok(())
+}
+
+/// An audit event as `kbs audit` prints it: the KBS's fields (`time` in Unix seconds, as the log
+/// and its hashes hold it), then `time_rfc3339`, the same time for people. `--entries` reads it
+/// back (the added field is ignored).
+#[derive(serde::Serialize)]
+struct ShownEvent<'a> {
+    #[serde(flatten)]
+    event: &'a AuditEvent,
+    time_rfc3339: String,
+}
+
+fn events_json(events: &[AuditEvent]) -> Result<String> {
+    let shown: Vec<ShownEvent> = events
+        .iter()
+        .map(|event| ShownEvent {
+            event,
+            time_rfc3339: cordon_proto::rfc3339(event.time),
+        })
+        .collect();
+    Ok(serde_json::to_string_pretty(&shown)?)
+}
+
+/// ` from T1 to T2` (RFC 3339) for a summary line; nothing for an empty log.
+fn time_span(events: &[AuditEvent]) -> String {
+    match (events.first(), events.last()) {
+        (Some(a), Some(b)) => format!(
+            " from {} to {}",
+            cordon_proto::rfc3339(a.time),
+            cordon_proto::rfc3339(b.time)
+        ),
+        _ => String::new(),
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path, what: &str) -> Result<T> {
@@ -1249,7 +1307,7 @@ fn audit_verify(a: AuditArgs) -> Result<()> {
                 "{failed}: against the earlier checkpoint {} (size {}, signed at {})",
                 path.display(),
                 old.size,
-                old.time
+                cordon_proto::rfc3339(old.time)
             )
         })?;
         eprintln!(
@@ -1262,7 +1320,7 @@ fn audit_verify(a: AuditArgs) -> Result<()> {
         util::write_atomic(out, serde_json::to_string_pretty(&current)?.as_bytes())?;
         eprintln!("checkpoint saved to {}", out.display());
     }
-    println!("{}", serde_json::to_string_pretty(&events)?);
+    println!("{}", events_json(&events)?);
     let later = (events.len() as u64).saturating_sub(cp.size);
     eprintln!(
         "{} events verified: signed checkpoint of size {}, root {}, hash chain intact{}",

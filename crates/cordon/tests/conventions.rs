@@ -59,3 +59,94 @@ fn man_writes_one_page_per_command_with_the_option_text() {
     );
     ok(&["man", "--out", &s(&out), "--force"]);
 }
+
+/// Whether `text` holds a time written as RFC 3339 in UTC (`2025-06-01T12:00:00Z`).
+fn has_rfc3339(text: &str) -> bool {
+    let pattern = b"dddd-dd-ddTdd:dd:ddZ";
+    text.as_bytes().windows(pattern.len()).any(|w| {
+        w.iter().zip(pattern).all(|(c, p)| match p {
+            b'd' => c.is_ascii_digit(),
+            p => c == p,
+        })
+    })
+}
+
+/// A KBS in a temporary directory with one registered key: the directory (hw.key, owner.key,
+/// token, model.dek, release.toml), the process and its URL.
+fn kbs_with_a_key() -> (tempfile::TempDir, Proc, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| s(&dir.path().join(f));
+    ok(&["sim", "keygen", "--out", &p("hw.key")]);
+    ok(&["keygen", "--out", &p("owner.key")]);
+    std::fs::write(dir.path().join("model.bin"), b"a model").unwrap();
+    std::fs::write(
+        dir.path().join("release.toml"),
+        format!(
+            "platforms = [\"sim\"]\nlaunch_measurements = [\"{}\"]\n",
+            "11".repeat(48)
+        ),
+    )
+    .unwrap();
+    ok(&[
+        "seal",
+        &p("model.bin"),
+        "--out",
+        &p("model.sealed"),
+        "--key-out",
+        &p("model.dek"),
+        "--owner-key",
+        &p("owner.key"),
+        "--name",
+        "fraud",
+    ]);
+    let (kbs, url) = start_kbs(dir.path(), "kbs");
+    ok(&[
+        "kbs",
+        "register",
+        "--kbs",
+        &url,
+        "--token-file",
+        &p("token"),
+        "--key",
+        &p("model.dek"),
+        "--policy",
+        &p("release.toml"),
+    ]);
+    (dir, kbs, url)
+}
+
+#[test]
+fn kbs_keys_and_audit_print_rfc3339_times() {
+    let (dir, _kbs, url) = kbs_with_a_key();
+    let token = s(&dir.path().join("token"));
+    let admin = |cmd: &[&str]| {
+        let mut args = vec!["kbs"];
+        args.extend_from_slice(cmd);
+        args.extend_from_slice(&["--kbs", &url, "--token-file", &token]);
+        ok(&args)
+    };
+    // `kbs keys`: a table by default, JSON with --json; both with RFC 3339 times.
+    let table = admin(&["keys"]);
+    assert!(table.starts_with("KEY "), "{table}");
+    assert!(table.contains("active") && has_rfc3339(&table), "{table}");
+    let keys: serde_json::Value = serde_json::from_str(&admin(&["keys", "--json"])).unwrap();
+    let key = &keys.as_array().unwrap()[0];
+    assert!(key["created_at"].is_u64(), "{key}");
+    assert!(
+        has_rfc3339(key["created_at_rfc3339"].as_str().unwrap()),
+        "{key}"
+    );
+    // `kbs audit`: the events as JSON, each time in Unix seconds (as the log holds it) and in
+    // RFC 3339.
+    let events: serde_json::Value = serde_json::from_str(&admin(&["audit"])).unwrap();
+    let first = &events.as_array().unwrap()[0];
+    assert_eq!(first["kind"], "key_registered", "{first}");
+    let secs = first["time"].as_u64().unwrap();
+    let shown = first["time_rfc3339"].as_str().unwrap();
+    assert!(has_rfc3339(shown), "{first}");
+    let parsed =
+        time::OffsetDateTime::parse(shown, &time::format_description::well_known::Rfc3339).unwrap();
+    assert_eq!(parsed.unix_timestamp() as u64, secs);
+    let verified: serde_json::Value = serde_json::from_str(&admin(&["audit", "--verify"])).unwrap();
+    assert!(has_rfc3339(verified[0]["time_rfc3339"].as_str().unwrap()));
+}
