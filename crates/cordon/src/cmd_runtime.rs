@@ -22,8 +22,9 @@ pub enum RuntimeCommand {
 pub enum SimCommand {
     /// Create a simulated "hardware" attestation key (development only; NOT hardware-backed).
     Keygen {
-        /// Secret key file (mode 0600); the public key (the trust anchor) goes to the same path with `.pub`.
-        #[arg(long)]
+        /// Secret key file (mode 0600); the public key (the trust anchor) goes to the same path with
+        /// `.pub`. Default: sim-hardware.key in $XDG_CONFIG_HOME/cordon (~/.config/cordon).
+        #[arg(long, default_value_os_t = util::default_sim_hardware_key())]
         out: PathBuf,
     },
 }
@@ -142,6 +143,7 @@ pub fn run(c: RuntimeCommand) -> Result<()> {
 pub fn run_sim(c: SimCommand) -> Result<()> {
     match c {
         SimCommand::Keygen { out } => {
+            util::refuse_shadowing(&out)?;
             let key = SimHardwareKey::generate();
             util::write_secret(&out, key.to_file_contents().as_bytes(), false)?;
             let pub_path = out.with_extension("pub");

@@ -13,6 +13,7 @@ const PROGRESS_THRESHOLD: u64 = 8 << 20;
 #[derive(clap::Args)]
 pub struct KeygenArgs {
     /// Where to write the secret key (mode 0600). The public key goes to the same path with `.pub`.
+    /// Default: owner.key in $XDG_CONFIG_HOME/cordon (~/.config/cordon).
     #[arg(long, default_value_os_t = util::default_owner_key())]
     out: PathBuf,
 }
@@ -27,7 +28,8 @@ pub struct SealArgs {
     /// Where to write the key file (key id, DEK, signer), mode 0600. Register it with `cordon kbs register`.
     #[arg(long)]
     key_out: PathBuf,
-    /// The owner's signing key from `cordon keygen`.
+    /// The owner's signing key from `cordon keygen`. Default: owner.key in $XDG_CONFIG_HOME/cordon
+    /// (~/.config/cordon), else the old ~/.cordon/owner.key.
     #[arg(long, env = "CORDON_OWNER_KEY", default_value_os_t = util::default_owner_key())]
     owner_key: PathBuf,
     /// Name recorded in the manifest (default: the input's file name).
@@ -77,6 +79,7 @@ pub fn keygen(a: KeygenArgs) -> Result<()> {
             a.out.display()
         );
     }
+    util::refuse_shadowing(&a.out)?;
     let key = OwnerKey::generate();
     util::write_secret(&a.out, key.to_file_contents().as_bytes(), false)?;
     util::write_atomic(
@@ -108,7 +111,8 @@ fn progress_bar(total: u64, verb: &str) -> Option<ProgressBar> {
     Some(pb)
 }
 
-pub fn seal(a: SealArgs) -> Result<()> {
+pub fn seal(mut a: SealArgs) -> Result<()> {
+    a.owner_key = util::read_location(&a.owner_key);
     let owner_text = util::read_secret(&a.owner_key, "owner key")
         .with_context(|| "create one with `cordon keygen` or pass --owner-key".to_string())?;
     util::check_key_file_kind(

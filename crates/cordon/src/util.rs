@@ -175,12 +175,82 @@ pub fn short_hex(bytes: &[u8]) -> String {
     h
 }
 
-/// `~/.cordon`, where `cordon keygen` keeps the owner key by default.
-pub fn default_owner_key() -> PathBuf {
-    let home = std::env::var_os("HOME")
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cordon").join("owner.key")
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Where Cordon keeps its keys by default: `$XDG_CONFIG_HOME/cordon`, or `~/.config/cordon` when
+/// that variable is unset, empty or relative (as the XDG Base Directory specification says).
+pub fn config_dir() -> PathBuf {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute())
+        .unwrap_or_else(|| home().join(".config"))
+        .join("cordon")
+}
+
+/// `~/.cordon`, the default directory of earlier versions: still read, never written.
+pub fn legacy_config_dir() -> PathBuf {
+    home().join(".cordon")
+}
+
+/// The owner key `cordon keygen` writes by default: `owner.key` in [`config_dir`].
+pub fn default_owner_key() -> PathBuf {
+    config_dir().join("owner.key")
+}
+
+/// The simulated hardware key `cordon sim keygen` writes by default: `sim-hardware.key` in
+/// [`config_dir`].
+pub fn default_sim_hardware_key() -> PathBuf {
+    config_dir().join("sim-hardware.key")
+}
+
+/// The file to read for a key given as `path`: `path` itself, except when it is the default
+/// location in [`config_dir`], missing there, and present in the old `~/.cordon`: then the old
+/// one, said on stderr.
+pub fn read_location(path: &Path) -> PathBuf {
+    let Some(name) = path.file_name() else {
+        return path.to_path_buf();
+    };
+    if path != config_dir().join(name) || std::fs::symlink_metadata(path).is_ok() {
+        return path.to_path_buf();
+    }
+    let old = legacy_config_dir().join(name);
+    if std::fs::symlink_metadata(&old).is_ok() {
+        eprintln!(
+            "note: reading {} from the old default location; move it to {} (the default since \
+             Cordon follows XDG_CONFIG_HOME)",
+            old.display(),
+            path.display()
+        );
+        return old;
+    }
+    path.to_path_buf()
+}
+
+/// Refuses to write a new key to the default location `path` while a key of that name is in
+/// the old `~/.cordon`, which [`read_location`] would have read: the new key would silently
+/// replace it in every later command.
+pub fn refuse_shadowing(path: &Path) -> Result<()> {
+    let Some(name) = path.file_name() else {
+        return Ok(());
+    };
+    if path != config_dir().join(name) || std::fs::symlink_metadata(path).is_ok() {
+        return Ok(());
+    }
+    let old = legacy_config_dir().join(name);
+    if std::fs::symlink_metadata(&old).is_ok() {
+        bail!(
+            "{} exists (the old default location, still read): move it to {} to keep using it, \
+             or pass --out to write a new key elsewhere",
+            old.display(),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// The key files Cordon writes, by the format marker each carries, and where each one goes.

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::process::{Command, Output};
 
 #[test]
 fn completions_name_the_subcommands() {
@@ -149,4 +150,96 @@ fn kbs_keys_and_audit_print_rfc3339_times() {
     assert_eq!(parsed.unix_timestamp() as u64, secs);
     let verified: serde_json::Value = serde_json::from_str(&admin(&["audit", "--verify"])).unwrap();
     assert!(has_rfc3339(verified[0]["time_rfc3339"].as_str().unwrap()));
+}
+
+/// Runs `cordon args` with HOME and XDG_CONFIG_HOME as given (None: unset).
+fn cordon_home(home: &std::path::Path, xdg: Option<&std::path::Path>, args: &[&str]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env("CORDON_LOG", "warn")
+        .env("HOME", home)
+        .env_remove("CORDON_OWNER_KEY")
+        .env_remove("CORDON_KBS_URL");
+    match xdg {
+        Some(x) => c.env("XDG_CONFIG_HOME", x),
+        None => c.env_remove("XDG_CONFIG_HOME"),
+    };
+    c.output().unwrap()
+}
+
+fn succeeded(out: &Output) -> (String, String) {
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{stderr}");
+    (stdout, stderr)
+}
+
+#[test]
+fn keys_default_to_the_xdg_config_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let xdg = dir.path().join("xdg");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(dir.path().join("model.bin"), b"a model").unwrap();
+    let seal = |home: &std::path::Path, xdg: Option<&std::path::Path>, n: &str| {
+        cordon_home(
+            home,
+            xdg,
+            &[
+                "seal",
+                &s(&dir.path().join("model.bin")),
+                "--out",
+                &s(&dir.path().join(format!("m{n}.sealed"))),
+                "--key-out",
+                &s(&dir.path().join(format!("m{n}.dek"))),
+            ],
+        )
+    };
+    // With XDG_CONFIG_HOME: keygen and sim keygen write there, seal reads from there.
+    let (printed, _) = succeeded(&cordon_home(&home, Some(&xdg), &["keygen"]));
+    assert!(xdg.join("cordon/owner.key").is_file(), "{printed}");
+    assert!(xdg.join("cordon/owner.pub").is_file());
+    succeeded(&cordon_home(&home, Some(&xdg), &["sim", "keygen"]));
+    assert!(xdg.join("cordon/sim-hardware.key").is_file());
+    assert!(xdg.join("cordon/sim-hardware.pub").is_file());
+    let (sealed1, note) = succeeded(&seal(&home, Some(&xdg), "1"));
+    assert!(!note.contains("old default location"), "{note}");
+    // A second keygen does not overwrite the key.
+    let out = cordon_home(&home, Some(&xdg), &["keygen"]);
+    assert!(!out.status.success());
+    // Without it: ~/.config/cordon.
+    succeeded(&cordon_home(&home, None, &["keygen"]));
+    assert!(home.join(".config/cordon/owner.key").is_file());
+    assert!(!home.join(".cordon").exists());
+
+    // An old ~/.cordon/owner.key is still read (said once on stderr) when the new one is missing,
+    // and keygen refuses to shadow it.
+    let old_home = dir.path().join("old-home");
+    std::fs::create_dir_all(old_home.join(".cordon")).unwrap();
+    std::fs::copy(
+        xdg.join("cordon/owner.key"),
+        old_home.join(".cordon/owner.key"),
+    )
+    .unwrap();
+    let (sealed2, note) = succeeded(&seal(&old_home, None, "2"));
+    assert_eq!(note.matches("old default location").count(), 1, "{note}");
+    assert!(note.contains(".cordon/owner.key"), "{note}");
+    let out = cordon_home(&old_home, None, &["keygen"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(".cordon/owner.key"),
+        "{err}"
+    );
+    assert!(!old_home.join(".config/cordon/owner.key").exists());
+    // The same signer sealed both.
+    let signer = |printed: &str| {
+        printed
+            .lines()
+            .find(|l| l.trim_start().starts_with("signer"))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("{printed}"))
+    };
+    assert_eq!(signer(&sealed1), signer(&sealed2));
 }
