@@ -42,7 +42,7 @@ pub enum DatasetCommand {
         #[arg(long)]
         policy: PathBuf,
         /// KBS base URL (http:// or https://).
-        #[arg(long, value_parser = crate::util::base_url)]
+        #[arg(long, value_parser = crate::util::base_url, env = "CORDON_KBS_URL", default_value = util::DEFAULT_KBS_URL)]
         kbs: String,
         /// The KBS's identity key, pinned: 64 hex digits or a file holding them (what
         /// `cordon kbs serve` printed). The key travels sealed to it. Required unless

@@ -27,7 +27,7 @@ pub enum KbsCommand {
     /// the KBS's TEE evidence for it first.
     Identity {
         /// KBS base URL (http:// or https://).
-        #[arg(long, value_parser = crate::util::base_url, env = "CORDON_KBS_URL")]
+        #[arg(long, value_parser = crate::util::base_url, env = "CORDON_KBS_URL", default_value = util::DEFAULT_KBS_URL)]
         kbs: String,
         #[command(flatten)]
         kbs_policy: KbsPolicyArg,
@@ -236,9 +236,9 @@ pub struct ServeArgs {
 
 #[derive(clap::Args)]
 pub struct AdminArgs {
-    /// KBS base URL (http:// or https://). Not needed by `kbs audit --verify --entries`.
-    #[arg(long, value_parser = crate::util::base_url, env = "CORDON_KBS_URL")]
-    kbs: Option<String>,
+    /// KBS base URL (http:// or https://). Not used by `kbs audit --verify --entries`.
+    #[arg(long, value_parser = crate::util::base_url, env = "CORDON_KBS_URL", default_value = util::DEFAULT_KBS_URL)]
+    kbs: String,
     /// The KBS's identity key, pinned: 64 hex digits, or a file holding them (what
     /// `cordon kbs serve` printed). Keys are sealed to it; requests are signed for it. Without it,
     /// the identity the KBS serves is used only if the admin token vouches for it (the KBS signed
@@ -958,9 +958,7 @@ impl Admin {
     }
 
     async fn from_args(a: &AdminArgs) -> Result<Admin> {
-        let Some(url) = &a.kbs else {
-            bail!("--kbs (or CORDON_KBS_URL) is required: the KBS's base URL");
-        };
+        let url = &a.kbs;
         let token = util::read_secret(&a.token_file, "admin token")?;
         let tls = a.ca.tls()?;
         // With a KBS policy, the key the KBS's evidence binds is the one used (and must be the

@@ -21,6 +21,10 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// The KBS a command reaches when neither --kbs nor CORDON_KBS_URL names one: `kbs serve`'s
+/// default --listen address, on this machine.
+pub const DEFAULT_KBS_URL: &str = "http://127.0.0.1:8100";
+
 /// A server's base URL as given on the command line: `http://` or `https://` with a host, without
 /// a trailing slash. Anything else is refused saying what to write (`127.0.0.1:8100` would reach
 /// the HTTP client as "relative URL without a base").

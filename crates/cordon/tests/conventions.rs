@@ -243,3 +243,43 @@ fn keys_default_to_the_xdg_config_directory() {
     };
     assert_eq!(signer(&sealed1), signer(&sealed2));
 }
+
+/// Runs `cordon args` with `CORDON_KBS_URL` set to `url`, or removed.
+fn cordon_kbs_env(url: Option<&str>, args: &[&str]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args).env("CORDON_LOG", "warn");
+    match url {
+        Some(u) => c.env("CORDON_KBS_URL", u),
+        None => c.env_remove("CORDON_KBS_URL"),
+    };
+    c.output().unwrap()
+}
+
+#[test]
+fn kbs_url_defaults_to_the_local_kbs() {
+    // Without --kbs or CORDON_KBS_URL: the KBS `kbs serve` starts by default, on this machine.
+    // Whatever listens on that port (usually nothing), the command went there.
+    let out = cordon_kbs_env(None, &["kbs", "identity"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        let key = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(key.trim().len(), 64, "{key}");
+    } else {
+        assert!(stderr.contains("KBS http://127.0.0.1:8100"), "{stderr}");
+    }
+    let help = ok(&["kbs", "keys", "--help"]);
+    assert!(help.contains("[default: http://127.0.0.1:8100]"), "{help}");
+    let help = ok(&["dataset", "register", "--help"]);
+    assert!(help.contains("CORDON_KBS_URL"), "{help}");
+
+    // CORDON_KBS_URL stands for --kbs.
+    let (dir, _kbs, url) = kbs_with_a_key();
+    let token = s(&dir.path().join("token"));
+    let out = cordon_kbs_env(Some(&url), &["kbs", "keys", "--token-file", &token]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("active"));
+}
