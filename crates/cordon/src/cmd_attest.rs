@@ -53,6 +53,8 @@ pub struct ReportArgs {
         requires = "emulator"
     )]
     emulator_interface: crate::emulator::EmulatedInterface,
+    #[command(flatten)]
+    json: util::JsonArg,
 }
 
 #[derive(clap::Args)]
@@ -149,6 +151,14 @@ fn report(a: ReportArgs) -> Result<u8> {
     };
     let evidence = provider.evidence(&report_data)?;
     util::write_atomic(&a.out, &evidence)?;
+    if a.json.json {
+        util::print_json(&serde_json::json!({
+            "platform": provider.platform().to_string(),
+            "bytes": evidence.len(),
+            "out": util::path_json(&a.out),
+        }))?;
+        return Ok(0);
+    }
     println!(
         "{} evidence ({} bytes) written to {}",
         provider.platform(),

@@ -43,6 +43,8 @@ pub struct FetchArgs {
     /// Timeout of each request, in seconds.
     #[arg(long, default_value_t = 30)]
     timeout_secs: u64,
+    #[command(flatten)]
+    json: util::JsonArg,
 }
 
 fn product(name: &str) -> Result<Product> {
@@ -74,6 +76,32 @@ pub fn fetch(a: FetchArgs) -> Result<u8> {
         let from = if s.from_cache { "cache" } else { "network" };
         eprintln!("  {from:<8} {}", s.url);
     }
+    let mut command = vec![
+        "cordon".to_string(),
+        "attest".into(),
+        "verify".into(),
+        a.evidence.display().to_string(),
+    ];
+    command.extend(fetched.verify_args());
+    if a.json.json {
+        let what = match &fetched.endorsement {
+            cordon_fetch::Endorsement::Snp { product, .. } => serde_json::json!({
+                "kind": "snp", "product": product.name(),
+            }),
+            cordon_fetch::Endorsement::Dcap { tee, fmspc, ca, .. } => serde_json::json!({
+                "kind": "dcap", "tee": tee.to_string(), "fmspc": fmspc.to_string(), "pck_ca": ca.to_string(),
+            }),
+        };
+        util::print_json(&serde_json::json!({
+            "out": util::path_json(&a.out),
+            "endorsement": what,
+            "sources": fetched.sources.iter().map(|s| serde_json::json!({
+                "url": s.url.to_string(), "from_cache": s.from_cache,
+            })).collect::<Vec<_>>(),
+            "verify_command": command,
+        }))?;
+        return Ok(0);
+    }
     match &fetched.endorsement {
         cordon_fetch::Endorsement::Snp { product, .. } => {
             println!(
@@ -89,13 +117,6 @@ pub fn fetch(a: FetchArgs) -> Result<u8> {
         ),
     }
     println!("verify with:");
-    let mut command = vec![
-        "cordon".to_string(),
-        "attest".into(),
-        "verify".into(),
-        a.evidence.display().to_string(),
-    ];
-    command.extend(fetched.verify_args());
     println!(
         "  {}",
         command

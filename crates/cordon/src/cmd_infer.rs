@@ -26,6 +26,9 @@ pub struct InferArgs {
     /// (SHA-256, hex, as `cordon seal` prints it).
     #[arg(long, value_name = "SHA256")]
     require_manifest: Option<String>,
+    /// The response is printed as JSON with or without it (accepted as every command accepts it).
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(a: InferArgs) -> Result<()> {

@@ -23,6 +23,10 @@ pub enum PartyCommand {
         /// Key file to write (mode 0600).
         #[arg(long)]
         out: PathBuf,
+        /// The party's entry is printed as JSON with or without it (accepted as every command
+        /// accepts it).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -53,6 +57,8 @@ pub enum DatasetCommand {
         kbs_policy: crate::cmd_kbs::KbsPolicyArg,
         #[command(flatten)]
         ca: util::CaCertArg,
+        #[command(flatten)]
+        json: util::JsonArg,
     },
     /// Upload the sealed dataset (public bytes) to the training runtime, after verifying it.
     Upload {
@@ -81,6 +87,10 @@ pub struct DatasetSealArgs {
     /// Replace existing --out and --key-out files (atomically). The input is never overwritten.
     #[arg(long)]
     force: bool,
+    /// The dataset's entry is printed as JSON with or without it (accepted as every command
+    /// accepts it).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -97,6 +107,9 @@ pub struct Conn {
     /// --policy`): the runtime is verified against it before anything is sent, and receipts too.
     #[arg(long)]
     policy: PathBuf,
+    /// Every command that talks to the runtime prints its result as JSON with --json.
+    #[command(flatten)]
+    json: util::JsonArg,
 }
 
 #[derive(clap::Subcommand)]
@@ -170,6 +183,8 @@ pub enum ReceiptCommand {
         /// Policy file with [endorsements] (as `cordon infer --policy`).
         #[arg(long)]
         policy: PathBuf,
+        #[command(flatten)]
+        json: util::JsonArg,
     },
 }
 
@@ -209,7 +224,7 @@ fn client(rt: &tokio::runtime::Runtime, conn: &Conn) -> Result<JobClient> {
 
 pub fn run_party(c: PartyCommand) -> Result<()> {
     match c {
-        PartyCommand::Keygen { name, out } => {
+        PartyCommand::Keygen { name, out, .. } => {
             let key = PartyKey::generate(&name);
             util::write_secret(&out, key.to_file_contents().as_bytes(), false)?;
             eprintln!("wrote {} (keep it secret)", out.display());
@@ -313,6 +328,7 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
             kbs_key,
             kbs_policy,
             ca,
+            json,
         } => {
             let p = party(&p)?;
             let key = KeyFile::from_file_contents(&util::read_key_file(
@@ -350,6 +366,13 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
                 key.dek.as_bytes(),
                 &policy,
             ))?;
+            if json.json {
+                return util::print_json(&serde_json::json!({
+                    "registered": key.key_id,
+                    "kbs": kbs,
+                    "kbs_public_key": hex::encode(kbs_key),
+                }));
+            }
             println!(
                 "registered dataset key {} with {kbs} (sealed to KBS key {}…)",
                 key.key_id,
@@ -361,6 +384,12 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
             let client = client(&rt, &conn)?;
             let bytes = std::fs::read(&sealed).with_context(|| format!("{}", sealed.display()))?;
             let digest = rt.block_on(client.upload_dataset(bytes))?;
+            if conn.json.json {
+                return util::print_json(&serde_json::json!({
+                    "uploaded": util::path_json(&sealed),
+                    "manifest_sha256": digest,
+                }));
+            }
             println!("uploaded {} (manifest sha256 {digest})", sealed.display());
         }
     }
@@ -372,6 +401,15 @@ fn read_spec(path: &Path) -> Result<JobSpec> {
         .with_context(|| format!("job spec {}", path.display()))?;
     spec.validate()?;
     Ok(spec)
+}
+
+/// A job's status: as JSON with `json`, else as text.
+fn show_status(s: &JobStatus, json: bool) -> Result<()> {
+    if json {
+        return util::print_json(s);
+    }
+    print_status(s);
+    Ok(())
 }
 
 pub fn print_status(s: &JobStatus) {
@@ -467,7 +505,7 @@ pub fn run_job(c: JobCommand) -> Result<()> {
         JobCommand::Create { conn, spec } => {
             let spec = read_spec(&spec)?;
             let status = rt.block_on(client(&rt, &conn)?.create(&spec))?;
-            print_status(&status);
+            show_status(&status, conn.json.json)?;
         }
         JobCommand::Approve {
             conn,
@@ -496,9 +534,10 @@ pub fn run_job(c: JobCommand) -> Result<()> {
                 "approved, valid until {}",
                 cordon_proto::rfc3339(expires_at)
             );
-            print_status(&status);
+            show_status(&status, conn.json.json)?;
         }
         JobCommand::Submit { conn, job, wait } => {
+            let c_json = conn.json.json;
             let c = client(&rt, &conn)?;
             let status = rt.block_on(async {
                 let s = c.submit(&job).await?;
@@ -507,10 +546,13 @@ pub fn run_job(c: JobCommand) -> Result<()> {
                 }
                 Ok(c.wait(&job, Duration::from_secs(wait)).await?)
             })?;
-            print_status(&status);
+            show_status(&status, c_json)?;
         }
         JobCommand::Status { conn, job } => {
-            print_status(&rt.block_on(client(&rt, &conn)?.status(&job))?);
+            show_status(
+                &rt.block_on(client(&rt, &conn)?.status(&job))?,
+                conn.json.json,
+            )?;
         }
         JobCommand::Result {
             conn,
@@ -551,6 +593,16 @@ pub fn run_job(c: JobCommand) -> Result<()> {
                 serde_json::to_string_pretty(&result.receipt)?.as_bytes(),
                 force,
             )?;
+            if conn.json.json {
+                return util::print_json(&serde_json::json!({
+                    "job": job,
+                    "receipt_checked": true,
+                    "out_dir": util::path_json(&out_dir),
+                    "files": RESULT_FILES,
+                    "manifest_sha256": hex::encode(digest),
+                    "signer": hex::encode(key.signer),
+                }));
+            }
             println!(
                 "receipt checked: job {job}, inputs are the spec's datasets, signed by the verified runtime"
             );
@@ -564,11 +616,27 @@ pub fn run_job(c: JobCommand) -> Result<()> {
                 hex::encode(key.signer)
             );
         }
-        JobCommand::Receipt(ReceiptCommand::Verify { receipt, policy }) => {
+        JobCommand::Receipt(ReceiptCommand::Verify {
+            receipt,
+            policy,
+            json,
+        }) => {
             let r: Receipt = serde_json::from_str(&util::read_to_string(&receipt, "receipt")?)
                 .with_context(|| format!("receipt {}", receipt.display()))?;
             let doc = policy_doc(&policy)?;
-            println!("{}", verify_receipt(&r, &doc)?);
+            let summary = verify_receipt(&r, &doc)?;
+            if json.json {
+                return util::print_json(&serde_json::json!({
+                    "valid": true,
+                    "job": hex::encode(r.body.job_hash),
+                    "job_name": r.body.job_name,
+                    "finished_at": r.body.finished_at,
+                    "finished_at_rfc3339": cordon_proto::rfc3339(r.body.finished_at),
+                    "signer": hex::encode(r.body.attestation.runtime_keys.signing_public_key),
+                    "summary": summary,
+                }));
+            }
+            println!("{summary}");
         }
     }
     Ok(())

@@ -33,6 +33,8 @@ pub enum KbsCommand {
         kbs_policy: KbsPolicyArg,
         #[command(flatten)]
         ca: util::CaCertArg,
+        #[command(flatten)]
+        json: util::JsonArg,
     },
     /// Register a sealed artifact's key with its release policy (admin).
     Register(RegisterArgs),
@@ -57,6 +59,8 @@ pub enum KbsCommand {
         /// Why, for the audit log.
         #[arg(long, default_value = "")]
         reason: String,
+        #[command(flatten)]
+        json: util::JsonArg,
     },
     /// Re-wrap every secret in a stopped KBS's store under a new root KEK. Crash-safe: killed at
     /// any point, every key is readable under the old or the new KEK, and running it again
@@ -75,6 +79,8 @@ pub enum KbsCommand {
         /// KBS binary (default: this `cordon` binary).
         #[arg(long)]
         binary: Option<PathBuf>,
+        #[command(flatten)]
+        json: util::JsonArg,
     },
 }
 
@@ -128,6 +134,8 @@ pub struct RotateIdentityArgs {
     /// Write the new identity key (hex) here.
     #[arg(long)]
     identity_file: Option<PathBuf>,
+    #[command(flatten)]
+    json: util::JsonArg,
 }
 
 #[derive(clap::Args)]
@@ -152,6 +160,8 @@ pub struct RotateKekArgs {
     /// Rows re-wrapped per transaction.
     #[arg(long, default_value_t = 500)]
     batch: usize,
+    #[command(flatten)]
+    json: util::JsonArg,
 }
 
 #[derive(clap::Args)]
@@ -279,6 +289,9 @@ pub struct AuditArgs {
     /// Offline: the saved checkpoint (--checkpoint-out) that --entries must match.
     #[arg(long, requires = "entries")]
     checkpoint: Option<PathBuf>,
+    /// The events are printed as JSON with or without it (accepted as every command accepts it).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -291,6 +304,8 @@ pub struct RegisterArgs {
     /// Release policy (TOML): platforms, launch measurements, debug, workload data.
     #[arg(long)]
     policy: PathBuf,
+    #[command(flatten)]
+    json: util::JsonArg,
 }
 
 pub fn run(c: KbsCommand) -> Result<()> {
@@ -300,35 +315,49 @@ pub fn run(c: KbsCommand) -> Result<()> {
             kbs,
             kbs_policy: KbsPolicyArg { kbs_policy: None },
             ca,
-        } => identity(&kbs, &ca.tls()?.client(TIMEOUT)?),
+            json,
+        } => identity(&kbs, &ca.tls()?.client(TIMEOUT)?, json.json),
         KbsCommand::Identity {
             kbs,
             kbs_policy: KbsPolicyArg {
                 kbs_policy: Some(policy),
             },
             ca,
+            json,
         } => {
             let tls = ca.tls()?;
             let key =
                 util::tokio_runtime()?.block_on(attested_kbs_key(&kbs, &tls, &policy, None))?;
+            if json.json {
+                return util::print_json(&serde_json::json!({
+                    "kbs": kbs,
+                    "kbs_public_key": hex::encode(key),
+                    "verified_with": util::path_json(&policy),
+                }));
+            }
             println!("{}", hex::encode(key));
             Ok(())
         }
         KbsCommand::Measure {
             sim_trust_anchor,
             binary,
+            json,
         } => {
             let binary = match binary {
                 Some(b) => b,
                 None => std::env::current_exe()?,
             };
             let anchors = read_anchors(&sim_trust_anchor)?;
-            println!(
-                "{}",
-                hex::encode(cordon_kbs::identity::sim_kbs_measurement(
-                    &binary, &anchors
-                )?)
-            );
+            let measurement = hex::encode(cordon_kbs::identity::sim_kbs_measurement(
+                &binary, &anchors,
+            )?);
+            if json.json {
+                return util::print_json(&serde_json::json!({
+                    "launch_measurement": measurement,
+                    "binary": util::path_json(&binary),
+                }));
+            }
+            println!("{measurement}");
             Ok(())
         }
         KbsCommand::Register(a) => register(a),
@@ -338,7 +367,8 @@ pub fn run(c: KbsCommand) -> Result<()> {
             admin,
             key_id,
             reason,
-        } => revoke(admin, key_id, reason),
+            json,
+        } => revoke(admin, key_id, reason, json.json),
         KbsCommand::RotateKek(a) => rotate_kek(a),
         KbsCommand::RotateIdentity(a) => rotate_identity(a),
     }
@@ -469,11 +499,20 @@ fn rotate_kek(a: RotateKekArgs) -> Result<()> {
              still running with the old KEK as its current one?); run rotate-kek again"
         );
     }
-    println!(
-        "re-wrapped {done} secrets from {from} to {to} in {:.1} s; start the KBS with --kek {}",
-        started.elapsed().as_secs_f64(),
-        a.new_kek
-    );
+    if a.json.json {
+        util::print_json(&serde_json::json!({
+            "rewrapped": done,
+            "from_kek": from,
+            "to_kek": to,
+            "seconds": started.elapsed().as_secs_f64(),
+        }))?;
+    } else {
+        println!(
+            "re-wrapped {done} secrets from {from} to {to} in {:.1} s; start the KBS with --kek {}",
+            started.elapsed().as_secs_f64(),
+            a.new_kek
+        );
+    }
     eprintln!(
         "the old KEK unwraps nothing in this store any more, but it still opens backups made \
          before the rotation: destroy it once those backups have expired"
@@ -519,7 +558,16 @@ fn rotate_identity(a: RotateIdentityArgs) -> Result<()> {
     if let Some(f) = &a.identity_file {
         util::write_atomic(f, format!("{new_hex}\n").as_bytes())?;
     }
-    println!("{new_hex}");
+    if a.json.json {
+        util::print_json(&serde_json::json!({
+            "kbs_public_key": new_hex,
+            "previous_kbs_public_key": hex::encode(old),
+            "previous_accepted_until": until,
+            "previous_accepted_until_rfc3339": cordon_proto::rfc3339(until),
+        }))?;
+    } else {
+        println!("{new_hex}");
+    }
     eprintln!(
         "KBS identity rotated: new key {new_hex} (pin it: --kbs-key, kbs_public_key); the old key \
          {} stays accepted until {} ({} h). Restart the KBS, every replica, to serve it.",
@@ -617,9 +665,18 @@ fn printable(text: &str) -> String {
         .collect()
 }
 
-fn revoke(a: AdminArgs, key_id: String, reason: String) -> Result<()> {
+fn revoke(a: AdminArgs, key_id: String, reason: String, json: bool) -> Result<()> {
     let (r, size) = util::tokio_runtime()?
         .block_on(async { Admin::from_args(&a).await?.revoke(&key_id, &reason).await })?;
+    if json {
+        return util::print_json(&serde_json::json!({
+            "key_id": r.key_id,
+            "revoked_at": r.revoked_at,
+            "revoked_at_rfc3339": cordon_proto::rfc3339(r.revoked_at),
+            "audit_seq": r.audit_seq,
+            "checkpoint_size": size,
+        }));
+    }
     println!(
         "revoked key {} at {} (audit event {}, proven in the KBS's signed audit log of {size} \
          events): every later release is denied",
@@ -646,9 +703,18 @@ async fn fetch_identity(kbs: &str, http: &reqwest::Client) -> Result<KbsIdentity
     Ok(resp.json().await?)
 }
 
-fn identity(kbs: &str, http: &reqwest::Client) -> Result<()> {
+fn identity(kbs: &str, http: &reqwest::Client, json: bool) -> Result<()> {
     let id = util::tokio_runtime()?.block_on(fetch_identity(kbs, http))?;
-    println!("{}", hex::encode(id.hpke_public_key));
+    if json {
+        util::print_json(&serde_json::json!({
+            "kbs": kbs,
+            "kbs_public_key": hex::encode(id.hpke_public_key),
+            "evidence_platform": id.evidence.as_ref().map(|e| e.platform.to_string()),
+            "verified": false,
+        }))?;
+    } else {
+        println!("{}", hex::encode(id.hpke_public_key));
+    }
     if let Some(ev) = &id.evidence {
         eprintln!(
             "the KBS serves {} evidence for this key{}; NOT verified: give --kbs-policy FILE to \
@@ -1174,6 +1240,13 @@ fn register(a: RegisterArgs) -> Result<()> {
             .register_key(&key, &policy)
             .await
     })?;
+    if a.json.json {
+        return util::print_json(&serde_json::json!({
+            "registered": key.key_id,
+            "kbs": a.admin.kbs,
+            "release_policy": util::path_json(&a.policy),
+        }));
+    }
     println!(
         "registered key {} with release policy {}",
         key.key_id,

@@ -32,6 +32,8 @@ pub struct RuntimeArgs {
     /// The platform the runtime will run on.
     #[arg(long, value_enum)]
     platform: RuntimePlatform,
+    #[command(flatten)]
+    json: crate::util::JsonArg,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -113,6 +115,13 @@ fn runtime(a: RuntimeArgs) -> Result<()> {
     };
     let workload = cordon_runtime::config_workload_data(platform, &bytes)
         .context("SNP and TDX bind the configuration through their workload data")?;
+    if a.json.json {
+        return crate::util::print_json(&serde_json::json!({
+            "platform": platform.to_string(),
+            "workload_data": hex::encode(workload),
+            "config": crate::util::path_json(&a.config),
+        }));
+    }
     println!("{}", hex::encode(workload));
     Ok(())
 }

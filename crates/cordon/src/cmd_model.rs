@@ -24,6 +24,9 @@ pub enum ModelCommand {
         /// the runtime configuration's `[onnxruntime] sha256`).
         #[arg(long, value_name = "LIBRARY")]
         onnxruntime_library: Option<PathBuf>,
+        /// The response is printed as JSON with or without it (accepted as every command accepts it).
+        #[arg(long)]
+        json: bool,
     },
     /// Write the demo models this binary carries (the breast-cancer logistic regression and MLP,
     /// the synthetic fraud GBDT; models/README.md says how each was made) and an infer request
@@ -35,6 +38,8 @@ pub enum ModelCommand {
         /// Replace files that exist.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        json: crate::util::JsonArg,
     },
 }
 
@@ -51,7 +56,7 @@ fn examples() -> [(&'static str, &'static [u8]); 4] {
 
 pub fn run(c: ModelCommand) -> Result<()> {
     match c {
-        ModelCommand::Examples { out, force } => {
+        ModelCommand::Examples { out, force, json } => {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             // All or nothing: refuse before writing anything.
             if !force {
@@ -62,10 +67,17 @@ pub fn run(c: ModelCommand) -> Result<()> {
                     );
                 }
             }
+            let mut written = Vec::new();
             for (name, bytes) in examples() {
                 let path = out.join(name);
                 crate::util::write_atomic(&path, bytes)?;
-                println!("{}", path.display());
+                if !json.json {
+                    println!("{}", path.display());
+                }
+                written.push(crate::util::path_json(&path));
+            }
+            if json.json {
+                crate::util::print_json(&serde_json::json!({ "written": written }))?;
             }
             Ok(())
         }
@@ -74,6 +86,7 @@ pub fn run(c: ModelCommand) -> Result<()> {
             input,
             describe,
             onnxruntime_library,
+            json: _,
         } => {
             let bytes = std::fs::read(&model).with_context(|| format!("reading {model:?}"))?;
             let name = model

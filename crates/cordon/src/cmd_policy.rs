@@ -105,6 +105,8 @@ pub struct NewArgs {
     /// Replace existing files.
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    json: util::JsonArg,
 }
 
 fn parse_min_tcb(arg: &str) -> Result<(String, u64), String> {
@@ -228,6 +230,12 @@ fn new(a: NewArgs) -> Result<()> {
         eprintln!(
             "WARNING: these policies accept SIMULATED evidence, which is NOT hardware-backed"
         );
+    }
+    if a.json.json {
+        return util::print_json(&serde_json::json!({
+            "release_policy": util::path_json(&a.release_out),
+            "client_policy": util::path_json(&a.client_out),
+        }));
     }
     println!("release policy: {}", a.release_out.display());
     println!("client policy:  {}", a.client_out.display());

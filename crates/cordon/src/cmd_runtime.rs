@@ -26,6 +26,8 @@ pub enum SimCommand {
         /// `.pub`. Default: sim-hardware.key in $XDG_CONFIG_HOME/cordon (~/.config/cordon).
         #[arg(long, default_value_os_t = util::default_sim_hardware_key())]
         out: PathBuf,
+        #[command(flatten)]
+        json: util::JsonArg,
     },
 }
 
@@ -121,6 +123,8 @@ pub struct MeasureArgs {
     /// Runtime binary (default: this `cordon` binary).
     #[arg(long)]
     binary: Option<PathBuf>,
+    #[command(flatten)]
+    json: util::JsonArg,
 }
 
 pub fn run(c: RuntimeCommand) -> Result<()> {
@@ -134,7 +138,15 @@ pub fn run(c: RuntimeCommand) -> Result<()> {
             // Parsed and checked as `serve` would: a measurement of a configuration that
             // `serve` refuses would only be registered to fail later.
             let (config, _) = load_config(&a.config)?;
-            println!("{}", hex::encode(sim_launch_measurement(&binary, &config)?));
+            let measurement = hex::encode(sim_launch_measurement(&binary, &config)?);
+            if a.json.json {
+                return util::print_json(&serde_json::json!({
+                    "launch_measurement": measurement,
+                    "config": util::path_json(&a.config),
+                    "binary": util::path_json(&binary),
+                }));
+            }
+            println!("{measurement}");
             Ok(())
         }
     }
@@ -142,12 +154,19 @@ pub fn run(c: RuntimeCommand) -> Result<()> {
 
 pub fn run_sim(c: SimCommand) -> Result<()> {
     match c {
-        SimCommand::Keygen { out } => {
+        SimCommand::Keygen { out, json } => {
             util::refuse_shadowing(&out)?;
             let key = SimHardwareKey::generate();
             util::write_secret(&out, key.to_file_contents().as_bytes(), false)?;
             let pub_path = out.with_extension("pub");
             std::fs::write(&pub_path, format!("{}\n", hex::encode(key.public_key())))?;
+            if json.json {
+                return util::print_json(&serde_json::json!({
+                    "sim_hardware_key": util::path_json(&out),
+                    "trust_anchor": hex::encode(key.public_key()),
+                    "trust_anchor_file": util::path_json(&pub_path),
+                }));
+            }
             println!(
                 "simulated hardware key: {} (NOT hardware-backed; for development)",
                 out.display()

@@ -16,6 +16,8 @@ pub struct KeygenArgs {
     /// Default: owner.key in $XDG_CONFIG_HOME/cordon (~/.config/cordon).
     #[arg(long, default_value_os_t = util::default_owner_key())]
     out: PathBuf,
+    #[command(flatten)]
+    json: util::JsonArg,
 }
 
 #[derive(clap::Args)]
@@ -47,6 +49,8 @@ pub struct SealArgs {
     /// Replace existing --out and --key-out files (atomically). The input is never overwritten.
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    json: util::JsonArg,
 }
 
 #[derive(clap::Args)]
@@ -62,12 +66,16 @@ pub struct UnsealArgs {
     /// Replace an existing --out file (atomically). The inputs are never overwritten.
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    json: util::JsonArg,
 }
 
 #[derive(clap::Args)]
 pub struct InspectArgs {
     /// The sealed artifact.
     sealed: PathBuf,
+    #[command(flatten)]
+    json: util::JsonArg,
 }
 
 pub fn keygen(a: KeygenArgs) -> Result<()> {
@@ -86,6 +94,13 @@ pub fn keygen(a: KeygenArgs) -> Result<()> {
         &pub_path,
         format!("{}\n", hex::encode(key.public_key())).as_bytes(),
     )?;
+    if a.json.json {
+        return util::print_json(&serde_json::json!({
+            "owner_key": util::path_json(&a.out),
+            "public_key": hex::encode(key.public_key()),
+            "public_key_file": util::path_json(&pub_path),
+        }));
+    }
     println!("owner key:  {}", a.out.display());
     println!(
         "public key: {} ({})",
@@ -197,6 +212,15 @@ pub fn seal(mut a: SealArgs) -> Result<()> {
     let (header, key) = result?;
     output::commit_with_key(out, &a.key_out, &key.to_file_contents(), a.force)?;
     let manifest = &header.manifest;
+    if a.json.json {
+        return util::print_json(&serde_json::json!({
+            "input": util::path_json(&a.input),
+            "sealed": util::path_json(&a.out),
+            "key_file": util::path_json(&a.key_out),
+            "manifest_sha256": hex::encode(header.digest()),
+            "manifest": manifest,
+        }));
+    }
     println!(
         "sealed {} ({} bytes) -> {}",
         a.input.display(),
@@ -259,6 +283,16 @@ pub fn unseal(a: UnsealArgs) -> Result<()> {
     match result {
         Ok(header) => {
             output::commit_all(vec![(out, output::SECRET)], a.force, true)?;
+            if a.json.json {
+                return util::print_json(&serde_json::json!({
+                    "sealed": util::path_json(&a.sealed),
+                    "out": util::path_json(&a.out),
+                    "plaintext_size": header.manifest.plaintext_size,
+                    "plaintext_sha256": header.manifest.plaintext_sha256,
+                    "signer": header.manifest.signer,
+                    "manifest_sha256": hex::encode(header.digest()),
+                }));
+            }
             println!(
                 "unsealed {} -> {} ({} bytes, sha256 {} verified, signer {})",
                 a.sealed.display(),
@@ -281,6 +315,13 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     let mut f = std::fs::File::open(&a.sealed)
         .with_context(|| format!("opening {}", a.sealed.display()))?;
     let header = cordon_seal::read_header(&mut f)?;
+    if a.json.json {
+        return util::print_json(&serde_json::json!({
+            "signature_verified": true,
+            "manifest_sha256": hex::encode(header.digest()),
+            "manifest": header.manifest,
+        }));
+    }
     println!("manifest signature verified with the signer it names (check that signer is who you expect)");
     println!("manifest sha256: {}", hex::encode(header.digest()));
     println!("{}", serde_json::to_string_pretty(&header.manifest)?);

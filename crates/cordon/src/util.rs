@@ -48,6 +48,26 @@ pub fn base_url(arg: &str) -> Result<String, String> {
     Ok(arg.trim_end_matches('/').to_string())
 }
 
+/// `--json`: the command's result as one JSON document on stdout, and nothing else there (notes
+/// and warnings stay on stderr).
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct JsonArg {
+    /// Print the result as JSON on stdout (nothing else goes to stdout; notes stay on stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// A path as JSON shows it.
+pub fn path_json(path: &Path) -> serde_json::Value {
+    serde_json::Value::String(path.to_string_lossy().into_owned())
+}
+
 /// Writes a secret file readable by its owner only (0600 from its first byte), refusing to
 /// overwrite unless `overwrite`. The file is written whole under a temporary name and renamed into
 /// place ([`crate::output`]): an existing file or symlink at `path` is replaced, never written

@@ -283,3 +283,121 @@ fn kbs_url_defaults_to_the_local_kbs() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("active"));
 }
+
+/// `cordon args --json`: stdout parses as one JSON document (nothing else on stdout).
+fn json(args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = ok(&all);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("cordon {all:?}: {e}:\n{out}"))
+}
+
+#[test]
+fn json_gives_json_only_on_stdout() {
+    let (dir, _kbs, url) = kbs_with_a_key();
+    let p = |f: &str| s(&dir.path().join(f));
+    let owner = json(&["keygen", "--out", &p("owner2.key")]);
+    assert_eq!(owner["public_key"].as_str().unwrap().len(), 64, "{owner}");
+    let hw = json(&["sim", "keygen", "--out", &p("hw2.key")]);
+    assert!(hw["trust_anchor_file"]
+        .as_str()
+        .unwrap()
+        .ends_with("hw2.pub"));
+    let sealed = json(&[
+        "seal",
+        &p("model.bin"),
+        "--out",
+        &p("m.sealed"),
+        "--key-out",
+        &p("m.dek"),
+        "--owner-key",
+        &p("owner2.key"),
+    ]);
+    assert_eq!(
+        sealed["manifest"]["signer"], owner["public_key"],
+        "{sealed}"
+    );
+    // `inspect` prints text before the manifest; with --json, JSON only.
+    let inspected = json(&["inspect", &p("m.sealed")]);
+    assert_eq!(inspected["manifest_sha256"], sealed["manifest_sha256"]);
+    assert_eq!(inspected["signature_verified"], true);
+    let unsealed = json(&[
+        "unseal",
+        &p("m.sealed"),
+        "--key",
+        &p("m.dek"),
+        "--out",
+        &p("m.out"),
+    ]);
+    assert_eq!(unsealed["plaintext_size"], 7, "{unsealed}");
+    let examples = json(&["model", "examples", "--out", &p("examples")]);
+    assert_eq!(examples["written"].as_array().unwrap().len(), 4);
+    let config = format!(
+        "kbs_url = \"{url}\"\n\n[[models]]\nname = \"m\"\npath = \"{}\"\nsigner = \"{}\"\n",
+        p("m.sealed"),
+        owner["public_key"].as_str().unwrap()
+    );
+    std::fs::write(dir.path().join("runtime.toml"), config).unwrap();
+    let measured = json(&["runtime", "measure", "--config", &p("runtime.toml")]);
+    let measurement = measured["launch_measurement"].as_str().unwrap().to_string();
+    assert_eq!(measurement.len(), 96, "{measured}");
+    let workload = json(&[
+        "measure",
+        "runtime",
+        "--config",
+        &p("runtime.toml"),
+        "--platform",
+        "snp",
+    ]);
+    assert_eq!(workload["workload_data"].as_str().unwrap().len(), 64);
+    let policies = json(&[
+        "policy",
+        "new",
+        "--platform",
+        "sim",
+        "--measurement",
+        &measurement,
+        "--sim-trust-anchor",
+        &p("hw.pub"),
+        "--release-out",
+        &p("release2.toml"),
+        "--client-out",
+        &p("client2.toml"),
+    ]);
+    assert!(policies["client_policy"]
+        .as_str()
+        .unwrap()
+        .ends_with("client2.toml"));
+    // The KBS: identity, register, keys, revoke, audit.
+    let token = p("token");
+    let admin = |cmd: &[&str]| {
+        let mut args = vec!["kbs"];
+        args.extend_from_slice(cmd);
+        args.extend_from_slice(&["--kbs", &url, "--token-file", &token]);
+        json(&args)
+    };
+    let id = json(&["kbs", "identity", "--kbs", &url]);
+    assert_eq!(id["kbs_public_key"].as_str().unwrap().len(), 64, "{id}");
+    let registered = admin(&[
+        "register",
+        "--key",
+        &p("m.dek"),
+        "--policy",
+        &p("release2.toml"),
+    ]);
+    let key_id = registered["registered"].as_str().unwrap().to_string();
+    assert_eq!(key_id, sealed["manifest"]["key_id"].as_str().unwrap());
+    let keys = admin(&["keys"]);
+    assert_eq!(keys.as_array().unwrap().len(), 2, "{keys}");
+    let revoked = admin(&["revoke", &key_id]);
+    assert_eq!(
+        revoked["key_id"].as_str(),
+        Some(key_id.as_str()),
+        "{revoked}"
+    );
+    assert!(has_rfc3339(revoked["revoked_at_rfc3339"].as_str().unwrap()));
+    let events = admin(&["audit"]);
+    assert!(events.as_array().unwrap().len() >= 3, "{events}");
+    let measured = json(&["kbs", "measure", "--sim-trust-anchor", &p("hw.pub")]);
+    assert_eq!(measured["launch_measurement"].as_str().unwrap().len(), 96);
+}
