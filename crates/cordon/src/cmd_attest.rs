@@ -35,9 +35,12 @@ pub enum AttestCommand {
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
-    /// Where to write the evidence.
+    /// Where to write the evidence; `-` writes it to standard output.
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing --out file.
+    #[arg(long)]
+    force: bool,
     /// The 64 bytes of report data to bind, hex (default: zeros).
     #[arg(long)]
     report_data: Option<String>,
@@ -59,7 +62,8 @@ pub struct ReportArgs {
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
-    /// The evidence: a raw SNP report (1184 bytes), a DCAP quote (binary or hex text), or sim evidence.
+    /// The evidence: a raw SNP report (1184 bytes), a DCAP quote (binary or hex text), or sim
+    /// evidence; `-` reads standard input.
     evidence: PathBuf,
     /// AMD VCEK or VLEK certificate (DER or PEM); repeatable. AMD's ASK/ASVK/ARK are built in.
     #[arg(long)]
@@ -86,7 +90,7 @@ pub struct VerifyArgs {
 
 #[derive(clap::Args)]
 pub struct InspectArgs {
-    /// The evidence file.
+    /// The evidence file; `-` reads standard input.
     evidence: PathBuf,
     /// Print as JSON.
     #[arg(long)]
@@ -130,6 +134,10 @@ fn parse_time(s: &str) -> Result<SystemTime> {
 }
 
 fn report(a: ReportArgs) -> Result<u8> {
+    util::json_or_stdout(a.json.json, &a.out, "--out")?;
+    if !util::is_stdio(&a.out) {
+        crate::output::check_dest(&a.out, "--out", a.force, &[])?;
+    }
     let mut report_data = [0u8; 64];
     if let Some(h) = &a.report_data {
         let bytes =
@@ -150,6 +158,15 @@ fn report(a: ReportArgs) -> Result<u8> {
         None => cordon_tee::detect(std::path::Path::new("/"))?,
     };
     let evidence = provider.evidence(&report_data)?;
+    if util::is_stdio(&a.out) {
+        util::write_stdout(&evidence)?;
+        eprintln!(
+            "{} evidence ({} bytes) written to standard output",
+            provider.platform(),
+            evidence.len()
+        );
+        return Ok(0);
+    }
     util::write_atomic(&a.out, &evidence)?;
     if a.json.json {
         util::print_json(&serde_json::json!({
@@ -169,8 +186,7 @@ fn report(a: ReportArgs) -> Result<u8> {
 }
 
 fn verify(a: VerifyArgs) -> Result<u8> {
-    let raw =
-        std::fs::read(&a.evidence).with_context(|| format!("reading {}", a.evidence.display()))?;
+    let raw = util::read_input(&a.evidence, "evidence")?;
     let bytes = decode_evidence(&raw);
     let kind = detect(&bytes)?;
     let now = match &a.at {
@@ -310,8 +326,7 @@ fn verify(a: VerifyArgs) -> Result<u8> {
 }
 
 fn inspect(a: InspectArgs) -> Result<u8> {
-    let raw =
-        std::fs::read(&a.evidence).with_context(|| format!("reading {}", a.evidence.display()))?;
+    let raw = util::read_input(&a.evidence, "evidence")?;
     let bytes = decode_evidence(&raw);
     let (kind, value) = cordon_attest::inspect(&bytes)?;
     let mut out = String::new();

@@ -3,7 +3,7 @@
 //! else in Cordon fetches endorsements, and verification never touches the network.
 
 use crate::util;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use cordon_attest::snp::Product;
 use cordon_fetch::{Fetcher, Options, AMD_KDS_URL, INTEL_PCS_URL};
 use std::path::PathBuf;
@@ -11,7 +11,8 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct FetchArgs {
-    /// The evidence: a raw SNP report (VCEK-signed) or a DCAP quote (binary or hex text).
+    /// The evidence: a raw SNP report (VCEK-signed) or a DCAP quote (binary or hex text); `-`
+    /// reads standard input.
     evidence: PathBuf,
     /// Directory to write into (created if missing): `vcek.der` and `crl.der`, or the DCAP
     /// collateral files that `cordon attest verify --collateral DIR` reads.
@@ -57,8 +58,7 @@ fn product(name: &str) -> Result<Product> {
 }
 
 pub fn fetch(a: FetchArgs) -> Result<u8> {
-    let raw =
-        std::fs::read(&a.evidence).with_context(|| format!("reading {}", a.evidence.display()))?;
+    let raw = util::read_input(&a.evidence, "evidence")?;
     let opts = Options {
         kds_url: a.kds_url,
         pcs_url: a.pcs_url,

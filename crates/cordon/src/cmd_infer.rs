@@ -19,7 +19,8 @@ pub struct InferArgs {
     /// Model name.
     #[arg(long)]
     model: String,
-    /// Open Inference Protocol request (JSON): {"inputs":[{"name","shape","datatype","data"}]}.
+    /// Open Inference Protocol request (JSON): {"inputs":[{"name","shape","datatype","data"}]};
+    /// `-` reads standard input.
     #[arg(long)]
     input: PathBuf,
     /// Refuse unless the runtime's evidence binds this model to exactly this sealed manifest

@@ -23,6 +23,9 @@ pub enum PartyCommand {
         /// Key file to write (mode 0600).
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing key file (the old key is lost).
+        #[arg(long)]
+        force: bool,
         /// The party's entry is printed as JSON with or without it (accepted as every command
         /// accepts it).
         #[arg(long)]
@@ -73,7 +76,7 @@ pub enum DatasetCommand {
 pub struct DatasetSealArgs {
     #[arg(long)]
     party: PathBuf,
-    /// The plaintext dataset.
+    /// The plaintext dataset; `-` reads standard input.
     #[arg(long)]
     input: PathBuf,
     #[arg(long, value_parser = ["csv", "parquet"], default_value = "csv")]
@@ -224,9 +227,11 @@ fn client(rt: &tokio::runtime::Runtime, conn: &Conn) -> Result<JobClient> {
 
 pub fn run_party(c: PartyCommand) -> Result<()> {
     match c {
-        PartyCommand::Keygen { name, out, .. } => {
+        PartyCommand::Keygen {
+            name, out, force, ..
+        } => {
             let key = PartyKey::generate(&name);
-            util::write_secret(&out, key.to_file_contents().as_bytes(), false)?;
+            util::write_secret(&out, key.to_file_contents().as_bytes(), force)?;
             eprintln!("wrote {} (keep it secret)", out.display());
             println!("{}", serde_json::to_string_pretty(&key.job_party())?);
             Ok(())
@@ -302,9 +307,7 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
                     a.out.display()
                 );
             }
-            let data = zeroize::Zeroizing::new(
-                std::fs::read(&a.input).with_context(|| format!("{}", a.input.display()))?,
-            );
+            let data = zeroize::Zeroizing::new(util::read_input(&a.input, "dataset")?);
             // Both outputs under temporary names until both are complete; the key goes in place
             // first, so a sealed dataset never exists without its key.
             util::create_parent(&a.out)?;
@@ -382,7 +385,7 @@ pub fn run_dataset(c: DatasetCommand) -> Result<()> {
         DatasetCommand::Upload { conn, sealed } => {
             let rt = rt()?;
             let client = client(&rt, &conn)?;
-            let bytes = std::fs::read(&sealed).with_context(|| format!("{}", sealed.display()))?;
+            let bytes = util::read_input(&sealed, "sealed dataset")?;
             let digest = rt.block_on(client.upload_dataset(bytes))?;
             if conn.json.json {
                 return util::print_json(&serde_json::json!({

@@ -1,6 +1,6 @@
 //! `cordon kbs serve | identity | register | audit | keys | revoke | rotate-kek | measure`.
 
-use crate::util;
+use crate::{output, util};
 use anyhow::{bail, Context, Result};
 use cordon_attest::{Endorsements, Policy};
 use cordon_client::ClientTls;
@@ -131,7 +131,8 @@ pub struct RotateIdentityArgs {
     /// Hours the old identity key stays accepted.
     #[arg(long, default_value_t = 168)]
     overlap_hours: u64,
-    /// Write the new identity key (hex) here.
+    /// Write the new identity key (hex) here (replaced, like `kbs serve --identity-file`, which
+    /// rewrites it at every start).
     #[arg(long)]
     identity_file: Option<PathBuf>,
     #[command(flatten)]
@@ -274,9 +275,13 @@ pub struct AuditArgs {
     /// the root over the events. Fails (exit 1) on any mismatch.
     #[arg(long)]
     verify: bool,
-    /// Save the verified checkpoint here (JSON), to pass as --since next time.
+    /// Save the verified checkpoint here (JSON), to pass as --since next time. An existing file
+    /// is replaced only with --force, or when it is the --since file (rolled forward).
     #[arg(long, requires = "verify")]
     checkpoint_out: Option<PathBuf>,
+    /// Replace an existing --checkpoint-out file.
+    #[arg(long)]
+    force: bool,
     /// An earlier saved checkpoint: verify that the log extends it (a consistency proof), so that
     /// a log rolled back (shorter) or rewritten since is detected.
     #[arg(long, requires = "verify")]
@@ -1311,6 +1316,10 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path, what: &str)
 /// `kbs audit --verify`: the log against a checkpoint the KBS signed, the signing key against the
 /// administrator's vouch, and, with --since, the new checkpoint against an earlier one.
 fn audit_verify(a: AuditArgs) -> Result<()> {
+    if let Some(out) = &a.checkpoint_out {
+        let rolled = a.since.as_ref().is_some_and(|s| output::same_file(s, out));
+        output::check_dest(out, "--checkpoint-out", a.force || rolled, &[])?;
+    }
     let token = util::read_secret(&a.admin.token_file, "admin token")?;
     let admin = cordon_proto::auth::admin_key(&token)?
         .verifying_key()

@@ -11,9 +11,11 @@ pub enum ModelCommand {
     /// Evaluate MODEL.onnx on an Open Inference Protocol request (no TEE, no server) and print
     /// the response's outputs as JSON on stdout. Float data may use `null` for NaN (missing).
     Run {
-        /// The ONNX model (plaintext; a sealed artifact must be unsealed first).
+        /// The ONNX model (plaintext; a sealed artifact must be unsealed first); `-` reads
+        /// standard input.
         model: PathBuf,
-        /// `{"inputs":[{"name","shape","datatype","data"}]}`, data flattened row-major.
+        /// `{"inputs":[{"name","shape","datatype","data"}]}`, data flattened row-major; `-` reads
+        /// standard input.
         #[arg(long)]
         input: PathBuf,
         /// Print the model's inputs and outputs (names, datatypes, shapes) first, on stderr.
@@ -88,7 +90,7 @@ pub fn run(c: ModelCommand) -> Result<()> {
             onnxruntime_library,
             json: _,
         } => {
-            let bytes = std::fs::read(&model).with_context(|| format!("reading {model:?}"))?;
+            let bytes = crate::util::read_input(&model, "model")?;
             let name = model
                 .file_stem()
                 .and_then(|s| s.to_str())
@@ -120,8 +122,7 @@ pub fn run(c: ModelCommand) -> Result<()> {
             if describe {
                 eprintln!("{}", serde_json::to_string_pretty(&loaded.metadata())?);
             }
-            let text =
-                std::fs::read_to_string(&input).with_context(|| format!("reading {input:?}"))?;
+            let text = crate::util::read_to_string(&input, "request")?;
             let request: InferRequest = serde_json::from_str(&text)
                 .with_context(|| format!("{input:?} is not an Open Inference Protocol request"))?;
             let response = loaded.infer(&request)?;

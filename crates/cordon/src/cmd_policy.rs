@@ -96,10 +96,11 @@ pub struct NewArgs {
     /// Tests only: SHA-256 (hex) of an emulated root to accept (EMULATED, NOT hardware-backed).
     #[arg(long = "emulated-root")]
     emulated_roots: Vec<String>,
-    /// Where to write the release policy (`cordon kbs register --policy`).
+    /// Where to write the release policy (`cordon kbs register --policy`); `-`: standard output.
     #[arg(long)]
     release_out: PathBuf,
-    /// Where to write the client policy (`cordon infer`, `cordon proxy`, `cordon job`).
+    /// Where to write the client policy (`cordon infer`, `cordon proxy`, `cordon job`); `-`:
+    /// standard output.
     #[arg(long)]
     client_out: PathBuf,
     /// Replace existing files.
@@ -216,13 +217,27 @@ fn new(a: NewArgs) -> Result<()> {
     Policy::from_toml(&release).context("the release policy would be refused")?;
     let client = doc.to_toml();
     PolicyDocument::from_toml(&client).context("the client policy would be refused")?;
-    for path in [&a.release_out, &a.client_out] {
-        if !a.force && std::fs::symlink_metadata(path).is_ok() {
-            bail!("{} already exists; --force replaces it", path.display());
+    if util::is_stdio(&a.release_out) && util::is_stdio(&a.client_out) {
+        bail!("--release-out - and --client-out -: only one of the two can go to standard output");
+    }
+    let to_stdout = util::is_stdio(&a.release_out) || util::is_stdio(&a.client_out);
+    if a.json.json && to_stdout {
+        bail!("a policy written to standard output (-) and --json would be mixed there; drop one");
+    }
+    for (path, flag) in [
+        (&a.release_out, "--release-out"),
+        (&a.client_out, "--client-out"),
+    ] {
+        if !util::is_stdio(path) {
+            crate::output::check_dest(path, flag, a.force, &[])?;
         }
     }
     util::warn(&policy);
     for (path, text) in [(&a.release_out, &release), (&a.client_out, &client)] {
+        if util::is_stdio(path) {
+            util::write_stdout(text.as_bytes())?;
+            continue;
+        }
         util::create_parent(path)?;
         util::write_atomic(path, text.as_bytes())?;
     }
@@ -237,7 +252,9 @@ fn new(a: NewArgs) -> Result<()> {
             "client_policy": util::path_json(&a.client_out),
         }));
     }
-    println!("release policy: {}", a.release_out.display());
-    println!("client policy:  {}", a.client_out.display());
+    if !to_stdout {
+        println!("release policy: {}", a.release_out.display());
+        println!("client policy:  {}", a.client_out.display());
+    }
     Ok(())
 }

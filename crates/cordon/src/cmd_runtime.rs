@@ -26,6 +26,9 @@ pub enum SimCommand {
         /// `.pub`. Default: sim-hardware.key in $XDG_CONFIG_HOME/cordon (~/.config/cordon).
         #[arg(long, default_value_os_t = util::default_sim_hardware_key())]
         out: PathBuf,
+        /// Replace an existing key and public key (the old key is lost).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         json: util::JsonArg,
     },
@@ -154,12 +157,23 @@ pub fn run(c: RuntimeCommand) -> Result<()> {
 
 pub fn run_sim(c: SimCommand) -> Result<()> {
     match c {
-        SimCommand::Keygen { out, json } => {
+        SimCommand::Keygen { out, force, json } => {
             util::refuse_shadowing(&out)?;
-            let key = SimHardwareKey::generate();
-            util::write_secret(&out, key.to_file_contents().as_bytes(), false)?;
             let pub_path = out.with_extension("pub");
-            std::fs::write(&pub_path, format!("{}\n", hex::encode(key.public_key())))?;
+            if crate::output::same_file(&pub_path, &out) {
+                bail!(
+                    "--out {} ends in .pub: the public key would overwrite the secret key; name \
+                     the key file otherwise (the public key goes next to it, with .pub)",
+                    out.display()
+                );
+            }
+            util::check_new_key(&out, &pub_path, force)?;
+            let key = SimHardwareKey::generate();
+            util::write_secret(&out, key.to_file_contents().as_bytes(), force)?;
+            util::write_atomic(
+                &pub_path,
+                format!("{}\n", hex::encode(key.public_key())).as_bytes(),
+            )?;
             if json.json {
                 return util::print_json(&serde_json::json!({
                     "sim_hardware_key": util::path_json(&out),

@@ -16,15 +16,19 @@ pub struct KeygenArgs {
     /// Default: owner.key in $XDG_CONFIG_HOME/cordon (~/.config/cordon).
     #[arg(long, default_value_os_t = util::default_owner_key())]
     out: PathBuf,
+    /// Replace an existing key and public key (the old key is lost).
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     json: util::JsonArg,
 }
 
 #[derive(clap::Args)]
 pub struct SealArgs {
-    /// File to seal (an ONNX model, a dataset: any bytes).
+    /// File to seal (an ONNX model, a dataset: any bytes); `-` reads standard input.
     input: PathBuf,
-    /// Where to write the sealed artifact.
+    /// Where to write the sealed artifact; `-` writes it to standard output (once its key file
+    /// is in place; the summary then goes to stderr).
     #[arg(long)]
     out: PathBuf,
     /// Where to write the key file (key id, DEK, signer), mode 0600. Register it with `cordon kbs register`.
@@ -55,12 +59,13 @@ pub struct SealArgs {
 
 #[derive(clap::Args)]
 pub struct UnsealArgs {
-    /// The sealed artifact.
+    /// The sealed artifact; `-` reads standard input.
     sealed: PathBuf,
     /// The key file `cordon seal --key-out` wrote.
     #[arg(long)]
     key: PathBuf,
-    /// Where to write the plaintext (mode 0600).
+    /// Where to write the plaintext (mode 0600); `-` writes it to standard output, held in memory
+    /// until every check passed (the summary then goes to stderr).
     #[arg(long)]
     out: PathBuf,
     /// Replace an existing --out file (atomically). The inputs are never overwritten.
@@ -72,7 +77,7 @@ pub struct UnsealArgs {
 
 #[derive(clap::Args)]
 pub struct InspectArgs {
-    /// The sealed artifact.
+    /// The sealed artifact; `-` reads standard input.
     sealed: PathBuf,
     #[command(flatten)]
     json: util::JsonArg,
@@ -88,8 +93,9 @@ pub fn keygen(a: KeygenArgs) -> Result<()> {
         );
     }
     util::refuse_shadowing(&a.out)?;
+    util::check_new_key(&a.out, &pub_path, a.force)?;
     let key = OwnerKey::generate();
-    util::write_secret(&a.out, key.to_file_contents().as_bytes(), false)?;
+    util::write_secret(&a.out, key.to_file_contents().as_bytes(), a.force)?;
     util::write_atomic(
         &pub_path,
         format!("{}\n", hex::encode(key.public_key())).as_bytes(),
@@ -126,8 +132,32 @@ fn progress_bar(total: u64, verb: &str) -> Option<ProgressBar> {
     Some(pb)
 }
 
+/// Seals `reader` (`size` bytes) into `sink`, buffered, showing progress on `pb`.
+fn seal_to<W: std::io::Write + std::io::Seek>(
+    sink: W,
+    reader: Box<dyn std::io::Read + '_>,
+    size: u64,
+    owner: &OwnerKey,
+    options: &SealOptions,
+    pb: Option<&ProgressBar>,
+) -> Result<(cordon_seal::SealedHeader, KeyFile)> {
+    let mut writer = std::io::BufWriter::with_capacity(1 << 20, sink);
+    let sealed =
+        cordon_seal::seal_with_header(reader, size, &mut writer, owner, options, &mut |done| {
+            if let Some(pb) = pb {
+                pb.set_position(done)
+            }
+        })?;
+    writer.flush()?;
+    Ok(sealed)
+}
+
 pub fn seal(mut a: SealArgs) -> Result<()> {
     a.owner_key = util::read_location(&a.owner_key);
+    util::json_or_stdout(a.json.json, &a.out, "--out")?;
+    if util::is_stdio(&a.key_out) {
+        bail!("--key-out - : the key file is secret and goes to a file, never to standard output");
+    }
     let owner_text = util::read_secret(&a.owner_key, "owner key")
         .with_context(|| "create one with `cordon keygen` or pass --owner-key".to_string())?;
     util::check_key_file_kind(
@@ -138,12 +168,22 @@ pub fn seal(mut a: SealArgs) -> Result<()> {
     )?;
     let owner = OwnerKey::from_file_contents(&owner_text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.owner_key.display()))?;
-    let mut input =
-        std::fs::File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
+    let from_stdin = util::is_stdio(&a.input);
+    let to_stdout = util::is_stdio(&a.out);
+    let mut input: Box<dyn std::io::Read> = if from_stdin {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(
+            std::fs::File::open(&a.input)
+                .with_context(|| format!("opening {}", a.input.display()))?,
+        )
+    };
     // Refuse before any work: outputs that are inputs (even with --force), existing outputs
     // (without --force), and one file for both outputs.
     let inputs = [a.input.as_path(), a.owner_key.as_path()];
-    output::check_dest(&a.out, "--out", a.force, &inputs)?;
+    if !to_stdout {
+        output::check_dest(&a.out, "--out", a.force, &inputs)?;
+    }
     output::check_dest(&a.key_out, "--key-out", a.force, &inputs)?;
     if output::same_file(&a.out, &a.key_out) {
         bail!(
@@ -151,10 +191,17 @@ pub fn seal(mut a: SealArgs) -> Result<()> {
             a.out.display()
         );
     }
-    let meta = input.metadata()?;
+    // A regular file is streamed; standard input, a pipe or a FIFO (whose size is not known
+    // before the manifest must name it) is read whole into memory first, zeroized afterwards.
+    let meta = if from_stdin {
+        None
+    } else {
+        std::fs::metadata(&a.input).ok().filter(|m| m.is_file())
+    };
     let name = a.name.clone().unwrap_or_else(|| {
         a.input
             .file_name()
+            .filter(|_| !from_stdin)
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "artifact".into())
     });
@@ -173,44 +220,53 @@ pub fn seal(mut a: SealArgs) -> Result<()> {
         media_type,
         chunk_size: a.chunk_size,
     };
-    util::create_parent(&a.out)?;
+    if !to_stdout {
+        util::create_parent(&a.out)?;
+    }
     util::create_parent(&a.key_out)?;
     // Both outputs are written under temporary names (0600, removed on error, drop, SIGINT,
     // SIGTERM and SIGHUP) and put in place together at the end: the key file first, so that an
-    // artifact never exists without its key.
-    let mut out = TempOutput::create(&a.out)?;
-    // The manifest names the size before the first chunk: a pipe or FIFO (whose size is not
-    // known) is read whole into memory first, zeroized afterwards.
-    let spooled;
-    let (reader, size): (Box<dyn std::io::Read>, u64) = if meta.is_file() {
-        (
-            Box::new(std::io::BufReader::with_capacity(1 << 20, input)),
-            meta.len(),
-        )
+    // artifact never exists without its key. With `--out -` the artifact is held in memory and
+    // written to standard output once its key file is in place.
+    let mut out = if to_stdout {
+        None
     } else {
-        spooled = util::read_all_zeroizing(&mut input, 1 << 20)
-            .with_context(|| format!("reading {}", a.input.display()))?;
-        (Box::new(&spooled[..]), spooled.len() as u64)
+        Some(TempOutput::create(&a.out)?)
+    };
+    let mut in_memory = std::io::Cursor::new(Vec::new());
+    let spooled;
+    let (reader, size): (Box<dyn std::io::Read>, u64) = match &meta {
+        Some(m) => (
+            Box::new(std::io::BufReader::with_capacity(1 << 20, input)),
+            m.len(),
+        ),
+        None => {
+            spooled = util::read_all_zeroizing(&mut input, 1 << 20)
+                .with_context(|| format!("reading {}", a.input.display()))?;
+            (Box::new(&spooled[..]), spooled.len() as u64)
+        }
     };
     let pb = progress_bar(size, "sealing");
-    let result = {
-        let mut writer = std::io::BufWriter::with_capacity(1 << 20, out.file());
-        cordon_seal::seal_with_header(reader, size, &mut writer, &owner, &options, &mut |done| {
-            if let Some(pb) = &pb {
-                pb.set_position(done)
-            }
-        })
-        .map_err(anyhow::Error::from)
-        .and_then(|sealed| {
-            writer.flush()?;
-            Ok(sealed)
-        })
+    let result = match out.as_mut() {
+        Some(out) => seal_to(out.file(), reader, size, &owner, &options, pb.as_ref()),
+        None => seal_to(&mut in_memory, reader, size, &owner, &options, pb.as_ref()),
     };
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
     let (header, key) = result?;
-    output::commit_with_key(out, &a.key_out, &key.to_file_contents(), a.force)?;
+    match out {
+        Some(out) => output::commit_with_key(out, &a.key_out, &key.to_file_contents(), a.force)?,
+        None => {
+            let mut key_out = TempOutput::create(&a.key_out)?;
+            key_out
+                .file()
+                .write_all(key.to_file_contents().as_bytes())
+                .with_context(|| format!("writing {}", a.key_out.display()))?;
+            output::commit_all(vec![(key_out, output::SECRET)], a.force, true)?;
+            util::write_stdout(in_memory.get_ref())?;
+        }
+    }
     let manifest = &header.manifest;
     if a.json.json {
         return util::print_json(&serde_json::json!({
@@ -221,46 +277,77 @@ pub fn seal(mut a: SealArgs) -> Result<()> {
             "manifest": manifest,
         }));
     }
-    println!(
+    // The summary goes where the artifact does not.
+    let say = |line: String| {
+        if to_stdout {
+            eprintln!("{line}")
+        } else {
+            println!("{line}")
+        }
+    };
+    say(format!(
         "sealed {} ({} bytes) -> {}",
         a.input.display(),
         manifest.plaintext_size,
         a.out.display()
-    );
-    println!(
+    ));
+    say(format!(
         "  name {} version {} ({})",
         manifest.name, manifest.version, manifest.media_type
-    );
-    println!("  key id           {}", manifest.key_id);
-    println!("  plaintext sha256 {}", manifest.plaintext_sha256);
-    println!("  signer           {}", manifest.signer);
-    println!(
+    ));
+    say(format!("  key id           {}", manifest.key_id));
+    say(format!("  plaintext sha256 {}", manifest.plaintext_sha256));
+    say(format!("  signer           {}", manifest.signer));
+    say(format!(
         "  manifest sha256  {} (bound in the runtime's evidence: `cordon infer --require-manifest`)",
         hex::encode(header.digest())
-    );
-    println!(
+    ));
+    say(format!(
         "  key file         {} (secret: register it with the KBS, keep it off shared disks)",
         a.key_out.display()
-    );
+    ));
     Ok(())
 }
 
+/// An input file, or standard input for `-`, and its size when it is a regular file.
+fn open_input(path: &std::path::Path) -> Result<(Box<dyn std::io::Read>, Option<u64>)> {
+    if util::is_stdio(path) {
+        return Ok((Box::new(std::io::stdin().lock()), None));
+    }
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+    Ok((Box::new(f), size))
+}
+
 pub fn unseal(a: UnsealArgs) -> Result<()> {
+    util::json_or_stdout(a.json.json, &a.out, "--out")?;
     let key = KeyFile::from_file_contents(&util::read_key_file(
         &a.key,
         "key file of a sealed artifact",
         "cordon-dek/1",
     )?)?;
-    let input = std::fs::File::open(&a.sealed)
-        .with_context(|| format!("opening {}", a.sealed.display()))?;
-    output::check_dest(&a.out, "--out", a.force, &[&a.sealed, &a.key])?;
-    let total = input.metadata()?.len();
+    let (input, total) = open_input(&a.sealed)?;
+    let to_stdout = util::is_stdio(&a.out);
+    if !to_stdout {
+        output::check_dest(&a.out, "--out", a.force, &[&a.sealed, &a.key])?;
+    }
     // Plaintext goes to a temporary file, mode 0600 from its first byte, which becomes --out only
     // when every check passed, and is removed otherwise, on drop, and on SIGINT, SIGTERM, SIGHUP.
-    let mut out = TempOutput::create(&a.out)?;
-    let pb = progress_bar(total, "unsealing");
+    // With `--out -` it is held in memory (zeroized when dropped) and reaches standard output
+    // only when every check passed: nothing of a rejected artifact is ever written.
+    let mut out = if to_stdout {
+        None
+    } else {
+        Some(TempOutput::create(&a.out)?)
+    };
+    let mut in_memory = util::ZeroizingSink::default();
+    let pb = progress_bar(total.unwrap_or(0), "unsealing");
     let result = {
-        let mut writer = std::io::BufWriter::with_capacity(1 << 20, out.file());
+        let sink: &mut dyn std::io::Write = match out.as_mut() {
+            Some(out) => out.file(),
+            None => &mut in_memory,
+        };
+        let mut writer = std::io::BufWriter::with_capacity(1 << 20, sink);
         cordon_seal::unseal(
             std::io::BufReader::with_capacity(1 << 20, input),
             &key,
@@ -282,7 +369,10 @@ pub fn unseal(a: UnsealArgs) -> Result<()> {
     }
     match result {
         Ok(header) => {
-            output::commit_all(vec![(out, output::SECRET)], a.force, true)?;
+            match out {
+                Some(out) => output::commit_all(vec![(out, output::SECRET)], a.force, true)?,
+                None => util::write_stdout(&in_memory.0)?,
+            }
             if a.json.json {
                 return util::print_json(&serde_json::json!({
                     "sealed": util::path_json(&a.sealed),
@@ -293,7 +383,7 @@ pub fn unseal(a: UnsealArgs) -> Result<()> {
                     "manifest_sha256": hex::encode(header.digest()),
                 }));
             }
-            println!(
+            let line = format!(
                 "unsealed {} -> {} ({} bytes, sha256 {} verified, signer {})",
                 a.sealed.display(),
                 a.out.display(),
@@ -301,6 +391,11 @@ pub fn unseal(a: UnsealArgs) -> Result<()> {
                 header.manifest.plaintext_sha256,
                 header.manifest.signer
             );
+            if to_stdout {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
             Ok(())
         }
         Err(e) => {
@@ -312,8 +407,7 @@ pub fn unseal(a: UnsealArgs) -> Result<()> {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<()> {
-    let mut f = std::fs::File::open(&a.sealed)
-        .with_context(|| format!("opening {}", a.sealed.display()))?;
+    let (mut f, _) = open_input(&a.sealed)?;
     let header = cordon_seal::read_header(&mut f)?;
     if a.json.json {
         return util::print_json(&serde_json::json!({

@@ -76,7 +76,7 @@ pub fn write_secret(path: &Path, contents: &[u8], overwrite: bool) -> Result<()>
     create_parent(path)?;
     if !overwrite && std::fs::symlink_metadata(path).is_ok() {
         anyhow::bail!(
-            "{} already exists; refusing to overwrite a key",
+            "{} already exists; refusing to overwrite a key (pass --force to replace it)",
             path.display()
         );
     }
@@ -107,8 +107,47 @@ pub fn create_parent(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether `path` is `-`: standard input where a file is read, standard output where one is
+/// written.
+pub fn is_stdio(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// Reads a whole input file; `-` reads standard input.
+pub fn read_input(path: &Path, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    if is_stdio(path) {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading {what} from standard input"))?;
+        return Ok(bytes);
+    }
+    std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
+}
+
+/// Writes `bytes` to standard output (a command's `--out -`).
+pub fn write_stdout(bytes: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .context("writing to standard output")
+}
+
+/// Refuses `--json` with an output that goes to standard output: both would be on stdout.
+pub fn json_or_stdout(json: bool, out: &Path, flag: &str) -> Result<()> {
+    if json && is_stdio(out) {
+        bail!("{flag} - writes to standard output: --json would be mixed with it; drop one");
+    }
+    Ok(())
+}
+
+/// Reads a text file; `-` reads standard input.
 pub fn read_to_string(path: &Path, what: &str) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
+    let bytes = read_input(path, what)?;
+    String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{what} {} is not UTF-8 text", path.display()))
 }
 
 /// The largest secret file read (an admin token, a key file): far more than any of them holds.
@@ -120,9 +159,16 @@ const MAX_SECRET_FILE: u64 = 64 << 10;
 pub fn read_secret(path: &Path, what: &str) -> Result<Zeroizing<String>> {
     use std::io::Read;
     let context = || format!("reading {what} {}", path.display());
-    let file = std::fs::File::open(path).with_context(context)?;
-    let bytes =
-        read_all_zeroizing(&mut file.take(MAX_SECRET_FILE + 1), 4 << 10).with_context(context)?;
+    let bytes = if is_stdio(path) {
+        read_all_zeroizing(
+            &mut std::io::stdin().lock().take(MAX_SECRET_FILE + 1),
+            4 << 10,
+        )
+        .with_context(context)?
+    } else {
+        let file = std::fs::File::open(path).with_context(context)?;
+        read_all_zeroizing(&mut file.take(MAX_SECRET_FILE + 1), 4 << 10).with_context(context)?
+    };
     if bytes.len() as u64 > MAX_SECRET_FILE {
         bail!(
             "{what} {} is over {MAX_SECRET_FILE} bytes: not a secret file Cordon wrote",
@@ -160,6 +206,28 @@ pub fn read_all_zeroizing(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(len),
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// A memory buffer for plaintext that is zeroized when dropped and never reallocated without
+/// zeroizing the old buffer (it grows by copying into a new zeroizing one).
+#[derive(Default)]
+pub struct ZeroizingSink(pub Zeroizing<Vec<u8>>);
+
+impl std::io::Write for ZeroizingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let needed = self.0.len() + buf.len();
+        if needed > self.0.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity(needed.max(self.0.capacity() * 2)));
+            bigger.extend_from_slice(&self.0);
+            self.0 = bigger;
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -253,6 +321,23 @@ pub fn read_location(path: &Path) -> PathBuf {
         return old;
     }
     path.to_path_buf()
+}
+
+/// Checks, before a key is made, that neither the key file `key` nor its public key `public`
+/// exists (unless `force`): a new key must not replace either without --force.
+pub fn check_new_key(key: &Path, public: &Path, force: bool) -> Result<()> {
+    for p in [key, public] {
+        if !force && std::fs::symlink_metadata(p).is_ok() {
+            bail!(
+                "{} already exists; refusing to overwrite a key (pass --force to replace it)",
+                p.display()
+            );
+        }
+        if std::fs::metadata(p).is_ok_and(|m| m.is_dir()) {
+            bail!("{} is a directory", p.display());
+        }
+    }
+    Ok(())
 }
 
 /// Refuses to write a new key to the default location `path` while a key of that name is in

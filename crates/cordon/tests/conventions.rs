@@ -150,6 +150,15 @@ fn kbs_keys_and_audit_print_rfc3339_times() {
     assert_eq!(parsed.unix_timestamp() as u64, secs);
     let verified: serde_json::Value = serde_json::from_str(&admin(&["audit", "--verify"])).unwrap();
     assert!(has_rfc3339(verified[0]["time_rfc3339"].as_str().unwrap()));
+    // A saved checkpoint is replaced only with --force, or when rolled forward from --since.
+    let cp = s(&dir.path().join("cp.json"));
+    admin(&["audit", "--verify", "--checkpoint-out", &cp]);
+    let mut again = vec!["kbs", "audit", "--verify", "--checkpoint-out", &cp];
+    again.extend_from_slice(&["--kbs", &url, "--token-file", &token]);
+    let err = fails(&again);
+    assert!(err.contains(&cp) && err.contains("--force"), "{err}");
+    admin(&["audit", "--verify", "--since", &cp, "--checkpoint-out", &cp]);
+    admin(&["audit", "--verify", "--checkpoint-out", &cp, "--force"]);
 }
 
 /// Runs `cordon args` with HOME and XDG_CONFIG_HOME as given (None: unset).
@@ -400,4 +409,218 @@ fn json_gives_json_only_on_stdout() {
     assert!(events.as_array().unwrap().len() >= 3, "{events}");
     let measured = json(&["kbs", "measure", "--sim-trust-anchor", &p("hw.pub")]);
     assert_eq!(measured["launch_measurement"].as_str().unwrap().len(), 96);
+}
+
+/// Runs `cordon args` with `input` on its standard input.
+fn cordon_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("CORDON_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+#[test]
+fn a_dash_reads_stdin_and_writes_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| s(&dir.path().join(f));
+    ok(&["keygen", "--out", &p("owner.key")]);
+    let model = b"model bytes from a pipe".to_vec();
+    // seal - --out -: the artifact on stdout, the key file on disk, the summary on stderr.
+    let out = cordon_stdin(
+        &[
+            "seal",
+            "-",
+            "--out",
+            "-",
+            "--key-out",
+            &p("k.dek"),
+            "--owner-key",
+            &p("owner.key"),
+            "--name",
+            "piped",
+        ],
+        &model,
+    );
+    let (sealed, summary) = (
+        out.stdout.clone(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{summary}");
+    assert!(
+        sealed.starts_with(b"CORDSEAL"),
+        "{:?}",
+        &sealed[..sealed.len().min(16)]
+    );
+    assert!(summary.contains("key id"), "{summary}");
+    assert!(dir.path().join("k.dek").is_file());
+    // inspect -
+    let out = cordon_stdin(&["inspect", "-", "--json"], &sealed);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(manifest["manifest"]["name"], "piped");
+    // unseal - --out -: the plaintext on stdout, exactly.
+    let out = cordon_stdin(
+        &["unseal", "-", "--key", &p("k.dek"), "--out", "-"],
+        &sealed,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, model);
+    // A tampered artifact: refused, and not one byte of plaintext on stdout.
+    let mut tampered = sealed.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    let out = cordon_stdin(
+        &["unseal", "-", "--key", &p("k.dek"), "--out", "-"],
+        &tampered,
+    );
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "plaintext of a rejected artifact on stdout"
+    );
+    // --json and --out - both want stdout: refused.
+    let out = cordon_stdin(
+        &["unseal", "-", "--key", &p("k.dek"), "--out", "-", "--json"],
+        &sealed,
+    );
+    assert!(!out.status.success());
+    // A key file never goes to stdout.
+    let err = fails(&[
+        "seal",
+        &p("k.dek"),
+        "--out",
+        &p("x"),
+        "--key-out",
+        "-",
+        "--owner-key",
+        &p("owner.key"),
+    ]);
+    assert!(err.contains("--key-out"), "{err}");
+    // model run MODEL --input -
+    ok(&["model", "examples", "--out", &p("ex")]);
+    let request = std::fs::read(dir.path().join("ex/demo_input.json")).unwrap();
+    let out = cordon_stdin(
+        &[
+            "model",
+            "run",
+            &p("ex/breast_cancer_lr.onnx"),
+            "--input",
+            "-",
+        ],
+        &request,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let response: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(response["outputs"].is_array(), "{response}");
+    // policy new --client-out -: the policy on stdout.
+    ok(&["sim", "keygen", "--out", &p("hw.key")]);
+    let policy = ok(&[
+        "policy",
+        "new",
+        "--platform",
+        "sim",
+        "--measurement",
+        &"ab".repeat(48),
+        "--sim-trust-anchor",
+        &p("hw.pub"),
+        "--release-out",
+        &p("release.toml"),
+        "--client-out",
+        "-",
+    ]);
+    assert!(
+        policy.contains("[endorsements]") && policy.contains("sim_trust_anchors"),
+        "{policy}"
+    );
+}
+
+#[test]
+fn files_are_overwritten_only_with_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| s(&dir.path().join(f));
+    let refused = |args: &[&str], file: &str| {
+        let err = fails(args);
+        assert!(
+            err.contains(file) && err.contains("--force"),
+            "{args:?}: {err}"
+        );
+    };
+    for keygen in [&["keygen"][..], &["sim", "keygen"][..]] {
+        let mut args = keygen.to_vec();
+        let key = p("a.key");
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(p("a.pub"));
+        args.extend(["--out", key.as_str()]);
+        ok(&args);
+        let before = std::fs::read(&key).unwrap();
+        refused(&args, &key);
+        assert_eq!(
+            std::fs::read(&key).unwrap(),
+            before,
+            "{keygen:?} replaced the key"
+        );
+        // A public key alone in the way is refused too.
+        std::fs::remove_file(&key).unwrap();
+        refused(&args, &p("a.pub"));
+        args.push("--force");
+        ok(&args);
+    }
+    let party = ["party", "keygen", "--name", "h1", "--out", &p("h1.party")];
+    ok(&party);
+    refused(&party, &p("h1.party"));
+    ok(&[&party[..], &["--force"]].concat());
+    ok(&["sim", "keygen", "--out", &p("hw.key"), "--force"]);
+    let m = "cd".repeat(48);
+    let policy = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "new",
+            "--platform",
+            "sim",
+            "--measurement",
+            &m,
+            "--sim-trust-anchor",
+        ];
+        let (hw, release, client) = (p("hw.pub"), p("r.toml"), p("c.toml"));
+        args.extend([
+            hw.as_str(),
+            "--release-out",
+            release.as_str(),
+            "--client-out",
+            client.as_str(),
+        ]);
+        args.extend_from_slice(extra);
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    ok(&policy(&[]));
+    refused(
+        &policy(&[]).iter().map(String::as_str).collect::<Vec<_>>(),
+        "--release-out",
+    );
+    ok(&policy(&["--force"]));
 }

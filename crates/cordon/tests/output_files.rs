@@ -341,10 +341,17 @@ fn public_files_follow_the_umask_and_keygen_keeps_its_secret() {
     let err = fails(&["keygen", "--out", &s(&p("mine.pub"))]);
     assert!(err.contains("mine.pub"), "{err}");
     assert!(!p("mine.pub").exists());
-    // A symlink planted at the .pub path is replaced, never written through.
+    // A symlink planted at the .pub path: refused without --force (naming it), and with it
+    // replaced, never written through.
     std::fs::write(p("victim"), b"keep").unwrap();
     std::os::unix::fs::symlink(p("victim"), p("other.pub")).unwrap();
-    ok(&["keygen", "--out", &s(&p("other.key"))]);
+    let err = fails(&["keygen", "--out", &s(&p("other.key"))]);
+    assert!(
+        err.contains("other.pub") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(!p("other.key").exists());
+    ok(&["keygen", "--out", &s(&p("other.key")), "--force"]);
     assert_eq!(std::fs::read(p("victim")).unwrap(), b"keep");
     assert!(!std::fs::symlink_metadata(p("other.pub"))
         .unwrap()
