@@ -27,7 +27,7 @@ mod output;
 mod quickstart;
 mod util;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -38,8 +38,7 @@ use std::process::ExitCode;
     long_about = "Cordon seals models, releases their keys only to runtimes whose TEE evidence a policy \
 accepts, and serves encrypted inference that clients verify themselves.\n\n\
 Start with `cordon quickstart`: the whole flow on this machine with the simulated TEE (no hardware).",
-    after_long_help = "Environment:\n  CORDON_LOG   log filter (e.g. `error`, `info`, `cordon_kbs=debug`); \
-RUST_LOG is read when it is unset; default `info`. Logs go to stderr."
+    after_long_help = cmd_docs::TOP_AFTER_LONG_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -117,8 +116,13 @@ enum Command {
     Man(cmd_docs::ManArgs),
 }
 
+/// The command line: the derived definition with every command's examples and exit statuses.
+fn command() -> clap::Command {
+    cmd_docs::with_examples(Cli::command())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     util::init_logging();
     if let Command::Attest(c) = cli.command {
         return ExitCode::from(cmd_attest::run(c));
@@ -145,8 +149,8 @@ fn main() -> ExitCode {
         Command::Job(c) => cmd_job::run_job(c),
         Command::Measure(c) => cmd_measure::run(c),
         Command::Bench(c) => cmd_bench::run(c),
-        Command::Completions(a) => cmd_docs::completions(a, Cli::command()),
-        Command::Man(a) => cmd_docs::man(a, Cli::command()),
+        Command::Completions(a) => cmd_docs::completions(a, command()),
+        Command::Man(a) => cmd_docs::man(a, command()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

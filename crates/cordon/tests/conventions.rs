@@ -49,6 +49,11 @@ fn man_writes_one_page_per_command_with_the_option_text() {
     let seal = page("cordon-seal.1");
     assert!(seal.contains("Where to write the key file"), "{seal}");
     assert!(seal.contains("key\\-out"), "{seal}");
+    assert!(
+        seal.contains("Examples:") && seal.contains("Exit status:"),
+        "{seal}"
+    );
+    assert!(top.contains("CORDON_KBS_URL"), "{top}");
     let serve = page("cordon-kbs-serve.1");
     assert!(serve.contains("listen"), "{serve}");
     assert!(out.join("cordon-job-receipt-verify.1").exists());
@@ -623,4 +628,34 @@ fn files_are_overwritten_only_with_force() {
         "--release-out",
     );
     ok(&policy(&["--force"]));
+}
+
+#[test]
+fn help_shows_examples_and_exit_statuses() {
+    for cmd in [
+        &["seal"][..],
+        &["kbs", "keys"],
+        &["attest", "verify"],
+        &["job", "receipt", "verify"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let help = ok(&args);
+        assert!(help.contains("Examples:\n  cordon"), "{cmd:?}: {help}");
+        assert!(help.contains("Exit status: 0"), "{cmd:?}: {help}");
+    }
+    assert!(ok(&["attest", "verify", "--help"]).contains("1 rejected"));
+    let top = ok(&["--help"]);
+    for var in [
+        "CORDON_LOG",
+        "RUST_LOG",
+        "CORDON_KBS_URL",
+        "CORDON_OWNER_KEY",
+        "XDG_CONFIG_HOME",
+    ] {
+        assert!(top.contains(var), "{var}: {top}");
+    }
+    // A usage error exits 2.
+    let out = cordon(&["seal"]);
+    assert_eq!(out.status.code(), Some(2));
 }
