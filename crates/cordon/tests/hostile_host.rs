@@ -101,7 +101,7 @@ impl Secrets {
         self.add(name, hex::decode(hex_text).unwrap());
     }
 
-    /// A file of one line of hex (the admin token, the sim hardware key).
+    /// A file of one line of hex (the admin token).
     fn hex_file(&mut self, name: &str, file: &Path) {
         let text = std::fs::read_to_string(file).unwrap();
         self.add(name, hex::decode(text.trim()).unwrap());
@@ -924,7 +924,7 @@ fn base(dir: &Path) -> (Proc, String, String) {
 fn base_secrets(dir: &Path) -> Secrets {
     let mut sec = Secrets::default();
     sec.hex_file("admin token", &dir.join("token"));
-    sec.hex_file("sim hardware key", &dir.join("hw.key"));
+    sec.json_hex("sim hardware key", &dir.join("hw.key"), "secret_key");
     sec.json_hex("owner secret key", &dir.join("owner.key"), "secret_key");
     sec
 }
