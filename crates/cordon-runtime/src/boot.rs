@@ -179,6 +179,7 @@ pub async fn boot(
             denied: vec![],
         }
     } else {
+        wait_for_kbs(&config.kbs_url, &kbs_tls, options.kbs_wait).await?;
         attest_to_kbs(
             &config.kbs_url,
             &kbs_tls,
@@ -282,6 +283,58 @@ pub(crate) struct KbsRelease {
     pub nonce: String,
     pub evidence: Vec<u8>,
     pub endorsements: WireEndorsements,
+}
+
+/// Waits, for at most `wait`, until the key broker at `kbs_url` answers at all (a KBS and its
+/// runtime often start together): a refused or timed-out connection is retried with backoff and
+/// said on the log; any HTTP answer ends the wait (the attestation then judges it).
+async fn wait_for_kbs(
+    kbs_url: &str,
+    kbs_tls: &ClientTls,
+    wait: std::time::Duration,
+) -> Result<(), RuntimeError> {
+    let kbs = kbs_url.trim_end_matches('/').to_string();
+    let kbs_err = |reason: String| RuntimeError::Kbs {
+        url: kbs.clone(),
+        reason,
+    };
+    let http = kbs_tls
+        .client(std::time::Duration::from_secs(5))
+        .map_err(|e| kbs_err(error_text(&e)))?;
+    let started = tokio::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(100);
+    let mut said = false;
+    loop {
+        let e = match http.get(format!("{kbs}/healthz")).send().await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_connect() || e.is_timeout() => e,
+            // Anything else (TLS, a malformed URL) will not heal by waiting.
+            Err(_) => return Ok(()),
+        };
+        let waited = started.elapsed();
+        if waited >= wait {
+            return Err(kbs_err(format!(
+                "not reachable{}: {}",
+                if wait.is_zero() {
+                    String::new()
+                } else {
+                    format!(" after {} s of retrying", wait.as_secs_f32().round())
+                },
+                error_text(&e)
+            )));
+        }
+        if !said {
+            tracing::warn!(
+                kbs = %kbs,
+                error = %error_text(&e),
+                "waiting for the key broker (retrying for up to {} s)",
+                wait.as_secs()
+            );
+            said = true;
+        }
+        tokio::time::sleep(pause.min(wait - waited)).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(2));
+    }
 }
 
 pub(crate) async fn attest_to_kbs(

@@ -58,6 +58,9 @@ pub struct ServingOptions {
     /// One-shot requests and session setups remembered at most; beyond that, new ones get 503
     /// until old ones expire. Sustains `replay_memory / (replay_window + 1 s)` per second.
     pub replay_memory: usize,
+    /// How long the boot waits for an unreachable key broker (connection refused, timed out:
+    /// it may be starting too) before it gives up; zero: one try.
+    pub kbs_wait: Duration,
 }
 
 impl Default for ServingOptions {
@@ -73,6 +76,7 @@ impl Default for ServingOptions {
             batching: None,
             replay_window: Duration::from_secs(120),
             replay_memory: 1 << 20,
+            kbs_wait: Duration::from_secs(30),
         }
     }
 }

@@ -108,6 +108,10 @@ pub struct ServeArgs {
     /// Dynamic batching: longest a request waits for others to join its batch, in microseconds.
     #[arg(long, default_value_t = 0)]
     batch_max_delay_us: u64,
+    /// Seconds to keep retrying a key broker that refuses connections (it may be starting too)
+    /// before giving up; 0: one try.
+    #[arg(long, default_value_t = 30)]
+    kbs_wait_secs: u64,
     /// DEVELOPMENT ONLY, sim only: also serve inference in PLAINTEXT HTTP (POST /v2/models/…/infer),
     /// to measure what encryption costs. Refused with --platform hardware.
     #[arg(long)]
@@ -323,6 +327,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         },
         plaintext_inference: a.dev_plaintext_inference,
         replay_memory: a.replay_memory.max(1),
+        kbs_wait: std::time::Duration::from_secs(a.kbs_wait_secs),
         batching: (a.batch_max_rows > 0).then(|| BatchOptions {
             max_rows: a.batch_max_rows,
             max_delay: std::time::Duration::from_micros(a.batch_max_delay_us),

@@ -105,6 +105,101 @@ fn a_runtime_that_cannot_listen_asks_the_kbs_for_nothing() {
     }
 }
 
+/// A key broker that is not up yet (connection refused) is waited for, with backoff, saying so
+/// on the log: here it comes up a second later and the runtime's retry reaches it. One that
+/// never comes up fails the start after --kbs-wait-secs, naming the refused connection.
+#[test]
+fn a_runtime_waits_for_a_key_broker_that_is_not_up_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f);
+    ok(&["keygen", "--out", &s(&p("owner.key"))]);
+    ok(&["sim", "keygen", "--out", &s(&p("hw.key"))]);
+    let lr = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/breast_cancer_lr.onnx"
+    );
+    ok(&[
+        "seal",
+        lr,
+        "--out",
+        &s(&p("lr.sealed")),
+        "--key-out",
+        &s(&p("lr.dek")),
+        "--owner-key",
+        &s(&p("owner.key")),
+        "--name",
+        "lr",
+    ]);
+    // A port nobody listens on yet.
+    let kbs_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let signer = std::fs::read_to_string(p("owner.pub")).unwrap();
+    std::fs::write(
+        p("rt.toml"),
+        format!(
+            "kbs_url = \"http://{kbs_addr}\"\nkbs_public_key = \"{}\"\n\n[[models]]\nname = \"lr\"\n\
+             path = \"{}\"\nsigner = \"{}\"\n",
+            "11".repeat(32),
+            s(&p("lr.sealed")),
+            signer.trim()
+        ),
+    )
+    .unwrap();
+    let serve = |wait: &str| -> Vec<String> {
+        [
+            "runtime",
+            "serve",
+            "--config",
+            &s(&p("rt.toml")),
+            "--listen",
+            "127.0.0.1:0",
+            "--platform",
+            "sim",
+            "--sim-hardware-key",
+            &s(&p("hw.key")),
+            "--kbs-wait-secs",
+            wait,
+        ]
+        .map(str::to_string)
+        .to_vec()
+    };
+    let err = fails(&serve("1"));
+    assert!(
+        err.contains(&format!("key broker at http://{kbs_addr}"))
+            && err.contains("not reachable after 1 s of retrying")
+            && err.contains("Connection refused"),
+        "{err}"
+    );
+
+    let rt = Proc::start(&serve("60"), p("rt.log"));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let log = rt.log();
+    assert!(
+        log.contains("waiting for the key broker") && log.contains("Connection refused"),
+        "{log}"
+    );
+    // The KBS comes up: the runtime's next try reaches it.
+    let kbs = std::net::TcpListener::bind(kbs_addr).unwrap();
+    kbs.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match kbs.accept() {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the runtime never tried again: {}",
+                    rt.log()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 /// `RUST_LOG` filters the logs when `CORDON_LOG` is unset (README, `cordon --help`): the
 /// runtime's INFO line about core dumps is there by default and gone with `RUST_LOG=error`.
 #[test]
