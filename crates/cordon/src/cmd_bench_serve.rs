@@ -580,6 +580,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             None,
             deploy::DeployPlatform::Sim,
             &util::tokio_runtime()?,
+            deploy::DeployOptions::default(),
         )?;
         let doc = d.client_doc.clone();
         let url = d.runtime_url.clone();

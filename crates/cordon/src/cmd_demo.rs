@@ -143,7 +143,7 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
     let rt = util::tokio_runtime()?;
     let mut children = Children(Vec::new());
     let emulated_root = deploy::prepare_platform(&dir, platform)?;
-    let kbs = deploy::start_kbs(&dir, &mut children, emulated_root)?;
+    let kbs = deploy::start_kbs(&dir, &mut children, emulated_root, 0)?;
     let trainer_config = RuntimeConfig {
         kbs_url: kbs.url.clone(),
         kbs_public_key: Some(hex::encode(kbs.identity)),
@@ -165,8 +165,15 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
         kbs.hw.public_key(),
     )?;
     let trainer_measurement = release_policy.launch_measurements[0].clone();
-    let trainer_url =
-        deploy::start_runtime(&dir, &mut children, "trainer", &trainer_path, platform, &[])?;
+    let trainer_url = deploy::start_runtime(
+        &dir,
+        &mut children,
+        "trainer",
+        &trainer_path,
+        platform,
+        &[],
+        0,
+    )?;
     println!(
         "[trainer] training runtime at {trainer_url}, measurement {}…",
         &hex::encode(trainer_measurement)[..16]
@@ -361,8 +368,15 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
         bail!("the job did not register its model for serving");
     }
     std::fs::write(&sealed_model, rt.block_on(clients[2].sealed_model(&hash))?)?;
-    let server_url =
-        deploy::start_runtime(&dir, &mut children, "server", &server_path, platform, &[])?;
+    let server_url = deploy::start_runtime(
+        &dir,
+        &mut children,
+        "server",
+        &server_path,
+        platform,
+        &[],
+        0,
+    )?;
     let row = benchmark.row(0);
     let request: InferRequest = serde_json::from_value(serde_json::json!({
         "inputs": [{"name": "input", "shape": [1, row.len()], "datatype": "FP32", "data": row}]

@@ -16,9 +16,18 @@ pub enum DevCommand {
 
 #[derive(clap::Args)]
 pub struct UpArgs {
-    /// Where state lives (keys, sealed models, KBS store, policies, logs). Reused by later runs.
+    /// Where state lives (keys, sealed models, KBS store, policies, logs). A later run reuses it:
+    /// the same keys, and the same sealed models while they still fit (same binary and models),
+    /// so the runtime's measurement, the client policy and the printed commands stay valid.
     #[arg(long, default_value_os_t = std::env::temp_dir().join("cordon-dev"))]
     data_dir: PathBuf,
+    /// The KBS's port on 127.0.0.1 (0: any free port). Fixed by default, so that what this
+    /// prints stays valid across runs.
+    #[arg(long, default_value_t = 8100)]
+    kbs_port: u16,
+    /// The runtime's port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 8200)]
+    runtime_port: u16,
     /// The runtime's inference workers (default: the number of CPUs).
     #[arg(long)]
     workers: Option<usize>,
@@ -64,6 +73,8 @@ fn up(a: UpArgs) -> Result<()> {
         }
     );
     let rt = util::tokio_runtime()?;
+    // Before any child exists: a signal during the start stops it and takes the children down.
+    deploy::stop_on_signals(&rt);
     let mut runtime_args = Vec::new();
     if let Some(w) = a.workers {
         runtime_args.extend(["--workers".to_string(), w.to_string()]);
@@ -83,7 +94,13 @@ fn up(a: UpArgs) -> Result<()> {
         onnxruntime.as_ref(),
         platform,
         &rt,
-    )?;
+        deploy::DeployOptions {
+            kbs_port: a.kbs_port,
+            runtime_port: a.runtime_port,
+            keep_state: true,
+        },
+    )
+    .map_err(|e| port_hint(e, a.kbs_port, a.runtime_port))?;
     let input = dir.join("demo-input.json");
     std::fs::write(&input, DEMO_INPUT)?;
     let names: Vec<&str> = deployment.models.iter().map(|m| m.name.as_str()).collect();
@@ -114,6 +131,10 @@ fn up(a: UpArgs) -> Result<()> {
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
         loop {
+            // A signal that came during the start (or now) stops at once.
+            if deploy::interrupted() {
+                return Ok(None);
+            }
             tokio::select! {
                 _ = &mut shutdown => return Ok::<_, anyhow::Error>(None),
                 _ = tick.tick() => {
@@ -134,4 +155,18 @@ fn up(a: UpArgs) -> Result<()> {
     }
     println!("stopped");
     Ok(())
+}
+
+/// A port that is taken says how to pick another.
+fn port_hint(e: anyhow::Error, kbs_port: u16, runtime_port: u16) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if text.contains("Address already in use") || text.contains("address already in use") {
+        e.context(format!(
+            "a port of this deployment is taken (KBS {kbs_port}, runtime {runtime_port}): is \
+             another `cordon dev up` running? Stop it, or pass --kbs-port/--runtime-port (0 \
+             picks a free one)"
+        ))
+    } else {
+        e
+    }
 }

@@ -159,6 +159,7 @@ echo '{\"inputs\":[...]}' | cordon infer --runtime http://127.0.0.1:8200 --polic
 cordon proxy --upstream https://runtime:8200 --ca-cert ca.pem --policy client.toml --listen 127.0.0.1:9000",
         EXIT_SERVER),
     ("dev up", "cordon dev up\n\
+cordon dev up --kbs-port 0 --runtime-port 0     # any free ports\n\
 cordon dev up --emulate tdx --data-dir /tmp/cordon-dev", EXIT_SERVER),
     ("model run", "cordon model run model.onnx --input request.json --describe\n\
 cordon model run model.onnx --input - < request.json", EXIT_DEFAULT),

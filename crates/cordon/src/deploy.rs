@@ -12,6 +12,7 @@ use cordon_seal::{OwnerKey, SealOptions};
 use cordon_tee::{sim_launch_measurement, SimHardwareKey};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
@@ -84,6 +85,45 @@ pub const DEV_MODELS: &[DemoModel] = &[BREAST_CANCER_LR, BREAST_CANCER_MLP, FRAU
 /// An OIP infer request for the first test row; both breast-cancer models take it.
 pub const DEMO_INPUT: &str = include_str!("../../../models/demo_input.json");
 
+/// Set when SIGINT or SIGTERM arrives while a deployment starts (see [`stop_on_signals`]).
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// From now on SIGINT and SIGTERM no longer kill this process outright (which would leave the
+/// KBS and runtime it started running, orphaned, holding their ports): they set a flag that the
+/// start checks between steps and while it waits, so that it stops and its children are killed.
+/// Call it first, before any child exists.
+pub fn stop_on_signals(rt: &tokio::runtime::Runtime) {
+    // The handlers are installed when the task first runs; wait until then, so that no signal
+    // between this call and the first spawn takes the default action.
+    let (ready, installed) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        let signal = cmd_kbs::shutdown_signal();
+        tokio::pin!(signal);
+        // One poll installs the handlers.
+        tokio::select! {
+            biased;
+            _ = &mut signal => {}
+            _ = std::future::ready(()) => {}
+        }
+        let _ = ready.send(());
+        signal.await;
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    });
+    let _ = installed.recv_timeout(Duration::from_secs(5));
+}
+
+/// Whether SIGINT or SIGTERM arrived since [`stop_on_signals`].
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted: stopping the processes started so far");
+    }
+    Ok(())
+}
+
 /// Child processes, killed when this goes out of scope (on success and on every error path).
 pub struct Children(pub Vec<(String, Child)>);
 
@@ -109,6 +149,7 @@ impl Children {
 }
 
 fn spawn(children: &mut Children, name: &str, args: &[&str], log: &Path) -> Result<()> {
+    check_interrupted()?;
     let exe = std::env::current_exe()?;
     let log_file =
         std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
@@ -132,6 +173,7 @@ fn wait_for_addr(
 ) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        check_interrupted()?;
         if let Ok(addr) = std::fs::read_to_string(addr_file) {
             return Ok(format!("http://{}", addr.trim()));
         }
@@ -194,6 +236,7 @@ pub fn start_kbs(
     dir: &Path,
     children: &mut Children,
     emulated_root: Option<[u8; 32]>,
+    port: u16,
 ) -> Result<StartedKbs> {
     for sub in ["keys", "kbs", "run"] {
         std::fs::create_dir_all(dir.join(sub))?;
@@ -217,6 +260,7 @@ pub fn start_kbs(
     let token_path = dir.join("keys/admin-token");
     let kbs_log = run_dir.join("kbs.log");
     let root_arg = emulated_root.map(hex::encode);
+    let listen = format!("127.0.0.1:{port}");
     let mut extra: Vec<&str> = Vec::new();
     if let Some(root) = &root_arg {
         extra.extend(["--emulated-root", root.as_str()]);
@@ -230,7 +274,7 @@ pub fn start_kbs(
             "--data-dir",
             &p(&dir.join("kbs")),
             "--listen",
-            "127.0.0.1:0",
+            &listen,
             "--sim-trust-anchor",
             &p(&anchor_path),
             "--init-admin-token-file",
@@ -325,19 +369,21 @@ pub fn start_runtime(
     config: &Path,
     platform: DeployPlatform,
     extra_args: &[String],
+    port: u16,
 ) -> Result<String> {
     let p = |p: &Path| p.to_string_lossy().into_owned();
     let run_dir = dir.join("run");
     let addr = run_dir.join(format!("{name}.addr"));
     let _ = std::fs::remove_file(&addr);
     let log = run_dir.join(format!("{name}.log"));
+    let listen = format!("127.0.0.1:{port}");
     let mut args: Vec<String> = [
         "runtime",
         "serve",
         "--config",
         &p(config),
         "--listen",
-        "127.0.0.1:0",
+        &listen,
         "--addr-file",
         &p(&addr),
     ]
@@ -492,9 +538,104 @@ impl OnnxRuntimeChoice {
     }
 }
 
+/// How [`deploy`] runs.
+#[derive(Clone, Copy, Default)]
+pub struct DeployOptions {
+    /// The KBS's and the runtime's ports on 127.0.0.1 (0: any free port).
+    pub kbs_port: u16,
+    pub runtime_port: u16,
+    /// Reuse an earlier run's sealed models when they still hold (same model bytes and owner,
+    /// keys still in the KBS under the same release policy): the runtime's configuration, its
+    /// measurement and the client policy stay the same, so what `dev up` printed last time (the
+    /// proxy command, the policy file) still works.
+    pub keep_state: bool,
+}
+
+/// A model of a deployment, sealed in `dir/models`: `key` is its DEK when sealed by this run,
+/// `None` when an earlier run's artifact is reused (its DEK is only in the KBS).
+struct Sealed {
+    model: SealedModel,
+    path: PathBuf,
+    manifest_sha256: [u8; 32],
+    key: Option<cordon_seal::KeyFile>,
+}
+
+/// Seals each model under a fresh DEK into `dir/models/NAME.sealed`.
+fn seal_models(dir: &Path, models: &[DemoModel], owner: &OwnerKey) -> Result<Vec<Sealed>> {
+    let mut sealed = Vec::new();
+    for model in models {
+        let sealed_path = dir.join("models").join(format!("{}.sealed", model.name));
+        let mut sealed_file = std::fs::File::create(&sealed_path)?;
+        let options = SealOptions {
+            name: model.name.into(),
+            version: "1".into(),
+            media_type: "application/onnx".into(),
+            chunk_size: cordon_seal::DEFAULT_CHUNK_SIZE,
+        };
+        let (header, key) = cordon_seal::seal_with_header(
+            model.onnx,
+            model.onnx.len() as u64,
+            &mut sealed_file,
+            owner,
+            &options,
+            &mut |_| {},
+        )?;
+        sealed_file.sync_all()?;
+        let (digest, manifest) = (header.digest(), header.manifest);
+        println!(
+            "[owner]   sealed {} ({} bytes, sha256 {}) -> {}",
+            model.name,
+            manifest.plaintext_size,
+            &manifest.plaintext_sha256[..16],
+            sealed_path.display()
+        );
+        println!(
+            "          key id {}; the DEK stays in memory and goes only to the KBS",
+            manifest.key_id
+        );
+        sealed.push(Sealed {
+            model: SealedModel {
+                name: model.name.to_string(),
+                key_id: manifest.key_id.clone(),
+            },
+            path: sealed_path,
+            manifest_sha256: digest,
+            key: Some(key),
+        });
+    }
+    Ok(sealed)
+}
+
+/// An earlier run's sealed models, if each is still there, signed by `owner`, and of the same
+/// model bytes; whether the KBS still holds their keys is checked later.
+fn earlier_sealed(dir: &Path, models: &[DemoModel], owner: &OwnerKey) -> Option<Vec<Sealed>> {
+    use sha2::Digest;
+    models
+        .iter()
+        .map(|model| {
+            let path = dir.join("models").join(format!("{}.sealed", model.name));
+            let header = cordon_seal::read_header(&mut std::fs::File::open(&path).ok()?).ok()?;
+            let m = &header.manifest;
+            let same = m.name == model.name
+                && m.signer == hex::encode(owner.public_key())
+                && m.plaintext_sha256 == hex::encode(sha2::Sha256::digest(model.onnx));
+            same.then(|| Sealed {
+                model: SealedModel {
+                    name: model.name.to_string(),
+                    key_id: m.key_id.clone(),
+                },
+                path,
+                manifest_sha256: header.digest(),
+                key: None,
+            })
+        })
+        .collect()
+}
+
 /// Seals `models`, starts the KBS, registers each model's key under a release policy naming the
 /// runtime's measurement, starts the runtime and waits until it serves. State lives in `dir` and is
-/// reused by later runs (keys); sealed models, policies and the runtime config are written anew.
+/// reused by later runs (keys; with `options.keep_state`, the sealed models too when they still
+/// hold); otherwise sealed models, policies and the runtime config are written anew.
 pub fn deploy(
     dir: &Path,
     models: &[DemoModel],
@@ -502,6 +643,7 @@ pub fn deploy(
     onnxruntime: Option<&OnnxRuntimeChoice>,
     platform: DeployPlatform,
     rt: &tokio::runtime::Runtime,
+    options: DeployOptions,
 ) -> Result<Deployment> {
     if models.is_empty() {
         bail!("a deployment needs at least one model");
@@ -519,91 +661,20 @@ pub fn deploy(
         std::fs::create_dir_all(dir.join(sub))?;
     }
 
-    // 1. The model owner: an owner key, and each demo model sealed under a fresh DEK.
+    // 1. The model owner's key.
     let owner = load_or_create(
         &dir.join("keys/owner.key"),
         OwnerKey::generate,
         |k| k.to_file_contents().to_string(),
         |t| Ok(OwnerKey::from_file_contents(t)?),
     )?;
-    let mut sealed = Vec::new();
-    for model in models {
-        let sealed_path = dir.join("models").join(format!("{}.sealed", model.name));
-        let mut sealed_file = std::fs::File::create(&sealed_path)?;
-        let options = SealOptions {
-            name: model.name.into(),
-            version: "1".into(),
-            media_type: "application/onnx".into(),
-            chunk_size: cordon_seal::DEFAULT_CHUNK_SIZE,
-        };
-        let (header, key) = cordon_seal::seal_with_header(
-            model.onnx,
-            model.onnx.len() as u64,
-            &mut sealed_file,
-            &owner,
-            &options,
-            &mut |_| {},
-        )?;
-        sealed_file.sync_all()?;
-        let (digest, manifest) = (header.digest(), header.manifest);
-        println!(
-            "[owner]   sealed {} ({} bytes, sha256 {}) -> {}",
-            model.name,
-            manifest.plaintext_size,
-            &manifest.plaintext_sha256[..16],
-            sealed_path.display()
-        );
-        println!(
-            "          key id {}; the DEK stays in memory and goes only to the KBS",
-            manifest.key_id
-        );
-        sealed.push((
-            SealedModel {
-                name: model.name.to_string(),
-                key_id: manifest.key_id.clone(),
-            },
-            sealed_path,
-            digest,
-            key,
-        ));
-    }
 
     // 2-3. The simulated hardware key (the KBS attests itself with it) and the key broker, in its
     //      own process; on an emulated platform, the KBS verifies that platform's test root too.
     let emulated_root = prepare_platform(dir, platform)?;
     let mut children = Children(Vec::new());
-    let kbs = start_kbs(dir, &mut children, emulated_root)?;
+    let kbs = start_kbs(dir, &mut children, emulated_root, options.kbs_port)?;
     let (kbs_url, kbs_key, hw) = (kbs.url.clone(), kbs.identity, kbs.hw);
-
-    // 4. The runtime's configuration is part of its measurement; the release policy names it.
-    let config = RuntimeConfig {
-        kbs_url: kbs_url.clone(),
-        kbs_public_key: Some(hex::encode(kbs_key)),
-        kbs_ca_cert: None,
-        workload_data: None,
-        training: None,
-        models: sealed
-            .iter()
-            .map(|(m, path, digest, _)| ModelConfig {
-                name: m.name.clone(),
-                path: path.clone(),
-                signer: hex::encode(owner.public_key()),
-                manifest_sha256: Some(hex::encode(digest)),
-                engine: match onnxruntime {
-                    Some(choice) if choice.serves(&m.name) => EngineKind::OnnxRuntime,
-                    _ => EngineKind::Tract,
-                },
-            })
-            .collect(),
-        onnxruntime: onnxruntime.map(|c| c.options.clone()),
-    };
-    let config_path = dir.join("runtime.toml");
-    let config_text = config.to_toml();
-    std::fs::write(&config_path, &config_text)?;
-    let (policy, client_doc) =
-        launch_policy(dir, platform, "runtime", &config_text, hw.public_key())?;
-    let measurement = policy.launch_measurements[0].clone();
-    std::fs::write(dir.join("release-policy.toml"), policy.to_toml())?;
     let token = kbs.token;
     let admin = cmd_kbs::Admin::new(
         &kbs_url,
@@ -611,20 +682,104 @@ pub fn deploy(
         &token,
         &cordon_client::ClientTls::default(),
     )?;
+
+    // 4. Each model sealed under a fresh DEK, or an earlier run's artifacts while they hold.
+    //    The runtime's configuration is part of its measurement; the release policy names it.
+    let mut earlier = if options.keep_state {
+        earlier_sealed(dir, models, &owner)
+    } else {
+        None
+    };
+    let registered = if earlier.is_some() {
+        rt.block_on(admin.keys())?
+    } else {
+        Vec::new()
+    };
+    let (sealed, config_path, policy, client_doc) = loop {
+        check_interrupted()?;
+        let sealed = match earlier.take() {
+            Some(s) => s,
+            None => seal_models(dir, models, &owner)?,
+        };
+        let config = RuntimeConfig {
+            kbs_url: kbs_url.clone(),
+            kbs_public_key: Some(hex::encode(kbs_key)),
+            kbs_ca_cert: None,
+            workload_data: None,
+            training: None,
+            models: sealed
+                .iter()
+                .map(|m| ModelConfig {
+                    name: m.model.name.clone(),
+                    path: m.path.clone(),
+                    signer: hex::encode(owner.public_key()),
+                    manifest_sha256: Some(hex::encode(m.manifest_sha256)),
+                    engine: match onnxruntime {
+                        Some(choice) if choice.serves(&m.model.name) => EngineKind::OnnxRuntime,
+                        _ => EngineKind::Tract,
+                    },
+                })
+                .collect(),
+            onnxruntime: onnxruntime.map(|c| c.options.clone()),
+        };
+        let config_path = dir.join("runtime.toml");
+        let config_text = config.to_toml();
+        let (policy, client_doc) =
+            launch_policy(dir, platform, "runtime", &config_text, hw.public_key())?;
+        // Reused only if the KBS still holds every key, unrevoked, under this very policy (a
+        // rebuilt binary measures differently, and its keys cannot be re-registered without
+        // their DEKs, which only the KBS has): otherwise everything is sealed anew.
+        let policy_toml = policy.to_toml();
+        let still_registered = sealed.iter().all(|m| {
+            m.key.is_some()
+                || registered.iter().any(|k| {
+                    k.key_id == m.model.key_id && k.revoked_at.is_none() && k.policy == policy_toml
+                })
+        });
+        if !still_registered {
+            println!(
+                "[owner]   the earlier sealed models do not fit this run (another binary, \
+                 configuration or KBS state): sealing them anew"
+            );
+            continue;
+        }
+        std::fs::write(&config_path, &config_text)?;
+        break (sealed, config_path, policy, client_doc);
+    };
+    let measurement = policy.launch_measurements[0].clone();
+    std::fs::write(dir.join("release-policy.toml"), policy.to_toml())?;
     let mut models_out = Vec::new();
-    for (model, _, _, key) in sealed {
-        rt.block_on(admin.register_key(&key, &policy.to_toml()))?;
-        drop(key);
-        models_out.push(model);
+    let mut reused = 0;
+    for m in sealed {
+        match m.key {
+            Some(key) => rt.block_on(admin.register_key(&key, &policy.to_toml()))?,
+            None => {
+                reused += 1;
+                println!(
+                    "[owner]   reusing {} (key id {}): its key is in the KBS under this release \
+                     policy",
+                    m.path.display(),
+                    m.model.key_id
+                );
+            }
+        }
+        models_out.push(m.model);
     }
-    println!(
-        "[owner]   registered the {} with release policy: platform {}, measurement {}…, workload \
-         data pinned, no debug{}",
-        if models_out.len() == 1 {
+    let count = |n: usize| {
+        if n == 1 {
             "key".to_string()
         } else {
-            format!("{} keys", models_out.len())
-        },
+            format!("{n} keys")
+        }
+    };
+    let what = if reused == models_out.len() {
+        format!("the {} stay registered", count(models_out.len()))
+    } else {
+        format!("registered the {}", count(models_out.len()))
+    };
+    println!(
+        "[owner]   {what} with release policy: platform {}, measurement {}…, workload data \
+         pinned, no debug{}",
         policy.platforms[0],
         util::short_hex(&measurement),
         if policy.emulated_roots.is_empty() {
@@ -642,6 +797,7 @@ pub fn deploy(
         &config_path,
         platform,
         runtime_args,
+        options.runtime_port,
     )?;
     println!(
         "[runtime] attested to the KBS, {} in memory, serving at {runtime_url}",

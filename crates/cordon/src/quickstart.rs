@@ -44,7 +44,16 @@ pub fn run(a: Args) -> Result<()> {
 
     // 1-5. Owner seals, KBS holds the key, runtime attests and unseals (see `deploy`).
     let rt = util::tokio_runtime()?;
-    let deployment = deploy::deploy(&dir, &[BREAST_CANCER_LR], &[], None, platform, &rt)?;
+    deploy::stop_on_signals(&rt);
+    let deployment = deploy::deploy(
+        &dir,
+        &[BREAST_CANCER_LR],
+        &[],
+        None,
+        platform,
+        &rt,
+        deploy::DeployOptions::default(),
+    )?;
     let runtime_url = &deployment.runtime_url;
     let kbs_url = &deployment.kbs_url;
     let token = &deployment.token;

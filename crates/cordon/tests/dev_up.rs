@@ -52,6 +52,13 @@ fn start_dev(dir: &Path, extra: &[&str]) -> (Guard, Vec<String>, mpsc::Receiver<
         Command::new(BIN)
             .args(["dev", "up", "--data-dir", &dir.to_string_lossy()])
             .args(extra)
+            // Any free ports, unless the test names them (the defaults are fixed, 8100 and 8200,
+            // and tests run side by side).
+            .args(if extra.contains(&"--kbs-port") {
+                &[][..]
+            } else {
+                &["--kbs-port", "0", "--runtime-port", "0"][..]
+            })
             .env("CORDON_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -265,4 +272,126 @@ fn wait_for(addr_file: &Path, child: &mut Child) -> String {
         std::thread::sleep(Duration::from_millis(25));
     }
     panic!("proxy not ready in 60 s");
+}
+
+/// A port nobody listens on now (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A second `dev up` on the same directory and ports reuses the first one's state: the same
+/// runtime URL and the very same client policy file, so that a proxy started with what the first
+/// run printed verifies the second; the sealed models are reused, not sealed again.
+#[test]
+fn dev_up_keeps_its_state_and_ports_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kbs_port, runtime_port) = (free_port(), free_port());
+    let ports = [
+        "--kbs-port",
+        &kbs_port.to_string(),
+        "--runtime-port",
+        &runtime_port.to_string(),
+    ]
+    .map(str::to_string);
+    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+    let policy_path = dir.path().join("client-policy.toml");
+    let (first, lines, _rx) = start_dev(dir.path(), &ports);
+    let runtime = field(&lines, "runtime URL:").to_string();
+    assert_eq!(runtime, format!("http://127.0.0.1:{runtime_port}"));
+    assert_eq!(
+        field(&lines, "KBS URL:"),
+        format!("http://127.0.0.1:{kbs_port}")
+    );
+    assert!(lines.iter().any(|l| l.starts_with("[owner]   sealed")));
+    let policy = std::fs::read(&policy_path).unwrap();
+    drop(first);
+
+    let (_second, lines, _rx) = start_dev(dir.path(), &ports);
+    let text = lines.join("\n");
+    assert_eq!(field(&lines, "runtime URL:"), runtime);
+    assert!(!text.contains("[owner]   sealed"), "{text}");
+    assert_eq!(text.matches("[owner]   reusing").count(), 3, "{text}");
+    assert!(text.contains("the 3 keys stay registered"), "{text}");
+    assert_eq!(
+        std::fs::read(&policy_path).unwrap(),
+        policy,
+        "the client policy changed"
+    );
+    let out = Command::new(BIN)
+        .args(["infer", "--runtime", &runtime, "--policy"])
+        .arg(&policy_path)
+        .args(["--model", "breast-cancer-lr", "--input"])
+        .arg(dir.path().join("demo-input.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The processes whose command line names `dir`: what a deployment there started.
+fn processes_under(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            found.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
+/// SIGTERM or SIGINT while `dev up` is still starting (the KBS up, the runtime not yet) takes the
+/// children down with it: nothing keeps running, orphaned, holding a port.
+#[test]
+fn a_signal_during_the_start_leaves_no_process_behind() {
+    for (delay_ms, signal) in [
+        (100, libc::SIGTERM),
+        (300, libc::SIGINT),
+        (600, libc::SIGTERM),
+        (1200, libc::SIGTERM),
+        (2500, libc::SIGINT),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dev = Command::new(BIN)
+            .args(["dev", "up", "--data-dir"])
+            .arg(dir.path())
+            .args(["--kbs-port", "0", "--runtime-port", "0"])
+            .env("CORDON_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe { libc::kill(dev.id() as libc::pid_t, signal) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = dev.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "dev up did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let left = processes_under(dir.path());
+        assert!(
+            left.is_empty(),
+            "after signal {signal} at {delay_ms} ms ({status}), still running:\n{}",
+            left.join("\n")
+        );
+    }
 }
