@@ -27,6 +27,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use cordon_attest::{Claims, Endorsements, Platform, Policy, PolicyDocument};
+use cordon_proto::oip;
 use cordon_proto::runtime::InnerResponse;
 use http_body_util::BodyExt;
 use serde::Serialize;
@@ -597,7 +598,7 @@ impl Proxy {
                 Err(ClientError::SessionClosed { .. }) => {}
                 Err(e) => return Err(Refusal::Upstream(e)),
             }
-            parsed = match raw.as_deref().map(serde_json::from_slice) {
+            parsed = match raw.as_deref().map(oip::parse_json_body) {
                 Some(Ok(v)) => Some(v),
                 Some(Err(e)) => {
                     return Err(Refusal::Upstream(ClientError::Malformed(format!(
@@ -611,7 +612,7 @@ impl Proxy {
             Err(e @ ClientError::NotDecrypted { .. }) => {
                 let fresh = self.reverify_after_rejection(&rt, e).await?;
                 // Parsed again rather than cloned up front: only a retry pays for it.
-                let again = match raw.as_deref().map(serde_json::from_slice) {
+                let again = match raw.as_deref().map(oip::parse_json_body) {
                     Some(Ok(v)) => Some(v),
                     Some(Err(e)) => {
                         return Err(Refusal::Upstream(ClientError::Malformed(format!(
@@ -874,7 +875,7 @@ async fn infer_body(proxy: &Proxy, headers: &HeaderMap, body: Body) -> Result<Pa
             "inference request needs a JSON body",
         ));
     }
-    match serde_json::from_slice(&bytes) {
+    match oip::parse_json_body(&bytes) {
         Ok(parsed) => Ok(Payload { raw: bytes, parsed }),
         // serde's messages may quote the input; position and class are enough to find the fault.
         Err(e) => Err(oip_error(

@@ -66,6 +66,76 @@ pub struct ErrorResponse {
     pub error: String,
 }
 
+/// Parses a request body as JSON, also accepting the literals `NaN`, `Infinity` and `-Infinity`
+/// where a value stands: Python's `json.dumps` (and the KServe v2 clients built on it) writes
+/// them for missing and extreme values, which standard JSON cannot express. They become the
+/// strings `"NaN"`, `"Infinity"`, `"-Infinity"`, which float tensors read as those values. A body
+/// that is standard JSON is parsed as such, with no extra pass.
+pub fn parse_json_body(bytes: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
+    match serde_json::from_slice(bytes) {
+        Ok(v) => Ok(v),
+        Err(e) => match quote_non_finite_literals(bytes) {
+            Some(quoted) => serde_json::from_slice(&quoted),
+            None => Err(e),
+        },
+    }
+}
+
+/// The non-finite literals, longest first (`-Infinity` before `Infinity`).
+const NON_FINITE: [&[u8]; 3] = [b"-Infinity", b"Infinity", b"NaN"];
+
+/// `bytes` with each non-finite literal in a value position (after `[`, `,` or `:`, outside
+/// strings, followed by a delimiter) put in quotes; `None` if there is none.
+fn quote_non_finite_literals(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    let (mut in_string, mut escaped) = (false, false);
+    // The last byte outside strings that is not white space.
+    let mut last = 0u8;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(last, b'[' | b',' | b':') {
+            let literal = NON_FINITE.iter().find(|l| {
+                bytes[i..].starts_with(l)
+                    && bytes.get(i + l.len()).is_none_or(|&n| {
+                        matches!(n, b',' | b']' | b'}' | b' ' | b'\n' | b'\r' | b'\t')
+                    })
+            });
+            if let Some(literal) = literal {
+                let out = out.get_or_insert_with(|| {
+                    let mut v = Vec::with_capacity(bytes.len() + 64);
+                    v.extend_from_slice(&bytes[..i]);
+                    v
+                });
+                out.push(b'"');
+                out.extend_from_slice(literal);
+                out.push(b'"');
+                i += literal.len();
+                last = b'"';
+                continue;
+            }
+        }
+        if let Some(out) = out.as_mut() {
+            out.push(b);
+        }
+        if !in_string && !b.is_ascii_whitespace() {
+            last = b;
+        }
+        i += 1;
+    }
+    out
+}
+
 /// What is structurally wrong with an infer request body, in words that name the field and never
 /// quote a value (request data is the client's secret; field names are the protocol's). `None`
 /// when the body has the request's shape; element values are checked against the model later.
@@ -181,6 +251,41 @@ fn kind(v: &serde_json::Value) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn python_non_finite_literals_are_read_and_strings_are_left_alone() {
+        let body = br#"{"inputs": [{"name": "x", "shape": [4], "datatype": "FP32",
+            "data": [NaN, Infinity, -Infinity, 1.5]}], "id": "NaN, Infinity", "parameters": {"a":NaN}}"#;
+        let v = parse_json_body(body).unwrap();
+        assert_eq!(
+            v["inputs"][0]["data"],
+            json!(["NaN", "Infinity", "-Infinity", 1.5])
+        );
+        // Inside strings nothing changes; as an object value it is read too.
+        assert_eq!(v["id"], "NaN, Infinity");
+        assert_eq!(v["parameters"]["a"], "NaN");
+        // Standard JSON is untouched, and what is not JSON stays an error (a bare word, a
+        // literal glued to another token, a literal as a key).
+        assert_eq!(parse_json_body(b"[1, null]").unwrap(), json!([1, null]));
+        for bad in [
+            &b"[NaNa]"[..],
+            b"[Infinity1]",
+            b"{NaN: 1}",
+            b"[nan]",
+            b"NaN",
+            b"[\"NaN]",
+        ] {
+            assert!(
+                parse_json_body(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Escaped quotes do not end a string early.
+        let v = parse_json_body(br#"{"a": "say \"NaN\"", "b": [NaN]}"#).unwrap();
+        assert_eq!(v["a"], "say \"NaN\"");
+        assert_eq!(v["b"], json!(["NaN"]));
+    }
 
     #[test]
     fn structural_problems_name_the_field_and_quote_no_value() {

@@ -505,8 +505,10 @@ fn decode_tensor(meta: &TensorMetadata, t: &Tensor) -> Result<HostTensor, Engine
     Ok(HostTensor { shape: dims, data })
 }
 
-/// Float elements (`null`: NaN). A finite number the datatype cannot hold (FP32 `1e39`) is
-/// refused, not rounded to infinity: the model would see a value the client never sent.
+/// Float elements (`null` or `"NaN"`: NaN; `"Infinity"`, `"-Infinity"`: infinities, as
+/// [`cordon_proto::oip::parse_json_body`] reads Python's literals). A finite number the datatype
+/// cannot hold (FP32 `1e39`) is refused, not rounded to infinity: the model would see a value the
+/// client never sent.
 fn floats<T: Copy>(
     flat: &[&Value],
     bad: impl Fn(usize) -> EngineError,
@@ -517,8 +519,10 @@ fn floats<T: Copy>(
         .enumerate()
         .map(|(i, v)| {
             float_or_null(v)
-                .map(&convert)
-                .filter(|&x| !is_infinite(x))
+                .and_then(|x| {
+                    let y = convert(x);
+                    (!(x.is_finite() && is_infinite(y))).then_some(y)
+                })
                 .ok_or_else(|| bad(i))
         })
         .collect()
@@ -560,6 +564,12 @@ type Tensor_ = tract_onnx::prelude::Tensor;
 fn float_or_null(v: &Value) -> Option<f64> {
     match v {
         Value::Null => Some(f64::NAN),
+        Value::String(s) => match s.as_str() {
+            "NaN" => Some(f64::NAN),
+            "Infinity" => Some(f64::INFINITY),
+            "-Infinity" => Some(f64::NEG_INFINITY),
+            _ => None,
+        },
         v => v.as_f64(),
     }
 }
@@ -815,6 +825,30 @@ mod tests {
         r.inputs[0].data[3] = serde_json::json!(f32::MAX as f64);
         r.inputs[0].data[4] = serde_json::Value::Null;
         assert!(model.infer(&r).is_ok());
+        // Python's literals, as parse_json_body reads them: NaN and the infinities are values;
+        // any other string is not a float.
+        for (literal, value) in [
+            ("NaN", f32::NAN),
+            ("Infinity", f32::INFINITY),
+            ("-Infinity", f32::NEG_INFINITY),
+        ] {
+            let mut r = request(&[vec![0.0; 30]]);
+            r.inputs[0].data[5] = serde_json::json!(literal);
+            let decoded = model.decode(&r).unwrap();
+            let HostData::F32(data) = &decoded.inputs[0].data else {
+                panic!("not FP32")
+            };
+            assert!(
+                data[5].to_bits() == value.to_bits() || (data[5].is_nan() && value.is_nan()),
+                "{literal}: {}",
+                data[5]
+            );
+        }
+        r.inputs[0].data[5] = serde_json::json!("nan");
+        assert!(matches!(
+            model.infer(&r),
+            Err(EngineError::DataValue { index: 5, .. })
+        ));
         assert!(matches!(
             OnnxModel::load("junk", "1", b"not onnx"),
             Err(EngineError::Load { .. })

@@ -537,7 +537,7 @@ async fn plain_infer(
         s.metrics.request(Channel::Plain, 503);
         return busy("runtime busy: inference queue is full");
     }
-    let resp = match serde_json::from_slice::<serde_json::Value>(&body) {
+    let resp = match oip::parse_json_body(&body) {
         Ok(v) => {
             route_inner(
                 &s,

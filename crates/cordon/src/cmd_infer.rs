@@ -1,7 +1,7 @@
 //! `cordon infer`: verify, then one encrypted inference.
 
 use crate::util;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use cordon_proto::oip::InferRequest;
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -34,13 +34,7 @@ pub struct InferArgs {
 
 pub fn run(a: InferArgs) -> Result<()> {
     let doc = util::load_policy_doc(&a.policy, "client policy")?;
-    let request: InferRequest = serde_json::from_str(&util::read_to_string(&a.input, "request")?)
-        .with_context(|| {
-        format!(
-            "{} is not an Open Inference Protocol infer request",
-            a.input.display()
-        )
-    })?;
+    let request: InferRequest = util::read_infer_request(&a.input)?;
     let tls = a.ca.tls()?;
     util::tokio_runtime()?.block_on(async {
         let runtime = cordon_client::connect_tls(&a.runtime, &doc, &tls, SystemTime::now()).await?;

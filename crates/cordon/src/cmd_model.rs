@@ -122,9 +122,7 @@ pub fn run(c: ModelCommand) -> Result<()> {
             if describe {
                 eprintln!("{}", serde_json::to_string_pretty(&loaded.metadata())?);
             }
-            let text = crate::util::read_to_string(&input, "request")?;
-            let request: InferRequest = serde_json::from_str(&text)
-                .with_context(|| format!("{input:?} is not an Open Inference Protocol request"))?;
+            let request: InferRequest = crate::util::read_infer_request(&input)?;
             let response = loaded.infer(&request)?;
             println!(
                 "{}",

@@ -539,6 +539,25 @@ impl ServerTlsArgs {
     }
 }
 
+/// An Open Inference Protocol infer request read from `path` (`-`: standard input), with Python's
+/// `NaN`/`Infinity` literals read as [`cordon_proto::oip::parse_json_body`] reads them, and a
+/// structural problem named by its field.
+pub fn read_infer_request(path: &Path) -> Result<cordon_proto::oip::InferRequest> {
+    use cordon_proto::oip;
+    let text = read_to_string(path, "request")?;
+    let not_a_request = || {
+        format!(
+            "{} is not an Open Inference Protocol infer request",
+            path.display()
+        )
+    };
+    let value = oip::parse_json_body(text.as_bytes()).with_context(not_a_request)?;
+    if let Some(problem) = oip::request_problem(&value) {
+        return Err(anyhow::anyhow!(problem).context(not_a_request()));
+    }
+    serde_json::from_value(value).with_context(not_a_request)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -235,6 +235,34 @@ fn dev_up_serves_the_demo_models_until_terminated() {
     });
     assert_eq!(ready.0, 200, "{}", ready.1);
     assert!(ready.1.contains("\"ready\":true"), "{}", ready.1);
+
+    // Missing values as Python's json.dumps writes them (NaN, not null) reach the fraud GBDT
+    // through the proxy and give the answer of the missing-value tracks, as null does.
+    let fraud: serde_json::Value =
+        serde_json::from_str(include_str!("../../../models/fraud/fraud_gbdt.input.json")).unwrap();
+    let data = &fraud["inputs"][0]["data"].as_array().unwrap()[..20 * 8];
+    assert!(data.iter().any(|v| v.is_null()), "no missing value to send");
+    let with_null = serde_json::json!({"inputs": [{"name": "input", "shape": [8, 20],
+        "datatype": "FP32", "data": data}]})
+    .to_string();
+    let with_nan = with_null.replace("null", "NaN");
+    let post = |body: String| {
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .post(format!("{proxy_url}/v2/models/fraud-gbdt/infer"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    let (status, by_null) = post(with_null);
+    assert_eq!(status, 200, "{by_null}");
+    let (status, by_nan) = post(with_nan);
+    assert_eq!(status, 200, "{by_nan}");
+    assert_eq!(by_nan, by_null);
     drop(proxy);
 
     // SIGTERM: dev up stops, and its KBS and runtime with it.

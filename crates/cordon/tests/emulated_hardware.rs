@@ -18,6 +18,8 @@ fn dev_up(dir: &Path, platform: &str) -> (Proc, Vec<String>) {
     let child = Command::new(BIN)
         .args(["dev", "up", "--emulate", platform, "--data-dir"])
         .arg(dir.join("deployment"))
+        // Free ports: tests run side by side (the defaults are fixed).
+        .args(["--kbs-port", "0", "--runtime-port", "0"])
         .env("CORDON_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())

@@ -76,6 +76,11 @@ fn runtime_and_kbs_under_load_fail_only_by_backpressure_within_memory_bounds() {
             "1",
             "--max-queue",
             "4",
+            // Free ports: tests run side by side (the defaults are fixed).
+            "--kbs-port",
+            "0",
+            "--runtime-port",
+            "0",
         ])
         .env("CORDON_LOG", "warn")
         .stdin(Stdio::null())

@@ -198,7 +198,10 @@ fn model_run_says_what_is_wrong() {
     );
     assert!(e.contains("\"x\" is not an input"), "{e}");
     let e = run_err(&rf, "not json");
-    assert!(e.contains("not an Open Inference Protocol request"), "{e}");
+    assert!(
+        e.contains("not an Open Inference Protocol infer request"),
+        "{e}"
+    );
 
     // A truncated model file, and one whose tree points to a node that does not exist.
     let dir = tempfile::tempdir().unwrap();
