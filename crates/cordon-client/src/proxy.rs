@@ -696,12 +696,13 @@ enum Endpoint {
     ModelMetadata,
     ModelReady,
     Infer,
+    RepositoryIndex,
 }
 
 impl Endpoint {
     fn method(self) -> Method {
         match self {
-            Endpoint::Infer => Method::POST,
+            Endpoint::Infer | Endpoint::RepositoryIndex => Method::POST,
             _ => Method::GET,
         }
     }
@@ -721,6 +722,7 @@ fn match_oip(path: &str) -> Option<(Endpoint, String)> {
         ["v2"] => Endpoint::ServerMetadata,
         ["v2", "health", "live"] => Endpoint::ServerLive,
         ["v2", "health", "ready"] => Endpoint::ServerReady,
+        ["v2", "repository", "index"] => Endpoint::RepositoryIndex,
         ["v2", "models", _] | ["v2", "models", _, "versions", _] => Endpoint::ModelMetadata,
         ["v2", "models", _, "ready"] | ["v2", "models", _, "versions", _, "ready"] => {
             Endpoint::ModelReady
@@ -980,6 +982,11 @@ mod tests {
             ),
             ("/v2/models/m/infer", Endpoint::Infer, "/v2/models/m/infer"),
             (
+                "/v2/repository/index",
+                Endpoint::RepositoryIndex,
+                "/v2/repository/index",
+            ),
+            (
                 "/v2/models/m%20x/versions/v10/infer/",
                 Endpoint::Infer,
                 "/v2/models/m%20x/versions/v10/infer",
@@ -1006,6 +1013,8 @@ mod tests {
             "/v2/models/m/versions",
             "/v2/models/m/infer/extra",
             "/v2/health",
+            "/v2/repository",
+            "/v2/repository/models/m/load",
             "/v3/models/m/infer",
             "/v2/models/m/versions/1/explain",
         ] {

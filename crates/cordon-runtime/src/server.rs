@@ -296,6 +296,7 @@ pub fn router(state: Arc<RuntimeState>) -> Router {
             get(|| async { Json(json!({ "ready": true })) }),
         )
         .route("/v2", get(server_metadata))
+        .route("/v2/repository/index", post(plain_repository_index))
         .route("/v2/models/{name}", get(plain_model_route))
         .route("/v2/models/{name}/ready", get(plain_model_route))
         .route(
@@ -487,7 +488,7 @@ fn server_metadata_json(s: &RuntimeState) -> serde_json::Value {
     json!({
         "name": "cordon-runtime",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["cordon_encrypted", "cordon_session"],
+        "extensions": ["model_repository", "cordon_encrypted", "cordon_session"],
         "platform": s.tee.platform().to_string(),
         "models": s.model_names(),
     })
@@ -514,6 +515,10 @@ async fn plain_model_route(State(s): State<Arc<RuntimeState>>, req: Request) -> 
         Json(resp.body),
     )
         .into_response()
+}
+
+async fn plain_repository_index(State(s): State<Arc<RuntimeState>>) -> Response {
+    Json(repository_index(&s, None)).into_response()
 }
 
 async fn plain_infer(
@@ -790,6 +795,20 @@ fn ok(body: serde_json::Value) -> InnerResponse {
     InnerResponse { status: 200, body }
 }
 
+/// `POST /v2/repository/index` (KServe v2 model repository extension): every model this runtime
+/// serves, with its version and state `READY` (models are loaded at boot; there is no other
+/// state). `{"ready": true}` asks for ready models only, which is the same list.
+fn repository_index(s: &RuntimeState, _body: Option<&serde_json::Value>) -> serde_json::Value {
+    serde_json::Value::Array(
+        s.models
+            .iter()
+            .map(
+                |(name, m)| json!({ "name": name, "version": m.model.version(), "state": "READY" }),
+            )
+            .collect(),
+    )
+}
+
 /// The model `name`, at `version` when the path names one.
 fn find_model<'a>(
     s: &'a RuntimeState,
@@ -839,6 +858,10 @@ async fn route_inner(s: &Arc<RuntimeState>, req: InnerRequest, channel: Channel)
             ["v2"] => ok(server_metadata_json(s)),
             _ => inner_error(404, format!("no route for GET {path}")),
         },
+        // The model repository extension, read-only: what is served, all of it loaded.
+        ("POST", None, _) if segments == ["v2", "repository", "index"] => {
+            ok(repository_index(s, req.body.as_ref()))
+        }
         ("GET", Some((name, version)), []) => match find_model(s, name, version) {
             Ok(m) => ok(json!(m.model.metadata())),
             Err(e) => e,

@@ -252,6 +252,23 @@ fn an_unmodified_oip_client_works_through_the_proxy() {
             .collect();
         assert_eq!(outputs, ["label", "probabilities"]);
     }
+    // The model repository extension (read-only), as clients discover models.
+    let (status, index) = http.post(&format!("{base}/v2/repository/index"), "{}");
+    assert_eq!(status, StatusCode::OK, "{index}");
+    assert_eq!(
+        index,
+        json!([
+            {"name": "lr", "version": "1", "state": "READY"},
+            {"name": "mlp", "version": "1", "state": "READY"}
+        ])
+    );
+    assert!(
+        meta["extensions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("model_repository")),
+        "{meta}"
+    );
     for path in ["/v2/models/lr/ready", "/v2/models/lr/versions/1/ready"] {
         let (status, _, r) = http.get(&format!("{base}{path}"));
         assert_eq!(status, StatusCode::OK, "{path}");
@@ -348,9 +365,10 @@ fn an_unmodified_oip_client_works_through_the_proxy() {
     assert_eq!(st["claims"]["launch_measurement"], rig.measurement_a);
     assert_eq!(st["counters"]["verifications_ok"], 1);
     assert_eq!(st["counters"]["requests_refused"], 0);
-    // Every answer from the runtime counts, its errors included: server 3, models 4, infer 2,
-    // runtime errors 4 (the proxy answered the malformed, oversized and unknown-path ones).
-    assert_eq!(st["counters"]["requests_forwarded"], 13, "{st}");
+    // Every answer from the runtime counts, its errors included: server 3, repository index 1,
+    // models 4, infer 2, runtime errors 4 (the proxy answered the malformed, oversized and
+    // unknown-path ones).
+    assert_eq!(st["counters"]["requests_forwarded"], 14, "{st}");
     assert!(
         !proxy.log().contains("batch-1"),
         "request bodies must not be logged"
@@ -368,7 +386,7 @@ fn an_unmodified_oip_client_works_through_the_proxy() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
     };
-    assert_eq!(count("session"), 13, "{metrics}");
+    assert_eq!(count("session"), 14, "{metrics}");
     assert_eq!(count("oneshot"), 0, "{metrics}");
 }
 
