@@ -23,12 +23,12 @@
 use crate::{connect_with_tls, ClientError, ClientTls, Session, VerifiedRuntime};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use cordon_attest::{Claims, Endorsements, Platform, Policy, PolicyDocument};
-use cordon_proto::oip;
 use cordon_proto::runtime::InnerResponse;
+use cordon_proto::{oip, oip_binary};
 use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::json;
@@ -822,6 +822,11 @@ async fn handle(
     } else {
         None
     };
+    // Outputs the client asked for in binary (the binary tensor data extension).
+    let binary_outputs = body
+        .as_ref()
+        .map(|b| oip_binary::BinaryOutputs::of(&b.parsed))
+        .filter(oip_binary::BinaryOutputs::any);
     let response = match proxy.forward(effective.as_str(), &forward_path, body).await {
         Ok(inner) => {
             proxy
@@ -830,6 +835,9 @@ async fn handle(
                 .requests_forwarded
                 .fetch_add(1, Ordering::Relaxed);
             match StatusCode::from_u16(inner.status) {
+                Ok(StatusCode::OK) if binary_outputs.is_some() => {
+                    binary_response(&inner.body, binary_outputs.as_ref())
+                }
                 Ok(status) => with_retry_after((status, Json(inner.body)).into_response()),
                 Err(_) => oip_error(
                     StatusCode::BAD_GATEWAY,
@@ -844,6 +852,40 @@ async fn handle(
     };
     tracing::debug!(%method, path, status = response.status().as_u16(), "request");
     response
+}
+
+/// The binary tensor data extension's header: the length of the JSON part of a body.
+const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
+/// An infer response with the outputs `wanted` in binary (JSON header, then their bytes), or as
+/// JSON when none is.
+fn binary_response(
+    body: &serde_json::Value,
+    wanted: Option<&oip_binary::BinaryOutputs>,
+) -> Response {
+    let encoded = match wanted {
+        Some(w) => oip_binary::encode_response(body, w),
+        None => Ok(None),
+    };
+    match encoded {
+        Ok(Some((bytes, header_len))) => (
+            StatusCode::OK,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                ),
+                (
+                    HeaderName::from_static(INFERENCE_HEADER_CONTENT_LENGTH),
+                    HeaderValue::from(header_len),
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Ok(None) => (StatusCode::OK, Json(body.clone())).into_response(),
+        Err(e) => oip_error(StatusCode::BAD_GATEWAY, format!("cordon proxy: {e}")),
+    }
 }
 
 /// Reads and checks an infer body: within the limit, JSON. Answers the client itself otherwise.
@@ -864,12 +906,26 @@ async fn infer_body(proxy: &Proxy, headers: &HeaderMap, body: Body) -> Result<Pa
             ))
         }
     };
-    // Triton's binary tensor extension puts raw tensor bytes after a JSON header.
-    if headers.contains_key("inference-header-content-length") {
-        return Err(oip_error(
-            StatusCode::BAD_REQUEST,
-            "the binary tensor data extension (Inference-Header-Content-Length) is not supported; send the inference request as JSON",
-        ));
+    // The binary tensor data extension (what the standard clients send by default): a JSON
+    // header, then raw tensor bytes. It becomes the JSON request the channel carries.
+    if let Some(header_len) = headers.get(INFERENCE_HEADER_CONTENT_LENGTH) {
+        let Some(header_len) = header_len
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        else {
+            return Err(oip_error(
+                StatusCode::BAD_REQUEST,
+                "Inference-Header-Content-Length is not a byte count",
+            ));
+        };
+        return match oip_binary::decode_request(&bytes, header_len) {
+            Ok(parsed) => Ok(Payload {
+                raw: Bytes::from(serde_json::to_vec(&parsed).unwrap_or_default()),
+                parsed,
+            }),
+            Err(e) => Err(oip_error(StatusCode::BAD_REQUEST, e.to_string())),
+        };
     }
     if bytes.is_empty() {
         return Err(oip_error(

@@ -344,20 +344,37 @@ async fn the_proxy_itself_answers_what_it_must_not_forward() {
     let (status, body) = s.infer(vec![b' '; 1025]).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(body["error"].as_str().unwrap().contains("1024"), "{body}");
-    let r = s
-        .http
-        .post(format!("{}/v2/models/m/infer", s.base))
-        .header("inference-header-content-length", "10")
-        .body("{\"inputs\":[]}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let body: Value = r.json().await.unwrap();
-    assert!(
-        body["error"].as_str().unwrap().contains("binary tensor"),
-        "{body}"
-    );
+    // Binary tensor bodies whose sizes do not add up are refused before anything is forwarded.
+    for (length, body, expected) in [
+        (
+            "10",
+            "{\"inputs\":[]}",
+            "JSON header of a binary request is not valid JSON",
+        ),
+        (
+            "99",
+            "{\"inputs\":[]}",
+            "Inference-Header-Content-Length is 99",
+        ),
+        ("many", "{\"inputs\":[]}", "not a byte count"),
+        (
+            "13",
+            "{\"inputs\":[]}xyz",
+            "the body after the JSON header 3",
+        ),
+    ] {
+        let r = s
+            .http
+            .post(format!("{}/v2/models/m/infer", s.base))
+            .header("inference-header-content-length", length)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains(expected), "{body}");
+    }
     // None of these reached the runtime, and none needed its evidence.
     assert_eq!(s.encrypted(), 0);
     assert_eq!(s.fake.attestations.load(Ordering::SeqCst), 0);

@@ -27,6 +27,7 @@ pub mod job;
 pub mod kbs;
 pub mod merkle;
 pub mod oip;
+pub mod oip_binary;
 pub mod runtime;
 pub mod session;
 

@@ -423,3 +423,53 @@ fn a_signal_during_the_start_leaves_no_process_behind() {
         );
     }
 }
+
+/// The stock Python client of the KServe v2 / Triton ecosystem (tritonclient.http, pinned, from
+/// PyPI by scripts/fetch-python-clients.sh; this test fails, never skips, when that fails), on
+/// its default settings through `cordon proxy`: metadata, the repository index, binary tensors in
+/// and out and JSON, NaN inputs to the fraud GBDT both ways, and an error answer
+/// (crates/cordon/tests/stock_clients/triton_http.py holds the checks).
+#[test]
+fn the_stock_triton_http_client_works_through_the_proxy() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let fetched = Command::new("bash")
+        .arg(root.join("scripts/fetch-python-clients.sh"))
+        .arg(std::env::temp_dir().join("cordon-python-clients"))
+        .output()
+        .unwrap();
+    assert!(
+        fetched.status.success(),
+        "fetching the Python clients failed: {}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    let python = String::from_utf8(fetched.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_dev, lines, _rx) = start_dev(dir.path(), &[]);
+    let runtime = field(&lines, "runtime URL:").to_string();
+    let policy = field(&lines, "client policy:").to_string();
+    let (_proxy, proxy_url) = start_proxy(dir.path(), &runtime, &policy);
+    let out = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stock_clients/triton_http.py"))
+        .arg(proxy_url.trim_start_matches("http://"))
+        .arg(root.join("models/demo_input.json"))
+        .arg(root.join("models/fraud/fraud_gbdt.input.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(summary["lr_binary_True"], summary["lr_binary_False"]);
+    assert!(
+        summary["error"].as_str().unwrap().contains("shape [1, 29]"),
+        "{summary}"
+    );
+}

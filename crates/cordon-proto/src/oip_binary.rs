@@ -1,0 +1,511 @@
+//! The KServe v2 binary tensor data extension (Triton's `binary_tensor_data`), as the standard
+//! HTTP clients send it by default: a JSON header of `Inference-Header-Content-Length` bytes, then
+//! the raw bytes of each tensor whose `parameters.binary_data_size` says how many, in order.
+//!
+//! [`decode_request`] turns such a body into the JSON request every other part of Cordon reads
+//! (the encrypted channel carries JSON); [`encode_response`] turns a JSON response into the binary
+//! form for the outputs the request asked for in binary (`binary_data_output` on the request,
+//! `binary_data` on a requested output). Tensor bytes are little-endian, row-major; a `BYTES`
+//! element is a 4-byte little-endian length and that many bytes.
+
+use serde_json::{Map, Value};
+
+/// What is wrong with a binary request or response; names the tensor and the sizes, never data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BinaryError {
+    #[error("Inference-Header-Content-Length is {header}, but the body has only {body} bytes")]
+    HeaderLength { header: usize, body: usize },
+    #[error("the JSON header of a binary request is not valid JSON: {0}")]
+    Header(String),
+    #[error("input {name:?}: {reason}")]
+    Input { name: String, reason: String },
+    #[error("output {name:?}: {reason}")]
+    Output { name: String, reason: String },
+    #[error(
+        "the binary tensors hold {declared} bytes (their binary_data_size), the body after the \
+         JSON header {body}"
+    )]
+    TrailingBytes { declared: usize, body: usize },
+}
+
+/// Bytes per element of a fixed-size datatype; `None` for `BYTES` (and unknown types).
+fn element_size(datatype: &str) -> Option<usize> {
+    Some(match datatype {
+        "BOOL" | "INT8" | "UINT8" => 1,
+        "INT16" | "UINT16" | "FP16" => 2,
+        "INT32" | "UINT32" | "FP32" => 4,
+        "INT64" | "UINT64" | "FP64" => 8,
+        _ => return None,
+    })
+}
+
+/// A float as this crate's JSON carries it: a number, or the strings `"NaN"`, `"Infinity"`,
+/// `"-Infinity"` ([`crate::oip::parse_json_body`]'s convention), which float inputs read.
+fn float_value(x: f64) -> Value {
+    if x.is_nan() {
+        Value::from("NaN")
+    } else if x == f64::INFINITY {
+        Value::from("Infinity")
+    } else if x == f64::NEG_INFINITY {
+        Value::from("-Infinity")
+    } else {
+        Value::from(x)
+    }
+}
+
+/// The elements of `bytes` (`count` of them) as JSON values of `datatype`.
+fn decode_elements(datatype: &str, bytes: &[u8]) -> Result<Vec<Value>, String> {
+    if datatype == "BYTES" {
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+                return Err(format!(
+                    "BYTES element {} has a truncated length prefix",
+                    out.len()
+                ));
+            };
+            let len = u32::from_le_bytes(*len) as usize;
+            if tail.len() < len {
+                return Err(format!(
+                    "BYTES element {} says {len} bytes, {} are left",
+                    out.len(),
+                    tail.len()
+                ));
+            }
+            let text = std::str::from_utf8(&tail[..len]).map_err(|_| {
+                format!(
+                    "BYTES element {} is not UTF-8 text (this runtime's BYTES tensors are text)",
+                    out.len()
+                )
+            })?;
+            out.push(Value::from(text));
+            rest = &tail[len..];
+        }
+        return Ok(out);
+    }
+    let size =
+        element_size(datatype).ok_or_else(|| format!("datatype {datatype} has no binary form"))?;
+    if bytes.len() % size != 0 {
+        return Err(format!(
+            "{} bytes are not a whole number of {datatype} elements ({size} bytes each)",
+            bytes.len()
+        ));
+    }
+    let values = bytes.chunks_exact(size).map(|c| {
+        let a = |n: usize| -> [u8; 8] {
+            let mut b = [0u8; 8];
+            b[..n].copy_from_slice(&c[..n]);
+            b
+        };
+        match datatype {
+            "BOOL" => Value::from(c[0] != 0),
+            "INT8" => Value::from(c[0] as i8),
+            "UINT8" => Value::from(c[0]),
+            "INT16" => Value::from(i16::from_le_bytes([c[0], c[1]])),
+            "UINT16" => Value::from(u16::from_le_bytes([c[0], c[1]])),
+            "FP16" => float_value(half::f16::from_le_bytes([c[0], c[1]]).to_f64()),
+            "INT32" => Value::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            "UINT32" => Value::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            "FP32" => float_value(f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64),
+            "INT64" => Value::from(i64::from_le_bytes(a(8))),
+            "UINT64" => Value::from(u64::from_le_bytes(a(8))),
+            // FP64, the last fixed-size type.
+            _ => float_value(f64::from_le_bytes(a(8))),
+        }
+    });
+    Ok(values.collect())
+}
+
+/// The `u64` value of `parameters[key]` of a tensor object, if it is one.
+fn size_parameter(tensor: &Map<String, Value>, key: &str) -> Option<Result<usize, String>> {
+    let v = tensor.get("parameters")?.get(key)?;
+    Some(
+        v.as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| format!("parameters.{key} must be a non-negative integer")),
+    )
+}
+
+/// The JSON request of a binary-extension body: the first `header_len` bytes are the JSON
+/// header; each input with `parameters.binary_data_size` takes that many of the following bytes,
+/// in the order of `inputs`, as its `data` (the parameter is removed). Every byte after the header
+/// must belong to an input.
+pub fn decode_request(body: &[u8], header_len: usize) -> Result<Value, BinaryError> {
+    if header_len > body.len() {
+        return Err(BinaryError::HeaderLength {
+            header: header_len,
+            body: body.len(),
+        });
+    }
+    let (header, mut rest) = body.split_at(header_len);
+    let mut request = crate::oip::parse_json_body(header).map_err(|e| {
+        // Position and class only: serde's message can quote the input.
+        BinaryError::Header(format!(
+            "{:?} error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let declared_total = body.len() - header_len;
+    if let Some(inputs) = request.get_mut("inputs").and_then(Value::as_array_mut) {
+        for t in inputs.iter_mut() {
+            let Some(t) = t.as_object_mut() else { continue };
+            let name = t
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string();
+            let input_err = |reason: String| BinaryError::Input {
+                name: name.clone(),
+                reason,
+            };
+            let Some(size) = size_parameter(t, "binary_data_size") else {
+                continue;
+            };
+            let size = size.map_err(&input_err)?;
+            if t.contains_key("data") {
+                return Err(input_err(
+                    "has both \"data\" and parameters.binary_data_size".into(),
+                ));
+            }
+            if size > rest.len() {
+                return Err(input_err(format!(
+                    "binary_data_size is {size}, only {} bytes are left in the body",
+                    rest.len()
+                )));
+            }
+            let (bytes, tail) = rest.split_at(size);
+            rest = tail;
+            let datatype = t
+                .get("datatype")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let elements = decode_elements(&datatype, bytes).map_err(&input_err)?;
+            if let Some(p) = t.get_mut("parameters").and_then(Value::as_object_mut) {
+                p.remove("binary_data_size");
+            }
+            t.insert("data".into(), Value::Array(elements));
+        }
+    }
+    if !rest.is_empty() {
+        return Err(BinaryError::TrailingBytes {
+            declared: declared_total - rest.len(),
+            body: declared_total,
+        });
+    }
+    Ok(request)
+}
+
+/// Which outputs of a response go in binary, as the request asked: `parameters.binary_data` of a
+/// requested output, else the request's `parameters.binary_data_output`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BinaryOutputs {
+    all: bool,
+    /// Per-output choices that override `all`.
+    named: Vec<(String, bool)>,
+}
+
+impl BinaryOutputs {
+    /// What `request` (JSON, binary inputs already decoded or not) asks for.
+    pub fn of(request: &Value) -> BinaryOutputs {
+        let flag = |v: Option<&Value>| v.and_then(Value::as_bool);
+        let all = flag(
+            request
+                .get("parameters")
+                .and_then(|p| p.get("binary_data_output")),
+        )
+        .unwrap_or(false);
+        let named = request
+            .get("outputs")
+            .and_then(Value::as_array)
+            .map(|outputs| {
+                outputs
+                    .iter()
+                    .filter_map(|o| {
+                        let name = o.get("name")?.as_str()?;
+                        let b = flag(o.get("parameters").and_then(|p| p.get("binary_data")))?;
+                        Some((name.to_string(), b))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        BinaryOutputs { all, named }
+    }
+
+    fn wants(&self, output: &str) -> bool {
+        self.named
+            .iter()
+            .find(|(n, _)| n == output)
+            .map_or(self.all, |(_, b)| *b)
+    }
+
+    /// Whether any output may go in binary.
+    pub fn any(&self) -> bool {
+        self.all || self.named.iter().any(|(_, b)| *b)
+    }
+}
+
+/// The element bytes of `data` (flattened) as `datatype`: `null` and `"NaN"` are NaN for floats.
+fn encode_elements(datatype: &str, data: &Value) -> Result<Vec<u8>, String> {
+    let mut flat = Vec::new();
+    fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+        match v {
+            Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
+            other => out.push(other),
+        }
+    }
+    flatten(data, &mut flat);
+    let mut out = Vec::with_capacity(flat.len() * element_size(datatype).unwrap_or(8));
+    for (i, v) in flat.iter().enumerate() {
+        let bad = || format!("element {i} is not a {datatype} value");
+        let float = || -> Option<f64> {
+            match v {
+                Value::Null => Some(f64::NAN),
+                Value::String(s) if s == "NaN" => Some(f64::NAN),
+                Value::String(s) if s == "Infinity" => Some(f64::INFINITY),
+                Value::String(s) if s == "-Infinity" => Some(f64::NEG_INFINITY),
+                v => v.as_f64(),
+            }
+        };
+        let int = || v.as_i64();
+        let uint = || v.as_u64();
+        match datatype {
+            "BOOL" => out.push(u8::from(v.as_bool().ok_or_else(bad)?)),
+            "INT8" => out.extend(
+                i8::try_from(int().ok_or_else(bad)?)
+                    .map_err(|_| bad())?
+                    .to_le_bytes(),
+            ),
+            "UINT8" => out.extend(
+                u8::try_from(uint().ok_or_else(bad)?)
+                    .map_err(|_| bad())?
+                    .to_le_bytes(),
+            ),
+            "INT16" => out.extend(
+                i16::try_from(int().ok_or_else(bad)?)
+                    .map_err(|_| bad())?
+                    .to_le_bytes(),
+            ),
+            "UINT16" => out.extend(
+                u16::try_from(uint().ok_or_else(bad)?)
+                    .map_err(|_| bad())?
+                    .to_le_bytes(),
+            ),
+            "INT32" => out.extend(
+                i32::try_from(int().ok_or_else(bad)?)
+                    .map_err(|_| bad())?
+                    .to_le_bytes(),
+            ),
+            "UINT32" => out.extend(
+                u32::try_from(uint().ok_or_else(bad)?)
+                    .map_err(|_| bad())?
+                    .to_le_bytes(),
+            ),
+            "INT64" => out.extend(int().ok_or_else(bad)?.to_le_bytes()),
+            "UINT64" => out.extend(uint().ok_or_else(bad)?.to_le_bytes()),
+            "FP16" => out.extend(half::f16::from_f64(float().ok_or_else(bad)?).to_le_bytes()),
+            "FP32" => out.extend((float().ok_or_else(bad)? as f32).to_le_bytes()),
+            "FP64" => out.extend(float().ok_or_else(bad)?.to_le_bytes()),
+            "BYTES" => {
+                let s = v.as_str().ok_or_else(bad)?;
+                let len = u32::try_from(s.len()).map_err(|_| bad())?;
+                out.extend(len.to_le_bytes());
+                out.extend(s.as_bytes());
+            }
+            other => return Err(format!("datatype {other} has no binary form")),
+        }
+    }
+    Ok(out)
+}
+
+/// A JSON response in the binary form `wanted` asks for: the outputs it names lose `data` and get
+/// `parameters.binary_data_size`; their bytes follow the JSON header in output order. Returns the
+/// body and the header's length (the `Inference-Header-Content-Length` to send), or `None` when
+/// no output goes in binary (the JSON response stands as it is).
+pub fn encode_response(
+    response: &Value,
+    wanted: &BinaryOutputs,
+) -> Result<Option<(Vec<u8>, usize)>, BinaryError> {
+    let Some(outputs) = response.get("outputs").and_then(Value::as_array) else {
+        return Ok(None);
+    };
+    let mut header = response.clone();
+    let mut tail = Vec::new();
+    let mut any = false;
+    if let Some(out_json) = header.get_mut("outputs").and_then(Value::as_array_mut) {
+        for (t, original) in out_json.iter_mut().zip(outputs) {
+            let Some(t) = t.as_object_mut() else { continue };
+            let name = t
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string();
+            if !wanted.wants(&name) {
+                continue;
+            }
+            let datatype = t
+                .get("datatype")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let data = original.get("data").unwrap_or(&Value::Null);
+            let bytes = encode_elements(&datatype, data)
+                .map_err(|reason| BinaryError::Output { name, reason })?;
+            t.remove("data");
+            let params = t
+                .entry("parameters")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Some(p) = params.as_object_mut() {
+                p.insert("binary_data_size".into(), Value::from(bytes.len()));
+            }
+            tail.extend(bytes);
+            any = true;
+        }
+    }
+    if !any {
+        return Ok(None);
+    }
+    let mut body = serde_json::to_vec(&header).unwrap_or_default();
+    let header_len = body.len();
+    body.extend(tail);
+    Ok(Some((body, header_len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(header: &Value, tensors: &[&[u8]]) -> (Vec<u8>, usize) {
+        let mut b = serde_json::to_vec(header).unwrap();
+        let n = b.len();
+        for t in tensors {
+            b.extend_from_slice(t);
+        }
+        (b, n)
+    }
+
+    #[test]
+    fn binary_inputs_become_json_data_mixed_with_json_ones() {
+        let fp32: Vec<u8> = [1.5f32, f32::NAN, f32::INFINITY, -2.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let mut strings = Vec::new();
+        for s in ["héllo", ""] {
+            strings.extend((s.len() as u32).to_le_bytes());
+            strings.extend(s.as_bytes());
+        }
+        let i64s: Vec<u8> = [-3i64, 7].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let header = json!({"inputs": [
+            {"name": "a", "shape": [2, 2], "datatype": "FP32",
+             "parameters": {"binary_data_size": 16}},
+            {"name": "j", "shape": [1], "datatype": "INT64", "data": [5]},
+            {"name": "s", "shape": [2], "datatype": "BYTES",
+             "parameters": {"binary_data_size": strings.len()}},
+            {"name": "i", "shape": [2], "datatype": "INT64",
+             "parameters": {"binary_data_size": 16, "other": 1}}
+        ], "parameters": {"binary_data_output": true}});
+        let (b, n) = body(&header, &[&fp32, &strings, &i64s]);
+        let r = decode_request(&b, n).unwrap();
+        assert_eq!(
+            r["inputs"][0]["data"],
+            json!([1.5, "NaN", "Infinity", -2.0])
+        );
+        assert_eq!(r["inputs"][1]["data"], json!([5]));
+        assert_eq!(r["inputs"][2]["data"], json!(["héllo", ""]));
+        assert_eq!(r["inputs"][3]["data"], json!([-3, 7]));
+        assert_eq!(r["inputs"][3]["parameters"], json!({"other": 1}));
+        assert!(crate::oip::request_problem(&r).is_none());
+        assert!(serde_json::from_value::<crate::oip::InferRequest>(r).is_ok());
+    }
+
+    #[test]
+    fn wrong_sizes_are_named_and_never_read_past_the_body() {
+        let header = json!({"inputs": [{"name": "a", "shape": [2], "datatype": "FP32",
+            "parameters": {"binary_data_size": 8}}]});
+        let (b, n) = body(&header, &[&[0u8; 8]]);
+        assert!(decode_request(&b, n).is_ok());
+        // Header longer than the body; tensor longer than what is left; bytes nobody claims;
+        // a size that is not whole elements; a truncated BYTES prefix; non-UTF-8 text.
+        assert!(matches!(
+            decode_request(&b, b.len() + 1),
+            Err(BinaryError::HeaderLength { .. })
+        ));
+        assert!(matches!(
+            decode_request(&b[..b.len() - 1], n),
+            Err(BinaryError::Input { .. })
+        ));
+        let (extra, n2) = body(&header, &[&[0u8; 9]]);
+        assert!(matches!(
+            decode_request(&extra, n2),
+            Err(BinaryError::TrailingBytes {
+                declared: 8,
+                body: 9
+            })
+        ));
+        let odd = json!({"inputs": [{"name": "a", "shape": [2], "datatype": "FP32",
+            "parameters": {"binary_data_size": 7}}]});
+        let (b, n) = body(&odd, &[&[0u8; 7]]);
+        let e = decode_request(&b, n).unwrap_err().to_string();
+        assert!(e.contains("not a whole number of FP32 elements"), "{e}");
+        for (bytes, expected) in [
+            (&[3u8, 0][..], "truncated length prefix"),
+            (&[2, 0, 0, 0, 0xff, 0xfe][..], "not UTF-8"),
+            (&[9, 0, 0, 0, b'a'][..], "says 9 bytes"),
+        ] {
+            let h = json!({"inputs": [{"name": "s", "shape": [1], "datatype": "BYTES",
+                "parameters": {"binary_data_size": bytes.len()}}]});
+            let (b, n) = body(&h, &[bytes]);
+            let e = decode_request(&b, n).unwrap_err().to_string();
+            assert!(e.contains(expected), "{e}");
+        }
+        // A header that is not JSON names the position, not the content.
+        let e = decode_request(b"{\"secret\": x}", 13)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn outputs_go_binary_as_asked_and_read_back() {
+        let response = json!({"model_name": "m", "outputs": [
+            {"name": "label", "shape": [2], "datatype": "INT64", "data": [0, 1]},
+            {"name": "p", "shape": [2, 2], "datatype": "FP32", "data": [0.25, null, 1.0, 0.5]},
+            {"name": "t", "shape": [1], "datatype": "BYTES", "data": ["yes"]}
+        ]});
+        // Nothing asked: JSON stands.
+        assert_eq!(
+            encode_response(&response, &BinaryOutputs::of(&json!({"inputs": []}))).unwrap(),
+            None
+        );
+        // All, except `label`, which asks for JSON.
+        let asked = json!({"inputs": [], "parameters": {"binary_data_output": true},
+            "outputs": [{"name": "label", "parameters": {"binary_data": false}}]});
+        let (b, n) = encode_response(&response, &BinaryOutputs::of(&asked))
+            .unwrap()
+            .unwrap();
+        let header: Value = serde_json::from_slice(&b[..n]).unwrap();
+        assert_eq!(header["outputs"][0]["data"], json!([0, 1]));
+        assert_eq!(header["outputs"][1]["parameters"]["binary_data_size"], 16);
+        assert!(header["outputs"][1].get("data").is_none());
+        assert_eq!(header["outputs"][2]["parameters"]["binary_data_size"], 7);
+        let p: Vec<f32> = b[n..n + 16]
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(p[0], 0.25);
+        assert!(p[1].is_nan());
+        assert_eq!(&b[n + 16..], b"\x03\x00\x00\x00yes");
+        // Only one output, by name.
+        let one =
+            json!({"inputs": [], "outputs": [{"name": "p", "parameters": {"binary_data": true}}]});
+        let (b, n) = encode_response(&response, &BinaryOutputs::of(&one))
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.len() - n, 16);
+    }
+}
