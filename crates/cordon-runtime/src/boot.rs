@@ -307,8 +307,9 @@ async fn wait_for_kbs(
     loop {
         let e = match http.get(format!("{kbs}/healthz")).send().await {
             Ok(_) => return Ok(()),
-            Err(e) if e.is_connect() || e.is_timeout() => e,
-            // Anything else (TLS, a malformed URL) will not heal by waiting.
+            Err(e) if e.is_timeout() || refused(&e) => e,
+            // Anything else (a TLS handshake, a name that does not resolve) will not heal by
+            // waiting: the attestation says what it is.
             Err(_) => return Ok(()),
         };
         let waited = started.elapsed();
@@ -335,6 +336,21 @@ async fn wait_for_kbs(
         tokio::time::sleep(pause.min(wait - waited)).await;
         pause = (pause * 2).min(std::time::Duration::from_secs(2));
     }
+}
+
+/// Whether `e` is a refused (or reset, or timed-out) TCP connection: a key broker not up yet.
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{ConnectionRefused, ConnectionReset, TimedOut};
+            if matches!(io.kind(), ConnectionRefused | ConnectionReset | TimedOut) {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
 }
 
 pub(crate) async fn attest_to_kbs(
@@ -554,6 +570,33 @@ mod tests {
             [0; 32],
             false,
         ))
+    }
+
+    /// How an HTTP client's error reaches the cause: one error wrapping another as its source.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error (Connect)")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn only_a_refused_or_timed_out_connection_is_waited_for() {
+        use std::io::{Error, ErrorKind};
+        assert!(refused(&Error::from(ErrorKind::ConnectionRefused)));
+        assert!(refused(&Wrapped(Error::from(ErrorKind::ConnectionRefused))));
+        assert!(refused(&Wrapped(Error::from(ErrorKind::TimedOut))));
+        // A TLS handshake that fails, or a name that does not resolve, will not heal by waiting.
+        assert!(!refused(&Wrapped(Error::other("invalid peer certificate"))));
+        assert!(!refused(&Wrapped(Error::from(ErrorKind::NotFound))));
     }
 
     /// A training runtime must pin the KBS's identity key (it seals jobs and output keys to it):

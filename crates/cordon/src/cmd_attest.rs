@@ -136,7 +136,16 @@ fn parse_time(s: &str) -> Result<SystemTime> {
 fn report(a: ReportArgs) -> Result<u8> {
     util::json_or_stdout(a.json.json, &a.out, "--out")?;
     if !util::is_stdio(&a.out) {
-        crate::output::check_dest(&a.out, "--out", a.force, &[])?;
+        // The emulated machine's own files (its keys, its state) are inputs, never overwritten.
+        let machine: Vec<std::path::PathBuf> = a
+            .emulator
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        let inputs: Vec<&std::path::Path> = machine.iter().map(|p| p.as_path()).collect();
+        crate::output::check_dest(&a.out, "--out", a.force, &inputs)?;
     }
     let mut report_data = [0u8; 64];
     if let Some(h) = &a.report_data {

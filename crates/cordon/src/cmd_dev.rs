@@ -87,7 +87,7 @@ fn up(a: UpArgs) -> Result<()> {
         .as_deref()
         .map(|lib| OnnxRuntimeChoice::for_library(lib, a.onnxruntime_models.clone()))
         .transpose()?;
-    let mut deployment = deploy::deploy(
+    let deployment = deploy::deploy(
         &dir,
         DEV_MODELS,
         &runtime_args,
@@ -100,7 +100,15 @@ fn up(a: UpArgs) -> Result<()> {
             keep_state: true,
         },
     )
-    .map_err(|e| port_hint(e, a.kbs_port, a.runtime_port))?;
+    .map_err(|e| port_hint(e, a.kbs_port, a.runtime_port));
+    // Stopped by a signal during the start: as after it, a server's normal end.
+    let mut deployment = match deployment {
+        Err(_) if deploy::interrupted() => {
+            println!("stopped");
+            return Ok(());
+        }
+        other => other?,
+    };
     let input = dir.join("demo-input.json");
     std::fs::write(&input, DEMO_INPUT)?;
     let names: Vec<&str> = deployment.models.iter().map(|m| m.name.as_str()).collect();

@@ -395,12 +395,100 @@ const SQLITE_STORE_FILE: &str = "kbs.sqlite3";
 #[derive(Default)]
 struct FreshStore {
     paths: Vec<PathBuf>,
+    /// The data directory's lock, held while the KBS runs and released only after the removals.
+    lock: Option<std::fs::File>,
+}
+
+/// `flock(LOCK_EX | LOCK_NB)` on `file`: whether the lock was taken (false: another process holds
+/// it). Released when the file is closed, including when the process dies.
+fn try_lock_exclusive(file: &std::fs::File) -> Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a file descriptor this function borrows open; no memory is touched.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        return Ok(false);
+    }
+    Err(e).context("locking the data directory")
+}
+
+/// Creates the SQLite data directory (0700) unless it exists, locks it (exclusively, for as long
+/// as the returned file is open), and, when it holds no store yet, checks what a new store needs
+/// and notes in `fresh` what this start will create: the directory (if this call made it), the
+/// database files, the default KEK file beside the directory. Nothing that existed before the
+/// lock was taken is noted.
+fn lock_new_or_existing_store(
+    a: &ServeArgs,
+    data_dir: &std::path::Path,
+    fresh: &mut FreshStore,
+) -> Result<std::fs::File> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let created = match std::fs::DirBuilder::new().mode(0o700).create(data_dir) {
+        Ok(()) => {
+            std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
+            fresh.paths.push(data_dir.to_path_buf());
+            true
+        }
+        // Whatever is there (a directory, or a link to one) is not this start's to remove.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(e).with_context(|| format!("creating {}", data_dir.display())),
+    };
+    let lock = std::fs::File::open(data_dir)
+        .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
+    if !try_lock_exclusive(&lock)? {
+        bail!(
+            "another `kbs serve` holds the store in {} (its data directory is locked)",
+            data_dir.display()
+        );
+    }
+    if data_dir.join(SQLITE_STORE_FILE).exists() {
+        return Ok(lock);
+    }
+    if a.init_admin_token_file.is_none() {
+        bail!(
+            "{} holds no KBS store yet: a new store needs --init-admin-token-file FILE (its \
+             admin token is written there)",
+            data_dir.display()
+        );
+    }
+    if let Some(token) = a.init_admin_token_file.as_ref().filter(|t| t.exists()) {
+        bail!(
+            "--init-admin-token-file {} exists, and a new store makes a new admin token: name a \
+             file that does not exist yet (an existing one may be another store's token)",
+            token.display()
+        );
+    }
+    if !created {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            fresh
+                .paths
+                .push(data_dir.join(format!("{SQLITE_STORE_FILE}{suffix}")));
+        }
+    }
+    // Only the default KEK belongs to this directory alone; a KEK named with --kek may be shared.
+    if a.kek.is_none() {
+        if let KekSpec::File(kek) = KekSpec::default_for(data_dir) {
+            if std::fs::symlink_metadata(&kek).is_err() {
+                fresh.paths.push(kek);
+            }
+        }
+    }
+    Ok(lock)
 }
 
 impl Drop for FreshStore {
     fn drop(&mut self) {
         for p in &self.paths {
-            let _ = if p.is_dir() {
+            // A link is removed as a link, never followed.
+            let is_dir = std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+            let _ = if is_dir {
                 std::fs::remove_dir_all(p)
             } else {
                 std::fs::remove_file(p)
@@ -744,7 +832,7 @@ fn identity(kbs: &str, http: &reqwest::Client, json: bool) -> Result<()> {
 fn read_anchors(paths: &[PathBuf]) -> Result<Vec<[u8; 32]>> {
     paths
         .iter()
-        .map(|p| util::read_public_key(p, "sim trust anchor"))
+        .map(|p| util::read_sim_trust_anchor(p))
         .collect()
 }
 
@@ -869,30 +957,12 @@ fn serve(a: ServeArgs) -> Result<()> {
         _ => bail!("give either --data-dir (SQLite) or --database-url (PostgreSQL)"),
     };
     // A first start that fails before it serves leaves nothing behind: no store without an
-    // administrator, which a later start could not be given one for, and no KEK for it.
+    // administrator, which a later start could not be given one for, and no KEK for it. The data
+    // directory is locked for as long as this KBS runs, so that a second `kbs serve` on it stops
+    // here, and what a failed start removes is only what it created itself, under that lock.
     let mut fresh = FreshStore::default();
-    if a.database_url.is_none() && !data_dir.join(SQLITE_STORE_FILE).exists() {
-        if a.init_admin_token_file.is_none() {
-            bail!(
-                "{} holds no KBS store yet: a new store needs --init-admin-token-file FILE (its \
-                 admin token is written there)",
-                data_dir.display()
-            );
-        }
-        if data_dir.exists() {
-            for suffix in ["", "-wal", "-shm", "-journal"] {
-                fresh
-                    .paths
-                    .push(data_dir.join(format!("{SQLITE_STORE_FILE}{suffix}")));
-            }
-        } else {
-            fresh.paths.push(data_dir.clone());
-        }
-        if let KekSpec::File(kek) = kek_spec(a.kek.as_deref(), &data_dir)? {
-            if !kek.exists() {
-                fresh.paths.push(kek);
-            }
-        }
+    if a.database_url.is_none() {
+        fresh.lock = Some(lock_new_or_existing_store(&a, &data_dir, &mut fresh)?);
     }
     let mut config = KbsConfig::new(data_dir.clone(), endorsements);
     config.database_url = a.database_url.clone();
@@ -937,7 +1007,8 @@ fn serve(a: ServeArgs) -> Result<()> {
             path.display()
         ),
         (Some(path), Some(token)) => {
-            util::write_secret(path, token.as_bytes(), true)?;
+            // Never over an existing file (it may be another store's token).
+            util::write_secret(path, token.as_bytes(), false)?;
             if !fresh.paths.is_empty() {
                 // The token of a store that a failed start removes would open nothing.
                 fresh.paths.push(path.clone());
@@ -1318,7 +1389,20 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path, what: &str)
 fn audit_verify(a: AuditArgs) -> Result<()> {
     if let Some(out) = &a.checkpoint_out {
         let rolled = a.since.as_ref().is_some_and(|s| output::same_file(s, out));
-        output::check_dest(out, "--checkpoint-out", a.force || rolled, &[])?;
+        // Every file this command reads is an input, never overwritten (even with --force);
+        // --since is the one meant to be rolled forward in place.
+        let kbs_key = a.admin.kbs_key.as_deref().map(std::path::Path::new);
+        let inputs: Vec<&std::path::Path> = [
+            Some(a.admin.token_file.as_path()),
+            a.entries.as_deref(),
+            a.checkpoint.as_deref(),
+            kbs_key.filter(|k| k.exists()),
+            a.since.as_deref().filter(|_| !rolled),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        output::check_dest(out, "--checkpoint-out", a.force || rolled, &inputs)?;
     }
     let token = util::read_secret(&a.admin.token_file, "admin token")?;
     let admin = cordon_proto::auth::admin_key(&token)?

@@ -193,7 +193,7 @@ fn new(a: NewArgs) -> Result<()> {
     let anchors = a
         .sim_trust_anchors
         .iter()
-        .map(|p| util::read_public_key(p, "sim trust anchor"))
+        .map(|p| util::read_sim_trust_anchor(p))
         .collect::<Result<Vec<_>>>()?;
     if platform != Platform::Sim && !anchors.is_empty() {
         bail!("--sim-trust-anchor is for --platform sim only");
@@ -229,7 +229,13 @@ fn new(a: NewArgs) -> Result<()> {
         (&a.client_out, "--client-out"),
     ] {
         if !util::is_stdio(path) {
-            crate::output::check_dest(path, flag, a.force, &[])?;
+            let inputs: Vec<&std::path::Path> = a
+                .runtime_config
+                .iter()
+                .chain(&a.sim_trust_anchors)
+                .map(PathBuf::as_path)
+                .collect();
+            crate::output::check_dest(path, flag, a.force, &inputs)?;
         }
     }
     util::warn(&policy);

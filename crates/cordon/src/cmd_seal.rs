@@ -158,6 +158,9 @@ pub fn seal(mut a: SealArgs) -> Result<()> {
     if util::is_stdio(&a.key_out) {
         bail!("--key-out - : the key file is secret and goes to a file, never to standard output");
     }
+    if util::is_stdio(&a.input) && util::is_stdio(&a.owner_key) {
+        bail!("the input and --owner-key cannot both be `-`: standard input is read once");
+    }
     let owner_text = util::read_secret(&a.owner_key, "owner key")
         .with_context(|| "create one with `cordon keygen` or pass --owner-key".to_string())?;
     util::check_key_file_kind(
@@ -320,6 +323,9 @@ fn open_input(path: &std::path::Path) -> Result<(Box<dyn std::io::Read>, Option<
 }
 
 pub fn unseal(a: UnsealArgs) -> Result<()> {
+    if util::is_stdio(&a.sealed) && util::is_stdio(&a.key) {
+        bail!("the sealed artifact and --key cannot both be `-`: standard input is read once");
+    }
     util::json_or_stdout(a.json.json, &a.out, "--out")?;
     let key = KeyFile::from_file_contents(&util::read_key_file(
         &a.key,
@@ -343,11 +349,12 @@ pub fn unseal(a: UnsealArgs) -> Result<()> {
     let mut in_memory = util::ZeroizingSink::default();
     let pb = progress_bar(total.unwrap_or(0), "unsealing");
     let result = {
-        let sink: &mut dyn std::io::Write = match out.as_mut() {
-            Some(out) => out.file(),
-            None => &mut in_memory,
+        // Buffered towards a file; straight into the zeroizing buffer in memory (a BufWriter's
+        // own buffer would hold plaintext that nobody wipes).
+        let mut writer: Box<dyn std::io::Write> = match out.as_mut() {
+            Some(out) => Box::new(std::io::BufWriter::with_capacity(1 << 20, out.file())),
+            None => Box::new(&mut in_memory),
         };
-        let mut writer = std::io::BufWriter::with_capacity(1 << 20, sink);
         cordon_seal::unseal(
             std::io::BufReader::with_capacity(1 << 20, input),
             &key,

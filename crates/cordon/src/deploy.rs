@@ -117,7 +117,7 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-fn check_interrupted() -> Result<()> {
+pub fn check_interrupted() -> Result<()> {
     if interrupted() {
         bail!("interrupted: stopping the processes started so far");
     }
@@ -258,6 +258,10 @@ pub fn start_kbs(
     let identity_path = run_dir.join("kbs.identity");
     let _ = std::fs::remove_file(&identity_path);
     let token_path = dir.join("keys/admin-token");
+    // The token of a store that is gone opens nothing, and a new store never overwrites a file.
+    if !dir.join("kbs/kbs.sqlite3").exists() {
+        let _ = std::fs::remove_file(&token_path);
+    }
     let kbs_log = run_dir.join("kbs.log");
     let root_arg = emulated_root.map(hex::encode);
     let listen = format!("127.0.0.1:{port}");

@@ -59,6 +59,8 @@ pub fn run(a: Args) -> Result<()> {
     let token = &deployment.token;
     let key_id = deployment.models[0].key_id.clone();
 
+    // Ctrl-C or SIGTERM stops here (the children go with the deployment).
+    deploy::check_interrupted()?;
     // 6. The client: its own policy, verify first, then encrypt.
     let client_doc = &deployment.client_doc;
     let client_policy_path = &deployment.client_policy_path;
@@ -124,6 +126,8 @@ pub fn run(a: Args) -> Result<()> {
         Err(seq) => bail!("audit hash chain broken at event {seq}"),
     }
 
+    // Ctrl-C or SIGTERM stops here (the children go with the deployment).
+    deploy::check_interrupted()?;
     // 7. The prediction, and the same input through tract in process: they must agree.
     let label = response
         .outputs

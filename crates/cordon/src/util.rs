@@ -73,6 +73,10 @@ pub fn path_json(path: &Path) -> serde_json::Value {
 /// place ([`crate::output`]): an existing file or symlink at `path` is replaced, never written
 /// through, and an interrupted write leaves nothing behind.
 pub fn write_secret(path: &Path, contents: &[u8], overwrite: bool) -> Result<()> {
+    if is_stdio(path) {
+        // Not to standard output, and not to a file named `-`, which `-` would read back later.
+        anyhow::bail!("a secret is written to a file, never to `-` (standard output)");
+    }
     create_parent(path)?;
     if !overwrite && std::fs::symlink_metadata(path).is_ok() {
         anyhow::bail!(
@@ -430,7 +434,38 @@ pub fn check_key_file_kind(
 pub fn read_key_file(path: &Path, what: &str, format: &str) -> Result<Zeroizing<String>> {
     let text = read_secret(path, what)?;
     check_key_file_kind(path, &text, what, Some(format))?;
+    // The one key file without a marker in its older form (one line of hex) is the sim hardware
+    // key; a public key has that form too, and is never a secret.
+    if key_file_format(&text).is_none() && path.extension().is_some_and(|e| e == "pub") {
+        bail!(
+            "{} is a public key (one line of hex in a .pub file); expected here: {what}, the \
+             secret file beside it",
+            path.display()
+        );
+    }
     Ok(text)
+}
+
+/// Refuses a one-line-hex file that is a secret key of the older, unmarked form (a sim hardware
+/// key written before key files carried their kind) where a public key is expected: a `.key`
+/// file, or one whose `.pub` file beside it holds another value (its public half).
+fn check_not_an_unmarked_secret(path: &Path, text: &str, what: &str) -> Result<()> {
+    let public = path.with_extension("pub");
+    let sibling_differs =
+        public != path && std::fs::read_to_string(&public).is_ok_and(|p| p.trim() != text.trim());
+    if path.extension().is_some_and(|e| e == "key") || sibling_differs {
+        bail!(
+            "{} looks like a secret key (a .key file{}), not {what}: pass its public half, {}",
+            path.display(),
+            if sibling_differs {
+                ", with another value in the .pub file beside it"
+            } else {
+                ""
+            },
+            public.display()
+        );
+    }
+    Ok(())
 }
 
 /// Reads a 32-byte public key written as hex (one line).
@@ -442,6 +477,15 @@ pub fn read_public_key(path: &Path, what: &str) -> Result<[u8; 32]> {
         .ok()
         .and_then(|b| b.try_into().ok())
         .with_context(|| format!("{what} {} is not a 32-byte hex public key", path.display()))
+}
+
+/// A sim trust anchor: the public half of a simulated TEE's hardware key (`sim keygen`'s .pub
+/// file), never the secret itself, in either of its forms.
+pub fn read_sim_trust_anchor(path: &Path) -> Result<[u8; 32]> {
+    const WHAT: &str = "sim trust anchor";
+    let key = read_public_key(path, WHAT)?;
+    check_not_an_unmarked_secret(path, &hex::encode(key), WHAT)?;
+    Ok(key)
 }
 
 /// A KBS identity key given on the command line: 64 hex digits, or the path of a file holding them

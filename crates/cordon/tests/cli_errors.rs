@@ -124,6 +124,60 @@ fn files_of_the_wrong_kind_are_named() {
     let seed: serde_json::Value = serde_json::from_str(&secret).unwrap();
     assert!(!err.contains(seed["secret_key"].as_str().unwrap()), "{err}");
     assert!(!d.join("kbs").exists() && !d.join("kbs.kek").exists());
+    // A sim key of the older form (one line of hex, no marker) is still known for a secret by its
+    // name and by the .pub file beside it; and a .pub file is never taken for the secret.
+    std::fs::write(
+        d.join("old.key"),
+        format!("{}\n", seed["secret_key"].as_str().unwrap()),
+    )
+    .unwrap();
+    std::fs::copy(d.join("sim.pub"), d.join("old.pub")).unwrap();
+    let (code, _, err) = cordon(
+        d,
+        &[
+            "kbs",
+            "serve",
+            "--data-dir",
+            &p("kbs"),
+            "--listen",
+            "127.0.0.1:0",
+            "--sim-trust-anchor",
+            &p("old.key"),
+            "--init-admin-token-file",
+            &p("token"),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("old.key looks like a secret key") && err.contains("old.pub"),
+        "{err}"
+    );
+    assert!(!err.contains(seed["secret_key"].as_str().unwrap()), "{err}");
+    let (code, _, err) = cordon(
+        d,
+        &[
+            "kbs",
+            "serve",
+            "--data-dir",
+            &p("kbs"),
+            "--listen",
+            "127.0.0.1:0",
+            "--sim-trust-anchor",
+            &p("sim.pub"),
+            "--init-admin-token-file",
+            &p("token"),
+            "--tee",
+            "sim",
+            "--sim-hardware-key",
+            &p("old.pub"),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("old.pub is a public key") && err.contains("sim hardware key"),
+        "{err}"
+    );
+    assert!(!d.join("kbs").exists() && !d.join("token").exists());
     // Its public half is the anchor, and is accepted by `policy` tools alike.
     assert!(std::fs::read_to_string(d.join("sim.pub"))
         .unwrap()

@@ -164,6 +164,20 @@ fn kbs_keys_and_audit_print_rfc3339_times() {
     assert!(err.contains(&cp) && err.contains("--force"), "{err}");
     admin(&["audit", "--verify", "--since", &cp, "--checkpoint-out", &cp]);
     admin(&["audit", "--verify", "--checkpoint-out", &cp, "--force"]);
+    // An input is never an output, even with --force: the admin token stays what it was.
+    let before = std::fs::read(&token).unwrap();
+    let mut over_token = vec![
+        "kbs",
+        "audit",
+        "--verify",
+        "--checkpoint-out",
+        &token,
+        "--force",
+    ];
+    over_token.extend_from_slice(&["--kbs", &url, "--token-file", &token]);
+    let err = fails(&over_token);
+    assert!(err.contains("is the input"), "{err}");
+    assert_eq!(std::fs::read(&token).unwrap(), before);
 }
 
 /// Runs `cordon args` with HOME and XDG_CONFIG_HOME as given (None: unset).
@@ -558,6 +572,23 @@ fn a_dash_reads_stdin_and_writes_stdout() {
         "--client-out",
         "-",
     ]);
+    // Nor does a policy go over a file it was made from, even with --force.
+    let err = fails(&[
+        "policy",
+        "new",
+        "--platform",
+        "sim",
+        "--measurement",
+        &"ab".repeat(48),
+        "--sim-trust-anchor",
+        &p("hw.pub"),
+        "--release-out",
+        &p("hw.pub"),
+        "--client-out",
+        &p("client-x.toml"),
+        "--force",
+    ]);
+    assert!(err.contains("is the input"), "{err}");
     assert!(
         policy.contains("[endorsements]") && policy.contains("sim_trust_anchors"),
         "{policy}"

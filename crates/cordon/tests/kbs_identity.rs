@@ -210,6 +210,63 @@ fn a_failed_first_start_leaves_no_store_behind() {
     assert!(data.join("kbs.sqlite3").exists());
 }
 
+/// What a failed start removes is only what it created: a second `kbs serve` on a store that a
+/// running KBS holds stops at the lock and touches nothing of it; an existing token file is never
+/// overwritten by a new store (it may be another store's token), and a data directory that is a
+/// link is never removed.
+#[test]
+fn a_failed_start_removes_nothing_it_did_not_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f);
+    ok(&["sim", "keygen", "--out", &s(&p("hw.key"))]);
+    let (mut kbs, url) = start_kbs(dir.path(), "kbs");
+    let addr = url.trim_start_matches("http://").to_string();
+    let serve = |data: &str, token: &str| -> Vec<String> {
+        [
+            "kbs",
+            "serve",
+            "--data-dir",
+            &s(&p(data)),
+            "--listen",
+            "127.0.0.1:0",
+            "--sim-trust-anchor",
+            &s(&p("hw.pub")),
+            "--init-admin-token-file",
+            &s(&p(token)),
+        ]
+        .map(str::to_string)
+        .to_vec()
+    };
+    let err = fails(&serve("kbs", "second.token"));
+    assert!(err.contains("another `kbs serve` holds the store"), "{err}");
+    assert!(p("kbs/kbs.sqlite3").exists() && p("kbs.kek").exists());
+    assert!(!p("second.token").exists());
+    assert!(
+        kbs.child.try_wait().unwrap().is_none(),
+        "the first KBS stopped"
+    );
+    assert!(std::net::TcpStream::connect(&addr).is_ok());
+    drop(kbs);
+
+    // An existing token file and a new store: refused before anything is made.
+    std::fs::write(p("mine.token"), "not this store's\n").unwrap();
+    let err = fails(&serve("new", "mine.token"));
+    assert!(err.contains("mine.token exists"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(p("mine.token")).unwrap(),
+        "not this store's\n"
+    );
+    assert!(!p("new").exists() && !p("new.kek").exists());
+
+    // A data directory that is a dangling link: the start fails, the link stays.
+    std::os::unix::fs::symlink(p("nowhere/store"), p("link")).unwrap();
+    fails(&serve("link", "link.token"));
+    assert!(
+        std::fs::symlink_metadata(p("link")).is_ok(),
+        "the link was removed"
+    );
+}
+
 /// `--init-admin-token-file` naming a new file, on a store that has its administrator already,
 /// says that no token was written (it was silently ignored).
 #[test]
