@@ -167,10 +167,17 @@ pub fn start_kbs_logging(dir: &Path, name: &str, level: &str) -> (Proc, String) 
 }
 
 /// The arguments of `cordon kbs serve` on a free port with its store in `dir/{store}`, the sim
-/// trust anchor `dir/hw.pub`, the admin token file `dir/token`, the address file
-/// `dir/{name}.addr` and the identity file `dir/{name}.identity`.
+/// trust anchor `dir/hw.pub`, the admin token file `dir/token` (the token of the first store
+/// made in `dir`; a further new store, which never overwrites another's token, writes
+/// `dir/{store}.token`), the address file `dir/{name}.addr` and the identity file
+/// `dir/{name}.identity`.
 pub fn kbs_serve_args(dir: &Path, name: &str, store: &str) -> Vec<String> {
     let p = |f: &str| s(&dir.join(f));
+    let token = if dir.join("token").exists() && !dir.join(store).join("kbs.sqlite3").exists() {
+        format!("{store}.token")
+    } else {
+        "token".to_string()
+    };
     [
         "kbs",
         "serve",
@@ -181,7 +188,7 @@ pub fn kbs_serve_args(dir: &Path, name: &str, store: &str) -> Vec<String> {
         "--sim-trust-anchor",
         &p("hw.pub"),
         "--init-admin-token-file",
-        &p("token"),
+        &p(&token),
         "--addr-file",
         &p(&format!("{name}.addr")),
         "--identity-file",
