@@ -13,6 +13,7 @@
 //! it is never what the client relies on: the runtime is trusted through its evidence, and every
 //! request is encrypted to the attested key whatever the transport.
 
+pub mod grpc;
 pub mod jobs;
 pub mod kbs;
 pub mod proxy;

@@ -949,6 +949,22 @@ async fn infer_body(proxy: &Proxy, headers: &HeaderMap, body: Body) -> Result<Pa
 }
 
 fn refusal_response(proxy: &Proxy, refusal: Refusal) -> Response {
+    let not_verified = matches!(refusal, Refusal::NotVerified(_));
+    let (status, message) = refusal_status(proxy, refusal);
+    let mut resp = oip_error(status, message);
+    if not_verified {
+        let retry = proxy.until_next_verification().as_secs().max(1);
+        if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    } else {
+        with_retry_after(resp)
+    }
+}
+
+/// The status and message a refusal is answered with (both surfaces), counted and remembered.
+fn refusal_status(proxy: &Proxy, refusal: Refusal) -> (StatusCode, String) {
     let upstream = &proxy.shared.upstream;
     match refusal {
         Refusal::NotVerified(reason) => {
@@ -957,15 +973,10 @@ fn refusal_response(proxy: &Proxy, refusal: Refusal) -> Response {
                 .counters
                 .requests_refused
                 .fetch_add(1, Ordering::Relaxed);
-            let mut resp = oip_error(
+            (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("cordon proxy: the runtime at {upstream} is not verified, so nothing was sent to it: {reason}"),
-            );
-            let retry = proxy.until_next_verification().as_secs().max(1);
-            if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            resp
+            )
         }
         Refusal::Upstream(e) => {
             // Statuses the runtime sets on the outer request keep their meaning for the client
@@ -979,11 +990,43 @@ fn refusal_response(proxy: &Proxy, refusal: Refusal) -> Response {
             let mut state = proxy.write();
             state.last_error = Some((e.to_string(), proxy.now()));
             drop(state);
-            with_retry_after(oip_error(
-                status,
-                format!("cordon proxy: runtime at {upstream}: {e}"),
-            ))
+            (status, format!("cordon proxy: runtime at {upstream}: {e}"))
         }
+    }
+}
+
+impl Proxy {
+    /// One Open Inference Protocol request (REST form) forwarded as the HTTP surface forwards it,
+    /// for the gRPC surface: the runtime's status and JSON body, or the proxy's own refusal as a
+    /// status and `{"error": ...}`. Counted like the HTTP surface's requests.
+    pub(crate) async fn forward_json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let payload = body.map(|parsed| Payload {
+            raw: Bytes::from(serde_json::to_vec(&parsed).unwrap_or_default()),
+            parsed,
+        });
+        match self.forward(method, path, payload).await {
+            Ok(inner) => {
+                self.shared
+                    .counters
+                    .requests_forwarded
+                    .fetch_add(1, Ordering::Relaxed);
+                (inner.status, inner.body)
+            }
+            Err(refusal) => {
+                let (status, message) = refusal_status(self, refusal);
+                (status.as_u16(), serde_json::json!({ "error": message }))
+            }
+        }
+    }
+
+    /// The largest request body this proxy forwards, in bytes.
+    pub(crate) fn max_body(&self) -> usize {
+        self.shared.config.max_body
     }
 }
 

@@ -41,7 +41,7 @@ fn element_size(datatype: &str) -> Option<usize> {
 
 /// A float as this crate's JSON carries it: a number, or the strings `"NaN"`, `"Infinity"`,
 /// `"-Infinity"` ([`crate::oip::parse_json_body`]'s convention), which float inputs read.
-fn float_value(x: f64) -> Value {
+pub fn float_value(x: f64) -> Value {
     if x.is_nan() {
         Value::from("NaN")
     } else if x == f64::INFINITY {
@@ -53,8 +53,9 @@ fn float_value(x: f64) -> Value {
     }
 }
 
-/// The elements of `bytes` (`count` of them) as JSON values of `datatype`.
-fn decode_elements(datatype: &str, bytes: &[u8]) -> Result<Vec<Value>, String> {
+/// The elements of one tensor's raw bytes (little-endian, row-major; `BYTES` length-prefixed) as
+/// the JSON values of `datatype`; the reason in words when they are not whole elements.
+pub fn decode_elements(datatype: &str, bytes: &[u8]) -> Result<Vec<Value>, String> {
     if datatype == "BYTES" {
         let mut out = Vec::new();
         let mut rest = bytes;
@@ -248,8 +249,9 @@ impl BinaryOutputs {
     }
 }
 
-/// The element bytes of `data` (flattened) as `datatype`: `null` and `"NaN"` are NaN for floats.
-fn encode_elements(datatype: &str, data: &Value) -> Result<Vec<u8>, String> {
+/// The raw bytes of a tensor's JSON `data` (flattened) as `datatype`: `null` and `"NaN"` are NaN
+/// for floats; the reason in words when an element is not of the datatype.
+pub fn encode_elements(datatype: &str, data: &Value) -> Result<Vec<u8>, String> {
     let mut flat = Vec::new();
     fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
         match v {

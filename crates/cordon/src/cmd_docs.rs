@@ -156,7 +156,8 @@ cordon policy new --platform sim --measurement <digest> --sim-trust-anchor sim-h
 echo '{\"inputs\":[...]}' | cordon infer --runtime http://127.0.0.1:8200 --policy client.toml --model fraud --input -",
         EXIT_DEFAULT),
     ("proxy", "cordon proxy --upstream http://127.0.0.1:8200 --policy client.toml\n\
-cordon proxy --upstream https://runtime:8200 --ca-cert ca.pem --policy client.toml --listen 127.0.0.1:9000",
+cordon proxy --upstream https://runtime:8200 --ca-cert ca.pem --policy client.toml --listen 127.0.0.1:9000\n\
+cordon proxy --upstream http://127.0.0.1:8200 --policy client.toml --grpc-listen 127.0.0.1:8301",
         EXIT_SERVER),
     ("dev up", "cordon dev up\n\
 cordon dev up --kbs-port 0 --runtime-port 0     # any free ports\n\

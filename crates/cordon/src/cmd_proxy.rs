@@ -29,6 +29,13 @@ pub struct ProxyArgs {
     /// Write the bound address (host:port) to this file once listening (for scripts and tests).
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Also serve the KServe v2 gRPC service (`inference.GRPCInferenceService`) here, plaintext
+    /// (h2c) like --listen: keep it on loopback. The same verified, encrypted channel carries it.
+    #[arg(long, value_name = "ADDR")]
+    grpc_listen: Option<SocketAddr>,
+    /// With --grpc-listen: write its bound address here once listening.
+    #[arg(long, requires = "grpc_listen")]
+    grpc_addr_file: Option<PathBuf>,
     /// HTTPS towards the application (the proxy's own side), for an application that is not on
     /// the same machine or pod; the leg to the runtime is encrypted either way.
     #[command(flatten)]
@@ -56,6 +63,14 @@ pub fn run(a: ProxyArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("binding {}", a.listen))?;
+        let grpc_listener = match a.grpc_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding {addr} (--grpc-listen)"))?,
+            ),
+            None => None,
+        };
         println!("verifying the runtime at {} with {}", a.upstream, a.policy.display());
         match proxy.verify_now().await {
             Ok(rt) => {
@@ -88,6 +103,24 @@ pub fn run(a: ProxyArgs) -> Result<()> {
         println!("status: {scheme}://{addr}/cordon/v1/status; re-verifying every {} s and whenever the runtime's key changes", a.reverify_secs);
         // Last, as the KBS and the runtime do: whoever waits for this file finds the lines above
         // already written.
+        if let Some(grpc_listener) = grpc_listener {
+            let grpc_addr = grpc_listener.local_addr()?;
+            if !grpc_addr.ip().is_loopback() {
+                eprintln!(
+                    "WARNING: gRPC on {grpc_addr}, not loopback: anyone who reaches it sends requests to the proxy and reads the answers, in plaintext"
+                );
+            }
+            println!("serving the Open Inference Protocol over gRPC (KServe v2 GRPCInferenceService) at {grpc_addr} (plaintext on this side, encrypted to the runtime)");
+            let surface = cordon_client::grpc::GrpcSurface::new(proxy.clone());
+            tokio::spawn(async move {
+                if let Err(e) = surface.serve(grpc_listener, shutdown_signal()).await {
+                    eprintln!("error: the gRPC surface stopped: {e}");
+                }
+            });
+            if let Some(f) = &a.grpc_addr_file {
+                util::write_atomic(f, grpc_addr.to_string().as_bytes())?;
+            }
+        }
         if let Some(f) = &a.addr_file {
             util::write_atomic(f, addr.to_string().as_bytes())?;
         }

@@ -431,13 +431,13 @@ fn a_signal_during_the_start_leaves_no_process_behind() {
     }
 }
 
-/// The stock Python client of the KServe v2 / Triton ecosystem (tritonclient.http, pinned, from
-/// PyPI by scripts/fetch-python-clients.sh; this test fails, never skips, when that fails), on
-/// its default settings through `cordon proxy`: metadata, the repository index, binary tensors in
-/// and out and JSON, NaN inputs to the fraud GBDT both ways, and an error answer
-/// (crates/cordon/tests/stock_clients/triton_http.py holds the checks).
+/// The stock Python clients of the KServe v2 / Triton ecosystem (tritonclient.http and .grpc,
+/// pinned, from PyPI by scripts/fetch-python-clients.sh; this test fails, never skips, when that
+/// fails), on their default settings through `cordon proxy` and `--grpc-listen`: metadata, the
+/// repository index (HTTP), binary tensors in and out and JSON, raw gRPC tensors, NaN inputs to
+/// the fraud GBDT, error answers (crates/cordon/tests/stock_clients/*.py hold the checks).
 #[test]
-fn the_stock_triton_http_client_works_through_the_proxy() {
+fn the_stock_triton_clients_work_through_the_proxy_over_http_and_grpc() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let fetched = Command::new("bash")
         .arg(root.join("scripts/fetch-python-clients.sh"))
@@ -458,25 +458,61 @@ fn the_stock_triton_http_client_works_through_the_proxy() {
     let (_dev, lines, _rx) = start_dev(dir.path(), &[]);
     let runtime = field(&lines, "runtime URL:").to_string();
     let policy = field(&lines, "client policy:").to_string();
-    let (_proxy, proxy_url) = start_proxy(dir.path(), &runtime, &policy);
-    let out = Command::new(python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stock_clients/triton_http.py"))
-        .arg(proxy_url.trim_start_matches("http://"))
-        .arg(root.join("models/demo_input.json"))
-        .arg(root.join("models/fraud/fraud_gbdt.input.json"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (addr_file, grpc_addr_file) = (dir.path().join("p.addr"), dir.path().join("g.addr"));
+    let mut proxy = Guard(
+        Command::new(BIN)
+            .args(["proxy", "--upstream", &runtime, "--policy", &policy])
+            .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .arg("--grpc-addr-file")
+            .arg(&grpc_addr_file)
+            .env("CORDON_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
     );
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
-    assert_eq!(summary["lr_binary_True"], summary["lr_binary_False"]);
+    let http = wait_for(&addr_file, &mut proxy.0);
+    let http = http.trim_start_matches("http://").to_string();
+    // The gRPC address is written before the HTTP one.
+    let grpc = std::fs::read_to_string(&grpc_addr_file).unwrap();
+    let run = |script: &str, addresses: &[&str]| -> serde_json::Value {
+        let out = Command::new(&python)
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/stock_clients")
+                    .join(script),
+            )
+            .args(addresses)
+            .arg(root.join("models/demo_input.json"))
+            .arg(root.join("models/fraud/fraud_gbdt.input.json"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{script}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
+    };
+    let over_http = run("triton_http.py", &[&http]);
+    assert_eq!(over_http["lr_binary_True"], over_http["lr_binary_False"]);
     assert!(
-        summary["error"].as_str().unwrap().contains("shape [1, 29]"),
-        "{summary}"
+        over_http["error"]
+            .as_str()
+            .unwrap()
+            .contains("shape [1, 29]"),
+        "{over_http}"
+    );
+    let over_grpc = run("triton_grpc.py", &[grpc.trim(), &http]);
+    assert_eq!(over_grpc["lr_labels"], over_http["lr_binary_True"]);
+    assert!(
+        over_grpc["error"]
+            .as_str()
+            .unwrap()
+            .contains("shape [1, 29]"),
+        "{over_grpc}"
     );
 }

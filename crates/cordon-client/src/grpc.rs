@@ -1,0 +1,476 @@
+//! The KServe v2 gRPC form of the Open Inference Protocol (`GRPCInferenceService`, the vendored
+//! `proto/grpc_predict_v2.proto`) on `cordon proxy --grpc-listen`, for clients that speak gRPC
+//! (Triton's and KServe's stock clients included). Each call becomes the same REST request the
+//! HTTP surface forwards, over the same verified, encrypted channel, with the same refusals: the
+//! gRPC surface adds no path of its own to the runtime.
+//!
+//! Tensor data arrives as `raw_input_contents` (what the stock clients send) or typed `contents`;
+//! outputs go back as `raw_output_contents` (little-endian, row-major; `BYTES` length-prefixed),
+//! as Triton answers. The runtime's HTTP statuses map to gRPC codes (400 `INVALID_ARGUMENT`, 404
+//! `NOT_FOUND`, 413 `RESOURCE_EXHAUSTED`, 429 and 503 `UNAVAILABLE`, others `INTERNAL`), with the
+//! runtime's (or the proxy's) error text as the message.
+
+use crate::proxy::Proxy;
+use cordon_proto::oip_binary;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use tonic::{Request, Response, Status};
+
+/// The generated messages and service of `package inference`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("inference");
+}
+
+use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use pb::infer_parameter::ParameterChoice;
+use pb::model_infer_request::InferInputTensor;
+use pb::model_metadata_response::TensorMetadata;
+
+/// The gRPC service over a [`Proxy`].
+#[derive(Clone)]
+pub struct GrpcSurface {
+    proxy: Proxy,
+}
+
+impl GrpcSurface {
+    pub fn new(proxy: Proxy) -> GrpcSurface {
+        GrpcSurface { proxy }
+    }
+
+    /// Serves `GRPCInferenceService` on `listener` until `shutdown` completes. Messages up to the
+    /// proxy's body limit are accepted, as on HTTP.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
+        let limit = self.proxy.max_body();
+        let service = GrpcInferenceServiceServer::new(self)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(usize::MAX);
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                shutdown,
+            )
+            .await
+    }
+
+    /// Forwards one REST request; a non-200 answer becomes the matching gRPC status.
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Status> {
+        let (status, body) = self.proxy.forward_json(method, path, body).await;
+        if status == 200 {
+            return Ok(body);
+        }
+        Err(grpc_status(status, &body))
+    }
+}
+
+/// The gRPC status of a non-200 REST answer, with its `error` text.
+fn grpc_status(status: u16, body: &Value) -> Status {
+    let message = body
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("request failed")
+        .to_string();
+    match status {
+        400 => Status::invalid_argument(message),
+        404 => Status::not_found(message),
+        413 => Status::resource_exhausted(message),
+        429 | 503 => Status::unavailable(message),
+        _ => Status::internal(message),
+    }
+}
+
+/// `/v2/models/{name}` or `/v2/models/{name}/versions/{version}`, each segment percent-encoded
+/// where a path would read it otherwise (a gRPC name is any string).
+fn model_path(name: &str, version: &str) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    if version.is_empty() {
+        format!("/v2/models/{}", enc(name))
+    } else {
+        format!("/v2/models/{}/versions/{}", enc(name), enc(version))
+    }
+}
+
+fn parameters_json(p: &HashMap<String, pb::InferParameter>) -> Value {
+    let map: Map<String, Value> = p
+        .iter()
+        .filter_map(|(k, v)| {
+            let value = match v.parameter_choice.as_ref()? {
+                ParameterChoice::BoolParam(b) => json!(b),
+                ParameterChoice::Int64Param(i) => json!(i),
+                ParameterChoice::StringParam(s) => json!(s),
+            };
+            Some((k.clone(), value))
+        })
+        .collect();
+    Value::Object(map)
+}
+
+/// An input's data as JSON: from its raw bytes, or from the typed contents of its datatype.
+fn input_data(t: &InferInputTensor, raw: Option<&Vec<u8>>) -> Result<Vec<Value>, Status> {
+    let bad = |reason: String| Status::invalid_argument(format!("input {:?}: {reason}", t.name));
+    if let Some(raw) = raw {
+        if t.contents.is_some() {
+            return Err(bad("both raw_input_contents and contents are given".into()));
+        }
+        return oip_binary::decode_elements(&t.datatype, raw).map_err(bad);
+    }
+    let c = t.contents.clone().unwrap_or_default();
+    Ok(match t.datatype.as_str() {
+        "BOOL" => c.bool_contents.into_iter().map(Value::from).collect(),
+        "INT8" | "INT16" | "INT32" => c.int_contents.into_iter().map(Value::from).collect(),
+        "INT64" => c.int64_contents.into_iter().map(Value::from).collect(),
+        "UINT8" | "UINT16" | "UINT32" => c.uint_contents.into_iter().map(Value::from).collect(),
+        "UINT64" => c.uint64_contents.into_iter().map(Value::from).collect(),
+        // NaN and the infinities as the JSON strings float inputs read.
+        "FP32" => c
+            .fp32_contents
+            .into_iter()
+            .map(|x| oip_binary::float_value(x as f64))
+            .collect(),
+        "FP64" => c
+            .fp64_contents
+            .into_iter()
+            .map(oip_binary::float_value)
+            .collect(),
+        "BYTES" => c
+            .bytes_contents
+            .into_iter()
+            .map(|b| {
+                String::from_utf8(b)
+                    .map(Value::from)
+                    .map_err(|_| bad("a BYTES element is not UTF-8 text".into()))
+            })
+            .collect::<Result<_, _>>()?,
+        other => {
+            return Err(bad(format!(
+                "datatype {other} has no typed contents; send it raw"
+            )))
+        }
+    })
+}
+
+/// The JSON infer request of a gRPC one.
+fn infer_request_json(r: &pb::ModelInferRequest) -> Result<Value, Status> {
+    if !r.raw_input_contents.is_empty() && r.raw_input_contents.len() != r.inputs.len() {
+        return Err(Status::invalid_argument(format!(
+            "{} raw_input_contents for {} inputs",
+            r.raw_input_contents.len(),
+            r.inputs.len()
+        )));
+    }
+    let mut inputs = Vec::with_capacity(r.inputs.len());
+    for (i, t) in r.inputs.iter().enumerate() {
+        let data = input_data(t, r.raw_input_contents.get(i))?;
+        let mut input = json!({
+            "name": t.name, "shape": t.shape, "datatype": t.datatype, "data": data,
+        });
+        if !t.parameters.is_empty() {
+            input["parameters"] = parameters_json(&t.parameters);
+        }
+        inputs.push(input);
+    }
+    let mut request = json!({ "inputs": inputs });
+    if !r.id.is_empty() {
+        request["id"] = json!(r.id);
+    }
+    if !r.outputs.is_empty() {
+        request["outputs"] = r
+            .outputs
+            .iter()
+            .map(|o| json!({ "name": o.name }))
+            .collect();
+    }
+    Ok(request)
+}
+
+/// The gRPC infer response of a JSON one: every output's data as raw contents.
+fn infer_response(body: &Value) -> Result<pb::ModelInferResponse, Status> {
+    let text = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut response = pb::ModelInferResponse {
+        model_name: text(body, "model_name"),
+        model_version: text(body, "model_version"),
+        id: text(body, "id"),
+        ..Default::default()
+    };
+    for o in body
+        .get("outputs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let datatype = text(o, "datatype");
+        let raw = oip_binary::encode_elements(&datatype, o.get("data").unwrap_or(&Value::Null))
+            .map_err(|reason| {
+                Status::internal(format!("output {:?}: {reason}", text(o, "name")))
+            })?;
+        response
+            .outputs
+            .push(pb::model_infer_response::InferOutputTensor {
+                name: text(o, "name"),
+                datatype,
+                shape: shape(o),
+                ..Default::default()
+            });
+        response.raw_output_contents.push(raw);
+    }
+    Ok(response)
+}
+
+fn shape(v: &Value) -> Vec<i64> {
+    v.get("shape")
+        .and_then(Value::as_array)
+        .map(|s| s.iter().filter_map(Value::as_i64).collect())
+        .unwrap_or_default()
+}
+
+fn tensor_metadata(list: Option<&Value>) -> Vec<TensorMetadata> {
+    list.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|t| TensorMetadata {
+            name: t
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .into(),
+            datatype: t
+                .get("datatype")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .into(),
+            shape: shape(t),
+        })
+        .collect()
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for GrpcSurface {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        let body = self.call("GET", "/v2/health/live", None).await?;
+        Ok(Response::new(pb::ServerLiveResponse {
+            live: body.get("live").and_then(Value::as_bool).unwrap_or(false),
+        }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        let body = self.call("GET", "/v2/health/ready", None).await?;
+        Ok(Response::new(pb::ServerReadyResponse {
+            ready: body.get("ready").and_then(Value::as_bool).unwrap_or(false),
+        }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let r = request.into_inner();
+        let path = format!("{}/ready", model_path(&r.name, &r.version));
+        let body = self.call("GET", &path, None).await?;
+        Ok(Response::new(pb::ModelReadyResponse {
+            ready: body.get("ready").and_then(Value::as_bool).unwrap_or(false),
+        }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        let body = self.call("GET", "/v2", None).await?;
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: body
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .into(),
+            version: body
+                .get("version")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .into(),
+            extensions: strings(body.get("extensions")),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let body = self
+            .call("GET", &model_path(&r.name, &r.version), None)
+            .await?;
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: body
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .into(),
+            versions: strings(body.get("versions")),
+            platform: body
+                .get("platform")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .into(),
+            inputs: tensor_metadata(body.get("inputs")),
+            outputs: tensor_metadata(body.get("outputs")),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let r = request.into_inner();
+        let json = infer_request_json(&r)?;
+        let path = format!("{}/infer", model_path(&r.model_name, &r.model_version));
+        let body = self.call("POST", &path, Some(json)).await?;
+        Ok(Response::new(infer_response(&body)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(name: &str, datatype: &str, shape: Vec<i64>) -> InferInputTensor {
+        InferInputTensor {
+            name: name.into(),
+            datatype: datatype.into(),
+            shape,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn raw_and_typed_inputs_become_the_json_request() {
+        let raw: Vec<u8> = [1.5f32, f32::NAN]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let r = pb::ModelInferRequest {
+            model_name: "m".into(),
+            id: "7".into(),
+            inputs: vec![input("a", "FP32", vec![1, 2])],
+            raw_input_contents: vec![raw],
+            outputs: vec![pb::model_infer_request::InferRequestedOutputTensor {
+                name: "p".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let j = infer_request_json(&r).unwrap();
+        assert_eq!(j["inputs"][0]["data"], json!([1.5, "NaN"]));
+        assert_eq!(j["id"], "7");
+        assert_eq!(j["outputs"], json!([{"name": "p"}]));
+
+        let mut typed = input("b", "INT64", vec![2]);
+        typed.contents = Some(pb::InferTensorContents {
+            int64_contents: vec![-1, 2],
+            ..Default::default()
+        });
+        let mut f = input("f", "FP32", vec![1]);
+        f.contents = Some(pb::InferTensorContents {
+            fp32_contents: vec![f32::INFINITY],
+            ..Default::default()
+        });
+        let r = pb::ModelInferRequest {
+            inputs: vec![typed, f],
+            ..Default::default()
+        };
+        let j = infer_request_json(&r).unwrap();
+        assert_eq!(j["inputs"][0]["data"], json!([-1, 2]));
+        assert_eq!(j["inputs"][1]["data"], json!(["Infinity"]));
+
+        // Raw contents that do not match the inputs, or both forms for one input: refused.
+        let r = pb::ModelInferRequest {
+            inputs: vec![input("a", "FP32", vec![1]), input("b", "FP32", vec![1])],
+            raw_input_contents: vec![vec![0; 4]],
+            ..Default::default()
+        };
+        assert_eq!(
+            infer_request_json(&r).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let mut both = input("a", "FP32", vec![1]);
+        both.contents = Some(pb::InferTensorContents::default());
+        let r = pb::ModelInferRequest {
+            inputs: vec![both],
+            raw_input_contents: vec![vec![0; 4]],
+            ..Default::default()
+        };
+        assert!(infer_request_json(&r)
+            .unwrap_err()
+            .message()
+            .contains("both raw_input_contents and contents"));
+    }
+
+    /// The proxy's refusals keep their meaning: an unverified runtime (503 from the proxy, nothing
+    /// sent) is UNAVAILABLE with the reason, so clients retry; a bad request is INVALID_ARGUMENT.
+    #[test]
+    fn statuses_map_to_grpc_codes_with_the_message() {
+        let refused = json!({"error": "cordon proxy: the runtime at http://x is not verified"});
+        let s = grpc_status(503, &refused);
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(s.message().contains("not verified"));
+        for (http, code) in [
+            (400, tonic::Code::InvalidArgument),
+            (404, tonic::Code::NotFound),
+            (413, tonic::Code::ResourceExhausted),
+            (429, tonic::Code::Unavailable),
+            (502, tonic::Code::Internal),
+        ] {
+            assert_eq!(grpc_status(http, &json!({})).code(), code, "{http}");
+        }
+    }
+
+    #[test]
+    fn outputs_go_back_raw_and_names_are_escaped_in_paths() {
+        let body = json!({"model_name": "m", "model_version": "1", "outputs": [
+            {"name": "label", "shape": [2], "datatype": "INT64", "data": [0, 1]},
+            {"name": "t", "shape": [1], "datatype": "BYTES", "data": ["ok"]}
+        ]});
+        let r = infer_response(&body).unwrap();
+        assert_eq!(r.outputs.len(), 2);
+        assert_eq!(r.outputs[0].shape, vec![2]);
+        assert_eq!(r.raw_output_contents[0].len(), 16);
+        assert_eq!(r.raw_output_contents[1], b"\x02\x00\x00\x00ok");
+        assert_eq!(model_path("m", ""), "/v2/models/m");
+        assert_eq!(
+            model_path("a/../b c", "1"),
+            "/v2/models/a%2F..%2Fb%20c/versions/1"
+        );
+    }
+}
