@@ -62,7 +62,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     batch_max_delay_us: u64,
     /// Only these paths (comma-separated: tcp_floor, engine, engine_oip, engine_ort, onnxruntime,
-    /// plain_http, hpke_oneshot, session, proxy); default all.
+    /// plain_http, hpke_oneshot, session, proxy, proxy_binary); default all.
     #[arg(long)]
     paths: Option<String>,
     /// Skip ONNX Runtime.
@@ -210,6 +210,8 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 #[derive(Clone)]
 enum Path_ {
     Plain(reqwest::Client, String),
+    /// The binary tensor data extension (what the stock clients send), to the proxy.
+    Binary(reqwest::Client, String),
     Oneshot(cordon_client::VerifiedRuntime),
     Session(cordon_client::VerifiedRuntime),
 }
@@ -217,6 +219,7 @@ enum Path_ {
 /// A client of one path: sessions are per client, as a real stream would keep one.
 enum Client {
     Http(reqwest::Client, String),
+    HttpBinary(reqwest::Client, String),
     Oneshot(Box<cordon_client::VerifiedRuntime>),
     // Boxed: a session holds its key schedules.
     Session(Box<cordon_client::Session>),
@@ -226,6 +229,7 @@ impl Path_ {
     async fn client(&self) -> Result<Client> {
         Ok(match self {
             Path_::Plain(h, url) => Client::Http(h.clone(), url.clone()),
+            Path_::Binary(h, url) => Client::HttpBinary(h.clone(), url.clone()),
             Path_::Oneshot(rt) => Client::Oneshot(Box::new(rt.clone())),
             Path_::Session(rt) => Client::Session(Box::new(rt.open_session().await?)),
         })
@@ -246,6 +250,20 @@ impl Client {
                 }
                 r.bytes().await?;
             }
+            Client::HttpBinary(http, url) => {
+                let (body, header_len) = binary_body(req)?;
+                let r = http
+                    .post(format!("{url}/v2/models/{model}/infer"))
+                    .header("content-type", "application/octet-stream")
+                    .header("inference-header-content-length", header_len)
+                    .body(body)
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("{}: {}", r.status(), r.text().await.unwrap_or_default());
+                }
+                r.bytes().await?;
+            }
             Client::Oneshot(rt) => {
                 rt.infer(model, req).await?;
             }
@@ -255,6 +273,26 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// `req` in the binary tensor data extension, every input and output binary, as a client
+/// encodes it from its arrays: the body and the JSON header's length.
+fn binary_body(req: &InferRequest) -> Result<(Vec<u8>, usize)> {
+    let mut header = json!({ "inputs": [], "parameters": { "binary_data_output": true } });
+    let mut tensors = Vec::new();
+    for t in &req.inputs {
+        let bytes = cordon_proto::oip_binary::encode_elements(&t.datatype, &t.data)
+            .map_err(|e| anyhow!("input {}: {e}", t.name))?;
+        header["inputs"].as_array_mut().map(|a| {
+            a.push(json!({"name": t.name, "shape": t.shape, "datatype": t.datatype,
+                "parameters": {"binary_data_size": bytes.len()}}))
+        });
+        tensors.extend(bytes);
+    }
+    let mut body = serde_json::to_vec(&header)?;
+    let header_len = body.len();
+    body.extend(tensors);
+    Ok((body, header_len))
 }
 
 /// Sequential figures: single-row p50/p99 and batch throughput, one client.
@@ -371,7 +409,8 @@ async fn make_paths(
         ("plain_http", Path_::Plain(http.clone(), url.to_string())),
         ("hpke_oneshot", Path_::Oneshot(verified.clone())),
         ("session", Path_::Session(verified)),
-        ("proxy", Path_::Plain(http, proxy_url.to_string())),
+        ("proxy", Path_::Plain(http.clone(), proxy_url.to_string())),
+        ("proxy_binary", Path_::Binary(http, proxy_url.to_string())),
     ])
 }
 
@@ -750,6 +789,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             "hpke_oneshot",
             "session",
             "proxy",
+            "proxy_binary",
         ] {
             let Some(f) = rows.get(label) else { continue };
             let vs_plain = match (label, plain) {
