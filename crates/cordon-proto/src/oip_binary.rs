@@ -274,38 +274,24 @@ pub fn encode_elements(datatype: &str, data: &Value) -> Result<Vec<u8>, String> 
         };
         let int = || v.as_i64();
         let uint = || v.as_u64();
+        // An integer element that fits the type exactly (no wrap), little-endian.
+        macro_rules! fitted {
+            ($t:ty, $x:expr) => {
+                out.extend(
+                    <$t>::try_from($x.ok_or_else(bad)?)
+                        .map_err(|_| bad())?
+                        .to_le_bytes(),
+                )
+            };
+        }
         match datatype {
             "BOOL" => out.push(u8::from(v.as_bool().ok_or_else(bad)?)),
-            "INT8" => out.extend(
-                i8::try_from(int().ok_or_else(bad)?)
-                    .map_err(|_| bad())?
-                    .to_le_bytes(),
-            ),
-            "UINT8" => out.extend(
-                u8::try_from(uint().ok_or_else(bad)?)
-                    .map_err(|_| bad())?
-                    .to_le_bytes(),
-            ),
-            "INT16" => out.extend(
-                i16::try_from(int().ok_or_else(bad)?)
-                    .map_err(|_| bad())?
-                    .to_le_bytes(),
-            ),
-            "UINT16" => out.extend(
-                u16::try_from(uint().ok_or_else(bad)?)
-                    .map_err(|_| bad())?
-                    .to_le_bytes(),
-            ),
-            "INT32" => out.extend(
-                i32::try_from(int().ok_or_else(bad)?)
-                    .map_err(|_| bad())?
-                    .to_le_bytes(),
-            ),
-            "UINT32" => out.extend(
-                u32::try_from(uint().ok_or_else(bad)?)
-                    .map_err(|_| bad())?
-                    .to_le_bytes(),
-            ),
+            "INT8" => fitted!(i8, int()),
+            "UINT8" => fitted!(u8, uint()),
+            "INT16" => fitted!(i16, int()),
+            "UINT16" => fitted!(u16, uint()),
+            "INT32" => fitted!(i32, int()),
+            "UINT32" => fitted!(u32, uint()),
             "INT64" => out.extend(int().ok_or_else(bad)?.to_le_bytes()),
             "UINT64" => out.extend(uint().ok_or_else(bad)?.to_le_bytes()),
             "FP16" => out.extend(half::f16::from_f64(float().ok_or_else(bad)?).to_le_bytes()),

@@ -284,8 +284,10 @@ fn binary_body(req: &InferRequest) -> Result<(Vec<u8>, usize)> {
         let bytes = cordon_proto::oip_binary::encode_elements(&t.datatype, &t.data)
             .map_err(|e| anyhow!("input {}: {e}", t.name))?;
         header["inputs"].as_array_mut().map(|a| {
-            a.push(json!({"name": t.name, "shape": t.shape, "datatype": t.datatype,
-                "parameters": {"binary_data_size": bytes.len()}}))
+            a.push(
+                json!({"name": t.name, "shape": t.shape, "datatype": t.datatype,
+                "parameters": {"binary_data_size": bytes.len()}}),
+            )
         });
         tensors.extend(bytes);
     }

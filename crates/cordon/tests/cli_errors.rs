@@ -96,24 +96,28 @@ fn files_of_the_wrong_kind_are_named() {
     );
     assert!(!d.join("plain.onnx").exists());
 
+    // `kbs serve` on a new store in `d/kbs` with this trust anchor.
+    let kbs_serve = |anchor: &str, extra: &[&str]| {
+        let mut args = vec![
+            "kbs".to_string(),
+            "serve".into(),
+            "--data-dir".into(),
+            p("kbs"),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--sim-trust-anchor".into(),
+            p(anchor),
+            "--init-admin-token-file".into(),
+            p("token"),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        cordon(d, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
     // The sim SECRET key as a trust anchor: refused before any store exists, pointing at the
     // public half; the secret never appears in the message.
     let secret = std::fs::read_to_string(d.join("sim.key")).unwrap();
-    let (code, _, err) = cordon(
-        d,
-        &[
-            "kbs",
-            "serve",
-            "--data-dir",
-            &p("kbs"),
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-trust-anchor",
-            &p("sim.key"),
-            "--init-admin-token-file",
-            &p("token"),
-        ],
-    );
+    let (code, _, err) = kbs_serve("sim.key", &[]);
     assert_eq!(code, 1);
     assert!(
         err.contains("sim.key is a simulated TEE's SECRET hardware key")
@@ -132,45 +136,17 @@ fn files_of_the_wrong_kind_are_named() {
     )
     .unwrap();
     std::fs::copy(d.join("sim.pub"), d.join("old.pub")).unwrap();
-    let (code, _, err) = cordon(
-        d,
-        &[
-            "kbs",
-            "serve",
-            "--data-dir",
-            &p("kbs"),
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-trust-anchor",
-            &p("old.key"),
-            "--init-admin-token-file",
-            &p("token"),
-        ],
-    );
+    let (code, _, err) = kbs_serve("old.key", &[]);
     assert_eq!(code, 1);
     assert!(
         err.contains("old.key looks like a secret key") && err.contains("old.pub"),
         "{err}"
     );
     assert!(!err.contains(seed["secret_key"].as_str().unwrap()), "{err}");
-    let (code, _, err) = cordon(
-        d,
-        &[
-            "kbs",
-            "serve",
-            "--data-dir",
-            &p("kbs"),
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-trust-anchor",
-            &p("sim.pub"),
-            "--init-admin-token-file",
-            &p("token"),
-            "--tee",
-            "sim",
-            "--sim-hardware-key",
-            &p("old.pub"),
-        ],
+    let hardware_key = p("old.pub");
+    let (code, _, err) = kbs_serve(
+        "sim.pub",
+        &["--tee", "sim", "--sim-hardware-key", &hardware_key],
     );
     assert_eq!(code, 1);
     assert!(

@@ -43,13 +43,10 @@ fn the_runtime_disables_core_dumps_and_says_whether_memory_is_locked() {
     }
 }
 
-/// A runtime whose port is taken stops before it asks the KBS anything: it binds first, then
-/// boots. (Booting first released, and audited, keys to a runtime that then died at once.) The
-/// KBS here is a bare listener that records whether anyone connected.
-#[test]
-fn a_runtime_that_cannot_listen_asks_the_kbs_for_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = |f: &str| dir.path().join(f);
+/// In `dir`: an owner key, a sim hardware key, the breast-cancer LR sealed as `lr`, and a runtime
+/// configuration `rt.toml` serving it with its key from a KBS at `kbs_addr` (host:port).
+fn lr_runtime_config(dir: &std::path::Path, kbs_addr: &str) {
+    let p = |f: &str| dir.join(f);
     ok(&["keygen", "--out", &s(&p("owner.key"))]);
     ok(&["sim", "keygen", "--out", &s(&p("hw.key"))]);
     let lr = concat!(
@@ -68,21 +65,30 @@ fn a_runtime_that_cannot_listen_asks_the_kbs_for_nothing() {
         "--name",
         "lr",
     ]);
-    let kbs = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let signer = std::fs::read_to_string(p("owner.pub")).unwrap();
     std::fs::write(
         p("rt.toml"),
         format!(
-            "kbs_url = \"http://{}\"\nkbs_public_key = \"{}\"\n\n[[models]]\nname = \"lr\"\n\
+            "kbs_url = \"http://{kbs_addr}\"\nkbs_public_key = \"{}\"\n\n[[models]]\nname = \"lr\"\n\
              path = \"{}\"\nsigner = \"{}\"\n",
-            kbs.local_addr().unwrap(),
             "11".repeat(32),
             s(&p("lr.sealed")),
             signer.trim()
         ),
     )
     .unwrap();
+}
+
+/// A runtime whose port is taken stops before it asks the KBS anything: it binds first, then
+/// boots. (Booting first released, and audited, keys to a runtime that then died at once.) The
+/// KBS here is a bare listener that records whether anyone connected.
+#[test]
+fn a_runtime_that_cannot_listen_asks_the_kbs_for_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f);
+    let kbs = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    lr_runtime_config(dir.path(), &kbs.local_addr().unwrap().to_string());
     let listen = taken.local_addr().unwrap().to_string();
     let err = fails(&[
         "runtime",
@@ -112,41 +118,12 @@ fn a_runtime_that_cannot_listen_asks_the_kbs_for_nothing() {
 fn a_runtime_waits_for_a_key_broker_that_is_not_up_yet() {
     let dir = tempfile::tempdir().unwrap();
     let p = |f: &str| dir.path().join(f);
-    ok(&["keygen", "--out", &s(&p("owner.key"))]);
-    ok(&["sim", "keygen", "--out", &s(&p("hw.key"))]);
-    let lr = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../models/breast_cancer_lr.onnx"
-    );
-    ok(&[
-        "seal",
-        lr,
-        "--out",
-        &s(&p("lr.sealed")),
-        "--key-out",
-        &s(&p("lr.dek")),
-        "--owner-key",
-        &s(&p("owner.key")),
-        "--name",
-        "lr",
-    ]);
     // A port nobody listens on yet.
     let kbs_addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let signer = std::fs::read_to_string(p("owner.pub")).unwrap();
-    std::fs::write(
-        p("rt.toml"),
-        format!(
-            "kbs_url = \"http://{kbs_addr}\"\nkbs_public_key = \"{}\"\n\n[[models]]\nname = \"lr\"\n\
-             path = \"{}\"\nsigner = \"{}\"\n",
-            "11".repeat(32),
-            s(&p("lr.sealed")),
-            signer.trim()
-        ),
-    )
-    .unwrap();
+    lr_runtime_config(dir.path(), &kbs_addr.to_string());
     let serve = |wait: &str| -> Vec<String> {
         [
             "runtime",

@@ -5,28 +5,16 @@ proxy's HTTP surface. Every check that fails raises; the last line printed is a 
 """
 
 import json
-import math
 import sys
-import urllib.request
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from reference import demo_batch, fraud_rows, json_request, plain_json, same_outputs
+
 grpc_url, http_url, demo_input_path, fraud_input_path = sys.argv[1:5]
 client = grpcclient.InferenceServerClient(url=grpc_url)
-
-
-def plain_json(model, body):
-    """The same request as JSON through the proxy's HTTP surface: the reference answer."""
-    req = urllib.request.Request(
-        f"http://{http_url}/v2/models/{model}/infer",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req) as r:
-        return {o["name"]: o for o in json.load(r)["outputs"]}
-
 
 summary = {}
 
@@ -40,20 +28,12 @@ assert [int(d) for d in m["inputs"][0]["shape"]] == [-1, 30], m
 summary["metadata"] = m["name"]
 
 # Breast cancer, a batch: raw tensors (the client's default) in, raw out.
-demo = json.load(open(demo_input_path))
-row = np.array(demo["inputs"][0]["data"], dtype=np.float32).reshape(1, 30)
-batch = np.repeat(row, 4, axis=0)
-reference = plain_json(
-    "breast-cancer-lr",
-    {"inputs": [{"name": "input", "shape": [4, 30], "datatype": "FP32",
-                 "data": batch.flatten().tolist()}]},
-)
+batch = demo_batch(demo_input_path)
+reference = plain_json(http_url, "breast-cancer-lr", json_request("input", batch))
 inp = grpcclient.InferInput("input", list(batch.shape), "FP32")
 inp.set_data_from_numpy(batch)
 result = client.infer("breast-cancer-lr", [inp])
-assert result.as_numpy("label").tolist() == reference["label"]["data"]
-assert np.allclose(result.as_numpy("probabilities").flatten(),
-                   reference["probabilities"]["data"], atol=1e-6)
+same_outputs(result.as_numpy, reference, "lr")
 summary["lr_labels"] = result.as_numpy("label").tolist()
 
 # Only the requested output comes back.
@@ -63,22 +43,12 @@ assert result.as_numpy("probabilities") is None
 assert result.as_numpy("label").tolist() == reference["label"]["data"]
 
 # The fraud GBDT with missing values as np.nan (NaN bits in the raw tensor).
-fraud = json.load(open(fraud_input_path))
-rows = fraud["inputs"][0]["data"][: 8 * 20]
-x = np.array([math.nan if v is None else v for v in rows], dtype=np.float32).reshape(8, 20)
-reference = plain_json(
-    "fraud-gbdt",
-    {"inputs": [{"name": "input", "shape": [8, 20], "datatype": "FP32", "data": rows}]},
-)
-inp = grpcclient.InferInput("input", [8, 20], "FP32")
+data, x = fraud_rows(fraud_input_path)
+reference = plain_json(http_url, "fraud-gbdt", json_request("input", x, data))
+inp = grpcclient.InferInput("input", list(x.shape), "FP32")
 inp.set_data_from_numpy(x)
 result = client.infer("fraud-gbdt", [inp])
-for name, ref in reference.items():
-    got = result.as_numpy(name)
-    if ref["datatype"] in ("FP32", "FP64"):
-        assert np.allclose(got.flatten(), ref["data"], atol=1e-6), name
-    else:
-        assert got.flatten().tolist() == ref["data"], (name, got)
+same_outputs(result.as_numpy, reference, "fraud")
 summary["fraud_outputs"] = sorted(reference)
 
 # Errors: a wrong shape (INVALID_ARGUMENT) and an unknown model (NOT_FOUND), with the message.

@@ -1,5 +1,5 @@
 """The stock Triton / KServe v2 Python HTTP client (tritonclient.http, from PyPI) on its default
-settings against `cordon proxy`: run by crates/cordon/tests/stock_clients.rs with the proxy's
+settings against `cordon proxy`: run by crates/cordon/tests/dev_up.rs with the proxy's
 address. Every check that fails raises; the last line printed is a JSON summary.
 
 By default the client sends tensors with the binary tensor data extension and asks for binary
@@ -7,28 +7,16 @@ outputs; with binary_data=False it sends JSON, writing NaN as the literal `NaN`.
 """
 
 import json
-import math
 import sys
-import urllib.request
 
 import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from reference import demo_batch, fraud_rows, json_request, plain_json, same_outputs
+
 url, demo_input_path, fraud_input_path = sys.argv[1], sys.argv[2], sys.argv[3]
 client = httpclient.InferenceServerClient(url=url)
-
-
-def plain_json(model, body):
-    """The same request as JSON through the proxy, with urllib: the reference answer."""
-    req = urllib.request.Request(
-        f"http://{url}/v2/models/{model}/infer",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req) as r:
-        return {o["name"]: o for o in json.load(r)["outputs"]}
-
 
 summary = {}
 
@@ -46,47 +34,26 @@ assert m["inputs"][0]["datatype"] == "FP32", m
 summary["models"] = names
 
 # Breast cancer, a batch of the demo row repeated: binary in and out (the defaults), then JSON.
-demo = json.load(open(demo_input_path))
-row = np.array(demo["inputs"][0]["data"], dtype=np.float32).reshape(1, 30)
-batch = np.repeat(row, 4, axis=0)
-reference = plain_json(
-    "breast-cancer-lr",
-    {"inputs": [{"name": "input", "shape": [4, 30], "datatype": "FP32",
-                 "data": batch.flatten().tolist()}]},
-)
+batch = demo_batch(demo_input_path)
+reference = plain_json(url, "breast-cancer-lr", json_request("input", batch))
 for binary in (True, False):
     inp = httpclient.InferInput("input", list(batch.shape), "FP32")
     inp.set_data_from_numpy(batch, binary_data=binary)
     outs = [httpclient.InferRequestedOutput("label", binary_data=binary),
             httpclient.InferRequestedOutput("probabilities", binary_data=binary)]
     result = client.infer("breast-cancer-lr", [inp], outputs=outs)
-    labels = result.as_numpy("label")
-    probs = result.as_numpy("probabilities")
-    assert labels.tolist() == reference["label"]["data"], (binary, labels)
-    assert np.allclose(probs.flatten(), reference["probabilities"]["data"], atol=1e-6), binary
-    summary[f"lr_binary_{binary}"] = labels.tolist()
+    same_outputs(result.as_numpy, reference, f"lr binary={binary}")
+    summary[f"lr_binary_{binary}"] = result.as_numpy("label").tolist()
 
 # The fraud GBDT with missing values as np.nan: binary (NaN bits) and JSON (the `NaN` literal),
 # against the JSON request with null.
-fraud = json.load(open(fraud_input_path))
-rows = fraud["inputs"][0]["data"][: 8 * 20]
-assert any(v is None for v in rows)
-x = np.array([math.nan if v is None else v for v in rows], dtype=np.float32).reshape(8, 20)
-reference = plain_json(
-    "fraud-gbdt",
-    {"inputs": [{"name": "input", "shape": [8, 20], "datatype": "FP32", "data": rows}]},
-)
+data, x = fraud_rows(fraud_input_path)
+reference = plain_json(url, "fraud-gbdt", json_request("input", x, data))
 for binary in (True, False):
-    inp = httpclient.InferInput("input", [8, 20], "FP32")
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary)
     result = client.infer("fraud-gbdt", [inp])
-    for name, ref in reference.items():
-        got = result.as_numpy(name)
-        assert got is not None, (binary, name, result.get_response())
-        if ref["datatype"] in ("FP32", "FP64"):
-            assert np.allclose(got.flatten(), ref["data"], atol=1e-6), (binary, name)
-        else:
-            assert got.flatten().tolist() == ref["data"], (binary, name, got)
+    same_outputs(result.as_numpy, reference, f"fraud binary={binary}")
     summary[f"fraud_binary_{binary}"] = sorted(reference)
 
 # An error answer reaches the client as an exception with the runtime's message.
