@@ -278,19 +278,18 @@ impl Client {
 /// `req` in the binary tensor data extension, every input and output binary, as a client
 /// encodes it from its arrays: the body and the JSON header's length.
 fn binary_body(req: &InferRequest) -> Result<(Vec<u8>, usize)> {
-    let mut header = json!({ "inputs": [], "parameters": { "binary_data_output": true } });
+    let mut inputs = Vec::with_capacity(req.inputs.len());
     let mut tensors = Vec::new();
     for t in &req.inputs {
         let bytes = cordon_proto::oip_binary::encode_elements(&t.datatype, &t.data)
             .map_err(|e| anyhow!("input {}: {e}", t.name))?;
-        header["inputs"].as_array_mut().map(|a| {
-            a.push(
-                json!({"name": t.name, "shape": t.shape, "datatype": t.datatype,
-                "parameters": {"binary_data_size": bytes.len()}}),
-            )
-        });
+        inputs.push(
+            json!({"name": t.name, "shape": t.shape, "datatype": t.datatype,
+            "parameters": {"binary_data_size": bytes.len()}}),
+        );
         tensors.extend(bytes);
     }
+    let header = json!({ "inputs": inputs, "parameters": { "binary_data_output": true } });
     let mut body = serde_json::to_vec(&header)?;
     let header_len = body.len();
     body.extend(tensors);
