@@ -39,7 +39,8 @@ impl GrpcSurface {
     }
 
     /// Serves `GRPCInferenceService` on `listener` until `shutdown` completes. Messages up to the
-    /// proxy's body limit are accepted, as on HTTP.
+    /// proxy's body limit are read; tensors are forwarded when their JSON form fits that limit
+    /// inside the channel (see [`oip_binary::json_size_floor`]).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -90,9 +91,28 @@ fn model_path(name: &str, version: &str) -> String {
     let enc = |s: &str| {
         s.bytes()
             .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
+                // RFC 3986 pchar: unreserved, sub-delims, ':' and '@' stand as they are (the
+                // runtime compares segments undecoded, as an HTTP client would send them).
+                b'A'..=b'Z'
+                | b'a'..=b'z'
+                | b'0'..=b'9'
+                | b'-'
+                | b'_'
+                | b'.'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@' => (b as char).to_string(),
                 _ => format!("%{b:02X}"),
             })
             .collect::<String>()
@@ -163,8 +183,18 @@ fn input_data(t: &InferInputTensor, raw: Option<&Vec<u8>>) -> Result<Vec<Value>,
     })
 }
 
-/// The JSON infer request of a gRPC one.
-fn infer_request_json(r: &pb::ModelInferRequest) -> Result<Value, Status> {
+/// The bytes an input's typed contents would take raw (what [`oip_binary::json_size_floor`]
+/// bounds).
+fn typed_bytes(c: &pb::InferTensorContents) -> usize {
+    c.bool_contents.len()
+        + 4 * (c.int_contents.len() + c.uint_contents.len() + c.fp32_contents.len())
+        + 8 * (c.int64_contents.len() + c.uint64_contents.len() + c.fp64_contents.len())
+        + c.bytes_contents.iter().map(|b| 4 + b.len()).sum::<usize>()
+}
+
+/// The JSON infer request of a gRPC one. Tensors whose JSON could not fit `max_json` (the
+/// channel's limit) are refused before any is decoded.
+fn infer_request_json(r: &pb::ModelInferRequest, max_json: usize) -> Result<Value, Status> {
     if !r.raw_input_contents.is_empty() && r.raw_input_contents.len() != r.inputs.len() {
         return Err(Status::invalid_argument(format!(
             "{} raw_input_contents for {} inputs",
@@ -172,12 +202,32 @@ fn infer_request_json(r: &pb::ModelInferRequest) -> Result<Value, Status> {
             r.inputs.len()
         )));
     }
+    let mut floor = 0usize;
+    let mut binary = 0usize;
+    for (i, t) in r.inputs.iter().enumerate() {
+        let bytes = match r.raw_input_contents.get(i) {
+            Some(raw) => raw.len(),
+            None => t.contents.as_ref().map_or(0, typed_bytes),
+        };
+        binary = binary.saturating_add(bytes);
+        floor = floor.saturating_add(oip_binary::json_size_floor(&t.datatype, bytes));
+    }
+    if floor > max_json {
+        return Err(Status::resource_exhausted(
+            oip_binary::BinaryError::TooLarge {
+                binary,
+                json: floor,
+                limit: max_json,
+            }
+            .to_string(),
+        ));
+    }
     let mut inputs = Vec::with_capacity(r.inputs.len());
     for (i, t) in r.inputs.iter().enumerate() {
         let data = input_data(t, r.raw_input_contents.get(i))?;
-        let mut input = json!({
-            "name": t.name, "shape": t.shape, "datatype": t.datatype, "data": data,
-        });
+        // The data array moves in, never copied.
+        let mut input = json!({ "name": t.name, "shape": t.shape, "datatype": t.datatype });
+        input["data"] = Value::Array(data);
         if !t.parameters.is_empty() {
             input["parameters"] = parameters_json(&t.parameters);
         }
@@ -354,7 +404,7 @@ impl GrpcInferenceService for GrpcSurface {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let r = request.into_inner();
-        let json = infer_request_json(&r)?;
+        let json = infer_request_json(&r, self.proxy.max_body())?;
         let path = format!("{}/infer", model_path(&r.model_name, &r.model_version));
         let body = self.call("POST", &path, Some(json)).await?;
         Ok(Response::new(infer_response(&body)?))
@@ -364,6 +414,44 @@ impl GrpcInferenceService for GrpcSurface {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MAX: usize = 8 << 20;
+
+    /// What could not fit the channel as JSON is refused before it is decoded, raw or typed.
+    #[test]
+    fn tensors_too_large_for_the_channel_are_refused_first() {
+        let r = pb::ModelInferRequest {
+            inputs: vec![input("b", "BOOL", vec![1 << 20])],
+            raw_input_contents: vec![vec![1; 1 << 20]],
+            ..Default::default()
+        };
+        assert!(infer_request_json(&r, MAX).is_ok());
+        let e = infer_request_json(&r, 4 << 20).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.message().contains("send fewer rows"), "{}", e.message());
+        let mut typed = input("f", "FP64", vec![1 << 20]);
+        typed.contents = Some(pb::InferTensorContents {
+            fp64_contents: vec![0.0; 1 << 20],
+            ..Default::default()
+        });
+        let r = pb::ModelInferRequest {
+            inputs: vec![typed],
+            ..Default::default()
+        };
+        assert_eq!(
+            infer_request_json(&r, 2 << 20).unwrap_err().code(),
+            tonic::Code::ResourceExhausted
+        );
+        // Many empty inputs count too.
+        let r = pb::ModelInferRequest {
+            inputs: vec![input("e", "BOOL", vec![0]); 100_000],
+            ..Default::default()
+        };
+        assert_eq!(
+            infer_request_json(&r, 1 << 20).unwrap_err().code(),
+            tonic::Code::ResourceExhausted
+        );
+    }
 
     fn input(name: &str, datatype: &str, shape: Vec<i64>) -> InferInputTensor {
         InferInputTensor {
@@ -391,7 +479,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let j = infer_request_json(&r).unwrap();
+        let j = infer_request_json(&r, MAX).unwrap();
         assert_eq!(j["inputs"][0]["data"], json!([1.5, "NaN"]));
         assert_eq!(j["id"], "7");
         assert_eq!(j["outputs"], json!([{"name": "p"}]));
@@ -410,7 +498,7 @@ mod tests {
             inputs: vec![typed, f],
             ..Default::default()
         };
-        let j = infer_request_json(&r).unwrap();
+        let j = infer_request_json(&r, MAX).unwrap();
         assert_eq!(j["inputs"][0]["data"], json!([-1, 2]));
         assert_eq!(j["inputs"][1]["data"], json!(["Infinity"]));
 
@@ -421,7 +509,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            infer_request_json(&r).unwrap_err().code(),
+            infer_request_json(&r, MAX).unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
         let mut both = input("a", "FP32", vec![1]);
@@ -431,7 +519,7 @@ mod tests {
             raw_input_contents: vec![vec![0; 4]],
             ..Default::default()
         };
-        assert!(infer_request_json(&r)
+        assert!(infer_request_json(&r, MAX)
             .unwrap_err()
             .message()
             .contains("both raw_input_contents and contents"));
@@ -472,5 +560,6 @@ mod tests {
             model_path("a/../b c", "1"),
             "/v2/models/a%2F..%2Fb%20c/versions/1"
         );
+        assert_eq!(model_path("m+v2:x@y", ""), "/v2/models/m+v2:x@y");
     }
 }

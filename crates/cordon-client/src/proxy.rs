@@ -919,11 +919,14 @@ async fn infer_body(proxy: &Proxy, headers: &HeaderMap, body: Body) -> Result<Pa
                 "Inference-Header-Content-Length is not a byte count",
             ));
         };
-        return match oip_binary::decode_request(&bytes, header_len) {
+        return match oip_binary::decode_request(&bytes, header_len, limit) {
             Ok(parsed) => Ok(Payload {
                 raw: Bytes::from(serde_json::to_vec(&parsed).unwrap_or_default()),
                 parsed,
             }),
+            Err(e @ oip_binary::BinaryError::TooLarge { .. }) => {
+                Err(oip_error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))
+            }
             Err(e) => Err(oip_error(StatusCode::BAD_REQUEST, e.to_string())),
         };
     }

@@ -84,13 +84,16 @@ pub fn parse_json_body(bytes: &[u8]) -> Result<serde_json::Value, serde_json::Er
 /// The non-finite literals, longest first (`-Infinity` before `Infinity`).
 const NON_FINITE: [&[u8]; 3] = [b"-Infinity", b"Infinity", b"NaN"];
 
-/// `bytes` with each non-finite literal in a value position (after `[`, `,` or `:`, outside
-/// strings, followed by a delimiter) put in quotes; `None` if there is none.
+/// `bytes` with each non-finite literal in a value position (after `[` or `:`, or after `,`
+/// inside an array; outside strings; followed by a delimiter) put in quotes; `None` if there is
+/// none. A literal where an object key stands is left alone (and stays an error).
 fn quote_non_finite_literals(bytes: &[u8]) -> Option<Vec<u8>> {
     let mut out: Option<Vec<u8>> = None;
     let (mut in_string, mut escaped) = (false, false);
     // The last byte outside strings that is not white space.
     let mut last = 0u8;
+    // The open containers, innermost last: whether each is an array.
+    let mut arrays: Vec<bool> = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -104,7 +107,13 @@ fn quote_non_finite_literals(bytes: &[u8]) -> Option<Vec<u8>> {
             }
         } else if b == b'"' {
             in_string = true;
-        } else if matches!(last, b'[' | b',' | b':') {
+        } else if b == b'[' || b == b'{' {
+            arrays.push(b == b'[');
+        } else if b == b']' || b == b'}' {
+            arrays.pop();
+        } else if matches!(last, b'[' | b':')
+            || (last == b',' && arrays.last().copied().unwrap_or(false))
+        {
             let literal = NON_FINITE.iter().find(|l| {
                 bytes[i..].starts_with(l)
                     && bytes.get(i + l.len()).is_none_or(|&n| {
@@ -271,6 +280,8 @@ mod tests {
             &b"[NaNa]"[..],
             b"[Infinity1]",
             b"{NaN: 1}",
+            b"{\"a\": 1, NaN: 2}",
+            b"{\"a\": [1], NaN: 2}",
             b"[nan]",
             b"NaN",
             b"[\"NaN]",

@@ -26,6 +26,34 @@ pub enum BinaryError {
          JSON header {body}"
     )]
     TrailingBytes { declared: usize, body: usize },
+    #[error(
+        "the tensors ({binary} bytes) become at least {json} bytes of JSON inside the encrypted \
+         channel, over its limit of {limit} bytes: send fewer rows per request"
+    )]
+    TooLarge {
+        binary: usize,
+        json: usize,
+        limit: usize,
+    },
+}
+
+/// The fewest bytes of JSON (elements and separators) that `count` elements of `datatype`,
+/// `bytes` long in binary, can become inside the channel, and the few bytes of an input's own
+/// fields: what is checked against the channel's limit before anything is decoded, so that a
+/// request the runtime would refuse for its size never grows into a large tree here first.
+pub fn json_size_floor(datatype: &str, bytes: usize) -> usize {
+    const INPUT_FIELDS: usize = 48;
+    let elements = match (datatype, element_size(datatype)) {
+        // "true," at least.
+        ("BOOL", _) => bytes.saturating_mul(5),
+        // "0.0," at least.
+        (d, Some(n)) if d.starts_with("FP") => (bytes / n).saturating_mul(4),
+        // "0," at least.
+        (_, Some(n)) => (bytes / n).saturating_mul(2),
+        // BYTES: each element's text, its quotes and a comma, less its 4-byte prefix.
+        (_, None) => bytes.saturating_mul(3) / 4,
+    };
+    elements.saturating_add(INPUT_FIELDS)
 }
 
 /// Bytes per element of a fixed-size datatype; `None` for `BYTES` (and unknown types).
@@ -132,7 +160,11 @@ fn size_parameter(tensor: &Map<String, Value>, key: &str) -> Option<Result<usize
 /// header; each input with `parameters.binary_data_size` takes that many of the following bytes,
 /// in the order of `inputs`, as its `data` (the parameter is removed). Every byte after the header
 /// must belong to an input.
-pub fn decode_request(body: &[u8], header_len: usize) -> Result<Value, BinaryError> {
+pub fn decode_request(
+    body: &[u8],
+    header_len: usize,
+    max_json: usize,
+) -> Result<Value, BinaryError> {
     if header_len > body.len() {
         return Err(BinaryError::HeaderLength {
             header: header_len,
@@ -150,6 +182,7 @@ pub fn decode_request(body: &[u8], header_len: usize) -> Result<Value, BinaryErr
         ))
     })?;
     let declared_total = body.len() - header_len;
+    let mut json_floor = header_len;
     if let Some(inputs) = request.get_mut("inputs").and_then(Value::as_array_mut) {
         for t in inputs.iter_mut() {
             let Some(t) = t.as_object_mut() else { continue };
@@ -184,6 +217,14 @@ pub fn decode_request(body: &[u8], header_len: usize) -> Result<Value, BinaryErr
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
+            json_floor = json_floor.saturating_add(json_size_floor(&datatype, size));
+            if json_floor > max_json {
+                return Err(BinaryError::TooLarge {
+                    binary: body.len(),
+                    json: json_floor,
+                    limit: max_json,
+                });
+            }
             let elements = decode_elements(&datatype, bytes).map_err(&input_err)?;
             if let Some(p) = t.get_mut("parameters").and_then(Value::as_object_mut) {
                 p.remove("binary_data_size");
@@ -367,6 +408,38 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const MAX: usize = 8 << 20;
+
+    /// Tensors whose JSON cannot fit the channel are refused before they are decoded: 1 MiB of
+    /// BOOL is at least 5 MiB of JSON.
+    #[test]
+    fn tensors_too_large_for_the_channel_are_refused_before_decoding() {
+        let header = json!({"inputs": [{"name": "b", "shape": [1 << 20], "datatype": "BOOL",
+            "parameters": {"binary_data_size": 1 << 20}}]});
+        let (b, n) = body(&header, &[&vec![1u8; 1 << 20]]);
+        assert!(decode_request(&b, n, MAX).is_ok());
+        let e = decode_request(&b, n, 4 << 20).unwrap_err();
+        assert!(
+            matches!(e, BinaryError::TooLarge { json, limit, .. } if json > limit),
+            "{e}"
+        );
+        assert!(e.to_string().contains("send fewer rows"), "{e}");
+        // The floor is a floor: what the decoder makes is at least as long.
+        for (datatype, bytes) in [
+            ("BOOL", vec![0u8; 64]),
+            ("INT64", vec![0u8; 64]),
+            ("FP32", vec![0u8; 64]),
+            ("BYTES", vec![0u8; 64]),
+        ] {
+            let data = Value::Array(decode_elements(datatype, &bytes).unwrap());
+            let floor = json_size_floor(datatype, bytes.len()) - 48;
+            assert!(
+                serde_json::to_vec(&data).unwrap().len() + 1 >= floor,
+                "{datatype}"
+            );
+        }
+    }
+
     fn body(header: &Value, tensors: &[&[u8]]) -> (Vec<u8>, usize) {
         let mut b = serde_json::to_vec(header).unwrap();
         let n = b.len();
@@ -398,7 +471,7 @@ mod tests {
              "parameters": {"binary_data_size": 16, "other": 1}}
         ], "parameters": {"binary_data_output": true}});
         let (b, n) = body(&header, &[&fp32, &strings, &i64s]);
-        let r = decode_request(&b, n).unwrap();
+        let r = decode_request(&b, n, MAX).unwrap();
         assert_eq!(
             r["inputs"][0]["data"],
             json!([1.5, "NaN", "Infinity", -2.0])
@@ -416,20 +489,20 @@ mod tests {
         let header = json!({"inputs": [{"name": "a", "shape": [2], "datatype": "FP32",
             "parameters": {"binary_data_size": 8}}]});
         let (b, n) = body(&header, &[&[0u8; 8]]);
-        assert!(decode_request(&b, n).is_ok());
+        assert!(decode_request(&b, n, MAX).is_ok());
         // Header longer than the body; tensor longer than what is left; bytes nobody claims;
         // a size that is not whole elements; a truncated BYTES prefix; non-UTF-8 text.
         assert!(matches!(
-            decode_request(&b, b.len() + 1),
+            decode_request(&b, b.len() + 1, MAX),
             Err(BinaryError::HeaderLength { .. })
         ));
         assert!(matches!(
-            decode_request(&b[..b.len() - 1], n),
+            decode_request(&b[..b.len() - 1], n, MAX),
             Err(BinaryError::Input { .. })
         ));
         let (extra, n2) = body(&header, &[&[0u8; 9]]);
         assert!(matches!(
-            decode_request(&extra, n2),
+            decode_request(&extra, n2, MAX),
             Err(BinaryError::TrailingBytes {
                 declared: 8,
                 body: 9
@@ -438,7 +511,7 @@ mod tests {
         let odd = json!({"inputs": [{"name": "a", "shape": [2], "datatype": "FP32",
             "parameters": {"binary_data_size": 7}}]});
         let (b, n) = body(&odd, &[&[0u8; 7]]);
-        let e = decode_request(&b, n).unwrap_err().to_string();
+        let e = decode_request(&b, n, MAX).unwrap_err().to_string();
         assert!(e.contains("not a whole number of FP32 elements"), "{e}");
         for (bytes, expected) in [
             (&[3u8, 0][..], "truncated length prefix"),
@@ -448,11 +521,11 @@ mod tests {
             let h = json!({"inputs": [{"name": "s", "shape": [1], "datatype": "BYTES",
                 "parameters": {"binary_data_size": bytes.len()}}]});
             let (b, n) = body(&h, &[bytes]);
-            let e = decode_request(&b, n).unwrap_err().to_string();
+            let e = decode_request(&b, n, MAX).unwrap_err().to_string();
             assert!(e.contains(expected), "{e}");
         }
         // A header that is not JSON names the position, not the content.
-        let e = decode_request(b"{\"secret\": x}", 13)
+        let e = decode_request(b"{\"secret\": x}", 13, MAX)
             .unwrap_err()
             .to_string();
         assert!(!e.contains("secret"), "{e}");
