@@ -53,7 +53,9 @@ impl GrpcSurface {
         tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
+                // No Nagle delay (as on the HTTP surface): a response in several segments would
+                // otherwise wait for the client's delayed ACK, tens of milliseconds.
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown,
             )
             .await
