@@ -50,6 +50,10 @@ pub struct UpArgs {
     /// simulated TEE (for tests and CI: EMULATED, NOT hardware-backed).
     #[arg(long, value_enum)]
     emulate: Option<crate::emulator::EmulatedPlatform>,
+    /// DEVELOPMENT ONLY (simulated TEE): the runtime ALSO serves inference in PLAINTEXT on its
+    /// URL, to compare answers with the encrypted path or measure what encryption costs.
+    #[arg(long, conflicts_with = "emulate")]
+    dev_plaintext_inference: bool,
 }
 
 pub fn run(c: DevCommand) -> Result<()> {
@@ -81,6 +85,9 @@ fn up(a: UpArgs) -> Result<()> {
     }
     if let Some(q) = a.max_queue {
         runtime_args.extend(["--max-queue".to_string(), q.to_string()]);
+    }
+    if a.dev_plaintext_inference {
+        runtime_args.push("--dev-plaintext-inference".to_string());
     }
     let onnxruntime = a
         .onnxruntime_library

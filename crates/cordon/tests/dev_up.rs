@@ -435,7 +435,8 @@ fn a_signal_during_the_start_leaves_no_process_behind() {
 /// pinned, from PyPI by scripts/fetch-python-clients.sh; this test fails, never skips, when that
 /// fails), on their default settings through `cordon proxy` and `--grpc-listen`: metadata, the
 /// repository index (HTTP), binary tensors in and out and JSON, raw gRPC tensors, NaN inputs to
-/// the fraud GBDT, error answers (crates/cordon/tests/stock_clients/*.py hold the checks).
+/// the fraud GBDT, error answers (crates/cordon/tests/stock_clients/*.py hold the checks); each
+/// answer equals the runtime's own plaintext development route's for the same request.
 #[test]
 fn the_stock_triton_clients_work_through_the_proxy_over_http_and_grpc() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -455,8 +456,11 @@ fn the_stock_triton_clients_work_through_the_proxy_over_http_and_grpc() {
         .to_string();
 
     let dir = tempfile::tempdir().unwrap();
-    let (_dev, lines, _rx) = start_dev(dir.path(), &[]);
+    // The runtime's plaintext development route gives the reference answers: what the proxy
+    // answers over the encrypted channel must be the same.
+    let (_dev, lines, _rx) = start_dev(dir.path(), &["--dev-plaintext-inference"]);
     let runtime = field(&lines, "runtime URL:").to_string();
+    let plaintext = runtime.trim_start_matches("http://").to_string();
     let policy = field(&lines, "client policy:").to_string();
     let (addr_file, grpc_addr_file) = (dir.path().join("p.addr"), dir.path().join("g.addr"));
     let mut proxy = Guard(
@@ -497,7 +501,7 @@ fn the_stock_triton_clients_work_through_the_proxy_over_http_and_grpc() {
         );
         serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
     };
-    let over_http = run("triton_http.py", &[&http]);
+    let over_http = run("triton_http.py", &[&http, &plaintext]);
     assert_eq!(over_http["lr_binary_True"], over_http["lr_binary_False"]);
     assert!(
         over_http["error"]
@@ -506,7 +510,7 @@ fn the_stock_triton_clients_work_through_the_proxy_over_http_and_grpc() {
             .contains("shape [1, 29]"),
         "{over_http}"
     );
-    let over_grpc = run("triton_grpc.py", &[grpc.trim(), &http]);
+    let over_grpc = run("triton_grpc.py", &[grpc.trim(), &plaintext]);
     assert_eq!(over_grpc["lr_labels"], over_http["lr_binary_True"]);
     assert!(
         over_grpc["error"]

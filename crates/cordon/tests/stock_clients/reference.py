@@ -1,5 +1,5 @@
-"""What both stock-client checks compare with: the same request as plain JSON through the proxy's
-HTTP surface (urllib, no client library), and the shared inputs."""
+"""What both stock-client checks compare with: the same request as plain JSON (urllib, no client
+library) to the runtime's plaintext development route, and the shared inputs."""
 
 import json
 import math

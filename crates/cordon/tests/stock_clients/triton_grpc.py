@@ -1,7 +1,8 @@
 """The stock Triton / KServe v2 Python gRPC client (tritonclient.grpc, from PyPI) on its default
 settings against `cordon proxy --grpc-listen`: run by crates/cordon/tests/dev_up.rs with the
-proxy's gRPC and HTTP addresses. Answers are compared with the same request as JSON over the
-proxy's HTTP surface. Every check that fails raises; the last line printed is a JSON summary.
+proxy's gRPC address and the runtime's. Answers are compared with the same request as JSON to the
+runtime's plaintext development route. Every check that fails raises; the last line printed is a
+JSON summary.
 """
 
 import json
@@ -13,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from reference import demo_batch, fraud_rows, json_request, plain_json, same_outputs
 
-grpc_url, http_url, demo_input_path, fraud_input_path = sys.argv[1:5]
+grpc_url, reference_url, demo_input_path, fraud_input_path = sys.argv[1:5]
 client = grpcclient.InferenceServerClient(url=grpc_url)
 
 summary = {}
@@ -29,7 +30,7 @@ summary["metadata"] = m["name"]
 
 # Breast cancer, a batch: raw tensors (the client's default) in, raw out.
 batch = demo_batch(demo_input_path)
-reference = plain_json(http_url, "breast-cancer-lr", json_request("input", batch))
+reference = plain_json(reference_url, "breast-cancer-lr", json_request("input", batch))
 inp = grpcclient.InferInput("input", list(batch.shape), "FP32")
 inp.set_data_from_numpy(batch)
 result = client.infer("breast-cancer-lr", [inp])
@@ -44,7 +45,7 @@ assert result.as_numpy("label").tolist() == reference["label"]["data"]
 
 # The fraud GBDT with missing values as np.nan (NaN bits in the raw tensor).
 data, x = fraud_rows(fraud_input_path)
-reference = plain_json(http_url, "fraud-gbdt", json_request("input", x, data))
+reference = plain_json(reference_url, "fraud-gbdt", json_request("input", x, data))
 inp = grpcclient.InferInput("input", list(x.shape), "FP32")
 inp.set_data_from_numpy(x)
 result = client.infer("fraud-gbdt", [inp])

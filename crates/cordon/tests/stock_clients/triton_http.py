@@ -1,6 +1,7 @@
 """The stock Triton / KServe v2 Python HTTP client (tritonclient.http, from PyPI) on its default
-settings against `cordon proxy`: run by crates/cordon/tests/dev_up.rs with the proxy's
-address. Every check that fails raises; the last line printed is a JSON summary.
+settings against `cordon proxy`: run by crates/cordon/tests/dev_up.rs with the proxy's address
+and the runtime's (whose plaintext development route answers the reference requests). Every check
+that fails raises; the last line printed is a JSON summary.
 
 By default the client sends tensors with the binary tensor data extension and asks for binary
 outputs; with binary_data=False it sends JSON, writing NaN as the literal `NaN`.
@@ -15,7 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from reference import demo_batch, fraud_rows, json_request, plain_json, same_outputs
 
-url, demo_input_path, fraud_input_path = sys.argv[1], sys.argv[2], sys.argv[3]
+url, reference_url, demo_input_path, fraud_input_path = sys.argv[1:5]
 client = httpclient.InferenceServerClient(url=url)
 
 summary = {}
@@ -35,7 +36,7 @@ summary["models"] = names
 
 # Breast cancer, a batch of the demo row repeated: binary in and out (the defaults), then JSON.
 batch = demo_batch(demo_input_path)
-reference = plain_json(url, "breast-cancer-lr", json_request("input", batch))
+reference = plain_json(reference_url, "breast-cancer-lr", json_request("input", batch))
 for binary in (True, False):
     inp = httpclient.InferInput("input", list(batch.shape), "FP32")
     inp.set_data_from_numpy(batch, binary_data=binary)
@@ -48,7 +49,7 @@ for binary in (True, False):
 # The fraud GBDT with missing values as np.nan: binary (NaN bits) and JSON (the `NaN` literal),
 # against the JSON request with null.
 data, x = fraud_rows(fraud_input_path)
-reference = plain_json(url, "fraud-gbdt", json_request("input", x, data))
+reference = plain_json(reference_url, "fraud-gbdt", json_request("input", x, data))
 for binary in (True, False):
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary)
