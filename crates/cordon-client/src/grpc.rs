@@ -10,7 +10,7 @@
 //! `NOT_FOUND`, 413 `RESOURCE_EXHAUSTED`, 429 and 503 `UNAVAILABLE`, others `INTERNAL`), with the
 //! runtime's (or the proxy's) error text as the message.
 
-use crate::proxy::Proxy;
+use crate::proxy::{Payload, Proxy};
 use cordon_proto::oip_binary;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -62,7 +62,7 @@ impl GrpcSurface {
     }
 
     /// Forwards one REST request; a non-200 answer becomes the matching gRPC status.
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Status> {
+    async fn call(&self, method: &str, path: &str, body: Option<Payload>) -> Result<Value, Status> {
         let (status, body) = self.proxy.forward_json(method, path, body).await;
         if status == 200 {
             return Ok(body);
@@ -406,9 +406,14 @@ impl GrpcInferenceService for GrpcSurface {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let r = request.into_inner();
-        let json = infer_request_json(&r, self.proxy.max_body())?;
+        let limit = self.proxy.max_body();
+        let json = infer_request_json(&r, limit)?;
         let path = format!("{}/infer", model_path(&r.model_name, &r.model_version));
-        let body = self.call("POST", &path, Some(json)).await?;
+        // Made again from the message itself should the request go out a second time.
+        let payload = Payload::new(json, move || {
+            infer_request_json(&r, limit).map_err(|s| s.message().to_string())
+        });
+        let body = self.call("POST", &path, Some(payload)).await?;
         Ok(Response::new(infer_response(&body)?))
     }
 }

@@ -578,9 +578,16 @@ impl Proxy {
         body: Option<Payload>,
     ) -> Result<InnerResponse, Refusal> {
         let rt = self.runtime_for_request().await?;
-        let (raw, mut parsed) = match body {
-            Some(p) => (Some(p.raw), Some(p.parsed)),
+        let (again, mut parsed) = match body {
+            Some(p) => (Some(p.again), Some(p.parsed)),
             None => (None, None),
+        };
+        // Made again rather than cloned up front: only a second sending pays for it.
+        let remake = || match &again {
+            Some(again) => again().map(Some).map_err(|e| {
+                Refusal::Upstream(ClientError::Malformed(format!("request body: {e}")))
+            }),
+            None => Ok(None),
         };
         if let Some(session) = self.take_session(&rt).await {
             match session.request(method, path, parsed).await {
@@ -598,30 +605,12 @@ impl Proxy {
                 Err(ClientError::SessionClosed { .. }) => {}
                 Err(e) => return Err(Refusal::Upstream(e)),
             }
-            parsed = match raw.as_deref().map(oip::parse_json_body) {
-                Some(Ok(v)) => Some(v),
-                Some(Err(e)) => {
-                    return Err(Refusal::Upstream(ClientError::Malformed(format!(
-                        "request body: {e}"
-                    ))))
-                }
-                None => None,
-            };
+            parsed = remake()?;
         }
         let result = match rt.request(method, path, parsed).await {
             Err(e @ ClientError::NotDecrypted { .. }) => {
                 let fresh = self.reverify_after_rejection(&rt, e).await?;
-                // Parsed again rather than cloned up front: only a retry pays for it.
-                let again = match raw.as_deref().map(oip::parse_json_body) {
-                    Some(Ok(v)) => Some(v),
-                    Some(Err(e)) => {
-                        return Err(Refusal::Upstream(ClientError::Malformed(format!(
-                            "request body: {e}"
-                        ))))
-                    }
-                    None => None,
-                };
-                fresh.request(method, path, again).await
+                fresh.request(method, path, remake()?).await
             }
             other => other,
         };
@@ -629,10 +618,24 @@ impl Proxy {
     }
 }
 
-/// An infer body: the bytes as received and their JSON value.
-struct Payload {
-    raw: Bytes,
+/// An infer body: its JSON value, sent by value, and how to make that value again should the
+/// request go out a second time (a closed session, a runtime whose key changed): from the bytes as
+/// received, or from the gRPC message, never from a copy made up front.
+pub(crate) struct Payload {
     parsed: serde_json::Value,
+    again: Box<dyn Fn() -> Result<serde_json::Value, String> + Send + Sync>,
+}
+
+impl Payload {
+    pub(crate) fn new(
+        parsed: serde_json::Value,
+        again: impl Fn() -> Result<serde_json::Value, String> + Send + Sync + 'static,
+    ) -> Payload {
+        Payload {
+            parsed,
+            again: Box::new(again),
+        }
+    }
 }
 
 fn claims_json(claims: &Claims) -> serde_json::Value {
@@ -836,7 +839,7 @@ async fn handle(
                 .fetch_add(1, Ordering::Relaxed);
             match StatusCode::from_u16(inner.status) {
                 Ok(StatusCode::OK) if binary_outputs.is_some() => {
-                    binary_response(&inner.body, binary_outputs.as_ref())
+                    binary_response(inner.body, binary_outputs.as_ref())
                 }
                 Ok(status) => with_retry_after((status, Json(inner.body)).into_response()),
                 Err(_) => oip_error(
@@ -860,11 +863,11 @@ const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
 /// An infer response with the outputs `wanted` in binary (JSON header, then their bytes), or as
 /// JSON when none is.
 fn binary_response(
-    body: &serde_json::Value,
+    mut body: serde_json::Value,
     wanted: Option<&oip_binary::BinaryOutputs>,
 ) -> Response {
     let encoded = match wanted {
-        Some(w) => oip_binary::encode_response(body, w),
+        Some(w) => oip_binary::encode_response(&mut body, w),
         None => Ok(None),
     };
     match encoded {
@@ -883,7 +886,7 @@ fn binary_response(
             bytes,
         )
             .into_response(),
-        Ok(None) => (StatusCode::OK, Json(body.clone())).into_response(),
+        Ok(None) => (StatusCode::OK, Json(body)).into_response(),
         Err(e) => oip_error(StatusCode::BAD_GATEWAY, format!("cordon proxy: {e}")),
     }
 }
@@ -920,10 +923,9 @@ async fn infer_body(proxy: &Proxy, headers: &HeaderMap, body: Body) -> Result<Pa
             ));
         };
         return match oip_binary::decode_request(&bytes, header_len, limit) {
-            Ok(parsed) => Ok(Payload {
-                raw: Bytes::from(serde_json::to_vec(&parsed).unwrap_or_default()),
-                parsed,
-            }),
+            Ok(parsed) => Ok(Payload::new(parsed, move || {
+                oip_binary::decode_request(&bytes, header_len, limit).map_err(|e| e.to_string())
+            })),
             Err(e @ oip_binary::BinaryError::TooLarge { .. }) => {
                 Err(oip_error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))
             }
@@ -937,7 +939,9 @@ async fn infer_body(proxy: &Proxy, headers: &HeaderMap, body: Body) -> Result<Pa
         ));
     }
     match oip::parse_json_body(&bytes) {
-        Ok(parsed) => Ok(Payload { raw: bytes, parsed }),
+        Ok(parsed) => Ok(Payload::new(parsed, move || {
+            oip::parse_json_body(&bytes).map_err(|e| e.to_string())
+        })),
         // serde's messages may quote the input; position and class are enough to find the fault.
         Err(e) => Err(oip_error(
             StatusCode::BAD_REQUEST,
@@ -1006,13 +1010,9 @@ impl Proxy {
         &self,
         method: &str,
         path: &str,
-        body: Option<serde_json::Value>,
+        body: Option<Payload>,
     ) -> (u16, serde_json::Value) {
-        let payload = body.map(|parsed| Payload {
-            raw: Bytes::from(serde_json::to_vec(&parsed).unwrap_or_default()),
-            parsed,
-        });
-        match self.forward(method, path, payload).await {
+        match self.forward(method, path, body).await {
             Ok(inner) => {
                 self.shared
                     .counters

@@ -186,11 +186,7 @@ pub fn decode_request(
     if let Some(inputs) = request.get_mut("inputs").and_then(Value::as_array_mut) {
         for t in inputs.iter_mut() {
             let Some(t) = t.as_object_mut() else { continue };
-            let name = t
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-                .to_string();
+            let name = str_field(t, "name").to_string();
             let input_err = |reason: String| BinaryError::Input {
                 name: name.clone(),
                 reason,
@@ -212,11 +208,7 @@ pub fn decode_request(
             }
             let (bytes, tail) = rest.split_at(size);
             rest = tail;
-            let datatype = t
-                .get("datatype")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let datatype = str_field(t, "datatype").to_string();
             json_floor = json_floor.saturating_add(json_size_floor(&datatype, size));
             if json_floor > max_json {
                 return Err(BinaryError::TooLarge {
@@ -350,57 +342,49 @@ pub fn encode_elements(datatype: &str, data: &Value) -> Result<Vec<u8>, String> 
     Ok(out)
 }
 
-/// A JSON response in the binary form `wanted` asks for: the outputs it names lose `data` and get
-/// `parameters.binary_data_size`; their bytes follow the JSON header in output order. Returns the
-/// body and the header's length (the `Inference-Header-Content-Length` to send), or `None` when
-/// no output goes in binary (the JSON response stands as it is).
+/// A JSON response in the binary form `wanted` asks for, changed in place: the outputs it names
+/// lose `data` (moved out, never copied) and get `parameters.binary_data_size`; their bytes follow
+/// the JSON header in output order. Returns the body and the header's length (the
+/// `Inference-Header-Content-Length` to send), or `None`, leaving `response` as it was, when no
+/// output goes in binary.
 pub fn encode_response(
-    response: &Value,
+    response: &mut Value,
     wanted: &BinaryOutputs,
 ) -> Result<Option<(Vec<u8>, usize)>, BinaryError> {
-    let Some(outputs) = response.get("outputs").and_then(Value::as_array) else {
+    let Some(outputs) = response.get_mut("outputs").and_then(Value::as_array_mut) else {
         return Ok(None);
     };
-    let mut header = response.clone();
     let mut tail = Vec::new();
     let mut any = false;
-    if let Some(out_json) = header.get_mut("outputs").and_then(Value::as_array_mut) {
-        for (t, original) in out_json.iter_mut().zip(outputs) {
-            let Some(t) = t.as_object_mut() else { continue };
-            let name = t
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-                .to_string();
-            if !wanted.wants(&name) {
-                continue;
-            }
-            let datatype = t
-                .get("datatype")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let data = original.get("data").unwrap_or(&Value::Null);
-            let bytes = encode_elements(&datatype, data)
-                .map_err(|reason| BinaryError::Output { name, reason })?;
-            t.remove("data");
-            let params = t
-                .entry("parameters")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if let Some(p) = params.as_object_mut() {
-                p.insert("binary_data_size".into(), Value::from(bytes.len()));
-            }
-            tail.extend(bytes);
-            any = true;
+    for t in outputs.iter_mut().filter_map(Value::as_object_mut) {
+        let name = str_field(t, "name").to_string();
+        if !wanted.wants(&name) {
+            continue;
         }
+        let data = t.remove("data").unwrap_or(Value::Null);
+        let bytes = encode_elements(str_field(t, "datatype"), &data)
+            .map_err(|reason| BinaryError::Output { name, reason })?;
+        let params = t
+            .entry("parameters")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(p) = params.as_object_mut() {
+            p.insert("binary_data_size".into(), Value::from(bytes.len()));
+        }
+        tail.extend(bytes);
+        any = true;
     }
     if !any {
         return Ok(None);
     }
-    let mut body = serde_json::to_vec(&header).unwrap_or_default();
+    let mut body = serde_json::to_vec(response).unwrap_or_default();
     let header_len = body.len();
     body.extend(tail);
     Ok(Some((body, header_len)))
+}
+
+/// A tensor object's string field (`name`, `datatype`), or `""`.
+fn str_field<'a>(tensor: &'a Map<String, Value>, key: &str) -> &'a str {
+    tensor.get(key).and_then(Value::as_str).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -540,13 +524,17 @@ mod tests {
         ]});
         // Nothing asked: JSON stands.
         assert_eq!(
-            encode_response(&response, &BinaryOutputs::of(&json!({"inputs": []}))).unwrap(),
+            encode_response(
+                &mut response.clone(),
+                &BinaryOutputs::of(&json!({"inputs": []}))
+            )
+            .unwrap(),
             None
         );
         // All, except `label`, which asks for JSON.
         let asked = json!({"inputs": [], "parameters": {"binary_data_output": true},
             "outputs": [{"name": "label", "parameters": {"binary_data": false}}]});
-        let (b, n) = encode_response(&response, &BinaryOutputs::of(&asked))
+        let (b, n) = encode_response(&mut response.clone(), &BinaryOutputs::of(&asked))
             .unwrap()
             .unwrap();
         let header: Value = serde_json::from_slice(&b[..n]).unwrap();
@@ -564,7 +552,7 @@ mod tests {
         // Only one output, by name.
         let one =
             json!({"inputs": [], "outputs": [{"name": "p", "parameters": {"binary_data": true}}]});
-        let (b, n) = encode_response(&response, &BinaryOutputs::of(&one))
+        let (b, n) = encode_response(&mut response.clone(), &BinaryOutputs::of(&one))
             .unwrap()
             .unwrap();
         assert_eq!(b.len() - n, 16);

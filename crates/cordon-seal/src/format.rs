@@ -402,7 +402,7 @@ pub fn read_header<R: Read>(input: &mut R) -> Result<SealedHeader, SealError> {
     let mut fixed = [0u8; HEADER_FIXED_LEN as usize];
     // A short file that does not begin like a sealed artifact is some other file, not a
     // truncated one: say which.
-    let got = read_up_to(input, &mut fixed)?;
+    let got = read_full(input, &mut fixed)?;
     let magic_len = got.min(MAGIC.len());
     if fixed[..magic_len] != MAGIC[..magic_len] || got == 0 {
         return Err(SealError::BadMagic {
@@ -444,20 +444,6 @@ pub fn read_header<R: Read>(input: &mut R) -> Result<SealedHeader, SealError> {
         manifest,
         manifest_bytes,
     })
-}
-
-/// Reads until `buf` is full or the input ends; how many bytes were read.
-fn read_up_to<R: Read>(input: &mut R, buf: &mut [u8]) -> Result<usize, SealError> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match input.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(SealError::Io(e)),
-        }
-    }
-    Ok(filled)
 }
 
 fn read_header_part<R: Read>(
