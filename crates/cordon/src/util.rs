@@ -411,15 +411,13 @@ pub fn check_key_file_kind(
     what: &str,
     expected: Option<&str>,
 ) -> Result<()> {
-    let found = key_file_format(text);
-    if found.as_deref() == expected || (found.is_none() && expected.is_some()) {
-        // No marker where one is expected: the key's own parser says what is wrong (or reads
-        // an older file without a marker).
-        return Ok(());
-    }
-    let Some(found) = found else {
+    // No marker: a public key, or a key file of an older form, which the key's own parser judges.
+    let Some(found) = key_file_format(text) else {
         return Ok(());
     };
+    if Some(found.as_str()) == expected {
+        return Ok(());
+    }
     let kind = KEY_FILE_KINDS
         .iter()
         .find(|(f, _)| *f == found)
