@@ -79,6 +79,8 @@ pub struct VerifiedRuntime {
     keys: RuntimeKeys,
     models: Vec<ModelBinding>,
     claims: Claims,
+    /// The evidence the claims were verified from, as the runtime sent it.
+    evidence: Vec<u8>,
     verified_at: SystemTime,
     http: reqwest::Client,
 }
@@ -168,6 +170,7 @@ pub async fn connect_with_tls(
         keys: att.runtime_keys,
         models: att.models,
         claims,
+        evidence: att.evidence,
         verified_at: now,
         http,
     })
@@ -228,6 +231,11 @@ impl VerifiedRuntime {
     /// The verified claims of the runtime.
     pub fn claims(&self) -> &Claims {
         &self.claims
+    }
+
+    /// The evidence (the platform's report or quote) the claims were verified from, as sent.
+    pub fn evidence(&self) -> &[u8] {
+        &self.evidence
     }
 
     /// The keys bound in the verified evidence; requests are encrypted to `hpke_public_key`.

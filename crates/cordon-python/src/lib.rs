@@ -1,0 +1,340 @@
+//! `cordon_client._native`: the Rust client ([`cordon_client`]) as a Python extension module.
+//!
+//! The Python package `cordon_client` (python/cordon_client/__init__.py) wraps it: it turns numpy
+//! arrays into the tensors' raw little-endian bytes and back, and the JSON of claims and evidence
+//! into dicts. Everything that decides trust happens here, in Rust: the nonce, the evidence's
+//! verification, the policy's appraisal, the key binding, the HPKE encryption to the pinned key.
+//! Nothing is sent to the runtime before verification succeeds, as in the Rust SDK.
+//!
+//! Calls that wait on the network release the GIL.
+
+use cordon_attest::PolicyDocument;
+use cordon_client::{ClientError, ClientTls, Session, VerifiedRuntime};
+use cordon_proto::oip::{InferRequest, RequestedOutput, Tensor};
+use cordon_proto::oip_binary::{decode_elements, encode_elements};
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use std::path::PathBuf;
+use std::time::SystemTime;
+use tokio::sync::Mutex;
+
+create_exception!(
+    cordon_client,
+    CordonError,
+    PyException,
+    "Every error of the Cordon client: its message is the Rust client's."
+);
+create_exception!(
+    cordon_client,
+    PolicyError,
+    CordonError,
+    "The client policy could not be read or is not a valid policy."
+);
+create_exception!(
+    cordon_client,
+    VerificationError,
+    CordonError,
+    "The runtime was refused: its evidence did not verify, the policy rejected its claims, its keys \
+     or models are not bound by the evidence, or it does not serve the model required. Nothing was sent to it."
+);
+create_exception!(
+    cordon_client,
+    TransportError,
+    CordonError,
+    "The runtime could not be reached, or its answer was not a well-formed message."
+);
+create_exception!(
+    cordon_client,
+    ServerError,
+    CordonError,
+    "The runtime answered with an error; `status` holds its HTTP-style status code."
+);
+
+/// The Python exception for a client error, with the Rust message (and `status` where the runtime
+/// answered one).
+fn py_error(e: ClientError) -> PyErr {
+    let message = e.to_string();
+    let status = match &e {
+        ClientError::Server { status, .. }
+        | ClientError::NotDecrypted { status, .. }
+        | ClientError::SessionClosed { status, .. } => Some(*status),
+        _ => None,
+    };
+    let err = match e {
+        ClientError::NoEndorsements
+        | ClientError::Evidence(_)
+        | ClientError::Rejected(_)
+        | ClientError::KeyNotBound { .. }
+        | ClientError::ModelNotServed { .. }
+        | ClientError::ModelMismatch { .. } => VerificationError::new_err(message),
+        ClientError::Server { .. }
+        | ClientError::NotDecrypted { .. }
+        | ClientError::SessionClosed { .. } => ServerError::new_err(message),
+        ClientError::Http(_) | ClientError::Malformed(_) | ClientError::Channel(_) => {
+            TransportError::new_err(message)
+        }
+    };
+    if let Some(status) = status {
+        Python::attach(|py| {
+            // Setting an attribute on a fresh exception instance does not fail.
+            let _ = err.value(py).setattr("status", status);
+        });
+    }
+    err
+}
+
+/// One tensor as the Python side hands it over and gets it back: name, datatype, shape, and its
+/// elements' raw bytes (little-endian, row-major; `BYTES` elements each prefixed by a 4-byte
+/// little-endian length, as in the KServe v2 binary tensor extension).
+type RawTensor = (String, String, Vec<i64>, Vec<u8>);
+
+/// A [`RawTensor`] handed back to Python, its bytes as a Python `bytes`.
+type PyRawTensor<'py> = (String, String, Vec<i64>, Bound<'py, PyBytes>);
+
+/// A verified runtime, its HPKE key pinned; requests are encrypted to it, one-shot or in a session.
+#[pyclass(frozen, module = "cordon_client._native")]
+struct NativeClient {
+    runtime: VerifiedRuntime,
+    /// `Some` in session mode: one session at a time, its requests in order (the runtime refuses
+    /// one that arrives after a later one), opened again when it is spent or closed.
+    session: Option<Mutex<Option<Session>>>,
+    tokio: tokio::runtime::Runtime,
+}
+
+fn tokio_runtime() -> PyResult<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| CordonError::new_err(format!("starting the client's I/O runtime: {e}")))
+}
+
+fn read_policy(path: &PathBuf) -> PyResult<PolicyDocument> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        PolicyError::new_err(format!("reading client policy {}: {e}", path.display()))
+    })?;
+    PolicyDocument::from_toml(&text)
+        .map_err(|e| PolicyError::new_err(format!("client policy {}: {e}", path.display())))
+}
+
+fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> PyResult<String> {
+    serde_json::to_string(value).map_err(|e| CordonError::new_err(e.to_string()))
+}
+
+#[pymethods]
+impl NativeClient {
+    /// Fetches the runtime's evidence for a fresh nonce and verifies it with the policy file's
+    /// endorsements and reference values; refuses (VerificationError) unless every check passes.
+    #[new]
+    #[pyo3(signature = (url, policy, ca_cert=None, session=false))]
+    fn new(
+        py: Python<'_>,
+        url: &str,
+        policy: PathBuf,
+        ca_cert: Option<PathBuf>,
+        session: bool,
+    ) -> PyResult<NativeClient> {
+        let doc = read_policy(&policy)?;
+        let tls = ClientTls::with_extra_ca_file(ca_cert.as_deref())
+            .map_err(|e| PolicyError::new_err(e.to_string()))?;
+        let tokio = tokio_runtime()?;
+        let runtime = py
+            .detach(|| {
+                tokio.block_on(cordon_client::connect_tls(
+                    url,
+                    &doc,
+                    &tls,
+                    SystemTime::now(),
+                ))
+            })
+            .map_err(py_error)?;
+        Ok(NativeClient {
+            runtime,
+            session: session.then(|| Mutex::new(None)),
+            tokio,
+        })
+    }
+
+    /// The runtime's base URL.
+    #[getter]
+    fn url(&self) -> &str {
+        self.runtime.url()
+    }
+
+    /// The verified claims, as JSON.
+    fn claims_json(&self) -> PyResult<String> {
+        json_text(self.runtime.claims())
+    }
+
+    /// What was verified, as JSON: the evidence (base64), the keys and models it binds, and when.
+    fn evidence_json(&self) -> PyResult<String> {
+        use base64::Engine;
+        let verified_at = time::OffsetDateTime::from(self.runtime.verified_at())
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| CordonError::new_err(e.to_string()))?;
+        json_text(&serde_json::json!({
+            "evidence": base64::engine::general_purpose::STANDARD.encode(self.runtime.evidence()),
+            "runtime_keys": self.runtime.keys(),
+            "models": self.runtime.models(),
+            "verified_at": verified_at,
+        }))
+    }
+
+    /// Refuses (VerificationError) unless the evidence binds `model` to exactly the sealed
+    /// manifest whose SHA-256 is `manifest_sha256` (hex, as `cordon seal` prints it).
+    fn require_model(&self, model: &str, manifest_sha256: &str) -> PyResult<()> {
+        self.runtime
+            .require_model(model, manifest_sha256)
+            .map_err(py_error)
+    }
+
+    /// Sends one request through the encrypted channel; returns the status and the body as JSON.
+    #[pyo3(signature = (method, path, body_json=None))]
+    fn request_json(
+        &self,
+        py: Python<'_>,
+        method: &str,
+        path: &str,
+        body_json: Option<&str>,
+    ) -> PyResult<(u16, String)> {
+        let body = body_json
+            .map(serde_json::from_str::<serde_json::Value>)
+            .transpose()
+            .map_err(|e| CordonError::new_err(format!("request body is not JSON: {e}")))?;
+        let resp = py.detach(|| self.tokio.block_on(self.send(method, path, body)))?;
+        Ok((resp.status, json_text(&resp.body)?))
+    }
+
+    /// Runs an infer request on `model` with `inputs` (raw tensors); returns its outputs as raw
+    /// tensors, in the order the runtime answered them.
+    #[pyo3(signature = (model, inputs, outputs=None, request_id=None))]
+    fn infer_raw<'py>(
+        &self,
+        py: Python<'py>,
+        model: &str,
+        inputs: Vec<RawTensor>,
+        outputs: Option<Vec<String>>,
+        request_id: Option<String>,
+    ) -> PyResult<Vec<PyRawTensor<'py>>> {
+        let raw_outputs = py.detach(|| -> PyResult<Vec<RawTensor>> {
+            let request = infer_request(inputs, outputs, request_id)?;
+            let body =
+                serde_json::to_value(&request).map_err(|e| CordonError::new_err(e.to_string()))?;
+            let path = format!("/v2/models/{model}/infer");
+            let resp = self.tokio.block_on(self.send("POST", &path, Some(body)))?;
+            raw_outputs(resp)
+        })?;
+        Ok(raw_outputs
+            .into_iter()
+            .map(|(name, datatype, shape, bytes)| (name, datatype, shape, PyBytes::new(py, &bytes)))
+            .collect())
+    }
+}
+
+impl NativeClient {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> PyResult<cordon_proto::runtime::InnerResponse> {
+        let Some(slot) = &self.session else {
+            return self
+                .runtime
+                .request(method, path, body)
+                .await
+                .map_err(py_error);
+        };
+        let mut slot = slot.lock().await;
+        if slot.as_ref().is_some_and(|s| s.is_spent(SystemTime::now())) {
+            *slot = None;
+        }
+        let session = match slot.take() {
+            Some(s) => s,
+            None => self.runtime.open_session().await.map_err(py_error)?,
+        };
+        match session.request(method, path, body.clone()).await {
+            Ok(resp) => {
+                *slot = Some(session);
+                Ok(resp)
+            }
+            // Closed by the runtime before it decrypted anything (it restarted, or the session
+            // expired on its clock): the request ran nowhere, so it goes once more in a new one.
+            Err(ClientError::SessionClosed { .. }) => {
+                let fresh = self.runtime.open_session().await.map_err(py_error)?;
+                let resp = fresh.request(method, path, body).await.map_err(py_error)?;
+                *slot = Some(fresh);
+                Ok(resp)
+            }
+            Err(e) => Err(py_error(e)),
+        }
+    }
+}
+
+fn infer_request(
+    inputs: Vec<RawTensor>,
+    outputs: Option<Vec<String>>,
+    id: Option<String>,
+) -> PyResult<InferRequest> {
+    let inputs = inputs
+        .into_iter()
+        .map(|(name, datatype, shape, bytes)| {
+            let data = decode_elements(&datatype, &bytes)
+                .map_err(|e| CordonError::new_err(format!("input {name:?}: {e}")))?;
+            Ok(Tensor {
+                name,
+                shape,
+                datatype,
+                data: serde_json::Value::Array(data),
+                parameters: None,
+            })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok(InferRequest {
+        id,
+        inputs,
+        outputs: outputs.map(|o| o.into_iter().map(|name| RequestedOutput { name }).collect()),
+        parameters: None,
+    })
+}
+
+fn raw_outputs(resp: cordon_proto::runtime::InnerResponse) -> PyResult<Vec<RawTensor>> {
+    if resp.status != 200 {
+        let error = resp
+            .body
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("")
+            .to_string();
+        return Err(py_error(ClientError::Server {
+            status: resp.status,
+            error,
+        }));
+    }
+    let response: cordon_proto::oip::InferResponse = serde_json::from_value(resp.body)
+        .map_err(|e| py_error(ClientError::Malformed(format!("infer response: {e}"))))?;
+    response
+        .outputs
+        .into_iter()
+        .map(|t| {
+            let bytes = encode_elements(&t.datatype, &t.data).map_err(|e| {
+                py_error(ClientError::Malformed(format!("output {:?}: {e}", t.name)))
+            })?;
+            Ok((t.name, t.datatype, t.shape, bytes))
+        })
+        .collect()
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<NativeClient>()?;
+    m.add("CordonError", py.get_type::<CordonError>())?;
+    m.add("PolicyError", py.get_type::<PolicyError>())?;
+    m.add("VerificationError", py.get_type::<VerificationError>())?;
+    m.add("TransportError", py.get_type::<TransportError>())?;
+    m.add("ServerError", py.get_type::<ServerError>())?;
+    Ok(())
+}
