@@ -6,12 +6,14 @@
 //!
 //! Tensor data arrives as `raw_input_contents` (what the stock clients send) or typed `contents`;
 //! outputs go back as `raw_output_contents` (little-endian, row-major; `BYTES` length-prefixed),
-//! as Triton answers. The runtime's HTTP statuses map to gRPC codes (400 `INVALID_ARGUMENT`, 404
+//! as Triton answers. Raw inputs travel in the channel as the binary tensor data extension's body
+//! and come back in it (no JSON for tensor data); typed contents travel as JSON. The runtime's HTTP statuses map to gRPC codes (400 `INVALID_ARGUMENT`, 404
 //! `NOT_FOUND`, 413 `RESOURCE_EXHAUSTED`, 429 and 503 `UNAVAILABLE`, others `INTERNAL`), with the
 //! runtime's (or the proxy's) error text as the message.
 
 use crate::proxy::{Payload, Proxy};
 use cordon_proto::oip_binary;
+use cordon_proto::runtime::InnerResponse;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use tonic::{Request, Response, Status};
@@ -63,11 +65,26 @@ impl GrpcSurface {
 
     /// Forwards one REST request; a non-200 answer becomes the matching gRPC status.
     async fn call(&self, method: &str, path: &str, body: Option<Payload>) -> Result<Value, Status> {
-        let (status, body) = self.proxy.forward_json(method, path, body).await;
-        if status == 200 {
-            return Ok(body);
+        match self.call_inner(method, path, body).await? {
+            inner if inner.raw_body.is_none() => Ok(inner.body),
+            _ => Err(Status::internal(
+                "the runtime answered in binary where JSON was expected",
+            )),
         }
-        Err(grpc_status(status, &body))
+    }
+
+    /// [`GrpcSurface::call`], the answer as it came (JSON or a binary-extension body).
+    async fn call_inner(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Payload>,
+    ) -> Result<InnerResponse, Status> {
+        let inner = self.proxy.forward_inner(method, path, body).await;
+        if inner.status == 200 {
+            return Ok(inner);
+        }
+        Err(grpc_status(inner.status, &inner.body))
     }
 }
 
@@ -249,8 +266,104 @@ fn infer_request_json(r: &pb::ModelInferRequest, max_json: usize) -> Result<Valu
     Ok(request)
 }
 
+/// The binary-extension body of a request whose every input is raw (none typed), asking for
+/// every output in binary; `None` when an input has typed contents. Refused when it could not fit
+/// the channel's limit as base64.
+fn binary_payload(r: &pb::ModelInferRequest, limit: usize) -> Result<Option<Payload>, Status> {
+    if r.inputs.is_empty() || r.raw_input_contents.len() != r.inputs.len() {
+        return Ok(None);
+    }
+    if let Some(t) = r.inputs.iter().find(|t| t.contents.is_some()) {
+        return Err(Status::invalid_argument(format!(
+            "input {:?}: both raw_input_contents and contents are given",
+            t.name
+        )));
+    }
+    let inputs: Vec<Value> = r
+        .inputs
+        .iter()
+        .zip(&r.raw_input_contents)
+        .map(|(t, raw)| {
+            let mut parameters = parameters_json(&t.parameters);
+            parameters["binary_data_size"] = json!(raw.len());
+            json!({ "name": t.name, "shape": t.shape, "datatype": t.datatype,
+                    "parameters": parameters })
+        })
+        .collect();
+    let mut header = json!({ "inputs": inputs, "parameters": { "binary_data_output": true } });
+    if !r.id.is_empty() {
+        header["id"] = json!(r.id);
+    }
+    if !r.outputs.is_empty() {
+        header["outputs"] = r
+            .outputs
+            .iter()
+            .map(|o| json!({ "name": o.name }))
+            .collect();
+    }
+    // Serializing a JSON value into memory cannot fail.
+    let mut body = serde_json::to_vec(&header).unwrap_or_default();
+    let header_len = body.len();
+    let raw: usize = r.raw_input_contents.iter().map(Vec::len).sum();
+    let inner = (header_len + raw).div_ceil(3).saturating_mul(4) + 256;
+    if inner > limit {
+        return Err(Status::resource_exhausted(
+            oip_binary::BinaryError::TooLarge {
+                binary: header_len + raw,
+                json: inner,
+                limit,
+            }
+            .to_string(),
+        ));
+    }
+    body.reserve_exact(raw);
+    for c in &r.raw_input_contents {
+        body.extend_from_slice(c);
+    }
+    Ok(Some(Payload::Binary {
+        header_len,
+        bytes: body.into(),
+    }))
+}
+
+/// The gRPC infer response of a binary-extension one: each binary output's bytes as its raw
+/// contents, unchanged; a JSON output's data encoded.
+fn binary_infer_response(body: &[u8], header_len: &str) -> Result<pb::ModelInferResponse, Status> {
+    let malformed = |what: String| Status::internal(format!("the runtime's binary answer: {what}"));
+    let header_len = header_len
+        .parse::<usize>()
+        .map_err(|_| malformed("bad Inference-Header-Content-Length".into()))?;
+    let split =
+        oip_binary::split_response(body, header_len).map_err(|e| malformed(e.to_string()))?;
+    let mut ranges = split.blobs.into_iter();
+    infer_response_with(&split.header, |o| match ranges.next().flatten() {
+        Some(range) => Ok(body[range].to_vec()),
+        None => encoded(o),
+    })
+}
+
+/// A JSON output's data as raw bytes.
+fn encoded(o: &Value) -> Result<Vec<u8>, Status> {
+    let datatype = o
+        .get("datatype")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    oip_binary::encode_elements(datatype, o.get("data").unwrap_or(&Value::Null)).map_err(|reason| {
+        let name = o.get("name").and_then(Value::as_str).unwrap_or_default();
+        Status::internal(format!("output {name:?}: {reason}"))
+    })
+}
+
 /// The gRPC infer response of a JSON one: every output's data as raw contents.
 fn infer_response(body: &Value) -> Result<pb::ModelInferResponse, Status> {
+    infer_response_with(body, encoded)
+}
+
+/// The gRPC infer response of an answer's JSON (header), each output's raw contents from `raw`.
+fn infer_response_with(
+    body: &Value,
+    mut raw: impl FnMut(&Value) -> Result<Vec<u8>, Status>,
+) -> Result<pb::ModelInferResponse, Status> {
     let text = |v: &Value, k: &str| {
         v.get(k)
             .and_then(Value::as_str)
@@ -269,20 +382,15 @@ fn infer_response(body: &Value) -> Result<pb::ModelInferResponse, Status> {
         .into_iter()
         .flatten()
     {
-        let datatype = text(o, "datatype");
-        let raw = oip_binary::encode_elements(&datatype, o.get("data").unwrap_or(&Value::Null))
-            .map_err(|reason| {
-                Status::internal(format!("output {:?}: {reason}", text(o, "name")))
-            })?;
+        response.raw_output_contents.push(raw(o)?);
         response
             .outputs
             .push(pb::model_infer_response::InferOutputTensor {
                 name: text(o, "name"),
-                datatype,
+                datatype: text(o, "datatype"),
                 shape: shape(o),
                 ..Default::default()
             });
-        response.raw_output_contents.push(raw);
     }
     Ok(response)
 }
@@ -407,8 +515,19 @@ impl GrpcInferenceService for GrpcSurface {
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let r = request.into_inner();
         let limit = self.proxy.max_body();
-        let json = infer_request_json(&r, limit)?;
         let path = format!("{}/infer", model_path(&r.model_name, &r.model_version));
+        // Raw tensors (what the stock clients send) go into the channel as the binary tensor
+        // data extension's body, and come back in it: no JSON for tensor data on either side.
+        if let Some(payload) = binary_payload(&r, limit)? {
+            let inner = self.call_inner("POST", &path, Some(payload)).await?;
+            return Ok(Response::new(
+                match (&inner.raw_body, inner.binary_header_length()) {
+                    (Some(body), Some(header_len)) => binary_infer_response(body, header_len)?,
+                    _ => infer_response(&inner.body)?,
+                },
+            ));
+        }
+        let json = infer_request_json(&r, limit)?;
         // Made again from the message itself should the request go out a second time.
         let payload = Payload::new(json, move || {
             infer_request_json(&r, limit).map_err(|s| s.message().to_string())
@@ -423,6 +542,66 @@ mod tests {
     use super::*;
 
     const MAX: usize = 8 << 20;
+
+    /// Raw inputs go into the channel as the binary extension's body, unchanged and in order,
+    /// asking for binary outputs; a typed input keeps the JSON form; too large is refused.
+    #[test]
+    fn raw_inputs_become_a_binary_body_and_binary_answers_raw_outputs() {
+        let r = pb::ModelInferRequest {
+            id: "q".into(),
+            inputs: vec![input("a", "FP32", vec![1, 2]), input("s", "BYTES", vec![1])],
+            raw_input_contents: vec![vec![1, 2, 3, 4, 5, 6, 7, 8], b"\x02\0\0\0hi".to_vec()],
+            ..Default::default()
+        };
+        let Some(Payload::Binary { header_len, bytes }) = binary_payload(&r, MAX).unwrap() else {
+            panic!("not binary")
+        };
+        let split = oip_binary::split_request(&bytes, header_len).unwrap();
+        assert_eq!(split.header["id"], "q");
+        assert_eq!(split.header["parameters"]["binary_data_output"], true);
+        assert_eq!(
+            &bytes[split.blobs[0].clone().unwrap()],
+            &r.raw_input_contents[0][..]
+        );
+        assert_eq!(
+            &bytes[split.blobs[1].clone().unwrap()],
+            &r.raw_input_contents[1][..]
+        );
+        let e = match binary_payload(&r, 200) {
+            Err(e) => e,
+            Ok(_) => panic!("not refused"),
+        };
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        let mut typed = r.clone();
+        typed.raw_input_contents.clear();
+        assert!(binary_payload(&typed, MAX).unwrap().is_none());
+
+        // An answer with one binary output and one JSON output.
+        let header = json!({"model_name": "m", "model_version": "3", "outputs": [
+            {"name": "p", "datatype": "FP32", "shape": [1, 1], "parameters": {"binary_data_size": 4}},
+            {"name": "l", "datatype": "INT64", "shape": [1], "data": [7]},
+        ]});
+        let mut body = serde_json::to_vec(&header).unwrap();
+        let n = body.len();
+        body.extend_from_slice(&0.5f32.to_le_bytes());
+        let resp = binary_infer_response(&body, &n.to_string()).unwrap();
+        assert_eq!(
+            (resp.model_name.as_str(), resp.model_version.as_str()),
+            ("m", "3")
+        );
+        assert_eq!(resp.raw_output_contents[0], 0.5f32.to_le_bytes());
+        assert_eq!(resp.raw_output_contents[1], 7i64.to_le_bytes());
+        assert_eq!(resp.outputs[1].shape, [1]);
+        // Cut short, with bytes left over, a header length past the end: refused.
+        for (body, len) in [
+            (&body[..body.len() - 1], n),
+            (&[&body[..], &[0][..]].concat()[..], n),
+            (&body[..], body.len() + 1),
+        ] {
+            let e = binary_infer_response(body, &len.to_string()).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Internal, "{}", e.message());
+        }
+    }
 
     /// What could not fit the channel as JSON is refused before it is decoded, raw or typed.
     #[test]

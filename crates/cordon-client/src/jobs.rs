@@ -245,7 +245,7 @@ impl JobClient {
             .map_err(|e| JobClientError::Http(error_text(&e)))?;
         let status = resp.status().as_u16();
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        let body = refused_or_body(InnerResponse { status, body })?;
+        let body = refused_or_body(InnerResponse::json(status, body))?;
         body["manifest_sha256"]
             .as_str()
             .map(str::to_string)

@@ -285,7 +285,7 @@ impl VerifiedRuntime {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<InnerResponse, ClientError> {
-        self.send_inner(InnerRequest {
+        self.send(InnerRequest {
             method: method.into(),
             path: path.into(),
             body,
@@ -304,7 +304,7 @@ impl VerifiedRuntime {
         headers: std::collections::BTreeMap<String, String>,
         body: Vec<u8>,
     ) -> Result<InnerResponse, ClientError> {
-        self.send_inner(InnerRequest {
+        self.send(InnerRequest {
             method: method.into(),
             path: path.into(),
             headers,
@@ -319,7 +319,9 @@ impl VerifiedRuntime {
         &self.http
     }
 
-    async fn send_inner(&self, mut inner: InnerRequest) -> Result<InnerResponse, ClientError> {
+    /// Sends `inner` through the encrypted channel as one HPKE message (its `sent_at` is set
+    /// here) and returns the decrypted inner response.
+    pub async fn send(&self, mut inner: InnerRequest) -> Result<InnerResponse, ClientError> {
         // The runtime refuses a one-shot request outside its window or seen before.
         inner.sent_at = Some(unix_now());
         let plaintext = encode_inner(&inner)?;
@@ -426,12 +428,19 @@ impl Session {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<InnerResponse, ClientError> {
-        let plaintext = encode_inner(&InnerRequest {
+        self.send(InnerRequest {
             method: method.into(),
             path: path.into(),
             body,
             ..InnerRequest::default()
-        })?;
+        })
+        .await
+    }
+
+    /// Sends `inner` in the session and returns the decrypted inner response.
+    pub async fn send(&self, inner: InnerRequest) -> Result<InnerResponse, ClientError> {
+        let plaintext = encode_inner(&inner)?;
+        drop(inner);
         let (message, seq) = self.inner.seal_request(&plaintext)?;
         let url = format!("{}/v1/session/message", self.url);
         let bytes = match post_message(&self.http, url, SESSION_MESSAGE_MEDIA_TYPE, message).await {

@@ -27,7 +27,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode,
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use cordon_attest::{Claims, Endorsements, Platform, Policy, PolicyDocument};
-use cordon_proto::runtime::InnerResponse;
+use cordon_proto::runtime::{InnerRequest, InnerResponse, INFERENCE_HEADER_CONTENT_LENGTH};
 use cordon_proto::{oip, oip_binary};
 use http_body_util::BodyExt;
 use serde::Serialize;
@@ -578,8 +578,34 @@ impl Proxy {
         body: Option<Payload>,
     ) -> Result<InnerResponse, Refusal> {
         let rt = self.runtime_for_request().await?;
-        let (again, mut parsed) = match body {
-            Some(p) => (Some(p.again), Some(p.parsed)),
+        let request = |body: Option<Sent>| {
+            let mut inner = InnerRequest {
+                method: method.into(),
+                path: path.into(),
+                ..InnerRequest::default()
+            };
+            match body {
+                Some(Sent::Json(v)) => inner.body = Some(v),
+                Some(Sent::Binary { header_len, bytes }) => {
+                    inner.headers.insert(
+                        INFERENCE_HEADER_CONTENT_LENGTH.to_string(),
+                        header_len.to_string(),
+                    );
+                    inner.raw_body = Some(bytes.to_vec());
+                }
+                None => {}
+            }
+            inner
+        };
+        let (mut first, again) = match body {
+            Some(Payload::Json { parsed, again }) => (Some(Sent::Json(parsed)), Some(again)),
+            Some(Payload::Binary { header_len, bytes }) => {
+                let sent = Sent::Binary { header_len, bytes };
+                (
+                    Some(sent.clone()),
+                    Some(Box::new(move || Ok(sent.clone())) as Remake),
+                )
+            }
             None => (None, None),
         };
         // Made again rather than cloned up front: only a second sending pays for it.
@@ -590,7 +616,7 @@ impl Proxy {
             None => Ok(None),
         };
         if let Some(session) = self.take_session(&rt).await {
-            match session.request(method, path, parsed).await {
+            match session.send(request(first.take())).await {
                 Ok(resp) => {
                     self.return_session(&rt, session);
                     return Ok(resp);
@@ -605,12 +631,12 @@ impl Proxy {
                 Err(ClientError::SessionClosed { .. }) => {}
                 Err(e) => return Err(Refusal::Upstream(e)),
             }
-            parsed = remake()?;
+            first = remake()?;
         }
-        let result = match rt.request(method, path, parsed).await {
+        let result = match rt.send(request(first)).await {
             Err(e @ ClientError::NotDecrypted { .. }) => {
                 let fresh = self.reverify_after_rejection(&rt, e).await?;
-                fresh.request(method, path, remake()?).await
+                fresh.send(request(remake()?)).await
             }
             other => other,
         };
@@ -618,12 +644,33 @@ impl Proxy {
     }
 }
 
-/// An infer body: its JSON value, sent by value, and how to make that value again should the
+/// How a body is made again should a request go out a second time.
+type Remake = Box<dyn Fn() -> Result<Sent, String> + Send + Sync>;
+
+/// A request body as it goes into the channel.
+#[derive(Clone)]
+pub(crate) enum Sent {
+    Json(serde_json::Value),
+    /// The binary tensor data extension's body, as the client sent it.
+    Binary {
+        header_len: usize,
+        bytes: Bytes,
+    },
+}
+
+/// An infer body. JSON: its value, sent by value, and how to make that value again should the
 /// request go out a second time (a closed session, a runtime whose key changed): from the bytes as
-/// received, or from the gRPC message, never from a copy made up front.
-pub(crate) struct Payload {
-    parsed: serde_json::Value,
-    again: Box<dyn Fn() -> Result<serde_json::Value, String> + Send + Sync>,
+/// received, or from the gRPC message, never from a copy made up front. Binary (the binary tensor
+/// data extension): the bytes as received, which go into the channel unchanged.
+pub(crate) enum Payload {
+    Json {
+        parsed: serde_json::Value,
+        again: Remake,
+    },
+    Binary {
+        header_len: usize,
+        bytes: Bytes,
+    },
 }
 
 impl Payload {
@@ -631,9 +678,9 @@ impl Payload {
         parsed: serde_json::Value,
         again: impl Fn() -> Result<serde_json::Value, String> + Send + Sync + 'static,
     ) -> Payload {
-        Payload {
+        Payload::Json {
             parsed,
-            again: Box::new(again),
+            again: Box::new(move || again().map(Sent::Json)),
         }
     }
 }
@@ -825,11 +872,13 @@ async fn handle(
     } else {
         None
     };
-    // Outputs the client asked for in binary (the binary tensor data extension).
-    let binary_outputs = body
-        .as_ref()
-        .map(|b| oip_binary::BinaryOutputs::of(&b.parsed))
-        .filter(oip_binary::BinaryOutputs::any);
+    // Outputs a JSON request asked for in binary (the binary tensor data extension). A binary
+    // request's answer comes from the runtime in that form already.
+    let binary_outputs = match &body {
+        Some(Payload::Json { parsed, .. }) => Some(oip_binary::BinaryOutputs::of(parsed)),
+        _ => None,
+    }
+    .filter(oip_binary::BinaryOutputs::any);
     let response = match proxy.forward(effective.as_str(), &forward_path, body).await {
         Ok(inner) => {
             proxy
@@ -838,6 +887,7 @@ async fn handle(
                 .requests_forwarded
                 .fetch_add(1, Ordering::Relaxed);
             match StatusCode::from_u16(inner.status) {
+                Ok(StatusCode::OK) if inner.raw_body.is_some() => raw_response(inner),
                 Ok(StatusCode::OK) if binary_outputs.is_some() => {
                     binary_response(inner.body, binary_outputs.as_ref())
                 }
@@ -857,8 +907,34 @@ async fn handle(
     response
 }
 
-/// The binary tensor data extension's header: the length of the JSON part of a body.
-const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+/// A binary-extension answer of the runtime, passed on as it came: its JSON header's length and
+/// the body.
+fn raw_response(inner: InnerResponse) -> Response {
+    let header_len = inner
+        .binary_header_length()
+        .and_then(|v| v.parse::<usize>().ok());
+    match (header_len, inner.raw_body) {
+        (Some(header_len), Some(bytes)) if header_len <= bytes.len() => (
+            StatusCode::OK,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                ),
+                (
+                    HeaderName::from_static(INFERENCE_HEADER_CONTENT_LENGTH),
+                    HeaderValue::from(header_len),
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        _ => oip_error(
+            StatusCode::BAD_GATEWAY,
+            "cordon proxy: the runtime's binary answer has no valid Inference-Header-Content-Length",
+        ),
+    }
+}
 
 /// An infer response with the outputs `wanted` in binary (JSON header, then their bytes), or as
 /// JSON when none is.
@@ -922,13 +998,28 @@ async fn infer_body(proxy: &Proxy, headers: &HeaderMap, body: Body) -> Result<Pa
                 "Inference-Header-Content-Length is not a byte count",
             ));
         };
-        return match oip_binary::decode_request(&bytes, header_len, limit) {
-            Ok(parsed) => Ok(Payload::new(parsed, move || {
-                oip_binary::decode_request(&bytes, header_len, limit).map_err(|e| e.to_string())
-            })),
-            Err(e @ oip_binary::BinaryError::TooLarge { .. }) => {
-                Err(oip_error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))
-            }
+        // Inside the channel the body travels as base64 in the inner request's JSON: refused here
+        // when that cannot fit the channel's limit, before anything is sent.
+        let inner_size = bytes
+            .len()
+            .div_ceil(3)
+            .saturating_mul(4)
+            .saturating_add(256);
+        if inner_size > limit {
+            return Err(oip_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                oip_binary::BinaryError::TooLarge {
+                    binary: bytes.len(),
+                    json: inner_size,
+                    limit,
+                }
+                .to_string(),
+            ));
+        }
+        // Checked here so that a malformed body is answered without a round trip (and with the
+        // same words as the runtime would use); the bytes go on unchanged.
+        return match oip_binary::split_request(&bytes, header_len) {
+            Ok(_) => Ok(Payload::Binary { header_len, bytes }),
             Err(e) => Err(oip_error(StatusCode::BAD_REQUEST, e.to_string())),
         };
     }
@@ -1004,25 +1095,25 @@ fn refusal_status(proxy: &Proxy, refusal: Refusal) -> (StatusCode, String) {
 
 impl Proxy {
     /// One Open Inference Protocol request (REST form) forwarded as the HTTP surface forwards it,
-    /// for the gRPC surface: the runtime's status and JSON body, or the proxy's own refusal as a
-    /// status and `{"error": ...}`. Counted like the HTTP surface's requests.
-    pub(crate) async fn forward_json(
+    /// for the gRPC surface: the runtime's answer, or the proxy's own refusal as a status and
+    /// `{"error": ...}`. Counted like the HTTP surface's requests.
+    pub(crate) async fn forward_inner(
         &self,
         method: &str,
         path: &str,
         body: Option<Payload>,
-    ) -> (u16, serde_json::Value) {
+    ) -> InnerResponse {
         match self.forward(method, path, body).await {
             Ok(inner) => {
                 self.shared
                     .counters
                     .requests_forwarded
                     .fetch_add(1, Ordering::Relaxed);
-                (inner.status, inner.body)
+                inner
             }
             Err(refusal) => {
                 let (status, message) = refusal_status(self, refusal);
-                (status.as_u16(), serde_json::json!({ "error": message }))
+                InnerResponse::json(status.as_u16(), serde_json::json!({ "error": message }))
             }
         }
     }

@@ -104,20 +104,17 @@ async fn encrypted(State(f): State<Arc<Fake>>, body: Bytes) -> Response {
     f.decrypted.fetch_add(1, Ordering::SeqCst);
     let req: InnerRequest = serde_json::from_slice(&plain).unwrap();
     let inner = if req.path.contains("/missing") {
-        InnerResponse {
-            status: 404,
-            body: json!({ "error": "unknown model \"missing\"" }),
-        }
+        InnerResponse::json(404, json!({ "error": "unknown model \"missing\"" }))
     } else if req.path.contains("/busy") {
-        InnerResponse {
-            status: 503,
-            body: json!({ "error": "runtime busy: inference queue is full; retry later" }),
-        }
+        InnerResponse::json(
+            503,
+            json!({ "error": "runtime busy: inference queue is full; retry later" }),
+        )
     } else {
-        InnerResponse {
-            status: 200,
-            body: json!({ "method": req.method, "path": req.path, "body": req.body }),
-        }
+        InnerResponse::json(
+            200,
+            json!({ "method": req.method, "path": req.path, "body": req.body }),
+        )
     };
     let ct = ctx
         .encrypt_response(&serde_json::to_vec(&inner).unwrap())

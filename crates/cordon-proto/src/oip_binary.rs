@@ -156,23 +156,36 @@ fn size_parameter(tensor: &Map<String, Value>, key: &str) -> Option<Result<usize
     )
 }
 
-/// The JSON request of a binary-extension body: the first `header_len` bytes are the JSON
-/// header; each input with `parameters.binary_data_size` takes that many of the following bytes,
-/// in the order of `inputs`, as its `data` (the parameter is removed). Every byte after the header
-/// must belong to an input.
-pub fn decode_request(
-    body: &[u8],
-    header_len: usize,
-    max_json: usize,
-) -> Result<Value, BinaryError> {
+/// A binary-extension body taken apart: its JSON header, each input with
+/// `parameters.binary_data_size` given `"data": null` (the parameter removed), and the byte range
+/// of the body that holds that input's elements, by position in `inputs` (`None`: its data is in
+/// the JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitRequest {
+    pub header: Value,
+    pub blobs: Vec<Option<std::ops::Range<usize>>>,
+}
+
+/// Takes apart a binary-extension body: the first `header_len` bytes are the JSON header; each
+/// input with `parameters.binary_data_size` takes that many of the following bytes, in the order
+/// of `inputs`. Every byte after the header must belong to an input. Nothing is decoded.
+pub fn split_request(body: &[u8], header_len: usize) -> Result<SplitRequest, BinaryError> {
+    split(body, header_len, "inputs")
+}
+
+/// [`split_request`] for a response: the byte ranges of its `outputs`' binary data.
+pub fn split_response(body: &[u8], header_len: usize) -> Result<SplitRequest, BinaryError> {
+    split(body, header_len, "outputs")
+}
+
+fn split(body: &[u8], header_len: usize, tensors: &str) -> Result<SplitRequest, BinaryError> {
     if header_len > body.len() {
         return Err(BinaryError::HeaderLength {
             header: header_len,
             body: body.len(),
         });
     }
-    let (header, mut rest) = body.split_at(header_len);
-    let mut request = crate::oip::parse_json_body(header).map_err(|e| {
+    let mut header = crate::oip::parse_json_body(&body[..header_len]).map_err(|e| {
         // Position and class only: serde's message can quote the input.
         BinaryError::Header(format!(
             "{:?} error at line {} column {}",
@@ -181,56 +194,97 @@ pub fn decode_request(
             e.column()
         ))
     })?;
-    let declared_total = body.len() - header_len;
-    let mut json_floor = header_len;
-    if let Some(inputs) = request.get_mut("inputs").and_then(Value::as_array_mut) {
-        for t in inputs.iter_mut() {
-            let Some(t) = t.as_object_mut() else { continue };
-            let name = str_field(t, "name").to_string();
-            let input_err = |reason: String| BinaryError::Input {
-                name: name.clone(),
-                reason,
-            };
-            let Some(size) = size_parameter(t, "binary_data_size") else {
+    let mut next = header_len;
+    let mut blobs = Vec::new();
+    if let Some(list) = header.get_mut(tensors).and_then(Value::as_array_mut) {
+        for t in list.iter_mut() {
+            let Some(t) = t.as_object_mut() else {
+                blobs.push(None);
                 continue;
             };
-            let size = size.map_err(&input_err)?;
+            let Some(size) = size_parameter(t, "binary_data_size") else {
+                blobs.push(None);
+                continue;
+            };
+            let name = str_field(t, "name").to_string();
+            let input_err = |reason: String| match tensors {
+                "inputs" => BinaryError::Input {
+                    name: name.clone(),
+                    reason,
+                },
+                _ => BinaryError::Output {
+                    name: name.clone(),
+                    reason,
+                },
+            };
+            let size = size.map_err(input_err)?;
             if t.contains_key("data") {
                 return Err(input_err(
                     "has both \"data\" and parameters.binary_data_size".into(),
                 ));
             }
-            if size > rest.len() {
+            let left = body.len() - next;
+            if size > left {
                 return Err(input_err(format!(
-                    "binary_data_size is {size}, only {} bytes are left in the body",
-                    rest.len()
+                    "binary_data_size is {size}, only {left} bytes are left in the body"
                 )));
             }
-            let (bytes, tail) = rest.split_at(size);
-            rest = tail;
-            let datatype = str_field(t, "datatype").to_string();
-            json_floor = json_floor.saturating_add(json_size_floor(&datatype, size));
-            if json_floor > max_json {
-                return Err(BinaryError::TooLarge {
-                    binary: body.len(),
-                    json: json_floor,
-                    limit: max_json,
-                });
-            }
-            let elements = decode_elements(&datatype, bytes).map_err(&input_err)?;
             if let Some(p) = t.get_mut("parameters").and_then(Value::as_object_mut) {
                 p.remove("binary_data_size");
             }
-            t.insert("data".into(), Value::Array(elements));
+            t.insert("data".into(), Value::Null);
+            blobs.push(Some(next..next + size));
+            next += size;
         }
     }
-    if !rest.is_empty() {
+    if next != body.len() {
         return Err(BinaryError::TrailingBytes {
-            declared: declared_total - rest.len(),
-            body: declared_total,
+            declared: next - header_len,
+            body: body.len() - header_len,
         });
     }
-    Ok(request)
+    Ok(SplitRequest { header, blobs })
+}
+
+/// The JSON request of a binary-extension body ([`split_request`]), each binary input's bytes
+/// decoded into its `data`. Refused before decoding when the JSON would exceed `max_json` bytes.
+pub fn decode_request(
+    body: &[u8],
+    header_len: usize,
+    max_json: usize,
+) -> Result<Value, BinaryError> {
+    let SplitRequest { mut header, blobs } = split_request(body, header_len)?;
+    let Some(inputs) = header.get_mut("inputs").and_then(Value::as_array_mut) else {
+        return Ok(header);
+    };
+    let mut json_floor = header_len;
+    for (t, range) in inputs.iter().zip(&blobs) {
+        if let (Some(t), Some(range)) = (t.as_object(), range) {
+            json_floor =
+                json_floor.saturating_add(json_size_floor(str_field(t, "datatype"), range.len()));
+        }
+    }
+    if json_floor > max_json {
+        return Err(BinaryError::TooLarge {
+            binary: body.len(),
+            json: json_floor,
+            limit: max_json,
+        });
+    }
+    for (t, range) in inputs.iter_mut().zip(blobs) {
+        let (Some(t), Some(range)) = (t.as_object_mut(), range) else {
+            continue;
+        };
+        let elements =
+            decode_elements(str_field(t, "datatype"), &body[range]).map_err(|reason| {
+                BinaryError::Input {
+                    name: str_field(t, "name").to_string(),
+                    reason,
+                }
+            })?;
+        t.insert("data".into(), Value::Array(elements));
+    }
+    Ok(header)
 }
 
 /// Which outputs of a response go in binary, as the request asked: `parameters.binary_data` of a
@@ -269,7 +323,8 @@ impl BinaryOutputs {
         BinaryOutputs { all, named }
     }
 
-    fn wants(&self, output: &str) -> bool {
+    /// Whether `output` goes in binary.
+    pub fn wants(&self, output: &str) -> bool {
         self.named
             .iter()
             .find(|(n, _)| n == output)

@@ -54,5 +54,42 @@ pub struct InnerRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InnerResponse {
     pub status: u16,
+    /// The JSON body; `null` when `raw_body` carries the answer.
     pub body: serde_json::Value,
+    /// Response headers: `inference-header-content-length` of a binary infer response
+    /// ([`INFERENCE_HEADER_CONTENT_LENGTH`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// A body that is not JSON (base64 here): an infer response in the binary tensor data
+    /// extension's form, when the request was in that form and asked for binary outputs.
+    #[serde(
+        default,
+        with = "crate::b64::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub raw_body: Option<Vec<u8>>,
 }
+
+impl InnerResponse {
+    /// A JSON answer.
+    pub fn json(status: u16, body: serde_json::Value) -> InnerResponse {
+        InnerResponse {
+            status,
+            body,
+            headers: BTreeMap::new(),
+            raw_body: None,
+        }
+    }
+
+    /// The length of the JSON header of a binary-extension body (`raw_body`), when it is one.
+    pub fn binary_header_length(&self) -> Option<&str> {
+        self.headers
+            .get(INFERENCE_HEADER_CONTENT_LENGTH)
+            .map(String::as_str)
+    }
+}
+
+/// The binary tensor data extension's header (lower case, as inner headers are written): the
+/// length of the JSON part of a body whose tensors follow it as raw bytes. An infer request inside
+/// the channel carries it in `headers` with the whole body in `raw_body`, as the client sent it.
+pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";

@@ -10,12 +10,14 @@
 
 use cordon_attest::PolicyDocument;
 use cordon_client::{ClientError, ClientTls, Session, VerifiedRuntime};
-use cordon_proto::oip::{InferRequest, RequestedOutput, Tensor};
-use cordon_proto::oip_binary::{decode_elements, encode_elements};
+use cordon_proto::oip::InferResponse;
+use cordon_proto::oip_binary::{encode_elements, split_response};
+use cordon_proto::runtime::{InnerRequest, InnerResponse, INFERENCE_HEADER_CONTENT_LENGTH};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::SystemTime;
 use tokio::sync::Mutex;
@@ -203,7 +205,7 @@ impl NativeClient {
             .map(serde_json::from_str::<serde_json::Value>)
             .transpose()
             .map_err(|e| CordonError::new_err(format!("request body is not JSON: {e}")))?;
-        let resp = py.detach(|| self.tokio.block_on(self.send(method, path, body)))?;
+        let resp = py.detach(|| self.tokio.block_on(self.send_json(method, path, body)))?;
         Ok((resp.status, json_text(&resp.body)?))
     }
 
@@ -219,11 +221,8 @@ impl NativeClient {
         request_id: Option<String>,
     ) -> PyResult<Vec<PyRawTensor<'py>>> {
         let raw_outputs = py.detach(|| -> PyResult<Vec<RawTensor>> {
-            let request = infer_request(inputs, outputs, request_id)?;
-            let body =
-                serde_json::to_value(&request).map_err(|e| CordonError::new_err(e.to_string()))?;
-            let path = format!("/v2/models/{model}/infer");
-            let resp = self.tokio.block_on(self.send("POST", &path, Some(body)))?;
+            let inner = binary_request(model, inputs, outputs, request_id)?;
+            let resp = self.tokio.block_on(self.send(inner))?;
             raw_outputs(resp)
         })?;
         Ok(raw_outputs
@@ -234,18 +233,25 @@ impl NativeClient {
 }
 
 impl NativeClient {
-    async fn send(
+    async fn send_json(
         &self,
         method: &str,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> PyResult<cordon_proto::runtime::InnerResponse> {
+    ) -> PyResult<InnerResponse> {
+        self.send(InnerRequest {
+            method: method.into(),
+            path: path.into(),
+            body,
+            ..InnerRequest::default()
+        })
+        .await
+    }
+
+    /// Sends `inner` one-shot, or in the session (opened, or opened again, as needed).
+    async fn send(&self, inner: InnerRequest) -> PyResult<InnerResponse> {
         let Some(slot) = &self.session else {
-            return self
-                .runtime
-                .request(method, path, body)
-                .await
-                .map_err(py_error);
+            return self.runtime.send(inner).await.map_err(py_error);
         };
         let mut slot = slot.lock().await;
         if slot.as_ref().is_some_and(|s| s.is_spent(SystemTime::now())) {
@@ -255,7 +261,7 @@ impl NativeClient {
             Some(s) => s,
             None => self.runtime.open_session().await.map_err(py_error)?,
         };
-        match session.request(method, path, body.clone()).await {
+        match session.send(inner.clone()).await {
             Ok(resp) => {
                 *slot = Some(session);
                 Ok(resp)
@@ -264,7 +270,7 @@ impl NativeClient {
             // expired on its clock): the request ran nowhere, so it goes once more in a new one.
             Err(ClientError::SessionClosed { .. }) => {
                 let fresh = self.runtime.open_session().await.map_err(py_error)?;
-                let resp = fresh.request(method, path, body).await.map_err(py_error)?;
+                let resp = fresh.send(inner).await.map_err(py_error)?;
                 *slot = Some(fresh);
                 Ok(resp)
             }
@@ -273,34 +279,56 @@ impl NativeClient {
     }
 }
 
-fn infer_request(
+/// An infer request in the binary tensor data extension's form: a JSON header naming each input
+/// and its byte count, then the inputs' bytes as Python gave them; every output asked for in
+/// binary. No tensor data becomes JSON, here or in the runtime.
+fn binary_request(
+    model: &str,
     inputs: Vec<RawTensor>,
     outputs: Option<Vec<String>>,
     id: Option<String>,
-) -> PyResult<InferRequest> {
-    let inputs = inputs
-        .into_iter()
+) -> PyResult<InnerRequest> {
+    let header_inputs: Vec<serde_json::Value> = inputs
+        .iter()
         .map(|(name, datatype, shape, bytes)| {
-            let data = decode_elements(&datatype, &bytes)
-                .map_err(|e| CordonError::new_err(format!("input {name:?}: {e}")))?;
-            Ok(Tensor {
-                name,
-                shape,
-                datatype,
-                data: serde_json::Value::Array(data),
-                parameters: None,
-            })
+            serde_json::json!({ "name": name, "shape": shape, "datatype": datatype,
+                "parameters": { "binary_data_size": bytes.len() } })
         })
-        .collect::<PyResult<Vec<_>>>()?;
-    Ok(InferRequest {
-        id,
-        inputs,
-        outputs: outputs.map(|o| o.into_iter().map(|name| RequestedOutput { name }).collect()),
-        parameters: None,
+        .collect();
+    let mut header = serde_json::json!({
+        "inputs": header_inputs,
+        "parameters": { "binary_data_output": true },
+    });
+    if let Some(id) = id {
+        header["id"] = serde_json::json!(id);
+    }
+    if let Some(outputs) = outputs {
+        header["outputs"] = outputs
+            .into_iter()
+            .map(|name| serde_json::json!({ "name": name }))
+            .collect();
+    }
+    let mut body = serde_json::to_vec(&header).map_err(|e| CordonError::new_err(e.to_string()))?;
+    let header_len = body.len();
+    body.reserve_exact(inputs.iter().map(|t| t.3.len()).sum());
+    for (_, _, _, bytes) in &inputs {
+        body.extend_from_slice(bytes);
+    }
+    Ok(InnerRequest {
+        method: "POST".into(),
+        path: format!("/v2/models/{model}/infer"),
+        headers: BTreeMap::from([(
+            INFERENCE_HEADER_CONTENT_LENGTH.to_string(),
+            header_len.to_string(),
+        )]),
+        raw_body: Some(body),
+        ..InnerRequest::default()
     })
 }
 
-fn raw_outputs(resp: cordon_proto::runtime::InnerResponse) -> PyResult<Vec<RawTensor>> {
+/// The outputs of an infer answer as raw tensors: binary ones as the runtime sent their bytes,
+/// JSON ones encoded.
+fn raw_outputs(resp: InnerResponse) -> PyResult<Vec<RawTensor>> {
     if resp.status != 200 {
         let error = resp
             .body
@@ -313,15 +341,31 @@ fn raw_outputs(resp: cordon_proto::runtime::InnerResponse) -> PyResult<Vec<RawTe
             error,
         }));
     }
-    let response: cordon_proto::oip::InferResponse = serde_json::from_value(resp.body)
-        .map_err(|e| py_error(ClientError::Malformed(format!("infer response: {e}"))))?;
+    let malformed =
+        |what: String| py_error(ClientError::Malformed(format!("infer response: {what}")));
+    let header_len = resp.binary_header_length().map(str::to_string);
+    let (header, body, blobs) = match (header_len, resp.raw_body) {
+        (Some(header_len), Some(body)) => {
+            let header_len = header_len
+                .parse::<usize>()
+                .map_err(|_| malformed("bad Inference-Header-Content-Length".into()))?;
+            let split = split_response(&body, header_len).map_err(|e| malformed(e.to_string()))?;
+            (split.header, body, split.blobs)
+        }
+        (_, _) => (resp.body, Vec::new(), Vec::new()),
+    };
+    let response: InferResponse =
+        serde_json::from_value(header).map_err(|e| malformed(e.to_string()))?;
     response
         .outputs
         .into_iter()
-        .map(|t| {
-            let bytes = encode_elements(&t.datatype, &t.data).map_err(|e| {
-                py_error(ClientError::Malformed(format!("output {:?}: {e}", t.name)))
-            })?;
+        .enumerate()
+        .map(|(i, t)| {
+            let bytes = match blobs.get(i).cloned().flatten() {
+                Some(range) => body[range].to_vec(),
+                None => encode_elements(&t.datatype, &t.data)
+                    .map_err(|e| malformed(format!("output {:?}: {e}", t.name)))?,
+            };
             Ok((t.name, t.datatype, t.shape, bytes))
         })
         .collect()

@@ -55,6 +55,9 @@ pub enum EngineError {
     },
     #[error("input {name:?}: datatype {datatype} is not supported by this engine")]
     UnsupportedDatatype { name: String, datatype: String },
+    /// Binary tensor bytes that are not whole elements of the datatype (names sizes, never data).
+    #[error("input {name:?}: {reason}")]
+    BinaryData { name: String, reason: String },
     #[error("output {0:?} is not an output of this model")]
     UnknownOutput(String),
     #[error("inference failed: {0}")]
@@ -335,19 +338,11 @@ impl OnnxModel {
     /// Evaluates an Open Inference Protocol request. Inputs are checked against the model's metadata
     /// before anything runs.
     pub fn infer(&self, request: &InferRequest) -> Result<InferResponse, EngineError> {
-        let decoded = self.decode(request)?;
-        let results = self.compute(&decoded.inputs)?;
-        let mut outputs = Vec::new();
-        for (meta, value) in self.outputs.iter().zip(results) {
-            if decoded
-                .wanted
-                .as_ref()
-                .is_some_and(|w| !w.contains(&meta.name))
-            {
-                continue;
-            }
-            outputs.push(value.into_oip(&meta.name));
-        }
+        let outputs = self
+            .infer_parts(request, &[])?
+            .into_iter()
+            .map(|(name, value)| value.into_oip(&name))
+            .collect();
         Ok(InferResponse {
             model_name: self.name.clone(),
             model_version: Some(self.version.clone()),
@@ -356,9 +351,44 @@ impl OnnxModel {
         })
     }
 
+    /// Evaluates a request some of whose inputs are raw bytes (the binary tensor data extension):
+    /// `blobs[i]`, when given, holds the elements of `request.inputs[i]` (little-endian,
+    /// row-major), whose JSON `data` is then not read. Returns the outputs the request asks for
+    /// (all by default), by name, in the graph's order, as typed tensors.
+    pub fn infer_parts(
+        &self,
+        request: &InferRequest,
+        blobs: &[Option<&[u8]>],
+    ) -> Result<Vec<(String, HostTensor)>, EngineError> {
+        let decoded = self.decode_parts(request, blobs)?;
+        let results = self.compute(&decoded.inputs)?;
+        Ok(self
+            .outputs
+            .iter()
+            .zip(results)
+            .filter(|(meta, _)| {
+                decoded
+                    .wanted
+                    .as_ref()
+                    .is_none_or(|w| w.contains(&meta.name))
+            })
+            .map(|(meta, value)| (meta.name.clone(), value))
+            .collect())
+    }
+
     /// Checks a request against the model's metadata (names, datatypes, shapes, element values)
     /// and converts its tensors for [`OnnxModel::compute`].
     pub fn decode(&self, request: &InferRequest) -> Result<DecodedRequest, EngineError> {
+        self.decode_parts(request, &[])
+    }
+
+    /// [`OnnxModel::decode`], taking the elements of `request.inputs[i]` from `blobs[i]` (raw
+    /// little-endian bytes) where it is given.
+    pub fn decode_parts(
+        &self,
+        request: &InferRequest,
+        blobs: &[Option<&[u8]>],
+    ) -> Result<DecodedRequest, EngineError> {
         for (i, t) in request.inputs.iter().enumerate() {
             if !self.inputs.iter().any(|m| m.name == t.name) {
                 return Err(EngineError::UnknownInput(t.name.clone()));
@@ -381,12 +411,16 @@ impl OnnxModel {
         }
         let mut inputs = Vec::with_capacity(self.inputs.len());
         for meta in &self.inputs {
-            let t = request
+            let i = request
                 .inputs
                 .iter()
-                .find(|t| t.name == meta.name)
+                .position(|t| t.name == meta.name)
                 .ok_or_else(|| EngineError::MissingInput(meta.name.clone()))?;
-            inputs.push(decode_tensor(meta, t)?);
+            let t = &request.inputs[i];
+            inputs.push(match blobs.get(i).copied().flatten() {
+                Some(bytes) => decode_tensor_bytes(meta, t, bytes)?,
+                None => decode_tensor(meta, t)?,
+            });
         }
         Ok(DecodedRequest { inputs, wanted })
     }
@@ -431,7 +465,8 @@ fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
-fn decode_tensor(meta: &TensorMetadata, t: &Tensor) -> Result<HostTensor, EngineError> {
+/// The tensor's dimensions and element count, once its datatype and shape fit the model's.
+fn checked_dims(meta: &TensorMetadata, t: &Tensor) -> Result<(Vec<usize>, usize), EngineError> {
     if t.datatype != meta.datatype {
         return Err(EngineError::Datatype {
             name: t.name.clone(),
@@ -456,6 +491,35 @@ fn decode_tensor(meta: &TensorMetadata, t: &Tensor) -> Result<HostTensor, Engine
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .unwrap_or(usize::MAX);
+    Ok((dims, expected))
+}
+
+/// A tensor whose elements arrived as raw bytes (the binary tensor data extension).
+fn decode_tensor_bytes(
+    meta: &TensorMetadata,
+    t: &Tensor,
+    bytes: &[u8],
+) -> Result<HostTensor, EngineError> {
+    let (dims, expected) = checked_dims(meta, t)?;
+    let data = HostData::from_le_bytes(&meta.datatype, bytes).map_err(|reason| {
+        EngineError::BinaryData {
+            name: t.name.clone(),
+            reason,
+        }
+    })?;
+    if data.len() != expected {
+        return Err(EngineError::DataLength {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            expected,
+            found: data.len(),
+        });
+    }
+    Ok(HostTensor { shape: dims, data })
+}
+
+fn decode_tensor(meta: &TensorMetadata, t: &Tensor) -> Result<HostTensor, EngineError> {
+    let (dims, expected) = checked_dims(meta, t)?;
     let mut flat = Vec::with_capacity(expected.min(1 << 20));
     flatten(&t.data, &mut flat);
     if flat.len() != expected {

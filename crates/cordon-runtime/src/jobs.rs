@@ -234,10 +234,7 @@ impl JobApiError {
     }
 
     fn inner(self) -> InnerResponse {
-        InnerResponse {
-            status: self.0.as_u16(),
-            body: self.body(),
-        }
+        InnerResponse::json(self.0.as_u16(), self.body())
     }
 }
 
@@ -421,10 +418,7 @@ pub(crate) async fn handle(s: &Arc<RuntimeState>, req: &InnerRequest) -> InnerRe
         )),
     };
     match result {
-        Ok((status, body)) => InnerResponse {
-            status: status.as_u16(),
-            body,
-        },
+        Ok((status, body)) => InnerResponse::json(status.as_u16(), body),
         Err(e) => e.inner(),
     }
 }

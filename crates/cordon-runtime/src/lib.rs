@@ -30,6 +30,7 @@ mod metrics;
 mod replay;
 mod server;
 mod sessions;
+mod tensor_bytes;
 
 pub use batching::BatchOptions;
 pub use boot::{boot, check_config_binding, config_workload_data, BootedRuntime, RuntimeError};

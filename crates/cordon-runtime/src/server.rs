@@ -7,7 +7,7 @@
 //! any burst.
 
 use crate::batching::{BatchOptions, Batcher};
-use crate::engine::OnnxModel;
+use crate::engine::{EngineError, OnnxModel};
 use crate::jobs::{self, JobBoard, TrainingOptions};
 use crate::metrics::{Channel, InferLabels, KeyEvent, Metrics, ModelLabels, RefusalKind};
 use crate::replay::{ReplayError, ReplayGuard};
@@ -21,8 +21,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cordon_proto::oip::{self, ErrorResponse, InferRequest};
+use cordon_proto::oip_binary::{self, BinaryOutputs};
 use cordon_proto::runtime::{
     AttestationResponse, InnerRequest, InnerResponse, ENCRYPTED_RESPONSE_MEDIA_TYPE,
+    INFERENCE_HEADER_CONTENT_LENGTH,
 };
 use cordon_proto::session::{SessionMessage, SessionSetup, SESSION_MESSAGE_MEDIA_TYPE};
 use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair, WireEndorsements};
@@ -524,6 +526,7 @@ async fn plain_repository_index(State(s): State<Arc<RuntimeState>>) -> Response 
 async fn plain_infer(
     State(s): State<Arc<RuntimeState>>,
     uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if !s.options.plaintext_inference {
@@ -542,28 +545,54 @@ async fn plain_infer(
         s.metrics.request(Channel::Plain, 503);
         return busy("runtime busy: inference queue is full");
     }
-    let resp = match oip::parse_json_body(&body) {
-        Ok(v) => {
-            route_inner(
-                &s,
-                InnerRequest {
-                    method: "POST".into(),
-                    path: uri.path().to_string(),
-                    body: Some(v),
-                    ..InnerRequest::default()
-                },
-                Channel::Plain,
-            )
-            .await
+    let path = uri.path().to_string();
+    // The binary tensor data extension: the body goes in as it came, as inside the channel.
+    let binary = headers
+        .get(INFERENCE_HEADER_CONTENT_LENGTH)
+        .map(|v| v.to_str().unwrap_or("not text").to_string());
+    let resp = match binary.ok_or_else(|| oip::parse_json_body(&body)) {
+        Ok(header_len) => {
+            let request = InnerRequest {
+                method: "POST".into(),
+                path,
+                headers: BTreeMap::from([(INFERENCE_HEADER_CONTENT_LENGTH.into(), header_len)]),
+                raw_body: Some(body.to_vec()),
+                ..InnerRequest::default()
+            };
+            route_inner(&s, request, Channel::Plain).await
         }
-        Err(e) => inner_error(400, format!("infer request: {}", e.classify_name())),
+        Err(Ok(v)) => {
+            let request = InnerRequest {
+                method: "POST".into(),
+                path,
+                body: Some(v),
+                ..InnerRequest::default()
+            };
+            route_inner(&s, request, Channel::Plain).await
+        }
+        Err(Err(e)) => inner_error(400, format!("infer request: {}", e.classify_name())),
     };
     s.metrics.request(Channel::Plain, resp.status);
-    let mut out = (
-        StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        Json(resp.body),
-    )
-        .into_response();
+    let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let header_len = resp.binary_header_length().map(str::to_string);
+    let mut out = match (header_len, resp.raw_body) {
+        (Some(header_len), Some(raw)) => (
+            status,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                ),
+                (
+                    header::HeaderName::from_static(INFERENCE_HEADER_CONTENT_LENGTH),
+                    HeaderValue::from_str(&header_len).unwrap_or(HeaderValue::from_static("0")),
+                ),
+            ],
+            raw,
+        )
+            .into_response(),
+        _ => (status, Json(resp.body)).into_response(),
+    };
     if resp.status == 503 {
         out.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
@@ -785,14 +814,11 @@ impl ClassifyName for serde_json::Error {
 }
 
 fn inner_error(status: u16, msg: impl Into<String>) -> InnerResponse {
-    InnerResponse {
-        status,
-        body: json!({ "error": msg.into() }),
-    }
+    InnerResponse::json(status, json!({ "error": msg.into() }))
 }
 
 fn ok(body: serde_json::Value) -> InnerResponse {
-    InnerResponse { status: 200, body }
+    InnerResponse::json(200, body)
 }
 
 /// `POST /v2/repository/index` (KServe v2 model repository extension): every model this runtime
@@ -814,23 +840,17 @@ fn find_model<'a>(
     s: &'a RuntimeState,
     name: &str,
     version: Option<&str>,
-) -> Result<&'a ServedModel, InnerResponse> {
+) -> Result<&'a ServedModel, String> {
     let Some(m) = s.models.get(name) else {
-        return Err(inner_error(
-            404,
-            format!(
-                "unknown model {name:?}; this runtime serves {:?}",
-                s.model_names()
-            ),
+        return Err(format!(
+            "unknown model {name:?}; this runtime serves {:?}",
+            s.model_names()
         ));
     };
     match version {
-        Some(v) if v != m.model.version() => Err(inner_error(
-            404,
-            format!(
-                "model {name:?} has no version {v:?}; version {:?} is served",
-                m.model.version()
-            ),
+        Some(v) if v != m.model.version() => Err(format!(
+            "model {name:?} has no version {v:?}; version {:?} is served",
+            m.model.version()
         )),
         _ => Ok(m),
     }
@@ -864,17 +884,24 @@ async fn route_inner(s: &Arc<RuntimeState>, req: InnerRequest, channel: Channel)
         }
         ("GET", Some((name, version)), []) => match find_model(s, name, version) {
             Ok(m) => ok(json!(m.model.metadata())),
-            Err(e) => e,
+            Err(e) => inner_error(404, e),
         },
         ("GET", Some((name, version)), ["ready"]) => match find_model(s, name, version) {
             Ok(_) => ok(json!({ "name": name, "ready": true })),
-            Err(e) => e,
+            Err(e) => inner_error(404, e),
         },
         ("POST", Some((name, version)), ["infer"]) => {
             let model = match find_model(s, name, version) {
                 Ok(m) => m.model.clone(),
-                Err(e) => return e,
+                Err(e) => return inner_error(404, e),
             };
+            // The binary tensor data extension, as the client sent it: no JSON for tensor data.
+            if let Some(header_len) = req.headers.get(INFERENCE_HEADER_CONTENT_LENGTH) {
+                return match BinaryInfer::parse(header_len, req.raw_body) {
+                    Ok(work) => infer(s, model, InferWork::Binary(work), channel).await,
+                    Err(e) => inner_error(400, e),
+                };
+            }
             if let Some(problem) = req.body.as_ref().and_then(oip::request_problem) {
                 return inner_error(400, problem);
             }
@@ -885,16 +912,162 @@ async fn route_inner(s: &Arc<RuntimeState>, req: InnerRequest, channel: Channel)
                 }
                 None => return inner_error(400, "infer request needs a body"),
             };
-            infer(s, model, request, channel).await
+            infer(s, model, InferWork::Json(request), channel).await
         }
         (m, _, _) => inner_error(404, format!("no route for {m} {path}")),
+    }
+}
+
+/// An infer request as it arrived: JSON, or in the binary tensor data extension's form.
+enum InferWork {
+    Json(InferRequest),
+    Binary(BinaryInfer),
+}
+
+/// A binary-extension infer request: its JSON header (binary inputs' `data` null), the whole body,
+/// where in it each binary input's bytes are, and which outputs go back in binary.
+struct BinaryInfer {
+    request: InferRequest,
+    body: Vec<u8>,
+    header_len: usize,
+    blobs: Vec<Option<std::ops::Range<usize>>>,
+    binary_outputs: BinaryOutputs,
+}
+
+impl BinaryInfer {
+    /// Takes apart a binary-extension body: the header checked for the request's shape as a JSON
+    /// body is; nothing decoded yet.
+    fn parse(header_len: &str, body: Option<Vec<u8>>) -> Result<BinaryInfer, String> {
+        let header_len = header_len
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| "Inference-Header-Content-Length is not a byte count".to_string())?;
+        let body = body
+            .ok_or("a binary infer request carries its body in raw_body, and this one has none")?;
+        let split = oip_binary::split_request(&body, header_len).map_err(|e| e.to_string())?;
+        if let Some(problem) = oip::request_problem(&split.header) {
+            return Err(problem);
+        }
+        let binary_outputs = BinaryOutputs::of(&split.header);
+        let request = serde_json::from_value(split.header)
+            .map_err(|e| format!("infer request: {}", e.classify_name()))?;
+        Ok(BinaryInfer {
+            request,
+            body,
+            header_len,
+            blobs: split.blobs,
+            binary_outputs,
+        })
+    }
+
+    /// Evaluates it on `model`, tensors straight from and to their bytes.
+    fn run(&self, model: &OnnxModel) -> Result<InnerResponse, EngineError> {
+        let blobs: Vec<Option<&[u8]>> = self
+            .blobs
+            .iter()
+            .map(|r| r.clone().map(|r| &self.body[r]))
+            .collect();
+        let outputs = model.infer_parts(&self.request, &blobs)?;
+        let mut tail = Vec::new();
+        let outputs: Vec<serde_json::Value> = outputs
+            .into_iter()
+            .map(|(name, tensor)| {
+                if !self.binary_outputs.wants(&name) {
+                    return json!(tensor.into_oip(&name));
+                }
+                let shape = tensor.shape.clone();
+                let (datatype, bytes) = tensor.data.into_le_bytes();
+                let t = json!({
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": shape,
+                    "parameters": { "binary_data_size": bytes.len() },
+                });
+                tail.extend_from_slice(&bytes);
+                t
+            })
+            .collect();
+        let response = json!({
+            "model_name": model.name(),
+            "model_version": model.version(),
+            "id": self.request.id,
+            "outputs": outputs,
+        });
+        Ok(binary_answer(response, tail))
+    }
+
+    /// The same request as JSON (for the batcher, which merges JSON requests).
+    fn to_json(&self) -> Result<InferRequest, String> {
+        let value = oip_binary::decode_request(&self.body, self.header_len, usize::MAX)
+            .map_err(|e| e.to_string())?;
+        serde_json::from_value(value).map_err(|e| format!("infer request: {}", e.classify_name()))
+    }
+}
+
+/// A response in the binary extension's form when `tail` holds any output's bytes, else JSON.
+fn binary_answer(mut response: serde_json::Value, tail: Vec<u8>) -> InnerResponse {
+    if let Some(map) = response.as_object_mut() {
+        // An absent id is left out, as a JSON response leaves it out.
+        map.retain(|_, v| !v.is_null());
+    }
+    if tail.is_empty() {
+        return ok(response);
+    }
+    // Serializing a JSON value into memory cannot fail.
+    let mut body = serde_json::to_vec(&response).unwrap_or_default();
+    let header_len = body.len();
+    body.extend_from_slice(&tail);
+    raw_answer(body, header_len)
+}
+
+/// A 200 whose body is a binary-extension body of `header_len` bytes of JSON, then tensor bytes.
+fn raw_answer(body: Vec<u8>, header_len: usize) -> InnerResponse {
+    InnerResponse {
+        status: 200,
+        body: serde_json::Value::Null,
+        headers: BTreeMap::from([(
+            INFERENCE_HEADER_CONTENT_LENGTH.to_string(),
+            header_len.to_string(),
+        )]),
+        raw_body: Some(body),
+    }
+}
+
+impl InferWork {
+    fn request(&self) -> &InferRequest {
+        match self {
+            InferWork::Json(r) => r,
+            InferWork::Binary(b) => &b.request,
+        }
+    }
+
+    /// Elements across all inputs, as the shapes say.
+    fn elements(&self) -> usize {
+        self.request()
+            .inputs
+            .iter()
+            .map(|t| {
+                t.shape
+                    .iter()
+                    .map(|&d| d.max(0) as usize)
+                    .product::<usize>()
+            })
+            .sum()
+    }
+
+    fn run(&self, model: &OnnxModel) -> InnerResponse {
+        let result = match self {
+            InferWork::Json(request) => model.infer(request).map(|r| ok(json!(r))),
+            InferWork::Binary(b) => b.run(model),
+        };
+        result.unwrap_or_else(|e| inner_error(e.http_status(), e.to_string()))
     }
 }
 
 async fn infer(
     s: &Arc<RuntimeState>,
     model: Arc<OnnxModel>,
-    request: InferRequest,
+    work: InferWork,
     channel: Channel,
 ) -> InnerResponse {
     let Some(_ticket) = s.admission.try_admit() else {
@@ -902,22 +1075,38 @@ async fn infer(
         return inner_error(503, "runtime busy: inference queue is full; retry later");
     };
     let started = Instant::now();
+    let labels = InferLabels {
+        model: model.name().to_string(),
+        channel,
+    };
     // Batched requests wait in their model's batcher, not for a worker: the batcher evaluates
-    // one merged batch at a time per model.
-    let batch = batcher_for(s, &model).and_then(|b| Some((b, b.batchable_rows(&request)?)));
+    // one merged batch at a time per model. It merges JSON requests: a binary one is decoded to
+    // JSON for it, and its answer encoded back.
+    let batch = batcher_for(s, &model).and_then(|b| Some((b, b.batchable_rows(work.request())?)));
     if let Some((batcher, rows)) = batch {
-        let batched = batcher.infer(request, rows).await;
-        let labels = InferLabels {
-            model: model.name().to_string(),
-            channel,
+        let (request, binary_outputs) = match work {
+            InferWork::Json(request) => (request, None),
+            InferWork::Binary(b) => match b.to_json() {
+                Ok(request) => (request, Some(b.binary_outputs)),
+                Err(e) => return inner_error(400, e),
+            },
         };
+        let batched = batcher.infer(request, rows).await;
         s.metrics
             .inference_seconds
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
-        return match batched {
-            Ok(resp) => ok(json!(resp)),
-            Err(e) => inner_error(e.http_status(), e.to_string()),
+        return match (batched, binary_outputs) {
+            (Ok(resp), None) => ok(json!(resp)),
+            (Ok(resp), Some(wanted)) => {
+                let mut body = json!(resp);
+                match oip_binary::encode_response(&mut body, &wanted) {
+                    Ok(Some((bytes, header_len))) => raw_answer(bytes, header_len),
+                    Ok(None) => ok(body),
+                    Err(e) => inner_error(500, e.to_string()),
+                }
+            }
+            (Err(e), _) => inner_error(e.http_status(), e.to_string()),
         };
     }
     let permit = {
@@ -928,42 +1117,24 @@ async fn infer(
         return inner_error(503, "runtime is shutting down");
     };
     let _running = GaugeGuard::new(&s.metrics.in_flight);
-    let labels = InferLabels {
-        model: model.name().to_string(),
-        channel,
-    };
-    if let Some(rows) = request.inputs.first().and_then(|t| t.shape.first()) {
+    if let Some(rows) = work.request().inputs.first().and_then(|t| t.shape.first()) {
         s.metrics
             .batch_rows
             .get_or_create(&labels)
             .observe((*rows).max(0) as f64);
     }
-    let elements: usize = request
-        .inputs
-        .iter()
-        .map(|t| {
-            t.shape
-                .iter()
-                .map(|&d| d.max(0) as usize)
-                .product::<usize>()
-        })
-        .sum();
     // A small request (a row or a few) takes microseconds: evaluating it here costs less than
     // handing it to a blocking thread and back. Larger ones go off the async workers.
-    let result = if elements <= INLINE_ELEMENTS {
-        Ok(model.infer(&request))
+    let result = if work.elements() <= INLINE_ELEMENTS {
+        Ok(work.run(&model))
     } else {
-        tokio::task::spawn_blocking(move || model.infer(&request)).await
+        tokio::task::spawn_blocking(move || work.run(&model)).await
     };
     s.metrics
         .inference_seconds
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
-    match result {
-        Ok(Ok(resp)) => ok(json!(resp)),
-        Ok(Err(e)) => inner_error(e.http_status(), e.to_string()),
-        Err(_) => inner_error(500, "inference task failed"),
-    }
+    result.unwrap_or_else(|_| inner_error(500, "inference task failed"))
 }
 
 /// The model's batcher when batching is on, started on first use.

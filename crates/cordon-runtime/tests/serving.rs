@@ -912,3 +912,336 @@ async fn graceful_shutdown_drains_in_flight_requests() {
         .await
         .is_err());
 }
+
+/// A binary tensor data extension body: `header` (its inputs' `binary_data_size` set for those
+/// in `blobs`), then the blobs' bytes. Returns the inner request carrying it and the header length.
+fn binary_request(path: &str, header: &Value, blobs: &[Vec<u8>]) -> InnerRequest {
+    let mut body = serde_json::to_vec(header).unwrap();
+    let header_len = body.len();
+    for b in blobs {
+        body.extend_from_slice(b);
+    }
+    InnerRequest {
+        method: "POST".into(),
+        path: path.into(),
+        headers: BTreeMap::from([(
+            "inference-header-content-length".to_string(),
+            header_len.to_string(),
+        )]),
+        raw_body: Some(body),
+        ..InnerRequest::default()
+    }
+}
+
+/// The outputs of a binary-extension answer, each with its data decoded back to JSON.
+fn binary_outputs(resp: &cordon_proto::runtime::InnerResponse) -> (Vec<Value>, Vec<bool>) {
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let header_len: usize = resp.binary_header_length().unwrap().parse().unwrap();
+    let body = resp.raw_body.as_ref().unwrap();
+    let header: Value = serde_json::from_slice(&body[..header_len]).unwrap();
+    let mut rest = &body[header_len..];
+    let mut binary = Vec::new();
+    let outputs = header["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            let size = t["parameters"]["binary_data_size"].as_u64();
+            binary.push(size.is_some());
+            if let Some(size) = size {
+                let (bytes, tail) = rest.split_at(size as usize);
+                rest = tail;
+                let data = cordon_proto::oip_binary::decode_elements(
+                    t["datatype"].as_str().unwrap(),
+                    bytes,
+                )
+                .unwrap();
+                t["data"] = Value::Array(data);
+                t.as_object_mut().unwrap().remove("parameters");
+            }
+            t
+        })
+        .collect();
+    assert!(rest.is_empty(), "bytes beyond the outputs");
+    (outputs, binary)
+}
+
+/// Binary tensors inside the encrypted channel, every datatype (BYTES included), half the inputs
+/// binary and half JSON in one request: the runtime decodes them straight from their bytes and
+/// answers in binary as asked, with exactly the JSON route's answer; one-shot and in a session.
+#[tokio::test]
+async fn binary_tensors_inside_the_channel_answer_as_json_does_for_every_datatype() {
+    let h = start(ServingOptions::default()).await;
+    let rt = h.verified().await;
+    let session = rt.open_session().await.unwrap();
+    let cases: Vec<(&str, &str, Value)> = vec![
+        ("bool", "BOOL", json!([true, false, false, true])),
+        ("int8", "INT8", json!([-128, 127, 0, 5])),
+        ("int16", "INT16", json!([-32768, 32767, -1, 2])),
+        ("int32", "INT32", json!([-2147483648i64, 2147483647, 0, 7])),
+        ("int64", "INT64", json!([i64::MIN, i64::MAX, 0, -9])),
+        ("uint8", "UINT8", json!([0, 255, 1, 2])),
+        ("uint16", "UINT16", json!([0, 65535, 3, 4])),
+        ("uint32", "UINT32", json!([0, 4294967295u64, 5, 6])),
+        ("uint64", "UINT64", json!([0, u64::MAX, 7, 8])),
+        ("fp16", "FP16", json!([0.5, -2.0, 65504.0, 0.375])),
+        ("fp32", "FP32", json!([1.5, -0.25, 1024.0, 0.375])),
+        ("fp64", "FP64", json!([0.1, 1e300, -3.5, 0.0])),
+        ("bytes", "BYTES", json!(["a", "ü", "", "x y"])),
+    ];
+    let tensor = |name: &str, dt: &str| json!({"name": format!("in_{name}"), "shape": [2, 2], "datatype": dt});
+    let json_request = InferRequest {
+        id: Some("dt".into()),
+        inputs: cases
+            .iter()
+            .map(|(name, dt, data)| Tensor {
+                name: format!("in_{name}"),
+                shape: vec![2, 2],
+                datatype: dt.to_string(),
+                data: data.clone(),
+                parameters: None,
+            })
+            .collect(),
+        outputs: None,
+        parameters: None,
+    };
+    let reference = session.infer("dt", &json_request).await.unwrap();
+    let reference: Vec<Value> = reference
+        .outputs
+        .iter()
+        .map(|t| serde_json::to_value(t).unwrap())
+        .collect();
+    // Even inputs in binary, odd ones in JSON.
+    let mut inputs = Vec::new();
+    let mut blobs = Vec::new();
+    for (i, (name, dt, data)) in cases.iter().enumerate() {
+        let mut t = tensor(name, dt);
+        if i % 2 == 0 {
+            let bytes = cordon_proto::oip_binary::encode_elements(dt, data).unwrap();
+            t["parameters"] = json!({ "binary_data_size": bytes.len() });
+            blobs.push(bytes);
+        } else {
+            t["data"] = data.clone();
+        }
+        inputs.push(t);
+    }
+    let all_binary =
+        json!({"id": "dt", "inputs": inputs, "parameters": {"binary_data_output": true}});
+    for one_shot in [false, true] {
+        let req = binary_request("/v2/models/dt/infer", &all_binary, &blobs);
+        let resp = if one_shot {
+            rt.send(req).await.unwrap()
+        } else {
+            session.send(req).await.unwrap()
+        };
+        assert_eq!(resp.body, Value::Null);
+        let (outputs, binary) = binary_outputs(&resp);
+        assert_eq!(outputs, reference, "one-shot {one_shot}");
+        assert!(binary.iter().all(|b| *b));
+    }
+    // Per output: BYTES in binary, FP64 in JSON, nothing else asked for.
+    let chosen = json!({"inputs": inputs, "outputs": [
+        {"name": "out_bytes", "parameters": {"binary_data": true}},
+        {"name": "out_fp64", "parameters": {"binary_data": false}},
+    ]});
+    let resp = session
+        .send(binary_request("/v2/models/dt/infer", &chosen, &blobs))
+        .await
+        .unwrap();
+    let (outputs, binary) = binary_outputs(&resp);
+    let names: Vec<&str> = outputs
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["out_fp64", "out_bytes"]);
+    assert_eq!(binary, [false, true]);
+    for t in &outputs {
+        assert!(reference.contains(t), "{t}");
+    }
+    // Binary inputs, no binary output asked for: a JSON answer.
+    let json_out = json!({"id": "dt", "inputs": inputs});
+    let resp = session
+        .send(binary_request("/v2/models/dt/infer", &json_out, &blobs))
+        .await
+        .unwrap();
+    assert_eq!(resp.raw_body, None);
+    assert_eq!(resp.body["outputs"].as_array().unwrap(), &reference);
+}
+
+/// Malformed binary requests are refused inside the channel with a reason naming sizes and
+/// tensors, never data; nothing runs.
+#[tokio::test]
+async fn malformed_binary_requests_are_refused_with_their_reason() {
+    let h = start(ServingOptions::default()).await;
+    let session = h.verified().await.open_session().await.unwrap();
+    let fp32 = |size: usize| {
+        json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32",
+            "parameters": {"binary_data_size": size}}]})
+    };
+    let row = vec![0x41u8; 120];
+    // The datatypes model takes every input: all in JSON but BYTES, in binary.
+    let bytes_input = |size: usize| {
+        let mut inputs: Vec<Value> = [
+            ("bool", "BOOL", json!([true, false])),
+            ("int8", "INT8", json!([1, 2])),
+            ("int16", "INT16", json!([1, 2])),
+            ("int32", "INT32", json!([1, 2])),
+            ("int64", "INT64", json!([1, 2])),
+            ("uint8", "UINT8", json!([1, 2])),
+            ("uint16", "UINT16", json!([1, 2])),
+            ("uint32", "UINT32", json!([1, 2])),
+            ("uint64", "UINT64", json!([1, 2])),
+            ("fp16", "FP16", json!([1, 2])),
+            ("fp32", "FP32", json!([1, 2])),
+            ("fp64", "FP64", json!([1, 2])),
+        ]
+        .into_iter()
+        .map(|(n, dt, data)| json!({"name": format!("in_{n}"), "shape": [1, 2], "datatype": dt, "data": data}))
+        .collect();
+        inputs.push(
+            json!({"name": "in_bytes", "shape": [1, 2], "datatype": "BYTES",
+            "parameters": {"binary_data_size": size}}),
+        );
+        json!({ "inputs": inputs })
+    };
+    let cases: Vec<(&str, InnerRequest, &str)> = vec![
+        (
+            "too few bytes",
+            binary_request("/v2/models/lr/infer", &fp32(120), &[row[..100].to_vec()]),
+            "only 100 bytes are left",
+        ),
+        (
+            "trailing bytes",
+            binary_request("/v2/models/lr/infer", &fp32(120), &[row.clone(), vec![1]]),
+            "the body after the JSON header 121",
+        ),
+        (
+            "not whole elements",
+            binary_request("/v2/models/lr/infer", &fp32(118), &[row[..118].to_vec()]),
+            "118 bytes are not a whole number of FP32",
+        ),
+        (
+            "too few elements",
+            binary_request("/v2/models/lr/infer", &fp32(116), &[row[..116].to_vec()]),
+            "holds 30 elements, data has 29",
+        ),
+        (
+            "BYTES cut short",
+            binary_request(
+                "/v2/models/dt/infer",
+                &bytes_input(9),
+                &[b"\x02\0\0\0ab\x07\0\0".to_vec()],
+            ),
+            "truncated length prefix",
+        ),
+        (
+            "BYTES not text",
+            binary_request(
+                "/v2/models/dt/infer",
+                &bytes_input(10),
+                &[b"\x01\0\0\0\xff\x01\0\0\0a".to_vec()],
+            ),
+            "not UTF-8",
+        ),
+        (
+            "both data and size",
+            binary_request(
+                "/v2/models/lr/infer",
+                &json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [], "parameters": {"binary_data_size": 120}}]}),
+                std::slice::from_ref(&row),
+            ),
+            "both \"data\" and parameters.binary_data_size",
+        ),
+        (
+            "no shape",
+            binary_request(
+                "/v2/models/lr/infer",
+                &json!({"inputs": [{"name": "input", "datatype": "FP32", "parameters": {"binary_data_size": 120}}]}),
+                std::slice::from_ref(&row),
+            ),
+            "has no \"shape\"",
+        ),
+    ];
+    for (what, req, expected) in cases {
+        let resp = session.send(req).await.unwrap();
+        assert_eq!(resp.status, 400, "{what}: {}", resp.body);
+        let e = resp.body["error"].as_str().unwrap();
+        assert!(e.contains(expected), "{what}: {e}");
+        assert!(!e.contains("AAAA"), "{what}: data in the error: {e}");
+    }
+    let mut req = binary_request(
+        "/v2/models/lr/infer",
+        &fp32(120),
+        std::slice::from_ref(&row),
+    );
+    req.headers
+        .insert("inference-header-content-length".into(), "99999".into());
+    let e = session.send(req).await.unwrap().body["error"].to_string();
+    assert!(
+        e.contains("Inference-Header-Content-Length is 99999"),
+        "{e}"
+    );
+    let mut req = binary_request(
+        "/v2/models/lr/infer",
+        &fp32(120),
+        std::slice::from_ref(&row),
+    );
+    req.headers
+        .insert("inference-header-content-length".into(), "ten".into());
+    let e = session.send(req).await.unwrap().body["error"].to_string();
+    assert!(e.contains("not a byte count"), "{e}");
+    let mut req = binary_request("/v2/models/lr/infer", &fp32(120), &[row]);
+    req.raw_body = None;
+    let e = session.send(req).await.unwrap().body["error"].to_string();
+    assert!(e.contains("has none"), "{e}");
+}
+
+/// With dynamic batching on, a binary request joins the batch like a JSON one and is answered in
+/// binary with its own rows.
+#[tokio::test]
+async fn binary_requests_are_batched_and_answered_with_their_own_rows() {
+    let h = start(ServingOptions {
+        batching: Some(cordon_runtime::BatchOptions {
+            max_rows: 64,
+            max_delay: Duration::from_millis(30),
+        }),
+        ..ServingOptions::default()
+    })
+    .await;
+    let rt = h.verified().await;
+    let all = rows(6);
+    let mut tasks = Vec::new();
+    for chunk in all.chunks(2) {
+        let rt = rt.clone();
+        let chunk = chunk.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let data = json!(chunk.iter().flatten().collect::<Vec<_>>());
+            let bytes = cordon_proto::oip_binary::encode_elements("FP32", &data).unwrap();
+            let header = json!({"inputs": [{"name": "input", "shape": [chunk.len(), 30],
+                "datatype": "FP32", "parameters": {"binary_data_size": bytes.len()}}],
+                "outputs": [{"name": "label", "parameters": {"binary_data": true}}]});
+            let resp = rt
+                .send(binary_request("/v2/models/lr/infer", &header, &[bytes]))
+                .await
+                .unwrap();
+            let (outputs, _) = binary_outputs(&resp);
+            (chunk, outputs)
+        }));
+    }
+    let expected = expected_lr_labels(6);
+    let mut seen = 0;
+    for t in tasks {
+        let (chunk, outputs) = t.await.unwrap();
+        let got: Vec<i64> = outputs[0]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
+        let at = all.iter().position(|r| *r == chunk[0]).unwrap();
+        assert_eq!(got, expected[at..at + chunk.len()], "rows {at}..");
+        seen += chunk.len();
+    }
+    assert_eq!(seen, 6);
+}
