@@ -212,9 +212,9 @@ async fn post_message(
 }
 
 /// The plaintext of an inner request (zeroized when dropped).
-fn encode_inner(inner: &InnerRequest) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
-    serde_json::to_vec(inner)
-        .map(zeroize::Zeroizing::new)
+fn encode_inner(inner: InnerRequest) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
+    inner
+        .into_plaintext()
         .map_err(|e| ClientError::Malformed(e.to_string()))
 }
 
@@ -223,7 +223,7 @@ fn unix_now() -> u64 {
 }
 
 fn decode_inner(plain: &[u8]) -> Result<InnerResponse, ClientError> {
-    serde_json::from_slice(plain)
+    InnerResponse::from_plaintext(plain)
         .map_err(|e| ClientError::Malformed(format!("inner response: {e}")))
 }
 
@@ -324,8 +324,7 @@ impl VerifiedRuntime {
     pub async fn send(&self, mut inner: InnerRequest) -> Result<InnerResponse, ClientError> {
         // The runtime refuses a one-shot request outside its window or seen before.
         inner.sent_at = Some(unix_now());
-        let plaintext = encode_inner(&inner)?;
-        drop(inner);
+        let plaintext = encode_inner(inner)?;
         let (message, ctx) = encapsulate_request(
             &self.keys.hpke_public_key,
             self.keys.hpke_key_id,
@@ -439,8 +438,7 @@ impl Session {
 
     /// Sends `inner` in the session and returns the decrypted inner response.
     pub async fn send(&self, inner: InnerRequest) -> Result<InnerResponse, ClientError> {
-        let plaintext = encode_inner(&inner)?;
-        drop(inner);
+        let plaintext = encode_inner(inner)?;
         let (message, seq) = self.inner.seal_request(&plaintext)?;
         let url = format!("{}/v1/session/message", self.url);
         let bytes = match post_message(&self.http, url, SESSION_MESSAGE_MEDIA_TYPE, message).await {

@@ -14,8 +14,7 @@
 //!   key    = HKDF-Expand(prk, "key", 32);  nonce = HKDF-Expand(prk, "nonce", 12)
 //! ```
 
-use aes_gcm::aead::{Aead, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce};
+use crate::aead::Aes256GcmKey;
 use hkdf::Hkdf;
 use hpke::aead::AesGcm256;
 use hpke::kdf::HkdfSha256;
@@ -198,7 +197,7 @@ fn response_aead(
     secret: &[u8; 32],
     enc: &[u8; ENC_LEN],
     response_nonce: &[u8],
-) -> (Aes256Gcm, [u8; 12]) {
+) -> (Aes256GcmKey, [u8; 12]) {
     let mut salt = Vec::with_capacity(ENC_LEN + RESPONSE_NONCE_LEN);
     salt.extend_from_slice(enc);
     salt.extend_from_slice(response_nonce);
@@ -208,7 +207,7 @@ fn response_aead(
     // Lengths are fixed and far below HKDF's limit, so expand cannot fail.
     let _ = hk.expand(b"key", key.as_mut());
     let _ = hk.expand(b"nonce", &mut nonce);
-    (Aes256Gcm::new(key.as_ref().into()), nonce)
+    (Aes256GcmKey::new(&key), nonce)
 }
 
 /// Server side: encrypts the one response to a decapsulated request.
@@ -237,9 +236,7 @@ impl ServerResponseContext {
         let mut response_nonce = [0u8; RESPONSE_NONCE_LEN];
         rand::rng().fill_bytes(&mut response_nonce);
         let (aead, nonce) = response_aead(&self.secret, &self.enc, &response_nonce);
-        let ct = aead
-            .encrypt(Nonce::from_slice(&nonce), response)
-            .map_err(|_| ChannelError::Encrypt)?;
+        let ct = aead.seal(&nonce, &[], response)?;
         let mut out = Vec::with_capacity(RESPONSE_NONCE_LEN + ct.len());
         out.extend_from_slice(&response_nonce);
         out.extend_from_slice(&ct);
@@ -309,9 +306,7 @@ impl ClientResponseContext {
         }
         let (response_nonce, ct) = message.split_at(RESPONSE_NONCE_LEN);
         let (aead, nonce) = response_aead(&self.secret, &self.enc, response_nonce);
-        aead.decrypt(Nonce::from_slice(&nonce), ct)
-            .map(Zeroizing::new)
-            .map_err(|_| ChannelError::Decrypt)
+        aead.open(&nonce, &[], ct)
     }
 }
 

@@ -182,14 +182,23 @@ pub fn kbs_requests(data: &[u8]) {
 /// inference, attestation responses (as a client checks them), the job board's bodies (spec,
 /// approval, status, result, receipt), party key files and party-signed request headers.
 pub fn runtime_requests(data: &[u8]) {
-    if let Ok(inner) = serde_json::from_slice::<InnerRequest>(data) {
+    if let Ok(inner) = InnerRequest::from_plaintext(data) {
         if let Some(body) = inner.body {
             let _ = serde_json::from_value::<oip::InferRequest>(body);
         }
     }
     let _ = serde_json::from_slice::<oip::InferRequest>(data);
     let _ = serde_json::from_slice::<oip::InferResponse>(data);
-    let _ = serde_json::from_slice::<InnerResponse>(data);
+    let _ = InnerResponse::from_plaintext(data);
+    // A binary tensor body, its header length taken from the first byte.
+    if let Some((&n, body)) = data.split_first() {
+        if let Ok(split) = crate::oip_binary::split_request(body, n as usize) {
+            for range in split.blobs.into_iter().flatten() {
+                let _ = crate::oip_binary::decode_elements("BYTES", &body[range]);
+            }
+        }
+        let _ = crate::oip_binary::split_response(body, n as usize);
+    }
     if let Ok(att) = serde_json::from_slice::<AttestationResponse>(data) {
         let expected = report_data(&CLIENT_NONCE, &att.runtime_keys, &att.models);
         if let Ok(claims) = verifier().verify(&att.evidence, now()) {
@@ -303,7 +312,7 @@ pub fn seed_spec() -> Option<&'static JobSpec> {
 pub fn channel(data: &[u8]) {
     if let Ok((plaintext, ctx)) = service_key().decapsulate_request(data) {
         // What the runtime does next: the inner request, and an encrypted answer.
-        if let Ok(inner) = serde_json::from_slice::<InnerRequest>(&plaintext) {
+        if let Ok(inner) = InnerRequest::from_plaintext(&plaintext) {
             if let Some(body) = inner.body {
                 let _ = serde_json::from_value::<oip::InferRequest>(body);
             }
@@ -387,7 +396,7 @@ fn session_frame(keys: &SessionKeys, grant: &SessionGrant, last: &mut u64, frame
         return;
     }
     *last = message.seq;
-    let _ = serde_json::from_slice::<InnerRequest>(&plain);
+    let _ = InnerRequest::from_plaintext(&plain);
     let _ = keys.seal_response(&grant.session_id, message.seq, &plain);
 }
 

@@ -15,6 +15,7 @@
 //!
 //! `docs/protocol.md` describes every message and binding byte for byte.
 
+mod aead;
 pub mod auth;
 mod b64;
 pub mod binding;

@@ -93,3 +93,176 @@ impl InnerResponse {
 /// length of the JSON part of a body whose tensors follow it as raw bytes. An infer request inside
 /// the channel carries it in `headers` with the whole body in `raw_body`, as the client sent it.
 pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
+/// First byte of an inner message in the framed form: `0x01`, the length of its JSON part as a
+/// 4-byte big-endian integer, the JSON part (the message without `raw_body`), then `raw_body`'s
+/// bytes as they are. A JSON message starts with `{` (or whitespace), so the two never meet. Binary
+/// infer requests and their binary answers travel framed, which spares base64 and a large JSON
+/// string on both sides (docs/protocol.md §7.4).
+pub const FRAMED_INNER: u8 = 0x01;
+
+/// Why an inner message's plaintext could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InnerMessageError {
+    /// The JSON (of a JSON message, or of a framed one's JSON part) does not parse. Class and
+    /// position only: serde's own text can quote the message.
+    #[error("{} error at line {} column {}", class(.0), .0.line(), .0.column())]
+    Json(serde_json::Error),
+    #[error("framed inner message: {0}")]
+    Frame(&'static str),
+}
+
+/// serde_json's error class (Syntax, Data, Eof, Io), by name.
+fn class(e: &serde_json::Error) -> String {
+    format!("{:?}", e.classify())
+}
+
+/// `json` and `raw` in the framed form.
+fn frame(json: &[u8], raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + json.len() + raw.len());
+    out.push(FRAMED_INNER);
+    // A JSON part over 4 GiB cannot come out of a request the runtime accepts (8 MiB).
+    out.extend_from_slice(&u32::try_from(json.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(json);
+    out.extend_from_slice(raw);
+    out
+}
+
+/// The JSON part and, for a framed message, the raw bytes.
+fn unframe(plain: &[u8]) -> Result<(&[u8], Option<&[u8]>), InnerMessageError> {
+    let Some((&FRAMED_INNER, rest)) = plain.split_first() else {
+        return Ok((plain, None));
+    };
+    let (len, rest) = rest
+        .split_first_chunk::<4>()
+        .ok_or(InnerMessageError::Frame("truncated length"))?;
+    let (json, raw) = rest
+        .split_at_checked(u32::from_be_bytes(*len) as usize)
+        .ok_or(InnerMessageError::Frame("JSON part longer than the message"))?;
+    Ok((json, Some(raw)))
+}
+
+/// Parses an inner message's plaintext, JSON or framed; a framed one's raw bytes become `raw_body`.
+fn read_inner<T: serde::de::DeserializeOwned>(
+    plain: &[u8],
+    raw_body: impl FnOnce(&mut T) -> &mut Option<Vec<u8>>,
+) -> Result<T, InnerMessageError> {
+    let (json, raw) = unframe(plain)?;
+    let mut message: T = serde_json::from_slice(json).map_err(InnerMessageError::Json)?;
+    if let Some(raw) = raw {
+        let slot = raw_body(&mut message);
+        if slot.is_some() {
+            return Err(InnerMessageError::Frame("raw_body given twice"));
+        }
+        *slot = Some(raw.to_vec());
+    }
+    Ok(message)
+}
+
+impl InnerRequest {
+    /// The plaintext of this request: framed when it is a binary infer request (its body as it
+    /// is), JSON otherwise (so that a peer from before the framed form reads every other request).
+    /// Zeroized when dropped.
+    pub fn into_plaintext(mut self) -> Result<zeroize::Zeroizing<Vec<u8>>, serde_json::Error> {
+        let raw = match self.headers.contains_key(INFERENCE_HEADER_CONTENT_LENGTH) {
+            true => self.raw_body.take(),
+            false => None,
+        };
+        let json = zeroize::Zeroizing::new(serde_json::to_vec(&self)?);
+        Ok(zeroize::Zeroizing::new(match raw {
+            Some(raw) => frame(&json, &zeroize::Zeroizing::new(raw)),
+            None => json.to_vec(),
+        }))
+    }
+
+    /// Reads a request's plaintext, JSON or framed.
+    pub fn from_plaintext(plain: &[u8]) -> Result<InnerRequest, InnerMessageError> {
+        read_inner(plain, |r: &mut InnerRequest| &mut r.raw_body)
+    }
+}
+
+impl InnerResponse {
+    /// The plaintext of this response: framed when it has a raw body, JSON otherwise. Zeroized
+    /// when dropped.
+    pub fn into_plaintext(mut self) -> Result<zeroize::Zeroizing<Vec<u8>>, serde_json::Error> {
+        let raw = self.raw_body.take();
+        let json = zeroize::Zeroizing::new(serde_json::to_vec(&self)?);
+        Ok(zeroize::Zeroizing::new(match raw {
+            Some(raw) => frame(&json, &zeroize::Zeroizing::new(raw)),
+            None => json.to_vec(),
+        }))
+    }
+
+    /// Reads a response's plaintext, JSON or framed.
+    pub fn from_plaintext(plain: &[u8]) -> Result<InnerResponse, InnerMessageError> {
+        read_inner(plain, |r: &mut InnerResponse| &mut r.raw_body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binary_request() -> InnerRequest {
+        InnerRequest {
+            method: "POST".into(),
+            path: "/v2/models/m/infer".into(),
+            sent_at: Some(1_800_000_000),
+            headers: BTreeMap::from([(INFERENCE_HEADER_CONTENT_LENGTH.into(), "2".into())]),
+            raw_body: Some(b"{}\x01\x00{\xff".to_vec()),
+            ..InnerRequest::default()
+        }
+    }
+
+    /// A binary infer request travels framed, its body byte for byte; any other request with a
+    /// raw body (a signed job request) stays JSON, which a peer from before the framed form reads.
+    #[test]
+    fn binary_requests_are_framed_and_read_back_exactly() {
+        let plain = binary_request().into_plaintext().unwrap();
+        assert_eq!(plain[0], FRAMED_INNER);
+        assert!(plain.ends_with(b"{}\x01\x00{\xff"));
+        let back = InnerRequest::from_plaintext(&plain).unwrap();
+        assert_eq!(back.raw_body, binary_request().raw_body);
+        assert_eq!((back.sent_at, back.path), (Some(1_800_000_000), "/v2/models/m/infer".into()));
+
+        let mut signed = binary_request();
+        signed.headers.clear();
+        let plain = signed.clone().into_plaintext().unwrap();
+        assert_eq!(plain[0], b'{');
+        let old: InnerRequest = serde_json::from_slice(&plain).unwrap();
+        assert_eq!(old.raw_body, signed.raw_body);
+        assert_eq!(InnerRequest::from_plaintext(&plain).unwrap().raw_body, signed.raw_body);
+
+        let resp = InnerResponse {
+            raw_body: Some(vec![0, 1, 2]),
+            ..InnerResponse::json(200, serde_json::Value::Null)
+        };
+        let plain = resp.into_plaintext().unwrap();
+        assert_eq!(plain[0], FRAMED_INNER);
+        assert_eq!(InnerResponse::from_plaintext(&plain).unwrap().raw_body, Some(vec![0, 1, 2]));
+        let plain = InnerResponse::json(404, serde_json::json!({"error": "x"})).into_plaintext().unwrap();
+        assert_eq!(InnerResponse::from_plaintext(&plain).unwrap().status, 404);
+    }
+
+    /// A framed message cut short, with a length past its end, or with a second raw body in its
+    /// JSON part is refused with the reason, never a panic.
+    #[test]
+    fn malformed_frames_are_refused() {
+        let plain = binary_request().into_plaintext().unwrap();
+        for cut in [1, 3, 5, 20] {
+            let e = InnerRequest::from_plaintext(&plain[..cut]).unwrap_err();
+            assert!(matches!(e, InnerMessageError::Frame(_) | InnerMessageError::Json(_)), "{e}");
+        }
+        let mut long = plain.to_vec();
+        long[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(InnerRequest::from_plaintext(&long).unwrap_err().to_string().contains("longer than the message"));
+        let mut twice = binary_request();
+        twice.headers.clear();
+        let json = serde_json::to_vec(&twice).unwrap();
+        let framed = frame(&json, b"more");
+        let e = InnerRequest::from_plaintext(&framed).unwrap_err();
+        assert!(e.to_string().contains("raw_body given twice"), "{e}");
+        let e = InnerRequest::from_plaintext(b"\x01\x00\x00\x00\x02{x").unwrap_err();
+        assert!(e.to_string().starts_with("Syntax error"), "{e}");
+    }
+}

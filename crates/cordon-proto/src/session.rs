@@ -35,8 +35,7 @@
 //! after authenticating, so forged messages cannot move the window.
 
 use crate::channel::{header, labelled_info, ChannelError, ServiceKeyPair, ENC_LEN, HDR_LEN};
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use crate::aead::Aes256GcmKey;
 use hkdf::Hkdf;
 use hpke::aead::AesGcm256;
 use hpke::kdf::HkdfSha256;
@@ -91,8 +90,8 @@ pub struct SessionGrant {
 
 /// The keys of one session, one key and nonce base per direction. Zeroized on drop.
 pub struct SessionKeys {
-    c2s: Aes256Gcm,
-    s2c: Aes256Gcm,
+    c2s: Aes256GcmKey,
+    s2c: Aes256GcmKey,
     nonce_c2s: Zeroizing<[u8; 12]>,
     nonce_s2c: Zeroizing<[u8; 12]>,
     server_nonce: [u8; SERVER_NONCE_LEN],
@@ -128,9 +127,9 @@ impl SessionKeys {
         nonce_c2s.copy_from_slice(&material[64..76]);
         nonce_s2c.copy_from_slice(&material[76..88]);
         SessionKeys {
-            // aes-gcm's key schedule zeroizes on drop (its `zeroize` feature).
-            c2s: Aes256Gcm::new(material[..32].into()),
-            s2c: Aes256Gcm::new(material[32..64].into()),
+            // The key bytes are zeroized with `material`; ring's key schedule is not (crate::aead).
+            c2s: Aes256GcmKey::new(key_bytes(&material[..32])),
+            s2c: Aes256GcmKey::new(key_bytes(&material[32..64])),
             nonce_c2s,
             nonce_s2c,
             server_nonce: *server_nonce,
@@ -154,8 +153,7 @@ impl SessionKeys {
         msg: &[u8],
     ) -> Result<Vec<u8>, ChannelError> {
         let (aead, base) = self.direction(to_client);
-        aead.encrypt(Nonce::from_slice(&nonce(base, seq)), Payload { msg, aad })
-            .map_err(|_| ChannelError::Encrypt)
+        aead.seal(&nonce(base, seq), aad, msg)
     }
 
     fn open(
@@ -166,18 +164,21 @@ impl SessionKeys {
         msg: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, ChannelError> {
         let (aead, base) = self.direction(to_client);
-        aead.decrypt(Nonce::from_slice(&nonce(base, seq)), Payload { msg, aad })
-            .map(Zeroizing::new)
-            .map_err(|_| ChannelError::Decrypt)
+        aead.open(&nonce(base, seq), aad, msg)
     }
 
-    fn direction(&self, to_client: bool) -> (&Aes256Gcm, &[u8; 12]) {
+    fn direction(&self, to_client: bool) -> (&Aes256GcmKey, &[u8; 12]) {
         if to_client {
             (&self.s2c, &self.nonce_s2c)
         } else {
             (&self.c2s, &self.nonce_c2s)
         }
     }
+}
+
+/// 32 key bytes of the derived material (slices of a fixed-size array: always 32 long).
+fn key_bytes(bytes: &[u8]) -> &[u8; 32] {
+    bytes.try_into().unwrap_or(&[0u8; 32])
 }
 
 fn nonce(base: &[u8; 12], seq: u64) -> [u8; 12] {

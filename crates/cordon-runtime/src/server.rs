@@ -23,8 +23,8 @@ use axum::{Json, Router};
 use cordon_proto::oip::{self, ErrorResponse, InferRequest};
 use cordon_proto::oip_binary::{self, BinaryOutputs};
 use cordon_proto::runtime::{
-    AttestationResponse, InnerRequest, InnerResponse, ENCRYPTED_RESPONSE_MEDIA_TYPE,
-    INFERENCE_HEADER_CONTENT_LENGTH,
+    AttestationResponse, InnerMessageError, InnerRequest, InnerResponse,
+    ENCRYPTED_RESPONSE_MEDIA_TYPE, INFERENCE_HEADER_CONTENT_LENGTH,
 };
 use cordon_proto::session::{SessionMessage, SessionSetup, SESSION_MESSAGE_MEDIA_TYPE};
 use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair, WireEndorsements};
@@ -603,26 +603,24 @@ async fn plain_infer(
 /// Decodes and serves one inner request (the plaintext of an encrypted message).
 async fn handle_inner(
     s: &Arc<RuntimeState>,
-    parsed: Result<InnerRequest, serde_json::Error>,
+    parsed: Result<InnerRequest, InnerMessageError>,
     channel: Channel,
 ) -> InnerResponse {
     let resp = match parsed {
         Ok(req) => route_inner(s, req, channel).await,
-        Err(e) => inner_error(
+        Err(e @ InnerMessageError::Json(_)) => inner_error(
             400,
-            format!(
-                "inner request is not valid JSON for a Cordon request: {}",
-                e.classify_name()
-            ),
+            format!("inner request is not valid JSON for a Cordon request: {e}"),
         ),
+        Err(e) => inner_error(400, format!("inner request is malformed: {e}")),
     };
     s.metrics.request(channel, resp.status);
     resp
 }
 
-fn encode_inner(resp: &InnerResponse) -> zeroize::Zeroizing<Vec<u8>> {
+fn encode_inner(resp: InnerResponse) -> zeroize::Zeroizing<Vec<u8>> {
     // Serializing a JSON value into memory cannot fail.
-    zeroize::Zeroizing::new(serde_json::to_vec(resp).unwrap_or_default())
+    resp.into_plaintext().unwrap_or_default()
 }
 
 async fn encrypted(
@@ -649,7 +647,7 @@ async fn encrypted(
     // one-shot request carries its client's clock and is unique by its `enc`: a replay is refused
     // before it is routed (nothing runs twice). One that does not parse runs nothing and is
     // answered with the reason, encrypted.
-    let parsed = serde_json::from_slice::<InnerRequest>(&inner);
+    let parsed = InnerRequest::from_plaintext(&inner);
     if let Ok(req) = &parsed {
         let Some(sent_at) = req.sent_at else {
             s.metrics.refused(RefusalKind::Replay);
@@ -664,7 +662,7 @@ async fn encrypted(
     }
     let inner_response = handle_inner(&s, parsed, Channel::Oneshot).await;
     drop(inner);
-    match response_ctx.encrypt_response(&encode_inner(&inner_response)) {
+    match response_ctx.encrypt_response(&encode_inner(inner_response)) {
         Ok(ct) => ([(header::CONTENT_TYPE, ENCRYPTED_RESPONSE_MEDIA_TYPE)], ct).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -785,12 +783,12 @@ async fn session_message(
         s.metrics.refused(RefusalKind::Busy);
         return busy("runtime busy: inference queue is full");
     }
-    let inner_response = handle_inner(&s, serde_json::from_slice(&inner), Channel::Session).await;
+    let inner_response = handle_inner(&s, InnerRequest::from_plaintext(&inner), Channel::Session).await;
     drop(inner);
     match session.keys().seal_response(
         &message.session_id,
         message.seq,
-        &encode_inner(&inner_response),
+        &encode_inner(inner_response),
     ) {
         Ok(ct) => ([(header::CONTENT_TYPE, SESSION_MESSAGE_MEDIA_TYPE)], ct).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -62,7 +62,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     batch_max_delay_us: u64,
     /// Only these paths (comma-separated: tcp_floor, engine, engine_oip, engine_ort, onnxruntime,
-    /// plain_http, hpke_oneshot, session, proxy, proxy_binary); default all.
+    /// plain_http, hpke_oneshot, session, session_binary, proxy, proxy_binary); default all.
     #[arg(long)]
     paths: Option<String>,
     /// Skip ONNX Runtime.
@@ -214,6 +214,8 @@ enum Path_ {
     Binary(reqwest::Client, String),
     Oneshot(cordon_client::VerifiedRuntime),
     Session(cordon_client::VerifiedRuntime),
+    /// The binary tensor data extension inside a session, without the proxy.
+    SessionBinary(cordon_client::VerifiedRuntime),
 }
 
 /// A client of one path: sessions are per client, as a real stream would keep one.
@@ -223,6 +225,15 @@ enum Client {
     Oneshot(Box<cordon_client::VerifiedRuntime>),
     // Boxed: a session holds its key schedules.
     Session(Box<cordon_client::Session>),
+    SessionBinary(Box<cordon_client::Session>),
+}
+
+/// A request as its client holds it before sending: JSON tensors, and for the binary paths the
+/// binary extension's body made from them once, outside the timing (a binary client has its
+/// tensors as bytes already, as NumPy arrays are).
+struct Prepared {
+    request: InferRequest,
+    binary: Option<(bytes::Bytes, usize)>,
 }
 
 impl Path_ {
@@ -232,12 +243,27 @@ impl Path_ {
             Path_::Binary(h, url) => Client::HttpBinary(h.clone(), url.clone()),
             Path_::Oneshot(rt) => Client::Oneshot(Box::new(rt.clone())),
             Path_::Session(rt) => Client::Session(Box::new(rt.open_session().await?)),
+            Path_::SessionBinary(rt) => {
+                Client::SessionBinary(Box::new(rt.open_session().await?))
+            }
         })
     }
 }
 
 impl Client {
-    async fn infer(&self, model: &str, req: &InferRequest) -> Result<()> {
+    fn prepare(&self, request: InferRequest) -> Result<Prepared> {
+        let binary = match self {
+            Client::HttpBinary(..) | Client::SessionBinary(_) => {
+                let (body, header_len) = binary_body(&request)?;
+                Some((body.into(), header_len))
+            }
+            _ => None,
+        };
+        Ok(Prepared { request, binary })
+    }
+
+    async fn infer(&self, model: &str, p: &Prepared) -> Result<()> {
+        let req = &p.request;
         match self {
             Client::Http(http, url) => {
                 let r = http
@@ -251,7 +277,7 @@ impl Client {
                 r.bytes().await?;
             }
             Client::HttpBinary(http, url) => {
-                let (body, header_len) = binary_body(req)?;
+                let (body, header_len) = p.binary.clone().context("no binary body")?;
                 let r = http
                     .post(format!("{url}/v2/models/{model}/infer"))
                     .header("content-type", "application/octet-stream")
@@ -263,6 +289,24 @@ impl Client {
                     bail!("{}: {}", r.status(), r.text().await.unwrap_or_default());
                 }
                 r.bytes().await?;
+            }
+            Client::SessionBinary(s) => {
+                let (body, header_len) = p.binary.clone().context("no binary body")?;
+                let inner = cordon_proto::runtime::InnerRequest {
+                    method: "POST".into(),
+                    path: format!("/v2/models/{model}/infer"),
+                    headers: [(
+                        cordon_proto::runtime::INFERENCE_HEADER_CONTENT_LENGTH.to_string(),
+                        header_len.to_string(),
+                    )]
+                    .into(),
+                    raw_body: Some(body.to_vec()),
+                    ..Default::default()
+                };
+                let resp = s.send(inner).await?;
+                if resp.status != 200 || resp.raw_body.is_none() {
+                    bail!("{}: {}", resp.status, resp.body);
+                }
             }
             Client::Oneshot(rt) => {
                 rt.infer(model, req).await?;
@@ -300,17 +344,19 @@ fn binary_body(req: &InferRequest) -> Result<(Vec<u8>, usize)> {
 async fn measure_sequential(path: &Path_, m: &BenchModel, a: &ServeArgs) -> Result<Figures> {
     let client = path.client().await?;
     for i in 0..50 {
-        client.infer(&m.served, &m.request(i, 1)).await?;
+        client
+            .infer(&m.served, &client.prepare(m.request(i, 1))?)
+            .await?;
     }
     let mut times = Vec::with_capacity(a.calls);
     for i in 0..a.calls {
-        let req = m.request(i, 1);
+        let req = client.prepare(m.request(i, 1))?;
         let t = Instant::now();
         client.infer(&m.served, &req).await?;
         times.push(t.elapsed());
     }
     times.sort();
-    let batch = m.request(0, a.batch_rows);
+    let batch = client.prepare(m.request(0, a.batch_rows))?;
     client.infer(&m.served, &batch).await?;
     let mut runs = 0;
     let t = Instant::now();
@@ -331,7 +377,9 @@ async fn measure_load(path: &Path_, m: &BenchModel, a: &ServeArgs) -> Result<f64
     let mut clients = Vec::new();
     for c in 0..a.concurrency {
         let client = path.client().await?;
-        let reqs: Vec<InferRequest> = (0..64).map(|i| m.request(c * 64 + i, 1)).collect();
+        let reqs = (0..64)
+            .map(|i| client.prepare(m.request(c * 64 + i, 1)))
+            .collect::<Result<Vec<_>>>()?;
         client.infer(&m.served, &reqs[0]).await?;
         clients.push((client, reqs));
     }
@@ -409,7 +457,8 @@ async fn make_paths(
     Ok(vec![
         ("plain_http", Path_::Plain(http.clone(), url.to_string())),
         ("hpke_oneshot", Path_::Oneshot(verified.clone())),
-        ("session", Path_::Session(verified)),
+        ("session", Path_::Session(verified.clone())),
+        ("session_binary", Path_::SessionBinary(verified)),
         ("proxy", Path_::Plain(http.clone(), proxy_url.to_string())),
         ("proxy_binary", Path_::Binary(http, proxy_url.to_string())),
     ])
@@ -789,6 +838,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             "plain_http",
             "hpke_oneshot",
             "session",
+            "session_binary",
             "proxy",
             "proxy_binary",
         ] {
