@@ -891,7 +891,7 @@ async fn handle(
                 Ok(StatusCode::OK) if binary_outputs.is_some() => {
                     binary_response(inner.body, binary_outputs.as_ref())
                 }
-                Ok(status) => with_retry_after((status, Json(inner.body)).into_response()),
+                Ok(status) => with_retry_after(json_answer(status, &inner.body)),
                 Err(_) => oip_error(
                     StatusCode::BAD_GATEWAY,
                     format!(
@@ -905,6 +905,20 @@ async fn handle(
     };
     tracing::debug!(%method, path, status = response.status().as_u16(), "request");
     response
+}
+
+/// A JSON answer, NaN and infinities of float outputs written as Triton writes them
+/// (`oip::response_json`).
+fn json_answer(status: StatusCode, body: &serde_json::Value) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        oip::response_json(body),
+    )
+        .into_response()
 }
 
 /// A binary-extension answer of the runtime, passed on as it came: its JSON header's length and
@@ -962,7 +976,7 @@ fn binary_response(
             bytes,
         )
             .into_response(),
-        Ok(None) => (StatusCode::OK, Json(body)).into_response(),
+        Ok(None) => json_answer(StatusCode::OK, &body),
         Err(e) => oip_error(StatusCode::BAD_GATEWAY, format!("cordon proxy: {e}")),
     }
 }

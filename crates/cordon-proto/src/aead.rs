@@ -78,7 +78,13 @@ mod tests {
             let msg: Vec<u8> = (0..len).map(|i| (i * 31) as u8).collect();
             let sealed = ours.seal(&nonce, b"aad", &msg).unwrap();
             let expected = theirs
-                .encrypt((&nonce).into(), Payload { msg: &msg, aad: b"aad" })
+                .encrypt(
+                    (&nonce).into(),
+                    Payload {
+                        msg: &msg,
+                        aad: b"aad",
+                    },
+                )
                 .unwrap();
             assert_eq!(sealed, expected, "{len} bytes");
             assert_eq!(*ours.open(&nonce, b"aad", &sealed).unwrap(), msg);
@@ -86,7 +92,9 @@ mod tests {
             let mut bad = sealed.clone();
             bad[len / 2] ^= 1;
             assert!(ours.open(&nonce, b"aad", &bad).is_err());
-            assert!(ours.open(&nonce, b"aad", &sealed[..sealed.len() - 1]).is_err());
+            assert!(ours
+                .open(&nonce, b"aad", &sealed[..sealed.len() - 1])
+                .is_err());
         }
     }
 }

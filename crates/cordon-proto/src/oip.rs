@@ -145,6 +145,99 @@ fn quote_non_finite_literals(bytes: &[u8]) -> Option<Vec<u8>> {
     out
 }
 
+/// The JSON text of a body as the HTTP surfaces (the proxy, the runtime's development route) send
+/// it: standard JSON, except that in the `data` of an FP16, FP32 or FP64 output, the elements the
+/// channel carries as the strings `"NaN"`, `"Infinity"` and `"-Infinity"` are written as the
+/// literals `NaN`, `Infinity` and `-Infinity`, as Triton writes them and Python's `json` reads them.
+/// A body with no such element is exactly `serde_json::to_vec`'s.
+pub fn response_json(body: &serde_json::Value) -> Vec<u8> {
+    use serde_json::Value;
+    fn special(v: &Value) -> bool {
+        match v {
+            Value::String(s) => matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity"),
+            Value::Array(items) => items.iter().any(special),
+            _ => false,
+        }
+    }
+    fn float_output(t: &Value) -> bool {
+        t.get("datatype")
+            .and_then(Value::as_str)
+            .is_some_and(|d| matches!(d, "FP16" | "FP32" | "FP64"))
+    }
+    fn write_data(v: &Value, out: &mut Vec<u8>) {
+        match v {
+            Value::String(s) if matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity") => {
+                out.extend_from_slice(s.as_bytes())
+            }
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_data(item, out);
+                }
+                out.push(b']');
+            }
+            other => write_value(other, out),
+        }
+    }
+    fn write_value(v: &Value, out: &mut Vec<u8>) {
+        // Writing a JSON value into memory cannot fail.
+        let _ = serde_json::to_writer(&mut *out, v);
+    }
+    fn write_object<'a>(
+        map: impl Iterator<Item = (&'a String, &'a Value)>,
+        out: &mut Vec<u8>,
+        mut field: impl FnMut(&str, &Value, &mut Vec<u8>),
+    ) {
+        out.push(b'{');
+        for (i, (k, v)) in map.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut *out, k);
+            out.push(b':');
+            field(k, v, out);
+        }
+        out.push(b'}');
+    }
+    let needs = body
+        .get("outputs")
+        .and_then(Value::as_array)
+        .is_some_and(|o| {
+            o.iter()
+                .any(|t| float_output(t) && t.get("data").is_some_and(special))
+        });
+    let Some(map) = body.as_object().filter(|_| needs) else {
+        // Serializing a JSON value into memory cannot fail.
+        return serde_json::to_vec(body).unwrap_or_default();
+    };
+    let mut out = Vec::new();
+    write_object(map.iter(), &mut out, |k, v, out| match (k, v) {
+        ("outputs", Value::Array(tensors)) => {
+            out.push(b'[');
+            for (i, t) in tensors.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                match t.as_object() {
+                    Some(tensor) if float_output(t) => {
+                        write_object(tensor.iter(), out, |k, v, out| match k {
+                            "data" => write_data(v, out),
+                            _ => write_value(v, out),
+                        })
+                    }
+                    _ => write_value(t, out),
+                }
+            }
+            out.push(b']');
+        }
+        _ => write_value(v, out),
+    });
+    out
+}
+
 /// What is structurally wrong with an infer request body, in words that name the field and never
 /// quote a value (request data is the client's secret; field names are the protocol's). `None`
 /// when the body has the request's shape; element values are checked against the model later.
@@ -259,6 +352,35 @@ fn kind(v: &serde_json::Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// NaN and infinities of float outputs are written as Triton writes them (and read back by
+    /// [`parse_json_body`]); the same text in a BYTES output, or anywhere else, stays a string;
+    /// a body without them is serde_json's own text.
+    #[test]
+    fn float_outputs_write_nan_and_infinities_as_literals() {
+        let body = serde_json::json!({
+            "model_name": "m",
+            "outputs": [
+                {"name": "p", "datatype": "FP32", "shape": [2, 2], "data": [[1.5, "NaN"], ["Infinity", "-Infinity"]]},
+                {"name": "s", "datatype": "BYTES", "shape": [1], "data": ["NaN"]},
+            ],
+            "id": "NaN",
+        });
+        let text = String::from_utf8(response_json(&body)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"model_name":"m","outputs":[{"name":"p","datatype":"FP32","shape":[2,2],"data":[[1.5,NaN],[Infinity,-Infinity]]},{"name":"s","datatype":"BYTES","shape":[1],"data":["NaN"]}],"id":"NaN"}"#
+        );
+        // What a reader of Python's literals makes of it: the strings this crate reads as floats.
+        let back = parse_json_body(text.as_bytes()).unwrap();
+        assert_eq!(back, body);
+        let plain = serde_json::json!({"outputs": [{"name": "p", "datatype": "FP64", "shape": [1], "data": [0.25]}]});
+        assert_eq!(response_json(&plain), serde_json::to_vec(&plain).unwrap());
+        assert_eq!(
+            response_json(&serde_json::json!({"error": "NaN"})),
+            br#"{"error":"NaN"}"#
+        );
+    }
     use serde_json::json;
 
     #[test]

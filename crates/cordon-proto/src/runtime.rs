@@ -138,7 +138,9 @@ fn unframe(plain: &[u8]) -> Result<(&[u8], Option<&[u8]>), InnerMessageError> {
         .ok_or(InnerMessageError::Frame("truncated length"))?;
     let (json, raw) = rest
         .split_at_checked(u32::from_be_bytes(*len) as usize)
-        .ok_or(InnerMessageError::Frame("JSON part longer than the message"))?;
+        .ok_or(InnerMessageError::Frame(
+            "JSON part longer than the message",
+        ))?;
     Ok((json, Some(raw)))
 }
 
@@ -223,7 +225,10 @@ mod tests {
         assert!(plain.ends_with(b"{}\x01\x00{\xff"));
         let back = InnerRequest::from_plaintext(&plain).unwrap();
         assert_eq!(back.raw_body, binary_request().raw_body);
-        assert_eq!((back.sent_at, back.path), (Some(1_800_000_000), "/v2/models/m/infer".into()));
+        assert_eq!(
+            (back.sent_at, back.path),
+            (Some(1_800_000_000), "/v2/models/m/infer".into())
+        );
 
         let mut signed = binary_request();
         signed.headers.clear();
@@ -231,7 +236,10 @@ mod tests {
         assert_eq!(plain[0], b'{');
         let old: InnerRequest = serde_json::from_slice(&plain).unwrap();
         assert_eq!(old.raw_body, signed.raw_body);
-        assert_eq!(InnerRequest::from_plaintext(&plain).unwrap().raw_body, signed.raw_body);
+        assert_eq!(
+            InnerRequest::from_plaintext(&plain).unwrap().raw_body,
+            signed.raw_body
+        );
 
         let resp = InnerResponse {
             raw_body: Some(vec![0, 1, 2]),
@@ -239,8 +247,13 @@ mod tests {
         };
         let plain = resp.into_plaintext().unwrap();
         assert_eq!(plain[0], FRAMED_INNER);
-        assert_eq!(InnerResponse::from_plaintext(&plain).unwrap().raw_body, Some(vec![0, 1, 2]));
-        let plain = InnerResponse::json(404, serde_json::json!({"error": "x"})).into_plaintext().unwrap();
+        assert_eq!(
+            InnerResponse::from_plaintext(&plain).unwrap().raw_body,
+            Some(vec![0, 1, 2])
+        );
+        let plain = InnerResponse::json(404, serde_json::json!({"error": "x"}))
+            .into_plaintext()
+            .unwrap();
         assert_eq!(InnerResponse::from_plaintext(&plain).unwrap().status, 404);
     }
 
@@ -251,11 +264,17 @@ mod tests {
         let plain = binary_request().into_plaintext().unwrap();
         for cut in [1, 3, 5, 20] {
             let e = InnerRequest::from_plaintext(&plain[..cut]).unwrap_err();
-            assert!(matches!(e, InnerMessageError::Frame(_) | InnerMessageError::Json(_)), "{e}");
+            assert!(
+                matches!(e, InnerMessageError::Frame(_) | InnerMessageError::Json(_)),
+                "{e}"
+            );
         }
         let mut long = plain.to_vec();
         long[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(InnerRequest::from_plaintext(&long).unwrap_err().to_string().contains("longer than the message"));
+        assert!(InnerRequest::from_plaintext(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("longer than the message"));
         let mut twice = binary_request();
         twice.headers.clear();
         let json = serde_json::to_vec(&twice).unwrap();

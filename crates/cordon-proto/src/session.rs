@@ -34,8 +34,8 @@
 //! has accepted in that session, which rejects replayed and reordered messages; it checks that
 //! after authenticating, so forged messages cannot move the window.
 
-use crate::channel::{header, labelled_info, ChannelError, ServiceKeyPair, ENC_LEN, HDR_LEN};
 use crate::aead::Aes256GcmKey;
+use crate::channel::{header, labelled_info, ChannelError, ServiceKeyPair, ENC_LEN, HDR_LEN};
 use hkdf::Hkdf;
 use hpke::aead::AesGcm256;
 use hpke::kdf::HkdfSha256;

@@ -708,15 +708,21 @@ fn from_tract(name: &str, value: &TValue) -> Result<HostTensor, EngineError> {
 }
 
 impl HostTensor {
-    /// The protocol's JSON tensor; FP16 elements are written as the numbers they are.
+    /// The protocol's JSON tensor; FP16 elements are written as the numbers they are, NaN and
+    /// infinities as `"NaN"`, `"Infinity"`, `"-Infinity"`.
     pub fn into_oip(self, name: &str) -> Tensor {
         fn json<T: Into<Value>>(v: Vec<T>) -> Value {
             Value::Array(v.into_iter().map(Into::into).collect())
         }
+        // NaN and the infinities as the strings the channel carries them as
+        // (`oip_binary::float_value`); the HTTP surfaces write them as Triton's literals.
+        fn floats(v: impl Iterator<Item = f64>) -> Value {
+            Value::Array(v.map(cordon_proto::oip_binary::float_value).collect())
+        }
         let (datatype, data) = match self.data {
-            HostData::F32(v) => ("FP32", json(v)),
-            HostData::F64(v) => ("FP64", json(v)),
-            HostData::F16(v) => ("FP16", json(v.into_iter().map(f32::from).collect())),
+            HostData::F32(v) => ("FP32", floats(v.into_iter().map(f64::from))),
+            HostData::F64(v) => ("FP64", floats(v.into_iter())),
+            HostData::F16(v) => ("FP16", floats(v.into_iter().map(f64::from))),
             HostData::I64(v) => ("INT64", json(v)),
             HostData::I32(v) => ("INT32", json(v)),
             HostData::I16(v) => ("INT16", json(v)),

@@ -591,7 +591,15 @@ async fn plain_infer(
             raw,
         )
             .into_response(),
-        _ => (status, Json(resp.body)).into_response(),
+        _ => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            oip::response_json(&resp.body),
+        )
+            .into_response(),
     };
     if resp.status == 503 {
         out.headers_mut()
@@ -783,7 +791,8 @@ async fn session_message(
         s.metrics.refused(RefusalKind::Busy);
         return busy("runtime busy: inference queue is full");
     }
-    let inner_response = handle_inner(&s, InnerRequest::from_plaintext(&inner), Channel::Session).await;
+    let inner_response =
+        handle_inner(&s, InnerRequest::from_plaintext(&inner), Channel::Session).await;
     drop(inner);
     match session.keys().seal_response(
         &message.session_id,

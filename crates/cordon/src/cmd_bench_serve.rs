@@ -243,9 +243,7 @@ impl Path_ {
             Path_::Binary(h, url) => Client::HttpBinary(h.clone(), url.clone()),
             Path_::Oneshot(rt) => Client::Oneshot(Box::new(rt.clone())),
             Path_::Session(rt) => Client::Session(Box::new(rt.open_session().await?)),
-            Path_::SessionBinary(rt) => {
-                Client::SessionBinary(Box::new(rt.open_session().await?))
-            }
+            Path_::SessionBinary(rt) => Client::SessionBinary(Box::new(rt.open_session().await?)),
         })
     }
 }

@@ -26,14 +26,22 @@ struct Rig {
 
 impl Rig {
     fn new() -> Rig {
+        Rig::serving(&[
+            ("lr", "breast_cancer_lr.onnx"),
+            ("mlp", "breast_cancer_mlp.onnx"),
+        ])
+    }
+
+    /// The rig, serving `models` (name, file under models/).
+    fn serving(models: &[(&str, &str)]) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| dir.path().join(n);
         ok(&["keygen", "--out", &s(&p("owner.key"))]);
         ok(&["sim", "keygen", "--out", &s(&p("hw.key"))]);
-        for m in ["lr", "mlp"] {
+        for &(m, file) in models {
             ok(&[
                 "seal",
-                &format!("{MODELS}/breast_cancer_{m}.onnx"),
+                &format!("{MODELS}/{file}"),
                 "--out",
                 &s(&p(&format!("{m}.sealed"))),
                 "--key-out",
@@ -47,7 +55,7 @@ impl Rig {
         let (kbs, kbs_url) = start_kbs(dir.path(), "kbs");
         let signer = std::fs::read_to_string(p("owner.pub")).unwrap();
         let mut config = format!("kbs_url = \"{kbs_url}\"\n");
-        for m in ["lr", "mlp"] {
+        for &(m, _) in models {
             let inspected = ok(&["inspect", &s(&p(&format!("{m}.sealed")))]);
             let digest = inspected
                 .lines()
@@ -75,7 +83,7 @@ impl Rig {
             format!("platforms = [\"sim\"]\nlaunch_measurements = [\"{measurement_a}\", \"{measurement_b}\"]\n"),
         )
         .unwrap();
-        for m in ["lr", "mlp"] {
+        for &(m, _) in models {
             ok(&[
                 "kbs",
                 "register",
@@ -473,4 +481,62 @@ fn the_proxy_follows_a_runtime_restart_and_refuses_one_its_policy_rejects() {
     assert!(st["hpke_public_key"].is_null());
     assert_eq!(st["counters"]["key_changes"], 1);
     assert_eq!(st["counters"]["verifications_failed"], 1);
+}
+
+/// BYTES and every other datatype from the stock Triton clients (tritonclient from PyPI, on their
+/// defaults: binary tensors over HTTP and raw contents over gRPC, and JSON over HTTP) through the
+/// proxy and the encrypted channel to a runtime serving the Identity model of every datatype
+/// (models/oip/datatypes.onnx): each output equals its input, datatype and shape included
+/// (crates/cordon/tests/stock_clients/triton_datatypes.py holds the checks).
+#[test]
+fn the_stock_clients_send_and_receive_every_datatype_bytes_included() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let fetched = std::process::Command::new("bash")
+        .arg(root.join("scripts/fetch-python-clients.sh"))
+        .arg(std::env::temp_dir().join("cordon-python-clients"))
+        .output()
+        .unwrap();
+    assert!(
+        fetched.status.success(),
+        "fetching the Python clients failed: {}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    let python = String::from_utf8(fetched.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let rig = Rig::serving(&[("dt", "oip/datatypes.onnx")]);
+    let (_rt, url) = rig.runtime("a.toml", "127.0.0.1:0");
+    let policy = rig.client_policy("client.toml", &rig.measurement_a);
+    let grpc_addr = rig.path("grpc.addr");
+    let (_proxy, proxy_url) = start_proxy(
+        rig.dir.path(),
+        &url,
+        &policy,
+        "proxy",
+        &[
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--grpc-addr-file",
+            &s(&grpc_addr),
+        ],
+    );
+    let grpc = std::fs::read_to_string(&grpc_addr).unwrap();
+    let out = std::process::Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stock_clients/triton_datatypes.py"))
+        .arg(proxy_url.trim_start_matches("http://"))
+        .arg(grpc.trim())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+    // Every datatype, over each of the three ways.
+    for way in ["http_binary", "http_json", "grpc"] {
+        assert_eq!(summary[way].as_array().map(Vec::len), Some(13), "{summary}");
+    }
 }
