@@ -9,7 +9,7 @@ pub enum SealError {
         "not a Cordon sealed artifact: it does not begin with \"CORDSEAL\" (it begins {found:?})"
     )]
     BadMagic { found: String },
-    #[error("sealed format version {0} is not supported (this build reads version 1)")]
+    #[error("sealed format version {0} is not supported (this build reads versions 1 and 2)")]
     Version(u16),
     #[error("sealed header is truncated: {0}")]
     TruncatedHeader(&'static str),
@@ -35,8 +35,13 @@ pub enum SealError {
     Truncated { expected: u64, found: u64 },
     #[error("sealed artifact has unexpected bytes after its final chunk (at least {0})")]
     TrailingData(u64),
-    #[error("plaintext SHA-256 mismatch: manifest says {expected}, content hashes to {found}")]
-    DigestMismatch { expected: String, found: String },
+    #[error("plaintext {digest} mismatch: manifest says {expected}, content hashes to {found}")]
+    DigestMismatch {
+        /// `SHA-256` (format 1) or `BLAKE3` (format 2).
+        digest: &'static str,
+        expected: String,
+        found: String,
+    },
     #[error("input changed while sealing: expected {expected} bytes, read {found}")]
     InputChanged { expected: u64, found: u64 },
     /// Memory for a size that the manifest names (the plaintext of an in-memory unseal, or one

@@ -12,8 +12,6 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 pub const MAGIC: &[u8; 8] = b"CORDSEAL";
-pub const FORMAT_VERSION: u16 = 1;
-pub const FORMAT_NAME: &str = "cordon-sealed/1";
 pub const AEAD_NAME: &str = "AES-256-GCM";
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 /// Chunks larger than this are refused, which bounds the memory a reader needs.
@@ -24,11 +22,86 @@ const SIGNATURE_CONTEXT: &[u8] = b"cordon sealed manifest v1\0";
 const COMMITMENT_CONTEXT: &[u8] = b"cordon sealed dek commitment v1\0";
 const HEADER_FIXED_LEN: u64 = 8 + 2 + 4;
 
+/// A version of the sealed format (docs/sealed-format.md). They differ only in the digest of the
+/// whole plaintext that the signed manifest names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormatVersion {
+    /// `cordon-sealed/1`: SHA-256 (`plaintext_sha256`), readable by every Cordon release.
+    V1,
+    /// `cordon-sealed/2`: BLAKE3 (`plaintext_blake3`), about 2.6 times faster here; read by releases
+    /// from the one that introduced it (older ones refuse it: "format version 2 is not supported").
+    V2,
+}
+
+impl FormatVersion {
+    /// The header's version number.
+    pub fn number(self) -> u16 {
+        match self {
+            FormatVersion::V1 => 1,
+            FormatVersion::V2 => 2,
+        }
+    }
+
+    /// The manifest's `format`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FormatVersion::V1 => "cordon-sealed/1",
+            FormatVersion::V2 => "cordon-sealed/2",
+        }
+    }
+
+    fn from_number(n: u16) -> Option<FormatVersion> {
+        match n {
+            1 => Some(FormatVersion::V1),
+            2 => Some(FormatVersion::V2),
+            _ => None,
+        }
+    }
+
+    fn digest_name(self) -> &'static str {
+        match self {
+            FormatVersion::V1 => "SHA-256",
+            FormatVersion::V2 => "BLAKE3",
+        }
+    }
+
+    fn hasher(self) -> PlaintextHasher {
+        match self {
+            FormatVersion::V1 => PlaintextHasher::Sha256(Sha256::new()),
+            FormatVersion::V2 => PlaintextHasher::Blake3(Box::new(blake3::Hasher::new())),
+        }
+    }
+}
+
+/// The digest of the whole plaintext, of the artifact's format version.
+enum PlaintextHasher {
+    Sha256(Sha256),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl PlaintextHasher {
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            PlaintextHasher::Sha256(h) => h.update(data),
+            PlaintextHasher::Blake3(h) => {
+                h.update(data);
+            }
+        }
+    }
+
+    fn finalize_hex(self) -> String {
+        match self {
+            PlaintextHasher::Sha256(h) => hex::encode(h.finalize()),
+            PlaintextHasher::Blake3(h) => h.finalize().to_hex().to_string(),
+        }
+    }
+}
+
 /// The signed description of a sealed artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// Always `cordon-sealed/1`.
+    /// `cordon-sealed/2`, or `cordon-sealed/1` ([`FormatVersion`]).
     pub format: String,
     pub name: String,
     pub version: String,
@@ -36,8 +109,12 @@ pub struct Manifest {
     /// Names the DEK at the key broker (32 hex digits, random).
     pub key_id: String,
     pub plaintext_size: u64,
-    /// Lowercase hex.
-    pub plaintext_sha256: String,
+    /// Format 1: SHA-256 of the plaintext, lowercase hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plaintext_sha256: Option<String>,
+    /// Format 2: BLAKE3 of the plaintext, lowercase hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plaintext_blake3: Option<String>,
     pub chunk_size: u32,
     /// Always `AES-256-GCM`.
     pub aead: String,
@@ -70,14 +147,41 @@ impl Manifest {
         self.plaintext_size.min(u64::from(self.chunk_size)) + TAG_LEN as u64
     }
 
+    /// The format version the manifest names.
+    pub fn format_version(&self) -> Result<FormatVersion, SealError> {
+        [FormatVersion::V1, FormatVersion::V2]
+            .into_iter()
+            .find(|v| v.name() == self.format)
+            .ok_or_else(|| {
+                SealError::Manifest(format!(
+                    "format is {:?}, expected \"cordon-sealed/1\" or \"cordon-sealed/2\"",
+                    self.format
+                ))
+            })
+    }
+
+    /// The plaintext digest the manifest names (hex), the one of its format version.
+    pub fn plaintext_digest(&self) -> Option<&str> {
+        match self.format_version().ok()? {
+            FormatVersion::V1 => self.plaintext_sha256.as_deref(),
+            FormatVersion::V2 => self.plaintext_blake3.as_deref(),
+        }
+    }
+
+    /// Whether `plaintext` is the content this manifest names (its size and its digest).
+    pub fn names_plaintext(&self, plaintext: &[u8]) -> bool {
+        let Ok(version) = self.format_version() else {
+            return false;
+        };
+        let mut h = version.hasher();
+        h.update(plaintext);
+        plaintext.len() as u64 == self.plaintext_size
+            && self.plaintext_digest() == Some(h.finalize_hex().as_str())
+    }
+
     fn check(&self) -> Result<(), SealError> {
         let bad = |m: String| Err(SealError::Manifest(m));
-        if self.format != FORMAT_NAME {
-            return bad(format!(
-                "format is {:?}, expected {FORMAT_NAME:?}",
-                self.format
-            ));
-        }
+        let version = self.format_version()?;
         if self.aead != AEAD_NAME {
             return bad(format!(
                 "aead is {:?}, this build supports {AEAD_NAME:?}",
@@ -94,8 +198,26 @@ impl Manifest {
             return bad("too many chunks for a 32-bit chunk counter".into());
         }
         self.nonce_prefix()?;
-        if hex_array::<32>(&self.plaintext_sha256, "plaintext_sha256").is_err() {
-            return bad("plaintext_sha256 must be 32 bytes of hex".into());
+        // Exactly the digest of the format's version, 32 bytes of hex.
+        let (field, digest, other) = match version {
+            FormatVersion::V1 => (
+                "plaintext_sha256",
+                &self.plaintext_sha256,
+                &self.plaintext_blake3,
+            ),
+            FormatVersion::V2 => (
+                "plaintext_blake3",
+                &self.plaintext_blake3,
+                &self.plaintext_sha256,
+            ),
+        };
+        if other.is_some() {
+            return bad(format!("{} has no other digest than {field}", self.format));
+        }
+        match digest {
+            Some(d) if hex_array::<32>(d, field).is_ok() => {}
+            Some(_) => return bad(format!("{field} must be 32 bytes of hex")),
+            None => return bad(format!("{} needs {field}", self.format)),
         }
         hex_array::<32>(&self.dek_commitment, "dek_commitment")?;
         self.signer_key()?;
@@ -163,6 +285,8 @@ pub struct SealOptions {
     pub version: String,
     pub media_type: String,
     pub chunk_size: u32,
+    /// [`FormatVersion::V2`] by default; [`FormatVersion::V1`] for readers from before it.
+    pub format: FormatVersion,
 }
 
 impl Default for SealOptions {
@@ -172,8 +296,105 @@ impl Default for SealOptions {
             version: "1".into(),
             media_type: "application/octet-stream".into(),
             chunk_size: DEFAULT_CHUNK_SIZE,
+            format: FormatVersion::V2,
         }
     }
+}
+
+/// Plaintext bytes per step of the two-thread pipeline (whole chunks, at least one): while one
+/// thread hashes a batch, the other encrypts and writes the previous one and reads the next.
+/// Small enough that a batch is still in the cache when the second thread reads it.
+const BATCH_BYTES: u64 = 1 << 20;
+
+/// Artifacts larger than this are sealed and unsealed on two threads; smaller ones on one (a
+/// thread costs more than it saves there).
+const PARALLEL_FROM: u64 = 4 << 20;
+
+/// The chunks of an artifact, `(index, plaintext length)`, in batches of about [`BATCH_BYTES`].
+fn chunk_batches(
+    size: u64,
+    chunk_size: u32,
+    chunks: u64,
+) -> impl Iterator<Item = Vec<(u64, usize)>> {
+    let per_batch = (BATCH_BYTES / u64::from(chunk_size)).max(1);
+    (0..chunks).step_by(per_batch as usize).map(move |first| {
+        (first..(first + per_batch).min(chunks))
+            .map(|i| {
+                let start = i * u64::from(chunk_size);
+                (i, (size - start).min(u64::from(chunk_size)) as usize)
+            })
+            .collect()
+    })
+}
+
+/// A batch in a buffer: its chunks `(index, plaintext length)` and where their plaintext lies.
+type Filled = (Vec<(u64, usize)>, Vec<std::ops::Range<usize>>);
+
+/// The two-thread pipeline of sealing and unsealing: `fill` puts the next batch into a buffer
+/// (`None` when there is none left), the plaintext it names is hashed, then `after` finishes the
+/// batch. With `parallel`, the hashing runs on a second thread, one batch behind `fill`, over the
+/// two buffers in turn; else all three run here, one batch at a time. Either way every batch is
+/// hashed in order, and `after` sees each batch once its plaintext is hashed.
+fn hashed_pipeline(
+    parallel: bool,
+    hasher: PlaintextHasher,
+    buffers: [Zeroizing<Vec<u8>>; 2],
+    mut fill: impl FnMut(&mut [u8]) -> Result<Option<Filled>, SealError>,
+    mut after: impl FnMut(&mut [u8], Filled) -> Result<(), SealError>,
+) -> Result<PlaintextHasher, SealError> {
+    let hash = |hasher: &mut PlaintextHasher, buf: &[u8], filled: &Filled| {
+        for r in &filled.1 {
+            hasher.update(&buf[r.clone()]);
+        }
+    };
+    if !parallel {
+        let [mut buf, _] = buffers;
+        let mut hasher = hasher;
+        while let Some(filled) = fill(&mut buf)? {
+            hash(&mut hasher, &buf, &filled);
+            after(&mut buf, filled)?;
+        }
+        return Ok(hasher);
+    }
+    std::thread::scope(|s| {
+        let (to_hasher, batches) = std::sync::mpsc::sync_channel::<(Zeroizing<Vec<u8>>, Filled)>(2);
+        let (hashed_tx, hashed) = std::sync::mpsc::sync_channel(2);
+        let worker = s.spawn(move || {
+            let mut hasher = hasher;
+            for (buf, filled) in batches {
+                hash(&mut hasher, &buf, &filled);
+                if hashed_tx.send((buf, filled)).is_err() {
+                    break;
+                }
+            }
+            hasher
+        });
+        let mut free: Vec<Zeroizing<Vec<u8>>> = buffers.into();
+        let mut in_flight = 0;
+        let mut ended = false;
+        let stopped = || SealError::Manifest("the hashing thread stopped".into());
+        loop {
+            while !ended {
+                let Some(mut buf) = free.pop() else { break };
+                match fill(&mut buf)? {
+                    Some(filled) => {
+                        to_hasher.send((buf, filled)).map_err(|_| stopped())?;
+                        in_flight += 1;
+                    }
+                    None => ended = true,
+                }
+            }
+            if in_flight == 0 {
+                break;
+            }
+            let (mut buf, filled) = hashed.recv().map_err(|_| stopped())?;
+            in_flight -= 1;
+            after(&mut buf, filled)?;
+            free.push(buf);
+        }
+        drop(to_hasher);
+        worker.join().map_err(|_| stopped())
+    })
 }
 
 /// Seals `size` bytes from `input` into `output` under a fresh DEK, signing the manifest with `owner`.
@@ -234,14 +455,16 @@ pub(crate) fn seal_with_key<R: Read, W: Write + Seek>(
     progress: &mut dyn FnMut(u64),
     (dek, key_id, prefix): (Dek, String, [u8; 7]),
 ) -> Result<(SealedHeader, KeyFile), SealError> {
+    let version = options.format;
     let mut manifest = Manifest {
-        format: FORMAT_NAME.into(),
+        format: version.name().into(),
         name: options.name.clone(),
         version: options.version.clone(),
         media_type: options.media_type.clone(),
         key_id: key_id.clone(),
         plaintext_size: size,
-        plaintext_sha256: "0".repeat(64),
+        plaintext_sha256: (version == FormatVersion::V1).then(|| "0".repeat(64)),
+        plaintext_blake3: (version == FormatVersion::V2).then(|| "0".repeat(64)),
         chunk_size: options.chunk_size,
         aead: AEAD_NAME.into(),
         nonce_prefix: hex::encode(prefix),
@@ -259,35 +482,53 @@ pub(crate) fn seal_with_key<R: Read, W: Write + Seek>(
     }
     let start = output.stream_position()?;
     output.write_all(MAGIC)?;
-    output.write_all(&FORMAT_VERSION.to_le_bytes())?;
+    output.write_all(&version.number().to_le_bytes())?;
     output.write_all(&(placeholder.len() as u32).to_le_bytes())?;
     output.write_all(&placeholder)?;
     output.write_all(&[0u8; 64])?;
 
     let cipher = chunk_cipher(&dek)?;
-    let chunk_size = options.chunk_size as usize;
-    // One chunk, or less when the whole input is smaller (`check` bounded the chunk size).
-    let mut buf = zeroed_buffer(size.min(u64::from(options.chunk_size)), "chunk")?;
-    let mut hasher = Sha256::new();
     let chunks = manifest.chunk_count();
+    // Two batch buffers: one being hashed while the other is encrypted, written and refilled.
+    let batch_len = size.min(BATCH_BYTES.max(u64::from(options.chunk_size)));
+    let buffers = [
+        zeroed_buffer(batch_len, "batch")?,
+        zeroed_buffer(batch_len, "batch")?,
+    ];
+    let mut batches = chunk_batches(size, options.chunk_size, chunks);
+    let mut read: u64 = 0;
     let mut done: u64 = 0;
-    for index in 0..chunks {
-        let len = (size - done).min(chunk_size as u64) as usize;
-        read_exact_or(&mut input, &mut buf[..len], size, done)?;
-        hasher.update(&buf[..len]);
-        let nonce = chunk_nonce(&prefix, index, index + 1 == chunks);
-        let tag = cipher
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::empty(),
-                &mut buf[..len],
-            )
-            .map_err(|_| SealError::Manifest("AES-GCM refused the chunk".into()))?;
-        output.write_all(&buf[..len])?;
-        output.write_all(tag.as_ref())?;
-        done += len as u64;
+    let fill = |buf: &mut [u8]| {
+        let Some(batch) = batches.next() else {
+            return Ok(None);
+        };
+        let len: usize = batch.iter().map(|c| c.1).sum();
+        read_exact_or(&mut input, &mut buf[..len], size, read)?;
+        read += len as u64;
+        // One range: the batch's plaintext is contiguous before it is encrypted.
+        Ok(Some((batch, std::iter::once(0..len).collect())))
+    };
+    let after = |buf: &mut [u8], (batch, _): Filled| {
+        let mut at = 0;
+        for (index, len) in batch {
+            let nonce = chunk_nonce(&prefix, index, index + 1 == chunks);
+            let chunk = &mut buf[at..at + len];
+            let tag = cipher
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    chunk,
+                )
+                .map_err(|_| SealError::Manifest("AES-GCM refused the chunk".into()))?;
+            output.write_all(chunk)?;
+            output.write_all(tag.as_ref())?;
+            at += len;
+        }
+        done += at as u64;
         progress(done);
-    }
+        Ok(())
+    };
+    let hasher = hashed_pipeline(size > PARALLEL_FROM, version.hasher(), buffers, fill, after)?;
     let mut probe = [0u8; 1];
     if input.read(&mut probe)? != 0 {
         return Err(SealError::InputChanged {
@@ -296,7 +537,11 @@ pub(crate) fn seal_with_key<R: Read, W: Write + Seek>(
         });
     }
 
-    manifest.plaintext_sha256 = hex::encode(hasher.finalize());
+    let digest = Some(hasher.finalize_hex());
+    match version {
+        FormatVersion::V1 => manifest.plaintext_sha256 = digest,
+        FormatVersion::V2 => manifest.plaintext_blake3 = digest,
+    }
     let manifest_bytes =
         serde_json::to_vec(&manifest).map_err(|e| SealError::Manifest(e.to_string()))?;
     if manifest_bytes.len() != placeholder.len() {
@@ -414,10 +659,8 @@ pub fn read_header<R: Read>(input: &mut R) -> Result<SealedHeader, SealError> {
             "magic, version and manifest length",
         ));
     }
-    let version = u16::from_le_bytes([fixed[8], fixed[9]]);
-    if version != FORMAT_VERSION {
-        return Err(SealError::Version(version));
-    }
+    let number = u16::from_le_bytes([fixed[8], fixed[9]]);
+    let version = FormatVersion::from_number(number).ok_or(SealError::Version(number))?;
     let len = u32::from_le_bytes([fixed[10], fixed[11], fixed[12], fixed[13]]) as usize;
     if len > MAX_MANIFEST_LEN {
         return Err(SealError::ManifestTooLarge(len, MAX_MANIFEST_LEN));
@@ -429,6 +672,14 @@ pub fn read_header<R: Read>(input: &mut R) -> Result<SealedHeader, SealError> {
     let manifest: Manifest =
         serde_json::from_slice(&manifest_bytes).map_err(|e| SealError::Manifest(e.to_string()))?;
     manifest.check()?;
+    // The header's version and the signed manifest's must agree: the version number is outside
+    // the signature.
+    if manifest.format_version()? != version {
+        return Err(SealError::Manifest(format!(
+            "the header says format version {number}, the signed manifest {:?}",
+            manifest.format
+        )));
+    }
     let signer = manifest.signer_key()?;
     let key = VerifyingKey::from_bytes(&signer).map_err(|_| SealError::BadSignature {
         signer: manifest.signer.clone(),
@@ -505,45 +756,63 @@ fn decrypt_chunks<R: Read, W: Write>(
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), SealError> {
     let m = &header.manifest;
+    let version = m.format_version()?;
     let cipher = chunk_cipher(&key.dek)?;
     let prefix = m.nonce_prefix()?;
-    let chunk_size = m.chunk_size as usize;
-    // At most one chunk and its tag (`chunk_size` is at most 16 MiB, checked with the manifest).
-    let mut buf = zeroed_buffer(m.chunk_buffer_len(), "chunk")?;
-    let mut hasher = Sha256::new();
     let chunks = m.chunk_count();
+    // Two batch buffers of whole chunks with their tags (`chunk_size` is at most 16 MiB, checked
+    // with the manifest; a batch holds about BATCH_BYTES of plaintext, never more than the
+    // manifest's).
+    let per_batch = (BATCH_BYTES / u64::from(m.chunk_size)).max(1);
+    let batch_len = (m.chunk_buffer_len() * per_batch).min(m.chunks_len());
+    let buffers = [
+        zeroed_buffer(batch_len, "batch")?,
+        zeroed_buffer(batch_len, "batch")?,
+    ];
+    let mut batches = chunk_batches(m.plaintext_size, m.chunk_size, chunks);
     let mut done: u64 = 0;
-    for index in 0..chunks {
-        let len = (m.plaintext_size - done).min(chunk_size as u64) as usize;
-        let got = read_full(&mut input, &mut buf[..len + TAG_LEN])?;
-        if got < len + TAG_LEN {
-            return Err(SealError::Truncated {
-                expected: chunks,
-                found: index,
-            });
+    // Reads, authenticates and writes one batch; its plaintext is hashed afterwards (on the other
+    // thread), and the whole plaintext's digest checked at the end. Every chunk is authenticated
+    // before its plaintext is written.
+    let fill = |buf: &mut [u8]| {
+        let Some(batch) = batches.next() else {
+            return Ok(None);
+        };
+        let mut ranges = Vec::with_capacity(batch.len());
+        let mut at = 0;
+        for &(index, len) in &batch {
+            let sealed = &mut buf[at..at + len + TAG_LEN];
+            if read_full(&mut input, sealed)? < len + TAG_LEN {
+                return Err(SealError::Truncated {
+                    expected: chunks,
+                    found: index,
+                });
+            }
+            let nonce = chunk_nonce(&prefix, index, index + 1 == chunks);
+            let plain = cipher
+                .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), sealed)
+                .map_err(|_| SealError::ChunkAuth { index })?;
+            output.write_all(plain)?;
+            done += len as u64;
+            ranges.push(at..at + len);
+            at += len + TAG_LEN;
         }
-        let nonce = chunk_nonce(&prefix, index, index + 1 == chunks);
-        let data = cipher
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::empty(),
-                &mut buf[..len + TAG_LEN],
-            )
-            .map_err(|_| SealError::ChunkAuth { index })?;
-        hasher.update(&*data);
-        output.write_all(data)?;
-        done += len as u64;
         progress(done);
-    }
+        Ok(Some((batch, ranges)))
+    };
+    let parallel = m.plaintext_size > PARALLEL_FROM;
+    let hasher = hashed_pipeline(parallel, version.hasher(), buffers, fill, |_, _| Ok(()))?;
     let mut rest = [0u8; 4096];
     let trailing = read_full(&mut input, &mut rest)?;
     if trailing != 0 {
         return Err(SealError::TrailingData(trailing as u64));
     }
-    let found = hex::encode(hasher.finalize());
-    if found != m.plaintext_sha256 {
+    let found = hasher.finalize_hex();
+    let expected = m.plaintext_digest().unwrap_or_default();
+    if found != expected {
         return Err(SealError::DigestMismatch {
-            expected: m.plaintext_sha256.clone(),
+            digest: version.digest_name(),
+            expected: expected.to_string(),
             found,
         });
     }
@@ -627,15 +896,135 @@ mod tests {
             assert_eq!(back.capacity(), n, "size {n}");
             assert_eq!(header.manifest.plaintext_size, n as u64);
             assert_eq!(header.sealed_len(), sealed.len() as u64, "size {n}");
+            assert_eq!(header.manifest.format, "cordon-sealed/2");
             assert_eq!(
-                header.manifest.plaintext_sha256,
-                hex::encode(Sha256::digest(&plain))
+                header.manifest.plaintext_blake3.as_deref(),
+                Some(blake3::hash(&plain).to_hex().as_str())
             );
+            assert_eq!(header.manifest.plaintext_sha256, None);
+            assert!(header.manifest.names_plaintext(&plain));
             assert!(
                 !sealed.windows(16).any(|w| n >= 16 && w == &plain[..16]),
                 "plaintext visible"
             );
         }
+    }
+
+    /// Format 1 (SHA-256) is still sealed on request and read: artifacts sealed before format 2
+    /// keep working.
+    #[test]
+    fn format_1_still_seals_and_unseals() {
+        let owner = OwnerKey::generate();
+        let plain = data(1000);
+        let mut out = std::io::Cursor::new(Vec::new());
+        let opts = SealOptions {
+            chunk_size: 64,
+            format: FormatVersion::V1,
+            ..SealOptions::default()
+        };
+        let (_, key) = seal(&plain[..], 1000, &mut out, &owner, &opts, &mut |_| {}).unwrap();
+        let sealed = out.into_inner();
+        assert_eq!(&sealed[8..10], &[1, 0]);
+        let (header, back) = unseal_to_vec(&sealed, &key).unwrap();
+        assert_eq!(back.as_slice(), plain.as_slice());
+        assert_eq!(header.manifest.format, "cordon-sealed/1");
+        assert_eq!(
+            header.manifest.plaintext_sha256,
+            Some(hex::encode(Sha256::digest(&plain)))
+        );
+        assert_eq!(header.manifest.plaintext_blake3, None);
+        assert!(header.manifest.names_plaintext(&plain));
+        assert!(!header.manifest.names_plaintext(&plain[1..]));
+    }
+
+    /// Artifacts of several batches go through the two-thread pipeline: they round-trip in both
+    /// formats, streaming and in memory, and a flipped byte, a dropped chunk or a swapped pair of
+    /// chunks in a later batch is still found, at the right chunk.
+    #[test]
+    fn multi_batch_artifacts_round_trip_and_tampering_is_found() {
+        let owner = OwnerKey::generate();
+        let chunk = 256 << 10;
+        let n = (PARALLEL_FROM + 3 * BATCH_BYTES + 3) as usize;
+        let plain = data(n);
+        for format in [FormatVersion::V1, FormatVersion::V2] {
+            let mut out = std::io::Cursor::new(Vec::new());
+            let opts = SealOptions {
+                chunk_size: chunk as u32,
+                format,
+                ..SealOptions::default()
+            };
+            let mut seen = Vec::new();
+            let (_, key) = seal(&plain[..], n as u64, &mut out, &owner, &opts, &mut |d| {
+                seen.push(d)
+            })
+            .unwrap();
+            assert_eq!(seen.last(), Some(&(n as u64)));
+            let sealed = out.into_inner();
+            let (header, back) = unseal_to_vec(&sealed, &key).unwrap();
+            assert!(back.as_slice() == plain.as_slice(), "{format:?}");
+            let mut streamed = Vec::new();
+            unseal(&sealed[..], &key, &mut streamed, &mut |_| {}).unwrap();
+            assert!(streamed == plain, "{format:?}");
+            let body = HEADER_FIXED_LEN as usize + header.manifest_bytes.len() + 64;
+            let sealed_chunk = chunk + TAG_LEN;
+            // Chunk 16 is in the fifth batch (four chunks each).
+            let mut flipped = sealed.clone();
+            flipped[body + 16 * sealed_chunk + 5] ^= 1;
+            assert!(matches!(
+                unseal_to_vec(&flipped, &key),
+                Err(SealError::ChunkAuth { index: 16 })
+            ));
+            let mut dropped = sealed.clone();
+            dropped.drain(body + 12 * sealed_chunk..body + 13 * sealed_chunk);
+            assert!(unseal(&dropped[..], &key, std::io::sink(), &mut |_| {}).is_err());
+            let mut swapped = sealed.clone();
+            let (a, b) = (body + 10 * sealed_chunk, body + 11 * sealed_chunk);
+            let chunk10 = swapped[a..b].to_vec();
+            swapped.copy_within(b..b + sealed_chunk, a);
+            swapped[b..b + sealed_chunk].copy_from_slice(&chunk10);
+            assert!(matches!(
+                unseal_to_vec(&swapped, &key),
+                Err(SealError::ChunkAuth { index: 10 })
+            ));
+        }
+    }
+
+    /// The header's version number is outside the signature: one that disagrees with the signed
+    /// manifest's format is refused, as is a manifest with the other format's digest, or none.
+    #[test]
+    fn the_header_version_and_the_manifest_digest_must_match_the_format() {
+        let owner = OwnerKey::generate();
+        let (sealed, key) = seal_bytes(&data(100), 64, &owner);
+        let mut relabelled = sealed.clone();
+        relabelled[8] = 1;
+        let e = unseal_to_vec(&relabelled, &key).unwrap_err();
+        assert!(
+            e.to_string().contains("header says format version 1"),
+            "{e}"
+        );
+        let mut unknown = sealed.clone();
+        unknown[8] = 3;
+        assert!(matches!(
+            unseal_to_vec(&unknown, &key),
+            Err(SealError::Version(3))
+        ));
+        let both = resign(&sealed, &owner, |m| {
+            m.plaintext_sha256 = Some("00".repeat(32))
+        });
+        let e = unseal_to_vec(&both, &key).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("no other digest than plaintext_blake3"),
+            "{e}"
+        );
+        let none = resign(&sealed, &owner, |m| m.plaintext_blake3 = None);
+        let e = unseal_to_vec(&none, &key).unwrap_err();
+        assert!(e.to_string().contains("needs plaintext_blake3"), "{e}");
+        let wrong = resign(&sealed, &owner, |m| {
+            m.plaintext_blake3 = Some("00".repeat(32))
+        });
+        let e = unseal_to_vec(&wrong, &key).unwrap_err();
+        assert!(e.to_string().contains("plaintext BLAKE3 mismatch"), "{e}");
     }
 
     #[test]
@@ -798,7 +1187,14 @@ mod tests {
         let signature = owner.signing_key().sign(&signed_message(&bytes));
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(
+            &header
+                .manifest
+                .format_version()
+                .unwrap()
+                .number()
+                .to_le_bytes(),
+        );
         out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         out.extend_from_slice(&bytes);
         out.extend_from_slice(&signature.to_bytes());

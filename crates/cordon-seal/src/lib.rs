@@ -23,7 +23,7 @@ mod keys;
 
 pub use error::SealError;
 pub use format::{
-    read_header, seal, seal_with_header, unseal, unseal_to_vec, Manifest, SealOptions,
-    SealedHeader, DEFAULT_CHUNK_SIZE, MAGIC, MAX_CHUNK_SIZE,
+    read_header, seal, seal_with_header, unseal, unseal_to_vec, FormatVersion, Manifest,
+    SealOptions, SealedHeader, DEFAULT_CHUNK_SIZE, MAGIC, MAX_CHUNK_SIZE,
 };
 pub use keys::{Dek, KeyFile, OwnerKey};

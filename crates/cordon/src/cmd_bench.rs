@@ -2,7 +2,7 @@
 
 use anyhow::{ensure, Context, Result};
 use cordon_attest::{dcap, snp};
-use cordon_seal::{KeyFile, OwnerKey, SealOptions};
+use cordon_seal::{FormatVersion, KeyFile, OwnerKey, SealOptions};
 use std::hint::black_box;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
-    /// Seal and unseal throughput on one thread, in memory, against AES-256-GCM and SHA-256 alone.
+    /// Seal and unseal throughput (format 2 and format 1), in memory, against AES-256-GCM, BLAKE3 and
+    /// SHA-256 alone.
     Seal {
         /// Plaintext size in MiB.
         #[arg(long, default_value_t = 256)]
@@ -133,54 +134,85 @@ fn seal(size_mib: usize, runs: usize, chunk_size: u32) -> Result<()> {
         std::hint::black_box(ring::digest::digest(&ring::digest::SHA256, &plain));
         Ok(())
     })?;
-    let t_seal = best_of(runs, || {
-        sealed.get_mut().clear();
-        sealed.set_position(0);
-        let (_, k) = cordon_seal::seal(
-            &plain[..],
-            size as u64,
-            &mut sealed,
-            &owner,
-            &options,
-            &mut |_| {},
-        )?;
-        key = Some(k);
+    let t_blake3 = best_of(runs, || {
+        std::hint::black_box(blake3::hash(&plain));
         Ok(())
     })?;
-    let key = key.ok_or_else(|| anyhow::anyhow!("no run"))?;
-    let sealed_bytes = sealed.into_inner();
-    let mut out = Vec::with_capacity(size);
-    let t_unseal = best_of(runs, || {
-        out.clear();
-        cordon_seal::unseal(&sealed_bytes[..], &key, &mut out, &mut |_| {})?;
-        Ok(())
-    })?;
-    anyhow::ensure!(out == plain, "round trip differs");
+    // Each format sealed and unsealed (streaming, and in memory as the runtime does).
+    let mut timed = Vec::new();
+    for format in [FormatVersion::V2, FormatVersion::V1] {
+        let options = SealOptions {
+            format,
+            ..options.clone()
+        };
+        let t_seal = best_of(runs, || {
+            sealed.get_mut().clear();
+            sealed.set_position(0);
+            let (_, k) = cordon_seal::seal(
+                &plain[..],
+                size as u64,
+                &mut sealed,
+                &owner,
+                &options,
+                &mut |_| {},
+            )?;
+            key = Some(k);
+            Ok(())
+        })?;
+        let key = key.take().ok_or_else(|| anyhow::anyhow!("no run"))?;
+        let sealed_bytes = sealed.get_ref().clone();
+        let mut out = Vec::with_capacity(size);
+        let t_unseal = best_of(runs, || {
+            out.clear();
+            cordon_seal::unseal(&sealed_bytes[..], &key, &mut out, &mut |_| {})?;
+            Ok(())
+        })?;
+        anyhow::ensure!(out == plain, "round trip differs");
+        let t_to_vec = best_of(runs, || {
+            let (_, back) = cordon_seal::unseal_to_vec(&sealed_bytes, &key)?;
+            std::hint::black_box(back);
+            Ok(())
+        })?;
+        timed.push((format, t_seal, t_unseal, t_to_vec));
+    }
 
     let gbps = |t: f64| size as f64 / t / 1e9;
-    println!("cordon bench seal: {size_mib} MiB, chunk {chunk_size} B, best of {runs}, one thread");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "cordon bench seal: {size_mib} MiB, chunk {chunk_size} B, best of {runs}; primitives on one \
+         thread, seal and unseal on up to two ({threads} CPUs here)"
+    );
     println!("| operation | GB/s | vs AES-256-GCM alone |");
     println!("|---|---|---|");
-    for (name, t) in [
-        ("AES-256-GCM alone, ring (baseline)", t_aead),
+    let mut rows: Vec<(String, f64)> = vec![
+        ("AES-256-GCM alone, ring (baseline)".into(), t_aead),
         (
-            "AES-256-GCM alone, RustCrypto aes-gcm (comparison)",
+            "AES-256-GCM alone, RustCrypto aes-gcm (comparison)".into(),
             t_rustcrypto,
         ),
-        ("SHA-256 alone, sha2 (baseline)", t_sha),
-        ("SHA-256 alone, ring (comparison)", t_ring_sha),
-        ("seal (AES-256-GCM + SHA-256 + manifest)", t_seal),
-        ("unseal (verify + decrypt + SHA-256)", t_unseal),
-    ] {
+        ("BLAKE3 alone (format 2's digest)".into(), t_blake3),
+        ("SHA-256 alone, sha2 (format 1's digest)".into(), t_sha),
+        ("SHA-256 alone, ring (comparison)".into(), t_ring_sha),
+    ];
+    for (format, t_seal, t_unseal, t_to_vec) in &timed {
+        let n = format.number();
+        rows.push((format!("seal, format {n}"), *t_seal));
+        rows.push((format!("unseal (streaming), format {n}"), *t_unseal));
+        rows.push((
+            format!("unseal into memory (the runtime's), format {n}"),
+            *t_to_vec,
+        ));
+    }
+    for (name, t) in rows {
         println!("| {name} | {:.2} | {:.2}x |", gbps(t), t_aead / t);
     }
-    let ceiling = size as f64 / (t_aead + t_sha) / 1e9;
-    println!(
-        "ceiling for one thread (AES-256-GCM time + SHA-256 time): {ceiling:.2} GB/s; \
-         seal reaches {:.0}% of it, unseal {:.0}%",
-        100.0 * gbps(t_seal) / ceiling,
-        100.0 * gbps(t_unseal) / ceiling
-    );
+    if let [(_, seal2, unseal2, _), (_, seal1, unseal1, _)] = timed[..] {
+        println!(
+            "format 2 against format 1 in this run: seal {:.2}x, unseal {:.2}x",
+            seal1 / seal2,
+            unseal1 / unseal2
+        );
+    }
     Ok(())
 }
 

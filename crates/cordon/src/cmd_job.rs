@@ -271,6 +271,7 @@ fn seal_dataset_into(
             "text/csv".into()
         },
         chunk_size: cordon_seal::DEFAULT_CHUNK_SIZE,
+        ..Default::default()
     };
     let (header, key) = cordon_seal::seal_with_header(
         data,

@@ -50,6 +50,10 @@ pub struct SealArgs {
     /// Plaintext bytes per chunk.
     #[arg(long, default_value_t = cordon_seal::DEFAULT_CHUNK_SIZE)]
     chunk_size: u32,
+    /// Sealed format version: 2 (BLAKE3 plaintext digest, faster) or 1 (SHA-256, for runtimes and
+    /// tools from before format 2, which refuse version 2). docs/sealed-format.md.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=2))]
+    format_version: u16,
     /// Replace existing --out and --key-out files (atomically). The input is never overwritten.
     #[arg(long)]
     force: bool,
@@ -222,6 +226,10 @@ pub fn seal(mut a: SealArgs) -> Result<()> {
         version: a.version.clone(),
         media_type,
         chunk_size: a.chunk_size,
+        format: match a.format_version {
+            1 => cordon_seal::FormatVersion::V1,
+            _ => cordon_seal::FormatVersion::V2,
+        },
     };
     if !to_stdout {
         util::create_parent(&a.out)?;
@@ -299,7 +307,12 @@ pub fn seal(mut a: SealArgs) -> Result<()> {
         manifest.name, manifest.version, manifest.media_type
     ));
     say(format!("  key id           {}", manifest.key_id));
-    say(format!("  plaintext sha256 {}", manifest.plaintext_sha256));
+    say(format!(
+        "  plaintext {} {} ({})",
+        digest_name(manifest),
+        manifest.plaintext_digest().unwrap_or_default(),
+        manifest.format
+    ));
     say(format!("  signer           {}", manifest.signer));
     say(format!(
         "  manifest sha256  {} (bound in the runtime's evidence: `cordon infer --require-manifest`)",
@@ -385,17 +398,20 @@ pub fn unseal(a: UnsealArgs) -> Result<()> {
                     "sealed": util::path_json(&a.sealed),
                     "out": util::path_json(&a.out),
                     "plaintext_size": header.manifest.plaintext_size,
+                    "format": header.manifest.format,
                     "plaintext_sha256": header.manifest.plaintext_sha256,
+                    "plaintext_blake3": header.manifest.plaintext_blake3,
                     "signer": header.manifest.signer,
                     "manifest_sha256": hex::encode(header.digest()),
                 }));
             }
             let line = format!(
-                "unsealed {} -> {} ({} bytes, sha256 {} verified, signer {})",
+                "unsealed {} -> {} ({} bytes, {} {} verified, signer {})",
                 a.sealed.display(),
                 a.out.display(),
                 header.manifest.plaintext_size,
-                header.manifest.plaintext_sha256,
+                digest_name(&header.manifest),
+                header.manifest.plaintext_digest().unwrap_or_default(),
                 header.manifest.signer
             );
             if to_stdout {
@@ -427,4 +443,13 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     println!("manifest sha256: {}", hex::encode(header.digest()));
     println!("{}", serde_json::to_string_pretty(&header.manifest)?);
     Ok(())
+}
+
+/// The name of the plaintext digest a manifest carries, as printed.
+fn digest_name(m: &cordon_seal::Manifest) -> &'static str {
+    if m.plaintext_blake3.is_some() {
+        "blake3"
+    } else {
+        "sha256"
+    }
 }

@@ -575,6 +575,7 @@ fn seal_models(dir: &Path, models: &[DemoModel], owner: &OwnerKey) -> Result<Vec
             version: "1".into(),
             media_type: "application/onnx".into(),
             chunk_size: cordon_seal::DEFAULT_CHUNK_SIZE,
+            ..Default::default()
         };
         let (header, key) = cordon_seal::seal_with_header(
             model.onnx,
@@ -587,10 +588,19 @@ fn seal_models(dir: &Path, models: &[DemoModel], owner: &OwnerKey) -> Result<Vec
         sealed_file.sync_all()?;
         let (digest, manifest) = (header.digest(), header.manifest);
         println!(
-            "[owner]   sealed {} ({} bytes, sha256 {}) -> {}",
+            "[owner]   sealed {} ({} bytes, {} {}) -> {}",
             model.name,
             manifest.plaintext_size,
-            &manifest.plaintext_sha256[..16],
+            if manifest.plaintext_blake3.is_some() {
+                "blake3"
+            } else {
+                "sha256"
+            },
+            manifest
+                .plaintext_digest()
+                .unwrap_or_default()
+                .get(..16)
+                .unwrap_or_default(),
             sealed_path.display()
         );
         println!(
@@ -613,7 +623,6 @@ fn seal_models(dir: &Path, models: &[DemoModel], owner: &OwnerKey) -> Result<Vec
 /// An earlier run's sealed models, if each is still there, signed by `owner`, and of the same
 /// model bytes; whether the KBS still holds their keys is checked later.
 fn earlier_sealed(dir: &Path, models: &[DemoModel], owner: &OwnerKey) -> Option<Vec<Sealed>> {
-    use sha2::Digest;
     models
         .iter()
         .map(|model| {
@@ -622,7 +631,7 @@ fn earlier_sealed(dir: &Path, models: &[DemoModel], owner: &OwnerKey) -> Option<
             let m = &header.manifest;
             let same = m.name == model.name
                 && m.signer == hex::encode(owner.public_key())
-                && m.plaintext_sha256 == hex::encode(sha2::Sha256::digest(model.onnx));
+                && m.names_plaintext(model.onnx);
             same.then(|| Sealed {
                 model: SealedModel {
                     name: model.name.to_string(),

@@ -227,6 +227,7 @@ fn model_run_says_what_is_wrong() {
         version: "1".into(),
         media_type: "application/onnx".into(),
         chunk_size: cordon_seal::DEFAULT_CHUNK_SIZE,
+        ..Default::default()
     };
     cordon_seal::seal_with_header(
         &bytes[..],
