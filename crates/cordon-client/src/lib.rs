@@ -25,7 +25,8 @@ use cordon_attest::{appraise, Claims, Endorsements, Policy, PolicyDocument, Verd
 use cordon_proto::channel::{encapsulate_request, ChannelError};
 use cordon_proto::oip::{InferRequest, InferResponse};
 use cordon_proto::runtime::{
-    AttestationResponse, InnerRequest, InnerResponse, ENCRYPTED_REQUEST_MEDIA_TYPE,
+    AttestationResponse, InnerRequest, InnerResponse, CONTENT_TYPE_HEADER,
+    ENCRYPTED_REQUEST_MEDIA_TYPE, JSON_MEDIA_TYPE,
 };
 use cordon_proto::session::{
     start_session, ClientSession, SessionGrant, SessionSetup, SESSION_MESSAGE_MEDIA_TYPE,
@@ -351,11 +352,7 @@ impl VerifiedRuntime {
         model: &str,
         request: &InferRequest,
     ) -> Result<InferResponse, ClientError> {
-        let body = infer_request_body(request)?;
-        let resp = self
-            .request("POST", &format!("/v2/models/{model}/infer"), Some(body))
-            .await?;
-        infer_response(resp)
+        infer_response(self.send(infer_inner(model, request)?).await?)
     }
 
     /// Opens a session (one HPKE setup to the pinned key) for a high-rate stream of requests.
@@ -376,8 +373,17 @@ impl VerifiedRuntime {
     }
 }
 
-fn infer_request_body(request: &InferRequest) -> Result<serde_json::Value, ClientError> {
-    serde_json::to_value(request).map_err(|e| ClientError::Malformed(e.to_string()))
+/// An infer request as its JSON bytes, which the runtime parses in one pass (no JSON tree of the
+/// tensor data on its side).
+fn infer_inner(model: &str, request: &InferRequest) -> Result<InnerRequest, ClientError> {
+    let body = serde_json::to_vec(request).map_err(|e| ClientError::Malformed(e.to_string()))?;
+    Ok(InnerRequest {
+        method: "POST".into(),
+        path: format!("/v2/models/{model}/infer"),
+        headers: [(CONTENT_TYPE_HEADER.to_string(), JSON_MEDIA_TYPE.to_string())].into(),
+        raw_body: Some(body),
+        ..InnerRequest::default()
+    })
 }
 
 fn infer_response(resp: InnerResponse) -> Result<InferResponse, ClientError> {
@@ -393,8 +399,34 @@ fn infer_response(resp: InnerResponse) -> Result<InferResponse, ClientError> {
             error,
         });
     }
-    serde_json::from_value(resp.body)
-        .map_err(|e| ClientError::Malformed(format!("infer response: {e}")))
+    let malformed = |e: String| ClientError::Malformed(format!("infer response: {e}"));
+    // Binary outputs (a request with `binary_data_output`): their bytes become JSON data.
+    let header_len = resp.binary_header_length().map(str::to_string);
+    let body = match (header_len, resp.raw_body) {
+        (Some(header_len), Some(raw)) => {
+            let header_len = header_len
+                .parse::<usize>()
+                .map_err(|_| malformed("bad Inference-Header-Content-Length".into()))?;
+            let split = cordon_proto::oip_binary::split_response(&raw, header_len)
+                .map_err(|e| malformed(e.to_string()))?;
+            let mut header = split.header;
+            if let Some(outputs) = header.get_mut("outputs").and_then(|o| o.as_array_mut()) {
+                for (t, range) in outputs.iter_mut().zip(split.blobs) {
+                    let Some(range) = range else { continue };
+                    let datatype = t["datatype"].as_str().unwrap_or_default().to_string();
+                    let data = cordon_proto::oip_binary::decode_elements(&datatype, &raw[range])
+                        .map_err(malformed)?;
+                    t["data"] = serde_json::Value::Array(data);
+                    if let Some(p) = t.get_mut("parameters").and_then(|p| p.as_object_mut()) {
+                        p.remove("binary_data_size");
+                    }
+                }
+            }
+            header
+        }
+        _ => resp.body,
+    };
+    serde_json::from_value(body).map_err(|e| malformed(e.to_string()))
 }
 
 /// A session with a verified runtime: requests are encrypted with the session's keys, one AEAD
@@ -457,10 +489,6 @@ impl Session {
         model: &str,
         request: &InferRequest,
     ) -> Result<InferResponse, ClientError> {
-        let body = infer_request_body(request)?;
-        let resp = self
-            .request("POST", &format!("/v2/models/{model}/infer"), Some(body))
-            .await?;
-        infer_response(resp)
+        infer_response(self.send(infer_inner(model, request)?).await?)
     }
 }

@@ -27,7 +27,10 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode,
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use cordon_attest::{Claims, Endorsements, Platform, Policy, PolicyDocument};
-use cordon_proto::runtime::{InnerRequest, InnerResponse, INFERENCE_HEADER_CONTENT_LENGTH};
+use cordon_proto::runtime::{
+    InnerRequest, InnerResponse, CONTENT_TYPE_HEADER, INFERENCE_HEADER_CONTENT_LENGTH,
+    JSON_MEDIA_TYPE,
+};
 use cordon_proto::{oip, oip_binary};
 use http_body_util::BodyExt;
 use serde::Serialize;
@@ -593,6 +596,12 @@ impl Proxy {
                     );
                     inner.raw_body = Some(bytes.to_vec());
                 }
+                Some(Sent::JsonBytes(bytes)) => {
+                    inner
+                        .headers
+                        .insert(CONTENT_TYPE_HEADER.to_string(), JSON_MEDIA_TYPE.to_string());
+                    inner.raw_body = Some(bytes.to_vec());
+                }
                 None => {}
             }
             inner
@@ -601,6 +610,13 @@ impl Proxy {
             Some(Payload::Json { parsed, again }) => (Some(Sent::Json(parsed)), Some(again)),
             Some(Payload::Binary { header_len, bytes }) => {
                 let sent = Sent::Binary { header_len, bytes };
+                (
+                    Some(sent.clone()),
+                    Some(Box::new(move || Ok(sent.clone())) as Remake),
+                )
+            }
+            Some(Payload::JsonBytes(bytes)) => {
+                let sent = Sent::JsonBytes(bytes);
                 (
                     Some(sent.clone()),
                     Some(Box::new(move || Ok(sent.clone())) as Remake),
@@ -656,12 +672,15 @@ pub(crate) enum Sent {
         header_len: usize,
         bytes: Bytes,
     },
+    /// A JSON body as received (checked to be JSON), which goes into the channel unchanged.
+    JsonBytes(Bytes),
 }
 
 /// An infer body. JSON: its value, sent by value, and how to make that value again should the
 /// request go out a second time (a closed session, a runtime whose key changed): from the bytes as
-/// received, or from the gRPC message, never from a copy made up front. Binary (the binary tensor
-/// data extension): the bytes as received, which go into the channel unchanged.
+/// received, or from the gRPC message, never from a copy made up front (the gRPC surface's typed
+/// contents). Binary (the binary tensor data extension) and JSON bytes: the body as received,
+/// which goes into the channel unchanged.
 pub(crate) enum Payload {
     Json {
         parsed: serde_json::Value,
@@ -671,6 +690,8 @@ pub(crate) enum Payload {
         header_len: usize,
         bytes: Bytes,
     },
+    /// A JSON body as received (checked to be JSON), which goes into the channel unchanged.
+    JsonBytes(Bytes),
 }
 
 impl Payload {
@@ -872,13 +893,6 @@ async fn handle(
     } else {
         None
     };
-    // Outputs a JSON request asked for in binary (the binary tensor data extension). A binary
-    // request's answer comes from the runtime in that form already.
-    let binary_outputs = match &body {
-        Some(Payload::Json { parsed, .. }) => Some(oip_binary::BinaryOutputs::of(parsed)),
-        _ => None,
-    }
-    .filter(oip_binary::BinaryOutputs::any);
     let response = match proxy.forward(effective.as_str(), &forward_path, body).await {
         Ok(inner) => {
             proxy
@@ -887,10 +901,9 @@ async fn handle(
                 .requests_forwarded
                 .fetch_add(1, Ordering::Relaxed);
             match StatusCode::from_u16(inner.status) {
+                // Binary outputs, asked for by a binary or a JSON request: the runtime's answer in
+                // the binary extension's form, passed on.
                 Ok(StatusCode::OK) if inner.raw_body.is_some() => raw_response(inner),
-                Ok(StatusCode::OK) if binary_outputs.is_some() => {
-                    binary_response(inner.body, binary_outputs.as_ref())
-                }
                 Ok(status) => with_retry_after(json_answer(status, &inner.body)),
                 Err(_) => oip_error(
                     StatusCode::BAD_GATEWAY,
@@ -947,37 +960,6 @@ fn raw_response(inner: InnerResponse) -> Response {
             StatusCode::BAD_GATEWAY,
             "cordon proxy: the runtime's binary answer has no valid Inference-Header-Content-Length",
         ),
-    }
-}
-
-/// An infer response with the outputs `wanted` in binary (JSON header, then their bytes), or as
-/// JSON when none is.
-fn binary_response(
-    mut body: serde_json::Value,
-    wanted: Option<&oip_binary::BinaryOutputs>,
-) -> Response {
-    let encoded = match wanted {
-        Some(w) => oip_binary::encode_response(&mut body, w),
-        None => Ok(None),
-    };
-    match encoded {
-        Ok(Some((bytes, header_len))) => (
-            StatusCode::OK,
-            [
-                (
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                ),
-                (
-                    HeaderName::from_static(INFERENCE_HEADER_CONTENT_LENGTH),
-                    HeaderValue::from(header_len),
-                ),
-            ],
-            bytes,
-        )
-            .into_response(),
-        Ok(None) => json_answer(StatusCode::OK, &body),
-        Err(e) => oip_error(StatusCode::BAD_GATEWAY, format!("cordon proxy: {e}")),
     }
 }
 
@@ -1043,10 +1025,15 @@ async fn infer_body(proxy: &Proxy, headers: &HeaderMap, body: Body) -> Result<Pa
             "inference request needs a JSON body",
         ));
     }
-    match oip::parse_json_body(&bytes) {
-        Ok(parsed) => Ok(Payload::new(parsed, move || {
-            oip::parse_json_body(&bytes).map_err(|e| e.to_string())
-        })),
+    // Checked to be JSON here (no tree is built: `IgnoredAny`), so that a malformed body is
+    // answered without a round trip; the bytes go on unchanged and the runtime parses them once.
+    let check = |b: &[u8]| serde_json::from_slice::<serde::de::IgnoredAny>(b).map(|_| ());
+    let checked = check(&bytes).or_else(|e| match oip::quote_non_finite_literals(&bytes) {
+        Some(quoted) => check(&quoted),
+        None => Err(e),
+    });
+    match checked {
+        Ok(()) => Ok(Payload::JsonBytes(bytes)),
         // serde's messages may quote the input; position and class are enough to find the fault.
         Err(e) => Err(oip_error(
             StatusCode::BAD_REQUEST,

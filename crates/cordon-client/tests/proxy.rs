@@ -102,7 +102,17 @@ async fn encrypted(State(f): State<Arc<Fake>>, body: Bytes) -> Response {
         }
     };
     f.decrypted.fetch_add(1, Ordering::SeqCst);
-    let req: InnerRequest = serde_json::from_slice(&plain).unwrap();
+    let req = InnerRequest::from_plaintext(&plain).unwrap();
+    // A body forwarded as its bytes (JSON with its content type, as the proxy sends it) is echoed
+    // as the JSON it is.
+    let body = match (&req.body, &req.raw_body) {
+        (None, Some(raw))
+            if req.headers.get("content-type").map(String::as_str) == Some("application/json") =>
+        {
+            Some(cordon_proto::oip::parse_json_body(raw).unwrap())
+        }
+        _ => req.body.clone(),
+    };
     let inner = if req.path.contains("/missing") {
         InnerResponse::json(404, json!({ "error": "unknown model \"missing\"" }))
     } else if req.path.contains("/busy") {
@@ -113,7 +123,7 @@ async fn encrypted(State(f): State<Arc<Fake>>, body: Bytes) -> Response {
     } else {
         InnerResponse::json(
             200,
-            json!({ "method": req.method, "path": req.path, "body": req.body }),
+            json!({ "method": req.method, "path": req.path, "body": body }),
         )
     };
     let ct = ctx

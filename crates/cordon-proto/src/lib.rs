@@ -29,6 +29,7 @@ pub mod kbs;
 pub mod merkle;
 pub mod oip;
 pub mod oip_binary;
+pub mod oip_json;
 pub mod runtime;
 pub mod session;
 

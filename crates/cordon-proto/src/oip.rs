@@ -87,7 +87,7 @@ const NON_FINITE: [&[u8]; 3] = [b"-Infinity", b"Infinity", b"NaN"];
 /// `bytes` with each non-finite literal in a value position (after `[` or `:`, or after `,`
 /// inside an array; outside strings; followed by a delimiter) put in quotes; `None` if there is
 /// none. A literal where an object key stands is left alone (and stays an error).
-fn quote_non_finite_literals(bytes: &[u8]) -> Option<Vec<u8>> {
+pub fn quote_non_finite_literals(bytes: &[u8]) -> Option<Vec<u8>> {
     let mut out: Option<Vec<u8>> = None;
     let (mut in_string, mut escaped) = (false, false);
     // The last byte outside strings that is not white space.

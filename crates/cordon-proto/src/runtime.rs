@@ -94,6 +94,12 @@ impl InnerResponse {
 /// the channel carries it in `headers` with the whole body in `raw_body`, as the client sent it.
 pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
 
+/// An inner request's content type: with [`JSON_MEDIA_TYPE`], an infer request's `raw_body` is its
+/// JSON body as the client wrote it, which the runtime parses in one pass (no JSON tree of the
+/// tensor data; `crate::oip_json`).
+pub const CONTENT_TYPE_HEADER: &str = "content-type";
+pub const JSON_MEDIA_TYPE: &str = "application/json";
+
 /// First byte of an inner message in the framed form: `0x01`, the length of its JSON part as a
 /// 4-byte big-endian integer, the JSON part (the message without `raw_body`), then `raw_body`'s
 /// bytes as they are. A JSON message starts with `{` (or whitespace), so the two never meet. Binary
@@ -162,11 +168,14 @@ fn read_inner<T: serde::de::DeserializeOwned>(
 }
 
 impl InnerRequest {
-    /// The plaintext of this request: framed when it is a binary infer request (its body as it
-    /// is), JSON otherwise (so that a peer from before the framed form reads every other request).
+    /// The plaintext of this request: framed when it is an infer request carried as bytes (binary,
+    /// or JSON with a content type: its body as it is), JSON otherwise (so that a peer from before
+    /// the framed form reads every other request, the signed job requests included).
     /// Zeroized when dropped.
     pub fn into_plaintext(mut self) -> Result<zeroize::Zeroizing<Vec<u8>>, serde_json::Error> {
-        let raw = match self.headers.contains_key(INFERENCE_HEADER_CONTENT_LENGTH) {
+        let framed = self.headers.contains_key(INFERENCE_HEADER_CONTENT_LENGTH)
+            || self.headers.contains_key(CONTENT_TYPE_HEADER);
+        let raw = match framed {
             true => self.raw_body.take(),
             false => None,
         };

@@ -9,6 +9,7 @@ pub use onnxruntime::{
 };
 
 use cordon_proto::oip::{InferRequest, InferResponse, ModelMetadata, Tensor, TensorMetadata};
+use cordon_proto::oip_json::Element;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
@@ -135,6 +136,15 @@ pub enum HostData {
     U8(Vec<u8>),
     Bool(Vec<bool>),
     Bytes(Vec<String>),
+}
+
+/// Where an input's elements are when they are not in its JSON `data`.
+#[derive(Debug, Clone, Copy)]
+pub enum InputPart<'a> {
+    /// Raw little-endian bytes (the binary tensor data extension).
+    Bytes(&'a [u8]),
+    /// JSON elements flattened while the request was parsed (`cordon_proto::oip_json`).
+    Elements(&'a [Element]),
 }
 
 /// A tensor the engines take and give: a shape and typed elements.
@@ -351,14 +361,14 @@ impl OnnxModel {
         })
     }
 
-    /// Evaluates a request some of whose inputs are raw bytes (the binary tensor data extension):
-    /// `blobs[i]`, when given, holds the elements of `request.inputs[i]` (little-endian,
-    /// row-major), whose JSON `data` is then not read. Returns the outputs the request asks for
+    /// Evaluates a request some of whose inputs are elsewhere than in their JSON `data`:
+    /// `blobs[i]`, when given, holds the elements of `request.inputs[i]`, as raw little-endian
+    /// bytes (the binary tensor data extension) or as elements parsed in one pass. Returns the outputs the request asks for
     /// (all by default), by name, in the graph's order, as typed tensors.
     pub fn infer_parts(
         &self,
         request: &InferRequest,
-        blobs: &[Option<&[u8]>],
+        blobs: &[Option<InputPart>],
     ) -> Result<Vec<(String, HostTensor)>, EngineError> {
         let decoded = self.decode_parts(request, blobs)?;
         let results = self.compute(&decoded.inputs)?;
@@ -382,12 +392,12 @@ impl OnnxModel {
         self.decode_parts(request, &[])
     }
 
-    /// [`OnnxModel::decode`], taking the elements of `request.inputs[i]` from `blobs[i]` (raw
-    /// little-endian bytes) where it is given.
+    /// [`OnnxModel::decode`], taking the elements of `request.inputs[i]` from `blobs[i]` where it
+    /// is given.
     pub fn decode_parts(
         &self,
         request: &InferRequest,
-        blobs: &[Option<&[u8]>],
+        blobs: &[Option<InputPart>],
     ) -> Result<DecodedRequest, EngineError> {
         for (i, t) in request.inputs.iter().enumerate() {
             if !self.inputs.iter().any(|m| m.name == t.name) {
@@ -418,7 +428,8 @@ impl OnnxModel {
                 .ok_or_else(|| EngineError::MissingInput(meta.name.clone()))?;
             let t = &request.inputs[i];
             inputs.push(match blobs.get(i).copied().flatten() {
-                Some(bytes) => decode_tensor_bytes(meta, t, bytes)?,
+                Some(InputPart::Bytes(bytes)) => decode_tensor_bytes(meta, t, bytes)?,
+                Some(InputPart::Elements(elements)) => decode_tensor_elements(meta, t, elements)?,
                 None => decode_tensor(meta, t)?,
             });
         }
@@ -519,9 +530,106 @@ fn decode_tensor_bytes(
 }
 
 fn decode_tensor(meta: &TensorMetadata, t: &Tensor) -> Result<HostTensor, EngineError> {
-    let (dims, expected) = checked_dims(meta, t)?;
+    let (_, expected) = checked_dims(meta, t)?;
     let mut flat = Vec::with_capacity(expected.min(1 << 20));
     flatten(&t.data, &mut flat);
+    decode_elements(meta, t, &flat)
+}
+
+/// A tensor whose JSON elements were flattened while the request was parsed
+/// (`cordon_proto::oip_json`): the same checks and conversions as for a JSON tensor.
+fn decode_tensor_elements(
+    meta: &TensorMetadata,
+    t: &Tensor,
+    elements: &[Element],
+) -> Result<HostTensor, EngineError> {
+    decode_elements(meta, t, elements)
+}
+
+/// One JSON element of a tensor's data, as a `serde_json::Value` leaf or as parsed in one pass.
+trait JsonElement {
+    /// A number, or `null` / `"NaN"` (NaN), `"Infinity"`, `"-Infinity"` (as
+    /// [`cordon_proto::oip::parse_json_body`] reads Python's literals).
+    fn float(&self) -> Option<f64>;
+    /// An integer written as one (never a float, even `1.0`).
+    fn int(&self) -> Option<i64>;
+    fn uint(&self) -> Option<u64>;
+    fn boolean(&self) -> Option<bool>;
+    fn text(&self) -> Option<&str>;
+}
+
+fn non_finite(s: &str) -> Option<f64> {
+    match s {
+        "NaN" => Some(f64::NAN),
+        "Infinity" => Some(f64::INFINITY),
+        "-Infinity" => Some(f64::NEG_INFINITY),
+        _ => None,
+    }
+}
+
+impl JsonElement for &Value {
+    fn float(&self) -> Option<f64> {
+        float_or_null(self)
+    }
+    fn int(&self) -> Option<i64> {
+        self.as_i64()
+    }
+    fn uint(&self) -> Option<u64> {
+        self.as_u64()
+    }
+    fn boolean(&self) -> Option<bool> {
+        self.as_bool()
+    }
+    fn text(&self) -> Option<&str> {
+        self.as_str()
+    }
+}
+
+impl JsonElement for Element {
+    fn float(&self) -> Option<f64> {
+        match self {
+            Element::Null => Some(f64::NAN),
+            Element::Str(s) => non_finite(s),
+            Element::UInt(u) => Some(*u as f64),
+            Element::Int(i) => Some(*i as f64),
+            Element::Float(f) => Some(*f),
+            Element::Bool(_) => None,
+        }
+    }
+    fn int(&self) -> Option<i64> {
+        match self {
+            Element::Int(i) => Some(*i),
+            Element::UInt(u) => i64::try_from(*u).ok(),
+            _ => None,
+        }
+    }
+    fn uint(&self) -> Option<u64> {
+        match self {
+            Element::UInt(u) => Some(*u),
+            _ => None,
+        }
+    }
+    fn boolean(&self) -> Option<bool> {
+        match self {
+            Element::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+    fn text(&self) -> Option<&str> {
+        match self {
+            Element::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// The elements as the model's datatype, once there are as many as the shape holds.
+fn decode_elements<E: JsonElement>(
+    meta: &TensorMetadata,
+    t: &Tensor,
+    flat: &[E],
+) -> Result<HostTensor, EngineError> {
+    let (dims, expected) = checked_dims(meta, t)?;
     if flat.len() != expected {
         return Err(EngineError::DataLength {
             name: t.name.clone(),
@@ -536,27 +644,27 @@ fn decode_tensor(meta: &TensorMetadata, t: &Tensor) -> Result<HostTensor, Engine
         datatype: t.datatype.clone(),
     };
     let data = match meta.datatype.as_str() {
-        "FP32" => HostData::F32(floats(&flat, bad, |x| x as f32, f32::is_infinite)?),
-        "FP64" => HostData::F64(floats(&flat, bad, |x| x, f64::is_infinite)?),
-        "FP16" => HostData::F16(floats(&flat, bad, f16::from_f64, f16::is_infinite)?),
-        "INT64" => HostData::I64(signed(&flat, bad)?),
-        "INT32" => HostData::I32(signed(&flat, bad)?),
-        "INT16" => HostData::I16(signed(&flat, bad)?),
-        "INT8" => HostData::I8(signed(&flat, bad)?),
-        "UINT64" => HostData::U64(unsigned(&flat, bad)?),
-        "UINT32" => HostData::U32(unsigned(&flat, bad)?),
-        "UINT16" => HostData::U16(unsigned(&flat, bad)?),
-        "UINT8" => HostData::U8(unsigned(&flat, bad)?),
+        "FP32" => HostData::F32(floats(flat, bad, |x| x as f32, f32::is_infinite)?),
+        "FP64" => HostData::F64(floats(flat, bad, |x| x, f64::is_infinite)?),
+        "FP16" => HostData::F16(floats(flat, bad, f16::from_f64, f16::is_infinite)?),
+        "INT64" => HostData::I64(signed(flat, bad)?),
+        "INT32" => HostData::I32(signed(flat, bad)?),
+        "INT16" => HostData::I16(signed(flat, bad)?),
+        "INT8" => HostData::I8(signed(flat, bad)?),
+        "UINT64" => HostData::U64(unsigned(flat, bad)?),
+        "UINT32" => HostData::U32(unsigned(flat, bad)?),
+        "UINT16" => HostData::U16(unsigned(flat, bad)?),
+        "UINT8" => HostData::U8(unsigned(flat, bad)?),
         "BOOL" => HostData::Bool(
             flat.iter()
                 .enumerate()
-                .map(|(i, v)| v.as_bool().ok_or_else(|| bad(i)))
+                .map(|(i, v)| v.boolean().ok_or_else(|| bad(i)))
                 .collect::<Result<_, _>>()?,
         ),
         "BYTES" => HostData::Bytes(
             flat.iter()
                 .enumerate()
-                .map(|(i, v)| v.as_str().map(str::to_string).ok_or_else(|| bad(i)))
+                .map(|(i, v)| v.text().map(str::to_string).ok_or_else(|| bad(i)))
                 .collect::<Result<_, _>>()?,
         ),
         other => {
@@ -573,8 +681,8 @@ fn decode_tensor(meta: &TensorMetadata, t: &Tensor) -> Result<HostTensor, Engine
 /// [`cordon_proto::oip::parse_json_body`] reads Python's literals). A finite number the datatype
 /// cannot hold (FP32 `1e39`) is refused, not rounded to infinity: the model would see a value the
 /// client never sent.
-fn floats<T: Copy>(
-    flat: &[&Value],
+fn floats<T: Copy, E: JsonElement>(
+    flat: &[E],
     bad: impl Fn(usize) -> EngineError,
     convert: impl Fn(f64) -> T,
     is_infinite: impl Fn(T) -> bool,
@@ -582,7 +690,7 @@ fn floats<T: Copy>(
     flat.iter()
         .enumerate()
         .map(|(i, v)| {
-            float_or_null(v)
+            v.float()
                 .and_then(|x| {
                     let y = convert(x);
                     (!(x.is_finite() && is_infinite(y))).then_some(y)
@@ -593,28 +701,28 @@ fn floats<T: Copy>(
 }
 
 /// Integer elements that must fit `T` exactly (no rounding, no wrap).
-fn signed<T: TryFrom<i64>>(
-    flat: &[&Value],
+fn signed<T: TryFrom<i64>, E: JsonElement>(
+    flat: &[E],
     bad: impl Fn(usize) -> EngineError,
 ) -> Result<Vec<T>, EngineError> {
     flat.iter()
         .enumerate()
         .map(|(i, v)| {
-            v.as_i64()
+            v.int()
                 .and_then(|x| T::try_from(x).ok())
                 .ok_or_else(|| bad(i))
         })
         .collect()
 }
 
-fn unsigned<T: TryFrom<u64>>(
-    flat: &[&Value],
+fn unsigned<T: TryFrom<u64>, E: JsonElement>(
+    flat: &[E],
     bad: impl Fn(usize) -> EngineError,
 ) -> Result<Vec<T>, EngineError> {
     flat.iter()
         .enumerate()
         .map(|(i, v)| {
-            v.as_u64()
+            v.uint()
                 .and_then(|x| T::try_from(x).ok())
                 .ok_or_else(|| bad(i))
         })

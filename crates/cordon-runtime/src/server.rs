@@ -7,7 +7,7 @@
 //! any burst.
 
 use crate::batching::{BatchOptions, Batcher};
-use crate::engine::{EngineError, OnnxModel};
+use crate::engine::{EngineError, InputPart, OnnxModel};
 use crate::jobs::{self, JobBoard, TrainingOptions};
 use crate::metrics::{Channel, InferLabels, KeyEvent, Metrics, ModelLabels, RefusalKind};
 use crate::replay::{ReplayError, ReplayGuard};
@@ -22,9 +22,10 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cordon_proto::oip::{self, ErrorResponse, InferRequest};
 use cordon_proto::oip_binary::{self, BinaryOutputs};
+use cordon_proto::oip_json::{self, Element, Elements};
 use cordon_proto::runtime::{
-    AttestationResponse, InnerMessageError, InnerRequest, InnerResponse,
-    ENCRYPTED_RESPONSE_MEDIA_TYPE, INFERENCE_HEADER_CONTENT_LENGTH,
+    AttestationResponse, InnerMessageError, InnerRequest, InnerResponse, CONTENT_TYPE_HEADER,
+    ENCRYPTED_RESPONSE_MEDIA_TYPE, INFERENCE_HEADER_CONTENT_LENGTH, JSON_MEDIA_TYPE,
 };
 use cordon_proto::session::{SessionMessage, SessionSetup, SESSION_MESSAGE_MEDIA_TYPE};
 use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair, WireEndorsements};
@@ -550,28 +551,20 @@ async fn plain_infer(
     let binary = headers
         .get(INFERENCE_HEADER_CONTENT_LENGTH)
         .map(|v| v.to_str().unwrap_or("not text").to_string());
-    let resp = match binary.ok_or_else(|| oip::parse_json_body(&body)) {
-        Ok(header_len) => {
-            let request = InnerRequest {
-                method: "POST".into(),
-                path,
-                headers: BTreeMap::from([(INFERENCE_HEADER_CONTENT_LENGTH.into(), header_len)]),
-                raw_body: Some(body.to_vec()),
-                ..InnerRequest::default()
-            };
-            route_inner(&s, request, Channel::Plain).await
-        }
-        Err(Ok(v)) => {
-            let request = InnerRequest {
-                method: "POST".into(),
-                path,
-                body: Some(v),
-                ..InnerRequest::default()
-            };
-            route_inner(&s, request, Channel::Plain).await
-        }
-        Err(Err(e)) => inner_error(400, format!("infer request: {}", e.classify_name())),
+    // Either form goes in as the bytes that came, as inside the channel: the binary tensor data
+    // extension, or JSON parsed in one pass.
+    let header = match binary {
+        Some(header_len) => (INFERENCE_HEADER_CONTENT_LENGTH.to_string(), header_len),
+        None => (CONTENT_TYPE_HEADER.to_string(), JSON_MEDIA_TYPE.to_string()),
     };
+    let request = InnerRequest {
+        method: "POST".into(),
+        path,
+        headers: BTreeMap::from([header]),
+        raw_body: Some(body.to_vec()),
+        ..InnerRequest::default()
+    };
+    let resp = route_inner(&s, request, Channel::Plain).await;
     s.metrics.request(Channel::Plain, resp.status);
     let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let header_len = resp.binary_header_length().map(str::to_string);
@@ -904,8 +897,15 @@ async fn route_inner(s: &Arc<RuntimeState>, req: InnerRequest, channel: Channel)
             };
             // The binary tensor data extension, as the client sent it: no JSON for tensor data.
             if let Some(header_len) = req.headers.get(INFERENCE_HEADER_CONTENT_LENGTH) {
-                return match BinaryInfer::parse(header_len, req.raw_body) {
-                    Ok(work) => infer(s, model, InferWork::Binary(work), channel).await,
+                return match PartsInfer::binary(header_len, req.raw_body) {
+                    Ok(work) => infer(s, model, InferWork::Parts(work), channel).await,
+                    Err(e) => inner_error(400, e),
+                };
+            }
+            // A JSON body as bytes: parsed in one pass, its tensor data never a JSON tree.
+            if let Some(body) = req.raw_body.as_deref().filter(|_| json_bytes(&req.headers)) {
+                return match PartsInfer::json(body) {
+                    Ok(work) => infer(s, model, InferWork::Parts(work), channel).await,
                     Err(e) => inner_error(400, e),
                 };
             }
@@ -925,26 +925,36 @@ async fn route_inner(s: &Arc<RuntimeState>, req: InnerRequest, channel: Channel)
     }
 }
 
-/// An infer request as it arrived: JSON, or in the binary tensor data extension's form.
+/// An infer request as it arrived: a JSON tree (from a client that sends `body`), or bytes whose
+/// tensor data never becomes one (the binary tensor data extension, or a JSON body parsed in one
+/// pass).
 enum InferWork {
     Json(InferRequest),
-    Binary(BinaryInfer),
+    Parts(PartsInfer),
 }
 
-/// A binary-extension infer request: its JSON header (binary inputs' `data` null), the whole body,
-/// where in it each binary input's bytes are, and which outputs go back in binary.
-struct BinaryInfer {
+/// Where one input's elements are.
+enum Part {
+    /// Bytes of the body (the binary tensor data extension).
+    Bytes(std::ops::Range<usize>),
+    /// Flattened while the JSON body was parsed.
+    Elements(Elements),
+}
+
+/// An infer request whose inputs' elements are not in a JSON tree: its fields (those inputs'
+/// `data` null), the body they came in, where each input's elements are, and which outputs go
+/// back in binary.
+struct PartsInfer {
     request: InferRequest,
     body: Vec<u8>,
-    header_len: usize,
-    blobs: Vec<Option<std::ops::Range<usize>>>,
+    parts: Vec<Option<Part>>,
     binary_outputs: BinaryOutputs,
 }
 
-impl BinaryInfer {
+impl PartsInfer {
     /// Takes apart a binary-extension body: the header checked for the request's shape as a JSON
     /// body is; nothing decoded yet.
-    fn parse(header_len: &str, body: Option<Vec<u8>>) -> Result<BinaryInfer, String> {
+    fn binary(header_len: &str, body: Option<Vec<u8>>) -> Result<PartsInfer, String> {
         let header_len = header_len
             .trim()
             .parse::<usize>()
@@ -958,23 +968,46 @@ impl BinaryInfer {
         let binary_outputs = BinaryOutputs::of(&split.header);
         let request = serde_json::from_value(split.header)
             .map_err(|e| format!("infer request: {}", e.classify_name()))?;
-        Ok(BinaryInfer {
+        Ok(PartsInfer {
             request,
             body,
-            header_len,
-            blobs: split.blobs,
+            parts: split
+                .blobs
+                .into_iter()
+                .map(|r| r.map(Part::Bytes))
+                .collect(),
             binary_outputs,
         })
     }
 
-    /// Evaluates it on `model`, tensors straight from and to their bytes.
+    /// Parses a JSON body in one pass (`oip_json`): each input's elements flat, no tree.
+    fn json(body: &[u8]) -> Result<PartsInfer, String> {
+        let parsed = oip_json::parse_infer_request(body)?;
+        Ok(PartsInfer {
+            binary_outputs: BinaryOutputs::of(&parsed.output_choices),
+            request: parsed.request,
+            body: Vec::new(),
+            parts: parsed
+                .data
+                .into_iter()
+                .map(|e| Some(Part::Elements(e)))
+                .collect(),
+        })
+    }
+
+    /// Evaluates it on `model`: inputs decoded from their bytes or elements, outputs in binary
+    /// where asked for, else JSON.
     fn run(&self, model: &OnnxModel) -> Result<InnerResponse, EngineError> {
-        let blobs: Vec<Option<&[u8]>> = self
-            .blobs
+        let parts: Vec<Option<InputPart>> = self
+            .parts
             .iter()
-            .map(|r| r.clone().map(|r| &self.body[r]))
+            .map(|p| match p {
+                Some(Part::Bytes(r)) => Some(InputPart::Bytes(&self.body[r.clone()])),
+                Some(Part::Elements(e)) => Some(InputPart::Elements(&e.0)),
+                None => None,
+            })
             .collect();
-        let outputs = model.infer_parts(&self.request, &blobs)?;
+        let outputs = model.infer_parts(&self.request, &parts)?;
         let mut tail = Vec::new();
         let outputs: Vec<serde_json::Value> = outputs
             .into_iter()
@@ -1003,12 +1036,30 @@ impl BinaryInfer {
         Ok(binary_answer(response, tail))
     }
 
-    /// The same request as JSON (for the batcher, which merges JSON requests).
+    /// The same request as a JSON tree (for the batcher, which merges JSON requests).
     fn to_json(&self) -> Result<InferRequest, String> {
-        let value = oip_binary::decode_request(&self.body, self.header_len, usize::MAX)
-            .map_err(|e| e.to_string())?;
-        serde_json::from_value(value).map_err(|e| format!("infer request: {}", e.classify_name()))
+        let mut request = self.request.clone();
+        for (t, part) in request.inputs.iter_mut().zip(&self.parts) {
+            t.data = match part {
+                Some(Part::Bytes(r)) => serde_json::Value::Array(
+                    oip_binary::decode_elements(&t.datatype, &self.body[r.clone()])
+                        .map_err(|reason| format!("input {:?}: {reason}", t.name))?,
+                ),
+                Some(Part::Elements(e)) => {
+                    serde_json::Value::Array(e.0.iter().map(Element::to_value).collect())
+                }
+                None => continue,
+            };
+        }
+        Ok(request)
     }
+}
+
+/// Whether an inner request's `raw_body` is a JSON body (`content-type: application/json`).
+fn json_bytes(headers: &BTreeMap<String, String>) -> bool {
+    headers
+        .get(CONTENT_TYPE_HEADER)
+        .is_some_and(|v| v.split(';').next().map(str::trim) == Some(JSON_MEDIA_TYPE))
 }
 
 /// A response in the binary extension's form when `tail` holds any output's bytes, else JSON.
@@ -1044,7 +1095,7 @@ impl InferWork {
     fn request(&self) -> &InferRequest {
         match self {
             InferWork::Json(r) => r,
-            InferWork::Binary(b) => &b.request,
+            InferWork::Parts(p) => &p.request,
         }
     }
 
@@ -1065,7 +1116,7 @@ impl InferWork {
     fn run(&self, model: &OnnxModel) -> InnerResponse {
         let result = match self {
             InferWork::Json(request) => model.infer(request).map(|r| ok(json!(r))),
-            InferWork::Binary(b) => b.run(model),
+            InferWork::Parts(p) => p.run(model),
         };
         result.unwrap_or_else(|e| inner_error(e.http_status(), e.to_string()))
     }
@@ -1093,8 +1144,8 @@ async fn infer(
     if let Some((batcher, rows)) = batch {
         let (request, binary_outputs) = match work {
             InferWork::Json(request) => (request, None),
-            InferWork::Binary(b) => match b.to_json() {
-                Ok(request) => (request, Some(b.binary_outputs)),
+            InferWork::Parts(p) => match p.to_json() {
+                Ok(request) => (request, Some(p.binary_outputs)),
                 Err(e) => return inner_error(400, e),
             },
         };

@@ -1245,3 +1245,92 @@ async fn binary_requests_are_batched_and_answered_with_their_own_rows() {
     }
     assert_eq!(seen, 6);
 }
+
+/// A JSON infer body sent as its bytes (what the proxy and the SDKs send) is parsed in one pass,
+/// its tensor data never a JSON tree, and answers exactly as the same request sent as a JSON tree
+/// (`body`): nested data, Python's NaN literals, every datatype; the same refusals, in the same
+/// words; binary outputs when the JSON request asks for them.
+#[tokio::test]
+async fn json_bodies_as_bytes_answer_as_json_trees_do() {
+    let h = start(ServingOptions::default()).await;
+    let session = h.verified().await.open_session().await.unwrap();
+    let as_bytes = |body: &str| InnerRequest {
+        method: "POST".into(),
+        path: "/v2/models/dt/infer".into(),
+        headers: BTreeMap::from([("content-type".to_string(), "application/json".to_string())]),
+        raw_body: Some(body.as_bytes().to_vec()),
+        ..InnerRequest::default()
+    };
+    let as_tree = |body: &str| InnerRequest {
+        method: "POST".into(),
+        path: "/v2/models/dt/infer".into(),
+        body: Some(cordon_proto::oip::parse_json_body(body.as_bytes()).unwrap()),
+        ..InnerRequest::default()
+    };
+    let inputs = |fp32: &str, uint8: &str| {
+        format!(
+            r#"{{"id": "q", "inputs": [
+            {{"name": "in_bool", "shape": [2, 2], "datatype": "BOOL", "data": [[true, false], [false, true]]}},
+            {{"name": "in_int8", "shape": [2, 2], "datatype": "INT8", "data": [-128, 127, 0, 5]}},
+            {{"name": "in_int16", "shape": [2, 2], "datatype": "INT16", "data": [-32768, 32767, -1, 2]}},
+            {{"name": "in_int32", "shape": [2, 2], "datatype": "INT32", "data": [-2147483648, 2147483647, 0, 7]}},
+            {{"name": "in_int64", "shape": [2, 2], "datatype": "INT64", "data": [-9223372036854775808, 9223372036854775807, 0, -9]}},
+            {{"name": "in_uint8", "shape": [2, 2], "datatype": "UINT8", "data": {uint8}}},
+            {{"name": "in_uint16", "shape": [2, 2], "datatype": "UINT16", "data": [0, 65535, 3, 4]}},
+            {{"name": "in_uint32", "shape": [2, 2], "datatype": "UINT32", "data": [0, 4294967295, 5, 6]}},
+            {{"name": "in_uint64", "shape": [2, 2], "datatype": "UINT64", "data": [0, 18446744073709551615, 7, 8]}},
+            {{"name": "in_fp16", "shape": [2, 2], "datatype": "FP16", "data": [0.5, -2.0, 65504.0, 0.375]}},
+            {{"name": "in_fp32", "shape": [2, 2], "datatype": "FP32", "data": {fp32}}},
+            {{"name": "in_fp64", "shape": [2, 2], "datatype": "FP64", "data": [0.1, 1e300, -3.5, 0.0]}},
+            {{"name": "in_bytes", "shape": [2, 2], "datatype": "BYTES", "data": ["a", "ü", "", "x y"]}}
+            ]"#
+        )
+    };
+    let good = format!(
+        "{}}}",
+        inputs("[[1.5, NaN], [-Infinity, null]]", "[0, 255, 1, 2]")
+    );
+    let tree = session.send(as_tree(&good)).await.unwrap();
+    let bytes = session.send(as_bytes(&good)).await.unwrap();
+    assert_eq!(tree.status, 200, "{}", tree.body);
+    assert_eq!(bytes.body, tree.body);
+    let fp32 = tree.body["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "out_fp32")
+        .unwrap();
+    assert_eq!(fp32["data"], json!([1.5, "NaN", "-Infinity", "NaN"]));
+    // The same refusal in the same words: an element the datatype cannot hold, a wrong length,
+    // a body that is not an infer request.
+    for bad in [
+        format!("{}}}", inputs("[1, 2, 3, 4]", "[0, 256, 1, 2]")),
+        format!("{}}}", inputs("[1, 2, 3]", "[0, 1, 1, 2]")),
+        format!("{}}}", inputs("[1e39, 2, 3, 4]", "[0, 1, 1, 2]")),
+        r#"{"inputs": [{"name": "in_bool", "datatype": "BOOL", "data": [true]}]}"#.to_string(),
+    ] {
+        let tree = session.send(as_tree(&bad)).await.unwrap();
+        let bytes = session.send(as_bytes(&bad)).await.unwrap();
+        assert_eq!(tree.status, 400, "{}", tree.body);
+        assert_eq!((bytes.status, &bytes.body), (400, &tree.body));
+    }
+    let e = session.send(as_bytes("{\"inputs\": [")).await.unwrap();
+    assert_eq!(e.status, 400);
+    assert!(
+        e.body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("infer request: Eof error"),
+        "{}",
+        e.body
+    );
+    // A JSON request asking for binary outputs gets them from the runtime.
+    let binary = format!(
+        "{}, \"outputs\": [{{\"name\": \"out_int64\", \"parameters\": {{\"binary_data\": true}}}}]}}",
+        inputs("[1, 2, 3, 4]", "[0, 1, 1, 2]")
+    );
+    let resp = session.send(as_bytes(&binary)).await.unwrap();
+    let (outputs, was_binary) = binary_outputs(&resp);
+    assert_eq!(was_binary, [true]);
+    assert_eq!(outputs[0]["data"], json!([i64::MIN, i64::MAX, 0, -9]));
+}
