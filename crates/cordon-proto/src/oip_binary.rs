@@ -81,37 +81,46 @@ pub fn float_value(x: f64) -> Value {
     }
 }
 
+/// The elements of a `BYTES` tensor's raw bytes: each a 4-byte little-endian length, then that many
+/// bytes of UTF-8 text (this crate's string tensors are text); the reason in words (sizes and
+/// indices, never content) when they are not.
+pub fn bytes_elements(mut rest: &[u8]) -> Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(format!(
+                "BYTES element {} has a truncated length prefix",
+                out.len()
+            ));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        let Some((text, tail)) = tail.split_at_checked(len) else {
+            return Err(format!(
+                "BYTES element {} says {len} bytes, {} are left",
+                out.len(),
+                tail.len()
+            ));
+        };
+        let text = std::str::from_utf8(text).map_err(|_| {
+            format!(
+                "BYTES element {} is not UTF-8 text (this runtime's BYTES tensors are text)",
+                out.len()
+            )
+        })?;
+        out.push(text);
+        rest = tail;
+    }
+    Ok(out)
+}
+
 /// The elements of one tensor's raw bytes (little-endian, row-major; `BYTES` length-prefixed) as
 /// the JSON values of `datatype`; the reason in words when they are not whole elements.
 pub fn decode_elements(datatype: &str, bytes: &[u8]) -> Result<Vec<Value>, String> {
     if datatype == "BYTES" {
-        let mut out = Vec::new();
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let Some((len, tail)) = rest.split_first_chunk::<4>() else {
-                return Err(format!(
-                    "BYTES element {} has a truncated length prefix",
-                    out.len()
-                ));
-            };
-            let len = u32::from_le_bytes(*len) as usize;
-            if tail.len() < len {
-                return Err(format!(
-                    "BYTES element {} says {len} bytes, {} are left",
-                    out.len(),
-                    tail.len()
-                ));
-            }
-            let text = std::str::from_utf8(&tail[..len]).map_err(|_| {
-                format!(
-                    "BYTES element {} is not UTF-8 text (this runtime's BYTES tensors are text)",
-                    out.len()
-                )
-            })?;
-            out.push(Value::from(text));
-            rest = &tail[len..];
-        }
-        return Ok(out);
+        return Ok(bytes_elements(bytes)?
+            .into_iter()
+            .map(Value::from)
+            .collect());
     }
     let size =
         element_size(datatype).ok_or_else(|| format!("datatype {datatype} has no binary form"))?;

@@ -736,12 +736,7 @@ type Tensor_ = tract_onnx::prelude::Tensor;
 fn float_or_null(v: &Value) -> Option<f64> {
     match v {
         Value::Null => Some(f64::NAN),
-        Value::String(s) => match s.as_str() {
-            "NaN" => Some(f64::NAN),
-            "Infinity" => Some(f64::INFINITY),
-            "-Infinity" => Some(f64::NEG_INFINITY),
-            _ => None,
-        },
+        Value::String(s) => non_finite(s),
         v => v.as_f64(),
     }
 }

@@ -47,7 +47,12 @@ impl HostData {
             "UINT16" => fixed!(U16, u16, 2),
             "UINT8" => HostData::U8(bytes.to_vec()),
             "BOOL" => HostData::Bool(bytes.iter().map(|&b| b != 0).collect()),
-            "BYTES" => HostData::Bytes(text_elements(bytes)?),
+            "BYTES" => HostData::Bytes(
+                cordon_proto::oip_binary::bytes_elements(bytes)?
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect(),
+            ),
             other => return Err(format!("datatype {other} has no binary form")),
         })
     }
@@ -111,36 +116,6 @@ impl HostData {
             }
         }
     }
-}
-
-/// `BYTES` elements: each a 4-byte little-endian length, then that many bytes of UTF-8 text.
-fn text_elements(mut rest: &[u8]) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
-            return Err(format!(
-                "BYTES element {} has a truncated length prefix",
-                out.len()
-            ));
-        };
-        let len = u32::from_le_bytes(*len) as usize;
-        let Some((text, tail)) = tail.split_at_checked(len) else {
-            return Err(format!(
-                "BYTES element {} says {len} bytes, {} are left",
-                out.len(),
-                tail.len()
-            ));
-        };
-        let text = std::str::from_utf8(text).map_err(|_| {
-            format!(
-                "BYTES element {} is not UTF-8 text (this runtime's BYTES tensors are text)",
-                out.len()
-            )
-        })?;
-        out.push(text.to_string());
-        rest = tail;
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -758,15 +758,10 @@ async fn dynamic_batching_merges_concurrent_requests_without_mixing_answers() {
     );
 }
 
-/// Every Open Inference Protocol datatype through the encrypted channel: each input of the
-/// Identity model (models/oip/datatypes.onnx) comes back unchanged, with its datatype; values a
-/// datatype cannot hold are refused before the model runs.
-#[tokio::test]
-async fn every_datatype_round_trips_and_out_of_range_values_are_refused() {
-    let h = start(ServingOptions::default()).await;
-    let rt = h.verified().await;
-    let session = rt.open_session().await.unwrap();
-    let cases: Vec<(&str, &str, Value)> = vec![
+/// One 2x2 input per datatype of the Identity model models/oip/datatypes.onnx (`in_{name}`), with
+/// the extremes of each.
+fn datatype_cases() -> Vec<(&'static str, &'static str, Value)> {
+    vec![
         ("bool", "BOOL", json!([true, false, false, true])),
         ("int8", "INT8", json!([-128, 127, 0, 5])),
         ("int16", "INT16", json!([-32768, 32767, -1, 2])),
@@ -780,7 +775,18 @@ async fn every_datatype_round_trips_and_out_of_range_values_are_refused() {
         ("fp32", "FP32", json!([1.5, -0.25, 1024.0, 0.375])),
         ("fp64", "FP64", json!([0.1, 1e300, -3.5, 0.0])),
         ("bytes", "BYTES", json!(["a", "ü", "", "x y"])),
-    ];
+    ]
+}
+
+/// Every Open Inference Protocol datatype through the encrypted channel: each input of the
+/// Identity model (models/oip/datatypes.onnx) comes back unchanged, with its datatype; values a
+/// datatype cannot hold are refused before the model runs.
+#[tokio::test]
+async fn every_datatype_round_trips_and_out_of_range_values_are_refused() {
+    let h = start(ServingOptions::default()).await;
+    let rt = h.verified().await;
+    let session = rt.open_session().await.unwrap();
+    let cases = datatype_cases();
     let meta = session
         .request("GET", "/v2/models/dt", None)
         .await
@@ -975,21 +981,7 @@ async fn binary_tensors_inside_the_channel_answer_as_json_does_for_every_datatyp
     let h = start(ServingOptions::default()).await;
     let rt = h.verified().await;
     let session = rt.open_session().await.unwrap();
-    let cases: Vec<(&str, &str, Value)> = vec![
-        ("bool", "BOOL", json!([true, false, false, true])),
-        ("int8", "INT8", json!([-128, 127, 0, 5])),
-        ("int16", "INT16", json!([-32768, 32767, -1, 2])),
-        ("int32", "INT32", json!([-2147483648i64, 2147483647, 0, 7])),
-        ("int64", "INT64", json!([i64::MIN, i64::MAX, 0, -9])),
-        ("uint8", "UINT8", json!([0, 255, 1, 2])),
-        ("uint16", "UINT16", json!([0, 65535, 3, 4])),
-        ("uint32", "UINT32", json!([0, 4294967295u64, 5, 6])),
-        ("uint64", "UINT64", json!([0, u64::MAX, 7, 8])),
-        ("fp16", "FP16", json!([0.5, -2.0, 65504.0, 0.375])),
-        ("fp32", "FP32", json!([1.5, -0.25, 1024.0, 0.375])),
-        ("fp64", "FP64", json!([0.1, 1e300, -3.5, 0.0])),
-        ("bytes", "BYTES", json!(["a", "ü", "", "x y"])),
-    ];
+    let cases = datatype_cases();
     let tensor = |name: &str, dt: &str| json!({"name": format!("in_{name}"), "shape": [2, 2], "datatype": dt});
     let json_request = InferRequest {
         id: Some("dt".into()),

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_cordon");
 
 /// Stops the process on drop: SIGTERM first, so that `dev up` takes its KBS and runtime down with
@@ -440,20 +442,7 @@ fn a_signal_during_the_start_leaves_no_process_behind() {
 #[test]
 fn the_stock_triton_clients_work_through_the_proxy_over_http_and_grpc() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let fetched = Command::new("bash")
-        .arg(root.join("scripts/fetch-python-clients.sh"))
-        .arg(std::env::temp_dir().join("cordon-python-clients"))
-        .output()
-        .unwrap();
-    assert!(
-        fetched.status.success(),
-        "fetching the Python clients failed: {}",
-        String::from_utf8_lossy(&fetched.stderr)
-    );
-    let python = String::from_utf8(fetched.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let python = common::python_clients();
 
     let dir = tempfile::tempdir().unwrap();
     // The runtime's plaintext development route gives the reference answers: what the proxy

@@ -490,21 +490,7 @@ fn the_proxy_follows_a_runtime_restart_and_refuses_one_its_policy_rejects() {
 /// (crates/cordon/tests/stock_clients/triton_datatypes.py holds the checks).
 #[test]
 fn the_stock_clients_send_and_receive_every_datatype_bytes_included() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let fetched = std::process::Command::new("bash")
-        .arg(root.join("scripts/fetch-python-clients.sh"))
-        .arg(std::env::temp_dir().join("cordon-python-clients"))
-        .output()
-        .unwrap();
-    assert!(
-        fetched.status.success(),
-        "fetching the Python clients failed: {}",
-        String::from_utf8_lossy(&fetched.stderr)
-    );
-    let python = String::from_utf8(fetched.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let python = python_clients();
     let rig = Rig::serving(&[("dt", "oip/datatypes.onnx")]);
     let (_rt, url) = rig.runtime("a.toml", "127.0.0.1:0");
     let policy = rig.client_policy("client.toml", &rig.measurement_a);

@@ -571,3 +571,24 @@ pub fn probabilities(response: &serde_json::Value) -> Vec<serde_json::Value> {
 pub fn reference_output(model: &str, input: &str) -> serde_json::Value {
     serde_json::from_str(&ok(&["model", "run", model, "--input", input])).unwrap()
 }
+
+/// The Python with the stock KServe v2 / Triton clients (tritonclient from PyPI, pinned), made by
+/// scripts/fetch-python-clients.sh once per machine; a test that needs them fails, never skips,
+/// when that fails.
+pub fn python_clients() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let fetched = Command::new("bash")
+        .arg(root.join("scripts/fetch-python-clients.sh"))
+        .arg(std::env::temp_dir().join("cordon-python-clients"))
+        .output()
+        .unwrap();
+    assert!(
+        fetched.status.success(),
+        "fetching the Python clients failed: {}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    String::from_utf8(fetched.stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
