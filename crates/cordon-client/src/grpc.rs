@@ -268,7 +268,7 @@ fn infer_request_json(r: &pb::ModelInferRequest, max_json: usize) -> Result<Valu
 
 /// The binary-extension body of a request whose every input is raw (none typed), asking for
 /// every output in binary; `None` when an input has typed contents. Refused when it could not fit
-/// the channel's limit as base64.
+/// the channel's limit.
 fn binary_payload(r: &pb::ModelInferRequest, limit: usize) -> Result<Option<Payload>, Status> {
     if r.inputs.is_empty() || r.raw_input_contents.len() != r.inputs.len() {
         return Ok(None);
@@ -305,7 +305,7 @@ fn binary_payload(r: &pb::ModelInferRequest, limit: usize) -> Result<Option<Payl
     let mut body = serde_json::to_vec(&header).unwrap_or_default();
     let header_len = body.len();
     let raw: usize = r.raw_input_contents.iter().map(Vec::len).sum();
-    let inner = (header_len + raw).div_ceil(3).saturating_mul(4) + 256;
+    let inner = (header_len + raw).saturating_add(crate::proxy::INNER_OVERHEAD);
     if inner > limit {
         return Err(Status::resource_exhausted(
             oip_binary::BinaryError::TooLarge {
@@ -523,7 +523,12 @@ impl GrpcInferenceService for GrpcSurface {
             return Ok(Response::new(
                 match (&inner.raw_body, inner.binary_header_length()) {
                     (Some(body), Some(header_len)) => binary_infer_response(body, header_len)?,
-                    _ => infer_response(&inner.body)?,
+                    (None, _) => infer_response(&inner.body)?,
+                    (Some(_), None) => {
+                        return Err(Status::internal(
+                            "the runtime's binary answer has no Inference-Header-Content-Length",
+                        ))
+                    }
                 },
             ));
         }

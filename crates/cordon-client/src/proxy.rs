@@ -572,9 +572,56 @@ impl Proxy {
         }
     }
 
+    /// Sends one OIP request to the verified runtime ([`Proxy::forward_once`]). A runtime from
+    /// before bodies travelled as bytes (docs/protocol.md §7.4) answers an infer body sent that way
+    /// with 400 `inner request is not valid JSON…`, having run nothing: the body then goes once
+    /// more as the JSON tree it used to take, so that a proxy can be upgraded before its runtime.
+    async fn forward(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Payload>,
+    ) -> Result<InnerResponse, Refusal> {
+        let as_bytes = match &body {
+            Some(Payload::Binary { header_len, bytes }) => Some((Some(*header_len), bytes.clone())),
+            Some(Payload::JsonBytes(bytes)) => Some((None, bytes.clone())),
+            _ => None,
+        };
+        let resp = self.forward_once(method, path, body).await?;
+        let older_runtime = resp.status == 400
+            && resp
+                .body
+                .get("error")
+                .and_then(|e| e.as_str())
+                .is_some_and(|e| e.starts_with(OLDER_RUNTIME_REFUSAL));
+        let Some((header_len, bytes)) = as_bytes.filter(|_| older_runtime) else {
+            return Ok(resp);
+        };
+        let limit = self.shared.config.max_body;
+        let tree = match header_len {
+            Some(n) => oip_binary::decode_request(&bytes, n, limit).map_err(|e| e.to_string()),
+            None => oip::parse_json_body(&bytes).map_err(|e| e.to_string()),
+        };
+        match tree {
+            Ok(tree) => {
+                tracing::debug!("the runtime takes no bodies as bytes: sent as a JSON tree");
+                let again = move || match header_len {
+                    Some(n) => {
+                        oip_binary::decode_request(&bytes, n, limit).map_err(|e| e.to_string())
+                    }
+                    None => oip::parse_json_body(&bytes).map_err(|e| e.to_string()),
+                };
+                self.forward_once(method, path, Some(Payload::new(tree, again)))
+                    .await
+            }
+            // Too large as a tree, or not decodable: the older runtime's answer stands.
+            Err(_) => Ok(resp),
+        }
+    }
+
     /// Sends one OIP request to the verified runtime, in session mode when a session can be had,
     /// re-verifying and retrying once if the runtime's key changed.
-    async fn forward(
+    async fn forward_once(
         &self,
         method: &str,
         path: &str,
@@ -659,6 +706,9 @@ impl Proxy {
         result.map_err(Refusal::Upstream)
     }
 }
+
+/// How a runtime from before framed inner messages refuses one: it reads the plaintext as JSON.
+const OLDER_RUNTIME_REFUSAL: &str = "inner request is not valid JSON for a Cordon request";
 
 /// How a body is made again should a request go out a second time.
 type Remake = Box<dyn Fn() -> Result<Sent, String> + Send + Sync>;
@@ -934,31 +984,42 @@ fn json_answer(status: StatusCode, body: &serde_json::Value) -> Response {
         .into_response()
 }
 
-/// A binary-extension answer of the runtime, passed on as it came: its JSON header's length and
-/// the body.
+/// Bytes an inner request adds around a body it carries as bytes (method, path, headers, time
+/// stamp, framing, the AEAD's), for any usual path: what the proxy allows for when it checks a body
+/// against the limit before sending it. The runtime's own limit stays the authority (a 413 from it
+/// is passed on).
+pub(crate) const INNER_OVERHEAD: usize = 512;
+
+/// A binary-extension answer of the runtime, passed on as it came (its JSON header's length and
+/// the body), once its sizes are checked to add up.
 fn raw_response(inner: InnerResponse) -> Response {
     let header_len = inner
         .binary_header_length()
         .and_then(|v| v.parse::<usize>().ok());
     match (header_len, inner.raw_body) {
-        (Some(header_len), Some(bytes)) if header_len <= bytes.len() => (
-            StatusCode::OK,
-            [
-                (
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                ),
-                (
-                    HeaderName::from_static(INFERENCE_HEADER_CONTENT_LENGTH),
-                    HeaderValue::from(header_len),
-                ),
-            ],
-            bytes,
-        )
-            .into_response(),
+        (Some(header_len), Some(bytes))
+            if oip_binary::split_response(&bytes, header_len).is_ok() =>
+        {
+            (
+                StatusCode::OK,
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    ),
+                    (
+                        HeaderName::from_static(INFERENCE_HEADER_CONTENT_LENGTH),
+                        HeaderValue::from(header_len),
+                    ),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
         _ => oip_error(
             StatusCode::BAD_GATEWAY,
-            "cordon proxy: the runtime's binary answer has no valid Inference-Header-Content-Length",
+            "cordon proxy: the runtime's binary answer is malformed (its header length or its \
+             outputs' sizes do not add up)",
         ),
     }
 }
@@ -994,13 +1055,9 @@ async fn infer_body(proxy: &Proxy, headers: &HeaderMap, body: Body) -> Result<Pa
                 "Inference-Header-Content-Length is not a byte count",
             ));
         };
-        // Inside the channel the body travels as base64 in the inner request's JSON: refused here
-        // when that cannot fit the channel's limit, before anything is sent.
-        let inner_size = bytes
-            .len()
-            .div_ceil(3)
-            .saturating_mul(4)
-            .saturating_add(256);
+        // Inside the channel the body travels framed, as it is, after a small JSON part: refused
+        // here when that cannot fit the channel's limit, before anything is sent.
+        let inner_size = bytes.len().saturating_add(INNER_OVERHEAD);
         if inner_size > limit {
             return Err(oip_error(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -36,6 +36,8 @@ struct Fake {
     /// Requests the runtime decrypted.
     decrypted: AtomicUsize,
     attestations: AtomicUsize,
+    /// Reads plaintexts as a runtime from before framed inner messages did: as JSON only.
+    older: std::sync::atomic::AtomicBool,
 }
 
 impl Fake {
@@ -102,6 +104,16 @@ async fn encrypted(State(f): State<Arc<Fake>>, body: Bytes) -> Response {
         }
     };
     f.decrypted.fetch_add(1, Ordering::SeqCst);
+    if f.older.load(Ordering::SeqCst) && serde_json::from_slice::<InnerRequest>(&plain).is_err() {
+        let inner = InnerResponse::json(
+            400,
+            json!({ "error": "inner request is not valid JSON for a Cordon request: Syntax error at line 1 column 1" }),
+        );
+        let ct = ctx
+            .encrypt_response(&serde_json::to_vec(&inner).unwrap())
+            .unwrap();
+        return ([(header::CONTENT_TYPE, "message/cordon-response")], ct).into_response();
+    }
     let req = InnerRequest::from_plaintext(&plain).unwrap();
     // A body forwarded as its bytes (JSON with its content type, as the proxy sends it) is echoed
     // as the JSON it is.
@@ -113,7 +125,18 @@ async fn encrypted(State(f): State<Arc<Fake>>, body: Bytes) -> Response {
         }
         _ => req.body.clone(),
     };
-    let inner = if req.path.contains("/missing") {
+    let inner = if req.path.contains("/badbinary") {
+        // A binary answer whose header length runs past its body.
+        InnerResponse {
+            headers: [(
+                "inference-header-content-length".to_string(),
+                "999".to_string(),
+            )]
+            .into(),
+            raw_body: Some(b"{}".to_vec()),
+            ..InnerResponse::json(200, Value::Null)
+        }
+    } else if req.path.contains("/missing") {
         InnerResponse::json(404, json!({ "error": "unknown model \"missing\"" }))
     } else if req.path.contains("/busy") {
         InnerResponse::json(
@@ -155,6 +178,7 @@ async fn setup(measurement: [u8; 48], tune: impl FnOnce(&mut ProxyConfig)) -> Se
         encrypted: AtomicUsize::new(0),
         decrypted: AtomicUsize::new(0),
         attestations: AtomicUsize::new(0),
+        older: Default::default(),
     });
     let app = Router::new()
         .route("/v1/attestation", get(attestation))
@@ -600,4 +624,64 @@ fn a_policy_without_endorsements_or_a_bad_upstream_is_refused() {
     };
     let err = Proxy::new(ProxyConfig::new("127.0.0.1:1", doc)).err();
     assert!(matches!(err, Some(ProxyError::Upstream(_))));
+}
+
+/// A proxy upgraded before its runtime: a runtime from before bodies travelled as bytes refuses
+/// them (it reads the plaintext as JSON, and runs nothing), and the proxy sends the same request
+/// once more as the JSON tree such a runtime takes, JSON and binary bodies alike.
+#[tokio::test]
+async fn a_runtime_from_before_bodies_as_bytes_still_gets_json_trees() {
+    let s = setup(GOOD, |_| {}).await;
+    s.fake.older.store(true, Ordering::SeqCst);
+    let (status, body) = s
+        .infer(
+            r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1.5, NaN]}]}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["body"],
+        json!({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1.5, "NaN"]}]})
+    );
+    let header = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+    let mut binary = header.to_vec();
+    binary.extend_from_slice(&1.5f32.to_le_bytes());
+    binary.extend_from_slice(&(-2.0f32).to_le_bytes());
+    let before = s.decrypted();
+    let r = s
+        .http
+        .post(format!("{}/v2/models/m/infer", s.base))
+        .header("inference-header-content-length", header.len().to_string())
+        .body(binary)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["body"]["inputs"][0]["data"], json!([1.5, -2.0]));
+    // Refused framed, then answered as a tree.
+    assert_eq!(s.decrypted() - before, 2);
+}
+
+/// A binary answer whose sizes do not add up is not passed on: 502, naming the fault.
+#[tokio::test]
+async fn a_malformed_binary_answer_is_a_bad_gateway() {
+    let s = setup(GOOD, |_| {}).await;
+    let r = s
+        .http
+        .post(format!("{}/v2/models/badbinary/infer", s.base))
+        .header("content-type", "application/json")
+        .body(r#"{"inputs": []}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("binary answer is malformed"),
+        "{body}"
+    );
 }

@@ -2,8 +2,10 @@
 //! HTTP clients send it by default: a JSON header of `Inference-Header-Content-Length` bytes, then
 //! the raw bytes of each tensor whose `parameters.binary_data_size` says how many, in order.
 //!
-//! [`decode_request`] turns such a body into the JSON request every other part of Cordon reads
-//! (the encrypted channel carries JSON); [`encode_response`] turns a JSON response into the binary
+//! [`split_request`] takes such a body apart without decoding it (what the proxy checks and the
+//! runtime decodes straight into its tensors, the body going through the encrypted channel as it
+//! came); [`decode_request`] turns it into a JSON request (for the gRPC surface's typed contents
+//! and the runtime's dynamic batching); [`encode_response`] turns a JSON response into the binary
 //! form for the outputs the request asked for in binary (`binary_data_output` on the request,
 //! `binary_data` on a requested output). Tensor bytes are little-endian, row-major; a `BYTES`
 //! element is a 4-byte little-endian length and that many bytes.
@@ -27,8 +29,8 @@ pub enum BinaryError {
     )]
     TrailingBytes { declared: usize, body: usize },
     #[error(
-        "the tensors ({binary} bytes) become at least {json} bytes of JSON inside the encrypted \
-         channel, over its limit of {limit} bytes: send fewer rows per request"
+        "the request ({binary} bytes) becomes at least {json} bytes inside the encrypted channel \
+         or as JSON, over its limit of {limit} bytes: send fewer rows per request"
     )]
     TooLarge {
         binary: usize,
@@ -440,7 +442,8 @@ pub fn encode_response(
     if !any {
         return Ok(None);
     }
-    let mut body = serde_json::to_vec(response).unwrap_or_default();
+    // NaN and infinities of float outputs left in JSON as Triton's literals.
+    let mut body = crate::oip::response_json(response);
     let header_len = body.len();
     body.extend(tail);
     Ok(Some((body, header_len)))

@@ -88,7 +88,8 @@ pub struct SessionGrant {
     pub max_messages: u64,
 }
 
-/// The keys of one session, one key and nonce base per direction. Zeroized on drop.
+/// The keys of one session, one key and nonce base per direction. The nonce bases and the bytes the
+/// keys are made from are zeroized on drop; ring's AES key schedules are not (crate::aead).
 pub struct SessionKeys {
     c2s: Aes256GcmKey,
     s2c: Aes256GcmKey,
@@ -128,8 +129,8 @@ impl SessionKeys {
         nonce_s2c.copy_from_slice(&material[76..88]);
         SessionKeys {
             // The key bytes are zeroized with `material`; ring's key schedule is not (crate::aead).
-            c2s: Aes256GcmKey::new(key_bytes(&material[..32])),
-            s2c: Aes256GcmKey::new(key_bytes(&material[32..64])),
+            c2s: Aes256GcmKey::new(&key_bytes(&material[..32])),
+            s2c: Aes256GcmKey::new(&key_bytes(&material[32..64])),
             nonce_c2s,
             nonce_s2c,
             server_nonce: *server_nonce,
@@ -176,9 +177,12 @@ impl SessionKeys {
     }
 }
 
-/// 32 key bytes of the derived material (slices of a fixed-size array: always 32 long).
-fn key_bytes(bytes: &[u8]) -> &[u8; 32] {
-    bytes.try_into().unwrap_or(&[0u8; 32])
+/// 32 key bytes of the derived material, zeroized when dropped.
+fn key_bytes(bytes: &[u8]) -> Zeroizing<[u8; 32]> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    // Both sides are 32 bytes: the callers slice a fixed-size array at constant offsets.
+    key.copy_from_slice(bytes);
+    key
 }
 
 fn nonce(base: &[u8; 12], seq: u64) -> [u8; 12] {

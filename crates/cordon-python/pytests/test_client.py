@@ -141,12 +141,20 @@ class KeySwappingHost(http.server.ThreadingHTTPServer):
     def __init__(self, upstream, swap):
         self.upstream = upstream
         self.swap = swap
+        # Everything but the attestation request: nothing may be sent to a refused runtime.
+        self.posts = 0
         super().__init__(("127.0.0.1", 0), _Forward)
 
 
 class _Forward(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
+
+    def do_POST(self):
+        self.server.posts += 1
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def do_GET(self):
         with urllib.request.urlopen(self.server.upstream + self.path, timeout=30) as resp:
@@ -179,6 +187,7 @@ def test_a_key_or_model_not_bound_by_the_evidence_is_refused(deployment, what, s
     try:
         with pytest.raises(VerificationError, match="not bound by its evidence"):
             Client(f"http://127.0.0.1:{host.server_address[1]}", deployment.policy)
+        assert host.posts == 0
     finally:
         host.shutdown()
 
@@ -193,6 +202,7 @@ def test_tampered_evidence_is_refused(deployment):
     try:
         with pytest.raises(VerificationError):
             Client(f"http://127.0.0.1:{host.server_address[1]}", deployment.policy)
+        assert host.posts == 0
     finally:
         host.shutdown()
 
@@ -232,3 +242,31 @@ def test_the_readme_example_runs_as_written(deployment, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert Client(deployment.url, deployment.policy).claims()["launch_measurement"] in printed
     assert "probabilities" in printed or "label" in printed, printed
+
+
+def test_an_honest_host_forwards_and_the_client_works_through_it(deployment):
+    """The same forwarding host with nothing swapped: attestation passes through it, and the
+    client's requests would go to it next (so the refusals above are the swap's doing)."""
+    host = through_host(deployment, lambda body: None)
+    try:
+        client = Client(f"http://127.0.0.1:{host.server_address[1]}", deployment.policy)
+        assert client.claims()["platform"] == "sim"
+        with pytest.raises(ServerError):
+            client.infer("breast-cancer-lr", {"input": np.zeros((1, 30), np.float32)})
+        assert host.posts == 1
+    finally:
+        host.shutdown()
+
+
+def test_malformed_output_bytes_are_a_transport_error_not_a_crash():
+    from cordon_client import _from_raw
+
+    assert list(_from_raw("BYTES", [2], b"\x01\x00\x00\x00a\x00\x00\x00\x00")) == [b"a", b""]
+    with pytest.raises(TransportError, match="runs past the end"):
+        _from_raw("BYTES", [1], b"\x05\x00\x00\x00ab")
+    with pytest.raises(TransportError, match="truncated length prefix"):
+        _from_raw("BYTES", [1], b"\x01\x00")
+    with pytest.raises(TransportError, match="FP32"):
+        _from_raw("FP32", [2], b"\x00" * 7)
+    with pytest.raises(TransportError, match="no numpy form"):
+        _from_raw("COMPLEX64", [1], b"")

@@ -87,6 +87,16 @@ fn py_error(e: ClientError) -> PyErr {
     err
 }
 
+/// Whether sending `inner` twice changes nothing: reads, and the Open Inference Protocol's
+/// inference and repository index (the training job API is not).
+fn idempotent(inner: &InnerRequest) -> bool {
+    let path = inner.path.split(['?', '#']).next().unwrap_or_default();
+    inner.method == "GET"
+        || (inner.method == "POST"
+            && path.starts_with("/v2/")
+            && (path.ends_with("/infer") || path == "/v2/repository/index"))
+}
+
 /// One tensor as the Python side hands it over and gets it back: name, datatype, shape, and its
 /// elements' raw bytes (little-endian, row-major; `BYTES` elements each prefixed by a 4-byte
 /// little-endian length, as in the KServe v2 binary tensor extension).
@@ -266,9 +276,11 @@ impl NativeClient {
                 *slot = Some(session);
                 Ok(resp)
             }
-            // Closed by the runtime before it decrypted anything (it restarted, or the session
-            // expired on its clock): the request ran nowhere, so it goes once more in a new one.
-            Err(ClientError::SessionClosed { .. }) => {
+            // The runtime answered 404 or 410 in clear: it no longer knows the session (a
+            // restart) or it expired. That answer is not authenticated: a host can forge it after
+            // delivering the message, and the request then runs twice. So only requests that
+            // change nothing (reads and inference) go once more, in a new session.
+            Err(ClientError::SessionClosed { .. }) if idempotent(&inner) => {
                 let fresh = self.runtime.open_session().await.map_err(py_error)?;
                 let resp = fresh.send(inner).await.map_err(py_error)?;
                 *slot = Some(fresh);

@@ -1036,14 +1036,34 @@ impl PartsInfer {
         Ok(binary_answer(response, tail))
     }
 
-    /// The same request as a JSON tree (for the batcher, which merges JSON requests).
-    fn to_json(&self) -> Result<InferRequest, String> {
+    /// The same request as a JSON tree (for the batcher, which merges JSON requests). Binary
+    /// tensors whose JSON could not fit `max_json` bytes (the runtime's body limit) are refused
+    /// before anything is decoded: 8 MiB of BOOL would otherwise become 8M JSON values.
+    fn to_json(&self, max_json: usize) -> Result<InferRequest, (u16, String)> {
+        let floor = self
+            .request
+            .inputs
+            .iter()
+            .zip(&self.parts)
+            .map(|(t, part)| match part {
+                Some(Part::Bytes(r)) => oip_binary::json_size_floor(&t.datatype, r.len()),
+                _ => 0,
+            })
+            .fold(0usize, usize::saturating_add);
+        if floor > max_json {
+            let e = oip_binary::BinaryError::TooLarge {
+                binary: self.body.len(),
+                json: floor,
+                limit: max_json,
+            };
+            return Err((413, e.to_string()));
+        }
         let mut request = self.request.clone();
         for (t, part) in request.inputs.iter_mut().zip(&self.parts) {
             t.data = match part {
                 Some(Part::Bytes(r)) => serde_json::Value::Array(
                     oip_binary::decode_elements(&t.datatype, &self.body[r.clone()])
-                        .map_err(|reason| format!("input {:?}: {reason}", t.name))?,
+                        .map_err(|reason| (400, format!("input {:?}: {reason}", t.name)))?,
                 ),
                 Some(Part::Elements(e)) => {
                     serde_json::Value::Array(e.0.iter().map(Element::to_value).collect())
@@ -1071,8 +1091,9 @@ fn binary_answer(mut response: serde_json::Value, tail: Vec<u8>) -> InnerRespons
     if tail.is_empty() {
         return ok(response);
     }
-    // Serializing a JSON value into memory cannot fail.
-    let mut body = serde_json::to_vec(&response).unwrap_or_default();
+    // The JSON part as the HTTP surfaces write JSON: NaN and infinities of float outputs left in
+    // JSON as Triton's literals.
+    let mut body = oip::response_json(&response);
     let header_len = body.len();
     body.extend_from_slice(&tail);
     raw_answer(body, header_len)
@@ -1099,7 +1120,8 @@ impl InferWork {
         }
     }
 
-    /// Elements across all inputs, as the shapes say.
+    /// Elements across all inputs, as the shapes say (saturating: a shape is the client's, and
+    /// its product may not fit; the engine refuses such a shape).
     fn elements(&self) -> usize {
         self.request()
             .inputs
@@ -1107,10 +1129,9 @@ impl InferWork {
             .map(|t| {
                 t.shape
                     .iter()
-                    .map(|&d| d.max(0) as usize)
-                    .product::<usize>()
+                    .fold(1usize, |n, &d| n.saturating_mul(d.max(0) as usize))
             })
-            .sum()
+            .fold(0usize, usize::saturating_add)
     }
 
     fn run(&self, model: &OnnxModel) -> InnerResponse {
@@ -1144,9 +1165,9 @@ async fn infer(
     if let Some((batcher, rows)) = batch {
         let (request, binary_outputs) = match work {
             InferWork::Json(request) => (request, None),
-            InferWork::Parts(p) => match p.to_json() {
+            InferWork::Parts(p) => match p.to_json(s.options.max_body) {
                 Ok(request) => (request, Some(p.binary_outputs)),
-                Err(e) => return inner_error(400, e),
+                Err((status, e)) => return inner_error(status, e),
             },
         };
         let batched = batcher.infer(request, rows).await;

@@ -1236,6 +1236,20 @@ async fn binary_requests_are_batched_and_answered_with_their_own_rows() {
         seen += chunk.len();
     }
     assert_eq!(seen, 6);
+    // They went through the batcher: 6 rows in its evaluations (fewer than 3 when merged).
+    let text = h.metrics().await;
+    let metric = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "cordon_runtime_batched_rows_{name}{{model=\"lr\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{text}"))
+    };
+    assert_eq!(metric("sum"), 6.0);
+    assert!((1.0..=3.0).contains(&metric("count")));
 }
 
 /// A JSON infer body sent as its bytes (what the proxy and the SDKs send) is parsed in one pass,
@@ -1325,4 +1339,79 @@ async fn json_bodies_as_bytes_answer_as_json_trees_do() {
     let (outputs, was_binary) = binary_outputs(&resp);
     assert_eq!(was_binary, [true]);
     assert_eq!(outputs[0]["data"], json!([i64::MIN, i64::MAX, 0, -9]));
+}
+
+/// NaN and infinities of a float output asked for in JSON beside a binary one are written in the
+/// answer's JSON part as Triton's literals, as in a JSON answer (the development route passes the
+/// runtime's answer on as the proxy does).
+#[tokio::test]
+async fn float_outputs_in_the_json_part_of_a_binary_answer_use_the_literals() {
+    let h = start(ServingOptions {
+        plaintext_inference: true,
+        ..ServingOptions::default()
+    })
+    .await;
+    let floats: Vec<u8> = [f32::NAN, f32::INFINITY, 1.0, 2.0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let mut header = json!({"inputs": [], "outputs": [
+        {"name": "out_fp32", "parameters": {"binary_data": false}},
+        {"name": "out_int8", "parameters": {"binary_data": true}}]});
+    for (name, dt, data) in datatype_cases() {
+        let mut t = json!({"name": format!("in_{name}"), "shape": [2, 2], "datatype": dt});
+        if name == "fp32" {
+            t["parameters"] = json!({ "binary_data_size": floats.len() });
+        } else {
+            t["data"] = data;
+        }
+        header["inputs"].as_array_mut().unwrap().push(t);
+    }
+    let mut body = serde_json::to_vec(&header).unwrap();
+    let n = body.len();
+    body.extend_from_slice(&floats);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v2/models/dt/infer", h.url))
+        .header("inference-header-content-length", n.to_string())
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let len: usize = resp.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let raw = resp.bytes().await.unwrap();
+    let text = String::from_utf8_lossy(&raw[..len]).to_string();
+    assert!(text.contains("[NaN,Infinity,1.0,2.0]"), "{text}");
+}
+
+/// A shape whose element count overflows is refused (400), not a panic of the handler.
+#[tokio::test]
+async fn an_overflowing_shape_is_refused_not_a_panic() {
+    let h = start(ServingOptions::default()).await;
+    let session = h.verified().await.open_session().await.unwrap();
+    for binary in [true, false] {
+        let mut t =
+            json!({"name": "input", "shape": [4294967296i64, 4294967296i64], "datatype": "FP32"});
+        if binary {
+            t["parameters"] = json!({ "binary_data_size": 0 });
+        } else {
+            t["data"] = json!([]);
+        }
+        let req = if binary {
+            binary_request("/v2/models/lr/infer", &json!({ "inputs": [t] }), &[])
+        } else {
+            InnerRequest {
+                method: "POST".into(),
+                path: "/v2/models/lr/infer".into(),
+                body: Some(json!({ "inputs": [t] })),
+                ..InnerRequest::default()
+            }
+        };
+        let resp = session.send(req).await.unwrap();
+        assert_eq!(resp.status, 400, "{}", resp.body);
+    }
 }

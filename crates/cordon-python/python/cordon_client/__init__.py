@@ -85,15 +85,26 @@ def _to_raw(name: str, value) -> tuple:
 
 
 def _from_raw(datatype: str, shape, data: bytes) -> np.ndarray:
-    if datatype == "BYTES":
-        items = []
-        view = memoryview(data)
-        while view:
-            (length,) = struct.unpack_from("<I", view)
-            items.append(bytes(view[4 : 4 + length]))
-            view = view[4 + length :]
-        return np.array(items, dtype=np.object_).reshape(shape)
-    return np.frombuffer(data, dtype=_NUMPY[datatype]).reshape(shape)
+    """An output's raw bytes as a numpy array; TransportError when they are not what its datatype
+    and shape say (the runtime's answer is authenticated, so this is a fault, not an attack)."""
+    try:
+        if datatype == "BYTES":
+            items = []
+            view = memoryview(data)
+            while view:
+                if len(view) < 4:
+                    raise ValueError("a BYTES element has a truncated length prefix")
+                (length,) = struct.unpack_from("<I", view)
+                if len(view) < 4 + length:
+                    raise ValueError("a BYTES element runs past the end of the output")
+                items.append(bytes(view[4 : 4 + length]))
+                view = view[4 + length :]
+            return np.array(items, dtype=np.object_).reshape(shape)
+        if datatype not in _NUMPY:
+            raise ValueError(f"datatype {datatype} has no numpy form here")
+        return np.frombuffer(data, dtype=_NUMPY[datatype]).reshape(shape)
+    except ValueError as e:
+        raise TransportError(f"malformed output ({datatype}, shape {list(shape)}): {e}") from None
 
 
 class Client:
