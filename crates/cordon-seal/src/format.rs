@@ -327,43 +327,44 @@ fn chunk_batches(
     })
 }
 
-/// A batch in a buffer: its chunks `(index, plaintext length)` and where their plaintext lies.
+/// A batch in a buffer: its chunks `(index, plaintext length)` and where their plaintext lies
+/// (each chunk followed by room for its tag).
 type Filled = (Vec<(u64, usize)>, Vec<std::ops::Range<usize>>);
 
-/// The two-thread pipeline of sealing and unsealing: `fill` puts the next batch into a buffer
-/// (`None` when there is none left), the plaintext it names is hashed, then `after` finishes the
-/// batch. With `parallel`, the hashing runs on a second thread, one batch behind `fill`, over the
-/// two buffers in turn; else all three run here, one batch at a time. Either way every batch is
-/// hashed in order, and `after` sees each batch once its plaintext is hashed.
-fn hashed_pipeline(
+/// The two-thread pipeline of sealing and unsealing. `fill` reads the next batch into a buffer
+/// (`None` when there is none left); `work` does the batch's cryptography (hash, then encrypt; or
+/// decrypt, then hash) in order; `after` writes it. With `parallel`, `work` runs on a second
+/// thread while this one reads the next batch and writes the previous one, over two buffers in
+/// turn (the two threads' shares are about even: reading and writing against AES and the digest);
+/// else all three run here, one batch at a time. Either way batches are worked on and written in
+/// order, each written only after `work` succeeded on it, and the first error ends everything.
+fn crypt_pipeline(
     parallel: bool,
     hasher: PlaintextHasher,
     buffers: [Zeroizing<Vec<u8>>; 2],
     mut fill: impl FnMut(&mut [u8]) -> Result<Option<Filled>, SealError>,
-    mut after: impl FnMut(&mut [u8], Filled) -> Result<(), SealError>,
+    mut work: impl FnMut(&mut PlaintextHasher, &mut [u8], &Filled) -> Result<(), SealError> + Send,
+    mut after: impl FnMut(&[u8], Filled) -> Result<(), SealError>,
 ) -> Result<PlaintextHasher, SealError> {
-    let hash = |hasher: &mut PlaintextHasher, buf: &[u8], filled: &Filled| {
-        for r in &filled.1 {
-            hasher.update(&buf[r.clone()]);
-        }
-    };
     if !parallel {
         let [mut buf, _] = buffers;
         let mut hasher = hasher;
         while let Some(filled) = fill(&mut buf)? {
-            hash(&mut hasher, &buf, &filled);
-            after(&mut buf, filled)?;
+            work(&mut hasher, &mut buf, &filled)?;
+            after(&buf, filled)?;
         }
         return Ok(hasher);
     }
+    type Batch = (Zeroizing<Vec<u8>>, Filled);
     std::thread::scope(|s| {
-        let (to_hasher, batches) = std::sync::mpsc::sync_channel::<(Zeroizing<Vec<u8>>, Filled)>(2);
-        let (hashed_tx, hashed) = std::sync::mpsc::sync_channel(2);
+        let (to_worker, batches) = std::sync::mpsc::sync_channel::<Batch>(2);
+        let (done_tx, done) = std::sync::mpsc::sync_channel::<(Batch, Result<(), SealError>)>(2);
         let worker = s.spawn(move || {
             let mut hasher = hasher;
-            for (buf, filled) in batches {
-                hash(&mut hasher, &buf, &filled);
-                if hashed_tx.send((buf, filled)).is_err() {
+            for (mut buf, filled) in batches {
+                let result = work(&mut hasher, &mut buf, &filled);
+                let failed = result.is_err();
+                if done_tx.send(((buf, filled), result)).is_err() || failed {
                     break;
                 }
             }
@@ -372,13 +373,19 @@ fn hashed_pipeline(
         let mut free: Vec<Zeroizing<Vec<u8>>> = buffers.into();
         let mut in_flight = 0;
         let mut ended = false;
-        let stopped = || SealError::Manifest("the hashing thread stopped".into());
+        let stopped = || SealError::Manifest("the sealing thread stopped".into());
         loop {
             while !ended {
                 let Some(mut buf) = free.pop() else { break };
                 match fill(&mut buf)? {
                     Some(filled) => {
-                        to_hasher.send((buf, filled)).map_err(|_| stopped())?;
+                        if to_worker.send((buf, filled)).is_err() {
+                            // The worker stopped at an error: that error is the answer.
+                            return Err(done
+                                .iter()
+                                .find_map(|(_, result)| result.err())
+                                .unwrap_or_else(stopped));
+                        }
                         in_flight += 1;
                     }
                     None => ended = true,
@@ -387,12 +394,13 @@ fn hashed_pipeline(
             if in_flight == 0 {
                 break;
             }
-            let (mut buf, filled) = hashed.recv().map_err(|_| stopped())?;
+            let ((buf, filled), result) = done.recv().map_err(|_| stopped())?;
             in_flight -= 1;
-            after(&mut buf, filled)?;
+            result?;
+            after(&buf, filled)?;
             free.push(buf);
         }
-        drop(to_hasher);
+        drop(to_worker);
         worker.join().map_err(|_| stopped())
     })
 }
@@ -489,8 +497,10 @@ pub(crate) fn seal_with_key<R: Read, W: Write + Seek>(
 
     let cipher = chunk_cipher(&dek)?;
     let chunks = manifest.chunk_count();
-    // Two batch buffers: one being hashed while the other is encrypted, written and refilled.
-    let batch_len = size.min(BATCH_BYTES.max(u64::from(options.chunk_size)));
+    // Two batch buffers, each chunk followed by room for its tag: one being worked on while the
+    // other is written and refilled.
+    let per_batch = (BATCH_BYTES / u64::from(options.chunk_size)).max(1);
+    let batch_len = (manifest.chunk_buffer_len() * per_batch).min(manifest.chunks_len());
     let buffers = [
         zeroed_buffer(batch_len, "batch")?,
         zeroed_buffer(batch_len, "batch")?,
@@ -502,33 +512,48 @@ pub(crate) fn seal_with_key<R: Read, W: Write + Seek>(
         let Some(batch) = batches.next() else {
             return Ok(None);
         };
-        let len: usize = batch.iter().map(|c| c.1).sum();
-        read_exact_or(&mut input, &mut buf[..len], size, read)?;
-        read += len as u64;
-        // One range: the batch's plaintext is contiguous before it is encrypted.
-        Ok(Some((batch, std::iter::once(0..len).collect())))
-    };
-    let after = |buf: &mut [u8], (batch, _): Filled| {
+        let mut ranges = Vec::with_capacity(batch.len());
         let mut at = 0;
-        for (index, len) in batch {
+        for &(_, len) in &batch {
+            read_exact_or(&mut input, &mut buf[at..at + len], size, read)?;
+            read += len as u64;
+            ranges.push(at..at + len);
+            at += len + TAG_LEN;
+        }
+        Ok(Some((batch, ranges)))
+    };
+    let cipher = &cipher;
+    // Hash each chunk's plaintext, then encrypt it in place and put its tag after it.
+    let work = |hasher: &mut PlaintextHasher, buf: &mut [u8], (batch, ranges): &Filled| {
+        for (&(index, _), r) in batch.iter().zip(ranges) {
+            hasher.update(&buf[r.clone()]);
             let nonce = chunk_nonce(&prefix, index, index + 1 == chunks);
-            let chunk = &mut buf[at..at + len];
             let tag = cipher
                 .seal_in_place_separate_tag(
                     Nonce::assume_unique_for_key(nonce),
                     Aad::empty(),
-                    chunk,
+                    &mut buf[r.clone()],
                 )
                 .map_err(|_| SealError::Manifest("AES-GCM refused the chunk".into()))?;
-            output.write_all(chunk)?;
-            output.write_all(tag.as_ref())?;
-            at += len;
+            buf[r.end..r.end + TAG_LEN].copy_from_slice(tag.as_ref());
         }
-        done += at as u64;
+        Ok(())
+    };
+    let after = |buf: &[u8], (_, ranges): Filled| {
+        let end = ranges.last().map_or(0, |r| r.end + TAG_LEN);
+        output.write_all(&buf[..end])?;
+        done += ranges.iter().map(|r| r.len() as u64).sum::<u64>();
         progress(done);
         Ok(())
     };
-    let hasher = hashed_pipeline(size > PARALLEL_FROM, version.hasher(), buffers, fill, after)?;
+    let hasher = crypt_pipeline(
+        size > PARALLEL_FROM,
+        version.hasher(),
+        buffers,
+        fill,
+        work,
+        after,
+    )?;
     let mut probe = [0u8; 1];
     if input.read(&mut probe)? != 0 {
         return Err(SealError::InputChanged {
@@ -771,9 +796,9 @@ fn decrypt_chunks<R: Read, W: Write>(
     ];
     let mut batches = chunk_batches(m.plaintext_size, m.chunk_size, chunks);
     let mut done: u64 = 0;
-    // Reads, authenticates and writes one batch; its plaintext is hashed afterwards (on the other
-    // thread), and the whole plaintext's digest checked at the end. Every chunk is authenticated
-    // before its plaintext is written.
+    // Reads one batch of sealed chunks; then each chunk is authenticated and decrypted, and its
+    // plaintext hashed (on the other thread); then the batch's plaintext is written. No plaintext is
+    // written before its chunk is authenticated; the whole plaintext's digest is checked at the end.
     let fill = |buf: &mut [u8]| {
         let Some(batch) = batches.next() else {
             return Ok(None);
@@ -781,27 +806,42 @@ fn decrypt_chunks<R: Read, W: Write>(
         let mut ranges = Vec::with_capacity(batch.len());
         let mut at = 0;
         for &(index, len) in &batch {
-            let sealed = &mut buf[at..at + len + TAG_LEN];
-            if read_full(&mut input, sealed)? < len + TAG_LEN {
+            if read_full(&mut input, &mut buf[at..at + len + TAG_LEN])? < len + TAG_LEN {
                 return Err(SealError::Truncated {
                     expected: chunks,
                     found: index,
                 });
             }
-            let nonce = chunk_nonce(&prefix, index, index + 1 == chunks);
-            let plain = cipher
-                .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), sealed)
-                .map_err(|_| SealError::ChunkAuth { index })?;
-            output.write_all(plain)?;
-            done += len as u64;
             ranges.push(at..at + len);
             at += len + TAG_LEN;
         }
-        progress(done);
         Ok(Some((batch, ranges)))
     };
+    let cipher = &cipher;
+    let work = |hasher: &mut PlaintextHasher, buf: &mut [u8], (batch, ranges): &Filled| {
+        for (&(index, _), r) in batch.iter().zip(ranges) {
+            let nonce = chunk_nonce(&prefix, index, index + 1 == chunks);
+            let plain = cipher
+                .open_in_place(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    &mut buf[r.start..r.end + TAG_LEN],
+                )
+                .map_err(|_| SealError::ChunkAuth { index })?;
+            hasher.update(plain);
+        }
+        Ok(())
+    };
+    let after = |buf: &[u8], (_, ranges): Filled| {
+        for r in ranges {
+            output.write_all(&buf[r.clone()])?;
+            done += r.len() as u64;
+        }
+        progress(done);
+        Ok(())
+    };
     let parallel = m.plaintext_size > PARALLEL_FROM;
-    let hasher = hashed_pipeline(parallel, version.hasher(), buffers, fill, |_, _| Ok(()))?;
+    let hasher = crypt_pipeline(parallel, version.hasher(), buffers, fill, work, after)?;
     let mut rest = [0u8; 4096];
     let trailing = read_full(&mut input, &mut rest)?;
     if trailing != 0 {
