@@ -883,7 +883,10 @@ enum BodyError {
 /// Reads at most `limit` bytes. A larger body is drained (up to [`DRAIN_LIMIT`]) so the client
 /// reads the 413 rather than a connection reset while it is still sending.
 async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, BodyError> {
-    let mut buf = Vec::new();
+    // Sized once from Content-Length (within the limit): no regrowing and recopying of a large body.
+    let announced =
+        usize::try_from(axum::body::HttpBody::size_hint(&body).lower()).unwrap_or(usize::MAX);
+    let mut buf = Vec::with_capacity(announced.min(limit));
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
