@@ -119,8 +119,9 @@ struct TensorIn {
 #[derive(Debug, Clone, Deserialize)]
 struct RequestedOutputIn {
     name: String,
+    /// Any JSON, as a JSON tree request takes it (only `binary_data` is read, when an object).
     #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    parameters: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1092,6 +1092,9 @@ fn seal_output(
         name: format!("job-{}", &hex::encode(hash)[..16]),
         version: "1".into(),
         media_type: "application/onnx".into(),
+        // Format 1 for one release: parties open job outputs with their own CLI or SDK, which may
+        // be from before format 2 (runtimes are upgraded first; docs/sealed-format.md §0).
+        format: cordon_seal::FormatVersion::V1,
         ..SealOptions::default()
     };
     let mut out = std::io::Cursor::new(Vec::new());

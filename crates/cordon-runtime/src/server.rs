@@ -22,7 +22,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cordon_proto::oip::{self, ErrorResponse, InferRequest};
 use cordon_proto::oip_binary::{self, BinaryOutputs};
-use cordon_proto::oip_json::{self, Element, Elements};
+use cordon_proto::oip_json::{self, Elements};
 use cordon_proto::runtime::{
     AttestationResponse, InnerMessageError, InnerRequest, InnerResponse, CONTENT_TYPE_HEADER,
     ENCRYPTED_RESPONSE_MEDIA_TYPE, INFERENCE_HEADER_CONTENT_LENGTH, JSON_MEDIA_TYPE,
@@ -903,11 +903,16 @@ async fn route_inner(s: &Arc<RuntimeState>, req: InnerRequest, channel: Channel)
                 };
             }
             // A JSON body as bytes: parsed in one pass, its tensor data never a JSON tree.
-            if let Some(body) = req.raw_body.as_deref().filter(|_| json_bytes(&req.headers)) {
-                return match PartsInfer::json(body) {
-                    Ok(work) => infer(s, model, InferWork::Parts(work), channel).await,
-                    Err(e) => inner_error(400, e),
-                };
+            if json_bytes(&req.headers) {
+                if let Some(body) = req.raw_body {
+                    let parsed = PartsInfer::json(&body);
+                    // The body is not needed once parsed: not kept while the request waits.
+                    drop(body);
+                    return match parsed {
+                        Ok(work) => infer(s, model, InferWork::Parts(work), channel).await,
+                        Err(e) => inner_error(400, e),
+                    };
+                }
             }
             if let Some(problem) = req.body.as_ref().and_then(oip::request_problem) {
                 return inner_error(400, problem);
@@ -1039,7 +1044,7 @@ impl PartsInfer {
     /// The same request as a JSON tree (for the batcher, which merges JSON requests). Binary
     /// tensors whose JSON could not fit `max_json` bytes (the runtime's body limit) are refused
     /// before anything is decoded: 8 MiB of BOOL would otherwise become 8M JSON values.
-    fn to_json(&self, max_json: usize) -> Result<InferRequest, (u16, String)> {
+    fn into_json(self, max_json: usize) -> Result<InferRequest, (u16, String)> {
         let floor = self
             .request
             .inputs
@@ -1058,15 +1063,16 @@ impl PartsInfer {
             };
             return Err((413, e.to_string()));
         }
-        let mut request = self.request.clone();
-        for (t, part) in request.inputs.iter_mut().zip(&self.parts) {
+        let mut request = self.request;
+        for (t, part) in request.inputs.iter_mut().zip(self.parts) {
             t.data = match part {
                 Some(Part::Bytes(r)) => serde_json::Value::Array(
-                    oip_binary::decode_elements(&t.datatype, &self.body[r.clone()])
+                    oip_binary::decode_elements(&t.datatype, &self.body[r])
                         .map_err(|reason| (400, format!("input {:?}: {reason}", t.name)))?,
                 ),
+                // Each element dropped as it is converted.
                 Some(Part::Elements(e)) => {
-                    serde_json::Value::Array(e.0.iter().map(Element::to_value).collect())
+                    serde_json::Value::Array(e.0.into_iter().map(|e| e.to_value()).collect())
                 }
                 None => continue,
             };
@@ -1165,10 +1171,13 @@ async fn infer(
     if let Some((batcher, rows)) = batch {
         let (request, binary_outputs) = match work {
             InferWork::Json(request) => (request, None),
-            InferWork::Parts(p) => match p.to_json(s.options.max_body) {
-                Ok(request) => (request, Some(p.binary_outputs)),
-                Err((status, e)) => return inner_error(status, e),
-            },
+            InferWork::Parts(p) => {
+                let binary_outputs = p.binary_outputs.clone();
+                match p.into_json(s.options.max_body) {
+                    Ok(request) => (request, Some(binary_outputs)),
+                    Err((status, e)) => return inner_error(status, e),
+                }
+            }
         };
         let batched = batcher.infer(request, rows).await;
         s.metrics

@@ -42,6 +42,9 @@ pub enum SealError {
         expected: String,
         found: String,
     },
+    /// The second thread of sealing or unsealing stopped without an answer (it panicked).
+    #[error("the sealing thread stopped unexpectedly")]
+    Worker,
     #[error("input changed while sealing: expected {expected} bytes, read {found}")]
     InputChanged { expected: u64, found: u64 },
     /// Memory for a size that the manifest names (the plaintext of an in-memory unseal, or one

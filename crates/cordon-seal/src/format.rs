@@ -92,9 +92,20 @@ impl PlaintextHasher {
     fn finalize_hex(self) -> String {
         match self {
             PlaintextHasher::Sha256(h) => hex::encode(h.finalize()),
-            PlaintextHasher::Blake3(h) => h.finalize().to_hex().to_string(),
+            PlaintextHasher::Blake3(mut h) => {
+                let digest = h.finalize().to_hex().to_string();
+                // Its state holds the last chunk of plaintext.
+                zeroize::Zeroize::zeroize(&mut *h);
+                digest
+            }
         }
     }
+}
+
+/// A field that may be absent but, when present, is a string: an explicit `null` is refused, so
+/// that a manifest has one spelling (its digest names the artifact).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 /// The signed description of a sealed artifact.
@@ -110,10 +121,18 @@ pub struct Manifest {
     pub key_id: String,
     pub plaintext_size: u64,
     /// Format 1: SHA-256 of the plaintext, lowercase hex.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub plaintext_sha256: Option<String>,
     /// Format 2: BLAKE3 of the plaintext, lowercase hex.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub plaintext_blake3: Option<String>,
     pub chunk_size: u32,
     /// Always `AES-256-GCM`.
@@ -310,13 +329,20 @@ const BATCH_BYTES: u64 = 1 << 20;
 /// thread costs more than it saves there).
 const PARALLEL_FROM: u64 = 4 << 20;
 
+/// Chunks in one batch: about [`BATCH_BYTES`] of chunks with their tags, at least one. With tiny
+/// chunks a batch stays about 1 MiB (tags included), not 17 times that.
+fn chunks_per_batch(chunk_size: u32) -> u64 {
+    (BATCH_BYTES / (u64::from(chunk_size) + TAG_LEN as u64)).max(1)
+}
+
 /// The chunks of an artifact, `(index, plaintext length)`, in batches of about [`BATCH_BYTES`].
 fn chunk_batches(
     size: u64,
     chunk_size: u32,
     chunks: u64,
 ) -> impl Iterator<Item = Vec<(u64, usize)>> {
-    let per_batch = (BATCH_BYTES / u64::from(chunk_size)).max(1);
+    // The same count the batch buffers are sized with.
+    let per_batch = chunks_per_batch(chunk_size);
     (0..chunks).step_by(per_batch as usize).map(move |first| {
         (first..(first + per_batch).min(chunks))
             .map(|i| {
@@ -373,7 +399,7 @@ fn crypt_pipeline(
         let mut free: Vec<Zeroizing<Vec<u8>>> = buffers.into();
         let mut in_flight = 0;
         let mut ended = false;
-        let stopped = || SealError::Manifest("the sealing thread stopped".into());
+        let stopped = || SealError::Worker;
         loop {
             while !ended {
                 let Some(mut buf) = free.pop() else { break };
@@ -499,7 +525,7 @@ pub(crate) fn seal_with_key<R: Read, W: Write + Seek>(
     let chunks = manifest.chunk_count();
     // Two batch buffers, each chunk followed by room for its tag: one being worked on while the
     // other is written and refilled.
-    let per_batch = (BATCH_BYTES / u64::from(options.chunk_size)).max(1);
+    let per_batch = chunks_per_batch(options.chunk_size);
     let batch_len = (manifest.chunk_buffer_len() * per_batch).min(manifest.chunks_len());
     let buffers = [
         zeroed_buffer(batch_len, "batch")?,
@@ -757,7 +783,7 @@ fn check_key(header: &SealedHeader, key: &KeyFile) -> Result<(), SealError> {
     Ok(())
 }
 
-/// Unseals from `input` to `output`, streaming with memory bounded by one chunk.
+/// Unseals from `input` to `output`, streaming with memory bounded by two batches of chunks.
 ///
 /// Every chunk is authenticated before its plaintext is written. If this returns an error, what was
 /// written to `output` must be discarded.
@@ -788,7 +814,7 @@ fn decrypt_chunks<R: Read, W: Write>(
     // Two batch buffers of whole chunks with their tags (`chunk_size` is at most 16 MiB, checked
     // with the manifest; a batch holds about BATCH_BYTES of plaintext, never more than the
     // manifest's).
-    let per_batch = (BATCH_BYTES / u64::from(m.chunk_size)).max(1);
+    let per_batch = chunks_per_batch(m.chunk_size);
     let batch_len = (m.chunk_buffer_len() * per_batch).min(m.chunks_len());
     let buffers = [
         zeroed_buffer(batch_len, "batch")?,
@@ -1029,6 +1055,107 @@ mod tests {
         }
     }
 
+    trait WriteSeek: Write + Seek {}
+    impl<T: Write + Seek> WriteSeek for T {}
+
+    /// A writer that fails once `n` bytes were written.
+    struct FailAfter(usize);
+    impl Write for FailAfter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if buf.len() > self.0 {
+                return Err(std::io::Error::other("disk full"));
+            }
+            self.0 -= buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Seek for FailAfter {
+        fn seek(&mut self, _: SeekFrom) -> std::io::Result<u64> {
+            Ok(0)
+        }
+    }
+
+    /// A reader that gives `bytes`, then fails.
+    struct FailingRead<'a>(&'a [u8]);
+    impl Read for FailingRead<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(std::io::Error::other("device error"));
+            }
+            let n = buf.len().min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    /// Errors in the middle of the two-thread pipeline end it with that error, never a hang or a
+    /// panic: input shorter or longer than announced, a reader or a writer that fails, a chunk
+    /// larger than a batch, one-byte chunks; and unseal writes nothing past a truncation.
+    #[test]
+    fn pipeline_errors_end_it_with_their_error() {
+        let owner = OwnerKey::generate();
+        let n = (PARALLEL_FROM + (2 << 20)) as usize;
+        let plain = data(n + 1);
+        let opts = SealOptions::default();
+        let seal_into = |input: &mut dyn Read, size: usize, out: &mut dyn WriteSeek| {
+            seal(input, size as u64, out, &owner, &opts, &mut |_| {})
+        };
+        let mut out = std::io::Cursor::new(Vec::new());
+        let short = seal_into(&mut &plain[..n - (1 << 20)], n, &mut out);
+        assert!(
+            matches!(short, Err(SealError::InputChanged { found, .. }) if found == (n - (1 << 20)) as u64)
+        );
+        let long = seal_into(&mut &plain[..], n, &mut out);
+        assert!(matches!(long, Err(SealError::InputChanged { .. })));
+        let full = seal_into(&mut &plain[..n], n, &mut FailAfter(3 << 20));
+        assert!(matches!(full, Err(SealError::Io(_))), "{full:?}");
+        let failing = seal_into(&mut FailingRead(&plain[..n / 2]), n, &mut out);
+        assert!(matches!(failing, Err(SealError::Io(_))), "{failing:?}");
+        for chunk_size in [MAX_CHUNK_SIZE, 3 << 20, 1] {
+            let len = if chunk_size == 1 {
+                (PARALLEL_FROM + 5) as usize
+            } else {
+                n
+            };
+            let mut out = std::io::Cursor::new(Vec::new());
+            let opts = SealOptions {
+                chunk_size,
+                ..SealOptions::default()
+            };
+            let (_, key) = seal(
+                &plain[..len],
+                len as u64,
+                &mut out,
+                &owner,
+                &opts,
+                &mut |_| {},
+            )
+            .unwrap();
+            let sealed = out.into_inner();
+            let mut back = Vec::new();
+            unseal(&sealed[..], &key, &mut back, &mut |_| {}).unwrap();
+            assert!(back == plain[..len], "chunk size {chunk_size}");
+            let disk_full = unseal(&sealed[..], &key, FailAfter(2 << 20), &mut |_| {});
+            assert!(matches!(disk_full, Err(SealError::Io(_))), "{disk_full:?}");
+            let mut partial = Vec::new();
+            let cut = unseal(
+                &sealed[..sealed.len() / 2 + 3],
+                &key,
+                &mut partial,
+                &mut |_| {},
+            );
+            assert!(matches!(cut, Err(SealError::Truncated { .. })), "{cut:?}");
+            assert!(
+                partial.len() < len / 2 + 3,
+                "nothing past the truncation was written"
+            );
+        }
+    }
+
     /// The header's version number is outside the signature: one that disagrees with the signed
     /// manifest's format is refused, as is a manifest with the other format's digest, or none.
     #[test]
@@ -1042,6 +1169,29 @@ mod tests {
             e.to_string().contains("header says format version 1"),
             "{e}"
         );
+        let opts = SealOptions {
+            format: FormatVersion::V1,
+            ..SealOptions::default()
+        };
+        let mut v1 = std::io::Cursor::new(Vec::new());
+        let (_, key1) = seal(&data(100)[..], 100, &mut v1, &owner, &opts, &mut |_| {}).unwrap();
+        let mut upgraded = v1.into_inner();
+        upgraded[8] = 2;
+        let e = unseal_to_vec(&upgraded, &key1).unwrap_err();
+        assert!(
+            e.to_string().contains("header says format version 2"),
+            "{e}"
+        );
+        // An explicit null where a digest may be absent is not a second spelling of the manifest.
+        let header = read_header(&mut &sealed[..]).unwrap();
+        let text = String::from_utf8(header.manifest_bytes.clone()).unwrap();
+        let with_null = text.replace(
+            "\"plaintext_size\":100,",
+            "\"plaintext_size\":100,\"plaintext_sha256\":null,",
+        );
+        assert_ne!(with_null, text);
+        assert!(serde_json::from_str::<Manifest>(&with_null).is_err());
+        assert!(serde_json::from_str::<Manifest>(&text).is_ok());
         let mut unknown = sealed.clone();
         unknown[8] = 3;
         assert!(matches!(

@@ -29,13 +29,18 @@ pub fn fixed_owner() -> OwnerKey {
     OwnerKey::from_secret_bytes(&OWNER_SECRET)
 }
 
-/// Seals `plaintext` under the fixed key: seed generation only (every seed shares the DEK and nonce
-/// prefix, which is harmless for public test data and fatal for anything else).
-pub fn seal_fixed(plaintext: &[u8], chunk_size: u32) -> Result<Vec<u8>, SealError> {
+/// Seals `plaintext` under the fixed key in `format`: seed generation only (every seed shares the
+/// DEK and nonce prefix, which is harmless for public test data and fatal for anything else).
+pub fn seal_fixed(
+    plaintext: &[u8],
+    chunk_size: u32,
+    format: crate::FormatVersion,
+) -> Result<Vec<u8>, SealError> {
     let mut out = Cursor::new(Vec::new());
     let options = SealOptions {
         name: "fuzz-seed".into(),
         chunk_size,
+        format,
         ..SealOptions::default()
     };
     seal_with_key(
@@ -53,7 +58,14 @@ pub fn seal_fixed(plaintext: &[u8], chunk_size: u32) -> Result<Vec<u8>, SealErro
 fn seed_artifact() -> Option<&'static [u8]> {
     static ARTIFACT: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
     ARTIFACT
-        .get_or_init(|| seal_fixed(b"a fuzzing seed in three chunks", 12).ok())
+        .get_or_init(|| {
+            seal_fixed(
+                b"a fuzzing seed in three chunks",
+                12,
+                crate::FormatVersion::V2,
+            )
+            .ok()
+        })
         .as_deref()
 }
 

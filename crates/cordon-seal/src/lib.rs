@@ -13,7 +13,8 @@
 //! swapped chunk fails authentication. The manifest, signed by the owner, names the plaintext size and
 //! SHA-256; it also carries a commitment to the DEK so that a wrong key is told apart from damage.
 //!
-//! Sealing and unsealing stream with memory bounded by one chunk.
+//! Sealing and unsealing stream with memory bounded by two batches of about 1 MiB (one chunk each
+//! when chunks are larger).
 
 mod error;
 mod format;

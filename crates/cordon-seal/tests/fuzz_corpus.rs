@@ -8,6 +8,7 @@ mod replay;
 use replay::{corpus, replay};
 
 use cordon_seal::fuzzing;
+use cordon_seal::FormatVersion;
 
 #[test]
 fn sealed_corpus_never_panics() {
@@ -17,7 +18,7 @@ fn sealed_corpus_never_panics() {
 #[test]
 fn fixed_key_unseals_the_seeds() {
     // The target is only deep if its key opens the seeds: check that it still does.
-    let sealed = fuzzing::seal_fixed(b"hello, fuzzer", 4).unwrap();
+    let sealed = fuzzing::seal_fixed(b"hello, fuzzer", 4, FormatVersion::V2).unwrap();
     let (_, plain) = cordon_seal::unseal_to_vec(&sealed[..], &fuzzing::fixed_key()).unwrap();
     assert_eq!(plain.as_slice(), b"hello, fuzzer");
     let seed = std::fs::read(corpus("sealed").join("three_chunks.bin")).unwrap();
@@ -38,14 +39,50 @@ fn write_seeds() {
         std::env::temp_dir().join(format!("cordon-seal-fuzz-seeds-{}", std::process::id()))
     };
     std::fs::create_dir_all(&dir).unwrap();
-    let artifacts: [(&str, &[u8], u32); 4] = [
-        ("empty.bin", b"", 16),
-        ("one_chunk.bin", b"one chunk of plaintext", 64),
-        ("three_chunks.bin", b"a fuzzing seed in three chunks", 12),
-        ("exact_chunks.bin", b"0123456789abcdef", 8),
+    // Format 1 under the original names, format 2 beside them (`*_v2.bin`).
+    let artifacts: [(&str, &[u8], u32, FormatVersion); 8] = [
+        ("empty.bin", b"", 16, FormatVersion::V1),
+        (
+            "one_chunk.bin",
+            b"one chunk of plaintext",
+            64,
+            FormatVersion::V1,
+        ),
+        (
+            "three_chunks.bin",
+            b"a fuzzing seed in three chunks",
+            12,
+            FormatVersion::V1,
+        ),
+        (
+            "exact_chunks.bin",
+            b"0123456789abcdef",
+            8,
+            FormatVersion::V1,
+        ),
+        ("empty_v2.bin", b"", 16, FormatVersion::V2),
+        (
+            "one_chunk_v2.bin",
+            b"one chunk of plaintext",
+            64,
+            FormatVersion::V2,
+        ),
+        (
+            "three_chunks_v2.bin",
+            b"a fuzzing seed in three chunks",
+            12,
+            FormatVersion::V2,
+        ),
+        (
+            "exact_chunks_v2.bin",
+            b"0123456789abcdef",
+            8,
+            FormatVersion::V2,
+        ),
     ];
-    for (name, plain, chunk) in artifacts {
-        std::fs::write(dir.join(name), fuzzing::seal_fixed(plain, chunk).unwrap()).unwrap();
+    for (name, plain, chunk, format) in artifacts {
+        let sealed = fuzzing::seal_fixed(plain, chunk, format).unwrap();
+        std::fs::write(dir.join(name), sealed).unwrap();
     }
     std::fs::write(
         dir.join("dek_file.json"),
@@ -57,7 +94,7 @@ fn write_seeds() {
         fuzzing::fixed_owner().to_file_contents().as_bytes(),
     )
     .unwrap();
-    for (name, plain, _) in artifacts {
+    for (name, plain, _, _) in artifacts {
         let sealed = std::fs::read(dir.join(name)).unwrap();
         let (_, opened) = cordon_seal::unseal_to_vec(&sealed[..], &fuzzing::fixed_key()).unwrap();
         assert_eq!(opened.as_slice(), plain, "{name}");
