@@ -87,6 +87,11 @@ impl Default for ServingOptions {
 /// Requests with at most this many input elements are evaluated on the async worker.
 const INLINE_ELEMENTS: usize = 1024;
 
+/// A request alone in the runtime with at most this many input elements is evaluated on the async
+/// worker too: a batch of about 2,000 rows of 30 features, a millisecond or two of the models here,
+/// during which the other workers serve I/O.
+const INLINE_ALONE_ELEMENTS: usize = 65_536;
+
 /// Seconds a refused client is told to wait.
 const RETRY_AFTER_S: u64 = 1;
 
@@ -254,6 +259,11 @@ impl Admission {
             })
             .ok()
             .map(|_| Ticket(self))
+    }
+
+    /// Whether the caller's request is the only one admitted (running or waiting).
+    fn alone(&self) -> bool {
+        self.admitted.load(Ordering::Acquire) <= 1
     }
 
     fn is_full(&self) -> bool {
@@ -1213,7 +1223,14 @@ async fn infer(
     }
     // A small request (a row or a few) takes microseconds: evaluating it here costs less than
     // handing it to a blocking thread and back. Larger ones go off the async workers.
-    let result = if work.elements() <= INLINE_ELEMENTS {
+    // A larger request goes to a blocking thread, so that the async workers stay free for other
+    // requests' I/O, unless it is the only request in the runtime and of a bounded size: then the
+    // hand-off to another thread and back (a fifth of a 1,024-row batch's time on a two-vCPU
+    // machine, docs/benchmarks.md) would buy nothing.
+    let elements = work.elements();
+    let inline =
+        elements <= INLINE_ELEMENTS || (elements <= INLINE_ALONE_ELEMENTS && s.admission.alone());
+    let result = if inline {
         Ok(work.run(&model))
     } else {
         tokio::task::spawn_blocking(move || work.run(&model)).await
