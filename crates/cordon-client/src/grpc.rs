@@ -11,7 +11,7 @@
 //! `NOT_FOUND`, 413 `RESOURCE_EXHAUSTED`, 429 and 503 `UNAVAILABLE`, others `INTERNAL`), with the
 //! runtime's (or the proxy's) error text as the message.
 
-use crate::proxy::{Payload, Proxy};
+use crate::proxy::{Payload, Proxy, RawBody};
 use cordon_proto::oip_binary;
 use cordon_proto::runtime::InnerResponse;
 use serde_json::{json, Map, Value};
@@ -320,10 +320,10 @@ fn binary_payload(r: &pb::ModelInferRequest, limit: usize) -> Result<Option<Payl
     for c in &r.raw_input_contents {
         body.extend_from_slice(c);
     }
-    Ok(Some(Payload::Binary {
+    Ok(Some(Payload::Raw(RawBody::Binary {
         header_len,
         bytes: body.into(),
-    }))
+    })))
 }
 
 /// The gRPC infer response of a binary-extension one: each binary output's bytes as its raw
@@ -558,7 +558,9 @@ mod tests {
             raw_input_contents: vec![vec![1, 2, 3, 4, 5, 6, 7, 8], b"\x02\0\0\0hi".to_vec()],
             ..Default::default()
         };
-        let Some(Payload::Binary { header_len, bytes }) = binary_payload(&r, MAX).unwrap() else {
+        let Some(Payload::Raw(RawBody::Binary { header_len, bytes })) =
+            binary_payload(&r, MAX).unwrap()
+        else {
             panic!("not binary")
         };
         let split = oip_binary::split_request(&bytes, header_len).unwrap();

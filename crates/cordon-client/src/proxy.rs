@@ -582,9 +582,8 @@ impl Proxy {
         path: &str,
         body: Option<Payload>,
     ) -> Result<InnerResponse, Refusal> {
-        let as_bytes = match &body {
-            Some(Payload::Binary { header_len, bytes }) => Some((Some(*header_len), bytes.clone())),
-            Some(Payload::JsonBytes(bytes)) => Some((None, bytes.clone())),
+        let raw = match &body {
+            Some(Payload::Raw(raw)) => Some(raw.clone()),
             _ => None,
         };
         let resp = self.forward_once(method, path, body).await?;
@@ -594,23 +593,14 @@ impl Proxy {
                 .get("error")
                 .and_then(|e| e.as_str())
                 .is_some_and(|e| e.starts_with(OLDER_RUNTIME_REFUSAL));
-        let Some((header_len, bytes)) = as_bytes.filter(|_| older_runtime) else {
+        let Some(raw) = raw.filter(|_| older_runtime) else {
             return Ok(resp);
         };
         let limit = self.shared.config.max_body;
-        let tree = match header_len {
-            Some(n) => oip_binary::decode_request(&bytes, n, limit).map_err(|e| e.to_string()),
-            None => oip::parse_json_body(&bytes).map_err(|e| e.to_string()),
-        };
-        match tree {
+        match raw.as_tree(limit) {
             Ok(tree) => {
                 tracing::debug!("the runtime takes no bodies as bytes: sent as a JSON tree");
-                let again = move || match header_len {
-                    Some(n) => {
-                        oip_binary::decode_request(&bytes, n, limit).map_err(|e| e.to_string())
-                    }
-                    None => oip::parse_json_body(&bytes).map_err(|e| e.to_string()),
-                };
+                let again = move || raw.as_tree(limit);
                 self.forward_once(method, path, Some(Payload::new(tree, again)))
                     .await
             }
@@ -636,39 +626,17 @@ impl Proxy {
             };
             match body {
                 Some(Sent::Json(v)) => inner.body = Some(v),
-                Some(Sent::Binary { header_len, bytes }) => {
-                    inner.headers.insert(
-                        INFERENCE_HEADER_CONTENT_LENGTH.to_string(),
-                        header_len.to_string(),
-                    );
-                    inner.raw_body = Some(bytes.to_vec());
-                }
-                Some(Sent::JsonBytes(bytes)) => {
-                    inner
-                        .headers
-                        .insert(CONTENT_TYPE_HEADER.to_string(), JSON_MEDIA_TYPE.to_string());
-                    inner.raw_body = Some(bytes.to_vec());
-                }
+                Some(Sent::Raw(raw)) => raw.put_into(&mut inner),
                 None => {}
             }
             inner
         };
         let (mut first, again) = match body {
             Some(Payload::Json { parsed, again }) => (Some(Sent::Json(parsed)), Some(again)),
-            Some(Payload::Binary { header_len, bytes }) => {
-                let sent = Sent::Binary { header_len, bytes };
-                (
-                    Some(sent.clone()),
-                    Some(Box::new(move || Ok(sent.clone())) as Remake),
-                )
-            }
-            Some(Payload::JsonBytes(bytes)) => {
-                let sent = Sent::JsonBytes(bytes);
-                (
-                    Some(sent.clone()),
-                    Some(Box::new(move || Ok(sent.clone())) as Remake),
-                )
-            }
+            Some(Payload::Raw(raw)) => (
+                Some(Sent::Raw(raw.clone())),
+                Some(Box::new(move || Ok(Sent::Raw(raw.clone()))) as Remake),
+            ),
             None => (None, None),
         };
         // Made again rather than cloned up front: only a second sending pays for it.
@@ -714,34 +682,58 @@ const OLDER_RUNTIME_REFUSAL: &str = "inner request is not valid JSON for a Cordo
 type Remake = Box<dyn Fn() -> Result<Sent, String> + Send + Sync>;
 
 /// A request body as it goes into the channel.
-#[derive(Clone)]
 pub(crate) enum Sent {
     Json(serde_json::Value),
-    /// The binary tensor data extension's body, as the client sent it.
-    Binary {
-        header_len: usize,
-        bytes: Bytes,
-    },
-    /// A JSON body as received (checked to be JSON), which goes into the channel unchanged.
-    JsonBytes(Bytes),
+    Raw(RawBody),
 }
 
-/// An infer body. JSON: its value, sent by value, and how to make that value again should the
-/// request go out a second time (a closed session, a runtime whose key changed): from the bytes as
-/// received, or from the gRPC message, never from a copy made up front (the gRPC surface's typed
-/// contents). Binary (the binary tensor data extension) and JSON bytes: the body as received,
-/// which goes into the channel unchanged.
+/// A body that goes into the channel as the bytes received (the runtime decodes or parses it).
+#[derive(Clone)]
+pub(crate) enum RawBody {
+    /// The binary tensor data extension's body and its JSON header's length.
+    Binary { header_len: usize, bytes: Bytes },
+    /// A JSON body, checked to be JSON.
+    Json(Bytes),
+}
+
+impl RawBody {
+    /// Puts the body and the header that says what it is into an inner request.
+    fn put_into(&self, inner: &mut InnerRequest) {
+        let (name, value, bytes) = match self {
+            RawBody::Binary { header_len, bytes } => (
+                INFERENCE_HEADER_CONTENT_LENGTH,
+                header_len.to_string(),
+                bytes,
+            ),
+            RawBody::Json(bytes) => (CONTENT_TYPE_HEADER, JSON_MEDIA_TYPE.to_string(), bytes),
+        };
+        inner.headers.insert(name.to_string(), value);
+        inner.raw_body = Some(bytes.to_vec());
+    }
+
+    /// The body as a JSON tree, for a runtime from before bodies as bytes; refused when its JSON
+    /// would exceed `limit` bytes.
+    fn as_tree(&self, limit: usize) -> Result<serde_json::Value, String> {
+        match self {
+            RawBody::Binary { header_len, bytes } => {
+                oip_binary::decode_request(bytes, *header_len, limit).map_err(|e| e.to_string())
+            }
+            RawBody::Json(bytes) => oip::parse_json_body(bytes).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// An infer body. JSON (the gRPC surface's typed contents): its value, sent by value, and how to
+/// make that value again should the request go out a second time (a closed session, a runtime
+/// whose key changed), from the gRPC message, never from a copy made up front. Raw (the binary
+/// tensor data extension, or JSON as received): the body as received, which goes into the channel
+/// unchanged.
 pub(crate) enum Payload {
     Json {
         parsed: serde_json::Value,
         again: Remake,
     },
-    Binary {
-        header_len: usize,
-        bytes: Bytes,
-    },
-    /// A JSON body as received (checked to be JSON), which goes into the channel unchanged.
-    JsonBytes(Bytes),
+    Raw(RawBody),
 }
 
 impl Payload {
@@ -1075,7 +1067,7 @@ async fn infer_body(proxy: &Proxy, headers: &HeaderMap, body: Body) -> Result<Pa
         // Checked here so that a malformed body is answered without a round trip (and with the
         // same words as the runtime would use); the bytes go on unchanged.
         return match oip_binary::split_request(&bytes, header_len) {
-            Ok(_) => Ok(Payload::Binary { header_len, bytes }),
+            Ok(_) => Ok(Payload::Raw(RawBody::Binary { header_len, bytes })),
             Err(e) => Err(oip_error(StatusCode::BAD_REQUEST, e.to_string())),
         };
     }
@@ -1093,7 +1085,7 @@ async fn infer_body(proxy: &Proxy, headers: &HeaderMap, body: Body) -> Result<Pa
         None => Err(e),
     });
     match checked {
-        Ok(()) => Ok(Payload::JsonBytes(bytes)),
+        Ok(()) => Ok(Payload::Raw(RawBody::Json(bytes))),
         // serde's messages may quote the input; position and class are enough to find the fault.
         Err(e) => Err(oip_error(
             StatusCode::BAD_REQUEST,

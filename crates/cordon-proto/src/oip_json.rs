@@ -28,8 +28,15 @@ pub enum Element {
 }
 
 /// A tensor's `data`, flattened row-major while it is parsed.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 pub struct Elements(pub Vec<Element>);
+
+/// The count, never the elements: they are the client's plaintext.
+impl fmt::Debug for Elements {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Elements({} elements)", self.0.len())
+    }
+}
 
 impl<'de> Deserialize<'de> for Elements {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

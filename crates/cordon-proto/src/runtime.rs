@@ -26,7 +26,7 @@ pub struct AttestationResponse {
 
 /// The plaintext inside an encrypted request: one HTTP-like request to the runtime's
 /// Open Inference Protocol surface, or to its training job API.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct InnerRequest {
     pub method: String,
     pub path: String,
@@ -51,7 +51,7 @@ pub struct InnerRequest {
 }
 
 /// The plaintext inside an encrypted response.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct InnerResponse {
     pub status: u16,
     /// The JSON body; `null` when `raw_body` carries the answer.
@@ -68,6 +68,43 @@ pub struct InnerResponse {
         skip_serializing_if = "Option::is_none"
     )]
     pub raw_body: Option<Vec<u8>>,
+}
+
+/// What a body is, never what it holds: request and response bodies are the client's plaintext.
+fn body_shape(body: Option<&serde_json::Value>, raw: Option<&Vec<u8>>) -> String {
+    match (body, raw) {
+        (_, Some(raw)) => format!("<{} bytes>", raw.len()),
+        (Some(serde_json::Value::Null) | None, None) => "none".into(),
+        (Some(_), None) => "<JSON>".into(),
+    }
+}
+
+impl std::fmt::Debug for InnerRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InnerRequest")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("sent_at", &self.sent_at)
+            .field("headers", &self.headers)
+            .field(
+                "body",
+                &body_shape(self.body.as_ref(), self.raw_body.as_ref()),
+            )
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for InnerResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InnerResponse")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field(
+                "body",
+                &body_shape(Some(&self.body), self.raw_body.as_ref()),
+            )
+            .finish()
+    }
 }
 
 impl InnerResponse {
@@ -150,6 +187,18 @@ fn unframe(plain: &[u8]) -> Result<(&[u8], Option<&[u8]>), InnerMessageError> {
     Ok((json, Some(raw)))
 }
 
+/// An inner message's plaintext: its JSON, or framed when a raw body is taken out of it.
+fn write_inner<T: serde::Serialize>(
+    message: &T,
+    raw: Option<Vec<u8>>,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, serde_json::Error> {
+    let json = zeroize::Zeroizing::new(serde_json::to_vec(message)?);
+    Ok(match raw {
+        Some(raw) => zeroize::Zeroizing::new(frame(&json, &zeroize::Zeroizing::new(raw))),
+        None => json,
+    })
+}
+
 /// Parses an inner message's plaintext, JSON or framed; a framed one's raw bytes become `raw_body`.
 fn read_inner<T: serde::de::DeserializeOwned>(
     plain: &[u8],
@@ -179,11 +228,7 @@ impl InnerRequest {
             true => self.raw_body.take(),
             false => None,
         };
-        let json = zeroize::Zeroizing::new(serde_json::to_vec(&self)?);
-        Ok(zeroize::Zeroizing::new(match raw {
-            Some(raw) => frame(&json, &zeroize::Zeroizing::new(raw)),
-            None => json.to_vec(),
-        }))
+        write_inner(&self, raw)
     }
 
     /// Reads a request's plaintext, JSON or framed.
@@ -197,11 +242,7 @@ impl InnerResponse {
     /// when dropped.
     pub fn into_plaintext(mut self) -> Result<zeroize::Zeroizing<Vec<u8>>, serde_json::Error> {
         let raw = self.raw_body.take();
-        let json = zeroize::Zeroizing::new(serde_json::to_vec(&self)?);
-        Ok(zeroize::Zeroizing::new(match raw {
-            Some(raw) => frame(&json, &zeroize::Zeroizing::new(raw)),
-            None => json.to_vec(),
-        }))
+        write_inner(&self, raw)
     }
 
     /// Reads a response's plaintext, JSON or framed.
@@ -264,6 +305,22 @@ mod tests {
             .into_plaintext()
             .unwrap();
         assert_eq!(InnerResponse::from_plaintext(&plain).unwrap().status, 404);
+    }
+
+    /// Debug shows what a message is, never its bodies (the client's plaintext).
+    #[test]
+    fn debug_never_shows_a_body() {
+        let mut r = binary_request();
+        r.body = Some(serde_json::json!({"inputs": [{"data": [31337]}]}));
+        let text = format!("{r:?}");
+        assert!(
+            text.contains("/v2/models/m/infer") && text.contains("<6 bytes>"),
+            "{text}"
+        );
+        assert!(!text.contains("31337") && !text.contains("255"), "{text}");
+        let resp = InnerResponse::json(200, serde_json::json!({"outputs": [{"data": [31337]}]}));
+        let text = format!("{resp:?}");
+        assert!(text.contains("<JSON>") && !text.contains("31337"), "{text}");
     }
 
     /// A framed message cut short, with a length past its end, or with a second raw body in its

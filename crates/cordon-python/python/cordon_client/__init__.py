@@ -17,6 +17,7 @@ Each request is then HPKE-encrypted (RFC 9180) to the pinned key. All of that ru
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import struct
@@ -57,7 +58,8 @@ _DATATYPES = {
     ("f", 4): "FP32",
     ("f", 8): "FP64",
 }
-_NUMPY = {v: np.dtype(f"<{k[0]}{k[1]}") if k[0] != "b" else np.dtype(np.bool_) for k, v in _DATATYPES.items()}
+# KServe v2 datatype -> little-endian numpy dtype.
+_NUMPY = {datatype: np.dtype(f"<{kind}{size}") for (kind, size), datatype in _DATATYPES.items()}
 
 
 def _bytes_elements(array: np.ndarray) -> bytes:
@@ -141,8 +143,6 @@ class Client:
         """What was verified: ``evidence`` (the raw report or quote, bytes), ``runtime_keys``,
         ``models`` (name, version, sealed manifest SHA-256) and ``verified_at`` (RFC 3339)."""
         verified = json.loads(self._native.evidence_json())
-        import base64
-
         verified["evidence"] = base64.b64decode(verified["evidence"])
         return verified
 
