@@ -329,6 +329,14 @@ fn checked_quote(
     collateral: &DcapCollateral,
     emulated_roots: &[[u8; 32]],
 ) -> Result<(Quote, Anchor), DcapError> {
+    let parsed = gated_quote(quote, collateral)?;
+    let anchor = checked_anchor(&parsed, collateral, emulated_roots)?;
+    Ok((parsed, anchor))
+}
+
+/// The first of [`checked_quote`]'s gates: the quote parsed in its one encoding, Intel's QE vendor
+/// id, and collateral issued for its TEE type.
+fn gated_quote(quote: &[u8], collateral: &DcapCollateral) -> Result<Quote, DcapError> {
     let (header, parsed) = parse_quote(quote)?;
     if header.qe_vendor_id != INTEL_QE_VENDOR_ID {
         return Err(DcapError::QeVendorId {
@@ -337,9 +345,19 @@ fn checked_quote(
         });
     }
     check_collateral_tee(header.tee_type, collateral)?;
-    let anchor = anchor::anchor(&parsed, emulated_roots)?;
+    Ok(parsed)
+}
+
+/// The rest of [`checked_quote`]'s gates: the root the quote's PCK chain ends with (plain PEM,
+/// Intel's or a named emulated root), and the collateral's chains ending with the same root.
+fn checked_anchor(
+    parsed: &Quote,
+    collateral: &DcapCollateral,
+    emulated_roots: &[[u8; 32]],
+) -> Result<Anchor, DcapError> {
+    let anchor = anchor::anchor(parsed, emulated_roots)?;
     anchor::check_collateral_roots(collateral, &anchor)?;
-    Ok((parsed, anchor))
+    Ok(anchor)
 }
 
 /// Collateral is issued per TEE type (Intel PCS API v4: TCB info `id` "SGX" or "TDX", QE identity
@@ -347,21 +365,8 @@ fn checked_quote(
 /// it is the caller's mix-up, so it is named as such. Collateral without ids (older versions) is
 /// left to dcap-qvl.
 fn check_collateral_tee(tee_type: u32, collateral: &DcapCollateral) -> Result<(), DcapError> {
-    let id = |json: &str| {
-        serde_json::from_str::<serde_json::Value>(json)
-            .ok()
-            .and_then(|v| v.get("id")?.as_str().map(str::to_string))
-    };
-    let c = collateral.inner();
-    let tdx = |id: Option<String>, tdx_id: &str, sgx_id: &str| match id.as_deref() {
-        Some(i) if i == tdx_id => Some(true),
-        Some(i) if i == sgx_id => Some(false),
-        _ => None,
-    };
-    let collateral_tdx =
-        tdx(id(&c.tcb_info), "TDX", "SGX").or(tdx(id(&c.qe_identity), "TD_QE", "QE"));
     let name = |tdx: bool| if tdx { "TDX" } else { "SGX" };
-    match collateral_tdx {
+    match collateral.facts().issued_for_tdx {
         Some(collateral_tdx) if collateral_tdx != (tee_type == TEE_TDX) => {
             Err(DcapError::CollateralForOtherTee {
                 quote: name(tee_type == TEE_TDX),
@@ -446,13 +451,11 @@ fn measurements(report: &Report, components: &mut BTreeMap<String, u64>) -> Opti
 /// Normalizes dcap-qvl's verified claims. The report comes from the library's verified result; the
 /// attestation key (not part of it) from the same quote bytes, parsed before verification.
 fn claims(quote: &Quote, anchor: &Anchor, verified: &QuoteClaims) -> Result<Claims, DcapError> {
-    let pck = &verified.platform.pck;
-    let mut components = BTreeMap::new();
-    put_svns(&mut components, "cpu_svn", &pck.cpu_svn);
-    components.insert("pce_svn".into(), pck.pce_svn.into());
-    components.insert("qe_isv_svn".into(), verified.qe.report.isv_svn.into());
-    let m = measurements(&verified.report, &mut components)
-        .ok_or_else(|| DcapError::Verification("report body of an unknown kind".into()))?;
+    claims_with_raw(quote, anchor, verified, raw_claims(quote, anchor, verified))
+}
+
+/// [`Claims::raw`]: the quote as parsed and what dcap-qvl established, and the emulated root.
+fn raw_claims(quote: &Quote, anchor: &Anchor, verified: &QuoteClaims) -> serde_json::Value {
     let mut raw = serde_json::json!({
         "quote": inspect::quote_json(quote),
         "verification": inspect::verification_json(verified),
@@ -460,6 +463,23 @@ fn claims(quote: &Quote, anchor: &Anchor, verified: &QuoteClaims) -> Result<Clai
     if let (Anchor::Emulated { fingerprint, .. }, Some(map)) = (anchor, raw.as_object_mut()) {
         map.insert(EMULATED_ROOT_CLAIM.into(), hex::encode(fingerprint).into());
     }
+    raw
+}
+
+/// [`claims`] with `raw` already made ([`raw_claims`]).
+fn claims_with_raw(
+    quote: &Quote,
+    anchor: &Anchor,
+    verified: &QuoteClaims,
+    raw: serde_json::Value,
+) -> Result<Claims, DcapError> {
+    let pck = &verified.platform.pck;
+    let mut components = BTreeMap::new();
+    put_svns(&mut components, "cpu_svn", &pck.cpu_svn);
+    components.insert("pce_svn".into(), pck.pce_svn.into());
+    components.insert("qe_isv_svn".into(), verified.qe.report.isv_svn.into());
+    let m = measurements(&verified.report, &mut components)
+        .ok_or_else(|| DcapError::Verification("report body of an unknown kind".into()))?;
     Ok(Claims {
         platform: m.platform,
         hardware_backed: !anchor.is_emulated(),

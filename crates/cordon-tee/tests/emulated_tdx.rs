@@ -413,6 +413,11 @@ fn cached_verdicts_under_an_emulated_root_never_serve_a_verifier_without_it() {
     let second = cache.verify_with_roots(&q2, &c, &[root], now()).unwrap();
     assert_eq!(second.report_data, [2; 64]);
     assert!(second.is_emulated());
+    // A hit answers with the claims the uncached path gives the second quote, raw members too.
+    assert_eq!(
+        second,
+        dcap::verify_with_roots(&q2, &c, &[root], now()).unwrap()
+    );
     let stats = cache.stats();
     assert_eq!((stats.hits, stats.misses), (1, 1), "{stats:?}");
     // The same cache, asked without the root: refused, and not from the cache.

@@ -40,6 +40,15 @@ impl Anchor {
         }
     }
 
+    /// Whether a call naming `emulated_roots` accepts this root: Intel's always, an emulated
+    /// root only when named (as [`anchor`] decides).
+    pub(super) fn accepted_with(&self, emulated_roots: &[[u8; 32]]) -> bool {
+        match self {
+            Anchor::Intel => true,
+            Anchor::Emulated { fingerprint, .. } => emulated_roots.contains(fingerprint),
+        }
+    }
+
     pub(super) fn is_emulated(&self) -> bool {
         matches!(self, Anchor::Emulated { .. })
     }
@@ -72,15 +81,9 @@ pub(super) fn check_collateral_roots(
     collateral: &DcapCollateral,
     anchor: &Anchor,
 ) -> Result<(), DcapError> {
-    let c = collateral.inner();
-    let chains = [
-        ("tcb_info_issuer_chain", &c.tcb_info_issuer_chain),
-        ("qe_identity_issuer_chain", &c.qe_identity_issuer_chain),
-        ("pck_crl_issuer_chain", &c.pck_crl_issuer_chain),
-    ];
-    for (field, chain) in chains {
-        let last = last_pem_certificate(chain).map_err(|reason| DcapError::CollateralField {
-            field: field.into(),
+    for (field, last) in &collateral.facts().chain_roots {
+        let last = last.clone().map_err(|reason| DcapError::CollateralField {
+            field: (*field).into(),
             reason,
         })?;
         let found = match &last {
@@ -89,7 +92,7 @@ pub(super) fn check_collateral_roots(
             None => "no certificate".into(),
         };
         return Err(DcapError::CollateralRoot {
-            field: field.into(),
+            field: (*field).into(),
             found,
             expected: hex::encode(anchor.fingerprint()),
         });
@@ -98,7 +101,7 @@ pub(super) fn check_collateral_roots(
 }
 
 /// The DER of the last `CERTIFICATE` block of a PEM chain (`None` when it has none).
-fn last_pem_certificate(chain: &str) -> Result<Option<Vec<u8>>, String> {
+pub(super) fn last_pem_certificate(chain: &str) -> Result<Option<Vec<u8>>, String> {
     const END: &str = "-----END CERTIFICATE-----";
     let Some(end) = chain.rfind(END) else {
         return Ok(None);

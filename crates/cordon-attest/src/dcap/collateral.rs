@@ -15,12 +15,62 @@ pub struct DcapCollateral {
     inner: QuoteCollateralV3,
     /// [`DcapCollateral::digest`], computed once: `inner` cannot change after construction.
     digest: [u8; 48],
+    /// What every verification asks of the collateral itself, read once for the same reason.
+    facts: CollateralFacts,
+}
+
+/// What the per-quote gates read from the collateral alone: which TEE it was issued for and the
+/// root each issuer chain ends with. Reading them costs two JSON parses and three PEM decodes,
+/// which a cached verification would otherwise pay at every call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct CollateralFacts {
+    /// `Some(true)` for TDX collateral, `Some(false)` for SGX, `None` when the TCB info and QE
+    /// identity carry no id (older versions): see `check_collateral_tee`.
+    pub(super) issued_for_tdx: Option<bool>,
+    /// The last certificate of each issuer chain (field name, DER or why it could not be read).
+    pub(super) chain_roots: [(&'static str, Result<Option<Vec<u8>>, String>); 3],
 }
 
 impl From<QuoteCollateralV3> for DcapCollateral {
     fn from(inner: QuoteCollateralV3) -> Self {
         let digest = collateral_digest(&inner);
-        DcapCollateral { inner, digest }
+        let facts = CollateralFacts::read(&inner);
+        DcapCollateral {
+            inner,
+            digest,
+            facts,
+        }
+    }
+}
+
+impl CollateralFacts {
+    fn read(c: &QuoteCollateralV3) -> CollateralFacts {
+        let id = |json: &str| {
+            serde_json::from_str::<Value>(json)
+                .ok()
+                .and_then(|v| v.get("id")?.as_str().map(str::to_string))
+        };
+        let tdx = |id: Option<String>, tdx_id: &str, sgx_id: &str| match id.as_deref() {
+            Some(i) if i == tdx_id => Some(true),
+            Some(i) if i == sgx_id => Some(false),
+            _ => None,
+        };
+        let root = |chain: &str| super::anchor::last_pem_certificate(chain);
+        CollateralFacts {
+            issued_for_tdx: tdx(id(&c.tcb_info), "TDX", "SGX").or(tdx(
+                id(&c.qe_identity),
+                "TD_QE",
+                "QE",
+            )),
+            chain_roots: [
+                ("tcb_info_issuer_chain", root(&c.tcb_info_issuer_chain)),
+                (
+                    "qe_identity_issuer_chain",
+                    root(&c.qe_identity_issuer_chain),
+                ),
+                ("pck_crl_issuer_chain", root(&c.pck_crl_issuer_chain)),
+            ],
+        }
     }
 }
 
@@ -78,6 +128,10 @@ impl DcapCollateral {
     /// collateral it has checked by.
     pub fn digest(&self) -> &[u8; 48] {
         &self.digest
+    }
+
+    pub(super) fn facts(&self) -> &CollateralFacts {
+        &self.facts
     }
 
     /// Reads dcap-qvl's JSON bundle (as in `testdata/attestation/tdx/tdx_quote_collateral.json`):

@@ -143,7 +143,7 @@ fn extend(mut base: Value, fields: Value) -> Value {
 
 /// The report body, tagged with its kind. TD 1.5 (quote v5 body type 3) adds TEE_TCB_SVN2 @584 (16)
 /// and MRSERVICETD @600 (48); TD 1.5ex (body type 4) the fields after them (`sgx_quote_5.h`).
-fn report_json(report: &Report) -> Value {
+pub(super) fn report_json(report: &Report) -> Value {
     match report {
         Report::SgxEnclave(r) => extend(json!({"type": "sgx_enclave"}), sgx_json(r)),
         Report::TD10(td) => extend(json!({"type": "td10"}), td10_json(td)),

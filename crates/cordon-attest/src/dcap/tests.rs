@@ -1045,3 +1045,71 @@ fn evidence_verifier_caches_dcap_collateral() {
     let late = at("2025-07-20T00:00:00Z");
     assert!(verifier.verify(TDX_QUOTE, late).is_err());
 }
+
+#[test]
+fn cached_signature_check_agrees_with_dcap_qvl() {
+    // The cache checks the quote signature with aws-lc-rs, dcap-qvl with RustCrypto: the same
+    // verdict on the genuine quotes and on a flipped bit in each of the signed bytes (header and
+    // body) and of the signature itself.
+    for (quote, collateral) in [
+        (TDX_QUOTE, tdx_collateral()),
+        (SGX_QUOTE, sgx_collateral()),
+        (
+            OUTDATED_QUOTE,
+            DcapCollateral::from_json(OUTDATED_COLLATERAL).unwrap(),
+        ),
+    ] {
+        assert_eq!(
+            cache::signature_checks_for_tests(quote, &collateral),
+            Some((true, true))
+        );
+        let signed = dcap_qvl::quote::Quote::parse(quote)
+            .unwrap()
+            .signed_length();
+        let signature_at = signed + 4;
+        let flips = (0..signed).chain(signature_at..signature_at + 64);
+        let mut refused = 0;
+        for i in flips {
+            let mut q = quote.to_vec();
+            q[i] ^= 1 << (i % 8);
+            // `None`: the flip fails this module's gates before any signature check.
+            if let Some((ours, theirs)) = cache::signature_checks_for_tests(&q, &collateral) {
+                assert_eq!(ours, theirs, "byte {i}");
+                assert!(
+                    !ours,
+                    "byte {i} of {} flipped and still verified",
+                    quote.len()
+                );
+                refused += 1;
+            }
+        }
+        assert!(refused > 400, "{refused}");
+    }
+}
+
+#[test]
+fn a_cache_hit_reads_the_report_body_of_its_own_quote() {
+    // Two quotes that share an endorsement (here: MRTD, REPORTDATA and the signature flipped,
+    // which the entry's key masks) get the raw claims the uncached path would give the second, not the first's.
+    let c = tdx_collateral();
+    let now = secs(IN_WINDOW);
+    let mut other = TDX_QUOTE.to_vec();
+    other[48 + 136] ^= 0x55;
+    other[48 + 560] ^= 0xaa;
+    other[636 + 10] ^= 0x0f; // the quote signature
+    let (hit, fresh) = cache::raw_for_hit_for_tests(TDX_QUOTE, &other, &c, now).unwrap();
+    assert_eq!(hit, fresh);
+    let (own, _) = cache::raw_for_hit_for_tests(TDX_QUOTE, TDX_QUOTE, &c, now).unwrap();
+    assert_ne!(hit["quote"]["body"], own["quote"]["body"]);
+    assert_ne!(
+        hit["quote"]["auth_data"]["ecdsa_signature"],
+        own["quote"]["auth_data"]["ecdsa_signature"]
+    );
+    assert_eq!(hit["quote"]["header"], own["quote"]["header"]);
+    // SGX: MRENCLAVE flipped.
+    let s = sgx_collateral();
+    let mut other = SGX_QUOTE.to_vec();
+    other[48 + 64] ^= 1;
+    let (hit, fresh) = cache::raw_for_hit_for_tests(SGX_QUOTE, &other, &s, now).unwrap();
+    assert_eq!(hit, fresh);
+}
