@@ -15,20 +15,13 @@
 //! ```
 
 use crate::aead::Aes256GcmKey;
+use crate::hpke_base::{self, RecipientKey};
 use hkdf::Hkdf;
-use hpke::aead::AesGcm256;
-use hpke::kdf::HkdfSha256;
-use hpke::kem::X25519HkdfSha256;
-use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 use rand::RngCore;
 use sha2::Sha256;
 use std::fmt;
 use thiserror::Error;
 use zeroize::Zeroizing;
-
-type Kem = X25519HkdfSha256;
-type PrivateKey = <Kem as hpke::Kem>::PrivateKey;
-type PublicKey = <Kem as hpke::Kem>::PublicKey;
 
 pub const KEM_ID: u16 = 0x0020;
 pub const KDF_ID: u16 = 0x0001;
@@ -58,19 +51,18 @@ pub enum ChannelError {
     BadPublicKey(String),
 }
 
-/// The runtime's HPKE key pair (the service key). The private half never leaves the process and is
-/// zeroized on drop (x25519-dalek's `StaticSecret`).
+/// The runtime's HPKE key pair (the service key). The private half never leaves the process; it
+/// lives in AWS-LC's memory, which AWS-LC cleanses when it frees it.
 pub struct ServiceKeyPair {
     key_id: u8,
-    private: PrivateKey,
-    public: [u8; 32],
+    private: RecipientKey,
 }
 
 impl fmt::Debug for ServiceKeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServiceKeyPair")
             .field("key_id", &self.key_id)
-            .field("public", &hex::encode(self.public))
+            .field("public", &hex::encode(self.public_key()))
             .finish_non_exhaustive()
     }
 }
@@ -86,13 +78,10 @@ impl ServiceKeyPair {
     /// The key pair `DeriveKeyPair(ikm)` (RFC 9180 §7.1.3) gives: how a party's stored secret becomes
     /// the key that job outputs are sealed to.
     pub fn derive(key_id: u8, ikm: &[u8; 32]) -> ServiceKeyPair {
-        let (private, public) = Kem::derive_keypair(ikm);
-        let mut pk = [0u8; 32];
-        pk.copy_from_slice(&public.to_bytes());
-        ServiceKeyPair {
-            key_id,
-            private,
-            public: pk,
+        match RecipientKey::derive(ikm) {
+            Ok(private) => ServiceKeyPair { key_id, private },
+            // X25519 takes any 32 bytes as a private key, and AWS-LC computes its public key.
+            Err(_) => unreachable!("X25519 key derivation from 32 bytes cannot fail"),
         }
     }
 
@@ -101,7 +90,7 @@ impl ServiceKeyPair {
     }
 
     pub fn public_key(&self) -> [u8; 32] {
-        self.public
+        self.private.public_key()
     }
 
     /// Checks a request header (`key_id || kem || kdf || aead`, 7 bytes) against this
@@ -123,7 +112,7 @@ impl ServiceKeyPair {
         Ok(())
     }
 
-    pub(crate) fn private_key(&self) -> &PrivateKey {
+    pub(crate) fn recipient_key(&self) -> &RecipientKey {
         &self.private
     }
 
@@ -141,33 +130,16 @@ impl ServiceKeyPair {
         }
         let hdr = &message[..HDR_LEN];
         self.check_header(hdr)?;
-        let enc_bytes = &message[HDR_LEN..HDR_LEN + ENC_LEN];
-        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc_bytes)
+        let enc: [u8; ENC_LEN] = message[HDR_LEN..HDR_LEN + ENC_LEN]
+            .try_into()
             .map_err(|_| ChannelError::BadEncapsulatedKey)?;
         let info = request_info(hdr);
-        let mut ctx = hpke::setup_receiver::<AesGcm256, HkdfSha256, Kem>(
-            &OpModeR::Base,
-            &self.private,
-            &enc,
-            &info,
-        )
-        .map_err(|_| ChannelError::Decrypt)?;
-        let plaintext = Zeroizing::new(
-            ctx.open(&message[HDR_LEN + ENC_LEN..], b"")
-                .map_err(|_| ChannelError::Decrypt)?,
-        );
+        let mut ctx = hpke_base::setup_receiver(&self.private, &enc, &info)?;
+        let plaintext = ctx.open(&message[HDR_LEN + ENC_LEN..], b"")?;
         let mut secret = Zeroizing::new([0u8; 32]);
         ctx.export(RESPONSE_LABEL, secret.as_mut())
             .map_err(|_| ChannelError::Decrypt)?;
-        let mut enc_arr = [0u8; ENC_LEN];
-        enc_arr.copy_from_slice(enc_bytes);
-        Ok((
-            plaintext,
-            ServerResponseContext {
-                secret,
-                enc: enc_arr,
-            },
-        ))
+        Ok((plaintext, ServerResponseContext { secret, enc }))
     }
 }
 
@@ -256,35 +228,17 @@ pub fn encapsulate_request(
     key_id: u8,
     request: &[u8],
 ) -> Result<(Vec<u8>, ClientResponseContext), ChannelError> {
-    let pk = PublicKey::from_bytes(public_key)
-        .map_err(|e| ChannelError::BadPublicKey(format!("{e:?}")))?;
     let hdr = header(key_id);
     let info = request_info(&hdr);
-    let (enc, mut ctx) = hpke::setup_sender::<AesGcm256, HkdfSha256, Kem, _>(
-        &OpModeS::Base,
-        &pk,
-        &info,
-        &mut rand::rng(),
-    )
-    .map_err(|_| ChannelError::Encrypt)?;
-    let ct = ctx.seal(request, b"").map_err(|_| ChannelError::Encrypt)?;
+    let (enc, mut ctx) = hpke_base::setup_sender(public_key, &info)?;
+    let ct = ctx.seal(request, b"")?;
     let mut secret = Zeroizing::new([0u8; 32]);
-    ctx.export(RESPONSE_LABEL, secret.as_mut())
-        .map_err(|_| ChannelError::Encrypt)?;
-    let enc_bytes = enc.to_bytes();
-    let mut enc_arr = [0u8; ENC_LEN];
-    enc_arr.copy_from_slice(&enc_bytes);
+    ctx.export(RESPONSE_LABEL, secret.as_mut())?;
     let mut out = Vec::with_capacity(HDR_LEN + ENC_LEN + ct.len());
     out.extend_from_slice(&hdr);
-    out.extend_from_slice(&enc_bytes);
+    out.extend_from_slice(&enc);
     out.extend_from_slice(&ct);
-    Ok((
-        out,
-        ClientResponseContext {
-            secret,
-            enc: enc_arr,
-        },
-    ))
+    Ok((out, ClientResponseContext { secret, enc }))
 }
 
 impl ClientResponseContext {
@@ -318,18 +272,10 @@ pub fn seal_to(
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<Vec<u8>, ChannelError> {
-    let pk = PublicKey::from_bytes(public_key)
-        .map_err(|e| ChannelError::BadPublicKey(format!("{e:?}")))?;
-    let (enc, ct) = hpke::single_shot_seal::<AesGcm256, HkdfSha256, Kem, _>(
-        &OpModeS::Base,
-        &pk,
-        info,
-        plaintext,
-        aad,
-        &mut rand::rng(),
-    )
-    .map_err(|_| ChannelError::Encrypt)?;
-    let mut out = enc.to_bytes().to_vec();
+    let (enc, mut ctx) = hpke_base::setup_sender(public_key, info)?;
+    let ct = ctx.seal(plaintext, aad)?;
+    let mut out = Vec::with_capacity(ENC_LEN + ct.len());
+    out.extend_from_slice(&enc);
     out.extend_from_slice(&ct);
     Ok(out)
 }
@@ -348,31 +294,12 @@ impl ServiceKeyPair {
                 min: ENC_LEN + 16,
             });
         }
-        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(&message[..ENC_LEN])
+        let enc: [u8; ENC_LEN] = message[..ENC_LEN]
+            .try_into()
             .map_err(|_| ChannelError::BadEncapsulatedKey)?;
-        hpke::single_shot_open::<AesGcm256, HkdfSha256, Kem>(
-            &OpModeR::Base,
-            &self.private,
-            &enc,
-            info,
-            &message[ENC_LEN..],
-            aad,
-        )
-        .map(Zeroizing::new)
-        .map_err(|_| ChannelError::Decrypt)
+        hpke_base::setup_receiver(&self.private, &enc, info)?.open(&message[ENC_LEN..], aad)
     }
 }
-
-// The service key must be wiped on drop: hpke's X25519 private key wraps x25519-dalek's
-// `StaticSecret`, which zeroizes only with that crate's `zeroize` feature (enabled in Cargo.toml).
-const _: () = {
-    // `Zeroize` exists on `StaticSecret` only with the feature, which also adds `zeroize(drop)`.
-    fn assert_zeroize<T: zeroize::Zeroize>() {}
-    fn check() {
-        assert_zeroize::<x25519_dalek::StaticSecret>();
-    }
-    let _ = check;
-};
 
 #[cfg(test)]
 mod tests {

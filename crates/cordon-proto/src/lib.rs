@@ -24,6 +24,7 @@ pub mod checkpoint;
 pub mod endorsements;
 #[doc(hidden)]
 pub mod fuzzing;
+mod hpke_base;
 pub mod job;
 pub mod kbs;
 pub mod merkle;

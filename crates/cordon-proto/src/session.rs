@@ -36,19 +36,13 @@
 
 use crate::aead::Aes256GcmKey;
 use crate::channel::{header, labelled_info, ChannelError, ServiceKeyPair, ENC_LEN, HDR_LEN};
+use crate::hpke_base;
 use hkdf::Hkdf;
-use hpke::aead::AesGcm256;
-use hpke::kdf::HkdfSha256;
-use hpke::kem::X25519HkdfSha256;
-use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use zeroize::Zeroizing;
-
-type Kem = X25519HkdfSha256;
-type PublicKey = <Kem as hpke::Kem>::PublicKey;
 
 /// Media type of a session setup request (`POST /v1/session`).
 pub const SESSION_SETUP_MEDIA_TYPE: &str = "message/cordon-session-setup";
@@ -269,22 +263,15 @@ impl ServiceKeyPair {
     ) -> Result<(Zeroizing<Vec<u8>>, SessionKeys), ChannelError> {
         let (hdr, enc_bytes, ct) = split_setup(message)?;
         self.check_header(hdr)?;
-        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc_bytes)
+        let enc: [u8; ENC_LEN] = enc_bytes
+            .try_into()
             .map_err(|_| ChannelError::BadEncapsulatedKey)?;
-        let mut ctx = hpke::setup_receiver::<AesGcm256, HkdfSha256, Kem>(
-            &OpModeR::Base,
-            self.private_key(),
-            &enc,
-            &session_info(hdr),
-        )
-        .map_err(|_| ChannelError::Decrypt)?;
-        let setup = Zeroizing::new(ctx.open(ct, b"").map_err(|_| ChannelError::Decrypt)?);
+        let mut ctx = hpke_base::setup_receiver(self.recipient_key(), &enc, &session_info(hdr))?;
+        let setup = ctx.open(ct, b"")?;
         let mut secret = Zeroizing::new([0u8; 32]);
         ctx.export(SECRET_LABEL, secret.as_mut())
             .map_err(|_| ChannelError::Decrypt)?;
-        let mut enc_arr = [0u8; ENC_LEN];
-        enc_arr.copy_from_slice(enc_bytes);
-        Ok((setup, SessionKeys::derive(&secret, &enc_arr, server_nonce)))
+        Ok((setup, SessionKeys::derive(&secret, &enc, server_nonce)))
     }
 }
 
@@ -350,34 +337,16 @@ pub fn start_session(
     key_id: u8,
     setup: &[u8],
 ) -> Result<(Vec<u8>, PendingSession), ChannelError> {
-    let pk = PublicKey::from_bytes(public_key)
-        .map_err(|e| ChannelError::BadPublicKey(format!("{e:?}")))?;
     let hdr = header(key_id);
-    let (enc, mut ctx) = hpke::setup_sender::<AesGcm256, HkdfSha256, Kem, _>(
-        &OpModeS::Base,
-        &pk,
-        &session_info(&hdr),
-        &mut rand::rng(),
-    )
-    .map_err(|_| ChannelError::Encrypt)?;
-    let ct = ctx.seal(setup, b"").map_err(|_| ChannelError::Encrypt)?;
+    let (enc, mut ctx) = hpke_base::setup_sender(public_key, &session_info(&hdr))?;
+    let ct = ctx.seal(setup, b"")?;
     let mut secret = Zeroizing::new([0u8; 32]);
-    ctx.export(SECRET_LABEL, secret.as_mut())
-        .map_err(|_| ChannelError::Encrypt)?;
-    let enc_bytes = enc.to_bytes();
+    ctx.export(SECRET_LABEL, secret.as_mut())?;
     let mut out = Vec::with_capacity(HDR_LEN + ENC_LEN + ct.len());
     out.extend_from_slice(&hdr);
-    out.extend_from_slice(&enc_bytes);
+    out.extend_from_slice(&enc);
     out.extend_from_slice(&ct);
-    let mut enc_arr = [0u8; ENC_LEN];
-    enc_arr.copy_from_slice(&enc_bytes);
-    Ok((
-        out,
-        PendingSession {
-            secret,
-            enc: enc_arr,
-        },
-    ))
+    Ok((out, PendingSession { secret, enc }))
 }
 
 impl PendingSession {
