@@ -13,7 +13,11 @@
 //! `Encap`, `Decap` and `DeriveKeyPair` (§4.1, §7.1.3), `KeySchedule` for mode_base (§5.1),
 //! `Seal` / `Open` with the sequence number XORed into the base nonce (§5.2), and `Export` (§5.3).
 //! X25519 is aws-lc-rs's, HKDF the `hkdf` crate's, AES-256-GCM ring's (as the rest of the
-//! channel). Private keys live in AWS-LC's memory, which it cleanses when it frees them.
+//! channel). Private keys live in AWS-LC's memory, which it cleanses when it frees them; the DH
+//! output, shared secret, key bytes, base nonce and exporter secret are zeroized on drop. Not
+//! zeroized: the HMAC states inside the `hkdf` crate's intermediate PRKs (it has no `zeroize`
+//! support; the `hpke` crate had the same gap) and ring's expanded AES key schedule
+//! (docs/threat-model.md §5).
 
 use crate::aead::Aes256GcmKey;
 use crate::channel::ChannelError;
@@ -106,7 +110,10 @@ fn dh(
         error.clone(),
         |shared| {
             let mut out = Zeroizing::new([0u8; KEY_LEN]);
-            if shared.len() != KEY_LEN || shared.iter().all(|&b| b == 0) {
+            // Not an early-exit comparison: the bytes are secret. (AWS-LC's X25519 refuses an
+            // all-zero result itself, in constant time; this states the RFC's rule here too.)
+            let any_set = shared.iter().fold(0u8, |acc, &b| acc | b);
+            if shared.len() != KEY_LEN || any_set == 0 {
                 return Err(error.clone());
             }
             out.copy_from_slice(shared);
@@ -137,7 +144,7 @@ fn shared_secret(
 /// secret. A sender's seals and a receiver's opens must be taken in the same order.
 pub(crate) struct Context {
     key: Aes256GcmKey,
-    base_nonce: [u8; NONCE_LEN],
+    base_nonce: Zeroizing<[u8; NONCE_LEN]>,
     seq: u64,
     exporter_secret: Zeroizing<[u8; KEY_LEN]>,
 }
@@ -151,7 +158,7 @@ fn key_schedule(shared_secret: &[u8; KEY_LEN], info: &[u8]) -> Result<Context, C
     let context: [&[u8]; 3] = [&[MODE_BASE], &psk_id_hash, &info_hash];
     let secret = labeled_extract(HPKE_SUITE_ID, shared_secret, b"secret", b"");
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    let mut base_nonce = [0u8; NONCE_LEN];
+    let mut base_nonce = Zeroizing::new([0u8; NONCE_LEN]);
     let mut exporter_secret = Zeroizing::new([0u8; KEY_LEN]);
     labeled_expand(&secret, HPKE_SUITE_ID, b"key", &context, key.as_mut())?;
     labeled_expand(
@@ -159,7 +166,7 @@ fn key_schedule(shared_secret: &[u8; KEY_LEN], info: &[u8]) -> Result<Context, C
         HPKE_SUITE_ID,
         b"base_nonce",
         &context,
-        &mut base_nonce,
+        base_nonce.as_mut(),
     )?;
     labeled_expand(
         &secret,
@@ -192,7 +199,7 @@ impl Context {
     fn next_nonce(&mut self) -> Result<[u8; NONCE_LEN], ChannelError> {
         let seq = self.seq;
         self.seq = seq.checked_add(1).ok_or(ChannelError::Encrypt)?;
-        let mut nonce = self.base_nonce;
+        let mut nonce = *self.base_nonce;
         for (n, s) in nonce[NONCE_LEN - 8..].iter_mut().zip(seq.to_be_bytes()) {
             *n ^= s;
         }
@@ -342,7 +349,7 @@ mod tests {
 
     impl Context {
         fn next_nonce_peek(&self) -> [u8; NONCE_LEN] {
-            let mut nonce = self.base_nonce;
+            let mut nonce = *self.base_nonce;
             for (n, s) in nonce[NONCE_LEN - 8..]
                 .iter_mut()
                 .zip(self.seq.to_be_bytes())
@@ -442,5 +449,146 @@ mod tests {
                 Err(ChannelError::Decrypt)
             ));
         }
+    }
+}
+
+/// Edge cases of keys and lengths, found by a review: every small-order X25519 point (and with
+/// its high bit set) is refused, non-canonical encodings agree with the `hpke` crate, and export
+/// lengths stop at HKDF's limit.
+#[cfg(test)]
+mod key_edge_cases {
+    use super::*;
+    use hpke::aead::AesGcm256;
+    use hpke::kdf::HkdfSha256;
+    use hpke::kem::X25519HkdfSha256 as Kem;
+    use hpke::{Deserializable, Kem as _, OpModeR};
+
+    fn p_plus(k: u8) -> [u8; 32] {
+        // p = 2^255 - 19, little endian: ed ff .. ff 7f
+        let mut p = [0xffu8; 32];
+        p[0] = 0xed;
+        p[31] = 0x7f;
+        let (s, c) = p[0].overflowing_add(k);
+        p[0] = s;
+        if c {
+            p[1] = p[1].wrapping_add(1);
+        }
+        p
+    }
+
+    fn small_order() -> Vec<[u8; 32]> {
+        let mut v = vec![];
+        let mut zero = [0u8; 32];
+        v.push(zero);
+        zero[0] = 1;
+        v.push(zero);
+        v.push(
+            hex::decode("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        );
+        v.push(
+            hex::decode("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157")
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        );
+        v.push(
+            hex::decode("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f")
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        );
+        v.push(p_plus(0));
+        v.push(p_plus(1));
+        let n = v.len();
+        for i in 0..n {
+            let mut h = v[i];
+            h[31] |= 0x80;
+            v.push(h);
+        }
+        v
+    }
+
+    #[test]
+    fn every_small_order_point_is_refused_as_the_hpke_crate_refuses_it() {
+        let ikm = [5u8; 32];
+        let ours = RecipientKey::derive(&ikm).unwrap();
+        let (their_sk, _) = Kem::derive_keypair(&ikm);
+        for s in small_order() {
+            let r = setup_receiver(&ours, &s, b"i");
+            assert!(
+                matches!(r, Err(ChannelError::Decrypt)),
+                "{}",
+                hex::encode(s)
+            );
+            let e = <Kem as hpke::Kem>::EncappedKey::from_bytes(&s).unwrap();
+            let t = hpke::setup_receiver::<AesGcm256, HkdfSha256, Kem>(
+                &OpModeR::Base,
+                &their_sk,
+                &e,
+                b"i",
+            );
+            assert!(t.is_err(), "theirs accepted {}", hex::encode(s));
+            assert!(matches!(setup_sender(&s, b"i"), Err(ChannelError::Encrypt)));
+        }
+    }
+
+    #[test]
+    fn non_canonical_and_high_bit_encapsulations_agree_with_the_hpke_crate() {
+        let ikm = [6u8; 32];
+        let ours = RecipientKey::derive(&ikm).unwrap();
+        let (their_sk, _) = Kem::derive_keypair(&ikm);
+        let mut cases: Vec<[u8; 32]> = vec![];
+        for k in 2..19u8 {
+            cases.push(p_plus(k));
+        } // non-canonical u = k (mod p)
+        let mut nine = [0u8; 32];
+        nine[0] = 9;
+        cases.push(nine);
+        let mut hb = nine;
+        hb[31] |= 0x80;
+        cases.push(hb);
+        let real = setup_sender(&ours.public_key(), b"x").unwrap().0;
+        let mut rh = real;
+        rh[31] ^= 0x80;
+        cases.push(rh);
+        for c in cases {
+            let mine = setup_receiver(&ours, &c, b"i");
+            let e = <Kem as hpke::Kem>::EncappedKey::from_bytes(&c).unwrap();
+            let theirs = hpke::setup_receiver::<AesGcm256, HkdfSha256, Kem>(
+                &OpModeR::Base,
+                &their_sk,
+                &e,
+                b"i",
+            );
+            match (mine, theirs) {
+                (Ok(m), Ok(t)) => {
+                    let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+                    m.export(b"e", &mut a).unwrap();
+                    t.export(b"e", &mut b).unwrap();
+                    assert_eq!(a, b, "{}", hex::encode(c));
+                }
+                (m, t) => panic!(
+                    "differ on {}: ours ok={} theirs ok={}",
+                    hex::encode(c),
+                    m.is_ok(),
+                    t.is_ok()
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn export_lengths_up_to_the_hkdf_limit_and_no_further() {
+        let r = RecipientKey::derive(&[1; 32]).unwrap();
+        let (_, ctx) = setup_sender(&r.public_key(), b"").unwrap();
+        let mut big = vec![0u8; 255 * 32 + 1];
+        assert!(ctx.export(b"", &mut big).is_err());
+        let mut ok = vec![0u8; 255 * 32];
+        assert!(ctx.export(b"", &mut ok).is_ok());
+        let mut zero: [u8; 0] = [];
+        let _ = ctx.export(b"", &mut zero);
     }
 }
