@@ -739,8 +739,9 @@ NAN = float("nan")
 # The zoo
 # ---------------------------------------------------------------------------
 class Zoo:
-    def __init__(self, out_dir):
+    def __init__(self, out_dir, generator="scripts/make_tree_models.py"):
         self.out = out_dir
+        self.generator = generator  # recorded in each model's metadata_props
         self.entries = []
         self.failures = []
 
@@ -769,7 +770,7 @@ class Zoo:
         if not model.doc_string:
             model.doc_string = source.get("description", "")
         meta = {p.key: p.value for p in model.metadata_props}
-        meta.update({"cordon_zoo_name": name, "cordon_generator": "scripts/make_tree_models.py"})
+        meta.update({"cordon_zoo_name": name, "cordon_generator": self.generator})
         del model.metadata_props[:]
         helper.set_model_props(model, meta)
         onnx.checker.check_model(model, full_check=check_full)

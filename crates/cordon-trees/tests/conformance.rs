@@ -1,7 +1,8 @@
-//! Conformance: every model of the reference zoo (models/trees, made by
-//! scripts/make_tree_models.py) loads as a whole graph in tract with Cordon's tree operators, and
-//! its outputs on the committed input set equal ONNX Runtime's: labels exactly, scores within
-//! `|a-b| <= 1e-5·max(|a|,|b|) + 1e-6`. The fast and the generic walker must both agree.
+//! Conformance: every model of the reference zoos (models/trees, made by
+//! scripts/make_tree_models.py, and models/trees2, made by scripts/make_tree_zoo2.py) loads as a
+//! whole graph in tract with Cordon's tree operators, and its outputs on the committed input set
+//! equal ONNX Runtime's: labels exactly, scores within `|a-b| <= 1e-5·max(|a|,|b|) + 1e-6`. The
+//! fast and the generic walker must both agree.
 //! The fraud-scoring example's model (models/fraud, made by scripts/make_fraud_model.py) is held
 //! to the same rule: a realistic GBDT, 300 trees over 20 features with NaN inputs.
 
@@ -9,8 +10,13 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tract_onnx::prelude::*;
 
-fn zoo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/trees")
+/// The reference zoos: a directory under models/, and the fewest models it must hold.
+const ZOOS: &[(&str, usize)] = &[("trees", 60), ("trees2", 15)];
+
+fn zoo(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .join(name)
 }
 
 fn fraud_dir() -> PathBuf {
@@ -19,9 +25,9 @@ fn fraud_dir() -> PathBuf {
 
 const FRAUD: &str = "fraud_gbdt";
 
-fn models() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(zoo())
-        .expect("models/trees exists")
+fn models(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{dir:?}: {e}"))
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             e.file_name()
@@ -168,13 +174,20 @@ fn run_model(dir: &Path, name: &str, generic: bool) -> Result<Vec<String>, Strin
 }
 
 fn check_all(generic: bool) {
-    let names = models();
-    assert!(names.len() >= 60, "zoo has {} models", names.len());
     let mut failures = Vec::new();
-    for name in &names {
-        match run_model(&zoo(), name, generic) {
-            Ok(errors) => failures.extend(errors),
-            Err(e) => failures.push(e),
+    for &(zoo_name, min_models) in ZOOS {
+        let dir = zoo(zoo_name);
+        let names = models(&dir);
+        assert!(
+            names.len() >= min_models,
+            "models/{zoo_name} has {} models",
+            names.len()
+        );
+        for name in &names {
+            match run_model(&dir, name, generic) {
+                Ok(errors) => failures.extend(errors),
+                Err(e) => failures.push(e),
+            }
         }
     }
     assert!(
@@ -220,14 +233,19 @@ fn fraud_reference_rows_cover_nan_and_both_classes() {
     assert!(fraud_p.iter().any(|&p| p > 0.9) && fraud_p.iter().any(|&p| p < 0.01));
 }
 
-/// The zoo's real models, and the fraud model, must take the fast path (the generic one is for
+/// The zoos' real models, and the fraud model, must take the fast path (the generic one is for
 /// EQ/NEQ/MEMBER).
 #[test]
 fn real_models_compile_to_the_fast_walker() {
-    let mut paths: Vec<(String, PathBuf)> = models()
-        .into_iter()
-        .filter(|n| !n.starts_with("hb_"))
-        .map(|n| (n.clone(), zoo().join(format!("{n}.onnx"))))
+    let mut paths: Vec<(String, PathBuf)> = ZOOS
+        .iter()
+        .flat_map(|&(zoo_name, _)| {
+            let dir = zoo(zoo_name);
+            models(&dir)
+                .into_iter()
+                .filter(|n| !n.starts_with("hb_"))
+                .map(move |n| (n.clone(), dir.join(format!("{n}.onnx"))))
+        })
         .collect();
     paths.push((FRAUD.into(), fraud_dir().join(format!("{FRAUD}.onnx"))));
     for (name, path) in &paths {

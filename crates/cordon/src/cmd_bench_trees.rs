@@ -1,8 +1,12 @@
 //! `cordon bench trees`: Cordon's tree engine against tract's own operators and ONNX Runtime
 //! (through scripts/bench_trees_ort.py, when Python has onnxruntime), same models, same inputs,
-//! one thread, in one run.
+//! one thread, in one run; and Cordon's engine against ONNX Runtime's C API (the `ort` crate, the
+//! library scripts/fetch-onnxruntime.sh fetches), both through the runtime's model API, so that
+//! the single-row baseline carries no Python call.
 
 use anyhow::{anyhow, Context, Result};
+use cordon_proto::oip::{InferRequest, Tensor as OipTensor};
+use cordon_runtime::{Engine, OnnxModel, OnnxRuntimeLibrary, OnnxRuntimeOptions};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,9 +33,21 @@ pub struct TreesArgs {
     /// Least seconds of batch runs per engine and model.
     #[arg(long, default_value_t = 0.5)]
     pub batch_seconds: f64,
-    /// Skip ONNX Runtime even when Python has it.
+    /// Skip tract's own operators (slow on ensembles: milliseconds a row).
+    #[arg(long)]
+    pub no_tract: bool,
+    /// Skip ONNX Runtime (both its Python package and its C API).
     #[arg(long)]
     pub no_ort: bool,
+    /// Cores for the batch figure of the C API table: Cordon's engine runs this many batches at
+    /// once (one per thread, as the runtime runs concurrent requests: the engine does not split
+    /// a batch), ONNX Runtime one batch at a time with this many intra-op threads.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub threads: u64,
+    /// ONNX Runtime's shared library for the C API columns (default: CORDON_ONNXRUNTIME_LIB, or
+    /// what scripts/fetch-onnxruntime.sh fetched).
+    #[arg(long, value_name = "LIBRARY")]
+    pub onnxruntime_library: Option<PathBuf>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -148,6 +164,140 @@ fn time_plan(plan: &Arc<TypedRunnableModel>, inputs: &Inputs, args: &TreesArgs) 
     })
 }
 
+/// The model's input set as protocol requests: one per row, and one batch of `rows` rows tiled
+/// from them (JSON `null`, the zoo's NaN, as the protocol's `"NaN"`).
+fn read_requests(path: &Path, batch_rows: usize) -> Result<(Vec<InferRequest>, InferRequest)> {
+    let doc: InferRequest = serde_json::from_slice(&std::fs::read(path)?)?;
+    let t = doc.inputs.first().context("no input")?;
+    let [n, f] = t.shape[..] else {
+        return Err(anyhow!("{path:?}: input is not [N, F]"));
+    };
+    let (n, f) = (usize::try_from(n)?, usize::try_from(f)?);
+    let data: Vec<Value> = t
+        .data
+        .as_array()
+        .context("data")?
+        .iter()
+        .map(|v| match v {
+            Value::Null => Value::from("NaN"),
+            v => v.clone(),
+        })
+        .collect();
+    if n == 0 || data.len() != n * f {
+        return Err(anyhow!(
+            "{path:?}: {} values for shape [{n}, {f}]",
+            data.len()
+        ));
+    }
+    let request = |first: usize, rows: usize| InferRequest {
+        id: None,
+        inputs: vec![OipTensor {
+            name: t.name.clone(),
+            shape: vec![rows as i64, f as i64],
+            datatype: t.datatype.clone(),
+            data: Value::Array(
+                (0..rows)
+                    .flat_map(|i| {
+                        let r = (first + i) % n;
+                        data[r * f..(r + 1) * f].iter().cloned()
+                    })
+                    .collect(),
+            ),
+            parameters: None,
+        }],
+        outputs: None,
+        parameters: None,
+    };
+    Ok((
+        (0..n).map(|i| request(i, 1)).collect(),
+        request(0, batch_rows),
+    ))
+}
+
+/// [`time_plan`]'s measurement through the runtime's model API (`OnnxModel::compute` on decoded
+/// tensors), the same for either engine.
+fn time_model(
+    model: &OnnxModel,
+    rows: &[InferRequest],
+    batch: &InferRequest,
+    args: &TreesArgs,
+    streams: usize,
+) -> Result<Timing> {
+    let rows = rows
+        .iter()
+        .map(|r| model.decode(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    for r in rows.iter().cycle().take(200) {
+        std::hint::black_box(model.compute(&r.inputs)?);
+    }
+    let mut times = Vec::with_capacity(args.calls as usize);
+    for r in rows.iter().cycle().take(args.calls as usize) {
+        let t = Instant::now();
+        let out = model.compute(&r.inputs)?;
+        times.push(t.elapsed());
+        drop(out);
+    }
+    times.sort();
+    let batch = model.decode(batch)?;
+    for _ in 0..3 {
+        model.compute(&batch.inputs)?;
+    }
+    let batch_rows_per_s = if streams == 1 {
+        let mut runs = Vec::new();
+        let start = Instant::now();
+        while runs.len() < 5 || start.elapsed().as_secs_f64() < args.batch_seconds {
+            let t = Instant::now();
+            std::hint::black_box(model.compute(&batch.inputs)?);
+            runs.push(t.elapsed());
+        }
+        runs.sort();
+        args.rows as f64 / runs[runs.len() / 2].as_secs_f64()
+    } else {
+        // `streams` threads, each running batches for the same wall time: rows over that time.
+        let start = Instant::now();
+        let batches = std::thread::scope(|scope| -> Result<usize> {
+            let workers: Vec<_> = (0..streams)
+                .map(|_| {
+                    scope.spawn(|| -> Result<usize> {
+                        let mut n = 0;
+                        while n < 5 || start.elapsed().as_secs_f64() < args.batch_seconds {
+                            std::hint::black_box(model.compute(&batch.inputs)?);
+                            n += 1;
+                        }
+                        Ok(n)
+                    })
+                })
+                .collect();
+            workers.into_iter().try_fold(0, |all, w| {
+                Ok(all + w.join().map_err(|_| anyhow!("a batch thread panicked"))??)
+            })
+        })?;
+        (batches as u64 * args.rows) as f64 / start.elapsed().as_secs_f64()
+    };
+    Ok(Timing {
+        p50_us: percentile(&times, 0.5),
+        p99_us: percentile(&times, 0.99),
+        batch_rows_per_s,
+    })
+}
+
+/// ONNX Runtime's library, loaded as the runtime loads it, one intra-op thread.
+fn onnxruntime_library(args: &TreesArgs) -> Result<Arc<OnnxRuntimeLibrary>> {
+    let library = args
+        .onnxruntime_library
+        .clone()
+        .or_else(|| cordon_runtime::locate_onnxruntime_library(Path::new(".")))
+        .ok_or_else(|| {
+            anyhow!("no library: pass --onnxruntime-library or run scripts/fetch-onnxruntime.sh")
+        })?;
+    let choice = crate::deploy::OnnxRuntimeChoice::for_library(&library, vec![])?;
+    Ok(OnnxRuntimeLibrary::load(&OnnxRuntimeOptions {
+        sessions_per_model: Some(1),
+        intra_op_threads: args.threads as usize,
+        ..choice.options
+    })?)
+}
+
 fn plan_with(parser: &tract_onnx::Onnx, bytes: &[u8]) -> TractResult<Arc<TypedRunnableModel>> {
     cordon_trees::load_with_parser(parser, bytes)?
         .into_optimized()?
@@ -243,6 +393,10 @@ pub fn run(args: TreesArgs) -> Result<()> {
     let tract = tract_onnx::onnx();
     let mut results: BTreeMap<String, BTreeMap<&str, Option<Timing>>> = BTreeMap::new();
     let mut notes: Vec<String> = Vec::new();
+    let library = match args.no_ort {
+        true => Err(anyhow!("skipped (--no-ort)")),
+        false => onnxruntime_library(&args),
+    };
     for (zoo, name) in &models {
         let bytes = std::fs::read(zoo.join(format!("{name}.onnx")))
             .with_context(|| format!("model {name}"))?;
@@ -251,6 +405,7 @@ pub fn run(args: TreesArgs) -> Result<()> {
         let plan = plan_with(&cordon, &bytes).map_err(|e| anyhow!("{name}: {e:#}"))?;
         row.insert("cordon", Some(time_plan(&plan, &inputs, &args)?));
         let tract_timing = match plan_with(&tract, &bytes) {
+            _ if args.no_tract => None,
             Ok(plan) => match time_plan(&plan, &inputs, &args) {
                 Ok(t) => Some(t),
                 Err(e) => {
@@ -266,6 +421,33 @@ pub fn run(args: TreesArgs) -> Result<()> {
             }
         };
         row.insert("tract", tract_timing);
+        // Both engines through the runtime's model API: ONNX Runtime by its C API, no Python.
+        if let Ok(library) = &library {
+            let (rows, batch) =
+                read_requests(&zoo.join(format!("{name}.input.json")), args.rows as usize)?;
+            // The onnxruntime engine serves tensor outputs only (no ZipMap): such a model is
+            // noted and left out of these columns.
+            match OnnxModel::load_on(name, "1", &bytes, Engine::OnnxRuntime(library)) {
+                Ok(theirs) => {
+                    let ours = OnnxModel::load(name, "1", &bytes)?;
+                    row.insert(
+                        "cordon_api",
+                        Some(time_model(
+                            &ours,
+                            &rows,
+                            &batch,
+                            &args,
+                            args.threads as usize,
+                        )?),
+                    );
+                    row.insert(
+                        "ort_c_api",
+                        Some(time_model(&theirs, &rows, &batch, &args, 1)?),
+                    );
+                }
+                Err(e) => notes.push(format!("{name}: the onnxruntime engine refuses it: {e}")),
+            }
+        }
         results.insert(name.clone(), row);
     }
     let ort = if args.no_ort {
@@ -354,6 +536,48 @@ pub fn run(args: TreesArgs) -> Result<()> {
         );
     }
     println!("1-row× = ORT p50 / Cordon p50; batch× = Cordon rows/s / ORT rows/s (above 1: Cordon faster)");
+    match &library {
+        Ok(_) => {
+            println!();
+            println!(
+                "both engines through the runtime's model API (OnnxModel::compute on decoded tensors); \
+                 ONNX Runtime by its C API (ort crate), no Python; batches on {} core(s): {}",
+                args.threads,
+                match args.threads {
+                    1 => "one thread each".to_string(),
+                    n => format!(
+                        "Cordon {n} batches at once on {n} threads, ONNX Runtime {n} intra-op threads"
+                    ),
+                }
+            );
+            println!(
+                "{:<26} {:>17} {:>11} | {:>17} {:>11} | {:>7} {:>7}",
+                "model",
+                "cordon p50/p99",
+                "rows/s",
+                "ORT C API p50/p99",
+                "rows/s",
+                "1-row×",
+                "batch×"
+            );
+            for (name, row) in &results {
+                let (c1, c2) = cell(&row.get("cordon_api"));
+                let (o1, o2) = cell(&row.get("ort_c_api"));
+                let ratios = match (row.get("cordon_api"), row.get("ort_c_api")) {
+                    (Some(Some(c)), Some(Some(o))) => (
+                        format!("{:.2}", o.p50_us / c.p50_us),
+                        format!("{:.2}", c.batch_rows_per_s / o.batch_rows_per_s),
+                    ),
+                    _ => ("n/a".into(), "n/a".into()),
+                };
+                println!(
+                    "{name:<26} {c1:>17} {c2:>11} | {o1:>17} {o2:>11} | {:>7} {:>7}",
+                    ratios.0, ratios.1
+                );
+            }
+        }
+        Err(e) => println!("ONNX Runtime's C API: not measured ({e:#})"),
+    }
     for n in notes {
         println!("note: {n}");
     }
