@@ -22,7 +22,7 @@ use cordon_http::client::error_text;
 pub use cordon_http::client::ClientTls;
 
 use cordon_attest::{appraise, Claims, Endorsements, Policy, PolicyDocument, Verdict, Verifier};
-use cordon_proto::channel::{encapsulate_request, ChannelError};
+use cordon_proto::channel::{prepare_request, ChannelError, PreparedRequest};
 use cordon_proto::oip::{InferRequest, InferResponse};
 use cordon_proto::runtime::{
     AttestationResponse, InnerRequest, InnerResponse, CONTENT_TYPE_HEADER,
@@ -34,6 +34,7 @@ use cordon_proto::session::{
 };
 use cordon_proto::{report_data, ModelBinding, RuntimeKeys};
 use rand::RngCore;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use thiserror::Error;
 
@@ -84,6 +85,9 @@ pub struct VerifiedRuntime {
     evidence: Vec<u8>,
     verified_at: SystemTime,
     http: reqwest::Client,
+    /// The next one-shot request's encapsulation, made while the previous request was in flight
+    /// (see [`VerifiedRuntime::send`]); shared by clones, taken by one request only.
+    prepared: Arc<Mutex<Option<PreparedRequest>>>,
 }
 
 fn http_client(tls: &ClientTls) -> Result<reqwest::Client, ClientError> {
@@ -174,6 +178,7 @@ pub async fn connect_with_tls(
         evidence: att.evidence,
         verified_at: now,
         http,
+        prepared: Arc::default(),
     })
 }
 
@@ -326,14 +331,24 @@ impl VerifiedRuntime {
         // The runtime refuses a one-shot request outside its window or seen before.
         inner.sent_at = Some(unix_now());
         let plaintext = encode_inner(inner)?;
-        let (message, ctx) = encapsulate_request(
-            &self.keys.hpke_public_key,
-            self.keys.hpke_key_id,
-            &plaintext,
-        )?;
+        let (public_key, key_id) = (&self.keys.hpke_public_key, self.keys.hpke_key_id);
+        let prepared = match self.take_prepared() {
+            Some(p) if p.is_for(public_key, key_id) => p,
+            _ => prepare_request(public_key, key_id)?,
+        };
+        let (message, ctx) = prepared.encapsulate(&plaintext)?;
         let url = format!("{}/v1/encrypted", self.url);
-        let bytes = match post_message(&self.http, url, ENCRYPTED_REQUEST_MEDIA_TYPE, message).await
-        {
+        let post = post_message(&self.http, url, ENCRYPTED_REQUEST_MEDIA_TYPE, message);
+        // While this request is on its way and being answered, make the next one's encapsulation:
+        // its ephemeral key and key agreement do not depend on the request, and they are most of
+        // what a one-shot request costs here. The yield first lets the connection put this
+        // request on the wire (on a one-thread runtime it would wait otherwise).
+        let refill = async {
+            tokio::task::yield_now().await;
+            self.refill_prepared();
+        };
+        let (posted, ()) = tokio::join!(post, refill);
+        let bytes = match posted {
             // The runtime answers 400 `encrypted request: …` only when decapsulation failed
             // (docs/protocol.md §8.2): nothing of the request was decrypted.
             Err(ClientError::Server { status, error })
@@ -353,6 +368,21 @@ impl VerifiedRuntime {
         request: &InferRequest,
     ) -> Result<InferResponse, ClientError> {
         infer_response(self.send(infer_inner(model, request)?).await?)
+    }
+
+    fn take_prepared(&self) -> Option<PreparedRequest> {
+        self.prepared.lock().ok()?.take()
+    }
+
+    /// Makes the next request's encapsulation if none is waiting. A failure leaves none: the next
+    /// request then makes its own, and reports the error.
+    fn refill_prepared(&self) {
+        let Ok(mut slot) = self.prepared.lock() else {
+            return;
+        };
+        if slot.is_none() {
+            *slot = prepare_request(&self.keys.hpke_public_key, self.keys.hpke_key_id).ok();
+        }
     }
 
     /// Opens a session (one HPKE setup to the pinned key) for a high-rate stream of requests.

@@ -228,17 +228,68 @@ pub fn encapsulate_request(
     key_id: u8,
     request: &[u8],
 ) -> Result<(Vec<u8>, ClientResponseContext), ChannelError> {
+    prepare_request(public_key, key_id)?.encapsulate(request)
+}
+
+/// A request's HPKE encapsulation made before the request is known: a fresh ephemeral key and its
+/// key agreement with the runtime's key, which is most of what a one-shot request costs its
+/// client. [`PreparedRequest::encapsulate`] consumes it, so it serves exactly one request.
+pub struct PreparedRequest {
+    public_key: [u8; 32],
+    key_id: u8,
+    enc: [u8; ENC_LEN],
+    ctx: hpke_base::Context,
+}
+
+impl fmt::Debug for PreparedRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedRequest")
+            .field("key_id", &self.key_id)
+            .field("enc", &hex::encode(self.enc))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The encapsulation of a future request to `public_key` (see [`PreparedRequest`]).
+pub fn prepare_request(public_key: &[u8; 32], key_id: u8) -> Result<PreparedRequest, ChannelError> {
     let hdr = header(key_id);
-    let info = request_info(&hdr);
-    let (enc, mut ctx) = hpke_base::setup_sender(public_key, &info)?;
-    let ct = ctx.seal(request, b"")?;
-    let mut secret = Zeroizing::new([0u8; 32]);
-    ctx.export(RESPONSE_LABEL, secret.as_mut())?;
-    let mut out = Vec::with_capacity(HDR_LEN + ENC_LEN + ct.len());
-    out.extend_from_slice(&hdr);
-    out.extend_from_slice(&enc);
-    out.extend_from_slice(&ct);
-    Ok((out, ClientResponseContext { secret, enc }))
+    let (enc, ctx) = hpke_base::setup_sender(public_key, &request_info(&hdr))?;
+    Ok(PreparedRequest {
+        public_key: *public_key,
+        key_id,
+        enc,
+        ctx,
+    })
+}
+
+impl PreparedRequest {
+    /// Whether this encapsulation is to `public_key` under `key_id`.
+    pub fn is_for(&self, public_key: &[u8; 32], key_id: u8) -> bool {
+        self.public_key == *public_key && self.key_id == key_id
+    }
+
+    /// `request` encrypted with this encapsulation: the message to send, and the context that
+    /// opens its response.
+    pub fn encapsulate(
+        mut self,
+        request: &[u8],
+    ) -> Result<(Vec<u8>, ClientResponseContext), ChannelError> {
+        let hdr = header(self.key_id);
+        let ct = self.ctx.seal(request, b"")?;
+        let mut secret = Zeroizing::new([0u8; 32]);
+        self.ctx.export(RESPONSE_LABEL, secret.as_mut())?;
+        let mut out = Vec::with_capacity(HDR_LEN + ENC_LEN + ct.len());
+        out.extend_from_slice(&hdr);
+        out.extend_from_slice(&self.enc);
+        out.extend_from_slice(&ct);
+        Ok((
+            out,
+            ClientResponseContext {
+                secret,
+                enc: self.enc,
+            },
+        ))
+    }
 }
 
 impl ClientResponseContext {
@@ -374,6 +425,29 @@ mod tests {
         assert!(kp.open_sealed(b"info", b"other aad", &m).is_err());
         assert!(kp.open_sealed(b"other", b"aad", &m).is_err());
         assert!(other.open_sealed(b"info", b"aad", &m).is_err());
+    }
+
+    #[test]
+    fn prepared_requests_are_fresh_bound_to_their_key_and_open_as_one_shot_requests() {
+        let server = ServiceKeyPair::generate(3);
+        let other = ServiceKeyPair::generate(3);
+        let a = prepare_request(&server.public_key(), 3).unwrap();
+        let b = prepare_request(&server.public_key(), 3).unwrap();
+        assert!(a.is_for(&server.public_key(), 3));
+        assert!(!a.is_for(&server.public_key(), 4));
+        assert!(!a.is_for(&other.public_key(), 3));
+        // Each carries its own ephemeral key.
+        assert_ne!(a.enc, b.enc);
+        let debug = format!("{a:?}");
+        assert!(debug.contains(&hex::encode(a.enc)) && !debug.contains("ctx"));
+        let (msg, ctx) = a.encapsulate(b"prepared").unwrap();
+        let (plain, response) = server.decapsulate_request(&msg).unwrap();
+        assert_eq!(plain.as_slice(), b"prepared");
+        let answer = response.encrypt_response(b"answer").unwrap();
+        assert_eq!(ctx.decrypt_response(&answer).unwrap().as_slice(), b"answer");
+        // Another key cannot open it.
+        let (msg, _) = b.encapsulate(b"prepared").unwrap();
+        assert!(other.decapsulate_request(&msg).is_err());
     }
 
     #[test]
