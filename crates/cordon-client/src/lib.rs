@@ -35,7 +35,7 @@ use cordon_proto::session::{
 use cordon_proto::{report_data, ModelBinding, RuntimeKeys};
 use rand::RngCore;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use thiserror::Error;
 
 /// Why the client refused a runtime or a request failed.
@@ -85,9 +85,10 @@ pub struct VerifiedRuntime {
     evidence: Vec<u8>,
     verified_at: SystemTime,
     http: reqwest::Client,
-    /// The next one-shot request's encapsulation, made while the previous request was in flight
-    /// (see [`VerifiedRuntime::send`]); shared by clones, taken by one request only.
-    prepared: Arc<Mutex<Option<PreparedRequest>>>,
+    /// The next one-shot request's encapsulation and when it was made, made while the previous
+    /// request was in flight (see [`VerifiedRuntime::send`]); shared by clones, taken by one
+    /// request only.
+    prepared: Arc<Mutex<Option<(Instant, PreparedRequest)>>>,
 }
 
 fn http_client(tls: &ClientTls) -> Result<reqwest::Client, ClientError> {
@@ -181,6 +182,9 @@ pub async fn connect_with_tls(
         prepared: Arc::default(),
     })
 }
+
+/// How long a one-shot encapsulation made ahead of its request may wait for it.
+const PREPARED_FOR_AT_MOST: Duration = Duration::from_secs(10);
 
 /// How the runtime's plaintext 400 on `/v1/encrypted` starts when decapsulation failed.
 const NOT_DECRYPTED_PREFIX: &str = "encrypted request:";
@@ -370,18 +374,28 @@ impl VerifiedRuntime {
         infer_response(self.send(infer_inner(model, request)?).await?)
     }
 
+    /// The waiting encapsulation, unless it is older than [`PREPARED_FOR_AT_MOST`] (then it is
+    /// dropped: its keys should not wait in memory for a request that may never come).
     fn take_prepared(&self) -> Option<PreparedRequest> {
-        self.prepared.lock().ok()?.take()
+        let (made, prepared) = self.prepared.lock().ok()?.take()?;
+        (made.elapsed() <= PREPARED_FOR_AT_MOST).then_some(prepared)
     }
 
-    /// Makes the next request's encapsulation if none is waiting. A failure leaves none: the next
-    /// request then makes its own, and reports the error.
+    /// Makes the next request's encapsulation if none is waiting (outside the lock, so clones on
+    /// other threads are not held up). A failure leaves none: the next request then makes its
+    /// own, and reports the error.
     fn refill_prepared(&self) {
-        let Ok(mut slot) = self.prepared.lock() else {
+        if !matches!(self.prepared.lock().map(|slot| slot.is_none()), Ok(true)) {
+            return;
+        }
+        let Ok(prepared) = prepare_request(&self.keys.hpke_public_key, self.keys.hpke_key_id)
+        else {
             return;
         };
-        if slot.is_none() {
-            *slot = prepare_request(&self.keys.hpke_public_key, self.keys.hpke_key_id).ok();
+        if let Ok(mut slot) = self.prepared.lock() {
+            if slot.is_none() {
+                *slot = Some((Instant::now(), prepared));
+            }
         }
     }
 

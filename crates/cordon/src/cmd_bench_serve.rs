@@ -510,9 +510,17 @@ fn measure_engine(model: &OnnxModel, m: &BenchModel, a: &ServeArgs, oip: bool) -
 /// The ONNX Runtime library for the `engine_ort` path: `--onnxruntime-library`, else where
 /// scripts/fetch-onnxruntime.sh puts it.
 fn onnxruntime_engine(a: &ServeArgs) -> Result<Arc<OnnxRuntimeLibrary>> {
-    let library = a
-        .onnxruntime_library
-        .clone()
+    onnxruntime_for_bench(a.onnxruntime_library.clone(), 1)
+}
+
+/// ONNX Runtime's library as the runtime loads it (pinned by its digest, one session), with
+/// `intra_op_threads`: `library`, else where scripts/fetch-onnxruntime.sh puts it. For the
+/// benchmarks that time it beside Cordon's engine.
+pub(crate) fn onnxruntime_for_bench(
+    library: Option<PathBuf>,
+    intra_op_threads: usize,
+) -> Result<Arc<OnnxRuntimeLibrary>> {
+    let library = library
         .or_else(|| cordon_runtime::locate_onnxruntime_library(Path::new(".")))
         .ok_or_else(|| {
             anyhow!("no library: pass --onnxruntime-library or run scripts/fetch-onnxruntime.sh")
@@ -520,6 +528,7 @@ fn onnxruntime_engine(a: &ServeArgs) -> Result<Arc<OnnxRuntimeLibrary>> {
     let choice = crate::deploy::OnnxRuntimeChoice::for_library(&library, vec![])?;
     Ok(OnnxRuntimeLibrary::load(&OnnxRuntimeOptions {
         sessions_per_model: Some(1),
+        intra_op_threads,
         ..choice.options
     })?)
 }

@@ -6,7 +6,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use cordon_proto::oip::{InferRequest, Tensor as OipTensor};
-use cordon_runtime::{Engine, OnnxModel, OnnxRuntimeLibrary, OnnxRuntimeOptions};
+use cordon_runtime::{Engine, OnnxModel};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -281,23 +281,6 @@ fn time_model(
     })
 }
 
-/// ONNX Runtime's library, loaded as the runtime loads it, one intra-op thread.
-fn onnxruntime_library(args: &TreesArgs) -> Result<Arc<OnnxRuntimeLibrary>> {
-    let library = args
-        .onnxruntime_library
-        .clone()
-        .or_else(|| cordon_runtime::locate_onnxruntime_library(Path::new(".")))
-        .ok_or_else(|| {
-            anyhow!("no library: pass --onnxruntime-library or run scripts/fetch-onnxruntime.sh")
-        })?;
-    let choice = crate::deploy::OnnxRuntimeChoice::for_library(&library, vec![])?;
-    Ok(OnnxRuntimeLibrary::load(&OnnxRuntimeOptions {
-        sessions_per_model: Some(1),
-        intra_op_threads: args.threads as usize,
-        ..choice.options
-    })?)
-}
-
 fn plan_with(parser: &tract_onnx::Onnx, bytes: &[u8]) -> TractResult<Arc<TypedRunnableModel>> {
     cordon_trees::load_with_parser(parser, bytes)?
         .into_optimized()?
@@ -395,7 +378,10 @@ pub fn run(args: TreesArgs) -> Result<()> {
     let mut notes: Vec<String> = Vec::new();
     let library = match args.no_ort {
         true => Err(anyhow!("skipped (--no-ort)")),
-        false => onnxruntime_library(&args),
+        false => crate::cmd_bench_serve::onnxruntime_for_bench(
+            args.onnxruntime_library.clone(),
+            args.threads as usize,
+        ),
     };
     for (zoo, name) in &models {
         let bytes = std::fs::read(zoo.join(format!("{name}.onnx")))

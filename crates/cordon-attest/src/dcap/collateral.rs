@@ -28,8 +28,12 @@ pub(super) struct CollateralFacts {
     /// identity carry no id (older versions): see `check_collateral_tee`.
     pub(super) issued_for_tdx: Option<bool>,
     /// The last certificate of each issuer chain (field name, DER or why it could not be read).
-    pub(super) chain_roots: [(&'static str, Result<Option<Vec<u8>>, String>); 3],
+    pub(super) chain_roots: [(&'static str, ChainRoot); 3],
 }
+
+/// The DER of an issuer chain's last certificate, `None` for a chain with none, or why it could
+/// not be read.
+pub(super) type ChainRoot = Result<Option<Vec<u8>>, String>;
 
 impl From<QuoteCollateralV3> for DcapCollateral {
     fn from(inner: QuoteCollateralV3) -> Self {
