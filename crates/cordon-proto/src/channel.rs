@@ -47,8 +47,6 @@ pub enum ChannelError {
     Decrypt,
     #[error("encryption failed")]
     Encrypt,
-    #[error("invalid public key: {0}")]
-    BadPublicKey(String),
 }
 
 /// The runtime's HPKE key pair (the service key). The private half never leaves the process; it
@@ -133,14 +131,55 @@ impl ServiceKeyPair {
         let enc: [u8; ENC_LEN] = message[HDR_LEN..HDR_LEN + ENC_LEN]
             .try_into()
             .map_err(|_| ChannelError::BadEncapsulatedKey)?;
-        let info = request_info(hdr);
-        let mut ctx = hpke_base::setup_receiver(&self.private, &enc, &info)?;
-        let plaintext = ctx.open(&message[HDR_LEN + ENC_LEN..], b"")?;
-        let mut secret = Zeroizing::new([0u8; 32]);
-        ctx.export(RESPONSE_LABEL, secret.as_mut())
-            .map_err(|_| ChannelError::Decrypt)?;
+        let (plaintext, secret) = open_message(
+            &self.private,
+            &enc,
+            &request_info(hdr),
+            &message[HDR_LEN + ENC_LEN..],
+            RESPONSE_LABEL,
+        )?;
         Ok((plaintext, ServerResponseContext { secret, enc }))
     }
+}
+
+/// A channel message from a sender context: `hdr || enc || ciphertext` of `plaintext`, the one
+/// message the context seals, and the 32 bytes it exports under `label` (what the answer's keys
+/// derive from). One-shot requests and session setups are made so.
+pub(crate) fn seal_message(
+    mut ctx: hpke_base::Context,
+    hdr: &[u8],
+    enc: &[u8; ENC_LEN],
+    plaintext: &[u8],
+    label: &[u8],
+) -> Result<(Vec<u8>, Zeroizing<[u8; 32]>), ChannelError> {
+    let ct = ctx.seal(plaintext, b"")?;
+    let mut secret = Zeroizing::new([0u8; 32]);
+    ctx.export(label, secret.as_mut())?;
+    let mut out = Vec::with_capacity(hdr.len() + ENC_LEN + ct.len());
+    out.extend_from_slice(hdr);
+    out.extend_from_slice(enc);
+    out.extend_from_slice(&ct);
+    Ok((out, secret))
+}
+
+/// A message's plaintext and the 32 bytes its context exports (zeroized when dropped).
+pub(crate) type Opened = (Zeroizing<Vec<u8>>, Zeroizing<[u8; 32]>);
+
+/// [`seal_message`]'s counterpart: the plaintext of `ciphertext` under the receiver context for
+/// `enc` and `info`, and the context's export under `label`.
+pub(crate) fn open_message(
+    recipient: &RecipientKey,
+    enc: &[u8; ENC_LEN],
+    info: &[u8],
+    ciphertext: &[u8],
+    label: &[u8],
+) -> Result<Opened, ChannelError> {
+    let mut ctx = hpke_base::setup_receiver(recipient, enc, info)?;
+    let plaintext = ctx.open(ciphertext, b"")?;
+    let mut secret = Zeroizing::new([0u8; 32]);
+    ctx.export(label, secret.as_mut())
+        .map_err(|_| ChannelError::Decrypt)?;
+    Ok((plaintext, secret))
 }
 
 fn request_info(hdr: &[u8]) -> Vec<u8> {
@@ -271,17 +310,16 @@ impl PreparedRequest {
     /// `request` encrypted with this encapsulation: the message to send, and the context that
     /// opens its response.
     pub fn encapsulate(
-        mut self,
+        self,
         request: &[u8],
     ) -> Result<(Vec<u8>, ClientResponseContext), ChannelError> {
-        let hdr = header(self.key_id);
-        let ct = self.ctx.seal(request, b"")?;
-        let mut secret = Zeroizing::new([0u8; 32]);
-        self.ctx.export(RESPONSE_LABEL, secret.as_mut())?;
-        let mut out = Vec::with_capacity(HDR_LEN + ENC_LEN + ct.len());
-        out.extend_from_slice(&hdr);
-        out.extend_from_slice(&self.enc);
-        out.extend_from_slice(&ct);
+        let (out, secret) = seal_message(
+            self.ctx,
+            &header(self.key_id),
+            &self.enc,
+            request,
+            RESPONSE_LABEL,
+        )?;
         Ok((
             out,
             ClientResponseContext {

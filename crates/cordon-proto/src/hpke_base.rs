@@ -37,13 +37,22 @@ const MODE_BASE: u8 = 0x00;
 pub(crate) const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
 
-/// `LabeledExtract(salt, label, ikm)` (RFC 9180 §4): the PRK, as an HKDF ready to expand.
-fn labeled_extract(suite_id: &[u8], salt: &[u8], label: &[u8], ikm: &[u8]) -> Hkdf<Sha256> {
+/// `LabeledExtract(salt, label, ikm)` (RFC 9180 §4): the PRK's bytes, and an HKDF ready to
+/// expand from it.
+fn labeled_extract(
+    suite_id: &[u8],
+    salt: &[u8],
+    label: &[u8],
+    ikm: &[u8],
+) -> (Zeroizing<[u8; KEY_LEN]>, Hkdf<Sha256>) {
     let mut extract = HkdfExtract::<Sha256>::new(Some(salt));
     for part in [VERSION_LABEL, suite_id, label, ikm] {
         extract.input_ikm(part);
     }
-    extract.finalize().1
+    let (prk, hkdf) = extract.finalize();
+    let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+    bytes.copy_from_slice(&prk);
+    (bytes, hkdf)
 }
 
 /// `LabeledExpand(prk, label, info, L)` (RFC 9180 §4), with `info` given in parts; `L` is
@@ -57,9 +66,15 @@ fn labeled_expand(
 ) -> Result<(), ChannelError> {
     let length = u16::try_from(out.len()).map_err(|_| ChannelError::Encrypt)?;
     let length = length.to_be_bytes();
-    let mut parts: Vec<&[u8]> = vec![&length, VERSION_LABEL, suite_id, label];
-    parts.extend_from_slice(info);
-    prk.expand_multi_info(&parts, out)
+    // At most three info parts here (the key schedule context), so no allocation per expand.
+    let mut parts: [&[u8]; 8] = [&[]; 8];
+    let head = [&length[..], VERSION_LABEL, suite_id, label];
+    let count = head.len() + info.len();
+    let slots = parts.get_mut(..count).ok_or(ChannelError::Encrypt)?;
+    for (slot, part) in slots.iter_mut().zip(head.iter().chain(info)) {
+        *slot = part;
+    }
+    prk.expand_multi_info(&parts[..count], out)
         .map_err(|_| ChannelError::Encrypt)
 }
 
@@ -73,7 +88,7 @@ impl RecipientKey {
     /// `DeriveKeyPair(ikm)` for X25519 (RFC 9180 §7.1.3): `sk = LabeledExpand(LabeledExtract("",
     /// "dkp_prk", ikm), "sk", "", 32)`.
     pub(crate) fn derive(ikm: &[u8]) -> Result<RecipientKey, ChannelError> {
-        let dkp_prk = labeled_extract(KEM_SUITE_ID, b"", b"dkp_prk", ikm);
+        let (_, dkp_prk) = labeled_extract(KEM_SUITE_ID, b"", b"dkp_prk", ikm);
         let mut sk = Zeroizing::new([0u8; KEY_LEN]);
         labeled_expand(&dkp_prk, KEM_SUITE_ID, b"sk", &[], sk.as_mut())?;
         let private = PrivateKey::from_private_key(&X25519, sk.as_ref())
@@ -128,7 +143,7 @@ fn shared_secret(
     enc: &[u8; KEY_LEN],
     pk_r: &[u8; KEY_LEN],
 ) -> Result<Zeroizing<[u8; KEY_LEN]>, ChannelError> {
-    let eae_prk = labeled_extract(KEM_SUITE_ID, b"", b"eae_prk", dh);
+    let (_, eae_prk) = labeled_extract(KEM_SUITE_ID, b"", b"eae_prk", dh);
     let mut secret = Zeroizing::new([0u8; KEY_LEN]);
     labeled_expand(
         &eae_prk,
@@ -151,12 +166,10 @@ pub(crate) struct Context {
 
 /// `KeySchedule(mode_base, shared_secret, info, "", "")` (RFC 9180 §5.1).
 fn key_schedule(shared_secret: &[u8; KEY_LEN], info: &[u8]) -> Result<Context, ChannelError> {
-    let mut psk_id_hash = [0u8; KEY_LEN];
-    let mut info_hash = [0u8; KEY_LEN];
-    extract_prk(b"psk_id_hash", b"", &mut psk_id_hash);
-    extract_prk(b"info_hash", info, &mut info_hash);
-    let context: [&[u8]; 3] = [&[MODE_BASE], &psk_id_hash, &info_hash];
-    let secret = labeled_extract(HPKE_SUITE_ID, shared_secret, b"secret", b"");
+    let (psk_id_hash, _) = labeled_extract(HPKE_SUITE_ID, b"", b"psk_id_hash", b"");
+    let (info_hash, _) = labeled_extract(HPKE_SUITE_ID, b"", b"info_hash", info);
+    let context: [&[u8]; 3] = [&[MODE_BASE], psk_id_hash.as_ref(), info_hash.as_ref()];
+    let (_, secret) = labeled_extract(HPKE_SUITE_ID, shared_secret, b"secret", b"");
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
     let mut base_nonce = Zeroizing::new([0u8; NONCE_LEN]);
     let mut exporter_secret = Zeroizing::new([0u8; KEY_LEN]);
@@ -181,15 +194,6 @@ fn key_schedule(shared_secret: &[u8; KEY_LEN], info: &[u8]) -> Result<Context, C
         seq: 0,
         exporter_secret,
     })
-}
-
-/// `LabeledExtract("", label, ikm)` with the suite's labels, written out as its PRK bytes.
-fn extract_prk(label: &[u8], ikm: &[u8], out: &mut [u8; KEY_LEN]) {
-    let mut extract = HkdfExtract::<Sha256>::new(Some(&[]));
-    for part in [VERSION_LABEL, HPKE_SUITE_ID, label, ikm] {
-        extract.input_ikm(part);
-    }
-    out.copy_from_slice(&extract.finalize().0);
 }
 
 impl Context {

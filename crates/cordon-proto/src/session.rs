@@ -35,7 +35,10 @@
 //! after authenticating, so forged messages cannot move the window.
 
 use crate::aead::Aes256GcmKey;
-use crate::channel::{header, labelled_info, ChannelError, ServiceKeyPair, ENC_LEN, HDR_LEN};
+use crate::channel::{
+    header, labelled_info, open_message, seal_message, ChannelError, ServiceKeyPair, ENC_LEN,
+    HDR_LEN,
+};
 use crate::hpke_base;
 use hkdf::Hkdf;
 use serde::{Deserialize, Serialize};
@@ -266,11 +269,13 @@ impl ServiceKeyPair {
         let enc: [u8; ENC_LEN] = enc_bytes
             .try_into()
             .map_err(|_| ChannelError::BadEncapsulatedKey)?;
-        let mut ctx = hpke_base::setup_receiver(self.recipient_key(), &enc, &session_info(hdr))?;
-        let setup = ctx.open(ct, b"")?;
-        let mut secret = Zeroizing::new([0u8; 32]);
-        ctx.export(SECRET_LABEL, secret.as_mut())
-            .map_err(|_| ChannelError::Decrypt)?;
+        let (setup, secret) = open_message(
+            self.recipient_key(),
+            &enc,
+            &session_info(hdr),
+            ct,
+            SECRET_LABEL,
+        )?;
         Ok((setup, SessionKeys::derive(&secret, &enc, server_nonce)))
     }
 }
@@ -338,14 +343,8 @@ pub fn start_session(
     setup: &[u8],
 ) -> Result<(Vec<u8>, PendingSession), ChannelError> {
     let hdr = header(key_id);
-    let (enc, mut ctx) = hpke_base::setup_sender(public_key, &session_info(&hdr))?;
-    let ct = ctx.seal(setup, b"")?;
-    let mut secret = Zeroizing::new([0u8; 32]);
-    ctx.export(SECRET_LABEL, secret.as_mut())?;
-    let mut out = Vec::with_capacity(HDR_LEN + ENC_LEN + ct.len());
-    out.extend_from_slice(&hdr);
-    out.extend_from_slice(&enc);
-    out.extend_from_slice(&ct);
+    let (enc, ctx) = hpke_base::setup_sender(public_key, &session_info(&hdr))?;
+    let (out, secret) = seal_message(ctx, &hdr, &enc, setup, SECRET_LABEL)?;
     Ok((out, PendingSession { secret, enc }))
 }
 
