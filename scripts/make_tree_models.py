@@ -735,6 +735,35 @@ def grid(*axes):
 NAN = float("nan")
 
 
+def manifest_versions():
+    """The library versions a manifest records (this zoo's and scripts/make_tree_zoo2.py's)."""
+    versions = {"python": sys.version.split()[0], "numpy": np.__version__, "scipy": scipy.__version__,
+                "scikit-learn": sklearn.__version__, "skl2onnx": skl2onnx.__version__, "onnx": onnx.__version__,
+                "onnxruntime": ort.__version__}
+    if HAVE_BOOSTERS:
+        versions.update({"onnxmltools": onnxmltools.__version__, "xgboost": xgboost.__version__,
+                         "lightgbm": lightgbm.__version__})
+    return versions
+
+
+def manifest_conventions():
+    """The file conventions a manifest states (shared with scripts/make_tree_zoo2.py)."""
+    return {
+        "input": "NAME.input.json: {\"inputs\":[{name, shape [N,F], datatype FP32|FP64|INT64|INT32, data}]}, "
+                 "data flattened row-major",
+        "nan": "null in data means NaN (inputs and outputs)",
+        "float32": "FP32 values are the float32 value widened to float64 and printed with repr",
+        "expected": "NAME.expected.json: ONNX Runtime's outputs in graph output order, "
+                    "{\"outputs\":[{name, shape, datatype, data}]}; labels INT64 or BYTES (strings), "
+                    "scores FP32 (FP64 for TreeEnsemble with float64 input)",
+        "zipmap": "a ZipMap output (seq(map)) is written as an FP32 tensor [N, n_classes] whose columns follow "
+                  "zipmap_keys; the output object and the document carry \"zipmap\": true",
+        "spec": "NAME.spec.json (same form) only where ORT deviates from the ONNX spec; see ort_deviation",
+        "tolerance": "labels exact; scores within 1e-5 relative (the generator checks ORT against the spec "
+                     f"evaluator with |a-b| <= {ATOL} + {RTOL}*max(|a|,|b|))",
+    }
+
+
 # ---------------------------------------------------------------------------
 # The zoo
 # ---------------------------------------------------------------------------
@@ -1655,30 +1684,11 @@ def main():
     build_real(zoo, datasets())
     build_hand(zoo)
 
-    versions = {"python": sys.version.split()[0], "numpy": np.__version__, "scipy": scipy.__version__,
-                "scikit-learn": sklearn.__version__, "skl2onnx": skl2onnx.__version__, "onnx": onnx.__version__,
-                "onnxruntime": ort.__version__}
-    if HAVE_BOOSTERS:
-        versions.update({"onnxmltools": onnxmltools.__version__, "xgboost": xgboost.__version__,
-                         "lightgbm": lightgbm.__version__})
     manifest = {
         "generator": "scripts/make_tree_models.py",
         "command": "python3 scripts/make_tree_models.py",
-        "versions": versions,
-        "conventions": {
-            "input": "NAME.input.json: {\"inputs\":[{name, shape [N,F], datatype FP32|FP64|INT64|INT32, data}]}, "
-                     "data flattened row-major",
-            "nan": "null in data means NaN (inputs and outputs)",
-            "float32": "FP32 values are the float32 value widened to float64 and printed with repr",
-            "expected": "NAME.expected.json: ONNX Runtime's outputs in graph output order, "
-                        "{\"outputs\":[{name, shape, datatype, data}]}; labels INT64 or BYTES (strings), "
-                        "scores FP32 (FP64 for TreeEnsemble with float64 input)",
-            "zipmap": "a ZipMap output (seq(map)) is written as an FP32 tensor [N, n_classes] whose columns follow "
-                      "zipmap_keys; the output object and the document carry \"zipmap\": true",
-            "spec": "NAME.spec.json (same form) only where ORT deviates from the ONNX spec; see ort_deviation",
-            "tolerance": "labels exact; scores within 1e-5 relative (the generator checks ORT against the spec "
-                         f"evaluator with |a-b| <= {ATOL} + {RTOL}*max(|a|,|b|))",
-        },
+        "versions": manifest_versions(),
+        "conventions": manifest_conventions(),
         "models": zoo.entries,
     }
     write_json(out / "manifest.json", manifest)

@@ -402,30 +402,13 @@ def main():
     zoo = base.Zoo(out, generator=GENERATOR)
     build(zoo, datasets())
 
-    versions = {"python": sys.version.split()[0], "numpy": np.__version__, "scipy": scipy.__version__,
-                "scikit-learn": sklearn.__version__, "skl2onnx": skl2onnx.__version__, "onnx": onnx.__version__,
-                "onnxruntime": ort.__version__}
-    if base.HAVE_BOOSTERS:
-        versions.update({"onnxmltools": base.onnxmltools.__version__, "xgboost": base.xgboost.__version__,
-                         "lightgbm": base.lightgbm.__version__})
     conventions = {
-        "input": "NAME.input.json: {\"inputs\":[{name, shape [N,F], datatype FP32|FP64|INT64|INT32, data}]}, "
-                 "data flattened row-major",
-        "nan": "null in data means NaN (inputs and outputs)",
-        "float32": "FP32 values are the float32 value widened to float64 and printed with repr",
-        "expected": "NAME.expected.json: ONNX Runtime's outputs in graph output order, "
-                    "{\"outputs\":[{name, shape, datatype, data}]}; labels INT64 or BYTES (strings), "
-                    "scores FP32 (FP64 for TreeEnsemble with float64 input)",
-        "zipmap": "a ZipMap output (seq(map)) is written as an FP32 tensor [N, n_classes] whose columns follow "
-                  "zipmap_keys; the output object and the document carry \"zipmap\": true",
-        "spec": "NAME.spec.json (same form) only where ORT deviates from the ONNX spec; see ort_deviation",
-        "tolerance": "labels exact; scores within 1e-5 relative (the generator checks ORT against the spec "
-                     f"evaluator with |a-b| <= {base.ATOL} + {base.RTOL}*max(|a|,|b|))",
+        **base.manifest_conventions(),
         "tree_shape": "this zoo only: max_depth (edges from a root to its deepest leaf, over all trees), n_nodes "
                       "and n_leaves (over all trees) of the tree-ensemble node",
     }
-    manifest = {"generator": GENERATOR, "command": f"python3 {GENERATOR}", "versions": versions,
-                "conventions": conventions, "models": zoo.entries}
+    manifest = {"generator": GENERATOR, "command": f"python3 {GENERATOR}",
+                "versions": base.manifest_versions(), "conventions": conventions, "models": zoo.entries}
     base.write_json(out / "manifest.json", manifest)
     total = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     biggest = max(e["bytes"] for e in zoo.entries)
