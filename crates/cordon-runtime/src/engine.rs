@@ -1,6 +1,7 @@
-//! The inference engines: ONNX models through tract (built in, with Cordon's tree operators) or
-//! ONNX Runtime (loaded at boot from a library the configuration pins by digest), both speaking
-//! Open Inference Protocol tensors. Which one runs a model is the model's configuration.
+//! The inference engines: ONNX models through the built-in engine (pure Rust: dense graphs on
+//! Cordon's dense plan, everything else on tract with Cordon's tree operators) or ONNX Runtime
+//! (loaded at boot from a library the configuration pins by digest), both speaking Open Inference
+//! Protocol tensors. Which one runs a model is the model's configuration.
 
 mod onnxruntime;
 
@@ -85,7 +86,8 @@ type Plan = Arc<TypedRunnableModel>;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineKind {
-    /// tract, with Cordon's tree-ensemble operators (pure Rust, built in).
+    /// The built-in engine (pure Rust): a dense graph (linear models, MLPs) compiled to Cordon's
+    /// dense plan (`cordon-dense`), any other graph on tract with Cordon's tree-ensemble operators.
     #[default]
     Tract,
     /// ONNX Runtime, loaded at boot from the library the configuration names and pins by digest.
@@ -102,11 +104,15 @@ impl EngineKind {
 /// The engine to load a model on.
 #[derive(Clone, Copy)]
 pub enum Engine<'a> {
+    /// The built-in engine: the dense plan when the graph compiles to one, tract otherwise.
     Tract,
+    /// tract alone, even for a dense graph (to compare the two; the runtime never picks it).
+    TractOnly,
     OnnxRuntime(&'a OnnxRuntimeLibrary),
 }
 
 enum Backend {
+    Dense(cordon_dense::DensePlan),
     Tract(Plan),
     OnnxRuntime(onnxruntime::OrtModel),
 }
@@ -264,8 +270,15 @@ impl OnnxModel {
             .map(tensor_metadata)
             .collect();
         let mut outputs: Vec<TensorMetadata> = graph.output.iter().map(tensor_metadata).collect();
-        let backend = match engine {
-            Engine::Tract => {
+        let dense = match engine {
+            Engine::Tract => cordon_dense::DensePlan::compile(&proto).map_err(|e| {
+                tracing::debug!(model = name, "not a dense graph, loaded on tract: {e}");
+            }),
+            _ => Err(()),
+        };
+        let backend = match (engine, dense) {
+            (_, Ok(plan)) => Backend::Dense(plan),
+            (Engine::Tract | Engine::TractOnly, Err(())) => {
                 // Tree operators come from cordon-trees (tract's own cannot load most exported
                 // tree models); input dimensions the exporter left unnamed become symbols.
                 let plan = cordon_trees::model_from_proto(&onnx, &proto)
@@ -290,7 +303,7 @@ impl OnnxModel {
                 }
                 Backend::Tract(plan)
             }
-            Engine::OnnxRuntime(library) => {
+            (Engine::OnnxRuntime(library), Err(())) => {
                 if let Some(m) = outputs.iter().find(|m| m.datatype == "UNKNOWN") {
                     return Err(EngineError::Load {
                         model: name.into(),
@@ -325,8 +338,18 @@ impl OnnxModel {
     /// The engine this model runs on.
     pub fn engine(&self) -> EngineKind {
         match self.backend {
-            Backend::Tract(_) => EngineKind::Tract,
+            Backend::Dense(_) | Backend::Tract(_) => EngineKind::Tract,
             Backend::OnnxRuntime(_) => EngineKind::OnnxRuntime,
+        }
+    }
+
+    /// What evaluates this model: `"dense"` (the built-in engine's dense plan), `"tract"` or
+    /// `"onnxruntime"`.
+    pub fn plan_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Dense(_) => "dense",
+            Backend::Tract(_) => "tract",
+            Backend::OnnxRuntime(_) => "onnxruntime",
         }
     }
 
@@ -336,7 +359,7 @@ impl OnnxModel {
             versions: vec![self.version.clone()],
             // The platform names KServe uses for the two engines.
             platform: match self.backend {
-                Backend::Tract(_) => "onnx_tract",
+                Backend::Dense(_) | Backend::Tract(_) => "onnx_tract",
                 Backend::OnnxRuntime(_) => "onnxruntime_onnx",
             }
             .into(),
@@ -448,6 +471,34 @@ impl OnnxModel {
             )));
         }
         match &self.backend {
+            Backend::Dense(plan) => {
+                let parts = inputs
+                    .iter()
+                    .zip(&self.inputs)
+                    .map(|(t, meta)| match (&t.data, t.shape.first()) {
+                        (HostData::F32(data), Some(&rows)) => {
+                            Ok(cordon_dense::InputData { rows, data })
+                        }
+                        _ => Err(EngineError::Run(format!(
+                            "input {:?}: the dense plan takes float32 [N, F]",
+                            meta.name
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let results = plan
+                    .run(&parts)
+                    .map_err(|e| EngineError::Run(e.to_string()))?;
+                Ok(results
+                    .into_iter()
+                    .map(|o| HostTensor {
+                        shape: o.shape,
+                        data: match o.data {
+                            cordon_dense::OutputData::F32(v) => HostData::F32(v),
+                            cordon_dense::OutputData::I64(v) => HostData::I64(v),
+                        },
+                    })
+                    .collect())
+            }
             Backend::Tract(plan) => {
                 let values = inputs
                     .iter()

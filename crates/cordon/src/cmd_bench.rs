@@ -40,6 +40,9 @@ pub enum BenchCommand {
     /// Tree ensembles (models/trees): Cordon's engine against tract's own operators and ONNX
     /// Runtime, single-row latency and batch throughput on one thread.
     Trees(crate::cmd_bench_trees::TreesArgs),
+    /// Dense neural networks (models/dense): the built-in engine's dense plan against tract alone
+    /// and ONNX Runtime's C API, single-row latency and batch throughput.
+    Dense(crate::cmd_bench_dense::DenseArgs),
     /// Serving: the engine in process and ONNX Runtime, then the runtime over loopback with
     /// encryption off (development switch), one-shot HPKE and session mode.
     Serve(crate::cmd_bench_serve::ServeArgs),
@@ -75,6 +78,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
             fixtures,
         } => attest(seconds, iterations, &fixtures),
         BenchCommand::Trees(args) => crate::cmd_bench_trees::run(args),
+        BenchCommand::Dense(args) => crate::cmd_bench_dense::run(args),
         BenchCommand::Serve(args) => crate::cmd_bench_serve::run(args),
         BenchCommand::Train(args) => crate::cmd_bench_train::run(args),
         BenchCommand::Kbs(args) => crate::cmd_bench_kbs::run(args),

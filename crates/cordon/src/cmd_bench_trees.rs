@@ -54,13 +54,13 @@ pub struct TreesArgs {
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
-struct Timing {
-    p50_us: f64,
-    p99_us: f64,
-    batch_rows_per_s: f64,
+pub(crate) struct Timing {
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub batch_rows_per_s: f64,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1e6
 }
@@ -165,46 +165,60 @@ fn time_plan(plan: &Arc<TypedRunnableModel>, inputs: &Inputs, args: &TreesArgs) 
 }
 
 /// The model's input set as protocol requests: one per row, and one batch of `rows` rows tiled
-/// from them (JSON `null`, the zoo's NaN, as the protocol's `"NaN"`).
-fn read_requests(path: &Path, batch_rows: usize) -> Result<(Vec<InferRequest>, InferRequest)> {
+/// from them (JSON `null`, the zoo's NaN, as the protocol's `"NaN"`). Every input is `[N, F]`,
+/// with the same N.
+pub(crate) fn read_requests(
+    path: &Path,
+    batch_rows: usize,
+) -> Result<(Vec<InferRequest>, InferRequest)> {
     let doc: InferRequest = serde_json::from_slice(&std::fs::read(path)?)?;
-    let t = doc.inputs.first().context("no input")?;
-    let [n, f] = t.shape[..] else {
-        return Err(anyhow!("{path:?}: input is not [N, F]"));
-    };
-    let (n, f) = (usize::try_from(n)?, usize::try_from(f)?);
-    let data: Vec<Value> = t
-        .data
-        .as_array()
-        .context("data")?
-        .iter()
-        .map(|v| match v {
-            Value::Null => Value::from("NaN"),
-            v => v.clone(),
-        })
-        .collect();
-    if n == 0 || data.len() != n * f {
-        return Err(anyhow!(
-            "{path:?}: {} values for shape [{n}, {f}]",
-            data.len()
-        ));
+    let mut inputs = Vec::new();
+    for t in &doc.inputs {
+        let [n, f] = t.shape[..] else {
+            return Err(anyhow!("{path:?}: input {:?} is not [N, F]", t.name));
+        };
+        let (n, f) = (usize::try_from(n)?, usize::try_from(f)?);
+        let data: Vec<Value> = t
+            .data
+            .as_array()
+            .context("data")?
+            .iter()
+            .map(|v| match v {
+                Value::Null => Value::from("NaN"),
+                v => v.clone(),
+            })
+            .collect();
+        if n == 0 || data.len() != n * f {
+            return Err(anyhow!(
+                "{path:?}: {} values for shape [{n}, {f}]",
+                data.len()
+            ));
+        }
+        inputs.push((t, n, f, data));
+    }
+    let n = inputs.first().map(|i| i.1).context("no input")?;
+    if inputs.iter().any(|i| i.1 != n) {
+        return Err(anyhow!("{path:?}: inputs of different row counts"));
     }
     let request = |first: usize, rows: usize| InferRequest {
         id: None,
-        inputs: vec![OipTensor {
-            name: t.name.clone(),
-            shape: vec![rows as i64, f as i64],
-            datatype: t.datatype.clone(),
-            data: Value::Array(
-                (0..rows)
-                    .flat_map(|i| {
-                        let r = (first + i) % n;
-                        data[r * f..(r + 1) * f].iter().cloned()
-                    })
-                    .collect(),
-            ),
-            parameters: None,
-        }],
+        inputs: inputs
+            .iter()
+            .map(|(t, n, f, data)| OipTensor {
+                name: t.name.clone(),
+                shape: vec![rows as i64, *f as i64],
+                datatype: t.datatype.clone(),
+                data: Value::Array(
+                    (0..rows)
+                        .flat_map(|i| {
+                            let r = (first + i) % n;
+                            data[r * f..(r + 1) * f].iter().cloned()
+                        })
+                        .collect(),
+                ),
+                parameters: None,
+            })
+            .collect(),
         outputs: None,
         parameters: None,
     };
@@ -214,13 +228,34 @@ fn read_requests(path: &Path, batch_rows: usize) -> Result<(Vec<InferRequest>, I
     ))
 }
 
+/// How long and how much [`time_model`] measures.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TimingOptions {
+    /// Timed single-row calls.
+    pub calls: u64,
+    /// Rows per batch.
+    pub rows: u64,
+    /// Least seconds of batch runs.
+    pub batch_seconds: f64,
+}
+
+impl From<&TreesArgs> for TimingOptions {
+    fn from(a: &TreesArgs) -> Self {
+        TimingOptions {
+            calls: a.calls,
+            rows: a.rows,
+            batch_seconds: a.batch_seconds,
+        }
+    }
+}
+
 /// [`time_plan`]'s measurement through the runtime's model API (`OnnxModel::compute` on decoded
 /// tensors), the same for either engine.
-fn time_model(
+pub(crate) fn time_model(
     model: &OnnxModel,
     rows: &[InferRequest],
     batch: &InferRequest,
-    args: &TreesArgs,
+    args: TimingOptions,
     streams: usize,
 ) -> Result<Timing> {
     let rows = rows
@@ -290,7 +325,10 @@ fn plan_with(parser: &tract_onnx::Onnx, bytes: &[u8]) -> TractResult<Arc<TypedRu
 /// The models to time, as (directory, name): every `NAME.onnx` with a `NAME.input.json` beside
 /// it, hand-built `hb_*` models left out, or the names asked for. A name is taken from the first
 /// directory that has it (results are keyed by name).
-fn select_models(zoos: &[PathBuf], wanted: Option<&str>) -> Result<Vec<(PathBuf, String)>> {
+pub(crate) fn select_models(
+    zoos: &[PathBuf],
+    wanted: Option<&str>,
+) -> Result<Vec<(PathBuf, String)>> {
     let mut found: Vec<(PathBuf, String)> = Vec::new();
     for zoo in zoos {
         let mut names: Vec<String> = std::fs::read_dir(zoo)
@@ -422,13 +460,13 @@ pub fn run(args: TreesArgs) -> Result<()> {
                             &ours,
                             &rows,
                             &batch,
-                            &args,
+                            (&args).into(),
                             args.threads as usize,
                         )?),
                     );
                     row.insert(
                         "ort_c_api",
-                        Some(time_model(&theirs, &rows, &batch, &args, 1)?),
+                        Some(time_model(&theirs, &rows, &batch, (&args).into(), 1)?),
                     );
                 }
                 Err(e) => notes.push(format!("{name}: the onnxruntime engine refuses it: {e}")),

@@ -3,6 +3,7 @@
 
 mod cmd_attest;
 mod cmd_bench;
+mod cmd_bench_dense;
 mod cmd_bench_kbs;
 mod cmd_bench_serve;
 mod cmd_bench_train;

@@ -1,0 +1,908 @@
+//! ONNX graph → [`DensePlan`]. Operator semantics after the ONNX operator specification
+//! (<https://onnx.ai/onnx/operators/>), for the opsets 7 and later of the default domain; each
+//! handler takes the subset a dense plan expresses and refuses the rest by name.
+
+use crate::kernels::{BinaryOp, UnaryOp};
+use crate::{
+    pb, CompileError, ConstData, DType, DensePlan, PlanInput, Rows, Step, ValueId, ValueInfo,
+};
+use std::collections::{HashMap, HashSet};
+
+/// `TensorProto.DataType` values.
+const FLOAT: i32 = 1;
+const INT64: i32 = 7;
+
+pub(crate) fn compile(model: &pb::ModelProto) -> Result<DensePlan, CompileError> {
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .ok_or_else(|| CompileError::Malformed("the model imports no ai.onnx opset".into()))?;
+    if opset < 7 {
+        // Before opset 7, Gemm and the arithmetic operators broadcast by attribute.
+        return Err(CompileError::Unsupported {
+            node: String::new(),
+            op: "(model)".into(),
+            reason: format!("ai.onnx opset {opset}: the dense plan takes opset 7 and later"),
+        });
+    }
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| CompileError::Malformed("the model has no graph".into()))?;
+    let mut b = Builder {
+        opset,
+        initializers: graph
+            .initializer
+            .iter()
+            .map(|t| (t.name.as_str(), t))
+            .collect(),
+        names: HashMap::new(),
+        values: Vec::new(),
+        consts: Vec::new(),
+        steps: Vec::new(),
+    };
+    let inputs = b.inputs(graph)?;
+    for node in &graph.node {
+        b.node(node)?;
+    }
+    let outputs = b.outputs(graph)?;
+    Ok(b.finish(inputs, outputs))
+}
+
+struct Builder<'g> {
+    opset: i64,
+    initializers: HashMap<&'g str, &'g pb::TensorProto>,
+    names: HashMap<String, ValueId>,
+    values: Vec<ValueInfo>,
+    consts: Vec<Option<ConstData>>,
+    steps: Vec<Step>,
+}
+
+fn unsupported(node: &pb::NodeProto, reason: impl Into<String>) -> CompileError {
+    CompileError::Unsupported {
+        node: node.name.clone(),
+        op: node.op_type.clone(),
+        reason: reason.into(),
+    }
+}
+
+fn attr<'n>(node: &'n pb::NodeProto, name: &str) -> Option<&'n pb::AttributeProto> {
+    node.attribute.iter().find(|a| a.name == name)
+}
+
+fn attr_int(node: &pb::NodeProto, name: &str, default: i64) -> i64 {
+    attr(node, name).map_or(default, |a| a.i)
+}
+
+fn attr_float(node: &pb::NodeProto, name: &str, default: f32) -> f32 {
+    attr(node, name).map_or(default, |a| a.f)
+}
+
+/// The input at `i`, when given (an empty name is an omitted optional input).
+fn input(node: &pb::NodeProto, i: usize) -> Option<&str> {
+    node.input
+        .get(i)
+        .map(String::as_str)
+        .filter(|n| !n.is_empty())
+}
+
+/// `[rows, cols]` of a 2-D view, `dims` being a constant's dimensions (rank 2 or less).
+fn view(dims: &[usize]) -> (Rows, usize) {
+    match dims {
+        [] => (Rows::Fixed(1), 1),
+        [c] => (Rows::Fixed(1), *c),
+        [r, c, ..] => (Rows::Fixed(*r), *c),
+    }
+}
+
+impl<'g> Builder<'g> {
+    fn add_value(&mut self, info: ValueInfo, data: Option<ConstData>) -> ValueId {
+        self.values.push(info);
+        self.consts.push(data);
+        self.values.len() - 1
+    }
+
+    fn define(&mut self, name: &str, id: ValueId) -> Result<(), CompileError> {
+        if self.names.insert(name.to_string(), id).is_some() {
+            return Err(CompileError::Malformed(format!(
+                "value {name:?} is defined more than once"
+            )));
+        }
+        Ok(())
+    }
+
+    fn inputs(
+        &mut self,
+        graph: &pb::GraphProto,
+    ) -> Result<Vec<(PlanInput, ValueId)>, CompileError> {
+        let mut inputs = Vec::new();
+        for v in &graph.input {
+            // Before IR 4 an initializer is also listed as an input (its default value).
+            if self.initializers.contains_key(v.name.as_str()) {
+                continue;
+            }
+            let refuse = |reason: String| CompileError::Interface {
+                what: "input",
+                name: v.name.clone(),
+                reason,
+            };
+            let Some(pb::type_proto::Value::TensorType(t)) =
+                v.r#type.as_ref().and_then(|t| t.value.as_ref())
+            else {
+                return Err(refuse("not a tensor".into()));
+            };
+            if t.elem_type != FLOAT {
+                return Err(refuse(format!(
+                    "element type {} (the dense plan takes float32)",
+                    t.elem_type
+                )));
+            }
+            let dims = t.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or(&[]);
+            use pb::tensor_shape_proto::dimension::Value as Dim;
+            let features = match dims {
+                [_, f] => match f.value {
+                    Some(Dim::DimValue(n)) if n > 0 => n as usize,
+                    _ => return Err(refuse("its feature count is not fixed".into())),
+                },
+                _ => {
+                    return Err(refuse(format!(
+                        "rank {} (the dense plan takes [N, F])",
+                        dims.len()
+                    )))
+                }
+            };
+            let id = self.add_value(
+                ValueInfo {
+                    dtype: DType::F32,
+                    rows: Rows::Batch,
+                    cols: features,
+                    rank: 2,
+                },
+                None,
+            );
+            self.define(&v.name, id)?;
+            inputs.push((
+                PlanInput {
+                    name: v.name.clone(),
+                    features,
+                },
+                id,
+            ));
+        }
+        Ok(inputs)
+    }
+
+    fn outputs(&mut self, graph: &pb::GraphProto) -> Result<Vec<(String, ValueId)>, CompileError> {
+        let mut outputs = Vec::new();
+        for v in &graph.output {
+            let id = self.value(&v.name)?;
+            let info = self.values[id];
+            if let Some(pb::type_proto::Value::TensorType(t)) =
+                v.r#type.as_ref().and_then(|t| t.value.as_ref())
+            {
+                let ours = match info.dtype {
+                    DType::F32 => FLOAT,
+                    DType::I64 => INT64,
+                };
+                let rank = t.shape.as_ref().map(|s| s.dim.len());
+                if t.elem_type != ours || rank.is_some_and(|r| r != info.rank as usize) {
+                    return Err(CompileError::Interface {
+                        what: "output",
+                        name: v.name.clone(),
+                        reason: format!(
+                            "declared as element type {} of rank {rank:?}, computed as {:?} of rank {}",
+                            t.elem_type, info.dtype, info.rank
+                        ),
+                    });
+                }
+            }
+            outputs.push((v.name.clone(), id));
+        }
+        Ok(outputs)
+    }
+
+    /// The value of that name: defined earlier, or an initializer (made a constant on first use).
+    fn value(&mut self, name: &str) -> Result<ValueId, CompileError> {
+        if let Some(&id) = self.names.get(name) {
+            return Ok(id);
+        }
+        let t = *self.initializers.get(name).ok_or_else(|| {
+            CompileError::Malformed(format!("value {name:?} is read but nothing defines it"))
+        })?;
+        let id = self.constant(t, name)?;
+        self.define(name, id)?;
+        Ok(id)
+    }
+
+    fn constant(&mut self, t: &pb::TensorProto, name: &str) -> Result<ValueId, CompileError> {
+        let malformed =
+            |reason: String| CompileError::Malformed(format!("constant {name:?}: {reason}"));
+        let dims: Vec<usize> = t
+            .dims
+            .iter()
+            .map(|&d| usize::try_from(d).map_err(|_| malformed(format!("dimension {d}"))))
+            .collect::<Result<_, _>>()?;
+        if dims.len() > 2 {
+            return Err(CompileError::Unsupported {
+                node: String::new(),
+                op: "(constant)".into(),
+                reason: format!(
+                    "{name:?} has rank {}: the dense plan's values have rank 2 or less",
+                    dims.len()
+                ),
+            });
+        }
+        if t.data_location == Some(1) || !t.external_data.is_empty() || t.segment.is_some() {
+            return Err(CompileError::Unsupported {
+                node: String::new(),
+                op: "(constant)".into(),
+                reason: format!("{name:?} is stored outside the model or in segments"),
+            });
+        }
+        let count = dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| malformed(format!("dimensions {dims:?} overflow")))?;
+        let data = match t.data_type {
+            FLOAT => ConstData::F32(if t.raw_data.is_empty() {
+                t.float_data.clone()
+            } else {
+                t.raw_data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect()
+            }),
+            INT64 => ConstData::I64(if t.raw_data.is_empty() {
+                t.int64_data.clone()
+            } else {
+                t.raw_data
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                    .collect()
+            }),
+            other => {
+                return Err(CompileError::Unsupported {
+                    node: String::new(),
+                    op: "(constant)".into(),
+                    reason: format!("{name:?} has element type {other}"),
+                })
+            }
+        };
+        let (len, raw_ok) = match &data {
+            ConstData::F32(v) => (
+                v.len(),
+                t.raw_data.is_empty() || t.raw_data.len() == count * 4,
+            ),
+            ConstData::I64(v) => (
+                v.len(),
+                t.raw_data.is_empty() || t.raw_data.len() == count * 8,
+            ),
+        };
+        if len != count || !raw_ok {
+            return Err(malformed(format!(
+                "dimensions {dims:?} hold {count} elements, its data {} bytes / {len} elements",
+                t.raw_data.len()
+            )));
+        }
+        let (rows, cols) = view(&dims);
+        let dtype = match data {
+            ConstData::F32(_) => DType::F32,
+            ConstData::I64(_) => DType::I64,
+        };
+        Ok(self.add_value(
+            ValueInfo {
+                dtype,
+                rows,
+                cols,
+                rank: dims.len() as u8,
+            },
+            Some(data),
+        ))
+    }
+
+    fn const_f32(&self, id: ValueId) -> Option<&[f32]> {
+        match &self.consts[id] {
+            Some(ConstData::F32(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn push(
+        &mut self,
+        node: &pb::NodeProto,
+        info: ValueInfo,
+        step: impl FnOnce(ValueId) -> Step,
+    ) -> Result<(), CompileError> {
+        let out = self.add_value(info, None);
+        self.steps.push(step(out));
+        let name = node.output.first().ok_or_else(|| {
+            CompileError::Malformed(format!("node {:?} has no output", node.name))
+        })?;
+        self.define(name, out)
+    }
+
+    /// The node's first output is `id` under another name.
+    fn alias(
+        &mut self,
+        node: &pb::NodeProto,
+        id: ValueId,
+        info: ValueInfo,
+    ) -> Result<(), CompileError> {
+        let name = node.output.first().ok_or_else(|| {
+            CompileError::Malformed(format!("node {:?} has no output", node.name))
+        })?;
+        let id = if info == self.values[id] {
+            id
+        } else {
+            // Same elements, another shape: a view of the same buffer would need shape per slot, so
+            // the reshaped value is a copy made by an identity step.
+            let out = self.add_value(info, None);
+            self.steps.push(Step::Concat { xs: vec![id], out });
+            out
+        };
+        self.define(name, id)
+    }
+
+    fn operand(&mut self, node: &pb::NodeProto, i: usize) -> Result<ValueId, CompileError> {
+        let name = input(node, i).ok_or_else(|| {
+            CompileError::Malformed(format!(
+                "node {:?} ({}) lacks input {i}",
+                node.name, node.op_type
+            ))
+        })?;
+        self.value(name)
+    }
+
+    fn node(&mut self, node: &pb::NodeProto) -> Result<(), CompileError> {
+        if !(node.domain.is_empty() || node.domain == "ai.onnx") {
+            return Err(unsupported(node, format!("domain {:?}", node.domain)));
+        }
+        if node.output.iter().skip(1).any(|o| !o.is_empty()) && node.op_type != "Dropout" {
+            return Err(unsupported(node, "more than one output"));
+        }
+        match node.op_type.as_str() {
+            "Gemm" => self.gemm(node),
+            "MatMul" => self.matmul(node),
+            "Add" => self.binary(node, BinaryOp::Add),
+            "Sub" => self.binary(node, BinaryOp::Sub),
+            "Mul" => self.binary(node, BinaryOp::Mul),
+            "Div" => self.binary(node, BinaryOp::Div),
+            "Relu" => self.unary(node, UnaryOp::Relu),
+            "LeakyRelu" => self.unary(node, UnaryOp::LeakyRelu(attr_float(node, "alpha", 0.01))),
+            "Sigmoid" => self.unary(node, UnaryOp::Sigmoid),
+            "Tanh" => self.unary(node, UnaryOp::Tanh),
+            "Neg" => self.unary(node, UnaryOp::Neg),
+            "Abs" => self.unary(node, UnaryOp::Abs),
+            "Softmax" => self.softmax(node),
+            "Concat" => self.concat(node),
+            "ArgMax" => self.argmax(node),
+            "Identity" => {
+                let x = self.operand(node, 0)?;
+                self.alias(node, x, self.values[x])
+            }
+            "Dropout" => {
+                // Inference: the identity. A mask output or a training-mode input is not.
+                if node.output.get(1).is_some_and(|o| !o.is_empty()) || input(node, 2).is_some() {
+                    return Err(unsupported(node, "a mask output or training_mode input"));
+                }
+                let x = self.operand(node, 0)?;
+                self.alias(node, x, self.values[x])
+            }
+            "Flatten" => {
+                let x = self.operand(node, 0)?;
+                let info = self.values[x];
+                let axis = attr_int(node, "axis", 1);
+                if info.rank != 2 || !(axis == 1 || axis == -1) {
+                    return Err(unsupported(
+                        node,
+                        format!("axis {axis} of a rank-{} value", info.rank),
+                    ));
+                }
+                self.alias(node, x, info)
+            }
+            "Reshape" => self.reshape(node),
+            "Cast" => {
+                let x = self.operand(node, 0)?;
+                let info = self.values[x];
+                let to = attr_int(node, "to", 0);
+                match (info.dtype, to) {
+                    (DType::F32, 1) | (DType::I64, 7) => self.alias(node, x, info),
+                    _ => Err(unsupported(
+                        node,
+                        format!("cast from {:?} to type {to}", info.dtype),
+                    )),
+                }
+            }
+            "Constant" => self.constant_node(node),
+            other => Err(unsupported(
+                node,
+                format!("operator {other} is not in the dense plan"),
+            )),
+        }
+    }
+
+    /// A float32 value of rank 2 computed at run time (the left operand of a product).
+    fn dynamic_matrix(
+        &mut self,
+        node: &pb::NodeProto,
+        i: usize,
+    ) -> Result<(ValueId, ValueInfo), CompileError> {
+        let a = self.operand(node, i)?;
+        let info = self.values[a];
+        if info.dtype != DType::F32 || info.rank != 2 || self.consts[a].is_some() {
+            return Err(unsupported(
+                node,
+                format!("operand {i} is not a float32 matrix computed at run time"),
+            ));
+        }
+        Ok((a, info))
+    }
+
+    /// A constant float32 matrix: `(rows, cols, data)`.
+    fn const_matrix(
+        &mut self,
+        node: &pb::NodeProto,
+        i: usize,
+    ) -> Result<(usize, usize, Vec<f32>), CompileError> {
+        let b = self.operand(node, i)?;
+        let info = self.values[b];
+        match (self.const_f32(b), info.rank, info.rows) {
+            (Some(data), 2, Rows::Fixed(rows)) => Ok((rows, info.cols, data.to_vec())),
+            _ => Err(unsupported(
+                node,
+                format!("operand {i} is not a constant float32 matrix"),
+            )),
+        }
+    }
+
+    /// ONNX Gemm: `Y = alpha * A' · B' + beta * C`.
+    fn gemm(&mut self, node: &pb::NodeProto) -> Result<(), CompileError> {
+        if attr_int(node, "transA", 0) != 0 {
+            return Err(unsupported(node, "transA"));
+        }
+        let (a, ainfo) = self.dynamic_matrix(node, 0)?;
+        let (r, c, data) = self.const_matrix(node, 1)?;
+        let (k, n, weights) = if attr_int(node, "transB", 0) != 0 {
+            let mut t = vec![0.0; data.len()];
+            for i in 0..r {
+                for j in 0..c {
+                    t[j * r + i] = data[i * c + j];
+                }
+            }
+            (c, r, t)
+        } else {
+            (r, c, data)
+        };
+        if k != ainfo.cols {
+            return Err(CompileError::Malformed(format!(
+                "node {:?} (Gemm): A has {} columns, B {k} rows",
+                node.name, ainfo.cols
+            )));
+        }
+        let beta = attr_float(node, "beta", 1.0);
+        let bias = match input(node, 2) {
+            None => None,
+            Some(name) => {
+                let id = self.value(name)?;
+                let info = self.values[id];
+                let Some(c) = self.const_f32(id) else {
+                    return Err(unsupported(node, "C is not a float32 constant"));
+                };
+                let bias: Vec<f32> = match (info.rows, info.cols) {
+                    (Rows::Fixed(1), cols) if cols == n => c.iter().map(|v| beta * v).collect(),
+                    (Rows::Fixed(1), 1) => vec![beta * c[0]; n],
+                    _ => {
+                        return Err(unsupported(
+                            node,
+                            format!(
+                                "C of {} rows × {} columns is not one row of {n}",
+                                info.rows_text(),
+                                info.cols
+                            ),
+                        ))
+                    }
+                };
+                (beta != 0.0).then_some(bias)
+            }
+        };
+        let alpha = attr_float(node, "alpha", 1.0);
+        let info = ValueInfo {
+            dtype: DType::F32,
+            rows: ainfo.rows,
+            cols: n,
+            rank: 2,
+        };
+        self.push(node, info, |out| Step::MatMul {
+            a,
+            weights,
+            k,
+            n,
+            alpha,
+            bias,
+            activation: None,
+            out,
+        })
+    }
+
+    fn matmul(&mut self, node: &pb::NodeProto) -> Result<(), CompileError> {
+        let (a, ainfo) = self.dynamic_matrix(node, 0)?;
+        let (k, n, weights) = self.const_matrix(node, 1)?;
+        if k != ainfo.cols {
+            return Err(CompileError::Malformed(format!(
+                "node {:?} (MatMul): A has {} columns, B {k} rows",
+                node.name, ainfo.cols
+            )));
+        }
+        let info = ValueInfo {
+            dtype: DType::F32,
+            rows: ainfo.rows,
+            cols: n,
+            rank: 2,
+        };
+        self.push(node, info, |out| Step::MatMul {
+            a,
+            weights,
+            k,
+            n,
+            alpha: 1.0,
+            bias: None,
+            activation: None,
+            out,
+        })
+    }
+
+    fn binary(&mut self, node: &pb::NodeProto, op: BinaryOp) -> Result<(), CompileError> {
+        let a = self.operand(node, 0)?;
+        let b = self.operand(node, 1)?;
+        let (x, y) = (self.values[a], self.values[b]);
+        if x.dtype != DType::F32 || y.dtype != DType::F32 {
+            return Err(unsupported(node, "an operand is not float32"));
+        }
+        // A per-sample vector `[N]` aligns with the other operand's last axis under numpy's rules:
+        // not a broadcast the plan expresses.
+        if [x, y].iter().any(|v| v.rank == 1 && v.rows == Rows::Batch) {
+            return Err(unsupported(
+                node,
+                "an operand is a per-sample vector of rank 1",
+            ));
+        }
+        let rows_of = |v: ValueInfo| if v.rank < 2 { Rows::Fixed(1) } else { v.rows };
+        let rows = match (rows_of(x), rows_of(y)) {
+            (Rows::Batch, Rows::Batch) => Rows::Batch,
+            (Rows::Batch, Rows::Fixed(1)) | (Rows::Fixed(1), Rows::Batch) => Rows::Batch,
+            (Rows::Batch, Rows::Fixed(r)) | (Rows::Fixed(r), Rows::Batch) => {
+                return Err(unsupported(
+                    node,
+                    format!("a constant of {r} rows against the batch"),
+                ))
+            }
+            (Rows::Fixed(p), Rows::Fixed(q)) if p == q || q == 1 => Rows::Fixed(p),
+            (Rows::Fixed(1), Rows::Fixed(q)) => Rows::Fixed(q),
+            (Rows::Fixed(p), Rows::Fixed(q)) => {
+                return Err(CompileError::Malformed(format!(
+                    "node {:?} ({}): {p} rows against {q}",
+                    node.name, node.op_type
+                )))
+            }
+        };
+        let cols = match (x.cols, y.cols) {
+            (p, q) if p == q || q == 1 => p,
+            (1, q) => q,
+            (p, q) => {
+                return Err(CompileError::Malformed(format!(
+                    "node {:?} ({}): {p} columns against {q}",
+                    node.name, node.op_type
+                )))
+            }
+        };
+        let rank = x.rank.max(y.rank);
+        let info = ValueInfo {
+            dtype: DType::F32,
+            rows: if rank < 2 { Rows::Fixed(1) } else { rows },
+            cols,
+            rank,
+        };
+        self.push(node, info, |out| Step::Binary { op, a, b, out })
+    }
+
+    fn unary(&mut self, node: &pb::NodeProto, op: UnaryOp) -> Result<(), CompileError> {
+        let x = self.operand(node, 0)?;
+        let info = self.values[x];
+        if info.dtype != DType::F32 {
+            return Err(unsupported(node, "the operand is not float32"));
+        }
+        self.push(node, info, |out| Step::Unary { op, x, out })
+    }
+
+    /// The axis a rank-2 operator works along must be the last (features).
+    fn last_axis(
+        &self,
+        node: &pb::NodeProto,
+        info: ValueInfo,
+        axis: i64,
+    ) -> Result<(), CompileError> {
+        if info.rank != 2 || !(axis == 1 || axis == -1) {
+            return Err(unsupported(
+                node,
+                format!(
+                    "axis {axis} of a rank-{} value (the plan works along the last of two)",
+                    info.rank
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn softmax(&mut self, node: &pb::NodeProto) -> Result<(), CompileError> {
+        let x = self.operand(node, 0)?;
+        let info = self.values[x];
+        // Opset 13 made the default axis -1; before, 1 with the input coerced to 2-D: the same for
+        // a rank-2 input.
+        let axis = attr_int(node, "axis", if self.opset >= 13 { -1 } else { 1 });
+        self.last_axis(node, info, axis)?;
+        if info.dtype != DType::F32 {
+            return Err(unsupported(node, "the operand is not float32"));
+        }
+        self.push(node, info, |out| Step::Softmax { x, out })
+    }
+
+    fn concat(&mut self, node: &pb::NodeProto) -> Result<(), CompileError> {
+        let axis = attr(node, "axis").map(|a| a.i).ok_or_else(|| {
+            CompileError::Malformed(format!("node {:?} (Concat) has no axis", node.name))
+        })?;
+        let xs = (0..node.input.len())
+            .map(|i| self.operand(node, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let first = *xs.first().ok_or_else(|| {
+            CompileError::Malformed(format!("node {:?} (Concat) has no input", node.name))
+        })?;
+        let first = self.values[first];
+        let mut cols = 0usize;
+        for &id in &xs {
+            let info = self.values[id];
+            self.last_axis(node, info, axis)?;
+            if info.dtype != first.dtype || info.rows != first.rows {
+                return Err(unsupported(node, "inputs of different types or row counts"));
+            }
+            cols = cols
+                .checked_add(info.cols)
+                .ok_or_else(|| CompileError::Malformed("Concat: too many columns".into()))?;
+        }
+        let info = ValueInfo { cols, ..first };
+        self.push(node, info, |out| Step::Concat { xs, out })
+    }
+
+    fn argmax(&mut self, node: &pb::NodeProto) -> Result<(), CompileError> {
+        let x = self.operand(node, 0)?;
+        let info = self.values[x];
+        self.last_axis(node, info, attr_int(node, "axis", 0))?;
+        if info.dtype != DType::F32 || info.cols == 0 {
+            return Err(unsupported(
+                node,
+                "the operand is not float32 with at least one column",
+            ));
+        }
+        let keepdims = attr_int(node, "keepdims", 1) != 0;
+        if !keepdims && info.rows != Rows::Batch {
+            return Err(unsupported(node, "keepdims=0 on a constant"));
+        }
+        let last = attr_int(node, "select_last_index", 0) != 0;
+        let out = ValueInfo {
+            dtype: DType::I64,
+            rows: info.rows,
+            cols: 1,
+            rank: if keepdims { 2 } else { 1 },
+        };
+        self.push(node, out, |out| Step::ArgMax { x, last, out })
+    }
+
+    /// Reshapes that only name the shape the value has, or move between `[N]` and `[N, 1]`.
+    fn reshape(&mut self, node: &pb::NodeProto) -> Result<(), CompileError> {
+        let x = self.operand(node, 0)?;
+        let s = self.operand(node, 1)?;
+        let info = self.values[x];
+        let Some(ConstData::I64(shape)) = &self.consts[s] else {
+            return Err(unsupported(node, "the shape is not an int64 constant"));
+        };
+        let allowzero = attr_int(node, "allowzero", 0) != 0;
+        let cols = info.cols as i64;
+        let target = match (info.rank, info.rows, shape.as_slice()) {
+            (2, _, [-1 | 0, c]) if *c == cols && !allowzero => info,
+            (2, _, [-1, c]) if *c == cols => info,
+            (2, Rows::Batch, [-1]) if cols == 1 => ValueInfo { rank: 1, ..info },
+            (1, Rows::Batch, [-1 | 0, 1]) if !allowzero || shape[0] == -1 => {
+                ValueInfo { rank: 2, ..info }
+            }
+            _ => {
+                return Err(unsupported(
+                    node,
+                    format!(
+                        "shape {shape:?} of a rank-{} value of {cols} columns",
+                        info.rank
+                    ),
+                ))
+            }
+        };
+        self.alias(node, x, target)
+    }
+
+    fn constant_node(&mut self, node: &pb::NodeProto) -> Result<(), CompileError> {
+        let name = node.output.first().ok_or_else(|| {
+            CompileError::Malformed(format!("node {:?} has no output", node.name))
+        })?;
+        let a = node.attribute.first().ok_or_else(|| {
+            CompileError::Malformed(format!("Constant {:?} has no value", node.name))
+        })?;
+        let (info, data) = match a.name.as_str() {
+            "value" => {
+                let t = a.t.as_ref().ok_or_else(|| {
+                    CompileError::Malformed(format!("Constant {:?}: no tensor", node.name))
+                })?;
+                let id = self.constant(t, name)?;
+                return self.define(name, id);
+            }
+            "value_float" => ((Rows::Fixed(1), 1, 0), ConstData::F32(vec![a.f])),
+            "value_floats" => (
+                (Rows::Fixed(1), a.floats.len(), 1),
+                ConstData::F32(a.floats.clone()),
+            ),
+            "value_int" => ((Rows::Fixed(1), 1, 0), ConstData::I64(vec![a.i])),
+            "value_ints" => (
+                (Rows::Fixed(1), a.ints.len(), 1),
+                ConstData::I64(a.ints.clone()),
+            ),
+            other => return Err(unsupported(node, format!("value given as {other}"))),
+        };
+        let dtype = match data {
+            ConstData::F32(_) => DType::F32,
+            ConstData::I64(_) => DType::I64,
+        };
+        let id = self.add_value(
+            ValueInfo {
+                dtype,
+                rows: info.0,
+                cols: info.1,
+                rank: info.2,
+            },
+            Some(data),
+        );
+        self.define(name, id)
+    }
+
+    /// Folds into each product the bias `Add` and the activation that follow it when nothing else
+    /// reads the product, so that one pass over it does both. The arithmetic is the same, in the
+    /// same order: a product without a bias of its own gets the `Add`'s constant row as its bias.
+    fn fuse(&self, steps: Vec<Step>, outputs: &HashSet<ValueId>) -> Vec<Step> {
+        let mut readers: HashMap<ValueId, usize> = HashMap::new();
+        for id in steps.iter().flat_map(Step::reads) {
+            *readers.entry(id).or_default() += 1;
+        }
+        let alone = |id: ValueId| readers.get(&id) == Some(&1) && !outputs.contains(&id);
+        let mut fused: Vec<Step> = Vec::with_capacity(steps.len());
+        // Where in `fused` the product of each value is.
+        let mut products: HashMap<ValueId, usize> = HashMap::new();
+        for step in steps {
+            let folded = match &step {
+                Step::Binary {
+                    op: BinaryOp::Add,
+                    a,
+                    b,
+                    out,
+                } => [(*a, *b), (*b, *a)].into_iter().find_map(|(p, c)| {
+                    let i = *products.get(&p)?;
+                    let Step::MatMul {
+                        bias: None,
+                        activation: None,
+                        n,
+                        ..
+                    } = fused[i]
+                    else {
+                        return None;
+                    };
+                    let row = self.const_f32(c)?;
+                    let info = self.values[c];
+                    let fits = info.rows == Rows::Fixed(1) && (info.cols == n || info.cols == 1);
+                    (alone(p) && fits && self.values[*out] == self.values[p]).then(|| {
+                        let bias = (0..n).map(|j| row[if info.cols == 1 { 0 } else { j }]);
+                        (i, p, *out, Some(bias.collect::<Vec<f32>>()), None)
+                    })
+                }),
+                Step::Unary { op, x, out } => products.get(x).and_then(|&i| {
+                    let fits = matches!(
+                        fused[i],
+                        Step::MatMul {
+                            activation: None,
+                            ..
+                        }
+                    );
+                    (alone(*x) && fits).then_some((i, *x, *out, None, Some(*op)))
+                }),
+                _ => None,
+            };
+            match folded {
+                Some((i, product, result, new_bias, new_activation)) => {
+                    if let Step::MatMul {
+                        bias,
+                        activation,
+                        out,
+                        ..
+                    } = &mut fused[i]
+                    {
+                        if new_bias.is_some() {
+                            *bias = new_bias;
+                        }
+                        if new_activation.is_some() {
+                            *activation = new_activation;
+                        }
+                        *out = result;
+                    }
+                    products.remove(&product);
+                    products.insert(result, i);
+                }
+                None => {
+                    if let Step::MatMul { out, .. } = step {
+                        products.insert(out, fused.len());
+                    }
+                    fused.push(step);
+                }
+            }
+        }
+        fused
+    }
+
+    /// Drops the steps no output needs and marks where each buffer is read for the last time.
+    fn finish(
+        mut self,
+        inputs: Vec<(PlanInput, ValueId)>,
+        outputs: Vec<(String, ValueId)>,
+    ) -> DensePlan {
+        let output_ids: HashSet<ValueId> = outputs.iter().map(|&(_, id)| id).collect();
+        let steps = std::mem::take(&mut self.steps);
+        let steps = self.fuse(steps, &output_ids);
+        let mut needed = output_ids;
+        let mut steps: Vec<Step> = steps
+            .into_iter()
+            .rev()
+            .filter(|s| {
+                let keep = needed.contains(&s.writes());
+                if keep {
+                    needed.extend(s.reads());
+                }
+                keep
+            })
+            .collect();
+        steps.reverse();
+        let kept: HashSet<ValueId> = outputs.iter().map(|&(_, id)| id).collect();
+        let mut last_read: HashMap<ValueId, usize> = HashMap::new();
+        for (i, s) in steps.iter().enumerate() {
+            for id in s.reads() {
+                last_read.insert(id, i);
+            }
+        }
+        let mut release_after = vec![Vec::new(); steps.len()];
+        for (id, i) in last_read {
+            if !kept.contains(&id) {
+                release_after[i].push(id);
+            }
+        }
+        DensePlan {
+            inputs,
+            outputs,
+            values: self.values,
+            consts: self.consts,
+            steps,
+            release_after,
+        }
+    }
+}
+
+impl ValueInfo {
+    fn rows_text(&self) -> String {
+        match self.rows {
+            Rows::Batch => "N".into(),
+            Rows::Fixed(r) => r.to_string(),
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! The plan's arithmetic on row-major `[rows, cols]` buffers. Loops are written without
+//! data-dependent branches so that the compiler vectorizes them; the transcendental functions are
+//! polynomial approximations accurate to a few ulp (the engine's outputs are held to ONNX
+//! Runtime's within 1e-5, which uses approximations of its own).
+
+use faer::{Accum, MatMut, MatRef, Par};
+use pulp::{Simd, WithSimd};
+
+/// A kernel's loops, compiled once per instruction set: pulp picks, at run time, the widest this
+/// CPU has (AVX2 + FMA on x86-64) and calls `with_simd` in a function compiled for it, where the
+/// loops (always inlined) are vectorized. The binary itself targets baseline x86-64. The loops are
+/// plain Rust; `S` is not used beyond choosing the instruction set.
+macro_rules! kernel {
+    ($name:ident<$lt:lifetime> { $($field:ident: $ty:ty),* $(,)? } => |$this:ident| $body:block) => {
+        struct $name<$lt, const FMA: bool> { $($field: $ty),* }
+        impl<const FMA: bool> WithSimd for $name<'_, FMA> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: Simd>(self, _: S) {
+                let $this = self;
+                $body
+            }
+        }
+    };
+}
+
+kernel!(AddBiasActivate<'a> { out: &'a mut [f32], bias: &'a [f32], n: usize, activation: Option<UnaryOp> } => |k| {
+    let AddBiasActivate { out, bias, n, activation } = k;
+    let rows = out.chunks_exact_mut(n.max(1));
+    // One pass over the product: bias and activation together.
+    match activation {
+        None => rows.for_each(|row| row.iter_mut().zip(bias).for_each(|(o, b)| *o += b)),
+        Some(op) => rows.for_each(|row| {
+            row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+            apply::<FMA>(op, row);
+        }),
+    }
+});
+
+kernel!(Gemv<'a> { out: &'a mut [f32], a: &'a [f32], w: &'a [f32], k: usize, n: usize, alpha: f32 } => |g| {
+    // Each output row is a sum of the weight rows scaled by the input's elements: contiguous
+    // loads of `w`, vectorized along the outputs.
+    let Gemv { out, a, w, k, n, alpha } = g;
+    for (row, x) in out.chunks_exact_mut(n).zip(a.chunks_exact(k)) {
+        row.fill(0.0);
+        for (&xi, wi) in x.iter().zip(w.chunks_exact(n)) {
+            row.iter_mut().zip(wi).for_each(|(o, &wij)| *o = madd::<FMA>(xi, wij, *o));
+        }
+        if alpha != 1.0 {
+            row.iter_mut().for_each(|o| *o *= alpha);
+        }
+    }
+});
+
+kernel!(Binary<'a> { op: BinaryOp, out: &'a mut [f32], cols: usize, a: Operand<'a>, b: Operand<'a> } => |k| {
+    let Binary { op, out, cols, a, b } = k;
+    match op {
+        BinaryOp::Add => zip(out, cols, a, b, |x, y| x + y),
+        BinaryOp::Sub => zip(out, cols, a, b, |x, y| x - y),
+        BinaryOp::Mul => zip(out, cols, a, b, |x, y| x * y),
+        BinaryOp::Div => zip(out, cols, a, b, |x, y| x / y),
+    }
+});
+
+kernel!(Unary<'a> { op: UnaryOp, x: &'a mut [f32] } => |k| { apply::<FMA>(k.op, k.x) });
+
+#[inline(always)]
+fn apply<const FMA: bool>(op: UnaryOp, x: &mut [f32]) {
+    match op {
+        // NaN stays NaN (a comparison with NaN is false).
+        UnaryOp::Relu => x
+            .iter_mut()
+            .for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v }),
+        UnaryOp::LeakyRelu(alpha) => x
+            .iter_mut()
+            .for_each(|v| *v = if *v < 0.0 { alpha * *v } else { *v }),
+        UnaryOp::Sigmoid => x.iter_mut().for_each(|v| *v = sigmoid::<FMA>(*v)),
+        UnaryOp::Tanh => x.iter_mut().for_each(|v| *v = tanh::<FMA>(*v)),
+        UnaryOp::Neg => x.iter_mut().for_each(|v| *v = -*v),
+        UnaryOp::Abs => x.iter_mut().for_each(|v| *v = v.abs()),
+    }
+}
+
+kernel!(Softmax<'a> { x: &'a mut [f32], cols: usize } => |k| {
+    for row in k.x.chunks_exact_mut(k.cols) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        row.iter_mut().for_each(|v| *v = exp::<FMA>(*v - max));
+        let inv = 1.0 / row.iter().sum::<f32>();
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+});
+
+/// Calls a kernel with fused multiply-adds where the CPU has them (every x86-64 CPU with AVX2 that
+/// a TEE runs on; in pulp's AVX2 path `mul_add` is one instruction), separate ones otherwise (a
+/// library call per `mul_add` would be slower than both).
+macro_rules! dispatch {
+    ($name:ident { $($field:ident),* $(,)? }) => {
+        if has_fma() {
+            pulp::Arch::new().dispatch($name::<true> { $($field),* })
+        } else {
+            pulp::Arch::new().dispatch($name::<false> { $($field),* })
+        }
+    };
+}
+
+fn has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
+/// `a * b + c`, fused (one rounding) with `FMA`.
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Up to this many rows, a product is computed row by row (faer's GEMM packs its operands first,
+/// which a single row does not repay).
+const GEMV_ROWS: usize = 2;
+
+/// `out[m, n] = activation(alpha * a[m, k] · w[k, n] (+ bias[n]))`, all row-major, on one thread
+/// (the runtime runs concurrent requests on its other cores).
+pub(crate) fn matmul(
+    out: &mut [f32],
+    a: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+    alpha: f32,
+    bias: Option<&[f32]>,
+    activation: Option<UnaryOp>,
+) {
+    if k == 0 {
+        out.fill(0.0);
+    } else if m <= GEMV_ROWS && n > 0 {
+        dispatch!(Gemv {
+            out,
+            a,
+            w,
+            k,
+            n,
+            alpha
+        });
+    } else {
+        let a = MatRef::from_row_major_slice(a, m, k);
+        let w = MatRef::from_row_major_slice(w, k, n);
+        let o = MatMut::from_row_major_slice_mut(out, m, n);
+        faer::linalg::matmul::matmul(o, Accum::Replace, a, w, alpha, Par::Seq);
+    }
+    match (bias, activation) {
+        (Some(bias), activation) => dispatch!(AddBiasActivate {
+            out,
+            bias,
+            n,
+            activation
+        }),
+        (None, Some(op)) => unary(op, out),
+        (None, None) => {}
+    }
+}
+
+/// The elementwise binary operators, with ONNX's (numpy's) broadcasting over two dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// One operand of a binary operator: its buffer and its `[rows, cols]`, where a dimension of 1
+/// is repeated along the output's.
+pub(crate) struct Operand<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+}
+
+pub(crate) fn binary(op: BinaryOp, out: &mut [f32], cols: usize, a: Operand, b: Operand) {
+    dispatch!(Binary {
+        op,
+        out,
+        cols,
+        a,
+        b
+    });
+}
+
+#[inline(always)]
+fn zip(out: &mut [f32], cols: usize, a: Operand, b: Operand, f: impl Fn(f32, f32) -> f32) {
+    if cols == 0 {
+        return;
+    }
+    #[inline(always)]
+    fn row_of<'a>(o: &Operand<'a>, i: usize) -> &'a [f32] {
+        let r = if o.rows == 1 { 0 } else { i };
+        &o.data[r * o.cols..(r + 1) * o.cols]
+    }
+    for (i, row) in out.chunks_exact_mut(cols).enumerate() {
+        let (x, y) = (row_of(&a, i), row_of(&b, i));
+        match (x.len() == cols, y.len() == cols) {
+            (true, true) => {
+                for ((o, &x), &y) in row.iter_mut().zip(x).zip(y) {
+                    *o = f(x, y);
+                }
+            }
+            (true, false) => {
+                let y = y[0];
+                for (o, &x) in row.iter_mut().zip(x) {
+                    *o = f(x, y);
+                }
+            }
+            (false, true) => {
+                let x = x[0];
+                for (o, &y) in row.iter_mut().zip(y) {
+                    *o = f(x, y);
+                }
+            }
+            (false, false) => row.fill(f(x[0], y[0])),
+        }
+    }
+}
+
+/// The elementwise unary operators.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum UnaryOp {
+    Relu,
+    LeakyRelu(f32),
+    Sigmoid,
+    Tanh,
+    Neg,
+    Abs,
+}
+
+/// Applies `op` to every element, in place.
+pub(crate) fn unary(op: UnaryOp, x: &mut [f32]) {
+    dispatch!(Unary { op, x });
+}
+
+/// e^x for the activations: Cody-Waite range reduction to r in [-ln2/2, ln2/2] and a degree-7
+/// Taylor polynomial (truncation error below 6e-9 relative), scaled by 2^n through the exponent
+/// bits. The argument is clamped to [-87, 88] so that 2^n stays a normal number: below, e^x is
+/// 1.6e-38 instead of smaller; above, 1.65e38 instead of more. The activations below saturate
+/// long before either matters. NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp<const FMA: bool>(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two: the high part has few enough bits that n * LN2_HI is exact.
+    const LN2_HI: f32 = 355.0 / 512.0;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding it rounds to an integer, whose bits are then the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    // NaN stays NaN through clamp.
+    let x = x.clamp(-87.0, 88.0);
+    let t = madd::<FMA>(x, LOG2E, ROUND);
+    let n = t - ROUND;
+    let r = madd::<FMA>(-n, LN2_LO, madd::<FMA>(-n, LN2_HI, x));
+    let p = 1.0 / 5040.0;
+    let p = madd::<FMA>(p, r, 1.0 / 720.0);
+    let p = madd::<FMA>(p, r, 1.0 / 120.0);
+    let p = madd::<FMA>(p, r, 1.0 / 24.0);
+    let p = madd::<FMA>(p, r, 1.0 / 6.0);
+    let p = madd::<FMA>(p, r, 0.5);
+    let p = madd::<FMA>(p, r, 1.0);
+    let p = madd::<FMA>(p, r, 1.0);
+    let scale = f32::from_bits(((t.to_bits() as i32 - 0x4B40_0000 + 127) as u32) << 23);
+    p * scale
+}
+
+#[inline(always)]
+fn sigmoid<const FMA: bool>(x: f32) -> f32 {
+    1.0 / (1.0 + exp::<FMA>(-x))
+}
+
+/// tanh through e^(2|x|) away from 0, and its Taylor series near 0 where `1 - 2/(e+1)` would
+/// cancel (|x| < 1/16: the next term is below 4e-13).
+#[inline(always)]
+fn tanh<const FMA: bool>(x: f32) -> f32 {
+    let ax = x.abs();
+    // tanh(10) rounds to 1.0 in f32 (tanh(9) does not yet). Both forms are computed and one
+    // selected, so that the loop has no branch; NaN goes through both as NaN.
+    let e = exp::<FMA>(2.0 * if ax > 10.0 { 10.0 } else { ax });
+    let far = (1.0 - 2.0 / (e + 1.0)).copysign(x);
+    let x2 = x * x;
+    let near = madd::<FMA>(-17.0 / 315.0, x2, 2.0 / 15.0);
+    let near = madd::<FMA>(near, x2, -1.0 / 3.0);
+    let near = x * madd::<FMA>(near, x2, 1.0);
+    if ax < 0.0625 {
+        near
+    } else {
+        far
+    }
+}
+
+/// Softmax along each row of `x[.., cols]`, in place.
+pub(crate) fn softmax(x: &mut [f32], cols: usize) {
+    if cols == 0 {
+        return;
+    }
+    dispatch!(Softmax { x, cols });
+}
+
+/// The index of each row's largest element: the first one, or the last with `last`, as ONNX's
+/// `select_last_index`. NaN is never the largest, unless a row holds only NaN (then index 0).
+pub(crate) fn argmax(x: &[f32], cols: usize, last: bool, out: &mut [i64]) {
+    if cols == 0 {
+        return;
+    }
+    for (row, o) in x.chunks_exact(cols).zip(out.iter_mut()) {
+        let mut best = 0;
+        for (j, &v) in row.iter().enumerate().skip(1) {
+            let better = if last { v >= row[best] } else { v > row[best] };
+            if better || (row[best].is_nan() && !v.is_nan()) {
+                best = j;
+            }
+        }
+        *o = best as i64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Relative error against f64's exact functions, over a dense sweep of the range that matters,
+    /// with and without fused multiply-adds.
+    #[test]
+    fn approximations_stay_within_a_few_ulp() {
+        approximations::<true>();
+        approximations::<false>();
+    }
+
+    fn approximations<const FMA: bool>() {
+        let mut worst = (0.0f64, 0.0f64, 0.0f64);
+        let mut x = -30.0f32;
+        while x < 30.0 {
+            let e = (exp::<FMA>(x) as f64 - (x as f64).exp()).abs() / (x as f64).exp();
+            let s_ref = 1.0 / (1.0 + (-(x as f64)).exp());
+            let s = (sigmoid::<FMA>(x) as f64 - s_ref).abs() / s_ref;
+            let t = (tanh::<FMA>(x) as f64 - (x as f64).tanh()).abs();
+            worst = (worst.0.max(e), worst.1.max(s), worst.2.max(t));
+            x += 0.000_37;
+        }
+        assert!(worst.0 < 4e-7, "exp relative error {}", worst.0);
+        assert!(worst.1 < 4e-7, "sigmoid relative error {}", worst.1);
+        assert!(worst.2 < 2e-7, "tanh absolute error {}", worst.2);
+        // Tiny arguments: tanh::<FMA>(x) ~ x, relative.
+        for x in [1e-30f32, -1e-8, 3e-5, 0.06] {
+            assert!(
+                ((tanh::<FMA>(x) - x.tanh()) / x.tanh()).abs() < 1e-6,
+                "tanh({x})"
+            );
+        }
+    }
+
+    #[test]
+    fn saturation_nan_and_infinities() {
+        saturation::<true>();
+        saturation::<false>();
+    }
+
+    fn saturation<const FMA: bool>() {
+        assert!(exp::<FMA>(f32::NAN).is_nan());
+        assert!(sigmoid::<FMA>(f32::NAN).is_nan());
+        assert!(tanh::<FMA>(f32::NAN).is_nan());
+        assert_eq!(sigmoid::<FMA>(f32::INFINITY), 1.0);
+        assert!(sigmoid::<FMA>(f32::NEG_INFINITY) < 1e-37);
+        assert_eq!(tanh::<FMA>(f32::INFINITY), 1.0);
+        assert_eq!(tanh::<FMA>(f32::NEG_INFINITY), -1.0);
+        assert_eq!(tanh::<FMA>(-0.0).to_bits(), (-0.0f32).to_bits());
+        let mut x = [1000.0, 0.0, -1000.0];
+        softmax(&mut x, 3);
+        assert_eq!(x[0], 1.0);
+        assert!(x[1] < 1e-37 && x[2] < 1e-37);
+    }
+
+    #[test]
+    fn argmax_ties_and_nan() {
+        let x = [
+            1.0,
+            3.0,
+            3.0,
+            f32::NAN,
+            2.0,
+            2.0,
+            f32::NAN,
+            f32::NAN,
+            f32::NAN,
+        ];
+        let mut first = [9; 3];
+        let mut last = [9; 3];
+        argmax(&x, 3, false, &mut first);
+        argmax(&x, 3, true, &mut last);
+        assert_eq!(first, [1, 1, 0]);
+        assert_eq!(last, [2, 2, 0]);
+    }
+
+    #[test]
+    fn broadcasting_rows_columns_and_scalars() {
+        let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let mut out = [0.0; 6];
+        let full = || Operand {
+            data: &a,
+            rows: 2,
+            cols: 3,
+        };
+        binary(
+            BinaryOp::Sub,
+            &mut out,
+            3,
+            full(),
+            Operand {
+                data: &[1.0, 2.0, 3.0],
+                rows: 1,
+                cols: 3,
+            },
+        );
+        assert_eq!(out, [0.0, 0.0, 0.0, 3.0, 3.0, 3.0]);
+        binary(
+            BinaryOp::Div,
+            &mut out,
+            3,
+            full(),
+            Operand {
+                data: &[2.0, 4.0],
+                rows: 2,
+                cols: 1,
+            },
+        );
+        assert_eq!(out, [0.5, 1.0, 1.5, 1.0, 1.25, 1.5]);
+        binary(
+            BinaryOp::Sub,
+            &mut out,
+            3,
+            Operand {
+                data: &[1.0],
+                rows: 1,
+                cols: 1,
+            },
+            full(),
+        );
+        assert_eq!(out, [0.0, -1.0, -2.0, -3.0, -4.0, -5.0]);
+        let mut m = [0.0; 4];
+        matmul(
+            &mut m,
+            &[1.0, 2.0, 3.0, 4.0],
+            &[1.0, 0.0, 0.0, 1.0],
+            (2, 2, 2),
+            2.0,
+            Some(&[10.0, 20.0]),
+            None,
+        );
+        assert_eq!(m, [12.0, 24.0, 16.0, 28.0]);
+        // Bias and activation in one pass: relu(2·a·w + bias).
+        matmul(
+            &mut m,
+            &[1.0, 2.0, 3.0, 4.0],
+            &[1.0, 0.0, 0.0, 1.0],
+            (2, 2, 2),
+            2.0,
+            Some(&[-5.0, -30.0]),
+            Some(UnaryOp::Relu),
+        );
+        assert_eq!(m, [0.0, 0.0, 1.0, 0.0]);
+    }
+}
