@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 /// `TensorProto.DataType` values.
 const FLOAT: i32 = 1;
+const INT32: i32 = 6;
 const INT64: i32 = 7;
 
 pub(crate) fn compile(model: &pb::ModelProto) -> Result<DensePlan, CompileError> {
@@ -262,6 +263,17 @@ impl<'g> Builder<'g> {
                     .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
                     .collect()
             }),
+            // Held as int64: such a constant is only taken where the plan's int64 handling is
+            // what ONNX does with it (class labels gathered and cast to int64); an output declared
+            // int32 is refused at the graph's outputs.
+            INT32 => ConstData::I64(if t.raw_data.is_empty() {
+                t.int32_data.iter().map(|&v| v as i64).collect()
+            } else {
+                t.raw_data
+                    .chunks_exact(4)
+                    .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
+                    .collect()
+            }),
             other => {
                 return Err(CompileError::Unsupported {
                     node: String::new(),
@@ -270,16 +282,12 @@ impl<'g> Builder<'g> {
                 })
             }
         };
-        let (len, raw_ok) = match &data {
-            ConstData::F32(v) => (
-                v.len(),
-                t.raw_data.is_empty() || t.raw_data.len() == count * 4,
-            ),
-            ConstData::I64(v) => (
-                v.len(),
-                t.raw_data.is_empty() || t.raw_data.len() == count * 8,
-            ),
+        let size = if t.data_type == INT64 { 8 } else { 4 };
+        let len = match &data {
+            ConstData::F32(v) => v.len(),
+            ConstData::I64(v) => v.len(),
         };
+        let raw_ok = t.raw_data.is_empty() || Some(t.raw_data.len()) == count.checked_mul(size);
         if len != count || !raw_ok {
             return Err(malformed(format!(
                 "dimensions {dims:?} hold {count} elements, its data {} bytes / {len} elements",
@@ -356,6 +364,16 @@ impl<'g> Builder<'g> {
     }
 
     fn node(&mut self, node: &pb::NodeProto) -> Result<(), CompileError> {
+        if node.domain == "ai.onnx.ml" {
+            return match node.op_type.as_str() {
+                "Scaler" => self.scaler(node),
+                "ArrayFeatureExtractor" => self.array_feature_extractor(node),
+                other => Err(unsupported(
+                    node,
+                    format!("operator ai.onnx.ml {other} is not in the dense plan"),
+                )),
+            };
+        }
         if !(node.domain.is_empty() || node.domain == "ai.onnx") {
             return Err(unsupported(node, format!("domain {:?}", node.domain)));
         }
@@ -698,6 +716,101 @@ impl<'g> Builder<'g> {
         self.push(node, out, |out| Step::ArgMax { x, last, out })
     }
 
+    /// ai.onnx.ml Scaler: `(x - offset) * scale`, each attribute one value or one per feature, as
+    /// a subtraction and a multiplication by constant rows (what ONNX Runtime computes, in float).
+    fn scaler(&mut self, node: &pb::NodeProto) -> Result<(), CompileError> {
+        let x = self.operand(node, 0)?;
+        let info = self.values[x];
+        if info.dtype != DType::F32 || info.rank != 2 {
+            return Err(unsupported(node, "the operand is not a float32 matrix"));
+        }
+        let row = |name: &str| -> Result<Vec<f32>, CompileError> {
+            let v = attr(node, name)
+                .map(|a| a.floats.clone())
+                .unwrap_or_default();
+            match v.len() {
+                n if n == info.cols || n == 1 => Ok(v),
+                n => Err(CompileError::Malformed(format!(
+                    "Scaler {:?}: {name} has {n} values for {} features",
+                    node.name, info.cols
+                ))),
+            }
+        };
+        let (offset, scale) = (row("offset")?, row("scale")?);
+        let constant = |b: &mut Self, v: Vec<f32>| {
+            let info = ValueInfo {
+                dtype: DType::F32,
+                rows: Rows::Fixed(1),
+                cols: v.len(),
+                rank: 1,
+            };
+            b.add_value(info, Some(ConstData::F32(v)))
+        };
+        let offset = constant(self, offset);
+        let scale = constant(self, scale);
+        let centered = self.add_value(info, None);
+        self.steps.push(Step::Binary {
+            op: BinaryOp::Sub,
+            a: x,
+            b: offset,
+            out: centered,
+        });
+        self.push(node, info, |out| Step::Binary {
+            op: BinaryOp::Mul,
+            a: centered,
+            b: scale,
+            out,
+        })
+    }
+
+    /// ai.onnx.ml ArrayFeatureExtractor as classifiers end: a constant table of integer labels
+    /// `[C]` indexed by one int64 index per row (`[N, 1]`, an ArgMax). ONNX Runtime gives
+    /// `[1, N]`; the plan holds the same elements as `[N]`, which every reshape it takes reads
+    /// alike, and refuses the value as a graph output (declared rank 2).
+    fn array_feature_extractor(&mut self, node: &pb::NodeProto) -> Result<(), CompileError> {
+        let table = self.operand(node, 0)?;
+        let index = self.operand(node, 1)?;
+        let (t, i) = (self.values[table], self.values[index]);
+        let Some(ConstData::I64(labels)) = &self.consts[table] else {
+            return Err(unsupported(node, "the table is not an integer constant"));
+        };
+        if t.rank != 1
+            || i.dtype != DType::I64
+            || i.rank != 2
+            || i.cols != 1
+            || i.rows != Rows::Batch
+        {
+            return Err(unsupported(
+                node,
+                "not a [C] table indexed by one int64 per row",
+            ));
+        }
+        let labels = labels.clone();
+        // The index is an ArgMax over no more columns than the table has labels, so every index
+        // the call computes is inside the table.
+        let in_range = self.steps.iter().any(|s| match s {
+            Step::ArgMax { x, out, .. } => *out == index && self.values[*x].cols <= labels.len(),
+            _ => false,
+        });
+        if !in_range {
+            return Err(unsupported(
+                node,
+                "the index is not an ArgMax over at most as many columns as the table has labels",
+            ));
+        }
+        let info = ValueInfo {
+            dtype: DType::I64,
+            rows: Rows::Batch,
+            cols: 1,
+            rank: 1,
+        };
+        self.push(node, info, |out| Step::Gather {
+            table: labels,
+            index,
+            out,
+        })
+    }
+
     /// Reshapes that only name the shape the value has, or move between `[N]` and `[N, 1]`.
     fn reshape(&mut self, node: &pb::NodeProto) -> Result<(), CompileError> {
         let x = self.operand(node, 0)?;
@@ -712,6 +825,8 @@ impl<'g> Builder<'g> {
             (2, _, [-1 | 0, c]) if *c == cols && !allowzero => info,
             (2, _, [-1, c]) if *c == cols => info,
             (2, Rows::Batch, [-1]) if cols == 1 => ValueInfo { rank: 1, ..info },
+            (1, Rows::Batch, [-1]) => info,
+            (1, Rows::Batch, [0]) if !allowzero => info,
             (1, Rows::Batch, [-1 | 0, 1]) if !allowzero || shape[0] == -1 => {
                 ValueInfo { rank: 2, ..info }
             }
@@ -769,6 +884,79 @@ impl<'g> Builder<'g> {
             Some(data),
         );
         self.define(name, id)
+    }
+
+    /// A constant row usable against a value of `cols` columns: its elements, one per column.
+    fn const_row(&self, id: ValueId, cols: usize) -> Option<Vec<f32>> {
+        let data = self.const_f32(id)?;
+        let info = self.values[id];
+        if info.rows != Rows::Fixed(1) || !(info.cols == cols || info.cols == 1) {
+            return None;
+        }
+        Some(
+            (0..cols)
+                .map(|j| data[if info.cols == 1 { 0 } else { j }])
+                .collect(),
+        )
+    }
+
+    /// A standardisation, `(x - offset) / scale` or `(x - offset) * scale` by constant rows,
+    /// in one pass instead of two (the same two operations on each element).
+    fn fuse_scalers(&self, steps: Vec<Step>, outputs: &HashSet<ValueId>) -> Vec<Step> {
+        let mut readers: HashMap<ValueId, usize> = HashMap::new();
+        for id in steps.iter().flat_map(Step::reads) {
+            *readers.entry(id).or_default() += 1;
+        }
+        let alone = |id: ValueId| readers.get(&id) == Some(&1) && !outputs.contains(&id);
+        let mut fused: Vec<Step> = Vec::with_capacity(steps.len());
+        // Where in `fused` each `x - offset` is.
+        let mut centered: HashMap<ValueId, usize> = HashMap::new();
+        for step in steps {
+            if let Step::Binary {
+                op: op @ (BinaryOp::Div | BinaryOp::Mul),
+                a,
+                b,
+                out,
+            } = step
+            {
+                let cols = self.values[out].cols;
+                let scale = self.const_row(b, cols);
+                if let (Some(&i), Some(scale)) = (centered.get(&a), scale) {
+                    if let Step::Binary {
+                        a: x, b: offset, ..
+                    } = fused[i]
+                    {
+                        if alone(a) && self.values[out] == self.values[a] {
+                            if let Some(offset) = self.const_row(offset, cols) {
+                                fused[i] = Step::Scale {
+                                    x,
+                                    offset,
+                                    op,
+                                    scale,
+                                    out,
+                                };
+                                continue;
+                            }
+                        }
+                    }
+                }
+            }
+            if let Step::Binary {
+                op: BinaryOp::Sub,
+                a,
+                b,
+                out,
+            } = step
+            {
+                let cols = self.values[out].cols;
+                let fits = self.values[a] == self.values[out] && self.consts[a].is_none();
+                if fits && self.const_row(b, cols).is_some() {
+                    centered.insert(out, fused.len());
+                }
+            }
+            fused.push(step);
+        }
+        fused
     }
 
     /// Folds into each product the bias `Add` and the activation that follow it when nothing else
@@ -860,6 +1048,7 @@ impl<'g> Builder<'g> {
     ) -> DensePlan {
         let output_ids: HashSet<ValueId> = outputs.iter().map(|&(_, id)| id).collect();
         let steps = std::mem::take(&mut self.steps);
+        let steps = self.fuse_scalers(steps, &output_ids);
         let steps = self.fuse(steps, &output_ids);
         let mut needed = output_ids;
         let mut steps: Vec<Step> = steps

@@ -52,6 +52,18 @@ kernel!(Gemv<'a> { out: &'a mut [f32], a: &'a [f32], w: &'a [f32], k: usize, n: 
     }
 });
 
+kernel!(Scale<'a> { out: &'a mut [f32], x: &'a [f32], offset: &'a [f32], op: BinaryOp, scale: &'a [f32] } => |k| {
+    let Scale { out, x, offset, op, scale } = k;
+    let cols = offset.len().max(1);
+    for (o, x) in out.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
+        let rows = o.iter_mut().zip(x).zip(offset).zip(scale);
+        match op {
+            BinaryOp::Div => rows.for_each(|(((o, &x), &m), &s)| *o = (x - m) / s),
+            _ => rows.for_each(|(((o, &x), &m), &s)| *o = (x - m) * s),
+        }
+    }
+});
+
 kernel!(Binary<'a> { op: BinaryOp, out: &'a mut [f32], cols: usize, a: Operand<'a>, b: Operand<'a> } => |k| {
     let Binary { op, out, cols, a, b } = k;
     match op {
@@ -180,6 +192,17 @@ pub(crate) struct Operand<'a> {
     pub data: &'a [f32],
     pub rows: usize,
     pub cols: usize,
+}
+
+/// `out = (x - offset) / scale`, or `* scale` for [`BinaryOp::Mul`], row by row.
+pub(crate) fn scale(out: &mut [f32], x: &[f32], offset: &[f32], op: BinaryOp, scale: &[f32]) {
+    dispatch!(Scale {
+        out,
+        x,
+        offset,
+        op,
+        scale
+    });
 }
 
 pub(crate) fn binary(op: BinaryOp, out: &mut [f32], cols: usize, a: Operand, b: Operand) {

@@ -175,6 +175,20 @@ enum Step {
         last: bool,
         out: ValueId,
     },
+    /// `out = (x - offset) / scale` (or `* scale`), by rows of one value per column.
+    Scale {
+        x: ValueId,
+        offset: Vec<f32>,
+        op: BinaryOp,
+        scale: Vec<f32>,
+        out: ValueId,
+    },
+    /// `out[r] = table[index[r]]`, every index inside the table (checked when compiled).
+    Gather {
+        table: Vec<i64>,
+        index: ValueId,
+        out: ValueId,
+    },
 }
 
 impl Step {
@@ -184,6 +198,8 @@ impl Step {
             Step::Binary { a, b, .. } => vec![*a, *b],
             Step::Unary { x, .. } | Step::Softmax { x, .. } | Step::ArgMax { x, .. } => vec![*x],
             Step::Concat { xs, .. } => xs.clone(),
+            Step::Gather { index, .. } => vec![*index],
+            Step::Scale { x, .. } => vec![*x],
         }
     }
 
@@ -194,7 +210,9 @@ impl Step {
             | Step::Unary { out, .. }
             | Step::Softmax { out, .. }
             | Step::Concat { out, .. }
-            | Step::ArgMax { out, .. } => *out,
+            | Step::ArgMax { out, .. }
+            | Step::Gather { out, .. }
+            | Step::Scale { out, .. } => *out,
         }
     }
 }
@@ -209,6 +227,44 @@ pub struct DensePlan {
     steps: Vec<Step>,
     /// The values whose buffers can be given back after each step (last read there).
     release_after: Vec<Vec<ValueId>>,
+}
+
+/// The plan's steps, one per line: what runs, and on what sizes (never weights).
+impl std::fmt::Display for DensePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for step in &self.steps {
+            match step {
+                Step::MatMul {
+                    k,
+                    n,
+                    alpha,
+                    bias,
+                    activation,
+                    ..
+                } => {
+                    write!(f, "matmul {k}x{n}")?;
+                    if *alpha != 1.0 {
+                        write!(f, " alpha")?;
+                    }
+                    if bias.is_some() {
+                        write!(f, " +bias")?;
+                    }
+                    if let Some(a) = activation {
+                        write!(f, " {a:?}")?;
+                    }
+                }
+                Step::Scale { offset, op, .. } => write!(f, "scale {} ({op:?})", offset.len())?,
+                Step::Binary { op, .. } => write!(f, "{op:?}")?,
+                Step::Unary { op, .. } => write!(f, "{op:?}")?,
+                Step::Softmax { .. } => write!(f, "softmax")?,
+                Step::Concat { xs, .. } => write!(f, "concat {}", xs.len())?,
+                Step::ArgMax { .. } => write!(f, "argmax")?,
+                Step::Gather { table, .. } => write!(f, "gather {}", table.len())?,
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
 }
 
 /// A value's buffer while a call runs.
@@ -463,6 +519,32 @@ impl DensePlan {
                 let x = self.operand(slots, *x, batch);
                 kernels::argmax(x.data, x.cols, *last, &mut out);
                 Slot::I64(out)
+            }
+            Step::Scale {
+                x,
+                offset,
+                op,
+                scale,
+                ..
+            } => {
+                let mut out = take_buffer(pool, len);
+                let x = self.operand(slots, *x, batch);
+                kernels::scale(&mut out, x.data, offset, *op, scale);
+                Slot::F32(Cow::Owned(out))
+            }
+            Step::Gather { table, index, .. } => {
+                let index: &[i64] = match &slots[*index] {
+                    Slot::I64(v) => v,
+                    _ => &[],
+                };
+                // The compiler checked that every index (an ArgMax's) is inside the table.
+                let label = |&i: &i64| usize::try_from(i).ok().and_then(|i| table.get(i));
+                Slot::I64(
+                    index
+                        .iter()
+                        .map(|i| label(i).copied().unwrap_or(0))
+                        .collect(),
+                )
             }
         }
     }
