@@ -73,12 +73,35 @@ fn attr<'n>(node: &'n pb::NodeProto, name: &str) -> Option<&'n pb::AttributeProt
     node.attribute.iter().find(|a| a.name == name)
 }
 
-fn attr_int(node: &pb::NodeProto, name: &str, default: i64) -> i64 {
-    attr(node, name).map_or(default, |a| a.i)
+/// `AttributeProto.AttributeType` values.
+const ATTR_FLOAT: i32 = 1;
+const ATTR_INT: i32 = 2;
+const ATTR_TENSOR: i32 = 4;
+const ATTR_FLOATS: i32 = 6;
+const ATTR_INTS: i32 = 7;
+
+/// The attribute of that name, refused when it is there with another type than `kind` (ONNX
+/// Runtime refuses such a model; reading the wrong field would compute something else).
+fn typed_attr<'n>(
+    node: &'n pb::NodeProto,
+    name: &str,
+    kind: i32,
+) -> Result<Option<&'n pb::AttributeProto>, CompileError> {
+    match attr(node, name) {
+        Some(a) if a.r#type != kind => Err(CompileError::Malformed(format!(
+            "node {:?} ({}): attribute {name} has type {}, the operator takes {kind}",
+            node.name, node.op_type, a.r#type
+        ))),
+        other => Ok(other),
+    }
 }
 
-fn attr_float(node: &pb::NodeProto, name: &str, default: f32) -> f32 {
-    attr(node, name).map_or(default, |a| a.f)
+fn attr_int(node: &pb::NodeProto, name: &str, default: i64) -> Result<i64, CompileError> {
+    Ok(typed_attr(node, name, ATTR_INT)?.map_or(default, |a| a.i))
+}
+
+fn attr_float(node: &pb::NodeProto, name: &str, default: f32) -> Result<f32, CompileError> {
+    Ok(typed_attr(node, name, ATTR_FLOAT)?.map_or(default, |a| a.f))
 }
 
 /// The input at `i`, when given (an empty name is an omitted optional input).
@@ -106,7 +129,9 @@ impl<'g> Builder<'g> {
     }
 
     fn define(&mut self, name: &str, id: ValueId) -> Result<(), CompileError> {
-        if self.names.insert(name.to_string(), id).is_some() {
+        // A node output or graph input named like an initializer is a second definition too.
+        let shadows = self.initializers.contains_key(name) && self.consts[id].is_none();
+        if self.names.insert(name.to_string(), id).is_some() || shadows {
             return Err(CompileError::Malformed(format!(
                 "value {name:?} is defined more than once"
             )));
@@ -119,6 +144,8 @@ impl<'g> Builder<'g> {
         graph: &pb::GraphProto,
     ) -> Result<Vec<(PlanInput, ValueId)>, CompileError> {
         let mut inputs = Vec::new();
+        // The name of the inputs' symbolic first dimension ("" when unnamed): one batch dimension.
+        let mut batch_name: Option<String> = None;
         for v in &graph.input {
             // Before IR 4 an initializer is also listed as an input (its default value).
             if self.initializers.contains_key(v.name.as_str()) {
@@ -142,11 +169,33 @@ impl<'g> Builder<'g> {
             }
             let dims = t.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or(&[]);
             use pb::tensor_shape_proto::dimension::Value as Dim;
-            let features = match dims {
-                [_, f] => match f.value {
-                    Some(Dim::DimValue(n)) if n > 0 => n as usize,
-                    _ => return Err(refuse("its feature count is not fixed".into())),
-                },
+            let (rows, features) = match dims {
+                [r, f] => {
+                    let features = match f.value {
+                        Some(Dim::DimValue(n)) if n > 0 => n as usize,
+                        _ => return Err(refuse("its feature count is not fixed".into())),
+                    };
+                    // A fixed first dimension is that many rows whatever the batch (a context
+                    // row broadcast against it, say); a symbolic one is the batch, and all
+                    // inputs share it.
+                    let rows = match &r.value {
+                        Some(Dim::DimValue(n)) if *n > 0 => Rows::Fixed(*n as usize),
+                        Some(Dim::DimValue(n)) => {
+                            return Err(refuse(format!("first dimension {n}")))
+                        }
+                        Some(Dim::DimParam(p)) => {
+                            if batch_name.get_or_insert_with(|| p.clone()) != p {
+                                return Err(refuse(format!(
+                                    "first dimension {p:?}, another input's is {:?}: two batch sizes",
+                                    batch_name.unwrap_or_default()
+                                )));
+                            }
+                            Rows::Batch
+                        }
+                        None => Rows::Batch,
+                    };
+                    (rows, features)
+                }
                 _ => {
                     return Err(refuse(format!(
                         "rank {} (the dense plan takes [N, F])",
@@ -157,7 +206,7 @@ impl<'g> Builder<'g> {
             let id = self.add_value(
                 ValueInfo {
                     dtype: DType::F32,
-                    rows: Rows::Batch,
+                    rows,
                     cols: features,
                     rank: 2,
                 },
@@ -168,6 +217,10 @@ impl<'g> Builder<'g> {
                 PlanInput {
                     name: v.name.clone(),
                     features,
+                    rows: match rows {
+                        Rows::Fixed(n) => Some(n),
+                        Rows::Batch => None,
+                    },
                 },
                 id,
             ));
@@ -180,8 +233,16 @@ impl<'g> Builder<'g> {
         for v in &graph.output {
             let id = self.value(&v.name)?;
             let info = self.values[id];
-            if let Some(pb::type_proto::Value::TensorType(t)) =
+            let Some(pb::type_proto::Value::TensorType(t)) =
                 v.r#type.as_ref().and_then(|t| t.value.as_ref())
+            else {
+                // The runtime's metadata comes from the declaration: it must say what is served.
+                return Err(CompileError::Interface {
+                    what: "output",
+                    name: v.name.clone(),
+                    reason: "not declared as a tensor".into(),
+                });
+            };
             {
                 let ours = match info.dtype {
                     DType::F32 => FLOAT,
@@ -246,6 +307,15 @@ impl<'g> Builder<'g> {
             .iter()
             .try_fold(1usize, |n, &d| n.checked_mul(d))
             .ok_or_else(|| malformed(format!("dimensions {dims:?} overflow")))?;
+        // An empty constant could give a value any number of columns for no bytes of model (and
+        // a batch as much memory): none of the graphs the plan serves has one.
+        if count == 0 {
+            return Err(CompileError::Unsupported {
+                node: String::new(),
+                op: "(constant)".into(),
+                reason: format!("{name:?} has no elements (dimensions {dims:?})"),
+            });
+        }
         let data = match t.data_type {
             FLOAT => ConstData::F32(if t.raw_data.is_empty() {
                 t.float_data.clone()
@@ -388,7 +458,7 @@ impl<'g> Builder<'g> {
             "Mul" => self.binary(node, BinaryOp::Mul),
             "Div" => self.binary(node, BinaryOp::Div),
             "Relu" => self.unary(node, UnaryOp::Relu),
-            "LeakyRelu" => self.unary(node, UnaryOp::LeakyRelu(attr_float(node, "alpha", 0.01))),
+            "LeakyRelu" => self.unary(node, UnaryOp::LeakyRelu(attr_float(node, "alpha", 0.01)?)),
             "Sigmoid" => self.unary(node, UnaryOp::Sigmoid),
             "Tanh" => self.unary(node, UnaryOp::Tanh),
             "Neg" => self.unary(node, UnaryOp::Neg),
@@ -411,7 +481,7 @@ impl<'g> Builder<'g> {
             "Flatten" => {
                 let x = self.operand(node, 0)?;
                 let info = self.values[x];
-                let axis = attr_int(node, "axis", 1);
+                let axis = attr_int(node, "axis", 1)?;
                 if info.rank != 2 || !(axis == 1 || axis == -1) {
                     return Err(unsupported(
                         node,
@@ -424,7 +494,7 @@ impl<'g> Builder<'g> {
             "Cast" => {
                 let x = self.operand(node, 0)?;
                 let info = self.values[x];
-                let to = attr_int(node, "to", 0);
+                let to = attr_int(node, "to", 0)?;
                 match (info.dtype, to) {
                     (DType::F32, 1) | (DType::I64, 7) => self.alias(node, x, info),
                     _ => Err(unsupported(
@@ -477,12 +547,21 @@ impl<'g> Builder<'g> {
 
     /// ONNX Gemm: `Y = alpha * A' · B' + beta * C`.
     fn gemm(&mut self, node: &pb::NodeProto) -> Result<(), CompileError> {
-        if attr_int(node, "transA", 0) != 0 {
+        if attr_int(node, "transA", 0)? != 0 {
             return Err(unsupported(node, "transA"));
         }
         let (a, ainfo) = self.dynamic_matrix(node, 0)?;
         let (r, c, data) = self.const_matrix(node, 1)?;
-        let (k, n, weights) = if attr_int(node, "transB", 0) != 0 {
+        let trans_b = attr_int(node, "transB", 0)? != 0;
+        if (if trans_b { c } else { r }) != ainfo.cols {
+            return Err(CompileError::Malformed(format!(
+                "node {:?} (Gemm): A has {} columns, B' {} rows",
+                node.name,
+                ainfo.cols,
+                if trans_b { c } else { r }
+            )));
+        }
+        let (k, n, weights) = if trans_b {
             let mut t = vec![0.0; data.len()];
             for i in 0..r {
                 for j in 0..c {
@@ -499,7 +578,10 @@ impl<'g> Builder<'g> {
                 node.name, ainfo.cols
             )));
         }
-        let beta = attr_float(node, "beta", 1.0);
+        if input(node, 2).is_none() && self.opset < 11 {
+            return Err(unsupported(node, "C is required before opset 11"));
+        }
+        let beta = attr_float(node, "beta", 1.0)?;
         let bias = match input(node, 2) {
             None => None,
             Some(name) => {
@@ -525,7 +607,7 @@ impl<'g> Builder<'g> {
                 (beta != 0.0).then_some(bias)
             }
         };
-        let alpha = attr_float(node, "alpha", 1.0);
+        let alpha = attr_float(node, "alpha", 1.0)?;
         let info = ValueInfo {
             dtype: DType::F32,
             rows: ainfo.rows,
@@ -634,13 +716,17 @@ impl<'g> Builder<'g> {
         self.push(node, info, |out| Step::Unary { op, x, out })
     }
 
-    /// The axis a rank-2 operator works along must be the last (features).
+    /// The axis a rank-2 operator works along must be the last (features); a negative axis only
+    /// from opset 11, where ONNX allows it.
     fn last_axis(
         &self,
         node: &pb::NodeProto,
         info: ValueInfo,
         axis: i64,
     ) -> Result<(), CompileError> {
+        if axis < 0 && self.opset < 11 {
+            return Err(unsupported(node, format!("axis {axis} before opset 11")));
+        }
         if info.rank != 2 || !(axis == 1 || axis == -1) {
             return Err(unsupported(
                 node,
@@ -658,7 +744,7 @@ impl<'g> Builder<'g> {
         let info = self.values[x];
         // Opset 13 made the default axis -1; before, 1 with the input coerced to 2-D: the same for
         // a rank-2 input.
-        let axis = attr_int(node, "axis", if self.opset >= 13 { -1 } else { 1 });
+        let axis = attr_int(node, "axis", if self.opset >= 13 { -1 } else { 1 })?;
         self.last_axis(node, info, axis)?;
         if info.dtype != DType::F32 {
             return Err(unsupported(node, "the operand is not float32"));
@@ -667,9 +753,11 @@ impl<'g> Builder<'g> {
     }
 
     fn concat(&mut self, node: &pb::NodeProto) -> Result<(), CompileError> {
-        let axis = attr(node, "axis").map(|a| a.i).ok_or_else(|| {
-            CompileError::Malformed(format!("node {:?} (Concat) has no axis", node.name))
-        })?;
+        let axis = typed_attr(node, "axis", ATTR_INT)?
+            .map(|a| a.i)
+            .ok_or_else(|| {
+                CompileError::Malformed(format!("node {:?} (Concat) has no axis", node.name))
+            })?;
         let xs = (0..node.input.len())
             .map(|i| self.operand(node, i))
             .collect::<Result<Vec<_>, _>>()?;
@@ -695,18 +783,18 @@ impl<'g> Builder<'g> {
     fn argmax(&mut self, node: &pb::NodeProto) -> Result<(), CompileError> {
         let x = self.operand(node, 0)?;
         let info = self.values[x];
-        self.last_axis(node, info, attr_int(node, "axis", 0))?;
+        self.last_axis(node, info, attr_int(node, "axis", 0)?)?;
         if info.dtype != DType::F32 || info.cols == 0 {
             return Err(unsupported(
                 node,
                 "the operand is not float32 with at least one column",
             ));
         }
-        let keepdims = attr_int(node, "keepdims", 1) != 0;
+        let keepdims = attr_int(node, "keepdims", 1)? != 0;
         if !keepdims && info.rows != Rows::Batch {
             return Err(unsupported(node, "keepdims=0 on a constant"));
         }
-        let last = attr_int(node, "select_last_index", 0) != 0;
+        let last = attr_int(node, "select_last_index", 0)? != 0;
         let out = ValueInfo {
             dtype: DType::I64,
             rows: info.rows,
@@ -725,7 +813,7 @@ impl<'g> Builder<'g> {
             return Err(unsupported(node, "the operand is not a float32 matrix"));
         }
         let row = |name: &str| -> Result<Vec<f32>, CompileError> {
-            let v = attr(node, name)
+            let v = typed_attr(node, name, ATTR_FLOATS)?
                 .map(|a| a.floats.clone())
                 .unwrap_or_default();
             match v.len() {
@@ -819,7 +907,10 @@ impl<'g> Builder<'g> {
         let Some(ConstData::I64(shape)) = &self.consts[s] else {
             return Err(unsupported(node, "the shape is not an int64 constant"));
         };
-        let allowzero = attr_int(node, "allowzero", 0) != 0;
+        if self.values[s].rank != 1 {
+            return Err(unsupported(node, "the shape is not a vector"));
+        }
+        let allowzero = attr_int(node, "allowzero", 0)? != 0;
         let cols = info.cols as i64;
         let target = match (info.rank, info.rows, shape.as_slice()) {
             (2, _, [-1 | 0, c]) if *c == cols && !allowzero => info,
@@ -850,6 +941,20 @@ impl<'g> Builder<'g> {
         let a = node.attribute.first().ok_or_else(|| {
             CompileError::Malformed(format!("Constant {:?} has no value", node.name))
         })?;
+        let kind = match a.name.as_str() {
+            "value" => ATTR_TENSOR,
+            "value_float" => ATTR_FLOAT,
+            "value_floats" => ATTR_FLOATS,
+            "value_int" => ATTR_INT,
+            "value_ints" => ATTR_INTS,
+            _ => a.r#type,
+        };
+        if a.r#type != kind {
+            return Err(CompileError::Malformed(format!(
+                "Constant {:?}: {} of attribute type {}",
+                node.name, a.name, a.r#type
+            )));
+        }
         let (info, data) = match a.name.as_str() {
             "value" => {
                 let t = a.t.as_ref().ok_or_else(|| {
@@ -1070,6 +1175,14 @@ impl<'g> Builder<'g> {
                 last_read.insert(id, i);
             }
         }
+        // Constants folded into steps (weights, biases, scales) are not kept a second time.
+        let mut consts = self.consts;
+        let read: HashSet<ValueId> = steps.iter().flat_map(Step::reads).collect();
+        for (id, c) in consts.iter_mut().enumerate() {
+            if !read.contains(&id) && !kept.contains(&id) {
+                *c = None;
+            }
+        }
         let mut release_after = vec![Vec::new(); steps.len()];
         for (id, i) in last_read {
             if !kept.contains(&id) {
@@ -1080,7 +1193,7 @@ impl<'g> Builder<'g> {
             inputs,
             outputs,
             values: self.values,
-            consts: self.consts,
+            consts,
             steps,
             release_after,
         }

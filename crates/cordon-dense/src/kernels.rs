@@ -37,21 +37,6 @@ kernel!(AddBiasActivate<'a> { out: &'a mut [f32], bias: &'a [f32], n: usize, act
     }
 });
 
-kernel!(Gemv<'a> { out: &'a mut [f32], a: &'a [f32], w: &'a [f32], k: usize, n: usize, alpha: f32 } => |g| {
-    // Each output row is a sum of the weight rows scaled by the input's elements: contiguous
-    // loads of `w`, vectorized along the outputs.
-    let Gemv { out, a, w, k, n, alpha } = g;
-    for (row, x) in out.chunks_exact_mut(n).zip(a.chunks_exact(k)) {
-        row.fill(0.0);
-        for (&xi, wi) in x.iter().zip(w.chunks_exact(n)) {
-            row.iter_mut().zip(wi).for_each(|(o, &wij)| *o = madd::<FMA>(xi, wij, *o));
-        }
-        if alpha != 1.0 {
-            row.iter_mut().for_each(|o| *o *= alpha);
-        }
-    }
-});
-
 kernel!(Scale<'a> { out: &'a mut [f32], x: &'a [f32], offset: &'a [f32], op: BinaryOp, scale: &'a [f32] } => |k| {
     let Scale { out, x, offset, op, scale } = k;
     let cols = offset.len().max(1);
@@ -115,10 +100,11 @@ macro_rules! dispatch {
     };
 }
 
+/// Whether pulp runs kernels in its AVX2 + FMA path (the same detection, so that the FMA kernels
+/// never run in its scalar path, where `mul_add` would be a library call).
 fn has_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("avx2");
+    return pulp::x86::V3::try_new().is_some();
     #[cfg(not(target_arch = "x86_64"))]
     return false;
 }
@@ -133,9 +119,11 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-/// Up to this many rows, a product is computed row by row (faer's GEMM packs its operands first,
-/// which a single row does not repay).
-const GEMV_ROWS: usize = 2;
+/// The longest sum faer is given at once. Up to this depth its result for a row has the same bits
+/// whatever the number of rows (measured over a grid of shapes, kept by
+/// `products_do_not_depend_on_the_batch`); a deeper product is summed in slices of this depth, and
+/// a single row is computed as two (a zero row added), which faer blocks like any batch.
+const SLICE_DEPTH: usize = 512;
 
 /// `out[m, n] = activation(alpha * a[m, k] · w[k, n] (+ bias[n]))`, all row-major, on one thread
 /// (the runtime runs concurrent requests on its other cores).
@@ -150,20 +138,28 @@ pub(crate) fn matmul(
 ) {
     if k == 0 {
         out.fill(0.0);
-    } else if m <= GEMV_ROWS && n > 0 {
-        dispatch!(Gemv {
-            out,
-            a,
-            w,
-            k,
-            n,
-            alpha
-        });
+    } else if m == 1 && k > SLICE_DEPTH {
+        let mut padded = vec![0.0; 2 * k];
+        padded[..k].copy_from_slice(a);
+        let mut both = vec![0.0; 2 * n];
+        matmul(&mut both, &padded, w, (2, k, n), alpha, None, None);
+        out.copy_from_slice(&both[..n]);
     } else {
         let a = MatRef::from_row_major_slice(a, m, k);
         let w = MatRef::from_row_major_slice(w, k, n);
-        let o = MatMut::from_row_major_slice_mut(out, m, n);
-        faer::linalg::matmul::matmul(o, Accum::Replace, a, w, alpha, Par::Seq);
+        let mut start = 0;
+        while start < k {
+            let depth = SLICE_DEPTH.min(k - start);
+            let accum = if start == 0 {
+                Accum::Replace
+            } else {
+                Accum::Add
+            };
+            let o = MatMut::from_row_major_slice_mut(out, m, n);
+            let (a, w) = (a.subcols(start, depth), w.subrows(start, depth));
+            faer::linalg::matmul::matmul(o, accum, a, w, alpha, Par::Seq);
+            start += depth;
+        }
     }
     match (bias, activation) {
         (Some(bias), activation) => dispatch!(AddBiasActivate {
@@ -330,7 +326,8 @@ pub(crate) fn softmax(x: &mut [f32], cols: usize) {
 }
 
 /// The index of each row's largest element: the first one, or the last with `last`, as ONNX's
-/// `select_last_index`. NaN is never the largest, unless a row holds only NaN (then index 0).
+/// `select_last_index`. With NaN, as ONNX Runtime: a comparison with NaN is false, so a NaN at
+/// index 0 stays the answer and a NaN elsewhere is never chosen.
 pub(crate) fn argmax(x: &[f32], cols: usize, last: bool, out: &mut [i64]) {
     if cols == 0 {
         return;
@@ -339,7 +336,7 @@ pub(crate) fn argmax(x: &[f32], cols: usize, last: bool, out: &mut [i64]) {
         let mut best = 0;
         for (j, &v) in row.iter().enumerate().skip(1) {
             let better = if last { v >= row[best] } else { v > row[best] };
-            if better || (row[best].is_nan() && !v.is_nan()) {
+            if better {
                 best = j;
             }
         }
@@ -403,25 +400,48 @@ mod tests {
         assert!(x[1] < 1e-37 && x[2] < 1e-37);
     }
 
+    /// ONNX Runtime's rule: a later element wins only if greater (or, with `select_last_index`,
+    /// not less) than the best so far, which starts at index 0; so a NaN there stays.
     #[test]
-    fn argmax_ties_and_nan() {
-        let x = [
-            1.0,
-            3.0,
-            3.0,
-            f32::NAN,
-            2.0,
-            2.0,
-            f32::NAN,
-            f32::NAN,
-            f32::NAN,
-        ];
-        let mut first = [9; 3];
-        let mut last = [9; 3];
+    fn argmax_ties_and_nan_as_onnx_runtime() {
+        let nan = f32::NAN;
+        let x = [1.0, 3.0, 3.0, nan, 2.0, 2.0, nan, nan, nan, 2.0, nan, 5.0];
+        let mut first = [9; 4];
+        let mut last = [9; 4];
         argmax(&x, 3, false, &mut first);
         argmax(&x, 3, true, &mut last);
-        assert_eq!(first, [1, 1, 0]);
-        assert_eq!(last, [2, 2, 0]);
+        assert_eq!(first, [1, 0, 0, 2]);
+        assert_eq!(last, [2, 0, 0, 2]);
+    }
+
+    /// A row's product has the same bits whether it is computed alone or in a batch: a client's
+    /// answer does not depend on (or tell) what was batched with it.
+    #[test]
+    fn products_do_not_depend_on_the_batch() {
+        let fill = |n: usize, seed: u32| -> Vec<f32> {
+            let mut x = seed;
+            (0..n)
+                .map(|_| {
+                    x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (x >> 8) as f32 / 16_777_216.0 - 0.5
+                })
+                .collect()
+        };
+        for k in [1, 3, 30, 64, 200, 512, 513, 700, 1024, 2000] {
+            for n in [1, 2, 3, 16, 64, 256] {
+                let (a, w) = (fill(64 * k, 3), fill(k * n, 7));
+                let mut batch = vec![0.0; 64 * n];
+                matmul(&mut batch, &a, &w, (64, k, n), 1.0, None, None);
+                for m in [1, 2, 3, 4, 7, 31] {
+                    let mut part = vec![0.0; m * n];
+                    matmul(&mut part, &a[..m * k], &w, (m, k, n), 1.0, None, None);
+                    assert!(
+                        part == batch[..m * n],
+                        "k={k} n={n}: {m} rows differ from a batch's"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

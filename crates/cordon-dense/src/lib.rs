@@ -76,6 +76,15 @@ pub enum RunError {
         first: String,
         expected: usize,
     },
+    #[error("input {name:?} has {found} rows, the model fixes {expected}")]
+    FixedRows {
+        name: String,
+        found: usize,
+        expected: usize,
+    },
+    /// A batch whose values would not fit in memory (rows × columns overflows).
+    #[error("a batch of {rows} rows is too large for this model")]
+    TooLarge { rows: usize },
 }
 
 /// A graph input: `float32 [rows, features]`.
@@ -83,6 +92,8 @@ pub enum RunError {
 pub struct PlanInput {
     pub name: String,
     pub features: usize,
+    /// The rows the graph fixes for it; `None`: one per sample of the batch.
+    pub rows: Option<usize>,
 }
 
 /// One input's elements for [`DensePlan::run`], row-major.
@@ -367,6 +378,16 @@ impl DensePlan {
                     found: input.data.len(),
                 });
             }
+            if let Some(fixed) = meta.rows {
+                if input.rows != fixed {
+                    return Err(RunError::FixedRows {
+                        name: meta.name.clone(),
+                        found: input.rows,
+                        expected: fixed,
+                    });
+                }
+                continue;
+            }
             match batch {
                 None => batch = Some((input.rows, &meta.name)),
                 Some((rows, first)) if rows != input.rows => {
@@ -380,7 +401,16 @@ impl DensePlan {
                 Some(_) => {}
             }
         }
-        Ok(batch.map_or(0, |(rows, _)| rows))
+        let batch = batch.map_or(0, |(rows, _)| rows);
+        // Every value's size, so that no step computes one that overflows.
+        if self
+            .values
+            .iter()
+            .any(|v| self.rows(*v, batch).checked_mul(v.cols).is_none())
+        {
+            return Err(RunError::TooLarge { rows: batch });
+        }
+        Ok(batch)
     }
 
     fn rows(&self, info: ValueInfo, batch: usize) -> usize {

@@ -130,6 +130,7 @@ fn check(
                 assert_eq!(v, want, "{name}/{out}: labels, rows {first}..{}", first + n);
             }
             OutputData::F32(v) => {
+                assert_eq!(v.len(), want.len(), "{name}/{out}: element count");
                 for (i, (&a, &b)) in v.iter().zip(want).enumerate() {
                     let d = (a as f64 - b).abs() / b.abs().max(1.0);
                     assert!(
@@ -157,6 +158,10 @@ fn every_dense_model_equals_onnx_runtime_in_batch_and_row_by_row() {
         let worst = check(&name, &run_rows(&plan, &ins, 0, rows), &want, 0, rows);
         for r in 0..rows {
             check(&name, &run_rows(&plan, &ins, r, 1), &want, r, 1);
+        }
+        // Small batches too (faer's small-matrix path, buffers reused within a call).
+        for (first, n) in [(0, 2), (5, 3), (rows - 7, 7)] {
+            check(&name, &run_rows(&plan, &ins, first, n), &want, first, n);
         }
         eprintln!("{name}: {rows} rows, largest scaled difference {worst:.2e}");
     }
@@ -189,6 +194,16 @@ fn scalers_biases_and_activations_are_folded() {
     assert!(plan.ends_with("argmax\ngather 2\n"), "{plan}");
 }
 
+/// An attribute `name` holding the integer `i`, declared of type `kind`.
+fn int_attr(name: &str, i: i64, kind: i32) -> tract_onnx::pb::AttributeProto {
+    tract_onnx::pb::AttributeProto {
+        name: name.into(),
+        r#type: kind,
+        i,
+        ..Default::default()
+    }
+}
+
 /// What the plan does not implement is refused by name, so that the runtime runs it on tract.
 #[test]
 fn operators_outside_the_plan_are_refused_by_name() {
@@ -217,9 +232,7 @@ fn operators_outside_the_plan_are_refused_by_name() {
     // Gemm with the left operand transposed.
     let err = refused(&|m| {
         let i = node(m, "Gemm");
-        let mut a = tract_onnx::pb::AttributeProto::default();
-        a.name = "transA".into();
-        a.i = 1;
+        let a = int_attr("transA", 1, 2);
         m.graph.as_mut().unwrap().node[i].attribute.push(a);
     });
     assert!(err.contains("transA"), "{err}");
@@ -228,9 +241,7 @@ fn operators_outside_the_plan_are_refused_by_name() {
         let i = node(m, "Relu");
         let n = &mut m.graph.as_mut().unwrap().node[i];
         n.op_type = "Softmax".into();
-        let mut a = tract_onnx::pb::AttributeProto::default();
-        a.name = "axis".into();
-        a.i = 0;
+        let a = int_attr("axis", 0, 2);
         n.attribute.push(a);
     });
     assert!(err.contains("axis 0"), "{err}");
@@ -245,6 +256,52 @@ fn operators_outside_the_plan_are_refused_by_name() {
         }
     });
     assert!(err.contains("rank 3"), "{err}");
+    // An attribute of the wrong type (ONNX Runtime refuses the model; reading another field
+    // would compute something else).
+    let err = refused(&|m| {
+        let i = node(m, "Gemm");
+        let a = int_attr("alpha", 2, 2);
+        m.graph.as_mut().unwrap().node[i].attribute.push(a);
+    });
+    assert!(err.contains("attribute alpha has type 2"), "{err}");
+    // A node output named like an initializer: a second definition.
+    let err = refused(&|m| {
+        let g = m.graph.as_mut().unwrap();
+        let name = g.initializer[0].name.clone();
+        let i = g.node.iter().position(|n| n.op_type == "Relu").unwrap();
+        let old = std::mem::replace(&mut g.node[i].output[0], name.clone());
+        for n in &mut g.node {
+            n.input
+                .iter_mut()
+                .filter(|x| **x == old)
+                .for_each(|x| *x = name.clone());
+        }
+    });
+    assert!(err.contains("defined more than once"), "{err}");
+    // An empty weight matrix declaring 2^40 columns: no bytes of model, terabytes per batch.
+    let err = refused(&|m| {
+        let g = m.graph.as_mut().unwrap();
+        let i = g.node.iter().position(|n| n.op_type == "Gemm").unwrap();
+        let b = g.node[i].input[1].clone();
+        let t = g.initializer.iter_mut().find(|t| t.name == b).unwrap();
+        t.dims = vec![0, 1 << 40];
+        t.raw_data.clear();
+        t.float_data.clear();
+    });
+    assert!(err.contains("no elements"), "{err}");
+    // Two inputs with different batch dimensions.
+    let err = {
+        let mut model = load("d_bc_2in_32x32_relu");
+        let g = model.graph.as_mut().unwrap();
+        if let Some(tract_onnx::pb::type_proto::Value::TensorType(t)) =
+            g.input[1].r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            t.shape.as_mut().unwrap().dim[0].value =
+                Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimParam("M".into()));
+        }
+        DensePlan::compile(&model).unwrap_err().to_string()
+    };
+    assert!(err.contains("two batch sizes"), "{err}");
     // An initializer whose bytes do not fill its dimensions.
     let err = refused(&|m| {
         let g = m.graph.as_mut().unwrap();
@@ -260,6 +317,91 @@ fn operators_outside_the_plan_are_refused_by_name() {
         }
     });
     assert!(err.contains("malformed") || err.contains("hold"), "{err}");
+}
+
+/// A float32 input `[dim0, cols]` for a hand-made graph.
+fn tensor_input(
+    name: &str,
+    dim0: tract_onnx::pb::tensor_shape_proto::dimension::Value,
+    cols: i64,
+) -> tract_onnx::pb::ValueInfoProto {
+    use tract_onnx::pb;
+    let dim = |v| pb::tensor_shape_proto::Dimension {
+        value: Some(v),
+        ..Default::default()
+    };
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto {
+                    dim: vec![
+                        dim(dim0),
+                        dim(pb::tensor_shape_proto::dimension::Value::DimValue(cols)),
+                    ],
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// An input whose first dimension the graph fixes (a context row broadcast against the batch) is
+/// that many rows, whatever the batch: served, and refused with another count.
+#[test]
+fn an_input_of_fixed_rows_broadcasts_against_the_batch() {
+    use tract_onnx::pb;
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dim;
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(pb::GraphProto {
+            node: vec![pb::NodeProto {
+                input: vec!["x".into(), "ctx".into()],
+                output: vec!["y".into()],
+                op_type: "Add".into(),
+                ..Default::default()
+            }],
+            input: vec![
+                tensor_input("x", Dim::DimParam("N".into()), 3),
+                tensor_input("ctx", Dim::DimValue(1), 3),
+            ],
+            output: vec![tensor_input("y", Dim::DimParam("N".into()), 3)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let plan = DensePlan::compile(&model).unwrap();
+    let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let out = plan
+        .run(&[
+            InputData { rows: 2, data: &x },
+            InputData {
+                rows: 1,
+                data: &[10.0, 20.0, 30.0],
+            },
+        ])
+        .unwrap();
+    assert_eq!(out[0].shape, vec![2, 3]);
+    assert_eq!(
+        out[0].data,
+        OutputData::F32(vec![11.0, 22.0, 33.0, 14.0, 25.0, 36.0])
+    );
+    let err = plan
+        .run(&[
+            InputData {
+                rows: 1,
+                data: &x[..3],
+            },
+            InputData { rows: 2, data: &x },
+        ])
+        .unwrap_err();
+    assert!(err.to_string().contains("the model fixes 1"), "{err}");
 }
 
 #[test]

@@ -198,6 +198,7 @@ cordon measure tdx --event-log ccel.bin --quote quote.bin --json", EXIT_DEFAULT)
 ./target/release/cordon bench serve --concurrency 64 --seconds 10 --json", EXIT_DEFAULT),
     ("bench train", "./target/release/cordon bench train --rows 100000 --algorithms gbdt", EXIT_DEFAULT),
     ("bench trees", "./target/release/cordon bench trees --calls 500 --json", EXIT_DEFAULT),
+    ("bench dense", "./target/release/cordon bench dense --threads 2 --no-tract", EXIT_DEFAULT),
     ("bench kbs", "./target/release/cordon bench kbs --clients 1,8,64 --seconds 5\n\
 ./target/release/cordon bench kbs --quick --json results.json", EXIT_DEFAULT),
     ("completions", "cordon completions bash > ~/.local/share/bash-completion/completions/cordon\n\
