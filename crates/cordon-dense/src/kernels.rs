@@ -79,9 +79,14 @@ fn apply<const FMA: bool>(op: UnaryOp, x: &mut [f32]) {
 }
 
 kernel!(Softmax<'a> { x: &'a mut [f32], cols: usize } => |k| {
+    // In three passes, so that the exponentials (the cost) are one loop over the whole batch,
+    // vectorized however few the columns.
     for row in k.x.chunks_exact_mut(k.cols) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        row.iter_mut().for_each(|v| *v = exp::<FMA>(*v - max));
+        row.iter_mut().for_each(|v| *v -= max);
+    }
+    k.x.iter_mut().for_each(|v| *v = exp::<FMA>(*v));
+    for row in k.x.chunks_exact_mut(k.cols) {
         let inv = 1.0 / row.iter().sum::<f32>();
         row.iter_mut().for_each(|v| *v *= inv);
     }
