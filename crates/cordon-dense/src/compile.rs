@@ -1008,11 +1008,8 @@ impl<'g> Builder<'g> {
     /// A standardisation, `(x - offset) / scale` or `(x - offset) * scale` by constant rows,
     /// in one pass instead of two (the same two operations on each element).
     fn fuse_scalers(&self, steps: Vec<Step>, outputs: &HashSet<ValueId>) -> Vec<Step> {
-        let mut readers: HashMap<ValueId, usize> = HashMap::new();
-        for id in steps.iter().flat_map(Step::reads) {
-            *readers.entry(id).or_default() += 1;
-        }
-        let alone = |id: ValueId| readers.get(&id) == Some(&1) && !outputs.contains(&id);
+        let single = read_once(&steps, outputs);
+        let alone = |id: ValueId| single.contains(&id);
         let mut fused: Vec<Step> = Vec::with_capacity(steps.len());
         // Where in `fused` each `x - offset` is.
         let mut centered: HashMap<ValueId, usize> = HashMap::new();
@@ -1068,11 +1065,8 @@ impl<'g> Builder<'g> {
     /// reads the product, so that one pass over it does both. The arithmetic is the same, in the
     /// same order: a product without a bias of its own gets the `Add`'s constant row as its bias.
     fn fuse(&self, steps: Vec<Step>, outputs: &HashSet<ValueId>) -> Vec<Step> {
-        let mut readers: HashMap<ValueId, usize> = HashMap::new();
-        for id in steps.iter().flat_map(Step::reads) {
-            *readers.entry(id).or_default() += 1;
-        }
-        let alone = |id: ValueId| readers.get(&id) == Some(&1) && !outputs.contains(&id);
+        let single = read_once(&steps, outputs);
+        let alone = |id: ValueId| single.contains(&id);
         let mut fused: Vec<Step> = Vec::with_capacity(steps.len());
         // Where in `fused` the product of each value is.
         let mut products: HashMap<ValueId, usize> = HashMap::new();
@@ -1198,6 +1192,19 @@ impl<'g> Builder<'g> {
             release_after,
         }
     }
+}
+
+/// The values exactly one step reads and no graph output is: what a fusion may fold away.
+fn read_once(steps: &[Step], outputs: &HashSet<ValueId>) -> HashSet<ValueId> {
+    let mut readers: HashMap<ValueId, usize> = HashMap::new();
+    for id in steps.iter().flat_map(Step::reads) {
+        *readers.entry(id).or_default() += 1;
+    }
+    readers
+        .into_iter()
+        .filter(|&(id, n)| n == 1 && !outputs.contains(&id))
+        .map(|(id, _)| id)
+        .collect()
 }
 
 impl ValueInfo {

@@ -23,53 +23,45 @@ fn load(name: &str) -> tract_onnx::pb::ModelProto {
         .unwrap()
 }
 
-/// (shape, data) of each input, in file order.
-fn inputs(name: &str) -> Vec<(Vec<usize>, Vec<f32>)> {
-    let doc = read_json(&zoo().join(format!("{name}.input.json")));
-    doc["inputs"]
+/// The tensors of a zoo file (`NAME.input.json`'s "inputs", `NAME.expected.json`'s "outputs"):
+/// name, shape and elements, in file order.
+fn tensors(file: &str, key: &str) -> Vec<(String, Vec<usize>, Vec<f64>)> {
+    let doc = read_json(&zoo().join(file));
+    let numbers = |v: &Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    doc[key]
         .as_array()
         .unwrap()
         .iter()
         .map(|t| {
-            let shape = t["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
+            let shape = numbers(&t["shape"])
+                .into_iter()
+                .map(|d| d as usize)
                 .collect();
-            let data = t["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect();
-            (shape, data)
+            (
+                t["name"].as_str().unwrap().to_string(),
+                shape,
+                numbers(&t["data"]),
+            )
         })
         .collect()
 }
 
-fn expected(name: &str) -> Vec<(String, Vec<usize>, Vec<f64>)> {
-    let doc = read_json(&zoo().join(format!("{name}.expected.json")));
-    doc["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            let shape = t["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
-            let data = t["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
-            (t["name"].as_str().unwrap().to_string(), shape, data)
-        })
+/// (shape, data) of each input, in file order.
+fn inputs(name: &str) -> Vec<(Vec<usize>, Vec<f32>)> {
+    tensors(&format!("{name}.input.json"), "inputs")
+        .into_iter()
+        .map(|(_, shape, data)| (shape, data.into_iter().map(|v| v as f32).collect()))
         .collect()
+}
+
+fn expected(name: &str) -> Vec<(String, Vec<usize>, Vec<f64>)> {
+    tensors(&format!("{name}.expected.json"), "outputs")
 }
 
 fn models() -> Vec<(String, Vec<String>)> {
