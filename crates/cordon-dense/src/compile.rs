@@ -43,6 +43,7 @@ pub(crate) fn compile(model: &pb::ModelProto) -> Result<DensePlan, CompileError>
         values: Vec::new(),
         consts: Vec::new(),
         steps: Vec::new(),
+        unsettled: HashSet::new(),
     };
     let inputs = b.inputs(graph)?;
     for node in &graph.node {
@@ -59,6 +60,8 @@ struct Builder<'g> {
     values: Vec<ValueInfo>,
     consts: Vec<Option<ConstData>>,
     steps: Vec<Step>,
+    /// Values whose ONNX shape differs from the plan's until a Reshape names it (gathered labels).
+    unsettled: HashSet<ValueId>,
 }
 
 fn unsupported(node: &pb::NodeProto, reason: impl Into<String>) -> CompileError {
@@ -121,11 +124,47 @@ fn view(dims: &[usize]) -> (Rows, usize) {
     }
 }
 
+/// The widest value the plan makes (columns): far above any dense layer, far below what would
+/// let a small model ask a call for gigabytes per row (a `Concat` of a value with itself, repeated).
+pub(crate) const MAX_COLUMNS: usize = 1 << 20;
+/// The most elements of a value whose rows are fixed (not one per sample): constants and what is
+/// computed from them alone (an outer product of two constant vectors, say).
+pub(crate) const MAX_FIXED_ELEMENTS: usize = 1 << 26;
+
 impl<'g> Builder<'g> {
-    fn add_value(&mut self, info: ValueInfo, data: Option<ConstData>) -> ValueId {
+    fn add_value(
+        &mut self,
+        info: ValueInfo,
+        data: Option<ConstData>,
+    ) -> Result<ValueId, CompileError> {
+        let fixed = match info.rows {
+            Rows::Fixed(r) => r.checked_mul(info.cols),
+            Rows::Batch => Some(0),
+        };
+        if info.cols > MAX_COLUMNS || fixed.is_none_or(|n| n > MAX_FIXED_ELEMENTS) {
+            return Err(CompileError::Unsupported {
+                node: String::new(),
+                op: "(value)".into(),
+                reason: format!(
+                    "a value of {} rows x {} columns (the plan makes at most {MAX_COLUMNS} columns, \
+                     {MAX_FIXED_ELEMENTS} elements of fixed size)",
+                    info.rows_text(),
+                    info.cols
+                ),
+            });
+        }
         self.values.push(info);
         self.consts.push(data);
-        self.values.len() - 1
+        Ok(self.values.len() - 1)
+    }
+
+    /// How many of the graph's listed inputs are initializers (IR before 4 lists them).
+    fn initializers_listed(&self, graph: &pb::GraphProto) -> usize {
+        graph
+            .input
+            .iter()
+            .filter(|v| self.initializers.contains_key(v.name.as_str()))
+            .count()
     }
 
     fn define(&mut self, name: &str, id: ValueId) -> Result<(), CompileError> {
@@ -178,7 +217,8 @@ impl<'g> Builder<'g> {
                     // A fixed first dimension is that many rows whatever the batch (a context
                     // row broadcast against it, say); a symbolic one is the batch, and all
                     // inputs share it.
-                    let rows = match &r.value {
+                    let unnamed = matches!(&r.value, Some(Dim::DimParam(p)) if p.is_empty());
+                    let rows = match if unnamed { &None } else { &r.value } {
                         Some(Dim::DimValue(n)) if *n > 0 => Rows::Fixed(*n as usize),
                         Some(Dim::DimValue(n)) => {
                             return Err(refuse(format!("first dimension {n}")))
@@ -192,7 +232,16 @@ impl<'g> Builder<'g> {
                             }
                             Rows::Batch
                         }
-                        None => Rows::Batch,
+                        // Unnamed: each input its own size for ONNX Runtime and tract; as the
+                        // batch only when it is the one input.
+                        None if graph.input.len() - self.initializers_listed(graph) <= 1 => {
+                            Rows::Batch
+                        }
+                        None => {
+                            return Err(refuse(
+                                "an unnamed first dimension beside other inputs".into(),
+                            ))
+                        }
                     };
                     (rows, features)
                 }
@@ -211,7 +260,7 @@ impl<'g> Builder<'g> {
                     rank: 2,
                 },
                 None,
-            );
+            )?;
             self.define(&v.name, id)?;
             inputs.push((
                 PlanInput {
@@ -233,6 +282,13 @@ impl<'g> Builder<'g> {
         for v in &graph.output {
             let id = self.value(&v.name)?;
             let info = self.values[id];
+            if self.unsettled.contains(&id) || info.dtype == DType::I32 {
+                return Err(CompileError::Interface {
+                    what: "output",
+                    name: v.name.clone(),
+                    reason: "int32 labels, or labels of ONNX Runtime's [1, N] shape".into(),
+                });
+            }
             let Some(pb::type_proto::Value::TensorType(t)) =
                 v.r#type.as_ref().and_then(|t| t.value.as_ref())
             else {
@@ -246,7 +302,7 @@ impl<'g> Builder<'g> {
             {
                 let ours = match info.dtype {
                     DType::F32 => FLOAT,
-                    DType::I64 => INT64,
+                    DType::I64 | DType::I32 => INT64,
                 };
                 let rank = t.shape.as_ref().map(|s| s.dim.len());
                 if t.elem_type != ours || rank.is_some_and(|r| r != info.rank as usize) {
@@ -365,11 +421,12 @@ impl<'g> Builder<'g> {
             )));
         }
         let (rows, cols) = view(&dims);
-        let dtype = match data {
-            ConstData::F32(_) => DType::F32,
-            ConstData::I64(_) => DType::I64,
+        let dtype = match (&data, t.data_type) {
+            (ConstData::F32(_), _) => DType::F32,
+            (ConstData::I64(_), INT32) => DType::I32,
+            (ConstData::I64(_), _) => DType::I64,
         };
-        Ok(self.add_value(
+        self.add_value(
             ValueInfo {
                 dtype,
                 rows,
@@ -377,7 +434,7 @@ impl<'g> Builder<'g> {
                 rank: dims.len() as u8,
             },
             Some(data),
-        ))
+        )
     }
 
     fn const_f32(&self, id: ValueId) -> Option<&[f32]> {
@@ -393,7 +450,7 @@ impl<'g> Builder<'g> {
         info: ValueInfo,
         step: impl FnOnce(ValueId) -> Step,
     ) -> Result<(), CompileError> {
-        let out = self.add_value(info, None);
+        let out = self.add_value(info, None)?;
         self.steps.push(step(out));
         let name = node.output.first().ok_or_else(|| {
             CompileError::Malformed(format!("node {:?} has no output", node.name))
@@ -416,7 +473,7 @@ impl<'g> Builder<'g> {
         } else {
             // Same elements, another shape: a view of the same buffer would need shape per slot, so
             // the reshaped value is a copy made by an identity step.
-            let out = self.add_value(info, None);
+            let out = self.add_value(info, None)?;
             self.steps.push(Step::Concat { xs: vec![id], out });
             out
         };
@@ -496,7 +553,18 @@ impl<'g> Builder<'g> {
                 let info = self.values[x];
                 let to = attr_int(node, "to", 0)?;
                 match (info.dtype, to) {
-                    (DType::F32, 1) | (DType::I64, 7) => self.alias(node, x, info),
+                    (DType::F32, 1) | (DType::I64, 7) | (DType::I32, 6) => {
+                        self.alias(node, x, info)
+                    }
+                    // int32 is held as int64: the cast only retypes.
+                    (DType::I32, 7) => self.alias(
+                        node,
+                        x,
+                        ValueInfo {
+                            dtype: DType::I64,
+                            ..info
+                        },
+                    ),
                     _ => Err(unsupported(
                         node,
                         format!("cast from {:?} to type {to}", info.dtype),
@@ -834,9 +902,9 @@ impl<'g> Builder<'g> {
             };
             b.add_value(info, Some(ConstData::F32(v)))
         };
-        let offset = constant(self, offset);
-        let scale = constant(self, scale);
-        let centered = self.add_value(info, None);
+        let offset = constant(self, offset)?;
+        let scale = constant(self, scale)?;
+        let centered = self.add_value(info, None)?;
         self.steps.push(Step::Binary {
             op: BinaryOp::Sub,
             a: x,
@@ -856,6 +924,8 @@ impl<'g> Builder<'g> {
     /// `[1, N]`; the plan holds the same elements as `[N]`, which every reshape it takes reads
     /// alike, and refuses the value as a graph output (declared rank 2).
     fn array_feature_extractor(&mut self, node: &pb::NodeProto) -> Result<(), CompileError> {
+        // The gathered labels have ONNX Runtime's shape [1, N] (tract's [N, 1]); the plan's [N] is
+        // right only after a Reshape names the shape: until then not a graph output.
         let table = self.operand(node, 0)?;
         let index = self.operand(node, 1)?;
         let (t, i) = (self.values[table], self.values[index]);
@@ -887,7 +957,7 @@ impl<'g> Builder<'g> {
             ));
         }
         let info = ValueInfo {
-            dtype: DType::I64,
+            dtype: t.dtype,
             rows: Rows::Batch,
             cols: 1,
             rank: 1,
@@ -896,7 +966,10 @@ impl<'g> Builder<'g> {
             table: labels,
             index,
             out,
-        })
+        })?;
+        let out = self.values.len() - 1;
+        self.unsettled.insert(out);
+        Ok(())
     }
 
     /// Reshapes that only name the shape the value has, or move between `[N]` and `[N, 1]`.
@@ -907,8 +980,8 @@ impl<'g> Builder<'g> {
         let Some(ConstData::I64(shape)) = &self.consts[s] else {
             return Err(unsupported(node, "the shape is not an int64 constant"));
         };
-        if self.values[s].rank != 1 {
-            return Err(unsupported(node, "the shape is not a vector"));
+        if self.values[s].rank != 1 || self.values[s].dtype != DType::I64 {
+            return Err(unsupported(node, "the shape is not an int64 vector"));
         }
         let allowzero = attr_int(node, "allowzero", 0)? != 0;
         let cols = info.cols as i64;
@@ -931,6 +1004,15 @@ impl<'g> Builder<'g> {
                 ))
             }
         };
+        if self.unsettled.contains(&x) {
+            // A copy, so that the reshaped value is another than the one of unsettled shape.
+            let out = self.add_value(target, None)?;
+            self.steps.push(Step::Concat { xs: vec![x], out });
+            let name = node.output.first().ok_or_else(|| {
+                CompileError::Malformed(format!("node {:?} has no output", node.name))
+            })?;
+            return self.define(name, out);
+        }
         self.alias(node, x, target)
     }
 
@@ -987,7 +1069,7 @@ impl<'g> Builder<'g> {
                 rank: info.2,
             },
             Some(data),
-        );
+        )?;
         self.define(name, id)
     }
 

@@ -24,16 +24,19 @@ macro_rules! kernel {
     };
 }
 
-kernel!(AddBiasActivate<'a> { out: &'a mut [f32], bias: &'a [f32], n: usize, activation: Option<UnaryOp> } => |k| {
-    let AddBiasActivate { out, bias, n, activation } = k;
-    let rows = out.chunks_exact_mut(n.max(1));
-    // One pass over the product: bias and activation together.
-    match activation {
-        None => rows.for_each(|row| row.iter_mut().zip(bias).for_each(|(o, b)| *o += b)),
-        Some(op) => rows.for_each(|row| {
+kernel!(Epilogue<'a> { out: &'a mut [f32], alpha: f32, bias: Option<&'a [f32]>, n: usize, activation: Option<UnaryOp> } => |k| {
+    // One pass over the product: alpha, bias and activation together.
+    let Epilogue { out, alpha, bias, n, activation } = k;
+    for row in out.chunks_exact_mut(n.max(1)) {
+        if alpha != 1.0 {
+            row.iter_mut().for_each(|o| *o *= alpha);
+        }
+        if let Some(bias) = bias {
             row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+        }
+        if let Some(op) = activation {
             apply::<FMA>(op, row);
-        }),
+        }
     }
 });
 
@@ -130,8 +133,10 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// a single row is computed as two (a zero row added), which faer blocks like any batch.
 const SLICE_DEPTH: usize = 512;
 
-/// `out[m, n] = activation(alpha * a[m, k] · w[k, n] (+ bias[n]))`, all row-major, on one thread
-/// (the runtime runs concurrent requests on its other cores).
+/// `out[m, n] = activation(alpha * (a[m, k] · w[k, n]) (+ bias[n]))`, all row-major, on one
+/// thread (the runtime runs concurrent requests on its other cores). faer is given alpha 1 (its
+/// single-row path would multiply alpha into the inputs, its batch path into the sums: other
+/// bits); alpha is applied after, with the bias.
 pub(crate) fn matmul(
     out: &mut [f32],
     a: &[f32],
@@ -147,7 +152,7 @@ pub(crate) fn matmul(
         let mut padded = vec![0.0; 2 * k];
         padded[..k].copy_from_slice(a);
         let mut both = vec![0.0; 2 * n];
-        matmul(&mut both, &padded, w, (2, k, n), alpha, None, None);
+        matmul(&mut both, &padded, w, (2, k, n), 1.0, None, None);
         out.copy_from_slice(&both[..n]);
     } else {
         let a = MatRef::from_row_major_slice(a, m, k);
@@ -162,19 +167,18 @@ pub(crate) fn matmul(
             };
             let o = MatMut::from_row_major_slice_mut(out, m, n);
             let (a, w) = (a.subcols(start, depth), w.subrows(start, depth));
-            faer::linalg::matmul::matmul(o, accum, a, w, alpha, Par::Seq);
+            faer::linalg::matmul::matmul(o, accum, a, w, 1.0, Par::Seq);
             start += depth;
         }
     }
-    match (bias, activation) {
-        (Some(bias), activation) => dispatch!(AddBiasActivate {
+    if alpha != 1.0 || bias.is_some() || activation.is_some() {
+        dispatch!(Epilogue {
             out,
+            alpha,
             bias,
             n,
             activation
-        }),
-        (None, Some(op)) => unary(op, out),
-        (None, None) => {}
+        });
     }
 }
 
@@ -332,7 +336,8 @@ fn tanh<const FMA: bool>(x: f32) -> f32 {
     let c = x.clamp(-9.0, 9.0);
     let y = c * c;
     let horner = |k: &[f32; 7]| k.iter().rev().fold(0.0, |acc, &k| madd::<FMA>(acc, y, k));
-    c * horner(&P) / horner(&Q)
+    // Near ±9 the convergent is a few ulp above 1: held to tanh's range (NaN passes).
+    (c * horner(&P) / horner(&Q)).clamp(-1.0, 1.0)
 }
 
 /// Softmax along each row of `x[.., cols]`, in place.
@@ -410,6 +415,15 @@ mod tests {
         assert_eq!(sigmoid::<FMA>(f32::INFINITY), 1.0);
         assert!(sigmoid::<FMA>(f32::NEG_INFINITY) < 1e-37);
         assert!((tanh::<FMA>(f32::INFINITY) - 1.0).abs() < 4e-7);
+        // Never out of tanh's range, where the convergent would round above 1.
+        let mut x = 7.0f32;
+        while x < 10.0 {
+            assert!(
+                tanh::<FMA>(x) <= 1.0 && tanh::<FMA>(-x) >= -1.0,
+                "tanh({x})"
+            );
+            x += 0.001;
+        }
         assert!((tanh::<FMA>(f32::NEG_INFINITY) + 1.0).abs() < 4e-7);
         assert_eq!(tanh::<FMA>(-0.0).to_bits(), (-0.0f32).to_bits());
         let mut x = [1000.0, 0.0, -1000.0];
@@ -448,15 +462,17 @@ mod tests {
         for k in [1, 3, 30, 64, 200, 512, 513, 700, 1024, 2000] {
             for n in [1, 2, 3, 16, 64, 256] {
                 let (a, w) = (fill(64 * k, 3), fill(k * n, 7));
-                let mut batch = vec![0.0; 64 * n];
-                matmul(&mut batch, &a, &w, (64, k, n), 1.0, None, None);
-                for m in [1, 2, 3, 4, 7, 31] {
-                    let mut part = vec![0.0; m * n];
-                    matmul(&mut part, &a[..m * k], &w, (m, k, n), 1.0, None, None);
-                    assert!(
-                        part == batch[..m * n],
-                        "k={k} n={n}: {m} rows differ from a batch's"
-                    );
+                for alpha in [1.0, 0.1] {
+                    let mut batch = vec![0.0; 64 * n];
+                    matmul(&mut batch, &a, &w, (64, k, n), alpha, None, None);
+                    for m in [1, 2, 3, 4, 7, 31] {
+                        let mut part = vec![0.0; m * n];
+                        matmul(&mut part, &a[..m * k], &w, (m, k, n), alpha, None, None);
+                        assert!(
+                            part == batch[..m * n],
+                            "k={k} n={n} alpha={alpha}: {m} rows differ from a batch's"
+                        );
+                    }
                 }
             }
         }

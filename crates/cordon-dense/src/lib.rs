@@ -82,8 +82,8 @@ pub enum RunError {
         found: usize,
         expected: usize,
     },
-    /// A batch whose values would not fit in memory (rows × columns overflows).
-    #[error("a batch of {rows} rows is too large for this model")]
+    /// A batch whose values would take more than [`MAX_CALL_BYTES`].
+    #[error("a batch of {rows} rows needs more than 4 GiB with this model: send fewer rows")]
     TooLarge { rows: usize },
 }
 
@@ -119,6 +119,9 @@ pub struct Output {
 
 type ValueId = usize;
 
+/// The most memory one call's values may take (counted as if all were alive at once).
+pub const MAX_CALL_BYTES: usize = 1 << 32;
+
 /// How many rows a value has: one per sample (the inputs' first dimension), or fixed by the graph
 /// (constants).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +134,8 @@ enum Rows {
 enum DType {
     F32,
     I64,
+    /// An int32 constant (labels), held as int64; never a graph output as such.
+    I32,
 }
 
 /// A value's type and shape: `rank` 2 is `[rows, cols]`; rank 1 is `[cols]` for a constant and
@@ -402,12 +407,19 @@ impl DensePlan {
             }
         }
         let batch = batch.map_or(0, |(rows, _)| rows);
-        // Every value's size, so that no step computes one that overflows.
-        if self
+        // What the call could hold at once (every value it computes alive, 8 bytes an element at
+        // most), refused above a budget rather than left to fail an allocation, which would abort
+        // the process.
+        let bytes = self
             .values
             .iter()
-            .any(|v| self.rows(*v, batch).checked_mul(v.cols).is_none())
-        {
+            .zip(&self.consts)
+            .filter(|(_, c)| c.is_none())
+            .try_fold(0usize, |all, (v, _)| {
+                let n = self.rows(*v, batch).checked_mul(v.cols)?;
+                all.checked_add(n.checked_mul(8)?)
+            });
+        if bytes.is_none_or(|b| b > MAX_CALL_BYTES) {
             return Err(RunError::TooLarge { rows: batch });
         }
         Ok(batch)
@@ -531,7 +543,7 @@ impl DensePlan {
                     concat_rows(&mut out, out_info.cols, &parts, |p| p.data, |p| p.cols);
                     Slot::F32(Cow::Owned(out))
                 }
-                DType::I64 => {
+                DType::I64 | DType::I32 => {
                     let mut out = vec![0i64; len];
                     let parts: Vec<(&[i64], usize)> = xs
                         .iter()

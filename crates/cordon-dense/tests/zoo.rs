@@ -183,7 +183,11 @@ fn scalers_biases_and_activations_are_folded() {
         plan.starts_with("scale 30 (Mul)\nmatmul 30x32 +bias Relu\n"),
         "{plan}"
     );
-    assert!(plan.ends_with("argmax\ngather 2\n"), "{plan}");
+    // Labels gathered, then copied by the Reshape that gives them their shape and the Cast to int64.
+    assert!(
+        plan.ends_with("argmax\ngather 2\nconcat 1\nconcat 1\n"),
+        "{plan}"
+    );
 }
 
 /// An attribute `name` holding the integer `i`, declared of type `kind`.
@@ -394,6 +398,112 @@ fn an_input_of_fixed_rows_broadcasts_against_the_batch() {
         ])
         .unwrap_err();
     assert!(err.to_string().contains("the model fixes 1"), "{err}");
+}
+
+/// A one-node-per-line graph for the refusal tests: float32 inputs `[dim0, cols]`, nodes
+/// `(op, inputs, output)`, outputs declared float32 `[N, ?]`.
+fn graph(
+    inputs: Vec<tract_onnx::pb::ValueInfoProto>,
+    nodes: &[(&str, &[&str], &str)],
+    initializers: Vec<tract_onnx::pb::TensorProto>,
+    output: &str,
+) -> tract_onnx::pb::ModelProto {
+    use tract_onnx::pb;
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dim;
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(pb::GraphProto {
+            node: nodes
+                .iter()
+                .map(|(op, ins, out)| pb::NodeProto {
+                    input: ins.iter().map(|s| s.to_string()).collect(),
+                    output: vec![out.to_string()],
+                    op_type: op.to_string(),
+                    attribute: if *op == "Concat" {
+                        vec![int_attr("axis", 1, 2)]
+                    } else {
+                        vec![]
+                    },
+                    ..Default::default()
+                })
+                .collect(),
+            input: inputs,
+            initializer: initializers,
+            output: vec![tensor_input(output, Dim::DimParam("N".into()), 1)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn float_constant(name: &str, dims: &[i64]) -> tract_onnx::pb::TensorProto {
+    let n: i64 = dims.iter().product();
+    tract_onnx::pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: 1,
+        raw_data: vec![0; n as usize * 4],
+        ..Default::default()
+    }
+}
+
+/// A small model must not make a call allocate gigabytes: values wider than the plan takes, or
+/// fixed values larger than it takes, are refused at load.
+#[test]
+fn small_models_that_would_make_huge_values_are_refused() {
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dim;
+    // Concat of a value with itself, 30 times: [N, 4] -> [N, 2^32] in a few hundred bytes.
+    let names: Vec<String> = (0..=30).map(|i| format!("v{i}")).collect();
+    let nodes: Vec<(&str, [&str; 2], &str)> = (0..30)
+        .map(|i| {
+            (
+                "Concat",
+                [names[i].as_str(), names[i].as_str()],
+                names[i + 1].as_str(),
+            )
+        })
+        .collect();
+    let nodes: Vec<(&str, &[&str], &str)> =
+        nodes.iter().map(|(o, i, n)| (*o, &i[..], *n)).collect();
+    let model = graph(
+        vec![tensor_input("v0", Dim::DimParam("N".into()), 4)],
+        &nodes,
+        vec![],
+        "v30",
+    );
+    let err = DensePlan::compile(&model).unwrap_err().to_string();
+    assert!(err.contains("at most 1048576 columns"), "{err}");
+    // The outer product of two constant vectors, recomputed at every call: 4096 x 65536.
+    let model = graph(
+        vec![tensor_input("x", Dim::DimParam("N".into()), 1)],
+        &[
+            ("Mul", &["col", "row"], "outer"),
+            ("Add", &["x", "outer"], "y"),
+        ],
+        vec![
+            float_constant("col", &[4096, 1]),
+            float_constant("row", &[1, 65536]),
+        ],
+        "y",
+    );
+    let err = DensePlan::compile(&model).unwrap_err().to_string();
+    assert!(err.contains("elements of fixed size"), "{err}");
+    // Two inputs whose first dimensions are unnamed: independent sizes for ONNX Runtime.
+    let model = graph(
+        vec![
+            tensor_input("a", Dim::DimParam(String::new()), 3),
+            tensor_input("b", Dim::DimParam(String::new()), 3),
+        ],
+        &[("Add", &["a", "b"], "y")],
+        vec![],
+        "y",
+    );
+    let err = DensePlan::compile(&model).unwrap_err().to_string();
+    assert!(err.contains("unnamed first dimension"), "{err}");
 }
 
 #[test]

@@ -182,6 +182,16 @@ fn evaluate_merged(
     jobs: &[Job],
 ) -> Option<Vec<Result<InferResponse, EngineError>>> {
     let total: usize = jobs.iter().map(|j| j.rows).sum();
+    // Only outputs the graph declares per sample (a symbolic first dimension) are split by rows:
+    // a fixed-size output that happens to have as many rows as the batch belongs to no one client.
+    if model
+        .metadata()
+        .outputs
+        .iter()
+        .any(|o| o.shape.first().is_none_or(|&d| d >= 0))
+    {
+        return None;
+    }
     let first = &jobs[0].request;
     let mut inputs = Vec::with_capacity(first.inputs.len());
     for (i, t) in first.inputs.iter().enumerate() {
@@ -293,6 +303,40 @@ mod tests {
             outputs: None,
             parameters: None,
         }
+    }
+
+    /// An output the graph declares with a fixed first dimension belongs to no one request, even
+    /// when the merged batch has that many rows: such a batch is not split (each request is then
+    /// evaluated alone).
+    #[test]
+    fn outputs_of_fixed_size_are_not_split_between_requests() {
+        use prost::Message;
+        use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dim;
+        use tract_onnx::prelude::Framework;
+        let jobs = |n: usize| -> Vec<Job> {
+            (0..n)
+                .map(|i| Job {
+                    request: request(i, 1),
+                    rows: 1,
+                    reply: oneshot::channel().0,
+                })
+                .collect()
+        };
+        let model = OnnxModel::load("mlp", "1", MLP).unwrap();
+        assert!(evaluate_merged(&model, &jobs(2)).is_some());
+        let mut proto = cordon_trees::onnx_parser()
+            .proto_model_for_read(&mut &MLP[..])
+            .unwrap();
+        let graph = proto.graph.as_mut().unwrap();
+        let probabilities = graph.output.iter_mut().find(|o| o.name == "probabilities");
+        if let Some(tract_onnx::pb::type_proto::Value::TensorType(t)) = probabilities
+            .and_then(|o| o.r#type.as_mut())
+            .and_then(|t| t.value.as_mut())
+        {
+            t.shape.as_mut().unwrap().dim[0].value = Some(Dim::DimValue(2));
+        }
+        let fixed = OnnxModel::load("mlp", "1", &proto.encode_to_vec()).unwrap();
+        assert!(evaluate_merged(&fixed, &jobs(2)).is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
