@@ -44,6 +44,10 @@ pub(crate) fn compile(model: &pb::ModelProto) -> Result<DensePlan, CompileError>
         consts: Vec::new(),
         steps: Vec::new(),
         unsettled: HashSet::new(),
+        held: std::cell::Cell::new(0),
+        budget: 2usize
+            .saturating_mul(constant_bytes(graph))
+            .saturating_add(HELD_SLACK),
     };
     let inputs = b.inputs(graph)?;
     for node in &graph.node {
@@ -62,6 +66,28 @@ struct Builder<'g> {
     steps: Vec<Step>,
     /// Values whose ONNX shape differs from the plan's until a Reshape names it (gathered labels).
     unsettled: HashSet<ValueId>,
+    /// Bytes of constant data copied into steps (weights, biases, scale rows, label tables)...
+    held: std::cell::Cell<usize>,
+    /// ...and how many the model may make: twice its own constants' bytes, plus [`HELD_SLACK`].
+    budget: usize,
+}
+
+/// What the steps may hold beyond twice the model's constants (widened scalars, say).
+const HELD_SLACK: usize = 64 << 20;
+
+/// The bytes of a graph's constants: initializers and Constant nodes' values.
+fn constant_bytes(graph: &pb::GraphProto) -> usize {
+    let tensor = |t: &pb::TensorProto| {
+        t.raw_data.len()
+            + 4 * (t.float_data.len() + t.int32_data.len())
+            + 8 * (t.int64_data.len() + t.double_data.len())
+    };
+    let nodes = graph
+        .node
+        .iter()
+        .flat_map(|n| &n.attribute)
+        .map(|a| a.t.as_ref().map_or(0, tensor) + 4 * a.floats.len() + 8 * a.ints.len());
+    graph.initializer.iter().map(tensor).chain(nodes).sum()
 }
 
 fn unsupported(node: &pb::NodeProto, reason: impl Into<String>) -> CompileError {
@@ -132,6 +158,25 @@ pub(crate) const MAX_COLUMNS: usize = 1 << 20;
 pub(crate) const MAX_FIXED_ELEMENTS: usize = 1 << 26;
 
 impl<'g> Builder<'g> {
+    /// Counts `elements` more copied into the steps; refused past the model's budget (a small model
+    /// naming one large weight matrix in many nodes would otherwise make a copy per node).
+    fn hold(&self, elements: usize) -> Result<(), CompileError> {
+        let held = elements
+            .checked_mul(8)
+            .and_then(|b| b.checked_add(self.held.get()))
+            .filter(|&h| h <= self.budget)
+            .ok_or_else(|| CompileError::Unsupported {
+                node: String::new(),
+                op: "(model)".into(),
+                reason: format!(
+                    "its constants, copied into the plan's steps, would take more than {} bytes",
+                    self.budget
+                ),
+            })?;
+        self.held.set(held);
+        Ok(())
+    }
+
     fn add_value(
         &mut self,
         info: ValueInfo,
@@ -475,6 +520,9 @@ impl<'g> Builder<'g> {
             // the reshaped value is a copy made by an identity step.
             let out = self.add_value(info, None)?;
             self.steps.push(Step::Concat { xs: vec![id], out });
+            if self.unsettled.contains(&id) {
+                self.unsettled.insert(out);
+            }
             out
         };
         self.define(name, id)
@@ -605,7 +653,10 @@ impl<'g> Builder<'g> {
         let b = self.operand(node, i)?;
         let info = self.values[b];
         match (self.const_f32(b), info.rank, info.rows) {
-            (Some(data), 2, Rows::Fixed(rows)) => Ok((rows, info.cols, data.to_vec())),
+            (Some(data), 2, Rows::Fixed(rows)) => {
+                self.hold(data.len())?;
+                Ok((rows, info.cols, data.to_vec()))
+            }
             _ => Err(unsupported(
                 node,
                 format!("operand {i} is not a constant float32 matrix"),
@@ -658,6 +709,7 @@ impl<'g> Builder<'g> {
                 let Some(c) = self.const_f32(id) else {
                     return Err(unsupported(node, "C is not a float32 constant"));
                 };
+                self.hold(n)?;
                 let bias: Vec<f32> = match (info.rows, info.cols) {
                     (Rows::Fixed(1), cols) if cols == n => c.iter().map(|v| beta * v).collect(),
                     (Rows::Fixed(1), 1) => vec![beta * c[0]; n],
@@ -893,6 +945,7 @@ impl<'g> Builder<'g> {
             }
         };
         let (offset, scale) = (row("offset")?, row("scale")?);
+        self.hold(offset.len() + scale.len())?;
         let constant = |b: &mut Self, v: Vec<f32>| {
             let info = ValueInfo {
                 dtype: DType::F32,
@@ -944,6 +997,7 @@ impl<'g> Builder<'g> {
             ));
         }
         let labels = labels.clone();
+        self.hold(labels.len())?;
         // The index is an ArgMax over no more columns than the table has labels, so every index
         // the call computes is inside the table.
         let in_range = self.steps.iter().any(|s| match s {
@@ -1005,6 +1059,10 @@ impl<'g> Builder<'g> {
             }
         };
         if self.unsettled.contains(&x) {
+            // ONNX Runtime's [1, N]: a 0 in the shape would copy its 1, not the plan's N.
+            if shape.contains(&0) {
+                return Err(unsupported(node, "a 0 in the shape of gathered labels"));
+            }
             // A copy, so that the reshaped value is another than the one of unsettled shape.
             let out = self.add_value(target, None)?;
             self.steps.push(Step::Concat { xs: vec![x], out });
@@ -1080,6 +1138,8 @@ impl<'g> Builder<'g> {
         if info.rows != Rows::Fixed(1) || !(info.cols == cols || info.cols == 1) {
             return None;
         }
+        // Past the budget the standardisation or bias is simply not folded.
+        self.hold(cols).ok()?;
         Some(
             (0..cols)
                 .map(|j| data[if info.cols == 1 { 0 } else { j }])
@@ -1170,13 +1230,11 @@ impl<'g> Builder<'g> {
                     else {
                         return None;
                     };
-                    let row = self.const_f32(c)?;
-                    let info = self.values[c];
-                    let fits = info.rows == Rows::Fixed(1) && (info.cols == n || info.cols == 1);
-                    (alone(p) && fits && self.values[*out] == self.values[p]).then(|| {
-                        let bias = (0..n).map(|j| row[if info.cols == 1 { 0 } else { j }]);
-                        (i, p, *out, Some(bias.collect::<Vec<f32>>()), None)
-                    })
+                    if !alone(p) || self.values[*out] != self.values[p] {
+                        return None;
+                    }
+                    let bias = self.const_row(c, n)?;
+                    Some((i, p, *out, Some(bias), None))
                 }),
                 Step::Unary { op, x, out } => products.get(x).and_then(|&i| {
                     let fits = matches!(

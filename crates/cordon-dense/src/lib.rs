@@ -301,6 +301,17 @@ impl DensePlan {
         self.inputs.iter().map(|(i, _)| i)
     }
 
+    /// Whether every output row is computed from the same row of the inputs alone: every input
+    /// and output is per sample (the steps are row by row by construction: products by constant
+    /// weights, elementwise work against constant rows, softmax and argmax along a row).
+    pub fn rows_independent(&self) -> bool {
+        self.inputs.iter().all(|(i, _)| i.rows.is_none())
+            && self
+                .outputs
+                .iter()
+                .all(|&(_, id)| self.values[id].rows == Rows::Batch)
+    }
+
     /// The graph's output names, in its order.
     pub fn output_names(&self) -> impl ExactSizeIterator<Item = &str> {
         self.outputs.iter().map(|(n, _)| n.as_str())
@@ -415,7 +426,11 @@ impl DensePlan {
             .iter()
             .zip(&self.consts)
             .filter(|(_, c)| c.is_none())
-            .try_fold(0usize, |all, (v, _)| {
+            .map(|(v, _)| v)
+            // Each output is handed out as its own buffer (a value that is several outputs, an
+            // input or a constant that is one, is copied).
+            .chain(self.outputs.iter().map(|&(_, id)| &self.values[id]))
+            .try_fold(0usize, |all, v| {
                 let n = self.rows(*v, batch).checked_mul(v.cols)?;
                 all.checked_add(n.checked_mul(8)?)
             });

@@ -144,6 +144,7 @@ fn every_dense_model_equals_onnx_runtime_in_batch_and_row_by_row() {
     assert!(models.len() >= 17, "the zoo lists {} models", models.len());
     for (name, _ops) in models {
         let plan = DensePlan::compile(&load(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(plan.rows_independent(), "{name}");
         let ins = inputs(&name);
         let want = expected(&name);
         let rows = ins[0].0[0];
@@ -388,6 +389,8 @@ fn an_input_of_fixed_rows_broadcasts_against_the_batch() {
         out[0].data,
         OutputData::F32(vec![11.0, 22.0, 33.0, 14.0, 25.0, 36.0])
     );
+    // The context row is shared by every row of a batch: requests may not be merged.
+    assert!(!plan.rows_independent());
     let err = plan
         .run(&[
             InputData {
@@ -492,6 +495,21 @@ fn small_models_that_would_make_huge_values_are_refused() {
     );
     let err = DensePlan::compile(&model).unwrap_err().to_string();
     assert!(err.contains("elements of fixed size"), "{err}");
+    // One 4 MiB weight matrix named by 40 products: a copy each would hold 160 MiB.
+    let names: Vec<String> = (0..=40).map(|i| format!("h{i}")).collect();
+    let nodes: Vec<(&str, [&str; 2], &str)> = (0..40)
+        .map(|i| ("MatMul", [names[i].as_str(), "w"], names[i + 1].as_str()))
+        .collect();
+    let nodes: Vec<(&str, &[&str], &str)> =
+        nodes.iter().map(|(o, i, n)| (*o, &i[..], *n)).collect();
+    let model = graph(
+        vec![tensor_input("h0", Dim::DimParam("N".into()), 1024)],
+        &nodes,
+        vec![float_constant("w", &[1024, 1024])],
+        "h40",
+    );
+    let err = DensePlan::compile(&model).unwrap_err().to_string();
+    assert!(err.contains("copied into the plan's steps"), "{err}");
     // Two inputs whose first dimensions are unnamed: independent sizes for ONNX Runtime.
     let model = graph(
         vec![

@@ -181,6 +181,12 @@ fn evaluate_merged(
     model: &OnnxModel,
     jobs: &[Job],
 ) -> Option<Vec<Result<InferResponse, EngineError>>> {
+    // A graph that mixes rows (a sequence model, a reduction or softmax over the batch, anything on
+    // tract or ONNX Runtime, which the runtime cannot inspect) would hand one client rows computed
+    // from another's: only plans that compute each row from that row alone are merged.
+    if !model.rows_independent() {
+        return None;
+    }
     let total: usize = jobs.iter().map(|j| j.rows).sum();
     // Only outputs the graph declares per sample (a symbolic first dimension) are split by rows:
     // a fixed-size output that happens to have as many rows as the batch belongs to no one client.
@@ -337,6 +343,11 @@ mod tests {
         }
         let fixed = OnnxModel::load("mlp", "1", &proto.encode_to_vec()).unwrap();
         assert!(evaluate_merged(&fixed, &jobs(2)).is_none());
+        // The same model on tract: nothing says its rows are computed apart (a graph there may
+        // reduce or mix over the batch), so requests are not merged.
+        let on_tract = OnnxModel::load_on("mlp", "1", MLP, crate::Engine::TractOnly).unwrap();
+        assert!(!on_tract.rows_independent());
+        assert!(evaluate_merged(&on_tract, &jobs(2)).is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -244,7 +244,7 @@ pub async fn boot(
         };
         let model = OnnxModel::load_on(&m.name, &header.manifest.version, &plaintext, engine)?;
         model_digests.insert(m.name.clone(), hex::encode(header.digest()));
-        tracing::info!(model = %m.name, manifest_sha256 = %hex::encode(header.digest()), plan = model.plan_name(), "model unsealed and loaded in memory");
+        tracing::info!(model = %m.name, manifest_sha256 = %hex::encode(header.digest()), plan = model.plan_name(), batchable = model.rows_independent(), "model unsealed and loaded in memory");
         models.insert(
             m.name.clone(),
             ServedModel {

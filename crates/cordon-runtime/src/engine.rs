@@ -343,6 +343,14 @@ impl OnnxModel {
         }
     }
 
+    /// Whether each output row is computed from the same row of the inputs alone, so that requests
+    /// may be merged into one batch without one client's rows reaching another's answer: true only
+    /// for a dense plan (its steps are row by row by construction) whose outputs and inputs are all
+    /// per sample. Nothing is assumed of graphs on tract or ONNX Runtime.
+    pub fn rows_independent(&self) -> bool {
+        matches!(&self.backend, Backend::Dense(plan) if plan.rows_independent())
+    }
+
     /// What evaluates this model: `"dense"` (the built-in engine's dense plan), `"tract"` or
     /// `"onnxruntime"`.
     pub fn plan_name(&self) -> &'static str {

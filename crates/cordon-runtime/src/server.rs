@@ -1245,6 +1245,10 @@ async fn infer(
 /// The model's batcher when batching is on, started on first use.
 fn batcher_for<'a>(s: &'a RuntimeState, model: &Arc<OnnxModel>) -> Option<&'a Batcher> {
     let options = s.options.batching?;
+    // Merging requests is only safe where no output row depends on another request's rows.
+    if !model.rows_independent() {
+        return None;
+    }
     let slot = s.batchers.get(model.name())?;
     Some(slot.get_or_init(|| {
         let hist = s
