@@ -728,6 +728,18 @@ impl<'g> Builder<'g> {
             }
         };
         let alpha = attr_float(node, "alpha", 1.0)?;
+        self.push_product(node, (a, ainfo), (k, n, weights), alpha, bias)
+    }
+
+    /// The step `alpha * a · weights (+ bias)`, `weights` `[k, n]`.
+    fn push_product(
+        &mut self,
+        node: &pb::NodeProto,
+        (a, ainfo): (ValueId, ValueInfo),
+        (k, n, weights): (usize, usize, Vec<f32>),
+        alpha: f32,
+        bias: Option<Vec<f32>>,
+    ) -> Result<(), CompileError> {
         let info = ValueInfo {
             dtype: DType::F32,
             rows: ainfo.rows,
@@ -755,22 +767,7 @@ impl<'g> Builder<'g> {
                 node.name, ainfo.cols
             )));
         }
-        let info = ValueInfo {
-            dtype: DType::F32,
-            rows: ainfo.rows,
-            cols: n,
-            rank: 2,
-        };
-        self.push(node, info, |out| Step::MatMul {
-            a,
-            weights,
-            k,
-            n,
-            alpha: 1.0,
-            bias: None,
-            activation: None,
-            out,
-        })
+        self.push_product(node, (a, ainfo), (k, n, weights), 1.0, None)
     }
 
     fn binary(&mut self, node: &pb::NodeProto, op: BinaryOp) -> Result<(), CompileError> {

@@ -148,7 +148,7 @@ pub fn run(a: Args) -> Result<()> {
         "  model {MODEL_NAME}: label {label} (0 = malignant, 1 = benign), probabilities {probs}"
     );
     println!(
-        "  equals in-process tract on the plaintext model: {}",
+        "  equals the same engine in process on the plaintext model: {}",
         if agrees { "yes" } else { "NO" }
     );
     if !agrees {

@@ -214,7 +214,7 @@ fn quickstart_runs_end_to_end_twice_in_one_data_dir() {
         );
         assert!(stdout.contains("key_released"), "{stdout}");
         assert!(
-            stdout.contains("equals in-process tract on the plaintext model: yes"),
+            stdout.contains("equals the same engine in process on the plaintext model: yes"),
             "{stdout}"
         );
         assert!(stdout.contains("audit hash chain intact"), "{stdout}");

@@ -381,7 +381,7 @@ fn quickstart_on(platform: &str) {
     );
     assert!(stdout.contains(&label), "{stdout}");
     assert!(
-        stdout.contains("equals in-process tract on the plaintext model: yes"),
+        stdout.contains("equals the same engine in process on the plaintext model: yes"),
         "{stdout}"
     );
     assert!(stdout.contains("key_released"), "{stdout}");
