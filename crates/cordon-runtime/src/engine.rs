@@ -351,6 +351,16 @@ impl OnnxModel {
         matches!(&self.backend, Backend::Dense(plan) if plan.rows_independent())
     }
 
+    /// What evaluates this model, for people: the engine, and for the dense plan its steps (sizes and
+    /// operations, never weights).
+    pub fn describe_plan(&self) -> String {
+        match &self.backend {
+            Backend::Dense(plan) => format!("dense plan:\n{plan}"),
+            Backend::Tract(_) => "tract (not a dense graph)".into(),
+            Backend::OnnxRuntime(_) => "onnxruntime".into(),
+        }
+    }
+
     /// What evaluates this model: `"dense"` (the built-in engine's dense plan), `"tract"` or
     /// `"onnxruntime"`.
     pub fn plan_name(&self) -> &'static str {

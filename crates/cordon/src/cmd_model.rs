@@ -18,7 +18,8 @@ pub enum ModelCommand {
         /// standard input.
         #[arg(long)]
         input: PathBuf,
-        /// Print the model's inputs and outputs (names, datatypes, shapes) first, on stderr.
+        /// Print the model's inputs and outputs (names, datatypes, shapes), and what evaluates it (the
+        /// dense plan's steps, or tract), first, on stderr.
         #[arg(long)]
         describe: bool,
         /// Evaluate on ONNX Runtime, loaded from this shared library, instead of the built-in
@@ -121,6 +122,7 @@ pub fn run(c: ModelCommand) -> Result<()> {
             })?;
             if describe {
                 eprintln!("{}", serde_json::to_string_pretty(&loaded.metadata())?);
+                eprintln!("engine: {}", loaded.describe_plan().trim_end());
             }
             let request: InferRequest = crate::util::read_infer_request(&input)?;
             let response = loaded.infer(&request)?;

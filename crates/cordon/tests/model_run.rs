@@ -113,6 +113,24 @@ fn model_run_works_on_the_neural_models_too() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["outputs"][0]["datatype"], "INT64");
     assert_eq!(v["outputs"][1]["shape"], serde_json::json!([1, 2]));
+    // --describe says what evaluates it: the dense plan, step by step; a tree model, tract.
+    let describe = |model: &str| {
+        let out = cordon()
+            .args(["model", "run", "--describe"])
+            .arg(root().join(model))
+            .arg("--input")
+            .arg(root().join("models/demo_input.json"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let mlp = describe("models/breast_cancer_mlp.onnx");
+    assert!(
+        mlp.contains("engine: dense plan:\nscale 30 (Div)\nmatmul 30x16 +bias Relu\n"),
+        "{mlp}"
+    );
+    let trees = describe("models/trees/bc_rf_clf.onnx");
+    assert!(trees.contains("engine: tract"), "{trees}");
 }
 
 /// `--onnxruntime-library`: the same command on ONNX Runtime gives ONNX Runtime's recorded outputs
