@@ -1320,6 +1320,11 @@ impl<'g> Builder<'g> {
                 release_after[i].push(id);
             }
         }
+        let call_values = steps
+            .iter()
+            .map(Step::writes)
+            .chain(outputs.iter().map(|&(_, id)| id))
+            .collect();
         DensePlan {
             inputs,
             outputs,
@@ -1327,6 +1332,7 @@ impl<'g> Builder<'g> {
             consts,
             steps,
             release_after,
+            call_values,
         }
     }
 }

@@ -233,8 +233,9 @@ impl Step {
     }
 }
 
-/// A compiled dense graph.
-#[derive(Debug, Clone)]
+/// A compiled dense graph. It holds the model's weights: its `Debug` shows the interface and the
+/// steps, never them.
+#[derive(Clone)]
 pub struct DensePlan {
     inputs: Vec<(PlanInput, ValueId)>,
     outputs: Vec<(String, ValueId)>,
@@ -243,6 +244,23 @@ pub struct DensePlan {
     steps: Vec<Step>,
     /// The values whose buffers can be given back after each step (last read there).
     release_after: Vec<Vec<ValueId>>,
+    /// What a call allocates, for its memory budget: every step's result, then every output (each
+    /// handed out as its own buffer; a value that is several outputs, an input or a constant that
+    /// is one, is copied).
+    call_values: Vec<ValueId>,
+}
+
+impl std::fmt::Debug for DensePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DensePlan")
+            .field(
+                "inputs",
+                &self.inputs.iter().map(|(i, _)| i).collect::<Vec<_>>(),
+            )
+            .field("outputs", &self.output_names().collect::<Vec<_>>())
+            .field("steps", &self.to_string())
+            .finish()
+    }
 }
 
 /// The plan's steps, one per line: what runs, and on what sizes (never weights).
@@ -421,19 +439,11 @@ impl DensePlan {
         // What the call could hold at once (every value it computes alive, 8 bytes an element at
         // most), refused above a budget rather than left to fail an allocation, which would abort
         // the process.
-        let bytes = self
-            .values
-            .iter()
-            .zip(&self.consts)
-            .filter(|(_, c)| c.is_none())
-            .map(|(v, _)| v)
-            // Each output is handed out as its own buffer (a value that is several outputs, an
-            // input or a constant that is one, is copied).
-            .chain(self.outputs.iter().map(|&(_, id)| &self.values[id]))
-            .try_fold(0usize, |all, v| {
-                let n = self.rows(*v, batch).checked_mul(v.cols)?;
-                all.checked_add(n.checked_mul(8)?)
-            });
+        let bytes = self.call_values.iter().try_fold(0usize, |all, &id| {
+            let v = self.values[id];
+            let n = self.rows(v, batch).checked_mul(v.cols)?;
+            all.checked_add(n.checked_mul(8)?)
+        });
         if bytes.is_none_or(|b| b > MAX_CALL_BYTES) {
             return Err(RunError::TooLarge { rows: batch });
         }

@@ -145,6 +145,12 @@ fn every_dense_model_equals_onnx_runtime_in_batch_and_row_by_row() {
     for (name, _ops) in models {
         let plan = DensePlan::compile(&load(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(plan.rows_independent(), "{name}");
+        // Debug shows the interface and the steps, never the weights (the model owner's secret).
+        let debug = format!("{plan:?}");
+        assert!(
+            debug.contains("steps") && debug.len() < 4096,
+            "{name}: {debug}"
+        );
         let ins = inputs(&name);
         let want = expected(&name);
         let rows = ins[0].0[0];
@@ -510,6 +516,32 @@ fn small_models_that_would_make_huge_values_are_refused() {
     );
     let err = DensePlan::compile(&model).unwrap_err().to_string();
     assert!(err.contains("copied into the plan's steps"), "{err}");
+    // Within the caps, a batch whose values would pass 4 GiB is refused at the call, not left to
+    // fail an allocation: [N, 1] x [1, 2^20] is 16 MiB a row (the product and its output copy).
+    let model = graph(
+        vec![tensor_input("x", Dim::DimParam("N".into()), 1)],
+        &[("MatMul", &["x", "w"], "y")],
+        vec![float_constant("w", &[1, 1 << 20])],
+        "y",
+    );
+    let plan = DensePlan::compile(&model).unwrap();
+    let x = vec![1.0f32; 300];
+    assert!(plan
+        .run(&[InputData {
+            rows: 2,
+            data: &x[..2]
+        }])
+        .is_ok());
+    let err = plan
+        .run(&[InputData {
+            rows: 300,
+            data: &x,
+        }])
+        .unwrap_err();
+    assert!(
+        matches!(err, cordon_dense::RunError::TooLarge { rows: 300 }),
+        "{err}"
+    );
     // Two inputs whose first dimensions are unnamed: independent sizes for ONNX Runtime.
     let model = graph(
         vec![

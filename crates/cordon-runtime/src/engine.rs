@@ -62,6 +62,10 @@ pub enum EngineError {
     BinaryData { name: String, reason: String },
     #[error("output {0:?} is not an output of this model")]
     UnknownOutput(String),
+    /// A batch the engine refuses for its size (the dense plan's memory budget per call): the
+    /// request's fault, answered 400 like the others.
+    #[error("{0}")]
+    BatchTooLarge(String),
     #[error("inference failed: {0}")]
     Run(String),
     #[error("ONNX Runtime library: {0}")]
@@ -503,9 +507,12 @@ impl OnnxModel {
                         ))),
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                let results = plan
-                    .run(&parts)
-                    .map_err(|e| EngineError::Run(e.to_string()))?;
+                let results = plan.run(&parts).map_err(|e| match e {
+                    cordon_dense::RunError::TooLarge { .. } => {
+                        EngineError::BatchTooLarge(e.to_string())
+                    }
+                    e => EngineError::Run(e.to_string()),
+                })?;
                 Ok(results
                     .into_iter()
                     .map(|o| HostTensor {
