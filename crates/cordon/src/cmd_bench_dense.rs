@@ -17,15 +17,8 @@ pub struct DenseArgs {
     /// Comma-separated model names, looked up in the --zoo directories in order (default: all).
     #[arg(long)]
     pub models: Option<String>,
-    /// Timed single-row calls per engine and model.
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub calls: u64,
-    /// Rows per batch.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
-    pub rows: u64,
-    /// Least seconds of batch runs per engine and model.
-    #[arg(long, default_value_t = 0.5)]
-    pub batch_seconds: f64,
+    #[command(flatten)]
+    pub timing: TimingOptions,
     /// Skip tract.
     #[arg(long)]
     pub no_tract: bool,
@@ -50,11 +43,7 @@ pub fn run(args: DenseArgs) -> Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build; benchmark with --release");
     }
-    let options = TimingOptions {
-        calls: args.calls,
-        rows: args.rows,
-        batch_seconds: args.batch_seconds,
-    };
+    let options = args.timing;
     let threads = args.threads as usize;
     let models = select_models(&args.zoos, args.models.as_deref())?;
     let library = match args.no_ort {
@@ -68,8 +57,10 @@ pub fn run(args: DenseArgs) -> Result<()> {
     for (zoo, name) in &models {
         let bytes = std::fs::read(zoo.join(format!("{name}.onnx")))
             .with_context(|| format!("model {name}"))?;
-        let (rows, batch) =
-            read_requests(&zoo.join(format!("{name}.input.json")), args.rows as usize)?;
+        let (rows, batch) = read_requests(
+            &zoo.join(format!("{name}.input.json")),
+            args.timing.rows as usize,
+        )?;
         let mut row = BTreeMap::new();
         let builtin = OnnxModel::load_on(name, "1", &bytes, Engine::Tract)?;
         if builtin.plan_name() != "dense" {
@@ -102,7 +93,7 @@ pub fn run(args: DenseArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "rows": args.rows, "calls": args.calls, "threads": args.threads,
+                "rows": args.timing.rows, "calls": args.timing.calls, "threads": args.threads,
                 "onnxruntime": ort_note, "models": results, "notes": notes,
             }))?
         );
@@ -110,7 +101,7 @@ pub fn run(args: DenseArgs) -> Result<()> {
     }
     println!(
         "dense models through the runtime's model API: single-row latency p50/p99 (µs) over {} calls, batch of {} rows (rows/s); {ort_note}",
-        args.calls, args.rows
+        args.timing.calls, args.timing.rows
     );
     println!(
         "batches on {threads} core(s): {}",

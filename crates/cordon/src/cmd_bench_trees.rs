@@ -24,15 +24,8 @@ pub struct TreesArgs {
     /// model not named hb_*, i.e. the trained ones).
     #[arg(long)]
     pub models: Option<String>,
-    /// Timed single-row calls per engine and model.
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub calls: u64,
-    /// Rows per batch.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
-    pub rows: u64,
-    /// Least seconds of batch runs per engine and model.
-    #[arg(long, default_value_t = 0.5)]
-    pub batch_seconds: f64,
+    #[command(flatten)]
+    pub timing: TimingOptions,
     /// Skip tract's own operators (slow on ensembles: milliseconds a row).
     #[arg(long)]
     pub no_tract: bool,
@@ -131,7 +124,11 @@ fn read_inputs(path: &Path, batch_rows: usize) -> Result<Inputs> {
     })
 }
 
-fn time_plan(plan: &Arc<TypedRunnableModel>, inputs: &Inputs, args: &TreesArgs) -> Result<Timing> {
+fn time_plan(
+    plan: &Arc<TypedRunnableModel>,
+    inputs: &Inputs,
+    args: TimingOptions,
+) -> Result<Timing> {
     for r in inputs.rows.iter().cycle().take(200) {
         plan.run(tvec![r.clone()])?;
     }
@@ -228,25 +225,18 @@ pub(crate) fn read_requests(
     ))
 }
 
-/// How long and how much [`time_model`] measures.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TimingOptions {
-    /// Timed single-row calls.
+/// How long and how much the model benchmarks (`bench trees`, `bench dense`) measure.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct TimingOptions {
+    /// Timed single-row calls per engine and model.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub calls: u64,
     /// Rows per batch.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub rows: u64,
-    /// Least seconds of batch runs.
+    /// Least seconds of batch runs per engine and model.
+    #[arg(long, default_value_t = 0.5)]
     pub batch_seconds: f64,
-}
-
-impl From<&TreesArgs> for TimingOptions {
-    fn from(a: &TreesArgs) -> Self {
-        TimingOptions {
-            calls: a.calls,
-            rows: a.rows,
-            batch_seconds: a.batch_seconds,
-        }
-    }
 }
 
 /// [`time_plan`]'s measurement through the runtime's model API (`OnnxModel::compute` on decoded
@@ -375,8 +365,8 @@ fn onnx_runtime(
         .arg(script)
         .arg(zoo)
         .args(["--models", &names.join(",")])
-        .args(["--rows", &args.rows.to_string()])
-        .args(["--calls", &args.calls.to_string()])
+        .args(["--rows", &args.timing.rows.to_string()])
+        .args(["--calls", &args.timing.calls.to_string()])
         .arg("--json")
         .output()
         .context("running python3 scripts/bench_trees_ort.py")?;
@@ -424,13 +414,16 @@ pub fn run(args: TreesArgs) -> Result<()> {
     for (zoo, name) in &models {
         let bytes = std::fs::read(zoo.join(format!("{name}.onnx")))
             .with_context(|| format!("model {name}"))?;
-        let inputs = read_inputs(&zoo.join(format!("{name}.input.json")), args.rows as usize)?;
+        let inputs = read_inputs(
+            &zoo.join(format!("{name}.input.json")),
+            args.timing.rows as usize,
+        )?;
         let mut row = BTreeMap::new();
         let plan = plan_with(&cordon, &bytes).map_err(|e| anyhow!("{name}: {e:#}"))?;
-        row.insert("cordon", Some(time_plan(&plan, &inputs, &args)?));
+        row.insert("cordon", Some(time_plan(&plan, &inputs, args.timing)?));
         let tract_timing = match plan_with(&tract, &bytes) {
             _ if args.no_tract => None,
-            Ok(plan) => match time_plan(&plan, &inputs, &args) {
+            Ok(plan) => match time_plan(&plan, &inputs, args.timing) {
                 Ok(t) => Some(t),
                 Err(e) => {
                     notes.push(format!("{name}: tract fails at run: {e:#}"));
@@ -447,8 +440,10 @@ pub fn run(args: TreesArgs) -> Result<()> {
         row.insert("tract", tract_timing);
         // Both engines through the runtime's model API: ONNX Runtime by its C API, no Python.
         if let Ok(library) = &library {
-            let (rows, batch) =
-                read_requests(&zoo.join(format!("{name}.input.json")), args.rows as usize)?;
+            let (rows, batch) = read_requests(
+                &zoo.join(format!("{name}.input.json")),
+                args.timing.rows as usize,
+            )?;
             // The onnxruntime engine serves tensor outputs only (no ZipMap): such a model is
             // noted and left out of these columns.
             match OnnxModel::load_on(name, "1", &bytes, Engine::OnnxRuntime(library)) {
@@ -460,13 +455,13 @@ pub fn run(args: TreesArgs) -> Result<()> {
                             &ours,
                             &rows,
                             &batch,
-                            (&args).into(),
+                            args.timing,
                             args.threads as usize,
                         )?),
                     );
                     row.insert(
                         "ort_c_api",
-                        Some(time_model(&theirs, &rows, &batch, (&args).into(), 1)?),
+                        Some(time_model(&theirs, &rows, &batch, args.timing, 1)?),
                     );
                 }
                 Err(e) => notes.push(format!("{name}: the onnxruntime engine refuses it: {e}")),
@@ -513,7 +508,7 @@ pub fn run(args: TreesArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "rows": args.rows, "calls": args.calls, "onnxruntime": ort_version,
+                "rows": args.timing.rows, "calls": args.timing.calls, "onnxruntime": ort_version,
                 "models": results, "notes": notes,
             }))?
         );
@@ -521,7 +516,7 @@ pub fn run(args: TreesArgs) -> Result<()> {
     }
     println!(
         "tree ensembles, one thread: single-row latency p50/p99 (µs) over {} calls, batch of {} rows (rows/s)",
-        args.calls, args.rows
+        args.timing.calls, args.timing.rows
     );
     println!("{ort_version}; ONNX Runtime's single-row times include the Python call");
     println!(
