@@ -51,13 +51,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # numpy loads (training is then bit-reproducible run to run).
 import make_tree_models as base  # noqa: E402
 
-import argparse  # noqa: E402
-import json  # noqa: E402
 import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 import scipy.special  # noqa: E402
 import sklearn  # noqa: E402
 import skl2onnx  # noqa: E402
@@ -807,54 +804,28 @@ def build(zoo, data):
 
 
 # ---------------------------------------------------------------------------
+def _run_all_inputs(out_dir, entry, inputs):
+    """ORT on every input of the model: [(name, array, False)] in graph output order."""
+    feeds = {t["name"]: base.read_oip_tensor(t) for t in inputs}
+    names, outs = ort_run((out_dir / entry["files"]["model"]).read_bytes(), feeds)
+    return [(n, a, False) for n, a in zip(names, outs)]
+
+
+def _floats_close(a, w):
+    """This zoo's tolerance, 1e-5*max(1,|expected|): (ok, largest |a-w|)."""
+    d = np.abs(a.astype(np.float64) - w.astype(np.float64))
+    return bool(np.all(d <= RTOL * np.maximum(1.0, np.abs(w.astype(np.float64))))), float(d.max())
+
+
 def verify(out_dir):
     """Re-run ORT on the committed files: every input tensor of NAME.input.json,
     compared with NAME.expected.json (labels exact, floats within
     1e-5*max(1,|expected|)), and the manifest's sha256 sums."""
-    manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
-    failures = 0
-    for e in manifest["models"]:
-        for kind, fname in e["files"].items():
-            if base.sha256(out_dir / fname) != e["sha256"][kind]:
-                print(f"FAIL {e['name']}: sha256 of {fname} differs from the manifest")
-                failures += 1
-        req = json.loads((out_dir / e["files"]["input"]).read_text(encoding="utf-8"))["inputs"]
-        exp = json.loads((out_dir / e["files"]["expected"]).read_text(encoding="utf-8"))["outputs"]
-        feeds = {t["name"]: base.read_oip_tensor(t) for t in req}
-        names, outs = ort_run((out_dir / e["files"]["model"]).read_bytes(), feeds)
-        worst = 0.0
-        for name, arr, want in zip(names, outs, exp):
-            w = base.read_oip_tensor(want)
-            ok = name == want["name"] and list(arr.shape) == want["shape"]
-            if ok and w.dtype.kind in "iu":
-                ok = np.array_equal(arr.astype(np.int64), w.astype(np.int64))
-            elif ok:
-                d = np.abs(arr.astype(np.float64) - w.astype(np.float64))
-                worst = max(worst, float(d.max()))
-                ok = bool(np.all(d <= RTOL * np.maximum(1.0, np.abs(w.astype(np.float64)))))
-            if not ok:
-                print(f"FAIL {e['name']}: output {name} differs from {e['files']['expected']}")
-                failures += 1
-        print(f"{e['name']}: {len(exp)} outputs match, max |diff| {worst:.3g}")
-    print(f"verified {len(manifest['models'])} models against ORT {ort.__version__}: "
-          + ("OK" if not failures else f"{failures} FAILURES"))
-    return failures == 0
+    return base.verify(out_dir, run=_run_all_inputs, floats_close=_floats_close)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=OUT, help="output directory (default models/dense)")
-    parser.add_argument("--verify", action="store_true",
-                        help="do not generate: re-run ONNX Runtime on the files in the output directory and "
-                             "compare with the .expected.json files and the manifest's sha256 sums")
-    args = parser.parse_args()
-    out = args.out
-    if args.verify:
-        sys.exit(0 if verify(out) else 1)
-    out.mkdir(parents=True, exist_ok=True)
-    for p in out.iterdir():  # the directory is fully generated, README.md aside
-        if p.suffix in (".onnx", ".json"):
-            p.unlink()
+    out = base.zoo_command_line(__doc__, OUT, verify)
 
     data = datasets()
     zoo = DenseZoo(out, data)

@@ -1624,10 +1624,27 @@ def read_oip_tensor(t):
     return np.array(data, dtype=NP_OF_OIP[t["datatype"]]).reshape(t["shape"])
 
 
-def verify(out_dir):
+def _run_first_input(out_dir, entry, inputs):
+    """ORT on the model's one input: [(name, array, is_zipmap)] in graph output order."""
+    model = onnx.load(str(out_dir / entry["files"]["model"]))
+    return ort_outputs(model, read_oip_tensor(inputs[0]), inputs[0]["name"])
+
+
+def _floats_close(a, b):
+    """This zoo's tolerance, NaN where NaN: (ok, largest |a-b|)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    nan_same = np.array_equal(np.isnan(a), np.isnan(b))
+    d = np.abs(np.nan_to_num(a) - np.nan_to_num(b))
+    ok = nan_same and bool(np.all(d <= ATOL + RTOL * np.maximum(np.abs(np.nan_to_num(a)), np.abs(np.nan_to_num(b)))))
+    return ok, float(d.max()) if d.size else 0.0
+
+
+def verify(out_dir, run=_run_first_input, floats_close=_floats_close):
     """Re-run ORT on the committed files only: parse NAME.input.json, run
     NAME.onnx, compare with NAME.expected.json (labels exact, scores within
-    the tolerance), and check the manifest's sha256 sums."""
+    the tolerance), and check the manifest's sha256 sums. Other zoos pass how
+    they run a model (`run(out_dir, entry, inputs)` -> [(name, array,
+    is_zipmap)]) and their tolerance (`floats_close(got, want)` -> (ok, worst))."""
     manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
     failures = 0
     for e in manifest["models"]:
@@ -1635,10 +1652,9 @@ def verify(out_dir):
             if fname and sha256(out_dir / fname) != e["sha256"][kind]:
                 print(f"FAIL {e['name']}: sha256 of {fname} differs from the manifest")
                 failures += 1
-        req = json.loads((out_dir / e["files"]["input"]).read_text(encoding="utf-8"))["inputs"][0]
+        req = json.loads((out_dir / e["files"]["input"]).read_text(encoding="utf-8"))["inputs"]
         exp = json.loads((out_dir / e["files"]["expected"]).read_text(encoding="utf-8"))["outputs"]
-        model = onnx.load(str(out_dir / e["files"]["model"]))
-        got = ort_outputs(model, read_oip_tensor(req), req["name"])
+        got = run(out_dir, e, req)
         worst = 0.0
         for (name, arr, is_zip), want in zip(got, exp):
             w = read_oip_tensor(want)
@@ -1649,12 +1665,9 @@ def verify(out_dir):
             elif w.dtype.kind in "iu":
                 ok = ok and np.array_equal(arr.astype(np.int64), w.astype(np.int64))
             else:
-                a, b = arr.astype(np.float64), w.astype(np.float64)
-                nan_same = np.array_equal(np.isnan(a), np.isnan(b))
-                d = np.abs(np.nan_to_num(a) - np.nan_to_num(b))
-                worst = max(worst, float(d.max()) if d.size else 0.0)
-                ok = ok and nan_same and bool(np.all(d <= ATOL + RTOL * np.maximum(np.abs(np.nan_to_num(a)),
-                                                                                   np.abs(np.nan_to_num(b)))))
+                close, d = floats_close(arr, w)
+                worst = max(worst, d)
+                ok = ok and close
             if not ok:
                 print(f"FAIL {e['name']}: output {name} differs from {e['files']['expected']}")
                 failures += 1
@@ -1664,21 +1677,30 @@ def verify(out_dir):
     return failures == 0
 
 
-# ---------------------------------------------------------------------------
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=OUT, help="output directory (default models/trees)")
+def zoo_command_line(doc, default_out, verify_zoo=verify):
+    """The zoo scripts' command line: `--out DIR`, and `--verify` (check the
+    committed files, then exit). Returns the output directory, emptied of its
+    generated files (README.md stays) for a fresh generation."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=default_out,
+                        help=f"output directory (default {default_out.relative_to(REPO)})")
     parser.add_argument("--verify", action="store_true",
                         help="do not generate: re-run ONNX Runtime on the files in the output directory and "
                              "compare with the .expected.json files and the manifest's sha256 sums")
     args = parser.parse_args()
     out = args.out
     if args.verify:
-        sys.exit(0 if verify(out) else 1)
+        sys.exit(0 if verify_zoo(out) else 1)
     out.mkdir(parents=True, exist_ok=True)
     for p in out.iterdir():  # the directory is fully generated, README.md aside
         if p.suffix in (".onnx", ".json"):
             p.unlink()
+    return out
+
+
+# ---------------------------------------------------------------------------
+def main():
+    out = zoo_command_line(__doc__, OUT)
 
     zoo = Zoo(out)
     build_real(zoo, datasets())

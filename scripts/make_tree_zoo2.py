@@ -55,12 +55,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # numpy loads) and patches skl2onnx's HistGradientBoosting bool attribute.
 import make_tree_models as base  # noqa: E402
 
-import argparse  # noqa: E402
 import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 import scipy  # noqa: E402
 import sklearn  # noqa: E402
 import skl2onnx  # noqa: E402
@@ -385,19 +383,7 @@ def build(zoo, data):
 
 # ---------------------------------------------------------------------------
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=OUT, help="output directory (default models/trees2)")
-    parser.add_argument("--verify", action="store_true",
-                        help="do not generate: re-run ONNX Runtime on the files in the output directory and "
-                             "compare with the .expected.json files and the manifest's sha256 sums")
-    args = parser.parse_args()
-    out = args.out
-    if args.verify:
-        sys.exit(0 if base.verify(out) else 1)
-    out.mkdir(parents=True, exist_ok=True)
-    for p in out.iterdir():  # the directory is fully generated, README.md aside
-        if p.suffix in (".onnx", ".json"):
-            p.unlink()
+    out = base.zoo_command_line(__doc__, OUT)
 
     zoo = base.Zoo(out, generator=GENERATOR)
     build(zoo, datasets())
