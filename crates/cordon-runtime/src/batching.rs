@@ -190,12 +190,7 @@ fn evaluate_merged(
     let total: usize = jobs.iter().map(|j| j.rows).sum();
     // Only outputs the graph declares per sample (a symbolic first dimension) are split by rows:
     // a fixed-size output that happens to have as many rows as the batch belongs to no one client.
-    if model
-        .metadata()
-        .outputs
-        .iter()
-        .any(|o| o.shape.first().is_none_or(|&d| d >= 0))
-    {
+    if !model.outputs_per_sample() {
         return None;
     }
     let first = &jobs[0].request;

@@ -355,6 +355,13 @@ impl OnnxModel {
         matches!(&self.backend, Backend::Dense(plan) if plan.rows_independent())
     }
 
+    /// Whether the graph declares every output per sample (a symbolic first dimension).
+    pub fn outputs_per_sample(&self) -> bool {
+        self.outputs
+            .iter()
+            .all(|o| o.shape.first().is_some_and(|&d| d < 0))
+    }
+
     /// What evaluates this model, for people: the engine, and for the dense plan its steps (sizes and
     /// operations, never weights).
     pub fn describe_plan(&self) -> String {
