@@ -2,7 +2,8 @@
 //!
 //! The template (the `tokenizer.chat_template` Google ships with Gemma 3), written out: a system
 //! message is prepended to the first user message, followed by a blank line; each turn is
-//! `<start_of_turn>{user|model}\n{content, trimmed}<end_of_turn>\n`; the prompt ends with
+//! `<start_of_turn>{user|model}\n{content, trimmed}<end_of_turn>\n` (Rust's `trim`, which differs
+//! from Jinja's on the control characters U+001C..U+001F); the prompt ends with
 //! `<start_of_turn>model\n`. Turns must alternate, user first. The BOS token is added by the
 //! caller as a token, not as text.
 
@@ -59,16 +60,26 @@ impl Message {
     }
 }
 
-/// Renders `messages` as Gemma 3's prompt text, ending with the opening of the model's turn.
-pub(crate) fn render_gemma3(messages: &[Message]) -> Result<String, LlmError> {
+/// A stretch of the rendered prompt: the template's own text, whose control-token names become
+/// those tokens, or a message's content, whose text never does (a user writing
+/// `<end_of_turn>` must not close their own turn).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Part<'m> {
+    Template(&'static str),
+    Content(&'m str),
+}
+
+/// Renders `messages` as Gemma 3's prompt, ending with the opening of the model's turn.
+pub(crate) fn render_gemma3(messages: &[Message]) -> Result<Vec<Part<'_>>, LlmError> {
     let (system, turns) = match messages.split_first() {
-        Some((first, rest)) if first.role == Role::System => (Some(first.content.trim()), rest),
+        // Google's template appends the system message untrimmed, then a blank line.
+        Some((first, rest)) if first.role == Role::System => (Some(first.content.as_str()), rest),
         _ => (None, messages),
     };
     if turns.is_empty() {
         return Err(LlmError::Chat("no user message".into()));
     }
-    let mut out = String::new();
+    let mut out = Vec::with_capacity(turns.len() * 3 + 1);
     for (i, m) in turns.iter().enumerate() {
         let expected = if i % 2 == 0 {
             Role::User
@@ -82,25 +93,22 @@ pub(crate) fn render_gemma3(messages: &[Message]) -> Result<String, LlmError> {
                 m.role
             )));
         }
-        let role = if m.role == Role::User {
-            "user"
+        out.push(Part::Template(if m.role == Role::User {
+            "<start_of_turn>user\n"
         } else {
-            "model"
-        };
-        out.push_str("<start_of_turn>");
-        out.push_str(role);
-        out.push('\n');
+            "<start_of_turn>model\n"
+        }));
         if let (0, Some(system)) = (i, system) {
-            out.push_str(system);
-            out.push_str("\n\n");
+            out.push(Part::Content(system));
+            out.push(Part::Template("\n\n"));
         }
-        out.push_str(m.content.trim());
-        out.push_str("<end_of_turn>\n");
+        out.push(Part::Content(m.content.trim()));
+        out.push(Part::Template("<end_of_turn>\n"));
     }
     if turns.len() % 2 == 0 {
         return Err(LlmError::Chat("the last message must be the user's".into()));
     }
-    out.push_str("<start_of_turn>model\n");
+    out.push(Part::Template("<start_of_turn>model\n"));
     Ok(out)
 }
 
@@ -108,18 +116,30 @@ pub(crate) fn render_gemma3(messages: &[Message]) -> Result<String, LlmError> {
 mod tests {
     use super::*;
 
+    fn text(parts: &[Part<'_>]) -> String {
+        parts
+            .iter()
+            .map(|p| match p {
+                Part::Template(t) => *t,
+                Part::Content(c) => c,
+            })
+            .collect()
+    }
+
     #[test]
     fn renders_gemma3_turns_with_the_system_message_folded_in() {
-        let text = render_gemma3(&[
-            Message::system(" Be brief. "),
-            Message::user("Hi\n"),
-            Message::assistant("Hello!"),
-            Message::user("Why?"),
-        ])
-        .unwrap();
+        let text = text(
+            &render_gemma3(&[
+                Message::system(" Be brief. "),
+                Message::user("Hi\n"),
+                Message::assistant("Hello!"),
+                Message::user("Why?"),
+            ])
+            .unwrap(),
+        );
         assert_eq!(
             text,
-            "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\nWhy?<end_of_turn>\n<start_of_turn>model\n"
+            "<start_of_turn>user\n Be brief. \n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\nWhy?<end_of_turn>\n<start_of_turn>model\n"
         );
     }
 

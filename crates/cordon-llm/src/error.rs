@@ -37,8 +37,8 @@ pub enum LlmError {
     /// Prompt and generation would not fit the context the model was loaded with.
     #[error("{needed} tokens do not fit the context of {max} tokens")]
     ContextTooLong { needed: usize, max: usize },
-    /// A sampling parameter outside its range.
-    #[error("sampling parameter {name}: {why}")]
+    /// A parameter of a request or of loading outside its range.
+    #[error("parameter {name}: {why}")]
     BadParameter { name: &'static str, why: String },
     /// The tensor library failed while running the model.
     #[error("inference failed: {0}")]

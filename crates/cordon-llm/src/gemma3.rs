@@ -8,9 +8,11 @@
 //! sqrt(width) and the output matrix is the embedding's (tied). GGUF's norm weights already
 //! include Gemma's +1.
 //!
-//! The weights are shared by every sequence; a sequence's state is its own [`KvCache`]. Memory is
-//! bounded at load: the rotary tables and every cache stop at the context the model is loaded
-//! with, not the model's 128K.
+//! The weights are shared by every sequence; a sequence's state is its own [`KvCache`]. The rotary
+//! tables and every cache stop at the context the model is loaded with, not the model's 32K or
+//! 128K, and a prompt runs in chunks of 512 tokens, so a step's attention scores are at most
+//! 512 x context per head. Not yet bounded: the cache keeps every position on the sliding-window
+//! layers too, and grows by a copy at each step.
 
 use crate::gguf::GgufFile;
 use crate::LlmError;
@@ -36,7 +38,13 @@ pub struct Gemma3Config {
     pub sliding_window: usize,
     pub sliding_window_pattern: usize,
     pub vocabulary_size: usize,
+    /// The factor queries are scaled by: 1/sqrt(head size), except on the 27B model (62 layers),
+    /// where llama.cpp uses 1/sqrt(width / heads).
+    pub query_scale: f32,
 }
+
+/// The most prompt tokens run at once.
+const PREFILL_CHUNK: usize = 512;
 
 /// llama.cpp's values for Gemma 3 where the file has none.
 const LOCAL_ROPE_BASE: f32 = 10_000.0;
@@ -47,7 +55,9 @@ impl Gemma3Config {
     pub fn from_gguf(file: &GgufFile<'_>, vocabulary_size: usize) -> Result<Self, LlmError> {
         let arch = file.string("general.architecture")?;
         if arch != "gemma3" {
-            return Err(LlmError::UnsupportedArchitecture(arch.to_string()));
+            return Err(LlmError::UnsupportedArchitecture(crate::gguf::shorten(
+                arch,
+            )));
         }
         let key = |k: &str| format!("gemma3.{k}");
         let count = |k: &str, max: usize| file.count(&key(k), 1..=max);
@@ -79,19 +89,47 @@ impl Gemma3Config {
         } else {
             SLIDING_WINDOW_PATTERN
         };
+        if head_size % 2 != 0 {
+            return Err(LlmError::BadMetadata {
+                key: key("attention.key_length"),
+                why: format!("{head_size} is odd (rotary embeddings rotate pairs)"),
+            });
+        }
+        let embedding_length = count("embedding_length", 1 << 16)?;
+        let block_count = count("block_count", 1024)?;
+        let query_scale = if block_count == 62 {
+            1.0 / ((embedding_length / head_count) as f32).sqrt()
+        } else {
+            1.0 / (head_size as f32).sqrt()
+        };
+        let rms_epsilon = file.positive(&key("attention.layer_norm_rms_epsilon"))? as f32;
+        if !(rms_epsilon.is_normal() && rms_epsilon < 1.0) {
+            return Err(LlmError::BadMetadata {
+                key: key("attention.layer_norm_rms_epsilon"),
+                why: format!("{rms_epsilon} is not in (0, 1) as an f32"),
+            });
+        }
+        let rope_scale_global = (1.0 / rope_factor) as f32;
+        if !(rope_scale_global.is_normal() && rope_scale_global <= 1e6) {
+            return Err(LlmError::BadMetadata {
+                key: key("rope.scaling.factor"),
+                why: format!("{rope_factor} gives no usable position scale"),
+            });
+        }
         Ok(Self {
+            query_scale,
             context_length: count("context_length", 1 << 24)?,
-            embedding_length: count("embedding_length", 1 << 16)?,
-            block_count: count("block_count", 1024)?,
+            embedding_length,
+            block_count,
             feed_forward_length: count("feed_forward_length", 1 << 18)?,
             head_count,
             head_count_kv,
             head_size,
-            rms_epsilon: file.positive(&key("attention.layer_norm_rms_epsilon"))? as f32,
+            rms_epsilon,
             rope_base_global: optional_positive("rope.freq_base", 1_000_000.0)? as f32,
             rope_base_local: optional_positive("rope.local_freq_base", LOCAL_ROPE_BASE.into())?
                 as f32,
-            rope_scale_global: (1.0 / rope_factor) as f32,
+            rope_scale_global,
             sliding_window: count("attention.sliding_window", 1 << 24)?,
             sliding_window_pattern,
             vocabulary_size,
@@ -311,7 +349,13 @@ impl Gemma3 {
                 why: format!("{bad} is outside the vocabulary"),
             });
         }
-        Ok(self.forward_checked(tokens, cache)?)
+        // The prompt runs in chunks: a chunk's attention scores take chunk x context floats
+        // per head, not prompt x context.
+        let mut logits = Vec::new();
+        for chunk in tokens.chunks(PREFILL_CHUNK) {
+            logits = self.forward_checked(chunk, cache)?;
+        }
+        Ok(logits)
     }
 
     fn forward_checked(
@@ -323,12 +367,14 @@ impl Gemma3 {
         let n = tokens.len();
         let start = cache.len;
         let ids = Tensor::new(tokens, &Device::Cpu)?;
+        // The cache changes only if the whole step succeeds (tensors are shared, not copied).
+        let mut layers = cache.layers.clone();
         let mut x = self
             .embedding
             .embedding(&ids)?
             .affine((c.embedding_length as f64).sqrt(), 0.0)?
             .unsqueeze(0)?; // [1, n, width]
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (layer, kv) in self.layers.iter().zip(layers.iter_mut()) {
             let h = layer.attn_norm.forward(&x, c.rms_epsilon)?;
             let h = self.attention(layer, &h, kv, start)?;
             let h = layer.post_attn_norm.forward(&h, c.rms_epsilon)?;
@@ -339,10 +385,16 @@ impl Gemma3 {
             let h = layer.post_ffn_norm.forward(&h, c.rms_epsilon)?;
             x = (x + h)?;
         }
-        cache.len += n;
         let last = x.narrow(1, n - 1, 1)?;
         let last = self.output_norm.forward(&last, c.rms_epsilon)?;
-        self.output.forward(&last)?.flatten_all()?.to_vec1::<f32>()
+        let logits = self
+            .output
+            .forward(&last)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        cache.layers = layers;
+        cache.len += n;
+        Ok(logits)
     }
 
     fn attention(
@@ -368,7 +420,7 @@ impl Gemma3 {
         } else {
             &self.rope_global
         };
-        let q = (rope.apply(&q, start)? * (1.0 / (hs as f64).sqrt()))?;
+        let q = (rope.apply(&q, start)? * f64::from(c.query_scale))?;
         let k = rope.apply(&k, start)?.squeeze(0)?; // [heads_kv, n, hs]
         let v = v.squeeze(0)?;
         let (k, v) = match kv.take() {

@@ -29,28 +29,40 @@ impl<'a> GgufFile<'a> {
             Ok(Err(e)) => return Err(LlmError::Gguf(e.to_string())),
             Err(_) => return Err(LlmError::Gguf("malformed header".into())),
         };
+        // Every tensor's bytes lie inside the file, and no two overlap: each tensor is copied
+        // out once, so a file cannot make the engine allocate more than its own size by naming
+        // the same bytes many times.
+        let mut ranges = Vec::with_capacity(content.tensor_infos.len());
         for (name, info) in &content.tensor_infos {
-            let elements = info
+            let dtype = info.ggml_dtype;
+            let range = info
                 .shape
                 .dims()
                 .iter()
-                .try_fold(1usize, |n, &d| n.checked_mul(d));
-            let fits = elements
-                .and_then(|n| {
-                    (n % info.ggml_dtype.block_size() == 0)
-                        .then(|| n / info.ggml_dtype.block_size() * info.ggml_dtype.type_size())
-                })
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .filter(|n| n % dtype.block_size() == 0)
+                .and_then(|n| (n / dtype.block_size()).checked_mul(dtype.type_size()))
                 .and_then(|size| {
                     let start = content.tensor_data_offset.checked_add(info.offset)?;
-                    let end = start.checked_add(size as u64)?;
-                    (end <= bytes.len() as u64).then_some(())
-                });
-            if fits.is_none() {
-                return Err(LlmError::Gguf(format!(
-                    "tensor {name} of shape {:?} does not fit the file",
-                    info.shape.dims()
-                )));
-            }
+                    let end = start.checked_add(u64::try_from(size).ok()?)?;
+                    (end <= bytes.len() as u64).then_some((start, end))
+                })
+                .ok_or_else(|| {
+                    LlmError::Gguf(format!(
+                        "tensor {} of shape {:?} does not fit the file",
+                        shorten(name),
+                        info.shape.dims()
+                    ))
+                })?;
+            ranges.push((range, name));
+        }
+        ranges.sort_unstable();
+        if let Some(pair) = ranges.windows(2).find(|w| w[0].0 .1 > w[1].0 .0) {
+            return Err(LlmError::Gguf(format!(
+                "tensors {} and {} overlap",
+                shorten(pair[0].1),
+                shorten(pair[1].1)
+            )));
         }
         Ok(Self { content, bytes })
     }
@@ -158,10 +170,10 @@ impl<'a> GgufFile<'a> {
             .content
             .tensor_infos
             .get(name)
-            .ok_or_else(|| LlmError::MissingTensor(name.to_string()))?;
+            .ok_or_else(|| LlmError::MissingTensor(shorten(name)))?;
         if info.shape.dims() != dims {
             return Err(LlmError::TensorShape {
-                name: name.to_string(),
+                name: shorten(name),
                 expected: dims.to_vec(),
                 found: info.shape.dims().to_vec(),
             });
@@ -171,7 +183,16 @@ impl<'a> GgufFile<'a> {
             self.content.tensor_data_offset,
             device,
         )
-        .map_err(|e| LlmError::Gguf(format!("tensor {name}: {e}")))
+        .map_err(|e| LlmError::Gguf(format!("tensor {}: {e}", shorten(name))))
+    }
+}
+
+/// An untrusted name or value, cut for an error message.
+pub(crate) fn shorten(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}...", &s[..at]),
+        None => s.to_string(),
     }
 }
 

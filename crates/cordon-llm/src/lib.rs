@@ -107,13 +107,37 @@ impl LlmModel {
 
     /// The tokens of a chat, rendered with the model's template and ending with the opening of
     /// the model's turn.
+    ///
+    /// A message's text is never read as control tokens: `<end_of_turn>` written by a user is
+    /// text, not the end of their turn. Text too long to fit the context in any tokenization is
+    /// refused before it is tokenized.
     pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<TokenId>, LlmError> {
-        let text = chat::render_gemma3(messages)?;
+        let parts = chat::render_gemma3(messages)?;
+        let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+        // A token stands for at most `max_piece_bytes` of text, so text longer than the context
+        // times that cannot fit, whatever its tokenization.
+        let limit = self
+            .context()
+            .saturating_mul(self.tokenizer.max_piece_bytes());
+        if bytes > limit {
+            return Err(LlmError::BadParameter {
+                name: "messages",
+                why: format!(
+                    "{bytes} bytes of text cannot fit a context of {} tokens",
+                    self.context()
+                ),
+            });
+        }
         let mut tokens = Vec::new();
         if self.tokenizer.adds_bos() {
             tokens.push(self.tokenizer.bos());
         }
-        tokens.extend(self.tokenizer.encode(&text, true));
+        for part in parts {
+            match part {
+                chat::Part::Template(t) => tokens.extend(self.tokenizer.encode(t, true)),
+                chat::Part::Content(c) => tokens.extend(self.tokenizer.encode(c, false)),
+            }
+        }
         Ok(tokens)
     }
 
@@ -135,6 +159,12 @@ impl LlmModel {
         sampling: &Sampling,
         max_tokens: usize,
     ) -> Result<Generation<'_>, LlmError> {
+        if prompt.is_empty() {
+            return Err(LlmError::BadParameter {
+                name: "prompt",
+                why: "no token".into(),
+            });
+        }
         let needed = prompt.len().saturating_add(max_tokens);
         if needed > self.context() {
             return Err(LlmError::ContextTooLong {

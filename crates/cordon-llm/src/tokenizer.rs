@@ -63,6 +63,7 @@ pub struct Tokenizer {
     unknown: Option<TokenId>,
     add_bos: bool,
     add_space_prefix: bool,
+    max_piece_bytes: usize,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -81,7 +82,8 @@ impl Tokenizer {
         let model = file.string("tokenizer.ggml.model")?;
         if model != "llama" {
             return Err(LlmError::Tokenizer(format!(
-                "tokenizer.ggml.model {model:?} is not supported (this engine reads SentencePiece, \"llama\")"
+                "tokenizer.ggml.model {:?} is not supported (this engine reads SentencePiece, \"llama\")",
+                crate::gguf::shorten(model)
             )));
         }
         let pieces = file.array("tokenizer.ggml.tokens", |v| match v {
@@ -168,7 +170,9 @@ impl Tokenizer {
             .collect();
         // Longest first; llama.cpp's sort is not stable, ties keep id order here.
         special_ids.sort_by_key(|&i| std::cmp::Reverse(pieces[i as usize].len()));
+        let max_piece_bytes = pieces.iter().map(String::len).max().unwrap_or(1).max(1);
         Self {
+            max_piece_bytes,
             pieces,
             scores,
             kinds,
@@ -201,6 +205,11 @@ impl Tokenizer {
     /// Whether the model expects a beginning-of-sequence token first.
     pub fn adds_bos(&self) -> bool {
         self.add_bos
+    }
+
+    /// The longest text a token stands for, in bytes.
+    pub fn max_piece_bytes(&self) -> usize {
+        self.max_piece_bytes
     }
 
     /// The id of a token by its exact text (e.g. `<end_of_turn>`).

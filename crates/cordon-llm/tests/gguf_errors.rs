@@ -121,3 +121,36 @@ fn a_tensor_past_the_end_of_the_file_is_refused_at_read() {
     bytes[at + 8..at + 16].copy_from_slice(&u64::MAX.to_le_bytes());
     assert!(matches!(GgufFile::read(&bytes), Err(LlmError::Gguf(_))));
 }
+
+#[test]
+fn tensors_whose_size_overflows_or_that_overlap_are_refused() {
+    // One or two F32 tensors in a file with a little data after the header.
+    let file = |tensors: &[(&str, [u64; 2], u64)]| {
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend(3u32.to_le_bytes());
+        bytes.extend((tensors.len() as u64).to_le_bytes());
+        bytes.extend(0u64.to_le_bytes());
+        for (name, dims, offset) in tensors {
+            bytes.extend((name.len() as u64).to_le_bytes());
+            bytes.extend(name.as_bytes());
+            bytes.extend(2u32.to_le_bytes());
+            bytes.extend(dims[0].to_le_bytes());
+            bytes.extend(dims[1].to_le_bytes());
+            bytes.extend(0u32.to_le_bytes()); // F32
+            bytes.extend(offset.to_le_bytes());
+        }
+        bytes.resize(bytes.len().div_ceil(32) * 32 + 4096, 0);
+        bytes
+    };
+    // 2^31 x 2^31 elements: the element count fits a u64, the byte count does not.
+    let huge = file(&[("a", [1 << 31, 1 << 31], 0)]);
+    assert!(matches!(GgufFile::read(&huge), Err(LlmError::Gguf(m)) if m.contains("does not fit")));
+    // Two tensors of 4 x 64 floats (1 KiB): apart, they load; sharing bytes, they are refused.
+    assert!(GgufFile::read(&file(&[("a", [64, 4], 0), ("b", [64, 4], 1024)])).is_ok());
+    let overlapping = file(&[("a", [64, 4], 0), ("b", [64, 4], 512)]);
+    assert!(
+        matches!(GgufFile::read(&overlapping), Err(LlmError::Gguf(m)) if m.contains("overlap"))
+    );
+    let same = file(&[("a", [64, 4], 0), ("b", [64, 4], 0)]);
+    assert!(matches!(GgufFile::read(&same), Err(LlmError::Gguf(m)) if m.contains("overlap")));
+}
