@@ -113,7 +113,10 @@ impl<'a> GgufFile<'a> {
             .filter(|n| range.contains(n))
             .ok_or_else(|| LlmError::BadMetadata {
                 key: key.to_string(),
-                why: format!("{n:?} is outside {}..={}", range.start(), range.end()),
+                why: match n {
+                    Some(n) => format!("{n} is outside {}..={}", range.start(), range.end()),
+                    None => "a negative count".to_string(),
+                },
             })
     }
 

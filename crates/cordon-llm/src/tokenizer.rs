@@ -354,8 +354,13 @@ impl Tokenizer {
                 out.extend_from_slice(piece.as_bytes())
             }
             TokenKind::Byte => {
-                if let Some(b) = self.bytes.iter().position(|&t| t == Some(id)) {
-                    out.push(b as u8);
+                // `<0xXX>`: the byte is in the name (no search over the byte table per token).
+                if let Some(b) = piece
+                    .strip_prefix("<0x")
+                    .and_then(|h| h.strip_suffix('>'))
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    out.push(b);
                 }
             }
             _ => {}
@@ -476,6 +481,8 @@ mod tests {
         assert_eq!(t.encode("a<turn>b", true), vec![2, 9, 3]);
         assert_ne!(t.encode("a<turn>b", false), vec![2, 9, 3]);
         assert_eq!(t.decode(&[2, 8, 3, 9]), "a b");
+        // Byte tokens decode to their bytes, which join into the character.
+        assert_eq!(t.decode(&t.encode("a é", false)), "a é");
         let mut raw = Vec::new();
         t.decode_into(9, true, &mut raw);
         assert_eq!(raw, b"<turn>");
