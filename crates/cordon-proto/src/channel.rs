@@ -16,6 +16,7 @@
 
 use crate::aead::Aes256GcmKey;
 use crate::hpke_base::{self, RecipientKey};
+use crate::stream::{self, StreamOpener, StreamSealer};
 use hkdf::Hkdf;
 use rand::RngCore;
 use sha2::Sha256;
@@ -253,6 +254,17 @@ impl ServerResponseContext {
         out.extend_from_slice(&ct);
         Ok(out)
     }
+
+    /// The answer as a sealed stream instead of one message (`crate::stream`): its key from this
+    /// request's secret and a fresh stream nonce.
+    pub fn into_stream(self) -> StreamSealer {
+        let enc = self.enc;
+        StreamSealer::new(
+            &self.secret,
+            |nonce| stream::oneshot_salt(&enc, nonce).to_vec(),
+            &[],
+        )
+    }
 }
 
 /// Client side: decrypts the response to a request it encapsulated.
@@ -350,6 +362,11 @@ impl ClientResponseContext {
         let (response_nonce, ct) = message.split_at(RESPONSE_NONCE_LEN);
         let (aead, nonce) = response_aead(&self.secret, &self.enc, response_nonce);
         aead.open(&nonce, &[], ct)
+    }
+
+    /// Opens the answer when it comes as a sealed stream (`crate::stream`).
+    pub fn into_stream(self) -> StreamOpener {
+        StreamOpener::oneshot(self.secret, self.enc)
     }
 }
 

@@ -7,11 +7,13 @@
 //!   HTTP (RFC 9458), and single-shot HPKE sealing of keys.
 //! - [`session`]: session mode of the channel: one HPKE setup, then AEAD per message with
 //!   sequence numbers, for high-rate streams.
+//! - [`stream`]: sealed answer streams (a chat completion token by token): frames in order, the
+//!   last marked, so cuts, reordering and repeats are detected.
 //! - [`job`]: collaborative training jobs: spec and hash, approvals with expiry, the
 //!   report_data of a job, output sealing and signed receipts.
 //! - [`merkle`]: the RFC 9162 Merkle Tree Hash, inclusion and consistency proofs.
 //! - [`checkpoint`]: signed checkpoints (size, Merkle root) of the KBS audit log, verified offline.
-//! - [`kbs`], [`runtime`], [`oip`]: JSON message types.
+//! - [`kbs`], [`runtime`], [`oip`], [`openai`]: JSON message types.
 //!
 //! `docs/protocol.md` describes every message and binding byte for byte.
 
@@ -31,8 +33,10 @@ pub mod merkle;
 pub mod oip;
 pub mod oip_binary;
 pub mod oip_json;
+pub mod openai;
 pub mod runtime;
 pub mod session;
+pub mod stream;
 
 pub use binding::{report_data, ModelBinding, RuntimeKeys};
 

@@ -40,6 +40,7 @@ use crate::channel::{
     HDR_LEN,
 };
 use crate::hpke_base;
+use crate::stream::{self, StreamOpener, StreamSealer};
 use hkdf::Hkdf;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -60,6 +61,7 @@ const SESSION_LABEL: &[u8] = b"cordon session v2";
 const SECRET_LABEL: &[u8] = b"cordon session secret v2";
 const KEYS_LABEL: &[u8] = b"cordon session keys v2";
 const GRANT_AAD: &[u8] = b"cordon session grant";
+const STREAM_LABEL: &[u8] = b"cordon session stream v1";
 /// Bytes of the runtime's contribution to a session's keys.
 pub const SERVER_NONCE_LEN: usize = 32;
 
@@ -92,6 +94,8 @@ pub struct SessionKeys {
     s2c: Aes256GcmKey,
     nonce_c2s: Zeroizing<[u8; 12]>,
     nonce_s2c: Zeroizing<[u8; 12]>,
+    /// What each streamed answer's key is derived from (`crate::stream`).
+    stream_secret: Zeroizing<[u8; 32]>,
     server_nonce: [u8; SERVER_NONCE_LEN],
     setup_enc: [u8; ENC_LEN],
     /// The derived bytes, kept in tests only, to check that no key and nonce pair ever repeats.
@@ -117,7 +121,10 @@ impl SessionKeys {
         salt[ENC_LEN..].copy_from_slice(server_nonce);
         let mut material = Zeroizing::new([0u8; 88]);
         // 88 bytes is far below HKDF-SHA256's limit, so expand cannot fail.
-        let _ = Hkdf::<Sha256>::new(Some(&salt), secret).expand(KEYS_LABEL, material.as_mut());
+        let hk = Hkdf::<Sha256>::new(Some(&salt), secret);
+        let _ = hk.expand(KEYS_LABEL, material.as_mut());
+        let mut stream_secret = Zeroizing::new([0u8; 32]);
+        let _ = hk.expand(STREAM_LABEL, stream_secret.as_mut());
         #[cfg(test)]
         let material: &[u8; 88] = &material;
         let mut nonce_c2s = Zeroizing::new([0u8; 12]);
@@ -130,6 +137,7 @@ impl SessionKeys {
             s2c: Aes256GcmKey::new(&key_bytes(&material[32..64])),
             nonce_c2s,
             nonce_s2c,
+            stream_secret,
             server_nonce: *server_nonce,
             setup_enc: *enc,
             #[cfg(test)]
@@ -320,6 +328,17 @@ impl SessionKeys {
         out.extend_from_slice(&ct);
         Ok(out)
     }
+
+    /// Runtime side: the answer to request `seq` as a sealed stream (`crate::stream`), under a
+    /// key of its own (from the session's stream secret, `seq` and a fresh nonce).
+    pub fn stream_sealer(&self, session_id: &SessionId, seq: u64) -> StreamSealer {
+        let id = *session_id;
+        StreamSealer::new(
+            &self.stream_secret,
+            |nonce| stream::session_salt(&id, seq, nonce).to_vec(),
+            &seq.to_be_bytes(),
+        )
+    }
 }
 
 /// Client side: a setup request sent, waiting for the runtime's grant.
@@ -437,6 +456,11 @@ impl ClientSession {
         }
         self.keys
             .open(true, seq, &message_aad(&self.grant.session_id, seq), ct)
+    }
+
+    /// Opens the answer to request `seq` when it comes as a sealed stream.
+    pub fn stream_opener(&self, seq: u64) -> StreamOpener {
+        StreamOpener::session(self.keys.stream_secret.clone(), self.grant.session_id, seq)
     }
 }
 

@@ -1,0 +1,256 @@
+//! The OpenAI chat completions API's wire types (`POST /v1/chat/completions`, `GET /v1/models`),
+//! the part of it a runtime serving a language model speaks inside the channel. Fields Cordon does
+//! not act on are read and ignored, as OpenAI-compatible servers do; fields whose meaning it cannot
+//! honour (`n` above 1, tools, log probabilities) are refused by the runtime, never ignored.
+//! docs/protocol.md §7.8.
+
+use serde::{Deserialize, Serialize};
+
+/// Path of the chat completions route, inside the channel and on the proxy.
+pub const CHAT_COMPLETIONS_PATH: &str = "/v1/chat/completions";
+/// Path of the model list.
+pub const MODELS_PATH: &str = "/v1/models";
+/// Media type of a streamed completion (server-sent events).
+pub const EVENT_STREAM_MEDIA_TYPE: &str = "text/event-stream";
+
+/// `POST /v1/chat/completions`.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct ChatCompletionRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// The newer name of `max_tokens`; the smaller wins when both are given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Stop>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<serde_json::Value>,
+}
+
+// Prompts never reach a log through Debug: only their count and sizes.
+impl std::fmt::Debug for ChatCompletionRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatCompletionRequest")
+            .field("model", &self.model)
+            .field("messages", &self.messages.len())
+            .field("max_tokens", &self.max_tokens)
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// `stop`: one string or up to four.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Stop {
+    pub fn strings(&self) -> Vec<&str> {
+        match self {
+            Stop::One(s) => vec![s.as_str()],
+            Stop::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+/// A message's content: a string, or the array form with text parts.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+impl Content {
+    /// The text of the content; `Err` names the first part that is not text.
+    pub fn text(&self) -> Result<String, String> {
+        match self {
+            Content::Text(t) => Ok(t.clone()),
+            Content::Parts(parts) => {
+                let mut out = String::new();
+                for (i, p) in parts.iter().enumerate() {
+                    match (p.kind.as_str(), &p.text) {
+                        ("text", Some(t)) => out.push_str(t),
+                        _ => {
+                            return Err(format!(
+                                "content part {i} is not text (only \"text\" parts are served)"
+                            ))
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// A whole completion (`"object": "chat.completion"`).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<Choice>,
+    pub usage: Usage,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Choice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub finish_reason: String,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AssistantMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// One event of a streamed completion (`"object": "chat.completion.chunk"`).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChunkChoice>,
+    /// Only on the final chunk, when `stream_options.include_usage` asked for it (then with no
+    /// choices); `null` on the others, as OpenAI sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    pub index: u32,
+    pub delta: Delta,
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct Delta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// `GET /v1/models`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelCard>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+}
+
+/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+pub fn error_body(message: &str, kind: &str) -> serde_json::Value {
+    serde_json::json!({
+        "error": { "message": message, "type": kind, "param": null, "code": null }
+    })
+}
+
+/// One server-sent event carrying `data` (JSON on one line).
+pub fn sse_event(data: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 8);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data.as_bytes());
+    out.extend_from_slice(b"\n\n");
+    out
+}
+
+/// The event that ends a stream.
+pub const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_official_clients_request_reads() {
+        let body = r#"{"messages":[{"role":"system","content":"Be brief."},
+            {"role":"user","content":[{"type":"text","text":"Hi "},{"type":"text","text":"there"}]}],
+            "model":"gemma-3-270m","max_tokens":8,"seed":1,"stream":true,
+            "stream_options":{"include_usage":true},"stop":["\n\n"],"frequency_penalty":0}"#;
+        let r: ChatCompletionRequest = serde_json::from_str(body).unwrap();
+        assert_eq!(r.messages.len(), 2);
+        assert_eq!(
+            r.messages[1].content.as_ref().unwrap().text().unwrap(),
+            "Hi there"
+        );
+        assert_eq!(r.stop.unwrap().strings(), vec!["\n\n"]);
+        assert!(r.stream_options.unwrap().include_usage);
+        let image = r#"[{"type":"image_url","image_url":{"url":"x"}}]"#;
+        let c: Content = serde_json::from_str(image).unwrap();
+        assert!(c.text().unwrap_err().contains("part 0 is not text"));
+    }
+
+    #[test]
+    fn debug_shows_no_prompt() {
+        let r = ChatCompletionRequest {
+            model: "m".into(),
+            messages: vec![ChatMessage {
+                role: "user".into(),
+                content: Some(Content::Text("patient has a secret".into())),
+            }],
+            ..Default::default()
+        };
+        assert!(!format!("{r:?}").contains("secret"));
+    }
+}
