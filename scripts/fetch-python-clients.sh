@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Makes a Python virtual environment in OUTDIR with the stock KServe v2 / Triton clients (HTTP, gRPC) from
+# Makes a Python virtual environment in OUTDIR with the stock KServe v2 / Triton clients (HTTP, gRPC) and
+# OpenAI's Python client from
 # PyPI, pinned in scripts/requirements-python-clients.txt (idempotent: a complete environment with
 # the same pins is kept). Prints the path of its python. Needs python3 with venv and pip.
 set -euo pipefail
@@ -22,7 +23,7 @@ if [ ! -f "$venv/.complete" ]; then
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
         --only-binary=:all: -r "$req" >&2 \
         || { echo "fetch-python-clients: pip could not install $req from PyPI" >&2; exit 1; }
-    "$venv/bin/python" -c "import tritonclient.http, tritonclient.grpc, numpy" >&2
+    "$venv/bin/python" -c "import tritonclient.http, tritonclient.grpc, numpy, openai" >&2
     touch "$venv/.complete"
 fi
 echo "$venv/bin/python"

@@ -32,11 +32,13 @@ use cordon_proto::session::{
     start_session, ClientSession, SessionGrant, SessionSetup, SESSION_MESSAGE_MEDIA_TYPE,
     SESSION_SETUP_MEDIA_TYPE,
 };
+use cordon_proto::stream::{StreamError, StreamOpener, SEALED_STREAM_MEDIA_TYPE};
 use cordon_proto::{report_data, ModelBinding, RuntimeKeys};
 use rand::RngCore;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use thiserror::Error;
+use zeroize::Zeroizing;
 
 /// Why the client refused a runtime or a request failed.
 #[derive(Debug, Error)]
@@ -72,6 +74,109 @@ pub enum ClientError {
     NotDecrypted { status: u16, error: String },
     #[error("malformed response from runtime: {0}")]
     Malformed(String),
+    /// A streamed answer did not arrive as the runtime sealed it: cut short, reordered, repeated
+    /// or altered (by the host or the network). What arrived before the fault was authentic.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+}
+
+/// A runtime's answer: whole, or a sealed stream (a streamed chat completion) being read.
+pub enum Reply {
+    Whole(InnerResponse),
+    Stream(Box<ReplyStream>),
+}
+
+impl Reply {
+    /// The whole answer; a stream is read to its end, its pieces joined as the body's bytes.
+    pub async fn into_whole(self) -> Result<InnerResponse, ClientError> {
+        match self {
+            Reply::Whole(r) => Ok(r),
+            Reply::Stream(s) => s.collect().await,
+        }
+    }
+}
+
+/// A sealed stream from the runtime (docs/protocol.md §7.7): its head (status and headers), then
+/// its body's pieces, each authenticated and in order; a stream that ends before its last frame,
+/// or whose frames were reordered, repeated or altered, is an error.
+pub struct ReplyStream {
+    head: InnerResponse,
+    response: reqwest::Response,
+    opener: StreamOpener,
+}
+
+impl std::fmt::Debug for ReplyStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyStream")
+            .field("status", &self.head.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplyStream {
+    /// Reads the stream's first frame, the head.
+    async fn start(
+        response: reqwest::Response,
+        opener: StreamOpener,
+    ) -> Result<ReplyStream, ClientError> {
+        let mut stream = ReplyStream {
+            head: InnerResponse::json(0, serde_json::Value::Null),
+            response,
+            opener,
+        };
+        let head = stream
+            .next_piece()
+            .await?
+            .ok_or_else(|| ClientError::Malformed("sealed stream ended before its head".into()))?;
+        stream.head = decode_inner(&head)?;
+        Ok(stream)
+    }
+
+    /// The answer's status and headers.
+    pub fn head(&self) -> &InnerResponse {
+        &self.head
+    }
+
+    /// The next piece of the body; `None` once the last frame arrived and nothing followed it.
+    pub async fn next_piece(&mut self) -> Result<Option<Zeroizing<Vec<u8>>>, ClientError> {
+        loop {
+            if let Some(piece) = self.opener.next_piece()? {
+                return Ok(Some(piece.bytes));
+            }
+            match self.response.chunk().await {
+                Ok(Some(bytes)) => self.opener.push(&bytes)?,
+                Ok(None) => {
+                    self.opener.finish()?;
+                    return Ok(None);
+                }
+                // The last frame arrived: nothing after it would have been taken, so a transport
+                // error now takes nothing away.
+                Err(_) if self.opener.is_complete() => return Ok(None),
+                Err(e) => {
+                    // Cut off mid-stream: say so in the stream's words, with the transport's.
+                    let cut = self.opener.finish().err();
+                    return Err(match cut {
+                        Some(cut) => ClientError::Http(format!("{cut} ({})", error_text(&e))),
+                        None => ClientError::Http(error_text(&e)),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The head with the body's pieces joined as its raw body.
+    pub async fn collect(mut self) -> Result<InnerResponse, ClientError> {
+        let mut body = Vec::new();
+        while let Some(piece) = self.next_piece().await? {
+            body.extend_from_slice(&piece);
+        }
+        let mut head = std::mem::replace(
+            &mut self.head,
+            InnerResponse::json(0, serde_json::Value::Null),
+        );
+        head.raw_body = Some(body);
+        Ok(head)
+    }
 }
 
 /// A runtime whose evidence was verified and appraised; its HPKE key is pinned.
@@ -221,6 +326,48 @@ async fn post_message(
         .map_err(|e| ClientError::Http(error_text(&e)))
 }
 
+/// Posts one channel message; the answer, once its status says it is one.
+async fn post_for_reply(
+    http: &reqwest::Client,
+    url: String,
+    media_type: &str,
+    body: Vec<u8>,
+    long: bool,
+) -> Result<reqwest::Response, ClientError> {
+    let mut post = http
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, media_type)
+        .body(body);
+    if long {
+        post = post.timeout(COMPLETION_TIMEOUT);
+    }
+    let resp = post
+        .send()
+        .await
+        .map_err(|e| ClientError::Http(error_text(&e)))?;
+    if !resp.status().is_success() {
+        return Err(server_error(resp).await);
+    }
+    Ok(resp)
+}
+
+/// How long a chat completion may take, streamed or whole, instead of the client's 30 s: a reply
+/// of hundreds of tokens on a CPU takes minutes.
+const COMPLETION_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Whether a request is a chat completion (which may run for minutes).
+fn is_completion(inner: &InnerRequest) -> bool {
+    inner.path.trim_end_matches('/') == cordon_proto::openai::CHAT_COMPLETIONS_PATH
+}
+
+/// Whether the runtime answered with a sealed stream. Told by the media type, which the host
+/// could change: a stream read as one message, or one message as a stream, fails to decrypt.
+fn is_sealed_stream(resp: &reqwest::Response) -> bool {
+    resp.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == SEALED_STREAM_MEDIA_TYPE.as_bytes())
+}
+
 /// The plaintext of an inner request (zeroized when dropped).
 fn encode_inner(inner: InnerRequest) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
     inner
@@ -331,9 +478,16 @@ impl VerifiedRuntime {
 
     /// Sends `inner` through the encrypted channel as one HPKE message (its `sent_at` is set
     /// here) and returns the decrypted inner response.
-    pub async fn send(&self, mut inner: InnerRequest) -> Result<InnerResponse, ClientError> {
+    pub async fn send(&self, inner: InnerRequest) -> Result<InnerResponse, ClientError> {
+        self.send_reply(inner).await?.into_whole().await
+    }
+
+    /// Sends one request, one-shot; the answer whole, or as the sealed stream it came in (a
+    /// streamed chat completion), to be read piece by piece.
+    pub async fn send_reply(&self, mut inner: InnerRequest) -> Result<Reply, ClientError> {
         // The runtime refuses a one-shot request outside its window or seen before.
         inner.sent_at = Some(unix_now());
+        let long = is_completion(&inner);
         let plaintext = encode_inner(inner)?;
         let (public_key, key_id) = (&self.keys.hpke_public_key, self.keys.hpke_key_id);
         let prepared = match self.take_prepared() {
@@ -342,7 +496,7 @@ impl VerifiedRuntime {
         };
         let (message, ctx) = prepared.encapsulate(&plaintext)?;
         let url = format!("{}/v1/encrypted", self.url);
-        let post = post_message(&self.http, url, ENCRYPTED_REQUEST_MEDIA_TYPE, message);
+        let post = post_for_reply(&self.http, url, ENCRYPTED_REQUEST_MEDIA_TYPE, message, long);
         // While this request is on its way and being answered, make the next one's encapsulation:
         // its ephemeral key and key agreement do not depend on the request, and they are most of
         // what a one-shot request costs here. The yield first lets the connection put this
@@ -352,7 +506,7 @@ impl VerifiedRuntime {
             self.refill_prepared();
         };
         let (posted, ()) = tokio::join!(post, refill);
-        let bytes = match posted {
+        let resp = match posted {
             // The runtime answers 400 `encrypted request: …` only when decapsulation failed
             // (docs/protocol.md §8.2): nothing of the request was decrypted.
             Err(ClientError::Server { status, error })
@@ -362,7 +516,16 @@ impl VerifiedRuntime {
             }
             other => other?,
         };
-        decode_inner(&ctx.decrypt_response(&bytes)?)
+        if is_sealed_stream(&resp) {
+            return Ok(Reply::Stream(Box::new(
+                ReplyStream::start(resp, ctx.into_stream()).await?,
+            )));
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Http(error_text(&e)))?;
+        Ok(Reply::Whole(decode_inner(&ctx.decrypt_response(&bytes)?)?))
     }
 
     /// Runs an Open Inference Protocol infer request on `model`.
@@ -514,17 +677,36 @@ impl Session {
 
     /// Sends `inner` in the session and returns the decrypted inner response.
     pub async fn send(&self, inner: InnerRequest) -> Result<InnerResponse, ClientError> {
+        self.send_reply(inner).await?.into_whole().await
+    }
+
+    /// Sends one request in the session; the answer whole, or as the sealed stream it came in.
+    pub async fn send_reply(&self, inner: InnerRequest) -> Result<Reply, ClientError> {
+        let long = is_completion(&inner);
         let plaintext = encode_inner(inner)?;
         let (message, seq) = self.inner.seal_request(&plaintext)?;
         let url = format!("{}/v1/session/message", self.url);
-        let bytes = match post_message(&self.http, url, SESSION_MESSAGE_MEDIA_TYPE, message).await {
+        let resp = match post_for_reply(&self.http, url, SESSION_MESSAGE_MEDIA_TYPE, message, long)
+            .await
+        {
             // Unknown (a restarted runtime) or expired: the runtime refused before decrypting.
             Err(ClientError::Server { status, error }) if status == 404 || status == 410 => {
                 return Err(ClientError::SessionClosed { status, error })
             }
             other => other?,
         };
-        decode_inner(&self.inner.open_response(seq, &bytes)?)
+        if is_sealed_stream(&resp) {
+            return Ok(Reply::Stream(Box::new(
+                ReplyStream::start(resp, self.inner.stream_opener(seq)).await?,
+            )));
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Http(error_text(&e)))?;
+        Ok(Reply::Whole(decode_inner(
+            &self.inner.open_response(seq, &bytes)?,
+        )?))
     }
 
     /// Runs an Open Inference Protocol infer request on `model` in this session.

@@ -20,13 +20,16 @@
 //!
 //! Request and response bodies are never logged; `debug` tracing names method, path and status only.
 
-use crate::{connect_with_tls, ClientError, ClientTls, Session, VerifiedRuntime};
+use crate::{
+    connect_with_tls, ClientError, ClientTls, Reply, ReplyStream, Session, VerifiedRuntime,
+};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use cordon_attest::{Claims, Endorsements, Platform, Policy, PolicyDocument};
+use cordon_proto::openai;
 use cordon_proto::runtime::{
     InnerRequest, InnerResponse, CONTENT_TYPE_HEADER, INFERENCE_HEADER_CONTENT_LENGTH,
     JSON_MEDIA_TYPE,
@@ -586,7 +589,12 @@ impl Proxy {
             Some(Payload::Raw(raw)) => Some(raw.clone()),
             _ => None,
         };
-        let resp = self.forward_once(method, path, body).await?;
+        let resp = self
+            .forward_once(method, path, body)
+            .await?
+            .into_whole()
+            .await
+            .map_err(Refusal::Upstream)?;
         let older_runtime = resp.status == 400
             && resp
                 .body
@@ -602,7 +610,10 @@ impl Proxy {
                 tracing::debug!("the runtime takes no bodies as bytes: sent as a JSON tree");
                 let again = move || raw.as_tree(limit);
                 self.forward_once(method, path, Some(Payload::new(tree, again)))
+                    .await?
+                    .into_whole()
                     .await
+                    .map_err(Refusal::Upstream)
             }
             // Too large as a tree, or not decodable: the older runtime's answer stands.
             Err(_) => Ok(resp),
@@ -616,7 +627,7 @@ impl Proxy {
         method: &str,
         path: &str,
         body: Option<Payload>,
-    ) -> Result<InnerResponse, Refusal> {
+    ) -> Result<Reply, Refusal> {
         let rt = self.runtime_for_request().await?;
         let request = |body: Option<Sent>| {
             let mut inner = InnerRequest {
@@ -647,7 +658,7 @@ impl Proxy {
             None => Ok(None),
         };
         if let Some(session) = self.take_session(&rt).await {
-            match session.send(request(first.take())).await {
+            match session.send_reply(request(first.take())).await {
                 Ok(resp) => {
                     self.return_session(&rt, session);
                     return Ok(resp);
@@ -664,10 +675,10 @@ impl Proxy {
             }
             first = remake()?;
         }
-        let result = match rt.send(request(first)).await {
+        let result = match rt.send_reply(request(first)).await {
             Err(e @ ClientError::NotDecrypted { .. }) => {
                 let fresh = self.reverify_after_rejection(&rt, e).await?;
-                fresh.send(request(remake()?)).await
+                fresh.send_reply(request(remake()?)).await
             }
             other => other,
         };
@@ -913,6 +924,9 @@ async fn handle(
             _ => method_not_allowed(&Method::GET, &method, path),
         };
     }
+    if let Some(route) = match_openai(path) {
+        return openai_route(&proxy, route, method, body).await;
+    }
     let Some((endpoint, forward_path)) = match_oip(path) else {
         tracing::debug!(%method, path, "no such endpoint");
         return oip_error(
@@ -963,6 +977,152 @@ async fn handle(
     };
     tracing::debug!(%method, path, status = response.status().as_u16(), "request");
     response
+}
+
+/// An OpenAI API route the proxy forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpenAiRoute {
+    ChatCompletions,
+    Models,
+}
+
+fn match_openai(path: &str) -> Option<OpenAiRoute> {
+    match path.strip_suffix('/').unwrap_or(path) {
+        openai::CHAT_COMPLETIONS_PATH => Some(OpenAiRoute::ChatCompletions),
+        openai::MODELS_PATH => Some(OpenAiRoute::Models),
+        _ => None,
+    }
+}
+
+/// An error in the OpenAI API's shape (its clients read `error.message`).
+fn openai_error(status: StatusCode, message: impl Into<String>) -> Response {
+    let kind = if status.is_client_error() {
+        "invalid_request_error"
+    } else {
+        "server_error"
+    };
+    (status, Json(openai::error_body(&message.into(), kind))).into_response()
+}
+
+/// `GET /v1/models` and `POST /v1/chat/completions`, forwarded into the channel. A streamed
+/// completion comes back as a sealed stream and leaves here as server-sent events, each piece
+/// passed on once it authenticated: a stream the host cut, reordered or altered ends with an
+/// error event and an aborted connection, never with a clean end.
+async fn openai_route(proxy: &Proxy, route: OpenAiRoute, method: Method, body: Body) -> Response {
+    let (allowed, path) = match route {
+        OpenAiRoute::Models => (Method::GET, openai::MODELS_PATH),
+        OpenAiRoute::ChatCompletions => (Method::POST, openai::CHAT_COMPLETIONS_PATH),
+    };
+    let effective = if method == Method::HEAD && allowed == Method::GET {
+        Method::GET
+    } else {
+        method.clone()
+    };
+    if effective != allowed {
+        return method_not_allowed(&allowed, &method, path);
+    }
+    let payload = match route {
+        OpenAiRoute::Models => None,
+        OpenAiRoute::ChatCompletions => {
+            let limit = proxy.shared.config.max_body;
+            let bytes = match read_body(body, limit).await {
+                Ok(b) => b,
+                Err(BodyError::TooLarge) => {
+                    return openai_error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("request body exceeds the limit of {limit} bytes"),
+                    )
+                }
+                Err(BodyError::Read(e)) => {
+                    return openai_error(
+                        StatusCode::BAD_REQUEST,
+                        format!("reading the request body: {e}"),
+                    )
+                }
+            };
+            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                return openai_error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "chat completion request is not valid JSON: {:?} error at line {} column {}",
+                        e.classify(),
+                        e.line(),
+                        e.column()
+                    ),
+                );
+            }
+            Some(Payload::Raw(RawBody::Json(bytes)))
+        }
+    };
+    let reply = match proxy.forward_once(effective.as_str(), path, payload).await {
+        Ok(reply) => reply,
+        Err(refusal) => {
+            let (status, message) = refusal_status(proxy, refusal);
+            return openai_error(status, message);
+        }
+    };
+    proxy
+        .shared
+        .counters
+        .requests_forwarded
+        .fetch_add(1, Ordering::Relaxed);
+    match reply {
+        Reply::Whole(inner) => match StatusCode::from_u16(inner.status) {
+            Ok(status) => with_retry_after((status, Json(inner.body)).into_response()),
+            Err(_) => openai_error(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "cordon proxy: the runtime answered with an invalid status {}",
+                    inner.status
+                ),
+            ),
+        },
+        Reply::Stream(stream) => event_stream(stream),
+    }
+}
+
+/// Server-sent events out of a sealed stream, piece by piece.
+fn event_stream(mut stream: Box<ReplyStream>) -> Response {
+    let status = StatusCode::from_u16(stream.head().status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let (tx, body) = cordon_http::ChannelBody::channel(4);
+    tokio::spawn(async move {
+        loop {
+            match stream.next_piece().await {
+                Ok(Some(piece)) => {
+                    if tx.send(Ok(Bytes::from(piece.to_vec()))).await.is_err() {
+                        return; // the client left
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "streamed answer refused");
+                    let event = openai::sse_event(
+                        &openai::error_body(&format!("cordon proxy: {e}"), "server_error")
+                            .to_string(),
+                    );
+                    let _ = tx.send(Ok(Bytes::from(event))).await;
+                    // Let the connection write the event before it is aborted: hyper drops what
+                    // it has buffered when the body fails, and flushes when the body has
+                    // nothing ready.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            }
+        }
+    });
+    (
+        status,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(openai::EVENT_STREAM_MEDIA_TYPE),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        Body::new(body),
+    )
+        .into_response()
 }
 
 /// A JSON answer, NaN and infinities of float outputs written as Triton writes them

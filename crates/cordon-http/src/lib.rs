@@ -18,9 +18,12 @@
 //! deadlines then apply as without TLS. A shutdown closes connections still in their handshake.
 //! There is no plaintext fallback on a TLS listener.
 
+mod body;
 #[cfg(feature = "client")]
 pub mod client;
 mod tls;
+
+pub use body::ChannelBody;
 
 pub use tls::{ServerTls, TlsError};
 pub use tokio_rustls::rustls;

@@ -41,6 +41,9 @@ pub struct ChatCompletionRequest {
     pub logprobs: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<serde_json::Value>,
+    /// Only `{"type": "text"}` is served: JSON modes are refused, not ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<serde_json::Value>,
 }
 
 // Prompts never reach a log through Debug: only their count and sizes.
@@ -167,6 +170,10 @@ pub struct ChatCompletionChunk {
     /// choices); `null` on the others, as OpenAI sends it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Padding (as OpenAI's own `obfuscation` field): brings each event to a multiple of a
+    /// fixed size, so the sizes of the encrypted frames do not spell out the tokens' lengths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obfuscation: Option<String>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]

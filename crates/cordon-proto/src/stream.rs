@@ -169,22 +169,24 @@ impl StreamSealer {
             return Err(StreamError::AfterLast);
         }
         let index = self.next;
+        // Checked before sealing: a refused piece must not have used nonce `index`.
+        let len = piece.len() + TAG_LEN;
+        if len > MAX_FRAME_LEN {
+            return Err(StreamError::FrameTooLarge {
+                index,
+                len,
+                max: MAX_FRAME_LEN,
+            });
+        }
         let ct = self
             .key
             .aead
             .seal(&self.key.nonce(index), &frame_aad(index, last), piece)
             .map_err(|_| StreamError::Encrypt)?;
-        let len = u32::try_from(ct.len())
-            .ok()
-            .filter(|l| *l as usize <= MAX_FRAME_LEN)
-            .ok_or(StreamError::FrameTooLarge {
-                index,
-                len: ct.len(),
-                max: MAX_FRAME_LEN,
-            })?;
         let mut out = self.prefix.take().unwrap_or_default();
         out.reserve(LEN_PREFIX + ct.len());
-        out.extend_from_slice(&len.to_be_bytes());
+        // At most MAX_FRAME_LEN, checked above: it fits a u32.
+        out.extend_from_slice(&(ct.len() as u32).to_be_bytes());
         out.extend_from_slice(&ct);
         self.next += 1;
         self.ended = last;
@@ -542,6 +544,21 @@ mod tests {
             o.next_piece(),
             Err(StreamError::Decrypt { index: 0 })
         ));
+    }
+
+    #[test]
+    fn a_piece_too_large_is_refused_and_its_index_stays_unused() {
+        let mut s = sealer();
+        let big = vec![0u8; MAX_FRAME_LEN];
+        assert!(matches!(
+            s.seal(&big, false),
+            Err(StreamError::FrameTooLarge { index: 0, .. })
+        ));
+        assert_eq!(s.frames(), 0);
+        let bytes = s.seal(b"small", true).unwrap();
+        let mut o = opener();
+        o.push(&bytes).unwrap();
+        assert_eq!(&o.next_piece().unwrap().unwrap().bytes[..], b"small");
     }
 
     #[test]

@@ -74,9 +74,10 @@ fn py_error(e: ClientError) -> PyErr {
         ClientError::Server { .. }
         | ClientError::NotDecrypted { .. }
         | ClientError::SessionClosed { .. } => ServerError::new_err(message),
-        ClientError::Http(_) | ClientError::Malformed(_) | ClientError::Channel(_) => {
-            TransportError::new_err(message)
-        }
+        ClientError::Http(_)
+        | ClientError::Malformed(_)
+        | ClientError::Channel(_)
+        | ClientError::Stream(_) => TransportError::new_err(message),
     };
     if let Some(status) = status {
         Python::attach(|py| {

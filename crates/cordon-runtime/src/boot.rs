@@ -3,6 +3,7 @@
 use crate::config::RuntimeConfig;
 use crate::engine::{Engine, EngineError, EngineKind, OnnxModel, OnnxRuntimeLibrary};
 use crate::jobs::TrainingOptions;
+use crate::llm::ServedLlm;
 use crate::server::{RuntimeState, ServedModel, ServingOptions};
 use cordon_http::client::{error_text, ClientTls};
 use cordon_proto::job::job_report_data;
@@ -42,6 +43,11 @@ pub enum RuntimeError {
     Release { model: String, reason: String },
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error("language model {model}: {source}")]
+    Llm {
+        model: String,
+        source: cordon_llm::LlmError,
+    },
 }
 
 fn needs_onnxruntime(model: &str) -> RuntimeError {
@@ -85,6 +91,9 @@ pub async fn boot(
     tee: Arc<dyn EvidenceProvider>,
     options: &ServingOptions,
 ) -> Result<BootedRuntime, RuntimeError> {
+    // Values of the wrong form (an LLM section the engine cannot serve, say) stop the boot before
+    // anything is asked for.
+    config.check_llms().map_err(RuntimeError::Config)?;
     let service_key = ServiceKeyPair::generate(0);
     let signing_key = {
         let mut seed = Zeroizing::new([0u8; 32]);
@@ -194,6 +203,7 @@ pub async fn boot(
     };
 
     let mut models = BTreeMap::new();
+    let mut llms = BTreeMap::new();
     let mut model_digests = BTreeMap::new();
     for (m, header, bytes, signer) in sealed {
         let key_id = &header.manifest.key_id;
@@ -236,6 +246,33 @@ pub async fn boot(
                     source,
                 }
             })?;
+        if let Some(llm) = &m.llm {
+            let model = cordon_llm::LlmModel::from_gguf(
+                &plaintext,
+                &cordon_llm::LoadOptions {
+                    context: llm.context_tokens as usize,
+                },
+            )
+            .map_err(|source| RuntimeError::Llm {
+                model: m.name.clone(),
+                source,
+            })?;
+            // The plaintext GGUF is no longer needed: its tensors were copied out.
+            drop(plaintext);
+            model_digests.insert(m.name.clone(), hex::encode(header.digest()));
+            tracing::info!(model = %m.name, manifest_sha256 = %hex::encode(header.digest()), architecture = %llm.architecture, context = model.context(), "language model unsealed and loaded in memory");
+            llms.insert(
+                m.name.clone(),
+                ServedLlm {
+                    model,
+                    config: llm.clone(),
+                    manifest_sha256: header.digest(),
+                    version: header.manifest.version.clone(),
+                    loaded_at: cordon_proto::auth::unix(std::time::SystemTime::now()),
+                },
+            );
+            continue;
+        }
         let engine = match (m.engine, &onnxruntime) {
             (EngineKind::Tract, _) => Engine::Tract,
             (EngineKind::OnnxRuntime, Some(library)) => Engine::OnnxRuntime(library.as_ref()),
@@ -262,6 +299,7 @@ pub async fn boot(
         models,
         options.clone(),
     );
+    state.serve_llms(llms);
     if let Some((training, kbs_public_key)) = training {
         let mut t = TrainingOptions::new(&config.kbs_url, kbs_public_key);
         t.kbs_tls = kbs_tls.clone();

@@ -80,6 +80,76 @@ pub struct ModelConfig {
     /// `[onnxruntime]`).
     #[serde(default, skip_serializing_if = "EngineKind::is_default")]
     pub engine: EngineKind,
+    /// Present when the artifact is a language model (GGUF) rather than ONNX: it is then served
+    /// at `/v1/chat/completions` (OpenAI's API) instead of `/v2/models/{name}/infer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmConfig>,
+}
+
+/// `[models.llm]`: how a language model is loaded and what one request may ask of it. Measured
+/// with the rest of the configuration, so a policy that pins the measurement pins these limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    /// The architecture the GGUF file must declare (`general.architecture`): `gemma3`.
+    pub architecture: String,
+    /// Where the tokenizer comes from: `gguf`, the file's own metadata (sealed with the weights).
+    #[serde(default = "default_tokenizer")]
+    pub tokenizer: String,
+    /// The most tokens one sequence holds, prompt and reply (default 4096): bounds each
+    /// request's memory.
+    #[serde(default = "default_context_tokens")]
+    pub context_tokens: u32,
+    /// The most tokens one reply may have (default 512); also a request's default. A reply not
+    /// streamed must finish within the server's request timeout (60 s).
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+}
+
+/// Architectures the runtime's LLM engine (`cordon-llm`) runs.
+pub const LLM_ARCHITECTURES: &[&str] = &["gemma3"];
+
+fn default_tokenizer() -> String {
+    "gguf".into()
+}
+
+fn default_context_tokens() -> u32 {
+    4096
+}
+
+fn default_max_tokens() -> u32 {
+    512
+}
+
+impl LlmConfig {
+    fn check(&self, model: &str) -> Result<(), String> {
+        if !LLM_ARCHITECTURES.contains(&self.architecture.as_str()) {
+            return Err(format!(
+                "model {model}: llm.architecture {:?} is not one the runtime runs ({})",
+                self.architecture,
+                LLM_ARCHITECTURES.join(", ")
+            ));
+        }
+        if self.tokenizer != "gguf" {
+            return Err(format!(
+                "model {model}: llm.tokenizer {:?}: only \"gguf\" (the file's own metadata) is supported",
+                self.tokenizer
+            ));
+        }
+        if !(16..=131_072).contains(&self.context_tokens) {
+            return Err(format!(
+                "model {model}: llm.context_tokens {} is outside 16..=131072",
+                self.context_tokens
+            ));
+        }
+        if self.max_tokens == 0 || self.max_tokens >= self.context_tokens {
+            return Err(format!(
+                "model {model}: llm.max_tokens {} must be at least 1 and below context_tokens {}",
+                self.max_tokens, self.context_tokens
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl RuntimeConfig {
@@ -110,6 +180,7 @@ impl RuntimeConfig {
         self.kbs_tls()?;
         self.kbs_public_key_bytes()?;
         self.workload_data_bytes()?;
+        self.check_llms()?;
         let hex32 = |v: &str| hex::decode(v.trim()).ok().is_some_and(|b| b.len() == 32);
         for m in &self.models {
             if !hex32(&m.signer) {
@@ -123,6 +194,22 @@ impl RuntimeConfig {
                     "model {}: manifest_sha256 must be 32 bytes of hex",
                     m.name
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[models.llm]` sections: values the LLM engine can serve, and no `engine` beside them.
+    pub fn check_llms(&self) -> Result<(), String> {
+        for m in &self.models {
+            if let Some(llm) = &m.llm {
+                llm.check(&m.name)?;
+                if !m.engine.is_default() {
+                    return Err(format!(
+                        "model {}: a language model runs on the LLM engine; engine must not be set",
+                        m.name
+                    ));
+                }
             }
         }
         Ok(())
@@ -221,6 +308,22 @@ mod tests {
             (
                 model(&good, "manifest_sha256 = \"00\"\n"),
                 "manifest_sha256",
+            ),
+            (
+                model(&good, "[models.llm]\narchitecture = \"llama\"\n"),
+                "llm.architecture",
+            ),
+            (
+                model(&good, "[models.llm]\narchitecture = \"gemma3\"\ntokenizer = \"hf\"\n"),
+                "llm.tokenizer",
+            ),
+            (
+                model(&good, "[models.llm]\narchitecture = \"gemma3\"\ncontext_tokens = 64\nmax_tokens = 64\n"),
+                "llm.max_tokens",
+            ),
+            (
+                model(&good, "engine = \"onnxruntime\"\n[models.llm]\narchitecture = \"gemma3\"\n"),
+                "engine must not be set",
             ),
             (
                 "kbs_url = \"127.0.0.1:8100\"\n".to_string(),

@@ -26,6 +26,7 @@ mod engine;
 mod hardening;
 mod idle;
 mod jobs;
+mod llm;
 mod metrics;
 mod replay;
 mod server;
@@ -34,7 +35,7 @@ mod tensor_bytes;
 
 pub use batching::BatchOptions;
 pub use boot::{boot, check_config_binding, config_workload_data, BootedRuntime, RuntimeError};
-pub use config::{ModelConfig, RuntimeConfig, TrainingConfig};
+pub use config::{LlmConfig, ModelConfig, RuntimeConfig, TrainingConfig, LLM_ARCHITECTURES};
 pub use engine::{
     locate_onnxruntime_library, DecodedRequest, Engine, EngineError, EngineKind, HostData,
     HostTensor, OnnxModel, OnnxRuntimeLibrary, OnnxRuntimeOptions,
@@ -42,6 +43,7 @@ pub use engine::{
 pub use hardening::{harden_process, Hardening, MLOCK_MINIMUM};
 pub use idle::IdleWait;
 pub use jobs::TrainingOptions;
+pub use llm::ServedLlm;
 pub use metrics::Metrics;
 pub use server::{router, serve, serve_with_tls, RuntimeState, ServedModel, ServingOptions};
 pub use sessions::{SessionError, SessionLimits};

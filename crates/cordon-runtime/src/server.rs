@@ -9,6 +9,7 @@
 use crate::batching::{BatchOptions, Batcher};
 use crate::engine::{EngineError, InputPart, OnnxModel};
 use crate::jobs::{self, JobBoard, TrainingOptions};
+use crate::llm::{self, ApiError, ServedLlm, StreamItem};
 use crate::metrics::{Channel, InferLabels, KeyEvent, Metrics, ModelLabels, RefusalKind};
 use crate::replay::{ReplayError, ReplayGuard};
 use crate::sessions::{SessionError, SessionLimits, SessionTable};
@@ -23,17 +24,19 @@ use axum::{Json, Router};
 use cordon_proto::oip::{self, ErrorResponse, InferRequest};
 use cordon_proto::oip_binary::{self, BinaryOutputs};
 use cordon_proto::oip_json::{self, Elements};
+use cordon_proto::openai::{self, ChatCompletionRequest};
 use cordon_proto::runtime::{
     AttestationResponse, InnerMessageError, InnerRequest, InnerResponse, CONTENT_TYPE_HEADER,
     ENCRYPTED_RESPONSE_MEDIA_TYPE, INFERENCE_HEADER_CONTENT_LENGTH, JSON_MEDIA_TYPE,
 };
 use cordon_proto::session::{SessionMessage, SessionSetup, SESSION_MESSAGE_MEDIA_TYPE};
+use cordon_proto::stream::{StreamSealer, SEALED_STREAM_MEDIA_TYPE};
 use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair, WireEndorsements};
 use cordon_tee::EvidenceProvider;
 use ed25519_dalek::SigningKey;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Semaphore;
@@ -120,6 +123,8 @@ pub struct RuntimeState {
     batchers: BTreeMap<String, std::sync::OnceLock<Batcher>>,
     /// The training job board, when the configuration enables training.
     jobs: Option<JobBoard>,
+    /// Language models, served at `/v1/chat/completions` inside the channel.
+    llms: BTreeMap<String, Arc<ServedLlm>>,
     /// One-shot requests and session setups seen recently, by `enc`.
     channel_replay: ReplayGuard,
     /// The wall clock at boot, and the monotonic clock since: the runtime's notion of "now"
@@ -154,6 +159,7 @@ impl RuntimeState {
             service_key,
             signing_key,
             jobs: None,
+            llms: BTreeMap::new(),
             runtime_keys,
             tee,
             models,
@@ -176,6 +182,19 @@ impl RuntimeState {
     /// Runs training jobs (`/v1/jobs`, `/v1/datasets`) besides serving.
     pub fn enable_training(&mut self, options: TrainingOptions) {
         self.jobs = Some(JobBoard::new(options));
+    }
+
+    /// Serves `llms` as well (`/v1/chat/completions`); their manifests join the bindings the
+    /// attestation reports.
+    pub fn serve_llms(&mut self, llms: BTreeMap<String, ServedLlm>) {
+        for (name, m) in &llms {
+            self.bindings.push(ModelBinding {
+                name: name.clone(),
+                version: m.version.clone(),
+                manifest_sha256: m.manifest_sha256,
+            });
+        }
+        self.llms = llms.into_iter().map(|(n, m)| (n, Arc::new(m))).collect();
     }
 
     pub(crate) fn job_board(&self) -> Option<&JobBoard> {
@@ -243,7 +262,21 @@ impl Drop for Ticket<'_> {
     }
 }
 
+/// An admission held by a task that outlives the handler (a streamed completion).
+struct OwnedTicket(Arc<RuntimeState>);
+
+impl Drop for OwnedTicket {
+    fn drop(&mut self) {
+        self.0.admission.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Admission {
+    fn try_admit_owned(s: &Arc<RuntimeState>) -> Option<OwnedTicket> {
+        std::mem::forget(s.admission.try_admit()?);
+        Some(OwnedTicket(s.clone()))
+    }
+
     fn new(workers: usize, max_queue: usize) -> Admission {
         Admission {
             capacity: workers + max_queue,
@@ -611,27 +644,236 @@ async fn plain_infer(
     out
 }
 
+/// An inner response: whole, or a stream of pieces after its head (a streamed completion).
+enum Answer {
+    Whole(InnerResponse),
+    Stream {
+        head: InnerResponse,
+        pieces: tokio::sync::mpsc::Receiver<StreamItem>,
+    },
+}
+
+impl Answer {
+    fn status(&self) -> u16 {
+        match self {
+            Answer::Whole(r) => r.status,
+            Answer::Stream { head, .. } => head.status,
+        }
+    }
+}
+
 /// Decodes and serves one inner request (the plaintext of an encrypted message).
 async fn handle_inner(
     s: &Arc<RuntimeState>,
     parsed: Result<InnerRequest, InnerMessageError>,
     channel: Channel,
-) -> InnerResponse {
-    let resp = match parsed {
-        Ok(req) => route_inner(s, req, channel).await,
-        Err(e @ InnerMessageError::Json(_)) => inner_error(
+) -> Answer {
+    let answer = match parsed {
+        Ok(req) if channel != Channel::Plain && is_llm_route(&req.path) => serve_llm(s, req).await,
+        Ok(req) => Answer::Whole(route_inner(s, req, channel).await),
+        Err(e @ InnerMessageError::Json(_)) => Answer::Whole(inner_error(
             400,
             format!("inner request is not valid JSON for a Cordon request: {e}"),
-        ),
-        Err(e) => inner_error(400, format!("inner request is malformed: {e}")),
+        )),
+        Err(e) => Answer::Whole(inner_error(400, format!("inner request is malformed: {e}"))),
     };
-    s.metrics.request(channel, resp.status);
-    resp
+    s.metrics.request(channel, answer.status());
+    answer
 }
 
 fn encode_inner(resp: InnerResponse) -> zeroize::Zeroizing<Vec<u8>> {
     // Serializing a JSON value into memory cannot fail.
     resp.into_plaintext().unwrap_or_default()
+}
+
+/// A streamed answer sealed frame by frame as its pieces come (docs/protocol.md §7.7): the head
+/// first, the last piece marked. A generation that ends without its last piece (it panicked)
+/// aborts the connection, so the client sees the answer cut, never a clean end.
+fn sealed_stream(
+    mut sealer: StreamSealer,
+    head: InnerResponse,
+    mut pieces: tokio::sync::mpsc::Receiver<StreamItem>,
+) -> Response {
+    let (tx, body) = cordon_http::ChannelBody::channel(4);
+    tokio::spawn(async move {
+        let mut next = Some((encode_inner(head), false));
+        loop {
+            let Some((plain, last)) = next.take() else {
+                break;
+            };
+            let frame = match sealer.seal(&plain, last) {
+                Ok(f) => Ok(Bytes::from(f)),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            drop(plain);
+            let failed = frame.is_err();
+            // The client is gone, or reads too slowly to be waited for: dropping `pieces` stops
+            // the generation and frees its worker. The stream then ends without its last
+            // frame, which the client sees as cut.
+            let sent = tokio::time::timeout(STREAM_SEND_TIMEOUT, tx.send(frame)).await;
+            if !matches!(sent, Ok(Ok(()))) || failed || last {
+                return;
+            }
+            next = match pieces.recv().await {
+                Some(StreamItem::Data(b)) => Some((b, false)),
+                Some(StreamItem::End(b)) => Some((b, true)),
+                None => None,
+            };
+        }
+        let _ = tx
+            .send(Err(std::io::Error::other(
+                "the generation ended without its last piece",
+            )))
+            .await;
+    });
+    (
+        [(header::CONTENT_TYPE, SEALED_STREAM_MEDIA_TYPE)],
+        axum::body::Body::new(body),
+    )
+        .into_response()
+}
+
+/// How long a streamed answer waits for its client to take the next frame: a client that stops
+/// reading would otherwise hold a worker for as long as it keeps the connection open.
+const STREAM_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The OpenAI routes inside the channel.
+fn is_llm_route(path: &str) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let path = path.trim_end_matches('/');
+    path == openai::CHAT_COMPLETIONS_PATH || path == openai::MODELS_PATH
+}
+
+fn api_answer(e: ApiError) -> Answer {
+    Answer::Whole(InnerResponse::json(e.status, e.body()))
+}
+
+/// `GET /v1/models` and `POST /v1/chat/completions`.
+async fn serve_llm(s: &Arc<RuntimeState>, req: InnerRequest) -> Answer {
+    let path = req.path.split(['?', '#']).next().unwrap_or_default();
+    match (req.method.as_str(), path.trim_end_matches('/')) {
+        ("GET", openai::MODELS_PATH) => Answer::Whole(ok(json!(llm::model_list(
+            s.llms.iter().map(|(n, m)| (n, m.as_ref()))
+        )))),
+        ("POST", openai::CHAT_COMPLETIONS_PATH) => chat_completion(s, req).await,
+        (m, p) => api_answer(ApiError {
+            status: 405,
+            message: format!("{m} is not allowed on {p}"),
+        }),
+    }
+}
+
+async fn chat_completion(s: &Arc<RuntimeState>, req: InnerRequest) -> Answer {
+    let parsed = match (&req.raw_body, req.body) {
+        (Some(raw), _) => serde_json::from_slice::<ChatCompletionRequest>(raw),
+        (None, Some(body)) => serde_json::from_value(body),
+        (None, None) => {
+            return api_answer(ApiError {
+                status: 400,
+                message: "a chat completion request needs a body".into(),
+            })
+        }
+    };
+    drop(req.raw_body);
+    let request = match parsed {
+        Ok(r) => r,
+        Err(e) => {
+            return api_answer(ApiError {
+                status: 400,
+                message: format!("chat completion request: {}", e.classify_name()),
+            })
+        }
+    };
+    let Some(served) = s.llms.get(&request.model).cloned() else {
+        return api_answer(ApiError {
+            status: 404,
+            message: format!(
+                "model {:?} is not served here; this runtime serves {:?}",
+                request.model.chars().take(64).collect::<String>(),
+                s.llms.keys().collect::<Vec<_>>()
+            ),
+        });
+    };
+    // Admitted before anything costly (rendering and tokenizing the prompt) is done for it.
+    let Some(ticket) = Admission::try_admit_owned(s) else {
+        s.metrics.refused(RefusalKind::Busy);
+        return api_answer(ApiError {
+            status: 503,
+            message: "runtime busy: inference queue is full; retry later".into(),
+        });
+    };
+    let permit = {
+        let _waiting = GaugeGuard::new(&s.metrics.queue_depth);
+        s.admission.workers.clone().acquire_owned().await
+    };
+    let Ok(permit) = permit else {
+        return api_answer(ApiError {
+            status: 503,
+            message: "runtime is shutting down".into(),
+        });
+    };
+    let id = llm::completion_id();
+    let created = cordon_proto::auth::unix(s.now());
+    // Set when this handler is dropped (the client left, or the request's deadline passed): a
+    // whole completion then stops at its next token instead of running on for nobody. A stream
+    // stops when its connection drops its pieces.
+    let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+    let flag = cancel.0.clone();
+    let (tx, pieces) = tokio::sync::mpsc::channel(16);
+    let (outcome_tx, outcome) = tokio::sync::oneshot::channel();
+    // One blocking task does the work: the prompt, then the whole completion (its outcome sent
+    // back) or, for a stream, `None` as the outcome and the events through `tx`.
+    tokio::task::spawn_blocking(move || {
+        let _held = (ticket, permit);
+        let completion = match llm::prepare(&request.model, &served, &request) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = outcome_tx.send(Err(e));
+                return;
+            }
+        };
+        drop(request);
+        if !completion.stream {
+            let whole = llm::complete(&served, &completion, &id, created, &flag);
+            let _ = outcome_tx.send(whole.map(Some));
+            return;
+        }
+        if outcome_tx.send(Ok(None)).is_err() {
+            return;
+        }
+        let events = llm::EventWriter {
+            id,
+            created,
+            model: completion.model.clone(),
+            include_usage: completion.include_usage,
+        };
+        llm::generate(&served, &completion, &events, &tx);
+    });
+    match outcome.await {
+        Ok(Ok(Some(whole))) => Answer::Whole(ok(json!(whole))),
+        Ok(Ok(None)) => {
+            let mut head = InnerResponse::json(200, serde_json::Value::Null);
+            head.headers.insert(
+                CONTENT_TYPE_HEADER.to_string(),
+                openai::EVENT_STREAM_MEDIA_TYPE.to_string(),
+            );
+            Answer::Stream { head, pieces }
+        }
+        Ok(Err(e)) => api_answer(e),
+        Err(_) => api_answer(ApiError {
+            status: 500,
+            message: "generation task failed".into(),
+        }),
+    }
+}
+
+/// Sets its flag when dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 async fn encrypted(
@@ -671,7 +913,12 @@ async fn encrypted(
             return replay_refusal(&s, e);
         }
     }
-    let inner_response = handle_inner(&s, parsed, Channel::Oneshot).await;
+    let inner_response = match handle_inner(&s, parsed, Channel::Oneshot).await {
+        Answer::Whole(r) => r,
+        Answer::Stream { head, pieces } => {
+            return sealed_stream(response_ctx.into_stream(), head, pieces)
+        }
+    };
     drop(inner);
     match response_ctx.encrypt_response(&encode_inner(inner_response)) {
         Ok(ct) => ([(header::CONTENT_TYPE, ENCRYPTED_RESPONSE_MEDIA_TYPE)], ct).into_response(),
@@ -794,9 +1041,17 @@ async fn session_message(
         s.metrics.refused(RefusalKind::Busy);
         return busy("runtime busy: inference queue is full");
     }
-    let inner_response =
-        handle_inner(&s, InnerRequest::from_plaintext(&inner), Channel::Session).await;
+    let parsed = InnerRequest::from_plaintext(&inner);
     drop(inner);
+    let inner_response = match handle_inner(&s, parsed, Channel::Session).await {
+        Answer::Whole(r) => r,
+        Answer::Stream { head, pieces } => {
+            let sealer = session
+                .keys()
+                .stream_sealer(&message.session_id, message.seq);
+            return sealed_stream(sealer, head, pieces);
+        }
+    };
     match session.keys().seal_response(
         &message.session_id,
         message.seq,

@@ -203,6 +203,7 @@ fn hospitals(a: HospitalsArgs) -> Result<()> {
             signer: hex::encode(trainer_keys.signing_public_key),
             manifest_sha256: None,
             engine: EngineKind::Tract,
+            llm: None,
         }],
         training: None,
         onnxruntime: None,

@@ -215,6 +215,7 @@ pub fn seal(mut a: SealArgs) -> Result<()> {
     let media_type = a.media_type.clone().unwrap_or_else(|| {
         match a.input.extension().and_then(|e| e.to_str()) {
             Some("onnx") => "application/onnx",
+            Some("gguf") => "application/x-gguf",
             Some("csv") => "text/csv",
             Some("parquet") => "application/vnd.apache.parquet",
             _ => "application/octet-stream",

@@ -731,6 +731,7 @@ pub fn deploy(
                         Some(choice) if choice.serves(&m.model.name) => EngineKind::OnnxRuntime,
                         _ => EngineKind::Tract,
                     },
+                    llm: None,
                 })
                 .collect(),
             onnxruntime: onnxruntime.map(|c| c.options.clone()),
