@@ -78,6 +78,9 @@ pub enum ClientError {
     /// or altered (by the host or the network). What arrived before the fault was authentic.
     #[error(transparent)]
     Stream(#[from] StreamError),
+    /// A signed completion that does not verify (`verify_signed_completion`).
+    #[error("signed completion: {0}")]
+    Signature(#[from] cordon_proto::openai::SignedResponseError),
 }
 
 /// A runtime's answer: whole, or a sealed stream (a streamed chat completion) being read.
@@ -259,23 +262,7 @@ pub async fn connect_with_tls(
         .json()
         .await
         .map_err(|e| ClientError::Malformed(format!("attestation: {e}")))?;
-    let shipped = att
-        .endorsements
-        .decode()
-        .map_err(|e| ClientError::Malformed(format!("attestation: {e}")))?;
-    let claims =
-        Verifier::new(endorsements.clone()).verify_shipped(&att.evidence, &shipped, now)?;
-    let verdict = appraise(&claims, policy);
-    if !verdict.is_accepted() {
-        return Err(ClientError::Rejected(verdict));
-    }
-    let expected = report_data(&nonce, &att.runtime_keys, &att.models);
-    if claims.report_data != expected {
-        return Err(ClientError::KeyNotBound {
-            found: hex::encode(claims.report_data),
-            expected: hex::encode(expected),
-        });
-    }
+    let claims = verify_attestation(&att, &nonce, policy, endorsements, now)?;
     Ok(VerifiedRuntime {
         url,
         keys: att.runtime_keys,
@@ -286,6 +273,70 @@ pub async fn connect_with_tls(
         http,
         prepared: Arc::default(),
     })
+}
+
+/// Verifies a runtime's attestation for `nonce`: the evidence (with its shipped endorsements and
+/// `endorsements`' trust), the policy, and the binding of the nonce, keys and models. The claims
+/// of an accepted runtime.
+pub fn verify_attestation(
+    att: &AttestationResponse,
+    nonce: &[u8; 32],
+    policy: &Policy,
+    endorsements: &Endorsements,
+    now: SystemTime,
+) -> Result<Claims, ClientError> {
+    let shipped = att
+        .endorsements
+        .decode()
+        .map_err(|e| ClientError::Malformed(format!("attestation: {e}")))?;
+    let claims =
+        Verifier::new(endorsements.clone()).verify_shipped(&att.evidence, &shipped, now)?;
+    let verdict = appraise(&claims, policy);
+    if !verdict.is_accepted() {
+        return Err(ClientError::Rejected(verdict));
+    }
+    let expected = report_data(nonce, &att.runtime_keys, &att.models);
+    if claims.report_data != expected {
+        return Err(ClientError::KeyNotBound {
+            found: hex::encode(claims.report_data),
+            expected: hex::encode(expected),
+        });
+    }
+    Ok(claims)
+}
+
+/// Checks a signed chat completion offline (docs/protocol.md §7.9): the runtime's attestation
+/// for `nonce` (saved from `GET /v1/attestation?nonce=…`) is verified and appraised with `doc`,
+/// then its attested signing key must have signed `request` (the body sent) and `response` (the
+/// answer's exact bytes). A streamed answer carries its signature in its last line;
+/// a whole one in the `cordon-signature` header, given as `signature`.
+pub fn verify_signed_completion(
+    att: &AttestationResponse,
+    nonce: &[u8; 32],
+    doc: &PolicyDocument,
+    now: SystemTime,
+    request: &[u8],
+    response: &[u8],
+    signature: Option<&str>,
+) -> Result<Claims, ClientError> {
+    let endorsements = doc
+        .verification_endorsements()
+        .ok_or(ClientError::NoEndorsements)?;
+    let claims = verify_attestation(att, nonce, &doc.policy, &endorsements, now)?;
+    let (signed, signature) = match signature {
+        Some(header) => (
+            response,
+            cordon_proto::openai::parse_signature_header(header)?,
+        ),
+        None => cordon_proto::openai::split_signed_stream(response)?,
+    };
+    cordon_proto::openai::verify_completion(
+        &att.runtime_keys.signing_public_key,
+        request,
+        signed,
+        &signature,
+    )?;
+    Ok(claims)
 }
 
 /// How long a one-shot encapsulation made ahead of its request may wait for it.

@@ -1067,6 +1067,27 @@ async fn openai_route(proxy: &Proxy, route: OpenAiRoute, method: Method, body: B
         .requests_forwarded
         .fetch_add(1, Ordering::Relaxed);
     match reply {
+        // A completion: the exact bytes the runtime signed, and its signature as a header.
+        Reply::Whole(inner) if inner.status == 200 && inner.raw_body.is_some() => {
+            let signature = inner
+                .headers
+                .get(openai::SIGNATURE_HEADER)
+                .and_then(|v| HeaderValue::from_str(v).ok());
+            let mut resp = (
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                inner.raw_body.unwrap_or_default(),
+            )
+                .into_response();
+            if let Some(signature) = signature {
+                resp.headers_mut()
+                    .insert(HeaderName::from_static(openai::SIGNATURE_HEADER), signature);
+            }
+            resp
+        }
         Reply::Whole(inner) => match StatusCode::from_u16(inner.status) {
             Ok(status) => with_retry_after((status, Json(inner.body)).into_response()),
             Err(_) => openai_error(

@@ -261,3 +261,141 @@ mod tests {
         assert!(!format!("{r:?}").contains("secret"));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Signed completions (docs/protocol.md §7.9)
+
+/// Header (inside the channel and on the proxy's answer) carrying a whole completion's signature.
+pub const SIGNATURE_HEADER: &str = "cordon-signature";
+/// The server-sent comment that ends a streamed completion with its signature.
+pub const STREAM_SIGNATURE_PREFIX: &[u8] = b": cordon-signature ";
+const SIGNING_DOMAIN: &[u8] = b"cordon completion v1\0";
+
+/// What the runtime's signing key signs for a completion: the domain, the SHA-256 of the request
+/// body as the client sent it, and the SHA-256 of the exact answer bytes (for a stream, every
+/// byte of the event stream before the signature comment, `[DONE]` included).
+pub fn signing_message(request_sha256: &[u8; 32], response_sha256: &[u8; 32]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIGNING_DOMAIN.len() + 64);
+    m.extend_from_slice(SIGNING_DOMAIN);
+    m.extend_from_slice(request_sha256);
+    m.extend_from_slice(response_sha256);
+    m
+}
+
+/// The comment line that carries a stream's signature.
+pub fn stream_signature_event(signature: &[u8; 64]) -> Vec<u8> {
+    let mut out = STREAM_SIGNATURE_PREFIX.to_vec();
+    out.extend_from_slice(hex::encode(signature).as_bytes());
+    out.extend_from_slice(b"\n\n");
+    out
+}
+
+/// Why a signed completion does not verify.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SignedResponseError {
+    #[error("the stream carries no signature comment (`: cordon-signature …`) at its end")]
+    NoStreamSignature,
+    #[error("the signature is not 64 bytes of hex")]
+    SignatureForm,
+    #[error("the signing key is not an Ed25519 key")]
+    Key,
+    #[error("the signature does not verify: the request or the answer is not the one the runtime signed")]
+    Mismatch,
+}
+
+/// Splits a streamed completion's body into the signed bytes and the signature of its final
+/// comment line.
+pub fn split_signed_stream(body: &[u8]) -> Result<(&[u8], [u8; 64]), SignedResponseError> {
+    let trimmed = body
+        .strip_suffix(b"\n\n")
+        .ok_or(SignedResponseError::NoStreamSignature)?;
+    let start = trimmed
+        .windows(STREAM_SIGNATURE_PREFIX.len())
+        .rposition(|w| w == STREAM_SIGNATURE_PREFIX)
+        .ok_or(SignedResponseError::NoStreamSignature)?;
+    // The comment must start a line: the signed part ends with an event's blank line.
+    if start != 0 && !trimmed[..start].ends_with(b"\n\n") {
+        return Err(SignedResponseError::NoStreamSignature);
+    }
+    let sig = parse_signature(&trimmed[start + STREAM_SIGNATURE_PREFIX.len()..])?;
+    Ok((&body[..start], sig))
+}
+
+fn parse_signature(hex_text: &[u8]) -> Result<[u8; 64], SignedResponseError> {
+    std::str::from_utf8(hex_text)
+        .ok()
+        .and_then(|t| hex::decode(t.trim()).ok())
+        .and_then(|b| b.try_into().ok())
+        .ok_or(SignedResponseError::SignatureForm)
+}
+
+/// Checks a completion's signature by `signing_key` over `request` (the body the client sent)
+/// and `response` (the exact answer bytes; a stream's, before its signature comment).
+pub fn verify_completion(
+    signing_key: &[u8; 32],
+    request: &[u8],
+    response: &[u8],
+    signature: &[u8; 64],
+) -> Result<(), SignedResponseError> {
+    use sha2::{Digest, Sha256};
+    let key = ed25519_dalek::VerifyingKey::from_bytes(signing_key)
+        .map_err(|_| SignedResponseError::Key)?;
+    let message = signing_message(
+        &Sha256::digest(request).into(),
+        &Sha256::digest(response).into(),
+    );
+    key.verify_strict(&message, &ed25519_dalek::Signature::from_bytes(signature))
+        .map_err(|_| SignedResponseError::Mismatch)
+}
+
+/// A whole completion's signature from its header value.
+pub fn parse_signature_header(value: &str) -> Result<[u8; 64], SignedResponseError> {
+    parse_signature(value.as_bytes())
+}
+
+#[cfg(test)]
+mod signing_tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+    use sha2::{Digest, Sha256};
+
+    fn sign(key: &SigningKey, request: &[u8], response: &[u8]) -> [u8; 64] {
+        key.sign(&signing_message(
+            &Sha256::digest(request).into(),
+            &Sha256::digest(response).into(),
+        ))
+        .to_bytes()
+    }
+
+    #[test]
+    fn a_signed_stream_verifies_and_any_change_does_not() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let public = key.verifying_key().to_bytes();
+        let request = br#"{"model":"m","messages":[]}"#;
+        let events = b"data: {\"a\":1}\n\ndata: [DONE]\n\n".to_vec();
+        let sig = sign(&key, request, &events);
+        let body = [events.clone(), stream_signature_event(&sig)].concat();
+        let (signed, found) = split_signed_stream(&body).unwrap();
+        assert_eq!(signed, &events[..]);
+        verify_completion(&public, request, signed, &found).unwrap();
+        // Another request, a changed byte, a cut stream: refused.
+        assert_eq!(
+            verify_completion(&public, b"{}", signed, &found),
+            Err(SignedResponseError::Mismatch)
+        );
+        let mut changed = body.clone();
+        changed[8] ^= 1;
+        let (signed, found) = split_signed_stream(&changed).unwrap();
+        assert_eq!(
+            verify_completion(&public, request, signed, &found),
+            Err(SignedResponseError::Mismatch)
+        );
+        assert_eq!(
+            split_signed_stream(&events),
+            Err(SignedResponseError::NoStreamSignature)
+        );
+        // A signature comment inside an event is not the stream's signature.
+        let inside = b"data: x: cordon-signature 00\n\n";
+        assert!(split_signed_stream(inside).is_err());
+    }
+}

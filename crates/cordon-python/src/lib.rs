@@ -70,7 +70,8 @@ fn py_error(e: ClientError) -> PyErr {
         | ClientError::Rejected(_)
         | ClientError::KeyNotBound { .. }
         | ClientError::ModelNotServed { .. }
-        | ClientError::ModelMismatch { .. } => VerificationError::new_err(message),
+        | ClientError::ModelMismatch { .. }
+        | ClientError::Signature(_) => VerificationError::new_err(message),
         ClientError::Server { .. }
         | ClientError::NotDecrypted { .. }
         | ClientError::SessionClosed { .. } => ServerError::new_err(message),

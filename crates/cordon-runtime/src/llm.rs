@@ -14,6 +14,7 @@ use cordon_proto::openai::{
     ChunkChoice, Delta, ModelCard, ModelList, Usage,
 };
 use rand::RngCore;
+use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
@@ -244,9 +245,13 @@ pub(crate) fn generate(
     llm: &ServedLlm,
     c: &Completion,
     events: &EventWriter,
+    signer: &Signer<'_>,
     out: &mpsc::Sender<StreamItem>,
 ) {
-    let send = |bytes: Vec<u8>| {
+    // Every byte of the event stream goes into the hash the signature covers.
+    let mut hash = Sha256::new();
+    let mut send = |bytes: Vec<u8>| {
+        hash.update(&bytes);
         out.blocking_send(StreamItem::Data(Zeroizing::new(bytes)))
             .is_ok()
     };
@@ -256,7 +261,7 @@ pub(crate) fn generate(
     let result = run(llm, c, &AtomicBool::new(false), |text| {
         send(events.text(text))
     });
-    let last = match result {
+    let mut last = match result {
         Ok(Some((finish, completion_tokens))) => events.end(
             finish,
             Usage {
@@ -273,7 +278,37 @@ pub(crate) fn generate(
             b
         }
     };
+    hash.update(&last);
+    let signature = signer.sign(&hash.finalize().into());
+    last.extend(openai::stream_signature_event(&signature));
     let _ = out.blocking_send(StreamItem::End(Zeroizing::new(last)));
+}
+
+/// Signs completions for one request: the runtime's attested signing key and the SHA-256 of the
+/// request body as the client sent it (docs/protocol.md §7.9).
+pub(crate) struct Signer<'k> {
+    pub key: &'k ed25519_dalek::SigningKey,
+    pub request_sha256: [u8; 32],
+}
+
+impl Signer<'_> {
+    pub(crate) fn sign(&self, response_sha256: &[u8; 32]) -> [u8; 64] {
+        use ed25519_dalek::Signer as _;
+        self.key
+            .sign(&openai::signing_message(
+                &self.request_sha256,
+                response_sha256,
+            ))
+            .to_bytes()
+    }
+
+    /// A whole completion's bytes and their signature.
+    pub(crate) fn sign_whole(&self, completion: &ChatCompletion) -> (Vec<u8>, [u8; 64]) {
+        // A struct of strings and numbers always serializes.
+        let bytes = serde_json::to_vec(completion).unwrap_or_default();
+        let signature = self.sign(&Sha256::digest(&bytes).into());
+        (bytes, signature)
+    }
 }
 
 /// The generation loop: decodes tokens to text (whole characters only), holds back text that may

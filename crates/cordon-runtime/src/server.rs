@@ -35,6 +35,7 @@ use cordon_proto::{report_data, ModelBinding, RuntimeKeys, ServiceKeyPair, WireE
 use cordon_tee::EvidenceProvider;
 use ed25519_dalek::SigningKey;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -764,6 +765,18 @@ async fn serve_llm(s: &Arc<RuntimeState>, req: InnerRequest) -> Answer {
 }
 
 async fn chat_completion(s: &Arc<RuntimeState>, req: InnerRequest) -> Answer {
+    // What the answer's signature names: the body exactly as the client sent it.
+    let request_sha256: [u8; 32] = match &req.raw_body {
+        Some(raw) => Sha256::digest(raw).into(),
+        None => Sha256::digest(
+            req.body
+                .as_ref()
+                .map(|b| b.to_string())
+                .unwrap_or_default()
+                .as_bytes(),
+        )
+        .into(),
+    };
     let parsed = match (&req.raw_body, req.body) {
         (Some(raw), _) => serde_json::from_slice::<ChatCompletionRequest>(raw),
         (None, Some(body)) => serde_json::from_value(body),
@@ -823,6 +836,7 @@ async fn chat_completion(s: &Arc<RuntimeState>, req: InnerRequest) -> Answer {
     let (outcome_tx, outcome) = tokio::sync::oneshot::channel();
     // One blocking task does the work: the prompt, then the whole completion (its outcome sent
     // back) or, for a stream, `None` as the outcome and the events through `tx`.
+    let state = s.clone();
     tokio::task::spawn_blocking(move || {
         let _held = (ticket, permit);
         let completion = match llm::prepare(&request.model, &served, &request) {
@@ -833,9 +847,14 @@ async fn chat_completion(s: &Arc<RuntimeState>, req: InnerRequest) -> Answer {
             }
         };
         drop(request);
+        let signer = llm::Signer {
+            key: state.signing_key(),
+            request_sha256,
+        };
         if !completion.stream {
-            let whole = llm::complete(&served, &completion, &id, created, &flag);
-            let _ = outcome_tx.send(whole.map(Some));
+            let whole = llm::complete(&served, &completion, &id, created, &flag)
+                .map(|c| Some(signer.sign_whole(&c)));
+            let _ = outcome_tx.send(whole);
             return;
         }
         if outcome_tx.send(Ok(None)).is_err() {
@@ -847,10 +866,21 @@ async fn chat_completion(s: &Arc<RuntimeState>, req: InnerRequest) -> Answer {
             model: completion.model.clone(),
             include_usage: completion.include_usage,
         };
-        llm::generate(&served, &completion, &events, &tx);
+        llm::generate(&served, &completion, &events, &signer, &tx);
     });
     match outcome.await {
-        Ok(Ok(Some(whole))) => Answer::Whole(ok(json!(whole))),
+        // The exact bytes that were signed travel as the body, the signature beside them.
+        Ok(Ok(Some((bytes, signature)))) => {
+            let mut answer = InnerResponse::json(200, serde_json::Value::Null);
+            answer
+                .headers
+                .insert(CONTENT_TYPE_HEADER.to_string(), JSON_MEDIA_TYPE.to_string());
+            answer
+                .headers
+                .insert(openai::SIGNATURE_HEADER.to_string(), hex::encode(signature));
+            answer.raw_body = Some(bytes);
+            Answer::Whole(answer)
+        }
         Ok(Ok(None)) => {
             let mut head = InnerResponse::json(200, serde_json::Value::Null);
             head.headers.insert(

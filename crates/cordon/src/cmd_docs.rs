@@ -155,6 +155,11 @@ cordon policy new --platform sim --measurement <digest> --sim-trust-anchor sim-h
     ("infer", "cordon infer --runtime http://127.0.0.1:8200 --policy client.toml --model fraud --input request.json\n\
 echo '{\"inputs\":[...]}' | cordon infer --runtime http://127.0.0.1:8200 --policy client.toml --model fraud --input -",
         EXIT_DEFAULT),
+    ("verify-response", "curl -s \"http://127.0.0.1:8200/v1/attestation?nonce=$NONCE\" > attestation.json\n\
+cordon verify-response --attestation attestation.json --nonce $NONCE --policy client.toml \\\n    \
+--request request.json --response stream.txt\n\
+cordon verify-response --attestation attestation.json --nonce $NONCE --policy client.toml \\\n    \
+--request request.json --response completion.json --signature \"$CORDON_SIGNATURE\"", EXIT_DEFAULT),
     ("proxy", "cordon proxy --upstream http://127.0.0.1:8200 --policy client.toml\n\
 cordon proxy --upstream https://runtime:8200 --ca-cert ca.pem --policy client.toml --listen 127.0.0.1:9000\n\
 cordon proxy --upstream http://127.0.0.1:8200 --policy client.toml --grpc-listen 127.0.0.1:8301",

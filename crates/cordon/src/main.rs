@@ -22,6 +22,7 @@ mod cmd_policy;
 mod cmd_proxy;
 mod cmd_runtime;
 mod cmd_seal;
+mod cmd_verify_response;
 mod deploy;
 mod emulator;
 mod output;
@@ -79,6 +80,9 @@ enum Command {
     Policy(cmd_policy::PolicyCommand),
     /// Verify a runtime, then run one encrypted inference request on it.
     Infer(cmd_infer::InferArgs),
+    /// Check a signed chat completion offline: the runtime's attestation, the policy, and the
+    /// signature of its attested key over the request and the exact answer.
+    VerifyResponse(cmd_verify_response::VerifyResponseArgs),
     /// Serve the plain Open Inference Protocol on loopback for unmodified clients, forwarding every
     /// request encrypted to a runtime this proxy verified (fails closed; re-verifies).
     Proxy(cmd_proxy::ProxyArgs),
@@ -141,6 +145,7 @@ fn main() -> ExitCode {
         Command::Policy(c) => cmd_policy::run(c),
         Command::Emulator(c) => emulator::run(c),
         Command::Infer(a) => cmd_infer::run(a),
+        Command::VerifyResponse(a) => cmd_verify_response::run(a),
         Command::Proxy(a) => cmd_proxy::run(a),
         Command::Dev(c) => cmd_dev::run(c),
         Command::Model(c) => cmd_model::run(c),

@@ -116,6 +116,13 @@ fn chat(text: &str, extra: Value) -> Value {
     body
 }
 
+fn rand_bytes() -> [u8; 32] {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    b
+}
+
 /// The data of each server-sent event of a body.
 fn events(body: &str) -> Vec<String> {
     body.split("\n\n")
@@ -354,6 +361,89 @@ async fn a_sealed_gemma_answers_unmodified_openai_clients_through_the_proxy() {
     relay.set_tamper(None);
     let ok_again = post(chat(french, json!({"max_tokens": 4}))).await.unwrap();
     assert_eq!(ok_again.status(), 200);
+
+    // Signed completions, checked offline with `cordon verify-response`: whole (signature in
+    // the header) and streamed (in the last line); a changed answer, another request or another
+    // attestation nonce is refused.
+    let nonce = hex::encode(rand_bytes());
+    let att = http
+        .get(format!(
+            "{}/v1/attestation?nonce={nonce}",
+            served.runtime_url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let p = |n: &str| served.dir.path().join(n);
+    std::fs::write(p("att.json"), &att).unwrap();
+    let verify = |request: &str, response: &str, signature: Option<&str>, nonce: &str| {
+        let mut args = vec![
+            "verify-response".to_string(),
+            "--attestation".into(),
+            s(&p("att.json")),
+            "--nonce".into(),
+            nonce.to_string(),
+            "--policy".into(),
+            s(&served.client_policy),
+            "--request".into(),
+            s(&p(request)),
+            "--response".into(),
+            s(&p(response)),
+        ];
+        if let Some(sig) = signature {
+            args.push("--signature".into());
+            args.push(sig.into());
+        }
+        cordon(&args)
+    };
+    for stream in [false, true] {
+        let request =
+            serde_json::to_vec(&chat(french, json!({"max_tokens": 6, "stream": stream}))).unwrap();
+        let resp = http
+            .post(format!("{proxy_url}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(request.clone())
+            .send()
+            .await
+            .unwrap();
+        let signature = resp
+            .headers()
+            .get("cordon-signature")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(signature.is_some(), !stream);
+        let body = resp.bytes().await.unwrap().to_vec();
+        std::fs::write(p("req.json"), &request).unwrap();
+        std::fs::write(p("resp.txt"), &body).unwrap();
+        let out = verify("req.json", "resp.txt", signature.as_deref(), &nonce);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("response valid"),
+            "stream {stream}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut changed = body.clone();
+        let at = body.len() / 2;
+        changed[at] = if changed[at] == b'a' { b'b' } else { b'a' };
+        std::fs::write(p("changed.txt"), &changed).unwrap();
+        std::fs::write(p("other.json"), b"{\"model\":\"gemma-3-270m\"}").unwrap();
+        let other_nonce = hex::encode(rand_bytes());
+        for (req, resp, nonce, needle) in [
+            ("req.json", "changed.txt", nonce.as_str(), "does not verify"),
+            ("other.json", "resp.txt", nonce.as_str(), "does not verify"),
+            ("req.json", "resp.txt", other_nonce.as_str(), "not bound"),
+        ] {
+            let out = verify(req, resp, signature.as_deref(), nonce);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success(),
+                "stream {stream} {req} {resp}: accepted"
+            );
+            assert!(err.contains(needle), "stream {stream} {req} {resp}: {err}");
+        }
+    }
 
     // Nothing of the prompts or replies in the runtime's or the proxy's logs (the host keeps
     // them).
