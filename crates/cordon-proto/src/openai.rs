@@ -293,7 +293,7 @@ pub fn stream_signature_event(signature: &[u8; 64]) -> Vec<u8> {
 /// Why a signed completion does not verify.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum SignedResponseError {
-    #[error("the stream carries no signature comment (`: cordon-signature …`) at its end")]
+    #[error("the stream carries no signature comment (`: cordon-signature …`) right after its `data: [DONE]`")]
     NoStreamSignature,
     #[error("the signature is not 64 bytes of hex")]
     SignatureForm,
@@ -317,7 +317,20 @@ pub fn split_signed_stream(body: &[u8]) -> Result<(&[u8], [u8; 64]), SignedRespo
     if start != 0 && !trimmed[..start].ends_with(b"\n\n") {
         return Err(SignedResponseError::NoStreamSignature);
     }
-    let sig = parse_signature(&trimmed[start + STREAM_SIGNATURE_PREFIX.len()..])?;
+    // Exactly 128 lowercase hex digits, after a stream that ended with `[DONE]`: nothing about
+    // the trailer is left to interpretation.
+    let hex_text = &trimmed[start + STREAM_SIGNATURE_PREFIX.len()..];
+    if hex_text.len() != 128
+        || !hex_text
+            .iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(SignedResponseError::SignatureForm);
+    }
+    if !body[..start].ends_with(SSE_DONE) {
+        return Err(SignedResponseError::NoStreamSignature);
+    }
+    let sig = parse_signature(hex_text)?;
     Ok((&body[..start], sig))
 }
 
@@ -392,6 +405,34 @@ mod signing_tests {
         );
         assert_eq!(
             split_signed_stream(&events),
+            Err(SignedResponseError::NoStreamSignature)
+        );
+        // Nothing but 128 lowercase hex digits, after `[DONE]`.
+        let spaced = [
+            events.clone(),
+            b": cordon-signature  ".to_vec(),
+            hex::encode(sig).into_bytes(),
+            b"\n\n".to_vec(),
+        ]
+        .concat();
+        assert_eq!(
+            split_signed_stream(&spaced),
+            Err(SignedResponseError::SignatureForm)
+        );
+        let upper = [
+            events.clone(),
+            b": cordon-signature ".to_vec(),
+            hex::encode_upper(sig).into_bytes(),
+            b"\n\n".to_vec(),
+        ]
+        .concat();
+        assert_eq!(
+            split_signed_stream(&upper),
+            Err(SignedResponseError::SignatureForm)
+        );
+        let no_done = [b"data: {}\n\n".to_vec(), stream_signature_event(&sig)].concat();
+        assert_eq!(
+            split_signed_stream(&no_done),
             Err(SignedResponseError::NoStreamSignature)
         );
         // A signature comment inside an event is not the stream's signature.

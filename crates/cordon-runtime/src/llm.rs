@@ -245,7 +245,7 @@ pub(crate) fn generate(
     llm: &ServedLlm,
     c: &Completion,
     events: &EventWriter,
-    signer: &Signer<'_>,
+    signer: Option<&Signer<'_>>,
     out: &mpsc::Sender<StreamItem>,
 ) {
     // Every byte of the event stream goes into the hash the signature covers.
@@ -279,8 +279,10 @@ pub(crate) fn generate(
         }
     };
     hash.update(&last);
-    let signature = signer.sign(&hash.finalize().into());
-    last.extend(openai::stream_signature_event(&signature));
+    if let Some(signer) = signer {
+        let signature = signer.sign(&hash.finalize().into());
+        last.extend(openai::stream_signature_event(&signature));
+    }
     let _ = out.blocking_send(StreamItem::End(Zeroizing::new(last)));
 }
 
@@ -551,9 +553,13 @@ impl EventWriter {
         out
     }
 
-    /// An error after the stream began: OpenAI's clients raise it.
+    /// An error after the stream began: OpenAI's clients raise it. Padded like the chunks (with
+    /// JSON whitespace), so its size does not stand out.
     pub(crate) fn error(&self, message: &str) -> Vec<u8> {
-        openai::sse_event(&openai::error_body(message, "server_error").to_string())
+        let mut json = openai::error_body(message, "server_error").to_string();
+        let pad = (PAD_TO - json.len() % PAD_TO) % PAD_TO;
+        json.extend(std::iter::repeat_n(' ', pad));
+        openai::sse_event(&json)
     }
 }
 

@@ -765,18 +765,11 @@ async fn serve_llm(s: &Arc<RuntimeState>, req: InnerRequest) -> Answer {
 }
 
 async fn chat_completion(s: &Arc<RuntimeState>, req: InnerRequest) -> Answer {
-    // What the answer's signature names: the body exactly as the client sent it.
-    let request_sha256: [u8; 32] = match &req.raw_body {
-        Some(raw) => Sha256::digest(raw).into(),
-        None => Sha256::digest(
-            req.body
-                .as_ref()
-                .map(|b| b.to_string())
-                .unwrap_or_default()
-                .as_bytes(),
-        )
-        .into(),
-    };
+    // What the answer's signature names: the body exactly as the client sent it. A request sent
+    // as a JSON tree has no such bytes (its re-encoding is not what the client wrote): its answer
+    // is not signed, and a whole one comes back as a tree.
+    let request_sha256: Option<[u8; 32]> =
+        req.raw_body.as_ref().map(|raw| Sha256::digest(raw).into());
     let parsed = match (&req.raw_body, req.body) {
         (Some(raw), _) => serde_json::from_slice::<ChatCompletionRequest>(raw),
         (None, Some(body)) => serde_json::from_value(body),
@@ -847,13 +840,17 @@ async fn chat_completion(s: &Arc<RuntimeState>, req: InnerRequest) -> Answer {
             }
         };
         drop(request);
-        let signer = llm::Signer {
+        let signer = request_sha256.map(|request_sha256| llm::Signer {
             key: state.signing_key(),
             request_sha256,
-        };
+        });
         if !completion.stream {
-            let whole = llm::complete(&served, &completion, &id, created, &flag)
-                .map(|c| Some(signer.sign_whole(&c)));
+            let whole = llm::complete(&served, &completion, &id, created, &flag).map(|c| {
+                Some(match &signer {
+                    Some(signer) => Whole::Signed(signer.sign_whole(&c)),
+                    None => Whole::Tree(c),
+                })
+            });
             let _ = outcome_tx.send(whole);
             return;
         }
@@ -866,11 +863,12 @@ async fn chat_completion(s: &Arc<RuntimeState>, req: InnerRequest) -> Answer {
             model: completion.model.clone(),
             include_usage: completion.include_usage,
         };
-        llm::generate(&served, &completion, &events, &signer, &tx);
+        llm::generate(&served, &completion, &events, signer.as_ref(), &tx);
     });
     match outcome.await {
         // The exact bytes that were signed travel as the body, the signature beside them.
-        Ok(Ok(Some((bytes, signature)))) => {
+        Ok(Ok(Some(Whole::Tree(completion)))) => Answer::Whole(ok(json!(completion))),
+        Ok(Ok(Some(Whole::Signed((bytes, signature))))) => {
             let mut answer = InnerResponse::json(200, serde_json::Value::Null);
             answer
                 .headers
@@ -895,6 +893,13 @@ async fn chat_completion(s: &Arc<RuntimeState>, req: InnerRequest) -> Answer {
             message: "generation task failed".into(),
         }),
     }
+}
+
+/// A whole completion: its signed bytes and signature, or (for a request sent as a JSON tree) the
+/// completion itself, unsigned.
+enum Whole {
+    Signed((Vec<u8>, [u8; 64])),
+    Tree(cordon_proto::openai::ChatCompletion),
 }
 
 /// Sets its flag when dropped.

@@ -30,6 +30,9 @@ pub struct VerifyResponseArgs {
     signature: Option<String>,
 }
 
+/// How an error event of a stream begins.
+const ERROR_EVENT: &[u8] = b"data: {\"error\":";
+
 pub fn run(a: VerifyResponseArgs) -> Result<()> {
     let doc = util::load_policy_doc(&a.policy, "client policy")?;
     let att: AttestationResponse = serde_json::from_slice(
@@ -61,5 +64,25 @@ pub fn run(a: VerifyResponseArgs) -> Result<()> {
         util::short_hex(&claims.launch_measurement),
         util::provenance(&claims)
     );
+    // The signature covers the model's name inside the answer; which weights served that name is
+    // what the attestation bound.
+    for m in &att.models {
+        println!(
+            "model {} version {}: sealed manifest sha256 {}",
+            m.name,
+            m.version,
+            hex::encode(m.manifest_sha256)
+        );
+    }
+    if a.signature.is_none()
+        && response
+            .windows(ERROR_EVENT.len())
+            .any(|w| w == ERROR_EVENT)
+    {
+        println!(
+            "note: the stream ended with an error event: the answer is signed as the runtime sent \
+             it, and it is incomplete"
+        );
+    }
     Ok(())
 }
