@@ -288,13 +288,20 @@ fn a_long_prompt_in_chunks_gives_the_logits_of_token_by_token() {
             .max_by(|a, b| a.1.total_cmp(b.1))
             .map(|(i, _)| i)
     };
-    // The batched and one-row quantized products round differently (up to about 1 logit on
-    // this model); a wrong window or a wrong chunk offset moves far more than that.
+    // The batched and one-row quantized products round differently, and by how much depends on
+    // the CPU's kernels: up to about 1 logit with candle's AVX-512 path (Intel), 5.5 with its
+    // AVX2 path (AMD EPYC). A wrong window or chunk offset moved the logits by 13 and more
+    // (measured on the Intel machine with the window mask removed); the most likely token must
+    // be the same. (The fifth most likely already differs on AVX2: a near tie.)
     let worst = at_once
         .iter()
         .zip(&one_by_one)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    assert!(worst < 2.0, "largest logit difference {worst}");
-    assert_eq!(argmax(&at_once), argmax(&one_by_one));
+    assert!(worst < 8.0, "largest logit difference {worst}");
+    assert_eq!(
+        argmax(&at_once),
+        argmax(&one_by_one),
+        "largest difference {worst}"
+    );
 }
