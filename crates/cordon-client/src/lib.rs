@@ -362,17 +362,9 @@ async fn post_message(
     media_type: &str,
     body: Vec<u8>,
 ) -> Result<axum::body::Bytes, ClientError> {
-    let resp = http
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, media_type)
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| ClientError::Http(error_text(&e)))?;
-    if !resp.status().is_success() {
-        return Err(server_error(resp).await);
-    }
-    resp.bytes()
+    post_for_reply(http, url, media_type, body, false)
+        .await?
+        .bytes()
         .await
         .map_err(|e| ClientError::Http(error_text(&e)))
 }
