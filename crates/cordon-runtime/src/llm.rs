@@ -570,12 +570,16 @@ const PAD_TO: usize = 128;
 /// bytes: a frame's size then says how many blocks of 128 bytes of text it holds, not how long
 /// each token is (which is enough to guess replies, Weiss et al., 2024).
 fn padded(mut chunk: ChatCompletionChunk) -> String {
-    // A struct of strings and numbers always serializes.
+    // A struct of strings and numbers always serializes. Serialized once per token: the padding
+    // goes into the empty `obfuscation` string, the struct's last field, which ends the JSON
+    // with `""}`.
     chunk.obfuscation = Some(String::new());
-    let bare = serde_json::to_string(&chunk).unwrap_or_default().len();
-    let pad = (PAD_TO - bare % PAD_TO) % PAD_TO;
-    chunk.obfuscation = Some("x".repeat(pad));
-    serde_json::to_string(&chunk).unwrap_or_default()
+    let mut json = serde_json::to_string(&chunk).unwrap_or_default();
+    let pad = (PAD_TO - json.len() % PAD_TO) % PAD_TO;
+    if let Some(at) = json.len().checked_sub(2) {
+        json.insert_str(at, &"x".repeat(pad));
+    }
+    json
 }
 
 /// A fresh completion id.
